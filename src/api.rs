@@ -1,0 +1,529 @@
+//! The JSON API: `/public/sessions…`, `/health`, `/metrics`. Parses and validates input,
+//! then calls the broker; every error leaves through `ApiError`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::auth::Tenant;
+use crate::broker::{Broker, NewSession};
+use crate::browser::Screen;
+use crate::config::{MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
+use crate::error::{ApiError, Body, empty_response, json_response};
+use crate::session::{self, Session, Status};
+
+/// Largest page of a session list.
+const MAX_LIMIT: u64 = 100;
+const DEFAULT_LIMIT: u64 = 50;
+
+pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
+    match route(&broker, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = request.method().clone();
+    match segments.as_slice() {
+        ["health"] => only(&method, &[Method::GET, Method::HEAD])
+            .map(|_| json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ["metrics"] => only(&method, &[Method::GET]).map(|_| {
+            let mut r = Response::new(Full::new(Bytes::from(broker.render_metrics())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }),
+        ["public", "sessions", rest @ ..] => {
+            // Authenticate before reading anything else of the request.
+            let tenant = broker
+                .keys
+                .authenticate(request.headers())
+                .ok_or_else(ApiError::unauthorized)?;
+            match (rest, &method) {
+                ([], &Method::POST) => create(broker, tenant, request).await,
+                ([], &Method::GET) => list(broker, &tenant, request.uri().query()),
+                ([], _) => Err(method_not_allowed()),
+                ([id], &Method::GET) => {
+                    let session = find(broker, &tenant, id)?;
+                    Ok(json_response(StatusCode::OK, &render(broker, &session)))
+                }
+                ([id], &Method::PATCH) => update(broker, &tenant, id, request).await,
+                ([id], &Method::DELETE) => delete(broker, &tenant, id),
+                ([_], _) => Err(method_not_allowed()),
+                ([id, "terminate"], &Method::POST) => terminate(broker, &tenant, id),
+                ([_, "terminate"], _) => Err(method_not_allowed()),
+                _ => Err(ApiError::not_found("Not Found")),
+            }
+        }
+        _ => Err(ApiError::not_found("Not Found")),
+    }
+}
+
+fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(method_not_allowed())
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+fn find(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Arc<Session>, ApiError> {
+    broker
+        .find(tenant, id)
+        .ok_or_else(|| ApiError::not_found("Session not found"))
+}
+
+fn render(broker: &Broker, session: &Session) -> Value {
+    session::render(session, &broker.cdp_url(session))
+}
+
+async fn create(
+    broker: &Broker,
+    tenant: Tenant,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_json_object(broker, request).await?;
+    let new = validate_create(broker, &body)?;
+    let session = broker.create_session(tenant, new).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &render(broker, &session),
+    ))
+}
+
+/// Checks every field of a create body; the first bad one is reported.
+fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
+    let config = &broker.config;
+    if let Some(id) = field(body, "profile_id") {
+        let id = id
+            .as_str()
+            .ok_or_else(|| ApiError::unprocessable("profile_id must be a UUID string"))?;
+        if !is_uuid(id) {
+            return Err(ApiError::unprocessable("profile_id must be a UUID string"));
+        }
+        // No profile exists yet on this broker, so none can be this tenant's.
+        return Err(ApiError::not_found("Browser profile not found"));
+    }
+    if let Some(v) = field(body, "persist_changes")
+        && !v.is_boolean()
+    {
+        return Err(ApiError::unprocessable(
+            "persist_changes must be true or false",
+        ));
+    }
+    if let Some(v) = field(body, "cdp_url") {
+        if !v.is_string() {
+            return Err(ApiError::unprocessable("cdp_url must be a string"));
+        }
+        return Err(ApiError::unprocessable(
+            "Bring-your-own browser (cdp_url) is not available on this broker yet; omit cdp_url for a managed browser",
+        ));
+    }
+    let ttl = match field(body, "ttl") {
+        Some(v) => parse_ttl(v, config.max_ttl)?,
+        None => Duration::from_secs(config.default_ttl),
+    };
+    let screen = match field(body, "screen_config") {
+        Some(v) => parse_screen(v)?,
+        None => broker.default_screen(),
+    };
+    let metadata = match field(body, "metadata") {
+        Some(v) => parse_metadata(v, config.max_metadata_bytes)?,
+        None => Map::new(),
+    };
+    Ok(NewSession {
+        ttl,
+        screen,
+        metadata,
+    })
+}
+
+/// A field that is present and not `null` (clients send `null` for "not given").
+fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
+    let too_long = || {
+        let human = if max_ttl % 3600 == 0 {
+            format!("{} hours", max_ttl / 3600)
+        } else {
+            format!("{max_ttl} seconds")
+        };
+        let human = if human == "1 hours" {
+            "1 hour".to_owned()
+        } else {
+            human
+        };
+        ApiError::unprocessable(format!("TTL cannot exceed {max_ttl} seconds ({human})"))
+    };
+    let ttl = match v {
+        Value::Number(n) if n.is_u64() => n.as_u64().unwrap_or(0),
+        Value::Number(n) if n.is_i64() => {
+            return Err(ApiError::unprocessable("TTL must be at least 1 second"));
+        }
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f > max_ttl as f64) =>
+        {
+            return Err(too_long());
+        }
+        _ => {
+            return Err(ApiError::unprocessable(
+                "ttl must be a whole number of seconds",
+            ));
+        }
+    };
+    if ttl == 0 {
+        return Err(ApiError::unprocessable("TTL must be at least 1 second"));
+    }
+    if ttl > max_ttl {
+        return Err(too_long());
+    }
+    Ok(Duration::from_secs(ttl))
+}
+
+fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
+    let shape =
+        || ApiError::unprocessable("screen_config must be an object with integer width and height");
+    let obj = v.as_object().ok_or_else(shape)?;
+    let side = |name: &str, max: u32| -> Result<u32, ApiError> {
+        let n = obj
+            .get(name)
+            .ok_or_else(shape)?
+            .as_u64()
+            .ok_or_else(shape)?;
+        if n < MIN_SIDE as u64 || n > max as u64 {
+            return Err(ApiError::unprocessable(format!(
+                "screen_config.{name} must be between {MIN_SIDE} and {max}"
+            )));
+        }
+        Ok(n as u32)
+    };
+    Ok(Screen {
+        width: side("width", MAX_WIDTH)?,
+        height: side("height", MAX_HEIGHT)?,
+    })
+}
+
+/// A metadata object within the size limit, without the broker's reserved keys.
+fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, ApiError> {
+    let mut map = v
+        .as_object()
+        .cloned()
+        .ok_or_else(|| ApiError::unprocessable("metadata must be a JSON object"))?;
+    // `live_url` belongs to the broker; a client cannot plant one.
+    map.remove("live_url");
+    check_metadata_size(&map, max_bytes)?;
+    Ok(map)
+}
+
+fn check_metadata_size(map: &Map<String, Value>, max_bytes: usize) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(map)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > max_bytes {
+        return Err(ApiError::unprocessable(format!(
+            "metadata must be at most {max_bytes} bytes of JSON"
+        )));
+    }
+    Ok(())
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let mut status_filter = None;
+    let mut limit = DEFAULT_LIMIT;
+    let mut offset = 0u64;
+    for (key, value) in query_pairs(query.unwrap_or("")) {
+        match key.as_str() {
+            "status_filter" if !value.is_empty() => {
+                status_filter = Some(Status::parse(&value).ok_or_else(|| {
+                    ApiError::unprocessable(
+                        "status_filter must be one of active, terminated, expired",
+                    )
+                })?);
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::unprocessable(format!(
+                            "limit must be an integer from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            "offset" => {
+                offset = value.parse().map_err(|_| {
+                    ApiError::unprocessable("offset must be an integer of 0 or more")
+                })?;
+            }
+            _ => {}
+        }
+    }
+    let mut matching: Vec<Arc<Session>> = broker
+        .sessions
+        .iter()
+        .filter(|s| &s.tenant == tenant && status_filter.is_none_or(|f| s.status() == f))
+        .map(|s| s.clone())
+        .collect();
+    matching.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| b.id.cmp(&a.id))
+    });
+    let total = matching.len();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        .take(limit as usize)
+        .map(|s| render(broker, s))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "sessions": page, "total": total }),
+    ))
+}
+
+async fn update(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let session = find(broker, tenant, id)?;
+    let body = read_json_object(broker, request).await?;
+    let ttl = field(&body, "ttl")
+        .map(|v| parse_ttl(v, broker.config.max_ttl))
+        .transpose()?;
+    let metadata = field(&body, "metadata")
+        .map(|v| parse_metadata(v, broker.config.max_metadata_bytes))
+        .transpose()?;
+    if let Some(extra) = &metadata {
+        check_metadata_size(
+            &session.merged_metadata(extra),
+            broker.config.max_metadata_bytes,
+        )?;
+    }
+    session.update(ttl, metadata).map_err(not_active)?;
+    Ok(json_response(StatusCode::OK, &render(broker, &session)))
+}
+
+fn not_active(status: Status) -> ApiError {
+    ApiError::conflict(match status {
+        Status::Expired => "Session has expired and can no longer change",
+        _ => "Session is terminated and can no longer change",
+    })
+}
+
+fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+    let session = find(broker, tenant, id)?;
+    broker.terminate(&session).map_err(|status| {
+        ApiError::conflict(match status {
+            Status::Expired => "Session has already expired",
+            _ => "Session is already terminated",
+        })
+    })?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+    let session = find(broker, tenant, id)?;
+    let _ = broker.terminate(&session);
+    broker.sessions.remove(&session.id);
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// Reads the body (bounded) as a JSON object. An empty body counts as `{}`.
+async fn read_json_object(
+    broker: &Broker,
+    request: Request<Incoming>,
+) -> Result<Map<String, Value>, ApiError> {
+    let limit = broker.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body is too large: the limit is {limit} bytes"),
+        )
+    };
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH)
+        && length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l > limit)
+    {
+        return Err(too_large());
+    }
+    let bytes = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::bad_request("The request body could not be read")
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("Malformed JSON in the request body: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::unprocessable(
+            "The request body must be a JSON object",
+        )),
+    }
+}
+
+/// `a=1&b=x%20y` → [("a","1"), ("b","x y")].
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex_value(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rules_match_the_contract() {
+        assert_eq!(
+            parse_ttl(&json!(600), 86400).unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_ttl(&json!(86401), 86400).unwrap_err().detail,
+            "TTL cannot exceed 86400 seconds (24 hours)"
+        );
+        assert_eq!(
+            parse_ttl(&json!(1e20), 86400).unwrap_err().detail,
+            "TTL cannot exceed 86400 seconds (24 hours)"
+        );
+        assert_eq!(
+            parse_ttl(&json!(0), 86400).unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            parse_ttl(&json!(-5), 86400).unwrap_err().detail,
+            "TTL must be at least 1 second"
+        );
+        assert!(parse_ttl(&json!("600"), 86400).is_err());
+        assert!(parse_ttl(&json!(1.5), 86400).is_err());
+        assert!(parse_ttl(&json!(true), 86400).is_err());
+        assert_eq!(
+            parse_ttl(&json!(7200), 3600).unwrap_err().detail,
+            "TTL cannot exceed 3600 seconds (1 hour)"
+        );
+    }
+
+    #[test]
+    fn screens_are_bounded() {
+        assert_eq!(
+            parse_screen(&json!({"width": 1920, "height": 1080})).unwrap(),
+            Screen {
+                width: 1920,
+                height: 1080
+            }
+        );
+        for bad in [
+            json!({"width": 99, "height": 500}),
+            json!({"width": 7681, "height": 500}),
+            json!({"width": 500, "height": 4321}),
+            json!({"width": 500}),
+            json!({"width": "500", "height": 500}),
+            json!({"width": -1, "height": 500}),
+            json!([1, 2]),
+        ] {
+            assert!(parse_screen(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_is_an_object_without_live_url_and_bounded() {
+        let m = parse_metadata(&json!({"a": 1, "live_url": "http://evil"}), 100).unwrap();
+        assert_eq!(Value::Object(m), json!({"a": 1}));
+        assert!(parse_metadata(&json!("x"), 100).is_err());
+        assert!(parse_metadata(&json!({"a": "x".repeat(200)}), 100).is_err());
+    }
+
+    #[test]
+    fn queries_and_uuids_parse() {
+        assert_eq!(
+            query_pairs("status_filter=active&limit=5&x=a%20b+c&bad=%zz&end=%4"),
+            vec![
+                ("status_filter".into(), "active".into()),
+                ("limit".into(), "5".into()),
+                ("x".into(), "a b c".into()),
+                ("bad".into(), "%zz".into()),
+                ("end".into(), "%4".into()),
+            ]
+        );
+        assert!(is_uuid("550e8400-e29b-41d4-a716-446655440000"));
+        assert!(!is_uuid("550e8400e29b41d4a716446655440000"));
+        assert!(!is_uuid("550e8400-e29b-41d4-a716-44665544000g"));
+    }
+}

@@ -1,0 +1,381 @@
+//! The broker's shared state: sessions, the pool, secrets, public URLs, metrics, and the
+//! tasks that end sessions on time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
+use crate::browser::{LaunchError, Launcher, Screen, find_chrome};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{Gauges, Metrics};
+use crate::pool::{Pool, PoolError};
+use crate::session::{EndReason, Session, Status};
+
+/// Seconds a client is told to wait after a 503.
+const RETRY_AFTER_SECS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "no Chrome or Chromium found: install it (apt-get install -y chromium) or set chrome_path"
+    )]
+    NoChrome,
+    #[error("chrome_path {0} does not exist")]
+    ChromeMissing(PathBuf),
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the browser cannot be started: {0}")]
+    Browser(#[from] LaunchError),
+}
+
+/// The URLs handed to clients, from `public_url` (never from a request).
+pub struct PublicUrls {
+    /// `http(s)://host[:port][/prefix]`
+    pub http: String,
+    /// `ws(s)://host[:port][/prefix]`
+    pub ws: String,
+}
+
+impl PublicUrls {
+    pub fn new(public_url: &str, bound: SocketAddr) -> Self {
+        let http = if public_url.is_empty() {
+            let host = if bound.ip().is_unspecified() {
+                SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+            } else {
+                bound
+            };
+            format!("http://{host}")
+        } else {
+            public_url.trim_end_matches('/').to_owned()
+        };
+        let ws = match http.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", http.trim_start_matches("http://")),
+        };
+        PublicUrls { http, ws }
+    }
+}
+
+pub struct Broker {
+    pub config: Config,
+    pub urls: PublicUrls,
+    pub keys: ApiKeys,
+    pub tokens: Tokens,
+    pub sessions: DashMap<String, Arc<Session>>,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+    /// Every task that must finish before the broker has stopped (proxied connections,
+    /// session watchers, browser reapers).
+    pub tracker: TaskTracker,
+    /// Cancelled when the broker begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+/// A validated create request.
+pub struct NewSession {
+    pub ttl: Duration,
+    pub screen: Screen,
+    pub metadata: Map<String, Value>,
+}
+
+impl Broker {
+    /// Prepares the data directory and secrets, measures Chrome, and starts the pool.
+    pub async fn start(
+        config: Config,
+        bound: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Broker>, StartError> {
+        let data_dir = config.data_dir.clone();
+        let dir_error = |source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&data_dir).map_err(dir_error)?;
+
+        let chrome = if config.chrome_path.is_empty() {
+            find_chrome().ok_or(StartError::NoChrome)?
+        } else {
+            let p = PathBuf::from(&config.chrome_path);
+            if !p.exists() {
+                return Err(StartError::ChromeMissing(p));
+            }
+            p
+        };
+
+        let mut api_keys = config.api_keys.clone();
+        if api_keys.is_empty() {
+            let path = data_dir.join("api_key");
+            let (key, created) = load_or_create_secret(&path, "cdpg_", 24).map_err(dir_error)?;
+            if created {
+                // The one time a secret is printed: a newcomer needs it to make a first call.
+                println!(
+                    "cdpgate: generated an API key (kept in {}): {key}",
+                    path.display()
+                );
+            } else {
+                println!("cdpgate: using the API key kept in {}", path.display());
+            }
+            api_keys.push(key);
+        }
+        let secret = if config.token_secret.is_empty() {
+            load_or_create_secret(&data_dir.join("token_secret"), "", 32)
+                .map_err(dir_error)?
+                .0
+        } else {
+            config.token_secret.clone()
+        };
+
+        let metrics = Arc::new(Metrics::default());
+        let tracker = TaskTracker::new();
+        let launcher = Arc::new(Launcher::new(
+            chrome,
+            config.chrome_flags.clone(),
+            data_dir.join("browsers"),
+            config.launch_timeout(),
+            tracker.clone(),
+            metrics.clone(),
+        ));
+        let swept = launcher.sweep_leftovers().map_err(dir_error)?;
+        if swept > 0 {
+            tracing::info!(swept, "removed browser directories left by an earlier run");
+        }
+        launcher.calibrate().await?;
+
+        let default_screen = Screen {
+            width: config.default_width,
+            height: config.default_height,
+        };
+        let pool = Arc::new(Pool::new(
+            launcher,
+            default_screen,
+            config.pool_size,
+            config.max_sessions,
+            config.queue_timeout(),
+        ));
+        tracker.spawn(pool.clone().run_refill(shutdown.clone()));
+
+        let broker = Arc::new(Broker {
+            urls: PublicUrls::new(&config.public_url, bound),
+            keys: ApiKeys::new(&api_keys),
+            tokens: Tokens::new(secret.as_bytes()),
+            sessions: DashMap::new(),
+            pool,
+            metrics,
+            tracker: tracker.clone(),
+            shutdown,
+            config,
+        });
+        tracker.spawn(forget_old_sessions(
+            Arc::downgrade(&broker),
+            broker.shutdown.clone(),
+        ));
+        Ok(broker)
+    }
+
+    pub fn default_screen(&self) -> Screen {
+        Screen {
+            width: self.config.default_width,
+            height: self.config.default_height,
+        }
+    }
+
+    /// Hands a browser to a new session of `tenant` and starts its TTL watcher.
+    pub async fn create_session(
+        &self,
+        tenant: Tenant,
+        request: NewSession,
+    ) -> Result<Arc<Session>, ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::unavailable(
+                "The broker is shutting down",
+                RETRY_AFTER_SECS,
+            ));
+        }
+        let lease = match self.pool.acquire(request.screen).await {
+            Ok(lease) => lease,
+            Err(PoolError::Busy) => {
+                self.metrics.create_rejected.fetch_add(1, Relaxed);
+                return Err(ApiError::unavailable(
+                    "No browser is available: every slot is in use. Retry later.",
+                    RETRY_AFTER_SECS,
+                ));
+            }
+            Err(PoolError::Launch(e)) => {
+                self.metrics.create_rejected.fetch_add(1, Relaxed);
+                return Err(ApiError::unavailable(
+                    format!("The browser could not be started: {e}"),
+                    RETRY_AFTER_SECS,
+                ));
+            }
+        };
+        let exited = lease.browser.exited();
+        let id = format!("sess_{}", random_hex(16));
+        let session = Arc::new(Session::new(
+            id.clone(),
+            tenant,
+            SystemTime::now(),
+            request.ttl,
+            request.screen,
+            request.metadata,
+            lease,
+        ));
+        self.sessions.insert(id.clone(), session.clone());
+        self.metrics.sessions_created.fetch_add(1, Relaxed);
+        self.tracker.spawn(watch_session(
+            session.clone(),
+            exited,
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        tracing::info!(session = %id, tenant = %session.tenant, "session created");
+        Ok(session)
+    }
+
+    /// The session `id` if it belongs to `tenant` (another tenant's looks unknown).
+    pub fn find(&self, tenant: &Tenant, id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .get(id)
+            .map(|s| s.clone())
+            .filter(|s| &s.tenant == tenant)
+    }
+
+    /// Ends a session on request; answers its previous status if it had already ended.
+    pub fn terminate(&self, session: &Session) -> Result<(), Status> {
+        session.end(EndReason::Terminated)?;
+        self.metrics.sessions_terminated.fetch_add(1, Relaxed);
+        tracing::info!(session = %session.id, "session terminated");
+        Ok(())
+    }
+
+    /// The `cdp_url` of a session: the broker's address with a token valid until expiry.
+    pub fn cdp_url(&self, session: &Session) -> String {
+        let token = self.tokens.mint(
+            &session.id,
+            Scope::Cdp,
+            session.created_at,
+            session.expires_at(),
+        );
+        format!(
+            "{}/devtools/browser/{}?token={token}",
+            self.urls.ws, session.id
+        )
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| s.status() == Status::Active)
+            .count()
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&Gauges {
+            sessions_active: self.active_sessions(),
+            pool_idle: self.pool.idle_count(),
+        })
+    }
+
+    /// Ends every session, waits (bounded) for connections and browsers to wind down.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        for entry in self.sessions.iter() {
+            let _ = entry.end(EndReason::Shutdown);
+        }
+        self.tracker.close();
+        if tokio::time::timeout(self.config.shutdown_timeout(), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timed out with tasks still running");
+        }
+    }
+}
+
+/// Ends the session at its TTL, or when its browser exits; follows TTL extensions.
+async fn watch_session(
+    session: Arc<Session>,
+    browser_exited: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let remaining = session
+            .expires_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + remaining;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                if session.expires_at() <= SystemTime::now() {
+                    if session.end(EndReason::Expired).is_ok() {
+                        metrics.sessions_expired.fetch_add(1, Relaxed);
+                        tracing::info!(session = %session.id, "session expired");
+                    }
+                    return;
+                }
+            }
+            _ = session.deadline_moved().notified() => {}
+            _ = browser_exited.cancelled() => {
+                if session.end(EndReason::BrowserExited).is_ok() {
+                    metrics.sessions_terminated.fetch_add(1, Relaxed);
+                    tracing::info!(session = %session.id, "session ended: its browser exited");
+                }
+                return;
+            }
+            _ = session.ended().cancelled() => return,
+            _ = shutdown.cancelled() => {
+                let _ = session.end(EndReason::Shutdown);
+                return;
+            }
+        }
+    }
+}
+
+/// Drops ended sessions once they are older than the retention period.
+async fn forget_old_sessions(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let retention = Duration::from_secs(b.config.retention_secs);
+        let now = SystemTime::now();
+        b.sessions.retain(|_, s| {
+            s.ended_at()
+                .is_none_or(|at| now.duration_since(at).unwrap_or_default() < retention)
+        });
+        let period = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        drop(b);
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_urls_come_from_config_or_the_bound_address() {
+        let bound: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let u = PublicUrls::new("", bound);
+        assert_eq!(
+            (u.http.as_str(), u.ws.as_str()),
+            ("http://127.0.0.1:4000", "ws://127.0.0.1:4000")
+        );
+        let u = PublicUrls::new("https://browsers.example/gate/", bound);
+        assert_eq!(u.ws, "wss://browsers.example/gate");
+        assert_eq!(u.http, "https://browsers.example/gate");
+    }
+}

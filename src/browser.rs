@@ -1,0 +1,424 @@
+//! One Chrome process: started in its own process group with its own scratch directory,
+//! killed as a group, reaped, and its directory removed when it is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::random_hex;
+use crate::cdp;
+use crate::metrics::Metrics;
+
+/// A screen size in CSS pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Screen {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Flags every browser gets: headless, quiet on this closed network, loopback only.
+const BASE_FLAGS: &[&str] = &[
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--mute-audio",
+    "--password-store=basic",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+];
+
+/// Where the window frame height is unknown, what headless Chromium was seen to use.
+const FALLBACK_FRAME_HEIGHT: u32 = 87;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot prepare the browser's directory: {0}")]
+    Dir(std::io::Error),
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the browser exited before it was ready")]
+    Exited,
+    #[error("the browser did not start listening within {0:?}")]
+    Timeout(Duration),
+    #[error("the browser printed an unexpected DevTools address: {0}")]
+    BadAddress(String),
+}
+
+/// Starts browsers. Shared by the pool and by anything else that needs one.
+pub struct Launcher {
+    chrome: PathBuf,
+    extra_flags: Vec<String>,
+    /// Each browser's `--user-data-dir` is a fresh directory under here.
+    scratch_root: PathBuf,
+    launch_timeout: Duration,
+    /// Height Chrome's window keeps for its frame in headless mode; measured at start-up.
+    frame_height: AtomicU32,
+    /// Reaper tasks, so shutdown can wait for every browser to be gone.
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// Notified whenever any browser exits, so the pool can replace dead idle ones.
+    pub exits: Arc<Notify>,
+}
+
+/// A running browser. Dropping it kills its process group; `exited()` fires once the
+/// process is reaped and its scratch directory removed.
+pub struct Browser {
+    /// Short random id, the name of its scratch directory.
+    pub id: String,
+    pub pid: u32,
+    /// The port Chrome's DevTools server listens on, on 127.0.0.1.
+    pub port: u16,
+    /// Path of the browser target, `/devtools/browser/<uuid>`.
+    pub ws_path: String,
+    pub screen: Screen,
+    kill: CancellationToken,
+    exited: CancellationToken,
+}
+
+impl Browser {
+    /// The DevTools HTTP address, `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A token cancelled when the process has exited and been cleaned up.
+    pub fn exited(&self) -> CancellationToken {
+        self.exited.clone()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.exited.is_cancelled()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.kill.cancel();
+    }
+}
+
+impl Launcher {
+    pub fn new(
+        chrome: PathBuf,
+        extra_flags: Vec<String>,
+        scratch_root: PathBuf,
+        launch_timeout: Duration,
+        tracker: TaskTracker,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Launcher {
+            chrome,
+            extra_flags,
+            scratch_root,
+            launch_timeout,
+            frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
+            tracker,
+            metrics,
+            exits: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Removes scratch directories left by an earlier run (a killed broker leaves some).
+    pub fn sweep_leftovers(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        match std::fs::read_dir(&self.scratch_root) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    remove_dir_with_retries_blocking(&entry.path());
+                    removed += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&self.scratch_root)?;
+        Ok(removed)
+    }
+
+    /// Measures how much taller than the viewport Chrome makes its window, so that
+    /// `--window-size` can be chosen to give exactly the requested viewport.
+    pub async fn calibrate(&self) -> Result<(), LaunchError> {
+        self.frame_height.store(0, Ordering::Relaxed);
+        let probe = Screen {
+            width: 1000,
+            height: 800,
+        };
+        let browser = self.launch(probe).await?;
+        let measured = cdp::evaluate_in_first_page(&browser.addr(), "innerHeight").await;
+        let frame = match measured.as_ref().ok().and_then(|v| v.as_u64()) {
+            Some(h) if (h as u32) <= probe.height => probe.height - h as u32,
+            _ => {
+                tracing::warn!(
+                    ?measured,
+                    "could not measure the window frame; using {FALLBACK_FRAME_HEIGHT} px"
+                );
+                FALLBACK_FRAME_HEIGHT
+            }
+        };
+        tracing::debug!(frame, "measured the headless window frame height");
+        self.frame_height.store(frame, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts a browser whose pages are `screen` large and waits until it listens.
+    pub async fn launch(&self, screen: Screen) -> Result<Browser, LaunchError> {
+        let started = Instant::now();
+        let result = self.spawn(screen).await;
+        match &result {
+            Ok(b) => {
+                self.metrics.observe_launch(started.elapsed());
+                tracing::debug!(browser = %b.id, pid = b.pid, port = b.port, took = ?started.elapsed(), "browser ready");
+            }
+            Err(e) => {
+                self.metrics
+                    .browser_launch_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "browser launch failed");
+            }
+        }
+        result
+    }
+
+    async fn spawn(&self, screen: Screen) -> Result<Browser, LaunchError> {
+        let id = random_hex(8);
+        let dir = self.scratch_root.join(&id);
+        std::fs::create_dir_all(&dir).map_err(LaunchError::Dir)?;
+
+        let frame = self.frame_height.load(Ordering::Relaxed);
+        let mut cmd = tokio::process::Command::new(&self.chrome);
+        cmd.args(BASE_FLAGS)
+            .args(running_as_root().then_some("--no-sandbox"))
+            .arg(format!("--user-data-dir={}", dir.display()))
+            .arg(format!(
+                "--window-size={},{}",
+                screen.width,
+                screen.height + frame
+            ))
+            .arg(format!(
+                "--screen-info={{{}x{}}}",
+                screen.width, screen.height
+            ))
+            .args(&self.extra_flags)
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        sys::die_with_parent(&mut cmd);
+
+        let mut child = cmd.spawn().map_err(|source| {
+            let _ = std::fs::remove_dir_all(&dir);
+            LaunchError::Spawn {
+                path: self.chrome.display().to_string(),
+                source,
+            }
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+
+        let address = tokio::time::timeout(self.launch_timeout, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("DevTools listening on ") {
+                    return Some(rest.trim().to_owned());
+                }
+            }
+            None
+        })
+        .await;
+
+        let kill = CancellationToken::new();
+        let exited = CancellationToken::new();
+        // From here on the reaper owns the process and the directory, whatever happens.
+        self.tracker.spawn(reap(
+            child,
+            pid,
+            dir,
+            lines,
+            kill.clone(),
+            exited.clone(),
+            self.exits.clone(),
+        ));
+
+        let fail = |e| {
+            kill.cancel();
+            Err(e)
+        };
+        let address = match address {
+            Ok(Some(a)) => a,
+            Ok(None) => return fail(LaunchError::Exited),
+            Err(_) => return fail(LaunchError::Timeout(self.launch_timeout)),
+        };
+        let Some((port, ws_path)) = parse_devtools_address(&address) else {
+            return fail(LaunchError::BadAddress(address));
+        };
+        Ok(Browser {
+            id,
+            pid,
+            port,
+            ws_path,
+            screen,
+            kill,
+            exited,
+        })
+    }
+}
+
+/// Waits for the process to exit or to be told to die, kills the whole group, reaps it,
+/// removes its scratch directory, then reports the exit.
+async fn reap(
+    mut child: tokio::process::Child,
+    pid: u32,
+    dir: PathBuf,
+    mut stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    kill: CancellationToken,
+    exited: CancellationToken,
+    exits: Arc<Notify>,
+) {
+    // Keep reading stderr: a full pipe would stall Chrome.
+    let drain = async { while let Ok(Some(_)) = stderr.next_line().await {} };
+    tokio::pin!(drain);
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            _ = kill.cancelled() => break,
+            status = child.wait() => {
+                tracing::debug!(pid, ?status, "browser exited by itself");
+                break;
+            }
+            _ = &mut drain, if !drained => drained = true,
+        }
+    }
+    // The group outlives its leader until reaped; kill renderers and helpers too.
+    sys::kill_group(pid);
+    let _ = child.wait().await;
+    remove_dir_with_retries(&dir).await;
+    exited.cancel();
+    exits.notify_one();
+}
+
+async fn remove_dir_with_retries(dir: &Path) {
+    for attempt in 0..5 {
+        match tokio::fs::remove_dir_all(dir).await {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            // Chrome's helpers may still be writing for a moment after the kill.
+            Err(e) if attempt < 4 => {
+                tracing::debug!(dir = %dir.display(), error = %e, "retrying scratch removal");
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a browser scratch directory")
+            }
+        }
+    }
+}
+
+fn remove_dir_with_retries_blocking(dir: &Path) {
+    for attempt in 0..3 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) if attempt < 2 => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a leftover directory")
+            }
+        }
+    }
+}
+
+/// `ws://127.0.0.1:PORT/devtools/browser/UUID` → (PORT, `/devtools/browser/UUID`).
+fn parse_devtools_address(address: &str) -> Option<(u16, String)> {
+    let rest = address.strip_prefix("ws://127.0.0.1:")?;
+    let (port, path) = rest.split_at(rest.find('/')?);
+    let port = port.parse().ok()?;
+    path.starts_with("/devtools/browser/")
+        .then(|| (port, path.to_owned()))
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// The first usual Chrome path that exists.
+pub fn find_chrome() -> Option<PathBuf> {
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+        "/usr/bin/google-chrome-stable",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// The only unsafe code of the crate: two libc calls around process management.
+#[allow(unsafe_code)]
+mod sys {
+    /// Asks the kernel to SIGKILL the child when the thread that spawned it dies, so a
+    /// killed broker leaves no browser behind. Tokio's worker threads live as long as the
+    /// runtime, and the launch runs on one of them.
+    pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// SIGKILL to the process group led by `pid`.
+    pub fn kill_group(pid: u32) {
+        if pid > 1 {
+            // SAFETY: kill with a negative pid only sends a signal.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devtools_addresses_are_parsed_strictly() {
+        assert_eq!(
+            parse_devtools_address("ws://127.0.0.1:41234/devtools/browser/ab-cd"),
+            Some((41234, "/devtools/browser/ab-cd".to_string()))
+        );
+        assert_eq!(
+            parse_devtools_address("ws://0.0.0.0:41234/devtools/browser/x"),
+            None
+        );
+        assert_eq!(
+            parse_devtools_address("ws://127.0.0.1:99999/devtools/browser/x"),
+            None
+        );
+        assert_eq!(parse_devtools_address("ws://127.0.0.1:1/json"), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! The broker's own small DevTools client: plain HTTP to a browser's `/json/*` endpoints
+//! and one-off CDP commands. Only ever talks to browsers on loopback.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Largest discovery answer read (`/json/protocol` is about 1 MB).
+const MAX_DISCOVERY_BYTES: usize = 16 * 1024 * 1024;
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CdpError {
+    #[error("cannot reach the browser: {0}")]
+    Connect(std::io::Error),
+    #[error("HTTP exchange with the browser failed: {0}")]
+    Http(String),
+    #[error("the browser did not answer in time")]
+    Timeout,
+    #[error("the browser's answer is not what DevTools sends: {0}")]
+    Protocol(String),
+}
+
+/// A request to a DevTools HTTP endpoint at `addr` (host:port); answers status and body.
+pub async fn http_request(
+    addr: &str,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, Bytes), CdpError> {
+    tokio::time::timeout(HTTP_TIMEOUT, async {
+        let stream = TcpStream::connect(addr).await.map_err(CdpError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_DISCOVERY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, body))
+    })
+    .await
+    .map_err(|_| CdpError::Timeout)?
+}
+
+/// `GET` a DevTools JSON endpoint and parse it.
+pub async fn get_json(addr: &str, path: &str) -> Result<Value, CdpError> {
+    let (status, body) = http_request(addr, Method::GET, path).await?;
+    if !status.is_success() {
+        return Err(CdpError::Protocol(format!("{path} answered {status}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| CdpError::Protocol(e.to_string()))
+}
+
+/// Sends one CDP command over a fresh connection to `ws_url` and returns its `result`.
+pub async fn command(ws_url: &str, method: &str, params: Value) -> Result<Value, CdpError> {
+    tokio::time::timeout(HTTP_TIMEOUT, async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        let request = json!({ "id": 1, "method": method, "params": params });
+        ws.send(Message::text(request.to_string()))
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        while let Some(message) = ws.next().await {
+            let message = message.map_err(|e| CdpError::Http(e.to_string()))?;
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let reply: Value =
+                serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
+            if reply["id"] != 1 {
+                continue;
+            }
+            let _ = ws.close(None).await;
+            if let Some(error) = reply.get("error") {
+                return Err(CdpError::Protocol(error.to_string()));
+            }
+            return Ok(reply["result"].clone());
+        }
+        Err(CdpError::Protocol(
+            "the connection closed before the reply".into(),
+        ))
+    })
+    .await
+    .map_err(|_| CdpError::Timeout)?
+}
+
+/// Evaluates `expression` in the browser's first page and returns its value.
+pub async fn evaluate_in_first_page(addr: &str, expression: &str) -> Result<Value, CdpError> {
+    let targets = get_json(addr, "/json/list").await?;
+    let page = targets
+        .as_array()
+        .and_then(|list| list.iter().find(|t| t["type"] == "page"))
+        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+        .ok_or_else(|| CdpError::Protocol("no page target".into()))?;
+    let result = command(
+        page,
+        "Runtime.evaluate",
+        json!({ "expression": expression, "returnByValue": true }),
+    )
+    .await?;
+    Ok(result["result"]["value"].clone())
+}

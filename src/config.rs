@@ -1,0 +1,333 @@
+//! Configuration: `config.toml`, then `CDPGATE_<KEY>` environment overrides, then checks.
+//!
+//! Every field has a default so that a bare start works. `validate()` reports every bad
+//! value at once rather than the first one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The broker's settings. Each field mirrors a key of `config.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port the HTTP/WebSocket server binds (`CDPGATE_LISTEN`).
+    pub listen: SocketAddr,
+    /// Base URL clients reach the broker at, used in every `cdp_url` (`CDPGATE_PUBLIC_URL`).
+    /// Empty: derived from the bound address. Never taken from a request's `Host` header.
+    pub public_url: String,
+    /// Directory for generated secrets and per-browser scratch directories (`CDPGATE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Accepted API keys, each one a tenant (`CDPGATE_API_KEYS`, comma-separated).
+    /// Empty: one is generated on first start and kept in `data_dir/api_key`.
+    pub api_keys: Vec<String>,
+    /// Secret that signs connection tokens. Empty: generated once into `data_dir/token_secret`.
+    pub token_secret: String,
+    /// Browsers kept started ahead of demand.
+    pub pool_size: usize,
+    /// Hard cap on sessions holding a browser at once.
+    pub max_sessions: usize,
+    /// How long a create waits for a free slot before answering 503.
+    pub queue_timeout_ms: u64,
+    /// Chrome or Chromium executable. Empty: the first of the usual paths that exists.
+    pub chrome_path: String,
+    /// Extra command-line flags for every browser, after the broker's own.
+    pub chrome_flags: Vec<String>,
+    /// How long a browser may take to print its DevTools address.
+    pub launch_timeout_ms: u64,
+    /// TTL of a session created without one, in seconds.
+    pub default_ttl: u64,
+    /// Largest TTL a session may ask for, in seconds (at most 86400).
+    pub max_ttl: u64,
+    /// How long ended sessions stay readable, in seconds.
+    pub retention_secs: u64,
+    /// Screen size of sessions created without `screen_config`; the warm pool is started at it.
+    pub default_width: u32,
+    pub default_height: u32,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest `metadata` object accepted, in bytes of JSON.
+    pub max_metadata_bytes: usize,
+    /// Largest WebSocket message relayed, in bytes (full-page screenshots are tens of MB).
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for connections and browsers to wind down.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            public_url: String::new(),
+            data_dir: PathBuf::from("data"),
+            api_keys: Vec::new(),
+            token_secret: String::new(),
+            pool_size: 2,
+            max_sessions: 8,
+            queue_timeout_ms: 5_000,
+            chrome_path: String::new(),
+            chrome_flags: Vec::new(),
+            launch_timeout_ms: 15_000,
+            default_ttl: 600,
+            max_ttl: 86_400,
+            retention_secs: 86_400,
+            default_width: 1280,
+            default_height: 720,
+            max_body_bytes: 64 * 1024,
+            max_metadata_bytes: 16 * 1024,
+            max_message_bytes: 256 * 1024 * 1024,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Screen sides a session may ask for.
+pub const MIN_SIDE: u32 = 100;
+pub const MAX_WIDTH: u32 = 7680;
+pub const MAX_HEIGHT: u32 = 4320;
+/// The TTL ceiling of the wire contract.
+pub const TTL_CEILING: u64 = 86_400;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads `path` (a missing file means all defaults), applies the environment, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        config.apply_env(|key| std::env::var(key).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Overrides fields from `CDPGATE_<KEY>` variables; `lookup` is the environment.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let var = |key: &str| lookup(&format!("CDPGATE_{}", key.to_ascii_uppercase()));
+        fn parse<T: std::str::FromStr>(
+            key: &str,
+            value: &str,
+            errors: &mut Vec<String>,
+        ) -> Option<T> {
+            match value.trim().parse() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(format!(
+                        "CDPGATE_{}: cannot parse {value:?}",
+                        key.to_ascii_uppercase()
+                    ));
+                    None
+                }
+            }
+        }
+        fn list(value: &str) -> Vec<String> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
+        macro_rules! numeric {
+            ($($field:ident),*) => {$(
+                if let Some(v) = var(stringify!($field)) {
+                    if let Some(n) = parse(stringify!($field), &v, &mut errors) { self.$field = n; }
+                }
+            )*};
+        }
+        numeric!(
+            listen,
+            pool_size,
+            max_sessions,
+            queue_timeout_ms,
+            launch_timeout_ms,
+            default_ttl,
+            max_ttl,
+            retention_secs,
+            default_width,
+            default_height,
+            max_body_bytes,
+            max_metadata_bytes,
+            max_message_bytes,
+            shutdown_timeout_ms
+        );
+        if let Some(v) = var("public_url") {
+            self.public_url = v;
+        }
+        if let Some(v) = var("data_dir") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("token_secret") {
+            self.token_secret = v;
+        }
+        if let Some(v) = var("chrome_path") {
+            self.chrome_path = v;
+        }
+        if let Some(v) = var("api_keys") {
+            self.api_keys = list(&v);
+        }
+        if let Some(v) = var("chrome_flags") {
+            self.chrome_flags = list(&v);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Checks every value, reporting all the bad ones together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if !self.public_url.is_empty()
+            && !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "public_url must start with http:// or https://, got {:?}",
+                self.public_url
+            ));
+        }
+        if self.max_sessions == 0 {
+            errors.push("max_sessions must be at least 1".into());
+        }
+        if self.max_ttl == 0 || self.max_ttl > TTL_CEILING {
+            errors.push(format!("max_ttl must be within 1..={TTL_CEILING}"));
+        }
+        if self.default_ttl == 0 || self.default_ttl > self.max_ttl {
+            errors.push("default_ttl must be within 1..=max_ttl".into());
+        }
+        if !(MIN_SIDE..=MAX_WIDTH).contains(&self.default_width)
+            || !(MIN_SIDE..=MAX_HEIGHT).contains(&self.default_height)
+        {
+            errors.push(format!(
+                "default_width x default_height must be within {MIN_SIDE}..={MAX_WIDTH} x {MIN_SIDE}..={MAX_HEIGHT}"
+            ));
+        }
+        if self.api_keys.iter().any(|k| k.len() < 16) {
+            errors.push("every API key must be at least 16 characters".into());
+        }
+        if !self.token_secret.is_empty() && self.token_secret.len() < 32 {
+            errors.push("token_secret must be at least 32 characters".into());
+        }
+        if self.max_body_bytes < 1024 {
+            errors.push("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_message_bytes < 1024 * 1024 {
+            errors.push("max_message_bytes must be at least 1 MiB".into());
+        }
+        if self.launch_timeout_ms == 0 {
+            errors.push("launch_timeout_ms must be positive".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+
+    pub fn launch_timeout(&self) -> Duration {
+        Duration::from_millis(self.launch_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn env_overrides_the_documented_keys() {
+        let env: HashMap<&str, &str> = [
+            ("CDPGATE_LISTEN", "0.0.0.0:9000"),
+            ("CDPGATE_PUBLIC_URL", "https://browsers.example"),
+            ("CDPGATE_DATA_DIR", "/var/lib/cdpgate"),
+            (
+                "CDPGATE_API_KEYS",
+                "key-aaaaaaaaaaaaaaaa, key-bbbbbbbbbbbbbbbb,",
+            ),
+            ("CDPGATE_POOL_SIZE", "5"),
+        ]
+        .into();
+        let mut c = Config::default();
+        c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.public_url, "https://browsers.example");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/cdpgate"));
+        assert_eq!(
+            c.api_keys,
+            vec!["key-aaaaaaaaaaaaaaaa", "key-bbbbbbbbbbbbbbbb"]
+        );
+        assert_eq!(c.pool_size, 5);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| {
+                (k == "CDPGATE_POOL_SIZE" || k == "CDPGATE_MAX_TTL").then(|| "lots".to_string())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CDPGATE_POOL_SIZE") && err.contains("CDPGATE_MAX_TTL"),
+            "{err}"
+        );
+
+        let c = Config {
+            max_ttl: 100_000,
+            max_sessions: 0,
+            api_keys: vec!["short".into()],
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("max_ttl") && err.contains("max_sessions") && err.contains("API key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_repository_config_file_is_valid() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let c: Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics, kept in atomics and rendered in the text exposition format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the launch-time histogram buckets.
+const LAUNCH_BUCKETS: [f64; 8] = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub sessions_created: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_terminated: AtomicU64,
+    pub create_rejected: AtomicU64,
+    pub browsers_launched: AtomicU64,
+    pub browser_launch_failures: AtomicU64,
+    launch_buckets: [AtomicU64; LAUNCH_BUCKETS.len()],
+    launch_count: AtomicU64,
+    launch_sum_micros: AtomicU64,
+    pub proxy_connections: AtomicU64,
+    pub proxy_connections_open: AtomicU64,
+    pub messages_to_browser: AtomicU64,
+    pub messages_to_client: AtomicU64,
+    pub bytes_to_browser: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+}
+
+/// Readings that live elsewhere, taken at scrape time.
+pub struct Gauges {
+    pub sessions_active: usize,
+    pub pool_idle: usize,
+}
+
+impl Metrics {
+    pub fn observe_launch(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, bucket) in LAUNCH_BUCKETS.iter().zip(&self.launch_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.launch_count.fetch_add(1, Relaxed);
+        self.launch_sum_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.browsers_launched.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "cdpgate_sessions_active",
+            "gauge",
+            "Sessions currently active.",
+            gauges.sessions_active as u64,
+        );
+        metric(
+            "cdpgate_sessions_created_total",
+            "counter",
+            "Sessions created.",
+            self.sessions_created.load(Relaxed),
+        );
+        metric(
+            "cdpgate_sessions_expired_total",
+            "counter",
+            "Sessions ended by their TTL.",
+            self.sessions_expired.load(Relaxed),
+        );
+        metric(
+            "cdpgate_sessions_terminated_total",
+            "counter",
+            "Sessions ended by terminate, delete, Browser.close or a browser exit.",
+            self.sessions_terminated.load(Relaxed),
+        );
+        metric(
+            "cdpgate_session_create_rejected_total",
+            "counter",
+            "Creates answered 503 for lack of capacity.",
+            self.create_rejected.load(Relaxed),
+        );
+        metric(
+            "cdpgate_pool_idle",
+            "gauge",
+            "Warm browsers waiting for a session.",
+            gauges.pool_idle as u64,
+        );
+        metric(
+            "cdpgate_browsers_launched_total",
+            "counter",
+            "Browsers started.",
+            self.browsers_launched.load(Relaxed),
+        );
+        metric(
+            "cdpgate_browser_launch_failures_total",
+            "counter",
+            "Browser starts that failed.",
+            self.browser_launch_failures.load(Relaxed),
+        );
+        metric(
+            "cdpgate_proxy_connections_total",
+            "counter",
+            "CDP WebSocket connections accepted.",
+            self.proxy_connections.load(Relaxed),
+        );
+        metric(
+            "cdpgate_proxy_connections_open",
+            "gauge",
+            "CDP WebSocket connections open now.",
+            self.proxy_connections_open.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_proxy_messages_total WebSocket messages relayed.\n# TYPE cdpgate_proxy_messages_total counter\n\
+             cdpgate_proxy_messages_total{{direction=\"to_browser\"}} {}\n\
+             cdpgate_proxy_messages_total{{direction=\"to_client\"}} {}",
+            self.messages_to_browser.load(Relaxed),
+            self.messages_to_client.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_proxy_bytes_total Payload bytes relayed.\n# TYPE cdpgate_proxy_bytes_total counter\n\
+             cdpgate_proxy_bytes_total{{direction=\"to_browser\"}} {}\n\
+             cdpgate_proxy_bytes_total{{direction=\"to_client\"}} {}",
+            self.bytes_to_browser.load(Relaxed),
+            self.bytes_to_client.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_browser_launch_seconds Time from spawn to DevTools listening.\n\
+             # TYPE cdpgate_browser_launch_seconds histogram"
+        );
+        for (bound, bucket) in LAUNCH_BUCKETS.iter().zip(&self.launch_buckets) {
+            let _ = writeln!(
+                out,
+                "cdpgate_browser_launch_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
+        }
+        let count = self.launch_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "cdpgate_browser_launch_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             cdpgate_browser_launch_seconds_sum {}\n\
+             cdpgate_browser_launch_seconds_count {count}",
+            self.launch_sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.observe_launch(Duration::from_millis(120));
+        m.observe_launch(Duration::from_millis(30));
+        let text = m.render(&Gauges {
+            sessions_active: 1,
+            pool_idle: 2,
+        });
+        assert!(
+            text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.05\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.2\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cdpgate_browser_launch_seconds_count 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("cdpgate_pool_idle 2\n"), "{text}");
+        assert!(
+            text.contains("cdpgate_browsers_launched_total 2\n"),
+            "{text}"
+        );
+    }
+}

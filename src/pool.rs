@@ -1,0 +1,149 @@
+//! The warm pool: browsers started ahead of demand, each handed to exactly one session.
+//!
+//! A slot (semaphore permit) caps the sessions holding a browser at once. Idle browsers are
+//! all at the default screen size; a session asking for another size gets a fresh launch.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::browser::{Browser, LaunchError, Launcher, Screen};
+
+/// Longest pause between failed refill launches, so a broken Chrome is not a busy loop.
+const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("every browser slot is in use")]
+    Busy,
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+}
+
+/// A browser checked out for one session, with the slot it occupies. Dropping it kills
+/// the browser and frees the slot.
+pub struct Lease {
+    pub browser: Browser,
+    _slot: OwnedSemaphorePermit,
+}
+
+pub struct Pool {
+    launcher: Arc<Launcher>,
+    default_screen: Screen,
+    /// How many idle browsers to keep ready.
+    target_idle: usize,
+    idle: Mutex<VecDeque<Browser>>,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+    /// Wakes the refill loop after a checkout.
+    refill: Notify,
+}
+
+impl Pool {
+    pub fn new(
+        launcher: Arc<Launcher>,
+        default_screen: Screen,
+        target_idle: usize,
+        max_sessions: usize,
+        queue_timeout: Duration,
+    ) -> Self {
+        Pool {
+            launcher,
+            default_screen,
+            target_idle,
+            idle: Mutex::new(VecDeque::new()),
+            slots: Arc::new(Semaphore::new(max_sessions)),
+            queue_timeout,
+            refill: Notify::new(),
+        }
+    }
+
+    /// A browser of `screen` size for a new session: waits up to the queue timeout for a
+    /// slot, then takes a warm browser or launches one.
+    pub async fn acquire(&self, screen: Screen) -> Result<Lease, PoolError> {
+        let slot = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::Busy)?
+            .map_err(|_| PoolError::Busy)?;
+        if screen == self.default_screen
+            && let Some(browser) = self.take_idle()
+        {
+            self.refill.notify_one();
+            return Ok(Lease {
+                browser,
+                _slot: slot,
+            });
+        }
+        let browser = self.launcher.launch(screen).await?;
+        Ok(Lease {
+            browser,
+            _slot: slot,
+        })
+    }
+
+    fn take_idle(&self) -> Option<Browser> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        // Dead ones are dropped here; the refill loop replaces them.
+        while let Some(browser) = idle.pop_front() {
+            if browser.is_alive() {
+                return Some(browser);
+            }
+        }
+        None
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .iter()
+            .filter(|b| b.is_alive())
+            .count()
+    }
+
+    /// Slots free right now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Keeps `target_idle` live browsers ready until `shutdown`, then kills the idle ones.
+    pub async fn run_refill(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let missing = {
+                let mut idle = self.idle.lock().expect("pool lock");
+                idle.retain(Browser::is_alive);
+                self.target_idle.saturating_sub(idle.len())
+            };
+            if missing > 0 {
+                let launched = tokio::select! {
+                    r = self.launcher.launch(self.default_screen) => r,
+                    _ = shutdown.cancelled() => break,
+                };
+                match launched {
+                    Ok(browser) => {
+                        self.idle.lock().expect("pool lock").push_back(browser);
+                        backoff = Duration::from_millis(250);
+                    }
+                    Err(_) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        backoff = (backoff * 2).min(MAX_REFILL_BACKOFF);
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.refill.notified() => {}
+                _ = self.launcher.exits.notified() => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.idle.lock().expect("pool lock").clear();
+    }
+}

@@ -1,0 +1,74 @@
+//! Accepts TCP connections and serves HTTP/1.1 on each, with upgrades, until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::api;
+use crate::broker::Broker;
+use crate::error::Body;
+use crate::proxy;
+
+/// A client has this long to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until the broker's shutdown token is cancelled; in-flight requests finish.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = broker.shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                connections.spawn(serve_connection(stream, broker.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    connections.close();
+    let _ = tokio::time::timeout(broker.config.shutdown_timeout(), connections.wait()).await;
+}
+
+async fn serve_connection(stream: TcpStream, broker: Arc<Broker>) {
+    let _ = stream.set_nodelay(true);
+    let shutdown = broker.shutdown.clone();
+    let service = service_fn(move |request| dispatch(broker.clone(), request));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+async fn dispatch(
+    broker: Arc<Broker>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let response = if request.uri().path().starts_with("/devtools/") {
+        proxy::handle(broker, request).await
+    } else {
+        api::handle(broker, request).await
+    };
+    Ok(response)
+}

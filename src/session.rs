@@ -1,0 +1,317 @@
+//! A session: its record, its lifecycle (`active` → `terminated` | `expired`) and the
+//! browser it holds while active.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Tenant, unix_secs};
+use crate::browser::Screen;
+use crate::pool::Lease;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Terminated,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Terminated => "terminated",
+            Status::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "active" => Some(Status::Active),
+            "terminated" => Some(Status::Terminated),
+            "expired" => Some(Status::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session ended; decides its final status and the close frame its clients get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The TTL ran out.
+    Expired,
+    /// `POST .../terminate` or `DELETE`.
+    Terminated,
+    /// The browser exited: a client sent `Browser.close`, or it crashed.
+    BrowserExited,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn status(self) -> Status {
+        match self {
+            EndReason::Expired => Status::Expired,
+            _ => Status::Terminated,
+        }
+    }
+
+    /// The WebSocket close code and reason sent to every client of the session.
+    pub fn close_code(self) -> (u16, &'static str) {
+        match self {
+            EndReason::Expired => (4001, "session expired"),
+            EndReason::Terminated => (4002, "session terminated"),
+            EndReason::BrowserExited => (4003, "browser closed"),
+            EndReason::Shutdown => (1001, "broker shutting down"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "ttl reached",
+            EndReason::Terminated => "terminated by request",
+            EndReason::BrowserExited => "browser exited",
+            EndReason::Shutdown => "broker shut down",
+        }
+    }
+}
+
+/// Where the session's browser listens (loopback host:port) and its browser target path.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: String,
+    pub browser_path: String,
+}
+
+pub struct Session {
+    pub id: String,
+    pub tenant: Tenant,
+    pub created_at: SystemTime,
+    pub screen: Screen,
+    pub upstream: Upstream,
+    state: Mutex<State>,
+    /// Cancelled when the session ends; every proxied connection listens to it.
+    ended: CancellationToken,
+    /// Wakes the TTL watcher when `expires_at` moves.
+    deadline_moved: Notify,
+}
+
+struct State {
+    status: Status,
+    expires_at: SystemTime,
+    updated_at: SystemTime,
+    metadata: Map<String, Value>,
+    end_reason: Option<EndReason>,
+    ended_at: Option<SystemTime>,
+    /// The browser, held while active; dropping it kills the browser.
+    lease: Option<Lease>,
+}
+
+/// The fields of a session that the API shows, taken under one lock.
+pub struct Snapshot {
+    pub status: Status,
+    pub expires_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub metadata: Map<String, Value>,
+    pub end_reason: Option<EndReason>,
+}
+
+impl Session {
+    pub fn new(
+        id: String,
+        tenant: Tenant,
+        now: SystemTime,
+        ttl: Duration,
+        screen: Screen,
+        metadata: Map<String, Value>,
+        lease: Lease,
+    ) -> Session {
+        let upstream = Upstream {
+            addr: lease.browser.addr(),
+            browser_path: lease.browser.ws_path.clone(),
+        };
+        Session {
+            id,
+            tenant,
+            created_at: now,
+            screen,
+            upstream,
+            state: Mutex::new(State {
+                status: Status::Active,
+                expires_at: expiry(now, ttl),
+                updated_at: now,
+                metadata,
+                end_reason: None,
+                ended_at: None,
+                lease: Some(lease),
+            }),
+            ended: CancellationToken::new(),
+            deadline_moved: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("session lock")
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.state();
+        Snapshot {
+            status: s.status,
+            expires_at: s.expires_at,
+            updated_at: s.updated_at,
+            metadata: s.metadata.clone(),
+            end_reason: s.end_reason,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.state().status
+    }
+
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.state().end_reason
+    }
+
+    pub fn expires_at(&self) -> SystemTime {
+        self.state().expires_at
+    }
+
+    pub fn ended_at(&self) -> Option<SystemTime> {
+        self.state().ended_at
+    }
+
+    /// A token cancelled when the session ends.
+    pub fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+
+    pub fn deadline_moved(&self) -> &Notify {
+        &self.deadline_moved
+    }
+
+    /// A token cancelled when the session's browser has exited, if it still holds one.
+    pub fn browser_exited(&self) -> Option<CancellationToken> {
+        self.state().lease.as_ref().map(|l| l.browser.exited())
+    }
+
+    /// Ends an active session; answers the status it already had otherwise.
+    pub fn end(&self, reason: EndReason) -> Result<(), Status> {
+        let lease = {
+            let mut s = self.state();
+            if s.status != Status::Active {
+                return Err(s.status);
+            }
+            let now = SystemTime::now();
+            s.status = reason.status();
+            s.end_reason = Some(reason);
+            s.ended_at = Some(now);
+            s.updated_at = now;
+            s.lease.take()
+        };
+        // Clients hear the reason before the browser goes away under them.
+        self.ended.cancel();
+        drop(lease);
+        Ok(())
+    }
+
+    /// Moves the expiry to `now + ttl` and merges `metadata` in; only while active.
+    pub fn update(
+        &self,
+        ttl: Option<Duration>,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<(), Status> {
+        let mut s = self.state();
+        if s.status != Status::Active {
+            return Err(s.status);
+        }
+        let now = SystemTime::now();
+        if let Some(ttl) = ttl {
+            s.expires_at = expiry(now, ttl);
+            self.deadline_moved.notify_one();
+        }
+        if let Some(extra) = metadata {
+            s.metadata.extend(extra);
+        }
+        s.updated_at = now;
+        Ok(())
+    }
+
+    /// What the metadata would be after merging `extra` in (to check its size first).
+    pub fn merged_metadata(&self, extra: &Map<String, Value>) -> Map<String, Value> {
+        let mut merged = self.state().metadata.clone();
+        merged.extend(extra.clone());
+        merged
+    }
+}
+
+/// `now + ttl`, rounded up to a whole second: `expires_at` is shown to the second and the
+/// session must end exactly then, never before the TTL asked for.
+fn expiry(now: SystemTime, ttl: Duration) -> SystemTime {
+    let at = now + ttl;
+    let secs = unix_secs(at);
+    let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    if whole < at {
+        whole + Duration::from_secs(1)
+    } else {
+        whole
+    }
+}
+
+/// ISO 8601 UTC to the second with a `Z`, as the wire contract shows.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The session object of the wire contract.
+pub fn render(session: &Session, cdp_url: &str) -> Value {
+    let snap = session.snapshot();
+    let mut body = json!({
+        "session_id": session.id,
+        "cdp_url": cdp_url,
+        "screen_config": { "width": session.screen.width, "height": session.screen.height },
+        "status": snap.status.as_str(),
+        "expires_at": timestamp(snap.expires_at),
+        "metadata": snap.metadata,
+        "profile_id": null,
+        "persist_changes": null,
+        "created_at": timestamp(session.created_at),
+        "updated_at": timestamp(snap.updated_at),
+    });
+    if let Some(reason) = snap.end_reason {
+        body["end_reason"] = json!(reason.as_str());
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_rounds_up_to_the_second() {
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            expiry(base, Duration::from_secs(60)),
+            base + Duration::from_secs(60)
+        );
+        assert_eq!(
+            expiry(base + Duration::from_millis(1), Duration::from_secs(60)),
+            base + Duration::from_secs(61)
+        );
+        assert_eq!(timestamp(base), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [Status::Active, Status::Terminated, Status::Expired] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("ACTIVE"), None);
+        assert_eq!(EndReason::Expired.close_code().0, 4001);
+        assert_eq!(EndReason::Terminated.status(), Status::Terminated);
+    }
+}
