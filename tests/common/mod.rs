@@ -1,0 +1,332 @@
+//! Shared helpers of the integration tests: the real broker on port 0, a small HTTP
+//! client, a test site, the Node and Python clients, and process accounting.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cdpgate::{Broker, Config};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_A: &str = "tenant-a-key-0123456789";
+pub const KEY_B: &str = "tenant-b-key-0123456789";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    pub shutdown: CancellationToken,
+    pub data_dir: tempfile::TempDir,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+/// A configuration for tests: two tenants, a small pool, a private data directory.
+pub fn test_config(data_dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        api_keys: vec![KEY_A.into(), KEY_B.into()],
+        pool_size: 1,
+        max_sessions: 4,
+        queue_timeout_ms: 2_000,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        assert_tools_installed();
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(data_dir.path());
+        tweak(&mut config);
+        config.validate().unwrap();
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let broker = cdpgate::start(&listener, config, shutdown.clone())
+            .await
+            .expect("broker starts");
+        let serving = tokio::spawn(cdpgate::serve(listener, broker.clone()));
+        TestServer {
+            addr,
+            broker,
+            shutdown,
+            data_dir,
+            serving,
+        }
+    }
+
+    /// Shuts the broker down and waits until it has stopped.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.serving).await;
+        self.data_dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Response {
+        http(self.addr, method, path, key, body).await
+    }
+
+    /// Creates a session for tenant A and returns its JSON.
+    pub async fn create(&self, body: Value) -> Value {
+        let r = self
+            .call(
+                Method::POST,
+                "/public/sessions",
+                Some(KEY_A),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.json
+    }
+
+    pub async fn get(&self, id: &str) -> Response {
+        self.call(
+            Method::GET,
+            &format!("/public/sessions/{id}"),
+            Some(KEY_A),
+            None,
+        )
+        .await
+    }
+
+    pub async fn terminate(&self, id: &str) -> Response {
+        self.call(
+            Method::POST,
+            &format!("/public/sessions/{id}/terminate"),
+            Some(KEY_A),
+            None,
+        )
+        .await
+    }
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+    pub json: Value,
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Response {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(key) = key {
+        builder = builder.header("x-api-key", key);
+    }
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+    Response {
+        status,
+        headers,
+        body,
+        json,
+    }
+}
+
+/// A site on loopback that answers every request with the same small page.
+pub async fn start_site() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html><head><title>cdpgate test site</title></head>\
+                            <body><h1>Hello through the proxy</h1></body></html>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tests need Chromium and the Node clients; `scripts/setup.sh` installs both.
+pub fn assert_tools_installed() {
+    assert!(
+        cdpgate::browser::find_chrome().is_some(),
+        "Chromium is missing: run scripts/setup.sh (or the README's test command)"
+    );
+    assert!(
+        repo_root()
+            .join("tests/js/node_modules/puppeteer-core")
+            .exists(),
+        "the Node test clients are missing: run scripts/setup.sh"
+    );
+}
+
+/// Runs `tests/js/<script>` with `args` and parses the last line it prints as JSON.
+pub async fn node(script: &str, args: &[&str]) -> Value {
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/js").join(script))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finished in time")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node {script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("node printed JSON")
+}
+
+/// The Python that has `dari-python` installed (scripts/setup.sh makes a venv).
+pub fn python() -> PathBuf {
+    let venv = repo_root().join("target/test-venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// PIDs of live (non-zombie) processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits up to `limit` for `check` to hold, polling.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub async fn ws_connect(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Sends a CDP command and waits for its reply, skipping events.
+pub async fn cdp_call(ws: &mut Ws, id: u64, method: &str, params: Value) -> Value {
+    let msg = json!({"id": id, "method": method, "params": params}).to_string();
+    ws.send(Message::text(msg)).await.unwrap();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a CDP reply in time");
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["id"] == id {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("connection ended while waiting for {method}: {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame; answers (code, reason).
+pub async fn await_close(ws: &mut Ws, limit: Duration) -> Option<(u16, String)> {
+    tokio::time::timeout(limit, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(Some(frame))) => {
+                    return Some((u16::from(frame.code), frame.reason.to_string()));
+                }
+                Ok(Message::Close(None)) => return Some((1005, String::new())),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
