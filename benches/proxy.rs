@@ -1,1 +1,196 @@
-fn main() {}
+//! Proxy round trip against an in-process WebSocket echo upstream, next to the same load
+//! sent directly; and session acquire (create → first CDP reply) from the warm pool.
+//!
+//! `cargo bench --bench proxy`; numbers and how to read them: docs/benchmarks.md.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdpgate::metrics::Metrics;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+fn big_messages() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20))
+}
+
+/// Echoes every data message back.
+async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(mut ws) =
+                    tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await
+                else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// cdpgate's relay in front of `upstream`, as each proxied CDP connection runs it.
+async fn relay_in_front_of(upstream: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let Ok(client) =
+                    tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await
+                else {
+                    return;
+                };
+                let url = format!("ws://{upstream}/");
+                let Ok((browser, _)) =
+                    tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true)
+                        .await
+                else {
+                    return;
+                };
+                let never = CancellationToken::new();
+                cdpgate::proxy::relay(client, browser, &never, || None, &metrics).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn connect(addr: SocketAddr) -> Ws {
+    let url = format!("ws://{addr}/");
+    tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true)
+        .await
+        .unwrap()
+        .0
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (direct, proxied) = rt.block_on(async {
+        let echo = echo_upstream().await;
+        (echo, relay_in_front_of(echo).await)
+    });
+    let mut group = c.benchmark_group("round_trip");
+    for size in [300usize, 64 * 1024, 1024 * 1024] {
+        group.throughput(Throughput::Bytes(size as u64));
+        let message = Message::binary(vec![b'x'; size]);
+        for (name, addr) in [("direct", direct), ("cdpgate", proxied)] {
+            let mut ws = rt.block_on(connect(addr));
+            group.bench_with_input(BenchmarkId::new(name, size), &message, |b, message| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            ws.send(message.clone()).await.unwrap();
+                            ws.next().await.unwrap().unwrap();
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One HTTP/1.1 request with a close; answers the parsed JSON body.
+async fn http_json(addr: SocketAddr, request: String) -> Value {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+fn session_acquire(c: &mut Criterion) {
+    if cdpgate::browser::find_chrome().is_none() {
+        eprintln!("session_acquire skipped: no Chromium (scripts/setup.sh installs it)");
+        return;
+    }
+    let rt = Runtime::new().unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let key = "bench-key-0123456789abcdef";
+    let (addr, broker) = rt.block_on(async {
+        let config = cdpgate::Config {
+            data_dir: data_dir.path().to_owned(),
+            api_keys: vec![key.into()],
+            pool_size: 2,
+            ..cdpgate::Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broker = cdpgate::start(&listener, config, CancellationToken::new())
+            .await
+            .unwrap();
+        tokio::spawn(cdpgate::serve(listener, broker.clone()));
+        (addr, broker)
+    });
+    let create = format!(
+        "POST /public/sessions HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    let mut group = c.benchmark_group("session_acquire");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("create_to_first_cdp_reply", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // Untimed: let the pool have a warm browser ready, as in steady use.
+                    while broker.pool.idle_count() == 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let start = Instant::now();
+                    let session = http_json(addr, create.clone()).await;
+                    let url = session["cdp_url"].as_str().expect("a session").to_owned();
+                    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                    ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#)).await.unwrap();
+                    ws.next().await.unwrap().unwrap();
+                    total += start.elapsed();
+                    let id = session["session_id"].as_str().unwrap();
+                    let terminate = format!(
+                        "POST /public/sessions/{id}/terminate HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    http_json(addr, terminate).await;
+                }
+                total
+            })
+        })
+    });
+    group.finish();
+    rt.block_on(broker.stop());
+}
+
+criterion_group!(benches, round_trip, session_acquire);
+criterion_main!(benches);

@@ -159,7 +159,7 @@ fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 
 fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
     let too_long = || {
-        let human = if max_ttl % 3600 == 0 {
+        let human = if max_ttl.is_multiple_of(3600) {
             format!("{} hours", max_ttl / 3600)
         } else {
             format!("{max_ttl} seconds")

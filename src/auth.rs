@@ -272,14 +272,12 @@ mod tests {
 
         // Tampered payload, other secret, expired.
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
-        parts[1].replace_range(
-            0..2,
-            if parts[1].starts_with("ey") {
-                "fy"
-            } else {
-                "ey"
-            },
-        );
+        let swapped = if parts[1].starts_with("ey") {
+            "fy"
+        } else {
+            "ey"
+        };
+        parts[1].replace_range(0..2, swapped);
         assert_eq!(
             tokens.verify(Some(&parts.join(".")), "sess_a", Scope::Cdp),
             Err(TokenError::Invalid)

@@ -77,7 +77,7 @@ pub struct Launcher {
 }
 
 /// A running browser. Dropping it kills its process group; `exited()` fires once the
-/// process is reaped and its scratch directory removed.
+/// process is reaped (its scratch directory is removed right after).
 pub struct Browser {
     /// Short random id, the name of its scratch directory.
     pub id: String,
@@ -97,7 +97,7 @@ impl Browser {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// A token cancelled when the process has exited and been cleaned up.
+    /// A token cancelled when the process has exited and been reaped.
     pub fn exited(&self) -> CancellationToken {
         self.exited.clone()
     }
@@ -308,9 +308,9 @@ async fn reap(
     // The group outlives its leader until reaped; kill renderers and helpers too.
     sys::kill_group(pid);
     let _ = child.wait().await;
-    remove_dir_with_retries(&dir).await;
     exited.cancel();
     exits.notify_one();
+    remove_dir_with_retries(&dir).await;
 }
 
 async fn remove_dir_with_retries(dir: &Path) {

@@ -206,9 +206,8 @@ impl Config {
     /// Checks every value, reporting all the bad ones together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        if !self.public_url.is_empty()
-            && !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://"))
-        {
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             errors.push(format!(
                 "public_url must start with http:// or https://, got {:?}",
                 self.public_url

@@ -14,16 +14,16 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::query_pairs;
@@ -36,9 +36,8 @@ use crate::session::{EndReason, Session, Status};
 
 /// How long the polite end of a connection (close frame, its echo) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
-type BrowserSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// How long a dropped browser connection waits to learn whether the browser is exiting.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     match route(&broker, request).await {
@@ -142,7 +141,13 @@ async fn upgrade(
         tokio_tungstenite::connect_async_with_config(url, Some(ws_config(broker)), true)
             .await
             .map_err(|e| match e {
-                tungstenite::Error::Http(r) if r.status() == StatusCode::NOT_FOUND => {
+                // Chrome answers an unknown target id with 500 "No such target id".
+                tungstenite::Error::Http(r)
+                    if r.status() == StatusCode::NOT_FOUND
+                        || r.body()
+                            .as_deref()
+                            .is_some_and(|b| b.starts_with(b"No such target")) =>
+                {
                     ApiError::not_found("Target not found in this session's browser")
                 }
                 _ => ApiError::new(
@@ -169,7 +174,14 @@ async fn upgrade(
                 Some(ws_config(&broker)),
             )
             .await;
-            relay(client, browser, &session, &broker).await;
+            relay(
+                client,
+                browser,
+                session.ended(),
+                || session.end_reason(),
+                &broker.metrics,
+            )
+            .await;
         }
         .instrument(span),
     );
@@ -252,19 +264,25 @@ enum Ending {
     Ended(EndReason),
 }
 
-/// Relays messages both ways until one side closes or the session ends.
-async fn relay(client: ClientSocket, browser: BrowserSocket, session: &Session, broker: &Broker) {
-    let metrics = &broker.metrics;
+/// Relays messages both ways until one side closes or `ended` fires; `end_reason` says
+/// why a session ended (it is asked only once `ended` has fired or the browser left).
+pub async fn relay<C, B>(
+    client: WebSocketStream<C>,
+    browser: WebSocketStream<B>,
+    ended: &CancellationToken,
+    end_reason: impl Fn() -> Option<EndReason>,
+    metrics: &Metrics,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let _open = OpenConnection::new(metrics);
     let (mut client_tx, mut client_rx) = client.split();
     let (mut browser_tx, mut browser_rx) = browser.split();
     let ending = loop {
         tokio::select! {
             biased;
-            _ = session.ended().cancelled() => {
-                break Ending::Ended(session.end_reason().unwrap_or(EndReason::Terminated));
-            }
-            _ = broker.shutdown.cancelled() => break Ending::Ended(EndReason::Shutdown),
+            _ = ended.cancelled() => break Ending::Ended(end_reason().unwrap_or(EndReason::Terminated)),
             message = client_rx.next() => match message {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                     metrics.messages_to_browser.fetch_add(1, Relaxed);
@@ -292,11 +310,16 @@ async fn relay(client: ClientSocket, browser: BrowserSocket, session: &Session, 
         }
     };
 
+    if matches!(ending, Ending::BrowserClosed(_)) {
+        // A browser that is exiting drops its sockets a moment before the process is
+        // gone; give the session that moment to end so the client hears why.
+        let _ = tokio::time::timeout(EXIT_GRACE, ended.cancelled()).await;
+    }
     let to_client = match ending {
         Ending::ClientGone => None,
         // The browser went away because the session ended: say why, not just "gone".
-        Ending::BrowserClosed(_) if session.end_reason().is_some() => {
-            session.end_reason().map(|r| close_frame(r.close_code()))
+        Ending::BrowserClosed(_) if ended.is_cancelled() => {
+            end_reason().map(|r| close_frame(r.close_code()))
         }
         Ending::BrowserClosed(frame) => {
             Some(frame.unwrap_or_else(|| close_frame((1011, "browser connection lost"))))

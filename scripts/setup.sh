@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what cdpgate needs, only where it is missing (safe to run again):
+#   scripts/setup.sh          Chromium (Debian's package)
+#   scripts/setup.sh --test   also Node.js, the Node CDP clients and the Python client
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! [ -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Chromium"
+  apt_install chromium
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing Node.js"
+    apt_install nodejs npm
+  fi
+  if ! [ -d tests/js/node_modules/puppeteer-core ] || ! [ -d tests/js/node_modules/playwright-core ]; then
+    echo "setup: installing puppeteer-core and playwright-core (no browser download)"
+    (cd tests/js && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error)
+  fi
+  venv=target/test-venv
+  if ! [ -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import dari' 2>/dev/null; then
+    echo "setup: installing dari-python into $venv"
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+      apt_install python3 python3-venv
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q --disable-pip-version-check dari-python==0.1.7
+  fi
+fi

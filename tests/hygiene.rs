@@ -1,0 +1,226 @@
+//! Process and disk hygiene: no browser or scratch directory outlives its session or the
+//! broker, however the broker ends; and the first-start experience of the real binary.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_outlives_sessions_or_a_stopped_broker() {
+    let server = TestServer::start().await;
+    let data_dir = server.data_dir.path().to_string_lossy().into_owned();
+    let a = server.create(json!({})).await;
+    let b = server
+        .create(json!({"screen_config": {"width": 800, "height": 600}}))
+        .await;
+    let mut ws = ws_connect(a["cdp_url"].as_str().unwrap()).await.unwrap();
+    cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    assert!(
+        processes_mentioning(&data_dir).len() >= 3,
+        "two sessions and a warm browser run"
+    );
+
+    server.terminate(b["session_id"].as_str().unwrap()).await;
+    let dir = server.stop().await;
+    // Shutdown closes client connections with "going away".
+    assert_eq!(
+        await_close(&mut ws, Duration::from_secs(5))
+            .await
+            .map(|c| c.0),
+        Some(1001)
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || processes_mentioning(&data_dir)
+            .is_empty())
+        .await,
+        "Chromium processes left: {:?}",
+        processes_mentioning(&data_dir)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("browsers"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "scratch directories left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_directories_are_swept_at_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let stale = data_dir.path().join("browsers/0123abcd/Default");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("Cookies"), b"old").unwrap();
+    let server = TestServer::start_with(|c| c.data_dir = data_dir.path().to_owned()).await;
+    assert!(!data_dir.path().join("browsers/0123abcd").exists());
+    server.stop().await;
+}
+
+/// The real binary, started as a user would, with its stdout read line by line.
+struct Binary {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    printed: Vec<String>,
+    addr: SocketAddr,
+}
+
+async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
+    assert_tools_installed();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdpgate"))
+        .arg(data_dir.join("no-such-config.toml"))
+        .env("CDPGATE_DATA_DIR", data_dir)
+        .env("CDPGATE_LISTEN", "127.0.0.1:0")
+        .env("CDPGATE_POOL_SIZE", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push(line.clone());
+            if let Some(rest) = line.strip_prefix("cdpgate: listening on ") {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("the broker exited early: {printed:?}");
+    })
+    .await
+    .expect("the broker starts listening");
+    Binary {
+        child,
+        lines,
+        printed,
+        addr,
+    }
+}
+
+fn signal(child: &tokio::process::Child, sig: libc::c_int) {
+    let pid = child.id().unwrap() as i32;
+    #[allow(unsafe_code)]
+    // SAFETY: sends a signal to our own child.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_leaves_no_chromium_behind() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let needle = data_dir.path().to_string_lossy().into_owned();
+    let mut broker = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    let r = http(
+        broker.addr,
+        Method::POST,
+        "/public/sessions",
+        Some(KEY_A),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(
+        processes_mentioning(&needle).len() >= 2,
+        "a session browser and a warm one"
+    );
+
+    signal(&broker.child, libc::SIGKILL);
+    broker.child.wait().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || processes_mentioning(&needle)
+            .is_empty())
+        .await,
+        "orphaned Chromium: {:?}",
+        processes_mentioning(&needle)
+    );
+
+    // The next start sweeps the directories the killed broker could not remove.
+    let names = |dir: &Path| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir.join("browsers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let stale = names(data_dir.path());
+    assert!(
+        stale.len() >= 2,
+        "a killed broker cannot clean up: {stale:?}"
+    );
+    let mut again = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    let now = names(data_dir.path());
+    assert!(
+        stale.iter().all(|d| !now.contains(d)),
+        "stale {stale:?}, now {now:?}"
+    );
+    signal(&again.child, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(20), again.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status}");
+    assert!(
+        eventually(Duration::from_secs(10), || processes_mentioning(&needle)
+            .is_empty())
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_api_key_is_printed_once_and_kept() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut first = start_binary(data_dir.path(), &[]).await;
+    let announced = first
+        .printed
+        .iter()
+        .find_map(|l| l.strip_prefix("cdpgate: generated an API key"))
+        .expect("the new key is printed")
+        .to_owned();
+    let key = announced.rsplit(": ").next().unwrap().trim().to_owned();
+    assert!(key.starts_with("cdpg_") && key.len() > 30, "{key}");
+    let stored = std::fs::read_to_string(data_dir.path().join("api_key")).unwrap();
+    assert_eq!(stored.trim(), key);
+
+    let r = http(
+        first.addr,
+        Method::GET,
+        "/public/sessions",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    signal(&first.child, libc::SIGTERM);
+    first.child.wait().await.unwrap();
+    while let Ok(Some(line)) = first.lines.next_line().await {
+        assert!(!line.contains(&key), "the key was printed again: {line}");
+    }
+
+    let mut second = start_binary(data_dir.path(), &[]).await;
+    assert!(
+        second.printed.iter().all(|l| !l.contains(&key)),
+        "a restart does not print the key"
+    );
+    let r = http(
+        second.addr,
+        Method::GET,
+        "/public/sessions",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the kept key still works");
+    signal(&second.child, libc::SIGTERM);
+    second.child.wait().await.unwrap();
+}

@@ -1,0 +1,401 @@
+//! The CDP proxy with real clients: Puppeteer, Playwright and raw WebSockets.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use futures_util::SinkExt;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+fn cdp_url(session: &Value) -> String {
+    session["cdp_url"].as_str().unwrap().to_owned()
+}
+
+/// The status code an upgrade attempt was refused with.
+async fn refused_status(url: &str) -> StatusCode {
+    match ws_connect(url).await {
+        Err(tungstenite::Error::Http(response)) => response.status(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("the upgrade to {url} was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puppeteer_and_playwright_drive_a_session_at_its_screen_size() {
+    let server = TestServer::start().await;
+    let site = format!("http://{}/", start_site().await);
+
+    // A non-default size needs a fresh launch; the default one comes from the warm pool.
+    for (screen, clients) in [
+        (
+            json!({"width": 1024, "height": 600}),
+            vec!["puppeteer", "playwright", "playwright-http"],
+        ),
+        (json!({"width": 1280, "height": 720}), vec!["puppeteer"]),
+    ] {
+        let session = server.create(json!({"screen_config": screen})).await;
+        let url = cdp_url(&session);
+        for client in clients {
+            let (script_client, endpoint) = match client {
+                // Playwright's http form: it fetches …/json/version/ and follows the answer.
+                "playwright-http" => ("playwright", url.replacen("ws://", "http://", 1)),
+                other => (other, url.clone()),
+            };
+            let seen = node("drive.mjs", &[script_client, &endpoint, &site]).await;
+            assert_eq!(seen["title"], "cdpgate test site", "{client}");
+            assert_eq!(seen["text"], "Hello through the proxy", "{client}");
+            assert_eq!(seen["sum"], 42, "{client}");
+            let (w, h) = (&screen["width"], &screen["height"]);
+            assert_eq!(
+                (&seen["innerWidth"], &seen["innerHeight"]),
+                (w, h),
+                "{client} viewport"
+            );
+            assert_eq!(
+                (&seen["screenWidth"], &seen["screenHeight"]),
+                (w, h),
+                "{client} screen"
+            );
+            assert_eq!(seen["screenshot"], screen, "{client} screenshot");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_share_a_browser_and_reconnect() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let url = cdp_url(&session);
+
+    let mut a = ws_connect(&url).await.unwrap();
+    let mut b = ws_connect(&url).await.unwrap();
+    let created = cdp_call(
+        &mut a,
+        1,
+        "Target.createTarget",
+        json!({"url": "about:blank#from-a"}),
+    )
+    .await;
+    let target_id = created["result"]["targetId"].as_str().unwrap().to_owned();
+    let targets = cdp_call(&mut b, 1, "Target.getTargets", json!({})).await;
+    let seen_by_b = targets["result"]["targetInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["targetId"] == target_id.as_str());
+    assert!(seen_by_b, "B sees the tab A opened: one browser");
+
+    // A leaves; B goes on working.
+    a.close(None).await.unwrap();
+    drop(a);
+    let v = cdp_call(&mut b, 2, "Browser.getVersion", json!({})).await;
+    assert!(v["result"]["product"].as_str().unwrap().contains("Chrome"));
+
+    // A comes back on the same URL.
+    let mut a = ws_connect(&url).await.unwrap();
+    let v = cdp_call(&mut a, 1, "Browser.getVersion", json!({})).await;
+    assert!(v["result"]["product"].is_string());
+    assert_eq!(
+        server
+            .get(session["session_id"].as_str().unwrap())
+            .await
+            .json["status"],
+        "active"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ttl_closes_every_connection_and_refuses_new_ones() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({"ttl": 2})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let expires_at = humantime::parse_rfc3339(session["expires_at"].as_str().unwrap()).unwrap();
+    let url = cdp_url(&session);
+    let mut a = ws_connect(&url).await.unwrap();
+    let mut b = ws_connect(&url).await.unwrap();
+    cdp_call(&mut a, 1, "Browser.getVersion", json!({})).await;
+
+    for ws in [&mut a, &mut b] {
+        let close = await_close(ws, Duration::from_secs(10)).await;
+        assert_eq!(close, Some((4001, "session expired".to_owned())));
+        // Not before its time. (How soon after is a benchmark, not a test.)
+        assert!(SystemTime::now() >= expires_at);
+    }
+    let got = server.get(id).await.json;
+    assert_eq!(got["status"], "expired");
+    assert_eq!(refused_status(&url).await, StatusCode::GONE);
+    let again = server.terminate(id).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.json["detail"], "Session has already expired");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_closes_connections_and_kills_the_browser() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let chrome = server
+        .broker
+        .sessions
+        .get(id)
+        .unwrap()
+        .upstream
+        .addr
+        .clone();
+    let url = cdp_url(&session);
+    let mut a = ws_connect(&url).await.unwrap();
+    let mut b = ws_connect(&url).await.unwrap();
+    cdp_call(&mut b, 1, "Browser.getVersion", json!({})).await;
+    let data_dir = server.data_dir.path().to_string_lossy().into_owned();
+    assert!(!processes_mentioning(&data_dir).is_empty());
+
+    assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            await_close(ws, Duration::from_secs(5)).await,
+            Some((4002, "session terminated".to_owned()))
+        );
+    }
+    assert_eq!(refused_status(&url).await, StatusCode::GONE);
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            &chrome
+        )
+        .is_err())
+        .await,
+        "the session's browser is gone"
+    );
+    // Only the warm pool's browser is left.
+    let browsers_dir = server.data_dir.path().join("browsers");
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_dir(&browsers_dir)
+            .unwrap()
+            .count()
+            == 1)
+        .await,
+        "the session's scratch directory is removed"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_close_from_a_client_ends_the_session() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let mut a = ws_connect(&cdp_url(&session)).await.unwrap();
+    let mut b = ws_connect(&cdp_url(&session)).await.unwrap();
+    cdp_call(&mut a, 1, "Browser.close", json!({})).await;
+    assert_eq!(
+        await_close(&mut b, Duration::from_secs(10))
+            .await
+            .map(|c| c.0),
+        Some(4003)
+    );
+    let ended = eventually(Duration::from_secs(10), || {
+        server.broker.sessions.get(id).unwrap().status() != cdpgate::session::Status::Active
+    })
+    .await;
+    assert!(ended);
+    let got = server.get(id).await.json;
+    assert_eq!(
+        (got["status"].as_str(), got["end_reason"].as_str()),
+        (Some("terminated"), Some("browser exited"))
+    );
+    assert_eq!(server.broker.pool.free_slots(), 4);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_before_reaching_chrome() {
+    let server = TestServer::start().await;
+    let a = server.create(json!({})).await;
+    let b = server.create(json!({})).await;
+    let a_id = a["session_id"].as_str().unwrap();
+    let a_url = cdp_url(&a);
+    let (base, token) = a_url.split_once("?token=").unwrap();
+    let b_token = cdp_url(&b).split_once("?token=").unwrap().1.to_owned();
+
+    let forged = cdpgate::auth::Tokens::new(b"someone-elses-secret-0123456789ab").mint(
+        a_id,
+        cdpgate::auth::Scope::Cdp,
+        SystemTime::now(),
+        SystemTime::now() + Duration::from_secs(600),
+    );
+    let expired = server.broker.tokens.mint(
+        a_id,
+        cdpgate::auth::Scope::Cdp,
+        SystemTime::now() - Duration::from_secs(700),
+        SystemTime::now() - Duration::from_secs(100),
+    );
+    let mut tampered = token.to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+
+    for (what, url) in [
+        ("missing", base.to_owned()),
+        ("empty", format!("{base}?token=")),
+        ("garbage", format!("{base}?token=not.a.jwt")),
+        ("forged", format!("{base}?token={forged}")),
+        ("tampered", format!("{base}?token={tampered}")),
+        ("expired", format!("{base}?token={expired}")),
+        ("other session's", format!("{base}?token={b_token}")),
+    ] {
+        assert_eq!(
+            refused_status(&url).await,
+            StatusCode::UNAUTHORIZED,
+            "{what} token"
+        );
+    }
+    // Discovery and page endpoints refuse the same way.
+    let path = format!("/devtools/browser/{a_id}/json/version?token={b_token}");
+    assert_eq!(
+        server.call(Method::GET, &path, None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let path = "/devtools/page/ABCDEF?token=nope";
+    assert_eq!(
+        server.call(Method::GET, path, None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // No refused attempt reached a browser.
+    assert_eq!(
+        server
+            .broker
+            .metrics
+            .proxy_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // The right token still works, and a wrong API key cannot read the session.
+    let mut ws = ws_connect(&a_url).await.unwrap();
+    cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/public/sessions/{a_id}"),
+            Some("wrong-key-0123456789"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_page_endpoints_go_through_the_broker() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let url = cdp_url(&session);
+    let token = url.split_once("?token=").unwrap().1;
+    let chrome = server
+        .broker
+        .sessions
+        .get(id)
+        .unwrap()
+        .upstream
+        .addr
+        .clone();
+    let chrome_port = chrome.rsplit(':').next().unwrap().to_owned();
+
+    for suffix in ["json/version", "json/version/"] {
+        let r = server
+            .call(
+                Method::GET,
+                &format!("/devtools/browser/{id}/{suffix}?token={token}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{suffix}: {}", r.body);
+        assert_eq!(r.json["webSocketDebuggerUrl"], url.as_str());
+        assert!(r.json["Browser"].as_str().unwrap().contains("Chrome"));
+        assert!(!r.body.contains(&chrome_port));
+    }
+
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/devtools/browser/{id}/json/list?token={token}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        !r.body.contains(&chrome_port),
+        "Chrome's port leaked: {}",
+        r.body
+    );
+    let page = r
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "page")
+        .expect("a page target")
+        .clone();
+    let page_url = page["webSocketDebuggerUrl"].as_str().unwrap();
+    assert!(
+        page_url.starts_with(&format!("ws://{}/devtools/page/", server.addr)),
+        "{page_url}"
+    );
+
+    // The page endpoint works through the broker.
+    let mut ws = ws_connect(page_url).await.unwrap();
+    let v = cdp_call(
+        &mut ws,
+        1,
+        "Runtime.evaluate",
+        json!({"expression": "6 * 7", "returnByValue": true}),
+    )
+    .await;
+    assert_eq!(v["result"]["result"]["value"], 42);
+    // A target that does not exist in this browser is a 404, not a hang.
+    let missing = format!(
+        "ws://{}/devtools/page/0123456789ABCDEF0123456789ABCDEF?token={token}",
+        server.addr
+    );
+    assert_eq!(refused_status(&missing).await, StatusCode::NOT_FOUND);
+
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/devtools/browser/{id}/json/protocol?token={token}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json["domains"].as_array().is_some_and(|d| !d.is_empty()));
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/devtools/browser/{id}/json/nonsense?token={token}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A plain GET of the WebSocket path explains itself.
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/devtools/browser/{id}?token={token}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+    assert!(r.json["detail"].is_string());
+    ws.send(Message::Close(None)).await.ok();
+    server.stop().await;
+}
