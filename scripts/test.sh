@@ -7,4 +7,4 @@ scripts/setup.sh --test
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # --all-targets also runs each criterion benchmark once, so the benches stay working.
-cargo test --all-targets -- --test-threads=2
+cargo test --all-targets
