@@ -7,4 +7,8 @@ scripts/setup.sh --test
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # --all-targets also runs each criterion benchmark once, so the benches stay working.
-cargo test --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"

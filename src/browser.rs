@@ -56,6 +56,8 @@ pub enum LaunchError {
     Exited,
     #[error("the browser did not start listening within {0:?}")]
     Timeout(Duration),
+    #[error("the browser does not answer CDP commands: {0}")]
+    NotResponding(String),
     #[error("the browser printed an unexpected DevTools address: {0}")]
     BadAddress(String),
 }
@@ -268,6 +270,11 @@ impl Launcher {
         let Some((port, ws_path)) = parse_devtools_address(&address) else {
             return fail(LaunchError::BadAddress(address));
         };
+        // Chrome prints its address a few hundred ms before it answers promptly; one
+        // round trip here keeps that wait off the session's first command.
+        if let Err(e) = cdp::command(&address, "Target.getTargets", serde_json::json!({})).await {
+            return fail(LaunchError::NotResponding(e.to_string()));
+        }
         Ok(Browser {
             id,
             pid,

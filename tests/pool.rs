@@ -1,0 +1,89 @@
+//! The warm pool: browsers are handed out once, replaced in the background, and a dead one
+//! (idle or in use) is noticed and dealt with.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// PIDs of the main Chromium processes (not renderers or helpers) under `data_dir`.
+fn main_browser_pids(data_dir: &std::path::Path) -> Vec<u32> {
+    let needle = format!("--user-data-dir={}", data_dir.join("browsers").display());
+    processes_mentioning(&needle)
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !String::from_utf8_lossy(&cmdline).contains("--type=")
+        })
+        .collect()
+}
+
+fn kill(pid: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: only sends a signal.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_idle_browser_is_replaced() {
+    let server = TestServer::start().await;
+    let pool = server.broker.pool.clone();
+    assert!(eventually(Duration::from_secs(20), || pool.idle_count() == 1).await);
+    let before = main_browser_pids(server.data_dir.path());
+    assert_eq!(before.len(), 1, "one warm browser: {before:?}");
+    let launched = server.broker.metrics.browsers_launched.load(Relaxed);
+
+    kill(before[0]);
+    let replaced = eventually(Duration::from_secs(20), || {
+        let now = main_browser_pids(server.data_dir.path());
+        pool.idle_count() == 1 && now.len() == 1 && now[0] != before[0]
+    })
+    .await;
+    assert!(replaced, "the pool started a new browser");
+    assert!(server.broker.metrics.browsers_launched.load(Relaxed) > launched);
+
+    // And the replacement serves a session.
+    let s = server.create(json!({})).await;
+    let mut ws = ws_connect(s["cdp_url"].as_str().unwrap()).await.unwrap();
+    cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
+    let server = TestServer::start().await;
+    let a = server.create(json!({})).await;
+    let b = server.create(json!({})).await;
+    let (a_id, b_id) = (a["session_id"].as_str().unwrap(), b["session_id"].as_str().unwrap());
+    let upstream = |id: &str| server.broker.sessions.get(id).unwrap().upstream.addr.clone();
+    assert_ne!(upstream(a_id), upstream(b_id), "each session has its own browser");
+
+    let port = upstream(a_id).rsplit(':').next().unwrap().to_owned();
+    let mut ws_a = ws_connect(a["cdp_url"].as_str().unwrap()).await.unwrap();
+    // Ask Chrome which process is the browser, and kill it as a crash would.
+    let info = cdp_call(&mut ws_a, 1, "SystemInfo.getProcessInfo", json!({})).await;
+    let browser_pid = info["result"]["processInfo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "browser")
+        .map(|p| p["id"].as_u64().unwrap() as u32)
+        .expect("the browser process");
+    kill(browser_pid);
+
+    assert_eq!(await_close(&mut ws_a, Duration::from_secs(10)).await.map(|c| c.0), Some(4003));
+    let got = server.get(a_id).await.json;
+    assert_eq!((got["status"].as_str(), got["end_reason"].as_str()), (Some("terminated"), Some("browser exited")));
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err());
+    // B never noticed.
+    let mut ws_b = ws_connect(b["cdp_url"].as_str().unwrap()).await.unwrap();
+    cdp_call(&mut ws_b, 1, "Browser.getVersion", json!({})).await;
+    assert_eq!(server.get(b_id).await.json["status"], "active");
+    assert_eq!(server.broker.pool.free_slots(), 3);
+    server.stop().await;
+}
