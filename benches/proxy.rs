@@ -34,9 +34,7 @@ async fn echo_upstream() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let Ok(mut ws) =
-                    tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await
-                else {
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await else {
                     return;
                 };
                 while let Some(Ok(m)) = ws.next().await {
@@ -60,15 +58,12 @@ async fn relay_in_front_of(upstream: SocketAddr) -> SocketAddr {
             let _ = stream.set_nodelay(true);
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let Ok(client) =
-                    tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await
-                else {
+                let Ok(client) = tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await else {
                     return;
                 };
                 let url = format!("ws://{upstream}/");
                 let Ok((browser, _)) =
-                    tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true)
-                        .await
+                    tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true).await
                 else {
                     return;
                 };
@@ -159,9 +154,7 @@ fn session_acquire(c: &mut Criterion) {
         "POST /public/sessions HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
     );
     let mut group = c.benchmark_group("session_acquire");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(20));
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.bench_function("create_to_first_cdp_reply", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {

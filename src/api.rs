@@ -33,8 +33,9 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = request.method().clone();
     match segments.as_slice() {
-        ["health"] => only(&method, &[Method::GET, Method::HEAD])
-            .map(|_| json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ["health"] => {
+            only(&method, &[Method::GET, Method::HEAD]).map(|_| json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }
         ["metrics"] => only(&method, &[Method::GET]).map(|_| {
             let mut r = Response::new(Full::new(Bytes::from(broker.render_metrics())));
             r.headers_mut().insert(
@@ -91,23 +92,21 @@ fn render(broker: &Broker, session: &Session) -> Value {
     session::render(session, &broker.cdp_url(session))
 }
 
-async fn create(
-    broker: &Broker,
-    tenant: Tenant,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = read_json_object(broker, request).await?;
     let new = validate_create(broker, &body)?;
     let session = broker.create_session(tenant, new).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &render(broker, &session),
-    ))
+    Ok(json_response(StatusCode::CREATED, &render(broker, &session)))
 }
 
 /// Checks every field of a create body; the first bad one is reported.
 fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
     let config = &broker.config;
+    let external_url = match field(body, "cdp_url") {
+        Some(Value::String(url)) => Some(url.clone()),
+        Some(_) => return Err(ApiError::unprocessable("cdp_url must be a string")),
+        None => None,
+    };
     if let Some(id) = field(body, "profile_id") {
         let id = id
             .as_str()
@@ -115,23 +114,18 @@ fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSess
         if !is_uuid(id) {
             return Err(ApiError::unprocessable("profile_id must be a UUID string"));
         }
+        if external_url.is_some() {
+            return Err(ApiError::unprocessable(
+                "profile_id cannot be combined with cdp_url: the broker can only load a profile into a browser it starts",
+            ));
+        }
         // No profile exists yet on this broker, so none can be this tenant's.
         return Err(ApiError::not_found("Browser profile not found"));
     }
     if let Some(v) = field(body, "persist_changes")
         && !v.is_boolean()
     {
-        return Err(ApiError::unprocessable(
-            "persist_changes must be true or false",
-        ));
-    }
-    if let Some(v) = field(body, "cdp_url") {
-        if !v.is_string() {
-            return Err(ApiError::unprocessable("cdp_url must be a string"));
-        }
-        return Err(ApiError::unprocessable(
-            "Bring-your-own browser (cdp_url) is not available on this broker yet; omit cdp_url for a managed browser",
-        ));
+        return Err(ApiError::unprocessable("persist_changes must be true or false"));
     }
     let ttl = match field(body, "ttl") {
         Some(v) => parse_ttl(v, config.max_ttl)?,
@@ -146,6 +140,7 @@ fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSess
         None => Map::new(),
     };
     Ok(NewSession {
+        external_url,
         ttl,
         screen,
         metadata,
@@ -164,11 +159,7 @@ fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
         } else {
             format!("{max_ttl} seconds")
         };
-        let human = if human == "1 hours" {
-            "1 hour".to_owned()
-        } else {
-            human
-        };
+        let human = if human == "1 hours" { "1 hour".to_owned() } else { human };
         ApiError::unprocessable(format!("TTL cannot exceed {max_ttl} seconds ({human})"))
     };
     let ttl = match v {
@@ -176,16 +167,11 @@ fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
         Value::Number(n) if n.is_i64() => {
             return Err(ApiError::unprocessable("TTL must be at least 1 second"));
         }
-        Value::Number(n)
-            if n.as_f64()
-                .is_some_and(|f| f.fract() == 0.0 && f > max_ttl as f64) =>
-        {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > max_ttl as f64) => {
             return Err(too_long());
         }
         _ => {
-            return Err(ApiError::unprocessable(
-                "ttl must be a whole number of seconds",
-            ));
+            return Err(ApiError::unprocessable("ttl must be a whole number of seconds"));
         }
     };
     if ttl == 0 {
@@ -198,15 +184,10 @@ fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
 }
 
 fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
-    let shape =
-        || ApiError::unprocessable("screen_config must be an object with integer width and height");
+    let shape = || ApiError::unprocessable("screen_config must be an object with integer width and height");
     let obj = v.as_object().ok_or_else(shape)?;
     let side = |name: &str, max: u32| -> Result<u32, ApiError> {
-        let n = obj
-            .get(name)
-            .ok_or_else(shape)?
-            .as_u64()
-            .ok_or_else(shape)?;
+        let n = obj.get(name).ok_or_else(shape)?.as_u64().ok_or_else(shape)?;
         if n < MIN_SIDE as u64 || n > max as u64 {
             return Err(ApiError::unprocessable(format!(
                 "screen_config.{name} must be between {MIN_SIDE} and {max}"
@@ -233,9 +214,7 @@ fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, Api
 }
 
 fn check_metadata_size(map: &Map<String, Value>, max_bytes: usize) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(map)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > max_bytes {
         return Err(ApiError::unprocessable(format!(
             "metadata must be at most {max_bytes} bytes of JSON"
@@ -261,9 +240,7 @@ fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<Respons
         match key.as_str() {
             "status_filter" if !value.is_empty() => {
                 status_filter = Some(Status::parse(&value).ok_or_else(|| {
-                    ApiError::unprocessable(
-                        "status_filter must be one of active, terminated, expired",
-                    )
+                    ApiError::unprocessable("status_filter must be one of active, terminated, expired")
                 })?);
             }
             "limit" => {
@@ -272,15 +249,13 @@ fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<Respons
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
                     .ok_or_else(|| {
-                        ApiError::unprocessable(format!(
-                            "limit must be an integer from 1 to {MAX_LIMIT}"
-                        ))
+                        ApiError::unprocessable(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
                     })?;
             }
             "offset" => {
-                offset = value.parse().map_err(|_| {
-                    ApiError::unprocessable("offset must be an integer of 0 or more")
-                })?;
+                offset = value
+                    .parse()
+                    .map_err(|_| ApiError::unprocessable("offset must be an integer of 0 or more"))?;
             }
             _ => {}
         }
@@ -291,11 +266,7 @@ fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<Respons
         .filter(|s| &s.tenant == tenant && status_filter.is_none_or(|f| s.status() == f))
         .map(|s| s.clone())
         .collect();
-    matching.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then_with(|| b.id.cmp(&a.id))
-    });
+    matching.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
     let total = matching.len();
     let page: Vec<Value> = matching
         .iter()
@@ -324,10 +295,7 @@ async fn update(
         .map(|v| parse_metadata(v, broker.config.max_metadata_bytes))
         .transpose()?;
     if let Some(extra) = &metadata {
-        check_metadata_size(
-            &session.merged_metadata(extra),
-            broker.config.max_metadata_bytes,
-        )?;
+        check_metadata_size(&session.merged_metadata(extra), broker.config.max_metadata_bytes)?;
     }
     session.update(ttl, metadata).map_err(not_active)?;
     Ok(json_response(StatusCode::OK, &render(broker, &session)))
@@ -359,10 +327,7 @@ fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, 
 }
 
 /// Reads the body (bounded) as a JSON object. An empty body counts as `{}`.
-async fn read_json_object(
-    broker: &Broker,
-    request: Request<Incoming>,
-) -> Result<Map<String, Value>, ApiError> {
+async fn read_json_object(broker: &Broker, request: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     let limit = broker.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -397,9 +362,7 @@ async fn read_json_object(
         .map_err(|e| ApiError::bad_request(format!("Malformed JSON in the request body: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
-        _ => Err(ApiError::unprocessable(
-            "The request body must be a JSON object",
-        )),
+        _ => Err(ApiError::unprocessable("The request body must be a JSON object")),
     }
 }
 
@@ -451,10 +414,7 @@ mod tests {
 
     #[test]
     fn ttl_rules_match_the_contract() {
-        assert_eq!(
-            parse_ttl(&json!(600), 86400).unwrap(),
-            Duration::from_secs(600)
-        );
+        assert_eq!(parse_ttl(&json!(600), 86400).unwrap(), Duration::from_secs(600));
         assert_eq!(
             parse_ttl(&json!(86401), 86400).unwrap_err().detail,
             "TTL cannot exceed 86400 seconds (24 hours)"

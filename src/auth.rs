@@ -49,14 +49,11 @@ impl ApiKeys {
 
     /// The tenant of the key in `X-API-Key` or `Authorization: Bearer`, if it is one of ours.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<Tenant> {
-        let presented = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
-                let (scheme, rest) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
-            })?;
+        let presented = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
+            let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, rest) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+        })?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         // Compare against every key without stopping early, each in constant time.
         let mut found = None;
@@ -122,13 +119,7 @@ impl Tokens {
 
     /// A token for `session_id`, valid until `expires_at`. The same inputs give the same
     /// token, so a session's `cdp_url` only changes when its expiry does.
-    pub fn mint(
-        &self,
-        session_id: &str,
-        scope: Scope,
-        issued_at: SystemTime,
-        expires_at: SystemTime,
-    ) -> String {
+    pub fn mint(&self, session_id: &str, scope: Scope, issued_at: SystemTime, expires_at: SystemTime) -> String {
         let claims = Claims {
             sid: session_id.to_owned(),
             scope,
@@ -143,8 +134,8 @@ impl Tokens {
     /// Checks that `token` is ours, unexpired and of `scope`; answers the session it names.
     pub fn session_of(&self, token: Option<&str>, scope: Scope) -> Result<String, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| TokenError::Invalid)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError::Invalid)?;
         if data.claims.scope != scope {
             return Err(TokenError::Invalid);
         }
@@ -152,12 +143,7 @@ impl Tokens {
     }
 
     /// Checks that `token` is valid for `scope` on `session_id`.
-    pub fn verify(
-        &self,
-        token: Option<&str>,
-        session_id: &str,
-        scope: Scope,
-    ) -> Result<(), TokenError> {
+    pub fn verify(&self, token: Option<&str>, session_id: &str, scope: Scope) -> Result<(), TokenError> {
         if self.session_of(token, scope)? != session_id {
             return Err(TokenError::WrongSession);
         }
@@ -166,9 +152,7 @@ impl Tokens {
 }
 
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Lower-case hex of `bytes`.
@@ -185,11 +169,7 @@ pub fn random_hex(n: usize) -> String {
 
 /// Reads the secret stored at `path`, or creates it (mode 0600) with `n` random bytes.
 /// Returns the secret and whether it was just created.
-pub fn load_or_create_secret(
-    path: &Path,
-    prefix: &str,
-    n: usize,
-) -> std::io::Result<(String, bool)> {
+pub fn load_or_create_secret(path: &Path, prefix: &str, n: usize) -> std::io::Result<(String, bool)> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
         Ok(_) => {}
@@ -229,10 +209,7 @@ mod tests {
 
     #[test]
     fn keys_map_to_distinct_tenants_and_bearer_works() {
-        let keys = ApiKeys::new(&[
-            "first-key-0123456789".into(),
-            "second-key-0123456789".into(),
-        ]);
+        let keys = ApiKeys::new(&["first-key-0123456789".into(), "second-key-0123456789".into()]);
         let a = keys
             .authenticate(&headers("x-api-key", "first-key-0123456789"))
             .unwrap();
@@ -244,10 +221,7 @@ mod tests {
             keys.authenticate(&headers("authorization", "bearer first-key-0123456789")),
             Some(a)
         );
-        assert_eq!(
-            keys.authenticate(&headers("x-api-key", "first-key-012345678")),
-            None
-        );
+        assert_eq!(keys.authenticate(&headers("x-api-key", "first-key-012345678")), None);
         assert_eq!(
             keys.authenticate(&headers("authorization", "Basic first-key-0123456789")),
             None
@@ -265,18 +239,11 @@ mod tests {
             tokens.verify(Some(&t), "sess_b", Scope::Cdp),
             Err(TokenError::WrongSession)
         );
-        assert_eq!(
-            tokens.verify(None, "sess_a", Scope::Cdp),
-            Err(TokenError::Missing)
-        );
+        assert_eq!(tokens.verify(None, "sess_a", Scope::Cdp), Err(TokenError::Missing));
 
         // Tampered payload, other secret, expired.
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
-        let swapped = if parts[1].starts_with("ey") {
-            "fy"
-        } else {
-            "ey"
-        };
+        let swapped = if parts[1].starts_with("ey") { "fy" } else { "ey" };
         parts[1].replace_range(0..2, swapped);
         assert_eq!(
             tokens.verify(Some(&parts.join(".")), "sess_a", Scope::Cdp),
@@ -310,9 +277,6 @@ mod tests {
         assert!(!created);
         assert_eq!(a, b);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -14,28 +14,25 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::{LaunchError, Launcher, Screen, find_chrome};
+use crate::byo::{self, Egress};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics};
 use crate::pool::{Pool, PoolError};
-use crate::session::{EndReason, Session, Status};
+use crate::proxy;
+use crate::session::{Backing, EndReason, Session, Status};
 
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER_SECS: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "no Chrome or Chromium found: install it (apt-get install -y chromium) or set chrome_path"
-    )]
+    #[error("no Chrome or Chromium found: install it (apt-get install -y chromium) or set chrome_path")]
     NoChrome,
     #[error("chrome_path {0} does not exist")]
     ChromeMissing(PathBuf),
     #[error("cannot use the data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("the browser cannot be started: {0}")]
     Browser(#[from] LaunchError),
 }
@@ -73,6 +70,8 @@ pub struct Broker {
     pub urls: PublicUrls,
     pub keys: ApiKeys,
     pub tokens: Tokens,
+    /// Where bring-your-own sessions may connect.
+    pub egress: Egress,
     pub sessions: DashMap<String, Arc<Session>>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
@@ -88,6 +87,8 @@ pub struct NewSession {
     pub ttl: Duration,
     pub screen: Screen,
     pub metadata: Map<String, Value>,
+    /// A user's own DevTools endpoint to front instead of a managed browser.
+    pub external_url: Option<String>,
 }
 
 impl Broker {
@@ -120,10 +121,7 @@ impl Broker {
             let (key, created) = load_or_create_secret(&path, "cdpg_", 24).map_err(dir_error)?;
             if created {
                 // The one time a secret is printed: a newcomer needs it to make a first call.
-                println!(
-                    "cdpgate: generated an API key (kept in {}): {key}",
-                    path.display()
-                );
+                println!("cdpgate: generated an API key (kept in {}): {key}", path.display());
             } else {
                 println!("cdpgate: using the API key kept in {}", path.display());
             }
@@ -157,6 +155,12 @@ impl Broker {
             width: config.default_width,
             height: config.default_height,
         };
+        let egress = Egress::new(
+            &config.byo_allow,
+            launcher.own_ports.clone(),
+            bound.port(),
+            config.byo_timeout(),
+        );
         let pool = Arc::new(Pool::new(
             launcher,
             default_screen,
@@ -170,6 +174,7 @@ impl Broker {
             urls: PublicUrls::new(&config.public_url, bound),
             keys: ApiKeys::new(&api_keys),
             tokens: Tokens::new(secret.as_bytes()),
+            egress,
             sessions: DashMap::new(),
             pool,
             metrics,
@@ -177,10 +182,7 @@ impl Broker {
             shutdown,
             config,
         });
-        tracker.spawn(forget_old_sessions(
-            Arc::downgrade(&broker),
-            broker.shutdown.clone(),
-        ));
+        tracker.spawn(forget_old_sessions(Arc::downgrade(&broker), broker.shutdown.clone()));
         Ok(broker)
     }
 
@@ -192,16 +194,20 @@ impl Broker {
     }
 
     /// Hands a browser to a new session of `tenant` and starts its TTL watcher.
-    pub async fn create_session(
-        &self,
-        tenant: Tenant,
-        request: NewSession,
-    ) -> Result<Arc<Session>, ApiError> {
+    pub async fn create_session(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, ApiError> {
         if self.shutdown.is_cancelled() {
-            return Err(ApiError::unavailable(
-                "The broker is shutting down",
-                RETRY_AFTER_SECS,
-            ));
+            return Err(ApiError::unavailable("The broker is shutting down", RETRY_AFTER_SECS));
+        }
+        if let Some(url) = &request.external_url {
+            let upstream = byo::probe(
+                url,
+                &self.egress,
+                self.config.byo_timeout(),
+                proxy::ws_config(&self.config),
+            )
+            .await
+            .inspect_err(|e| tracing::info!(error = %e, "bring-your-own endpoint refused"))?;
+            return Ok(self.register(tenant, request, Backing::External(upstream), None));
         }
         let lease = match self.pool.acquire(request.screen).await {
             Ok(lease) => lease,
@@ -221,6 +227,17 @@ impl Broker {
             }
         };
         let exited = lease.browser.exited();
+        Ok(self.register(tenant, request, Backing::Managed(lease), Some(exited)))
+    }
+
+    /// Records a new session and starts its watcher.
+    fn register(
+        &self,
+        tenant: Tenant,
+        request: NewSession,
+        backing: Backing,
+        browser_exited: Option<CancellationToken>,
+    ) -> Arc<Session> {
         let id = format!("sess_{}", random_hex(16));
         let session = Arc::new(Session::new(
             id.clone(),
@@ -229,26 +246,25 @@ impl Broker {
             request.ttl,
             request.screen,
             request.metadata,
-            lease,
+            backing,
         ));
         self.sessions.insert(id.clone(), session.clone());
         self.metrics.sessions_created.fetch_add(1, Relaxed);
+        // An external browser's exit is not ours to watch: a token that never fires.
+        let exited = browser_exited.unwrap_or_default();
         self.tracker.spawn(watch_session(
             session.clone(),
             exited,
             self.metrics.clone(),
             self.shutdown.clone(),
         ));
-        tracing::info!(session = %id, tenant = %session.tenant, "session created");
-        Ok(session)
+        tracing::info!(session = %id, tenant = %session.tenant, external = session.upstream.external, "session created");
+        session
     }
 
     /// The session `id` if it belongs to `tenant` (another tenant's looks unknown).
     pub fn find(&self, tenant: &Tenant, id: &str) -> Option<Arc<Session>> {
-        self.sessions
-            .get(id)
-            .map(|s| s.clone())
-            .filter(|s| &s.tenant == tenant)
+        self.sessions.get(id).map(|s| s.clone()).filter(|s| &s.tenant == tenant)
     }
 
     /// Ends a session on request; answers its previous status if it had already ended.
@@ -261,23 +277,14 @@ impl Broker {
 
     /// The `cdp_url` of a session: the broker's address with a token valid until expiry.
     pub fn cdp_url(&self, session: &Session) -> String {
-        let token = self.tokens.mint(
-            &session.id,
-            Scope::Cdp,
-            session.created_at,
-            session.expires_at(),
-        );
-        format!(
-            "{}/devtools/browser/{}?token={token}",
-            self.urls.ws, session.id
-        )
+        let token = self
+            .tokens
+            .mint(&session.id, Scope::Cdp, session.created_at, session.expires_at());
+        format!("{}/devtools/browser/{}?token={token}", self.urls.ws, session.id)
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.sessions
-            .iter()
-            .filter(|s| s.status() == Status::Active)
-            .count()
+        self.sessions.iter().filter(|s| s.status() == Status::Active).count()
     }
 
     pub fn render_metrics(&self) -> String {

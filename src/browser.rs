@@ -1,10 +1,11 @@
 //! One Chrome process: started in its own process group with its own scratch directory,
 //! killed as a group, reaped, and its directory removed when it is dropped.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -48,10 +49,7 @@ pub enum LaunchError {
     #[error("cannot prepare the browser's directory: {0}")]
     Dir(std::io::Error),
     #[error("cannot start {path}: {source}")]
-    Spawn {
-        path: String,
-        source: std::io::Error,
-    },
+    Spawn { path: String, source: std::io::Error },
     #[error("the browser exited before it was ready")]
     Exited,
     #[error("the browser did not start listening within {0:?}")]
@@ -76,6 +74,8 @@ pub struct Launcher {
     metrics: Arc<Metrics>,
     /// Notified whenever any browser exits, so the pool can replace dead idle ones.
     pub exits: Arc<Notify>,
+    /// DevTools ports of the browsers alive now; bring-your-own sessions may never reach them.
+    pub own_ports: Arc<Mutex<HashSet<u16>>>,
 }
 
 /// A running browser. Dropping it kills its process group; `exited()` fires once the
@@ -133,6 +133,7 @@ impl Launcher {
             tracker,
             metrics,
             exits: Arc::new(Notify::new()),
+            own_ports: Arc::default(),
         }
     }
 
@@ -188,9 +189,7 @@ impl Launcher {
                 tracing::debug!(browser = %b.id, pid = b.pid, port = b.port, took = ?started.elapsed(), "browser ready");
             }
             Err(e) => {
-                self.metrics
-                    .browser_launch_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.browser_launch_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "browser launch failed");
             }
         }
@@ -207,15 +206,8 @@ impl Launcher {
         cmd.args(BASE_FLAGS)
             .args(running_as_root().then_some("--no-sandbox"))
             .arg(format!("--user-data-dir={}", dir.display()))
-            .arg(format!(
-                "--window-size={},{}",
-                screen.width,
-                screen.height + frame
-            ))
-            .arg(format!(
-                "--screen-info={{{}x{}}}",
-                screen.width, screen.height
-            ))
+            .arg(format!("--window-size={},{}", screen.width, screen.height + frame))
+            .arg(format!("--screen-info={{{}x{}}}", screen.width, screen.height))
             .args(&self.extra_flags)
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -247,16 +239,20 @@ impl Launcher {
 
         let kill = CancellationToken::new();
         let exited = CancellationToken::new();
+        let port_cell = Arc::new(AtomicU16::new(0));
         // From here on the reaper owns the process and the directory, whatever happens.
-        self.tracker.spawn(reap(
+        let reaper = Reaper {
             child,
             pid,
             dir,
-            lines,
-            kill.clone(),
-            exited.clone(),
-            self.exits.clone(),
-        ));
+            stderr: lines,
+            kill: kill.clone(),
+            exited: exited.clone(),
+            exits: self.exits.clone(),
+            port: port_cell.clone(),
+            own_ports: self.own_ports.clone(),
+        };
+        self.tracker.spawn(reaper.run());
 
         let fail = |e| {
             kill.cancel();
@@ -270,6 +266,8 @@ impl Launcher {
         let Some((port, ws_path)) = parse_devtools_address(&address) else {
             return fail(LaunchError::BadAddress(address));
         };
+        port_cell.store(port, Ordering::Relaxed);
+        self.own_ports.lock().expect("ports lock").insert(port);
         // Chrome prints its address a few hundred ms before it answers promptly; one
         // round trip here keeps that wait off the session's first command.
         if let Err(e) = cdp::command(&address, "Target.getTargets", serde_json::json!({})).await {
@@ -287,37 +285,48 @@ impl Launcher {
     }
 }
 
-/// Waits for the process to exit or to be told to die, kills the whole group, reaps it,
-/// removes its scratch directory, then reports the exit.
-async fn reap(
-    mut child: tokio::process::Child,
+/// Owns a browser process from its spawn to its end.
+struct Reaper {
+    child: tokio::process::Child,
     pid: u32,
     dir: PathBuf,
-    mut stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
     kill: CancellationToken,
     exited: CancellationToken,
     exits: Arc<Notify>,
-) {
-    // Keep reading stderr: a full pipe would stall Chrome.
-    let drain = async { while let Ok(Some(_)) = stderr.next_line().await {} };
-    tokio::pin!(drain);
-    let mut drained = false;
-    loop {
-        tokio::select! {
-            _ = kill.cancelled() => break,
-            status = child.wait() => {
-                tracing::debug!(pid, ?status, "browser exited by itself");
-                break;
+    /// The DevTools port, once known (0 before), to drop from `own_ports`.
+    port: Arc<AtomicU16>,
+    own_ports: Arc<Mutex<HashSet<u16>>>,
+}
+
+impl Reaper {
+    /// Waits for the process to exit or to be told to die, kills the whole group, reaps
+    /// it, reports the exit, then removes its scratch directory.
+    async fn run(mut self) {
+        // Keep reading stderr: a full pipe would stall Chrome.
+        let stderr = &mut self.stderr;
+        let drain = async { while let Ok(Some(_)) = stderr.next_line().await {} };
+        tokio::pin!(drain);
+        let mut drained = false;
+        loop {
+            tokio::select! {
+                _ = self.kill.cancelled() => break,
+                status = self.child.wait() => {
+                    tracing::debug!(pid = self.pid, ?status, "browser exited by itself");
+                    break;
+                }
+                _ = &mut drain, if !drained => drained = true,
             }
-            _ = &mut drain, if !drained => drained = true,
         }
+        // The group outlives its leader until reaped; kill renderers and helpers too.
+        sys::kill_group(self.pid);
+        let _ = self.child.wait().await;
+        let port = self.port.load(Ordering::Relaxed);
+        self.own_ports.lock().expect("ports lock").remove(&port);
+        self.exited.cancel();
+        self.exits.notify_one();
+        remove_dir_with_retries(&self.dir).await;
     }
-    // The group outlives its leader until reaped; kill renderers and helpers too.
-    sys::kill_group(pid);
-    let _ = child.wait().await;
-    exited.cancel();
-    exits.notify_one();
-    remove_dir_with_retries(&dir).await;
 }
 
 async fn remove_dir_with_retries(dir: &Path) {
@@ -355,15 +364,12 @@ fn parse_devtools_address(address: &str) -> Option<(u16, String)> {
     let rest = address.strip_prefix("ws://127.0.0.1:")?;
     let (port, path) = rest.split_at(rest.find('/')?);
     let port = port.parse().ok()?;
-    path.starts_with("/devtools/browser/")
-        .then(|| (port, path.to_owned()))
+    path.starts_with("/devtools/browser/").then(|| (port, path.to_owned()))
 }
 
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// The first usual Chrome path that exists.
@@ -418,14 +424,8 @@ mod tests {
             parse_devtools_address("ws://127.0.0.1:41234/devtools/browser/ab-cd"),
             Some((41234, "/devtools/browser/ab-cd".to_string()))
         );
-        assert_eq!(
-            parse_devtools_address("ws://0.0.0.0:41234/devtools/browser/x"),
-            None
-        );
-        assert_eq!(
-            parse_devtools_address("ws://127.0.0.1:99999/devtools/browser/x"),
-            None
-        );
+        assert_eq!(parse_devtools_address("ws://0.0.0.0:41234/devtools/browser/x"), None);
+        assert_eq!(parse_devtools_address("ws://127.0.0.1:99999/devtools/browser/x"), None);
         assert_eq!(parse_devtools_address("ws://127.0.0.1:1/json"), None);
     }
 }

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -29,39 +30,52 @@ pub enum CdpError {
 }
 
 /// A request to a DevTools HTTP endpoint at `addr` (host:port); answers status and body.
-pub async fn http_request(
-    addr: &str,
-    method: Method,
-    path: &str,
-) -> Result<(StatusCode, Bytes), CdpError> {
+pub async fn http_request(addr: &str, method: Method, path: &str) -> Result<(StatusCode, Bytes), CdpError> {
     tokio::time::timeout(HTTP_TIMEOUT, async {
         let stream = TcpStream::connect(addr).await.map_err(CdpError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CdpError::Http(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, addr)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| CdpError::Http(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| CdpError::Http(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_DISCOVERY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| CdpError::Http(e.to_string()))?
-            .to_bytes();
-        conn.abort();
-        Ok((status, body))
+        http_exchange(stream, addr, None, method, path).await
     })
     .await
     .map_err(|_| CdpError::Timeout)?
+}
+
+/// One HTTP/1.1 request on an open connection to a DevTools server (`authority` is its
+/// `Host`), with optional `Authorization`; answers status and body.
+pub async fn http_exchange<S>(
+    stream: S,
+    authority: &str,
+    authorization: Option<&str>,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, Bytes), CdpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = |e: hyper::Error| CdpError::Http(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    let conn = tokio::spawn(conn);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority);
+    if let Some(auth) = authorization {
+        request = request.header(hyper::header::AUTHORIZATION, auth);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| CdpError::Http(e.to_string()))?;
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_DISCOVERY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| CdpError::Http(e.to_string()))?
+        .to_bytes();
+    conn.abort();
+    Ok((status, body))
 }
 
 /// `GET` a DevTools JSON endpoint and parse it.
@@ -88,8 +102,7 @@ pub async fn command(ws_url: &str, method: &str, params: Value) -> Result<Value,
             let Message::Text(text) = message else {
                 continue;
             };
-            let reply: Value =
-                serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
+            let reply: Value = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
             if reply["id"] != 1 {
                 continue;
             }
@@ -99,9 +112,7 @@ pub async fn command(ws_url: &str, method: &str, params: Value) -> Result<Value,
             }
             return Ok(reply["result"].clone());
         }
-        Err(CdpError::Protocol(
-            "the connection closed before the reply".into(),
-        ))
+        Err(CdpError::Protocol("the connection closed before the reply".into()))
     })
     .await
     .map_err(|_| CdpError::Timeout)?

@@ -54,6 +54,12 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// How long shutdown waits for connections and browsers to wind down.
     pub shutdown_timeout_ms: u64,
+    /// Bring-your-own browsers: networks (CIDR) and host names (`*.suffix` allowed) that a
+    /// session's `cdp_url` may reach although they are loopback, private or link-local
+    /// (`CDPGATE_BYO_ALLOW`, comma-separated). Public addresses need no entry.
+    pub byo_allow: Vec<String>,
+    /// How long a user's `cdp_url` may take to answer, per step (connect, handshake, reply).
+    pub byo_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -79,6 +85,8 @@ impl Default for Config {
             max_metadata_bytes: 16 * 1024,
             max_message_bytes: 256 * 1024 * 1024,
             shutdown_timeout_ms: 10_000,
+            byo_allow: Vec::new(),
+            byo_timeout_ms: 5_000,
         }
     }
 }
@@ -93,10 +101,7 @@ pub const TTL_CEILING: u64 = 86_400;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -125,24 +130,14 @@ impl Config {
     }
 
     /// Overrides fields from `CDPGATE_<KEY>` variables; `lookup` is the environment.
-    pub fn apply_env(
-        &mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let var = |key: &str| lookup(&format!("CDPGATE_{}", key.to_ascii_uppercase()));
-        fn parse<T: std::str::FromStr>(
-            key: &str,
-            value: &str,
-            errors: &mut Vec<String>,
-        ) -> Option<T> {
+        fn parse<T: std::str::FromStr>(key: &str, value: &str, errors: &mut Vec<String>) -> Option<T> {
             match value.trim().parse() {
                 Ok(v) => Some(v),
                 Err(_) => {
-                    errors.push(format!(
-                        "CDPGATE_{}: cannot parse {value:?}",
-                        key.to_ascii_uppercase()
-                    ));
+                    errors.push(format!("CDPGATE_{}: cannot parse {value:?}", key.to_ascii_uppercase()));
                     None
                 }
             }
@@ -176,7 +171,8 @@ impl Config {
             max_body_bytes,
             max_metadata_bytes,
             max_message_bytes,
-            shutdown_timeout_ms
+            shutdown_timeout_ms,
+            byo_timeout_ms
         );
         if let Some(v) = var("public_url") {
             self.public_url = v;
@@ -195,6 +191,9 @@ impl Config {
         }
         if let Some(v) = var("chrome_flags") {
             self.chrome_flags = list(&v);
+        }
+        if let Some(v) = var("byo_allow") {
+            self.byo_allow = list(&v);
         }
         if errors.is_empty() {
             Ok(())
@@ -241,6 +240,12 @@ impl Config {
         if self.max_message_bytes < 1024 * 1024 {
             errors.push("max_message_bytes must be at least 1 MiB".into());
         }
+        if let Err(bad) = crate::byo::parse_allow_list(&self.byo_allow) {
+            errors.extend(bad);
+        }
+        if self.byo_timeout_ms == 0 {
+            errors.push("byo_timeout_ms must be positive".into());
+        }
         if self.launch_timeout_ms == 0 {
             errors.push("launch_timeout_ms must be positive".into());
         }
@@ -262,6 +267,10 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+
+    pub fn byo_timeout(&self) -> Duration {
+        Duration::from_millis(self.byo_timeout_ms)
+    }
 }
 
 #[cfg(test)]
@@ -275,10 +284,7 @@ mod tests {
             ("CDPGATE_LISTEN", "0.0.0.0:9000"),
             ("CDPGATE_PUBLIC_URL", "https://browsers.example"),
             ("CDPGATE_DATA_DIR", "/var/lib/cdpgate"),
-            (
-                "CDPGATE_API_KEYS",
-                "key-aaaaaaaaaaaaaaaa, key-bbbbbbbbbbbbbbbb,",
-            ),
+            ("CDPGATE_API_KEYS", "key-aaaaaaaaaaaaaaaa, key-bbbbbbbbbbbbbbbb,"),
             ("CDPGATE_POOL_SIZE", "5"),
         ]
         .into();
@@ -287,10 +293,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.public_url, "https://browsers.example");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/cdpgate"));
-        assert_eq!(
-            c.api_keys,
-            vec!["key-aaaaaaaaaaaaaaaa", "key-bbbbbbbbbbbbbbbb"]
-        );
+        assert_eq!(c.api_keys, vec!["key-aaaaaaaaaaaaaaaa", "key-bbbbbbbbbbbbbbbb"]);
         assert_eq!(c.pool_size, 5);
         c.validate().unwrap();
     }
@@ -299,9 +302,7 @@ mod tests {
     fn bad_values_are_all_reported() {
         let mut c = Config::default();
         let err = c
-            .apply_env(|k| {
-                (k == "CDPGATE_POOL_SIZE" || k == "CDPGATE_MAX_TTL").then(|| "lots".to_string())
-            })
+            .apply_env(|k| (k == "CDPGATE_POOL_SIZE" || k == "CDPGATE_MAX_TTL").then(|| "lots".to_string()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -324,8 +325,7 @@ mod tests {
 
     #[test]
     fn the_repository_config_file_is_valid() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
         let c: Config = toml::from_str(&text).unwrap();
         c.validate().unwrap();
     }

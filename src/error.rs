@@ -14,6 +14,8 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds, for 503 and 429.
     pub retry_after: Option<u64>,
+    /// A machine-readable code beside `detail`, where a client may branch on the cause.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -22,7 +24,13 @@ impl ApiError {
             status,
             detail: detail.into(),
             retry_after: None,
+            code: None,
         }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -57,7 +65,11 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json_response(self.status, &json!({ "detail": self.detail }));
+        let mut body = json!({ "detail": self.detail });
+        if let Some(code) = self.code {
+            body["code"] = json!(code);
+        }
+        let mut response = json_response(self.status, &body);
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -10,6 +10,8 @@
 //! - [`server`]: the accept loop; HTTP/1.1 with upgrades on each connection.
 //! - [`api`]: the JSON API (`/public/sessions…`, `/health`, `/metrics`).
 //! - [`proxy`]: the CDP WebSocket relay and the per-session discovery endpoints.
+//! - [`upstream`]: how a session's browser is reached (managed on loopback, or external).
+//! - [`byo`]: bring-your-own browsers: probing a user's `cdp_url`, the egress policy.
 //! - [`broker`]: shared state: sessions, pool, secrets, URLs; ends sessions on time.
 //! - [`session`]: one session's record and lifecycle.
 //! - [`pool`]: the warm pool of browsers and the cap on concurrent sessions.
@@ -25,6 +27,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod browser;
+pub mod byo;
 pub mod cdp;
 pub mod config;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod session;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -44,11 +48,7 @@ pub use config::Config;
 
 /// Starts the broker on an already bound listener and serves until `shutdown` is
 /// cancelled, then ends every session and stops every browser.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<(), StartError> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let broker = start(&listener, config, shutdown).await?;
     serve(listener, broker).await;
     Ok(())
@@ -60,12 +60,10 @@ pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<Arc<Broker>, StartError> {
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+    let bound = listener.local_addr().map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     Broker::start(config, bound, shutdown).await
 }
 

@@ -8,8 +8,7 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "cdpgate=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cdpgate=info".into()),
         )
         .init();
     let path = std::env::args()
@@ -43,10 +42,7 @@ fn main() -> ExitCode {
         };
         println!(
             "cdpgate: listening on {} (API at {})",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             broker.urls.http
         );
         cdpgate::serve(listener, broker).await;
@@ -57,10 +53,7 @@ fn main() -> ExitCode {
 /// First SIGINT or SIGTERM: graceful shutdown. Second: exit at once.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -41,18 +41,14 @@ impl Metrics {
             }
         }
         self.launch_count.fetch_add(1, Relaxed);
-        self.launch_sum_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.launch_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
         self.browsers_launched.fetch_add(1, Relaxed);
     }
 
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         };
         metric(
             "cdpgate_sessions_active",
@@ -175,14 +171,8 @@ mod tests {
             text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.2\"} 2\n"),
             "{text}"
         );
-        assert!(
-            text.contains("cdpgate_browser_launch_seconds_count 2\n"),
-            "{text}"
-        );
+        assert!(text.contains("cdpgate_browser_launch_seconds_count 2\n"), "{text}");
         assert!(text.contains("cdpgate_pool_idle 2\n"), "{text}");
-        assert!(
-            text.contains("cdpgate_browsers_launched_total 2\n"),
-            "{text}"
-        );
+        assert!(text.contains("cdpgate_browsers_launched_total 2\n"), "{text}");
     }
 }

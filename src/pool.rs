@@ -72,16 +72,10 @@ impl Pool {
             && let Some(browser) = self.take_idle()
         {
             self.refill.notify_one();
-            return Ok(Lease {
-                browser,
-                _slot: slot,
-            });
+            return Ok(Lease { browser, _slot: slot });
         }
         let browser = self.launcher.launch(screen).await?;
-        Ok(Lease {
-            browser,
-            _slot: slot,
-        })
+        Ok(Lease { browser, _slot: slot })
     }
 
     fn take_idle(&self) -> Option<Browser> {

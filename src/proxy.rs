@@ -29,10 +29,11 @@ use tracing::Instrument;
 use crate::api::query_pairs;
 use crate::auth::{Scope, TokenError};
 use crate::broker::Broker;
-use crate::cdp;
+use crate::config::Config;
 use crate::error::{ApiError, Body, json_response};
 use crate::metrics::Metrics;
 use crate::session::{EndReason, Session, Status};
+use crate::upstream::UpstreamError;
 
 /// How long the polite end of a connection (close frame, its echo) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -46,10 +47,7 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
     }
 }
 
-async fn route(
-    broker: &Arc<Broker>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+async fn route(broker: &Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let token = query_pairs(&query)
@@ -85,17 +83,9 @@ async fn route(
 }
 
 /// The active session the token grants; for browser paths it must name `path_sid`.
-fn authorize(
-    broker: &Broker,
-    token: Option<&str>,
-    path_sid: Option<&str>,
-) -> Result<Arc<Session>, ApiError> {
-    let refused =
-        |e: TokenError| ApiError::new(StatusCode::UNAUTHORIZED, format!("Connection refused: {e}"));
-    let sid = broker
-        .tokens
-        .session_of(token, Scope::Cdp)
-        .map_err(refused)?;
+fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>) -> Result<Arc<Session>, ApiError> {
+    let refused = |e: TokenError| ApiError::new(StatusCode::UNAUTHORIZED, format!("Connection refused: {e}"));
+    let sid = broker.tokens.session_of(token, Scope::Cdp).map_err(refused)?;
     if path_sid.is_some_and(|p| p != sid) {
         return Err(refused(TokenError::WrongSession));
     }
@@ -111,17 +101,42 @@ fn authorize(
     }
 }
 
+/// Managed browsers are on loopback; anything slower than this is broken.
+const MANAGED_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn upstream_timeout(broker: &Broker, session: &Session) -> Duration {
+    if session.upstream.external {
+        broker.config.byo_timeout()
+    } else {
+        MANAGED_TIMEOUT
+    }
+}
+
+/// What a client is told when the browser side cannot be had.
+fn upstream_error(e: UpstreamError) -> ApiError {
+    match e {
+        // Chrome answers an unknown target id with 500 "No such target id".
+        UpstreamError::WebSocket(e)
+            if matches!(&*e, tungstenite::Error::Http(r)
+                if r.status() == StatusCode::NOT_FOUND
+                    || r.body().as_deref().is_some_and(|b| b.starts_with(b"No such target"))) =>
+        {
+            ApiError::not_found("Target not found in this session's browser")
+        }
+        UpstreamError::Refused(e) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, "The session's browser is not reachable"),
+    }
+}
+
 /// Chrome target ids are hex (32 upper-case digits); accept a little more, nothing that
 /// could change the upstream path.
 fn is_target_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn ws_config(broker: &Broker) -> WebSocketConfig {
-    let max = broker.config.max_message_bytes;
+/// Frame and message limits of both sides of a relay.
+pub fn ws_config(config: &Config) -> WebSocketConfig {
+    let max = config.max_message_bytes;
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
@@ -136,25 +151,16 @@ async fn upgrade(
     upstream_path: String,
 ) -> Result<Response<Body>, ApiError> {
     let key = websocket_key(&request)?;
-    let url = format!("ws://{}{}", session.upstream.addr, upstream_path);
-    let (browser, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(ws_config(broker)), true)
-            .await
-            .map_err(|e| match e {
-                // Chrome answers an unknown target id with 500 "No such target id".
-                tungstenite::Error::Http(r)
-                    if r.status() == StatusCode::NOT_FOUND
-                        || r.body()
-                            .as_deref()
-                            .is_some_and(|b| b.starts_with(b"No such target")) =>
-                {
-                    ApiError::not_found("Target not found in this session's browser")
-                }
-                _ => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "The session's browser is not reachable",
-                ),
-            })?;
+    let browser = session
+        .upstream
+        .websocket(
+            &upstream_path,
+            ws_config(&broker.config),
+            &broker.egress,
+            upstream_timeout(broker, &session),
+        )
+        .await
+        .map_err(upstream_error)?;
 
     let tracker = broker.tracker.clone();
     let broker = broker.clone();
@@ -168,12 +174,9 @@ async fn upgrade(
                     return;
                 }
             };
-            let client = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(ws_config(&broker)),
-            )
-            .await;
+            let client =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&broker.config)))
+                    .await;
             relay(
                 client,
                 browser,
@@ -189,14 +192,8 @@ async fn upgrade(
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    headers.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
         derive_accept_key(key.as_bytes())
@@ -216,19 +213,14 @@ fn websocket_key(request: &Request<Incoming>) -> Result<String, ApiError> {
             .flat_map(|v| v.split(','))
             .any(|v| v.trim().eq_ignore_ascii_case(want))
     };
-    if request.method() != Method::GET
-        || !has(header::UPGRADE, "websocket")
-        || !has(header::CONNECTION, "upgrade")
-    {
+    if request.method() != Method::GET || !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "This is a WebSocket endpoint: connect a CDP client to it (discovery is under …/json/version)",
         ));
     }
     if !has(header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err(ApiError::bad_request(
-            "Only WebSocket version 13 is supported",
-        ));
+        return Err(ApiError::bad_request("Only WebSocket version 13 is supported"));
     }
     h.get(header::SEC_WEBSOCKET_KEY)
         .and_then(|k| k.to_str().ok())
@@ -318,12 +310,8 @@ pub async fn relay<C, B>(
     let to_client = match ending {
         Ending::ClientGone => None,
         // The browser went away because the session ended: say why, not just "gone".
-        Ending::BrowserClosed(_) if ended.is_cancelled() => {
-            end_reason().map(|r| close_frame(r.close_code()))
-        }
-        Ending::BrowserClosed(frame) => {
-            Some(frame.unwrap_or_else(|| close_frame((1011, "browser connection lost"))))
-        }
+        Ending::BrowserClosed(_) if ended.is_cancelled() => end_reason().map(|r| close_frame(r.close_code())),
+        Ending::BrowserClosed(frame) => Some(frame.unwrap_or_else(|| close_frame((1011, "browser connection lost")))),
         Ending::Ended(reason) => Some(close_frame(reason.close_code())),
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, browser_tx.close()).await;
@@ -361,41 +349,32 @@ async fn discovery(
         ["version"] => (Method::GET, "/json/version".to_owned()),
         ["protocol"] => (Method::GET, "/json/protocol".to_owned()),
         ["new"] => {
-            let url = query_pairs(query)
-                .into_iter()
-                .find(|(k, _)| k == "url")
-                .map(|(_, v)| v);
-            let target = url
-                .map(|u| format!("?{}", encode_component(&u)))
-                .unwrap_or_default();
+            let url = query_pairs(query).into_iter().find(|(k, _)| k == "url").map(|(_, v)| v);
+            let target = url.map(|u| format!("?{}", encode_component(&u))).unwrap_or_default();
             (Method::PUT, format!("/json/new{target}"))
         }
         ["activate", id] if is_target_id(id) => (Method::GET, format!("/json/activate/{id}")),
         ["close", id] if is_target_id(id) => (Method::GET, format!("/json/close/{id}")),
         _ => return Err(ApiError::not_found("Not Found")),
     };
-    if !(method == Method::GET
-        || method == Method::HEAD
-        || (method == Method::PUT && rest == ["new"]))
-    {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method Not Allowed",
-        ));
+    if !(method == Method::GET || method == Method::HEAD || (method == Method::PUT && rest == ["new"])) {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"));
     }
-    let (status, body) = cdp::http_request(&session.upstream.addr, upstream_method, &path)
+    let (status, body) = session
+        .upstream
+        .http(
+            upstream_method,
+            &path,
+            &broker.egress,
+            upstream_timeout(broker, session),
+        )
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "The session's browser is not reachable",
-            )
-        })?;
+        .map_err(upstream_error)?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(mut value) => {
             if path != "/json/protocol" {
                 let rewriter = Rewriter {
-                    chrome: &session.upstream.addr,
+                    chrome: &session.upstream.authority,
                     public_ws: &broker.urls.ws,
                     session_id: &session.id,
                     token,
@@ -437,22 +416,23 @@ impl Rewriter<'_> {
     }
 
     fn rewrite_str(&self, s: &str) -> String {
-        let browser_prefix = format!("ws://{}/devtools/browser/", self.chrome);
-        let page_prefix = format!("ws://{}/devtools/page/", self.chrome);
-        if s.starts_with(&browser_prefix) {
+        let after_scheme = s
+            .strip_prefix("ws://")
+            .or_else(|| s.strip_prefix("wss://"))
+            .unwrap_or("");
+        let browser_prefix = format!("{}/devtools/browser/", self.chrome);
+        let page_prefix = format!("{}/devtools/page/", self.chrome);
+        if after_scheme.starts_with(&browser_prefix) {
             return format!(
                 "{}/devtools/browser/{}?token={}",
                 self.public_ws, self.session_id, self.token
             );
         }
-        if let Some(id) = s.strip_prefix(&page_prefix) {
+        if let Some(id) = after_scheme.strip_prefix(&page_prefix) {
             return format!("{}/devtools/page/{id}?token={}", self.public_ws, self.token);
         }
         // A frontend URL carries the page address as `ws=127.0.0.1:port/devtools/page/ID`.
-        let (scheme, host) = self
-            .public_ws
-            .split_once("://")
-            .unwrap_or(("ws", self.public_ws));
+        let (scheme, host) = self.public_ws.split_once("://").unwrap_or(("ws", self.public_ws));
         let marker = format!("ws={}/devtools/page/", self.chrome);
         let mut out = String::with_capacity(s.len() + 256);
         let mut rest = s;
@@ -479,9 +459,7 @@ impl Rewriter<'_> {
 fn encode_component(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -61,10 +61,7 @@ async fn serve_connection(stream: TcpStream, broker: Arc<Broker>) {
     }
 }
 
-async fn dispatch(
-    broker: Arc<Broker>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, std::convert::Infallible> {
+async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
     let response = if request.uri().path().starts_with("/devtools/") {
         proxy::handle(broker, request).await
     } else {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
 use crate::pool::Lease;
+use crate::upstream::Upstream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -79,11 +80,12 @@ impl EndReason {
     }
 }
 
-/// Where the session's browser listens (loopback host:port) and its browser target path.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub addr: String,
-    pub browser_path: String,
+/// What a session runs on.
+pub enum Backing {
+    /// A browser from the pool, killed when the session ends.
+    Managed(Lease),
+    /// A user's own browser, left running when the session ends.
+    External(Upstream),
 }
 
 pub struct Session {
@@ -127,11 +129,14 @@ impl Session {
         ttl: Duration,
         screen: Screen,
         metadata: Map<String, Value>,
-        lease: Lease,
+        backing: Backing,
     ) -> Session {
-        let upstream = Upstream {
-            addr: lease.browser.addr(),
-            browser_path: lease.browser.ws_path.clone(),
+        let (upstream, lease) = match backing {
+            Backing::Managed(lease) => (
+                Upstream::managed(lease.browser.port, lease.browser.ws_path.clone()),
+                Some(lease),
+            ),
+            Backing::External(upstream) => (upstream, None),
         };
         Session {
             id,
@@ -146,7 +151,7 @@ impl Session {
                 metadata,
                 end_reason: None,
                 ended_at: None,
-                lease: Some(lease),
+                lease,
             }),
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
@@ -219,11 +224,7 @@ impl Session {
     }
 
     /// Moves the expiry to `now + ttl` and merges `metadata` in; only while active.
-    pub fn update(
-        &self,
-        ttl: Option<Duration>,
-        metadata: Option<Map<String, Value>>,
-    ) -> Result<(), Status> {
+    pub fn update(&self, ttl: Option<Duration>, metadata: Option<Map<String, Value>>) -> Result<(), Status> {
         let mut s = self.state();
         if s.status != Status::Active {
             return Err(s.status);
@@ -294,10 +295,7 @@ mod tests {
     #[test]
     fn expiry_rounds_up_to_the_second() {
         let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(
-            expiry(base, Duration::from_secs(60)),
-            base + Duration::from_secs(60)
-        );
+        assert_eq!(expiry(base, Duration::from_secs(60)), base + Duration::from_secs(60));
         assert_eq!(
             expiry(base + Duration::from_millis(1), Duration::from_secs(60)),
             base + Duration::from_secs(61)

@@ -32,21 +32,15 @@ async fn nothing_outlives_sessions_or_a_stopped_broker() {
     let dir = server.stop().await;
     // Shutdown closes client connections with "going away".
     assert_eq!(
-        await_close(&mut ws, Duration::from_secs(5))
-            .await
-            .map(|c| c.0),
+        await_close(&mut ws, Duration::from_secs(5)).await.map(|c| c.0),
         Some(1001)
     );
     assert!(
-        eventually(Duration::from_secs(10), || processes_mentioning(&data_dir)
-            .is_empty())
-        .await,
+        eventually(Duration::from_secs(10), || processes_mentioning(&data_dir).is_empty()).await,
         "Chromium processes left: {:?}",
         processes_mentioning(&data_dir)
     );
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("browsers"))
-        .unwrap()
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("browsers")).unwrap().collect();
     assert!(left.is_empty(), "scratch directories left: {left:?}");
 }
 
@@ -88,12 +82,7 @@ async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
         while let Some(line) = lines.next_line().await.unwrap() {
             printed.push(line.clone());
             if let Some(rest) = line.strip_prefix("cdpgate: listening on ") {
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap();
+                return rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap();
             }
         }
         panic!("the broker exited early: {printed:?}");
@@ -122,14 +111,7 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
     let data_dir = tempfile::tempdir().unwrap();
     let needle = data_dir.path().to_string_lossy().into_owned();
     let mut broker = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
-    let r = http(
-        broker.addr,
-        Method::POST,
-        "/public/sessions",
-        Some(KEY_A),
-        Some("{}"),
-    )
-    .await;
+    let r = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert!(
         processes_mentioning(&needle).len() >= 2,
@@ -139,9 +121,7 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
     signal(&broker.child, libc::SIGKILL);
     broker.child.wait().await.unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || processes_mentioning(&needle)
-            .is_empty())
-        .await,
+        eventually(Duration::from_secs(10), || processes_mentioning(&needle).is_empty()).await,
         "orphaned Chromium: {:?}",
         processes_mentioning(&needle)
     );
@@ -154,27 +134,17 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
             .collect()
     };
     let stale = names(data_dir.path());
-    assert!(
-        stale.len() >= 2,
-        "a killed broker cannot clean up: {stale:?}"
-    );
+    assert!(stale.len() >= 2, "a killed broker cannot clean up: {stale:?}");
     let mut again = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
     let now = names(data_dir.path());
-    assert!(
-        stale.iter().all(|d| !now.contains(d)),
-        "stale {stale:?}, now {now:?}"
-    );
+    assert!(stale.iter().all(|d| !now.contains(d)), "stale {stale:?}, now {now:?}");
     signal(&again.child, libc::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(20), again.child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "a graceful stop exits 0: {status}");
-    assert!(
-        eventually(Duration::from_secs(10), || processes_mentioning(&needle)
-            .is_empty())
-        .await
-    );
+    assert!(eventually(Duration::from_secs(10), || processes_mentioning(&needle).is_empty()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,14 +162,7 @@ async fn a_generated_api_key_is_printed_once_and_kept() {
     let stored = std::fs::read_to_string(data_dir.path().join("api_key")).unwrap();
     assert_eq!(stored.trim(), key);
 
-    let r = http(
-        first.addr,
-        Method::GET,
-        "/public/sessions",
-        Some(&key),
-        None,
-    )
-    .await;
+    let r = http(first.addr, Method::GET, "/public/sessions", Some(&key), None).await;
     assert_eq!(r.status, StatusCode::OK);
     signal(&first.child, libc::SIGTERM);
     first.child.wait().await.unwrap();
@@ -212,14 +175,7 @@ async fn a_generated_api_key_is_printed_once_and_kept() {
         second.printed.iter().all(|l| !l.contains(&key)),
         "a restart does not print the key"
     );
-    let r = http(
-        second.addr,
-        Method::GET,
-        "/public/sessions",
-        Some(&key),
-        None,
-    )
-    .await;
+    let r = http(second.addr, Method::GET, "/public/sessions", Some(&key), None).await;
     assert_eq!(r.status, StatusCode::OK, "the kept key still works");
     signal(&second.child, libc::SIGTERM);
     second.child.wait().await.unwrap();

@@ -60,7 +60,7 @@ async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
     let a = server.create(json!({})).await;
     let b = server.create(json!({})).await;
     let (a_id, b_id) = (a["session_id"].as_str().unwrap(), b["session_id"].as_str().unwrap());
-    let upstream = |id: &str| server.broker.sessions.get(id).unwrap().upstream.addr.clone();
+    let upstream = |id: &str| server.broker.sessions.get(id).unwrap().upstream.authority.clone();
     assert_ne!(upstream(a_id), upstream(b_id), "each session has its own browser");
 
     let port = upstream(a_id).rsplit(':').next().unwrap().to_owned();
@@ -76,9 +76,15 @@ async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
         .expect("the browser process");
     kill(browser_pid);
 
-    assert_eq!(await_close(&mut ws_a, Duration::from_secs(10)).await.map(|c| c.0), Some(4003));
+    assert_eq!(
+        await_close(&mut ws_a, Duration::from_secs(10)).await.map(|c| c.0),
+        Some(4003)
+    );
     let got = server.get(a_id).await.json;
-    assert_eq!((got["status"].as_str(), got["end_reason"].as_str()), (Some("terminated"), Some("browser exited")));
+    assert_eq!(
+        (got["status"].as_str(), got["end_reason"].as_str()),
+        (Some("terminated"), Some("browser exited"))
+    );
     assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err());
     // B never noticed.
     let mut ws_b = ws_connect(b["cdp_url"].as_str().unwrap()).await.unwrap();

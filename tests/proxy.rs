@@ -49,16 +49,8 @@ async fn puppeteer_and_playwright_drive_a_session_at_its_screen_size() {
             assert_eq!(seen["text"], "Hello through the proxy", "{client}");
             assert_eq!(seen["sum"], 42, "{client}");
             let (w, h) = (&screen["width"], &screen["height"]);
-            assert_eq!(
-                (&seen["innerWidth"], &seen["innerHeight"]),
-                (w, h),
-                "{client} viewport"
-            );
-            assert_eq!(
-                (&seen["screenWidth"], &seen["screenHeight"]),
-                (w, h),
-                "{client} screen"
-            );
+            assert_eq!((&seen["innerWidth"], &seen["innerHeight"]), (w, h), "{client} viewport");
+            assert_eq!((&seen["screenWidth"], &seen["screenHeight"]), (w, h), "{client} screen");
             assert_eq!(seen["screenshot"], screen, "{client} screenshot");
         }
     }
@@ -73,13 +65,7 @@ async fn clients_share_a_browser_and_reconnect() {
 
     let mut a = ws_connect(&url).await.unwrap();
     let mut b = ws_connect(&url).await.unwrap();
-    let created = cdp_call(
-        &mut a,
-        1,
-        "Target.createTarget",
-        json!({"url": "about:blank#from-a"}),
-    )
-    .await;
+    let created = cdp_call(&mut a, 1, "Target.createTarget", json!({"url": "about:blank#from-a"})).await;
     let target_id = created["result"]["targetId"].as_str().unwrap().to_owned();
     let targets = cdp_call(&mut b, 1, "Target.getTargets", json!({})).await;
     let seen_by_b = targets["result"]["targetInfos"]
@@ -100,10 +86,7 @@ async fn clients_share_a_browser_and_reconnect() {
     let v = cdp_call(&mut a, 1, "Browser.getVersion", json!({})).await;
     assert!(v["result"]["product"].is_string());
     assert_eq!(
-        server
-            .get(session["session_id"].as_str().unwrap())
-            .await
-            .json["status"],
+        server.get(session["session_id"].as_str().unwrap()).await.json["status"],
         "active"
     );
     server.stop().await;
@@ -140,14 +123,7 @@ async fn terminate_closes_connections_and_kills_the_browser() {
     let server = TestServer::start().await;
     let session = server.create(json!({})).await;
     let id = session["session_id"].as_str().unwrap();
-    let chrome = server
-        .broker
-        .sessions
-        .get(id)
-        .unwrap()
-        .upstream
-        .addr
-        .clone();
+    let chrome = server.broker.sessions.get(id).unwrap().upstream.authority.clone();
     let url = cdp_url(&session);
     let mut a = ws_connect(&url).await.unwrap();
     let mut b = ws_connect(&url).await.unwrap();
@@ -164,10 +140,8 @@ async fn terminate_closes_connections_and_kills_the_browser() {
     }
     assert_eq!(refused_status(&url).await, StatusCode::GONE);
     assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
-            &chrome
-        )
-        .is_err())
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(&chrome)
+            .is_err())
         .await,
         "the session's browser is gone"
     );
@@ -193,9 +167,7 @@ async fn browser_close_from_a_client_ends_the_session() {
     let mut b = ws_connect(&cdp_url(&session)).await.unwrap();
     cdp_call(&mut a, 1, "Browser.close", json!({})).await;
     assert_eq!(
-        await_close(&mut b, Duration::from_secs(10))
-            .await
-            .map(|c| c.0),
+        await_close(&mut b, Duration::from_secs(10)).await.map(|c| c.0),
         Some(4003)
     );
     let ended = eventually(Duration::from_secs(10), || {
@@ -247,11 +219,7 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
         ("expired", format!("{base}?token={expired}")),
         ("other session's", format!("{base}?token={b_token}")),
     ] {
-        assert_eq!(
-            refused_status(&url).await,
-            StatusCode::UNAUTHORIZED,
-            "{what} token"
-        );
+        assert_eq!(refused_status(&url).await, StatusCode::UNAUTHORIZED, "{what} token");
     }
     // Discovery and page endpoints refuse the same way.
     let path = format!("/devtools/browser/{a_id}/json/version?token={b_token}");
@@ -296,14 +264,7 @@ async fn discovery_and_page_endpoints_go_through_the_broker() {
     let id = session["session_id"].as_str().unwrap();
     let url = cdp_url(&session);
     let token = url.split_once("?token=").unwrap().1;
-    let chrome = server
-        .broker
-        .sessions
-        .get(id)
-        .unwrap()
-        .upstream
-        .addr
-        .clone();
+    let chrome = server.broker.sessions.get(id).unwrap().upstream.authority.clone();
     let chrome_port = chrome.rsplit(':').next().unwrap().to_owned();
 
     for suffix in ["json/version", "json/version/"] {
@@ -330,11 +291,7 @@ async fn discovery_and_page_endpoints_go_through_the_broker() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(
-        !r.body.contains(&chrome_port),
-        "Chrome's port leaked: {}",
-        r.body
-    );
+    assert!(!r.body.contains(&chrome_port), "Chrome's port leaked: {}", r.body);
     let page = r
         .json
         .as_array()

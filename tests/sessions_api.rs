@@ -16,9 +16,7 @@ fn parse_time(s: &Value) -> SystemTime {
 async fn auth_is_required_and_keys_are_tenants() {
     let server = TestServer::start().await;
     for key in [None, Some("wrong-key-0123456789")] {
-        let r = server
-            .call(Method::GET, "/public/sessions", key, None)
-            .await;
+        let r = server.call(Method::GET, "/public/sessions", key, None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.json, json!({"detail": "Invalid API key"}));
     }
@@ -52,9 +50,7 @@ async fn auth_is_required_and_keys_are_tenants() {
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(r.json, json!({"detail": "Session not found"}));
     }
-    let r = server
-        .call(Method::GET, "/public/sessions", Some(KEY_B), None)
-        .await;
+    let r = server.call(Method::GET, "/public/sessions", Some(KEY_B), None).await;
     assert_eq!(r.json, json!({"sessions": [], "total": 0}));
     assert_eq!(
         server.get(id).await.json["status"],
@@ -68,10 +64,9 @@ async fn http_with_header(server: &TestServer, path: &str, name: &str, value: &s
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let request = hyper::Request::get(path)
         .header("host", "x")
@@ -81,8 +76,7 @@ async fn http_with_header(server: &TestServer, path: &str, name: &str, value: &s
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let body = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
-        .into_owned();
+    let body = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned();
     let json = serde_json::from_str(&body).unwrap_or(Value::Null);
     Response {
         status,
@@ -108,17 +102,12 @@ async fn create_answers_the_contract_shape() {
     let s = r.json;
     let id = s["session_id"].as_str().unwrap();
     assert!(
-        id.starts_with("sess_")
-            && id.len() == 5 + 32
-            && id[5..].bytes().all(|b| b.is_ascii_hexdigit()),
+        id.starts_with("sess_") && id.len() == 5 + 32 && id[5..].bytes().all(|b| b.is_ascii_hexdigit()),
         "{id}"
     );
     let cdp_url = s["cdp_url"].as_str().unwrap();
     assert!(
-        cdp_url.starts_with(&format!(
-            "ws://{}/devtools/browser/{id}?token=",
-            server.addr
-        )),
+        cdp_url.starts_with(&format!("ws://{}/devtools/browser/{id}?token=", server.addr)),
         "{cdp_url}"
     );
     assert_eq!(s["screen_config"], json!({"width": 1280, "height": 720}));
@@ -190,31 +179,15 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             None,
         ),
-        (
-            r#"{"metadata": [1]}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            None,
-        ),
-        (
-            r#"{"metadata": "x"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            None,
-        ),
-        (
-            r#"{"persist_changes": "yes"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            None,
-        ),
+        (r#"{"metadata": [1]}"#, StatusCode::UNPROCESSABLE_ENTITY, None),
+        (r#"{"metadata": "x"}"#, StatusCode::UNPROCESSABLE_ENTITY, None),
+        (r#"{"persist_changes": "yes"}"#, StatusCode::UNPROCESSABLE_ENTITY, None),
         (
             r#"{"profile_id": "not-a-uuid"}"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             None,
         ),
-        (
-            r#"{"profile_id": 5}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            None,
-        ),
+        (r#"{"profile_id": 5}"#, StatusCode::UNPROCESSABLE_ENTITY, None),
         (
             r#"{"profile_id": "550e8400-e29b-41d4-a716-446655440000"}"#,
             StatusCode::NOT_FOUND,
@@ -237,12 +210,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     // Metadata over 16 KiB, and a body over the 64 KiB limit.
     let big_meta = json!({"metadata": {"blob": "x".repeat(17 * 1024)}}).to_string();
     let r = server
-        .call(
-            Method::POST,
-            "/public/sessions",
-            Some(KEY_A),
-            Some(&big_meta),
-        )
+        .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&big_meta))
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
     let huge = json!({"metadata": {"blob": "x".repeat(200 * 1024)}}).to_string();
@@ -256,42 +224,24 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let r = server.get("sess_00000000000000000000000000000000").await;
     assert_eq!(
         (r.status, r.json),
-        (
-            StatusCode::NOT_FOUND,
-            json!({"detail": "Session not found"})
-        )
+        (StatusCode::NOT_FOUND, json!({"detail": "Session not found"}))
     );
     let r = server.get("../../etc/passwd").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = server
-        .call(Method::PUT, "/public/sessions", Some(KEY_A), None)
-        .await;
+    let r = server.call(Method::PUT, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(r.json["detail"].is_string());
 
     // Bad list queries.
-    for query in [
-        "status_filter=running",
-        "limit=0",
-        "limit=101",
-        "limit=x",
-        "offset=-1",
-    ] {
+    for query in ["status_filter=running", "limit=0", "limit=101", "limit=x", "offset=-1"] {
         let r = server
-            .call(
-                Method::GET,
-                &format!("/public/sessions?{query}"),
-                Some(KEY_A),
-                None,
-            )
+            .call(Method::GET, &format!("/public/sessions?{query}"), Some(KEY_A), None)
             .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
     }
 
     // Nothing of the above created a session or took a browser.
-    let r = server
-        .call(Method::GET, "/public/sessions", Some(KEY_A), None)
-        .await;
+    let r = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(r.json["total"], 0);
     assert_eq!(server.broker.pool.free_slots(), 4);
     server.stop().await;
@@ -306,21 +256,13 @@ async fn list_filters_pages_and_counts() {
         ids.push(s["session_id"].as_str().unwrap().to_owned());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(
-        server.terminate(&ids[0]).await.status,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(server.terminate(&ids[0]).await.status, StatusCode::NO_CONTENT);
 
     let list = |q: &'static str| {
         let server = &server;
         async move {
             server
-                .call(
-                    Method::GET,
-                    &format!("/public/sessions{q}"),
-                    Some(KEY_A),
-                    None,
-                )
+                .call(Method::GET, &format!("/public/sessions{q}"), Some(KEY_A), None)
                 .await
                 .json
         }
@@ -361,9 +303,7 @@ async fn list_filters_pages_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_extends_ttl_and_merges_metadata_while_active() {
     let server = TestServer::start().await;
-    let s = server
-        .create(json!({"ttl": 60, "metadata": {"a": 1, "b": 2}}))
-        .await;
+    let s = server.create(json!({"ttl": 60, "metadata": {"a": 1, "b": 2}})).await;
     let id = s["session_id"].as_str().unwrap();
     let path = format!("/public/sessions/{id}");
 
@@ -381,19 +321,14 @@ async fn patch_extends_ttl_and_merges_metadata_while_active() {
         .duration_since(SystemTime::now())
         .unwrap();
     assert!(left > Duration::from_secs(3500), "{left:?}");
-    assert_ne!(
-        r.json["cdp_url"], s["cdp_url"],
-        "the token follows the new expiry"
-    );
+    assert_ne!(r.json["cdp_url"], s["cdp_url"], "the token follows the new expiry");
 
     for (body, status) in [
         (r#"{"ttl": 86401}"#, StatusCode::UNPROCESSABLE_ENTITY),
         (r#"{"metadata": 5}"#, StatusCode::UNPROCESSABLE_ENTITY),
         ("{oops", StatusCode::BAD_REQUEST),
     ] {
-        let r = server
-            .call(Method::PATCH, &path, Some(KEY_A), Some(body))
-            .await;
+        let r = server.call(Method::PATCH, &path, Some(KEY_A), Some(body)).await;
         assert_eq!(r.status, status, "{body}");
     }
     assert_eq!(
@@ -417,7 +352,7 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
     let s = server.create(json!({})).await;
     let id = s["session_id"].as_str().unwrap().to_owned();
     let session = server.broker.sessions.get(&id).unwrap().clone();
-    let port = session.upstream.addr.clone();
+    let port = session.upstream.authority.clone();
     assert_eq!(server.broker.pool.free_slots(), 3);
 
     assert_eq!(server.terminate(&id).await.status, StatusCode::NO_CONTENT);
@@ -426,17 +361,10 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
     assert_eq!(got["end_reason"], "terminated by request");
     let again = server.terminate(&id).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
-    assert_eq!(
-        again.json,
-        json!({"detail": "Session is already terminated"})
-    );
+    assert_eq!(again.json, json!({"detail": "Session is already terminated"}));
     assert_eq!(server.broker.pool.free_slots(), 4, "the slot is free again");
     assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
-            &port
-        )
-        .is_err())
-        .await,
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(&port).is_err()).await,
         "the browser is gone"
     );
 
@@ -444,23 +372,13 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
     let s = server.create(json!({})).await;
     let id = s["session_id"].as_str().unwrap().to_owned();
     let r = server
-        .call(
-            Method::DELETE,
-            &format!("/public/sessions/{id}"),
-            Some(KEY_A),
-            None,
-        )
+        .call(Method::DELETE, &format!("/public/sessions/{id}"), Some(KEY_A), None)
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(r.body.is_empty());
     assert_eq!(server.get(&id).await.status, StatusCode::NOT_FOUND);
     let r = server
-        .call(
-            Method::DELETE,
-            &format!("/public/sessions/{id}"),
-            Some(KEY_A),
-            None,
-        )
+        .call(Method::DELETE, &format!("/public/sessions/{id}"), Some(KEY_A), None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(server.broker.pool.free_slots(), 4);
@@ -480,31 +398,15 @@ async fn a_full_broker_answers_503_with_retry_after() {
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert!(r.headers.contains_key("retry-after"));
-    assert!(
-        r.json["detail"]
-            .as_str()
-            .unwrap()
-            .contains("No browser is available")
-    );
+    assert!(r.json["detail"].as_str().unwrap().contains("No browser is available"));
 
     // A waiting create gets the slot as soon as one frees up.
     let waiting = {
         let addr = server.addr;
-        tokio::spawn(async move {
-            http(
-                addr,
-                Method::POST,
-                "/public/sessions",
-                Some(KEY_A),
-                Some("{}"),
-            )
-            .await
-        })
+        tokio::spawn(async move { http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    server
-        .terminate(first["session_id"].as_str().unwrap())
-        .await;
+    server.terminate(first["session_id"].as_str().unwrap()).await;
     let r = waiting.await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     server.stop().await;
@@ -514,19 +416,11 @@ async fn a_full_broker_answers_503_with_retry_after() {
 async fn health_and_metrics() {
     let server = TestServer::start().await;
     let r = server.call(Method::GET, "/health", None, None).await;
-    assert_eq!(
-        (r.status, r.json),
-        (StatusCode::OK, json!({"status": "ok"}))
-    );
+    assert_eq!((r.status, r.json), (StatusCode::OK, json!({"status": "ok"})));
     server.create(json!({})).await;
     let r = server.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(
-        r.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
     for line in [
         "cdpgate_sessions_active 1",
         "cdpgate_sessions_created_total 1",
@@ -561,10 +455,7 @@ async fn the_dari_python_client_works_against_the_broker() {
     );
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(report["created_status"], "active");
-    assert_eq!(
-        report["screen_config"],
-        json!({"width": 1920, "height": 1080})
-    );
+    assert_eq!(report["screen_config"], json!({"width": 1920, "height": 1080}));
     assert_eq!(
         report["got_metadata"],
         json!({"purpose": "workflow-automation", "user": "john", "step": 2})
@@ -572,10 +463,7 @@ async fn the_dari_python_client_works_against_the_broker() {
     assert_eq!(report["listed_total"], 1);
     assert_eq!(report["after_terminate"], "terminated");
     assert_eq!(report["terminate_again_status"], 409);
-    assert_eq!(
-        report["terminate_again_message"],
-        "Session is already terminated"
-    );
+    assert_eq!(report["terminate_again_message"], "Session is already terminated");
     assert_eq!(
         report["too_long_ttl_message"],
         "TTL cannot exceed 86400 seconds (24 hours)"

@@ -81,38 +81,22 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&str>,
-    ) -> Response {
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
         http(self.addr, method, path, key, body).await
     }
 
     /// Creates a session for tenant A and returns its JSON.
     pub async fn create(&self, body: Value) -> Value {
         let r = self
-            .call(
-                Method::POST,
-                "/public/sessions",
-                Some(KEY_A),
-                Some(&body.to_string()),
-            )
+            .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body.to_string()))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         r.json
     }
 
     pub async fn get(&self, id: &str) -> Response {
-        self.call(
-            Method::GET,
-            &format!("/public/sessions/{id}"),
-            Some(KEY_A),
-            None,
-        )
-        .await
+        self.call(Method::GET, &format!("/public/sessions/{id}"), Some(KEY_A), None)
+            .await
     }
 
     pub async fn terminate(&self, id: &str) -> Response {
@@ -134,13 +118,7 @@ pub struct Response {
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-pub async fn http(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&str>,
-) -> Response {
+pub async fn http(addr: SocketAddr, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -206,9 +184,7 @@ pub fn assert_tools_installed() {
         "Chromium is missing: run scripts/setup.sh (or the README's test command)"
     );
     assert!(
-        repo_root()
-            .join("tests/js/node_modules/puppeteer-core")
-            .exists(),
+        repo_root().join("tests/js/node_modules/puppeteer-core").exists(),
         "the Node test clients are missing: run scripts/setup.sh"
     );
 }
@@ -238,11 +214,7 @@ pub async fn node(script: &str, args: &[&str]) -> Value {
 /// The Python that has `dari-python` installed (scripts/setup.sh makes a venv).
 pub fn python() -> PathBuf {
     let venv = repo_root().join("target/test-venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
+    if venv.exists() { venv } else { PathBuf::from("python3") }
 }
 
 /// PIDs of live (non-zombie) processes whose command line mentions `needle`.
@@ -285,9 +257,7 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 pub async fn ws_connect(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws)
 }
 
 /// Sends a CDP command and waits for its reply, skipping events.

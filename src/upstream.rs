@@ -1,0 +1,290 @@
+//! Where a session's browser is and how to reach it: a managed browser on loopback, or a
+//! user's own DevTools endpoint (bring your own browser), which is resolved and checked
+//! against the egress policy again on every connection, and reached by the very address
+//! that was checked.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
+
+use crate::byo::{Egress, EgressError};
+use crate::cdp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Refused(#[from] EgressError),
+    #[error("connection failed: {0}")]
+    Connect(io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP exchange failed: {0}")]
+    Http(String),
+    #[error("WebSocket handshake failed: {0}")]
+    WebSocket(Box<tungstenite::Error>),
+}
+
+/// A connection to a browser: plain TCP, or TLS for `wss://`/`https://` endpoints.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// A browser's DevTools server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Host name or IP literal (IPv6 without brackets).
+    host: String,
+    port: u16,
+    tls: bool,
+    /// `host:port` as sent in `Host` and as Chrome writes it into the URLs it hands out.
+    pub authority: String,
+    /// Path (and query) of the browser target, e.g. `/devtools/browser/<uuid>`.
+    pub browser_path: String,
+    /// From `user:password@` in the user's URL, sent as Basic credentials.
+    authorization: Option<String>,
+    /// A user's endpoint: checked against the egress policy at every connection.
+    pub external: bool,
+}
+
+impl Upstream {
+    /// A browser this broker started, on loopback.
+    pub fn managed(port: u16, browser_path: String) -> Upstream {
+        Upstream {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+            authority: format!("127.0.0.1:{port}"),
+            browser_path,
+            authorization: None,
+            external: false,
+        }
+    }
+
+    /// A user's endpoint from a parsed `ws`/`wss`/`http`/`https` URL; the path of the
+    /// browser target is taken from the URL.
+    pub fn external(url: &url::Url) -> Option<Upstream> {
+        let tls = matches!(url.scheme(), "wss" | "https");
+        let host = match url.host()? {
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => ip.to_string(),
+        };
+        let port = url.port_or_known_default()?;
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str()?),
+            None => url.host_str()?.to_owned(),
+        };
+        let mut browser_path = url.path().to_owned();
+        if let Some(q) = url.query() {
+            browser_path.push('?');
+            browser_path.push_str(q);
+        }
+        let authorization = (!url.username().is_empty()).then(|| {
+            let user = percent_decoded(url.username());
+            let password = url.password().map(percent_decoded).unwrap_or_default();
+            format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
+        });
+        Some(Upstream {
+            host,
+            port,
+            tls,
+            authority,
+            browser_path,
+            authorization,
+            external: true,
+        })
+    }
+
+    /// The same server, with another browser path (from its `/json/version`).
+    pub fn with_browser_path(mut self, path: String) -> Upstream {
+        self.browser_path = path;
+        self
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Opens a connection to the server, checking an external one against `egress` and
+    /// connecting to the address that passed.
+    async fn open(&self, egress: &Egress, timeout: Duration) -> Result<UpstreamStream, UpstreamError> {
+        tokio::time::timeout(timeout, async {
+            let addrs: Vec<SocketAddr> = if self.external {
+                egress.resolve(&self.host, self.port).await?
+            } else {
+                vec![SocketAddr::new([127, 0, 0, 1].into(), self.port)]
+            };
+            let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(tcp) => {
+                        let _ = tcp.set_nodelay(true);
+                        if !self.tls {
+                            return Ok(UpstreamStream::Plain(tcp));
+                        }
+                        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                            .map_err(|e| UpstreamError::Tls(io::Error::other(e)))?;
+                        let tls = tls_connector().connect(name, tcp).await.map_err(UpstreamError::Tls)?;
+                        return Ok(UpstreamStream::Tls(Box::new(tls)));
+                    }
+                    Err(e) => last_error = e,
+                }
+            }
+            Err(UpstreamError::Connect(last_error))
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    /// A WebSocket to `path` on this server.
+    pub async fn websocket(
+        &self,
+        path: &str,
+        config: WebSocketConfig,
+        egress: &Egress,
+        timeout: Duration,
+    ) -> Result<WebSocketStream<UpstreamStream>, UpstreamError> {
+        let stream = self.open(egress, timeout).await?;
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let mut request = format!("{scheme}://{}{path}", self.authority)
+            .into_client_request()
+            .map_err(|e| UpstreamError::WebSocket(Box::new(e)))?;
+        if let Some(auth) = &self.authorization
+            && let Ok(value) = HeaderValue::from_str(auth)
+        {
+            request.headers_mut().insert("authorization", value);
+        }
+        let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
+        let (ws, _) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+            .map_err(|e| UpstreamError::WebSocket(Box::new(e)))?;
+        Ok(ws)
+    }
+
+    /// One HTTP request to `path` on this server; answers status and body.
+    pub async fn http(
+        &self,
+        method: Method,
+        path: &str,
+        egress: &Egress,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+        let stream = self.open(egress, timeout).await?;
+        let exchange = cdp::http_exchange(stream, &self.authority, self.authorization.as_deref(), method, path);
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+            .map_err(|e| UpstreamError::Http(e.to_string()))
+    }
+}
+
+/// One TLS client configuration for the process: the Mozilla roots, ring as provider.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
+}
+
+fn percent_decoded(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_urls_keep_path_query_and_credentials() {
+        let url = url::Url::parse("wss://user:p%40ss@Browsers.Example:9443/devtools/browser/abc?key=1").unwrap();
+        let u = Upstream::external(&url).unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("browsers.example", 9443, true));
+        assert_eq!(u.authority, "browsers.example:9443");
+        assert_eq!(u.browser_path, "/devtools/browser/abc?key=1");
+        assert_eq!(u.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
+        let u = Upstream::external(&url::Url::parse("http://[::1]/").unwrap()).unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.authority.as_str()), ("::1", 80, "[::1]"));
+        assert!(u.authorization.is_none());
+    }
+}
