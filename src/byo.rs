@@ -274,6 +274,7 @@ impl From<ProbeError> for ApiError {
 impl From<UpstreamError> for ProbeError {
     fn from(e: UpstreamError) -> ProbeError {
         match e {
+            UpstreamError::Refused(e @ EgressError::Resolve { .. }) => ProbeError::Unreachable(e.to_string()),
             UpstreamError::Refused(e) => ProbeError::Refused(e),
             UpstreamError::Connect(e) => ProbeError::Unreachable(e.to_string()),
             UpstreamError::Tls(e) => ProbeError::Unreachable(format!("TLS: {e}")),
