@@ -13,7 +13,8 @@ use hyper::{Method, StatusCode};
 use ipnet::IpNet;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::error::ApiError;
 use crate::upstream::{Upstream, UpstreamError};
@@ -280,12 +281,9 @@ impl From<UpstreamError> for ProbeError {
             UpstreamError::Tls(e) => ProbeError::Unreachable(format!("TLS: {e}")),
             UpstreamError::Timeout(t) => ProbeError::Timeout(t.as_millis()),
             UpstreamError::Http(e) => ProbeError::NotDevTools(format!("the HTTP exchange failed ({e})")),
-            UpstreamError::WebSocket(e) => ProbeError::NotDevTools(match *e {
-                tokio_tungstenite::tungstenite::Error::Http(r) => {
-                    format!("the WebSocket upgrade was answered {}", r.status())
-                }
-                other => format!("the WebSocket handshake failed ({other})"),
-            }),
+            UpstreamError::Rejected { status, .. } => {
+                ProbeError::NotDevTools(format!("the WebSocket upgrade was answered {status}"))
+            }
         }
     }
 }
@@ -342,7 +340,8 @@ pub async fn probe(
     }
 
     let path = upstream.browser_path.clone();
-    let mut ws = upstream.websocket(&path, config, egress, timeout).await?;
+    let (stream, _) = upstream.connect_raw(&path, egress, timeout).await?;
+    let mut ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
     let answered = tokio::time::timeout(timeout, async {
         ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
             .await

@@ -34,6 +34,7 @@ pub mod error;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod upstream;

@@ -4,26 +4,20 @@
 //!
 //! The token is checked before anything reaches Chrome and is never passed on to it.
 //! When a session ends every connection gets a close frame whose code says why
-//! (see [`EndReason::close_code`]).
+//! (see [`crate::session::EndReason::close_code`]). The relay itself is [`crate::relay`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
 use crate::api::query_pairs;
@@ -32,13 +26,10 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::{ApiError, Body, json_response};
 use crate::metrics::Metrics;
-use crate::session::{EndReason, Session, Status};
+use crate::relay;
+use crate::session::{Session, Status};
 use crate::upstream::UpstreamError;
 
-/// How long the polite end of a connection (close frame, its echo) may take.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// How long a dropped browser connection waits to learn whether the browser is exiting.
-const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     match route(&broker, request).await {
@@ -116,11 +107,7 @@ fn upstream_timeout(broker: &Broker, session: &Session) -> Duration {
 fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
         // Chrome answers an unknown target id with 500 "No such target id".
-        UpstreamError::WebSocket(e)
-            if matches!(&*e, tungstenite::Error::Http(r)
-                if r.status() == StatusCode::NOT_FOUND
-                    || r.body().as_deref().is_some_and(|b| b.starts_with(b"No such target"))) =>
-        {
+        UpstreamError::Rejected { status, body } if status == 404 || body.starts_with(b"No such target") => {
             ApiError::not_found("Target not found in this session's browser")
         }
         UpstreamError::Refused(e) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
@@ -151,14 +138,9 @@ async fn upgrade(
     upstream_path: String,
 ) -> Result<Response<Body>, ApiError> {
     let key = websocket_key(&request)?;
-    let browser = session
+    let (browser, early) = session
         .upstream
-        .websocket(
-            &upstream_path,
-            ws_config(&broker.config),
-            &broker.egress,
-            upstream_timeout(broker, &session),
-        )
+        .connect_raw(&upstream_path, &broker.egress, upstream_timeout(broker, &session))
         .await
         .map_err(upstream_error)?;
 
@@ -174,14 +156,14 @@ async fn upgrade(
                     return;
                 }
             };
-            let client =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&broker.config)))
-                    .await;
-            relay(
-                client,
+            let _open = OpenConnection::new(&broker.metrics);
+            relay::relay(
+                TokioIo::new(upgraded),
                 browser,
+                &early,
                 session.ended(),
                 || session.end_reason(),
+                broker.config.max_message_bytes,
                 &broker.metrics,
             )
             .await;
@@ -243,94 +225,6 @@ impl<'a> OpenConnection<'a> {
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.proxy_connections_open.fetch_sub(1, Relaxed);
-    }
-}
-
-/// How a relay ended, and so what the client is told.
-enum Ending {
-    /// The client closed or vanished: close the browser side quietly.
-    ClientGone,
-    /// The browser closed this connection with this frame (or none).
-    BrowserClosed(Option<CloseFrame>),
-    /// The session ended or the broker is stopping.
-    Ended(EndReason),
-}
-
-/// Relays messages both ways until one side closes or `ended` fires; `end_reason` says
-/// why a session ended (it is asked only once `ended` has fired or the browser left).
-pub async fn relay<C, B>(
-    client: WebSocketStream<C>,
-    browser: WebSocketStream<B>,
-    ended: &CancellationToken,
-    end_reason: impl Fn() -> Option<EndReason>,
-    metrics: &Metrics,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let _open = OpenConnection::new(metrics);
-    let (mut client_tx, mut client_rx) = client.split();
-    let (mut browser_tx, mut browser_rx) = browser.split();
-    let ending = loop {
-        tokio::select! {
-            biased;
-            _ = ended.cancelled() => break Ending::Ended(end_reason().unwrap_or(EndReason::Terminated)),
-            message = client_rx.next() => match message {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    metrics.messages_to_browser.fetch_add(1, Relaxed);
-                    metrics.bytes_to_browser.fetch_add(m.len() as u64, Relaxed);
-                    if browser_tx.send(m).await.is_err() {
-                        break Ending::BrowserClosed(None);
-                    }
-                }
-                // Pings are answered by tungstenite on each side; nothing to relay.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::ClientGone,
-            },
-            message = browser_rx.next() => match message {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    metrics.messages_to_client.fetch_add(1, Relaxed);
-                    metrics.bytes_to_client.fetch_add(m.len() as u64, Relaxed);
-                    if client_tx.send(m).await.is_err() {
-                        break Ending::ClientGone;
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(frame))) => break Ending::BrowserClosed(frame),
-                Some(Err(_)) | None => break Ending::BrowserClosed(None),
-            },
-        }
-    };
-
-    if matches!(ending, Ending::BrowserClosed(_)) {
-        // A browser that is exiting drops its sockets a moment before the process is
-        // gone; give the session that moment to end so the client hears why.
-        let _ = tokio::time::timeout(EXIT_GRACE, ended.cancelled()).await;
-    }
-    let to_client = match ending {
-        Ending::ClientGone => None,
-        // The browser went away because the session ended: say why, not just "gone".
-        Ending::BrowserClosed(_) if ended.is_cancelled() => end_reason().map(|r| close_frame(r.close_code())),
-        Ending::BrowserClosed(frame) => Some(frame.unwrap_or_else(|| close_frame((1011, "browser connection lost")))),
-        Ending::Ended(reason) => Some(close_frame(reason.close_code())),
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, browser_tx.close()).await;
-    if let Some(frame) = to_client {
-        tracing::debug!(code = u16::from(frame.code), reason = %frame.reason, "closing client connection");
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            client_tx.send(Message::Close(Some(frame))).await?;
-            // Wait for the client's echo so the close handshake completes cleanly.
-            while let Some(Ok(_)) = client_rx.next().await {}
-            Ok::<_, tungstenite::Error>(())
-        })
-        .await;
-    }
-}
-
-fn close_frame((code, reason): (u16, &'static str)) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
     }
 }
 

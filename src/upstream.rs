@@ -14,13 +14,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
+use tokio_tungstenite::tungstenite;
 
 use crate::byo::{Egress, EgressError};
 use crate::cdp;
@@ -37,8 +34,8 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("HTTP exchange failed: {0}")]
     Http(String),
-    #[error("WebSocket handshake failed: {0}")]
-    WebSocket(Box<tungstenite::Error>),
+    #[error("the WebSocket upgrade was answered {status}")]
+    Rejected { status: u16, body: Vec<u8> },
 }
 
 /// A connection to a browser: plain TCP, or TLS for `wss://`/`https://` endpoints.
@@ -204,30 +201,67 @@ impl Upstream {
         .map_err(|_| UpstreamError::Timeout(timeout))?
     }
 
-    /// A WebSocket to `path` on this server.
-    pub async fn websocket(
+    /// A WebSocket to `path`, with the handshake done by hand so that the relay can pass
+    /// frames on as bytes. Answers the connection and whatever the server sent right after
+    /// its `101` (the first bytes of its first frames).
+    pub async fn connect_raw(
         &self,
         path: &str,
-        config: WebSocketConfig,
         egress: &Egress,
         timeout: Duration,
-    ) -> Result<WebSocketStream<UpstreamStream>, UpstreamError> {
-        let stream = self.open(egress, timeout).await?;
-        let scheme = if self.tls { "wss" } else { "ws" };
-        let mut request = format!("{scheme}://{}{path}", self.authority)
-            .into_client_request()
-            .map_err(|e| UpstreamError::WebSocket(Box::new(e)))?;
-        if let Some(auth) = &self.authorization
-            && let Ok(value) = HeaderValue::from_str(auth)
-        {
-            request.headers_mut().insert("authorization", value);
+    ) -> Result<(UpstreamStream, Vec<u8>), UpstreamError> {
+        let mut stream = self.open(egress, timeout).await?;
+        let key = {
+            let mut nonce = [0u8; 16];
+            getrandom::fill(&mut nonce).expect("the operating system's random generator failed");
+            BASE64.encode(nonce)
+        };
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+            self.authority
+        );
+        if let Some(auth) = &self.authorization {
+            request.push_str(&format!("Authorization: {auth}\r\n"));
         }
-        let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
-        let (ws, _) = tokio::time::timeout(timeout, handshake)
+        request.push_str("\r\n");
+        let handshake = async {
+            let io = |e: io::Error| UpstreamError::Http(e.to_string());
+            stream.write_all(request.as_bytes()).await.map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 2048];
+            loop {
+                let n = stream.read(&mut chunk).await.map_err(io)?;
+                if n == 0 {
+                    return Err(UpstreamError::Http("the connection closed during the handshake".into()));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                match parse_upgrade_response(&buf, &key)? {
+                    None if buf.len() > MAX_HANDSHAKE => {
+                        return Err(UpstreamError::Http("the handshake answer is too long".into()));
+                    }
+                    None => continue,
+                    Some(Handshake::Accepted { header_len }) => return Ok(buf.split_off(header_len)),
+                    Some(Handshake::Refused { status, header_len, content_length }) => {
+                        // Keep a little of the body: Chrome says why there ("No such target id").
+                        let want = header_len + content_length.min(1024);
+                        while buf.len() < want {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body = buf[header_len.min(buf.len())..want.min(buf.len())].to_vec();
+                        return Err(UpstreamError::Rejected { status, body });
+                    }
+                }
+            }
+        };
+        let early = tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
-            .map_err(|e| UpstreamError::WebSocket(Box::new(e)))?;
-        Ok(ws)
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
+        Ok((stream, early))
     }
 
     /// One HTTP request to `path` on this server; answers status and body.
@@ -245,6 +279,46 @@ impl Upstream {
             .map_err(|_| UpstreamError::Timeout(timeout))?
             .map_err(|e| UpstreamError::Http(e.to_string()))
     }
+}
+
+/// Longest handshake answer read.
+const MAX_HANDSHAKE: usize = 16 * 1024;
+
+enum Handshake {
+    Accepted { header_len: usize },
+    Refused { status: u16, header_len: usize, content_length: usize },
+}
+
+/// Reads a complete upgrade answer from `buf`, or `None` if it is not all there yet.
+fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<Handshake>, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let header_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(UpstreamError::Http(format!("not an HTTP answer ({e})"))),
+    };
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let status = response.code.unwrap_or(0);
+    if status != 101 {
+        let content_length = header("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        return Ok(Some(Handshake::Refused {
+            status,
+            header_len,
+            content_length,
+        }));
+    }
+    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if header("sec-websocket-accept").map(str::trim) != Some(expected.as_str()) {
+        return Err(UpstreamError::Http("the upgrade answer has a wrong Sec-WebSocket-Accept".into()));
+    }
+    Ok(Some(Handshake::Accepted { header_len }))
 }
 
 /// One TLS client configuration for the process: the Mozilla roots, ring as provider.

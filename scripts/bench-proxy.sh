@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Proxy load, side by side in one run: direct to a WebSocket echo server, through cdpgate
+# (a bring-your-own session fronting the echo server), and through nginx when installed.
+# usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+seconds=${2:-5}
+scripts/setup.sh
+cargo build --release --quiet --bin cdpgate --bin wsload
+tmp=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+# Waits for "<prefix> ADDR" in a log and prints ADDR.
+address_in() {
+  for _ in $(seq 100); do
+    addr=$(grep -o "$2 [0-9.:]*" "$1" 2>/dev/null | head -1 | awk '{print $NF}')
+    [ -n "$addr" ] && { echo "$addr"; return; }
+    sleep 0.1
+  done
+  echo "no address in $1" >&2; cat "$1" >&2; exit 1
+}
+
+target/release/wsload echo --listen 127.0.0.1:0 >"$tmp/echo.log" 2>&1 &
+pids+=($!)
+echo_addr=$(address_in "$tmp/echo.log" "listening on")
+
+key=bench-key-0123456789abcdef
+CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key \
+  CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn \
+  target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
+pids+=($!)
+gate_addr=$(address_in "$tmp/cdpgate.log" "listening on")
+cdp_url=$(curl -sf -X POST "http://$gate_addr/public/sessions" -H "X-API-Key: $key" \
+  -d "{\"ttl\": 86400, \"cdp_url\": \"ws://$echo_addr/devtools/browser/echo\"}" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["cdp_url"])')
+
+targets=("direct=ws://$echo_addr/devtools/browser/echo" "cdpgate=$cdp_url")
+if command -v nginx >/dev/null 2>&1; then
+  nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$tmp/nginx/logs"
+  cat >"$tmp/nginx/nginx.conf" <<CONF
+worker_processes auto;
+error_log $tmp/nginx/logs/error.log warn;
+pid $tmp/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://$echo_addr;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }
+  }
+}
+CONF
+  nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
+  pids+=($!)
+  sleep 0.5
+  targets+=("nginx=ws://127.0.0.1:$nginx_port/devtools/browser/echo")
+else
+  echo "(nginx not installed: apt-get install -y nginx to compare with it)"
+fi
+
+target/release/wsload compare "${targets[@]}" --rounds "$rounds" --seconds "$seconds"

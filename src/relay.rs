@@ -1,0 +1,603 @@
+//! The frame-level relay between a CDP client and its browser.
+//!
+//! Bytes are forwarded as they arrive, unchanged: client frames stay masked (browsers
+//! accept masked frames from clients), browser frames stay unmasked, nothing is decoded
+//! into text or re-encoded. A small cursor per direction follows the frame headers as the
+//! bytes go by, which is enough to count messages, enforce the message size limit, and
+//! end a connection on a frame boundary with a real close frame when the session ends.
+//!
+//! Buffers start small and grow while reads fill them (screenshots are megabytes), then
+//! shrink back, so an idle connection holds a few KiB.
+
+use std::io;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::session::EndReason;
+
+const MIN_BUFFER: usize = 4 * 1024;
+const MAX_BUFFER: usize = 1024 * 1024;
+/// How long finishing a half-sent frame and sending the close frame may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a dropped browser connection waits to learn whether the browser is exiting.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Why a stream of frames cannot be relayed further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Violation {
+    /// A message above the limit (close code 1009).
+    TooBig,
+    /// Not WebSocket framing (close code 1002).
+    Protocol,
+}
+
+/// A frame header, as far as the relay cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    len: u64,
+}
+
+/// Follows frame boundaries in a stream of bytes passing through.
+#[derive(Debug, Clone, Default)]
+struct FrameCursor {
+    /// Payload bytes of the current frame not yet passed.
+    remaining: u64,
+    /// A header split across reads.
+    partial: [u8; 14],
+    partial_len: usize,
+    /// Length so far of the data message being passed (for the size limit).
+    message_len: u64,
+}
+
+impl FrameCursor {
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.partial_len == 0
+    }
+
+    /// Passes `bytes` through the cursor, calling `on_header` for each complete header.
+    fn advance(
+        &mut self,
+        mut bytes: &[u8],
+        max_message: u64,
+        mut on_header: impl FnMut(Header),
+    ) -> Result<(), Violation> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(bytes.len() as u64);
+                self.remaining -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            // Gather a header, which may have started in an earlier read.
+            let need = header_len(&self.partial[..self.partial_len]);
+            let take = (need - self.partial_len).min(bytes.len());
+            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&bytes[..take]);
+            self.partial_len += take;
+            bytes = &bytes[take..];
+            let need = header_len(&self.partial[..self.partial_len]);
+            if self.partial_len < need {
+                continue; // still short: the loop ends if `bytes` is exhausted
+            }
+            let header = parse_header(&self.partial[..self.partial_len])?;
+            self.partial_len = 0;
+            self.remaining = header.len;
+            match header.opcode {
+                OP_CONTINUATION | OP_TEXT | OP_BINARY => {
+                    self.message_len = self.message_len.saturating_add(header.len);
+                    if self.message_len > max_message {
+                        return Err(Violation::TooBig);
+                    }
+                    if header.fin {
+                        self.message_len = 0;
+                    }
+                }
+                OP_CLOSE | OP_PING | OP_PONG if header.fin && header.len <= 125 => {}
+                _ => return Err(Violation::Protocol),
+            }
+            on_header(header);
+        }
+        Ok(())
+    }
+
+    /// How many of `bytes` finish the current frame, if they do.
+    fn boundary_within(&self, bytes: &[u8]) -> Option<usize> {
+        if self.at_boundary() {
+            return Some(0);
+        }
+        let mut probe = self.clone();
+        for i in 0..bytes.len() {
+            // One byte at a time through headers; payload in one step.
+            if probe.remaining > 0 {
+                let n = probe.remaining.min((bytes.len() - i) as u64) as usize;
+                probe.remaining -= n as u64;
+                if probe.at_boundary() {
+                    return Some(i + n);
+                }
+                return None;
+            }
+            probe.advance(&bytes[i..i + 1], u64::MAX, |_| {}).ok()?;
+            if probe.at_boundary() {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+}
+
+/// Length of a header whose first bytes are `prefix` (as far as they tell).
+fn header_len(prefix: &[u8]) -> usize {
+    if prefix.len() < 2 {
+        return 2;
+    }
+    let mask = if prefix[1] & 0x80 != 0 { 4 } else { 0 };
+    let ext = match prefix[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + mask
+}
+
+fn parse_header(h: &[u8]) -> Result<Header, Violation> {
+    if h[0] & 0x70 != 0 {
+        // Reserved bits: no extension was negotiated through this relay.
+        return Err(Violation::Protocol);
+    }
+    let len = match h[1] & 0x7f {
+        126 => u16::from_be_bytes([h[2], h[3]]) as u64,
+        127 => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
+        n => n as u64,
+    };
+    Ok(Header {
+        fin: h[0] & 0x80 != 0,
+        opcode: h[0] & 0x0f,
+        len,
+    })
+}
+
+/// A close frame from the server side (unmasked): code and reason.
+pub fn server_close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.push(0x80 | OP_CLOSE);
+    frame.push((2 + reason.len()) as u8);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+/// What ended a pump.
+#[derive(Debug)]
+enum PumpEnd {
+    /// The source closed (EOF) or failed.
+    SourceGone,
+    /// The destination failed.
+    DestinationGone,
+    /// A close frame was passed through: the closing handshake is under way.
+    Closed,
+    Violation(Violation),
+}
+
+/// Counters one direction adds to.
+struct Counters<'a> {
+    messages: &'a AtomicU64,
+    bytes: &'a AtomicU64,
+}
+
+struct Direction {
+    buf: Vec<u8>,
+    filled: usize,
+    sent: usize,
+    cursor: FrameCursor,
+    max_message: u64,
+    /// A close frame went by; the other side's echo ends the relay.
+    close_passed: bool,
+}
+
+impl Direction {
+    fn new(max_message: u64, initial: &[u8]) -> Direction {
+        let mut buf = vec![0; MIN_BUFFER.max(initial.len())];
+        buf[..initial.len()].copy_from_slice(initial);
+        Direction {
+            buf,
+            filled: initial.len(),
+            sent: 0,
+            cursor: FrameCursor::default(),
+            max_message,
+            close_passed: false,
+        }
+    }
+
+    /// Forwards from `src` to `dst` until something ends it. Cancel-safe: every byte read
+    /// is accounted for in `filled`/`sent`, so the caller can finish a frame afterwards.
+    async fn pump<R, W>(&mut self, src: &mut R, dst: &mut W, counters: &Counters<'_>) -> PumpEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.sent < self.filled {
+                if let ControlFlow::Break(end) = self.write_some(dst, self.filled, counters).await {
+                    return end;
+                }
+                if self.close_passed && self.sent == self.filled && self.cursor.at_boundary() {
+                    return PumpEnd::Closed;
+                }
+                continue;
+            }
+            if dst.flush().await.is_err() {
+                return PumpEnd::DestinationGone;
+            }
+            self.resize();
+            match src.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return PumpEnd::SourceGone,
+                Ok(n) => {
+                    self.filled = n;
+                    self.sent = 0;
+                }
+            }
+        }
+    }
+
+    /// Writes `buf[sent..upto]` once, advancing the cursor over what was written.
+    async fn write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+        upto: usize,
+        counters: &Counters<'_>,
+    ) -> ControlFlow<PumpEnd> {
+        let written = match dst.write(&self.buf[self.sent..upto]).await {
+            Ok(0) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
+            Ok(n) => n,
+        };
+        let chunk = &self.buf[self.sent..self.sent + written];
+        let mut close = false;
+        let result = self.cursor.advance(chunk, self.max_message, |h| {
+            if h.fin && matches!(h.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
+                counters.messages.fetch_add(1, Relaxed);
+            }
+            close |= h.opcode == OP_CLOSE;
+        });
+        counters.bytes.fetch_add(written as u64, Relaxed);
+        self.sent += written;
+        self.close_passed |= close;
+        match result {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(v) => ControlFlow::Break(PumpEnd::Violation(v)),
+        }
+    }
+
+    /// Grows the buffer while reads fill it; shrinks it back when traffic is light.
+    fn resize(&mut self) {
+        let capacity = self.buf.len();
+        if self.filled == capacity && capacity < MAX_BUFFER {
+            self.buf = vec![0; (capacity * 4).min(MAX_BUFFER)];
+        } else if self.filled < MIN_BUFFER && capacity > MIN_BUFFER {
+            self.buf = vec![0; MIN_BUFFER];
+        }
+        self.filled = 0;
+        self.sent = 0;
+    }
+
+    /// Passes the rest of the current frame, reading more from `src` if needed, so that
+    /// something else can be written to `dst` on a frame boundary. False if it could not.
+    async fn finish_frame<R, W>(&mut self, src: &mut R, dst: &mut W, counters: &Counters<'_>) -> bool
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if let Some(n) = self.cursor.boundary_within(&self.buf[self.sent..self.filled]) {
+                let upto = self.sent + n;
+                while self.sent < upto {
+                    if self.write_some(dst, upto, counters).await.is_break() {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            // The frame goes on past what was read: pass all of it and read on.
+            while self.sent < self.filled {
+                if self.write_some(dst, self.filled, counters).await.is_break() {
+                    return false;
+                }
+            }
+            match src.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    self.filled = n;
+                    self.sent = 0;
+                }
+            }
+        }
+    }
+}
+
+/// Relays between a client and a browser connection (both past their handshakes;
+/// `from_browser` holds bytes the browser sent right after its handshake) until either
+/// side closes or `ended` fires. Then the client gets a close frame saying why:
+/// `end_reason` is asked once `ended` has fired or the browser went away.
+pub async fn relay<C, B>(
+    mut client: C,
+    mut browser: B,
+    from_browser: &[u8],
+    ended: &CancellationToken,
+    end_reason: impl Fn() -> Option<EndReason>,
+    max_message: usize,
+    metrics: &Metrics,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let max_message = max_message as u64;
+    let mut up = Direction::new(max_message, &[]);
+    let mut down = Direction::new(max_message, from_browser);
+    let to_browser = Counters {
+        messages: &metrics.messages_to_browser,
+        bytes: &metrics.bytes_to_browser,
+    };
+    let to_client = Counters {
+        messages: &metrics.messages_to_client,
+        bytes: &metrics.bytes_to_client,
+    };
+
+    enum Ending {
+        ClientGone,
+        BrowserGone,
+        Ended,
+        ClientViolation(Violation),
+        BrowserViolation(Violation),
+    }
+    let ending = {
+        let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
+        let (mut browser_rx, mut browser_tx) = tokio::io::split(&mut browser);
+        let ending = tokio::select! {
+            biased;
+            _ = ended.cancelled() => Ending::Ended,
+            end = up.pump(&mut client_rx, &mut browser_tx, &to_browser) => match end {
+                PumpEnd::Violation(v) => Ending::ClientViolation(v),
+                PumpEnd::DestinationGone => Ending::BrowserGone,
+                // After the client's close frame, the browser's echo comes back on the
+                // other direction; then the browser closes the TCP connection.
+                PumpEnd::Closed => match down.pump(&mut browser_rx, &mut client_tx, &to_client).await {
+                    PumpEnd::Violation(v) => Ending::BrowserViolation(v),
+                    _ => Ending::ClientGone,
+                },
+                PumpEnd::SourceGone => Ending::ClientGone,
+            },
+            end = down.pump(&mut browser_rx, &mut client_tx, &to_client) => match end {
+                PumpEnd::Violation(v) => Ending::BrowserViolation(v),
+                PumpEnd::DestinationGone => Ending::ClientGone,
+                // The browser closed (its own close frame, passed on), or vanished.
+                PumpEnd::Closed | PumpEnd::SourceGone => Ending::BrowserGone,
+            },
+        };
+        if matches!(ending, Ending::Ended) {
+            // Let the frame in flight to the client finish, so the close frame lands on
+            // a boundary; if it cannot finish in time, the connection is just dropped.
+            let finished = tokio::time::timeout(
+                CLOSE_GRACE,
+                down.finish_frame(&mut browser_rx, &mut client_tx, &to_client),
+            )
+            .await;
+            if !matches!(finished, Ok(true)) {
+                return;
+            }
+        }
+        ending
+    };
+    let _ = browser.shutdown().await;
+    drop(browser);
+
+    let close = match ending {
+        Ending::ClientGone => return,
+        Ending::Ended => end_reason().unwrap_or(EndReason::Terminated).close_code(),
+        Ending::BrowserGone => {
+            if down.close_passed {
+                return; // the browser's own close frame reached the client
+            }
+            // A browser that is exiting drops its sockets a moment before the process is
+            // gone; give the session that moment to end so the client hears why.
+            let _ = tokio::time::timeout(EXIT_GRACE, ended.cancelled()).await;
+            match end_reason() {
+                Some(reason) if ended.is_cancelled() => reason.close_code(),
+                _ => (1011, "browser connection lost"),
+            }
+        }
+        Ending::ClientViolation(Violation::TooBig) | Ending::BrowserViolation(Violation::TooBig) => {
+            (1009, "message too big")
+        }
+        Ending::ClientViolation(Violation::Protocol) | Ending::BrowserViolation(Violation::Protocol) => {
+            (1002, "protocol error")
+        }
+    };
+    if !down.cursor.at_boundary() {
+        return; // mid-frame: a close frame now would corrupt the stream
+    }
+    tracing::debug!(code = close.0, reason = close.1, "closing client connection");
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        client.write_all(&server_close_frame(close.0, close.1)).await?;
+        client.flush().await?;
+        // Wait for the client's echo (or its hang-up) so the close completes cleanly.
+        let mut sink = [0u8; 256];
+        while client.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame as a client sends it (masked) or a server does (unmasked).
+    fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n < 65536 => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [1u8, 2, 3, 4];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        f
+    }
+
+    #[test]
+    fn the_cursor_follows_frames_split_anywhere() {
+        let mut stream = Vec::new();
+        stream.extend(frame(true, OP_TEXT, b"hello", true));
+        stream.extend(frame(false, OP_BINARY, &vec![7; 300], false));
+        stream.extend(frame(true, OP_PING, b"", true));
+        stream.extend(frame(true, OP_CONTINUATION, &vec![8; 70_000], false));
+        stream.extend(frame(true, OP_CLOSE, &[3, 232], true));
+        for split in [1, 2, 3, 7, 13, 100, 4096, stream.len()] {
+            let mut cursor = FrameCursor::default();
+            let mut headers = Vec::new();
+            for chunk in stream.chunks(split) {
+                cursor.advance(chunk, u64::MAX, |h| headers.push(h)).unwrap();
+            }
+            assert!(cursor.at_boundary(), "split {split}");
+            let ops: Vec<(bool, u8, u64)> = headers.iter().map(|h| (h.fin, h.opcode, h.len)).collect();
+            assert_eq!(
+                ops,
+                vec![
+                    (true, OP_TEXT, 5),
+                    (false, OP_BINARY, 300),
+                    (true, OP_PING, 0),
+                    (true, OP_CONTINUATION, 70_000),
+                    (true, OP_CLOSE, 2)
+                ],
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_and_bad_framing_are_caught() {
+        let mut c = FrameCursor::default();
+        let two_parts = [frame(false, OP_TEXT, &[0; 600], false), frame(true, OP_CONTINUATION, &[0; 600], false)];
+        c.advance(&two_parts[0], 1000, |_| {}).unwrap();
+        assert_eq!(c.advance(&two_parts[1], 1000, |_| {}), Err(Violation::TooBig));
+        let mut c = FrameCursor::default();
+        assert_eq!(c.advance(&[0x83, 0x00], 1000, |_| {}), Err(Violation::Protocol), "reserved opcode");
+        let mut c = FrameCursor::default();
+        assert_eq!(c.advance(&[0xC1, 0x00], 1000, |_| {}), Err(Violation::Protocol), "RSV1 without deflate");
+        let mut c = FrameCursor::default();
+        assert_eq!(
+            c.advance(&frame(false, OP_PING, b"x", false), 1000, |_| {}),
+            Err(Violation::Protocol),
+            "fragmented control frame"
+        );
+    }
+
+    #[test]
+    fn boundaries_are_found_ahead() {
+        let a = frame(true, OP_TEXT, &[1; 200], false);
+        let b = frame(true, OP_TEXT, &[2; 10], false);
+        let mut c = FrameCursor::default();
+        c.advance(&a[..50], u64::MAX, |_| {}).unwrap();
+        let mut rest = a[50..].to_vec();
+        rest.extend(&b);
+        assert_eq!(c.boundary_within(&rest), Some(a.len() - 50));
+        assert_eq!(c.boundary_within(&rest[..10]), None);
+        let mut c = FrameCursor::default();
+        c.advance(&a[..1], u64::MAX, |_| {}).unwrap();
+        assert_eq!(c.boundary_within(&a[1..]), Some(a.len() - 1), "from inside a header");
+        assert_eq!(FrameCursor::default().boundary_within(&a), Some(0));
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_unchanged_and_an_ending_session_closes_on_a_frame_boundary() {
+        let metrics = Metrics::default();
+        let (client_end, relay_client) = tokio::io::duplex(1 << 20);
+        let (relay_browser, browser_end) = tokio::io::duplex(1 << 20);
+        let ended = CancellationToken::new();
+        let relay_task = relay(
+            relay_client,
+            relay_browser,
+            &[],
+            &ended,
+            || Some(EndReason::Expired),
+            1 << 30,
+            &metrics,
+        );
+        let peers = async {
+            let (mut client, mut browser) = (client_end, browser_end);
+            let request = frame(true, OP_TEXT, br#"{"id":1,"method":"Browser.getVersion"}"#, true);
+            client.write_all(&request).await.unwrap();
+            let mut got = vec![0; request.len()];
+            browser.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, request, "client frames pass still masked");
+
+            // Half of a big reply, then the session ends: the relay finishes the frame.
+            let reply = frame(true, OP_BINARY, &vec![9; 300_000], false);
+            browser.write_all(&reply[..100_000]).await.unwrap();
+            let mut got = vec![0; reply.len()];
+            client.read_exact(&mut got[..50_000]).await.unwrap();
+            ended.cancel();
+            browser.write_all(&reply[100_000..]).await.unwrap();
+            client.read_exact(&mut got[50_000..]).await.unwrap();
+            assert_eq!(got, reply);
+            let mut close = vec![0; 2 + 2 + "session expired".len()];
+            client.read_exact(&mut close).await.unwrap();
+            assert_eq!(close, server_close_frame(4001, "session expired"));
+            client.write_all(&frame(true, OP_CLOSE, &[15, 161], true)).await.unwrap();
+            drop(client);
+        };
+        tokio::join!(relay_task, peers);
+        assert_eq!(metrics.messages_to_browser.load(Relaxed), 1);
+        assert_eq!(metrics.messages_to_client.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_close_is_echoed_by_the_browser_and_ends_the_relay() {
+        let metrics = Metrics::default();
+        let (mut client, relay_client) = tokio::io::duplex(4096);
+        let (relay_browser, mut browser) = tokio::io::duplex(4096);
+        let ended = CancellationToken::new();
+        let relay_task = relay(relay_client, relay_browser, &[], &ended, || None, 1 << 20, &metrics);
+        let peers = async {
+            let close = frame(true, OP_CLOSE, &[3, 232], true);
+            client.write_all(&close).await.unwrap();
+            let mut got = vec![0; close.len()];
+            browser.read_exact(&mut got).await.unwrap();
+            let echo = frame(true, OP_CLOSE, &[3, 232], false);
+            browser.write_all(&echo).await.unwrap();
+            let mut got = vec![0; echo.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, echo);
+            drop(browser);
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "nothing after the browser's close: {rest:?}");
+        };
+        tokio::join!(relay_task, peers);
+    }
+}
