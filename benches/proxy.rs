@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdpgate::metrics::Metrics;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -26,7 +25,8 @@ fn big_messages() -> WebSocketConfig {
         .max_frame_size(Some(64 << 20))
 }
 
-/// Echoes every data message back.
+/// Echoes every data message back, and answers `Browser.getVersion` so that the broker
+/// accepts it as a bring-your-own browser.
 async fn echo_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -38,7 +38,14 @@ async fn echo_upstream() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(m)) = ws.next().await {
-                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                    let reply = match m {
+                        Message::Text(t) if t.contains("Browser.getVersion") => {
+                            Message::text(r#"{"id":1,"result":{"product":"echo"}}"#)
+                        }
+                        m if m.is_text() || m.is_binary() => m,
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
                         return;
                     }
                 }
@@ -48,35 +55,45 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-/// cdpgate's relay in front of `upstream`, as each proxied CDP connection runs it.
-async fn relay_in_front_of(upstream: SocketAddr) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let Ok(client) = tokio_tungstenite::accept_async_with_config(stream, Some(big_messages())).await else {
-                    return;
-                };
-                let url = format!("ws://{upstream}/");
-                let Ok((browser, _)) =
-                    tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true).await
-                else {
-                    return;
-                };
-                let never = CancellationToken::new();
-                cdpgate::proxy::relay(client, browser, &never, || None, &metrics).await;
-            });
-        }
-    });
-    addr
+/// The real broker on loopback (warm pool of 2, loopback allowed for bring-your-own).
+struct Broker {
+    addr: SocketAddr,
+    broker: Arc<cdpgate::Broker>,
+    _data_dir: tempfile::TempDir,
 }
 
-async fn connect(addr: SocketAddr) -> Ws {
-    let url = format!("ws://{addr}/");
+const KEY: &str = "bench-key-0123456789abcdef";
+
+async fn start_broker() -> Broker {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = cdpgate::Config {
+        data_dir: data_dir.path().to_owned(),
+        api_keys: vec![KEY.into()],
+        pool_size: 2,
+        byo_allow: vec!["127.0.0.0/8".into()],
+        ..cdpgate::Config::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let broker = cdpgate::start(&listener, config, CancellationToken::new())
+        .await
+        .unwrap();
+    tokio::spawn(cdpgate::serve(listener, broker.clone()));
+    Broker {
+        addr,
+        broker,
+        _data_dir: data_dir,
+    }
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn connect(url: &str) -> Ws {
     tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true)
         .await
         .unwrap()
@@ -84,21 +101,33 @@ async fn connect(addr: SocketAddr) -> Ws {
 }
 
 fn round_trip(c: &mut Criterion) {
+    if cdpgate::browser::find_chrome().is_none() {
+        eprintln!("round_trip skipped: the broker needs Chromium (scripts/setup.sh installs it)");
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (direct, proxied) = rt.block_on(async {
+    let (direct, proxied, broker) = rt.block_on(async {
         let echo = echo_upstream().await;
-        (echo, relay_in_front_of(echo).await)
+        let broker = start_broker().await;
+        let direct = format!("ws://{echo}/devtools/browser/echo");
+        let body = serde_json::json!({"cdp_url": direct, "ttl": 86400}).to_string();
+        let session = http_json(broker.addr, post(broker.addr, "/public/sessions", &body)).await;
+        let proxied = session["cdp_url"]
+            .as_str()
+            .expect("a bring-your-own session")
+            .to_owned();
+        (direct, proxied, broker)
     });
     let mut group = c.benchmark_group("round_trip");
     for size in [300usize, 64 * 1024, 1024 * 1024] {
         group.throughput(Throughput::Bytes(size as u64));
         let message = Message::binary(vec![b'x'; size]);
-        for (name, addr) in [("direct", direct), ("cdpgate", proxied)] {
-            let mut ws = rt.block_on(connect(addr));
+        for (name, url) in [("direct", &direct), ("cdpgate", &proxied)] {
+            let mut ws = rt.block_on(connect(url));
             group.bench_with_input(BenchmarkId::new(name, size), &message, |b, message| {
                 b.iter_custom(|iters| {
                     rt.block_on(async {
@@ -114,6 +143,7 @@ fn round_trip(c: &mut Criterion) {
         }
     }
     group.finish();
+    rt.block_on(broker.broker.stop());
 }
 
 /// One HTTP/1.1 request with a close; answers the parsed JSON body.
@@ -133,26 +163,12 @@ fn session_acquire(c: &mut Criterion) {
         return;
     }
     let rt = Runtime::new().unwrap();
-    let data_dir = tempfile::tempdir().unwrap();
-    let key = "bench-key-0123456789abcdef";
-    let (addr, broker) = rt.block_on(async {
-        let config = cdpgate::Config {
-            data_dir: data_dir.path().to_owned(),
-            api_keys: vec![key.into()],
-            pool_size: 2,
-            ..cdpgate::Config::default()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let broker = cdpgate::start(&listener, config, CancellationToken::new())
-            .await
-            .unwrap();
-        tokio::spawn(cdpgate::serve(listener, broker.clone()));
-        (addr, broker)
-    });
-    let create = format!(
-        "POST /public/sessions HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    );
+    let Broker {
+        addr,
+        broker,
+        _data_dir,
+    } = rt.block_on(start_broker());
+    let create = post(addr, "/public/sessions", "{}");
     let mut group = c.benchmark_group("session_acquire");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.bench_function("create_to_first_cdp_reply", |b| {
@@ -168,14 +184,13 @@ fn session_acquire(c: &mut Criterion) {
                     let session = http_json(addr, create.clone()).await;
                     let url = session["cdp_url"].as_str().expect("a session").to_owned();
                     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                    ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#)).await.unwrap();
+                    ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
+                        .await
+                        .unwrap();
                     ws.next().await.unwrap().unwrap();
                     total += start.elapsed();
                     let id = session["session_id"].as_str().unwrap();
-                    let terminate = format!(
-                        "POST /public/sessions/{id}/terminate HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    http_json(addr, terminate).await;
+                    http_json(addr, post(addr, &format!("/public/sessions/{id}/terminate"), "")).await;
                 }
                 total
             })

@@ -12,8 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::{Method, StatusCode};
 use ipnet::IpNet;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::error::ApiError;

@@ -13,9 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
@@ -28,8 +32,7 @@ use crate::error::{ApiError, Body, json_response};
 use crate::metrics::Metrics;
 use crate::relay;
 use crate::session::{Session, Status};
-use crate::upstream::UpstreamError;
-
+use crate::upstream::{UpstreamError, UpstreamStream};
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     match route(&broker, request).await {
@@ -157,16 +160,14 @@ async fn upgrade(
                 }
             };
             let _open = OpenConnection::new(&broker.metrics);
-            relay::relay(
-                TokioIo::new(upgraded),
-                browser,
-                &early,
-                session.ended(),
-                || session.end_reason(),
-                broker.config.max_message_bytes,
-                &broker.metrics,
-            )
-            .await;
+            // Plain TCP on both sides (the usual case) relays without any indirection.
+            match (Side::client(upgraded), Side::browser(browser, early)) {
+                (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
+                    let (client, browser) = (tcp_peer(client, client_early), tcp_peer(browser, browser_early));
+                    run_relay(client, browser, &session, &broker).await
+                }
+                (client, browser) => run_relay(client.boxed(), browser.boxed(), &session, &broker).await,
+            }
         }
         .instrument(span),
     );
@@ -209,6 +210,83 @@ fn websocket_key(request: &Request<Incoming>) -> Result<String, ApiError> {
         .filter(|k| !k.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("Missing Sec-WebSocket-Key"))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One side of a relayed connection, with the bytes it sent that were read already.
+enum Side {
+    Tcp(TcpStream, Vec<u8>),
+    Other(Box<dyn Io>, Vec<u8>),
+}
+
+type BoxedPeer = relay::Peer<Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>>;
+
+impl Side {
+    /// The client's connection, unwrapped from hyper when it is plain TCP.
+    fn client(upgraded: Upgraded) -> Side {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Side::Tcp(parts.io.into_inner(), parts.read_buf.to_vec()),
+            Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded)), Vec::new()),
+        }
+    }
+
+    fn browser(stream: UpstreamStream, early: Vec<u8>) -> Side {
+        match stream {
+            UpstreamStream::Plain(tcp) => Side::Tcp(tcp, early),
+            tls => Side::Other(Box::new(tls), early),
+        }
+    }
+
+    fn boxed(self) -> BoxedPeer {
+        match self {
+            Side::Tcp(tcp, early) => {
+                let (rx, tx) = tcp.into_split();
+                relay::Peer {
+                    rx: Box::new(rx),
+                    tx: Box::new(tx),
+                    early,
+                }
+            }
+            Side::Other(io, early) => {
+                let (rx, tx) = tokio::io::split(io);
+                relay::Peer {
+                    rx: Box::new(rx),
+                    tx: Box::new(tx),
+                    early,
+                }
+            }
+        }
+    }
+}
+
+async fn run_relay<CR, CW, BR, BW>(
+    client: relay::Peer<CR, CW>,
+    browser: relay::Peer<BR, BW>,
+    session: &Session,
+    broker: &Broker,
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let max = broker.config.max_message_bytes;
+    relay::relay(
+        client,
+        browser,
+        session.ended(),
+        || session.end_reason(),
+        max,
+        &broker.metrics,
+    )
+    .await
+}
+
+fn tcp_peer(tcp: TcpStream, early: Vec<u8>) -> relay::Peer<OwnedReadHalf, OwnedWriteHalf> {
+    let (rx, tx) = tcp.into_split();
+    relay::Peer { rx, tx, early }
 }
 
 /// Counts a connection as open for as long as it lives.

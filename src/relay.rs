@@ -327,25 +327,43 @@ impl Direction {
     }
 }
 
-/// Relays between a client and a browser connection (both past their handshakes;
-/// `from_browser` holds bytes the browser sent right after its handshake) until either
-/// side closes or `ended` fires. Then the client gets a close frame saying why:
-/// `end_reason` is asked once `ended` has fired or the browser went away.
-pub async fn relay<C, B>(
-    mut client: C,
-    mut browser: B,
-    from_browser: &[u8],
+/// One side of a relay: its two halves, and bytes it sent that were read already (past
+/// its handshake) and must be passed on first.
+pub struct Peer<R, W> {
+    pub rx: R,
+    pub tx: W,
+    pub early: Vec<u8>,
+}
+
+/// Relays between a client and a browser (both past their handshakes) until either side
+/// closes or `ended` fires. Then the client gets a close frame saying why: `end_reason`
+/// is asked once `ended` has fired or the browser went away.
+pub async fn relay<CR, CW, BR, BW>(
+    client: Peer<CR, CW>,
+    browser: Peer<BR, BW>,
     ended: &CancellationToken,
     end_reason: impl Fn() -> Option<EndReason>,
     max_message: usize,
     metrics: &Metrics,
 ) where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
 {
+    let Peer {
+        rx: mut client_rx,
+        tx: mut client_tx,
+        early: from_client,
+    } = client;
+    let Peer {
+        rx: mut browser_rx,
+        tx: mut browser_tx,
+        early: from_browser,
+    } = browser;
     let max_message = max_message as u64;
-    let mut up = Direction::new(max_message, &[]);
-    let mut down = Direction::new(max_message, from_browser);
+    let mut up = Direction::new(max_message, &from_client);
+    let mut down = Direction::new(max_message, &from_browser);
     let to_browser = Counters {
         messages: &metrics.messages_to_browser,
         bytes: &metrics.bytes_to_browser,
@@ -363,8 +381,6 @@ pub async fn relay<C, B>(
         BrowserViolation(Violation),
     }
     let ending = {
-        let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
-        let (mut browser_rx, mut browser_tx) = tokio::io::split(&mut browser);
         let ending = tokio::select! {
             biased;
             _ = ended.cancelled() => Ending::Ended,
@@ -400,8 +416,8 @@ pub async fn relay<C, B>(
         }
         ending
     };
-    let _ = browser.shutdown().await;
-    drop(browser);
+    let _ = browser_tx.shutdown().await;
+    drop((browser_rx, browser_tx));
 
     let close = match ending {
         Ending::ClientGone => return,
@@ -430,11 +446,11 @@ pub async fn relay<C, B>(
     }
     tracing::debug!(code = close.0, reason = close.1, "closing client connection");
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        client.write_all(&server_close_frame(close.0, close.1)).await?;
-        client.flush().await?;
+        client_tx.write_all(&server_close_frame(close.0, close.1)).await?;
+        client_tx.flush().await?;
         // Wait for the client's echo (or its hang-up) so the close completes cleanly.
         let mut sink = [0u8; 256];
-        while client.read(&mut sink).await? > 0 {}
+        while client_rx.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
     })
     .await;
@@ -443,6 +459,15 @@ pub async fn relay<C, B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer<T: AsyncRead + AsyncWrite>(io: T) -> Peer<tokio::io::ReadHalf<T>, tokio::io::WriteHalf<T>> {
+        let (rx, tx) = tokio::io::split(io);
+        Peer {
+            rx,
+            tx,
+            early: Vec::new(),
+        }
+    }
 
     /// A frame as a client sends it (masked) or a server does (unmasked).
     fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
@@ -502,13 +527,24 @@ mod tests {
     #[test]
     fn limits_and_bad_framing_are_caught() {
         let mut c = FrameCursor::default();
-        let two_parts = [frame(false, OP_TEXT, &[0; 600], false), frame(true, OP_CONTINUATION, &[0; 600], false)];
+        let two_parts = [
+            frame(false, OP_TEXT, &[0; 600], false),
+            frame(true, OP_CONTINUATION, &[0; 600], false),
+        ];
         c.advance(&two_parts[0], 1000, |_| {}).unwrap();
         assert_eq!(c.advance(&two_parts[1], 1000, |_| {}), Err(Violation::TooBig));
         let mut c = FrameCursor::default();
-        assert_eq!(c.advance(&[0x83, 0x00], 1000, |_| {}), Err(Violation::Protocol), "reserved opcode");
+        assert_eq!(
+            c.advance(&[0x83, 0x00], 1000, |_| {}),
+            Err(Violation::Protocol),
+            "reserved opcode"
+        );
         let mut c = FrameCursor::default();
-        assert_eq!(c.advance(&[0xC1, 0x00], 1000, |_| {}), Err(Violation::Protocol), "RSV1 without deflate");
+        assert_eq!(
+            c.advance(&[0xC1, 0x00], 1000, |_| {}),
+            Err(Violation::Protocol),
+            "RSV1 without deflate"
+        );
         let mut c = FrameCursor::default();
         assert_eq!(
             c.advance(&frame(false, OP_PING, b"x", false), 1000, |_| {}),
@@ -540,9 +576,8 @@ mod tests {
         let (relay_browser, browser_end) = tokio::io::duplex(1 << 20);
         let ended = CancellationToken::new();
         let relay_task = relay(
-            relay_client,
-            relay_browser,
-            &[],
+            peer(relay_client),
+            peer(relay_browser),
             &ended,
             || Some(EndReason::Expired),
             1 << 30,
@@ -568,7 +603,10 @@ mod tests {
             let mut close = vec![0; 2 + 2 + "session expired".len()];
             client.read_exact(&mut close).await.unwrap();
             assert_eq!(close, server_close_frame(4001, "session expired"));
-            client.write_all(&frame(true, OP_CLOSE, &[15, 161], true)).await.unwrap();
+            client
+                .write_all(&frame(true, OP_CLOSE, &[15, 161], true))
+                .await
+                .unwrap();
             drop(client);
         };
         tokio::join!(relay_task, peers);
@@ -582,7 +620,14 @@ mod tests {
         let (mut client, relay_client) = tokio::io::duplex(4096);
         let (relay_browser, mut browser) = tokio::io::duplex(4096);
         let ended = CancellationToken::new();
-        let relay_task = relay(relay_client, relay_browser, &[], &ended, || None, 1 << 20, &metrics);
+        let relay_task = relay(
+            peer(relay_client),
+            peer(relay_browser),
+            &ended,
+            || None,
+            1 << 20,
+            &metrics,
+        );
         let peers = async {
             let close = frame(true, OP_CLOSE, &[3, 232], true);
             client.write_all(&close).await.unwrap();

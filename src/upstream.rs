@@ -243,7 +243,11 @@ impl Upstream {
                     }
                     None => continue,
                     Some(Handshake::Accepted { header_len }) => return Ok(buf.split_off(header_len)),
-                    Some(Handshake::Refused { status, header_len, content_length }) => {
+                    Some(Handshake::Refused {
+                        status,
+                        header_len,
+                        content_length,
+                    }) => {
                         // Keep a little of the body: Chrome says why there ("No such target id").
                         let want = header_len + content_length.min(1024);
                         while buf.len() < want {
@@ -285,8 +289,14 @@ impl Upstream {
 const MAX_HANDSHAKE: usize = 16 * 1024;
 
 enum Handshake {
-    Accepted { header_len: usize },
-    Refused { status: u16, header_len: usize, content_length: usize },
+    Accepted {
+        header_len: usize,
+    },
+    Refused {
+        status: u16,
+        header_len: usize,
+        content_length: usize,
+    },
 }
 
 /// Reads a complete upgrade answer from `buf`, or `None` if it is not all there yet.
@@ -307,7 +317,9 @@ fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<Handshake>, Up
     };
     let status = response.code.unwrap_or(0);
     if status != 101 {
-        let content_length = header("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let content_length = header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         return Ok(Some(Handshake::Refused {
             status,
             header_len,
@@ -316,7 +328,9 @@ fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<Handshake>, Up
     }
     let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if header("sec-websocket-accept").map(str::trim) != Some(expected.as_str()) {
-        return Err(UpstreamError::Http("the upgrade answer has a wrong Sec-WebSocket-Accept".into()));
+        return Err(UpstreamError::Http(
+            "the upgrade answer has a wrong Sec-WebSocket-Accept".into(),
+        ));
     }
     Ok(Some(Handshake::Accepted { header_len }))
 }

@@ -58,7 +58,10 @@ fn main() {
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
@@ -82,7 +85,9 @@ async fn echo(listen: &str) -> Result<(), String> {
             while let Some(Ok(message)) = rx.next().await {
                 let reply = match message {
                     Message::Text(t) if t.contains("\"Browser.getVersion\"") => {
-                        let id = serde_json::from_str::<serde_json::Value>(&t).ok().map(|v| v["id"].clone());
+                        let id = serde_json::from_str::<serde_json::Value>(&t)
+                            .ok()
+                            .map(|v| v["id"].clone());
                         let id = id.unwrap_or(serde_json::Value::Null);
                         Message::text(serde_json::json!({"id": id, "result": {"product": "wsload-echo"}}).to_string())
                     }
@@ -178,7 +183,11 @@ async fn compare(args: &[String]) -> Result<(), String> {
     let targets: Vec<(String, String)> = args
         .iter()
         .take_while(|a| !a.starts_with("--"))
-        .map(|t| t.split_once('=').map(|(n, u)| (n.to_owned(), u.to_owned())).ok_or(format!("{t}: want NAME=URL")))
+        .map(|t| {
+            t.split_once('=')
+                .map(|(n, u)| (n.to_owned(), u.to_owned()))
+                .ok_or(format!("{t}: want NAME=URL"))
+        })
         .collect::<Result<_, _>>()?;
     if targets.is_empty() {
         return Err("compare: give at least one NAME=URL".into());
@@ -186,9 +195,33 @@ async fn compare(args: &[String]) -> Result<(), String> {
     let rounds: usize = number(args, "--rounds", 3)?;
     let seconds: f64 = number(args, "--seconds", 5.0)?;
     let loads = [
-        ("1 conn, 300 B, round trip", Load { connections: 1, inflight: 1, size: 300, seconds }),
-        ("50 conns x 4 in flight, 300 B", Load { connections: 50, inflight: 4, size: 300, seconds }),
-        ("4 conns, 1 MB", Load { connections: 4, inflight: 1, size: 1_000_000, seconds }),
+        (
+            "1 conn, 300 B, round trip",
+            Load {
+                connections: 1,
+                inflight: 1,
+                size: 300,
+                seconds,
+            },
+        ),
+        (
+            "50 conns x 4 in flight, 300 B",
+            Load {
+                connections: 50,
+                inflight: 4,
+                size: 300,
+                seconds,
+            },
+        ),
+        (
+            "4 conns, 1 MB",
+            Load {
+                connections: 4,
+                inflight: 1,
+                size: 1_000_000,
+                seconds,
+            },
+        ),
     ];
     println!("# {rounds} rounds of {seconds} s per load and target, targets alternating; medians\n");
     for (title, load) in loads {
@@ -199,7 +232,10 @@ async fn compare(args: &[String]) -> Result<(), String> {
             }
         }
         println!("## {title}\n");
-        println!("| target | msg/s | MB/s | p50 µs | p99 µs | throughput vs {} | p50 added |", targets[0].0);
+        println!(
+            "| target | msg/s | MB/s | p50 µs | p99 µs | throughput vs {} | p50 added |",
+            targets[0].0
+        );
         println!("|---|---|---|---|---|---|---|");
         let base_rate = median(results[0].iter().map(|o| o.messages_per_sec).collect());
         let base_p50 = median(results[0].iter().map(|o| o.p50_us).collect());
