@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Proxy load, side by side in one run: direct to a WebSocket echo server, through cdpgate
 # (a bring-your-own session fronting the echo server), and through nginx when installed.
-# usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS]
+# Then: broker memory per idle proxied connection, and how soon after expires_at the TTL
+# close frames arrive.
+# usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [IDLE_CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-5}
+idle=${3:-10000}
+# Each idle connection costs the broker two descriptors, and the echo server and the load
+# tool one each.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 scripts/setup.sh
 cargo build --release --quiet --bin cdpgate --bin wsload
 tmp=$(mktemp -d)
@@ -69,4 +76,27 @@ else
   echo "(nginx not installed: apt-get install -y nginx to compare with it)"
 fi
 
-target/release/wsload compare "${targets[@]}" --rounds "$rounds" --seconds "$seconds"
+if [ "$rounds" -gt 0 ]; then
+  target/release/wsload compare "${targets[@]}" --rounds "$rounds" --seconds "$seconds"
+fi
+
+gate_pid=${pids[1]}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+before=$(rss_kib "$gate_pid")
+target/release/wsload idle "$cdp_url" --connections "$idle" --hold 5 >"$tmp/idle.log" 2>&1 &
+idle_pid=$!
+for _ in $(seq 600); do grep -q holding "$tmp/idle.log" && break; sleep 0.1; done
+grep -q holding "$tmp/idle.log" || { echo "idle load failed:"; cat "$tmp/idle.log"; exit 1; }
+sleep 1
+during=$(rss_kib "$gate_pid")
+wait "$idle_pid"
+echo "## $idle idle proxied connections"
+echo
+echo "broker RSS $before KiB before, $during KiB while holding them:" \
+  "$(( (during - before) * 1024 / idle )) bytes per connection"
+echo
+
+echo "## TTL cutoff"
+echo
+target/release/wsload cutoff --api "http://$gate_addr" --key "$key" \
+  --cdp-url "ws://$echo_addr/devtools/browser/echo" --sessions 50 --ttl 2

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,8 @@ use crate::browser::{Browser, LaunchError, Launcher, Screen};
 
 /// Longest pause between failed refill launches, so a broken Chrome is not a busy loop.
 const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a replacement launch waits after a checkout, while other warm browsers remain.
+const REFILL_QUIET: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -40,6 +42,8 @@ pub struct Pool {
     queue_timeout: Duration,
     /// Wakes the refill loop after a checkout.
     refill: Notify,
+    /// When a warm browser was last handed out.
+    last_checkout: Mutex<Instant>,
 }
 
 impl Pool {
@@ -58,6 +62,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(max_sessions)),
             queue_timeout,
             refill: Notify::new(),
+            last_checkout: Mutex::new(Instant::now() - REFILL_QUIET),
         }
     }
 
@@ -71,6 +76,7 @@ impl Pool {
         if screen == self.default_screen
             && let Some(browser) = self.take_idle()
         {
+            *self.last_checkout.lock().expect("pool lock") = Instant::now();
             self.refill.notify_one();
             return Ok(Lease { browser, _slot: slot });
         }
@@ -107,11 +113,22 @@ impl Pool {
     pub async fn run_refill(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(250);
         loop {
-            let missing = {
+            let (missing, spare) = {
                 let mut idle = self.idle.lock().expect("pool lock");
                 idle.retain(Browser::is_alive);
-                self.target_idle.saturating_sub(idle.len())
+                (self.target_idle.saturating_sub(idle.len()), !idle.is_empty())
             };
+            // A launch takes both cores for a moment; while warm browsers remain, let the
+            // session that just checked one out have its first commands first.
+            let since_checkout = self.last_checkout.lock().expect("pool lock").elapsed();
+            if missing > 0 && spare && since_checkout < REFILL_QUIET {
+                tokio::select! {
+                    _ = tokio::time::sleep(REFILL_QUIET - since_checkout) => {}
+                    _ = self.refill.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             if missing > 0 {
                 let launched = tokio::select! {
                     r = self.launcher.launch(self.default_screen) => r,

@@ -10,6 +10,12 @@
 //! wsload compare NAME=URL... [--rounds R] [--seconds S]
 //!     The standard loads against every target, alternating targets round by round;
 //!     prints medians and each target's ratio to the first one.
+//! wsload idle URL [--connections N] [--hold S]
+//!     Opens N connections (one echoed message each, so each is fully relayed), prints
+//!     `holding N`, holds them S seconds, closes them.
+//! wsload cutoff --api http://HOST:PORT --key KEY --cdp-url URL [--sessions N] [--ttl T]
+//!     Creates N sessions of TTL T fronting URL, connects a client to each, and measures
+//!     how long after `expires_at` each close frame arrives.
 //! ```
 
 use std::collections::VecDeque;
@@ -49,6 +55,8 @@ fn main() {
         Some("echo") => runtime.block_on(echo(flag(&args, "--listen").unwrap_or("127.0.0.1:0"))),
         Some("run") => runtime.block_on(run_command(&args[1..])),
         Some("compare") => runtime.block_on(compare(&args[1..])),
+        Some("idle") => runtime.block_on(idle(&args[1..])),
+        Some("cutoff") => runtime.block_on(cutoff(&args[1..])),
         _ => Err("usage: wsload echo | run URL [options] | compare NAME=URL... [options]".into()),
     };
     if let Err(e) = result {
@@ -252,5 +260,112 @@ async fn compare(args: &[String]) -> Result<(), String> {
         }
         println!();
     }
+    Ok(())
+}
+
+async fn connect(url: &str) -> Result<Ws, String> {
+    tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), true)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| format!("connect {url}: {e}"))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn idle(args: &[String]) -> Result<(), String> {
+    let url = args.first().ok_or("idle: which URL?")?.clone();
+    let n: usize = number(args, "--connections", 1000)?;
+    let hold: f64 = number(args, "--hold", 10.0)?;
+    let mut held = Vec::with_capacity(n);
+    // Open in batches so a listen backlog is never the bottleneck.
+    for batch in (0..n).collect::<Vec<_>>().chunks(200) {
+        let opened = futures_util::future::join_all(batch.iter().map(|_| async {
+            let mut ws = connect(&url).await?;
+            ws.send(Message::text("ping")).await.map_err(|e| e.to_string())?;
+            ws.next().await.ok_or("no echo")?.map_err(|e| e.to_string())?;
+            Ok::<_, String>(ws)
+        }))
+        .await;
+        for ws in opened {
+            held.push(ws?);
+        }
+    }
+    println!("holding {}", held.len());
+    tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    for mut ws in held {
+        let _ = ws.close(None).await;
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 exchange with a close; answers the JSON body.
+async fn http_json(addr: &str, request: String) -> Result<serde_json::Value, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).map_err(|_| format!("not JSON: {text}"))
+}
+
+async fn cutoff(args: &[String]) -> Result<(), String> {
+    let api = flag(args, "--api").ok_or("cutoff: --api http://HOST:PORT")?;
+    let addr = api.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let key = flag(args, "--key").ok_or("cutoff: --key")?.to_owned();
+    let upstream = flag(args, "--cdp-url").ok_or("cutoff: --cdp-url")?.to_owned();
+    let sessions: usize = number(args, "--sessions", 20)?;
+    let ttl: u64 = number(args, "--ttl", 2)?;
+    let body = serde_json::json!({"cdp_url": upstream, "ttl": ttl}).to_string();
+    let request = format!(
+        "POST /public/sessions HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let waits = (0..sessions).map(|_| {
+        let (addr, request) = (addr.clone(), request.clone());
+        async move {
+            let session = http_json(&addr, request).await?;
+            let cdp_url = session["cdp_url"].as_str().ok_or(format!("no session: {session}"))?;
+            let expires_at =
+                humantime::parse_rfc3339(session["expires_at"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
+            let mut ws = connect(cdp_url).await?;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        let late = std::time::SystemTime::now().duration_since(expires_at);
+                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                        // Negative (early) lateness shows as an error: report it as 0 - x.
+                        let ms = match late {
+                            Ok(d) => d.as_secs_f64() * 1e3,
+                            Err(e) => -e.duration().as_secs_f64() * 1e3,
+                        };
+                        return Ok::<_, String>((ms, code));
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return Err("the connection ended without a close frame".into()),
+                }
+            }
+        }
+    });
+    let results = futures_util::future::join_all(waits).await;
+    let mut lateness = Vec::new();
+    let mut codes = std::collections::BTreeMap::new();
+    for r in results {
+        let (ms, code) = r?;
+        lateness.push(ms);
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    lateness.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lateness[((lateness.len() - 1) as f64 * p) as usize];
+    println!(
+        "{} sessions: close frame after expires_at: min {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; codes {codes:?}",
+        lateness.len(),
+        lateness[0],
+        pct(0.5),
+        pct(0.99),
+        lateness[lateness.len() - 1]
+    );
     Ok(())
 }
