@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The benches build in their own (release) profile too, so they never rot.
+cargo bench --no-run --quiet
 # --all-targets also runs each criterion benchmark once, so the benches stay working.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
