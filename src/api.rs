@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Tenant;
-use crate::broker::{Broker, NewSession};
+use crate::broker::{Broker, NewSession, profile_error};
 use crate::browser::Screen;
 use crate::config::{MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::error::{ApiError, Body, empty_response, json_response};
@@ -59,15 +59,71 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
                     Ok(json_response(StatusCode::OK, &render(broker, &session)))
                 }
                 ([id], &Method::PATCH) => update(broker, &tenant, id, request).await,
-                ([id], &Method::DELETE) => delete(broker, &tenant, id),
+                ([id], &Method::DELETE) => delete(broker, &tenant, id).await,
                 ([_], _) => Err(method_not_allowed()),
-                ([id, "terminate"], &Method::POST) => terminate(broker, &tenant, id),
+                ([id, "terminate"], &Method::POST) => terminate(broker, &tenant, id).await,
                 ([_, "terminate"], _) => Err(method_not_allowed()),
+                _ => Err(ApiError::not_found("Not Found")),
+            }
+        }
+        ["public", "browser-profiles", rest @ ..] => {
+            let tenant = broker
+                .keys
+                .authenticate(request.headers())
+                .ok_or_else(ApiError::unauthorized)?;
+            match (rest, &method) {
+                ([], &Method::POST) => create_profile(broker, &tenant, request).await,
+                ([], &Method::GET) => {
+                    let profiles: Vec<Value> = broker.profiles.list(&tenant).iter().map(|p| p.render()).collect();
+                    Ok(json_response(StatusCode::OK, &json!({ "profiles": profiles })))
+                }
+                ([id], &Method::GET) => {
+                    let profile = broker.profiles.get(&tenant, id).map_err(profile_error)?;
+                    Ok(json_response(StatusCode::OK, &profile.render()))
+                }
+                ([id], &Method::DELETE) => {
+                    broker.profiles.delete(&tenant, id).map_err(profile_error)?;
+                    Ok(empty_response(StatusCode::NO_CONTENT))
+                }
+                ([] | [_], _) => Err(method_not_allowed()),
                 _ => Err(ApiError::not_found("Not Found")),
             }
         }
         _ => Err(ApiError::not_found("Not Found")),
     }
+}
+
+/// Longest profile name, in characters.
+const MAX_PROFILE_NAME: usize = 200;
+
+async fn create_profile(
+    broker: &Broker,
+    tenant: &Tenant,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_json_object(broker, request).await?;
+    let name = match field(&body, "name") {
+        Some(Value::String(n)) => n.trim().to_owned(),
+        Some(_) => return Err(ApiError::unprocessable("name must be a string")),
+        None => return Err(ApiError::unprocessable("name is required")),
+    };
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_PROFILE_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(format!(
+            "name must be 1 to {MAX_PROFILE_NAME} characters, without control characters"
+        )));
+    }
+    match field(&body, "provider") {
+        None => {}
+        Some(Value::String(p)) if p == "local" => {}
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "provider must be \"local\": it is the only provider this broker supports",
+            ));
+        }
+    }
+    let profile = broker.profiles.create(tenant, &name).map_err(profile_error)?;
+    Ok(json_response(StatusCode::CREATED, &profile.render()))
 }
 
 fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
@@ -107,26 +163,21 @@ fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSess
         Some(_) => return Err(ApiError::unprocessable("cdp_url must be a string")),
         None => None,
     };
-    if let Some(id) = field(body, "profile_id") {
-        let id = id
-            .as_str()
-            .ok_or_else(|| ApiError::unprocessable("profile_id must be a UUID string"))?;
-        if !is_uuid(id) {
-            return Err(ApiError::unprocessable("profile_id must be a UUID string"));
-        }
-        if external_url.is_some() {
-            return Err(ApiError::unprocessable(
-                "profile_id cannot be combined with cdp_url: the broker can only load a profile into a browser it starts",
-            ));
-        }
-        // No profile exists yet on this broker, so none can be this tenant's.
-        return Err(ApiError::not_found("Browser profile not found"));
+    let profile_id = match field(body, "profile_id") {
+        Some(Value::String(id)) if is_uuid(id) => Some(id.to_ascii_lowercase()),
+        Some(_) => return Err(ApiError::unprocessable("profile_id must be a UUID string")),
+        None => None,
+    };
+    if profile_id.is_some() && external_url.is_some() {
+        return Err(ApiError::unprocessable(
+            "profile_id cannot be combined with cdp_url: the broker can only load a profile into a browser it starts",
+        ));
     }
-    if let Some(v) = field(body, "persist_changes")
-        && !v.is_boolean()
-    {
-        return Err(ApiError::unprocessable("persist_changes must be true or false"));
-    }
+    let persist_changes = match field(body, "persist_changes") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::unprocessable("persist_changes must be true or false")),
+        None => true,
+    };
     let ttl = match field(body, "ttl") {
         Some(v) => parse_ttl(v, config.max_ttl)?,
         None => Duration::from_secs(config.default_ttl),
@@ -141,6 +192,8 @@ fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSess
     };
     Ok(NewSession {
         external_url,
+        profile_id,
+        persist_changes,
         ttl,
         screen,
         metadata,
@@ -308,7 +361,10 @@ fn not_active(status: Status) -> ApiError {
     })
 }
 
-fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+/// How long terminate and delete wait for a profile save before answering anyway.
+const SAVE_WAIT: Duration = Duration::from_secs(30);
+
+async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
     let session = find(broker, tenant, id)?;
     broker.terminate(&session).map_err(|status| {
         ApiError::conflict(match status {
@@ -316,12 +372,15 @@ fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body
             _ => "Session is already terminated",
         })
     })?;
+    // "Terminate the session to save the authentication state": answer once it is saved.
+    let _ = tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled()).await;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+async fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
     let session = find(broker, tenant, id)?;
     let _ = broker.terminate(&session);
+    let _ = tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled()).await;
     broker.sessions.remove(&session.id);
     Ok(empty_response(StatusCode::NO_CONTENT))
 }

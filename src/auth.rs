@@ -17,6 +17,13 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(Arc<str>);
 
+impl Tenant {
+    /// The tenant whose displayed id is `id` (as stored with its profiles).
+    pub fn from_id(id: &str) -> Tenant {
+        Tenant(Arc::from(id))
+    }
+}
+
 impl fmt::Display for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

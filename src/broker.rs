@@ -19,8 +19,9 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics};
 use crate::pool::{Pool, PoolError};
+use crate::profile::{self, ProfileError, Profiles};
 use crate::proxy;
-use crate::session::{Backing, EndReason, Session, Status};
+use crate::session::{Backing, EndReason, ProfileBinding, Session, SessionInit, Status};
 
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER_SECS: u64 = 2;
@@ -73,6 +74,7 @@ pub struct Broker {
     /// Where bring-your-own sessions may connect.
     pub egress: Egress,
     pub sessions: DashMap<String, Arc<Session>>,
+    pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     /// Every task that must finish before the broker has stopped (proxied connections,
@@ -89,6 +91,20 @@ pub struct NewSession {
     pub metadata: Map<String, Value>,
     /// A user's own DevTools endpoint to front instead of a managed browser.
     pub external_url: Option<String>,
+    /// A profile of this tenant to start from, and whether to save back into it.
+    pub profile_id: Option<String>,
+    pub persist_changes: bool,
+}
+
+/// How a profile refusal reads to a client.
+pub fn profile_error(e: ProfileError) -> ApiError {
+    match e {
+        ProfileError::NotFound => ApiError::not_found(e.to_string()),
+        ProfileError::Duplicate(_) | ProfileError::Busy(_) | ProfileError::InUse(_) => {
+            ApiError::conflict(e.to_string())
+        }
+        ProfileError::Io(_) => ApiError::internal(e.to_string()),
+    }
 }
 
 impl Broker {
@@ -145,6 +161,7 @@ impl Broker {
             tracker.clone(),
             metrics.clone(),
         ));
+        let profiles = Arc::new(Profiles::load(data_dir.join("profiles")).map_err(dir_error)?);
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
@@ -176,6 +193,7 @@ impl Broker {
             tokens: Tokens::new(secret.as_bytes()),
             egress,
             sessions: DashMap::new(),
+            profiles,
             pool,
             metrics,
             tracker: tracker.clone(),
@@ -198,6 +216,7 @@ impl Broker {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::unavailable("The broker is shutting down", RETRY_AFTER_SECS));
         }
+        let id = format!("sess_{}", random_hex(16));
         if let Some(url) = &request.external_url {
             let upstream = byo::probe(
                 url,
@@ -207,51 +226,103 @@ impl Broker {
             )
             .await
             .inspect_err(|e| tracing::info!(error = %e, "bring-your-own endpoint refused"))?;
-            return Ok(self.register(tenant, request, Backing::External(upstream), None));
+            return Ok(self.register(id, tenant, request, Backing::External(upstream), None));
         }
-        let lease = match self.pool.acquire(request.screen).await {
-            Ok(lease) => lease,
-            Err(PoolError::Busy) => {
-                self.metrics.create_rejected.fetch_add(1, Relaxed);
-                return Err(ApiError::unavailable(
-                    "No browser is available: every slot is in use. Retry later.",
-                    RETRY_AFTER_SECS,
-                ));
+        if let Some(profile_id) = &request.profile_id {
+            return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
+        }
+        let lease = self
+            .pool
+            .acquire(request.screen)
+            .await
+            .map_err(|e| self.capacity_error(e))?;
+        Ok(self.register(id, tenant, request, Backing::Managed(lease), None))
+    }
+
+    /// A session on a fresh browser started from a copy of the profile.
+    async fn create_with_profile(
+        &self,
+        id: String,
+        tenant: Tenant,
+        profile_id: String,
+        request: NewSession,
+    ) -> Result<Arc<Session>, ApiError> {
+        let profile = self.profiles.get(&tenant, &profile_id).map_err(profile_error)?;
+        let hold = self
+            .profiles
+            .begin_use(profile, &id, request.persist_changes)
+            .map_err(profile_error)?;
+        let dir = self.pool.scratch_dir();
+        let prepared = async {
+            let cookies = hold
+                .copy_into(&dir)
+                .await
+                .map_err(|e| ApiError::internal(format!("The browser profile could not be read: {e}")))?;
+            let lease = self
+                .pool
+                .acquire_on(request.screen, dir.clone())
+                .await
+                .map_err(|e| self.capacity_error(e))?;
+            if let Err(e) = profile::restore_session_cookies(&lease.browser, &cookies).await {
+                tracing::warn!(error = %e, "could not restore the profile's session cookies");
             }
-            Err(PoolError::Launch(e)) => {
-                self.metrics.create_rejected.fetch_add(1, Relaxed);
-                return Err(ApiError::unavailable(
-                    format!("The browser could not be started: {e}"),
-                    RETRY_AFTER_SECS,
-                ));
-            }
+            Ok::<_, ApiError>(lease)
         };
-        let exited = lease.browser.exited();
-        Ok(self.register(tenant, request, Backing::Managed(lease), Some(exited)))
+        match prepared.await {
+            Ok(lease) => {
+                let binding = ProfileBinding {
+                    hold,
+                    store: self.profiles.clone(),
+                    tracker: self.tracker.clone(),
+                };
+                Ok(self.register(id, tenant, request, Backing::Managed(lease), Some(binding)))
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                self.profiles.end_use(hold);
+                Err(e)
+            }
+        }
+    }
+
+    fn capacity_error(&self, e: PoolError) -> ApiError {
+        self.metrics.create_rejected.fetch_add(1, Relaxed);
+        match e {
+            PoolError::Busy => ApiError::unavailable(
+                "No browser is available: every slot is in use. Retry later.",
+                RETRY_AFTER_SECS,
+            ),
+            PoolError::Launch(e) => {
+                ApiError::unavailable(format!("The browser could not be started: {e}"), RETRY_AFTER_SECS)
+            }
+        }
     }
 
     /// Records a new session and starts its watcher.
     fn register(
         &self,
+        id: String,
         tenant: Tenant,
         request: NewSession,
         backing: Backing,
-        browser_exited: Option<CancellationToken>,
+        profile: Option<ProfileBinding>,
     ) -> Arc<Session> {
-        let id = format!("sess_{}", random_hex(16));
-        let session = Arc::new(Session::new(
-            id.clone(),
+        // An external browser's exit is not ours to watch: a token that never fires.
+        let exited = match &backing {
+            Backing::Managed(lease) => lease.browser.exited(),
+            Backing::External(_) => CancellationToken::new(),
+        };
+        let session = Arc::new(Session::new(SessionInit {
+            id: id.clone(),
             tenant,
-            SystemTime::now(),
-            request.ttl,
-            request.screen,
-            request.metadata,
+            ttl: request.ttl,
+            screen: request.screen,
+            metadata: request.metadata,
             backing,
-        ));
+            profile,
+        }));
         self.sessions.insert(id.clone(), session.clone());
         self.metrics.sessions_created.fetch_add(1, Relaxed);
-        // An external browser's exit is not ours to watch: a token that never fires.
-        let exited = browser_exited.unwrap_or_default();
         self.tracker.spawn(watch_session(
             session.clone(),
             exited,

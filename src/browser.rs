@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -83,6 +83,10 @@ pub struct Launcher {
 pub struct Browser {
     /// Short random id, the name of its scratch directory.
     pub id: String,
+    /// Its `--user-data-dir`.
+    pub dir: PathBuf,
+    /// Set when the process exited by itself (not killed by the broker).
+    status: Arc<OnceLock<std::process::ExitStatus>>,
     pub pid: u32,
     /// The port Chrome's DevTools server listens on, on 127.0.0.1.
     pub port: u16,
@@ -106,6 +110,23 @@ impl Browser {
 
     pub fn is_alive(&self) -> bool {
         !self.exited.is_cancelled()
+    }
+
+    /// Whether the process ended by itself with success (a clean `Browser.close`);
+    /// `None` while it runs or when the broker killed it.
+    pub fn exited_cleanly(&self) -> Option<bool> {
+        self.status.get().map(|s| s.success())
+    }
+
+    /// Asks the browser to close itself, so it flushes cookies and storage to disk, and
+    /// waits up to `limit` for it to exit. False if it had to be left to the kill.
+    pub async fn close_gracefully(&self, limit: Duration) -> bool {
+        if !self.is_alive() {
+            return true;
+        }
+        let url = format!("ws://{}{}", self.addr(), self.ws_path);
+        let _ = cdp::command(&url, "Browser.close", serde_json::json!({})).await;
+        tokio::time::timeout(limit, self.exited.cancelled()).await.is_ok()
     }
 }
 
@@ -181,8 +202,20 @@ impl Launcher {
 
     /// Starts a browser whose pages are `screen` large and waits until it listens.
     pub async fn launch(&self, screen: Screen) -> Result<Browser, LaunchError> {
+        let dir = self.scratch_root.join(random_hex(8));
+        self.launch_in(screen, dir, true).await
+    }
+
+    /// A fresh scratch directory path for a browser the caller prepares (a profile copy).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.scratch_root.join(format!("{}-profile", random_hex(8)))
+    }
+
+    /// Starts a browser on the user-data directory `dir`; with `owned`, the directory is
+    /// removed when the browser ends, otherwise it is left to the caller.
+    pub async fn launch_in(&self, screen: Screen, dir: PathBuf, owned: bool) -> Result<Browser, LaunchError> {
         let started = Instant::now();
-        let result = self.spawn(screen).await;
+        let result = self.spawn(screen, dir, owned).await;
         match &result {
             Ok(b) => {
                 self.metrics.observe_launch(started.elapsed());
@@ -196,9 +229,11 @@ impl Launcher {
         result
     }
 
-    async fn spawn(&self, screen: Screen) -> Result<Browser, LaunchError> {
-        let id = random_hex(8);
-        let dir = self.scratch_root.join(&id);
+    async fn spawn(&self, screen: Screen, dir: PathBuf, owned: bool) -> Result<Browser, LaunchError> {
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(LaunchError::Dir)?;
 
         let frame = self.frame_height.load(Ordering::Relaxed);
@@ -218,7 +253,9 @@ impl Launcher {
         sys::die_with_parent(&mut cmd);
 
         let mut child = cmd.spawn().map_err(|source| {
-            let _ = std::fs::remove_dir_all(&dir);
+            if owned {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             LaunchError::Spawn {
                 path: self.chrome.display().to_string(),
                 source,
@@ -241,10 +278,12 @@ impl Launcher {
         let exited = CancellationToken::new();
         let port_cell = Arc::new(AtomicU16::new(0));
         // From here on the reaper owns the process and the directory, whatever happens.
+        let status = Arc::new(OnceLock::new());
         let reaper = Reaper {
             child,
             pid,
-            dir,
+            dir: owned.then(|| dir.clone()),
+            status: status.clone(),
             stderr: lines,
             kill: kill.clone(),
             exited: exited.clone(),
@@ -275,6 +314,8 @@ impl Launcher {
         }
         Ok(Browser {
             id,
+            dir,
+            status,
             pid,
             port,
             ws_path,
@@ -289,7 +330,10 @@ impl Launcher {
 struct Reaper {
     child: tokio::process::Child,
     pid: u32,
-    dir: PathBuf,
+    /// The scratch directory to remove, when the browser owns it.
+    dir: Option<PathBuf>,
+    /// How the process ended, for whoever holds the browser.
+    status: Arc<OnceLock<std::process::ExitStatus>>,
     stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
     kill: CancellationToken,
     exited: CancellationToken,
@@ -313,6 +357,9 @@ impl Reaper {
                 _ = self.kill.cancelled() => break,
                 status = self.child.wait() => {
                     tracing::debug!(pid = self.pid, ?status, "browser exited by itself");
+                    if let Ok(status) = status {
+                        let _ = self.status.set(status);
+                    }
                     break;
                 }
                 _ = &mut drain, if !drained => drained = true,
@@ -325,11 +372,13 @@ impl Reaper {
         self.own_ports.lock().expect("ports lock").remove(&port);
         self.exited.cancel();
         self.exits.notify_one();
-        remove_dir_with_retries(&self.dir).await;
+        if let Some(dir) = &self.dir {
+            remove_dir_with_retries(dir).await;
+        }
     }
 }
 
-async fn remove_dir_with_retries(dir: &Path) {
+pub(crate) async fn remove_dir_with_retries(dir: &Path) {
     for attempt in 0..5 {
         match tokio::fs::remove_dir_all(dir).await {
             Ok(()) => return,

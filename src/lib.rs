@@ -16,6 +16,7 @@
 //! - [`session`]: one session's record and lifecycle.
 //! - [`pool`]: the warm pool of browsers and the cap on concurrent sessions.
 //! - [`browser`]: one Chrome process, its scratch directory and its reaping.
+//! - [`profile`]: browser profiles on disk, copied into sessions and saved back atomically.
 //! - [`cdp`]: the broker's own small DevTools client.
 //! - [`auth`]: API keys (tenants) and signed connection tokens.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod pool;
+pub mod profile;
 pub mod proxy;
 pub mod relay;
 pub mod server;

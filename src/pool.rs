@@ -69,10 +69,7 @@ impl Pool {
     /// A browser of `screen` size for a new session: waits up to the queue timeout for a
     /// slot, then takes a warm browser or launches one.
     pub async fn acquire(&self, screen: Screen) -> Result<Lease, PoolError> {
-        let slot = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| PoolError::Busy)?
-            .map_err(|_| PoolError::Busy)?;
+        let slot = self.slot().await?;
         if screen == self.default_screen
             && let Some(browser) = self.take_idle()
         {
@@ -82,6 +79,27 @@ impl Pool {
         }
         let browser = self.launcher.launch(screen).await?;
         Ok(Lease { browser, _slot: slot })
+    }
+
+    /// A slot and a fresh browser on the prepared user-data directory `dir` (a profile's
+    /// copy), which the caller keeps and removes.
+    pub async fn acquire_on(&self, screen: Screen, dir: std::path::PathBuf) -> Result<Lease, PoolError> {
+        let slot = self.slot().await?;
+        let browser = self.launcher.launch_in(screen, dir, false).await?;
+        Ok(Lease { browser, _slot: slot })
+    }
+
+    /// Where a profile copy for a new browser goes.
+    pub fn scratch_dir(&self) -> std::path::PathBuf {
+        self.launcher.scratch_dir()
+    }
+
+    /// A session slot, waiting up to the queue timeout.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, PoolError> {
+        tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::Busy)?
+            .map_err(|_| PoolError::Busy)
     }
 
     fn take_idle(&self) -> Option<Browser> {

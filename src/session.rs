@@ -1,8 +1,10 @@
 //! A session: its record, its lifecycle (`active` → `terminated` | `expired`) and the
 //! browser it holds while active.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, SystemTime};
+use tokio_util::task::TaskTracker;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
 use crate::pool::Lease;
+use crate::profile::{ProfileUse, Profiles};
 use crate::upstream::Upstream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +91,35 @@ pub enum Backing {
     External(Upstream),
 }
 
+/// What a new session is made of.
+pub struct SessionInit {
+    pub id: String,
+    pub tenant: Tenant,
+    pub ttl: Duration,
+    pub screen: Screen,
+    pub metadata: Map<String, Value>,
+    pub backing: Backing,
+    pub profile: Option<ProfileBinding>,
+}
+
+/// A session's hold on a profile, and what is needed to save into it at the end.
+pub struct ProfileBinding {
+    pub hold: ProfileUse,
+    pub store: Arc<Profiles>,
+    pub tracker: TaskTracker,
+}
+
 pub struct Session {
     pub id: String,
     pub tenant: Tenant,
     pub created_at: SystemTime,
     pub screen: Screen,
     pub upstream: Upstream,
+    pub profile_id: Option<String>,
+    pub persist_changes: Option<bool>,
+    /// What became of the profile save ("saved", or why not), once known.
+    profile_outcome: Arc<Mutex<Option<String>>>,
+    profile_released: CancellationToken,
     state: Mutex<State>,
     /// Cancelled when the session ends; every proxied connection listens to it.
     ended: CancellationToken,
@@ -110,6 +136,8 @@ struct State {
     ended_at: Option<SystemTime>,
     /// The browser, held while active; dropping it kills the browser.
     lease: Option<Lease>,
+    /// The profile, held while active and handed to the save when the session ends.
+    profile: Option<ProfileBinding>,
 }
 
 /// The fields of a session that the API shows, taken under one lock.
@@ -122,36 +150,38 @@ pub struct Snapshot {
 }
 
 impl Session {
-    pub fn new(
-        id: String,
-        tenant: Tenant,
-        now: SystemTime,
-        ttl: Duration,
-        screen: Screen,
-        metadata: Map<String, Value>,
-        backing: Backing,
-    ) -> Session {
-        let (upstream, lease) = match backing {
+    pub fn new(init: SessionInit) -> Session {
+        let (upstream, lease) = match init.backing {
             Backing::Managed(lease) => (
                 Upstream::managed(lease.browser.port, lease.browser.ws_path.clone()),
                 Some(lease),
             ),
             Backing::External(upstream) => (upstream, None),
         };
+        let now = SystemTime::now();
+        let profile_released = CancellationToken::new();
+        if init.profile.is_none() {
+            profile_released.cancel();
+        }
         Session {
-            id,
-            tenant,
+            id: init.id,
+            tenant: init.tenant,
             created_at: now,
-            screen,
+            screen: init.screen,
             upstream,
+            profile_id: init.profile.as_ref().map(|p| p.hold.profile.id.clone()),
+            persist_changes: init.profile.as_ref().map(|p| p.hold.persist),
+            profile_outcome: Arc::new(Mutex::new(None)),
+            profile_released,
             state: Mutex::new(State {
                 status: Status::Active,
-                expires_at: expiry(now, ttl),
+                expires_at: expiry(now, init.ttl),
                 updated_at: now,
-                metadata,
+                metadata: init.metadata,
                 end_reason: None,
                 ended_at: None,
                 lease,
+                profile: init.profile,
             }),
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
@@ -205,7 +235,7 @@ impl Session {
 
     /// Ends an active session; answers the status it already had otherwise.
     pub fn end(&self, reason: EndReason) -> Result<(), Status> {
-        let lease = {
+        let (lease, profile) = {
             let mut s = self.state();
             if s.status != Status::Active {
                 return Err(s.status);
@@ -215,12 +245,25 @@ impl Session {
             s.end_reason = Some(reason);
             s.ended_at = Some(now);
             s.updated_at = now;
-            s.lease.take()
+            (s.lease.take(), s.profile.take())
         };
         // Clients hear the reason before the browser goes away under them.
         self.ended.cancel();
-        drop(lease);
+        match profile {
+            // The browser is closed cleanly and saved from, or just released, in a task.
+            Some(binding) => {
+                let (outcome, released) = (self.profile_outcome.clone(), self.profile_released.clone());
+                let tracker = binding.tracker.clone();
+                tracker.spawn(finish_profile(binding, lease, outcome, released));
+            }
+            None => drop(lease),
+        }
         Ok(())
+    }
+
+    /// Cancelled once the session's profile (if any) is saved and released.
+    pub fn profile_released(&self) -> &CancellationToken {
+        &self.profile_released
     }
 
     /// Moves the expiry to `now + ttl` and merges `metadata` in; only while active.
@@ -247,6 +290,29 @@ impl Session {
         merged.extend(extra.clone());
         merged
     }
+}
+
+/// Saves a persisting session's browser into its profile, then releases the browser, its
+/// profile copy and the profile.
+async fn finish_profile(
+    binding: ProfileBinding,
+    lease: Option<Lease>,
+    outcome: Arc<Mutex<Option<String>>>,
+    released: CancellationToken,
+) {
+    if let Some(lease) = lease {
+        if binding.hold.persist {
+            let result = binding.hold.save_from(&lease.browser).await;
+            tracing::info!(profile = %binding.hold.profile.id, outcome = %result, "profile save");
+            *outcome.lock().expect("session lock") = Some(result);
+        }
+        let (exited, dir) = (lease.browser.exited(), lease.browser.dir.clone());
+        drop(lease);
+        exited.cancelled().await;
+        crate::browser::remove_dir_with_retries(&dir).await;
+    }
+    binding.store.end_use(binding.hold);
+    released.cancel();
 }
 
 /// `now + ttl`, rounded up to a whole second: `expires_at` is shown to the second and the
@@ -277,13 +343,17 @@ pub fn render(session: &Session, cdp_url: &str) -> Value {
         "status": snap.status.as_str(),
         "expires_at": timestamp(snap.expires_at),
         "metadata": snap.metadata,
-        "profile_id": null,
-        "persist_changes": null,
+        "profile_id": session.profile_id,
+        "persist_changes": session.persist_changes,
         "created_at": timestamp(session.created_at),
         "updated_at": timestamp(snap.updated_at),
     });
     if let Some(reason) = snap.end_reason {
         body["end_reason"] = json!(reason.as_str());
+    }
+    if session.persist_changes == Some(true) && snap.status != Status::Active {
+        let outcome = session.profile_outcome.lock().expect("session lock").clone();
+        body["profile_saved"] = json!(outcome.as_deref().unwrap_or("saving"));
     }
     body
 }

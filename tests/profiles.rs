@@ -1,0 +1,289 @@
+//! Browser profiles: logins that survive from one session to the next, saved safely.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Reads the page's cookies, localStorage and IndexedDB record into `window.__state`.
+const READ_STATE: &str = r#"
+function done(extra) {
+  const req = indexedDB.open('app', 1);
+  req.onupgradeneeded = () => req.result.createObjectStore('kv');
+  req.onsuccess = () => {
+    const get = req.result.transaction('kv').objectStore('kv').get('token');
+    get.onsuccess = () => { window.__state = Object.assign({
+      cookies: document.cookie.split('; ').filter(Boolean).sort(),
+      local: localStorage.getItem('user'),
+      idb: get.result === undefined ? null : get.result,
+    }, extra || {}); };
+  };
+}
+"#;
+
+/// A site on loopback: `/login` sets a session cookie and a persistent one and writes
+/// localStorage and IndexedDB; `/mutate` changes all four; `/check` only reads.
+async fn start_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (cookies, script) = match path.as_str() {
+                    "/login" => (
+                        "set-cookie: sid=s3cr3t; Path=/\r\nset-cookie: remember=yes; Path=/; Max-Age=86400\r\n",
+                        "localStorage.setItem('user', 'alice');
+                         const r = indexedDB.open('app', 1);
+                         r.onupgradeneeded = () => r.result.createObjectStore('kv');
+                         r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite');
+                           tx.objectStore('kv').put('t0k3n', 'token'); tx.oncomplete = () => done(); };",
+                    ),
+                    "/mutate" => (
+                        "set-cookie: sid=changed; Path=/\r\nset-cookie: remember=no; Path=/; Max-Age=86400\r\n",
+                        "localStorage.setItem('user', 'mallory');
+                         const r = indexedDB.open('app', 1);
+                         r.onupgradeneeded = () => r.result.createObjectStore('kv');
+                         r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite');
+                           tx.objectStore('kv').put('changed', 'token'); tx.oncomplete = () => done(); };",
+                    ),
+                    _ => ("", "done();"),
+                };
+                let page = format!("<html><body><script>{READ_STATE}\n{script}</script></body></html>");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n{cookies}content-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn create_profile(server: &TestServer, key: &str, name: &str) -> Response {
+    let body = json!({ "name": name }).to_string();
+    server
+        .call(Method::POST, "/public/browser-profiles", Some(key), Some(&body))
+        .await
+}
+
+async fn visit(session: &Value, app: SocketAddr, path: &str) -> Value {
+    let cdp_url = session["cdp_url"].as_str().unwrap();
+    node("page_state.mjs", &[cdp_url, &format!("http://{app}{path}")]).await
+}
+
+fn logged_in() -> Value {
+    json!({"cookies": ["remember=yes", "sid=s3cr3t"], "local": "alice", "idb": "t0k3n"})
+}
+
+fn blank() -> Value {
+    json!({"cookies": [], "local": null, "idb": null})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_survive_terminate_and_ttl_expiry() {
+    let server = TestServer::start().await;
+    let app = start_app().await;
+    for ending in ["terminate", "ttl"] {
+        let profile = create_profile(&server, KEY_A, &format!("login via {ending}")).await;
+        assert_eq!(profile.status, StatusCode::CREATED, "{}", profile.body);
+        let profile_id = profile.json["id"].as_str().unwrap().to_owned();
+
+        let ttl = if ending == "ttl" { 8 } else { 600 };
+        let first = server.create(json!({"profile_id": profile_id, "ttl": ttl})).await;
+        assert_eq!(first["profile_id"], profile_id.as_str());
+        assert_eq!(first["persist_changes"], true);
+        assert_eq!(visit(&first, app, "/check").await, blank(), "a new profile is empty");
+        assert_eq!(visit(&first, app, "/login").await, logged_in());
+        let id = first["session_id"].as_str().unwrap();
+        if ending == "terminate" {
+            assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+        } else {
+            let saved = eventually(Duration::from_secs(30), || {
+                let s = server.broker.sessions.get(id).unwrap().clone();
+                s.status() == cdpgate::session::Status::Expired && s.profile_released().is_cancelled()
+            })
+            .await;
+            assert!(saved, "the session expired and its profile was saved");
+        }
+        let record = server.get(id).await.json;
+        assert_eq!(record["profile_saved"], "saved", "{record}");
+
+        let second = server.create(json!({"profile_id": profile_id})).await;
+        assert_eq!(visit(&second, app, "/check").await, logged_in(), "after {ending}");
+        server.terminate(second["session_id"].as_str().unwrap()).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_session_leaves_the_profile_as_it_was() {
+    let server = TestServer::start().await;
+    let app = start_app().await;
+    let profile_id = create_profile(&server, KEY_A, "shared").await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let writer = server.create(json!({"profile_id": profile_id})).await;
+    visit(&writer, app, "/login").await;
+    server.terminate(writer["session_id"].as_str().unwrap()).await;
+
+    // Two readers at once; one of them changes everything.
+    let reader = server
+        .create(json!({"profile_id": profile_id, "persist_changes": false}))
+        .await;
+    let other = server
+        .create(json!({"profile_id": profile_id, "persist_changes": false}))
+        .await;
+    assert_eq!(reader["persist_changes"], false);
+    assert_eq!(visit(&reader, app, "/check").await, logged_in());
+    let changed = visit(&reader, app, "/mutate").await;
+    assert_eq!(changed["local"], "mallory");
+    server.terminate(reader["session_id"].as_str().unwrap()).await;
+    server.terminate(other["session_id"].as_str().unwrap()).await;
+
+    let next = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(
+        visit(&next, app, "/check").await,
+        logged_in(),
+        "the read-only changes were not kept"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_rules_and_errors() {
+    let server = TestServer::start().await;
+    let r = create_profile(&server, KEY_A, "work").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for field in ["id", "name", "created_at"] {
+        assert!(r.json[field].is_string(), "{field}");
+    }
+    let id = r.json["id"].as_str().unwrap().to_owned();
+
+    // Names, providers, duplicates.
+    for (body, status) in [
+        (json!({"name": ""}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "   "}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "x".repeat(201)}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": 5}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"name": "ok", "provider": "hyperbrowser"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"name": "work"}), StatusCode::CONFLICT),
+    ] {
+        let r = server
+            .call(
+                Method::POST,
+                "/public/browser-profiles",
+                Some(KEY_A),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert!(r.json["detail"].is_string());
+    }
+    let r = create_profile(&server, KEY_B, "work").await;
+    assert_eq!(r.status, StatusCode::CREATED, "names are per tenant");
+    let r = server
+        .call(
+            Method::POST,
+            "/public/browser-profiles",
+            Some(KEY_A),
+            Some(r#"{"name":"p2","provider":"local"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    // Another tenant's profile is unknown, everywhere.
+    let path = format!("/public/browser-profiles/{id}");
+    assert_eq!(
+        server.call(Method::GET, &path, Some(KEY_B), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        server.call(Method::DELETE, &path, Some(KEY_B), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = server
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(KEY_B),
+            Some(&json!({"profile_id": id}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["detail"].as_str()),
+        (StatusCode::NOT_FOUND, Some("Browser profile not found"))
+    );
+
+    // One persisting session at a time; readers alongside; no delete while in use.
+    let holder = server.create(json!({"profile_id": id})).await;
+    let holder_id = holder["session_id"].as_str().unwrap();
+    let r = server
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(KEY_A),
+            Some(&json!({"profile_id": id}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.json["detail"].as_str().unwrap().contains(holder_id),
+        "names the holder: {}",
+        r.body
+    );
+    let reader = server.create(json!({"profile_id": id, "persist_changes": false})).await;
+    let r = server.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    server.terminate(holder_id).await;
+    server.terminate(reader["session_id"].as_str().unwrap()).await;
+
+    let list = server
+        .call(Method::GET, "/public/browser-profiles", Some(KEY_A), None)
+        .await
+        .json;
+    assert_eq!(list["profiles"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        server.call(Method::DELETE, &path, Some(KEY_A), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        server.call(Method::GET, &path, Some(KEY_A), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dari_client_creates_and_lists_profiles() {
+    let server = TestServer::start().await;
+    let script = "import json, sys\nfrom dari import Dari\n\
+                  c = Dari(api_key=sys.argv[2], base_url=sys.argv[1])\n\
+                  p = c.create_browser_profile(name='from dari')\n\
+                  print(json.dumps({'created': p, 'listed': c.list_browser_profiles()}))";
+    let output = tokio::process::Command::new(python())
+        .args(["-c", script, &server.url(""), KEY_A])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["created"]["name"], "from dari");
+    assert_eq!(report["listed"]["profiles"][0]["id"], report["created"]["id"]);
+    server.stop().await;
+}
