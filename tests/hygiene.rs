@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_outlives_sessions_or_a_stopped_broker() {
@@ -53,57 +50,6 @@ async fn leftover_directories_are_swept_at_start() {
     let server = TestServer::start_with(|c| c.data_dir = data_dir.path().to_owned()).await;
     assert!(!data_dir.path().join("browsers/0123abcd").exists());
     server.stop().await;
-}
-
-/// The real binary, started as a user would, with its stdout read line by line.
-struct Binary {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    printed: Vec<String>,
-    addr: SocketAddr,
-}
-
-async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
-    assert_tools_installed();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdpgate"))
-        .arg(data_dir.join("no-such-config.toml"))
-        .env("CDPGATE_DATA_DIR", data_dir)
-        .env("CDPGATE_LISTEN", "127.0.0.1:0")
-        .env("CDPGATE_POOL_SIZE", "1")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            printed.push(line.clone());
-            if let Some(rest) = line.strip_prefix("cdpgate: listening on ") {
-                return rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap();
-            }
-        }
-        panic!("the broker exited early: {printed:?}");
-    })
-    .await
-    .expect("the broker starts listening");
-    Binary {
-        child,
-        lines,
-        printed,
-        addr,
-    }
-}
-
-fn signal(child: &tokio::process::Child, sig: libc::c_int) {
-    let pid = child.id().unwrap() as i32;
-    #[allow(unsafe_code)]
-    // SAFETY: sends a signal to our own child.
-    unsafe {
-        libc::kill(pid, sig);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

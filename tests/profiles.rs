@@ -287,3 +287,157 @@ async fn the_dari_client_creates_and_lists_profiles() {
     assert_eq!(report["listed"]["profiles"][0]["id"], report["created"]["id"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_close_saves_and_a_crash_keeps_the_last_good_state() {
+    let server = TestServer::start().await;
+    let app = start_app().await;
+    let profile_id = create_profile(&server, KEY_A, "endings").await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A client closes the browser: Chrome shuts down cleanly and its stores are saved
+    // (cookies without expiry live only in Chrome's memory, so they cannot be).
+    let first = server.create(json!({"profile_id": profile_id})).await;
+    visit(&first, app, "/login").await;
+    let mut ws = ws_connect(first["cdp_url"].as_str().unwrap()).await.unwrap();
+    cdp_call(&mut ws, 1, "Browser.close", json!({})).await;
+    let id = first["session_id"].as_str().unwrap().to_owned();
+    let session = server.broker.sessions.get(&id).unwrap().clone();
+    assert!(eventually(Duration::from_secs(20), || session.profile_released().is_cancelled()).await);
+    let record = server.get(&id).await.json;
+    assert_eq!(
+        (record["status"].as_str(), record["profile_saved"].as_str()),
+        (Some("terminated"), Some("saved"))
+    );
+    let second = server.create(json!({"profile_id": profile_id})).await;
+    let state = visit(&second, app, "/check").await;
+    assert_eq!(
+        state,
+        json!({"cookies": ["remember=yes"], "local": "alice", "idb": "t0k3n"}),
+        "the persistent state is there"
+    );
+
+    // The browser crashes: nothing is saved and the record says why.
+    visit(&second, app, "/mutate").await;
+    let mut ws = ws_connect(second["cdp_url"].as_str().unwrap()).await.unwrap();
+    let info = cdp_call(&mut ws, 1, "SystemInfo.getProcessInfo", json!({})).await;
+    let pid = info["result"]["processInfo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "browser")
+        .and_then(|p| p["id"].as_u64())
+        .unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: sends a signal.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let id = second["session_id"].as_str().unwrap().to_owned();
+    let session = server.broker.sessions.get(&id).unwrap().clone();
+    assert!(eventually(Duration::from_secs(20), || session.profile_released().is_cancelled()).await);
+    let record = server.get(&id).await.json;
+    assert_eq!(record["profile_saved"], "not saved: the browser crashed", "{record}");
+    let third = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(
+        visit(&third, app, "/check").await["local"],
+        "alice",
+        "the last good state"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_saves_persisting_sessions() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let app = start_app().await;
+    let server = TestServer::start_with(|c| c.data_dir = data_dir.path().to_owned()).await;
+    let profile_id = create_profile(&server, KEY_A, "shutdown").await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = server.create(json!({"profile_id": profile_id})).await;
+    visit(&session, app, "/login").await;
+    let kept = server.stop().await;
+    drop(kept);
+
+    let server = TestServer::start_with(|c| c.data_dir = data_dir.path().to_owned()).await;
+    let again = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(
+        visit(&again, app, "/check").await,
+        logged_in(),
+        "saved at shutdown, loaded after restart"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_save_leaves_a_profile_that_loads() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let app = start_app().await;
+    // The save pauses between writing the new generation and swapping it in.
+    let mut broker = start_binary(
+        data_dir.path(),
+        &[("CDPGATE_API_KEYS", KEY_A), ("CDPGATE_TEST_SAVE_PAUSE_MS", "5000")],
+    )
+    .await;
+    let body = json!({"name": "fragile"}).to_string();
+    let profile = http(
+        broker.addr,
+        Method::POST,
+        "/public/browser-profiles",
+        Some(KEY_A),
+        Some(&body),
+    )
+    .await;
+    let profile_id = profile.json["id"].as_str().unwrap().to_owned();
+    let body = json!({"profile_id": profile_id}).to_string();
+    let session = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some(&body))
+        .await
+        .json;
+    visit(&session, app, "/login").await;
+
+    let terminate = format!("/public/sessions/{}/terminate", session["session_id"].as_str().unwrap());
+    let addr = broker.addr;
+    let pending = tokio::spawn(async move { http(addr, Method::POST, &terminate, Some(KEY_A), None).await });
+    // The moment: the new generation is on disk, the swap has not happened.
+    let profile_dir = data_dir.path().join("profiles").join(&profile_id);
+    let generations = || {
+        std::fs::read_dir(&profile_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with("gen-") && !name.ends_with(".tmp")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || generations() == 2).await,
+        "the save reached its pause"
+    );
+    signal(&broker.child, libc::SIGKILL);
+    broker.child.wait().await.unwrap();
+    pending.abort();
+
+    let mut again = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    let session = http(again.addr, Method::POST, "/public/sessions", Some(KEY_A), Some(&body)).await;
+    assert_eq!(
+        session.status,
+        StatusCode::CREATED,
+        "the profile loads: {}",
+        session.body
+    );
+    assert_eq!(
+        visit(&session.json, app, "/check").await,
+        blank(),
+        "the old generation, whole"
+    );
+    assert_eq!(generations(), 1, "the unfinished generation was dropped");
+    signal(&again.child, libc::SIGTERM);
+    again.child.wait().await.unwrap();
+}

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,7 @@ impl TestServer {
     /// Shuts the broker down and waits until it has stopped.
     pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.serving).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.serving).await;
         self.data_dir
     }
 
@@ -299,4 +300,55 @@ pub async fn await_close(ws: &mut Ws, limit: Duration) -> Option<(u16, String)> 
     .await
     .ok()
     .flatten()
+}
+
+/// The real binary, started as a user would, with its stdout read line by line.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    pub printed: Vec<String>,
+    pub addr: SocketAddr,
+}
+
+pub async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
+    assert_tools_installed();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdpgate"))
+        .arg(data_dir.join("no-such-config.toml"))
+        .env("CDPGATE_DATA_DIR", data_dir)
+        .env("CDPGATE_LISTEN", "127.0.0.1:0")
+        .env("CDPGATE_POOL_SIZE", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push(line.clone());
+            if let Some(rest) = line.strip_prefix("cdpgate: listening on ") {
+                return rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap();
+            }
+        }
+        panic!("the broker exited early: {printed:?}");
+    })
+    .await
+    .expect("the broker starts listening");
+    Binary {
+        child,
+        lines,
+        printed,
+        addr,
+    }
+}
+
+pub fn signal(child: &tokio::process::Child, sig: libc::c_int) {
+    let pid = child.id().unwrap() as i32;
+    #[allow(unsafe_code)]
+    // SAFETY: sends a signal to our own child.
+    unsafe {
+        libc::kill(pid, sig);
+    }
 }
