@@ -16,6 +16,7 @@ use crate::browser::Screen;
 use crate::config::{MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::error::{ApiError, Body, empty_response, json_response};
 use crate::session::{self, Session, Status};
+use crate::storage_state;
 
 /// Largest page of a session list.
 const MAX_LIMIT: u64 = 100;
@@ -85,7 +86,18 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
                     broker.profiles.delete(&tenant, id).map_err(profile_error)?;
                     Ok(empty_response(StatusCode::NO_CONTENT))
                 }
-                ([] | [_], _) => Err(method_not_allowed()),
+                ([id, "storage-state"], &Method::GET) => {
+                    let state = broker.export_storage_state(&tenant, id).await?;
+                    Ok(json_response(StatusCode::OK, &state))
+                }
+                ([id, "storage-state"], &Method::POST | &Method::PUT) => {
+                    let state = Value::Object(read_json_object(request, MAX_STORAGE_STATE_BYTES).await?);
+                    storage_state::validate(&state).map_err(ApiError::unprocessable)?;
+                    broker.import_storage_state(&tenant, id, &state).await?;
+                    let profile = broker.profiles.get(&tenant, id).map_err(profile_error)?;
+                    Ok(json_response(StatusCode::OK, &profile.render()))
+                }
+                ([] | [_] | [_, "storage-state"], _) => Err(method_not_allowed()),
                 _ => Err(ApiError::not_found("Not Found")),
             }
         }
@@ -96,12 +108,15 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
 /// Longest profile name, in characters.
 const MAX_PROFILE_NAME: usize = 200;
 
+/// Largest `storageState` document accepted.
+const MAX_STORAGE_STATE_BYTES: usize = 4 * 1024 * 1024;
+
 async fn create_profile(
     broker: &Broker,
     tenant: &Tenant,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = read_json_object(broker, request).await?;
+    let body = read_json_object(request, MAX_STORAGE_STATE_BYTES).await?;
     let name = match field(&body, "name") {
         Some(Value::String(n)) => n.trim().to_owned(),
         Some(_) => return Err(ApiError::unprocessable("name must be a string")),
@@ -122,7 +137,17 @@ async fn create_profile(
             ));
         }
     }
+    let state = field(&body, "storage_state");
+    if let Some(state) = state {
+        storage_state::validate(state).map_err(|e| ApiError::unprocessable(format!("storage_state: {e}")))?;
+    }
     let profile = broker.profiles.create(tenant, &name).map_err(profile_error)?;
+    if let Some(state) = state
+        && let Err(e) = broker.import_storage_state(tenant, &profile.id, state).await
+    {
+        let _ = broker.profiles.delete(tenant, &profile.id);
+        return Err(e);
+    }
     Ok(json_response(StatusCode::CREATED, &profile.render()))
 }
 
@@ -149,7 +174,7 @@ fn render(broker: &Broker, session: &Session) -> Value {
 }
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = read_json_object(broker, request).await?;
+    let body = read_json_object(request, broker.config.max_body_bytes).await?;
     let new = validate_create(broker, &body)?;
     let session = broker.create_session(tenant, new).await?;
     Ok(json_response(StatusCode::CREATED, &render(broker, &session)))
@@ -340,7 +365,7 @@ async fn update(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let session = find(broker, tenant, id)?;
-    let body = read_json_object(broker, request).await?;
+    let body = read_json_object(request, broker.config.max_body_bytes).await?;
     let ttl = field(&body, "ttl")
         .map(|v| parse_ttl(v, broker.config.max_ttl))
         .transpose()?;
@@ -385,9 +410,8 @@ async fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<B
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-/// Reads the body (bounded) as a JSON object. An empty body counts as `{}`.
-async fn read_json_object(broker: &Broker, request: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
-    let limit = broker.config.max_body_bytes;
+/// Reads the body (at most `limit` bytes) as a JSON object. An empty body counts as `{}`.
+async fn read_json_object(request: Request<Incoming>, limit: usize) -> Result<Map<String, Value>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

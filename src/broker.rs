@@ -22,6 +22,7 @@ use crate::pool::{Pool, PoolError};
 use crate::profile::{self, ProfileError, Profiles};
 use crate::proxy;
 use crate::session::{Backing, EndReason, ProfileBinding, Session, SessionInit, Status};
+use crate::{cdp, storage_state};
 
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER_SECS: u64 = 2;
@@ -283,6 +284,80 @@ impl Broker {
                 Err(e)
             }
         }
+    }
+
+    /// A profile's cookies and localStorage as a Playwright `storageState` document.
+    pub async fn export_storage_state(&self, tenant: &Tenant, id: &str) -> Result<Value, ApiError> {
+        self.in_profile_browser(tenant, id, false, async |conn, browser| {
+            storage_state::export(conn, &browser.dir).await
+        })
+        .await
+    }
+
+    /// Writes a (validated) `storageState` document into a profile and saves it.
+    pub async fn import_storage_state(&self, tenant: &Tenant, id: &str, state: &Value) -> Result<(), ApiError> {
+        self.in_profile_browser(tenant, id, true, async |conn, _| {
+            storage_state::import(conn, state).await
+        })
+        .await
+    }
+
+    /// Runs `work` over CDP in a browser started on a copy of the profile; with `persist`,
+    /// holds the profile as its writer and saves the browser's state into it afterwards.
+    async fn in_profile_browser<T>(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        persist: bool,
+        work: impl AsyncFnOnce(&mut cdp::Connection, &crate::browser::Browser) -> Result<T, cdp::CdpError>,
+    ) -> Result<T, ApiError> {
+        let profile = self.profiles.get(tenant, id).map_err(profile_error)?;
+        let holder = format!("storage-state-{}", random_hex(4));
+        let hold = self
+            .profiles
+            .begin_use(profile, &holder, persist)
+            .map_err(profile_error)?;
+        let dir = self.pool.scratch_dir();
+        let browser_error = |e: cdp::CdpError| ApiError::internal(format!("The profile's browser failed: {e}"));
+        let mut lease = None;
+        let result = async {
+            let cookies = hold
+                .copy_into(&dir)
+                .await
+                .map_err(|e| ApiError::internal(format!("The browser profile could not be read: {e}")))?;
+            let browser = &lease
+                .insert(
+                    self.pool
+                        .acquire_on(self.default_screen(), dir.clone())
+                        .await
+                        .map_err(|e| self.capacity_error(e))?,
+                )
+                .browser;
+            profile::restore_session_cookies(browser, &cookies)
+                .await
+                .map_err(browser_error)?;
+            let mut conn = cdp::Connection::open(&format!("ws://{}{}", browser.addr(), browser.ws_path))
+                .await
+                .map_err(browser_error)?;
+            let out = work(&mut conn, browser).await.map_err(browser_error)?;
+            drop(conn);
+            if persist {
+                let outcome = hold.save_from(browser).await;
+                if outcome != "saved" {
+                    return Err(ApiError::internal(format!("The profile was {outcome}")));
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        if let Some(lease) = lease {
+            let exited = lease.browser.exited();
+            drop(lease);
+            exited.cancelled().await;
+        }
+        crate::browser::remove_dir_with_retries(&dir).await;
+        self.profiles.end_use(hold);
+        result
     }
 
     fn capacity_error(&self, e: PoolError) -> ApiError {

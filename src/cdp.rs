@@ -134,3 +134,114 @@ pub async fn evaluate_in_first_page(addr: &str, expression: &str) -> Result<Valu
     .await?;
     Ok(result["result"]["value"].clone())
 }
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// A CDP connection for a conversation of several commands, with pages attached in
+/// flattened mode; answers requests intercepted by `Fetch` with an empty page, so pages
+/// can be opened at any origin on a closed network (for reading and writing storage).
+pub struct Connection {
+    ws: Socket,
+    next_id: u64,
+}
+
+impl Connection {
+    pub async fn open(ws_url: &str) -> Result<Connection, CdpError> {
+        let (ws, _) = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
+            .await
+            .map_err(|_| CdpError::Timeout)?
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        Ok(Connection { ws, next_id: 0 })
+    }
+
+    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<u64, CdpError> {
+        self.next_id += 1;
+        let mut message = json!({ "id": self.next_id, "method": method, "params": params });
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        Ok(self.next_id)
+    }
+
+    /// Sends a command and waits for its result.
+    pub async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, CdpError> {
+        let id = self.send(session, method, params).await?;
+        tokio::time::timeout(HTTP_TIMEOUT, async {
+            while let Some(message) = self.ws.next().await {
+                let Message::Text(text) = message.map_err(|e| CdpError::Http(e.to_string()))? else {
+                    continue;
+                };
+                let reply: Value = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
+                if reply["method"] == "Fetch.requestPaused" {
+                    let request_id = reply["params"]["requestId"].clone();
+                    let session = reply["sessionId"].as_str().map(str::to_owned);
+                    let page = json!({
+                        "requestId": request_id,
+                        "responseCode": 200,
+                        "responseHeaders": [{"name": "content-type", "value": "text/html"}],
+                        "body": "PGh0bWw+PC9odG1sPg==", // "<html></html>"
+                    });
+                    self.send(session.as_deref(), "Fetch.fulfillRequest", page).await?;
+                    continue;
+                }
+                if reply["id"] != id {
+                    continue;
+                }
+                if let Some(error) = reply.get("error") {
+                    return Err(CdpError::Protocol(error.to_string()));
+                }
+                return Ok(reply["result"].clone());
+            }
+            Err(CdpError::Protocol("the connection closed before the reply".into()))
+        })
+        .await
+        .map_err(|_| CdpError::Timeout)?
+    }
+
+    /// A new page at `origin`, served locally (no network); answers its session id.
+    pub async fn page_at(&mut self, origin: &str) -> Result<String, CdpError> {
+        let target = self
+            .call(None, "Target.createTarget", json!({ "url": "about:blank" }))
+            .await?;
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await?;
+        let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
+        self.call(
+            Some(&session),
+            "Fetch.enable",
+            json!({ "patterns": [{ "urlPattern": "*" }] }),
+        )
+        .await?;
+        self.call(Some(&session), "Page.navigate", json!({ "url": format!("{origin}/") }))
+            .await?;
+        // The navigation commits once the paused request is answered; wait for the origin.
+        for _ in 0..50 {
+            let at = self.evaluate(&session, "location.origin").await?;
+            if at == origin {
+                return Ok(session);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(CdpError::Protocol(format!("could not open a page at {origin}")))
+    }
+
+    pub async fn evaluate(&mut self, session: &str, expression: &str) -> Result<Value, CdpError> {
+        let result = self
+            .call(
+                Some(session),
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true }),
+            )
+            .await?;
+        Ok(result["result"]["value"].clone())
+    }
+}

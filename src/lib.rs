@@ -17,6 +17,7 @@
 //! - [`pool`]: the warm pool of browsers and the cap on concurrent sessions.
 //! - [`browser`]: one Chrome process, its scratch directory and its reaping.
 //! - [`profile`]: browser profiles on disk, copied into sessions and saved back atomically.
+//! - [`storage_state`]: Playwright `storageState` documents in and out of profiles.
 //! - [`cdp`]: the broker's own small DevTools client.
 //! - [`auth`]: API keys (tenants) and signed connection tokens.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -39,6 +40,7 @@ pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod storage_state;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -441,3 +441,77 @@ async fn a_broker_killed_mid_save_leaves_a_profile_that_loads() {
     signal(&again.child, libc::SIGTERM);
     again.child.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_state_moves_logins_out_and_in() {
+    let server = TestServer::start().await;
+    let app = start_app().await;
+    let source = create_profile(&server, KEY_A, "source").await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = server.create(json!({"profile_id": source})).await;
+    visit(&session, app, "/login").await;
+    server.terminate(session["session_id"].as_str().unwrap()).await;
+
+    let path = format!("/public/browser-profiles/{source}/storage-state");
+    let exported = server.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(exported.status, StatusCode::OK, "{}", exported.body);
+    let state = exported.json;
+    let mut names: Vec<&str> = state["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["remember", "sid"]);
+    let sid = state["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sid")
+        .unwrap();
+    assert_eq!(sid["expires"], -1, "a session cookie");
+    let origin = format!("http://{app}");
+    assert_eq!(
+        state["origins"],
+        json!([{"origin": origin, "localStorage": [{"name": "user", "value": "alice"}]}]),
+        "{state}"
+    );
+
+    // Into a new profile, in its creation.
+    let body = json!({"name": "imported", "storage_state": state}).to_string();
+    let created = server
+        .call(Method::POST, "/public/browser-profiles", Some(KEY_A), Some(&body))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let imported = created.json["id"].as_str().unwrap().to_owned();
+    let session = server.create(json!({"profile_id": imported})).await;
+    let seen = visit(&session, app, "/check").await;
+    assert_eq!(seen["cookies"], json!(["remember=yes", "sid=s3cr3t"]));
+    assert_eq!(seen["local"], "alice");
+    server.terminate(session["session_id"].as_str().unwrap()).await;
+
+    // Bad documents change nothing.
+    for bad in [
+        json!({"cookies": "x"}),
+        json!({"origins": [{"origin": "not an origin", "localStorage": []}]}),
+    ] {
+        let path = format!("/public/browser-profiles/{imported}/storage-state");
+        let r = server
+            .call(Method::POST, &path, Some(KEY_A), Some(&bad.to_string()))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/public/browser-profiles/{source}/storage-state"),
+            Some(KEY_B),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}

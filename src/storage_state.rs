@@ -1,0 +1,218 @@
+//! Playwright's `storageState` (cookies, and localStorage by origin) in and out of a
+//! profile, so users can move logins between cdpgate and their own scripts.
+//!
+//! Both directions run in a browser started on the profile: cookies through `Storage`,
+//! localStorage by opening a page at each origin, served locally through `Fetch` since
+//! the network may be closed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::cdp::{CdpError, Connection};
+
+/// Limits on an imported document.
+const MAX_COOKIES: usize = 3000;
+const MAX_ORIGINS: usize = 200;
+
+/// Checks an imported document and answers what is wrong with it, if anything.
+pub fn validate(state: &Value) -> Result<(), String> {
+    let obj = state.as_object().ok_or("storage_state must be a JSON object")?;
+    let cookies = obj
+        .get("cookies")
+        .map(|c| c.as_array().ok_or("cookies must be an array"))
+        .transpose()?;
+    for (i, c) in cookies.into_iter().flatten().enumerate() {
+        if !(c["name"].is_string() && c["value"].is_string() && c["domain"].is_string()) {
+            return Err(format!("cookies[{i}] needs string name, value and domain"));
+        }
+    }
+    if cookies.is_some_and(|c| c.len() > MAX_COOKIES) {
+        return Err(format!("at most {MAX_COOKIES} cookies"));
+    }
+    let origins = obj
+        .get("origins")
+        .map(|o| o.as_array().ok_or("origins must be an array"))
+        .transpose()?;
+    if origins.is_some_and(|o| o.len() > MAX_ORIGINS) {
+        return Err(format!("at most {MAX_ORIGINS} origins"));
+    }
+    for (i, o) in origins.into_iter().flatten().enumerate() {
+        let origin = o["origin"]
+            .as_str()
+            .ok_or(format!("origins[{i}].origin must be a string"))?;
+        if canonical_origin(origin).as_deref() != Some(origin) {
+            return Err(format!(
+                "origins[{i}].origin must be an origin such as https://example.com"
+            ));
+        }
+        let items = o["localStorage"]
+            .as_array()
+            .ok_or(format!("origins[{i}].localStorage must be an array"))?;
+        if items
+            .iter()
+            .any(|it| !(it["name"].is_string() && it["value"].is_string()))
+        {
+            return Err(format!("origins[{i}].localStorage entries need string name and value"));
+        }
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` for an http(s) URL, as browsers serialize origins.
+fn canonical_origin(s: &str) -> Option<String> {
+    let url = url::Url::parse(s).ok()?;
+    matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
+}
+
+/// Reads the storage state of the browser behind `conn`, whose user data is `user_data`.
+pub async fn export(conn: &mut Connection, user_data: &Path) -> Result<Value, CdpError> {
+    let all = conn.call(None, "Storage.getCookies", json!({})).await?;
+    let mut cookies = Vec::new();
+    let mut candidates: BTreeSet<String> = origins_on_disk(user_data);
+    for c in all["cookies"].as_array().into_iter().flatten() {
+        let domain = c["domain"].as_str().unwrap_or_default();
+        let host = domain.trim_start_matches('.');
+        for scheme in ["https", "http"] {
+            if let Some(o) = canonical_origin(&format!("{scheme}://{host}")) {
+                candidates.insert(o);
+            }
+        }
+        cookies.push(json!({
+            "name": c["name"],
+            "value": c["value"],
+            "domain": domain,
+            "path": c["path"],
+            "expires": if c["session"] == true { json!(-1) } else { c["expires"].clone() },
+            "httpOnly": c["httpOnly"],
+            "secure": c["secure"],
+            "sameSite": c.get("sameSite").cloned().unwrap_or(json!("Lax")),
+        }));
+    }
+    let mut origins = Vec::new();
+    for origin in candidates {
+        let Ok(page) = conn.page_at(&origin).await else {
+            continue;
+        };
+        let entries = conn
+            .evaluate(&page, "JSON.stringify(Object.entries(localStorage))")
+            .await?;
+        let entries: Vec<(String, String)> = serde_json::from_str(entries.as_str().unwrap_or("[]")).unwrap_or_default();
+        if !entries.is_empty() {
+            let items: Vec<Value> = entries
+                .into_iter()
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect();
+            origins.push(json!({ "origin": origin, "localStorage": items }));
+        }
+    }
+    Ok(json!({ "cookies": cookies, "origins": origins }))
+}
+
+/// Writes a (validated) storage state into the browser behind `conn`.
+pub async fn import(conn: &mut Connection, state: &Value) -> Result<(), CdpError> {
+    let cookies: Vec<Value> = state["cookies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let mut p = Map::new();
+            for key in ["name", "value", "domain", "path", "httpOnly", "secure", "sameSite"] {
+                if let Some(v) = c.get(key).filter(|v| !v.is_null()) {
+                    p.insert(key.into(), v.clone());
+                }
+            }
+            if let Some(expires) = c["expires"].as_f64().filter(|e| *e > 0.0) {
+                p.insert("expires".into(), json!(expires));
+            }
+            Value::Object(p)
+        })
+        .collect();
+    if !cookies.is_empty() {
+        conn.call(None, "Storage.setCookies", json!({ "cookies": cookies }))
+            .await?;
+    }
+    for o in state["origins"].as_array().into_iter().flatten() {
+        let origin = o["origin"].as_str().unwrap_or_default();
+        let page = conn.page_at(origin).await?;
+        let pairs: Vec<(&str, &str)> = o["localStorage"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|it| Some((it["name"].as_str()?, it["value"].as_str()?)))
+            .collect();
+        let script = format!(
+            "for (const [k, v] of {}) localStorage.setItem(k, v); true",
+            serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+        );
+        conn.evaluate(&page, &script).await?;
+    }
+    Ok(())
+}
+
+/// Origins that have localStorage in a Chrome profile, read from the keys of its
+/// LevelDB files (`META:<origin>` and `_<origin>\0<key>`).
+fn origins_on_disk(user_data: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let dir = user_data.join("Default").join("Local Storage").join("leveldb");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        for start in memchr_all(&bytes, b"http") {
+            let end = bytes[start..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || b"-.:/[]".contains(b)))
+                .map_or(bytes.len(), |n| start + n);
+            let prefix_ok = start >= 1 && (bytes[start - 1] == b'_' || bytes[..start].ends_with(b"META:"));
+            if let (true, Ok(candidate)) = (prefix_ok, std::str::from_utf8(&bytes[start..end]))
+                && let Some(origin) = canonical_origin(candidate)
+                && origin == candidate
+            {
+                found.insert(origin);
+            }
+        }
+    }
+    found
+}
+
+fn memchr_all<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(move |(_, w)| *w == needle)
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_checked() {
+        assert!(validate(&json!({"cookies": [], "origins": []})).is_ok());
+        assert!(validate(&json!({"cookies": [{"name": "a", "value": "b", "domain": "x.test", "path": "/"}]})).is_ok());
+        assert!(validate(&json!([])).is_err());
+        assert!(validate(&json!({"cookies": [{"name": "a"}]})).is_err());
+        assert!(validate(&json!({"origins": [{"origin": "https://x.test/path", "localStorage": []}]})).is_err());
+        assert!(validate(&json!({"origins": [{"origin": "javascript:alert(1)", "localStorage": []}]})).is_err());
+        assert!(
+            validate(&json!({"origins": [{"origin": "http://127.0.0.1:8080", "localStorage": [{"name": "k"}]}]}))
+                .is_err()
+        );
+        assert!(validate(&json!({"origins": [{"origin": "http://127.0.0.1:8080", "localStorage": [{"name": "k", "value": "v"}]}]})).is_ok());
+    }
+
+    #[test]
+    fn origins_are_found_in_leveldb_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ls = dir.path().join("Default/Local Storage/leveldb");
+        std::fs::create_dir_all(&ls).unwrap();
+        let mut log = b"\x01\x02META:http://127.0.0.1:4321\x08\x10_http://127.0.0.1:4321\x00\x01user".to_vec();
+        log.extend_from_slice(b"junk http://not-a-key.test more _https://b.test\x00\x01k");
+        std::fs::write(ls.join("000003.log"), log).unwrap();
+        let found: Vec<String> = origins_on_disk(dir.path()).into_iter().collect();
+        assert_eq!(found, vec!["http://127.0.0.1:4321", "https://b.test"]);
+    }
+}
