@@ -205,6 +205,35 @@ fn session_acquire(c: &mut Criterion) {
             })
         });
     }
+    // A profile session cannot use the warm pool: its browser starts on a copy of the
+    // profile (here one with a little state), so this is a cold launch plus the copy.
+    let profile = rt.block_on(http_json(
+        addr,
+        post(addr, "/public/browser-profiles", r#"{"name":"bench"}"#),
+    ));
+    let body = serde_json::json!({"profile_id": profile["id"], "persist_changes": false}).to_string();
+    let create_on_profile = post(addr, "/public/sessions", &body);
+    group.bench_function("with_profile", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let session = http_json(addr, create_on_profile.clone()).await;
+                    let url = session["cdp_url"].as_str().expect("a session").to_owned();
+                    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                    ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
+                        .await
+                        .unwrap();
+                    ws.next().await.unwrap().unwrap();
+                    total += start.elapsed();
+                    let id = session["session_id"].as_str().unwrap();
+                    http_json(addr, post(addr, &format!("/public/sessions/{id}/terminate"), "")).await;
+                }
+                total
+            })
+        })
+    });
     group.finish();
     rt.block_on(broker.stop());
 }
