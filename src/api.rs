@@ -170,7 +170,11 @@ fn find(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Arc<Session>, ApiE
 }
 
 fn render(broker: &Broker, session: &Session) -> Value {
-    session::render(session, &broker.cdp_url(session))
+    let mut body = session::render(session, &broker.cdp_url(session));
+    let (live, read_only) = broker.live_urls(session);
+    body["metadata"]["live_url"] = json!(live);
+    body["metadata"]["live_url_read_only"] = json!(read_only);
+    body
 }
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -285,8 +289,9 @@ fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, Api
         .as_object()
         .cloned()
         .ok_or_else(|| ApiError::unprocessable("metadata must be a JSON object"))?;
-    // `live_url` belongs to the broker; a client cannot plant one.
+    // The live view links belong to the broker; a client cannot plant one.
     map.remove("live_url");
+    map.remove("live_url_read_only");
     check_metadata_size(&map, max_bytes)?;
     Ok(map)
 }

@@ -83,6 +83,10 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub enum Scope {
     /// Connect CDP clients to the session's browser.
     Cdp,
+    /// Watch and drive the session from the live view page.
+    Live,
+    /// Watch the session from the live view page, without input.
+    LiveReadOnly,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,15 +142,20 @@ impl Tokens {
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 
-    /// Checks that `token` is ours, unexpired and of `scope`; answers the session it names.
-    pub fn session_of(&self, token: Option<&str>, scope: Scope) -> Result<String, TokenError> {
+    /// Checks that `token` is ours and unexpired; answers the session it names and its scope.
+    pub fn decode(&self, token: Option<&str>) -> Result<(String, Scope), TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError::Invalid)?;
-        if data.claims.scope != scope {
-            return Err(TokenError::Invalid);
+        Ok((data.claims.sid, data.claims.scope))
+    }
+
+    /// Checks that `token` is ours, unexpired and of `scope`; answers the session it names.
+    pub fn session_of(&self, token: Option<&str>, scope: Scope) -> Result<String, TokenError> {
+        match self.decode(token)? {
+            (sid, s) if s == scope => Ok(sid),
+            _ => Err(TokenError::Invalid),
         }
-        Ok(data.claims.sid)
     }
 
     /// Checks that `token` is valid for `scope` on `session_id`.

@@ -422,6 +422,17 @@ impl Broker {
     }
 
     /// The `cdp_url` of a session: the broker's address with a token valid until expiry.
+    /// The live view links of a session: interactive, and read-only.
+    pub fn live_urls(&self, session: &Session) -> (String, String) {
+        let url = |scope| {
+            let token = self
+                .tokens
+                .mint(&session.id, scope, session.created_at, session.expires_at());
+            format!("{}/live/{}?token={token}", self.urls.http, session.id)
+        };
+        (url(Scope::Live), url(Scope::LiveReadOnly))
+    }
+
     pub fn cdp_url(&self, session: &Session) -> String {
         let token = self
             .tokens

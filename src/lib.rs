@@ -10,6 +10,7 @@
 //! - [`server`]: the accept loop; HTTP/1.1 with upgrades on each connection.
 //! - [`api`]: the JSON API (`/public/sessions…`, `/health`, `/metrics`).
 //! - [`proxy`]: the CDP WebSocket relay and the per-session discovery endpoints.
+//! - [`live`]: the live view page and its filtered CDP connection.
 //! - [`upstream`]: how a session's browser is reached (managed on loopback, or external).
 //! - [`byo`]: bring-your-own browsers: probing a user's `cdp_url`, the egress policy.
 //! - [`broker`]: shared state: sessions, pool, secrets, URLs; ends sessions on time.
@@ -33,6 +34,7 @@ pub mod byo;
 pub mod cdp;
 pub mod config;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod pool;
 pub mod profile;

@@ -98,7 +98,7 @@ fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>) -> Re
 /// Managed browsers are on loopback; anything slower than this is broken.
 const MANAGED_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn upstream_timeout(broker: &Broker, session: &Session) -> Duration {
+pub fn upstream_timeout(broker: &Broker, session: &Session) -> Duration {
     if session.upstream.external {
         broker.config.byo_timeout()
     } else {
@@ -107,7 +107,7 @@ fn upstream_timeout(broker: &Broker, session: &Session) -> Duration {
 }
 
 /// What a client is told when the browser side cannot be had.
-fn upstream_error(e: UpstreamError) -> ApiError {
+pub fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
         // Chrome answers an unknown target id with 500 "No such target id".
         UpstreamError::Rejected { status, body } if status == 404 || body.starts_with(b"No such target") => {
@@ -172,6 +172,11 @@ async fn upgrade(
         .instrument(span),
     );
 
+    Ok(upgrade_response(&key))
+}
+
+/// The `101 Switching Protocols` answer to an upgrade request with this key.
+pub fn upgrade_response(key: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -183,11 +188,11 @@ async fn upgrade(
             .parse()
             .expect("base64 is a valid header value"),
     );
-    Ok(response)
+    response
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed upgrade request.
-fn websocket_key(request: &Request<Incoming>) -> Result<String, ApiError> {
+pub fn websocket_key(request: &Request<Incoming>) -> Result<String, ApiError> {
     let h = request.headers();
     let has = |name: header::HeaderName, want: &str| {
         h.get_all(name)

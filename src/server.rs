@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::api;
 use crate::broker::Broker;
 use crate::error::Body;
-use crate::proxy;
+use crate::{live, proxy};
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,8 +62,11 @@ async fn serve_connection(stream: TcpStream, broker: Arc<Broker>) {
 }
 
 async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
-    let response = if request.uri().path().starts_with("/devtools/") {
+    let path = request.uri().path();
+    let response = if path.starts_with("/devtools/") {
         proxy::handle(broker, request).await
+    } else if path.starts_with("/live/") {
+        live::handle(broker, request).await
     } else {
         api::handle(broker, request).await
     };

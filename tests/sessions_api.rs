@@ -8,6 +8,21 @@ use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// A session's metadata without the broker's own keys (the live view links).
+fn user_metadata(session: &Value) -> Value {
+    let mut m = session["metadata"].clone();
+    let live = m.as_object_mut().unwrap();
+    assert!(
+        live.remove("live_url")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("/live/sess_")
+    );
+    assert!(live.remove("live_url_read_only").is_some());
+    m
+}
+
 fn parse_time(s: &Value) -> SystemTime {
     humantime::parse_rfc3339(s.as_str().expect("a timestamp string")).expect("ISO 8601 with Z")
 }
@@ -113,7 +128,7 @@ async fn create_answers_the_contract_shape() {
     assert_eq!(s["screen_config"], json!({"width": 1280, "height": 720}));
     assert_eq!(s["status"], "active");
     assert_eq!(
-        s["metadata"],
+        user_metadata(&s),
         json!({"purpose": "workflow-automation", "user": "john"}),
         "live_url is the broker's"
     );
@@ -316,7 +331,7 @@ async fn patch_extends_ttl_and_merges_metadata_while_active() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.json["metadata"], json!({"a": 1, "b": 3, "c": 4}));
+    assert_eq!(user_metadata(&r.json), json!({"a": 1, "b": 3, "c": 4}));
     let left = parse_time(&r.json["expires_at"])
         .duration_since(SystemTime::now())
         .unwrap();
@@ -332,7 +347,7 @@ async fn patch_extends_ttl_and_merges_metadata_while_active() {
         assert_eq!(r.status, status, "{body}");
     }
     assert_eq!(
-        server.get(id).await.json["metadata"],
+        user_metadata(&server.get(id).await.json),
         json!({"a": 1, "b": 3, "c": 4}),
         "refused patches changed nothing"
     );

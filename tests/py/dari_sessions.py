@@ -21,7 +21,10 @@ report["created_status"] = session["status"]
 report["screen_config"] = session["screen_config"]
 
 client.update_session(sid, ttl=7200, metadata={"step": 2})
-report["got_metadata"] = client.get_session(sid)["metadata"]
+got = client.get_session(sid)["metadata"]
+report["live_url"] = got.pop("live_url", None)
+got.pop("live_url_read_only", None)
+report["got_metadata"] = got
 report["listed_total"] = client.list_sessions(status_filter="active", limit=10, offset=0)["total"]
 
 client.terminate_session(sid)

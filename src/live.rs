@@ -1,0 +1,255 @@
+//! Live view: `metadata.live_url` opens a page (embedded HTML and JavaScript, no build
+//! step) that shows the session's active tab through a CDP screencast and forwards mouse,
+//! wheel and keyboard input, so a person can log in by hand mid-run.
+//!
+//! The page speaks CDP to the session's browser through `/live/{session}/cdp`, on its own
+//! connection. The broker passes on only the commands a viewer needs, and none of the
+//! input ones for a read-only link; its token is scoped to viewing that one session and
+//! expires with it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tracing::Instrument;
+
+use crate::api::query_pairs;
+use crate::auth::Scope;
+use crate::broker::Broker;
+use crate::error::Body;
+use crate::proxy::{self, upgrade_response, websocket_key};
+use crate::session::{EndReason, Session, Status};
+
+const PAGE: &str = include_str!("live.html");
+
+/// What any viewer may send: find tabs, attach, watch.
+const VIEW_METHODS: &[&str] = &[
+    "Target.setDiscoverTargets",
+    "Target.getTargets",
+    "Target.attachToTarget",
+    "Target.detachFromTarget",
+    "Page.enable",
+    "Page.startScreencast",
+    "Page.stopScreencast",
+    "Page.screencastFrameAck",
+];
+
+/// What an interactive viewer may send besides.
+const INPUT_METHODS: &[&str] = &[
+    "Target.activateTarget",
+    "Input.dispatchMouseEvent",
+    "Input.dispatchKeyEvent",
+    "Input.insertText",
+];
+
+pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let token = query_pairs(request.uri().query().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v);
+    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    let (sid, socket) = match segments.as_slice() {
+        [sid] => (*sid, false),
+        [sid, "cdp"] => (*sid, true),
+        _ => return page(StatusCode::NOT_FOUND, "There is no live view here."),
+    };
+    let read_only = match broker.tokens.decode(token.as_deref()) {
+        Ok((token_sid, Scope::Live)) if token_sid == sid => false,
+        Ok((token_sid, Scope::LiveReadOnly)) if token_sid == sid => true,
+        _ => {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                "This live view link is not valid, or it has expired. Ask for a new link to the session.",
+            );
+        }
+    };
+    let Some(session) = broker.sessions.get(sid).map(|s| s.clone()) else {
+        return page(StatusCode::NOT_FOUND, "This session no longer exists.");
+    };
+    match session.status() {
+        Status::Active => {}
+        Status::Expired => return page(StatusCode::GONE, "This session has expired."),
+        Status::Terminated => return page(StatusCode::GONE, "This session has ended."),
+    }
+    if !socket {
+        let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
+        return html_response(StatusCode::OK, html);
+    }
+    match viewer_socket(&broker, session, request, read_only).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A readable page for whoever opened a link that does not lead to a session.
+fn page(status: StatusCode, message: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Live view · cdpgate</title>\
+         <style>body{{font-family:system-ui,sans-serif;background:#15171a;color:#e6e6e6;display:flex;\
+         align-items:center;justify-content:center;height:100vh;margin:0;font-size:1.3rem;text-align:center}}</style>\
+         </head><body><p id=\"message\">{message}</p></body></html>"
+    );
+    html_response(status, html)
+}
+
+fn html_response(status: StatusCode, html: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(html)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
+        ),
+    );
+    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    response
+}
+
+async fn viewer_socket(
+    broker: &Arc<Broker>,
+    session: Arc<Session>,
+    request: Request<Incoming>,
+    read_only: bool,
+) -> Result<Response<Body>, crate::error::ApiError> {
+    let key = websocket_key(&request)?;
+    let path = session.upstream.browser_path.clone();
+    let (browser, _) = session
+        .upstream
+        .connect_raw(&path, &broker.egress, proxy::upstream_timeout(broker, &session))
+        .await
+        .map_err(proxy::upstream_error)?;
+    let broker = broker.clone();
+    let tracker = broker.tracker.clone();
+    let span = tracing::info_span!("live", session = %session.id, read_only);
+    tracker.spawn(
+        async move {
+            let Ok(upgraded) = hyper::upgrade::on(request).await else {
+                return;
+            };
+            let config = Some(proxy::ws_config(&broker.config));
+            let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
+            let browser = WebSocketStream::from_raw_socket(browser, Role::Client, config).await;
+            relay_filtered(viewer, browser, &session, read_only).await;
+        }
+        .instrument(span),
+    );
+    Ok(upgrade_response(&key))
+}
+
+/// Passes a viewer's allowed commands to the browser and everything back; refuses the
+/// rest with a CDP error. Ends with the session, telling the page why.
+async fn relay_filtered<V, B>(
+    viewer: WebSocketStream<V>,
+    browser: WebSocketStream<B>,
+    session: &Session,
+    read_only: bool,
+) where
+    V: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut viewer_tx, mut viewer_rx) = viewer.split();
+    let (mut browser_tx, mut browser_rx) = browser.split();
+    let ended = loop {
+        tokio::select! {
+            _ = session.ended().cancelled() => break true,
+            m = viewer_rx.next() => match m {
+                Some(Ok(Message::Text(text))) => match allowed(&text, read_only) {
+                    Ok(()) => {
+                        if browser_tx.send(Message::Text(text)).await.is_err() {
+                            break false;
+                        }
+                    }
+                    Err(refusal) => {
+                        if viewer_tx.send(Message::text(refusal.to_string())).await.is_err() {
+                            break false;
+                        }
+                    }
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break false,
+                Some(Ok(_)) => {}
+            },
+            m = browser_rx.next() => match m {
+                Some(Ok(m @ Message::Text(_))) => {
+                    if viewer_tx.send(m).await.is_err() {
+                        break false;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    // The browser went away: most likely the session is ending.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), session.ended().cancelled()).await;
+                    break session.ended().is_cancelled();
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    let _ = browser_tx.close().await;
+    if ended {
+        let (code, reason) = session.end_reason().unwrap_or(EndReason::Terminated).close_code();
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = viewer_tx.send(Message::Close(Some(frame))).await;
+    }
+    let _ = viewer_tx.close().await;
+}
+
+/// Whether a viewer may send this command; otherwise the CDP error to answer with.
+fn allowed(text: &str, read_only: bool) -> Result<(), Value> {
+    let message: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let method = message["method"].as_str().unwrap_or("");
+    if VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)) {
+        return Ok(());
+    }
+    let why = if read_only && INPUT_METHODS.contains(&method) {
+        "this live view link is read-only"
+    } else {
+        "not available to a live view"
+    };
+    Err(json!({
+        "id": message.get("id").cloned().unwrap_or(Value::Null),
+        "error": { "code": -32601, "message": format!("{method}: {why}") },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_get_only_what_a_viewer_needs() {
+        let cmd = |m: &str| json!({"id": 7, "method": m, "params": {}}).to_string();
+        assert!(allowed(&cmd("Page.startScreencast"), true).is_ok());
+        assert!(allowed(&cmd("Input.dispatchMouseEvent"), false).is_ok());
+        let refused = allowed(&cmd("Input.dispatchMouseEvent"), true).unwrap_err();
+        assert_eq!(refused["id"], 7);
+        assert!(refused["error"]["message"].as_str().unwrap().contains("read-only"));
+        for m in [
+            "Runtime.evaluate",
+            "Browser.close",
+            "Storage.getCookies",
+            "Target.createTarget",
+            "",
+        ] {
+            assert!(allowed(&cmd(m), false).is_err(), "{m}");
+        }
+        assert!(allowed("not json", false).is_err());
+    }
+}
