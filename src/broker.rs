@@ -2,7 +2,7 @@
 //! tasks that end sessions on time.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
@@ -37,6 +37,8 @@ pub enum StartError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the browser cannot be started: {0}")]
     Browser(#[from] LaunchError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The URLs handed to clients, from `public_url` (never from a request).
@@ -48,14 +50,14 @@ pub struct PublicUrls {
 }
 
 impl PublicUrls {
-    pub fn new(public_url: &str, bound: SocketAddr) -> Self {
+    pub fn new(public_url: &str, bound: SocketAddr, tls: bool) -> Self {
         let http = if public_url.is_empty() {
             let host = if bound.ip().is_unspecified() {
                 SocketAddr::new([127, 0, 0, 1].into(), bound.port())
             } else {
                 bound
             };
-            format!("http://{host}")
+            format!("{}://{host}", if tls { "https" } else { "http" })
         } else {
             public_url.trim_end_matches('/').to_owned()
         };
@@ -71,6 +73,8 @@ pub struct Broker {
     pub config: Config,
     pub urls: PublicUrls,
     pub keys: ApiKeys,
+    /// Present when the broker serves TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub tokens: Tokens,
     /// Where bring-your-own sessions may connect.
     pub egress: Egress,
@@ -115,6 +119,15 @@ impl Broker {
         bound: SocketAddr,
         shutdown: CancellationToken,
     ) -> Result<Arc<Broker>, StartError> {
+        // A bad certificate stops start-up before anything else happens.
+        let tls = if config.tls_enabled() {
+            Some(crate::tls::acceptor(
+                Path::new(&config.tls_cert),
+                Path::new(&config.tls_key),
+            )?)
+        } else {
+            None
+        };
         let data_dir = config.data_dir.clone();
         let dir_error = |source| StartError::DataDir {
             path: data_dir.clone(),
@@ -189,7 +202,8 @@ impl Broker {
         tracker.spawn(pool.clone().run_refill(shutdown.clone()));
 
         let broker = Arc::new(Broker {
-            urls: PublicUrls::new(&config.public_url, bound),
+            urls: PublicUrls::new(&config.public_url, bound, config.tls_enabled()),
+            tls,
             keys: ApiKeys::new(&api_keys),
             tokens: Tokens::new(secret.as_bytes()),
             egress,
@@ -533,12 +547,12 @@ mod tests {
     #[test]
     fn public_urls_come_from_config_or_the_bound_address() {
         let bound: SocketAddr = "0.0.0.0:4000".parse().unwrap();
-        let u = PublicUrls::new("", bound);
+        let u = PublicUrls::new("", bound, false);
         assert_eq!(
             (u.http.as_str(), u.ws.as_str()),
             ("http://127.0.0.1:4000", "ws://127.0.0.1:4000")
         );
-        let u = PublicUrls::new("https://browsers.example/gate/", bound);
+        let u = PublicUrls::new("https://browsers.example/gate/", bound, false);
         assert_eq!(u.ws, "wss://browsers.example/gate");
         assert_eq!(u.http, "https://browsers.example/gate");
     }

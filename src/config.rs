@@ -60,6 +60,12 @@ pub struct Config {
     pub byo_allow: Vec<String>,
     /// How long a user's `cdp_url` may take to answer, per step (connect, handshake, reply).
     pub byo_timeout_ms: u64,
+    /// PEM certificate chain and private key: with both, the API is https and every
+    /// `cdp_url` is `wss://` (`CDPGATE_TLS_CERT`, `CDPGATE_TLS_KEY`). Empty: plain HTTP.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// How long a client may take to finish its TLS handshake.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             byo_allow: Vec::new(),
             byo_timeout_ms: 5_000,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -172,7 +181,8 @@ impl Config {
             max_metadata_bytes,
             max_message_bytes,
             shutdown_timeout_ms,
-            byo_timeout_ms
+            byo_timeout_ms,
+            tls_handshake_timeout_ms
         );
         if let Some(v) = var("public_url") {
             self.public_url = v;
@@ -191,6 +201,12 @@ impl Config {
         }
         if let Some(v) = var("chrome_flags") {
             self.chrome_flags = list(&v);
+        }
+        if let Some(v) = var("tls_cert") {
+            self.tls_cert = v;
+        }
+        if let Some(v) = var("tls_key") {
+            self.tls_key = v;
         }
         if let Some(v) = var("byo_allow") {
             self.byo_allow = list(&v);
@@ -243,6 +259,9 @@ impl Config {
         if let Err(bad) = crate::byo::parse_allow_list(&self.byo_allow) {
             errors.extend(bad);
         }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            errors.push("tls_cert and tls_key go together: set both or neither".into());
+        }
         if self.byo_timeout_ms == 0 {
             errors.push("byo_timeout_ms must be positive".into());
         }
@@ -266,6 +285,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert.is_empty()
     }
 
     pub fn byo_timeout(&self) -> Duration {

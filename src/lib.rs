@@ -21,6 +21,7 @@
 //! - [`storage_state`]: Playwright `storageState` documents in and out of profiles.
 //! - [`cdp`]: the broker's own small DevTools client.
 //! - [`auth`]: API keys (tenants) and signed connection tokens.
+//! - [`tls`]: the rustls acceptor, when TLS is configured.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`error`]: the one place errors become `{"detail": …}` answers.
 
@@ -43,6 +44,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod storage_state;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
@@ -43,13 +44,30 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
 
 async fn serve_connection(stream: TcpStream, broker: Arc<Broker>) {
     let _ = stream.set_nodelay(true);
+    match broker.tls.clone() {
+        None => serve_http(stream, broker).await,
+        Some(acceptor) => {
+            let limit = Duration::from_millis(broker.config.tls_handshake_timeout_ms);
+            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(tls, broker).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<I>(io: I, broker: Arc<Broker>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let shutdown = broker.shutdown.clone();
     let service = service_fn(move |request| dispatch(broker.clone(), request));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
