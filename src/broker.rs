@@ -17,6 +17,7 @@ use crate::browser::{LaunchError, Launcher, Screen, find_chrome};
 use crate::byo::{self, Egress};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::pool::{Pool, PoolError};
 use crate::profile::{self, ProfileError, Profiles};
@@ -78,6 +79,7 @@ pub struct Broker {
     pub tokens: Tokens,
     /// Where bring-your-own sessions may connect.
     pub egress: Egress,
+    pub create_limiter: CreateLimiter,
     pub sessions: DashMap<String, Arc<Session>>,
     pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
@@ -207,6 +209,7 @@ impl Broker {
             keys: ApiKeys::new(&api_keys),
             tokens: Tokens::new(secret.as_bytes()),
             egress,
+            create_limiter: CreateLimiter::new(config.creates_per_minute),
             sessions: DashMap::new(),
             profiles,
             pool,
@@ -230,6 +233,20 @@ impl Broker {
     pub async fn create_session(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::unavailable("The broker is shutting down", RETRY_AFTER_SECS));
+        }
+        if let Err(wait) = self.create_limiter.take(&tenant, std::time::Instant::now()) {
+            self.metrics.create_rate_limited.fetch_add(1, Relaxed);
+            let secs = wait.as_secs() + 1;
+            return Err(ApiError {
+                retry_after: Some(secs),
+                ..ApiError::new(
+                    hyper::StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "Too many sessions created with this API key: at most {} a minute. Retry in {secs} s.",
+                        self.config.creates_per_minute
+                    ),
+                )
+            });
         }
         let id = format!("sess_{}", random_hex(16));
         if let Some(url) = &request.external_url {

@@ -66,6 +66,11 @@ pub struct Config {
     pub tls_key: String,
     /// How long a client may take to finish its TLS handshake.
     pub tls_handshake_timeout_ms: u64,
+    /// Session creations allowed per API key per minute (a burst of that many, refilled
+    /// evenly); above it, 429 with `Retry-After`. 0: no limit.
+    pub creates_per_minute: u32,
+    /// WebSocket connections (CDP and live view) one session may have open at once.
+    pub max_connections_per_session: usize,
 }
 
 impl Default for Config {
@@ -96,6 +101,8 @@ impl Default for Config {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_handshake_timeout_ms: 10_000,
+            creates_per_minute: 120,
+            max_connections_per_session: 32,
         }
     }
 }
@@ -182,7 +189,9 @@ impl Config {
             max_message_bytes,
             shutdown_timeout_ms,
             byo_timeout_ms,
-            tls_handshake_timeout_ms
+            tls_handshake_timeout_ms,
+            creates_per_minute,
+            max_connections_per_session
         );
         if let Some(v) = var("public_url") {
             self.public_url = v;

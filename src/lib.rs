@@ -22,6 +22,7 @@
 //! - [`cdp`]: the broker's own small DevTools client.
 //! - [`auth`]: API keys (tenants) and signed connection tokens.
 //! - [`tls`]: the rustls acceptor, when TLS is configured.
+//! - [`limits`]: per-tenant rate limits.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`error`]: the one place errors become `{"detail": …}` answers.
 
@@ -35,6 +36,7 @@ pub mod byo;
 pub mod cdp;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod pool;

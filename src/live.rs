@@ -128,6 +128,7 @@ async fn viewer_socket(
     read_only: bool,
 ) -> Result<Response<Body>, crate::error::ApiError> {
     let key = websocket_key(&request)?;
+    let slot = proxy::claim_connection(broker, &session)?;
     let path = session.upstream.browser_path.clone();
     let (browser, _) = session
         .upstream
@@ -142,6 +143,7 @@ async fn viewer_socket(
             let Ok(upgraded) = hyper::upgrade::on(request).await else {
                 return;
             };
+            let _slot = slot;
             let config = Some(proxy::ws_config(&broker.config));
             let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
             let browser = WebSocketStream::from_raw_socket(browser, Role::Client, config).await;

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub sessions_expired: AtomicU64,
     pub sessions_terminated: AtomicU64,
     pub create_rejected: AtomicU64,
+    pub create_rate_limited: AtomicU64,
+    pub connections_refused: AtomicU64,
     pub browsers_launched: AtomicU64,
     pub browser_launch_failures: AtomicU64,
     launch_buckets: [AtomicU64; LAUNCH_BUCKETS.len()],
@@ -79,6 +81,18 @@ impl Metrics {
             "counter",
             "Creates answered 503 for lack of capacity.",
             self.create_rejected.load(Relaxed),
+        );
+        metric(
+            "cdpgate_session_create_rate_limited_total",
+            "counter",
+            "Creates answered 429 for the per-key rate limit.",
+            self.create_rate_limited.load(Relaxed),
+        );
+        metric(
+            "cdpgate_proxy_connections_refused_total",
+            "counter",
+            "WebSocket connections refused for a session's connection limit.",
+            self.connections_refused.load(Relaxed),
         );
         metric(
             "cdpgate_pool_idle",

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::error::{ApiError, Body, json_response};
 use crate::metrics::Metrics;
 use crate::relay;
-use crate::session::{Session, Status};
+use crate::session::{ConnectionSlot, Session, Status};
 use crate::upstream::{UpstreamError, UpstreamStream};
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
@@ -106,6 +106,18 @@ pub fn upstream_timeout(broker: &Broker, session: &Session) -> Duration {
     }
 }
 
+/// Counts a new WebSocket connection of `session`, within its limit.
+pub fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ApiError> {
+    let max = broker.config.max_connections_per_session;
+    session.claim_connection(max).ok_or_else(|| {
+        broker.metrics.connections_refused.fetch_add(1, Relaxed);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("This session already has {max} open connections, its limit"),
+        )
+    })
+}
+
 /// What a client is told when the browser side cannot be had.
 pub fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
@@ -141,6 +153,7 @@ async fn upgrade(
     upstream_path: String,
 ) -> Result<Response<Body>, ApiError> {
     let key = websocket_key(&request)?;
+    let slot = claim_connection(broker, &session)?;
     let (browser, early) = session
         .upstream
         .connect_raw(&upstream_path, &broker.egress, upstream_timeout(broker, &session))
@@ -160,6 +173,7 @@ async fn upgrade(
                 }
             };
             let _open = OpenConnection::new(&broker.metrics);
+            let _slot = slot;
             // Plain TCP on both sides (the usual case) relays without any indirection.
             match (Side::client(upgraded), Side::browser(browser, early)) {
                 (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {

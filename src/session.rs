@@ -1,6 +1,7 @@
 //! A session: its record, its lifecycle (`active` → `terminated` | `expired`) and the
 //! browser it holds while active.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, SystemTime};
@@ -125,6 +126,17 @@ pub struct Session {
     ended: CancellationToken,
     /// Wakes the TTL watcher when `expires_at` moves.
     deadline_moved: Notify,
+    /// WebSocket connections open on the session (CDP clients and live viewers).
+    connections: AtomicUsize,
+}
+
+/// One open connection of a session, counted until dropped.
+pub struct ConnectionSlot(Arc<Session>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct State {
@@ -185,7 +197,16 @@ impl Session {
             }),
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
+            connections: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a new connection if fewer than `max` are open.
+    pub fn claim_connection(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        self.connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

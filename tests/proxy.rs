@@ -206,6 +206,17 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
         SystemTime::now() - Duration::from_secs(700),
         SystemTime::now() - Duration::from_secs(100),
     );
+    // An unsigned token ("alg": "none") naming the same session.
+    let unsigned = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = json!({"sid": a_id, "scope": "cdp", "iat": 0, "exp": 4_102_444_800u64});
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(claims.to_string())
+        )
+    };
     let mut tampered = token.to_owned();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
@@ -215,6 +226,7 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
         ("empty", format!("{base}?token=")),
         ("garbage", format!("{base}?token=not.a.jwt")),
         ("forged", format!("{base}?token={forged}")),
+        ("unsigned alg:none", format!("{base}?token={unsigned}")),
         ("tampered", format!("{base}?token={tampered}")),
         ("expired", format!("{base}?token={expired}")),
         ("other session's", format!("{base}?token={b_token}")),
