@@ -37,6 +37,9 @@ const BASE_FLAGS: &[&str] = &[
     "--disable-dev-shm-usage",
     "--mute-audio",
     "--password-store=basic",
+    // Without it the first tab gets an infobar about --no-sandbox a moment after start,
+    // 56 px that come off its viewport.
+    "--test-type",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 ];
@@ -184,7 +187,17 @@ impl Launcher {
             height: 800,
         };
         let browser = self.launch(probe).await?;
-        let measured = cdp::evaluate_in_first_page(&browser.addr(), "innerHeight").await;
+        // Read until two readings agree: the first layout may not be the final one.
+        let mut measured = cdp::evaluate_in_first_page(&browser.addr(), "innerHeight").await;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = cdp::evaluate_in_first_page(&browser.addr(), "innerHeight").await;
+            let settled = matches!((&measured, &again), (Ok(a), Ok(b)) if a == b);
+            measured = again;
+            if settled {
+                break;
+            }
+        }
         let frame = match measured.as_ref().ok().and_then(|v| v.as_u64()) {
             Some(h) if (h as u32) <= probe.height => probe.height - h as u32,
             _ => {

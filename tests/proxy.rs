@@ -52,6 +52,9 @@ async fn puppeteer_and_playwright_drive_a_session_at_its_screen_size() {
             assert_eq!((&seen["innerWidth"], &seen["innerHeight"]), (w, h), "{client} viewport");
             assert_eq!((&seen["screenWidth"], &seen["screenHeight"]), (w, h), "{client} screen");
             assert_eq!(seen["screenshot"], screen, "{client} screenshot");
+            if script_client == "puppeteer" {
+                assert_eq!(seen["initial"], json!([w, h]), "the first tab's viewport");
+            }
         }
     }
     server.stop().await;

@@ -27,8 +27,11 @@ let result;
 if (client === 'puppeteer') {
   // defaultViewport: null leaves the page at the session's own size.
   const browser = await puppeteer.connect({ browserWSEndpoint: endpoint, defaultViewport: null });
+  // The tab the browser started with is the session's size too.
+  const [first] = await browser.pages();
+  const initial = await first.evaluate(() => [innerWidth, innerHeight]);
   const page = await browser.newPage();
-  result = { ...(await inspect(page)), version: await browser.version() };
+  result = { ...(await inspect(page)), initial, version: await browser.version() };
   await page.close();
   await browser.disconnect();
 } else {
