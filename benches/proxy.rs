@@ -157,6 +157,22 @@ async fn http_json(addr: SocketAddr, request: String) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
+/// Times one create → connect → first reply, then terminates the session (untimed).
+async fn acquire_once(addr: SocketAddr, create: &str) -> Duration {
+    let start = Instant::now();
+    let session = http_json(addr, create.to_owned()).await;
+    let url = session["cdp_url"].as_str().expect("a session").to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    let took = start.elapsed();
+    let id = session["session_id"].as_str().unwrap();
+    http_json(addr, post(addr, &format!("/public/sessions/{id}/terminate"), "")).await;
+    took
+}
+
 fn session_acquire(c: &mut Criterion) {
     if cdpgate::browser::find_chrome().is_none() {
         eprintln!("session_acquire skipped: no Chromium (scripts/setup.sh installs it)");
@@ -188,17 +204,7 @@ fn session_acquire(c: &mut Criterion) {
                         if at_rest {
                             tokio::time::sleep(Duration::from_millis(1000)).await;
                         }
-                        let start = Instant::now();
-                        let session = http_json(addr, create.clone()).await;
-                        let url = session["cdp_url"].as_str().expect("a session").to_owned();
-                        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                        ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
-                            .await
-                            .unwrap();
-                        ws.next().await.unwrap().unwrap();
-                        total += start.elapsed();
-                        let id = session["session_id"].as_str().unwrap();
-                        http_json(addr, post(addr, &format!("/public/sessions/{id}/terminate"), "")).await;
+                        total += acquire_once(addr, &create).await;
                     }
                     total
                 })
@@ -218,17 +224,7 @@ fn session_acquire(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let start = Instant::now();
-                    let session = http_json(addr, create_on_profile.clone()).await;
-                    let url = session["cdp_url"].as_str().expect("a session").to_owned();
-                    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                    ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
-                        .await
-                        .unwrap();
-                    ws.next().await.unwrap().unwrap();
-                    total += start.elapsed();
-                    let id = session["session_id"].as_str().unwrap();
-                    http_json(addr, post(addr, &format!("/public/sessions/{id}/terminate"), "")).await;
+                    total += acquire_once(addr, &create_on_profile).await;
                 }
                 total
             })

@@ -89,33 +89,10 @@ pub async fn get_json(addr: &str, path: &str) -> Result<Value, CdpError> {
 
 /// Sends one CDP command over a fresh connection to `ws_url` and returns its `result`.
 pub async fn command(ws_url: &str, method: &str, params: Value) -> Result<Value, CdpError> {
-    tokio::time::timeout(HTTP_TIMEOUT, async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-            .await
-            .map_err(|e| CdpError::Http(e.to_string()))?;
-        let request = json!({ "id": 1, "method": method, "params": params });
-        ws.send(Message::text(request.to_string()))
-            .await
-            .map_err(|e| CdpError::Http(e.to_string()))?;
-        while let Some(message) = ws.next().await {
-            let message = message.map_err(|e| CdpError::Http(e.to_string()))?;
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let reply: Value = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
-            if reply["id"] != 1 {
-                continue;
-            }
-            let _ = ws.close(None).await;
-            if let Some(error) = reply.get("error") {
-                return Err(CdpError::Protocol(error.to_string()));
-            }
-            return Ok(reply["result"].clone());
-        }
-        Err(CdpError::Protocol("the connection closed before the reply".into()))
-    })
-    .await
-    .map_err(|_| CdpError::Timeout)?
+    let mut connection = Connection::open(ws_url).await?;
+    let result = connection.call(None, method, params).await;
+    let _ = connection.ws.close(None).await;
+    result
 }
 
 /// Evaluates `expression` in the browser's first page and returns its value.

@@ -8,41 +8,22 @@ use std::net::SocketAddr;
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// `/first`: a plain page. `/form`: a button that counts clicks and a form that records
 /// what was submitted.
 async fn start_pages() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let path = String::from_utf8_lossy(&buf[..n])
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("/")
-                    .to_owned();
-                let page = if path == "/form" {
-                    "<html><head><title>form</title></head><body style=\"font-size:24px\">\
-                     <button id=\"press\" style=\"width:200px;height:80px\" onclick=\"window.clicks=(window.clicks||0)+1\">Press</button>\
-                     <form onsubmit=\"event.preventDefault(); window.submitted=document.getElementById('name').value\">\
-                     <input id=\"name\" style=\"width:300px;height:40px\"></form></body></html>"
-                } else {
-                    "<html><head><title>first</title></head><body style=\"background:#fc0\"><h1>First page</h1></body></html>"
-                };
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    serve_pages(|path| {
+        let page = if path == "/form" {
+            "<html><head><title>form</title></head><body style=\"font-size:24px\">\
+             <button id=\"press\" style=\"width:200px;height:80px\" onclick=\"window.clicks=(window.clicks||0)+1\">Press</button>\
+             <form onsubmit=\"event.preventDefault(); window.submitted=document.getElementById('name').value\">\
+             <input id=\"name\" style=\"width:300px;height:40px\"></form></body></html>"
+        } else {
+            "<html><head><title>first</title></head><body style=\"background:#fc0\"><h1>First page</h1></body></html>"
+        };
+        (String::new(), page.to_owned())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

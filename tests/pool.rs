@@ -21,14 +21,6 @@ fn main_browser_pids(data_dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
-fn kill(pid: u32) {
-    #[allow(unsafe_code)]
-    // SAFETY: only sends a signal.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_idle_browser_is_replaced() {
     let server = TestServer::start().await;
@@ -38,7 +30,7 @@ async fn a_dead_idle_browser_is_replaced() {
     assert_eq!(before.len(), 1, "one warm browser: {before:?}");
     let launched = server.broker.metrics.browsers_launched.load(Relaxed);
 
-    kill(before[0]);
+    kill(before[0], libc::SIGKILL);
     let replaced = eventually(Duration::from_secs(20), || {
         let now = main_browser_pids(server.data_dir.path());
         pool.idle_count() == 1 && now.len() == 1 && now[0] != before[0]
@@ -65,16 +57,7 @@ async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
 
     let port = upstream(a_id).rsplit(':').next().unwrap().to_owned();
     let mut ws_a = ws_connect(a["cdp_url"].as_str().unwrap()).await.unwrap();
-    // Ask Chrome which process is the browser, and kill it as a crash would.
-    let info = cdp_call(&mut ws_a, 1, "SystemInfo.getProcessInfo", json!({})).await;
-    let browser_pid = info["result"]["processInfo"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["type"] == "browser")
-        .map(|p| p["id"].as_u64().unwrap() as u32)
-        .expect("the browser process");
-    kill(browser_pid);
+    crash_browser(&mut ws_a).await;
 
     assert_eq!(
         await_close(&mut ws_a, Duration::from_secs(10)).await.map(|c| c.0),

@@ -8,8 +8,6 @@ use std::time::Duration;
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Reads the page's cookies, localStorage and IndexedDB record into `window.__state`.
 const READ_STATE: &str = r#"
@@ -30,44 +28,30 @@ function done(extra) {
 /// A site on loopback: `/login` sets a session cookie and a persistent one and writes
 /// localStorage and IndexedDB; `/mutate` changes all four; `/check` only reads.
 async fn start_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (cookies, script) = match path.as_str() {
-                    "/login" => (
-                        "set-cookie: sid=s3cr3t; Path=/\r\nset-cookie: remember=yes; Path=/; Max-Age=86400\r\n",
-                        "localStorage.setItem('user', 'alice');
-                         const r = indexedDB.open('app', 1);
-                         r.onupgradeneeded = () => r.result.createObjectStore('kv');
-                         r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite');
-                           tx.objectStore('kv').put('t0k3n', 'token'); tx.oncomplete = () => done(); };",
-                    ),
-                    "/mutate" => (
-                        "set-cookie: sid=changed; Path=/\r\nset-cookie: remember=no; Path=/; Max-Age=86400\r\n",
-                        "localStorage.setItem('user', 'mallory');
-                         const r = indexedDB.open('app', 1);
-                         r.onupgradeneeded = () => r.result.createObjectStore('kv');
-                         r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite');
-                           tx.objectStore('kv').put('changed', 'token'); tx.oncomplete = () => done(); };",
-                    ),
-                    _ => ("", "done();"),
-                };
-                let page = format!("<html><body><script>{READ_STATE}\n{script}</script></body></html>");
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n{cookies}content-length: {}\r\nconnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    serve_pages(|path| {
+        let (cookies, script) = match path {
+            "/login" => (
+                "set-cookie: sid=s3cr3t; Path=/\r\nset-cookie: remember=yes; Path=/; Max-Age=86400\r\n",
+                "localStorage.setItem('user', 'alice');
+                 const r = indexedDB.open('app', 1);
+                 r.onupgradeneeded = () => r.result.createObjectStore('kv');
+                 r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite');
+                   tx.objectStore('kv').put('t0k3n', 'token'); tx.oncomplete = () => done(); };",
+            ),
+            "/mutate" => (
+                "set-cookie: sid=changed; Path=/\r\nset-cookie: remember=no; Path=/; Max-Age=86400\r\n",
+                "localStorage.setItem('user', 'mallory');
+                 const r = indexedDB.open('app', 1);
+                 r.onupgradeneeded = () => r.result.createObjectStore('kv');
+                 r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite');
+                   tx.objectStore('kv').put('changed', 'token'); tx.oncomplete = () => done(); };",
+            ),
+            _ => ("", "done();"),
+        };
+        let page = format!("<html><body><script>{READ_STATE}\n{script}</script></body></html>");
+        (cookies.to_owned(), page)
+    })
+    .await
 }
 
 async fn create_profile(server: &TestServer, key: &str, name: &str) -> Response {
@@ -322,19 +306,7 @@ async fn browser_close_saves_and_a_crash_keeps_the_last_good_state() {
     // The browser crashes: nothing is saved and the record says why.
     visit(&second, app, "/mutate").await;
     let mut ws = ws_connect(second["cdp_url"].as_str().unwrap()).await.unwrap();
-    let info = cdp_call(&mut ws, 1, "SystemInfo.getProcessInfo", json!({})).await;
-    let pid = info["result"]["processInfo"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["type"] == "browser")
-        .and_then(|p| p["id"].as_u64())
-        .unwrap();
-    #[allow(unsafe_code)]
-    // SAFETY: sends a signal.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+    crash_browser(&mut ws).await;
     let id = second["session_id"].as_str().unwrap().to_owned();
     let session = server.broker.sessions.get(&id).unwrap().clone();
     assert!(eventually(Duration::from_secs(20), || session.profile_released().is_cancelled()).await);

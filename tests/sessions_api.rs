@@ -45,11 +45,14 @@ async fn auth_is_required_and_keys_are_tenants() {
     let id = session["session_id"].as_str().unwrap();
 
     // Bearer works as well as X-API-Key.
-    let bearer = http_with_header(
-        &server,
-        &format!("/public/sessions/{id}"),
-        "authorization",
-        &format!("Bearer {KEY_A}"),
+    let bearer_header = format!("Bearer {KEY_A}");
+    let path = format!("/public/sessions/{id}");
+    let bearer = http_with(
+        server.addr,
+        Method::GET,
+        &path,
+        &[("authorization", &bearer_header)],
+        None,
     )
     .await;
     assert_eq!(bearer.status, StatusCode::OK);
@@ -73,32 +76,6 @@ async fn auth_is_required_and_keys_are_tenants() {
         "B's attempts changed nothing"
     );
     server.stop().await;
-}
-
-async fn http_with_header(server: &TestServer, path: &str, name: &str, value: &str) -> Response {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header("host", "x")
-        .header(name, value)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned();
-    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
-    Response {
-        status,
-        headers,
-        body,
-        json,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

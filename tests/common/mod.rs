@@ -118,8 +118,20 @@ pub struct Response {
     pub json: Value,
 }
 
-/// One HTTP/1.1 request on a fresh connection.
+/// One HTTP/1.1 request on a fresh connection, with the API key if given.
 pub async fn http(addr: SocketAddr, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+    http_with(addr, method, path, &headers, body).await
+}
+
+/// One HTTP/1.1 request on a fresh connection, with these headers.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Response {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -129,8 +141,8 @@ pub async fn http(addr: SocketAddr, method: Method, path: &str, key: Option<&str
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
-    if let Some(key) = key {
-        builder = builder.header("x-api-key", key);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
@@ -154,24 +166,12 @@ pub async fn http(addr: SocketAddr, method: Method, path: &str, key: Option<&str
 
 /// A site on loopback that answers every request with the same small page.
 pub async fn start_site() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let _ = stream.read(&mut buf).await;
-                let page = "<html><head><title>cdpgate test site</title></head>\
-                            <body><h1>Hello through the proxy</h1></body></html>";
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    serve_pages(|_| {
+        let page = "<html><head><title>cdpgate test site</title></head>\
+                    <body><h1>Hello through the proxy</h1></body></html>";
+        (String::new(), page.to_owned())
+    })
+    .await
 }
 
 pub fn repo_root() -> PathBuf {
@@ -345,10 +345,53 @@ pub async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
 }
 
 pub fn signal(child: &tokio::process::Child, sig: libc::c_int) {
-    let pid = child.id().unwrap() as i32;
+    kill(child.id().unwrap(), sig);
+}
+
+/// Kills the browser behind a CDP connection as a crash would (Chrome says which process
+/// it is).
+pub async fn crash_browser(ws: &mut Ws) {
+    let info = cdp_call(ws, 1, "SystemInfo.getProcessInfo", json!({})).await;
+    let pid = info["result"]["processInfo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "browser")
+        .and_then(|p| p["id"].as_u64())
+        .expect("the browser process");
+    kill(pid as u32, libc::SIGKILL);
+}
+
+pub fn kill(pid: u32, sig: libc::c_int) {
     #[allow(unsafe_code)]
-    // SAFETY: sends a signal to our own child.
+    // SAFETY: only sends a signal.
     unsafe {
-        libc::kill(pid, sig);
+        libc::kill(pid as i32, sig);
     }
+}
+
+/// A site on loopback: `route(path)` answers the extra response headers and the HTML.
+pub async fn serve_pages(route: fn(&str) -> (String, String)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let path = String::from_utf8_lossy(&buf[..n])
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_owned();
+                let (headers, page) = route(&path);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
 }
