@@ -182,7 +182,11 @@ impl Broker {
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
         }
-        launcher.calibrate().await?;
+        // A Chromium that will not start must not keep the API down: creates answer 503
+        // with the reason, and the pool retries with a growing pause.
+        if let Err(e) = launcher.calibrate().await {
+            tracing::error!(error = %e, "Chromium does not start; sessions will be refused until it does");
+        }
 
         let default_screen = Screen {
             width: config.default_width,

@@ -70,3 +70,58 @@ async fn connections_per_session_are_limited() {
     c.send(tungstenite::Message::Close(None)).await.ok();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_creates_against_a_small_cap_answers_all_and_leaks_nothing() {
+    let server = TestServer::start_with(|c| {
+        c.max_sessions = 2;
+        c.queue_timeout_ms = 300;
+        c.creates_per_minute = 150;
+    })
+    .await;
+    let data_dir = server.data_dir.path().to_string_lossy().into_owned();
+    let burst = (0..200).map(|_| {
+        let addr = server.addr;
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")),
+            )
+            .await
+            .expect("every request is answered")
+        })
+    });
+    let answers = futures_util::future::join_all(burst).await;
+    let mut counts = std::collections::BTreeMap::new();
+    let mut created = Vec::new();
+    for answer in answers {
+        let r = answer.unwrap();
+        *counts.entry(r.status.as_u16()).or_insert(0) += 1;
+        match r.status {
+            StatusCode::CREATED => created.push(r.json["session_id"].as_str().unwrap().to_owned()),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers.contains_key("retry-after"));
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(created.len(), 2, "exactly the cap: {counts:?}");
+    // 150 allowed at once, refilled at 2.5 a second while the burst lasts.
+    let limited = counts.get(&429).copied().unwrap_or(0);
+    assert!((30..=50).contains(&limited), "the rate limit took the rest: {counts:?}");
+
+    for id in &created {
+        assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    }
+    let dir = server.stop().await;
+    assert!(
+        eventually(Duration::from_secs(10), || processes_mentioning(&data_dir).is_empty()).await,
+        "browsers left: {:?}",
+        processes_mentioning(&data_dir)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("browsers")).unwrap().count(),
+        0,
+        "no directory left"
+    );
+}

@@ -76,3 +76,33 @@ async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
     assert_eq!(server.broker.pool.free_slots(), 3);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chromium_that_will_not_start_gets_a_clear_503_and_no_busy_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("chromium");
+    std::fs::write(&broken, "#!/bin/sh\necho 'cannot start' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = TestServer::start_with(|c| c.chrome_path = broken.to_string_lossy().into_owned()).await;
+
+    let r = server
+        .call(hyper::Method::POST, "/public/sessions", Some(KEY_A), Some("{}"))
+        .await;
+    assert_eq!(r.status, hyper::StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    let detail = r.json["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("could not be started") && detail.contains("exited before it was ready"),
+        "{detail}"
+    );
+    assert_eq!(server.broker.pool.free_slots(), 4, "the failed create holds no slot");
+
+    // The pool keeps trying in the background, with a growing pause rather than a spin.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures = server.broker.metrics.browser_launch_failures.load(Relaxed);
+    assert!((2..=12).contains(&failures), "{failures} launches failed in 2 s");
+    let r = server.call(hyper::Method::GET, "/health", None, None).await;
+    assert_eq!(r.status, hyper::StatusCode::OK, "the API stays up");
+    server.stop().await;
+}
