@@ -15,6 +15,7 @@ use crate::broker::{Broker, NewSession, profile_error};
 use crate::browser::Screen;
 use crate::config::{MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::error::{ApiError, Body, empty_response, json_response};
+use crate::records::Archived;
 use crate::session::{self, Session, Status};
 use crate::storage_state;
 
@@ -55,11 +56,15 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
                 ([], &Method::POST) => create(broker, tenant, request).await,
                 ([], &Method::GET) => list(broker, &tenant, request.uri().query()),
                 ([], _) => Err(method_not_allowed()),
-                ([id], &Method::GET) => {
-                    let session = find(broker, &tenant, id)?;
-                    Ok(json_response(StatusCode::OK, &render(broker, &session)))
-                }
-                ([id], &Method::PATCH) => update(broker, &tenant, id, request).await,
+                ([id], &Method::GET) => match (broker.find(&tenant, id), archived(broker, &tenant, id)) {
+                    (Some(session), _) => Ok(json_response(StatusCode::OK, &render(broker, &session))),
+                    (None, Some(record)) => Ok(json_response(StatusCode::OK, &record.body)),
+                    (None, None) => Err(ApiError::not_found("Session not found")),
+                },
+                ([id], &Method::PATCH) => match archived(broker, &tenant, id) {
+                    Some(record) => Err(not_active(record.status)),
+                    None => update(broker, &tenant, id, request).await,
+                },
                 ([id], &Method::DELETE) => delete(broker, &tenant, id).await,
                 ([_], _) => Err(method_not_allowed()),
                 ([id, "terminate"], &Method::POST) => terminate(broker, &tenant, id).await,
@@ -161,6 +166,15 @@ fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
 
 fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+/// A session of this tenant that ended in an earlier run of the broker.
+fn archived(broker: &Broker, tenant: &Tenant, id: &str) -> Option<Arc<Archived>> {
+    broker
+        .archive
+        .get(id)
+        .map(|a| a.clone())
+        .filter(|a| &a.tenant == tenant)
 }
 
 fn find(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Arc<Session>, ApiError> {
@@ -343,19 +357,34 @@ fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<Respons
             _ => {}
         }
     }
-    let mut matching: Vec<Arc<Session>> = broker
+    enum Listed {
+        Live(Arc<Session>),
+        Archived(Arc<Archived>),
+    }
+    let wanted = |status: Status| status_filter.is_none_or(|f| status == f);
+    let mut matching: Vec<(std::time::SystemTime, String, Listed)> = broker
         .sessions
         .iter()
-        .filter(|s| &s.tenant == tenant && status_filter.is_none_or(|f| s.status() == f))
-        .map(|s| s.clone())
+        .filter(|s| &s.tenant == tenant && wanted(s.status()))
+        .map(|s| (s.created_at, s.id.clone(), Listed::Live(s.clone())))
+        .chain(
+            broker
+                .archive
+                .iter()
+                .filter(|a| &a.tenant == tenant && wanted(a.status))
+                .map(|a| (a.created_at, a.id.clone(), Listed::Archived(a.clone()))),
+        )
         .collect();
-    matching.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+    matching.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
     let total = matching.len();
     let page: Vec<Value> = matching
         .iter()
         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(limit as usize)
-        .map(|s| render(broker, s))
+        .map(|(_, _, listed)| match listed {
+            Listed::Live(s) => render(broker, s),
+            Listed::Archived(a) => a.body.clone(),
+        })
         .collect();
     Ok(json_response(
         StatusCode::OK,
@@ -381,6 +410,7 @@ async fn update(
         check_metadata_size(&session.merged_metadata(extra), broker.config.max_metadata_bytes)?;
     }
     session.update(ttl, metadata).map_err(not_active)?;
+    broker.records.save(&session);
     Ok(json_response(StatusCode::OK, &render(broker, &session)))
 }
 
@@ -394,24 +424,37 @@ fn not_active(status: Status) -> ApiError {
 /// How long terminate and delete wait for a profile save before answering anyway.
 const SAVE_WAIT: Duration = Duration::from_secs(30);
 
+fn already_ended(status: Status) -> ApiError {
+    ApiError::conflict(match status {
+        Status::Expired => "Session has already expired",
+        _ => "Session is already terminated",
+    })
+}
+
 async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+    if let Some(record) = archived(broker, tenant, id) {
+        return Err(already_ended(record.status));
+    }
     let session = find(broker, tenant, id)?;
-    broker.terminate(&session).map_err(|status| {
-        ApiError::conflict(match status {
-            Status::Expired => "Session has already expired",
-            _ => "Session is already terminated",
-        })
-    })?;
+    broker.terminate(&session).map_err(already_ended)?;
     // "Terminate the session to save the authentication state": answer once it is saved.
     let _ = tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled()).await;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
 async fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+    if archived(broker, tenant, id).is_some() {
+        broker.archive.remove(id);
+        broker.records.remove(id);
+        return Ok(empty_response(StatusCode::NO_CONTENT));
+    }
     let session = find(broker, tenant, id)?;
+    // Forgotten first, so that no later write of its record brings it back.
+    session.forget();
     let _ = broker.terminate(&session);
     let _ = tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled()).await;
     broker.sessions.remove(&session.id);
+    broker.records.remove(&session.id);
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 

@@ -22,6 +22,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::pool::{Pool, PoolError};
 use crate::profile::{self, ProfileError, Profiles};
 use crate::proxy;
+use crate::records::{Archived, Records};
 use crate::session::{Backing, EndReason, ProfileBinding, Session, SessionInit, Status};
 use crate::{cdp, storage_state};
 
@@ -81,6 +82,9 @@ pub struct Broker {
     pub egress: Egress,
     pub create_limiter: CreateLimiter,
     pub sessions: DashMap<String, Arc<Session>>,
+    /// Ended sessions of an earlier run, known from their records.
+    pub archive: DashMap<String, Arc<Archived>>,
+    pub records: Arc<Records>,
     pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
@@ -178,6 +182,11 @@ impl Broker {
             metrics.clone(),
         ));
         let profiles = Arc::new(Profiles::load(data_dir.join("profiles")).map_err(dir_error)?);
+        let records = Arc::new(Records::open(data_dir.join("sessions")).map_err(dir_error)?);
+        let archive: DashMap<String, Arc<Archived>> = DashMap::new();
+        for archived in records.load(Duration::from_secs(config.retention_secs)) {
+            archive.insert(archived.id.clone(), Arc::new(archived));
+        }
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
@@ -215,6 +224,8 @@ impl Broker {
             egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
             sessions: DashMap::new(),
+            archive,
+            records,
             profiles,
             pool,
             metrics,
@@ -432,11 +443,13 @@ impl Broker {
             profile,
         }));
         self.sessions.insert(id.clone(), session.clone());
+        self.records.save(&session);
         self.metrics.sessions_created.fetch_add(1, Relaxed);
         self.tracker.spawn(watch_session(
             session.clone(),
             exited,
             self.metrics.clone(),
+            self.records.clone(),
             self.shutdown.clone(),
         ));
         tracing::info!(session = %id, tenant = %session.tenant, external = session.upstream.external, "session created");
@@ -505,8 +518,26 @@ impl Broker {
 /// Ends the session at its TTL, or when its browser exits; follows TTL extensions.
 async fn watch_session(
     session: Arc<Session>,
-    browser_exited: tokio_util::sync::CancellationToken,
+    browser_exited: CancellationToken,
     metrics: Arc<Metrics>,
+    records: Arc<Records>,
+    shutdown: CancellationToken,
+) {
+    end_on_time(&session, browser_exited, &metrics, shutdown).await;
+    records.save(&session);
+    // The profile save, if any, finishes later; its outcome belongs in the record too.
+    session.profile_released().cancelled().await;
+    if session.profile_id.is_some() {
+        records.save(&session);
+    }
+}
+
+/// Returns once the session has ended, having ended it at its TTL, when its browser
+/// exited, or at shutdown.
+async fn end_on_time(
+    session: &Session,
+    browser_exited: CancellationToken,
+    metrics: &Metrics,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -548,9 +579,20 @@ async fn forget_old_sessions(broker: std::sync::Weak<Broker>, shutdown: Cancella
         let Some(b) = broker.upgrade() else { return };
         let retention = Duration::from_secs(b.config.retention_secs);
         let now = SystemTime::now();
-        b.sessions.retain(|_, s| {
-            s.ended_at()
-                .is_none_or(|at| now.duration_since(at).unwrap_or_default() < retention)
+        let expired = |at: SystemTime| now.duration_since(at).unwrap_or_default() >= retention;
+        b.sessions.retain(|id, s| {
+            let keep = !s.ended_at().is_some_and(expired);
+            if !keep {
+                b.records.remove(id);
+            }
+            keep
+        });
+        b.archive.retain(|id, a| {
+            let keep = !expired(a.ended_at);
+            if !keep {
+                b.records.remove(id);
+            }
+            keep
         });
         let period = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
         drop(b);

@@ -15,6 +15,7 @@
 //! - [`byo`]: bring-your-own browsers: probing a user's `cdp_url`, the egress policy.
 //! - [`broker`]: shared state: sessions, pool, secrets, URLs; ends sessions on time.
 //! - [`session`]: one session's record and lifecycle.
+//! - [`records`]: session records on disk, readable after a restart.
 //! - [`pool`]: the warm pool of browsers and the cap on concurrent sessions.
 //! - [`browser`]: one Chrome process, its scratch directory and its reaping.
 //! - [`profile`]: browser profiles on disk, copied into sessions and saved back atomically.
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod pool;
 pub mod profile;
 pub mod proxy;
+pub mod records;
 pub mod relay;
 pub mod server;
 pub mod session;

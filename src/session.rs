@@ -1,7 +1,7 @@
 //! A session: its record, its lifecycle (`active` → `terminated` | `expired`) and the
 //! browser it holds while active.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, SystemTime};
@@ -128,6 +128,8 @@ pub struct Session {
     deadline_moved: Notify,
     /// WebSocket connections open on the session (CDP clients and live viewers).
     connections: AtomicUsize,
+    /// Deleted: its record must not be written again.
+    forgotten: AtomicBool,
 }
 
 /// One open connection of a session, counted until dropped.
@@ -198,7 +200,17 @@ impl Session {
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
             connections: AtomicUsize::new(0),
+            forgotten: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the session deleted, so its record is not written again.
+    pub fn forget(&self) {
+        self.forgotten.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::SeqCst)
     }
 
     /// Counts a new connection if fewer than `max` are open.

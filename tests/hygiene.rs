@@ -59,6 +59,23 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
     let mut broker = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
     let r = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let active_id = r.json["session_id"].as_str().unwrap().to_owned();
+    let ended = http(
+        broker.addr,
+        Method::POST,
+        "/public/sessions",
+        Some(KEY_A),
+        Some(r#"{"metadata":{"n":2}}"#),
+    )
+    .await;
+    let ended_id = ended.json["session_id"].as_str().unwrap().to_owned();
+    let terminate = format!("/public/sessions/{ended_id}/terminate");
+    assert_eq!(
+        http(broker.addr, Method::POST, &terminate, Some(KEY_A), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
     assert!(
         processes_mentioning(&needle).len() >= 2,
         "a session browser and a warm one"
@@ -84,6 +101,49 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
     let mut again = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
     let now = names(data_dir.path());
     assert!(stale.iter().all(|d| !now.contains(d)), "stale {stale:?}, now {now:?}");
+
+    // Ended sessions are still readable; the one the kill cut short says so.
+    let addr = again.addr;
+    let get = |id: &str| {
+        let path = format!("/public/sessions/{id}");
+        async move { http(addr, Method::GET, &path, Some(KEY_A), None).await }
+    };
+    let was_ended = get(&ended_id).await.json;
+    assert_eq!(
+        (was_ended["status"].as_str(), was_ended["end_reason"].as_str()),
+        (Some("terminated"), Some("terminated by request"))
+    );
+    assert_eq!(was_ended["metadata"]["n"], 2);
+    let was_active = get(&active_id).await.json;
+    assert_eq!(
+        (was_active["status"].as_str(), was_active["end_reason"].as_str()),
+        (Some("terminated"), Some("broker restarted"))
+    );
+    let list = http(
+        again.addr,
+        Method::GET,
+        "/public/sessions?status_filter=terminated",
+        Some(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(list.json["total"], 2);
+    let terminate_again = format!("/public/sessions/{active_id}/terminate");
+    assert_eq!(
+        http(again.addr, Method::POST, &terminate_again, Some(KEY_A), None)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let delete = format!("/public/sessions/{ended_id}");
+    assert_eq!(
+        http(again.addr, Method::DELETE, &delete, Some(KEY_A), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(get(&ended_id).await.status, StatusCode::NOT_FOUND);
+    assert!(!data_dir.path().join(format!("sessions/{ended_id}.json")).exists());
     signal(&again.child, libc::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(20), again.child.wait())
         .await
