@@ -71,6 +71,9 @@ pub struct Config {
     pub creates_per_minute: u32,
     /// WebSocket connections (CDP and live view) one session may have open at once.
     pub max_connections_per_session: usize,
+    /// A proxied connection whose peer takes no bytes for this long is closed (a client
+    /// that stops reading is dropped, not held with its data queued).
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             tls_handshake_timeout_ms: 10_000,
             creates_per_minute: 120,
             max_connections_per_session: 32,
+            write_stall_timeout_ms: 60_000,
         }
     }
 }
@@ -191,7 +195,8 @@ impl Config {
             byo_timeout_ms,
             tls_handshake_timeout_ms,
             creates_per_minute,
-            max_connections_per_session
+            max_connections_per_session,
+            write_stall_timeout_ms
         );
         if let Some(v) = var("public_url") {
             self.public_url = v;
@@ -273,6 +278,9 @@ impl Config {
         }
         if self.byo_timeout_ms == 0 {
             errors.push("byo_timeout_ms must be positive".into());
+        }
+        if self.write_stall_timeout_ms == 0 {
+            errors.push("write_stall_timeout_ms must be positive".into());
         }
         if self.launch_timeout_ms == 0 {
             errors.push("launch_timeout_ms must be positive".into());

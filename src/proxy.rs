@@ -291,13 +291,16 @@ async fn run_relay<CR, CW, BR, BW>(
     BR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    let max = broker.config.max_message_bytes;
+    let limits = relay::Limits {
+        max_message: broker.config.max_message_bytes,
+        write_stall: Duration::from_millis(broker.config.write_stall_timeout_ms),
+    };
     relay::relay(
         client,
         browser,
         session.ended(),
         || session.end_reason(),
-        max,
+        limits,
         &broker.metrics,
     )
     .await

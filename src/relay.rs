@@ -198,8 +198,19 @@ struct Counters<'a> {
     bytes: &'a AtomicU64,
 }
 
+/// What a relay allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message, in bytes (close 1009 above it).
+    pub max_message: usize,
+    /// How long a write may make no progress before the peer counts as gone (a client
+    /// that stops reading is dropped rather than held).
+    pub write_stall: Duration,
+}
+
 struct Direction {
     buf: Vec<u8>,
+    write_stall: Duration,
     filled: usize,
     sent: usize,
     cursor: FrameCursor,
@@ -209,7 +220,7 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(max_message: u64, initial: &[u8]) -> Direction {
+    fn new(limits: Limits, initial: &[u8]) -> Direction {
         let mut buf = vec![0; MIN_BUFFER.max(initial.len())];
         buf[..initial.len()].copy_from_slice(initial);
         Direction {
@@ -217,7 +228,8 @@ impl Direction {
             filled: initial.len(),
             sent: 0,
             cursor: FrameCursor::default(),
-            max_message,
+            max_message: limits.max_message as u64,
+            write_stall: limits.write_stall,
             close_passed: false,
         }
     }
@@ -260,9 +272,9 @@ impl Direction {
         upto: usize,
         counters: &Counters<'_>,
     ) -> ControlFlow<PumpEnd> {
-        let written = match dst.write(&self.buf[self.sent..upto]).await {
-            Ok(0) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
-            Ok(n) => n,
+        let written = match tokio::time::timeout(self.write_stall, dst.write(&self.buf[self.sent..upto])).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
+            Ok(Ok(n)) => n,
         };
         let chunk = &self.buf[self.sent..self.sent + written];
         let mut close = false;
@@ -343,7 +355,7 @@ pub async fn relay<CR, CW, BR, BW>(
     browser: Peer<BR, BW>,
     ended: &CancellationToken,
     end_reason: impl Fn() -> Option<EndReason>,
-    max_message: usize,
+    limits: Limits,
     metrics: &Metrics,
 ) where
     CR: AsyncRead + Unpin,
@@ -361,9 +373,8 @@ pub async fn relay<CR, CW, BR, BW>(
         tx: mut browser_tx,
         early: from_browser,
     } = browser;
-    let max_message = max_message as u64;
-    let mut up = Direction::new(max_message, &from_client);
-    let mut down = Direction::new(max_message, &from_browser);
+    let mut up = Direction::new(limits, &from_client);
+    let mut down = Direction::new(limits, &from_browser);
     let to_browser = Counters {
         messages: &metrics.messages_to_browser,
         bytes: &metrics.bytes_to_browser,
@@ -459,6 +470,13 @@ pub async fn relay<CR, CW, BR, BW>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_limits() -> Limits {
+        Limits {
+            max_message: 1 << 30,
+            write_stall: Duration::from_secs(5),
+        }
+    }
 
     fn peer<T: AsyncRead + AsyncWrite>(io: T) -> Peer<tokio::io::ReadHalf<T>, tokio::io::WriteHalf<T>> {
         let (rx, tx) = tokio::io::split(io);
@@ -580,7 +598,7 @@ mod tests {
             peer(relay_browser),
             &ended,
             || Some(EndReason::Expired),
-            1 << 30,
+            test_limits(),
             &metrics,
         );
         let peers = async {
@@ -625,7 +643,7 @@ mod tests {
             peer(relay_browser),
             &ended,
             || None,
-            1 << 20,
+            test_limits(),
             &metrics,
         );
         let peers = async {

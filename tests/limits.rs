@@ -125,3 +125,80 @@ async fn a_burst_of_creates_against_a_small_cap_answers_all_and_leaks_nothing() 
         "no directory left"
     );
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_held_in_bounded_memory_then_dropped() {
+    let server = TestServer::start_with(|c| c.write_stall_timeout_ms = 1_000).await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let token = session["cdp_url"]
+        .as_str()
+        .unwrap()
+        .split_once("?token=")
+        .unwrap()
+        .1
+        .to_owned();
+    let list = server
+        .call(
+            Method::GET,
+            &format!("/devtools/browser/{id}/json/list?token={token}"),
+            None,
+            None,
+        )
+        .await
+        .json;
+    let page_url = list.as_array().unwrap().iter().find(|t| t["type"] == "page").unwrap()["webSocketDebuggerUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Ask for 64 MB of answers and read none of them.
+    let before = rss_kib();
+    let mut greedy = ws_connect(&page_url).await.unwrap();
+    for i in 0..64 {
+        let ask = json!({"id": i, "method": "Runtime.evaluate",
+                         "params": {"expression": "'x'.repeat(1 << 20)", "returnByValue": true}});
+        greedy.send(tungstenite::Message::text(ask.to_string())).await.unwrap();
+    }
+    let open = || {
+        server
+            .broker
+            .metrics
+            .proxy_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || open() == 0).await,
+        "the stalled connection was dropped"
+    );
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "the broker held {grown_mib} MiB for a client that does not read"
+    );
+
+    // What the client does read ends without a close handshake: the broker hung up.
+    let mut received = 0;
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut greedy)).await
+    {
+        if m.is_text() {
+            received += 1;
+        }
+    }
+    assert!(received < 64, "the broker did not queue every answer: {received}");
+
+    // The session is unharmed.
+    let mut fresh = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
+    cdp_call(&mut fresh, 1, "Browser.getVersion", json!({})).await;
+    server.stop().await;
+}
