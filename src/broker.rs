@@ -213,6 +213,7 @@ impl Broker {
             config.pool_size,
             config.max_sessions,
             config.queue_timeout(),
+            metrics.clone(),
         ));
         tracker.spawn(pool.clone().run_refill(shutdown.clone()));
 
@@ -321,6 +322,7 @@ impl Broker {
                     hold,
                     store: self.profiles.clone(),
                     tracker: self.tracker.clone(),
+                    metrics: self.metrics.clone(),
                 };
                 Ok(self.register(id, tenant, request, Backing::Managed(lease), Some(binding)))
             }

@@ -26,6 +26,7 @@ use crate::api::query_pairs;
 use crate::auth::Scope;
 use crate::broker::Broker;
 use crate::error::Body;
+use crate::metrics::Metrics;
 use crate::proxy::{self, upgrade_response, websocket_key};
 use crate::session::{EndReason, Session, Status};
 
@@ -147,7 +148,7 @@ async fn viewer_socket(
             let config = Some(proxy::ws_config(&broker.config));
             let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
             let browser = WebSocketStream::from_raw_socket(browser, Role::Client, config).await;
-            relay_filtered(viewer, browser, &session, read_only).await;
+            relay_filtered(viewer, browser, &session, read_only, &broker.metrics).await;
         }
         .instrument(span),
     );
@@ -161,6 +162,7 @@ async fn relay_filtered<V, B>(
     browser: WebSocketStream<B>,
     session: &Session,
     read_only: bool,
+    metrics: &Metrics,
 ) where
     V: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -209,6 +211,7 @@ async fn relay_filtered<V, B>(
             reason: reason.into(),
         };
         let _ = viewer_tx.send(Message::Close(Some(frame))).await;
+        metrics.record_close(code);
     }
     let _ = viewer_tx.close().await;
 }

@@ -4,6 +4,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// Close codes the broker sends, counted one by one; anything else counts as "other".
+const CLOSE_CODES: [u16; 7] = [4001, 4002, 4003, 1001, 1002, 1009, 1011];
+
 /// Upper bounds (seconds) of the launch-time histogram buckets.
 const LAUNCH_BUCKETS: [f64; 8] = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 
@@ -26,6 +29,13 @@ pub struct Metrics {
     pub messages_to_client: AtomicU64,
     pub bytes_to_browser: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// Close frames sent to clients, by code (`CLOSE_CODES`, then other).
+    closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    pub profile_saves: AtomicU64,
+    pub profile_save_failures: AtomicU64,
+    /// Creates that waited for a free slot, and how long in all.
+    pub queue_waits: AtomicU64,
+    pub queue_wait_micros: AtomicU64,
 }
 
 /// Readings that live elsewhere, taken at scrape time.
@@ -47,78 +57,96 @@ impl Metrics {
         self.browsers_launched.fetch_add(1, Relaxed);
     }
 
+    pub fn record_close(&self, code: u16) {
+        let i = CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(CLOSE_CODES.len());
+        self.closes[i].fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        metric(
+        }
+
+        single(
+            &mut out,
             "cdpgate_sessions_active",
             "gauge",
             "Sessions currently active.",
             gauges.sessions_active as u64,
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_sessions_created_total",
             "counter",
             "Sessions created.",
             self.sessions_created.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_sessions_expired_total",
             "counter",
             "Sessions ended by their TTL.",
             self.sessions_expired.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_sessions_terminated_total",
             "counter",
             "Sessions ended by terminate, delete, Browser.close or a browser exit.",
             self.sessions_terminated.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_session_create_rejected_total",
             "counter",
             "Creates answered 503 for lack of capacity.",
             self.create_rejected.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_session_create_rate_limited_total",
             "counter",
             "Creates answered 429 for the per-key rate limit.",
             self.create_rate_limited.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_proxy_connections_refused_total",
             "counter",
             "WebSocket connections refused for a session's connection limit.",
             self.connections_refused.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_pool_idle",
             "gauge",
             "Warm browsers waiting for a session.",
             gauges.pool_idle as u64,
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_browsers_launched_total",
             "counter",
             "Browsers started.",
             self.browsers_launched.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_browser_launch_failures_total",
             "counter",
             "Browser starts that failed.",
             self.browser_launch_failures.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_proxy_connections_total",
             "counter",
             "CDP WebSocket connections accepted.",
             self.proxy_connections.load(Relaxed),
         );
-        metric(
+        single(
+            &mut out,
             "cdpgate_proxy_connections_open",
             "gauge",
             "CDP WebSocket connections open now.",
@@ -140,6 +168,46 @@ impl Metrics {
             self.bytes_to_browser.load(Relaxed),
             self.bytes_to_client.load(Relaxed)
         );
+        single(
+            &mut out,
+            "cdpgate_profile_saves_total",
+            "counter",
+            "Profiles saved at the end of a persisting session.",
+            self.profile_saves.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "cdpgate_profile_save_failures_total",
+            "counter",
+            "Persisting sessions whose profile could not be saved.",
+            self.profile_save_failures.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "cdpgate_queue_waits_total",
+            "counter",
+            "Creates that waited for a free slot.",
+            self.queue_waits.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_queue_wait_seconds_total Time creates spent waiting for a slot.\n\
+             # TYPE cdpgate_queue_wait_seconds_total counter\ncdpgate_queue_wait_seconds_total {}",
+            self.queue_wait_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_proxy_close_frames_total Close frames sent to clients, by code.\n\
+             # TYPE cdpgate_proxy_close_frames_total counter"
+        );
+        for (i, count) in self.closes.iter().enumerate() {
+            let code = CLOSE_CODES.get(i).map_or("other".to_owned(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "cdpgate_proxy_close_frames_total{{code=\"{code}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP cdpgate_browser_launch_seconds Time from spawn to DevTools listening.\n\

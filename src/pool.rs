@@ -11,6 +11,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::browser::{Browser, LaunchError, Launcher, Screen};
+use crate::metrics::Metrics;
+use std::sync::atomic::Ordering;
 
 /// Longest pause between failed refill launches, so a broken Chrome is not a busy loop.
 const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(30);
@@ -42,6 +44,7 @@ pub struct Pool {
     queue_timeout: Duration,
     /// Wakes the refill loop after a checkout.
     refill: Notify,
+    metrics: Arc<Metrics>,
     /// When a warm browser was last handed out.
     last_checkout: Mutex<Instant>,
 }
@@ -53,6 +56,7 @@ impl Pool {
         target_idle: usize,
         max_sessions: usize,
         queue_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Pool {
             launcher,
@@ -62,6 +66,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(max_sessions)),
             queue_timeout,
             refill: Notify::new(),
+            metrics,
             last_checkout: Mutex::new(Instant::now() - REFILL_QUIET),
         }
     }
@@ -96,10 +101,16 @@ impl Pool {
 
     /// A session slot, waiting up to the queue timeout.
     async fn slot(&self) -> Result<OwnedSemaphorePermit, PoolError> {
-        tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| PoolError::Busy)?
-            .map_err(|_| PoolError::Busy)
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        let started = Instant::now();
+        let slot = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
+        self.metrics.queue_waits.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .queue_wait_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        slot.map_err(|_| PoolError::Busy)?.map_err(|_| PoolError::Busy)
     }
 
     fn take_idle(&self) -> Option<Browser> {

@@ -456,6 +456,7 @@ pub async fn relay<CR, CW, BR, BW>(
         return; // mid-frame: a close frame now would corrupt the stream
     }
     tracing::debug!(code = close.0, reason = close.1, "closing client connection");
+    metrics.record_close(close.0);
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         client_tx.write_all(&server_close_frame(close.0, close.1)).await?;
         client_tx.flush().await?;

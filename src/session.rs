@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
+use crate::metrics::Metrics;
 use crate::pool::Lease;
 use crate::profile::{ProfileUse, Profiles};
 use crate::upstream::Upstream;
@@ -108,6 +109,7 @@ pub struct ProfileBinding {
     pub hold: ProfileUse,
     pub store: Arc<Profiles>,
     pub tracker: TaskTracker,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Session {
@@ -337,6 +339,12 @@ async fn finish_profile(
         if binding.hold.persist {
             let result = binding.hold.save_from(&lease.browser).await;
             tracing::info!(profile = %binding.hold.profile.id, outcome = %result, "profile save");
+            let counter = if result == "saved" {
+                &binding.metrics.profile_saves
+            } else {
+                &binding.metrics.profile_save_failures
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             *outcome.lock().expect("session lock") = Some(result);
         }
         let (exited, dir) = (lease.browser.exited(), lease.browser.dir.clone());

@@ -107,6 +107,9 @@ async fn logins_survive_terminate_and_ttl_expiry() {
         assert_eq!(visit(&second, app, "/check").await, logged_in(), "after {ending}");
         server.terminate(second["session_id"].as_str().unwrap()).await;
     }
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(metrics.contains("cdpgate_profile_saves_total 4"), "{metrics}");
+    assert!(metrics.contains("cdpgate_profile_save_failures_total 0"), "{metrics}");
     server.stop().await;
 }
 

@@ -114,6 +114,12 @@ async fn the_ttl_closes_every_connection_and_refuses_new_ones() {
     }
     let got = server.get(id).await.json;
     assert_eq!(got["status"], "expired");
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(
+        metrics.contains("cdpgate_proxy_close_frames_total{code=\"4001\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cdpgate_sessions_expired_total 1"), "{metrics}");
     assert_eq!(refused_status(&url).await, StatusCode::GONE);
     let again = server.terminate(id).await;
     assert_eq!(again.status, StatusCode::CONFLICT);

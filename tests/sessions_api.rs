@@ -401,6 +401,9 @@ async fn a_full_broker_answers_503_with_retry_after() {
     server.terminate(first["session_id"].as_str().unwrap()).await;
     let r = waiting.await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(metrics.contains("cdpgate_queue_waits_total 2"), "{metrics}");
+    assert!(metrics.contains("cdpgate_session_create_rejected_total 1"), "{metrics}");
     server.stop().await;
 }
 
