@@ -306,10 +306,17 @@ impl ProfileUse {
         tokio::task::spawn_blocking(move || {
             let name = format!("gen-{}", random_hex(6));
             let aside = dir.join(format!("{name}.tmp"));
-            copy_tree(&source, &aside.join("user-data"), true)?;
-            write_synced(&aside.join("session-cookies.json"), &cookies)?;
-            sync_dir(&aside)?;
-            std::fs::rename(&aside, dir.join(&name))?;
+            let written = (|| {
+                copy_tree(&source, &aside.join("user-data"), true)?;
+                write_synced(&aside.join("session-cookies.json"), &cookies)?;
+                sync_dir(&aside)?;
+                std::fs::rename(&aside, dir.join(&name))
+            })();
+            if let Err(e) = written {
+                // A full disk must not stay full: the half-written generation goes.
+                let _ = std::fs::remove_dir_all(&aside);
+                return Err(e);
+            }
             save_pause_for_tests();
             // The swap: a new symlink beside the old one, renamed over it.
             let link = dir.join("current.tmp");
@@ -322,10 +329,12 @@ impl ProfileUse {
         .await
         .map_err(io::Error::other)??;
         *self.profile.updated_at.lock().expect("profile lock") = SystemTime::now();
-        write_atomically(
-            &self.profile.dir.join("profile.json"),
-            &serde_json::to_vec_pretty(&self.profile.record()).unwrap_or_default(),
-        )
+        // The state is saved by now; a stale updated_at on disk is not worth failing for.
+        let record = serde_json::to_vec_pretty(&self.profile.record()).unwrap_or_default();
+        if let Err(e) = write_atomically(&self.profile.dir.join("profile.json"), &record) {
+            tracing::warn!(profile = %self.profile.id, error = %e, "could not update profile.json");
+        }
+        Ok(())
     }
 }
 

@@ -490,3 +490,66 @@ async fn storage_state_moves_logins_out_and_in() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+/// A small tmpfs mounted over a directory for the length of a test.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_save_keeps_the_old_profile_and_says_why() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // The profiles live on a 256 KiB disk: room for a profile's first, empty state, not
+    // for a browser's.
+    let Some(_disk) = SmallDisk::mount(&data_dir.path().join("profiles"), "256k") else {
+        eprintln!("skipped: this machine cannot mount a tmpfs (the test needs root)");
+        return;
+    };
+    let app = start_app().await;
+    let server = TestServer::start_with(|c| c.data_dir = data_dir.path().to_owned()).await;
+    let profile_id = create_profile(&server, KEY_A, "cramped").await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = server.create(json!({"profile_id": profile_id})).await;
+    visit(&session, app, "/login").await;
+    let id = session["session_id"].as_str().unwrap();
+    assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    let record = server.get(id).await.json;
+    let outcome = record["profile_saved"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("not saved:") && outcome.contains("space"),
+        "{outcome}"
+    );
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(metrics.contains("cdpgate_profile_save_failures_total 1"), "{metrics}");
+
+    // The profile is as it was, and still usable.
+    let next = server
+        .create(json!({"profile_id": profile_id, "persist_changes": false}))
+        .await;
+    assert_eq!(visit(&next, app, "/check").await, blank());
+    let leftovers: Vec<_> = std::fs::read_dir(data_dir.path().join("profiles").join(&profile_id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "the failed generation was cleared: {leftovers:?}");
+    server.stop().await;
+}
