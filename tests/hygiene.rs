@@ -186,3 +186,37 @@ async fn a_generated_api_key_is_printed_once_and_kept() {
     signal(&second.child, libc::SIGTERM);
     second.child.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let needle = data_dir.path().to_string_lossy().into_owned();
+    let mut broker = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    // A persisting session gives the graceful stop something to wait for (its save).
+    let profile = http(
+        broker.addr,
+        Method::POST,
+        "/public/browser-profiles",
+        Some(KEY_A),
+        Some(r#"{"name":"p"}"#),
+    )
+    .await;
+    let body = json!({"profile_id": profile.json["id"]}).to_string();
+    let r = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    signal(&broker.child, libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    signal(&broker.child, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(5), broker.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the second signal cut the graceful stop short: {status}"
+    );
+    // Even so, no browser outlives it.
+    assert!(eventually(Duration::from_secs(10), || processes_mentioning(&needle).is_empty()).await);
+}
