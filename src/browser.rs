@@ -275,29 +275,21 @@ impl Launcher {
             }
         })?;
         let pid = child.id().unwrap_or(0);
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-
-        let address = tokio::time::timeout(self.launch_timeout, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("DevTools listening on ") {
-                    return Some(rest.trim().to_owned());
-                }
-            }
-            None
-        })
-        .await;
-
+        let lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
         let kill = CancellationToken::new();
         let exited = CancellationToken::new();
         let port_cell = Arc::new(AtomicU16::new(0));
-        // From here on the reaper owns the process and the directory, whatever happens.
         let status = Arc::new(OnceLock::new());
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+        // From here on the reaper owns the process and the directory, whatever happens,
+        // even if this launch is abandoned half-way (its caller gave up or shut down).
         let reaper = Reaper {
             child,
             pid,
             dir: owned.then(|| dir.clone()),
             status: status.clone(),
             stderr: lines,
+            address: Some(address_tx),
             kill: kill.clone(),
             exited: exited.clone(),
             exits: self.exits.clone(),
@@ -305,26 +297,25 @@ impl Launcher {
             own_ports: self.own_ports.clone(),
         };
         self.tracker.spawn(reaper.run());
+        // Until the browser is handed out, dropping this launch kills it.
+        let abandon = kill.clone().drop_guard();
 
-        let fail = |e| {
-            kill.cancel();
-            Err(e)
-        };
-        let address = match address {
-            Ok(Some(a)) => a,
-            Ok(None) => return fail(LaunchError::Exited),
-            Err(_) => return fail(LaunchError::Timeout(self.launch_timeout)),
+        let address = match tokio::time::timeout(self.launch_timeout, address_rx).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => return Err(LaunchError::Exited),
+            Err(_) => return Err(LaunchError::Timeout(self.launch_timeout)),
         };
         let Some((port, ws_path)) = parse_devtools_address(&address) else {
-            return fail(LaunchError::BadAddress(address));
+            return Err(LaunchError::BadAddress(address));
         };
         port_cell.store(port, Ordering::Relaxed);
         self.own_ports.lock().expect("ports lock").insert(port);
         // Chrome prints its address a few hundred ms before it answers promptly; one
         // round trip here keeps that wait off the session's first command.
         if let Err(e) = cdp::command(&address, "Target.getTargets", serde_json::json!({})).await {
-            return fail(LaunchError::NotResponding(e.to_string()));
+            return Err(LaunchError::NotResponding(e.to_string()));
         }
+        abandon.disarm();
         Ok(Browser {
             id,
             dir,
@@ -348,6 +339,8 @@ struct Reaper {
     /// How the process ended, for whoever holds the browser.
     status: Arc<OnceLock<std::process::ExitStatus>>,
     stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    /// Where the DevTools address goes once Chrome prints it.
+    address: Option<tokio::sync::oneshot::Sender<String>>,
     kill: CancellationToken,
     exited: CancellationToken,
     exits: Arc<Notify>,
@@ -360,9 +353,20 @@ impl Reaper {
     /// Waits for the process to exit or to be told to die, kills the whole group, reaps
     /// it, reports the exit, then removes its scratch directory.
     async fn run(mut self) {
-        // Keep reading stderr: a full pipe would stall Chrome.
-        let stderr = &mut self.stderr;
-        let drain = async { while let Ok(Some(_)) = stderr.next_line().await {} };
+        // Read stderr for the DevTools address, then keep draining it: a full pipe would
+        // stall Chrome.
+        let (stderr, address) = (&mut self.stderr, &mut self.address);
+        let drain = async {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if let Some(rest) = line.strip_prefix("DevTools listening on ")
+                    && let Some(tx) = address.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+            // The process closed stderr without printing its address.
+            address.take();
+        };
         tokio::pin!(drain);
         let mut drained = false;
         loop {
