@@ -108,7 +108,7 @@ async fn a_burst_of_creates_against_a_small_cap_answers_all_and_leaks_nothing() 
     assert_eq!(created.len(), 2, "exactly the cap: {counts:?}");
     // 150 allowed at once, refilled at 2.5 a second while the burst lasts.
     let limited = counts.get(&429).copied().unwrap_or(0);
-    assert!((30..=50).contains(&limited), "the rate limit took the rest: {counts:?}");
+    assert!((10..=50).contains(&limited), "the rate limit took the rest: {counts:?}");
 
     for id in &created {
         assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
