@@ -125,16 +125,7 @@ async fn puppeteer_and_playwright_drive_an_external_browser() {
             assert_eq!(seen["title"], "cdpgate test site", "{client} via {user_url}");
         }
         // Discovery answers point through the broker, not at the user's browser.
-        let id = r.json["session_id"].as_str().unwrap();
-        let token = cdp_url.split_once("?token=").unwrap().1;
-        let list = server
-            .call(
-                Method::GET,
-                &format!("/devtools/browser/{id}/json/list?token={token}"),
-                None,
-                None,
-            )
-            .await;
+        let list = server.discovery(&r.json, "json/list").await;
         assert_eq!(list.status, StatusCode::OK, "{}", list.body);
         assert!(
             !list.body.contains(&format!("127.0.0.1:{}", chrome.port)),

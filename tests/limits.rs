@@ -139,23 +139,7 @@ fn rss_kib() -> u64 {
 async fn a_client_that_stops_reading_is_held_in_bounded_memory_then_dropped() {
     let server = TestServer::start_with(|c| c.write_stall_timeout_ms = 1_000).await;
     let session = server.create(json!({})).await;
-    let id = session["session_id"].as_str().unwrap();
-    let token = session["cdp_url"]
-        .as_str()
-        .unwrap()
-        .split_once("?token=")
-        .unwrap()
-        .1
-        .to_owned();
-    let list = server
-        .call(
-            Method::GET,
-            &format!("/devtools/browser/{id}/json/list?token={token}"),
-            None,
-            None,
-        )
-        .await
-        .json;
+    let list = server.discovery(&session, "json/list").await.json;
     let page_url = list.as_array().unwrap().iter().find(|t| t["type"] == "page").unwrap()["webSocketDebuggerUrl"]
         .as_str()
         .unwrap()

@@ -303,14 +303,7 @@ async fn discovery_and_page_endpoints_go_through_the_broker() {
         assert!(!r.body.contains(&chrome_port));
     }
 
-    let r = server
-        .call(
-            Method::GET,
-            &format!("/devtools/browser/{id}/json/list?token={token}"),
-            None,
-            None,
-        )
-        .await;
+    let r = server.discovery(&session, "json/list").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(!r.body.contains(&chrome_port), "Chrome's port leaked: {}", r.body);
     let page = r

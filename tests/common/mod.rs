@@ -95,6 +95,14 @@ impl TestServer {
         r.json
     }
 
+    /// `GET …/devtools/browser/{id}/{suffix}` with the session's own token.
+    pub async fn discovery(&self, session: &Value, suffix: &str) -> Response {
+        let id = session["session_id"].as_str().unwrap();
+        let token = session["cdp_url"].as_str().unwrap().split_once("?token=").unwrap().1;
+        let path = format!("/devtools/browser/{id}/{suffix}?token={token}");
+        self.call(Method::GET, &path, None, None).await
+    }
+
     pub async fn get(&self, id: &str) -> Response {
         self.call(Method::GET, &format!("/public/sessions/{id}"), Some(KEY_A), None)
             .await
