@@ -37,6 +37,7 @@ echo_addr=$(address_in "$tmp/echo.log" "listening on")
 key=bench-key-0123456789abcdef
 CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key \
   CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn \
+  CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 \
   target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
 pids+=($!)
 gate_addr=$(address_in "$tmp/cdpgate.log" "listening on")
