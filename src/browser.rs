@@ -95,7 +95,6 @@ pub struct Browser {
     pub port: u16,
     /// Path of the browser target, `/devtools/browser/<uuid>`.
     pub ws_path: String,
-    pub screen: Screen,
     kill: CancellationToken,
     exited: CancellationToken,
 }
@@ -323,7 +322,6 @@ impl Launcher {
             pid,
             port,
             ws_path,
-            screen,
             kill,
             exited,
         })

@@ -263,11 +263,6 @@ impl Session {
         &self.deadline_moved
     }
 
-    /// A token cancelled when the session's browser has exited, if it still holds one.
-    pub fn browser_exited(&self) -> Option<CancellationToken> {
-        self.state().lease.as_ref().map(|l| l.browser.exited())
-    }
-
     /// Ends an active session; answers the status it already had otherwise.
     pub fn end(&self, reason: EndReason) -> Result<(), Status> {
         let (lease, profile) = {

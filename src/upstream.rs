@@ -166,10 +166,6 @@ impl Upstream {
         self
     }
 
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
     /// Opens a connection to the server, checking an external one against `egress` and
     /// connecting to the address that passed.
     async fn open(&self, egress: &Egress, timeout: Duration) -> Result<UpstreamStream, UpstreamError> {
