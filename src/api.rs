@@ -106,6 +106,14 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
                 _ => Err(ApiError::not_found("Not Found")),
             }
         }
+        ["public", "single-actions", "run-action"] => {
+            let tenant = broker
+                .keys
+                .authenticate(request.headers())
+                .ok_or_else(ApiError::unauthorized)?;
+            only(&method, &[Method::POST])?;
+            crate::action::handle(broker, tenant, request).await
+        }
         _ => Err(ApiError::not_found("Not Found")),
     }
 }
@@ -194,7 +202,9 @@ fn render(broker: &Broker, session: &Session) -> Value {
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = read_json_object(request, broker.config.max_body_bytes).await?;
     let new = validate_create(broker, &body)?;
+    let started = std::time::Instant::now();
     let session = broker.create_session(tenant, new).await?;
+    broker.metrics.create_time.observe(started.elapsed());
     Ok(json_response(StatusCode::CREATED, &render(broker, &session)))
 }
 
@@ -244,7 +254,7 @@ fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSess
 }
 
 /// A field that is present and not `null` (clients send `null` for "not given").
-fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     body.get(name).filter(|v| !v.is_null())
 }
 
@@ -279,7 +289,7 @@ fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs(ttl))
 }
 
-fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
+pub(crate) fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
     let shape = || ApiError::unprocessable("screen_config must be an object with integer width and height");
     let obj = v.as_object().ok_or_else(shape)?;
     let side = |name: &str, max: u32| -> Result<u32, ApiError> {
@@ -459,7 +469,7 @@ async fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<B
 }
 
 /// Reads the body (at most `limit` bytes) as a JSON object. An empty body counts as `{}`.
-async fn read_json_object(request: Request<Incoming>, limit: usize) -> Result<Map<String, Value>, ApiError> {
+pub(crate) async fn read_json_object(request: Request<Incoming>, limit: usize) -> Result<Map<String, Value>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::action::Actions;
+use crate::action::cache::ActionCache;
+use crate::action::model::ModelClient;
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::{LaunchError, Launcher, Screen, find_chrome};
 use crate::byo::{self, Egress};
@@ -71,6 +74,24 @@ impl PublicUrls {
     }
 }
 
+/// The model for single actions, if `model_url` is set; its key from the environment.
+fn model_client(config: &Config) -> Option<ModelClient> {
+    let url = url::Url::parse(&config.model_url).ok()?;
+    let api_key = std::env::var(&config.model_api_key_env).ok().filter(|k| !k.is_empty());
+    if api_key.is_none() {
+        tracing::warn!(
+            variable = %config.model_api_key_env,
+            "model_url is set but its API key variable is empty; calling it without a key"
+        );
+    }
+    Some(ModelClient {
+        url,
+        model: config.model_name.clone(),
+        api_key,
+        timeout: std::time::Duration::from_secs(60),
+    })
+}
+
 pub struct Broker {
     pub config: Config,
     pub urls: PublicUrls,
@@ -88,6 +109,8 @@ pub struct Broker {
     pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    /// The single-action cache and model.
+    pub actions: Actions,
     /// Every task that must finish before the broker has stopped (proxied connections,
     /// session watchers, browser reapers).
     pub tracker: TaskTracker,
@@ -230,6 +253,10 @@ impl Broker {
             profiles,
             pool,
             metrics,
+            actions: Actions {
+                cache: ActionCache::new(&config.data_dir),
+                model: model_client(&config),
+            },
             tracker: tracker.clone(),
             shutdown,
             config,

@@ -74,6 +74,19 @@ pub struct Config {
     /// A proxied connection whose peer takes no bytes for this long is closed (a client
     /// that stops reading is dropped, not held with its data queued).
     pub write_stall_timeout_ms: u64,
+    /// Longest a single action may run, waits and model calls included.
+    pub action_timeout_ms: u64,
+    /// How long an action waits for an element or a text to appear.
+    pub action_wait_ms: u64,
+    /// OpenAI-compatible chat-completions endpoint for instructions the built-in interpreter
+    /// does not understand (e.g. `https://api.openai.com/v1/chat/completions`). Empty: none.
+    pub model_url: String,
+    /// Model name sent to `model_url`.
+    pub model_name: String,
+    /// Environment variable holding the model endpoint's API key (sent as a Bearer token).
+    pub model_api_key_env: String,
+    /// Most model calls one action may make (each is one credit).
+    pub model_max_calls: u32,
 }
 
 impl Default for Config {
@@ -107,6 +120,12 @@ impl Default for Config {
             creates_per_minute: 120,
             max_connections_per_session: 32,
             write_stall_timeout_ms: 60_000,
+            action_timeout_ms: 90_000,
+            action_wait_ms: 10_000,
+            model_url: String::new(),
+            model_name: String::new(),
+            model_api_key_env: "CDPGATE_MODEL_API_KEY".into(),
+            model_max_calls: 10,
         }
     }
 }
@@ -196,8 +215,20 @@ impl Config {
             tls_handshake_timeout_ms,
             creates_per_minute,
             max_connections_per_session,
-            write_stall_timeout_ms
+            write_stall_timeout_ms,
+            action_timeout_ms,
+            action_wait_ms,
+            model_max_calls
         );
+        if let Some(v) = var("model_url") {
+            self.model_url = v;
+        }
+        if let Some(v) = var("model_name") {
+            self.model_name = v;
+        }
+        if let Some(v) = var("model_api_key_env") {
+            self.model_api_key_env = v;
+        }
         if let Some(v) = var("public_url") {
             self.public_url = v;
         }
@@ -285,6 +316,21 @@ impl Config {
         if self.launch_timeout_ms == 0 {
             errors.push("launch_timeout_ms must be positive".into());
         }
+        if self.action_timeout_ms == 0 || self.action_wait_ms == 0 {
+            errors.push("action_timeout_ms and action_wait_ms must be positive".into());
+        }
+        if !self.model_url.is_empty() {
+            match url::Url::parse(&self.model_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => errors.push(format!("model_url must be an http(s) URL, got {:?}", self.model_url)),
+            }
+            if self.model_name.is_empty() {
+                errors.push("model_name is required with model_url".into());
+            }
+            if self.model_max_calls == 0 {
+                errors.push("model_max_calls must be at least 1".into());
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -302,6 +348,14 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn action_timeout(&self) -> Duration {
+        Duration::from_millis(self.action_timeout_ms)
+    }
+
+    pub fn action_wait(&self) -> Duration {
+        Duration::from_millis(self.action_wait_ms)
     }
 
     pub fn tls_enabled(&self) -> bool {

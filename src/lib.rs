@@ -11,6 +11,7 @@
 //! - [`api`]: the JSON API (`/public/sessions…`, `/health`, `/metrics`).
 //! - [`proxy`]: the CDP WebSocket relay and the per-session discovery endpoints.
 //! - [`live`]: the live view page and its filtered CDP connection.
+//! - [`action`]: Run Single Action: instructions in words, carried out in a session's browser.
 //! - [`upstream`]: how a session's browser is reached (managed on loopback, or external).
 //! - [`byo`]: bring-your-own browsers: probing a user's `cdp_url`, the egress policy.
 //! - [`broker`]: shared state: sessions, pool, secrets, URLs; ends sessions on time.
@@ -29,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod action;
 pub mod api;
 pub mod auth;
 pub mod broker;

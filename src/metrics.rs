@@ -7,8 +7,42 @@ use std::time::Duration;
 /// Close codes the broker sends, counted one by one; anything else counts as "other".
 const CLOSE_CODES: [u16; 7] = [4001, 4002, 4003, 1001, 1002, 1009, 1011];
 
-/// Upper bounds (seconds) of the launch-time histogram buckets.
-const LAUNCH_BUCKETS: [f64; 8] = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A latency histogram in Prometheus' cumulative form.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+        );
+    }
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -20,9 +54,9 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     pub browsers_launched: AtomicU64,
     pub browser_launch_failures: AtomicU64,
-    launch_buckets: [AtomicU64; LAUNCH_BUCKETS.len()],
-    launch_count: AtomicU64,
-    launch_sum_micros: AtomicU64,
+    launch_time: Histogram,
+    /// Successful creates, from the request read to the answer's session ready.
+    pub create_time: Histogram,
     pub proxy_connections: AtomicU64,
     pub proxy_connections_open: AtomicU64,
     pub messages_to_browser: AtomicU64,
@@ -36,6 +70,11 @@ pub struct Metrics {
     /// Creates that waited for a free slot, and how long in all.
     pub queue_waits: AtomicU64,
     pub queue_wait_micros: AtomicU64,
+    pub actions_succeeded: AtomicU64,
+    pub actions_failed: AtomicU64,
+    pub action_model_calls: AtomicU64,
+    pub action_cache_hits: AtomicU64,
+    pub action_cache_failures: AtomicU64,
 }
 
 /// Readings that live elsewhere, taken at scrape time.
@@ -46,14 +85,7 @@ pub struct Gauges {
 
 impl Metrics {
     pub fn observe_launch(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (bound, bucket) in LAUNCH_BUCKETS.iter().zip(&self.launch_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.launch_count.fetch_add(1, Relaxed);
-        self.launch_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.launch_time.observe(took);
         self.browsers_launched.fetch_add(1, Relaxed);
     }
 
@@ -208,25 +240,50 @@ impl Metrics {
                 count.load(Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP cdpgate_browser_launch_seconds Time from spawn to DevTools listening.\n\
-             # TYPE cdpgate_browser_launch_seconds histogram"
+        self.launch_time.render(
+            &mut out,
+            "cdpgate_browser_launch_seconds",
+            "Time from spawn to DevTools listening.",
         );
-        for (bound, bucket) in LAUNCH_BUCKETS.iter().zip(&self.launch_buckets) {
-            let _ = writeln!(
-                out,
-                "cdpgate_browser_launch_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
-        }
-        let count = self.launch_count.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "cdpgate_browser_launch_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             cdpgate_browser_launch_seconds_sum {}\n\
-             cdpgate_browser_launch_seconds_count {count}",
-            self.launch_sum_micros.load(Relaxed) as f64 / 1e6
+        self.create_time.render(
+            &mut out,
+            "cdpgate_session_create_seconds",
+            "Time to create a session, for creates that succeeded.",
+        );
+        single(
+            &mut out,
+            "cdpgate_single_actions_succeeded_total",
+            "counter",
+            "Single actions that succeeded.",
+            self.actions_succeeded.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "cdpgate_single_actions_failed_total",
+            "counter",
+            "Single actions that failed (answered success: false).",
+            self.actions_failed.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "cdpgate_single_action_model_calls_total",
+            "counter",
+            "Calls made to the configured model (the credits charged).",
+            self.action_model_calls.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "cdpgate_single_action_cache_hits_total",
+            "counter",
+            "Single actions replayed from the cache.",
+            self.action_cache_hits.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "cdpgate_single_action_cache_failures_total",
+            "counter",
+            "Cached single actions whose replay failed and that were resolved afresh.",
+            self.action_cache_failures.load(Relaxed),
         );
         out
     }
@@ -250,7 +307,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.2\"} 2\n"),
+            text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.25\"} 2\n"),
             "{text}"
         );
         assert!(text.contains("cdpgate_browser_launch_seconds_count 2\n"), "{text}");

@@ -132,6 +132,9 @@ pub struct Session {
     connections: AtomicUsize,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
+    /// Held by the single action running on the session (a fair lock: actions run in
+    /// arrival order); holds the tab the last action left off in.
+    pub actions: tokio::sync::Mutex<Option<String>>,
 }
 
 /// One open connection of a session, counted until dropped.
@@ -203,6 +206,7 @@ impl Session {
             deadline_moved: Notify::new(),
             connections: AtomicUsize::new(0),
             forgotten: AtomicBool::new(false),
+            actions: tokio::sync::Mutex::new(None),
         }
     }
 

@@ -332,7 +332,7 @@ fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<Handshake>, Up
 }
 
 /// One TLS client configuration for the process: the Mozilla roots, ring as provider.
-fn tls_connector() -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         let roots = rustls::RootCertStore {

@@ -1,0 +1,297 @@
+// Helpers for single actions, evaluated in an isolated world of the page: they share the
+// DOM with the page but none of its globals, so the page cannot see or break them.
+// Elements are named the way a person names them (text, label, placeholder, aria-label,
+// role and name) or by CSS; each found element is answered with a unique CSS path and a
+// fingerprint, so that a cached step can find it again and know whether it is the same.
+(() => {
+  const norm = (s) => (s || '').replace(/\s+/g, ' ').trim().toLowerCase();
+  const TEXT_INPUTS = ['', 'text', 'email', 'password', 'search', 'tel', 'url', 'number', 'date',
+    'datetime-local', 'month', 'time', 'week'];
+
+  function roleOf(el) {
+    const explicit = el.getAttribute('role');
+    if (explicit) return explicit.trim().split(/\s+/)[0].toLowerCase();
+    switch (el.localName) {
+      case 'button': case 'summary': return 'button';
+      case 'a': case 'area': return el.hasAttribute('href') ? 'link' : '';
+      case 'select': return el.multiple || el.size > 1 ? 'listbox' : 'combobox';
+      case 'textarea': return 'textbox';
+      case 'option': return 'option';
+      case 'img': return 'img';
+      case 'h1': case 'h2': case 'h3': case 'h4': case 'h5': case 'h6': return 'heading';
+      case 'input': {
+        const type = (el.getAttribute('type') || '').toLowerCase();
+        if (['button', 'submit', 'reset', 'image'].includes(type)) return 'button';
+        if (type === 'checkbox') return 'checkbox';
+        if (type === 'radio') return 'radio';
+        if (type === 'range') return 'slider';
+        if (TEXT_INPUTS.includes(type)) return type === 'search' ? 'searchbox' : 'textbox';
+        return '';
+      }
+    }
+    if (el.isContentEditable && el.hasAttribute('contenteditable')) return 'textbox';
+    return '';
+  }
+
+  // The roles a person's word stands for ("field" is any text input, "checkbox" a switch too).
+  const ROLE_FAMILY = {
+    textbox: ['textbox', 'searchbox', 'spinbutton', 'combobox'],
+    checkbox: ['checkbox', 'switch', 'menuitemcheckbox'],
+    radio: ['radio', 'menuitemradio'],
+    combobox: ['combobox', 'listbox'],
+    button: ['button'],
+    link: ['link'],
+    img: ['img', 'image'],
+  };
+  const roleMatches = (wanted, role) => (ROLE_FAMILY[wanted] || [wanted]).includes(role);
+
+  const INTERACTIVE = ['button', 'link', 'textbox', 'searchbox', 'spinbutton', 'combobox', 'listbox',
+    'checkbox', 'radio', 'switch', 'slider', 'tab', 'menuitem', 'menuitemcheckbox', 'menuitemradio',
+    'option', 'treeitem'];
+  const NAMED_BY_CONTENT = ['button', 'link', 'heading', 'tab', 'option', 'menuitem', 'treeitem',
+    'checkbox', 'radio', 'switch', 'cell', 'listitem', 'img'];
+
+  function textOf(el) {
+    return el.innerText !== undefined ? el.innerText : el.textContent;
+  }
+
+  // Every name a person might give the element, best first.
+  function namesOf(el) {
+    const out = [];
+    const add = (v) => { v = norm(v); if (v && !out.includes(v)) out.push(v); };
+    add(el.getAttribute('aria-label'));
+    const labelledBy = el.getAttribute('aria-labelledby');
+    if (labelledBy) {
+      add(labelledBy.split(/\s+/).map((id) => { const r = document.getElementById(id); return r ? textOf(r) : ''; }).join(' '));
+    }
+    if (el.labels) for (const l of el.labels) add(textOf(l));
+    const role = roleOf(el);
+    if (NAMED_BY_CONTENT.includes(role)) add(textOf(el));
+    if (el.localName === 'input' && ['button', 'submit', 'reset'].includes(el.type)) add(el.value || el.type);
+    add(el.getAttribute('placeholder'));
+    add(el.getAttribute('alt'));
+    add(el.getAttribute('title'));
+    if (el.localName === 'input' || el.localName === 'textarea' || el.localName === 'select') add(el.getAttribute('name'));
+    return out;
+  }
+
+  function fingerprint(el) {
+    return [el.localName, roleOf(el), (namesOf(el)[0] || '').slice(0, 80)].join('|');
+  }
+
+  // How well `names` fit `wanted`: exact beats whole words beats a part; long names lose a little.
+  function score(names, wanted) {
+    let best = 0;
+    for (const n of names) {
+      let s = 0;
+      if (n === wanted) s = 100;
+      else if (n.length <= wanted.length * 4 + 20) {
+        const at = n.indexOf(wanted);
+        if (at >= 0) {
+          const before = at === 0 || !/\w/.test(n[at - 1]);
+          const after = at + wanted.length === n.length || !/\w/.test(n[at + wanted.length]);
+          s = (before && after ? 60 : 30) - Math.min(20, (n.length - wanted.length) / 5);
+        }
+      }
+      best = Math.max(best, s);
+    }
+    return best;
+  }
+
+  function isVisible(el) {
+    const rect = el.getBoundingClientRect();
+    if (rect.width <= 0 || rect.height <= 0) return false;
+    if (el.checkVisibility) return el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true });
+    const style = getComputedStyle(el);
+    return style.visibility !== 'hidden' && style.display !== 'none';
+  }
+
+  function isEnabled(el) {
+    if (el.disabled || el.closest('fieldset[disabled]')) return false;
+    return el.getAttribute('aria-disabled') !== 'true';
+  }
+
+  function uniquePath(el) {
+    const parts = [];
+    for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
+      if (e.id && document.querySelectorAll('#' + CSS.escape(e.id)).length === 1) {
+        parts.unshift('#' + CSS.escape(e.id));
+        break;
+      }
+      if (!e.parentElement) { parts.unshift(e.localName); break; }
+      let i = 1;
+      for (let s = e.previousElementSibling; s; s = s.previousElementSibling) if (s.localName === e.localName) i++;
+      parts.unshift(`${CSS.escape(e.localName)}:nth-of-type(${i})`);
+    }
+    return parts.join(' > ');
+  }
+
+  function describe(el) {
+    const role = roleOf(el) || el.localName;
+    const name = (namesOf(el)[0] || '').slice(0, 60);
+    return name ? `${role} "${name}"` : role;
+  }
+
+  // The interactive element a piece of text belongs to, or the text's own element.
+  function owner(el) {
+    const interactive = el.closest('a[href],button,summary,label,select,textarea,input,[role=button],[role=link],[role=tab],[role=menuitem],[role=option],[role=checkbox],[role=radio],[role=switch]');
+    if (interactive && interactive.localName === 'label' && interactive.control) return interactive.control;
+    return interactive || el;
+  }
+
+  function candidates(spec) {
+    if (spec.css) {
+      try { return Array.from(document.querySelectorAll(spec.css)).map((el) => [el, 100]); }
+      catch (e) { throw new Error(`"${spec.css}" is not a valid CSS selector`); }
+    }
+    const wanted = norm(spec.name);
+    const found = new Map();
+    const consider = (el, s) => { if (s > 0 && (found.get(el) || 0) < s) found.set(el, s); };
+    const all = document.body ? document.body.querySelectorAll('*') : [];
+    for (const el of all) {
+      const role = roleOf(el);
+      if (spec.role) {
+        if (!roleMatches(spec.role, role) && !(spec.role === 'heading' && /^h[1-6]$/.test(el.localName))) continue;
+        consider(el, wanted ? score(namesOf(el), wanted) : 50);
+      } else if (INTERACTIVE.includes(role)) {
+        consider(el, score(namesOf(el), wanted) + 5);
+      }
+    }
+    if (!spec.role && wanted) {
+      // Plain text: the innermost elements whose own text matches, lifted to what they belong to.
+      const walker = document.createTreeWalker(document.body || document.documentElement, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const parent = node.parentElement;
+        if (!parent || ['script', 'style', 'noscript', 'template'].includes(parent.localName)) continue;
+        if (!norm(node.data)) continue;
+        const s = score([norm(textOf(parent))], wanted);
+        if (s > 0) consider(owner(parent), s);
+      }
+    }
+    return Array.from(found.entries()).sort((a, b) => b[1] - a[1]);
+  }
+
+  // Finds the element `spec` names and tells whether it is ready for `need`
+  // ("present", "visible", "enabled" or "click": the point clicked hits it).
+  function locate(spec, need) {
+    let list = candidates(spec);
+    if (spec.fingerprint) list = list.filter(([el]) => fingerprint(el) === spec.fingerprint);
+    if (!list.length) {
+      return { state: spec.fingerprint && candidates(spec).length ? 'changed' : 'missing' };
+    }
+    const top = list[0][1];
+    const best = list.filter(([, s]) => s === top).map(([el]) => el);
+    const ready = (el) => need === 'present' || (isVisible(el) && (need === 'visible' || isEnabled(el)));
+    const el = best.find(ready) || list.map(([e]) => e).find(ready);
+    if (!el) {
+      const first = best[0];
+      return { state: isVisible(first) ? 'disabled' : 'hidden', element: describe(first) };
+    }
+    const found = { state: 'ready', selector: uniquePath(el), fingerprint: fingerprint(el), element: describe(el) };
+    if (need === 'present') return found;
+    const r0 = el.getBoundingClientRect();
+    if (r0.top < 0 || r0.left < 0 || r0.bottom > innerHeight || r0.right > innerWidth) {
+      el.scrollIntoView({ block: 'center', inline: 'center', behavior: 'instant' });
+    }
+    const r = el.getBoundingClientRect();
+    found.x = r.left + r.width / 2;
+    found.y = r.top + r.height / 2;
+    if (need === 'click') {
+      const hit = document.elementFromPoint(found.x, found.y);
+      const hits = hit && (hit === el || el.contains(hit) || (el.labels && Array.from(el.labels).some((l) => l.contains(hit))));
+      if (!hits) return { state: 'covered', element: found.element, by: hit ? describe(hit) : 'nothing' };
+    }
+    return found;
+  }
+
+  function element(selector) {
+    const el = document.querySelector(selector);
+    if (!el) throw new Error('the element is gone from the page');
+    return el;
+  }
+
+  return {
+    locate,
+
+    // Puts the caret in a text field with its content selected, so typing replaces it.
+    focusForTyping(selector) {
+      const el = element(selector);
+      el.focus();
+      if (typeof el.select === 'function' && el.localName !== 'select') el.select();
+      else if (el.isContentEditable) {
+        const range = document.createRange();
+        range.selectNodeContents(el);
+        const sel = getSelection();
+        sel.removeAllRanges();
+        sel.addRange(range);
+      }
+      return document.activeElement === el || el.contains(document.activeElement);
+    },
+
+    // Chooses an option of a <select> by its text, then its value; answers its text.
+    selectOption(selector, wanted) {
+      const el = element(selector);
+      if (el.localName !== 'select') return { error: 'not-a-select' };
+      const w = norm(wanted);
+      const options = Array.from(el.options);
+      const option = options.find((o) => norm(o.text) === w) || options.find((o) => norm(o.value) === w)
+        || options.find((o) => norm(o.text).includes(w));
+      if (!option) return { error: 'no-option', options: options.map((o) => o.text.trim()).slice(0, 20) };
+      if (option.disabled) return { error: 'disabled-option' };
+      option.selected = true;
+      el.dispatchEvent(new Event('input', { bubbles: true }));
+      el.dispatchEvent(new Event('change', { bubbles: true }));
+      return { selected: option.text.trim() };
+    },
+
+    checked(selector) {
+      const el = element(selector);
+      if (typeof el.checked === 'boolean') return el.checked;
+      return el.getAttribute('aria-checked') === 'true' || el.getAttribute('aria-pressed') === 'true';
+    },
+
+    readText(selector) {
+      const el = element(selector);
+      if (['input', 'textarea', 'select'].includes(el.localName)) {
+        if (el.type === 'password') return '';
+        return el.localName === 'select' ? (el.selectedOptions[0] || { text: '' }).text.trim() : el.value;
+      }
+      return (textOf(el) || '').trim();
+    },
+
+    pageText() {
+      return document.body ? textOf(document.body).trim() : '';
+    },
+
+    hasText(wanted) {
+      return !!document.body && norm(textOf(document.body)).includes(norm(wanted));
+    },
+
+    scrollToEnd(bottom) {
+      const root = document.scrollingElement || document.documentElement;
+      window.scrollTo({ top: bottom ? root.scrollHeight : 0, behavior: 'instant' });
+      return Math.round(window.scrollY);
+    },
+
+    // What a model is shown: the page's visible interactive elements, numbered.
+    snapshot(limit) {
+      const items = [];
+      for (const el of document.body ? document.body.querySelectorAll('*') : []) {
+        const role = roleOf(el);
+        if (!INTERACTIVE.includes(role) && role !== 'heading') continue;
+        if (!isVisible(el)) continue;
+        const item = { role, name: (namesOf(el)[0] || '').slice(0, 100), selector: uniquePath(el), fingerprint: fingerprint(el) };
+        if (el.localName === 'input' || el.localName === 'textarea') {
+          item.value = el.type === 'password' ? (el.value ? '(hidden)' : '') : String(el.value).slice(0, 100);
+          if (el.placeholder) item.placeholder = el.placeholder.slice(0, 100);
+        }
+        if (typeof el.checked === 'boolean' && ['checkbox', 'radio'].includes(el.type)) item.checked = el.checked;
+        if (!isEnabled(el)) item.disabled = true;
+        if (el.href) item.href = String(el.href).slice(0, 200);
+        items.push(item);
+        if (items.length >= limit) break;
+      }
+      return { title: document.title, url: location.href, text: this.pageText().slice(0, 2000), elements: items };
+    },
+  };
+})()

@@ -1,0 +1,592 @@
+//! A page of a session's browser, driven over CDP for single actions: attaches to the tab
+//! in use, finds elements with the helpers of `page.js` (in an isolated world, out of the
+//! page's reach), and presses, types and clicks with real input events.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::ActionError;
+use super::keys::Chord;
+use crate::byo::Egress;
+use crate::upstream::Upstream;
+
+const HELPERS: &str = include_str!("page.js");
+
+/// The longest any one CDP command may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(100);
+/// How long after an input a navigation it caused may take to start.
+const NAVIGATION_START: Duration = Duration::from_millis(300);
+
+/// What an element must be before a primitive acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Present,
+    Visible,
+    Enabled,
+    Click,
+}
+
+impl Need {
+    fn as_str(self) -> &'static str {
+        match self {
+            Need::Present => "present",
+            Need::Visible => "visible",
+            Need::Enabled => "enabled",
+            Need::Click => "click",
+        }
+    }
+}
+
+/// An element found on the page.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub selector: String,
+    pub fingerprint: String,
+    /// Its role and name, for messages.
+    pub element: String,
+    pub x: f64,
+    pub y: f64,
+}
+
+/// A DevTools connection to the browser with replies matched to requests and events fanned
+/// out; dialogs the page opens are accepted at once (they would block every script).
+struct Connection {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>,
+    events: broadcast::Sender<Arc<Value>>,
+    dialogs: Arc<Mutex<Vec<String>>>,
+    next_id: Arc<AtomicU64>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Connection {
+    async fn open(
+        upstream: &Upstream,
+        egress: &Egress,
+        timeout: Duration,
+        config: WebSocketConfig,
+    ) -> Result<Connection, ActionError> {
+        let (stream, early) = upstream
+            .connect_raw(&upstream.browser_path, egress, timeout)
+            .await
+            .map_err(|e| ActionError::new(format!("Could not reach the session's browser: {e}")))?;
+        let ws = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await;
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>> = Arc::default();
+        let (events, _) = broadcast::channel(1024);
+        let dialogs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let next_id = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(async move {
+            while let Some(message) = outgoing.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let reader = {
+            let (pending, events, dialogs, out, next_id) = (
+                pending.clone(),
+                events.clone(),
+                dialogs.clone(),
+                out.clone(),
+                next_id.clone(),
+            );
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = stream.next().await {
+                    let Message::Text(text) = message else { continue };
+                    let Ok(message) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if let Some(id) = message["id"].as_u64() {
+                        let waiter = pending.lock().expect("pending lock").remove(&id);
+                        if let Some(waiter) = waiter {
+                            let reply = match message.get("error") {
+                                Some(e) => Err(e["message"].as_str().unwrap_or("unknown error").to_owned()),
+                                None => Ok(message["result"].clone()),
+                            };
+                            let _ = waiter.send(reply);
+                        }
+                        continue;
+                    }
+                    if message["method"] == "Page.javascriptDialogOpening" {
+                        let text = message["params"]["message"].as_str().unwrap_or_default().to_owned();
+                        dialogs.lock().expect("dialog lock").push(text);
+                        let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                        let mut accept = json!({"id": id, "method": "Page.handleJavaScriptDialog", "params": {"accept": true}});
+                        accept["sessionId"] = message["sessionId"].clone();
+                        let _ = out.send(Message::text(accept.to_string()));
+                    }
+                    let _ = events.send(Arc::new(message));
+                }
+                // The browser went away: every waiting call fails now rather than at its timeout.
+                pending.lock().expect("pending lock").clear();
+            })
+        };
+        Ok(Connection {
+            out,
+            pending,
+            events,
+            dialogs,
+            next_id,
+            tasks: [writer, reader],
+        })
+    }
+
+    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Result<Value, ActionError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        let lost = || ActionError::new("The connection to the session's browser was lost");
+        self.out.send(Message::text(message.to_string())).map_err(|_| lost())?;
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(e))) => Err(ActionError::cdp(method, e)),
+            Ok(Err(_)) => Err(lost()),
+            Err(_) => {
+                self.pending.lock().expect("pending lock").remove(&id);
+                Err(ActionError::new(format!(
+                    "The browser did not answer {method} within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// The tab single actions act on.
+pub struct Page {
+    conn: Connection,
+    /// The flattened CDP session attached to the tab.
+    session: String,
+    pub target_id: String,
+    /// The isolated world holding the helpers, until a navigation destroys it.
+    world: Option<i64>,
+}
+
+impl Page {
+    /// Attaches to `preferred` if it is still open, else to the browser's first tab (one
+    /// is opened if none is left).
+    pub async fn attach(
+        upstream: &Upstream,
+        egress: &Egress,
+        timeout: Duration,
+        config: WebSocketConfig,
+        preferred: Option<&str>,
+    ) -> Result<Page, ActionError> {
+        let conn = Connection::open(upstream, egress, timeout, config).await?;
+        conn.call(None, "Target.setDiscoverTargets", json!({"discover": true}))
+            .await?;
+        let targets = conn.call(None, "Target.getTargets", json!({})).await?;
+        let pages: Vec<&str> = targets["targetInfos"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["type"] == "page" && !t["url"].as_str().unwrap_or("").starts_with("devtools://"))
+            .filter_map(|t| t["targetId"].as_str())
+            .collect();
+        let target_id = match preferred.filter(|p| pages.contains(p)).or(pages.first().copied()) {
+            Some(id) => id.to_owned(),
+            None => conn
+                .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+                .await?["targetId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let mut page = Page {
+            conn,
+            session: String::new(),
+            target_id: String::new(),
+            world: None,
+        };
+        page.switch_to(&target_id).await?;
+        Ok(page)
+    }
+
+    async fn switch_to(&mut self, target_id: &str) -> Result<(), ActionError> {
+        let attached = self
+            .conn
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+            )
+            .await?;
+        self.session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
+        self.target_id = target_id.to_owned();
+        self.world = None;
+        self.call("Page.enable", json!({})).await?;
+        Ok(())
+    }
+
+    /// Detaches, leaving the tab as it is for whoever else drives it.
+    pub async fn detach(self) {
+        let _ = self
+            .conn
+            .call(None, "Target.detachFromTarget", json!({"sessionId": self.session}))
+            .await;
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Result<Value, ActionError> {
+        self.conn.call(Some(&self.session), method, params).await
+    }
+
+    /// Messages of dialogs the page opened (and that were accepted) so far.
+    pub fn dialogs(&self) -> Vec<String> {
+        self.conn.dialogs.lock().expect("dialog lock").clone()
+    }
+
+    /// Evaluates `expression` in the helpers' world and returns its value; a world lost to
+    /// a navigation is made again, once.
+    pub async fn eval(&mut self, expression: &str) -> Result<Value, ActionError> {
+        for attempt in 0..2 {
+            let context = match self.world {
+                Some(c) => c,
+                None => self.make_world().await?,
+            };
+            let reply = self
+                .call(
+                    "Runtime.evaluate",
+                    json!({"expression": expression, "contextId": context, "returnByValue": true}),
+                )
+                .await;
+            match reply {
+                Ok(result) => {
+                    if let Some(exception) = result.get("exceptionDetails") {
+                        let text = exception["exception"]["description"]
+                            .as_str()
+                            .or(exception["text"].as_str())
+                            .unwrap_or("a script error");
+                        let first_line = text.lines().next().unwrap_or(text).trim_start_matches("Error: ");
+                        return Err(ActionError::new(format!("On the page: {first_line}")));
+                    }
+                    return Ok(result["result"]["value"].clone());
+                }
+                Err(e) if attempt == 0 && e.is_lost_context() => self.world = None,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ActionError::new("The page kept navigating away while it was being read"))
+    }
+
+    async fn make_world(&mut self) -> Result<i64, ActionError> {
+        let world = self
+            .call(
+                "Page.createIsolatedWorld",
+                json!({"frameId": self.target_id, "worldName": "cdpgate-actions"}),
+            )
+            .await?;
+        let context = world["executionContextId"]
+            .as_i64()
+            .ok_or_else(|| ActionError::new("The browser did not make a script context for the page"))?;
+        let installed = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": format!("globalThis.__cdpgate = {HELPERS}; true"), "contextId": context}),
+            )
+            .await?;
+        if installed.get("exceptionDetails").is_some() {
+            return Err(ActionError::new("The page helpers could not be installed"));
+        }
+        self.world = Some(context);
+        Ok(context)
+    }
+
+    /// Calls a helper of `page.js` with JSON arguments.
+    pub async fn helper(&mut self, name: &str, args: &[Value]) -> Result<Value, ActionError> {
+        let args: Vec<String> = args.iter().map(Value::to_string).collect();
+        self.eval(&format!("__cdpgate.{name}({})", args.join(", "))).await
+    }
+
+    /// Waits until the element `spec` names is there and ready for `need`, or says why not.
+    pub async fn locate(
+        &mut self,
+        spec: &Value,
+        need: Need,
+        described: &str,
+        timeout: Duration,
+    ) -> Result<Found, ActionError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = match self.helper("locate", &[spec.clone(), json!(need.as_str())]).await {
+                Ok(a) => a,
+                // A syntax error in a selector will not go away by waiting.
+                Err(e) if e.0.contains("not a valid CSS selector") => return Err(e),
+                Err(e) if e.is_lost_context() || e.0.starts_with("On the page") => json!({"state": "missing"}),
+                Err(e) => return Err(e),
+            };
+            if answer["state"] == "ready" {
+                return Ok(Found {
+                    selector: answer["selector"].as_str().unwrap_or_default().to_owned(),
+                    fingerprint: answer["fingerprint"].as_str().unwrap_or_default().to_owned(),
+                    element: answer["element"].as_str().unwrap_or_default().to_owned(),
+                    x: answer["x"].as_f64().unwrap_or(0.0),
+                    y: answer["y"].as_f64().unwrap_or(0.0),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(not_ready(&answer, described, timeout));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Polls a helper until it answers `true`.
+    pub async fn wait_until(&mut self, helper: &str, args: &[Value], timeout: Duration) -> Result<bool, ActionError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.helper(helper, args).await {
+                Ok(Value::Bool(true)) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.is_lost_context() || e.0.starts_with("On the page") => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn watch(&self) -> broadcast::Receiver<Arc<Value>> {
+        self.conn.events.subscribe()
+    }
+
+    pub async fn click(&self, x: f64, y: f64, count: u8) -> Result<(), ActionError> {
+        self.mouse("mouseMoved", x, y, 0, json!({})).await?;
+        for n in 1..=count.max(1) {
+            self.mouse("mousePressed", x, y, n, json!({"button": "left", "buttons": 1}))
+                .await?;
+            self.mouse("mouseReleased", x, y, n, json!({"button": "left", "buttons": 0}))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn hover(&self, x: f64, y: f64) -> Result<(), ActionError> {
+        self.mouse("mouseMoved", x, y, 0, json!({})).await
+    }
+
+    pub async fn wheel(&mut self, delta_y: f64) -> Result<(), ActionError> {
+        let size = self.eval("[innerWidth, innerHeight]").await?;
+        let (w, h) = (size[0].as_f64().unwrap_or(800.0), size[1].as_f64().unwrap_or(600.0));
+        self.mouse(
+            "mouseWheel",
+            w / 2.0,
+            h / 2.0,
+            0,
+            json!({"deltaX": 0, "deltaY": delta_y}),
+        )
+        .await
+    }
+
+    async fn mouse(&self, kind: &str, x: f64, y: f64, clicks: u8, extra: Value) -> Result<(), ActionError> {
+        let mut params = json!({"type": kind, "x": x, "y": y, "clickCount": clicks});
+        if let (Some(p), Value::Object(extra)) = (params.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        self.call("Input.dispatchMouseEvent", params).await.map(|_| ())
+    }
+
+    /// Types `text` where the caret is, as one input (the way a paste or an IME does).
+    pub async fn insert_text(&self, text: &str) -> Result<(), ActionError> {
+        self.call("Input.insertText", json!({"text": text})).await.map(|_| ())
+    }
+
+    pub async fn press(&self, chord: &Chord) -> Result<(), ActionError> {
+        for m in &chord.modifiers {
+            self.key_event("rawKeyDown", m, chord.mask, false).await?;
+        }
+        let typed = chord.key.text.is_some() && chord.mask & !8 == 0;
+        self.key_event(if typed { "keyDown" } else { "rawKeyDown" }, &chord.key, chord.mask, typed)
+            .await?;
+        self.key_event("keyUp", &chord.key, chord.mask, false).await?;
+        for m in chord.modifiers.iter().rev() {
+            self.key_event("keyUp", m, 0, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn key_event(&self, kind: &str, key: &super::keys::Key, mask: u8, typed: bool) -> Result<(), ActionError> {
+        let mut params = json!({
+            "type": kind,
+            "key": key.key,
+            "code": key.code,
+            "windowsVirtualKeyCode": key.key_code,
+            "modifiers": mask,
+        });
+        if typed && let Some(text) = &key.text {
+            let text = if mask & 8 != 0 { text.to_uppercase() } else { text.clone() };
+            params["text"] = json!(text);
+            params["unmodifiedText"] = json!(text);
+        }
+        self.call("Input.dispatchKeyEvent", params).await.map(|_| ())
+    }
+
+    /// Opens `url` and waits for it to load (at most `timeout`).
+    pub async fn navigate(&mut self, url: &str, timeout: Duration) -> Result<(), ActionError> {
+        let mut events = self.watch();
+        let answer = self.call("Page.navigate", json!({"url": url})).await?;
+        if let Some(error) = answer["errorText"].as_str().filter(|e| !e.is_empty()) {
+            return Err(ActionError::new(format!("Could not open {url}: {error}")));
+        }
+        self.world = None;
+        if answer.get("loaderId").is_none() {
+            return Ok(()); // A move within the document: nothing loads.
+        }
+        self.await_load(&mut events, timeout).await
+    }
+
+    pub async fn history(&mut self, method: &str, timeout: Duration) -> Result<(), ActionError> {
+        let mut events = self.watch();
+        let expression = match method {
+            "back" => "history.back()",
+            "forward" => "history.forward()",
+            _ => "location.reload()",
+        };
+        self.eval(expression).await?;
+        self.settle(&mut events, timeout).await.map(|_| ())
+    }
+
+    async fn await_load(
+        &mut self,
+        events: &mut broadcast::Receiver<Arc<Value>>,
+        timeout: Duration,
+    ) -> Result<(), ActionError> {
+        let session = self.session.clone();
+        let loaded = tokio::time::timeout(
+            timeout,
+            next_event(events, |e| e["sessionId"] == session.as_str() && e["method"] == "Page.loadEventFired"),
+        )
+        .await;
+        self.world = None;
+        if loaded.is_ok() {
+            return Ok(());
+        }
+        // Slow images or scripts hold `load` back; a parsed document is good enough.
+        match self.eval("document.readyState").await? {
+            Value::String(s) if s != "loading" => Ok(()),
+            _ => Err(ActionError::new(format!(
+                "The page did not finish loading within {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// After an input: waits for a navigation it started to finish, and follows a tab it
+    /// opened. Answers the URL the page moved to, if it moved.
+    pub async fn settle(
+        &mut self,
+        events: &mut broadcast::Receiver<Arc<Value>>,
+        timeout: Duration,
+    ) -> Result<Option<String>, ActionError> {
+        let session = self.session.clone();
+        let target = self.target_id.clone();
+        let started = tokio::time::timeout(
+            NAVIGATION_START,
+            next_event(events, |e| {
+                let method = e["method"].as_str().unwrap_or("");
+                (e["sessionId"] == session.as_str()
+                    && method == "Page.frameStartedLoading"
+                    && e["params"]["frameId"] == target.as_str())
+                    || (method == "Target.targetCreated"
+                        && e["params"]["targetInfo"]["openerId"] == target.as_str()
+                        && e["params"]["targetInfo"]["type"] == "page")
+            }),
+        )
+        .await;
+        let Ok(Some(event)) = started else {
+            return Ok(None);
+        };
+        if event["method"] == "Target.targetCreated" {
+            let new_tab = event["params"]["targetInfo"]["targetId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            self.switch_to(&new_tab).await?;
+            let deadline = Instant::now() + timeout;
+            while self.eval("document.readyState").await.ok() != Some(json!("complete")) && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        } else {
+            self.await_load(events, timeout).await?;
+        }
+        let url = self.eval("location.href").await?;
+        Ok(url.as_str().map(str::to_owned))
+    }
+
+    pub async fn screenshot(&mut self, full_page: bool) -> Result<String, ActionError> {
+        let mut params = json!({"format": "png"});
+        if full_page {
+            let metrics = self.call("Page.getLayoutMetrics", json!({})).await?;
+            let size = &metrics["cssContentSize"];
+            params["captureBeyondViewport"] = json!(true);
+            params["clip"] = json!({
+                "x": 0, "y": 0, "scale": 1,
+                "width": size["width"].as_f64().unwrap_or(800.0).min(16_384.0),
+                "height": size["height"].as_f64().unwrap_or(600.0).min(16_384.0),
+            });
+        }
+        let shot = self.call("Page.captureScreenshot", params).await?;
+        shot["data"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ActionError::new("The browser took no screenshot"))
+    }
+}
+
+async fn next_event(
+    events: &mut broadcast::Receiver<Arc<Value>>,
+    wanted: impl Fn(&Value) -> bool,
+) -> Option<Arc<Value>> {
+    loop {
+        match events.recv().await {
+            Ok(e) if wanted(&e) => return Some(e),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+/// Why an element was not ready, in words.
+fn not_ready(answer: &Value, described: &str, timeout: Duration) -> ActionError {
+    let secs = timeout.as_secs_f64();
+    let element = answer["element"].as_str().unwrap_or("it");
+    ActionError::new(match answer["state"].as_str().unwrap_or("missing") {
+        "hidden" => format!("Found {described} ({element}) but it stayed hidden for {secs} s"),
+        "disabled" => format!("Found {described} ({element}) but it stayed disabled for {secs} s"),
+        "covered" => format!(
+            "Found {described} ({element}) but {} covered it for {secs} s",
+            answer["by"].as_str().unwrap_or("another element")
+        ),
+        "changed" => format!("{described} is no longer the element it was when this action was cached"),
+        _ => format!("No element matching {described} appeared within {secs} s"),
+    })
+}
