@@ -102,6 +102,9 @@ mod tests {
         assert_eq!(entry.steps, steps);
         assert!(entry.is_for("type {{pw}}…") && !entry.is_for("something else"));
         let on_disk = std::fs::read_to_string(reopened.path(&a, "login")).unwrap();
-        assert!(on_disk.contains("{{pw}}"), "placeholders are kept, not values: {on_disk}");
+        assert!(
+            on_disk.contains("{{pw}}"),
+            "placeholders are kept, not values: {on_disk}"
+        );
     }
 }

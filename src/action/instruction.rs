@@ -61,26 +61,57 @@ pub enum ScrollTo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Step {
-    Goto { url: String },
+    Goto {
+        url: String,
+    },
     Back,
     Forward,
     Reload,
-    Click { target: Target, count: u8 },
+    Click {
+        target: Target,
+        count: u8,
+    },
     /// Types into `target` (replacing what it holds), or where the caret is.
-    Type { target: Option<Target>, text: String },
-    Press { key: String, target: Option<Target> },
-    Select { target: Target, option: String },
-    Check { target: Target, on: bool },
-    Hover { target: Target },
-    Scroll { to: ScrollTo },
-    WaitText { text: String },
-    WaitFor { target: Target },
+    Type {
+        target: Option<Target>,
+        text: String,
+    },
+    Press {
+        key: String,
+        target: Option<Target>,
+    },
+    Select {
+        target: Target,
+        option: String,
+    },
+    Check {
+        target: Target,
+        on: bool,
+    },
+    Hover {
+        target: Target,
+    },
+    Scroll {
+        to: ScrollTo,
+    },
+    WaitText {
+        text: String,
+    },
+    WaitFor {
+        target: Target,
+    },
     WaitLoad,
-    Sleep { ms: u64 },
-    ReadText { target: Option<Target> },
+    Sleep {
+        ms: u64,
+    },
+    ReadText {
+        target: Option<Target>,
+    },
     ReadTitle,
     ReadUrl,
-    Screenshot { full_page: bool },
+    Screenshot {
+        full_page: bool,
+    },
 }
 
 impl Step {
@@ -130,9 +161,41 @@ pub fn parse(action: &str) -> Result<Vec<Step>, String> {
 
 /// Verbs that may begin a step after "and" or a comma.
 const VERBS: &[&str] = &[
-    "click", "double-click", "double", "tap", "press", "hit", "type", "enter", "fill", "input", "write", "clear",
-    "select", "choose", "check", "uncheck", "tick", "untick", "hover", "scroll", "wait", "go", "navigate", "open",
-    "visit", "read", "get", "extract", "return", "take", "capture", "submit", "reload", "refresh", "then",
+    "click",
+    "double-click",
+    "double",
+    "tap",
+    "press",
+    "hit",
+    "type",
+    "enter",
+    "fill",
+    "input",
+    "write",
+    "clear",
+    "select",
+    "choose",
+    "check",
+    "uncheck",
+    "tick",
+    "untick",
+    "hover",
+    "scroll",
+    "wait",
+    "go",
+    "navigate",
+    "open",
+    "visit",
+    "read",
+    "get",
+    "extract",
+    "return",
+    "take",
+    "capture",
+    "submit",
+    "reload",
+    "refresh",
+    "then",
 ];
 
 /// Splits at `;`, new lines, sentence ends, "then", and at "and"/"," before a verb; never
@@ -168,15 +231,17 @@ fn split_clauses(action: &str) -> Vec<String> {
         }
         let rest: String = chars[i..].iter().take(16).collect::<String>().to_ascii_lowercase();
         let next_word_is_verb = |from: usize| {
-            let tail: String = chars[from..].iter().collect::<String>().trim_start().to_ascii_lowercase();
+            let tail: String = chars[from..]
+                .iter()
+                .collect::<String>()
+                .trim_start()
+                .to_ascii_lowercase();
             let word: String = tail.chars().take_while(|c| c.is_alphanumeric() || *c == '-').collect();
             VERBS.contains(&word.as_str())
         };
         if c == ';' || c == '\n' {
             push(&mut current, &mut clauses);
-        } else if matches!(c, '.' | '!' | '?')
-            && chars.get(i + 1).is_none_or(|n| n.is_whitespace())
-            && quote.is_none()
+        } else if matches!(c, '.' | '!' | '?') && chars.get(i + 1).is_none_or(|n| n.is_whitespace()) && quote.is_none()
         {
             push(&mut current, &mut clauses);
         } else if c == ',' && next_word_is_verb(i + 1) {
@@ -203,10 +268,11 @@ fn clean(s: &str) -> String {
     let mut s = s.trim().trim_end_matches(['.', '!', '?', ',']).trim();
     loop {
         let lower = s.to_ascii_lowercase();
-        let Some(word) = ["then ", "and ", "please ", "now ", "also ", "finally ", "first ", "next "]
-            .iter()
-            .find(|w| lower.starts_with(*w))
-        else {
+        let Some(word) = [
+            "then ", "and ", "please ", "now ", "also ", "finally ", "first ", "next ",
+        ]
+        .iter()
+        .find(|w| lower.starts_with(*w)) else {
             break;
         };
         s = s[word.len()..].trim_start();
@@ -280,7 +346,10 @@ fn parse_clause(clause: &str) -> Option<Step> {
         "reload" | "refresh" | "reload the page" | "refresh the page" => return Some(Step::Reload),
         "submit" | "submit the form" => {
             return Some(Step::Click {
-                target: Target::css("the form's submit button", "form [type=submit], form button:not([type])"),
+                target: Target::css(
+                    "the form's submit button",
+                    "form [type=submit], form button:not([type])",
+                ),
                 count: 1,
             });
         }
@@ -373,7 +442,14 @@ fn parse_clause(clause: &str) -> Option<Step> {
     }
     if let Some(rest) = after(
         clause,
-        &["hover over ", "hover on ", "hover ", "mouse over ", "move the mouse over ", "move the mouse to "],
+        &[
+            "hover over ",
+            "hover on ",
+            "hover ",
+            "mouse over ",
+            "move the mouse over ",
+            "move the mouse to ",
+        ],
     ) {
         return Some(Step::Hover { target: target(rest)? });
     }
@@ -383,7 +459,10 @@ fn parse_clause(clause: &str) -> Option<Step> {
     if let Some(step) = parse_read(clause) {
         return Some(step);
     }
-    if let Some(rest) = after(clause, &["double-click on ", "double-click ", "double click on ", "double click "]) {
+    if let Some(rest) = after(
+        clause,
+        &["double-click on ", "double-click ", "double click on ", "double click "],
+    ) {
         return Some(Step::Click {
             target: target(rest)?,
             count: 2,
@@ -450,7 +529,16 @@ fn parse_wait(rest: &str) -> Step {
         }
     }
     let lower = rest.to_ascii_lowercase();
-    if ["the page", "page", "the page load", "page load", "navigation", "the navigation"].contains(&lower.as_str()) {
+    if [
+        "the page",
+        "page",
+        "the page load",
+        "page load",
+        "navigation",
+        "the navigation",
+    ]
+    .contains(&lower.as_str())
+    {
         return Step::WaitLoad;
     }
     if let Some(text) = after(
@@ -577,7 +665,15 @@ fn parse_read(clause: &str) -> Option<Step> {
     }
     let element = after(
         rest,
-        &["text of ", "text from ", "text in ", "text inside ", "value of ", "content of ", "contents of "],
+        &[
+            "text of ",
+            "text from ",
+            "text in ",
+            "text inside ",
+            "value of ",
+            "content of ",
+            "contents of ",
+        ],
     )
     .unwrap_or(rest);
     Some(Step::ReadText {
@@ -595,9 +691,9 @@ fn looks_like_url(s: &str) -> bool {
     if s.contains(' ') {
         return false;
     }
-    lower.starts_with("http://")
-        || lower.starts_with("https://")
-        || lower.starts_with("about:")
+    let scheme = lower.split_once(':').map(|(s, _)| s).unwrap_or("");
+    lower.contains("://")
+        || ["about", "file", "data", "javascript", "chrome", "blob", "view-source"].contains(&scheme)
         || lower.starts_with("{{")
         || lower.starts_with("localhost")
         || (lower.contains('.') && !lower.starts_with('.') && !lower.starts_with('#') && !lower.ends_with('.'))
@@ -611,8 +707,6 @@ const ROLE_WORDS: &[(&str, &str)] = &[
     ("text input", "textbox"),
     ("text box", "textbox"),
     ("text area", "textbox"),
-    ("search field", "textbox"),
-    ("search box", "textbox"),
     ("check box", "checkbox"),
     ("drop-down list", "combobox"),
     ("dropdown list", "combobox"),
@@ -708,6 +802,16 @@ pub fn target(phrase: &str) -> Option<Target> {
     }
     let lower = rest.to_ascii_lowercase();
     let mut name = rest.to_owned();
+    // "the search box": a field named Search.
+    if ["search box", "search field", "search bar", "search input"].contains(&lower.as_str()) {
+        return Some(Target {
+            described: described.clone(),
+            role: Some("textbox".into()),
+            name: Some("search".into()),
+            css: None,
+            fingerprint: None,
+        });
+    }
     for (word, r) in ROLE_WORDS {
         if lower == *word {
             role = Some((*r).to_owned());
@@ -827,21 +931,36 @@ mod tests {
         assert_eq!(one("go back"), Step::Back);
         assert_eq!(one("Refresh the page"), Step::Reload);
         assert!(matches!(one("open the Settings tab"), Step::Click { .. }));
+        // Other schemes are read as URLs (and refused when the step runs), never as elements.
+        for url in ["file:///etc/passwd", "javascript:alert(1)", "chrome://settings"] {
+            assert_eq!(one(&format!("go to {url}")), Step::Goto { url: url.into() });
+        }
     }
 
     #[test]
     fn clicks_name_elements_like_people_do() {
-        assert_eq!(role_name(&one("Click the Sign in button")), (Some("button"), Some("Sign in")));
+        assert_eq!(
+            role_name(&one("Click the Sign in button")),
+            (Some("button"), Some("Sign in"))
+        );
         assert_eq!(role_name(&one("click on \"Log out\"")), (None, Some("Log out")));
-        assert_eq!(role_name(&one("tap the link labeled Pricing")), (Some("link"), Some("Pricing")));
-        assert_eq!(role_name(&one("press the Submit button")), (Some("button"), Some("Submit")));
+        assert_eq!(
+            role_name(&one("tap the link labeled Pricing")),
+            (Some("link"), Some("Pricing"))
+        );
+        assert_eq!(
+            role_name(&one("press the Submit button")),
+            (Some("button"), Some("Submit"))
+        );
         assert_eq!(role_name(&one("click Continue")), (None, Some("Continue")));
         assert!(matches!(one("double-click the row"), Step::Click { count: 2, .. }));
         let Step::Click { target, .. } = one("click css:#login > button") else {
             panic!()
         };
         assert_eq!(target.css.as_deref(), Some("#login > button"));
-        let Step::Click { target, .. } = one("click #go") else { panic!() };
+        let Step::Click { target, .. } = one("click #go") else {
+            panic!()
+        };
         assert_eq!(target.css.as_deref(), Some("#go"));
     }
 
@@ -858,11 +977,18 @@ mod tests {
             panic!()
         };
         assert_eq!(text, "rock and roll");
-        assert_eq!(t.unwrap().role.as_deref(), Some("textbox"));
+        let t = t.unwrap();
+        assert_eq!(
+            (t.role.as_deref(), t.name.as_deref()),
+            (Some("textbox"), Some("search"))
+        );
         let Step::Type { target: t, text } = one("fill the Email field with {{email}}") else {
             panic!()
         };
-        assert_eq!((t.unwrap().name.as_deref(), text.as_str()), (Some("Email"), "{{email}}"));
+        assert_eq!(
+            (t.unwrap().name.as_deref(), text.as_str()),
+            (Some("Email"), "{{email}}")
+        );
         assert!(matches!(one("type hello"), Step::Type { target: None, .. }));
         assert!(matches!(one("clear the Search field"), Step::Type { text, .. } if text.is_empty()));
     }
@@ -883,22 +1009,28 @@ mod tests {
                 target: None
             }
         );
-        assert!(matches!(one("press Enter in the search field"), Step::Press { target: Some(_), .. }));
+        assert!(matches!(
+            one("press Enter in the search field"),
+            Step::Press { target: Some(_), .. }
+        ));
         assert!(
             matches!(one("select \"Canada\" from the Country dropdown"), Step::Select { option, target } if option == "Canada" && target.role.as_deref() == Some("combobox"))
         );
-        assert!(matches!(one("check Remember me"), Step::Check { on: true, target } if target.role.as_deref() == Some("checkbox")));
-        assert!(matches!(one("uncheck the newsletter checkbox"), Step::Check { on: false, .. }));
+        assert!(
+            matches!(one("check Remember me"), Step::Check { on: true, target } if target.role.as_deref() == Some("checkbox"))
+        );
+        assert!(matches!(
+            one("uncheck the newsletter checkbox"),
+            Step::Check { on: false, .. }
+        ));
         assert!(parse("check that the total is 5").is_err());
         assert!(matches!(one("hover over the Products menu"), Step::Hover { .. }));
         assert_eq!(one("scroll down"), Step::Scroll { to: ScrollTo::By(600) });
+        assert_eq!(one("scroll up by 200 pixels"), Step::Scroll { to: ScrollTo::By(-200) });
         assert_eq!(
-            one("scroll up by 200 pixels"),
-            Step::Scroll {
-                to: ScrollTo::By(-200)
-            }
+            one("scroll to the bottom of the page"),
+            Step::Scroll { to: ScrollTo::Bottom }
         );
-        assert_eq!(one("scroll to the bottom of the page"), Step::Scroll { to: ScrollTo::Bottom });
         assert!(matches!(
             one("scroll to the Footer heading"),
             Step::Scroll {
@@ -915,8 +1047,14 @@ mod tests {
                 text: "Welcome back".into()
             }
         );
-        assert_eq!(one("Wait until \"Done\" appears"), Step::WaitText { text: "Done".into() });
-        assert_eq!(role_name(&one("wait for the Dashboard heading to appear")), (Some("heading"), Some("Dashboard")));
+        assert_eq!(
+            one("Wait until \"Done\" appears"),
+            Step::WaitText { text: "Done".into() }
+        );
+        assert_eq!(
+            role_name(&one("wait for the Dashboard heading to appear")),
+            (Some("heading"), Some("Dashboard"))
+        );
         assert_eq!(one("wait 2 seconds"), Step::Sleep { ms: 2000 });
         assert_eq!(one("wait for 500ms"), Step::Sleep { ms: 500 });
         assert_eq!(one("wait 10 minutes"), Step::Sleep { ms: MAX_SLEEP_MS });
@@ -924,10 +1062,16 @@ mod tests {
         assert_eq!(one("What is the page title?"), Step::ReadTitle);
         assert_eq!(one("get the current URL"), Step::ReadUrl);
         assert_eq!(one("read the page text"), Step::ReadText { target: None });
-        assert_eq!(role_name(&one("get the text of the main heading")), (Some("heading"), Some("main")));
+        assert_eq!(
+            role_name(&one("get the text of the main heading")),
+            (Some("heading"), Some("main"))
+        );
         assert_eq!(role_name(&one("read the heading")), (Some("heading"), None));
         assert_eq!(one("take a screenshot"), Step::Screenshot { full_page: false });
-        assert_eq!(one("Capture a full-page screenshot"), Step::Screenshot { full_page: true });
+        assert_eq!(
+            one("Capture a full-page screenshot"),
+            Step::Screenshot { full_page: true }
+        );
     }
 
     #[test]
@@ -945,7 +1089,10 @@ mod tests {
 
     #[test]
     fn what_is_not_understood_is_named() {
-        assert_eq!(parse("book me a flight to Paris"), Err("book me a flight to Paris".into()));
+        assert_eq!(
+            parse("book me a flight to Paris"),
+            Err("book me a flight to Paris".into())
+        );
         assert_eq!(
             parse("click Save then summarize the article"),
             Err("summarize the article".into())

@@ -42,10 +42,25 @@ const NAMED: &[(&[&str], &str, u32, Option<&str>)] = &[
     (&["backspace"], "Backspace", 8, None),
     (&["delete", "del"], "Delete", 46, None),
     (&["space", "spacebar", "space bar"], " ", 32, Some(" ")),
-    (&["arrowleft", "left", "left arrow", "arrow left"], "ArrowLeft", 37, None),
+    (
+        &["arrowleft", "left", "left arrow", "arrow left"],
+        "ArrowLeft",
+        37,
+        None,
+    ),
     (&["arrowup", "up", "up arrow", "arrow up"], "ArrowUp", 38, None),
-    (&["arrowright", "right", "right arrow", "arrow right"], "ArrowRight", 39, None),
-    (&["arrowdown", "down", "down arrow", "arrow down"], "ArrowDown", 40, None),
+    (
+        &["arrowright", "right", "right arrow", "arrow right"],
+        "ArrowRight",
+        39,
+        None,
+    ),
+    (
+        &["arrowdown", "down", "down arrow", "arrow down"],
+        "ArrowDown",
+        40,
+        None,
+    ),
     (&["home"], "Home", 36, None),
     (&["end"], "End", 35, None),
     (&["pageup", "page up"], "PageUp", 33, None),
@@ -134,7 +149,10 @@ mod tests {
     #[test]
     fn keys_are_read_as_people_write_them() {
         let enter = parse("Enter").unwrap();
-        assert_eq!((enter.key.key.as_str(), enter.key.key_code, enter.mask), ("Enter", 13, 0));
+        assert_eq!(
+            (enter.key.key.as_str(), enter.key.key_code, enter.mask),
+            ("Enter", 13, 0)
+        );
         assert_eq!(enter.key.text.as_deref(), Some("\r"));
         assert_eq!(parse("the Return key").unwrap().name(), "Enter");
         let chord = parse("ctrl + shift + k").unwrap();

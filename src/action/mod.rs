@@ -60,9 +60,13 @@ impl ActionError {
 
     /// The script context went away (the page navigated): worth one more try.
     fn is_lost_context(&self) -> bool {
-        ["Cannot find context", "Execution context was destroyed", "Inspected target navigated"]
-            .iter()
-            .any(|m| self.0.contains(m))
+        [
+            "Cannot find context",
+            "Execution context was destroyed",
+            "Inspected target navigated",
+        ]
+        .iter()
+        .any(|m| self.0.contains(m))
     }
 }
 
@@ -122,7 +126,12 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
         _ = session.ended().cancelled() => return Err(ended_during(&session)),
     };
     let m = &broker.metrics;
-    if answer.success { &m.actions_succeeded } else { &m.actions_failed }.fetch_add(1, Relaxed);
+    if answer.success {
+        &m.actions_succeeded
+    } else {
+        &m.actions_failed
+    }
+    .fetch_add(1, Relaxed);
     m.action_model_calls.fetch_add(answer.credits as u64, Relaxed);
     tracing::info!(
         session = %session.id,
@@ -191,7 +200,9 @@ fn validate(body: &Map<String, Value>) -> Result<RunAction, ApiError> {
         None => None,
     };
     let id = match field(body, "id") {
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS && !s.chars().any(char::is_control) => {
+        Some(Value::String(s))
+            if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS && !s.chars().any(char::is_control) =>
+        {
             Some(s.clone())
         }
         Some(_) => {
@@ -351,7 +362,11 @@ async fn execute(broker: &Broker, tenant: &Tenant, request: &RunAction, runner: 
     }
     let fresh = match instruction::parse(&request.action) {
         Ok(steps) => {
-            let rest = if resume_at < steps.len() { &steps[resume_at..] } else { &steps[..] };
+            let rest = if resume_at < steps.len() {
+                &steps[resume_at..]
+            } else {
+                &steps[..]
+            };
             match runner.run_all(rest, runner.wait).await {
                 Ok((outcomes, resolved)) => {
                     done_before.extend(outcomes);
@@ -423,23 +438,35 @@ mod tests {
         assert_eq!(status(json!({})).unwrap().0, 422);
         assert_eq!(status(json!({"action": "  "})).unwrap().0, 422);
         assert_eq!(status(json!({"action": 5})).unwrap().0, 422);
-        assert_eq!(status(json!({"action": "x".repeat(MAX_ACTION_CHARS + 1)})).unwrap().0, 422);
+        assert_eq!(
+            status(json!({"action": "x".repeat(MAX_ACTION_CHARS + 1)})).unwrap().0,
+            422
+        );
         assert_eq!(status(json!({"action": "a", "id": ""})).unwrap().0, 422);
         assert_eq!(status(json!({"action": "a", "id": "a\nb"})).unwrap().0, 422);
         assert_eq!(status(json!({"action": "a", "set_cache": "yes"})).unwrap().0, 422);
         assert_eq!(status(json!({"action": "a", "variables": [1]})).unwrap().0, 422);
-        assert_eq!(status(json!({"action": "a", "variables": {"x": {"y": 1}}})).unwrap().0, 422);
-        assert_eq!(status(json!({"action": "a", "screen_config": {"width": 5}})).unwrap().0, 422);
-        let (code, detail) = status(json!({"action": "type {{user}} then {{pw}}", "variables": {"user": "a"}})).unwrap();
+        assert_eq!(
+            status(json!({"action": "a", "variables": {"x": {"y": 1}}})).unwrap().0,
+            422
+        );
+        assert_eq!(
+            status(json!({"action": "a", "screen_config": {"width": 5}})).unwrap().0,
+            422
+        );
+        let (code, detail) =
+            status(json!({"action": "type {{user}} then {{pw}}", "variables": {"user": "a"}})).unwrap();
         assert_eq!(code, 422);
         assert!(detail.contains("pw") && !detail.contains("user,"), "{detail}");
     }
 
     #[test]
     fn missing_variables_never_echo_values() {
-        let e = validate(&body(json!({"action": "type {{a}} {{b}}", "variables": {"a": "secret-value"}})))
-            .err()
-            .unwrap();
+        let e = validate(&body(
+            json!({"action": "type {{a}} {{b}}", "variables": {"a": "secret-value"}}),
+        ))
+        .err()
+        .unwrap();
         assert!(!e.detail.contains("secret-value"), "{}", e.detail);
         assert!(e.detail.starts_with("Missing variable: b"), "{}", e.detail);
     }

@@ -172,7 +172,12 @@ pub fn tools() -> Value {
         }})
     };
     json!([
-        tool("goto", "Open a URL in the tab.", json!({"url": {"type": "string"}}), &["url"]),
+        tool(
+            "goto",
+            "Open a URL in the tab.",
+            json!({"url": {"type": "string"}}),
+            &["url"]
+        ),
         tool("click", "Click an element.", json!({"element": element}), &["element"]),
         tool(
             "type_text",
@@ -198,7 +203,12 @@ pub fn tools() -> Value {
             json!({"element": element, "checked": {"type": "boolean"}}),
             &["element", "checked"]
         ),
-        tool("hover", "Move the mouse over an element.", json!({"element": element}), &["element"]),
+        tool(
+            "hover",
+            "Move the mouse over an element.",
+            json!({"element": element}),
+            &["element"]
+        ),
         tool(
             "scroll",
             "Scroll the page.",
@@ -243,16 +253,18 @@ pub fn read_call(name: &str, arguments: &str, snapshot: &Value) -> Result<Call, 
             .ok_or_else(|| format!("`{field}` must be a string"))
     };
     let element = || -> Result<Target, String> {
-        let n = args["element"]
-            .as_u64()
-            .ok_or("`element` must be an element number")?;
+        let n = args["element"].as_u64().ok_or("`element` must be an element number")?;
         let list = snapshot["elements"].as_array().cloned().unwrap_or_default();
         let e = n
             .checked_sub(1)
             .and_then(|i| list.get(i as usize))
             .ok_or_else(|| format!("there is no element {n} in the snapshot"))?;
         Ok(Target {
-            described: format!("the {} \"{}\"", e["role"].as_str().unwrap_or("element"), e["name"].as_str().unwrap_or("")),
+            described: format!(
+                "the {} \"{}\"",
+                e["role"].as_str().unwrap_or("element"),
+                e["name"].as_str().unwrap_or("")
+            ),
             role: None,
             name: None,
             css: e["selector"].as_str().map(str::to_owned),
@@ -334,7 +346,8 @@ mod tests {
         ] {
             assert!(read_call(name, args, &snapshot).is_err(), "{name} {args}");
         }
-        let rendered = render_snapshot(&json!({"title": "T", "url": "u", "text": "hi", "elements": snapshot["elements"]}));
+        let rendered =
+            render_snapshot(&json!({"title": "T", "url": "u", "text": "hi", "elements": snapshot["elements"]}));
         assert!(rendered.contains("[2] button \"sign in\""), "{rendered}");
     }
 }

@@ -43,7 +43,9 @@
     link: ['link'],
     img: ['img', 'image'],
   };
-  const roleMatches = (wanted, role) => (ROLE_FAMILY[wanted] || [wanted]).includes(role);
+  // A <select> is a combobox but not a field one types into.
+  const roleMatches = (wanted, role, el) => (ROLE_FAMILY[wanted] || [wanted]).includes(role)
+    && !(wanted === 'textbox' && el.localName === 'select');
 
   const INTERACTIVE = ['button', 'link', 'textbox', 'searchbox', 'spinbutton', 'combobox', 'listbox',
     'checkbox', 'radio', 'switch', 'slider', 'tab', 'menuitem', 'menuitemcheckbox', 'menuitemradio',
@@ -151,10 +153,11 @@
     for (const el of all) {
       const role = roleOf(el);
       if (spec.role) {
-        if (!roleMatches(spec.role, role) && !(spec.role === 'heading' && /^h[1-6]$/.test(el.localName))) continue;
+        if (!roleMatches(spec.role, role, el) && !(spec.role === 'heading' && /^h[1-6]$/.test(el.localName))) continue;
         consider(el, wanted ? score(namesOf(el), wanted) : 50);
       } else if (INTERACTIVE.includes(role)) {
-        consider(el, score(namesOf(el), wanted) + 5);
+        const s = score(namesOf(el), wanted);
+        if (s > 0) consider(el, s + 5);
       }
     }
     if (!spec.role && wanted) {
@@ -182,7 +185,7 @@
     const top = list[0][1];
     const best = list.filter(([, s]) => s === top).map(([el]) => el);
     const ready = (el) => need === 'present' || (isVisible(el) && (need === 'visible' || isEnabled(el)));
-    const el = best.find(ready) || list.map(([e]) => e).find(ready);
+    const el = (need === 'present' && best.find(isVisible)) || best.find(ready) || list.map(([e]) => e).find(ready);
     if (!el) {
       const first = best[0];
       return { state: isVisible(first) ? 'disabled' : 'hidden', element: describe(first) };

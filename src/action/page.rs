@@ -135,7 +135,8 @@ impl Connection {
                         let text = message["params"]["message"].as_str().unwrap_or_default().to_owned();
                         dialogs.lock().expect("dialog lock").push(text);
                         let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                        let mut accept = json!({"id": id, "method": "Page.handleJavaScriptDialog", "params": {"accept": true}});
+                        let mut accept =
+                            json!({"id": id, "method": "Page.handleJavaScriptDialog", "params": {"accept": true}});
                         accept["sessionId"] = message["sessionId"].clone();
                         let _ = out.send(Message::text(accept.to_string()));
                     }
@@ -293,7 +294,9 @@ impl Page {
                 Err(e) => return Err(e),
             }
         }
-        Err(ActionError::new("The page kept navigating away while it was being read"))
+        Err(ActionError::new(
+            "The page kept navigating away while it was being read",
+        ))
     }
 
     async fn make_world(&mut self) -> Result<i64, ActionError> {
@@ -425,8 +428,13 @@ impl Page {
             self.key_event("rawKeyDown", m, chord.mask, false).await?;
         }
         let typed = chord.key.text.is_some() && chord.mask & !8 == 0;
-        self.key_event(if typed { "keyDown" } else { "rawKeyDown" }, &chord.key, chord.mask, typed)
-            .await?;
+        self.key_event(
+            if typed { "keyDown" } else { "rawKeyDown" },
+            &chord.key,
+            chord.mask,
+            typed,
+        )
+        .await?;
         self.key_event("keyUp", &chord.key, chord.mask, false).await?;
         for m in chord.modifiers.iter().rev() {
             self.key_event("keyUp", m, 0, false).await?;
@@ -443,7 +451,11 @@ impl Page {
             "modifiers": mask,
         });
         if typed && let Some(text) = &key.text {
-            let text = if mask & 8 != 0 { text.to_uppercase() } else { text.clone() };
+            let text = if mask & 8 != 0 {
+                text.to_uppercase()
+            } else {
+                text.clone()
+            };
             params["text"] = json!(text);
             params["unmodifiedText"] = json!(text);
         }
@@ -483,7 +495,9 @@ impl Page {
         let session = self.session.clone();
         let loaded = tokio::time::timeout(
             timeout,
-            next_event(events, |e| e["sessionId"] == session.as_str() && e["method"] == "Page.loadEventFired"),
+            next_event(events, |e| {
+                e["sessionId"] == session.as_str() && e["method"] == "Page.loadEventFired"
+            }),
         )
         .await;
         self.world = None;

@@ -82,6 +82,8 @@ impl Runner {
                 let need = match step {
                     Step::Click { .. } | Step::Check { .. } => Need::Click,
                     Step::Type { .. } | Step::Press { .. } | Step::Select { .. } => Need::Enabled,
+                    // An empty element has no size, and its text ("") is still an answer.
+                    Step::ReadText { .. } => Need::Present,
                     _ => Need::Visible,
                 };
                 let found = self.find(target, need, wait).await?;
@@ -134,7 +136,9 @@ impl Runner {
                     }
                 }
                 if value.is_empty() {
-                    self.page.press(&keys::parse("Delete").expect("Delete is a key")).await?;
+                    self.page
+                        .press(&keys::parse("Delete").expect("Delete is a key"))
+                        .await?;
                 } else {
                     self.page.insert_text(&value).await?;
                 }
@@ -180,7 +184,9 @@ impl Runner {
                         )));
                     }
                     Some("disabled-option") => {
-                        return Err(ActionError::new(format!("The option \"{option}\" of {name} is disabled")));
+                        return Err(ActionError::new(format!(
+                            "The option \"{option}\" of {name} is disabled"
+                        )));
                     }
                     Some(_) => {
                         let options: Vec<&str> = answer["options"]
@@ -207,7 +213,7 @@ impl Runner {
                     if self.page.helper("checked", &[json!(found.selector)]).await? != json!(*on) {
                         return Err(ActionError::new(format!("Clicking {name} did not leave it {word}")));
                     }
-                    Outcome::Did(format!("{} {name}.", capitalized(&word[..word.len() - 2])))
+                    Outcome::Did(format!("{} {name}.", capitalized(word)))
                 }
             }
             (Step::Hover { target }, Some(found)) => {
@@ -223,7 +229,10 @@ impl Runner {
                 ScrollTo::Top | ScrollTo::Bottom => {
                     let bottom = matches!(to, ScrollTo::Bottom);
                     self.page.helper("scrollToEnd", &[json!(bottom)]).await?;
-                    Outcome::Did(format!("Scrolled to the {} of the page.", if bottom { "bottom" } else { "top" }))
+                    Outcome::Did(format!(
+                        "Scrolled to the {} of the page.",
+                        if bottom { "bottom" } else { "top" }
+                    ))
                 }
                 ScrollTo::Element(target) => Outcome::Did(format!("Scrolled to {}.", described(target))),
             },
@@ -237,7 +246,9 @@ impl Runner {
                 }
                 Outcome::Did(format!("The text \"{text}\" appeared."))
             }
-            (Step::WaitFor { target }, Some(_)) => Outcome::Did(format!("{} appeared.", capitalized(&described(target)))),
+            (Step::WaitFor { target }, Some(_)) => {
+                Outcome::Did(format!("{} appeared.", capitalized(&described(target))))
+            }
             (Step::WaitLoad, _) => {
                 let deadline = tokio::time::Instant::now() + self.navigation;
                 while self.page.eval("document.readyState").await? != json!("complete") {
@@ -252,9 +263,9 @@ impl Runner {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 Outcome::Did(format!("Waited {} s.", *ms as f64 / 1000.0))
             }
-            (Step::ReadText { target: None }, _) => {
-                Outcome::Read(truncate(self.page.helper("pageText", &[]).await?.as_str().unwrap_or("")))
-            }
+            (Step::ReadText { target: None }, _) => Outcome::Read(truncate(
+                self.page.helper("pageText", &[]).await?.as_str().unwrap_or(""),
+            )),
             (Step::ReadText { target: Some(_) }, Some(found)) => Outcome::Read(truncate(
                 self.page
                     .helper("readText", &[json!(found.selector)])
@@ -262,7 +273,9 @@ impl Runner {
                     .as_str()
                     .unwrap_or(""),
             )),
-            (Step::ReadTitle, _) => Outcome::Read(self.page.eval("document.title").await?.as_str().unwrap_or("").into()),
+            (Step::ReadTitle, _) => {
+                Outcome::Read(self.page.eval("document.title").await?.as_str().unwrap_or("").into())
+            }
             (Step::ReadUrl, _) => Outcome::Read(self.page.eval("location.href").await?.as_str().unwrap_or("").into()),
             (Step::Screenshot { full_page }, _) => Outcome::Read(self.page.screenshot(*full_page).await?),
             (step, None) => return Err(ActionError::new(format!("{step:?} needs an element"))),
@@ -349,9 +362,7 @@ impl Runner {
     }
 
     async fn snapshot(&mut self) -> Result<Value, ActionError> {
-        self.page
-            .helper("snapshot", &[json!(model::SNAPSHOT_ELEMENTS)])
-            .await
+        self.page.helper("snapshot", &[json!(model::SNAPSHOT_ELEMENTS)]).await
     }
 }
 
@@ -426,7 +437,13 @@ mod tests {
         assert_eq!(normalize_url("localhost:8080/x").unwrap(), "http://localhost:8080/x");
         assert_eq!(normalize_url("http://127.0.0.1:9/").unwrap(), "http://127.0.0.1:9/");
         assert_eq!(normalize_url("about:blank").unwrap(), "about:blank");
-        for bad in ["file:///etc/passwd", "javascript:alert(1)", "chrome://settings", "data:text/html,x", "http://"] {
+        for bad in [
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "chrome://settings",
+            "data:text/html,x",
+            "http://",
+        ] {
             assert!(normalize_url(bad).is_err(), "{bad}");
         }
     }
@@ -434,8 +451,14 @@ mod tests {
     #[test]
     fn the_result_is_the_last_read_or_the_sentences() {
         let did = |s: &str| Outcome::Did(s.into());
-        assert_eq!(summarize(&[did("Clicked A."), did("Typed 3 characters.")]), "Clicked A. Typed 3 characters.");
-        assert_eq!(summarize(&[did("Clicked A."), Outcome::Read("Welcome".into()), did("x")]), "Welcome");
+        assert_eq!(
+            summarize(&[did("Clicked A."), did("Typed 3 characters.")]),
+            "Clicked A. Typed 3 characters."
+        );
+        assert_eq!(
+            summarize(&[did("Clicked A."), Outcome::Read("Welcome".into()), did("x")]),
+            "Welcome"
+        );
         assert_eq!(summarize(&[]), "");
     }
 }
