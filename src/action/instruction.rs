@@ -239,12 +239,8 @@ fn split_clauses(action: &str) -> Vec<String> {
             let word: String = tail.chars().take_while(|c| c.is_alphanumeric() || *c == '-').collect();
             VERBS.contains(&word.as_str())
         };
-        if c == ';' || c == '\n' {
-            push(&mut current, &mut clauses);
-        } else if matches!(c, '.' | '!' | '?') && chars.get(i + 1).is_none_or(|n| n.is_whitespace()) && quote.is_none()
-        {
-            push(&mut current, &mut clauses);
-        } else if c == ',' && next_word_is_verb(i + 1) {
+        let sentence_end = matches!(c, '.' | '!' | '?') && chars.get(i + 1).is_none_or(|n| n.is_whitespace());
+        if c == ';' || c == '\n' || sentence_end || (c == ',' && next_word_is_verb(i + 1)) {
             push(&mut current, &mut clauses);
         } else if c == ' ' && (rest.starts_with(" and ") || rest.starts_with(" then ")) {
             let skip = if rest.starts_with(" and ") { 5 } else { 6 };

@@ -61,11 +61,14 @@ pub struct Found {
     pub y: f64,
 }
 
+/// Callers waiting for the reply to each command id.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
+
 /// A DevTools connection to the browser with replies matched to requests and events fanned
 /// out; dialogs the page opens are accepted at once (they would block every script).
 struct Connection {
     out: mpsc::UnboundedSender<Message>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>,
+    pending: Pending,
     events: broadcast::Sender<Arc<Value>>,
     dialogs: Arc<Mutex<Vec<String>>>,
     next_id: Arc<AtomicU64>,
@@ -94,7 +97,7 @@ impl Connection {
         let ws = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await;
         let (mut sink, mut stream) = ws.split();
         let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>> = Arc::default();
+        let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(1024);
         let dialogs: Arc<Mutex<Vec<String>>> = Arc::default();
         let next_id = Arc::new(AtomicU64::new(0));
