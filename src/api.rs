@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession, profile_error};
 use crate::browser::Screen;
-use crate::config::{MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
+use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::error::{ApiError, Body, empty_response, json_response};
 use crate::records::Archived;
 use crate::session::{self, Session, Status};
@@ -201,7 +201,7 @@ fn render(broker: &Broker, session: &Session) -> Value {
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = read_json_object(request, broker.config.max_body_bytes).await?;
-    let new = validate_create(broker, &body)?;
+    let new = validate_create(&broker.config, &body)?;
     let started = std::time::Instant::now();
     let session = broker.create_session(tenant, new).await?;
     broker.metrics.create_time.observe(started.elapsed());
@@ -209,8 +209,7 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
 }
 
 /// Checks every field of a create body; the first bad one is reported.
-fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
-    let config = &broker.config;
+pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
     let external_url = match field(body, "cdp_url") {
         Some(Value::String(url)) => Some(url.clone()),
         Some(_) => return Err(ApiError::unprocessable("cdp_url must be a string")),
@@ -237,7 +236,10 @@ fn validate_create(broker: &Broker, body: &Map<String, Value>) -> Result<NewSess
     };
     let screen = match field(body, "screen_config") {
         Some(v) => parse_screen(v)?,
-        None => broker.default_screen(),
+        None => Screen {
+            width: config.default_width,
+            height: config.default_height,
+        },
     };
     let metadata = match field(body, "metadata") {
         Some(v) => parse_metadata(v, config.max_metadata_bytes)?,
@@ -258,7 +260,7 @@ pub(crate) fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a 
     body.get(name).filter(|v| !v.is_null())
 }
 
-fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
+pub(crate) fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
     let too_long = || {
         let human = if max_ttl.is_multiple_of(3600) {
             format!("{} hours", max_ttl / 3600)
@@ -308,7 +310,7 @@ pub(crate) fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
 }
 
 /// A metadata object within the size limit, without the broker's reserved keys.
-fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, ApiError> {
     let mut map = v
         .as_object()
         .cloned()

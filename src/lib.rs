@@ -39,6 +39,8 @@ pub mod byo;
 pub mod cdp;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod live;
 pub mod metrics;

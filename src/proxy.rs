@@ -390,17 +390,17 @@ async fn discovery(
 }
 
 /// Points every browser address in a discovery answer back through the broker.
-struct Rewriter<'a> {
+pub(crate) struct Rewriter<'a> {
     /// Chrome's `127.0.0.1:port`.
-    chrome: &'a str,
+    pub chrome: &'a str,
     /// `ws(s)://host[:port][/prefix]` of the broker.
-    public_ws: &'a str,
-    session_id: &'a str,
-    token: &'a str,
+    pub public_ws: &'a str,
+    pub session_id: &'a str,
+    pub token: &'a str,
 }
 
 impl Rewriter<'_> {
-    fn rewrite(&self, value: &mut Value) {
+    pub fn rewrite(&self, value: &mut Value) {
         match value {
             Value::Array(items) => items.iter_mut().for_each(|v| self.rewrite(v)),
             Value::Object(map) => map.values_mut().for_each(|v| self.rewrite(v)),

@@ -36,7 +36,7 @@ const OP_PONG: u8 = 0xA;
 
 /// Why a stream of frames cannot be relayed further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Violation {
+pub(crate) enum Violation {
     /// A message above the limit (close code 1009).
     TooBig,
     /// Not WebSocket framing (close code 1002).
@@ -45,7 +45,7 @@ enum Violation {
 
 /// A frame header, as far as the relay cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Header {
+pub(crate) struct Header {
     fin: bool,
     opcode: u8,
     len: u64,
@@ -53,7 +53,7 @@ struct Header {
 
 /// Follows frame boundaries in a stream of bytes passing through.
 #[derive(Debug, Clone, Default)]
-struct FrameCursor {
+pub(crate) struct FrameCursor {
     /// Payload bytes of the current frame not yet passed.
     remaining: u64,
     /// A header split across reads.
@@ -64,12 +64,12 @@ struct FrameCursor {
 }
 
 impl FrameCursor {
-    fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.remaining == 0 && self.partial_len == 0
     }
 
     /// Passes `bytes` through the cursor, calling `on_header` for each complete header.
-    fn advance(
+    pub fn advance(
         &mut self,
         mut bytes: &[u8],
         max_message: u64,
@@ -114,7 +114,7 @@ impl FrameCursor {
     }
 
     /// How many of `bytes` finish the current frame, if they do.
-    fn boundary_within(&self, bytes: &[u8]) -> Option<usize> {
+    pub fn boundary_within(&self, bytes: &[u8]) -> Option<usize> {
         if self.at_boundary() {
             return Some(0);
         }

@@ -38,6 +38,8 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
             }
         }
     }
+    // New connections are refused from here on, rather than queued until the process exits.
+    drop(listener);
     connections.close();
     let _ = tokio::time::timeout(broker.config.shutdown_timeout(), connections.wait()).await;
 }
@@ -81,7 +83,15 @@ where
 
 async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
     let path = request.uri().path();
-    let response = if path.starts_with("/devtools/") {
+    let response = if broker.shutdown.is_cancelled() {
+        // A request that reached a connection as the broker began to stop.
+        let mut r = crate::error::ApiError::unavailable("The broker is shutting down", 5).into_response();
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        r
+    } else if path.starts_with("/devtools/") {
         proxy::handle(broker, request).await
     } else if path.starts_with("/live/") {
         live::handle(broker, request).await

@@ -186,3 +186,37 @@ async fn a_client_that_stops_reading_is_held_in_bounded_memory_then_dropped() {
     cdp_call(&mut fresh, 1, "Browser.getVersion", json!({})).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_shutdown_new_requests_get_503_and_new_connections_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let mut client = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
+    // A request half-sent when the stop begins is answered, with 503.
+    let mut late = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    late.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    server.shutdown.cancel();
+    // Proxied connections get the going-away close frame.
+    assert_eq!(
+        await_close(&mut client, Duration::from_secs(10)).await,
+        Some((1001, "broker shutting down".into()))
+    );
+    late.write_all(b"\r\n").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), late.read_to_string(&mut answer))
+        .await
+        .expect("answered, not held")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("The broker is shutting down"), "{answer}");
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(server.addr)
+            .is_err())
+        .await,
+        "still accepting connections"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of the parts that read untrusted input, with cargo-fuzz (libFuzzer).
+# usage: scripts/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET...]
+# New inputs that reach new code are added to fuzz/corpus/<target>/ (commit them: the test
+# suite replays the corpus, tests/fuzz_corpus.rs). A crash stops with its input under
+# fuzz/artifacts/<target>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${1:-60}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(request_body token discovery frames instruction)
+fi
+
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+# cargo-fuzz builds with sanitizer flags that need nightly features; the one toolchain
+# here is stable, so it is told to allow them.
+export RUSTC_BOOTSTRAP=1
+
+for target in "${targets[@]}"; do
+  echo "== $target: ${seconds}s"
+  cargo fuzz run "$target" "fuzz/corpus/$target" -- \
+    -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+    | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|Done)" || true
+  if compgen -G "fuzz/artifacts/$target/crash-*" >/dev/null; then
+    echo "!! $target crashed: see fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+done

@@ -1,0 +1,36 @@
+//! Replays the fuzz corpus kept in `fuzz/corpus/<target>/` (seeds plus what fuzzing runs
+//! found; see `scripts/fuzz.sh`) through the same entry points, so that every input the
+//! fuzzer ever kept is checked again on each test run, without the fuzzer.
+
+use std::path::Path;
+
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 5] = [
+    ("request_body", cdpgate::fuzzing::request_body),
+    ("token", cdpgate::fuzzing::token),
+    ("discovery", cdpgate::fuzzing::discovery),
+    ("frames", cdpgate::fuzzing::frames),
+    ("instruction", cdpgate::fuzzing::instruction),
+];
+
+#[test]
+fn every_kept_input_still_passes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for (name, target) in TARGETS {
+        let dir = root.join(name);
+        let inputs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(!inputs.is_empty(), "no corpus for {name}");
+        for input in inputs {
+            let bytes = std::fs::read(&input).unwrap();
+            if std::panic::catch_unwind(|| target(&bytes)).is_err() {
+                panic!("{name} fails on {}", input.display());
+            }
+        }
+    }
+}
