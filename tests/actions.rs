@@ -64,14 +64,7 @@ fn site(path: &str) -> (String, String) {
 }
 
 async fn run(server: &TestServer, body: Value) -> common::Response {
-    server
-        .call(
-            Method::POST,
-            "/public/single-actions/run-action",
-            Some(KEY_A),
-            Some(&body.to_string()),
-        )
-        .await
+    server.run_action(KEY_A, &body).await
 }
 
 /// Runs an action on `sid` that must succeed; answers its `result`.
@@ -295,14 +288,9 @@ async fn a_cached_step_replays_and_a_changed_page_recovers() {
         .await
         .json;
     let r = server
-        .call(
-            Method::POST,
-            "/public/single-actions/run-action",
-            Some(KEY_B),
-            Some(
-                &json!({"session_id": other["session_id"], "action": format!("go to {}", url(site, "/step?v=2")), "id": "continue"})
-                    .to_string(),
-            ),
+        .run_action(
+            KEY_B,
+            &json!({"session_id": other["session_id"], "action": format!("go to {}", url(site, "/step?v=2")), "id": "continue"}),
         )
         .await;
     assert_eq!(
@@ -425,12 +413,7 @@ async fn bad_requests_get_clear_errors() {
     );
     // Another tenant's session does not exist for this key.
     let r = server
-        .call(
-            Method::POST,
-            "/public/single-actions/run-action",
-            Some(KEY_B),
-            Some(&json!({"session_id": sid, "action": "get the title"}).to_string()),
-        )
+        .run_action(KEY_B, &json!({"session_id": sid, "action": "get the title"}))
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 

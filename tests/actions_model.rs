@@ -133,16 +133,7 @@ async fn the_model_performs_tool_calls_is_charged_and_then_cached() {
         .as_str()
         .unwrap()
         .to_owned();
-    let run = async |body: Value| {
-        server
-            .call(
-                Method::POST,
-                "/public/single-actions/run-action",
-                Some(KEY_A),
-                Some(&body.to_string()),
-            )
-            .await
-    };
+    let run = async |body: Value| server.run_action(KEY_A, &body).await;
     let go_to_login = json!({"session_id": sid, "action": format!("go to http://{site}/login")});
     assert_eq!(run(go_to_login.clone()).await.json["success"], true);
 

@@ -103,6 +103,17 @@ impl TestServer {
         self.call(Method::GET, &path, None, None).await
     }
 
+    /// `POST /public/single-actions/run-action` with `key`.
+    pub async fn run_action(&self, key: &str, body: &Value) -> Response {
+        self.call(
+            Method::POST,
+            "/public/single-actions/run-action",
+            Some(key),
+            Some(&body.to_string()),
+        )
+        .await
+    }
+
     pub async fn get(&self, id: &str) -> Response {
         self.call(Method::GET, &format!("/public/sessions/{id}"), Some(KEY_A), None)
             .await
