@@ -422,7 +422,7 @@ impl Rewriter<'_> {
                 self.public_ws, self.session_id, self.token
             );
         }
-        if let Some(id) = after_scheme.strip_prefix(&page_prefix) {
+        if let Some(id) = after_scheme.strip_prefix(&page_prefix).filter(|id| is_target_id(id)) {
             return format!("{}/devtools/page/{id}?token={}", self.public_ws, self.token);
         }
         // A frontend URL carries the page address as `ws=127.0.0.1:port/devtools/page/ID`.

@@ -420,6 +420,8 @@ async fn health_and_metrics() {
         "cdpgate_sessions_active 1",
         "cdpgate_sessions_created_total 1",
         "cdpgate_browser_launch_seconds_count",
+        "cdpgate_session_create_seconds_bucket{le=\"+Inf\"} 1\n",
+        "cdpgate_session_create_seconds_count 1\n",
         "cdpgate_proxy_messages_total{direction=\"to_browser\"}",
     ] {
         assert!(r.body.contains(line), "{line} missing from\n{}", r.body);
