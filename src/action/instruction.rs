@@ -301,7 +301,9 @@ fn split_at_word<'a>(s: &'a str, words: &[&str]) -> Option<(&'a str, &'a str)> {
             None => {
                 for w in words {
                     let pattern = format!(" {w} ");
-                    if lower[i..].starts_with(&pattern) && s.is_char_boundary(i) {
+                    // Byte-wise: `i` may fall inside a multi-byte character; a match
+                    // starts with a space, so it never does.
+                    if bytes[i..].starts_with(pattern.as_bytes()) {
                         return Some((s[..i].trim(), s[i + pattern.len()..].trim()));
                     }
                 }
@@ -1095,6 +1097,8 @@ mod tests {
         );
         assert!(parse("   ").is_err());
         assert!(parse("click").is_err());
+        // Found by fuzzing: words split next to multi-byte characters.
+        assert!(parse("type ‘x’ intö the Üser field, go to https:‘x").is_ok());
     }
 
     #[test]
