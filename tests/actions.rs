@@ -57,6 +57,15 @@ fn site(path: &str) -> (String, String) {
             <button disabled>Locked</button>
             <button onclick="alert('Saved!'); document.getElementById('out').textContent = 'saved'">Save</button>
             <p id="out"></p>
+            <shadow-box></shadow-box>
+            <script>customElements.define('shadow-box', class extends HTMLElement {
+              connectedCallback() {
+                const root = this.attachShadow({ mode: 'open' });
+                root.innerHTML = '<div><button>Inside</button></div><button>Shadow action</button>';
+                root.querySelectorAll('button')[1].onclick = () =>
+                  document.getElementById('out').textContent = 'shadow clicked';
+              }
+            });</script>
             <div style="height: 3000px"></div><p id="end">The end</p></body></html>"#
             .to_owned(),
     };
@@ -342,6 +351,25 @@ async fn the_primitives_act_on_a_page_of_controls() {
     let saved = ok(&server, sid, "click Save").await;
     assert!(saved.contains("dialog") && saved.contains("Saved!"), "{saved}");
     assert_eq!(ok(&server, sid, "get the text of #out").await, "saved");
+
+    // Inside an open shadow root, found by text, then replayed from the cache by its path.
+    for used_cache in [false, true] {
+        let r = run(
+            &server,
+            json!({"session_id": sid, "action": "click \"Shadow action\"", "id": "shadow"}),
+        )
+        .await;
+        assert_eq!(
+            (r.json["success"].as_bool(), r.json["used_cache"].as_bool()),
+            (Some(true), Some(used_cache)),
+            "{}",
+            r.body
+        );
+        assert_eq!(ok(&server, sid, "get the text of #out").await, "shadow clicked");
+        // Reset the output for the next round.
+        let cleared = run(&server, json!({"session_id": sid, "action": "click Save"})).await;
+        assert_eq!(cleared.json["success"], true);
+    }
 
     let shot = ok(&server, sid, "take a screenshot").await;
     let png = base64::engine::general_purpose::STANDARD.decode(shot).unwrap();

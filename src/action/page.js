@@ -113,19 +113,59 @@
     return el.getAttribute('aria-disabled') !== 'true';
   }
 
+  // Every element of the page, open shadow roots included, in document order.
+  function* allElements(root) {
+    for (const el of root.querySelectorAll('*')) {
+      yield el;
+      if (el.shadowRoot) yield* allElements(el.shadowRoot);
+    }
+  }
+
+  // The roots whose text is searched: the body and every open shadow root.
+  function* textRoots() {
+    if (!document.body) return;
+    yield document.body;
+    for (const el of allElements(document.body)) if (el.shadowRoot) yield el.shadowRoot;
+  }
+
+  // A CSS path unique in the element's tree; inside a shadow root, the host's path, then
+  // ` >>> `, then the path within the root.
   function uniquePath(el) {
+    const root = el.getRootNode();
     const parts = [];
     for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
-      if (e.id && document.querySelectorAll('#' + CSS.escape(e.id)).length === 1) {
+      if (e.id && root.querySelectorAll('#' + CSS.escape(e.id)).length === 1) {
         parts.unshift('#' + CSS.escape(e.id));
         break;
       }
-      if (!e.parentElement) { parts.unshift(e.localName); break; }
+      if (!e.parentElement && root === document) { parts.unshift(e.localName); break; }
       let i = 1;
       for (let s = e.previousElementSibling; s; s = s.previousElementSibling) if (s.localName === e.localName) i++;
       parts.unshift(`${CSS.escape(e.localName)}:nth-of-type(${i})`);
     }
-    return parts.join(' > ');
+    const path = parts.join(' > ');
+    return root instanceof ShadowRoot ? `${uniquePath(root.host)} >>> ${path}` : path;
+  }
+
+  // Elements a path or a user's selector names, through ` >>> ` into shadow roots. A path
+  // this file made names one element: the one whose path it is comes first.
+  function queryAll(selector) {
+    const found = queryEach(selector);
+    if (!selector.includes(':nth-of-type(') && !selector.includes(' >>> ')) return found;
+    const exact = found.findIndex((el) => uniquePath(el) === selector);
+    if (exact > 0) found.unshift(...found.splice(exact, 1));
+    return found;
+  }
+
+  function queryEach(selector) {
+    const steps = selector.split(' >>> ');
+    let scopes = [document];
+    for (const [i, step] of steps.entries()) {
+      const found = scopes.flatMap((s) => Array.from(s.querySelectorAll(step)));
+      if (i === steps.length - 1) return found;
+      scopes = found.map((el) => el.shadowRoot).filter(Boolean);
+    }
+    return [];
   }
 
   function describe(el) {
@@ -143,14 +183,13 @@
 
   function candidates(spec) {
     if (spec.css) {
-      try { return Array.from(document.querySelectorAll(spec.css)).map((el) => [el, 100]); }
+      try { return queryAll(spec.css).map((el) => [el, 100]); }
       catch (e) { throw new Error(`"${spec.css}" is not a valid CSS selector`); }
     }
     const wanted = norm(spec.name);
     const found = new Map();
     const consider = (el, s) => { if (s > 0 && (found.get(el) || 0) < s) found.set(el, s); };
-    const all = document.body ? document.body.querySelectorAll('*') : [];
-    for (const el of all) {
+    for (const el of document.body ? allElements(document.body) : []) {
       const role = roleOf(el);
       if (spec.role) {
         if (!roleMatches(spec.role, role, el) && !(spec.role === 'heading' && /^h[1-6]$/.test(el.localName))) continue;
@@ -162,13 +201,15 @@
     }
     if (!spec.role && wanted) {
       // Plain text: the innermost elements whose own text matches, lifted to what they belong to.
-      const walker = document.createTreeWalker(document.body || document.documentElement, NodeFilter.SHOW_TEXT);
-      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-        const parent = node.parentElement;
-        if (!parent || ['script', 'style', 'noscript', 'template'].includes(parent.localName)) continue;
-        if (!norm(node.data)) continue;
-        const s = score([norm(textOf(parent))], wanted);
-        if (s > 0) consider(owner(parent), s);
+      for (const root of textRoots()) {
+        const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+          const parent = node.parentElement;
+          if (!parent || ['script', 'style', 'noscript', 'template'].includes(parent.localName)) continue;
+          if (!norm(node.data)) continue;
+          const s = score([norm(textOf(parent))], wanted);
+          if (s > 0) consider(owner(parent), s);
+        }
       }
     }
     return Array.from(found.entries()).sort((a, b) => b[1] - a[1]);
@@ -200,7 +241,8 @@
     found.x = r.left + r.width / 2;
     found.y = r.top + r.height / 2;
     if (need === 'click') {
-      const hit = document.elementFromPoint(found.x, found.y);
+      const root = el.getRootNode();
+      const hit = (root.elementFromPoint ? root : document).elementFromPoint(found.x, found.y);
       const hits = hit && (hit === el || el.contains(hit) || (el.labels && Array.from(el.labels).some((l) => l.contains(hit))));
       if (!hits) return { state: 'covered', element: found.element, by: hit ? describe(hit) : 'nothing' };
     }
@@ -208,7 +250,7 @@
   }
 
   function element(selector) {
-    const el = document.querySelector(selector);
+    const el = queryAll(selector)[0];
     if (!el) throw new Error('the element is gone from the page');
     return el;
   }
@@ -279,7 +321,7 @@
     // What a model is shown: the page's visible interactive elements, numbered.
     snapshot(limit) {
       const items = [];
-      for (const el of document.body ? document.body.querySelectorAll('*') : []) {
+      for (const el of document.body ? allElements(document.body) : []) {
         const role = roleOf(el);
         if (!INTERACTIVE.includes(role) && role !== 'heading') continue;
         if (!isVisible(el)) continue;
