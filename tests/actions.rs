@@ -66,6 +66,7 @@ fn site(path: &str) -> (String, String) {
                   document.getElementById('out').textContent = 'shadow clicked';
               }
             });</script>
+            <a href='#end'>Jump to the end</a>
             <div style="height: 3000px"></div><p id="end">The end</p></body></html>"#
             .to_owned(),
     };
@@ -338,6 +339,11 @@ async fn the_primitives_act_on_a_page_of_controls() {
     assert_eq!(ok(&server, sid, "get the text of #out").await, "searched:hello");
     ok(&server, sid, "hover over \"Hover me\"").await;
     assert_eq!(ok(&server, sid, "read the text of css:#hov").await, "hovered");
+    // A link within the page: no load follows, and none is waited for.
+    let started = Instant::now();
+    let jumped = ok(&server, sid, "click the link Jump to the end").await;
+    assert!(jumped.ends_with("/controls#end."), "{jumped}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert_eq!(
         ok(&server, sid, "scroll to the bottom").await,
         "Scrolled to the bottom of the page."

@@ -810,22 +810,27 @@ pub fn target(phrase: &str) -> Option<Target> {
             fingerprint: None,
         });
     }
-    for (word, r) in ROLE_WORDS {
+    // The kind after the name ("the Save button") is the usual order; before it ("the link
+    // Pricing", "the button \"Save\"") is tried second.
+    let suffix = ROLE_WORDS.iter().find_map(|(word, r)| {
         if lower == *word {
-            role = Some((*r).to_owned());
-            name.clear();
-            break;
+            Some((*r, String::new()))
+        } else {
+            lower
+                .ends_with(&format!(" {word}"))
+                .then(|| (*r, rest[..rest.len() - word.len()].trim().to_owned()))
         }
-        if lower.ends_with(&format!(" {word}")) {
-            role = Some((*r).to_owned());
-            name = rest[..rest.len() - word.len()].trim().to_owned();
-            break;
-        }
-        if lower.starts_with(&format!("{word} ")) && is_quoted(&rest[word.len()..]) {
-            role = Some((*r).to_owned());
-            name = rest[word.len()..].trim().to_owned();
-            break;
-        }
+    });
+    let prefix = || {
+        ROLE_WORDS.iter().find_map(|(word, r)| {
+            lower
+                .starts_with(&format!("{word} "))
+                .then(|| (*r, rest[word.len()..].trim().to_owned()))
+        })
+    };
+    if let Some((r, n)) = suffix.or_else(prefix) {
+        role = Some(r.to_owned());
+        name = n;
     }
     let name = unquote(&name);
     Some(Target {
@@ -951,6 +956,14 @@ mod tests {
             (Some("button"), Some("Submit"))
         );
         assert_eq!(role_name(&one("click Continue")), (None, Some("Continue")));
+        assert_eq!(
+            role_name(&one("click the link Jump to the end")),
+            (Some("link"), Some("Jump to the end"))
+        );
+        assert_eq!(
+            role_name(&one("click the button \"Save\"")),
+            (Some("button"), Some("Save"))
+        );
         assert!(matches!(one("double-click the row"), Step::Click { count: 2, .. }));
         let Step::Click { target, .. } = one("click css:#login > button") else {
             panic!()

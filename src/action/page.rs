@@ -27,8 +27,9 @@ const HELPERS: &str = include_str!("page.js");
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(100);
-/// How long after an input a navigation it caused may take to start.
-const NAVIGATION_START: Duration = Duration::from_millis(300);
+/// How long after an input has been handled (see `settle`) a navigation it caused may take
+/// to be reported.
+const NAVIGATION_START: Duration = Duration::from_millis(100);
 
 /// What an element must be before a primitive acts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,10 +497,18 @@ impl Page {
         timeout: Duration,
     ) -> Result<(), ActionError> {
         let session = self.session.clone();
+        let frame = self.target_id.clone();
+        // Loaded; or it moved within the document, or stopped without loading (a 204, a
+        // download): nothing more is coming.
         let loaded = tokio::time::timeout(
             timeout,
             next_event(events, |e| {
-                e["sessionId"] == session.as_str() && e["method"] == "Page.loadEventFired"
+                e["sessionId"] == session.as_str()
+                    && (e["method"] == "Page.loadEventFired"
+                        || (matches!(
+                            e["method"].as_str(),
+                            Some("Page.navigatedWithinDocument" | "Page.frameStoppedLoading")
+                        ) && e["params"]["frameId"] == frame.as_str()))
             }),
         )
         .await;
@@ -524,6 +533,9 @@ impl Page {
         events: &mut broadcast::Receiver<Arc<Value>>,
         timeout: Duration,
     ) -> Result<Option<String>, ActionError> {
+        // One round trip through the page's main thread: by its answer the input's handlers
+        // have run, and a navigation they asked for is on its way to being reported.
+        let _ = self.eval("0").await;
         let session = self.session.clone();
         let target = self.target_id.clone();
         let started = tokio::time::timeout(
@@ -531,7 +543,7 @@ impl Page {
             next_event(events, |e| {
                 let method = e["method"].as_str().unwrap_or("");
                 (e["sessionId"] == session.as_str()
-                    && method == "Page.frameStartedLoading"
+                    && matches!(method, "Page.frameStartedLoading" | "Page.frameRequestedNavigation")
                     && e["params"]["frameId"] == target.as_str())
                     || (method == "Target.targetCreated"
                         && e["params"]["targetInfo"]["openerId"] == target.as_str()
