@@ -196,7 +196,7 @@ async fn relay_filtered<V, B>(
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     // The browser went away: most likely the session is ending.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), session.ended().cancelled()).await;
+                    let _ = tokio::time::timeout(crate::relay::EXIT_GRACE, session.ended().cancelled()).await;
                     break session.ended().is_cancelled();
                 }
                 Some(Ok(_)) => {}
