@@ -493,6 +493,8 @@ impl Broker {
     /// Ends a session on request; answers its previous status if it had already ended.
     pub fn terminate(&self, session: &Session) -> Result<(), Status> {
         session.end(EndReason::Terminated)?;
+        // On disk before the caller hears it is done, should the broker die next.
+        self.records.save(session);
         self.metrics.sessions_terminated.fetch_add(1, Relaxed);
         tracing::info!(session = %session.id, "session terminated");
         Ok(())

@@ -34,16 +34,23 @@ struct Record {
 
 pub struct Records {
     dir: PathBuf,
+    /// Held while a record is rendered and written: the last write is then always of the
+    /// latest state (an earlier save cannot land after a later one).
+    writing: std::sync::Mutex<()>,
 }
 
 impl Records {
     pub fn open(dir: PathBuf) -> io::Result<Records> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Records { dir })
+        Ok(Records {
+            dir,
+            writing: std::sync::Mutex::new(()),
+        })
     }
 
     /// Writes the session's current record (without its URLs: they carry tokens).
     pub fn save(&self, session: &Session) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         if session.is_forgotten() {
             return;
         }
@@ -65,6 +72,7 @@ impl Records {
     }
 
     pub fn remove(&self, id: &str) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
     }
 
