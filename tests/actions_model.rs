@@ -67,8 +67,9 @@ fn answer(request: &Value) -> Value {
     } else {
         // The snapshot after the tools shows the page behind the form.
         let heading = last.lines().find(|l| l.starts_with("Welcome")).unwrap_or("no greeting");
+        // Arguments as an object, as some compatible servers send them.
         json!({"role": "assistant", "content": null, "tool_calls": [
-            tool_call("c4", "done", json!({"result": format!("Logged in: {heading}")}))]})
+            {"id": "c4", "type": "function", "function": {"name": "done", "arguments": {"result": format!("Logged in: {heading}")}}}]})
     };
     json!({"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
 }

@@ -326,8 +326,14 @@ impl Runner {
             }
             for call in &tool_calls {
                 let name = call["function"]["name"].as_str().unwrap_or("");
-                let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
-                let content = match model::read_call(name, arguments, &snapshot) {
+                // The protocol sends arguments as a JSON string; some compatible servers
+                // send the object itself.
+                let arguments = match &call["function"]["arguments"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "{}".to_owned(),
+                    other => other.to_string(),
+                };
+                let content = match model::read_call(name, &arguments, &snapshot) {
                     Ok(Call::Done(result)) => return Ok((result, steps)),
                     Ok(Call::Fail(reason)) => {
                         return Err(ActionError::new(format!("The model could not do it: {reason}")));
