@@ -66,6 +66,9 @@ fn site(path: &str) -> (String, String) {
                   document.getElementById('out').textContent = 'shadow clicked';
               }
             });</script>
+            <iframe style='width: 400px; height: 120px; border: 5px solid black' srcdoc='<label for="n">Nickname</label>
+              <input id="n"> <button onclick="parent.document.getElementById(&apos;out&apos;).textContent =
+              &apos;framed:&apos; + document.getElementById(&apos;n&apos;).value">Frame submit</button>'></iframe>
             <a href='#end'>Jump to the end</a>
             <div style="height: 3000px"></div><p id="end">The end</p></body></html>"#
             .to_owned(),
@@ -339,6 +342,34 @@ async fn the_primitives_act_on_a_page_of_controls() {
     assert_eq!(ok(&server, sid, "get the text of #out").await, "searched:hello");
     ok(&server, sid, "hover over \"Hover me\"").await;
     assert_eq!(ok(&server, sid, "read the text of css:#hov").await, "hovered");
+    // Inside a same-origin frame: found, typed into, clicked at the right place, replayed.
+    assert_eq!(
+        ok(&server, sid, "type Bo into the Nickname field").await,
+        "Typed 2 characters into the Nickname field."
+    );
+    for used_cache in [false, true] {
+        let r = run(
+            &server,
+            json!({"session_id": sid, "action": "click Frame submit", "id": "frame"}),
+        )
+        .await;
+        assert_eq!(
+            (r.json["success"].as_bool(), r.json["used_cache"].as_bool()),
+            (Some(true), Some(used_cache)),
+            "{}",
+            r.body
+        );
+        assert_eq!(ok(&server, sid, "get the text of #out").await, "framed:Bo");
+        // Reset the output for the next round.
+        assert_eq!(
+            run(&server, json!({"session_id": sid, "action": "click Save"}))
+                .await
+                .json["success"],
+            true
+        );
+    }
+    assert!(ok(&server, sid, "read the page text").await.contains("Nickname"));
+
     // A link within the page: no load follows, and none is waited for.
     let started = Instant::now();
     let jumped = ok(&server, sid, "click the link Jump to the end").await;

@@ -64,7 +64,7 @@
     add(el.getAttribute('aria-label'));
     const labelledBy = el.getAttribute('aria-labelledby');
     if (labelledBy) {
-      add(labelledBy.split(/\s+/).map((id) => { const r = document.getElementById(id); return r ? textOf(r) : ''; }).join(' '));
+      add(labelledBy.split(/\s+/).map((id) => { const r = el.getRootNode().getElementById(id); return r ? textOf(r) : ''; }).join(' '));
     }
     if (el.labels) for (const l of el.labels) add(textOf(l));
     const role = roleOf(el);
@@ -103,9 +103,12 @@
   function isVisible(el) {
     const rect = el.getBoundingClientRect();
     if (rect.width <= 0 || rect.height <= 0) return false;
-    if (el.checkVisibility) return el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true });
-    const style = getComputedStyle(el);
-    return style.visibility !== 'hidden' && style.display !== 'none';
+    const style = el.ownerDocument.defaultView.getComputedStyle(el);
+    const shown = el.checkVisibility
+      ? el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true })
+      : style.visibility !== 'hidden' && style.display !== 'none';
+    const frame = frameOf(el);
+    return shown && (!frame || isVisible(frame));
   }
 
   function isEnabled(el) {
@@ -113,38 +116,72 @@
     return el.getAttribute('aria-disabled') !== 'true';
   }
 
-  // Every element of the page, open shadow roots included, in document order.
+  // The document inside a same-origin frame, or null (other origins are out of reach).
+  function frameDocument(el) {
+    if (el.localName !== 'iframe' && el.localName !== 'frame') return null;
+    try { return el.contentDocument && el.contentDocument.body ? el.contentDocument : null; } catch (e) { return null; }
+  }
+
+  // What a path step after ` >>> ` looks into: a shadow root or a frame's document.
+  const inner = (el) => el.shadowRoot || frameDocument(el);
+
+  // Every element of the page, open shadow roots and same-origin frames included, in
+  // document order.
   function* allElements(root) {
     for (const el of root.querySelectorAll('*')) {
       yield el;
-      if (el.shadowRoot) yield* allElements(el.shadowRoot);
+      const within = inner(el);
+      if (within) yield* allElements(within.body || within);
     }
   }
 
-  // The roots whose text is searched: the body and every open shadow root.
+  // The roots whose text is searched: the body, every open shadow root and frame body.
   function* textRoots() {
     if (!document.body) return;
     yield document.body;
-    for (const el of allElements(document.body)) if (el.shadowRoot) yield el.shadowRoot;
+    for (const el of allElements(document.body)) {
+      const within = inner(el);
+      if (within) yield within.body || within;
+    }
+  }
+
+  // The frame element holding a node's document, if it is not the page's own.
+  function frameOf(node) {
+    const doc = node.ownerDocument || node;
+    return doc !== document && doc.defaultView ? doc.defaultView.frameElement : null;
+  }
+
+  // A rectangle in the page's viewport: a frame's content is offset by the frame's box.
+  function pageRect(el) {
+    const r = el.getBoundingClientRect();
+    let [left, top] = [r.left, r.top];
+    for (let frame = frameOf(el); frame; frame = frameOf(frame)) {
+      const f = frame.getBoundingClientRect();
+      left += f.left + frame.clientLeft;
+      top += f.top + frame.clientTop;
+    }
+    return { left, top, width: r.width, height: r.height, local: r };
   }
 
   // A CSS path unique in the element's tree; inside a shadow root, the host's path, then
   // ` >>> `, then the path within the root.
   function uniquePath(el) {
     const root = el.getRootNode();
+    const inFrame = !root.host && root !== document && frameOf(el);
     const parts = [];
     for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
       if (e.id && root.querySelectorAll('#' + CSS.escape(e.id)).length === 1) {
         parts.unshift('#' + CSS.escape(e.id));
         break;
       }
-      if (!e.parentElement && root === document) { parts.unshift(e.localName); break; }
+      if (!e.parentElement && !root.host) { parts.unshift(e.localName); break; }
       let i = 1;
       for (let s = e.previousElementSibling; s; s = s.previousElementSibling) if (s.localName === e.localName) i++;
       parts.unshift(`${CSS.escape(e.localName)}:nth-of-type(${i})`);
     }
     const path = parts.join(' > ');
-    return root instanceof ShadowRoot ? `${uniquePath(root.host)} >>> ${path}` : path;
+    if (root.host) return `${uniquePath(root.host)} >>> ${path}`;
+    return inFrame ? `${uniquePath(inFrame)} >>> ${path}` : path;
   }
 
   // Elements a path or a user's selector names, through ` >>> ` into shadow roots. A path
@@ -163,7 +200,7 @@
     for (const [i, step] of steps.entries()) {
       const found = scopes.flatMap((s) => Array.from(s.querySelectorAll(step)));
       if (i === steps.length - 1) return found;
-      scopes = found.map((el) => el.shadowRoot).filter(Boolean);
+      scopes = found.map(inner).filter(Boolean);
     }
     return [];
   }
@@ -202,7 +239,7 @@
     if (!spec.role && wanted) {
       // Plain text: the innermost elements whose own text matches, lifted to what they belong to.
       for (const root of textRoots()) {
-        const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+        const walker = (root.ownerDocument || root).createTreeWalker(root, NodeFilter.SHOW_TEXT);
         for (let node = walker.nextNode(); node; node = walker.nextNode()) {
           const parent = node.parentElement;
           if (!parent || ['script', 'style', 'noscript', 'template'].includes(parent.localName)) continue;
@@ -233,16 +270,19 @@
     }
     const found = { state: 'ready', selector: uniquePath(el), fingerprint: fingerprint(el), element: describe(el) };
     if (need === 'present') return found;
-    const r0 = el.getBoundingClientRect();
-    if (r0.top < 0 || r0.left < 0 || r0.bottom > innerHeight || r0.right > innerWidth) {
+    const r0 = pageRect(el);
+    if (r0.top < 0 || r0.left < 0 || r0.top + r0.height > innerHeight || r0.left + r0.width > innerWidth) {
+      // Scrolls the frames that hold it too.
       el.scrollIntoView({ block: 'center', inline: 'center', behavior: 'instant' });
     }
-    const r = el.getBoundingClientRect();
+    const r = pageRect(el);
     found.x = r.left + r.width / 2;
     found.y = r.top + r.height / 2;
     if (need === 'click') {
+      // Hit-tested where it lives, in its own frame's coordinates.
       const root = el.getRootNode();
-      const hit = (root.elementFromPoint ? root : document).elementFromPoint(found.x, found.y);
+      const local = [r.local.left + r.local.width / 2, r.local.top + r.local.height / 2];
+      const hit = root.elementFromPoint(...local);
       const hits = hit && (hit === el || el.contains(hit) || (el.labels && Array.from(el.labels).some((l) => l.contains(hit))));
       if (!hits) return { state: 'covered', element: found.element, by: hit ? describe(hit) : 'nothing' };
     }
@@ -261,16 +301,18 @@
     // Puts the caret in a text field with its content selected, so typing replaces it.
     focusForTyping(selector) {
       const el = element(selector);
+      const doc = el.ownerDocument;
       el.focus();
       if (typeof el.select === 'function' && el.localName !== 'select') el.select();
       else if (el.isContentEditable) {
-        const range = document.createRange();
+        const range = doc.createRange();
         range.selectNodeContents(el);
-        const sel = getSelection();
+        const sel = doc.getSelection();
         sel.removeAllRanges();
         sel.addRange(range);
       }
-      return document.activeElement === el || el.contains(document.activeElement);
+      const active = el.getRootNode().activeElement;
+      return active === el || el.contains(active);
     },
 
     // Chooses an option of a <select> by its text, then its value; answers its text.
@@ -304,12 +346,17 @@
       return (textOf(el) || '').trim();
     },
 
+    // The page's text, then that of its same-origin frames.
     pageText() {
-      return document.body ? textOf(document.body).trim() : '';
+      const parts = [];
+      for (const root of textRoots()) if (root.localName === 'body') parts.push(textOf(root).trim());
+      return parts.filter(Boolean).join('\n');
     },
 
     hasText(wanted) {
-      return !!document.body && norm(textOf(document.body)).includes(norm(wanted));
+      const w = norm(wanted);
+      for (const root of textRoots()) if (norm(textOf(root)).includes(w)) return true;
+      return false;
     },
 
     scrollToEnd(bottom) {
