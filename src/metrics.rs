@@ -70,6 +70,8 @@ pub struct Metrics {
     /// Creates that waited for a free slot, and how long in all.
     pub queue_waits: AtomicU64,
     pub queue_wait_micros: AtomicU64,
+    /// Single actions, from the request read to the answer (queueing behind others included).
+    pub action_time: Histogram,
     pub actions_succeeded: AtomicU64,
     pub actions_failed: AtomicU64,
     pub action_model_calls: AtomicU64,
@@ -249,6 +251,11 @@ impl Metrics {
             &mut out,
             "cdpgate_session_create_seconds",
             "Time to create a session, for creates that succeeded.",
+        );
+        self.action_time.render(
+            &mut out,
+            "cdpgate_single_action_seconds",
+            "Time to run a single action, waiting for the session's earlier ones included.",
         );
         single(
             &mut out,

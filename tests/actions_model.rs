@@ -207,5 +207,8 @@ async fn the_model_performs_tool_calls_is_charged_and_then_cached() {
         metrics.contains("cdpgate_single_action_cache_hits_total 1\n"),
         "{metrics}"
     );
+    // Six actions answered (two openings, two logins, a read, the impossible one).
+    assert!(metrics.contains("cdpgate_single_action_seconds_count 6\n"), "{metrics}");
+    assert!(metrics.contains("cdpgate_single_actions_failed_total 1\n"), "{metrics}");
     server.stop().await;
 }

@@ -121,11 +121,13 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
             broker.create_session(tenant.clone(), new).await?
         }
     };
+    let started = std::time::Instant::now();
     let answer = tokio::select! {
         answer = run_in_turn(broker, &tenant, &session, &request) => answer,
         _ = session.ended().cancelled() => return Err(ended_during(&session)),
     };
     let m = &broker.metrics;
+    m.action_time.observe(started.elapsed());
     if answer.success {
         &m.actions_succeeded
     } else {
