@@ -96,7 +96,7 @@ async fn route(broker: &Broker, request: Request<Incoming>) -> Result<Response<B
                     Ok(json_response(StatusCode::OK, &state))
                 }
                 ([id, "storage-state"], &Method::POST | &Method::PUT) => {
-                    let state = Value::Object(read_json_object(request, MAX_STORAGE_STATE_BYTES).await?);
+                    let state = Value::Object(read_json_object(broker, request, MAX_STORAGE_STATE_BYTES).await?);
                     storage_state::validate(&state).map_err(ApiError::unprocessable)?;
                     broker.import_storage_state(&tenant, id, &state).await?;
                     let profile = broker.profiles.get(&tenant, id).map_err(profile_error)?;
@@ -129,7 +129,7 @@ async fn create_profile(
     tenant: &Tenant,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = read_json_object(request, MAX_STORAGE_STATE_BYTES).await?;
+    let body = read_json_object(broker, request, MAX_STORAGE_STATE_BYTES).await?;
     let name = match field(&body, "name") {
         Some(Value::String(n)) => n.trim().to_owned(),
         Some(_) => return Err(ApiError::unprocessable("name must be a string")),
@@ -200,7 +200,7 @@ fn render(broker: &Broker, session: &Session) -> Value {
 }
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = read_json_object(request, broker.config.max_body_bytes).await?;
+    let body = read_json_object(broker, request, broker.config.max_body_bytes).await?;
     let new = validate_create(&broker.config, &body)?;
     let started = std::time::Instant::now();
     let session = broker.create_session(tenant, new).await?;
@@ -411,7 +411,7 @@ async fn update(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let session = find(broker, tenant, id)?;
-    let body = read_json_object(request, broker.config.max_body_bytes).await?;
+    let body = read_json_object(broker, request, broker.config.max_body_bytes).await?;
     let ttl = field(&body, "ttl")
         .map(|v| parse_ttl(v, broker.config.max_ttl))
         .transpose()?;
@@ -471,7 +471,11 @@ async fn delete(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<B
 }
 
 /// Reads the body (at most `limit` bytes) as a JSON object. An empty body counts as `{}`.
-pub(crate) async fn read_json_object(request: Request<Incoming>, limit: usize) -> Result<Map<String, Value>, ApiError> {
+pub(crate) async fn read_json_object(
+    broker: &Broker,
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -487,9 +491,16 @@ pub(crate) async fn read_json_object(request: Request<Incoming>, limit: usize) -
     {
         return Err(too_large());
     }
-    let bytes = Limited::new(request.into_body(), limit)
-        .collect()
+    // A client that trickles its body is dropped like one that trickles its headers.
+    let read_time = broker.config.request_read_timeout();
+    let bytes = tokio::time::timeout(read_time, Limited::new(request.into_body(), limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("The request body did not arrive within {} s", read_time.as_secs_f64()),
+            )
+        })?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large()

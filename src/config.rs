@@ -48,6 +48,9 @@ pub struct Config {
     pub default_height: u32,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers, and then its body; slower
+    /// clients are dropped (headers) or answered 408 (body).
+    pub request_read_timeout_ms: u64,
     /// Largest `metadata` object accepted, in bytes of JSON.
     pub max_metadata_bytes: usize,
     /// Largest WebSocket message relayed, in bytes (full-page screenshots are tens of MB).
@@ -109,6 +112,7 @@ impl Default for Config {
             default_width: 1280,
             default_height: 720,
             max_body_bytes: 64 * 1024,
+            request_read_timeout_ms: 10_000,
             max_metadata_bytes: 16 * 1024,
             max_message_bytes: 256 * 1024 * 1024,
             shutdown_timeout_ms: 10_000,
@@ -208,6 +212,7 @@ impl Config {
             default_width,
             default_height,
             max_body_bytes,
+            request_read_timeout_ms,
             max_metadata_bytes,
             max_message_bytes,
             shutdown_timeout_ms,
@@ -316,6 +321,9 @@ impl Config {
         if self.launch_timeout_ms == 0 {
             errors.push("launch_timeout_ms must be positive".into());
         }
+        if self.request_read_timeout_ms == 0 {
+            errors.push("request_read_timeout_ms must be positive".into());
+        }
         if self.action_timeout_ms == 0 || self.action_wait_ms == 0 {
             errors.push("action_timeout_ms and action_wait_ms must be positive".into());
         }
@@ -348,6 +356,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn request_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_read_timeout_ms)
     }
 
     pub fn action_timeout(&self) -> Duration {

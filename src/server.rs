@@ -16,8 +16,8 @@ use crate::broker::Broker;
 use crate::error::Body;
 use crate::{live, proxy};
 
-/// A client has this long to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) read.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Serves until the broker's shutdown token is cancelled; in-flight requests finish.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
@@ -64,11 +64,14 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = broker.shutdown.clone();
+    let read_timeout = broker.config.request_read_timeout();
     let service = service_fn(move |request| dispatch(broker.clone(), request));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(read_timeout)
         .max_buf_size(64 * 1024)
+        // Headers past this answer 431: a request's headers are a few hundred bytes.
+        .max_header_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);

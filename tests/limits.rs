@@ -220,3 +220,53 @@ async fn during_shutdown_new_requests_get_503_and_new_connections_are_refused() 
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_slow_clients_are_dropped_not_held() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.request_read_timeout_ms = 1_000).await;
+    let read_all = async |stream: &mut tokio::net::TcpStream| {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the broker let go of the connection in time")
+            .ok();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+
+    // 100 KiB of headers: refused with 431.
+    let mut big = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let filler = "x".repeat(100 * 1024);
+    let request = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n");
+    let _ = big.write_all(request.as_bytes()).await;
+    let answer = read_all(&mut big).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+
+    // Headers that never finish: the connection is closed after the read timeout.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_all(&mut slow).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A body that trickles: 408, and nothing created.
+    let mut trickle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /public/sessions HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\nContent-Length: 100\r\n\r\n{{\"ttl\""
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_all(&mut trickle).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert_eq!(server.broker.sessions.len(), 0);
+
+    // The broker goes on serving.
+    let r = server.call(Method::GET, "/health", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    server.stop().await;
+}

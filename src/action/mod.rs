@@ -105,7 +105,7 @@ struct Answer {
 }
 
 pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = read_json_object(request, broker.config.max_body_bytes).await?;
+    let body = read_json_object(broker, request, broker.config.max_body_bytes).await?;
     let request = validate(&body)?;
     let session = match &request.session_id {
         Some(id) => active_session(broker, &tenant, id)?,
