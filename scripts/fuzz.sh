@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the parts that read untrusted input, with cargo-fuzz (libFuzzer).
 # usage: scripts/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET...]
-# New inputs that reach new code are added to fuzz/corpus/<target>/ (commit them: the test
-# suite replays the corpus, tests/fuzz_corpus.rs). A crash stops with its input under
-# fuzz/artifacts/<target>/.
+# Starts from fuzz/corpus/<target>/ and the hand-written seeds and past crashes in
+# fuzz/seeds/<target>/; new inputs that reach new code are added to fuzz/corpus/<target>/
+# (minimize with `RUSTC_BOOTSTRAP=1 cargo fuzz cmin <target>`, then commit: the test suite
+# replays both directories, tests/fuzz_corpus.rs). A crash stops with its input under
+# fuzz/artifacts/<target>/: fix it and keep the input in fuzz/seeds/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +25,8 @@ export RUSTC_BOOTSTRAP=1
 
 for target in "${targets[@]}"; do
   echo "== $target: ${seconds}s"
-  cargo fuzz run "$target" "fuzz/corpus/$target" -- \
+  mkdir -p "fuzz/corpus/$target"
+  cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
     -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
     | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|Done)" || true
   if compgen -G "fuzz/artifacts/$target/crash-*" >/dev/null; then

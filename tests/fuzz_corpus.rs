@@ -1,6 +1,7 @@
-//! Replays the fuzz corpus kept in `fuzz/corpus/<target>/` (seeds plus what fuzzing runs
-//! found; see `scripts/fuzz.sh`) through the same entry points, so that every input the
-//! fuzzer ever kept is checked again on each test run, without the fuzzer.
+//! Replays the fuzz corpus kept in `fuzz/corpus/<target>/` (what fuzzing runs kept,
+//! minimized) and `fuzz/seeds/<target>/` (hand-written seeds and the inputs of bugs found)
+//! through the same entry points (see `scripts/fuzz.sh`), so that every input is checked
+//! again on each test run, without the fuzzer.
 
 use std::path::Path;
 
@@ -16,15 +17,14 @@ const TARGETS: [(&str, Target); 5] = [
 
 #[test]
 fn every_kept_input_still_passes() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     for (name, target) in TARGETS {
-        let dir = root.join(name);
-        let inputs: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
+        let mut inputs = Vec::new();
+        for kind in ["corpus", "seeds"] {
+            let dir = root.join(kind).join(name);
+            let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            inputs.extend(files.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
         assert!(!inputs.is_empty(), "no corpus for {name}");
         for input in inputs {
             let bytes = std::fs::read(&input).unwrap();
