@@ -347,27 +347,7 @@ async fn the_primitives_act_on_a_page_of_controls() {
         ok(&server, sid, "type Bo into the Nickname field").await,
         "Typed 2 characters into the Nickname field."
     );
-    for used_cache in [false, true] {
-        let r = run(
-            &server,
-            json!({"session_id": sid, "action": "click Frame submit", "id": "frame"}),
-        )
-        .await;
-        assert_eq!(
-            (r.json["success"].as_bool(), r.json["used_cache"].as_bool()),
-            (Some(true), Some(used_cache)),
-            "{}",
-            r.body
-        );
-        assert_eq!(ok(&server, sid, "get the text of #out").await, "framed:Bo");
-        // Reset the output for the next round.
-        assert_eq!(
-            run(&server, json!({"session_id": sid, "action": "click Save"}))
-                .await
-                .json["success"],
-            true
-        );
-    }
+    click_then_replay(&server, sid, "click Frame submit", "framed:Bo").await;
     assert!(ok(&server, sid, "read the page text").await.contains("Nickname"));
 
     // A link within the page: no load follows, and none is waited for.
@@ -390,23 +370,7 @@ async fn the_primitives_act_on_a_page_of_controls() {
     assert_eq!(ok(&server, sid, "get the text of #out").await, "saved");
 
     // Inside an open shadow root, found by text, then replayed from the cache by its path.
-    for used_cache in [false, true] {
-        let r = run(
-            &server,
-            json!({"session_id": sid, "action": "click \"Shadow action\"", "id": "shadow"}),
-        )
-        .await;
-        assert_eq!(
-            (r.json["success"].as_bool(), r.json["used_cache"].as_bool()),
-            (Some(true), Some(used_cache)),
-            "{}",
-            r.body
-        );
-        assert_eq!(ok(&server, sid, "get the text of #out").await, "shadow clicked");
-        // Reset the output for the next round.
-        let cleared = run(&server, json!({"session_id": sid, "action": "click Save"})).await;
-        assert_eq!(cleared.json["success"], true);
-    }
+    click_then_replay(&server, sid, "click \"Shadow action\"", "shadow clicked").await;
 
     let shot = ok(&server, sid, "take a screenshot").await;
     let png = base64::engine::general_purpose::STANDARD.decode(shot).unwrap();
@@ -447,6 +411,19 @@ async fn the_primitives_act_on_a_page_of_controls() {
         );
     }
     server.stop().await;
+}
+
+/// Runs a click with an id twice on the page of controls: found, then replayed from the
+/// cache; each time `#out` must say `expected`.
+async fn click_then_replay(server: &TestServer, sid: &str, action: &str, expected: &str) {
+    for used_cache in [false, true] {
+        let r = run(server, json!({"session_id": sid, "action": action, "id": action})).await;
+        let flags = (r.json["success"].as_bool(), r.json["used_cache"].as_bool());
+        assert_eq!(flags, (Some(true), Some(used_cache)), "{action}: {}", r.body);
+        assert_eq!(ok(server, sid, "get the text of #out").await, expected);
+        // Reset the output for the next round (Save writes "saved").
+        ok(server, sid, "click Save").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
