@@ -69,6 +69,7 @@ fn site(path: &str) -> (String, String) {
             <iframe style='width: 400px; height: 120px; border: 5px solid black' srcdoc='<label for="n">Nickname</label>
               <input id="n"> <button onclick="parent.document.getElementById(&apos;out&apos;).textContent =
               &apos;framed:&apos; + document.getElementById(&apos;n&apos;).value">Frame submit</button>'></iframe>
+            <a href='/login' target='_blank'>Open the login page</a>
             <a href='#end'>Jump to the end</a>
             <div style="height: 3000px"></div><p id="end">The end</p></body></html>"#
             .to_owned(),
@@ -410,6 +411,14 @@ async fn the_primitives_act_on_a_page_of_controls() {
             started.elapsed()
         );
     }
+
+    // A link that opens a new tab: the action follows it, and so do the next ones.
+    let opened = ok(&server, sid, "click the link Open the login page").await;
+    assert!(
+        opened.contains(&format!("The page is now at {}", url(site, "/login"))),
+        "{opened}"
+    );
+    assert_eq!(ok(&server, sid, "get the title").await, "Sign in");
     server.stop().await;
 }
 
