@@ -523,26 +523,34 @@ async fn actions_on_a_session_run_in_turn_and_end_with_it() {
         .unwrap()
         .to_owned();
 
-    // Two at once: the second waits for the first.
-    let started = Instant::now();
-    let first = run(&server, json!({"session_id": sid, "action": "wait 1 second"}));
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = run(&server, json!({"session_id": sid, "action": "get the URL"})).await;
-        (r, started.elapsed())
+    let session = server.broker.sessions.get(&sid).unwrap().clone();
+    // An action is running once it holds the session's turn.
+    let running = || async {
+        assert!(
+            eventually(Duration::from_secs(10), || session.actions.try_lock().is_err()).await,
+            "the action never started"
+        );
     };
-    let (first, (second, second_done)) = tokio::join!(first, second);
+
+    // Two at once: the second, sent while the first runs, waits for it.
+    let first = async {
+        let r = run(&server, json!({"session_id": sid, "action": "wait 1 second"})).await;
+        (r, Instant::now())
+    };
+    let second = async {
+        running().await;
+        let r = run(&server, json!({"session_id": sid, "action": "get the URL"})).await;
+        (r, Instant::now())
+    };
+    let ((first, first_done), (second, second_done)) = tokio::join!(first, second);
     assert_eq!(first.json["result"], "Waited 1 s.", "{}", first.body);
     assert_eq!(second.json["success"], true, "{}", second.body);
-    assert!(
-        second_done >= Duration::from_secs(1),
-        "the second ran after {second_done:?}"
-    );
+    assert!(first_done <= second_done, "the second finished before the first");
 
     // A long action does not outlive its session.
     let long = run(&server, json!({"session_id": sid, "action": "wait 30 seconds"}));
     let end = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        running().await;
         server.terminate(&sid).await
     };
     let started = Instant::now();
