@@ -1,11 +1,12 @@
 //! The broker's own small DevTools client: plain HTTP to a browser's `/json/*` endpoints
-//! and one-off CDP commands. Only ever talks to browsers on loopback.
+//! and one-off CDP commands to the broker's own browsers. Its HTTP exchange is shared: it
+//! also carries requests to users' browsers (`upstream.rs`) and to the single-action model.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -34,20 +35,21 @@ pub async fn http_request(addr: &str, method: Method, path: &str) -> Result<(Sta
     tokio::time::timeout(HTTP_TIMEOUT, async {
         let stream = TcpStream::connect(addr).await.map_err(CdpError::Connect)?;
         let _ = stream.set_nodelay(true);
-        http_exchange(stream, addr, None, method, path).await
+        http_exchange(stream, addr, None, method, path, None).await
     })
     .await
     .map_err(|_| CdpError::Timeout)?
 }
 
-/// One HTTP/1.1 request on an open connection to a DevTools server (`authority` is its
-/// `Host`), with optional `Authorization`; answers status and body.
+/// One HTTP/1.1 request on an open connection (`authority` is its `Host`), with optional
+/// `Authorization` and JSON body; answers status and body (at most 16 MiB).
 pub async fn http_exchange<S>(
     stream: S,
     authority: &str,
     authorization: Option<&str>,
     method: Method,
     path: &str,
+    json: Option<Bytes>,
 ) -> Result<(StatusCode, Bytes), CdpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -64,8 +66,11 @@ where
     if let Some(auth) = authorization {
         request = request.header(hyper::header::AUTHORIZATION, auth);
     }
+    if json.is_some() {
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
     let request = request
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(json.unwrap_or_default()))
         .map_err(|e| CdpError::Http(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();

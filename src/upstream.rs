@@ -273,7 +273,14 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), UpstreamError> {
         let stream = self.open(egress, timeout).await?;
-        let exchange = cdp::http_exchange(stream, &self.authority, self.authorization.as_deref(), method, path);
+        let exchange = cdp::http_exchange(
+            stream,
+            &self.authority,
+            self.authorization.as_deref(),
+            method,
+            path,
+            None,
+        );
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?

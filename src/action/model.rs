@@ -6,17 +6,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use super::instruction::{ScrollTo, Step, Target};
 use crate::upstream::UpstreamStream;
 
-/// Largest answer read from the model endpoint.
-const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// Interactive elements shown to the model per page.
 pub const SNAPSHOT_ELEMENTS: usize = 200;
 
@@ -73,10 +69,6 @@ impl ModelClient {
         } else {
             UpstreamStream::Plain(tcp)
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
         let authority = match self.url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host,
@@ -85,23 +77,17 @@ impl ModelClient {
             Some(q) => format!("{}?{q}", self.url.path()),
             None => self.url.path().to_owned(),
         };
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(hyper::header::HOST, authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &self.api_key {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the model's answer failed: {e}"))?
-            .to_bytes();
-        conn.abort();
+        let bearer = self.api_key.as_ref().map(|key| format!("Bearer {key}"));
+        let (status, bytes) = crate::cdp::http_exchange(
+            stream,
+            &authority,
+            bearer.as_deref(),
+            Method::POST,
+            &path,
+            Some(Bytes::from(body)),
+        )
+        .await
+        .map_err(|e| format!("the model endpoint failed: {e}"))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
             return Err(format!("the model endpoint answered {status}: {text}"));
