@@ -1,5 +1,7 @@
-//! The broker's shared state: sessions, the pool, secrets, public URLs, metrics, and the
-//! tasks that end sessions on time.
+//! The composition root: builds every part from the configuration, holds them, and wires
+//! them together. The sessions running on this node are kept here by id (their node-local
+//! handles); every session's record is in the session store, read through one lookup path
+//! by the API, the proxy, live view and actions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,21 +18,23 @@ use crate::action::Actions;
 use crate::action::cache::ActionCache;
 use crate::action::model::ModelClient;
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
-use crate::browser::{LaunchError, Launcher, Screen, find_chrome};
-use crate::byo::{self, Egress};
+use crate::browser::byo::{self, ProbeError};
+use crate::browser::cdp::{self, CdpError};
+use crate::browser::egress::Egress;
+use crate::browser::pool::{Pool, PoolError};
+use crate::browser::{Browser, LaunchError, Launcher, Screen, find_chrome};
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::Origin;
 use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
-use crate::pool::{Pool, PoolError};
-use crate::profile::{self, ProfileError, Profiles};
-use crate::proxy;
-use crate::records::{Archived, Records};
-use crate::session::{Backing, EndReason, ProfileBinding, Session, SessionInit, Status};
-use crate::{cdp, storage_state};
+use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
+use crate::store::profiles::{self, ProfileError, Profiles};
+use crate::store::{
+    EndReason, ListPage, ListQuery, LocalStore, SaveOutcome, SessionRecord, Status, StoreError, storage_state,
+};
 
-/// Seconds a client is told to wait after a 503.
-const RETRY_AFTER_SECS: u64 = 2;
+/// How long terminate and delete wait for a profile save before answering anyway.
+const SAVE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,6 +48,62 @@ pub enum StartError {
     Browser(#[from] LaunchError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+}
+
+/// Why a session could not be created, or a profile's browser could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("The broker is shutting down")]
+    ShuttingDown,
+    #[error("Too many sessions created with this API key: at most {per_minute} a minute. Retry in {retry_after} s.")]
+    RateLimited { per_minute: u32, retry_after: u64 },
+    #[error(transparent)]
+    Capacity(#[from] PoolError),
+    #[error(transparent)]
+    Byo(#[from] ProbeError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("The browser profile could not be read: {0}")]
+    ProfileUnreadable(std::io::Error),
+    #[error("The profile's browser failed: {0}")]
+    ProfileBrowser(#[from] CdpError),
+    #[error("The profile was {}", .0.describe())]
+    ProfileNotSaved(SaveOutcome),
+}
+
+impl BrokerError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            BrokerError::RateLimited { .. } => Origin::Client,
+            BrokerError::Byo(e) => e.origin(),
+            BrokerError::Profile(e) => e.origin(),
+            BrokerError::ProfileBrowser(_) => Origin::Upstream,
+            BrokerError::ShuttingDown
+            | BrokerError::Capacity(_)
+            | BrokerError::ProfileUnreadable(_)
+            | BrokerError::ProfileNotSaved(_) => Origin::Internal,
+        }
+    }
+}
+
+/// Why a session asked for by id cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("Session not found")]
+    NotFound,
+    #[error("Session is {}", .0.as_str())]
+    Ended(Status),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SessionError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            SessionError::NotFound | SessionError::Ended(_) => Origin::Client,
+            SessionError::Store(e) => e.origin(),
+        }
+    }
 }
 
 /// The URLs handed to clients, from `public_url` (never from a request).
@@ -74,6 +134,13 @@ impl PublicUrls {
     }
 }
 
+/// The URLs of one session, each with a token valid until it expires.
+pub struct SessionUrls {
+    pub cdp: String,
+    pub live: String,
+    pub live_read_only: String,
+}
+
 /// The model for single actions, if `model_url` is set; its key from the environment.
 fn model_client(config: &Config) -> Option<ModelClient> {
     let url = url::Url::parse(&config.model_url).ok()?;
@@ -99,17 +166,17 @@ pub struct Broker {
     /// Present when the broker serves TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub tokens: Tokens,
-    /// Where bring-your-own sessions may connect.
+    /// Where connections to users' own browsers may go.
     pub egress: Egress,
-    pub create_limiter: CreateLimiter,
-    pub sessions: DashMap<String, Arc<Session>>,
-    /// Ended sessions of an earlier run, known from their records.
-    pub archive: DashMap<String, Arc<Archived>>,
-    pub records: Arc<Records>,
+    create_limiter: CreateLimiter,
+    /// Sessions whose browser runs on this node, until their end is written down.
+    running: Arc<DashMap<String, Arc<Session>>>,
+    /// Every session's record, written in order.
+    records: Arc<Recorder>,
     pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
-    /// The single-action cache and model.
+    /// The single-action engine: its cache and model.
     pub actions: Actions,
     /// Every task that must finish before the broker has stopped (proxied connections,
     /// session watchers, browser reapers).
@@ -130,15 +197,10 @@ pub struct NewSession {
     pub persist_changes: bool,
 }
 
-/// How a profile refusal reads to a client.
-pub fn profile_error(e: ProfileError) -> ApiError {
-    match e {
-        ProfileError::NotFound => ApiError::not_found(e.to_string()),
-        ProfileError::Duplicate(_) | ProfileError::Busy(_) | ProfileError::InUse(_) => {
-            ApiError::conflict(e.to_string())
-        }
-        ProfileError::Io(_) => ApiError::internal(e.to_string()),
-    }
+/// The secrets a broker starts with: API keys and the token signing secret.
+struct Secrets {
+    api_keys: Vec<String>,
+    token_secret: String,
 }
 
 impl Broker {
@@ -163,36 +225,8 @@ impl Broker {
             source,
         };
         std::fs::create_dir_all(&data_dir).map_err(dir_error)?;
-
-        let chrome = if config.chrome_path.is_empty() {
-            find_chrome().ok_or(StartError::NoChrome)?
-        } else {
-            let p = PathBuf::from(&config.chrome_path);
-            if !p.exists() {
-                return Err(StartError::ChromeMissing(p));
-            }
-            p
-        };
-
-        let mut api_keys = config.api_keys.clone();
-        if api_keys.is_empty() {
-            let path = data_dir.join("api_key");
-            let (key, created) = load_or_create_secret(&path, "cdpg_", 24).map_err(dir_error)?;
-            if created {
-                // The one time a secret is printed: a newcomer needs it to make a first call.
-                println!("cdpgate: generated an API key (kept in {}): {key}", path.display());
-            } else {
-                println!("cdpgate: using the API key kept in {}", path.display());
-            }
-            api_keys.push(key);
-        }
-        let secret = if config.token_secret.is_empty() {
-            load_or_create_secret(&data_dir.join("token_secret"), "", 32)
-                .map_err(dir_error)?
-                .0
-        } else {
-            config.token_secret.clone()
-        };
+        let chrome = chrome_path(&config)?;
+        let secrets = load_secrets(&config).map_err(dir_error)?;
 
         let metrics = Arc::new(Metrics::default());
         let tracker = TaskTracker::new();
@@ -205,11 +239,8 @@ impl Broker {
             metrics.clone(),
         ));
         let profiles = Arc::new(Profiles::load(data_dir.join("profiles")).map_err(dir_error)?);
-        let records = Arc::new(Records::open(data_dir.join("sessions")).map_err(dir_error)?);
-        let archive: DashMap<String, Arc<Archived>> = DashMap::new();
-        for archived in records.load(Duration::from_secs(config.retention_secs)) {
-            archive.insert(archived.id.clone(), Arc::new(archived));
-        }
+        let retention = Duration::from_secs(config.retention_secs);
+        let store = LocalStore::open(data_dir.join("sessions"), retention).map_err(dir_error)?;
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
@@ -220,10 +251,6 @@ impl Broker {
             tracing::error!(error = %e, "Chromium does not start; sessions will be refused until it does");
         }
 
-        let default_screen = Screen {
-            width: config.default_width,
-            height: config.default_height,
-        };
         let egress = Egress::new(
             &config.byo_allow,
             launcher.own_ports.clone(),
@@ -232,7 +259,7 @@ impl Broker {
         );
         let pool = Arc::new(Pool::new(
             launcher,
-            default_screen,
+            config.default_screen(),
             config.pool_size,
             config.max_sessions,
             config.queue_timeout(),
@@ -243,65 +270,48 @@ impl Broker {
         let broker = Arc::new(Broker {
             urls: PublicUrls::new(&config.public_url, bound, config.tls_enabled()),
             tls,
-            keys: ApiKeys::new(&api_keys),
-            tokens: Tokens::new(secret.as_bytes()),
+            keys: ApiKeys::new(&secrets.api_keys),
+            tokens: Tokens::new(secrets.token_secret.as_bytes()),
             egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
-            sessions: DashMap::new(),
-            archive,
-            records,
+            running: Arc::new(DashMap::new()),
+            records: Arc::new(Recorder::new(Arc::new(store))),
             profiles,
             pool,
-            metrics,
             actions: Actions {
                 cache: ActionCache::new(&config.data_dir),
                 model: model_client(&config),
+                metrics: metrics.clone(),
             },
+            metrics,
             tracker: tracker.clone(),
             shutdown,
             config,
         });
-        tracker.spawn(forget_old_sessions(Arc::downgrade(&broker), broker.shutdown.clone()));
+        tracker.spawn(sweep_records(Arc::downgrade(&broker), broker.shutdown.clone()));
         Ok(broker)
     }
 
-    pub fn default_screen(&self) -> Screen {
-        Screen {
-            width: self.config.default_width,
-            height: self.config.default_height,
-        }
-    }
-
     /// Hands a browser to a new session of `tenant` and starts its TTL watcher.
-    pub async fn create_session(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, ApiError> {
+    pub async fn create_session(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
         if self.shutdown.is_cancelled() {
-            return Err(ApiError::unavailable("The broker is shutting down", RETRY_AFTER_SECS));
+            return Err(BrokerError::ShuttingDown);
         }
         if let Err(wait) = self.create_limiter.take(&tenant, std::time::Instant::now()) {
             self.metrics.create_rate_limited.fetch_add(1, Relaxed);
-            let secs = wait.as_secs() + 1;
-            return Err(ApiError {
-                retry_after: Some(secs),
-                ..ApiError::new(
-                    hyper::StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "Too many sessions created with this API key: at most {} a minute. Retry in {secs} s.",
-                        self.config.creates_per_minute
-                    ),
-                )
+            return Err(BrokerError::RateLimited {
+                per_minute: self.config.creates_per_minute,
+                retry_after: wait.as_secs() + 1,
             });
         }
         let id = format!("sess_{}", random_hex(16));
         if let Some(url) = &request.external_url {
-            let upstream = byo::probe(
-                url,
-                &self.egress,
-                self.config.byo_timeout(),
-                proxy::ws_config(&self.config),
-            )
-            .await
-            .inspect_err(|e| tracing::info!(error = %e, "bring-your-own endpoint refused"))?;
-            return Ok(self.register(id, tenant, request, Backing::External(upstream), None));
+            let upstream = byo::probe(url, &self.egress, self.config.byo_timeout(), self.config.ws_config())
+                .await
+                .inspect_err(|e| tracing::info!(error = %e, "bring-your-own endpoint refused"))?;
+            return Ok(self
+                .register(id, tenant, request, Backing::External(upstream), None)
+                .await);
         }
         if let Some(profile_id) = &request.profile_id {
             return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
@@ -311,7 +321,7 @@ impl Broker {
             .acquire(request.screen)
             .await
             .map_err(|e| self.capacity_error(e))?;
-        Ok(self.register(id, tenant, request, Backing::Managed(lease), None))
+        Ok(self.register(id, tenant, request, Backing::Managed(lease), None).await)
     }
 
     /// A session on a fresh browser started from a copy of the profile.
@@ -321,27 +331,21 @@ impl Broker {
         tenant: Tenant,
         profile_id: String,
         request: NewSession,
-    ) -> Result<Arc<Session>, ApiError> {
-        let profile = self.profiles.get(&tenant, &profile_id).map_err(profile_error)?;
-        let hold = self
-            .profiles
-            .begin_use(profile, &id, request.persist_changes)
-            .map_err(profile_error)?;
+    ) -> Result<Arc<Session>, BrokerError> {
+        let profile = self.profiles.get(&tenant, &profile_id)?;
+        let hold = self.profiles.begin_use(profile, &id, request.persist_changes)?;
         let dir = self.pool.scratch_dir();
         let prepared = async {
-            let cookies = hold
-                .copy_into(&dir)
-                .await
-                .map_err(|e| ApiError::internal(format!("The browser profile could not be read: {e}")))?;
+            let cookies = hold.copy_into(&dir).await.map_err(BrokerError::ProfileUnreadable)?;
             let lease = self
                 .pool
                 .acquire_on(request.screen, dir.clone())
                 .await
                 .map_err(|e| self.capacity_error(e))?;
-            if let Err(e) = profile::restore_session_cookies(&lease.browser, &cookies).await {
+            if let Err(e) = profiles::restore_session_cookies(&lease.browser, &cookies).await {
                 tracing::warn!(error = %e, "could not restore the profile's session cookies");
             }
-            Ok::<_, ApiError>(lease)
+            Ok::<_, BrokerError>(lease)
         };
         match prepared.await {
             Ok(lease) => {
@@ -351,7 +355,9 @@ impl Broker {
                     tracker: self.tracker.clone(),
                     metrics: self.metrics.clone(),
                 };
-                Ok(self.register(id, tenant, request, Backing::Managed(lease), Some(binding)))
+                Ok(self
+                    .register(id, tenant, request, Backing::Managed(lease), Some(binding))
+                    .await)
             }
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -362,7 +368,7 @@ impl Broker {
     }
 
     /// A profile's cookies and localStorage as a Playwright `storageState` document.
-    pub async fn export_storage_state(&self, tenant: &Tenant, id: &str) -> Result<Value, ApiError> {
+    pub async fn export_storage_state(&self, tenant: &Tenant, id: &str) -> Result<Value, BrokerError> {
         self.in_profile_browser(tenant, id, false, async |conn, browser| {
             storage_state::export(conn, &browser.dir).await
         })
@@ -370,7 +376,7 @@ impl Broker {
     }
 
     /// Writes a (validated) `storageState` document into a profile and saves it.
-    pub async fn import_storage_state(&self, tenant: &Tenant, id: &str, state: &Value) -> Result<(), ApiError> {
+    pub async fn import_storage_state(&self, tenant: &Tenant, id: &str, state: &Value) -> Result<(), BrokerError> {
         self.in_profile_browser(tenant, id, true, async |conn, _| {
             storage_state::import(conn, state).await
         })
@@ -384,42 +390,29 @@ impl Broker {
         tenant: &Tenant,
         id: &str,
         persist: bool,
-        work: impl AsyncFnOnce(&mut cdp::Connection, &crate::browser::Browser) -> Result<T, cdp::CdpError>,
-    ) -> Result<T, ApiError> {
-        let profile = self.profiles.get(tenant, id).map_err(profile_error)?;
+        work: impl AsyncFnOnce(&mut cdp::Connection, &Browser) -> Result<T, CdpError>,
+    ) -> Result<T, BrokerError> {
+        let profile = self.profiles.get(tenant, id)?;
         let holder = format!("storage-state-{}", random_hex(4));
-        let hold = self
-            .profiles
-            .begin_use(profile, &holder, persist)
-            .map_err(profile_error)?;
+        let hold = self.profiles.begin_use(profile, &holder, persist)?;
         let dir = self.pool.scratch_dir();
-        let browser_error = |e: cdp::CdpError| ApiError::internal(format!("The profile's browser failed: {e}"));
         let mut lease = None;
         let result = async {
-            let cookies = hold
-                .copy_into(&dir)
+            let cookies = hold.copy_into(&dir).await.map_err(BrokerError::ProfileUnreadable)?;
+            let acquired = self
+                .pool
+                .acquire_on(self.config.default_screen(), dir.clone())
                 .await
-                .map_err(|e| ApiError::internal(format!("The browser profile could not be read: {e}")))?;
-            let browser = &lease
-                .insert(
-                    self.pool
-                        .acquire_on(self.default_screen(), dir.clone())
-                        .await
-                        .map_err(|e| self.capacity_error(e))?,
-                )
-                .browser;
-            profile::restore_session_cookies(browser, &cookies)
-                .await
-                .map_err(browser_error)?;
-            let mut conn = cdp::Connection::open(&format!("ws://{}{}", browser.addr(), browser.ws_path))
-                .await
-                .map_err(browser_error)?;
-            let out = work(&mut conn, browser).await.map_err(browser_error)?;
+                .map_err(|e| self.capacity_error(e))?;
+            let browser = &lease.insert(acquired).browser;
+            profiles::restore_session_cookies(browser, &cookies).await?;
+            let mut conn = cdp::Connection::open(&browser.ws_url()).await?;
+            let out = work(&mut conn, browser).await?;
             drop(conn);
             if persist {
                 let outcome = hold.save_from(browser).await;
-                if outcome != "saved" {
-                    return Err(ApiError::internal(format!("The profile was {outcome}")));
+                if outcome != SaveOutcome::Saved {
+                    return Err(BrokerError::ProfileNotSaved(outcome));
                 }
             }
             Ok(out)
@@ -435,21 +428,13 @@ impl Broker {
         result
     }
 
-    fn capacity_error(&self, e: PoolError) -> ApiError {
+    fn capacity_error(&self, e: PoolError) -> BrokerError {
         self.metrics.create_rejected.fetch_add(1, Relaxed);
-        match e {
-            PoolError::Busy => ApiError::unavailable(
-                "No browser is available: every slot is in use. Retry later.",
-                RETRY_AFTER_SECS,
-            ),
-            PoolError::Launch(e) => {
-                ApiError::unavailable(format!("The browser could not be started: {e}"), RETRY_AFTER_SECS)
-            }
-        }
+        BrokerError::Capacity(e)
     }
 
     /// Records a new session and starts its watcher.
-    fn register(
+    async fn register(
         &self,
         id: String,
         tenant: Tenant,
@@ -462,7 +447,7 @@ impl Broker {
             Backing::Managed(lease) => lease.browser.exited(),
             Backing::External(_) => CancellationToken::new(),
         };
-        let session = Arc::new(Session::new(SessionInit {
+        let init = SessionInit {
             id: id.clone(),
             tenant,
             ttl: request.ttl,
@@ -470,57 +455,142 @@ impl Broker {
             metadata: request.metadata,
             backing,
             profile,
-        }));
-        self.sessions.insert(id.clone(), session.clone());
-        self.records.save(&session);
+        };
+        let session = Arc::new(Session::new(init, ""));
+        self.running.insert(id.clone(), session.clone());
+        self.records.save(&session).await;
         self.metrics.sessions_created.fetch_add(1, Relaxed);
         self.tracker.spawn(watch_session(
             session.clone(),
             exited,
             self.metrics.clone(),
             self.records.clone(),
+            self.running.clone(),
             self.shutdown.clone(),
         ));
         tracing::info!(session = %id, tenant = %session.tenant, external = session.upstream.external, "session created");
         session
     }
 
-    /// The session `id` if it belongs to `tenant` (another tenant's looks unknown).
-    pub fn find(&self, tenant: &Tenant, id: &str) -> Option<Arc<Session>> {
-        self.sessions.get(id).map(|s| s.clone()).filter(|s| &s.tenant == tenant)
+    /// The session running here under `id`, if it is `tenant`'s (any tenant's for `None`).
+    pub fn running_session(&self, tenant: Option<&Tenant>, id: &str) -> Option<Arc<Session>> {
+        self.running
+            .get(id)
+            .map(|s| s.clone())
+            .filter(|s| tenant.is_none_or(|t| &s.tenant == t))
     }
 
-    /// Ends a session on request; answers its previous status if it had already ended.
-    pub fn terminate(&self, session: &Session) -> Result<(), Status> {
+    /// The record of a session of `tenant`, freshest from its handle if it runs here.
+    pub async fn record(&self, tenant: &Tenant, id: &str) -> Result<SessionRecord, SessionError> {
+        if let Some(session) = self.running_session(Some(tenant), id) {
+            return Ok(session.record());
+        }
+        self.records
+            .store()
+            .get_for(tenant, id)
+            .await?
+            .ok_or(SessionError::NotFound)
+    }
+
+    /// A page of a tenant's sessions, newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let mut page = self.records.store().list(query).await?;
+        for record in &mut page.records {
+            if let Some(session) = self.running_session(None, &record.id) {
+                *record = session.record();
+            }
+        }
+        Ok(page)
+    }
+
+    /// The active session `id` (of `tenant`, if given): the one lookup that the API's
+    /// changes, the proxy, live view and actions make.
+    pub async fn active(&self, tenant: Option<&Tenant>, id: &str) -> Result<Arc<Session>, SessionError> {
+        if let Some(session) = self.running_session(tenant, id) {
+            return match session.status() {
+                Status::Active => Ok(session),
+                ended => Err(SessionError::Ended(ended)),
+            };
+        }
+        let record = self.records.store().get(id).await?;
+        match record.filter(|r| tenant.is_none_or(|t| &r.tenant == t)) {
+            Some(r) if r.status != Status::Active => Err(SessionError::Ended(r.status)),
+            _ => Err(SessionError::NotFound),
+        }
+    }
+
+    /// Ends a session on request and waits (bounded) for its profile save; answers its
+    /// status if it had already ended.
+    pub async fn terminate(&self, session: &Arc<Session>) -> Result<(), Status> {
         session.end(EndReason::Terminated)?;
-        // On disk before the caller hears it is done, should the broker die next.
-        self.records.save(session);
+        // Written before the caller hears it is done, should the broker die next.
+        self.records.save(session).await;
         self.metrics.sessions_terminated.fetch_add(1, Relaxed);
         tracing::info!(session = %session.id, "session terminated");
+        // "Terminate the session to save the authentication state": answer once it is saved.
+        if tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled())
+            .await
+            .is_ok()
+        {
+            self.records.save(session).await;
+        }
         Ok(())
     }
 
-    /// The `cdp_url` of a session: the broker's address with a token valid until expiry.
-    /// The live view links of a session: interactive, and read-only.
-    pub fn live_urls(&self, session: &Session) -> (String, String) {
-        let url = |scope| {
-            let token = self
-                .tokens
-                .mint(&session.id, scope, session.created_at, session.expires_at());
-            format!("{}/live/{}?token={token}", self.urls.http, session.id)
-        };
-        (url(Scope::Live), url(Scope::LiveReadOnly))
+    /// Moves an active session's expiry and merges metadata in.
+    pub async fn update(
+        &self,
+        session: &Session,
+        ttl: Option<Duration>,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<(), Status> {
+        session.update(ttl, metadata)?;
+        self.records.save(session).await;
+        Ok(())
     }
 
-    pub fn cdp_url(&self, session: &Session) -> String {
-        let token = self
-            .tokens
-            .mint(&session.id, Scope::Cdp, session.created_at, session.expires_at());
-        format!("{}/devtools/browser/{}?token={token}", self.urls.ws, session.id)
+    /// Ends the session if it runs, and forgets it.
+    pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), SessionError> {
+        match self.running_session(Some(tenant), id) {
+            Some(session) => {
+                // Forgotten first, so that no later write of its record brings it back.
+                session.forget();
+                let _ = self.terminate(&session).await;
+                self.running.remove(id);
+            }
+            None => {
+                self.records
+                    .store()
+                    .get_for(tenant, id)
+                    .await?
+                    .ok_or(SessionError::NotFound)?;
+            }
+        }
+        self.records.remove(id).await;
+        Ok(())
+    }
+
+    /// A session's `cdp_url` and live view links, each with a token valid until it expires.
+    pub fn session_urls(&self, record: &SessionRecord) -> SessionUrls {
+        let token = |scope| {
+            self.tokens
+                .mint(&record.id, scope, record.created_at, record.expires_at)
+        };
+        let live = |scope| format!("{}/live/{}?token={}", self.urls.http, record.id, token(scope));
+        SessionUrls {
+            cdp: format!(
+                "{}/devtools/browser/{}?token={}",
+                self.urls.ws,
+                record.id,
+                token(Scope::Cdp)
+            ),
+            live: live(Scope::Live),
+            live_read_only: live(Scope::LiveReadOnly),
+        }
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.sessions.iter().filter(|s| s.status() == Status::Active).count()
+        self.running.iter().filter(|s| s.status() == Status::Active).count()
     }
 
     pub fn render_metrics(&self) -> String {
@@ -533,7 +603,7 @@ impl Broker {
     /// Ends every session, waits (bounded) for connections and browsers to wind down.
     pub async fn stop(&self) {
         self.shutdown.cancel();
-        for entry in self.sessions.iter() {
+        for entry in self.running.iter() {
             let _ = entry.end(EndReason::Shutdown);
         }
         self.tracker.close();
@@ -546,27 +616,64 @@ impl Broker {
     }
 }
 
-/// Ends the session at its TTL, or when its browser exits; follows TTL extensions.
+/// The configured Chrome, or the first one found.
+fn chrome_path(config: &Config) -> Result<PathBuf, StartError> {
+    if config.chrome_path.is_empty() {
+        return find_chrome().ok_or(StartError::NoChrome);
+    }
+    let p = PathBuf::from(&config.chrome_path);
+    if !p.exists() {
+        return Err(StartError::ChromeMissing(p));
+    }
+    Ok(p)
+}
+
+/// The configured secrets, or those kept in the data directory (made on first start).
+fn load_secrets(config: &Config) -> std::io::Result<Secrets> {
+    let mut api_keys = config.api_keys.clone();
+    if api_keys.is_empty() {
+        let path = config.data_dir.join("api_key");
+        let (key, created) = load_or_create_secret(&path, "cdpg_", 24)?;
+        if created {
+            // The one time a secret is printed: a newcomer needs it to make a first call.
+            println!("cdpgate: generated an API key (kept in {}): {key}", path.display());
+        } else {
+            println!("cdpgate: using the API key kept in {}", path.display());
+        }
+        api_keys.push(key);
+    }
+    let token_secret = if config.token_secret.is_empty() {
+        load_or_create_secret(&config.data_dir.join("token_secret"), "", 32)?.0
+    } else {
+        config.token_secret.clone()
+    };
+    Ok(Secrets { api_keys, token_secret })
+}
+
+/// Ends the session at its TTL, or when its browser exits; follows TTL extensions. Once
+/// its end (and profile save) is written down, the session no longer runs here.
 async fn watch_session(
     session: Arc<Session>,
     browser_exited: CancellationToken,
     metrics: Arc<Metrics>,
-    records: Arc<Records>,
+    records: Arc<Recorder>,
+    running: Arc<DashMap<String, Arc<Session>>>,
     shutdown: CancellationToken,
 ) {
     end_on_time(&session, browser_exited, &metrics, shutdown).await;
-    records.save(&session);
+    records.save(&session).await;
     // The profile save, if any, finishes later; its outcome belongs in the record too.
     session.profile_released().cancelled().await;
-    if session.profile_id.is_some() {
-        records.save(&session);
+    if session.record().profile.is_some() {
+        records.save(&session).await;
     }
+    running.remove_if(&session.id, |_, s| Arc::ptr_eq(s, &session));
 }
 
 /// Returns once the session has ended, having ended it at its TTL, when its browser
 /// exited, or at shutdown.
 async fn end_on_time(
-    session: &Session,
+    session: &Arc<Session>,
     browser_exited: CancellationToken,
     metrics: &Metrics,
     shutdown: CancellationToken,
@@ -604,27 +711,14 @@ async fn end_on_time(
     }
 }
 
-/// Drops ended sessions once they are older than the retention period.
-async fn forget_old_sessions(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
+/// Forgets ended sessions once they are older than the retention period.
+async fn sweep_records(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
     loop {
         let Some(b) = broker.upgrade() else { return };
         let retention = Duration::from_secs(b.config.retention_secs);
-        let now = SystemTime::now();
-        let expired = |at: SystemTime| now.duration_since(at).unwrap_or_default() >= retention;
-        b.sessions.retain(|id, s| {
-            let keep = !s.ended_at().is_some_and(expired);
-            if !keep {
-                b.records.remove(id);
-            }
-            keep
-        });
-        b.archive.retain(|id, a| {
-            let keep = !expired(a.ended_at);
-            if !keep {
-                b.records.remove(id);
-            }
-            keep
-        });
+        if let Err(e) = b.records.store().sweep(SystemTime::now(), retention).await {
+            tracing::warn!(error = %e, "could not sweep old session records");
+        }
         let period = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
         drop(b);
         tokio::select! {

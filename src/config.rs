@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::browser::Screen;
 
 /// The broker's settings. Each field mirrors a key of `config.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -306,7 +309,7 @@ impl Config {
         if self.max_message_bytes < 1024 * 1024 {
             errors.push("max_message_bytes must be at least 1 MiB".into());
         }
-        if let Err(bad) = crate::byo::parse_allow_list(&self.byo_allow) {
+        if let Err(bad) = crate::browser::egress::parse_allow_list(&self.byo_allow) {
             errors.extend(bad);
         }
         if self.tls_cert.is_empty() != self.tls_key.is_empty() {
@@ -376,6 +379,22 @@ impl Config {
 
     pub fn byo_timeout(&self) -> Duration {
         Duration::from_millis(self.byo_timeout_ms)
+    }
+
+    /// The screen of a session that asks for none.
+    pub fn default_screen(&self) -> Screen {
+        Screen {
+            width: self.default_width,
+            height: self.default_height,
+        }
+    }
+
+    /// Frame and message limits of every WebSocket the broker speaks or relays.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let max = self.max_message_bytes;
+        WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
     }
 }
 

@@ -7,30 +7,30 @@ use serde_json::{Map, Value};
 use crate::action::{instruction, keys};
 use crate::auth::{Scope, Tokens};
 use crate::config::Config;
-use crate::relay::FrameCursor;
+use crate::proxy::relay::FrameCursor;
 
 /// A request body as every endpoint reads it: create, update, run-action, storage state,
 /// plus the query string of a list.
 pub fn request_body(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::api::query_pairs(text);
+        let _ = crate::http::request::query_pairs(text);
     }
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(data) else {
         return;
     };
     let config = Config::default();
-    let _ = crate::api::validate_create(&config, &body);
+    let _ = crate::http::sessions::validate_create(&config, &body);
     let field = |name: &str| body.get(name).filter(|v| !v.is_null());
     if let Some(v) = field("ttl") {
-        let _ = crate::api::parse_ttl(v, config.max_ttl);
+        let _ = crate::http::sessions::parse_ttl(v, config.max_ttl);
     }
     if let Some(v) = field("metadata") {
-        let _ = crate::api::parse_metadata(v, config.max_metadata_bytes);
+        let _ = crate::http::sessions::parse_metadata(v, config.max_metadata_bytes);
     }
-    let _ = crate::action::validate_body(&body);
-    let _ = crate::storage_state::validate(&Value::Object(body.clone()));
+    let _ = crate::http::actions::validate_body(&body);
+    let _ = crate::store::storage_state::validate(&Value::Object(body.clone()));
     if let Some(state) = field("storage_state") {
-        let _ = crate::storage_state::validate(state);
+        let _ = crate::store::storage_state::validate(state);
     }
 }
 
@@ -48,7 +48,7 @@ pub fn discovery(data: &[u8]) {
     let Ok(mut value) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let rewriter = crate::proxy::Rewriter {
+    let rewriter = crate::proxy::discovery::Rewriter {
         chrome: "127.0.0.1:9222",
         public_ws: "wss://broker.example",
         session_id: "sess_1",
@@ -112,5 +112,5 @@ pub fn instruction(data: &[u8]) {
     }
     let mut body = Map::new();
     body.insert("action".into(), Value::String(text.to_owned()));
-    let _ = crate::action::validate_body(&body);
+    let _ = crate::http::actions::validate_body(&body);
 }

@@ -6,54 +6,40 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: `config.toml`, `CDPGATE_*` overrides and their validation.
-//! - [`server`]: the accept loop; HTTP/1.1 with upgrades on each connection.
-//! - [`api`]: the JSON API (`/public/sessions…`, `/health`, `/metrics`).
-//! - [`proxy`]: the CDP WebSocket relay and the per-session discovery endpoints.
-//! - [`live`]: the live view page and its filtered CDP connection.
-//! - [`action`]: Run Single Action: instructions in words, carried out in a session's browser.
-//! - [`upstream`]: how a session's browser is reached (managed on loopback, or external).
-//! - [`byo`]: bring-your-own browsers: probing a user's `cdp_url`, the egress policy.
-//! - [`broker`]: shared state: sessions, pool, secrets, URLs; ends sessions on time.
-//! - [`session`]: one session's record and lifecycle.
-//! - [`records`]: session records on disk, readable after a restart.
-//! - [`pool`]: the warm pool of browsers and the cap on concurrent sessions.
-//! - [`browser`]: one Chrome process, its scratch directory and its reaping.
-//! - [`profile`]: browser profiles on disk, copied into sessions and saved back atomically.
-//! - [`storage_state`]: Playwright `storageState` documents in and out of profiles.
-//! - [`cdp`]: the broker's own small DevTools client.
-//! - [`auth`]: API keys (tenants) and signed connection tokens.
-//! - [`tls`]: the rustls acceptor, when TLS is configured.
-//! - [`limits`]: per-tenant rate limits.
-//! - [`metrics`]: Prometheus counters and histograms.
-//! - [`error`]: the one place errors become `{"detail": …}` answers.
+//! The layers, top down; a module imports only from layers below it (and its own):
+//!
+//! - [`http`]: the accept loop, the route table, request reading, errors into answers, and
+//!   the handlers: sessions, profiles, single actions, live view.
+//! - [`proxy`]: authorizes and relays CDP connections (the relay follows frame headers),
+//!   and the discovery endpoints with their addresses rewritten.
+//! - [`broker`]: the composition root: builds the parts, holds the sessions running here,
+//!   and is the one lookup path for a session by id.
+//! - [`action`]: the single-action engine (instruction parser, page driver, cache, model).
+//! - [`session`]: a running session's node-local handles and lifecycle.
+//! - [`browser`]: launcher, warm pool, the broker's own CDP client, upstreams, the egress
+//!   policy, bring-your-own probes.
+//! - [`store`]: session records behind the [`store::SessionStore`] trait, profiles,
+//!   `storageState` documents.
+//! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`metrics`],
+//!   [`tls`], and [`error`] (whose fault an error is).
 
 #![deny(unsafe_code)]
 
 pub mod action;
-pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod browser;
-pub mod byo;
-pub mod cdp;
 pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod limits;
-pub mod live;
 pub mod metrics;
-pub mod pool;
-pub mod profile;
 pub mod proxy;
-pub mod records;
-pub mod relay;
-pub mod server;
 pub mod session;
-pub mod storage_state;
+pub mod store;
 pub mod tls;
-pub mod upstream;
 
 use std::sync::Arc;
 
@@ -86,6 +72,6 @@ pub async fn start(
 
 /// The second half of [`run`]: serves, then stops the broker.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
-    server::serve(listener, broker.clone()).await;
+    http::server::serve(listener, broker.clone()).await;
     broker.stop().await;
 }

@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::error::Origin;
+
 /// Close codes the broker sends, counted one by one; anything else counts as "other".
 const CLOSE_CODES: [u16; 7] = [4001, 4002, 4003, 1001, 1002, 1009, 1011];
 
@@ -77,6 +79,8 @@ pub struct Metrics {
     pub action_model_calls: AtomicU64,
     pub action_cache_hits: AtomicU64,
     pub action_cache_failures: AtomicU64,
+    /// Error answers by origin: client, upstream, internal.
+    errors: [AtomicU64; 3],
 }
 
 /// Readings that live elsewhere, taken at scrape time.
@@ -96,132 +100,37 @@ impl Metrics {
         self.closes[i].fetch_add(1, Relaxed);
     }
 
+    /// Counts an error answered to a client, by whose fault it was.
+    pub fn record_error(&self, origin: Origin) {
+        let i = match origin {
+            Origin::Client => 0,
+            Origin::Upstream => 1,
+            Origin::Internal => 2,
+        };
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
-        fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+        for (name, kind, help, value) in self.plain(gauges) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
-
-        single(
+        let directions = ["to_browser", "to_client"].map(|d| format!("direction=\"{d}\""));
+        let messages = [&self.messages_to_browser, &self.messages_to_client];
+        labelled(
             &mut out,
-            "cdpgate_sessions_active",
-            "gauge",
-            "Sessions currently active.",
-            gauges.sessions_active as u64,
+            "cdpgate_proxy_messages_total",
+            "WebSocket messages relayed.",
+            &directions,
+            &messages,
         );
-        single(
+        let bytes = [&self.bytes_to_browser, &self.bytes_to_client];
+        labelled(
             &mut out,
-            "cdpgate_sessions_created_total",
-            "counter",
-            "Sessions created.",
-            self.sessions_created.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_sessions_expired_total",
-            "counter",
-            "Sessions ended by their TTL.",
-            self.sessions_expired.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_sessions_terminated_total",
-            "counter",
-            "Sessions ended by terminate, delete, Browser.close or a browser exit.",
-            self.sessions_terminated.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_session_create_rejected_total",
-            "counter",
-            "Creates answered 503 for lack of capacity.",
-            self.create_rejected.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_session_create_rate_limited_total",
-            "counter",
-            "Creates answered 429 for the per-key rate limit.",
-            self.create_rate_limited.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_proxy_connections_refused_total",
-            "counter",
-            "WebSocket connections refused for a session's connection limit.",
-            self.connections_refused.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_pool_idle",
-            "gauge",
-            "Warm browsers waiting for a session.",
-            gauges.pool_idle as u64,
-        );
-        single(
-            &mut out,
-            "cdpgate_browsers_launched_total",
-            "counter",
-            "Browsers started.",
-            self.browsers_launched.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_browser_launch_failures_total",
-            "counter",
-            "Browser starts that failed.",
-            self.browser_launch_failures.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_proxy_connections_total",
-            "counter",
-            "CDP WebSocket connections accepted.",
-            self.proxy_connections.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_proxy_connections_open",
-            "gauge",
-            "CDP WebSocket connections open now.",
-            self.proxy_connections_open.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cdpgate_proxy_messages_total WebSocket messages relayed.\n# TYPE cdpgate_proxy_messages_total counter\n\
-             cdpgate_proxy_messages_total{{direction=\"to_browser\"}} {}\n\
-             cdpgate_proxy_messages_total{{direction=\"to_client\"}} {}",
-            self.messages_to_browser.load(Relaxed),
-            self.messages_to_client.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cdpgate_proxy_bytes_total Payload bytes relayed.\n# TYPE cdpgate_proxy_bytes_total counter\n\
-             cdpgate_proxy_bytes_total{{direction=\"to_browser\"}} {}\n\
-             cdpgate_proxy_bytes_total{{direction=\"to_client\"}} {}",
-            self.bytes_to_browser.load(Relaxed),
-            self.bytes_to_client.load(Relaxed)
-        );
-        single(
-            &mut out,
-            "cdpgate_profile_saves_total",
-            "counter",
-            "Profiles saved at the end of a persisting session.",
-            self.profile_saves.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_profile_save_failures_total",
-            "counter",
-            "Persisting sessions whose profile could not be saved.",
-            self.profile_save_failures.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_queue_waits_total",
-            "counter",
-            "Creates that waited for a free slot.",
-            self.queue_waits.load(Relaxed),
+            "cdpgate_proxy_bytes_total",
+            "Payload bytes relayed.",
+            &directions,
+            &bytes,
         );
         let _ = writeln!(
             out,
@@ -229,70 +138,183 @@ impl Metrics {
              # TYPE cdpgate_queue_wait_seconds_total counter\ncdpgate_queue_wait_seconds_total {}",
             self.queue_wait_micros.load(Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(
-            out,
-            "# HELP cdpgate_proxy_close_frames_total Close frames sent to clients, by code.\n\
-             # TYPE cdpgate_proxy_close_frames_total counter"
+        let codes: Vec<String> = (0..self.closes.len())
+            .map(|i| CLOSE_CODES.get(i).map_or("other".to_owned(), |c| c.to_string()))
+            .map(|code| format!("code=\"{code}\""))
+            .collect();
+        let closes: Vec<&AtomicU64> = self.closes.iter().collect();
+        labelled(
+            &mut out,
+            "cdpgate_proxy_close_frames_total",
+            "Close frames sent to clients, by code.",
+            &codes,
+            &closes,
         );
-        for (i, count) in self.closes.iter().enumerate() {
-            let code = CLOSE_CODES.get(i).map_or("other".to_owned(), |c| c.to_string());
-            let _ = writeln!(
-                out,
-                "cdpgate_proxy_close_frames_total{{code=\"{code}\"}} {}",
-                count.load(Relaxed)
-            );
+        let origins =
+            [Origin::Client, Origin::Upstream, Origin::Internal].map(|o| format!("origin=\"{}\"", o.as_str()));
+        let errors: Vec<&AtomicU64> = self.errors.iter().collect();
+        labelled(
+            &mut out,
+            "cdpgate_errors_total",
+            "Error answers, by whose fault: the client's, a browser's or upstream's, or the broker's.",
+            &origins,
+            &errors,
+        );
+        for (histogram, name, help) in [
+            (
+                &self.launch_time,
+                "cdpgate_browser_launch_seconds",
+                "Time from spawn to DevTools listening.",
+            ),
+            (
+                &self.create_time,
+                "cdpgate_session_create_seconds",
+                "Time to create a session, for creates that succeeded.",
+            ),
+            (
+                &self.action_time,
+                "cdpgate_single_action_seconds",
+                "Time to run a single action, waiting for the session's earlier ones included.",
+            ),
+        ] {
+            histogram.render(&mut out, name, help);
         }
-        self.launch_time.render(
-            &mut out,
-            "cdpgate_browser_launch_seconds",
-            "Time from spawn to DevTools listening.",
-        );
-        self.create_time.render(
-            &mut out,
-            "cdpgate_session_create_seconds",
-            "Time to create a session, for creates that succeeded.",
-        );
-        self.action_time.render(
-            &mut out,
-            "cdpgate_single_action_seconds",
-            "Time to run a single action, waiting for the session's earlier ones included.",
-        );
-        single(
-            &mut out,
-            "cdpgate_single_actions_succeeded_total",
-            "counter",
-            "Single actions that succeeded.",
-            self.actions_succeeded.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_single_actions_failed_total",
-            "counter",
-            "Single actions that failed (answered success: false).",
-            self.actions_failed.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_single_action_model_calls_total",
-            "counter",
-            "Calls made to the configured model (the credits charged).",
-            self.action_model_calls.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_single_action_cache_hits_total",
-            "counter",
-            "Single actions replayed from the cache.",
-            self.action_cache_hits.load(Relaxed),
-        );
-        single(
-            &mut out,
-            "cdpgate_single_action_cache_failures_total",
-            "counter",
-            "Cached single actions whose replay failed and that were resolved afresh.",
-            self.action_cache_failures.load(Relaxed),
-        );
         out
+    }
+
+    /// The metrics that are one number each: name, type, help, value.
+    fn plain(&self, gauges: &Gauges) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let n = |a: &AtomicU64| a.load(Relaxed);
+        vec![
+            (
+                "cdpgate_sessions_active",
+                "gauge",
+                "Sessions currently active.",
+                gauges.sessions_active as u64,
+            ),
+            (
+                "cdpgate_sessions_created_total",
+                "counter",
+                "Sessions created.",
+                n(&self.sessions_created),
+            ),
+            (
+                "cdpgate_sessions_expired_total",
+                "counter",
+                "Sessions ended by their TTL.",
+                n(&self.sessions_expired),
+            ),
+            (
+                "cdpgate_sessions_terminated_total",
+                "counter",
+                "Sessions ended by terminate, delete, Browser.close or a browser exit.",
+                n(&self.sessions_terminated),
+            ),
+            (
+                "cdpgate_session_create_rejected_total",
+                "counter",
+                "Creates answered 503 for lack of capacity.",
+                n(&self.create_rejected),
+            ),
+            (
+                "cdpgate_session_create_rate_limited_total",
+                "counter",
+                "Creates answered 429 for the per-key rate limit.",
+                n(&self.create_rate_limited),
+            ),
+            (
+                "cdpgate_proxy_connections_refused_total",
+                "counter",
+                "WebSocket connections refused for a session's connection limit.",
+                n(&self.connections_refused),
+            ),
+            (
+                "cdpgate_pool_idle",
+                "gauge",
+                "Warm browsers waiting for a session.",
+                gauges.pool_idle as u64,
+            ),
+            (
+                "cdpgate_browsers_launched_total",
+                "counter",
+                "Browsers started.",
+                n(&self.browsers_launched),
+            ),
+            (
+                "cdpgate_browser_launch_failures_total",
+                "counter",
+                "Browser starts that failed.",
+                n(&self.browser_launch_failures),
+            ),
+            (
+                "cdpgate_proxy_connections_total",
+                "counter",
+                "CDP WebSocket connections accepted.",
+                n(&self.proxy_connections),
+            ),
+            (
+                "cdpgate_proxy_connections_open",
+                "gauge",
+                "CDP WebSocket connections open now.",
+                n(&self.proxy_connections_open),
+            ),
+            (
+                "cdpgate_profile_saves_total",
+                "counter",
+                "Profiles saved at the end of a persisting session.",
+                n(&self.profile_saves),
+            ),
+            (
+                "cdpgate_profile_save_failures_total",
+                "counter",
+                "Persisting sessions whose profile could not be saved.",
+                n(&self.profile_save_failures),
+            ),
+            (
+                "cdpgate_queue_waits_total",
+                "counter",
+                "Creates that waited for a free slot.",
+                n(&self.queue_waits),
+            ),
+            (
+                "cdpgate_single_actions_succeeded_total",
+                "counter",
+                "Single actions that succeeded.",
+                n(&self.actions_succeeded),
+            ),
+            (
+                "cdpgate_single_actions_failed_total",
+                "counter",
+                "Single actions that failed (answered success: false).",
+                n(&self.actions_failed),
+            ),
+            (
+                "cdpgate_single_action_model_calls_total",
+                "counter",
+                "Calls made to the configured model (the credits charged).",
+                n(&self.action_model_calls),
+            ),
+            (
+                "cdpgate_single_action_cache_hits_total",
+                "counter",
+                "Single actions replayed from the cache.",
+                n(&self.action_cache_hits),
+            ),
+            (
+                "cdpgate_single_action_cache_failures_total",
+                "counter",
+                "Cached single actions whose replay failed and that were resolved afresh.",
+                n(&self.action_cache_failures),
+            ),
+        ]
+    }
+}
+
+/// A counter family with one labelled value per row.
+fn labelled(out: &mut String, name: &str, help: &str, labels: &[String], values: &[&AtomicU64]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (label, value) in labels.iter().zip(values) {
+        let _ = writeln!(out, "{name}{{{label}}} {}", value.load(Relaxed));
     }
 }
 
@@ -320,5 +342,16 @@ mod tests {
         assert!(text.contains("cdpgate_browser_launch_seconds_count 2\n"), "{text}");
         assert!(text.contains("cdpgate_pool_idle 2\n"), "{text}");
         assert!(text.contains("cdpgate_browsers_launched_total 2\n"), "{text}");
+        m.record_error(Origin::Upstream);
+        let text = m.render(&Gauges {
+            sessions_active: 0,
+            pool_idle: 0,
+        });
+        assert!(text.contains("cdpgate_errors_total{origin=\"upstream\"} 1\n"), "{text}");
+        assert!(text.contains("cdpgate_errors_total{origin=\"client\"} 0\n"), "{text}");
+        assert!(
+            text.contains("cdpgate_proxy_close_frames_total{code=\"other\"} 0\n"),
+            "{text}"
+        );
     }
 }

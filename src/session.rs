@@ -1,89 +1,23 @@
-//! A session: its record, its lifecycle (`active` → `terminated` | `expired`) and the
-//! browser it holds while active.
+//! A running session's node-local handles: the browser it holds, the token its
+//! connections wait on, its connection count and its action queue. What outlives the
+//! browser is its [`SessionRecord`], written through a [`Recorder`] at every change.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
 use std::time::{Duration, SystemTime};
-use tokio_util::task::TaskTracker;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
+use crate::browser::pool::Lease;
+use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::pool::Lease;
-use crate::profile::{ProfileUse, Profiles};
-use crate::upstream::Upstream;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Active,
-    Terminated,
-    Expired,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Terminated => "terminated",
-            Status::Expired => "expired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        match s {
-            "active" => Some(Status::Active),
-            "terminated" => Some(Status::Terminated),
-            "expired" => Some(Status::Expired),
-            _ => None,
-        }
-    }
-}
-
-/// Why a session ended; decides its final status and the close frame its clients get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The TTL ran out.
-    Expired,
-    /// `POST .../terminate` or `DELETE`.
-    Terminated,
-    /// The browser exited: a client sent `Browser.close`, or it crashed.
-    BrowserExited,
-    /// The broker is shutting down.
-    Shutdown,
-}
-
-impl EndReason {
-    pub fn status(self) -> Status {
-        match self {
-            EndReason::Expired => Status::Expired,
-            _ => Status::Terminated,
-        }
-    }
-
-    /// The WebSocket close code and reason sent to every client of the session.
-    pub fn close_code(self) -> (u16, &'static str) {
-        match self {
-            EndReason::Expired => (4001, "session expired"),
-            EndReason::Terminated => (4002, "session terminated"),
-            EndReason::BrowserExited => (4003, "browser closed"),
-            EndReason::Shutdown => (1001, "broker shutting down"),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Expired => "ttl reached",
-            EndReason::Terminated => "terminated by request",
-            EndReason::BrowserExited => "browser exited",
-            EndReason::Shutdown => "broker shut down",
-        }
-    }
-}
+use crate::store::profiles::{ProfileUse, Profiles};
+use crate::store::{EndReason, ProfileLink, SaveOutcome, SessionRecord, SessionStore, Status};
 
 /// What a session runs on.
 pub enum Backing {
@@ -118,12 +52,8 @@ pub struct Session {
     pub created_at: SystemTime,
     pub screen: Screen,
     pub upstream: Upstream,
-    pub profile_id: Option<String>,
-    pub persist_changes: Option<bool>,
-    /// What became of the profile save ("saved", or why not), once known.
-    profile_outcome: Arc<Mutex<Option<String>>>,
-    profile_released: CancellationToken,
     state: Mutex<State>,
+    profile_released: CancellationToken,
     /// Cancelled when the session ends; every proxied connection listens to it.
     ended: CancellationToken,
     /// Wakes the TTL watcher when `expires_at` moves.
@@ -147,29 +77,15 @@ impl Drop for ConnectionSlot {
 }
 
 struct State {
-    status: Status,
-    expires_at: SystemTime,
-    updated_at: SystemTime,
-    metadata: Map<String, Value>,
-    end_reason: Option<EndReason>,
-    ended_at: Option<SystemTime>,
+    record: SessionRecord,
     /// The browser, held while active; dropping it kills the browser.
     lease: Option<Lease>,
     /// The profile, held while active and handed to the save when the session ends.
     profile: Option<ProfileBinding>,
 }
 
-/// The fields of a session that the API shows, taken under one lock.
-pub struct Snapshot {
-    pub status: Status,
-    pub expires_at: SystemTime,
-    pub updated_at: SystemTime,
-    pub metadata: Map<String, Value>,
-    pub end_reason: Option<EndReason>,
-}
-
 impl Session {
-    pub fn new(init: SessionInit) -> Session {
+    pub fn new(init: SessionInit, node: &str) -> Session {
         let (upstream, lease) = match init.backing {
             Backing::Managed(lease) => (
                 Upstream::managed(lease.browser.port, lease.browser.ws_path.clone()),
@@ -182,26 +98,36 @@ impl Session {
         if init.profile.is_none() {
             profile_released.cancel();
         }
+        let record = SessionRecord {
+            id: init.id.clone(),
+            tenant: init.tenant.clone(),
+            status: Status::Active,
+            created_at: now,
+            updated_at: now,
+            expires_at: expiry(now, init.ttl),
+            ended_at: None,
+            end_reason: None,
+            screen: init.screen,
+            metadata: init.metadata,
+            profile: init.profile.as_ref().map(|p| ProfileLink {
+                id: p.hold.profile.id.clone(),
+                persist: p.hold.persist,
+                saved: None,
+            }),
+            node: node.to_owned(),
+        };
         Session {
             id: init.id,
             tenant: init.tenant,
             created_at: now,
             screen: init.screen,
             upstream,
-            profile_id: init.profile.as_ref().map(|p| p.hold.profile.id.clone()),
-            persist_changes: init.profile.as_ref().map(|p| p.hold.persist),
-            profile_outcome: Arc::new(Mutex::new(None)),
-            profile_released,
             state: Mutex::new(State {
-                status: Status::Active,
-                expires_at: expiry(now, init.ttl),
-                updated_at: now,
-                metadata: init.metadata,
-                end_reason: None,
-                ended_at: None,
+                record,
                 lease,
                 profile: init.profile,
             }),
+            profile_released,
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
             connections: AtomicUsize::new(0),
@@ -228,34 +154,24 @@ impl Session {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("session lock")
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        let s = self.state();
-        Snapshot {
-            status: s.status,
-            expires_at: s.expires_at,
-            updated_at: s.updated_at,
-            metadata: s.metadata.clone(),
-            end_reason: s.end_reason,
-        }
+    /// The session's record as it stands.
+    pub fn record(&self) -> SessionRecord {
+        self.state().record.clone()
     }
 
     pub fn status(&self) -> Status {
-        self.state().status
+        self.state().record.status
     }
 
     pub fn end_reason(&self) -> Option<EndReason> {
-        self.state().end_reason
+        self.state().record.end_reason
     }
 
     pub fn expires_at(&self) -> SystemTime {
-        self.state().expires_at
-    }
-
-    pub fn ended_at(&self) -> Option<SystemTime> {
-        self.state().ended_at
+        self.state().record.expires_at
     }
 
     /// A token cancelled when the session ends.
@@ -268,17 +184,17 @@ impl Session {
     }
 
     /// Ends an active session; answers the status it already had otherwise.
-    pub fn end(&self, reason: EndReason) -> Result<(), Status> {
+    pub fn end(self: &Arc<Self>, reason: EndReason) -> Result<(), Status> {
         let (lease, profile) = {
             let mut s = self.state();
-            if s.status != Status::Active {
-                return Err(s.status);
+            if s.record.status != Status::Active {
+                return Err(s.record.status);
             }
             let now = SystemTime::now();
-            s.status = reason.status();
-            s.end_reason = Some(reason);
-            s.ended_at = Some(now);
-            s.updated_at = now;
+            s.record.status = reason.status();
+            s.record.end_reason = Some(reason);
+            s.record.ended_at = Some(now);
+            s.record.updated_at = now;
             (s.lease.take(), s.profile.take())
         };
         // Clients hear the reason before the browser goes away under them.
@@ -286,9 +202,8 @@ impl Session {
         match profile {
             // The browser is closed cleanly and saved from, or just released, in a task.
             Some(binding) => {
-                let (outcome, released) = (self.profile_outcome.clone(), self.profile_released.clone());
                 let tracker = binding.tracker.clone();
-                tracker.spawn(finish_profile(binding, lease, outcome, released));
+                tracker.spawn(finish_profile(self.clone(), binding, lease));
             }
             None => drop(lease),
         }
@@ -303,24 +218,24 @@ impl Session {
     /// Moves the expiry to `now + ttl` and merges `metadata` in; only while active.
     pub fn update(&self, ttl: Option<Duration>, metadata: Option<Map<String, Value>>) -> Result<(), Status> {
         let mut s = self.state();
-        if s.status != Status::Active {
-            return Err(s.status);
+        if s.record.status != Status::Active {
+            return Err(s.record.status);
         }
         let now = SystemTime::now();
         if let Some(ttl) = ttl {
-            s.expires_at = expiry(now, ttl);
+            s.record.expires_at = expiry(now, ttl);
             self.deadline_moved.notify_one();
         }
         if let Some(extra) = metadata {
-            s.metadata.extend(extra);
+            s.record.metadata.extend(extra);
         }
-        s.updated_at = now;
+        s.record.updated_at = now;
         Ok(())
     }
 
     /// What the metadata would be after merging `extra` in (to check its size first).
     pub fn merged_metadata(&self, extra: &Map<String, Value>) -> Map<String, Value> {
-        let mut merged = self.state().metadata.clone();
+        let mut merged = self.state().record.metadata.clone();
         merged.extend(extra.clone());
         merged
     }
@@ -328,23 +243,20 @@ impl Session {
 
 /// Saves a persisting session's browser into its profile, then releases the browser, its
 /// profile copy and the profile.
-async fn finish_profile(
-    binding: ProfileBinding,
-    lease: Option<Lease>,
-    outcome: Arc<Mutex<Option<String>>>,
-    released: CancellationToken,
-) {
+async fn finish_profile(session: Arc<Session>, binding: ProfileBinding, lease: Option<Lease>) {
     if let Some(lease) = lease {
         if binding.hold.persist {
-            let result = binding.hold.save_from(&lease.browser).await;
-            tracing::info!(profile = %binding.hold.profile.id, outcome = %result, "profile save");
-            let counter = if result == "saved" {
+            let outcome = binding.hold.save_from(&lease.browser).await;
+            tracing::info!(profile = %binding.hold.profile.id, outcome = %outcome.describe(), "profile save");
+            let counter = if outcome == SaveOutcome::Saved {
                 &binding.metrics.profile_saves
             } else {
                 &binding.metrics.profile_save_failures
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            *outcome.lock().expect("session lock") = Some(result);
+            if let Some(link) = &mut session.state().record.profile {
+                link.saved = Some(outcome);
+            }
         }
         let (exited, dir) = (lease.browser.exited(), lease.browser.dir.clone());
         drop(lease);
@@ -352,7 +264,45 @@ async fn finish_profile(
         crate::browser::remove_dir_with_retries(&dir).await;
     }
     binding.store.end_use(binding.hold);
-    released.cancel();
+    session.profile_released.cancel();
+}
+
+/// Writes sessions' records to the store in order: the last write of a session is always
+/// of its latest state (an earlier save cannot land after a later one).
+pub struct Recorder {
+    store: Arc<dyn SessionStore>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Recorder {
+    pub fn new(store: Arc<dyn SessionStore>) -> Recorder {
+        Recorder {
+            store,
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &dyn SessionStore {
+        self.store.as_ref()
+    }
+
+    /// Writes the session's current record, unless it has been deleted.
+    pub async fn save(&self, session: &Session) {
+        let _writing = self.writing.lock().await;
+        if session.is_forgotten() {
+            return;
+        }
+        if let Err(e) = self.store.put(&session.record()).await {
+            tracing::warn!(session = %session.id, error = %e, "could not write the session record");
+        }
+    }
+
+    pub async fn remove(&self, id: &str) {
+        let _writing = self.writing.lock().await;
+        if let Err(e) = self.store.remove(id).await {
+            tracing::warn!(session = %id, error = %e, "could not remove the session record");
+        }
+    }
 }
 
 /// `now + ttl`, rounded up to a whole second: `expires_at` is shown to the second and the
@@ -368,36 +318,6 @@ fn expiry(now: SystemTime, ttl: Duration) -> SystemTime {
     }
 }
 
-/// ISO 8601 UTC to the second with a `Z`, as the wire contract shows.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// The session object of the wire contract.
-pub fn render(session: &Session, cdp_url: &str) -> Value {
-    let snap = session.snapshot();
-    let mut body = json!({
-        "session_id": session.id,
-        "cdp_url": cdp_url,
-        "screen_config": { "width": session.screen.width, "height": session.screen.height },
-        "status": snap.status.as_str(),
-        "expires_at": timestamp(snap.expires_at),
-        "metadata": snap.metadata,
-        "profile_id": session.profile_id,
-        "persist_changes": session.persist_changes,
-        "created_at": timestamp(session.created_at),
-        "updated_at": timestamp(snap.updated_at),
-    });
-    if let Some(reason) = snap.end_reason {
-        body["end_reason"] = json!(reason.as_str());
-    }
-    if session.persist_changes == Some(true) && snap.status != Status::Active {
-        let outcome = session.profile_outcome.lock().expect("session lock").clone();
-        body["profile_saved"] = json!(outcome.as_deref().unwrap_or("saving"));
-    }
-    body
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,16 +330,5 @@ mod tests {
             expiry(base + Duration::from_millis(1), Duration::from_secs(60)),
             base + Duration::from_secs(61)
         );
-        assert_eq!(timestamp(base), "2023-11-14T22:13:20Z");
-    }
-
-    #[test]
-    fn statuses_round_trip() {
-        for s in [Status::Active, Status::Terminated, Status::Expired] {
-            assert_eq!(Status::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(Status::parse("ACTIVE"), None);
-        assert_eq!(EndReason::Expired.close_code().0, 4001);
-        assert_eq!(EndReason::Terminated.status(), Status::Terminated);
     }
 }

@@ -523,7 +523,7 @@ async fn actions_on_a_session_run_in_turn_and_end_with_it() {
         .unwrap()
         .to_owned();
 
-    let session = server.broker.sessions.get(&sid).unwrap().clone();
+    let session = server.broker.running_session(None, &sid).unwrap();
     // An action is running once it holds the session's turn.
     let running = || async {
         assert!(

@@ -313,7 +313,7 @@ async fn managed_browsers_are_out_of_reach_even_with_loopback_allowed() {
     let server = loopback_allowed().await;
     let managed = server.create(json!({})).await;
     let id = managed["session_id"].as_str().unwrap();
-    let upstream = server.broker.sessions.get(id).unwrap().upstream.clone();
+    let upstream = server.broker.running_session(None, id).unwrap().upstream.clone();
     let port = upstream.authority.rsplit(':').next().unwrap().to_owned();
     let direct = format!("ws://127.0.0.1:{port}{}", upstream.browser_path);
     let discovery = fake_discovery(direct.clone()).await;

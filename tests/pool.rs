@@ -52,7 +52,15 @@ async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
     let a = server.create(json!({})).await;
     let b = server.create(json!({})).await;
     let (a_id, b_id) = (a["session_id"].as_str().unwrap(), b["session_id"].as_str().unwrap());
-    let upstream = |id: &str| server.broker.sessions.get(id).unwrap().upstream.authority.clone();
+    let upstream = |id: &str| {
+        server
+            .broker
+            .running_session(None, id)
+            .unwrap()
+            .upstream
+            .authority
+            .clone()
+    };
     assert_ne!(upstream(a_id), upstream(b_id), "each session has its own browser");
 
     let port = upstream(a_id).rsplit(':').next().unwrap().to_owned();

@@ -93,9 +93,9 @@ async fn logins_survive_terminate_and_ttl_expiry() {
         if ending == "terminate" {
             assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
         } else {
+            let s = server.broker.running_session(None, id).expect("running");
             let saved = eventually(Duration::from_secs(30), || {
-                let s = server.broker.sessions.get(id).unwrap().clone();
-                s.status() == cdpgate::session::Status::Expired && s.profile_released().is_cancelled()
+                s.status() == cdpgate::store::Status::Expired && s.profile_released().is_cancelled()
             })
             .await;
             assert!(saved, "the session expired and its profile was saved");
@@ -291,7 +291,7 @@ async fn browser_close_saves_and_a_crash_keeps_the_last_good_state() {
     let mut ws = ws_connect(first["cdp_url"].as_str().unwrap()).await.unwrap();
     cdp_call(&mut ws, 1, "Browser.close", json!({})).await;
     let id = first["session_id"].as_str().unwrap().to_owned();
-    let session = server.broker.sessions.get(&id).unwrap().clone();
+    let session = server.broker.running_session(None, &id).expect("running");
     assert!(eventually(Duration::from_secs(20), || session.profile_released().is_cancelled()).await);
     let record = server.get(&id).await.json;
     assert_eq!(
@@ -311,7 +311,7 @@ async fn browser_close_saves_and_a_crash_keeps_the_last_good_state() {
     let mut ws = ws_connect(second["cdp_url"].as_str().unwrap()).await.unwrap();
     crash_browser(&mut ws).await;
     let id = second["session_id"].as_str().unwrap().to_owned();
-    let session = server.broker.sessions.get(&id).unwrap().clone();
+    let session = server.broker.running_session(None, &id).expect("running");
     assert!(eventually(Duration::from_secs(20), || session.profile_released().is_cancelled()).await);
     let record = server.get(&id).await.json;
     assert_eq!(record["profile_saved"], "not saved: the browser crashed", "{record}");

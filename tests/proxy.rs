@@ -132,7 +132,13 @@ async fn terminate_closes_connections_and_kills_the_browser() {
     let server = TestServer::start().await;
     let session = server.create(json!({})).await;
     let id = session["session_id"].as_str().unwrap();
-    let chrome = server.broker.sessions.get(id).unwrap().upstream.authority.clone();
+    let chrome = server
+        .broker
+        .running_session(None, id)
+        .unwrap()
+        .upstream
+        .authority
+        .clone();
     let url = cdp_url(&session);
     let mut a = ws_connect(&url).await.unwrap();
     let mut b = ws_connect(&url).await.unwrap();
@@ -172,6 +178,7 @@ async fn browser_close_from_a_client_ends_the_session() {
     let server = TestServer::start().await;
     let session = server.create(json!({})).await;
     let id = session["session_id"].as_str().unwrap();
+    let handle = server.broker.running_session(None, id).expect("running");
     let mut a = ws_connect(&cdp_url(&session)).await.unwrap();
     let mut b = ws_connect(&cdp_url(&session)).await.unwrap();
     cdp_call(&mut a, 1, "Browser.close", json!({})).await;
@@ -180,7 +187,7 @@ async fn browser_close_from_a_client_ends_the_session() {
         Some(4003)
     );
     let ended = eventually(Duration::from_secs(10), || {
-        server.broker.sessions.get(id).unwrap().status() != cdpgate::session::Status::Active
+        handle.status() != cdpgate::store::Status::Active
     })
     .await;
     assert!(ended);
@@ -285,7 +292,13 @@ async fn discovery_and_page_endpoints_go_through_the_broker() {
     let id = session["session_id"].as_str().unwrap();
     let url = cdp_url(&session);
     let token = url.split_once("?token=").unwrap().1;
-    let chrome = server.broker.sessions.get(id).unwrap().upstream.authority.clone();
+    let chrome = server
+        .broker
+        .running_session(None, id)
+        .unwrap()
+        .upstream
+        .authority
+        .clone();
     let chrome_port = chrome.rsplit(':').next().unwrap().to_owned();
 
     for suffix in ["json/version", "json/version/"] {

@@ -343,7 +343,7 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
     let server = TestServer::start().await;
     let s = server.create(json!({})).await;
     let id = s["session_id"].as_str().unwrap().to_owned();
-    let session = server.broker.sessions.get(&id).unwrap().clone();
+    let session = server.broker.running_session(None, &id).unwrap();
     let port = session.upstream.authority.clone();
     assert_eq!(server.broker.pool.free_slots(), 3);
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use super::instruction::{ScrollTo, Step, Target};
-use crate::upstream::UpstreamStream;
+use crate::browser::upstream::UpstreamStream;
 
 /// Interactive elements shown to the model per page.
 pub const SNAPSHOT_ELEMENTS: usize = 200;
@@ -61,7 +61,7 @@ impl ModelClient {
         let _ = tcp.set_nodelay(true);
         let stream = if self.url.scheme() == "https" {
             let name = rustls::pki_types::ServerName::try_from(host_for_tls).map_err(|e| e.to_string())?;
-            let tls = crate::upstream::tls_connector()
+            let tls = crate::browser::upstream::tls_connector()
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with the model endpoint failed: {e}"))?;
@@ -78,7 +78,7 @@ impl ModelClient {
             None => self.url.path().to_owned(),
         };
         let bearer = self.api_key.as_ref().map(|key| format!("Bearer {key}"));
-        let (status, bytes) = crate::cdp::http_exchange(
+        let (status, bytes) = crate::browser::cdp::http_exchange(
             stream,
             &authority,
             bearer.as_deref(),

@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::ActionError;
 use super::keys::Chord;
-use crate::byo::Egress;
-use crate::upstream::Upstream;
+use crate::browser::egress::Egress;
+use crate::browser::upstream::Upstream;
 
 const HELPERS: &str = include_str!("page.js");
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::session::EndReason;
+use crate::store::EndReason;
 
 const MIN_BUFFER: usize = 4 * 1024;
 const MAX_BUFFER: usize = 1024 * 1024;

@@ -21,9 +21,11 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::record::SaveOutcome;
 use crate::auth::{Tenant, random_hex, unix_secs};
 use crate::browser::Browser;
-use crate::cdp;
+use crate::browser::cdp;
+use crate::error::Origin;
 
 /// Directories of a Chrome profile that are caches, locks or crash data: not state a
 /// person expects back, and large.
@@ -64,6 +66,15 @@ pub enum ProfileError {
     Io(#[from] io::Error),
 }
 
+impl ProfileError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProfileError::Io(_) => Origin::Internal,
+            _ => Origin::Client,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Record {
     id: String,
@@ -90,15 +101,13 @@ pub struct Profile {
 }
 
 impl Profile {
-    pub fn render(&self) -> Value {
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "provider": "local",
-            "created_at": crate::session::timestamp(self.created_at),
-            "updated_at": crate::session::timestamp(*self.updated_at.lock().expect("profile lock")),
-            "in_use_by": self.users.load(Ordering::Relaxed),
-        })
+    pub fn updated_at(&self) -> SystemTime {
+        *self.updated_at.lock().expect("profile lock")
+    }
+
+    /// Sessions using the profile now.
+    pub fn users(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
     }
 
     fn record(&self) -> Record {
@@ -275,7 +284,7 @@ impl ProfileUse {
     /// Saves the state of `browser` (still running) into the profile: session cookies
     /// read over CDP, a clean close so Chrome flushes its stores, then an atomic swap.
     /// Answers what became of it, for the session record.
-    pub async fn save_from(&self, browser: &Browser) -> String {
+    pub async fn save_from(&self, browser: &Browser) -> SaveOutcome {
         let cookies = if browser.is_alive() {
             session_cookies(browser).await
         } else {
@@ -285,15 +294,15 @@ impl ProfileUse {
         match (closed, browser.exited_cleanly()) {
             (true, Some(true)) => {}
             (true, None) | (false, _) => {
-                return "not saved: the browser did not close cleanly in time".into();
+                return SaveOutcome::NotClosedInTime;
             }
-            (true, Some(false)) => return "not saved: the browser crashed".into(),
+            (true, Some(false)) => return SaveOutcome::Crashed,
         }
         match self.write_generation(&browser.dir, &cookies).await {
-            Ok(()) => "saved".into(),
+            Ok(()) => SaveOutcome::Saved,
             Err(e) => {
                 tracing::warn!(profile = %self.profile.id, error = %e, "profile save failed");
-                format!("not saved: {e}")
+                SaveOutcome::Failed(e.to_string())
             }
         }
     }
@@ -366,7 +375,7 @@ pub async fn restore_session_cookies(browser: &Browser, cookies: &[Value]) -> Re
             Value::Object(p)
         })
         .collect();
-    let url = format!("ws://{}{}", browser.addr(), browser.ws_path);
+    let url = browser.ws_url();
     cdp::command(&url, "Storage.setCookies", json!({ "cookies": params }))
         .await
         .map(|_| ())
@@ -374,7 +383,7 @@ pub async fn restore_session_cookies(browser: &Browser, cookies: &[Value]) -> Re
 
 /// The browser's cookies that have no expiry.
 async fn session_cookies(browser: &Browser) -> Vec<Value> {
-    let url = format!("ws://{}{}", browser.addr(), browser.ws_path);
+    let url = browser.ws_url();
     match cdp::command(&url, "Storage.getCookies", json!({})).await {
         Ok(result) => result["cookies"]
             .as_array()

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use crate::cdp::{CdpError, Connection};
+use crate::browser::cdp::{CdpError, Connection};
 
 /// Limits on an imported document.
 const MAX_COOKIES: usize = 3000;

@@ -11,10 +11,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::api;
+use super::Body;
 use crate::broker::Broker;
-use crate::error::Body;
-use crate::{live, proxy};
 
 /// Largest request head (request line and headers) read.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -85,21 +83,5 @@ where
 }
 
 async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
-    let path = request.uri().path();
-    let response = if broker.shutdown.is_cancelled() {
-        // A request that reached a connection as the broker began to stop.
-        let mut r = crate::error::ApiError::unavailable("The broker is shutting down", 5).into_response();
-        r.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-        r
-    } else if path.starts_with("/devtools/") {
-        proxy::handle(broker, request).await
-    } else if path.starts_with("/live/") {
-        live::handle(broker, request).await
-    } else {
-        api::handle(broker, request).await
-    };
-    Ok(response)
+    Ok(super::dispatch(broker, request).await)
 }

@@ -22,13 +22,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::Instrument;
 
-use crate::api::query_pairs;
+use super::Body;
+use super::error::ApiError;
 use crate::auth::Scope;
-use crate::broker::Broker;
-use crate::error::Body;
+use crate::broker::{Broker, SessionError};
 use crate::metrics::Metrics;
-use crate::proxy::{self, upgrade_response, websocket_key};
-use crate::session::{EndReason, Session, Status};
+use crate::proxy::handshake::{upgrade_response, websocket_key};
+use crate::proxy::{self, relay};
+use crate::session::Session;
+use crate::store::{EndReason, Status};
 
 const PAGE: &str = include_str!("live.html");
 
@@ -54,10 +56,7 @@ const INPUT_METHODS: &[&str] = &[
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
-    let token = query_pairs(request.uri().query().unwrap_or(""))
-        .into_iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v);
+    let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     let (sid, socket) = match segments.as_slice() {
         [sid] => (*sid, false),
@@ -74,22 +73,27 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
             );
         }
     };
-    let Some(session) = broker.sessions.get(sid).map(|s| s.clone()) else {
-        return page(StatusCode::NOT_FOUND, "This session no longer exists.");
+    let session = match broker.active(None, sid).await {
+        Ok(session) => session,
+        Err(SessionError::Ended(Status::Expired)) => return page(StatusCode::GONE, "This session has expired."),
+        Err(SessionError::Ended(_)) => return page(StatusCode::GONE, "This session has ended."),
+        Err(SessionError::NotFound) => return page(StatusCode::NOT_FOUND, "This session no longer exists."),
+        Err(SessionError::Store(e)) => {
+            tracing::warn!(error = %e, "live view: session lookup failed");
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The session cannot be looked up right now.",
+            );
+        }
     };
-    match session.status() {
-        Status::Active => {}
-        Status::Expired => return page(StatusCode::GONE, "This session has expired."),
-        Status::Terminated => return page(StatusCode::GONE, "This session has ended."),
-    }
     if !socket {
         let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
         return html_response(StatusCode::OK, html);
     }
-    match viewer_socket(&broker, session, request, read_only).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    super::answer(
+        &broker.metrics,
+        viewer_socket(&broker, session, request, read_only).await,
+    )
 }
 
 /// A readable page for whoever opened a link that does not lead to a session.
@@ -127,15 +131,12 @@ async fn viewer_socket(
     session: Arc<Session>,
     request: Request<Incoming>,
     read_only: bool,
-) -> Result<Response<Body>, crate::error::ApiError> {
+) -> Result<Response<Body>, ApiError> {
     let key = websocket_key(&request)?;
     let slot = proxy::claim_connection(broker, &session)?;
     let path = session.upstream.browser_path.clone();
-    let (browser, _) = session
-        .upstream
-        .connect_raw(&path, &broker.egress, proxy::upstream_timeout(broker, &session))
-        .await
-        .map_err(proxy::upstream_error)?;
+    let timeout = session.upstream.timeout(broker.config.byo_timeout());
+    let (browser, _) = session.upstream.connect_raw(&path, &broker.egress, timeout).await?;
     let broker = broker.clone();
     let tracker = broker.tracker.clone();
     let span = tracing::info_span!("live", session = %session.id, read_only);
@@ -145,7 +146,7 @@ async fn viewer_socket(
                 return;
             };
             let _slot = slot;
-            let config = Some(proxy::ws_config(&broker.config));
+            let config = Some(broker.config.ws_config());
             let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
             let browser = WebSocketStream::from_raw_socket(browser, Role::Client, config).await;
             relay_filtered(viewer, browser, &session, read_only, &broker.metrics).await;
@@ -196,7 +197,7 @@ async fn relay_filtered<V, B>(
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     // The browser went away: most likely the session is ending.
-                    let _ = tokio::time::timeout(crate::relay::EXIT_GRACE, session.ended().cancelled()).await;
+                    let _ = tokio::time::timeout(relay::EXIT_GRACE, session.ended().cancelled()).await;
                     break session.ended().is_cancelled();
                 }
                 Some(Ok(_)) => {}

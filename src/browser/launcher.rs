@@ -13,12 +13,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cdp;
 use crate::auth::random_hex;
-use crate::cdp;
 use crate::metrics::Metrics;
 
 /// A screen size in CSS pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Screen {
     pub width: u32,
     pub height: u32,
@@ -100,6 +100,11 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// The browser-level DevTools WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.addr(), self.ws_path)
+    }
+
     /// The DevTools HTTP address, `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -126,7 +131,7 @@ impl Browser {
         if !self.is_alive() {
             return true;
         }
-        let url = format!("ws://{}{}", self.addr(), self.ws_path);
+        let url = self.ws_url();
         let _ = cdp::command(&url, "Browser.close", serde_json::json!({})).await;
         tokio::time::timeout(limit, self.exited.cancelled()).await.is_ok()
     }
@@ -393,7 +398,7 @@ impl Reaper {
     }
 }
 
-pub(crate) async fn remove_dir_with_retries(dir: &Path) {
+pub async fn remove_dir_with_retries(dir: &Path) {
     for attempt in 0..5 {
         match tokio::fs::remove_dir_all(dir).await {
             Ok(()) => return,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::browser::{Browser, LaunchError, Launcher, Screen};
+use super::launcher::{Browser, LaunchError, Launcher, Screen};
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering;
 

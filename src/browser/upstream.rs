@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite;
 
-use crate::byo::{Egress, EgressError};
-use crate::cdp;
+use super::cdp;
+use super::egress::{Egress, EgressError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -111,7 +111,16 @@ pub struct Upstream {
     pub external: bool,
 }
 
+/// Managed browsers are on loopback; anything slower than this is broken.
+const MANAGED_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Upstream {
+    /// How long a connection or exchange with this browser may take: a user's own
+    /// browser gets `byo_timeout`.
+    pub fn timeout(&self, byo_timeout: Duration) -> Duration {
+        if self.external { byo_timeout } else { MANAGED_TIMEOUT }
+    }
+
     /// A browser this broker started, on loopback.
     pub fn managed(port: u16, browser_path: String) -> Upstream {
         Upstream {
@@ -356,10 +365,7 @@ pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
 }
 
 fn percent_decoded(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Bring your own browser: checking a user's `cdp_url` before a session fronts it, and the
-//! egress policy that keeps that door from reaching where it must not (server-side
+//! The egress policy: where a browser connection the broker makes for a user may go.
+//! It keeps bring-your-own sessions from reaching where they must not (server-side
 //! request forgery): loopback, private, link-local and metadata addresses are refused
 //! unless allowed, and this broker's own browsers are refused always.
 
@@ -8,19 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use hyper::{Method, StatusCode};
 use ipnet::IpNet;
-use serde_json::Value;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-
-use crate::error::ApiError;
-use crate::upstream::{Upstream, UpstreamError};
-
-/// Longest `cdp_url` accepted.
-const MAX_URL_LEN: usize = 2048;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EgressError {
@@ -235,133 +223,6 @@ fn restricted_class(ip: IpAddr) -> Option<&'static str> {
                 None
             }
         }
-    }
-}
-
-/// Why a user's `cdp_url` cannot front a session.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("cdp_url is not usable: {0}")]
-    InvalidUrl(String),
-    #[error("cdp_url is refused: {0}")]
-    Refused(EgressError),
-    #[error("cdp_url could not be reached: {0}")]
-    Unreachable(String),
-    #[error("cdp_url did not answer within {0} ms")]
-    Timeout(u128),
-    #[error("cdp_url is not a Chrome DevTools endpoint: {0}")]
-    NotDevTools(String),
-}
-
-impl ProbeError {
-    fn code(&self) -> &'static str {
-        match self {
-            ProbeError::InvalidUrl(_) => "byo_invalid_url",
-            ProbeError::Refused(_) => "byo_forbidden",
-            ProbeError::Unreachable(_) => "byo_unreachable",
-            ProbeError::Timeout(_) => "byo_timeout",
-            ProbeError::NotDevTools(_) => "byo_not_devtools",
-        }
-    }
-}
-
-impl From<ProbeError> for ApiError {
-    fn from(e: ProbeError) -> ApiError {
-        let code = e.code();
-        ApiError::unprocessable(e.to_string()).with_code(code)
-    }
-}
-
-impl From<UpstreamError> for ProbeError {
-    fn from(e: UpstreamError) -> ProbeError {
-        match e {
-            UpstreamError::Refused(e @ EgressError::Resolve { .. }) => ProbeError::Unreachable(e.to_string()),
-            UpstreamError::Refused(e) => ProbeError::Refused(e),
-            UpstreamError::Connect(e) => ProbeError::Unreachable(e.to_string()),
-            UpstreamError::Tls(e) => ProbeError::Unreachable(format!("TLS: {e}")),
-            UpstreamError::Timeout(t) => ProbeError::Timeout(t.as_millis()),
-            UpstreamError::Http(e) => ProbeError::NotDevTools(format!("the HTTP exchange failed ({e})")),
-            UpstreamError::Rejected { status, .. } => {
-                ProbeError::NotDevTools(format!("the WebSocket upgrade was answered {status}"))
-            }
-        }
-    }
-}
-
-/// Checks that `raw` names a DevTools browser endpoint that may be reached and answers
-/// CDP; answers how to reach it. Never echoes the URL (it may carry credentials).
-pub async fn probe(
-    raw: &str,
-    egress: &Egress,
-    timeout: Duration,
-    config: WebSocketConfig,
-) -> Result<Upstream, ProbeError> {
-    if raw.len() > MAX_URL_LEN {
-        return Err(ProbeError::InvalidUrl(format!(
-            "it is longer than {MAX_URL_LEN} characters"
-        )));
-    }
-    let url = url::Url::parse(raw).map_err(|e| ProbeError::InvalidUrl(e.to_string()))?;
-    if !matches!(url.scheme(), "ws" | "wss" | "http" | "https") {
-        return Err(ProbeError::InvalidUrl(
-            "it must start with ws://, wss://, http:// or https://".into(),
-        ));
-    }
-    let mut upstream = Upstream::external(&url).ok_or_else(|| ProbeError::InvalidUrl("it names no host".into()))?;
-
-    if matches!(url.scheme(), "http" | "https") {
-        let mut path = url.path().to_owned();
-        if !path.ends_with('/') {
-            path.push('/');
-        }
-        path.push_str("json/version");
-        let (status, body) = upstream.http(Method::GET, &path, egress, timeout).await?;
-        if status != StatusCode::OK {
-            return Err(ProbeError::NotDevTools(format!("GET /json/version answered {status}")));
-        }
-        let version: Value = serde_json::from_slice(&body)
-            .map_err(|_| ProbeError::NotDevTools("its /json/version is not JSON".into()))?;
-        let ws = version["webSocketDebuggerUrl"]
-            .as_str()
-            .and_then(|s| url::Url::parse(s).ok())
-            .filter(|u| matches!(u.scheme(), "ws" | "wss"))
-            .ok_or_else(|| ProbeError::NotDevTools("its /json/version names no webSocketDebuggerUrl".into()))?;
-        let same_server = ws.host_str() == url.host_str() && ws.port_or_known_default() == url.port_or_known_default();
-        upstream = if same_server {
-            let mut path = ws.path().to_owned();
-            if let Some(q) = ws.query() {
-                path = format!("{path}?{q}");
-            }
-            upstream.with_browser_path(path)
-        } else {
-            Upstream::external(&ws)
-                .ok_or_else(|| ProbeError::NotDevTools("its webSocketDebuggerUrl names no host".into()))?
-        };
-    }
-
-    let path = upstream.browser_path.clone();
-    let (stream, _) = upstream.connect_raw(&path, egress, timeout).await?;
-    let mut ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
-    let answered = tokio::time::timeout(timeout, async {
-        ws.send(Message::text(r#"{"id":1,"method":"Browser.getVersion"}"#))
-            .await
-            .ok()?;
-        while let Some(Ok(message)) = ws.next().await {
-            if let Message::Text(text) = message {
-                let reply: Value = serde_json::from_str(&text).ok()?;
-                if reply["id"] == 1 {
-                    return Some(reply.get("result").is_some() || reply.get("error").is_some());
-                }
-            }
-        }
-        None
-    })
-    .await
-    .map_err(|_| ProbeError::Timeout(timeout.as_millis()))?;
-    let _ = ws.close(None).await;
-    match answered {
-        Some(true) => Ok(upstream),
-        _ => Err(ProbeError::NotDevTools("it did not answer Browser.getVersion".into())),
     }
 }
 

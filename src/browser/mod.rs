@@ -1,0 +1,13 @@
+//! The browser layer: starting Chromium ([`launcher`]), the warm [`pool`] and the cap on
+//! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
+//! browser is reached ([`upstream`]), where such connections may go ([`egress`]), and the
+//! check of a user's own browser ([`byo`]).
+
+pub mod byo;
+pub mod cdp;
+pub mod egress;
+pub mod launcher;
+pub mod pool;
+pub mod upstream;
+
+pub use launcher::{Browser, LaunchError, Launcher, Screen, find_chrome, remove_dir_with_retries};

@@ -1,0 +1,107 @@
+//! Reading requests: JSON bodies within limits, fields, query strings, the API key.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode, header};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::auth::Tenant;
+use crate::broker::Broker;
+
+/// The tenant whose API key the request carries.
+pub fn authenticate<B>(broker: &Broker, request: &Request<B>) -> Result<Tenant, ApiError> {
+    broker
+        .keys
+        .authenticate(request.headers())
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Refuses methods other than `allowed` with 405.
+pub fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed())
+    }
+}
+
+/// A field that is present and not `null` (clients send `null` for "not given").
+pub fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+/// Reads the body (at most `limit` bytes) as a JSON object. An empty body counts as `{}`.
+pub async fn read_json_object(
+    request: Request<Incoming>,
+    limit: usize,
+    read_time: Duration,
+) -> Result<Map<String, Value>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body is too large: the limit is {limit} bytes"),
+        )
+    };
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH)
+        && length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l > limit)
+    {
+        return Err(too_large());
+    }
+    // A client that trickles its body is dropped like one that trickles its headers.
+    let bytes = tokio::time::timeout(read_time, Limited::new(request.into_body(), limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("The request body did not arrive within {} s", read_time.as_secs_f64()),
+            )
+        })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::bad_request("The request body could not be read")
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("Malformed JSON in the request body: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::unprocessable("The request body must be a JSON object")),
+    }
+}
+
+/// `a=1&b=x%20y` → [("a","1"), ("b","x y")].
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_percent_decoded() {
+        assert_eq!(
+            query_pairs("status_filter=active&limit=5&x=a%20b+c&bad=%zz&end=%4"),
+            vec![
+                ("status_filter".into(), "active".into()),
+                ("limit".into(), "5".into()),
+                ("x".into(), "a b c".into()),
+                ("bad".into(), "%zz".into()),
+                ("end".into(), "%4".into()),
+            ]
+        );
+    }
+}

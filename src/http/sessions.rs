@@ -1,0 +1,390 @@
+//! `/public/sessions…`: create, list, read, change, terminate and delete sessions, and
+//! the one function that renders a session record as the API shows it.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiError, Attempt, empty_response, json_response, session_refusal};
+use super::request::{field, query_pairs, read_json_object};
+use super::{Body, timestamp};
+use crate::auth::Tenant;
+use crate::broker::{Broker, NewSession, SessionUrls};
+use crate::browser::Screen;
+use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
+use crate::store::{ListQuery, SessionRecord, Status};
+
+/// Largest page of a session list.
+const MAX_LIMIT: usize = 100;
+const DEFAULT_LIMIT: usize = 50;
+
+/// `/public/sessions`.
+pub async fn collection(
+    broker: &Broker,
+    tenant: Tenant,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match *request.method() {
+        Method::POST => create(broker, tenant, request).await,
+        Method::GET => list(broker, &tenant, request.uri().query()).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// `/public/sessions/{id}`.
+pub async fn one(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match *request.method() {
+        Method::GET => {
+            let record = broker
+                .record(tenant, id)
+                .await
+                .map_err(|e| session_refusal(e, Attempt::Change))?;
+            Ok(json_response(
+                StatusCode::OK,
+                &render(&record, &broker.session_urls(&record)),
+            ))
+        }
+        Method::PATCH => update(broker, tenant, id, request).await,
+        Method::DELETE => {
+            broker
+                .delete(tenant, id)
+                .await
+                .map_err(|e| session_refusal(e, Attempt::End))?;
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// `POST /public/sessions/{id}/terminate`: answers once a persisting session's profile is saved.
+pub async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+    let session = broker
+        .active(Some(tenant), id)
+        .await
+        .map_err(|e| session_refusal(e, Attempt::End))?;
+    broker
+        .terminate(&session)
+        .await
+        .map_err(|status| session_refusal(crate::broker::SessionError::Ended(status), Attempt::End))?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// The session object of the wire contract.
+pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
+    let mut metadata = record.metadata.clone();
+    metadata.insert("live_url".into(), json!(urls.live));
+    metadata.insert("live_url_read_only".into(), json!(urls.live_read_only));
+    let mut body = json!({
+        "session_id": record.id,
+        "cdp_url": urls.cdp,
+        "screen_config": { "width": record.screen.width, "height": record.screen.height },
+        "status": record.status.as_str(),
+        "expires_at": timestamp(record.expires_at),
+        "metadata": metadata,
+        "profile_id": record.profile.as_ref().map(|p| &p.id),
+        "persist_changes": record.profile.as_ref().map(|p| p.persist),
+        "created_at": timestamp(record.created_at),
+        "updated_at": timestamp(record.updated_at),
+    });
+    if let Some(reason) = record.end_reason {
+        body["end_reason"] = json!(reason.as_str());
+    }
+    if let Some(profile) = record.profile.as_ref().filter(|p| p.persist)
+        && record.status != Status::Active
+    {
+        let saved = profile.saved.as_ref().map_or("saving".to_owned(), |s| s.describe());
+        body["profile_saved"] = json!(saved);
+    }
+    body
+}
+
+async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let config = &broker.config;
+    let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
+    let new = validate_create(config, &body)?;
+    let started = std::time::Instant::now();
+    let session = broker.create_session(tenant, new).await?;
+    broker.metrics.create_time.observe(started.elapsed());
+    let record = session.record();
+    Ok(json_response(
+        StatusCode::CREATED,
+        &render(&record, &broker.session_urls(&record)),
+    ))
+}
+
+/// Checks every field of a create body; the first bad one is reported.
+pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
+    let external_url = match field(body, "cdp_url") {
+        Some(Value::String(url)) => Some(url.clone()),
+        Some(_) => return Err(ApiError::unprocessable("cdp_url must be a string")),
+        None => None,
+    };
+    let profile_id = match field(body, "profile_id") {
+        Some(Value::String(id)) if is_uuid(id) => Some(id.to_ascii_lowercase()),
+        Some(_) => return Err(ApiError::unprocessable("profile_id must be a UUID string")),
+        None => None,
+    };
+    if profile_id.is_some() && external_url.is_some() {
+        return Err(ApiError::unprocessable(
+            "profile_id cannot be combined with cdp_url: the broker can only load a profile into a browser it starts",
+        ));
+    }
+    let persist_changes = match field(body, "persist_changes") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::unprocessable("persist_changes must be true or false")),
+        None => true,
+    };
+    let ttl = match field(body, "ttl") {
+        Some(v) => parse_ttl(v, config.max_ttl)?,
+        None => Duration::from_secs(config.default_ttl),
+    };
+    let screen = match field(body, "screen_config") {
+        Some(v) => parse_screen(v)?,
+        None => config.default_screen(),
+    };
+    let metadata = match field(body, "metadata") {
+        Some(v) => parse_metadata(v, config.max_metadata_bytes)?,
+        None => Map::new(),
+    };
+    Ok(NewSession {
+        external_url,
+        profile_id,
+        persist_changes,
+        ttl,
+        screen,
+        metadata,
+    })
+}
+
+pub fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
+    let too_long = || {
+        let human = if max_ttl.is_multiple_of(3600) {
+            format!("{} hours", max_ttl / 3600)
+        } else {
+            format!("{max_ttl} seconds")
+        };
+        let human = if human == "1 hours" { "1 hour".to_owned() } else { human };
+        ApiError::unprocessable(format!("TTL cannot exceed {max_ttl} seconds ({human})"))
+    };
+    let ttl = match v {
+        Value::Number(n) if n.is_u64() => n.as_u64().unwrap_or(0),
+        Value::Number(n) if n.is_i64() => {
+            return Err(ApiError::unprocessable("TTL must be at least 1 second"));
+        }
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > max_ttl as f64) => {
+            return Err(too_long());
+        }
+        _ => {
+            return Err(ApiError::unprocessable("ttl must be a whole number of seconds"));
+        }
+    };
+    if ttl == 0 {
+        return Err(ApiError::unprocessable("TTL must be at least 1 second"));
+    }
+    if ttl > max_ttl {
+        return Err(too_long());
+    }
+    Ok(Duration::from_secs(ttl))
+}
+
+pub fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
+    let shape = || ApiError::unprocessable("screen_config must be an object with integer width and height");
+    let obj = v.as_object().ok_or_else(shape)?;
+    let side = |name: &str, max: u32| -> Result<u32, ApiError> {
+        let n = obj.get(name).ok_or_else(shape)?.as_u64().ok_or_else(shape)?;
+        if n < MIN_SIDE as u64 || n > max as u64 {
+            return Err(ApiError::unprocessable(format!(
+                "screen_config.{name} must be between {MIN_SIDE} and {max}"
+            )));
+        }
+        Ok(n as u32)
+    };
+    Ok(Screen {
+        width: side("width", MAX_WIDTH)?,
+        height: side("height", MAX_HEIGHT)?,
+    })
+}
+
+/// A metadata object within the size limit, without the broker's reserved keys.
+pub fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, ApiError> {
+    let mut map = v
+        .as_object()
+        .cloned()
+        .ok_or_else(|| ApiError::unprocessable("metadata must be a JSON object"))?;
+    // The live view links belong to the broker; a client cannot plant one.
+    map.remove("live_url");
+    map.remove("live_url_read_only");
+    check_metadata_size(&map, max_bytes)?;
+    Ok(map)
+}
+
+fn check_metadata_size(map: &Map<String, Value>, max_bytes: usize) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > max_bytes {
+        return Err(ApiError::unprocessable(format!(
+            "metadata must be at most {max_bytes} bytes of JSON"
+        )));
+    }
+    Ok(())
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+async fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let mut list = ListQuery {
+        tenant: tenant.clone(),
+        status: None,
+        offset: 0,
+        limit: DEFAULT_LIMIT,
+    };
+    for (key, value) in query_pairs(query.unwrap_or("")) {
+        match key.as_str() {
+            "status_filter" if !value.is_empty() => {
+                list.status = Some(Status::parse(&value).ok_or_else(|| {
+                    ApiError::unprocessable("status_filter must be one of active, terminated, expired")
+                })?);
+            }
+            "limit" => {
+                list.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::unprocessable(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+                    })?;
+            }
+            "offset" => {
+                // Past the end of any list is an empty page, not an error.
+                list.offset = value
+                    .parse::<u64>()
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                    .map_err(|_| ApiError::unprocessable("offset must be an integer of 0 or more"))?;
+            }
+            _ => {}
+        }
+    }
+    let page = broker.list(&list).await?;
+    let sessions: Vec<Value> = page
+        .records
+        .iter()
+        .map(|r| render(r, &broker.session_urls(r)))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "sessions": sessions, "total": page.total }),
+    ))
+}
+
+async fn update(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let session = broker
+        .active(Some(tenant), id)
+        .await
+        .map_err(|e| session_refusal(e, Attempt::Change))?;
+    let config = &broker.config;
+    let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
+    let ttl = field(&body, "ttl").map(|v| parse_ttl(v, config.max_ttl)).transpose()?;
+    let metadata = field(&body, "metadata")
+        .map(|v| parse_metadata(v, config.max_metadata_bytes))
+        .transpose()?;
+    if let Some(extra) = &metadata {
+        check_metadata_size(&session.merged_metadata(extra), config.max_metadata_bytes)?;
+    }
+    broker
+        .update(&session, ttl, metadata)
+        .await
+        .map_err(|status| session_refusal(crate::broker::SessionError::Ended(status), Attempt::Change))?;
+    let record = session.record();
+    Ok(json_response(
+        StatusCode::OK,
+        &render(&record, &broker.session_urls(&record)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rules_match_the_contract() {
+        assert_eq!(parse_ttl(&json!(600), 86400).unwrap(), Duration::from_secs(600));
+        assert_eq!(
+            parse_ttl(&json!(86401), 86400).unwrap_err().detail,
+            "TTL cannot exceed 86400 seconds (24 hours)"
+        );
+        assert_eq!(
+            parse_ttl(&json!(1e20), 86400).unwrap_err().detail,
+            "TTL cannot exceed 86400 seconds (24 hours)"
+        );
+        assert_eq!(
+            parse_ttl(&json!(0), 86400).unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            parse_ttl(&json!(-5), 86400).unwrap_err().detail,
+            "TTL must be at least 1 second"
+        );
+        assert!(parse_ttl(&json!("600"), 86400).is_err());
+        assert!(parse_ttl(&json!(1.5), 86400).is_err());
+        assert!(parse_ttl(&json!(true), 86400).is_err());
+        assert_eq!(
+            parse_ttl(&json!(7200), 3600).unwrap_err().detail,
+            "TTL cannot exceed 3600 seconds (1 hour)"
+        );
+    }
+
+    #[test]
+    fn screens_are_bounded() {
+        assert_eq!(
+            parse_screen(&json!({"width": 1920, "height": 1080})).unwrap(),
+            Screen {
+                width: 1920,
+                height: 1080
+            }
+        );
+        for bad in [
+            json!({"width": 99, "height": 500}),
+            json!({"width": 7681, "height": 500}),
+            json!({"width": 500, "height": 4321}),
+            json!({"width": 500}),
+            json!({"width": "500", "height": 500}),
+            json!({"width": -1, "height": 500}),
+            json!([1, 2]),
+        ] {
+            assert!(parse_screen(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_is_an_object_without_live_url_and_bounded() {
+        let m = parse_metadata(&json!({"a": 1, "live_url": "http://evil"}), 100).unwrap();
+        assert_eq!(Value::Object(m), json!({"a": 1}));
+        assert!(parse_metadata(&json!("x"), 100).is_err());
+        assert!(parse_metadata(&json!({"a": "x".repeat(200)}), 100).is_err());
+    }
+
+    #[test]
+    fn uuids_parse() {
+        assert!(is_uuid("550e8400-e29b-41d4-a716-446655440000"));
+        assert!(!is_uuid("550e8400e29b41d4a716446655440000"));
+        assert!(!is_uuid("550e8400-e29b-41d4-a716-44665544000g"));
+    }
+}

@@ -1,0 +1,294 @@
+//! The CDP proxy: `/devtools/browser/{session}` and `/devtools/page/{target}` WebSockets,
+//! relayed frame by frame to the session's browser ([`relay`]), and the per-session
+//! [`discovery`] endpoints (`…/json/version`, `/json/list`, …) with every URL pointing back
+//! through here.
+//!
+//! The token is checked before anything reaches Chrome and is never passed on to it.
+//! When a session ends every connection gets a close frame whose code says why
+//! (see [`crate::store::EndReason::close_code`]). Refusals are [`ProxyError`]s; `http`
+//! decides their status codes.
+
+pub mod discovery;
+pub mod handshake;
+pub mod relay;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use hyper::Response;
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tracing::Instrument;
+
+use crate::auth::{Scope, TokenError};
+use crate::broker::{Broker, SessionError};
+use crate::browser::upstream::{UpstreamError, UpstreamStream};
+use crate::error::Origin;
+use crate::metrics::Metrics;
+use crate::session::{ConnectionSlot, Session};
+use handshake::{HandshakeError, upgrade_response, websocket_key};
+
+type Body = Full<Bytes>;
+
+/// Why a CDP connection or discovery call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("Connection refused: {0}")]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("This session already has {0} open connections, its limit")]
+    ConnectionLimit(usize),
+    #[error("the session's browser: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("Not Found")]
+    NotFound,
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+}
+
+impl ProxyError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::Session(e) => e.origin(),
+            // A refused address is the policy working; the rest is the browser failing.
+            ProxyError::Upstream(UpstreamError::Refused(_)) => Origin::Client,
+            ProxyError::Upstream(UpstreamError::Rejected { status, body }) if is_unknown_target(*status, body) => {
+                Origin::Client
+            }
+            ProxyError::Upstream(_) => Origin::Upstream,
+            _ => Origin::Client,
+        }
+    }
+}
+
+/// Chrome answers an unknown target id with 404, or 500 "No such target id".
+pub fn is_unknown_target(status: u16, body: &[u8]) -> bool {
+    status == 404 || body.starts_with(b"No such target")
+}
+
+pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let token = crate::auth::query_token(&query);
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+    match segments.as_slice() {
+        ["browser", sid] => {
+            let session = authorize(&broker, token.as_deref(), Some(sid)).await?;
+            let path = session.upstream.browser_path.clone();
+            upgrade(&broker, session, request, path).await
+        }
+        ["browser", sid, "json", rest @ ..] => {
+            let session = authorize(&broker, token.as_deref(), Some(sid)).await?;
+            discovery::discovery(
+                &broker,
+                &session,
+                rest,
+                request.method(),
+                &query,
+                token.as_deref().unwrap_or(""),
+            )
+            .await
+        }
+        ["page", target] if is_target_id(target) => {
+            let session = authorize(&broker, token.as_deref(), None).await?;
+            let path = format!("/devtools/page/{target}");
+            upgrade(&broker, session, request, path).await
+        }
+        _ => Err(ProxyError::NotFound),
+    }
+}
+
+/// The active session the token grants; for browser paths it must name `path_sid`.
+async fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>) -> Result<Arc<Session>, ProxyError> {
+    let sid = broker.tokens.session_of(token, Scope::Cdp)?;
+    if path_sid.is_some_and(|p| p != sid) {
+        return Err(TokenError::WrongSession.into());
+    }
+    Ok(broker.active(None, &sid).await?)
+}
+
+/// Counts a new WebSocket connection of `session`, within its limit.
+pub fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ProxyError> {
+    let max = broker.config.max_connections_per_session;
+    session.claim_connection(max).ok_or_else(|| {
+        broker.metrics.connections_refused.fetch_add(1, Relaxed);
+        ProxyError::ConnectionLimit(max)
+    })
+}
+
+/// Chrome target ids are hex (32 upper-case digits); accept a little more, nothing that
+/// could change the upstream path.
+fn is_target_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Connects to the browser first (so a dead browser is a 502, not a dropped socket),
+/// answers 101, and relays in a task of its own.
+async fn upgrade(
+    broker: &Arc<Broker>,
+    session: Arc<Session>,
+    request: Request<Incoming>,
+    upstream_path: String,
+) -> Result<Response<Body>, ProxyError> {
+    let key = websocket_key(&request)?;
+    let slot = claim_connection(broker, &session)?;
+    let (browser, early) = session
+        .upstream
+        .connect_raw(
+            &upstream_path,
+            &broker.egress,
+            session.upstream.timeout(broker.config.byo_timeout()),
+        )
+        .await?;
+
+    let tracker = broker.tracker.clone();
+    let broker = broker.clone();
+    let span = tracing::info_span!("cdp", session = %session.id);
+    tracker.spawn(
+        async move {
+            let upgraded = match hyper::upgrade::on(request).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let _open = OpenConnection::new(&broker.metrics);
+            let _slot = slot;
+            // Plain TCP on both sides (the usual case) relays without any indirection.
+            match (Side::client(upgraded), Side::browser(browser, early)) {
+                (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
+                    let (client, browser) = (tcp_peer(client, client_early), tcp_peer(browser, browser_early));
+                    run_relay(client, browser, &session, &broker).await
+                }
+                (client, browser) => run_relay(client.boxed(), browser.boxed(), &session, &broker).await,
+            }
+        }
+        .instrument(span),
+    );
+
+    Ok(upgrade_response(&key))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One side of a relayed connection, with the bytes it sent that were read already.
+enum Side {
+    Tcp(TcpStream, Vec<u8>),
+    Other(Box<dyn Io>, Vec<u8>),
+}
+
+type BoxedPeer = relay::Peer<Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>>;
+
+impl Side {
+    /// The client's connection, unwrapped from hyper when it is plain TCP.
+    fn client(upgraded: Upgraded) -> Side {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Side::Tcp(parts.io.into_inner(), parts.read_buf.to_vec()),
+            Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded)), Vec::new()),
+        }
+    }
+
+    fn browser(stream: UpstreamStream, early: Vec<u8>) -> Side {
+        match stream {
+            UpstreamStream::Plain(tcp) => Side::Tcp(tcp, early),
+            tls => Side::Other(Box::new(tls), early),
+        }
+    }
+
+    fn boxed(self) -> BoxedPeer {
+        match self {
+            Side::Tcp(tcp, early) => {
+                let (rx, tx) = tcp.into_split();
+                relay::Peer {
+                    rx: Box::new(rx),
+                    tx: Box::new(tx),
+                    early,
+                }
+            }
+            Side::Other(io, early) => {
+                let (rx, tx) = tokio::io::split(io);
+                relay::Peer {
+                    rx: Box::new(rx),
+                    tx: Box::new(tx),
+                    early,
+                }
+            }
+        }
+    }
+}
+
+async fn run_relay<CR, CW, BR, BW>(
+    client: relay::Peer<CR, CW>,
+    browser: relay::Peer<BR, BW>,
+    session: &Session,
+    broker: &Broker,
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let limits = relay::Limits {
+        max_message: broker.config.max_message_bytes,
+        write_stall: Duration::from_millis(broker.config.write_stall_timeout_ms),
+    };
+    relay::relay(
+        client,
+        browser,
+        session.ended(),
+        || session.end_reason(),
+        limits,
+        &broker.metrics,
+    )
+    .await
+}
+
+fn tcp_peer(tcp: TcpStream, early: Vec<u8>) -> relay::Peer<OwnedReadHalf, OwnedWriteHalf> {
+    let (rx, tx) = tcp.into_split();
+    relay::Peer { rx, tx, early }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl<'a> OpenConnection<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.proxy_connections.fetch_add(1, Relaxed);
+        metrics.proxy_connections_open.fetch_add(1, Relaxed);
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.proxy_connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_ids_cannot_escape_the_path() {
+        assert!(is_target_id("E2B5C1A9D7F0431B8C0E5D2A3B4C5D6E"));
+        assert!(!is_target_id("../json"));
+        assert!(!is_target_id("a?b"));
+        assert!(!is_target_id(""));
+        assert!(is_unknown_target(500, b"No such target id: X"));
+        assert!(!is_unknown_target(500, b"Internal"));
+    }
+}

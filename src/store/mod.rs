@@ -1,0 +1,81 @@
+//! The store layer: what outlives a browser. Session records behind [`SessionStore`]
+//! (kept on this node's disk by [`LocalStore`]; a shared store lets other nodes read them),
+//! browser profiles on disk, and Playwright `storageState` documents in and out of them.
+//!
+//! Nothing here decides an HTTP status: errors say what went wrong and whose fault it is.
+
+pub mod local;
+pub mod profiles;
+pub mod record;
+pub mod storage_state;
+
+#[cfg(test)]
+pub(crate) mod contract;
+
+use std::time::{Duration, SystemTime};
+
+use crate::auth::Tenant;
+use crate::error::Origin;
+
+pub use local::LocalStore;
+pub use record::{EndReason, ProfileLink, SaveOutcome, SessionRecord, Status};
+
+/// Which records a list asks for, newest first.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub tenant: Tenant,
+    pub status: Option<Status>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One page of a list, and how many records match in all.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub records: Vec<SessionRecord>,
+    pub total: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the session store failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// A store failure is never the client's doing.
+    pub fn origin(&self) -> Origin {
+        Origin::Internal
+    }
+}
+
+/// Where session records are kept. Every implementation passes the suite in
+/// `store::contract`.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Newest first (by creation, then id), with the total before paging.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
+
+    /// Writes the record (created or changed).
+    async fn put(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    async fn remove(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Forgets records that ended `retention` or longer before `now`; answers their ids.
+    async fn sweep(&self, now: SystemTime, retention: Duration) -> Result<Vec<String>, StoreError>;
+
+    /// The record if it is `tenant`'s: another tenant's sessions look unknown.
+    async fn get_for(&self, tenant: &Tenant, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.get(id).await?.filter(|r| &r.tenant == tenant))
+    }
+}
+
+/// Sorts newest first and cuts out one page: how every store answers a list.
+pub fn page_of(mut matching: Vec<SessionRecord>, query: &ListQuery) -> ListPage {
+    matching.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+    let total = matching.len();
+    let records = matching.into_iter().skip(query.offset).take(query.limit).collect();
+    ListPage { records, total }
+}

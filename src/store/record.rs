@@ -1,0 +1,219 @@
+//! A session's record: plain data, everything the API shows about a session and nothing
+//! that lives only while it runs (its browser, its connections).
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::auth::Tenant;
+use crate::browser::Screen;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Terminated,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Terminated => "terminated",
+            Status::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "active" => Some(Status::Active),
+            "terminated" => Some(Status::Terminated),
+            "expired" => Some(Status::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session ended; decides its final status and the close frame its clients get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The TTL ran out.
+    Expired,
+    /// `POST .../terminate` or `DELETE`.
+    Terminated,
+    /// The browser exited: a client sent `Browser.close`, or it crashed.
+    BrowserExited,
+    /// The broker is shutting down.
+    Shutdown,
+    /// Found active in the records of an earlier run: it ended with that run.
+    Restarted,
+}
+
+impl EndReason {
+    pub fn status(self) -> Status {
+        match self {
+            EndReason::Expired => Status::Expired,
+            _ => Status::Terminated,
+        }
+    }
+
+    /// The WebSocket close code and reason sent to every client of the session.
+    pub fn close_code(self) -> (u16, &'static str) {
+        match self {
+            EndReason::Expired => (4001, "session expired"),
+            EndReason::Terminated => (4002, "session terminated"),
+            EndReason::BrowserExited => (4003, "browser closed"),
+            EndReason::Shutdown | EndReason::Restarted => (1001, "broker shutting down"),
+        }
+    }
+
+    /// The `end_reason` the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "ttl reached",
+            EndReason::Terminated => "terminated by request",
+            EndReason::BrowserExited => "browser exited",
+            EndReason::Shutdown => "broker shut down",
+            EndReason::Restarted => "broker restarted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EndReason> {
+        [
+            EndReason::Expired,
+            EndReason::Terminated,
+            EndReason::BrowserExited,
+            EndReason::Shutdown,
+            EndReason::Restarted,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// What became of a persisting session's profile save.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveOutcome {
+    Saved,
+    /// The browser did not close cleanly in time, so its files may be half-written.
+    NotClosedInTime,
+    Crashed,
+    /// Writing the new generation failed (a full disk, say): the old one is kept.
+    Failed(String),
+}
+
+impl SaveOutcome {
+    /// The `profile_saved` text the API shows.
+    pub fn describe(&self) -> String {
+        match self {
+            SaveOutcome::Saved => "saved".into(),
+            SaveOutcome::NotClosedInTime => "not saved: the browser did not close cleanly in time".into(),
+            SaveOutcome::Crashed => "not saved: the browser crashed".into(),
+            SaveOutcome::Failed(e) => format!("not saved: {e}"),
+        }
+    }
+
+    /// The outcome a `profile_saved` text describes (records written before the enum).
+    pub fn parse(text: &str) -> Option<SaveOutcome> {
+        match text {
+            "saved" => Some(SaveOutcome::Saved),
+            "not saved: the browser did not close cleanly in time" => Some(SaveOutcome::NotClosedInTime),
+            "not saved: the browser crashed" => Some(SaveOutcome::Crashed),
+            other => other
+                .strip_prefix("not saved: ")
+                .map(|e| SaveOutcome::Failed(e.to_owned())),
+        }
+    }
+}
+
+/// A session's use of a browser profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileLink {
+    pub id: String,
+    /// Whether the session's changes are saved back into the profile.
+    pub persist: bool,
+    /// Once the session has ended and the save is done.
+    pub saved: Option<SaveOutcome>,
+}
+
+/// Everything known about a session that outlives its browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    #[serde(with = "tenant_id")]
+    pub tenant: Tenant,
+    pub status: Status,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+    pub end_reason: Option<EndReason>,
+    pub screen: Screen,
+    pub metadata: Map<String, Value>,
+    pub profile: Option<ProfileLink>,
+    /// The node running the session's browser (empty on a single node).
+    #[serde(default)]
+    pub node: String,
+}
+
+impl SessionRecord {
+    /// Ended more than `retention` before `now`.
+    pub fn is_stale(&self, now: SystemTime, retention: Duration) -> bool {
+        self.ended_at
+            .is_some_and(|at| now.duration_since(at).unwrap_or_default() >= retention)
+    }
+
+    /// The record of a session that was active when its broker stopped.
+    pub fn ended_by_restart(mut self, now: SystemTime) -> SessionRecord {
+        if self.status == Status::Active {
+            self.status = Status::Terminated;
+            self.end_reason = Some(EndReason::Restarted);
+            self.ended_at = Some(now);
+            self.updated_at = now;
+        }
+        self
+    }
+}
+
+/// A tenant is kept as its displayed id (a digest of its key, never the key).
+mod tenant_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::auth::Tenant;
+
+    pub fn serialize<S: Serializer>(tenant: &Tenant, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(tenant)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tenant, D::Error> {
+        String::deserialize(d).map(|id| Tenant::from_id(&id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons_round_trip() {
+        for s in [Status::Active, Status::Terminated, Status::Expired] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("ACTIVE"), None);
+        assert_eq!(EndReason::Expired.close_code().0, 4001);
+        assert_eq!(EndReason::Terminated.status(), Status::Terminated);
+        assert_eq!(EndReason::parse("broker restarted"), Some(EndReason::Restarted));
+        for outcome in [
+            SaveOutcome::Saved,
+            SaveOutcome::NotClosedInTime,
+            SaveOutcome::Crashed,
+            SaveOutcome::Failed("No space left on device (os error 28)".into()),
+        ] {
+            assert_eq!(SaveOutcome::parse(&outcome.describe()), Some(outcome));
+        }
+    }
+}
