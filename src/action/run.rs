@@ -76,30 +76,7 @@ impl Runner {
 
     /// Runs one step; answers what it did and the step pinned to the element it found.
     pub async fn run(&mut self, step: &Step, wait: Duration) -> Result<(Outcome, Step), ActionError> {
-        let mut resolved = step.clone();
-        let found = match resolved.target_mut() {
-            Some(target) => {
-                let need = match step {
-                    Step::Click { .. } | Step::Check { .. } => Need::Click,
-                    Step::Type { .. } | Step::Press { .. } | Step::Select { .. } => Need::Enabled,
-                    // An empty element has no size, and its text ("") is still an answer.
-                    Step::ReadText { .. } => Need::Present,
-                    _ => Need::Visible,
-                };
-                let found = self.find(target, need, wait).await?;
-                *target = Target {
-                    described: target.described.clone(),
-                    role: None,
-                    name: None,
-                    css: Some(found.selector.clone()),
-                    fingerprint: Some(found.fingerprint.clone()),
-                };
-                Some(found)
-            }
-            None => None,
-        };
-        let values = &self.values;
-        let described = |t: &Target| instruction::fill(&t.described, |n| values.get(n).cloned());
+        let (found, resolved) = self.resolve(step, wait).await?;
         let outcome = match (step, found) {
             (Step::Goto { url }, _) => {
                 let url = normalize_url(&self.fill(url))?;
@@ -122,120 +99,17 @@ impl Runner {
                 self.page.click(found.x, found.y, *count).await?;
                 let moved = self.page.settle(&mut events, self.navigation).await?;
                 let verb = if *count == 2 { "Double-clicked" } else { "Clicked" };
-                Outcome::Did(format!("{verb} {}.{}", described(target), moved_to(moved)))
+                Outcome::Did(format!("{verb} {}.{}", self.described(target), moved_to(moved)))
             }
-            (Step::Type { target, text }, found) => {
-                let value = self.fill(text);
-                if let Some(found) = &found {
-                    let focused = self.page.helper("focusForTyping", &[json!(found.selector)]).await?;
-                    if focused != true {
-                        return Err(ActionError::new(format!(
-                            "{} did not take the keyboard focus",
-                            capitalized(&described(target.as_ref().expect("found implies a target")))
-                        )));
-                    }
-                }
-                if value.is_empty() {
-                    self.page
-                        .press(&keys::parse("Delete").expect("Delete is a key"))
-                        .await?;
-                } else {
-                    self.page.insert_text(&value).await?;
-                }
-                // The typed text is never repeated: it is often a password.
-                let chars = value.chars().count();
-                Outcome::Did(match target {
-                    Some(t) if chars == 0 => format!("Cleared {}.", described(t)),
-                    Some(t) => format!("Typed {chars} characters into {}.", described(t)),
-                    None => format!("Typed {chars} characters."),
-                })
-            }
-            (Step::Press { key, target }, found) => {
-                let key = self.fill(key);
-                let chord = keys::parse(&key).ok_or_else(|| ActionError::new(format!("\"{key}\" is not a key")))?;
-                if let Some(found) = &found {
-                    self.page.helper("focusForTyping", &[json!(found.selector)]).await?;
-                }
-                let mut events = self.page.watch();
-                self.page.press(&chord).await?;
-                let moved = self.page.settle(&mut events, self.navigation).await?;
-                let place = target
-                    .as_ref()
-                    .map(|t| format!(" in {}", described(t)))
-                    .unwrap_or_default();
-                Outcome::Did(format!("Pressed {}{place}.{}", chord.name(), moved_to(moved)))
-            }
-            (Step::Select { target, option }, Some(found)) => {
-                let option = self.fill(option);
-                let answer = self
-                    .page
-                    .helper("selectOption", &[json!(found.selector), json!(option)])
-                    .await?;
-                let name = described(target);
-                match answer["error"].as_str() {
-                    None => Outcome::Did(format!(
-                        "Selected \"{}\" in {name}.",
-                        answer["selected"].as_str().unwrap_or(&option)
-                    )),
-                    Some("not-a-select") => {
-                        return Err(ActionError::new(format!(
-                            "{} is not a drop-down list (<select>): click it, then click the option",
-                            capitalized(&name)
-                        )));
-                    }
-                    Some("disabled-option") => {
-                        return Err(ActionError::new(format!(
-                            "The option \"{option}\" of {name} is disabled"
-                        )));
-                    }
-                    Some(_) => {
-                        let options: Vec<&str> = answer["options"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
-                            .collect();
-                        return Err(ActionError::new(format!(
-                            "{} has no option \"{option}\"; its options are: {}",
-                            capitalized(&name),
-                            options.join(", ")
-                        )));
-                    }
-                }
-            }
-            (Step::Check { target, on }, Some(found)) => {
-                let name = described(target);
-                let word = if *on { "checked" } else { "unchecked" };
-                if self.page.helper("checked", &[json!(found.selector)]).await? == json!(*on) {
-                    Outcome::Did(format!("{} was already {word}.", capitalized(&name)))
-                } else {
-                    self.page.click(found.x, found.y, 1).await?;
-                    if self.page.helper("checked", &[json!(found.selector)]).await? != json!(*on) {
-                        return Err(ActionError::new(format!("Clicking {name} did not leave it {word}")));
-                    }
-                    Outcome::Did(format!("{} {name}.", capitalized(word)))
-                }
-            }
+            (Step::Type { target, text }, found) => self.type_text(target.as_ref(), text, found.as_ref()).await?,
+            (Step::Press { key, target }, found) => self.press_key(key, target.as_ref(), found.as_ref()).await?,
+            (Step::Select { target, option }, Some(found)) => self.select(target, option, &found).await?,
+            (Step::Check { target, on }, Some(found)) => self.check(target, *on, &found).await?,
             (Step::Hover { target }, Some(found)) => {
                 self.page.hover(found.x, found.y).await?;
-                Outcome::Did(format!("Moved the mouse over {}.", described(target)))
+                Outcome::Did(format!("Moved the mouse over {}.", self.described(target)))
             }
-            (Step::Scroll { to }, _) => match to {
-                ScrollTo::By(pixels) => {
-                    self.page.wheel(*pixels as f64).await?;
-                    let way = if *pixels < 0 { "up" } else { "down" };
-                    Outcome::Did(format!("Scrolled {way} {} pixels.", pixels.abs()))
-                }
-                ScrollTo::Top | ScrollTo::Bottom => {
-                    let bottom = matches!(to, ScrollTo::Bottom);
-                    self.page.helper("scrollToEnd", &[json!(bottom)]).await?;
-                    Outcome::Did(format!(
-                        "Scrolled to the {} of the page.",
-                        if bottom { "bottom" } else { "top" }
-                    ))
-                }
-                ScrollTo::Element(target) => Outcome::Did(format!("Scrolled to {}.", described(target))),
-            },
+            (Step::Scroll { to }, _) => self.scroll(to).await?,
             (Step::WaitText { text }, _) => {
                 let text = self.fill(text);
                 if !self.page.wait_until("hasText", &[json!(text)], wait).await? {
@@ -247,18 +121,9 @@ impl Runner {
                 Outcome::Did(format!("The text \"{text}\" appeared."))
             }
             (Step::WaitFor { target }, Some(_)) => {
-                Outcome::Did(format!("{} appeared.", capitalized(&described(target))))
+                Outcome::Did(format!("{} appeared.", capitalized(&self.described(target))))
             }
-            (Step::WaitLoad, _) => {
-                let deadline = tokio::time::Instant::now() + self.navigation;
-                while self.page.eval("document.readyState").await? != json!("complete") {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(ActionError::new("The page did not finish loading in time"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Outcome::Did("The page finished loading.".into())
-            }
+            (Step::WaitLoad, _) => self.wait_load().await?,
             (Step::Sleep { ms }, _) => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 Outcome::Did(format!("Waited {} s.", *ms as f64 / 1000.0))
@@ -281,6 +146,172 @@ impl Runner {
             (step, None) => return Err(ActionError::new(format!("{step:?} needs an element"))),
         };
         Ok((outcome, resolved))
+    }
+
+    /// Finds the step's element, if it has one, and the step resolved to it (a CSS path
+    /// and a fingerprint, for the cache).
+    async fn resolve(&mut self, step: &Step, wait: Duration) -> Result<(Option<Found>, Step), ActionError> {
+        let mut resolved = step.clone();
+        let found = match resolved.target_mut() {
+            Some(target) => {
+                let need = match step {
+                    Step::Click { .. } | Step::Check { .. } => Need::Click,
+                    Step::Type { .. } | Step::Press { .. } | Step::Select { .. } => Need::Enabled,
+                    // An empty element has no size, and its text ("") is still an answer.
+                    Step::ReadText { .. } => Need::Present,
+                    _ => Need::Visible,
+                };
+                let found = self.find(target, need, wait).await?;
+                *target = Target {
+                    described: target.described.clone(),
+                    role: None,
+                    name: None,
+                    css: Some(found.selector.clone()),
+                    fingerprint: Some(found.fingerprint.clone()),
+                };
+                Some(found)
+            }
+            None => None,
+        };
+        Ok((found, resolved))
+    }
+
+    /// A target's description with its variables filled in.
+    fn described(&self, target: &Target) -> String {
+        instruction::fill(&target.described, |n| self.values.get(n).cloned())
+    }
+
+    async fn type_text(
+        &mut self,
+        target: Option<&Target>,
+        text: &str,
+        found: Option<&Found>,
+    ) -> Result<Outcome, ActionError> {
+        let value = self.fill(text);
+        if let Some(found) = found {
+            let focused = self.page.helper("focusForTyping", &[json!(found.selector)]).await?;
+            if focused != true {
+                return Err(ActionError::new(format!(
+                    "{} did not take the keyboard focus",
+                    capitalized(&self.described(target.expect("found implies a target")))
+                )));
+            }
+        }
+        if value.is_empty() {
+            self.page
+                .press(&keys::parse("Delete").expect("Delete is a key"))
+                .await?;
+        } else {
+            self.page.insert_text(&value).await?;
+        }
+        // The typed text is never repeated: it is often a password.
+        let chars = value.chars().count();
+        Ok(Outcome::Did(match target {
+            Some(t) if chars == 0 => format!("Cleared {}.", self.described(t)),
+            Some(t) => format!("Typed {chars} characters into {}.", self.described(t)),
+            None => format!("Typed {chars} characters."),
+        }))
+    }
+
+    async fn press_key(
+        &mut self,
+        key: &str,
+        target: Option<&Target>,
+        found: Option<&Found>,
+    ) -> Result<Outcome, ActionError> {
+        let key = self.fill(key);
+        let chord = keys::parse(&key).ok_or_else(|| ActionError::new(format!("\"{key}\" is not a key")))?;
+        if let Some(found) = found {
+            self.page.helper("focusForTyping", &[json!(found.selector)]).await?;
+        }
+        let mut events = self.page.watch();
+        self.page.press(&chord).await?;
+        let moved = self.page.settle(&mut events, self.navigation).await?;
+        let place = target.map(|t| format!(" in {}", self.described(t))).unwrap_or_default();
+        Ok(Outcome::Did(format!(
+            "Pressed {}{place}.{}",
+            chord.name(),
+            moved_to(moved)
+        )))
+    }
+
+    async fn select(&mut self, target: &Target, option: &str, found: &Found) -> Result<Outcome, ActionError> {
+        let option = self.fill(option);
+        let answer = self
+            .page
+            .helper("selectOption", &[json!(found.selector), json!(option)])
+            .await?;
+        let name = self.described(target);
+        match answer["error"].as_str() {
+            None => Ok(Outcome::Did(format!(
+                "Selected \"{}\" in {name}.",
+                answer["selected"].as_str().unwrap_or(&option)
+            ))),
+            Some("not-a-select") => Err(ActionError::new(format!(
+                "{} is not a drop-down list (<select>): click it, then click the option",
+                capitalized(&name)
+            ))),
+            Some("disabled-option") => Err(ActionError::new(format!(
+                "The option \"{option}\" of {name} is disabled"
+            ))),
+            Some(_) => {
+                let options: Vec<&str> = answer["options"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                Err(ActionError::new(format!(
+                    "{} has no option \"{option}\"; its options are: {}",
+                    capitalized(&name),
+                    options.join(", ")
+                )))
+            }
+        }
+    }
+
+    async fn check(&mut self, target: &Target, on: bool, found: &Found) -> Result<Outcome, ActionError> {
+        let name = self.described(target);
+        let word = if on { "checked" } else { "unchecked" };
+        if self.page.helper("checked", &[json!(found.selector)]).await? == json!(on) {
+            Ok(Outcome::Did(format!("{} was already {word}.", capitalized(&name))))
+        } else {
+            self.page.click(found.x, found.y, 1).await?;
+            if self.page.helper("checked", &[json!(found.selector)]).await? != json!(on) {
+                return Err(ActionError::new(format!("Clicking {name} did not leave it {word}")));
+            }
+            Ok(Outcome::Did(format!("{} {name}.", capitalized(word))))
+        }
+    }
+
+    async fn scroll(&mut self, to: &ScrollTo) -> Result<Outcome, ActionError> {
+        Ok(match to {
+            ScrollTo::By(pixels) => {
+                self.page.wheel(*pixels as f64).await?;
+                let way = if *pixels < 0 { "up" } else { "down" };
+                Outcome::Did(format!("Scrolled {way} {} pixels.", pixels.abs()))
+            }
+            ScrollTo::Top | ScrollTo::Bottom => {
+                let bottom = matches!(to, ScrollTo::Bottom);
+                self.page.helper("scrollToEnd", &[json!(bottom)]).await?;
+                Outcome::Did(format!(
+                    "Scrolled to the {} of the page.",
+                    if bottom { "bottom" } else { "top" }
+                ))
+            }
+            ScrollTo::Element(target) => Outcome::Did(format!("Scrolled to {}.", self.described(target))),
+        })
+    }
+
+    async fn wait_load(&mut self) -> Result<Outcome, ActionError> {
+        let deadline = tokio::time::Instant::now() + self.navigation;
+        while self.page.eval("document.readyState").await? != json!("complete") {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ActionError::new("The page did not finish loading in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Outcome::Did("The page finished loading.".into()))
     }
 
     /// Lets the model carry out `action`, step by step; answers its result, the steps it took

@@ -163,7 +163,10 @@ where
     let later = SystemTime::now() + Duration::from_secs(3600);
     let swept = store.sweep(later, retention).await.unwrap();
     assert!(swept.contains(&"sess_a4".to_owned()), "{swept:?}");
-    assert!(!swept.contains(&"sess_live".to_owned()), "an active session is never swept");
+    assert!(
+        !swept.contains(&"sess_live".to_owned()),
+        "an active session is never swept"
+    );
     assert!(store.get("sess_a4").await.unwrap().is_none());
     assert_eq!(store.get("sess_live").await.unwrap(), Some(live));
     drop(store);
