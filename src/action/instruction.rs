@@ -327,8 +327,94 @@ pub fn unquote(s: &str) -> String {
 
 fn parse_clause(clause: &str) -> Option<Step> {
     let lower = clause.to_ascii_lowercase();
-    let l = lower.as_str();
+    if let Some(step) = parse_fixed(&lower) {
+        return Some(step);
+    }
+    // The first verb that opens the clause decides what it is; its rest may still fail.
+    let verb = |verbs: &[Verb]| {
+        verbs
+            .iter()
+            .find_map(|(prefixes, parse)| after(clause, prefixes).map(|rest| parse(rest)))
+    };
+    if let Some(step) = verb(CLAUSE_VERBS) {
+        return step;
+    }
+    if let Some(step) = parse_read(clause) {
+        return Some(step);
+    }
+    verb(CLICKS).flatten()
+}
 
+/// Words that open a clause, and how the rest after them is read.
+type Verb = (&'static [&'static str], fn(&str) -> Option<Step>);
+
+const CLAUSE_VERBS: &[Verb] = &[
+    (&["wait for ", "wait until ", "wait till ", "wait while "], |rest| {
+        Some(parse_wait(rest))
+    }),
+    (
+        &["go to ", "navigate to ", "browse to ", "open ", "visit ", "load "],
+        parse_goto,
+    ),
+    (&["press ", "hit ", "push "], parse_press),
+    (&["clear "], |rest| {
+        Some(Step::Type {
+            target: Some(target(rest)?),
+            text: String::new(),
+        })
+    }),
+    (&["fill in ", "fill out ", "fill ", "set "], |rest| {
+        let (field, text) = split_at_word(rest, &["with", "to"])?;
+        Some(Step::Type {
+            target: Some(target(field)?),
+            text: unquote(text),
+        })
+    }),
+    (&["type ", "enter ", "input ", "write ", "put ", "insert "], parse_type),
+    (&["select ", "choose ", "pick "], parse_select),
+    (&["uncheck ", "untick ", "unmark ", "deselect "], |rest| {
+        Some(Step::Check {
+            target: checkable(rest)?,
+            on: false,
+        })
+    }),
+    (&["check ", "tick ", "mark "], |rest| {
+        if after(rest, &["that ", "if ", "whether "]).is_some() {
+            return None;
+        }
+        Some(Step::Check {
+            target: checkable(rest)?,
+            on: true,
+        })
+    }),
+    (
+        &[
+            "hover over ",
+            "hover on ",
+            "hover ",
+            "mouse over ",
+            "move the mouse over ",
+            "move the mouse to ",
+        ],
+        |rest| Some(Step::Hover { target: target(rest)? }),
+    ),
+    (&["scroll "], parse_scroll),
+];
+
+/// Clicks come last: "click" appears inside other instructions' wording.
+const CLICKS: &[Verb] = &[
+    (
+        &["double-click on ", "double-click ", "double click on ", "double click "],
+        |rest| click(rest, 2),
+    ),
+    (
+        &["click on ", "click ", "tap on ", "tap ", "follow ", "activate "],
+        |rest| click(rest, 1),
+    ),
+];
+
+/// Whole instructions of a few fixed words, screenshots and pauses.
+fn parse_fixed(l: &str) -> Option<Step> {
     if l.contains("screenshot") || l.contains("screen shot") {
         let full_page = ["full page", "full-page", "entire page", "whole page", "fullpage"]
             .iter()
@@ -339,143 +425,74 @@ fn parse_clause(clause: &str) -> Option<Step> {
         return Some(Step::Sleep { ms });
     }
     match l {
-        "go back" | "navigate back" | "back" | "go to the previous page" => return Some(Step::Back),
-        "go forward" | "navigate forward" | "forward" => return Some(Step::Forward),
-        "reload" | "refresh" | "reload the page" | "refresh the page" => return Some(Step::Reload),
-        "submit" | "submit the form" => {
-            return Some(Step::Click {
-                target: Target::css(
-                    "the form's submit button",
-                    "form [type=submit], form button:not([type])",
-                ),
-                count: 1,
-            });
-        }
-        _ => {}
-    }
-    if let Some(rest) = after(clause, &["wait for ", "wait until ", "wait till ", "wait while "]) {
-        return Some(parse_wait(rest));
-    }
-    if let Some(rest) = after(
-        clause,
-        &["go to ", "navigate to ", "browse to ", "open ", "visit ", "load "],
-    ) {
-        let rest = after(rest, &["the url ", "url ", "the page at ", "the website "]).unwrap_or(rest);
-        if looks_like_url(rest) {
-            return Some(Step::Goto { url: unquote(rest) });
-        }
-        // "open the Settings tab": a click.
-        return Some(Step::Click {
-            target: target(rest)?,
+        "go back" | "navigate back" | "back" | "go to the previous page" => Some(Step::Back),
+        "go forward" | "navigate forward" | "forward" => Some(Step::Forward),
+        "reload" | "refresh" | "reload the page" | "refresh the page" => Some(Step::Reload),
+        "submit" | "submit the form" => Some(Step::Click {
+            target: Target::css(
+                "the form's submit button",
+                "form [type=submit], form button:not([type])",
+            ),
             count: 1,
+        }),
+        _ => None,
+    }
+}
+
+fn click(rest: &str, count: u8) -> Option<Step> {
+    Some(Step::Click {
+        target: target(rest)?,
+        count,
+    })
+}
+
+/// "go to example.com"; "open the Settings tab" is a click.
+fn parse_goto(rest: &str) -> Option<Step> {
+    let rest = after(rest, &["the url ", "url ", "the page at ", "the website "]).unwrap_or(rest);
+    if looks_like_url(rest) {
+        return Some(Step::Goto { url: unquote(rest) });
+    }
+    click(rest, 1)
+}
+
+/// "press Enter", "press Control+A in the editor"; "press the Save button" is a click.
+fn parse_press(rest: &str) -> Option<Step> {
+    let (key, on) = match split_at_word(rest, &["in", "on", "into"]) {
+        Some((key, on)) if keys::parse(&unquote(key)).is_some() => (unquote(key), Some(target(on)?)),
+        _ => (unquote(rest), None),
+    };
+    if let Some(chord) = keys::parse(&key) {
+        return Some(Step::Press {
+            key: chord.name(),
+            target: on,
         });
     }
-    if let Some(rest) = after(clause, &["press ", "hit ", "push "]) {
-        let (key, on) = match split_at_word(rest, &["in", "on", "into"]) {
-            Some((key, on)) if keys::parse(&unquote(key)).is_some() => (unquote(key), Some(target(on)?)),
-            _ => (unquote(rest), None),
-        };
-        if let Some(chord) = keys::parse(&key) {
-            return Some(Step::Press {
-                key: chord.name(),
-                target: on,
-            });
-        }
-        return Some(Step::Click {
-            target: target(rest)?,
-            count: 1,
-        });
-    }
-    if let Some(rest) = after(clause, &["clear "]) {
-        return Some(Step::Type {
-            target: Some(target(rest)?),
-            text: String::new(),
-        });
-    }
-    if let Some(rest) = after(clause, &["fill in ", "fill out ", "fill ", "set "]) {
-        let (field, text) = split_at_word(rest, &["with", "to"])?;
-        return Some(Step::Type {
+    click(rest, 1)
+}
+
+/// "type hello into the Search field", or "type hello" where the focus is.
+fn parse_type(rest: &str) -> Option<Step> {
+    Some(match split_at_word(rest, &["into", "in", "on"]) {
+        Some((text, field)) => Step::Type {
             target: Some(target(field)?),
             text: unquote(text),
+        },
+        None => Step::Type {
+            target: None,
+            text: unquote(rest),
+        },
+    })
+}
+
+/// "select Blue from the Colour list"; "select the second result" is a click.
+fn parse_select(rest: &str) -> Option<Step> {
+    if let Some((option, list)) = split_at_word(rest, &["from", "in"]) {
+        return Some(Step::Select {
+            target: target(list)?,
+            option: unquote(option),
         });
     }
-    if let Some(rest) = after(clause, &["type ", "enter ", "input ", "write ", "put ", "insert "]) {
-        return Some(match split_at_word(rest, &["into", "in", "on"]) {
-            Some((text, field)) => Step::Type {
-                target: Some(target(field)?),
-                text: unquote(text),
-            },
-            None => Step::Type {
-                target: None,
-                text: unquote(rest),
-            },
-        });
-    }
-    if let Some(rest) = after(clause, &["select ", "choose ", "pick "]) {
-        if let Some((option, list)) = split_at_word(rest, &["from", "in"]) {
-            return Some(Step::Select {
-                target: target(list)?,
-                option: unquote(option),
-            });
-        }
-        return Some(Step::Click {
-            target: target(rest)?,
-            count: 1,
-        });
-    }
-    if let Some(rest) = after(clause, &["uncheck ", "untick ", "unmark ", "deselect "]) {
-        return Some(Step::Check {
-            target: checkable(rest)?,
-            on: false,
-        });
-    }
-    if let Some(rest) = after(clause, &["check ", "tick ", "mark "]) {
-        if after(rest, &["that ", "if ", "whether "]).is_some() {
-            return None;
-        }
-        return Some(Step::Check {
-            target: checkable(rest)?,
-            on: true,
-        });
-    }
-    if let Some(rest) = after(
-        clause,
-        &[
-            "hover over ",
-            "hover on ",
-            "hover ",
-            "mouse over ",
-            "move the mouse over ",
-            "move the mouse to ",
-        ],
-    ) {
-        return Some(Step::Hover { target: target(rest)? });
-    }
-    if let Some(rest) = after(clause, &["scroll "]) {
-        return parse_scroll(rest);
-    }
-    if let Some(step) = parse_read(clause) {
-        return Some(step);
-    }
-    if let Some(rest) = after(
-        clause,
-        &["double-click on ", "double-click ", "double click on ", "double click "],
-    ) {
-        return Some(Step::Click {
-            target: target(rest)?,
-            count: 2,
-        });
-    }
-    if let Some(rest) = after(
-        clause,
-        &["click on ", "click ", "tap on ", "tap ", "follow ", "activate "],
-    ) {
-        return Some(Step::Click {
-            target: target(rest)?,
-            count: 1,
-        });
-    }
-    None
+    click(rest, 1)
 }
 
 /// "wait 2 seconds", "wait for 500 ms".

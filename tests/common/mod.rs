@@ -74,7 +74,11 @@ impl TestServer {
     /// Shuts the broker down and waits until it has stopped.
     pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.serving).await;
+        // A shutdown that hangs fails the test instead of hanging it.
+        tokio::time::timeout(Duration::from_secs(30), self.serving)
+            .await
+            .expect("the broker stopped within 30 s")
+            .expect("the serving task did not panic");
         self.data_dir
     }
 
