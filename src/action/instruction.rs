@@ -334,7 +334,7 @@ fn parse_clause(clause: &str) -> Option<Step> {
     let verb = |verbs: &[Verb]| {
         verbs
             .iter()
-            .find_map(|(prefixes, parse)| after(clause, prefixes).map(|rest| parse(rest)))
+            .find_map(|(prefixes, parse)| after(clause, prefixes).map(parse))
     };
     if let Some(step) = verb(CLAUSE_VERBS) {
         return step;
