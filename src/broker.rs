@@ -28,10 +28,9 @@ use crate::error::Origin;
 use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
+use crate::store::local::LocalStore;
 use crate::store::profiles::{self, ProfileError, Profiles};
-use crate::store::{
-    EndReason, ListPage, ListQuery, LocalStore, SaveOutcome, SessionRecord, Status, StoreError, storage_state,
-};
+use crate::store::{EndReason, ListPage, ListQuery, SaveOutcome, SessionRecord, Status, StoreError, storage_state};
 
 /// How long terminate and delete wait for a profile save before answering anyway.
 const SAVE_WAIT: Duration = Duration::from_secs(30);

@@ -31,7 +31,7 @@ fn documented() -> BTreeSet<(String, String)> {
 }
 
 fn routed() -> BTreeSet<(String, String)> {
-    cdpgate::http::ROUTES
+    cdpgate::http::router::ROUTES
         .iter()
         .flat_map(|r| r.methods.iter().map(|m| (m.to_string(), r.path.to_owned())))
         .collect()

@@ -7,6 +7,7 @@
 //! session run one at a time, in arrival order.
 
 pub mod cache;
+pub mod error;
 pub mod instruction;
 pub mod keys;
 pub mod model;
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::session::Session;
 use cache::{ActionCache, Entry};
+pub use error::ActionError;
 use page::Page;
 use run::{Runner, summarize};
 
@@ -32,37 +34,6 @@ use run::{Runner, summarize};
 const REPLAY_WAIT: Duration = Duration::from_secs(3);
 /// How long a page may take to load.
 const NAVIGATION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why an action failed, in words a person can act on (`error` in the answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionError(pub String);
-
-impl ActionError {
-    pub fn new(message: impl Into<String>) -> ActionError {
-        ActionError(message.into())
-    }
-
-    fn cdp(method: &str, message: String) -> ActionError {
-        ActionError(format!("The browser refused {method}: {message}"))
-    }
-
-    /// The script context went away (the page navigated): worth one more try.
-    fn is_lost_context(&self) -> bool {
-        [
-            "Cannot find context",
-            "Execution context was destroyed",
-            "Inspected target navigated",
-        ]
-        .iter()
-        .any(|m| self.0.contains(m))
-    }
-}
-
-impl std::fmt::Display for ActionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// What actions share across requests: the cache and the model, if configured.
 pub struct Actions {

@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::ActionError;
+use super::error::ActionError;
 use super::keys::Chord;
 use crate::browser::egress::Egress;
 use crate::browser::upstream::Upstream;

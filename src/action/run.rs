@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::ActionError;
+use super::error::ActionError;
 use super::instruction::{self, ScrollTo, Step, Target};
 use super::keys;
 use super::model::{self, Call, ModelClient};

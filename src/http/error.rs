@@ -12,6 +12,7 @@ use crate::browser::byo::ProbeError;
 use crate::browser::pool::PoolError;
 use crate::browser::upstream::UpstreamError;
 use crate::error::Origin;
+use crate::metrics::Metrics;
 use crate::proxy::handshake::HandshakeError;
 use crate::proxy::{ProxyError, is_unknown_target};
 use crate::store::profiles::ProfileError;
@@ -223,6 +224,24 @@ impl From<ProxyError> for ApiError {
             ProxyError::Handshake(e) => e.into(),
             ProxyError::NotFound => ApiError::not_found("Not Found"),
             ProxyError::MethodNotAllowed => ApiError::method_not_allowed(),
+        }
+    }
+}
+
+/// The answer to a handler's result; errors are logged and counted by whose fault.
+pub fn answer(metrics: &Metrics, result: Result<Response<Body>, ApiError>) -> Response<Body> {
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            metrics.record_error(e.origin);
+            let status = e.status.as_u16();
+            match e.origin {
+                Origin::Client => {
+                    tracing::debug!(status, origin = "client", detail = %e.detail, "refused")
+                }
+                origin => tracing::warn!(status, origin = origin.as_str(), detail = %e.detail, "failed"),
+            }
+            e.into_response()
         }
     }
 }

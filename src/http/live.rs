@@ -90,7 +90,7 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
         return html_response(StatusCode::OK, html);
     }
-    super::answer(
+    super::error::answer(
         &broker.metrics,
         viewer_socket(&broker, session, request, read_only).await,
     )

@@ -1,7 +1,8 @@
 //! The HTTP layer, and the only place that knows HTTP status codes: the accept loop
-//! ([`server`]), the route table, request reading ([`request`]), errors into answers
-//! ([`error`]), and the handlers by resource: [`sessions`], [`profiles`], [`actions`] and
-//! [`live`] view. CDP connections are handed to [`crate::proxy`].
+//! ([`server`]), the route table and dispatch ([`router`]), request reading ([`request`]),
+//! errors into answers ([`error`]), and the handlers by resource: [`sessions`],
+//! [`profiles`], [`actions`] and [`live`] view. CDP connections are handed to
+//! [`crate::proxy`].
 //!
 //! Nothing below this layer imports from it.
 
@@ -10,244 +11,16 @@ pub mod error;
 pub mod live;
 pub mod profiles;
 pub mod request;
+pub mod router;
 pub mod server;
 pub mod sessions;
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, header};
-use serde_json::json;
-
-use crate::broker::Broker;
-use crate::metrics::Metrics;
-use error::{ApiError, json_response};
-use request::{authenticate, only};
 
 pub type Body = Full<Bytes>;
-
-/// What a route leads to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Health,
-    Metrics,
-    Sessions,
-    Session,
-    TerminateSession,
-    Profiles,
-    Profile,
-    StorageState,
-    RunAction,
-    /// The CDP proxy's WebSockets and discovery endpoints.
-    Proxy,
-    LiveView,
-}
-
-/// One documented route: its methods, its path (`{name}` matches one segment) and where it
-/// leads. `docs/API.md` lists exactly these (a test holds them together).
-pub struct Route {
-    pub methods: &'static [&'static str],
-    pub path: &'static str,
-    pub endpoint: Endpoint,
-}
-
-const fn route(methods: &'static [&'static str], path: &'static str, endpoint: Endpoint) -> Route {
-    Route {
-        methods,
-        path,
-        endpoint,
-    }
-}
-
-pub const ROUTES: &[Route] = &[
-    route(&["GET", "HEAD"], "/health", Endpoint::Health),
-    route(&["GET"], "/metrics", Endpoint::Metrics),
-    route(&["POST", "GET"], "/public/sessions", Endpoint::Sessions),
-    route(
-        &["GET", "PATCH", "DELETE"],
-        "/public/sessions/{session_id}",
-        Endpoint::Session,
-    ),
-    route(
-        &["POST"],
-        "/public/sessions/{session_id}/terminate",
-        Endpoint::TerminateSession,
-    ),
-    route(&["POST", "GET"], "/public/browser-profiles", Endpoint::Profiles),
-    route(
-        &["GET", "DELETE"],
-        "/public/browser-profiles/{profile_id}",
-        Endpoint::Profile,
-    ),
-    route(
-        &["GET", "POST", "PUT"],
-        "/public/browser-profiles/{profile_id}/storage-state",
-        Endpoint::StorageState,
-    ),
-    route(&["POST"], "/public/single-actions/run-action", Endpoint::RunAction),
-    route(&["GET"], "/devtools/browser/{session_id}", Endpoint::Proxy),
-    route(&["GET", "HEAD"], "/devtools/browser/{session_id}/json", Endpoint::Proxy),
-    route(
-        &["GET", "HEAD"],
-        "/devtools/browser/{session_id}/json/version",
-        Endpoint::Proxy,
-    ),
-    route(
-        &["GET", "HEAD"],
-        "/devtools/browser/{session_id}/json/list",
-        Endpoint::Proxy,
-    ),
-    route(
-        &["GET", "HEAD"],
-        "/devtools/browser/{session_id}/json/protocol",
-        Endpoint::Proxy,
-    ),
-    route(
-        &["GET", "HEAD", "PUT"],
-        "/devtools/browser/{session_id}/json/new",
-        Endpoint::Proxy,
-    ),
-    route(
-        &["GET", "HEAD"],
-        "/devtools/browser/{session_id}/json/activate/{target_id}",
-        Endpoint::Proxy,
-    ),
-    route(
-        &["GET", "HEAD"],
-        "/devtools/browser/{session_id}/json/close/{target_id}",
-        Endpoint::Proxy,
-    ),
-    route(&["GET"], "/devtools/page/{target_id}", Endpoint::Proxy),
-    route(&["GET"], "/live/{session_id}", Endpoint::LiveView),
-    route(&["GET"], "/live/{session_id}/cdp", Endpoint::LiveView),
-];
-
-impl Route {
-    /// The values of the `{…}` segments if `path` is this route's.
-    fn matches<'a>(&self, path: &'a str) -> Option<Vec<&'a str>> {
-        let mut want = self.path.split('/');
-        let mut have = path.split('/');
-        let mut params = Vec::new();
-        loop {
-            match (want.next(), have.next()) {
-                (None, None) => return Some(params),
-                (Some(w), Some(h)) if w.starts_with('{') && !h.is_empty() => params.push(h),
-                (Some(w), Some(h)) if w == h => {}
-                _ => return None,
-            }
-        }
-    }
-}
-
-/// The route of `path` (a trailing slash ignored), with its parameters.
-pub fn find_route(path: &str) -> Option<(&'static Route, Vec<&str>)> {
-    let path = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
-    ROUTES.iter().find_map(|r| r.matches(path).map(|params| (r, params)))
-}
-
-/// Answers one request.
-pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
-    if broker.shutdown.is_cancelled() {
-        // A request that reached a connection as the broker began to stop.
-        let mut r = ApiError::unavailable("The broker is shutting down", 5).into_response();
-        r.headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-        return r;
-    }
-    let path = request.uri().path().to_owned();
-    // The proxy and live view answer their own unknown paths (live view with a page).
-    if path.starts_with("/devtools/") {
-        let result = crate::proxy::handle(broker.clone(), request)
-            .await
-            .map_err(ApiError::from);
-        return answer(&broker.metrics, result);
-    }
-    if path.starts_with("/live/") {
-        return live::handle(broker, request).await;
-    }
-    let Some((route, params)) = find_route(&path) else {
-        // Under /public the key is checked first: a caller without one learns nothing.
-        let refusal = if path.starts_with("/public/") && authenticate(&broker, &request).is_err() {
-            ApiError::unauthorized()
-        } else {
-            ApiError::not_found("Not Found")
-        };
-        return answer(&broker.metrics, Err(refusal));
-    };
-    let result = api(&broker, route.endpoint, &params, request).await;
-    answer(&broker.metrics, result)
-}
-
-/// The JSON API's endpoints: the key is checked before anything else is read.
-async fn api(
-    broker: &Broker,
-    endpoint: Endpoint,
-    params: &[&str],
-    request: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let method = request.method().clone();
-    let id = params.first().copied().unwrap_or("");
-    match endpoint {
-        Endpoint::Health => {
-            only(&method, &[Method::GET, Method::HEAD])?;
-            return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
-        }
-        Endpoint::Metrics => {
-            only(&method, &[Method::GET])?;
-            let mut r = Response::new(Full::new(Bytes::from(broker.render_metrics())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            return Ok(r);
-        }
-        _ => {}
-    }
-    let tenant = authenticate(broker, &request)?;
-    match endpoint {
-        Endpoint::Sessions => sessions::collection(broker, tenant, request).await,
-        Endpoint::Session => sessions::one(broker, &tenant, id, request).await,
-        Endpoint::TerminateSession => {
-            only(&method, &[Method::POST])?;
-            sessions::terminate(broker, &tenant, id).await
-        }
-        Endpoint::Profiles => profiles::collection(broker, &tenant, request).await,
-        Endpoint::Profile => profiles::one(broker, &tenant, id, &method).await,
-        Endpoint::StorageState => profiles::storage_state(broker, &tenant, id, request).await,
-        Endpoint::RunAction => {
-            only(&method, &[Method::POST])?;
-            actions::handle(broker, tenant, request).await
-        }
-        Endpoint::Health | Endpoint::Metrics | Endpoint::Proxy | Endpoint::LiveView => {
-            unreachable!("answered above")
-        }
-    }
-}
-
-/// The answer to a handler's result; errors are logged and counted by whose fault.
-pub fn answer(metrics: &Metrics, result: Result<Response<Body>, ApiError>) -> Response<Body> {
-    match result {
-        Ok(response) => response,
-        Err(e) => {
-            metrics.record_error(e.origin);
-            let status = e.status.as_u16();
-            match e.origin {
-                crate::error::Origin::Client => {
-                    tracing::debug!(status, origin = "client", detail = %e.detail, "refused")
-                }
-                origin => tracing::warn!(status, origin = origin.as_str(), detail = %e.detail, "failed"),
-            }
-            e.into_response()
-        }
-    }
-}
 
 /// ISO 8601 UTC to the second with a `Z`, as the wire contract shows.
 pub fn timestamp(t: SystemTime) -> String {
@@ -259,19 +32,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_match_whole_segments() {
-        let (r, params) = find_route("/public/sessions/sess_1/terminate").unwrap();
-        assert_eq!((r.endpoint, params), (Endpoint::TerminateSession, vec!["sess_1"]));
-        assert_eq!(find_route("/public/sessions/").unwrap().0.endpoint, Endpoint::Sessions);
-        assert_eq!(find_route("/").map(|r| r.0.path), None);
-        assert!(find_route("/public/sessions//terminate").is_none());
-        assert!(find_route("/public/sessions/a/b").is_none());
-        assert!(find_route("/healthz").is_none());
-        let (r, params) = find_route("/devtools/browser/s/json/close/T1").unwrap();
-        assert_eq!((r.endpoint, params), (Endpoint::Proxy, vec!["s", "T1"]));
-        assert_eq!(
-            timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
-            "2023-11-14T22:13:20Z"
-        );
+    fn timestamps_are_iso_8601_to_the_second() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(timestamp(t), "2023-11-14T22:13:20Z");
     }
 }

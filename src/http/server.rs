@@ -83,5 +83,5 @@ where
 }
 
 async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
-    Ok(super::dispatch(broker, request).await)
+    Ok(super::router::dispatch(broker, request).await)
 }

@@ -8,7 +8,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 use url::form_urlencoded;
 
-use super::{Body, ProxyError, is_target_id};
+use super::error::ProxyError;
 use crate::broker::Broker;
 use crate::session::Session;
 
@@ -20,7 +20,7 @@ pub(super) async fn discovery(
     method: &Method,
     query: &str,
     token: &str,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Full<Bytes>>, ProxyError> {
     // Chrome wants PUT for /json/new; accept GET too, as older Chromes and many scripts use it.
     let (upstream_method, path) = match rest {
         [] | ["list"] => (Method::GET, "/json/list".to_owned()),
@@ -80,6 +80,12 @@ pub(super) async fn discovery(
             Ok(response)
         }
     }
+}
+
+/// Chrome target ids are hex (32 upper-case digits); accept a little more, nothing that
+/// could change the upstream path.
+pub fn is_target_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Points every browser address in a discovery answer back through the broker.

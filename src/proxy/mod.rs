@@ -9,6 +9,7 @@
 //! decides their status codes.
 
 pub mod discovery;
+pub mod error;
 pub mod handshake;
 pub mod relay;
 
@@ -29,53 +30,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::Instrument;
 
 use crate::auth::{Scope, TokenError};
-use crate::broker::{Broker, SessionError};
-use crate::browser::upstream::{UpstreamError, UpstreamStream};
-use crate::error::Origin;
+use crate::broker::Broker;
+use crate::browser::upstream::UpstreamStream;
 use crate::metrics::Metrics;
 use crate::session::{ConnectionSlot, Session};
-use handshake::{HandshakeError, upgrade_response, websocket_key};
+use discovery::is_target_id;
+pub use error::{ProxyError, is_unknown_target};
+use handshake::{upgrade_response, websocket_key};
 
 type Body = Full<Bytes>;
-
-/// Why a CDP connection or discovery call was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("Connection refused: {0}")]
-    Token(#[from] TokenError),
-    #[error(transparent)]
-    Session(#[from] SessionError),
-    #[error("This session already has {0} open connections, its limit")]
-    ConnectionLimit(usize),
-    #[error("the session's browser: {0}")]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Handshake(#[from] HandshakeError),
-    #[error("Not Found")]
-    NotFound,
-    #[error("Method Not Allowed")]
-    MethodNotAllowed,
-}
-
-impl ProxyError {
-    pub fn origin(&self) -> Origin {
-        match self {
-            ProxyError::Session(e) => e.origin(),
-            // A refused address is the policy working; the rest is the browser failing.
-            ProxyError::Upstream(UpstreamError::Refused(_)) => Origin::Client,
-            ProxyError::Upstream(UpstreamError::Rejected { status, body }) if is_unknown_target(*status, body) => {
-                Origin::Client
-            }
-            ProxyError::Upstream(_) => Origin::Upstream,
-            _ => Origin::Client,
-        }
-    }
-}
-
-/// Chrome answers an unknown target id with 404, or 500 "No such target id".
-pub fn is_unknown_target(status: u16, body: &[u8]) -> bool {
-    status == 404 || body.starts_with(b"No such target")
-}
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     let path = request.uri().path().to_owned();
@@ -125,12 +88,6 @@ pub fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<Conne
         broker.metrics.connections_refused.fetch_add(1, Relaxed);
         ProxyError::ConnectionLimit(max)
     })
-}
-
-/// Chrome target ids are hex (32 upper-case digits); accept a little more, nothing that
-/// could change the upstream path.
-fn is_target_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Connects to the browser first (so a dead browser is a 502, not a dropped socket),

@@ -9,15 +9,11 @@ pub mod profiles;
 pub mod record;
 pub mod storage_state;
 
-#[cfg(test)]
-pub(crate) mod contract;
-
 use std::time::{Duration, SystemTime};
 
 use crate::auth::Tenant;
 use crate::error::Origin;
 
-pub use local::LocalStore;
 pub use record::{EndReason, ProfileLink, SaveOutcome, SessionRecord, Status};
 
 /// Which records a list asks for, newest first.
@@ -79,3 +75,6 @@ pub fn page_of(mut matching: Vec<SessionRecord>, query: &ListQuery) -> ListPage 
     let records = matching.into_iter().skip(query.offset).take(query.limit).collect();
     ListPage { records, total }
 }
+
+#[cfg(test)]
+pub(crate) mod contract;
