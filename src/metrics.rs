@@ -71,6 +71,8 @@ pub struct Metrics {
     pub profile_save_failures: AtomicU64,
     /// Creates that waited for a free slot, and how long in all.
     pub queue_waits: AtomicU64,
+    /// Creates waiting for a slot right now.
+    pub queue_waiting: AtomicU64,
     pub queue_wait_micros: AtomicU64,
     /// Single actions, from the request read to the answer (queueing behind others included).
     pub action_time: Histogram,

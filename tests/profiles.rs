@@ -263,11 +263,7 @@ async fn the_dari_client_creates_and_lists_profiles() {
                   c = Dari(api_key=sys.argv[2], base_url=sys.argv[1])\n\
                   p = c.create_browser_profile(name='from dari')\n\
                   print(json.dumps({'created': p, 'listed': c.list_browser_profiles()}))";
-    let output = tokio::process::Command::new(python())
-        .args(["-c", script, &server.url(""), KEY_A])
-        .output()
-        .await
-        .unwrap();
+    let output = finished(tokio::process::Command::new(python()).args(["-c", script, &server.url(""), KEY_A])).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["created"]["name"], "from dari");
@@ -348,71 +344,118 @@ async fn a_graceful_shutdown_saves_persisting_sessions() {
     server.stop().await;
 }
 
+fn mutated() -> Value {
+    json!({"cookies": ["remember=no", "sid=changed"], "local": "mallory", "idb": "changed"})
+}
+
+/// Where in a save the broker is killed: while the new generation is being written aside,
+/// or once the `current` link names it. (Every state in between is checked on disk by the
+/// unit test `store::profiles::tests::every_state_a_killed_save_leaves_loads_as_one_whole_generation`.)
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    Copy,
+    AfterSwap,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_killed_mid_save_leaves_a_profile_that_loads() {
-    let data_dir = tempfile::tempdir().unwrap();
+async fn a_broker_killed_mid_save_leaves_one_whole_generation() {
     let app = start_app().await;
-    // The save pauses between writing the new generation and swapping it in.
-    let mut broker = start_binary(
-        data_dir.path(),
-        &[("CDPGATE_API_KEYS", KEY_A), ("CDPGATE_TEST_SAVE_PAUSE_MS", "5000")],
-    )
-    .await;
-    let body = json!({"name": "fragile"}).to_string();
-    let profile = http(
+    for moment in [KillAt::Copy, KillAt::AfterSwap] {
+        killed_mid_save(app, moment).await;
+    }
+}
+
+async fn killed_mid_save(app: SocketAddr, moment: KillAt) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut broker = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    let call = |addr, method, path: String, body: Option<String>| async move {
+        http(addr, method, &path, Some(KEY_A), body.as_deref()).await
+    };
+    let profile = call(
         broker.addr,
         Method::POST,
-        "/public/browser-profiles",
-        Some(KEY_A),
-        Some(&body),
+        "/public/browser-profiles".into(),
+        Some(json!({"name": "fragile"}).to_string()),
     )
     .await;
     let profile_id = profile.json["id"].as_str().unwrap().to_owned();
     let body = json!({"profile_id": profile_id}).to_string();
-    let session = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some(&body))
-        .await
-        .json;
-    visit(&session, app, "/login").await;
-
-    let terminate = format!("/public/sessions/{}/terminate", session["session_id"].as_str().unwrap());
-    let addr = broker.addr;
-    let pending = tokio::spawn(async move { http(addr, Method::POST, &terminate, Some(KEY_A), None).await });
-    // The moment: the new generation is on disk, the swap has not happened.
-    let profile_dir = data_dir.path().join("profiles").join(&profile_id);
-    let generations = || {
-        std::fs::read_dir(&profile_dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        name.starts_with("gen-") && !name.ends_with(".tmp")
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+    let create = |addr| call(addr, Method::POST, "/public/sessions".into(), Some(body.clone()));
+    let terminate = |addr, session: &Value| {
+        let path = format!("/public/sessions/{}/terminate", session["session_id"].as_str().unwrap());
+        call(addr, Method::POST, path, None)
     };
-    assert!(
-        eventually(Duration::from_secs(30), || generations() == 2).await,
-        "the save reached its pause"
-    );
+
+    // Known content first: a login, saved.
+    let first = create(broker.addr).await.json;
+    visit(&first, app, "/login").await;
+    assert_eq!(terminate(broker.addr, &first).await.status, StatusCode::NO_CONTENT);
+
+    // Then a session changes everything, with ballast that makes its save take a while.
+    let second = create(broker.addr).await.json;
+    visit(&second, app, "/mutate").await;
+    for dir in std::fs::read_dir(data_dir.path().join("browsers")).unwrap().flatten() {
+        std::fs::write(dir.path().join("ballast.bin"), vec![7u8; 200 << 20]).unwrap();
+    }
+    let profile_dir = data_dir.path().join("profiles").join(&profile_id);
+    let current = || std::fs::read_link(profile_dir.join("current")).ok();
+    let before = current().expect("a current generation");
+    let writing_aside = || {
+        std::fs::read_dir(&profile_dir).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("gen-") && name.ends_with(".tmp")
+            })
+        })
+    };
+    let saving = tokio::spawn(terminate(broker.addr, &second));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reached = match moment {
+            KillAt::Copy => writing_aside(),
+            KillAt::AfterSwap => current().is_some_and(|c| c != before),
+        };
+        if reached {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the save never reached {moment:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     signal(&broker.child, libc::SIGKILL);
     broker.child.wait().await.unwrap();
-    pending.abort();
+    saving.abort();
 
     let mut again = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
-    let session = http(again.addr, Method::POST, "/public/sessions", Some(KEY_A), Some(&body)).await;
+    let session = create(again.addr).await;
     assert_eq!(
         session.status,
         StatusCode::CREATED,
         "the profile loads: {}",
         session.body
     );
+    let expected = match moment {
+        KillAt::Copy => logged_in(),
+        KillAt::AfterSwap => mutated(),
+    };
     assert_eq!(
         visit(&session.json, app, "/check").await,
-        blank(),
-        "the old generation, whole"
+        expected,
+        "killed at {moment:?}: one generation, whole"
     );
-    assert_eq!(generations(), 1, "the unfinished generation was dropped");
+    let mut left: Vec<String> = std::fs::read_dir(&profile_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("gen-") || n.ends_with(".tmp"))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left.len(),
+        1,
+        "killed at {moment:?}: one generation left, nothing half-written: {left:?}"
+    );
     signal(&again.child, libc::SIGTERM);
     again.child.wait().await.unwrap();
 }
@@ -515,20 +558,30 @@ impl Drop for SmallDisk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_at_save_keeps_the_old_profile_and_says_why() {
     let data_dir = tempfile::tempdir().unwrap();
-    // The profiles live on a 256 KiB disk: room for a profile's first, empty state, not
-    // for a browser's.
-    let Some(_disk) = SmallDisk::mount(&data_dir.path().join("profiles"), "256k") else {
-        eprintln!("skipped: this machine cannot mount a tmpfs (the test needs root)");
-        return;
-    };
+    // The profiles live on a 64 MiB disk: room for a logged-in profile, not for a browser
+    // carrying 96 MiB of ballast. Root can always mount a tmpfs (the suite runs as root, as
+    // CI does): a machine where it cannot fails this test rather than skipping it.
+    let _disk = SmallDisk::mount(&data_dir.path().join("profiles"), "64m")
+        .expect("mount a 64 MiB tmpfs for the profiles (needs root: run the suite as CI does)");
     let app = start_app().await;
     let server = TestServer::start_with(|c| c.data_dir = data_dir.path().to_owned()).await;
     let profile_id = create_profile(&server, KEY_A, "cramped").await.json["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    // Known content first: a login, saved.
+    let first = server.create(json!({"profile_id": profile_id})).await;
+    visit(&first, app, "/login").await;
+    let first_id = first["session_id"].as_str().unwrap();
+    assert_eq!(server.terminate(first_id).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(server.get(first_id).await.json["profile_saved"], "saved");
+
+    // Then a session that changes everything and cannot fit on the disk.
     let session = server.create(json!({"profile_id": profile_id})).await;
-    visit(&session, app, "/login").await;
+    visit(&session, app, "/mutate").await;
+    for dir in std::fs::read_dir(data_dir.path().join("browsers")).unwrap().flatten() {
+        std::fs::write(dir.path().join("ballast.bin"), vec![7u8; 96 << 20]).unwrap();
+    }
     let id = session["session_id"].as_str().unwrap();
     assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
     let record = server.get(id).await.json;
@@ -540,11 +593,11 @@ async fn a_full_disk_at_save_keeps_the_old_profile_and_says_why() {
     let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
     assert!(metrics.contains("cdpgate_profile_save_failures_total 1"), "{metrics}");
 
-    // The profile is as it was, and still usable.
+    // The profile is exactly as the login left it, and still usable.
     let next = server
         .create(json!({"profile_id": profile_id, "persist_changes": false}))
         .await;
-    assert_eq!(visit(&next, app, "/check").await, blank());
+    assert_eq!(visit(&next, app, "/check").await, logged_in());
     let leftovers: Vec<_> = std::fs::read_dir(data_dir.path().join("profiles").join(&profile_id))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

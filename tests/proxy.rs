@@ -183,8 +183,8 @@ async fn browser_close_from_a_client_ends_the_session() {
     let mut b = ws_connect(&cdp_url(&session)).await.unwrap();
     cdp_call(&mut a, 1, "Browser.close", json!({})).await;
     assert_eq!(
-        await_close(&mut b, Duration::from_secs(10)).await.map(|c| c.0),
-        Some(4003)
+        await_close(&mut b, Duration::from_secs(10)).await,
+        Some((4003, "browser closed".to_owned()))
     );
     let ended = eventually(Duration::from_secs(10), || {
         handle.status() != cdpgate::store::Status::Active
@@ -381,5 +381,151 @@ async fn discovery_and_page_endpoints_go_through_the_broker() {
     assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
     assert!(r.json["detail"].is_string());
     ws.send(Message::Close(None)).await.ok();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_closes_every_client_with_4002() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let mut a = ws_connect(&cdp_url(&session)).await.unwrap();
+    let mut b = ws_connect(&cdp_url(&session)).await.unwrap();
+    cdp_call(&mut a, 1, "Browser.getVersion", json!({})).await;
+    let r = server
+        .call(Method::DELETE, &format!("/public/sessions/{id}"), Some(KEY_A), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            await_close(ws, Duration::from_secs(10)).await,
+            Some((4002, "session terminated".to_owned()))
+        );
+    }
+    assert_eq!(server.get(id).await.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_opens_activates_and_closes_tabs() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let token = cdp_url(&session).split_once("?token=").unwrap().1.to_owned();
+    let at = |suffix: &str| format!("/devtools/browser/{id}/{suffix}?token={token}");
+    let targets = || async {
+        let r = server.call(Method::GET, &at("json/list"), None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let before = targets().await;
+
+    // Chrome's method is PUT; GET works too. The new tab's addresses point through here.
+    let mut opened = Vec::new();
+    for method in [Method::PUT, Method::GET] {
+        let path = format!("/devtools/browser/{id}/json/new?token={token}&url=about%3Ablank%23{method}");
+        let r = server.call(method.clone(), &path, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+        assert_eq!(r.json["type"], "page");
+        assert_eq!(r.json["url"], format!("about:blank#{method}"));
+        let ws = r.json["webSocketDebuggerUrl"].as_str().unwrap();
+        assert!(ws.starts_with(&format!("ws://{}/devtools/page/", server.addr)), "{ws}");
+        opened.push(r.json["id"].as_str().unwrap().to_owned());
+    }
+    let now = targets().await;
+    assert!(opened.iter().all(|t| now.contains(t)), "{now:?}");
+    assert_eq!(now.len(), before.len() + 2);
+
+    let r = server
+        .call(Method::GET, &at(&format!("json/activate/{}", opened[0])), None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for target in &opened {
+        let r = server
+            .call(Method::GET, &at(&format!("json/close/{target}")), None, None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            targets().await.len() == before.len()
+        })
+        .await,
+        "the tabs are closed"
+    );
+    // Unknown targets are Chrome's 404, through the broker.
+    let r = server
+        .call(
+            Method::GET,
+            &at("json/close/0123456789ABCDEF0123456789ABCDEF"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_closed_with_1009() {
+    let server = TestServer::start_with(|c| c.max_message_bytes = 1 << 20).await;
+    let session = server.create(json!({})).await;
+    let mut ws = ws_connect(&cdp_url(&session)).await.unwrap();
+    let huge = json!({"id": 1, "method": "Runtime.evaluate", "params": {"expression": "x".repeat(2 << 20)}});
+    ws.send(Message::text(huge.to_string())).await.unwrap();
+    assert_eq!(
+        await_close(&mut ws, Duration::from_secs(10)).await.map(|c| c.0),
+        Some(1009)
+    );
+    // The session lives on: a new connection works.
+    let mut again = ws_connect(&cdp_url(&session)).await.unwrap();
+    cdp_call(&mut again, 1, "Browser.getVersion", json!({})).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_is_closed_with_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let path = cdp_url(&session)
+        .split_once(&server.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let handshake = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // A masked text frame with RSV1 set, which no extension was agreed for.
+    let payload = b"{}";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x80 | 0x40 | 0x1, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&frame).await.unwrap();
+    // The broker answers with a close frame (unmasked): 0x88, length, code.
+    let mut reply = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut reply))
+        .await
+        .expect("a close frame in time")
+        .unwrap();
+    assert_eq!(reply[0], 0x88, "a close frame: {reply:?}");
+    assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002);
     server.stop().await;
 }

@@ -397,7 +397,16 @@ async fn a_full_broker_answers_503_with_retry_after() {
         let addr = server.addr;
         tokio::spawn(async move { http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Once it waits for a slot (not before), the slot frees up.
+    let metrics = &server.broker.metrics;
+    assert!(
+        eventually(Duration::from_secs(10), || metrics
+            .queue_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+        .await,
+        "the create waits for a slot"
+    );
     server.terminate(first["session_id"].as_str().unwrap()).await;
     let r = waiting.await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -437,13 +446,13 @@ async fn health_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dari_python_client_works_against_the_broker() {
     let server = TestServer::start().await;
-    let output = tokio::process::Command::new(python())
-        .arg(repo_root().join("tests/py/dari_sessions.py"))
-        .arg(server.url(""))
-        .arg(KEY_A)
-        .output()
-        .await
-        .expect("python runs");
+    let output = finished(
+        tokio::process::Command::new(python())
+            .arg(repo_root().join("tests/py/dari_sessions.py"))
+            .arg(server.url(""))
+            .arg(KEY_A),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -46,13 +46,13 @@ async fn the_api_is_https_and_cdp_urls_are_wss() {
     })
     .await;
     let api = format!("https://{}", server.addr);
-    let output = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/js/tls_check.mjs"))
-        .args([&api, KEY_A])
-        .env("NODE_EXTRA_CA_CERTS", &cert)
-        .output()
-        .await
-        .unwrap();
+    let output = finished(
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/js/tls_check.mjs"))
+            .args([&api, KEY_A])
+            .env("NODE_EXTRA_CA_CERTS", &cert),
+    )
+    .await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(seen["status"], 201);

@@ -105,7 +105,9 @@ impl Pool {
             return Ok(slot);
         }
         let started = Instant::now();
+        self.metrics.queue_waiting.fetch_add(1, Ordering::Relaxed);
         let slot = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
+        self.metrics.queue_waiting.fetch_sub(1, Ordering::Relaxed);
         self.metrics.queue_waits.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .queue_wait_micros

@@ -326,7 +326,6 @@ impl ProfileUse {
                 let _ = std::fs::remove_dir_all(&aside);
                 return Err(e);
             }
-            save_pause_for_tests();
             // The swap: a new symlink beside the old one, renamed over it.
             let link = dir.join("current.tmp");
             let _ = std::fs::remove_file(&link);
@@ -463,17 +462,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Tests force "killed mid-save" by making the save pause between writing the new
-/// generation and swapping it in (`CDPGATE_TEST_SAVE_PAUSE_MS`).
-fn save_pause_for_tests() {
-    if let Some(ms) = std::env::var("CDPGATE_TEST_SAVE_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-}
-
 /// A random (version 4) UUID.
 fn uuid_v4() -> String {
     let mut b = [0u8; 16];
@@ -510,6 +498,86 @@ mod tests {
         let again = reloaded.get(&tenant, &p.id).unwrap();
         assert_eq!(again.name, "work");
         assert_eq!(reloaded.list(&tenant).len(), 1);
+    }
+
+    /// A generation directory holding `value` in a file of its user data and in its
+    /// session cookies.
+    fn generation(dir: &Path, name: &str, value: &str) {
+        std::fs::create_dir_all(dir.join(name).join("user-data")).unwrap();
+        std::fs::write(dir.join(name).join("user-data/Cookies"), value).unwrap();
+        let cookies = json!([{"name": "sid", "value": value}]).to_string();
+        std::fs::write(dir.join(name).join("session-cookies.json"), cookies).unwrap();
+    }
+
+    /// Every state a broker killed during a save can leave on disk loads as one whole
+    /// generation: the old one until the swap's rename, the new one after it.
+    #[tokio::test]
+    async fn every_state_a_killed_save_leaves_loads_as_one_whole_generation() {
+        fn link(dir: &Path, from: &str, to: &str) {
+            std::os::unix::fs::symlink(to, dir.join(from)).unwrap();
+        }
+        /// What a crash at one moment leaves beside the old generation.
+        type Crash = fn(&Path);
+        let crashes: [(&str, Crash, &str); 4] = [
+            (
+                "during the copy",
+                |d| {
+                    std::fs::create_dir_all(d.join("gen-new.tmp/user-data")).unwrap();
+                    std::fs::write(d.join("gen-new.tmp/user-data/Cookies"), "ne").unwrap();
+                },
+                "old",
+            ),
+            ("before the swap", |d| generation(d, "gen-new", "new"), "old"),
+            (
+                "during the swap",
+                |d| {
+                    generation(d, "gen-new", "new");
+                    link(d, "current.tmp", "gen-new");
+                },
+                "old",
+            ),
+            (
+                "after the swap",
+                |d| {
+                    generation(d, "gen-new", "new");
+                    link(d, "current.tmp", "gen-new");
+                    std::fs::rename(d.join("current.tmp"), d.join("current")).unwrap();
+                },
+                "new",
+            ),
+        ];
+        for (moment, crash, expected) in crashes {
+            let root = tempfile::tempdir().unwrap();
+            let store = Profiles::load(root.path().to_owned()).unwrap();
+            let tenant = Tenant::from_id("t_a");
+            let profile = store.create(&tenant, "p").unwrap();
+            // A profile saved once before: "old" is its state.
+            let dir = root.path().join(&profile.id);
+            generation(&dir, "gen-old", "old");
+            std::fs::remove_file(dir.join("current")).unwrap();
+            link(&dir, "current", "gen-old");
+            crash(&dir);
+
+            let reloaded = Profiles::load(root.path().to_owned()).unwrap();
+            let profile = reloaded.get(&tenant, &profile.id).unwrap();
+            let copy = tempfile::tempdir().unwrap();
+            let hold = reloaded.begin_use(profile, "sess_reader", false).unwrap();
+            let cookies = hold.copy_into(copy.path()).await.unwrap();
+            let content = std::fs::read_to_string(copy.path().join("Cookies")).unwrap();
+            assert_eq!(content, expected, "killed {moment}");
+            assert_eq!(cookies[0]["value"], expected, "killed {moment}");
+            let mut left: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            let generation = format!("gen-{expected}");
+            assert_eq!(
+                left,
+                ["current", generation.as_str(), "profile.json"],
+                "killed {moment}"
+            );
+        }
     }
 
     #[test]

@@ -215,17 +215,12 @@ pub fn assert_tools_installed() {
 
 /// Runs `tests/js/<script>` with `args` and parses the last line it prints as JSON.
 pub async fn node(script: &str, args: &[&str]) -> Value {
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
+    let output = finished(
         tokio::process::Command::new("node")
             .arg(repo_root().join("tests/js").join(script))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
+            .args(args),
     )
-    .await
-    .expect("node finished in time")
-    .expect("node runs");
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -233,6 +228,16 @@ pub async fn node(script: &str, args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("node printed JSON")
+}
+
+/// Runs a client program to its end: one that hangs fails the test after 90 s (and is
+/// killed) instead of hanging it.
+pub async fn finished(command: &mut tokio::process::Command) -> std::process::Output {
+    let what = format!("{:?}", command.as_std().get_program());
+    tokio::time::timeout(Duration::from_secs(90), command.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 90 s"))
+        .unwrap_or_else(|e| panic!("{what} could not run: {e}"))
 }
 
 /// The Python that has `dari-python` installed (scripts/setup.sh makes a venv).
@@ -269,6 +274,24 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for a check that must await.
+pub async fn eventually_async<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
             return true;
         }
         if tokio::time::Instant::now() > deadline {

@@ -18,7 +18,7 @@ const context = await viewer.newContext({ viewport: { width: 1000, height: 700 }
 const view = await context.newPage();
 let started = Date.now();
 await view.goto(liveUrl);
-await view.waitForFunction(() => window.__live.frames > 0, null, { timeout: 5000 });
+await view.waitForFunction(() => window.__live.frames > 0, null, { timeout: 30000 });
 result.firstFrameMs = Date.now() - started;
 
 // The automation goes elsewhere; the view follows.
