@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cdpgate needs, only where it is missing (safe to run again):
 #   scripts/setup.sh          Chromium (Debian's package)
-#   scripts/setup.sh --test   also Node.js, the Node CDP clients and the Python client
+#   scripts/setup.sh --test   also cargo-deny, Node.js, the Node CDP clients and the Python client
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +12,32 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
+# The toolchain rust-toolchain.toml pins. This network reaches no toolchain server, so
+# where rustup lacks it under that name but the installed stable is that very version,
+# stable is registered under the pinned name.
+pinned=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+if command -v rustup >/dev/null 2>&1 && ! rustup run "$pinned" rustc --version >/dev/null 2>&1; then
+  toolchains="$(rustup show home)/toolchains"
+  host=$(rustc +stable -vV | sed -n 's/^host: //p')
+  if rustc +stable --version | grep -q "^rustc $pinned "; then
+    echo "setup: registering the installed stable toolchain as $pinned"
+    ln -sfn "$toolchains/stable-$host" "$toolchains/$pinned-$host"
+  else
+    rustup toolchain install "$pinned" --profile minimal -c rustfmt -c clippy
+  fi
+fi
+
 if ! [ -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing Chromium"
   apt_install chromium
 fi
 
 if [ "${1:-}" = "--test" ]; then
+  # cargo-deny from crates.io checks licenses, duplicate crates and sources (deny.toml).
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-deny (a few minutes, once)"
+    cargo install cargo-deny --locked --quiet
+  fi
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "setup: installing Node.js"
     apt_install nodejs npm

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# Licenses, banned and duplicate crates, sources. Advisories need the RustSec database from
+# GitHub, which this network does not reach: run `cargo deny check advisories` where it does.
+cargo deny --log-level error check licenses bans sources
 # The benches build in their own (release) profile too, so they never rot.
 cargo bench --no-run --quiet
 # --all-targets also runs each criterion benchmark once, so the benches stay working.

@@ -23,8 +23,6 @@
 //! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`metrics`],
 //!   [`tls`], and [`error`] (whose fault an error is).
 
-#![deny(unsafe_code)]
-
 pub mod action;
 pub mod auth;
 pub mod broker;
