@@ -121,7 +121,10 @@ async fn stand_in_model() -> (SocketAddr, Seen) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_performs_tool_calls_is_charged_and_then_cached() {
     // The only test of this binary: nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("CDPGATE_TEST_MODEL_KEY", MODEL_KEY) };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("CDPGATE_TEST_MODEL_KEY", MODEL_KEY)
+    };
     let (model, seen) = stand_in_model().await;
     let server = TestServer::start_with(|c| {
         c.model_url = format!("http://{model}/v1/chat/completions");
