@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cdpgate needs, only where it is missing (safe to run again):
 #   scripts/setup.sh          Chromium (Debian's package)
-#   scripts/setup.sh --test   also cargo-deny, Node.js, the Node CDP clients and the Python client
+#   scripts/setup.sh --test   also cargo-deny, redis-server, Node.js, the Node CDP clients and
+#                             the Python client
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,11 @@ if [ "${1:-}" = "--test" ]; then
   if ! cargo deny --version >/dev/null 2>&1; then
     echo "setup: installing cargo-deny (a few minutes, once)"
     cargo install cargo-deny --locked --quiet
+  fi
+  # Session records in Redis are tested against a real redis-server, started per test.
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "setup: installing redis-server"
+    apt_install redis-server
   fi
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "setup: installing Node.js"

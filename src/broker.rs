@@ -30,7 +30,10 @@ use crate::metrics::{Gauges, Metrics};
 use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
 use crate::store::local::LocalStore;
 use crate::store::profiles::{self, ProfileError, Profiles};
-use crate::store::{EndReason, ListPage, ListQuery, SaveOutcome, SessionRecord, Status, StoreError, storage_state};
+use crate::store::redis::RedisStore;
+use crate::store::{
+    EndReason, ListPage, ListQuery, SaveOutcome, SessionRecord, SessionStore, Status, StoreError, storage_state,
+};
 
 /// How long terminate and delete wait for a profile save before answering anyway.
 const SAVE_WAIT: Duration = Duration::from_secs(30);
@@ -47,6 +50,8 @@ pub enum StartError {
     Browser(#[from] LaunchError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot use Redis at redis_url: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Why a session could not be created, or a profile's browser could not do its work.
@@ -68,6 +73,8 @@ pub enum BrokerError {
     ProfileBrowser(#[from] CdpError),
     #[error("The profile was {}", .0.describe())]
     ProfileNotSaved(SaveOutcome),
+    #[error("Sessions cannot be recorded right now ({0}). Retry later.")]
+    Store(#[from] StoreError),
 }
 
 impl BrokerError {
@@ -77,6 +84,7 @@ impl BrokerError {
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
             BrokerError::ProfileBrowser(_) => Origin::Upstream,
+            BrokerError::Store(e) => e.origin(),
             BrokerError::ShuttingDown
             | BrokerError::Capacity(_)
             | BrokerError::ProfileUnreadable(_)
@@ -160,6 +168,8 @@ fn model_client(config: &Config) -> Option<ModelClient> {
 
 pub struct Broker {
     pub config: Config,
+    /// This node's name in the session store (empty without Redis: a single node).
+    pub node: String,
     pub urls: PublicUrls,
     pub keys: ApiKeys,
     /// Present when the broker serves TLS.
@@ -172,6 +182,9 @@ pub struct Broker {
     running: Arc<DashMap<String, Arc<Session>>>,
     /// Every session's record, written in order.
     records: Arc<Recorder>,
+    /// Creates refused because their record could not be written, and when. A write that
+    /// timed out may still land once the store answers again: the reconciler removes it.
+    refused: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
@@ -238,8 +251,14 @@ impl Broker {
             metrics.clone(),
         ));
         let profiles = Arc::new(Profiles::load(data_dir.join("profiles")).map_err(dir_error)?);
-        let retention = Duration::from_secs(config.retention_secs);
-        let store = LocalStore::open(data_dir.join("sessions"), retention).map_err(dir_error)?;
+        let (node, store) = open_store(&config).await?;
+        let ended = store.end_left_active(&node, SystemTime::now()).await?;
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                "sessions left active by this node's previous run recorded as ended"
+            );
+        }
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
@@ -274,7 +293,9 @@ impl Broker {
             egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
             running: Arc::new(DashMap::new()),
-            records: Arc::new(Recorder::new(Arc::new(store))),
+            records: Arc::new(Recorder::new(store)),
+            refused: Default::default(),
+            node,
             profiles,
             pool,
             actions: Actions {
@@ -288,6 +309,9 @@ impl Broker {
             config,
         });
         tracker.spawn(sweep_records(Arc::downgrade(&broker), broker.shutdown.clone()));
+        if !broker.node.is_empty() {
+            tracker.spawn(reconcile_records(Arc::downgrade(&broker), broker.shutdown.clone()));
+        }
         Ok(broker)
     }
 
@@ -308,9 +332,9 @@ impl Broker {
             let upstream = byo::probe(url, &self.egress, self.config.byo_timeout(), self.config.ws_config())
                 .await
                 .inspect_err(|e| tracing::info!(error = %e, "bring-your-own endpoint refused"))?;
-            return Ok(self
+            return self
                 .register(id, tenant, request, Backing::External(upstream), None)
-                .await);
+                .await;
         }
         if let Some(profile_id) = &request.profile_id {
             return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
@@ -320,7 +344,7 @@ impl Broker {
             .acquire(request.screen)
             .await
             .map_err(|e| self.capacity_error(e))?;
-        Ok(self.register(id, tenant, request, Backing::Managed(lease), None).await)
+        self.register(id, tenant, request, Backing::Managed(lease), None).await
     }
 
     /// A session on a fresh browser started from a copy of the profile.
@@ -354,9 +378,8 @@ impl Broker {
                     tracker: self.tracker.clone(),
                     metrics: self.metrics.clone(),
                 };
-                Ok(self
-                    .register(id, tenant, request, Backing::Managed(lease), Some(binding))
-                    .await)
+                self.register(id, tenant, request, Backing::Managed(lease), Some(binding))
+                    .await
             }
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -432,7 +455,8 @@ impl Broker {
         BrokerError::Capacity(e)
     }
 
-    /// Records a new session and starts its watcher.
+    /// Records a new session and starts its watcher. A session whose record cannot be
+    /// written is ended at once: no one could find it.
     async fn register(
         &self,
         id: String,
@@ -440,7 +464,7 @@ impl Broker {
         request: NewSession,
         backing: Backing,
         profile: Option<ProfileBinding>,
-    ) -> Arc<Session> {
+    ) -> Result<Arc<Session>, BrokerError> {
         // An external browser's exit is not ours to watch: a token that never fires.
         let exited = match &backing {
             Backing::Managed(lease) => lease.browser.exited(),
@@ -455,9 +479,21 @@ impl Broker {
             backing,
             profile,
         };
-        let session = Arc::new(Session::new(init, ""));
+        let session = Arc::new(Session::new(init, &self.node));
+        // Running before its record exists, so that the reconciler never takes the record
+        // for one whose session has gone.
         self.running.insert(id.clone(), session.clone());
-        self.records.save(&session).await;
+        if let Err(e) = self.records.try_save(&session).await {
+            self.running.remove(&id);
+            session.forget();
+            let _ = session.end(EndReason::Terminated);
+            tracing::warn!(session = %id, error = %e, "session refused: its record cannot be written");
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, std::time::Instant::now());
+            return Err(e.into());
+        }
         self.metrics.sessions_created.fetch_add(1, Relaxed);
         self.tracker.spawn(watch_session(
             session.clone(),
@@ -468,7 +504,7 @@ impl Broker {
             self.shutdown.clone(),
         ));
         tracing::info!(session = %id, tenant = %session.tenant, external = session.upstream.external, "session created");
-        session
+        Ok(session)
     }
 
     /// The session running here under `id`, if it is `tenant`'s (any tenant's for `None`).
@@ -615,6 +651,30 @@ impl Broker {
     }
 }
 
+/// This node's name and its session store: Redis when `redis_url` is set (the node named
+/// by `node_id`, or by a name generated once into the data directory), else this node's disk.
+async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>), StartError> {
+    let dir_error = |source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
+    if config.redis_url.is_empty() {
+        let retention = Duration::from_secs(config.retention_secs);
+        let store = LocalStore::open(config.data_dir.join("sessions"), retention).map_err(dir_error)?;
+        return Ok((String::new(), Arc::new(store)));
+    }
+    let node = if config.node_id.is_empty() {
+        load_or_create_secret(&config.data_dir.join("node_id"), "node-", 6)
+            .map_err(dir_error)?
+            .0
+    } else {
+        config.node_id.clone()
+    };
+    let store = RedisStore::connect(&config.redis_url, &config.redis_prefix).await?;
+    tracing::info!(node = %node, "session records in Redis");
+    Ok((node, Arc::new(store)))
+}
+
 /// The configured Chrome, or the first one found.
 fn chrome_path(config: &Config) -> Result<PathBuf, StartError> {
     if config.chrome_path.is_empty() {
@@ -659,12 +719,18 @@ async fn watch_session(
     running: Arc<DashMap<String, Arc<Session>>>,
     shutdown: CancellationToken,
 ) {
-    end_on_time(&session, browser_exited, &metrics, shutdown).await;
+    end_on_time(&session, browser_exited, &metrics, shutdown.clone()).await;
     records.save(&session).await;
     // The profile save, if any, finishes later; its outcome belongs in the record too.
     session.profile_released().cancelled().await;
-    if session.record().profile.is_some() {
-        records.save(&session).await;
+    // The end must be written down before the session stops running here: a store that
+    // does not answer now is tried again (until shutdown).
+    while let Err(e) = records.try_save(&session).await {
+        tracing::warn!(session = %session.id, error = %e, "the session's end is not recorded yet; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => break,
+        }
     }
     running.remove_if(&session.id, |_, s| Arc::ptr_eq(s, &session));
 }
@@ -707,6 +773,57 @@ async fn end_on_time(
                 return;
             }
         }
+    }
+}
+
+/// How often a node compares the sessions the store says it runs with those it runs.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How long a refused create is watched for a late write.
+const REFUSED_WATCH: Duration = Duration::from_secs(600);
+
+/// Keeps the store true to this node: a record of a create that was refused (its write
+/// timed out, then landed anyway) is removed; a record this node says is active but whose
+/// session no longer runs here is ended.
+async fn reconcile_records(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_PERIOD) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(b) = broker.upgrade() else { return };
+        if let Err(e) = b.reconcile().await {
+            tracing::debug!(error = %e, "reconcile deferred: the session store is unavailable");
+        }
+    }
+}
+
+impl Broker {
+    async fn reconcile(&self) -> Result<(), StoreError> {
+        let store = self.records.store();
+        let listed = store.active_on(&self.node).await?;
+        let refused: Vec<String> = {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            refused.retain(|_, at| at.elapsed() < REFUSED_WATCH);
+            refused.keys().cloned().collect()
+        };
+        for id in listed {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            if refused.contains(&id) {
+                tracing::info!(session = %id, "removing the late record of a refused create");
+                store.remove(&id).await?;
+                continue;
+            }
+            if let Some(record) = store.get(&id).await?
+                && record.status == Status::Active
+                && record.node == self.node
+                && !self.shutdown.is_cancelled()
+            {
+                store.put(&record.ended_by_restart(SystemTime::now())).await?;
+            }
+        }
+        Ok(())
     }
 }
 

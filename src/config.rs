@@ -93,6 +93,15 @@ pub struct Config {
     pub model_api_key_env: String,
     /// Most model calls one action may make (each is one credit).
     pub model_max_calls: u32,
+    /// Keeps session records in Redis (`redis://` or `rediss://`, `CDPGATE_REDIS_URL`), so
+    /// that they survive the node and every node sharing the Redis reads them. Empty: on
+    /// this node's disk.
+    pub redis_url: String,
+    /// Prefix of every key the broker writes in Redis: two clusters may share one Redis.
+    pub redis_prefix: String,
+    /// This node's name in Redis (`CDPGATE_NODE_ID`). Empty: generated once into
+    /// `data_dir/node_id`.
+    pub node_id: String,
 }
 
 impl Default for Config {
@@ -133,6 +142,9 @@ impl Default for Config {
             model_name: String::new(),
             model_api_key_env: "CDPGATE_MODEL_API_KEY".into(),
             model_max_calls: 10,
+            redis_url: String::new(),
+            redis_prefix: "cdpgate:".into(),
+            node_id: String::new(),
         }
     }
 }
@@ -264,6 +276,15 @@ impl Config {
         if let Some(v) = var("byo_allow") {
             self.byo_allow = list(&v);
         }
+        if let Some(v) = var("redis_url") {
+            self.redis_url = v;
+        }
+        if let Some(v) = var("redis_prefix") {
+            self.redis_prefix = v;
+        }
+        if let Some(v) = var("node_id") {
+            self.node_id = v;
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -311,6 +332,19 @@ impl Config {
         }
         if let Err(bad) = crate::browser::egress::parse_allow_list(&self.byo_allow) {
             errors.extend(bad);
+        }
+        let redis = &self.redis_url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            errors.push("redis_url must start with redis:// or rediss://".into());
+        }
+        if !self.node_id.is_empty()
+            && (self.node_id.len() > 64
+                || !self
+                    .node_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            errors.push("node_id must be 1 to 64 letters, digits, - or _".into());
         }
         if self.tls_cert.is_empty() != self.tls_key.is_empty() {
             errors.push("tls_cert and tls_key go together: set both or neither".into());

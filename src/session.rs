@@ -17,7 +17,7 @@ use crate::browser::pool::Lease;
 use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::store::profiles::{ProfileUse, Profiles};
-use crate::store::{EndReason, ProfileLink, SaveOutcome, SessionRecord, SessionStore, Status};
+use crate::store::{EndReason, ProfileLink, SaveOutcome, SessionRecord, SessionStore, Status, StoreError};
 
 /// What a session runs on.
 pub enum Backing {
@@ -287,12 +287,18 @@ impl Recorder {
     }
 
     /// Writes the session's current record, unless it has been deleted.
-    pub async fn save(&self, session: &Session) {
+    pub async fn try_save(&self, session: &Session) -> Result<(), StoreError> {
         let _writing = self.writing.lock().await;
         if session.is_forgotten() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.store.put(&session.record()).await {
+        self.store.put(&session.record()).await
+    }
+
+    /// [`Recorder::try_save`], a failure logged: the session goes on, and its next change
+    /// writes the whole record again.
+    pub async fn save(&self, session: &Session) {
+        if let Err(e) = self.try_save(session).await {
             tracing::warn!(session = %session.id, error = %e, "could not write the session record");
         }
     }

@@ -143,7 +143,14 @@ pub fn session_refusal(e: SessionError, attempt: Attempt) -> ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::internal(e.to_string()).with_origin(e.origin())
+        match e {
+            StoreError::Unavailable(_) => ApiError::unavailable(
+                format!("Sessions cannot be read right now ({e}). Retry later."),
+                RETRY_AFTER_SECS,
+            ),
+            StoreError::Io(_) => ApiError::internal(e.to_string()),
+        }
+        .with_origin(Origin::Internal)
     }
 }
 
@@ -184,9 +191,11 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Byo(e) => e.into(),
             BrokerError::Profile(e) => e.into(),
-            BrokerError::ProfileUnreadable(_) | BrokerError::ProfileBrowser(_) | BrokerError::ProfileNotSaved(_) => {
-                ApiError::internal(e.to_string()).with_origin(origin)
-            }
+            BrokerError::Store(StoreError::Unavailable(_)) => ApiError::unavailable(e.to_string(), RETRY_AFTER_SECS),
+            BrokerError::Store(_)
+            | BrokerError::ProfileUnreadable(_)
+            | BrokerError::ProfileBrowser(_)
+            | BrokerError::ProfileNotSaved(_) => ApiError::internal(e.to_string()).with_origin(origin),
         }
     }
 }

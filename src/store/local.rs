@@ -1,7 +1,7 @@
 //! The session store of a single node: records in memory, each also written to a file so
 //! that ended sessions stay readable after a restart. At start-up the records of an
-//! earlier run are loaded, and the sessions it left active are recorded as ended with it
-//! (their browsers died with it).
+//! earlier run are loaded; the broker then records the sessions it left active as ended
+//! with it (`end_left_active`: their browsers died with it).
 
 use std::collections::HashMap;
 use std::io;
@@ -38,14 +38,9 @@ impl LocalStore {
             let Some(record) = read_record(&path) else {
                 continue;
             };
-            let was_active = record.status == Status::Active;
-            let record = record.ended_by_restart(now);
             if record.is_stale(now, retention) {
                 let _ = std::fs::remove_file(&path);
                 continue;
-            }
-            if was_active {
-                let _ = write_file(&dir, &record);
             }
             records.insert(record.id.clone(), record);
         }
@@ -90,6 +85,28 @@ impl SessionStore for LocalStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    async fn active_on(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .records()
+            .values()
+            .filter(|r| r.status == Status::Active && r.node == node)
+            .map(|r| r.id.clone())
+            .collect())
+    }
+
+    async fn end_left_active(&self, node: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let mut records = self.records();
+        let mut ended = 0;
+        for record in records.values_mut() {
+            if record.status == Status::Active && record.node == node {
+                *record = record.clone().ended_by_restart(now);
+                write_file(&self.dir, record)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     async fn sweep(&self, now: SystemTime, retention: Duration) -> Result<Vec<String>, StoreError> {
@@ -209,7 +226,9 @@ mod tests {
         let record = contract::record("sess_a", "t1", 0, None);
         store.put(&record).await.unwrap();
         drop(store);
-        let after = open(dir.path()).get("sess_a").await.unwrap().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.end_left_active("", SystemTime::now()).await.unwrap(), 1);
+        let after = store.get("sess_a").await.unwrap().unwrap();
         assert_eq!(after.status, Status::Terminated);
         assert_eq!(after.end_reason, Some(EndReason::Restarted));
         assert!(after.ended_at.is_some());
@@ -236,6 +255,7 @@ mod tests {
         });
         std::fs::write(dir.path().join("sess_old.json"), old.to_string()).unwrap();
         let store = LocalStore::open(dir.path().to_owned(), Duration::from_secs(3600)).unwrap();
+        store.end_left_active("", SystemTime::now()).await.unwrap();
         let r = store.get("sess_old").await.unwrap().expect("read");
         assert_eq!(r.tenant, Tenant::from_id("t-old"));
         assert_eq!(r.status, Status::Terminated, "it was active when that broker stopped");

@@ -7,6 +7,7 @@
 pub mod local;
 pub mod profiles;
 pub mod record;
+pub mod redis;
 pub mod storage_state;
 
 use std::time::{Duration, SystemTime};
@@ -36,6 +37,8 @@ pub struct ListPage {
 pub enum StoreError {
     #[error("the session store failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -61,6 +64,13 @@ pub trait SessionStore: Send + Sync {
 
     /// Forgets records that ended `retention` or longer before `now`; answers their ids.
     async fn sweep(&self, now: SystemTime, retention: Duration) -> Result<Vec<String>, StoreError>;
+
+    /// Records `node`'s sessions still active as ended with its previous run (their
+    /// browsers died with it); answers how many. Called once as a node starts.
+    async fn end_left_active(&self, node: &str, now: SystemTime) -> Result<usize, StoreError>;
+
+    /// The ids of the sessions recorded as active on `node`.
+    async fn active_on(&self, node: &str) -> Result<Vec<String>, StoreError>;
 
     /// The record if it is `tenant`'s: another tenant's sessions look unknown.
     async fn get_for(&self, tenant: &Tenant, id: &str) -> Result<Option<SessionRecord>, StoreError> {

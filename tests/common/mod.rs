@@ -240,6 +240,48 @@ pub async fn finished(command: &mut tokio::process::Command) -> std::process::Ou
         .unwrap_or_else(|e| panic!("{what} could not run: {e}"))
 }
 
+/// A `redis-server` of the test's own on a free port, persistence off, killed when dropped.
+pub struct TestRedis {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+pub async fn start_redis() -> TestRedis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server (Debian's package; scripts/setup.sh --test installs it)");
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await,
+        "redis-server listens"
+    );
+    TestRedis {
+        child,
+        url: format!("redis://127.0.0.1:{port}/"),
+    }
+}
+
 /// The Python that has `dari-python` installed (scripts/setup.sh makes a venv).
 pub fn python() -> PathBuf {
     let venv = repo_root().join("target/test-venv/bin/python");

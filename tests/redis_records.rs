@@ -1,0 +1,116 @@
+//! Session records in Redis: two brokers sharing one real `redis-server` read each other's
+//! sessions, and a Redis that stops answering refuses creates with 503 without touching
+//! the sessions already relaying.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::json;
+
+async fn node(redis: &TestRedis, prefix: &str, name: &str) -> TestServer {
+    let (url, prefix, name) = (redis.url.clone(), prefix.to_owned(), name.to_owned());
+    TestServer::start_with(move |c| {
+        c.redis_url = url;
+        c.redis_prefix = prefix;
+        c.node_id = name;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broker_on_the_redis_reads_every_session() {
+    let redis = start_redis().await;
+    let a = node(&redis, "shared:", "node-a").await;
+    let b = node(&redis, "shared:", "node-b").await;
+    let session = a.create(json!({"metadata": {"job": "crawl"}})).await;
+    let id = session["session_id"].as_str().unwrap();
+
+    // Read through the other broker: the same record.
+    let seen = b.get(id).await;
+    assert_eq!(seen.status, StatusCode::OK, "{}", seen.body);
+    for field in ["session_id", "status", "expires_at", "created_at", "screen_config"] {
+        assert_eq!(seen.json[field], session[field], "{field}");
+    }
+    assert_eq!(seen.json["metadata"]["job"], "crawl");
+    let list = b.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
+    assert_eq!(list.json["total"], 1, "{}", list.body);
+    assert_eq!(list.json["sessions"][0]["session_id"], id);
+    // Tenants stay apart across nodes too.
+    let other = b
+        .call(Method::GET, &format!("/public/sessions/{id}"), Some(KEY_B), None)
+        .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+
+    // Its end, written by the node that runs it, is what every node reads.
+    assert_eq!(a.terminate(id).await.status, StatusCode::NO_CONTENT);
+    let ended = b.get(id).await.json;
+    assert_eq!(
+        (ended["status"].as_str(), ended["end_reason"].as_str()),
+        (Some("terminated"), Some("terminated by request"))
+    );
+    let active = b
+        .call(Method::GET, "/public/sessions?status_filter=active", Some(KEY_A), None)
+        .await;
+    assert_eq!(active.json["total"], 0, "{}", active.body);
+
+    // Another cluster on the same Redis (another prefix) sees none of it.
+    let c = node(&redis, "elsewhere:", "node-c").await;
+    assert_eq!(c.get(id).await.status, StatusCode::NOT_FOUND);
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions() {
+    let mut redis = start_redis().await;
+    let a = node(&redis, "stall:", "node-a").await;
+    let session = a.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let mut ws = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
+
+    // Redis stops answering (SIGSTOP: the process is there, its answers are not).
+    signal(&redis.child, libc::SIGSTOP);
+    let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("cannot be recorded"),
+        "{}",
+        r.body
+    );
+    // Lists need Redis; a session running here is still read from its node.
+    let r = a.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(a.get(id).await.json["status"], "active");
+    // The open session relays as before.
+    let v = cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    assert!(v["result"]["product"].as_str().unwrap().contains("Chrome"), "{v}");
+    // The refused create left no browser held.
+    assert_eq!(a.broker.pool.free_slots(), 3);
+
+    // Redis answers again: the broker reconnects by itself; nothing lost, nothing doubled.
+    signal(&redis.child, libc::SIGCONT);
+    let created = eventually_async(Duration::from_secs(20), || async {
+        a.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}"))
+            .await
+            .status
+            == StatusCode::CREATED
+    })
+    .await;
+    assert!(created, "creates work again once Redis answers");
+    // The refused create's write may land late, once Redis reads its socket again: the
+    // node removes it, so the list settles on the first session and the new one.
+    let settled = eventually_async(Duration::from_secs(20), || async {
+        a.call(Method::GET, "/public/sessions", Some(KEY_A), None).await.json["total"] == 2
+    })
+    .await;
+    let list = a.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
+    assert!(settled, "the first session and the new one: {}", list.body);
+    assert_eq!(a.get(id).await.json["status"], "active");
+    let _ = redis.child.kill().await;
+    a.stop().await;
+}
