@@ -29,6 +29,7 @@ use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
 use crate::store::local::LocalStore;
+use crate::store::nodes::{HEARTBEAT_TTL, NodeInfo, Nodes};
 use crate::store::profiles::{self, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
@@ -170,6 +171,10 @@ pub struct Broker {
     pub config: Config,
     /// This node's name in the session store (empty without Redis: a single node).
     pub node: String,
+    /// Where the other nodes reach this one.
+    pub node_url: String,
+    /// The cluster's nodes, with `redis_url`.
+    pub nodes: Option<Nodes>,
     pub urls: PublicUrls,
     pub keys: ApiKeys,
     /// Present when the broker serves TLS.
@@ -238,7 +243,7 @@ impl Broker {
         };
         std::fs::create_dir_all(&data_dir).map_err(dir_error)?;
         let chrome = chrome_path(&config)?;
-        let secrets = load_secrets(&config).map_err(dir_error)?;
+        let mut secrets = load_secrets(&config).map_err(dir_error)?;
 
         let metrics = Arc::new(Metrics::default());
         let tracker = TaskTracker::new();
@@ -251,7 +256,13 @@ impl Broker {
             metrics.clone(),
         ));
         let profiles = Arc::new(Profiles::load(data_dir.join("profiles")).map_err(dir_error)?);
-        let (node, store) = open_store(&config).await?;
+        let (node, store, nodes) = open_store(&config).await?;
+        if let Some(nodes) = &nodes
+            && config.token_secret.is_empty()
+        {
+            // Every node must accept every node's tokens: the first secret is the cluster's.
+            secrets.token_secret = nodes.token_secret(&secrets.token_secret).await?;
+        }
         let ended = store.end_left_active(&node, SystemTime::now()).await?;
         if ended > 0 {
             tracing::info!(
@@ -295,6 +306,8 @@ impl Broker {
             running: Arc::new(DashMap::new()),
             records: Arc::new(Recorder::new(store)),
             refused: Default::default(),
+            node_url: node_url(&config, bound),
+            nodes,
             node,
             profiles,
             pool,
@@ -309,8 +322,10 @@ impl Broker {
             config,
         });
         tracker.spawn(sweep_records(Arc::downgrade(&broker), broker.shutdown.clone()));
-        if !broker.node.is_empty() {
+        if broker.nodes.is_some() {
             tracker.spawn(reconcile_records(Arc::downgrade(&broker), broker.shutdown.clone()));
+            broker.beat().await;
+            tracker.spawn(heartbeat(Arc::downgrade(&broker), broker.shutdown.clone()));
         }
         Ok(broker)
     }
@@ -638,6 +653,11 @@ impl Broker {
     /// Ends every session, waits (bounded) for connections and browsers to wind down.
     pub async fn stop(&self) {
         self.shutdown.cancel();
+        if let Some(nodes) = &self.nodes
+            && let Err(e) = nodes.leave(&self.node).await
+        {
+            tracing::warn!(error = %e, "could not leave the cluster cleanly");
+        }
         for entry in self.running.iter() {
             let _ = entry.end(EndReason::Shutdown);
         }
@@ -653,7 +673,7 @@ impl Broker {
 
 /// This node's name and its session store: Redis when `redis_url` is set (the node named
 /// by `node_id`, or by a name generated once into the data directory), else this node's disk.
-async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>), StartError> {
+async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>, Option<Nodes>), StartError> {
     let dir_error = |source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -661,7 +681,7 @@ async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>), 
     if config.redis_url.is_empty() {
         let retention = Duration::from_secs(config.retention_secs);
         let store = LocalStore::open(config.data_dir.join("sessions"), retention).map_err(dir_error)?;
-        return Ok((String::new(), Arc::new(store)));
+        return Ok((String::new(), Arc::new(store), None));
     }
     let node = if config.node_id.is_empty() {
         load_or_create_secret(&config.data_dir.join("node_id"), "node-", 6)
@@ -672,7 +692,21 @@ async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>), 
     };
     let store = RedisStore::connect(&config.redis_url, &config.redis_prefix).await?;
     tracing::info!(node = %node, "session records in Redis");
-    Ok((node, Arc::new(store)))
+    let (connection, prefix) = store.connection();
+    Ok((node, Arc::new(store), Some(Nodes::new(connection, prefix))))
+}
+
+/// `node_url`, or the bound address when it is not set.
+fn node_url(config: &Config, bound: SocketAddr) -> String {
+    if !config.node_url.is_empty() {
+        return config.node_url.trim_end_matches('/').to_owned();
+    }
+    let host = if bound.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+    } else {
+        bound
+    };
+    format!("http://{host}")
 }
 
 /// The configured Chrome, or the first one found.
@@ -773,6 +807,52 @@ async fn end_on_time(
                 return;
             }
         }
+    }
+}
+
+/// Tells the cluster this node is alive, every third of the heartbeat's life.
+async fn heartbeat(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_TTL / 3) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(b) = broker.upgrade() else { return };
+        b.beat().await;
+    }
+}
+
+impl Broker {
+    async fn beat(&self) {
+        let Some(nodes) = &self.nodes else { return };
+        let info = NodeInfo {
+            id: self.node.clone(),
+            url: self.node_url.clone(),
+            max_sessions: self.config.max_sessions,
+            free: self.pool.free_slots(),
+            sessions: self.active_sessions(),
+            heartbeat_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        };
+        if let Err(e) = nodes.beat(&info).await {
+            tracing::warn!(error = %e, "heartbeat not recorded");
+        }
+    }
+
+    /// Where to send a request about session `id`: the address of the live node that runs
+    /// it, when that is not this node.
+    pub async fn owner_url(&self, id: &str) -> Option<String> {
+        let nodes = self.nodes.as_ref()?;
+        if self.running.contains_key(id) {
+            return None;
+        }
+        let record = self.records.store().get(id).await.ok().flatten()?;
+        if record.node == self.node || record.status != Status::Active {
+            return None;
+        }
+        nodes.alive(&record.node).await.ok().flatten().map(|n| n.url)
     }
 }
 

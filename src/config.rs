@@ -102,6 +102,9 @@ pub struct Config {
     /// This node's name in Redis (`CDPGATE_NODE_ID`). Empty: generated once into
     /// `data_dir/node_id`.
     pub node_id: String,
+    /// Where the other nodes reach this node's API and proxy (`CDPGATE_NODE_URL`). Empty:
+    /// the bound address.
+    pub node_url: String,
 }
 
 impl Default for Config {
@@ -145,6 +148,7 @@ impl Default for Config {
             redis_url: String::new(),
             redis_prefix: "cdpgate:".into(),
             node_id: String::new(),
+            node_url: String::new(),
         }
     }
 }
@@ -285,6 +289,9 @@ impl Config {
         if let Some(v) = var("node_id") {
             self.node_id = v;
         }
+        if let Some(v) = var("node_url") {
+            self.node_url = v;
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -336,6 +343,13 @@ impl Config {
         let redis = &self.redis_url;
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             errors.push("redis_url must start with redis:// or rediss://".into());
+        }
+        if !redis.is_empty() && self.api_keys.is_empty() {
+            errors.push("with redis_url, set api_keys: every node of a cluster needs the same keys".into());
+        }
+        let node_url = &self.node_url;
+        if !(node_url.is_empty() || node_url.starts_with("http://") || node_url.starts_with("https://")) {
+            errors.push("node_url must start with http:// or https://".into());
         }
         if !self.node_id.is_empty()
             && (self.node_id.len() > 64

@@ -10,7 +10,7 @@ use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
-async fn node(redis: &TestRedis, prefix: &str, name: &str) -> TestServer {
+async fn cluster_node(redis: &TestRedis, prefix: &str, name: &str) -> TestServer {
     let (url, prefix, name) = (redis.url.clone(), prefix.to_owned(), name.to_owned());
     TestServer::start_with(move |c| {
         c.redis_url = url;
@@ -23,8 +23,8 @@ async fn node(redis: &TestRedis, prefix: &str, name: &str) -> TestServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broker_on_the_redis_reads_every_session() {
     let redis = start_redis().await;
-    let a = node(&redis, "shared:", "node-a").await;
-    let b = node(&redis, "shared:", "node-b").await;
+    let a = cluster_node(&redis, "shared:", "node-a").await;
+    let b = cluster_node(&redis, "shared:", "node-b").await;
     let session = a.create(json!({"metadata": {"job": "crawl"}})).await;
     let id = session["session_id"].as_str().unwrap();
 
@@ -57,7 +57,7 @@ async fn every_broker_on_the_redis_reads_every_session() {
     assert_eq!(active.json["total"], 0, "{}", active.body);
 
     // Another cluster on the same Redis (another prefix) sees none of it.
-    let c = node(&redis, "elsewhere:", "node-c").await;
+    let c = cluster_node(&redis, "elsewhere:", "node-c").await;
     assert_eq!(c.get(id).await.status, StatusCode::NOT_FOUND);
     for server in [a, b, c] {
         server.stop().await;
@@ -67,7 +67,7 @@ async fn every_broker_on_the_redis_reads_every_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions() {
     let mut redis = start_redis().await;
-    let a = node(&redis, "stall:", "node-a").await;
+    let a = cluster_node(&redis, "stall:", "node-a").await;
     let session = a.create(json!({})).await;
     let id = session["session_id"].as_str().unwrap();
     let mut ws = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
@@ -113,4 +113,108 @@ async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions()
     assert_eq!(a.get(id).await.json["status"], "active");
     let _ = redis.child.kill().await;
     a.stop().await;
+}
+
+/// `url` with node `from`'s address replaced by node `to`'s: the same request, another door.
+fn through(url: &str, from: &TestServer, to: &TestServer) -> String {
+    url.replacen(&from.addr.to_string(), &to.addr.to_string(), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_routes_any_session_to_the_node_that_runs_it() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "route:", "node-a").await;
+    let b = cluster_node(&redis, "route:", "node-b").await;
+    let c = cluster_node(&redis, "route:", "node-c").await;
+    let site = format!("http://{}/", start_site().await);
+    let session = a.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let cdp_url = session["cdp_url"].as_str().unwrap();
+
+    // Puppeteer through B and Playwright through C drive the browser that runs on A.
+    for (client, door) in [("puppeteer", &b), ("playwright", &c)] {
+        let seen = node_script(client, &through(cdp_url, &a, door), &site).await;
+        assert_eq!(seen["text"], "Hello through the proxy", "{client}");
+    }
+    // Discovery through C: Chrome's answer, from A.
+    let r = c.discovery(&session, "json/version").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.json["Browser"].as_str().unwrap().contains("Chrome"));
+    // Raw clients through B and C stay open; a bad token through B is refused by A.
+    let mut via_b = ws_connect(&through(cdp_url, &a, &b)).await.unwrap();
+    let mut via_c = ws_connect(&through(cdp_url, &a, &c)).await.unwrap();
+    cdp_call(&mut via_b, 1, "Browser.getVersion", json!({})).await;
+    let forged = through(&format!("{}x", cdp_url), &a, &b);
+    assert!(
+        ws_connect(&forged).await.is_err(),
+        "a forged token is refused through the hop"
+    );
+
+    // Changes through other nodes act on A's session.
+    let patched = c
+        .call(
+            Method::PATCH,
+            &format!("/public/sessions/{id}"),
+            Some(KEY_A),
+            Some(r#"{"metadata":{"via":"c"}}"#),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(a.get(id).await.json["metadata"]["via"], "c");
+    // Another tenant's key is refused by A, as if the session did not exist.
+    let r = b
+        .call(
+            Method::POST,
+            &format!("/public/sessions/{id}/terminate"),
+            Some(KEY_B),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = b
+        .call(
+            Method::POST,
+            &format!("/public/sessions/{id}/terminate"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    for ws in [&mut via_b, &mut via_c] {
+        assert_eq!(
+            await_close(ws, Duration::from_secs(10)).await,
+            Some((4002, "session terminated".to_owned())),
+            "the close code crosses the hop unchanged"
+        );
+    }
+    assert_eq!(c.get(id).await.json["status"], "terminated");
+
+    // A TTL cutoff through a hop: 4001, on time.
+    let short = a.create(json!({"ttl": 2})).await;
+    let mut via_c = ws_connect(&through(short["cdp_url"].as_str().unwrap(), &a, &c))
+        .await
+        .unwrap();
+    assert_eq!(
+        await_close(&mut via_c, Duration::from_secs(15)).await,
+        Some((4001, "session expired".to_owned()))
+    );
+    // DELETE through C forgets it everywhere.
+    let short_id = short["session_id"].as_str().unwrap();
+    let r = c
+        .call(
+            Method::DELETE,
+            &format!("/public/sessions/{short_id}"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(b.get(short_id).await.status, StatusCode::NOT_FOUND);
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}
+
+async fn node_script(client: &str, endpoint: &str, site: &str) -> serde_json::Value {
+    node("drive.mjs", &[client, endpoint, site]).await
 }

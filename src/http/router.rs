@@ -14,6 +14,7 @@ use super::error::{ApiError, answer, json_response};
 use super::request::{authenticate, only};
 use super::{Body, actions, live, profiles, sessions};
 use crate::broker::Broker;
+use crate::proxy::hop::{forward, is_hop};
 
 /// What a route leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +149,15 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
         return r;
     }
     let path = request.uri().path().to_owned();
+    // A request about a session another node runs goes to that node.
+    if broker.nodes.is_some()
+        && !is_hop(&request)
+        && let Some(id) = session_of(&broker, &request)
+        && let Some(owner) = broker.owner_url(&id).await
+    {
+        let result = forward(&broker, &owner, request).await.map_err(ApiError::from);
+        return answer(&broker.metrics, result);
+    }
     // The proxy and live view answer their own unknown paths (live view with a page).
     if path.starts_with("/devtools/") {
         let result = crate::proxy::handle(broker.clone(), request)
@@ -169,6 +179,23 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
     };
     let result = api(&broker, route.endpoint, &params, request).await;
     answer(&broker.metrics, result)
+}
+
+/// The session a request acts on, where the path or the token names one: the CDP and live
+/// view endpoints, and the API calls that change a session. (Reads come from the store.)
+fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<String> {
+    let path = request.uri().path();
+    let (route, params) = find_route(path)?;
+    let id = params.first().copied();
+    match route.endpoint {
+        Endpoint::Proxy if route.path.starts_with("/devtools/page/") => {
+            let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
+            broker.tokens.session_of(token.as_deref(), crate::auth::Scope::Cdp).ok()
+        }
+        Endpoint::Proxy | Endpoint::LiveView | Endpoint::TerminateSession => id.map(str::to_owned),
+        Endpoint::Session if request.method() != Method::GET => id.map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// The JSON API's endpoints: the key is checked before anything else is read.

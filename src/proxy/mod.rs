@@ -11,6 +11,7 @@
 pub mod discovery;
 pub mod error;
 pub mod handshake;
+pub mod hop;
 pub mod relay;
 
 use std::sync::Arc;
@@ -138,20 +139,20 @@ async fn upgrade(
     Ok(upgrade_response(&key))
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One side of a relayed connection, with the bytes it sent that were read already.
-enum Side {
+pub(crate) enum Side {
     Tcp(TcpStream, Vec<u8>),
     Other(Box<dyn Io>, Vec<u8>),
 }
 
-type BoxedPeer = relay::Peer<Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>>;
+pub(crate) type BoxedPeer = relay::Peer<Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>>;
 
 impl Side {
     /// The client's connection, unwrapped from hyper when it is plain TCP.
-    fn client(upgraded: Upgraded) -> Side {
+    pub(crate) fn client(upgraded: Upgraded) -> Side {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => Side::Tcp(parts.io.into_inner(), parts.read_buf.to_vec()),
             Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded)), Vec::new()),
@@ -165,7 +166,7 @@ impl Side {
         }
     }
 
-    fn boxed(self) -> BoxedPeer {
+    pub(crate) fn boxed(self) -> BoxedPeer {
         match self {
             Side::Tcp(tcp, early) => {
                 let (rx, tx) = tcp.into_split();
@@ -213,16 +214,16 @@ async fn run_relay<CR, CW, BR, BW>(
     .await
 }
 
-fn tcp_peer(tcp: TcpStream, early: Vec<u8>) -> relay::Peer<OwnedReadHalf, OwnedWriteHalf> {
+pub(crate) fn tcp_peer(tcp: TcpStream, early: Vec<u8>) -> relay::Peer<OwnedReadHalf, OwnedWriteHalf> {
     let (rx, tx) = tcp.into_split();
     relay::Peer { rx, tx, early }
 }
 
 /// Counts a connection as open for as long as it lives.
-struct OpenConnection<'a>(&'a Metrics);
+pub(crate) struct OpenConnection<'a>(&'a Metrics);
 
 impl<'a> OpenConnection<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
+    pub(crate) fn new(metrics: &'a Metrics) -> Self {
         metrics.proxy_connections.fetch_add(1, Relaxed);
         metrics.proxy_connections_open.fetch_add(1, Relaxed);
         OpenConnection(metrics)

@@ -5,6 +5,7 @@
 //! Nothing here decides an HTTP status: errors say what went wrong and whose fault it is.
 
 pub mod local;
+pub mod nodes;
 pub mod profiles;
 pub mod record;
 pub mod redis;

@@ -56,6 +56,11 @@ impl RedisStore {
         })
     }
 
+    /// The connection and key prefix, for the other things a cluster keeps in Redis.
+    pub fn connection(&self) -> (ConnectionManager, String) {
+        (self.redis.clone(), self.prefix.clone())
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }

@@ -1,0 +1,152 @@
+//! The nodes of a cluster, in Redis: each node's address and load under `{prefix}nodes`,
+//! and a heartbeat key with a short TTL that says it is alive. A node whose heartbeat has
+//! lapsed is not sent anything.
+//!
+//! Also the cluster's token secret: a node started without `token_secret` takes the one
+//! the first node put in Redis, so tokens minted by one node are accepted by all.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// How long a heartbeat keeps a node alive; beats come every third of it.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(9);
+
+/// What a node tells the others about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Where other nodes reach its API and proxy (`http://host:port`).
+    pub url: String,
+    pub max_sessions: usize,
+    /// Sessions it could take now without waiting.
+    pub free: usize,
+    /// Sessions it runs.
+    pub sessions: usize,
+    /// Unix milliseconds of its last heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+pub struct Nodes {
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+impl Nodes {
+    pub fn new(redis: ConnectionManager, prefix: String) -> Nodes {
+        Nodes { redis, prefix }
+    }
+
+    fn alive_key(&self, id: &str) -> String {
+        format!("{}node:{id}:alive", self.prefix)
+    }
+
+    fn table(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        Ok(cmd.query_async(&mut self.redis.clone()).await?)
+    }
+
+    /// Says that `info`'s node is alive, for the next [`HEARTBEAT_TTL`].
+    pub async fn beat(&self, info: &NodeInfo) -> Result<(), StoreError> {
+        let json = serde_json::to_string(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET")
+            .arg(self.alive_key(&info.id))
+            .arg(info.heartbeat_ms)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .ignore();
+        pipe.cmd("HSET").arg(self.table()).arg(&info.id).arg(json).ignore();
+        let _: () = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+
+    /// Leaves the cluster: a clean stop.
+    pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("DEL").arg(self.alive_key(id)).ignore();
+        pipe.cmd("HDEL").arg(self.table()).arg(id).ignore();
+        let _: () = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+
+    /// The node `id`, if its heartbeat is current.
+    pub async fn alive(&self, id: &str) -> Result<Option<NodeInfo>, StoreError> {
+        let alive: bool = self.query(redis::cmd("EXISTS").arg(self.alive_key(id))).await?;
+        if !alive {
+            return Ok(None);
+        }
+        let json: Option<String> = self.query(redis::cmd("HGET").arg(self.table()).arg(id)).await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Every node that has registered, alive or not, with whether its heartbeat is current.
+    pub async fn all(&self) -> Result<Vec<(NodeInfo, bool)>, StoreError> {
+        let table: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(self.table())).await?;
+        let mut nodes = Vec::new();
+        for (id, json) in table {
+            let Ok(info) = serde_json::from_str::<NodeInfo>(&json) else {
+                continue;
+            };
+            let alive: bool = self.query(redis::cmd("EXISTS").arg(self.alive_key(&id))).await?;
+            nodes.push((info, alive));
+        }
+        nodes.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(nodes)
+    }
+
+    /// The cluster's token secret: `proposed` if no node has set one yet, else the one set.
+    pub async fn token_secret(&self, proposed: &str) -> Result<String, StoreError> {
+        let key = format!("{}token_secret", self.prefix);
+        let _: bool = self.query(redis::cmd("SETNX").arg(&key).arg(proposed)).await?;
+        let secret: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        secret.ok_or_else(|| StoreError::Unavailable("the token secret vanished".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redis::RedisStore;
+    use crate::store::redis::tests::TestRedis;
+
+    #[tokio::test]
+    async fn nodes_beat_lapse_and_leave() {
+        let redis = TestRedis::start();
+        let (conn, prefix) = RedisStore::connect(&redis.url, "n:").await.unwrap().connection();
+        let nodes = Nodes::new(conn, prefix);
+        let info = NodeInfo {
+            id: "node-a".into(),
+            url: "http://127.0.0.1:1".into(),
+            max_sessions: 4,
+            free: 3,
+            sessions: 1,
+            heartbeat_ms: 1,
+        };
+        nodes.beat(&info).await.unwrap();
+        assert_eq!(nodes.alive("node-a").await.unwrap(), Some(info.clone()));
+        assert_eq!(nodes.alive("node-b").await.unwrap(), None);
+        // A lapsed heartbeat: listed, not alive.
+        let _: () = redis::cmd("DEL")
+            .arg("n:node:node-a:alive")
+            .query_async(&mut nodes.redis.clone())
+            .await
+            .unwrap();
+        assert_eq!(nodes.alive("node-a").await.unwrap(), None);
+        assert_eq!(nodes.all().await.unwrap(), vec![(info.clone(), false)]);
+        nodes.beat(&info).await.unwrap();
+        nodes.leave("node-a").await.unwrap();
+        assert!(nodes.all().await.unwrap().is_empty());
+        // The first secret proposed is everyone's.
+        assert_eq!(nodes.token_secret("first").await.unwrap(), "first");
+        assert_eq!(nodes.token_secret("second").await.unwrap(), "first");
+    }
+}
