@@ -212,6 +212,8 @@ pub struct NewSession {
     /// A profile of this tenant to start from, and whether to save back into it.
     pub profile_id: Option<String>,
     pub persist_changes: bool,
+    /// Wait up to `queue_timeout_ms` for a slot; otherwise refuse at once when full.
+    pub queue: bool,
 }
 
 /// The secrets a broker starts with: API keys and the token signing secret.
@@ -356,7 +358,7 @@ impl Broker {
         }
         let lease = self
             .pool
-            .acquire(request.screen)
+            .acquire_with(request.screen, request.queue)
             .await
             .map_err(|e| self.capacity_error(e))?;
         self.register(id, tenant, request, Backing::Managed(lease), None).await

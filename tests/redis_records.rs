@@ -218,3 +218,50 @@ async fn any_node_routes_any_session_to_the_node_that_runs_it() {
 async fn node_script(client: &str, endpoint: &str, site: &str) -> serde_json::Value {
     node("drive.mjs", &[client, endpoint, site]).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answers_503() {
+    let redis = start_redis().await;
+    let start = |name: &'static str| {
+        let url = redis.url.clone();
+        TestServer::start_with(move |c| {
+            c.redis_url = url;
+            c.redis_prefix = "place:".into();
+            c.node_id = name.into();
+            c.max_sessions = 1;
+        })
+    };
+    let (a, b, c) = (start("node-a").await, start("node-b").await, start("node-c").await);
+    let host = |session: &serde_json::Value| {
+        let url = session["cdp_url"].as_str().unwrap().to_owned();
+        [&a, &b, &c]
+            .into_iter()
+            .position(|n| url.contains(&n.addr.to_string()))
+            .expect("a node's address")
+    };
+    let first = a.create(json!({})).await;
+    assert_eq!(host(&first), 0, "the receiving node is preferred");
+    // A is full: the next creates through A land on B and C, one each.
+    let mut landed = Vec::new();
+    for _ in 0..2 {
+        let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        landed.push(host(&r.json));
+    }
+    landed.sort();
+    assert_eq!(landed, vec![1, 2], "one on B, one on C");
+    // Every node is full: 503 with Retry-After, after the queue timeout; nothing overfilled.
+    let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    for n in [&a, &b, &c] {
+        assert_eq!(n.broker.pool.free_slots(), 0);
+        assert_eq!(n.broker.active_sessions(), 1, "one session per node, no more");
+    }
+    // Every session is listed from any node.
+    let list = c.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
+    assert_eq!(list.json["total"], 3, "{}", list.body);
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}

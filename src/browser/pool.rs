@@ -74,7 +74,16 @@ impl Pool {
     /// A browser of `screen` size for a new session: waits up to the queue timeout for a
     /// slot, then takes a warm browser or launches one.
     pub async fn acquire(&self, screen: Screen) -> Result<Lease, PoolError> {
-        let slot = self.slot().await?;
+        self.acquire_with(screen, true).await
+    }
+
+    /// As [`Pool::acquire`]; without `wait`, a pool with no free slot refuses at once (a
+    /// create placed here by another node, which then asks the next one).
+    pub async fn acquire_with(&self, screen: Screen, wait: bool) -> Result<Lease, PoolError> {
+        let slot = match wait {
+            true => self.slot().await?,
+            false => self.slots.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?,
+        };
         if screen == self.default_screen
             && let Some(browser) = self.take_idle()
         {

@@ -53,6 +53,7 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
                 ttl: AUTO_SESSION_TTL,
                 screen: request.screen.unwrap_or_else(|| config.default_screen()),
                 metadata: Map::new(),
+                queue: true,
             };
             broker.create_session(tenant.clone(), new).await?
         }

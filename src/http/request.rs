@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode, header};
@@ -39,6 +40,11 @@ pub async fn read_json_object(
     limit: usize,
     read_time: Duration,
 ) -> Result<Map<String, Value>, ApiError> {
+    json_object(&read_body(request, limit, read_time).await?)
+}
+
+/// Reads the body, at most `limit` bytes within `read_time`.
+pub async fn read_body(request: Request<Incoming>, limit: usize, read_time: Duration) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,10 +77,15 @@ pub async fn read_json_object(
             }
         })?
         .to_bytes();
+    Ok(bytes)
+}
+
+/// A body as a JSON object; an empty one counts as `{}`.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let value: Value = serde_json::from_slice(&bytes)
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("Malformed JSON in the request body: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),

@@ -8,12 +8,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, Attempt, empty_response, json_response, session_refusal};
-use super::request::{field, query_pairs, read_json_object};
+use super::request::{field, json_object, query_pairs, read_body, read_json_object};
 use super::{Body, timestamp};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession, SessionUrls};
 use crate::browser::Screen;
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
+use crate::proxy::hop::{is_hop, send_to};
 use crate::store::{ListQuery, SessionRecord, Status};
 
 /// Largest page of a session list.
@@ -76,6 +77,38 @@ pub async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Res
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
+/// Sends a create this node has no free slot for to the other live nodes, those with the
+/// most free slots first, until one takes it. Each node's own slots are the authority: one
+/// that turns out to be full answers 503 at once and the next is asked. `None`: none took
+/// it, and the create waits here as on a single node.
+async fn place_elsewhere(
+    broker: &Broker,
+    parts: &hyper::http::request::Parts,
+    body: bytes::Bytes,
+) -> Option<Response<Body>> {
+    let nodes = broker.nodes.as_ref()?;
+    let mut candidates: Vec<_> = nodes
+        .all()
+        .await
+        .ok()?
+        .into_iter()
+        .filter(|(n, alive)| *alive && n.id != broker.node && n.free > 0)
+        .map(|(n, _)| n)
+        .collect();
+    candidates.sort_by(|a, b| b.free.cmp(&a.free).then_with(|| a.id.cmp(&b.id)));
+    for node in candidates {
+        match send_to(&node.url, parts, body.clone()).await {
+            Ok(answer) if answer.status() == StatusCode::CREATED => {
+                tracing::info!(node = %node.id, "create placed on another node");
+                return Some(answer);
+            }
+            Ok(answer) => tracing::debug!(node = %node.id, status = %answer.status(), "node did not take the create"),
+            Err(e) => tracing::debug!(node = %node.id, error = %e, "node not reachable for a create"),
+        }
+    }
+    None
+}
+
 /// The session object of the wire contract.
 pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     let mut metadata = record.metadata.clone();
@@ -107,8 +140,26 @@ pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let config = &broker.config;
-    let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
-    let new = validate_create(config, &body)?;
+    // A create another node placed here takes a free slot or is refused at once.
+    let placed_here = is_hop(&request);
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(
+        Request::from_parts(parts.clone(), body),
+        config.max_body_bytes,
+        config.request_read_timeout(),
+    )
+    .await?;
+    let mut new = validate_create(config, &json_object(&bytes)?)?;
+    new.queue = !placed_here;
+    let needs_slot = new.external_url.is_none() && new.profile_id.is_none();
+    if !placed_here
+        && needs_slot
+        && broker.nodes.is_some()
+        && broker.pool.free_slots() == 0
+        && let Some(answer) = place_elsewhere(broker, &parts, bytes).await
+    {
+        return Ok(answer);
+    }
     let started = std::time::Instant::now();
     let session = broker.create_session(tenant, new).await?;
     broker.metrics.create_time.observe(started.elapsed());
@@ -154,6 +205,7 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
         None => Map::new(),
     };
     Ok(NewSession {
+        queue: true,
         external_url,
         profile_id,
         persist_changes,

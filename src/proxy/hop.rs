@@ -38,11 +38,7 @@ pub async fn forward(
     owner: &str,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
-    let authority = owner
-        .strip_prefix("http://")
-        .ok_or_else(|| ProxyError::Upstream(UpstreamError::Http(format!("node address {owner:?} is not http://"))))?
-        .trim_end_matches('/')
-        .to_owned();
+    let authority = authority_of(owner)?;
     let connect = tokio::time::timeout(HOP_TIMEOUT, TcpStream::connect(&authority));
     let tcp = connect
         .await
@@ -63,18 +59,60 @@ async fn plain(
     request: Request<Incoming>,
     max_body: usize,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
-    let http = |e: String| ProxyError::Upstream(UpstreamError::Http(e));
     let (parts, body) = request.into_parts();
     let body = tokio::time::timeout(HOP_TIMEOUT, Limited::new(body, max_body).collect())
         .await
         .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
-        .map_err(|e| http(e.to_string()))?
+        .map_err(|e| ProxyError::Upstream(UpstreamError::Http(e.to_string())))?
         .to_bytes();
+    send(tcp, authority, &parts, body).await
+}
+
+/// Sends a request whose body was read already to the node at `owner`: a create placed
+/// on another node is sent this way, to one node after another.
+pub async fn send_to(
+    owner: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, ProxyError> {
+    let authority = authority_of(owner)?;
+    let connect = tokio::time::timeout(HOP_TIMEOUT, TcpStream::connect(&authority));
+    let tcp = connect
+        .await
+        .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
+        .map_err(UpstreamError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    send(tcp, &authority, parts, body).await
+}
+
+fn authority_of(owner: &str) -> Result<String, ProxyError> {
+    Ok(owner
+        .strip_prefix("http://")
+        .ok_or_else(|| ProxyError::Upstream(UpstreamError::Http(format!("node address {owner:?} is not http://"))))?
+        .trim_end_matches('/')
+        .to_owned())
+}
+
+async fn send(
+    tcp: TcpStream,
+    authority: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, ProxyError> {
+    let http = |e: String| ProxyError::Upstream(UpstreamError::Http(e));
     let mut onward = Request::builder()
-        .method(parts.method)
+        .method(parts.method.clone())
         .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned());
+    // Hop-by-hop and framing headers are the connection's own; hyper writes its own.
+    let own = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::UPGRADE,
+    ];
     for (name, value) in &parts.headers {
-        if name != header::HOST {
+        if !own.contains(name) && name.as_str() != "keep-alive" {
             onward = onward.header(name, value);
         }
     }
