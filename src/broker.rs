@@ -328,6 +328,7 @@ impl Broker {
             tracker.spawn(reconcile_records(Arc::downgrade(&broker), broker.shutdown.clone()));
             broker.beat().await;
             tracker.spawn(heartbeat(Arc::downgrade(&broker), broker.shutdown.clone()));
+            tracker.spawn(reap_lost_nodes(Arc::downgrade(&broker), broker.shutdown.clone()));
         }
         Ok(broker)
     }
@@ -858,6 +859,51 @@ impl Broker {
     }
 }
 
+/// How long the reaper's lead lasts without renewal.
+const LEAD_LEASE: Duration = Duration::from_secs(6);
+
+/// Ends the sessions of nodes whose heartbeat has lapsed, within a heartbeat TTL and a
+/// period of the node going quiet; only the node that leads does it.
+async fn reap_lost_nodes(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_TTL / 3) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(b) = broker.upgrade() else { return };
+        if let Err(e) = b.reap().await {
+            tracing::debug!(error = %e, "reaping deferred: Redis is unavailable");
+        }
+    }
+}
+
+impl Broker {
+    async fn reap(&self) -> Result<(), StoreError> {
+        let Some(nodes) = &self.nodes else { return Ok(()) };
+        if !nodes.lead(&self.node, LEAD_LEASE).await? {
+            return Ok(());
+        }
+        let store = self.records.store();
+        for (node, alive) in nodes.all().await? {
+            if alive || node.id == self.node {
+                continue;
+            }
+            for id in store.active_on(&node.id).await? {
+                if let Some(record) = store.get(&id).await?
+                    && record.status == Status::Active
+                    && record.node == node.id
+                {
+                    tracing::warn!(session = %id, node = %node.id, "node lost: ending its session");
+                    store
+                        .put(&record.ended_elsewhere(EndReason::NodeLost, SystemTime::now()))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How often a node compares the sessions the store says it runs with those it runs.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
 /// How long a refused create is watched for a late write.
@@ -882,6 +928,19 @@ async fn reconcile_records(broker: std::sync::Weak<Broker>, shutdown: Cancellati
 impl Broker {
     async fn reconcile(&self) -> Result<(), StoreError> {
         let store = self.records.store();
+        // A session ended by another node (this one was taken for lost) ends here too:
+        // its browser must not outlive its record.
+        let running: Vec<Arc<Session>> = self.running.iter().map(|s| s.clone()).collect();
+        for session in running {
+            if session.status() == Status::Active
+                && let Some(record) = store.get(&session.id).await?
+                && record.status != Status::Active
+            {
+                let reason = record.end_reason.unwrap_or(EndReason::NodeLost);
+                tracing::warn!(session = %session.id, reason = reason.as_str(), "ended by another node");
+                let _ = session.end(reason);
+            }
+        }
         let listed = store.active_on(&self.node).await?;
         let refused: Vec<String> = {
             let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());

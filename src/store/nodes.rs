@@ -103,6 +103,25 @@ impl Nodes {
         Ok(nodes)
     }
 
+    /// Whether node `id` leads the cluster's chores for the next `lease` (taking the lead
+    /// if no one holds it, renewing it if it holds it): one node, not all, reaps lost nodes.
+    pub async fn lead(&self, id: &str, lease: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}leader", self.prefix);
+        let ms = lease.as_millis() as u64;
+        let took: Option<String> = self
+            .query(redis::cmd("SET").arg(&key).arg(id).arg("NX").arg("PX").arg(ms))
+            .await?;
+        if took.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        if holder.as_deref() == Some(id) {
+            let _: bool = self.query(redis::cmd("PEXPIRE").arg(&key).arg(ms)).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// The cluster's token secret: `proposed` if no node has set one yet, else the one set.
     pub async fn token_secret(&self, proposed: &str) -> Result<String, StoreError> {
         let key = format!("{}token_secret", self.prefix);
@@ -145,6 +164,15 @@ mod tests {
         nodes.beat(&info).await.unwrap();
         nodes.leave("node-a").await.unwrap();
         assert!(nodes.all().await.unwrap().is_empty());
+        // One leader at a time; another takes over once the lease lapses.
+        assert!(nodes.lead("node-a", Duration::from_millis(300)).await.unwrap());
+        assert!(
+            nodes.lead("node-a", Duration::from_millis(300)).await.unwrap(),
+            "renewed"
+        );
+        assert!(!nodes.lead("node-b", Duration::from_millis(300)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(nodes.lead("node-b", Duration::from_millis(300)).await.unwrap());
         // The first secret proposed is everyone's.
         assert_eq!(nodes.token_secret("first").await.unwrap(), "first");
         assert_eq!(nodes.token_secret("second").await.unwrap(), "first");

@@ -50,6 +50,8 @@ pub enum EndReason {
     Shutdown,
     /// Found active in the records of an earlier run: it ended with that run.
     Restarted,
+    /// Its node stopped beating and another node ended it.
+    NodeLost,
 }
 
 impl EndReason {
@@ -67,6 +69,7 @@ impl EndReason {
             EndReason::Terminated => (4002, "session terminated"),
             EndReason::BrowserExited => (4003, "browser closed"),
             EndReason::Shutdown | EndReason::Restarted => (1001, "broker shutting down"),
+            EndReason::NodeLost => (1001, "node lost"),
         }
     }
 
@@ -78,6 +81,7 @@ impl EndReason {
             EndReason::BrowserExited => "browser exited",
             EndReason::Shutdown => "broker shut down",
             EndReason::Restarted => "broker restarted",
+            EndReason::NodeLost => "node lost",
         }
     }
 
@@ -88,6 +92,7 @@ impl EndReason {
             EndReason::BrowserExited,
             EndReason::Shutdown,
             EndReason::Restarted,
+            EndReason::NodeLost,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -168,10 +173,16 @@ impl SessionRecord {
     }
 
     /// The record of a session that was active when its broker stopped.
-    pub fn ended_by_restart(mut self, now: SystemTime) -> SessionRecord {
+    pub fn ended_by_restart(self, now: SystemTime) -> SessionRecord {
+        self.ended_elsewhere(EndReason::Restarted, now)
+    }
+
+    /// The record of an active session ended for `reason` by someone other than its
+    /// running node (its next start, or another node).
+    pub fn ended_elsewhere(mut self, reason: EndReason, now: SystemTime) -> SessionRecord {
         if self.status == Status::Active {
-            self.status = Status::Terminated;
-            self.end_reason = Some(EndReason::Restarted);
+            self.status = reason.status();
+            self.end_reason = Some(reason);
             self.ended_at = Some(now);
             self.updated_at = now;
         }

@@ -1,4 +1,4 @@
-//! Session records in Redis: two brokers sharing one real `redis-server` read each other's
+//! Cluster mode on a real `redis-server`: brokers sharing it read each other's
 //! sessions, and a Redis that stops answering refuses creates with 503 without touching
 //! the sessions already relaying.
 
@@ -264,4 +264,94 @@ async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answer
     for server in [a, b, c] {
         server.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_s_sessions_end_everywhere_and_stay_ended() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "loss:", "node-a").await;
+    let b = cluster_node(&redis, "loss:", "node-b").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CDPGATE_API_KEYS", KEY_A),
+        ("CDPGATE_REDIS_URL", redis.url.as_str()),
+        ("CDPGATE_REDIS_PREFIX", "loss:"),
+        ("CDPGATE_NODE_ID", "node-c"),
+    ];
+    let mut c = start_binary(data_dir.path(), &env).await;
+    let on_c = http(c.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(on_c.status, StatusCode::CREATED, "{}", on_c.body);
+    let lost_id = on_c.json["session_id"].as_str().unwrap().to_owned();
+    let on_a = a.create(json!({})).await;
+    let mut client_a = ws_connect(on_a["cdp_url"].as_str().unwrap()).await.unwrap();
+
+    // kill -9: the others read its session as ended by the node's loss (within a heartbeat
+    // TTL and a reaper period, 12 s; the deadline is generous for a busy machine).
+    signal(&c.child, libc::SIGKILL);
+    c.child.wait().await.unwrap();
+    let ended = eventually_async(Duration::from_secs(20), || async {
+        b.get(&lost_id).await.json["end_reason"] == "node lost"
+    })
+    .await;
+    assert!(ended, "{}", b.get(&lost_id).await.body);
+    assert_eq!(a.get(&lost_id).await.json["status"], "terminated");
+    // The others keep serving theirs, and creates go to the survivors.
+    cdp_call(&mut client_a, 1, "Browser.getVersion", json!({})).await;
+    let more = b.create(json!({})).await;
+    assert!(more["cdp_url"].as_str().unwrap().contains(&b.addr.to_string()));
+
+    // It comes back: nothing is resurrected.
+    let mut c = start_binary(data_dir.path(), &env).await;
+    let again = http(
+        c.addr,
+        Method::GET,
+        &format!("/public/sessions/{lost_id}"),
+        Some(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (again.json["status"].as_str(), again.json["end_reason"].as_str()),
+        (Some("terminated"), Some("node lost"))
+    );
+    let active = a
+        .call(Method::GET, "/public/sessions?status_filter=active", Some(KEY_A), None)
+        .await;
+    assert_eq!(active.json["total"], 2, "A's and B's: {}", active.body);
+    signal(&c.child, libc::SIGTERM);
+    c.child.wait().await.unwrap();
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_lost_kills_its_browsers_when_it_wakes() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "wake:", "node-a").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CDPGATE_API_KEYS", KEY_A),
+        ("CDPGATE_REDIS_URL", redis.url.as_str()),
+        ("CDPGATE_REDIS_PREFIX", "wake:"),
+        ("CDPGATE_NODE_ID", "node-c"),
+    ];
+    let mut c = start_binary(data_dir.path(), &env).await;
+    let on_c = http(c.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    let id = on_c.json["session_id"].as_str().unwrap().to_owned();
+    let mut client = ws_connect(on_c.json["cdp_url"].as_str().unwrap()).await.unwrap();
+    // Paused past its heartbeat: the cluster takes it for lost.
+    signal(&c.child, libc::SIGSTOP);
+    let ended = eventually_async(Duration::from_secs(25), || async {
+        a.get(&id).await.json["end_reason"] == "node lost"
+    })
+    .await;
+    signal(&c.child, libc::SIGCONT);
+    assert!(ended, "{}", a.get(&id).await.body);
+    // Awake again, it ends its session too: the client hears it, the record stays ended.
+    let closed = await_close(&mut client, Duration::from_secs(15)).await;
+    assert_eq!(closed, Some((1001, "node lost".to_owned())));
+    assert_eq!(a.get(&id).await.json["end_reason"], "node lost");
+    signal(&c.child, libc::SIGTERM);
+    c.child.wait().await.unwrap();
+    a.stop().await;
 }
