@@ -56,7 +56,12 @@ impl ApiKeys {
 
     /// The tenant of the key in `X-API-Key` or `Authorization: Bearer`, if it is one of ours.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<Tenant> {
-        let presented = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
+        self.authenticate_by(headers, "x-api-key")
+    }
+
+    /// The key sent in header `name`, or as a Bearer token, if it is one of these.
+    pub fn authenticate_by(&self, headers: &HeaderMap, name: &str) -> Option<Tenant> {
+        let presented = headers.get(name).and_then(|v| v.to_str().ok()).or_else(|| {
             let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
             let (scheme, rest) = value.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())

@@ -29,7 +29,8 @@ use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
 use crate::store::local::LocalStore;
-use crate::store::nodes::{HEARTBEAT_TTL, NodeInfo, Nodes};
+pub use crate::store::nodes::NodeInfo;
+use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
 use crate::store::profiles::{self, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
@@ -177,6 +178,8 @@ pub struct Broker {
     pub nodes: Option<Nodes>,
     pub urls: PublicUrls,
     pub keys: ApiKeys,
+    /// The operator's key, when `admin_key` is set.
+    pub admin: Option<ApiKeys>,
     /// Present when the broker serves TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub tokens: Tokens,
@@ -302,6 +305,7 @@ impl Broker {
             urls: PublicUrls::new(&config.public_url, bound, config.tls_enabled()),
             tls,
             keys: ApiKeys::new(&secrets.api_keys),
+            admin: (!config.admin_key.is_empty()).then(|| ApiKeys::new(std::slice::from_ref(&config.admin_key))),
             tokens: Tokens::new(secrets.token_secret.as_bytes()),
             egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
@@ -826,9 +830,8 @@ async fn heartbeat(broker: std::sync::Weak<Broker>, shutdown: CancellationToken)
 }
 
 impl Broker {
-    async fn beat(&self) {
-        let Some(nodes) = &self.nodes else { return };
-        let info = NodeInfo {
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo {
             id: self.node.clone(),
             url: self.node_url.clone(),
             max_sessions: self.config.max_sessions,
@@ -838,9 +841,21 @@ impl Broker {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis() as u64,
-        };
-        if let Err(e) = nodes.beat(&info).await {
+        }
+    }
+
+    async fn beat(&self) {
+        let Some(nodes) = &self.nodes else { return };
+        if let Err(e) = nodes.beat(&self.node_info()).await {
             tracing::warn!(error = %e, "heartbeat not recorded");
+        }
+    }
+
+    /// The cluster's nodes as the store knows them (this node alone without Redis).
+    pub async fn cluster(&self) -> Result<Vec<(NodeInfo, bool)>, StoreError> {
+        match &self.nodes {
+            Some(nodes) => nodes.all().await,
+            None => Ok(vec![(self.node_info(), true)]),
         }
     }
 

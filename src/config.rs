@@ -105,6 +105,9 @@ pub struct Config {
     /// Where the other nodes reach this node's API and proxy (`CDPGATE_NODE_URL`). Empty:
     /// the bound address.
     pub node_url: String,
+    /// Key for the operator's endpoints (`GET /admin/cluster`), sent as `X-Admin-Key` or a
+    /// Bearer token (`CDPGATE_ADMIN_KEY`). Empty: those endpoints answer 404.
+    pub admin_key: String,
 }
 
 impl Default for Config {
@@ -149,6 +152,7 @@ impl Default for Config {
             redis_prefix: "cdpgate:".into(),
             node_id: String::new(),
             node_url: String::new(),
+            admin_key: String::new(),
         }
     }
 }
@@ -292,6 +296,9 @@ impl Config {
         if let Some(v) = var("node_url") {
             self.node_url = v;
         }
+        if let Some(v) = var("admin_key") {
+            self.admin_key = v;
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -359,6 +366,9 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
             errors.push("node_id must be 1 to 64 letters, digits, - or _".into());
+        }
+        if !self.admin_key.is_empty() && self.admin_key.len() < 16 {
+            errors.push("admin_key must be at least 16 characters".into());
         }
         if self.tls_cert.is_empty() != self.tls_key.is_empty() {
             errors.push("tls_cert and tls_key go together: set both or neither".into());

@@ -1,6 +1,7 @@
-//! Cluster mode on a real `redis-server`: brokers sharing it read each other's
-//! sessions, and a Redis that stops answering refuses creates with 503 without touching
-//! the sessions already relaying.
+//! Cluster mode on a real `redis-server` and real Chromium: nodes sharing it read each
+//! other's sessions, route connections and changes to the node that runs a session,
+//! place creates where there is room, end a lost node's sessions, and ride out a Redis
+//! that stops answering.
 
 mod common;
 
@@ -114,6 +115,8 @@ async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions()
     let _ = redis.child.kill().await;
     a.stop().await;
 }
+
+const ADMIN_KEY: &str = "admin-key-0123456789";
 
 /// `url` with node `from`'s address replaced by node `to`'s: the same request, another door.
 fn through(url: &str, from: &TestServer, to: &TestServer) -> String {
@@ -229,6 +232,7 @@ async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answer
             c.redis_prefix = "place:".into();
             c.node_id = name.into();
             c.max_sessions = 1;
+            c.admin_key = ADMIN_KEY.into();
         })
     };
     let (a, b, c) = (start("node-a").await, start("node-b").await, start("node-c").await);
@@ -261,6 +265,48 @@ async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answer
     // Every session is listed from any node.
     let list = c.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(list.json["total"], 3, "{}", list.body);
+
+    // The operator's view, from any node: three live nodes of one slot each.
+    let view = |key: Option<&'static str>| {
+        let addr = b.addr;
+        async move {
+            let mut headers = vec![];
+            if let Some(k) = key {
+                headers.push(("x-admin-key", k));
+            }
+            http_with(addr, Method::GET, "/admin/cluster", &headers, None).await
+        }
+    };
+    assert_eq!(view(None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        view(Some(KEY_A)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "an API key is not the admin key"
+    );
+    let cluster = view(Some(ADMIN_KEY)).await;
+    assert_eq!(cluster.status, StatusCode::OK, "{}", cluster.body);
+    assert_eq!(cluster.json["node"], "node-b");
+    assert_eq!(cluster.json["capacity"], 3);
+    let ids: Vec<&str> = cluster.json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b", "node-c"]);
+    assert!(
+        cluster.json["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["alive"] == true)
+    );
+    let metrics = a.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(
+        metrics.contains("cdpgate_cluster_nodes{state=\"alive\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cdpgate_cluster_capacity 3"), "{metrics}");
     for server in [a, b, c] {
         server.stop().await;
     }

@@ -1,12 +1,13 @@
 //! The HTTP layer, and the only place that knows HTTP status codes: the accept loop
 //! ([`server`]), the route table and dispatch ([`router`]), request reading ([`request`]),
 //! errors into answers ([`error`]), and the handlers by resource: [`sessions`],
-//! [`profiles`], [`actions`] and [`live`] view. CDP connections are handed to
+//! [`profiles`], [`actions`] and [`live`] view, and the operator's [`admin`] view. CDP connections are handed to
 //! [`crate::proxy`].
 //!
 //! Nothing below this layer imports from it.
 
 pub mod actions;
+pub mod admin;
 pub mod error;
 pub mod live;
 pub mod profiles;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::error::{ApiError, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, live, profiles, sessions};
+use super::{Body, actions, admin, live, profiles, sessions};
 use crate::broker::Broker;
 use crate::proxy::hop::{forward, is_hop};
 
@@ -31,6 +31,7 @@ pub enum Endpoint {
     /// The CDP proxy's WebSockets and discovery endpoints.
     Proxy,
     LiveView,
+    AdminCluster,
 }
 
 /// One documented route: its methods, its path (`{name}` matches one segment) and where it
@@ -75,6 +76,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::StorageState,
     ),
     route(&["POST"], "/public/single-actions/run-action", Endpoint::RunAction),
+    route(&["GET"], "/admin/cluster", Endpoint::AdminCluster),
     route(&["GET"], "/devtools/browser/{session_id}", Endpoint::Proxy),
     route(&["GET", "HEAD"], "/devtools/browser/{session_id}/json", Endpoint::Proxy),
     route(
@@ -214,12 +216,29 @@ async fn api(
         }
         Endpoint::Metrics => {
             only(&method, &[Method::GET])?;
-            let mut r = Response::new(Full::new(Bytes::from(broker.render_metrics())));
+            let mut text = broker.render_metrics();
+            // The cluster's view, where there is one; a Redis that does not answer only
+            // leaves it out.
+            if broker.nodes.is_some()
+                && let Ok(nodes) = broker.cluster().await
+            {
+                text.push_str(&admin::cluster_metrics(&nodes));
+            }
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             return Ok(r);
+        }
+        Endpoint::AdminCluster => {
+            // Unknown unless the operator set a key; then only that key opens it.
+            let admin = broker.admin.as_ref().ok_or_else(|| ApiError::not_found("Not Found"))?;
+            admin
+                .authenticate_by(request.headers(), "x-admin-key")
+                .ok_or_else(ApiError::unauthorized)?;
+            only(&method, &[Method::GET])?;
+            return admin::cluster(broker).await;
         }
         _ => {}
     }
@@ -238,7 +257,7 @@ async fn api(
             only(&method, &[Method::POST])?;
             actions::handle(broker, tenant, request).await
         }
-        Endpoint::Health | Endpoint::Metrics | Endpoint::Proxy | Endpoint::LiveView => {
+        Endpoint::Health | Endpoint::Metrics | Endpoint::Proxy | Endpoint::LiveView | Endpoint::AdminCluster => {
             unreachable!("answered above")
         }
     }
