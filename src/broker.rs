@@ -342,7 +342,7 @@ impl Broker {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
-        if let Err(wait) = self.create_limiter.take(&tenant, std::time::Instant::now()) {
+        if let Err(wait) = self.take_create(&tenant).await {
             self.metrics.create_rate_limited.fetch_add(1, Relaxed);
             return Err(BrokerError::RateLimited {
                 per_minute: self.config.creates_per_minute,
@@ -409,6 +409,22 @@ impl Broker {
                 Err(e)
             }
         }
+    }
+
+    /// One creation from `tenant`'s allowance: the cluster's when there is one (a Redis
+    /// that does not answer falls back to this node's own count), else this node's.
+    async fn take_create(&self, tenant: &Tenant) -> Result<(), Duration> {
+        let per_minute = self.config.creates_per_minute;
+        if let Some(nodes) = &self.nodes
+            && per_minute > 0
+        {
+            match nodes.take_create(&tenant.to_string(), per_minute).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                Err(e) => tracing::debug!(error = %e, "cluster rate limit unavailable; counting locally"),
+            }
+        }
+        self.create_limiter.take(tenant, std::time::Instant::now())
     }
 
     /// A profile's cookies and localStorage as a Playwright `storageState` document.

@@ -164,6 +164,22 @@ async fn any_node_routes_any_session_to_the_node_that_runs_it() {
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
     assert_eq!(a.get(id).await.json["metadata"]["via"], "c");
+    // A single action through B is carried out by A, in A's browser.
+    let action = b
+        .run_action(KEY_A, &json!({"session_id": id, "action": format!("go to {site}")}))
+        .await;
+    assert_eq!(action.json["success"], true, "{}", action.body);
+    let read = c
+        .run_action(KEY_A, &json!({"session_id": id, "action": "read the page text"}))
+        .await;
+    assert!(
+        read.json["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Hello through the proxy"),
+        "{}",
+        read.body
+    );
     // Another tenant's key is refused by A, as if the session did not exist.
     let r = b
         .call(
@@ -400,4 +416,34 @@ async fn a_node_taken_for_lost_kills_its_browsers_when_it_wakes() {
     signal(&c.child, libc::SIGTERM);
     c.child.wait().await.unwrap();
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_per_minute_count_across_the_cluster() {
+    let redis = start_redis().await;
+    let start = |name: &'static str| {
+        let url = redis.url.clone();
+        TestServer::start_with(move |c| {
+            c.redis_url = url;
+            c.redis_prefix = "rate:".into();
+            c.node_id = name.into();
+            c.creates_per_minute = 2;
+        })
+    };
+    let (a, b) = (start("node-a").await, start("node-b").await);
+    a.create(json!({})).await;
+    b.create(json!({})).await;
+    // Each node alone would allow two more; the cluster allows two in all.
+    for node in [&a, &b] {
+        let r = node
+            .call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}"))
+            .await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+        assert!(r.headers.contains_key("retry-after"));
+    }
+    // Another key has its own allowance.
+    let r = a.call(Method::POST, "/public/sessions", Some(KEY_B), Some("{}")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    a.stop().await;
+    b.stop().await;
 }

@@ -13,12 +13,13 @@ use serde_json::{Map, Value, json};
 
 use super::Body;
 use super::error::{ApiError, Attempt, json_response, session_refusal};
-use super::request::{field, read_json_object};
+use super::request::{field, json_object, read_body};
 use super::sessions::parse_screen;
 use crate::action::{Job, instruction};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession};
 use crate::browser::Screen;
+use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::session::Session;
 
 /// Longest instruction accepted, in characters.
@@ -38,8 +39,19 @@ struct RunAction {
 
 pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let config = &broker.config;
-    let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
-    let request = validate(&body)?;
+    let from_another_node = is_hop(&request);
+    let (parts, body) = request.into_parts();
+    let read = Request::from_parts(parts.clone(), body);
+    let bytes = read_body(read, config.max_body_bytes, config.request_read_timeout()).await?;
+    let request = validate(&json_object(&bytes)?)?;
+    // An action on a session another node runs is that node's to carry out.
+    if let Some(id) = &request.session_id
+        && !from_another_node
+        && let Some(owner) = broker.owner_url(id).await
+    {
+        let within = config.action_timeout() + HOP_TIMEOUT;
+        return send_to(&owner, &parts, bytes, within).await.map_err(ApiError::from);
+    }
     let session = match &request.session_id {
         Some(id) => broker
             .active(Some(&tenant), id)

@@ -14,7 +14,7 @@ use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession, SessionUrls};
 use crate::browser::Screen;
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
-use crate::proxy::hop::{is_hop, send_to};
+use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::store::{ListQuery, SessionRecord, Status};
 
 /// Largest page of a session list.
@@ -97,7 +97,7 @@ async fn place_elsewhere(
         .collect();
     candidates.sort_by(|a, b| b.free.cmp(&a.free).then_with(|| a.id.cmp(&b.id)));
     for node in candidates {
-        match send_to(&node.url, parts, body.clone()).await {
+        match send_to(&node.url, parts, body.clone(), HOP_TIMEOUT).await {
             Ok(answer) if answer.status() == StatusCode::CREATED => {
                 tracing::info!(node = %node.id, "create placed on another node");
                 return Some(answer);

@@ -22,8 +22,9 @@ use crate::store::EndReason;
 
 /// Marks a request that came from another node.
 pub const HOP_HEADER: &str = "x-cdpgate-hop";
-/// How long the owner may take to accept a connection and answer its head.
-const HOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the owner may take to accept a connection and answer (a single action sent on
+/// gets its own, longer, time).
+pub const HOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer head or body carried back (discovery's protocol description is ~1 MB).
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
@@ -65,7 +66,7 @@ async fn plain(
         .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
         .map_err(|e| ProxyError::Upstream(UpstreamError::Http(e.to_string())))?
         .to_bytes();
-    send(tcp, authority, &parts, body).await
+    send(tcp, authority, &parts, body, HOP_TIMEOUT).await
 }
 
 /// Sends a request whose body was read already to the node at `owner`: a create placed
@@ -74,6 +75,7 @@ pub async fn send_to(
     owner: &str,
     parts: &hyper::http::request::Parts,
     body: Bytes,
+    answer_within: Duration,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
     let authority = authority_of(owner)?;
     let connect = tokio::time::timeout(HOP_TIMEOUT, TcpStream::connect(&authority));
@@ -82,7 +84,7 @@ pub async fn send_to(
         .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
         .map_err(UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    send(tcp, &authority, parts, body).await
+    send(tcp, &authority, parts, body, answer_within).await
 }
 
 fn authority_of(owner: &str) -> Result<String, ProxyError> {
@@ -98,6 +100,7 @@ async fn send(
     authority: &str,
     parts: &hyper::http::request::Parts,
     body: Bytes,
+    answer_within: Duration,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
     let http = |e: String| ProxyError::Upstream(UpstreamError::Http(e));
     let mut onward = Request::builder()
@@ -136,9 +139,9 @@ async fn send(
         conn.abort();
         Ok::<_, ProxyError>(Response::from_parts(parts, Full::new(body)))
     };
-    tokio::time::timeout(HOP_TIMEOUT, exchange)
+    tokio::time::timeout(answer_within, exchange)
         .await
-        .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
+        .map_err(|_| UpstreamError::Timeout(answer_within))?
 }
 
 /// A WebSocket upgrade: the client's request goes on as it is; the owner's `101` comes

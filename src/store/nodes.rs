@@ -122,6 +122,37 @@ impl Nodes {
         Ok(false)
     }
 
+    /// Takes one creation from `tenant`'s cluster-wide bucket of `per_minute`, refilled
+    /// evenly (the local limiter's rule, as GCRA in one script, on Redis's clock); or
+    /// answers how long until one is available.
+    pub async fn take_create(&self, tenant: &str, per_minute: u32) -> Result<Option<Duration>, StoreError> {
+        const GCRA: &str = r#"
+            local t = redis.call('TIME')
+            local now = t[1] * 1000 + math.floor(t[2] / 1000)
+            local interval = tonumber(ARGV[1])
+            local tolerance = tonumber(ARGV[2])
+            local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+            if tat < now then tat = now end
+            if now < tat - tolerance then return tat - tolerance - now end
+            local next = tat + interval
+            redis.call('SET', KEYS[1], next, 'PX', next - now + interval)
+            return 0"#;
+        let interval = 60_000 / u64::from(per_minute.max(1));
+        let tolerance = interval * u64::from(per_minute.max(1) - 1);
+        let key = format!("{}creates:{tenant}", self.prefix);
+        let wait_ms: u64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(GCRA)
+                    .arg(1)
+                    .arg(key)
+                    .arg(interval)
+                    .arg(tolerance),
+            )
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
     /// The cluster's token secret: `proposed` if no node has set one yet, else the one set.
     pub async fn token_secret(&self, proposed: &str) -> Result<String, StoreError> {
         let key = format!("{}token_secret", self.prefix);
@@ -173,6 +204,16 @@ mod tests {
         assert!(!nodes.lead("node-b", Duration::from_millis(300)).await.unwrap());
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(nodes.lead("node-b", Duration::from_millis(300)).await.unwrap());
+        // A bucket of 3 a minute, shared by whoever asks: the fourth waits about 20 s.
+        for _ in 0..3 {
+            assert_eq!(nodes.take_create("t_a", 3).await.unwrap(), None);
+        }
+        let wait = nodes.take_create("t_a", 3).await.unwrap().expect("empty bucket");
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert_eq!(nodes.take_create("t_b", 3).await.unwrap(), None, "tenants apart");
         // The first secret proposed is everyone's.
         assert_eq!(nodes.token_secret("first").await.unwrap(), "first");
         assert_eq!(nodes.token_secret("second").await.unwrap(), "first");
