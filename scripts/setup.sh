@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cdpgate needs, only where it is missing (safe to run again):
 #   scripts/setup.sh          Chromium (Debian's package)
-#   scripts/setup.sh --test   also cargo-deny, redis-server, Node.js, the Node CDP clients and
-#                             the Python client
+#   scripts/setup.sh --test   also cargo-deny, redis-server, nginx, Node.js, the Node CDP
+#                             clients and the Python client
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +43,11 @@ if [ "${1:-}" = "--test" ]; then
   if ! command -v redis-server >/dev/null 2>&1; then
     echo "setup: installing redis-server"
     apt_install redis-server
+  fi
+  # The cluster is tested behind nginx, with deploy/nginx-cluster.conf.
+  if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
+    echo "setup: installing nginx"
+    apt_install nginx
   fi
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "setup: installing Node.js"

@@ -447,3 +447,103 @@ async fn creates_per_minute_count_across_the_cluster() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_behind_nginx_with_the_documented_config() {
+    let redis = start_redis().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let (url, public) = (redis.url.clone(), public.clone());
+        nodes.push(
+            TestServer::start_with(move |c| {
+                c.redis_url = url;
+                c.redis_prefix = "lb:".into();
+                c.node_id = name.into();
+                c.public_url = public;
+            })
+            .await,
+        );
+    }
+    let prefix = tempfile::tempdir().unwrap();
+    let upstreams: String = nodes.iter().map(|n| format!("    server {};\n", n.addr)).collect();
+    let config = std::fs::read_to_string(repo_root().join("deploy/nginx-cluster.conf"))
+        .unwrap()
+        .replace("{{LISTEN}}", &format!("127.0.0.1:{port}"))
+        .replace("{{NODES}}", upstreams.trim_end())
+        .replace("{{PREFIX}}", prefix.path().to_str().unwrap());
+    let conf = prefix.path().join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let nginx = if std::path::Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let mut nginx = tokio::process::Command::new(nginx)
+        .arg("-p")
+        .arg(prefix.path())
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nginx (scripts/setup.sh --test installs it)");
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await,
+        "nginx listens: {}",
+        std::fs::read_to_string(prefix.path().join("error.log")).unwrap_or_default()
+    );
+    let lb: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let site = format!("http://{}/", start_site().await);
+
+    // Sessions created through nginx land round robin; each is driven through nginx, which
+    // sends the WebSocket wherever it likes: the nodes route it to the owner.
+    let mut ids = Vec::new();
+    for client in ["puppeteer", "playwright", "puppeteer"] {
+        let r = http(lb, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let cdp_url = r.json["cdp_url"].as_str().unwrap();
+        assert!(
+            cdp_url.starts_with(&format!("ws://127.0.0.1:{port}/devtools/browser/")),
+            "{cdp_url}"
+        );
+        let seen = node_script(client, cdp_url, &site).await;
+        assert_eq!(seen["text"], "Hello through the proxy", "{client}");
+        ids.push(r.json["session_id"].as_str().unwrap().to_owned());
+    }
+    let spread = nodes.iter().filter(|n| n.broker.active_sessions() > 0).count();
+    assert!(spread >= 2, "round robin spread the sessions over the nodes");
+    for id in &ids {
+        let r = http(
+            lb,
+            Method::POST,
+            &format!("/public/sessions/{id}/terminate"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+    let list = http(
+        lb,
+        Method::GET,
+        "/public/sessions?status_filter=active",
+        Some(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(list.json["total"], 0, "{}", list.body);
+    for node in nodes {
+        node.stop().await;
+    }
+}

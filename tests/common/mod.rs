@@ -173,10 +173,18 @@ pub async fn http_with(
     let request = builder
         .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    // An answer that never comes fails the test instead of hanging it.
+    let what = format!("{} {}", request.method(), request.uri());
+    let exchange = async {
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, bytes)
+    };
+    let (status, headers, bytes) = tokio::time::timeout(Duration::from_secs(120), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 120 s"));
     let body = String::from_utf8_lossy(&bytes).into_owned();
     let json = serde_json::from_str(&body).unwrap_or(Value::Null);
     Response {
