@@ -543,6 +543,9 @@ async fn three_nodes_behind_nginx_with_the_documented_config() {
     )
     .await;
     assert_eq!(list.json["total"], 0, "{}", list.body);
+    // nginx's master takes its workers with it on SIGTERM (a kill would leave them).
+    signal(&nginx, libc::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(10), nginx.wait()).await;
     for node in nodes {
         node.stop().await;
     }
