@@ -12,11 +12,22 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 async fn cluster_node(redis: &TestRedis, prefix: &str, name: &str) -> TestServer {
+    cluster_node_with(redis, prefix, name, |_| {}).await
+}
+
+/// A node of the cluster under `prefix` on `redis`, its configuration changed by `tweak`.
+async fn cluster_node_with(
+    redis: &TestRedis,
+    prefix: &str,
+    name: &str,
+    tweak: impl FnOnce(&mut cdpgate::Config),
+) -> TestServer {
     let (url, prefix, name) = (redis.url.clone(), prefix.to_owned(), name.to_owned());
     TestServer::start_with(move |c| {
         c.redis_url = url;
         c.redis_prefix = prefix;
         c.node_id = name;
+        tweak(c);
     })
     .await
 }
@@ -242,11 +253,7 @@ async fn node_script(client: &str, endpoint: &str, site: &str) -> serde_json::Va
 async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answers_503() {
     let redis = start_redis().await;
     let start = |name: &'static str| {
-        let url = redis.url.clone();
-        TestServer::start_with(move |c| {
-            c.redis_url = url;
-            c.redis_prefix = "place:".into();
-            c.node_id = name.into();
+        cluster_node_with(&redis, "place:", name, |c| {
             c.max_sessions = 1;
             c.admin_key = ADMIN_KEY.into();
         })
@@ -421,15 +428,7 @@ async fn a_node_taken_for_lost_kills_its_browsers_when_it_wakes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_per_minute_count_across_the_cluster() {
     let redis = start_redis().await;
-    let start = |name: &'static str| {
-        let url = redis.url.clone();
-        TestServer::start_with(move |c| {
-            c.redis_url = url;
-            c.redis_prefix = "rate:".into();
-            c.node_id = name.into();
-            c.creates_per_minute = 2;
-        })
-    };
+    let start = |name: &'static str| cluster_node_with(&redis, "rate:", name, |c| c.creates_per_minute = 2);
     let (a, b) = (start("node-a").await, start("node-b").await);
     a.create(json!({})).await;
     b.create(json!({})).await;
@@ -459,16 +458,8 @@ async fn three_nodes_behind_nginx_with_the_documented_config() {
     let public = format!("http://127.0.0.1:{port}");
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
-        let (url, public) = (redis.url.clone(), public.clone());
-        nodes.push(
-            TestServer::start_with(move |c| {
-                c.redis_url = url;
-                c.redis_prefix = "lb:".into();
-                c.node_id = name.into();
-                c.public_url = public;
-            })
-            .await,
-        );
+        let public = public.clone();
+        nodes.push(cluster_node_with(&redis, "lb:", name, |c| c.public_url = public).await);
     }
     let prefix = tempfile::tempdir().unwrap();
     let upstreams: String = nodes.iter().map(|n| format!("    server {};\n", n.addr)).collect();

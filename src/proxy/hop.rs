@@ -39,13 +39,7 @@ pub async fn forward(
     owner: &str,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
-    let authority = authority_of(owner)?;
-    let connect = tokio::time::timeout(HOP_TIMEOUT, TcpStream::connect(&authority));
-    let tcp = connect
-        .await
-        .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
-        .map_err(UpstreamError::Connect)?;
-    let _ = tcp.set_nodelay(true);
+    let (tcp, authority) = connect(owner).await?;
     if request.headers().contains_key(header::UPGRADE) {
         upgrade(broker, tcp, &authority, request).await
     } else {
@@ -77,22 +71,23 @@ pub async fn send_to(
     body: Bytes,
     answer_within: Duration,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
-    let authority = authority_of(owner)?;
-    let connect = tokio::time::timeout(HOP_TIMEOUT, TcpStream::connect(&authority));
-    let tcp = connect
+    let (tcp, authority) = connect(owner).await?;
+    send(tcp, &authority, parts, body, answer_within).await
+}
+
+/// A connection to the node at `owner` (`http://host:port`), and its `host:port`.
+async fn connect(owner: &str) -> Result<(TcpStream, String), ProxyError> {
+    let authority = owner
+        .strip_prefix("http://")
+        .ok_or_else(|| ProxyError::Upstream(UpstreamError::Http(format!("node address {owner:?} is not http://"))))?
+        .trim_end_matches('/')
+        .to_owned();
+    let tcp = tokio::time::timeout(HOP_TIMEOUT, TcpStream::connect(&authority))
         .await
         .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
         .map_err(UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    send(tcp, &authority, parts, body, answer_within).await
-}
-
-fn authority_of(owner: &str) -> Result<String, ProxyError> {
-    Ok(owner
-        .strip_prefix("http://")
-        .ok_or_else(|| ProxyError::Upstream(UpstreamError::Http(format!("node address {owner:?} is not http://"))))?
-        .trim_end_matches('/')
-        .to_owned())
+    Ok((tcp, authority))
 }
 
 async fn send(
