@@ -127,6 +127,17 @@ async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions()
     a.stop().await;
 }
 
+/// A node as its own process (the `cdpgate` binary), so a test can kill or pause it.
+async fn binary_node(redis: &TestRedis, prefix: &str, name: &str, data_dir: &std::path::Path) -> Binary {
+    let env = [
+        ("CDPGATE_API_KEYS", KEY_A),
+        ("CDPGATE_REDIS_URL", redis.url.as_str()),
+        ("CDPGATE_REDIS_PREFIX", prefix),
+        ("CDPGATE_NODE_ID", name),
+    ];
+    start_binary(data_dir, &env).await
+}
+
 const ADMIN_KEY: &str = "admin-key-0123456789";
 
 /// `url` with node `from`'s address replaced by node `to`'s: the same request, another door.
@@ -341,13 +352,7 @@ async fn a_lost_node_s_sessions_end_everywhere_and_stay_ended() {
     let a = cluster_node(&redis, "loss:", "node-a").await;
     let b = cluster_node(&redis, "loss:", "node-b").await;
     let data_dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("CDPGATE_API_KEYS", KEY_A),
-        ("CDPGATE_REDIS_URL", redis.url.as_str()),
-        ("CDPGATE_REDIS_PREFIX", "loss:"),
-        ("CDPGATE_NODE_ID", "node-c"),
-    ];
-    let mut c = start_binary(data_dir.path(), &env).await;
+    let mut c = binary_node(&redis, "loss:", "node-c", data_dir.path()).await;
     let on_c = http(c.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
     assert_eq!(on_c.status, StatusCode::CREATED, "{}", on_c.body);
     let lost_id = on_c.json["session_id"].as_str().unwrap().to_owned();
@@ -370,7 +375,7 @@ async fn a_lost_node_s_sessions_end_everywhere_and_stay_ended() {
     assert!(more["cdp_url"].as_str().unwrap().contains(&b.addr.to_string()));
 
     // It comes back: nothing is resurrected.
-    let mut c = start_binary(data_dir.path(), &env).await;
+    let mut c = binary_node(&redis, "loss:", "node-c", data_dir.path()).await;
     let again = http(
         c.addr,
         Method::GET,
@@ -398,13 +403,7 @@ async fn a_node_taken_for_lost_kills_its_browsers_when_it_wakes() {
     let redis = start_redis().await;
     let a = cluster_node(&redis, "wake:", "node-a").await;
     let data_dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("CDPGATE_API_KEYS", KEY_A),
-        ("CDPGATE_REDIS_URL", redis.url.as_str()),
-        ("CDPGATE_REDIS_PREFIX", "wake:"),
-        ("CDPGATE_NODE_ID", "node-c"),
-    ];
-    let mut c = start_binary(data_dir.path(), &env).await;
+    let mut c = binary_node(&redis, "wake:", "node-c", data_dir.path()).await;
     let on_c = http(c.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
     let id = on_c.json["session_id"].as_str().unwrap().to_owned();
     let mut client = ws_connect(on_c.json["cdp_url"].as_str().unwrap()).await.unwrap();
@@ -450,11 +449,7 @@ async fn creates_per_minute_count_across_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_behind_nginx_with_the_documented_config() {
     let redis = start_redis().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
@@ -485,12 +480,7 @@ async fn three_nodes_behind_nginx_with_the_documented_config() {
         .spawn()
         .expect("nginx (scripts/setup.sh --test installs it)");
     assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await,
+        listening(port, Duration::from_secs(10)).await,
         "nginx listens: {}",
         std::fs::read_to_string(prefix.path().join("error.log")).unwrap_or_default()
     );

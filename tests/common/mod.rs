@@ -254,12 +254,22 @@ pub struct TestRedis {
     pub url: String,
 }
 
-pub async fn start_redis() -> TestRedis {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Whether something listens on loopback `port` within `limit`.
+pub async fn listening(port: u16, limit: Duration) -> bool {
+    eventually(limit, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await
+}
+
+pub async fn start_redis() -> TestRedis {
+    let port = free_port();
     let child = tokio::process::Command::new("redis-server")
         .args([
             "--port",
@@ -275,15 +285,7 @@ pub async fn start_redis() -> TestRedis {
         .kill_on_drop(true)
         .spawn()
         .expect("redis-server (Debian's package; scripts/setup.sh --test installs it)");
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await,
-        "redis-server listens"
-    );
+    assert!(listening(port, Duration::from_secs(10)).await, "redis-server listens");
     TestRedis {
         child,
         url: format!("redis://127.0.0.1:{port}/"),
