@@ -2,7 +2,7 @@
 # Installs what cdpgate needs, only where it is missing (safe to run again):
 #   scripts/setup.sh          Chromium (Debian's package)
 #   scripts/setup.sh --test   also cargo-deny, redis-server, nginx, Node.js, the Node CDP
-#                             clients and the Python client
+#                             clients, the Python client and moto (a local S3 server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,5 +66,10 @@ if [ "${1:-}" = "--test" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
     "$venv/bin/pip" install -q --disable-pip-version-check dari-python==0.1.7
+  fi
+  # Profiles in an object store are tested against moto's local S3 server.
+  if ! [ -x "$venv/bin/moto_server" ]; then
+    echo "setup: installing moto (a local S3 server) into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
   fi
 fi

@@ -31,6 +31,8 @@ use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
 use crate::store::local::LocalStore;
 pub use crate::store::nodes::NodeInfo;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
+use crate::store::profile_data::ProfileData;
+use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::{self, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
@@ -54,6 +56,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot use Redis at redis_url: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot use the profile store {store:?}: {source}")]
+    Profiles { store: String, source: std::io::Error },
 }
 
 /// Why a session could not be created, or a profile's browser could not do its work.
@@ -70,7 +74,7 @@ pub enum BrokerError {
     #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error("The browser profile could not be read: {0}")]
-    ProfileUnreadable(std::io::Error),
+    ProfileUnreadable(ProfileError),
     #[error("The profile's browser failed: {0}")]
     ProfileBrowser(#[from] CdpError),
     #[error("The profile was {}", .0.describe())]
@@ -260,8 +264,11 @@ impl Broker {
             tracker.clone(),
             metrics.clone(),
         ));
-        let profiles = Arc::new(Profiles::load(data_dir.join("profiles")).map_err(dir_error)?);
         let (node, store, nodes) = open_store(&config).await?;
+        let profiles = Arc::new(open_profiles(&config, nodes.as_ref()).map_err(|source| StartError::Profiles {
+            store: config.profile_store.clone(),
+            source,
+        })?);
         if let Some(nodes) = &nodes
             && config.token_secret.is_empty()
         {
@@ -377,11 +384,18 @@ impl Broker {
         profile_id: String,
         request: NewSession,
     ) -> Result<Arc<Session>, BrokerError> {
-        let profile = self.profiles.get(&tenant, &profile_id)?;
-        let hold = self.profiles.begin_use(profile, &id, request.persist_changes)?;
+        let profile = self.profiles.get(&tenant, &profile_id).await?;
+        let hold = self
+            .profiles
+            .begin_use(profile, &id, request.persist_changes)
+            .await?;
         let dir = self.pool.scratch_dir();
         let prepared = async {
-            let cookies = hold.copy_into(&dir).await.map_err(BrokerError::ProfileUnreadable)?;
+            let cookies = self
+                .profiles
+                .copy_into(&hold, &dir)
+                .await
+                .map_err(BrokerError::ProfileUnreadable)?;
             let lease = self
                 .pool
                 .acquire_on(request.screen, dir.clone())
@@ -405,7 +419,7 @@ impl Broker {
             }
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
-                self.profiles.end_use(hold);
+                self.profiles.end_use(hold).await;
                 Err(e)
             }
         }
@@ -452,13 +466,17 @@ impl Broker {
         persist: bool,
         work: impl AsyncFnOnce(&mut cdp::Connection, &Browser) -> Result<T, CdpError>,
     ) -> Result<T, BrokerError> {
-        let profile = self.profiles.get(tenant, id)?;
+        let profile = self.profiles.get(tenant, id).await?;
         let holder = format!("storage-state-{}", random_hex(4));
-        let hold = self.profiles.begin_use(profile, &holder, persist)?;
+        let hold = self.profiles.begin_use(profile, &holder, persist).await?;
         let dir = self.pool.scratch_dir();
         let mut lease = None;
         let result = async {
-            let cookies = hold.copy_into(&dir).await.map_err(BrokerError::ProfileUnreadable)?;
+            let cookies = self
+                .profiles
+                .copy_into(&hold, &dir)
+                .await
+                .map_err(BrokerError::ProfileUnreadable)?;
             let acquired = self
                 .pool
                 .acquire_on(self.config.default_screen(), dir.clone())
@@ -470,7 +488,7 @@ impl Broker {
             let out = work(&mut conn, browser).await?;
             drop(conn);
             if persist {
-                let outcome = hold.save_from(browser).await;
+                let outcome = self.profiles.save_from(&hold, browser).await;
                 if outcome != SaveOutcome::Saved {
                     return Err(BrokerError::ProfileNotSaved(outcome));
                 }
@@ -484,7 +502,7 @@ impl Broker {
             exited.cancelled().await;
         }
         crate::browser::remove_dir_with_retries(&dir).await;
-        self.profiles.end_use(hold);
+        self.profiles.end_use(hold).await;
         result
     }
 
@@ -717,6 +735,16 @@ async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>, O
     tracing::info!(node = %node, "session records in Redis");
     let (connection, prefix) = store.connection();
     Ok((node, Arc::new(store), Some(Nodes::new(connection, prefix))))
+}
+
+/// The profile store `profile_store` names; in a cluster, with writer leases in Redis.
+fn open_profiles(config: &Config, nodes: Option<&Nodes>) -> std::io::Result<Profiles> {
+    let data = ProfileData::open(&config.profile_store, config.data_dir.join("profiles"))?;
+    let locks = nodes.map(|n| {
+        let (connection, prefix) = n.connection();
+        ProfileLocks::new(connection, prefix, config.profile_lease())
+    });
+    Profiles::open(data, locks)
 }
 
 /// `node_url`, or the bound address when it is not set.

@@ -105,6 +105,16 @@ pub struct Config {
     /// Where the other nodes reach this node's API and proxy (`CDPGATE_NODE_URL`). Empty:
     /// the bound address.
     pub node_url: String,
+    /// Where profiles are kept (`CDPGATE_PROFILE_STORE`): a directory, or
+    /// `s3://bucket[/prefix]` for an S3-compatible object store (credentials, region and
+    /// endpoint from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`). Empty: `data_dir/profiles`. A cluster needs
+    /// one every node reaches: a shared mount or an object store.
+    pub profile_store: String,
+    /// How long a cluster node's hold on a profile it persists into lasts without renewal
+    /// (renewed every third of it): a node paused longer loses the profile to the next
+    /// writer, and its late save is refused.
+    pub profile_lease_ms: u64,
     /// Key for the operator's endpoints (`GET /admin/cluster`), sent as `X-Admin-Key` or a
     /// Bearer token (`CDPGATE_ADMIN_KEY`). Empty: those endpoints answer 404.
     pub admin_key: String,
@@ -153,6 +163,8 @@ impl Default for Config {
             node_id: String::new(),
             node_url: String::new(),
             admin_key: String::new(),
+            profile_store: String::new(),
+            profile_lease_ms: 15_000,
         }
     }
 }
@@ -246,7 +258,8 @@ impl Config {
             write_stall_timeout_ms,
             action_timeout_ms,
             action_wait_ms,
-            model_max_calls
+            model_max_calls,
+            profile_lease_ms
         );
         if let Some(v) = var("model_url") {
             self.model_url = v;
@@ -298,6 +311,9 @@ impl Config {
         }
         if let Some(v) = var("admin_key") {
             self.admin_key = v;
+        }
+        if let Some(v) = var("profile_store") {
+            self.profile_store = v;
         }
         if errors.is_empty() {
             Ok(())
@@ -353,6 +369,21 @@ impl Config {
         }
         if !redis.is_empty() && self.api_keys.is_empty() {
             errors.push("with redis_url, set api_keys: every node of a cluster needs the same keys".into());
+        }
+        if !redis.is_empty() && self.profile_store.is_empty() {
+            errors.push(
+                "with redis_url, set profile_store to a directory every node shares or an s3:// store: \
+                 profiles on one node's disk cannot follow sessions across nodes"
+                    .into(),
+            );
+        }
+        if let Some(rest) = self.profile_store.strip_prefix("s3://")
+            && rest.split('/').next().is_none_or(str::is_empty)
+        {
+            errors.push("profile_store s3://bucket[/prefix] needs a bucket".into());
+        }
+        if self.profile_lease_ms < 1000 {
+            errors.push("profile_lease_ms must be at least 1000".into());
         }
         let node_url = &self.node_url;
         if !(node_url.is_empty() || node_url.starts_with("http://") || node_url.starts_with("https://")) {
@@ -433,6 +464,10 @@ impl Config {
 
     pub fn tls_enabled(&self) -> bool {
         !self.tls_cert.is_empty()
+    }
+
+    pub fn profile_lease(&self) -> Duration {
+        Duration::from_millis(self.profile_lease_ms)
     }
 
     pub fn byo_timeout(&self) -> Duration {

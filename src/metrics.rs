@@ -69,6 +69,8 @@ pub struct Metrics {
     closes: [AtomicU64; CLOSE_CODES.len() + 1],
     pub profile_saves: AtomicU64,
     pub profile_save_failures: AtomicU64,
+    /// Saves refused by fencing: the node had lost the profile's writer lease.
+    pub profile_saves_superseded: AtomicU64,
     /// Creates that waited for a free slot, and how long in all.
     pub queue_waits: AtomicU64,
     /// Creates waiting for a slot right now.
@@ -271,6 +273,12 @@ impl Metrics {
                 "counter",
                 "Persisting sessions whose profile could not be saved.",
                 n(&self.profile_save_failures),
+            ),
+            (
+                "cdpgate_profile_saves_superseded_total",
+                "counter",
+                "Saves refused because a later writer had taken the profile (cluster fencing).",
+                n(&self.profile_saves_superseded),
             ),
             (
                 "cdpgate_queue_waits_total",

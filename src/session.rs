@@ -246,12 +246,12 @@ impl Session {
 async fn finish_profile(session: Arc<Session>, binding: ProfileBinding, lease: Option<Lease>) {
     if let Some(lease) = lease {
         if binding.hold.persist {
-            let outcome = binding.hold.save_from(&lease.browser).await;
+            let outcome = binding.store.save_from(&binding.hold, &lease.browser).await;
             tracing::info!(profile = %binding.hold.profile.id, outcome = %outcome.describe(), "profile save");
-            let counter = if outcome == SaveOutcome::Saved {
-                &binding.metrics.profile_saves
-            } else {
-                &binding.metrics.profile_save_failures
+            let counter = match outcome {
+                SaveOutcome::Saved => &binding.metrics.profile_saves,
+                SaveOutcome::Superseded => &binding.metrics.profile_saves_superseded,
+                _ => &binding.metrics.profile_save_failures,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if let Some(link) = &mut session.state().record.profile {
@@ -263,7 +263,7 @@ async fn finish_profile(session: Arc<Session>, binding: ProfileBinding, lease: O
         exited.cancelled().await;
         crate::browser::remove_dir_with_retries(&dir).await;
     }
-    binding.store.end_use(binding.hold);
+    binding.store.end_use(binding.hold).await;
     session.profile_released.cancel();
 }
 

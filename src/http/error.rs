@@ -160,6 +160,9 @@ impl From<ProfileError> for ApiError {
             ProfileError::NotFound => StatusCode::NOT_FOUND,
             ProfileError::Duplicate(_) | ProfileError::Busy(_) | ProfileError::InUse(_) => StatusCode::CONFLICT,
             ProfileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProfileError::Unavailable(_) => {
+                return ApiError::unavailable(e.to_string(), RETRY_AFTER_SECS).with_origin(e.origin());
+            }
         };
         ApiError::new(status, e.to_string()).with_origin(e.origin())
     }

@@ -22,7 +22,13 @@ pub async fn collection(
     match *request.method() {
         Method::POST => create_profile(broker, tenant, request).await,
         Method::GET => {
-            let profiles: Vec<Value> = broker.profiles.list(tenant).iter().map(|p| render(p)).collect();
+            let profiles: Vec<Value> = broker
+                .profiles
+                .list(tenant)
+                .await?
+                .iter()
+                .map(|p| render(p))
+                .collect();
             Ok(json_response(StatusCode::OK, &json!({ "profiles": profiles })))
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -34,10 +40,10 @@ pub async fn one(broker: &Broker, tenant: &Tenant, id: &str, method: &Method) ->
     match *method {
         Method::GET => Ok(json_response(
             StatusCode::OK,
-            &render(&*broker.profiles.get(tenant, id)?),
+            &render(&*broker.profiles.get(tenant, id).await?),
         )),
         Method::DELETE => {
-            broker.profiles.delete(tenant, id)?;
+            broker.profiles.delete(tenant, id).await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -63,7 +69,7 @@ pub async fn storage_state(
             broker.import_storage_state(tenant, id, &state).await?;
             Ok(json_response(
                 StatusCode::OK,
-                &render(&*broker.profiles.get(tenant, id)?),
+                &render(&*broker.profiles.get(tenant, id).await?),
             ))
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -77,7 +83,7 @@ pub fn render(profile: &Profile) -> Value {
         "name": profile.name,
         "provider": "local",
         "created_at": timestamp(profile.created_at),
-        "updated_at": timestamp(profile.updated_at()),
+        "updated_at": timestamp(profile.updated_at),
         "in_use_by": profile.users(),
     })
 }
@@ -118,11 +124,11 @@ async fn create_profile(
     if let Some(state) = state {
         storage_state::validate(state).map_err(|e| ApiError::unprocessable(format!("storage_state: {e}")))?;
     }
-    let profile = broker.profiles.create(tenant, &name)?;
+    let profile = broker.profiles.create(tenant, &name).await?;
     if let Some(state) = state
         && let Err(e) = broker.import_storage_state(tenant, &profile.id, state).await
     {
-        let _ = broker.profiles.delete(tenant, &profile.id);
+        let _ = broker.profiles.delete(tenant, &profile.id).await;
         return Err(e.into());
     }
     Ok(json_response(StatusCode::CREATED, &render(&profile)))

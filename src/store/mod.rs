@@ -6,6 +6,8 @@
 
 pub mod local;
 pub mod nodes;
+pub mod profile_data;
+pub mod profile_locks;
 pub mod profiles;
 pub mod record;
 pub mod redis;

@@ -40,6 +40,11 @@ impl Nodes {
         Nodes { redis, prefix }
     }
 
+    /// The connection and key prefix, for the other things a cluster keeps in Redis.
+    pub fn connection(&self) -> (ConnectionManager, String) {
+        (self.redis.clone(), self.prefix.clone())
+    }
+
     fn alive_key(&self, id: &str) -> String {
         format!("{}node:{id}:alive", self.prefix)
     }

@@ -1,53 +1,30 @@
 //! Browser profiles: the browser state a person wants back (cookies, logins, storage),
-//! kept on disk per tenant, copied into a session's browser at start, and saved back
-//! atomically when a persisting session ends.
+//! per tenant, copied into a session's browser at start, and saved back atomically when
+//! a persisting session ends.
 //!
-//! On disk, under `data_dir/profiles/<id>/`:
-//! - `profile.json`: id, name, tenant, timestamps;
-//! - `gen-<n>/user-data/`: a Chrome user-data directory without its caches, and
-//!   `gen-<n>/session-cookies.json`: the cookies without expiry, which Chrome keeps only
-//!   in memory;
-//! - `current`: a symlink to the generation in force. A save writes a new generation
-//!   aside, fsyncs it, and swaps the symlink with one `rename`, so a profile is always
-//!   the old generation or the new one, even if the broker dies mid-save.
+//! The bytes live in a [`ProfileData`] (a directory or an object store). One session at
+//! a time may persist into a profile: on one node a lock here says so; in a cluster a
+//! lease in Redis ([`ProfileLocks`]) with a fencing number, so that a node that lost its
+//! lease while paused cannot overwrite a later save.
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::StoreError;
+use super::profile_data::{ProfileData, Record};
+use super::profile_locks::{Commit, ProfileLocks, WriterLease};
 use super::record::SaveOutcome;
-use crate::auth::{Tenant, random_hex, unix_secs};
+use crate::auth::{Tenant, unix_secs};
 use crate::browser::Browser;
 use crate::browser::cdp;
 use crate::error::Origin;
-
-/// Directories of a Chrome profile that are caches, locks or crash data: not state a
-/// person expects back, and large.
-const SKIPPED: &[&str] = &[
-    "Cache",
-    "Code Cache",
-    "GPUCache",
-    "GrShaderCache",
-    "GraphiteDawnCache",
-    "DawnCache",
-    "DawnGraphiteCache",
-    "DawnWebGPUCache",
-    "ShaderCache",
-    "CacheStorage",
-    "ScriptCache",
-    "component_crx_cache",
-    "extensions_crx_cache",
-    "Crashpad",
-    "BrowserMetrics",
-    "Safe Browsing",
-    "DevToolsActivePort",
-];
 
 /// How long a persisting session's browser gets to close cleanly before the save.
 const CLOSE_LIMIT: Duration = Duration::from_secs(10);
@@ -64,24 +41,17 @@ pub enum ProfileError {
     InUse(usize),
     #[error("the profile store failed: {0}")]
     Io(#[from] io::Error),
+    #[error("the profile writer lease could not be taken: {0}")]
+    Unavailable(#[from] StoreError),
 }
 
 impl ProfileError {
     pub fn origin(&self) -> Origin {
         match self {
-            ProfileError::Io(_) => Origin::Internal,
+            ProfileError::Io(_) | ProfileError::Unavailable(_) => Origin::Internal,
             _ => Origin::Client,
         }
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Record {
-    id: String,
-    name: String,
-    tenant: String,
-    created_at: u64,
-    updated_at: u64,
 }
 
 pub struct Profile {
@@ -89,40 +59,27 @@ pub struct Profile {
     pub name: String,
     pub tenant: Tenant,
     pub created_at: SystemTime,
-    dir: PathBuf,
-    updated_at: Mutex<SystemTime>,
-    /// The session persisting into this profile, from its start until its save is done.
+    pub updated_at: SystemTime,
+    local: Arc<Local>,
+}
+
+impl Profile {
+    /// Sessions on this node using the profile now.
+    pub fn users(&self) -> usize {
+        self.local.users.load(Ordering::Relaxed)
+    }
+}
+
+/// What this node knows of a profile beyond its record: who uses it here.
+#[derive(Default)]
+struct Local {
+    /// The session persisting into this profile from this node, until its save is done.
     writer: Mutex<Option<String>>,
     /// Sessions using the profile now, readers and writer.
     users: AtomicUsize,
     /// A save holds it for writing; a new session's copy holds it for reading, so a
-    /// session created right after another ended starts from the saved state.
+    /// session created right after another ended on this node starts from the saved state.
     swap: tokio::sync::RwLock<()>,
-}
-
-impl Profile {
-    pub fn updated_at(&self) -> SystemTime {
-        *self.updated_at.lock().expect("profile lock")
-    }
-
-    /// Sessions using the profile now.
-    pub fn users(&self) -> usize {
-        self.users.load(Ordering::Relaxed)
-    }
-
-    fn record(&self) -> Record {
-        Record {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            tenant: self.tenant.to_string(),
-            created_at: unix_secs(self.created_at),
-            updated_at: unix_secs(*self.updated_at.lock().expect("profile lock")),
-        }
-    }
-
-    fn current(&self) -> PathBuf {
-        self.dir.join("current")
-    }
 }
 
 /// A session's hold on a profile, released when its browser is done with it.
@@ -130,161 +87,184 @@ pub struct ProfileUse {
     pub profile: Arc<Profile>,
     pub persist: bool,
     session_id: String,
+    /// The cluster's writer lease, renewed until the hold is released.
+    lease: Option<(WriterLease, DropGuard)>,
 }
 
 pub struct Profiles {
-    root: PathBuf,
-    records: DashMap<String, Arc<Profile>>,
+    data: ProfileData,
+    locks: Option<Arc<ProfileLocks>>,
+    local: DashMap<String, Arc<Local>>,
 }
 
 impl Profiles {
-    /// Loads every profile under `root`, dropping generations a crash left behind.
-    pub fn load(root: PathBuf) -> io::Result<Profiles> {
-        std::fs::create_dir_all(&root)?;
-        let records = DashMap::new();
-        for entry in std::fs::read_dir(&root)?.flatten() {
-            let dir = entry.path();
-            let Ok(text) = std::fs::read_to_string(dir.join("profile.json")) else {
-                // A profile whose creation never finished.
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
-            };
-            let Ok(r) = serde_json::from_str::<Record>(&text) else {
-                tracing::warn!(dir = %dir.display(), "skipping a profile with an unreadable profile.json");
-                continue;
-            };
-            clean_generations(&dir)?;
-            let profile = Profile {
-                id: r.id.clone(),
-                name: r.name,
-                tenant: Tenant::from_id(&r.tenant),
-                created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.created_at),
-                dir,
-                updated_at: Mutex::new(SystemTime::UNIX_EPOCH + Duration::from_secs(r.updated_at)),
-                writer: Mutex::new(None),
-                users: AtomicUsize::new(0),
-                swap: tokio::sync::RwLock::new(()),
-            };
-            records.insert(r.id, Arc::new(profile));
+    /// Profiles in `data`; with `locks`, shared by a cluster. A store only this node
+    /// writes is first cleared of what a crash left behind.
+    pub fn open(data: ProfileData, locks: Option<ProfileLocks>) -> io::Result<Profiles> {
+        if locks.is_none() {
+            data.recover()?;
         }
-        Ok(Profiles { root, records })
+        Ok(Profiles {
+            data,
+            locks: locks.map(Arc::new),
+            local: DashMap::new(),
+        })
     }
 
-    pub fn create(&self, tenant: &Tenant, name: &str) -> Result<Arc<Profile>, ProfileError> {
-        if self.list(tenant).iter().any(|p| p.name == name) {
+    fn profile(&self, r: Record) -> Arc<Profile> {
+        let local = self.local.entry(r.id.clone()).or_default().clone();
+        Arc::new(Profile {
+            id: r.id,
+            name: r.name,
+            tenant: Tenant::from_id(&r.tenant),
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.created_at),
+            updated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.updated_at),
+            local,
+        })
+    }
+
+    pub async fn create(&self, tenant: &Tenant, name: &str) -> Result<Arc<Profile>, ProfileError> {
+        if self.list(tenant).await?.iter().any(|p| p.name == name) {
             return Err(ProfileError::Duplicate(name.to_owned()));
         }
-        let id = uuid_v4();
-        let dir = self.root.join(&id);
-        let now = SystemTime::now();
-        let profile = Arc::new(Profile {
-            id: id.clone(),
+        let now = unix_secs(SystemTime::now());
+        let record = Record {
+            id: uuid_v4(),
             name: name.to_owned(),
-            tenant: tenant.clone(),
+            tenant: tenant.to_string(),
             created_at: now,
-            dir: dir.clone(),
-            updated_at: Mutex::new(now),
-            writer: Mutex::new(None),
-            users: AtomicUsize::new(0),
-            swap: tokio::sync::RwLock::new(()),
-        });
-        let generation = dir.join("gen-0");
-        std::fs::create_dir_all(generation.join("user-data"))?;
-        std::fs::write(generation.join("session-cookies.json"), "[]")?;
-        std::os::unix::fs::symlink("gen-0", dir.join("current"))?;
-        // profile.json last: a directory without it is an unfinished create.
-        write_atomically(
-            &dir.join("profile.json"),
-            &serde_json::to_vec_pretty(&profile.record()).unwrap_or_default(),
-        )?;
-        self.records.insert(id, profile.clone());
-        Ok(profile)
+            updated_at: now,
+        };
+        self.data.create(&record).await?;
+        Ok(self.profile(record))
     }
 
     /// The tenant's profiles, newest first.
-    pub fn list(&self, tenant: &Tenant) -> Vec<Arc<Profile>> {
+    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<Arc<Profile>>, ProfileError> {
+        let tenant_id = tenant.to_string();
         let mut list: Vec<Arc<Profile>> = self
-            .records
-            .iter()
-            .filter(|p| &p.tenant == tenant)
-            .map(|p| p.clone())
+            .data
+            .records()
+            .await?
+            .into_iter()
+            .filter(|r| r.tenant == tenant_id)
+            .map(|r| self.profile(r))
             .collect();
         list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.name.cmp(&b.name)));
-        list
+        Ok(list)
     }
 
-    pub fn get(&self, tenant: &Tenant, id: &str) -> Result<Arc<Profile>, ProfileError> {
-        self.records
-            .get(id)
-            .map(|p| p.clone())
-            .filter(|p| &p.tenant == tenant)
-            .ok_or(ProfileError::NotFound)
+    pub async fn get(&self, tenant: &Tenant, id: &str) -> Result<Arc<Profile>, ProfileError> {
+        match self.data.record(id).await? {
+            Some(r) if r.tenant == tenant.to_string() => Ok(self.profile(r)),
+            _ => Err(ProfileError::NotFound),
+        }
     }
 
-    pub fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), ProfileError> {
-        let profile = self.get(tenant, id)?;
-        let users = profile.users.load(Ordering::SeqCst);
+    /// Deletes a profile no session uses on this node and none persists into anywhere.
+    pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), ProfileError> {
+        let profile = self.get(tenant, id).await?;
+        let users = profile.local.users.load(Ordering::SeqCst);
         if users > 0 {
             return Err(ProfileError::InUse(users));
         }
-        self.records.remove(id);
-        // profile.json first: a half-deleted profile is never loaded again.
-        let _ = std::fs::remove_file(profile.dir.join("profile.json"));
-        std::fs::remove_dir_all(&profile.dir)?;
+        if let Some(locks) = &self.locks
+            && let Some(holder) = locks.writer(id).await?
+        {
+            return Err(ProfileError::Busy(holder));
+        }
+        self.data.remove(id).await?;
+        if let Some(locks) = &self.locks {
+            locks.forget(id).await?;
+        }
+        self.local.remove(id);
         Ok(())
     }
 
-    /// Takes the profile for a new session: any number of readers, one writer.
-    pub fn begin_use(
+    /// Takes the profile for a new session: any number of readers, one writer (in a
+    /// cluster, the holder of the writer lease, renewed in the background).
+    pub async fn begin_use(
         &self,
         profile: Arc<Profile>,
         session_id: &str,
         persist: bool,
     ) -> Result<ProfileUse, ProfileError> {
+        let mut lease = None;
         if persist {
-            let mut writer = profile.writer.lock().expect("profile lock");
-            if let Some(holder) = writer.as_ref() {
-                return Err(ProfileError::Busy(holder.clone()));
+            {
+                let mut writer = profile.local.writer.lock().expect("profile lock");
+                if let Some(holder) = writer.as_ref() {
+                    return Err(ProfileError::Busy(holder.clone()));
+                }
+                *writer = Some(session_id.to_owned());
             }
-            *writer = Some(session_id.to_owned());
+            if let Some(locks) = &self.locks {
+                let taken = locks.acquire(&profile.id, session_id).await;
+                let refusal = match taken {
+                    Ok(Ok(writer)) => {
+                        let renewal = CancellationToken::new();
+                        tokio::spawn(renew(locks.clone(), profile.id.clone(), writer.clone(), renewal.clone()));
+                        lease = Some((writer, renewal.drop_guard()));
+                        None
+                    }
+                    Ok(Err(holder)) => Some(ProfileError::Busy(holder)),
+                    Err(e) => Some(ProfileError::Unavailable(e)),
+                };
+                if let Some(refusal) = refusal {
+                    *profile.local.writer.lock().expect("profile lock") = None;
+                    return Err(refusal);
+                }
+            }
         }
-        profile.users.fetch_add(1, Ordering::SeqCst);
+        profile.local.users.fetch_add(1, Ordering::SeqCst);
         Ok(ProfileUse {
             profile,
             persist,
             session_id: session_id.to_owned(),
+            lease,
         })
     }
 
-    pub fn end_use(&self, hold: ProfileUse) {
-        let mut writer = hold.profile.writer.lock().expect("profile lock");
-        if writer.as_deref() == Some(hold.session_id.as_str()) {
-            *writer = None;
+    pub async fn end_use(&self, hold: ProfileUse) {
+        {
+            let mut writer = hold.profile.local.writer.lock().expect("profile lock");
+            if writer.as_deref() == Some(hold.session_id.as_str()) {
+                *writer = None;
+            }
         }
-        hold.profile.users.fetch_sub(1, Ordering::SeqCst);
+        hold.profile.local.users.fetch_sub(1, Ordering::SeqCst);
+        if let (Some(locks), Some((lease, renewal))) = (&self.locks, hold.lease) {
+            drop(renewal);
+            if let Err(e) = locks.release(&hold.profile.id, &lease).await {
+                // The lease lapses by itself.
+                tracing::warn!(profile = %hold.profile.id, error = %e, "could not release the profile writer lease");
+            }
+        }
     }
-}
 
-impl ProfileUse {
+    /// The generation in force: the cluster's last commit, else the store's pointer.
+    async fn current(&self, id: &str) -> Result<String, ProfileError> {
+        if let Some(locks) = &self.locks
+            && let Some(generation) = locks.current(id).await?
+        {
+            return Ok(generation);
+        }
+        self.data.current(id).await?.ok_or(ProfileError::NotFound)
+    }
+
     /// Copies the profile's current state into `dest` (a new browser's user-data
     /// directory) and answers its session cookies.
-    pub async fn copy_into(&self, dest: &Path) -> io::Result<Vec<Value>> {
-        let _reading = self.profile.swap.read().await;
-        let current = self.profile.current();
-        let dest = dest.to_owned();
-        tokio::task::spawn_blocking(move || {
-            copy_tree(&current.join("user-data"), &dest, false)?;
-            let cookies = std::fs::read(current.join("session-cookies.json")).unwrap_or_default();
-            Ok(serde_json::from_slice(&cookies).unwrap_or_default())
-        })
-        .await
-        .map_err(io::Error::other)?
+    pub async fn copy_into(&self, hold: &ProfileUse, dest: &Path) -> Result<Vec<Value>, ProfileError> {
+        let _reading = hold.profile.local.swap.read().await;
+        let generation = self.current(&hold.profile.id).await?;
+        let cookies = self.data.read_generation(&hold.profile.id, &generation, dest).await?;
+        Ok(serde_json::from_slice(&cookies).unwrap_or_default())
     }
 
     /// Saves the state of `browser` (still running) into the profile: session cookies
-    /// read over CDP, a clean close so Chrome flushes its stores, then an atomic swap.
+    /// read over CDP, a clean close so Chrome flushes its stores, then the commit.
     /// Answers what became of it, for the session record.
-    pub async fn save_from(&self, browser: &Browser) -> SaveOutcome {
+    pub async fn save_from(&self, hold: &ProfileUse, browser: &Browser) -> SaveOutcome {
         let cookies = if browser.is_alive() {
             session_cookies(browser).await
         } else {
@@ -298,51 +278,80 @@ impl ProfileUse {
             }
             (true, Some(false)) => return SaveOutcome::Crashed,
         }
-        match self.write_generation(&browser.dir, &cookies).await {
-            Ok(()) => SaveOutcome::Saved,
-            Err(e) => {
-                tracing::warn!(profile = %self.profile.id, error = %e, "profile save failed");
-                SaveOutcome::Failed(e.to_string())
-            }
-        }
+        self.save(hold, &browser.dir, &cookies).await
     }
 
-    async fn write_generation(&self, user_data: &Path, cookies: &[Value]) -> io::Result<()> {
-        let _writing = self.profile.swap.write().await;
-        let dir = self.profile.dir.clone();
-        let source = user_data.to_owned();
+    /// Writes a new generation from `user_data` and commits it: on one node by swapping
+    /// the store's pointer, in a cluster by the fenced commit in Redis.
+    pub async fn save(&self, hold: &ProfileUse, user_data: &Path, cookies: &[Value]) -> SaveOutcome {
+        let id = &hold.profile.id;
+        let _writing = hold.profile.local.swap.write().await;
         let cookies = serde_json::to_vec(cookies).unwrap_or_else(|_| b"[]".to_vec());
-        tokio::task::spawn_blocking(move || {
-            let name = format!("gen-{}", random_hex(6));
-            let aside = dir.join(format!("{name}.tmp"));
-            let written = (|| {
-                copy_tree(&source, &aside.join("user-data"), true)?;
-                write_synced(&aside.join("session-cookies.json"), &cookies)?;
-                sync_dir(&aside)?;
-                std::fs::rename(&aside, dir.join(&name))
-            })();
-            if let Err(e) = written {
-                // A full disk must not stay full: the half-written generation goes.
-                let _ = std::fs::remove_dir_all(&aside);
-                return Err(e);
+        let generation = match self.data.write_generation(id, Some(user_data), &cookies).await {
+            Ok(generation) => generation,
+            Err(e) => {
+                tracing::warn!(profile = %id, error = %e, "profile save failed");
+                return SaveOutcome::Failed(e.to_string());
             }
-            // The swap: a new symlink beside the old one, renamed over it.
-            let link = dir.join("current.tmp");
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&name, &link)?;
-            std::fs::rename(&link, dir.join("current"))?;
-            sync_dir(&dir)?;
-            clean_generations(&dir)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        *self.profile.updated_at.lock().expect("profile lock") = SystemTime::now();
-        // The state is saved by now; a stale updated_at on disk is not worth failing for.
-        let record = serde_json::to_vec_pretty(&self.profile.record()).unwrap_or_default();
-        if let Err(e) = write_atomically(&self.profile.dir.join("profile.json"), &record) {
-            tracing::warn!(profile = %self.profile.id, error = %e, "could not update profile.json");
+        };
+        let committed = match (&self.locks, &hold.lease) {
+            (Some(locks), Some((lease, _))) => match locks.commit(id, lease, &generation).await {
+                Ok(Commit::Done { replaced }) => {
+                    // The store's own pointer follows, for anyone reading it without Redis.
+                    let keep: Vec<String> = [Some(generation.clone()), replaced].into_iter().flatten().collect();
+                    self.data.set_current(id, &generation).await.map(|_| keep)
+                }
+                Ok(Commit::Fenced) => {
+                    tracing::warn!(profile = %id, fence = lease.fence, "stale profile save refused: a later writer has the profile");
+                    let _ = self.data.drop_generation(id, &generation).await;
+                    return SaveOutcome::Superseded;
+                }
+                Err(e) => Err(io::Error::other(e)),
+            },
+            _ => self
+                .data
+                .set_current(id, &generation)
+                .await
+                .map(|_| vec![generation.clone()]),
+        };
+        let keep = match committed {
+            Ok(keep) => keep,
+            Err(e) => {
+                tracing::warn!(profile = %id, error = %e, "profile save not committed");
+                let _ = self.data.drop_generation(id, &generation).await;
+                return SaveOutcome::Failed(e.to_string());
+            }
+        };
+        if let Err(e) = self.data.keep_only(id, &keep).await {
+            tracing::debug!(profile = %id, error = %e, "old profile generations not removed yet");
         }
-        Ok(())
+        // The state is saved by now; a stale updated_at is not worth failing for.
+        if let Ok(Some(mut record)) = self.data.record(id).await {
+            record.updated_at = unix_secs(SystemTime::now());
+            if let Err(e) = self.data.put_record(&record).await {
+                tracing::warn!(profile = %id, error = %e, "could not update the profile's record");
+            }
+        }
+        SaveOutcome::Saved
+    }
+}
+
+/// Renews a writer lease every third of its length until `stop`; gives up once it has
+/// been lost (the fence then keeps a late save out).
+async fn renew(locks: Arc<ProfileLocks>, id: String, lease: WriterLease, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(locks.lease() / 3) => {}
+        }
+        match locks.renew(&id, &lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(profile = %id, fence = lease.fence, "profile writer lease lost; this session's save will be refused");
+                return;
+            }
+            Err(e) => tracing::warn!(profile = %id, error = %e, "profile writer lease not renewed"),
+        }
     }
 }
 
@@ -395,73 +404,6 @@ async fn session_cookies(browser: &Browser) -> Vec<Value> {
     }
 }
 
-/// Keeps the generation `current` points to; removes the others and unfinished ones.
-fn clean_generations(dir: &Path) -> io::Result<()> {
-    let current = std::fs::read_link(dir.join("current")).ok();
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = name.starts_with("gen-") && current.as_deref() != Some(Path::new(&name));
-        if stale || name == "current.tmp" {
-            let path = entry.path();
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-        }
-    }
-    Ok(())
-}
-
-/// Copies a directory tree, skipping caches, locks and anything not a plain file or
-/// directory; with `sync`, every file is fsynced.
-fn copy_tree(from: &Path, to: &Path, sync: bool) -> io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        if SKIPPED.contains(&name_str.as_ref()) || name_str.starts_with("Singleton") {
-            continue;
-        }
-        let kind = entry.file_type()?;
-        let (src, dst) = (entry.path(), to.join(&name));
-        if kind.is_dir() {
-            copy_tree(&src, &dst, sync)?;
-        } else if kind.is_file() {
-            std::fs::copy(&src, &dst)?;
-            if sync {
-                std::fs::File::open(&dst)?.sync_all()?;
-            }
-        }
-    }
-    if sync {
-        sync_dir(to)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Writes aside, fsyncs, renames over.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    write_synced(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
 /// A random (version 4) UUID.
 fn uuid_v4() -> String {
     let mut b = [0u8; 16];
@@ -475,29 +417,33 @@ fn uuid_v4() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::profile_data::tests::TestS3;
+    use crate::store::redis::RedisStore;
+    use crate::store::redis::tests::TestRedis;
+    use std::path::PathBuf;
 
-    #[test]
-    fn profiles_are_per_tenant_and_survive_a_reload() {
+    fn local(root: &Path) -> Profiles {
+        Profiles::open(ProfileData::Directory(root.to_owned()), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn profiles_are_per_tenant_and_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("profiles");
-        let store = Profiles::load(root.clone()).unwrap();
-        let a = crate::auth::ApiKeys::new(&["tenant-a-key-0123456789".into()]);
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert("x-api-key", "tenant-a-key-0123456789".parse().unwrap());
-        let tenant = a.authenticate(&headers).unwrap();
+        let store = local(dir.path());
+        let tenant = Tenant::from_id("t_a");
         let other = Tenant::from_id("t_other");
 
-        let p = store.create(&tenant, "work").unwrap();
-        assert!(matches!(store.create(&tenant, "work"), Err(ProfileError::Duplicate(_))));
-        store.create(&other, "work").unwrap();
-        assert!(matches!(store.get(&other, &p.id), Err(ProfileError::NotFound)));
+        let p = store.create(&tenant, "work").await.unwrap();
+        assert!(matches!(store.create(&tenant, "work").await, Err(ProfileError::Duplicate(_))));
+        store.create(&other, "work").await.unwrap();
+        assert!(matches!(store.get(&other, &p.id).await, Err(ProfileError::NotFound)));
         assert_eq!(p.id.len(), 36);
         assert_eq!(&p.id[14..15], "4");
 
-        let reloaded = Profiles::load(root).unwrap();
-        let again = reloaded.get(&tenant, &p.id).unwrap();
+        let reloaded = local(dir.path());
+        let again = reloaded.get(&tenant, &p.id).await.unwrap();
         assert_eq!(again.name, "work");
-        assert_eq!(reloaded.list(&tenant).len(), 1);
+        assert_eq!(reloaded.list(&tenant).await.unwrap().len(), 1);
     }
 
     /// A generation directory holding `value` in a file of its user data and in its
@@ -548,21 +494,21 @@ mod tests {
         ];
         for (moment, crash, expected) in crashes {
             let root = tempfile::tempdir().unwrap();
-            let store = Profiles::load(root.path().to_owned()).unwrap();
+            let store = local(root.path());
             let tenant = Tenant::from_id("t_a");
-            let profile = store.create(&tenant, "p").unwrap();
+            let profile = store.create(&tenant, "p").await.unwrap();
             // A profile saved once before: "old" is its state.
             let dir = root.path().join(&profile.id);
-            generation(&dir, "gen-old", "old");
             std::fs::remove_file(dir.join("current")).unwrap();
+            generation(&dir, "gen-old", "old");
             link(&dir, "current", "gen-old");
             crash(&dir);
 
-            let reloaded = Profiles::load(root.path().to_owned()).unwrap();
-            let profile = reloaded.get(&tenant, &profile.id).unwrap();
+            let reloaded = local(root.path());
+            let profile = reloaded.get(&tenant, &profile.id).await.unwrap();
             let copy = tempfile::tempdir().unwrap();
-            let hold = reloaded.begin_use(profile, "sess_reader", false).unwrap();
-            let cookies = hold.copy_into(copy.path()).await.unwrap();
+            let hold = reloaded.begin_use(profile, "sess_reader", false).await.unwrap();
+            let cookies = reloaded.copy_into(&hold, copy.path()).await.unwrap();
             let content = std::fs::read_to_string(copy.path().join("Cookies")).unwrap();
             assert_eq!(content, expected, "killed {moment}");
             assert_eq!(cookies[0]["value"], expected, "killed {moment}");
@@ -580,59 +526,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_writer_many_readers_and_no_delete_in_use() {
+    #[tokio::test]
+    async fn one_writer_many_readers_and_no_delete_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Profiles::load(dir.path().to_owned()).unwrap();
+        let store = local(dir.path());
         let t = Tenant::from_id("t_a");
-        let p = store.create(&t, "p").unwrap();
-        let w = store.begin_use(p.clone(), "sess_w", true).unwrap();
-        assert!(matches!(store.begin_use(p.clone(), "sess_x", true), Err(ProfileError::Busy(s)) if s == "sess_w"));
-        let r = store.begin_use(p.clone(), "sess_r", false).unwrap();
-        assert!(matches!(store.delete(&t, &p.id), Err(ProfileError::InUse(2))));
-        store.end_use(w);
-        store.end_use(r);
-        store
-            .begin_use(p.clone(), "sess_y", true)
-            .map(|u| store.end_use(u))
-            .unwrap();
-        store.delete(&t, &p.id).unwrap();
-        assert!(matches!(store.get(&t, &p.id), Err(ProfileError::NotFound)));
+        let p = store.create(&t, "p").await.unwrap();
+        let w = store.begin_use(p.clone(), "sess_w", true).await.unwrap();
+        assert!(matches!(store.begin_use(p.clone(), "sess_x", true).await, Err(ProfileError::Busy(s)) if s == "sess_w"));
+        let r = store.begin_use(p.clone(), "sess_r", false).await.unwrap();
+        assert!(matches!(store.delete(&t, &p.id).await, Err(ProfileError::InUse(2))));
+        store.end_use(w).await;
+        store.end_use(r).await;
+        let y = store.begin_use(p.clone(), "sess_y", true).await.unwrap();
+        store.end_use(y).await;
+        store.delete(&t, &p.id).await.unwrap();
+        assert!(matches!(store.get(&t, &p.id).await, Err(ProfileError::NotFound)));
     }
 
-    #[test]
-    fn a_crash_between_writing_and_swapping_keeps_the_old_generation() {
-        let dir = tempfile::tempdir().unwrap();
-        let pdir = dir.path().join("p");
-        std::fs::create_dir_all(pdir.join("gen-a/user-data")).unwrap();
-        std::fs::write(pdir.join("gen-a/user-data/Cookies"), "old").unwrap();
-        std::os::unix::fs::symlink("gen-a", pdir.join("current")).unwrap();
-        // What a kill leaves: a finished generation not yet swapped in, and one half-written.
-        std::fs::create_dir_all(pdir.join("gen-b/user-data")).unwrap();
-        std::fs::write(pdir.join("gen-b/user-data/Cookies"), "new").unwrap();
-        std::fs::create_dir_all(pdir.join("gen-c.tmp/user-data")).unwrap();
-        clean_generations(&pdir).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(pdir.join("current/user-data/Cookies")).unwrap(),
-            "old"
+    /// Two nodes sharing a profile store and a Redis: one writer at a time across both,
+    /// and a writer that lost its lease cannot overwrite what the next one saved.
+    async fn a_stale_writer_is_fenced_off(data: impl Fn() -> ProfileData) {
+        let redis = TestRedis::start();
+        let node = async || {
+            let (conn, prefix) = RedisStore::connect(&redis.url, "f:").await.unwrap().connection();
+            Profiles::open(data(), Some(ProfileLocks::new(conn, prefix, Duration::from_secs(5)))).unwrap()
+        };
+        let (a, b) = (node().await, node().await);
+        let t = Tenant::from_id("t_a");
+        let created = a.create(&t, "shared").await.unwrap();
+        let on_a = a.begin_use(a.get(&t, &created.id).await.unwrap(), "sess_a", true).await.unwrap();
+        let profile_b = b.get(&t, &created.id).await.unwrap();
+        assert!(
+            matches!(b.begin_use(profile_b.clone(), "sess_b", true).await, Err(ProfileError::Busy(h)) if h == "sess_a"),
+            "the other node cannot write while A holds the lease"
         );
-        assert!(!pdir.join("gen-b").exists() && !pdir.join("gen-c.tmp").exists());
+        assert!(matches!(b.delete(&t, &created.id).await, Err(ProfileError::Busy(_))));
+        // A stalls and its lease lapses (its renewals stopped): what expiry does to the key.
+        let mut redis_conn = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("f:profile:{}:writer", created.id))
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap();
+        let on_b = b.begin_use(profile_b, "sess_b", true).await.unwrap();
+        let state = |value: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("Cookies"), value).unwrap();
+            dir
+        };
+        let newer = state("newer");
+        assert_eq!(b.save(&on_b, newer.path(), &[]).await, SaveOutcome::Saved);
+        let stale = state("stale");
+        assert_eq!(a.save(&on_a, stale.path(), &[]).await, SaveOutcome::Superseded);
+        b.end_use(on_b).await;
+        assert_eq!(a.save(&on_a, stale.path(), &[]).await, SaveOutcome::Superseded, "still, once B let go");
+        a.end_use(on_a).await;
+        for node in [&a, &b] {
+            let reader = node
+                .begin_use(node.get(&t, &created.id).await.unwrap(), "sess_r", false)
+                .await
+                .unwrap();
+            let copy = tempfile::tempdir().unwrap();
+            node.copy_into(&reader, copy.path()).await.unwrap();
+            assert_eq!(std::fs::read_to_string(copy.path().join("Cookies")).unwrap(), "newer");
+            node.end_use(reader).await;
+        }
+        // Free again: a new writer saves over B's state, on either node.
+        let again = a.begin_use(a.get(&t, &created.id).await.unwrap(), "sess_c", true).await.unwrap();
+        let latest = state("latest");
+        assert_eq!(a.save(&again, latest.path(), &[]).await, SaveOutcome::Saved);
+        a.end_use(again).await;
+        b.delete(&t, &created.id).await.unwrap();
+        assert!(matches!(a.get(&t, &created.id).await, Err(ProfileError::NotFound)));
     }
 
-    #[test]
-    fn copies_skip_caches_and_locks() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = dir.path().join("from");
-        std::fs::create_dir_all(from.join("Default/Cache/x")).unwrap();
-        std::fs::create_dir_all(from.join("Default/Local Storage/leveldb")).unwrap();
-        std::fs::write(from.join("Default/Local Storage/leveldb/000003.log"), "ls").unwrap();
-        std::fs::write(from.join("Default/Cookies"), "c").unwrap();
-        std::os::unix::fs::symlink("/nonexistent", from.join("SingletonLock")).unwrap();
-        let to = dir.path().join("to");
-        copy_tree(&from, &to, true).unwrap();
-        assert!(to.join("Default/Cookies").exists());
-        assert!(to.join("Default/Local Storage/leveldb/000003.log").exists());
-        assert!(!to.join("Default/Cache").exists());
-        assert!(std::fs::symlink_metadata(to.join("SingletonLock")).is_err());
+    #[tokio::test]
+    async fn a_stale_writer_is_fenced_off_in_a_shared_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let path: PathBuf = root.path().to_owned();
+        a_stale_writer_is_fenced_off(|| ProfileData::Directory(path.clone())).await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_writer_is_fenced_off_in_an_object_store() {
+        let s3 = TestS3::start("fenced");
+        a_stale_writer_is_fenced_off(|| s3.data("fenced", "p")).await;
     }
 }

@@ -109,7 +109,12 @@ pub enum SaveOutcome {
     Crashed,
     /// Writing the new generation failed (a full disk, say): the old one is kept.
     Failed(String),
+    /// Refused by fencing: the session's node lost the profile's writer lease (paused or
+    /// cut off) and a later writer took the profile; the later state is kept.
+    Superseded,
 }
+
+const SUPERSEDED: &str = "not saved: the writer lease was lost and a later session saved the profile";
 
 impl SaveOutcome {
     /// The `profile_saved` text the API shows.
@@ -118,6 +123,7 @@ impl SaveOutcome {
             SaveOutcome::Saved => "saved".into(),
             SaveOutcome::NotClosedInTime => "not saved: the browser did not close cleanly in time".into(),
             SaveOutcome::Crashed => "not saved: the browser crashed".into(),
+            SaveOutcome::Superseded => SUPERSEDED.into(),
             SaveOutcome::Failed(e) => format!("not saved: {e}"),
         }
     }
@@ -128,6 +134,7 @@ impl SaveOutcome {
             "saved" => Some(SaveOutcome::Saved),
             "not saved: the browser did not close cleanly in time" => Some(SaveOutcome::NotClosedInTime),
             "not saved: the browser crashed" => Some(SaveOutcome::Crashed),
+            SUPERSEDED => Some(SaveOutcome::Superseded),
             other => other
                 .strip_prefix("not saved: ")
                 .map(|e| SaveOutcome::Failed(e.to_owned())),
@@ -222,6 +229,7 @@ mod tests {
             SaveOutcome::Saved,
             SaveOutcome::NotClosedInTime,
             SaveOutcome::Crashed,
+            SaveOutcome::Superseded,
             SaveOutcome::Failed("No space left on device (os error 28)".into()),
         ] {
             assert_eq!(SaveOutcome::parse(&outcome.describe()), Some(outcome));
