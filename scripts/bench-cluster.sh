@@ -38,7 +38,7 @@ sleep 0.3
 key=bench-key-0123456789abcdef
 node() { # name → address
   CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/$1" CDPGATE_API_KEYS=$key \
-    CDPGATE_REDIS_URL="redis://127.0.0.1:$redis_port/" CDPGATE_NODE_ID="$1" \
+    CDPGATE_REDIS_URL="redis://127.0.0.1:$redis_port/" CDPGATE_NODE_ID="$1" CDPGATE_PROFILE_STORE="$tmp/profiles" \
     CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 CDPGATE_CREATES_PER_MINUTE=0 RUST_LOG=warn \
     CDPGATE_MAX_CONNECTIONS_PER_SESSION=100000 \
     target/release/cdpgate "$tmp/no-config.toml" >"$tmp/$1.log" 2>&1 &

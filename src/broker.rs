@@ -265,10 +265,12 @@ impl Broker {
             metrics.clone(),
         ));
         let (node, store, nodes) = open_store(&config).await?;
-        let profiles = Arc::new(open_profiles(&config, nodes.as_ref()).map_err(|source| StartError::Profiles {
-            store: config.profile_store.clone(),
-            source,
-        })?);
+        let profiles = Arc::new(
+            open_profiles(&config, nodes.as_ref()).map_err(|source| StartError::Profiles {
+                store: config.profile_store.clone(),
+                source,
+            })?,
+        );
         if let Some(nodes) = &nodes
             && config.token_secret.is_empty()
         {
@@ -385,10 +387,7 @@ impl Broker {
         request: NewSession,
     ) -> Result<Arc<Session>, BrokerError> {
         let profile = self.profiles.get(&tenant, &profile_id).await?;
-        let hold = self
-            .profiles
-            .begin_use(profile, &id, request.persist_changes)
-            .await?;
+        let hold = self.profiles.begin_use(profile, &id, request.persist_changes).await?;
         let dir = self.pool.scratch_dir();
         let prepared = async {
             let cookies = self

@@ -23,8 +23,10 @@ async fn cluster_node_with(
     tweak: impl FnOnce(&mut cdpgate::Config),
 ) -> TestServer {
     let (url, prefix, name) = (redis.url.clone(), prefix.to_owned(), name.to_owned());
+    let profiles = redis.profiles.path().to_string_lossy().into_owned();
     TestServer::start_with(move |c| {
         c.redis_url = url;
+        c.profile_store = profiles;
         c.redis_prefix = prefix;
         c.node_id = name;
         tweak(c);
@@ -129,11 +131,13 @@ async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions()
 
 /// A node as its own process (the `cdpgate` binary), so a test can kill or pause it.
 async fn binary_node(redis: &TestRedis, prefix: &str, name: &str, data_dir: &std::path::Path) -> Binary {
+    let profiles = redis.profiles.path().to_string_lossy();
     let env = [
         ("CDPGATE_API_KEYS", KEY_A),
         ("CDPGATE_REDIS_URL", redis.url.as_str()),
         ("CDPGATE_REDIS_PREFIX", prefix),
         ("CDPGATE_NODE_ID", name),
+        ("CDPGATE_PROFILE_STORE", &profiles),
     ];
     start_binary(data_dir, &env).await
 }
@@ -529,5 +533,185 @@ async fn three_nodes_behind_nginx_with_the_documented_config() {
     let _ = tokio::time::timeout(Duration::from_secs(10), nginx.wait()).await;
     for node in nodes {
         node.stop().await;
+    }
+}
+
+/// A site whose `/stale` and `/newer` set a persistent `state` cookie; every page reports
+/// the cookies it sees.
+async fn start_cookie_site() -> std::net::SocketAddr {
+    serve_pages(|path| {
+        let cookie = match path {
+            "/stale" => "set-cookie: state=stale; Path=/; Max-Age=86400\r\n",
+            "/newer" => "set-cookie: state=newer; Path=/; Max-Age=86400\r\n",
+            _ => "",
+        };
+        let page = "<html><body><script>window.__state = document.cookie;</script></body></html>";
+        (cookie.to_owned(), page.to_owned())
+    })
+    .await
+}
+
+/// Profiles in an S3 store (moto) shared by two nodes: one writer across the cluster, and a
+/// node paused past its writer lease wakes up to find its save refused (fencing), the
+/// later writer's state intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_paused_past_its_lease_cannot_overwrite_a_later_save() {
+    let redis = start_redis().await;
+    let s3 = start_s3("profiles").await;
+    let site = start_cookie_site().await;
+    let store = format!("s3://{}/cluster", s3.bucket);
+    let start_node = async |name: &str, dir: &std::path::Path| {
+        let mut env: Vec<(&str, String)> = s3.env();
+        env.extend([
+            ("CDPGATE_API_KEYS", KEY_A.to_owned()),
+            ("CDPGATE_REDIS_URL", redis.url.clone()),
+            ("CDPGATE_REDIS_PREFIX", "fence:".to_owned()),
+            ("CDPGATE_NODE_ID", name.to_owned()),
+            ("CDPGATE_PROFILE_STORE", store.clone()),
+            ("CDPGATE_PROFILE_LEASE_MS", "3000".to_owned()),
+        ]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_binary(dir, &env).await
+    };
+    let (dir_a, dir_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_node("node-a", dir_a.path()).await;
+    let c = start_node("node-c", dir_c.path()).await;
+    let post = async |addr, path: &str, body: serde_json::Value| {
+        http(addr, Method::POST, path, Some(KEY_A), Some(&body.to_string())).await
+    };
+    let profile = post(a.addr, "/public/browser-profiles", json!({"name": "shared"})).await;
+    assert_eq!(profile.status, StatusCode::CREATED, "{}", profile.body);
+    let profile_id = profile.json["id"].as_str().unwrap().to_owned();
+    let writer = json!({"profile_id": profile_id, "persist_changes": true});
+
+    // Two nodes race for the profile's writer lease: exactly one wins.
+    let (on_a, on_c) = tokio::join!(
+        post(a.addr, "/public/sessions", writer.clone()),
+        post(c.addr, "/public/sessions", writer.clone())
+    );
+    let mut statuses = [on_a.status, on_c.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::CONFLICT],
+        "{} / {}",
+        on_a.body,
+        on_c.body
+    );
+    let (winner, node_of_winner) = if on_a.status == StatusCode::CREATED {
+        (&on_a, a.addr)
+    } else {
+        (&on_c, c.addr)
+    };
+    let winner_id = winner.json["session_id"].as_str().unwrap();
+    let path = format!("/public/sessions/{winner_id}/terminate");
+    assert_eq!(
+        http(node_of_winner, Method::POST, &path, Some(KEY_A), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+
+    // C writes "stale" and is paused past its lease.
+    let stale = post(c.addr, "/public/sessions", writer.clone()).await;
+    assert_eq!(stale.status, StatusCode::CREATED, "{}", stale.body);
+    let stale_id = stale.json["session_id"].as_str().unwrap().to_owned();
+    let seen = node(
+        "page_state.mjs",
+        &[stale.json["cdp_url"].as_str().unwrap(), &format!("http://{site}/stale")],
+    )
+    .await;
+    assert_eq!(seen, "state=stale");
+    signal(&c.child, libc::SIGSTOP);
+    // Once the lease lapses, A may write: it saves "newer".
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let newer = loop {
+        let r = post(a.addr, "/public/sessions", writer.clone()).await;
+        if r.status == StatusCode::CREATED || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    if newer.status != StatusCode::CREATED {
+        signal(&c.child, libc::SIGCONT);
+    }
+    assert_eq!(
+        newer.status,
+        StatusCode::CREATED,
+        "the lapsed lease was taken: {}",
+        newer.body
+    );
+    let newer_id = newer.json["session_id"].as_str().unwrap();
+    let seen = node(
+        "page_state.mjs",
+        &[newer.json["cdp_url"].as_str().unwrap(), &format!("http://{site}/newer")],
+    )
+    .await;
+    assert_eq!(
+        seen, "state=newer",
+        "A started from the last committed state and changed it"
+    );
+    let path = format!("/public/sessions/{newer_id}/terminate");
+    assert_eq!(
+        http(a.addr, Method::POST, &path, Some(KEY_A), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let saved = http(
+        a.addr,
+        Method::GET,
+        &format!("/public/sessions/{newer_id}"),
+        Some(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(saved.json["profile_saved"], "saved", "{}", saved.body);
+
+    // C wakes up (before the cluster took it for lost: its session still runs); when that
+    // session ends, its save of "stale" is refused.
+    signal(&c.child, libc::SIGCONT);
+    let path = format!("/public/sessions/{stale_id}/terminate");
+    assert_eq!(
+        http(a.addr, Method::POST, &path, Some(KEY_A), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let stale_record = http(
+        a.addr,
+        Method::GET,
+        &format!("/public/sessions/{stale_id}"),
+        Some(KEY_A),
+        None,
+    )
+    .await;
+    assert_eq!(
+        stale_record.json["profile_saved"],
+        "not saved: the writer lease was lost and a later session saved the profile",
+        "{}",
+        stale_record.body
+    );
+    let metrics = http(c.addr, Method::GET, "/metrics", None, None).await.body;
+    assert!(
+        metrics.contains("cdpgate_profile_saves_superseded_total 1"),
+        "{metrics}"
+    );
+    let reader = post(
+        a.addr,
+        "/public/sessions",
+        json!({"profile_id": profile_id, "persist_changes": false}),
+    )
+    .await;
+    assert_eq!(reader.status, StatusCode::CREATED, "{}", reader.body);
+    let seen = node(
+        "page_state.mjs",
+        &[
+            reader.json["cdp_url"].as_str().unwrap(),
+            &format!("http://{site}/check"),
+        ],
+    )
+    .await;
+    assert_eq!(seen, "state=newer", "the later save survives");
+
+    for mut n in [a, c] {
+        signal(&n.child, libc::SIGTERM);
+        n.child.wait().await.unwrap();
     }
 }

@@ -22,13 +22,7 @@ pub async fn collection(
     match *request.method() {
         Method::POST => create_profile(broker, tenant, request).await,
         Method::GET => {
-            let profiles: Vec<Value> = broker
-                .profiles
-                .list(tenant)
-                .await?
-                .iter()
-                .map(|p| render(p))
-                .collect();
+            let profiles: Vec<Value> = broker.profiles.list(tenant).await?.iter().map(|p| render(p)).collect();
             Ok(json_response(StatusCode::OK, &json!({ "profiles": profiles })))
         }
         _ => Err(ApiError::method_not_allowed()),

@@ -63,7 +63,10 @@ pub struct Record {
 
 pub enum ProfileData {
     Directory(PathBuf),
-    Objects { store: Arc<dyn ObjectStore>, prefix: String },
+    Objects {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+    },
 }
 
 impl ProfileData {
@@ -71,15 +74,30 @@ impl ProfileData {
     /// endpoint from the usual `AWS_*` variables; empty means `default_dir`.
     pub fn open(spec: &str, default_dir: PathBuf) -> io::Result<ProfileData> {
         let Some(rest) = spec.strip_prefix("s3://") else {
-            let dir = if spec.is_empty() { default_dir } else { PathBuf::from(spec) };
+            let dir = if spec.is_empty() {
+                default_dir
+            } else {
+                PathBuf::from(spec)
+            };
             std::fs::create_dir_all(&dir)?;
             return Ok(ProfileData::Directory(dir));
         };
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let store = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(io::Error::other)?;
+        ProfileData::open_s3(rest, std::env::vars())
+    }
+
+    /// An object store at `bucket[/prefix]`, configured by `AWS_*` variables (as the AWS
+    /// tools read them) from `vars`.
+    pub fn open_s3(location: &str, vars: impl IntoIterator<Item = (String, String)>) -> io::Result<ProfileData> {
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let mut builder = object_store::aws::AmazonS3Builder::new();
+        for (key, value) in vars {
+            if key.starts_with("AWS_")
+                && let Ok(key) = key.to_ascii_lowercase().parse()
+            {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let store = builder.with_bucket_name(bucket).build().map_err(io::Error::other)?;
         Ok(ProfileData::Objects {
             store: Arc::new(store),
             prefix: prefix.trim_matches('/').to_owned(),
@@ -129,7 +147,10 @@ impl ProfileData {
             }
             ProfileData::Objects { store, prefix } => {
                 let root = (!prefix.is_empty()).then(|| Key::from(prefix.as_str()));
-                let listing = store.list_with_delimiter(root.as_ref()).await.map_err(io::Error::other)?;
+                let listing = store
+                    .list_with_delimiter(root.as_ref())
+                    .await
+                    .map_err(io::Error::other)?;
                 let mut records = Vec::new();
                 for dir in listing.common_prefixes {
                     let Some(id) = dir.filename() else { continue };
@@ -362,7 +383,10 @@ fn check_generation(name: &str) -> io::Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidData, format!("not a generation name: {name:?}")))
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a generation name: {name:?}"),
+        ))
     }
 }
 
@@ -501,7 +525,9 @@ fn unpack(bytes: &[u8], dest: &Path) -> io::Result<Vec<u8>> {
             io::Read::read_to_end(&mut entry, &mut cookies)?;
             continue;
         }
-        let Ok(rel) = path.strip_prefix(USER_DATA) else { continue };
+        let Ok(rel) = path.strip_prefix(USER_DATA) else {
+            continue;
+        };
         if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
             continue;
         }
@@ -543,154 +569,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::time::Duration;
-
-    /// moto's S3 server (PyPI; `scripts/setup.sh --test` installs it) on a free port, with
-    /// one bucket; gone when dropped.
-    pub struct TestS3 {
-        child: std::process::Child,
-        pub endpoint: String,
-    }
-
-    impl TestS3 {
-        pub fn start(bucket: &str) -> TestS3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/moto_server");
-            let program = if venv.exists() { venv } else { PathBuf::from("moto_server") };
-            let child = std::process::Command::new(&program)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("moto_server (scripts/setup.sh --test installs it)");
-            let s3 = TestS3 {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-            };
-            // moto takes unsigned requests: one PUT makes the bucket.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let made = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
-                    use std::io::Read;
-                    let put = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    c.write_all(put.as_bytes())?;
-                    let mut answer = String::new();
-                    c.read_to_string(&mut answer)?;
-                    Ok(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"))
-                });
-                if made.unwrap_or(false) {
-                    return s3;
-                }
-                assert!(std::time::Instant::now() < deadline, "moto_server did not start");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-
-        pub fn data(&self, bucket: &str, prefix: &str) -> ProfileData {
-            let store = object_store::aws::AmazonS3Builder::new()
-                .with_endpoint(&self.endpoint)
-                .with_allow_http(true)
-                .with_bucket_name(bucket)
-                .with_region("us-east-1")
-                .with_access_key_id("test")
-                .with_secret_access_key("test")
-                .build()
-                .unwrap();
-            ProfileData::Objects {
-                store: Arc::new(store),
-                prefix: prefix.to_owned(),
-            }
-        }
-    }
-
-    impl Drop for TestS3 {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// A Chrome user-data directory in small: state, a cache and a lock.
-    fn user_data(dir: &Path, cookie: &str) {
-        std::fs::create_dir_all(dir.join("Default/Cache/x")).unwrap();
-        std::fs::create_dir_all(dir.join("Default/Local Storage/leveldb")).unwrap();
-        std::fs::write(dir.join("Default/Local Storage/leveldb/000003.log"), "ls").unwrap();
-        std::fs::write(dir.join("Default/Cache/x/blob"), "cached").unwrap();
-        std::fs::write(dir.join("Default/Cookies"), cookie).unwrap();
-        std::os::unix::fs::symlink("/nonexistent", dir.join("SingletonLock")).unwrap();
-    }
-
-    fn record(id: &str, tenant: &str) -> Record {
-        Record {
-            id: id.into(),
-            name: "p".into(),
-            tenant: tenant.into(),
-            created_at: 1,
-            updated_at: 1,
-        }
-    }
-
-    const ID: &str = "0b7c1f5e-9d2a-4c3b-8e1f-2a3b4c5d6e7f";
-
-    async fn generations_are_whole_and_pointed_to(data: &ProfileData) {
-        data.create(&record(ID, "t_a")).await.unwrap();
-        let listed = data.records().await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].tenant, "t_a");
-        let first = data.current(ID).await.unwrap().expect("a first generation");
-        let empty = tempfile::tempdir().unwrap();
-        assert_eq!(data.read_generation(ID, &first, empty.path()).await.unwrap(), b"[]");
-        assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
-
-        let source = tempfile::tempdir().unwrap();
-        user_data(source.path(), "c1");
-        let second = data
-            .write_generation(ID, Some(source.path()), b"[{\"name\":\"sid\"}]")
-            .await
-            .unwrap();
-        assert_eq!(data.current(ID).await.unwrap().as_deref(), Some(first.as_str()), "not yet");
-        data.set_current(ID, &second).await.unwrap();
-        data.keep_only(ID, std::slice::from_ref(&second)).await.unwrap();
-        let copy = tempfile::tempdir().unwrap();
-        let cookies = data.read_generation(ID, &second, copy.path()).await.unwrap();
-        assert_eq!(cookies, b"[{\"name\":\"sid\"}]");
-        let to = copy.path();
-        assert_eq!(std::fs::read_to_string(to.join("Default/Cookies")).unwrap(), "c1");
-        assert!(to.join("Default/Local Storage/leveldb/000003.log").exists());
-        assert!(!to.join("Default/Cache").exists(), "caches are not kept");
-        assert!(std::fs::symlink_metadata(to.join("SingletonLock")).is_err());
-        assert!(data.read_generation(ID, &first, copy.path()).await.is_err(), "old one removed");
-
-        let third = data.write_generation(ID, Some(source.path()), b"[]").await.unwrap();
-        data.drop_generation(ID, &third).await.unwrap();
-        assert!(data.read_generation(ID, &third, copy.path()).await.is_err());
-        assert!(data.read_generation(ID, "../../etc", copy.path()).await.is_err());
-        assert!(data.record("../etc/passwd").await.unwrap().is_none());
-
-        data.remove(ID).await.unwrap();
-        assert!(data.record(ID).await.unwrap().is_none());
-        assert!(data.records().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_directory_keeps_generations_whole() {
-        let root = tempfile::tempdir().unwrap();
-        let data = ProfileData::open(root.path().to_str().unwrap(), PathBuf::new()).unwrap();
-        generations_are_whole_and_pointed_to(&data).await;
-    }
-
-    #[tokio::test]
-    async fn an_object_store_keeps_generations_whole() {
-        let s3 = TestS3::start("profiles");
-        generations_are_whole_and_pointed_to(&s3.data("profiles", "")).await;
-        generations_are_whole_and_pointed_to(&s3.data("profiles", "cluster-a/profiles")).await;
-    }
 
     /// A tar from a hostile store cannot write outside the browser's directory.
     #[test]

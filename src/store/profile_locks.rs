@@ -84,7 +84,12 @@ impl ProfileLocks {
         format!("{}profile:{id}:{what}", self.prefix)
     }
 
-    async fn eval<T: redis::FromRedisValue>(&self, script: &str, keys: &[String], args: &[String]) -> Result<T, StoreError> {
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
         Ok(cmd.query_async(&mut self.redis.clone()).await?)
@@ -110,13 +115,19 @@ impl ProfileLocks {
     /// Extends the lease; false once it has lapsed or been taken.
     pub async fn renew(&self, id: &str, lease: &WriterLease) -> Result<bool, StoreError> {
         let renewed: u8 = self
-            .eval(RENEW, &[self.key(id, "writer")], &[lease.token.clone(), self.lease_ms()])
+            .eval(
+                RENEW,
+                &[self.key(id, "writer")],
+                &[lease.token.clone(), self.lease_ms()],
+            )
             .await?;
         Ok(renewed == 1)
     }
 
     pub async fn release(&self, id: &str, lease: &WriterLease) -> Result<(), StoreError> {
-        let _: u8 = self.eval(RELEASE, &[self.key(id, "writer")], &[lease.token.clone()]).await?;
+        let _: u8 = self
+            .eval(RELEASE, &[self.key(id, "writer")], std::slice::from_ref(&lease.token))
+            .await?;
         Ok(())
     }
 

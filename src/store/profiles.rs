@@ -203,7 +203,12 @@ impl Profiles {
                 let refusal = match taken {
                     Ok(Ok(writer)) => {
                         let renewal = CancellationToken::new();
-                        tokio::spawn(renew(locks.clone(), profile.id.clone(), writer.clone(), renewal.clone()));
+                        tokio::spawn(renew(
+                            locks.clone(),
+                            profile.id.clone(),
+                            writer.clone(),
+                            renewal.clone(),
+                        ));
                         lease = Some((writer, renewal.drop_guard()));
                         None
                     }
@@ -417,10 +422,6 @@ fn uuid_v4() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::profile_data::tests::TestS3;
-    use crate::store::redis::RedisStore;
-    use crate::store::redis::tests::TestRedis;
-    use std::path::PathBuf;
 
     fn local(root: &Path) -> Profiles {
         Profiles::open(ProfileData::Directory(root.to_owned()), None).unwrap()
@@ -434,7 +435,10 @@ mod tests {
         let other = Tenant::from_id("t_other");
 
         let p = store.create(&tenant, "work").await.unwrap();
-        assert!(matches!(store.create(&tenant, "work").await, Err(ProfileError::Duplicate(_))));
+        assert!(matches!(
+            store.create(&tenant, "work").await,
+            Err(ProfileError::Duplicate(_))
+        ));
         store.create(&other, "work").await.unwrap();
         assert!(matches!(store.get(&other, &p.id).await, Err(ProfileError::NotFound)));
         assert_eq!(p.id.len(), 36);
@@ -533,7 +537,9 @@ mod tests {
         let t = Tenant::from_id("t_a");
         let p = store.create(&t, "p").await.unwrap();
         let w = store.begin_use(p.clone(), "sess_w", true).await.unwrap();
-        assert!(matches!(store.begin_use(p.clone(), "sess_x", true).await, Err(ProfileError::Busy(s)) if s == "sess_w"));
+        assert!(
+            matches!(store.begin_use(p.clone(), "sess_x", true).await, Err(ProfileError::Busy(s)) if s == "sess_w")
+        );
         let r = store.begin_use(p.clone(), "sess_r", false).await.unwrap();
         assert!(matches!(store.delete(&t, &p.id).await, Err(ProfileError::InUse(2))));
         store.end_use(w).await;
@@ -542,79 +548,5 @@ mod tests {
         store.end_use(y).await;
         store.delete(&t, &p.id).await.unwrap();
         assert!(matches!(store.get(&t, &p.id).await, Err(ProfileError::NotFound)));
-    }
-
-    /// Two nodes sharing a profile store and a Redis: one writer at a time across both,
-    /// and a writer that lost its lease cannot overwrite what the next one saved.
-    async fn a_stale_writer_is_fenced_off(data: impl Fn() -> ProfileData) {
-        let redis = TestRedis::start();
-        let node = async || {
-            let (conn, prefix) = RedisStore::connect(&redis.url, "f:").await.unwrap().connection();
-            Profiles::open(data(), Some(ProfileLocks::new(conn, prefix, Duration::from_secs(5)))).unwrap()
-        };
-        let (a, b) = (node().await, node().await);
-        let t = Tenant::from_id("t_a");
-        let created = a.create(&t, "shared").await.unwrap();
-        let on_a = a.begin_use(a.get(&t, &created.id).await.unwrap(), "sess_a", true).await.unwrap();
-        let profile_b = b.get(&t, &created.id).await.unwrap();
-        assert!(
-            matches!(b.begin_use(profile_b.clone(), "sess_b", true).await, Err(ProfileError::Busy(h)) if h == "sess_a"),
-            "the other node cannot write while A holds the lease"
-        );
-        assert!(matches!(b.delete(&t, &created.id).await, Err(ProfileError::Busy(_))));
-        // A stalls and its lease lapses (its renewals stopped): what expiry does to the key.
-        let mut redis_conn = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let _: () = redis::cmd("DEL")
-            .arg(format!("f:profile:{}:writer", created.id))
-            .query_async(&mut redis_conn)
-            .await
-            .unwrap();
-        let on_b = b.begin_use(profile_b, "sess_b", true).await.unwrap();
-        let state = |value: &str| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("Cookies"), value).unwrap();
-            dir
-        };
-        let newer = state("newer");
-        assert_eq!(b.save(&on_b, newer.path(), &[]).await, SaveOutcome::Saved);
-        let stale = state("stale");
-        assert_eq!(a.save(&on_a, stale.path(), &[]).await, SaveOutcome::Superseded);
-        b.end_use(on_b).await;
-        assert_eq!(a.save(&on_a, stale.path(), &[]).await, SaveOutcome::Superseded, "still, once B let go");
-        a.end_use(on_a).await;
-        for node in [&a, &b] {
-            let reader = node
-                .begin_use(node.get(&t, &created.id).await.unwrap(), "sess_r", false)
-                .await
-                .unwrap();
-            let copy = tempfile::tempdir().unwrap();
-            node.copy_into(&reader, copy.path()).await.unwrap();
-            assert_eq!(std::fs::read_to_string(copy.path().join("Cookies")).unwrap(), "newer");
-            node.end_use(reader).await;
-        }
-        // Free again: a new writer saves over B's state, on either node.
-        let again = a.begin_use(a.get(&t, &created.id).await.unwrap(), "sess_c", true).await.unwrap();
-        let latest = state("latest");
-        assert_eq!(a.save(&again, latest.path(), &[]).await, SaveOutcome::Saved);
-        a.end_use(again).await;
-        b.delete(&t, &created.id).await.unwrap();
-        assert!(matches!(a.get(&t, &created.id).await, Err(ProfileError::NotFound)));
-    }
-
-    #[tokio::test]
-    async fn a_stale_writer_is_fenced_off_in_a_shared_directory() {
-        let root = tempfile::tempdir().unwrap();
-        let path: PathBuf = root.path().to_owned();
-        a_stale_writer_is_fenced_off(|| ProfileData::Directory(path.clone())).await;
-    }
-
-    #[tokio::test]
-    async fn a_stale_writer_is_fenced_off_in_an_object_store() {
-        let s3 = TestS3::start("fenced");
-        a_stale_writer_is_fenced_off(|| s3.data("fenced", "p")).await;
     }
 }

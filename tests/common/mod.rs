@@ -252,6 +252,8 @@ pub async fn finished(command: &mut tokio::process::Command) -> std::process::Ou
 pub struct TestRedis {
     pub child: tokio::process::Child,
     pub url: String,
+    /// A profile store every node on this Redis shares (the shared-mount case).
+    pub profiles: tempfile::TempDir,
 }
 
 /// A loopback port nothing listens on right now.
@@ -289,6 +291,56 @@ pub async fn start_redis() -> TestRedis {
     TestRedis {
         child,
         url: format!("redis://127.0.0.1:{port}/"),
+        profiles: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// moto's S3 server (PyPI; scripts/setup.sh --test installs it) on a free port, with one
+/// bucket; gone when dropped.
+pub struct TestS3 {
+    pub child: tokio::process::Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+pub async fn start_s3(bucket: &str) -> TestS3 {
+    let port = free_port();
+    let venv = repo_root().join("target/test-venv/bin/moto_server");
+    let program = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("moto_server")
+    };
+    let child = tokio::process::Command::new(&program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("moto_server (scripts/setup.sh --test installs it)");
+    assert!(listening(port, Duration::from_secs(30)).await, "moto_server listens");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // moto takes unsigned requests: one PUT makes the bucket.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let made = http(addr, Method::PUT, &format!("/{bucket}"), None, None).await;
+    assert_eq!(made.status, StatusCode::OK, "bucket made: {}", made.body);
+    TestS3 {
+        child,
+        endpoint,
+        bucket: bucket.to_owned(),
+    }
+}
+
+impl TestS3 {
+    /// The `AWS_*` variables a node reads its S3 settings from.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
     }
 }
 
