@@ -593,6 +593,39 @@ impl Broker {
         Ok(page)
     }
 
+    /// How many sessions use each of `tenant`'s profiles now: on this node, or in a
+    /// cluster on every node (from the active records).
+    pub async fn profile_users(&self, tenant: &Tenant) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let mut users = std::collections::HashMap::new();
+        if self.nodes.is_none() {
+            for profile in self.profiles.list(tenant).await.unwrap_or_default() {
+                users.insert(profile.id.clone(), profile.users());
+            }
+            return Ok(users);
+        }
+        let query = ListQuery {
+            tenant: tenant.clone(),
+            status: Some(Status::Active),
+            offset: 0,
+            limit: usize::MAX,
+        };
+        for record in self.records.store().list(&query).await?.records {
+            if let Some(link) = record.profile {
+                *users.entry(link.id).or_default() += 1;
+            }
+        }
+        Ok(users)
+    }
+
+    /// Deletes a profile no session uses, on any node.
+    pub async fn delete_profile(&self, tenant: &Tenant, id: &str) -> Result<(), BrokerError> {
+        let users = self.profile_users(tenant).await?.get(id).copied().unwrap_or(0);
+        if users > 0 {
+            return Err(ProfileError::InUse(users).into());
+        }
+        Ok(self.profiles.delete(tenant, id).await?)
+    }
+
     /// The active session `id` (of `tenant`, if given): the one lookup that the API's
     /// changes, the proxy, live view and actions make.
     pub async fn active(&self, tenant: Option<&Tenant>, id: &str) -> Result<Arc<Session>, SessionError> {

@@ -709,6 +709,12 @@ async fn a_writer_paused_past_its_lease_cannot_overwrite_a_later_save() {
     )
     .await;
     assert_eq!(seen, "state=newer", "the later save survives");
+    // The other node sees the reader on A: the profile is in use, not deletable.
+    let profile_path = format!("/public/browser-profiles/{profile_id}");
+    let shown = http(c.addr, Method::GET, &profile_path, Some(KEY_A), None).await;
+    assert_eq!(shown.json["in_use_by"], 1, "{}", shown.body);
+    let deleted = http(c.addr, Method::DELETE, &profile_path, Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::CONFLICT, "{}", deleted.body);
 
     for mut n in [a, c] {
         signal(&n.child, libc::SIGTERM);

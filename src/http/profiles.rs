@@ -1,6 +1,8 @@
 //! `/public/browser-profiles…`: create, list, read and delete profiles, and their
 //! Playwright `storageState` in and out.
 
+use std::collections::HashMap;
+
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -22,7 +24,14 @@ pub async fn collection(
     match *request.method() {
         Method::POST => create_profile(broker, tenant, request).await,
         Method::GET => {
-            let profiles: Vec<Value> = broker.profiles.list(tenant).await?.iter().map(|p| render(p)).collect();
+            let users = broker.profile_users(tenant).await?;
+            let profiles: Vec<Value> = broker
+                .profiles
+                .list(tenant)
+                .await?
+                .iter()
+                .map(|p| render(p, &users))
+                .collect();
             Ok(json_response(StatusCode::OK, &json!({ "profiles": profiles })))
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -32,12 +41,15 @@ pub async fn collection(
 /// `/public/browser-profiles/{id}`.
 pub async fn one(broker: &Broker, tenant: &Tenant, id: &str, method: &Method) -> Result<Response<Body>, ApiError> {
     match *method {
-        Method::GET => Ok(json_response(
-            StatusCode::OK,
-            &render(&*broker.profiles.get(tenant, id).await?),
-        )),
+        Method::GET => {
+            let profile = broker.profiles.get(tenant, id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &render(&profile, &broker.profile_users(tenant).await?),
+            ))
+        }
         Method::DELETE => {
-            broker.profiles.delete(tenant, id).await?;
+            broker.delete_profile(tenant, id).await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -61,24 +73,25 @@ pub async fn storage_state(
             let state = Value::Object(read_json_object(request, MAX_STORAGE_STATE_BYTES, read_time).await?);
             storage_state::validate(&state).map_err(ApiError::unprocessable)?;
             broker.import_storage_state(tenant, id, &state).await?;
+            let profile = broker.profiles.get(tenant, id).await?;
             Ok(json_response(
                 StatusCode::OK,
-                &render(&*broker.profiles.get(tenant, id).await?),
+                &render(&profile, &broker.profile_users(tenant).await?),
             ))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
 
-/// A profile as the API shows it.
-pub fn render(profile: &Profile) -> Value {
+/// A profile as the API shows it, with how many sessions use it (`users`, by profile id).
+pub fn render(profile: &Profile, users: &HashMap<String, usize>) -> Value {
     json!({
         "id": profile.id,
         "name": profile.name,
         "provider": "local",
         "created_at": timestamp(profile.created_at),
         "updated_at": timestamp(profile.updated_at),
-        "in_use_by": profile.users(),
+        "in_use_by": users.get(&profile.id).copied().unwrap_or(0),
     })
 }
 
@@ -125,5 +138,5 @@ async fn create_profile(
         let _ = broker.profiles.delete(tenant, &profile.id).await;
         return Err(e.into());
     }
-    Ok(json_response(StatusCode::CREATED, &render(&profile)))
+    Ok(json_response(StatusCode::CREATED, &render(&profile, &HashMap::new())))
 }

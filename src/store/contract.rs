@@ -91,6 +91,12 @@ where
     assert_eq!((ids(&page.records), page.total), (vec!["sess_a4", "sess_a3"], 5));
     let past_end = store.list(&query("a", None, 10, 2)).await.unwrap();
     assert_eq!((past_end.records.len(), past_end.total), (0, 5));
+    let unbounded = store.list(&query("a", None, 1, usize::MAX)).await.unwrap();
+    assert_eq!(
+        (unbounded.records.len(), unbounded.total),
+        (4, 5),
+        "no limit: everything after the offset"
+    );
 
     // Filtered by status.
     let active = store.list(&query("a", Some(Status::Active), 0, 100)).await.unwrap();

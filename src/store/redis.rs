@@ -124,7 +124,7 @@ impl SessionStore for RedisStore {
                 total,
             });
         }
-        let last = query.offset.saturating_add(query.limit) - 1;
+        let last = query.offset.saturating_add(query.limit).min(total) - 1;
         let ids: Vec<String> = self
             .query(redis::cmd("ZREVRANGE").arg(&index).arg(query.offset).arg(last))
             .await?;
