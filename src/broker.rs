@@ -1019,11 +1019,16 @@ async fn reconcile_records(broker: std::sync::Weak<Broker>, shutdown: Cancellati
 impl Broker {
     async fn reconcile(&self) -> Result<(), StoreError> {
         let store = self.records.store();
-        // A session ended by another node (this one was taken for lost) ends here too:
-        // its browser must not outlive its record.
         let running: Vec<Arc<Session>> = self.running.iter().map(|s| s.clone()).collect();
+        let listed = store.active_on(&self.node).await?;
+        // A session ended by another node (this one was taken for lost) ends here too: its
+        // browser must not outlive its record. Ending it elsewhere took it off this node's
+        // active set, so only the few missing from the set are read (one read per session
+        // every period would be most of a large cluster's load on Redis).
+        let listed_set: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
         for session in running {
             if session.status() == Status::Active
+                && !listed_set.contains(session.id.as_str())
                 && let Some(record) = store.get(&session.id).await?
                 && record.status != Status::Active
             {
@@ -1032,7 +1037,6 @@ impl Broker {
                 let _ = session.end(reason);
             }
         }
-        let listed = store.active_on(&self.node).await?;
         let refused: Vec<String> = {
             let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
             refused.retain(|_, at| at.elapsed() < REFUSED_WATCH);

@@ -283,10 +283,20 @@ async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answer
     };
     let first = a.create(json!({})).await;
     assert_eq!(host(&first), 0, "the receiving node is preferred");
-    // A is full: the next creates through A land on B and C, one each.
+    // A is full: the next creates through A land on B and C, one each; a profile session
+    // too (every node reads the shared profile store).
+    let profile = a
+        .call(
+            Method::POST,
+            "/public/browser-profiles",
+            Some(KEY_A),
+            Some(r#"{"name": "p"}"#),
+        )
+        .await;
+    let with_profile = json!({"profile_id": profile.json["id"]}).to_string();
     let mut landed = Vec::new();
-    for _ in 0..2 {
-        let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    for body in [with_profile.as_str(), "{}"] {
+        let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some(body)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         landed.push(host(&r.json));
     }

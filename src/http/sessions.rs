@@ -151,7 +151,8 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
     .await?;
     let mut new = validate_create(config, &json_object(&bytes)?)?;
     new.queue = !placed_here;
-    let needs_slot = new.external_url.is_none() && new.profile_id.is_none();
+    // Profile sessions too: every node of a cluster reads the shared profile store.
+    let needs_slot = new.external_url.is_none();
     if !placed_here
         && needs_slot
         && broker.nodes.is_some()

@@ -96,14 +96,21 @@ impl Nodes {
     /// Every node that has registered, alive or not, with whether its heartbeat is current.
     pub async fn all(&self) -> Result<Vec<(NodeInfo, bool)>, StoreError> {
         let table: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(self.table())).await?;
-        let mut nodes = Vec::new();
-        for (id, json) in table {
-            let Ok(info) = serde_json::from_str::<NodeInfo>(&json) else {
-                continue;
-            };
-            let alive: bool = self.query(redis::cmd("EXISTS").arg(self.alive_key(&id))).await?;
-            nodes.push((info, alive));
+        let infos: Vec<NodeInfo> = table
+            .iter()
+            .filter_map(|(_, json)| serde_json::from_str::<NodeInfo>(json).ok())
+            .collect();
+        // Every heartbeat in one round trip: a create on a full node reads this first.
+        let mut pipe = redis::pipe();
+        for info in &infos {
+            pipe.cmd("EXISTS").arg(self.alive_key(&info.id));
         }
+        let alive: Vec<bool> = if infos.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.redis.clone()).await?
+        };
+        let mut nodes: Vec<(NodeInfo, bool)> = infos.into_iter().zip(alive).collect();
         nodes.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         Ok(nodes)
     }
