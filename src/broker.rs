@@ -33,7 +33,7 @@ pub use crate::store::nodes::NodeInfo;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
 use crate::store::profile_data::ProfileData;
 use crate::store::profile_locks::ProfileLocks;
-use crate::store::profiles::{self, ProfileError, Profiles};
+use crate::store::profiles::{self, Profile, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
     EndReason, ListPage, ListQuery, SaveOutcome, SessionRecord, SessionStore, Status, StoreError, storage_state,
@@ -593,33 +593,18 @@ impl Broker {
         Ok(page)
     }
 
-    /// How many sessions use each of `tenant`'s profiles now: on this node, or in a
-    /// cluster on every node (from the active records).
-    pub async fn profile_users(&self, tenant: &Tenant) -> Result<std::collections::HashMap<String, usize>, StoreError> {
-        let mut users = std::collections::HashMap::new();
-        if self.nodes.is_none() {
-            for profile in self.profiles.list(tenant).await.unwrap_or_default() {
-                users.insert(profile.id.clone(), profile.users());
-            }
-            return Ok(users);
+    /// How many sessions use `profile` now: on this node, or in a cluster on every node
+    /// (from the store's index of active sessions by profile).
+    pub async fn profile_users(&self, profile: &Profile) -> Result<usize, StoreError> {
+        match self.nodes {
+            None => Ok(profile.users()),
+            Some(_) => self.records.store().profile_users(&profile.id).await,
         }
-        let query = ListQuery {
-            tenant: tenant.clone(),
-            status: Some(Status::Active),
-            offset: 0,
-            limit: usize::MAX,
-        };
-        for record in self.records.store().list(&query).await?.records {
-            if let Some(link) = record.profile {
-                *users.entry(link.id).or_default() += 1;
-            }
-        }
-        Ok(users)
     }
 
     /// Deletes a profile no session uses, on any node.
     pub async fn delete_profile(&self, tenant: &Tenant, id: &str) -> Result<(), BrokerError> {
-        let users = self.profile_users(tenant).await?.get(id).copied().unwrap_or(0);
+        let users = self.profile_users(&*self.profiles.get(tenant, id).await?).await?;
         if users > 0 {
             return Err(ProfileError::InUse(users).into());
         }

@@ -1,8 +1,6 @@
 //! `/public/browser-profiles…`: create, list, read and delete profiles, and their
 //! Playwright `storageState` in and out.
 
-use std::collections::HashMap;
-
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -24,14 +22,10 @@ pub async fn collection(
     match *request.method() {
         Method::POST => create_profile(broker, tenant, request).await,
         Method::GET => {
-            let users = broker.profile_users(tenant).await?;
-            let profiles: Vec<Value> = broker
-                .profiles
-                .list(tenant)
-                .await?
-                .iter()
-                .map(|p| render(p, &users))
-                .collect();
+            let mut profiles = Vec::new();
+            for profile in broker.profiles.list(tenant).await? {
+                profiles.push(render(&profile, broker.profile_users(&profile).await?));
+            }
             Ok(json_response(StatusCode::OK, &json!({ "profiles": profiles })))
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -45,7 +39,7 @@ pub async fn one(broker: &Broker, tenant: &Tenant, id: &str, method: &Method) ->
             let profile = broker.profiles.get(tenant, id).await?;
             Ok(json_response(
                 StatusCode::OK,
-                &render(&profile, &broker.profile_users(tenant).await?),
+                &render(&profile, broker.profile_users(&profile).await?),
             ))
         }
         Method::DELETE => {
@@ -76,22 +70,22 @@ pub async fn storage_state(
             let profile = broker.profiles.get(tenant, id).await?;
             Ok(json_response(
                 StatusCode::OK,
-                &render(&profile, &broker.profile_users(tenant).await?),
+                &render(&profile, broker.profile_users(&profile).await?),
             ))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
 
-/// A profile as the API shows it, with how many sessions use it (`users`, by profile id).
-pub fn render(profile: &Profile, users: &HashMap<String, usize>) -> Value {
+/// A profile as the API shows it, with how many sessions use it.
+pub fn render(profile: &Profile, users: usize) -> Value {
     json!({
         "id": profile.id,
         "name": profile.name,
         "provider": "local",
         "created_at": timestamp(profile.created_at),
         "updated_at": timestamp(profile.updated_at),
-        "in_use_by": users.get(&profile.id).copied().unwrap_or(0),
+        "in_use_by": users,
     })
 }
 
@@ -138,5 +132,5 @@ async fn create_profile(
         let _ = broker.profiles.delete(tenant, &profile.id).await;
         return Err(e.into());
     }
-    Ok(json_response(StatusCode::CREATED, &render(&profile, &HashMap::new())))
+    Ok(json_response(StatusCode::CREATED, &render(&profile, 0)))
 }

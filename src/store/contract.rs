@@ -151,6 +151,40 @@ where
     store.remove("sess_b1").await.expect("removing twice is no error");
     assert_eq!(store.get("sess_unknown").await.unwrap(), None);
 
+    // Sessions using a profile are counted while active, on any node.
+    let link = |id: &str| {
+        Some(super::ProfileLink {
+            id: id.into(),
+            persist: false,
+            saved: None,
+        })
+    };
+    let mut reader = record("sess_p1", "a", 5, None);
+    reader.profile = link("prof-1");
+    let mut elsewhere = record("sess_p2", "a", 4, None);
+    (elsewhere.profile, elsewhere.node) = (link("prof-1"), "node-b".into());
+    let mut other = record("sess_p3", "a", 3, None);
+    other.profile = link("prof-2");
+    for r in [&reader, &elsewhere, &other] {
+        store.put(r).await.unwrap();
+    }
+    assert_eq!(store.profile_users("prof-1").await.unwrap(), 2);
+    store
+        .put(&elsewhere.ended_elsewhere(EndReason::NodeLost, SystemTime::now()))
+        .await
+        .unwrap();
+    store.remove("sess_p3").await.unwrap();
+    assert_eq!(
+        store.profile_users("prof-1").await.unwrap(),
+        1,
+        "an ended session lets go"
+    );
+    assert_eq!(store.profile_users("prof-2").await.unwrap(), 0, "a removed one too");
+    for id in ["sess_p1", "sess_p2"] {
+        store.remove(id).await.unwrap();
+    }
+    assert_eq!(store.profile_users("prof-1").await.unwrap(), 0);
+
     // Records survive a restart, exactly as they were when ended.
     drop(store);
     let store = open().await;

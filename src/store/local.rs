@@ -96,6 +96,14 @@ impl SessionStore for LocalStore {
             .collect())
     }
 
+    async fn profile_users(&self, profile_id: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .records()
+            .values()
+            .filter(|r| r.status == Status::Active && r.profile.as_ref().is_some_and(|p| p.id == profile_id))
+            .count())
+    }
+
     async fn end_left_active(&self, node: &str, now: SystemTime) -> Result<usize, StoreError> {
         let mut records = self.records();
         let mut ended = 0;

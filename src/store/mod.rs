@@ -75,6 +75,9 @@ pub trait SessionStore: Send + Sync {
     /// The ids of the sessions recorded as active on `node`.
     async fn active_on(&self, node: &str) -> Result<Vec<String>, StoreError>;
 
+    /// How many sessions recorded as active use profile `profile_id`, on any node.
+    async fn profile_users(&self, profile_id: &str) -> Result<usize, StoreError>;
+
     /// The record if it is `tenant`'s: another tenant's sessions look unknown.
     async fn get_for(&self, tenant: &Tenant, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         Ok(self.get(id).await?.filter(|r| &r.tenant == tenant))

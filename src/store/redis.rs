@@ -7,7 +7,8 @@
 //!   ordered by id as the local store does;
 //! - `ended`: a sorted set of ended ids by end time, which the sweep reads;
 //! - `node:{node}:active`: the active sessions of each node, so a restarted node finds
-//!   the ones it left behind.
+//!   the ones it left behind;
+//! - `profile:{id}:sessions`: the active sessions using each profile, on any node.
 //!
 //! Every put or remove changes the record and its indexes in one `MULTI`/`EXEC`; the sweep
 //! forgets ended records past the retention, indexes and all.
@@ -77,6 +78,10 @@ impl RedisStore {
         self.key(&format!("node:{node}:active"))
     }
 
+    fn profile_key(&self, profile: &str) -> String {
+        self.key(&format!("profile:{profile}:sessions"))
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         Ok(cmd.query_async(&mut self.redis.clone()).await?)
     }
@@ -105,6 +110,12 @@ impl RedisStore {
             .arg(self.node_key(&record.node))
             .arg(&record.id)
             .ignore();
+        if let Some(profile) = &record.profile {
+            pipe.cmd("SREM")
+                .arg(self.profile_key(&profile.id))
+                .arg(&record.id)
+                .ignore();
+        }
     }
 }
 
@@ -163,6 +174,17 @@ impl SessionStore for RedisStore {
             } else {
                 pipe.cmd("ZREM").arg(key).arg(&record.id).ignore();
             }
+        }
+        if let Some(profile) = &record.profile {
+            let change = if record.status == Status::Active {
+                "SADD"
+            } else {
+                "SREM"
+            };
+            pipe.cmd(change)
+                .arg(self.profile_key(&profile.id))
+                .arg(&record.id)
+                .ignore();
         }
         match record.ended_at {
             None => {
@@ -224,6 +246,10 @@ impl SessionStore for RedisStore {
 
     async fn active_on(&self, node: &str) -> Result<Vec<String>, StoreError> {
         self.query(redis::cmd("SMEMBERS").arg(self.node_key(node))).await
+    }
+
+    async fn profile_users(&self, profile_id: &str) -> Result<usize, StoreError> {
+        self.query(redis::cmd("SCARD").arg(self.profile_key(profile_id))).await
     }
 
     async fn end_left_active(&self, node: &str, now: SystemTime) -> Result<usize, StoreError> {
