@@ -193,6 +193,7 @@ def main():
                     else:
                         failures.append((status, data[:200]))
 
+        stats_before = redis.commandstats()
         started = time.perf_counter()
         threads = [threading.Thread(target=creator) for _ in range(CONCURRENCY)]
         for t in threads:
@@ -200,10 +201,15 @@ def main():
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
+        stats_after = redis.commandstats()
+        per_create = {c: (stats_after[c] - stats_before.get(c, 0)) / max(1, len(times)) for c in stats_after}
         print("## Creates through random nodes\n")
         print(f"{len(times)} created, {len(failures)} refused {failures[:3]}; {len(times) / elapsed:.0f} creates/s")
         print(f"create latency: p50 {ms(pct(times, 0.5))} ms, p99 {ms(pct(times, 0.99))} ms, "
-              f"max {ms(max(times))} ms\n")
+              f"max {ms(max(times))} ms")
+        print("Redis commands per create (background included): "
+              + ", ".join(f"{c} {n:.2f}" for c, n in sorted(per_create.items(), key=lambda x: -x[1]) if n >= 0.01)
+              + f"; {sum(per_create.values()):.1f} in all\n")
 
         time.sleep(3)
         memory_full = int(redis.info("memory")["used_memory"])

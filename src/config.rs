@@ -539,6 +539,31 @@ mod tests {
             err.contains("max_ttl") && err.contains("max_sessions") && err.contains("API key"),
             "{err}"
         );
+
+        // A cluster needs a profile store every node reaches; an S3 one needs a bucket.
+        let cluster = |store: &str| Config {
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            api_keys: vec!["key-of-sixteen-chars".into()],
+            profile_store: store.into(),
+            ..Config::default()
+        };
+        let err = cluster("").validate().unwrap_err().to_string();
+        assert!(err.contains("set profile_store"), "{err}");
+        let err = cluster("s3://").validate().unwrap_err().to_string();
+        assert!(err.contains("needs a bucket"), "{err}");
+        cluster("s3://profiles/cluster-a").validate().unwrap();
+        cluster("/mnt/shared/profiles").validate().unwrap();
+        let short_lease = Config {
+            profile_lease_ms: 10,
+            ..cluster("/mnt/shared/profiles")
+        };
+        assert!(
+            short_lease
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("profile_lease_ms")
+        );
     }
 
     #[test]
