@@ -102,8 +102,9 @@ pub struct Config {
     /// This node's name in Redis (`CDPGATE_NODE_ID`). Empty: generated once into
     /// `data_dir/node_id`.
     pub node_id: String,
-    /// Where the other nodes reach this node's API and proxy (`CDPGATE_NODE_URL`). Empty:
-    /// the bound address.
+    /// Where the other nodes reach this node's API and proxy (`CDPGATE_NODE_URL`,
+    /// `http://host:port`: nodes talk plain HTTP on the private network, TLS ends at the
+    /// load balancer). Empty: the bound address.
     pub node_url: String,
     /// Where profiles are kept (`CDPGATE_PROFILE_STORE`): a directory, or
     /// `s3://bucket[/prefix]` for an S3-compatible object store (credentials, region and
@@ -386,8 +387,15 @@ impl Config {
             errors.push("profile_lease_ms must be at least 1000".into());
         }
         let node_url = &self.node_url;
-        if !(node_url.is_empty() || node_url.starts_with("http://") || node_url.starts_with("https://")) {
-            errors.push("node_url must start with http:// or https://".into());
+        if !(node_url.is_empty() || node_url.starts_with("http://")) {
+            errors.push("node_url must start with http:// (nodes talk plain HTTP to each other)".into());
+        }
+        if !redis.is_empty() && self.tls_enabled() {
+            errors.push(
+                "with redis_url, leave tls_cert and tls_key empty: nodes reach each other over plain HTTP, \
+                 so terminate TLS at the load balancer in front of them"
+                    .into(),
+            );
         }
         if !self.node_id.is_empty()
             && (self.node_id.len() > 64
@@ -553,6 +561,18 @@ mod tests {
         assert!(err.contains("needs a bucket"), "{err}");
         cluster("s3://profiles/cluster-a").validate().unwrap();
         cluster("/mnt/shared/profiles").validate().unwrap();
+        // Nodes reach each other over plain HTTP: no TLS listener, no https node_url.
+        let tls = Config {
+            tls_cert: "cert.pem".into(),
+            tls_key: "key.pem".into(),
+            node_url: "https://10.0.0.1:3000".into(),
+            ..cluster("/mnt/shared/profiles")
+        };
+        let err = tls.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("terminate TLS at the load balancer") && err.contains("node_url must start with http://"),
+            "{err}"
+        );
         let short_lease = Config {
             profile_lease_ms: 10,
             ..cluster("/mnt/shared/profiles")
