@@ -2,7 +2,8 @@
 # Installs what cdpgate needs, only where it is missing (safe to run again):
 #   scripts/setup.sh          Chromium (Debian's package)
 #   scripts/setup.sh --test   also cargo-deny, redis-server, nginx, Node.js, the Node CDP
-#                             clients, the Python client and moto (a local S3 server)
+#                             clients, the Python client, moto (a local S3 server) and
+#                             the unprivileged user cdpgate-test (for the sandbox test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +67,11 @@ if [ "${1:-}" = "--test" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
     "$venv/bin/pip" install -q --disable-pip-version-check dari-python==0.1.7
+  fi
+  # Chrome's sandbox is tested with the broker run as an unprivileged user.
+  if ! id cdpgate-test >/dev/null 2>&1; then
+    echo "setup: adding the unprivileged user cdpgate-test"
+    as_root useradd --system --no-create-home --shell /usr/sbin/nologin cdpgate-test
   fi
   # Profiles in an object store are tested against moto's local S3 server.
   if ! [ -x "$venv/bin/moto_server" ]; then

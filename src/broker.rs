@@ -252,6 +252,14 @@ impl Broker {
         };
         std::fs::create_dir_all(&data_dir).map_err(dir_error)?;
         let chrome = chrome_path(&config)?;
+        if crate::browser::running_as_root() {
+            tracing::warn!(
+                "running as root: browsers start with --no-sandbox (Chrome will not sandbox a root \
+                 process); run cdpgate as an unprivileged user to sandbox them"
+            );
+        } else {
+            tracing::info!("running as an unprivileged user: browsers start with Chrome's sandbox on");
+        }
         let mut secrets = load_secrets(&config).map_err(dir_error)?;
 
         let metrics = Arc::new(Metrics::default());

@@ -436,7 +436,9 @@ fn parse_devtools_address(address: &str) -> Option<(u16, String)> {
     path.starts_with("/devtools/browser/").then(|| (port, path.to_owned()))
 }
 
-fn running_as_root() -> bool {
+/// Chrome will not sandbox its renderers as root, so browsers started by a root broker
+/// get `--no-sandbox`; as any other user they are sandboxed (namespaces and seccomp).
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }

@@ -10,4 +10,4 @@ pub mod launcher;
 pub mod pool;
 pub mod upstream;
 
-pub use launcher::{Browser, LaunchError, Launcher, Screen, find_chrome, remove_dir_with_retries};
+pub use launcher::{Browser, LaunchError, Launcher, Screen, find_chrome, remove_dir_with_retries, running_as_root};
