@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::action::Actions;
 use crate::action::cache::ActionCache;
@@ -550,7 +551,9 @@ impl Broker {
             self.running.remove(&id);
             session.forget();
             let _ = session.end(EndReason::Terminated);
-            tracing::warn!(session = %id, error = %e, "session refused: its record cannot be written");
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: its record cannot be written"));
             self.refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -558,15 +561,19 @@ impl Broker {
             return Err(e.into());
         }
         self.metrics.sessions_created.fetch_add(1, Relaxed);
-        self.tracker.spawn(watch_session(
-            session.clone(),
-            exited,
-            self.metrics.clone(),
-            self.records.clone(),
-            self.running.clone(),
-            self.shutdown.clone(),
-        ));
-        tracing::info!(session = %id, tenant = %session.tenant, external = session.upstream.external, "session created");
+        let span = session.span();
+        self.tracker.spawn(
+            watch_session(
+                session.clone(),
+                exited,
+                self.metrics.clone(),
+                self.records.clone(),
+                self.running.clone(),
+                self.shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        span.in_scope(|| tracing::info!(external = session.upstream.external, "session created"));
         Ok(session)
     }
 
@@ -599,6 +606,18 @@ impl Broker {
             }
         }
         Ok(page)
+    }
+
+    /// Why this node should not be sent new sessions now, if it should not: it is
+    /// stopping, or it has no warm browser and the browser does not start.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.shutdown.is_cancelled() {
+            Some("The broker is shutting down")
+        } else if !self.pool.ready() {
+            Some("No browser is ready and the browser does not start (see the log)")
+        } else {
+            None
+        }
     }
 
     /// How many sessions use `profile` now: on this node, or in a cluster on every node
@@ -642,7 +661,7 @@ impl Broker {
         // Written before the caller hears it is done, should the broker die next.
         self.records.save(session).await;
         self.metrics.sessions_terminated.fetch_add(1, Relaxed);
-        tracing::info!(session = %session.id, "session terminated");
+        session.span().in_scope(|| tracing::info!("session terminated"));
         // "Terminate the session to save the authentication state": answer once it is saved.
         if tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled())
             .await
@@ -682,7 +701,7 @@ impl Broker {
                     .ok_or(SessionError::NotFound)?;
             }
         }
-        self.records.remove(id).await;
+        self.records.remove(tenant, id).await;
         Ok(())
     }
 
@@ -977,7 +996,7 @@ impl Broker {
                     && record.status == Status::Active
                     && record.node == node.id
                 {
-                    tracing::warn!(session = %id, node = %node.id, "node lost: ending its session");
+                    tracing::warn!(session = %id, tenant = %record.tenant, node = %node.id, "node lost: ending its session");
                     store
                         .put(&record.ended_elsewhere(EndReason::NodeLost, SystemTime::now()))
                         .await?;
@@ -1026,7 +1045,9 @@ impl Broker {
                 && record.status != Status::Active
             {
                 let reason = record.end_reason.unwrap_or(EndReason::NodeLost);
-                tracing::warn!(session = %session.id, reason = reason.as_str(), "ended by another node");
+                session
+                    .span()
+                    .in_scope(|| tracing::warn!(reason = reason.as_str(), "ended by another node"));
                 let _ = session.end(reason);
             }
         }
@@ -1040,7 +1061,9 @@ impl Broker {
                 continue;
             }
             if refused.contains(&id) {
-                tracing::info!(session = %id, "removing the late record of a refused create");
+                // Only this node ever knew of it: its record says whose it was.
+                let tenant = store.get(&id).await?.map(|r| r.tenant.to_string()).unwrap_or_default();
+                tracing::info!(session = %id, tenant = %tenant, "removing the late record of a refused create");
                 store.remove(&id).await?;
                 continue;
             }

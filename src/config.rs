@@ -106,6 +106,9 @@ pub struct Config {
     /// `http://host:port`: nodes talk plain HTTP on the private network, TLS ends at the
     /// load balancer). Empty: the bound address.
     pub node_url: String,
+    /// `text` (readable lines) or `json` (one JSON object per line, with the session id
+    /// and tenant on every line about a session), on standard output (`CDPGATE_LOG_FORMAT`).
+    pub log_format: String,
     /// Where profiles are kept (`CDPGATE_PROFILE_STORE`): a directory, or
     /// `s3://bucket[/prefix]` for an S3-compatible object store (credentials, region and
     /// endpoint from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
@@ -166,6 +169,7 @@ impl Default for Config {
             admin_key: String::new(),
             profile_store: String::new(),
             profile_lease_ms: 15_000,
+            log_format: "text".into(),
         }
     }
 }
@@ -316,6 +320,9 @@ impl Config {
         if let Some(v) = var("profile_store") {
             self.profile_store = v;
         }
+        if let Some(v) = var("log_format") {
+            self.log_format = v;
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -382,6 +389,9 @@ impl Config {
             && rest.split('/').next().is_none_or(str::is_empty)
         {
             errors.push("profile_store s3://bucket[/prefix] needs a bucket".into());
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            errors.push("log_format must be \"text\" or \"json\"".into());
         }
         if self.profile_lease_ms < 1000 {
             errors.push("profile_lease_ms must be at least 1000".into());

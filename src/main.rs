@@ -6,11 +6,6 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cdpgate=info".into()),
-        )
-        .init();
     let path = std::env::args()
         .nth(1)
         .map(PathBuf::from)
@@ -22,6 +17,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cdpgate=info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        // Each line carries the spans it is in: a session's id and tenant among them.
+        logs.json().with_current_span(false).with_span_list(true).init();
+    } else {
+        logs.init();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {

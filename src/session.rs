@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
@@ -85,6 +86,11 @@ struct State {
 }
 
 impl Session {
+    /// The span every log line about this session is in: its id and tenant.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("session", session = %self.id, tenant = %self.tenant)
+    }
+
     pub fn new(init: SessionInit, node: &str) -> Session {
         let (upstream, lease) = match init.backing {
             Backing::Managed(lease) => (
@@ -203,7 +209,8 @@ impl Session {
             // The browser is closed cleanly and saved from, or just released, in a task.
             Some(binding) => {
                 let tracker = binding.tracker.clone();
-                tracker.spawn(finish_profile(self.clone(), binding, lease));
+                let span = self.span();
+                tracker.spawn(finish_profile(self.clone(), binding, lease).instrument(span));
             }
             None => drop(lease),
         }
@@ -299,14 +306,16 @@ impl Recorder {
     /// writes the whole record again.
     pub async fn save(&self, session: &Session) {
         if let Err(e) = self.try_save(session).await {
-            tracing::warn!(session = %session.id, error = %e, "could not write the session record");
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "could not write the session record"));
         }
     }
 
-    pub async fn remove(&self, id: &str) {
+    pub async fn remove(&self, tenant: &Tenant, id: &str) {
         let _writing = self.writing.lock().await;
         if let Err(e) = self.store.remove(id).await {
-            tracing::warn!(session = %id, error = %e, "could not remove the session record");
+            tracing::warn!(session = %id, tenant = %tenant, error = %e, "could not remove the session record");
         }
     }
 }

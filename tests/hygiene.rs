@@ -220,3 +220,56 @@ async fn a_second_signal_exits_at_once() {
     // Even so, no browser outlives it.
     assert!(eventually(Duration::from_secs(10), || processes_mentioning(&needle).is_empty()).await);
 }
+
+/// `log_format = "json"`: every line is one JSON object, and every line about a session
+/// carries its id and tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_session_and_tenant_on_every_line_about_it() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CDPGATE_API_KEYS", KEY_A),
+        ("CDPGATE_LOG_FORMAT", "json"),
+        ("RUST_LOG", "cdpgate=debug"),
+    ];
+    let broker = start_binary(data_dir.path(), &env).await;
+    let (mut child, addr, mut out) = (broker.child, broker.addr, broker.lines);
+    // Read the log as it comes: a pipe nobody reads would stall the broker.
+    let reader = tokio::spawn(async move {
+        let mut lines = broker.printed;
+        while let Ok(Some(line)) = out.next_line().await {
+            lines.push(line);
+        }
+        lines
+    });
+    let created = http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.json["session_id"].as_str().unwrap().to_owned();
+    let mut ws = ws_connect(created.json["cdp_url"].as_str().unwrap()).await.unwrap();
+    cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    let path = format!("/public/sessions/{id}/terminate");
+    assert_eq!(
+        http(addr, Method::POST, &path, Some(KEY_A), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let _ = await_close(&mut ws, Duration::from_secs(10)).await;
+    signal(&child, libc::SIGTERM);
+    child.wait().await.unwrap();
+    let lines = reader.await.unwrap();
+    let mut about_session = 0;
+    for line in lines.iter().filter(|l| !l.starts_with("cdpgate: listening on")) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        assert!(entry["level"].is_string() && entry["fields"].is_object(), "{line}");
+        if line.contains(&id) {
+            about_session += 1;
+            // In the session's span, or with both as fields of the line itself.
+            let mut scopes = entry["spans"].as_array().cloned().unwrap_or_default();
+            scopes.push(entry["fields"].clone());
+            let named = scopes
+                .iter()
+                .any(|s| s["session"] == id.as_str() && s["tenant"].as_str().is_some_and(|t| t.starts_with("t_")));
+            assert!(named, "a line about the session without its id and tenant: {line}");
+        }
+    }
+    assert!(about_session >= 3, "created, connected, ended: {lines:#?}");
+}

@@ -112,5 +112,22 @@ async fn a_chromium_that_will_not_start_gets_a_clear_503_and_no_busy_loop() {
     assert!((2..=12).contains(&failures), "{failures} launches failed in 2 s");
     let r = server.call(hyper::Method::GET, "/health", None, None).await;
     assert_eq!(r.status, hyper::StatusCode::OK, "the API stays up");
+    // Alive, not ready: a load balancer sends its creates elsewhere.
+    let r = server.call(hyper::Method::GET, "/ready", None, None).await;
+    assert_eq!(r.status, hyper::StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("does not start"),
+        "{}",
+        r.body
+    );
+    // The browser is mended: the pool's next try starts it, and the node is ready.
+    std::fs::remove_file(&broken).unwrap();
+    std::os::unix::fs::symlink(cdpgate::browser::find_chrome().unwrap(), &broken).unwrap();
+    let ready = eventually_async(Duration::from_secs(60), || async {
+        server.call(hyper::Method::GET, "/ready", None, None).await.status == hyper::StatusCode::OK
+    })
+    .await;
+    assert!(ready, "ready once a browser starts");
     server.stop().await;
 }

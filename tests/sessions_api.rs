@@ -421,6 +421,8 @@ async fn health_and_metrics() {
     let server = TestServer::start().await;
     let r = server.call(Method::GET, "/health", None, None).await;
     assert_eq!((r.status, r.json), (StatusCode::OK, json!({"status": "ok"})));
+    let r = server.call(Method::GET, "/ready", None, None).await;
+    assert_eq!((r.status, r.json), (StatusCode::OK, json!({"status": "ready"})));
     server.create(json!({})).await;
     let r = server.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(r.status, StatusCode::OK);

@@ -79,6 +79,8 @@ pub struct Launcher {
     pub exits: Arc<Notify>,
     /// DevTools ports of the browsers alive now; bring-your-own sessions may never reach them.
     pub own_ports: Arc<Mutex<HashSet<u16>>>,
+    /// Whether the last launch answered: the configured browser can start.
+    last_launch_ok: std::sync::atomic::AtomicBool,
 }
 
 /// A running browser. Dropping it kills its process group; `exited()` fires once the
@@ -162,6 +164,7 @@ impl Launcher {
             metrics,
             exits: Arc::new(Notify::new()),
             own_ports: Arc::default(),
+            last_launch_ok: Default::default(),
         }
     }
 
@@ -217,6 +220,11 @@ impl Launcher {
         Ok(())
     }
 
+    /// Whether the last browser launched answered (false until one has).
+    pub fn can_launch(&self) -> bool {
+        self.last_launch_ok.load(Ordering::Relaxed)
+    }
+
     /// Starts a browser whose pages are `screen` large and waits until it listens.
     pub async fn launch(&self, screen: Screen) -> Result<Browser, LaunchError> {
         let dir = self.scratch_root.join(random_hex(8));
@@ -233,6 +241,7 @@ impl Launcher {
     pub async fn launch_in(&self, screen: Screen, dir: PathBuf, owned: bool) -> Result<Browser, LaunchError> {
         let started = Instant::now();
         let result = self.spawn(screen, dir, owned).await;
+        self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
         match &result {
             Ok(b) => {
                 self.metrics.observe_launch(started.elapsed());

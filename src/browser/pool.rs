@@ -124,6 +124,11 @@ impl Pool {
         slot.map_err(|_| PoolError::Busy)?.map_err(|_| PoolError::Busy)
     }
 
+    /// Whether a create could get a browser: one is warm, or the browser starts.
+    pub fn ready(&self) -> bool {
+        !self.idle.lock().expect("pool lock").is_empty() || self.launcher.can_launch()
+    }
+
     fn take_idle(&self) -> Option<Browser> {
         let mut idle = self.idle.lock().expect("pool lock");
         // Dead ones are dropped here; the refill loop replaces them.

@@ -10,11 +10,13 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use super::Body;
 use super::error::{ApiError, Attempt, json_response, session_refusal};
 use super::request::{field, json_object, read_body};
 use super::sessions::parse_screen;
+
 use crate::action::{Job, instruction};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession};
@@ -73,7 +75,8 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     let started = std::time::Instant::now();
     let run = broker
         .actions
-        .run_in_turn(&tenant, &session, &request.job, config, &broker.egress);
+        .run_in_turn(&tenant, &session, &request.job, config, &broker.egress)
+        .instrument(session.span());
     let answer = tokio::select! {
         answer = run => answer,
         _ = session.ended().cancelled() => return Err(ended_during(&session)),
@@ -87,8 +90,8 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     }
     .fetch_add(1, Relaxed);
     m.action_model_calls.fetch_add(answer.credits as u64, Relaxed);
+    let _in_session = session.span().entered();
     tracing::info!(
-        session = %session.id,
         success = answer.success,
         used_cache = answer.used_cache,
         cache_failed = answer.cache_failed,

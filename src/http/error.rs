@@ -19,7 +19,7 @@ use crate::store::profiles::ProfileError;
 use crate::store::{Status, StoreError};
 
 /// Seconds a client is told to wait after a 503.
-const RETRY_AFTER_SECS: u64 = 2;
+pub const RETRY_AFTER_SECS: u64 = 2;
 
 /// An error a client sees. `detail` is one sentence the user can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]

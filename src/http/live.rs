@@ -139,7 +139,8 @@ async fn viewer_socket(
     let (browser, _) = session.upstream.connect_raw(&path, &broker.egress, timeout).await?;
     let broker = broker.clone();
     let tracker = broker.tracker.clone();
-    let span = tracing::info_span!("live", session = %session.id, read_only);
+    let session_span = session.span();
+    let span = tracing::info_span!(parent: &session_span, "live", read_only);
     tracker.spawn(
         async move {
             let Ok(upgraded) = hyper::upgrade::on(request).await else {

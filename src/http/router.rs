@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
-use super::error::{ApiError, answer, json_response};
+use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
 use super::{Body, actions, admin, live, profiles, sessions};
 use crate::broker::Broker;
@@ -20,6 +20,7 @@ use crate::proxy::hop::{forward, is_hop};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    Ready,
     Metrics,
     Sessions,
     Session,
@@ -52,6 +53,7 @@ const fn route(methods: &'static [&'static str], path: &'static str, endpoint: E
 
 pub const ROUTES: &[Route] = &[
     route(&["GET", "HEAD"], "/health", Endpoint::Health),
+    route(&["GET", "HEAD"], "/ready", Endpoint::Ready),
     route(&["GET"], "/metrics", Endpoint::Metrics),
     route(&["POST", "GET"], "/public/sessions", Endpoint::Sessions),
     route(
@@ -214,6 +216,13 @@ async fn api(
             only(&method, &[Method::GET, Method::HEAD])?;
             return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
         }
+        Endpoint::Ready => {
+            only(&method, &[Method::GET, Method::HEAD])?;
+            return match broker.not_ready() {
+                None => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
+                Some(why) => Err(ApiError::unavailable(why, RETRY_AFTER_SECS)),
+            };
+        }
         Endpoint::Metrics => {
             only(&method, &[Method::GET])?;
             let mut text = broker.render_metrics();
@@ -257,7 +266,12 @@ async fn api(
             only(&method, &[Method::POST])?;
             actions::handle(broker, tenant, request).await
         }
-        Endpoint::Health | Endpoint::Metrics | Endpoint::Proxy | Endpoint::LiveView | Endpoint::AdminCluster => {
+        Endpoint::Health
+        | Endpoint::Ready
+        | Endpoint::Metrics
+        | Endpoint::Proxy
+        | Endpoint::LiveView
+        | Endpoint::AdminCluster => {
             unreachable!("answered above")
         }
     }

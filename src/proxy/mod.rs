@@ -112,7 +112,8 @@ async fn upgrade(
 
     let tracker = broker.tracker.clone();
     let broker = broker.clone();
-    let span = tracing::info_span!("cdp", session = %session.id);
+    let session_span = session.span();
+    let span = tracing::info_span!(parent: &session_span, "cdp");
     tracker.spawn(
         async move {
             let upgraded = match hyper::upgrade::on(request).await {
