@@ -2,8 +2,9 @@
 # Installs what cdpgate needs, only where it is missing (safe to run again):
 #   scripts/setup.sh          Chromium (Debian's package)
 #   scripts/setup.sh --test   also cargo-deny, redis-server, nginx, Node.js, the Node CDP
-#                             clients, the Python client, moto (a local S3 server) and
-#                             the unprivileged user cdpgate-test (for the sandbox test)
+#                             clients, the Python clients (dari, Playwright), moto (a
+#                             local S3 server) and the unprivileged user cdpgate-test
+#                             (for the sandbox test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +68,11 @@ if [ "${1:-}" = "--test" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
     "$venv/bin/pip" install -q --disable-pip-version-check dari-python==0.1.7
+  fi
+  # Python Playwright drives sessions over CDP (no browser download: it uses ours).
+  if ! "$venv/bin/python" -c 'import playwright' 2>/dev/null; then
+    echo "setup: installing Python Playwright into $venv"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$venv/bin/pip" install -q --disable-pip-version-check 'playwright==1.65.2'
   fi
   # Chrome's sandbox is tested with the broker run as an unprivileged user.
   if ! id cdpgate-test >/dev/null 2>&1; then

@@ -529,3 +529,61 @@ async fn a_malformed_frame_is_closed_with_1002() {
     assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002);
     server.stop().await;
 }
+
+/// Clients beyond Node: Python Playwright (`connect_over_cdp`) and a Rust one
+/// (`chromiumoxide`), on the same session, at its screen size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_playwright_and_chromiumoxide_drive_a_session() {
+    use futures_util::StreamExt;
+    let server = TestServer::start().await;
+    let site = format!("http://{}/", start_site().await);
+    let session = server
+        .create(json!({"screen_config": {"width": 1024, "height": 600}}))
+        .await;
+    let url = cdp_url(&session);
+
+    let output = finished(
+        tokio::process::Command::new(python())
+            .arg(repo_root().join("tests/py/playwright_drive.py"))
+            .args([&url, &site]),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["title"], "cdpgate test site");
+    assert_eq!(seen["text"], "Hello through the proxy");
+    assert_eq!((&seen["innerWidth"], &seen["innerHeight"]), (&json!(1024), &json!(600)));
+    assert_eq!(seen["screenshot"], json!({"width": 1024, "height": 600}));
+
+    let (browser, mut handler) = chromiumoxide::Browser::connect(url.clone()).await.unwrap();
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let page = browser.new_page(site.as_str()).await.unwrap();
+    assert_eq!(page.get_title().await.unwrap().as_deref(), Some("cdpgate test site"));
+    let heading: String = page
+        .evaluate("document.querySelector('h1').textContent")
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    assert_eq!(heading, "Hello through the proxy");
+    let size: Vec<u32> = page
+        .evaluate("[innerWidth, innerHeight]")
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    assert_eq!(size, [1024, 600]);
+    page.close().await.unwrap();
+    drop(browser);
+    events.abort();
+    assert_eq!(
+        server.get(session["session_id"].as_str().unwrap()).await.json["status"],
+        "active"
+    );
+    server.stop().await;
+}
