@@ -545,3 +545,106 @@ pub async fn serve_pages(route: fn(&str) -> (String, String)) -> SocketAddr {
     });
     addr
 }
+
+/// Starts the broker binary as `user` (or as this process's user), from a copy of the
+/// binary in `dir` (the checkout may sit where that user cannot read), on the data
+/// directory `data`, with `env` added; answers the child, its address and a task
+/// collecting its log (standard output).
+pub async fn start_binary_as(
+    user: Option<&str>,
+    dir: &Path,
+    data: &Path,
+    env: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    assert_tools_installed();
+    let binary = dir.join("cdpgate");
+    std::fs::copy(env!("CARGO_BIN_EXE_cdpgate"), &binary).unwrap();
+    std::fs::set_permissions(
+        &binary,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::create_dir_all(data).unwrap();
+    let mut command = match user {
+        Some(user) => {
+            let uid = |flag: &str| {
+                let out = std::process::Command::new("id").args([flag, user]).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "user {user} is missing: run scripts/setup.sh --test"
+                );
+                String::from_utf8(out.stdout).unwrap().trim().parse::<u32>().unwrap()
+            };
+            let (uid, gid) = (uid("-u"), uid("-g"));
+            for path in [dir, data] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+            }
+            let mut c = tokio::process::Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".into(),
+                "--".into(),
+            ])
+            .arg(&binary);
+            c
+        }
+        None => tokio::process::Command::new(&binary),
+    };
+    let mut child = command
+        .arg(dir.join("no-such-config.toml"))
+        .env("HOME", data)
+        .env("CDPGATE_DATA_DIR", data)
+        .env("CDPGATE_LISTEN", "127.0.0.1:0")
+        .env("CDPGATE_API_KEYS", KEY_A)
+        .env("CDPGATE_POOL_SIZE", "1")
+        .env("RUST_LOG", "cdpgate=info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The log is on standard output, before and after the line with the address.
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut before = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("cdpgate: listening on ") {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            before.push(line);
+        }
+        panic!("the broker exited early: {before:?}");
+    })
+    .await
+    .expect("the broker starts listening");
+    let log = tokio::spawn(async move {
+        let mut lines = before;
+        while let Ok(Some(line)) = out.next_line().await {
+            lines.push(line);
+        }
+        lines
+    });
+    (child, addr, log)
+}
+
+/// Makes a session and opens a page in it, so that its browser has a renderer.
+pub async fn open_a_page(addr: SocketAddr) {
+    let created = http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let mut ws = ws_connect(created.json["cdp_url"].as_str().unwrap()).await.unwrap();
+    let target = cdp_call(&mut ws, 1, "Target.createTarget", json!({"url": "about:blank"})).await;
+    assert!(target["result"]["targetId"].is_string(), "{target}");
+}
+
+/// Stops a broker started by [`start_binary_as`] (SIGTERM) and answers its log.
+pub async fn stop_binary(mut child: tokio::process::Child, log: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
+    signal(&child, libc::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    log.await.unwrap()
+}
