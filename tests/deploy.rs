@@ -72,11 +72,11 @@ async fn the_image_s_runtime_setup_runs_here_and_a_broker_serves_as_its_user() {
     // The broker, as that user, on that directory: a session's browser starts.
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let (child, addr, log) = start_binary_as(Some("cdpgate"), &bin, &data, &[]).await;
-    open_a_page(addr).await;
-    let ready = http(addr, hyper::Method::GET, "/ready", None, None).await;
+    let broker = start_binary_as(Some("cdpgate"), &bin, &data, &[]).await;
+    open_a_page(broker.addr).await;
+    let ready = http(broker.addr, hyper::Method::GET, "/ready", None, None).await;
     assert_eq!(ready.status, hyper::StatusCode::OK, "{}", ready.body);
-    let log = stop_binary(child, log).await;
+    let log = stop_binary(broker).await;
     assert!(log.iter().any(|l| l.contains("sandbox on")), "{log:?}");
 }
 

@@ -48,8 +48,8 @@ async fn as_an_unprivileged_user_the_renderers_are_sandboxed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
-    let (child, addr, log) = start_binary_as(Some(USER), dir.path(), &data, &[]).await;
-    open_a_page(addr).await;
+    let broker = start_binary_as(Some(USER), dir.path(), &data, &[]).await;
+    open_a_page(broker.addr).await;
     let own_user_ns = std::fs::read_link("/proc/self/ns/user").unwrap();
     let processes = browser_processes(dir.path());
     let browser = processes
@@ -74,7 +74,7 @@ async fn as_an_unprivileged_user_the_renderers_are_sandboxed() {
             "and its own PID namespace"
         );
     }
-    let log = stop_binary(child, log).await;
+    let log = stop_binary(broker).await;
     assert!(log.iter().any(|l| l.contains("sandbox on")), "{log:?}");
 }
 
@@ -86,8 +86,8 @@ async fn as_root_the_broker_says_the_sandbox_is_off() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (child, addr, log) = start_binary_as(None, dir.path(), &data, &[]).await;
-    open_a_page(addr).await;
+    let broker = start_binary_as(None, dir.path(), &data, &[]).await;
+    open_a_page(broker.addr).await;
     let processes = browser_processes(dir.path());
     let browser = processes
         .iter()
@@ -96,7 +96,7 @@ async fn as_root_the_broker_says_the_sandbox_is_off() {
     assert!(browser.1.contains("--no-sandbox"), "{}", browser.1);
     let renderer = processes.iter().find(|p| p.0 == "renderer").expect("a renderer");
     assert_eq!(seccomp(&renderer.2), Some(0), "no seccomp filter without the sandbox");
-    let log = stop_binary(child, log).await;
+    let log = stop_binary(broker).await;
     assert!(
         log.iter()
             .any(|l| l.contains("running as root: browsers start with --no-sandbox")),

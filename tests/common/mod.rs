@@ -462,7 +462,18 @@ pub struct Binary {
 
 pub async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
     assert_tools_installed();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdpgate"))
+    spawn_broker(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cdpgate")),
+        data_dir,
+        env,
+    )
+    .await
+}
+
+/// Runs the broker `command` on `data_dir` (one warm browser, a free port, `env` added)
+/// and waits until it says where it listens; its log is on standard output.
+async fn spawn_broker(mut command: tokio::process::Command, data_dir: &Path, env: &[(&str, &str)]) -> Binary {
+    let mut child = command
         .arg(data_dir.join("no-such-config.toml"))
         .env("CDPGATE_DATA_DIR", data_dir)
         .env("CDPGATE_LISTEN", "127.0.0.1:0")
@@ -548,18 +559,8 @@ pub async fn serve_pages(route: fn(&str) -> (String, String)) -> SocketAddr {
 
 /// Starts the broker binary as `user` (or as this process's user), from a copy of the
 /// binary in `dir` (the checkout may sit where that user cannot read), on the data
-/// directory `data`, with `env` added; answers the child, its address and a task
-/// collecting its log (standard output).
-pub async fn start_binary_as(
-    user: Option<&str>,
-    dir: &Path,
-    data: &Path,
-    env: &[(&str, &str)],
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    tokio::task::JoinHandle<Vec<String>>,
-) {
+/// directory `data`, with `env` added.
+pub async fn start_binary_as(user: Option<&str>, dir: &Path, data: &Path, env: &[(&str, &str)]) -> Binary {
     assert_tools_installed();
     let binary = dir.join("cdpgate");
     std::fs::copy(env!("CARGO_BIN_EXE_cdpgate"), &binary).unwrap();
@@ -571,7 +572,7 @@ pub async fn start_binary_as(
     std::fs::create_dir_all(data).unwrap();
     let mut command = match user {
         Some(user) => {
-            let uid = |flag: &str| {
+            let id = |flag: &str| {
                 let out = std::process::Command::new("id").args([flag, user]).output().unwrap();
                 assert!(
                     out.status.success(),
@@ -579,7 +580,7 @@ pub async fn start_binary_as(
                 );
                 String::from_utf8(out.stdout).unwrap().trim().parse::<u32>().unwrap()
             };
-            let (uid, gid) = (uid("-u"), uid("-g"));
+            let (uid, gid) = (id("-u"), id("-g"));
             for path in [dir, data] {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
             }
@@ -595,42 +596,11 @@ pub async fn start_binary_as(
         }
         None => tokio::process::Command::new(&binary),
     };
-    let mut child = command
-        .arg(dir.join("no-such-config.toml"))
+    command
         .env("HOME", data)
-        .env("CDPGATE_DATA_DIR", data)
-        .env("CDPGATE_LISTEN", "127.0.0.1:0")
         .env("CDPGATE_API_KEYS", KEY_A)
-        .env("CDPGATE_POOL_SIZE", "1")
-        .env("RUST_LOG", "cdpgate=info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The log is on standard output, before and after the line with the address.
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut before = Vec::new();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = out.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("cdpgate: listening on ") {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-            before.push(line);
-        }
-        panic!("the broker exited early: {before:?}");
-    })
-    .await
-    .expect("the broker starts listening");
-    let log = tokio::spawn(async move {
-        let mut lines = before;
-        while let Ok(Some(line)) = out.next_line().await {
-            lines.push(line);
-        }
-        lines
-    });
-    (child, addr, log)
+        .env("RUST_LOG", "cdpgate=info");
+    spawn_broker(command, data, env).await
 }
 
 /// Makes a session and opens a page in it, so that its browser has a renderer.
@@ -642,9 +612,16 @@ pub async fn open_a_page(addr: SocketAddr) {
     assert!(target["result"]["targetId"].is_string(), "{target}");
 }
 
-/// Stops a broker started by [`start_binary_as`] (SIGTERM) and answers its log.
-pub async fn stop_binary(mut child: tokio::process::Child, log: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
-    signal(&child, libc::SIGTERM);
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    log.await.unwrap()
+/// Stops a broker binary (SIGTERM) and answers everything it logged.
+pub async fn stop_binary(mut broker: Binary) -> Vec<String> {
+    signal(&broker.child, libc::SIGTERM);
+    let mut lines = std::mem::take(&mut broker.printed);
+    let rest = async {
+        while let Ok(Some(line)) = broker.lines.next_line().await {
+            lines.push(line);
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), rest).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), broker.child.wait()).await;
+    lines
 }
