@@ -74,6 +74,11 @@ if [ "${1:-}" = "--test" ]; then
     echo "setup: installing Python Playwright into $venv"
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$venv/bin/pip" install -q --disable-pip-version-check 'playwright==1.65.2'
   fi
+  # The OpenAPI document is checked by openapi-spec-validator and fuzzed by schemathesis.
+  if ! [ -x "$venv/bin/schemathesis" ] || ! [ -x "$venv/bin/openapi-spec-validator" ]; then
+    echo "setup: installing schemathesis and openapi-spec-validator into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0'
+  fi
   # Chrome's sandbox is tested with the broker run as an unprivileged user.
   if ! id cdpgate-test >/dev/null 2>&1; then
     echo "setup: adding the unprivileged user cdpgate-test"

@@ -80,6 +80,8 @@ pub enum BrokerError {
     ProfileBrowser(#[from] CdpError),
     #[error("The profile was {}", .0.describe())]
     ProfileNotSaved(SaveOutcome),
+    #[error("storage_state was refused by the browser: {0}")]
+    StateRefused(String),
     #[error("Sessions cannot be recorded right now ({0}). Retry later.")]
     Store(#[from] StoreError),
 }
@@ -87,7 +89,7 @@ pub enum BrokerError {
 impl BrokerError {
     pub fn origin(&self) -> Origin {
         match self {
-            BrokerError::RateLimited { .. } => Origin::Client,
+            BrokerError::RateLimited { .. } | BrokerError::StateRefused(_) => Origin::Client,
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
             BrokerError::ProfileBrowser(_) => Origin::Upstream,
@@ -452,7 +454,7 @@ impl Broker {
     /// A profile's cookies and localStorage as a Playwright `storageState` document.
     pub async fn export_storage_state(&self, tenant: &Tenant, id: &str) -> Result<Value, BrokerError> {
         self.in_profile_browser(tenant, id, false, async |conn, browser| {
-            storage_state::export(conn, &browser.dir).await
+            Ok(storage_state::export(conn, &browser.dir).await?)
         })
         .await
     }
@@ -460,7 +462,11 @@ impl Broker {
     /// Writes a (validated) `storageState` document into a profile and saves it.
     pub async fn import_storage_state(&self, tenant: &Tenant, id: &str, state: &Value) -> Result<(), BrokerError> {
         self.in_profile_browser(tenant, id, true, async |conn, _| {
-            storage_state::import(conn, state).await
+            storage_state::import(conn, state).await.map_err(|e| match e {
+                // Chrome's own checks (a cookie it will not take): the document's fault.
+                CdpError::Refused { message, .. } => BrokerError::StateRefused(message),
+                other => other.into(),
+            })
         })
         .await
     }
@@ -472,7 +478,7 @@ impl Broker {
         tenant: &Tenant,
         id: &str,
         persist: bool,
-        work: impl AsyncFnOnce(&mut cdp::Connection, &Browser) -> Result<T, CdpError>,
+        work: impl AsyncFnOnce(&mut cdp::Connection, &Browser) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         let profile = self.profiles.get(tenant, id).await?;
         let holder = format!("storage-state-{}", random_hex(4));

@@ -50,6 +50,52 @@ fn the_endpoint_table_is_the_route_table() {
     assert!(unrouted.is_empty(), "documented but not routed: {unrouted:?}");
 }
 
+/// (method, path) pairs of `docs/openapi.json`.
+fn in_openapi() -> BTreeSet<(String, String)> {
+    let doc: serde_json::Value = serde_json::from_str(cdpgate::http::router::OPENAPI).expect("valid JSON");
+    let mut pairs = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().unwrap().keys().filter(|k| *k != "parameters") {
+            pairs.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    pairs
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_is_the_route_table() {
+    let (doc, code) = (in_openapi(), routed());
+    let undocumented: Vec<_> = code.difference(&doc).collect();
+    let unrouted: Vec<_> = doc.difference(&code).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from docs/openapi.json: {undocumented:?}"
+    );
+    assert!(unrouted.is_empty(), "in docs/openapi.json but not routed: {unrouted:?}");
+    let validator = repo_root().join("target/test-venv/bin/openapi-spec-validator");
+    let out = finished(tokio::process::Command::new(&validator).arg(repo_root().join("docs/openapi.json"))).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Served as it is kept, with this broker's own TTL ceiling.
+    let server = TestServer::start_with(|c| c.max_ttl = 3600).await;
+    let served = server.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.headers["content-type"], "application/json");
+    assert_eq!(
+        served.json["paths"],
+        serde_json::from_str::<serde_json::Value>(cdpgate::http::router::OPENAPI).unwrap()["paths"]
+    );
+    assert_eq!(
+        served.json["components"]["schemas"]["NewSession"]["properties"]["ttl"]["maximum"],
+        3600
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_endpoint_answers() {
     // With the operator's endpoints on (they are unknown without an admin key).

@@ -28,6 +28,9 @@ pub enum CdpError {
     Timeout,
     #[error("the browser's answer is not what DevTools sends: {0}")]
     Protocol(String),
+    /// The browser understood the command and refused it (a CDP error answer).
+    #[error("the browser refused {method}: {message}")]
+    Refused { method: String, message: String },
 }
 
 /// A request to a DevTools HTTP endpoint at `addr` (host:port); answers status and body.
@@ -174,7 +177,13 @@ impl Connection {
                     continue;
                 }
                 if let Some(error) = reply.get("error") {
-                    return Err(CdpError::Protocol(error.to_string()));
+                    let message = error["message"]
+                        .as_str()
+                        .map_or_else(|| error.to_string(), str::to_owned);
+                    return Err(CdpError::Refused {
+                        method: method.to_owned(),
+                        message,
+                    });
                 }
                 return Ok(reply["result"].clone());
             }

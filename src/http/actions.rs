@@ -64,7 +64,8 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
                 external_url: None,
                 profile_id: None,
                 persist_changes: true,
-                ttl: AUTO_SESSION_TTL,
+                // Never longer than the operator allows any session to live.
+                ttl: AUTO_SESSION_TTL.min(Duration::from_secs(config.max_ttl)),
                 screen: request.screen.unwrap_or_else(|| config.default_screen()),
                 metadata: Map::new(),
                 queue: true,

@@ -194,6 +194,7 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Byo(e) => e.into(),
             BrokerError::Profile(e) => e.into(),
+            BrokerError::StateRefused(_) => ApiError::unprocessable(e.to_string()),
             BrokerError::Store(StoreError::Unavailable(_)) => ApiError::unavailable(e.to_string(), RETRY_AFTER_SECS),
             BrokerError::Store(_)
             | BrokerError::ProfileUnreadable(_)

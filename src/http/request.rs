@@ -98,6 +98,16 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 
+/// A JSON number with no fractional part (`600` or `600.0`: both integers to JSON Schema),
+/// if it is 0 or more and fits.
+pub fn whole_number(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        (f.fract() == 0.0 && (0.0..=9.0e15).contains(&f)).then_some(f as u64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

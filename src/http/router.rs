@@ -21,6 +21,7 @@ use crate::proxy::hop::{forward, is_hop};
 pub enum Endpoint {
     Health,
     Ready,
+    OpenApi,
     Metrics,
     Sessions,
     Session,
@@ -51,9 +52,26 @@ const fn route(methods: &'static [&'static str], path: &'static str, endpoint: E
     }
 }
 
+/// The API described in OpenAPI 3.1, served at `/openapi.json` (a test holds it to `ROUTES`).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// The document with this broker's own limits where they are settings (`max_ttl`).
+fn openapi_for(config: &crate::config::Config) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(OPENAPI) else {
+        return OPENAPI.to_owned();
+    };
+    for schema in ["NewSession", "SessionChange"] {
+        if let Some(ttl) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/ttl")) {
+            ttl["maximum"] = json!(config.max_ttl);
+        }
+    }
+    serde_json::to_string(&doc).unwrap_or_else(|_| OPENAPI.to_owned())
+}
+
 pub const ROUTES: &[Route] = &[
     route(&["GET", "HEAD"], "/health", Endpoint::Health),
     route(&["GET", "HEAD"], "/ready", Endpoint::Ready),
+    route(&["GET"], "/openapi.json", Endpoint::OpenApi),
     route(&["GET"], "/metrics", Endpoint::Metrics),
     route(&["POST", "GET"], "/public/sessions", Endpoint::Sessions),
     route(
@@ -182,7 +200,15 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
         return answer(&broker.metrics, Err(refusal));
     };
     let result = api(&broker, route.endpoint, &params, request).await;
-    answer(&broker.metrics, result)
+    let mut response = answer(&broker.metrics, result);
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110: a 405 says which methods the resource has.
+        let allow = route.methods.join(", ");
+        if let Ok(value) = header::HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+    }
+    response
 }
 
 /// The session a request acts on, where the path or the token names one: the CDP and live
@@ -216,6 +242,15 @@ async fn api(
             only(&method, &[Method::GET, Method::HEAD])?;
             return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
         }
+        Endpoint::OpenApi => {
+            only(&method, &[Method::GET])?;
+            let mut r = Response::new(Full::new(Bytes::from(openapi_for(&broker.config))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return Ok(r);
+        }
         Endpoint::Ready => {
             only(&method, &[Method::GET, Method::HEAD])?;
             return match broker.not_ready() {
@@ -241,12 +276,12 @@ async fn api(
             return Ok(r);
         }
         Endpoint::AdminCluster => {
+            only(&method, &[Method::GET])?;
             // Unknown unless the operator set a key; then only that key opens it.
             let admin = broker.admin.as_ref().ok_or_else(|| ApiError::not_found("Not Found"))?;
             admin
                 .authenticate_by(request.headers(), "x-admin-key")
                 .ok_or_else(ApiError::unauthorized)?;
-            only(&method, &[Method::GET])?;
             return admin::cluster(broker).await;
         }
         _ => {}
@@ -268,6 +303,7 @@ async fn api(
         }
         Endpoint::Health
         | Endpoint::Ready
+        | Endpoint::OpenApi
         | Endpoint::Metrics
         | Endpoint::Proxy
         | Endpoint::LiveView

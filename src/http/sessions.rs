@@ -8,7 +8,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, Attempt, empty_response, json_response, session_refusal};
-use super::request::{field, json_object, query_pairs, read_body, read_json_object};
+use super::request::{field, json_object, query_pairs, read_body, read_json_object, whole_number};
 use super::{Body, timestamp};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession, SessionUrls};
@@ -227,8 +227,8 @@ pub fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
         ApiError::unprocessable(format!("TTL cannot exceed {max_ttl} seconds ({human})"))
     };
     let ttl = match v {
-        Value::Number(n) if n.is_u64() => n.as_u64().unwrap_or(0),
-        Value::Number(n) if n.is_i64() => {
+        v if whole_number(v).is_some() => whole_number(v).unwrap_or(0),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f < 0.0) => {
             return Err(ApiError::unprocessable("TTL must be at least 1 second"));
         }
         Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > max_ttl as f64) => {
@@ -251,7 +251,7 @@ pub fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
     let shape = || ApiError::unprocessable("screen_config must be an object with integer width and height");
     let obj = v.as_object().ok_or_else(shape)?;
     let side = |name: &str, max: u32| -> Result<u32, ApiError> {
-        let n = obj.get(name).ok_or_else(shape)?.as_u64().ok_or_else(shape)?;
+        let n = obj.get(name).and_then(whole_number).ok_or_else(shape)?;
         if n < MIN_SIDE as u64 || n > max as u64 {
             return Err(ApiError::unprocessable(format!(
                 "screen_config.{name} must be between {MIN_SIDE} and {max}"
@@ -322,10 +322,11 @@ async fn list(broker: &Broker, tenant: &Tenant, query: Option<&str>) -> Result<R
             }
             "offset" => {
                 // Past the end of any list is an empty page, not an error.
-                list.offset = value
-                    .parse::<u64>()
-                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                    .map_err(|_| ApiError::unprocessable("offset must be an integer of 0 or more"))?;
+                let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+                if !digits {
+                    return Err(ApiError::unprocessable("offset must be an integer of 0 or more"));
+                }
+                list.offset = value.parse::<usize>().unwrap_or(usize::MAX);
             }
             _ => {}
         }

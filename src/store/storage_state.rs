@@ -42,14 +42,18 @@ pub fn validate(state: &Value) -> Result<(), String> {
         let origin = o["origin"]
             .as_str()
             .ok_or(format!("origins[{i}].origin must be a string"))?;
-        if canonical_origin(origin).as_deref() != Some(origin) {
+        if !is_origin(origin) {
             return Err(format!(
                 "origins[{i}].origin must be an origin such as https://example.com"
             ));
         }
-        let items = o["localStorage"]
-            .as_array()
-            .ok_or(format!("origins[{i}].localStorage must be an array"))?;
+        // Absent or null: none.
+        let items = match &o["localStorage"] {
+            Value::Null => &Vec::new(),
+            v => v
+                .as_array()
+                .ok_or(format!("origins[{i}].localStorage must be an array"))?,
+        };
         if items
             .iter()
             .any(|it| !(it["name"].is_string() && it["value"].is_string()))
@@ -61,6 +65,19 @@ pub fn validate(state: &Value) -> Result<(), String> {
 }
 
 /// `scheme://host[:port]` for an http(s) URL, as browsers serialize origins.
+/// `scheme://host[:port]` for http or https, in any case, and nothing more.
+fn is_origin(s: &str) -> bool {
+    let Ok(url) = url::Url::parse(s) else { return false };
+    matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && !s.ends_with('/')
+        && url.query().is_none()
+        && url.fragment().is_none()
+}
+
 fn canonical_origin(s: &str) -> Option<String> {
     let url = url::Url::parse(s).ok()?;
     matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
@@ -134,8 +151,9 @@ pub async fn import(conn: &mut Connection, state: &Value) -> Result<(), CdpError
             .await?;
     }
     for o in state["origins"].as_array().into_iter().flatten() {
-        let origin = o["origin"].as_str().unwrap_or_default();
-        let page = conn.page_at(origin).await?;
+        // Validated: an http(s) origin, perhaps not in canonical form ("HTTP://Example.com:80").
+        let origin = canonical_origin(o["origin"].as_str().unwrap_or_default()).unwrap_or_default();
+        let page = conn.page_at(&origin).await?;
         let pairs: Vec<(&str, &str)> = o["localStorage"]
             .as_array()
             .into_iter()
@@ -197,6 +215,9 @@ mod tests {
         assert!(validate(&json!({"cookies": [{"name": "a"}]})).is_err());
         assert!(validate(&json!({"origins": [{"origin": "https://x.test/path", "localStorage": []}]})).is_err());
         assert!(validate(&json!({"origins": [{"origin": "javascript:alert(1)", "localStorage": []}]})).is_err());
+        assert!(validate(&json!({"origins": [{"origin": "https://user@x.test", "localStorage": []}]})).is_err());
+        // Not canonical, still an origin: imported as https://x.test.
+        assert!(validate(&json!({"origins": [{"origin": "HTTPS://X.test:443", "localStorage": []}]})).is_ok());
         assert!(
             validate(&json!({"origins": [{"origin": "http://127.0.0.1:8080", "localStorage": [{"name": "k"}]}]}))
                 .is_err()

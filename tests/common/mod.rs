@@ -241,10 +241,15 @@ pub async fn node(script: &str, args: &[&str]) -> Value {
 /// Runs a client program to its end: one that hangs fails the test after 90 s (and is
 /// killed) instead of hanging it.
 pub async fn finished(command: &mut tokio::process::Command) -> std::process::Output {
+    finished_within(command, Duration::from_secs(90)).await
+}
+
+/// [`finished`], for a program that takes long by design.
+pub async fn finished_within(command: &mut tokio::process::Command, limit: Duration) -> std::process::Output {
     let what = format!("{:?}", command.as_std().get_program());
-    tokio::time::timeout(Duration::from_secs(90), command.kill_on_drop(true).output())
+    tokio::time::timeout(limit, command.kill_on_drop(true).output())
         .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 90 s"))
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
         .unwrap_or_else(|e| panic!("{what} could not run: {e}"))
 }
 
