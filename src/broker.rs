@@ -359,6 +359,11 @@ impl Broker {
 
     /// Hands a browser to a new session of `tenant` and starts its TTL watcher.
     pub async fn create_session(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
+        let span = tracing::info_span!("session.create", tenant = %tenant, external = request.external_url.is_some());
+        self.create_session_in_span(tenant, request).instrument(span).await
+    }
+
+    async fn create_session_in_span(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }

@@ -109,6 +109,10 @@ pub struct Config {
     /// `text` (readable lines) or `json` (one JSON object per line, with the session id
     /// and tenant on every line about a session), on standard output (`CDPGATE_LOG_FORMAT`).
     pub log_format: String,
+    /// An OpenTelemetry collector's OTLP/HTTP address (`http://host:4318`, usually a
+    /// collector beside the broker; `CDPGATE_OTLP_ENDPOINT`): every span goes to
+    /// `{otlp_endpoint}/v1/traces` as protobuf. Empty: no spans are exported.
+    pub otlp_endpoint: String,
     /// Where profiles are kept (`CDPGATE_PROFILE_STORE`): a directory, or
     /// `s3://bucket[/prefix]` for an S3-compatible object store (credentials, region and
     /// endpoint from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
@@ -170,6 +174,7 @@ impl Default for Config {
             profile_store: String::new(),
             profile_lease_ms: 15_000,
             log_format: "text".into(),
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -323,6 +328,9 @@ impl Config {
         if let Some(v) = var("log_format") {
             self.log_format = v;
         }
+        if let Some(v) = var("otlp_endpoint") {
+            self.otlp_endpoint = v;
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -389,6 +397,12 @@ impl Config {
             && rest.split('/').next().is_none_or(str::is_empty)
         {
             errors.push("profile_store s3://bucket[/prefix] needs a bucket".into());
+        }
+        let otlp = &self.otlp_endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://")) {
+            errors.push(
+                "otlp_endpoint must start with http:// (a collector beside the broker; https is not built in)".into(),
+            );
         }
         if !["text", "json"].contains(&self.log_format.as_str()) {
             errors.push("log_format must be \"text\" or \"json\"".into());

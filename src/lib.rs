@@ -21,7 +21,8 @@
 //! - [`store`]: session records behind the [`store::SessionStore`] trait, profiles,
 //!   `storageState` documents.
 //! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`metrics`],
-//!   [`tls`], and [`error`] (whose fault an error is).
+//!   [`tls`], [`telemetry`] (log lines and OTLP spans), and [`error`] (whose fault an
+//!   error is).
 
 pub mod action;
 pub mod auth;
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 use std::sync::Arc;

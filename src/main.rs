@@ -17,15 +17,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cdpgate=info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == "json" {
-        // Each line carries the spans it is in: a session's id and tenant among them.
-        logs.json().with_current_span(false).with_span_list(true).init();
-    } else {
-        logs.init();
-    }
+    let telemetry = match cdpgate::telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cdpgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
+    let code = serve(&runtime, config);
+    drop(runtime);
+    telemetry.flush();
+    code
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, config: cdpgate::Config) -> ExitCode {
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,

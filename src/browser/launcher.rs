@@ -238,6 +238,7 @@ impl Launcher {
 
     /// Starts a browser on the user-data directory `dir`; with `owned`, the directory is
     /// removed when the browser ends, otherwise it is left to the caller.
+    #[tracing::instrument(name = "browser.launch", skip_all, fields(width = screen.width, height = screen.height))]
     pub async fn launch_in(&self, screen: Screen, dir: PathBuf, owned: bool) -> Result<Browser, LaunchError> {
         let started = Instant::now();
         let result = self.spawn(screen, dir, owned).await;

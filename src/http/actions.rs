@@ -77,7 +77,7 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     let run = broker
         .actions
         .run_in_turn(&tenant, &session, &request.job, config, &broker.egress)
-        .instrument(session.span());
+        .instrument(tracing::info_span!(parent: &session.span(), "action.run"));
     let answer = tokio::select! {
         answer = run => answer,
         _ = session.ended().cancelled() => return Err(ended_during(&session)),

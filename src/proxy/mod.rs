@@ -113,7 +113,7 @@ async fn upgrade(
     let tracker = broker.tracker.clone();
     let broker = broker.clone();
     let session_span = session.span();
-    let span = tracing::info_span!(parent: &session_span, "cdp");
+    let span = tracing::info_span!(parent: &session_span, "proxy.connection");
     tracker.spawn(
         async move {
             let upgraded = match hyper::upgrade::on(request).await {
