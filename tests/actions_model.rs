@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const PASSWORD: &str = "m0del-never-sees-this";
@@ -83,26 +83,8 @@ async fn stand_in_model() -> (SocketAddr, Seen) {
         while let Ok((mut stream, _)) = listener.accept().await {
             let log = log.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 65536];
-                let (head, body) = loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map(|v| v.trim().parse().unwrap())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + length {
-                        break (head, buf[end + 4..end + 4 + length].to_vec());
-                    }
+                let Some((head, body)) = read_request(&mut stream, &mut Vec::new()).await else {
+                    return;
                 };
                 let request: Value = serde_json::from_slice(&body).unwrap();
                 let reply = answer(&request).to_string();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// One request the collector stand-in received: its head and body.
 type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -25,28 +25,8 @@ async fn start_collector() -> (std::net::SocketAddr, Received) {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 16384];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + length {
-                        continue;
-                    }
-                    let body = buf[end + 4..end + 4 + length].to_vec();
-                    store.lock().unwrap().push((head, body));
-                    buf.drain(..end + 4 + length);
+                while let Some(request) = read_request(&mut stream, &mut buf).await {
+                    store.lock().unwrap().push(request);
                     let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
                     if stream.write_all(answer.as_bytes()).await.is_err() {
                         return;

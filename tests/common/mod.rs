@@ -630,3 +630,30 @@ pub async fn stop_binary(mut broker: Binary) -> Vec<String> {
     let _ = tokio::time::timeout(Duration::from_secs(5), broker.child.wait()).await;
     lines
 }
+
+/// Reads one HTTP/1.1 request from `stream` for a stand-in server (a model endpoint, a
+/// collector): its head, lowercased, and its body (by `content-length`); bytes of a next
+/// request stay in `buf`. `None` once the peer closes.
+pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let body = buf[end + 4..end + 4 + length].to_vec();
+                buf.drain(..end + 4 + length);
+                return Some((head, body));
+            }
+        }
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
