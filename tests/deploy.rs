@@ -73,7 +73,7 @@ async fn the_image_s_runtime_setup_runs_here_and_a_broker_serves_as_its_user() {
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let broker = start_binary_as(Some("cdpgate"), &bin, &data, &[]).await;
-    open_a_page(broker.addr).await;
+    let _page = open_a_page(broker.addr).await;
     let ready = http(broker.addr, hyper::Method::GET, "/ready", None, None).await;
     assert_eq!(ready.status, hyper::StatusCode::OK, "{}", ready.body);
     let log = stop_binary(broker).await;

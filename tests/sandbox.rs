@@ -36,6 +36,19 @@ fn browser_processes(dir: &Path) -> Vec<(String, String, String, u32)> {
     found
 }
 
+/// The browser processes under `dir` once one of them is a renderer (Chrome may answer
+/// `Target.createTarget` before the renderer process runs).
+async fn processes_with_a_renderer(dir: &Path) -> Vec<(String, String, String, u32)> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let processes = browser_processes(dir);
+        if processes.iter().any(|p| p.0 == "renderer") || tokio::time::Instant::now() > deadline {
+            return processes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn seccomp(status: &str) -> Option<u32> {
     status
         .lines()
@@ -49,9 +62,9 @@ async fn as_an_unprivileged_user_the_renderers_are_sandboxed() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
     let broker = start_binary_as(Some(USER), dir.path(), &data, &[]).await;
-    open_a_page(broker.addr).await;
+    let _page = open_a_page(broker.addr).await;
     let own_user_ns = std::fs::read_link("/proc/self/ns/user").unwrap();
-    let processes = browser_processes(dir.path());
+    let processes = processes_with_a_renderer(dir.path()).await;
     let browser = processes
         .iter()
         .find(|p| p.0 == "browser")
@@ -87,14 +100,17 @@ async fn as_root_the_broker_says_the_sandbox_is_off() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let broker = start_binary_as(None, dir.path(), &data, &[]).await;
-    open_a_page(broker.addr).await;
-    let processes = browser_processes(dir.path());
+    let _page = open_a_page(broker.addr).await;
+    let processes = processes_with_a_renderer(dir.path()).await;
     let browser = processes
         .iter()
         .find(|p| p.0 == "browser")
         .expect("the browser process");
     assert!(browser.1.contains("--no-sandbox"), "{}", browser.1);
-    let renderer = processes.iter().find(|p| p.0 == "renderer").expect("a renderer");
+    let renderer = processes
+        .iter()
+        .find(|p| p.0 == "renderer")
+        .unwrap_or_else(|| panic!("a renderer: {processes:?}"));
     assert_eq!(seccomp(&renderer.2), Some(0), "no seccomp filter without the sandbox");
     let log = stop_binary(broker).await;
     assert!(

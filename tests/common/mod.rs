@@ -608,13 +608,15 @@ pub async fn start_binary_as(user: Option<&str>, dir: &Path, data: &Path, env: &
     spawn_broker(command, data, env).await
 }
 
-/// Makes a session and opens a page in it, so that its browser has a renderer.
-pub async fn open_a_page(addr: SocketAddr) {
+/// Makes a session and opens a page in it, so that its browser starts a renderer (perhaps
+/// a moment after the answer); the connection stays open while the caller holds it.
+pub async fn open_a_page(addr: SocketAddr) -> Ws {
     let created = http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let mut ws = ws_connect(created.json["cdp_url"].as_str().unwrap()).await.unwrap();
     let target = cdp_call(&mut ws, 1, "Target.createTarget", json!({"url": "about:blank"})).await;
     assert!(target["result"]["targetId"].is_string(), "{target}");
+    ws
 }
 
 /// Stops a broker binary (SIGTERM) and answers everything it logged.
