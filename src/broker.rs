@@ -21,7 +21,9 @@ use crate::action::model::ModelClient;
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::byo::{self, ProbeError};
 use crate::browser::cdp::{self, CdpError};
-use crate::browser::egress::Egress;
+use crate::browser::egress::{Egress, EgressError};
+use crate::browser::forward::UpstreamProxy;
+use crate::browser::identity::{self, Identity};
 use crate::browser::pool::{Pool, PoolError};
 use crate::browser::{Browser, LaunchError, Launcher, Screen, find_chrome};
 use crate::config::Config;
@@ -38,6 +40,7 @@ use crate::store::profiles::{self, Profile, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
     EndReason, ListPage, ListQuery, SaveOutcome, SessionRecord, SessionStore, Status, StoreError, storage_state,
+    ProxySettings, SessionOptions,
 };
 
 /// How long terminate and delete wait for a profile save before answering anyway.
@@ -82,6 +85,11 @@ pub enum BrokerError {
     ProfileNotSaved(SaveOutcome),
     #[error("storage_state was refused by the browser: {0}")]
     StateRefused(String),
+    /// A session option that cannot be honoured (a proxy the egress policy refuses).
+    #[error("{0}")]
+    OptionRefused(String),
+    #[error("The session's browser could not be prepared: {0}")]
+    BrowserSetup(CdpError),
     #[error("Sessions cannot be recorded right now ({0}). Retry later.")]
     Store(#[from] StoreError),
 }
@@ -89,7 +97,10 @@ pub enum BrokerError {
 impl BrokerError {
     pub fn origin(&self) -> Origin {
         match self {
-            BrokerError::RateLimited { .. } | BrokerError::StateRefused(_) => Origin::Client,
+            BrokerError::RateLimited { .. } | BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => {
+                Origin::Client
+            }
+            BrokerError::BrowserSetup(_) => Origin::Upstream,
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
             BrokerError::ProfileBrowser(_) => Origin::Upstream,
@@ -192,6 +203,8 @@ pub struct Broker {
     pub tokens: Tokens,
     /// Where connections to users' own browsers may go.
     pub egress: Egress,
+    /// The policy of managed browsers' pages (their gateways enforce it).
+    pub browser_egress: Arc<Egress>,
     create_limiter: CreateLimiter,
     /// Sessions whose browser runs on this node, until their end is written down.
     running: Arc<DashMap<String, Arc<Session>>>,
@@ -224,6 +237,34 @@ pub struct NewSession {
     pub persist_changes: bool,
     /// Wait up to `queue_timeout_ms` for a slot; otherwise refuse at once when full.
     pub queue: bool,
+    /// Upstream proxy, identity and idle timeout.
+    pub options: RequestedOptions,
+}
+
+/// What a create asks of a session beyond the basics, as validated.
+#[derive(Debug, Clone, Default)]
+pub struct RequestedOptions {
+    pub proxy: Option<UpstreamProxy>,
+    pub identity: Identity,
+    /// 0: never idle out.
+    pub idle_timeout: u64,
+}
+
+impl RequestedOptions {
+    /// The options as the session object shows them (no password).
+    pub fn view(&self) -> SessionOptions {
+        SessionOptions {
+            proxy: self.proxy.as_ref().map(|p| ProxySettings {
+                server: p.server(),
+                username: p.username.clone(),
+                bypass: p.bypass.clone(),
+            }),
+            user_agent: self.identity.user_agent.clone(),
+            locale: self.identity.locale.clone(),
+            timezone: self.identity.timezone.clone(),
+            idle_timeout: self.idle_timeout,
+        }
+    }
 }
 
 /// The secrets a broker starts with: API keys and the token signing secret.
@@ -267,6 +308,16 @@ impl Broker {
 
         let metrics = Arc::new(Metrics::default());
         let tracker = TaskTracker::new();
+        // Ports of the broker's own browsers and their gateways: no session may reach them.
+        let own_ports: Arc<std::sync::Mutex<std::collections::HashSet<u16>>> = Arc::default();
+        let broker_addr = bound;
+        let browser_egress = Arc::new(Egress::for_browsers(
+            &config.browser_egress_deny,
+            &config.browser_egress_allow,
+            own_ports.clone(),
+            broker_addr,
+            config.byo_timeout(),
+        ));
         let launcher = Arc::new(Launcher::new(
             chrome,
             config.chrome_flags.clone(),
@@ -274,6 +325,8 @@ impl Broker {
             config.launch_timeout(),
             tracker.clone(),
             metrics.clone(),
+            own_ports.clone(),
+            browser_egress.clone(),
         ));
         let (node, store, nodes) = open_store(&config).await?;
         let profiles = Arc::new(
@@ -305,12 +358,7 @@ impl Broker {
             tracing::error!(error = %e, "Chromium does not start; sessions will be refused until it does");
         }
 
-        let egress = Egress::new(
-            &config.byo_allow,
-            launcher.own_ports.clone(),
-            bound.port(),
-            config.byo_timeout(),
-        );
+        let egress = Egress::for_byo(&config.byo_allow, own_ports, broker_addr, config.byo_timeout());
         let pool = Arc::new(Pool::new(
             launcher,
             config.default_screen(),
@@ -328,6 +376,7 @@ impl Broker {
             admin: (!config.admin_key.is_empty()).then(|| ApiKeys::new(std::slice::from_ref(&config.admin_key))),
             tokens: Tokens::new(secrets.token_secret.as_bytes()),
             egress,
+            browser_egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
             running: Arc::new(DashMap::new()),
             records: Arc::new(Recorder::new(store)),
@@ -382,6 +431,12 @@ impl Broker {
             return self
                 .register(id, tenant, request, Backing::External(upstream), None)
                 .await;
+        }
+        if let Some(proxy) = &request.options.proxy
+            && let Err(e) = self.browser_egress.resolve(&proxy.host, proxy.port).await
+            && !matches!(e, EgressError::Resolve { .. })
+        {
+            return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
         }
         if let Some(profile_id) = &request.profile_id {
             return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
@@ -541,9 +596,16 @@ impl Broker {
         profile: Option<ProfileBinding>,
     ) -> Result<Arc<Session>, BrokerError> {
         // An external browser's exit is not ours to watch: a token that never fires.
-        let exited = match &backing {
-            Backing::Managed(lease) => lease.browser.exited(),
-            Backing::External(_) => CancellationToken::new(),
+        let (exited, traffic) = match &backing {
+            Backing::Managed(lease) => {
+                let traffic = lease.browser.gateway.assign(&id, request.options.proxy.clone());
+                (lease.browser.exited(), Some(traffic))
+            }
+            Backing::External(_) => (CancellationToken::new(), None),
+        };
+        let identity = match &backing {
+            Backing::Managed(lease) if !request.options.identity.is_empty() => Some(lease.browser.ws_url()),
+            _ => None,
         };
         let init = SessionInit {
             id: id.clone(),
@@ -553,8 +615,20 @@ impl Broker {
             metadata: request.metadata,
             backing,
             profile,
+            options: request.options.view(),
+            traffic,
         };
         let session = Arc::new(Session::new(init, &self.node));
+        // The identity is on the browser's pages before anyone can connect to them.
+        if let Some(ws_url) = identity
+            && let Err(e) = identity::keep(&ws_url, request.options.identity, session.ended().clone()).await
+        {
+            let _ = session.end(EndReason::Terminated);
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
+            return Err(BrokerError::BrowserSetup(e));
+        }
         // Running before its record exists, so that the reconciler never takes the record
         // for one whose session has gone.
         self.running.insert(id.clone(), session.clone());
@@ -573,6 +647,11 @@ impl Broker {
         }
         self.metrics.sessions_created.fetch_add(1, Relaxed);
         let span = session.span();
+        if request.options.idle_timeout > 0 {
+            let idle = Duration::from_secs(request.options.idle_timeout);
+            self.tracker
+                .spawn(end_when_idle(session.clone(), idle, self.metrics.clone()).instrument(span.clone()));
+        }
         self.tracker.spawn(
             watch_session(
                 session.clone(),
@@ -912,6 +991,34 @@ async fn end_on_time(
                 let _ = session.end(EndReason::Shutdown);
                 return;
             }
+        }
+    }
+}
+
+/// Ends the session once nothing has used it (no CDP client, no live viewer, no action)
+/// for `idle`. Sampled twice a second; a connection that opened and closed in between
+/// still counts, by the session's activity number.
+async fn end_when_idle(session: Arc<Session>, idle: Duration, metrics: Arc<Metrics>) {
+    let mut since = tokio::time::Instant::now();
+    let mut seen = session.in_use().1;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = session.ended().cancelled() => return,
+        }
+        let (busy, activity) = session.in_use();
+        if busy || activity != seen {
+            since = tokio::time::Instant::now();
+            seen = activity;
+            continue;
+        }
+        if since.elapsed() >= idle {
+            if session.end(EndReason::Idle).is_ok() {
+                metrics.sessions_idle.fetch_add(1, Relaxed);
+                metrics.sessions_expired.fetch_add(1, Relaxed);
+                tracing::info!(idle_secs = idle.as_secs(), "session ended: idle");
+            }
+            return;
         }
     }
 }

@@ -66,6 +66,16 @@ pub struct Config {
     pub byo_allow: Vec<String>,
     /// How long a user's `cdp_url` may take to answer, per step (connect, handshake, reply).
     pub byo_timeout_ms: u64,
+    /// Where the pages of managed browsers may not go (`CDPGATE_BROWSER_EGRESS_DENY`,
+    /// comma-separated): the keywords `link-local`, `metadata` (the cloud metadata
+    /// addresses and names), `private`, `loopback`, `shared`, `reserved`, CIDRs and host
+    /// names. The broker's own address and its browsers' ports are refused always.
+    pub browser_egress_deny: Vec<String>,
+    /// Exceptions to `browser_egress_deny`: CIDRs and host names (`*.suffix` allowed).
+    pub browser_egress_allow: Vec<String>,
+    /// Seconds without a CDP client, a live viewer or a running action after which a
+    /// session created without `idle_timeout` ends. 0: never.
+    pub default_idle_timeout: u64,
     /// PEM certificate chain and private key: with both, the API is https and every
     /// `cdp_url` is `wss://` (`CDPGATE_TLS_CERT`, `CDPGATE_TLS_KEY`). Empty: plain HTTP.
     pub tls_cert: String,
@@ -154,6 +164,9 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             byo_allow: Vec::new(),
             byo_timeout_ms: 5_000,
+            browser_egress_deny: vec!["link-local".into(), "metadata".into()],
+            browser_egress_allow: Vec::new(),
+            default_idle_timeout: 0,
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_handshake_timeout_ms: 10_000,
@@ -262,6 +275,7 @@ impl Config {
             max_message_bytes,
             shutdown_timeout_ms,
             byo_timeout_ms,
+            default_idle_timeout,
             tls_handshake_timeout_ms,
             creates_per_minute,
             max_connections_per_session,
@@ -306,6 +320,12 @@ impl Config {
         }
         if let Some(v) = var("byo_allow") {
             self.byo_allow = list(&v);
+        }
+        if let Some(v) = var("browser_egress_deny") {
+            self.browser_egress_deny = list(&v);
+        }
+        if let Some(v) = var("browser_egress_allow") {
+            self.browser_egress_allow = list(&v);
         }
         if let Some(v) = var("redis_url") {
             self.redis_url = v;
@@ -376,8 +396,15 @@ impl Config {
         if self.max_message_bytes < 1024 * 1024 {
             errors.push("max_message_bytes must be at least 1 MiB".into());
         }
-        if let Err(bad) = crate::browser::egress::parse_allow_list(&self.byo_allow) {
+        if let Err(bad) = crate::browser::egress::parse_allow_list("byo_allow", &self.byo_allow) {
             errors.extend(bad);
+        }
+        errors.extend(crate::browser::egress::check_browser_lists(
+            &self.browser_egress_deny,
+            &self.browser_egress_allow,
+        ));
+        if self.default_idle_timeout > self.max_ttl {
+            errors.push("default_idle_timeout must be at most max_ttl (0 turns it off)".into());
         }
         let redis = &self.redis_url;
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::Origin;
 
 /// Close codes the broker sends, counted one by one; anything else counts as "other".
-const CLOSE_CODES: [u16; 7] = [4001, 4002, 4003, 1001, 1002, 1009, 1011];
+const CLOSE_CODES: [u16; 8] = [4001, 4002, 4003, 4004, 1001, 1002, 1009, 1011];
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -85,6 +85,15 @@ pub struct Metrics {
     pub action_cache_failures: AtomicU64,
     /// Error answers by origin: client, upstream, internal.
     errors: [AtomicU64; 3],
+    /// Connections of managed browsers' pages refused by the egress policy.
+    pub browser_egress_refused: AtomicU64,
+    /// Connections a session's upstream proxy could not carry.
+    pub proxy_errors: AtomicU64,
+    /// Bytes managed browsers received from and sent to the network.
+    pub browser_bytes_in: AtomicU64,
+    pub browser_bytes_out: AtomicU64,
+    /// Sessions ended for their idle timeout.
+    pub sessions_idle: AtomicU64,
 }
 
 /// Readings that live elsewhere, taken at scrape time.
@@ -225,6 +234,36 @@ impl Metrics {
                 "counter",
                 "Creates answered 429 for the per-key rate limit.",
                 n(&self.create_rate_limited),
+            ),
+            (
+                "cdpgate_browser_egress_refused_total",
+                "counter",
+                "Connections of managed browsers' pages refused by the egress policy.",
+                n(&self.browser_egress_refused),
+            ),
+            (
+                "cdpgate_upstream_proxy_errors_total",
+                "counter",
+                "Connections a session's upstream proxy could not carry (unreachable, refused credentials).",
+                n(&self.proxy_errors),
+            ),
+            (
+                "cdpgate_browser_network_received_bytes_total",
+                "counter",
+                "Bytes managed browsers' pages received from the network.",
+                n(&self.browser_bytes_in),
+            ),
+            (
+                "cdpgate_browser_network_sent_bytes_total",
+                "counter",
+                "Bytes managed browsers' pages sent to the network.",
+                n(&self.browser_bytes_out),
+            ),
+            (
+                "cdpgate_sessions_idle_total",
+                "counter",
+                "Sessions ended by their idle timeout.",
+                n(&self.sessions_idle),
             ),
             (
                 "cdpgate_proxy_connections_refused_total",

@@ -2,7 +2,7 @@
 //! connections wait on, its connection count and its action queue. What outlives the
 //! browser is its [`SessionRecord`], written through a [`Recorder`] at every change.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -14,11 +14,14 @@ use tracing::Instrument;
 
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
+use crate::browser::forward::Traffic;
 use crate::browser::pool::Lease;
 use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::store::profiles::{ProfileUse, Profiles};
-use crate::store::{EndReason, ProfileLink, SaveOutcome, SessionRecord, SessionStore, Status, StoreError};
+use crate::store::{
+    EndReason, ProfileLink, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status, StoreError,
+};
 
 /// What a session runs on.
 pub enum Backing {
@@ -37,6 +40,9 @@ pub struct SessionInit {
     pub metadata: Map<String, Value>,
     pub backing: Backing,
     pub profile: Option<ProfileBinding>,
+    pub options: SessionOptions,
+    /// Its browser's network counters (managed browsers only).
+    pub traffic: Option<Arc<Traffic>>,
 }
 
 /// A session's hold on a profile, and what is needed to save into it at the end.
@@ -61,6 +67,10 @@ pub struct Session {
     deadline_moved: Notify,
     /// WebSocket connections open on the session (CDP clients and live viewers).
     connections: AtomicUsize,
+    /// Counts every connection opened or closed, so an idle watcher sampling now and then
+    /// still sees a client that came and went in between.
+    activity: AtomicU64,
+    traffic: Option<Arc<Traffic>>,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
     /// Held by the single action running on the session (a fair lock: actions run in
@@ -74,6 +84,7 @@ pub struct ConnectionSlot(Arc<Session>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.activity.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -121,6 +132,8 @@ impl Session {
                 saved: None,
             }),
             node: node.to_owned(),
+            options: init.options,
+            network: init.traffic.as_ref().map(|t| t.snapshot()),
         };
         Session {
             id: init.id,
@@ -137,6 +150,8 @@ impl Session {
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
             connections: AtomicUsize::new(0),
+            activity: AtomicU64::new(0),
+            traffic: init.traffic,
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),
         }
@@ -153,19 +168,33 @@ impl Session {
 
     /// Counts a new connection if fewer than `max` are open.
     pub fn claim_connection(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
-        self.connections
+        let slot = self
+            .connections
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
             .ok()
-            .map(|_| ConnectionSlot(self.clone()))
+            .map(|_| ConnectionSlot(self.clone()));
+        self.activity.fetch_add(1, Ordering::SeqCst);
+        slot
+    }
+
+    /// Whether anything uses the session now (a connection or an action), and a number
+    /// that changes whenever a connection opens or closes.
+    pub fn in_use(&self) -> (bool, u64) {
+        let busy = self.connections.load(Ordering::SeqCst) > 0 || self.actions.try_lock().is_err();
+        (busy, self.activity.load(Ordering::SeqCst))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session's record as it stands.
+    /// The session's record as it stands, with its browser's network counters as of now.
     pub fn record(&self) -> SessionRecord {
-        self.state().record.clone()
+        let mut record = self.state().record.clone();
+        if let Some(traffic) = &self.traffic {
+            record.network = Some(traffic.snapshot());
+        }
+        record
     }
 
     pub fn status(&self) -> Status {

@@ -1,7 +1,11 @@
-//! The egress policy: where a browser connection the broker makes for a user may go.
-//! It keeps bring-your-own sessions from reaching where they must not (server-side
-//! request forgery): loopback, private, link-local and metadata addresses are refused
-//! unless allowed, and this broker's own browsers are refused always.
+//! The egress policy: where a connection the broker makes for a user, or a page of one of
+//! its browsers, may go. Two policies share these rules. Bring-your-own sessions
+//! (server-side request forgery): loopback, private, link-local and metadata addresses are
+//! refused unless allowed (`byo_allow`). Managed browsers (every request of their pages
+//! passes the broker's forward proxy, [`super::forward`]): what `browser_egress_deny`
+//! names (by default link-local addresses and the cloud metadata addresses and names) is
+//! refused unless `browser_egress_allow` opens it. Both always refuse this broker and its
+//! own browsers.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -14,47 +18,128 @@ use ipnet::IpNet;
 pub enum EgressError {
     #[error("cannot resolve {host}: {reason}")]
     Resolve { host: String, reason: String },
-    #[error(
-        "{host} is {ip}, {class}, which this broker does not connect to unless it is allowed (byo_allow, CDPGATE_BYO_ALLOW)"
-    )]
+    #[error("{host} is {ip}, {class}, which this broker does not connect to unless it is allowed ({setting})")]
     Forbidden {
         host: String,
         ip: IpAddr,
         class: &'static str,
+        setting: &'static str,
     },
-    #[error("{addr} is this broker or one of its own browsers, which a bring-your-own session can never reach")]
+    #[error("{host} is denied by name, which this broker does not connect to unless it is allowed ({setting})")]
+    ForbiddenName { host: String, setting: &'static str },
+    #[error("{addr} is this broker or one of its own browsers, which a session can never reach")]
     OwnBrowser { addr: SocketAddr },
 }
 
-/// Which addresses a bring-your-own session may connect to.
-pub struct Egress {
+/// Kinds of special addresses a policy refuses by keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Metadata,
+    Loopback,
+    Private,
+    LinkLocal,
+    SharedNat,
+    Reserved,
+}
+
+impl Class {
+    const ALL: [Class; 6] = [
+        Class::Metadata,
+        Class::Loopback,
+        Class::Private,
+        Class::LinkLocal,
+        Class::SharedNat,
+        Class::Reserved,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Class::Metadata => METADATA,
+            Class::Loopback => "a loopback address",
+            Class::Private => "a private address",
+            Class::LinkLocal => "a link-local address",
+            Class::SharedNat => "a shared (carrier-grade NAT) address",
+            Class::Reserved => "a reserved address",
+        }
+    }
+
+    /// The keyword naming the class in `browser_egress_deny`.
+    fn keyword(self) -> &'static str {
+        match self {
+            Class::Metadata => "metadata",
+            Class::Loopback => "loopback",
+            Class::Private => "private",
+            Class::LinkLocal => "link-local",
+            Class::SharedNat => "shared",
+            Class::Reserved => "reserved",
+        }
+    }
+}
+
+/// The cloud providers' metadata services by name (their addresses are [`Class::Metadata`]).
+const METADATA_NAMES: &[&str] = &[
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+/// What a policy refuses and opens, parsed from a deny and an allow list.
+#[derive(Debug, Default)]
+struct Rules {
+    deny_classes: Vec<Class>,
+    deny_nets: Vec<IpNet>,
+    deny_hosts: Vec<String>,
     allow_nets: Vec<IpNet>,
-    /// Lower-case names; `*.example.com` allows every name under `example.com`.
     allow_hosts: Vec<String>,
-    /// Ports on loopback that are this broker's browsers, live right now.
+}
+
+/// Which addresses a session's connections may reach.
+pub struct Egress {
+    rules: Rules,
+    /// The setting that opens an exception, named in refusals.
+    allow_setting: &'static str,
+    /// Ports on loopback that are this broker's browsers (and their forward proxies), live
+    /// right now.
     own_ports: Arc<Mutex<HashSet<u16>>>,
-    /// The broker's own listening port, so a session cannot loop back into it.
-    broker_port: u16,
+    /// The broker's own listening address, so a session cannot loop back into it.
+    broker: SocketAddr,
     resolve_timeout: Duration,
 }
 
-/// Parses the entries of `byo_allow`; answers the bad ones as errors.
-pub fn parse_allow_list(entries: &[String]) -> Result<(Vec<IpNet>, Vec<String>), Vec<String>> {
+/// A CIDR, an IP address or a host name (`*.suffix` for every name under it).
+enum Entry {
+    Net(IpNet),
+    Host(String),
+}
+
+fn parse_entry(entry: &str) -> Option<Entry> {
+    let e = entry.trim();
+    if let Ok(net) = e.parse::<IpNet>() {
+        Some(Entry::Net(net.trunc()))
+    } else if let Ok(ip) = e.parse::<IpAddr>() {
+        Some(Entry::Net(IpNet::from(ip)))
+    } else if is_host_pattern(e) {
+        Some(Entry::Host(e.to_ascii_lowercase()))
+    } else {
+        None
+    }
+}
+
+/// Parses the entries of an allow list (`setting` names it in errors); answers the bad
+/// ones as errors.
+pub fn parse_allow_list(setting: &str, entries: &[String]) -> Result<(Vec<IpNet>, Vec<String>), Vec<String>> {
     let mut nets = Vec::new();
     let mut hosts = Vec::new();
     let mut errors = Vec::new();
     for entry in entries {
-        let e = entry.trim();
-        if let Ok(net) = e.parse::<IpNet>() {
-            nets.push(net.trunc());
-        } else if let Ok(ip) = e.parse::<IpAddr>() {
-            nets.push(IpNet::from(ip));
-        } else if is_host_pattern(e) {
-            hosts.push(e.to_ascii_lowercase());
-        } else {
-            errors.push(format!(
-                "byo_allow: {e:?} is neither a CIDR, an IP address nor a host name"
-            ));
+        match parse_entry(entry) {
+            Some(Entry::Net(net)) => nets.push(net),
+            Some(Entry::Host(host)) => hosts.push(host),
+            None => errors.push(format!(
+                "{setting}: {entry:?} is neither a CIDR, an IP address nor a host name"
+            )),
         }
     }
     if errors.is_empty() {
@@ -62,6 +147,45 @@ pub fn parse_allow_list(entries: &[String]) -> Result<(Vec<IpNet>, Vec<String>),
     } else {
         Err(errors)
     }
+}
+
+/// Parses `browser_egress_deny`: keywords (`metadata`, `link-local`, `loopback`, `private`,
+/// `shared`, `reserved`), CIDRs, addresses and host names.
+fn parse_deny_list(entries: &[String]) -> Result<(Vec<Class>, Vec<IpNet>, Vec<String>), Vec<String>> {
+    let mut classes = Vec::new();
+    let mut nets = Vec::new();
+    let mut hosts = Vec::new();
+    let mut errors = Vec::new();
+    for entry in entries {
+        let e = entry.trim().to_ascii_lowercase();
+        if let Some(class) = Class::ALL.into_iter().find(|c| c.keyword() == e) {
+            classes.push(class);
+            if class == Class::Metadata {
+                hosts.extend(METADATA_NAMES.iter().map(|n| n.to_string()));
+            }
+        } else {
+            match parse_entry(&e) {
+                Some(Entry::Net(net)) => nets.push(net),
+                Some(Entry::Host(host)) => hosts.push(host),
+                None => errors.push(format!(
+                    "browser_egress_deny: {entry:?} is neither a keyword (metadata, link-local, loopback, \
+                     private, shared, reserved), a CIDR, an IP address nor a host name"
+                )),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok((classes, nets, hosts))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks `browser_egress_deny` and `browser_egress_allow`; answers every bad entry.
+pub fn check_browser_lists(deny: &[String], allow: &[String]) -> Vec<String> {
+    let mut errors = parse_deny_list(deny).err().unwrap_or_default();
+    errors.extend(parse_allow_list("browser_egress_allow", allow).err().unwrap_or_default());
+    errors
 }
 
 fn is_host_pattern(s: &str) -> bool {
@@ -73,20 +197,65 @@ fn is_host_pattern(s: &str) -> bool {
             .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
+/// Whether `host` matches one of `patterns` (`*.suffix` matches names under the suffix).
+pub fn host_matches(patterns: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    patterns.iter().any(|pattern| match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
+        }
+        None => *pattern == host,
+    })
+}
+
 impl Egress {
-    pub fn new(
+    /// The policy of bring-your-own sessions: every special address refused unless
+    /// `byo_allow` opens it.
+    pub fn for_byo(
         allow: &[String],
         own_ports: Arc<Mutex<HashSet<u16>>>,
-        broker_port: u16,
+        broker: SocketAddr,
         resolve_timeout: Duration,
     ) -> Egress {
         // `Config::validate` has already refused bad entries.
-        let (allow_nets, allow_hosts) = parse_allow_list(allow).unwrap_or_default();
-        Egress {
+        let (allow_nets, allow_hosts) = parse_allow_list("byo_allow", allow).unwrap_or_default();
+        let rules = Rules {
+            deny_classes: Class::ALL.to_vec(),
             allow_nets,
             allow_hosts,
+            ..Rules::default()
+        };
+        Egress {
+            rules,
+            allow_setting: "byo_allow, CDPGATE_BYO_ALLOW",
             own_ports,
-            broker_port,
+            broker,
+            resolve_timeout,
+        }
+    }
+
+    /// The policy of the pages of managed browsers: what `deny` names, unless `allow`
+    /// opens it.
+    pub fn for_browsers(
+        deny: &[String],
+        allow: &[String],
+        own_ports: Arc<Mutex<HashSet<u16>>>,
+        broker: SocketAddr,
+        resolve_timeout: Duration,
+    ) -> Egress {
+        let (deny_classes, deny_nets, deny_hosts) = parse_deny_list(deny).unwrap_or_default();
+        let (allow_nets, allow_hosts) = parse_allow_list("browser_egress_allow", allow).unwrap_or_default();
+        Egress {
+            rules: Rules {
+                deny_classes,
+                deny_nets,
+                deny_hosts,
+                allow_nets,
+                allow_hosts,
+            },
+            allow_setting: "browser_egress_allow, CDPGATE_BROWSER_EGRESS_ALLOW",
+            own_ports,
+            broker,
             resolve_timeout,
         }
     }
@@ -114,40 +283,39 @@ impl Egress {
                 reason: "no address".into(),
             });
         }
-        let host_allowed = self.host_allowed(host);
+        let host_allowed = host_matches(&self.rules.allow_hosts, host);
+        if !host_allowed && host_matches(&self.rules.deny_hosts, host) {
+            return Err(EgressError::ForbiddenName {
+                host: host.to_owned(),
+                setting: self.allow_setting,
+            });
+        }
         for addr in &addrs {
             self.check(host, *addr, host_allowed)?;
         }
         Ok(addrs)
     }
 
-    fn host_allowed(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.allow_hosts.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
-            }
-            None => *pattern == host,
-        })
-    }
-
     fn check(&self, host: &str, addr: SocketAddr, host_allowed: bool) -> Result<(), EgressError> {
         let ip = canonical(addr.ip());
-        if (ip.is_loopback() || ip.is_unspecified())
-            && (addr.port() == self.broker_port || self.own_ports.lock().expect("ports lock").contains(&addr.port()))
-        {
+        let own_port = addr.port() == self.broker.port() || self.own_ports.lock().expect("ports lock").contains(&addr.port());
+        if own_port && (ip.is_loopback() || ip.is_unspecified() || ip == canonical(self.broker.ip())) {
             return Err(EgressError::OwnBrowser { addr });
         }
-        let Some(class) = restricted_class(ip) else {
+        let class = restricted_class(ip);
+        let denied = class.is_some_and(|c| self.rules.deny_classes.contains(&c))
+            || self.rules.deny_nets.iter().any(|n| n.contains(&ip));
+        if !denied {
             return Ok(());
-        };
-        let allowed = if class == METADATA {
+        }
+        let allowed = if class == Some(Class::Metadata) {
             // Only an exact entry opens a metadata address; a broad range never does.
-            self.allow_nets
+            self.rules
+                .allow_nets
                 .iter()
                 .any(|n| n.prefix_len() == n.max_prefix_len() && n.contains(&ip))
         } else {
-            host_allowed || self.allow_nets.iter().any(|n| n.contains(&ip))
+            host_allowed || self.rules.allow_nets.iter().any(|n| n.contains(&ip))
         };
         if allowed {
             Ok(())
@@ -155,7 +323,8 @@ impl Egress {
             Err(EgressError::Forbidden {
                 host: host.to_owned(),
                 ip,
-                class,
+                class: class.map_or("a denied network", Class::describe),
+                setting: self.allow_setting,
             })
         }
     }
@@ -181,28 +350,28 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Why an address is refused by default, or `None` for an ordinary public address.
-fn restricted_class(ip: IpAddr) -> Option<&'static str> {
+/// Which special kind of address `ip` is, or `None` for an ordinary public address.
+fn restricted_class(ip: IpAddr) -> Option<Class> {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             if v4 == Ipv4Addr::new(169, 254, 169, 254) || v4 == Ipv4Addr::new(100, 100, 100, 200) {
-                Some(METADATA)
+                Some(Class::Metadata)
             } else if v4.is_loopback() {
-                Some("a loopback address")
+                Some(Class::Loopback)
             } else if v4.is_private() {
-                Some("a private address")
+                Some(Class::Private)
             } else if v4.is_link_local() {
-                Some("a link-local address")
+                Some(Class::LinkLocal)
             } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-                Some("a shared (carrier-grade NAT) address")
+                Some(Class::SharedNat)
             } else if o[0] == 0
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || o[0] >= 240
                 || (o[0] == 198 && (o[1] & 0xfe) == 18)
             {
-                Some("a reserved address")
+                Some(Class::Reserved)
             } else {
                 None
             }
@@ -210,15 +379,15 @@ fn restricted_class(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-                Some(METADATA)
+                Some(Class::Metadata)
             } else if v6.is_loopback() {
-                Some("a loopback address")
+                Some(Class::Loopback)
             } else if v6.is_unspecified() || v6.is_multicast() {
-                Some("a reserved address")
+                Some(Class::Reserved)
             } else if (s[0] & 0xfe00) == 0xfc00 {
-                Some("a private address")
+                Some(Class::Private)
             } else if (s[0] & 0xffc0) == 0xfe80 {
-                Some("a link-local address")
+                Some(Class::LinkLocal)
             } else {
                 None
             }
@@ -232,10 +401,10 @@ mod tests {
 
     fn egress(allow: &[&str], own: &[u16]) -> Egress {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
-        Egress::new(
+        Egress::for_byo(
             &allow,
             Arc::new(Mutex::new(own.iter().copied().collect())),
-            3000,
+            SocketAddr::from(([127, 0, 0, 1], 3000)),
             Duration::from_secs(2),
         )
     }
@@ -307,14 +476,62 @@ mod tests {
     #[test]
     fn allow_entries_parse_or_are_reported() {
         let (nets, hosts) =
-            parse_allow_list(&["127.0.0.0/8".into(), "::1".into(), "*.Browsers.Internal".into()]).unwrap();
+            parse_allow_list("byo_allow", &["127.0.0.0/8".into(), "::1".into(), "*.Browsers.Internal".into()])
+                .unwrap();
         assert_eq!(nets.len(), 2);
         assert_eq!(hosts, vec!["*.browsers.internal"]);
-        let errors = parse_allow_list(&["10.0.0.0/33".into(), "bad host!".into()]).unwrap_err();
+        let errors = parse_allow_list("byo_allow", &["10.0.0.0/33".into(), "bad host!".into()]).unwrap_err();
         assert_eq!(errors.len(), 2);
-        let e = egress(&["*.browsers.internal"], &[]);
-        assert!(e.host_allowed("a.browsers.internal"));
-        assert!(!e.host_allowed("browsers.internal"));
-        assert!(!e.host_allowed("evilbrowsers.internal"));
+        let patterns = vec!["*.browsers.internal".to_owned()];
+        assert!(host_matches(&patterns, "a.browsers.internal"));
+        assert!(host_matches(&patterns, "A.Browsers.Internal."));
+        assert!(!host_matches(&patterns, "browsers.internal"));
+        assert!(!host_matches(&patterns, "evilbrowsers.internal"));
+    }
+
+    fn browsers(deny: &[&str], allow: &[&str]) -> Egress {
+        let deny: Vec<String> = deny.iter().map(|s| s.to_string()).collect();
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        Egress::for_browsers(
+            &deny,
+            &allow,
+            Arc::new(Mutex::new([41000].into_iter().collect())),
+            SocketAddr::from(([127, 0, 0, 1], 3000)),
+            Duration::from_secs(2),
+        )
+    }
+
+    #[tokio::test]
+    async fn browsers_are_refused_what_the_deny_list_names() {
+        let defaults = browsers(&["link-local", "metadata"], &[]);
+        for (host, port) in [("169.254.169.254", 80), ("169.254.7.7", 80), ("100.100.100.200", 80), ("fe80::1", 80)] {
+            let r = defaults.resolve(host, port).await;
+            assert!(matches!(r, Err(EgressError::Forbidden { .. })), "{host}: {r:?}");
+        }
+        assert!(matches!(
+            defaults.resolve("metadata.google.internal", 80).await,
+            Err(EgressError::ForbiddenName { .. })
+        ));
+        // Loopback and private are open by default, but never the broker or its browsers.
+        assert!(defaults.resolve("127.0.0.1", 8080).await.is_ok());
+        assert!(defaults.resolve("10.1.2.3", 80).await.is_ok());
+        for (host, port) in [("127.0.0.1", 3000), ("127.0.0.1", 41000), ("localhost", 41000)] {
+            assert!(
+                matches!(defaults.resolve(host, port).await, Err(EgressError::OwnBrowser { .. })),
+                "{host}:{port}"
+            );
+        }
+        let strict = browsers(&["link-local", "private", "loopback", "203.0.113.0/24", "*.corp.example"], &["10.9.0.0/16"]);
+        assert!(strict.resolve("10.1.2.3", 80).await.is_err());
+        assert!(strict.resolve("10.9.1.1", 80).await.is_ok());
+        assert!(strict.resolve("127.0.0.1", 8080).await.is_err());
+        assert!(strict.resolve("203.0.113.9", 443).await.is_err());
+        assert!(matches!(
+            strict.resolve("db.corp.example", 80).await,
+            Err(EgressError::ForbiddenName { .. })
+        ));
+        let msg = strict.resolve("10.1.2.3", 80).await.unwrap_err().to_string();
+        assert!(msg.contains("browser_egress_allow"), "{msg}");
+        assert_eq!(check_browser_lists(&["private".into(), "nonsense!".into()], &["x y".into()]).len(), 2);
     }
 }

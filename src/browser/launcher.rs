@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cdp;
+use super::egress::Egress;
+use super::forward::Gateway;
 use crate::auth::random_hex;
 use crate::metrics::Metrics;
 
@@ -42,6 +44,10 @@ const BASE_FLAGS: &[&str] = &[
     "--test-type",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
+    // Every request goes through the browser's gateway (`--proxy-server`), loopback too
+    // (Chrome would send it direct), and WebRTC may not go around it over UDP.
+    "--proxy-bypass-list=<-loopback>",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ];
 
 /// Where the window frame height is unknown, what headless Chromium was seen to use.
@@ -61,6 +67,8 @@ pub enum LaunchError {
     NotResponding(String),
     #[error("the browser printed an unexpected DevTools address: {0}")]
     BadAddress(String),
+    #[error("cannot open the browser's forward proxy: {0}")]
+    Gateway(std::io::Error),
 }
 
 /// Starts browsers. Shared by the pool and by anything else that needs one.
@@ -77,8 +85,10 @@ pub struct Launcher {
     metrics: Arc<Metrics>,
     /// Notified whenever any browser exits, so the pool can replace dead idle ones.
     pub exits: Arc<Notify>,
-    /// DevTools ports of the browsers alive now; bring-your-own sessions may never reach them.
+    /// DevTools and forward-proxy ports of the browsers alive now; no session may reach them.
     pub own_ports: Arc<Mutex<HashSet<u16>>>,
+    /// Where the browsers' pages may go: each browser's gateway enforces it.
+    browser_egress: Arc<Egress>,
     /// Whether the last launch answered: the configured browser can start.
     last_launch_ok: std::sync::atomic::AtomicBool,
 }
@@ -97,6 +107,8 @@ pub struct Browser {
     pub port: u16,
     /// Path of the browser target, `/devtools/browser/<uuid>`.
     pub ws_path: String,
+    /// Its forward proxy: every connection of its pages.
+    pub gateway: Arc<Gateway>,
     kill: CancellationToken,
     exited: CancellationToken,
 }
@@ -153,6 +165,8 @@ impl Launcher {
         launch_timeout: Duration,
         tracker: TaskTracker,
         metrics: Arc<Metrics>,
+        own_ports: Arc<Mutex<HashSet<u16>>>,
+        browser_egress: Arc<Egress>,
     ) -> Self {
         Launcher {
             chrome,
@@ -163,7 +177,8 @@ impl Launcher {
             tracker,
             metrics,
             exits: Arc::new(Notify::new()),
-            own_ports: Arc::default(),
+            own_ports,
+            browser_egress,
             last_launch_ok: Default::default(),
         }
     }
@@ -262,6 +277,11 @@ impl Launcher {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(LaunchError::Dir)?;
+        let kill = CancellationToken::new();
+        let exited = CancellationToken::new();
+        let gateway = Gateway::start(self.browser_egress.clone(), self.metrics.clone(), exited.clone())
+            .await
+            .map_err(LaunchError::Gateway)?;
 
         let frame = self.frame_height.load(Ordering::Relaxed);
         let mut cmd = tokio::process::Command::new(&self.chrome);
@@ -270,6 +290,7 @@ impl Launcher {
             .arg(format!("--user-data-dir={}", dir.display()))
             .arg(format!("--window-size={},{}", screen.width, screen.height + frame))
             .arg(format!("--screen-info={{{}x{}}}", screen.width, screen.height))
+            .arg(format!("--proxy-server=http://127.0.0.1:{}", gateway.port))
             .args(&self.extra_flags)
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -280,6 +301,7 @@ impl Launcher {
         sys::die_with_parent(&mut cmd);
 
         let mut child = cmd.spawn().map_err(|source| {
+            exited.cancel();
             if owned {
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -290,8 +312,7 @@ impl Launcher {
         })?;
         let pid = child.id().unwrap_or(0);
         let lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let kill = CancellationToken::new();
-        let exited = CancellationToken::new();
+        self.own_ports.lock().expect("ports lock").insert(gateway.port);
         let port_cell = Arc::new(AtomicU16::new(0));
         let status = Arc::new(OnceLock::new());
         let (address_tx, address_rx) = tokio::sync::oneshot::channel();
@@ -308,6 +329,7 @@ impl Launcher {
             exited: exited.clone(),
             exits: self.exits.clone(),
             port: port_cell.clone(),
+            gateway_port: gateway.port,
             own_ports: self.own_ports.clone(),
         };
         self.tracker.spawn(reaper.run());
@@ -337,6 +359,7 @@ impl Launcher {
             pid,
             port,
             ws_path,
+            gateway,
             kill,
             exited,
         })
@@ -359,6 +382,7 @@ struct Reaper {
     exits: Arc<Notify>,
     /// The DevTools port, once known (0 before), to drop from `own_ports`.
     port: Arc<AtomicU16>,
+    gateway_port: u16,
     own_ports: Arc<Mutex<HashSet<u16>>>,
 }
 
@@ -399,7 +423,11 @@ impl Reaper {
         sys::kill_group(self.pid);
         let _ = self.child.wait().await;
         let port = self.port.load(Ordering::Relaxed);
-        self.own_ports.lock().expect("ports lock").remove(&port);
+        {
+            let mut own = self.own_ports.lock().expect("ports lock");
+            own.remove(&port);
+            own.remove(&self.gateway_port);
+        }
         self.exited.cancel();
         self.exits.notify_one();
         if let Some(dir) = &self.dir {

@@ -1,11 +1,14 @@
 //! The browser layer: starting Chromium ([`launcher`]), the warm [`pool`] and the cap on
 //! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
-//! browser is reached ([`upstream`]), where such connections may go ([`egress`]), and the
-//! check of a user's own browser ([`byo`]).
+//! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
+//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]), and
+//! the check of a user's own browser ([`byo`]).
 
 pub mod byo;
 pub mod cdp;
 pub mod egress;
+pub mod forward;
+pub mod identity;
 pub mod launcher;
 pub mod pool;
 pub mod upstream;

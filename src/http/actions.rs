@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::Body;
 use super::error::{ApiError, Attempt, json_response, session_refusal};
 use super::request::{field, json_object, read_body};
-use super::sessions::parse_screen;
+use super::sessions::{parse_options, parse_screen};
 
 use crate::action::{Job, instruction};
 use crate::auth::Tenant;
@@ -45,7 +45,19 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     let (parts, body) = request.into_parts();
     let read = Request::from_parts(parts.clone(), body);
     let bytes = read_body(read, config.max_body_bytes, config.request_read_timeout()).await?;
-    let request = validate(&json_object(&bytes)?)?;
+    let body = json_object(&bytes)?;
+    let request = validate(&body)?;
+    let options = parse_options(config, &body)?;
+    if request.session_id.is_some()
+        && ["proxy", "user_agent", "locale", "timezone", "idle_timeout"]
+            .iter()
+            .any(|name| field(&body, name).is_some())
+    {
+        return Err(ApiError::unprocessable(
+            "proxy, user_agent, locale, timezone and idle_timeout apply to the session an action creates; \
+             leave them out with session_id",
+        ));
+    }
     // An action on a session another node runs is that node's to carry out.
     if let Some(id) = &request.session_id
         && !from_another_node
@@ -69,6 +81,7 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
                 screen: request.screen.unwrap_or_else(|| config.default_screen()),
                 metadata: Map::new(),
                 queue: true,
+                options,
             };
             broker.create_session(tenant.clone(), new).await?
         }

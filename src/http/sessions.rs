@@ -11,7 +11,9 @@ use super::error::{ApiError, Attempt, empty_response, json_response, session_ref
 use super::request::{field, json_object, query_pairs, read_body, read_json_object, whole_number};
 use super::{Body, timestamp};
 use crate::auth::Tenant;
-use crate::broker::{Broker, NewSession, SessionUrls};
+use crate::broker::{Broker, NewSession, RequestedOptions, SessionUrls};
+use crate::browser::forward::UpstreamProxy;
+use crate::browser::identity::{self, Identity};
 use crate::browser::Screen;
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
@@ -129,6 +131,23 @@ pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     if let Some(reason) = record.end_reason {
         body["end_reason"] = json!(reason.as_str());
     }
+    let options = &record.options;
+    body["idle_timeout"] = json!(options.idle_timeout);
+    if let Some(proxy) = &options.proxy {
+        body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
+    }
+    for (name, value) in [
+        ("user_agent", &options.user_agent),
+        ("locale", &options.locale),
+        ("timezone", &options.timezone),
+    ] {
+        if let Some(v) = value {
+            body[name] = json!(v);
+        }
+    }
+    if let Some(network) = &record.network {
+        body["network"] = json!(network);
+    }
     if let Some(profile) = record.profile.as_ref().filter(|p| p.persist)
         && record.status != Status::Active
     {
@@ -205,7 +224,17 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
         Some(v) => parse_metadata(v, config.max_metadata_bytes)?,
         None => Map::new(),
     };
+    let options = parse_options(config, body)?;
+    if external_url.is_some() {
+        let set = options.proxy.is_some() || !options.identity.is_empty();
+        if set {
+            return Err(ApiError::unprocessable(
+                "proxy, user_agent, locale and timezone cannot be combined with cdp_url: they apply to browsers the broker starts",
+            ));
+        }
+    }
     Ok(NewSession {
+        options,
         queue: true,
         external_url,
         profile_id,
@@ -213,6 +242,116 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
         ttl,
         screen,
         metadata,
+    })
+}
+
+/// The options of a create (or of a single action's own session): `proxy`, `user_agent`,
+/// `locale`, `timezone`, `idle_timeout`; a bad one is named in the error.
+pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<RequestedOptions, ApiError> {
+    let text = |name: &str, valid: fn(&str) -> bool, what: &str| -> Result<Option<String>, ApiError> {
+        match field(body, name) {
+            Some(Value::String(v)) if valid(v) => Ok(Some(v.clone())),
+            Some(_) => Err(ApiError::unprocessable(format!("{name} must be {what}"))),
+            None => Ok(None),
+        }
+    };
+    let identity = Identity {
+        user_agent: text(
+            "user_agent",
+            identity::valid_user_agent,
+            "a string of 1 to 1024 printable ASCII characters",
+        )?,
+        locale: text("locale", identity::valid_locale, "a BCP 47 language tag such as \"en-US\"")?,
+        timezone: text(
+            "timezone",
+            identity::valid_timezone,
+            "an IANA time zone name such as \"Europe/Berlin\"",
+        )?,
+    };
+    let idle_timeout = match field(body, "idle_timeout") {
+        Some(v) => whole_number(v).filter(|n| *n <= config.max_ttl).ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "idle_timeout must be a whole number of seconds from 0 (off) to {}",
+                config.max_ttl
+            ))
+        })?,
+        None => config.default_idle_timeout,
+    };
+    let proxy = field(body, "proxy").map(parse_proxy).transpose()?;
+    Ok(RequestedOptions {
+        proxy,
+        identity,
+        idle_timeout,
+    })
+}
+
+/// Most `proxy.bypass` entries.
+const MAX_BYPASS: usize = 64;
+
+fn parse_proxy(v: &Value) -> Result<UpstreamProxy, ApiError> {
+    let bad = |detail: String| ApiError::unprocessable(detail);
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("proxy must be an object with a server".into()))?;
+    if let Some(key) = obj.keys().find(|k| !["server", "username", "password", "bypass"].contains(&k.as_str())) {
+        return Err(bad(format!(
+            "proxy.{key} is not a proxy field (server, username, password, bypass)"
+        )));
+    }
+    let server = obj
+        .get("server")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("proxy.server must be a string such as \"http://host:port\"".into()))?;
+    let (scheme, host, port) =
+        UpstreamProxy::parse_server(server).map_err(|why| bad(format!("proxy.server {why}")))?;
+    // SOCKS5 carries each in one length byte; `:` would split HTTP Basic credentials.
+    let credential = |name: &str| -> Result<Option<String>, ApiError> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= 255 && !s.chars().any(char::is_control) => {
+                if name == "username" && s.contains(':') {
+                    return Err(bad("proxy.username must not contain ':'".into()));
+                }
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(bad(format!(
+                "proxy.{name} must be a string of at most 255 bytes without control characters"
+            ))),
+        }
+    };
+    let username = credential("username")?;
+    let password = credential("password")?;
+    if password.is_some() && username.is_none() {
+        return Err(bad("proxy.password needs proxy.username".into()));
+    }
+    let bypass = match obj.get("bypass") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= MAX_BYPASS => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .filter(|s| crate::browser::egress::parse_allow_list("proxy.bypass", &[s.to_string()]).is_ok())
+                    .map(str::to_ascii_lowercase)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "proxy.bypass entries must be host names (*.suffix allowed), addresses or CIDRs; got {item}"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(bad(format!(
+                "proxy.bypass must be a list of at most {MAX_BYPASS} host names, addresses or CIDRs"
+            )));
+        }
+    };
+    Ok(UpstreamProxy {
+        scheme,
+        host,
+        port,
+        username,
+        password,
+        bypass,
     })
 }
 

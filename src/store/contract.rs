@@ -44,6 +44,8 @@ pub fn record(id: &str, tenant: &str, age_secs: u64, ended: Option<(Status, u64)
         metadata: Map::new(),
         profile: None,
         node: String::new(),
+        options: Default::default(),
+        network: None,
     }
 }
 

@@ -203,6 +203,8 @@ impl WireRecord {
                 .unwrap_or_default(),
             profile,
             node: String::new(),
+            options: Default::default(),
+            network: None,
         })
     }
 }

@@ -52,12 +52,14 @@ pub enum EndReason {
     Restarted,
     /// Its node stopped beating and another node ended it.
     NodeLost,
+    /// Nothing used it (no client, viewer or action) for its idle timeout.
+    Idle,
 }
 
 impl EndReason {
     pub fn status(self) -> Status {
         match self {
-            EndReason::Expired => Status::Expired,
+            EndReason::Expired | EndReason::Idle => Status::Expired,
             _ => Status::Terminated,
         }
     }
@@ -70,6 +72,7 @@ impl EndReason {
             EndReason::BrowserExited => (4003, "browser closed"),
             EndReason::Shutdown | EndReason::Restarted => (1001, "broker shutting down"),
             EndReason::NodeLost => (1001, "node lost"),
+            EndReason::Idle => (4004, "session idle"),
         }
     }
 
@@ -82,6 +85,7 @@ impl EndReason {
             EndReason::Shutdown => "broker shut down",
             EndReason::Restarted => "broker restarted",
             EndReason::NodeLost => "node lost",
+            EndReason::Idle => "idle",
         }
     }
 
@@ -93,6 +97,7 @@ impl EndReason {
             EndReason::Shutdown,
             EndReason::Restarted,
             EndReason::NodeLost,
+            EndReason::Idle,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -170,6 +175,41 @@ pub struct SessionRecord {
     /// The node running the session's browser (empty on a single node).
     #[serde(default)]
     pub node: String,
+    /// What the session asked for beyond the basics (proxy, identity, idle timeout).
+    #[serde(default)]
+    pub options: SessionOptions,
+    /// Its browser's network use, as of the record's last write (live on its node).
+    #[serde(default)]
+    pub network: Option<NetworkStats>,
+}
+
+/// A session's options, as shown back: everything but the proxy's password.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionOptions {
+    pub proxy: Option<ProxySettings>,
+    pub user_agent: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+    /// Seconds without a client, a viewer or an action before the session ends; 0: never.
+    #[serde(default)]
+    pub idle_timeout: u64,
+}
+
+/// A session's upstream proxy without its password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxySettings {
+    pub server: String,
+    pub username: Option<String>,
+    pub bypass: Vec<String>,
+}
+
+/// What a managed browser's pages sent and received, and what its proxy refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub proxy_errors: u64,
+    pub last_proxy_error: Option<String>,
 }
 
 impl SessionRecord {

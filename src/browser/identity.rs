@@ -1,0 +1,327 @@
+//! A session's browser identity: user agent (with client hints to match), locale and time
+//! zone, on every page, frame and worker of its browser. A warm browser cannot change its
+//! launch flags, so the broker keeps a DevTools connection of its own for the session's
+//! life: auto-attached to every target (new ones wait for it before they run a line of
+//! script), it sets the overrides on each and lets it go. Overrides last as long as the
+//! connection that set them, which is why the connection stays until the session ends.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::cdp::CdpError;
+
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a session asked its pages to look like; every part optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub user_agent: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+}
+
+impl Identity {
+    pub fn is_empty(&self) -> bool {
+        self.user_agent.is_none() && self.locale.is_none() && self.timezone.is_none()
+    }
+}
+
+/// Checks a user agent: printable ASCII (it becomes a header), 1 to 1024 characters.
+pub fn valid_user_agent(ua: &str) -> bool {
+    (1..=1024).contains(&ua.len()) && ua.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Checks a BCP 47 language tag's shape (`en`, `en-US`, `zh-Hant-TW`).
+pub fn valid_locale(locale: &str) -> bool {
+    let mut parts = locale.split('-');
+    let language = parts.next().unwrap_or("");
+    locale.len() <= 35
+        && (2..=3).contains(&language.len())
+        && language.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Checks an IANA time zone name against the system's zone database
+/// (`/usr/share/zoneinfo`); where there is none, against the shape of a name only.
+pub fn valid_timezone(name: &str) -> bool {
+    let shaped = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('/')
+        && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+    if !shaped {
+        return false;
+    }
+    let database = std::path::Path::new("/usr/share/zoneinfo");
+    if !database.is_dir() {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(database.join(name))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|_| &magic == b"TZif")
+}
+
+/// Client hints that agree with a Chrome user agent string (none for other browsers'
+/// strings: Chrome then sends no `Sec-CH-UA` that would contradict it).
+fn user_agent_metadata(ua: &str) -> Option<Value> {
+    let version = ua
+        .split_whitespace()
+        .find_map(|token| token.strip_prefix("Chrome/"))?
+        .to_owned();
+    let major = version.split('.').next().unwrap_or("").to_owned();
+    let platform = if ua.contains("Windows") {
+        "Windows"
+    } else if ua.contains("Android") {
+        "Android"
+    } else if ua.contains("CrOS") {
+        "Chrome OS"
+    } else if ua.contains("Macintosh") || ua.contains("Mac OS X") {
+        "macOS"
+    } else if ua.contains("Linux") || ua.contains("X11") {
+        "Linux"
+    } else {
+        ""
+    };
+    let architecture = if ua.contains("arm") || ua.contains("aarch64") {
+        "arm"
+    } else {
+        "x86"
+    };
+    let brands = |v: &str| {
+        json!([
+            { "brand": "Chromium", "version": v },
+            { "brand": "Google Chrome", "version": v },
+            { "brand": "Not_A Brand", "version": "99" },
+        ])
+    };
+    Some(json!({
+        "brands": brands(&major),
+        "fullVersionList": brands(&version),
+        "fullVersion": version,
+        "platform": platform,
+        "platformVersion": "",
+        "architecture": architecture,
+        "model": "",
+        "mobile": ua.contains("Mobile"),
+    }))
+}
+
+/// `navigator.platform` to go with a user agent string.
+fn navigator_platform(ua: &str) -> &'static str {
+    if ua.contains("Windows") {
+        "Win32"
+    } else if ua.contains("Macintosh") {
+        "MacIntel"
+    } else if ua.contains("Android") {
+        "Linux armv8l"
+    } else {
+        "Linux x86_64"
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Puts `identity` on every target of the browser at `ws_url` (those open now before this
+/// answers, later ones before they run) and keeps it there until `until` fires.
+pub async fn keep(ws_url: &str, identity: Identity, until: CancellationToken) -> Result<(), CdpError> {
+    let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
+        .await
+        .map_err(|_| CdpError::Timeout)?
+        .map_err(|e| CdpError::Http(e.to_string()))?;
+    let mut keeper = Keeper {
+        identity,
+        default_user_agent: String::new(),
+        next_id: 0,
+    };
+    tokio::time::timeout(SETUP_TIMEOUT, keeper.setup(&mut ws))
+        .await
+        .map_err(|_| CdpError::Timeout)??;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if keeper.on_message(&mut ws, &text).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+                _ = until.cancelled() => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+struct Keeper {
+    identity: Identity,
+    /// The browser's own user agent, for a locale without a user agent.
+    default_user_agent: String,
+    next_id: u64,
+}
+
+impl Keeper {
+    async fn send(&mut self, ws: &mut Socket, session: Option<&str>, method: &str, params: Value) -> Result<u64, CdpError> {
+        self.next_id += 1;
+        let mut message = json!({ "id": self.next_id, "method": method, "params": params });
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        ws.send(Message::text(message.to_string()))
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        Ok(self.next_id)
+    }
+
+    /// Reads the default user agent, then auto-attaches to every target; answers once the
+    /// targets open now have their overrides.
+    async fn setup(&mut self, ws: &mut Socket) -> Result<(), CdpError> {
+        let version = self.send(ws, None, "Browser.getVersion", json!({})).await?;
+        let mut attach = None;
+        // Existing pages are announced before the reply to `setAutoAttach`; one round trip
+        // on each after its overrides makes sure they have landed.
+        let mut landing: Vec<u64> = Vec::new();
+        let mut attached = false;
+        while let Some(message) = ws.next().await {
+            let Message::Text(text) = message.map_err(|e| CdpError::Http(e.to_string()))? else {
+                continue;
+            };
+            let reply: Value = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
+            let id = reply["id"].as_u64();
+            if id == Some(version) {
+                self.default_user_agent = reply["result"]["userAgent"].as_str().unwrap_or("").to_owned();
+                let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });
+                attach = Some(self.send(ws, None, "Target.setAutoAttach", params).await?);
+            } else if id.is_some() && id == attach {
+                if let Some(error) = reply.get("error") {
+                    return Err(CdpError::Refused {
+                        method: "Target.setAutoAttach".into(),
+                        message: error.to_string(),
+                    });
+                }
+                attached = true;
+            } else if reply["method"] == "Target.attachedToTarget"
+                && let Some(session) = self.apply(ws, &reply["params"]).await?
+            {
+                let probe = json!({ "expression": "0" });
+                landing.push(self.send(ws, Some(&session), "Runtime.evaluate", probe).await?);
+            } else if let Some(id) = id {
+                landing.retain(|l| *l != id);
+            }
+            if attached && landing.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(CdpError::Protocol("the connection closed during setup".into()))
+    }
+
+    async fn on_message(&mut self, ws: &mut Socket, text: &str) -> Result<(), CdpError> {
+        // Only events about attachments matter; replies are not awaited (commands to one
+        // target run in order, so the overrides land before it is let go).
+        if !text.contains("\"Target.attachedToTarget\"") {
+            return Ok(());
+        }
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return Ok(());
+        };
+        if message["method"] == "Target.attachedToTarget" {
+            self.apply(ws, &message["params"]).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the overrides on a newly attached target and lets it run; answers its session
+    /// for a page, where the overrides apply.
+    async fn apply(&mut self, ws: &mut Socket, attached: &Value) -> Result<Option<String>, CdpError> {
+        let Some(session) = attached["sessionId"].as_str().map(str::to_owned) else {
+            return Ok(None);
+        };
+        let kind = attached["targetInfo"]["type"].as_str().unwrap_or("");
+        let s = Some(session.as_str());
+        let ua = self
+            .identity
+            .user_agent
+            .clone()
+            .unwrap_or_else(|| self.default_user_agent.clone());
+        let mut override_ua = json!({ "userAgent": ua, "platform": navigator_platform(&ua) });
+        if let Some(locale) = &self.identity.locale {
+            override_ua["acceptLanguage"] = json!(locale);
+        }
+        if self.identity.user_agent.is_some()
+            && let Some(metadata) = user_agent_metadata(&ua)
+        {
+            override_ua["userAgentMetadata"] = metadata;
+        }
+        let wants_ua = self.identity.user_agent.is_some() || self.identity.locale.is_some();
+        let page = matches!(kind, "page" | "iframe");
+        let worker = matches!(kind, "worker" | "shared_worker" | "service_worker");
+        if page || worker {
+            if wants_ua {
+                let domain = if page { "Emulation" } else { "Network" };
+                self.send(ws, s, &format!("{domain}.setUserAgentOverride"), override_ua)
+                    .await?;
+            }
+            if let Some(locale) = self.identity.locale.clone() {
+                self.send(ws, s, "Emulation.setLocaleOverride", json!({ "locale": locale }))
+                    .await?;
+            }
+            if let Some(tz) = self.identity.timezone.clone() {
+                self.send(ws, s, "Emulation.setTimezoneOverride", json!({ "timezoneId": tz }))
+                    .await?;
+            }
+            // Frames and workers this target starts are attached (and held) the same way.
+            let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });
+            self.send(ws, s, "Target.setAutoAttach", params).await?;
+        }
+        self.send(ws, s, "Runtime.runIfWaitingForDebugger", json!({})).await?;
+        Ok(page.then_some(session))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_checked() {
+        assert!(valid_user_agent("Mozilla/5.0 (X11; Linux x86_64)"));
+        assert!(!valid_user_agent(""));
+        assert!(!valid_user_agent("a\r\nX-Evil: 1"));
+        assert!(!valid_user_agent(&"a".repeat(1025)));
+        for good in ["en", "en-US", "zh-Hant-TW", "de-DE-u-co-phonebk"] {
+            assert!(valid_locale(good), "{good}");
+        }
+        for bad in ["", "e", "english-US", "en_US", "en--US", "en-US-", "1n"] {
+            assert!(!valid_locale(bad), "{bad}");
+        }
+        for bad in ["", "../etc/passwd", "/etc/localtime", "Europe/../UTC", "Europe/Berlin\n"] {
+            assert!(!valid_timezone(bad), "{bad}");
+        }
+        if std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists() {
+            assert!(valid_timezone("Europe/Berlin"));
+            assert!(valid_timezone("America/Argentina/Buenos_Aires"));
+            assert!(!valid_timezone("Mars/Olympus_Mons"));
+        }
+    }
+
+    #[test]
+    fn client_hints_follow_a_chrome_user_agent() {
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.86 Safari/537.36";
+        let m = user_agent_metadata(ua).unwrap();
+        assert_eq!(m["platform"], "Windows");
+        assert_eq!(m["brands"][0]["version"], "131");
+        assert_eq!(m["fullVersion"], "131.0.6778.86");
+        assert_eq!(m["mobile"], false);
+        assert_eq!(navigator_platform(ua), "Win32");
+        assert!(user_agent_metadata("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0").is_none());
+    }
+}
