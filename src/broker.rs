@@ -39,8 +39,8 @@ use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::{self, Profile, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
-    EndReason, ListPage, ListQuery, SaveOutcome, SessionRecord, SessionStore, Status, StoreError, storage_state,
-    ProxySettings, SessionOptions,
+    EndReason, ListPage, ListQuery, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status,
+    StoreError, storage_state,
 };
 
 /// How long terminate and delete wait for a profile save before answering anyway.

@@ -184,7 +184,11 @@ fn parse_deny_list(entries: &[String]) -> Result<(Vec<Class>, Vec<IpNet>, Vec<St
 /// Checks `browser_egress_deny` and `browser_egress_allow`; answers every bad entry.
 pub fn check_browser_lists(deny: &[String], allow: &[String]) -> Vec<String> {
     let mut errors = parse_deny_list(deny).err().unwrap_or_default();
-    errors.extend(parse_allow_list("browser_egress_allow", allow).err().unwrap_or_default());
+    errors.extend(
+        parse_allow_list("browser_egress_allow", allow)
+            .err()
+            .unwrap_or_default(),
+    );
     errors
 }
 
@@ -298,7 +302,8 @@ impl Egress {
 
     fn check(&self, host: &str, addr: SocketAddr, host_allowed: bool) -> Result<(), EgressError> {
         let ip = canonical(addr.ip());
-        let own_port = addr.port() == self.broker.port() || self.own_ports.lock().expect("ports lock").contains(&addr.port());
+        let own_port =
+            addr.port() == self.broker.port() || self.own_ports.lock().expect("ports lock").contains(&addr.port());
         if own_port && (ip.is_loopback() || ip.is_unspecified() || ip == canonical(self.broker.ip())) {
             return Err(EgressError::OwnBrowser { addr });
         }
@@ -475,9 +480,11 @@ mod tests {
 
     #[test]
     fn allow_entries_parse_or_are_reported() {
-        let (nets, hosts) =
-            parse_allow_list("byo_allow", &["127.0.0.0/8".into(), "::1".into(), "*.Browsers.Internal".into()])
-                .unwrap();
+        let (nets, hosts) = parse_allow_list(
+            "byo_allow",
+            &["127.0.0.0/8".into(), "::1".into(), "*.Browsers.Internal".into()],
+        )
+        .unwrap();
         assert_eq!(nets.len(), 2);
         assert_eq!(hosts, vec!["*.browsers.internal"]);
         let errors = parse_allow_list("byo_allow", &["10.0.0.0/33".into(), "bad host!".into()]).unwrap_err();
@@ -504,7 +511,12 @@ mod tests {
     #[tokio::test]
     async fn browsers_are_refused_what_the_deny_list_names() {
         let defaults = browsers(&["link-local", "metadata"], &[]);
-        for (host, port) in [("169.254.169.254", 80), ("169.254.7.7", 80), ("100.100.100.200", 80), ("fe80::1", 80)] {
+        for (host, port) in [
+            ("169.254.169.254", 80),
+            ("169.254.7.7", 80),
+            ("100.100.100.200", 80),
+            ("fe80::1", 80),
+        ] {
             let r = defaults.resolve(host, port).await;
             assert!(matches!(r, Err(EgressError::Forbidden { .. })), "{host}: {r:?}");
         }
@@ -521,7 +533,10 @@ mod tests {
                 "{host}:{port}"
             );
         }
-        let strict = browsers(&["link-local", "private", "loopback", "203.0.113.0/24", "*.corp.example"], &["10.9.0.0/16"]);
+        let strict = browsers(
+            &["link-local", "private", "loopback", "203.0.113.0/24", "*.corp.example"],
+            &["10.9.0.0/16"],
+        );
         assert!(strict.resolve("10.1.2.3", 80).await.is_err());
         assert!(strict.resolve("10.9.1.1", 80).await.is_ok());
         assert!(strict.resolve("127.0.0.1", 8080).await.is_err());
@@ -532,6 +547,9 @@ mod tests {
         ));
         let msg = strict.resolve("10.1.2.3", 80).await.unwrap_err().to_string();
         assert!(msg.contains("browser_egress_allow"), "{msg}");
-        assert_eq!(check_browser_lists(&["private".into(), "nonsense!".into()], &["x y".into()]).len(), 2);
+        assert_eq!(
+            check_browser_lists(&["private".into(), "nonsense!".into()], &["x y".into()]).len(),
+            2
+        );
     }
 }

@@ -191,7 +191,11 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 impl Gateway {
     /// Listens on a fresh loopback port and serves until `stop` fires.
-    pub async fn start(policy: Arc<Egress>, metrics: Arc<Metrics>, stop: CancellationToken) -> io::Result<Arc<Gateway>> {
+    pub async fn start(
+        policy: Arc<Egress>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> io::Result<Arc<Gateway>> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let gateway = Arc::new(Gateway {
             port: listener.local_addr()?.port(),
@@ -373,10 +377,14 @@ impl Gateway {
 
     /// A connection to the session's proxy itself (checked against the policy too).
     async fn reach_proxy(&self, proxy: &UpstreamProxy) -> Result<UpstreamStream, OpenError> {
-        let addrs = self.policy.resolve(&proxy.host, proxy.port).await.map_err(|e| match e {
-            EgressError::Resolve { .. } => OpenError::Proxy(e.to_string()),
-            refused => OpenError::Refused(refused),
-        })?;
+        let addrs = self
+            .policy
+            .resolve(&proxy.host, proxy.port)
+            .await
+            .map_err(|e| match e {
+                EgressError::Resolve { .. } => OpenError::Proxy(e.to_string()),
+                refused => OpenError::Refused(refused),
+            })?;
         let unreachable = |e: String| OpenError::Proxy(format!("cannot reach the proxy {}: {e}", proxy.server()));
         let stream = connect_any(&addrs).await.map_err(unreachable)?;
         if proxy.scheme != ProxyScheme::Https {
@@ -675,7 +683,10 @@ mod tests {
         assert!(!proxy.bypassed("192.0.2.8"));
         assert_eq!(proxy.server(), "http://[::1]:3128");
         assert!(!format!("{proxy:?}").contains("secret-pw"));
-        assert_eq!(proxy.authorization().unwrap(), format!("Basic {}", BASE64.encode("u:secret-pw")));
+        assert_eq!(
+            proxy.authorization().unwrap(),
+            format!("Basic {}", BASE64.encode("u:secret-pw"))
+        );
     }
 
     #[test]

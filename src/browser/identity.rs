@@ -52,9 +52,7 @@ pub fn valid_timezone(name: &str) -> bool {
         && name.len() <= 64
         && !name.starts_with('/')
         && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
     if !shaped {
         return false;
     }
@@ -113,19 +111,6 @@ fn user_agent_metadata(ua: &str) -> Option<Value> {
     }))
 }
 
-/// `navigator.platform` to go with a user agent string.
-fn navigator_platform(ua: &str) -> &'static str {
-    if ua.contains("Windows") {
-        "Win32"
-    } else if ua.contains("Macintosh") {
-        "MacIntel"
-    } else if ua.contains("Android") {
-        "Linux armv8l"
-    } else {
-        "Linux x86_64"
-    }
-}
-
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Puts `identity` on every target of the browser at `ws_url` (those open now before this
@@ -170,7 +155,13 @@ struct Keeper {
 }
 
 impl Keeper {
-    async fn send(&mut self, ws: &mut Socket, session: Option<&str>, method: &str, params: Value) -> Result<u64, CdpError> {
+    async fn send(
+        &mut self,
+        ws: &mut Socket,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<u64, CdpError> {
         self.next_id += 1;
         let mut message = json!({ "id": self.next_id, "method": method, "params": params });
         if let Some(s) = session {
@@ -252,7 +243,9 @@ impl Keeper {
             .user_agent
             .clone()
             .unwrap_or_else(|| self.default_user_agent.clone());
-        let mut override_ua = json!({ "userAgent": ua, "platform": navigator_platform(&ua) });
+        // No `platform`: Chrome keeps navigator.platform per DevTools client, and a client
+        // attaching after the broker (Puppeteer does) resets it.
+        let mut override_ua = json!({ "userAgent": ua });
         if let Some(locale) = &self.identity.locale {
             override_ua["acceptLanguage"] = json!(locale);
         }
@@ -303,7 +296,13 @@ mod tests {
         for bad in ["", "e", "english-US", "en_US", "en--US", "en-US-", "1n"] {
             assert!(!valid_locale(bad), "{bad}");
         }
-        for bad in ["", "../etc/passwd", "/etc/localtime", "Europe/../UTC", "Europe/Berlin\n"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "/etc/localtime",
+            "Europe/../UTC",
+            "Europe/Berlin\n",
+        ] {
             assert!(!valid_timezone(bad), "{bad}");
         }
         if std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists() {
@@ -321,7 +320,8 @@ mod tests {
         assert_eq!(m["brands"][0]["version"], "131");
         assert_eq!(m["fullVersion"], "131.0.6778.86");
         assert_eq!(m["mobile"], false);
-        assert_eq!(navigator_platform(ua), "Win32");
-        assert!(user_agent_metadata("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0").is_none());
+        assert!(
+            user_agent_metadata("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0").is_none()
+        );
     }
 }

@@ -195,9 +195,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Byo(e) => e.into(),
             BrokerError::Profile(e) => e.into(),
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => ApiError::unprocessable(e.to_string()),
-            BrokerError::BrowserSetup(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()).with_origin(origin)
-            }
+            BrokerError::BrowserSetup(_) => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()).with_origin(origin),
             BrokerError::Store(StoreError::Unavailable(_)) => ApiError::unavailable(e.to_string(), RETRY_AFTER_SECS),
             BrokerError::Store(_)
             | BrokerError::ProfileUnreadable(_)

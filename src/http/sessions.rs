@@ -12,9 +12,9 @@ use super::request::{field, json_object, query_pairs, read_body, read_json_objec
 use super::{Body, timestamp};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession, RequestedOptions, SessionUrls};
+use crate::browser::Screen;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
-use crate::browser::Screen;
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::store::{ListQuery, SessionRecord, Status};
@@ -261,7 +261,11 @@ pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<Reque
             identity::valid_user_agent,
             "a string of 1 to 1024 printable ASCII characters",
         )?,
-        locale: text("locale", identity::valid_locale, "a BCP 47 language tag such as \"en-US\"")?,
+        locale: text(
+            "locale",
+            identity::valid_locale,
+            "a BCP 47 language tag such as \"en-US\"",
+        )?,
         timezone: text(
             "timezone",
             identity::valid_timezone,
@@ -293,7 +297,10 @@ fn parse_proxy(v: &Value) -> Result<UpstreamProxy, ApiError> {
     let obj = v
         .as_object()
         .ok_or_else(|| bad("proxy must be an object with a server".into()))?;
-    if let Some(key) = obj.keys().find(|k| !["server", "username", "password", "bypass"].contains(&k.as_str())) {
+    if let Some(key) = obj
+        .keys()
+        .find(|k| !["server", "username", "password", "bypass"].contains(&k.as_str()))
+    {
         return Err(bad(format!(
             "proxy.{key} is not a proxy field (server, username, password, bypass)"
         )));
@@ -302,8 +309,7 @@ fn parse_proxy(v: &Value) -> Result<UpstreamProxy, ApiError> {
         .get("server")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("proxy.server must be a string such as \"http://host:port\"".into()))?;
-    let (scheme, host, port) =
-        UpstreamProxy::parse_server(server).map_err(|why| bad(format!("proxy.server {why}")))?;
+    let (scheme, host, port) = UpstreamProxy::parse_server(server).map_err(|why| bad(format!("proxy.server {why}")))?;
     // SOCKS5 carries each in one length byte; `:` would split HTTP Basic credentials.
     let credential = |name: &str| -> Result<Option<String>, ApiError> {
         match obj.get(name) {

@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime};
 use crate::auth::Tenant;
 use crate::error::Origin;
 
-pub use record::{EndReason, NetworkStats, ProfileLink, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, Status};
+pub use record::{
+    EndReason, NetworkStats, ProfileLink, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, Status,
+};
 
 /// Which records a list asks for, newest first.
 #[derive(Debug, Clone)]
