@@ -325,7 +325,6 @@ impl Broker {
             config.launch_timeout(),
             tracker.clone(),
             metrics.clone(),
-            own_ports.clone(),
             browser_egress.clone(),
         ));
         let (node, store, nodes) = open_store(&config).await?;

@@ -151,7 +151,7 @@ pub fn parse_allow_list(setting: &str, entries: &[String]) -> Result<(Vec<IpNet>
 
 /// Parses `browser_egress_deny`: keywords (`metadata`, `link-local`, `loopback`, `private`,
 /// `shared`, `reserved`), CIDRs, addresses and host names.
-fn parse_deny_list(entries: &[String]) -> Result<(Vec<Class>, Vec<IpNet>, Vec<String>), Vec<String>> {
+fn parse_deny_list(entries: &[String]) -> Result<Rules, Vec<String>> {
     let mut classes = Vec::new();
     let mut nets = Vec::new();
     let mut hosts = Vec::new();
@@ -175,7 +175,12 @@ fn parse_deny_list(entries: &[String]) -> Result<(Vec<Class>, Vec<IpNet>, Vec<St
         }
     }
     if errors.is_empty() {
-        Ok((classes, nets, hosts))
+        Ok(Rules {
+            deny_classes: classes,
+            deny_nets: nets,
+            deny_hosts: hosts,
+            ..Rules::default()
+        })
     } else {
         Err(errors)
     }
@@ -247,15 +252,12 @@ impl Egress {
         broker: SocketAddr,
         resolve_timeout: Duration,
     ) -> Egress {
-        let (deny_classes, deny_nets, deny_hosts) = parse_deny_list(deny).unwrap_or_default();
         let (allow_nets, allow_hosts) = parse_allow_list("browser_egress_allow", allow).unwrap_or_default();
         Egress {
             rules: Rules {
-                deny_classes,
-                deny_nets,
-                deny_hosts,
                 allow_nets,
                 allow_hosts,
+                ..parse_deny_list(deny).unwrap_or_default()
             },
             allow_setting: "browser_egress_allow, CDPGATE_BROWSER_EGRESS_ALLOW",
             own_ports,
@@ -264,9 +266,22 @@ impl Egress {
         }
     }
 
+    /// The ports of the broker's own browsers and gateways, which this policy refuses.
+    pub fn own_ports(&self) -> Arc<Mutex<HashSet<u16>>> {
+        self.own_ports.clone()
+    }
+
     /// The addresses of `host:port`, every one of them allowed; the caller connects to
     /// these and no others (a second lookup could answer differently).
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
+        // A name denied as such is refused before any lookup.
+        let host_allowed = host_matches(&self.rules.allow_hosts, host);
+        if !host_allowed && host_matches(&self.rules.deny_hosts, host) {
+            return Err(EgressError::ForbiddenName {
+                host: host.to_owned(),
+                setting: self.allow_setting,
+            });
+        }
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => {
@@ -285,13 +300,6 @@ impl Egress {
             return Err(EgressError::Resolve {
                 host: host.to_owned(),
                 reason: "no address".into(),
-            });
-        }
-        let host_allowed = host_matches(&self.rules.allow_hosts, host);
-        if !host_allowed && host_matches(&self.rules.deny_hosts, host) {
-            return Err(EgressError::ForbiddenName {
-                host: host.to_owned(),
-                setting: self.allow_setting,
             });
         }
         for addr in &addrs {

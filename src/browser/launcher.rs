@@ -165,7 +165,6 @@ impl Launcher {
         launch_timeout: Duration,
         tracker: TaskTracker,
         metrics: Arc<Metrics>,
-        own_ports: Arc<Mutex<HashSet<u16>>>,
         browser_egress: Arc<Egress>,
     ) -> Self {
         Launcher {
@@ -177,7 +176,7 @@ impl Launcher {
             tracker,
             metrics,
             exits: Arc::new(Notify::new()),
-            own_ports,
+            own_ports: browser_egress.own_ports(),
             browser_egress,
             last_launch_ok: Default::default(),
         }
