@@ -35,6 +35,12 @@ if ! [ -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
   apt_install chromium
 fi
 
+# Session timezones are checked against the system's time zone database.
+if ! [ -f /usr/share/zoneinfo/Europe/Berlin ]; then
+  echo "setup: installing tzdata"
+  apt_install tzdata
+fi
+
 if [ "${1:-}" = "--test" ]; then
   # cargo-deny from crates.io checks licenses, duplicate crates and sources (deny.toml).
   if ! cargo deny --version >/dev/null 2>&1; then
