@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# What session options cost, side by side in one run: create -> first CDP reply without
+# options, with an identity, with a proxy and an idle timeout; and a page of 20 resources
+# loaded through a session's forward proxy against the same Chromium started directly.
+# usage: scripts/bench-options.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-15}
+scripts/setup.sh --test
+cargo build --release --quiet --bin cdpgate
+tmp=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A page with 20 small images: the forward proxy sees 21 requests per load.
+mkdir -p "$tmp/site"
+python3 - "$tmp/site" <<'PY'
+import base64, sys
+png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+for i in range(20):
+    open(f"{sys.argv[1]}/{i}.png", "wb").write(png)
+imgs = "".join(f'<img src="{i}.png?x={i}">' for i in range(20))
+open(f"{sys.argv[1]}/index.html", "w").write(f"<html><head><title>bench</title></head><body>{imgs}</body></html>")
+PY
+site_port=$(free_port)
+python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
+pids+=($!)
+
+key=bench-key-0123456789abcdef
+CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key RUST_LOG=warn \
+  CDPGATE_CREATES_PER_MINUTE=0 target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  gate=$(grep -o "listening on [0-9.:]*" "$tmp/cdpgate.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+  [ -n "$gate" ] && break
+  sleep 0.1
+done
+[ -n "$gate" ] || { cat "$tmp/cdpgate.log"; exit 1; }
+sleep 2 # the warm pool fills
+
+# The proxy is only named at create (nothing is loaded through it).
+proxy_port=$(free_port)
+node --experimental-websocket tests/js/bench_options.mjs "$gate" "$key" \
+  "http://127.0.0.1:$site_port/index.html" "127.0.0.1:$proxy_port" "$rounds" 2>/dev/null | python3 -m json.tool
