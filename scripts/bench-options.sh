@@ -2,7 +2,9 @@
 # What session options cost, side by side in one run: create -> first CDP reply without
 # options, with an identity, with a proxy and an idle timeout; and a page of 20 resources
 # loaded through a session's forward proxy against the same Chromium started directly.
-# usage: scripts/bench-options.sh [ROUNDS]
+# With BASELINE=path/to/another/cdpgate (an older build), creates without options are timed
+# against it too, alternated, to show what sessions without options pay now.
+# usage: [BASELINE=BIN] scripts/bench-options.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-15}
@@ -10,7 +12,12 @@ scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+cleanup() {
+  kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
+  wait 2>/dev/null || true
+  sleep 1
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -29,18 +36,24 @@ python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/d
 pids+=($!)
 
 key=bench-key-0123456789abcdef
-CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key RUST_LOG=warn \
-  CDPGATE_CREATES_PER_MINUTE=0 target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  gate=$(grep -o "listening on [0-9.:]*" "$tmp/cdpgate.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
-  [ -n "$gate" ] && break
-  sleep 0.1
-done
-[ -n "$gate" ] || { cat "$tmp/cdpgate.log"; exit 1; }
+start_broker() { # binary, name -> prints the address
+  CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$2" CDPGATE_API_KEYS=$key RUST_LOG=warn \
+    CDPGATE_CREATES_PER_MINUTE=0 "$1" "$tmp/no-config.toml" >"$tmp/$2.log" 2>&1 &
+  echo $! >>"$tmp/broker-pids" # (this runs in a subshell: its pids+= would be lost)
+  for _ in $(seq 100); do
+    address=$(grep -o "listening on [0-9.:]*" "$tmp/$2.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+    [ -n "$address" ] && { echo "$address"; return; }
+    sleep 0.1
+  done
+  cat "$tmp/$2.log" >&2
+  exit 1
+}
+gate=$(start_broker target/release/cdpgate cdpgate)
+baseline=""
+[ -n "${BASELINE:-}" ] && baseline=$(start_broker "$BASELINE" baseline)
 sleep 2 # the warm pool fills
 
 # The proxy is only named at create (nothing is loaded through it).
 proxy_port=$(free_port)
 node --experimental-websocket tests/js/bench_options.mjs "$gate" "$key" \
-  "http://127.0.0.1:$site_port/index.html" "127.0.0.1:$proxy_port" "$rounds" 2>/dev/null | python3 -m json.tool
+  "http://127.0.0.1:$site_port/index.html" "127.0.0.1:$proxy_port" "$rounds" $baseline 2>/dev/null | python3 -m json.tool

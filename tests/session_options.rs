@@ -224,6 +224,10 @@ async fn start_recording_site() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, heads)
 }
 
+fn heads_seen(heads: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    heads.lock().unwrap().clone()
+}
+
 async fn create(addr: SocketAddr, body: Value) -> Value {
     let r = http(
         addr,
@@ -468,15 +472,34 @@ async fn identity_reaches_every_page_and_the_wire() {
         assert_eq!(v["offset"], -540, "{which}: {seen}");
         assert_eq!(v["number"], "1.234,5", "{which}: {seen}");
     }
-    let heads = heads.lock().unwrap().clone();
-    assert!(!heads.is_empty());
-    for head in &heads {
+    let first_heads = heads_seen(&heads);
+    assert!(!first_heads.is_empty());
+    for head in &first_heads {
         assert!(
             head.contains(&format!("user-agent: {}", ua.to_ascii_lowercase())),
             "{head}"
         );
         assert!(head.contains("accept-language: de-de"), "{head}");
     }
+    // A single action's own session takes the options too.
+    let acted = server
+        .run_action(
+            KEY_A,
+            &json!({"action": format!("go to {url}action"), "user_agent": "cdpgate-action-agent/1.0", "timezone": "UTC"}),
+        )
+        .await;
+    assert_eq!(acted.status, StatusCode::OK, "{}", acted.body);
+    assert_eq!(acted.json["success"], true, "{}", acted.body);
+    let own = server.get(acted.json["session_id"].as_str().unwrap()).await.json;
+    assert_eq!(own["user_agent"], "cdpgate-action-agent/1.0", "{own}");
+    assert_eq!(own["timezone"], "UTC", "{own}");
+    assert!(
+        heads_seen(&heads)
+            .iter()
+            .any(|h| h.starts_with("get /action") && h.contains("user-agent: cdpgate-action-agent/1.0")),
+        "{:?}",
+        heads_seen(&heads)
+    );
     // A session without options keeps Chrome's own identity.
     let plain = server.create(json!({})).await;
     assert!(plain.get("user_agent").is_none(), "{plain}");

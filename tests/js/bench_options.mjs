@@ -2,17 +2,20 @@
 // create -> first CDP reply for a session without options, with an identity (user agent,
 // locale, time zone) and with a proxy + idle timeout; then a page load through a session's
 // forward proxy against the same Chromium started directly, alternated round by round.
-// usage: node --experimental-websocket bench_options.mjs <gate> <key> <site_url> <proxy> <rounds>
+// With a baseline broker (another build), creates without options are also timed against
+// it, alternated with this one's.
+// usage: node --experimental-websocket bench_options.mjs <gate> <key> <site_url> <proxy> <rounds> [baseline_gate]
 import puppeteer from 'puppeteer-core';
 
-const [gate, key, site, proxy, roundsArg] = process.argv.slice(2);
+const [gate, key, site, proxy, roundsArg, baselineGate] = process.argv.slice(2);
 const rounds = Number(roundsArg);
 const api = `http://${gate}`;
+const baselineApi = baselineGate ? `http://${baselineGate}` : null;
 const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
 
-async function firstReply(body) {
+async function firstReply(body, at = api) {
   const started = performance.now();
-  const created = await (await fetch(`${api}/public/sessions`, { method: 'POST', headers, body: JSON.stringify(body) })).json();
+  const created = await (await fetch(`${at}/public/sessions`, { method: 'POST', headers, body: JSON.stringify(body) })).json();
   if (!created.cdp_url) throw new Error(JSON.stringify(created));
   const ws = new WebSocket(created.cdp_url);
   await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
@@ -20,7 +23,7 @@ async function firstReply(body) {
   await new Promise((ok) => { ws.onmessage = ok; });
   const took = performance.now() - started;
   ws.close();
-  await fetch(`${api}/public/sessions/${created.session_id}/terminate`, { method: 'POST', headers });
+  await fetch(`${at}/public/sessions/${created.session_id}/terminate`, { method: 'POST', headers });
   // Let the pool refill so that every create finds a warm browser.
   await new Promise((r) => setTimeout(r, 1500));
   return took;
@@ -32,8 +35,10 @@ const variants = {
   proxy_idle: { proxy: { server: `http://${proxy}`, username: 'u', password: 'p' }, idle_timeout: 300 },
 };
 const creates = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
+if (baselineApi) creates.none_baseline = [];
 for (let i = 0; i < rounds; i++) {
   for (const [name, body] of Object.entries(variants)) creates[name].push(await firstReply(body));
+  if (baselineApi) creates.none_baseline.push(await firstReply({}, baselineApi));
 }
 
 async function loads(browser) {
