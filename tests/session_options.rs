@@ -198,6 +198,33 @@ async fn start_ws_echo() -> SocketAddr {
     addr
 }
 
+/// An HTTPS site (a self-signed certificate, which the test's browsers are told to accept)
+/// answering every request with a page titled "secure page".
+async fn start_https_site(dir: &std::path::Path) -> SocketAddr {
+    let (cert, key) = make_certificate(dir);
+    let acceptor = cdpgate::tls::acceptor(std::path::Path::new(&cert), std::path::Path::new(&key)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let page = "<html><head><title>secure page</title></head><body><h1>over TLS</h1></body></html>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 /// A site that keeps the head of every request it gets (to read the `User-Agent` sent).
 async fn start_recording_site() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -252,14 +279,17 @@ async fn visit(session: &Value, url: &str, expression: &str) -> Value {
 const WS_ECHO: &str = "new Promise((done) => { const w = new WebSocket('ws://ws.test/'); \
     w.onopen = () => w.send('ping'); w.onmessage = (e) => done(e.data); \
     w.onerror = () => done('error'); setTimeout(() => done('timeout'), 5000); })";
-const FETCH_HTTPS: &str = "fetch('https://secure.test/').then(() => 'loaded', () => 'failed')";
+const FETCH_HTTPS_MISSING: &str = "fetch('https://missing.test/').then(() => 'loaded', () => 'failed')";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_proxies_carry_every_request_with_credentials_no_one_sees() {
     let site = start_site().await;
     let echo = start_ws_echo().await;
+    let certs = tempfile::tempdir().unwrap();
+    let secure = start_https_site(certs.path()).await;
     let hosts: Hosts = Arc::new(HashMap::from([
         ("site.test:80".to_owned(), site),
+        ("secure.test:443".to_owned(), secure),
         ("other.test:80".to_owned(), site),
         ("ws.test:80".to_owned(), echo),
     ]));
@@ -272,6 +302,8 @@ async fn upstream_proxies_carry_every_request_with_credentials_no_one_sees() {
             ("RUST_LOG", "cdpgate=debug"),
             ("CDPGATE_MAX_SESSIONS", "4"),
             ("CDPGATE_API_KEYS", KEY_A),
+            // The test's HTTPS site has a self-signed certificate.
+            ("CDPGATE_CHROME_FLAGS", "--ignore-certificate-errors"),
         ],
     )
     .await;
@@ -293,14 +325,18 @@ async fn upstream_proxies_carry_every_request_with_credentials_no_one_sees() {
         assert_eq!(seen["title"], "cdpgate test site", "{seen}");
         assert_eq!(seen["value"], "ping", "the WebSocket went through the proxy: {seen}");
     }
-    let https = visit(&on_http, "http://site.test/", FETCH_HTTPS).await;
-    assert_eq!(
-        https["value"], "failed",
-        "no such https site behind the test proxy: {https}"
-    );
+    let https = visit(&on_http, "https://secure.test/", "document.title").await;
+    assert_eq!(https["title"], "secure page", "an https page through CONNECT: {https}");
+    let missing = visit(&on_http, "http://site.test/", FETCH_HTTPS_MISSING).await;
+    assert_eq!(missing["value"], "failed", "no such https site behind the test proxy: {missing}");
 
     let through_http = seen_targets(&http_seen);
-    for expected in ["GET http://site.test/", "CONNECT ws.test:80", "CONNECT secure.test:443"] {
+    for expected in [
+        "GET http://site.test/",
+        "CONNECT ws.test:80",
+        "CONNECT secure.test:443",
+        "CONNECT missing.test:443",
+    ] {
         assert!(
             through_http.iter().any(|t| t == expected),
             "{expected} in {through_http:?}"
@@ -407,7 +443,7 @@ async fn upstream_proxies_carry_every_request_with_credentials_no_one_sees() {
     let refused = visit(&wrong, "http://site.test/", "").await;
     assert_eq!(refused["ok"], false, "{refused}");
     assert!(refused["error"].as_str().unwrap().contains("net::ERR_"), "{refused}");
-    let tunnel = visit(&wrong, "http://127.0.0.1:9/", FETCH_HTTPS).await;
+    let tunnel = visit(&wrong, "http://127.0.0.1:9/", FETCH_HTTPS_MISSING).await;
     assert_eq!(tunnel["value"], "failed", "{tunnel}");
     let shown = get(addr, wrong["session_id"].as_str().unwrap()).await.json;
     assert!(shown["network"]["proxy_errors"].as_u64().unwrap() >= 2, "{shown}");
@@ -458,7 +494,8 @@ async fn identity_reaches_every_page_and_the_wire() {
         setTimeout(() => done('no answer'), 5000); }); \
         return { ua: navigator.userAgent, language: navigator.language, platform: navigator.platform, \
         zone: Intl.DateTimeFormat().resolvedOptions().timeZone, offset: new Date(2024, 0, 1).getTimezoneOffset(), \
-        number: (1234.5).toLocaleString(), worker: fromWorker }; })()";
+        number: (1234.5).toLocaleString(), worker: fromWorker, \
+        hints: navigator.userAgentData ? navigator.userAgentData.platform : null }; })()";
     let url = format!("http://{site}/");
     // The tab the session started with, and a tab the client opens.
     for which in ["new", "first"] {
@@ -471,6 +508,7 @@ async fn identity_reaches_every_page_and_the_wire() {
         assert_eq!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
         assert_eq!(v["offset"], -540, "{which}: {seen}");
         assert_eq!(v["number"], "1.234,5", "{which}: {seen}");
+        assert_eq!(v["hints"], "Windows", "client hints to match ({which}): {seen}");
     }
     let first_heads = heads_seen(&heads);
     assert!(!first_heads.is_empty());
@@ -480,6 +518,7 @@ async fn identity_reaches_every_page_and_the_wire() {
             "{head}"
         );
         assert!(head.contains("accept-language: de-de"), "{head}");
+        assert!(head.contains("sec-ch-ua-platform: \"windows\""), "{head}");
     }
     // A single action's own session takes the options too.
     let acted = server

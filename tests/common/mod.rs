@@ -659,3 +659,31 @@ pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost, made by `openssl` in `dir`:
+/// the paths of the certificate and of its key.
+pub fn make_certificate(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
+}
