@@ -680,27 +680,33 @@ async fn managed_browsers_cannot_reach_denied_addresses() {
     let session = server.create(json!({})).await;
     let broker_api = format!("http://{}/health", server.addr);
     let denied_url = format!("http://{denied_addr}/");
-    let check = format!(
-        "(async () => {{ const get = (u) => fetch(u).then((r) => r.text(), () => 'refused'); \
-         return [await get('http://169.254.169.254/latest/meta-data/'), await get('{denied_url}'), \
-         await get('{broker_api}'), await get('http://10.11.12.13/'), await get('http://metadata.google.internal/')]; }})()"
-    );
-    let seen = visit(&session, &format!("http://{site}/"), &check).await;
-    assert_eq!(seen["ok"], true, "the allowed site loads: {seen}");
-    assert_eq!(
-        seen["value"],
-        json!(["refused", "refused", "refused", "refused", "refused"]),
-        "{seen}"
-    );
+    let refused = async || -> u64 {
+        let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cdpgate_browser_egress_refused_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    // Each one refused by the policy (counted), not merely unreachable.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        &denied_url,
+        &broker_api,
+        "http://10.11.12.13/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+    ] {
+        let before = refused().await;
+        let fetch = format!("fetch('{url}').then((r) => r.text(), () => 'refused')");
+        let seen = visit(&session, &format!("http://{site}/"), &fetch).await;
+        assert_eq!(seen["ok"], true, "the allowed site loads: {seen}");
+        assert_eq!(seen["value"], "refused", "{url}: {seen}");
+        assert!(refused().await > before, "{url} counted as refused");
+    }
+    let before = refused().await;
     let navigation = visit(&session, &denied_url, "").await;
     assert_eq!(navigation["ok"], false, "{navigation}");
-    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
-    let refused: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("cdpgate_browser_egress_refused_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    assert!(refused >= 6, "{metrics}");
+    assert!(refused().await > before);
 
     // A session's proxy is held to the same policy, at create.
     let r = server
