@@ -2,7 +2,7 @@
 //! its browsers, may go. Two policies share these rules. Bring-your-own sessions
 //! (server-side request forgery): loopback, private, link-local and metadata addresses are
 //! refused unless allowed (`byo_allow`). Managed browsers (every request of their pages
-//! passes the broker's forward proxy, [`super::forward`]): what `browser_egress_deny`
+//! passes the broker's forward proxy, the `forward` module): what `browser_egress_deny`
 //! names (by default link-local addresses and the cloud metadata addresses and names) is
 //! refused unless `browser_egress_allow` opens it. Both always refuse this broker and its
 //! own browsers.

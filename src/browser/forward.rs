@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use super::egress::{Egress, EgressError, host_matches};
 use super::upstream::{UpstreamStream, tls_connector};
 use crate::metrics::Metrics;
-use crate::store::NetworkStats;
 
 /// How long reaching a destination or an upstream proxy (and its handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +130,15 @@ fn bracketed(host: &str) -> String {
     } else {
         host.to_owned()
     }
+}
+
+/// What a managed browser's pages sent and received, and what its proxy refused.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub proxy_errors: u64,
+    pub last_proxy_error: Option<String>,
 }
 
 /// A session's network counters, shared by every connection of its browser.

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::Tenant;
 use crate::browser::Screen;
+pub use crate::browser::forward::NetworkStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -201,15 +202,6 @@ pub struct ProxySettings {
     pub server: String,
     pub username: Option<String>,
     pub bypass: Vec<String>,
-}
-
-/// What a managed browser's pages sent and received, and what its proxy refused.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkStats {
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub proxy_errors: u64,
-    pub last_proxy_error: Option<String>,
 }
 
 impl SessionRecord {
