@@ -131,3 +131,23 @@ async fn a_chromium_that_will_not_start_gets_a_clear_503_and_no_busy_loop() {
     assert!(ready, "ready once a browser starts");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_start_without_the_hidden_omnibox_webui() {
+    // Headless Chromium would preload the omnibox popup (hidden `browser_ui` targets with a
+    // renderer of their own): most of a launch's CPU, for a popup no session shows.
+    let server = TestServer::start_with(|c| c.chrome_flags = vec!["--disable-features=Translate".into()]).await;
+    let session = server.create(json!({})).await;
+    let mut ws = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let targets = cdp_call(&mut ws, 1, "Target.getTargets", json!({"filter": [{}]})).await;
+    let kinds: Vec<&str> = targets["result"]["targetInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["type"].as_str())
+        .collect();
+    assert!(kinds.contains(&"page"), "{targets}");
+    assert!(!kinds.contains(&"browser_ui"), "{targets}");
+    server.stop().await;
+}

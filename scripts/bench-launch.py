@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""CPU and time a Chromium launch costs, per set of flags, side by side (alternated).
+
+Each launch starts Chromium as the broker does (its own process group, headless, a fresh
+user-data directory, about:blank), waits for its DevTools address and for /json/version
+to answer, lets it settle for SETTLE seconds (what it does at start that a session never
+asks for keeps running after it is ready), then reads the CPU time of every process in
+its group (user + system, reaped children included) and kills the group.
+
+usage: scripts/bench-launch.py ROUNDS [SETTLE_SECONDS]
+"""
+import json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+SETTLE = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
+TICK = os.sysconf("SC_CLK_TCK")
+
+# The broker's flags before the preloaded WebUIs were turned off (src/browser/launcher.rs),
+# without the proxy (nothing is loaded).
+BEFORE = [
+    "--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--no-default-browser-check",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--mute-audio", "--password-store=basic", "--test-type",
+    "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--window-size=1280,807", "--screen-info={1280x720}",
+]
+if os.geteuid() == 0:
+    BEFORE.append("--no-sandbox")
+# Headless Chromium preloads the omnibox popup's WebUI (two hidden browser_ui targets, one
+# renderer): most of a launch's CPU, for a popup no session ever shows.
+NOW = BEFORE + ["--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup"]
+# More of what Chrome does at start that a session never needs (tried: crash reporting,
+# field trials, component extensions, translation, optimization hints, media router).
+LEAN = [
+    "--disable-breakpad", "--disable-crash-reporter", "--disable-field-trial-config",
+    "--disable-component-extensions-with-background-pages", "--disable-default-apps",
+    "--disable-extensions", "--no-service-autorun", "--metrics-recording-only",
+    "--disable-client-side-phishing-detection", "--disable-domain-reliability",
+    "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,Translate,OptimizationHints,MediaRouter,"
+    "DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,"
+    "InterestFeedContentSuggestions,PrivacySandboxSettings4,SegmentationPlatform,ChromeWhatsNewUI",
+]
+VARIANTS = {"before": BEFORE, "now": NOW, "now+more": BEFORE + LEAN}
+
+
+def group_cpu(pgid):
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # pgrp is field 5 (index 2 after the name); utime, stime, cutime, cstime 14-17.
+        if int(fields[2]) != pgid:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / TICK
+
+
+def launch(flags):
+    with tempfile.TemporaryDirectory() as d:
+        started = time.perf_counter()
+        p = subprocess.Popen(["/usr/bin/chromium", *flags, f"--user-data-dir={d}", "about:blank"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True, text=True)
+        port = None
+        for line in p.stderr:
+            m = re.match(r"DevTools listening on ws://127.0.0.1:(\d+)/", line)
+            if m:
+                port = m.group(1)
+                break
+        if port is None:
+            raise SystemExit(f"chromium did not start with {flags}")
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.02)
+        ready = time.perf_counter() - started
+        time.sleep(SETTLE)
+        cpu = group_cpu(p.pid)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return ready, cpu
+
+
+results = {name: {"ready_s": [], "cpu_s": []} for name in VARIANTS}
+for _ in range(ROUNDS):
+    for name, flags in VARIANTS.items():
+        ready, cpu = launch(flags)
+        results[name]["ready_s"].append(ready)
+        results[name]["cpu_s"].append(cpu)
+        time.sleep(0.5)
+print(json.dumps({name: {k: round(statistics.median(v), 3) for k, v in r.items()} | {"n": ROUNDS}
+                  for name, r in results.items()}, indent=2))
