@@ -254,6 +254,11 @@ impl Launcher {
         Ok(())
     }
 
+    /// How long a launch may take before it is given up.
+    pub fn launch_timeout(&self) -> Duration {
+        self.launch_timeout
+    }
+
     /// Whether the last browser launched answered (false until one has).
     pub fn can_launch(&self) -> bool {
         self.last_launch_ok.load(Ordering::Relaxed)

@@ -47,6 +47,9 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     /// When a warm browser was last handed out.
     last_checkout: Mutex<Instant>,
+    /// Set while the refill loop launches a warm browser; `landed` fires when it is done.
+    refilling: std::sync::atomic::AtomicBool,
+    landed: Notify,
 }
 
 impl Pool {
@@ -68,6 +71,8 @@ impl Pool {
             refill: Notify::new(),
             metrics,
             last_checkout: Mutex::new(Instant::now() - REFILL_QUIET),
+            refilling: Default::default(),
+            landed: Notify::new(),
         }
     }
 
@@ -85,7 +90,7 @@ impl Pool {
             false => self.slots.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?,
         };
         if screen == self.default_screen
-            && let Some(browser) = self.take_idle()
+            && let Some(browser) = self.take_warm().await
         {
             *self.last_checkout.lock().expect("pool lock") = Instant::now();
             self.refill.notify_one();
@@ -93,6 +98,24 @@ impl Pool {
         }
         let browser = self.launcher.launch(screen).await?;
         Ok(Lease { browser, _slot: slot })
+    }
+
+    /// An idle browser; with none idle but a warm launch under way, that one once it is
+    /// ready: it is nearer to ready than a launch started now, and a second launch would
+    /// only halve the CPU each gets. `None`: launch one.
+    async fn take_warm(&self) -> Option<Browser> {
+        if let Some(browser) = self.take_idle() {
+            return Some(browser);
+        }
+        let landed = self.landed.notified();
+        tokio::pin!(landed);
+        // Registered before the flag is read: a landing in between still wakes it.
+        landed.as_mut().enable();
+        if !self.refilling.load(Ordering::SeqCst) {
+            return None;
+        }
+        let _ = tokio::time::timeout(self.launcher.launch_timeout(), landed).await;
+        self.take_idle()
     }
 
     /// A slot and a fresh browser on the prepared user-data directory `dir` (a profile's
@@ -175,13 +198,27 @@ impl Pool {
                 continue;
             }
             if missing > 0 {
+                self.refilling.store(true, Ordering::SeqCst);
                 let launched = tokio::select! {
                     r = self.launcher.launch(self.default_screen) => r,
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => {
+                        self.refilling.store(false, Ordering::SeqCst);
+                        self.landed.notify_waiters();
+                        break;
+                    }
                 };
-                match launched {
+                // In the pool before the flag drops, so a waiting create finds it.
+                let launched = match launched {
                     Ok(browser) => {
                         self.idle.lock().expect("pool lock").push_back(browser);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                self.refilling.store(false, Ordering::SeqCst);
+                self.landed.notify_waiters();
+                match launched {
+                    Ok(()) => {
                         backoff = Duration::from_millis(250);
                     }
                     Err(_) => {
