@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The same Puppeteer job (get a browser, open a local page, read its title, screenshot,
+# disconnect) against cdpgate (defaults, release build) and browserless 2.42 (npm, on
+# Debian's Chromium), side by side, alternated round by round, at one concurrency.
+# browserless is installed under target/bench-browserless. It insists on finding every
+# browser it knows (Chrome, Edge, Playwright's Chromium, Firefox, WebKit): the script links
+# the missing paths to /usr/bin/chromium for the run and removes the links it made after
+# (only Chromium is ever started).
+# usage: scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+jobs=${2:-12}
+concurrency=${3:-4}
+scripts/setup.sh --test
+cargo build --release --quiet --bin cdpgate
+bl=target/bench-browserless
+if ! [ -d "$bl/node_modules/@browserless.io/browserless" ]; then
+  mkdir -p "$bl"
+  (cd "$bl" && npm install --silent --no-audit --no-fund @browserless.io/browserless@2.42.0)
+fi
+# It requires its own copy of playwright-core where npm hoisted the shared one.
+mkdir -p "$bl/node_modules/@browserless.io/browserless/node_modules"
+ln -sfn "$(pwd)/$bl/node_modules/playwright-core" "$bl/node_modules/@browserless.io/browserless/node_modules/playwright-core"
+links=()
+link_browser() {
+  if ! [ -e "$1" ]; then
+    mkdir -p "$(dirname "$1")"
+    ln -s /usr/bin/chromium "$1"
+    links+=("$1")
+  fi
+}
+for b in chromium firefox webkit; do
+  link_browser "$(cd "$bl" && node -e "import('playwright-core').then(p=>console.log(p.$b.executablePath()))")"
+done
+link_browser /usr/bin/google-chrome-stable
+link_browser /usr/bin/microsoft-edge-stable
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  for l in "${links[@]}"; do rm -f "$l"; done
+  sleep 1
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+mkdir -p "$tmp/site"
+echo '<html><head><title>job</title></head><body><h1>A page for the job</h1><p>Some text.</p></body></html>' >"$tmp/site/index.html"
+site_port=$(free_port)
+python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
+pids+=($!)
+
+key=bench-key-0123456789abcdef
+CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key RUST_LOG=warn \
+  CDPGATE_CREATES_PER_MINUTE=0 target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
+pids+=($!)
+bl_port=$(free_port)
+(cd "$bl/node_modules/@browserless.io/browserless" && PORT=$bl_port HOST=127.0.0.1 TOKEN=bench-token \
+  CONCURRENT="$concurrency" QUEUED=1000 DEBUG=-* exec node build/index.js) >"$tmp/browserless.log" 2>&1 &
+pids+=($!)
+gate=""
+for _ in $(seq 150); do
+  gate=$(grep -o "listening on [0-9.:]*" "$tmp/cdpgate.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+  if [ -n "$gate" ] && curl -sf "http://127.0.0.1:$bl_port/json/version?token=bench-token" >/dev/null; then break; fi
+  sleep 0.2
+done
+node tests/js/bench_jobs.mjs "$gate" "$key" "ws://127.0.0.1:$bl_port/chromium?token=bench-token" \
+  "http://127.0.0.1:$site_port/index.html" "$rounds" "$jobs" "$concurrency" | python3 -m json.tool

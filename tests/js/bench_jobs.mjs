@@ -1,0 +1,78 @@
+// The same Puppeteer job against cdpgate and browserless, side by side (run by
+// scripts/bench-jobs.sh): get a browser (cdpgate: create a session; browserless: connect,
+// which launches one), open a local page, read its title, take a screenshot, disconnect
+// (cdpgate: end the session). N jobs at concurrency C per round; systems alternate round
+// by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
+// usage: node bench_jobs.mjs <cdpgate_addr> <key> <browserless_ws> <page_url> <rounds> <jobs> <concurrency>
+import { readFileSync } from 'fs';
+import puppeteer from 'puppeteer-core';
+
+const [gate, key, blWs, pageUrl, roundsArg, jobsArg, concArg] = process.argv.slice(2);
+const [rounds, jobs, conc] = [Number(roundsArg), Number(jobsArg), Number(concArg)];
+const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
+
+async function pageJob(browser) {
+  const page = (await browser.pages())[0] ?? (await browser.newPage());
+  await page.goto(pageUrl, { waitUntil: 'load' });
+  const title = await page.title();
+  await page.screenshot();
+  if (!title) throw new Error('no title');
+}
+
+const systems = {
+  cdpgate: async () => {
+    const s = await (await fetch(`http://${gate}/public/sessions`, { method: 'POST', headers, body: '{}' })).json();
+    if (!s.cdp_url) throw new Error(JSON.stringify(s));
+    const browser = await puppeteer.connect({ browserWSEndpoint: s.cdp_url, defaultViewport: null });
+    await pageJob(browser);
+    await browser.disconnect();
+    await fetch(`http://${gate}/public/sessions/${s.session_id}/terminate`, { method: 'POST', headers });
+  },
+  browserless: async () => {
+    const browser = await puppeteer.connect({ browserWSEndpoint: blWs, defaultViewport: null });
+    await pageJob(browser);
+    await browser.close();
+  },
+};
+
+function busySeconds() {
+  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0].split(/\s+/).slice(1).map(Number);
+  const idle = cpu[3] + cpu[4];
+  return (cpu.reduce((a, b) => a + b, 0) - idle) / 100;
+}
+
+const results = Object.fromEntries(Object.keys(systems).map((k) => [k, { rates: [], latencies: [], cpu: [] }]));
+for (let r = 0; r < rounds; r++) {
+  for (const [name, job] of Object.entries(systems)) {
+    await new Promise((ok) => setTimeout(ok, 3000)); // warm pools refill; the machine settles
+    let next = 0;
+    const cpu0 = busySeconds();
+    const started = performance.now();
+    const worker = async () => {
+      while (next < jobs) {
+        next++;
+        const t = performance.now();
+        await job();
+        results[name].latencies.push(performance.now() - t);
+      }
+    };
+    await Promise.all(Array.from({ length: conc }, worker));
+    const seconds = (performance.now() - started) / 1000;
+    results[name].rates.push(jobs / seconds);
+    results[name].cpu.push((busySeconds() - cpu0) / jobs);
+  }
+}
+const q = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(s.length * p))]; };
+const out = {};
+for (const [name, r] of Object.entries(results)) {
+  out[name] = {
+    jobs_per_s_median: +q(r.rates, 0.5).toFixed(2),
+    jobs_per_s_range: [+Math.min(...r.rates).toFixed(2), +Math.max(...r.rates).toFixed(2)],
+    latency_p50_s: +(q(r.latencies, 0.5) / 1000).toFixed(3),
+    latency_p90_s: +(q(r.latencies, 0.9) / 1000).toFixed(3),
+    latency_p99_s: +(q(r.latencies, 0.99) / 1000).toFixed(3),
+    machine_cpu_s_per_job: +q(r.cpu, 0.5).toFixed(2),
+  };
+}
+out.ratio_jobs_per_s = +(out.cdpgate.jobs_per_s_median / out.browserless.jobs_per_s_median).toFixed(2);
+console.log(JSON.stringify(out));
