@@ -19,19 +19,8 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+. scripts/bench-lib.sh
 key=bench-key-0123456789abcdef
-start_broker() { # binary, name -> prints the address
-  CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$2" CDPGATE_API_KEYS=$key RUST_LOG=warn \
-    CDPGATE_CREATES_PER_MINUTE=0 "$1" "$tmp/no-config.toml" >"$tmp/$2.log" 2>&1 &
-  echo $! >>"$tmp/broker-pids" # (this runs in a subshell)
-  for _ in $(seq 100); do
-    address=$(grep -o "listening on [0-9.:]*" "$tmp/$2.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
-    [ -n "$address" ] && { echo "$address"; return; }
-    sleep 0.1
-  done
-  cat "$tmp/$2.log" >&2
-  exit 1
-}
 targets=("this=$(start_broker target/release/cdpgate this)")
 [ -n "${BASELINE:-}" ] && targets+=("baseline=$(start_broker "$BASELINE" baseline)")
 node --experimental-websocket tests/js/bench_creates.mjs "$key" "$rounds" "$burst" "${targets[@]}" 2>/dev/null | python3 -m json.tool

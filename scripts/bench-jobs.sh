@@ -39,14 +39,14 @@ link_browser /usr/bin/microsoft-edge-stable
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
+  kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
   wait 2>/dev/null || true
   for l in "${links[@]}"; do rm -f "$l"; done
   sleep 1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/bench-lib.sh
 
 mkdir -p "$tmp/site"
 echo '<html><head><title>job</title></head><body><h1>A page for the job</h1><p>Some text.</p></body></html>' >"$tmp/site/index.html"
@@ -55,17 +55,13 @@ python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/d
 pids+=($!)
 
 key=bench-key-0123456789abcdef
-CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key RUST_LOG=warn \
-  CDPGATE_CREATES_PER_MINUTE=0 target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
-pids+=($!)
+gate=$(start_broker target/release/cdpgate cdpgate)
 bl_port=$(free_port)
 (cd "$bl/node_modules/@browserless.io/browserless" && PORT=$bl_port HOST=127.0.0.1 TOKEN=bench-token \
   CONCURRENT="$concurrency" QUEUED=1000 DEBUG=-* exec node build/index.js) >"$tmp/browserless.log" 2>&1 &
 pids+=($!)
-gate=""
 for _ in $(seq 150); do
-  gate=$(grep -o "listening on [0-9.:]*" "$tmp/cdpgate.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
-  if [ -n "$gate" ] && curl -sf "http://127.0.0.1:$bl_port/json/version?token=bench-token" >/dev/null; then break; fi
+  curl -sf "http://127.0.0.1:$bl_port/json/version?token=bench-token" >/dev/null && break
   sleep 0.2
 done
 node tests/js/bench_jobs.mjs "$gate" "$key" "ws://127.0.0.1:$bl_port/chromium?token=bench-token" \

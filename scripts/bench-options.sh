@@ -19,7 +19,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/bench-lib.sh
 
 # A page with 20 small images: the forward proxy sees 21 requests per load.
 mkdir -p "$tmp/site"
@@ -36,18 +36,6 @@ python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/d
 pids+=($!)
 
 key=bench-key-0123456789abcdef
-start_broker() { # binary, name -> prints the address
-  CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$2" CDPGATE_API_KEYS=$key RUST_LOG=warn \
-    CDPGATE_CREATES_PER_MINUTE=0 "$1" "$tmp/no-config.toml" >"$tmp/$2.log" 2>&1 &
-  echo $! >>"$tmp/broker-pids" # (this runs in a subshell: its pids+= would be lost)
-  for _ in $(seq 100); do
-    address=$(grep -o "listening on [0-9.:]*" "$tmp/$2.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
-    [ -n "$address" ] && { echo "$address"; return; }
-    sleep 0.1
-  done
-  cat "$tmp/$2.log" >&2
-  exit 1
-}
 gate=$(start_broker target/release/cdpgate cdpgate)
 baseline=""
 [ -n "${BASELINE:-}" ] && baseline=$(start_broker "$BASELINE" baseline)

@@ -3,25 +3,12 @@
 // WebSocket to cdp_url -> reply to Browser.getVersion, then terminate), waits for its pool
 // to refill, and moves on to the next broker; brokers alternate round by round.
 // usage: node --experimental-websocket bench_creates.mjs <key> <rounds> <burst> <name=gate>...
+import { createToFirstReply } from './bench_common.mjs';
+
 const [key, roundsArg, burstArg, ...targets] = process.argv.slice(2);
 const rounds = Number(roundsArg);
 const burst = Number(burstArg);
-const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
 const brokers = targets.map((t) => { const [name, gate] = t.split('='); return { name, api: `http://${gate}`, times: [] }; });
-
-async function once(api) {
-  const started = performance.now();
-  const created = await (await fetch(`${api}/public/sessions`, { method: 'POST', headers, body: '{}' })).json();
-  if (!created.cdp_url) throw new Error(JSON.stringify(created));
-  const ws = new WebSocket(created.cdp_url);
-  await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
-  ws.send(JSON.stringify({ id: 1, method: 'Browser.getVersion', params: {} }));
-  await new Promise((ok) => { ws.onmessage = ok; });
-  const took = performance.now() - started;
-  ws.close();
-  await fetch(`${api}/public/sessions/${created.session_id}/terminate`, { method: 'POST', headers });
-  return took;
-}
 
 async function poolFull(api) {
   for (let i = 0; i < 300; i++) {
@@ -36,7 +23,7 @@ for (let r = 0; r < rounds; r++) {
   for (const b of brokers) {
     await poolFull(b.api);
     await new Promise((ok) => setTimeout(ok, 1000));
-    for (let i = 0; i < burst; i++) b.times.push(await once(b.api));
+    for (let i = 0; i < burst; i++) b.times.push(await createToFirstReply(b.api, key));
   }
 }
 const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return +s[Math.min(s.length - 1, Math.floor(s.length * p))].toFixed(1); };

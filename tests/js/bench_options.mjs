@@ -6,6 +6,7 @@
 // it, alternated with this one's.
 // usage: node --experimental-websocket bench_options.mjs <gate> <key> <site_url> <proxy> <rounds> [baseline_gate]
 import puppeteer from 'puppeteer-core';
+import { createToFirstReply } from './bench_common.mjs';
 
 const [gate, key, site, proxy, roundsArg, baselineGate] = process.argv.slice(2);
 const rounds = Number(roundsArg);
@@ -14,16 +15,7 @@ const baselineApi = baselineGate ? `http://${baselineGate}` : null;
 const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
 
 async function firstReply(body, at = api) {
-  const started = performance.now();
-  const created = await (await fetch(`${at}/public/sessions`, { method: 'POST', headers, body: JSON.stringify(body) })).json();
-  if (!created.cdp_url) throw new Error(JSON.stringify(created));
-  const ws = new WebSocket(created.cdp_url);
-  await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
-  ws.send(JSON.stringify({ id: 1, method: 'Browser.getVersion', params: {} }));
-  await new Promise((ok) => { ws.onmessage = ok; });
-  const took = performance.now() - started;
-  ws.close();
-  await fetch(`${at}/public/sessions/${created.session_id}/terminate`, { method: 'POST', headers });
+  const took = await createToFirstReply(at, key, body);
   // Let the pool refill so that every create finds a warm browser.
   await new Promise((r) => setTimeout(r, 1500));
   return took;

@@ -1,0 +1,21 @@
+# Shared by the bench scripts (sourced): a free port, and a broker binary started on a
+# scratch data directory whose address is printed once it listens. The caller sets `tmp`
+# (a scratch directory) and `key` (the API key), and kills "$tmp/broker-pids" at exit.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_broker BINARY NAME [VAR=VALUE...] -> prints the address it listens on
+start_broker() {
+  local binary=$1 name=$2
+  shift 2
+  env CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$name" CDPGATE_API_KEYS="$key" RUST_LOG=warn \
+    CDPGATE_CREATES_PER_MINUTE=0 "$@" "$binary" "$tmp/no-config.toml" >"$tmp/$name.log" 2>&1 &
+  echo $! >>"$tmp/broker-pids" # (often called in a subshell, where pids+= would be lost)
+  for _ in $(seq 150); do
+    address=$(grep -o "listening on [0-9.:]*" "$tmp/$name.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)
+    [ -n "$address" ] && { echo "$address"; return; }
+    sleep 0.1
+  done
+  cat "$tmp/$name.log" >&2
+  exit 1
+}
