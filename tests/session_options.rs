@@ -640,8 +640,9 @@ async fn idle_sessions_end_and_used_ones_do_not() {
         (json!("expired"), json!("idle"))
     );
 
-    // A connection still open when the session idles out cannot exist, but the code is
-    // the one documented: a connection opened on an ended session hears 4004.
+    // An idle session has no connection left to hear 4004 (that needs one opening in the
+    // very moment it ends; the code itself is pinned in store::record's unit test); a new
+    // one is refused.
     let late = ws_connect(used["cdp_url"].as_str().unwrap()).await;
     assert!(late.is_err(), "an ended session refuses new connections");
     // The viewed session idles out too, once its viewer has gone.

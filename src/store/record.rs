@@ -255,6 +255,9 @@ mod tests {
         }
         assert_eq!(Status::parse("ACTIVE"), None);
         assert_eq!(EndReason::Expired.close_code().0, 4001);
+        assert_eq!(EndReason::Idle.close_code(), (4004, "session idle"));
+        assert_eq!(EndReason::Idle.status(), Status::Expired);
+        assert_eq!(EndReason::parse("idle"), Some(EndReason::Idle));
         assert_eq!(EndReason::Terminated.status(), Status::Terminated);
         assert_eq!(EndReason::parse("broker restarted"), Some(EndReason::Restarted));
         for outcome in [
