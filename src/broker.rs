@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::error::Origin;
 use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
-use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit};
+use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit, session_span};
 use crate::store::local::LocalStore;
 pub use crate::store::nodes::NodeInfo;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
@@ -597,7 +597,10 @@ impl Broker {
         // An external browser's exit is not ours to watch: a token that never fires.
         let (exited, traffic) = match &backing {
             Backing::Managed(lease) => {
-                let traffic = lease.browser.gateway.assign(&id, request.options.proxy.clone());
+                let traffic = lease
+                    .browser
+                    .gateway
+                    .assign(session_span(&id, &tenant), request.options.proxy.clone());
                 (lease.browser.exited(), Some(traffic))
             }
             Backing::External(_) => (CancellationToken::new(), None),

@@ -96,10 +96,15 @@ struct State {
     profile: Option<ProfileBinding>,
 }
 
+/// The span of the session `id` of `tenant`, also for work done before its `Session` exists.
+pub fn session_span(id: &str, tenant: &Tenant) -> tracing::Span {
+    tracing::info_span!("session", session = %id, tenant = %tenant)
+}
+
 impl Session {
     /// The span every log line about this session is in: its id and tenant.
     pub fn span(&self) -> tracing::Span {
-        tracing::info_span!("session", session = %self.id, tenant = %self.tenant)
+        session_span(&self.id, &self.tenant)
     }
 
     pub fn new(init: SessionInit, node: &str) -> Session {

@@ -4,6 +4,8 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::*;
@@ -234,9 +236,14 @@ async fn json_logs_name_the_session_and_tenant_on_every_line_about_it() {
     let broker = start_binary(data_dir.path(), &env).await;
     let (mut child, addr, mut out) = (broker.child, broker.addr, broker.lines);
     // Read the log as it comes: a pipe nobody reads would stall the broker.
+    let reader_saw_gateway = Arc::new(AtomicBool::new(false));
+    let saw_gateway = reader_saw_gateway.clone();
     let reader = tokio::spawn(async move {
         let mut lines = broker.printed;
         while let Ok(Some(line)) = out.next_line().await {
+            if line.contains("cdpgate-test.invalid") {
+                saw_gateway.store(true, Relaxed);
+            }
             lines.push(line);
         }
         lines
@@ -246,6 +253,23 @@ async fn json_logs_name_the_session_and_tenant_on_every_line_about_it() {
     let id = created.json["session_id"].as_str().unwrap().to_owned();
     let mut ws = ws_connect(created.json["cdp_url"].as_str().unwrap()).await.unwrap();
     cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    // A page that asks for a name that cannot resolve: the browser's gateway logs it, and
+    // that line too must name the session and its tenant.
+    cdp_call(
+        &mut ws,
+        2,
+        "Target.createTarget",
+        json!({"url": "http://cdpgate-test.invalid/"}),
+    )
+    .await;
+    let gateway_logged = async {
+        while !reader_saw_gateway.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), gateway_logged)
+        .await
+        .expect("the gateway logs the unreachable destination");
     let path = format!("/public/sessions/{id}/terminate");
     assert_eq!(
         http(addr, Method::POST, &path, Some(KEY_A), None).await.status,

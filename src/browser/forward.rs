@@ -168,13 +168,23 @@ impl Traffic {
     }
 }
 
-/// Where a browser's connections go right now: the session that holds it (none while it
-/// waits in the pool), its upstream proxy and its counters.
-#[derive(Default)]
+/// Where a browser's connections go right now: the span of the session that holds it (none
+/// while it waits in the pool), its upstream proxy and its counters.
 struct Route {
-    session: Option<String>,
+    /// The session's span (its id and tenant), so every line about its traffic names both.
+    span: tracing::Span,
     proxy: Option<Arc<UpstreamProxy>>,
     traffic: Arc<Traffic>,
+}
+
+impl Default for Route {
+    fn default() -> Route {
+        Route {
+            span: tracing::Span::none(),
+            proxy: None,
+            traffic: Arc::default(),
+        }
+    }
 }
 
 /// One browser's forward proxy on 127.0.0.1; it stops accepting when the browser exits.
@@ -232,11 +242,11 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Routes the browser's connections from now on for `session`, through `proxy` if it
-    /// has one; answers the session's counters.
-    pub fn assign(&self, session: &str, proxy: Option<UpstreamProxy>) -> Arc<Traffic> {
+    /// Routes the browser's connections from now on for the session whose span is `span`,
+    /// through `proxy` if it has one; answers the session's counters.
+    pub fn assign(&self, span: tracing::Span, proxy: Option<UpstreamProxy>) -> Arc<Traffic> {
         let route = Route {
-            session: Some(session.to_owned()),
+            span,
             proxy: proxy.map(Arc::new),
             traffic: Arc::default(),
         };
@@ -409,19 +419,19 @@ impl Gateway {
 
     /// Counts and logs a connection a page could not have.
     fn report(&self, route: &Route, host: &str, port: u16, error: &OpenError) {
-        let session = route.session.as_deref().unwrap_or("");
+        let _in_session = route.span.enter();
         match error {
             OpenError::Refused(e) => {
                 self.metrics.browser_egress_refused.fetch_add(1, Relaxed);
-                tracing::info!(session, destination = %format!("{host}:{port}"), reason = %e, "browser egress refused");
+                tracing::info!(destination = %format!("{host}:{port}"), reason = %e, "browser egress refused");
             }
             OpenError::Proxy(text) => {
                 self.metrics.proxy_errors.fetch_add(1, Relaxed);
                 route.traffic.proxy_error(text.clone());
-                tracing::info!(session, destination = %format!("{host}:{port}"), error = %text, "upstream proxy error");
+                tracing::info!(destination = %format!("{host}:{port}"), error = %text, "upstream proxy error");
             }
             OpenError::Unreachable(text) => {
-                tracing::debug!(session, destination = %format!("{host}:{port}"), error = %text, "destination unreachable");
+                tracing::debug!(destination = %format!("{host}:{port}"), error = %text, "destination unreachable");
             }
         }
     }
