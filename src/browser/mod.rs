@@ -7,6 +7,7 @@
 pub mod byo;
 pub mod cdp;
 pub mod egress;
+pub mod filter;
 pub mod forward;
 pub mod identity;
 pub mod launcher;

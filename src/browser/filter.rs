@@ -1,0 +1,780 @@
+//! The CDP filter of a context session: a client sees a browser that holds only its own
+//! browser context, and cannot reach anything outside it.
+//!
+//! Deny by default. Every command of the client is parsed (commands are small) and checked
+//! against what its level may do: at the browser level only the target, browser and cookie
+//! methods that a context can be scoped to, with the session's context filled in where a
+//! method would default to the browser's default context; on the session's own pages
+//! (flattened sessions, or a page connection) everything but the browser-wide domains. What
+//! passes is sent on re-serialized, so Chrome reads exactly what was checked (no duplicate
+//! keys read differently on the two sides).
+//!
+//! The browser's messages are mostly page traffic of the client's own sessions, which passes
+//! as it came without being parsed: Chrome appends `,"sessionId":"…"}` to the messages of a
+//! flattened session and writes `{"id":` or `{"method":` first, and a string's quotes are
+//! escaped, so the two ends of a message say where it goes. Only the target events, the
+//! answers that name targets, and browser-level events are parsed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde_json::{Map, Value, json};
+
+/// What a connection's messages without `sessionId` talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// The browser target (`/devtools/browser/…`).
+    Browser,
+    /// One of the session's pages (`/devtools/page/…`), checked when connecting.
+    Page,
+}
+
+/// Which context each target of a shared browser is in, from what Chrome says: the
+/// broker's own connection discovers every target, and filters learn from what passes.
+#[derive(Default)]
+pub struct Targets(DashMap<String, String>);
+
+impl Targets {
+    pub fn context_of(&self, target: &str) -> Option<String> {
+        self.0.get(target).map(|c| c.clone())
+    }
+
+    /// Notes a `TargetInfo` object (`targetId`, `browserContextId`).
+    pub fn learn(&self, info: &Value) {
+        if let (Some(target), Some(context)) = (info["targetId"].as_str(), info["browserContextId"].as_str()) {
+            self.0.insert(target.to_owned(), context.to_owned());
+        }
+    }
+
+    pub fn insert(&self, target: &str, context: &str) {
+        self.0.insert(target.to_owned(), context.to_owned());
+    }
+
+    pub fn forget(&self, target: &str) {
+        self.0.remove(target);
+    }
+
+    /// The targets of `context`.
+    pub fn of_context(&self, context: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|e| e.value() == context)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the filter makes of a message.
+#[derive(Debug, PartialEq)]
+pub enum Out {
+    /// To the browser.
+    Browser(String),
+    /// To the client.
+    Client(String),
+    /// A command was refused (the error is in a `Client` beside it); the method, for the
+    /// metrics.
+    Refused(String),
+    /// The client closed its browser: the session ends.
+    EndSession,
+    /// A command names a target the filter does not know yet: look it up (see
+    /// [`Targets`]), then offer the command again with `looked_up`.
+    Unknown(String),
+}
+
+/// What to do with the answer to a command that passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Pass,
+    /// `Target.getTargets`: only the context's targets.
+    Targets,
+    /// `Target.attachToTarget`: the new session is the client's.
+    Attached,
+    /// `Target.createTarget`: the new target is the context's.
+    Created,
+    /// `Browser.getWindowForTarget`: the window is the client's to size.
+    Window,
+    /// A command the filter sent itself.
+    Own,
+}
+
+enum Decision {
+    Pass(Reply),
+    Refuse(String),
+    Answer(Value),
+    End,
+    Unknown(String),
+}
+
+/// The CDP error Chrome gives for a target that is not there; also the answer for another
+/// context's target, so that a client cannot tell the two apart.
+const NO_TARGET: &str = "No target with given id found";
+
+/// One client connection's filter.
+pub struct Filter {
+    context: String,
+    root: Root,
+    targets: Arc<Targets>,
+    /// Flattened sessions of the context's targets, attached by this connection.
+    sessions: HashSet<String>,
+    /// Sessions to other contexts' targets that an auto-attach made and the filter is
+    /// detaching: their messages are dropped.
+    detaching: HashSet<String>,
+    /// Targets this connection has seen to be the context's (for `targetDestroyed`, when
+    /// the shared registry has forgotten them).
+    own_targets: HashSet<String>,
+    /// Commands sent on and not answered yet, by (session, id).
+    in_flight: HashMap<(Option<String>, i64), Reply>,
+    /// Windows of the context's targets (from `Browser.getWindowForTarget`).
+    windows: HashSet<i64>,
+    /// Ids of the filter's own commands: negative, which clients may not use.
+    next_own: i64,
+}
+
+impl Filter {
+    pub fn new(context: &str, root: Root, targets: Arc<Targets>) -> Filter {
+        Filter {
+            context: context.to_owned(),
+            root,
+            targets,
+            sessions: HashSet::new(),
+            detaching: HashSet::new(),
+            own_targets: HashSet::new(),
+            in_flight: HashMap::new(),
+            windows: HashSet::new(),
+            next_own: 0,
+        }
+    }
+
+    /// A message from the client. With `looked_up`, targets still unknown are refused.
+    pub fn on_client(&mut self, text: &str, looked_up: bool) -> Vec<Out> {
+        let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(text) else {
+            return vec![Out::Client(error_reply(
+                None,
+                None,
+                -32700,
+                "Message must be a valid JSON object",
+            ))];
+        };
+        let session = match message.remove("sessionId") {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                return vec![Out::Client(error_reply(
+                    None,
+                    None,
+                    -32600,
+                    "sessionId must be a string",
+                ))];
+            }
+        };
+        let Some(id) = message.get("id").and_then(Value::as_i64).filter(|id| *id >= 0) else {
+            let detail = "Message must have a non-negative integer 'id' property";
+            return vec![Out::Client(error_reply(None, session.as_deref(), -32600, detail))];
+        };
+        let Some(method) = message.get("method").and_then(Value::as_str).map(str::to_owned) else {
+            let detail = "Message must have a string 'method' property";
+            return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32600, detail))];
+        };
+        let mut params = match message.remove("params") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(params)) => params,
+            Some(_) => {
+                let detail = "Invalid parameters: params must be an object";
+                return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32602, detail))];
+            }
+        };
+        if let Some(s) = &session
+            && !self.sessions.contains(s)
+        {
+            let detail = "Session with given id not found.";
+            return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32001, detail))];
+        }
+        let key = (session.clone(), id);
+        if self.in_flight.contains_key(&key) {
+            let detail = "A command with this id is still waiting for its answer";
+            return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32600, detail))];
+        }
+        let page_level = session.is_some() || self.root == Root::Page;
+        match self.decide(&method, &mut params, page_level, looked_up) {
+            Decision::Pass(reply) => {
+                self.in_flight.insert(key, reply);
+                let mut out = json!({ "id": id, "method": method, "params": params });
+                if let Some(s) = session {
+                    out["sessionId"] = Value::String(s);
+                }
+                vec![Out::Browser(out.to_string())]
+            }
+            Decision::Refuse(detail) => vec![
+                Out::Refused(method),
+                Out::Client(error_reply(Some(id), session.as_deref(), -32000, &detail)),
+            ],
+            Decision::Answer(result) => vec![Out::Client(result_reply(id, session.as_deref(), result))],
+            Decision::End => vec![
+                Out::Client(result_reply(id, session.as_deref(), json!({}))),
+                Out::EndSession,
+            ],
+            Decision::Unknown(target) => vec![Out::Unknown(target)],
+        }
+    }
+
+    fn decide(&mut self, method: &str, params: &mut Map<String, Value>, page_level: bool, looked_up: bool) -> Decision {
+        let (domain, name) = method.split_once('.').unwrap_or((method, ""));
+        let refuse = |why: &str| Decision::Refuse(format!("'{method}' is not allowed in a context session: {why}"));
+        match (domain, name) {
+            ("Target", _) => self.decide_target(name, params, page_level, looked_up, refuse),
+            ("Browser", "getVersion") => Decision::Pass(Reply::Pass),
+            ("Browser", "close") => Decision::End,
+            ("Browser", "setDownloadBehavior" | "grantPermissions" | "resetPermissions" | "setPermission")
+            | ("Browser", "cancelDownload")
+            | ("Storage", "getCookies" | "setCookies" | "clearCookies") => match self.fill_context(params) {
+                Ok(()) => Decision::Pass(Reply::Pass),
+                Err(d) => d,
+            },
+            ("Browser", "getWindowForTarget") => match params.get("targetId") {
+                None if page_level => Decision::Pass(Reply::Window),
+                _ => match self.own_target(params, "targetId", looked_up) {
+                    Ok(()) => Decision::Pass(Reply::Window),
+                    Err(d) => d,
+                },
+            },
+            ("Browser", "getWindowBounds" | "setWindowBounds") => {
+                match params.get("windowId").and_then(Value::as_i64) {
+                    Some(window) if self.windows.contains(&window) => Decision::Pass(Reply::Pass),
+                    _ => Decision::Refuse("Browser window not found".into()),
+                }
+            }
+            ("Browser", _) => refuse("it acts on the whole browser"),
+            ("SystemInfo" | "Tracing" | "Extensions" | "PWA" | "Tethering", _) => {
+                refuse("it reaches beyond the session's browser context")
+            }
+            ("Memory", "getDOMCounters" | "getDOMCountersForLeakDetection") if page_level => {
+                Decision::Pass(Reply::Pass)
+            }
+            ("Memory", _) => refuse("it acts on the whole browser"),
+            _ if page_level => Decision::Pass(Reply::Pass),
+            ("IO", "read" | "close" | "resolveBlob") | ("Schema", "getDomains") => Decision::Pass(Reply::Pass),
+            _ => refuse("only target, browser and cookie methods are open at the browser level"),
+        }
+    }
+
+    fn decide_target(
+        &mut self,
+        name: &str,
+        params: &mut Map<String, Value>,
+        page_level: bool,
+        looked_up: bool,
+        refuse: impl Fn(&str) -> Decision,
+    ) -> Decision {
+        let checked = |result: Result<(), Decision>, reply: Reply| match result {
+            Ok(()) => Decision::Pass(reply),
+            Err(d) => d,
+        };
+        match name {
+            "getTargets" => Decision::Pass(Reply::Targets),
+            "setDiscoverTargets" => Decision::Pass(Reply::Pass),
+            "setAutoAttach" => {
+                let auto = params.get("autoAttach").and_then(Value::as_bool).unwrap_or(false);
+                let flat = params.get("flatten").and_then(Value::as_bool).unwrap_or(false);
+                if auto && !flat {
+                    return refuse("only flattened sessions (flatten: true) are relayed");
+                }
+                Decision::Pass(Reply::Pass)
+            }
+            "attachToTarget" => {
+                if params.get("flatten").and_then(Value::as_bool) != Some(true) {
+                    return refuse("only flattened sessions (flatten: true) are relayed");
+                }
+                checked(self.own_target(params, "targetId", looked_up), Reply::Attached)
+            }
+            "autoAttachRelated" | "activateTarget" | "closeTarget" => {
+                checked(self.own_target(params, "targetId", looked_up), Reply::Pass)
+            }
+            "getTargetInfo" if page_level && !params.contains_key("targetId") => Decision::Pass(Reply::Pass),
+            "getTargetInfo" => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
+            "detachFromTarget" => match (params.get("sessionId"), params.get("targetId")) {
+                (Some(Value::String(s)), _) if self.sessions.contains(s) => Decision::Pass(Reply::Pass),
+                (Some(_), _) => Decision::Refuse("No session with given id".into()),
+                (None, Some(_)) => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
+                (None, None) => Decision::Refuse("Either session id or target id must be specified".into()),
+            },
+            "createTarget" => checked(self.fill_context(params), Reply::Created),
+            "getBrowserContexts" => Decision::Answer(json!({ "browserContextIds": [self.context] })),
+            "disposeBrowserContext" => match params.get("browserContextId").and_then(Value::as_str) {
+                Some(c) if c == self.context => Decision::End,
+                _ => Decision::Refuse("Failed to find context with id".into()),
+            },
+            "createBrowserContext" => refuse("a context session is one browser context"),
+            _ => refuse("it reaches beyond the session's browser context"),
+        }
+    }
+
+    /// `browserContextId` is the session's: filled in when missing.
+    fn fill_context(&self, params: &mut Map<String, Value>) -> Result<(), Decision> {
+        match params.get("browserContextId") {
+            None | Some(Value::Null) => {
+                params.insert("browserContextId".into(), Value::String(self.context.clone()));
+                Ok(())
+            }
+            Some(Value::String(c)) if *c == self.context => Ok(()),
+            Some(_) => Err(Decision::Refuse(
+                "Failed to find browser context with the given id".into(),
+            )),
+        }
+    }
+
+    /// `params[key]` names one of the context's targets.
+    fn own_target(&self, params: &Map<String, Value>, key: &str, looked_up: bool) -> Result<(), Decision> {
+        let Some(target) = params.get(key).and_then(Value::as_str) else {
+            return Err(Decision::Refuse(format!(
+                "Invalid parameters: {key}: string value expected"
+            )));
+        };
+        if self.own_targets.contains(target) {
+            return Ok(());
+        }
+        match self.targets.context_of(target) {
+            Some(c) if c == self.context => Ok(()),
+            Some(_) => Err(Decision::Refuse(NO_TARGET.into())),
+            None if looked_up => Err(Decision::Refuse(NO_TARGET.into())),
+            None => Err(Decision::Unknown(target.to_owned())),
+        }
+    }
+
+    /// A message from the browser.
+    pub fn on_browser(&mut self, text: String) -> Vec<Out> {
+        let session = tail_session(&text).map(str::to_owned);
+        if let Some(s) = &session
+            && !self.sessions.contains(s)
+        {
+            return Vec::new(); // another context's session being detached, or unknown
+        }
+        if let Some(id) = leading_id(&text) {
+            return match self.in_flight.remove(&(session, id)) {
+                None | Some(Reply::Own) => Vec::new(),
+                Some(Reply::Pass) => vec![Out::Client(text)],
+                Some(reply) => self.rewrite_reply(reply, &text),
+            };
+        }
+        if text.starts_with(r#"{"method":"Target."#) {
+            return self.on_target_event(&text, session);
+        }
+        let passes = session.is_some()
+            || self.root == Root::Page
+            || text.starts_with(r#"{"method":"Browser.download"#)
+            || text.starts_with(r#"{"method":"Inspector."#);
+        if passes { vec![Out::Client(text)] } else { Vec::new() }
+    }
+
+    fn rewrite_reply(&mut self, reply: Reply, text: &str) -> Vec<Out> {
+        let Ok(mut message) = serde_json::from_str::<Value>(text) else {
+            return Vec::new();
+        };
+        let result = &mut message["result"];
+        if result.is_object() {
+            match reply {
+                Reply::Targets => {
+                    if let Some(infos) = result["targetInfos"].as_array_mut() {
+                        infos.iter().for_each(|info| self.targets.learn(info));
+                        infos.retain(|info| info["browserContextId"] == self.context.as_str());
+                        for info in infos.iter() {
+                            if let Some(t) = info["targetId"].as_str() {
+                                self.own_targets.insert(t.to_owned());
+                            }
+                        }
+                    }
+                }
+                Reply::Attached => {
+                    if let Some(s) = result["sessionId"].as_str() {
+                        self.sessions.insert(s.to_owned());
+                    }
+                }
+                Reply::Created => {
+                    if let Some(t) = result["targetId"].as_str() {
+                        self.targets.insert(t, &self.context);
+                        self.own_targets.insert(t.to_owned());
+                    }
+                }
+                Reply::Window => {
+                    if let Some(w) = result["windowId"].as_i64() {
+                        self.windows.insert(w);
+                    }
+                }
+                Reply::Pass | Reply::Own => {}
+            }
+        }
+        vec![Out::Client(message.to_string())]
+    }
+
+    fn on_target_event(&mut self, text: &str, session: Option<String>) -> Vec<Out> {
+        let Ok(event) = serde_json::from_str::<Value>(text) else {
+            return Vec::new();
+        };
+        let params = &event["params"];
+        let info = &params["targetInfo"];
+        let ours_by_info = |filter: &mut Filter| {
+            filter.targets.learn(info);
+            let ours = info["browserContextId"] == filter.context.as_str();
+            if ours && let Some(t) = info["targetId"].as_str() {
+                filter.own_targets.insert(t.to_owned());
+            }
+            ours
+        };
+        let pass = vec![Out::Client(text.to_owned())];
+        match event["method"].as_str().unwrap_or_default() {
+            "Target.targetCreated" | "Target.targetInfoChanged" => {
+                if ours_by_info(self) {
+                    pass
+                } else {
+                    Vec::new()
+                }
+            }
+            "Target.targetDestroyed" | "Target.targetCrashed" => {
+                let target = params["targetId"].as_str().unwrap_or_default();
+                let ours = self.own_targets.contains(target)
+                    || self.targets.context_of(target).is_some_and(|c| c == self.context);
+                if event["method"] == "Target.targetDestroyed" {
+                    self.own_targets.remove(target);
+                }
+                if ours { pass } else { Vec::new() }
+            }
+            "Target.attachedToTarget" => {
+                let Some(attached) = params["sessionId"].as_str().map(str::to_owned) else {
+                    return Vec::new();
+                };
+                if ours_by_info(self) {
+                    self.sessions.insert(attached);
+                    return pass;
+                }
+                // An auto-attach reached another context's target: let it run on, and let go.
+                let mut out = Vec::new();
+                if params["waitingForDebugger"] == true {
+                    let resume = json!({
+                        "id": self.own_id(Some(attached.clone())),
+                        "method": "Runtime.runIfWaitingForDebugger",
+                        "sessionId": attached,
+                    });
+                    out.push(Out::Browser(resume.to_string()));
+                }
+                let mut detach = json!({
+                    "id": self.own_id(session.clone()),
+                    "method": "Target.detachFromTarget",
+                    "params": { "sessionId": attached },
+                });
+                if let Some(s) = session {
+                    detach["sessionId"] = Value::String(s);
+                }
+                out.push(Out::Browser(detach.to_string()));
+                self.detaching.insert(attached);
+                out
+            }
+            "Target.detachedFromTarget" => {
+                let detached = params["sessionId"].as_str().unwrap_or_default();
+                self.detaching.remove(detached);
+                if self.sessions.remove(detached) {
+                    pass
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// An id for a command of the filter's own; its answer is dropped. Answers on a
+    /// detaching session are dropped anyway, so those are not waited for.
+    fn own_id(&mut self, session: Option<String>) -> i64 {
+        self.next_own -= 1;
+        if session.as_ref().is_none_or(|s| self.sessions.contains(s)) {
+            self.in_flight.insert((session, self.next_own), Reply::Own);
+        }
+        self.next_own
+    }
+}
+
+/// The flattened session a browser message belongs to: Chrome ends those messages with
+/// `,"sessionId":"…"}`, which cannot occur at the end inside a string (its quotes would be
+/// escaped) nor in a nested object (the message would end with `}}`).
+pub fn tail_session(text: &str) -> Option<&str> {
+    const KEY: &str = r#","sessionId":""#;
+    let body = text.strip_suffix("\"}")?;
+    let window = &body[body.len().saturating_sub(80)..];
+    let at = window.rfind(KEY)?;
+    let id = &window[at + KEY.len()..];
+    (!id.is_empty() && !id.contains(['"', '\\'])).then_some(id)
+}
+
+/// The id of a browser message that answers a command: Chrome writes `{"id":` first.
+pub fn leading_id(text: &str) -> Option<i64> {
+    let rest = text.strip_prefix(r#"{"id":"#)?;
+    let end = rest.find(|c: char| c != '-' && !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+fn error_reply(id: Option<i64>, session: Option<&str>, code: i64, message: &str) -> String {
+    let mut reply = json!({ "error": { "code": code, "message": message } });
+    if let Some(id) = id {
+        reply["id"] = json!(id);
+    }
+    if let Some(s) = session {
+        reply["sessionId"] = json!(s);
+    }
+    reply.to_string()
+}
+
+fn result_reply(id: i64, session: Option<&str>, result: Value) -> String {
+    let mut reply = json!({ "id": id, "result": result });
+    if let Some(s) = session {
+        reply["sessionId"] = json!(s);
+    }
+    reply.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = "CTX-OURS";
+    const THEIRS: &str = "CTX-THEIRS";
+
+    fn filter(root: Root) -> (Filter, Arc<Targets>) {
+        let targets = Arc::new(Targets::default());
+        targets.insert("T-OURS", OURS);
+        targets.insert("T-THEIRS", THEIRS);
+        (Filter::new(OURS, root, targets.clone()), targets)
+    }
+
+    fn sent(out: &[Out]) -> Vec<Value> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Browser(t) => Some(serde_json::from_str(t).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answered(out: &[Out]) -> Vec<Value> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Client(t) => Some(serde_json::from_str(t).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ends_of_a_browser_message_say_where_it_goes() {
+        assert_eq!(
+            tail_session(r#"{"method":"Page.x","params":{},"sessionId":"AB12"}"#),
+            Some("AB12")
+        );
+        assert_eq!(tail_session(r#"{"id":3,"result":{"sessionId":"AB12"}}"#), None);
+        assert_eq!(
+            tail_session(r#"{"method":"X","params":{"v":"a\",\"sessionId\":\"AB"}}"#),
+            None
+        );
+        assert_eq!(
+            tail_session(r#"{"method":"X","params":{"v":",\"sessionId\":\"AB"}}"#),
+            None
+        );
+        assert_eq!(tail_session(r#"{"id":1,"result":{}}"#), None);
+        assert_eq!(leading_id(r#"{"id":42,"result":{}}"#), Some(42));
+        assert_eq!(leading_id(r#"{"id":-3,"result":{}}"#), Some(-3));
+        assert_eq!(leading_id(r#"{"method":"X"}"#), None);
+    }
+
+    #[test]
+    fn targets_of_other_contexts_are_not_there() {
+        let (mut f, _) = filter(Root::Browser);
+        for method in ["attachToTarget", "activateTarget", "closeTarget", "getTargetInfo"] {
+            let out = f.on_client(
+                &json!({"id": 1, "method": format!("Target.{method}"), "params": {"targetId": "T-THEIRS", "flatten": true}})
+                    .to_string(),
+                false,
+            );
+            assert!(sent(&out).is_empty(), "{method}");
+            assert_eq!(answered(&out)[0]["error"]["message"], NO_TARGET, "{method}");
+        }
+        let out = f.on_client(
+            r#"{"id":2,"method":"Target.attachToTarget","params":{"targetId":"T-OURS","flatten":true}}"#,
+            false,
+        );
+        assert_eq!(sent(&out)[0]["params"]["targetId"], "T-OURS");
+        let out = f.on_client(
+            r#"{"id":3,"method":"Target.closeTarget","params":{"targetId":"T-NEW"}}"#,
+            false,
+        );
+        assert_eq!(out, vec![Out::Unknown("T-NEW".into())]);
+        let out = f.on_client(
+            r#"{"id":3,"method":"Target.closeTarget","params":{"targetId":"T-NEW"}}"#,
+            true,
+        );
+        assert_eq!(answered(&out)[0]["error"]["message"], NO_TARGET);
+    }
+
+    #[test]
+    fn commands_that_default_to_the_default_context_get_the_sessions() {
+        let (mut f, _) = filter(Root::Browser);
+        for method in [
+            "Target.createTarget",
+            "Storage.getCookies",
+            "Browser.setDownloadBehavior",
+            "Browser.grantPermissions",
+        ] {
+            let out = f.on_client(&json!({"id": 1, "method": method}).to_string(), false);
+            assert_eq!(sent(&out)[0]["params"]["browserContextId"], OURS, "{method}");
+            f.in_flight.clear();
+            let out = f.on_client(
+                &json!({"id": 2, "method": method, "params": {"browserContextId": THEIRS}}).to_string(),
+                false,
+            );
+            assert!(sent(&out).is_empty(), "{method}");
+            assert!(out.contains(&Out::Refused(method.into())));
+        }
+        let out = f.on_client(r#"{"id":5,"method":"Target.getBrowserContexts"}"#, false);
+        assert_eq!(answered(&out)[0]["result"]["browserContextIds"], json!([OURS]));
+    }
+
+    #[test]
+    fn browser_wide_commands_are_refused_and_close_ends_the_session() {
+        let (mut f, _) = filter(Root::Browser);
+        for method in [
+            "Browser.crash",
+            "Browser.getBrowserCommandLine",
+            "Target.attachToBrowserTarget",
+            "Target.exposeDevToolsProtocol",
+            "Target.createBrowserContext",
+            "SystemInfo.getInfo",
+            "Tracing.start",
+            "Fetch.enable",
+            "Security.setIgnoreCertificateErrors",
+        ] {
+            let out = f.on_client(&json!({"id": 1, "method": method}).to_string(), false);
+            assert!(sent(&out).is_empty(), "{method}");
+            assert!(answered(&out)[0]["error"]["message"].is_string(), "{method}");
+        }
+        let out = f.on_client(r#"{"id":9,"method":"Browser.close"}"#, false);
+        assert!(out.contains(&Out::EndSession));
+        assert!(sent(&out).is_empty());
+        let out = f.on_client(
+            &json!({"id": 10, "method": "Target.disposeBrowserContext", "params": {"browserContextId": THEIRS}})
+                .to_string(),
+            false,
+        );
+        assert!(!out.contains(&Out::EndSession));
+    }
+
+    #[test]
+    fn auto_attach_to_another_context_is_undone_and_hidden() {
+        let (mut f, _) = filter(Root::Browser);
+        let event = |session: &str, context: &str, target: &str| {
+            json!({"method": "Target.attachedToTarget", "params": {
+                "sessionId": session, "waitingForDebugger": true,
+                "targetInfo": {"targetId": target, "type": "page", "browserContextId": context}}})
+            .to_string()
+        };
+        let out = f.on_browser(event("S-THEIRS", THEIRS, "T-THEIRS"));
+        assert!(answered(&out).is_empty());
+        let sent = sent(&out);
+        assert_eq!(sent[0]["method"], "Runtime.runIfWaitingForDebugger");
+        assert_eq!(sent[1]["params"]["sessionId"], "S-THEIRS");
+        assert!(sent.iter().all(|m| m["id"].as_i64().unwrap() < 0));
+        // Its messages, and the answers to the filter's own commands, go nowhere.
+        assert!(
+            f.on_browser(r#"{"method":"Page.x","params":{},"sessionId":"S-THEIRS"}"#.into())
+                .is_empty()
+        );
+        let own = sent[1]["id"].as_i64().unwrap();
+        assert!(f.on_browser(format!(r#"{{"id":{own},"result":{{}}}}"#)).is_empty());
+        // The context's own target is attached and its traffic passes as it came.
+        let out = f.on_browser(event("S-OURS", OURS, "T-OURS"));
+        assert_eq!(answered(&out).len(), 1);
+        let page = r#"{"method":"Page.x","params":{},"sessionId":"S-OURS"}"#;
+        assert_eq!(f.on_browser(page.into()), vec![Out::Client(page.into())]);
+        // And commands on it pass, on another session do not.
+        assert_eq!(
+            sent_count(&mut f, r#"{"id":4,"method":"Runtime.evaluate","sessionId":"S-OURS"}"#),
+            1
+        );
+        assert_eq!(
+            sent_count(&mut f, r#"{"id":5,"method":"Runtime.evaluate","sessionId":"S-THEIRS"}"#),
+            0
+        );
+    }
+
+    fn sent_count(f: &mut Filter, text: &str) -> usize {
+        sent(&f.on_client(text, false)).len()
+    }
+
+    #[test]
+    fn target_lists_and_events_show_only_the_context() {
+        let (mut f, _) = filter(Root::Browser);
+        let out = f.on_client(r#"{"id":1,"method":"Target.getTargets"}"#, false);
+        assert_eq!(sent(&out).len(), 1);
+        let answer = json!({"id": 1, "result": {"targetInfos": [
+            {"targetId": "T-OURS", "browserContextId": OURS, "type": "page"},
+            {"targetId": "T-THEIRS", "browserContextId": THEIRS, "type": "page"},
+            {"targetId": "BROWSER", "type": "browser"}]}});
+        let out = f.on_browser(answer.to_string());
+        let infos = &answered(&out)[0]["result"]["targetInfos"];
+        assert_eq!(infos.as_array().unwrap().len(), 1);
+        assert_eq!(infos[0]["targetId"], "T-OURS");
+        for (method, context, shown) in [("targetCreated", THEIRS, false), ("targetInfoChanged", OURS, true)] {
+            let event = json!({"method": format!("Target.{method}"), "params": {"targetInfo": {"targetId": "X", "browserContextId": context}}});
+            assert_eq!(!f.on_browser(event.to_string()).is_empty(), shown, "{method}");
+        }
+        let destroyed = |t: &str| json!({"method": "Target.targetDestroyed", "params": {"targetId": t}}).to_string();
+        assert!(f.on_browser(destroyed("T-THEIRS")).is_empty());
+        assert_eq!(f.on_browser(destroyed("T-OURS")).len(), 1);
+        // An answer nobody asked for (or asked for twice) goes nowhere.
+        assert!(f.on_browser(answer.to_string()).is_empty());
+    }
+
+    #[test]
+    fn a_reused_id_cannot_smuggle_an_unfiltered_answer() {
+        let (mut f, _) = filter(Root::Browser);
+        assert_eq!(sent_count(&mut f, r#"{"id":7,"method":"Target.getTargets"}"#), 1);
+        assert_eq!(sent_count(&mut f, r#"{"id":7,"method":"Browser.getVersion"}"#), 0);
+        assert_eq!(sent_count(&mut f, r#"{"id":-1,"method":"Browser.getVersion"}"#), 0);
+        assert_eq!(
+            sent_count(&mut f, r#"{"id":8,"method":"Browser.getVersion","id":9}"#),
+            1
+        );
+        // What is sent on is what was checked: one id, one sessionId.
+        let out = f.on_client(
+            r#"{"id":10,"method":"Runtime.evaluate","sessionId":"X","sessionId":"Y"}"#,
+            false,
+        );
+        assert!(sent(&out).is_empty());
+    }
+
+    #[test]
+    fn a_page_connection_passes_page_traffic_but_filters_targets() {
+        let (mut f, _) = filter(Root::Page);
+        assert_eq!(
+            sent_count(
+                &mut f,
+                r#"{"id":1,"method":"Runtime.evaluate","params":{"expression":"1"}}"#
+            ),
+            1
+        );
+        assert_eq!(sent_count(&mut f, r#"{"id":2,"method":"Browser.crash"}"#), 0);
+        assert_eq!(
+            sent_count(
+                &mut f,
+                r#"{"id":3,"method":"Target.attachToTarget","params":{"targetId":"T-THEIRS","flatten":true}}"#
+            ),
+            0
+        );
+        let event = r#"{"method":"Page.frameNavigated","params":{}}"#;
+        assert_eq!(f.on_browser(event.into()).len(), 1);
+    }
+}
