@@ -2,22 +2,19 @@
 //! in use, finds elements with the helpers of `page.js` (in an isolated world, out of the
 //! page's reach), and presses, types and clicks with real input events.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::error::ActionError;
 use super::keys::Chord;
+use crate::browser::cdp::{CallError, Client};
 use crate::browser::egress::Egress;
 use crate::browser::upstream::Upstream;
 
@@ -62,25 +59,17 @@ pub struct Found {
     pub y: f64,
 }
 
-/// Callers waiting for the reply to each command id.
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
-
-/// A DevTools connection to the browser with replies matched to requests and events fanned
-/// out; dialogs the page opens are accepted at once (they would block every script).
+/// A DevTools connection to the browser; dialogs the page opens are accepted at once
+/// (they would block every script).
 struct Connection {
-    out: mpsc::UnboundedSender<Message>,
-    pending: Pending,
-    events: broadcast::Sender<Arc<Value>>,
+    client: Arc<Client>,
     dialogs: Arc<Mutex<Vec<String>>>,
-    next_id: Arc<AtomicU64>,
-    tasks: [JoinHandle<()>; 2],
+    accepting: JoinHandle<()>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.accepting.abort();
     }
 }
 
@@ -96,91 +85,45 @@ impl Connection {
             .await
             .map_err(|e| ActionError::new(format!("Could not reach the session's browser: {e}")))?;
         let ws = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await;
-        let (mut sink, mut stream) = ws.split();
-        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
-        let pending: Pending = Arc::default();
-        let (events, _) = broadcast::channel(1024);
+        let client = Arc::new(Client::start(ws));
         let dialogs: Arc<Mutex<Vec<String>>> = Arc::default();
-        let next_id = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(async move {
-            while let Some(message) = outgoing.recv().await {
-                if sink.send(message).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-        let reader = {
-            let (pending, events, dialogs, out, next_id) = (
-                pending.clone(),
-                events.clone(),
-                dialogs.clone(),
-                out.clone(),
-                next_id.clone(),
-            );
+        let accepting = {
+            let (client, dialogs, mut events) = (client.clone(), dialogs.clone(), client.subscribe());
             tokio::spawn(async move {
-                while let Some(Ok(message)) = stream.next().await {
-                    let Message::Text(text) = message else { continue };
-                    let Ok(message) = serde_json::from_str::<Value>(&text) else {
-                        continue;
+                loop {
+                    let event = match events.recv().await {
+                        Ok(event) => event,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    if let Some(id) = message["id"].as_u64() {
-                        let waiter = pending.lock().expect("pending lock").remove(&id);
-                        if let Some(waiter) = waiter {
-                            let reply = match message.get("error") {
-                                Some(e) => Err(e["message"].as_str().unwrap_or("unknown error").to_owned()),
-                                None => Ok(message["result"].clone()),
-                            };
-                            let _ = waiter.send(reply);
-                        }
-                        continue;
-                    }
-                    if message["method"] == "Page.javascriptDialogOpening" {
-                        let text = message["params"]["message"].as_str().unwrap_or_default().to_owned();
+                    if event["method"] == "Page.javascriptDialogOpening" {
+                        let text = event["params"]["message"].as_str().unwrap_or_default().to_owned();
                         dialogs.lock().expect("dialog lock").push(text);
-                        let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                        let mut accept =
-                            json!({"id": id, "method": "Page.handleJavaScriptDialog", "params": {"accept": true}});
-                        accept["sessionId"] = message["sessionId"].clone();
-                        let _ = out.send(Message::text(accept.to_string()));
+                        let _ = client.send(
+                            event["sessionId"].as_str(),
+                            "Page.handleJavaScriptDialog",
+                            json!({"accept": true}),
+                        );
                     }
-                    let _ = events.send(Arc::new(message));
                 }
-                // The browser went away: every waiting call fails now rather than at its timeout.
-                pending.lock().expect("pending lock").clear();
             })
         };
         Ok(Connection {
-            out,
-            pending,
-            events,
+            client,
             dialogs,
-            next_id,
-            tasks: [writer, reader],
+            accepting,
         })
     }
 
     async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Result<Value, ActionError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut message = json!({ "id": id, "method": method, "params": params });
-        if let Some(s) = session {
-            message["sessionId"] = json!(s);
-        }
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
-        let lost = || ActionError::new("The connection to the session's browser was lost");
-        self.out.send(Message::text(message.to_string())).map_err(|_| lost())?;
-        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
-            Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(e))) => Err(ActionError::cdp(method, e)),
-            Ok(Err(_)) => Err(lost()),
-            Err(_) => {
-                self.pending.lock().expect("pending lock").remove(&id);
-                Err(ActionError::new(format!(
-                    "The browser did not answer {method} within {} s",
-                    CALL_TIMEOUT.as_secs()
-                )))
-            }
+        match self.client.call(session, method, params, CALL_TIMEOUT).await {
+            Ok(result) => Ok(result),
+            Err(CallError::Refused(e)) => Err(ActionError::cdp(method, e)),
+            Err(CallError::Lost) => Err(ActionError::new("The connection to the session's browser was lost")),
+            Err(CallError::Timeout) => Err(ActionError::new(format!(
+                "The browser did not answer {method} within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
         }
     }
 }
@@ -383,7 +326,7 @@ impl Page {
     }
 
     pub fn watch(&self) -> broadcast::Receiver<Arc<Value>> {
-        self.conn.events.subscribe()
+        self.conn.client.subscribe()
     }
 
     pub async fn click(&self, x: f64, y: f64, count: u8) -> Result<(), ActionError> {

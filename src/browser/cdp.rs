@@ -2,6 +2,9 @@
 //! and one-off CDP commands to the broker's own browsers. Its HTTP exchange is shared: it
 //! also carries requests to users' browsers (`upstream.rs`) and to the single-action model.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +15,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 /// Largest discovery answer read (`/json/protocol` is about 1 MB).
 const MAX_DISCOVERY_BYTES: usize = 16 * 1024 * 1024;
@@ -234,5 +240,161 @@ impl Connection {
             )
             .await?;
         Ok(result["result"]["value"].clone())
+    }
+}
+
+/// Callers waiting for the answer to each command id.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
+
+/// A CDP connection that many callers share: answers matched to commands, events fanned
+/// out to subscribers. Dropping it closes the connection.
+pub struct Client {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    events: broadcast::Sender<Arc<Value>>,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Why a call of a [`Client`] failed.
+#[derive(Debug, PartialEq)]
+pub enum CallError {
+    /// The browser answered with an error.
+    Refused(String),
+    /// No answer in time.
+    Timeout,
+    /// The connection is gone.
+    Lost,
+}
+
+impl Client {
+    /// Runs the connection `ws` until it closes or the client is dropped.
+    pub fn start<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> Client
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let pending: Pending = Arc::default();
+        let (events, _) = broadcast::channel(1024);
+        let closed = CancellationToken::new();
+        let writer = tokio::spawn(async move {
+            while let Some(message) = outgoing.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let reader = {
+            let (pending, events, closed) = (pending.clone(), events.clone(), closed.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = stream.next().await {
+                    let Message::Text(text) = message else { continue };
+                    let Ok(message) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if let Some(id) = message["id"].as_u64() {
+                        let waiter = pending.lock().expect("pending lock").remove(&id);
+                        if let Some(waiter) = waiter {
+                            let reply = match message.get("error") {
+                                Some(e) => Err(e["message"].as_str().unwrap_or("unknown error").to_owned()),
+                                None => Ok(message["result"].clone()),
+                            };
+                            let _ = waiter.send(reply);
+                        }
+                        continue;
+                    }
+                    let _ = events.send(Arc::new(message));
+                }
+                // The browser went away: every waiting call fails now rather than at its timeout.
+                pending.lock().expect("pending lock").clear();
+                closed.cancel();
+            })
+        };
+        Client {
+            out,
+            pending,
+            events,
+            next_id: AtomicU64::new(0),
+            closed,
+            tasks: [writer, reader],
+        }
+    }
+
+    /// Connects to a browser's or page's `ws_url` (the broker's own browsers, on loopback).
+    pub async fn connect(ws_url: &str) -> Result<Client, CdpError> {
+        let (ws, _) = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
+            .await
+            .map_err(|_| CdpError::Timeout)?
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        Ok(Client::start(ws))
+    }
+
+    /// Sends a command without waiting for its answer.
+    pub fn send(&self, session: Option<&str>, method: &str, params: Value) -> Result<u64, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        self.out
+            .send(Message::text(message.to_string()))
+            .map_err(|_| CallError::Lost)?;
+        Ok(id)
+    }
+
+    /// Sends a command and waits up to `timeout` for its result.
+    pub async fn call(
+        &self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let (tx, rx) = oneshot::channel();
+        // Registered before sending: the answer may come before `send` returns.
+        let id = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            pending.insert(id, tx);
+            id
+        };
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        if self.out.send(Message::text(message.to_string())).is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(CallError::Lost);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(e))) => Err(CallError::Refused(e)),
+            Ok(Err(_)) => Err(CallError::Lost),
+            Err(_) => {
+                self.pending.lock().expect("pending lock").remove(&id);
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {
+        self.events.subscribe()
+    }
+
+    /// Cancelled when the connection has closed.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
     }
 }
