@@ -25,6 +25,7 @@ use crate::browser::egress::{Egress, EgressError};
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
 use crate::browser::pool::{Pool, PoolError};
+use crate::browser::shared::{SharedBrowsers, SharedSettings};
 use crate::browser::{Browser, LaunchError, Launcher, Screen, find_chrome};
 use crate::config::Config;
 use crate::error::Origin;
@@ -39,7 +40,7 @@ use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::{self, Profile, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
-    EndReason, ListPage, ListQuery, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status,
+    EndReason, Isolation, ListPage, ListQuery, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status,
     StoreError, storage_state,
 };
 
@@ -215,6 +216,8 @@ pub struct Broker {
     refused: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub profiles: Arc<Profiles>,
     pub pool: Arc<Pool>,
+    /// Shared browsers, whose browser contexts are context sessions.
+    pub shared: Arc<SharedBrowsers>,
     pub metrics: Arc<Metrics>,
     /// The single-action engine: its cache and model.
     pub actions: Actions,
@@ -244,6 +247,8 @@ pub struct NewSession {
 /// What a create asks of a session beyond the basics, as validated.
 #[derive(Debug, Clone, Default)]
 pub struct RequestedOptions {
+    /// A browser of its own, or a context in a shared browser.
+    pub isolation: Isolation,
     pub proxy: Option<UpstreamProxy>,
     pub identity: Identity,
     /// 0: never idle out.
@@ -254,6 +259,7 @@ impl RequestedOptions {
     /// The options as the session object shows them (no password).
     pub fn view(&self) -> SessionOptions {
         SessionOptions {
+            isolation: self.isolation,
             proxy: self.proxy.as_ref().map(|p| ProxySettings {
                 server: p.server(),
                 username: p.username.clone(),
@@ -358,6 +364,21 @@ impl Broker {
         }
 
         let egress = Egress::for_byo(&config.byo_allow, own_ports, broker_addr, config.byo_timeout());
+        let shared = Arc::new(SharedBrowsers::new(
+            launcher.clone(),
+            SharedSettings {
+                browsers: config.context_browsers,
+                per_browser: config.max_contexts_per_browser,
+                recycle_after: config.context_recycle_after,
+                max_memory_bytes: config.context_browser_max_memory_mb * 1024 * 1024,
+                any_tenant: config.context_sharing == "any",
+                queue_timeout: config.queue_timeout(),
+                screen: config.default_screen(),
+                ws_config: config.ws_config(),
+            },
+            browser_egress.clone(),
+            metrics.clone(),
+        ));
         let pool = Arc::new(Pool::new(
             launcher,
             config.default_screen(),
@@ -385,6 +406,7 @@ impl Broker {
             node,
             profiles,
             pool,
+            shared,
             actions: Actions {
                 cache: ActionCache::new(&config.data_dir),
                 model: model_client(&config),
@@ -436,6 +458,20 @@ impl Broker {
             && !matches!(e, EgressError::Resolve { .. })
         {
             return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
+        }
+        if request.options.isolation == Isolation::Context {
+            let context = self
+                .shared
+                .acquire(
+                    &tenant.to_string(),
+                    request.screen,
+                    session_span(&id, &tenant),
+                    request.options.proxy.clone(),
+                    request.queue,
+                )
+                .await
+                .map_err(|e| self.capacity_error(e))?;
+            return self.register(id, tenant, request, Backing::Context(context), None).await;
         }
         if let Some(profile_id) = &request.profile_id {
             return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
@@ -594,16 +630,23 @@ impl Broker {
         backing: Backing,
         profile: Option<ProfileBinding>,
     ) -> Result<Arc<Session>, BrokerError> {
-        // An external browser's exit is not ours to watch: a token that never fires.
-        let (exited, traffic) = match &backing {
+        // What ends the session from below: its browser exiting (for a context, the client
+        // closing it) and a shared browser's crash. An external browser's exit is not ours
+        // to watch: tokens that never fire.
+        let (exited, crashed, traffic) = match &backing {
             Backing::Managed(lease) => {
                 let traffic = lease
                     .browser
                     .gateway
                     .assign(session_span(&id, &tenant), request.options.proxy.clone());
-                (lease.browser.exited(), Some(traffic))
+                (lease.browser.exited(), CancellationToken::new(), Some(traffic))
             }
-            Backing::External(_) => (CancellationToken::new(), None),
+            Backing::External(_) => (CancellationToken::new(), CancellationToken::new(), None),
+            Backing::Context(context) => (
+                context.scope.close_requested.clone(),
+                context.shared.browser.exited(),
+                Some(context.traffic.clone()),
+            ),
         };
         let identity = match &backing {
             Backing::Managed(lease) if !request.options.identity.is_empty() => Some(lease.browser.ws_url()),
@@ -658,6 +701,7 @@ impl Broker {
             watch_session(
                 session.clone(),
                 exited,
+                crashed,
                 self.metrics.clone(),
                 self.records.clone(),
                 self.running.clone(),
@@ -821,9 +865,16 @@ impl Broker {
     }
 
     pub fn render_metrics(&self) -> String {
+        let sessions_context = self
+            .running
+            .iter()
+            .filter(|s| s.status() == Status::Active && s.upstream.scope.is_some())
+            .count();
         self.metrics.render(&Gauges {
             sessions_active: self.active_sessions(),
             pool_idle: self.pool.idle_count(),
+            sessions_context,
+            shared_browsers: self.shared.contexts_by_browser(),
         })
     }
 
@@ -935,12 +986,13 @@ fn load_secrets(config: &Config) -> std::io::Result<Secrets> {
 async fn watch_session(
     session: Arc<Session>,
     browser_exited: CancellationToken,
+    browser_crashed: CancellationToken,
     metrics: Arc<Metrics>,
     records: Arc<Recorder>,
     running: Arc<DashMap<String, Arc<Session>>>,
     shutdown: CancellationToken,
 ) {
-    end_on_time(&session, browser_exited, &metrics, shutdown.clone()).await;
+    end_on_time(&session, browser_exited, browser_crashed, &metrics, shutdown.clone()).await;
     records.save(&session).await;
     // The profile save, if any, finishes later; its outcome belongs in the record too.
     session.profile_released().cancelled().await;
@@ -961,6 +1013,7 @@ async fn watch_session(
 async fn end_on_time(
     session: &Arc<Session>,
     browser_exited: CancellationToken,
+    browser_crashed: CancellationToken,
     metrics: &Metrics,
     shutdown: CancellationToken,
 ) {
@@ -985,6 +1038,13 @@ async fn end_on_time(
                 if session.end(EndReason::BrowserExited).is_ok() {
                     metrics.sessions_terminated.fetch_add(1, Relaxed);
                     tracing::info!(session = %session.id, "session ended: its browser exited");
+                }
+                return;
+            }
+            _ = browser_crashed.cancelled() => {
+                if session.end(EndReason::BrowserCrashed).is_ok() {
+                    metrics.sessions_terminated.fetch_add(1, Relaxed);
+                    tracing::warn!(session = %session.id, "session ended: its shared browser crashed");
                 }
                 return;
             }

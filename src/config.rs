@@ -76,6 +76,21 @@ pub struct Config {
     /// Seconds without a CDP client, a live viewer or a running action after which a
     /// session created without `idle_timeout` ends. 0: never.
     pub default_idle_timeout: u64,
+    /// `process` (a browser of its own per session) or `context` (a browser context in a
+    /// shared browser) for sessions created without `isolation` (`CDPGATE_DEFAULT_ISOLATION`).
+    pub default_isolation: String,
+    /// Most shared browsers running at once for context sessions.
+    pub context_browsers: usize,
+    /// Most browser contexts (context sessions) open in one shared browser.
+    pub max_contexts_per_browser: usize,
+    /// `tenant`: a shared browser serves one API key's sessions; `any`: any key's, for
+    /// trusted single-tenant deployments only.
+    pub context_sharing: String,
+    /// Contexts a shared browser serves before it is replaced (once its sessions end).
+    pub context_recycle_after: u64,
+    /// Memory (PSS of all its processes, MiB) past which a shared browser takes no new
+    /// context and is replaced once its sessions end. 0: no limit.
+    pub context_browser_max_memory_mb: u64,
     /// PEM certificate chain and private key: with both, the API is https and every
     /// `cdp_url` is `wss://` (`CDPGATE_TLS_CERT`, `CDPGATE_TLS_KEY`). Empty: plain HTTP.
     pub tls_cert: String,
@@ -167,6 +182,12 @@ impl Default for Config {
             browser_egress_deny: vec!["link-local".into(), "metadata".into()],
             browser_egress_allow: Vec::new(),
             default_idle_timeout: 0,
+            default_isolation: "process".into(),
+            context_browsers: 2,
+            max_contexts_per_browser: 50,
+            context_sharing: "tenant".into(),
+            context_recycle_after: 1000,
+            context_browser_max_memory_mb: 4096,
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_handshake_timeout_ms: 10_000,
@@ -276,6 +297,10 @@ impl Config {
             shutdown_timeout_ms,
             byo_timeout_ms,
             default_idle_timeout,
+            context_browsers,
+            max_contexts_per_browser,
+            context_recycle_after,
+            context_browser_max_memory_mb,
             tls_handshake_timeout_ms,
             creates_per_minute,
             max_connections_per_session,
@@ -293,6 +318,12 @@ impl Config {
         }
         if let Some(v) = var("model_api_key_env") {
             self.model_api_key_env = v;
+        }
+        if let Some(v) = var("default_isolation") {
+            self.default_isolation = v;
+        }
+        if let Some(v) = var("context_sharing") {
+            self.context_sharing = v;
         }
         if let Some(v) = var("public_url") {
             self.public_url = v;
@@ -405,6 +436,17 @@ impl Config {
         ));
         if self.default_idle_timeout > self.max_ttl {
             errors.push("default_idle_timeout must be at most max_ttl (0 turns it off)".into());
+        }
+        if !["process", "context"].contains(&self.default_isolation.as_str()) {
+            errors.push("default_isolation must be \"process\" or \"context\"".into());
+        }
+        if !["tenant", "any"].contains(&self.context_sharing.as_str()) {
+            errors.push("context_sharing must be \"tenant\" or \"any\"".into());
+        }
+        if self.context_browsers == 0 || self.max_contexts_per_browser == 0 || self.context_recycle_after == 0 {
+            errors.push(
+                "context_browsers, max_contexts_per_browser and context_recycle_after must be at least 1".into(),
+            );
         }
         let redis = &self.redis_url;
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {

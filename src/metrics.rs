@@ -94,12 +94,24 @@ pub struct Metrics {
     pub browser_bytes_out: AtomicU64,
     /// Sessions ended for their idle timeout.
     pub sessions_idle: AtomicU64,
+    pub shared_browser_recycles: AtomicU64,
+    pub contexts_created: AtomicU64,
+    /// Commands the context filter refused, by method (a bounded set of names).
+    refused: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// Most labels of `cdpgate_context_refused_commands_total` (\"other\" included); methods past
+/// them count as "other", so a client inventing names cannot grow the metrics without end.
+const MAX_REFUSED_METHODS: usize = 100;
 
 /// Readings that live elsewhere, taken at scrape time.
 pub struct Gauges {
     pub sessions_active: usize,
     pub pool_idle: usize,
+    /// Active sessions on a browser context of a shared browser.
+    pub sessions_context: usize,
+    /// Contexts open in each shared browser, by the browser's id.
+    pub shared_browsers: Vec<(String, usize)>,
 }
 
 impl Metrics {
@@ -114,6 +126,17 @@ impl Metrics {
     }
 
     /// Counts an error answered to a client, by whose fault it was.
+    /// A command the context filter refused.
+    pub fn record_refused(&self, method: &str) {
+        let named = method.len() <= 80 && method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let key = match named && (refused.contains_key(method) || refused.len() < MAX_REFUSED_METHODS) {
+            true => method,
+            false => "other",
+        };
+        *refused.entry(key.to_owned()).or_default() += 1;
+    }
+
     pub fn record_error(&self, origin: Origin) {
         let i = match origin {
             Origin::Client => 0,
@@ -173,6 +196,34 @@ impl Metrics {
             &origins,
             &errors,
         );
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_context_refused_commands_total CDP commands of context sessions the filter refused, by method.\n\
+             # TYPE cdpgate_context_refused_commands_total counter"
+        );
+        for (method, count) in self.refused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "cdpgate_context_refused_commands_total{{method=\"{method}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_shared_browser_contexts Browser contexts open in each shared browser.\n\
+             # TYPE cdpgate_shared_browser_contexts gauge"
+        );
+        for (browser, contexts) in &gauges.shared_browsers {
+            let _ = writeln!(out, "cdpgate_shared_browser_contexts{{browser=\"{browser}\"}} {contexts}");
+        }
+        let by_isolation = [
+            ("process", gauges.sessions_active.saturating_sub(gauges.sessions_context)),
+            ("context", gauges.sessions_context),
+        ];
+        let _ = writeln!(
+            out,
+            "# HELP cdpgate_sessions_by_isolation Active sessions by isolation.\n\
+             # TYPE cdpgate_sessions_by_isolation gauge"
+        );
+        for (isolation, n) in by_isolation {
+            let _ = writeln!(out, "cdpgate_sessions_by_isolation{{isolation=\"{isolation}\"}} {n}");
+        }
         for (histogram, name, help) in [
             (
                 &self.launch_time,
@@ -264,6 +315,18 @@ impl Metrics {
                 "counter",
                 "Sessions ended by their idle timeout.",
                 n(&self.sessions_idle),
+            ),
+            (
+                "cdpgate_contexts_created_total",
+                "counter",
+                "Browser contexts created in shared browsers for context sessions.",
+                n(&self.contexts_created),
+            ),
+            (
+                "cdpgate_shared_browser_recycles_total",
+                "counter",
+                "Shared browsers retired after their context allowance, their memory limit, or to serve another tenant.",
+                n(&self.shared_browser_recycles),
             ),
             (
                 "cdpgate_proxy_connections_refused_total",
@@ -379,6 +442,8 @@ mod tests {
         let text = m.render(&Gauges {
             sessions_active: 1,
             pool_idle: 2,
+            sessions_context: 0,
+            shared_browsers: Vec::new(),
         });
         assert!(
             text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.05\"} 1\n"),
@@ -395,6 +460,8 @@ mod tests {
         let text = m.render(&Gauges {
             sessions_active: 0,
             pool_idle: 0,
+            sessions_context: 0,
+            shared_browsers: Vec::new(),
         });
         assert!(text.contains("cdpgate_errors_total{origin=\"upstream\"} 1\n"), "{text}");
         assert!(text.contains("cdpgate_errors_total{origin=\"client\"} 0\n"), "{text}");
@@ -402,5 +469,26 @@ mod tests {
             text.contains("cdpgate_proxy_close_frames_total{code=\"other\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn refused_methods_are_a_bounded_set_of_labels() {
+        let m = Metrics::default();
+        m.record_refused("Browser.crash");
+        m.record_refused("Browser.crash");
+        m.record_refused("bad\"label");
+        for i in 0..500 {
+            m.record_refused(&format!("Made.up{i}"));
+        }
+        let text = m.render(&Gauges {
+            sessions_active: 0,
+            pool_idle: 0,
+            sessions_context: 0,
+            shared_browsers: Vec::new(),
+        });
+        assert!(text.contains("cdpgate_context_refused_commands_total{method=\"Browser.crash\"} 2\n"), "{text}");
+        let labels = text.matches("cdpgate_context_refused_commands_total{").count();
+        assert_eq!(labels, MAX_REFUSED_METHODS, "{text}"); // "other" included
+        assert!(!text.contains("bad\""));
     }
 }

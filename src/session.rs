@@ -16,6 +16,7 @@ use crate::auth::{Tenant, unix_secs};
 use crate::browser::Screen;
 use crate::browser::forward::Traffic;
 use crate::browser::pool::Lease;
+use crate::browser::shared::ContextLease;
 use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::store::profiles::{ProfileUse, Profiles};
@@ -29,6 +30,8 @@ pub enum Backing {
     Managed(Lease),
     /// A user's own browser, left running when the session ends.
     External(Upstream),
+    /// A browser context in a shared browser, disposed when the session ends.
+    Context(ContextLease),
 }
 
 /// What a new session is made of.
@@ -92,6 +95,8 @@ struct State {
     record: SessionRecord,
     /// The browser, held while active; dropping it kills the browser.
     lease: Option<Lease>,
+    /// The browser context of a context session, held while active; dropping it disposes it.
+    context: Option<ContextLease>,
     /// The profile, held while active and handed to the save when the session ends.
     profile: Option<ProfileBinding>,
 }
@@ -108,12 +113,18 @@ impl Session {
     }
 
     pub fn new(init: SessionInit, node: &str) -> Session {
-        let (upstream, lease) = match init.backing {
+        let (upstream, lease, context) = match init.backing {
             Backing::Managed(lease) => (
                 Upstream::managed(lease.browser.port, lease.browser.ws_path.clone()),
                 Some(lease),
+                None,
             ),
-            Backing::External(upstream) => (upstream, None),
+            Backing::External(upstream) => (upstream, None, None),
+            Backing::Context(context) => {
+                let browser = &context.shared.browser;
+                let upstream = Upstream::managed(browser.port, browser.ws_path.clone()).scoped(context.scope.clone());
+                (upstream, None, Some(context))
+            }
         };
         let now = SystemTime::now();
         let profile_released = CancellationToken::new();
@@ -149,6 +160,7 @@ impl Session {
             state: Mutex::new(State {
                 record,
                 lease,
+                context,
                 profile: init.profile,
             }),
             profile_released,
@@ -237,8 +249,10 @@ impl Session {
             s.record.updated_at = now;
             (s.lease.take(), s.profile.take())
         };
+        let context = self.state().context.take();
         // Clients hear the reason before the browser goes away under them.
         self.ended.cancel();
+        drop(context);
         match profile {
             // The browser is closed cleanly and saved from, or just released, in a task.
             Some(binding) => {

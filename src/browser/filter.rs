@@ -80,6 +80,8 @@ pub enum Out {
     Browser(String),
     /// To the client.
     Client(String),
+    /// The browser's message, on to the client as it came.
+    Pass,
     /// A command was refused (the error is in a `Client` beside it); the method, for the
     /// metrics.
     Refused(String),
@@ -350,28 +352,28 @@ impl Filter {
     }
 
     /// A message from the browser.
-    pub fn on_browser(&mut self, text: String) -> Vec<Out> {
-        let session = tail_session(&text).map(str::to_owned);
+    pub fn on_browser(&mut self, text: &str) -> Vec<Out> {
+        let session = tail_session(text).map(str::to_owned);
         if let Some(s) = &session
             && !self.sessions.contains(s)
         {
             return Vec::new(); // another context's session being detached, or unknown
         }
-        if let Some(id) = leading_id(&text) {
+        if let Some(id) = leading_id(text) {
             return match self.in_flight.remove(&(session, id)) {
                 None | Some(Reply::Own) => Vec::new(),
-                Some(Reply::Pass) => vec![Out::Client(text)],
-                Some(reply) => self.rewrite_reply(reply, &text),
+                Some(Reply::Pass) => vec![Out::Pass],
+                Some(reply) => self.rewrite_reply(reply, text),
             };
         }
         if text.starts_with(r#"{"method":"Target."#) {
-            return self.on_target_event(&text, session);
+            return self.on_target_event(text, session);
         }
         let passes = session.is_some()
             || self.root == Root::Page
             || text.starts_with(r#"{"method":"Browser.download"#)
             || text.starts_with(r#"{"method":"Inspector."#);
-        if passes { vec![Out::Client(text)] } else { Vec::new() }
+        if passes { vec![Out::Pass] } else { Vec::new() }
     }
 
     fn rewrite_reply(&mut self, reply: Reply, text: &str) -> Vec<Out> {
@@ -428,7 +430,7 @@ impl Filter {
             }
             ours
         };
-        let pass = vec![Out::Client(text.to_owned())];
+        let pass = vec![Out::Pass];
         match event["method"].as_str().unwrap_or_default() {
             "Target.targetCreated" | "Target.targetInfoChanged" => {
                 if ours_by_info(self) {
@@ -561,10 +563,12 @@ mod tests {
             .collect()
     }
 
+    /// What reaches the client: answers of the filter, `null` for a message passed as it came.
     fn answered(out: &[Out]) -> Vec<Value> {
         out.iter()
             .filter_map(|o| match o {
                 Out::Client(t) => Some(serde_json::from_str(t).unwrap()),
+                Out::Pass => Some(Value::Null),
                 _ => None,
             })
             .collect()
@@ -681,7 +685,7 @@ mod tests {
                 "targetInfo": {"targetId": target, "type": "page", "browserContextId": context}}})
             .to_string()
         };
-        let out = f.on_browser(event("S-THEIRS", THEIRS, "T-THEIRS"));
+        let out = f.on_browser(&event("S-THEIRS", THEIRS, "T-THEIRS"));
         assert!(answered(&out).is_empty());
         let sent = sent(&out);
         assert_eq!(sent[0]["method"], "Runtime.runIfWaitingForDebugger");
@@ -693,12 +697,12 @@ mod tests {
                 .is_empty()
         );
         let own = sent[1]["id"].as_i64().unwrap();
-        assert!(f.on_browser(format!(r#"{{"id":{own},"result":{{}}}}"#)).is_empty());
+        assert!(f.on_browser(&format!(r#"{{"id":{own},"result":{{}}}}"#)).is_empty());
         // The context's own target is attached and its traffic passes as it came.
-        let out = f.on_browser(event("S-OURS", OURS, "T-OURS"));
+        let out = f.on_browser(&event("S-OURS", OURS, "T-OURS"));
         assert_eq!(answered(&out).len(), 1);
         let page = r#"{"method":"Page.x","params":{},"sessionId":"S-OURS"}"#;
-        assert_eq!(f.on_browser(page.into()), vec![Out::Client(page.into())]);
+        assert_eq!(f.on_browser(page), vec![Out::Pass]);
         // And commands on it pass, on another session do not.
         assert_eq!(
             sent_count(&mut f, r#"{"id":4,"method":"Runtime.evaluate","sessionId":"S-OURS"}"#),
@@ -723,19 +727,19 @@ mod tests {
             {"targetId": "T-OURS", "browserContextId": OURS, "type": "page"},
             {"targetId": "T-THEIRS", "browserContextId": THEIRS, "type": "page"},
             {"targetId": "BROWSER", "type": "browser"}]}});
-        let out = f.on_browser(answer.to_string());
+        let out = f.on_browser(&answer.to_string());
         let infos = &answered(&out)[0]["result"]["targetInfos"];
         assert_eq!(infos.as_array().unwrap().len(), 1);
         assert_eq!(infos[0]["targetId"], "T-OURS");
         for (method, context, shown) in [("targetCreated", THEIRS, false), ("targetInfoChanged", OURS, true)] {
             let event = json!({"method": format!("Target.{method}"), "params": {"targetInfo": {"targetId": "X", "browserContextId": context}}});
-            assert_eq!(!f.on_browser(event.to_string()).is_empty(), shown, "{method}");
+            assert_eq!(!f.on_browser(&event.to_string()).is_empty(), shown, "{method}");
         }
         let destroyed = |t: &str| json!({"method": "Target.targetDestroyed", "params": {"targetId": t}}).to_string();
-        assert!(f.on_browser(destroyed("T-THEIRS")).is_empty());
-        assert_eq!(f.on_browser(destroyed("T-OURS")).len(), 1);
+        assert!(f.on_browser(&destroyed("T-THEIRS")).is_empty());
+        assert_eq!(f.on_browser(&destroyed("T-OURS")).len(), 1);
         // An answer nobody asked for (or asked for twice) goes nowhere.
-        assert!(f.on_browser(answer.to_string()).is_empty());
+        assert!(f.on_browser(&answer.to_string()).is_empty());
     }
 
     #[test]
@@ -775,6 +779,6 @@ mod tests {
             0
         );
         let event = r#"{"method":"Page.frameNavigated","params":{}}"#;
-        assert_eq!(f.on_browser(event.into()).len(), 1);
+        assert_eq!(f.on_browser(event).len(), 1);
     }
 }

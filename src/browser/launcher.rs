@@ -255,6 +255,11 @@ impl Launcher {
     }
 
     /// How long a launch may take before it is given up.
+    /// Height Chrome's window keeps for its frame, to add to a tab's height.
+    pub fn frame_height(&self) -> u32 {
+        self.frame_height.load(Ordering::Relaxed)
+    }
+
     pub fn launch_timeout(&self) -> Duration {
         self.launch_timeout
     }

@@ -12,6 +12,8 @@ pub mod forward;
 pub mod identity;
 pub mod launcher;
 pub mod pool;
+pub mod scope;
+pub mod shared;
 pub mod upstream;
 
 pub use launcher::{Browser, LaunchError, Launcher, Screen, find_chrome, remove_dir_with_retries, running_as_root};

@@ -25,6 +25,9 @@ pub enum PoolError {
     Busy,
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// A shared browser could not give a session its context.
+    #[error("the browser context could not be set up: {0}")]
+    Setup(String),
 }
 
 /// A browser checked out for one session, with the slot it occupies. Dropping it kills

@@ -17,10 +17,14 @@ use hyper::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::cdp;
 use super::egress::{Egress, EgressError};
+use super::filter::Root;
+use super::scope::{ContextScope, pipe};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -38,10 +42,12 @@ pub enum UpstreamError {
     Rejected { status: u16, body: Vec<u8> },
 }
 
-/// A connection to a browser: plain TCP, or TLS for `wss://`/`https://` endpoints.
+/// A connection to a browser: plain TCP, TLS for `wss://`/`https://` endpoints, or the
+/// near end of a context session's filter pipe.
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Filtered(tokio::io::DuplexStream),
 }
 
 impl AsyncRead for UpstreamStream {
@@ -49,6 +55,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpstreamStream::Filtered(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -58,6 +65,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpstreamStream::Filtered(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -65,6 +73,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpstreamStream::Filtered(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -72,6 +81,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpstreamStream::Filtered(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -83,6 +93,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            UpstreamStream::Filtered(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -90,6 +101,7 @@ impl AsyncWrite for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.is_write_vectored(),
             UpstreamStream::Tls(s) => s.is_write_vectored(),
+            UpstreamStream::Filtered(s) => s.is_write_vectored(),
         }
     }
 }
@@ -109,7 +121,12 @@ pub struct Upstream {
     authorization: Option<String>,
     /// A user's endpoint: checked against the egress policy at every connection.
     pub external: bool,
+    /// A context session's context: every connection goes through its filter.
+    pub scope: Option<Arc<ContextScope>>,
 }
+
+/// Buffer of a filter pipe's in-memory connection, each way.
+const PIPE_BUFFER: usize = 256 * 1024;
 
 /// Managed browsers are on loopback; anything slower than this is broken.
 const MANAGED_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,7 +148,14 @@ impl Upstream {
             browser_path,
             authorization: None,
             external: false,
+            scope: None,
         }
+    }
+
+    /// The same browser, seen through a context session's filter.
+    pub fn scoped(mut self, scope: Arc<ContextScope>) -> Upstream {
+        self.scope = Some(scope);
+        self
     }
 
     /// A user's endpoint from a parsed `ws`/`wss`/`http`/`https` URL; the path of the
@@ -166,6 +190,7 @@ impl Upstream {
             browser_path,
             authorization,
             external: true,
+            scope: None,
         })
     }
 
@@ -210,6 +235,34 @@ impl Upstream {
     /// frames on as bytes. Answers the connection and whatever the server sent right after
     /// its `101` (the first bytes of its first frames).
     pub async fn connect_raw(
+        &self,
+        path: &str,
+        egress: &Egress,
+        timeout: Duration,
+    ) -> Result<(UpstreamStream, Vec<u8>), UpstreamError> {
+        let Some(scope) = &self.scope else {
+            return self.handshake(path, egress, timeout).await;
+        };
+        // A context session: only its own pages, and always through its filter.
+        let root = match path.strip_prefix("/devtools/page/") {
+            Some(target) if !scope.owns(target).await => {
+                let body = format!("No such target id: {target}").into_bytes();
+                return Err(UpstreamError::Rejected { status: 500, body });
+            }
+            Some(_) => Root::Page,
+            None => Root::Browser,
+        };
+        let (stream, early) = self.handshake(path, egress, timeout).await?;
+        let (near, far) = tokio::io::duplex(PIPE_BUFFER);
+        let config = Some(scope.ws_config);
+        let browser = WebSocketStream::from_partially_read(stream, early, Role::Client, config).await;
+        let client = WebSocketStream::from_raw_socket(far, Role::Server, config).await;
+        tokio::spawn(pipe(scope.clone(), root, browser, client));
+        Ok((UpstreamStream::Filtered(near), Vec::new()))
+    }
+
+    /// [`Upstream::connect_raw`] without a filter.
+    async fn handshake(
         &self,
         path: &str,
         egress: &Egress,

@@ -17,7 +17,7 @@ use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
-use crate::store::{ListQuery, SessionRecord, Status};
+use crate::store::{Isolation, ListQuery, SessionRecord, Status};
 
 /// Largest page of a session list.
 const MAX_LIMIT: usize = 100;
@@ -132,6 +132,7 @@ pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
         body["end_reason"] = json!(reason.as_str());
     }
     let options = &record.options;
+    body["isolation"] = json!(options.isolation.as_str());
     body["idle_timeout"] = json!(options.idle_timeout);
     if let Some(proxy) = &options.proxy {
         body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
@@ -224,7 +225,27 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
         Some(v) => parse_metadata(v, config.max_metadata_bytes)?,
         None => Map::new(),
     };
-    let options = parse_options(config, body)?;
+    let mut options = parse_options(config, body)?;
+    // A user's own browser and a profile's browser are the session's own: a default of
+    // "context" does not apply to them, an explicit one is refused.
+    if external_url.is_some() || profile_id.is_some() {
+        let explicit = field(body, "isolation").is_some_and(|v| v == "context");
+        if !explicit {
+            options.isolation = Isolation::Process;
+        }
+    }
+    if options.isolation == Isolation::Context {
+        if external_url.is_some() {
+            return Err(ApiError::unprocessable(
+                "isolation cannot be combined with cdp_url: a user's own browser is fronted as it is",
+            ));
+        }
+        if profile_id.is_some() {
+            return Err(ApiError::unprocessable(
+                "profile_id with isolation \"context\" is not available yet: use isolation \"process\"",
+            ));
+        }
+    }
     if external_url.is_some() {
         let set = options.proxy.is_some() || !options.identity.is_empty();
         if set {
@@ -282,7 +303,19 @@ pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<Reque
         None => config.default_idle_timeout,
     };
     let proxy = field(body, "proxy").map(parse_proxy).transpose()?;
+    let isolation = match field(body, "isolation") {
+        Some(Value::String(v)) => Isolation::parse(v)
+            .ok_or_else(|| ApiError::unprocessable("isolation must be \"process\" or \"context\""))?,
+        Some(_) => return Err(ApiError::unprocessable("isolation must be \"process\" or \"context\"")),
+        None => Isolation::parse(&config.default_isolation).unwrap_or_default(),
+    };
+    if isolation == Isolation::Context && !identity.is_empty() {
+        return Err(ApiError::unprocessable(
+            "user_agent, locale and timezone are not available with isolation \"context\" yet: use isolation \"process\"",
+        ));
+    }
     Ok(RequestedOptions {
+        isolation,
         proxy,
         identity,
         idle_timeout,

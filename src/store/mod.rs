@@ -19,7 +19,7 @@ use crate::auth::Tenant;
 use crate::error::Origin;
 
 pub use record::{
-    EndReason, NetworkStats, ProfileLink, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, Status,
+    EndReason, Isolation, NetworkStats, ProfileLink, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, Status,
 };
 
 /// Which records a list asks for, newest first.

@@ -55,6 +55,8 @@ pub enum EndReason {
     NodeLost,
     /// Nothing used it (no client, viewer or action) for its idle timeout.
     Idle,
+    /// The shared browser holding its context exited without being asked to.
+    BrowserCrashed,
 }
 
 impl EndReason {
@@ -74,6 +76,7 @@ impl EndReason {
             EndReason::Shutdown | EndReason::Restarted => (1001, "broker shutting down"),
             EndReason::NodeLost => (1001, "node lost"),
             EndReason::Idle => (4004, "session idle"),
+            EndReason::BrowserCrashed => (4003, "browser crashed"),
         }
     }
 
@@ -87,6 +90,7 @@ impl EndReason {
             EndReason::Restarted => "broker restarted",
             EndReason::NodeLost => "node lost",
             EndReason::Idle => "idle",
+            EndReason::BrowserCrashed => "browser crashed",
         }
     }
 
@@ -98,6 +102,7 @@ impl EndReason {
             EndReason::Shutdown,
             EndReason::Restarted,
             EndReason::NodeLost,
+            EndReason::BrowserCrashed,
             EndReason::Idle,
         ]
         .into_iter()
@@ -184,9 +189,38 @@ pub struct SessionRecord {
     pub network: Option<NetworkStats>,
 }
 
+/// How a session is kept apart from others: a browser of its own, or a browser context
+/// in a shared browser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Process,
+    Context,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+            Isolation::Context => "context",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isolation> {
+        match s {
+            "process" => Some(Isolation::Process),
+            "context" => Some(Isolation::Context),
+            _ => None,
+        }
+    }
+}
+
 /// A session's options, as shown back: everything but the proxy's password.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionOptions {
+    #[serde(default)]
+    pub isolation: Isolation,
     pub proxy: Option<ProxySettings>,
     pub user_agent: Option<String>,
     pub locale: Option<String>,

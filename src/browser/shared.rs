@@ -1,0 +1,495 @@
+//! Shared browsers for context sessions: each holds many sessions, one browser context
+//! (its own cookie jar, storage and cache) per session.
+//!
+//! A shared browser serves one tenant's sessions unless the operator allows any
+//! (`context_sharing`). A session takes a free context slot on a browser of its tenant (the
+//! fullest first, so the others can empty and be recycled), or starts a new shared browser
+//! while fewer than `context_browsers` run, or retires another tenant's empty one. A browser
+//! that has served `recycle_after` contexts, or whose processes pass the memory limit,
+//! takes no new context and is closed once its last one ends. Each context's pages go
+//! through a forward-proxy gateway of their own (`proxyServer` of the context), so the
+//! egress policy, the session's upstream proxy and its byte counts work as for a browser of
+//! its own.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::cdp::{CallError, Client};
+use super::egress::Egress;
+use super::filter::Targets;
+use super::forward::{Gateway, Traffic, UpstreamProxy};
+use super::launcher::{Browser, Launcher, Screen};
+use super::pool::PoolError;
+use super::scope::{CALL_TIMEOUT, ContextScope};
+use crate::metrics::Metrics;
+
+/// How often a shared browser's memory is read.
+const MEMORY_CHECK: Duration = Duration::from_secs(10);
+
+/// How context sessions share browsers.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    /// Most shared browsers at once.
+    pub browsers: usize,
+    /// Most contexts open in one shared browser.
+    pub per_browser: usize,
+    /// Contexts a shared browser serves before it is recycled.
+    pub recycle_after: u64,
+    /// Proportional memory (PSS) of a shared browser's processes past which it is recycled.
+    pub max_memory_bytes: u64,
+    /// Any tenant's sessions may share a browser (else each browser serves one tenant).
+    pub any_tenant: bool,
+    pub queue_timeout: Duration,
+    /// The screen shared browsers start at (each tab then gets its session's own).
+    pub screen: Screen,
+    /// Message and frame limits of the filter pipes.
+    pub ws_config: WebSocketConfig,
+}
+
+pub struct SharedBrowsers {
+    launcher: Arc<Launcher>,
+    settings: SharedSettings,
+    state: Mutex<State>,
+    /// Fires when a context slot frees up or a shared browser goes.
+    released: Notify,
+    own_ports: Arc<Mutex<HashSet<u16>>>,
+    policy: Arc<Egress>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    browsers: Vec<Arc<SharedBrowser>>,
+    /// Shared browsers being started.
+    launching: usize,
+}
+
+/// A browser whose contexts are sessions.
+pub struct SharedBrowser {
+    pub browser: Browser,
+    /// The tenant it serves (`None`: any).
+    owner: Option<String>,
+    /// The broker's own connection: creates and disposes contexts, discovers targets.
+    client: Arc<Client>,
+    pub targets: Arc<Targets>,
+    /// Contexts open now.
+    live: AtomicUsize,
+    /// Contexts it has served.
+    served: AtomicU64,
+    /// Takes no new context; closed when the last one ends.
+    draining: AtomicBool,
+    watcher: JoinHandle<()>,
+}
+
+impl Drop for SharedBrowser {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl SharedBrowser {
+    pub fn contexts(&self) -> usize {
+        self.live.load(Relaxed)
+    }
+
+    fn takes(&self, tenant: &str, settings: &SharedSettings) -> bool {
+        self.browser.is_alive()
+            && !self.draining.load(Relaxed)
+            && self.owner.as_deref().is_none_or(|o| o == tenant)
+            && self.live.load(Relaxed) < settings.per_browser
+    }
+}
+
+/// A session's context, held until the session ends; dropping it disposes the context.
+pub struct ContextLease {
+    pub shared: Arc<SharedBrowser>,
+    pub scope: Arc<ContextScope>,
+    pub gateway: Arc<Gateway>,
+    /// The network counters of the context's pages.
+    pub traffic: Arc<Traffic>,
+    gateway_stop: CancellationToken,
+    browsers: Weak<SharedBrowsers>,
+}
+
+impl Drop for ContextLease {
+    fn drop(&mut self) {
+        self.gateway_stop.cancel();
+        let (shared, context) = (self.shared.clone(), self.scope.context.clone());
+        let browsers = self.browsers.clone();
+        let port = self.gateway.port;
+        let dispose = async move {
+            let params = json!({ "browserContextId": context });
+            let _ = shared
+                .client
+                .call(None, "Target.disposeBrowserContext", params, CALL_TIMEOUT)
+                .await;
+            if let Some(browsers) = browsers.upgrade() {
+                browsers.own_ports.lock().expect("ports lock").remove(&port);
+                browsers.release(&shared);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(dispose);
+            }
+            Err(_) => {
+                // No runtime left (the broker is gone): the browser goes with it.
+            }
+        }
+    }
+}
+
+enum Reserved {
+    On(Arc<SharedBrowser>),
+    Launch,
+    Full,
+}
+
+impl SharedBrowsers {
+    pub fn new(launcher: Arc<Launcher>, settings: SharedSettings, policy: Arc<Egress>, metrics: Arc<Metrics>) -> Self {
+        SharedBrowsers {
+            own_ports: launcher.own_ports.clone(),
+            launcher,
+            settings,
+            state: Mutex::default(),
+            released: Notify::new(),
+            policy,
+            metrics,
+        }
+    }
+
+    /// A fresh context for a session of `tenant`, its first tab at `screen`, its pages'
+    /// traffic routed for the session whose span is `span` (through `proxy` if any).
+    /// Without `wait`, a full set of shared browsers refuses at once.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        tenant: &str,
+        screen: Screen,
+        span: tracing::Span,
+        proxy: Option<UpstreamProxy>,
+        wait: bool,
+    ) -> Result<ContextLease, PoolError> {
+        let deadline = Instant::now() + self.settings.queue_timeout;
+        let shared = loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.reserve(tenant) {
+                Reserved::On(shared) => break shared,
+                Reserved::Launch => break self.start(tenant).await?,
+                Reserved::Full => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !wait || left.is_zero() || tokio::time::timeout(left, released).await.is_err() {
+                        return Err(PoolError::Busy);
+                    }
+                }
+            }
+        };
+        self.open_context(&shared, screen, span, proxy)
+            .await
+            .map_err(PoolError::Setup)
+    }
+
+    /// Takes a context slot on a browser that serves `tenant`, or room to start one.
+    fn reserve(&self, tenant: &str) -> Reserved {
+        let mut state = self.state.lock().expect("shared lock");
+        state.browsers.retain(|b| b.browser.is_alive());
+        let fullest = state
+            .browsers
+            .iter()
+            .filter(|b| b.takes(tenant, &self.settings))
+            .max_by_key(|b| b.live.load(Relaxed));
+        if let Some(shared) = fullest {
+            self.count_context(shared);
+            return Reserved::On(shared.clone());
+        }
+        if state.browsers.len() + state.launching < self.settings.browsers {
+            state.launching += 1;
+            return Reserved::Launch;
+        }
+        // Another tenant's empty browser makes room for this one.
+        if let Some(at) = state.browsers.iter().position(|b| b.live.load(Relaxed) == 0) {
+            state.browsers.remove(at);
+            self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
+            state.launching += 1;
+            return Reserved::Launch;
+        }
+        Reserved::Full
+    }
+
+    fn count_context(&self, shared: &SharedBrowser) {
+        shared.live.fetch_add(1, Relaxed);
+        let served = shared.served.fetch_add(1, Relaxed) + 1;
+        if served >= self.settings.recycle_after {
+            shared.draining.store(true, Relaxed);
+        }
+    }
+
+    /// A context slot is free again; a draining browser with none left is closed.
+    fn release(&self, shared: &Arc<SharedBrowser>) {
+        let left = shared.live.fetch_sub(1, Relaxed) - 1;
+        if left == 0 && shared.draining.load(Relaxed) {
+            let mut state = self.state.lock().expect("shared lock");
+            let before = state.browsers.len();
+            state.browsers.retain(|b| !Arc::ptr_eq(b, shared));
+            if state.browsers.len() < before {
+                self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
+            }
+        }
+        self.released.notify_waiters();
+    }
+
+    /// Starts a shared browser for `tenant` with one context slot taken.
+    async fn start(self: &Arc<Self>, tenant: &str) -> Result<Arc<SharedBrowser>, PoolError> {
+        let started = self.launch(tenant).await;
+        let mut state = self.state.lock().expect("shared lock");
+        state.launching -= 1;
+        match started {
+            Ok(shared) => {
+                self.count_context(&shared);
+                state.browsers.push(shared.clone());
+                Ok(shared)
+            }
+            Err(e) => {
+                drop(state);
+                self.released.notify_waiters();
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(self: &Arc<Self>, tenant: &str) -> Result<Arc<SharedBrowser>, PoolError> {
+        let browser = self.launcher.launch(self.settings.screen).await?;
+        let client = Arc::new(
+            Client::connect(&browser.ws_url())
+                .await
+                .map_err(|e| PoolError::Setup(e.to_string()))?,
+        );
+        let targets = Arc::new(Targets::default());
+        let mut events = client.subscribe();
+        client
+            .call(None, "Target.setDiscoverTargets", json!({"discover": true}), CALL_TIMEOUT)
+            .await
+            .map_err(|e| PoolError::Setup(format!("{e:?}")))?;
+        let watcher = {
+            let (targets, exited) = (targets.clone(), browser.exited());
+            let memory = (browser.pid, self.settings.max_memory_bytes);
+            let browsers = Arc::downgrade(self);
+            let pid = browser.pid;
+            tokio::spawn(async move {
+                let mut check = tokio::time::interval(MEMORY_CHECK);
+                loop {
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Ok(event) => match event["method"].as_str() {
+                                Some("Target.targetCreated" | "Target.targetInfoChanged") => {
+                                    targets.learn(&event["params"]["targetInfo"]);
+                                }
+                                Some("Target.targetDestroyed") => {
+                                    targets.forget(event["params"]["targetId"].as_str().unwrap_or_default());
+                                }
+                                _ => {}
+                            },
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => return,
+                        },
+                        _ = check.tick() => {
+                            if memory.1 > 0 && group_pss(memory.0) > memory.1
+                                && let Some(browsers) = browsers.upgrade()
+                            {
+                                browsers.drain(pid);
+                            }
+                        }
+                        _ = exited.cancelled() => return,
+                    }
+                }
+            })
+        };
+        Ok(Arc::new(SharedBrowser {
+            browser,
+            owner: (!self.settings.any_tenant).then(|| tenant.to_owned()),
+            client,
+            targets,
+            live: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            watcher,
+        }))
+    }
+
+    /// Takes the shared browser `pid` out of service (its memory is past the limit).
+    fn drain(&self, pid: u32) {
+        let state = self.state.lock().expect("shared lock");
+        if let Some(shared) = state.browsers.iter().find(|b| b.browser.pid == pid)
+            && !shared.draining.swap(true, Relaxed)
+        {
+            tracing::info!(browser = %shared.browser.id, "shared browser past its memory limit: recycled once its sessions end");
+            if shared.live.load(Relaxed) == 0 {
+                drop(state);
+                let mut state = self.state.lock().expect("shared lock");
+                state.browsers.retain(|b| b.browser.pid != pid);
+                self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Opens a context on `shared`, whose slot is taken; gives the slot back if it fails.
+    async fn open_context(
+        self: &Arc<Self>,
+        shared: &Arc<SharedBrowser>,
+        screen: Screen,
+        span: tracing::Span,
+        proxy: Option<UpstreamProxy>,
+    ) -> Result<ContextLease, String> {
+        let stop = CancellationToken::new();
+        // The gateway stops with the context, or with the browser.
+        let browser_gone = shared.browser.exited();
+        let gateway_stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = browser_gone.cancelled() => gateway_stop.cancel(),
+                _ = gateway_stop.cancelled() => {}
+            }
+        });
+        let gateway = match Gateway::start(self.policy.clone(), self.metrics.clone(), stop.clone()).await {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                stop.cancel();
+                self.release(shared);
+                return Err(format!("the context's gateway could not start: {e}"));
+            }
+        };
+        self.own_ports.lock().expect("ports lock").insert(gateway.port);
+        let traffic = gateway.assign(span, proxy);
+        let fail = |what: &str, e: CallError| format!("{what}: {e:?}");
+        let created = shared
+            .client
+            .call(
+                None,
+                "Target.createBrowserContext",
+                json!({
+                    "disposeOnDetach": true,
+                    "proxyServer": format!("http://127.0.0.1:{}", gateway.port),
+                    "proxyBypassList": "<-loopback>",
+                }),
+                CALL_TIMEOUT,
+            )
+            .await;
+        let context = match created {
+            Ok(created) => created["browserContextId"].as_str().unwrap_or_default().to_owned(),
+            Err(e) => {
+                stop.cancel();
+                self.own_ports.lock().expect("ports lock").remove(&gateway.port);
+                self.release(shared);
+                return Err(fail("the browser context could not be created", e));
+            }
+        };
+        let scope = Arc::new(ContextScope::new(
+            context,
+            shared.targets.clone(),
+            shared.client.clone(),
+            self.metrics.clone(),
+            self.settings.ws_config,
+        ));
+        // From here on the lease disposes the context if anything fails.
+        let lease = ContextLease {
+            shared: shared.clone(),
+            scope: scope.clone(),
+            gateway,
+            traffic,
+            gateway_stop: stop,
+            browsers: Arc::downgrade(self),
+        };
+        let frame = self.launcher.frame_height();
+        let tab = json!({
+            "url": "about:blank",
+            "browserContextId": scope.context,
+            "width": screen.width,
+            "height": screen.height + frame,
+        });
+        match shared.client.call(None, "Target.createTarget", tab, CALL_TIMEOUT).await {
+            Ok(created) => {
+                let target = created["targetId"].as_str().unwrap_or_default();
+                scope.targets.insert(target, &scope.context);
+            }
+            Err(e) => {
+                drop(lease); // disposes the context and gives the slot back
+                return Err(fail("the context's first tab could not be opened", e));
+            }
+        }
+        self.metrics.contexts_created.fetch_add(1, Relaxed);
+        Ok(lease)
+    }
+
+    /// Contexts open in each shared browser, by browser id.
+    pub fn contexts_by_browser(&self) -> Vec<(String, usize)> {
+        let state = self.state.lock().expect("shared lock");
+        state
+            .browsers
+            .iter()
+            .filter(|b| b.browser.is_alive())
+            .map(|b| (b.browser.id.clone(), b.contexts()))
+            .collect()
+    }
+
+    /// Closes every shared browser (at shutdown, once sessions have ended).
+    pub fn close_all(&self) {
+        self.state.lock().expect("shared lock").browsers.clear();
+    }
+}
+
+/// Proportional set size, in bytes, of every process in the process group `pgid` (a
+/// browser and its renderers, GPU and utility processes).
+pub fn group_pss(pgid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces): state, ppid, pgrp.
+        let group = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<u32>().ok());
+        if group != Some(pgid) {
+            continue;
+        }
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue;
+        };
+        total += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_groups_memory_is_read_from_proc() {
+        // This test's own process group has at least this process in it.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let pgid: u32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(group_pss(pgid) > 1024 * 1024);
+        assert_eq!(group_pss(u32::MAX - 1), 0);
+    }
+}
