@@ -40,8 +40,8 @@ use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::{self, Profile, ProfileError, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
-    EndReason, Isolation, ListPage, ListQuery, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status,
-    StoreError, storage_state,
+    EndReason, Isolation, ListPage, ListQuery, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, SessionStore,
+    Status, StoreError, storage_state,
 };
 
 /// How long terminate and delete wait for a profile save before answering anyway.
@@ -471,7 +471,9 @@ impl Broker {
                 )
                 .await
                 .map_err(|e| self.capacity_error(e))?;
-            return self.register(id, tenant, request, Backing::Context(context), None).await;
+            return self
+                .register(id, tenant, request, Backing::Context(context), None)
+                .await;
         }
         if let Some(profile_id) = &request.profile_id {
             return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
@@ -889,6 +891,8 @@ impl Broker {
         for entry in self.running.iter() {
             let _ = entry.end(EndReason::Shutdown);
         }
+        // Their contexts are being disposed; the shared browsers go when that is done.
+        self.shared.close_all();
         self.tracker.close();
         if tokio::time::timeout(self.config.shutdown_timeout(), self.tracker.wait())
             .await

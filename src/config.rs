@@ -444,9 +444,8 @@ impl Config {
             errors.push("context_sharing must be \"tenant\" or \"any\"".into());
         }
         if self.context_browsers == 0 || self.max_contexts_per_browser == 0 || self.context_recycle_after == 0 {
-            errors.push(
-                "context_browsers, max_contexts_per_browser and context_recycle_after must be at least 1".into(),
-            );
+            errors
+                .push("context_browsers, max_contexts_per_browser and context_recycle_after must be at least 1".into());
         }
         let redis = &self.redis_url;
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {

@@ -100,7 +100,7 @@ pub struct Metrics {
     refused: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
-/// Most labels of `cdpgate_context_refused_commands_total` (\"other\" included); methods past
+/// Most labels of `cdpgate_context_refused_commands_total` ("other" included); methods past
 /// them count as "other", so a client inventing names cannot grow the metrics without end.
 const MAX_REFUSED_METHODS: usize = 100;
 
@@ -202,7 +202,10 @@ impl Metrics {
              # TYPE cdpgate_context_refused_commands_total counter"
         );
         for (method, count) in self.refused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "cdpgate_context_refused_commands_total{{method=\"{method}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "cdpgate_context_refused_commands_total{{method=\"{method}\"}} {count}"
+            );
         }
         let _ = writeln!(
             out,
@@ -210,10 +213,16 @@ impl Metrics {
              # TYPE cdpgate_shared_browser_contexts gauge"
         );
         for (browser, contexts) in &gauges.shared_browsers {
-            let _ = writeln!(out, "cdpgate_shared_browser_contexts{{browser=\"{browser}\"}} {contexts}");
+            let _ = writeln!(
+                out,
+                "cdpgate_shared_browser_contexts{{browser=\"{browser}\"}} {contexts}"
+            );
         }
         let by_isolation = [
-            ("process", gauges.sessions_active.saturating_sub(gauges.sessions_context)),
+            (
+                "process",
+                gauges.sessions_active.saturating_sub(gauges.sessions_context),
+            ),
             ("context", gauges.sessions_context),
         ];
         let _ = writeln!(
@@ -486,7 +495,10 @@ mod tests {
             sessions_context: 0,
             shared_browsers: Vec::new(),
         });
-        assert!(text.contains("cdpgate_context_refused_commands_total{method=\"Browser.crash\"} 2\n"), "{text}");
+        assert!(
+            text.contains("cdpgate_context_refused_commands_total{method=\"Browser.crash\"} 2\n"),
+            "{text}"
+        );
         let labels = text.matches("cdpgate_context_refused_commands_total{").count();
         assert_eq!(labels, MAX_REFUSED_METHODS, "{text}"); // "other" included
         assert!(!text.contains("bad\""));

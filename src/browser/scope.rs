@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 /// How long the broker's own commands to a shared browser may take.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long after answering `Browser.close` the session ends.
+const CLOSE_ANSWER_GRACE: Duration = Duration::from_millis(100);
+
 /// A context session's browser context in a shared browser.
 pub struct ContextScope {
     pub context: String,
@@ -71,7 +74,11 @@ impl ContextScope {
 
     async fn look_up(&self, target: &str) {
         let params = json!({ "targetId": target });
-        if let Ok(info) = self.client.call(None, "Target.getTargetInfo", params, CALL_TIMEOUT).await {
+        if let Ok(info) = self
+            .client
+            .call(None, "Target.getTargetInfo", params, CALL_TIMEOUT)
+            .await
+        {
             self.targets.learn(&info["targetInfo"]);
         }
     }
@@ -95,8 +102,12 @@ impl ContextScope {
 }
 
 /// Relays `client` and `browser` through a [`Filter`] until either side closes.
-pub async fn pipe<B, C>(scope: Arc<ContextScope>, root: Root, mut browser: WebSocketStream<B>, mut client: WebSocketStream<C>)
-where
+pub async fn pipe<B, C>(
+    scope: Arc<ContextScope>,
+    root: Root,
+    mut browser: WebSocketStream<B>,
+    mut client: WebSocketStream<C>,
+) where
     B: AsyncRead + AsyncWrite + Unpin,
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -143,7 +154,12 @@ where
                     Ok(())
                 }
                 Out::EndSession => {
-                    scope.close_requested.cancel();
+                    // The answer reaches the client first, as Chrome's does before it exits.
+                    let close = scope.close_requested.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CLOSE_ANSWER_GRACE).await;
+                        close.cancel();
+                    });
                     Ok(())
                 }
                 Out::Unknown(_) => Ok(()),

@@ -276,7 +276,12 @@ impl SharedBrowsers {
         let targets = Arc::new(Targets::default());
         let mut events = client.subscribe();
         client
-            .call(None, "Target.setDiscoverTargets", json!({"discover": true}), CALL_TIMEOUT)
+            .call(
+                None,
+                "Target.setDiscoverTargets",
+                json!({"discover": true}),
+                CALL_TIMEOUT,
+            )
             .await
             .map_err(|e| PoolError::Setup(format!("{e:?}")))?;
         let watcher = {
@@ -449,7 +454,9 @@ impl SharedBrowsers {
 /// Proportional set size, in bytes, of every process in the process group `pgid` (a
 /// browser and its renderers, GPU and utility processes).
 pub fn group_pss(pgid: u32) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     let mut total = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -488,7 +495,15 @@ mod tests {
     fn a_process_groups_memory_is_read_from_proc() {
         // This test's own process group has at least this process in it.
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let pgid: u32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let pgid: u32 = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(group_pss(pgid) > 1024 * 1024);
         assert_eq!(group_pss(u32::MAX - 1), 0);
     }

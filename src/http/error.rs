@@ -192,10 +192,11 @@ impl From<BrokerError> for ApiError {
             BrokerError::Capacity(PoolError::Launch(e)) => {
                 ApiError::unavailable(format!("The browser could not be started: {e}"), RETRY_AFTER_SECS)
             }
-            BrokerError::Capacity(PoolError::Setup(e)) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, format!("The browser context could not be set up: {e}"))
-                    .with_origin(Origin::Upstream)
-            }
+            BrokerError::Capacity(PoolError::Setup(e)) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("The browser context could not be set up: {e}"),
+            )
+            .with_origin(Origin::Upstream),
             BrokerError::Byo(e) => e.into(),
             BrokerError::Profile(e) => e.into(),
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => ApiError::unprocessable(e.to_string()),

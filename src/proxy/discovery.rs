@@ -3,13 +3,14 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Response, header};
+use hyper::{Method, Response, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 use url::form_urlencoded;
 
 use super::error::ProxyError;
 use crate::broker::Broker;
+use crate::browser::upstream::UpstreamError;
 use crate::session::Session;
 
 /// Chrome's `/json/*` answers for the session's browser, with every address rewritten.
@@ -42,6 +43,31 @@ pub(super) async fn discovery(
     if !(method == Method::GET || method == Method::HEAD || (method == Method::PUT && rest == ["new"])) {
         return Err(ProxyError::MethodNotAllowed);
     }
+    // A context session's browser holds other contexts: only its own targets are shown,
+    // and a new tab opens in its context.
+    let mut created = None;
+    if let Some(scope) = &session.upstream.scope {
+        match rest {
+            ["activate", id] | ["close", id] if !scope.owns(id).await => {
+                return Ok(text_response(StatusCode::NOT_FOUND, format!("No such target id: {id}")));
+            }
+            ["new"] => {
+                let url = form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "url")
+                    .map_or_else(|| "about:blank".to_owned(), |(_, v)| v.into_owned());
+                let target = scope
+                    .create_target(&url)
+                    .await
+                    .map_err(|e| UpstreamError::Http(format!("the tab could not be opened: {e:?}")))?;
+                created = Some(target);
+            }
+            _ => {}
+        }
+    }
+    let (upstream_method, path) = match created {
+        Some(_) => (Method::GET, "/json/list".to_owned()),
+        None => (upstream_method, path),
+    };
     let (status, body) = session
         .upstream
         .http(
@@ -53,6 +79,22 @@ pub(super) async fn discovery(
         .await?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(mut value) => {
+            if let Some(scope) = &session.upstream.scope
+                && let Value::Array(targets) = &mut value
+            {
+                let mut own = Vec::with_capacity(targets.len());
+                for target in targets.drain(..) {
+                    let id = target["id"].as_str().unwrap_or_default();
+                    if scope.owns(id).await {
+                        own.push(target);
+                    }
+                }
+                value = match &created {
+                    // `/json/new` answers the new tab alone.
+                    Some(id) => own.into_iter().find(|t| t["id"] == id.as_str()).unwrap_or(Value::Null),
+                    None => Value::Array(own),
+                };
+            }
             if path != "/json/protocol" {
                 let rewriter = Rewriter {
                     chrome: &session.upstream.authority,
@@ -70,16 +112,18 @@ pub(super) async fn discovery(
             );
             Ok(response)
         }
-        Err(_) => {
-            let mut response = Response::new(Full::new(body));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            Ok(response)
-        }
+        Err(_) => Ok(text_response(status, body)),
     }
+}
+
+fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(text.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Chrome target ids are hex (32 upper-case digits); accept a little more, nothing that
