@@ -693,7 +693,7 @@ mod tests {
         assert!(sent.iter().all(|m| m["id"].as_i64().unwrap() < 0));
         // Its messages, and the answers to the filter's own commands, go nowhere.
         assert!(
-            f.on_browser(r#"{"method":"Page.x","params":{},"sessionId":"S-THEIRS"}"#.into())
+            f.on_browser(r#"{"method":"Page.x","params":{},"sessionId":"S-THEIRS"}"#)
                 .is_empty()
         );
         let own = sent[1]["id"].as_i64().unwrap();
