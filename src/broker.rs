@@ -876,7 +876,7 @@ impl Broker {
             sessions_active: self.active_sessions(),
             pool_idle: self.pool.idle_count(),
             sessions_context,
-            shared_browsers: self.shared.contexts_by_browser(),
+            shared_browsers: self.shared.browsers().into_iter().map(|b| (b.id, b.contexts)).collect(),
         })
     }
 

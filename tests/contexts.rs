@@ -166,9 +166,9 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
     let b = create(&server, KEY_B, json!({})).await;
     assert_eq!(a["isolation"], "context");
     assert_eq!(b["isolation"], "context");
-    let browsers = server.broker.shared.contexts_by_browser();
+    let browsers = server.broker.shared.browsers();
     assert_eq!(browsers.len(), 1, "one shared Chrome: {browsers:?}");
-    assert_eq!(browsers[0].1, 3);
+    assert_eq!(browsers[0].contexts, 3);
 
     let (mut ca, mut ca2, mut cb) = (
         Cdp::connect(cdp_url(&a)).await,
@@ -318,12 +318,9 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
     assert!(ca2.call("Browser.getVersion", json!({})).await["product"].is_string());
     // Its context is gone from the shared browser; the others remain.
     assert!(
-        eventually(Duration::from_secs(10), || server.broker.shared.contexts_by_browser()
-            [0]
-        .1 == 2)
-        .await,
+        eventually(Duration::from_secs(10), || shared(&server)[0].1 == 2).await,
         "{:?}",
-        server.broker.shared.contexts_by_browser()
+        shared(&server)
     );
     let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
     assert!(
@@ -334,5 +331,211 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
         metrics.contains("cdpgate_sessions_by_isolation{isolation=\"context\"} 2"),
         "{metrics}"
     );
+    server.stop().await;
+}
+
+/// Puppeteer, Playwright and dari-python, unchanged, on context sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puppeteer_playwright_and_dari_work_unchanged_on_context_sessions() {
+    let server = start(|_| {}).await;
+    let site = format!("http://{}/", start_site().await);
+    for client in ["puppeteer", "playwright"] {
+        let session = create(&server, KEY_A, json!({"screen_config": {"width": 1024, "height": 700}})).await;
+        let seen = node("drive.mjs", &[client, cdp_url(&session), &site]).await;
+        assert_eq!(seen["title"], "cdpgate test site", "{client}: {seen}");
+        assert_eq!(seen["sum"], 42, "{client}: {seen}");
+        if client == "puppeteer" {
+            // The first tab is at the session's size (a new page gets Puppeteer's own).
+            assert_eq!(seen["initial"], json!([1024, 700]), "{seen}");
+        }
+        assert!(seen["screenshot"]["width"].as_u64().unwrap() > 0, "{seen}");
+    }
+
+    // Puppeteer writes a cookie and localStorage, then closes its browser: the session ends.
+    let a = create(&server, KEY_A, json!({})).await;
+    let seen = node("context_session.mjs", &["puppeteer", cdp_url(&a), &site, "a", "close"]).await;
+    assert_eq!(seen["pagesAtStart"], 1, "{seen}");
+    assert_eq!(seen["pages"], 2, "{seen}");
+    assert_eq!(seen["cookies"], json!(["who=a"]), "{seen}");
+    assert_eq!(seen["localStorage"], "a", "{seen}");
+    assert!(seen["screenshotBytes"].as_u64().unwrap() > 1000, "{seen}");
+    let a_id = a["session_id"].as_str().unwrap();
+    let ended = eventually_async(Duration::from_secs(10), || async {
+        server.get(a_id).await.json["end_reason"] == "browser exited"
+    })
+    .await;
+    assert!(ended, "{}", server.get(a_id).await.json);
+
+    // Playwright on another session of the same tenant: nothing of A's, and its own.
+    let b = create(&server, KEY_A, json!({})).await;
+    let seen = node("context_session.mjs", &["playwright", cdp_url(&b), &site, "-"]).await;
+    assert_eq!(seen["contexts"], 1, "contexts()[0] is the session's: {seen}");
+    assert_eq!(seen["pagesAtStart"], 1, "{seen}");
+    assert_eq!(seen["cookies"], json!([]), "{seen}");
+    assert_eq!(seen["localStorage"], Value::Null, "{seen}");
+    let seen = node("context_session.mjs", &["playwright", cdp_url(&b), &site, "b"]).await;
+    assert_eq!(seen["cookies"], json!(["who=b"]), "{seen}");
+    assert_eq!(seen["storageOrigins"], json!(["who=b"]), "{seen}");
+    assert_eq!(
+        server.get(b["session_id"].as_str().unwrap()).await.json["status"],
+        "active"
+    );
+
+    // dari-python's whole session walk, with every session a context session.
+    let output = finished(
+        tokio::process::Command::new(python())
+            .arg(repo_root().join("tests/py/dari_sessions.py"))
+            .arg(server.url(""))
+            .arg(KEY_B),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["created_status"], "active", "{report}");
+    assert_eq!(report["after_terminate"], "terminated", "{report}");
+    assert_eq!(report["after_delete_status"], 404, "{report}");
+    server.stop().await;
+}
+
+/// The shared browsers of `server`: (pid, contexts, draining), oldest first.
+fn shared(server: &TestServer) -> Vec<(u32, usize, bool)> {
+    server
+        .broker
+        .shared
+        .browsers()
+        .into_iter()
+        .map(|b| (b.pid, b.contexts, b.draining))
+        .collect()
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A shared browser that crashes ends its own sessions and no one else's, and is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_shared_browser_ends_exactly_its_sessions() {
+    let server = start(|_| {}).await;
+    let a1 = create(&server, KEY_A, json!({})).await;
+    let a2 = create(&server, KEY_A, json!({})).await;
+    let [(a_browser, 2, false)] = shared(&server)[..] else {
+        panic!("{:?}", shared(&server))
+    };
+    let b = create(&server, KEY_B, json!({})).await;
+    let process = create(&server, KEY_A, json!({"isolation": "process"})).await;
+    assert_eq!(process["isolation"], "process");
+    assert_eq!(shared(&server).len(), 2, "tenants do not share: {:?}", shared(&server));
+    let mut a1_client = ws_connect(cdp_url(&a1)).await.unwrap();
+    cdp_call(&mut a1_client, 1, "Browser.getVersion", json!({})).await;
+
+    kill(a_browser, libc::SIGKILL);
+    let (code, reason) = await_close(&mut a1_client, Duration::from_secs(15))
+        .await
+        .expect("the client is told");
+    assert_eq!((code, reason.as_str()), (4003, "browser crashed"));
+    for session in [&a1, &a2] {
+        let id = session["session_id"].as_str().unwrap();
+        let ended = eventually_async(Duration::from_secs(10), || async {
+            server.get(id).await.json["end_reason"] == "browser crashed"
+        })
+        .await;
+        assert!(ended, "{}", server.get(id).await.json);
+        assert_eq!(server.get(id).await.json["status"], "terminated");
+    }
+    for session in [&b, &process] {
+        let mut client = ws_connect(cdp_url(session)).await.unwrap();
+        let version = cdp_call(&mut client, 1, "Browser.getVersion", json!({})).await;
+        assert!(version["result"]["product"].is_string(), "{version}");
+    }
+    let b_key = server
+        .call(
+            Method::GET,
+            &format!("/public/sessions/{}", b["session_id"].as_str().unwrap()),
+            Some(KEY_B),
+            None,
+        )
+        .await;
+    assert_eq!(b_key.json["status"], "active");
+    // The next session of A's gets a new shared browser.
+    let a3 = create(&server, KEY_A, json!({})).await;
+    let mut client = ws_connect(cdp_url(&a3)).await.unwrap();
+    assert!(cdp_call(&mut client, 1, "Target.getTargets", json!({})).await["result"].is_object());
+    assert!(shared(&server).iter().all(|(pid, ..)| *pid != a_browser));
+    server.stop().await;
+}
+
+/// A tenant's sessions fill its shared browsers; a browser is recycled after its allowance,
+/// and an empty one of another tenant makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_browsers_serve_one_tenant_and_are_recycled() {
+    let server = start(|c| {
+        c.context_browsers = 2;
+        c.max_contexts_per_browser = 2;
+        c.context_recycle_after = 3;
+        c.queue_timeout_ms = 300;
+    })
+    .await;
+    let terminate = async |key: &str, session: &Value| {
+        let path = format!("/public/sessions/{}/terminate", session["session_id"].as_str().unwrap());
+        assert_eq!(
+            server.call(Method::POST, &path, Some(key), None).await.status,
+            StatusCode::NO_CONTENT
+        );
+    };
+    let a1 = create(&server, KEY_A, json!({})).await;
+    let a2 = create(&server, KEY_A, json!({})).await;
+    let [(x, 2, false)] = shared(&server)[..] else {
+        panic!("{:?}", shared(&server))
+    };
+    terminate(KEY_A, &a1).await;
+    assert!(eventually(Duration::from_secs(10), || shared(&server) == [(x, 1, false)]).await);
+    // The third context of X is its last: it drains.
+    let a3 = create(&server, KEY_A, json!({})).await;
+    assert_eq!(shared(&server), [(x, 2, true)]);
+    let a4 = create(&server, KEY_A, json!({})).await;
+    let [_, (y, 1, false)] = shared(&server)[..] else {
+        panic!("{:?}", shared(&server))
+    };
+    // Two browsers, both A's and neither empty: B waits, then is refused.
+    let refused = server
+        .call(Method::POST, "/public/sessions", Some(KEY_B), Some("{}"))
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    // X's last sessions end: it is closed.
+    terminate(KEY_A, &a2).await;
+    terminate(KEY_A, &a3).await;
+    assert!(
+        eventually(Duration::from_secs(15), || !process_exists(x)).await,
+        "X is closed"
+    );
+    assert_eq!(shared(&server), [(y, 1, false)]);
+    let b1 = create(&server, KEY_B, json!({})).await;
+    let b2 = create(&server, KEY_B, json!({})).await;
+    let [(_, 1, false), (z, 2, false)] = shared(&server)[..] else {
+        panic!("{:?}", shared(&server))
+    };
+    // A's browser empties; B, out of room, gets it retired for a browser of its own.
+    terminate(KEY_A, &a4).await;
+    assert!(eventually(Duration::from_secs(10), || shared(&server)[0] == (y, 0, false)).await);
+    let _b3 = create(&server, KEY_B, json!({})).await;
+    assert!(
+        eventually(Duration::from_secs(15), || !process_exists(y)).await,
+        "Y is retired"
+    );
+    let now = shared(&server);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.iter().any(|b| *b == (z, 2, false)), "{now:?}");
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(metrics.contains("cdpgate_shared_browser_recycles_total 2"), "{metrics}");
+    for session in [&b1, &b2] {
+        let mut client = ws_connect(cdp_url(session)).await.unwrap();
+        assert!(cdp_call(&mut client, 1, "Browser.getVersion", json!({})).await["result"].is_object());
+    }
     server.stop().await;
 }

@@ -300,7 +300,8 @@ impl Filter {
             "autoAttachRelated" | "activateTarget" | "closeTarget" => {
                 checked(self.own_target(params, "targetId", looked_up), Reply::Pass)
             }
-            "getTargetInfo" if page_level && !params.contains_key("targetId") => Decision::Pass(Reply::Pass),
+            // Without a target: the connection's own (the browser's, which Playwright reads).
+            "getTargetInfo" if !params.contains_key("targetId") => Decision::Pass(Reply::Pass),
             "getTargetInfo" => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
             "detachFromTarget" => match (params.get("sessionId"), params.get("targetId")) {
                 (Some(Value::String(s)), _) if self.sessions.contains(s) => Decision::Pass(Reply::Pass),

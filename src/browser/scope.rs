@@ -137,7 +137,11 @@ pub async fn pipe<B, C>(
                     }
                     outs
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    // Dropped without a close frame, as a browser that dies drops its
+                    // socket: the relay then tells the client why the session ended.
+                    return;
+                }
                 Some(Ok(_)) => Vec::new(),
             },
         };
@@ -165,9 +169,7 @@ pub async fn pipe<B, C>(
                 Out::Unknown(_) => Ok(()),
             };
             if sent.is_err() {
-                let _ = browser.close(None).await;
-                let _ = client.close(None).await;
-                return;
+                return; // either side gone: both sockets drop
             }
         }
     }

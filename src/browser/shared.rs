@@ -108,6 +108,17 @@ impl SharedBrowser {
     }
 }
 
+/// A shared browser as the operator sees it.
+#[derive(Debug, Clone)]
+pub struct SharedInfo {
+    pub id: String,
+    pub pid: u32,
+    /// Contexts (sessions) open in it.
+    pub contexts: usize,
+    /// Takes no new context; closed once its last one ends.
+    pub draining: bool,
+}
+
 /// A session's context, held until the session ends; dropping it disposes the context.
 pub struct ContextLease {
     pub shared: Arc<SharedBrowser>,
@@ -434,14 +445,19 @@ impl SharedBrowsers {
         Ok(lease)
     }
 
-    /// Contexts open in each shared browser, by browser id.
-    pub fn contexts_by_browser(&self) -> Vec<(String, usize)> {
+    /// The shared browsers in service (draining ones included).
+    pub fn browsers(&self) -> Vec<SharedInfo> {
         let state = self.state.lock().expect("shared lock");
         state
             .browsers
             .iter()
             .filter(|b| b.browser.is_alive())
-            .map(|b| (b.browser.id.clone(), b.contexts()))
+            .map(|b| SharedInfo {
+                id: b.browser.id.clone(),
+                pid: b.browser.pid,
+                contexts: b.contexts(),
+                draining: b.draining.load(Relaxed),
+            })
             .collect()
     }
 
