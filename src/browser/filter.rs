@@ -232,7 +232,7 @@ impl Filter {
         let (domain, name) = method.split_once('.').unwrap_or((method, ""));
         let refuse = |why: &str| Decision::Refuse(format!("'{method}' is not allowed in a context session: {why}"));
         match (domain, name) {
-            ("Target", _) => self.decide_target(name, params, page_level, looked_up, refuse),
+            ("Target", _) => self.decide_target(name, params, looked_up, refuse),
             ("Browser", "getVersion") => Decision::Pass(Reply::Pass),
             ("Browser", "close") => Decision::End,
             ("Browser", "setDownloadBehavior" | "grantPermissions" | "resetPermissions" | "setPermission")
@@ -272,7 +272,6 @@ impl Filter {
         &mut self,
         name: &str,
         params: &mut Map<String, Value>,
-        page_level: bool,
         looked_up: bool,
         refuse: impl Fn(&str) -> Decision,
     ) -> Decision {
