@@ -530,7 +530,7 @@ async fn shared_browsers_serve_one_tenant_and_are_recycled() {
     );
     let now = shared(&server);
     assert_eq!(now.len(), 2, "{now:?}");
-    assert!(now.iter().any(|b| *b == (z, 2, false)), "{now:?}");
+    assert!(now.contains(&(z, 2, false)), "{now:?}");
     let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
     assert!(metrics.contains("cdpgate_shared_browser_recycles_total 2"), "{metrics}");
     for session in [&b1, &b2] {
