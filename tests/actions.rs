@@ -562,3 +562,37 @@ async fn actions_on_a_session_run_in_turn_and_end_with_it() {
     assert!(started.elapsed() < Duration::from_secs(10));
     server.stop().await;
 }
+
+/// Single actions on a context session: an auto-session asked to be one, then a login in
+/// it, which a Puppeteer client of the session sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_run_on_a_context_session() {
+    let server = TestServer::start_with(|c| c.pool_size = 0).await;
+    let site = serve_pages(site).await;
+    // A neighbour in the same shared browser, whose tab the actions must not pick.
+    server.create(json!({"isolation": "context"})).await;
+    let r = run(
+        &server,
+        json!({"action": format!("open {} then read the title", url(site, "/login")), "isolation": "context"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json["result"], "Sign in", "{}", r.body);
+    let sid = r.json["session_id"].as_str().unwrap().to_owned();
+    let got = server.get(&sid).await.json;
+    assert_eq!(got["isolation"], "context", "{got}");
+    assert_eq!(server.broker.shared.browsers().len(), 1, "both in one shared browser");
+    let vars = json!({"user": "alice", "password": PASSWORD});
+    for action in [
+        "Type {{user}} into the Username field",
+        "type {{password}} into the Password field",
+    ] {
+        let r = run(&server, json!({"session_id": sid, "action": action, "variables": vars})).await;
+        assert_eq!(r.json["success"], true, "{action}: {}", r.body);
+    }
+    ok(&server, &sid, "Click the Sign in button").await;
+    assert_eq!(ok(&server, &sid, "get the text of the heading").await, "Welcome, alice");
+    let seen = node("read_page.mjs", &[got["cdp_url"].as_str().unwrap(), "/welcome"]).await;
+    assert_eq!(seen["heading"], "Welcome, alice", "{seen}");
+    server.stop().await;
+}

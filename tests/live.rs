@@ -28,11 +28,30 @@ async fn start_pages() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_watches_and_drives_the_session() {
-    let server = TestServer::start().await;
+    watch_and_drive("process").await;
+}
+
+/// The same on a context session: the viewer sees and drives the context's tabs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_watches_and_drives_a_context_session() {
+    watch_and_drive("context").await;
+}
+
+async fn watch_and_drive(isolation: &str) {
+    let server = TestServer::start_with(|c| {
+        if isolation == "context" {
+            c.pool_size = 0;
+        }
+    })
+    .await;
     let pages = start_pages().await;
     let session = server
-        .create(json!({"screen_config": {"width": 1024, "height": 640}}))
+        .create(json!({"screen_config": {"width": 1024, "height": 640}, "isolation": isolation}))
         .await;
+    // Another context session in the same shared browser, whose tab the viewer must not see.
+    if isolation == "context" {
+        server.create(json!({"isolation": isolation})).await;
+    }
     let id = session["session_id"].as_str().unwrap();
     let live = session["metadata"]["live_url"].as_str().unwrap();
     let read_only = session["metadata"]["live_url_read_only"].as_str().unwrap();
