@@ -789,3 +789,45 @@ async fn bad_options_are_refused_by_name_and_change_nothing() {
     assert_eq!(list.json["total"], 0, "{}", list.body);
     server.stop().await;
 }
+
+/// A context session's pages go through its own gateway (the context's `proxyServer`): its
+/// proxy, the egress policy and its byte counts, apart from its neighbours in the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_sessions_have_their_own_proxy_and_policy() {
+    let site = start_site().await;
+    let hosts: Hosts = Arc::new(HashMap::from([("site.test:80".to_owned(), site)]));
+    let (http_proxy, http_seen) = start_http_proxy(hosts).await;
+    let server = TestServer::start_with(|c| c.pool_size = 0).await;
+    let proxy = json!({"server": format!("http://{http_proxy}"), "username": USER, "password": PASSWORD});
+    let proxied = create(server.addr, json!({"isolation": "context", "proxy": proxy})).await;
+    let direct = create(server.addr, json!({"isolation": "context"})).await;
+    assert_eq!(server.broker.shared.browsers().len(), 1, "one shared browser");
+    assert_eq!(proxied["proxy"]["server"], format!("http://{http_proxy}"));
+
+    let seen = visit(&proxied, "http://site.test/", "document.title").await;
+    assert_eq!(seen["title"], "cdpgate test site", "{seen}");
+    assert!(seen_targets(&http_seen).contains(&"GET http://site.test/".to_owned()));
+    // The neighbour has no proxy: the name does not resolve, and the proxy saw nothing of it.
+    let before = seen_targets(&http_seen).len();
+    let seen = visit(&direct, "http://site.test/", "").await;
+    assert_eq!(seen["ok"], false, "{seen}");
+    assert_eq!(seen_targets(&http_seen).len(), before, "{:?}", seen_targets(&http_seen));
+    let record = get(server.addr, proxied["session_id"].as_str().unwrap()).await.json;
+    assert!(record["network"]["bytes_in"].as_u64().unwrap() > 0, "{record}");
+    // The policy holds for context pages too: the broker's own address is refused.
+    let broker_api = format!(
+        "fetch('http://{}/health').then(() => 'open', () => 'refused')",
+        server.addr
+    );
+    let seen = visit(&direct, &format!("http://{site}/"), &broker_api).await;
+    assert_eq!(seen["title"], "cdpgate test site", "{seen}");
+    assert_eq!(seen["value"], "refused", "{seen}");
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cdpgate_browser_egress_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(refused >= 1, "counted as refused by the policy: {metrics}");
+    server.stop().await;
+}
