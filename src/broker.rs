@@ -375,6 +375,8 @@ impl Broker {
                 queue_timeout: config.queue_timeout(),
                 screen: config.default_screen(),
                 ws_config: config.ws_config(),
+                spares: config.context_spares,
+                warm_browsers: config.context_warm_browsers,
             },
             browser_egress.clone(),
             metrics.clone(),
@@ -388,6 +390,7 @@ impl Broker {
             metrics.clone(),
         ));
         tracker.spawn(pool.clone().run_refill(shutdown.clone()));
+        tracker.spawn(shared.clone().run_warm(shutdown.clone()));
 
         let broker = Arc::new(Broker {
             urls: PublicUrls::new(&config.public_url, bound, config.tls_enabled()),

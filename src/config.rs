@@ -91,6 +91,12 @@ pub struct Config {
     /// Memory (PSS of all its processes, MiB) past which a shared browser takes no new
     /// context and is replaced once its sessions end. 0: no limit.
     pub context_browser_max_memory_mb: u64,
+    /// Contexts each shared browser keeps prepared (first tab open at the default screen),
+    /// so that a context session is handed out without waiting for Chrome.
+    pub context_spares: usize,
+    /// Shared browsers kept started for no tenant yet, so that a tenant's first context
+    /// session does not wait for a launch (each holds a Chrome's memory while idle).
+    pub context_warm_browsers: usize,
     /// PEM certificate chain and private key: with both, the API is https and every
     /// `cdp_url` is `wss://` (`CDPGATE_TLS_CERT`, `CDPGATE_TLS_KEY`). Empty: plain HTTP.
     pub tls_cert: String,
@@ -188,6 +194,8 @@ impl Default for Config {
             context_sharing: "tenant".into(),
             context_recycle_after: 1000,
             context_browser_max_memory_mb: 4096,
+            context_spares: 2,
+            context_warm_browsers: 0,
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_handshake_timeout_ms: 10_000,
@@ -301,6 +309,8 @@ impl Config {
             max_contexts_per_browser,
             context_recycle_after,
             context_browser_max_memory_mb,
+            context_spares,
+            context_warm_browsers,
             tls_handshake_timeout_ms,
             creates_per_minute,
             max_connections_per_session,

@@ -539,3 +539,72 @@ async fn shared_browsers_serve_one_tenant_and_are_recycled() {
     }
     server.stop().await;
 }
+
+/// The page targets Chrome itself lists on `port` (every context's).
+async fn chrome_pages(port: u16) -> Vec<String> {
+    let list = cdpgate::browser::cdp::get_json(&format!("127.0.0.1:{port}"), "/json/list")
+        .await
+        .unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "page")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// With a warm browser and spare contexts, a tenant's first context session takes a tab
+/// that was ready before it was asked for, in a browser started before it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
+    let server = start(|c| {
+        c.context_warm_browsers = 1;
+        c.context_spares = 2;
+        c.context_browsers = 3;
+    })
+    .await;
+    let ready = || server.broker.shared.browsers();
+    assert!(
+        eventually(Duration::from_secs(20), || ready().len() == 1).await,
+        "a warm browser"
+    );
+    let warm = ready()[0].clone();
+    assert_eq!(warm.contexts, 0);
+    assert!(
+        eventually_async(Duration::from_secs(20), || async {
+            chrome_pages(warm.port).await.len() >= 2
+        })
+        .await,
+        "its spare tabs"
+    );
+    let spares = chrome_pages(warm.port).await;
+    let a = create(&server, KEY_A, json!({})).await;
+    let mut client = Cdp::connect(cdp_url(&a)).await;
+    let pages = client.pages().await;
+    assert_eq!(pages.len(), 1, "{pages:?}");
+    assert!(
+        spares.contains(&pages[0].0),
+        "the session's tab {} was a spare: {spares:?}",
+        pages[0].0
+    );
+    assert!(
+        ready().iter().any(|b| b.pid == warm.pid && b.contexts == 1),
+        "{:?}",
+        ready()
+    );
+    // Another warm browser comes for the next tenant; B's first session is served there.
+    assert!(
+        eventually(Duration::from_secs(20), || ready().len() == 2).await,
+        "{:?}",
+        ready()
+    );
+    let b = create(&server, KEY_B, json!({})).await;
+    let mut client = Cdp::connect(cdp_url(&b)).await;
+    assert_eq!(client.pages().await.len(), 1);
+    let now = ready();
+    assert!(
+        now.iter().filter(|b| b.contexts == 1).count() == 2,
+        "A and B apart: {now:?}"
+    );
+    server.stop().await;
+}

@@ -31,6 +31,9 @@ use super::pool::PoolError;
 use super::scope::{CALL_TIMEOUT, ContextScope};
 use crate::metrics::Metrics;
 
+/// How long spare contexts wait after a handout before they are made.
+const SPARE_QUIET: Duration = Duration::from_millis(200);
+
 /// How often a shared browser's memory is read.
 const MEMORY_CHECK: Duration = Duration::from_secs(10);
 
@@ -52,6 +55,12 @@ pub struct SharedSettings {
     pub screen: Screen,
     /// Message and frame limits of the filter pipes.
     pub ws_config: WebSocketConfig,
+    /// Contexts each shared browser keeps prepared (first tab open at `screen`), so that a
+    /// create takes one instead of waiting for Chrome.
+    pub spares: usize,
+    /// Shared browsers kept started for no tenant yet, so that a tenant's first context
+    /// session does not wait for a launch.
+    pub warm_browsers: usize,
 }
 
 pub struct SharedBrowsers {
@@ -60,6 +69,8 @@ pub struct SharedBrowsers {
     state: Mutex<State>,
     /// Fires when a context slot frees up or a shared browser goes.
     released: Notify,
+    /// Wakes the task that keeps unclaimed browsers warm.
+    warm: Notify,
     own_ports: Arc<Mutex<HashSet<u16>>>,
     policy: Arc<Egress>,
     metrics: Arc<Metrics>,
@@ -75,8 +86,12 @@ struct State {
 /// A browser whose contexts are sessions.
 pub struct SharedBrowser {
     pub browser: Browser,
-    /// The tenant it serves (`None`: any).
-    owner: Option<String>,
+    /// The tenant it serves: set by its first session unless any tenant may share it.
+    owner: Mutex<Option<String>>,
+    /// Contexts prepared ahead of demand.
+    spares: Mutex<Vec<Prepared>>,
+    /// Set while a task prepares spares.
+    preparing: AtomicBool,
     /// The broker's own connection: creates and disposes contexts, discovers targets.
     client: Arc<Client>,
     pub targets: Arc<Targets>,
@@ -103,9 +118,31 @@ impl SharedBrowser {
     fn takes(&self, tenant: &str, settings: &SharedSettings) -> bool {
         self.browser.is_alive()
             && !self.draining.load(Relaxed)
-            && self.owner.as_deref().is_none_or(|o| o == tenant)
+            && self
+                .owner
+                .lock()
+                .expect("owner lock")
+                .as_deref()
+                .is_none_or(|o| o == tenant)
             && self.live.load(Relaxed) < settings.per_browser
     }
+
+    /// Serves no tenant yet.
+    fn unclaimed(&self) -> bool {
+        self.owner.lock().expect("owner lock").is_none() && self.live.load(Relaxed) == 0
+    }
+
+    fn take_spare(&self) -> Option<Prepared> {
+        self.spares.lock().expect("spares lock").pop()
+    }
+}
+
+/// A context made ahead of its session: its gateway and its first tab.
+struct Prepared {
+    context: String,
+    gateway: Arc<Gateway>,
+    /// Stops the gateway; cancelled when the context ends (or the browser exits).
+    stop: CancellationToken,
 }
 
 /// A shared browser as the operator sees it.
@@ -113,6 +150,8 @@ impl SharedBrowser {
 pub struct SharedInfo {
     pub id: String,
     pub pid: u32,
+    /// Its DevTools port on 127.0.0.1.
+    pub port: u16,
     /// Contexts (sessions) open in it.
     pub contexts: usize,
     /// Takes no new context; closed once its last one ends.
@@ -135,27 +174,26 @@ impl Drop for ContextLease {
         self.gateway_stop.cancel();
         let (shared, context) = (self.shared.clone(), self.scope.context.clone());
         let browsers = self.browsers.clone();
-        let port = self.gateway.port;
-        let dispose = async move {
-            let params = json!({ "browserContextId": context });
-            let _ = shared
-                .client
-                .call(None, "Target.disposeBrowserContext", params, CALL_TIMEOUT)
-                .await;
+        let finish = async move {
+            dispose(&shared, &context).await;
             if let Some(browsers) = browsers.upgrade() {
-                browsers.own_ports.lock().expect("ports lock").remove(&port);
                 browsers.release(&shared);
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(dispose);
-            }
-            Err(_) => {
-                // No runtime left (the broker is gone): the browser goes with it.
-            }
+        // Without a runtime (the broker is gone) the browser goes with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(finish);
         }
     }
+}
+
+/// Disposes a context: its tabs close, its storage is gone.
+async fn dispose(shared: &SharedBrowser, context: &str) {
+    let params = json!({ "browserContextId": context });
+    let _ = shared
+        .client
+        .call(None, "Target.disposeBrowserContext", params, CALL_TIMEOUT)
+        .await;
 }
 
 enum Reserved {
@@ -172,6 +210,7 @@ impl SharedBrowsers {
             settings,
             state: Mutex::default(),
             released: Notify::new(),
+            warm: Notify::new(),
             policy,
             metrics,
         }
@@ -195,7 +234,7 @@ impl SharedBrowsers {
             released.as_mut().enable();
             match self.reserve(tenant) {
                 Reserved::On(shared) => break shared,
-                Reserved::Launch => break self.start(tenant).await?,
+                Reserved::Launch => break self.start(Some(tenant)).await?,
                 Reserved::Full => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !wait || left.is_zero() || tokio::time::timeout(left, released).await.is_err() {
@@ -204,30 +243,50 @@ impl SharedBrowsers {
                 }
             }
         };
-        self.open_context(&shared, screen, span, proxy)
-            .await
-            .map_err(PoolError::Setup)
+        let prepared = match shared.take_spare().filter(|_| screen == self.settings.screen) {
+            Some(spare) => spare,
+            None => match self.prepare(&shared, screen).await {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    self.release(&shared);
+                    return Err(PoolError::Setup(e));
+                }
+            },
+        };
+        self.prepare_spares(&shared);
+        self.warm.notify_one();
+        Ok(self.bind(&shared, prepared, span, proxy))
     }
 
-    /// Takes a context slot on a browser that serves `tenant`, or room to start one.
+    /// Takes a context slot on a browser that serves `tenant` (the fullest, so the others
+    /// can empty), or on a browser no tenant has claimed yet, or room to start one.
     fn reserve(&self, tenant: &str) -> Reserved {
         let mut state = self.state.lock().expect("shared lock");
         state.browsers.retain(|b| b.browser.is_alive());
-        let fullest = state
+        let open = |b: &&Arc<SharedBrowser>| b.takes(tenant, &self.settings);
+        let chosen = match state
             .browsers
             .iter()
-            .filter(|b| b.takes(tenant, &self.settings))
-            .max_by_key(|b| b.live.load(Relaxed));
-        if let Some(shared) = fullest {
-            self.count_context(shared);
-            return Reserved::On(shared.clone());
+            .filter(open)
+            .filter(|b| !b.unclaimed())
+            .max_by_key(|b| b.contexts())
+        {
+            Some(own) => Some(own.clone()),
+            None => state.browsers.iter().find(|b| b.unclaimed() && open(b)).cloned(),
+        };
+        if let Some(shared) = chosen {
+            if !self.settings.any_tenant {
+                *shared.owner.lock().expect("owner lock") = Some(tenant.to_owned());
+            }
+            self.count_context(&shared);
+            return Reserved::On(shared);
         }
         if state.browsers.len() + state.launching < self.settings.browsers {
             state.launching += 1;
             return Reserved::Launch;
         }
         // Another tenant's empty browser makes room for this one.
-        if let Some(at) = state.browsers.iter().position(|b| b.live.load(Relaxed) == 0) {
+        if let Some(at) = state.browsers.iter().position(|b| b.contexts() == 0) {
             state.browsers.remove(at);
             self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
             state.launching += 1;
@@ -256,17 +315,24 @@ impl SharedBrowsers {
             }
         }
         self.released.notify_waiters();
+        self.warm.notify_one();
     }
 
-    /// Starts a shared browser for `tenant` with one context slot taken.
-    async fn start(self: &Arc<Self>, tenant: &str) -> Result<Arc<SharedBrowser>, PoolError> {
+    /// Starts a shared browser, for `tenant` with one context slot taken, or unclaimed.
+    async fn start(self: &Arc<Self>, tenant: Option<&str>) -> Result<Arc<SharedBrowser>, PoolError> {
         let started = self.launch(tenant).await;
         let mut state = self.state.lock().expect("shared lock");
         state.launching -= 1;
         match started {
             Ok(shared) => {
-                self.count_context(&shared);
+                if tenant.is_some() {
+                    self.count_context(&shared);
+                }
                 state.browsers.push(shared.clone());
+                drop(state);
+                if tenant.is_none() {
+                    self.prepare_spares(&shared);
+                }
                 Ok(shared)
             }
             Err(e) => {
@@ -277,7 +343,50 @@ impl SharedBrowsers {
         }
     }
 
-    async fn launch(self: &Arc<Self>, tenant: &str) -> Result<Arc<SharedBrowser>, PoolError> {
+    /// Keeps `warm_browsers` unclaimed shared browsers started (while there is room for
+    /// them) until `shutdown`.
+    pub async fn run_warm(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.settings.warm_browsers == 0 {
+            return;
+        }
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let launch = {
+                let mut state = self.state.lock().expect("shared lock");
+                state.browsers.retain(|b| b.browser.is_alive());
+                let unclaimed = state.browsers.iter().filter(|b| b.unclaimed()).count();
+                let room = state.browsers.len() + state.launching < self.settings.browsers;
+                let launch = unclaimed + state.launching < self.settings.warm_browsers && room;
+                if launch {
+                    state.launching += 1;
+                }
+                launch
+            };
+            if launch {
+                let started = tokio::select! {
+                    started = self.start(None) => started,
+                    _ = shutdown.cancelled() => return,
+                };
+                if started.is_err() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                } else {
+                    backoff = Duration::from_millis(250);
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.warm.notified() => {}
+                _ = self.launcher.exits.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn launch(self: &Arc<Self>, tenant: Option<&str>) -> Result<Arc<SharedBrowser>, PoolError> {
         let browser = self.launcher.launch(self.settings.screen).await?;
         let client = Arc::new(
             Client::connect(&browser.ws_url())
@@ -331,7 +440,9 @@ impl SharedBrowsers {
         };
         Ok(Arc::new(SharedBrowser {
             browser,
-            owner: (!self.settings.any_tenant).then(|| tenant.to_owned()),
+            owner: Mutex::new(tenant.filter(|_| !self.settings.any_tenant).map(str::to_owned)),
+            spares: Mutex::default(),
+            preparing: AtomicBool::new(false),
             client,
             targets,
             live: AtomicUsize::new(0),
@@ -357,35 +468,27 @@ impl SharedBrowsers {
         }
     }
 
-    /// Opens a context on `shared`, whose slot is taken; gives the slot back if it fails.
-    async fn open_context(
-        self: &Arc<Self>,
-        shared: &Arc<SharedBrowser>,
-        screen: Screen,
-        span: tracing::Span,
-        proxy: Option<UpstreamProxy>,
-    ) -> Result<ContextLease, String> {
+    /// Makes a context on `shared` with its gateway and its first tab at `screen`.
+    async fn prepare(&self, shared: &Arc<SharedBrowser>, screen: Screen) -> Result<Prepared, String> {
         let stop = CancellationToken::new();
-        // The gateway stops with the context, or with the browser.
-        let browser_gone = shared.browser.exited();
-        let gateway_stop = stop.clone();
+        let gateway = Gateway::start(self.policy.clone(), self.metrics.clone(), stop.clone())
+            .await
+            .map_err(|e| format!("the context's gateway could not start: {e}"))?;
+        // The gateway stops with the context, or with the browser; its port is then free.
+        let port = gateway.port;
+        self.own_ports.lock().expect("ports lock").insert(port);
+        let (browser_gone, gateway_stop, own_ports) = (shared.browser.exited(), stop.clone(), self.own_ports.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = browser_gone.cancelled() => gateway_stop.cancel(),
                 _ = gateway_stop.cancelled() => {}
             }
+            own_ports.lock().expect("ports lock").remove(&port);
         });
-        let gateway = match Gateway::start(self.policy.clone(), self.metrics.clone(), stop.clone()).await {
-            Ok(gateway) => gateway,
-            Err(e) => {
-                stop.cancel();
-                self.release(shared);
-                return Err(format!("the context's gateway could not start: {e}"));
-            }
+        let fail = |what: &str, e: CallError| {
+            stop.cancel();
+            format!("{what}: {e:?}")
         };
-        self.own_ports.lock().expect("ports lock").insert(gateway.port);
-        let traffic = gateway.assign(span, proxy);
-        let fail = |what: &str, e: CallError| format!("{what}: {e:?}");
         let created = shared
             .client
             .call(
@@ -393,56 +496,87 @@ impl SharedBrowsers {
                 "Target.createBrowserContext",
                 json!({
                     "disposeOnDetach": true,
-                    "proxyServer": format!("http://127.0.0.1:{}", gateway.port),
+                    "proxyServer": format!("http://127.0.0.1:{port}"),
                     "proxyBypassList": "<-loopback>",
                 }),
                 CALL_TIMEOUT,
             )
-            .await;
-        let context = match created {
-            Ok(created) => created["browserContextId"].as_str().unwrap_or_default().to_owned(),
-            Err(e) => {
-                stop.cancel();
-                self.own_ports.lock().expect("ports lock").remove(&gateway.port);
-                self.release(shared);
-                return Err(fail("the browser context could not be created", e));
+            .await
+            .map_err(|e| fail("the browser context could not be created", e))?;
+        let context = created["browserContextId"].as_str().unwrap_or_default().to_owned();
+        let tab = json!({
+            "url": "about:blank",
+            "browserContextId": context,
+            "width": screen.width,
+            "height": screen.height + self.launcher.frame_height(),
+        });
+        match shared.client.call(None, "Target.createTarget", tab, CALL_TIMEOUT).await {
+            Ok(created) => {
+                let target = created["targetId"].as_str().unwrap_or_default();
+                shared.targets.insert(target, &context);
             }
-        };
+            Err(e) => {
+                dispose(shared, &context).await;
+                return Err(fail("the context's first tab could not be opened", e));
+            }
+        }
+        self.metrics.contexts_created.fetch_add(1, Relaxed);
+        Ok(Prepared { context, gateway, stop })
+    }
+
+    /// Hands the prepared context to a session.
+    fn bind(
+        self: &Arc<Self>,
+        shared: &Arc<SharedBrowser>,
+        prepared: Prepared,
+        span: tracing::Span,
+        proxy: Option<UpstreamProxy>,
+    ) -> ContextLease {
+        let traffic = prepared.gateway.assign(span, proxy);
         let scope = Arc::new(ContextScope::new(
-            context,
+            prepared.context,
             shared.targets.clone(),
             shared.client.clone(),
             self.metrics.clone(),
             self.settings.ws_config,
         ));
-        // From here on the lease disposes the context if anything fails.
-        let lease = ContextLease {
+        ContextLease {
             shared: shared.clone(),
-            scope: scope.clone(),
-            gateway,
+            scope,
+            gateway: prepared.gateway,
             traffic,
-            gateway_stop: stop,
+            gateway_stop: prepared.stop,
             browsers: Arc::downgrade(self),
-        };
-        let frame = self.launcher.frame_height();
-        let tab = json!({
-            "url": "about:blank",
-            "browserContextId": scope.context,
-            "width": screen.width,
-            "height": screen.height + frame,
-        });
-        match shared.client.call(None, "Target.createTarget", tab, CALL_TIMEOUT).await {
-            Ok(created) => {
-                let target = created["targetId"].as_str().unwrap_or_default();
-                scope.targets.insert(target, &scope.context);
-            }
-            Err(e) => {
-                drop(lease); // disposes the context and gives the slot back
-                return Err(fail("the context's first tab could not be opened", e));
-            }
         }
-        self.metrics.contexts_created.fetch_add(1, Relaxed);
-        Ok(lease)
+    }
+
+    /// Tops up `shared`'s spare contexts in a task of its own, after a pause that lets the
+    /// session just handed out have the browser first.
+    fn prepare_spares(self: &Arc<Self>, shared: &Arc<SharedBrowser>) {
+        if self.settings.spares == 0 || shared.preparing.swap(true, Relaxed) {
+            return;
+        }
+        let (browsers, shared) = (self.clone(), shared.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_QUIET).await;
+            loop {
+                let wanted = shared.browser.is_alive()
+                    && !shared.draining.load(Relaxed)
+                    && shared.spares.lock().expect("spares lock").len() < browsers.settings.spares
+                    && shared.contexts() < browsers.settings.per_browser;
+                if !wanted {
+                    break;
+                }
+                match browsers.prepare(&shared, browsers.settings.screen).await {
+                    Ok(spare) => shared.spares.lock().expect("spares lock").push(spare),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not prepare a spare context");
+                        break;
+                    }
+                }
+            }
+            shared.preparing.store(false, Relaxed);
+        });
     }
 
     /// The shared browsers in service (draining ones included).
@@ -455,6 +589,7 @@ impl SharedBrowsers {
             .map(|b| SharedInfo {
                 id: b.browser.id.clone(),
                 pid: b.browser.pid,
+                port: b.browser.port,
                 contexts: b.contexts(),
                 draining: b.draining.load(Relaxed),
             })
