@@ -114,3 +114,189 @@ pub fn instruction(data: &[u8]) {
     body.insert("action".into(), Value::String(text.to_owned()));
     let _ = crate::http::actions::validate_body(&body);
 }
+
+/// A context session's CDP filter fed a script of client commands and browser messages
+/// (built from the bytes: methods, ids, targets, sessions and contexts of the session's own
+/// or of another context, and raw text): nothing the client sent reaches the browser naming
+/// the other context's target, context or session, and nothing of them reaches the client.
+pub fn context_filter(data: &[u8]) {
+    use crate::browser::filter::{Filter, Out, Root, Targets};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const THEIRS: [&str; 3] = ["T-THEIRS", "CTX-THEIRS", "S-THEIRS"];
+    /// What of the client's input an output may carry back.
+    enum Echo {
+        None,
+        ToClient(String),
+        Both(String),
+    }
+    const METHODS: [&str; 24] = [
+        "Target.getTargets",
+        "Target.attachToTarget",
+        "Target.activateTarget",
+        "Target.closeTarget",
+        "Target.getTargetInfo",
+        "Target.createTarget",
+        "Target.detachFromTarget",
+        "Target.setAutoAttach",
+        "Target.setDiscoverTargets",
+        "Target.autoAttachRelated",
+        "Target.disposeBrowserContext",
+        "Target.getBrowserContexts",
+        "Target.sendMessageToTarget",
+        "Target.exposeDevToolsProtocol",
+        "Browser.close",
+        "Browser.setDownloadBehavior",
+        "Browser.grantPermissions",
+        "Browser.getWindowForTarget",
+        "Browser.setWindowBounds",
+        "Storage.getCookies",
+        "Storage.setCookies",
+        "Runtime.evaluate",
+        "Page.navigate",
+        "SystemInfo.getInfo",
+    ];
+    let names = |b: u8, ours: &str, theirs: &str| match b % 4 {
+        0 => None,
+        1 => Some(ours.to_owned()),
+        2 => Some(theirs.to_owned()),
+        _ => Some("UNKNOWN".to_owned()),
+    };
+    let targets = Arc::new(Targets::default());
+    targets.insert("T-OURS", "CTX-OURS");
+    targets.insert("T-THEIRS", "CTX-THEIRS");
+    let root = if data.first().is_some_and(|b| b & 1 == 1) {
+        Root::Page
+    } else {
+        Root::Browser
+    };
+    let mut filter = Filter::new("CTX-OURS", root, targets);
+    let mut rest = data.get(1..).unwrap_or_default();
+    // The commands that reached the browser, by (session, id): what its answers may hold.
+    let mut sent = std::collections::HashMap::<(Option<String>, i64), String>::new();
+    while let [op, a, b, c, tail @ ..] = rest {
+        rest = tail;
+        let mut browser_text = None;
+        let (outs, echo) = match op % 4 {
+            // Raw text from the client, as it comes.
+            0 => {
+                let len = usize::from(*a).min(rest.len());
+                let text = String::from_utf8_lossy(&rest[..len]).into_owned();
+                rest = &rest[len..];
+                (filter.on_client(&text, c & 1 == 1), Echo::Both(text))
+            }
+            // A command naming things of either context.
+            1 => {
+                let method = METHODS[usize::from(*c) % METHODS.len()];
+                let mut params = serde_json::Map::new();
+                // Page methods pass with whatever parameters they carry; the others may
+                // name things of either context.
+                let names_things = !(method.starts_with("Runtime.") || method.starts_with("Page."));
+                for (key, value) in [
+                    ("targetId", names(*b, "T-OURS", "T-THEIRS")),
+                    ("sessionId", names(*b >> 2, "S-OURS", "S-THEIRS")),
+                    ("browserContextId", names(*b >> 4, "CTX-OURS", "CTX-THEIRS")),
+                ] {
+                    if let Some(v) = value.filter(|_| names_things) {
+                        params.insert(key.into(), json!(v));
+                    }
+                }
+                params.insert("flatten".into(), json!(c & 2 == 2));
+                params.insert("windowId".into(), json!(c >> 4));
+                let mut message = json!({"id": a, "method": method, "params": params});
+                if let Some(s) = names(*b >> 6, "S-OURS", "S-THEIRS") {
+                    message["sessionId"] = json!(s);
+                }
+                let text = message.to_string();
+                (filter.on_client(&text, c & 1 == 1), Echo::ToClient(text))
+            }
+            // A target event of either context, on the root or a session.
+            2 => {
+                let context = if b & 1 == 0 { "CTX-OURS" } else { "CTX-THEIRS" };
+                let (target, session) = if b & 1 == 0 {
+                    ("T-OURS", "S-OURS")
+                } else {
+                    ("T-THEIRS", "S-THEIRS")
+                };
+                let method = [
+                    "targetCreated",
+                    "targetInfoChanged",
+                    "targetDestroyed",
+                    "attachedToTarget",
+                    "detachedFromTarget",
+                ][usize::from(*a) % 5];
+                let info = json!({"targetId": target, "type": "page", "browserContextId": context});
+                let mut event = json!({"method": format!("Target.{method}"), "params": {
+                    "targetInfo": info, "targetId": target, "sessionId": session, "waitingForDebugger": c & 1 == 1}});
+                if let Some(s) = names(*c >> 1, "S-OURS", "S-THEIRS") {
+                    event["sessionId"] = json!(s);
+                }
+                let text = event.to_string();
+                browser_text = Some(text.clone());
+                (filter.on_browser(&text), Echo::None)
+            }
+            // An answer to an id, listing targets of both contexts, or a page event.
+            _ => {
+                let infos = json!([
+                    {"targetId": "T-OURS", "browserContextId": "CTX-OURS"},
+                    {"targetId": "T-THEIRS", "browserContextId": "CTX-THEIRS"},
+                ]);
+                let session = names(*c, "S-OURS", "S-THEIRS");
+                // Chrome lists targets only in answer to `Target.getTargets`.
+                let asked = sent.get(&(session.clone(), i64::from(*a))).map(String::as_str);
+                let mut message = match b % 3 {
+                    0 if asked == Some("Target.getTargets") => json!({"id": a, "result": {"targetInfos": infos}}),
+                    0 => json!({"id": a, "result": {}}),
+                    1 => json!({"id": a, "result": {"sessionId": "S-OURS", "targetId": "T-OURS", "windowId": 1}}),
+                    _ => json!({"method": "Page.frameNavigated", "params": {"frame": {}}}),
+                };
+                if let Some(s) = session {
+                    message["sessionId"] = json!(s);
+                }
+                let text = message.to_string();
+                browser_text = Some(text.clone());
+                (filter.on_browser(&text), Echo::None)
+            }
+        };
+        for out in outs {
+            if let Out::Browser(t) = &out
+                && let Ok(m) = serde_json::from_str::<Value>(t)
+                && let (Some(id), Some(method)) = (m["id"].as_i64(), m["method"].as_str())
+            {
+                sent.insert((m["sessionId"].as_str().map(str::to_owned), id), method.to_owned());
+            }
+            let (to, text) = match out {
+                Out::Browser(t) => ("browser", t),
+                Out::Client(t) => ("client", t),
+                Out::Pass => ("client", browser_text.clone().unwrap_or_default()),
+                _ => continue,
+            };
+            if to == "browser" {
+                // The filter's own commands (negative ids) let go of another context's
+                // session an auto-attach made; nothing the client sent names theirs.
+                let own = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|m| m["id"].as_i64())
+                    .is_some_and(|id| id < 0);
+                if own {
+                    assert!(!text.contains("T-THEIRS") && !text.contains("CTX-THEIRS"), "{text}");
+                    continue;
+                }
+            }
+            // The client's own text may come back to it in an error; raw text may also be a
+            // page command passed on as it is (an expression that happens to name them).
+            let quoted = match &echo {
+                Echo::Both(t) => Some(t),
+                Echo::ToClient(t) if to == "client" => Some(t),
+                _ => None,
+            };
+            if quoted.is_some_and(|t| THEIRS.iter().any(|theirs| t.contains(theirs))) {
+                continue;
+            }
+            for theirs in THEIRS {
+                assert!(!text.contains(theirs), "{theirs} reached the {to}: {text}");
+            }
+        }
+    }
+}

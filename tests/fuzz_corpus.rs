@@ -7,12 +7,13 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("request_body", cdpgate::fuzzing::request_body),
     ("token", cdpgate::fuzzing::token),
     ("discovery", cdpgate::fuzzing::discovery),
     ("frames", cdpgate::fuzzing::frames),
     ("instruction", cdpgate::fuzzing::instruction),
+    ("context_filter", cdpgate::fuzzing::context_filter),
 ];
 
 #[test]

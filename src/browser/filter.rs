@@ -120,6 +120,67 @@ enum Decision {
 /// context's target, so that a client cannot tell the two apart.
 const NO_TARGET: &str = "No target with given id found";
 
+/// The parameters of the methods that name targets, sessions, windows or contexts (the
+/// protocol's own lists); the rest of what a client sends with them is dropped.
+const KNOWN_PARAMS: &[(&str, &[&str])] = &[
+    ("Target.getTargets", &["filter"]),
+    ("Target.setDiscoverTargets", &["discover", "filter"]),
+    (
+        "Target.setAutoAttach",
+        &["autoAttach", "waitForDebuggerOnStart", "flatten", "filter"],
+    ),
+    (
+        "Target.autoAttachRelated",
+        &["targetId", "waitForDebuggerOnStart", "filter"],
+    ),
+    ("Target.attachToTarget", &["targetId", "flatten"]),
+    ("Target.activateTarget", &["targetId"]),
+    ("Target.closeTarget", &["targetId"]),
+    ("Target.getTargetInfo", &["targetId"]),
+    ("Target.detachFromTarget", &["sessionId", "targetId"]),
+    (
+        "Target.createTarget",
+        &[
+            "url",
+            "left",
+            "top",
+            "width",
+            "height",
+            "windowState",
+            "browserContextId",
+            "enableBeginFrameControl",
+            "newWindow",
+            "background",
+            "forTab",
+            "hidden",
+            "focus",
+        ],
+    ),
+    ("Target.disposeBrowserContext", &["browserContextId"]),
+    ("Browser.getVersion", &[]),
+    ("Browser.close", &[]),
+    (
+        "Browser.setDownloadBehavior",
+        &["behavior", "browserContextId", "downloadPath", "eventsEnabled"],
+    ),
+    (
+        "Browser.grantPermissions",
+        &["permissions", "origin", "browserContextId"],
+    ),
+    ("Browser.resetPermissions", &["browserContextId"]),
+    (
+        "Browser.setPermission",
+        &["permission", "setting", "origin", "embeddedOrigin", "browserContextId"],
+    ),
+    ("Browser.cancelDownload", &["guid", "browserContextId"]),
+    ("Browser.getWindowForTarget", &["targetId"]),
+    ("Browser.getWindowBounds", &["windowId"]),
+    ("Browser.setWindowBounds", &["windowId", "bounds"]),
+    ("Storage.getCookies", &["browserContextId"]),
+    ("Storage.setCookies", &["cookies", "browserContextId"]),
+    ("Storage.clearCookies", &["browserContextId"]),
+];
+
 /// One client connection's filter.
 pub struct Filter {
     context: String,
@@ -206,6 +267,11 @@ impl Filter {
             return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32600, detail))];
         }
         let page_level = session.is_some() || self.root == Root::Page;
+        // What Chrome acts on of a method that names targets or contexts is what was
+        // checked: parameters it does not define are dropped.
+        if let Some((_, known)) = KNOWN_PARAMS.iter().find(|(m, _)| *m == method) {
+            params.retain(|key, _| known.contains(&key.as_str()));
+        }
         match self.decide(&method, &mut params, page_level, looked_up) {
             Decision::Pass(reply) => {
                 self.in_flight.insert(key, reply);
@@ -302,12 +368,21 @@ impl Filter {
             // Without a target: the connection's own (the browser's, which Playwright reads).
             "getTargetInfo" if !params.contains_key("targetId") => Decision::Pass(Reply::Pass),
             "getTargetInfo" => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
-            "detachFromTarget" => match (params.get("sessionId"), params.get("targetId")) {
-                (Some(Value::String(s)), _) if self.sessions.contains(s) => Decision::Pass(Reply::Pass),
-                (Some(_), _) => Decision::Refuse("No session with given id".into()),
-                (None, Some(_)) => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
-                (None, None) => Decision::Refuse("Either session id or target id must be specified".into()),
-            },
+            // Each of the session and the target, when given, must be the client's own.
+            "detachFromTarget" => {
+                match params.get("sessionId") {
+                    Some(Value::String(s)) if self.sessions.contains(s) => {}
+                    Some(_) => return Decision::Refuse("No session with given id".into()),
+                    None if !params.contains_key("targetId") => {
+                        return Decision::Refuse("Either session id or target id must be specified".into());
+                    }
+                    None => {}
+                }
+                match params.contains_key("targetId") {
+                    true => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
+                    false => Decision::Pass(Reply::Pass),
+                }
+            }
             "createTarget" => checked(self.fill_context(params), Reply::Created),
             "getBrowserContexts" => Decision::Answer(json!({ "browserContextIds": [self.context] })),
             "disposeBrowserContext" => match params.get("browserContextId").and_then(Value::as_str) {
@@ -758,6 +833,16 @@ mod tests {
             false,
         );
         assert!(sent(&out).is_empty());
+    }
+
+    #[test]
+    fn parameters_a_method_does_not_define_are_dropped() {
+        let (mut f, _) = filter(Root::Browser);
+        let out = f.on_client(
+            r#"{"id":1,"method":"Target.setAutoAttach","params":{"autoAttach":true,"flatten":true,"targetId":"T-THEIRS"}}"#,
+            false,
+        );
+        assert_eq!(sent(&out)[0]["params"], json!({"autoAttach": true, "flatten": true}));
     }
 
     #[test]
