@@ -61,10 +61,15 @@ async fn schemathesis_finds_nothing_and_nothing_is_left_behind() {
     .await;
     assert!(ended, "sessions left active after the fuzzing");
     let idle_only = eventually(Duration::from_secs(30), || {
-        server.broker.active_sessions() == 0 && server.broker.pool.free_slots() == server.broker.config.max_sessions
+        server.broker.active_sessions() == 0
+            && server.broker.pool.free_slots() == server.broker.config.max_sessions
+            && server.broker.shared.browsers().iter().all(|b| b.contexts == 0)
     })
     .await;
-    assert!(idle_only, "every slot free again: no browser held by a lost session");
+    assert!(
+        idle_only,
+        "every slot free again, every context disposed: nothing held by a lost session"
+    );
     let data_dir = server.data_dir.path().to_string_lossy().into_owned();
     server.stop().await;
     assert!(
