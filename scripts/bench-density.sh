@@ -14,10 +14,8 @@ scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
 cleanup() {
-  kill $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
+  stop_brokers 2>/dev/null || true
   [ -n "${site_pid:-}" ] && kill "$site_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  sleep 1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -66,7 +64,7 @@ PY
 # Stops the brokers started so far (and their browsers with them).
 stop_brokers() {
   local pids
-  pids=$(cat "$tmp/broker-pids")
+  pids=$(cat "$tmp/broker-pids" 2>/dev/null || true)
   kill $pids 2>/dev/null || true
   for pid in $pids; do
     while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done

@@ -653,10 +653,8 @@ impl Broker {
                 Some(context.traffic.clone()),
             ),
         };
-        let identity = match &backing {
-            Backing::Managed(lease) if !request.options.identity.is_empty() => Some(lease.browser.ws_url()),
-            _ => None,
-        };
+        let wants_identity =
+            !request.options.identity.is_empty() && matches!(backing, Backing::Managed(_) | Backing::Context(_));
         let init = SessionInit {
             id: id.clone(),
             tenant,
@@ -670,8 +668,14 @@ impl Broker {
         };
         let session = Arc::new(Session::new(init, &self.node));
         // The identity is on the browser's pages before anyone can connect to them.
-        if let Some(ws_url) = identity
-            && let Err(e) = identity::keep(&ws_url, request.options.identity, session.ended().clone()).await
+        if wants_identity
+            && let Err(e) = identity::keep(
+                &session.upstream,
+                &self.egress,
+                request.options.identity,
+                session.ended().clone(),
+            )
+            .await
         {
             let _ = session.end(EndReason::Terminated);
             session

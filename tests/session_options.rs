@@ -831,3 +831,43 @@ async fn context_sessions_have_their_own_proxy_and_policy() {
     assert!(refused >= 1, "counted as refused by the policy: {metrics}");
     server.stop().await;
 }
+
+/// A context session's identity reaches its own pages and workers, and no neighbour's in
+/// the same shared browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_sessions_identity_stays_in_its_context() {
+    let (site, heads) = start_recording_site().await;
+    let server = TestServer::start_with(|c| c.pool_size = 0).await;
+    let ua = "cdpgate-context-agent/2.0";
+    let dressed = server
+        .create(json!({"isolation": "context", "user_agent": ua, "locale": "fr-FR", "timezone": "Asia/Tokyo"}))
+        .await;
+    let plain = server.create(json!({"isolation": "context"})).await;
+    assert_eq!(server.broker.shared.browsers().len(), 1, "one shared browser");
+    assert_eq!(dressed["user_agent"], ua);
+    let probe = "(async () => { const worker = new Worker(URL.createObjectURL(new Blob(\
+        ['postMessage(navigator.userAgent)'], {type: 'text/javascript'}))); \
+        const fromWorker = await new Promise((done) => { worker.onmessage = (e) => done(e.data); \
+        setTimeout(() => done('no answer'), 5000); }); \
+        return { ua: navigator.userAgent, language: navigator.language, \
+        zone: Intl.DateTimeFormat().resolvedOptions().timeZone, worker: fromWorker }; })()";
+    let url = format!("http://{site}/");
+    for which in ["new", "first"] {
+        let seen = node("visit.mjs", &[dressed["cdp_url"].as_str().unwrap(), &url, probe, which]).await;
+        let v = &seen["value"];
+        assert_eq!(v["ua"], ua, "{which}: {seen}");
+        assert_eq!(v["worker"], ua, "{which}: {seen}");
+        assert_eq!(v["language"], "fr-FR", "{which}: {seen}");
+        assert_eq!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
+    }
+    assert!(heads_seen(&heads).iter().all(|h| h.contains("user-agent: cdpgate-context-agent/2.0")));
+    // The neighbour, opened after, in the same browser: Chrome's own identity.
+    for which in ["new", "first"] {
+        let seen = node("visit.mjs", &[plain["cdp_url"].as_str().unwrap(), &url, probe, which]).await;
+        let v = &seen["value"];
+        assert!(v["ua"].as_str().unwrap().contains("HeadlessChrome"), "{which}: {seen}");
+        assert!(v["worker"].as_str().unwrap().contains("HeadlessChrome"), "{which}: {seen}");
+        assert_ne!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
+    }
+    server.stop().await;
+}

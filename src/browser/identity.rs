@@ -10,9 +10,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use super::cdp::CdpError;
+use super::egress::Egress;
+use super::upstream::{Upstream, UpstreamStream};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,15 +114,22 @@ fn user_agent_metadata(ua: &str) -> Option<Value> {
     }))
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 
-/// Puts `identity` on every target of the browser at `ws_url` (those open now before this
-/// answers, later ones before they run) and keeps it there until `until` fires.
-pub async fn keep(ws_url: &str, identity: Identity, until: CancellationToken) -> Result<(), CdpError> {
-    let (mut ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
+/// Puts `identity` on every target of the session's browser at `upstream` (those open now
+/// before this answers, later ones before they run) and keeps it there until `until`
+/// fires. A context session's upstream is filtered: only its own context's targets.
+pub async fn keep(
+    upstream: &Upstream,
+    egress: &Egress,
+    identity: Identity,
+    until: CancellationToken,
+) -> Result<(), CdpError> {
+    let (stream, early) = upstream
+        .connect_raw(&upstream.browser_path, egress, SETUP_TIMEOUT)
         .await
-        .map_err(|_| CdpError::Timeout)?
         .map_err(|e| CdpError::Http(e.to_string()))?;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, None).await;
     let mut keeper = Keeper {
         identity,
         default_user_agent: String::new(),

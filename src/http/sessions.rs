@@ -309,11 +309,6 @@ pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<Reque
         Some(_) => return Err(ApiError::unprocessable("isolation must be \"process\" or \"context\"")),
         None => Isolation::parse(&config.default_isolation).unwrap_or_default(),
     };
-    if isolation == Isolation::Context && !identity.is_empty() {
-        return Err(ApiError::unprocessable(
-            "user_agent, locale and timezone are not available with isolation \"context\" yet: use isolation \"process\"",
-        ));
-    }
     Ok(RequestedOptions {
         isolation,
         proxy,
