@@ -860,13 +860,20 @@ async fn a_context_sessions_identity_stays_in_its_context() {
         assert_eq!(v["language"], "fr-FR", "{which}: {seen}");
         assert_eq!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
     }
-    assert!(heads_seen(&heads).iter().all(|h| h.contains("user-agent: cdpgate-context-agent/2.0")));
+    assert!(
+        heads_seen(&heads)
+            .iter()
+            .all(|h| h.contains("user-agent: cdpgate-context-agent/2.0"))
+    );
     // The neighbour, opened after, in the same browser: Chrome's own identity.
     for which in ["new", "first"] {
         let seen = node("visit.mjs", &[plain["cdp_url"].as_str().unwrap(), &url, probe, which]).await;
         let v = &seen["value"];
         assert!(v["ua"].as_str().unwrap().contains("HeadlessChrome"), "{which}: {seen}");
-        assert!(v["worker"].as_str().unwrap().contains("HeadlessChrome"), "{which}: {seen}");
+        assert!(
+            v["worker"].as_str().unwrap().contains("HeadlessChrome"),
+            "{which}: {seen}"
+        );
         assert_ne!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
     }
     server.stop().await;
