@@ -31,13 +31,14 @@ use crate::config::Config;
 use crate::error::Origin;
 use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
+use crate::profile_copy::{self, CopyError, ProfileCopies};
 use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit, session_span};
 use crate::store::local::LocalStore;
 pub use crate::store::nodes::NodeInfo;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
 use crate::store::profile_data::ProfileData;
 use crate::store::profile_locks::ProfileLocks;
-use crate::store::profiles::{self, Profile, ProfileError, Profiles};
+use crate::store::profiles::{self, Profile, ProfileError, ProfileUse, Profiles};
 use crate::store::redis::RedisStore;
 use crate::store::{
     EndReason, Isolation, ListPage, ListQuery, ProxySettings, SaveOutcome, SessionOptions, SessionRecord, SessionStore,
@@ -93,6 +94,17 @@ pub enum BrokerError {
     BrowserSetup(CdpError),
     #[error("Sessions cannot be recorded right now ({0}). Retry later.")]
     Store(#[from] StoreError),
+}
+
+impl From<CopyError> for BrokerError {
+    fn from(e: CopyError) -> BrokerError {
+        match e {
+            CopyError::Unreadable(e) => BrokerError::ProfileUnreadable(e),
+            CopyError::Capacity(e) => BrokerError::Capacity(e),
+            CopyError::Browser(e) => BrokerError::ProfileBrowser(e),
+            CopyError::NotSaved(outcome) => BrokerError::ProfileNotSaved(outcome),
+        }
+    }
 }
 
 impl BrokerError {
@@ -218,6 +230,8 @@ pub struct Broker {
     pub pool: Arc<Pool>,
     /// Shared browsers, whose browser contexts are context sessions.
     pub shared: Arc<SharedBrowsers>,
+    /// Browsers on profile copies, for work on a profile's state.
+    profile_copies: Arc<ProfileCopies>,
     pub metrics: Arc<Metrics>,
     /// The single-action engine: its cache and model.
     pub actions: Actions,
@@ -407,6 +421,12 @@ impl Broker {
             node_url: node_url(&config, bound),
             nodes,
             node,
+            profile_copies: Arc::new(ProfileCopies {
+                pool: pool.clone(),
+                profiles: profiles.clone(),
+                metrics: metrics.clone(),
+                screen: config.default_screen(),
+            }),
             profiles,
             pool,
             shared,
@@ -463,20 +483,7 @@ impl Broker {
             return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
         }
         if request.options.isolation == Isolation::Context {
-            let context = self
-                .shared
-                .acquire(
-                    &tenant.to_string(),
-                    request.screen,
-                    session_span(&id, &tenant),
-                    request.options.proxy.clone(),
-                    request.queue,
-                )
-                .await
-                .map_err(|e| self.capacity_error(e))?;
-            return self
-                .register(id, tenant, request, Backing::Context(context), None)
-                .await;
+            return self.create_in_context(id, tenant, request).await;
         }
         if let Some(profile_id) = &request.profile_id {
             return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
@@ -487,6 +494,62 @@ impl Broker {
             .await
             .map_err(|e| self.capacity_error(e))?;
         self.register(id, tenant, request, Backing::Managed(lease), None).await
+    }
+
+    /// A context session: a context in a shared browser, started from the profile's
+    /// storage state if it has one (held as a process session holds it: one writer).
+    async fn create_in_context(
+        &self,
+        id: String,
+        tenant: Tenant,
+        request: NewSession,
+    ) -> Result<Arc<Session>, BrokerError> {
+        let mut profile = None;
+        if let Some(profile_id) = &request.profile_id {
+            let found = self.profiles.get(&tenant, profile_id).await?;
+            let hold = self.profiles.begin_use(found, &id, request.persist_changes).await?;
+            match self.profile_copies.read_state(&hold).await {
+                Ok(state) => profile = Some((hold, state)),
+                Err(e) => {
+                    self.profiles.end_use(hold).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        let acquired = self
+            .shared
+            .acquire(
+                &tenant.to_string(),
+                request.screen,
+                session_span(&id, &tenant),
+                request.options.proxy.clone(),
+                request.queue,
+            )
+            .await
+            .map_err(|e| self.capacity_error(e));
+        let context = match acquired {
+            Ok(context) => context,
+            Err(e) => {
+                if let Some((hold, _)) = profile {
+                    self.profiles.end_use(hold).await;
+                }
+                return Err(e);
+            }
+        };
+        let Some((hold, state)) = profile else {
+            return self
+                .register(id, tenant, request, Backing::Context(context), None)
+                .await;
+        };
+        let ws_url = context.shared.browser.ws_url();
+        if let Err(e) = profile_copy::load_context_state(&ws_url, &context.scope.context, &state).await {
+            drop(context);
+            self.profiles.end_use(hold).await;
+            return Err(BrokerError::ProfileBrowser(e));
+        }
+        let binding = self.profile_binding(hold);
+        self.register(id, tenant, request, Backing::Context(context), Some(binding))
+            .await
     }
 
     /// A session on a fresh browser started from a copy of the profile.
@@ -518,12 +581,7 @@ impl Broker {
         };
         match prepared.await {
             Ok(lease) => {
-                let binding = ProfileBinding {
-                    hold,
-                    store: self.profiles.clone(),
-                    tracker: self.tracker.clone(),
-                    metrics: self.metrics.clone(),
-                };
+                let binding = self.profile_binding(hold);
                 self.register(id, tenant, request, Backing::Managed(lease), Some(binding))
                     .await
             }
@@ -554,7 +612,7 @@ impl Broker {
     /// A profile's cookies and localStorage as a Playwright `storageState` document.
     pub async fn export_storage_state(&self, tenant: &Tenant, id: &str) -> Result<Value, BrokerError> {
         self.in_profile_browser(tenant, id, false, async |conn, browser| {
-            Ok(storage_state::export(conn, &browser.dir).await?)
+            Ok(storage_state::export(conn, &browser.dir, &[]).await?)
         })
         .await
     }
@@ -583,41 +641,19 @@ impl Broker {
         let profile = self.profiles.get(tenant, id).await?;
         let holder = format!("storage-state-{}", random_hex(4));
         let hold = self.profiles.begin_use(profile, &holder, persist).await?;
-        let dir = self.pool.scratch_dir();
-        let mut lease = None;
-        let result = async {
-            let cookies = self
-                .profiles
-                .copy_into(&hold, &dir)
-                .await
-                .map_err(BrokerError::ProfileUnreadable)?;
-            let acquired = self
-                .pool
-                .acquire_on(self.config.default_screen(), dir.clone())
-                .await
-                .map_err(|e| self.capacity_error(e))?;
-            let browser = &lease.insert(acquired).browser;
-            profiles::restore_session_cookies(browser, &cookies).await?;
-            let mut conn = cdp::Connection::open(&browser.ws_url()).await?;
-            let out = work(&mut conn, browser).await?;
-            drop(conn);
-            if persist {
-                let outcome = self.profiles.save_from(&hold, browser).await;
-                if outcome != SaveOutcome::Saved {
-                    return Err(BrokerError::ProfileNotSaved(outcome));
-                }
-            }
-            Ok(out)
-        }
-        .await;
-        if let Some(lease) = lease {
-            let exited = lease.browser.exited();
-            drop(lease);
-            exited.cancelled().await;
-        }
-        crate::browser::remove_dir_with_retries(&dir).await;
+        let result = self.profile_copies.run(&hold, persist, work).await;
         self.profiles.end_use(hold).await;
         result
+    }
+
+    fn profile_binding(&self, hold: ProfileUse) -> ProfileBinding {
+        ProfileBinding {
+            hold,
+            store: self.profiles.clone(),
+            copies: self.profile_copies.clone(),
+            tracker: self.tracker.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     fn capacity_error(&self, e: PoolError) -> BrokerError {

@@ -16,8 +16,10 @@
 //!   and is the one lookup path for a session by id.
 //! - [`action`]: the single-action engine (instruction parser, page driver, cache, model).
 //! - [`session`]: a running session's node-local handles and lifecycle.
+//! - [`profile_copy`]: work on a profile in a browser started on a copy of it (storage
+//!   states in and out, context sessions' profiles).
 //! - [`browser`]: launcher, warm pool, the broker's own CDP client, upstreams, the egress
-//!   policy, bring-your-own probes.
+//!   policy, bring-your-own probes; shared browsers and the CDP filter of context sessions.
 //! - [`store`]: session records behind the [`store::SessionStore`] trait, profiles,
 //!   `storageState` documents.
 //! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`metrics`],
@@ -35,6 +37,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod profile_copy;
 pub mod proxy;
 pub mod session;
 pub mod store;

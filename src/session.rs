@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::Either;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use crate::browser::pool::Lease;
 use crate::browser::shared::ContextLease;
 use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
+use crate::profile_copy::ProfileCopies;
 use crate::store::profiles::{ProfileUse, Profiles};
 use crate::store::{
     EndReason, ProfileLink, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status, StoreError,
@@ -52,6 +54,8 @@ pub struct SessionInit {
 pub struct ProfileBinding {
     pub hold: ProfileUse,
     pub store: Arc<Profiles>,
+    /// Browsers on profile copies: a context session's state is saved through one.
+    pub copies: Arc<ProfileCopies>,
     pub tracker: TaskTracker,
     pub metrics: Arc<Metrics>,
 }
@@ -237,7 +241,7 @@ impl Session {
 
     /// Ends an active session; answers the status it already had otherwise.
     pub fn end(self: &Arc<Self>, reason: EndReason) -> Result<(), Status> {
-        let (lease, profile) = {
+        let (lease, context, profile) = {
             let mut s = self.state();
             if s.record.status != Status::Active {
                 return Err(s.record.status);
@@ -247,20 +251,25 @@ impl Session {
             s.record.end_reason = Some(reason);
             s.record.ended_at = Some(now);
             s.record.updated_at = now;
-            (s.lease.take(), s.profile.take())
+            (s.lease.take(), s.context.take(), s.profile.take())
         };
-        let context = self.state().context.take();
         // Clients hear the reason before the browser goes away under them.
         self.ended.cancel();
-        drop(context);
         match profile {
-            // The browser is closed cleanly and saved from, or just released, in a task.
+            // The browser (or the context) is saved from, or just released, in a task.
             Some(binding) => {
                 let tracker = binding.tracker.clone();
                 let span = self.span();
-                tracker.spawn(finish_profile(self.clone(), binding, lease).instrument(span));
+                let finish = match context {
+                    Some(context) => Either::Left(finish_context_profile(self.clone(), binding, context)),
+                    None => Either::Right(finish_profile(self.clone(), binding, lease)),
+                };
+                tracker.spawn(finish.instrument(span));
             }
-            None => drop(lease),
+            None => {
+                drop(context);
+                drop(lease);
+            }
         }
         Ok(())
     }
@@ -302,16 +311,7 @@ async fn finish_profile(session: Arc<Session>, binding: ProfileBinding, lease: O
     if let Some(lease) = lease {
         if binding.hold.persist {
             let outcome = binding.store.save_from(&binding.hold, &lease.browser).await;
-            tracing::info!(profile = %binding.hold.profile.id, outcome = %outcome.describe(), "profile save");
-            let counter = match outcome {
-                SaveOutcome::Saved => &binding.metrics.profile_saves,
-                SaveOutcome::Superseded => &binding.metrics.profile_saves_superseded,
-                _ => &binding.metrics.profile_save_failures,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if let Some(link) = &mut session.state().record.profile {
-                link.saved = Some(outcome);
-            }
+            note_save(&session, &binding, outcome);
         }
         let (exited, dir) = (lease.browser.exited(), lease.browser.dir.clone());
         drop(lease);
@@ -320,6 +320,42 @@ async fn finish_profile(session: Arc<Session>, binding: ProfileBinding, lease: O
     }
     binding.store.end_use(binding.hold).await;
     session.profile_released.cancel();
+}
+
+/// Saves a persisting context session into its profile: its storage state is read from
+/// the context, the context disposed, and the state written into the profile through a
+/// browser on a copy of it.
+async fn finish_context_profile(session: Arc<Session>, binding: ProfileBinding, context: ContextLease) {
+    if binding.hold.persist {
+        let ws_url = context.shared.browser.ws_url();
+        let reached = context.traffic.origins();
+        let read = crate::profile_copy::context_state(&ws_url, &context.scope.context, &reached).await;
+        drop(context);
+        let outcome = match read {
+            Ok(state) => match binding.copies.write_state(&binding.hold, &state).await {
+                Ok(()) => SaveOutcome::Saved,
+                Err(e) => e.outcome(),
+            },
+            Err(e) => SaveOutcome::Failed(format!("the context's state could not be read: {e}")),
+        };
+        note_save(&session, &binding, outcome);
+    }
+    binding.store.end_use(binding.hold).await;
+    session.profile_released.cancel();
+}
+
+/// Logs, counts and records how a profile save went.
+fn note_save(session: &Session, binding: &ProfileBinding, outcome: SaveOutcome) {
+    tracing::info!(profile = %binding.hold.profile.id, outcome = %outcome.describe(), "profile save");
+    let counter = match outcome {
+        SaveOutcome::Saved => &binding.metrics.profile_saves,
+        SaveOutcome::Superseded => &binding.metrics.profile_saves_superseded,
+        _ => &binding.metrics.profile_save_failures,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(link) = &mut session.state().record.profile {
+        link.saved = Some(outcome);
+    }
 }
 
 /// Writes sessions' records to the store in order: the last write of a session is always

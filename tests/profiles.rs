@@ -606,3 +606,50 @@ async fn a_full_disk_at_save_keeps_the_old_profile_and_says_why() {
     assert!(leftovers.is_empty(), "the failed generation was cleared: {leftovers:?}");
     server.stop().await;
 }
+
+/// A context session starts from a profile's cookies (session cookies too) and
+/// localStorage, holds the profile as its one writer, and saves its changes back, where a
+/// process session finds them (with the IndexedDB the context never carried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_session_loads_and_saves_a_profile_as_its_storage_state() {
+    let server = TestServer::start().await;
+    let app = start_app().await;
+    let profile_id = create_profile(&server, KEY_A, "context").await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(first["isolation"], "process");
+    visit(&first, app, "/login").await;
+    server.terminate(first["session_id"].as_str().unwrap()).await;
+
+    let context = server
+        .create(json!({"profile_id": profile_id, "isolation": "context"}))
+        .await;
+    assert_eq!(context["isolation"], "context");
+    assert_eq!(context["persist_changes"], true);
+    let carried = json!({"cookies": ["remember=yes", "sid=s3cr3t"], "local": "alice", "idb": null});
+    assert_eq!(
+        visit(&context, app, "/check").await,
+        carried,
+        "cookies and localStorage, not IndexedDB"
+    );
+    // One writer at a time, whatever the isolation.
+    let body = json!({"profile_id": profile_id}).to_string();
+    let second_writer = server
+        .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body))
+        .await;
+    assert_eq!(second_writer.status, StatusCode::CONFLICT, "{}", second_writer.body);
+    visit(&context, app, "/mutate").await;
+    let id = context["session_id"].as_str().unwrap();
+    assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    let record = server.get(id).await.json;
+    assert_eq!(record["profile_saved"], "saved", "{record}");
+
+    let after = server
+        .create(json!({"profile_id": profile_id, "persist_changes": false}))
+        .await;
+    let expected = json!({"cookies": ["remember=no", "sid=changed"], "local": "mallory", "idb": "t0k3n"});
+    assert_eq!(visit(&after, app, "/check").await, expected);
+    server.stop().await;
+}

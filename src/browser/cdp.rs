@@ -134,6 +134,11 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 pub struct Connection {
     ws: Socket,
     next_id: u64,
+    /// The browser context the conversation is about (a context session's), if not the
+    /// default one: filled into the cookie and tab commands.
+    context: Option<String>,
+    /// Tabs `page_at` opened, to close when done.
+    opened: Vec<String>,
 }
 
 impl Connection {
@@ -142,10 +147,59 @@ impl Connection {
             .await
             .map_err(|_| CdpError::Timeout)?
             .map_err(|e| CdpError::Http(e.to_string()))?;
-        Ok(Connection { ws, next_id: 0 })
+        Ok(Connection {
+            ws,
+            next_id: 0,
+            context: None,
+            opened: Vec::new(),
+        })
     }
 
-    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<u64, CdpError> {
+    /// A conversation about one browser context of the browser at `ws_url`.
+    pub async fn open_in(ws_url: &str, context: &str) -> Result<Connection, CdpError> {
+        let mut conn = Connection::open(ws_url).await?;
+        conn.context = Some(context.to_owned());
+        Ok(conn)
+    }
+
+    /// Origins of the pages open now (in the connection's context, if it has one).
+    pub async fn page_origins(&mut self) -> Result<Vec<String>, CdpError> {
+        let targets = self.call(None, "Target.getTargets", json!({})).await?;
+        Ok(targets["targetInfos"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["type"] == "page")
+            .filter(|t| {
+                self.context
+                    .as_ref()
+                    .is_none_or(|c| t["browserContextId"] == c.as_str())
+            })
+            .filter_map(|t| url::Url::parse(t["url"].as_str()?).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .map(|u| u.origin().ascii_serialization())
+            .collect())
+    }
+
+    /// Closes the tabs `page_at` opened.
+    pub async fn close_pages(&mut self) {
+        for target in std::mem::take(&mut self.opened) {
+            let _ = self
+                .call(None, "Target.closeTarget", json!({ "targetId": target }))
+                .await;
+        }
+    }
+
+    async fn send(&mut self, session: Option<&str>, method: &str, mut params: Value) -> Result<u64, CdpError> {
+        if let Some(context) = &self.context
+            && session.is_none()
+            && matches!(
+                method,
+                "Storage.getCookies" | "Storage.setCookies" | "Target.createTarget"
+            )
+        {
+            params["browserContextId"] = json!(context);
+        }
         self.next_id += 1;
         let mut message = json!({ "id": self.next_id, "method": method, "params": params });
         if let Some(s) = session {
@@ -204,6 +258,9 @@ impl Connection {
         let target = self
             .call(None, "Target.createTarget", json!({ "url": "about:blank" }))
             .await?;
+        if let Some(id) = target["targetId"].as_str() {
+            self.opened.push(id.to_owned());
+        }
         let attached = self
             .call(
                 None,

@@ -150,9 +150,42 @@ pub struct Traffic {
     bytes_out: AtomicU64,
     proxy_errors: AtomicU64,
     last_proxy_error: Mutex<Option<String>>,
+    /// Origins the pages reached (at most `MAX_ORIGINS`): where a context session's
+    /// localStorage may be, since a context keeps none on disk to look at.
+    origins: Mutex<std::collections::BTreeSet<String>>,
 }
 
+/// Most origins a session's traffic remembers.
+const MAX_ORIGINS: usize = 256;
+
 impl Traffic {
+    /// Origins the pages reached: `http://host[:port]` for plain HTTP, `https://host[:port]`
+    /// for a tunnel (which may also have been a secure WebSocket).
+    pub fn origins(&self) -> Vec<String> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn reached(&self, scheme: &str, host: &str, port: u16) {
+        let default = if scheme == "https" { 443 } else { 80 };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_ascii_lowercase()
+        };
+        let origin = match port == default {
+            true => format!("{scheme}://{host}"),
+            false => format!("{scheme}://{host}:{port}"),
+        };
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        if origins.len() < MAX_ORIGINS {
+            origins.insert(origin);
+        }
+    }
     pub fn snapshot(&self) -> NetworkStats {
         NetworkStats {
             bytes_in: self.bytes_in.load(Relaxed),
@@ -277,6 +310,7 @@ impl Gateway {
             return Ok(answer(StatusCode::BAD_REQUEST));
         };
         let (host, port) = (host.trim_matches(['[', ']']).to_owned(), uri.port_u16().unwrap_or(80));
+        route.traffic.reached("http", &host, port);
         match self.forward(&route, &host, port, request).await {
             Ok(response) => Ok(response),
             Err(e) => {
@@ -295,6 +329,7 @@ impl Gateway {
         };
         let host = authority.host().trim_matches(['[', ']']).to_owned();
         let port = authority.port_u16().unwrap_or(443);
+        route.traffic.reached("https", &host, port);
         match self.open(&route, &host, port).await {
             Ok(outbound) => {
                 let metrics = self.metrics.clone();

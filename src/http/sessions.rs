@@ -226,25 +226,20 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
         None => Map::new(),
     };
     let mut options = parse_options(config, body)?;
-    // A user's own browser and a profile's browser are the session's own: a default of
-    // "context" does not apply to them, an explicit one is refused.
+    // A user's own browser is fronted as it is; a profile keeps all of itself (IndexedDB,
+    // service workers, cache) only in a browser of its own. So a default of "context"
+    // applies to neither; an explicit one is refused with cdp_url and taken with a
+    // profile, whose cookies and localStorage then carry over.
     if external_url.is_some() || profile_id.is_some() {
         let explicit = field(body, "isolation").is_some_and(|v| v == "context");
         if !explicit {
             options.isolation = Isolation::Process;
         }
     }
-    if options.isolation == Isolation::Context {
-        if external_url.is_some() {
-            return Err(ApiError::unprocessable(
-                "isolation cannot be combined with cdp_url: a user's own browser is fronted as it is",
-            ));
-        }
-        if profile_id.is_some() {
-            return Err(ApiError::unprocessable(
-                "profile_id with isolation \"context\" is not available yet: use isolation \"process\"",
-            ));
-        }
+    if options.isolation == Isolation::Context && external_url.is_some() {
+        return Err(ApiError::unprocessable(
+            "isolation cannot be combined with cdp_url: a user's own browser is fronted as it is",
+        ));
     }
     if external_url.is_some() {
         let set = options.proxy.is_some() || !options.identity.is_empty();

@@ -83,11 +83,16 @@ fn canonical_origin(s: &str) -> Option<String> {
     matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
 }
 
-/// Reads the storage state of the browser behind `conn`, whose user data is `user_data`.
-pub async fn export(conn: &mut Connection, user_data: &Path) -> Result<Value, CdpError> {
+/// Reads the storage state of the browser (or the context) behind `conn`, whose user data
+/// is `user_data` (none for a context: its storage is in memory). localStorage is read for
+/// the origins of its cookies, of its open pages, those found on disk and those its pages
+/// `reached` (as its gateway saw them).
+pub async fn export(conn: &mut Connection, user_data: &Path, reached: &[String]) -> Result<Value, CdpError> {
     let all = conn.call(None, "Storage.getCookies", json!({})).await?;
     let mut cookies = Vec::new();
     let mut candidates: BTreeSet<String> = origins_on_disk(user_data);
+    candidates.extend(conn.page_origins().await?);
+    candidates.extend(reached.iter().filter_map(|o| canonical_origin(o)));
     for c in all["cookies"].as_array().into_iter().flatten() {
         let domain = c["domain"].as_str().unwrap_or_default();
         let host = domain.trim_start_matches('.');

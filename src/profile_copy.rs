@@ -1,0 +1,129 @@
+//! Work on a profile in a browser started on a copy of it: reading or writing its storage
+//! state (the storage-state endpoints, and context sessions, whose state is carried to and
+//! from the profile as a storage state), and saving the browser back into the profile.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::Value;
+
+use crate::browser::cdp::{CdpError, Connection};
+use crate::browser::pool::{Pool, PoolError};
+use crate::browser::{Browser, Screen};
+use crate::metrics::Metrics;
+use crate::store::profiles::{self, ProfileError, ProfileUse, Profiles};
+use crate::store::{SaveOutcome, storage_state};
+
+/// Why work on a profile copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("The browser profile could not be read: {0}")]
+    Unreadable(ProfileError),
+    #[error(transparent)]
+    Capacity(PoolError),
+    #[error("The profile's browser failed: {0}")]
+    Browser(#[from] CdpError),
+    #[error("The profile was {}", .0.describe())]
+    NotSaved(SaveOutcome),
+}
+
+impl CopyError {
+    /// What a save that failed this way records.
+    pub fn outcome(self) -> SaveOutcome {
+        match self {
+            CopyError::NotSaved(outcome) => outcome,
+            other => SaveOutcome::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Browsers on profile copies: a slot of the pool each, for as long as the work takes.
+pub struct ProfileCopies {
+    pub pool: Arc<Pool>,
+    pub profiles: Arc<Profiles>,
+    pub metrics: Arc<Metrics>,
+    pub screen: Screen,
+}
+
+impl ProfileCopies {
+    /// Runs `work` over CDP in a browser started on a copy of the profile `hold` holds;
+    /// with `persist` (the hold must be the writer's), saves the browser into the profile
+    /// afterwards.
+    pub async fn run<T, E: From<CopyError>>(
+        &self,
+        hold: &ProfileUse,
+        persist: bool,
+        work: impl AsyncFnOnce(&mut Connection, &Browser) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let dir = self.pool.scratch_dir();
+        let mut lease = None;
+        let result = async {
+            let cookies = self
+                .profiles
+                .copy_into(hold, &dir)
+                .await
+                .map_err(CopyError::Unreadable)?;
+            let acquired = self.pool.acquire_on(self.screen, dir.clone()).await.map_err(|e| {
+                self.metrics.create_rejected.fetch_add(1, Relaxed);
+                CopyError::Capacity(e)
+            })?;
+            let browser = &lease.insert(acquired).browser;
+            profiles::restore_session_cookies(browser, &cookies)
+                .await
+                .map_err(CopyError::from)?;
+            let mut conn = Connection::open(&browser.ws_url()).await.map_err(CopyError::from)?;
+            let out = work(&mut conn, browser).await?;
+            drop(conn);
+            if persist {
+                let outcome = self.profiles.save_from(hold, browser).await;
+                if outcome != SaveOutcome::Saved {
+                    return Err(CopyError::NotSaved(outcome).into());
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        if let Some(lease) = lease {
+            let exited = lease.browser.exited();
+            drop(lease);
+            exited.cancelled().await;
+        }
+        crate::browser::remove_dir_with_retries(&dir).await;
+        result
+    }
+
+    /// The profile's cookies (session cookies too) and localStorage, as a storage state.
+    pub async fn read_state(&self, hold: &ProfileUse) -> Result<Value, CopyError> {
+        self.run(hold, false, async |conn, browser| {
+            Ok(storage_state::export(conn, &browser.dir, &[]).await?)
+        })
+        .await
+    }
+
+    /// Writes `state` into the profile (held as its writer) and saves it.
+    pub async fn write_state(&self, hold: &ProfileUse, state: &Value) -> Result<(), CopyError> {
+        self.run(
+            hold,
+            true,
+            async |conn, _| Ok(storage_state::import(conn, state).await?),
+        )
+        .await
+    }
+}
+
+/// A context's storage state: its cookies and the localStorage of the origins it shows or
+/// `reached`.
+pub async fn context_state(ws_url: &str, context: &str, reached: &[String]) -> Result<Value, CdpError> {
+    let mut conn = Connection::open_in(ws_url, context).await?;
+    let state = storage_state::export(&mut conn, std::path::Path::new(""), reached).await;
+    conn.close_pages().await;
+    state
+}
+
+/// Puts a storage state into a context; the tabs it took to write localStorage are closed.
+pub async fn load_context_state(ws_url: &str, context: &str, state: &Value) -> Result<(), CdpError> {
+    let mut conn = Connection::open_in(ws_url, context).await?;
+    let loaded = storage_state::import(&mut conn, state).await;
+    conn.close_pages().await;
+    loaded
+}
