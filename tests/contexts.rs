@@ -259,6 +259,34 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
         "{ids:?}"
     );
     assert!(ids.iter().all(|id| *id != a2_pages[0].0), "{ids:?}");
+    // /json/new opens in A's context; /json/activate and /json/close reach A's tabs only.
+    let a_id = a["session_id"].as_str().unwrap();
+    let json_path = |rest: &str| format!("/devtools/browser/{a_id}/json/{rest}?token={}", token(&a));
+    let opened = server
+        .call(
+            Method::PUT,
+            &format!("{}&url=about:blank", json_path("new")),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(opened.status, StatusCode::OK, "{}", opened.body);
+    let new_tab = opened.json["id"].as_str().expect("the new tab").to_owned();
+    assert!(ca.pages().await.iter().any(|(t, c)| *t == new_tab && *c == a_context));
+    for verb in ["activate", "close"] {
+        let r = server
+            .call(Method::GET, &json_path(&format!("{verb}/{b_page}")), None, None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{verb}: {}", r.body);
+    }
+    assert!(
+        cb.pages().await.iter().any(|(t, _)| *t == b_page),
+        "B's tab is still open"
+    );
+    let closed = server
+        .call(Method::GET, &json_path(&format!("close/{new_tab}")), None, None)
+        .await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.body);
     // A's own page socket works.
     let mut a_socket = Cdp::connect(&format!(
         "ws://{}/devtools/page/{a_page}?token={}",
@@ -606,5 +634,39 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
         now.iter().filter(|b| b.contexts == 1).count() == 2,
         "A and B apart: {now:?}"
     );
+    server.stop().await;
+}
+
+/// A shared browser whose processes pass the memory limit takes no new context and is
+/// closed once its sessions end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_browser_past_its_memory_limit_is_recycled() {
+    // 1 MiB: any browser that has served a session is past it at its first reading.
+    let server = start(|c| c.context_browser_max_memory_mb = 1).await;
+    let first = create(&server, KEY_A, json!({})).await;
+    let [(x, 1, _)] = shared(&server)[..] else {
+        panic!("{:?}", shared(&server))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || shared(&server) == [(x, 1, true)]).await,
+        "{:?}",
+        shared(&server)
+    );
+    let second = create(&server, KEY_A, json!({})).await;
+    let [(_, 1, true), (y, 1, _)] = shared(&server)[..] else {
+        panic!("{:?}", shared(&server))
+    };
+    assert_ne!(x, y);
+    let path = format!("/public/sessions/{}/terminate", first["session_id"].as_str().unwrap());
+    assert_eq!(
+        server.call(Method::POST, &path, Some(KEY_A), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || !process_exists(x)).await,
+        "X is closed"
+    );
+    let mut client = ws_connect(cdp_url(&second)).await.unwrap();
+    assert!(cdp_call(&mut client, 1, "Browser.getVersion", json!({})).await["result"].is_object());
     server.stop().await;
 }

@@ -452,19 +452,25 @@ impl SharedBrowsers {
         }))
     }
 
-    /// Takes the shared browser `pid` out of service (its memory is past the limit).
+    /// Takes the shared browser `pid` out of service (its memory is past the limit). One
+    /// that has served no session yet is left alone: its memory is a bare browser's, and
+    /// retiring it would only start another (a limit set below that is a mistake, logged).
     fn drain(&self, pid: u32) {
-        let state = self.state.lock().expect("shared lock");
-        if let Some(shared) = state.browsers.iter().find(|b| b.browser.pid == pid)
-            && !shared.draining.swap(true, Relaxed)
-        {
-            tracing::info!(browser = %shared.browser.id, "shared browser past its memory limit: recycled once its sessions end");
-            if shared.live.load(Relaxed) == 0 {
-                drop(state);
-                let mut state = self.state.lock().expect("shared lock");
-                state.browsers.retain(|b| b.browser.pid != pid);
-                self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
-            }
+        let mut state = self.state.lock().expect("shared lock");
+        let Some(shared) = state.browsers.iter().find(|b| b.browser.pid == pid).cloned() else {
+            return;
+        };
+        if shared.served.load(Relaxed) == 0 {
+            tracing::warn!(browser = %shared.browser.id, "an unused shared browser is past context_browser_max_memory_mb: the limit is too low");
+            return;
+        }
+        if shared.draining.swap(true, Relaxed) {
+            return;
+        }
+        tracing::info!(browser = %shared.browser.id, "shared browser past its memory limit: recycled once its sessions end");
+        if shared.contexts() == 0 {
+            state.browsers.retain(|b| b.browser.pid != pid);
+            self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
         }
     }
 
