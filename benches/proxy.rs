@@ -1,5 +1,6 @@
 //! Proxy round trip against an in-process WebSocket echo upstream, next to the same load
-//! sent directly; and session acquire (create → first CDP reply) from the warm pool.
+//! sent directly; session acquire (create → first CDP reply) from the warm pool; and the
+//! context filter's cost per message.
 //!
 //! `cargo bench --bench proxy`; numbers and how to read them: docs/benchmarks.md.
 
@@ -234,5 +235,44 @@ fn session_acquire(c: &mut Criterion) {
     rt.block_on(broker.stop());
 }
 
-criterion_group!(benches, round_trip, session_acquire);
+/// The context filter's cost per message, without sockets: a page event of an attached
+/// session (passed by its two ends, unparsed), a client command (parsed, checked,
+/// re-serialized), and a target event (parsed and checked), at CDP's usual sizes.
+fn context_filter(c: &mut Criterion) {
+    use cdpgate::browser::filter::{Filter, Root, Targets};
+    let targets = Arc::new(Targets::default());
+    targets.insert("T-OURS", "CTX-OURS");
+    let mut filter = Filter::new("CTX-OURS", Root::Browser, targets);
+    let attached = serde_json::json!({"method": "Target.attachedToTarget", "params": {"sessionId": "S-OURS",
+        "targetInfo": {"targetId": "T-OURS", "type": "page", "browserContextId": "CTX-OURS"}, "waitingForDebugger": false}});
+    filter.on_browser(&attached.to_string());
+    let mut group = c.benchmark_group("context_filter");
+    for size in [300usize, 65536, 1048576] {
+        let event = format!(
+            r#"{{"method":"Page.screencastFrame","params":{{"data":"{}","sessionId":1}},"sessionId":"S-OURS"}}"#,
+            "A".repeat(size)
+        );
+        group.throughput(Throughput::Bytes(event.len() as u64));
+        group.bench_with_input(BenchmarkId::new("page_event", size), &event, |b, event| {
+            b.iter(|| filter.on_browser(event))
+        });
+    }
+    let mut id = 0u64;
+    group.bench_function("client_command", |b| {
+        b.iter(|| {
+            id += 1;
+            let command = format!(
+                r#"{{"id":{id},"method":"Input.dispatchMouseEvent","params":{{"type":"mouseMoved","x":10,"y":20}},"sessionId":"S-OURS"}}"#
+            );
+            let out = filter.on_client(&command, false);
+            // Answered, so that the in-flight table stays small.
+            filter.on_browser(&format!(r#"{{"id":{id},"result":{{}},"sessionId":"S-OURS"}}"#));
+            out
+        })
+    });
+    group.bench_function("target_event", |b| b.iter(|| filter.on_browser(&attached.to_string())));
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, session_acquire, context_filter);
 criterion_main!(benches);
