@@ -3,6 +3,8 @@
 # run: memory per session (PSS of every Chrome process / sessions, each session with one
 # simple page open), create -> first CDP reply at rest and back to back, and how many
 # context sessions this machine holds with a page each while GET /health stays quick.
+# Also a page command's round trip in a process session and in a context session (whose
+# connections go through the filter's pipe), alternated on one broker.
 # usage: scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,6 +104,8 @@ for how in rest burst; do
   echo "$how, context: $(client latency "http://$ctx" "$key" context "$how" "$n")"
   sleep 3
 done
+echo "== a page command's round trip through cdpgate: process session vs context session (the pipe)"
+echo "$(client roundtrip "http://$ctx" "$key" 4000 process context)"
 stop_brokers
 
 echo "== capacity: context sessions with a page each, $step at a time, up to $max_contexts"

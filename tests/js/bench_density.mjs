@@ -7,6 +7,8 @@
 //     create -> first CDP reply, COUNT times, 1.5 s apart (rest) or in a row (burst)
 //   node bench_density.mjs health <api> <count>
 //     GET /health COUNT times in a row
+//   node bench_density.mjs roundtrip <api> <key> <count> <isolation>...
+//     Runtime.evaluate('1') on a page, COUNT times in a row, per isolation, alternated
 import { createToFirstReply } from './bench_common.mjs';
 
 const [mode, ...args] = process.argv.slice(2);
@@ -88,6 +90,31 @@ if (mode === 'open') {
     times.push(await createToFirstReply(api, key, { isolation }));
   }
   out = { p50_ms: pct(times, 0.5), p90_ms: pct(times, 0.9), max_ms: pct(times, 1), n: times.length };
+} else if (mode === 'roundtrip') {
+  const [api, key, count, ...isolations] = args;
+  const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
+  const pages = {};
+  for (const isolation of isolations) {
+    const created = await (await fetch(`${api}/public/sessions`, { method: 'POST', headers, body: JSON.stringify({ isolation }) })).json();
+    const cdp = connect(created.cdp_url);
+    await cdp.opened;
+    const { result } = await cdp.send('Target.getTargets');
+    const page = result.targetInfos.find((t) => t.type === 'page');
+    const { result: attached } = await cdp.send('Target.attachToTarget', { targetId: page.targetId, flatten: true });
+    pages[isolation] = { cdp, session: attached.sessionId, times: [] };
+  }
+  for (let round = 0; round < 10; round++) {
+    for (const isolation of isolations) {
+      const { cdp, session, times } = pages[isolation];
+      for (let i = 0; i < Number(count) / 10; i++) {
+        const t = performance.now();
+        await cdp.send('Runtime.evaluate', { expression: '1', returnByValue: true }, session);
+        times.push((performance.now() - t) * 1000);
+      }
+    }
+  }
+  out = Object.fromEntries(isolations.map((i) => [i, { p50_us: pct(pages[i].times, 0.5), p90_us: pct(pages[i].times, 0.9), n: pages[i].times.length }]));
+  Object.values(pages).forEach((p) => p.cdp.ws.close());
 } else {
   const [api, count] = args;
   const times = [];
