@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The same Puppeteer job (get a browser, open a local page, read its title, screenshot,
-# disconnect) against cdpgate (defaults, release build) and browserless 2.42 (npm, on
-# Debian's Chromium), side by side, alternated round by round, at one concurrency.
+# disconnect) against cdpgate (defaults, release build; process sessions and context
+# sessions) and browserless 2.42 (npm, on Debian's Chromium), side by side, alternated
+# round by round, at one concurrency.
 # browserless is installed under target/bench-browserless. It insists on finding every
 # browser it knows (Chrome, Edge, Playwright's Chromium, Firefox, WebKit): the script links
 # the missing paths to /usr/bin/chromium for the run and removes the links it made after
@@ -55,7 +56,8 @@ python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/d
 pids+=($!)
 
 key=bench-key-0123456789abcdef
-gate=$(start_broker target/release/cdpgate cdpgate)
+# Its defaults, plus one warm shared browser for the context sessions' first.
+gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS=1)
 bl_port=$(free_port)
 (cd "$bl/node_modules/@browserless.io/browserless" && PORT=$bl_port HOST=127.0.0.1 TOKEN=bench-token \
   CONCURRENT="$concurrency" QUEUED=1000 DEBUG=-* exec node build/index.js) >"$tmp/browserless.log" 2>&1 &

@@ -1,8 +1,8 @@
 // The same Puppeteer job against cdpgate and browserless, side by side (run by
 // scripts/bench-jobs.sh): get a browser (cdpgate: create a session; browserless: connect,
 // which launches one), open a local page, read its title, take a screenshot, disconnect
-// (cdpgate: end the session). N jobs at concurrency C per round; systems alternate round
-// by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
+// (cdpgate: end the session). cdpgate runs it on process sessions and on context sessions.
+// N jobs at concurrency C per round; systems alternate round by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
 // usage: node bench_jobs.mjs <cdpgate_addr> <key> <browserless_ws> <page_url> <rounds> <jobs> <concurrency>
 import { readFileSync } from 'fs';
 import puppeteer from 'puppeteer-core';
@@ -19,15 +19,18 @@ async function pageJob(browser) {
   if (!title) throw new Error('no title');
 }
 
+async function cdpgateJob(body) {
+  const s = await (await fetch(`http://${gate}/public/sessions`, { method: 'POST', headers, body })).json();
+  if (!s.cdp_url) throw new Error(JSON.stringify(s));
+  const browser = await puppeteer.connect({ browserWSEndpoint: s.cdp_url, defaultViewport: null });
+  await pageJob(browser);
+  await browser.disconnect();
+  await fetch(`http://${gate}/public/sessions/${s.session_id}/terminate`, { method: 'POST', headers });
+}
+
 const systems = {
-  cdpgate: async () => {
-    const s = await (await fetch(`http://${gate}/public/sessions`, { method: 'POST', headers, body: '{}' })).json();
-    if (!s.cdp_url) throw new Error(JSON.stringify(s));
-    const browser = await puppeteer.connect({ browserWSEndpoint: s.cdp_url, defaultViewport: null });
-    await pageJob(browser);
-    await browser.disconnect();
-    await fetch(`http://${gate}/public/sessions/${s.session_id}/terminate`, { method: 'POST', headers });
-  },
+  cdpgate: () => cdpgateJob('{}'),
+  cdpgate_context: () => cdpgateJob('{"isolation": "context"}'),
   browserless: async () => {
     const browser = await puppeteer.connect({ browserWSEndpoint: blWs, defaultViewport: null });
     await pageJob(browser);
@@ -75,4 +78,5 @@ for (const [name, r] of Object.entries(results)) {
   };
 }
 out.ratio_jobs_per_s = +(out.cdpgate.jobs_per_s_median / out.browserless.jobs_per_s_median).toFixed(2);
+out.ratio_context_jobs_per_s = +(out.cdpgate_context.jobs_per_s_median / out.browserless.jobs_per_s_median).toFixed(2);
 console.log(JSON.stringify(out));
