@@ -410,20 +410,7 @@ async fn puppeteer_playwright_and_dari_work_unchanged_on_context_sessions() {
     );
 
     // dari-python's whole session walk, with every session a context session.
-    let output = finished(
-        tokio::process::Command::new(python())
-            .arg(repo_root().join("tests/py/dari_sessions.py"))
-            .arg(server.url(""))
-            .arg(KEY_B),
-    )
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = python_script("dari_sessions.py", &[&server.url(""), KEY_B]).await;
     assert_eq!(report["created_status"], "active", "{report}");
     assert_eq!(report["after_terminate"], "terminated", "{report}");
     assert_eq!(report["after_delete_status"], 404, "{report}");

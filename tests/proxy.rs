@@ -542,19 +542,7 @@ async fn python_playwright_and_chromiumoxide_drive_a_session() {
         .await;
     let url = cdp_url(&session);
 
-    let output = finished(
-        tokio::process::Command::new(python())
-            .arg(repo_root().join("tests/py/playwright_drive.py"))
-            .args([&url, &site]),
-    )
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let seen = python_script("playwright_drive.py", &[&url, &site]).await;
     assert_eq!(seen["title"], "cdpgate test site");
     assert_eq!(seen["text"], "Hello through the proxy");
     assert_eq!((&seen["innerWidth"], &seen["innerHeight"]), (&json!(1024), &json!(600)));

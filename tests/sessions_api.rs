@@ -448,20 +448,7 @@ async fn health_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dari_python_client_works_against_the_broker() {
     let server = TestServer::start().await;
-    let output = finished(
-        tokio::process::Command::new(python())
-            .arg(repo_root().join("tests/py/dari_sessions.py"))
-            .arg(server.url(""))
-            .arg(KEY_A),
-    )
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "dari script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = python_script("dari_sessions.py", &[&server.url(""), KEY_A]).await;
     assert_eq!(report["created_status"], "active");
     assert_eq!(report["screen_config"], json!({"width": 1920, "height": 1080}));
     assert_eq!(

@@ -238,6 +238,24 @@ pub async fn node(script: &str, args: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("node printed JSON")
 }
 
+/// Runs `tests/py/<script>` (in the test venv's Python) with `args` and parses the last
+/// line it prints as JSON.
+pub async fn python_script(script: &str, args: &[&str]) -> Value {
+    let output = finished(
+        tokio::process::Command::new(python())
+            .arg(repo_root().join("tests/py").join(script))
+            .args(args),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python {script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the script printed JSON")
+}
+
 /// Runs a client program to its end: one that hangs fails the test after 90 s (and is
 /// killed) instead of hanging it.
 pub async fn finished(command: &mut tokio::process::Command) -> std::process::Output {
