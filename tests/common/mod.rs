@@ -223,34 +223,28 @@ pub fn assert_tools_installed() {
 
 /// Runs `tests/js/<script>` with `args` and parses the last line it prints as JSON.
 pub async fn node(script: &str, args: &[&str]) -> Value {
-    let output = finished(
-        tokio::process::Command::new("node")
-            .arg(repo_root().join("tests/js").join(script))
-            .args(args),
+    script_json(
+        std::path::Path::new("node"),
+        &repo_root().join("tests/js").join(script),
+        args,
     )
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "node {script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("node printed JSON")
+    .await
 }
 
 /// Runs `tests/py/<script>` (in the test venv's Python) with `args` and parses the last
 /// line it prints as JSON.
 pub async fn python_script(script: &str, args: &[&str]) -> Value {
-    let output = finished(
-        tokio::process::Command::new(python())
-            .arg(repo_root().join("tests/py").join(script))
-            .args(args),
-    )
-    .await;
+    script_json(&python(), &repo_root().join("tests/py").join(script), args).await
+}
+
+/// Runs `program script args…` to its end and parses the last line it prints as JSON.
+async fn script_json(program: &Path, script: &Path, args: &[&str]) -> Value {
+    let output = finished(tokio::process::Command::new(program).arg(script).args(args)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "python {script} failed:\n{stdout}\n{}",
+        "{} failed:\n{stdout}\n{}",
+        script.display(),
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the script printed JSON")
