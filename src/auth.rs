@@ -155,6 +155,16 @@ impl Tokens {
         Ok((data.claims.sid, data.claims.scope))
     }
 
+    /// Checks that `token` is ours, expired or not: a live view link of an ended session
+    /// still opens its recording (until the record is swept).
+    pub fn decode_expired_too(&self, token: Option<&str>) -> Result<(String, Scope), TokenError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|_| TokenError::Invalid)?;
+        Ok((data.claims.sid, data.claims.scope))
+    }
+
     /// Checks that `token` is ours, unexpired and of `scope`; answers the session it names.
     pub fn session_of(&self, token: Option<&str>, scope: Scope) -> Result<String, TokenError> {
         match self.decode(token)? {

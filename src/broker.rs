@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::action::Actions;
 use crate::action::cache::ActionCache;
 use crate::action::model::ModelClient;
+use crate::artifacts::{self, Artifacts};
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::byo::{self, ProbeError};
 use crate::browser::cdp::{self, CdpError};
@@ -233,6 +234,8 @@ pub struct Broker {
     /// Browsers on profile copies, for work on a profile's state.
     profile_copies: Arc<ProfileCopies>,
     pub metrics: Arc<Metrics>,
+    /// Sessions' files and recordings on this node.
+    pub artifacts: Arc<Artifacts>,
     /// The single-action engine: its cache and model.
     pub actions: Actions,
     /// Every task that must finish before the broker has stopped (proxied connections,
@@ -267,6 +270,8 @@ pub struct RequestedOptions {
     pub identity: Identity,
     /// 0: never idle out.
     pub idle_timeout: u64,
+    /// Record the session's active tab as video.
+    pub record: bool,
 }
 
 impl RequestedOptions {
@@ -283,6 +288,7 @@ impl RequestedOptions {
             locale: self.identity.locale.clone(),
             timezone: self.identity.timezone.clone(),
             idle_timeout: self.idle_timeout,
+            record: self.record,
         }
     }
 }
@@ -377,6 +383,29 @@ impl Broker {
             tracing::error!(error = %e, "Chromium does not start; sessions will be refused until it does");
         }
 
+        let ffmpeg = artifacts::find_ffmpeg(&config.ffmpeg_path);
+        match &ffmpeg {
+            Some(path) => tracing::info!(ffmpeg = %path.display(), "sessions can be recorded"),
+            None if config.record_sessions => tracing::warn!(
+                "record_sessions is on but ffmpeg was not found (ffmpeg_path, or ffmpeg on the PATH): \
+                 sessions asking to be recorded will be refused"
+            ),
+            None => tracing::info!("ffmpeg not found: sessions cannot be recorded"),
+        }
+        let artifacts = Arc::new(
+            Artifacts::new(
+                data_dir.join("artifacts"),
+                artifacts::Limits {
+                    max_files_bytes: config.max_session_files_bytes,
+                    max_upload_bytes: config.max_upload_bytes,
+                    max_recording_bytes: config.max_recording_bytes,
+                    recording_fps: config.recording_fps,
+                },
+                ffmpeg,
+                metrics.clone(),
+            )
+            .map_err(dir_error)?,
+        );
         let egress = Egress::for_byo(&config.byo_allow, own_ports, broker_addr, config.byo_timeout());
         let shared = Arc::new(SharedBrowsers::new(
             launcher.clone(),
@@ -436,6 +465,7 @@ impl Broker {
                 metrics: metrics.clone(),
             },
             metrics,
+            artifacts,
             tracker: tracker.clone(),
             shutdown,
             config,
@@ -466,6 +496,11 @@ impl Broker {
                 per_minute: self.config.creates_per_minute,
                 retry_after: wait.as_secs() + 1,
             });
+        }
+        if request.options.record && self.artifacts.ffmpeg.is_none() {
+            return Err(BrokerError::OptionRefused(
+                "record: this node cannot record sessions (ffmpeg is not installed)".into(),
+            ));
         }
         let id = format!("sess_{}", random_hex(16));
         if let Some(url) = &request.external_url {
@@ -691,6 +726,16 @@ impl Broker {
         };
         let wants_identity =
             !request.options.identity.is_empty() && matches!(backing, Backing::Managed(_) | Backing::Context(_));
+        // The browser whose downloads are the session's: all of a managed one, a context of
+        // a shared one; a user's own browser keeps its own.
+        let downloads = match &backing {
+            Backing::Managed(lease) => Some((lease.browser.ws_url(), None)),
+            Backing::Context(context) => Some((
+                context.shared.browser.ws_url(),
+                Some(context.scope.context.clone()),
+            )),
+            Backing::External(_) => None,
+        };
         let init = SessionInit {
             id: id.clone(),
             tenant,
@@ -718,6 +763,13 @@ impl Broker {
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
             return Err(BrokerError::BrowserSetup(e));
+        }
+        if let Err(e) = self.start_artifacts(&session, downloads, request.options.record).await {
+            let _ = session.end(EndReason::Terminated);
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: its downloads or recording could not start"));
+            return Err(e);
         }
         // Running before its record exists, so that the reconciler never takes the record
         // for one whose session has gone.
@@ -756,6 +808,54 @@ impl Broker {
         );
         span.in_scope(|| tracing::info!(external = session.upstream.external, "session created"));
         Ok(session)
+    }
+
+    /// Watches the session's downloads (into its files) and starts its recording.
+    async fn start_artifacts(
+        &self,
+        session: &Arc<Session>,
+        downloads: Option<(String, Option<String>)>,
+        record: bool,
+    ) -> Result<(), BrokerError> {
+        if downloads.is_none() && !record {
+            return Ok(());
+        }
+        let files = self
+            .artifacts
+            .session(&session.id)
+            .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(format!("the session's files: {e}"))))?;
+        if let Some((ws_url, context)) = downloads {
+            if let Some(scope) = &session.upstream.scope {
+                let _ = scope.download_dir.set(files.incoming_dir().to_string_lossy().into_owned());
+            }
+            let watch = artifacts::downloads::Watch {
+                ws_url,
+                context,
+                files: files.clone(),
+                client_left: session.connection_closed.clone(),
+                until: session.ended().clone(),
+            };
+            artifacts::downloads::start(watch)
+                .instrument(session.span())
+                .await
+                .map_err(BrokerError::BrowserSetup)?;
+        }
+        if record && let Some(ffmpeg) = &self.artifacts.ffmpeg {
+            let spec = artifacts::recording::Spec {
+                ffmpeg: ffmpeg.clone(),
+                fps: self.artifacts.limits.recording_fps,
+                max_bytes: self.artifacts.limits.max_recording_bytes,
+                width: session.screen.width,
+                height: session.screen.height,
+                files,
+                metrics: self.metrics.clone(),
+            };
+            artifacts::recording::start(&session.upstream, &self.egress, spec, session.ended().clone())
+                .instrument(session.span())
+                .await
+                .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(e.to_string())))?;
+        }
+        Ok(())
     }
 
     /// The session running here under `id`, if it is `tenant`'s (any tenant's for `None`).
@@ -883,6 +983,7 @@ impl Broker {
             }
         }
         self.records.remove(tenant, id).await;
+        self.artifacts.remove(id);
         Ok(())
     }
 
@@ -920,6 +1021,7 @@ impl Broker {
             pool_idle: self.pool.idle_count(),
             sessions_context,
             shared_browsers: self.shared.browsers().into_iter().map(|b| (b.id, b.contexts)).collect(),
+            artifacts: self.artifacts.usage(),
         })
     }
 
@@ -1176,13 +1278,13 @@ impl Broker {
 
     /// Where to send a request about session `id`: the address of the live node that runs
     /// it, when that is not this node.
-    pub async fn owner_url(&self, id: &str) -> Option<String> {
+    pub async fn owner_url(&self, id: &str, ended_too: bool) -> Option<String> {
         let nodes = self.nodes.as_ref()?;
         if self.running.contains_key(id) {
             return None;
         }
         let record = self.records.store().get(id).await.ok().flatten()?;
-        if record.node == self.node || record.status != Status::Active {
+        if record.node == self.node || (record.status != Status::Active && !ended_too) {
             return None;
         }
         nodes.alive(&record.node).await.ok().flatten().map(|n| n.url)
@@ -1306,14 +1408,31 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Removes the files and recordings of sessions whose records are gone (swept by
+    /// another node, or while this one was down).
+    async fn sweep_artifacts(&self) {
+        for id in self.artifacts.session_ids() {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            if let Ok(None) = self.records.store().get(&id).await {
+                self.artifacts.remove(&id);
+            }
+        }
+    }
+}
+
 /// Forgets ended sessions once they are older than the retention period.
 async fn sweep_records(broker: std::sync::Weak<Broker>, shutdown: CancellationToken) {
     loop {
         let Some(b) = broker.upgrade() else { return };
         let retention = Duration::from_secs(b.config.retention_secs);
-        if let Err(e) = b.records.store().sweep(SystemTime::now(), retention).await {
-            tracing::warn!(error = %e, "could not sweep old session records");
+        match b.records.store().sweep(SystemTime::now(), retention).await {
+            Ok(swept) => swept.iter().for_each(|id| b.artifacts.remove(id)),
+            Err(e) => tracing::warn!(error = %e, "could not sweep old session records"),
         }
+        b.sweep_artifacts().await;
         let period = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
         drop(b);
         tokio::select! {

@@ -157,6 +157,19 @@ pub struct Config {
     /// Key for the operator's endpoints (`GET /admin/cluster`), sent as `X-Admin-Key` or a
     /// Bearer token (`CDPGATE_ADMIN_KEY`). Empty: those endpoints answer 404.
     pub admin_key: String,
+    /// Whether sessions created without `record` are recorded as video.
+    pub record_sessions: bool,
+    /// Frames per second of recordings (a frame is repeated while the page is still).
+    pub recording_fps: u32,
+    /// Largest recording kept per session, in bytes; recording stops there.
+    pub max_recording_bytes: u64,
+    /// The ffmpeg executable that encodes recordings. Empty: `ffmpeg` on the `PATH`.
+    pub ffmpeg_path: String,
+    /// Files (downloads and uploads) one session may hold, in bytes: a download past it is
+    /// cancelled, an upload past it refused.
+    pub max_session_files_bytes: u64,
+    /// Largest file one upload may carry, in bytes.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for Config {
@@ -217,6 +230,12 @@ impl Default for Config {
             profile_lease_ms: 15_000,
             log_format: "text".into(),
             otlp_endpoint: String::new(),
+            record_sessions: false,
+            recording_fps: 5,
+            max_recording_bytes: 512 * 1024 * 1024,
+            ffmpeg_path: String::new(),
+            max_session_files_bytes: 512 * 1024 * 1024,
+            max_upload_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -318,8 +337,16 @@ impl Config {
             action_timeout_ms,
             action_wait_ms,
             model_max_calls,
-            profile_lease_ms
+            profile_lease_ms,
+            record_sessions,
+            recording_fps,
+            max_recording_bytes,
+            max_session_files_bytes,
+            max_upload_bytes
         );
+        if let Some(v) = var("ffmpeg_path") {
+            self.ffmpeg_path = v;
+        }
         if let Some(v) = var("model_url") {
             self.model_url = v;
         }
@@ -411,6 +438,19 @@ impl Config {
         }
         if self.max_sessions == 0 {
             errors.push("max_sessions must be at least 1".into());
+        }
+        if !(1..=30).contains(&self.recording_fps) {
+            errors.push("recording_fps must be within 1..=30".into());
+        }
+        // Zip archives of a session's files are written without ZIP64.
+        if self.max_session_files_bytes == 0 || self.max_session_files_bytes >= 4 << 30 {
+            errors.push("max_session_files_bytes must be within 1..4 GiB".into());
+        }
+        if self.max_upload_bytes == 0 || self.max_upload_bytes > self.max_session_files_bytes {
+            errors.push("max_upload_bytes must be within 1..=max_session_files_bytes".into());
+        }
+        if self.max_recording_bytes == 0 {
+            errors.push("max_recording_bytes must be at least 1".into());
         }
         if self.max_ttl == 0 || self.max_ttl > TTL_CEILING {
             errors.push(format!("max_ttl must be within 1..={TTL_CEILING}"));

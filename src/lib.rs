@@ -16,6 +16,8 @@
 //!   and is the one lookup path for a session by id.
 //! - [`action`]: the single-action engine (instruction parser, page driver, cache, model).
 //! - [`session`]: a running session's node-local handles and lifecycle.
+//! - [`artifacts`]: what sessions leave behind: their files (downloads, uploads) and
+//!   recordings.
 //! - [`profile_copy`]: work on a profile in a browser started on a copy of it (storage
 //!   states in and out, context sessions' profiles).
 //! - [`browser`]: launcher, warm pool, the broker's own CDP client, upstreams, the egress
@@ -27,6 +29,7 @@
 //!   error is).
 
 pub mod action;
+pub mod artifacts;
 pub mod auth;
 pub mod broker;
 pub mod browser;

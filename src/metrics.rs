@@ -96,6 +96,13 @@ pub struct Metrics {
     pub sessions_idle: AtomicU64,
     pub shared_browser_recycles: AtomicU64,
     pub contexts_created: AtomicU64,
+    /// Files stored in sessions' files (finished downloads and uploads).
+    pub files_stored: AtomicU64,
+    /// Downloads cancelled and uploads refused for a session's files quota or the upload limit.
+    pub files_quota_refusals: AtomicU64,
+    /// Recordings started, and those stopped at `max_recording_bytes`.
+    pub recordings_started: AtomicU64,
+    pub recordings_truncated: AtomicU64,
     /// Commands the context filter refused, by method (a bounded set of names).
     refused: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -112,6 +119,8 @@ pub struct Gauges {
     pub sessions_context: usize,
     /// Contexts open in each shared browser, by the browser's id.
     pub shared_browsers: Vec<(String, usize)>,
+    /// What sessions' files and recordings hold on this node.
+    pub artifacts: crate::artifacts::Usage,
 }
 
 impl Metrics {
@@ -392,6 +401,54 @@ impl Metrics {
                 n(&self.profile_saves_superseded),
             ),
             (
+                "cdpgate_session_files",
+                "gauge",
+                "Files held in sessions' files (running and retained sessions).",
+                gauges.artifacts.files,
+            ),
+            (
+                "cdpgate_session_files_bytes",
+                "gauge",
+                "Bytes of sessions' files held.",
+                gauges.artifacts.files_bytes,
+            ),
+            (
+                "cdpgate_recordings",
+                "gauge",
+                "Session recordings held.",
+                gauges.artifacts.recordings,
+            ),
+            (
+                "cdpgate_recordings_bytes",
+                "gauge",
+                "Bytes of session recordings held.",
+                gauges.artifacts.recording_bytes,
+            ),
+            (
+                "cdpgate_session_files_stored_total",
+                "counter",
+                "Files stored in sessions' files (finished downloads and uploads).",
+                n(&self.files_stored),
+            ),
+            (
+                "cdpgate_session_files_quota_refusals_total",
+                "counter",
+                "Downloads cancelled and uploads refused for the files quota or the upload limit.",
+                n(&self.files_quota_refusals),
+            ),
+            (
+                "cdpgate_recordings_started_total",
+                "counter",
+                "Session recordings started.",
+                n(&self.recordings_started),
+            ),
+            (
+                "cdpgate_recordings_truncated_total",
+                "counter",
+                "Recordings stopped at max_recording_bytes.",
+                n(&self.recordings_truncated),
+            ),
+            (
                 "cdpgate_queue_waits_total",
                 "counter",
                 "Creates that waited for a free slot.",
@@ -453,6 +510,7 @@ mod tests {
             pool_idle: 2,
             sessions_context: 0,
             shared_browsers: Vec::new(),
+            artifacts: Default::default(),
         });
         assert!(
             text.contains("cdpgate_browser_launch_seconds_bucket{le=\"0.05\"} 1\n"),
@@ -471,6 +529,7 @@ mod tests {
             pool_idle: 0,
             sessions_context: 0,
             shared_browsers: Vec::new(),
+            artifacts: Default::default(),
         });
         assert!(text.contains("cdpgate_errors_total{origin=\"upstream\"} 1\n"), "{text}");
         assert!(text.contains("cdpgate_errors_total{origin=\"client\"} 0\n"), "{text}");
@@ -494,6 +553,7 @@ mod tests {
             pool_idle: 0,
             sessions_context: 0,
             shared_browsers: Vec::new(),
+            artifacts: Default::default(),
         });
         assert!(
             text.contains("cdpgate_context_refused_commands_total{method=\"Browser.crash\"} 2\n"),

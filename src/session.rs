@@ -77,6 +77,9 @@ pub struct Session {
     /// Counts every connection opened or closed, so an idle watcher sampling now and then
     /// still sees a client that came and went in between.
     activity: AtomicU64,
+    /// Notified when a connection closes (the download watcher sets the session's folder
+    /// again: Chrome resets it when the client that changed it leaves).
+    pub connection_closed: Arc<Notify>,
     traffic: Option<Arc<Traffic>>,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
@@ -92,6 +95,7 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::SeqCst);
         self.0.activity.fetch_add(1, Ordering::SeqCst);
+        self.0.connection_closed.notify_one();
     }
 }
 
@@ -172,6 +176,7 @@ impl Session {
             deadline_moved: Notify::new(),
             connections: AtomicUsize::new(0),
             activity: AtomicU64::new(0),
+            connection_closed: Arc::new(Notify::new()),
             traffic: init.traffic,
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),

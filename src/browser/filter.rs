@@ -200,6 +200,8 @@ pub struct Filter {
     windows: HashSet<i64>,
     /// Ids of the filter's own commands: negative, which clients may not use.
     next_own: i64,
+    /// Where the session's downloads must go, whatever a client asks.
+    download_dir: Option<String>,
 }
 
 impl Filter {
@@ -214,7 +216,15 @@ impl Filter {
             in_flight: HashMap::new(),
             windows: HashSet::new(),
             next_own: 0,
+            download_dir: None,
         }
+    }
+
+    /// Holds the client's `Browser.setDownloadBehavior` to `dir`: downloads are allowed
+    /// into it or denied, never sent elsewhere on the broker's disk.
+    pub fn with_download_dir(mut self, dir: &str) -> Filter {
+        self.download_dir = Some(dir.to_owned());
+        self
     }
 
     /// A message from the client. With `looked_up`, targets still unknown are refused.
@@ -301,7 +311,14 @@ impl Filter {
             ("Target", _) => self.decide_target(name, params, looked_up, refuse),
             ("Browser", "getVersion") => Decision::Pass(Reply::Pass),
             ("Browser", "close") => Decision::End,
-            ("Browser", "setDownloadBehavior" | "grantPermissions" | "resetPermissions" | "setPermission")
+            ("Browser", "setDownloadBehavior") => match self.fill_context(params) {
+                Ok(()) => {
+                    self.hold_downloads(params);
+                    Decision::Pass(Reply::Pass)
+                }
+                Err(d) => d,
+            },
+            ("Browser", "grantPermissions" | "resetPermissions" | "setPermission")
             | ("Browser", "cancelDownload")
             | ("Storage", "getCookies" | "setCookies" | "clearCookies") => match self.fill_context(params) {
                 Ok(()) => Decision::Pass(Reply::Pass),
@@ -392,6 +409,18 @@ impl Filter {
             "createBrowserContext" => refuse("a context session is one browser context"),
             _ => refuse("it reaches beyond the session's browser context"),
         }
+    }
+
+    /// A download behavior held to the session's folder: "deny" stays, anything else
+    /// allows into the folder (with events if the client asked for them).
+    fn hold_downloads(&self, params: &mut Map<String, Value>) {
+        let Some(dir) = &self.download_dir else { return };
+        if params.get("behavior").and_then(Value::as_str) == Some("deny") {
+            params.remove("downloadPath");
+            return;
+        }
+        params.insert("behavior".into(), json!("allow"));
+        params.insert("downloadPath".into(), json!(dir));
     }
 
     /// `browserContextId` is the session's: filled in when missing.

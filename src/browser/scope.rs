@@ -38,6 +38,8 @@ pub struct ContextScope {
     metrics: Arc<Metrics>,
     /// Message and frame limits of the pipe's two WebSockets.
     pub ws_config: WebSocketConfig,
+    /// The session's download folder: a client's `Browser.setDownloadBehavior` is held to it.
+    pub download_dir: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for ContextScope {
@@ -61,6 +63,7 @@ impl ContextScope {
             close_requested: CancellationToken::new(),
             metrics,
             ws_config,
+            download_dir: std::sync::OnceLock::new(),
         }
     }
 
@@ -112,6 +115,9 @@ pub async fn pipe<B, C>(
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let mut filter = Filter::new(&scope.context, root, scope.targets.clone());
+    if let Some(dir) = scope.download_dir.get() {
+        filter = filter.with_download_dir(dir);
+    }
     loop {
         // The browser's message the filter lets through unchanged.
         let mut passed = None;

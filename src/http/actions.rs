@@ -61,10 +61,10 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     // An action on a session another node runs is that node's to carry out.
     if let Some(id) = &request.session_id
         && !from_another_node
-        && let Some(owner) = broker.owner_url(id).await
+        && let Some(owner) = broker.owner_url(id, false).await
     {
         let within = config.action_timeout() + HOP_TIMEOUT;
-        return send_to(&owner, &parts, bytes, within).await.map_err(ApiError::from);
+        return send_to(&owner, &parts, bytes, within).await.map(super::whole).map_err(ApiError::from);
     }
     let session = match &request.session_id {
         Some(id) => broker

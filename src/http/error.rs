@@ -2,7 +2,6 @@
 //! each domain error, and whose fault it was for the logs and `/metrics`.
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 use serde_json::json;
 
@@ -267,7 +266,7 @@ pub fn answer(metrics: &Metrics, result: Result<Response<Body>, ApiError>) -> Re
 
 /// A JSON answer with the given status.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut response = Response::new(super::full(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -278,7 +277,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 
 /// An empty answer (204 and friends).
 pub fn empty_response(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(super::full(Bytes::new()));
     *response.status_mut() = status;
     response
 }

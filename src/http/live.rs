@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -58,25 +56,39 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
     let segments: Vec<&str> = path.split('/').skip(2).collect();
-    let (sid, socket) = match segments.as_slice() {
-        [sid] => (*sid, false),
-        [sid, "cdp"] => (*sid, true),
+    let (sid, what) = match segments.as_slice() {
+        [sid] => (*sid, Part::Page),
+        [sid, "cdp"] => (*sid, Part::Socket),
+        [sid, "recording"] => (*sid, Part::Recording),
         _ => return page(StatusCode::NOT_FOUND, "There is no live view here."),
     };
-    let read_only = match broker.tokens.decode(token.as_deref()) {
+    // An expired link still opens the recording of its ended session (checked below).
+    let (claims, current) = match broker.tokens.decode(token.as_deref()) {
+        Ok(claims) => (Ok(claims), true),
+        Err(_) => (broker.tokens.decode_expired_too(token.as_deref()), false),
+    };
+    let read_only = match claims {
         Ok((token_sid, Scope::Live)) if token_sid == sid => false,
         Ok((token_sid, Scope::LiveReadOnly)) if token_sid == sid => true,
-        _ => {
-            return page(
-                StatusCode::UNAUTHORIZED,
-                "This live view link is not valid, or it has expired. Ask for a new link to the session.",
-            );
-        }
+        _ => return invalid_link(),
     };
     let session = match broker.active(None, sid).await {
-        Ok(session) => session,
-        Err(SessionError::Ended(Status::Expired)) => return page(StatusCode::GONE, "This session has expired."),
-        Err(SessionError::Ended(_)) => return page(StatusCode::GONE, "This session has ended."),
+        Ok(session) if current => session,
+        Ok(_) => return invalid_link(),
+        Err(SessionError::Ended(status)) => {
+            let files = broker.artifacts.existing(sid);
+            let recorded = files.as_ref().is_some_and(|f| f.recording().is_some() && f.recording_path().is_file());
+            return match what {
+                Part::Page if recorded => recording_page(sid, token.as_deref().unwrap_or("")),
+                Part::Recording => {
+                    let head = request.method() == hyper::Method::HEAD;
+                    let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
+                    super::error::answer(&broker.metrics, served)
+                }
+                _ if status == Status::Expired => page(StatusCode::GONE, "This session has expired."),
+                _ => page(StatusCode::GONE, "This session has ended."),
+            };
+        }
         Err(SessionError::NotFound) => return page(StatusCode::NOT_FOUND, "This session no longer exists."),
         Err(SessionError::Store(e)) => {
             tracing::warn!(error = %e, "live view: session lookup failed");
@@ -86,14 +98,57 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
             );
         }
     };
-    if !socket {
-        let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
-        return html_response(StatusCode::OK, html);
+    match what {
+        Part::Page => {
+            let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
+            html_response(StatusCode::OK, html)
+        }
+        Part::Recording => {
+            // The recording so far, while the session runs.
+            let files = broker.artifacts.existing(sid);
+            let head = request.method() == hyper::Method::HEAD;
+            let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
+            super::error::answer(&broker.metrics, served)
+        }
+        Part::Socket => super::error::answer(
+            &broker.metrics,
+            viewer_socket(&broker, session, request, read_only).await,
+        ),
     }
-    super::error::answer(
-        &broker.metrics,
-        viewer_socket(&broker, session, request, read_only).await,
+}
+
+/// What a live view link leads to.
+enum Part {
+    Page,
+    Socket,
+    Recording,
+}
+
+fn invalid_link() -> Response<Body> {
+    page(
+        StatusCode::UNAUTHORIZED,
+        "This live view link is not valid, or it has expired. Ask for a new link to the session.",
     )
+}
+
+/// The page of an ended session that was recorded: the recording, to play and seek.
+fn recording_page(sid: &str, token: &str) -> Response<Body> {
+    let token: String = percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Recording · cdpgate</title>\
+         <style>body{{font-family:system-ui,sans-serif;background:#15171a;color:#e6e6e6;margin:0;display:flex;\
+         flex-direction:column;height:100vh}}header{{padding:.4rem .6rem;background:#202328}}main{{flex:1;display:flex;\
+         align-items:center;justify-content:center}}video{{max-width:100%;max-height:100%;background:#000}}</style>\
+         </head><body><header><strong>cdpgate</strong> · this session has ended; its recording:</header><main>\
+         <video id=\"recording\" controls autoplay muted playsinline src=\"/live/{sid}/recording?token={token}\"></video>\
+         </main></body></html>"
+    );
+    let mut response = html_response(StatusCode::OK, html);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; media-src 'self'"),
+    );
+    response
 }
 
 /// A readable page for whoever opened a link that does not lead to a session.
@@ -108,7 +163,7 @@ fn page(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 fn html_response(status: StatusCode, html: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(html)));
+    let mut response = Response::new(super::full(html));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -154,7 +209,7 @@ async fn viewer_socket(
         }
         .instrument(span),
     );
-    Ok(upgrade_response(&key))
+    Ok(super::whole(upgrade_response(&key)))
 }
 
 /// Passes a viewer's allowed commands to the browser and everything back; refuses the

@@ -8,7 +8,9 @@
 
 pub mod actions;
 pub mod admin;
+pub mod dashboard;
 pub mod error;
+pub mod files;
 pub mod live;
 pub mod profiles;
 pub mod request;
@@ -19,9 +21,22 @@ pub mod sessions;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::Response;
 
-pub type Body = Full<Bytes>;
+/// Answers' bodies: whole (JSON, pages) or streamed (files, recordings).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of `bytes`, whole.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An answer with a whole body (the proxy's) as an answer of this layer.
+pub fn whole(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
 
 /// ISO 8601 UTC to the second with a `Z`, as the wire contract shows.
 pub fn timestamp(t: SystemTime) -> String {

@@ -4,15 +4,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, live, profiles, sessions};
+use super::{Body, actions, admin, dashboard, files, live, profiles, sessions};
 use crate::broker::Broker;
 use crate::proxy::hop::{forward, is_hop};
 
@@ -34,6 +32,12 @@ pub enum Endpoint {
     Proxy,
     LiveView,
     AdminCluster,
+    Files,
+    File,
+    FilesZip,
+    Recording,
+    Screenshot,
+    Dashboard,
 }
 
 /// One documented route: its methods, its path (`{name}` matches one segment) and where it
@@ -84,6 +88,19 @@ pub const ROUTES: &[Route] = &[
         "/public/sessions/{session_id}/terminate",
         Endpoint::TerminateSession,
     ),
+    route(&["GET", "POST"], "/public/sessions/{session_id}/files", Endpoint::Files),
+    route(&["GET"], "/public/sessions/{session_id}/files.zip", Endpoint::FilesZip),
+    route(
+        &["GET", "HEAD", "DELETE"],
+        "/public/sessions/{session_id}/files/{name}",
+        Endpoint::File,
+    ),
+    route(
+        &["GET", "HEAD"],
+        "/public/sessions/{session_id}/recording",
+        Endpoint::Recording,
+    ),
+    route(&["GET"], "/public/sessions/{session_id}/screenshot", Endpoint::Screenshot),
     route(&["POST", "GET"], "/public/browser-profiles", Endpoint::Profiles),
     route(
         &["GET", "DELETE"],
@@ -132,6 +149,8 @@ pub const ROUTES: &[Route] = &[
     route(&["GET"], "/devtools/page/{target_id}", Endpoint::Proxy),
     route(&["GET"], "/live/{session_id}", Endpoint::LiveView),
     route(&["GET"], "/live/{session_id}/cdp", Endpoint::LiveView),
+    route(&["GET", "HEAD"], "/live/{session_id}/recording", Endpoint::LiveView),
+    route(&["GET"], "/dashboard", Endpoint::Dashboard),
 ];
 
 impl Route {
@@ -174,16 +193,17 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
     // A request about a session another node runs goes to that node.
     if broker.nodes.is_some()
         && !is_hop(&request)
-        && let Some(id) = session_of(&broker, &request)
-        && let Some(owner) = broker.owner_url(&id).await
+        && let Some((id, ended_too)) = session_of(&broker, &request)
+        && let Some(owner) = broker.owner_url(&id, ended_too).await
     {
-        let result = forward(&broker, &owner, request).await.map_err(ApiError::from);
+        let result = forward(&broker, &owner, request).await.map(super::whole).map_err(ApiError::from);
         return answer(&broker.metrics, result);
     }
     // The proxy and live view answer their own unknown paths (live view with a page).
     if path.starts_with("/devtools/") {
         let result = crate::proxy::handle(broker.clone(), request)
             .await
+            .map(super::whole)
             .map_err(ApiError::from);
         return answer(&broker.metrics, result);
     }
@@ -212,18 +232,23 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
 }
 
 /// The session a request acts on, where the path or the token names one: the CDP and live
-/// view endpoints, and the API calls that change a session. (Reads come from the store.)
-fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<String> {
+/// view endpoints, the API calls that change a session (reads come from the store), and
+/// its files and recording, which stay on its node after it ends (then `true`).
+fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)> {
     let path = request.uri().path();
     let (route, params) = find_route(path)?;
     let id = params.first().copied();
     match route.endpoint {
         Endpoint::Proxy if route.path.starts_with("/devtools/page/") => {
             let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
-            broker.tokens.session_of(token.as_deref(), crate::auth::Scope::Cdp).ok()
+            let id = broker.tokens.session_of(token.as_deref(), crate::auth::Scope::Cdp).ok();
+            id.map(|id| (id, false))
         }
-        Endpoint::Proxy | Endpoint::LiveView | Endpoint::TerminateSession => id.map(str::to_owned),
-        Endpoint::Session if request.method() != Method::GET => id.map(str::to_owned),
+        Endpoint::LiveView | Endpoint::Files | Endpoint::File | Endpoint::FilesZip | Endpoint::Recording => {
+            id.map(|id| (id.to_owned(), true))
+        }
+        Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::Screenshot => id.map(|id| (id.to_owned(), false)),
+        Endpoint::Session if request.method() != Method::GET => id.map(|id| (id.to_owned(), false)),
         _ => None,
     }
 }
@@ -244,7 +269,7 @@ async fn api(
         }
         Endpoint::OpenApi => {
             only(&method, &[Method::GET])?;
-            let mut r = Response::new(Full::new(Bytes::from(openapi_for(&broker.config))));
+            let mut r = Response::new(super::full(openapi_for(&broker.config)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
@@ -268,12 +293,16 @@ async fn api(
             {
                 text.push_str(&admin::cluster_metrics(&nodes));
             }
-            let mut r = Response::new(Full::new(Bytes::from(text)));
+            let mut r = Response::new(super::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             return Ok(r);
+        }
+        Endpoint::Dashboard => {
+            only(&method, &[Method::GET])?;
+            return Ok(dashboard::page());
         }
         Endpoint::AdminCluster => {
             only(&method, &[Method::GET])?;
@@ -294,6 +323,23 @@ async fn api(
             only(&method, &[Method::POST])?;
             sessions::terminate(broker, &tenant, id).await
         }
+        Endpoint::Files => files::collection(broker, &tenant, id, request).await,
+        Endpoint::File => {
+            let name = params.get(1).copied().unwrap_or("");
+            files::one(broker, &tenant, id, name, request).await
+        }
+        Endpoint::FilesZip => {
+            only(&method, &[Method::GET])?;
+            files::archive(broker, &tenant, id).await
+        }
+        Endpoint::Recording => {
+            only(&method, &[Method::GET, Method::HEAD])?;
+            files::recording(broker, &tenant, id, &request).await
+        }
+        Endpoint::Screenshot => {
+            only(&method, &[Method::GET])?;
+            dashboard::screenshot(broker, &tenant, id).await
+        }
         Endpoint::Profiles => profiles::collection(broker, &tenant, request).await,
         Endpoint::Profile => profiles::one(broker, &tenant, id, &method).await,
         Endpoint::StorageState => profiles::storage_state(broker, &tenant, id, request).await,
@@ -307,6 +353,7 @@ async fn api(
         | Endpoint::Metrics
         | Endpoint::Proxy
         | Endpoint::LiveView
+        | Endpoint::Dashboard
         | Endpoint::AdminCluster => {
             unreachable!("answered above")
         }

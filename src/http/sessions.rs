@@ -102,7 +102,7 @@ async fn place_elsewhere(
         match send_to(&node.url, parts, body.clone(), HOP_TIMEOUT).await {
             Ok(answer) if answer.status() == StatusCode::CREATED => {
                 tracing::info!(node = %node.id, "create placed on another node");
-                return Some(answer);
+                return Some(super::whole(answer));
             }
             Ok(answer) => tracing::debug!(node = %node.id, status = %answer.status(), "node did not take the create"),
             Err(e) => tracing::debug!(node = %node.id, error = %e, "node not reachable for a create"),
@@ -134,6 +134,7 @@ pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     let options = &record.options;
     body["isolation"] = json!(options.isolation.as_str());
     body["idle_timeout"] = json!(options.idle_timeout);
+    body["record"] = json!(options.record);
     if let Some(proxy) = &options.proxy {
         body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
     }
@@ -262,7 +263,8 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
 }
 
 /// The options of a create (or of a single action's own session): `proxy`, `user_agent`,
-/// `locale`, `timezone`, `idle_timeout`; a bad one is named in the error.
+/// `locale`, `timezone`, `idle_timeout`, `isolation`, `record`; a bad one is named in the
+/// error.
 pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<RequestedOptions, ApiError> {
     let text = |name: &str, valid: fn(&str) -> bool, what: &str| -> Result<Option<String>, ApiError> {
         match field(body, name) {
@@ -304,11 +306,17 @@ pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<Reque
         Some(_) => return Err(ApiError::unprocessable("isolation must be \"process\" or \"context\"")),
         None => Isolation::parse(&config.default_isolation).unwrap_or_default(),
     };
+    let record = match field(body, "record") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::unprocessable("record must be true or false")),
+        None => config.record_sessions,
+    };
     Ok(RequestedOptions {
         isolation,
         proxy,
         identity,
         idle_timeout,
+        record,
     })
 }
 

@@ -228,6 +228,9 @@ pub struct SessionOptions {
     /// Seconds without a client, a viewer or an action before the session ends; 0: never.
     #[serde(default)]
     pub idle_timeout: u64,
+    /// Recorded as video.
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// A session's upstream proxy without its password.

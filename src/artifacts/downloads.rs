@@ -1,0 +1,166 @@
+//! Watches a session's browser for downloads, on the broker's own CDP connection.
+//!
+//! The broker sets the session's download folder (its `.incoming`) with events enabled.
+//! Chrome keeps one setting per browser context, the last one made, and a client may make
+//! its own (Playwright does) or leave it reset to Chrome's default when it disconnects; but
+//! every connection that enabled events hears of every download. So the watcher notes each
+//! download as it begins, cancels one that passes the session's quota, and moves a finished
+//! file into the session's files from wherever Chrome wrote it; and after each client
+//! disconnects it sets the folder again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::SessionFiles;
+use crate::browser::cdp::{CdpError, Client};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to watch: a browser (`ws_url`), the session's context in it (`None`: the whole
+/// browser is the session's), and where the session's files go.
+pub struct Watch {
+    pub ws_url: String,
+    pub context: Option<String>,
+    pub files: Arc<SessionFiles>,
+    /// Notified when a client of the session disconnects.
+    pub client_left: Arc<Notify>,
+    pub until: CancellationToken,
+}
+
+/// Sets the session's download folder, then watches until `until` fires or the browser
+/// goes. Answers once the folder is set, so the session's first download lands in it.
+pub async fn start(watch: Watch) -> Result<(), CdpError> {
+    let client = Client::connect(&watch.ws_url).await?;
+    let events = client.subscribe();
+    let watcher = Watcher { client, watch };
+    watcher.apply().await?;
+    tokio::spawn(watcher.run(events));
+    Ok(())
+}
+
+struct Watcher {
+    client: Client,
+    watch: Watch,
+}
+
+impl Watcher {
+    fn context_params(&self, mut params: Value) -> Value {
+        if let Some(context) = &self.watch.context {
+            params["browserContextId"] = json!(context);
+        }
+        params
+    }
+
+    async fn apply(&self) -> Result<(), CdpError> {
+        let params = self.context_params(json!({
+            "behavior": "allow",
+            "downloadPath": self.watch.files.incoming_dir(),
+            "eventsEnabled": true,
+        }));
+        self.client
+            .call(None, "Browser.setDownloadBehavior", params, CALL_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| CdpError::Protocol(format!("Browser.setDownloadBehavior: {e:?}")))
+    }
+
+    async fn run(self, mut events: tokio::sync::broadcast::Receiver<Arc<Value>>) {
+        // Downloads of frames that are not targets (a context session's subframes): known
+        // to be the session's only by where they finish.
+        let mut unplaced: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => self.on_event(&event, &mut unplaced).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "download watcher fell behind the browser's events");
+                    }
+                    Err(_) => return,
+                },
+                _ = self.watch.client_left.notified() => {
+                    if let Err(e) = self.apply().await {
+                        tracing::debug!(error = %e, "could not set the download folder again");
+                    }
+                }
+                _ = self.watch.until.cancelled() => return,
+                _ = self.client.closed().cancelled() => return,
+            }
+        }
+    }
+
+    async fn on_event(&self, event: &Value, unplaced: &mut std::collections::HashMap<String, String>) {
+        let params = &event["params"];
+        let guid = params["guid"].as_str().unwrap_or_default();
+        if guid.is_empty() {
+            return;
+        }
+        let files = &self.watch.files;
+        match event["method"].as_str() {
+            Some("Browser.downloadWillBegin") => {
+                let suggested = params["suggestedFilename"].as_str().unwrap_or("download");
+                match self.is_ours(params["frameId"].as_str().unwrap_or_default()).await {
+                    Some(true) => {
+                        files.download_began(guid, suggested, 0);
+                    }
+                    Some(false) => {}
+                    None => {
+                        unplaced.insert(guid.to_owned(), suggested.to_owned());
+                    }
+                }
+            }
+            Some("Browser.downloadProgress") => {
+                let state = params["state"].as_str().unwrap_or_default();
+                let received = params["receivedBytes"].as_f64().unwrap_or(0.0) as u64;
+                let total = params["totalBytes"].as_f64().unwrap_or(0.0) as u64;
+                let path = params["filePath"].as_str().map(PathBuf::from);
+                if let Some(suggested) = unplaced.get(guid)
+                    && state == "completed"
+                    && path.as_ref().is_some_and(|p| p.starts_with(files.incoming_dir()))
+                {
+                    files.download_began(guid, suggested, 0);
+                }
+                if state != "inProgress" {
+                    unplaced.remove(guid);
+                }
+                if !files.has_download(guid) {
+                    return;
+                }
+                match state {
+                    "inProgress" => {
+                        if !files.download_progressed(guid, received.max(total)) {
+                            tracing::info!(guid, "download cancelled: past the session's files quota");
+                            let params = self.context_params(json!({ "guid": guid }));
+                            let _ = self
+                                .client
+                                .call(None, "Browser.cancelDownload", params, CALL_TIMEOUT)
+                                .await;
+                        }
+                    }
+                    "completed" => match path {
+                        Some(path) => files.download_completed(guid, &path),
+                        None => files.download_canceled(guid),
+                    },
+                    _ => files.download_canceled(guid),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the frame that began a download is in the session's context; `None` if it is
+    /// not a target (a subframe) and cannot be told now.
+    async fn is_ours(&self, frame: &str) -> Option<bool> {
+        let Some(context) = &self.watch.context else { return Some(true) };
+        let info = self
+            .client
+            .call(None, "Target.getTargetInfo", json!({ "targetId": frame }), CALL_TIMEOUT)
+            .await
+            .ok()?;
+        Some(info["targetInfo"]["browserContextId"].as_str() == Some(context.as_str()))
+    }
+}
