@@ -161,7 +161,8 @@ impl Tokens {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|_| TokenError::Invalid)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|_| TokenError::Invalid)?;
         Ok((data.claims.sid, data.claims.scope))
     }
 

@@ -730,10 +730,7 @@ impl Broker {
         // a shared one; a user's own browser keeps its own.
         let downloads = match &backing {
             Backing::Managed(lease) => Some((lease.browser.ws_url(), None)),
-            Backing::Context(context) => Some((
-                context.shared.browser.ws_url(),
-                Some(context.scope.context.clone()),
-            )),
+            Backing::Context(context) => Some((context.shared.browser.ws_url(), Some(context.scope.context.clone()))),
             Backing::External(_) => None,
         };
         let init = SessionInit {
@@ -826,7 +823,9 @@ impl Broker {
             .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(format!("the session's files: {e}"))))?;
         if let Some((ws_url, context)) = downloads {
             if let Some(scope) = &session.upstream.scope {
-                let _ = scope.download_dir.set(files.incoming_dir().to_string_lossy().into_owned());
+                let _ = scope
+                    .download_dir
+                    .set(files.incoming_dir().to_string_lossy().into_owned());
             }
             let watch = artifacts::downloads::Watch {
                 ws_url,

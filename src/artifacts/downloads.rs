@@ -155,7 +155,9 @@ impl Watcher {
     /// Whether the frame that began a download is in the session's context; `None` if it is
     /// not a target (a subframe) and cannot be told now.
     async fn is_ours(&self, frame: &str) -> Option<bool> {
-        let Some(context) = &self.watch.context else { return Some(true) };
+        let Some(context) = &self.watch.context else {
+            return Some(true);
+        };
         let info = self
             .client
             .call(None, "Target.getTargetInfo", json!({ "targetId": frame }), CALL_TIMEOUT)

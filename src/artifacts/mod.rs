@@ -124,10 +124,20 @@ pub fn check_name(name: &str) -> Result<(), FileError> {
 pub fn sanitize_name(suggested: &str) -> String {
     let cleaned: String = suggested
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_start_matches('.').trim();
-    let mut name = if cleaned.is_empty() { "download".to_owned() } else { cleaned.to_owned() };
+    let mut name = if cleaned.is_empty() {
+        "download".to_owned()
+    } else {
+        cleaned.to_owned()
+    };
     if name.len() > MAX_NAME_BYTES {
         let ext = Path::new(&name)
             .extension()
@@ -150,7 +160,10 @@ fn unique_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
         return name.to_owned();
     }
     let path = Path::new(name);
-    let (stem, ext) = match (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str())) {
+    let (stem, ext) = match (
+        path.file_stem().and_then(|s| s.to_str()),
+        path.extension().and_then(|e| e.to_str()),
+    ) {
         (Some(stem), Some(ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
         _ => (name.to_owned(), String::new()),
     };
@@ -196,7 +209,11 @@ impl Artifacts {
         if let Some(files) = self.open.get(id) {
             return Ok(files.clone());
         }
-        let files = Arc::new(SessionFiles::open(self.root.join(id), self.limits, self.metrics.clone())?);
+        let files = Arc::new(SessionFiles::open(
+            self.root.join(id),
+            self.limits,
+            self.metrics.clone(),
+        )?);
         Ok(self.open.entry(id.to_owned()).or_insert(files).clone())
     }
 
@@ -226,7 +243,9 @@ impl Artifacts {
 
     /// The sessions that have artifacts here.
     pub fn session_ids(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
         entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -237,7 +256,9 @@ impl Artifacts {
     /// Bytes of files and recordings held, and how many files and recordings.
     pub fn usage(&self) -> Usage {
         let mut usage = Usage::default();
-        let Ok(entries) = std::fs::read_dir(&self.root) else { return usage };
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return usage;
+        };
         for entry in entries.flatten() {
             if let Some(files) = self.existing(&entry.file_name().to_string_lossy()) {
                 let (bytes, count) = files.used();
@@ -404,7 +425,12 @@ impl SessionFiles {
         use futures_util::StreamExt;
         use tokio::io::AsyncWriteExt;
         check_name(name)?;
-        if self.index().files.get(name).is_some_and(|e| e.state == FileState::InProgress) {
+        if self
+            .index()
+            .files
+            .get(name)
+            .is_some_and(|e| e.state == FileState::InProgress)
+        {
             return Err(FileError::InProgress(name.to_owned()));
         }
         let tmp = self.dir.join(format!(".upload-{}", crate::auth::random_hex(8)));
@@ -486,7 +512,11 @@ impl SessionFiles {
             size: 0,
             created_at: unix_secs(SystemTime::now()),
             kind: Kind::Download,
-            state: if fits { FileState::InProgress } else { FileState::Refused },
+            state: if fits {
+                FileState::InProgress
+            } else {
+                FileState::Refused
+            },
         };
         index.files.insert(name.clone(), entry);
         self.save(&index);
@@ -494,25 +524,39 @@ impl SessionFiles {
         if !fits {
             self.metrics.files_quota_refusals.fetch_add(1, Relaxed);
         }
-        self.downloads.lock().unwrap_or_else(|e| e.into_inner()).insert(guid.to_owned(), name);
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(guid.to_owned(), name);
         fits
     }
 
     /// Whether `guid` is a download of this session.
     pub fn has_download(&self, guid: &str) -> bool {
-        self.downloads.lock().unwrap_or_else(|e| e.into_inner()).contains_key(guid)
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(guid)
     }
 
     fn download_name(&self, guid: &str) -> Option<String> {
-        self.downloads.lock().unwrap_or_else(|e| e.into_inner()).get(guid).cloned()
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(guid)
+            .cloned()
     }
 
     /// A download has `received` bytes so far. Answers false if it must be cancelled (it
     /// passed the quota; it is listed as refused from now on).
     pub fn download_progressed(&self, guid: &str, received: u64) -> bool {
-        let Some(name) = self.download_name(guid) else { return true };
+        let Some(name) = self.download_name(guid) else {
+            return true;
+        };
         let mut index = self.index();
-        let Some(state) = index.files.get(&name).map(|e| e.state) else { return true };
+        let Some(state) = index.files.get(&name).map(|e| e.state) else {
+            return true;
+        };
         if state != FileState::InProgress {
             return state != FileState::Refused;
         }
@@ -620,7 +664,17 @@ mod tests {
 
     #[test]
     fn client_names_are_refused_when_they_could_leave_the_directory() {
-        for bad in ["", "..", ".", "../../etc/passwd", "a/b", "a\\b", "nul\0byte", "tab\there", ".hidden"] {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../../etc/passwd",
+            "a/b",
+            "a\\b",
+            "nul\0byte",
+            "tab\there",
+            ".hidden",
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_name(&"x".repeat(10_000)).is_err());
@@ -674,8 +728,9 @@ mod tests {
         files.download_completed("g2", &second);
         let list = files.list();
         assert_eq!(list.len(), 2);
-        assert_eq!((list[0].name.as_str(), list[0].state, list[0].size), ("a.bin", FileState::Complete, 600));
-        assert_eq!((list[1].name.as_str(), list[1].state), ("a (1).bin", FileState::Refused));
+        let find = |name: &str| list.iter().find(|f| f.name == name).unwrap().clone();
+        assert_eq!((find("a.bin").state, find("a.bin").size), (FileState::Complete, 600));
+        assert_eq!(find("a (1).bin").state, FileState::Refused);
         assert!(!second.exists());
         assert!(files.get("a (1).bin").is_err());
         assert_eq!(std::fs::read(files.get("a.bin").unwrap().0).unwrap().len(), 600);
@@ -691,8 +746,14 @@ mod tests {
         assert_eq!((entry.size, entry.kind), (400, Kind::Upload));
         assert_eq!(std::fs::read(&path).unwrap().len(), 400);
         files.upload("cv.pdf", chunks(900)).await.unwrap();
-        assert!(matches!(files.upload("more.pdf", chunks(200)).await, Err(FileError::OverQuota(_))));
-        assert!(matches!(files.upload("../x", chunks(1)).await, Err(FileError::BadName(_))));
+        assert!(matches!(
+            files.upload("more.pdf", chunks(200)).await,
+            Err(FileError::OverQuota(_))
+        ));
+        assert!(matches!(
+            files.upload("../x", chunks(1)).await,
+            Err(FileError::BadName(_))
+        ));
         assert_eq!(files.list().len(), 1);
         files.remove("cv.pdf").unwrap();
         assert!(files.list().is_empty() && !path.exists());

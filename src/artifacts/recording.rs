@@ -103,9 +103,8 @@ pub async fn start(
 fn spawn_ffmpeg(spec: &Spec) -> std::io::Result<Child> {
     let (w, h) = (spec.width & !1, spec.height & !1);
     let fps = spec.fps.to_string();
-    let filter = format!(
-        "scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,format=yuv420p"
-    );
+    let filter =
+        format!("scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,format=yuv420p");
     // Under `nice`: encoding yields to the sessions' own browsers on a busy machine.
     Command::new("nice")
         .args(["-n", "10"])
@@ -265,7 +264,9 @@ impl Recorder {
 
     async fn watch(&mut self, target: &str) {
         if let Some((_, session)) = self.watched.take() {
-            let _ = self.client.send(None, "Target.detachFromTarget", json!({ "sessionId": session }));
+            let _ = self
+                .client
+                .send(None, "Target.detachFromTarget", json!({ "sessionId": session }));
         }
         let attached: Result<Value, CallError> = self
             .client

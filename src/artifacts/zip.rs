@@ -201,6 +201,9 @@ mod tests {
             .output()
             .unwrap();
         assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-        assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "a.txt:5,Résumé.bin:200000");
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "a.txt:5,Résumé.bin:200000"
+        );
     }
 }

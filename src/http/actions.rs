@@ -64,7 +64,10 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
         && let Some(owner) = broker.owner_url(id, false).await
     {
         let within = config.action_timeout() + HOP_TIMEOUT;
-        return send_to(&owner, &parts, bytes, within).await.map(super::whole).map_err(ApiError::from);
+        return send_to(&owner, &parts, bytes, within)
+            .await
+            .map(super::whole)
+            .map_err(ApiError::from);
     }
     let session = match &request.session_id {
         Some(id) => broker

@@ -88,7 +88,12 @@ async fn capture(upstream: &Upstream, egress: &Egress) -> Result<Vec<u8>, String
         .and_then(|t| t["targetId"].as_str())
         .ok_or("the session has no open tab")?
         .to_owned();
-    let attached = call(None, "Target.attachToTarget", json!({ "targetId": page, "flatten": true })).await?;
+    let attached = call(
+        None,
+        "Target.attachToTarget",
+        json!({ "targetId": page, "flatten": true }),
+    )
+    .await?;
     let session = attached["sessionId"].as_str().map(str::to_owned);
     let shot = call(
         session,

@@ -38,7 +38,9 @@ impl From<FileError> for ApiError {
             FileError::BadName(_) => ApiError::unprocessable(e.to_string()),
             FileError::NotFound(_) => ApiError::not_found(e.to_string()),
             FileError::InProgress(_) => ApiError::conflict(e.to_string()),
-            FileError::TooLarge(_) | FileError::OverQuota(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            FileError::TooLarge(_) | FileError::OverQuota(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
             FileError::Io(_) => ApiError::internal(e.to_string()),
         }
     }
@@ -46,7 +48,11 @@ impl From<FileError> for ApiError {
 
 /// The session's files, if it is the tenant's (an unknown session is a 404; a session
 /// without files has none).
-async fn files_of(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Option<std::sync::Arc<SessionFiles>>, ApiError> {
+async fn files_of(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<Option<std::sync::Arc<SessionFiles>>, ApiError> {
     broker
         .record(tenant, id)
         .await
@@ -64,7 +70,12 @@ pub async fn collection(
     match *request.method() {
         Method::GET => {
             let files = files_of(broker, tenant, id).await?;
-            let list: Vec<Value> = files.map(|f| f.list()).unwrap_or_default().iter().map(render_file).collect();
+            let list: Vec<Value> = files
+                .map(|f| f.list())
+                .unwrap_or_default()
+                .iter()
+                .map(render_file)
+                .collect();
             Ok(json_response(StatusCode::OK, &json!({ "files": list })))
         }
         Method::POST => upload(broker, tenant, id, request).await,
@@ -89,7 +100,14 @@ pub async fn one(
     match *request.method() {
         Method::GET | Method::HEAD => {
             let (path, entry) = files.get(&name)?;
-            serve(&path, &entry.name, request.headers(), *request.method() == Method::HEAD, true).await
+            serve(
+                &path,
+                &entry.name,
+                request.headers(),
+                *request.method() == Method::HEAD,
+                true,
+            )
+            .await
         }
         Method::DELETE => {
             files.remove(&name)?;
@@ -118,7 +136,10 @@ pub async fn archive(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Respo
     let body = stream_body(zip::archive(entries));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/zip"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/zip"),
+    );
     if let Ok(v) = header::HeaderValue::from_str(&format!("attachment; filename=\"{id}-files.zip\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -126,13 +147,22 @@ pub async fn archive(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Respo
 }
 
 /// `/public/sessions/{id}/recording`.
-pub async fn recording(broker: &Broker, tenant: &Tenant, id: &str, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn recording(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let files = files_of(broker, tenant, id).await?;
     serve_recording(files.as_deref(), request.headers(), *request.method() == Method::HEAD).await
 }
 
 /// A session's recording, if it has one.
-pub async fn serve_recording(files: Option<&SessionFiles>, headers: &HeaderMap, head: bool) -> Result<Response<Body>, ApiError> {
+pub async fn serve_recording(
+    files: Option<&SessionFiles>,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
     let not_recorded = || ApiError::not_found("This session has no recording");
     let files = files.ok_or_else(not_recorded)?;
     files.recording().ok_or_else(not_recorded)?;
@@ -148,7 +178,12 @@ pub async fn serve_recording(files: Option<&SessionFiles>, headers: &HeaderMap, 
     Ok(response)
 }
 
-async fn upload(broker: &Broker, tenant: &Tenant, id: &str, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn upload(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     broker
         .active(Some(tenant), id)
         .await
@@ -191,7 +226,9 @@ async fn upload(broker: &Broker, tenant: &Tenant, id: &str, request: Request<Inc
             .await
             .map_err(|e| ApiError::bad_request(format!("the multipart body could not be read: {e}")))?
         {
-            let Some(filename) = field.file_name().map(str::to_owned) else { continue };
+            let Some(filename) = field.file_name().map(str::to_owned) else {
+                continue;
+            };
             if stored.is_some() {
                 return Err(ApiError::unprocessable("one file per upload"));
             }
@@ -200,7 +237,9 @@ async fn upload(broker: &Broker, tenant: &Tenant, id: &str, request: Request<Inc
         }
         stored.ok_or_else(|| ApiError::unprocessable("the multipart body has no file"))?
     } else {
-        let name = named.ok_or_else(|| ApiError::unprocessable("name is required: ?name=file.pdf, or a multipart/form-data body"))?;
+        let name = named.ok_or_else(|| {
+            ApiError::unprocessable("name is required: ?name=file.pdf, or a multipart/form-data body")
+        })?;
         files.upload(&name, Box::pin(body)).await?
     };
     let mut body = render_file(&entry);
@@ -210,7 +249,10 @@ async fn upload(broker: &Broker, tenant: &Tenant, id: &str, request: Request<Inc
 
 /// `stream`, failing when no chunk arrives for `stall` (a client that trickles its upload
 /// is dropped like one that trickles its headers).
-fn stalling_after<S, E>(stream: S, stall: Duration) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static
+fn stalling_after<S, E>(
+    stream: S,
+    stall: Duration,
+) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
@@ -261,7 +303,11 @@ fn range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
         }
         (false, _) => {
             let from: u64 = start.parse().map_err(|_| ())?;
-            let to = if end.is_empty() { len.saturating_sub(1) } else { end.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1)) };
+            let to = if end.is_empty() {
+                len.saturating_sub(1)
+            } else {
+                end.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+            };
             if from >= len || to < from {
                 return Err(());
             }
@@ -307,7 +353,13 @@ fn content_type(name: &str) -> &'static str {
 fn disposition(kind: &str, name: &str) -> String {
     let ascii: String = name
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
@@ -315,16 +367,27 @@ fn disposition(kind: &str, name: &str) -> String {
 
 /// Serves a file whole or by range. Files a session's pages wrote are never rendered on
 /// the broker's origin: they come as attachments in a sandbox.
-async fn serve(path: &Path, name: &str, headers: &HeaderMap, head: bool, attachment: bool) -> Result<Response<Body>, ApiError> {
+async fn serve(
+    path: &Path,
+    name: &str,
+    headers: &HeaderMap,
+    head: bool,
+    attachment: bool,
+) -> Result<Response<Body>, ApiError> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|_| ApiError::not_found(format!("no file named {name:?}")))?;
-    let len = file.metadata().await.map_err(|e| ApiError::internal(e.to_string()))?.len();
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .len();
     let wanted = match range(headers, len) {
         Ok(r) => r,
         Err(()) => {
-            let mut r = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, format!("the file has {len} bytes")).into_response();
+            let mut r =
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, format!("the file has {len} bytes")).into_response();
             if let Ok(v) = header::HeaderValue::from_str(&format!("bytes */{len}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -347,7 +410,10 @@ async fn serve(path: &Path, name: &str, headers: &HeaderMap, head: bool, attachm
     }
     let h = response.headers_mut();
     let value = |s: String| header::HeaderValue::from_str(&s).ok();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type(name)));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type(name)),
+    );
     h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
     if wanted.is_some()
@@ -359,8 +425,14 @@ async fn serve(path: &Path, name: &str, headers: &HeaderMap, head: bool, attachm
     if let Some(v) = value(disposition(kind, name)) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
-    h.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static("sandbox; default-src 'none'"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
     Ok(response)
 }
 

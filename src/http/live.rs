@@ -77,7 +77,9 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         Ok(_) => return invalid_link(),
         Err(SessionError::Ended(status)) => {
             let files = broker.artifacts.existing(sid);
-            let recorded = files.as_ref().is_some_and(|f| f.recording().is_some() && f.recording_path().is_file());
+            let recorded = files
+                .as_ref()
+                .is_some_and(|f| f.recording().is_some() && f.recording_path().is_file());
             return match what {
                 Part::Page if recorded => recording_page(sid, token.as_deref().unwrap_or("")),
                 Part::Recording => {

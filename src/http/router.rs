@@ -100,7 +100,11 @@ pub const ROUTES: &[Route] = &[
         "/public/sessions/{session_id}/recording",
         Endpoint::Recording,
     ),
-    route(&["GET"], "/public/sessions/{session_id}/screenshot", Endpoint::Screenshot),
+    route(
+        &["GET"],
+        "/public/sessions/{session_id}/screenshot",
+        Endpoint::Screenshot,
+    ),
     route(&["POST", "GET"], "/public/browser-profiles", Endpoint::Profiles),
     route(
         &["GET", "DELETE"],
@@ -196,7 +200,10 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
         && let Some((id, ended_too)) = session_of(&broker, &request)
         && let Some(owner) = broker.owner_url(&id, ended_too).await
     {
-        let result = forward(&broker, &owner, request).await.map(super::whole).map_err(ApiError::from);
+        let result = forward(&broker, &owner, request)
+            .await
+            .map(super::whole)
+            .map_err(ApiError::from);
         return answer(&broker.metrics, result);
     }
     // The proxy and live view answer their own unknown paths (live view with a page).

@@ -1,0 +1,888 @@
+//! Session artifacts with real Chromium: downloads into each session's files (within its
+//! quota, whatever the client's own download folder), uploads onto file inputs with
+//! Puppeteer and Playwright, recordings checked with ffprobe and by their frames'
+//! colours, the live view and the dashboard of ended sessions in a real browser.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+const REPORT_LEN: usize = 200_000;
+const BIG_LEN: usize = 3_000_000;
+
+fn report_bytes() -> Vec<u8> {
+    (0..REPORT_LEN).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// A site with files to download, a form to upload to (what it receives is kept), and a
+/// page whose colour follows the clock (red, green, blue, one second each).
+struct Site {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Site {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn start_files_site() -> Site {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let kept = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, body)) = read_request(&mut stream, &mut buf).await {
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let (kind, extra, payload): (&str, &str, Vec<u8>) = match path.as_str() {
+                        "/report.bin" => (
+                            "application/octet-stream",
+                            "content-disposition: attachment; filename=\"report.bin\"\r\n",
+                            report_bytes(),
+                        ),
+                        "/big.bin" => (
+                            "application/octet-stream",
+                            "content-disposition: attachment; filename=\"big.bin\"\r\n",
+                            vec![b'x'; BIG_LEN],
+                        ),
+                        "/form" => (
+                            "text/html",
+                            "",
+                            b"<form method=post action=/submit enctype=multipart/form-data>\
+                              <input type=file name=resume><button id=send>Send</button></form>"
+                                .to_vec(),
+                        ),
+                        "/submit" => {
+                            kept.lock().unwrap().push(body);
+                            ("text/html", "", b"<p>received</p>".to_vec())
+                        }
+                        "/colors" => ("text/html", "", COLORS.as_bytes().to_vec()),
+                        _ => (
+                            "text/html",
+                            "",
+                            b"<title>files</title><a id=report href=/report.bin>report</a> \
+                              <a id=big href=/big.bin>big</a>"
+                                .to_vec(),
+                        ),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\n{extra}content-length: {}\r\n\r\n",
+                        payload.len()
+                    );
+                    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&payload).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Site { addr, received }
+}
+
+/// Red, green, blue, one second each, by the clock.
+const COLORS: &str = "<!doctype html><title>colors</title><style>html,body{margin:0;height:100%}</style>\
+<body><script>const c=['#ff0000','#00ff00','#0000ff'];\
+function paint(){document.body.style.background=c[Math.floor(Date.now()/1000)%3];requestAnimationFrame(paint)}\
+paint()</script></body>";
+
+async fn files_of(server: &TestServer, key: &str, id: &str) -> Value {
+    let r = server
+        .call(Method::GET, &format!("/public/sessions/{id}/files"), Some(key), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.json
+}
+
+fn entry<'a>(files: &'a Value, name: &str) -> Option<&'a Value> {
+    files["files"].as_array().unwrap().iter().find(|f| f["name"] == name)
+}
+
+/// Waits until the session's files show `name` in `state`.
+async fn until_file(server: &TestServer, id: &str, name: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = files_of(server, KEY_A, id).await;
+        if let Some(e) = entry(&files, name)
+            && e["state"] == state
+        {
+            return e.clone();
+        }
+        assert!(Instant::now() < deadline, "{name} never {state}: {files}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// GET with the key and extra headers; the raw bytes of the answer.
+async fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder().uri(path).header("host", addr.to_string());
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, headers, body)
+}
+
+/// POST raw bytes (or a multipart body) with the key.
+async fn post_bytes(addr: SocketAddr, path: &str, content_type: &str, body: Vec<u8>) -> Response {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("x-api-key", KEY_A)
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+    Response {
+        status,
+        headers,
+        body,
+        json,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_land_in_the_sessions_files_within_its_quota() {
+    let site = start_files_site().await;
+    let server = TestServer::start_with(|c| {
+        c.max_session_files_bytes = 1_000_000;
+        c.max_upload_bytes = 500_000;
+        c.retention_secs = 4;
+    })
+    .await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    // The client sets its own folder first: the downloads still end up in the session's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let done = node(
+        "downloads.mjs",
+        &[
+            session["cdp_url"].as_str().unwrap(),
+            &site.url(),
+            elsewhere.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(done["ok"], true);
+
+    let report = until_file(&server, id, "report.bin", "complete").await;
+    assert_eq!(
+        (report["size"].as_u64(), &report["kind"], &report["complete"]),
+        (Some(REPORT_LEN as u64), &json!("download"), &json!(true))
+    );
+    assert!(report["created_at"].as_str().unwrap().ends_with('Z'));
+    until_file(&server, id, "blob.txt", "complete").await;
+    let big = until_file(&server, id, "big.bin", "refused").await;
+    assert_eq!(big["complete"], false);
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none())
+        .await,
+        "something stayed in the client's own folder"
+    );
+
+    // Served whole and by range, with the right headers.
+    let path = format!("/public/sessions/{id}/files/report.bin");
+    let (status, headers, bytes) = fetch(server.addr, &path, Some(KEY_A), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, report_bytes());
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert_eq!(headers["content-length"], REPORT_LEN.to_string().as_str());
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"report.bin\"")
+    );
+    let (status, headers, bytes) = fetch(server.addr, &path, Some(KEY_A), &[("range", "bytes=100-199")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(headers["content-range"], format!("bytes 100-199/{REPORT_LEN}").as_str());
+    assert_eq!(bytes, report_bytes()[100..200]);
+    let (status, headers, _) = fetch(server.addr, &path, Some(KEY_A), &[("range", "bytes=999999-")]).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(headers["content-range"], format!("bytes */{REPORT_LEN}").as_str());
+    let blob = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/files/blob.txt"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(blob.2, "made by script\n".repeat(100).as_bytes());
+    assert_eq!(blob.1["content-type"], "text/plain; charset=utf-8");
+
+    // All of them in one zip, which Python's zipfile reads back (CRCs checked).
+    let (status, headers, zip) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/files.zip"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, headers["content-type"].to_str().unwrap()),
+        (StatusCode::OK, "application/zip")
+    );
+    let zip_path = server.data_dir.path().join("all.zip");
+    std::fs::write(&zip_path, &zip).unwrap();
+    let listed = std::process::Command::new(python())
+        .args(["-c", "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print(sorted((i.filename, i.file_size) for i in z.infolist()))"])
+        .arg(&zip_path)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        format!("[('blob.txt', 1500), ('report.bin', {REPORT_LEN})]")
+    );
+
+    // Another tenant sees none of it; a name cannot leave the directory.
+    for path in [
+        format!("/public/sessions/{id}/files"),
+        format!("/public/sessions/{id}/files/report.bin"),
+        format!("/public/sessions/{id}/files.zip"),
+    ] {
+        let r = server.call(Method::GET, &path, Some(KEY_B), None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
+    }
+    for name in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "..",
+        ".index.tmp",
+        "index.json",
+        "%00",
+    ] {
+        let r = server
+            .call(
+                Method::GET,
+                &format!("/public/sessions/{id}/files/{name}"),
+                Some(KEY_A),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{name}: {}", r.body);
+    }
+
+    // Removed one by one; after the session ends the rest is still served.
+    let r = server
+        .call(
+            Method::DELETE,
+            &format!("/public/sessions/{id}/files/blob.txt"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(entry(&files_of(&server, KEY_A, id).await, "blob.txt").is_none());
+    assert!(server.terminate(id).await.status.is_success());
+    let (status, _, bytes) = fetch(server.addr, &path, Some(KEY_A), &[]).await;
+    assert_eq!((status, bytes.len()), (StatusCode::OK, REPORT_LEN));
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(
+        metrics.contains("cdpgate_session_files_quota_refusals_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cdpgate_session_files 1\n"), "{metrics}");
+
+    // Past the retention, the record and its files are gone.
+    let dir = server.data_dir.path().join("artifacts").join(id);
+    assert!(dir.exists());
+    assert!(
+        eventually(Duration::from_secs(20), || !dir.exists()).await,
+        "the files were not swept"
+    );
+    let (status, _, _) = fetch(server.addr, &path, Some(KEY_A), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_sessions_downloads_are_its_own() {
+    let site = start_files_site().await;
+    let server = TestServer::start_with(|c| c.default_isolation = "context".into()).await;
+    let ours = server.create(json!({})).await;
+    let neighbour = server.create(json!({})).await;
+    let (id, other) = (
+        ours["session_id"].as_str().unwrap(),
+        neighbour["session_id"].as_str().unwrap(),
+    );
+    assert_eq!(ours["isolation"], "context");
+    let elsewhere = tempfile::tempdir().unwrap();
+    node(
+        "downloads.mjs",
+        &[
+            ours["cdp_url"].as_str().unwrap(),
+            &site.url(),
+            elsewhere.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    until_file(&server, id, "report.bin", "complete").await;
+    until_file(&server, id, "blob.txt", "complete").await;
+    let (_, _, bytes) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/files/report.bin"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(bytes, report_bytes());
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none())
+        .await
+    );
+    let theirs = files_of(&server, KEY_A, other).await;
+    assert_eq!(theirs["files"], json!([]), "the neighbour context saw a download");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_reach_file_inputs_through_puppeteer_and_playwright() {
+    let site = start_files_site().await;
+    let server = TestServer::start_with(|c| {
+        c.max_upload_bytes = 100_000;
+        c.max_session_files_bytes = 150_000;
+    })
+    .await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let cdp_url = session["cdp_url"].as_str().unwrap();
+    let content: Vec<u8> = (0..5000u32).map(|i| (i % 256) as u8).collect();
+
+    // A raw body with a name.
+    let r = post_bytes(
+        server.addr,
+        &format!("/public/sessions/{id}/files?name=cv.pdf"),
+        "application/pdf",
+        content.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (&r.json["name"], &r.json["kind"], r.json["size"].as_u64()),
+        (&json!("cv.pdf"), &json!("upload"), Some(5000))
+    );
+    let raw_path = PathBuf::from(r.json["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(&raw_path).unwrap(), content);
+
+    // A multipart body, as a browser's form or curl -F sends it.
+    let boundary = "----cdpgate-test-boundary";
+    let mut multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"letter.txt\"\r\nContent-Type: text/plain\r\n\r\n"
+    )
+    .into_bytes();
+    multipart.extend_from_slice(b"Dear reader,\n");
+    multipart.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let r = post_bytes(
+        server.addr,
+        &format!("/public/sessions/{id}/files"),
+        &format!("multipart/form-data; boundary={boundary}"),
+        multipart,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json["name"], "letter.txt");
+    assert_eq!(
+        std::fs::read(r.json["path"].as_str().unwrap()).unwrap(),
+        b"Dear reader,\n"
+    );
+
+    // Hostile names are refused, and nothing is written outside the session's directory.
+    let dir = server.data_dir.path().join("artifacts").join(id).join("files");
+    for name in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "a%2Fb",
+        "nul%00byte",
+        "%2E%2E",
+        ".hidden",
+        &"x".repeat(10_000),
+    ] {
+        let r = post_bytes(
+            server.addr,
+            &format!("/public/sessions/{id}/files?name={name}"),
+            "text/plain",
+            b"x".to_vec(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.body);
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    // Past the upload limit: 413, and nothing kept.
+    let r = post_bytes(
+        server.addr,
+        &format!("/public/sessions/{id}/files?name=huge.bin"),
+        "application/octet-stream",
+        vec![0; 200_000],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    // Within the limit but past the session's quota: 413 as well.
+    for i in 0..2 {
+        let name = format!("part{i}.bin");
+        let r = post_bytes(
+            server.addr,
+            &format!("/public/sessions/{id}/files?name={name}"),
+            "application/octet-stream",
+            vec![1; 90_000],
+        )
+        .await;
+        let want = if i == 0 {
+            StatusCode::CREATED
+        } else {
+            StatusCode::PAYLOAD_TOO_LARGE
+        };
+        assert_eq!(r.status, want, "{name}: {}", r.body);
+    }
+    let listed = files_of(&server, KEY_A, id).await;
+    assert_eq!(listed["files"].as_array().unwrap().len(), 3, "{listed}");
+
+    // Puppeteer and Playwright put the uploaded file on a form's input; the site gets it.
+    for client in ["puppeteer", "playwright"] {
+        let sent = node(
+            "upload_form.mjs",
+            &[client, cdp_url, &site.url(), raw_path.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(sent["text"], "received", "{client}: {sent}");
+        let body = site.received.lock().unwrap().pop().expect("the form was posted");
+        assert!(
+            body.windows(content.len()).any(|w| w == content.as_slice()),
+            "{client}: the posted form does not carry the file's bytes"
+        );
+        assert!(
+            String::from_utf8_lossy(&body).contains("filename=\"cv.pdf\""),
+            "{client}"
+        );
+    }
+
+    // An ended session takes no uploads.
+    server.terminate(id).await;
+    let r = post_bytes(
+        server.addr,
+        &format!("/public/sessions/{id}/files?name=late.txt"),
+        "text/plain",
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    server.stop().await;
+}
+
+/// ffprobe's view of a video: duration (s), frames, width, height.
+fn probe(path: &Path) -> (f64, u64, u64, u64) {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,width,height:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stream = &v["streams"][0];
+    let number = |x: &Value| x.as_str().and_then(|s| s.parse::<f64>().ok()).or(x.as_f64()).unwrap();
+    (
+        number(&v["format"]["duration"]),
+        number(&stream["nb_read_frames"]) as u64,
+        stream["width"].as_u64().unwrap(),
+        stream["height"].as_u64().unwrap(),
+    )
+}
+
+/// The colour at the centre of the video, 10 times a second: 'r', 'g', 'b' or '?'.
+fn colours(path: &Path) -> Vec<char> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-vf", "fps=10,scale=16:9", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+        .chunks(16 * 9 * 3)
+        .map(|frame| {
+            let at = (4 * 16 + 8) * 3;
+            let (r, g, b) = (frame[at], frame[at + 1], frame[at + 2]);
+            match (r > 180, g > 180, b > 180, r < 80, g < 80, b < 80) {
+                (true, _, _, _, true, true) => 'r',
+                (_, true, _, true, _, true) => 'g',
+                (_, _, true, true, true, _) => 'b',
+                _ => '?',
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_session_is_a_video_of_its_tab() {
+    let site = start_files_site().await;
+    let server = TestServer::start_with(|c| c.recording_fps = 10).await;
+    let started = Instant::now();
+    let session = server.create(json!({ "record": true })).await;
+    let id = session["session_id"].as_str().unwrap();
+    assert_eq!(session["record"], true);
+    let plain = server.create(json!({})).await;
+    assert_eq!(plain["record"], false);
+
+    let visited = node(
+        "visit.mjs",
+        &[
+            session["cdp_url"].as_str().unwrap(),
+            &format!("{}/colors", site.url()),
+            "",
+            "first",
+        ],
+    )
+    .await;
+    assert_eq!(visited["ok"], true, "{visited}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = server.terminate(id).await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let length = started.elapsed().as_secs_f64();
+
+    // The file is finished by ffmpeg a moment after the session ends.
+    let files = server.broker.artifacts.existing(id).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || files
+            .recording()
+            .is_some_and(|r| r.complete))
+        .await,
+        "the recording was not finished: {:?}",
+        files.recording()
+    );
+    let (status, headers, video) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/recording"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "video/mp4");
+    let path = server.data_dir.path().join("recording.mp4");
+    std::fs::write(&path, &video).unwrap();
+    let (duration, frames, width, height) = probe(&path);
+    assert!(
+        (duration - length).abs() <= length * 0.1,
+        "video of {duration:.2} s for a session of {length:.2} s"
+    );
+    assert!(
+        (frames as f64 - duration * 10.0).abs() <= 2.0,
+        "{frames} frames in {duration:.2} s at 10 fps"
+    );
+    assert_eq!((width, height), (1280, 720));
+    // The page's colours, in their order, one second each.
+    let seen = colours(&path);
+    let runs: Vec<(char, usize)> = seen.iter().fold(Vec::new(), |mut runs, &c| {
+        match runs.last_mut() {
+            Some((last, n)) if *last == c => *n += 1,
+            _ => runs.push((c, 1)),
+        }
+        runs
+    });
+    let coloured: Vec<&(char, usize)> = runs.iter().filter(|(c, _)| *c != '?').collect();
+    assert!(coloured.len() >= 4, "{runs:?}");
+    for pair in coloured.windows(2) {
+        let next = match pair[0].0 {
+            'r' => 'g',
+            'g' => 'b',
+            _ => 'r',
+        };
+        assert_eq!(pair[1].0, next, "colours out of order: {runs:?}");
+    }
+    // Whole seconds between the first and last change (10 samples a second).
+    for (c, n) in &coloured[1..coloured.len() - 1] {
+        assert!((8..=12).contains(n), "a colour held {n} samples: {c} in {runs:?}");
+    }
+    // Ranges, so that a <video> can seek.
+    let (status, _, part) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/recording"),
+        Some(KEY_A),
+        &[("range", "bytes=0-99")],
+    )
+    .await;
+    assert_eq!((status, part.as_slice()), (StatusCode::PARTIAL_CONTENT, &video[..100]));
+
+    // The live view link of the ended session plays the recording (in a real browser).
+    let live_url = session["metadata"]["live_url"].as_str().unwrap();
+    let shown = node("recording_view.mjs", &[live_url]).await;
+    assert_eq!(shown["hasVideo"], true, "{shown}");
+    assert_eq!(
+        (shown["width"].as_u64(), shown["height"].as_u64()),
+        (Some(1280), Some(720)),
+        "{shown}"
+    );
+    assert!((shown["duration"].as_f64().unwrap() - duration).abs() < 0.5, "{shown}");
+    assert!(shown["seekedTo"].as_f64().unwrap() > 1.0, "{shown}");
+    assert_eq!(shown["error"], Value::Null);
+
+    // A session without `record` records nothing.
+    let plain_id = plain["session_id"].as_str().unwrap();
+    server.terminate(plain_id).await;
+    let r = server
+        .call(
+            Method::GET,
+            &format!("/public/sessions/{plain_id}/recording"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(
+        !server
+            .data_dir
+            .path()
+            .join("artifacts")
+            .join(plain_id)
+            .join("recording.mp4")
+            .exists()
+    );
+    let shown = node("recording_view.mjs", &[plain["metadata"]["live_url"].as_str().unwrap()]).await;
+    assert_eq!(
+        (shown["status"].as_u64(), &shown["hasVideo"]),
+        (Some(410), &json!(false)),
+        "{shown}"
+    );
+    let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
+    assert!(metrics.contains("cdpgate_recordings_started_total 1\n"), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_recording_leaves_a_playable_file() {
+    let site = start_files_site().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = start_binary(
+        data.path(),
+        &[("CDPGATE_API_KEYS", KEY_A), ("CDPGATE_RECORD_SESSIONS", "true")],
+    )
+    .await;
+    let created = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.json["record"], true);
+    let id = created.json["session_id"].as_str().unwrap();
+    let visited = node(
+        "visit.mjs",
+        &[
+            created.json["cdp_url"].as_str().unwrap(),
+            &format!("{}/colors", site.url()),
+            "",
+            "first",
+        ],
+    )
+    .await;
+    assert_eq!(visited["ok"], true, "{visited}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(&broker.child, libc::SIGKILL);
+    let _ = broker.child.wait().await;
+    let path = data.path().join("artifacts").join(id).join("recording.mp4");
+    // ffmpeg sees its input end and finishes the file by itself.
+    let needle = path.to_string_lossy().into_owned();
+    assert!(
+        eventually(Duration::from_secs(20), || processes_mentioning(&needle).is_empty()).await,
+        "ffmpeg outlived the broker"
+    );
+    let (duration, frames, width, _) = probe(&path);
+    assert!(duration >= 3.0 && frames >= 3 * 5, "{duration:.2} s, {frames} frames");
+    assert_eq!(width, 1280);
+    let decoded = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "the file does not decode cleanly: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_without_ffmpeg_is_refused_at_create() {
+    let server = TestServer::start_with(|c| c.ffmpeg_path = "/nonexistent/ffmpeg".into()).await;
+    let r = server
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(KEY_A),
+            Some(r#"{"record": true}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.contains("ffmpeg"), "{}", r.body);
+    for bad in [r#"{"record": "yes"}"#, r#"{"record": 1}"#] {
+        let r = server
+            .call(Method::POST, "/public/sessions", Some(KEY_A), Some(bad))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.body);
+    }
+    let listed = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
+    assert_eq!(listed.json["total"], 0, "a refused create left a session");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_tenants_sessions() {
+    let site = start_files_site().await;
+    let server = TestServer::start_with(|c| c.recording_fps = 5).await;
+    // An ended recorded session, a live one on a page that changes colour, and another
+    // tenant's session that must not show.
+    let ended = server
+        .create(json!({ "record": true, "metadata": { "job": "old" } }))
+        .await;
+    let ended_id = ended["session_id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.terminate(ended_id).await;
+    let live = server.create(json!({ "metadata": { "job": "now" } })).await;
+    let live_id = live["session_id"].as_str().unwrap();
+    let visited = node(
+        "visit.mjs",
+        &[
+            live["cdp_url"].as_str().unwrap(),
+            &format!("{}/colors", site.url()),
+            "",
+            "first",
+        ],
+    )
+    .await;
+    assert_eq!(visited["ok"], true);
+    let theirs = server
+        .call(Method::POST, "/public/sessions", Some(KEY_B), Some("{}"))
+        .await;
+    let their_id = theirs.json["session_id"].as_str().unwrap();
+    let files = server.broker.artifacts.existing(ended_id).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || files
+            .recording()
+            .is_some_and(|r| r.complete))
+        .await
+    );
+
+    let shown = node("dashboard.mjs", &[&server.url(""), KEY_A, live_id, ended_id]).await;
+    let ids: Vec<&str> = shown["shown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&live_id) && ids.contains(&ended_id), "{shown}");
+    assert!(!ids.contains(&their_id), "another tenant's session was shown: {shown}");
+    assert_eq!(shown["thumbnailChanged"], true, "{shown}");
+    assert!(
+        shown["liveLink"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/live/{live_id}?token=")),
+        "{shown}"
+    );
+    assert!(shown["recordingDuration"].as_f64().unwrap() > 1.0, "{shown}");
+    assert!(shown["endedText"].as_str().unwrap().contains("terminated"), "{shown}");
+    assert_eq!(
+        (&shown["keyInStorage"], &shown["keyInUrl"]),
+        (&json!(true), &json!(false)),
+        "{shown}"
+    );
+
+    // The thumbnails' endpoint: a JPEG for the tenant's live session, nothing for others.
+    let (status, headers, jpeg) = fetch(
+        server.addr,
+        &format!("/public/sessions/{live_id}/screenshot"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, headers["content-type"].to_str().unwrap()),
+        (StatusCode::OK, "image/jpeg")
+    );
+    assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
+    let (status, _, _) = fetch(
+        server.addr,
+        &format!("/public/sessions/{live_id}/screenshot"),
+        Some(KEY_B),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = fetch(
+        server.addr,
+        &format!("/public/sessions/{ended_id}/screenshot"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    server.stop().await;
+}
