@@ -150,7 +150,7 @@ async fn feed(mut ffmpeg: Child, mut frames: watch::Receiver<Option<Bytes>>, spe
         }
         info.frames += 1;
         // Checked once a second: the file grows in fragments.
-        if info.frames % u64::from(spec.fps) == 0 {
+        if info.frames.is_multiple_of(u64::from(spec.fps)) {
             let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
             if size >= spec.max_bytes {
                 info.truncated = true;
