@@ -35,6 +35,12 @@ if ! [ -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
   apt_install chromium
 fi
 
+# Recordings are encoded by ffmpeg (found on the PATH at start-up).
+if ! command -v ffmpeg >/dev/null 2>&1; then
+  echo "setup: installing ffmpeg"
+  apt_install ffmpeg
+fi
+
 # Session timezones are checked against the system's time zone database.
 if ! [ -f /usr/share/zoneinfo/Europe/Berlin ]; then
   echo "setup: installing tzdata"

@@ -834,7 +834,7 @@ impl Broker {
                 client_left: session.connection_closed.clone(),
                 until: session.ended().clone(),
             };
-            artifacts::downloads::start(watch)
+            artifacts::downloads::start(watch, &self.tracker)
                 .instrument(session.span())
                 .await
                 .map_err(BrokerError::BrowserSetup)?;
@@ -849,7 +849,8 @@ impl Broker {
                 files,
                 metrics: self.metrics.clone(),
             };
-            artifacts::recording::start(&session.upstream, &self.egress, spec, session.ended().clone())
+            let until = session.ended().clone();
+            artifacts::recording::start(&session.upstream, &self.egress, spec, until, &self.tracker)
                 .instrument(session.span())
                 .await
                 .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(e.to_string())))?;

@@ -63,7 +63,7 @@ async fn start_files_site() -> Site {
                             "text/html",
                             "",
                             b"<form method=post action=/submit enctype=multipart/form-data>\
-                              <input type=file name=resume><button id=send>Send</button></form>"
+                              <label>Resume <input type=file name=resume></label><button id=send>Send</button></form>"
                                 .to_vec(),
                         ),
                         "/submit" => {
@@ -516,6 +516,33 @@ async fn uploads_reach_file_inputs_through_puppeteer_and_playwright() {
             "{client}"
         );
     }
+
+    // A single action puts an uploaded file on the input by its label, and sends the form.
+    let action = json!({
+        "session_id": id,
+        "action": format!("go to {}/form, upload {{{{file}}}} to the Resume field, then click Send", site.url()),
+        "variables": { "file": "cv.pdf" },
+    });
+    let r = server.run_action(KEY_A, &action).await;
+    assert_eq!(
+        (r.status, &r.json["success"]),
+        (StatusCode::OK, &json!(true)),
+        "{}",
+        r.body
+    );
+    let body = site.received.lock().unwrap().pop().expect("the action posted the form");
+    assert!(body.windows(content.len()).any(|w| w == content.as_slice()));
+    let missing = json!({ "session_id": id, "action": format!("go to {}/form, upload nothing.pdf to the Resume field", site.url()) });
+    let r = server.run_action(KEY_A, &missing).await;
+    assert_eq!(r.json["success"], false, "{}", r.body);
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no file named \"nothing.pdf\""),
+        "{}",
+        r.body
+    );
 
     // An ended session takes no uploads.
     server.terminate(id).await;

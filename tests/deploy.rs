@@ -68,6 +68,7 @@ async fn the_image_s_runtime_setup_runs_here_and_a_broker_serves_as_its_user() {
         assert!(fonts.contains(family), "{family} installed");
     }
     assert!(Path::new("/usr/bin/chromium").exists());
+    assert!(Path::new("/usr/bin/ffmpeg").exists());
 
     // The broker, as that user, on that directory: a session's browser starts.
     let bin = dir.path().join("bin");

@@ -91,6 +91,11 @@ pub enum Step {
     Hover {
         target: Target,
     },
+    /// Puts a file of the session's files (by name) on a file input.
+    Upload {
+        target: Target,
+        file: String,
+    },
     Scroll {
         to: ScrollTo,
     },
@@ -122,6 +127,7 @@ impl Step {
             | Step::Select { target, .. }
             | Step::Check { target, .. }
             | Step::Hover { target }
+            | Step::Upload { target, .. }
             | Step::WaitFor { target }
             | Step::Scroll {
                 to: ScrollTo::Element(target),
@@ -139,6 +145,7 @@ pub const MAX_SLEEP_MS: u64 = 60_000;
 pub const UNDERSTOOD: &str = "go to <url>; go back / reload; click <element>; double-click <element>; \
 type <text> into <element>; fill <element> with <text>; clear <element>; press <key> (Enter, Tab, Ctrl+A…); \
 select <option> from <element>; check / uncheck <element>; hover over <element>; \
+upload <file> to <element> (a file uploaded to the session's files); \
 scroll down|up [<n> pixels]; scroll to the top|bottom; scroll to <element>; wait for <element>; \
 wait for the text \"…\"; wait <n> seconds; get the text of <element>; get the page text; \
 get the title; get the URL; take a screenshot; take a full-page screenshot. \
@@ -180,6 +187,8 @@ const VERBS: &[&str] = &[
     "tick",
     "untick",
     "hover",
+    "upload",
+    "attach",
     "scroll",
     "wait",
     "go",
@@ -372,6 +381,7 @@ const CLAUSE_VERBS: &[Verb] = &[
     }),
     (&["type ", "enter ", "input ", "write ", "put ", "insert "], parse_type),
     (&["select ", "choose ", "pick "], parse_select),
+    (&["upload ", "attach "], parse_upload),
     (&["uncheck ", "untick ", "unmark ", "deselect "], |rest| {
         Some(Step::Check {
             target: checkable(rest)?,
@@ -493,6 +503,20 @@ fn parse_select(rest: &str) -> Option<Step> {
         });
     }
     click(rest, 1)
+}
+
+/// "upload resume.pdf to the Resume field": the element is a file input (named by its
+/// label, name or aria-label), whatever kind of element the words say.
+fn parse_upload(rest: &str) -> Option<Step> {
+    let (file, input) = split_at_word(rest, &["to", "into", "in", "on", "for"])?;
+    let mut target = target(input)?;
+    if target.css.is_none() {
+        target.role = Some("file".into());
+    }
+    Some(Step::Upload {
+        target,
+        file: unquote(file),
+    })
 }
 
 /// "wait 2 seconds", "wait for 500 ms".
@@ -1096,6 +1120,20 @@ mod tests {
         );
         assert_eq!(role_name(&one("read the heading")), (Some("heading"), None));
         assert_eq!(one("take a screenshot"), Step::Screenshot { full_page: false });
+        let Step::Upload { target, file } = one("upload {{file}} to the Resume field") else {
+            panic!("not an upload")
+        };
+        assert_eq!(
+            (file.as_str(), target.role.as_deref(), target.name.as_deref()),
+            ("{{file}}", Some("file"), Some("Resume"))
+        );
+        let Step::Upload { target, file } = one("attach \"cv 2.pdf\" to css:#cv") else {
+            panic!("not an upload")
+        };
+        assert_eq!(
+            (file.as_str(), target.css.as_deref(), target.role),
+            ("cv 2.pdf", Some("#cv"), None)
+        );
         assert_eq!(
             one("Capture a full-page screenshot"),
             Step::Screenshot { full_page: true }

@@ -48,6 +48,8 @@ pub struct Job {
     pub id: Option<String>,
     pub values: HashMap<String, String>,
     pub set_cache: bool,
+    /// The session's files, for upload steps.
+    pub files: Option<std::sync::Arc<crate::artifacts::SessionFiles>>,
 }
 
 /// What came of an action.
@@ -112,6 +114,7 @@ impl Actions {
         };
         let mut runner = Runner {
             page,
+            files: request.files.clone(),
             values: request.values.clone(),
             wait: config.action_wait(),
             navigation: NAVIGATION_TIMEOUT,

@@ -25,6 +25,7 @@
         if (type === 'checkbox') return 'checkbox';
         if (type === 'radio') return 'radio';
         if (type === 'range') return 'slider';
+        if (type === 'file') return 'file';
         if (TEXT_INPUTS.includes(type)) return type === 'search' ? 'searchbox' : 'textbox';
         return '';
       }
@@ -297,6 +298,16 @@
 
   return {
     locate,
+
+    // The file input an element stands for: itself, a label's control, or one inside it.
+    fileInput(selector) {
+      const el = element(selector);
+      const isFile = (e) => e && e.localName === 'input' && (e.type || '').toLowerCase() === 'file';
+      if (isFile(el)) return el;
+      if (el.localName === 'label' && isFile(el.control)) return el.control;
+      const inside = el.querySelector && el.querySelector('input[type=file]');
+      return isFile(inside) ? inside : null;
+    },
 
     // Puts the caret in a text field with its content selected, so typing replaces it.
     focusForTyping(selector) {

@@ -269,6 +269,29 @@ impl Page {
         Ok(context)
     }
 
+    /// Puts `files` (paths on the broker's disk) on the file input `selector` stands for;
+    /// answers false if there is none.
+    pub async fn set_input_files(&mut self, selector: &str, files: &[String]) -> Result<bool, ActionError> {
+        // The element itself, not its value: evaluated once more for a handle.
+        self.helper("fileInput", &[json!(selector)]).await?;
+        let context = self
+            .world
+            .ok_or_else(|| ActionError::new("The page helpers are gone"))?;
+        let handle = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": format!("__cdpgate.fileInput({})", json!(selector)), "contextId": context}),
+            )
+            .await?;
+        let Some(object) = handle["result"]["objectId"].as_str() else {
+            return Ok(false);
+        };
+        self.call("DOM.setFileInputFiles", json!({"files": files, "objectId": object}))
+            .await?;
+        let _ = self.call("Runtime.releaseObject", json!({"objectId": object})).await;
+        Ok(true)
+    }
+
     /// Calls a helper of `page.js` with JSON arguments.
     pub async fn helper(&mut self, name: &str, args: &[Value]) -> Result<Value, ActionError> {
         let args: Vec<String> = args.iter().map(Value::to_string).collect();

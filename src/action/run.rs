@@ -3,6 +3,7 @@
 //! turns the model's tool calls into the same steps.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -12,6 +13,7 @@ use super::instruction::{self, ScrollTo, Step, Target};
 use super::keys;
 use super::model::{self, Call, ModelClient};
 use super::page::{Found, Need, Page};
+use crate::artifacts::SessionFiles;
 
 /// Longest text a step answers (a whole page's text can be large).
 const MAX_RESULT_CHARS: usize = 200_000;
@@ -27,6 +29,8 @@ pub enum Outcome {
 
 pub struct Runner {
     pub page: Page,
+    /// The session's files: what an upload step may put on a file input.
+    pub files: Option<Arc<SessionFiles>>,
     pub values: HashMap<String, String>,
     /// How long an element or a text may take to appear.
     pub wait: Duration,
@@ -105,6 +109,7 @@ impl Runner {
             (Step::Press { key, target }, found) => self.press_key(key, target.as_ref(), found.as_ref()).await?,
             (Step::Select { target, option }, Some(found)) => self.select(target, option, &found).await?,
             (Step::Check { target, on }, Some(found)) => self.check(target, *on, &found).await?,
+            (Step::Upload { target, file }, Some(found)) => self.upload(target, file, &found).await?,
             (Step::Hover { target }, Some(found)) => {
                 self.page.hover(found.x, found.y).await?;
                 Outcome::Did(format!("Moved the mouse over {}.", self.described(target)))
@@ -157,6 +162,8 @@ impl Runner {
                 let need = match step {
                     Step::Click { .. } | Step::Check { .. } => Need::Click,
                     Step::Type { .. } | Step::Press { .. } | Step::Select { .. } => Need::Enabled,
+                    // File inputs are often hidden behind a styled button.
+                    Step::Upload { .. } => Need::Present,
                     // An empty element has no size, and its text ("") is still an answer.
                     Step::ReadText { .. } => Need::Present,
                     _ => Need::Visible,
@@ -233,6 +240,28 @@ impl Runner {
             chord.name(),
             moved_to(moved)
         )))
+    }
+
+    async fn upload(&mut self, target: &Target, file: &str, found: &Found) -> Result<Outcome, ActionError> {
+        let name = self.fill(file);
+        let path = self
+            .files
+            .as_ref()
+            .and_then(|files| files.get(&name).ok())
+            .map(|(path, _)| path.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                ActionError::new(format!(
+                    "The session has no file named \"{name}\": upload it first (POST /public/sessions/{{id}}/files)"
+                ))
+            })?;
+        let described = self.described(target);
+        if !self.page.set_input_files(&found.selector, &[path]).await? {
+            return Err(ActionError::new(format!(
+                "{} is not a file input",
+                capitalized(&described)
+            )));
+        }
+        Ok(Outcome::Did(format!("Put \"{name}\" on {described}.")))
     }
 
     async fn select(&mut self, target: &Target, option: &str, found: &Found) -> Result<Outcome, ActionError> {

@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::SessionFiles;
 use crate::browser::cdp::{CdpError, Client};
@@ -34,12 +36,12 @@ pub struct Watch {
 
 /// Sets the session's download folder, then watches until `until` fires or the browser
 /// goes. Answers once the folder is set, so the session's first download lands in it.
-pub async fn start(watch: Watch) -> Result<(), CdpError> {
+pub async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
     let client = Client::connect(&watch.ws_url).await?;
     let events = client.subscribe();
     let watcher = Watcher { client, watch };
     watcher.apply().await?;
-    tokio::spawn(watcher.run(events));
+    tracker.spawn(watcher.run(events).in_current_span());
     Ok(())
 }
 

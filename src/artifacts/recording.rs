@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::{RecordingInfo, SessionFiles};
 use crate::browser::cdp::{CallError, Client};
@@ -57,6 +59,7 @@ pub async fn start(
     egress: &Egress,
     spec: Spec,
     until: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(), RecordError> {
     let browser = |e: String| RecordError::Browser(e);
     let (stream, early) = upstream
@@ -95,8 +98,9 @@ pub async fn start(
         width: spec.width,
         height: spec.height,
     };
-    tokio::spawn(feed(ffmpeg, frames_rx, spec, until.clone()));
-    tokio::spawn(recorder.run(first, events, until));
+    // On the broker's tracker: a broker that stops waits for ffmpeg to finish the file.
+    tracker.spawn(feed(ffmpeg, frames_rx, spec, until.clone()).in_current_span());
+    tracker.spawn(recorder.run(first, events, until).in_current_span());
     Ok(())
 }
 

@@ -90,6 +90,8 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
         }
     };
     let started = std::time::Instant::now();
+    let mut request = request;
+    request.job.files = broker.artifacts.existing(&session.id);
     let run = broker
         .actions
         .run_in_turn(&tenant, &session, &request.job, config, &broker.egress)
@@ -223,6 +225,7 @@ fn validate(body: &Map<String, Value>) -> Result<RunAction, ApiError> {
             id,
             values,
             set_cache,
+            files: None,
         },
         session_id,
         screen,
