@@ -913,3 +913,70 @@ async fn the_dashboard_shows_a_tenants_sessions() {
     assert_eq!(status, StatusCode::CONFLICT);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_any_node_serves_a_sessions_files_streamed() {
+    let redis = start_redis().await;
+    let profiles = redis.profiles.path().to_string_lossy().into_owned();
+    let node = |name: &'static str| {
+        let (url, profiles) = (redis.url.clone(), profiles.clone());
+        TestServer::start_with(move |c| {
+            c.redis_url = url;
+            c.profile_store = profiles;
+            c.redis_prefix = "files:".into();
+            c.node_id = name.into();
+        })
+    };
+    let a = node("node-a").await;
+    let b = node("node-b").await;
+    let session = a.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    // Larger than any body the hop used to hold in memory (4 MiB in, 16 MiB out).
+    let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    let r = post_bytes(
+        b.addr,
+        &format!("/public/sessions/{id}/files?name=big.bin"),
+        "application/octet-stream",
+        content.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(
+        r.json["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(a.data_dir.path().to_str().unwrap()),
+        "stored on the node that runs the session: {}",
+        r.body
+    );
+    let (status, _, bytes) = fetch(
+        b.addr,
+        &format!("/public/sessions/{id}/files/big.bin"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        bytes == content,
+        "{} bytes came back through the other node",
+        bytes.len()
+    );
+    // Still there, through the other node, once the session has ended.
+    assert!(a.terminate(id).await.status.is_success());
+    let (status, _, part) = fetch(
+        b.addr,
+        &format!("/public/sessions/{id}/files/big.bin"),
+        Some(KEY_A),
+        &[("range", "bytes=-10")],
+    )
+    .await;
+    assert_eq!(
+        (status, part.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &content[content.len() - 10..])
+    );
+    let listed = files_of(&b, KEY_A, id).await;
+    assert_eq!(entry(&listed, "big.bin").unwrap()["size"], 20_000_000);
+    b.stop().await;
+    a.stop().await;
+}

@@ -200,10 +200,7 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
         && let Some((id, ended_too)) = session_of(&broker, &request)
         && let Some(owner) = broker.owner_url(&id, ended_too).await
     {
-        let result = forward(&broker, &owner, request)
-            .await
-            .map(super::whole)
-            .map_err(ApiError::from);
+        let result = forward(&broker, &owner, request).await.map_err(ApiError::from);
         return answer(&broker.metrics, result);
     }
     // The proxy and live view answer their own unknown paths (live view with a page).

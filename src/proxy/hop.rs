@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
@@ -33,34 +34,25 @@ pub fn is_hop<B>(request: &Request<B>) -> bool {
     request.headers().contains_key(HOP_HEADER)
 }
 
+/// An answer carried back from the owner, its body streamed as it arrives (a session's
+/// files and recordings can be large).
+pub type Streamed = UnsyncBoxBody<Bytes, std::io::Error>;
+
 /// Sends `request` to the node at `owner` (`http://host:port`) and answers as it does.
 pub async fn forward(
     broker: &std::sync::Arc<Broker>,
     owner: &str,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ProxyError> {
+) -> Result<Response<Streamed>, ProxyError> {
     let (tcp, authority) = connect(owner).await?;
     if request.headers().contains_key(header::UPGRADE) {
-        upgrade(broker, tcp, &authority, request).await
-    } else {
-        plain(tcp, &authority, request, broker.config.max_body_bytes.max(4 << 20)).await
+        let answer = upgrade(broker, tcp, &authority, request).await?;
+        return Ok(answer.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
     }
-}
-
-/// A plain request, body and all, and the owner's answer.
-async fn plain(
-    tcp: TcpStream,
-    authority: &str,
-    request: Request<Incoming>,
-    max_body: usize,
-) -> Result<Response<Full<Bytes>>, ProxyError> {
+    // Both bodies stream: the owner applies its own limits and timeouts to the request's.
     let (parts, body) = request.into_parts();
-    let body = tokio::time::timeout(HOP_TIMEOUT, Limited::new(body, max_body).collect())
-        .await
-        .map_err(|_| UpstreamError::Timeout(HOP_TIMEOUT))?
-        .map_err(|e| ProxyError::Upstream(UpstreamError::Http(e.to_string())))?
-        .to_bytes();
-    send(tcp, authority, &parts, body, HOP_TIMEOUT).await
+    let answer = exchange(tcp, &authority, &parts, body, HOP_TIMEOUT).await?;
+    Ok(answer.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
 }
 
 /// Sends a request whose body was read already to the node at `owner`: a create placed
@@ -97,6 +89,34 @@ async fn send(
     body: Bytes,
     answer_within: Duration,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
+    let collect = async {
+        let answer = exchange(tcp, authority, parts, Full::new(body), answer_within).await?;
+        let (parts, body) = answer.into_parts();
+        let body = Limited::new(body, MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Upstream(UpstreamError::Http(e.to_string())))?
+            .to_bytes();
+        Ok::<_, ProxyError>(Response::from_parts(parts, Full::new(body)))
+    };
+    tokio::time::timeout(answer_within, collect)
+        .await
+        .map_err(|_| UpstreamError::Timeout(answer_within))?
+}
+
+/// Sends the request to the owner on `tcp`; answers once its head has come (within
+/// `answer_within`), the body still arriving.
+async fn exchange<B>(
+    tcp: TcpStream,
+    authority: &str,
+    parts: &hyper::http::request::Parts,
+    body: B,
+    answer_within: Duration,
+) -> Result<Response<Incoming>, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let http = |e: String| ProxyError::Upstream(UpstreamError::Http(e));
     let mut onward = Request::builder()
         .method(parts.method.clone())
@@ -117,22 +137,15 @@ async fn send(
     let onward = onward
         .header(header::HOST, authority)
         .header(HOP_HEADER, "1")
-        .body(Full::new(body))
+        .body(body)
         .map_err(|e| http(e.to_string()))?;
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| http(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let answer = sender.send_request(onward).await.map_err(|e| http(e.to_string()))?;
-        let (parts, body) = answer.into_parts();
-        let body = Limited::new(body, MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| http(e.to_string()))?
-            .to_bytes();
-        conn.abort();
-        Ok::<_, ProxyError>(Response::from_parts(parts, Full::new(body)))
+        // Runs until the answer's body has been read (or dropped).
+        tokio::spawn(conn);
+        sender.send_request(onward).await.map_err(|e| http(e.to_string()))
     };
     tokio::time::timeout(answer_within, exchange)
         .await
