@@ -7,8 +7,10 @@
 //     create -> first CDP reply, COUNT times, 1.5 s apart (rest) or in a row (burst)
 //   node bench_density.mjs health <api> <count>
 //     GET /health COUNT times in a row
-//   node bench_density.mjs roundtrip <api> <key> <count> <isolation>...
-//     Runtime.evaluate('1') on a page, COUNT times in a row, per isolation, alternated
+//   node bench_density.mjs roundtrip <api> <key> <count> <kind>...
+//     Runtime.evaluate('1') on a page, COUNT times in a row, per kind of session,
+//     alternated; a kind is an isolation, with "+record" for a recorded session and
+//     "+animate" for a page that repaints every frame (the recording's worst case)
 import { createToFirstReply } from './bench_common.mjs';
 
 const [mode, ...args] = process.argv.slice(2);
@@ -94,14 +96,19 @@ if (mode === 'open') {
   const [api, key, count, ...isolations] = args;
   const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
   const pages = {};
-  for (const isolation of isolations) {
-    const created = await (await fetch(`${api}/public/sessions`, { method: 'POST', headers, body: JSON.stringify({ isolation }) })).json();
+  const animated = 'data:text/html,<body><script>(function f(){document.body.style.background=' +
+    '"hsl("+(performance.now()/10%25360)+",80%25,50%25)";requestAnimationFrame(f)})()</script></body>';
+  for (const kind of isolations) {
+    const [isolation, ...flags] = kind.split('+');
+    const body = JSON.stringify({ isolation, record: flags.includes('record') });
+    const created = await (await fetch(`${api}/public/sessions`, { method: 'POST', headers, body })).json();
     const cdp = connect(created.cdp_url);
     await cdp.opened;
     const { result } = await cdp.send('Target.getTargets');
     const page = result.targetInfos.find((t) => t.type === 'page');
     const { result: attached } = await cdp.send('Target.attachToTarget', { targetId: page.targetId, flatten: true });
-    pages[isolation] = { cdp, session: attached.sessionId, times: [] };
+    if (flags.includes('animate')) await cdp.send('Page.navigate', { url: animated }, attached.sessionId);
+    pages[kind] = { cdp, session: attached.sessionId, times: [] };
   }
   for (let round = 0; round < 10; round++) {
     for (const isolation of isolations) {
