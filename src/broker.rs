@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::action::Actions;
 use crate::action::cache::ActionCache;
 use crate::action::model::ModelClient;
+use crate::artifacts::cdp_log::CdpLog;
 use crate::artifacts::{self, Artifacts};
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::byo::{self, ProbeError};
@@ -272,6 +273,8 @@ pub struct RequestedOptions {
     pub idle_timeout: u64,
     /// Record the session's active tab as video.
     pub record: bool,
+    /// Log its CDP traffic among its files.
+    pub log_cdp: bool,
 }
 
 impl RequestedOptions {
@@ -289,6 +292,7 @@ impl RequestedOptions {
             timezone: self.identity.timezone.clone(),
             idle_timeout: self.idle_timeout,
             record: self.record,
+            log_cdp: self.log_cdp,
         }
     }
 }
@@ -761,7 +765,10 @@ impl Broker {
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
             return Err(BrokerError::BrowserSetup(e));
         }
-        if let Err(e) = self.start_artifacts(&session, downloads, request.options.record).await {
+        if let Err(e) = self
+            .start_artifacts(&session, downloads, request.options.record, request.options.log_cdp)
+            .await
+        {
             let _ = session.end(EndReason::Terminated);
             session
                 .span()
@@ -813,14 +820,18 @@ impl Broker {
         session: &Arc<Session>,
         downloads: Option<(String, Option<String>)>,
         record: bool,
+        log_cdp: bool,
     ) -> Result<(), BrokerError> {
-        if downloads.is_none() && !record {
+        if downloads.is_none() && !record && !log_cdp {
             return Ok(());
         }
-        let files = self
-            .artifacts
-            .session(&session.id)
-            .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(format!("the session's files: {e}"))))?;
+        let files_error =
+            |e: std::io::Error| BrokerError::BrowserSetup(CdpError::Http(format!("the session's files: {e}")));
+        let files = self.artifacts.session(&session.id).map_err(files_error)?;
+        if log_cdp {
+            let log = CdpLog::start(files.clone(), session.ended().clone(), &self.tracker).map_err(files_error)?;
+            let _ = session.cdp_log.set(Arc::new(log));
+        }
         if let Some((ws_url, context)) = downloads {
             if let Some(scope) = &session.upstream.scope {
                 let _ = scope

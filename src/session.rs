@@ -80,6 +80,8 @@ pub struct Session {
     /// Notified when a connection closes (the download watcher sets the session's folder
     /// again: Chrome resets it when the client that changed it leaves).
     pub connection_closed: Arc<Notify>,
+    /// The CDP log, for a session created with `log_cdp`.
+    pub cdp_log: std::sync::OnceLock<Arc<crate::artifacts::cdp_log::CdpLog>>,
     traffic: Option<Arc<Traffic>>,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
@@ -177,6 +179,7 @@ impl Session {
             connections: AtomicUsize::new(0),
             activity: AtomicU64::new(0),
             connection_closed: Arc::new(Notify::new()),
+            cdp_log: std::sync::OnceLock::new(),
             traffic: init.traffic,
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),

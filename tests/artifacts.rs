@@ -47,7 +47,8 @@ async fn start_files_site() -> Site {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 while let Some((head, body)) = read_request(&mut stream, &mut buf).await {
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("/");
+                    let path = target.split('?').next().unwrap_or("/").to_owned();
                     let (kind, extra, payload): (&str, &str, Vec<u8>) = match path.as_str() {
                         "/report.bin" => (
                             "application/octet-stream",
@@ -979,4 +980,92 @@ async fn in_a_cluster_any_node_serves_a_sessions_files_streamed() {
     assert_eq!(entry(&listed, "big.bin").unwrap()["size"], 20_000_000);
     b.stop().await;
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cdp_log_names_every_command_with_its_timing_and_no_payload() {
+    let site = start_files_site().await;
+    let server = TestServer::start().await;
+    for isolation in ["process", "context"] {
+        let session = server.create(json!({ "log_cdp": true, "isolation": isolation })).await;
+        assert_eq!(session["log_cdp"], true);
+        let id = session["session_id"].as_str().unwrap();
+        let secret_page = format!("{}/colors?secret=hunter2", site.url());
+        let visited = node(
+            "visit.mjs",
+            &[
+                session["cdp_url"].as_str().unwrap(),
+                &secret_page,
+                "document.title",
+                "new",
+            ],
+        )
+        .await;
+        assert_eq!(visited["value"], "colors", "{visited}");
+        assert!(server.terminate(id).await.status.is_success());
+        let files = server.broker.artifacts.existing(id).unwrap();
+        // Written a moment after the end, once the connection's last lines are in.
+        let path = server
+            .data_dir
+            .path()
+            .join("artifacts")
+            .join(id)
+            .join("files/cdp-log.jsonl");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                files.list().iter().any(|f| {
+                    f.name == "cdp-log.jsonl"
+                        && f.size > 0
+                        && f.size == std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                })
+            })
+            .await,
+            "{:?}",
+            files.list()
+        );
+        let (status, _, bytes) = fetch(
+            server.addr,
+            &format!("/public/sessions/{id}/files/cdp-log.jsonl"),
+            Some(KEY_A),
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("hunter2") && !text.contains("colors"),
+            "a payload leaked into the log: {text}"
+        );
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let navigate = lines
+            .iter()
+            .find(|l| l["method"] == "Page.navigate")
+            .unwrap_or_else(|| panic!("{isolation}: no Page.navigate in {text}"));
+        assert!(navigate["took_ms"].as_f64().unwrap() > 0.0, "{navigate}");
+        assert!(
+            navigate["request_bytes"].as_u64().unwrap() > 20 && navigate["response_bytes"].as_u64().unwrap() > 10,
+            "{navigate}"
+        );
+        assert!(navigate["session"].is_string(), "{navigate}");
+        assert!(lines.iter().any(|l| l["method"] == "Target.createTarget"), "{text}");
+        assert!(lines.iter().any(|l| l["event"] == "Page.frameNavigated"), "{text}");
+        assert!(
+            lines.iter().any(|l| l["opened"] == "cdp") && lines.iter().any(|l| l["closed_ms"].is_number()),
+            "{text}"
+        );
+        let listed = files_of(&server, KEY_A, id).await;
+        assert_eq!(entry(&listed, "cdp-log.jsonl").unwrap()["kind"], "log");
+    }
+    let plain = server.create(json!({})).await;
+    assert_eq!(plain["log_cdp"], false);
+    let r = server
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(KEY_A),
+            Some(r#"{"log_cdp": "yes"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    server.stop().await;
 }

@@ -9,6 +9,7 @@
 //! [`downloads`] watches a session's browser for downloads, [`recording`] records its
 //! active tab, [`zip`] packs its files for one download.
 
+pub mod cdp_log;
 pub mod downloads;
 pub mod recording;
 pub mod zip;
@@ -37,6 +38,8 @@ pub const RECORDING: &str = "recording.mp4";
 pub enum Kind {
     Download,
     Upload,
+    /// The session's CDP log.
+    Log,
 }
 
 /// Where a file stands.
@@ -631,6 +634,53 @@ impl SessionFiles {
         {
             entry.state = FileState::Canceled;
             entry.size = 0;
+        }
+        self.save(&index);
+    }
+
+    /// Starts a log file `name` (empty); answers its path.
+    pub fn begin_log(&self, name: &str) -> io::Result<PathBuf> {
+        let path = self.file_path(name);
+        std::fs::File::create(&path)?;
+        let mut index = self.index();
+        index.files.insert(
+            name.to_owned(),
+            FileEntry {
+                name: name.to_owned(),
+                size: 0,
+                created_at: unix_secs(SystemTime::now()),
+                kind: Kind::Log,
+                state: FileState::Complete,
+            },
+        );
+        self.save(&index);
+        Ok(path)
+    }
+
+    /// A log grows to `size` bytes, if the session's quota allows it.
+    pub fn grow_log(&self, name: &str, size: u64) -> bool {
+        let mut index = self.index();
+        if self.quota_check(&index, size, Some(name)).is_err() {
+            return false;
+        }
+        let Some(entry) = index.files.get_mut(name) else {
+            return false;
+        };
+        let before = entry.size;
+        entry.size = size;
+        // The index on disk follows every 64 KiB, not every line.
+        if before >> 16 != size >> 16 {
+            self.save(&index);
+        }
+        true
+    }
+
+    /// A log is finished: its size as it is on disk, written down.
+    pub fn settle_log(&self, name: &str) {
+        let size = std::fs::metadata(self.file_path(name)).map(|m| m.len()).unwrap_or(0);
+        let mut index = self.index();
+        if let Some(entry) = index.files.get_mut(name) {
+            entry.size = size;
         }
         self.save(&index);
     }

@@ -135,6 +135,7 @@ pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     body["isolation"] = json!(options.isolation.as_str());
     body["idle_timeout"] = json!(options.idle_timeout);
     body["record"] = json!(options.record);
+    body["log_cdp"] = json!(options.log_cdp);
     if let Some(proxy) = &options.proxy {
         body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
     }
@@ -263,8 +264,8 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
 }
 
 /// The options of a create (or of a single action's own session): `proxy`, `user_agent`,
-/// `locale`, `timezone`, `idle_timeout`, `isolation`, `record`; a bad one is named in the
-/// error.
+/// `locale`, `timezone`, `idle_timeout`, `isolation`, `record`, `log_cdp`; a bad one is
+/// named in the error.
 pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<RequestedOptions, ApiError> {
     let text = |name: &str, valid: fn(&str) -> bool, what: &str| -> Result<Option<String>, ApiError> {
         match field(body, name) {
@@ -311,12 +312,18 @@ pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<Reque
         Some(_) => return Err(ApiError::unprocessable("record must be true or false")),
         None => config.record_sessions,
     };
+    let log_cdp = match field(body, "log_cdp") {
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::unprocessable("log_cdp must be true or false")),
+        None => false,
+    };
     Ok(RequestedOptions {
         isolation,
         proxy,
         identity,
         idle_timeout,
         record,
+        log_cdp,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod handshake;
 pub mod hop;
 pub mod relay;
+pub mod tap;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::Instrument;
 
+use crate::artifacts::cdp_log::CdpLog;
 use crate::auth::{Scope, TokenError};
 use crate::broker::Broker;
 use crate::browser::upstream::UpstreamStream;
@@ -125,8 +127,13 @@ async fn upgrade(
             };
             let _open = OpenConnection::new(&broker.metrics);
             let _slot = slot;
+            let (client, browser) = (Side::client(upgraded), Side::browser(browser, early));
+            if let Some(log) = session.cdp_log.get() {
+                let (client, browser) = tapped(client.boxed(), browser.boxed(), log.clone());
+                return run_relay(client, browser, &session, &broker).await;
+            }
             // Plain TCP on both sides (the usual case) relays without any indirection.
-            match (Side::client(upgraded), Side::browser(browser, early)) {
+            match (client, browser) {
                 (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
                     let (client, browser) = (tcp_peer(client, client_early), tcp_peer(browser, browser_early));
                     run_relay(client, browser, &session, &broker).await
@@ -138,6 +145,25 @@ async fn upgrade(
     );
 
     Ok(upgrade_response(&key))
+}
+
+/// Both read halves of a relayed connection, seen by the session's CDP log.
+fn tapped(mut client: BoxedPeer, mut browser: BoxedPeer, log: Arc<CdpLog>) -> (BoxedPeer, BoxedPeer) {
+    let mut connection = tap::ConnectionLog::new(log, "cdp");
+    connection.feed(tap::Way::ToBrowser, &client.early);
+    connection.feed(tap::Way::ToClient, &browser.early);
+    let connection = Arc::new(std::sync::Mutex::new(connection));
+    client.rx = Box::new(tap::Tapped {
+        inner: client.rx,
+        log: connection.clone(),
+        way: tap::Way::ToBrowser,
+    });
+    browser.rx = Box::new(tap::Tapped {
+        inner: browser.rx,
+        log: connection,
+        way: tap::Way::ToClient,
+    });
+    (client, browser)
 }
 
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

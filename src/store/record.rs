@@ -231,6 +231,9 @@ pub struct SessionOptions {
     /// Recorded as video.
     #[serde(default)]
     pub record: bool,
+    /// Its CDP traffic logged (method names, sizes, timings) among its files.
+    #[serde(default)]
+    pub log_cdp: bool,
 }
 
 /// A session's upstream proxy without its password.
