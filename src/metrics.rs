@@ -120,7 +120,16 @@ pub struct Gauges {
     /// Contexts open in each shared browser, by the browser's id.
     pub shared_browsers: Vec<(String, usize)>,
     /// What sessions' files and recordings hold on this node.
-    pub artifacts: crate::artifacts::Usage,
+    pub artifacts: ArtifactUsage,
+}
+
+/// What the sessions' files and recordings on this node hold.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ArtifactUsage {
+    pub files: u64,
+    pub files_bytes: u64,
+    pub recordings: u64,
+    pub recording_bytes: u64,
 }
 
 impl Metrics {

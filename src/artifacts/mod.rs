@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::unix_secs;
-use crate::metrics::Metrics;
+use crate::metrics::{ArtifactUsage as Usage, Metrics};
 
 /// The longest file name kept, in bytes (most file systems allow 255).
 pub const MAX_NAME_BYTES: usize = 200;
@@ -275,15 +275,6 @@ impl Artifacts {
         }
         usage
     }
-}
-
-/// What the artifacts of this node hold.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Usage {
-    pub files: u64,
-    pub files_bytes: u64,
-    pub recordings: u64,
-    pub recording_bytes: u64,
 }
 
 /// The ffmpeg at `configured`, or the first `ffmpeg` on the `PATH` when that is empty.
