@@ -46,6 +46,20 @@ cdp_url=$(curl -sf -X POST "http://$gate_addr/public/sessions" -H "X-API-Key: $k
   python3 -c 'import json,sys; print(json.load(sys.stdin)["cdp_url"])')
 
 targets=("direct=ws://$echo_addr/devtools/browser/echo" "cdpgate=$cdp_url")
+# With MAIN_RUNTIME=1, a second broker relays on the main runtime (relay_on_cores = false),
+# to compare the two in the same run.
+if [ "${MAIN_RUNTIME:-0}" = 1 ]; then
+  CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-main" CDPGATE_API_KEYS=$key \
+    CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn CDPGATE_RELAY_ON_CORES=false \
+    CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 \
+    target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate-main.log" 2>&1 &
+  pids+=($!)
+  main_addr=$(address_in "$tmp/cdpgate-main.log" "listening on")
+  main_url=$(curl -sf -X POST "http://$main_addr/public/sessions" -H "X-API-Key: $key" \
+    -d "{\"ttl\": 86400, \"cdp_url\": \"ws://$echo_addr/devtools/browser/echo\"}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["cdp_url"])')
+  targets+=("cdpgate-main-runtime=$main_url")
+fi
 if command -v nginx >/dev/null 2>&1; then
   nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$tmp/nginx/logs"

@@ -170,6 +170,9 @@ pub struct Config {
     pub max_session_files_bytes: u64,
     /// Largest file one upload may carry, in bytes.
     pub max_upload_bytes: u64,
+    /// Relay plain-TCP CDP connections on one single-threaded runtime per core (each
+    /// relay and its two sockets on one core), rather than on the main runtime.
+    pub relay_on_cores: bool,
 }
 
 impl Default for Config {
@@ -236,6 +239,7 @@ impl Default for Config {
             ffmpeg_path: String::new(),
             max_session_files_bytes: 512 * 1024 * 1024,
             max_upload_bytes: 64 * 1024 * 1024,
+            relay_on_cores: true,
         }
     }
 }
@@ -342,7 +346,8 @@ impl Config {
             recording_fps,
             max_recording_bytes,
             max_session_files_bytes,
-            max_upload_bytes
+            max_upload_bytes,
+            relay_on_cores
         );
         if let Some(v) = var("ffmpeg_path") {
             self.ffmpeg_path = v;

@@ -8,6 +8,7 @@
 //! (see [`crate::store::EndReason::close_code`]). Refusals are [`ProxyError`]s; `http`
 //! decides their status codes.
 
+pub mod cores;
 pub mod discovery;
 pub mod error;
 pub mod handshake;
@@ -116,6 +117,7 @@ async fn upgrade(
     let broker = broker.clone();
     let session_span = session.span();
     let span = tracing::info_span!(parent: &session_span, "proxy.connection");
+    let relays = tracker.clone();
     tracker.spawn(
         async move {
             let upgraded = match hyper::upgrade::on(request).await {
@@ -125,20 +127,54 @@ async fn upgrade(
                     return;
                 }
             };
-            let _open = OpenConnection::new(&broker.metrics);
-            let _slot = slot;
             let (client, browser) = (Side::client(upgraded), Side::browser(browser, early));
             if let Some(log) = session.cdp_log.get() {
+                let _open = OpenConnection::new(&broker.metrics);
+                let _slot = slot;
                 let (client, browser) = tapped(client.boxed(), browser.boxed(), log.clone());
                 return run_relay(client, browser, &session, &broker).await;
             }
-            // Plain TCP on both sides (the usual case) relays without any indirection.
             match (client, browser) {
+                // Plain TCP on both sides (the usual case): relayed without any indirection,
+                // on a core's own event loop.
                 (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
-                    let (client, browser) = (tcp_peer(client, client_early), tcp_peer(browser, browser_early));
-                    run_relay(client, browser, &session, &broker).await
+                    let cores = broker.config.relay_on_cores.then(cores::Cores::get).flatten();
+                    let relay = async move |client: TcpStream, browser: TcpStream| {
+                        let _open = OpenConnection::new(&broker.metrics);
+                        let _slot = slot;
+                        let (client, browser) = (tcp_peer(client, client_early), tcp_peer(browser, browser_early));
+                        run_relay(client, browser, &session, &broker).await
+                    };
+                    match (cores, client.into_std(), browser.into_std()) {
+                        (Some(cores), Ok(client), Ok(browser)) => {
+                            let span = tracing::Span::current();
+                            cores.spawn(move || {
+                                // Registered with the event loop of the core it runs on.
+                                let on_core = async move {
+                                    if let (Ok(client), Ok(browser)) =
+                                        (TcpStream::from_std(client), TcpStream::from_std(browser))
+                                    {
+                                        relay(client, browser).await
+                                    }
+                                };
+                                relays.track_future(on_core.instrument(span))
+                            });
+                        }
+                        (None, Ok(client), Ok(browser)) => {
+                            if let (Ok(client), Ok(browser)) =
+                                (TcpStream::from_std(client), TcpStream::from_std(browser))
+                            {
+                                relay(client, browser).await
+                            }
+                        }
+                        _ => tracing::debug!("a relayed connection could not be handed to a core"),
+                    }
                 }
-                (client, browser) => run_relay(client.boxed(), browser.boxed(), &session, &broker).await,
+                (client, browser) => {
+                    let _open = OpenConnection::new(&broker.metrics);
+                    let _slot = slot;
+                    run_relay(client.boxed(), browser.boxed(), &session, &broker).await
+                }
             }
         }
         .instrument(span),
@@ -221,9 +257,9 @@ async fn run_relay<CR, CW, BR, BW>(
     session: &Session,
     broker: &Broker,
 ) where
-    CR: AsyncRead + Unpin,
+    CR: relay::Source,
     CW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
+    BR: relay::Source,
     BW: AsyncWrite + Unpin,
 {
     let limits = relay::Limits {

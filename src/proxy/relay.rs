@@ -9,9 +9,11 @@
 //! Buffers start small and grow while reads fill them (screenshots are megabytes), then
 //! shrink back, so an idle connection holds a few KiB.
 
+use std::future::Future;
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -219,6 +221,10 @@ struct Direction {
     max_message: u64,
     /// A close frame went by; the other side's echo ends the relay.
     close_passed: bool,
+    /// Messages and bytes passed and not yet added to the shared counters: added once per
+    /// read rather than once per message, so that relays on different cores do not contend
+    /// for the counters' cache line at every message.
+    unpublished: (u64, u64),
 }
 
 impl Direction {
@@ -233,6 +239,18 @@ impl Direction {
             max_message: limits.max_message as u64,
             write_stall: limits.write_stall,
             close_passed: false,
+            unpublished: (0, 0),
+        }
+    }
+
+    /// Adds what was passed since the last time to the shared counters.
+    fn publish(&mut self, counters: &Counters<'_>) {
+        let (messages, bytes) = std::mem::take(&mut self.unpublished);
+        if messages > 0 {
+            counters.messages.fetch_add(messages, Relaxed);
+        }
+        if bytes > 0 {
+            counters.bytes.fetch_add(bytes, Relaxed);
         }
     }
 
@@ -240,12 +258,12 @@ impl Direction {
     /// is accounted for in `filled`/`sent`, so the caller can finish a frame afterwards.
     async fn pump<R, W>(&mut self, src: &mut R, dst: &mut W, counters: &Counters<'_>) -> PumpEnd
     where
-        R: AsyncRead + Unpin,
+        R: Source,
         W: AsyncWrite + Unpin,
     {
         loop {
             if self.sent < self.filled {
-                if let ControlFlow::Break(end) = self.write_some(dst, self.filled, counters).await {
+                if let ControlFlow::Break(end) = self.write_some(dst, self.filled).await {
                     return end;
                 }
                 if self.close_passed && self.sent == self.filled && self.cursor.at_boundary() {
@@ -256,7 +274,20 @@ impl Direction {
             if dst.flush().await.is_err() {
                 return PumpEnd::DestinationGone;
             }
+            self.publish(counters);
             self.resize();
+            // Waiting for the next bytes holds no buffer: an idle connection costs little.
+            {
+                let mut ready = std::pin::pin!(src.ready());
+                let at_once = std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx).is_ready())).await;
+                if !at_once {
+                    if self.buf.len() <= MIN_BUFFER {
+                        self.buf = Vec::new();
+                    }
+                    ready.await;
+                }
+            }
+            self.ensure_buffer();
             match src.read(&mut self.buf).await {
                 Ok(0) | Err(_) => return PumpEnd::SourceGone,
                 Ok(n) => {
@@ -268,30 +299,34 @@ impl Direction {
     }
 
     /// Writes `buf[sent..upto]` once, advancing the cursor over what was written.
-    async fn write_some<W: AsyncWrite + Unpin>(
-        &mut self,
-        dst: &mut W,
-        upto: usize,
-        counters: &Counters<'_>,
-    ) -> ControlFlow<PumpEnd> {
+    async fn write_some<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, upto: usize) -> ControlFlow<PumpEnd> {
         let written = match tokio::time::timeout(self.write_stall, dst.write(&self.buf[self.sent..upto])).await {
             Ok(Ok(0) | Err(_)) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
             Ok(Ok(n)) => n,
         };
         let chunk = &self.buf[self.sent..self.sent + written];
         let mut close = false;
+        let mut messages = 0;
         let result = self.cursor.advance(chunk, self.max_message, |h| {
             if h.fin && matches!(h.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
-                counters.messages.fetch_add(1, Relaxed);
+                messages += 1;
             }
             close |= h.opcode == OP_CLOSE;
         });
-        counters.bytes.fetch_add(written as u64, Relaxed);
+        self.unpublished.0 += messages;
+        self.unpublished.1 += written as u64;
         self.sent += written;
         self.close_passed |= close;
         match result {
             Ok(()) => ControlFlow::Continue(()),
             Err(v) => ControlFlow::Break(PumpEnd::Violation(v)),
+        }
+    }
+
+    /// A buffer to read into (an idle wait gave it up).
+    fn ensure_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = vec![0; MIN_BUFFER];
         }
     }
 
@@ -314,11 +349,21 @@ impl Direction {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let finished = self.finish_frame_unpublished(src, dst).await;
+        self.publish(counters);
+        finished
+    }
+
+    async fn finish_frame_unpublished<R, W>(&mut self, src: &mut R, dst: &mut W) -> bool
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         loop {
             if let Some(n) = self.cursor.boundary_within(&self.buf[self.sent..self.filled]) {
                 let upto = self.sent + n;
                 while self.sent < upto {
-                    if self.write_some(dst, upto, counters).await.is_break() {
+                    if self.write_some(dst, upto).await.is_break() {
                         return false;
                     }
                 }
@@ -326,10 +371,11 @@ impl Direction {
             }
             // The frame goes on past what was read: pass all of it and read on.
             while self.sent < self.filled {
-                if self.write_some(dst, self.filled, counters).await.is_break() {
+                if self.write_some(dst, self.filled).await.is_break() {
                     return false;
                 }
             }
+            self.ensure_buffer();
             match src.read(&mut self.buf).await {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => {
@@ -338,6 +384,35 @@ impl Direction {
                 }
             }
         }
+    }
+}
+
+/// A read half the relay can wait on before it reads, so that it holds no buffer while a
+/// connection is idle.
+pub trait Source: AsyncRead + Unpin {
+    /// Resolves once a read would not wait (bytes, the end, or an error); a source that
+    /// cannot tell resolves at once.
+    fn ready(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Source for tokio::net::tcp::OwnedReadHalf {
+    #[allow(clippy::manual_async_fn)]
+    fn ready(&mut self) -> impl Future<Output = ()> + Send {
+        async {
+            let _ = self.readable().await;
+        }
+    }
+}
+
+impl<'a> Source for Box<dyn AsyncRead + Unpin + Send + 'a> {
+    fn ready(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+impl<T: AsyncRead + Send> Source for tokio::io::ReadHalf<T> {
+    fn ready(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 }
 
@@ -360,9 +435,9 @@ pub async fn relay<CR, CW, BR, BW>(
     limits: Limits,
     metrics: &Metrics,
 ) where
-    CR: AsyncRead + Unpin,
+    CR: Source,
     CW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
+    BR: Source,
     BW: AsyncWrite + Unpin,
 {
     let Peer {
@@ -424,11 +499,15 @@ pub async fn relay<CR, CW, BR, BW>(
             )
             .await;
             if !matches!(finished, Ok(true)) {
+                up.publish(&to_browser);
+                down.publish(&to_client);
                 return;
             }
         }
         ending
     };
+    up.publish(&to_browser);
+    down.publish(&to_client);
     let _ = browser_tx.shutdown().await;
     drop((browser_rx, browser_tx));
 
