@@ -3,7 +3,7 @@
 # (a bring-your-own session fronting the echo server), and through nginx when installed.
 # Then: broker memory per idle proxied connection, and how soon after expires_at the TTL
 # close frames arrive.
-# usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [IDLE_CONNECTIONS]
+# usage: [BASELINE=old/cdpgate] [MAIN_RUNTIME=1] scripts/bench-proxy.sh [ROUNDS] [SECONDS] [IDLE_CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -17,7 +17,12 @@ scripts/setup.sh
 cargo build --release --quiet --bin cdpgate --bin wsload
 tmp=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  [ -f "$tmp/extra-pids" ] && xargs -r kill <"$tmp/extra-pids" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 # Waits for "<prefix> ADDR" in a log and prints ADDR.
@@ -46,19 +51,29 @@ cdp_url=$(curl -sf -X POST "http://$gate_addr/public/sessions" -H "X-API-Key: $k
   python3 -c 'import json,sys; print(json.load(sys.stdin)["cdp_url"])')
 
 targets=("direct=ws://$echo_addr/devtools/browser/echo" "cdpgate=$cdp_url")
-# With MAIN_RUNTIME=1, a second broker relays on the main runtime (relay_on_cores = false),
-# to compare the two in the same run.
-if [ "${MAIN_RUNTIME:-0}" = 1 ]; then
-  CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-main" CDPGATE_API_KEYS=$key \
-    CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn CDPGATE_RELAY_ON_CORES=false \
-    CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 \
-    target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate-main.log" 2>&1 &
-  pids+=($!)
-  main_addr=$(address_in "$tmp/cdpgate-main.log" "listening on")
-  main_url=$(curl -sf -X POST "http://$main_addr/public/sessions" -H "X-API-Key: $key" \
+# Another broker fronting the same echo server, as a further target: its name, binary and
+# extra environment; prints its cdp_url.
+extra_gate() {
+  local name=$1 binary=$2
+  shift 2
+  env CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$name" CDPGATE_API_KEYS=$key \
+    CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn \
+    CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 "$@" \
+    "$binary" "$tmp/no-config.toml" >"$tmp/$name.log" 2>&1 &
+  echo $! >>"$tmp/extra-pids"
+  local addr
+  addr=$(address_in "$tmp/$name.log" "listening on")
+  curl -sf -X POST "http://$addr/public/sessions" -H "X-API-Key: $key" \
     -d "{\"ttl\": 86400, \"cdp_url\": \"ws://$echo_addr/devtools/browser/echo\"}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["cdp_url"])')
-  targets+=("cdpgate-main-runtime=$main_url")
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["cdp_url"])'
+}
+# MAIN_RUNTIME=1: also this build with its relays on the main runtime (relay_on_cores =
+# false). BASELINE=path/to/cdpgate: also an older build. Same run, alternated.
+if [ "${MAIN_RUNTIME:-0}" = 1 ]; then
+  targets+=("main-runtime=$(extra_gate main-runtime target/release/cdpgate CDPGATE_RELAY_ON_CORES=false)")
+fi
+if [ -n "${BASELINE:-}" ]; then
+  targets+=("baseline=$(extra_gate baseline "$BASELINE")")
 fi
 if command -v nginx >/dev/null 2>&1; then
   nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

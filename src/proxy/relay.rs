@@ -229,8 +229,8 @@ struct Direction {
 
 impl Direction {
     fn new(limits: Limits, initial: &[u8]) -> Direction {
-        let mut buf = vec![0; MIN_BUFFER.max(initial.len())];
-        buf[..initial.len()].copy_from_slice(initial);
+        let mut buf = Vec::with_capacity(MIN_BUFFER.max(initial.len()));
+        buf.extend_from_slice(initial);
         Direction {
             buf,
             filled: initial.len(),
@@ -281,14 +281,16 @@ impl Direction {
                 let mut ready = std::pin::pin!(src.ready());
                 let at_once = std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx).is_ready())).await;
                 if !at_once {
-                    if self.buf.len() <= MIN_BUFFER {
+                    if self.buf.capacity() <= MIN_BUFFER {
                         self.buf = Vec::new();
                     }
                     ready.await;
                 }
             }
             self.ensure_buffer();
-            match src.read(&mut self.buf).await {
+            // Into the buffer's spare capacity: nothing is zeroed first.
+            self.buf.clear();
+            match src.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return PumpEnd::SourceGone,
                 Ok(n) => {
                     self.filled = n;
@@ -325,18 +327,18 @@ impl Direction {
 
     /// A buffer to read into (an idle wait gave it up).
     fn ensure_buffer(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = vec![0; MIN_BUFFER];
+        if self.buf.capacity() == 0 {
+            self.buf = Vec::with_capacity(MIN_BUFFER);
         }
     }
 
     /// Grows the buffer while reads fill it; shrinks it back when traffic is light.
     fn resize(&mut self) {
-        let capacity = self.buf.len();
+        let capacity = self.buf.capacity();
         if self.filled == capacity && capacity < MAX_BUFFER {
-            self.buf = vec![0; (capacity * 4).min(MAX_BUFFER)];
+            self.buf = Vec::with_capacity((capacity * 4).min(MAX_BUFFER));
         } else if self.filled < MIN_BUFFER && capacity > MIN_BUFFER {
-            self.buf = vec![0; MIN_BUFFER];
+            self.buf = Vec::with_capacity(MIN_BUFFER);
         }
         self.filled = 0;
         self.sent = 0;
@@ -376,7 +378,8 @@ impl Direction {
                 }
             }
             self.ensure_buffer();
-            match src.read(&mut self.buf).await {
+            self.buf.clear();
+            match src.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => {
                     self.filled = n;
