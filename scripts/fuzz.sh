@@ -13,7 +13,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(request_body token discovery frames instruction context_filter)
+  targets=(request_body token discovery frames instruction context_filter cdp_tap)
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -300,3 +300,27 @@ pub fn context_filter(data: &[u8]) {
         }
     }
 }
+
+/// The CDP log's tap (`proxy::tap`): bytes of frames (masked or not), whole or in any
+/// pieces, give the same messages; what it reads from them never carries more than a name.
+pub fn cdp_tap(data: &[u8]) {
+    use crate::proxy::tap::{Frames, fields};
+    let Some((&split, bytes)) = data.split_first() else {
+        return;
+    };
+    let whole = Frames::default().feed(bytes);
+    let mut pieces = Frames::default();
+    let step = usize::from(split % 23) + 1;
+    let cut: Vec<_> = bytes.chunks(step).flat_map(|chunk| pieces.feed(chunk)).collect();
+    assert_eq!(whole, cut);
+    for message in &whole {
+        assert!(message.head.len() <= 4096 && message.tail.len() <= 256);
+        let f = fields(message);
+        for name in [&f.method, &f.session].into_iter().flatten() {
+            assert!(
+                name.len() <= 200 && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)),
+                "{name:?}"
+            );
+        }
+    }
+}

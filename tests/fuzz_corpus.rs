@@ -7,13 +7,14 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("request_body", cdpgate::fuzzing::request_body),
     ("token", cdpgate::fuzzing::token),
     ("discovery", cdpgate::fuzzing::discovery),
     ("frames", cdpgate::fuzzing::frames),
     ("instruction", cdpgate::fuzzing::instruction),
     ("context_filter", cdpgate::fuzzing::context_filter),
+    ("cdp_tap", cdpgate::fuzzing::cdp_tap),
 ];
 
 #[test]

@@ -154,10 +154,16 @@ pub fn fields(message: &Message) -> Fields {
     if message.size as usize == message.head.len()
         && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&message.head)
     {
+        let name = |key: &str| {
+            m.get(key)
+                .and_then(Value::as_str)
+                .filter(|v| name_like(v))
+                .map(str::to_owned)
+        };
         return Fields {
             id: m.get("id").and_then(Value::as_i64),
-            method: m.get("method").and_then(Value::as_str).map(str::to_owned),
-            session: m.get("sessionId").and_then(Value::as_str).map(str::to_owned),
+            method: name("method"),
+            session: name("sessionId"),
             error: m.contains_key("error"),
         };
     }
@@ -180,12 +186,17 @@ fn after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// A CDP method or session id: up to the closing quote, plain characters only.
 fn quoted(s: &str) -> Option<String> {
-    let end = s.find('"')?;
-    let v = &s[..end];
-    (v.len() <= 200
+    let v = &s[..s.find('"')?];
+    name_like(v).then(|| v.to_owned())
+}
+
+/// What the log writes of a name: letters, digits, `.`, `_`, `-`, at most 200 (anything
+/// else a client put there is left out, so no payload can pass as a method's name).
+fn name_like(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 200
         && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'))
-    .then(|| v.to_owned())
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
 }
 
 /// One connection's log: commands waiting for answers, and the lines written.
