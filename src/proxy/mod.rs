@@ -118,6 +118,8 @@ async fn upgrade(
     let session_span = session.span();
     let span = tracing::info_span!(parent: &session_span, "proxy.connection");
     let relays = tracker.clone();
+    // Open from the answer on, wherever the relay then runs, until it ends.
+    let open = OpenConnection::new(&broker.metrics);
     tracker.spawn(
         async move {
             let upgraded = match hyper::upgrade::on(request).await {
@@ -129,7 +131,7 @@ async fn upgrade(
             };
             let (client, browser) = (Side::client(upgraded), Side::browser(browser, early));
             if let Some(log) = session.cdp_log.get() {
-                let _open = OpenConnection::new(&broker.metrics);
+                let _open = open;
                 let _slot = slot;
                 let (client, browser) = tapped(client.boxed(), browser.boxed(), log.clone());
                 return run_relay(client, browser, &session, &broker).await;
@@ -140,7 +142,7 @@ async fn upgrade(
                 (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
                     let cores = broker.config.relay_on_cores.then(cores::Cores::get).flatten();
                     let relay = async move |client: TcpStream, browser: TcpStream| {
-                        let _open = OpenConnection::new(&broker.metrics);
+                        let _open = open;
                         let _slot = slot;
                         let (client, browser) = (tcp_peer(client, client_early), tcp_peer(browser, browser_early));
                         run_relay(client, browser, &session, &broker).await
@@ -171,7 +173,7 @@ async fn upgrade(
                     }
                 }
                 (client, browser) => {
-                    let _open = OpenConnection::new(&broker.metrics);
+                    let _open = open;
                     let _slot = slot;
                     run_relay(client.boxed(), browser.boxed(), &session, &broker).await
                 }
@@ -283,17 +285,17 @@ pub(crate) fn tcp_peer(tcp: TcpStream, early: Vec<u8>) -> relay::Peer<OwnedReadH
 }
 
 /// Counts a connection as open for as long as it lives.
-pub(crate) struct OpenConnection<'a>(&'a Metrics);
+pub(crate) struct OpenConnection(Arc<Metrics>);
 
-impl<'a> OpenConnection<'a> {
-    pub(crate) fn new(metrics: &'a Metrics) -> Self {
+impl OpenConnection {
+    pub(crate) fn new(metrics: &Arc<Metrics>) -> Self {
         metrics.proxy_connections.fetch_add(1, Relaxed);
         metrics.proxy_connections_open.fetch_add(1, Relaxed);
-        OpenConnection(metrics)
+        OpenConnection(metrics.clone())
     }
 }
 
-impl Drop for OpenConnection<'_> {
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.proxy_connections_open.fetch_sub(1, Relaxed);
     }
