@@ -26,23 +26,13 @@ const PAGE: &str = include_str!("dashboard.html");
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn page() -> Response<Body> {
-    let mut response = Response::new(full(PAGE));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     // Its own origin's API only; recordings and thumbnails arrive as blobs.
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; \
-             media-src blob:; connect-src 'self'; frame-ancestors 'none'",
-        ),
-    );
-    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
-    response
+    super::html_page(
+        StatusCode::OK,
+        PAGE,
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; \
+         media-src blob:; connect-src 'self'; frame-ancestors 'none'",
+    )
 }
 
 /// `GET /public/sessions/{id}/screenshot`: the session's first tab now, as a JPEG.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
@@ -145,12 +145,11 @@ fn recording_page(sid: &str, token: &str) -> Response<Body> {
          <video id=\"recording\" controls autoplay muted playsinline src=\"/live/{sid}/recording?token={token}\"></video>\
          </main></body></html>"
     );
-    let mut response = html_response(StatusCode::OK, html);
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; media-src 'self'"),
-    );
-    response
+    super::html_page(
+        StatusCode::OK,
+        html,
+        "default-src 'none'; style-src 'unsafe-inline'; media-src 'self'",
+    )
 }
 
 /// A readable page for whoever opened a link that does not lead to a session.
@@ -165,22 +164,11 @@ fn page(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 fn html_response(status: StatusCode, html: String) -> Response<Body> {
-    let mut response = Response::new(super::full(html));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
-        ),
-    );
-    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
-    response
+    super::html_page(
+        status,
+        html,
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
+    )
 }
 
 async fn viewer_socket(

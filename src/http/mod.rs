@@ -33,6 +33,23 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A page of the broker's own (live view, dashboard): HTML, never cached, no referrer,
+/// under the content security policy `csp`.
+pub fn html_page(status: hyper::StatusCode, html: impl Into<Bytes>, csp: &'static str) -> Response<Body> {
+    use hyper::header::{self, HeaderValue};
+    let mut response = Response::new(full(html));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
 /// An answer with a whole body (the proxy's) as an answer of this layer.
 pub fn whole(response: Response<Full<Bytes>>) -> Response<Body> {
     response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
