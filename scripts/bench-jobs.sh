@@ -7,7 +7,11 @@
 # browser it knows (Chrome, Edge, Playwright's Chromium, Firefox, WebKit): the script links
 # the missing paths to /usr/bin/chromium for the run and removes the links it made after
 # (only Chromium is ever started).
-# usage: scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
+# BROWSERLESS_CHROME=/usr/lib/chromium/chromium-headless-shell runs browserless on Chromium's
+# headless shell instead (its paths linked there, launched with "headless": "shell"), the
+# browser cdpgate's context sessions use.
+# usage: [BASELINE=<another cdpgate binary>] [SYSTEMS=cdpgate,cdpgate_context,baseline,baseline_context]
+#        [BROWSERLESS_CHROME=…] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -23,12 +27,16 @@ fi
 # It requires its own copy of playwright-core where npm hoisted the shared one.
 mkdir -p "$bl/node_modules/@browserless.io/browserless/node_modules"
 ln -sfn "$(pwd)/$bl/node_modules/playwright-core" "$bl/node_modules/@browserless.io/browserless/node_modules/playwright-core"
+bl_chrome=${BROWSERLESS_CHROME:-/usr/bin/chromium}
 links=()
 link_browser() {
   if ! [ -e "$1" ]; then
     mkdir -p "$(dirname "$1")"
-    ln -s /usr/bin/chromium "$1"
+    ln -s "$bl_chrome" "$1"
     links+=("$1")
+  elif [ -L "$1" ] && [ "$(readlink "$1")" != "$bl_chrome" ]; then
+    echo "$1 links to $(readlink "$1"), not $bl_chrome: remove it first" >&2
+    exit 1
   fi
 }
 for b in chromium firefox webkit; do
@@ -58,6 +66,10 @@ pids+=($!)
 key=bench-key-0123456789abcdef
 # Its defaults, plus one warm shared browser for the context sessions' first.
 gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS=1)
+if [ -n "${BASELINE:-}" ]; then
+  BASELINE_GATE=$(start_broker "$BASELINE" baseline CDPGATE_CONTEXT_WARM_BROWSERS=1)
+  export BASELINE_GATE
+fi
 bl_port=$(free_port)
 (cd "$bl/node_modules/@browserless.io/browserless" && PORT=$bl_port HOST=127.0.0.1 TOKEN=bench-token \
   CONCURRENT="$concurrency" QUEUED=1000 DEBUG=-* exec node build/index.js) >"$tmp/browserless.log" 2>&1 &
@@ -66,5 +78,9 @@ for _ in $(seq 150); do
   curl -sf "http://127.0.0.1:$bl_port/json/version?token=bench-token" >/dev/null && break
   sleep 0.2
 done
-node tests/js/bench_jobs.mjs "$gate" "$key" "ws://127.0.0.1:$bl_port/chromium?token=bench-token" \
+bl_ws="ws://127.0.0.1:$bl_port/chromium?token=bench-token"
+case "$bl_chrome" in
+  *headless-shell*) bl_ws="$bl_ws&launch=%7B%22headless%22%3A%22shell%22%7D" ;;
+esac
+node tests/js/bench_jobs.mjs "$gate" "$key" "$bl_ws" \
   "http://127.0.0.1:$site_port/index.html" "$rounds" "$jobs" "$concurrency" | python3 -m json.tool

@@ -40,7 +40,13 @@ LEAN = [
     "DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,"
     "InterestFeedContentSuggestions,PrivacySandboxSettings4,SegmentationPlatform,ChromeWhatsNewUI",
 ]
-VARIANTS = {"before": BEFORE, "now": NOW, "now+more": BEFORE + LEAN}
+CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium-headless-shell: the same Chromium built without the browser's UI, what
+# context sessions' shared browsers run when it is installed (`context_chrome_path`).
+SHELL = "/usr/lib/chromium/chromium-headless-shell"
+VARIANTS = {"before": (CHROMIUM, BEFORE), "now": (CHROMIUM, NOW), "now+more": (CHROMIUM, BEFORE + LEAN)}
+if os.path.exists(SHELL):
+    VARIANTS["headless shell, now"] = (SHELL, NOW)
 
 
 def group_cpu(pgid):
@@ -60,10 +66,10 @@ def group_cpu(pgid):
     return total / TICK
 
 
-def launch(flags):
+def launch(binary, flags):
     with tempfile.TemporaryDirectory() as d:
         started = time.perf_counter()
-        p = subprocess.Popen(["/usr/bin/chromium", *flags, f"--user-data-dir={d}", "about:blank"],
+        p = subprocess.Popen([binary, *flags, f"--user-data-dir={d}", "about:blank"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True, text=True)
         port = None
@@ -90,8 +96,8 @@ def launch(flags):
 
 results = {name: {"ready_s": [], "cpu_s": []} for name in VARIANTS}
 for _ in range(ROUNDS):
-    for name, flags in VARIANTS.items():
-        ready, cpu = launch(flags)
+    for name, (binary, flags) in VARIANTS.items():
+        ready, cpu = launch(binary, flags)
         results[name]["ready_s"].append(ready)
         results[name]["cpu_s"].append(cpu)
         time.sleep(0.5)

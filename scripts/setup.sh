@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what cdpgate needs, only where it is missing (safe to run again):
-#   scripts/setup.sh          Chromium (Debian's package)
+#   scripts/setup.sh          Chromium and its headless shell (Debian's packages)
 #   scripts/setup.sh --test   also cargo-deny, redis-server, nginx, Node.js, the Node CDP
 #                             clients, the Python clients (dari, Playwright), moto (a
 #                             local S3 server) and the unprivileged user cdpgate-test
@@ -33,6 +33,11 @@ fi
 if ! [ -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing Chromium"
   apt_install chromium
+fi
+# Context sessions' shared browsers run Chromium's headless shell where it is installed.
+if ! [ -x /usr/lib/chromium/chromium-headless-shell ]; then
+  echo "setup: installing Chromium's headless shell"
+  apt_install chromium-headless-shell
 fi
 
 # Recordings are encoded by ffmpeg (found on the PATH at start-up).

@@ -28,7 +28,7 @@ use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
 use crate::browser::pool::{Pool, PoolError};
 use crate::browser::shared::{SharedBrowsers, SharedSettings};
-use crate::browser::{Browser, LaunchError, Launcher, Screen, find_chrome};
+use crate::browser::{Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell};
 use crate::config::Config;
 use crate::error::Origin;
 use crate::limits::CreateLimiter;
@@ -54,8 +54,8 @@ const SAVE_WAIT: Duration = Duration::from_secs(30);
 pub enum StartError {
     #[error("no Chrome or Chromium found: install it (apt-get install -y chromium) or set chrome_path")]
     NoChrome,
-    #[error("chrome_path {0} does not exist")]
-    ChromeMissing(PathBuf),
+    #[error("{key} {path} does not exist")]
+    ChromeMissing { key: &'static str, path: PathBuf },
     #[error("cannot use the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the browser cannot be started: {0}")]
@@ -325,7 +325,8 @@ impl Broker {
             source,
         };
         std::fs::create_dir_all(&data_dir).map_err(dir_error)?;
-        let chrome = chrome_path(&config)?;
+        let chromes = chrome_paths(&config)?;
+        tracing::info!(chrome = %chromes.own.display(), shared = %chromes.shared.display(), "browsers");
         if crate::browser::running_as_root() {
             tracing::warn!(
                 "running as root: browsers start with --no-sandbox (Chrome will not sandbox a root \
@@ -349,7 +350,7 @@ impl Broker {
             config.byo_timeout(),
         ));
         let launcher = Arc::new(Launcher::new(
-            chrome,
+            chromes,
             config.chrome_flags.clone(),
             data_dir.join("browsers"),
             config.launch_timeout(),
@@ -1107,16 +1108,25 @@ fn node_url(config: &Config, bound: SocketAddr) -> String {
     format!("http://{host}")
 }
 
-/// The configured Chrome, or the first one found.
-fn chrome_path(config: &Config) -> Result<PathBuf, StartError> {
-    if config.chrome_path.is_empty() {
-        return find_chrome().ok_or(StartError::NoChrome);
-    }
-    let p = PathBuf::from(&config.chrome_path);
-    if !p.exists() {
-        return Err(StartError::ChromeMissing(p));
-    }
-    Ok(p)
+/// The configured Chromes, or the first found: the shared browsers' is the headless shell
+/// when it is installed and none is configured.
+fn chrome_paths(config: &Config) -> Result<Chromes, StartError> {
+    let configured = |key, path: &str| {
+        let path = PathBuf::from(path);
+        match path.exists() {
+            true => Ok(path),
+            false => Err(StartError::ChromeMissing { key, path }),
+        }
+    };
+    let own = match config.chrome_path.as_str() {
+        "" => find_chrome().ok_or(StartError::NoChrome)?,
+        path => configured("chrome_path", path)?,
+    };
+    let shared = match config.context_chrome_path.as_str() {
+        "" => find_headless_shell().unwrap_or_else(|| own.clone()),
+        path => configured("context_chrome_path", path)?,
+    };
+    Ok(Chromes { own, shared })
 }
 
 /// The configured secrets, or those kept in the data directory (made on first start).

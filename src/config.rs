@@ -79,6 +79,9 @@ pub struct Config {
     /// `process` (a browser of its own per session) or `context` (a browser context in a
     /// shared browser) for sessions created without `isolation` (`CDPGATE_DEFAULT_ISOLATION`).
     pub default_isolation: String,
+    /// The executable of the shared browsers. Empty: Chromium's headless shell where it is
+    /// installed (`chromium-headless-shell`), else `chrome_path`'s browser.
+    pub context_chrome_path: String,
     /// Most shared browsers running at once for context sessions.
     pub context_browsers: usize,
     /// Most browser contexts (context sessions) open in one shared browser.
@@ -205,6 +208,7 @@ impl Default for Config {
             browser_egress_allow: Vec::new(),
             default_idle_timeout: 0,
             default_isolation: "process".into(),
+            context_chrome_path: String::new(),
             context_browsers: 2,
             max_contexts_per_browser: 50,
             context_sharing: "tenant".into(),
@@ -378,6 +382,9 @@ impl Config {
         }
         if let Some(v) = var("chrome_path") {
             self.chrome_path = v;
+        }
+        if let Some(v) = var("context_chrome_path") {
+            self.context_chrome_path = v;
         }
         if let Some(v) = var("api_keys") {
             self.api_keys = list(&v);

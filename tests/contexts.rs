@@ -204,10 +204,18 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
         .as_str()
         .unwrap()
         .to_owned();
-    ca.wait_event(|e| {
+    let attached_to_a_page = |e: &Value| {
         e["method"] == "Target.attachedToTarget" && e["params"]["targetInfo"]["targetId"] == a_page.as_str()
-    })
-    .await;
+    };
+    ca.wait_event(attached_to_a_page).await;
+    // A's auto-attach holds the page until A lets it run (Chrome's headless shell does not
+    // answer the page's own socket before).
+    let a_page_session = ca.events.iter().find(|e| attached_to_a_page(e)).unwrap()["params"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ca.send(Some(&a_page_session), "Runtime.runIfWaitingForDebugger", json!({}))
+        .await;
     let heard = serde_json::to_string(&ca.events).unwrap();
     for other in [&b_page, &b_pages[0].0, &b_context, &a2_pages[0].0] {
         assert!(!heard.contains(other.as_str()), "A heard of {other}: {heard}");
@@ -585,6 +593,9 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
     );
     let warm = ready()[0].clone();
     assert_eq!(warm.contexts, 0);
+    // Shared browsers run Chromium's headless shell (setup installs it).
+    let shell = cdpgate::browser::find_headless_shell().expect("scripts/setup.sh installs chromium-headless-shell");
+    assert_eq!(executable(warm.pid), shell.canonicalize().unwrap());
     assert!(
         eventually_async(Duration::from_secs(20), || async {
             chrome_pages(warm.port).await.len() >= 2
@@ -622,6 +633,43 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
         "A and B apart: {now:?}"
     );
     server.stop().await;
+}
+
+/// The executable process `pid` runs.
+fn executable(pid: u32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+/// `context_chrome_path` picks the shared browsers' executable: here the full Chromium
+/// sessions with a browser of their own run, and a context session works on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_chrome_path_picks_the_shared_browsers_executable() {
+    let server = start(|c| c.context_chrome_path = "/usr/bin/chromium".into()).await;
+    let site = format!("http://{}/", start_site().await);
+    let session = create(&server, KEY_A, json!({})).await;
+    let seen = node("drive.mjs", &["puppeteer", cdp_url(&session), &site]).await;
+    assert_eq!(seen["title"], "cdpgate test site", "{seen}");
+    let shared = server.broker.shared.browsers();
+    assert_eq!(
+        executable(shared[0].pid),
+        std::path::Path::new("/usr/lib/chromium/chromium")
+    );
+    server.stop().await;
+
+    // One that does not exist stops the broker from starting, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.context_chrome_path = "/nonexistent/headless_shell".into();
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let refused = cdpgate::start(&listener, config, Default::default())
+        .await
+        .err()
+        .expect("a start error")
+        .to_string();
+    assert!(
+        refused.contains("context_chrome_path") && refused.contains("/nonexistent/headless_shell"),
+        "{refused}"
+    );
 }
 
 /// A shared browser whose processes pass the memory limit takes no new context and is

@@ -1,5 +1,6 @@
 #!/bin/sh
-# What cdpgate's runtime image needs on Debian, installed idempotently: Chromium, ffmpeg
+# What cdpgate's runtime image needs on Debian, installed idempotently: Chromium and its
+# headless shell (context sessions' shared browsers), ffmpeg
 # (recordings), fonts and the time zone database (a session's timezone is checked against
 # it) from Debian's packages, curl for the health check, the unprivileged user `cdpgate` (so
 # Chrome's sandbox is on) and its data directory. The Dockerfile runs this script, and
@@ -8,7 +9,7 @@
 #        profiles; default /var/lib/cdpgate), owned by cdpgate, mode 0750
 set -eu
 [ "$#" -gt 0 ] || set -- /var/lib/cdpgate
-packages="chromium ffmpeg fonts-liberation fonts-noto-color-emoji fonts-noto-cjk ca-certificates curl tzdata"
+packages="chromium chromium-headless-shell ffmpeg fonts-liberation fonts-noto-color-emoji fonts-noto-cjk ca-certificates curl tzdata"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

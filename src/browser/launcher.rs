@@ -55,10 +55,26 @@ const BASE_FLAGS: &[&str] = &[
 /// about 0.9 of a launch's 1.5 CPU-seconds (`scripts/bench-launch.py`).
 const DISABLED_FEATURES: &[&str] = &["WebUIOmniboxPopup", "WebUIOmniboxAimPopup"];
 
-/// `flags` with one `--disable-features` holding the broker's features and any the
+/// Features a shared browser also goes without: Chrome keeps one spare renderer process
+/// started for the next navigation of the context that last navigated, and a shared
+/// browser's next navigation is nearly always another context's, so the spare is killed
+/// unused when its context is disposed. 15-19 % of a context job's CPU
+/// (`docs/benchmarks.md`, "Context sessions against browserless").
+const SHARED_DISABLED_FEATURES: &[&str] = &["SpareRendererForSitePerProcess"];
+
+/// What a browser is launched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// One session's (or a profile's, or the pool's).
+    Own,
+    /// Many context sessions'.
+    Shared,
+}
+
+/// `flags` with one `--disable-features` holding `broker`'s features and any the
 /// operator's flags name (Chrome reads only the last `--disable-features` it is given).
-fn with_disabled_features(flags: &[String]) -> Vec<String> {
-    let mut features: Vec<String> = DISABLED_FEATURES.iter().map(|f| f.to_string()).collect();
+fn with_disabled_features(flags: &[String], broker: &[&str]) -> Vec<String> {
+    let mut features: Vec<String> = broker.iter().map(|f| f.to_string()).collect();
     let mut rest = Vec::new();
     for flag in flags {
         match flag.strip_prefix("--disable-features=") {
@@ -91,15 +107,34 @@ pub enum LaunchError {
     Gateway(std::io::Error),
 }
 
+/// The executables browsers are started from, by use.
+#[derive(Debug, Clone)]
+pub struct Chromes {
+    /// Chrome or Chromium: sessions with a browser of their own, profiles, the pool.
+    pub own: PathBuf,
+    /// Shared browsers: Chromium's headless shell where it is installed (the same engine
+    /// without the browser's windows, tab strip and address bar, which a context session
+    /// never shows and which cost a full Chromium about half of each context's CPU).
+    pub shared: PathBuf,
+}
+
+/// An executable and how the broker starts it.
+struct Kind {
+    chrome: PathBuf,
+    /// The operator's flags, features merged with the broker's.
+    flags: Vec<String>,
+    /// Height Chrome's window keeps for its frame in headless mode; measured at start-up
+    /// (none for the headless shell, which has no window frame).
+    frame_height: AtomicU32,
+}
+
 /// Starts browsers. Shared by the pool and by anything else that needs one.
 pub struct Launcher {
-    chrome: PathBuf,
-    extra_flags: Vec<String>,
+    own: Kind,
+    shared: Kind,
     /// Each browser's `--user-data-dir` is a fresh directory under here.
     scratch_root: PathBuf,
     launch_timeout: Duration,
-    /// Height Chrome's window keeps for its frame in headless mode; measured at start-up.
-    frame_height: AtomicU32,
     /// Reaper tasks, so shutdown can wait for every browser to be gone.
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
@@ -179,7 +214,7 @@ impl Drop for Browser {
 
 impl Launcher {
     pub fn new(
-        chrome: PathBuf,
+        chromes: Chromes,
         extra_flags: Vec<String>,
         scratch_root: PathBuf,
         launch_timeout: Duration,
@@ -188,11 +223,18 @@ impl Launcher {
         browser_egress: Arc<Egress>,
     ) -> Self {
         Launcher {
-            chrome,
-            extra_flags: with_disabled_features(&extra_flags),
+            own: Kind {
+                chrome: chromes.own,
+                flags: with_disabled_features(&extra_flags, DISABLED_FEATURES),
+                frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
+            },
+            shared: Kind {
+                chrome: chromes.shared,
+                flags: with_disabled_features(&extra_flags, &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()),
+                frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
+            },
             scratch_root,
             launch_timeout,
-            frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
             tracker,
             metrics,
             exits: Arc::new(Notify::new()),
@@ -220,14 +262,26 @@ impl Launcher {
     }
 
     /// Measures how much taller than the viewport Chrome makes its window, so that
-    /// `--window-size` can be chosen to give exactly the requested viewport.
+    /// `--window-size` can be chosen to give exactly the requested viewport: for each
+    /// executable, once.
     pub async fn calibrate(&self) -> Result<(), LaunchError> {
-        self.frame_height.store(0, Ordering::Relaxed);
+        let frame = self.measure_frame(Use::Own).await?;
+        self.own.frame_height.store(frame, Ordering::Relaxed);
+        let shared = match self.own.chrome == self.shared.chrome {
+            true => frame,
+            false => self.measure_frame(Use::Shared).await?,
+        };
+        self.shared.frame_height.store(shared, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn measure_frame(&self, used: Use) -> Result<u32, LaunchError> {
+        self.kind(used).frame_height.store(0, Ordering::Relaxed);
         let probe = Screen {
             width: 1000,
             height: 800,
         };
-        let browser = self.launch(probe).await?;
+        let browser = self.launch(probe, used).await?;
         // Read until two readings agree: the first layout may not be the final one.
         let mut measured = cdp::evaluate_in_first_page(&browser.addr(), "innerHeight").await;
         for _ in 0..10 {
@@ -244,22 +298,29 @@ impl Launcher {
             _ => {
                 tracing::warn!(
                     ?measured,
+                    chrome = %self.kind(used).chrome.display(),
                     "could not measure the window frame; using {FALLBACK_FRAME_HEIGHT} px"
                 );
                 FALLBACK_FRAME_HEIGHT
             }
         };
-        tracing::debug!(frame, "measured the headless window frame height");
-        self.frame_height.store(frame, Ordering::Relaxed);
-        Ok(())
+        tracing::debug!(frame, chrome = %self.kind(used).chrome.display(), "measured the headless window frame height");
+        Ok(frame)
+    }
+
+    fn kind(&self, used: Use) -> &Kind {
+        match used {
+            Use::Own => &self.own,
+            Use::Shared => &self.shared,
+        }
+    }
+
+    /// Height the window of a browser for `used` keeps for its frame, to add to a tab's height.
+    pub fn frame_height(&self, used: Use) -> u32 {
+        self.kind(used).frame_height.load(Ordering::Relaxed)
     }
 
     /// How long a launch may take before it is given up.
-    /// Height Chrome's window keeps for its frame, to add to a tab's height.
-    pub fn frame_height(&self) -> u32 {
-        self.frame_height.load(Ordering::Relaxed)
-    }
-
     pub fn launch_timeout(&self) -> Duration {
         self.launch_timeout
     }
@@ -269,10 +330,10 @@ impl Launcher {
         self.last_launch_ok.load(Ordering::Relaxed)
     }
 
-    /// Starts a browser whose pages are `screen` large and waits until it listens.
-    pub async fn launch(&self, screen: Screen) -> Result<Browser, LaunchError> {
+    /// Starts a browser for `used` whose pages are `screen` large and waits until it listens.
+    pub async fn launch(&self, screen: Screen, used: Use) -> Result<Browser, LaunchError> {
         let dir = self.scratch_root.join(random_hex(8));
-        self.launch_in(screen, dir, true).await
+        self.launch_in(screen, dir, true, used).await
     }
 
     /// A fresh scratch directory path for a browser the caller prepares (a profile copy).
@@ -283,9 +344,15 @@ impl Launcher {
     /// Starts a browser on the user-data directory `dir`; with `owned`, the directory is
     /// removed when the browser ends, otherwise it is left to the caller.
     #[tracing::instrument(name = "browser.launch", skip_all, fields(width = screen.width, height = screen.height))]
-    pub async fn launch_in(&self, screen: Screen, dir: PathBuf, owned: bool) -> Result<Browser, LaunchError> {
+    pub async fn launch_in(
+        &self,
+        screen: Screen,
+        dir: PathBuf,
+        owned: bool,
+        used: Use,
+    ) -> Result<Browser, LaunchError> {
         let started = Instant::now();
-        let result = self.spawn(screen, dir, owned).await;
+        let result = self.spawn(screen, dir, owned, used).await;
         self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
         match &result {
             Ok(b) => {
@@ -300,7 +367,7 @@ impl Launcher {
         result
     }
 
-    async fn spawn(&self, screen: Screen, dir: PathBuf, owned: bool) -> Result<Browser, LaunchError> {
+    async fn spawn(&self, screen: Screen, dir: PathBuf, owned: bool, used: Use) -> Result<Browser, LaunchError> {
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -312,15 +379,16 @@ impl Launcher {
             .await
             .map_err(LaunchError::Gateway)?;
 
-        let frame = self.frame_height.load(Ordering::Relaxed);
-        let mut cmd = tokio::process::Command::new(&self.chrome);
+        let kind = self.kind(used);
+        let frame = kind.frame_height.load(Ordering::Relaxed);
+        let mut cmd = tokio::process::Command::new(&kind.chrome);
         cmd.args(BASE_FLAGS)
             .args(running_as_root().then_some("--no-sandbox"))
             .arg(format!("--user-data-dir={}", dir.display()))
             .arg(format!("--window-size={},{}", screen.width, screen.height + frame))
             .arg(format!("--screen-info={{{}x{}}}", screen.width, screen.height))
             .arg(format!("--proxy-server=http://127.0.0.1:{}", gateway.port))
-            .args(&self.extra_flags)
+            .args(&kind.flags)
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -335,7 +403,7 @@ impl Launcher {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             LaunchError::Spawn {
-                path: self.chrome.display().to_string(),
+                path: kind.chrome.display().to_string(),
                 source,
             }
         })?;
@@ -510,6 +578,19 @@ pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
+/// Chromium's headless shell at its usual paths (Debian's `chromium-headless-shell`, the
+/// real executable before its wrapper script; Chrome for Testing's `chrome-headless-shell`).
+pub fn find_headless_shell() -> Option<PathBuf> {
+    [
+        "/usr/lib/chromium/chromium-headless-shell",
+        "/usr/bin/chromium-headless-shell",
+        "/usr/bin/chrome-headless-shell",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
 /// The first usual Chrome path that exists.
 pub fn find_chrome() -> Option<PathBuf> {
     [
@@ -559,14 +640,17 @@ mod tests {
     #[test]
     fn disabled_features_are_merged_into_one_flag() {
         assert_eq!(
-            with_disabled_features(&["--lang=de".into()]),
+            with_disabled_features(&["--lang=de".into()], DISABLED_FEATURES),
             vec!["--lang=de", "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup"]
         );
         assert_eq!(
-            with_disabled_features(&["--disable-features=Translate,MediaRouter".into(), "--mute-audio".into()]),
+            with_disabled_features(
+                &["--disable-features=Translate,MediaRouter".into(), "--mute-audio".into()],
+                &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()
+            ),
             vec![
                 "--mute-audio",
-                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,Translate,MediaRouter"
+                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,SpareRendererForSitePerProcess,Translate,MediaRouter"
             ]
         );
     }

@@ -16,4 +16,7 @@ pub mod scope;
 pub mod shared;
 pub mod upstream;
 
-pub use launcher::{Browser, LaunchError, Launcher, Screen, find_chrome, remove_dir_with_retries, running_as_root};
+pub use launcher::{
+    Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell, remove_dir_with_retries,
+    running_as_root,
+};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::launcher::{Browser, LaunchError, Launcher, Screen};
+use super::launcher::{Browser, LaunchError, Launcher, Screen, Use};
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering;
 
@@ -99,7 +99,7 @@ impl Pool {
             self.refill.notify_one();
             return Ok(Lease { browser, _slot: slot });
         }
-        let browser = self.launcher.launch(screen).await?;
+        let browser = self.launcher.launch(screen, Use::Own).await?;
         Ok(Lease { browser, _slot: slot })
     }
 
@@ -125,7 +125,7 @@ impl Pool {
     /// copy), which the caller keeps and removes.
     pub async fn acquire_on(&self, screen: Screen, dir: std::path::PathBuf) -> Result<Lease, PoolError> {
         let slot = self.slot().await?;
-        let browser = self.launcher.launch_in(screen, dir, false).await?;
+        let browser = self.launcher.launch_in(screen, dir, false, Use::Own).await?;
         Ok(Lease { browser, _slot: slot })
     }
 
@@ -203,7 +203,7 @@ impl Pool {
             if missing > 0 {
                 self.refilling.store(true, Ordering::SeqCst);
                 let launched = tokio::select! {
-                    r = self.launcher.launch(self.default_screen) => r,
+                    r = self.launcher.launch(self.default_screen, Use::Own) => r,
                     _ = shutdown.cancelled() => {
                         self.refilling.store(false, Ordering::SeqCst);
                         self.landed.notify_waiters();

@@ -26,7 +26,7 @@ use super::cdp::{CallError, Client};
 use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
-use super::launcher::{Browser, Launcher, Screen};
+use super::launcher::{Browser, Launcher, Screen, Use};
 use super::pool::PoolError;
 use super::scope::{CALL_TIMEOUT, ContextScope};
 use crate::metrics::Metrics;
@@ -387,7 +387,7 @@ impl SharedBrowsers {
     }
 
     async fn launch(self: &Arc<Self>, tenant: Option<&str>) -> Result<Arc<SharedBrowser>, PoolError> {
-        let browser = self.launcher.launch(self.settings.screen).await?;
+        let browser = self.launcher.launch(self.settings.screen, Use::Shared).await?;
         let client = Arc::new(
             Client::connect(&browser.ws_url())
                 .await
@@ -514,7 +514,7 @@ impl SharedBrowsers {
             "url": "about:blank",
             "browserContextId": context,
             "width": screen.width,
-            "height": screen.height + self.launcher.frame_height(),
+            "height": screen.height + self.launcher.frame_height(Use::Shared),
         });
         match shared.client.call(None, "Target.createTarget", tab, CALL_TIMEOUT).await {
             Ok(created) => {

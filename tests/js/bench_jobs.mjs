@@ -4,6 +4,7 @@
 // (cdpgate: end the session). cdpgate runs it on process sessions and on context sessions.
 // N jobs at concurrency C per round; systems alternate round by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
 // usage: node bench_jobs.mjs <cdpgate_addr> <key> <browserless_ws> <page_url> <rounds> <jobs> <concurrency>
+// (BASELINE_GATE=<addr> adds another broker's process and context sessions; SYSTEMS=… picks)
 import { readFileSync } from 'fs';
 import puppeteer from 'puppeteer-core';
 
@@ -19,16 +20,17 @@ async function pageJob(browser) {
   if (!title) throw new Error('no title');
 }
 
-async function cdpgateJob(body) {
-  const s = await (await fetch(`http://${gate}/public/sessions`, { method: 'POST', headers, body })).json();
+async function cdpgateJob(body, at = gate) {
+  const s = await (await fetch(`http://${at}/public/sessions`, { method: 'POST', headers, body })).json();
   if (!s.cdp_url) throw new Error(JSON.stringify(s));
   const browser = await puppeteer.connect({ browserWSEndpoint: s.cdp_url, defaultViewport: null });
   await pageJob(browser);
   await browser.disconnect();
-  await fetch(`http://${gate}/public/sessions/${s.session_id}/terminate`, { method: 'POST', headers });
+  await fetch(`http://${at}/public/sessions/${s.session_id}/terminate`, { method: 'POST', headers });
 }
 
-const systems = {
+const baseline = process.env.BASELINE_GATE;
+const allSystems = {
   cdpgate: () => cdpgateJob('{}'),
   cdpgate_context: () => cdpgateJob('{"isolation": "context"}'),
   browserless: async () => {
@@ -36,7 +38,16 @@ const systems = {
     await pageJob(browser);
     await browser.close();
   },
+  ...(baseline && {
+    baseline: () => cdpgateJob('{}', baseline),
+    baseline_context: () => cdpgateJob('{"isolation": "context"}', baseline),
+  }),
 };
+// SYSTEMS=a,b limits a run to some of them (browserless always runs: the ratios need it).
+const only = process.env.SYSTEMS?.split(',');
+const systems = Object.fromEntries(
+  Object.entries(allSystems).filter(([name]) => !only || name === 'browserless' || only.includes(name)),
+);
 
 function busySeconds() {
   const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0].split(/\s+/).slice(1).map(Number);
@@ -77,6 +88,7 @@ for (const [name, r] of Object.entries(results)) {
     machine_cpu_s_per_job: +q(r.cpu, 0.5).toFixed(2),
   };
 }
-out.ratio_jobs_per_s = +(out.cdpgate.jobs_per_s_median / out.browserless.jobs_per_s_median).toFixed(2);
-out.ratio_context_jobs_per_s = +(out.cdpgate_context.jobs_per_s_median / out.browserless.jobs_per_s_median).toFixed(2);
+for (const name of Object.keys(systems).filter((n) => n !== 'browserless')) {
+  out[`ratio_${name}_to_browserless`] = +(out[name].jobs_per_s_median / out.browserless.jobs_per_s_median).toFixed(2);
+}
 console.log(JSON.stringify(out));
