@@ -3,7 +3,7 @@
 # (a bring-your-own session fronting the echo server), and through nginx when installed.
 # Then: broker memory per idle proxied connection, and how soon after expires_at the TTL
 # close frames arrive.
-# usage: [BASELINE=old/cdpgate] [MAIN_RUNTIME=1] scripts/bench-proxy.sh [ROUNDS] [SECONDS] [IDLE_CONNECTIONS]
+# usage: [BASELINE=old/cdpgate] [MAIN_RUNTIME=1] [VARIANT_ENV="CDPGATE_X=1 …"] scripts/bench-proxy.sh [ROUNDS] [SECONDS] [IDLE_CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -74,6 +74,10 @@ if [ "${MAIN_RUNTIME:-0}" = 1 ]; then
 fi
 if [ -n "${BASELINE:-}" ]; then
   targets+=("baseline=$(extra_gate baseline "$BASELINE")")
+fi
+# VARIANT_ENV: also this build with that extra environment (a setting tried side by side).
+if [ -n "${VARIANT_ENV:-}" ]; then
+  targets+=("variant=$(extra_gate variant target/release/cdpgate $VARIANT_ENV)")
 fi
 if command -v nginx >/dev/null 2>&1; then
   nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
