@@ -11,7 +11,7 @@
 # headless shell instead (its paths linked there, launched with "headless": "shell"), the
 # browser cdpgate's context sessions use.
 # usage: [BASELINE=<another cdpgate binary>] [SYSTEMS=cdpgate,cdpgate_context,baseline,baseline_context]
-#        [BROWSERLESS_CHROME=…] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
+#        [BROWSERLESS_CHROME=…] [GATE_ENV="CDPGATE_X=… …"] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -65,7 +65,8 @@ pids+=($!)
 
 key=bench-key-0123456789abcdef
 # Its defaults, plus one warm shared browser for the context sessions' first.
-gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS=1)
+# shellcheck disable=SC2086 # GATE_ENV: more settings for this build's broker, split on spaces
+gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS=1 ${GATE_ENV:-})
 if [ -n "${BASELINE:-}" ]; then
   BASELINE_GATE=$(start_broker "$BASELINE" baseline CDPGATE_CONTEXT_WARM_BROWSERS=1)
   export BASELINE_GATE

@@ -134,64 +134,17 @@ async fn fetch(
     key: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder().uri(path).header("host", addr.to_string());
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let request = request.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
-    let (status, headers) = (response.status(), response.headers().clone());
-    let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
-    (status, headers, body)
+    let mut headers = headers.to_vec();
+    headers.extend(key.map(|k| ("x-api-key", k)));
+    let (status, headers, body) = http_bytes(addr, Method::GET, path, &headers, bytes::Bytes::new()).await;
+    (status, headers, body.to_vec())
 }
 
 /// POST raw bytes (or a multipart body) with the key.
 async fn post_bytes(addr: SocketAddr, path: &str, content_type: &str, body: Vec<u8>) -> Response {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("x-api-key", KEY_A)
-        .header("content-type", content_type)
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
-    let (status, headers) = (response.status(), response.headers().clone());
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
-    Response {
-        status,
-        headers,
-        body,
-        json,
-    }
+    let headers = [("x-api-key", KEY_A), ("content-type", content_type)];
+    let (status, headers, bytes) = http_bytes(addr, Method::POST, path, &headers, body.into()).await;
+    Response::new(status, headers, &bytes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

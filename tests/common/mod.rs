@@ -141,6 +141,20 @@ pub struct Response {
     pub json: Value,
 }
 
+impl Response {
+    /// An answer's parts, its body read as text and as JSON (`Null` if it is not).
+    pub fn new(status: StatusCode, headers: hyper::HeaderMap, bytes: &[u8]) -> Response {
+        let body = String::from_utf8_lossy(bytes).into_owned();
+        let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+        Response {
+            status,
+            headers,
+            body,
+            json,
+        }
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection, with the API key if given.
 pub async fn http(addr: SocketAddr, method: Method, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
     let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
@@ -155,6 +169,24 @@ pub async fn http_with(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
+    let mut headers = headers.to_vec();
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = Bytes::from(body.unwrap_or("").to_owned());
+    let (status, headers, bytes) = http_bytes(addr, method, path, &headers, body).await;
+    Response::new(status, headers, &bytes)
+}
+
+/// One HTTP/1.1 request on a fresh connection with a body of any bytes; the answer's
+/// status, headers and bytes.
+pub async fn http_bytes(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (StatusCode, hyper::HeaderMap, Bytes) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -167,12 +199,7 @@ pub async fn http_with(
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    if body.is_some() {
-        builder = builder.header("content-type", "application/json");
-    }
-    let request = builder
-        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
-        .unwrap();
+    let request = builder.body(Full::new(body)).unwrap();
     // An answer that never comes fails the test instead of hanging it.
     let what = format!("{} {}", request.method(), request.uri());
     let exchange = async {
@@ -182,17 +209,9 @@ pub async fn http_with(
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, headers, bytes)
     };
-    let (status, headers, bytes) = tokio::time::timeout(Duration::from_secs(120), exchange)
+    tokio::time::timeout(Duration::from_secs(120), exchange)
         .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within 120 s"));
-    let body = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
-    Response {
-        status,
-        headers,
-        body,
-        json,
-    }
+        .unwrap_or_else(|_| panic!("{what}: no answer within 120 s"))
 }
 
 /// A site on loopback that answers every request with the same small page.
