@@ -47,7 +47,9 @@ async function measure(name, op) {
 }
 
 async function page(browserContextId) {
-  const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId, width: 1280, height: 807 });
+  // A size is for a new window: a new context's first tab.
+  const size = browserContextId ? { width: 1280, height: 807 } : {};
+  const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId, ...size });
   const { sessionId } = await cdp.send('Target.attachToTarget', { targetId, flatten: true });
   const tab = cdp.connection().session(sessionId);
   await tab.send('Page.enable');
