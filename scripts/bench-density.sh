@@ -108,6 +108,8 @@ echo "== a page command's round trip through cdpgate: process session vs context
 echo "$(client roundtrip "http://$ctx" "$key" 4000 process context)"
 stop_brokers
 
+# MAX_CONTEXTS=0 stops here.
+[ "$max_contexts" -gt 0 ] || exit 0
 echo "== capacity: context sessions with a page each, $step at a time, up to $max_contexts"
 ctx=$(start_broker target/release/cdpgate capacity CDPGATE_POOL_SIZE=0 CDPGATE_DEFAULT_TTL=3600 \
   CDPGATE_CONTEXT_BROWSERS=$(((max_contexts + 49) / 50)) CDPGATE_MAX_CONTEXTS_PER_BROWSER=50 CDPGATE_QUEUE_TIMEOUT_MS=60000)
