@@ -264,19 +264,32 @@ impl Launcher {
     /// Measures how much taller than the viewport Chrome makes its window, so that
     /// `--window-size` can be chosen to give exactly the requested viewport: for each
     /// executable, once.
+    ///
+    /// One that does not start keeps the fallback height and fails the calibration; the
+    /// other is measured all the same.
     pub async fn calibrate(&self) -> Result<(), LaunchError> {
-        let frame = self.measure_frame(Use::Own).await?;
-        self.own.frame_height.store(frame, Ordering::Relaxed);
-        let shared = match self.own.chrome == self.shared.chrome {
-            true => frame,
-            false => self.measure_frame(Use::Shared).await?,
-        };
-        self.shared.frame_height.store(shared, Ordering::Relaxed);
-        Ok(())
+        let own = self.measure_frame(Use::Own).await;
+        if self.own.chrome == self.shared.chrome {
+            let frame = own.as_ref().map_or(FALLBACK_FRAME_HEIGHT, |f| *f);
+            self.shared.frame_height.store(frame, Ordering::Relaxed);
+            return own.map(|_| ());
+        }
+        let shared = self.measure_frame(Use::Shared).await;
+        own.and(shared).map(|_| ())
     }
 
+    /// Measures and keeps the frame height of `used`'s executable.
     async fn measure_frame(&self, used: Use) -> Result<u32, LaunchError> {
-        self.kind(used).frame_height.store(0, Ordering::Relaxed);
+        let kind = self.kind(used);
+        // The probe's window is exactly the probe's size.
+        kind.frame_height.store(0, Ordering::Relaxed);
+        let frame = self.probe_frame(used).await;
+        kind.frame_height
+            .store(*frame.as_ref().unwrap_or(&FALLBACK_FRAME_HEIGHT), Ordering::Relaxed);
+        frame
+    }
+
+    async fn probe_frame(&self, used: Use) -> Result<u32, LaunchError> {
         let probe = Screen {
             width: 1000,
             height: 800,
