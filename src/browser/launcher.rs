@@ -144,7 +144,8 @@ pub struct Launcher {
     pub own_ports: Arc<Mutex<HashSet<u16>>>,
     /// Where the browsers' pages may go: each browser's gateway enforces it.
     browser_egress: Arc<Egress>,
-    /// Whether the last launch answered: the configured browser can start.
+    /// Whether the last launch of a browser of its own (`Use::Own`) answered: the configured
+    /// Chrome can start (shared browsers' launches fail their own creates).
     last_launch_ok: std::sync::atomic::AtomicBool,
 }
 
@@ -338,7 +339,7 @@ impl Launcher {
         self.launch_timeout
     }
 
-    /// Whether the last browser launched answered (false until one has).
+    /// Whether the last browser of its own launched answered (false until one has).
     pub fn can_launch(&self) -> bool {
         self.last_launch_ok.load(Ordering::Relaxed)
     }
@@ -366,7 +367,9 @@ impl Launcher {
     ) -> Result<Browser, LaunchError> {
         let started = Instant::now();
         let result = self.spawn(screen, dir, owned, used).await;
-        self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
+        if used == Use::Own {
+            self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
+        }
         match &result {
             Ok(b) => {
                 self.metrics.observe_launch(started.elapsed());
