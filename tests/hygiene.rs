@@ -206,6 +206,9 @@ async fn a_second_signal_exits_at_once() {
     let body = json!({"profile_id": profile.json["id"]}).to_string();
     let r = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some(&body)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // And a client that never answers the close frame: the graceful stop waits for it
+    // (about a second), so the second signal always comes while it is under way.
+    let _silent = ws_connect(r.json["cdp_url"].as_str().unwrap()).await.unwrap();
 
     signal(&broker.child, libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(50)).await;
