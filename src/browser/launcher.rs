@@ -597,27 +597,25 @@ pub fn running_as_root() -> bool {
 /// Chromium's headless shell at its usual paths (Debian's `chromium-headless-shell`, the
 /// real executable before its wrapper script; Chrome for Testing's `chrome-headless-shell`).
 pub fn find_headless_shell() -> Option<PathBuf> {
-    [
+    first_existing(&[
         "/usr/lib/chromium/chromium-headless-shell",
         "/usr/bin/chromium-headless-shell",
         "/usr/bin/chrome-headless-shell",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
+    ])
 }
 
 /// The first usual Chrome path that exists.
 pub fn find_chrome() -> Option<PathBuf> {
-    [
+    first_existing(&[
         "/usr/bin/chromium",
         "/usr/bin/chromium-browser",
         "/usr/bin/google-chrome",
         "/usr/bin/google-chrome-stable",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
+    ])
+}
+
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 /// The only unsafe code of the crate: two libc calls around process management.
