@@ -61,6 +61,7 @@ extra_gate() {
     CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 "$@" \
     "$binary" "$tmp/no-config.toml" >"$tmp/$name.log" 2>&1 &
   echo $! >>"$tmp/extra-pids"
+  echo "$name=$!" >>"$tmp/cpu-pids"
   local addr
   addr=$(address_in "$tmp/$name.log" "listening on")
   curl -sf -X POST "http://$addr/public/sessions" -H "X-API-Key: $key" \
@@ -105,13 +106,27 @@ CONF
   nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
   pids+=($!)
   sleep 0.5
+  echo "nginx=$! $(pgrep -P $! | tr '\n' ' ')" >>"$tmp/cpu-pids"
   targets+=("nginx=ws://127.0.0.1:$nginx_port/devtools/browser/echo")
 else
   echo "(nginx not installed: apt-get install -y nginx to compare with it)"
 fi
 
+# CPU seconds (user + system) of the processes PIDS, all threads.
+cpu_s() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done |
+  awk -v hz="$(getconf CLK_TCK)" '{s += $1} END {printf "%.2f", s / hz}'; }
+echo "cdpgate=${pids[1]}" >>"$tmp/cpu-pids"
 if [ "$rounds" -gt 0 ]; then
+  declare -A cpu_before
+  while IFS== read -r name list; do cpu_before[$name]=$(cpu_s $list); done <"$tmp/cpu-pids"
   target/release/wsload compare "${targets[@]}" --rounds "$rounds" --seconds "$seconds"
+  # Each relay serves only its own target's loads, which take the same time for each.
+  echo "## CPU of each relay over all its loads"
+  echo
+  while IFS== read -r name list; do
+    echo "- $name: $(awk -v a="$(cpu_s $list)" -v b="${cpu_before[$name]}" 'BEGIN {printf "%.2f", a - b}') CPU-s"
+  done <"$tmp/cpu-pids"
+  echo
 fi
 
 gate_pid=${pids[1]}
@@ -127,7 +142,7 @@ wait "$idle_pid"
 echo "## $idle idle proxied connections"
 echo
 echo "broker RSS $before KiB before, $during KiB while holding them:" \
-  "$(( (during - before) * 1024 / idle )) bytes per connection"
+  "$(( (during - before) * 1024 / (idle > 0 ? idle : 1) )) bytes per connection"
 echo
 
 echo "## TTL cutoff"

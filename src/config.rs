@@ -176,6 +176,10 @@ pub struct Config {
     /// Relay plain-TCP CDP connections on one single-threaded runtime per core (each
     /// relay and its two sockets on one core), rather than on the main runtime.
     pub relay_on_cores: bool,
+    /// Longest busy-polling window of a relay thread after bytes pass, in µs (it adapts
+    /// below this, down to none for connections whose messages come far apart; relays on
+    /// cores only). 0: relay threads sleep as soon as they have nothing to do.
+    pub relay_busy_poll_us: u64,
 }
 
 impl Default for Config {
@@ -244,6 +248,7 @@ impl Default for Config {
             max_session_files_bytes: 512 * 1024 * 1024,
             max_upload_bytes: 64 * 1024 * 1024,
             relay_on_cores: true,
+            relay_busy_poll_us: 500,
         }
     }
 }
@@ -351,7 +356,8 @@ impl Config {
             max_recording_bytes,
             max_session_files_bytes,
             max_upload_bytes,
-            relay_on_cores
+            relay_on_cores,
+            relay_busy_poll_us
         );
         if let Some(v) = var("ffmpeg_path") {
             self.ffmpeg_path = v;
@@ -460,6 +466,11 @@ impl Config {
         }
         if self.max_upload_bytes == 0 || self.max_upload_bytes > self.max_session_files_bytes {
             errors.push("max_upload_bytes must be within 1..=max_session_files_bytes".into());
+        }
+        // Past a few ms a window would poll through a browser's slow answers and a client's
+        // think time: a core spent for a wake-up saved.
+        if self.relay_busy_poll_us > 10_000 {
+            errors.push("relay_busy_poll_us must be within 0..=10000".into());
         }
         if self.max_recording_bytes == 0 {
             errors.push("max_recording_bytes must be at least 1".into());
@@ -694,11 +705,15 @@ mod tests {
             max_ttl: 100_000,
             max_sessions: 0,
             api_keys: vec!["short".into()],
+            relay_busy_poll_us: 10_001,
             ..Config::default()
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(
-            err.contains("max_ttl") && err.contains("max_sessions") && err.contains("API key"),
+            err.contains("max_ttl")
+                && err.contains("max_sessions")
+                && err.contains("API key")
+                && err.contains("relay_busy_poll_us"),
             "{err}"
         );
 

@@ -4,13 +4,17 @@
 //! core (on the shared multi-threaded runtime the task that a socket's readiness wakes may
 //! run on another core than the one that saw it). The API, the sessions and everything else
 //! stay on the main runtime.
+//!
+//! Each thread also busy-polls for a short while after its relays pass bytes (`busy_poll`).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -64,6 +68,9 @@ fn start_thread(i: usize) -> Option<mpsc::UnboundedSender<Job>> {
         .name(format!("cdpgate-relay-{i}"))
         .spawn(move || {
             runtime.block_on(async move {
+                let poller = Arc::new(Poller::default());
+                POLLER.with(|p| *p.borrow_mut() = Some(poller.clone()));
+                tokio::spawn(busy_poll(poller));
                 while let Some(job) = rx.recv().await {
                     tokio::spawn(job());
                 }
@@ -71,4 +78,117 @@ fn start_thread(i: usize) -> Option<mpsc::UnboundedSender<Job>> {
         })
         .ok()?;
     Some(tx)
+}
+
+/// Busy polling. After a relay on this thread passes bytes, the thread goes on polling its
+/// sockets for a short window (a zero-timeout `epoll_wait` between yields of its core)
+/// before it sleeps. The next message of a CDP exchange (the browser's answer, the
+/// client's next command) usually comes within a few hundred µs, and a thread woken from
+/// sleep, on a core that went idle, adds tens of µs per hop (docs/benchmarks.md, "Busy
+/// polling"). While polling the thread yields its core to any other thread that wants it,
+/// so it spends time the core would otherwise idle.
+///
+/// The window adapts as the kernel's halt polling does (cpuidle-haltpoll): it grows when
+/// the next bytes came soon after a window ended, and shrinks, down to none, when they
+/// came long after; a connection whose messages are far apart costs no polling.
+#[derive(Default)]
+struct Poller {
+    /// Set by the thread's relays when they pass bytes.
+    active: AtomicBool,
+    /// The poller sleeps until bytes pass.
+    sleeping: AtomicBool,
+    wake: Notify,
+    /// Longest window, in µs (the relays' setting; 0 turns polling off).
+    max_us: AtomicU64,
+}
+
+thread_local! {
+    static POLLER: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
+}
+
+/// The first window after activity resumes, and the smallest one kept.
+const WINDOW_START: Duration = Duration::from_micros(25);
+
+/// Tells this thread's poller (if it is a relay thread) that a relay passed bytes, and the
+/// longest window its broker allows.
+pub fn active(max_window: Duration) {
+    POLLER.with(|p| {
+        if let Some(p) = p.borrow().as_ref() {
+            p.max_us.store(max_window.as_micros() as u64, Relaxed);
+            p.active.store(true, Relaxed);
+            if p.sleeping.load(Relaxed) {
+                p.wake.notify_one();
+            }
+        }
+    });
+}
+
+async fn busy_poll(p: Arc<Poller>) {
+    let mut window = Duration::ZERO;
+    loop {
+        p.sleeping.store(true, Relaxed);
+        let slept = Instant::now();
+        p.wake.notified().await;
+        p.sleeping.store(false, Relaxed);
+        let max = Duration::from_micros(p.max_us.load(Relaxed));
+        window = next_window(window, slept.elapsed(), max);
+        let mut last = Instant::now();
+        while last.elapsed() < window {
+            // Let any other thread that wants this core have it, then poll the sockets.
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+            if p.active.swap(false, Relaxed) {
+                last = Instant::now();
+            }
+        }
+    }
+}
+
+/// The window after one that ended `gap` before the next bytes: doubled if a window up to
+/// `max` would have caught them, halved (and dropped below the start) if not.
+fn next_window(window: Duration, gap: Duration, max: Duration) -> Duration {
+    if gap <= max {
+        (window * 2).max(WINDOW_START).min(max)
+    } else if window / 2 < WINDOW_START {
+        Duration::ZERO
+    } else {
+        window / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn the_window_grows_to_the_gaps_it_can_catch_and_stops_at_the_maximum() {
+        let max = 200 * US;
+        let mut w = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            w = next_window(w, 120 * US, max);
+            seen.push(w.as_micros());
+        }
+        assert_eq!(seen, [25, 50, 100, 200, 200, 200]);
+    }
+
+    #[test]
+    fn the_window_shrinks_to_none_when_bytes_come_far_apart() {
+        let max = 200 * US;
+        let mut w = max;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            w = next_window(w, 5_000 * US, max);
+            seen.push(w.as_micros());
+        }
+        assert_eq!(seen, [100, 50, 25, 0, 0]);
+    }
+
+    #[test]
+    fn a_maximum_of_zero_turns_polling_off() {
+        assert_eq!(next_window(100 * US, Duration::ZERO, Duration::ZERO), Duration::ZERO);
+        assert_eq!(next_window(Duration::ZERO, 10 * US, Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -236,10 +236,7 @@ async fn upgrade(
                 return;
             };
             let _open = OpenConnection::new(&broker.metrics);
-            let limits = relay::Limits {
-                max_message: broker.config.max_message_bytes,
-                write_stall: Duration::from_millis(broker.config.write_stall_timeout_ms),
-            };
+            let limits = relay::Limits::from_config(&broker.config);
             let shutdown = broker.shutdown.clone();
             // The owner ends the session and says why; this node only says it is stopping.
             let end_reason = || shutdown.is_cancelled().then_some(EndReason::Shutdown);

@@ -18,7 +18,6 @@ pub mod tap;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -264,10 +263,7 @@ async fn run_relay<CR, CW, BR, BW>(
     BR: relay::Source,
     BW: AsyncWrite + Unpin,
 {
-    let limits = relay::Limits {
-        max_message: broker.config.max_message_bytes,
-        write_stall: Duration::from_millis(broker.config.write_stall_timeout_ms),
-    };
+    let limits = relay::Limits::from_config(&broker.config);
     relay::relay(
         client,
         browser,

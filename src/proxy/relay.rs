@@ -210,11 +210,24 @@ pub struct Limits {
     /// How long a write may make no progress before the peer counts as gone (a client
     /// that stops reading is dropped rather than held).
     pub write_stall: Duration,
+    /// Longest busy-polling window after bytes pass (relays on their own cores only).
+    pub busy_poll: Duration,
+}
+
+impl Limits {
+    pub fn from_config(config: &crate::config::Config) -> Limits {
+        Limits {
+            max_message: config.max_message_bytes,
+            write_stall: Duration::from_millis(config.write_stall_timeout_ms),
+            busy_poll: Duration::from_micros(config.relay_busy_poll_us),
+        }
+    }
 }
 
 struct Direction {
     buf: Vec<u8>,
     write_stall: Duration,
+    busy_poll: Duration,
     filled: usize,
     sent: usize,
     cursor: FrameCursor,
@@ -238,6 +251,7 @@ impl Direction {
             cursor: FrameCursor::default(),
             max_message: limits.max_message as u64,
             write_stall: limits.write_stall,
+            busy_poll: limits.busy_poll,
             close_passed: false,
             unpublished: (0, 0),
         }
@@ -275,6 +289,7 @@ impl Direction {
                 return PumpEnd::DestinationGone;
             }
             self.publish(counters);
+            super::cores::active(self.busy_poll);
             self.resize();
             // Waiting for the next bytes holds no buffer: an idle connection costs little.
             {
@@ -560,6 +575,7 @@ mod tests {
         Limits {
             max_message: 1 << 30,
             write_stall: Duration::from_secs(5),
+            busy_poll: Duration::ZERO,
         }
     }
 
