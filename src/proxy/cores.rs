@@ -100,6 +100,8 @@ struct Poller {
     wake: Notify,
     /// Longest window, in µs (the relays' setting; 0 turns polling off).
     max_us: AtomicU64,
+    /// The window as it has adapted, in µs.
+    window_us: AtomicU64,
 }
 
 thread_local! {
@@ -132,6 +134,7 @@ async fn busy_poll(p: Arc<Poller>) {
         p.sleeping.store(false, Relaxed);
         let max = Duration::from_micros(p.max_us.load(Relaxed));
         window = next_window(window, slept.elapsed(), max);
+        p.window_us.store(window.as_micros() as u64, Relaxed);
         let mut last = Instant::now();
         while last.elapsed() < window {
             // Let any other thread that wants this core have it, then poll the sockets.
@@ -184,6 +187,36 @@ mod tests {
             seen.push(w.as_micros());
         }
         assert_eq!(seen, [100, 50, 25, 0, 0]);
+    }
+
+    /// On a relay thread's runtime: the poller wakes when bytes pass, opens a window, and
+    /// sleeps again once bytes stop (an idle broker spends no CPU).
+    #[test]
+    fn a_thread_polls_while_bytes_pass_and_sleeps_when_they_stop() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let p = Arc::new(Poller::default());
+            POLLER.with(|slot| *slot.borrow_mut() = Some(p.clone()));
+            tokio::spawn(busy_poll(p.clone()));
+            tokio::task::yield_now().await;
+            assert!(p.sleeping.load(Relaxed), "asleep before any bytes");
+            active(Duration::from_millis(200));
+            tokio::task::yield_now().await;
+            assert_eq!(p.window_us.load(Relaxed), 25, "bytes soon after a sleep open a window");
+            // No bytes now: the window runs out and the poller sleeps.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(p.sleeping.load(Relaxed), "asleep once bytes stop");
+            // Polling off: bytes wake the poller, which goes back to sleep at once.
+            active(Duration::ZERO);
+            tokio::task::yield_now().await;
+            assert_eq!(p.window_us.load(Relaxed), 0);
+            tokio::task::yield_now().await;
+            assert!(p.sleeping.load(Relaxed), "no polling with a maximum of zero");
+            POLLER.with(|slot| slot.borrow_mut().take());
+        });
     }
 
     #[test]
