@@ -596,12 +596,15 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
     // Shared browsers run Chromium's headless shell (setup installs it).
     let shell = cdpgate::browser::find_headless_shell().expect("scripts/setup.sh installs chromium-headless-shell");
     assert_eq!(executable(warm.pid), shell.canonicalize().unwrap());
+    // Its first tab (about:blank, in no context) and both spares: a session takes the
+    // spare made last, so the list must be taken once both are there.
     assert!(
         eventually_async(Duration::from_secs(20), || async {
-            chrome_pages(warm.port).await.len() >= 2
+            chrome_pages(warm.port).await.len() >= 3
         })
         .await,
-        "its spare tabs"
+        "its spare tabs: {:?}",
+        chrome_pages(warm.port).await
     );
     let spares = chrome_pages(warm.port).await;
     let a = create(&server, KEY_A, json!({})).await;

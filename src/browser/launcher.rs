@@ -267,15 +267,16 @@ impl Launcher {
     /// executable, once.
     ///
     /// One that does not start keeps the fallback height and fails the calibration; the
-    /// other is measured all the same.
+    /// other is measured all the same. Two executables are measured side by side (the
+    /// headless shell's probe is short), so start-up waits for the slower one only.
     pub async fn calibrate(&self) -> Result<(), LaunchError> {
-        let own = self.measure_frame(Use::Own).await;
         if self.own.chrome == self.shared.chrome {
+            let own = self.measure_frame(Use::Own).await;
             let frame = own.as_ref().map_or(FALLBACK_FRAME_HEIGHT, |f| *f);
             self.shared.frame_height.store(frame, Ordering::Relaxed);
             return own.map(|_| ());
         }
-        let shared = self.measure_frame(Use::Shared).await;
+        let (own, shared) = tokio::join!(self.measure_frame(Use::Own), self.measure_frame(Use::Shared));
         own.and(shared).map(|_| ())
     }
 
