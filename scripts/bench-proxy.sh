@@ -116,15 +116,25 @@ fi
 cpu_s() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done |
   awk -v hz="$(getconf CLK_TCK)" '{s += $1} END {printf "%.2f", s / hz}'; }
 echo "cdpgate=${pids[1]}" >>"$tmp/cpu-pids"
+# Context switches (voluntary: the thread slept; involuntary: it was preempted) of the
+# processes PIDS, all threads.
+switches() { for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null || true; done |
+  awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'; }
 if [ "$rounds" -gt 0 ]; then
-  declare -A cpu_before
-  while IFS== read -r name list; do cpu_before[$name]=$(cpu_s $list); done <"$tmp/cpu-pids"
+  declare -A cpu_before switches_before
+  while IFS== read -r name list; do
+    cpu_before[$name]=$(cpu_s $list)
+    switches_before[$name]=$(switches $list)
+  done <"$tmp/cpu-pids"
   target/release/wsload compare "${targets[@]}" --rounds "$rounds" --seconds "$seconds"
   # Each relay serves only its own target's loads, which take the same time for each.
-  echo "## CPU of each relay over all its loads"
+  echo "## CPU and context switches of each relay over all its loads"
   echo
   while IFS== read -r name list; do
-    echo "- $name: $(awk -v a="$(cpu_s $list)" -v b="${cpu_before[$name]}" 'BEGIN {printf "%.2f", a - b}') CPU-s"
+    read -r v0 n0 <<<"${switches_before[$name]}"
+    read -r v1 n1 <<<"$(switches $list)"
+    echo "- $name: $(awk -v a="$(cpu_s $list)" -v b="${cpu_before[$name]}" 'BEGIN {printf "%.2f", a - b}') CPU-s," \
+      "$((v1 - v0)) voluntary and $((n1 - n0)) involuntary context switches"
   done <"$tmp/cpu-pids"
   echo
 fi
