@@ -14,13 +14,8 @@ windows=("$@")
 scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
-cleanup() {
-  [ -f "$tmp/broker-pids" ] && xargs -r kill <"$tmp/broker-pids" 2>/dev/null || true
-  sleep 1
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 . scripts/bench-lib.sh
+trap stop_brokers EXIT
 key=bench-key-0123456789abcdef
 # CPU seconds (user + system, all threads) of process PID.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }

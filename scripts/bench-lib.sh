@@ -19,3 +19,10 @@ start_broker() {
   cat "$tmp/$name.log" >&2
   exit 1
 }
+
+# At exit: stops the brokers start_broker started and removes the scratch directory.
+stop_brokers() {
+  [ -f "$tmp/broker-pids" ] && xargs -r kill <"$tmp/broker-pids" 2>/dev/null || true
+  sleep 1
+  rm -rf "$tmp"
+}

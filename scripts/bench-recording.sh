@@ -11,13 +11,8 @@ fps=${2:-5}
 scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
-cleanup() {
-  [ -f "$tmp/broker-pids" ] && xargs -r kill <"$tmp/broker-pids" 2>/dev/null || true
-  sleep 1
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 . scripts/bench-lib.sh
+trap stop_brokers EXIT
 key=bench-key-0123456789abcdef
 client() { node --experimental-websocket tests/js/bench_density.mjs "$@" 2>/dev/null; }
 

@@ -207,8 +207,15 @@ mod tests {
             tokio::task::yield_now().await;
             assert_eq!(p.window_us.load(Relaxed), 25, "bytes soon after a sleep open a window");
             // No bytes now: the window runs out and the poller sleeps.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            assert!(p.sleeping.load(Relaxed), "asleep once bytes stop");
+            let asleep = async {
+                while !p.sleeping.load(Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            assert!(
+                tokio::time::timeout(Duration::from_secs(10), asleep).await.is_ok(),
+                "asleep once bytes stop"
+            );
             // Polling off: bytes wake the poller, which goes back to sleep at once.
             active(Duration::ZERO);
             tokio::task::yield_now().await;
