@@ -26,3 +26,40 @@ stop_brokers() {
   sleep 1
   rm -rf "$tmp"
 }
+
+# start_nginx UPSTREAM_ADDR -> prints the port of an nginx (Debian's, with its defaults and
+# `worker_processes auto`) proxying WebSocket connections to UPSTREAM_ADDR, under
+# "$tmp/nginx"; its master's pid goes to "$tmp/nginx-pid" (its workers are the children).
+start_nginx() {
+  local upstream=$1 port
+  port=$(free_port)
+  mkdir -p "$tmp/nginx/logs"
+  cat >"$tmp/nginx/nginx.conf" <<CONF
+worker_processes auto;
+error_log $tmp/nginx/logs/error.log warn;
+pid $tmp/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://$upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }
+  }
+}
+CONF
+  nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
+  echo $! >"$tmp/nginx-pid"
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "$port"; return; }
+    sleep 0.1
+  done
+  cat "$tmp/nginx/logs/error.log" >&2
+  exit 1
+}

@@ -16,6 +16,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 scripts/setup.sh
 cargo build --release --quiet --bin cdpgate --bin wsload
 tmp=$(mktemp -d)
+. scripts/bench-lib.sh
 pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
@@ -81,32 +82,10 @@ if [ -n "${VARIANT_ENV:-}" ]; then
   targets+=("variant=$(extra_gate variant target/release/cdpgate $VARIANT_ENV)")
 fi
 if command -v nginx >/dev/null 2>&1; then
-  nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$tmp/nginx/logs"
-  cat >"$tmp/nginx/nginx.conf" <<CONF
-worker_processes auto;
-error_log $tmp/nginx/logs/error.log warn;
-pid $tmp/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / {
-      proxy_pass http://$echo_addr;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_buffering off;
-      proxy_read_timeout 1h;
-    }
-  }
-}
-CONF
-  nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
-  pids+=($!)
+  nginx_port=$(start_nginx "$echo_addr")
+  pids+=("$(cat "$tmp/nginx-pid")")
   sleep 0.5
-  echo "nginx=$! $(pgrep -P $! | tr '\n' ' ')" >>"$tmp/cpu-pids"
+  echo "nginx=${pids[-1]} $(pgrep -P "${pids[-1]}" | tr '\n' ' ')" >>"$tmp/cpu-pids"
   targets+=("nginx=ws://127.0.0.1:$nginx_port/devtools/browser/echo")
 else
   echo "(nginx not installed: apt-get install -y nginx to compare with it)"

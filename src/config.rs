@@ -180,6 +180,10 @@ pub struct Config {
     /// below this, down to none for connections whose messages come far apart; relays on
     /// cores only). 0: relay threads sleep as soon as they have nothing to do.
     pub relay_busy_poll_us: u64,
+    /// Run the relay threads under Linux's `SCHED_BATCH` policy: a relay thread woken by
+    /// bytes does not preempt the thread running on its core; it runs when that one blocks
+    /// or its slice ends, and passes everything that arrived meanwhile in one go.
+    pub relay_sched_batch: bool,
 }
 
 impl Default for Config {
@@ -249,6 +253,7 @@ impl Default for Config {
             max_upload_bytes: 64 * 1024 * 1024,
             relay_on_cores: true,
             relay_busy_poll_us: 500,
+            relay_sched_batch: true,
         }
     }
 }
@@ -357,7 +362,8 @@ impl Config {
             max_session_files_bytes,
             max_upload_bytes,
             relay_on_cores,
-            relay_busy_poll_us
+            relay_busy_poll_us,
+            relay_sched_batch
         );
         if let Some(v) = var("ffmpeg_path") {
             self.ffmpeg_path = v;

@@ -619,7 +619,8 @@ fn first_existing(paths: &[&str]) -> Option<PathBuf> {
     paths.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
-/// The only unsafe code of the crate: two libc calls around process management.
+/// Two libc calls around process management (the crate's other unsafe call is the relay
+/// threads' scheduling policy, in `proxy::cores`).
 #[allow(unsafe_code)]
 mod sys {
     /// Asks the kernel to SIGKILL the child when the thread that spawned it dies, so a

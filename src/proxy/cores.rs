@@ -5,7 +5,8 @@
 //! run on another core than the one that saw it). The API, the sessions and everything else
 //! stay on the main runtime.
 //!
-//! Each thread also busy-polls for a short while after its relays pass bytes (`busy_poll`).
+//! Each thread also busy-polls for a short while after its relays pass bytes (`busy_poll`),
+//! and runs under `SCHED_BATCH` when the broker asks for it (`relay_sched_batch`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -18,9 +19,15 @@ use tokio::sync::{Notify, mpsc};
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// A relay to run, and whether its thread should run under `SCHED_BATCH`.
+struct Handoff {
+    sched_batch: bool,
+    job: Job,
+}
+
 /// The relay threads of this process (made on first use, shared by every broker in it).
 pub struct Cores {
-    threads: Vec<mpsc::UnboundedSender<Job>>,
+    threads: Vec<mpsc::UnboundedSender<Handoff>>,
     next: AtomicUsize,
 }
 
@@ -43,23 +50,24 @@ impl Cores {
     }
 
     /// Runs the future `make` builds on one of the threads, in turn. `make` runs there, so
-    /// that sockets it registers belong to that thread's event loop.
-    pub fn spawn<F, Fut>(&self, make: F)
+    /// that sockets it registers belong to that thread's event loop. `sched_batch`: the
+    /// thread runs under `SCHED_BATCH` from then on (the broker's `relay_sched_batch`).
+    pub fn spawn<F, Fut>(&self, sched_batch: bool, make: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let i = self.next.fetch_add(1, Relaxed) % self.threads.len();
         let job: Job = Box::new(move || Box::pin(make()));
-        if let Err(e) = self.threads[i].send(job) {
+        if let Err(e) = self.threads[i].send(Handoff { sched_batch, job }) {
             // The thread is gone (it cannot be, short of a panic there): run it here.
-            tokio::spawn((e.0)());
+            tokio::spawn((e.0.job)());
         }
     }
 }
 
-fn start_thread(i: usize) -> Option<mpsc::UnboundedSender<Job>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+fn start_thread(i: usize) -> Option<mpsc::UnboundedSender<Handoff>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Handoff>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,7 +79,19 @@ fn start_thread(i: usize) -> Option<mpsc::UnboundedSender<Job>> {
                 let poller = Arc::new(Poller::default());
                 POLLER.with(|p| *p.borrow_mut() = Some(poller.clone()));
                 tokio::spawn(busy_poll(poller));
-                while let Some(job) = rx.recv().await {
+                // The policy last asked for (a refused change is not tried again).
+                let mut sched_batch = false;
+                while let Some(Handoff {
+                    sched_batch: wanted,
+                    job,
+                }) = rx.recv().await
+                {
+                    if wanted != sched_batch {
+                        if let Err(e) = sys::set_sched_batch(wanted) {
+                            tracing::debug!("relay thread's scheduling policy unchanged: {e}");
+                        }
+                        sched_batch = wanted;
+                    }
                     tokio::spawn(job());
                 }
             })
@@ -91,10 +111,17 @@ fn start_thread(i: usize) -> Option<mpsc::UnboundedSender<Job>> {
 /// The window adapts as the kernel's halt polling does (cpuidle-haltpoll): it grows when
 /// the next bytes came soon after a window ended, and shrinks, down to none, when they
 /// came long after; a connection whose messages are far apart costs no polling.
+///
+/// A thread that is crowded (bytes passed more than once between two polls: several
+/// connections at once, or one streaming) stops polling for a while: each of its wake-ups
+/// serves several messages already, and polling would only split them into smaller
+/// batches and take the core from the threads sending them (docs/benchmarks.md).
 #[derive(Default)]
 struct Poller {
-    /// Set by the thread's relays when they pass bytes.
-    active: AtomicBool,
+    /// Times the thread's relays passed bytes since the poller last looked.
+    active: AtomicU64,
+    /// Set while the poller pauses after a crowded poll.
+    crowded: AtomicBool,
     /// The poller sleeps until bytes pass.
     sleeping: AtomicBool,
     wake: Notify,
@@ -110,6 +137,10 @@ thread_local! {
 
 /// The first window after activity resumes, and the smallest one kept.
 const WINDOW_START: Duration = Duration::from_micros(25);
+/// Bytes passing this many times between two polls make a thread crowded.
+const CROWDED_PASSES: u64 = 2;
+/// How long a crowded thread goes without polling.
+const CROWDED_PAUSE: Duration = Duration::from_millis(10);
 
 /// Tells this thread's poller (if it is a relay thread) that a relay passed bytes, and the
 /// longest window its broker allows.
@@ -117,7 +148,7 @@ pub fn active(max_window: Duration) {
     POLLER.with(|p| {
         if let Some(p) = p.borrow().as_ref() {
             p.max_us.store(max_window.as_micros() as u64, Relaxed);
-            p.active.store(true, Relaxed);
+            p.active.fetch_add(1, Relaxed);
             if p.sleeping.load(Relaxed) {
                 p.wake.notify_one();
             }
@@ -136,13 +167,25 @@ async fn busy_poll(p: Arc<Poller>) {
         window = next_window(window, slept.elapsed(), max);
         p.window_us.store(window.as_micros() as u64, Relaxed);
         let mut last = Instant::now();
+        let mut crowded = false;
         while last.elapsed() < window {
             // Let any other thread that wants this core have it, then poll the sockets.
             std::thread::yield_now();
             tokio::task::yield_now().await;
-            if p.active.swap(false, Relaxed) {
-                last = Instant::now();
+            match p.active.swap(0, Relaxed) {
+                0 => {}
+                passes if passes >= CROWDED_PASSES => {
+                    crowded = true;
+                    break;
+                }
+                _ => last = Instant::now(),
             }
+        }
+        if crowded {
+            p.crowded.store(true, Relaxed);
+            tokio::time::sleep(CROWDED_PAUSE).await;
+            p.active.store(0, Relaxed);
+            p.crowded.store(false, Relaxed);
         }
     }
 }
@@ -156,6 +199,23 @@ fn next_window(window: Duration, gap: Duration, max: Duration) -> Duration {
         Duration::ZERO
     } else {
         window / 2
+    }
+}
+
+/// The crate's scheduling calls (libc, hence unsafe).
+#[allow(unsafe_code)]
+mod sys {
+    /// Puts the calling thread under `SCHED_BATCH` (or back under `SCHED_OTHER`). Needs no
+    /// privilege: both are normal, non-real-time policies.
+    pub fn set_sched_batch(on: bool) -> std::io::Result<()> {
+        let policy = if on { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }
 
@@ -189,10 +249,8 @@ mod tests {
         assert_eq!(seen, [100, 50, 25, 0, 0]);
     }
 
-    /// On a relay thread's runtime: the poller wakes when bytes pass, opens a window, and
-    /// sleeps again once bytes stop (an idle broker spends no CPU).
-    #[test]
-    fn a_thread_polls_while_bytes_pass_and_sleeps_when_they_stop() {
+    /// Runs `test` on a runtime like a relay thread's, with its poller started and asleep.
+    fn with_poller<F: Future<Output = ()>>(test: impl FnOnce(Arc<Poller>) -> F) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -202,28 +260,91 @@ mod tests {
             POLLER.with(|slot| *slot.borrow_mut() = Some(p.clone()));
             tokio::spawn(busy_poll(p.clone()));
             tokio::task::yield_now().await;
+            test(p).await;
+            POLLER.with(|slot| slot.borrow_mut().take());
+        });
+    }
+
+    /// Whether the poller goes to sleep within 10 s.
+    async fn falls_asleep(p: &Poller) -> bool {
+        let asleep = async {
+            while !p.sleeping.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), asleep).await.is_ok()
+    }
+
+    /// On a relay thread's runtime: the poller wakes when bytes pass, opens a window, and
+    /// sleeps again once bytes stop (an idle broker spends no CPU).
+    #[test]
+    fn a_thread_polls_while_bytes_pass_and_sleeps_when_they_stop() {
+        with_poller(async |p| {
             assert!(p.sleeping.load(Relaxed), "asleep before any bytes");
             active(Duration::from_millis(200));
             tokio::task::yield_now().await;
             assert_eq!(p.window_us.load(Relaxed), 25, "bytes soon after a sleep open a window");
             // No bytes now: the window runs out and the poller sleeps.
-            let asleep = async {
-                while !p.sleeping.load(Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            };
-            assert!(
-                tokio::time::timeout(Duration::from_secs(10), asleep).await.is_ok(),
-                "asleep once bytes stop"
-            );
+            assert!(falls_asleep(&p).await, "asleep once bytes stop");
             // Polling off: bytes wake the poller, which goes back to sleep at once.
             active(Duration::ZERO);
             tokio::task::yield_now().await;
             assert_eq!(p.window_us.load(Relaxed), 0);
             tokio::task::yield_now().await;
             assert!(p.sleeping.load(Relaxed), "no polling with a maximum of zero");
-            POLLER.with(|slot| slot.borrow_mut().take());
         });
+    }
+
+    /// Bytes passing twice between two polls (several connections at once) make the
+    /// poller stop for a pause; then it sleeps until bytes pass again.
+    #[test]
+    fn a_crowded_thread_pauses_its_polling() {
+        with_poller(async |p| {
+            active(Duration::from_millis(200));
+            tokio::task::yield_now().await;
+            assert!(!p.sleeping.load(Relaxed), "polling a window");
+            assert!(!p.crowded.load(Relaxed));
+            // Two relays pass bytes before the poller looks again.
+            active(Duration::from_millis(200));
+            active(Duration::from_millis(200));
+            tokio::task::yield_now().await;
+            assert!(p.crowded.load(Relaxed), "two passes between polls: crowded");
+            let paused = Instant::now();
+            assert!(falls_asleep(&p).await);
+            // (The pause began a moment before `paused`.)
+            assert!(
+                paused.elapsed() >= CROWDED_PAUSE / 2,
+                "no sleep before the pause is over"
+            );
+            assert!(!p.crowded.load(Relaxed));
+        });
+    }
+
+    /// The scheduling policy of the calling thread, from /proc (0 normal, 3 batch).
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        // Fields from the third (state) on; the policy is the 41st.
+        after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_relay_thread_takes_the_policy_its_broker_asks_for() {
+        let cores = Cores::get().expect("relay threads");
+        for wanted in [true, false, true] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // One handoff per thread, so that each thread gets the setting.
+            for _ in 0..cores.threads.len() {
+                let tx = tx.clone();
+                cores.spawn(wanted, move || {
+                    tx.send(policy()).unwrap();
+                    async {}
+                });
+            }
+            let policies: Vec<u32> = (0..cores.threads.len()).map(|_| rx.recv().unwrap()).collect();
+            let expected = if wanted { libc::SCHED_BATCH } else { libc::SCHED_OTHER } as u32;
+            assert!(policies.iter().all(|&p| p == expected), "{wanted}: {policies:?}");
+        }
     }
 
     #[test]

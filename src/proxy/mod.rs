@@ -140,6 +140,7 @@ async fn upgrade(
                 // on a core's own event loop.
                 (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
                     let cores = broker.config.relay_on_cores.then(cores::Cores::get).flatten();
+                    let sched_batch = broker.config.relay_sched_batch;
                     let relay = async move |client: TcpStream, browser: TcpStream| {
                         let _open = open;
                         let _slot = slot;
@@ -149,7 +150,7 @@ async fn upgrade(
                     match (cores, client.into_std(), browser.into_std()) {
                         (Some(cores), Ok(client), Ok(browser)) => {
                             let span = tracing::Span::current();
-                            cores.spawn(move || {
+                            cores.spawn(sched_batch, move || {
                                 // Registered with the event loop of the core it runs on.
                                 let on_core = async move {
                                     if let (Ok(client), Ok(browser)) =
