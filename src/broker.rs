@@ -950,10 +950,11 @@ impl Broker {
     /// Ends a session on request and waits (bounded) for its profile save; answers its
     /// status if it had already ended.
     pub async fn terminate(&self, session: &Arc<Session>) -> Result<(), Status> {
-        session.end(EndReason::Terminated)?;
+        session.end_counted(EndReason::Terminated, || {
+            self.metrics.sessions_terminated.fetch_add(1, Relaxed);
+        })?;
         // Written before the caller hears it is done, should the broker die next.
         self.records.save(session).await;
-        self.metrics.sessions_terminated.fetch_add(1, Relaxed);
         session.span().in_scope(|| tracing::info!("session terminated"));
         // "Terminate the session to save the authentication state": answer once it is saved.
         if tokio::time::timeout(SAVE_WAIT, session.profile_released().cancelled())
@@ -1196,8 +1197,10 @@ async fn end_on_time(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 if session.expires_at() <= SystemTime::now() {
-                    if session.end(EndReason::Expired).is_ok() {
+                    let count = || {
                         metrics.sessions_expired.fetch_add(1, Relaxed);
+                    };
+                    if session.end_counted(EndReason::Expired, count).is_ok() {
                         tracing::info!(session = %session.id, "session expired");
                     }
                     return;
@@ -1205,15 +1208,19 @@ async fn end_on_time(
             }
             _ = session.deadline_moved().notified() => {}
             _ = browser_exited.cancelled() => {
-                if session.end(EndReason::BrowserExited).is_ok() {
+                let count = || {
                     metrics.sessions_terminated.fetch_add(1, Relaxed);
+                };
+                if session.end_counted(EndReason::BrowserExited, count).is_ok() {
                     tracing::info!(session = %session.id, "session ended: its browser exited");
                 }
                 return;
             }
             _ = browser_crashed.cancelled() => {
-                if session.end(EndReason::BrowserCrashed).is_ok() {
+                let count = || {
                     metrics.sessions_terminated.fetch_add(1, Relaxed);
+                };
+                if session.end_counted(EndReason::BrowserCrashed, count).is_ok() {
                     tracing::warn!(session = %session.id, "session ended: its shared browser crashed");
                 }
                 return;
@@ -1245,9 +1252,11 @@ async fn end_when_idle(session: Arc<Session>, idle: Duration, metrics: Arc<Metri
             continue;
         }
         if since.elapsed() >= idle {
-            if session.end(EndReason::Idle).is_ok() {
+            let count = || {
                 metrics.sessions_idle.fetch_add(1, Relaxed);
                 metrics.sessions_expired.fetch_add(1, Relaxed);
+            };
+            if session.end_counted(EndReason::Idle, count).is_ok() {
                 tracing::info!(idle_secs = idle.as_secs(), "session ended: idle");
             }
             return;

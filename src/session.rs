@@ -249,6 +249,13 @@ impl Session {
 
     /// Ends an active session; answers the status it already had otherwise.
     pub fn end(self: &Arc<Self>, reason: EndReason) -> Result<(), Status> {
+        self.end_counted(reason, || {})
+    }
+
+    /// `end`, with `count` run once this call has ended the session and before its clients
+    /// hear of it: a client told of the end then finds it in the metrics (the browser's
+    /// release, after, can take a while).
+    pub fn end_counted(self: &Arc<Self>, reason: EndReason, count: impl FnOnce()) -> Result<(), Status> {
         let (lease, context, profile) = {
             let mut s = self.state();
             if s.record.status != Status::Active {
@@ -261,6 +268,7 @@ impl Session {
             s.record.updated_at = now;
             (s.lease.take(), s.context.take(), s.profile.take())
         };
+        count();
         // Clients hear the reason before the browser goes away under them.
         self.ended.cancel();
         match profile {
