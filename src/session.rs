@@ -437,6 +437,44 @@ fn expiry(now: SystemTime, ttl: Duration) -> SystemTime {
 mod tests {
     use super::*;
 
+    /// A session fronting a browser that is never reached (nothing here connects).
+    fn external_session() -> Arc<Session> {
+        let url = url::Url::parse("ws://127.0.0.1:9/devtools/browser/none").unwrap();
+        let init = SessionInit {
+            id: "sess_test".into(),
+            tenant: Tenant::from_id("t"),
+            ttl: Duration::from_secs(60),
+            screen: Screen {
+                width: 1280,
+                height: 720,
+            },
+            metadata: Map::new(),
+            backing: Backing::External(Upstream::external(&url).unwrap()),
+            profile: None,
+            options: SessionOptions::default(),
+            traffic: None,
+        };
+        Arc::new(Session::new(init, "node"))
+    }
+
+    /// The count runs once the session has ended and before its clients are told, so a
+    /// client that heard of the end finds it counted; a second end counts nothing.
+    #[test]
+    fn an_end_is_counted_before_clients_hear_of_it() {
+        let session = external_session();
+        let mut seen = None;
+        let ended = session.end_counted(EndReason::Expired, || {
+            seen = Some((session.record().status, session.ended().is_cancelled()));
+        });
+        assert!(ended.is_ok());
+        assert_eq!(seen, Some((Status::Expired, false)));
+        assert!(session.ended().is_cancelled());
+        let mut counted = false;
+        let again = session.end_counted(EndReason::Terminated, || counted = true);
+        assert_eq!(again, Err(Status::Expired));
+        assert!(!counted);
+    }
+
     #[test]
     fn expiry_rounds_up_to_the_second() {
         let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
