@@ -27,6 +27,9 @@ async fn nothing_outlives_sessions_or_a_stopped_broker() {
         "two sessions and a warm browser run"
     );
 
+    let socket_dirs = chrome_socket_dirs(server.data_dir.path());
+    assert!(socket_dirs.len() >= 3, "each browser links its socket: {socket_dirs:?}");
+
     server.terminate(b["session_id"].as_str().unwrap()).await;
     let dir = server.stop().await;
     // Shutdown closes client connections with "going away".
@@ -41,6 +44,21 @@ async fn nothing_outlives_sessions_or_a_stopped_broker() {
     );
     let left: Vec<_> = std::fs::read_dir(dir.path().join("browsers")).unwrap().collect();
     assert!(left.is_empty(), "scratch directories left: {left:?}");
+    // Killed browsers cannot remove their socket directories from the temp dir themselves.
+    let kept: Vec<_> = socket_dirs.iter().filter(|d| d.exists()).collect();
+    assert!(kept.is_empty(), "Chrome's socket directories left: {kept:?}");
+}
+
+/// The directories the browsers under `data_dir` made in the temp dir for their
+/// single-instance sockets, as their user-data dirs link them.
+fn chrome_socket_dirs(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data_dir.join("browsers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path().join("SingletonSocket")).ok())
+        .filter_map(|socket| socket.parent().map(Path::to_path_buf))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,9 +118,13 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
     };
     let stale = names(data_dir.path());
     assert!(stale.len() >= 2, "a killed broker cannot clean up: {stale:?}");
+    let stale_sockets = chrome_socket_dirs(data_dir.path());
+    assert!(!stale_sockets.is_empty() && stale_sockets.iter().all(|d| d.exists()));
     let mut again = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
     let now = names(data_dir.path());
     assert!(stale.iter().all(|d| !now.contains(d)), "stale {stale:?}, now {now:?}");
+    let kept: Vec<_> = stale_sockets.iter().filter(|d| d.exists()).collect();
+    assert!(kept.is_empty(), "Chrome's socket directories left: {kept:?}");
 
     // Ended sessions are still readable; the one the kill cut short says so.
     let addr = again.addr;

@@ -251,6 +251,7 @@ impl Launcher {
         match std::fs::read_dir(&self.scratch_root) {
             Ok(entries) => {
                 for entry in entries.flatten() {
+                    remove_singleton_socket_dir(&entry.path());
                     remove_dir_with_retries_blocking(&entry.path());
                     removed += 1;
                 }
@@ -436,6 +437,7 @@ impl Launcher {
             child,
             pid,
             dir: owned.then(|| dir.clone()),
+            user_data_dir: dir.clone(),
             status: status.clone(),
             stderr: lines,
             address: Some(address_tx),
@@ -486,6 +488,8 @@ struct Reaper {
     pid: u32,
     /// The scratch directory to remove, when the browser owns it.
     dir: Option<PathBuf>,
+    /// Its `--user-data-dir`, for the socket directory Chrome links from it.
+    user_data_dir: PathBuf,
     /// How the process ended, for whoever holds the browser.
     status: Arc<OnceLock<std::process::ExitStatus>>,
     stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
@@ -544,9 +548,38 @@ impl Reaper {
         }
         self.exited.cancel();
         self.exits.notify_one();
+        remove_singleton_socket_dir(&self.user_data_dir);
         if let Some(dir) = &self.dir {
             remove_dir_with_retries(dir).await;
         }
+    }
+}
+
+/// Chrome keeps its single-instance socket in a directory of its own under the system's
+/// temp dir (`org.chromium.Chromium.XXXXXX`), linked from `SingletonSocket` in the
+/// user-data dir. It removes both when it exits by itself, not when it is killed, so a
+/// broker that kills its browsers would leave one directory per browser in `/tmp`.
+/// Removes that directory if it is still there; anything the link points at elsewhere is
+/// left alone.
+fn remove_singleton_socket_dir(user_data_dir: &Path) {
+    let Ok(socket) = std::fs::read_link(user_data_dir.join("SingletonSocket")) else {
+        return;
+    };
+    let Some(socket_dir) = socket.parent() else {
+        return;
+    };
+    let named_by_chrome = socket_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("org.chromium.Chromium.") || n.starts_with("com.google.Chrome."));
+    let in_temp_dir = socket_dir.parent() == Some(std::env::temp_dir().as_path());
+    let is_plain_dir = std::fs::symlink_metadata(socket_dir).is_ok_and(|m| m.is_dir());
+    if named_by_chrome
+        && in_temp_dir
+        && is_plain_dir
+        && let Err(e) = std::fs::remove_dir_all(socket_dir)
+    {
+        tracing::debug!(dir = %socket_dir.display(), error = %e, "could not remove Chrome's socket directory");
     }
 }
 
@@ -680,5 +713,40 @@ mod tests {
         assert_eq!(parse_devtools_address("ws://0.0.0.0:41234/devtools/browser/x"), None);
         assert_eq!(parse_devtools_address("ws://127.0.0.1:99999/devtools/browser/x"), None);
         assert_eq!(parse_devtools_address("ws://127.0.0.1:1/json"), None);
+    }
+
+    #[test]
+    fn only_chromes_own_socket_directory_in_the_temp_dir_is_removed() {
+        let user_data = tempfile::tempdir().unwrap();
+        let link_to = |target: &Path| {
+            let link = user_data.path().join("SingletonSocket");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(target.join("SingletonSocket"), link).unwrap();
+        };
+        let in_temp = |prefix: &str| tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+
+        // Chrome's own, as a killed browser leaves it.
+        let chromes = in_temp("org.chromium.Chromium.");
+        std::fs::write(chromes.path().join("SingletonSocket"), b"").unwrap();
+        link_to(chromes.path());
+        remove_singleton_socket_dir(user_data.path());
+        assert!(!chromes.path().exists());
+
+        // A link a profile could carry, to a directory that is not Chrome's or not in the
+        // temp dir, removes nothing.
+        let other = in_temp("cdpgate-test-");
+        link_to(other.path());
+        remove_singleton_socket_dir(user_data.path());
+        assert!(other.path().exists());
+        let elsewhere = tempfile::tempdir_in(user_data.path()).unwrap();
+        let nested = elsewhere.path().join("org.chromium.Chromium.abc");
+        std::fs::create_dir(&nested).unwrap();
+        link_to(&nested);
+        remove_singleton_socket_dir(user_data.path());
+        assert!(nested.exists());
+
+        // No link at all (a clean exit removed it) is nothing to do.
+        std::fs::remove_file(user_data.path().join("SingletonSocket")).unwrap();
+        remove_singleton_socket_dir(user_data.path());
     }
 }
