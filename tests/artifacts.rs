@@ -564,6 +564,67 @@ fn colours(path: &Path) -> Vec<char> {
         .collect()
 }
 
+/// The video's colours (`colours`) as runs: each colour and for how many samples it held.
+fn colour_runs(path: &Path) -> Vec<(char, usize)> {
+    colours(path).into_iter().fold(Vec::new(), |mut runs, c| {
+        match runs.last_mut() {
+            Some((last, n)) if *last == c => *n += 1,
+            _ => runs.push((c, 1)),
+        }
+        runs
+    })
+}
+
+/// Waits for a session's recording to be finished and writes it to `path`.
+async fn finished_recording(server: &TestServer, id: &str, path: &Path) {
+    let files = server.broker.artifacts.existing(id).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || files
+            .recording()
+            .is_some_and(|r| r.complete))
+        .await,
+        "the recording was not finished: {:?}",
+        files.recording()
+    );
+    let (status, _, video) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/recording"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    std::fs::write(path, &video).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_follows_the_tab_brought_to_front() {
+    let server = TestServer::start_with(|c| c.recording_fps = 10).await;
+    let session = server.create(json!({ "record": true })).await;
+    let id = session["session_id"].as_str().unwrap();
+    let switched = node("bring_to_front.mjs", &[session["cdp_url"].as_str().unwrap(), "1500"]).await;
+    assert_eq!(switched["ok"], true, "{switched}");
+    // Chrome shows one tab at a time: the one brought to the front.
+    assert_eq!(
+        switched["shown"],
+        json!([["visible", "hidden"], ["hidden", "visible"]]),
+        "{switched}"
+    );
+    server.terminate(id).await;
+    let path = server.data_dir.path().join("front.mp4");
+    finished_recording(&server, id, &path).await;
+    // Red (the first tab), green (the new one), red and green again as each comes to the
+    // front; white between a new tab and its page, and a sample at a switch, aside.
+    let runs = colour_runs(&path);
+    let shown: Vec<char> = runs
+        .iter()
+        .filter(|(c, n)| *c != '?' && *n >= 3)
+        .map(|(c, _)| *c)
+        .collect();
+    assert_eq!(shown, ['r', 'g', 'r', 'g'], "{runs:?}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_session_is_a_video_of_its_tab() {
     let site = start_files_site().await;
@@ -627,14 +688,7 @@ async fn a_recorded_session_is_a_video_of_its_tab() {
     );
     assert_eq!((width, height), (1280, 720));
     // The page's colours, in their order, one second each.
-    let seen = colours(&path);
-    let runs: Vec<(char, usize)> = seen.iter().fold(Vec::new(), |mut runs, &c| {
-        match runs.last_mut() {
-            Some((last, n)) if *last == c => *n += 1,
-            _ => runs.push((c, 1)),
-        }
-        runs
-    });
+    let runs = colour_runs(&path);
     let coloured: Vec<&(char, usize)> = runs.iter().filter(|(c, _)| *c != '?').collect();
     assert!(coloured.len() >= 4, "{runs:?}");
     for pair in coloured.windows(2) {

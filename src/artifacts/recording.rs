@@ -31,6 +31,11 @@ use crate::metrics::Metrics;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long ffmpeg may take to finish the file once its input ends.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often, and how far apart, the tabs are asked which shows once the watched one hid.
+const FRONT_TRIES: u32 = 5;
+const FRONT_RETRY: Duration = Duration::from_millis(100);
+/// A page busy in a script answers late; the video keeps its last frame meanwhile.
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a recording needs.
 pub struct Spec {
@@ -239,6 +244,20 @@ impl Recorder {
                     self.watch(target).await;
                 }
             }
+            // The watched tab was hidden: another came to the front (`Page.bringToFront`,
+            // a tab switch in the live view), and the video follows it.
+            Some("Page.screencastVisibilityChanged") if params["visible"] == false => {
+                let Some((watched, session)) = &self.watched else {
+                    return;
+                };
+                if event["sessionId"].as_str() != Some(session) {
+                    return;
+                }
+                let watched = watched.clone();
+                if let Some(front) = self.front_page(&watched).await {
+                    self.watch(&front).await;
+                }
+            }
             Some("Target.targetDestroyed") => {
                 let gone = params["targetId"].as_str();
                 if self.watched.as_ref().map(|(t, _)| t.as_str()) == gone {
@@ -264,6 +283,58 @@ impl Recorder {
             .find(|t| t["type"] == "page")
             .and_then(|t| t["targetId"].as_str())
             .map(str::to_owned)
+    }
+
+    /// The page other than `hidden` that shows now. Chrome tells a page it was hidden
+    /// before it tells the other it shows, so it is asked a few times.
+    async fn front_page(&self, hidden: &str) -> Option<String> {
+        for _ in 0..FRONT_TRIES {
+            let targets = self
+                .client
+                .call(None, "Target.getTargets", json!({}), SETUP_TIMEOUT)
+                .await
+                .ok()?;
+            let pages = targets["targetInfos"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["type"] == "page");
+            for target in pages.filter_map(|t| t["targetId"].as_str()).filter(|&t| t != hidden) {
+                if self.is_visible(target).await {
+                    return Some(target.to_owned());
+                }
+            }
+            tokio::time::sleep(FRONT_RETRY).await;
+        }
+        None
+    }
+
+    /// Whether the page `target` shows (its document's `visibilityState`).
+    async fn is_visible(&self, target: &str) -> bool {
+        let attached = self
+            .client
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target, "flatten": true }),
+                SETUP_TIMEOUT,
+            )
+            .await;
+        let Some(session) = attached.ok().and_then(|a| a["sessionId"].as_str().map(str::to_owned)) else {
+            return false;
+        };
+        let state = self
+            .client
+            .call(
+                Some(&session),
+                "Runtime.evaluate",
+                json!({ "expression": "document.visibilityState", "returnByValue": true }),
+                VISIBILITY_TIMEOUT,
+            )
+            .await;
+        let _ = self
+            .client
+            .send(None, "Target.detachFromTarget", json!({ "sessionId": session }));
+        state.is_ok_and(|s| s["result"]["value"] == "visible")
     }
 
     async fn watch(&mut self, target: &str) {
