@@ -433,29 +433,30 @@ fn expiry(now: SystemTime, ttl: Duration) -> SystemTime {
     }
 }
 
+/// A session fronting a browser that is never reached (nothing here connects), for tests.
+#[cfg(test)]
+pub(crate) fn external_session() -> Arc<Session> {
+    let url = url::Url::parse("ws://127.0.0.1:9/devtools/browser/none").unwrap();
+    let init = SessionInit {
+        id: "sess_test".into(),
+        tenant: Tenant::from_id("t"),
+        ttl: Duration::from_secs(60),
+        screen: Screen {
+            width: 1280,
+            height: 720,
+        },
+        metadata: Map::new(),
+        backing: Backing::External(Upstream::external(&url).unwrap()),
+        profile: None,
+        options: SessionOptions::default(),
+        traffic: None,
+    };
+    Arc::new(Session::new(init, "node"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A session fronting a browser that is never reached (nothing here connects).
-    fn external_session() -> Arc<Session> {
-        let url = url::Url::parse("ws://127.0.0.1:9/devtools/browser/none").unwrap();
-        let init = SessionInit {
-            id: "sess_test".into(),
-            tenant: Tenant::from_id("t"),
-            ttl: Duration::from_secs(60),
-            screen: Screen {
-                width: 1280,
-                height: 720,
-            },
-            metadata: Map::new(),
-            backing: Backing::External(Upstream::external(&url).unwrap()),
-            profile: None,
-            options: SessionOptions::default(),
-            traffic: None,
-        };
-        Arc::new(Session::new(init, "node"))
-    }
 
     /// The count runs once the session has ended and before its clients are told, so a
     /// client that heard of the end finds it counted; a second end counts nothing.

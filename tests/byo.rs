@@ -38,6 +38,8 @@ async fn start_external_chrome() -> ExternalChrome {
         ])
         .arg(format!("--user-data-dir={}", dir.path().display()))
         .arg("about:blank")
+        // Killed, Chrome would leave its socket directory in /tmp; in here it goes with the rest.
+        .env("TMPDIR", dir.path())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)

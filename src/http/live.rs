@@ -216,38 +216,51 @@ async fn relay_filtered<V, B>(
 {
     let (mut viewer_tx, mut viewer_rx) = viewer.split();
     let (mut browser_tx, mut browser_rx) = browser.split();
-    let ended = loop {
+    enum Ending {
+        Ended,
+        ViewerGone,
+        BrowserGone,
+    }
+    let ending = loop {
         tokio::select! {
-            _ = session.ended().cancelled() => break true,
+            biased;
+            _ = session.ended().cancelled() => break Ending::Ended,
             m = viewer_rx.next() => match m {
                 Some(Ok(Message::Text(text))) => match allowed(&text, read_only) {
                     Ok(()) => {
                         if browser_tx.send(Message::Text(text)).await.is_err() {
-                            break false;
+                            break Ending::BrowserGone;
                         }
                     }
                     Err(refusal) => {
                         if viewer_tx.send(Message::text(refusal.to_string())).await.is_err() {
-                            break false;
+                            break Ending::ViewerGone;
                         }
                     }
                 },
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break false,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::ViewerGone,
                 Some(Ok(_)) => {}
             },
             m = browser_rx.next() => match m {
                 Some(Ok(m @ Message::Text(_))) => {
                     if viewer_tx.send(m).await.is_err() {
-                        break false;
+                        break Ending::ViewerGone;
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                    // The browser went away: most likely the session is ending.
-                    let _ = tokio::time::timeout(relay::EXIT_GRACE, session.ended().cancelled()).await;
-                    break session.ended().is_cancelled();
-                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::BrowserGone,
                 Some(Ok(_)) => {}
             },
+        }
+    };
+    let ended = match ending {
+        Ending::Ended => true,
+        Ending::ViewerGone => false,
+        // The browser went away (its socket closed, or a write to it failed): most likely
+        // the session is ending and its browser was released a moment after; the page is
+        // told why once it has.
+        Ending::BrowserGone => {
+            let _ = tokio::time::timeout(relay::EXIT_GRACE, session.ended().cancelled()).await;
+            session.ended().is_cancelled()
         }
     };
     let _ = browser_tx.close().await;
@@ -283,7 +296,67 @@ fn allowed(text: &str, read_only: bool) -> Result<(), Value> {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
     use super::*;
+
+    /// A browser socket that says nothing and fails every write: a browser killed as its
+    /// session ended, before the relay heard of the end.
+    struct KilledBrowser;
+
+    impl tokio::io::AsyncRead for KilledBrowser {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl tokio::io::AsyncWrite for KilledBrowser {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A viewer's command that finds the browser gone is not the end of the story: the
+    /// session ends a moment later, and the page is told why (it said "connection lost").
+    #[tokio::test]
+    async fn a_viewer_whose_command_meets_a_killed_browser_hears_why_the_session_ended() {
+        let session = crate::session::external_session();
+        let (page_end, broker_end) = tokio::io::duplex(64 * 1024);
+        let mut page = WebSocketStream::from_raw_socket(page_end, Role::Client, None).await;
+        let viewer = WebSocketStream::from_raw_socket(broker_end, Role::Server, None).await;
+        let browser = WebSocketStream::from_raw_socket(KilledBrowser, Role::Client, None).await;
+        let metrics = Metrics::default();
+        let relay = relay_filtered(viewer, browser, &session, false, &metrics);
+        let page_side = async {
+            let ack = json!({"id": 1, "method": "Page.screencastFrameAck", "params": {"sessionId": 1}});
+            page.send(Message::text(ack.to_string())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            session.end(EndReason::Terminated).unwrap();
+            page.next().await
+        };
+        let ((), heard) = tokio::time::timeout(relay::EXIT_GRACE * 2, futures_util::future::join(relay, page_side))
+            .await
+            .expect("the relay ends with the session");
+        let Some(Ok(Message::Close(Some(frame)))) = heard else {
+            panic!("no close frame with a code: {heard:?}");
+        };
+        assert_eq!(
+            (u16::from(frame.code), frame.reason.as_str()),
+            (4002, "session terminated")
+        );
+    }
 
     #[test]
     fn viewers_get_only_what_a_viewer_needs() {
