@@ -575,8 +575,9 @@ fn colour_runs(path: &Path) -> Vec<(char, usize)> {
     })
 }
 
-/// Waits for a session's recording to be finished and writes it to `path`.
-async fn finished_recording(server: &TestServer, id: &str, path: &Path) {
+/// Waits for a session's recording to be finished, fetches it as a client would, writes it
+/// to `path` and answers its bytes.
+async fn finished_recording(server: &TestServer, id: &str, path: &Path) -> Vec<u8> {
     let files = server.broker.artifacts.existing(id).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || files
@@ -586,7 +587,7 @@ async fn finished_recording(server: &TestServer, id: &str, path: &Path) {
         "the recording was not finished: {:?}",
         files.recording()
     );
-    let (status, _, video) = fetch(
+    let (status, headers, video) = fetch(
         server.addr,
         &format!("/public/sessions/{id}/recording"),
         Some(KEY_A),
@@ -594,7 +595,9 @@ async fn finished_recording(server: &TestServer, id: &str, path: &Path) {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "video/mp4");
     std::fs::write(path, &video).unwrap();
+    video
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,26 +668,8 @@ async fn a_recorded_session_is_a_video_of_its_tab() {
     let at_most = started.elapsed().as_secs_f64();
 
     // The file is finished by ffmpeg a moment after the session ends.
-    let files = server.broker.artifacts.existing(id).unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || files
-            .recording()
-            .is_some_and(|r| r.complete))
-        .await,
-        "the recording was not finished: {:?}",
-        files.recording()
-    );
-    let (status, headers, video) = fetch(
-        server.addr,
-        &format!("/public/sessions/{id}/recording"),
-        Some(KEY_A),
-        &[],
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["content-type"], "video/mp4");
     let path = server.data_dir.path().join("recording.mp4");
-    std::fs::write(&path, &video).unwrap();
+    let video = finished_recording(&server, id, &path).await;
     let (duration, frames, width, height) = probe(&path);
     assert!(
         duration >= at_least * 0.95 && duration <= at_most * 1.05,

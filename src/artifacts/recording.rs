@@ -308,9 +308,9 @@ impl Recorder {
         None
     }
 
-    /// Whether the page `target` shows (its document's `visibilityState`).
-    async fn is_visible(&self, target: &str) -> bool {
-        let attached = self
+    /// Attaches to `target` on the recorder's connection; answers the CDP session.
+    async fn attach(&self, target: &str) -> Option<String> {
+        let attached: Result<Value, CallError> = self
             .client
             .call(
                 None,
@@ -319,7 +319,12 @@ impl Recorder {
                 SETUP_TIMEOUT,
             )
             .await;
-        let Some(session) = attached.ok().and_then(|a| a["sessionId"].as_str().map(str::to_owned)) else {
+        attached.ok().and_then(|a| a["sessionId"].as_str().map(str::to_owned))
+    }
+
+    /// Whether the page `target` shows (its document's `visibilityState`).
+    async fn is_visible(&self, target: &str) -> bool {
+        let Some(session) = self.attach(target).await else {
             return false;
         };
         let state = self
@@ -343,16 +348,7 @@ impl Recorder {
                 .client
                 .send(None, "Target.detachFromTarget", json!({ "sessionId": session }));
         }
-        let attached: Result<Value, CallError> = self
-            .client
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({ "targetId": target, "flatten": true }),
-                SETUP_TIMEOUT,
-            )
-            .await;
-        let Some(session) = attached.ok().and_then(|a| a["sessionId"].as_str().map(str::to_owned)) else {
+        let Some(session) = self.attach(target).await else {
             return;
         };
         let started = self
