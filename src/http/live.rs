@@ -342,6 +342,9 @@ mod tests {
         let page_side = async {
             let ack = json!({"id": 1, "method": "Page.screencastFrameAck", "params": {"sessionId": 1}});
             page.send(Message::text(ack.to_string())).await.unwrap();
+            // The relay takes the command and fails to pass it before the session ends
+            // (nothing outside shows the failed write; ended first, the test would pass
+            // with the old loop too).
             tokio::time::sleep(Duration::from_millis(100)).await;
             session.end(EndReason::Terminated).unwrap();
             page.next().await
