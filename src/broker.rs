@@ -23,9 +23,11 @@ use crate::artifacts::{self, Artifacts};
 use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::byo::{self, ProbeError};
 use crate::browser::cdp::{self, CdpError};
+use crate::browser::confine::Confinement;
 use crate::browser::egress::{Egress, EgressError};
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
+use crate::browser::launcher::LaunchSettings;
 use crate::browser::pool::{Pool, PoolError};
 use crate::browser::shared::{SharedBrowsers, SharedSettings};
 use crate::browser::{Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell};
@@ -350,10 +352,13 @@ impl Broker {
             config.byo_timeout(),
         ));
         let launcher = Arc::new(Launcher::new(
-            chromes,
-            config.chrome_flags.clone(),
-            data_dir.join("browsers"),
-            config.launch_timeout(),
+            LaunchSettings {
+                chromes,
+                extra_flags: config.chrome_flags.clone(),
+                scratch_root: data_dir.join("browsers"),
+                launch_timeout: config.launch_timeout(),
+                confinement: Confinement::decide(Confinement::probe(), config.allow_unconfined_browsers),
+            },
             tracker.clone(),
             metrics.clone(),
             browser_egress.clone(),
@@ -734,8 +739,17 @@ impl Broker {
         // The browser whose downloads are the session's: all of a managed one, a context of
         // a shared one; a user's own browser keeps its own.
         let downloads = match &backing {
-            Backing::Managed(lease) => Some((lease.browser.ws_url(), None)),
-            Backing::Context(context) => Some((context.shared.browser.ws_url(), Some(context.scope.context.clone()))),
+            Backing::Managed(lease) => Some(Downloads {
+                ws_url: lease.browser.ws_url(),
+                context: None,
+                dir: lease.browser.downloads.clone(),
+            }),
+            // A shared browser's downloads directory holds one directory per session.
+            Backing::Context(context) => Some(Downloads {
+                ws_url: context.shared.browser.ws_url(),
+                context: Some(context.scope.context.clone()),
+                dir: context.shared.browser.downloads.join(&id),
+            }),
             Backing::External(_) => None,
         };
         let init = SessionInit {
@@ -819,7 +833,7 @@ impl Broker {
     async fn start_artifacts(
         &self,
         session: &Arc<Session>,
-        downloads: Option<(String, Option<String>)>,
+        downloads: Option<Downloads>,
         record: bool,
         log_cdp: bool,
     ) -> Result<(), BrokerError> {
@@ -833,15 +847,15 @@ impl Broker {
             let log = CdpLog::start(files.clone(), session.ended().clone(), &self.tracker).map_err(files_error)?;
             let _ = session.cdp_log.set(Arc::new(log));
         }
-        if let Some((ws_url, context)) = downloads {
+        if let Some(Downloads { ws_url, context, dir }) = downloads {
+            std::fs::create_dir_all(&dir).map_err(files_error)?;
             if let Some(scope) = &session.upstream.scope {
-                let _ = scope
-                    .download_dir
-                    .set(files.incoming_dir().to_string_lossy().into_owned());
+                let _ = scope.download_dir.set(dir.to_string_lossy().into_owned());
             }
             let watch = artifacts::downloads::Watch {
                 ws_url,
                 context,
+                dir,
                 files: files.clone(),
                 client_left: session.connection_closed.clone(),
                 until: session.ended().clone(),
@@ -903,13 +917,25 @@ impl Broker {
 
     /// Why this node should not be sent new sessions now, if it should not: it is
     /// stopping, or it has no warm browser and the browser does not start.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<String> {
         if self.shutdown.is_cancelled() {
-            Some("The broker is shutting down")
+            Some("The broker is shutting down".into())
+        } else if let Err(reason) = self.pool.confinement() {
+            Some(format!(
+                "Browsers cannot be confined ({reason}), so none start (allow_unconfined_browsers overrides)"
+            ))
         } else if !self.pool.ready() {
-            Some("No browser is ready and the browser does not start (see the log)")
+            Some("No browser is ready and the browser does not start (see the log)".into())
         } else {
             None
+        }
+    }
+
+    /// How browsers are confined, for `/ready`.
+    pub fn confinement(&self) -> String {
+        match self.pool.confinement() {
+            Ok(confinement) => confinement.describe(),
+            Err(reason) => format!("refused: {reason}"),
         }
     }
 
@@ -1131,6 +1157,14 @@ fn chrome_paths(config: &Config) -> Result<Chromes, StartError> {
 }
 
 /// The configured secrets, or those kept in the data directory (made on first start).
+/// Where a session's downloads are watched: its browser, its context in it (a shared
+/// browser), and the directory Chrome writes them to (which the browser may write).
+struct Downloads {
+    ws_url: String,
+    context: Option<String>,
+    dir: std::path::PathBuf,
+}
+
 fn load_secrets(config: &Config) -> std::io::Result<Secrets> {
     let mut api_keys = config.api_keys.clone();
     if api_keys.is_empty() {

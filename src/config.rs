@@ -38,6 +38,10 @@ pub struct Config {
     pub chrome_path: String,
     /// Extra command-line flags for every browser, after the broker's own.
     pub chrome_flags: Vec<String>,
+    /// Start browsers although the kernel cannot confine them (no Landlock): every session
+    /// can then read and write whatever the broker can, its secrets included
+    /// (`CDPGATE_ALLOW_UNCONFINED_BROWSERS`). Off: without Landlock no browser starts.
+    pub allow_unconfined_browsers: bool,
     /// How long a browser may take to print its DevTools address.
     pub launch_timeout_ms: u64,
     /// TTL of a session created without one, in seconds.
@@ -199,6 +203,7 @@ impl Default for Config {
             queue_timeout_ms: 5_000,
             chrome_path: String::new(),
             chrome_flags: Vec::new(),
+            allow_unconfined_browsers: false,
             launch_timeout_ms: 15_000,
             default_ttl: 600,
             max_ttl: 86_400,
@@ -363,7 +368,8 @@ impl Config {
             max_upload_bytes,
             relay_on_cores,
             relay_busy_poll_us,
-            relay_sched_batch
+            relay_sched_batch,
+            allow_unconfined_browsers
         );
         if let Some(v) = var("ffmpeg_path") {
             self.ffmpeg_path = v;

@@ -1,6 +1,8 @@
 //! Watches a session's browser for downloads, on the broker's own CDP connection.
 //!
-//! The broker sets the session's download folder (its `.incoming`) with events enabled.
+//! The broker sets the session's download folder with events enabled: a directory beside the
+//! browser's user-data directory (a context session's own one inside it), the only place
+//! the confined browser may write besides its profile and temp.
 //! Chrome keeps one setting per browser context, the last one made, and a client may make
 //! its own (Playwright does) or leave it reset to Chrome's default when it disconnects; but
 //! every connection that enabled events hears of every download. So the watcher notes each
@@ -24,10 +26,12 @@ use crate::browser::cdp::{CdpError, Client};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to watch: a browser (`ws_url`), the session's context in it (`None`: the whole
-/// browser is the session's), and where the session's files go.
+/// browser is the session's), where Chrome writes its downloads (a directory the confined
+/// browser may write), and where the session's files go.
 pub struct Watch {
     pub ws_url: String,
     pub context: Option<String>,
+    pub dir: PathBuf,
     pub files: Arc<SessionFiles>,
     /// Notified when a client of the session disconnects.
     pub client_left: Arc<Notify>,
@@ -61,7 +65,7 @@ impl Watcher {
     async fn apply(&self) -> Result<(), CdpError> {
         let params = self.context_params(json!({
             "behavior": "allow",
-            "downloadPath": self.watch.files.incoming_dir(),
+            "downloadPath": self.watch.dir,
             "eventsEnabled": true,
         }));
         self.client
@@ -122,7 +126,7 @@ impl Watcher {
                 let path = params["filePath"].as_str().map(PathBuf::from);
                 if let Some(suggested) = unplaced.get(guid)
                     && state == "completed"
-                    && path.as_ref().is_some_and(|p| p.starts_with(files.incoming_dir()))
+                    && path.as_ref().is_some_and(|p| p.starts_with(&self.watch.dir))
                 {
                     files.download_began(guid, suggested, 0);
                 }

@@ -1,10 +1,10 @@
 //! What a session leaves behind: the files it downloaded or was given, and its recording.
 //!
 //! Each session has a directory `data_dir/artifacts/{session}`: `files/` (what the API
-//! lists and serves), `.incoming/` (where its browser writes downloads in progress),
-//! `recording.mp4`, and `index.json` (each file's kind, time and state, rewritten at each
-//! change). The directory outlives the session for `retention_secs` and is removed with the
-//! session's record.
+//! lists and serves), `recording.mp4`, and `index.json` (each file's kind, time and state,
+//! rewritten at each change). No browser may write here: Chrome writes downloads into its
+//! own downloads directory, and a finished one is moved in. The directory outlives the
+//! session for `retention_secs` and is removed with the session's record.
 //!
 //! [`downloads`] watches a session's browser for downloads, [`recording`] records its
 //! active tab, [`zip`] packs its files for one download.
@@ -307,7 +307,6 @@ pub struct SessionFiles {
 impl SessionFiles {
     fn open(dir: PathBuf, limits: Limits, metrics: Arc<Metrics>) -> io::Result<SessionFiles> {
         std::fs::create_dir_all(dir.join("files"))?;
-        std::fs::create_dir_all(dir.join(".incoming"))?;
         let mut index: Index = std::fs::read(dir.join(INDEX))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -325,11 +324,6 @@ impl SessionFiles {
             index: Mutex::new(index),
             downloads: Mutex::new(BTreeMap::new()),
         })
-    }
-
-    /// Where the browser writes this session's downloads in progress.
-    pub fn incoming_dir(&self) -> PathBuf {
-        self.dir.join(".incoming")
     }
 
     pub fn recording_path(&self) -> PathBuf {
@@ -759,12 +753,15 @@ mod tests {
         let (_dir, files) = files(1000);
         assert!(files.download_began("g1", "a.bin", 0));
         assert!(files.download_progressed("g1", 600));
-        let first = files.incoming_dir().join("a.bin");
+        // Where the browser wrote them: its own downloads directory.
+        let browser_downloads = _dir.path().join("browser.downloads");
+        std::fs::create_dir(&browser_downloads).unwrap();
+        let first = browser_downloads.join("a.bin");
         std::fs::write(&first, vec![0u8; 600]).unwrap();
         files.download_completed("g1", &first);
         assert!(files.download_began("g2", "a.bin", 0));
         assert!(!files.download_progressed("g2", 500), "past the quota");
-        let second = files.incoming_dir().join("a (1).bin");
+        let second = browser_downloads.join("a (1).bin");
         std::fs::write(&second, vec![0u8; 500]).unwrap();
         files.download_completed("g2", &second);
         let list = files.list();

@@ -1,5 +1,7 @@
 //! One Chrome process: started in its own process group with its own scratch directory,
-//! killed as a group, reaped, and its directory removed when it is dropped.
+//! confined by the kernel to its own directories and gateway (`confine`), with an
+//! environment of its own, killed as a group, reaped, and its directories removed when it
+//! is dropped.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cdp;
+use super::confine::{self, Allowed, Confinement};
 use super::egress::Egress;
 use super::forward::Gateway;
 use crate::auth::random_hex;
@@ -105,6 +108,10 @@ pub enum LaunchError {
     BadAddress(String),
     #[error("cannot open the browser's forward proxy: {0}")]
     Gateway(std::io::Error),
+    #[error("browsers are not started unconfined: {0} (allow_unconfined_browsers = true overrides)")]
+    Unconfined(String),
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
 }
 
 /// The executables browsers are started from, by use.
@@ -147,6 +154,11 @@ pub struct Launcher {
     /// Whether the last launch of a browser of its own (`Use::Own`) answered: the configured
     /// Chrome can start (shared browsers' launches fail their own creates).
     last_launch_ok: std::sync::atomic::AtomicBool,
+    /// How browsers are confined, or why none may start.
+    confinement: Result<Confinement, String>,
+    /// Names this broker's private temp directories under the system's temp dir, so that
+    /// a start-up sweep removes its own leftovers and no other broker's.
+    private_tag: String,
 }
 
 /// A running browser. Dropping it kills its process group; `exited()` fires once the
@@ -156,6 +168,9 @@ pub struct Browser {
     pub id: String,
     /// Its `--user-data-dir`.
     pub dir: PathBuf,
+    /// Where its downloads are written (the only other directory it may write besides its
+    /// private temp): a context session's go in a subdirectory of their own.
+    pub downloads: PathBuf,
     /// Set when the process exited by itself (not killed by the broker).
     status: Arc<OnceLock<std::process::ExitStatus>>,
     pub pid: u32,
@@ -213,16 +228,34 @@ impl Drop for Browser {
     }
 }
 
+/// How browsers are started: from the operator's configuration and the kernel's offer.
+pub struct LaunchSettings {
+    pub chromes: Chromes,
+    /// The operator's flags for every browser.
+    pub extra_flags: Vec<String>,
+    /// Each browser's directories are made under here.
+    pub scratch_root: PathBuf,
+    pub launch_timeout: Duration,
+    /// How browsers are confined, or why none may start (`Confinement::decide`).
+    pub confinement: Result<Confinement, String>,
+}
+
 impl Launcher {
     pub fn new(
-        chromes: Chromes,
-        extra_flags: Vec<String>,
-        scratch_root: PathBuf,
-        launch_timeout: Duration,
+        settings: LaunchSettings,
         tracker: TaskTracker,
         metrics: Arc<Metrics>,
         browser_egress: Arc<Egress>,
     ) -> Self {
+        let LaunchSettings {
+            chromes,
+            extra_flags,
+            scratch_root,
+            launch_timeout,
+            confinement,
+        } = settings;
+        let private_tag =
+            crate::auth::hex(&<sha2::Sha256 as sha2::Digest>::digest(scratch_root.to_string_lossy().as_bytes())[..4]);
         Launcher {
             own: Kind {
                 chrome: chromes.own,
@@ -242,12 +275,34 @@ impl Launcher {
             own_ports: browser_egress.own_ports(),
             browser_egress,
             last_launch_ok: Default::default(),
+            confinement,
+            private_tag,
         }
+    }
+
+    /// How browsers are confined, or why none may start.
+    pub fn confinement(&self) -> &Result<Confinement, String> {
+        &self.confinement
+    }
+
+    /// A browser's private temp directory (its `TMPDIR` and `HOME`). Under the system's temp
+    /// dir, not the data directory: Chrome puts a Unix socket there, and a socket path may
+    /// not be longer than 107 bytes.
+    fn private_tmp(&self, id: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("cdpgate.{}.{id}", self.private_tag))
     }
 
     /// Removes scratch directories left by an earlier run (a killed broker leaves some).
     pub fn sweep_leftovers(&self) -> std::io::Result<usize> {
         let mut removed = 0;
+        let own_prefix = format!("cdpgate.{}.", self.private_tag);
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&own_prefix) {
+                    remove_dir_with_retries_blocking(&entry.path());
+                }
+            }
+        }
         match std::fs::read_dir(&self.scratch_root) {
             Ok(entries) => {
                 for entry in entries.flatten() {
@@ -390,7 +445,15 @@ impl Launcher {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        std::fs::create_dir_all(&dir).map_err(LaunchError::Dir)?;
+        let unconfined = match &self.confinement {
+            Ok(confinement) => !confinement.is_on(),
+            Err(reason) => return Err(LaunchError::Unconfined(reason.clone())),
+        };
+        let tmp = self.private_tmp(&id);
+        let downloads = downloads_dir(&dir);
+        for d in [&dir, &tmp, &downloads] {
+            std::fs::create_dir_all(d).map_err(LaunchError::Dir)?;
+        }
         let kill = CancellationToken::new();
         let exited = CancellationToken::new();
         let gateway = Gateway::start(self.browser_egress.clone(), self.metrics.clone(), exited.clone())
@@ -400,6 +463,16 @@ impl Launcher {
         let kind = self.kind(used);
         let frame = kind.frame_height.load(Ordering::Relaxed);
         let mut cmd = tokio::process::Command::new(&kind.chrome);
+        // Chrome sees none of the broker's environment (its secrets, `AWS_*`, the Redis URL).
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &tmp)
+            .env("TMPDIR", &tmp);
+        for name in ["LANG", "LC_ALL", "TZ"] {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
         cmd.args(BASE_FLAGS)
             .args(running_as_root().then_some("--no-sandbox"))
             .arg(format!("--user-data-dir={}", dir.display()))
@@ -414,12 +487,37 @@ impl Launcher {
             .kill_on_drop(true)
             .process_group(0);
         sys::die_with_parent(&mut cmd);
-
-        let mut child = cmd.spawn().map_err(|source| {
-            exited.cancel();
+        let remove_dirs = || {
             if owned {
                 let _ = std::fs::remove_dir_all(&dir);
             }
+            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(&downloads);
+        };
+        if let Ok(Confinement::Landlock { network, .. }) = &self.confinement {
+            let allowed = Allowed {
+                read_write: vec![dir.clone(), tmp.clone(), downloads.clone()],
+                connect_ports: vec![gateway.port],
+            };
+            // A shared browser's contexts each get a gateway later, on ports not known now:
+            // its TCP connects stay unconfined (its clients never hold raw CDP to change
+            // where it connects: the context filter stands between).
+            let network = *network && used == Use::Own;
+            match confine::prepare(&allowed, network) {
+                Ok(prepared) => confine::enforce_in_child(&mut cmd, prepared),
+                Err(e) => {
+                    exited.cancel();
+                    remove_dirs();
+                    return Err(e.into());
+                }
+            }
+        } else if unconfined {
+            tracing::debug!("starting a browser unconfined (allow_unconfined_browsers)");
+        }
+
+        let mut child = cmd.spawn().map_err(|source| {
+            exited.cancel();
+            remove_dirs();
             LaunchError::Spawn {
                 path: kind.chrome.display().to_string(),
                 source,
@@ -437,6 +535,7 @@ impl Launcher {
             child,
             pid,
             dir: owned.then(|| dir.clone()),
+            private: vec![tmp.clone(), downloads.clone()],
             user_data_dir: dir.clone(),
             status: status.clone(),
             stderr: lines,
@@ -471,6 +570,7 @@ impl Launcher {
         Ok(Browser {
             id,
             dir,
+            downloads,
             status,
             pid,
             port,
@@ -488,6 +588,8 @@ struct Reaper {
     pid: u32,
     /// The scratch directory to remove, when the browser owns it.
     dir: Option<PathBuf>,
+    /// Its private temp and downloads directories, removed whoever owns `dir`.
+    private: Vec<PathBuf>,
     /// Its `--user-data-dir`, for the socket directory Chrome links from it.
     user_data_dir: PathBuf,
     /// How the process ended, for whoever holds the browser.
@@ -549,10 +651,18 @@ impl Reaper {
         self.exited.cancel();
         self.exits.notify_one();
         remove_singleton_socket_dir(&self.user_data_dir);
-        if let Some(dir) = &self.dir {
+        for dir in self.dir.iter().chain(&self.private) {
             remove_dir_with_retries(dir).await;
         }
     }
+}
+
+/// The downloads directory of the browser whose user-data directory is `dir`: beside it,
+/// so a profile's copy does not carry downloads into the saved profile.
+fn downloads_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".downloads");
+    PathBuf::from(name)
 }
 
 /// Chrome keeps its single-instance socket in a directory of its own under the system's

@@ -2,10 +2,12 @@
 //! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
 //! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
 //! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]), and
-//! the check of a user's own browser ([`byo`]).
+//! the check of a user's own browser ([`byo`]), and what the kernel lets each browser
+//! touch ([`confine`]).
 
 pub mod byo;
 pub mod cdp;
+pub mod confine;
 pub mod egress;
 pub mod filter;
 pub mod forward;

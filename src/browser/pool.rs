@@ -151,6 +151,11 @@ impl Pool {
     }
 
     /// Whether a create could get a browser: one is warm, or the browser starts.
+    /// How its browsers are confined, or why none may start.
+    pub fn confinement(&self) -> &Result<super::confine::Confinement, String> {
+        self.launcher.confinement()
+    }
+
     pub fn ready(&self) -> bool {
         !self.idle.lock().expect("pool lock").is_empty() || self.launcher.can_launch()
     }

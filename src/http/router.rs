@@ -283,7 +283,10 @@ async fn api(
         Endpoint::Ready => {
             only(&method, &[Method::GET, Method::HEAD])?;
             return match broker.not_ready() {
-                None => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
+                None => Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "browser_confinement": broker.confinement()}),
+                )),
                 Some(why) => Err(ApiError::unavailable(why, RETRY_AFTER_SECS)),
             };
         }

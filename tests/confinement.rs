@@ -1,0 +1,350 @@
+//! Every managed browser is confined by the kernel: driven as a hostile tenant would drive
+//! it, through nothing but its `cdp_url`, a session's Chrome reads none of the broker's
+//! files (the token secret, other sessions' data), writes nowhere but its own directories,
+//! connects nowhere but its gateway, and sees none of the broker's environment.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A raw CDP client on a session's `cdp_url` that can talk to a page's flattened session.
+struct Client {
+    ws: Ws,
+    next: u64,
+}
+
+impl Client {
+    async fn connect(session: &Value) -> Client {
+        let ws = ws_connect(session["cdp_url"].as_str().unwrap())
+            .await
+            .expect("the CDP socket opens");
+        Client { ws, next: 0 }
+    }
+
+    /// The whole reply to `method` (sent on the page session `on`, if given).
+    async fn send(&mut self, on: Option<&str>, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = on {
+            message["sessionId"] = json!(session);
+        }
+        self.ws.send(Message::text(message.to_string())).await.unwrap();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("an answer to {method} in time"));
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["id"] == id {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended while waiting for {method}: {other:?}"),
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab (of `context`, if given) and answers the tab's page session,
+    /// or the error Chrome or the broker gave.
+    async fn open(&mut self, url: &str, context: Option<&str>) -> Result<String, Value> {
+        let mut params = json!({"url": url});
+        if let Some(context) = context {
+            params["browserContextId"] = json!(context);
+        }
+        let created = self.send(None, "Target.createTarget", params).await;
+        let Some(target) = created["result"]["targetId"].as_str() else {
+            return Err(created);
+        };
+        let attached = self
+            .send(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
+        Ok(attached["result"]["sessionId"].as_str().expect("attached").to_owned())
+    }
+
+    /// The tab's URL and text once it has finished loading (or after 10 s).
+    async fn settled_text(&mut self, page: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let expression = "document.readyState + '|' + location.href + '|' + \
+                          (document.documentElement ? document.documentElement.innerText : '')";
+        loop {
+            let reply = self
+                .send(Some(page), "Runtime.evaluate", json!({"expression": expression}))
+                .await;
+            let text = reply["result"]["result"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if (text.starts_with("complete|") && !text.contains("|about:blank|"))
+                || tokio::time::Instant::now() > deadline
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Navigates the page session `page` to `url` and answers what it then shows.
+    async fn navigate(&mut self, page: &str, url: &str) -> String {
+        self.send(Some(page), "Page.navigate", json!({"url": url})).await;
+        self.settled_text(page).await
+    }
+}
+
+fn file_url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+fn secret(server: &TestServer) -> String {
+    std::fs::read_to_string(server.data_dir.path().join("token_secret")).expect("the broker wrote its secret")
+}
+
+/// A page read through the session shows what it should (so that a read that shows
+/// nothing is the confinement's doing, not a broken probe).
+async fn assert_pages_are_readable(client: &mut Client, context: Option<&str>, url: &str) -> String {
+    let page = client.open(url, context).await.expect("a page opens");
+    let text = client.settled_text(&page).await;
+    assert!(text.contains("control-marker-7f3a"), "the probe reads a page: {text}");
+    page
+}
+
+/// Every way a tenant's page can name a file of the broker's: a new tab, a navigation, the
+/// directory listing, `view-source:`; none shows the secret's bytes or another session's id.
+async fn assert_broker_files_unreadable(server: &TestServer, session: &Value, other: &Value) {
+    let secret = secret(server);
+    let data = server.data_dir.path();
+    // A name only a listing of the data directory can show.
+    std::fs::write(data.join("listing-marker-91c2"), "").unwrap();
+    let other_id = other["session_id"].as_str().unwrap();
+    let context = session["isolation"].as_str() == Some("context");
+    let mut client = Client::connect(session).await;
+    // A context session's tabs go into its own context.
+    let own_context = if context {
+        let targets = client.send(None, "Target.getTargets", json!({})).await;
+        targets["result"]["targetInfos"][0]["browserContextId"]
+            .as_str()
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    let site = serve_pages(|_| (String::new(), "<p>control-marker-7f3a</p>".into())).await;
+    let page = assert_pages_are_readable(&mut client, own_context.as_deref(), &format!("http://{site}/")).await;
+
+    let mut seen = Vec::new();
+    for url in [
+        file_url(&data.join("token_secret")),
+        file_url(data),
+        file_url(&data.join("sessions")),
+        format!("view-source:{}", file_url(&data.join("token_secret"))),
+    ] {
+        if let Ok(tab) = client.open(&url, own_context.as_deref()).await {
+            seen.push((url.clone(), client.settled_text(&tab).await));
+        }
+        seen.push((url.clone(), client.navigate(&page, &url).await));
+    }
+    for (url, text) in &seen {
+        assert!(!text.contains(&secret), "{url} showed the token secret: {text}");
+        assert!(!text.contains(other_id), "{url} showed another session's id: {text}");
+        assert!(
+            !text.contains("listing-marker-91c2"),
+            "{url} listed the data directory: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_session_reads_none_of_the_brokers_files() {
+    let server = TestServer::start_with(|c| c.pool_size = 2).await;
+    let other = server.create(json!({})).await;
+    let session = server.create(json!({})).await;
+    assert_broker_files_unreadable(&server, &session, &other).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_session_reads_none_of_the_brokers_files() {
+    let server = TestServer::start().await;
+    let other = server.create(json!({"isolation": "context"})).await;
+    let session = server.create(json!({"isolation": "context"})).await;
+    assert_broker_files_unreadable(&server, &session, &other).await;
+    server.stop().await;
+}
+
+/// A site on `ip` that serves every path as a download named `token_secret`, and counts
+/// requests.
+async fn download_site(ip: &str, body: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                     content-disposition: attachment; filename=\"token_secret\"\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap_or_default()).to_vec()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A process session holds raw CDP to its browser: it may point Chrome's downloads at the
+/// broker's data directory; the download still cannot land there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_session_writes_nothing_outside_its_own_directories() {
+    let (site, hits) = download_site("127.0.0.1", "attacker-text").await;
+    let server = TestServer::start().await;
+    let data = server.data_dir.path().to_owned();
+    let secret_path = data.join("token_secret");
+    let before = (digest(&secret_path), entries(&data));
+    let session = server.create(json!({})).await;
+    let mut client = Client::connect(&session).await;
+    let set = client
+        .send(
+            None,
+            "Browser.setDownloadBehavior",
+            json!({"behavior": "allow", "downloadPath": data, "eventsEnabled": true}),
+        )
+        .await;
+    assert!(set.get("result").is_some(), "a process session's CDP is its own: {set}");
+    let page = client.open("about:blank", None).await.unwrap();
+    client
+        .send(
+            Some(&page),
+            "Page.navigate",
+            json!({"url": format!("http://{site}/secret")}),
+        )
+        .await;
+    assert!(
+        eventually(Duration::from_secs(10), || hits.load(Ordering::SeqCst) > 0).await,
+        "the download was requested (so the write was attempted)"
+    );
+    // Give Chrome time to finish (or fail) the write.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (digest(&secret_path), entries(&data));
+    assert_eq!(before.0, after.0, "the token secret was overwritten");
+    assert_eq!(before.1, after.1, "a file appeared in the data directory");
+    assert!(!std::fs::read_to_string(&secret_path).unwrap().contains("attacker-text"));
+    server.stop().await;
+}
+
+/// Landlock lets a process session's browser connect to its gateway's port only: a browser
+/// context told to use no proxy (`direct://`) cannot reach a site the egress policy denies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_session_cannot_go_around_its_gateway() {
+    // Loopback is one /8: the denied site listens on an address of its own.
+    let (site, hits) = download_site("127.0.0.2", "never-served").await;
+    let server = TestServer::start_with(|c| c.browser_egress_deny = vec!["127.0.0.2/32".into()]).await;
+    let session = server.create(json!({})).await;
+    let mut client = Client::connect(&session).await;
+    let created = client
+        .send(None, "Target.createBrowserContext", json!({"proxyServer": "direct://"}))
+        .await;
+    let context = created["result"]["browserContextId"]
+        .as_str()
+        .expect("a context")
+        .to_owned();
+    // A page without the network: what a tab of that context can show.
+    let page =
+        assert_pages_are_readable(&mut client, Some(&context), "data:text/html,<p>control-marker-7f3a</p>").await;
+    let text = client.navigate(&page, &format!("http://{site}/")).await;
+    assert!(!text.contains("never-served"), "{text}");
+    // Through the gateway, as every page's connection goes by default: refused there.
+    let default_page = client.open("about:blank", None).await.unwrap();
+    let text = client.navigate(&default_page, &format!("http://{site}/")).await;
+    assert!(!text.contains("never-served"), "{text}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the denied site was reached");
+    server.stop().await;
+}
+
+/// The environment of every Chrome process the broker started.
+fn browser_environments(under: &Path) -> Vec<Vec<String>> {
+    processes_mentioning(&under.to_string_lossy())
+        .into_iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/environ")).ok())
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chrome_sees_none_of_the_brokers_environment() {
+    // This test process runs under cargo, whose variables a browser would inherit.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let mut client = Client::connect(&session).await;
+    client.open("about:blank", None).await.unwrap();
+    let environments = browser_environments(server.data_dir.path());
+    assert!(!environments.is_empty(), "the browser's processes were found");
+    for env in environments {
+        for var in &env {
+            let name = var.split('=').next().unwrap_or_default();
+            assert!(
+                !(name.starts_with("CARGO") || name.starts_with("CDPGATE") || name.starts_with("AWS")),
+                "a browser inherited {name}: {env:?}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_says_how_browsers_are_confined() {
+    let server = TestServer::start().await;
+    let ready = server.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert!(
+        ready.json["browser_confinement"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("landlock (ABI ")),
+        "{}",
+        ready.body
+    );
+    server.stop().await;
+}
