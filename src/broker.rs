@@ -849,6 +849,7 @@ impl Broker {
         }
         if let Some(Downloads { ws_url, context, dir }) = downloads {
             std::fs::create_dir_all(&dir).map_err(files_error)?;
+            let _ = session.browser_downloads.set(dir.clone());
             if let Some(scope) = &session.upstream.scope {
                 let _ = scope.download_dir.set(dir.to_string_lossy().into_owned());
             }

@@ -82,6 +82,9 @@ pub struct Session {
     pub connection_closed: Arc<Notify>,
     /// The CDP log, for a session created with `log_cdp`.
     pub cdp_log: std::sync::OnceLock<Arc<crate::artifacts::cdp_log::CdpLog>>,
+    /// Where its browser writes its downloads: the one directory of the session's that the
+    /// confined browser may read, so uploads are placed there for file inputs.
+    pub browser_downloads: std::sync::OnceLock<std::path::PathBuf>,
     traffic: Option<Arc<Traffic>>,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
@@ -180,6 +183,7 @@ impl Session {
             activity: AtomicU64::new(0),
             connection_closed: Arc::new(Notify::new()),
             cdp_log: std::sync::OnceLock::new(),
+            browser_downloads: std::sync::OnceLock::new(),
             traffic: init.traffic,
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),

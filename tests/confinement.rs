@@ -11,101 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
-
-/// A raw CDP client on a session's `cdp_url` that can talk to a page's flattened session.
-struct Client {
-    ws: Ws,
-    next: u64,
-}
-
-impl Client {
-    async fn connect(session: &Value) -> Client {
-        let ws = ws_connect(session["cdp_url"].as_str().unwrap())
-            .await
-            .expect("the CDP socket opens");
-        Client { ws, next: 0 }
-    }
-
-    /// The whole reply to `method` (sent on the page session `on`, if given).
-    async fn send(&mut self, on: Option<&str>, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let id = self.next;
-        let mut message = json!({"id": id, "method": method, "params": params});
-        if let Some(session) = on {
-            message["sessionId"] = json!(session);
-        }
-        self.ws.send(Message::text(message.to_string())).await.unwrap();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("an answer to {method} in time"));
-            match next {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["id"] == id {
-                        return v;
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("the connection ended while waiting for {method}: {other:?}"),
-            }
-        }
-    }
-
-    /// Opens `url` in a new tab (of `context`, if given) and answers the tab's page session,
-    /// or the error Chrome or the broker gave.
-    async fn open(&mut self, url: &str, context: Option<&str>) -> Result<String, Value> {
-        let mut params = json!({"url": url});
-        if let Some(context) = context {
-            params["browserContextId"] = json!(context);
-        }
-        let created = self.send(None, "Target.createTarget", params).await;
-        let Some(target) = created["result"]["targetId"].as_str() else {
-            return Err(created);
-        };
-        let attached = self
-            .send(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": target, "flatten": true}),
-            )
-            .await;
-        Ok(attached["result"]["sessionId"].as_str().expect("attached").to_owned())
-    }
-
-    /// The tab's URL and text once it has finished loading (or after 10 s).
-    async fn settled_text(&mut self, page: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let expression = "document.readyState + '|' + location.href + '|' + \
-                          (document.documentElement ? document.documentElement.innerText : '')";
-        loop {
-            let reply = self
-                .send(Some(page), "Runtime.evaluate", json!({"expression": expression}))
-                .await;
-            let text = reply["result"]["result"]["value"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if (text.starts_with("complete|") && !text.contains("|about:blank|"))
-                || tokio::time::Instant::now() > deadline
-            {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Navigates the page session `page` to `url` and answers what it then shows.
-    async fn navigate(&mut self, page: &str, url: &str) -> String {
-        self.send(Some(page), "Page.navigate", json!({"url": url})).await;
-        self.settled_text(page).await
-    }
-}
 
 fn file_url(path: &Path) -> String {
     format!("file://{}", path.display())
@@ -117,7 +25,7 @@ fn secret(server: &TestServer) -> String {
 
 /// A page read through the session shows what it should (so that a read that shows
 /// nothing is the confinement's doing, not a broken probe).
-async fn assert_pages_are_readable(client: &mut Client, context: Option<&str>, url: &str) -> String {
+async fn assert_pages_are_readable(client: &mut CdpClient, context: Option<&str>, url: &str) -> String {
     let page = client.open(url, context).await.expect("a page opens");
     let text = client.settled_text(&page).await;
     assert!(text.contains("control-marker-7f3a"), "the probe reads a page: {text}");
@@ -133,7 +41,7 @@ async fn assert_broker_files_unreadable(server: &TestServer, session: &Value, ot
     std::fs::write(data.join("listing-marker-91c2"), "").unwrap();
     let other_id = other["session_id"].as_str().unwrap();
     let context = session["isolation"].as_str() == Some("context");
-    let mut client = Client::connect(session).await;
+    let mut client = CdpClient::connect(session).await;
     // A context session's tabs go into its own context.
     let own_context = if context {
         let targets = client.send(None, "Target.getTargets", json!({})).await;
@@ -239,7 +147,7 @@ async fn a_process_session_writes_nothing_outside_its_own_directories() {
     let secret_path = data.join("token_secret");
     let before = (digest(&secret_path), entries(&data));
     let session = server.create(json!({})).await;
-    let mut client = Client::connect(&session).await;
+    let mut client = CdpClient::connect(&session).await;
     let set = client
         .send(
             None,
@@ -277,7 +185,7 @@ async fn a_process_session_cannot_go_around_its_gateway() {
     let (site, hits) = download_site("127.0.0.2", "never-served").await;
     let server = TestServer::start_with(|c| c.browser_egress_deny = vec!["127.0.0.2/32".into()]).await;
     let session = server.create(json!({})).await;
-    let mut client = Client::connect(&session).await;
+    let mut client = CdpClient::connect(&session).await;
     let created = client
         .send(None, "Target.createBrowserContext", json!({"proxyServer": "direct://"}))
         .await;
@@ -318,7 +226,7 @@ async fn chrome_sees_none_of_the_brokers_environment() {
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
     let server = TestServer::start().await;
     let session = server.create(json!({})).await;
-    let mut client = Client::connect(&session).await;
+    let mut client = CdpClient::connect(&session).await;
     client.open("about:blank", None).await.unwrap();
     let environments = browser_environments(server.data_dir.path());
     assert!(!environments.is_empty(), "the browser's processes were found");

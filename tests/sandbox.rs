@@ -1,6 +1,7 @@
 //! Chrome's sandbox: a broker run as an unprivileged user starts browsers whose renderers
 //! are sandboxed (their own user and PID namespaces, seccomp-bpf on), read from `/proc`;
-//! a broker run as root says at start-up that the sandbox is off, and why.
+//! a broker run as root says at start-up that the sandbox is off, and why. Either way the
+//! kernel's confinement (Landlock) holds: a session's page cannot show the token secret.
 
 mod common;
 
@@ -49,6 +50,24 @@ async fn processes_with_a_renderer(dir: &Path) -> Vec<(String, String, String, u
     }
 }
 
+/// A session of the broker at `addr` opens the broker's token secret as a page: the page
+/// shows an error, never the secret's bytes.
+async fn assert_the_secret_is_out_of_reach(addr: std::net::SocketAddr, data: &Path) {
+    let secret = std::fs::read_to_string(data.join("token_secret")).unwrap();
+    let created = http(addr, hyper::Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    let mut client = CdpClient::connect(&created.json).await;
+    let page = client
+        .open(&format!("file://{}/token_secret", data.display()), None)
+        .await
+        .expect("the tab opens");
+    let text = client.settled_text(&page).await;
+    assert!(text.starts_with("complete|"), "{text}");
+    assert!(
+        !text.contains(secret.trim()),
+        "the page showed the token secret: {text}"
+    );
+}
+
 fn seccomp(status: &str) -> Option<u32> {
     status
         .lines()
@@ -90,6 +109,7 @@ async fn as_an_unprivileged_user_the_renderers_are_sandboxed() {
             "and its own PID namespace"
         );
     }
+    assert_the_secret_is_out_of_reach(broker.addr, &data).await;
     let log = stop_binary(broker).await;
     assert!(log.iter().any(|l| l.contains("sandbox on")), "{log:?}");
 }
@@ -115,6 +135,7 @@ async fn as_root_the_broker_says_the_sandbox_is_off() {
         .find(|p| p.0 == "renderer")
         .unwrap_or_else(|| panic!("a renderer: {processes:?}"));
     assert_eq!(seccomp(&renderer.2), Some(0), "no seccomp filter without the sandbox");
+    assert_the_secret_is_out_of_reach(broker.addr, &data).await;
     let log = stop_binary(broker).await;
     assert!(
         log.iter()

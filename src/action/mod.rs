@@ -50,6 +50,8 @@ pub struct Job {
     pub set_cache: bool,
     /// The session's files, for upload steps.
     pub files: Option<std::sync::Arc<crate::artifacts::SessionFiles>>,
+    /// Where the session's browser may read a file put on an input (its downloads folder).
+    pub browser_downloads: Option<std::path::PathBuf>,
 }
 
 /// What came of an action.
@@ -115,6 +117,7 @@ impl Actions {
         let mut runner = Runner {
             page,
             files: request.files.clone(),
+            browser_downloads: request.browser_downloads.clone(),
             values: request.values.clone(),
             wait: config.action_wait(),
             navigation: NAVIGATION_TIMEOUT,

@@ -31,6 +31,8 @@ pub struct Runner {
     pub page: Page,
     /// The session's files: what an upload step may put on a file input.
     pub files: Option<Arc<SessionFiles>>,
+    /// Where the session's browser may read a file put on an input.
+    pub browser_downloads: Option<std::path::PathBuf>,
     pub values: HashMap<String, String>,
     /// How long an element or a text may take to appear.
     pub wait: Duration,
@@ -247,8 +249,11 @@ impl Runner {
         let path = self
             .files
             .as_ref()
-            .and_then(|files| files.get(&name).ok())
-            .map(|(path, _)| path.to_string_lossy().into_owned())
+            .and_then(|files| match &self.browser_downloads {
+                Some(dir) => files.within_browser_reach(&name, dir).ok(),
+                None => files.get(&name).ok().map(|(path, _)| path),
+            })
+            .map(|path| path.to_string_lossy().into_owned())
             .ok_or_else(|| {
                 ActionError::new(format!(
                     "The session has no file named \"{name}\": upload it first (POST /public/sessions/{{id}}/files)"

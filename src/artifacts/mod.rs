@@ -330,6 +330,28 @@ impl SessionFiles {
         self.dir.join(RECORDING)
     }
 
+    /// The complete file `name`, placed where the session's browser may read it: in
+    /// `browser_downloads/.uploads/` (the confined browser reads nothing of the data
+    /// directory), replacing one of the same name; a hard link where the file system
+    /// allows, else a copy. That path is what a file input is given.
+    pub fn within_browser_reach(&self, name: &str, browser_downloads: &Path) -> Result<PathBuf, FileError> {
+        let (stored, _) = self.get(name)?;
+        let place = || -> io::Result<PathBuf> {
+            let dir = browser_downloads.join(".uploads");
+            std::fs::create_dir_all(&dir)?;
+            let visible = dir.join(name);
+            match std::fs::remove_file(&visible) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if std::fs::hard_link(&stored, &visible).is_err() {
+                std::fs::copy(&stored, &visible)?;
+            }
+            Ok(visible)
+        };
+        place().map_err(FileError::Io)
+    }
+
     fn file_path(&self, name: &str) -> PathBuf {
         self.dir.join("files").join(name)
     }

@@ -144,6 +144,10 @@ pub struct Allowed {
     pub read_write: Vec<PathBuf>,
     /// TCP ports it may connect to (on any address: Landlock knows ports only).
     pub connect_ports: Vec<u16>,
+    /// Whether it may write files of `/proc`: Chrome's own sandbox writes its new user
+    /// namespace's `uid_map`, `gid_map` and `setgroups`. Only for a browser that is not
+    /// root (a root one runs without Chrome's sandbox, and could write `/proc/sys`).
+    pub write_proc: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +180,11 @@ pub fn prepare(allowed: &Allowed, network: bool) -> Result<Prepared, ConfineErro
     for path in WRITE_DEVICES.iter().map(Path::new).filter(|p| p.exists()) {
         let access = AccessFs::WriteFile | AccessFs::ReadFile;
         created = created.add_rule(path_rule(path, access)?).map_err(|e| err(&e))?;
+    }
+    if allowed.write_proc {
+        created = created
+            .add_rule(path_rule(Path::new("/proc"), AccessFs::WriteFile.into())?)
+            .map_err(|e| err(&e))?;
     }
     for dir in &allowed.read_write {
         created = created.add_rule(path_rule(dir, own)?).map_err(|e| err(&e))?;
@@ -310,6 +319,7 @@ mod tests {
         let allowed = Allowed {
             read_write: vec![own.clone()],
             connect_ports: vec![1],
+            write_proc: false,
         };
         let script = format!(
             "echo mine > {own}/f && cat {own}/f; cat {secret}; echo overwritten > {secret}; \

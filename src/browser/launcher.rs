@@ -498,6 +498,7 @@ impl Launcher {
             let allowed = Allowed {
                 read_write: vec![dir.clone(), tmp.clone(), downloads.clone()],
                 connect_ports: vec![gateway.port],
+                write_proc: !running_as_root(),
             };
             // A shared browser's contexts each get a gateway later, on ports not known now:
             // its TCP connects stay unconfined (its clients never hold raw CDP to change
@@ -615,6 +616,7 @@ impl Reaper {
         let (stderr, address) = (&mut self.stderr, &mut self.address);
         let drain = async {
             while let Ok(Some(line)) = stderr.next_line().await {
+                tracing::trace!(pid = self.pid, "chrome: {line}");
                 if let Some(rest) = line.strip_prefix("DevTools listening on ")
                     && let Some(tx) = address.take()
                 {

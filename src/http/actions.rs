@@ -92,6 +92,7 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     let started = std::time::Instant::now();
     let mut request = request;
     request.job.files = broker.artifacts.existing(&session.id);
+    request.job.browser_downloads = session.browser_downloads.get().cloned();
     let run = broker
         .actions
         .run_in_turn(&tenant, &session, &request.job, config, &broker.egress)
@@ -226,6 +227,7 @@ fn validate(body: &Map<String, Value>) -> Result<RunAction, ApiError> {
             values,
             set_cache,
             files: None,
+            browser_downloads: None,
         },
         session_id,
         screen,

@@ -184,7 +184,7 @@ async fn upload(
     id: &str,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    broker
+    let session = broker
         .active(Some(tenant), id)
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
@@ -241,6 +241,12 @@ async fn upload(
             ApiError::unprocessable("name is required: ?name=file.pdf, or a multipart/form-data body")
         })?;
         files.upload(&name, Box::pin(body)).await?
+    };
+    // The confined browser reads nothing of the broker's data directory: a copy goes where
+    // it may, and that is the path a file input is given.
+    let path = match session.browser_downloads.get() {
+        Some(dir) => files.within_browser_reach(&entry.name, dir)?,
+        None => path,
     };
     let mut body = render_file(&entry);
     body["path"] = json!(path);

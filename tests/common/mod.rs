@@ -509,7 +509,7 @@ pub async fn start_binary(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
 /// Runs the broker `command` on `data_dir` (one warm browser, a free port, `env` added)
 /// and waits until it says where it listens; its log is on standard output.
 async fn spawn_broker(mut command: tokio::process::Command, data_dir: &Path, env: &[(&str, &str)]) -> Binary {
-    let mut child = command
+    command
         .arg(data_dir.join("no-such-config.toml"))
         .env("CDPGATE_DATA_DIR", data_dir)
         .env("CDPGATE_LISTEN", "127.0.0.1:0")
@@ -517,9 +517,19 @@ async fn spawn_broker(mut command: tokio::process::Command, data_dir: &Path, env
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    // A binary copied a moment ago may still be open for writing in a child that another
+    // test forked meanwhile (it closes on that child's exec): "text file busy", briefly.
+    let mut tries = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
@@ -717,4 +727,95 @@ pub fn make_certificate(dir: &Path) -> (String, String) {
         .expect("openssl runs");
     assert!(status.success());
     (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
+}
+
+/// A raw CDP client on a session's `cdp_url` that can talk to a page's flattened session:
+/// opens tabs, navigates and reads what a tab shows, as a hostile tenant's script would.
+pub struct CdpClient {
+    ws: Ws,
+    next: u64,
+}
+
+impl CdpClient {
+    pub async fn connect(session: &Value) -> CdpClient {
+        let ws = ws_connect(session["cdp_url"].as_str().unwrap())
+            .await
+            .expect("the CDP socket opens");
+        CdpClient { ws, next: 0 }
+    }
+
+    /// The whole reply to `method` (sent on the page session `on`, if given).
+    pub async fn send(&mut self, on: Option<&str>, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = on {
+            message["sessionId"] = json!(session);
+        }
+        self.ws.send(Message::text(message.to_string())).await.unwrap();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("an answer to {method} in time"));
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["id"] == id {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended while waiting for {method}: {other:?}"),
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab (of `context`, if given) and answers the tab's page session,
+    /// or the error Chrome or the broker gave.
+    pub async fn open(&mut self, url: &str, context: Option<&str>) -> Result<String, Value> {
+        let mut params = json!({"url": url});
+        if let Some(context) = context {
+            params["browserContextId"] = json!(context);
+        }
+        let created = self.send(None, "Target.createTarget", params).await;
+        let Some(target) = created["result"]["targetId"].as_str() else {
+            return Err(created);
+        };
+        let attached = self
+            .send(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
+        Ok(attached["result"]["sessionId"].as_str().expect("attached").to_owned())
+    }
+
+    /// The tab's URL and text once it has finished loading (or after 10 s).
+    pub async fn settled_text(&mut self, page: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let expression = "document.readyState + '|' + location.href + '|' + \
+                          (document.documentElement ? document.documentElement.innerText : '')";
+        loop {
+            let reply = self
+                .send(Some(page), "Runtime.evaluate", json!({"expression": expression}))
+                .await;
+            let text = reply["result"]["result"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if (text.starts_with("complete|") && !text.contains("|about:blank|"))
+                || tokio::time::Instant::now() > deadline
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Navigates the page session `page` to `url` and answers what it then shows.
+    pub async fn navigate(&mut self, page: &str, url: &str) -> String {
+        self.send(Some(page), "Page.navigate", json!({"url": url})).await;
+        self.settled_text(page).await
+    }
 }
