@@ -98,9 +98,29 @@ pub enum Scope {
 struct Claims {
     /// The session the token is for.
     sid: String,
+    /// Its tenant: a token opens the session only while it is that tenant's.
+    ten: String,
     scope: Scope,
     iat: u64,
     exp: u64,
+}
+
+/// What a valid token grants: one session of one tenant, in one scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub session: String,
+    pub tenant: Tenant,
+    pub scope: Scope,
+}
+
+impl From<Claims> for Grant {
+    fn from(claims: Claims) -> Grant {
+        Grant {
+            session: claims.sid,
+            tenant: Tenant::from_id(&claims.ten),
+            scope: claims.scope,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -135,9 +155,17 @@ impl Tokens {
 
     /// A token for `session_id`, valid until `expires_at`. The same inputs give the same
     /// token, so a session's `cdp_url` only changes when its expiry does.
-    pub fn mint(&self, session_id: &str, scope: Scope, issued_at: SystemTime, expires_at: SystemTime) -> String {
+    pub fn mint(
+        &self,
+        session_id: &str,
+        tenant: &Tenant,
+        scope: Scope,
+        issued_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> String {
         let claims = Claims {
             sid: session_id.to_owned(),
+            ten: tenant.to_string(),
             scope,
             iat: unix_secs(issued_at),
             // Round up so the token never dies before the session does.
@@ -147,36 +175,36 @@ impl Tokens {
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 
-    /// Checks that `token` is ours and unexpired; answers the session it names and its scope.
-    pub fn decode(&self, token: Option<&str>) -> Result<(String, Scope), TokenError> {
+    /// Checks that `token` is ours and unexpired; answers what it grants.
+    pub fn decode(&self, token: Option<&str>) -> Result<Grant, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError::Invalid)?;
-        Ok((data.claims.sid, data.claims.scope))
+        Ok(Grant::from(data.claims))
     }
 
     /// Checks that `token` is ours, expired or not: a live view link of an ended session
     /// still opens its recording (until the record is swept).
-    pub fn decode_expired_too(&self, token: Option<&str>) -> Result<(String, Scope), TokenError> {
+    pub fn decode_expired_too(&self, token: Option<&str>) -> Result<Grant, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|_| TokenError::Invalid)?;
-        Ok((data.claims.sid, data.claims.scope))
+        Ok(Grant::from(data.claims))
     }
 
-    /// Checks that `token` is ours, unexpired and of `scope`; answers the session it names.
-    pub fn session_of(&self, token: Option<&str>, scope: Scope) -> Result<String, TokenError> {
+    /// Checks that `token` is ours, unexpired and of `scope`; answers what it grants.
+    pub fn session_of(&self, token: Option<&str>, scope: Scope) -> Result<Grant, TokenError> {
         match self.decode(token)? {
-            (sid, s) if s == scope => Ok(sid),
+            grant if grant.scope == scope => Ok(grant),
             _ => Err(TokenError::Invalid),
         }
     }
 
     /// Checks that `token` is valid for `scope` on `session_id`.
     pub fn verify(&self, token: Option<&str>, session_id: &str, scope: Scope) -> Result<(), TokenError> {
-        if self.session_of(token, scope)? != session_id {
+        if self.session_of(token, scope)?.session != session_id {
             return Err(TokenError::WrongSession);
         }
         Ok(())
@@ -271,9 +299,11 @@ mod tests {
     #[test]
     fn tokens_are_bound_to_session_scope_and_time() {
         let tokens = Tokens::new(b"0123456789abcdef0123456789abcdef");
+        let tenant = Tenant::from_id("t_0123");
         let now = SystemTime::now();
-        let t = tokens.mint("sess_a", Scope::Cdp, now, now + Duration::from_secs(60));
+        let t = tokens.mint("sess_a", &tenant, Scope::Cdp, now, now + Duration::from_secs(60));
         assert_eq!(tokens.verify(Some(&t), "sess_a", Scope::Cdp), Ok(()));
+        assert_eq!(tokens.decode(Some(&t)).map(|g| g.tenant), Ok(tenant.clone()));
         assert_eq!(
             tokens.verify(Some(&t), "sess_b", Scope::Cdp),
             Err(TokenError::WrongSession)
@@ -289,13 +319,14 @@ mod tests {
             Err(TokenError::Invalid)
         );
         let other = Tokens::new(b"another-secret-another-secret-xx");
-        let forged = other.mint("sess_a", Scope::Cdp, now, now + Duration::from_secs(60));
+        let forged = other.mint("sess_a", &tenant, Scope::Cdp, now, now + Duration::from_secs(60));
         assert_eq!(
             tokens.verify(Some(&forged), "sess_a", Scope::Cdp),
             Err(TokenError::Invalid)
         );
         let old = tokens.mint(
             "sess_a",
+            &tenant,
             Scope::Cdp,
             now - Duration::from_secs(100),
             now - Duration::from_secs(10),

@@ -1031,7 +1031,7 @@ impl Broker {
     pub fn session_urls(&self, record: &SessionRecord) -> SessionUrls {
         let token = |scope| {
             self.tokens
-                .mint(&record.id, scope, record.created_at, record.expires_at)
+                .mint(&record.id, &record.tenant, scope, record.created_at, record.expires_at)
         };
         let live = |scope| format!("{}/live/{}?token={}", self.urls.http, record.id, token(scope));
         SessionUrls {

@@ -210,17 +210,40 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
     let (base, token) = a_url.split_once("?token=").unwrap();
     let b_token = cdp_url(&b).split_once("?token=").unwrap().1.to_owned();
 
+    let tenant_of = |key: &str| {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-api-key", key.parse().unwrap());
+        cdpgate::auth::ApiKeys::new(&[key.to_owned()])
+            .authenticate(&headers)
+            .unwrap()
+    };
+    let (tenant_a, tenant_b) = (tenant_of(KEY_A), tenant_of(KEY_B));
     let forged = cdpgate::auth::Tokens::new(b"someone-elses-secret-0123456789ab").mint(
         a_id,
+        &tenant_a,
         cdpgate::auth::Scope::Cdp,
         SystemTime::now(),
         SystemTime::now() + Duration::from_secs(600),
     );
     let expired = server.broker.tokens.mint(
         a_id,
+        &tenant_a,
         cdpgate::auth::Scope::Cdp,
         SystemTime::now() - Duration::from_secs(700),
         SystemTime::now() - Duration::from_secs(100),
+    );
+    // Signed by this broker, for the right session, but naming another tenant.
+    let other_tenants = server.broker.tokens.mint(
+        a_id,
+        &tenant_b,
+        cdpgate::auth::Scope::Cdp,
+        SystemTime::now(),
+        SystemTime::now() + Duration::from_secs(600),
+    );
+    assert_eq!(
+        refused_status(&format!("{base}?token={other_tenants}")).await,
+        StatusCode::NOT_FOUND,
+        "a token naming another tenant opens nothing (as for an unknown session)"
     );
     // An unsigned token ("alg": "none") naming the same session.
     let unsigned = {

@@ -67,12 +67,16 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         Ok(claims) => (Ok(claims), true),
         Err(_) => (broker.tokens.decode_expired_too(token.as_deref()), false),
     };
-    let read_only = match claims {
-        Ok((token_sid, Scope::Live)) if token_sid == sid => false,
-        Ok((token_sid, Scope::LiveReadOnly)) if token_sid == sid => true,
-        _ => return invalid_link(),
+    let Some(grant) = claims.ok().filter(|g| g.session == sid) else {
+        return invalid_link();
     };
-    let session = match broker.active(None, sid).await {
+    let read_only = match grant.scope {
+        Scope::Live => false,
+        Scope::LiveReadOnly => true,
+        Scope::Cdp => return invalid_link(),
+    };
+    // Only while the session is the token's tenant's.
+    let session = match broker.active(Some(&grant.tenant), sid).await {
         Ok(session) if current => session,
         Ok(_) => return invalid_link(),
         Err(SessionError::Ended(status)) => {

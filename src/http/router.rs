@@ -245,8 +245,8 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
     match route.endpoint {
         Endpoint::Proxy if route.path.starts_with("/devtools/page/") => {
             let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
-            let id = broker.tokens.session_of(token.as_deref(), crate::auth::Scope::Cdp).ok();
-            id.map(|id| (id, false))
+            let grant = broker.tokens.session_of(token.as_deref(), crate::auth::Scope::Cdp).ok();
+            grant.map(|g| (g.session, false))
         }
         Endpoint::LiveView | Endpoint::Files | Endpoint::File | Endpoint::FilesZip | Endpoint::Recording => {
             id.map(|id| (id.to_owned(), true))

@@ -77,11 +77,12 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Result<R
 
 /// The active session the token grants; for browser paths it must name `path_sid`.
 async fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>) -> Result<Arc<Session>, ProxyError> {
-    let sid = broker.tokens.session_of(token, Scope::Cdp)?;
-    if path_sid.is_some_and(|p| p != sid) {
+    let grant = broker.tokens.session_of(token, Scope::Cdp)?;
+    if path_sid.is_some_and(|p| p != grant.session) {
         return Err(TokenError::WrongSession.into());
     }
-    Ok(broker.active(None, &sid).await?)
+    // Only while the session is the token's tenant's.
+    Ok(broker.active(Some(&grant.tenant), &grant.session).await?)
 }
 
 /// Counts a new WebSocket connection of `session`, within its limit.
