@@ -68,10 +68,14 @@ pub struct Config {
     pub byo_timeout_ms: u64,
     /// Where the pages of managed browsers may not go (`CDPGATE_BROWSER_EGRESS_DENY`,
     /// comma-separated): the keywords `link-local`, `metadata` (the cloud metadata
-    /// addresses and names), `private`, `loopback`, `shared`, `reserved`, CIDRs and host
-    /// names. The broker's own address and its browsers' ports are refused always.
+    /// addresses and names), `private`, `loopback` (with `0.0.0.0/8`, `::` and
+    /// `localhost`), `unspecified`, `shared`, `reserved`, CIDRs and host names. By default
+    /// everything but the public internet: a shared service's pages must not reach its
+    /// host or network. The broker's own address and its browsers' ports are refused always.
     pub browser_egress_deny: Vec<String>,
-    /// Exceptions to `browser_egress_deny`: CIDRs and host names (`*.suffix` allowed).
+    /// Exceptions to `browser_egress_deny` (`CDPGATE_BROWSER_EGRESS_ALLOW`): CIDRs, host
+    /// names (`*.suffix` allowed) and the keywords but `metadata`. `["loopback"]` is the
+    /// opt-in for local use (pages served on this machine).
     pub browser_egress_allow: Vec<String>,
     /// Seconds without a CDP client, a live viewer or a running action after which a
     /// session created without `idle_timeout` ends. 0: never.
@@ -212,7 +216,10 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             byo_allow: Vec::new(),
             byo_timeout_ms: 5_000,
-            browser_egress_deny: vec!["link-local".into(), "metadata".into()],
+            browser_egress_deny: crate::browser::egress::DEFAULT_BROWSER_DENY
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
             browser_egress_allow: Vec::new(),
             default_idle_timeout: 0,
             default_isolation: "process".into(),

@@ -31,7 +31,8 @@ pub struct TestServer {
     serving: tokio::task::JoinHandle<()>,
 }
 
-/// A configuration for tests: two tenants, a small pool, a private data directory.
+/// A configuration for tests: two tenants, a small pool, a private data directory, pages
+/// allowed to reach the test sites on loopback (closed by default).
 pub fn test_config(data_dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -40,6 +41,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         pool_size: 1,
         max_sessions: 4,
         queue_timeout_ms: 2_000,
+        browser_egress_allow: vec!["loopback".into()],
         ..Config::default()
     }
 }
@@ -514,6 +516,8 @@ async fn spawn_broker(mut command: tokio::process::Command, data_dir: &Path, env
         .env("CDPGATE_DATA_DIR", data_dir)
         .env("CDPGATE_LISTEN", "127.0.0.1:0")
         .env("CDPGATE_POOL_SIZE", "1")
+        // The test sites are on loopback, which pages may not reach by default.
+        .env("CDPGATE_BROWSER_EGRESS_ALLOW", "loopback")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
