@@ -139,7 +139,7 @@ mod tests {
         let second = quotas.reserve(&a, Kind::Managed, 0, || 0).unwrap();
         let refused = quotas.reserve(&a, Kind::Managed, 0, || 0).err().unwrap();
         assert_eq!((refused.limit, refused.running), (2, 2));
-        assert!(refused.to_string().contains("max_sessions_per_key (2)"), "{refused}");
+        assert!(refused.to_string().contains("max_sessions_per_key allows (2)"), "{refused}");
         assert!(quotas.reserve(&b, Kind::Managed, 0, || 0).is_ok());
         drop(first);
         // Its session now runs: counted by `here` instead.

@@ -287,3 +287,63 @@ async fn the_limit_holds_across_the_nodes_of_a_cluster() {
     a.stop().await;
     b.stop().await;
 }
+
+const ADMIN_KEY: &str = "admin-key-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_sees_what_each_key_uses_by_label_never_by_key() {
+    let site = start_site().await;
+    let server = TestServer::start_with(|c| c.admin_key = ADMIN_KEY.into()).await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let page = node(
+        "visit.mjs",
+        &[session["cdp_url"].as_str().unwrap(), &format!("http://{site}/"), ""],
+    )
+    .await;
+    assert_eq!(page["ok"], true, "{page}");
+    let upload = server
+        .call(
+            Method::POST,
+            &format!("/public/sessions/{id}/files?name=report.txt"),
+            Some(KEY_A),
+            Some("twelve bytes"),
+        )
+        .await;
+    assert_eq!(upload.status, StatusCode::CREATED, "{}", upload.body);
+
+    let tenants = |key: Option<&'static str>| {
+        let addr = server.addr;
+        async move {
+            let mut headers = vec![];
+            if let Some(k) = key {
+                headers.push(("x-admin-key", k));
+            }
+            http_with(addr, Method::GET, "/admin/tenants", &headers, None).await
+        }
+    };
+    assert_eq!(tenants(None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(tenants(Some("wrong-admin-key-0000")).await.status, StatusCode::UNAUTHORIZED);
+    let r = tenants(Some(ADMIN_KEY)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(!r.body.contains(KEY_A) && !r.body.contains(KEY_B), "keys never shown: {}", r.body);
+    let list = r.json["tenants"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{}", r.body);
+    let record = server.get(id).await.json;
+    let (a, b) = (&list[0], &list[1]);
+    assert!(a["tenant"].as_str().unwrap().starts_with("t_"), "{a}");
+    assert_eq!(a["sessions_active"], 1, "{a}");
+    assert_eq!(a["sessions_recorded"], 1, "{a}");
+    assert!(a["bytes_in"].as_u64().unwrap() > 0, "the page's bytes: {a}");
+    assert!(a["bytes_in"].as_u64().unwrap() >= record["network"]["bytes_in"].as_u64().unwrap());
+    assert_eq!((a["files"].as_u64(), a["files_bytes"].as_u64()), (Some(1), Some(12)), "{a}");
+    assert_eq!((b["sessions_active"].as_u64(), b["bytes_in"].as_u64()), (Some(0), Some(0)), "{b}");
+    // Session-seconds grow while it runs and stop when it ends.
+    assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    let ended = tenants(Some(ADMIN_KEY)).await.json["tenants"][0].clone();
+    assert_eq!(ended["sessions_active"], 0, "{ended}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let later = tenants(Some(ADMIN_KEY)).await.json["tenants"][0].clone();
+    assert_eq!(later["session_seconds"], ended["session_seconds"], "{later}");
+    server.stop().await;
+}
