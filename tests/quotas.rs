@@ -240,6 +240,16 @@ async fn a_session_keeps_at_most_its_tabs_whatever_a_client_opens() {
             .unwrap()["targetId"]
             .clone();
         cdp_call(&mut ws, 901, "Target.closeTarget", json!({"targetId": page})).await;
+        // A tab counts until Chrome reports it gone (as Puppeteer's `page.close` waits for).
+        let mut gone = false;
+        for probe in 910..1110 {
+            if open_tabs(&mut ws, probe).await == 2 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "{isolation}: the closed tab went");
         cdp_call(&mut ws, 902, "Target.createTarget", json!({"url": "about:blank"})).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(open_tabs(&mut ws, 903).await, 3, "{isolation}");
