@@ -730,7 +730,11 @@ mod tests {
         assert_eq!(c.api_keys, vec!["key-aaaaaaaaaaaaaaaa", "key-bbbbbbbbbbbbbbbb"]);
         assert_eq!(c.pool_size, 5);
         assert_eq!(
-            (c.max_sessions_per_key, c.max_byo_sessions_per_key, c.max_targets_per_session),
+            (
+                c.max_sessions_per_key,
+                c.max_byo_sessions_per_key,
+                c.max_targets_per_session
+            ),
             (0, 3, 7)
         );
         assert_eq!(c.browser_egress_allow, vec!["loopback", "10.0.0.0/8"]);

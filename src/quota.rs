@@ -110,7 +110,10 @@ impl Quotas {
         here: impl FnOnce() -> usize,
     ) -> Result<Reservation<'_>, QuotaExceeded> {
         let Some(limit) = self.limit(kind) else {
-            return Ok(Reservation { quotas: self, key: None });
+            return Ok(Reservation {
+                quotas: self,
+                key: None,
+            });
         };
         let key = (tenant.clone(), kind);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +142,10 @@ mod tests {
         let second = quotas.reserve(&a, Kind::Managed, 0, || 0).unwrap();
         let refused = quotas.reserve(&a, Kind::Managed, 0, || 0).err().unwrap();
         assert_eq!((refused.limit, refused.running), (2, 2));
-        assert!(refused.to_string().contains("max_sessions_per_key allows (2)"), "{refused}");
+        assert!(
+            refused.to_string().contains("max_sessions_per_key allows (2)"),
+            "{refused}"
+        );
         assert!(quotas.reserve(&b, Kind::Managed, 0, || 0).is_ok());
         drop(first);
         // Its session now runs: counted by `here` instead.

@@ -82,7 +82,10 @@ async fn by_default_a_page_reaches_nothing_on_the_brokers_host() {
     ];
     for url in &urls {
         let page = visit(&session, url).await;
-        assert!(!page.to_string().contains(SECRET), "{url} loaded the host's page: {page}");
+        assert!(
+            !page.to_string().contains(SECRET),
+            "{url} loaded the host's page: {page}"
+        );
         assert_eq!(seen.load(Ordering::SeqCst), 0, "{url} reached the host's server");
     }
     // Refused by the broker's policy (counted), not merely by Chrome or the network.

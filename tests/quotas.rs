@@ -53,7 +53,11 @@ async fn a_key_at_its_limit_is_refused_and_takes_nothing_while_another_key_is_se
     for body in [json!({}), json!({"isolation": "context"}), json!({"ttl": 86400})] {
         let refused = create(&server, KEY_A, body).await;
         assert_quota_refusal(&refused, "max_sessions_per_key");
-        assert!(refused.json["detail"].as_str().unwrap().contains("(2)"), "{}", refused.body);
+        assert!(
+            refused.json["detail"].as_str().unwrap().contains("(2)"),
+            "{}",
+            refused.body
+        );
     }
     // Nothing taken: no record, no slot, no browser, no context.
     assert_eq!(active_total(&server, KEY_A).await, 2);
@@ -65,7 +69,10 @@ async fn a_key_at_its_limit_is_refused_and_takes_nothing_while_another_key_is_se
     assert_eq!(contexts_after, contexts_before);
     assert_eq!(server.broker.metrics.create_quota_refused.load(Relaxed), 3);
     let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
-    assert!(metrics.contains("cdpgate_session_create_quota_refused_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("cdpgate_session_create_quota_refused_total 3"),
+        "{metrics}"
+    );
 
     // Another key is served, process and context sessions alike.
     let other = create(&server, KEY_B, json!({})).await;
@@ -333,10 +340,17 @@ async fn the_operator_sees_what_each_key_uses_by_label_never_by_key() {
         }
     };
     assert_eq!(tenants(None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(tenants(Some("wrong-admin-key-0000")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        tenants(Some("wrong-admin-key-0000")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let r = tenants(Some(ADMIN_KEY)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(!r.body.contains(KEY_A) && !r.body.contains(KEY_B), "keys never shown: {}", r.body);
+    assert!(
+        !r.body.contains(KEY_A) && !r.body.contains(KEY_B),
+        "keys never shown: {}",
+        r.body
+    );
     let list = r.json["tenants"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{}", r.body);
     let record = server.get(id).await.json;
@@ -346,8 +360,16 @@ async fn the_operator_sees_what_each_key_uses_by_label_never_by_key() {
     assert_eq!(a["sessions_recorded"], 1, "{a}");
     assert!(a["bytes_in"].as_u64().unwrap() > 0, "the page's bytes: {a}");
     assert!(a["bytes_in"].as_u64().unwrap() >= record["network"]["bytes_in"].as_u64().unwrap());
-    assert_eq!((a["files"].as_u64(), a["files_bytes"].as_u64()), (Some(1), Some(12)), "{a}");
-    assert_eq!((b["sessions_active"].as_u64(), b["bytes_in"].as_u64()), (Some(0), Some(0)), "{b}");
+    assert_eq!(
+        (a["files"].as_u64(), a["files_bytes"].as_u64()),
+        (Some(1), Some(12)),
+        "{a}"
+    );
+    assert_eq!(
+        (b["sessions_active"].as_u64(), b["bytes_in"].as_u64()),
+        (Some(0), Some(0)),
+        "{b}"
+    );
     // Session-seconds grow while it runs and stop when it ends.
     assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
     let ended = tenants(Some(ADMIN_KEY)).await.json["tenants"][0].clone();

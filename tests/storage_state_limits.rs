@@ -61,7 +61,12 @@ async fn import(server: &TestServer, id: &str, state: &Value) -> Response {
 
 async fn in_use_by(server: &TestServer, id: &str) -> u64 {
     let r = server
-        .call(Method::GET, &format!("/public/browser-profiles/{id}"), Some(KEY_A), None)
+        .call(
+            Method::GET,
+            &format!("/public/browser-profiles/{id}"),
+            Some(KEY_A),
+            None,
+        )
         .await;
     r.json["in_use_by"].as_u64().unwrap()
 }
@@ -79,15 +84,28 @@ async fn bad_origins_and_too_many_are_refused_and_change_nothing() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     let launched_before = launched();
-    for origin in ["HTTP://a.b.c*", "https://*.example", "https://x.example/path", "javascript:1"] {
+    for origin in [
+        "HTTP://a.b.c*",
+        "https://*.example",
+        "https://x.example/path",
+        "javascript:1",
+    ] {
         let state = json!({"origins": [{"origin": origin, "localStorage": []}]});
         let r = import(&server, &id, &state).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{origin}: {}", r.body);
-        assert!(r.json["detail"].as_str().unwrap().contains("origins[0].origin"), "{}", r.body);
+        assert!(
+            r.json["detail"].as_str().unwrap().contains("origins[0].origin"),
+            "{}",
+            r.body
+        );
     }
     let r = import(&server, &id, &origins(51)).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
-    assert!(r.json["detail"].as_str().unwrap().contains("at most 50 origins"), "{}", r.body);
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("at most 50 origins"),
+        "{}",
+        r.body
+    );
     // Refused before any browser was started for it: the profile is as it was, and free.
     assert_eq!(launched(), launched_before);
     assert_eq!(profile_digest(&server, &id), before);
@@ -104,14 +122,19 @@ async fn an_import_past_its_deadline_is_abandoned_with_the_profile_unchanged() {
     let r = import(&server, &id, &origins(50)).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
     assert!(r.json["detail"].as_str().unwrap().contains("unchanged"), "{}", r.body);
-    assert!(started.elapsed() < Duration::from_secs(30), "answered in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered in {:?}",
+        started.elapsed()
+    );
     assert_eq!(profile_digest(&server, &id), before, "nothing saved");
     // The profile is free at once: a session may persist into it.
     assert_eq!(in_use_by(&server, &id).await, 0);
-    let session = server
-        .create(json!({"profile_id": id, "persist_changes": true}))
-        .await;
-    assert_eq!(server.terminate(session["session_id"].as_str().unwrap()).await.status, StatusCode::NO_CONTENT);
+    let session = server.create(json!({"profile_id": id, "persist_changes": true})).await;
+    assert_eq!(
+        server.terminate(session["session_id"].as_str().unwrap()).await.status,
+        StatusCode::NO_CONTENT
+    );
     server.stop().await;
 }
 
@@ -139,7 +162,11 @@ async fn a_client_that_gives_up_releases_the_profile_promptly() {
         eventually_async(Duration::from_secs(5), || async { in_use_by(&server, &id).await == 0 }).await,
         "the profile is released within seconds of the client leaving"
     );
-    assert_eq!(profile_digest(&server, &id), before, "the abandoned import saved nothing");
+    assert_eq!(
+        profile_digest(&server, &id),
+        before,
+        "the abandoned import saved nothing"
+    );
     // Another import takes the profile as its writer.
     let small = json!({"origins": [{"origin": "https://a.example", "localStorage": [{"name": "k", "value": "v"}]}]});
     let r = import(&server, &id, &small).await;

@@ -479,11 +479,7 @@ fn restricted_class(ip: IpAddr) -> Option<Class> {
                 Some(Class::LinkLocal)
             } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
                 Some(Class::SharedNat)
-            } else if v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] >= 240
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-            {
+            } else if v4.is_broadcast() || v4.is_multicast() || o[0] >= 240 || (o[0] == 198 && (o[1] & 0xfe) == 18) {
                 Some(Class::Reserved)
             } else {
                 None
@@ -673,7 +669,10 @@ mod tests {
         assert!(e.resolve("2606:4700::1", 443).await.is_ok());
         assert!(e.resolve("::ffff:93.184.216.34", 80).await.is_ok());
         let msg = e.resolve("0.0.0.0", 80).await.unwrap_err().to_string();
-        assert!(msg.contains("unspecified") && msg.contains("browser_egress_allow"), "{msg}");
+        assert!(
+            msg.contains("unspecified") && msg.contains("browser_egress_allow"),
+            "{msg}"
+        );
         // Also spelled out: `loopback` takes `0.0.0.0` and `[::]` with it.
         let strict = browsers(&["loopback"], &[]);
         for host in ["0.0.0.0", "::", "::ffff:127.0.0.1", "localhost"] {

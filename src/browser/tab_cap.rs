@@ -39,7 +39,12 @@ pub async fn start(cap: TabCap, tracker: &TaskTracker) -> Result<(), CdpError> {
     let events = client.subscribe();
     // Chrome answers with a `targetCreated` for every target open now, then each new one.
     client
-        .call(None, "Target.setDiscoverTargets", json!({ "discover": true }), CALL_TIMEOUT)
+        .call(
+            None,
+            "Target.setDiscoverTargets",
+            json!({ "discover": true }),
+            CALL_TIMEOUT,
+        )
         .await
         .map_err(|e| CdpError::Protocol(format!("Target.setDiscoverTargets: {e:?}")))?;
     tracker.spawn(watch(client, events, cap).in_current_span());
@@ -73,7 +78,10 @@ async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<
                     continue;
                 }
                 cap.metrics.targets_closed.fetch_add(1, Relaxed);
-                tracing::info!(max = cap.max, "tab closed: the session has max_targets_per_session open");
+                tracing::info!(
+                    max = cap.max,
+                    "tab closed: the session has max_targets_per_session open"
+                );
                 let _ = client.send(None, "Target.closeTarget", json!({ "targetId": id }));
             }
             Some("Target.targetDestroyed") => {

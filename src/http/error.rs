@@ -203,7 +203,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::Profile(e) => e.into(),
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => ApiError::unprocessable(e.to_string()),
             BrokerError::BrowserSetup(_) => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()).with_origin(origin),
-            BrokerError::ProfileTimedOut(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).with_origin(origin),
+            BrokerError::ProfileTimedOut(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).with_origin(origin)
+            }
             BrokerError::Store(StoreError::Unavailable(_)) => ApiError::unavailable(e.to_string(), RETRY_AFTER_SECS),
             BrokerError::Store(_)
             | BrokerError::ProfileUnreadable(_)

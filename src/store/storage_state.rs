@@ -260,7 +260,12 @@ mod tests {
             let err = validate(&json!({"origins": [{"origin": bad, "localStorage": []}]})).unwrap_err();
             assert!(err.contains("origins[0].origin"), "{bad}: {err}");
         }
-        for good in ["https://x.test:8443", "http://[::1]:80", "https://Bücher.example", "http://_dmarc.x.test"] {
+        for good in [
+            "https://x.test:8443",
+            "http://[::1]:80",
+            "https://Bücher.example",
+            "http://_dmarc.x.test",
+        ] {
             assert!(validate(&json!({"origins": [{"origin": good}]})).is_ok(), "{good}");
         }
         let many: Vec<Value> = (0..=MAX_ORIGINS)
