@@ -26,7 +26,8 @@ pids+=($!)
 
 key=bench-key-0123456789abcdef
 CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key RUST_LOG=warn \
-  CDPGATE_CREATES_PER_MINUTE=0 target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
+  CDPGATE_CREATES_PER_MINUTE=0 CDPGATE_BROWSER_EGRESS_ALLOW=loopback CDPGATE_MAX_SESSIONS_PER_KEY=0 \
+  target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   gate=$(grep -o "listening on [0-9.:]*" "$tmp/cdpgate.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)

@@ -4,12 +4,16 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_broker BINARY NAME [VAR=VALUE...] -> prints the address it listens on
+# start_broker BINARY NAME [VAR=VALUE...] -> prints the address it listens on. The benches
+# serve their pages on loopback (closed to pages by default) and drive one key hard (no
+# per-key quotas).
 start_broker() {
   local binary=$1 name=$2
   shift 2
   env CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$name" CDPGATE_API_KEYS="$key" RUST_LOG=warn \
-    CDPGATE_CREATES_PER_MINUTE=0 "$@" "$binary" "$tmp/no-config.toml" >"$tmp/$name.log" 2>&1 &
+    CDPGATE_CREATES_PER_MINUTE=0 CDPGATE_BROWSER_EGRESS_ALLOW=loopback \
+    CDPGATE_MAX_SESSIONS_PER_KEY=0 CDPGATE_MAX_BYO_SESSIONS_PER_KEY=0 \
+    "$@" "$binary" "$tmp/no-config.toml" >"$tmp/$name.log" 2>&1 &
   echo $! >>"$tmp/broker-pids" # (often called in a subshell, where pids+= would be lost)
   for _ in $(seq 150); do
     address=$(grep -o "listening on [0-9.:]*" "$tmp/$name.log" 2>/dev/null | awk '{print $NF}' | head -1 || true)

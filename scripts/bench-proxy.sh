@@ -42,7 +42,7 @@ echo_addr=$(address_in "$tmp/echo.log" "listening on")
 
 key=bench-key-0123456789abcdef
 CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key \
-  CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn \
+  CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn CDPGATE_MAX_BYO_SESSIONS_PER_KEY=0 \
   CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 \
   target/release/cdpgate "$tmp/no-config.toml" >"$tmp/cdpgate.log" 2>&1 &
 pids+=($!)
@@ -58,7 +58,7 @@ extra_gate() {
   local name=$1 binary=$2
   shift 2
   env CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data-$name" CDPGATE_API_KEYS=$key \
-    CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn \
+    CDPGATE_BYO_ALLOW=127.0.0.0/8 CDPGATE_POOL_SIZE=0 RUST_LOG=warn CDPGATE_MAX_BYO_SESSIONS_PER_KEY=0 \
     CDPGATE_MAX_CONNECTIONS_PER_SESSION=1000000 CDPGATE_WRITE_STALL_TIMEOUT_MS=600000 "$@" \
     "$binary" "$tmp/no-config.toml" >"$tmp/$name.log" 2>&1 &
   echo $! >>"$tmp/extra-pids"

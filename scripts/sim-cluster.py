@@ -160,6 +160,8 @@ def main():
                        CDPGATE_API_KEYS=KEY, CDPGATE_ADMIN_KEY=ADMIN,
                        CDPGATE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", CDPGATE_NODE_ID=name,
                        CDPGATE_PROFILE_STORE=f"{tmp}/profiles", CDPGATE_BYO_ALLOW="127.0.0.0/8",
+                       CDPGATE_BROWSER_EGRESS_ALLOW="loopback", CDPGATE_MAX_SESSIONS_PER_KEY="0",
+                       CDPGATE_MAX_BYO_SESSIONS_PER_KEY="0",
                        CDPGATE_POOL_SIZE="0", CDPGATE_MAX_SESSIONS="4", CDPGATE_CREATES_PER_MINUTE="0",
                        RUST_LOG="warn")
             log = f"{tmp}/{name}.log"

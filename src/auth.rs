@@ -54,6 +54,11 @@ impl ApiKeys {
         ApiKeys { keys }
     }
 
+    /// Every key's tenant (its label, never the key), in the order configured.
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> {
+        self.keys.iter().map(|(_, tenant)| tenant)
+    }
+
     /// The tenant of the key in `X-API-Key` or `Authorization: Bearer`, if it is one of ours.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<Tenant> {
         self.authenticate_by(headers, "x-api-key")

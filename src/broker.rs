@@ -30,12 +30,14 @@ use crate::browser::identity::{self, Identity};
 use crate::browser::launcher::LaunchSettings;
 use crate::browser::pool::{Pool, PoolError};
 use crate::browser::shared::{SharedBrowsers, SharedSettings};
+use crate::browser::tab_cap::{self, TabCap};
 use crate::browser::{Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell};
 use crate::config::Config;
 use crate::error::Origin;
 use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::profile_copy::{self, CopyError, ProfileCopies};
+use crate::quota::{Kind, QuotaExceeded, Quotas, Reservation};
 use crate::session::{Backing, ProfileBinding, Recorder, Session, SessionInit, session_span};
 use crate::store::local::LocalStore;
 pub use crate::store::nodes::NodeInfo;
@@ -78,6 +80,8 @@ pub enum BrokerError {
     #[error("Too many sessions created with this API key: at most {per_minute} a minute. Retry in {retry_after} s.")]
     RateLimited { per_minute: u32, retry_after: u64 },
     #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    #[error(transparent)]
     Capacity(#[from] PoolError),
     #[error(transparent)]
     Byo(#[from] ProbeError),
@@ -89,6 +93,12 @@ pub enum BrokerError {
     ProfileBrowser(#[from] CdpError),
     #[error("The profile was {}", .0.describe())]
     ProfileNotSaved(SaveOutcome),
+    #[error(
+        "The profile's browser did not finish within {} s: the work was abandoned and the profile is unchanged. \
+         Import fewer origins at a time.",
+        .0.as_secs_f64()
+    )]
+    ProfileTimedOut(Duration),
     #[error("storage_state was refused by the browser: {0}")]
     StateRefused(String),
     /// A session option that cannot be honoured (a proxy the egress policy refuses).
@@ -107,6 +117,7 @@ impl From<CopyError> for BrokerError {
             CopyError::Capacity(e) => BrokerError::Capacity(e),
             CopyError::Browser(e) => BrokerError::ProfileBrowser(e),
             CopyError::NotSaved(outcome) => BrokerError::ProfileNotSaved(outcome),
+            CopyError::TimedOut(limit) => BrokerError::ProfileTimedOut(limit),
         }
     }
 }
@@ -114,13 +125,14 @@ impl From<CopyError> for BrokerError {
 impl BrokerError {
     pub fn origin(&self) -> Origin {
         match self {
-            BrokerError::RateLimited { .. } | BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => {
-                Origin::Client
-            }
+            BrokerError::RateLimited { .. }
+            | BrokerError::Quota(_)
+            | BrokerError::StateRefused(_)
+            | BrokerError::OptionRefused(_) => Origin::Client,
             BrokerError::BrowserSetup(_) => Origin::Upstream,
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
-            BrokerError::ProfileBrowser(_) => Origin::Upstream,
+            BrokerError::ProfileBrowser(_) | BrokerError::ProfileTimedOut(_) => Origin::Upstream,
             BrokerError::Store(e) => e.origin(),
             BrokerError::ShuttingDown
             | BrokerError::Capacity(_)
@@ -223,6 +235,8 @@ pub struct Broker {
     /// The policy of managed browsers' pages (their gateways enforce it).
     pub browser_egress: Arc<Egress>,
     create_limiter: CreateLimiter,
+    /// Sessions per key at once.
+    quotas: Quotas,
     /// Sessions whose browser runs on this node, until their end is written down.
     running: Arc<DashMap<String, Arc<Session>>>,
     /// Every session's record, written in order.
@@ -246,6 +260,29 @@ pub struct Broker {
     pub tracker: TaskTracker,
     /// Cancelled when the broker begins to shut down.
     pub shutdown: CancellationToken,
+}
+
+/// What one API key uses, for the operator to bill or cap by (`GET /admin/tenants`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TenantUsage {
+    /// The key's label (a digest of it), never the key.
+    pub tenant: String,
+    /// Managed sessions (process and context) running now, on any node.
+    pub sessions_active: usize,
+    /// Bring-your-own sessions running now, on any node.
+    pub byo_sessions_active: usize,
+    /// Sessions the store keeps (running, or ended within `retention_secs`).
+    pub sessions_recorded: usize,
+    /// Seconds those sessions ran (until now for the running ones).
+    pub session_seconds: u64,
+    /// Bytes their pages received and sent through the broker's gateway.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Their files and recordings held on this node.
+    pub files: u64,
+    pub files_bytes: u64,
+    pub recordings: u64,
+    pub recordings_bytes: u64,
 }
 
 /// A validated create request.
@@ -295,6 +332,7 @@ impl RequestedOptions {
             idle_timeout: self.idle_timeout,
             record: self.record,
             log_cdp: self.log_cdp,
+            byo: false,
         }
     }
 }
@@ -454,6 +492,7 @@ impl Broker {
             egress,
             browser_egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
+            quotas: Quotas::new(config.max_sessions_per_key, config.max_byo_sessions_per_key),
             running: Arc::new(DashMap::new()),
             records: Arc::new(Recorder::new(store)),
             refused: Default::default(),
@@ -465,6 +504,7 @@ impl Broker {
                 profiles: profiles.clone(),
                 metrics: metrics.clone(),
                 screen: config.default_screen(),
+                deadline: Duration::from_millis(config.storage_state_timeout_ms),
             }),
             profiles,
             pool,
@@ -500,6 +540,15 @@ impl Broker {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
+        let kind = if request.external_url.is_some() {
+            Kind::Byo
+        } else {
+            Kind::Managed
+        };
+        // Held until the session runs (or the create fails): nothing is taken before it.
+        let _place = self.reserve_place(&tenant, kind).await.inspect_err(|_| {
+            self.metrics.create_quota_refused.fetch_add(1, Relaxed);
+        })?;
         if let Err(wait) = self.take_create(&tenant).await {
             self.metrics.create_rate_limited.fetch_add(1, Relaxed);
             return Err(BrokerError::RateLimited {
@@ -638,6 +687,53 @@ impl Broker {
         }
     }
 
+    /// A place in `tenant`'s quota of `kind` for a create: its sessions running on other
+    /// nodes (from the store, in a cluster), here, and creates under way here.
+    async fn reserve_place(&self, tenant: &Tenant, kind: Kind) -> Result<Reservation<'_>, QuotaExceeded> {
+        let Some(limit) = self.quotas.limit(kind) else {
+            return self.quotas.reserve(tenant, kind, 0, || 0);
+        };
+        let elsewhere = match &self.nodes {
+            Some(_) => self.running_elsewhere(tenant, kind, limit).await,
+            None => 0,
+        };
+        self.quotas.reserve(tenant, kind, elsewhere, || {
+            self.running
+                .iter()
+                .filter(|s| &s.tenant == tenant && s.status() == Status::Active)
+                .filter(|s| (kind == Kind::Byo) == s.upstream.external)
+                .count()
+        })
+    }
+
+    /// How many of `tenant`'s sessions of `kind` the store has active on other nodes. At
+    /// most a page past `limit` is read; a store that does not answer counts none (this
+    /// node's own count still holds).
+    async fn running_elsewhere(&self, tenant: &Tenant, kind: Kind, limit: usize) -> usize {
+        let query = ListQuery {
+            tenant: tenant.clone(),
+            status: Some(Status::Active),
+            offset: 0,
+            limit: limit + self.config.max_sessions_per_key + self.config.max_byo_sessions_per_key + 16,
+        };
+        match self.records.store().list(&query).await {
+            Ok(page) => {
+                let unread = page.total.saturating_sub(page.records.len());
+                let elsewhere = page
+                    .records
+                    .iter()
+                    .filter(|r| r.node != self.node && (kind == Kind::Byo) == r.options.byo)
+                    .count();
+                // Records past the page are of either kind: counted against both.
+                elsewhere + unread
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster session count unavailable; counting this node's");
+                0
+            }
+        }
+    }
+
     /// One creation from `tenant`'s allowance: the cluster's when there is one (a Redis
     /// that does not answer falls back to this node's own count), else this node's.
     async fn take_create(&self, tenant: &Tenant) -> Result<(), Duration> {
@@ -685,9 +781,15 @@ impl Broker {
     ) -> Result<T, BrokerError> {
         let profile = self.profiles.get(tenant, id).await?;
         let holder = format!("storage-state-{}", random_hex(4));
-        let hold = self.profiles.begin_use(profile, &holder, persist).await?;
-        let result = self.profile_copies.run(&hold, persist, work).await;
-        self.profiles.end_use(hold).await;
+        let mut held = Held {
+            hold: Some(self.profiles.begin_use(profile, &holder, persist).await?),
+            profiles: self.profiles.clone(),
+        };
+        let hold = held.hold.as_ref().expect("just taken");
+        let result = self.profile_copies.run(hold, persist, work).await;
+        if let Some(hold) = held.hold.take() {
+            self.profiles.end_use(hold).await;
+        }
         result
     }
 
@@ -760,7 +862,10 @@ impl Broker {
             metadata: request.metadata,
             backing,
             profile,
-            options: request.options.view(),
+            options: SessionOptions {
+                byo: request.external_url.is_some(),
+                ..request.options.view()
+            },
             traffic,
         };
         let session = Arc::new(Session::new(init, &self.node));
@@ -780,6 +885,7 @@ impl Broker {
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
             return Err(BrokerError::BrowserSetup(e));
         }
+        let tabs_of = downloads.clone();
         if let Err(e) = self
             .start_artifacts(&session, downloads, request.options.record, request.options.log_cdp)
             .await
@@ -789,6 +895,22 @@ impl Broker {
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its downloads or recording could not start"));
             return Err(e);
+        }
+        if let Some(Downloads { ws_url, context, .. }) = tabs_of.filter(|_| self.config.max_targets_per_session > 0) {
+            let cap = TabCap {
+                ws_url,
+                context,
+                max: self.config.max_targets_per_session,
+                metrics: self.metrics.clone(),
+                until: session.ended().clone(),
+            };
+            if let Err(e) = tab_cap::start(cap, &self.tracker).instrument(session.span()).await {
+                let _ = session.end(EndReason::Terminated);
+                session
+                    .span()
+                    .in_scope(|| tracing::warn!(error = %e, "session refused: its tabs could not be watched"));
+                return Err(BrokerError::BrowserSetup(e));
+            }
         }
         // Running before its record exists, so that the reconciler never takes the record
         // for one whose session has gone.
@@ -1088,6 +1210,52 @@ impl Broker {
     }
 }
 
+impl TenantUsage {
+    fn add(&mut self, record: &SessionRecord, now: SystemTime, files: Option<&artifacts::SessionFiles>) {
+        self.sessions_recorded += 1;
+        if record.status == Status::Active {
+            match record.options.byo {
+                true => self.byo_sessions_active += 1,
+                false => self.sessions_active += 1,
+            }
+        }
+        let until = record.ended_at.unwrap_or(now);
+        self.session_seconds += until.duration_since(record.created_at).unwrap_or_default().as_secs();
+        if let Some(network) = &record.network {
+            self.bytes_in += network.bytes_in;
+            self.bytes_out += network.bytes_out;
+        }
+        if let Some(files) = files {
+            let (bytes, count) = files.used();
+            self.files += count;
+            self.files_bytes += bytes;
+            if let Ok(meta) = std::fs::metadata(files.recording_path()) {
+                self.recordings += 1;
+                self.recordings_bytes += meta.len();
+            }
+        }
+    }
+}
+
+/// A hold on a profile for work on a copy of it, released even if the request doing the
+/// work is dropped halfway (its client gone): else the profile would stay in use, or
+/// locked to its writer, until the broker restarts.
+struct Held {
+    hold: Option<ProfileUse>,
+    profiles: Arc<Profiles>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let profiles = self.profiles.clone();
+            runtime.spawn(async move { profiles.end_use(hold).await });
+        }
+    }
+}
+
 /// This node's name and its session store: Redis when `redis_url` is set (the node named
 /// by `node_id`, or by a name generated once into the data directory), else this node's disk.
 async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>, Option<Nodes>), StartError> {
@@ -1160,6 +1328,7 @@ fn chrome_paths(config: &Config) -> Result<Chromes, StartError> {
 /// The configured secrets, or those kept in the data directory (made on first start).
 /// Where a session's downloads are watched: its browser, its context in it (a shared
 /// browser), and the directory Chrome writes them to (which the browser may write).
+#[derive(Clone)]
 struct Downloads {
     ws_url: String,
     context: Option<String>,
@@ -1339,6 +1508,40 @@ impl Broker {
             Some(nodes) => nodes.all().await,
             None => Ok(vec![(self.node_info(), true)]),
         }
+    }
+
+    /// What each API key uses: its sessions from the store (every node's, within the
+    /// retention), live counters for those running here, files and recordings on this
+    /// node. Reads every kept record: an operator's call, not a client's.
+    pub async fn tenant_usage(&self) -> Result<Vec<TenantUsage>, StoreError> {
+        const PAGE: usize = 500;
+        let now = SystemTime::now();
+        let mut usage = Vec::new();
+        for tenant in self.keys.tenants() {
+            let mut line = TenantUsage {
+                tenant: tenant.to_string(),
+                ..TenantUsage::default()
+            };
+            let mut offset = 0;
+            loop {
+                let query = ListQuery {
+                    tenant: tenant.clone(),
+                    status: None,
+                    offset,
+                    limit: PAGE,
+                };
+                let page = self.list(&query).await?;
+                for record in &page.records {
+                    line.add(record, now, self.artifacts.existing(&record.id).as_deref());
+                }
+                offset += page.records.len();
+                if page.records.is_empty() || offset >= page.total {
+                    break;
+                }
+            }
+            usage.push(line);
+        }
+        Ok(usage)
     }
 
     /// Where to send a request about session `id`: the address of the live node that runs

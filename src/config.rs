@@ -72,10 +72,14 @@ pub struct Config {
     pub byo_timeout_ms: u64,
     /// Where the pages of managed browsers may not go (`CDPGATE_BROWSER_EGRESS_DENY`,
     /// comma-separated): the keywords `link-local`, `metadata` (the cloud metadata
-    /// addresses and names), `private`, `loopback`, `shared`, `reserved`, CIDRs and host
-    /// names. The broker's own address and its browsers' ports are refused always.
+    /// addresses and names), `private`, `loopback` (with `0.0.0.0/8`, `::` and
+    /// `localhost`), `unspecified`, `shared`, `reserved`, CIDRs and host names. By default
+    /// everything but the public internet: a shared service's pages must not reach its
+    /// host or network. The broker's own address and its browsers' ports are refused always.
     pub browser_egress_deny: Vec<String>,
-    /// Exceptions to `browser_egress_deny`: CIDRs and host names (`*.suffix` allowed).
+    /// Exceptions to `browser_egress_deny` (`CDPGATE_BROWSER_EGRESS_ALLOW`): CIDRs, host
+    /// names (`*.suffix` allowed) and the keywords but `metadata`. `["loopback"]` is the
+    /// opt-in for local use (pages served on this machine).
     pub browser_egress_allow: Vec<String>,
     /// Seconds without a CDP client, a live viewer or a running action after which a
     /// session created without `idle_timeout` ends. 0: never.
@@ -110,11 +114,22 @@ pub struct Config {
     pub tls_key: String,
     /// How long a client may take to finish its TLS handshake.
     pub tls_handshake_timeout_ms: u64,
+    /// Longest a storage state import or export may work in the profile's browser; past
+    /// it the work is abandoned (504) and the profile left as it was.
+    pub storage_state_timeout_ms: u64,
     /// Session creations allowed per API key per minute (a burst of that many, refilled
     /// evenly); above it, 429 with `Retry-After`. 0: no limit.
     pub creates_per_minute: u32,
     /// WebSocket connections (CDP and live view) one session may have open at once.
     pub max_connections_per_session: usize,
+    /// Managed sessions (process and context) one API key may have running at once, on
+    /// this node or, with `redis_url`, in the whole cluster; past it, 429. 0: no limit.
+    pub max_sessions_per_key: usize,
+    /// Bring-your-own sessions (`cdp_url`) one API key may have running at once; 0: no limit.
+    pub max_byo_sessions_per_key: usize,
+    /// Tabs (page targets) a managed session may have open at once: the broker closes
+    /// each one opened past it. 0: no limit.
+    pub max_targets_per_session: usize,
     /// A proxied connection whose peer takes no bytes for this long is closed (a client
     /// that stops reading is dropped, not held with its data queued).
     pub write_stall_timeout_ms: u64,
@@ -217,7 +232,10 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             byo_allow: Vec::new(),
             byo_timeout_ms: 5_000,
-            browser_egress_deny: vec!["link-local".into(), "metadata".into()],
+            browser_egress_deny: crate::browser::egress::DEFAULT_BROWSER_DENY
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
             browser_egress_allow: Vec::new(),
             default_idle_timeout: 0,
             default_isolation: "process".into(),
@@ -232,8 +250,12 @@ impl Default for Config {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_handshake_timeout_ms: 10_000,
+            storage_state_timeout_ms: 45_000,
             creates_per_minute: 120,
             max_connections_per_session: 32,
+            max_sessions_per_key: 4,
+            max_byo_sessions_per_key: 8,
+            max_targets_per_session: 20,
             write_stall_timeout_ms: 60_000,
             action_timeout_ms: 90_000,
             action_wait_ms: 10_000,
@@ -354,8 +376,12 @@ impl Config {
             context_spares,
             context_warm_browsers,
             tls_handshake_timeout_ms,
+            storage_state_timeout_ms,
             creates_per_minute,
             max_connections_per_session,
+            max_sessions_per_key,
+            max_byo_sessions_per_key,
+            max_targets_per_session,
             write_stall_timeout_ms,
             action_timeout_ms,
             action_wait_ms,
@@ -468,6 +494,10 @@ impl Config {
         }
         if self.max_sessions == 0 {
             errors.push("max_sessions must be at least 1".into());
+        }
+        // Chrome keeps a few hundred tabs at most before it runs out of memory or handles.
+        if self.max_targets_per_session > 1000 {
+            errors.push("max_targets_per_session must be within 0 (no limit)..=1000".into());
         }
         if !(1..=30).contains(&self.recording_fps) {
             errors.push("recording_fps must be within 1..=30".into());
@@ -595,6 +625,9 @@ impl Config {
         if self.write_stall_timeout_ms == 0 {
             errors.push("write_stall_timeout_ms must be positive".into());
         }
+        if self.storage_state_timeout_ms < 1000 {
+            errors.push("storage_state_timeout_ms must be at least 1000".into());
+        }
         if self.launch_timeout_ms == 0 {
             errors.push("launch_timeout_ms must be positive".into());
         }
@@ -689,6 +722,10 @@ mod tests {
             ("CDPGATE_DATA_DIR", "/var/lib/cdpgate"),
             ("CDPGATE_API_KEYS", "key-aaaaaaaaaaaaaaaa, key-bbbbbbbbbbbbbbbb,"),
             ("CDPGATE_POOL_SIZE", "5"),
+            ("CDPGATE_MAX_SESSIONS_PER_KEY", "0"),
+            ("CDPGATE_MAX_BYO_SESSIONS_PER_KEY", "3"),
+            ("CDPGATE_MAX_TARGETS_PER_SESSION", "7"),
+            ("CDPGATE_BROWSER_EGRESS_ALLOW", "loopback, 10.0.0.0/8"),
         ]
         .into();
         let mut c = Config::default();
@@ -698,6 +735,15 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/cdpgate"));
         assert_eq!(c.api_keys, vec!["key-aaaaaaaaaaaaaaaa", "key-bbbbbbbbbbbbbbbb"]);
         assert_eq!(c.pool_size, 5);
+        assert_eq!(
+            (
+                c.max_sessions_per_key,
+                c.max_byo_sessions_per_key,
+                c.max_targets_per_session
+            ),
+            (0, 3, 7)
+        );
+        assert_eq!(c.browser_egress_allow, vec!["loopback", "10.0.0.0/8"]);
         c.validate().unwrap();
     }
 

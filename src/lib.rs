@@ -24,7 +24,8 @@
 //!   policy, bring-your-own probes; shared browsers and the CDP filter of context sessions.
 //! - [`store`]: session records behind the [`store::SessionStore`] trait, profiles,
 //!   `storageState` documents.
-//! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`metrics`],
+//! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`quota`]
+//!   (sessions per key at once), [`metrics`],
 //!   [`tls`], [`telemetry`] (log lines and OTLP spans), and [`error`] (whose fault an
 //!   error is).
 
@@ -42,6 +43,7 @@ pub mod limits;
 pub mod metrics;
 pub mod profile_copy;
 pub mod proxy;
+pub mod quota;
 pub mod session;
 pub mod store;
 pub mod telemetry;

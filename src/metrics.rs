@@ -53,6 +53,10 @@ pub struct Metrics {
     pub sessions_terminated: AtomicU64,
     pub create_rejected: AtomicU64,
     pub create_rate_limited: AtomicU64,
+    /// Creates refused by a per-key quota of sessions at once.
+    pub create_quota_refused: AtomicU64,
+    /// Tabs the broker closed because their session had `max_targets_per_session` open.
+    pub targets_closed: AtomicU64,
     pub connections_refused: AtomicU64,
     pub browsers_launched: AtomicU64,
     pub browser_launch_failures: AtomicU64,
@@ -312,6 +316,18 @@ impl Metrics {
                 "counter",
                 "Creates answered 429 for the per-key rate limit.",
                 n(&self.create_rate_limited),
+            ),
+            (
+                "cdpgate_session_create_quota_refused_total",
+                "counter",
+                "Creates answered 429 for a per-key quota of sessions at once.",
+                n(&self.create_quota_refused),
+            ),
+            (
+                "cdpgate_session_targets_closed_total",
+                "counter",
+                "Tabs closed by the broker past max_targets_per_session.",
+                n(&self.targets_closed),
             ),
             (
                 "cdpgate_browser_egress_refused_total",

@@ -2,13 +2,15 @@
 //! state (the storage-state endpoints, and context sessions, whose state is carried to and
 //! from the profile as a storage state), and saving the browser back into the profile.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::browser::cdp::{CdpError, Connection};
-use crate::browser::pool::{Pool, PoolError};
+use crate::browser::pool::{Lease, Pool, PoolError};
 use crate::browser::{Browser, Screen};
 use crate::metrics::Metrics;
 use crate::store::profiles::{self, ProfileError, ProfileUse, Profiles};
@@ -25,6 +27,11 @@ pub enum CopyError {
     Browser(#[from] CdpError),
     #[error("The profile was {}", .0.describe())]
     NotSaved(SaveOutcome),
+    #[error(
+        "The profile's browser did not finish its work within {} s; it was abandoned and the profile left as it was",
+        .0.as_secs_f64()
+    )]
+    TimedOut(Duration),
 }
 
 impl CopyError {
@@ -43,6 +50,43 @@ pub struct ProfileCopies {
     pub profiles: Arc<Profiles>,
     pub metrics: Arc<Metrics>,
     pub screen: Screen,
+    /// Longest the work in one browser may take (`storage_state_timeout_ms`), the save
+    /// after it aside: past it the work is abandoned and nothing is saved.
+    pub deadline: Duration,
+}
+
+/// A profile copy's directory and the browser started on it: removed once the work is
+/// done, or, if the work is dropped halfway (its client gone), by a task of its own.
+struct Scratch {
+    dir: Option<PathBuf>,
+    lease: Option<Lease>,
+}
+
+impl Scratch {
+    /// Stops the browser, waits for it to exit, then removes the directory.
+    fn cleanup(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let (lease, dir) = (self.lease.take(), self.dir.take());
+        async move {
+            if let Some(lease) = lease {
+                let exited = lease.browser.exited();
+                drop(lease);
+                exited.cancelled().await;
+            }
+            if let Some(dir) = dir {
+                crate::browser::remove_dir_with_retries(&dir).await;
+            }
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if (self.lease.is_some() || self.dir.is_some())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(self.cleanup());
+        }
+    }
 }
 
 impl ProfileCopies {
@@ -56,7 +100,10 @@ impl ProfileCopies {
         work: impl AsyncFnOnce(&mut Connection, &Browser) -> Result<T, E>,
     ) -> Result<T, E> {
         let dir = self.pool.scratch_dir();
-        let mut lease = None;
+        let mut scratch = Scratch {
+            dir: Some(dir.clone()),
+            lease: None,
+        };
         let result = async {
             let cookies = self
                 .profiles
@@ -67,12 +114,14 @@ impl ProfileCopies {
                 self.metrics.create_rejected.fetch_add(1, Relaxed);
                 CopyError::Capacity(e)
             })?;
-            let browser = &lease.insert(acquired).browser;
+            let browser = &scratch.lease.insert(acquired).browser;
             profiles::restore_session_cookies(browser, &cookies)
                 .await
                 .map_err(CopyError::from)?;
             let mut conn = Connection::open(&browser.ws_url()).await.map_err(CopyError::from)?;
-            let out = work(&mut conn, browser).await?;
+            let out = tokio::time::timeout(self.deadline, work(&mut conn, browser))
+                .await
+                .map_err(|_| CopyError::TimedOut(self.deadline))??;
             drop(conn);
             if persist {
                 let outcome = self.profiles.save_from(hold, browser).await;
@@ -83,12 +132,7 @@ impl ProfileCopies {
             Ok(out)
         }
         .await;
-        if let Some(lease) = lease {
-            let exited = lease.browser.exited();
-            drop(lease);
-            exited.cancelled().await;
-        }
-        crate::browser::remove_dir_with_retries(&dir).await;
+        scratch.cleanup().await;
         result
     }
 

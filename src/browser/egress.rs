@@ -1,11 +1,16 @@
 //! The egress policy: where a connection the broker makes for a user, or a page of one of
 //! its browsers, may go. Two policies share these rules. Bring-your-own sessions
-//! (server-side request forgery): loopback, private, link-local and metadata addresses are
-//! refused unless allowed (`byo_allow`). Managed browsers (every request of their pages
-//! passes the broker's forward proxy, the `forward` module): what `browser_egress_deny`
-//! names (by default link-local addresses and the cloud metadata addresses and names) is
-//! refused unless `browser_egress_allow` opens it. Both always refuse this broker and its
-//! own browsers.
+//! (server-side request forgery): every special address (loopback, unspecified, private,
+//! link-local, shared, metadata, reserved) is refused unless allowed (`byo_allow`).
+//! Managed browsers (every request of their pages passes the broker's forward proxy, the
+//! `forward` module): what `browser_egress_deny` names (by default everything that is not
+//! the public internet: loopback and unspecified, private, link-local, shared and the cloud
+//! metadata addresses and names) is refused unless `browser_egress_allow` opens it. Both
+//! always refuse this broker and its own browsers.
+//!
+//! Every check is made on the addresses a name resolved to, and the caller connects to
+//! those very addresses; IPv4 carried in IPv6 (mapped, compatible, translated, NAT64) is
+//! judged as the IPv4 it carries.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,6 +41,8 @@ pub enum EgressError {
 pub enum Class {
     Metadata,
     Loopback,
+    /// `0.0.0.0/8` and `::`: a connection to them reaches this host on Linux, as loopback does.
+    Unspecified,
     Private,
     LinkLocal,
     SharedNat,
@@ -43,9 +50,10 @@ pub enum Class {
 }
 
 impl Class {
-    const ALL: [Class; 6] = [
+    const ALL: [Class; 7] = [
         Class::Metadata,
         Class::Loopback,
+        Class::Unspecified,
         Class::Private,
         Class::LinkLocal,
         Class::SharedNat,
@@ -56,6 +64,7 @@ impl Class {
         match self {
             Class::Metadata => METADATA,
             Class::Loopback => "a loopback address",
+            Class::Unspecified => "an unspecified address (this host)",
             Class::Private => "a private address",
             Class::LinkLocal => "a link-local address",
             Class::SharedNat => "a shared (carrier-grade NAT) address",
@@ -68,13 +77,41 @@ impl Class {
         match self {
             Class::Metadata => "metadata",
             Class::Loopback => "loopback",
+            Class::Unspecified => "unspecified",
             Class::Private => "private",
             Class::LinkLocal => "link-local",
             Class::SharedNat => "shared",
             Class::Reserved => "reserved",
         }
     }
+
+    /// The classes a keyword names: `loopback` takes the unspecified addresses with it,
+    /// since a connection to `0.0.0.0` or `[::]` reaches this host too.
+    fn named(keyword: &str) -> Vec<Class> {
+        match Class::ALL.into_iter().find(|c| c.keyword() == keyword) {
+            Some(Class::Loopback) => vec![Class::Loopback, Class::Unspecified],
+            Some(class) => vec![class],
+            None => Vec::new(),
+        }
+    }
+
+    /// Names that mean this class whatever a lookup answers (`*.localhost` may not resolve
+    /// here, yet Chrome and RFC 6761 take it as loopback).
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Class::Metadata => METADATA_NAMES,
+            Class::Loopback => LOOPBACK_NAMES,
+            _ => &[],
+        }
+    }
 }
+
+/// What `browser_egress_deny` refuses when it is not set: everything but the public
+/// internet (a shared service's pages must not reach the broker's host or its network).
+pub const DEFAULT_BROWSER_DENY: [&str; 5] = ["loopback", "private", "link-local", "shared", "metadata"];
+
+/// Loopback by name.
+const LOOPBACK_NAMES: &[&str] = &["localhost", "*.localhost"];
 
 /// The cloud providers' metadata services by name (their addresses are [`Class::Metadata`]).
 const METADATA_NAMES: &[&str] = &[
@@ -91,6 +128,8 @@ struct Rules {
     deny_classes: Vec<Class>,
     deny_nets: Vec<IpNet>,
     deny_hosts: Vec<String>,
+    /// Classes opened by keyword (`browser_egress_allow = ["loopback"]`); never metadata.
+    allow_classes: Vec<Class>,
     allow_nets: Vec<IpNet>,
     allow_hosts: Vec<String>,
 }
@@ -149,8 +188,8 @@ pub fn parse_allow_list(setting: &str, entries: &[String]) -> Result<(Vec<IpNet>
     }
 }
 
-/// Parses `browser_egress_deny`: keywords (`metadata`, `link-local`, `loopback`, `private`,
-/// `shared`, `reserved`), CIDRs, addresses and host names.
+/// Parses `browser_egress_deny`: keywords (`metadata`, `link-local`, `loopback`,
+/// `unspecified`, `private`, `shared`, `reserved`), CIDRs, addresses and host names.
 fn parse_deny_list(entries: &[String]) -> Result<Rules, Vec<String>> {
     let mut classes = Vec::new();
     let mut nets = Vec::new();
@@ -158,18 +197,19 @@ fn parse_deny_list(entries: &[String]) -> Result<Rules, Vec<String>> {
     let mut errors = Vec::new();
     for entry in entries {
         let e = entry.trim().to_ascii_lowercase();
-        if let Some(class) = Class::ALL.into_iter().find(|c| c.keyword() == e) {
-            classes.push(class);
-            if class == Class::Metadata {
-                hosts.extend(METADATA_NAMES.iter().map(|n| n.to_string()));
+        let named = Class::named(&e);
+        if !named.is_empty() {
+            for class in named {
+                hosts.extend(class.names().iter().map(|n| n.to_string()));
+                classes.push(class);
             }
         } else {
             match parse_entry(&e) {
                 Some(Entry::Net(net)) => nets.push(net),
                 Some(Entry::Host(host)) => hosts.push(host),
                 None => errors.push(format!(
-                    "browser_egress_deny: {entry:?} is neither a keyword (metadata, link-local, loopback, \
-                     private, shared, reserved), a CIDR, an IP address nor a host name"
+                    "browser_egress_deny: {entry:?} is neither a keyword ({KEYWORDS}), a CIDR, an IP address \
+                     nor a host name"
                 )),
             }
         }
@@ -186,14 +226,56 @@ fn parse_deny_list(entries: &[String]) -> Result<Rules, Vec<String>> {
     }
 }
 
+const KEYWORDS: &str = "metadata, link-local, loopback, unspecified, private, shared, reserved";
+
+/// Parses `browser_egress_allow`: what `parse_allow_list` takes, and the keywords of the
+/// deny list but `metadata` (a metadata address opens only to its exact entry).
+fn parse_browser_allow_list(entries: &[String]) -> Result<Rules, Vec<String>> {
+    let mut classes = Vec::new();
+    let mut hosts = Vec::new();
+    let mut rest = Vec::new();
+    let mut errors = Vec::new();
+    for entry in entries {
+        let e = entry.trim().to_ascii_lowercase();
+        if e == Class::Metadata.keyword() {
+            errors.push(
+                "browser_egress_allow: \"metadata\" cannot be opened by keyword; list the exact address \
+                 (e.g. 169.254.169.254) if a page must reach it"
+                    .to_owned(),
+            );
+            continue;
+        }
+        let named = Class::named(&e);
+        if named.is_empty() {
+            rest.push(entry.clone());
+        }
+        for class in named {
+            hosts.extend(class.names().iter().map(|n| n.to_string()));
+            classes.push(class);
+        }
+    }
+    match parse_allow_list("browser_egress_allow", &rest) {
+        Ok((nets, more_hosts)) if errors.is_empty() => {
+            hosts.extend(more_hosts);
+            Ok(Rules {
+                allow_classes: classes,
+                allow_nets: nets,
+                allow_hosts: hosts,
+                ..Rules::default()
+            })
+        }
+        Ok(_) => Err(errors),
+        Err(bad) => {
+            errors.extend(bad);
+            Err(errors)
+        }
+    }
+}
+
 /// Checks `browser_egress_deny` and `browser_egress_allow`; answers every bad entry.
 pub fn check_browser_lists(deny: &[String], allow: &[String]) -> Vec<String> {
     let mut errors = parse_deny_list(deny).err().unwrap_or_default();
-    errors.extend(
-        parse_allow_list("browser_egress_allow", allow)
-            .err()
-            .unwrap_or_default(),
-    );
+    errors.extend(parse_browser_allow_list(allow).err().unwrap_or_default());
     errors
 }
 
@@ -252,11 +334,13 @@ impl Egress {
         broker: SocketAddr,
         resolve_timeout: Duration,
     ) -> Egress {
-        let (allow_nets, allow_hosts) = parse_allow_list("browser_egress_allow", allow).unwrap_or_default();
+        // `Config::validate` has already refused bad entries.
+        let allowed = parse_browser_allow_list(allow).unwrap_or_default();
         Egress {
             rules: Rules {
-                allow_nets,
-                allow_hosts,
+                allow_classes: allowed.allow_classes,
+                allow_nets: allowed.allow_nets,
+                allow_hosts: allowed.allow_hosts,
                 ..parse_deny_list(deny).unwrap_or_default()
             },
             allow_setting: "browser_egress_allow, CDPGATE_BROWSER_EGRESS_ALLOW",
@@ -310,14 +394,15 @@ impl Egress {
 
     fn check(&self, host: &str, addr: SocketAddr, host_allowed: bool) -> Result<(), EgressError> {
         let ip = canonical(addr.ip());
+        let class = restricted_class(ip);
         let own_port =
             addr.port() == self.broker.port() || self.own_ports.lock().expect("ports lock").contains(&addr.port());
-        if own_port && (ip.is_loopback() || ip.is_unspecified() || ip == canonical(self.broker.ip())) {
+        let this_host = matches!(class, Some(Class::Loopback | Class::Unspecified));
+        if own_port && (this_host || ip == canonical(self.broker.ip())) {
             return Err(EgressError::OwnBrowser { addr });
         }
-        let class = restricted_class(ip);
-        let denied = class.is_some_and(|c| self.rules.deny_classes.contains(&c))
-            || self.rules.deny_nets.iter().any(|n| n.contains(&ip));
+        let denied_by_net = self.rules.deny_nets.iter().any(|n| n.contains(&ip));
+        let denied = denied_by_net || class.is_some_and(|c| self.rules.deny_classes.contains(&c));
         if !denied {
             return Ok(());
         }
@@ -328,7 +413,10 @@ impl Egress {
                 .iter()
                 .any(|n| n.prefix_len() == n.max_prefix_len() && n.contains(&ip))
         } else {
-            host_allowed || self.rules.allow_nets.iter().any(|n| n.contains(&ip))
+            // A keyword opens what a keyword closed, not a network denied by its own entry.
+            host_allowed
+                || (!denied_by_net && class.is_some_and(|c| self.rules.allow_classes.contains(&c)))
+                || self.rules.allow_nets.iter().any(|n| n.contains(&ip))
         };
         if allowed {
             Ok(())
@@ -345,23 +433,34 @@ impl Egress {
 
 const METADATA: &str = "a cloud metadata address";
 
-/// IPv4 carried in IPv6 (mapped, or NAT64) is judged as the IPv4 it carries.
+/// IPv4 carried in IPv6 is judged as the IPv4 it carries: mapped (`::ffff:a.b.c.d`),
+/// translated (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and the deprecated
+/// compatible form (`::a.b.c.d`, which Linux routes as IPv4 would be).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
             let s = v6.segments();
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let o = v6.octets();
-                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            let o = v6.octets();
+            let carried = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+            let carries_v4 = s[..6] == [0, 0, 0, 0, 0, 0xffff]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || (s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_unspecified() && !v6.is_loopback());
+            if carries_v4 {
+                IpAddr::V4(carried)
+            } else {
+                IpAddr::V6(v6)
             }
-            IpAddr::V6(v6)
         }
         v4 => v4,
     }
 }
+
+/// The IPv6 addresses of cloud metadata services (AWS, GCP).
+const METADATA_V6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
+    Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+];
 
 /// Which special kind of address `ip` is, or `None` for an ordinary public address.
 fn restricted_class(ip: IpAddr) -> Option<Class> {
@@ -372,18 +471,15 @@ fn restricted_class(ip: IpAddr) -> Option<Class> {
                 Some(Class::Metadata)
             } else if v4.is_loopback() {
                 Some(Class::Loopback)
+            } else if o[0] == 0 {
+                Some(Class::Unspecified)
             } else if v4.is_private() {
                 Some(Class::Private)
             } else if v4.is_link_local() {
                 Some(Class::LinkLocal)
             } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
                 Some(Class::SharedNat)
-            } else if o[0] == 0
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] >= 240
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-            {
+            } else if v4.is_broadcast() || v4.is_multicast() || o[0] >= 240 || (o[0] == 198 && (o[1] & 0xfe) == 18) {
                 Some(Class::Reserved)
             } else {
                 None
@@ -391,13 +487,17 @@ fn restricted_class(ip: IpAddr) -> Option<Class> {
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+            if METADATA_V6.contains(&v6) {
                 Some(Class::Metadata)
             } else if v6.is_loopback() {
                 Some(Class::Loopback)
-            } else if v6.is_unspecified() || v6.is_multicast() {
+            } else if v6.is_unspecified() {
+                Some(Class::Unspecified)
+            } else if v6.is_multicast() {
                 Some(Class::Reserved)
-            } else if (s[0] & 0xfe00) == 0xfc00 {
+            } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 || s[..3] == [0x64, 0xff9b, 1] {
+                // Unique-local, the deprecated site-local, and local-use NAT64 (RFC 8215),
+                // whose translator reaches a private IPv4 network.
                 Some(Class::Private)
             } else if (s[0] & 0xffc0) == 0xfe80 {
                 Some(Class::LinkLocal)
@@ -440,6 +540,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
             "224.0.0.1",
+            "0.1.2.3",
+            "::",
+            "::127.0.0.1",
+            "::ffff:0:7f00:1",
+            "fd20:ce::254",
+            "64:ff9b:1::a00:1",
         ] {
             let r = e.resolve(ip, 9222).await;
             assert!(matches!(r, Err(EgressError::Forbidden { .. })), "{ip}: {r:?}");
@@ -514,6 +620,90 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 1], 3000)),
             Duration::from_secs(2),
         )
+    }
+
+    fn defaults(allow: &[&str]) -> Egress {
+        browsers(&DEFAULT_BROWSER_DENY, allow)
+    }
+
+    #[tokio::test]
+    async fn by_default_pages_reach_only_the_public_internet() {
+        let e = defaults(&[]);
+        for host in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:7f00:1",
+            "::ffff:0:7f00:1",
+            "64:ff9b::7f00:1",
+            "::127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "::ffff:10.0.0.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "64:ff9b:1::a00:1",
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "fd00:ec2::254",
+            "fd20:ce::254",
+            "100.100.100.200",
+        ] {
+            let r = e.resolve(host, 8080).await;
+            assert!(matches!(r, Err(EgressError::Forbidden { .. })), "{host}: {r:?}");
+        }
+        for name in ["localhost", "a.localhost", "LOCALHOST.", "metadata.google.internal"] {
+            let r = e.resolve(name, 80).await;
+            assert!(matches!(r, Err(EgressError::ForbiddenName { .. })), "{name}: {r:?}");
+        }
+        assert!(e.resolve("93.184.216.34", 80).await.is_ok());
+        assert!(e.resolve("2606:4700::1", 443).await.is_ok());
+        assert!(e.resolve("::ffff:93.184.216.34", 80).await.is_ok());
+        let msg = e.resolve("0.0.0.0", 80).await.unwrap_err().to_string();
+        assert!(
+            msg.contains("unspecified") && msg.contains("browser_egress_allow"),
+            "{msg}"
+        );
+        // Also spelled out: `loopback` takes `0.0.0.0` and `[::]` with it.
+        let strict = browsers(&["loopback"], &[]);
+        for host in ["0.0.0.0", "::", "::ffff:127.0.0.1", "localhost"] {
+            assert!(strict.resolve(host, 8080).await.is_err(), "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_local_opt_in_opens_loopback_and_nothing_else() {
+        let local = defaults(&["loopback"]);
+        for host in ["127.0.0.1", "::1", "0.0.0.0", "localhost", "::ffff:127.0.0.1"] {
+            assert!(local.resolve(host, 8080).await.is_ok(), "{host}");
+        }
+        for host in ["10.0.0.1", "169.254.169.254", "fd00:ec2::254"] {
+            assert!(local.resolve(host, 8080).await.is_err(), "{host}");
+        }
+        // Never the broker or its browsers, by any spelling of this host.
+        for host in ["127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1", "localhost"] {
+            assert!(
+                matches!(local.resolve(host, 41000).await, Err(EgressError::OwnBrowser { .. })),
+                "{host}"
+            );
+        }
+        // Metadata opens only to its exact address, never by keyword.
+        assert!(!check_browser_lists(&[], &["metadata".into()]).is_empty());
+        assert!(check_browser_lists(&[], &["loopback".into(), "private".into(), "10.0.0.0/8".into()]).is_empty());
+        let pinned = browsers(&["loopback", "127.0.0.2/32"], &["loopback"]);
+        assert!(pinned.resolve("127.0.0.1", 8080).await.is_ok());
+        assert!(pinned.resolve("127.0.0.2", 8080).await.is_err());
+        let exact = defaults(&["fd00:ec2::254"]);
+        assert!(exact.resolve("fd00:ec2::254", 80).await.is_ok());
     }
 
     #[tokio::test]

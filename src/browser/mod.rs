@@ -1,9 +1,9 @@
 //! The browser layer: starting Chromium ([`launcher`]), the warm [`pool`] and the cap on
 //! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
 //! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
-//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]), and
-//! the check of a user's own browser ([`byo`]), and what the kernel lets each browser
-//! touch ([`confine`]).
+//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]), the
+//! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]), and
+//! what the kernel lets each browser touch ([`confine`]).
 
 pub mod byo;
 pub mod cdp;
@@ -16,6 +16,7 @@ pub mod launcher;
 pub mod pool;
 pub mod scope;
 pub mod shared;
+pub mod tab_cap;
 pub mod upstream;
 
 pub use launcher::{

@@ -1,5 +1,5 @@
-//! The operator's view of the cluster: `GET /admin/cluster` (behind `admin_key`) and the
-//! cluster lines of `/metrics`.
+//! The operator's views (behind `admin_key`): the cluster (`GET /admin/cluster`, and the
+//! cluster lines of `/metrics`) and what each API key uses (`GET /admin/tenants`).
 
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
@@ -33,6 +33,16 @@ pub async fn cluster(broker: &Broker) -> Result<Response<Body>, ApiError> {
     Ok(json_response(
         StatusCode::OK,
         &json!({ "node": broker.node, "capacity": capacity, "free": free, "nodes": listed }),
+    ))
+}
+
+/// Every API key's use: sessions running, session-seconds, gateway bytes, files and
+/// recordings. Keys appear by their label (`t_…`, a digest), never themselves.
+pub async fn tenants(broker: &Broker) -> Result<Response<Body>, ApiError> {
+    let tenants = broker.tenant_usage().await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "node": broker.node, "tenants": tenants }),
     ))
 }
 

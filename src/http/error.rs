@@ -184,6 +184,9 @@ impl From<BrokerError> for ApiError {
                 retry_after: Some(retry_after),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
             },
+            // No Retry-After: a place frees when one of the key's sessions ends, which
+            // only its owner knows.
+            BrokerError::Quota(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             BrokerError::Capacity(PoolError::Busy) => ApiError::unavailable(
                 "No browser is available: every slot is in use. Retry later.",
                 RETRY_AFTER_SECS,
@@ -200,6 +203,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::Profile(e) => e.into(),
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => ApiError::unprocessable(e.to_string()),
             BrokerError::BrowserSetup(_) => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()).with_origin(origin),
+            BrokerError::ProfileTimedOut(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).with_origin(origin)
+            }
             BrokerError::Store(StoreError::Unavailable(_)) => ApiError::unavailable(e.to_string(), RETRY_AFTER_SECS),
             BrokerError::Store(_)
             | BrokerError::ProfileUnreadable(_)

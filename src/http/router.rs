@@ -32,6 +32,7 @@ pub enum Endpoint {
     Proxy,
     LiveView,
     AdminCluster,
+    AdminTenants,
     Files,
     File,
     FilesZip,
@@ -118,6 +119,7 @@ pub const ROUTES: &[Route] = &[
     ),
     route(&["POST"], "/public/single-actions/run-action", Endpoint::RunAction),
     route(&["GET"], "/admin/cluster", Endpoint::AdminCluster),
+    route(&["GET"], "/admin/tenants", Endpoint::AdminTenants),
     route(&["GET"], "/devtools/browser/{session_id}", Endpoint::Proxy),
     route(&["GET", "HEAD"], "/devtools/browser/{session_id}/json", Endpoint::Proxy),
     route(
@@ -311,14 +313,17 @@ async fn api(
             only(&method, &[Method::GET])?;
             return Ok(dashboard::page());
         }
-        Endpoint::AdminCluster => {
+        Endpoint::AdminCluster | Endpoint::AdminTenants => {
             only(&method, &[Method::GET])?;
             // Unknown unless the operator set a key; then only that key opens it.
             let admin = broker.admin.as_ref().ok_or_else(|| ApiError::not_found("Not Found"))?;
             admin
                 .authenticate_by(request.headers(), "x-admin-key")
                 .ok_or_else(ApiError::unauthorized)?;
-            return admin::cluster(broker).await;
+            return match endpoint {
+                Endpoint::AdminTenants => admin::tenants(broker).await,
+                _ => admin::cluster(broker).await,
+            };
         }
         _ => {}
     }
@@ -361,7 +366,8 @@ async fn api(
         | Endpoint::Proxy
         | Endpoint::LiveView
         | Endpoint::Dashboard
-        | Endpoint::AdminCluster => {
+        | Endpoint::AdminCluster
+        | Endpoint::AdminTenants => {
             unreachable!("answered above")
         }
     }

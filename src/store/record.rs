@@ -234,6 +234,10 @@ pub struct SessionOptions {
     /// Its CDP traffic logged (method names, sizes, timings) among its files.
     #[serde(default)]
     pub log_cdp: bool,
+    /// It fronts the user's own browser (`cdp_url`): counted by `max_byo_sessions_per_key`
+    /// rather than `max_sessions_per_key`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub byo: bool,
 }
 
 /// A session's upstream proxy without its password.

@@ -12,9 +12,11 @@ use serde_json::{Map, Value, json};
 
 use crate::browser::cdp::{CdpError, Connection};
 
-/// Limits on an imported document.
+/// Limits on an imported document. Each origin's localStorage is written by opening a page
+/// at it (a few hundred ms each on a busy machine), so origins are few enough that an
+/// import ends well within its deadline (`storage_state_timeout_ms`).
 const MAX_COOKIES: usize = 3000;
-const MAX_ORIGINS: usize = 200;
+pub const MAX_ORIGINS: usize = 50;
 
 /// Checks an imported document and answers what is wrong with it, if anything.
 pub fn validate(state: &Value) -> Result<(), String> {
@@ -44,7 +46,8 @@ pub fn validate(state: &Value) -> Result<(), String> {
             .ok_or(format!("origins[{i}].origin must be a string"))?;
         if !is_origin(origin) {
             return Err(format!(
-                "origins[{i}].origin must be an origin such as https://example.com"
+                "origins[{i}].origin must be an origin such as https://example.com: http or https, a \
+                 host name or an IP address, an optional port, and no path, wildcard or credentials"
             ));
         }
         // Absent or null: none.
@@ -64,18 +67,39 @@ pub fn validate(state: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// `scheme://host[:port]` for an http(s) URL, as browsers serialize origins.
-/// `scheme://host[:port]` for http or https, in any case, and nothing more.
+/// `scheme://host[:port]` for http or https, in any case, and nothing more: the host a DNS
+/// name (letters, digits, `-`, `_`; IDNs as their punycode) or an IP address. The URL
+/// parser takes more as a host (`a.b.c*`), which Chrome then refuses to open.
 fn is_origin(s: &str) -> bool {
     let Ok(url) = url::Url::parse(s) else { return false };
+    let host_ok = match url.host() {
+        Some(url::Host::Domain(name)) => is_dns_name(name),
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        None => false,
+    };
     matches!(url.scheme(), "http" | "https")
-        && url.host().is_some()
+        && host_ok
         && url.username().is_empty()
         && url.password().is_none()
         && url.path() == "/"
         && !s.ends_with('/')
         && url.query().is_none()
         && url.fragment().is_none()
+}
+
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn canonical_origin(s: &str) -> Option<String> {
@@ -170,6 +194,8 @@ pub async fn import(conn: &mut Connection, state: &Value) -> Result<(), CdpError
             serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
         );
         conn.evaluate(&page, &script).await?;
+        // One tab at a time, however many origins.
+        conn.close_pages().await;
     }
     Ok(())
 }
@@ -221,6 +247,32 @@ mod tests {
         assert!(validate(&json!({"origins": [{"origin": "https://x.test/path", "localStorage": []}]})).is_err());
         assert!(validate(&json!({"origins": [{"origin": "javascript:alert(1)", "localStorage": []}]})).is_err());
         assert!(validate(&json!({"origins": [{"origin": "https://user@x.test", "localStorage": []}]})).is_err());
+        for bad in [
+            "HTTP://a.b.c*",
+            "https://*.x.test",
+            "https://x.test/*",
+            "https://-x.test",
+            "https://x..test",
+            "ftp://x.test",
+            "https://x.test:99999",
+            "https://x.test?q",
+        ] {
+            let err = validate(&json!({"origins": [{"origin": bad, "localStorage": []}]})).unwrap_err();
+            assert!(err.contains("origins[0].origin"), "{bad}: {err}");
+        }
+        for good in [
+            "https://x.test:8443",
+            "http://[::1]:80",
+            "https://Bücher.example",
+            "http://_dmarc.x.test",
+        ] {
+            assert!(validate(&json!({"origins": [{"origin": good}]})).is_ok(), "{good}");
+        }
+        let many: Vec<Value> = (0..=MAX_ORIGINS)
+            .map(|i| json!({"origin": format!("https://o{i}.test")}))
+            .collect();
+        let err = validate(&json!({ "origins": many })).unwrap_err();
+        assert!(err.contains("at most 50 origins"), "{err}");
         // Not canonical, still an origin: imported as https://x.test.
         assert!(validate(&json!({"origins": [{"origin": "HTTPS://X.test:443", "localStorage": []}]})).is_ok());
         assert!(

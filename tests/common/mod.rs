@@ -31,7 +31,9 @@ pub struct TestServer {
     serving: tokio::task::JoinHandle<()>,
 }
 
-/// A configuration for tests: two tenants, a small pool, a private data directory.
+/// A configuration for tests: two tenants, a small pool, a private data directory, pages
+/// allowed to reach the test sites on loopback (closed by default), and no per-key quotas
+/// of sessions at once (most suites drive one key hard; `tests/quotas.rs` sets them).
 pub fn test_config(data_dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -40,6 +42,9 @@ pub fn test_config(data_dir: &Path) -> Config {
         pool_size: 1,
         max_sessions: 4,
         queue_timeout_ms: 2_000,
+        browser_egress_allow: vec!["loopback".into()],
+        max_sessions_per_key: 0,
+        max_byo_sessions_per_key: 0,
         ..Config::default()
     }
 }
@@ -514,6 +519,11 @@ async fn spawn_broker(mut command: tokio::process::Command, data_dir: &Path, env
         .env("CDPGATE_DATA_DIR", data_dir)
         .env("CDPGATE_LISTEN", "127.0.0.1:0")
         .env("CDPGATE_POOL_SIZE", "1")
+        // The test sites are on loopback, which pages may not reach by default; one key is
+        // driven hard (as `test_config`).
+        .env("CDPGATE_BROWSER_EGRESS_ALLOW", "loopback")
+        .env("CDPGATE_MAX_SESSIONS_PER_KEY", "0")
+        .env("CDPGATE_MAX_BYO_SESSIONS_PER_KEY", "0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
