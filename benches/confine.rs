@@ -57,10 +57,13 @@ async fn launch(chrome: &Path, root: &Path, confined: bool) -> Duration {
         }
     }
     let took = started.elapsed();
-    let pid = child.id().unwrap_or(0) as i32;
     // The whole group: renderers and helpers too.
-    let _ = std::process::Command::new("kill").args(["-9", &format!("-{pid}")]).status();
-    let _ = child.wait().await;
+    if let Some(pid) = child.id().filter(|pid| *pid > 1) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+    }
+    let _ = child.kill().await;
     took
 }
 
