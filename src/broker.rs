@@ -423,6 +423,7 @@ impl Broker {
                 queue_timeout: config.queue_timeout(),
                 screen: config.default_screen(),
                 ws_config: config.ws_config(),
+                client_ws_config: config.parsed_ws_config(),
                 spares: config.context_spares,
                 warm_browsers: config.context_warm_browsers,
             },
@@ -838,6 +839,7 @@ impl Broker {
                 let _ = scope
                     .download_dir
                     .set(files.incoming_dir().to_string_lossy().into_owned());
+                let _ = scope.files_dir.set(files.files_dir());
             }
             let watch = artifacts::downloads::Watch {
                 ws_url,

@@ -336,8 +336,13 @@ impl SessionFiles {
         self.dir.join(RECORDING)
     }
 
+    /// Where the session's finished downloads and uploads are kept.
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+
     fn file_path(&self, name: &str) -> PathBuf {
-        self.dir.join("files").join(name)
+        self.files_dir().join(name)
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {

@@ -6,7 +6,9 @@
 
 pub mod byo;
 pub mod cdp;
+pub mod command;
 pub mod egress;
+pub mod file_policy;
 pub mod filter;
 pub mod forward;
 pub mod identity;
@@ -15,6 +17,7 @@ pub mod pool;
 pub mod scope;
 pub mod shared;
 pub mod upstream;
+pub mod url_policy;
 
 pub use launcher::{
     Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell, remove_dir_with_retries,
