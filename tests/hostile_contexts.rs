@@ -81,7 +81,11 @@ impl Cdp {
             .unwrap()
             .to_owned();
         let attached = self
-            .call(None, "Target.attachToTarget", json!({"targetId": page, "flatten": true}))
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": page, "flatten": true}),
+            )
             .await;
         (page, attached["sessionId"].as_str().unwrap().to_owned())
     }
@@ -154,7 +158,9 @@ async fn start_hostile_site() -> String {
 
 /// JavaScript that clicks a link to `path` (a download, as a person's click would start).
 fn click(path: &str) -> String {
-    format!("(() => {{ const a = document.createElement('a'); a.href = '{path}'; document.body.append(a); a.click(); return 1; }})()")
+    format!(
+        "(() => {{ const a = document.createElement('a'); a.href = '{path}'; document.body.append(a); a.click(); return 1; }})()"
+    )
 }
 
 /// Context sessions only, on one shared Chrome that any tenant's sessions share.
@@ -190,7 +196,12 @@ fn token(session: &Value) -> &str {
 
 async fn files_of(server: &TestServer, key: &str, session: &str) -> Value {
     let r = server
-        .call(Method::GET, &format!("/public/sessions/{session}/files"), Some(key), None)
+        .call(
+            Method::GET,
+            &format!("/public/sessions/{session}/files"),
+            Some(key),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     r.json["files"].clone()
@@ -494,7 +505,9 @@ async fn tabs_cannot_be_opened_at_local_or_chrome_urls() {
             );
         }
     }
-    let shown = client.eval(&page, "location.href + document.documentElement.innerText").await;
+    let shown = client
+        .eval(&page, "location.href + document.documentElement.innerText")
+        .await;
     assert!(!shown.as_str().unwrap().contains("root:"), "{shown}");
     server.stop().await;
 }
@@ -525,7 +538,9 @@ async fn a_message_past_the_parsing_budget_is_refused_and_the_session_works_on()
     client.own_page().await;
 
     let read_only = ours["metadata"]["live_url_read_only"].as_str().unwrap();
-    let socket = read_only.replacen("http://", "ws://", 1).replacen("?token=", "/cdp?token=", 1);
+    let socket = read_only
+        .replacen("http://", "ws://", 1)
+        .replacen("?token=", "/cdp?token=", 1);
     let mut viewer = ws_connect(&socket).await.unwrap();
     viewer.send(Message::text(big)).await.unwrap();
     assert_eq!(

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -262,13 +263,23 @@ async fn relay_filtered<V, B>(
         Ending::Ended => true,
         Ending::ViewerGone => false,
         Ending::TooBig => {
+            let _ = browser_tx.close().await;
             let frame = CloseFrame {
                 code: CloseCode::Size,
                 reason: "message too big".into(),
             };
             let _ = viewer_tx.send(Message::Close(Some(frame))).await;
             metrics.record_close(1009);
-            false
+            // The rest of the message is still coming: read it away (unparsed, a buffer at
+            // a time) so the viewer, done sending, reads the close instead of a reset.
+            if let Ok(mut viewer) = viewer_tx.reunite(viewer_rx) {
+                let drain = async {
+                    let mut sink = vec![0u8; 64 * 1024];
+                    while matches!(viewer.get_mut().read(&mut sink).await, Ok(n) if n > 0) {}
+                };
+                let _ = tokio::time::timeout(relay::EXIT_GRACE, drain).await;
+            }
+            return;
         }
         // The browser went away (its socket closed, or a write to it failed): most likely
         // the session is ending and its browser was released a moment after; the page is
