@@ -143,7 +143,15 @@ impl<'a> Command<'a> {
             params,
             session: self.session.as_deref(),
         };
-        serde_json::to_string(&sent).expect("a command serializes")
+        // Sized up front: a large command is written once, not copied as it grows.
+        let params_len = match &self.params {
+            Params::Verbatim(raw) => raw.map_or(2, |r| r.get().len()),
+            Params::Fields(fields) => fields.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum(),
+        };
+        let len = 64 + self.method.len() + self.session.as_ref().map_or(0, String::len) + params_len;
+        let mut out = Vec::with_capacity(len);
+        serde_json::to_writer(&mut out, &sent).expect("a command serializes");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 }
 

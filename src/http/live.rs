@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -327,12 +327,20 @@ fn allowed(text: &str, read_only: bool) -> Result<String, Value> {
     if let Some(command) = &command
         && (VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)))
     {
-        let mut sent = format!("{{\"id\":{},\"method\":{}", raw_or_null(command.id), json!(method));
+        // Sized up front: a large command is written once, not copied as it grows.
+        let mut sent = String::with_capacity(text.len() + 32);
+        sent.push_str(&format!(
+            "{{\"id\":{},\"method\":{}",
+            raw_or_null(command.id),
+            json!(method)
+        ));
         if let Some(params) = command.params {
-            sent.push_str(&format!(",\"params\":{}", params.get()));
+            sent.push_str(",\"params\":");
+            sent.push_str(params.get());
         }
         if let Some(session) = command.session {
-            sent.push_str(&format!(",\"sessionId\":{}", session.get()));
+            sent.push_str(",\"sessionId\":");
+            sent.push_str(session.get());
         }
         sent.push('}');
         return Ok(sent);

@@ -101,6 +101,10 @@ const pageCommand = (sessionId) => {
 await measure('cdp_url [0,0,…] at the limit', cdp, zeros(max), null);
 await measure('cdp_url page command with [0,0,…] at the limit', cdp, pageCommand, 3, attach);
 await measure('live link [0,0,…] at the limit', live, zeros(max), null);
+// A command a viewer may send, carrying the list: passed on as written.
+const viewerCommand = '{"id":4,"method":"Page.enable","params":{"x":';
+await measure('live link Page.enable with [0,0,…] at the limit', live,
+  viewerCommand + zeros(max - viewerCommand.length - 2) + '}}', 4);
 await measure('cdp_url [0,0,…] 64 MiB', cdp, zeros(64 * 2 ** 20), null);
 await measure('live link [0,0,…] 64 MiB', live, zeros(64 * 2 ** 20), null);
 process.exit(0);
