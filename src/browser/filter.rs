@@ -23,7 +23,8 @@ use dashmap::DashMap;
 use serde_json::{Value, json};
 
 use super::command::{Command, Fields, Params};
-use super::{file_policy, url_policy};
+use super::file_policy;
+use super::url_policy;
 
 /// What a connection's messages without `sessionId` talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
