@@ -19,6 +19,7 @@ fn allowed(root: &Path) -> Allowed {
         std::fs::create_dir_all(dir).unwrap();
     }
     Allowed {
+        read_exec: Vec::new(),
         read_write: dirs,
         connect_ports: vec![9],
         write_proc: false,
@@ -30,21 +31,30 @@ fn allowed(root: &Path) -> Allowed {
 async fn launch(chrome: &Path, root: &Path, confined: bool) -> Duration {
     let allowed = allowed(root);
     let mut cmd = tokio::process::Command::new(chrome);
-    cmd.args(["--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-        .args(["--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
-        .args(["--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"])
-        .args(cdpgate::browser::running_as_root().then_some("--no-sandbox"))
-        .arg(format!("--user-data-dir={}", allowed.read_write[0].display()))
-        .arg("about:blank")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", &allowed.read_write[1])
-        .env("TMPDIR", &allowed.read_write[1])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+    cmd.args([
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+    ])
+    .args([
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ])
+    .args(["--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"])
+    .args(cdpgate::browser::running_as_root().then_some("--no-sandbox"))
+    .arg(format!("--user-data-dir={}", allowed.read_write[0].display()))
+    .arg("about:blank")
+    .env_clear()
+    .env("PATH", "/usr/bin:/bin")
+    .env("HOME", &allowed.read_write[1])
+    .env("TMPDIR", &allowed.read_write[1])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .process_group(0);
     let started = Instant::now();
     if confined {
         confine::enforce_in_child(&mut cmd, confine::prepare(&allowed, true).unwrap());

@@ -466,6 +466,7 @@ impl Broker {
                 queue_timeout: config.queue_timeout(),
                 screen: config.default_screen(),
                 ws_config: config.ws_config(),
+                client_ws_config: config.parsed_ws_config(),
                 spares: config.context_spares,
                 warm_browsers: config.context_warm_browsers,
             },
@@ -974,6 +975,7 @@ impl Broker {
             let _ = session.browser_downloads.set(dir.clone());
             if let Some(scope) = &session.upstream.scope {
                 let _ = scope.download_dir.set(dir.to_string_lossy().into_owned());
+                let _ = scope.files_dir.set(dir.join(".uploads"));
             }
             let watch = artifacts::downloads::Watch {
                 ws_url,

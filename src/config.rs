@@ -62,6 +62,11 @@ pub struct Config {
     pub max_metadata_bytes: usize,
     /// Largest WebSocket message relayed, in bytes (full-page screenshots are tens of MB).
     pub max_message_bytes: usize,
+    /// Largest WebSocket message the broker parses, in bytes: a context session's client
+    /// messages (its filter reads each one) and a live viewer's. Reading one costs memory
+    /// beyond its size, so these get a smaller limit than the bytes relayed unparsed (at
+    /// most `max_message_bytes`).
+    pub max_parsed_message_bytes: usize,
     /// How long shutdown waits for connections and browsers to wind down.
     pub shutdown_timeout_ms: u64,
     /// Bring-your-own browsers: networks (CIDR) and host names (`*.suffix` allowed) that a
@@ -229,6 +234,7 @@ impl Default for Config {
             request_read_timeout_ms: 10_000,
             max_metadata_bytes: 16 * 1024,
             max_message_bytes: 256 * 1024 * 1024,
+            max_parsed_message_bytes: 16 * 1024 * 1024,
             shutdown_timeout_ms: 10_000,
             byo_allow: Vec::new(),
             byo_timeout_ms: 5_000,
@@ -366,6 +372,7 @@ impl Config {
             request_read_timeout_ms,
             max_metadata_bytes,
             max_message_bytes,
+            max_parsed_message_bytes,
             shutdown_timeout_ms,
             byo_timeout_ms,
             default_idle_timeout,
@@ -542,6 +549,9 @@ impl Config {
         if self.max_message_bytes < 1024 * 1024 {
             errors.push("max_message_bytes must be at least 1 MiB".into());
         }
+        if self.max_parsed_message_bytes < 64 * 1024 {
+            errors.push("max_parsed_message_bytes must be at least 64 KiB".into());
+        }
         if let Err(bad) = crate::browser::egress::parse_allow_list("byo_allow", &self.byo_allow) {
             errors.extend(bad);
         }
@@ -703,6 +713,20 @@ impl Config {
     /// Frame and message limits of every WebSocket the broker speaks or relays.
     pub fn ws_config(&self) -> WebSocketConfig {
         let max = self.max_message_bytes;
+        WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+
+    /// Largest message the broker parses: `max_parsed_message_bytes`, or
+    /// `max_message_bytes` if that is smaller.
+    pub fn max_parsed_message(&self) -> usize {
+        self.max_parsed_message_bytes.min(self.max_message_bytes)
+    }
+
+    /// [`Config::ws_config`] for the WebSockets whose messages the broker parses.
+    pub fn parsed_ws_config(&self) -> WebSocketConfig {
+        let max = self.max_parsed_message();
         WebSocketConfig::default()
             .max_message_size(Some(max))
             .max_frame_size(Some(max))

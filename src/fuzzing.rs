@@ -117,21 +117,39 @@ pub fn instruction(data: &[u8]) {
 
 /// A context session's CDP filter fed a script of client commands and browser messages
 /// (built from the bytes: methods, ids, targets, sessions and contexts of the session's own
-/// or of another context, and raw text): nothing the client sent reaches the browser naming
-/// the other context's target, context or session, and nothing of them reaches the client.
+/// or of another context, download events of either, and raw text): nothing the client
+/// sent reaches the browser naming the other context's target, context or session, nothing
+/// of them (nor their downloads) reaches the client, no path the client chose reaches the
+/// browser, and no path of the broker's reaches the client.
 pub fn context_filter(data: &[u8]) {
     use crate::browser::filter::{Filter, Out, Root, Targets};
     use serde_json::json;
     use std::sync::Arc;
 
-    const THEIRS: [&str; 3] = ["T-THEIRS", "CTX-THEIRS", "S-THEIRS"];
+    const THEIRS: [&str; 5] = ["T-THEIRS", "CTX-THEIRS", "S-THEIRS", "G-THEIRS", "BROKER-PATH"];
+    /// A path or a local URL a client chose: never in a command that reaches the browser
+    /// (see `chooses_no_path`).
+    const CLIENT_PATH: &str = "CLIENT-PATH";
+    /// Methods whose parameters name paths or URLs (each given `CLIENT_PATH` in a form).
+    const PATH_METHODS: [&str; 6] = [
+        "Browser.setDownloadBehavior",
+        "Page.setDownloadBehavior",
+        "DOM.setFileInputFiles",
+        "Input.dispatchDragEvent",
+        "Target.createTarget",
+        "Page.navigate",
+    ];
     /// What of the client's input an output may carry back.
     enum Echo {
         None,
         ToClient(String),
         Both(String),
     }
-    const METHODS: [&str; 24] = [
+    const METHODS: [&str; 28] = [
+        "Page.setDownloadBehavior",
+        "DOM.setFileInputFiles",
+        "Input.dispatchDragEvent",
+        "Page.getFrameTree",
         "Target.getTargets",
         "Target.attachToTarget",
         "Target.activateTarget",
@@ -171,14 +189,16 @@ pub fn context_filter(data: &[u8]) {
     } else {
         Root::Browser
     };
-    let mut filter = Filter::new("CTX-OURS", root, targets);
+    let mut filter = Filter::new("CTX-OURS", root, targets)
+        .with_download_dir("/SESSION-DOWNLOADS")
+        .with_files_dir("/nonexistent-session-files".into());
     let mut rest = data.get(1..).unwrap_or_default();
     // The commands that reached the browser, by (session, id): what its answers may hold.
     let mut sent = std::collections::HashMap::<(Option<String>, i64), String>::new();
     while let [op, a, b, c, tail @ ..] = rest {
         rest = tail;
         let mut browser_text = None;
-        let (outs, echo) = match op % 4 {
+        let (outs, echo) = match op % 5 {
             // Raw text from the client, as it comes.
             0 => {
                 let len = usize::from(*a).min(rest.len());
@@ -204,6 +224,25 @@ pub fn context_filter(data: &[u8]) {
                 }
                 params.insert("flatten".into(), json!(c & 2 == 2));
                 params.insert("windowId".into(), json!(c >> 4));
+                if PATH_METHODS.contains(&method) {
+                    let path = format!("/tmp/../{CLIENT_PATH}");
+                    let url = [
+                        format!("file:///{CLIENT_PATH}"),
+                        format!(" \tFILE:{CLIENT_PATH}"),
+                        format!("view-source:file:///{CLIENT_PATH}"),
+                        format!("chrome://{CLIENT_PATH}"),
+                    ][usize::from(*b) % 4]
+                        .clone();
+                    let behavior = ["allow", "deny", "default", "allowAndName"][usize::from(*a) % 4];
+                    params.insert("behavior".into(), json!(behavior));
+                    params.insert("downloadPath".into(), json!(path));
+                    params.insert("files".into(), json!([path]));
+                    params.insert(
+                        "data".into(),
+                        json!({"items": [], "files": [path], "dragOperationsMask": 1}),
+                    );
+                    params.insert("url".into(), json!(url));
+                }
                 let mut message = json!({"id": a, "method": method, "params": params});
                 if let Some(s) = names(*b >> 6, "S-OURS", "S-THEIRS") {
                     message["sessionId"] = json!(s);
@@ -231,6 +270,40 @@ pub fn context_filter(data: &[u8]) {
                     "targetInfo": info, "targetId": target, "sessionId": session, "waitingForDebugger": c & 1 == 1}});
                 if let Some(s) = names(*c >> 1, "S-OURS", "S-THEIRS") {
                     event["sessionId"] = json!(s);
+                }
+                let text = event.to_string();
+                browser_text = Some(text.clone());
+                (filter.on_browser(&text), Echo::None)
+            }
+            // A download event of either context, on the root or a session: its beginning
+            // (by a target's frame, a subframe seen in a page of ours, or one never seen),
+            // or its progress with the broker's path.
+            4 => {
+                // A frame the filter cannot place counts as theirs: its download is not shown.
+                let frame = ["T-OURS", "T-THEIRS", "F-OURS", "F-UNSEEN"][usize::from(*a) % 4];
+                let ours = if b & 2 == 0 {
+                    frame.ends_with("OURS")
+                } else {
+                    b & 1 == 0
+                };
+                let guid = if ours { "G-OURS" } else { "G-THEIRS" };
+                let state = ["inProgress", "completed", "canceled"][usize::from(*c) % 3];
+                let mut event = match b & 2 {
+                    0 => json!({"method": "Browser.downloadWillBegin", "params": {
+                        "frameId": frame, "guid": guid, "url": "https://x/", "suggestedFilename": "f"}}),
+                    _ => json!({"method": "Browser.downloadProgress", "params": {
+                        "guid": guid, "totalBytes": 1, "receivedBytes": 1,
+                        "state": state,
+                        "filePath": format!("/BROKER-PATH/{guid}")}}),
+                };
+                if let Some(s) = names(*c >> 2, "S-OURS", "S-THEIRS") {
+                    event["sessionId"] = json!(s);
+                }
+                // A subframe of ours announced itself first, on one of our sessions.
+                if frame == "F-OURS" {
+                    let attached = json!({"method": "Page.frameAttached",
+                        "params": {"frameId": "F-OURS", "parentFrameId": "T-OURS"}, "sessionId": "S-OURS"});
+                    let _ = filter.on_browser(&attached.to_string());
                 }
                 let text = event.to_string();
                 browser_text = Some(text.clone());
@@ -273,6 +346,9 @@ pub fn context_filter(data: &[u8]) {
                 _ => continue,
             };
             if to == "browser" {
+                if let Ok(sent) = serde_json::from_str::<Value>(&text) {
+                    assert!(chooses_no_path(&sent), "a client's path reached the browser: {text}");
+                }
                 // The filter's own commands (negative ids) let go of another context's
                 // session an auto-attach made; nothing the client sent names theirs.
                 let own = serde_json::from_str::<Value>(&text)
@@ -298,6 +374,25 @@ pub fn context_filter(data: &[u8]) {
                 assert!(!text.contains(theirs), "{theirs} reached the {to}: {text}");
             }
         }
+    }
+}
+
+/// A command on its way to the browser of a context session (whose download folder is
+/// `/SESSION-DOWNLOADS` and whose files directory does not exist) chooses no path of the
+/// broker's disk and opens no local URL.
+fn chooses_no_path(sent: &Value) -> bool {
+    let params = &sent["params"];
+    let no_files = |files: &Value| files.is_null() || files.as_array().is_some_and(Vec::is_empty);
+    match sent["method"].as_str().unwrap_or_default() {
+        "Browser.setDownloadBehavior" | "Page.setDownloadBehavior" => {
+            params["downloadPath"].is_null() || params["downloadPath"] == "/SESSION-DOWNLOADS"
+        }
+        "DOM.setFileInputFiles" => no_files(&params["files"]),
+        "Input.dispatchDragEvent" => no_files(&params["data"]["files"]),
+        "Target.createTarget" | "Page.navigate" => params["url"]
+            .as_str()
+            .is_none_or(|url| crate::browser::url_policy::check_navigation(url).is_ok()),
+        _ => true,
     }
 }
 

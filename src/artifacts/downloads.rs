@@ -126,7 +126,7 @@ impl Watcher {
                 let path = params["filePath"].as_str().map(PathBuf::from);
                 if let Some(suggested) = unplaced.get(guid)
                     && state == "completed"
-                    && path.as_ref().is_some_and(|p| p.starts_with(&self.watch.dir))
+                    && path.as_ref().is_some_and(|p| is_inside(p, &self.watch.dir))
                 {
                     files.download_began(guid, suggested, 0);
                 }
@@ -147,9 +147,11 @@ impl Watcher {
                                 .await;
                         }
                     }
+                    // Only from the session's own folder: the broker moves no file from
+                    // anywhere else a client had Chrome write (or name).
                     "completed" => match path {
-                        Some(path) => files.download_completed(guid, &path),
-                        None => files.download_canceled(guid),
+                        Some(path) if is_inside(&path, &self.watch.dir) => files.download_completed(guid, &path),
+                        _ => files.download_canceled(guid),
                     },
                     _ => files.download_canceled(guid),
                 }
@@ -170,5 +172,26 @@ impl Watcher {
             .await
             .ok()?;
         Some(info["targetInfo"]["browserContextId"].as_str() == Some(context.as_str()))
+    }
+}
+
+/// Whether `path` names something inside `dir`: no `..` can lead it out.
+fn is_inside(path: &std::path::Path, dir: &std::path::Path) -> bool {
+    use std::path::Component;
+    path.starts_with(dir) && !path.components().any(|c| matches!(c, Component::ParentDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_inside;
+    use std::path::Path;
+
+    #[test]
+    fn only_files_inside_the_folder_are_taken() {
+        let dir = Path::new("/data/browsers/ab.downloads/sess_1");
+        assert!(is_inside(&dir.join("report.pdf"), dir));
+        assert!(!is_inside(Path::new("/data/token_secret"), dir));
+        assert!(!is_inside(&dir.join("../sess_2/x"), dir));
+        assert!(!is_inside(Path::new("/data/browsers/ab.downloads/sess_10/x"), dir));
     }
 }

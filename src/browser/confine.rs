@@ -10,7 +10,7 @@
 //! the broker before the fork; the child only calls `prctl` and `landlock_restrict_self`
 //! (both async-signal-safe) between fork and exec.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
@@ -140,6 +140,9 @@ impl Confinement {
 /// What one browser may touch.
 #[derive(Debug, Clone, Default)]
 pub struct Allowed {
+    /// Directories it may also read and execute from: the configured Chrome's own (an
+    /// operator's Chrome for Testing under `/home`, say, with its libraries beside it).
+    pub read_exec: Vec<PathBuf>,
     /// Directories it may read and write (created beforehand; they must exist).
     pub read_write: Vec<PathBuf>,
     /// TCP ports it may connect to (on any address: Landlock knows ports only).
@@ -174,7 +177,11 @@ pub fn prepare(allowed: &Allowed, network: bool) -> Result<Prepared, ConfineErro
         ruleset = ruleset.handle_access(AccessNet::ConnectTcp).map_err(|e| err(&e))?;
     }
     let mut created = ruleset.create().map_err(|e| err(&e))?;
-    for path in READ_TREES.iter().map(Path::new).filter(|p| p.exists()) {
+    let trees = READ_TREES
+        .iter()
+        .map(Path::new)
+        .chain(allowed.read_exec.iter().map(PathBuf::as_path));
+    for path in trees.filter(|p| p.exists()) {
         created = created.add_rule(path_rule(path, read)?).map_err(|e| err(&e))?;
     }
     for path in WRITE_DEVICES.iter().map(Path::new).filter(|p| p.exists()) {
@@ -227,7 +234,7 @@ pub fn enforce_in_child(cmd: &mut tokio::process::Command, prepared: Prepared) {
 /// The system calls of the child's side, and the ABI probe.
 #[allow(unsafe_code)]
 mod sys {
-    use super::*;
+    use std::os::fd::{AsRawFd, OwnedFd};
 
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 
@@ -317,6 +324,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let forbidden_port = listener.local_addr().unwrap().port();
         let allowed = Allowed {
+            read_exec: Vec::new(),
             read_write: vec![own.clone()],
             connect_ports: vec![1],
             write_proc: false,

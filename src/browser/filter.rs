@@ -16,10 +16,15 @@
 //! answers that name targets, and browser-level events are parsed.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+use super::command::{Command, Fields, Params};
+use super::file_policy;
+use super::url_policy;
 
 /// What a connection's messages without `sessionId` talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +109,8 @@ enum Reply {
     Created,
     /// `Browser.getWindowForTarget`: the window is the client's to size.
     Window,
+    /// `Page.getFrameTree`: the frames are the context's (for its downloads' events).
+    FrameTree,
     /// A command the filter sent itself.
     Own,
 }
@@ -179,7 +186,37 @@ const KNOWN_PARAMS: &[(&str, &[&str])] = &[
     ("Storage.getCookies", &["browserContextId"]),
     ("Storage.setCookies", &["cookies", "browserContextId"]),
     ("Storage.clearCookies", &["browserContextId"]),
+    ("Page.setDownloadBehavior", &["behavior", "downloadPath"]),
 ];
+
+/// Page methods whose parameters are read (a path, a URL) but not limited to a list.
+const CHECKED_PARAMS: &[&str] = &[
+    "Page.navigate",
+    "Network.loadNetworkResource",
+    "Fetch.continueRequest",
+    "Network.continueInterceptedRequest",
+    "DOM.setFileInputFiles",
+    "Input.dispatchDragEvent",
+];
+
+/// Whether the filter reads a method's parameters; the others pass as the client wrote
+/// them (see [`Command`]).
+fn reads_params(method: &str) -> bool {
+    KNOWN_PARAMS.iter().any(|(m, _)| *m == method) || CHECKED_PARAMS.contains(&method)
+}
+
+/// `params[key]`, when it is a string, is a URL `policy` allows (what is not a string
+/// Chrome refuses itself).
+fn check_url(params: &Fields, key: &str, policy: fn(&str) -> Result<(), url_policy::Refused>) -> Decision {
+    match params.str(key).map(|url| policy(&url)) {
+        Some(Err(refused)) => Decision::Refuse(refused.to_string()),
+        _ => Decision::Pass(Reply::Pass),
+    }
+}
+
+/// Most downloads a connection follows at once (their progress events); past it, new
+/// ones are not shown to it.
+const MAX_DOWNLOADS_FOLLOWED: usize = 1024;
 
 /// One client connection's filter.
 pub struct Filter {
@@ -202,6 +239,14 @@ pub struct Filter {
     next_own: i64,
     /// Where the session's downloads must go, whatever a client asks.
     download_dir: Option<String>,
+    /// The only files a client may hand its pages (see [`file_policy`]).
+    files_dir: Option<PathBuf>,
+    /// Frames of the context's pages that are not targets (subframes), from its own
+    /// sessions' page events: a download they begin is the context's.
+    own_frames: HashSet<String>,
+    /// Downloads of the context whose beginning this connection was shown, by guid: their
+    /// progress is shown too, other contexts' is not.
+    downloads: HashSet<String>,
 }
 
 impl Filter {
@@ -217,54 +262,36 @@ impl Filter {
             windows: HashSet::new(),
             next_own: 0,
             download_dir: None,
+            files_dir: None,
+            own_frames: HashSet::new(),
+            downloads: HashSet::new(),
         }
     }
 
-    /// Holds the client's `Browser.setDownloadBehavior` to `dir`: downloads are allowed
-    /// into it or denied, never sent elsewhere on the broker's disk.
+    /// Holds the client's `Browser.setDownloadBehavior` and `Page.setDownloadBehavior` to
+    /// `dir`: downloads are allowed into it or denied, never sent elsewhere on the broker's
+    /// disk (without a folder they are denied).
     pub fn with_download_dir(mut self, dir: &str) -> Filter {
         self.download_dir = Some(dir.to_owned());
         self
     }
 
+    /// The session's own files, the only ones its client may set on a file input or drop.
+    pub fn with_files_dir(mut self, dir: PathBuf) -> Filter {
+        self.files_dir = Some(dir);
+        self
+    }
+
     /// A message from the client. With `looked_up`, targets still unknown are refused.
     pub fn on_client(&mut self, text: &str, looked_up: bool) -> Vec<Out> {
-        let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(text) else {
-            return vec![Out::Client(error_reply(
-                None,
-                None,
-                -32700,
-                "Message must be a valid JSON object",
-            ))];
-        };
-        let session = match message.remove("sessionId") {
-            None => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                return vec![Out::Client(error_reply(
-                    None,
-                    None,
-                    -32600,
-                    "sessionId must be a string",
-                ))];
+        let mut command = match Command::parse(text, reads_params) {
+            Ok(command) => command,
+            Err(m) => {
+                let reply = error_reply(m.id, m.session.as_deref(), m.code, m.message);
+                return vec![Out::Client(reply)];
             }
         };
-        let Some(id) = message.get("id").and_then(Value::as_i64).filter(|id| *id >= 0) else {
-            let detail = "Message must have a non-negative integer 'id' property";
-            return vec![Out::Client(error_reply(None, session.as_deref(), -32600, detail))];
-        };
-        let Some(method) = message.get("method").and_then(Value::as_str).map(str::to_owned) else {
-            let detail = "Message must have a string 'method' property";
-            return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32600, detail))];
-        };
-        let mut params = match message.remove("params") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(params)) => params,
-            Some(_) => {
-                let detail = "Invalid parameters: params must be an object";
-                return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32602, detail))];
-            }
-        };
+        let (id, session) = (command.id, command.session.clone());
         if let Some(s) = &session
             && !self.sessions.contains(s)
         {
@@ -277,19 +304,21 @@ impl Filter {
             return vec![Out::Client(error_reply(Some(id), session.as_deref(), -32600, detail))];
         }
         let page_level = session.is_some() || self.root == Root::Page;
+        let method = command.method.clone();
+        let mut unread = Fields::default();
+        let params = match &mut command.params {
+            Params::Fields(fields) => fields,
+            Params::Verbatim(_) => &mut unread,
+        };
         // What Chrome acts on of a method that names targets or contexts is what was
         // checked: parameters it does not define are dropped.
         if let Some((_, known)) = KNOWN_PARAMS.iter().find(|(m, _)| *m == method) {
-            params.retain(|key, _| known.contains(&key.as_str()));
+            params.retain(known);
         }
-        match self.decide(&method, &mut params, page_level, looked_up) {
+        match self.decide(&method, params, page_level, looked_up) {
             Decision::Pass(reply) => {
                 self.in_flight.insert(key, reply);
-                let mut out = json!({ "id": id, "method": method, "params": params });
-                if let Some(s) = session {
-                    out["sessionId"] = Value::String(s);
-                }
-                vec![Out::Browser(out.to_string())]
+                vec![Out::Browser(command.to_json())]
             }
             Decision::Refuse(detail) => vec![
                 Out::Refused(method),
@@ -304,7 +333,7 @@ impl Filter {
         }
     }
 
-    fn decide(&mut self, method: &str, params: &mut Map<String, Value>, page_level: bool, looked_up: bool) -> Decision {
+    fn decide(&mut self, method: &str, params: &mut Fields, page_level: bool, looked_up: bool) -> Decision {
         let (domain, name) = method.split_once('.').unwrap_or((method, ""));
         let refuse = |why: &str| Decision::Refuse(format!("'{method}' is not allowed in a context session: {why}"));
         match (domain, name) {
@@ -313,7 +342,7 @@ impl Filter {
             ("Browser", "close") => Decision::End,
             ("Browser", "setDownloadBehavior") => match self.fill_context(params) {
                 Ok(()) => {
-                    self.hold_downloads(params);
+                    self.hold_downloads(params, true);
                     Decision::Pass(Reply::Pass)
                 }
                 Err(d) => d,
@@ -324,19 +353,17 @@ impl Filter {
                 Ok(()) => Decision::Pass(Reply::Pass),
                 Err(d) => d,
             },
-            ("Browser", "getWindowForTarget") => match params.get("targetId") {
-                None if page_level => Decision::Pass(Reply::Window),
+            ("Browser", "getWindowForTarget") => match params.contains("targetId") {
+                false if page_level => Decision::Pass(Reply::Window),
                 _ => match self.own_target(params, "targetId", looked_up) {
                     Ok(()) => Decision::Pass(Reply::Window),
                     Err(d) => d,
                 },
             },
-            ("Browser", "getWindowBounds" | "setWindowBounds") => {
-                match params.get("windowId").and_then(Value::as_i64) {
-                    Some(window) if self.windows.contains(&window) => Decision::Pass(Reply::Pass),
-                    _ => Decision::Refuse("Browser window not found".into()),
-                }
-            }
+            ("Browser", "getWindowBounds" | "setWindowBounds") => match params.get::<i64>("windowId") {
+                Some(window) if self.windows.contains(&window) => Decision::Pass(Reply::Pass),
+                _ => Decision::Refuse("Browser window not found".into()),
+            },
             ("Browser", _) => refuse("it acts on the whole browser"),
             ("SystemInfo" | "Tracing" | "Extensions" | "PWA" | "Tethering", _) => {
                 refuse("it reaches beyond the session's browser context")
@@ -345,6 +372,29 @@ impl Filter {
                 Decision::Pass(Reply::Pass)
             }
             ("Memory", _) => refuse("it acts on the whole browser"),
+            // What a page method would read or write of the broker's disk, or where it
+            // would take a tab: checked (see `reads_params`).
+            ("Page", "setDownloadBehavior") if page_level => {
+                self.hold_downloads(params, false);
+                Decision::Pass(Reply::Pass)
+            }
+            ("Page", "navigate") if page_level => check_url(params, "url", url_policy::check_navigation),
+            ("Network", "loadNetworkResource") if page_level => check_url(params, "url", url_policy::check_fetch),
+            ("Fetch", "continueRequest") | ("Network", "continueInterceptedRequest") if page_level => {
+                match params.is_null("url") {
+                    true => Decision::Pass(Reply::Pass),
+                    false => check_url(params, "url", url_policy::check_fetch),
+                }
+            }
+            ("DOM", "setFileInputFiles") if page_level => match self.hold_files(params) {
+                Ok(()) => Decision::Pass(Reply::Pass),
+                Err(refused) => Decision::Refuse(refused.to_string()),
+            },
+            ("Input", "dispatchDragEvent") if page_level => match self.hold_dropped_files(params) {
+                Ok(()) => Decision::Pass(Reply::Pass),
+                Err(refused) => Decision::Refuse(refused.to_string()),
+            },
+            ("Page", "getFrameTree") if page_level => Decision::Pass(Reply::FrameTree),
             _ if page_level => Decision::Pass(Reply::Pass),
             ("IO", "read" | "close" | "resolveBlob") | ("Schema", "getDomains") => Decision::Pass(Reply::Pass),
             _ => refuse("only target, browser and cookie methods are open at the browser level"),
@@ -354,7 +404,7 @@ impl Filter {
     fn decide_target(
         &mut self,
         name: &str,
-        params: &mut Map<String, Value>,
+        params: &mut Fields,
         looked_up: bool,
         refuse: impl Fn(&str) -> Decision,
     ) -> Decision {
@@ -366,15 +416,15 @@ impl Filter {
             "getTargets" => Decision::Pass(Reply::Targets),
             "setDiscoverTargets" => Decision::Pass(Reply::Pass),
             "setAutoAttach" => {
-                let auto = params.get("autoAttach").and_then(Value::as_bool).unwrap_or(false);
-                let flat = params.get("flatten").and_then(Value::as_bool).unwrap_or(false);
+                let auto = params.get::<bool>("autoAttach").unwrap_or(false);
+                let flat = params.get::<bool>("flatten").unwrap_or(false);
                 if auto && !flat {
                     return refuse("only flattened sessions (flatten: true) are relayed");
                 }
                 Decision::Pass(Reply::Pass)
             }
             "attachToTarget" => {
-                if params.get("flatten").and_then(Value::as_bool) != Some(true) {
+                if params.get::<bool>("flatten") != Some(true) {
                     return refuse("only flattened sessions (flatten: true) are relayed");
                 }
                 checked(self.own_target(params, "targetId", looked_up), Reply::Attached)
@@ -383,26 +433,29 @@ impl Filter {
                 checked(self.own_target(params, "targetId", looked_up), Reply::Pass)
             }
             // Without a target: the connection's own (the browser's, which Playwright reads).
-            "getTargetInfo" if !params.contains_key("targetId") => Decision::Pass(Reply::Pass),
+            "getTargetInfo" if !params.contains("targetId") => Decision::Pass(Reply::Pass),
             "getTargetInfo" => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
             // Each of the session and the target, when given, must be the client's own.
             "detachFromTarget" => {
-                match params.get("sessionId") {
-                    Some(Value::String(s)) if self.sessions.contains(s) => {}
-                    Some(_) => return Decision::Refuse("No session with given id".into()),
-                    None if !params.contains_key("targetId") => {
+                match (params.contains("sessionId"), params.str("sessionId")) {
+                    (true, Some(s)) if self.sessions.contains(&s) => {}
+                    (true, _) => return Decision::Refuse("No session with given id".into()),
+                    (false, _) if !params.contains("targetId") => {
                         return Decision::Refuse("Either session id or target id must be specified".into());
                     }
-                    None => {}
+                    (false, _) => {}
                 }
-                match params.contains_key("targetId") {
+                match params.contains("targetId") {
                     true => checked(self.own_target(params, "targetId", looked_up), Reply::Pass),
                     false => Decision::Pass(Reply::Pass),
                 }
             }
-            "createTarget" => checked(self.fill_context(params), Reply::Created),
+            "createTarget" => match check_url(params, "url", url_policy::check_navigation) {
+                Decision::Pass(_) => checked(self.fill_context(params), Reply::Created),
+                refused => refused,
+            },
             "getBrowserContexts" => Decision::Answer(json!({ "browserContextIds": [self.context] })),
-            "disposeBrowserContext" => match params.get("browserContextId").and_then(Value::as_str) {
+            "disposeBrowserContext" => match params.str("browserContextId") {
                 Some(c) if c == self.context => Decision::End,
                 _ => Decision::Refuse("Failed to find context with id".into()),
             },
@@ -411,47 +464,76 @@ impl Filter {
         }
     }
 
-    /// A download behavior held to the session's folder: "deny" stays, anything else
-    /// allows into the folder (with events if the client asked for them).
-    fn hold_downloads(&self, params: &mut Map<String, Value>) {
-        let Some(dir) = &self.download_dir else { return };
-        if params.get("behavior").and_then(Value::as_str) == Some("deny") {
-            params.remove("downloadPath");
-            return;
+    /// Downloads are the broker's to place. A client chooses whether they happen (`deny`,
+    /// or `allow`, `default` and `allowAndName`, which allow them into the session's
+    /// folder) and whether it hears of them (`eventsEnabled`), never where: the folder is
+    /// the session's, and without one downloads are denied.
+    fn hold_downloads(&self, params: &mut Fields, by_name: bool) {
+        let behavior = params.str("behavior");
+        params.remove("downloadPath");
+        match &self.download_dir {
+            Some(dir) if behavior.as_deref() != Some("deny") => {
+                let named = by_name && behavior.as_deref() == Some("allowAndName");
+                params.set("behavior", if named { "allowAndName" } else { "allow" });
+                params.set("downloadPath", dir);
+            }
+            _ => params.set("behavior", "deny"),
         }
-        params.insert("behavior".into(), json!("allow"));
-        params.insert("downloadPath".into(), json!(dir));
+    }
+
+    /// A file input's files: the session's own, resolved.
+    fn hold_files(&self, params: &mut Fields) -> Result<(), file_policy::Refused> {
+        let files = params.raw("files").ok_or(file_policy::Refused::NotAList)?;
+        let resolved = file_policy::check_files(self.files_dir.as_deref(), files)?;
+        params.set("files", resolved);
+        Ok(())
+    }
+
+    /// The files of a dropped item (`data.files`): as for a file input.
+    fn hold_dropped_files(&self, params: &mut Fields) -> Result<(), file_policy::Refused> {
+        let Some(mut data) = params.raw("data").and_then(Fields::parse) else {
+            return Ok(()); // no data: nothing is dropped (Chrome answers the error)
+        };
+        if data.is_null("files") {
+            return Ok(());
+        }
+        let files = data.raw("files").ok_or(file_policy::Refused::NotAList)?;
+        let resolved = file_policy::check_files(self.files_dir.as_deref(), files)?;
+        data.set("files", resolved);
+        let data = data.to_raw();
+        params.set("data", &data);
+        Ok(())
     }
 
     /// `browserContextId` is the session's: filled in when missing.
-    fn fill_context(&self, params: &mut Map<String, Value>) -> Result<(), Decision> {
-        match params.get("browserContextId") {
-            None | Some(Value::Null) => {
-                params.insert("browserContextId".into(), Value::String(self.context.clone()));
-                Ok(())
-            }
-            Some(Value::String(c)) if *c == self.context => Ok(()),
-            Some(_) => Err(Decision::Refuse(
+    fn fill_context(&self, params: &mut Fields) -> Result<(), Decision> {
+        if params.is_null("browserContextId") {
+            params.set("browserContextId", &self.context);
+            return Ok(());
+        }
+        match params.str("browserContextId") {
+            Some(c) if c == self.context => Ok(()),
+            _ => Err(Decision::Refuse(
                 "Failed to find browser context with the given id".into(),
             )),
         }
     }
 
     /// `params[key]` names one of the context's targets.
-    fn own_target(&self, params: &Map<String, Value>, key: &str, looked_up: bool) -> Result<(), Decision> {
-        let Some(target) = params.get(key).and_then(Value::as_str) else {
+    fn own_target(&self, params: &Fields, key: &str, looked_up: bool) -> Result<(), Decision> {
+        let Some(target) = params.str(key) else {
             return Err(Decision::Refuse(format!(
                 "Invalid parameters: {key}: string value expected"
             )));
         };
-        if self.own_targets.contains(target) {
+        if self.own_targets.contains(&target) {
             return Ok(());
         }
-        match self.targets.context_of(target) {
+        match self.targets.context_of(&target) {
             Some(c) if c == self.context => Ok(()),
             Some(_) => Err(Decision::Refuse(NO_TARGET.into())),
             None if looked_up => Err(Decision::Refuse(NO_TARGET.into())),
-            None => Err(Decision::Unknown(target.to_owned())),
+            None => Err(Decision::Unknown(target)),
         }
     }
 
@@ -467,17 +549,107 @@ impl Filter {
             return match self.in_flight.remove(&(session, id)) {
                 None | Some(Reply::Own) => Vec::new(),
                 Some(Reply::Pass) => vec![Out::Pass],
+                Some(Reply::FrameTree) => {
+                    self.learn_frame_tree(text);
+                    vec![Out::Pass]
+                }
                 Some(reply) => self.rewrite_reply(reply, text),
             };
         }
         if text.starts_with(r#"{"method":"Target."#) {
             return self.on_target_event(text, session);
         }
-        let passes = session.is_some()
-            || self.root == Root::Page
-            || text.starts_with(r#"{"method":"Browser.download"#)
-            || text.starts_with(r#"{"method":"Inspector."#);
+        // Chrome tells every connection with download events of every context's downloads,
+        // on whichever session asked for them.
+        if text.starts_with(r#"{"method":"Browser.download"#) {
+            return self.on_download_event(text);
+        }
+        let own_page = session.is_some() || self.root == Root::Page;
+        if own_page && text.starts_with(r#"{"method":"Page.frame"#) {
+            self.learn_frame(text);
+        }
+        let passes = own_page || text.starts_with(r#"{"method":"Inspector."#);
         if passes { vec![Out::Pass] } else { Vec::new() }
+    }
+
+    /// A download's events reach the client only if the download is its context's: its
+    /// beginning by the frame that began it (a target of the context, or a frame seen in
+    /// one of its pages; a frame the filter cannot place is not the client's), its
+    /// progress by its guid. `filePath` is removed: it names the broker's folders.
+    fn on_download_event(&mut self, text: &str) -> Vec<Out> {
+        let Ok(mut event) = serde_json::from_str::<Value>(text) else {
+            return Vec::new();
+        };
+        let guid = event["params"]["guid"].as_str().unwrap_or_default().to_owned();
+        match event["method"].as_str().unwrap_or_default() {
+            "Browser.downloadWillBegin" => {
+                let frame = event["params"]["frameId"].as_str().unwrap_or_default();
+                if guid.is_empty() || !self.frame_is_ours(frame) || self.downloads.len() >= MAX_DOWNLOADS_FOLLOWED {
+                    return Vec::new();
+                }
+                self.downloads.insert(guid);
+                vec![Out::Pass]
+            }
+            "Browser.downloadProgress" if self.downloads.contains(&guid) => {
+                let params = &mut event["params"];
+                if params["state"] != "inProgress" {
+                    self.downloads.remove(&guid);
+                }
+                match params.as_object_mut().and_then(|p| p.remove("filePath")) {
+                    Some(_) => vec![Out::Client(event.to_string())],
+                    None => vec![Out::Pass],
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn frame_is_ours(&self, frame: &str) -> bool {
+        self.own_targets.contains(frame)
+            || self.own_frames.contains(frame)
+            || self.targets.context_of(frame).is_some_and(|c| c == self.context)
+    }
+
+    /// Notes the frames a page of the context attaches or navigates, and forgets those it
+    /// detaches.
+    fn learn_frame(&mut self, text: &str) {
+        let Ok(event) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let params = &event["params"];
+        match event["method"].as_str().unwrap_or_default() {
+            "Page.frameAttached" => {
+                if let Some(frame) = params["frameId"].as_str() {
+                    self.own_frames.insert(frame.to_owned());
+                }
+            }
+            "Page.frameNavigated" => {
+                if let Some(frame) = params["frame"]["id"].as_str() {
+                    self.own_frames.insert(frame.to_owned());
+                }
+            }
+            "Page.frameDetached" => {
+                if let Some(frame) = params["frameId"].as_str() {
+                    self.own_frames.remove(frame);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes every frame of a page's frame tree (`Page.getFrameTree`'s answer).
+    fn learn_frame_tree(&mut self, text: &str) {
+        fn walk(tree: &Value, frames: &mut HashSet<String>) {
+            if let Some(frame) = tree["frame"]["id"].as_str() {
+                frames.insert(frame.to_owned());
+            }
+            for child in tree["childFrames"].as_array().into_iter().flatten() {
+                walk(child, frames);
+            }
+        }
+        if let Ok(answer) = serde_json::from_str::<Value>(text) {
+            walk(&answer["result"]["frameTree"], &mut self.own_frames);
+        }
     }
 
     fn rewrite_reply(&mut self, reply: Reply, text: &str) -> Vec<Out> {
@@ -514,7 +686,7 @@ impl Filter {
                         self.windows.insert(w);
                     }
                 }
-                Reply::Pass | Reply::Own => {}
+                Reply::Pass | Reply::Own | Reply::FrameTree => {}
             }
         }
         vec![Out::Client(message.to_string())]
@@ -852,9 +1024,10 @@ mod tests {
         assert_eq!(sent_count(&mut f, r#"{"id":7,"method":"Target.getTargets"}"#), 1);
         assert_eq!(sent_count(&mut f, r#"{"id":7,"method":"Browser.getVersion"}"#), 0);
         assert_eq!(sent_count(&mut f, r#"{"id":-1,"method":"Browser.getVersion"}"#), 0);
+        // A part given twice is refused: Chrome might read the other one.
         assert_eq!(
             sent_count(&mut f, r#"{"id":8,"method":"Browser.getVersion","id":9}"#),
-            1
+            0
         );
         // What is sent on is what was checked: one id, one sessionId.
         let out = f.on_client(
@@ -894,5 +1067,214 @@ mod tests {
         );
         let event = r#"{"method":"Page.frameNavigated","params":{}}"#;
         assert_eq!(f.on_browser(event).len(), 1);
+    }
+
+    /// A page session of the context, attached by the client.
+    fn with_page_session(f: &mut Filter) {
+        let attached = json!({"method": "Target.attachedToTarget", "params": {"sessionId": "S-OURS",
+            "waitingForDebugger": false, "targetInfo": {"targetId": "T-OURS", "type": "page", "browserContextId": OURS}}});
+        assert_eq!(f.on_browser(&attached.to_string()), vec![Out::Pass]);
+    }
+
+    #[test]
+    fn downloads_go_to_the_sessions_folder_whatever_the_client_names() {
+        let (f, _) = filter(Root::Browser);
+        let mut f = f.with_download_dir("/data/session/downloads");
+        with_page_session(&mut f);
+        let mut id = 0;
+        let mut send = |f: &mut Filter, method: &str, params: Value, session: Option<&str>| {
+            id += 1;
+            let mut m = json!({"id": id, "method": method, "params": params});
+            if let Some(s) = session {
+                m["sessionId"] = json!(s);
+            }
+            sent(&f.on_client(&m.to_string(), false))
+                .pop()
+                .map(|m| m["params"].clone())
+        };
+        for session in [None, Some("S-OURS")] {
+            for (method, behavior, expected) in [
+                ("Browser.setDownloadBehavior", "allow", "allow"),
+                ("Browser.setDownloadBehavior", "default", "allow"),
+                ("Browser.setDownloadBehavior", "allowAndName", "allowAndName"),
+                ("Page.setDownloadBehavior", "allow", "allow"),
+                ("Page.setDownloadBehavior", "allowAndName", "allow"),
+            ] {
+                if method.starts_with("Page") && session.is_none() {
+                    continue; // not a browser-level method: refused
+                }
+                let params =
+                    json!({"behavior": behavior, "downloadPath": "/data/token_secret_dir", "eventsEnabled": true});
+                let sent = send(&mut f, method, params, session).unwrap();
+                assert_eq!(sent["behavior"], expected, "{method} {behavior}");
+                assert_eq!(sent["downloadPath"], "/data/session/downloads", "{method} {behavior}");
+            }
+            let sent = send(
+                &mut f,
+                "Browser.setDownloadBehavior",
+                json!({"behavior": "deny", "downloadPath": "/x"}),
+                session,
+            )
+            .unwrap();
+            assert_eq!(sent, json!({"behavior": "deny", "browserContextId": OURS}));
+        }
+        assert_eq!(
+            send(&mut f, "Page.setDownloadBehavior", json!({"behavior": "allow"}), None),
+            None
+        );
+        // Without a folder of the session's, no path passes: downloads are denied.
+        let (mut bare, _) = filter(Root::Page);
+        let sent = sent(&bare.on_client(
+            r#"{"id":1,"method":"Page.setDownloadBehavior","params":{"behavior":"allow","downloadPath":"/etc"}}"#,
+            false,
+        ));
+        assert_eq!(sent[0]["params"], json!({"behavior": "deny"}));
+    }
+
+    #[test]
+    fn pages_are_given_only_the_sessions_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        std::fs::write(files.join("cv.pdf"), b"cv").unwrap();
+        let own = std::fs::canonicalize(files.join("cv.pdf")).unwrap();
+        let (f, _) = filter(Root::Page);
+        let mut f = f.with_files_dir(files.clone());
+        let command = |method: &str, params: Value| json!({"id": 1, "method": method, "params": params}).to_string();
+        for path in ["/etc/passwd".to_owned(), format!("{}/../../x", files.display())] {
+            let out = f.on_client(
+                &command("DOM.setFileInputFiles", json!({"files": [path], "nodeId": 3})),
+                false,
+            );
+            assert!(sent(&out).is_empty(), "{path}");
+            assert!(
+                answered(&out)[0]["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("own files")
+            );
+            let drop = json!({"type": "drop", "x": 1, "y": 1, "data": {"items": [], "files": [path], "dragOperationsMask": 1}});
+            assert!(sent(&f.on_client(&command("Input.dispatchDragEvent", drop), false)).is_empty());
+        }
+        let out = f.on_client(
+            &command(
+                "DOM.setFileInputFiles",
+                json!({"files": [files.join("cv.pdf")], "nodeId": 3}),
+            ),
+            false,
+        );
+        assert_eq!(sent(&out)[0]["params"], json!({"files": [own], "nodeId": 3}));
+        f.in_flight.clear();
+        let drop = json!({"type": "drop", "x": 1, "y": 1, "data": {"items": [], "files": [files.join("cv.pdf")], "dragOperationsMask": 1}});
+        let out = f.on_client(&command("Input.dispatchDragEvent", drop), false);
+        assert_eq!(sent(&out)[0]["params"]["data"]["files"], json!([own]));
+    }
+
+    #[test]
+    fn tabs_open_only_at_web_and_blank_pages() {
+        let (mut f, _) = filter(Root::Browser);
+        with_page_session(&mut f);
+        let mut id = 0;
+        let mut passes = |f: &mut Filter, method: &str, params: Value, session: Option<&str>| {
+            id += 1;
+            let mut m = json!({"id": id, "method": method, "params": params});
+            if let Some(s) = session {
+                m["sessionId"] = json!(s);
+            }
+            !sent(&f.on_client(&m.to_string(), false)).is_empty()
+        };
+        for url in [
+            "file:///etc/passwd",
+            " FILE:/etc/passwd",
+            "chrome://version",
+            "view-source:file:///etc",
+        ] {
+            assert!(
+                !passes(&mut f, "Target.createTarget", json!({"url": url}), None),
+                "{url}"
+            );
+            assert!(
+                !passes(&mut f, "Page.navigate", json!({"url": url}), Some("S-OURS")),
+                "{url}"
+            );
+            assert!(!passes(
+                &mut f,
+                "Network.loadNetworkResource",
+                json!({"url": url, "frameId": "F"}),
+                Some("S-OURS")
+            ));
+            assert!(!passes(
+                &mut f,
+                "Fetch.continueRequest",
+                json!({"url": url, "requestId": "R"}),
+                Some("S-OURS")
+            ));
+        }
+        assert!(passes(
+            &mut f,
+            "Target.createTarget",
+            json!({"url": "https://example.com/"}),
+            None
+        ));
+        assert!(passes(
+            &mut f,
+            "Page.navigate",
+            json!({"url": "about:blank"}),
+            Some("S-OURS")
+        ));
+        assert!(passes(
+            &mut f,
+            "Fetch.continueRequest",
+            json!({"requestId": "R"}),
+            Some("S-OURS")
+        ));
+    }
+
+    #[test]
+    fn page_commands_pass_as_the_client_wrote_them() {
+        let (mut f, _) = filter(Root::Page);
+        let text = r#"{"id":1,"method":"Runtime.evaluate","params":{"expression":"[1, 2]",  "returnByValue":true}}"#;
+        let out = f.on_client(text, false);
+        assert_eq!(out, vec![Out::Browser(text.to_owned())]);
+    }
+
+    #[test]
+    fn download_events_reach_only_their_context() {
+        for root in [Root::Browser, Root::Page] {
+            let (mut f, _) = filter(root);
+            with_page_session(&mut f);
+            let begin = |frame: &str, guid: &str| {
+                json!({"method": "Browser.downloadWillBegin", "params": {"frameId": frame, "guid": guid,
+                    "url": "https://x/f", "suggestedFilename": "f"}})
+                .to_string()
+            };
+            let progress = |guid: &str, state: &str| {
+                json!({"method": "Browser.downloadProgress", "params": {"guid": guid, "totalBytes": 1,
+                    "receivedBytes": 1, "state": state, "filePath": "/data/artifacts/sess_theirs/.incoming/f"}})
+                .to_string()
+            };
+            // Another context's download, and a frame nobody placed: nothing of them.
+            assert!(f.on_browser(&begin("T-THEIRS", "G-THEIRS")).is_empty());
+            assert!(f.on_browser(&begin("F-UNKNOWN", "G-UNKNOWN")).is_empty());
+            assert!(f.on_browser(&progress("G-THEIRS", "completed")).is_empty());
+            // The context's page's, and a subframe its page attached or showed in its tree.
+            assert_eq!(f.on_browser(&begin("T-OURS", "G-1")), vec![Out::Pass]);
+            let attached = r#"{"method":"Page.frameAttached","params":{"frameId":"F-SUB","parentFrameId":"T-OURS"},"sessionId":"S-OURS"}"#;
+            assert_eq!(f.on_browser(attached), vec![Out::Pass]);
+            assert_eq!(f.on_browser(&begin("F-SUB", "G-2")), vec![Out::Pass]);
+            let out = f.on_client(r#"{"id":1,"method":"Page.getFrameTree","sessionId":"S-OURS"}"#, false);
+            assert_eq!(sent(&out).len(), 1);
+            let tree = r#"{"id":1,"result":{"frameTree":{"frame":{"id":"T-OURS"},"childFrames":[{"frame":{"id":"F-DEEP"}}]}},"sessionId":"S-OURS"}"#;
+            assert_eq!(f.on_browser(tree), vec![Out::Pass]);
+            let on_session = begin("F-DEEP", "G-3").replace("}}", r#"},"sessionId":"S-OURS"}"#);
+            assert_eq!(f.on_browser(&on_session), vec![Out::Pass]);
+            // Its progress passes without the broker's path; once finished, no more.
+            let out = f.on_browser(&progress("G-1", "inProgress"));
+            let shown = answered(&out);
+            assert_eq!(shown[0]["params"]["guid"], "G-1");
+            assert!(shown[0]["params"].get("filePath").is_none(), "{out:?}");
+            assert_eq!(answered(&f.on_browser(&progress("G-1", "completed"))).len(), 1);
+            assert!(f.on_browser(&progress("G-1", "inProgress")).is_empty());
+        }
     }
 }

@@ -496,6 +496,7 @@ impl Launcher {
         };
         if let Ok(Confinement::Landlock { network, .. }) = &self.confinement {
             let allowed = Allowed {
+                read_exec: executable_dirs(&kind.chrome),
                 read_write: vec![dir.clone(), tmp.clone(), downloads.clone()],
                 connect_ports: vec![gateway.port],
                 write_proc: !running_as_root(),
@@ -657,6 +658,18 @@ impl Reaper {
             remove_dir_with_retries(dir).await;
         }
     }
+}
+
+/// The directory of the executable `chrome`, as named and as its links resolve: what a
+/// Chrome installed outside the system's trees needs beside it (libraries, resources).
+fn executable_dirs(chrome: &Path) -> Vec<PathBuf> {
+    let resolved = std::fs::canonicalize(chrome).ok();
+    [Some(chrome.to_owned()), resolved]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.parent().map(Path::to_owned))
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect()
 }
 
 /// The downloads directory of the browser whose user-data directory is `dir`: beside it,

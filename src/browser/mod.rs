@@ -7,8 +7,10 @@
 
 pub mod byo;
 pub mod cdp;
+pub mod command;
 pub mod confine;
 pub mod egress;
+pub mod file_policy;
 pub mod filter;
 pub mod forward;
 pub mod identity;
@@ -18,6 +20,7 @@ pub mod scope;
 pub mod shared;
 pub mod tab_cap;
 pub mod upstream;
+pub mod url_policy;
 
 pub use launcher::{
     Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell, remove_dir_with_retries,

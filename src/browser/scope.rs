@@ -36,10 +36,16 @@ pub struct ContextScope {
     /// context): the session ends.
     pub close_requested: CancellationToken,
     metrics: Arc<Metrics>,
-    /// Message and frame limits of the pipe's two WebSockets.
+    /// Message and frame limits of the pipe's WebSocket to the browser.
     pub ws_config: WebSocketConfig,
-    /// The session's download folder: a client's `Browser.setDownloadBehavior` is held to it.
+    /// Those of its WebSocket to the client, whose every message the filter parses: a
+    /// larger one is refused before it is read.
+    pub client_ws_config: WebSocketConfig,
+    /// The session's download folder: a client's `Browser.setDownloadBehavior` and
+    /// `Page.setDownloadBehavior` are held to it (denied until it is set).
     pub download_dir: std::sync::OnceLock<String>,
+    /// The session's files: the only ones a client may hand its pages.
+    pub files_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ContextScope {
@@ -55,6 +61,7 @@ impl ContextScope {
         client: Arc<Client>,
         metrics: Arc<Metrics>,
         ws_config: WebSocketConfig,
+        client_ws_config: WebSocketConfig,
     ) -> ContextScope {
         ContextScope {
             context,
@@ -63,7 +70,9 @@ impl ContextScope {
             close_requested: CancellationToken::new(),
             metrics,
             ws_config,
+            client_ws_config,
             download_dir: std::sync::OnceLock::new(),
+            files_dir: std::sync::OnceLock::new(),
         }
     }
 
@@ -117,6 +126,9 @@ pub async fn pipe<B, C>(
     let mut filter = Filter::new(&scope.context, root, scope.targets.clone());
     if let Some(dir) = scope.download_dir.get() {
         filter = filter.with_download_dir(dir);
+    }
+    if let Some(dir) = scope.files_dir.get() {
+        filter = filter.with_files_dir(dir.clone());
     }
     loop {
         // The browser's message the filter lets through unchanged.

@@ -53,8 +53,10 @@ pub struct SharedSettings {
     pub queue_timeout: Duration,
     /// The screen shared browsers start at (each tab then gets its session's own).
     pub screen: Screen,
-    /// Message and frame limits of the filter pipes.
+    /// Message and frame limits of the filter pipes: toward the browser, and toward the
+    /// client (whose messages the filter parses, so a smaller limit).
     pub ws_config: WebSocketConfig,
+    pub client_ws_config: WebSocketConfig,
     /// Contexts each shared browser keeps prepared (first tab open at `screen`), so that a
     /// create takes one instead of waiting for Chrome.
     pub spares: usize,
@@ -545,6 +547,7 @@ impl SharedBrowsers {
             shared.client.clone(),
             self.metrics.clone(),
             self.settings.ws_config,
+            self.settings.client_ws_config,
         ));
         ContextLease {
             shared: shared.clone(),

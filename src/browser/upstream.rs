@@ -254,9 +254,8 @@ impl Upstream {
         };
         let (stream, early) = self.handshake(path, egress, timeout).await?;
         let (near, far) = tokio::io::duplex(PIPE_BUFFER);
-        let config = Some(scope.ws_config);
-        let browser = WebSocketStream::from_partially_read(stream, early, Role::Client, config).await;
-        let client = WebSocketStream::from_raw_socket(far, Role::Server, config).await;
+        let browser = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(scope.ws_config)).await;
+        let client = WebSocketStream::from_raw_socket(far, Role::Server, Some(scope.client_ws_config)).await;
         tokio::spawn(pipe(scope.clone(), root, browser, client));
         Ok((UpstreamStream::Filtered(near), Vec::new()))
     }

@@ -248,6 +248,7 @@ impl From<ProxyError> for ApiError {
             ProxyError::Handshake(e) => e.into(),
             ProxyError::NotFound => ApiError::not_found("Not Found"),
             ProxyError::MethodNotAllowed => ApiError::method_not_allowed(),
+            ProxyError::UrlRefused(_) => ApiError::bad_request(e.to_string()),
         }
     }
 }

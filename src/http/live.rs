@@ -13,11 +13,13 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 use super::Body;
@@ -196,9 +198,11 @@ async fn viewer_socket(
                 return;
             };
             let _slot = slot;
-            let config = Some(broker.config.ws_config());
-            let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config).await;
-            let browser = WebSocketStream::from_raw_socket(browser, Role::Client, config).await;
+            // The viewer's messages are parsed: a larger one is refused before it is read.
+            let viewer_config = Some(broker.config.parsed_ws_config());
+            let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, viewer_config).await;
+            let browser =
+                WebSocketStream::from_raw_socket(browser, Role::Client, Some(broker.config.ws_config())).await;
             relay_filtered(viewer, browser, &session, read_only, &broker.metrics).await;
         }
         .instrument(span),
@@ -224,6 +228,8 @@ async fn relay_filtered<V, B>(
         Ended,
         ViewerGone,
         BrowserGone,
+        /// The viewer sent a message past the parsing budget.
+        TooBig,
     }
     let ending = loop {
         tokio::select! {
@@ -231,8 +237,8 @@ async fn relay_filtered<V, B>(
             _ = session.ended().cancelled() => break Ending::Ended,
             m = viewer_rx.next() => match m {
                 Some(Ok(Message::Text(text))) => match allowed(&text, read_only) {
-                    Ok(()) => {
-                        if browser_tx.send(Message::Text(text)).await.is_err() {
+                    Ok(command) => {
+                        if browser_tx.send(Message::text(command)).await.is_err() {
                             break Ending::BrowserGone;
                         }
                     }
@@ -242,6 +248,7 @@ async fn relay_filtered<V, B>(
                         }
                     }
                 },
+                Some(Err(WsError::Capacity(_))) => break Ending::TooBig,
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::ViewerGone,
                 Some(Ok(_)) => {}
             },
@@ -259,6 +266,25 @@ async fn relay_filtered<V, B>(
     let ended = match ending {
         Ending::Ended => true,
         Ending::ViewerGone => false,
+        Ending::TooBig => {
+            let _ = browser_tx.close().await;
+            let frame = CloseFrame {
+                code: CloseCode::Size,
+                reason: "message too big".into(),
+            };
+            let _ = viewer_tx.send(Message::Close(Some(frame))).await;
+            metrics.record_close(1009);
+            // The rest of the message is still coming: read it away (unparsed, a buffer at
+            // a time) so the viewer, done sending, reads the close instead of a reset.
+            if let Ok(mut viewer) = viewer_tx.reunite(viewer_rx) {
+                let drain = async {
+                    let mut sink = vec![0u8; 64 * 1024];
+                    while matches!(viewer.get_mut().read(&mut sink).await, Ok(n) if n > 0) {}
+                };
+                let _ = tokio::time::timeout(relay::EXIT_GRACE, drain).await;
+            }
+            return;
+        }
         // The browser went away (its socket closed, or a write to it failed): most likely
         // the session is ending and its browser was released a moment after; the page is
         // told why once it has.
@@ -280,22 +306,66 @@ async fn relay_filtered<V, B>(
     let _ = viewer_tx.close().await;
 }
 
-/// Whether a viewer may send this command; otherwise the CDP error to answer with.
-fn allowed(text: &str, read_only: bool) -> Result<(), Value> {
-    let message: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let method = message["method"].as_str().unwrap_or("");
-    if VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)) {
-        return Ok(());
+/// A viewer's command as the live view reads it: the parameters stay text (a viewer's
+/// message is read within `max_parsed_message_bytes` and without growing), and a part
+/// given twice is refused, so what goes to the browser is what was checked.
+#[derive(serde::Deserialize)]
+struct ViewerCommand<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    method: Option<String>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, rename = "sessionId")]
+    session: Option<&'a RawValue>,
+}
+
+/// The command to send on if a viewer may send it; otherwise the CDP error to answer with.
+fn allowed(text: &str, read_only: bool) -> Result<String, Value> {
+    let command = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<ViewerCommand>(text).ok())
+        .flatten();
+    let method = command.as_ref().and_then(|c| c.method.as_deref()).unwrap_or("");
+    if let Some(command) = &command
+        && (VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)))
+    {
+        // Sized up front: a large command is written once, not copied as it grows.
+        let mut sent = String::with_capacity(text.len() + 32);
+        sent.push_str(&format!(
+            "{{\"id\":{},\"method\":{}",
+            raw_or_null(command.id),
+            json!(method)
+        ));
+        if let Some(params) = command.params {
+            sent.push_str(",\"params\":");
+            sent.push_str(params.get());
+        }
+        if let Some(session) = command.session {
+            sent.push_str(",\"sessionId\":");
+            sent.push_str(session.get());
+        }
+        sent.push('}');
+        return Ok(sent);
     }
     let why = if read_only && INPUT_METHODS.contains(&method) {
         "this live view link is read-only"
     } else {
         "not available to a live view"
     };
+    let id = command
+        .as_ref()
+        .and_then(|c| c.id)
+        .and_then(|id| serde_json::from_str::<i64>(id.get()).ok());
     Err(json!({
-        "id": message.get("id").cloned().unwrap_or(Value::Null),
+        "id": id,
         "error": { "code": -32601, "message": format!("{method}: {why}") },
     }))
+}
+
+fn raw_or_null(raw: Option<&RawValue>) -> &str {
+    raw.map_or("null", RawValue::get)
 }
 
 #[cfg(test)]
@@ -383,5 +453,22 @@ mod tests {
             assert!(allowed(&cmd(m), false).is_err(), "{m}");
         }
         assert!(allowed("not json", false).is_err());
+        // What is sent on is what was checked: a part given twice, or an array, is not a
+        // command; the parameters pass as they came.
+        for text in [
+            r#"{"id":1,"method":"Page.enable","method":"Runtime.evaluate"}"#,
+            r#"[1,"Page.enable"]"#,
+        ] {
+            assert!(allowed(text, false).is_err(), "{text}");
+        }
+        let sent = allowed(
+            r#"{"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S","x":[0,0]}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            sent,
+            r#"{"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S"}"#
+        );
     }
 }

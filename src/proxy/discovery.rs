@@ -11,6 +11,7 @@ use url::form_urlencoded;
 use super::error::ProxyError;
 use crate::broker::Broker;
 use crate::browser::upstream::UpstreamError;
+use crate::browser::url_policy;
 use crate::session::Session;
 
 /// Chrome's `/json/*` answers for the session's browser, with every address rewritten.
@@ -31,6 +32,11 @@ pub(super) async fn discovery(
             let url = form_urlencoded::parse(query.as_bytes())
                 .find(|(k, _)| k == "url")
                 .map(|(_, v)| v);
+            // Parsed here for every session, so checked for every session: a new tab
+            // opens at a web page or a blank one, never a file or Chrome's own pages.
+            if let Some(url) = &url {
+                url_policy::check_navigation(url)?;
+            }
             let target = url
                 .map(|u| format!("?{}", utf8_percent_encode(&u, COMPONENT)))
                 .unwrap_or_default();

@@ -24,6 +24,8 @@ pub enum ProxyError {
     NotFound,
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    #[error("A tab cannot be opened there: {0}")]
+    UrlRefused(#[from] crate::browser::url_policy::Refused),
 }
 
 impl ProxyError {

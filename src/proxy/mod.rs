@@ -265,7 +265,12 @@ async fn run_relay<CR, CW, BR, BW>(
     BR: relay::Source,
     BW: AsyncWrite + Unpin,
 {
-    let limits = relay::Limits::from_config(&broker.config);
+    let mut limits = relay::Limits::from_config(&broker.config);
+    if session.upstream.scope.is_some() {
+        // Its filter parses every message of the client: one past the parsing budget is
+        // refused here, at its frame header, before anything holds it.
+        limits.max_client_message = broker.config.max_parsed_message();
+    }
     relay::relay(
         client,
         browser,

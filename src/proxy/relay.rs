@@ -207,6 +207,9 @@ struct Counters<'a> {
 pub struct Limits {
     /// Largest message, in bytes (close 1009 above it).
     pub max_message: usize,
+    /// Largest message from the client; smaller when something behind the relay parses
+    /// them (a context session's filter), so that one is refused before it is read.
+    pub max_client_message: usize,
     /// How long a write may make no progress before the peer counts as gone (a client
     /// that stops reading is dropped rather than held).
     pub write_stall: Duration,
@@ -218,6 +221,7 @@ impl Limits {
     pub fn from_config(config: &crate::config::Config) -> Limits {
         Limits {
             max_message: config.max_message_bytes,
+            max_client_message: config.max_message_bytes,
             write_stall: Duration::from_millis(config.write_stall_timeout_ms),
             busy_poll: Duration::from_micros(config.relay_busy_poll_us),
         }
@@ -468,7 +472,13 @@ pub async fn relay<CR, CW, BR, BW>(
         tx: mut browser_tx,
         early: from_browser,
     } = browser;
-    let mut up = Direction::new(limits, &from_client);
+    let mut up = Direction::new(
+        Limits {
+            max_message: limits.max_client_message,
+            ..limits
+        },
+        &from_client,
+    );
     let mut down = Direction::new(limits, &from_browser);
     let to_browser = Counters {
         messages: &metrics.messages_to_browser,
@@ -574,6 +584,7 @@ mod tests {
     fn test_limits() -> Limits {
         Limits {
             max_message: 1 << 30,
+            max_client_message: 1 << 30,
             write_stall: Duration::from_secs(5),
             busy_poll: Duration::ZERO,
         }
