@@ -289,6 +289,9 @@ pub async fn finished_within(command: &mut tokio::process::Command, limit: Durat
         .unwrap_or_else(|e| panic!("{what} could not run: {e}"))
 }
 
+/// The cluster secret of the test clusters (every node on one test Redis shares it).
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-of-32-characters-and-more";
+
 /// A `redis-server` of the test's own on a free port, persistence off, killed when dropped.
 pub struct TestRedis {
     pub child: tokio::process::Child,
