@@ -208,7 +208,13 @@ impl ClusterKey {
         let ms = unix_millis(at).to_string();
         let mac = hmac_sha256(
             &self.secret,
-            &[b"cdpgate hop v1", method.as_bytes(), target.as_bytes(), tenant.as_bytes(), ms.as_bytes()],
+            &[
+                b"cdpgate hop v1",
+                method.as_bytes(),
+                target.as_bytes(),
+                tenant.as_bytes(),
+                ms.as_bytes(),
+            ],
         );
         format!("v1.{ms}.{tenant}.{}", hex(&mac))
     }
@@ -217,15 +223,25 @@ impl ClusterKey {
     /// secret, and within [`HOP_VALIDITY`] of its time.
     pub fn verify_hop(&self, header: &str, method: &str, target: &str, now: SystemTime) -> Option<Hop> {
         let mut fields = header.split('.');
-        let (Some("v1"), Some(ms), Some(tenant), Some(mac), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let (Some("v1"), Some(ms), Some(tenant), Some(mac), None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             return None;
         };
         let at: u64 = ms.parse().ok()?;
         let expected = hex(&hmac_sha256(
             &self.secret,
-            &[b"cdpgate hop v1", method.as_bytes(), target.as_bytes(), tenant.as_bytes(), ms.as_bytes()],
+            &[
+                b"cdpgate hop v1",
+                method.as_bytes(),
+                target.as_bytes(),
+                tenant.as_bytes(),
+                ms.as_bytes(),
+            ],
         ));
         if !constant_time_eq_str(&expected, mac) {
             return None;
@@ -483,7 +499,9 @@ mod tests {
         let header = key.sign_hop("POST", "/public/sessions?x=1", Some(&tenant), now);
         assert_eq!(
             key.verify_hop(&header, "POST", "/public/sessions?x=1", now),
-            Some(Hop { tenant: Some(tenant.clone()) })
+            Some(Hop {
+                tenant: Some(tenant.clone())
+            })
         );
         // Another method or path, another secret, a late or early header, a changed tenant: refused.
         assert_eq!(key.verify_hop(&header, "DELETE", "/public/sessions?x=1", now), None);
@@ -491,7 +509,12 @@ mod tests {
         let other = ClusterKey::new("another-secret-of-32-characters!!!!");
         assert_eq!(other.verify_hop(&header, "POST", "/public/sessions?x=1", now), None);
         assert_eq!(
-            key.verify_hop(&header, "POST", "/public/sessions?x=1", now + HOP_VALIDITY + Duration::from_secs(1)),
+            key.verify_hop(
+                &header,
+                "POST",
+                "/public/sessions?x=1",
+                now + HOP_VALIDITY + Duration::from_secs(1)
+            ),
             None
         );
         let early = key.sign_hop("POST", "/p", None, now + Duration::from_secs(60));
@@ -509,7 +532,10 @@ mod tests {
         assert!(key.verify_node(&["node-a", "http://10.0.0.1:3000", "5"], &sig));
         assert!(!key.verify_node(&["node-a", "http://10.0.0.9:3000", "5"], &sig));
         assert!(!other.verify_node(&["node-a", "http://10.0.0.1:3000", "5"], &sig));
-        assert_eq!(key.token_secret(), ClusterKey::new("a-cluster-secret-of-32-characters!!").token_secret());
+        assert_eq!(
+            key.token_secret(),
+            ClusterKey::new("a-cluster-secret-of-32-characters!!").token_secret()
+        );
         assert_ne!(key.token_secret(), other.token_secret());
         assert!(!key.token_secret().contains("a-cluster-secret"));
     }
@@ -523,7 +549,10 @@ mod tests {
         );
         let long_key = [0xaau8; 131];
         assert_eq!(
-            hex(&hmac(&long_key, b"Test Using Larger Than Block-Size Key - Hash Key First")),
+            hex(&hmac(
+                &long_key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
         assert_eq!(hmac_sha256(b"Jefe", &[b"a", b"b"]), hmac(b"Jefe", b"a\nb\n"));

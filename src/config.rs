@@ -26,7 +26,8 @@ pub struct Config {
     /// Accepted API keys, each one a tenant (`CDPGATE_API_KEYS`, comma-separated).
     /// Empty: one is generated on first start and kept in `data_dir/api_key`.
     pub api_keys: Vec<String>,
-    /// Secret that signs connection tokens. Empty: generated once into `data_dir/token_secret`.
+    /// Secret that signs connection tokens. Empty: derived from `cluster_secret` when that
+    /// is set, else generated once into `data_dir/token_secret`.
     pub token_secret: String,
     /// Browsers kept started ahead of demand.
     pub pool_size: usize,

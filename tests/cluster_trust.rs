@@ -138,8 +138,20 @@ async fn everything_in(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(Str
             "string" => vec![redis::cmd("GET").arg(&key).query_async(conn).await.unwrap()],
             "hash" => redis::cmd("HGETALL").arg(&key).query_async(conn).await.unwrap(),
             "set" => redis::cmd("SMEMBERS").arg(&key).query_async(conn).await.unwrap(),
-            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(conn).await.unwrap(),
-            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(conn).await.unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await
+                .unwrap(),
             other => panic!("a key of type {other}: {key}"),
         };
         out.push((key, value.join("\n")));
@@ -214,13 +226,17 @@ async fn nodes_registered_by_writing_to_redis_get_nothing_and_redis_keeps_no_sec
         .find_map(|l| l.strip_prefix("x-cdpgate-hop:"))
         .expect("a hop header")
         .trim();
-    let checked = ClusterKey::new(CLUSTER_SECRET).verify_hop(hop, "PATCH", &format!("/public/sessions/{id}"), SystemTime::now());
+    let checked =
+        ClusterKey::new(CLUSTER_SECRET).verify_hop(hop, "PATCH", &format!("/public/sessions/{id}"), SystemTime::now());
     assert_eq!(checked.and_then(|h| h.tenant), Some(tenant_of(KEY_A)));
     move_record(&mut conn, prefix, id, "node-a").await;
 
     // A CDP connection through A to B's session crosses the hop (B checks its token); no
     // key's value in Redis holds the token secret or the cluster secret, no key is named for it.
-    let cdp_via_a = second.json["cdp_url"].as_str().unwrap().replacen(&b.addr.to_string(), &a.addr.to_string(), 1);
+    let cdp_via_a = second.json["cdp_url"]
+        .as_str()
+        .unwrap()
+        .replacen(&b.addr.to_string(), &a.addr.to_string(), 1);
     let mut ws = ws_connect(&cdp_via_a).await.expect("B's token through A");
     let v = cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
     assert!(v["result"]["product"].as_str().unwrap().contains("Chrome"), "{v}");
@@ -257,12 +273,37 @@ async fn forged_or_late_hops_are_refused_and_change_nothing() {
     let sign = |key: &ClusterKey, method: &str, target: &str, at| key.sign_hop(method, target, Some(&tenant), at);
     let forged: Vec<(&str, Method, &str, String)> = vec![
         ("a bare mark", Method::POST, &terminate, "1".to_owned()),
-        ("another secret", Method::POST, &terminate, sign(&theirs, "POST", &terminate, now)),
+        (
+            "another secret",
+            Method::POST,
+            &terminate,
+            sign(&theirs, "POST", &terminate, now),
+        ),
         ("late", Method::POST, &terminate, sign(&ours, "POST", &terminate, late)),
-        ("from the future", Method::POST, &terminate, sign(&ours, "POST", &terminate, early)),
-        ("for another path", Method::POST, &terminate, sign(&ours, "POST", &path, now)),
-        ("for another method", Method::DELETE, &path, sign(&ours, "PATCH", &path, now)),
-        ("a create", Method::POST, "/public/sessions", sign(&theirs, "POST", "/public/sessions", now)),
+        (
+            "from the future",
+            Method::POST,
+            &terminate,
+            sign(&ours, "POST", &terminate, early),
+        ),
+        (
+            "for another path",
+            Method::POST,
+            &terminate,
+            sign(&ours, "POST", &path, now),
+        ),
+        (
+            "for another method",
+            Method::DELETE,
+            &path,
+            sign(&ours, "PATCH", &path, now),
+        ),
+        (
+            "a create",
+            Method::POST,
+            "/public/sessions",
+            sign(&theirs, "POST", "/public/sessions", now),
+        ),
         ("a change", Method::PATCH, &path, sign(&theirs, "PATCH", &path, now)),
     ];
     let count = |server: &TestServer| server.broker.active_sessions();
@@ -309,7 +350,14 @@ async fn forged_or_late_hops_are_refused_and_change_nothing() {
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     let anonymous = ours.sign_hop("PATCH", &path, None, SystemTime::now());
-    let r = http_with(a.addr, Method::PATCH, &path, &[("x-cdpgate-hop", &anonymous)], Some("{}")).await;
+    let r = http_with(
+        a.addr,
+        Method::PATCH,
+        &path,
+        &[("x-cdpgate-hop", &anonymous)],
+        Some("{}"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     assert_eq!(a.get(id).await.json["metadata"]["via"], "hop");
 
@@ -318,6 +366,34 @@ async fn forged_or_late_hops_are_refused_and_change_nothing() {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert_eq!(a.get(id).await.json["status"], "terminated");
     assert_eq!(count(&a), 0);
+    for server in [a, b] {
+        server.stop().await;
+    }
+}
+
+/// A Redis that asks for a password: the nodes give it from `redis_url`
+/// (`redis://:password@host:port/`) and serve one cluster; without it Redis answers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_a_redis_with_a_password() {
+    let password = "redis-password-0123456789";
+    let redis = start_redis_with_password(Some(password)).await;
+    let without = redis.url.replacen(&format!(":{password}@"), "", 1);
+    let mut anonymous = redis::Client::open(without.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let refused: redis::RedisResult<Vec<String>> = redis::cmd("KEYS").arg("*").query_async(&mut anonymous).await;
+    assert!(refused.is_err(), "Redis asks for its password");
+    let a = cluster_node(&redis, "auth:", "node-a").await;
+    let b = cluster_node(&redis, "auth:", "node-b").await;
+    // A is full after one session: the second create goes to B through the cluster's Redis.
+    let first = a.create(json!({})).await;
+    let second = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    assert!(second.json["cdp_url"].as_str().unwrap().contains(&b.addr.to_string()));
+    let seen = b.get(first["session_id"].as_str().unwrap()).await;
+    assert_eq!(seen.json["status"], "active", "{}", seen.body);
     for server in [a, b] {
         server.stop().await;
     }

@@ -315,6 +315,15 @@ async fn api(
             {
                 text.push_str(&admin::cluster_metrics(&nodes));
             }
+            if let Some(nodes) = &broker.nodes {
+                text.push_str(&format!(
+                    "# HELP cdpgate_cluster_forged_node_records_total Node records read from Redis that do not \
+                     verify under the cluster secret (ignored).\n\
+                     # TYPE cdpgate_cluster_forged_node_records_total counter\n\
+                     cdpgate_cluster_forged_node_records_total {}\n",
+                    nodes.forged_records()
+                ));
+            }
             let mut r = Response::new(super::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -316,18 +316,41 @@ mod tests {
             .await
             .unwrap();
         let other = Nodes::new(conn.clone(), "n:".into(), ClusterKey::new(OTHER_SECRET));
-        other.beat(&NodeInfo { id: "node-g".into(), ..forged.clone() }).await.unwrap();
+        other
+            .beat(&NodeInfo {
+                id: "node-g".into(),
+                ..forged.clone()
+            })
+            .await
+            .unwrap();
         nodes.beat(&info).await.unwrap();
         assert_eq!(nodes.alive("node-f").await.unwrap(), None);
         assert_eq!(nodes.alive("node-g").await.unwrap(), None);
         assert_eq!(nodes.all().await.unwrap(), vec![(info.clone(), true)]);
         assert!(nodes.forged_records() >= 4, "{}", nodes.forged_records());
         // A real node's record copied under another id, or changed, does not verify either.
-        let json: String = redis::cmd("HGET").arg("n:nodes").arg("node-a").query_async(&mut conn).await.unwrap();
+        let json: String = redis::cmd("HGET")
+            .arg("n:nodes")
+            .arg("node-a")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         let moved = json.replace("127.0.0.1:1", "127.0.0.1:2");
-        let _: () = redis::cmd("HSET").arg("n:nodes").arg("node-a").arg(moved).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("n:nodes")
+            .arg("node-a")
+            .arg(moved)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(nodes.alive("node-a").await.unwrap(), None);
-        let _: () = redis::cmd("HSET").arg("n:nodes").arg("node-h").arg(&json).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("n:nodes")
+            .arg("node-h")
+            .arg(&json)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(nodes.all().await.unwrap().iter().all(|(n, _)| n.id != "node-h"));
     }
 }

@@ -315,18 +315,28 @@ pub async fn listening(port: u16, limit: Duration) -> bool {
 }
 
 pub async fn start_redis() -> TestRedis {
+    start_redis_with_password(None).await
+}
+
+/// A `redis-server` as [`start_redis`], with `requirepass` when `password` is given (its
+/// `url` then carries it: `redis://:password@…`).
+pub async fn start_redis_with_password(password: Option<&str>) -> TestRedis {
     let port = free_port();
+    let mut args = vec![
+        "--port".to_owned(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        "".into(),
+        "--appendonly".into(),
+        "no".into(),
+    ];
+    if let Some(p) = password {
+        args.extend(["--requirepass".to_owned(), p.to_owned()]);
+    }
     let child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(&args)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -334,7 +344,10 @@ pub async fn start_redis() -> TestRedis {
     assert!(listening(port, Duration::from_secs(10)).await, "redis-server listens");
     TestRedis {
         child,
-        url: format!("redis://127.0.0.1:{port}/"),
+        url: match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
+            None => format!("redis://127.0.0.1:{port}/"),
+        },
         profiles: tempfile::tempdir().unwrap(),
     }
 }
