@@ -159,6 +159,7 @@ def main():
             env = dict(os.environ, CDPGATE_LISTEN="127.0.0.1:0", CDPGATE_DATA_DIR=f"{tmp}/{name}",
                        CDPGATE_API_KEYS=KEY, CDPGATE_ADMIN_KEY=ADMIN,
                        CDPGATE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/", CDPGATE_NODE_ID=name,
+                       CDPGATE_CLUSTER_SECRET="sim-cluster-secret-0123456789abcdef",
                        CDPGATE_PROFILE_STORE=f"{tmp}/profiles", CDPGATE_BYO_ALLOW="127.0.0.0/8",
                        CDPGATE_BROWSER_EGRESS_ALLOW="loopback", CDPGATE_MAX_SESSIONS_PER_KEY="0",
                        CDPGATE_MAX_BYO_SESSIONS_PER_KEY="0",

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -126,6 +126,142 @@ impl From<Claims> for Grant {
             scope: claims.scope,
         }
     }
+}
+
+/// HMAC-SHA256 (RFC 2104) over `parts`, each ended by a newline so that no two lists of
+/// parts sign the same bytes.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut message = Vec::new();
+    for part in parts {
+        message.extend_from_slice(part);
+        message.push(b'\n');
+    }
+    hmac(key, &message)
+}
+
+/// HMAC-SHA256 of `message` (RFC 2104; the `hmac` crate would pull a second `sha2`).
+fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// How long a hop header is good for, either side of its time (the nodes' clocks may
+/// differ a little): a header seen later is refused.
+pub const HOP_VALIDITY: Duration = Duration::from_secs(15);
+
+/// What a checked hop header says: another node of the cluster sent the request on, for
+/// this tenant (`None`: the client sent no valid API key; a token in the URL may still
+/// open a session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub tenant: Option<Tenant>,
+}
+
+/// The cluster secret (`cluster_secret`): the nodes prove with it that a node record in
+/// Redis, or a request sent on from another node, is a node's of this cluster. It never
+/// leaves the nodes' configuration.
+pub struct ClusterKey {
+    secret: Vec<u8>,
+}
+
+impl ClusterKey {
+    pub fn new(secret: &str) -> ClusterKey {
+        ClusterKey {
+            secret: secret.as_bytes().to_vec(),
+        }
+    }
+
+    /// The secret that signs connection tokens, derived from the cluster secret: the same
+    /// on every node, and not kept anywhere.
+    pub fn token_secret(&self) -> String {
+        hex(&hmac_sha256(&self.secret, &[b"cdpgate token secret v1"]))
+    }
+
+    /// The signature of a node's record: its id, address, load and heartbeat time.
+    pub fn sign_node(&self, fields: &[&str]) -> String {
+        let mut parts: Vec<&[u8]> = vec![b"cdpgate node v1"];
+        parts.extend(fields.iter().map(|f| f.as_bytes()));
+        hex(&hmac_sha256(&self.secret, &parts))
+    }
+
+    /// Whether `signature` is [`Self::sign_node`]'s for `fields`.
+    pub fn verify_node(&self, fields: &[&str], signature: &str) -> bool {
+        constant_time_eq_str(&self.sign_node(fields), signature)
+    }
+
+    /// The `x-cdpgate-hop` header of a request sent on to another node: the method, path
+    /// and query, tenant and time, signed.
+    pub fn sign_hop(&self, method: &str, target: &str, tenant: Option<&Tenant>, at: SystemTime) -> String {
+        let tenant = tenant.map_or_else(|| "-".to_owned(), Tenant::to_string);
+        let ms = unix_millis(at).to_string();
+        let mac = hmac_sha256(
+            &self.secret,
+            &[
+                b"cdpgate hop v1",
+                method.as_bytes(),
+                target.as_bytes(),
+                tenant.as_bytes(),
+                ms.as_bytes(),
+            ],
+        );
+        format!("v1.{ms}.{tenant}.{}", hex(&mac))
+    }
+
+    /// Checks a hop header for this method and target at `now`: signed with this cluster's
+    /// secret, and within [`HOP_VALIDITY`] of its time.
+    pub fn verify_hop(&self, header: &str, method: &str, target: &str, now: SystemTime) -> Option<Hop> {
+        let mut fields = header.split('.');
+        let (Some("v1"), Some(ms), Some(tenant), Some(mac), None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            return None;
+        };
+        let at: u64 = ms.parse().ok()?;
+        let expected = hex(&hmac_sha256(
+            &self.secret,
+            &[
+                b"cdpgate hop v1",
+                method.as_bytes(),
+                target.as_bytes(),
+                tenant.as_bytes(),
+                ms.as_bytes(),
+            ],
+        ));
+        if !constant_time_eq_str(&expected, mac) {
+            return None;
+        }
+        let now = unix_millis(now);
+        if now.abs_diff(at) > HOP_VALIDITY.as_millis() as u64 {
+            return None;
+        }
+        Some(Hop {
+            tenant: (tenant != "-").then(|| Tenant::from_id(tenant)),
+        })
+    }
+}
+
+fn constant_time_eq_str(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -353,5 +489,72 @@ mod tests {
         assert_eq!(a, b);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn hop_headers_node_records_and_the_derived_token_secret() {
+        let key = ClusterKey::new("a-cluster-secret-of-32-characters!!");
+        let now = SystemTime::now();
+        let tenant = Tenant::from_id("t_0011223344556677");
+        let header = key.sign_hop("POST", "/public/sessions?x=1", Some(&tenant), now);
+        assert_eq!(
+            key.verify_hop(&header, "POST", "/public/sessions?x=1", now),
+            Some(Hop {
+                tenant: Some(tenant.clone())
+            })
+        );
+        // Another method or path, another secret, a late or early header, a changed tenant: refused.
+        assert_eq!(key.verify_hop(&header, "DELETE", "/public/sessions?x=1", now), None);
+        assert_eq!(key.verify_hop(&header, "POST", "/public/sessions", now), None);
+        let other = ClusterKey::new("another-secret-of-32-characters!!!!");
+        assert_eq!(other.verify_hop(&header, "POST", "/public/sessions?x=1", now), None);
+        assert_eq!(
+            key.verify_hop(
+                &header,
+                "POST",
+                "/public/sessions?x=1",
+                now + HOP_VALIDITY + Duration::from_secs(1)
+            ),
+            None
+        );
+        let early = key.sign_hop("POST", "/p", None, now + Duration::from_secs(60));
+        assert_eq!(key.verify_hop(&early, "POST", "/p", now), None);
+        let swapped = header.replace("t_0011223344556677", "t_ffffffffffffffff");
+        assert_eq!(key.verify_hop(&swapped, "POST", "/public/sessions?x=1", now), None);
+        assert_eq!(key.verify_hop("1", "POST", "/public/sessions?x=1", now), None);
+        let anonymous = key.sign_hop("GET", "/devtools/browser/s", None, now);
+        assert_eq!(
+            key.verify_hop(&anonymous, "GET", "/devtools/browser/s", now),
+            Some(Hop { tenant: None })
+        );
+        // Node records and the derived token secret.
+        let sig = key.sign_node(&["node-a", "http://10.0.0.1:3000", "5"]);
+        assert!(key.verify_node(&["node-a", "http://10.0.0.1:3000", "5"], &sig));
+        assert!(!key.verify_node(&["node-a", "http://10.0.0.9:3000", "5"], &sig));
+        assert!(!other.verify_node(&["node-a", "http://10.0.0.1:3000", "5"], &sig));
+        assert_eq!(
+            key.token_secret(),
+            ClusterKey::new("a-cluster-secret-of-32-characters!!").token_secret()
+        );
+        assert_ne!(key.token_secret(), other.token_secret());
+        assert!(!key.token_secret().contains("a-cluster-secret"));
+    }
+
+    #[test]
+    fn hmac_sha256_known_answers() {
+        // RFC 4231, test cases 2 and 6 (a key longer than a block).
+        assert_eq!(
+            hex(&hmac(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let long_key = [0xaau8; 131];
+        assert_eq!(
+            hex(&hmac(
+                &long_key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        assert_eq!(hmac_sha256(b"Jefe", &[b"a", b"b"]), hmac(b"Jefe", b"a\nb\n"));
     }
 }

@@ -20,7 +20,7 @@ use crate::action::cache::ActionCache;
 use crate::action::model::ModelClient;
 use crate::artifacts::cdp_log::CdpLog;
 use crate::artifacts::{self, Artifacts};
-use crate::auth::{ApiKeys, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
+use crate::auth::{ApiKeys, ClusterKey, Scope, Tenant, Tokens, load_or_create_secret, random_hex};
 use crate::browser::byo::{self, ProbeError};
 use crate::browser::cdp::{self, CdpError};
 use crate::browser::confine::Confinement;
@@ -223,6 +223,8 @@ pub struct Broker {
     pub node_url: String,
     /// The cluster's nodes, with `redis_url`.
     pub nodes: Option<Nodes>,
+    /// The cluster secret, with `redis_url`: signs and checks the requests nodes send each other.
+    pub cluster_key: Option<ClusterKey>,
     pub urls: PublicUrls,
     pub keys: ApiKeys,
     /// The operator's key, when `admin_key` is set.
@@ -375,7 +377,7 @@ impl Broker {
         } else {
             tracing::info!("running as an unprivileged user: browsers start with Chrome's sandbox on");
         }
-        let mut secrets = load_secrets(&config).map_err(dir_error)?;
+        let secrets = load_secrets(&config).map_err(dir_error)?;
 
         let metrics = Arc::new(Metrics::default());
         let tracker = TaskTracker::new();
@@ -408,12 +410,6 @@ impl Broker {
                 source,
             })?,
         );
-        if let Some(nodes) = &nodes
-            && config.token_secret.is_empty()
-        {
-            // Every node must accept every node's tokens: the first secret is the cluster's.
-            secrets.token_secret = nodes.token_secret(&secrets.token_secret).await?;
-        }
         let ended = store.end_left_active(&node, SystemTime::now()).await?;
         if ended > 0 {
             tracing::info!(
@@ -498,6 +494,7 @@ impl Broker {
             records: Arc::new(Recorder::new(store)),
             refused: Default::default(),
             node_url: node_url(&config, bound),
+            cluster_key: nodes.is_some().then(|| ClusterKey::new(&config.cluster_secret)),
             nodes,
             node,
             profile_copies: Arc::new(ProfileCopies {
@@ -1280,7 +1277,8 @@ async fn open_store(config: &Config) -> Result<(String, Arc<dyn SessionStore>, O
     let store = RedisStore::connect(&config.redis_url, &config.redis_prefix).await?;
     tracing::info!(node = %node, "session records in Redis");
     let (connection, prefix) = store.connection();
-    Ok((node, Arc::new(store), Some(Nodes::new(connection, prefix))))
+    let key = ClusterKey::new(&config.cluster_secret);
+    Ok((node, Arc::new(store), Some(Nodes::new(connection, prefix, key))))
 }
 
 /// The profile store `profile_store` names; in a cluster, with writer leases in Redis.
@@ -1350,10 +1348,13 @@ fn load_secrets(config: &Config) -> std::io::Result<Secrets> {
         }
         api_keys.push(key);
     }
-    let token_secret = if config.token_secret.is_empty() {
-        load_or_create_secret(&config.data_dir.join("token_secret"), "", 32)?.0
-    } else {
+    let token_secret = if !config.token_secret.is_empty() {
         config.token_secret.clone()
+    } else if !config.cluster_secret.is_empty() {
+        // Every node derives the same one; none is kept anywhere.
+        ClusterKey::new(&config.cluster_secret).token_secret()
+    } else {
+        load_or_create_secret(&config.data_dir.join("token_secret"), "", 32)?.0
     };
     Ok(Secrets { api_keys, token_secret })
 }

@@ -26,7 +26,8 @@ pub struct Config {
     /// Accepted API keys, each one a tenant (`CDPGATE_API_KEYS`, comma-separated).
     /// Empty: one is generated on first start and kept in `data_dir/api_key`.
     pub api_keys: Vec<String>,
-    /// Secret that signs connection tokens. Empty: generated once into `data_dir/token_secret`.
+    /// Secret that signs connection tokens. Empty: derived from `cluster_secret` when that
+    /// is set, else generated once into `data_dir/token_secret`.
     pub token_secret: String,
     /// Browsers kept started ahead of demand.
     pub pool_size: usize,
@@ -157,6 +158,11 @@ pub struct Config {
     pub redis_url: String,
     /// Prefix of every key the broker writes in Redis: two clusters may share one Redis.
     pub redis_prefix: String,
+    /// The secret the nodes of a cluster share (`CDPGATE_CLUSTER_SECRET`; required, at
+    /// least 32 characters, with `redis_url`): it signs each node's record in Redis and every
+    /// request one node sends on to another, and the token secret is derived from it when
+    /// `token_secret` is empty. It is never written to Redis.
+    pub cluster_secret: String,
     /// This node's name in Redis (`CDPGATE_NODE_ID`). Empty: generated once into
     /// `data_dir/node_id`.
     pub node_id: String,
@@ -271,6 +277,7 @@ impl Default for Config {
             model_max_calls: 10,
             redis_url: String::new(),
             redis_prefix: "cdpgate:".into(),
+            cluster_secret: String::new(),
             node_id: String::new(),
             node_url: String::new(),
             admin_key: String::new(),
@@ -464,6 +471,9 @@ impl Config {
         if let Some(v) = var("redis_prefix") {
             self.redis_prefix = v;
         }
+        if let Some(v) = var("cluster_secret") {
+            self.cluster_secret = v;
+        }
         if let Some(v) = var("node_id") {
             self.node_id = v;
         }
@@ -578,6 +588,16 @@ impl Config {
         }
         if !redis.is_empty() && self.api_keys.is_empty() {
             errors.push("with redis_url, set api_keys: every node of a cluster needs the same keys".into());
+        }
+        if !redis.is_empty() && self.cluster_secret.len() < 32 {
+            errors.push(
+                "with redis_url, set cluster_secret (CDPGATE_CLUSTER_SECRET) to the same secret of at least 32 \
+                 characters on every node: the nodes prove to each other with it that they are the cluster's"
+                    .into(),
+            );
+        }
+        if !self.cluster_secret.is_empty() && self.cluster_secret.len() < 32 {
+            errors.push("cluster_secret must be at least 32 characters".into());
         }
         if !redis.is_empty() && self.profile_store.is_empty() {
             errors.push(
@@ -804,10 +824,20 @@ mod tests {
             redis_url: "redis://127.0.0.1:6379/".into(),
             api_keys: vec!["key-of-sixteen-chars".into()],
             profile_store: store.into(),
+            cluster_secret: "a-cluster-secret-of-32-characters!!".into(),
             ..Config::default()
         };
         let err = cluster("").validate().unwrap_err().to_string();
         assert!(err.contains("set profile_store"), "{err}");
+        // Nodes prove themselves to each other with a cluster secret of 32 characters or more.
+        for secret in ["", "short-secret"] {
+            let c = Config {
+                cluster_secret: secret.into(),
+                ..cluster("/mnt/shared/profiles")
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("set cluster_secret (CDPGATE_CLUSTER_SECRET)"), "{err}");
+        }
         let err = cluster("s3://").validate().unwrap_err().to_string();
         assert!(err.contains("needs a bucket"), "{err}");
         cluster("s3://profiles/cluster-a").validate().unwrap();

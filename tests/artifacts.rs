@@ -913,6 +913,7 @@ async fn in_a_cluster_any_node_serves_a_sessions_files_streamed() {
             c.redis_url = url;
             c.profile_store = profiles;
             c.redis_prefix = "files:".into();
+            c.cluster_secret = CLUSTER_SECRET.into();
             c.node_id = name.into();
         })
     };

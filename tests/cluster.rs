@@ -29,6 +29,7 @@ async fn cluster_node_with(
         c.profile_store = profiles;
         c.redis_prefix = prefix;
         c.node_id = name;
+        c.cluster_secret = CLUSTER_SECRET.into();
         tweak(c);
     })
     .await
@@ -138,6 +139,7 @@ async fn binary_node(redis: &TestRedis, prefix: &str, name: &str, data_dir: &std
         ("CDPGATE_REDIS_PREFIX", prefix),
         ("CDPGATE_NODE_ID", name),
         ("CDPGATE_PROFILE_STORE", &profiles),
+        ("CDPGATE_CLUSTER_SECRET", CLUSTER_SECRET),
     ];
     start_binary(data_dir, &env).await
 }
@@ -579,6 +581,7 @@ async fn a_writer_paused_past_its_lease_cannot_overwrite_a_later_save() {
             ("CDPGATE_NODE_ID", name.to_owned()),
             ("CDPGATE_PROFILE_STORE", store.clone()),
             ("CDPGATE_PROFILE_LEASE_MS", "3000".to_owned()),
+            ("CDPGATE_CLUSTER_SECRET", CLUSTER_SECRET.to_owned()),
         ]);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         start_binary(dir, &env).await

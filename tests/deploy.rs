@@ -200,9 +200,16 @@ async fn every_compose_node_has_a_configuration_the_broker_accepts() {
         let mut config = cdpgate::Config::default();
         config
             .apply_env(|key| {
-                // The API keys come from the operator's shell.
+                // The API keys and the cluster secret come from the operator's shell.
                 if key == "CDPGATE_API_KEYS" {
                     return Some("key-of-sixteen-chars".into());
+                }
+                if key == "CDPGATE_CLUSTER_SECRET" {
+                    assert_eq!(
+                        env.get(key).map(String::as_str),
+                        Some("${CDPGATE_CLUSTER_SECRET:?set CDPGATE_CLUSTER_SECRET}")
+                    );
+                    return Some("cluster-secret-of-at-least-32-characters".into());
                 }
                 env.get(key).cloned()
             })

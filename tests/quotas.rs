@@ -276,6 +276,7 @@ async fn cluster_node(redis: &TestRedis, prefix: &str, name: &str, per_key: usiz
         c.redis_prefix = prefix;
         c.node_id = name;
         c.max_sessions_per_key = per_key;
+        c.cluster_secret = CLUSTER_SECRET.into();
     })
     .await
 }

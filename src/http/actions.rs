@@ -61,10 +61,11 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     // An action on a session another node runs is that node's to carry out.
     if let Some(id) = &request.session_id
         && !from_another_node
+        && let Some(key) = broker.cluster_key.as_ref()
         && let Some(owner) = broker.owner_url(id, false).await
     {
         let within = config.action_timeout() + HOP_TIMEOUT;
-        return send_to(&owner, &parts, bytes, within)
+        return send_to(key, &owner, &parts, bytes, within, &tenant)
             .await
             .map(super::whole)
             .map_err(ApiError::from);

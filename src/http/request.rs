@@ -12,8 +12,12 @@ use super::error::ApiError;
 use crate::auth::Tenant;
 use crate::broker::Broker;
 
-/// The tenant whose API key the request carries.
+/// The tenant whose API key the request carries; for a request another node sent on,
+/// the tenant its checked hop header names (the client's key stayed on that node).
 pub fn authenticate<B>(broker: &Broker, request: &Request<B>) -> Result<Tenant, ApiError> {
+    if let Some(tenant) = crate::proxy::hop::hop_tenant(request) {
+        return tenant.ok_or_else(ApiError::unauthorized);
+    }
     broker
         .keys
         .authenticate(request.headers())

@@ -12,7 +12,7 @@ use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
 use super::{Body, actions, admin, dashboard, files, live, profiles, sessions};
 use crate::broker::Broker;
-use crate::proxy::hop::{forward, is_hop};
+use crate::proxy::hop::{check_hop, forward, is_hop};
 
 /// What a route leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,13 +187,22 @@ pub fn find_route(path: &str) -> Option<(&'static Route, Vec<&str>)> {
 }
 
 /// Answers one request.
-pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
+pub async fn dispatch(broker: Arc<Broker>, mut request: Request<Incoming>) -> Response<Body> {
     if broker.shutdown.is_cancelled() {
         // A request that reached a connection as the broker began to stop.
         let mut r = ApiError::unavailable("The broker is shutting down", 5).into_response();
         r.headers_mut()
             .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         return r;
+    }
+    // A request another node sent on proves it with the cluster secret, or goes no further.
+    if check_hop(broker.cluster_key.as_ref(), &mut request).is_err() {
+        tracing::warn!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            "refused a request marked as sent on by another node whose hop header does not verify"
+        );
+        return answer(&broker.metrics, Err(ApiError::unauthorized()));
     }
     let path = request.uri().path().to_owned();
     // A request about a session another node runs goes to that node.
@@ -202,7 +211,11 @@ pub async fn dispatch(broker: Arc<Broker>, request: Request<Incoming>) -> Respon
         && let Some((id, ended_too)) = session_of(&broker, &request)
         && let Some(owner) = broker.owner_url(&id, ended_too).await
     {
-        let result = forward(&broker, &owner, request).await.map_err(ApiError::from);
+        // The owner gets the tenant this node authenticated, never the client's key.
+        let tenant = broker.keys.authenticate(request.headers());
+        let result = forward(&broker, &owner, request, tenant.as_ref())
+            .await
+            .map_err(ApiError::from);
         return answer(&broker.metrics, result);
     }
     // The proxy and live view answer their own unknown paths (live view with a page).
@@ -301,6 +314,15 @@ async fn api(
                 && let Ok(nodes) = broker.cluster().await
             {
                 text.push_str(&admin::cluster_metrics(&nodes));
+            }
+            if let Some(nodes) = &broker.nodes {
+                text.push_str(&format!(
+                    "# HELP cdpgate_cluster_forged_node_records_total Node records read from Redis that do not \
+                     verify under the cluster secret (ignored).\n\
+                     # TYPE cdpgate_cluster_forged_node_records_total counter\n\
+                     cdpgate_cluster_forged_node_records_total {}\n",
+                    nodes.forged_records()
+                ));
             }
             let mut r = Response::new(super::full(text));
             r.headers_mut().insert(

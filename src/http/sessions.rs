@@ -85,10 +85,12 @@ pub async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Res
 /// it, and the create waits here as on a single node.
 async fn place_elsewhere(
     broker: &Broker,
+    tenant: &Tenant,
     parts: &hyper::http::request::Parts,
     body: bytes::Bytes,
 ) -> Option<Response<Body>> {
     let nodes = broker.nodes.as_ref()?;
+    let key = broker.cluster_key.as_ref()?;
     let mut candidates: Vec<_> = nodes
         .all()
         .await
@@ -99,7 +101,9 @@ async fn place_elsewhere(
         .collect();
     candidates.sort_by(|a, b| b.free.cmp(&a.free).then_with(|| a.id.cmp(&b.id)));
     for node in candidates {
-        match send_to(&node.url, parts, body.clone(), HOP_TIMEOUT).await {
+        // Only nodes whose records verify under the cluster secret are candidates, and the
+        // create goes with this node's signed hop header, not the client's key.
+        match send_to(key, &node.url, parts, body.clone(), HOP_TIMEOUT, tenant).await {
             Ok(answer) if answer.status() == StatusCode::CREATED => {
                 tracing::info!(node = %node.id, "create placed on another node");
                 return Some(super::whole(answer));
@@ -179,7 +183,7 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
         && needs_slot
         && broker.nodes.is_some()
         && broker.pool.free_slots() == 0
-        && let Some(answer) = place_elsewhere(broker, &parts, bytes).await
+        && let Some(answer) = place_elsewhere(broker, &tenant, &parts, bytes).await
     {
         return Ok(answer);
     }

@@ -2,7 +2,14 @@
 //! is sent to that node as it came, marked so that it is never sent on again. A WebSocket
 //! upgrade is answered with the owner's own answer and then relayed frame by frame (the
 //! owner's close codes, TTL cutoffs among them, reach the client unchanged); any other
-//! request gets the owner's answer. The owner checks the API key or token itself.
+//! request gets the owner's answer.
+//!
+//! The client's credentials stay on the node it reached: its `X-API-Key`, `Authorization`
+//! and `X-Admin-Key` are taken off, and the request carries this node's own credential
+//! instead, an `x-cdpgate-hop` header signed with the cluster secret over the method, the
+//! path and query, the tenant this node authenticated, and the time. The owner checks it
+//! (a forged, altered or late one is refused with 401), takes the tenant from it, and
+//! checks tokens in the URL itself.
 
 use std::time::Duration;
 
@@ -17,54 +24,99 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::{OpenConnection, ProxyError, Side, relay, tcp_peer};
+use crate::auth::{ClusterKey, Hop, Tenant};
 use crate::broker::Broker;
 use crate::browser::upstream::UpstreamError;
 use crate::store::EndReason;
 
-/// Marks a request that came from another node.
+/// Marks a request that came from another node, and proves it (see [`ClusterKey::sign_hop`]).
 pub const HOP_HEADER: &str = "x-cdpgate-hop";
+/// The client's credentials, which never go on to another node.
+const CREDENTIALS: [&str; 3] = ["x-api-key", "authorization", "x-admin-key"];
 /// How long the owner may take to accept a connection and answer (a single action sent on
 /// gets its own, longer, time).
 pub const HOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer head or body carried back (discovery's protocol description is ~1 MB).
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
-/// Whether the request was sent on by another node.
+/// Whether the request was sent on by another node of this cluster: its hop header was
+/// checked by [`check_hop`].
 pub fn is_hop<B>(request: &Request<B>) -> bool {
-    request.headers().contains_key(HOP_HEADER)
+    request.extensions().get::<Hop>().is_some()
+}
+
+/// Checks a request's hop header, if it has one: `Ok(true)` for a valid one (the request
+/// then [`is_hop`], with the tenant it names), `Ok(false)` for none, `Err(())` for one that
+/// is forged, altered, late, or sent to a node without a cluster secret.
+#[allow(clippy::result_unit_err)]
+pub fn check_hop<B>(key: Option<&ClusterKey>, request: &mut Request<B>) -> Result<bool, ()> {
+    let Some(header) = request.headers().get(HOP_HEADER) else {
+        return Ok(false);
+    };
+    let key = key.ok_or(())?;
+    let header = header.to_str().map_err(|_| ())?;
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let hop = key
+        .verify_hop(header, request.method().as_str(), target, std::time::SystemTime::now())
+        .ok_or(())?;
+    request.extensions_mut().insert(hop);
+    Ok(true)
+}
+
+/// The tenant a checked hop header names: `Some(None)` for a hop without one.
+pub fn hop_tenant<B>(request: &Request<B>) -> Option<Option<Tenant>> {
+    request.extensions().get::<Hop>().map(|h| h.tenant.clone())
+}
+
+/// The signed hop header for a request sent on for `tenant`.
+fn hop_header(key: &ClusterKey, method: &hyper::Method, target: &str, tenant: Option<&Tenant>) -> String {
+    key.sign_hop(method.as_str(), target, tenant, std::time::SystemTime::now())
+}
+
+/// Whether header `name` stays on the node the client reached.
+fn stays_here(name: &header::HeaderName) -> bool {
+    CREDENTIALS.contains(&name.as_str()) || name.as_str() == HOP_HEADER
 }
 
 /// An answer carried back from the owner, its body streamed as it arrives (a session's
 /// files and recordings can be large).
 pub type Streamed = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// Sends `request` to the node at `owner` (`http://host:port`) and answers as it does.
+/// Sends `request` to the node at `owner` (`http://host:port`) and answers as it does;
+/// `tenant` is the one this node authenticated from the request's API key, if any.
 pub async fn forward(
     broker: &std::sync::Arc<Broker>,
     owner: &str,
     request: Request<Incoming>,
+    tenant: Option<&Tenant>,
 ) -> Result<Response<Streamed>, ProxyError> {
+    let key = broker
+        .cluster_key
+        .as_ref()
+        .ok_or_else(|| ProxyError::Upstream(UpstreamError::Http("no cluster secret".into())))?;
     let (tcp, authority) = connect(owner).await?;
     if request.headers().contains_key(header::UPGRADE) {
-        let answer = upgrade(broker, tcp, &authority, request).await?;
+        let answer = upgrade(broker, key, tcp, &authority, request, tenant).await?;
         return Ok(answer.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
     }
     // Both bodies stream: the owner applies its own limits and timeouts to the request's.
     let (parts, body) = request.into_parts();
-    let answer = exchange(tcp, &authority, &parts, body, HOP_TIMEOUT).await?;
+    let answer = exchange(key, tcp, &authority, &parts, body, HOP_TIMEOUT, tenant).await?;
     Ok(answer.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
 }
 
-/// Sends a request whose body was read already to the node at `owner`: a create placed
-/// on another node is sent this way, to one node after another.
+/// Sends a request whose body was read already to the node at `owner`, for `tenant`: a
+/// create placed on another node is sent this way, to one node after another.
 pub async fn send_to(
+    key: &ClusterKey,
     owner: &str,
     parts: &hyper::http::request::Parts,
     body: Bytes,
     answer_within: Duration,
+    tenant: &Tenant,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
     let (tcp, authority) = connect(owner).await?;
-    send(tcp, &authority, parts, body, answer_within).await
+    send(key, tcp, &authority, parts, body, answer_within, tenant).await
 }
 
 /// A connection to the node at `owner` (`http://host:port`), and its `host:port`.
@@ -83,14 +135,16 @@ async fn connect(owner: &str) -> Result<(TcpStream, String), ProxyError> {
 }
 
 async fn send(
+    key: &ClusterKey,
     tcp: TcpStream,
     authority: &str,
     parts: &hyper::http::request::Parts,
     body: Bytes,
     answer_within: Duration,
+    tenant: &Tenant,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
     let collect = async {
-        let answer = exchange(tcp, authority, parts, Full::new(body), answer_within).await?;
+        let answer = exchange(key, tcp, authority, parts, Full::new(body), answer_within, Some(tenant)).await?;
         let (parts, body) = answer.into_parts();
         let body = Limited::new(body, MAX_ANSWER)
             .collect()
@@ -107,20 +161,21 @@ async fn send(
 /// Sends the request to the owner on `tcp`; answers once its head has come (within
 /// `answer_within`), the body still arriving.
 async fn exchange<B>(
+    key: &ClusterKey,
     tcp: TcpStream,
     authority: &str,
     parts: &hyper::http::request::Parts,
     body: B,
     answer_within: Duration,
+    tenant: Option<&Tenant>,
 ) -> Result<Response<Incoming>, ProxyError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let http = |e: String| ProxyError::Upstream(UpstreamError::Http(e));
-    let mut onward = Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned());
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut onward = Request::builder().method(parts.method.clone()).uri(target.to_owned());
     // Hop-by-hop and framing headers are the connection's own; hyper writes its own.
     let own = [
         header::HOST,
@@ -130,13 +185,13 @@ where
         header::UPGRADE,
     ];
     for (name, value) in &parts.headers {
-        if !own.contains(name) && name.as_str() != "keep-alive" {
+        if !own.contains(name) && name.as_str() != "keep-alive" && !stays_here(name) {
             onward = onward.header(name, value);
         }
     }
     let onward = onward
         .header(header::HOST, authority)
-        .header(HOP_HEADER, "1")
+        .header(HOP_HEADER, hop_header(key, &parts.method, target, tenant))
         .body(body)
         .map_err(|e| http(e.to_string()))?;
     let exchange = async {
@@ -156,18 +211,21 @@ where
 /// back, and the two connections are relayed.
 async fn upgrade(
     broker: &std::sync::Arc<Broker>,
+    key: &ClusterKey,
     mut tcp: TcpStream,
     authority: &str,
     request: Request<Incoming>,
+    tenant: Option<&Tenant>,
 ) -> Result<Response<Full<Bytes>>, ProxyError> {
     let http = |e: String| ProxyError::Upstream(UpstreamError::Http(e));
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let hop = hop_header(key, request.method(), target, tenant);
     let mut head = format!(
-        "{} {target} HTTP/1.1\r\nHost: {authority}\r\n{HOP_HEADER}: 1\r\n",
+        "{} {target} HTTP/1.1\r\nHost: {authority}\r\n{HOP_HEADER}: {hop}\r\n",
         request.method()
     );
     for (name, value) in request.headers() {
-        if name != header::HOST {
+        if name != header::HOST && !stays_here(name) {
             let value = value.to_str().map_err(|_| http("a header is not text".into()))?;
             head.push_str(&format!("{name}: {value}\r\n"));
         }

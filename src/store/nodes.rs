@@ -2,15 +2,21 @@
 //! and a heartbeat key with a short TTL that says it is alive. A node whose heartbeat has
 //! lapsed is not sent anything.
 //!
-//! Also the cluster's token secret: a node started without `token_secret` takes the one
-//! the first node put in Redis, so tokens minted by one node are accepted by all.
+//! Each record is signed with the cluster secret (HMAC-SHA256 over every field): anyone
+//! who can write to Redis can add a record, but one that does not verify is never read
+//! as a node, so nothing (creates with their proxy passwords, hops) is sent to it.
+//! Nothing secret is kept in Redis.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::auth::ClusterKey;
 
 /// How long a heartbeat keeps a node alive; beats come every third of it.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(9);
@@ -30,14 +36,79 @@ pub struct NodeInfo {
     pub heartbeat_ms: u64,
 }
 
+/// A node's record as kept in Redis: its fields and their signature.
+#[derive(Serialize, Deserialize)]
+struct Signed {
+    #[serde(flatten)]
+    info: NodeInfo,
+    #[serde(default)]
+    sig: String,
+}
+
+impl NodeInfo {
+    fn fields(&self) -> [String; 6] {
+        [
+            self.id.clone(),
+            self.url.clone(),
+            self.max_sessions.to_string(),
+            self.free.to_string(),
+            self.sessions.to_string(),
+            self.heartbeat_ms.to_string(),
+        ]
+    }
+}
+
 pub struct Nodes {
     redis: ConnectionManager,
     prefix: String,
+    key: ClusterKey,
+    /// Records that did not verify, each node id logged once.
+    forged_seen: Mutex<HashSet<String>>,
+    forged: AtomicU64,
 }
 
 impl Nodes {
-    pub fn new(redis: ConnectionManager, prefix: String) -> Nodes {
-        Nodes { redis, prefix }
+    pub fn new(redis: ConnectionManager, prefix: String, key: ClusterKey) -> Nodes {
+        Nodes {
+            redis,
+            prefix,
+            key,
+            forged_seen: Mutex::default(),
+            forged: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times a node record that does not verify under the cluster secret was
+    /// read (and ignored).
+    pub fn forged_records(&self) -> u64 {
+        self.forged.load(Ordering::Relaxed)
+    }
+
+    /// The node a record in Redis describes, if the record was signed with this cluster's
+    /// secret; else nothing, logged once per node id.
+    fn verified(&self, id: &str, json: &str) -> Option<NodeInfo> {
+        let signed = serde_json::from_str::<Signed>(json).ok();
+        if let Some(signed) = signed {
+            let fields = signed.info.fields();
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            if signed.info.id == id && self.key.verify_node(&fields, &signed.sig) {
+                return Some(signed.info);
+            }
+        }
+        self.forged.fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .forged_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned());
+        if first {
+            tracing::warn!(
+                node = %id,
+                "a node record in Redis is not signed with this cluster's cluster_secret: it is ignored \
+                 (never placed on, never routed to)"
+            );
+        }
+        None
     }
 
     /// The connection and key prefix, for the other things a cluster keeps in Redis.
@@ -59,7 +130,13 @@ impl Nodes {
 
     /// Says that `info`'s node is alive, for the next [`HEARTBEAT_TTL`].
     pub async fn beat(&self, info: &NodeInfo) -> Result<(), StoreError> {
-        let json = serde_json::to_string(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let fields = info.fields();
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let signed = Signed {
+            info: info.clone(),
+            sig: self.key.sign_node(&fields),
+        };
+        let json = serde_json::to_string(&signed).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("SET")
@@ -83,23 +160,21 @@ impl Nodes {
         Ok(())
     }
 
-    /// The node `id`, if its heartbeat is current.
+    /// The node `id`, if its heartbeat is current and its record verifies.
     pub async fn alive(&self, id: &str) -> Result<Option<NodeInfo>, StoreError> {
         let alive: bool = self.query(redis::cmd("EXISTS").arg(self.alive_key(id))).await?;
         if !alive {
             return Ok(None);
         }
         let json: Option<String> = self.query(redis::cmd("HGET").arg(self.table()).arg(id)).await?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        Ok(json.and_then(|j| self.verified(id, &j)))
     }
 
-    /// Every node that has registered, alive or not, with whether its heartbeat is current.
+    /// Every node that has registered, alive or not, with whether its heartbeat is current;
+    /// records that do not verify are left out.
     pub async fn all(&self) -> Result<Vec<(NodeInfo, bool)>, StoreError> {
         let table: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(self.table())).await?;
-        let infos: Vec<NodeInfo> = table
-            .iter()
-            .filter_map(|(_, json)| serde_json::from_str::<NodeInfo>(json).ok())
-            .collect();
+        let infos: Vec<NodeInfo> = table.iter().filter_map(|(id, json)| self.verified(id, json)).collect();
         // Every heartbeat in one round trip: a create on a full node reads this first.
         let mut pipe = redis::pipe();
         for info in &infos {
@@ -164,14 +239,6 @@ impl Nodes {
             .await?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
-
-    /// The cluster's token secret: `proposed` if no node has set one yet, else the one set.
-    pub async fn token_secret(&self, proposed: &str) -> Result<String, StoreError> {
-        let key = format!("{}token_secret", self.prefix);
-        let _: bool = self.query(redis::cmd("SETNX").arg(&key).arg(proposed)).await?;
-        let secret: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
-        secret.ok_or_else(|| StoreError::Unavailable("the token secret vanished".into()))
-    }
 }
 
 #[cfg(test)]
@@ -180,11 +247,14 @@ mod tests {
     use crate::store::redis::RedisStore;
     use crate::store::redis::tests::TestRedis;
 
+    const SECRET: &str = "the-cluster-secret-of-32-characters";
+    const OTHER_SECRET: &str = "not-the-cluster-secret-32-characters";
+
     #[tokio::test]
     async fn nodes_beat_lapse_and_leave() {
         let redis = TestRedis::start();
         let (conn, prefix) = RedisStore::connect(&redis.url, "n:").await.unwrap().connection();
-        let nodes = Nodes::new(conn, prefix);
+        let nodes = Nodes::new(conn, prefix, ClusterKey::new(SECRET));
         let info = NodeInfo {
             id: "node-a".into(),
             url: "http://127.0.0.1:1".into(),
@@ -226,8 +296,61 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(nodes.take_create("t_b", 3).await.unwrap(), None, "tenants apart");
-        // The first secret proposed is everyone's.
-        assert_eq!(nodes.token_secret("first").await.unwrap(), "first");
-        assert_eq!(nodes.token_secret("second").await.unwrap(), "first");
+        // A record not signed with the cluster secret is no node, whatever it says; one
+        // signed with another secret neither.
+        let forged = NodeInfo {
+            id: "node-f".into(),
+            url: "http://127.0.0.1:2".into(),
+            ..info.clone()
+        };
+        let mut conn = nodes.redis.clone();
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg("n:nodes")
+            .arg("node-f")
+            .arg(serde_json::to_string(&forged).unwrap())
+            .cmd("SET")
+            .arg("n:node:node-f:alive")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let other = Nodes::new(conn.clone(), "n:".into(), ClusterKey::new(OTHER_SECRET));
+        other
+            .beat(&NodeInfo {
+                id: "node-g".into(),
+                ..forged.clone()
+            })
+            .await
+            .unwrap();
+        nodes.beat(&info).await.unwrap();
+        assert_eq!(nodes.alive("node-f").await.unwrap(), None);
+        assert_eq!(nodes.alive("node-g").await.unwrap(), None);
+        assert_eq!(nodes.all().await.unwrap(), vec![(info.clone(), true)]);
+        assert!(nodes.forged_records() >= 4, "{}", nodes.forged_records());
+        // A real node's record copied under another id, or changed, does not verify either.
+        let json: String = redis::cmd("HGET")
+            .arg("n:nodes")
+            .arg("node-a")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let moved = json.replace("127.0.0.1:1", "127.0.0.1:2");
+        let _: () = redis::cmd("HSET")
+            .arg("n:nodes")
+            .arg("node-a")
+            .arg(moved)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(nodes.alive("node-a").await.unwrap(), None);
+        let _: () = redis::cmd("HSET")
+            .arg("n:nodes")
+            .arg("node-h")
+            .arg(&json)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(nodes.all().await.unwrap().iter().all(|(n, _)| n.id != "node-h"));
     }
 }

@@ -289,6 +289,9 @@ pub async fn finished_within(command: &mut tokio::process::Command, limit: Durat
         .unwrap_or_else(|e| panic!("{what} could not run: {e}"))
 }
 
+/// The cluster secret of the test clusters (every node on one test Redis shares it).
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-of-32-characters-and-more";
+
 /// A `redis-server` of the test's own on a free port, persistence off, killed when dropped.
 pub struct TestRedis {
     pub child: tokio::process::Child,
@@ -312,18 +315,28 @@ pub async fn listening(port: u16, limit: Duration) -> bool {
 }
 
 pub async fn start_redis() -> TestRedis {
+    start_redis_with_password(None).await
+}
+
+/// A `redis-server` as [`start_redis`], with `requirepass` when `password` is given (its
+/// `url` then carries it: `redis://:password@…`).
+pub async fn start_redis_with_password(password: Option<&str>) -> TestRedis {
     let port = free_port();
+    let mut args = vec![
+        "--port".to_owned(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        "".into(),
+        "--appendonly".into(),
+        "no".into(),
+    ];
+    if let Some(p) = password {
+        args.extend(["--requirepass".to_owned(), p.to_owned()]);
+    }
     let child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(&args)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -331,7 +344,10 @@ pub async fn start_redis() -> TestRedis {
     assert!(listening(port, Duration::from_secs(10)).await, "redis-server listens");
     TestRedis {
         child,
-        url: format!("redis://127.0.0.1:{port}/"),
+        url: match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
+            None => format!("redis://127.0.0.1:{port}/"),
+        },
         profiles: tempfile::tempdir().unwrap(),
     }
 }
