@@ -160,13 +160,14 @@ async fn terminate_closes_connections_and_kills_the_browser() {
         .await,
         "the session's browser is gone"
     );
-    // Only the warm pool's browser is left.
+    // Only the warm pool's browser is left (its user-data directory, and its downloads
+    // directory beside it).
     let browsers_dir = server.data_dir.path().join("browsers");
     assert!(
         eventually(Duration::from_secs(10), || std::fs::read_dir(&browsers_dir)
             .unwrap()
             .count()
-            == 1)
+            == 2)
         .await,
         "the session's scratch directory is removed"
     );
