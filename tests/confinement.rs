@@ -168,8 +168,19 @@ async fn a_process_session_writes_nothing_outside_its_own_directories() {
         eventually(Duration::from_secs(10), || hits.load(Ordering::SeqCst) > 0).await,
         "the download was requested (so the write was attempted)"
     );
-    // Give Chrome time to finish (or fail) the write.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The broker hears how the download ended (it watches every download of the session):
+    // wait for that, rather than for time.
+    let id = session["session_id"].as_str().unwrap();
+    let ended = eventually_async(Duration::from_secs(15), || async {
+        let files = server
+            .call(Method::GET, &format!("/public/sessions/{id}/files"), Some(KEY_A), None)
+            .await;
+        files.json["files"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|e| e["state"] != "in_progress"))
+    })
+    .await;
+    assert!(ended, "the download ended in the browser");
     let after = (digest(&secret_path), entries(&data));
     assert_eq!(before.0, after.0, "the token secret was overwritten");
     assert_eq!(before.1, after.1, "a file appeared in the data directory");
