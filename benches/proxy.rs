@@ -199,7 +199,7 @@ fn session_acquire(c: &mut Criterion) {
                     for _ in 0..iters {
                         // Untimed: wait for the pool, as the variant says.
                         let wanted = if at_rest { 2 } else { 1 };
-                        while broker.pool.idle_count() < wanted {
+                        while broker.pool().idle_count() < wanted {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         if at_rest {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::browser::Screen;
+use crate::values::Screen;
 
 /// The broker's settings. Each field mirrors a key of `config.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -244,7 +244,7 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             byo_allow: Vec::new(),
             byo_timeout_ms: 5_000,
-            browser_egress_deny: crate::browser::egress::DEFAULT_BROWSER_DENY
+            browser_egress_deny: crate::egress_rules::DEFAULT_BROWSER_DENY
                 .iter()
                 .map(|k| k.to_string())
                 .collect(),
@@ -562,10 +562,10 @@ impl Config {
         if self.max_parsed_message_bytes < 64 * 1024 {
             errors.push("max_parsed_message_bytes must be at least 64 KiB".into());
         }
-        if let Err(bad) = crate::browser::egress::parse_allow_list("byo_allow", &self.byo_allow) {
+        if let Err(bad) = crate::egress_rules::parse_allow_list("byo_allow", &self.byo_allow) {
             errors.extend(bad);
         }
-        errors.extend(crate::browser::egress::check_browser_lists(
+        errors.extend(crate::egress_rules::check_browser_lists(
             &self.browser_egress_deny,
             &self.browser_egress_allow,
         ));

@@ -28,9 +28,9 @@ pub fn request_body(data: &[u8]) {
         let _ = crate::http::sessions::parse_metadata(v, config.max_metadata_bytes);
     }
     let _ = crate::http::actions::validate_body(&body);
-    let _ = crate::store::storage_state::validate(&Value::Object(body.clone()));
+    let _ = crate::profile::storage_state::validate(&Value::Object(body.clone()));
     if let Some(state) = field("storage_state") {
-        let _ = crate::store::storage_state::validate(state);
+        let _ = crate::profile::storage_state::validate(state);
     }
 }
 

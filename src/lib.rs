@@ -18,16 +18,16 @@
 //! - [`session`]: a running session's node-local handles and lifecycle.
 //! - [`artifacts`]: what sessions leave behind: their files (downloads, uploads) and
 //!   recordings.
-//! - [`profile_copy`]: work on a profile in a browser started on a copy of it (storage
-//!   states in and out, context sessions' profiles).
+//! - [`profile`]: a profile's state in and out of browsers: work in a browser started on a
+//!   copy of it, session cookies, `storageState` documents (export, import, validation).
 //! - [`browser`]: launcher, warm pool, the broker's own CDP client, upstreams, the egress
 //!   policy, bring-your-own probes; shared browsers and the CDP filter of context sessions.
-//! - [`store`]: session records behind the [`store::SessionStore`] trait, profiles,
-//!   `storageState` documents.
+//! - [`store`]: persistence only: session records behind the [`store::SessionStore`]
+//!   trait, the cluster's nodes, profiles and their data, writer leases.
 //! - Below them all: [`config`], [`auth`] (API keys, tokens), [`limits`], [`quota`]
 //!   (sessions per key at once), [`metrics`],
-//!   [`tls`], [`telemetry`] (log lines and OTLP spans), and [`error`] (whose fault an
-//!   error is).
+//!   [`tls`], [`telemetry`] (log lines and OTLP spans), [`values`] (plain values several
+//!   layers share) and [`error`] (whose fault an error is).
 
 pub mod action;
 pub mod artifacts;
@@ -35,19 +35,21 @@ pub mod auth;
 pub mod broker;
 pub mod browser;
 pub mod config;
+pub mod egress_rules;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod profile_copy;
+pub mod profile;
 pub mod proxy;
 pub mod quota;
 pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod values;
 
 use std::sync::Arc;
 

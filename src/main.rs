@@ -52,7 +52,7 @@ fn serve(runtime: &tokio::runtime::Runtime, config: cdpgate::Config) -> ExitCode
         println!(
             "cdpgate: listening on {} (API at {})",
             listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            broker.urls.http
+            broker.urls().http
         );
         cdpgate::serve(listener, broker).await;
         ExitCode::SUCCESS

@@ -14,17 +14,17 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{Tenant, unix_secs};
-use crate::browser::Screen;
 use crate::browser::forward::Traffic;
 use crate::browser::pool::Lease;
 use crate::browser::shared::ContextLease;
 use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::profile_copy::ProfileCopies;
+use crate::profile::copy::ProfileCopies;
 use crate::store::profiles::{ProfileUse, Profiles};
 use crate::store::{
     EndReason, ProfileLink, SaveOutcome, SessionOptions, SessionRecord, SessionStore, Status, StoreError,
 };
+use crate::values::Screen;
 
 /// What a session runs on.
 pub enum Backing {
@@ -330,7 +330,7 @@ impl Session {
 async fn finish_profile(session: Arc<Session>, binding: ProfileBinding, lease: Option<Lease>) {
     if let Some(lease) = lease {
         if binding.hold.persist {
-            let outcome = binding.store.save_from(&binding.hold, &lease.browser).await;
+            let outcome = crate::profile::cookies::save_from(&binding.store, &binding.hold, &lease.browser).await;
             note_save(&session, &binding, outcome);
         }
         let (exited, dir) = (lease.browser.exited(), lease.browser.dir.clone());
@@ -349,7 +349,7 @@ async fn finish_context_profile(session: Arc<Session>, binding: ProfileBinding, 
     if binding.hold.persist {
         let ws_url = context.shared.browser.ws_url();
         let reached = context.traffic.origins();
-        let read = crate::profile_copy::context_state(&ws_url, &context.scope.context, &reached).await;
+        let read = crate::profile::copy::context_state(&ws_url, &context.scope.context, &reached).await;
         drop(context);
         let outcome = match read {
             Ok(state) => match binding.copies.write_state(&binding.hold, &state).await {

@@ -581,7 +581,7 @@ async fn actions_run_on_a_context_session() {
     let sid = r.json["session_id"].as_str().unwrap().to_owned();
     let got = server.get(&sid).await.json;
     assert_eq!(got["isolation"], "context", "{got}");
-    assert_eq!(server.broker.shared.browsers().len(), 1, "both in one shared browser");
+    assert_eq!(server.broker.shared().browsers().len(), 1, "both in one shared browser");
     let vars = json!({"user": "alice", "password": PASSWORD});
     for action in [
         "Type {{user}} into the Username field",

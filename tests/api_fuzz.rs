@@ -62,8 +62,8 @@ async fn schemathesis_finds_nothing_and_nothing_is_left_behind() {
     assert!(ended, "sessions left active after the fuzzing");
     let idle_only = eventually(Duration::from_secs(30), || {
         server.broker.active_sessions() == 0
-            && server.broker.pool.free_slots() == server.broker.config.max_sessions
-            && server.broker.shared.browsers().iter().all(|b| b.contexts == 0)
+            && server.broker.pool().free_slots() == server.broker.config().max_sessions
+            && server.broker.shared().browsers().iter().all(|b| b.contexts == 0)
     })
     .await;
     assert!(

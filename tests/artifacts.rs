@@ -562,7 +562,7 @@ fn colour_runs(path: &Path) -> Vec<(char, usize)> {
 /// Waits for a session's recording to be finished, fetches it as a client would, writes it
 /// to `path` and answers its bytes.
 async fn finished_recording(server: &TestServer, id: &str, path: &Path) -> Vec<u8> {
-    let files = server.broker.artifacts.existing(id).unwrap();
+    let files = server.broker.artifacts().existing(id).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || files
             .recording()
@@ -838,7 +838,7 @@ async fn the_dashboard_shows_a_tenants_sessions() {
         .call(Method::POST, "/public/sessions", Some(KEY_B), Some("{}"))
         .await;
     let their_id = theirs.json["session_id"].as_str().unwrap();
-    let files = server.broker.artifacts.existing(ended_id).unwrap();
+    let files = server.broker.artifacts().existing(ended_id).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || files
             .recording()
@@ -992,7 +992,7 @@ async fn a_cdp_log_names_every_command_with_its_timing_and_no_payload() {
         .await;
         assert_eq!(visited["value"], "colors", "{visited}");
         assert!(server.terminate(id).await.status.is_success());
-        let files = server.broker.artifacts.existing(id).unwrap();
+        let files = server.broker.artifacts().existing(id).unwrap();
         // Written a moment after the end, once the connection's last lines are in.
         let path = server
             .data_dir

@@ -101,11 +101,11 @@ async fn puppeteer_and_playwright_drive_an_external_browser() {
     let chrome = start_external_chrome().await;
     let server = loopback_allowed().await;
     let site = format!("http://{}/", start_site().await);
-    let pool = server.broker.pool.clone();
+    let pool = server.broker.pool().clone();
     assert!(eventually(Duration::from_secs(20), || pool.idle_count() == 1).await);
     let launched = server
         .broker
-        .metrics
+        .metrics()
         .browsers_launched
         .load(std::sync::atomic::Ordering::Relaxed);
 
@@ -138,7 +138,7 @@ async fn puppeteer_and_playwright_drive_an_external_browser() {
     assert_eq!(
         server
             .broker
-            .metrics
+            .metrics()
             .browsers_launched
             .load(std::sync::atomic::Ordering::Relaxed),
         launched,

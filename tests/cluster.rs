@@ -105,7 +105,7 @@ async fn a_redis_that_stops_answering_refuses_creates_and_spares_open_sessions()
     let v = cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
     assert!(v["result"]["product"].as_str().unwrap().contains("Chrome"), "{v}");
     // The refused create left no browser held.
-    assert_eq!(a.broker.pool.free_slots(), 3);
+    assert_eq!(a.broker.pool().free_slots(), 3);
 
     // Redis answers again: the broker reconnects by itself; nothing lost, nothing doubled.
     signal(&redis.child, libc::SIGCONT);
@@ -309,7 +309,7 @@ async fn a_full_node_places_creates_on_nodes_with_room_and_a_full_cluster_answer
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert!(r.headers.contains_key("retry-after"));
     for n in [&a, &b, &c] {
-        assert_eq!(n.broker.pool.free_slots(), 0);
+        assert_eq!(n.broker.pool().free_slots(), 0);
         assert_eq!(n.broker.active_sessions(), 1, "one session per node, no more");
     }
     // Every session is listed from any node.

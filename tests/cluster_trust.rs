@@ -209,7 +209,7 @@ async fn nodes_registered_by_writing_to_redis_get_nothing_and_redis_keeps_no_sec
         "the node signed with another secret was sent nothing"
     );
     assert!(logging.lock().unwrap().is_empty(), "the full node got no create");
-    assert!(a.broker.nodes.as_ref().unwrap().forged_records() > 0);
+    assert!(a.broker.forged_node_records().unwrap() > 0);
 
     // The same request about a session on a node that proved the cluster secret goes there,
     // without the client's key, with B's signed hop header naming the tenant.

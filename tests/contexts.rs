@@ -166,7 +166,7 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
     let b = create(&server, KEY_B, json!({})).await;
     assert_eq!(a["isolation"], "context");
     assert_eq!(b["isolation"], "context");
-    let browsers = server.broker.shared.browsers();
+    let browsers = server.broker.shared().browsers();
     assert_eq!(browsers.len(), 1, "one shared Chrome: {browsers:?}");
     assert_eq!(browsers[0].contexts, 3);
 
@@ -429,7 +429,7 @@ async fn puppeteer_playwright_and_dari_work_unchanged_on_context_sessions() {
 fn shared(server: &TestServer) -> Vec<(u32, usize, bool)> {
     server
         .broker
-        .shared
+        .shared()
         .browsers()
         .into_iter()
         .map(|b| (b.pid, b.contexts, b.draining))
@@ -586,7 +586,7 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
         c.context_browsers = 3;
     })
     .await;
-    let ready = || server.broker.shared.browsers();
+    let ready = || server.broker.shared().browsers();
     assert!(
         eventually(Duration::from_secs(20), || ready().len() == 1).await,
         "a warm browser"
@@ -652,7 +652,7 @@ async fn context_chrome_path_picks_the_shared_browsers_executable() {
     let session = create(&server, KEY_A, json!({})).await;
     let seen = node("drive.mjs", &["puppeteer", cdp_url(&session), &site]).await;
     assert_eq!(seen["title"], "cdpgate test site", "{seen}");
-    let shared = server.broker.shared.browsers();
+    let shared = server.broker.shared().browsers();
     assert_eq!(
         executable(shared[0].pid),
         std::path::Path::new("/usr/lib/chromium/chromium")

@@ -385,7 +385,7 @@ async fn download_events_reach_only_their_own_context() {
     let site = start_hostile_site().await;
     let a = create(&server, KEY_A, json!({})).await;
     let b = create(&server, KEY_A, json!({})).await;
-    assert_eq!(server.broker.shared.browsers().len(), 1, "one shared Chrome");
+    assert_eq!(server.broker.shared().browsers().len(), 1, "one shared Chrome");
 
     let mut listener = Cdp::connect(cdp_url(&a)).await;
     listener

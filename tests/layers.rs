@@ -1,5 +1,6 @@
 //! The architecture's rules, read from the source: the module import graph of `src/` has no
-//! circles, and nothing below the HTTP layer imports from it (`docs/ARCHITECTURE.md`).
+//! circles, and every module imports only from the layers below its own (and from inside its
+//! own folder), in the order `docs/ARCHITECTURE.md` and `lib.rs` state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -132,20 +133,65 @@ fn the_module_graph_has_no_circles() {
     }
 }
 
-#[test]
-fn nothing_below_http_imports_it() {
-    let edges = graph(&src());
-    let http = vec!["http".to_owned()];
-    // Above the HTTP layer: the crate root and the fuzzing entry points.
-    let above = |m: &Vec<String>| m.is_empty() || m[0] == "http" || m[0] == "fuzzing";
-    let offenders: Vec<String> = edges
+/// The layers, lowest first: the order `docs/ARCHITECTURE.md` draws. A module may import
+/// the modules of lower layers and its own folder's, never one of its own layer or above.
+const LAYERS: &[&[&str]] = &[
+    &["error", "values", "egress_rules", "tls", "auth"],
+    &["config", "metrics", "limits", "quota", "store"],
+    &["browser", "telemetry"],
+    &["profile", "artifacts"],
+    &["session"],
+    &["action"],
+    &["broker"],
+    &["proxy"],
+    &["http"],
+    // Entry points for the fuzz targets: above everything they drive.
+    &["fuzzing"],
+];
+
+fn layer_of(module: &[String]) -> usize {
+    let top = module[0].as_str();
+    LAYERS
         .iter()
-        .filter(|(m, targets)| !above(m) && targets.iter().any(|t| t.starts_with(&http)))
-        .map(|(m, _)| m.join("::"))
+        .position(|layer| layer.contains(&top))
+        .unwrap_or_else(|| panic!("module {top} is in no layer: add it to LAYERS and to docs/ARCHITECTURE.md"))
+}
+
+#[test]
+fn every_module_imports_only_from_the_layers_below_it() {
+    let edges = graph(&src());
+    let mut offenders = Vec::new();
+    for (module, targets) in edges.iter().filter(|(m, _)| !m.is_empty()) {
+        for target in targets.iter().filter(|t| t[0] != module[0]) {
+            if layer_of(target) >= layer_of(module) {
+                offenders.push(format!("{} imports {}", module.join("::"), target.join("::")));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "imports that run sideways or back up: {offenders:#?}");
+    // The check sees what it is about: the top layer reaches down, and every module is placed.
+    let http = vec!["http".to_owned()];
+    assert!(edges[&vec!["fuzzing".to_owned()]].iter().any(|t| t.starts_with(&http)));
+    assert!(edges.keys().filter(|m| !m.is_empty()).all(|m| layer_of(m) < LAYERS.len()));
+}
+
+#[test]
+fn the_layers_are_the_documented_ones() {
+    // ARCHITECTURE.md names each layer's modules in the same order, top first.
+    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md")).unwrap();
+    let block = doc
+        .split("<!-- layers -->")
+        .nth(1)
+        .expect("docs/ARCHITECTURE.md has a block between <!-- layers --> markers");
+    let documented: Vec<Vec<String>> = block
+        .lines()
+        .filter_map(|l| l.strip_prefix("layer: "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
         .collect();
-    assert!(offenders.is_empty(), "below http but importing it: {offenders:?}");
-    assert!(
-        edges[&vec!["fuzzing".to_owned()]].iter().any(|t| t.starts_with(&http)),
-        "the check sees imports of http where there are some"
-    );
+    let code: Vec<Vec<String>> = LAYERS
+        .iter()
+        .rev()
+        .map(|layer| layer.iter().map(|m| m.to_string()).collect())
+        .collect();
+    assert_eq!(documented, code, "docs/ARCHITECTURE.md's layers and tests/layers.rs's LAYERS differ");
 }

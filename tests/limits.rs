@@ -164,7 +164,7 @@ async fn a_client_that_stops_reading_is_held_in_bounded_memory_then_dropped() {
     let open = || {
         server
             .broker
-            .metrics
+            .metrics()
             .proxy_connections_open
             .load(std::sync::atomic::Ordering::Relaxed)
     };
@@ -274,7 +274,7 @@ async fn oversized_headers_and_slow_clients_are_dropped_not_held() {
     assert_eq!(
         server
             .broker
-            .metrics
+            .metrics()
             .sessions_created
             .load(std::sync::atomic::Ordering::Relaxed),
         0

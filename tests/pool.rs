@@ -24,11 +24,11 @@ fn main_browser_pids(data_dir: &std::path::Path) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_idle_browser_is_replaced() {
     let server = TestServer::start().await;
-    let pool = server.broker.pool.clone();
+    let pool = server.broker.pool().clone();
     assert!(eventually(Duration::from_secs(20), || pool.idle_count() == 1).await);
     let before = main_browser_pids(server.data_dir.path());
     assert_eq!(before.len(), 1, "one warm browser: {before:?}");
-    let launched = server.broker.metrics.browsers_launched.load(Relaxed);
+    let launched = server.broker.metrics().browsers_launched.load(Relaxed);
 
     kill(before[0], libc::SIGKILL);
     let replaced = eventually(Duration::from_secs(20), || {
@@ -37,7 +37,7 @@ async fn a_dead_idle_browser_is_replaced() {
     })
     .await;
     assert!(replaced, "the pool started a new browser");
-    assert!(server.broker.metrics.browsers_launched.load(Relaxed) > launched);
+    assert!(server.broker.metrics().browsers_launched.load(Relaxed) > launched);
 
     // And the replacement serves a session.
     let s = server.create(json!({})).await;
@@ -81,7 +81,7 @@ async fn browsers_are_never_shared_and_a_crash_ends_only_its_session() {
     let mut ws_b = ws_connect(b["cdp_url"].as_str().unwrap()).await.unwrap();
     cdp_call(&mut ws_b, 1, "Browser.getVersion", json!({})).await;
     assert_eq!(server.get(b_id).await.json["status"], "active");
-    assert_eq!(server.broker.pool.free_slots(), 3);
+    assert_eq!(server.broker.pool().free_slots(), 3);
     server.stop().await;
 }
 
@@ -104,11 +104,11 @@ async fn a_chromium_that_will_not_start_gets_a_clear_503_and_no_busy_loop() {
         detail.contains("could not be started") && detail.contains("exited before it was ready"),
         "{detail}"
     );
-    assert_eq!(server.broker.pool.free_slots(), 4, "the failed create holds no slot");
+    assert_eq!(server.broker.pool().free_slots(), 4, "the failed create holds no slot");
 
     // The pool keeps trying in the background, with a growing pause rather than a spin.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let failures = server.broker.metrics.browser_launch_failures.load(Relaxed);
+    let failures = server.broker.metrics().browser_launch_failures.load(Relaxed);
     assert!((2..=12).contains(&failures), "{failures} launches failed in 2 s");
     let r = server.call(hyper::Method::GET, "/health", None, None).await;
     assert_eq!(r.status, hyper::StatusCode::OK, "the API stays up");

@@ -197,7 +197,7 @@ async fn browser_close_from_a_client_ends_the_session() {
         (got["status"].as_str(), got["end_reason"].as_str()),
         (Some("terminated"), Some("browser exited"))
     );
-    assert_eq!(server.broker.pool.free_slots(), 4);
+    assert_eq!(server.broker.pool().free_slots(), 4);
     server.stop().await;
 }
 
@@ -226,7 +226,7 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
         SystemTime::now(),
         SystemTime::now() + Duration::from_secs(600),
     );
-    let expired = server.broker.tokens.mint(
+    let expired = server.broker.tokens().mint(
         a_id,
         &tenant_a,
         cdpgate::auth::Scope::Cdp,
@@ -234,7 +234,7 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
         SystemTime::now() - Duration::from_secs(100),
     );
     // Signed by this broker, for the right session, but naming another tenant.
-    let other_tenants = server.broker.tokens.mint(
+    let other_tenants = server.broker.tokens().mint(
         a_id,
         &tenant_b,
         cdpgate::auth::Scope::Cdp,
@@ -288,7 +288,7 @@ async fn bad_tokens_are_refused_before_reaching_chrome() {
     assert_eq!(
         server
             .broker
-            .metrics
+            .metrics()
             .proxy_connections
             .load(std::sync::atomic::Ordering::Relaxed),
         0

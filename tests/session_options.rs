@@ -801,7 +801,7 @@ async fn context_sessions_have_their_own_proxy_and_policy() {
     let proxy = json!({"server": format!("http://{http_proxy}"), "username": USER, "password": PASSWORD});
     let proxied = create(server.addr, json!({"isolation": "context", "proxy": proxy})).await;
     let direct = create(server.addr, json!({"isolation": "context"})).await;
-    assert_eq!(server.broker.shared.browsers().len(), 1, "one shared browser");
+    assert_eq!(server.broker.shared().browsers().len(), 1, "one shared browser");
     assert_eq!(proxied["proxy"]["server"], format!("http://{http_proxy}"));
 
     let seen = visit(&proxied, "http://site.test/", "document.title").await;
@@ -843,7 +843,7 @@ async fn a_context_sessions_identity_stays_in_its_context() {
         .create(json!({"isolation": "context", "user_agent": ua, "locale": "fr-FR", "timezone": "Asia/Tokyo"}))
         .await;
     let plain = server.create(json!({"isolation": "context"})).await;
-    assert_eq!(server.broker.shared.browsers().len(), 1, "one shared browser");
+    assert_eq!(server.broker.shared().browsers().len(), 1, "one shared browser");
     assert_eq!(dressed["user_agent"], ua);
     let probe = "(async () => { const worker = new Worker(URL.createObjectURL(new Blob(\
         ['postMessage(navigator.userAgent)'], {type: 'text/javascript'}))); \

@@ -235,7 +235,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     // Nothing of the above created a session or took a browser.
     let r = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(r.json["total"], 0);
-    assert_eq!(server.broker.pool.free_slots(), 4);
+    assert_eq!(server.broker.pool().free_slots(), 4);
     server.stop().await;
 }
 
@@ -345,7 +345,7 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
     let id = s["session_id"].as_str().unwrap().to_owned();
     let session = server.broker.running_session(None, &id).unwrap();
     let port = session.upstream.authority.clone();
-    assert_eq!(server.broker.pool.free_slots(), 3);
+    assert_eq!(server.broker.pool().free_slots(), 3);
 
     assert_eq!(server.terminate(&id).await.status, StatusCode::NO_CONTENT);
     let got = server.get(&id).await.json;
@@ -354,7 +354,7 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
     let again = server.terminate(&id).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.json, json!({"detail": "Session is already terminated"}));
-    assert_eq!(server.broker.pool.free_slots(), 4, "the slot is free again");
+    assert_eq!(server.broker.pool().free_slots(), 4, "the slot is free again");
     assert!(
         eventually(Duration::from_secs(10), || std::net::TcpStream::connect(&port).is_err()).await,
         "the browser is gone"
@@ -373,7 +373,7 @@ async fn terminate_and_delete_end_sessions_and_free_browsers() {
         .call(Method::DELETE, &format!("/public/sessions/{id}"), Some(KEY_A), None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(server.broker.pool.free_slots(), 4);
+    assert_eq!(server.broker.pool().free_slots(), 4);
     server.stop().await;
 }
 
@@ -398,7 +398,7 @@ async fn a_full_broker_answers_503_with_retry_after() {
         tokio::spawn(async move { http(addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await })
     };
     // Once it waits for a slot (not before), the slot frees up.
-    let metrics = &server.broker.metrics;
+    let metrics = &server.broker.metrics();
     assert!(
         eventually(Duration::from_secs(10), || metrics
             .queue_waiting

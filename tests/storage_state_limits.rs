@@ -79,7 +79,7 @@ async fn bad_origins_and_too_many_are_refused_and_change_nothing() {
     let launched = || {
         server
             .broker
-            .metrics
+            .metrics()
             .browsers_launched
             .load(std::sync::atomic::Ordering::Relaxed)
     };

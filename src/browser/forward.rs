@@ -132,14 +132,7 @@ fn bracketed(host: &str) -> String {
     }
 }
 
-/// What a managed browser's pages sent and received, and what its proxy refused.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NetworkStats {
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub proxy_errors: u64,
-    pub last_proxy_error: Option<String>,
-}
+pub use crate::values::NetworkStats;
 
 /// A session's network counters, shared by every connection of its browser.
 #[derive(Default)]

@@ -22,12 +22,7 @@ use super::forward::Gateway;
 use crate::auth::random_hex;
 use crate::metrics::Metrics;
 
-/// A screen size in CSS pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Screen {
-    pub width: u32,
-    pub height: u32,
-}
+pub use crate::values::Screen;
 
 /// Flags every browser gets: headless, quiet on this closed network, loopback only.
 const BASE_FLAGS: &[&str] = &[

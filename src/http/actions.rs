@@ -40,7 +40,7 @@ struct RunAction {
 }
 
 pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let config = &broker.config;
+    let config = &broker.config();
     let from_another_node = is_hop(&request);
     let (parts, body) = request.into_parts();
     let read = Request::from_parts(parts.clone(), body);
@@ -61,7 +61,7 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     // An action on a session another node runs is that node's to carry out.
     if let Some(id) = &request.session_id
         && !from_another_node
-        && let Some(key) = broker.cluster_key.as_ref()
+        && let Some(key) = broker.cluster_key()
         && let Some(owner) = broker.owner_url(id, false).await
     {
         let within = config.action_timeout() + HOP_TIMEOUT;
@@ -92,17 +92,17 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     };
     let started = std::time::Instant::now();
     let mut request = request;
-    request.job.files = broker.artifacts.existing(&session.id);
+    request.job.files = broker.artifacts().existing(&session.id);
     request.job.browser_downloads = session.browser_downloads.get().cloned();
     let run = broker
-        .actions
-        .run_in_turn(&tenant, &session, &request.job, config, &broker.egress)
+        .actions()
+        .run_in_turn(&tenant, &session, &request.job, config, broker.egress())
         .instrument(tracing::info_span!(parent: &session.span(), "action.run"));
     let answer = tokio::select! {
         answer = run => answer,
         _ = session.ended().cancelled() => return Err(ended_during(&session)),
     };
-    let m = &broker.metrics;
+    let m = &broker.metrics();
     m.action_time.observe(started.elapsed());
     if answer.success {
         &m.actions_succeeded

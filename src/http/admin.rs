@@ -32,7 +32,7 @@ pub async fn cluster(broker: &Broker) -> Result<Response<Body>, ApiError> {
     let (capacity, free) = alive.fold((0, 0), |(c, f), (n, _)| (c + n.max_sessions, f + n.free));
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "node": broker.node, "capacity": capacity, "free": free, "nodes": listed }),
+        &json!({ "node": broker.node(), "capacity": capacity, "free": free, "nodes": listed }),
     ))
 }
 
@@ -42,7 +42,7 @@ pub async fn tenants(broker: &Broker) -> Result<Response<Body>, ApiError> {
     let tenants = broker.tenant_usage().await?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "node": broker.node, "tenants": tenants }),
+        &json!({ "node": broker.node(), "tenants": tenants }),
     ))
 }
 

@@ -41,7 +41,7 @@ pub async fn screenshot(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Re
         .active(Some(tenant), id)
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
-    let jpeg = tokio::time::timeout(CAPTURE_TIMEOUT, capture(&session.upstream, &broker.egress))
+    let jpeg = tokio::time::timeout(CAPTURE_TIMEOUT, capture(&session.upstream, broker.egress()))
         .await
         .map_err(|_| "no answer in time".to_owned())
         .and_then(|r| r)

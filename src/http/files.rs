@@ -57,7 +57,7 @@ async fn files_of(
         .record(tenant, id)
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
-    Ok(broker.artifacts.existing(id))
+    Ok(broker.artifacts().existing(id))
 }
 
 /// `/public/sessions/{id}/files`: list (GET) or upload (POST).
@@ -189,21 +189,21 @@ async fn upload(
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
     let files = broker
-        .artifacts
+        .artifacts()
         .session(id)
         .map_err(|e| ApiError::internal(format!("the session's files: {e}")))?;
     let named = query_pairs(request.uri().query().unwrap_or(""))
         .into_iter()
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v);
-    let limit = broker.config.max_upload_bytes;
+    let limit = broker.config().max_upload_bytes;
     let length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if length.is_some_and(|l| l > limit + 64 * 1024) {
         broker
-            .metrics
+            .metrics()
             .files_quota_refusals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(FileError::TooLarge(limit).into());
@@ -214,7 +214,7 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let stall = broker.config.request_read_timeout();
+    let stall = broker.config().request_read_timeout();
     let body = stalling_after(request.into_body().into_data_stream(), stall);
     let (path, entry) = if content_type.starts_with("multipart/form-data") {
         let boundary = multer::parse_boundary(&content_type)

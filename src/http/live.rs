@@ -65,9 +65,9 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         _ => return page(StatusCode::NOT_FOUND, "There is no live view here."),
     };
     // An expired link still opens the recording of its ended session (checked below).
-    let (claims, current) = match broker.tokens.decode(token.as_deref()) {
+    let (claims, current) = match broker.tokens().decode(token.as_deref()) {
         Ok(claims) => (Ok(claims), true),
-        Err(_) => (broker.tokens.decode_expired_too(token.as_deref()), false),
+        Err(_) => (broker.tokens().decode_expired_too(token.as_deref()), false),
     };
     let Some(grant) = claims.ok().filter(|g| g.session == sid) else {
         return invalid_link();
@@ -82,7 +82,7 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         Ok(session) if current => session,
         Ok(_) => return invalid_link(),
         Err(SessionError::Ended(status)) => {
-            let files = broker.artifacts.existing(sid);
+            let files = broker.artifacts().existing(sid);
             let recorded = files
                 .as_ref()
                 .is_some_and(|f| f.recording().is_some() && f.recording_path().is_file());
@@ -91,7 +91,7 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
                 Part::Recording => {
                     let head = request.method() == hyper::Method::HEAD;
                     let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
-                    super::error::answer(&broker.metrics, served)
+                    super::error::answer(broker.metrics(), served)
                 }
                 _ if status == Status::Expired => page(StatusCode::GONE, "This session has expired."),
                 _ => page(StatusCode::GONE, "This session has ended."),
@@ -113,13 +113,13 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         }
         Part::Recording => {
             // The recording so far, while the session runs.
-            let files = broker.artifacts.existing(sid);
+            let files = broker.artifacts().existing(sid);
             let head = request.method() == hyper::Method::HEAD;
             let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
-            super::error::answer(&broker.metrics, served)
+            super::error::answer(broker.metrics(), served)
         }
         Part::Socket => super::error::answer(
-            &broker.metrics,
+            broker.metrics(),
             viewer_socket(&broker, session, request, read_only).await,
         ),
     }
@@ -186,10 +186,10 @@ async fn viewer_socket(
     let key = websocket_key(&request)?;
     let slot = proxy::claim_connection(broker, &session)?;
     let path = session.upstream.browser_path.clone();
-    let timeout = session.upstream.timeout(broker.config.byo_timeout());
-    let (browser, _) = session.upstream.connect_raw(&path, &broker.egress, timeout).await?;
+    let timeout = session.upstream.timeout(broker.config().byo_timeout());
+    let (browser, _) = session.upstream.connect_raw(&path, broker.egress(), timeout).await?;
     let broker = broker.clone();
-    let tracker = broker.tracker.clone();
+    let tracker = broker.tracker().clone();
     let session_span = session.span();
     let span = tracing::info_span!(parent: &session_span, "live", read_only);
     tracker.spawn(
@@ -199,11 +199,11 @@ async fn viewer_socket(
             };
             let _slot = slot;
             // The viewer's messages are parsed: a larger one is refused before it is read.
-            let viewer_config = Some(broker.config.parsed_ws_config());
+            let viewer_config = Some(broker.config().parsed_ws_config());
             let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, viewer_config).await;
             let browser =
-                WebSocketStream::from_raw_socket(browser, Role::Client, Some(broker.config.ws_config())).await;
-            relay_filtered(viewer, browser, &session, read_only, &broker.metrics).await;
+                WebSocketStream::from_raw_socket(browser, Role::Client, Some(broker.config().ws_config())).await;
+            relay_filtered(viewer, browser, &session, read_only, broker.metrics()).await;
         }
         .instrument(span),
     );

@@ -10,8 +10,8 @@ use super::request::{field, read_json_object};
 use super::{Body, timestamp};
 use crate::auth::Tenant;
 use crate::broker::Broker;
+use crate::profile::storage_state;
 use crate::store::profiles::Profile;
-use crate::store::storage_state;
 
 /// `/public/browser-profiles`.
 pub async fn collection(
@@ -23,7 +23,7 @@ pub async fn collection(
         Method::POST => create_profile(broker, tenant, request).await,
         Method::GET => {
             let mut profiles = Vec::new();
-            for profile in broker.profiles.list(tenant).await? {
+            for profile in broker.profiles().list(tenant).await? {
                 profiles.push(render(&profile, broker.profile_users(&profile).await?));
             }
             Ok(json_response(StatusCode::OK, &json!({ "profiles": profiles })))
@@ -36,7 +36,7 @@ pub async fn collection(
 pub async fn one(broker: &Broker, tenant: &Tenant, id: &str, method: &Method) -> Result<Response<Body>, ApiError> {
     match *method {
         Method::GET => {
-            let profile = broker.profiles.get(tenant, id).await?;
+            let profile = broker.profiles().get(tenant, id).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &render(&profile, broker.profile_users(&profile).await?),
@@ -63,11 +63,11 @@ pub async fn storage_state(
             Ok(json_response(StatusCode::OK, &state))
         }
         Method::POST | Method::PUT => {
-            let read_time = broker.config.request_read_timeout();
+            let read_time = broker.config().request_read_timeout();
             let state = Value::Object(read_json_object(request, MAX_STORAGE_STATE_BYTES, read_time).await?);
             storage_state::validate(&state).map_err(ApiError::unprocessable)?;
             broker.import_storage_state(tenant, id, &state).await?;
-            let profile = broker.profiles.get(tenant, id).await?;
+            let profile = broker.profiles().get(tenant, id).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &render(&profile, broker.profile_users(&profile).await?),
@@ -100,7 +100,7 @@ async fn create_profile(
     tenant: &Tenant,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = read_json_object(request, MAX_STORAGE_STATE_BYTES, broker.config.request_read_timeout()).await?;
+    let body = read_json_object(request, MAX_STORAGE_STATE_BYTES, broker.config().request_read_timeout()).await?;
     let name = match field(&body, "name") {
         Some(Value::String(n)) => n.trim().to_owned(),
         Some(_) => return Err(ApiError::unprocessable("name must be a string")),
@@ -125,11 +125,11 @@ async fn create_profile(
     if let Some(state) = state {
         storage_state::validate(state).map_err(|e| ApiError::unprocessable(format!("storage_state: {e}")))?;
     }
-    let profile = broker.profiles.create(tenant, &name).await?;
+    let profile = broker.profiles().create(tenant, &name).await?;
     if let Some(state) = state
         && let Err(e) = broker.import_storage_state(tenant, &profile.id, state).await
     {
-        let _ = broker.profiles.delete(tenant, &profile.id).await;
+        let _ = broker.profiles().delete(tenant, &profile.id).await;
         return Err(e.into());
     }
     Ok(json_response(StatusCode::CREATED, &render(&profile, 0)))

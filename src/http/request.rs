@@ -19,7 +19,7 @@ pub fn authenticate<B>(broker: &Broker, request: &Request<B>) -> Result<Tenant, 
         return tenant.ok_or_else(ApiError::unauthorized);
     }
     broker
-        .keys
+        .keys()
         .authenticate(request.headers())
         .ok_or_else(ApiError::unauthorized)
 }

@@ -188,7 +188,7 @@ pub fn find_route(path: &str) -> Option<(&'static Route, Vec<&str>)> {
 
 /// Answers one request.
 pub async fn dispatch(broker: Arc<Broker>, mut request: Request<Incoming>) -> Response<Body> {
-    if broker.shutdown.is_cancelled() {
+    if broker.is_stopping() {
         // A request that reached a connection as the broker began to stop.
         let mut r = ApiError::unavailable("The broker is shutting down", 5).into_response();
         r.headers_mut()
@@ -196,27 +196,27 @@ pub async fn dispatch(broker: Arc<Broker>, mut request: Request<Incoming>) -> Re
         return r;
     }
     // A request another node sent on proves it with the cluster secret, or goes no further.
-    if check_hop(broker.cluster_key.as_ref(), &mut request).is_err() {
+    if check_hop(broker.cluster_key(), &mut request).is_err() {
         tracing::warn!(
             method = %request.method(),
             path = %request.uri().path(),
             "refused a request marked as sent on by another node whose hop header does not verify"
         );
-        return answer(&broker.metrics, Err(ApiError::unauthorized()));
+        return answer(broker.metrics(), Err(ApiError::unauthorized()));
     }
     let path = request.uri().path().to_owned();
     // A request about a session another node runs goes to that node.
-    if broker.nodes.is_some()
+    if broker.is_clustered()
         && !is_hop(&request)
         && let Some((id, ended_too)) = session_of(&broker, &request)
         && let Some(owner) = broker.owner_url(&id, ended_too).await
     {
         // The owner gets the tenant this node authenticated, never the client's key.
-        let tenant = broker.keys.authenticate(request.headers());
+        let tenant = broker.keys().authenticate(request.headers());
         let result = forward(&broker, &owner, request, tenant.as_ref())
             .await
             .map_err(ApiError::from);
-        return answer(&broker.metrics, result);
+        return answer(broker.metrics(), result);
     }
     // The proxy and live view answer their own unknown paths (live view with a page).
     if path.starts_with("/devtools/") {
@@ -224,7 +224,7 @@ pub async fn dispatch(broker: Arc<Broker>, mut request: Request<Incoming>) -> Re
             .await
             .map(super::whole)
             .map_err(ApiError::from);
-        return answer(&broker.metrics, result);
+        return answer(broker.metrics(), result);
     }
     if path.starts_with("/live/") {
         return live::handle(broker, request).await;
@@ -236,10 +236,10 @@ pub async fn dispatch(broker: Arc<Broker>, mut request: Request<Incoming>) -> Re
         } else {
             ApiError::not_found("Not Found")
         };
-        return answer(&broker.metrics, Err(refusal));
+        return answer(broker.metrics(), Err(refusal));
     };
     let result = api(&broker, route.endpoint, &params, request).await;
-    let mut response = answer(&broker.metrics, result);
+    let mut response = answer(broker.metrics(), result);
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
         // RFC 9110: a 405 says which methods the resource has.
         let allow = route.methods.join(", ");
@@ -260,7 +260,10 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
     match route.endpoint {
         Endpoint::Proxy if route.path.starts_with("/devtools/page/") => {
             let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
-            let grant = broker.tokens.session_of(token.as_deref(), crate::auth::Scope::Cdp).ok();
+            let grant = broker
+                .tokens()
+                .session_of(token.as_deref(), crate::auth::Scope::Cdp)
+                .ok();
             grant.map(|g| (g.session, false))
         }
         Endpoint::LiveView | Endpoint::Files | Endpoint::File | Endpoint::FilesZip | Endpoint::Recording => {
@@ -288,7 +291,7 @@ async fn api(
         }
         Endpoint::OpenApi => {
             only(&method, &[Method::GET])?;
-            let mut r = Response::new(super::full(openapi_for(&broker.config)));
+            let mut r = Response::new(super::full(openapi_for(broker.config())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
@@ -310,18 +313,18 @@ async fn api(
             let mut text = broker.render_metrics();
             // The cluster's view, where there is one; a Redis that does not answer only
             // leaves it out.
-            if broker.nodes.is_some()
+            if broker.is_clustered()
                 && let Ok(nodes) = broker.cluster().await
             {
                 text.push_str(&admin::cluster_metrics(&nodes));
             }
-            if let Some(nodes) = &broker.nodes {
+            if let Some(forged) = broker.forged_node_records() {
                 text.push_str(&format!(
                     "# HELP cdpgate_cluster_forged_node_records_total Node records read from Redis that do not \
                      verify under the cluster secret (ignored).\n\
                      # TYPE cdpgate_cluster_forged_node_records_total counter\n\
                      cdpgate_cluster_forged_node_records_total {}\n",
-                    nodes.forged_records()
+                    forged
                 ));
             }
             let mut r = Response::new(super::full(text));
@@ -338,7 +341,7 @@ async fn api(
         Endpoint::AdminCluster | Endpoint::AdminTenants => {
             only(&method, &[Method::GET])?;
             // Unknown unless the operator set a key; then only that key opens it.
-            let admin = broker.admin.as_ref().ok_or_else(|| ApiError::not_found("Not Found"))?;
+            let admin = broker.admin_keys().ok_or_else(|| ApiError::not_found("Not Found"))?;
             admin
                 .authenticate_by(request.headers(), "x-admin-key")
                 .ok_or_else(ApiError::unauthorized)?;

@@ -23,7 +23,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = broker.shutdown.cancelled() => break,
+            _ = broker.shutdown().cancelled() => break,
         };
         match accepted {
             Ok((stream, _peer)) => {
@@ -39,15 +39,15 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     // New connections are refused from here on, rather than queued until the process exits.
     drop(listener);
     connections.close();
-    let _ = tokio::time::timeout(broker.config.shutdown_timeout(), connections.wait()).await;
+    let _ = tokio::time::timeout(broker.config().shutdown_timeout(), connections.wait()).await;
 }
 
 async fn serve_connection(stream: TcpStream, broker: Arc<Broker>) {
     let _ = stream.set_nodelay(true);
-    match broker.tls.clone() {
+    match broker.tls() {
         None => serve_http(stream, broker).await,
         Some(acceptor) => {
-            let limit = Duration::from_millis(broker.config.tls_handshake_timeout_ms);
+            let limit = Duration::from_millis(broker.config().tls_handshake_timeout_ms);
             match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_http(tls, broker).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -61,8 +61,8 @@ async fn serve_http<I>(io: I, broker: Arc<Broker>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shutdown = broker.shutdown.clone();
-    let read_timeout = broker.config.request_read_timeout();
+    let shutdown = broker.shutdown().clone();
+    let read_timeout = broker.config().request_read_timeout();
     let service = service_fn(move |request| dispatch(broker.clone(), request));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -79,8 +79,8 @@ pub async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Res
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-/// Sends a create this node has no free slot for to the other live nodes, those with the
-/// most free slots first, until one takes it. Each node's own slots are the authority: one
+/// Sends a create this node has no free slot for to the other live nodes, in the broker's
+/// order of placement, until one takes it. Each node's own slots are the authority: one
 /// that turns out to be full answers 503 at once and the next is asked. `None`: none took
 /// it, and the create waits here as on a single node.
 async fn place_elsewhere(
@@ -89,17 +89,8 @@ async fn place_elsewhere(
     parts: &hyper::http::request::Parts,
     body: bytes::Bytes,
 ) -> Option<Response<Body>> {
-    let nodes = broker.nodes.as_ref()?;
-    let key = broker.cluster_key.as_ref()?;
-    let mut candidates: Vec<_> = nodes
-        .all()
-        .await
-        .ok()?
-        .into_iter()
-        .filter(|(n, alive)| *alive && n.id != broker.node && n.free > 0)
-        .map(|(n, _)| n)
-        .collect();
-    candidates.sort_by(|a, b| b.free.cmp(&a.free).then_with(|| a.id.cmp(&b.id)));
+    let key = broker.cluster_key()?;
+    let candidates = broker.placement_candidates().await;
     for node in candidates {
         // Only nodes whose records verify under the cluster secret are candidates, and the
         // create goes with this node's signed hop header, not the client's key.
@@ -165,7 +156,7 @@ pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
 }
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let config = &broker.config;
+    let config = &broker.config();
     // A create another node placed here takes a free slot or is refused at once.
     let placed_here = is_hop(&request);
     let (parts, body) = request.into_parts();
@@ -181,15 +172,14 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
     let needs_slot = new.external_url.is_none();
     if !placed_here
         && needs_slot
-        && broker.nodes.is_some()
-        && broker.pool.free_slots() == 0
+        && broker.full_here()
         && let Some(answer) = place_elsewhere(broker, &tenant, &parts, bytes).await
     {
         return Ok(answer);
     }
     let started = std::time::Instant::now();
     let session = broker.create_session(tenant, new).await?;
-    broker.metrics.create_time.observe(started.elapsed());
+    broker.metrics().create_time.observe(started.elapsed());
     let record = session.record();
     Ok(json_response(
         StatusCode::CREATED,
@@ -540,7 +530,7 @@ async fn update(
         .active(Some(tenant), id)
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
-    let config = &broker.config;
+    let config = &broker.config();
     let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
     let ttl = field(&body, "ttl").map(|v| parse_ttl(v, config.max_ttl)).transpose()?;
     let metadata = field(&body, "metadata")

@@ -79,8 +79,8 @@ pub(super) async fn discovery(
         .http(
             upstream_method,
             &path,
-            &broker.egress,
-            session.upstream.timeout(broker.config.byo_timeout()),
+            broker.egress(),
+            session.upstream.timeout(broker.config().byo_timeout()),
         )
         .await?;
     match serde_json::from_slice::<Value>(&body) {
@@ -104,7 +104,7 @@ pub(super) async fn discovery(
             if path != "/json/protocol" {
                 let rewriter = Rewriter {
                     chrome: &session.upstream.authority,
-                    public_ws: &broker.urls.ws,
+                    public_ws: &broker.urls().ws,
                     session_id: &session.id,
                     token,
                 };

@@ -91,8 +91,7 @@ pub async fn forward(
     tenant: Option<&Tenant>,
 ) -> Result<Response<Streamed>, ProxyError> {
     let key = broker
-        .cluster_key
-        .as_ref()
+        .cluster_key()
         .ok_or_else(|| ProxyError::Upstream(UpstreamError::Http("no cluster secret".into())))?;
     let (tcp, authority) = connect(owner).await?;
     if request.headers().contains_key(header::UPGRADE) {
@@ -288,14 +287,14 @@ async fn upgrade(
     }
     let broker = broker.clone();
     let span = tracing::info_span!("hop", owner = %authority);
-    broker.tracker.clone().spawn(
+    broker.tracker().clone().spawn(
         async move {
             let Ok(upgraded) = hyper::upgrade::on(request).await else {
                 return;
             };
-            let _open = OpenConnection::new(&broker.metrics);
-            let limits = relay::Limits::from_config(&broker.config);
-            let shutdown = broker.shutdown.clone();
+            let _open = OpenConnection::new(broker.metrics());
+            let limits = relay::Limits::from_config(broker.config());
+            let shutdown = broker.shutdown().clone();
             // The owner ends the session and says why; this node only says it is stopping.
             let end_reason = || shutdown.is_cancelled().then_some(EndReason::Shutdown);
             let owner = tcp_peer(tcp, rest);
@@ -307,11 +306,11 @@ async fn upgrade(
                         &shutdown,
                         end_reason,
                         limits,
-                        &broker.metrics,
+                        broker.metrics(),
                     )
                     .await
                 }
-                other => relay::relay(other.boxed(), owner, &shutdown, end_reason, limits, &broker.metrics).await,
+                other => relay::relay(other.boxed(), owner, &shutdown, end_reason, limits, broker.metrics()).await,
             }
         }
         .instrument(span),

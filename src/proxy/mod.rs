@@ -77,7 +77,7 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Result<R
 
 /// The active session the token grants; for browser paths it must name `path_sid`.
 async fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>) -> Result<Arc<Session>, ProxyError> {
-    let grant = broker.tokens.session_of(token, Scope::Cdp)?;
+    let grant = broker.tokens().session_of(token, Scope::Cdp)?;
     if path_sid.is_some_and(|p| p != grant.session) {
         return Err(TokenError::WrongSession.into());
     }
@@ -87,9 +87,9 @@ async fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>)
 
 /// Counts a new WebSocket connection of `session`, within its limit.
 pub fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ProxyError> {
-    let max = broker.config.max_connections_per_session;
+    let max = broker.config().max_connections_per_session;
     session.claim_connection(max).ok_or_else(|| {
-        broker.metrics.connections_refused.fetch_add(1, Relaxed);
+        broker.metrics().connections_refused.fetch_add(1, Relaxed);
         ProxyError::ConnectionLimit(max)
     })
 }
@@ -108,18 +108,18 @@ async fn upgrade(
         .upstream
         .connect_raw(
             &upstream_path,
-            &broker.egress,
-            session.upstream.timeout(broker.config.byo_timeout()),
+            broker.egress(),
+            session.upstream.timeout(broker.config().byo_timeout()),
         )
         .await?;
 
-    let tracker = broker.tracker.clone();
+    let tracker = broker.tracker().clone();
     let broker = broker.clone();
     let session_span = session.span();
     let span = tracing::info_span!(parent: &session_span, "proxy.connection");
     let relays = tracker.clone();
     // Open from the answer on, wherever the relay then runs, until it ends.
-    let open = OpenConnection::new(&broker.metrics);
+    let open = OpenConnection::new(broker.metrics());
     tracker.spawn(
         async move {
             let upgraded = match hyper::upgrade::on(request).await {
@@ -140,8 +140,8 @@ async fn upgrade(
                 // Plain TCP on both sides (the usual case): relayed without any indirection,
                 // on a core's own event loop.
                 (Side::Tcp(client, client_early), Side::Tcp(browser, browser_early)) => {
-                    let cores = broker.config.relay_on_cores.then(cores::Cores::get).flatten();
-                    let sched_batch = broker.config.relay_sched_batch;
+                    let cores = broker.config().relay_on_cores.then(cores::Cores::get).flatten();
+                    let sched_batch = broker.config().relay_sched_batch;
                     let relay = async move |client: TcpStream, browser: TcpStream| {
                         let _open = open;
                         let _slot = slot;
@@ -265,11 +265,11 @@ async fn run_relay<CR, CW, BR, BW>(
     BR: relay::Source,
     BW: AsyncWrite + Unpin,
 {
-    let mut limits = relay::Limits::from_config(&broker.config);
+    let mut limits = relay::Limits::from_config(broker.config());
     if session.upstream.scope.is_some() {
         // Its filter parses every message of the client: one past the parsing budget is
         // refused here, at its frame header, before anything holds it.
-        limits.max_client_message = broker.config.max_parsed_message();
+        limits.max_client_message = broker.config().max_parsed_message();
     }
     relay::relay(
         client,
@@ -277,7 +277,7 @@ async fn run_relay<CR, CW, BR, BW>(
         session.ended(),
         || session.end_reason(),
         limits,
-        &broker.metrics,
+        broker.metrics(),
     )
     .await
 }

@@ -10,7 +10,7 @@ use serde_json::Map;
 use super::record::{EndReason, SessionRecord, Status};
 use super::{ListQuery, SessionStore};
 use crate::auth::Tenant;
-use crate::browser::Screen;
+use crate::values::Screen;
 
 /// A record of `tenant` created `age_secs` before a fixed instant; `ended` is how long
 /// before that instant it ended, if it has.

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::record::{EndReason, ProfileLink, SaveOutcome, SessionRecord, Status};
 use super::{ListPage, ListQuery, SessionStore, StoreError, page_of};
 use crate::auth::Tenant;
-use crate::browser::Screen;
+use crate::values::Screen;
 
 pub struct LocalStore {
     dir: PathBuf,

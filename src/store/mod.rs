@@ -11,7 +11,6 @@ pub mod profile_locks;
 pub mod profiles;
 pub mod record;
 pub mod redis;
-pub mod storage_state;
 
 use std::time::{Duration, SystemTime};
 

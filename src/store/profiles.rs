@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::StoreError;
@@ -22,12 +22,9 @@ use super::profile_data::{ProfileData, Record};
 use super::profile_locks::{Commit, ProfileLocks, WriterLease};
 use super::record::SaveOutcome;
 use crate::auth::{Tenant, unix_secs};
-use crate::browser::Browser;
-use crate::browser::cdp;
 use crate::error::Origin;
 
 /// How long a persisting session's browser gets to close cleanly before the save.
-const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -266,26 +263,6 @@ impl Profiles {
         Ok(serde_json::from_slice(&cookies).unwrap_or_default())
     }
 
-    /// Saves the state of `browser` (still running) into the profile: session cookies
-    /// read over CDP, a clean close so Chrome flushes its stores, then the commit.
-    /// Answers what became of it, for the session record.
-    pub async fn save_from(&self, hold: &ProfileUse, browser: &Browser) -> SaveOutcome {
-        let cookies = if browser.is_alive() {
-            session_cookies(browser).await
-        } else {
-            Vec::new()
-        };
-        let closed = browser.close_gracefully(CLOSE_LIMIT).await;
-        match (closed, browser.exited_cleanly()) {
-            (true, Some(true)) => {}
-            (true, None) | (false, _) => {
-                return SaveOutcome::NotClosedInTime;
-            }
-            (true, Some(false)) => return SaveOutcome::Crashed,
-        }
-        self.save(hold, &browser.dir, &cookies).await
-    }
-
     /// Writes a new generation from `user_data` and commits it: on one node by swapping
     /// the store's pointer, in a cluster by the fenced commit in Redis.
     pub async fn save(&self, hold: &ProfileUse, user_data: &Path, cookies: &[Value]) -> SaveOutcome {
@@ -360,55 +337,6 @@ async fn renew(locks: Arc<ProfileLocks>, id: String, lease: WriterLease, stop: C
     }
 }
 
-/// Restores cookies that have no expiry (Chrome forgets them at exit) into a browser.
-pub async fn restore_session_cookies(browser: &Browser, cookies: &[Value]) -> Result<(), cdp::CdpError> {
-    if cookies.is_empty() {
-        return Ok(());
-    }
-    let params: Vec<Value> = cookies
-        .iter()
-        .map(|c| {
-            let mut p = serde_json::Map::new();
-            for key in [
-                "name",
-                "value",
-                "domain",
-                "path",
-                "secure",
-                "httpOnly",
-                "sameSite",
-                "priority",
-                "sourceScheme",
-                "sourcePort",
-            ] {
-                if let Some(v) = c.get(key) {
-                    p.insert(key.into(), v.clone());
-                }
-            }
-            Value::Object(p)
-        })
-        .collect();
-    let url = browser.ws_url();
-    cdp::command(&url, "Storage.setCookies", json!({ "cookies": params }))
-        .await
-        .map(|_| ())
-}
-
-/// The browser's cookies that have no expiry.
-async fn session_cookies(browser: &Browser) -> Vec<Value> {
-    let url = browser.ws_url();
-    match cdp::command(&url, "Storage.getCookies", json!({})).await {
-        Ok(result) => result["cookies"]
-            .as_array()
-            .map(|all| all.iter().filter(|c| c["session"] == true).cloned().collect())
-            .unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read session cookies");
-            Vec::new()
-        }
-    }
-}
-
 /// A random (version 4) UUID.
 fn uuid_v4() -> String {
     let mut b = [0u8; 16];
@@ -455,7 +383,7 @@ mod tests {
     fn generation(dir: &Path, name: &str, value: &str) {
         std::fs::create_dir_all(dir.join(name).join("user-data")).unwrap();
         std::fs::write(dir.join(name).join("user-data/Cookies"), value).unwrap();
-        let cookies = json!([{"name": "sid", "value": value}]).to_string();
+        let cookies = serde_json::json!([{"name": "sid", "value": value}]).to_string();
         std::fs::write(dir.join(name).join("session-cookies.json"), cookies).unwrap();
     }
 

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::Tenant;
-use crate::browser::Screen;
-pub use crate::browser::forward::NetworkStats;
+pub use crate::values::NetworkStats;
+use crate::values::Screen;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::{cookies, storage_state};
 use crate::browser::cdp::{CdpError, Connection};
 use crate::browser::pool::{Lease, Pool, PoolError};
 use crate::browser::{Browser, Screen};
 use crate::metrics::Metrics;
-use crate::store::profiles::{self, ProfileError, ProfileUse, Profiles};
-use crate::store::{SaveOutcome, storage_state};
+use crate::store::SaveOutcome;
+use crate::store::profiles::{ProfileError, ProfileUse, Profiles};
 
 /// Why work on a profile copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +116,7 @@ impl ProfileCopies {
                 CopyError::Capacity(e)
             })?;
             let browser = &scratch.lease.insert(acquired).browser;
-            profiles::restore_session_cookies(browser, &cookies)
+            cookies::restore_session_cookies(browser, &cookies)
                 .await
                 .map_err(CopyError::from)?;
             let mut conn = Connection::open(&browser.ws_url()).await.map_err(CopyError::from)?;
@@ -124,7 +125,7 @@ impl ProfileCopies {
                 .map_err(|_| CopyError::TimedOut(self.deadline))??;
             drop(conn);
             if persist {
-                let outcome = self.profiles.save_from(hold, browser).await;
+                let outcome = cookies::save_from(&self.profiles, hold, browser).await;
                 if outcome != SaveOutcome::Saved {
                     return Err(CopyError::NotSaved(outcome).into());
                 }

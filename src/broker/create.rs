@@ -1,0 +1,464 @@
+//! Creating a session: quotas and rate limits, a browser from the pool, a shared browser's
+//! context, a profile copy or a user's own endpoint, then its record and its watchers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::artifacts::cdp_log::CdpLog;
+use crate::artifacts::{self};
+use crate::auth::{Tenant, random_hex};
+use crate::browser::byo::{self};
+use crate::browser::cdp::CdpError;
+use crate::browser::egress::EgressError;
+use crate::browser::identity::{self};
+use crate::browser::pool::PoolError;
+use crate::browser::tab_cap::{self, TabCap};
+use crate::profile::{cookies, copy as profile_copy};
+use crate::quota::{Kind, QuotaExceeded, Reservation};
+use crate::session::{Backing, ProfileBinding, Session, SessionInit, session_span};
+use crate::store::{EndReason, Isolation, ListQuery, SessionOptions, Status};
+
+use super::Broker;
+use super::error::BrokerError;
+use super::lifecycle::{end_when_idle, watch_session};
+use super::request::NewSession;
+
+/// Where a session's downloads are watched: its browser, its context in it (a shared
+/// browser), and the directory Chrome writes them to (which the browser may write).
+#[derive(Clone)]
+struct Downloads {
+    ws_url: String,
+    context: Option<String>,
+    dir: std::path::PathBuf,
+}
+
+impl Broker {
+    /// Hands a browser to a new session of `tenant` and starts its TTL watcher.
+    pub async fn create_session(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
+        let span = tracing::info_span!("session.create", tenant = %tenant, external = request.external_url.is_some());
+        self.create_session_in_span(tenant, request).instrument(span).await
+    }
+
+    async fn create_session_in_span(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let kind = if request.external_url.is_some() {
+            Kind::Byo
+        } else {
+            Kind::Managed
+        };
+        // Held until the session runs (or the create fails): nothing is taken before it.
+        let _place = self.reserve_place(&tenant, kind).await.inspect_err(|_| {
+            self.metrics.create_quota_refused.fetch_add(1, Relaxed);
+        })?;
+        if let Err(wait) = self.take_create(&tenant).await {
+            self.metrics.create_rate_limited.fetch_add(1, Relaxed);
+            return Err(BrokerError::RateLimited {
+                per_minute: self.config.creates_per_minute,
+                retry_after: wait.as_secs() + 1,
+            });
+        }
+        if request.options.record && self.artifacts.ffmpeg.is_none() {
+            return Err(BrokerError::OptionRefused(
+                "record: this node cannot record sessions (ffmpeg is not installed)".into(),
+            ));
+        }
+        let id = format!("sess_{}", random_hex(16));
+        if let Some(url) = &request.external_url {
+            let upstream = byo::probe(url, &self.egress, self.config.byo_timeout(), self.config.ws_config())
+                .await
+                .inspect_err(|e| tracing::info!(error = %e, "bring-your-own endpoint refused"))?;
+            return self
+                .register(id, tenant, request, Backing::External(upstream), None)
+                .await;
+        }
+        if let Some(proxy) = &request.options.proxy
+            && let Err(e) = self.browser_egress.resolve(&proxy.host, proxy.port).await
+            && !matches!(e, EgressError::Resolve { .. })
+        {
+            return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
+        }
+        if request.options.isolation == Isolation::Context {
+            return self.create_in_context(id, tenant, request).await;
+        }
+        if let Some(profile_id) = &request.profile_id {
+            return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
+        }
+        let lease = self
+            .pool
+            .acquire_with(request.screen, request.queue)
+            .await
+            .map_err(|e| self.capacity_error(e))?;
+        self.register(id, tenant, request, Backing::Managed(lease), None).await
+    }
+
+    /// A context session: a context in a shared browser, started from the profile's
+    /// storage state if it has one (held as a process session holds it: one writer).
+    async fn create_in_context(
+        &self,
+        id: String,
+        tenant: Tenant,
+        request: NewSession,
+    ) -> Result<Arc<Session>, BrokerError> {
+        let mut profile = None;
+        if let Some(profile_id) = &request.profile_id {
+            let found = self.profiles.get(&tenant, profile_id).await?;
+            let hold = self.profiles.begin_use(found, &id, request.persist_changes).await?;
+            match self.profile_copies.read_state(&hold).await {
+                Ok(state) => profile = Some((hold, state)),
+                Err(e) => {
+                    self.profiles.end_use(hold).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        let acquired = self
+            .shared
+            .acquire(
+                &tenant.to_string(),
+                request.screen,
+                session_span(&id, &tenant),
+                request.options.proxy.clone(),
+                request.queue,
+            )
+            .await
+            .map_err(|e| self.capacity_error(e));
+        let context = match acquired {
+            Ok(context) => context,
+            Err(e) => {
+                if let Some((hold, _)) = profile {
+                    self.profiles.end_use(hold).await;
+                }
+                return Err(e);
+            }
+        };
+        let Some((hold, state)) = profile else {
+            return self
+                .register(id, tenant, request, Backing::Context(context), None)
+                .await;
+        };
+        let ws_url = context.shared.browser.ws_url();
+        if let Err(e) = profile_copy::load_context_state(&ws_url, &context.scope.context, &state).await {
+            drop(context);
+            self.profiles.end_use(hold).await;
+            return Err(BrokerError::ProfileBrowser(e));
+        }
+        let binding = self.profile_binding(hold);
+        self.register(id, tenant, request, Backing::Context(context), Some(binding))
+            .await
+    }
+
+    /// A session on a fresh browser started from a copy of the profile.
+    async fn create_with_profile(
+        &self,
+        id: String,
+        tenant: Tenant,
+        profile_id: String,
+        request: NewSession,
+    ) -> Result<Arc<Session>, BrokerError> {
+        let profile = self.profiles.get(&tenant, &profile_id).await?;
+        let hold = self.profiles.begin_use(profile, &id, request.persist_changes).await?;
+        let dir = self.pool.scratch_dir();
+        let prepared = async {
+            let cookies = self
+                .profiles
+                .copy_into(&hold, &dir)
+                .await
+                .map_err(BrokerError::ProfileUnreadable)?;
+            let lease = self
+                .pool
+                .acquire_on(request.screen, dir.clone())
+                .await
+                .map_err(|e| self.capacity_error(e))?;
+            if let Err(e) = cookies::restore_session_cookies(&lease.browser, &cookies).await {
+                tracing::warn!(error = %e, "could not restore the profile's session cookies");
+            }
+            Ok::<_, BrokerError>(lease)
+        };
+        match prepared.await {
+            Ok(lease) => {
+                let binding = self.profile_binding(hold);
+                self.register(id, tenant, request, Backing::Managed(lease), Some(binding))
+                    .await
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                self.profiles.end_use(hold).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A place in `tenant`'s quota of `kind` for a create: its sessions running on other
+    /// nodes (from the store, in a cluster), here, and creates under way here.
+    async fn reserve_place(&self, tenant: &Tenant, kind: Kind) -> Result<Reservation<'_>, QuotaExceeded> {
+        let Some(limit) = self.quotas.limit(kind) else {
+            return self.quotas.reserve(tenant, kind, 0, || 0);
+        };
+        let elsewhere = match &self.nodes {
+            Some(_) => self.running_elsewhere(tenant, kind, limit).await,
+            None => 0,
+        };
+        self.quotas.reserve(tenant, kind, elsewhere, || {
+            self.running
+                .iter()
+                .filter(|s| &s.tenant == tenant && s.status() == Status::Active)
+                .filter(|s| (kind == Kind::Byo) == s.upstream.external)
+                .count()
+        })
+    }
+
+    /// How many of `tenant`'s sessions of `kind` the store has active on other nodes. At
+    /// most a page past `limit` is read; a store that does not answer counts none (this
+    /// node's own count still holds).
+    async fn running_elsewhere(&self, tenant: &Tenant, kind: Kind, limit: usize) -> usize {
+        let query = ListQuery {
+            tenant: tenant.clone(),
+            status: Some(Status::Active),
+            offset: 0,
+            limit: limit + self.config.max_sessions_per_key + self.config.max_byo_sessions_per_key + 16,
+        };
+        match self.records.store().list(&query).await {
+            Ok(page) => {
+                let unread = page.total.saturating_sub(page.records.len());
+                let elsewhere = page
+                    .records
+                    .iter()
+                    .filter(|r| r.node != self.node && (kind == Kind::Byo) == r.options.byo)
+                    .count();
+                // Records past the page are of either kind: counted against both.
+                elsewhere + unread
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster session count unavailable; counting this node's");
+                0
+            }
+        }
+    }
+
+    /// One creation from `tenant`'s allowance: the cluster's when there is one (a Redis
+    /// that does not answer falls back to this node's own count), else this node's.
+    async fn take_create(&self, tenant: &Tenant) -> Result<(), Duration> {
+        let per_minute = self.config.creates_per_minute;
+        if let Some(nodes) = &self.nodes
+            && per_minute > 0
+        {
+            match nodes.take_create(&tenant.to_string(), per_minute).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                Err(e) => tracing::debug!(error = %e, "cluster rate limit unavailable; counting locally"),
+            }
+        }
+        self.create_limiter.take(tenant, std::time::Instant::now())
+    }
+
+    fn capacity_error(&self, e: PoolError) -> BrokerError {
+        self.metrics.create_rejected.fetch_add(1, Relaxed);
+        BrokerError::Capacity(e)
+    }
+
+    /// Records a new session and starts its watcher. A session whose record cannot be
+    /// written is ended at once: no one could find it.
+    async fn register(
+        &self,
+        id: String,
+        tenant: Tenant,
+        request: NewSession,
+        backing: Backing,
+        profile: Option<ProfileBinding>,
+    ) -> Result<Arc<Session>, BrokerError> {
+        // What ends the session from below: its browser exiting (for a context, the client
+        // closing it) and a shared browser's crash. An external browser's exit is not ours
+        // to watch: tokens that never fire.
+        let (exited, crashed, traffic) = match &backing {
+            Backing::Managed(lease) => {
+                let traffic = lease
+                    .browser
+                    .gateway
+                    .assign(session_span(&id, &tenant), request.options.proxy.clone());
+                (lease.browser.exited(), CancellationToken::new(), Some(traffic))
+            }
+            Backing::External(_) => (CancellationToken::new(), CancellationToken::new(), None),
+            Backing::Context(context) => (
+                context.scope.close_requested.clone(),
+                context.shared.browser.exited(),
+                Some(context.traffic.clone()),
+            ),
+        };
+        let wants_identity =
+            !request.options.identity.is_empty() && matches!(backing, Backing::Managed(_) | Backing::Context(_));
+        // The browser whose downloads are the session's: all of a managed one, a context of
+        // a shared one; a user's own browser keeps its own.
+        let downloads = match &backing {
+            Backing::Managed(lease) => Some(Downloads {
+                ws_url: lease.browser.ws_url(),
+                context: None,
+                dir: lease.browser.downloads.clone(),
+            }),
+            // A shared browser's downloads directory holds one directory per session.
+            Backing::Context(context) => Some(Downloads {
+                ws_url: context.shared.browser.ws_url(),
+                context: Some(context.scope.context.clone()),
+                dir: context.shared.browser.downloads.join(&id),
+            }),
+            Backing::External(_) => None,
+        };
+        let init = SessionInit {
+            id: id.clone(),
+            tenant,
+            ttl: request.ttl,
+            screen: request.screen,
+            metadata: request.metadata,
+            backing,
+            profile,
+            options: SessionOptions {
+                byo: request.external_url.is_some(),
+                ..request.options.view()
+            },
+            traffic,
+        };
+        let session = Arc::new(Session::new(init, &self.node));
+        // The identity is on the browser's pages before anyone can connect to them.
+        if wants_identity
+            && let Err(e) = identity::keep(
+                &session.upstream,
+                &self.egress,
+                request.options.identity,
+                session.ended().clone(),
+            )
+            .await
+        {
+            let _ = session.end(EndReason::Terminated);
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
+            return Err(BrokerError::BrowserSetup(e));
+        }
+        let tabs_of = downloads.clone();
+        if let Err(e) = self
+            .start_artifacts(&session, downloads, request.options.record, request.options.log_cdp)
+            .await
+        {
+            let _ = session.end(EndReason::Terminated);
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: its downloads or recording could not start"));
+            return Err(e);
+        }
+        if let Some(Downloads { ws_url, context, .. }) = tabs_of.filter(|_| self.config.max_targets_per_session > 0) {
+            let cap = TabCap {
+                ws_url,
+                context,
+                max: self.config.max_targets_per_session,
+                metrics: self.metrics.clone(),
+                until: session.ended().clone(),
+            };
+            if let Err(e) = tab_cap::start(cap, &self.tracker).instrument(session.span()).await {
+                let _ = session.end(EndReason::Terminated);
+                session
+                    .span()
+                    .in_scope(|| tracing::warn!(error = %e, "session refused: its tabs could not be watched"));
+                return Err(BrokerError::BrowserSetup(e));
+            }
+        }
+        // Running before its record exists, so that the reconciler never takes the record
+        // for one whose session has gone.
+        self.running.insert(id.clone(), session.clone());
+        if let Err(e) = self.records.try_save(&session).await {
+            self.running.remove(&id);
+            session.forget();
+            let _ = session.end(EndReason::Terminated);
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: its record cannot be written"));
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, std::time::Instant::now());
+            return Err(e.into());
+        }
+        self.metrics.sessions_created.fetch_add(1, Relaxed);
+        let span = session.span();
+        if request.options.idle_timeout > 0 {
+            let idle = Duration::from_secs(request.options.idle_timeout);
+            self.tracker
+                .spawn(end_when_idle(session.clone(), idle, self.metrics.clone()).instrument(span.clone()));
+        }
+        self.tracker.spawn(
+            watch_session(
+                session.clone(),
+                exited,
+                crashed,
+                self.metrics.clone(),
+                self.records.clone(),
+                self.running.clone(),
+                self.shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        span.in_scope(|| tracing::info!(external = session.upstream.external, "session created"));
+        Ok(session)
+    }
+
+    /// Watches the session's downloads (into its files) and starts its recording.
+    async fn start_artifacts(
+        &self,
+        session: &Arc<Session>,
+        downloads: Option<Downloads>,
+        record: bool,
+        log_cdp: bool,
+    ) -> Result<(), BrokerError> {
+        if downloads.is_none() && !record && !log_cdp {
+            return Ok(());
+        }
+        let files_error =
+            |e: std::io::Error| BrokerError::BrowserSetup(CdpError::Http(format!("the session's files: {e}")));
+        let files = self.artifacts.session(&session.id).map_err(files_error)?;
+        if log_cdp {
+            let log = CdpLog::start(files.clone(), session.ended().clone(), &self.tracker).map_err(files_error)?;
+            let _ = session.cdp_log.set(Arc::new(log));
+        }
+        if let Some(Downloads { ws_url, context, dir }) = downloads {
+            std::fs::create_dir_all(&dir).map_err(files_error)?;
+            let _ = session.browser_downloads.set(dir.clone());
+            if let Some(scope) = &session.upstream.scope {
+                let _ = scope.download_dir.set(dir.to_string_lossy().into_owned());
+                let _ = scope.files_dir.set(dir.join(".uploads"));
+            }
+            let watch = artifacts::downloads::Watch {
+                ws_url,
+                context,
+                dir,
+                files: files.clone(),
+                client_left: session.connection_closed.clone(),
+                until: session.ended().clone(),
+            };
+            artifacts::downloads::start(watch, &self.tracker)
+                .instrument(session.span())
+                .await
+                .map_err(BrokerError::BrowserSetup)?;
+        }
+        if record && let Some(ffmpeg) = &self.artifacts.ffmpeg {
+            let spec = artifacts::recording::Spec {
+                ffmpeg: ffmpeg.clone(),
+                fps: self.artifacts.limits.recording_fps,
+                max_bytes: self.artifacts.limits.max_recording_bytes,
+                width: session.screen.width,
+                height: session.screen.height,
+                files,
+                metrics: self.metrics.clone(),
+            };
+            let until = session.ended().clone();
+            artifacts::recording::start(&session.upstream, &self.egress, spec, until, &self.tracker)
+                .instrument(session.span())
+                .await
+                .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(e.to_string())))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! Why the broker could not start, create a session, or find one; each error knows whose fault it is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::browser::LaunchError;
+use crate::browser::byo::ProbeError;
+use crate::browser::cdp::CdpError;
+use crate::browser::pool::PoolError;
+use crate::error::Origin;
+use crate::profile::copy::CopyError;
+use crate::quota::QuotaExceeded;
+use crate::store::profiles::ProfileError;
+use crate::store::{SaveOutcome, Status, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no Chrome or Chromium found: install it (apt-get install -y chromium) or set chrome_path")]
+    NoChrome,
+    #[error("{key} {path} does not exist")]
+    ChromeMissing { key: &'static str, path: PathBuf },
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("the browser cannot be started: {0}")]
+    Browser(#[from] LaunchError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot use Redis at redis_url: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot use the profile store {store:?}: {source}")]
+    Profiles { store: String, source: std::io::Error },
+}
+
+/// Why a session could not be created, or a profile's browser could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("The broker is shutting down")]
+    ShuttingDown,
+    #[error("Too many sessions created with this API key: at most {per_minute} a minute. Retry in {retry_after} s.")]
+    RateLimited { per_minute: u32, retry_after: u64 },
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    #[error(transparent)]
+    Capacity(#[from] PoolError),
+    #[error(transparent)]
+    Byo(#[from] ProbeError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("The browser profile could not be read: {0}")]
+    ProfileUnreadable(ProfileError),
+    #[error("The profile's browser failed: {0}")]
+    ProfileBrowser(#[from] CdpError),
+    #[error("The profile was {}", .0.describe())]
+    ProfileNotSaved(SaveOutcome),
+    #[error(
+        "The profile's browser did not finish within {} s: the work was abandoned and the profile is unchanged. \
+         Import fewer origins at a time.",
+        .0.as_secs_f64()
+    )]
+    ProfileTimedOut(Duration),
+    #[error("storage_state was refused by the browser: {0}")]
+    StateRefused(String),
+    /// A session option that cannot be honoured (a proxy the egress policy refuses).
+    #[error("{0}")]
+    OptionRefused(String),
+    #[error("The session's browser could not be prepared: {0}")]
+    BrowserSetup(CdpError),
+    #[error("Sessions cannot be recorded right now ({0}). Retry later.")]
+    Store(#[from] StoreError),
+}
+
+impl From<CopyError> for BrokerError {
+    fn from(e: CopyError) -> BrokerError {
+        match e {
+            CopyError::Unreadable(e) => BrokerError::ProfileUnreadable(e),
+            CopyError::Capacity(e) => BrokerError::Capacity(e),
+            CopyError::Browser(e) => BrokerError::ProfileBrowser(e),
+            CopyError::NotSaved(outcome) => BrokerError::ProfileNotSaved(outcome),
+            CopyError::TimedOut(limit) => BrokerError::ProfileTimedOut(limit),
+        }
+    }
+}
+
+impl BrokerError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            BrokerError::RateLimited { .. }
+            | BrokerError::Quota(_)
+            | BrokerError::StateRefused(_)
+            | BrokerError::OptionRefused(_) => Origin::Client,
+            BrokerError::BrowserSetup(_) => Origin::Upstream,
+            BrokerError::Byo(e) => e.origin(),
+            BrokerError::Profile(e) => e.origin(),
+            BrokerError::ProfileBrowser(_) | BrokerError::ProfileTimedOut(_) => Origin::Upstream,
+            BrokerError::Store(e) => e.origin(),
+            BrokerError::ShuttingDown
+            | BrokerError::Capacity(_)
+            | BrokerError::ProfileUnreadable(_)
+            | BrokerError::ProfileNotSaved(_) => Origin::Internal,
+        }
+    }
+}
+
+/// Why a session asked for by id cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("Session not found")]
+    NotFound,
+    #[error("Session is {}", .0.as_str())]
+    Ended(Status),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SessionError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            SessionError::NotFound | SessionError::Ended(_) => Origin::Client,
+            SessionError::Store(e) => e.origin(),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! What a create asks for, as validated: the broker's input, plain data.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::browser::forward::UpstreamProxy;
+use crate::browser::identity::Identity;
+use crate::store::{Isolation, ProxySettings, SessionOptions};
+use crate::values::Screen;
+
+/// A validated create request.
+pub struct NewSession {
+    pub ttl: Duration,
+    pub screen: Screen,
+    pub metadata: Map<String, Value>,
+    /// A user's own DevTools endpoint to front instead of a managed browser.
+    pub external_url: Option<String>,
+    /// A profile of this tenant to start from, and whether to save back into it.
+    pub profile_id: Option<String>,
+    pub persist_changes: bool,
+    /// Wait up to `queue_timeout_ms` for a slot; otherwise refuse at once when full.
+    pub queue: bool,
+    /// Upstream proxy, identity and idle timeout.
+    pub options: RequestedOptions,
+}
+
+/// What a create asks of a session beyond the basics, as validated.
+#[derive(Debug, Clone, Default)]
+pub struct RequestedOptions {
+    /// A browser of its own, or a context in a shared browser.
+    pub isolation: Isolation,
+    pub proxy: Option<UpstreamProxy>,
+    pub identity: Identity,
+    /// 0: never idle out.
+    pub idle_timeout: u64,
+    /// Record the session's active tab as video.
+    pub record: bool,
+    /// Log its CDP traffic among its files.
+    pub log_cdp: bool,
+}
+
+impl RequestedOptions {
+    /// The options as the session object shows them (no password).
+    pub fn view(&self) -> SessionOptions {
+        SessionOptions {
+            isolation: self.isolation,
+            proxy: self.proxy.as_ref().map(|p| ProxySettings {
+                server: p.server(),
+                username: p.username.clone(),
+                bypass: p.bypass.clone(),
+            }),
+            user_agent: self.identity.user_agent.clone(),
+            locale: self.identity.locale.clone(),
+            timezone: self.identity.timezone.clone(),
+            idle_timeout: self.idle_timeout,
+            record: self.record,
+            log_cdp: self.log_cdp,
+            byo: false,
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! A profile's state in and out of browsers: copies of a profile in browsers of their own
+//! (`copy`), its cookies (`cookies`) and Playwright `storageState` documents
+//! (`storage_state`). The profiles themselves are kept by `store::profiles`.
+
+pub mod cookies;
+pub mod copy;
+pub mod storage_state;
