@@ -124,14 +124,27 @@ pub fn token(data: &[u8]) {
         now,
         now + Duration::from_secs(600),
     );
-    assert!(tokens.verify(Some(&signed), "sess_x", Scope::Cdp).is_ok(), "our own token");
-    assert!(tokens.verify(Some(&signed), "sess_y", Scope::Cdp).is_err(), "another session");
-    assert!(tokens.verify(Some(&signed), "sess_x", Scope::Live).is_err(), "another scope");
+    assert!(
+        tokens.verify(Some(&signed), "sess_x", Scope::Cdp).is_ok(),
+        "our own token"
+    );
+    assert!(
+        tokens.verify(Some(&signed), "sess_y", Scope::Cdp).is_err(),
+        "another session"
+    );
+    assert!(
+        tokens.verify(Some(&signed), "sess_x", Scope::Live).is_err(),
+        "another scope"
+    );
     // Splice: the first byte picks where in the signed part, the first bit of the second
     // whether the rest replaces a byte or is inserted.
     let Some((&at, rest)) = data.split_first() else { return };
-    let Some((&how, insert)) = rest.split_first() else { return };
-    let Ok(insert) = std::str::from_utf8(insert) else { return };
+    let Some((&how, insert)) = rest.split_first() else {
+        return;
+    };
+    let Ok(insert) = std::str::from_utf8(insert) else {
+        return;
+    };
     let signed_part = signed.rfind('.').unwrap_or(0);
     let mut at = usize::from(at) * signed_part / 256;
     while !signed.is_char_boundary(at) {

@@ -116,12 +116,7 @@ async fn every_documented_endpoint_answers() {
             r.body
         );
         // An unknown session or profile, an empty body: the client's fault, never ours.
-        assert!(
-            !r.status.is_server_error(),
-            "{method} {path}: {} {}",
-            r.status,
-            r.body
-        );
+        assert!(!r.status.is_server_error(), "{method} {path}: {} {}", r.status, r.body);
         answered += 1;
     }
     assert!(answered > 20, "the endpoint table was read: {answered}");

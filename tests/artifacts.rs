@@ -283,9 +283,16 @@ async fn downloads_land_in_the_sessions_files_within_its_quota() {
     // Sentinels just outside the files directory, at each level a climbing name reaches:
     // none is read (its content in no answer) or removed.
     let sentinels = plant_sentinels(server.data_dir.path(), id);
-    let mut names: Vec<String> = ["..", ".index.tmp", "index.json", "%00", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd"]
-        .map(String::from)
-        .to_vec();
+    let mut names: Vec<String> = [
+        "..",
+        ".index.tmp",
+        "index.json",
+        "%00",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+    ]
+    .map(String::from)
+    .to_vec();
     names.extend(climbing_names(&sentinels));
     for name in &names {
         for method in [Method::GET, Method::HEAD, Method::DELETE] {
@@ -295,8 +302,17 @@ async fn downloads_land_in_the_sessions_files_within_its_quota() {
             assert!(!r.body.contains(SENTINEL), "{method} {name} read outside: {}", r.body);
         }
     }
-    let (_, _, zip) = fetch(server.addr, &format!("/public/sessions/{id}/files.zip"), Some(KEY_A), &[]).await;
-    assert!(!String::from_utf8_lossy(&zip).contains(SENTINEL), "the archive holds a sentinel");
+    let (_, _, zip) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/files.zip"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&zip).contains(SENTINEL),
+        "the archive holds a sentinel"
+    );
     assert_sentinels_untouched(&sentinels);
 
     // Removed one by one; after the session ends the rest is still served.
@@ -342,7 +358,10 @@ async fn a_context_sessions_downloads_are_its_own() {
         ours["session_id"].as_str().unwrap(),
         neighbour["session_id"].as_str().unwrap(),
     );
-    assert_eq!((&ours["isolation"], &neighbour["isolation"]), (&json!("context"), &json!("context")));
+    assert_eq!(
+        (&ours["isolation"], &neighbour["isolation"]),
+        (&json!("context"), &json!("context"))
+    );
     // Both download at once in the one shared browser, each its own blob by name and the
     // same report: each session keeps only its own.
     let url = site.url();
@@ -384,11 +403,21 @@ async fn a_context_sessions_downloads_are_its_own() {
     };
     let mine = names(&files_of(&server, KEY_A, id).await);
     let theirs = names(&files_of(&server, KEY_A, other).await);
-    assert!(!mine.iter().any(|n| n.contains("theirs")), "ours got the neighbour's: {mine:?}");
-    assert!(!theirs.iter().any(|n| n.contains("ours")), "the neighbour got ours: {theirs:?}");
+    assert!(
+        !mine.iter().any(|n| n.contains("theirs")),
+        "ours got the neighbour's: {mine:?}"
+    );
+    assert!(
+        !theirs.iter().any(|n| n.contains("ours")),
+        "the neighbour got ours: {theirs:?}"
+    );
     // One report each: none of the other's landed under another name.
     for listed in [&mine, &theirs] {
-        assert_eq!(listed.iter().filter(|n| n.starts_with("report")).count(), 1, "{listed:?}");
+        assert_eq!(
+            listed.iter().filter(|n| n.starts_with("report")).count(),
+            1,
+            "{listed:?}"
+        );
         assert_eq!(listed.len(), 3, "report, own blob, big: {listed:?}");
     }
     server.stop().await;
@@ -480,7 +509,11 @@ async fn uploads_reach_file_inputs_through_puppeteer_and_playwright() {
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.body);
     }
     assert_sentinels_untouched(&sentinels);
-    assert_eq!(listing(&sentinels), before, "a file appeared outside the session's files");
+    assert_eq!(
+        listing(&sentinels),
+        before,
+        "a file appeared outside the session's files"
+    );
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -392,7 +392,12 @@ async fn a_lost_node_s_sessions_end_everywhere_and_stay_ended() {
         b.get(&lost_id).await.json["end_reason"] == "node lost"
     })
     .await;
-    assert!(ended, "not within {:?}: {}", killed.elapsed(), b.get(&lost_id).await.body);
+    assert!(
+        ended,
+        "not within {:?}: {}",
+        killed.elapsed(),
+        b.get(&lost_id).await.body
+    );
     // No Chrome of C's outlives it.
     let left = || groups.iter().flat_map(|g| processes_in_group(*g)).collect::<Vec<u32>>();
     assert!(

@@ -211,7 +211,10 @@ async fn a_page_reaches_no_other_sessions_browser_or_gateway_nor_denied_addresse
     let gateway_port: u16 = b_gateway.rsplit(':').next().unwrap().parse().unwrap();
 
     // The control: a loopback listener hears A's probes of each kind.
-    assert_eq!(probe(&a, &page, &fetch_probe(&format!("http://{allowed}/"))).await, "sent");
+    assert_eq!(
+        probe(&a, &page, &fetch_probe(&format!("http://{allowed}/"))).await,
+        "sent"
+    );
     let after_fetch = allowed_tcp.load(Ordering::SeqCst);
     assert!(after_fetch >= 1, "the control fetch arrived");
     probe(&a, &page, &websocket_probe(&format!("ws://{allowed}/"))).await;
@@ -234,7 +237,10 @@ async fn a_page_reaches_no_other_sessions_browser_or_gateway_nor_denied_addresse
             assert_eq!(probe(&a, &page, &fetch_probe(&url)).await, "refused", "{url}");
             let ws = format!("ws://{host}:{port}/devtools/browser");
             assert_eq!(probe(&a, &page, &websocket_probe(&ws)).await, "failed", "{ws}");
-            assert!(refused(&server).await >= before + 2, "{host}:{port} refused by the policy");
+            assert!(
+                refused(&server).await >= before + 2,
+                "{host}:{port} refused by the policy"
+            );
         }
     }
     // B still answers its own client: nothing of A's closed or took its browser.
@@ -243,10 +249,21 @@ async fn a_page_reaches_no_other_sessions_browser_or_gateway_nor_denied_addresse
 
     // A denied address, by WebSocket and WebRTC: its listeners hear nothing.
     let before = refused(&server).await;
-    assert_eq!(probe(&a, &page, &websocket_probe(&format!("ws://{denied}/"))).await, "failed");
+    assert_eq!(
+        probe(&a, &page, &websocket_probe(&format!("ws://{denied}/"))).await,
+        "failed"
+    );
     probe(&a, &page, &webrtc_probe(denied)).await;
     assert!(refused(&server).await > before, "refused by the policy");
-    assert_eq!(denied_tcp.load(Ordering::SeqCst), 0, "a connection reached the denied address");
-    assert_eq!(denied_udp.load(Ordering::SeqCst), 0, "a datagram reached the denied address");
+    assert_eq!(
+        denied_tcp.load(Ordering::SeqCst),
+        0,
+        "a connection reached the denied address"
+    );
+    assert_eq!(
+        denied_udp.load(Ordering::SeqCst),
+        0,
+        "a datagram reached the denied address"
+    );
     server.stop().await;
 }

@@ -68,22 +68,59 @@ impl Rng {
 fn request_body_properties_hold_on_generated_bodies() {
     let mut rng = Rng(0x5eed_cafe_f00d_0001);
     let values = [
-        "0", "1", "-1", "1.5", "600.0", "86400", "86401", "1e23", "\"600\"", "null", "true", "[]", "{}",
-        "\"\"", "\"a\\r\\nX-Injected: 1\"", "\"Europe/Berlin\"", "\"en-US\"", "\"../../etc/passwd\"",
-        "\"550E8400-E29B-41D4-A716-446655440000\"", "\"ws://127.0.0.1:9/devtools/browser/x\"",
-        "{\"width\": 800, \"height\": 600}", "{\"width\": 1, \"height\": 99999}",
+        "0",
+        "1",
+        "-1",
+        "1.5",
+        "600.0",
+        "86400",
+        "86401",
+        "1e23",
+        "\"600\"",
+        "null",
+        "true",
+        "[]",
+        "{}",
+        "\"\"",
+        "\"a\\r\\nX-Injected: 1\"",
+        "\"Europe/Berlin\"",
+        "\"en-US\"",
+        "\"../../etc/passwd\"",
+        "\"550E8400-E29B-41D4-A716-446655440000\"",
+        "\"ws://127.0.0.1:9/devtools/browser/x\"",
+        "{\"width\": 800, \"height\": 600}",
+        "{\"width\": 1, \"height\": 99999}",
         "{\"live_url\": \"http://evil\", \"live_url_read_only\": 1, \"k\": \"v\"}",
-        "{\"server\": \"http://x:1\", \"username\": \"u\", \"password\": \"p\"}", "\"context\"", "\"process\"",
+        "{\"server\": \"http://x:1\", \"username\": \"u\", \"password\": \"p\"}",
+        "\"context\"",
+        "\"process\"",
     ];
     let fields = [
-        "ttl", "metadata", "screen_config", "profile_id", "cdp_url", "persist_changes", "user_agent",
-        "locale", "timezone", "idle_timeout", "proxy", "isolation", "record", "log_cdp", "action",
+        "ttl",
+        "metadata",
+        "screen_config",
+        "profile_id",
+        "cdp_url",
+        "persist_changes",
+        "user_agent",
+        "locale",
+        "timezone",
+        "idle_timeout",
+        "proxy",
+        "isolation",
+        "record",
+        "log_cdp",
+        "action",
     ];
     let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(16 * 1024));
     for _ in 0..20_000 {
         let mut body = Vec::new();
         for _ in 0..rng.below(6) {
-            let value = if rng.below(50) == 0 { big.as_str() } else { rng.pick(&values) };
+            let value = if rng.below(50) == 0 {
+                big.as_str()
+            } else {
+                rng.pick(&values)
+            };
             body.push(format!("\"{}\": {value}", rng.pick(&fields)));
         }
         cdpgate::fuzzing::request_body(format!("{{{}}}", body.join(", ")).as_bytes());

@@ -169,7 +169,10 @@ async fn browsers_start_without_the_hidden_omnibox_webui() {
         if tab && loaded {
             break targets;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the window never settled: {targets}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the window never settled: {targets}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let kinds: Vec<&str> = targets["result"]["targetInfos"]

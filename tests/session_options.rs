@@ -716,7 +716,12 @@ async fn managed_browsers_cannot_reach_denied_addresses() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap()
     };
-    let seen = visit(&session, &format!("http://{site}/"), &no_cors_probe(&format!("http://{allowed_addr}/"))).await;
+    let seen = visit(
+        &session,
+        &format!("http://{site}/"),
+        &no_cors_probe(&format!("http://{allowed_addr}/")),
+    )
+    .await;
     assert_eq!(seen["value"], "sent", "the control probe: {seen}");
     assert!(hits(&allowed_hits) >= 1, "the control probe arrived");
     // Each one refused by the policy (counted), not merely unreachable; the denied server
@@ -857,7 +862,10 @@ async fn context_sessions_have_their_own_proxy_and_policy() {
     let seen = visit(&direct, &page, &no_cors_probe(&format!("http://{allowed_addr}/"))).await;
     assert_eq!(seen["value"], "sent", "the control probe: {seen}");
     assert!(hits(&allowed_hits) >= 1, "the control probe arrived");
-    for url in [format!("http://{denied_addr}/"), format!("http://{}/health", server.addr)] {
+    for url in [
+        format!("http://{denied_addr}/"),
+        format!("http://{}/health", server.addr),
+    ] {
         let seen = visit(&direct, &page, &no_cors_probe(&url)).await;
         assert_eq!(seen["title"], "cdpgate test site", "{seen}");
         assert_eq!(seen["value"], "refused", "{url}: {seen}");

@@ -223,10 +223,28 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let secret = std::fs::read_to_string(server.data_dir.path().join("token_secret")).unwrap();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let root_line = passwd.lines().next().unwrap().to_owned();
-    for id in ["../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "..%2Ftoken_secret", "%2E%2E%2Ftoken_secret", ".."] {
-        for suffix in ["", "/files", "/files/token_secret", "/recording", "/screenshot", "/files.zip"] {
+    for id in [
+        "../../etc/passwd",
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "..%2Ftoken_secret",
+        "%2E%2E%2Ftoken_secret",
+        "..",
+    ] {
+        for suffix in [
+            "",
+            "/files",
+            "/files/token_secret",
+            "/recording",
+            "/screenshot",
+            "/files.zip",
+        ] {
             let r = server
-                .call(Method::GET, &format!("/public/sessions/{id}{suffix}"), Some(KEY_A), None)
+                .call(
+                    Method::GET,
+                    &format!("/public/sessions/{id}{suffix}"),
+                    Some(KEY_A),
+                    None,
+                )
                 .await;
             assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}{suffix}: {}", r.body);
             assert!(

@@ -498,7 +498,9 @@ fn live_processes() -> Vec<(u32, u32, String)> {
             continue;
         };
         // After the command name in parentheses: state, ppid, pgrp.
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.first().is_none_or(|state| *state == "Z") {
             continue;
