@@ -10,22 +10,39 @@ use crate::config::Config;
 use crate::proxy::relay::FrameCursor;
 
 /// A request body as every endpoint reads it: create, update, run-action, storage state,
-/// plus the query string of a list.
+/// plus the query string of a list. What a validator accepts is within every limit it
+/// names: a TTL of 1 s to `max_ttl`, a screen within bounds, metadata within its size and
+/// without the broker's own keys, header-safe identity strings, a lower-case profile UUID
+/// never beside a `cdp_url`; and a query string reads back the same once written again.
 pub fn request_body(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::http::request::query_pairs(text);
+        let pairs = crate::http::request::query_pairs(text);
+        let written = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&pairs)
+            .finish();
+        assert_eq!(
+            crate::http::request::query_pairs(&written),
+            pairs,
+            "a query string read, written and read again changed: {text:?}"
+        );
     }
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(data) else {
         return;
     };
     let config = Config::default();
-    let _ = crate::http::sessions::validate_create(&config, &body);
-    let field = |name: &str| body.get(name).filter(|v| !v.is_null());
-    if let Some(v) = field("ttl") {
-        let _ = crate::http::sessions::parse_ttl(v, config.max_ttl);
+    if let Ok(new) = crate::http::sessions::validate_create(&config, &body) {
+        check_new_session(&config, &new);
     }
-    if let Some(v) = field("metadata") {
-        let _ = crate::http::sessions::parse_metadata(v, config.max_metadata_bytes);
+    let field = |name: &str| body.get(name).filter(|v| !v.is_null());
+    if let Some(v) = field("ttl")
+        && let Ok(ttl) = crate::http::sessions::parse_ttl(v, config.max_ttl)
+    {
+        assert!((1..=config.max_ttl).contains(&ttl.as_secs()), "ttl {ttl:?} from {v}");
+    }
+    if let Some(v) = field("metadata")
+        && let Ok(metadata) = crate::http::sessions::parse_metadata(v, config.max_metadata_bytes)
+    {
+        check_metadata(&config, &metadata);
     }
     let _ = crate::http::actions::validate_body(&body);
     let _ = crate::profile::storage_state::validate(&Value::Object(body.clone()));
@@ -34,13 +51,113 @@ pub fn request_body(data: &[u8]) {
     }
 }
 
-/// A token from a URL: never accepted unless this broker signed it.
+/// What `validate_create` accepted is within the limits it enforces.
+fn check_new_session(config: &Config, new: &crate::broker::NewSession) {
+    use crate::config::{MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
+    assert!((1..=config.max_ttl).contains(&new.ttl.as_secs()), "ttl {:?}", new.ttl);
+    let screen = new.screen;
+    assert!(
+        (MIN_SIDE..=MAX_WIDTH).contains(&screen.width) && (MIN_SIDE..=MAX_HEIGHT).contains(&screen.height),
+        "screen {}x{}",
+        screen.width,
+        screen.height
+    );
+    check_metadata(config, &new.metadata);
+    assert!(
+        new.profile_id.is_none() || new.external_url.is_none(),
+        "a profile beside a cdp_url"
+    );
+    if let Some(id) = &new.profile_id {
+        assert!(
+            id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase()),
+            "profile id {id:?}"
+        );
+    }
+    assert!(new.options.idle_timeout <= config.max_ttl, "idle_timeout");
+    let identity = &new.options.identity;
+    for text in [&identity.user_agent, &identity.locale, &identity.timezone]
+        .into_iter()
+        .flatten()
+    {
+        // These reach HTTP headers and Chrome's command channel.
+        assert!(
+            !text.is_empty() && !text.chars().any(char::is_control),
+            "identity string {text:?}"
+        );
+    }
+}
+
+fn check_metadata(config: &Config, metadata: &Map<String, Value>) {
+    assert!(
+        !metadata.contains_key("live_url") && !metadata.contains_key("live_url_read_only"),
+        "a planted live view link was kept"
+    );
+    let size = serde_json::to_vec(metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+    assert!(size <= config.max_metadata_bytes, "metadata of {size} bytes");
+}
+
+/// The secret the `token` target signs with.
+const FUZZ_TOKEN_SECRET: &[u8] = b"fuzzing-secret-fuzzing-secret-0123456789";
+
+/// A token from a URL: never accepted unless this broker signed it. Beyond the raw text,
+/// a token this broker did sign is spliced with the bytes inside its signed part (its
+/// header and claims): any change there is refused, and the token itself opens its own
+/// session and scope only.
 pub fn token(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let tokens = Tokens::new(b"fuzzing-secret-fuzzing-secret-0123456789");
-    let decoded = tokens.decode(Some(text));
-    assert!(decoded.is_err(), "a token not signed here was accepted: {text:?}");
-    let _ = tokens.verify(Some(text), "sess_x", Scope::Cdp);
+    use std::time::{Duration, SystemTime};
+    let tokens = Tokens::new(FUZZ_TOKEN_SECRET);
+    if let Ok(text) = std::str::from_utf8(data) {
+        assert!(
+            tokens.decode(Some(text)).is_err(),
+            "a token not signed here was accepted: {text:?}"
+        );
+        assert!(
+            tokens.verify(Some(text), "sess_x", Scope::Cdp).is_err(),
+            "a token not signed here was verified: {text:?}"
+        );
+    }
+    let now = SystemTime::now();
+    let signed = tokens.mint(
+        "sess_x",
+        &crate::auth::Tenant::from_id("t_fuzz"),
+        Scope::Cdp,
+        now,
+        now + Duration::from_secs(600),
+    );
+    assert!(
+        tokens.verify(Some(&signed), "sess_x", Scope::Cdp).is_ok(),
+        "our own token"
+    );
+    assert!(
+        tokens.verify(Some(&signed), "sess_y", Scope::Cdp).is_err(),
+        "another session"
+    );
+    assert!(
+        tokens.verify(Some(&signed), "sess_x", Scope::Live).is_err(),
+        "another scope"
+    );
+    // Splice: the first byte picks where in the signed part, the first bit of the second
+    // whether the rest replaces a byte or is inserted.
+    let Some((&at, rest)) = data.split_first() else { return };
+    let Some((&how, insert)) = rest.split_first() else {
+        return;
+    };
+    let Ok(insert) = std::str::from_utf8(insert) else {
+        return;
+    };
+    let signed_part = signed.rfind('.').unwrap_or(0);
+    let mut at = usize::from(at) * signed_part / 256;
+    while !signed.is_char_boundary(at) {
+        at += 1;
+    }
+    let skip = if how & 1 == 1 && at < signed_part { 1 } else { 0 };
+    let changed = format!("{}{insert}{}", &signed[..at], &signed[at + skip..]);
+    if changed != signed {
+        assert!(
+            tokens.verify(Some(&changed), "sess_x", Scope::Cdp).is_err(),
+            "a changed token was accepted: {changed:?}"
+        );
+    }
 }
 
 /// A browser's discovery answer: after the rewrite no value names the browser's own port.

@@ -100,6 +100,49 @@ const COLORS: &str = "<!doctype html><title>colors</title><style>html,body{margi
 function paint(){document.body.style.background=c[Math.floor(Date.now()/1000)%3];requestAnimationFrame(paint)}\
 paint()</script></body>";
 
+/// What the sentinel files hold: never in an answer, never changed.
+const SENTINEL: &str = "sentinel-3f9a1c: a file outside the session's files";
+
+/// Plants `sentinel.txt` at every level between a session's files directory and the data
+/// directory, where a name that climbs would land; answers their paths.
+fn plant_sentinels(data_dir: &Path, id: &str) -> Vec<PathBuf> {
+    let files = data_dir.join("artifacts").join(id).join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let paths: Vec<PathBuf> = files
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("sentinel.txt"))
+        .collect();
+    for path in &paths {
+        std::fs::write(path, SENTINEL).unwrap();
+    }
+    paths
+}
+
+/// Names that climb out of a session's files directory to the sentinels: `../`, `..\`,
+/// encoded dots, and absolute paths, percent-encoded for a URL.
+fn climbing_names(sentinels: &[PathBuf]) -> Vec<String> {
+    let mut names = Vec::new();
+    for depth in 1..=sentinels.len() {
+        for up in ["..%2F", "%2E%2E%2F", "..%5C", "%2e%2e/"] {
+            names.push(format!("{}sentinel.txt", up.repeat(depth)));
+        }
+    }
+    for path in sentinels {
+        names.push(path.to_string_lossy().replace('/', "%2F"));
+    }
+    names
+}
+
+/// Every sentinel is still there, byte for byte.
+fn assert_sentinels_untouched(sentinels: &[PathBuf]) {
+    for path in sentinels {
+        let now = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(now, SENTINEL.as_bytes(), "{} was changed", path.display());
+    }
+}
+
 async fn files_of(server: &TestServer, key: &str, id: &str) -> Value {
     let r = server
         .call(Method::GET, &format!("/public/sessions/{id}/files"), Some(key), None)
@@ -237,24 +280,40 @@ async fn downloads_land_in_the_sessions_files_within_its_quota() {
         let r = server.call(Method::GET, &path, Some(KEY_B), None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
     }
-    for name in [
-        "..%2F..%2Fetc%2Fpasswd",
-        "%2Fetc%2Fpasswd",
+    // Sentinels just outside the files directory, at each level a climbing name reaches:
+    // none is read (its content in no answer) or removed.
+    let sentinels = plant_sentinels(server.data_dir.path(), id);
+    let mut names: Vec<String> = [
         "..",
         ".index.tmp",
         "index.json",
         "%00",
-    ] {
-        let r = server
-            .call(
-                Method::GET,
-                &format!("/public/sessions/{id}/files/{name}"),
-                Some(KEY_A),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::NOT_FOUND, "{name}: {}", r.body);
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+    ]
+    .map(String::from)
+    .to_vec();
+    names.extend(climbing_names(&sentinels));
+    for name in &names {
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            let path = format!("/public/sessions/{id}/files/{name}");
+            let r = server.call(method.clone(), &path, Some(KEY_A), None).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {name}: {}", r.body);
+            assert!(!r.body.contains(SENTINEL), "{method} {name} read outside: {}", r.body);
+        }
     }
+    let (_, _, zip) = fetch(
+        server.addr,
+        &format!("/public/sessions/{id}/files.zip"),
+        Some(KEY_A),
+        &[],
+    )
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&zip).contains(SENTINEL),
+        "the archive holds a sentinel"
+    );
+    assert_sentinels_untouched(&sentinels);
 
     // Removed one by one; after the session ends the rest is still served.
     let r = server
@@ -299,36 +358,68 @@ async fn a_context_sessions_downloads_are_its_own() {
         ours["session_id"].as_str().unwrap(),
         neighbour["session_id"].as_str().unwrap(),
     );
-    assert_eq!(ours["isolation"], "context");
-    let elsewhere = tempfile::tempdir().unwrap();
-    node(
-        "downloads.mjs",
-        &[
-            ours["cdp_url"].as_str().unwrap(),
-            &site.url(),
-            elsewhere.path().to_str().unwrap(),
-        ],
-    )
-    .await;
-    until_file(&server, id, "report.bin", "complete").await;
-    until_file(&server, id, "blob.txt", "complete").await;
-    let (_, _, bytes) = fetch(
-        server.addr,
-        &format!("/public/sessions/{id}/files/report.bin"),
-        Some(KEY_A),
-        &[],
-    )
-    .await;
-    assert_eq!(bytes, report_bytes());
-    assert!(
-        eventually(Duration::from_secs(10), || std::fs::read_dir(elsewhere.path())
-            .unwrap()
-            .next()
-            .is_none())
-        .await
+    assert_eq!(
+        (&ours["isolation"], &neighbour["isolation"]),
+        (&json!("context"), &json!("context"))
     );
-    let theirs = files_of(&server, KEY_A, other).await;
-    assert_eq!(theirs["files"], json!([]), "the neighbour context saw a download");
+    // Both download at once in the one shared browser, each its own blob by name and the
+    // same report: each session keeps only its own.
+    let url = site.url();
+    let (ours_args, theirs_args) = (
+        [ours["cdp_url"].as_str().unwrap(), url.as_str(), "ours.txt"],
+        [neighbour["cdp_url"].as_str().unwrap(), url.as_str(), "theirs.txt"],
+    );
+    let (done_ours, done_theirs) = tokio::join!(node("downloads.mjs", &ours_args), node("downloads.mjs", &theirs_args));
+    assert_eq!((&done_ours["ok"], &done_theirs["ok"]), (&json!(true), &json!(true)));
+    for (session, own) in [(id, "ours.txt"), (other, "theirs.txt")] {
+        until_file(&server, session, "report.bin", "complete").await;
+        until_file(&server, session, own, "complete").await;
+        let (_, _, bytes) = fetch(
+            server.addr,
+            &format!("/public/sessions/{session}/files/report.bin"),
+            Some(KEY_A),
+            &[],
+        )
+        .await;
+        assert_eq!(bytes, report_bytes());
+    }
+    // Every download has ended in the browser (the big one refused or complete), so
+    // nothing more is on its way to either session.
+    for session in [id, other] {
+        let ended = eventually_async(Duration::from_secs(30), || async {
+            let files = files_of(&server, KEY_A, session).await;
+            entry(&files, "big.bin").is_some_and(|e| e["state"] != "in_progress")
+        })
+        .await;
+        assert!(ended, "{session}: {}", files_of(&server, KEY_A, session).await);
+    }
+    let names = |files: &Value| -> Vec<String> {
+        files["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mine = names(&files_of(&server, KEY_A, id).await);
+    let theirs = names(&files_of(&server, KEY_A, other).await);
+    assert!(
+        !mine.iter().any(|n| n.contains("theirs")),
+        "ours got the neighbour's: {mine:?}"
+    );
+    assert!(
+        !theirs.iter().any(|n| n.contains("ours")),
+        "the neighbour got ours: {theirs:?}"
+    );
+    // One report each: none of the other's landed under another name.
+    for listed in [&mine, &theirs] {
+        assert_eq!(
+            listed.iter().filter(|n| n.starts_with("report")).count(),
+            1,
+            "{listed:?}"
+        );
+        assert_eq!(listed.len(), 3, "report, own blob, big: {listed:?}");
+    }
     server.stop().await;
 }
 
@@ -383,25 +474,46 @@ async fn uploads_reach_file_inputs_through_puppeteer_and_playwright() {
         b"Dear reader,\n"
     );
 
-    // Hostile names are refused, and nothing is written outside the session's directory.
+    // Hostile names are refused, and nothing is written outside the session's directory:
+    // the sentinels where climbing names land keep their bytes, and nothing new appears
+    // beside them.
     let dir = server.data_dir.path().join("artifacts").join(id).join("files");
-    for name in [
-        "..%2F..%2Fetc%2Fpasswd",
-        "a%2Fb",
-        "nul%00byte",
-        "%2E%2E",
-        ".hidden",
-        &"x".repeat(10_000),
-    ] {
+    let sentinels = plant_sentinels(server.data_dir.path(), id);
+    let listing = |paths: &[PathBuf]| -> Vec<Vec<std::ffi::OsString>> {
+        paths
+            .iter()
+            .map(|p| {
+                let mut names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                names.sort();
+                names
+            })
+            .collect()
+    };
+    let before = listing(&sentinels);
+    let mut names: Vec<String> = ["a%2Fb", "nul%00byte", "%2E%2E", ".hidden", "..%2F..%2Fetc%2Fpasswd"]
+        .map(String::from)
+        .to_vec();
+    names.push("x".repeat(10_000));
+    names.extend(climbing_names(&sentinels));
+    for name in &names {
         let r = post_bytes(
             server.addr,
             &format!("/public/sessions/{id}/files?name={name}"),
             "text/plain",
-            b"x".to_vec(),
+            b"overwritten".to_vec(),
         )
         .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.body);
     }
+    assert_sentinels_untouched(&sentinels);
+    assert_eq!(
+        listing(&sentinels),
+        before,
+        "a file appeared outside the session's files"
+    );
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -278,15 +278,26 @@ async fn json_logs_name_the_session_and_tenant_on_every_line_about_it() {
     let id = created.json["session_id"].as_str().unwrap().to_owned();
     let mut ws = ws_connect(created.json["cdp_url"].as_str().unwrap()).await.unwrap();
     cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+    // What else names this session's doings in a line: its browser's process and scratch
+    // directory, and its tab.
+    let pid = browser_pid(&mut ws).await;
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).into_owned();
+    let browser_dir = cmdline
+        .split('\0')
+        .find_map(|a| a.strip_prefix("--user-data-dir="))
+        .and_then(|d| d.rsplit('/').next())
+        .unwrap()
+        .to_owned();
     // A page that asks for a name that cannot resolve: the browser's gateway logs it, and
     // that line too must name the session and its tenant.
-    cdp_call(
+    let tab = cdp_call(
         &mut ws,
         2,
         "Target.createTarget",
         json!({"url": "http://cdpgate-test.invalid/"}),
     )
     .await;
+    let target = tab["result"]["targetId"].as_str().unwrap().to_owned();
     let gateway_logged = async {
         while !reader_saw_gateway.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -304,15 +315,35 @@ async fn json_logs_name_the_session_and_tenant_on_every_line_about_it() {
     signal(&child, libc::SIGTERM);
     child.wait().await.unwrap();
     let lines = reader.await.unwrap();
+    // A line is about the session if it names it, or names what only the session did
+    // (the unresolvable site, its tab), or its browser once the session holds it (before,
+    // the browser was the pool's), or comes from one of its connections. Every such line
+    // names the session and its tenant: a line that lost them cannot be found by its id.
+    let created_at = lines
+        .iter()
+        .position(|l| l.contains("\"session created\""))
+        .unwrap_or_else(|| panic!("no 'session created' line: {lines:#?}"));
+    let pid_field = format!("\"pid\":{pid}");
     let mut about_session = 0;
-    for line in lines.iter().filter(|l| !l.starts_with("cdpgate: listening on")) {
+    let mut gateway_lines = 0;
+    for (n, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with("cdpgate: listening on"))
+    {
         let entry: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
         assert!(entry["level"].is_string() && entry["fields"].is_object(), "{line}");
-        if line.contains(&id) {
+        let mut scopes = entry["spans"].as_array().cloned().unwrap_or_default();
+        let of_a_connection = scopes.iter().any(|s| s["name"] == "proxy.connection");
+        let its_browser = n > created_at && (line.contains(&browser_dir) || line.contains(&pid_field));
+        let only_its_own = line.contains("cdpgate-test.invalid") || line.contains(&target);
+        if line.contains("cdpgate-test.invalid") {
+            gateway_lines += 1;
+        }
+        if line.contains(&id) || of_a_connection || its_browser || only_its_own {
             about_session += 1;
             // In the session's span, or with both as fields of the line itself.
-            let mut scopes = entry["spans"].as_array().cloned().unwrap_or_default();
             scopes.push(entry["fields"].clone());
             let named = scopes
                 .iter()
@@ -320,5 +351,6 @@ async fn json_logs_name_the_session_and_tenant_on_every_line_about_it() {
             assert!(named, "a line about the session without its id and tenant: {line}");
         }
     }
+    assert!(gateway_lines >= 1, "the gateway's line was read: {lines:#?}");
     assert!(about_session >= 3, "created, connected, ended: {lines:#?}");
 }

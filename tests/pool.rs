@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 /// PIDs of the main Chromium processes (not renderers or helpers) under `data_dir`.
 fn main_browser_pids(data_dir: &std::path::Path) -> Vec<u32> {
@@ -139,8 +141,40 @@ async fn browsers_start_without_the_hidden_omnibox_webui() {
     let server = TestServer::start_with(|c| c.chrome_flags = vec!["--disable-features=Translate".into()]).await;
     let session = server.create(json!({})).await;
     let mut ws = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let targets = cdp_call(&mut ws, 1, "Target.getTargets", json!({"filter": [{}]})).await;
+    // Chrome makes the popup's targets with its window (measured: in the same moment as
+    // the window's `tab` target), so once the window's tab is listed and its page has
+    // loaded, they would be listed too.
+    let mut id = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let targets = loop {
+        id += 1;
+        let targets = cdp_call(&mut ws, id, "Target.getTargets", json!({"filter": [{}]})).await;
+        let infos = targets["result"]["targetInfos"].as_array().cloned().unwrap_or_default();
+        let tab = infos.iter().any(|t| t["type"] == "tab");
+        let loaded = match infos.iter().find(|t| t["type"] == "page") {
+            Some(page) => {
+                let attached = cdp_call(
+                    &mut ws,
+                    id + 1000,
+                    "Target.attachToTarget",
+                    json!({"targetId": page["targetId"], "flatten": true}),
+                )
+                .await;
+                let on = attached["result"]["sessionId"].as_str().unwrap_or_default().to_owned();
+                let state = page_ready_state(&mut ws, id + 2000, &on).await;
+                state == "complete"
+            }
+            None => false,
+        };
+        if tab && loaded {
+            break targets;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the window never settled: {targets}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let kinds: Vec<&str> = targets["result"]["targetInfos"]
         .as_array()
         .unwrap()
@@ -150,4 +184,23 @@ async fn browsers_start_without_the_hidden_omnibox_webui() {
     assert!(kinds.contains(&"page"), "{targets}");
     assert!(!kinds.contains(&"browser_ui"), "{targets}");
     server.stop().await;
+}
+
+/// `document.readyState` of the page attached as `on`.
+async fn page_ready_state(ws: &mut Ws, id: u64, on: &str) -> String {
+    let ask = json!({"id": id, "sessionId": on, "method": "Runtime.evaluate",
+                     "params": {"expression": "document.readyState", "returnByValue": true}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("an answer in time");
+        let Some(Ok(Message::Text(text))) = next else {
+            panic!("the connection ended: {next:?}");
+        };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["id"] == id {
+            return v["result"]["result"]["value"].as_str().unwrap_or_default().to_owned();
+        }
+    }
 }

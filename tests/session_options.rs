@@ -253,6 +253,39 @@ async fn start_recording_site() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, heads)
 }
 
+/// A server on `ip` that counts the connections it accepts (whatever they ask) and answers
+/// each with a small page.
+async fn counting_site(ip: &str) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                // The request read first: closing on unread bytes would reset the connection.
+                if read_request(&mut s, &mut Vec::new()).await.is_some() {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecret")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn hits(counter: &std::sync::atomic::AtomicUsize) -> usize {
+    counter.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A page's request to `url` that CORS cannot fail: `'sent'` if a response came back
+/// (opaque), `'refused'` on a network error.
+fn no_cors_probe(url: &str) -> String {
+    format!("fetch('{url}', {{mode: 'no-cors', cache: 'no-store'}}).then(() => 'sent', () => 'refused')")
+}
+
 fn heads_seen(heads: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
     heads.lock().unwrap().clone()
 }
@@ -658,16 +691,10 @@ async fn idle_sessions_end_and_used_ones_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_browsers_cannot_reach_denied_addresses() {
-    // 127.0.0.2 stands in for a denied address (a metadata server or an internal host).
-    let denied = TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let denied_addr = denied.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = denied.accept().await {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecret")
-                .await;
-        }
-    });
+    // 127.0.0.2 stands in for a denied address (a metadata server or an internal host);
+    // the same kind of server on 127.0.0.1 (allowed) is the control: the probe does arrive.
+    let (denied_addr, denied_hits) = counting_site("127.0.0.2").await;
+    let (allowed_addr, allowed_hits) = counting_site("127.0.0.1").await;
     let site = start_site().await;
     let server = TestServer::start_with(|c| {
         c.browser_egress_deny = vec![
@@ -689,7 +716,16 @@ async fn managed_browsers_cannot_reach_denied_addresses() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap()
     };
-    // Each one refused by the policy (counted), not merely unreachable.
+    let seen = visit(
+        &session,
+        &format!("http://{site}/"),
+        &no_cors_probe(&format!("http://{allowed_addr}/")),
+    )
+    .await;
+    assert_eq!(seen["value"], "sent", "the control probe: {seen}");
+    assert!(hits(&allowed_hits) >= 1, "the control probe arrived");
+    // Each one refused by the policy (counted), not merely unreachable; the denied server
+    // never hears of it.
     for url in [
         "http://169.254.169.254/latest/meta-data/",
         &denied_url,
@@ -698,8 +734,7 @@ async fn managed_browsers_cannot_reach_denied_addresses() {
         "http://metadata.google.internal/computeMetadata/v1/",
     ] {
         let before = refused().await;
-        let fetch = format!("fetch('{url}').then((r) => r.text(), () => 'refused')");
-        let seen = visit(&session, &format!("http://{site}/"), &fetch).await;
+        let seen = visit(&session, &format!("http://{site}/"), &no_cors_probe(url)).await;
         assert_eq!(seen["ok"], true, "the allowed site loads: {seen}");
         assert_eq!(seen["value"], "refused", "{url}: {seen}");
         assert!(refused().await > before, "{url} counted as refused");
@@ -708,6 +743,7 @@ async fn managed_browsers_cannot_reach_denied_addresses() {
     let navigation = visit(&session, &denied_url, "").await;
     assert_eq!(navigation["ok"], false, "{navigation}");
     assert!(refused().await > before);
+    assert_eq!(hits(&denied_hits), 0, "a request reached the denied server");
 
     // A session's proxy is held to the same policy, at create.
     let r = server
@@ -797,7 +833,13 @@ async fn context_sessions_have_their_own_proxy_and_policy() {
     let site = start_site().await;
     let hosts: Hosts = Arc::new(HashMap::from([("site.test:80".to_owned(), site)]));
     let (http_proxy, http_seen) = start_http_proxy(hosts).await;
-    let server = TestServer::start_with(|c| c.pool_size = 0).await;
+    let (denied_addr, denied_hits) = counting_site("127.0.0.2").await;
+    let (allowed_addr, allowed_hits) = counting_site("127.0.0.1").await;
+    let server = TestServer::start_with(|c| {
+        c.pool_size = 0;
+        c.browser_egress_deny = vec!["127.0.0.2/32".into()];
+    })
+    .await;
     let proxy = json!({"server": format!("http://{http_proxy}"), "username": USER, "password": PASSWORD});
     let proxied = create(server.addr, json!({"isolation": "context", "proxy": proxy})).await;
     let direct = create(server.addr, json!({"isolation": "context"})).await;
@@ -814,21 +856,30 @@ async fn context_sessions_have_their_own_proxy_and_policy() {
     assert_eq!(seen_targets(&http_seen).len(), before, "{:?}", seen_targets(&http_seen));
     let record = get(server.addr, proxied["session_id"].as_str().unwrap()).await.json;
     assert!(record["network"]["bytes_in"].as_u64().unwrap() > 0, "{record}");
-    // The policy holds for context pages too: the broker's own address is refused.
-    let broker_api = format!(
-        "fetch('http://{}/health').then(() => 'open', () => 'refused')",
-        server.addr
-    );
-    let seen = visit(&direct, &format!("http://{site}/"), &broker_api).await;
-    assert_eq!(seen["title"], "cdpgate test site", "{seen}");
-    assert_eq!(seen["value"], "refused", "{seen}");
+    // The policy holds for context pages too. The control: an allowed server hears the
+    // probe. Then a denied one and the broker's own address: refused, and never reached.
+    let page = format!("http://{site}/");
+    let seen = visit(&direct, &page, &no_cors_probe(&format!("http://{allowed_addr}/"))).await;
+    assert_eq!(seen["value"], "sent", "the control probe: {seen}");
+    assert!(hits(&allowed_hits) >= 1, "the control probe arrived");
+    for url in [
+        format!("http://{denied_addr}/"),
+        format!("http://{}/health", server.addr),
+    ] {
+        let seen = visit(&direct, &page, &no_cors_probe(&url)).await;
+        assert_eq!(seen["title"], "cdpgate test site", "{seen}");
+        assert_eq!(seen["value"], "refused", "{url}: {seen}");
+    }
+    let navigation = visit(&direct, &format!("http://{denied_addr}/"), "").await;
+    assert_eq!(navigation["ok"], false, "{navigation}");
+    assert_eq!(hits(&denied_hits), 0, "a request reached the denied server");
     let metrics = server.call(Method::GET, "/metrics", None, None).await.body;
     let refused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("cdpgate_browser_egress_refused_total "))
         .and_then(|v| v.parse().ok())
         .unwrap();
-    assert!(refused >= 1, "counted as refused by the policy: {metrics}");
+    assert!(refused >= 3, "counted as refused by the policy: {metrics}");
     server.stop().await;
 }
 
@@ -860,10 +911,13 @@ async fn a_context_sessions_identity_stays_in_its_context() {
         assert_eq!(v["language"], "fr-FR", "{which}: {seen}");
         assert_eq!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
     }
+    let dressed_heads = heads_seen(&heads);
+    assert!(!dressed_heads.is_empty(), "the site saw the dressed session's requests");
     assert!(
-        heads_seen(&heads)
+        dressed_heads
             .iter()
-            .all(|h| h.contains("user-agent: cdpgate-context-agent/2.0"))
+            .all(|h| h.contains("user-agent: cdpgate-context-agent/2.0")),
+        "{dressed_heads:?}"
     );
     // The neighbour, opened after, in the same browser: Chrome's own identity.
     for which in ["new", "first"] {

@@ -218,8 +218,42 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         (r.status, r.json),
         (StatusCode::NOT_FOUND, json!({"detail": "Session not found"}))
     );
-    let r = server.get("../../etc/passwd").await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Ids that climb out of the data directory's folders (to the token secret beside them,
+    // or to /etc/passwd): unknown sessions, and nothing of those files in any answer.
+    let secret = std::fs::read_to_string(server.data_dir.path().join("token_secret")).unwrap();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let root_line = passwd.lines().next().unwrap().to_owned();
+    for id in [
+        "../../etc/passwd",
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "..%2Ftoken_secret",
+        "%2E%2E%2Ftoken_secret",
+        "..",
+    ] {
+        for suffix in [
+            "",
+            "/files",
+            "/files/token_secret",
+            "/recording",
+            "/screenshot",
+            "/files.zip",
+        ] {
+            let r = server
+                .call(
+                    Method::GET,
+                    &format!("/public/sessions/{id}{suffix}"),
+                    Some(KEY_A),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}{suffix}: {}", r.body);
+            assert!(
+                !r.body.contains(secret.trim()) && !r.body.contains(&root_line),
+                "{id}{suffix} read outside: {}",
+                r.body
+            );
+        }
+    }
     let r = server.call(Method::PUT, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(r.json["detail"].is_string());

@@ -43,9 +43,11 @@ const BASE_FLAGS: &[&str] = &[
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
     // Every request goes through the browser's gateway (`--proxy-server`), loopback too
-    // (Chrome would send it direct), and WebRTC may not go around it over UDP.
+    // (Chrome would send it direct), and WebRTC may not go around it over UDP. (Chromium
+    // ignores `--force-webrtc-ip-handling-policy`: with it, a page's STUN packets still
+    // left to any address; `egress::a_page_reaches_no_other_sessions_…` counts them.)
     "--proxy-bypass-list=<-loopback>",
-    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 ];
 
 /// Chrome features a session never uses that cost CPU at every launch: headless Chromium

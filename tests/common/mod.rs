@@ -430,6 +430,90 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     pids
 }
 
+/// Live (non-zombie) processes of Chrome started on `data_dir`: each browser whose
+/// `--user-data-dir` is under it, and every process in its process group (the launcher
+/// makes each browser the leader of a group of its own; zygotes, renderers and GPU
+/// processes stay in it whatever their command line says).
+pub fn chrome_processes_under(data_dir: &Path) -> Vec<u32> {
+    let flag = format!("--user-data-dir={}", data_dir.display());
+    let mut groups = std::collections::BTreeSet::new();
+    let mut found = std::collections::BTreeSet::new();
+    let all = live_processes();
+    for (pid, pgid, cmdline) in &all {
+        if cmdline.split('\0').any(|arg| arg.starts_with(&flag)) {
+            groups.insert(*pgid);
+            found.insert(*pid);
+        }
+    }
+    for (pid, pgid, _) in &all {
+        if groups.contains(pgid) {
+            found.insert(*pid);
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// The process groups of the browsers started on `data_dir` (each led by its browser).
+pub fn chrome_groups_under(data_dir: &Path) -> Vec<u32> {
+    let flag = format!("--user-data-dir={}", data_dir.display());
+    let mut groups: Vec<u32> = live_processes()
+        .into_iter()
+        .filter(|(_, _, cmdline)| cmdline.split('\0').any(|arg| arg.starts_with(&flag)))
+        .map(|(_, pgid, _)| pgid)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// The browser process behind a CDP connection, as Chrome reports it.
+pub async fn browser_pid(ws: &mut Ws) -> u32 {
+    let info = cdp_call(ws, 900_001, "SystemInfo.getProcessInfo", json!({})).await;
+    info["result"]["processInfo"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{info}"))
+        .iter()
+        .find(|p| p["type"] == "browser")
+        .and_then(|p| p["id"].as_u64())
+        .expect("the browser process") as u32
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn processes_in_group(pgid: u32) -> Vec<u32> {
+    live_processes()
+        .into_iter()
+        .filter(|(_, group, _)| *group == pgid)
+        .map(|(pid, ..)| pid)
+        .collect()
+}
+
+/// Every live (non-zombie) process: its id, process group and command line (NUL-separated).
+fn live_processes() -> Vec<(u32, u32, String)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first().is_none_or(|state| *state == "Z") {
+            continue;
+        }
+        let Some(pgid) = fields.get(2).and_then(|g| g.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        all.push((pid, pgid, String::from_utf8_lossy(&cmdline).into_owned()));
+    }
+    all
+}
+
 /// Waits up to `limit` for `check` to hold, polling.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

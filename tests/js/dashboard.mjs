@@ -16,12 +16,22 @@ await page.fill('#key', key);
 await page.click('button[type=submit]');
 await page.waitForSelector(`[data-session="${liveId}"] img.thumbnail[data-shots]`, { timeout: 20000 });
 const thumb = page.locator(`[data-session="${liveId}"] img.thumbnail`);
-const first = await thumb.evaluate((img) => img.src);
 const firstPixel = await pixel(thumb);
-// The page behind it changes colour every second: a later thumbnail differs.
-await page.waitForFunction((id) => Number(document.querySelector(`[data-session="${id}"] img.thumbnail`).dataset.shots) >= 3, liveId, { timeout: 20000 });
-result.thumbnailChanged = (await thumb.evaluate((img) => img.src)) !== first;
-result.pixels = [firstPixel, await pixel(thumb)];
+// The page behind it changes colour every second (red, green, blue): a later thumbnail
+// shows another of the three. Compared by what the image shows, not by its URL (every
+// thumbnail is a new object URL, the same picture or not).
+result.pixels = [firstPixel];
+result.thumbnailChanged = false;
+const deadline = Date.now() + 20000;
+while (Date.now() < deadline) {
+  const now = await pixel(thumb);
+  if (now.join() !== result.pixels[result.pixels.length - 1].join()) result.pixels.push(now);
+  if (primary(firstPixel) !== null && primary(now) !== null && primary(now) !== primary(firstPixel)) {
+    result.thumbnailChanged = true;
+    break;
+  }
+  await new Promise((r) => setTimeout(r, 250));
+}
 result.shown = await page.evaluate(() => [...document.querySelectorAll('[data-session]')].map((e) => e.dataset.session));
 result.liveLink = await page.locator(`[data-session="${liveId}"] a`).getAttribute('href');
 await page.click(`[data-session="${endedId}"] button.play`);
@@ -32,6 +42,12 @@ result.keyInStorage = await page.evaluate(() => sessionStorage.getItem('cdpgate_
 await browser.close();
 result.keyInUrl = result.urls.some((u) => u.includes(key));
 console.log(JSON.stringify(result));
+
+// Which of red, green and blue a pixel plainly is (JPEG shifts them a little), or null.
+function primary([r, g, b]) {
+  const i = [r, g, b].findIndex((v, j, all) => v > 180 && all.every((w, k) => k === j || w < 80));
+  return i < 0 ? null : i;
+}
 
 // The thumbnail's centre colour, drawn on a canvas.
 async function pixel(locator) {
