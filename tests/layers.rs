@@ -168,11 +168,19 @@ fn every_module_imports_only_from_the_layers_below_it() {
             }
         }
     }
-    assert!(offenders.is_empty(), "imports that run sideways or back up: {offenders:#?}");
+    assert!(
+        offenders.is_empty(),
+        "imports that run sideways or back up: {offenders:#?}"
+    );
     // The check sees what it is about: the top layer reaches down, and every module is placed.
     let http = vec!["http".to_owned()];
     assert!(edges[&vec!["fuzzing".to_owned()]].iter().any(|t| t.starts_with(&http)));
-    assert!(edges.keys().filter(|m| !m.is_empty()).all(|m| layer_of(m) < LAYERS.len()));
+    assert!(
+        edges
+            .keys()
+            .filter(|m| !m.is_empty())
+            .all(|m| layer_of(m) < LAYERS.len())
+    );
 }
 
 #[test]
@@ -193,5 +201,8 @@ fn the_layers_are_the_documented_ones() {
         .rev()
         .map(|layer| layer.iter().map(|m| m.to_string()).collect())
         .collect();
-    assert_eq!(documented, code, "docs/ARCHITECTURE.md's layers and tests/layers.rs's LAYERS differ");
+    assert_eq!(
+        documented, code,
+        "docs/ARCHITECTURE.md's layers and tests/layers.rs's LAYERS differ"
+    );
 }
