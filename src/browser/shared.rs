@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::cdp::Client;
+use super::cdp::{CallError, Client};
 use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
@@ -223,6 +223,9 @@ async fn give_back(shared: &SharedBrowser, listener_back: ListenerBack, disposed
     let Ok(Some(listener)) = listener_back.await else {
         return;
     };
+    if !shared.browser.is_alive() {
+        return; // its ports go with it
+    }
     if disposed {
         shared.gateway_ports.put_back(listener);
     } else {
@@ -553,12 +556,14 @@ impl SharedBrowsers {
                 CALL_TIMEOUT,
             )
             .await;
-        // Without an answer the context may exist all the same: its port is not lent again.
         let created = match created {
             Ok(created) => created,
             Err(e) => {
                 stop.cancel();
-                give_back(shared, listener_back, false).await;
+                // Without an answer the context may exist all the same: its port is not
+                // lent again.
+                let none_made = matches!(e, CallError::Refused(_));
+                give_back(shared, listener_back, none_made).await;
                 return Err(format!("the browser context could not be created: {e:?}"));
             }
         };
