@@ -217,6 +217,204 @@ async fn a_process_session_cannot_go_around_its_gateway() {
     server.stop().await;
 }
 
+/// A site on 127.0.0.1 that serves every path as a page showing `body`, and counts the
+/// connections it accepts.
+async fn counting_site(body: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A raw CDP client on the browser target of the shared browser that serves `session`
+/// (found through the broker, as the broker's own connection reaches it), and its ports.
+async fn shared_browser_of(server: &TestServer) -> (CdpClient, Vec<u16>) {
+    let shared = server.broker.shared.browsers();
+    let [browser] = shared.as_slice() else {
+        panic!("one shared browser: {shared:?}");
+    };
+    let version = http(
+        format!("127.0.0.1:{}", browser.port).parse().unwrap(),
+        Method::GET,
+        "/json/version",
+        None,
+        None,
+    )
+    .await;
+    let url = version.json["webSocketDebuggerUrl"]
+        .as_str()
+        .expect("the browser target")
+        .to_owned();
+    (
+        CdpClient::connect(&json!({ "cdp_url": url })).await,
+        browser.gateway_ports.clone(),
+    )
+}
+
+/// Landlock lets a shared browser connect to its own gateways' ports only. A context
+/// session's clients never hold raw CDP to it (the context filter stands between, and
+/// refuses `Target.createBrowserContext`); this test plays the filter having failed: it
+/// drives the shared browser directly, makes a context that uses no proxy (`direct://`),
+/// and a page there reaches nothing, while the session's own page reaches the same URL
+/// through its context's gateway (loopback allowed by the egress policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_browser_cannot_go_around_its_contexts_gateways() {
+    let (site, accepted) = counting_site("<p>reached-marker-5d1e</p>").await;
+    let url = format!("http://{site}/");
+    let server = TestServer::start_with(|c| c.browser_egress_allow = vec!["loopback".into()]).await;
+    let session = server.create(json!({"isolation": "context"})).await;
+
+    let (mut raw, _) = shared_browser_of(&server).await;
+    let created = raw
+        .send(None, "Target.createBrowserContext", json!({"proxyServer": "direct://"}))
+        .await;
+    let direct = created["result"]["browserContextId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a context: {created}"))
+        .to_owned();
+    let page = raw.open("about:blank", Some(&direct)).await.expect("a tab opens");
+    let navigated = raw.send(Some(&page), "Page.navigate", json!({ "url": url })).await;
+    // The navigation is over (it failed) before Chrome answers: nothing is still on its way.
+    assert!(
+        navigated["result"]["errorText"].as_str().is_some_and(|e| !e.is_empty()),
+        "a page of a context without a proxy connected: {navigated}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the site was reached around the gateway"
+    );
+
+    // The control: the session's own page, through its gateway, reaches the same site.
+    let mut client = CdpClient::connect(&session).await;
+    let targets = client.send(None, "Target.getTargets", json!({})).await;
+    let own = targets["result"]["targetInfos"][0]["browserContextId"]
+        .as_str()
+        .expect("the session's context")
+        .to_owned();
+    let page = client.open(&url, Some(&own)).await.expect("a tab opens");
+    let text = client.settled_text(&page).await;
+    assert!(text.contains("reached-marker-5d1e"), "{text}");
+    assert!(accepted.load(Ordering::SeqCst) > 0);
+    server.stop().await;
+}
+
+/// A session's network counters as the API shows them.
+async fn network(server: &TestServer, id: &str) -> Value {
+    server.get(id).await.json["network"].clone()
+}
+
+/// Reads `stream` until it ends (or `limit` passes); answers what came and whether it ended.
+async fn read_to_end_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, ended)
+}
+
+/// A shared browser's one gateway port serves one context after another: the next
+/// session starts with zero bytes, the first one's tunnel is closed when it ends, and a
+/// connection left queued on the port between the two is closed unserved, not counted on
+/// the second session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_port_serves_the_next_context_with_nothing_of_the_last() {
+    let (site, _) = counting_site("<p>reached-marker-5d1e</p>").await;
+    let server = TestServer::start_with(|c| {
+        c.context_browsers = 1;
+        c.max_contexts_per_browser = 1;
+        c.context_spares = 0;
+    })
+    .await;
+    let first = server.create(json!({"isolation": "context"})).await;
+    let first_id = first["session_id"].as_str().unwrap().to_owned();
+    let (_, ports) = shared_browser_of(&server).await;
+    let [port] = ports.as_slice() else {
+        panic!("one gateway port: {ports:?}");
+    };
+    // The first session's page uses the network, and a tunnel is open through its gateway.
+    let mut client = CdpClient::connect(&first).await;
+    let targets = client.send(None, "Target.getTargets", json!({})).await;
+    let own = targets["result"]["targetInfos"][0]["browserContextId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = client.open(&format!("http://{site}/"), Some(&own)).await.unwrap();
+    assert!(client.settled_text(&page).await.contains("reached-marker-5d1e"));
+    assert!(network(&server, &first_id).await["bytes_in"].as_u64().unwrap() > 0);
+    let mut tunnel = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.unwrap();
+    tunnel
+        .write_all(format!("CONNECT {site} HTTP/1.1\r\nHost: {site}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = tunnel.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    assert_eq!(server.terminate(&first_id).await.status, StatusCode::NO_CONTENT);
+    let (_, closed) = read_to_end_within(&mut tunnel, Duration::from_secs(10)).await;
+    assert!(closed, "the first session's tunnel outlived it");
+    // A connection that reaches the port between two contexts waits in its queue.
+    let mut queued = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.unwrap();
+    queued
+        .write_all(format!("GET http://{site}/ HTTP/1.1\r\nHost: {site}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+
+    let second = server.create(json!({"isolation": "context"})).await;
+    let second_id = second["session_id"].as_str().unwrap().to_owned();
+    let (_, again) = shared_browser_of(&server).await;
+    assert_eq!(again, ports, "the second context is served on the same port");
+    let stats = network(&server, &second_id).await;
+    assert_eq!(
+        (stats["bytes_in"].as_u64(), stats["bytes_out"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    let (answer, closed) = read_to_end_within(&mut queued, Duration::from_secs(10)).await;
+    assert!(
+        answer.is_empty(),
+        "the queued connection was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(closed, "the queued connection was left open");
+    let stats = network(&server, &second_id).await;
+    assert_eq!(
+        (stats["bytes_in"].as_u64(), stats["bytes_out"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    server.stop().await;
+}
+
 /// The environment of every Chrome process the broker started.
 fn browser_environments(under: &Path) -> Vec<Vec<String>> {
     processes_mentioning(&under.to_string_lossy())

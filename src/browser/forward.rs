@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::egress::{Egress, EgressError, host_matches};
@@ -213,12 +214,15 @@ impl Default for Route {
     }
 }
 
-/// One browser's forward proxy on 127.0.0.1; it stops accepting when the browser exits.
+/// One browser's (or browser context's) forward proxy on 127.0.0.1. When `stop` fires it
+/// stops accepting and closes every connection it serves, tunnels included, so nothing
+/// of its session's traffic outlives it.
 pub struct Gateway {
     pub port: u16,
     route: Mutex<Arc<Route>>,
     policy: Arc<Egress>,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 }
 
 /// Why a connection could not be opened for a page.
@@ -240,17 +244,40 @@ impl Gateway {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> io::Result<Arc<Gateway>> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let (gateway, _listener_back) = Gateway::serve_on(listener, policy, metrics, stop)?;
+        Ok(gateway)
+    }
+
+    /// Serves on `listener`, bound beforehand (so that its port can be named before the
+    /// browser starts), until `stop` fires; the task answered then hands the listener back,
+    /// still bound, for the next gateway on that port. Connections already queued on it
+    /// are closed unserved first: they were meant for whoever had the port before.
+    pub fn serve_on(
+        listener: std::net::TcpListener,
+        policy: Arc<Egress>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> io::Result<(Arc<Gateway>, JoinHandle<Option<std::net::TcpListener>>)> {
+        listener.set_nonblocking(true)?;
+        let stale = drain_backlog(&listener);
+        if stale > 0 {
+            tracing::debug!(stale, "closed connections left queued on a gateway's port");
+        }
+        let listener = TcpListener::from_std(listener)?;
         let gateway = Arc::new(Gateway {
             port: listener.local_addr()?.port(),
             route: Mutex::default(),
             policy,
             metrics,
+            stop: stop.clone(),
         });
         let serving = gateway.clone();
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return listener.into_std().ok(),
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
                             let _ = stream.set_nodelay(true);
@@ -261,11 +288,10 @@ impl Gateway {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },
-                    _ = stop.cancelled() => return,
                 }
             }
         });
-        Ok(gateway)
+        Ok((gateway, accepting))
     }
 
     /// Routes the browser's connections from now on for the session whose span is `span`,
@@ -286,11 +312,15 @@ impl Gateway {
     }
 
     async fn serve(self: Arc<Self>, stream: TcpStream) {
+        let stop = self.stop.clone();
         let service = hyper::service::service_fn(move |request| self.clone().handle(request));
-        let _ = hyper::server::conn::http1::Builder::new()
+        let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        tokio::select! {
+            _ = connection => {}
+            _ = stop.cancelled() => {}
+        }
     }
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, io::Error> {
@@ -325,12 +355,15 @@ impl Gateway {
         route.traffic.reached("https", &host, port);
         match self.open(&route, &host, port).await {
             Ok(outbound) => {
-                let metrics = self.metrics.clone();
+                let (metrics, stop) = (self.metrics.clone(), self.stop.clone());
                 tokio::spawn(async move {
                     if let Ok(upgraded) = hyper::upgrade::on(request).await {
                         let mut page = TokioIo::new(upgraded);
                         let mut outbound = Counted::new(outbound, route.traffic.clone(), metrics);
-                        let _ = tokio::io::copy_bidirectional(&mut page, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut page, &mut outbound) => {}
+                            _ = stop.cancelled() => {}
+                        }
                     }
                 });
                 answer(StatusCode::OK)
@@ -463,6 +496,17 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Accepts and closes every connection queued on `listener` (non-blocking); answers how
+/// many there were.
+fn drain_backlog(listener: &std::net::TcpListener) -> usize {
+    let mut closed = 0;
+    while let Ok((stream, _)) = listener.accept() {
+        drop(stream);
+        closed += 1;
+    }
+    closed
 }
 
 fn answer(status: StatusCode) -> Response<ProxyBody> {

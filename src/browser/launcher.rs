@@ -401,7 +401,15 @@ impl Launcher {
     /// Starts a browser for `used` whose pages are `screen` large and waits until it listens.
     pub async fn launch(&self, screen: Screen, used: Use) -> Result<Browser, LaunchError> {
         let dir = self.scratch_root.join(random_hex(8));
-        self.launch_in(screen, dir, true, used).await
+        self.launch_observed(screen, dir, true, used, &[]).await
+    }
+
+    /// Starts a shared browser that may also connect to `gateway_ports` (its contexts'
+    /// gateways, bound beforehand: `gateway_ports::GatewayPorts`).
+    pub async fn launch_shared(&self, screen: Screen, gateway_ports: &[u16]) -> Result<Browser, LaunchError> {
+        let dir = self.scratch_root.join(random_hex(8));
+        self.launch_observed(screen, dir, true, Use::Shared, gateway_ports)
+            .await
     }
 
     /// A fresh scratch directory path for a browser the caller prepares (a profile copy).
@@ -411,7 +419,6 @@ impl Launcher {
 
     /// Starts a browser on the user-data directory `dir`; with `owned`, the directory is
     /// removed when the browser ends, otherwise it is left to the caller.
-    #[tracing::instrument(name = "browser.launch", skip_all, fields(width = screen.width, height = screen.height))]
     pub async fn launch_in(
         &self,
         screen: Screen,
@@ -419,8 +426,22 @@ impl Launcher {
         owned: bool,
         used: Use,
     ) -> Result<Browser, LaunchError> {
+        self.launch_observed(screen, dir, owned, used, &[]).await
+    }
+
+    /// A launch, timed, counted and logged; the browser may connect to its own gateway and
+    /// to `also_ports`.
+    #[tracing::instrument(name = "browser.launch", skip_all, fields(width = screen.width, height = screen.height))]
+    async fn launch_observed(
+        &self,
+        screen: Screen,
+        dir: PathBuf,
+        owned: bool,
+        used: Use,
+        also_ports: &[u16],
+    ) -> Result<Browser, LaunchError> {
         let started = Instant::now();
-        let result = self.spawn(screen, dir, owned, used).await;
+        let result = self.spawn(screen, dir, owned, used, also_ports).await;
         if used == Use::Own {
             self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
         }
@@ -437,7 +458,14 @@ impl Launcher {
         result
     }
 
-    async fn spawn(&self, screen: Screen, dir: PathBuf, owned: bool, used: Use) -> Result<Browser, LaunchError> {
+    async fn spawn(
+        &self,
+        screen: Screen,
+        dir: PathBuf,
+        owned: bool,
+        used: Use,
+        also_ports: &[u16],
+    ) -> Result<Browser, LaunchError> {
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -495,14 +523,11 @@ impl Launcher {
             let allowed = Allowed {
                 read_exec: executable_dirs(&kind.chrome),
                 read_write: vec![dir.clone(), tmp.clone(), downloads.clone()],
-                connect_ports: vec![gateway.port],
+                // A shared browser's contexts get their gateways later, on ports bound now.
+                connect_ports: [gateway.port].into_iter().chain(also_ports.iter().copied()).collect(),
                 write_proc: !running_as_root(),
             };
-            // A shared browser's contexts each get a gateway later, on ports not known now:
-            // its TCP connects stay unconfined (its clients never hold raw CDP to change
-            // where it connects: the context filter stands between).
-            let network = *network && used == Use::Own;
-            match confine::prepare(&allowed, network) {
+            match confine::prepare(&allowed, *network) {
                 Ok(prepared) => confine::enforce_in_child(&mut cmd, prepared),
                 Err(e) => {
                     exited.cancel();

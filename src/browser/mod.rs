@@ -13,6 +13,7 @@ pub mod egress;
 pub mod file_policy;
 pub mod filter;
 pub mod forward;
+pub mod gateway_ports;
 pub mod identity;
 pub mod launcher;
 pub mod pool;

@@ -9,9 +9,10 @@
 //! takes no new context and is closed once its last one ends. Each context's pages go
 //! through a forward-proxy gateway of their own (`proxyServer` of the context), so the
 //! egress policy, the session's upstream proxy and its byte counts work as for a browser of
-//! its own.
+//! its own. The gateways' ports are bound before the browser starts (`GatewayPorts`, one
+//! per context it can hold at once, spares included), so that the kernel lets it connect
+//! to those and to nothing else, as a process session's browser to its one gateway.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use super::cdp::{CallError, Client};
 use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
+use super::gateway_ports::GatewayPorts;
 use super::launcher::{Browser, Launcher, Screen, Use};
 use super::pool::PoolError;
 use super::scope::{CALL_TIMEOUT, ContextScope};
@@ -73,7 +75,6 @@ pub struct SharedBrowsers {
     released: Notify,
     /// Wakes the task that keeps unclaimed browsers warm.
     warm: Notify,
-    own_ports: Arc<Mutex<HashSet<u16>>>,
     policy: Arc<Egress>,
     metrics: Arc<Metrics>,
 }
@@ -96,6 +97,8 @@ pub struct SharedBrowser {
     preparing: AtomicBool,
     /// The broker's own connection: creates and disposes contexts, discovers targets.
     client: Arc<Client>,
+    /// Its contexts' gateway ports, the only ones besides its own gateway's it may reach.
+    gateway_ports: GatewayPorts,
     pub targets: Arc<Targets>,
     /// Contexts open now.
     live: AtomicUsize,
@@ -145,7 +148,12 @@ struct Prepared {
     gateway: Arc<Gateway>,
     /// Stops the gateway; cancelled when the context ends (or the browser exits).
     stop: CancellationToken,
+    /// Hands the gateway's listener back once it has stopped.
+    listener_back: ListenerBack,
 }
+
+/// The task serving a context's gateway, which answers its listener once stopped.
+type ListenerBack = JoinHandle<Option<std::net::TcpListener>>;
 
 /// A shared browser as the operator sees it.
 #[derive(Debug, Clone)]
@@ -158,6 +166,8 @@ pub struct SharedInfo {
     pub contexts: usize,
     /// Takes no new context; closed once its last one ends.
     pub draining: bool,
+    /// The ports its contexts' gateways serve on (bound for its whole life).
+    pub gateway_ports: Vec<u16>,
 }
 
 /// A session's context, held until the session ends; dropping it disposes the context.
@@ -168,16 +178,24 @@ pub struct ContextLease {
     /// The network counters of the context's pages.
     pub traffic: Arc<Traffic>,
     gateway_stop: CancellationToken,
+    listener_back: Option<ListenerBack>,
     browsers: Weak<SharedBrowsers>,
 }
 
 impl Drop for ContextLease {
     fn drop(&mut self) {
+        // The gateway closes the context's connections at once; its port is lent again
+        // only once the context is gone (so its pages can no longer connect to it), and
+        // the slot is freed after that (so the next context finds a port).
         self.gateway_stop.cancel();
         let (shared, context) = (self.shared.clone(), self.scope.context.clone());
         let browsers = self.browsers.clone();
+        let listener_back = self.listener_back.take();
         let finish = async move {
-            dispose(&shared, &context).await;
+            let disposed = dispose(&shared, &context).await;
+            if let Some(back) = listener_back {
+                give_back(&shared, back, disposed).await;
+            }
             if let Some(browsers) = browsers.upgrade() {
                 browsers.release(&shared);
             }
@@ -189,13 +207,32 @@ impl Drop for ContextLease {
     }
 }
 
-/// Disposes a context: its tabs close, its storage is gone.
-async fn dispose(shared: &SharedBrowser, context: &str) {
+/// Disposes a context: its tabs close, its storage is gone. False if Chrome did not say so.
+async fn dispose(shared: &SharedBrowser, context: &str) -> bool {
     let params = json!({ "browserContextId": context });
-    let _ = shared
+    shared
         .client
         .call(None, "Target.disposeBrowserContext", params, CALL_TIMEOUT)
-        .await;
+        .await
+        .is_ok()
+}
+
+/// Takes a stopped gateway's listener back into `shared`'s set: for the next context if its
+/// context is gone (`disposed`), else kept bound and out of use, the browser drained.
+async fn give_back(shared: &SharedBrowser, listener_back: ListenerBack, disposed: bool) {
+    let Ok(Some(listener)) = listener_back.await else {
+        return;
+    };
+    if !shared.browser.is_alive() {
+        return; // its ports go with it
+    }
+    if disposed {
+        shared.gateway_ports.put_back(listener);
+    } else {
+        tracing::warn!(browser = %shared.browser.id, "a context was not disposed: its gateway port is retired with its browser");
+        shared.gateway_ports.park(listener);
+        shared.draining.store(true, Relaxed);
+    }
 }
 
 enum Reserved {
@@ -207,7 +244,6 @@ enum Reserved {
 impl SharedBrowsers {
     pub fn new(launcher: Arc<Launcher>, settings: SharedSettings, policy: Arc<Egress>, metrics: Arc<Metrics>) -> Self {
         SharedBrowsers {
-            own_ports: launcher.own_ports.clone(),
             launcher,
             settings,
             state: Mutex::default(),
@@ -389,7 +425,14 @@ impl SharedBrowsers {
     }
 
     async fn launch(self: &Arc<Self>, tenant: Option<&str>) -> Result<Arc<SharedBrowser>, PoolError> {
-        let browser = self.launcher.launch(self.settings.screen, Use::Shared).await?;
+        // One gateway port per context it may hold at once: its sessions' and its spares.
+        let contexts = self.settings.per_browser + self.settings.spares;
+        let gateway_ports = GatewayPorts::bind(contexts, self.launcher.own_ports.clone())
+            .map_err(|e| PoolError::Setup(format!("the contexts' gateway ports could not be bound: {e}")))?;
+        let browser = self
+            .launcher
+            .launch_shared(self.settings.screen, gateway_ports.ports())
+            .await?;
         let client = Arc::new(
             Client::connect(&browser.ws_url())
                 .await
@@ -446,6 +489,7 @@ impl SharedBrowsers {
             spares: Mutex::default(),
             preparing: AtomicBool::new(false),
             client,
+            gateway_ports,
             targets,
             live: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -476,27 +520,29 @@ impl SharedBrowsers {
         }
     }
 
-    /// Makes a context on `shared` with its gateway and its first tab at `screen`.
+    /// Makes a context on `shared` with its gateway (on one of its ports) and its first tab
+    /// at `screen`.
     async fn prepare(&self, shared: &Arc<SharedBrowser>, screen: Screen) -> Result<Prepared, String> {
+        let listener = shared
+            .gateway_ports
+            .take()
+            .ok_or("the shared browser has no free gateway port")?;
         let stop = CancellationToken::new();
-        let gateway = Gateway::start(self.policy.clone(), self.metrics.clone(), stop.clone())
-            .await
-            .map_err(|e| format!("the context's gateway could not start: {e}"))?;
-        // The gateway stops with the context, or with the browser; its port is then free.
-        let port = gateway.port;
-        self.own_ports.lock().expect("ports lock").insert(port);
-        let (browser_gone, gateway_stop, own_ports) = (shared.browser.exited(), stop.clone(), self.own_ports.clone());
+        let (gateway, listener_back) =
+            match Gateway::serve_on(listener, self.policy.clone(), self.metrics.clone(), stop.clone()) {
+                Ok(serving) => serving,
+                // The listener is gone with the error; the browser cannot have used it yet.
+                Err(e) => return Err(format!("the context's gateway could not start: {e}")),
+            };
+        // The gateway stops with the context, or with the browser.
+        let (browser_gone, gateway_stop) = (shared.browser.exited(), stop.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = browser_gone.cancelled() => gateway_stop.cancel(),
                 _ = gateway_stop.cancelled() => {}
             }
-            own_ports.lock().expect("ports lock").remove(&port);
         });
-        let fail = |what: &str, e: CallError| {
-            stop.cancel();
-            format!("{what}: {e:?}")
-        };
+        let port = gateway.port;
         let created = shared
             .client
             .call(
@@ -509,8 +555,18 @@ impl SharedBrowsers {
                 }),
                 CALL_TIMEOUT,
             )
-            .await
-            .map_err(|e| fail("the browser context could not be created", e))?;
+            .await;
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                stop.cancel();
+                // Without an answer the context may exist all the same: its port is not
+                // lent again.
+                let none_made = matches!(e, CallError::Refused(_));
+                give_back(shared, listener_back, none_made).await;
+                return Err(format!("the browser context could not be created: {e:?}"));
+            }
+        };
         let context = created["browserContextId"].as_str().unwrap_or_default().to_owned();
         let tab = json!({
             "url": "about:blank",
@@ -524,12 +580,19 @@ impl SharedBrowsers {
                 shared.targets.insert(target, &context);
             }
             Err(e) => {
-                dispose(shared, &context).await;
-                return Err(fail("the context's first tab could not be opened", e));
+                stop.cancel();
+                let disposed = dispose(shared, &context).await;
+                give_back(shared, listener_back, disposed).await;
+                return Err(format!("the context's first tab could not be opened: {e:?}"));
             }
         }
         self.metrics.contexts_created.fetch_add(1, Relaxed);
-        Ok(Prepared { context, gateway, stop })
+        Ok(Prepared {
+            context,
+            gateway,
+            stop,
+            listener_back,
+        })
     }
 
     /// Hands the prepared context to a session.
@@ -555,6 +618,7 @@ impl SharedBrowsers {
             gateway: prepared.gateway,
             traffic,
             gateway_stop: prepared.stop,
+            listener_back: Some(prepared.listener_back),
             browsers: Arc::downgrade(self),
         }
     }
@@ -601,6 +665,7 @@ impl SharedBrowsers {
                 port: b.browser.port,
                 contexts: b.contexts(),
                 draining: b.draining.load(Relaxed),
+                gateway_ports: b.gateway_ports.ports().to_vec(),
             })
             .collect()
     }

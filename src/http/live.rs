@@ -237,8 +237,9 @@ async fn relay_filtered<V, B>(
             _ = session.ended().cancelled() => break Ending::Ended,
             m = viewer_rx.next() => match m {
                 Some(Ok(Message::Text(text))) => match allowed(&text, read_only) {
-                    Ok(command) => {
-                        if browser_tx.send(Message::text(command)).await.is_err() {
+                    // Passed on as it came: no copy of a large message is made here.
+                    Ok(()) => {
+                        if browser_tx.send(Message::Text(text)).await.is_err() {
                             break Ending::BrowserGone;
                         }
                     }
@@ -308,46 +309,33 @@ async fn relay_filtered<V, B>(
 
 /// A viewer's command as the live view reads it: the parameters stay text (a viewer's
 /// message is read within `max_parsed_message_bytes` and without growing), and a part
-/// given twice is refused, so what goes to the browser is what was checked.
+/// given twice or a part that is not one of these is refused, so the message can go to
+/// the browser as it came: what the browser reads is what was checked.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ViewerCommand<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     method: Option<String>,
-    #[serde(borrow)]
-    params: Option<&'a RawValue>,
+    // Read only to be known parts of a command (and valid JSON): they pass as written.
+    #[serde(borrow, rename = "params")]
+    _params: Option<&'a RawValue>,
     #[serde(borrow, rename = "sessionId")]
-    session: Option<&'a RawValue>,
+    _session: Option<&'a RawValue>,
 }
 
-/// The command to send on if a viewer may send it; otherwise the CDP error to answer with.
-fn allowed(text: &str, read_only: bool) -> Result<String, Value> {
+/// Whether a viewer may send the command `text` (then it goes on as it is); otherwise the
+/// CDP error to answer with.
+fn allowed(text: &str, read_only: bool) -> Result<(), Value> {
     let command = text
         .trim_start()
         .starts_with('{')
         .then(|| serde_json::from_str::<ViewerCommand>(text).ok())
         .flatten();
     let method = command.as_ref().and_then(|c| c.method.as_deref()).unwrap_or("");
-    if let Some(command) = &command
-        && (VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)))
-    {
-        // Sized up front: a large command is written once, not copied as it grows.
-        let mut sent = String::with_capacity(text.len() + 32);
-        sent.push_str(&format!(
-            "{{\"id\":{},\"method\":{}",
-            raw_or_null(command.id),
-            json!(method)
-        ));
-        if let Some(params) = command.params {
-            sent.push_str(",\"params\":");
-            sent.push_str(params.get());
-        }
-        if let Some(session) = command.session {
-            sent.push_str(",\"sessionId\":");
-            sent.push_str(session.get());
-        }
-        sent.push('}');
-        return Ok(sent);
+    // A message that is not a command has no method, which no list holds.
+    if VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)) {
+        return Ok(());
     }
     let why = if read_only && INPUT_METHODS.contains(&method) {
         "this live view link is read-only"
@@ -362,10 +350,6 @@ fn allowed(text: &str, read_only: bool) -> Result<String, Value> {
         "id": id,
         "error": { "code": -32601, "message": format!("{method}: {why}") },
     }))
-}
-
-fn raw_or_null(raw: Option<&RawValue>) -> &str {
-    raw.map_or("null", RawValue::get)
 }
 
 #[cfg(test)]
@@ -435,6 +419,35 @@ mod tests {
         );
     }
 
+    /// An allowed command reaches the browser byte for byte as the viewer sent it (the
+    /// live view makes no copy of it), a refused one not at all.
+    #[tokio::test]
+    async fn a_viewers_command_is_passed_on_as_it_came() {
+        let session = crate::session::external_session();
+        let (page_end, viewer_end) = tokio::io::duplex(64 * 1024);
+        let (browser_end, relay_end) = tokio::io::duplex(64 * 1024);
+        let mut page = WebSocketStream::from_raw_socket(page_end, Role::Client, None).await;
+        let mut browser_side = WebSocketStream::from_raw_socket(browser_end, Role::Server, None).await;
+        let viewer = WebSocketStream::from_raw_socket(viewer_end, Role::Server, None).await;
+        let browser = WebSocketStream::from_raw_socket(relay_end, Role::Client, None).await;
+        let metrics = Metrics::default();
+        let relay = relay_filtered(viewer, browser, &session, true, &metrics);
+        let sent = r#" {"method":"Page.enable", "id":3 ,"params":{"x":[0, 0]}} "#;
+        let check = async {
+            let refused = r#"{"id":2,"method":"Page.enable","x":1}"#;
+            page.send(Message::text(refused)).await.unwrap();
+            page.send(Message::text(sent)).await.unwrap();
+            let Some(Ok(Message::Text(arrived))) = browser_side.next().await else {
+                panic!("nothing reached the browser");
+            };
+            assert_eq!(arrived.as_str(), sent);
+            session.end(EndReason::Terminated).unwrap();
+        };
+        tokio::time::timeout(relay::EXIT_GRACE * 2, futures_util::future::join(relay, check))
+            .await
+            .expect("the relay ends with the session");
+    }
+
     #[test]
     fn viewers_get_only_what_a_viewer_needs() {
         let cmd = |m: &str| json!({"id": 7, "method": m, "params": {}}).to_string();
@@ -453,22 +466,26 @@ mod tests {
             assert!(allowed(&cmd(m), false).is_err(), "{m}");
         }
         assert!(allowed("not json", false).is_err());
-        // What is sent on is what was checked: a part given twice, or an array, is not a
-        // command; the parameters pass as they came.
+        // What is sent on is what was checked: a part given twice, a part that is not one
+        // of a command's, an array, or anything after the object is not a command.
         for text in [
             r#"{"id":1,"method":"Page.enable","method":"Runtime.evaluate"}"#,
+            r#"{"id":1,"method":"Page.enable","Method":"Runtime.evaluate"}"#,
+            r#"{"id":2,"method":"Page.startScreencast","params":{},"sessionId":"S","x":[0,0]}"#,
+            r#"{"id":1,"method":"Page.enable"} {"id":2,"method":"Runtime.evaluate"}"#,
             r#"[1,"Page.enable"]"#,
         ] {
             assert!(allowed(text, false).is_err(), "{text}");
         }
-        let sent = allowed(
-            r#"{"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S","x":[0,0]}"#,
-            true,
-        )
-        .unwrap();
-        assert_eq!(
-            sent,
-            r#"{"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S"}"#
+        // An escaped method name is read as the browser reads it.
+        assert!(allowed(r#"{"id":1,"method":"Runtime.\u0065valuate"}"#, false).is_err());
+        assert!(allowed(r#"{"id":1,"method":"Page.\u0065nable"}"#, true).is_ok());
+        assert!(
+            allowed(
+                r#" {"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S"} "#,
+                true
+            )
+            .is_ok()
         );
     }
 }
