@@ -4,7 +4,8 @@
 //!
 //! The page speaks CDP to the session's browser through `/live/{session}/cdp`, on its own
 //! connection. The broker passes on only the commands a viewer needs, and none of the
-//! input ones for a read-only link; its token is scoped to viewing that one session and
+//! input ones for a read-only link (what those are is [`crate::browser::live_filter`]'s to
+//! say; this module wires the sockets); its token is scoped to viewing that one session and
 //! expires with it.
 
 use std::sync::Arc;
@@ -13,8 +14,6 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,6 +25,7 @@ use super::Body;
 use super::error::ApiError;
 use crate::auth::Scope;
 use crate::broker::{Broker, SessionError};
+use crate::browser::live_filter;
 use crate::metrics::Metrics;
 use crate::proxy::handshake::{upgrade_response, websocket_key};
 use crate::proxy::{self, relay};
@@ -33,26 +33,6 @@ use crate::session::Session;
 use crate::store::{EndReason, Status};
 
 const PAGE: &str = include_str!("live.html");
-
-/// What any viewer may send: find tabs, attach, watch.
-const VIEW_METHODS: &[&str] = &[
-    "Target.setDiscoverTargets",
-    "Target.getTargets",
-    "Target.attachToTarget",
-    "Target.detachFromTarget",
-    "Page.enable",
-    "Page.startScreencast",
-    "Page.stopScreencast",
-    "Page.screencastFrameAck",
-];
-
-/// What an interactive viewer may send besides.
-const INPUT_METHODS: &[&str] = &[
-    "Target.activateTarget",
-    "Input.dispatchMouseEvent",
-    "Input.dispatchKeyEvent",
-    "Input.insertText",
-];
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
@@ -236,7 +216,7 @@ async fn relay_filtered<V, B>(
             biased;
             _ = session.ended().cancelled() => break Ending::Ended,
             m = viewer_rx.next() => match m {
-                Some(Ok(Message::Text(text))) => match allowed(&text, read_only) {
+                Some(Ok(Message::Text(text))) => match live_filter::check(&text, read_only) {
                     Ok(command) => {
                         if browser_tx.send(Message::text(command)).await.is_err() {
                             break Ending::BrowserGone;
@@ -306,73 +286,13 @@ async fn relay_filtered<V, B>(
     let _ = viewer_tx.close().await;
 }
 
-/// A viewer's command as the live view reads it: the parameters stay text (a viewer's
-/// message is read within `max_parsed_message_bytes` and without growing), and a part
-/// given twice is refused, so what goes to the browser is what was checked.
-#[derive(serde::Deserialize)]
-struct ViewerCommand<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    method: Option<String>,
-    #[serde(borrow)]
-    params: Option<&'a RawValue>,
-    #[serde(borrow, rename = "sessionId")]
-    session: Option<&'a RawValue>,
-}
-
-/// The command to send on if a viewer may send it; otherwise the CDP error to answer with.
-fn allowed(text: &str, read_only: bool) -> Result<String, Value> {
-    let command = text
-        .trim_start()
-        .starts_with('{')
-        .then(|| serde_json::from_str::<ViewerCommand>(text).ok())
-        .flatten();
-    let method = command.as_ref().and_then(|c| c.method.as_deref()).unwrap_or("");
-    if let Some(command) = &command
-        && (VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)))
-    {
-        // Sized up front: a large command is written once, not copied as it grows.
-        let mut sent = String::with_capacity(text.len() + 32);
-        sent.push_str(&format!(
-            "{{\"id\":{},\"method\":{}",
-            raw_or_null(command.id),
-            json!(method)
-        ));
-        if let Some(params) = command.params {
-            sent.push_str(",\"params\":");
-            sent.push_str(params.get());
-        }
-        if let Some(session) = command.session {
-            sent.push_str(",\"sessionId\":");
-            sent.push_str(session.get());
-        }
-        sent.push('}');
-        return Ok(sent);
-    }
-    let why = if read_only && INPUT_METHODS.contains(&method) {
-        "this live view link is read-only"
-    } else {
-        "not available to a live view"
-    };
-    let id = command
-        .as_ref()
-        .and_then(|c| c.id)
-        .and_then(|id| serde_json::from_str::<i64>(id.get()).ok());
-    Err(json!({
-        "id": id,
-        "error": { "code": -32601, "message": format!("{method}: {why}") },
-    }))
-}
-
-fn raw_or_null(raw: Option<&RawValue>) -> &str {
-    raw.map_or("null", RawValue::get)
-}
-
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::Duration;
+
+    use serde_json::json;
 
     use super::*;
 
@@ -432,43 +352,6 @@ mod tests {
         assert_eq!(
             (u16::from(frame.code), frame.reason.as_str()),
             (4002, "session terminated")
-        );
-    }
-
-    #[test]
-    fn viewers_get_only_what_a_viewer_needs() {
-        let cmd = |m: &str| json!({"id": 7, "method": m, "params": {}}).to_string();
-        assert!(allowed(&cmd("Page.startScreencast"), true).is_ok());
-        assert!(allowed(&cmd("Input.dispatchMouseEvent"), false).is_ok());
-        let refused = allowed(&cmd("Input.dispatchMouseEvent"), true).unwrap_err();
-        assert_eq!(refused["id"], 7);
-        assert!(refused["error"]["message"].as_str().unwrap().contains("read-only"));
-        for m in [
-            "Runtime.evaluate",
-            "Browser.close",
-            "Storage.getCookies",
-            "Target.createTarget",
-            "",
-        ] {
-            assert!(allowed(&cmd(m), false).is_err(), "{m}");
-        }
-        assert!(allowed("not json", false).is_err());
-        // What is sent on is what was checked: a part given twice, or an array, is not a
-        // command; the parameters pass as they came.
-        for text in [
-            r#"{"id":1,"method":"Page.enable","method":"Runtime.evaluate"}"#,
-            r#"[1,"Page.enable"]"#,
-        ] {
-            assert!(allowed(text, false).is_err(), "{text}");
-        }
-        let sent = allowed(
-            r#"{"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S","x":[0,0]}"#,
-            true,
-        )
-        .unwrap();
-        assert_eq!(
-            sent,
-            r#"{"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S"}"#
         );
     }
 }
