@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use super::cdp::{CallError, Client};
 use super::egress::Egress;
 use super::upstream::{Upstream, UpstreamError};
+use crate::error::Origin;
 
 /// Why no screenshot was taken.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,20 @@ pub enum ScreenshotError {
     Timeout(Duration),
     #[error("the image is not base64: {0}")]
     BadImage(String),
+}
+
+impl ScreenshotError {
+    /// A session whose client closed every tab has nothing to show: the request's; a
+    /// browser that fails or stalls (a page busy in a loop): the upstream's.
+    pub fn origin(&self) -> Origin {
+        match self {
+            ScreenshotError::Connect(e) => e.origin(),
+            ScreenshotError::NoTab => Origin::Client,
+            ScreenshotError::Call { .. } | ScreenshotError::Timeout(_) | ScreenshotError::BadImage(_) => {
+                Origin::Upstream
+            }
+        }
+    }
 }
 
 /// The first tab now, as a JPEG, within `limit` for the whole exchange.

@@ -35,9 +35,7 @@ pub async fn screenshot(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Re
         .active(Some(tenant), id)
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
-    let jpeg = screenshot::capture(&session.upstream, &broker.egress, CAPTURE_TIMEOUT)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("The screen could not be taken: {e}")))?;
+    let jpeg = screenshot::capture(&session.upstream, &broker.egress, CAPTURE_TIMEOUT).await?;
     let mut response = Response::new(full(jpeg));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("image/jpeg"));

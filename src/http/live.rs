@@ -6,13 +6,14 @@
 //! connection. The broker passes on only the commands a viewer needs, and none of the
 //! input ones for a read-only link (what those are is [`crate::browser::live_filter`]'s to
 //! say; this module wires the sockets); its token is scoped to viewing that one session and
-//! expires with it.
+//! expires with it. Refusals are `ApiError`s: a page for the page, JSON for the socket and
+//! the recording unless a browser asks for HTML.
 
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 use super::Body;
-use super::error::ApiError;
+use super::error::{ApiError, Attempt, session_refusal};
 use crate::auth::Scope;
 use crate::broker::{Broker, SessionError};
 use crate::browser::live_filter;
@@ -30,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::proxy::handshake::{upgrade_response, websocket_key};
 use crate::proxy::{self, relay};
 use crate::session::Session;
-use crate::store::{EndReason, Status};
+use crate::store::EndReason;
 
 const PAGE: &str = include_str!("live.html");
 
@@ -42,25 +43,30 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         [sid] => (*sid, Part::Page),
         [sid, "cdp"] => (*sid, Part::Socket),
         [sid, "recording"] => (*sid, Part::Recording),
-        _ => return page(StatusCode::NOT_FOUND, "There is no live view here."),
+        _ => {
+            let refusal = ApiError::not_found("There is no live view here.");
+            return answer_refusal(&broker.metrics, Part::Page, request.headers(), refusal);
+        }
     };
+    let headers = request.headers().clone();
+    let refuse = |e: ApiError| answer_refusal(&broker.metrics, what, &headers, e);
     // An expired link still opens the recording of its ended session (checked below).
     let (claims, current) = match broker.tokens.decode(token.as_deref()) {
         Ok(claims) => (Ok(claims), true),
         Err(_) => (broker.tokens.decode_expired_too(token.as_deref()), false),
     };
     let Some(grant) = claims.ok().filter(|g| g.session == sid) else {
-        return invalid_link();
+        return refuse(invalid_link());
     };
     let read_only = match grant.scope {
         Scope::Live => false,
         Scope::LiveReadOnly => true,
-        Scope::Cdp => return invalid_link(),
+        Scope::Cdp => return refuse(invalid_link()),
     };
     // Only while the session is the token's tenant's.
     let session = match broker.active(Some(&grant.tenant), sid).await {
         Ok(session) if current => session,
-        Ok(_) => return invalid_link(),
+        Ok(_) => return refuse(invalid_link()),
         Err(SessionError::Ended(status)) => {
             let files = broker.artifacts.existing(sid);
             let recorded = files
@@ -70,53 +76,64 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
                 Part::Page if recorded => recording_page(sid, token.as_deref().unwrap_or("")),
                 Part::Recording => {
                     let head = request.method() == hyper::Method::HEAD;
-                    let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
-                    super::error::answer(&broker.metrics, served)
+                    match super::files::serve_recording(files.as_deref(), request.headers(), head).await {
+                        Ok(served) => served,
+                        Err(e) => refuse(e),
+                    }
                 }
-                _ if status == Status::Expired => page(StatusCode::GONE, "This session has expired."),
-                _ => page(StatusCode::GONE, "This session has ended."),
+                _ => refuse(session_refusal(SessionError::Ended(status), Attempt::View)),
             };
         }
-        Err(SessionError::NotFound) => return page(StatusCode::NOT_FOUND, "This session no longer exists."),
-        Err(SessionError::Store(e)) => {
-            tracing::warn!(error = %e, "live view: session lookup failed");
-            return page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The session cannot be looked up right now.",
-            );
+        Err(e) => {
+            if let SessionError::Store(e) = &e {
+                tracing::warn!(error = %e, "live view: session lookup failed");
+            }
+            return refuse(session_refusal(e, Attempt::View));
         }
     };
-    match what {
+    let result = match what {
         Part::Page => {
             let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
-            html_response(StatusCode::OK, html)
+            Ok(html_response(StatusCode::OK, html))
         }
         Part::Recording => {
             // The recording so far, while the session runs.
             let files = broker.artifacts.existing(sid);
             let head = request.method() == hyper::Method::HEAD;
-            let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
-            super::error::answer(&broker.metrics, served)
+            super::files::serve_recording(files.as_deref(), request.headers(), head).await
         }
-        Part::Socket => super::error::answer(
-            &broker.metrics,
-            viewer_socket(&broker, session, request, read_only).await,
-        ),
-    }
+        Part::Socket => viewer_socket(&broker, session, request, read_only).await,
+    };
+    result.unwrap_or_else(refuse)
 }
 
 /// What a live view link leads to.
+#[derive(Clone, Copy)]
 enum Part {
     Page,
     Socket,
     Recording,
 }
 
-fn invalid_link() -> Response<Body> {
-    page(
-        StatusCode::UNAUTHORIZED,
-        "This live view link is not valid, or it has expired. Ask for a new link to the session.",
-    )
+fn invalid_link() -> ApiError {
+    ApiError::bad_link("This live view link is not valid, or it has expired. Ask for a new link to the session.")
+}
+
+/// A refusal, logged and counted as every other: the page's as a readable page; the
+/// socket's and the recording's as JSON (`{"detail": …}`, as the API document says),
+/// unless a browser navigating there asks for HTML.
+fn answer_refusal(metrics: &Metrics, what: Part, headers: &HeaderMap, e: ApiError) -> Response<Body> {
+    super::error::record(metrics, &e);
+    let wants_html = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    match what {
+        Part::Page => page(e.status, &e.detail),
+        Part::Socket | Part::Recording if wants_html => page(e.status, &e.detail),
+        Part::Socket | Part::Recording => e.into_response(),
+    }
 }
 
 /// The page of an ended session that was recorded: the recording, to play and seek.
@@ -140,6 +157,12 @@ fn recording_page(sid: &str, token: &str) -> Response<Body> {
 
 /// A readable page for whoever opened a link that does not lead to a session.
 fn page(status: StatusCode, message: &str) -> Response<Body> {
+    // A refusal's words may quote what a client gave (a host name): text, never markup.
+    let message = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Live view · cdpgate</title>\
          <style>body{{font-family:system-ui,sans-serif;background:#15171a;color:#e6e6e6;display:flex;\
