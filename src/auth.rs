@@ -12,6 +12,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::error::Origin;
+
 /// A tenant: the owner of the sessions one API key created. Displayed as a short digest
 /// of the key, so it can appear in logs without revealing the key.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -272,6 +274,13 @@ pub enum TokenError {
     Invalid,
     #[error("the token is for another session")]
     WrongSession,
+}
+
+impl TokenError {
+    /// A missing, bad or misused token is the client's.
+    pub fn origin(&self) -> Origin {
+        Origin::Client
+    }
 }
 
 /// Signs and checks the tokens carried in `cdp_url` (HS256 JWTs).

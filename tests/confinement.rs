@@ -245,7 +245,7 @@ async fn counting_site(body: &'static str) -> (std::net::SocketAddr, Arc<AtomicU
 /// A raw CDP client on the browser target of the shared browser that serves `session`
 /// (found through the broker, as the broker's own connection reaches it), and its ports.
 async fn shared_browser_of(server: &TestServer) -> (CdpClient, Vec<u16>) {
-    let shared = server.broker.shared.browsers();
+    let shared = server.broker.shared().browsers();
     let [browser] = shared.as_slice() else {
         panic!("one shared browser: {shared:?}");
     };

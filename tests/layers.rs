@@ -136,7 +136,9 @@ fn the_module_graph_has_no_circles() {
 /// The layers, lowest first: the order `docs/ARCHITECTURE.md` draws. A module may import
 /// the modules of lower layers and its own folder's, never one of its own layer or above.
 const LAYERS: &[&[&str]] = &[
-    &["error", "values", "egress_rules", "tls", "auth"],
+    // Whose fault an error is: every layer's errors answer it.
+    &["error"],
+    &["values", "egress_rules", "tls", "auth"],
     &["config", "metrics", "limits", "quota", "store"],
     &["browser", "telemetry"],
     &["profile", "artifacts"],

@@ -482,7 +482,8 @@ async fn discovery_opens_activates_and_closes_tabs() {
         .await,
         "the tabs are closed"
     );
-    // Unknown targets are Chrome's 404, through the broker.
+    // An unknown target is the API's 404, JSON as the document says (Chrome's own answer
+    // is plain text).
     let r = server
         .call(
             Method::GET,
@@ -492,6 +493,11 @@ async fn discovery_opens_activates_and_closes_tabs() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!(
+        r.json["detail"], "No such target id: 0123456789ABCDEF0123456789ABCDEF",
+        "{}",
+        r.body
+    );
     server.stop().await;
 }
 

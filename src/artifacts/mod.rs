@@ -25,6 +25,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::unix_secs;
+use crate::error::Origin;
 use crate::metrics::{ArtifactUsage as Usage, Metrics};
 
 /// The longest file name kept, in bytes (most file systems allow 255).
@@ -99,6 +100,17 @@ pub enum FileError {
     OverQuota(u64),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+impl FileError {
+    /// A bad name, a missing or unfinished file, or a quota reached is the request's; a
+    /// disk that fails is the broker's.
+    pub fn origin(&self) -> Origin {
+        match self {
+            FileError::Io(_) => Origin::Internal,
+            _ => Origin::Client,
+        }
+    }
 }
 
 /// Checks a name given by a client (an upload, a path segment): refused rather than

@@ -88,15 +88,15 @@ impl BrokerError {
             | BrokerError::Quota(_)
             | BrokerError::StateRefused(_)
             | BrokerError::OptionRefused(_) => Origin::Client,
-            BrokerError::BrowserSetup(_) => Origin::Upstream,
+            BrokerError::BrowserSetup(e) | BrokerError::ProfileBrowser(e) => e.origin(),
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
-            BrokerError::ProfileBrowser(_) | BrokerError::ProfileTimedOut(_) => Origin::Upstream,
+            BrokerError::Capacity(e) => e.origin(),
+            BrokerError::ProfileTimedOut(_) => Origin::Upstream,
             BrokerError::Store(e) => e.origin(),
-            BrokerError::ShuttingDown
-            | BrokerError::Capacity(_)
-            | BrokerError::ProfileUnreadable(_)
-            | BrokerError::ProfileNotSaved(_) => Origin::Internal,
+            BrokerError::ShuttingDown | BrokerError::ProfileUnreadable(_) | BrokerError::ProfileNotSaved(_) => {
+                Origin::Internal
+            }
         }
     }
 }

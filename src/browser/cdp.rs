@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Origin;
+
 /// Largest discovery answer read (`/json/protocol` is about 1 MB).
 const MAX_DISCOVERY_BYTES: usize = 16 * 1024 * 1024;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +39,13 @@ pub enum CdpError {
     /// The browser understood the command and refused it (a CDP error answer).
     #[error("the browser refused {method}: {message}")]
     Refused { method: String, message: String },
+}
+
+impl CdpError {
+    /// Every way a browser's DevTools connection fails is the browser's.
+    pub fn origin(&self) -> Origin {
+        Origin::Upstream
+    }
 }
 
 /// A request to a DevTools HTTP endpoint at `addr` (host:port); answers status and body.

@@ -2,8 +2,10 @@
 //! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
 //! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
 //! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]), the
-//! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]), and
-//! what the kernel lets each browser touch ([`confine`]).
+//! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]),
+//! what the kernel lets each browser touch ([`confine`]), what a client may send: the
+//! context filter ([`filter`]) and the live view's ([`live_filter`]), and a session's
+//! screen now ([`screenshot`]).
 
 pub mod byo;
 pub mod cdp;
@@ -16,8 +18,10 @@ pub mod forward;
 pub mod gateway_ports;
 pub mod identity;
 pub mod launcher;
+pub mod live_filter;
 pub mod pool;
 pub mod scope;
+pub mod screenshot;
 pub mod shared;
 pub mod tab_cap;
 pub mod upstream;

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::launcher::{Browser, LaunchError, Launcher, Screen, Use};
+use crate::error::Origin;
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering;
 
@@ -28,6 +29,17 @@ pub enum PoolError {
     /// A shared browser could not give a session its context.
     #[error("the browser context could not be set up: {0}")]
     Setup(String),
+}
+
+impl PoolError {
+    /// No slot, or a browser of ours that does not start, is the broker's; a shared
+    /// browser that fails to make a context is the browser's.
+    pub fn origin(&self) -> Origin {
+        match self {
+            PoolError::Busy | PoolError::Launch(_) => Origin::Internal,
+            PoolError::Setup(_) => Origin::Upstream,
+        }
+    }
 }
 
 /// A browser checked out for one session, with the slot it occupies. Dropping it kills

@@ -25,6 +25,7 @@ use super::cdp;
 use super::egress::{Egress, EgressError};
 use super::filter::Root;
 use super::scope::{ContextScope, pipe};
+use crate::error::Origin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -40,6 +41,23 @@ pub enum UpstreamError {
     Http(String),
     #[error("the WebSocket upgrade was answered {status}")]
     Rejected { status: u16, body: Vec<u8> },
+}
+
+impl UpstreamError {
+    /// A refused address is the egress policy working and an unknown target the client's
+    /// mistake; the rest is the browser (or the user's endpoint) failing.
+    pub fn origin(&self) -> Origin {
+        match self {
+            UpstreamError::Refused(_) => Origin::Client,
+            UpstreamError::Rejected { status, body } if is_unknown_target(*status, body) => Origin::Client,
+            _ => Origin::Upstream,
+        }
+    }
+}
+
+/// Chrome answers an unknown target id with 404, or 500 "No such target id".
+pub fn is_unknown_target(status: u16, body: &[u8]) -> bool {
+    status == 404 || body.starts_with(b"No such target")
 }
 
 /// A connection to a browser: plain TCP, TLS for `wss://`/`https://` endpoints, or the

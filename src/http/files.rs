@@ -32,20 +32,6 @@ pub fn render_file(entry: &FileEntry) -> Value {
     })
 }
 
-impl From<FileError> for ApiError {
-    fn from(e: FileError) -> ApiError {
-        match e {
-            FileError::BadName(_) => ApiError::unprocessable(e.to_string()),
-            FileError::NotFound(_) => ApiError::not_found(e.to_string()),
-            FileError::InProgress(_) => ApiError::conflict(e.to_string()),
-            FileError::TooLarge(_) | FileError::OverQuota(_) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            FileError::Io(_) => ApiError::internal(e.to_string()),
-        }
-    }
-}
-
 /// The session's files, if it is the tenant's (an unknown session is a 404; a session
 /// without files has none).
 async fn files_of(
@@ -389,17 +375,7 @@ async fn serve(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .len();
-    let wanted = match range(headers, len) {
-        Ok(r) => r,
-        Err(()) => {
-            let mut r =
-                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, format!("the file has {len} bytes")).into_response();
-            if let Ok(v) = header::HeaderValue::from_str(&format!("bytes */{len}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(r);
-        }
-    };
+    let wanted = range(headers, len).map_err(|()| ApiError::range_not_satisfiable(len))?;
     let (start, end) = wanted.unwrap_or((0, len.saturating_sub(1)));
     let count = if len == 0 { 0 } else { end - start + 1 };
     let body = if head || count == 0 {

@@ -4,17 +4,17 @@
 //!
 //! The page speaks CDP to the session's browser through `/live/{session}/cdp`, on its own
 //! connection. The broker passes on only the commands a viewer needs, and none of the
-//! input ones for a read-only link; its token is scoped to viewing that one session and
-//! expires with it.
+//! input ones for a read-only link (what those are is [`crate::browser::live_filter`]'s to
+//! say; this module wires the sockets); its token is scoped to viewing that one session and
+//! expires with it. Refusals are `ApiError`s: a page for the page, JSON for the socket and
+//! the recording unless a browser asks for HTML.
 
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,36 +23,17 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 use super::Body;
-use super::error::ApiError;
+use super::error::{ApiError, Attempt, session_refusal};
 use crate::auth::Scope;
 use crate::broker::{Broker, SessionError};
+use crate::browser::live_filter;
 use crate::metrics::Metrics;
 use crate::proxy::handshake::{upgrade_response, websocket_key};
 use crate::proxy::{self, relay};
 use crate::session::Session;
-use crate::store::{EndReason, Status};
+use crate::store::EndReason;
 
 const PAGE: &str = include_str!("live.html");
-
-/// What any viewer may send: find tabs, attach, watch.
-const VIEW_METHODS: &[&str] = &[
-    "Target.setDiscoverTargets",
-    "Target.getTargets",
-    "Target.attachToTarget",
-    "Target.detachFromTarget",
-    "Page.enable",
-    "Page.startScreencast",
-    "Page.stopScreencast",
-    "Page.screencastFrameAck",
-];
-
-/// What an interactive viewer may send besides.
-const INPUT_METHODS: &[&str] = &[
-    "Target.activateTarget",
-    "Input.dispatchMouseEvent",
-    "Input.dispatchKeyEvent",
-    "Input.insertText",
-];
 
 pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
@@ -62,25 +43,30 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
         [sid] => (*sid, Part::Page),
         [sid, "cdp"] => (*sid, Part::Socket),
         [sid, "recording"] => (*sid, Part::Recording),
-        _ => return page(StatusCode::NOT_FOUND, "There is no live view here."),
+        _ => {
+            let refusal = ApiError::not_found("There is no live view here.");
+            return answer_refusal(broker.metrics(), Part::Page, request.headers(), refusal);
+        }
     };
+    let headers = request.headers().clone();
+    let refuse = |e: ApiError| answer_refusal(broker.metrics(), what, &headers, e);
     // An expired link still opens the recording of its ended session (checked below).
     let (claims, current) = match broker.tokens().decode(token.as_deref()) {
         Ok(claims) => (Ok(claims), true),
         Err(_) => (broker.tokens().decode_expired_too(token.as_deref()), false),
     };
     let Some(grant) = claims.ok().filter(|g| g.session == sid) else {
-        return invalid_link();
+        return refuse(invalid_link());
     };
     let read_only = match grant.scope {
         Scope::Live => false,
         Scope::LiveReadOnly => true,
-        Scope::Cdp => return invalid_link(),
+        Scope::Cdp => return refuse(invalid_link()),
     };
     // Only while the session is the token's tenant's.
     let session = match broker.active(Some(&grant.tenant), sid).await {
         Ok(session) if current => session,
-        Ok(_) => return invalid_link(),
+        Ok(_) => return refuse(invalid_link()),
         Err(SessionError::Ended(status)) => {
             let files = broker.artifacts().existing(sid);
             let recorded = files
@@ -90,53 +76,64 @@ pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response
                 Part::Page if recorded => recording_page(sid, token.as_deref().unwrap_or("")),
                 Part::Recording => {
                     let head = request.method() == hyper::Method::HEAD;
-                    let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
-                    super::error::answer(broker.metrics(), served)
+                    match super::files::serve_recording(files.as_deref(), request.headers(), head).await {
+                        Ok(served) => served,
+                        Err(e) => refuse(e),
+                    }
                 }
-                _ if status == Status::Expired => page(StatusCode::GONE, "This session has expired."),
-                _ => page(StatusCode::GONE, "This session has ended."),
+                _ => refuse(session_refusal(SessionError::Ended(status), Attempt::View)),
             };
         }
-        Err(SessionError::NotFound) => return page(StatusCode::NOT_FOUND, "This session no longer exists."),
-        Err(SessionError::Store(e)) => {
-            tracing::warn!(error = %e, "live view: session lookup failed");
-            return page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The session cannot be looked up right now.",
-            );
+        Err(e) => {
+            if let SessionError::Store(e) = &e {
+                tracing::warn!(error = %e, "live view: session lookup failed");
+            }
+            return refuse(session_refusal(e, Attempt::View));
         }
     };
-    match what {
+    let result = match what {
         Part::Page => {
             let html = PAGE.replace("{{READ_ONLY}}", if read_only { "true" } else { "false" });
-            html_response(StatusCode::OK, html)
+            Ok(html_response(StatusCode::OK, html))
         }
         Part::Recording => {
             // The recording so far, while the session runs.
             let files = broker.artifacts().existing(sid);
             let head = request.method() == hyper::Method::HEAD;
-            let served = super::files::serve_recording(files.as_deref(), request.headers(), head).await;
-            super::error::answer(broker.metrics(), served)
+            super::files::serve_recording(files.as_deref(), request.headers(), head).await
         }
-        Part::Socket => super::error::answer(
-            broker.metrics(),
-            viewer_socket(&broker, session, request, read_only).await,
-        ),
-    }
+        Part::Socket => viewer_socket(&broker, session, request, read_only).await,
+    };
+    result.unwrap_or_else(refuse)
 }
 
 /// What a live view link leads to.
+#[derive(Clone, Copy)]
 enum Part {
     Page,
     Socket,
     Recording,
 }
 
-fn invalid_link() -> Response<Body> {
-    page(
-        StatusCode::UNAUTHORIZED,
-        "This live view link is not valid, or it has expired. Ask for a new link to the session.",
-    )
+fn invalid_link() -> ApiError {
+    ApiError::bad_link("This live view link is not valid, or it has expired. Ask for a new link to the session.")
+}
+
+/// A refusal, logged and counted as every other: the page's as a readable page; the
+/// socket's and the recording's as JSON (`{"detail": …}`, as the API document says),
+/// unless a browser navigating there asks for HTML.
+fn answer_refusal(metrics: &Metrics, what: Part, headers: &HeaderMap, e: ApiError) -> Response<Body> {
+    super::error::record(metrics, &e);
+    let wants_html = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    match what {
+        Part::Page => page(e.status, &e.detail),
+        Part::Socket | Part::Recording if wants_html => page(e.status, &e.detail),
+        Part::Socket | Part::Recording => e.into_response(),
+    }
 }
 
 /// The page of an ended session that was recorded: the recording, to play and seek.
@@ -160,6 +157,12 @@ fn recording_page(sid: &str, token: &str) -> Response<Body> {
 
 /// A readable page for whoever opened a link that does not lead to a session.
 fn page(status: StatusCode, message: &str) -> Response<Body> {
+    // A refusal's words may quote what a client gave (a host name): text, never markup.
+    let message = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Live view · cdpgate</title>\
          <style>body{{font-family:system-ui,sans-serif;background:#15171a;color:#e6e6e6;display:flex;\
@@ -236,7 +239,7 @@ async fn relay_filtered<V, B>(
             biased;
             _ = session.ended().cancelled() => break Ending::Ended,
             m = viewer_rx.next() => match m {
-                Some(Ok(Message::Text(text))) => match allowed(&text, read_only) {
+                Some(Ok(Message::Text(text))) => match live_filter::check(&text, read_only) {
                     // Passed on as it came: no copy of a large message is made here.
                     Ok(()) => {
                         if browser_tx.send(Message::Text(text)).await.is_err() {
@@ -307,56 +310,13 @@ async fn relay_filtered<V, B>(
     let _ = viewer_tx.close().await;
 }
 
-/// A viewer's command as the live view reads it: the parameters stay text (a viewer's
-/// message is read within `max_parsed_message_bytes` and without growing), and a part
-/// given twice or a part that is not one of these is refused, so the message can go to
-/// the browser as it came: what the browser reads is what was checked.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ViewerCommand<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    method: Option<String>,
-    // Read only to be known parts of a command (and valid JSON): they pass as written.
-    #[serde(borrow, rename = "params")]
-    _params: Option<&'a RawValue>,
-    #[serde(borrow, rename = "sessionId")]
-    _session: Option<&'a RawValue>,
-}
-
-/// Whether a viewer may send the command `text` (then it goes on as it is); otherwise the
-/// CDP error to answer with.
-fn allowed(text: &str, read_only: bool) -> Result<(), Value> {
-    let command = text
-        .trim_start()
-        .starts_with('{')
-        .then(|| serde_json::from_str::<ViewerCommand>(text).ok())
-        .flatten();
-    let method = command.as_ref().and_then(|c| c.method.as_deref()).unwrap_or("");
-    // A message that is not a command has no method, which no list holds.
-    if VIEW_METHODS.contains(&method) || (!read_only && INPUT_METHODS.contains(&method)) {
-        return Ok(());
-    }
-    let why = if read_only && INPUT_METHODS.contains(&method) {
-        "this live view link is read-only"
-    } else {
-        "not available to a live view"
-    };
-    let id = command
-        .as_ref()
-        .and_then(|c| c.id)
-        .and_then(|id| serde_json::from_str::<i64>(id.get()).ok());
-    Err(json!({
-        "id": id,
-        "error": { "code": -32601, "message": format!("{method}: {why}") },
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::Duration;
+
+    use serde_json::json;
 
     use super::*;
 
@@ -446,46 +406,5 @@ mod tests {
         tokio::time::timeout(relay::EXIT_GRACE * 2, futures_util::future::join(relay, check))
             .await
             .expect("the relay ends with the session");
-    }
-
-    #[test]
-    fn viewers_get_only_what_a_viewer_needs() {
-        let cmd = |m: &str| json!({"id": 7, "method": m, "params": {}}).to_string();
-        assert!(allowed(&cmd("Page.startScreencast"), true).is_ok());
-        assert!(allowed(&cmd("Input.dispatchMouseEvent"), false).is_ok());
-        let refused = allowed(&cmd("Input.dispatchMouseEvent"), true).unwrap_err();
-        assert_eq!(refused["id"], 7);
-        assert!(refused["error"]["message"].as_str().unwrap().contains("read-only"));
-        for m in [
-            "Runtime.evaluate",
-            "Browser.close",
-            "Storage.getCookies",
-            "Target.createTarget",
-            "",
-        ] {
-            assert!(allowed(&cmd(m), false).is_err(), "{m}");
-        }
-        assert!(allowed("not json", false).is_err());
-        // What is sent on is what was checked: a part given twice, a part that is not one
-        // of a command's, an array, or anything after the object is not a command.
-        for text in [
-            r#"{"id":1,"method":"Page.enable","method":"Runtime.evaluate"}"#,
-            r#"{"id":1,"method":"Page.enable","Method":"Runtime.evaluate"}"#,
-            r#"{"id":2,"method":"Page.startScreencast","params":{},"sessionId":"S","x":[0,0]}"#,
-            r#"{"id":1,"method":"Page.enable"} {"id":2,"method":"Runtime.evaluate"}"#,
-            r#"[1,"Page.enable"]"#,
-        ] {
-            assert!(allowed(text, false).is_err(), "{text}");
-        }
-        // An escaped method name is read as the browser reads it.
-        assert!(allowed(r#"{"id":1,"method":"Runtime.\u0065valuate"}"#, false).is_err());
-        assert!(allowed(r#"{"id":1,"method":"Page.\u0065nable"}"#, true).is_ok());
-        assert!(
-            allowed(
-                r#" {"id":2,"method":"Page.startScreencast","params":{"format": "jpeg"},"sessionId":"S"} "#,
-                true
-            )
-            .is_ok()
-        );
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode, header};
+use hyper::{Method, Request, header};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -49,12 +49,7 @@ pub async fn read_json_object(
 
 /// Reads the body, at most `limit` bytes within `read_time`.
 pub async fn read_body(request: Request<Incoming>, limit: usize, read_time: Duration) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body is too large: the limit is {limit} bytes"),
-        )
-    };
+    let too_large = || ApiError::too_large(format!("Request body is too large: the limit is {limit} bytes"));
     if let Some(length) = request.headers().get(header::CONTENT_LENGTH)
         && length
             .to_str()
@@ -68,10 +63,10 @@ pub async fn read_body(request: Request<Incoming>, limit: usize, read_time: Dura
     let bytes = tokio::time::timeout(read_time, Limited::new(request.into_body(), limit).collect())
         .await
         .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("The request body did not arrive within {} s", read_time.as_secs_f64()),
-            )
+            ApiError::read_timeout(format!(
+                "The request body did not arrive within {} s",
+                read_time.as_secs_f64()
+            ))
         })?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {

@@ -8,7 +8,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 use url::form_urlencoded;
 
-use super::error::ProxyError;
+use super::error::{ProxyError, is_unknown_target};
 use crate::broker::Broker;
 use crate::browser::upstream::UpstreamError;
 use crate::browser::url_policy;
@@ -55,7 +55,7 @@ pub(super) async fn discovery(
     if let Some(scope) = &session.upstream.scope {
         match rest {
             ["activate", id] | ["close", id] if !scope.owns(id).await => {
-                return Ok(text_response(StatusCode::NOT_FOUND, format!("No such target id: {id}")));
+                return Err(ProxyError::UnknownTarget((*id).to_owned()));
             }
             ["new"] => {
                 let url = form_urlencoded::parse(query.as_bytes())
@@ -83,6 +83,12 @@ pub(super) async fn discovery(
             session.upstream.timeout(broker.config().byo_timeout()),
         )
         .await?;
+    // Another context's target and one Chrome does not know answer alike.
+    if let ["activate", id] | ["close", id] = rest
+        && is_unknown_target(status.as_u16(), &body)
+    {
+        return Err(ProxyError::UnknownTarget((*id).to_owned()));
+    }
     match serde_json::from_slice::<Value>(&body) {
         Ok(mut value) => {
             if let Some(scope) = &session.upstream.scope

@@ -3,6 +3,7 @@
 use crate::auth::TokenError;
 use crate::broker::SessionError;
 use crate::browser::upstream::UpstreamError;
+pub use crate::browser::upstream::is_unknown_target;
 use crate::error::Origin;
 
 use super::handshake::HandshakeError;
@@ -22,6 +23,9 @@ pub enum ProxyError {
     Handshake(#[from] HandshakeError),
     #[error("Not Found")]
     NotFound,
+    /// A target id the session's browser does not have (or another context's).
+    #[error("No such target id: {0}")]
+    UnknownTarget(String),
     #[error("Method Not Allowed")]
     MethodNotAllowed,
     #[error("A tab cannot be opened there: {0}")]
@@ -32,18 +36,14 @@ impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::Session(e) => e.origin(),
-            // A refused address is the policy working; the rest is the browser failing.
-            ProxyError::Upstream(UpstreamError::Refused(_)) => Origin::Client,
-            ProxyError::Upstream(UpstreamError::Rejected { status, body }) if is_unknown_target(*status, body) => {
-                Origin::Client
-            }
-            ProxyError::Upstream(_) => Origin::Upstream,
-            _ => Origin::Client,
+            ProxyError::Upstream(e) => e.origin(),
+            ProxyError::Token(e) => e.origin(),
+            ProxyError::Handshake(e) => e.origin(),
+            ProxyError::ConnectionLimit(_)
+            | ProxyError::NotFound
+            | ProxyError::UnknownTarget(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::UrlRefused(_) => Origin::Client,
         }
     }
-}
-
-/// Chrome answers an unknown target id with 404, or 500 "No such target id".
-pub fn is_unknown_target(status: u16, body: &[u8]) -> bool {
-    status == 404 || body.starts_with(b"No such target")
 }

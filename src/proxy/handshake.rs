@@ -6,6 +6,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::error::Origin;
+
 /// Why a request cannot be upgraded to a WebSocket.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HandshakeError {
@@ -15,6 +17,13 @@ pub enum HandshakeError {
     Version,
     #[error("Missing Sec-WebSocket-Key")]
     MissingKey,
+}
+
+impl HandshakeError {
+    /// A request that is not a proper upgrade is the client's.
+    pub fn origin(&self) -> Origin {
+        Origin::Client
+    }
 }
 
 /// The `101 Switching Protocols` answer to an upgrade request with this key.

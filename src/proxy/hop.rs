@@ -244,7 +244,10 @@ async fn upgrade(
             let mut answer = httparse::Response::new(&mut headers);
             match answer.parse(&buf) {
                 Ok(httparse::Status::Complete(len)) => {
-                    let status = StatusCode::from_u16(answer.code.unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let status = answer
+                        .code
+                        .and_then(|code| StatusCode::from_u16(code).ok())
+                        .ok_or_else(|| http("the node's answer has no valid status".into()))?;
                     let mut response = Response::builder().status(status);
                     let mut content_length = 0usize;
                     for h in answer.headers.iter() {
