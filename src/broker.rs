@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
@@ -545,10 +544,10 @@ impl Broker {
         };
         // Held until the session runs (or the create fails): nothing is taken before it.
         let _place = self.reserve_place(&tenant, kind).await.inspect_err(|_| {
-            self.metrics.create_quota_refused.fetch_add(1, Relaxed);
+            self.metrics.create_quota_refused.inc();
         })?;
         if let Err(wait) = self.take_create(&tenant).await {
-            self.metrics.create_rate_limited.fetch_add(1, Relaxed);
+            self.metrics.create_rate_limited.inc();
             return Err(BrokerError::RateLimited {
                 per_minute: self.config.creates_per_minute,
                 retry_after: wait.as_secs() + 1,
@@ -802,7 +801,7 @@ impl Broker {
     }
 
     fn capacity_error(&self, e: PoolError) -> BrokerError {
-        self.metrics.create_rejected.fetch_add(1, Relaxed);
+        self.metrics.create_rejected.inc();
         BrokerError::Capacity(e)
     }
 
@@ -926,7 +925,7 @@ impl Broker {
                 .insert(id, std::time::Instant::now());
             return Err(e.into());
         }
-        self.metrics.sessions_created.fetch_add(1, Relaxed);
+        self.metrics.sessions_created.inc();
         let span = session.span();
         if request.options.idle_timeout > 0 {
             let idle = Duration::from_secs(request.options.idle_timeout);
@@ -1099,7 +1098,7 @@ impl Broker {
     /// status if it had already ended.
     pub async fn terminate(&self, session: &Arc<Session>) -> Result<(), Status> {
         session.end_counted(EndReason::Terminated, || {
-            self.metrics.sessions_terminated.fetch_add(1, Relaxed);
+            self.metrics.sessions_terminated.inc();
         })?;
         // Written before the caller hears it is done, should the broker die next.
         self.records.save(session).await;
@@ -1405,7 +1404,7 @@ async fn end_on_time(
             _ = tokio::time::sleep_until(deadline) => {
                 if session.expires_at() <= SystemTime::now() {
                     let count = || {
-                        metrics.sessions_expired.fetch_add(1, Relaxed);
+                        metrics.sessions_expired.inc();
                     };
                     if session.end_counted(EndReason::Expired, count).is_ok() {
                         tracing::info!(session = %session.id, "session expired");
@@ -1416,7 +1415,7 @@ async fn end_on_time(
             _ = session.deadline_moved().notified() => {}
             _ = browser_exited.cancelled() => {
                 let count = || {
-                    metrics.sessions_terminated.fetch_add(1, Relaxed);
+                    metrics.sessions_terminated.inc();
                 };
                 if session.end_counted(EndReason::BrowserExited, count).is_ok() {
                     tracing::info!(session = %session.id, "session ended: its browser exited");
@@ -1425,7 +1424,7 @@ async fn end_on_time(
             }
             _ = browser_crashed.cancelled() => {
                 let count = || {
-                    metrics.sessions_terminated.fetch_add(1, Relaxed);
+                    metrics.sessions_terminated.inc();
                 };
                 if session.end_counted(EndReason::BrowserCrashed, count).is_ok() {
                     tracing::warn!(session = %session.id, "session ended: its shared browser crashed");
@@ -1460,8 +1459,8 @@ async fn end_when_idle(session: Arc<Session>, idle: Duration, metrics: Arc<Metri
         }
         if since.elapsed() >= idle {
             let count = || {
-                metrics.sessions_idle.fetch_add(1, Relaxed);
-                metrics.sessions_expired.fetch_add(1, Relaxed);
+                metrics.sessions_idle.inc();
+                metrics.sessions_expired.inc();
             };
             if session.end_counted(EndReason::Idle, count).is_ok() {
                 tracing::info!(idle_secs = idle.as_secs(), "session ended: idle");

@@ -103,16 +103,8 @@ fn exposition() -> String {
         sessions: 2,
         heartbeat_ms: 0,
     };
-    text.push_str(&cdpgate::http::admin::cluster_metrics(&[
-        (node("a"), true),
-        (node("b"), false),
-    ]));
-    text.push_str(
-        "# HELP cdpgate_cluster_forged_node_records_total Node records read from Redis that do not \
-         verify under the cluster secret (ignored).\n\
-         # TYPE cdpgate_cluster_forged_node_records_total counter\n\
-         cdpgate_cluster_forged_node_records_total 0\n",
-    );
+    let view = cdpgate::http::admin::cluster_view(&[(node("a"), true), (node("b"), false)]);
+    text.push_str(&cdpgate::metrics::render_cluster(Some(&view), 0));
     text
 }
 
@@ -148,7 +140,10 @@ fn families(text: &str) -> BTreeMap<String, Family> {
             assert!(out.insert(name.to_owned(), family).is_none(), "{name} typed twice");
             current = Some(name);
         } else {
-            assert!(!line.starts_with('#'), "a comment line a 0.0.4 scraper would not expect: {line}");
+            assert!(
+                !line.starts_with('#'),
+                "a comment line a 0.0.4 scraper would not expect: {line}"
+            );
             let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
             assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
             let family_name = current.unwrap_or_else(|| panic!("a sample before any # TYPE: {line}"));
@@ -208,4 +203,3 @@ fn every_series_and_help_is_as_before() {
     }
     assert_eq!(now.len(), before.len(), "families added");
 }
-

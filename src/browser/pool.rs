@@ -140,13 +140,10 @@ impl Pool {
             return Ok(slot);
         }
         let started = Instant::now();
-        self.metrics.queue_waiting.fetch_add(1, Ordering::Relaxed);
+        self.metrics.queue_waiting.inc();
         let slot = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
-        self.metrics.queue_waiting.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.queue_waits.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .queue_wait_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.queue_waiting.dec();
+        self.metrics.observe_queue_wait(started.elapsed());
         slot.map_err(|_| PoolError::Busy)?.map_err(|_| PoolError::Busy)
     }
 
