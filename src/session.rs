@@ -372,7 +372,7 @@ fn note_save(session: &Session, binding: &ProfileBinding, outcome: SaveOutcome) 
         SaveOutcome::Superseded => &binding.metrics.profile_saves_superseded,
         _ => &binding.metrics.profile_save_failures,
     };
-    counter.fetch_add(1, Ordering::Relaxed);
+    counter.inc();
     if let Some(link) = &mut session.state().record.profile {
         link.saved = Some(outcome);
     }

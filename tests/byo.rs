@@ -103,11 +103,7 @@ async fn puppeteer_and_playwright_drive_an_external_browser() {
     let site = format!("http://{}/", start_site().await);
     let pool = server.broker.pool().clone();
     assert!(eventually(Duration::from_secs(20), || pool.idle_count() == 1).await);
-    let launched = server
-        .broker
-        .metrics()
-        .browsers_launched
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let launched = server.broker.metrics().browsers_launched.get();
 
     for user_url in [chrome.ws_url.clone(), format!("http://127.0.0.1:{}", chrome.port)] {
         let r = create_byo(&server, json!({"cdp_url": user_url, "ttl": 120})).await;
@@ -136,11 +132,7 @@ async fn puppeteer_and_playwright_drive_an_external_browser() {
         );
     }
     assert_eq!(
-        server
-            .broker
-            .metrics()
-            .browsers_launched
-            .load(std::sync::atomic::Ordering::Relaxed),
+        server.broker.metrics().browsers_launched.get(),
         launched,
         "no managed browser was used"
     );

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
@@ -30,7 +29,7 @@ async fn a_dead_idle_browser_is_replaced() {
     assert!(eventually(Duration::from_secs(20), || pool.idle_count() == 1).await);
     let before = main_browser_pids(server.data_dir.path());
     assert_eq!(before.len(), 1, "one warm browser: {before:?}");
-    let launched = server.broker.metrics().browsers_launched.load(Relaxed);
+    let launched = server.broker.metrics().browsers_launched.get();
 
     kill(before[0], libc::SIGKILL);
     let replaced = eventually(Duration::from_secs(20), || {
@@ -39,7 +38,7 @@ async fn a_dead_idle_browser_is_replaced() {
     })
     .await;
     assert!(replaced, "the pool started a new browser");
-    assert!(server.broker.metrics().browsers_launched.load(Relaxed) > launched);
+    assert!(server.broker.metrics().browsers_launched.get() > launched);
 
     // And the replacement serves a session.
     let s = server.create(json!({})).await;
@@ -110,7 +109,7 @@ async fn a_chromium_that_will_not_start_gets_a_clear_503_and_no_busy_loop() {
 
     // The pool keeps trying in the background, with a growing pause rather than a spin.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let failures = server.broker.metrics().browser_launch_failures.load(Relaxed);
+    let failures = server.broker.metrics().browser_launch_failures.get();
     assert!((2..=12).contains(&failures), "{failures} launches failed in 2 s");
     let r = server.call(hyper::Method::GET, "/health", None, None).await;
     assert_eq!(r.status, hyper::StatusCode::OK, "the API stays up");

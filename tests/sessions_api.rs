@@ -434,11 +434,7 @@ async fn a_full_broker_answers_503_with_retry_after() {
     // Once it waits for a slot (not before), the slot frees up.
     let metrics = &server.broker.metrics();
     assert!(
-        eventually(Duration::from_secs(10), || metrics
-            .queue_waiting
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1)
-        .await,
+        eventually(Duration::from_secs(10), || metrics.queue_waiting.get() == 1).await,
         "the create waits for a slot"
     );
     server.terminate(first["session_id"].as_str().unwrap()).await;

@@ -76,13 +76,7 @@ async fn bad_origins_and_too_many_are_refused_and_change_nothing() {
     let server = TestServer::start().await;
     let id = new_profile(&server).await;
     let before = profile_digest(&server, &id);
-    let launched = || {
-        server
-            .broker
-            .metrics()
-            .browsers_launched
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let launched = || server.broker.metrics().browsers_launched.get();
     let launched_before = launched();
     for origin in [
         "HTTP://a.b.c*",

@@ -16,7 +16,6 @@ pub mod run;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::auth::Tenant;
@@ -152,14 +151,14 @@ impl Actions {
         if let Some(entry) = cached {
             match runner.run_all(&entry.steps, REPLAY_WAIT.min(runner.wait)).await {
                 Ok((outcomes, _)) => {
-                    self.metrics.action_cache_hits.fetch_add(1, Relaxed);
+                    self.metrics.action_cache_hits.inc();
                     answer.success = true;
                     answer.used_cache = true;
                     answer.result = summarize(&outcomes);
                     return answer;
                 }
                 Err(failed) => {
-                    self.metrics.action_cache_failures.fetch_add(1, Relaxed);
+                    self.metrics.action_cache_failures.inc();
                     // Not the error's text: it may name an element by a variable's value.
                     tracing::info!(step = failed.index, "a cached step failed; resolving afresh");
                     answer.cache_failed = true;

@@ -17,7 +17,6 @@ pub mod zip;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -478,7 +477,7 @@ impl SessionFiles {
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 if matches!(e, FileError::OverQuota(_) | FileError::TooLarge(_)) {
-                    self.metrics.files_quota_refusals.fetch_add(1, Relaxed);
+                    self.metrics.files_quota_refusals.inc();
                 }
                 return Err(e);
             }
@@ -487,7 +486,7 @@ impl SessionFiles {
         // Checked again under the lock: a download may have grown meanwhile.
         if let Err(e) = self.quota_check(&index, size, Some(name)) {
             let _ = std::fs::remove_file(&tmp);
-            self.metrics.files_quota_refusals.fetch_add(1, Relaxed);
+            self.metrics.files_quota_refusals.inc();
             return Err(e);
         }
         let path = self.file_path(name);
@@ -501,7 +500,7 @@ impl SessionFiles {
         };
         index.files.insert(name.to_owned(), entry.clone());
         self.save(&index);
-        self.metrics.files_stored.fetch_add(1, Relaxed);
+        self.metrics.files_stored.inc();
         Ok((path, entry))
     }
 
@@ -544,7 +543,7 @@ impl SessionFiles {
         self.save(&index);
         drop(index);
         if !fits {
-            self.metrics.files_quota_refusals.fetch_add(1, Relaxed);
+            self.metrics.files_quota_refusals.inc();
         }
         self.downloads
             .lock()
@@ -587,7 +586,7 @@ impl SessionFiles {
                 entry.state = FileState::Refused;
             }
             self.save(&index);
-            self.metrics.files_quota_refusals.fetch_add(1, Relaxed);
+            self.metrics.files_quota_refusals.inc();
             return false;
         }
         if let Some(entry) = index.files.get_mut(&name) {
@@ -616,7 +615,7 @@ impl SessionFiles {
             None => FileState::Canceled,
             Some(size) if self.quota_check(&index, size, Some(&name)).is_err() => {
                 let _ = std::fs::remove_file(path);
-                self.metrics.files_quota_refusals.fetch_add(1, Relaxed);
+                self.metrics.files_quota_refusals.inc();
                 FileState::Refused
             }
             Some(size) => match move_file(path, &self.file_path(&name)) {
@@ -624,7 +623,7 @@ impl SessionFiles {
                     if let Some(entry) = index.files.get_mut(&name) {
                         entry.size = size;
                     }
-                    self.metrics.files_stored.fetch_add(1, Relaxed);
+                    self.metrics.files_stored.inc();
                     FileState::Complete
                 }
                 Err(e) => {

@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use base64::Engine;
@@ -90,7 +89,7 @@ pub async fn start(
         .and_then(|t| t["targetId"].as_str())
         .map(str::to_owned);
     let ffmpeg = spawn_ffmpeg(&spec).map_err(RecordError::Ffmpeg)?;
-    spec.metrics.recordings_started.fetch_add(1, Relaxed);
+    spec.metrics.recordings_started.inc();
     spec.files.set_recording(RecordingInfo {
         fps: spec.fps,
         ..RecordingInfo::default()
@@ -163,7 +162,7 @@ async fn feed(mut ffmpeg: Child, mut frames: watch::Receiver<Option<Bytes>>, spe
             let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
             if size >= spec.max_bytes {
                 info.truncated = true;
-                spec.metrics.recordings_truncated.fetch_add(1, Relaxed);
+                spec.metrics.recordings_truncated.inc();
                 tracing::info!(bytes = size, "recording stopped at max_recording_bytes");
                 break;
             }

@@ -2,7 +2,6 @@
 //! context, a profile copy or a user's own endpoint, then its record and its watchers.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -54,10 +53,10 @@ impl Broker {
         };
         // Held until the session runs (or the create fails): nothing is taken before it.
         let _place = self.reserve_place(&tenant, kind).await.inspect_err(|_| {
-            self.metrics.create_quota_refused.fetch_add(1, Relaxed);
+            self.metrics.create_quota_refused.inc();
         })?;
         if let Err(wait) = self.take_create(&tenant).await {
-            self.metrics.create_rate_limited.fetch_add(1, Relaxed);
+            self.metrics.create_rate_limited.inc();
             return Err(BrokerError::RateLimited {
                 per_minute: self.config.creates_per_minute,
                 retry_after: wait.as_secs() + 1,
@@ -258,7 +257,7 @@ impl Broker {
     }
 
     fn capacity_error(&self, e: PoolError) -> BrokerError {
-        self.metrics.create_rejected.fetch_add(1, Relaxed);
+        self.metrics.create_rejected.inc();
         BrokerError::Capacity(e)
     }
 
@@ -382,7 +381,7 @@ impl Broker {
                 .insert(id, std::time::Instant::now());
             return Err(e.into());
         }
-        self.metrics.sessions_created.fetch_add(1, Relaxed);
+        self.metrics.sessions_created.inc();
         let span = session.span();
         if request.options.idle_timeout > 0 {
             let idle = Duration::from_secs(request.options.idle_timeout);

@@ -2,7 +2,6 @@
 //! and the sweeps of what ended sessions leave.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
@@ -24,7 +23,7 @@ impl Broker {
     /// status if it had already ended.
     pub async fn terminate(&self, session: &Arc<Session>) -> Result<(), Status> {
         session.end_counted(EndReason::Terminated, || {
-            self.metrics.sessions_terminated.fetch_add(1, Relaxed);
+            self.metrics.sessions_terminated.inc();
         })?;
         // Written before the caller hears it is done, should the broker die next.
         self.records.save(session).await;
@@ -155,7 +154,7 @@ async fn end_on_time(
             _ = tokio::time::sleep_until(deadline) => {
                 if session.expires_at() <= SystemTime::now() {
                     let count = || {
-                        metrics.sessions_expired.fetch_add(1, Relaxed);
+                        metrics.sessions_expired.inc();
                     };
                     if session.end_counted(EndReason::Expired, count).is_ok() {
                         tracing::info!(session = %session.id, "session expired");
@@ -166,7 +165,7 @@ async fn end_on_time(
             _ = session.deadline_moved().notified() => {}
             _ = browser_exited.cancelled() => {
                 let count = || {
-                    metrics.sessions_terminated.fetch_add(1, Relaxed);
+                    metrics.sessions_terminated.inc();
                 };
                 if session.end_counted(EndReason::BrowserExited, count).is_ok() {
                     tracing::info!(session = %session.id, "session ended: its browser exited");
@@ -175,7 +174,7 @@ async fn end_on_time(
             }
             _ = browser_crashed.cancelled() => {
                 let count = || {
-                    metrics.sessions_terminated.fetch_add(1, Relaxed);
+                    metrics.sessions_terminated.inc();
                 };
                 if session.end_counted(EndReason::BrowserCrashed, count).is_ok() {
                     tracing::warn!(session = %session.id, "session ended: its shared browser crashed");
@@ -210,8 +209,8 @@ pub(super) async fn end_when_idle(session: Arc<Session>, idle: Duration, metrics
         }
         if since.elapsed() >= idle {
             let count = || {
-                metrics.sessions_idle.fetch_add(1, Relaxed);
-                metrics.sessions_expired.fetch_add(1, Relaxed);
+                metrics.sessions_idle.inc();
+                metrics.sessions_expired.inc();
             };
             if session.end_counted(EndReason::Idle, count).is_ok() {
                 tracing::info!(idle_secs = idle.as_secs(), "session ended: idle");

@@ -483,11 +483,11 @@ impl Gateway {
         let _in_session = route.span.enter();
         match error {
             OpenError::Refused(e) => {
-                self.metrics.browser_egress_refused.fetch_add(1, Relaxed);
+                self.metrics.browser_egress_refused.inc();
                 tracing::info!(destination = %format!("{host}:{port}"), reason = %e, "browser egress refused");
             }
             OpenError::Proxy(text) => {
-                self.metrics.proxy_errors.fetch_add(1, Relaxed);
+                self.metrics.proxy_errors.inc();
                 route.traffic.proxy_error(text.clone());
                 tracing::info!(destination = %format!("{host}:{port}"), error = %text, "upstream proxy error");
             }
@@ -699,7 +699,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
             this.traffic.bytes_in.fetch_add(n, Relaxed);
-            this.metrics.browser_bytes_in.fetch_add(n, Relaxed);
+            this.metrics.browser_bytes_in.inc_by(n);
         }
         polled
     }
@@ -711,7 +711,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &polled {
             this.traffic.bytes_out.fetch_add(*n as u64, Relaxed);
-            this.metrics.browser_bytes_out.fetch_add(*n as u64, Relaxed);
+            this.metrics.browser_bytes_out.inc_by(*n as u64);
         }
         polled
     }

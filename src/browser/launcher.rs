@@ -451,7 +451,7 @@ impl Launcher {
                 tracing::debug!(browser = %b.id, pid = b.pid, port = b.port, took = ?started.elapsed(), "browser ready");
             }
             Err(e) => {
-                self.metrics.browser_launch_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.browser_launch_failures.inc();
                 tracing::warn!(error = %e, "browser launch failed");
             }
         }

@@ -152,22 +152,19 @@ impl Pool {
             return Ok(slot);
         }
         let started = Instant::now();
-        self.metrics.queue_waiting.fetch_add(1, Ordering::Relaxed);
+        self.metrics.queue_waiting.inc();
         let slot = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
-        self.metrics.queue_waiting.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.queue_waits.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .queue_wait_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.queue_waiting.dec();
+        self.metrics.observe_queue_wait(started.elapsed());
         slot.map_err(|_| PoolError::Busy)?.map_err(|_| PoolError::Busy)
     }
 
-    /// Whether a create could get a browser: one is warm, or the browser starts.
     /// How its browsers are confined, or why none may start.
     pub fn confinement(&self) -> &Result<super::confine::Confinement, String> {
         self.launcher.confinement()
     }
 
+    /// Whether a create could get a browser: one is warm, or the browser starts.
     pub fn ready(&self) -> bool {
         !self.idle.lock().expect("pool lock").is_empty() || self.launcher.can_launch()
     }

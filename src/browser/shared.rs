@@ -326,7 +326,7 @@ impl SharedBrowsers {
         // Another tenant's empty browser makes room for this one.
         if let Some(at) = state.browsers.iter().position(|b| b.contexts() == 0) {
             state.browsers.remove(at);
-            self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
+            self.metrics.shared_browser_recycles.inc();
             state.launching += 1;
             return Reserved::Launch;
         }
@@ -349,7 +349,7 @@ impl SharedBrowsers {
             let before = state.browsers.len();
             state.browsers.retain(|b| !Arc::ptr_eq(b, shared));
             if state.browsers.len() < before {
-                self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
+                self.metrics.shared_browser_recycles.inc();
             }
         }
         self.released.notify_waiters();
@@ -516,7 +516,7 @@ impl SharedBrowsers {
         tracing::info!(browser = %shared.browser.id, "shared browser past its memory limit: recycled once its sessions end");
         if shared.contexts() == 0 {
             state.browsers.retain(|b| b.browser.pid != pid);
-            self.metrics.shared_browser_recycles.fetch_add(1, Relaxed);
+            self.metrics.shared_browser_recycles.inc();
         }
     }
 
@@ -586,7 +586,7 @@ impl SharedBrowsers {
                 return Err(format!("the context's first tab could not be opened: {e:?}"));
             }
         }
-        self.metrics.contexts_created.fetch_add(1, Relaxed);
+        self.metrics.contexts_created.inc();
         Ok(Prepared {
             context,
             gateway,

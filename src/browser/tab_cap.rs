@@ -8,7 +8,6 @@
 //! limit, whatever it asked for.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -77,7 +76,7 @@ async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<
                     open.push(id.to_owned());
                     continue;
                 }
-                cap.metrics.targets_closed.fetch_add(1, Relaxed);
+                cap.metrics.targets_closed.inc();
                 tracing::info!(
                     max = cap.max,
                     "tab closed: the session has max_targets_per_session open"

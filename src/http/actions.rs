@@ -4,7 +4,6 @@
 //! are 4xx. An action never outlives its session.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -109,8 +108,8 @@ pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>)
     } else {
         &m.actions_failed
     }
-    .fetch_add(1, Relaxed);
-    m.action_model_calls.fetch_add(answer.credits as u64, Relaxed);
+    .inc();
+    m.action_model_calls.inc_by(answer.credits as u64);
     let _in_session = session.span().entered();
     tracing::info!(
         success = answer.success,

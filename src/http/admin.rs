@@ -1,7 +1,6 @@
 //! The operator's views (behind `admin_key`): the cluster (`GET /admin/cluster`, and the
 //! cluster lines of `/metrics`) and what each API key uses (`GET /admin/tenants`).
 
-use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
 use hyper::{Response, StatusCode};
@@ -10,6 +9,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, json_response};
 use super::{Body, timestamp};
 use crate::broker::{Broker, NodeInfo};
+use crate::metrics::ClusterView;
 
 /// Every node with its address, capacity, load and last heartbeat.
 pub async fn cluster(broker: &Broker) -> Result<Response<Body>, ApiError> {
@@ -46,39 +46,15 @@ pub async fn tenants(broker: &Broker) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-/// The cluster as Prometheus gauges, as of the nodes' last heartbeats.
-pub fn cluster_metrics(nodes: &[(NodeInfo, bool)]) -> String {
+/// The cluster for `/metrics`, as of the nodes' last heartbeats.
+pub fn cluster_view(nodes: &[(NodeInfo, bool)]) -> ClusterView {
     let alive: Vec<&NodeInfo> = nodes.iter().filter(|(_, a)| *a).map(|(n, _)| n).collect();
-    let mut out = String::new();
-    let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-    };
-    let _ = writeln!(
-        out,
-        "# HELP cdpgate_cluster_nodes Nodes registered, by whether their heartbeat is current.\n\
-         # TYPE cdpgate_cluster_nodes gauge\n\
-         cdpgate_cluster_nodes{{state=\"alive\"}} {}\ncdpgate_cluster_nodes{{state=\"lost\"}} {}",
-        alive.len(),
-        nodes.len() - alive.len()
-    );
     let sum = |f: fn(&NodeInfo) -> usize| alive.iter().map(|n| f(n)).sum::<usize>();
-    gauge(
-        &mut out,
-        "cdpgate_cluster_capacity",
-        "Session slots of the live nodes.",
-        sum(|n| n.max_sessions),
-    );
-    gauge(
-        &mut out,
-        "cdpgate_cluster_free_slots",
-        "Free session slots of the live nodes.",
-        sum(|n| n.free),
-    );
-    gauge(
-        &mut out,
-        "cdpgate_cluster_sessions",
-        "Sessions the live nodes run.",
-        sum(|n| n.sessions),
-    );
-    out
+    ClusterView {
+        nodes_alive: alive.len(),
+        nodes_lost: nodes.len() - alive.len(),
+        capacity: sum(|n| n.max_sessions),
+        free_slots: sum(|n| n.free),
+        sessions: sum(|n| n.sessions),
+    }
 }

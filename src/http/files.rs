@@ -188,10 +188,7 @@ async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if length.is_some_and(|l| l > limit + 64 * 1024) {
-        broker
-            .metrics()
-            .files_quota_refusals
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        broker.metrics().files_quota_refusals.inc();
         return Err(FileError::TooLarge(limit).into());
     }
     let content_type = request

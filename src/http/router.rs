@@ -12,6 +12,7 @@ use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
 use super::{Body, actions, admin, dashboard, files, live, profiles, sessions};
 use crate::broker::Broker;
+use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
 
 /// What a route leads to.
@@ -313,24 +314,14 @@ async fn api(
             let mut text = broker.render_metrics();
             // The cluster's view, where there is one; a Redis that does not answer only
             // leaves it out.
-            if broker.is_clustered()
-                && let Ok(nodes) = broker.cluster().await
-            {
-                text.push_str(&admin::cluster_metrics(&nodes));
-            }
             if let Some(forged) = broker.forged_node_records() {
-                text.push_str(&format!(
-                    "# HELP cdpgate_cluster_forged_node_records_total Node records read from Redis that do not \
-                     verify under the cluster secret (ignored).\n\
-                     # TYPE cdpgate_cluster_forged_node_records_total counter\n\
-                     cdpgate_cluster_forged_node_records_total {}\n",
-                    forged
-                ));
+                let view = broker.cluster().await.ok().map(|n| admin::cluster_view(&n));
+                text.push_str(&metrics::render_cluster(view.as_ref(), forged));
             }
             let mut r = Response::new(super::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(metrics::CONTENT_TYPE),
             );
             return Ok(r);
         }

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -112,7 +111,7 @@ impl ProfileCopies {
                 .await
                 .map_err(CopyError::Unreadable)?;
             let acquired = self.pool.acquire_on(self.screen, dir.clone()).await.map_err(|e| {
-                self.metrics.create_rejected.fetch_add(1, Relaxed);
+                self.metrics.create_rejected.inc();
                 CopyError::Capacity(e)
             })?;
             let browser = &scratch.lease.insert(acquired).browser;

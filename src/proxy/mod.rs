@@ -17,7 +17,6 @@ pub mod relay;
 pub mod tap;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -89,7 +88,7 @@ async fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>)
 pub fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ProxyError> {
     let max = broker.config().max_connections_per_session;
     session.claim_connection(max).ok_or_else(|| {
-        broker.metrics().connections_refused.fetch_add(1, Relaxed);
+        broker.metrics().connections_refused.inc();
         ProxyError::ConnectionLimit(max)
     })
 }
@@ -292,15 +291,15 @@ pub(crate) struct OpenConnection(Arc<Metrics>);
 
 impl OpenConnection {
     pub(crate) fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.proxy_connections.fetch_add(1, Relaxed);
-        metrics.proxy_connections_open.fetch_add(1, Relaxed);
+        metrics.proxy_connections.inc();
+        metrics.proxy_connections_open.inc();
         OpenConnection(metrics.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.proxy_connections_open.fetch_sub(1, Relaxed);
+        self.0.proxy_connections_open.dec();
     }
 }
 

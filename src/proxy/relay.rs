@@ -12,14 +12,13 @@
 use std::future::Future;
 use std::io;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::store::EndReason;
 
 const MIN_BUFFER: usize = 4 * 1024;
@@ -198,8 +197,8 @@ enum PumpEnd {
 
 /// Counters one direction adds to.
 struct Counters<'a> {
-    messages: &'a AtomicU64,
-    bytes: &'a AtomicU64,
+    messages: &'a Counter,
+    bytes: &'a Counter,
 }
 
 /// What a relay allows.
@@ -265,10 +264,10 @@ impl Direction {
     fn publish(&mut self, counters: &Counters<'_>) {
         let (messages, bytes) = std::mem::take(&mut self.unpublished);
         if messages > 0 {
-            counters.messages.fetch_add(messages, Relaxed);
+            counters.messages.inc_by(messages);
         }
         if bytes > 0 {
-            counters.bytes.fetch_add(bytes, Relaxed);
+            counters.bytes.inc_by(bytes);
         }
     }
 
@@ -740,8 +739,8 @@ mod tests {
             drop(client);
         };
         tokio::join!(relay_task, peers);
-        assert_eq!(metrics.messages_to_browser.load(Relaxed), 1);
-        assert_eq!(metrics.messages_to_client.load(Relaxed), 1);
+        assert_eq!(metrics.messages_to_browser.get(), 1);
+        assert_eq!(metrics.messages_to_client.get(), 1);
     }
 
     #[tokio::test]
