@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::SessionFiles;
+use super::session_files::SessionFiles;
 
 /// The log's name among the session's files.
 pub const NAME: &str = "cdp-log.jsonl";

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::SessionFiles;
+use super::session_files::SessionFiles;
 use crate::browser::cdp::{CdpError, Client};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

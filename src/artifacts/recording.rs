@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{RecordingInfo, SessionFiles};
+use super::entry::RecordingInfo;
+use super::session_files::SessionFiles;
 use crate::browser::cdp::{CallError, Client};
 use crate::browser::egress::Egress;
 use crate::browser::upstream::Upstream;

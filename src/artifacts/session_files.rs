@@ -1,0 +1,522 @@
+//! One session's directory: `files/`, `recording.mp4` and `index.json` (each file's kind,
+//! time and state, rewritten at each change).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::{FileEntry, FileState, Kind, RecordingInfo};
+use super::error::FileError;
+use super::names::{check_name, sanitize_name, unique_name};
+use crate::auth::unix_secs;
+use crate::metrics::Metrics;
+
+const INDEX: &str = "index.json";
+pub const RECORDING: &str = "recording.mp4";
+
+/// The artifacts' limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_files_bytes: u64,
+    pub max_upload_bytes: u64,
+    pub max_recording_bytes: u64,
+    pub recording_fps: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    files: BTreeMap<String, FileEntry>,
+    #[serde(default)]
+    recording: Option<RecordingInfo>,
+}
+
+/// One session's files and recording.
+pub struct SessionFiles {
+    dir: PathBuf,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    index: Mutex<Index>,
+    /// Downloads in progress: Chrome's guid → the name reserved for the file.
+    downloads: Mutex<BTreeMap<String, String>>,
+}
+
+impl SessionFiles {
+    pub(super) fn open(dir: PathBuf, limits: Limits, metrics: Arc<Metrics>) -> io::Result<SessionFiles> {
+        std::fs::create_dir_all(dir.join("files"))?;
+        let mut index: Index = std::fs::read(dir.join(INDEX))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        // A download the broker was watching when it stopped will not finish now.
+        for entry in index.files.values_mut() {
+            if entry.state == FileState::InProgress {
+                entry.state = FileState::Canceled;
+            }
+        }
+        Ok(SessionFiles {
+            dir,
+            limits,
+            metrics,
+            index: Mutex::new(index),
+            downloads: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn recording_path(&self) -> PathBuf {
+        self.dir.join(RECORDING)
+    }
+
+    /// The complete file `name`, placed where the session's browser may read it: in
+    /// `browser_downloads/.uploads/` (the confined browser reads nothing of the data
+    /// directory), replacing one of the same name; a hard link where the file system
+    /// allows, else a copy. That path is what a file input is given.
+    pub fn within_browser_reach(&self, name: &str, browser_downloads: &Path) -> Result<PathBuf, FileError> {
+        let (stored, _) = self.get(name)?;
+        let place = || -> io::Result<PathBuf> {
+            let dir = browser_downloads.join(".uploads");
+            std::fs::create_dir_all(&dir)?;
+            let visible = dir.join(name);
+            match std::fs::remove_file(&visible) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if std::fs::hard_link(&stored, &visible).is_err() {
+                std::fs::copy(&stored, &visible)?;
+            }
+            Ok(visible)
+        };
+        place().map_err(FileError::Io)
+    }
+
+    fn file_path(&self, name: &str) -> PathBuf {
+        self.dir.join("files").join(name)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the index (a small file; replaced whole, so never seen half-written).
+    fn save(&self, index: &Index) {
+        let Ok(bytes) = serde_json::to_vec(index) else { return };
+        let tmp = self.dir.join(".index.tmp");
+        let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, self.dir.join(INDEX)));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, dir = %self.dir.display(), "could not write the files' index");
+        }
+    }
+
+    /// The session's files, oldest first.
+    pub fn list(&self) -> Vec<FileEntry> {
+        let mut files: Vec<FileEntry> = self.index().files.values().cloned().collect();
+        files.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
+        files
+    }
+
+    /// Bytes held against the quota (complete files and downloads so far), and the number
+    /// of complete files.
+    pub fn used(&self) -> (u64, u64) {
+        let index = self.index();
+        let held = index
+            .files
+            .values()
+            .filter(|f| matches!(f.state, FileState::Complete | FileState::InProgress));
+        held.fold((0, 0), |(bytes, count), f| {
+            (bytes + f.size, count + u64::from(f.state == FileState::Complete))
+        })
+    }
+
+    /// A complete file's path and entry.
+    pub fn get(&self, name: &str) -> Result<(PathBuf, FileEntry), FileError> {
+        check_name(name).map_err(|_| FileError::NotFound(name.to_owned()))?;
+        let entry = self
+            .index()
+            .files
+            .get(name)
+            .cloned()
+            .ok_or_else(|| FileError::NotFound(name.to_owned()))?;
+        match entry.state {
+            FileState::Complete => Ok((self.file_path(name), entry)),
+            FileState::InProgress => Err(FileError::InProgress(name.to_owned())),
+            // Listed so that the user learns what happened; there is nothing to read.
+            FileState::Canceled | FileState::Refused => Err(FileError::NotFound(name.to_owned())),
+        }
+    }
+
+    /// Removes a file (a refused or cancelled download's entry too).
+    pub fn remove(&self, name: &str) -> Result<(), FileError> {
+        check_name(name).map_err(|_| FileError::NotFound(name.to_owned()))?;
+        let mut index = self.index();
+        match index.files.get(name).map(|e| e.state) {
+            None => return Err(FileError::NotFound(name.to_owned())),
+            Some(FileState::InProgress) => return Err(FileError::InProgress(name.to_owned())),
+            Some(_) => {}
+        }
+        match std::fs::remove_file(self.file_path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        index.files.remove(name);
+        self.save(&index);
+        Ok(())
+    }
+
+    /// Stores an upload under `name` (replacing a file of that name) from `chunks`,
+    /// within the upload limit and the session's quota. Answers the file's path.
+    pub async fn upload<S, E>(&self, name: &str, mut chunks: S) -> Result<(PathBuf, FileEntry), FileError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        check_name(name)?;
+        if self
+            .index()
+            .files
+            .get(name)
+            .is_some_and(|e| e.state == FileState::InProgress)
+        {
+            return Err(FileError::InProgress(name.to_owned()));
+        }
+        let tmp = self.dir.join(format!(".upload-{}", crate::auth::random_hex(8)));
+        let result = async {
+            let mut out = tokio::fs::File::create(&tmp).await?;
+            let mut size = 0u64;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| io::Error::other(format!("the upload was cut off: {e}")))?;
+                size += chunk.len() as u64;
+                if size > self.limits.max_upload_bytes {
+                    return Err(FileError::TooLarge(self.limits.max_upload_bytes));
+                }
+                self.within_quota(size, Some(name))?;
+                out.write_all(&chunk).await?;
+            }
+            out.flush().await?;
+            out.sync_all().await?;
+            Ok(size)
+        }
+        .await;
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                if matches!(e, FileError::OverQuota(_) | FileError::TooLarge(_)) {
+                    self.metrics.files_quota_refusals.inc();
+                }
+                return Err(e);
+            }
+        };
+        let mut index = self.index();
+        // Checked again under the lock: a download may have grown meanwhile.
+        if let Err(e) = self.quota_check(&index, size, Some(name)) {
+            let _ = std::fs::remove_file(&tmp);
+            self.metrics.files_quota_refusals.inc();
+            return Err(e);
+        }
+        let path = self.file_path(name);
+        std::fs::rename(&tmp, &path)?;
+        let entry = FileEntry {
+            name: name.to_owned(),
+            size,
+            created_at: unix_secs(SystemTime::now()),
+            kind: Kind::Upload,
+            state: FileState::Complete,
+        };
+        index.files.insert(name.to_owned(), entry.clone());
+        self.save(&index);
+        self.metrics.files_stored.inc();
+        Ok((path, entry))
+    }
+
+    fn within_quota(&self, adding: u64, replacing: Option<&str>) -> Result<(), FileError> {
+        self.quota_check(&self.index(), adding, replacing)
+    }
+
+    fn quota_check(&self, index: &Index, adding: u64, replacing: Option<&str>) -> Result<(), FileError> {
+        let held: u64 = index
+            .files
+            .values()
+            .filter(|f| matches!(f.state, FileState::Complete | FileState::InProgress))
+            .filter(|f| Some(f.name.as_str()) != replacing)
+            .map(|f| f.size)
+            .sum();
+        if held + adding > self.limits.max_files_bytes {
+            return Err(FileError::OverQuota(self.limits.max_files_bytes));
+        }
+        Ok(())
+    }
+
+    /// A download began: a name is reserved for it. Answers false if it must be cancelled
+    /// (its announced size alone passes the quota).
+    pub fn download_began(&self, guid: &str, suggested: &str, total: u64) -> bool {
+        let mut index = self.index();
+        let name = unique_name(&sanitize_name(suggested), |n| index.files.contains_key(n));
+        let fits = self.quota_check(&index, total, None).is_ok();
+        let entry = FileEntry {
+            name: name.clone(),
+            size: 0,
+            created_at: unix_secs(SystemTime::now()),
+            kind: Kind::Download,
+            state: if fits {
+                FileState::InProgress
+            } else {
+                FileState::Refused
+            },
+        };
+        index.files.insert(name.clone(), entry);
+        self.save(&index);
+        drop(index);
+        if !fits {
+            self.metrics.files_quota_refusals.inc();
+        }
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(guid.to_owned(), name);
+        fits
+    }
+
+    /// Whether `guid` is a download of this session.
+    pub fn has_download(&self, guid: &str) -> bool {
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(guid)
+    }
+
+    fn download_name(&self, guid: &str) -> Option<String> {
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(guid)
+            .cloned()
+    }
+
+    /// A download has `received` bytes so far. Answers false if it must be cancelled (it
+    /// passed the quota; it is listed as refused from now on).
+    pub fn download_progressed(&self, guid: &str, received: u64) -> bool {
+        let Some(name) = self.download_name(guid) else {
+            return true;
+        };
+        let mut index = self.index();
+        let Some(state) = index.files.get(&name).map(|e| e.state) else {
+            return true;
+        };
+        if state != FileState::InProgress {
+            return state != FileState::Refused;
+        }
+        if self.quota_check(&index, received, Some(&name)).is_err() {
+            if let Some(entry) = index.files.get_mut(&name) {
+                entry.state = FileState::Refused;
+            }
+            self.save(&index);
+            self.metrics.files_quota_refusals.inc();
+            return false;
+        }
+        if let Some(entry) = index.files.get_mut(&name) {
+            entry.size = received;
+        }
+        true
+    }
+
+    /// A download finished in the browser at `path` (wherever the client had it saved):
+    /// the file is moved into the session's files, unless it was refused.
+    pub fn download_completed(&self, guid: &str, path: &Path) {
+        let Some(name) = self.downloads.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) else {
+            return;
+        };
+        let size = std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| m.len());
+        let mut index = self.index();
+        let refused = index.files.get(&name).is_none_or(|e| e.state == FileState::Refused);
+        let state = match size {
+            _ if refused => {
+                let _ = std::fs::remove_file(path);
+                FileState::Refused
+            }
+            None => FileState::Canceled,
+            Some(size) if self.quota_check(&index, size, Some(&name)).is_err() => {
+                let _ = std::fs::remove_file(path);
+                self.metrics.files_quota_refusals.inc();
+                FileState::Refused
+            }
+            Some(size) => match move_file(path, &self.file_path(&name)) {
+                Ok(()) => {
+                    if let Some(entry) = index.files.get_mut(&name) {
+                        entry.size = size;
+                    }
+                    self.metrics.files_stored.inc();
+                    FileState::Complete
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %path.display(), "a finished download could not be moved into the session's files");
+                    FileState::Canceled
+                }
+            },
+        };
+        if let Some(entry) = index.files.get_mut(&name) {
+            entry.state = state;
+            if state != FileState::Complete {
+                entry.size = 0;
+            }
+        }
+        self.save(&index);
+    }
+
+    /// A download was cancelled or interrupted in the browser.
+    pub fn download_canceled(&self, guid: &str) {
+        let Some(name) = self.downloads.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) else {
+            return;
+        };
+        let mut index = self.index();
+        if let Some(entry) = index.files.get_mut(&name)
+            && entry.state == FileState::InProgress
+        {
+            entry.state = FileState::Canceled;
+            entry.size = 0;
+        }
+        self.save(&index);
+    }
+
+    /// Starts a log file `name` (empty); answers its path.
+    pub fn begin_log(&self, name: &str) -> io::Result<PathBuf> {
+        let path = self.file_path(name);
+        std::fs::File::create(&path)?;
+        let mut index = self.index();
+        index.files.insert(
+            name.to_owned(),
+            FileEntry {
+                name: name.to_owned(),
+                size: 0,
+                created_at: unix_secs(SystemTime::now()),
+                kind: Kind::Log,
+                state: FileState::Complete,
+            },
+        );
+        self.save(&index);
+        Ok(path)
+    }
+
+    /// A log grows to `size` bytes, if the session's quota allows it.
+    pub fn grow_log(&self, name: &str, size: u64) -> bool {
+        let mut index = self.index();
+        if self.quota_check(&index, size, Some(name)).is_err() {
+            return false;
+        }
+        let Some(entry) = index.files.get_mut(name) else {
+            return false;
+        };
+        let before = entry.size;
+        entry.size = size;
+        // The index on disk follows every 64 KiB, not every line.
+        if before >> 16 != size >> 16 {
+            self.save(&index);
+        }
+        true
+    }
+
+    /// A log is finished: its size as it is on disk, written down.
+    pub fn settle_log(&self, name: &str) {
+        let size = std::fs::metadata(self.file_path(name)).map(|m| m.len()).unwrap_or(0);
+        let mut index = self.index();
+        if let Some(entry) = index.files.get_mut(name) {
+            entry.size = size;
+        }
+        self.save(&index);
+    }
+
+    pub fn recording(&self) -> Option<RecordingInfo> {
+        self.index().recording.clone()
+    }
+
+    /// Notes how the recording stands.
+    pub fn set_recording(&self, info: RecordingInfo) {
+        let mut index = self.index();
+        index.recording = Some(info);
+        self.save(&index);
+    }
+}
+
+/// Moves a file, copying it where a rename cannot (another file system).
+fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            std::fs::copy(from, to)?;
+            std::fs::remove_file(from)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(quota: u64) -> (tempfile::TempDir, SessionFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_files_bytes: quota,
+            max_upload_bytes: quota,
+            max_recording_bytes: 1 << 20,
+            recording_fps: 5,
+        };
+        let files = SessionFiles::open(dir.path().join("s"), limits, Arc::default()).unwrap();
+        (dir, files)
+    }
+
+    #[test]
+    fn a_download_past_the_quota_is_refused_and_its_file_removed() {
+        let (_dir, files) = files(1000);
+        assert!(files.download_began("g1", "a.bin", 0));
+        assert!(files.download_progressed("g1", 600));
+        // Where the browser wrote them: its own downloads directory.
+        let browser_downloads = _dir.path().join("browser.downloads");
+        std::fs::create_dir(&browser_downloads).unwrap();
+        let first = browser_downloads.join("a.bin");
+        std::fs::write(&first, vec![0u8; 600]).unwrap();
+        files.download_completed("g1", &first);
+        assert!(files.download_began("g2", "a.bin", 0));
+        assert!(!files.download_progressed("g2", 500), "past the quota");
+        let second = browser_downloads.join("a (1).bin");
+        std::fs::write(&second, vec![0u8; 500]).unwrap();
+        files.download_completed("g2", &second);
+        let list = files.list();
+        assert_eq!(list.len(), 2);
+        let find = |name: &str| list.iter().find(|f| f.name == name).unwrap().clone();
+        assert_eq!((find("a.bin").state, find("a.bin").size), (FileState::Complete, 600));
+        assert_eq!(find("a (1).bin").state, FileState::Refused);
+        assert!(!second.exists());
+        assert!(files.get("a (1).bin").is_err());
+        assert_eq!(std::fs::read(files.get("a.bin").unwrap().0).unwrap().len(), 600);
+        // Announced too big: refused at once.
+        assert!(!files.download_began("g3", "big.bin", 5000));
+    }
+
+    #[tokio::test]
+    async fn uploads_keep_within_their_limits_and_replace_by_name() {
+        let (_dir, files) = files(1000);
+        let chunks = |n: usize| futures_util::stream::iter(vec![Ok::<_, io::Error>(bytes::Bytes::from(vec![7u8; n]))]);
+        let (path, entry) = files.upload("cv.pdf", chunks(400)).await.unwrap();
+        assert_eq!((entry.size, entry.kind), (400, Kind::Upload));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 400);
+        files.upload("cv.pdf", chunks(900)).await.unwrap();
+        assert!(matches!(
+            files.upload("more.pdf", chunks(200)).await,
+            Err(FileError::OverQuota(_))
+        ));
+        assert!(matches!(
+            files.upload("../x", chunks(1)).await,
+            Err(FileError::BadName(_))
+        ));
+        assert_eq!(files.list().len(), 1);
+        files.remove("cv.pdf").unwrap();
+        assert!(files.list().is_empty() && !path.exists());
+    }
+}
