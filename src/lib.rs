@@ -29,27 +29,27 @@
 //!   [`tls`], [`telemetry`] (log lines and OTLP spans), [`values`] (plain values several
 //!   layers share) and [`error`] (whose fault an error is).
 
-pub mod action;
-pub mod artifacts;
+pub(crate) mod action;
+pub(crate) mod artifacts;
 pub mod auth;
 pub mod broker;
 pub mod browser;
 pub mod config;
-pub mod egress_rules;
+pub(crate) mod egress_rules;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
-pub mod limits;
+pub(crate) mod limits;
 pub mod metrics;
-pub mod profile;
-pub mod proxy;
-pub mod quota;
-pub mod session;
+pub(crate) mod profile;
+pub(crate) mod proxy;
+pub(crate) mod quota;
+pub(crate) mod session;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
-pub mod values;
+pub(crate) mod values;
 
 use std::sync::Arc;
 

@@ -24,7 +24,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::session::Session;
 use cache::{ActionCache, Entry};
-pub use error::ActionError;
 use page::Page;
 use run::{Runner, summarize};
 

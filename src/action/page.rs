@@ -53,8 +53,6 @@ impl Need {
 pub struct Found {
     pub selector: String,
     pub fingerprint: String,
-    /// Its role and name, for messages.
-    pub element: String,
     pub x: f64,
     pub y: f64,
 }
@@ -319,7 +317,6 @@ impl Page {
                 return Ok(Found {
                     selector: answer["selector"].as_str().unwrap_or_default().to_owned(),
                     fingerprint: answer["fingerprint"].as_str().unwrap_or_default().to_owned(),
-                    element: answer["element"].as_str().unwrap_or_default().to_owned(),
                     x: answer["x"].as_f64().unwrap_or(0.0),
                     y: answer["y"].as_f64().unwrap_or(0.0),
                 });

@@ -10,7 +10,7 @@
 //! checks and makes file names. [`downloads`] watches a session's browser for downloads, [`recording`] records its
 //! active tab, [`zip`] packs its files for one download.
 
-mod entry;
+pub mod entry;
 mod error;
 mod names;
 mod root;
@@ -21,8 +21,7 @@ pub mod downloads;
 pub mod recording;
 pub mod zip;
 
-pub use entry::{FileEntry, FileState, Kind, RecordingInfo};
+pub use entry::{FileEntry, FileState};
 pub use error::FileError;
-pub use names::{MAX_NAME_BYTES, check_name, sanitize_name};
 pub use root::{Artifacts, find_ffmpeg};
 pub use session_files::{Limits, RECORDING, SessionFiles};

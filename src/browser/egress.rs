@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::egress_rules::{Class, Rules, canonical, parse_browser_allow_list, parse_deny_list, restricted_class};
-pub use crate::egress_rules::{DEFAULT_BROWSER_DENY, check_browser_lists, host_matches, parse_allow_list};
+pub use crate::egress_rules::{host_matches, parse_allow_list};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EgressError {
@@ -185,6 +185,7 @@ impl Egress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::egress_rules::{DEFAULT_BROWSER_DENY, check_browser_lists};
 
     fn egress(allow: &[&str], own: &[u16]) -> Egress {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();

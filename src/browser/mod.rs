@@ -7,25 +7,25 @@
 //! context filter ([`filter`]) and the live view's ([`live_filter`]), and a session's
 //! screen now ([`screenshot`]).
 
-pub mod byo;
+pub(crate) mod byo;
 pub mod cdp;
-pub mod command;
+pub(crate) mod command;
 pub mod confine;
-pub mod egress;
-pub mod file_policy;
+pub(crate) mod egress;
+pub(crate) mod file_policy;
 pub mod filter;
-pub mod forward;
-pub mod gateway_ports;
-pub mod identity;
-pub mod launcher;
-pub mod live_filter;
-pub mod pool;
-pub mod scope;
-pub mod screenshot;
-pub mod shared;
-pub mod tab_cap;
-pub mod upstream;
-pub mod url_policy;
+pub(crate) mod forward;
+pub(crate) mod gateway_ports;
+pub(crate) mod identity;
+pub(crate) mod launcher;
+pub(crate) mod live_filter;
+pub(crate) mod pool;
+pub(crate) mod scope;
+pub(crate) mod screenshot;
+pub(crate) mod shared;
+pub(crate) mod tab_cap;
+pub(crate) mod upstream;
+pub(crate) mod url_policy;
 
 pub use launcher::{
     Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell, remove_dir_with_retries,

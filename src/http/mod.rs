@@ -6,17 +6,17 @@
 //!
 //! Nothing below this layer imports from it.
 
-pub mod actions;
+pub(crate) mod actions;
 pub mod admin;
-pub mod dashboard;
-pub mod error;
-pub mod files;
-pub mod live;
-pub mod profiles;
-pub mod request;
+pub(crate) mod dashboard;
+pub(crate) mod error;
+pub(crate) mod files;
+pub(crate) mod live;
+pub(crate) mod profiles;
+pub(crate) mod request;
 pub mod router;
-pub mod server;
-pub mod sessions;
+pub(crate) mod server;
+pub(crate) mod sessions;
 
 use std::time::SystemTime;
 

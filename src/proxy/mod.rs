@@ -37,7 +37,7 @@ use crate::browser::upstream::UpstreamStream;
 use crate::metrics::Metrics;
 use crate::session::{ConnectionSlot, Session};
 use discovery::is_target_id;
-pub use error::{ProxyError, is_unknown_target};
+pub use error::ProxyError;
 use handshake::{upgrade_response, websocket_key};
 
 type Body = Full<Bytes>;
@@ -313,7 +313,7 @@ mod tests {
         assert!(!is_target_id("../json"));
         assert!(!is_target_id("a?b"));
         assert!(!is_target_id(""));
-        assert!(is_unknown_target(500, b"No such target id: X"));
-        assert!(!is_unknown_target(500, b"Internal"));
+        assert!(error::is_unknown_target(500, b"No such target id: X"));
+        assert!(!error::is_unknown_target(500, b"Internal"));
     }
 }

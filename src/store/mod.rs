@@ -4,12 +4,12 @@
 //!
 //! Nothing here decides an HTTP status: errors say what went wrong and whose fault it is.
 
-pub mod local;
+pub(crate) mod local;
 pub mod nodes;
 pub mod profile_data;
 pub mod profile_locks;
 pub mod profiles;
-pub mod record;
+pub(crate) mod record;
 pub mod redis;
 
 use std::time::{Duration, SystemTime};
