@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 /// Kinds of special addresses a policy refuses by keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Class {
+pub(crate) enum Class {
     Metadata,
     Loopback,
     /// `0.0.0.0/8` and `::`: a connection to them reaches this host on Linux, as loopback does.
@@ -80,7 +80,7 @@ impl Class {
 
 /// What `browser_egress_deny` refuses when it is not set: everything but the public
 /// internet (a shared service's pages must not reach the broker's host or its network).
-pub const DEFAULT_BROWSER_DENY: [&str; 5] = ["loopback", "private", "link-local", "shared", "metadata"];
+pub(crate) const DEFAULT_BROWSER_DENY: [&str; 5] = ["loopback", "private", "link-local", "shared", "metadata"];
 
 /// Loopback by name.
 pub(crate) const LOOPBACK_NAMES: &[&str] = &["localhost", "*.localhost"];
@@ -127,7 +127,7 @@ pub(crate) fn parse_entry(entry: &str) -> Option<Entry> {
 
 /// Parses the entries of an allow list (`setting` names it in errors); answers the bad
 /// ones as errors.
-pub fn parse_allow_list(setting: &str, entries: &[String]) -> Result<(Vec<IpNet>, Vec<String>), Vec<String>> {
+pub(crate) fn parse_allow_list(setting: &str, entries: &[String]) -> Result<(Vec<IpNet>, Vec<String>), Vec<String>> {
     let mut nets = Vec::new();
     let mut hosts = Vec::new();
     let mut errors = Vec::new();
@@ -232,7 +232,7 @@ pub(crate) fn parse_browser_allow_list(entries: &[String]) -> Result<Rules, Vec<
 }
 
 /// Checks `browser_egress_deny` and `browser_egress_allow`; answers every bad entry.
-pub fn check_browser_lists(deny: &[String], allow: &[String]) -> Vec<String> {
+pub(crate) fn check_browser_lists(deny: &[String], allow: &[String]) -> Vec<String> {
     let mut errors = parse_deny_list(deny).err().unwrap_or_default();
     errors.extend(parse_browser_allow_list(allow).err().unwrap_or_default());
     errors
@@ -248,7 +248,7 @@ pub(crate) fn is_host_pattern(s: &str) -> bool {
 }
 
 /// Whether `host` matches one of `patterns` (`*.suffix` matches names under the suffix).
-pub fn host_matches(patterns: &[String], host: &str) -> bool {
+pub(crate) fn host_matches(patterns: &[String], host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     patterns.iter().any(|pattern| match pattern.strip_prefix("*.") {
         Some(suffix) => {

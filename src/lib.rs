@@ -29,6 +29,8 @@
 //!   [`tls`], [`telemetry`] (log lines and OTLP spans), [`values`] (plain values several
 //!   layers share) and [`error`] (whose fault an error is).
 
+#![warn(unreachable_pub)]
+
 pub(crate) mod action;
 pub(crate) mod artifacts;
 pub mod auth;

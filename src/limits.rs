@@ -7,7 +7,7 @@ use dashmap::DashMap;
 use crate::auth::Tenant;
 
 /// Creations per minute for each tenant, as a bucket of `per_minute` tokens refilled evenly.
-pub struct CreateLimiter {
+pub(crate) struct CreateLimiter {
     per_minute: u32,
     buckets: DashMap<Tenant, Bucket>,
 }
@@ -18,7 +18,7 @@ struct Bucket {
 }
 
 impl CreateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    pub(crate) fn new(per_minute: u32) -> Self {
         CreateLimiter {
             per_minute,
             buckets: DashMap::new(),
@@ -26,7 +26,7 @@ impl CreateLimiter {
     }
 
     /// Takes one creation for `tenant`, or answers how long until one is available.
-    pub fn take(&self, tenant: &Tenant, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&self, tenant: &Tenant, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }

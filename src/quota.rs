@@ -55,7 +55,7 @@ pub struct QuotaExceeded {
 }
 
 /// The limits, and the creates under way that hold a place.
-pub struct Quotas {
+pub(crate) struct Quotas {
     managed: usize,
     byo: usize,
     pending: Mutex<HashMap<(Tenant, Kind), usize>>,
@@ -63,7 +63,7 @@ pub struct Quotas {
 
 /// A place held for one create until it is dropped (by then its session runs, or the
 /// create failed).
-pub struct Reservation<'a> {
+pub(crate) struct Reservation<'a> {
     quotas: &'a Quotas,
     key: Option<(Tenant, Kind)>,
 }
@@ -83,7 +83,7 @@ impl Drop for Reservation<'_> {
 
 impl Quotas {
     /// `managed` and `byo` sessions per tenant at once; 0 is no limit.
-    pub fn new(managed: usize, byo: usize) -> Quotas {
+    pub(crate) fn new(managed: usize, byo: usize) -> Quotas {
         Quotas {
             managed,
             byo,
@@ -92,7 +92,7 @@ impl Quotas {
     }
 
     /// The limit for `kind`, if there is one.
-    pub fn limit(&self, kind: Kind) -> Option<usize> {
+    pub(crate) fn limit(&self, kind: Kind) -> Option<usize> {
         let limit = match kind {
             Kind::Managed => self.managed,
             Kind::Byo => self.byo,
@@ -102,7 +102,7 @@ impl Quotas {
 
     /// Holds a place for a create of `tenant`, or refuses it: `elsewhere` of its sessions
     /// of `kind` run on other nodes, and `here()` (read under the lock) on this one.
-    pub fn reserve(
+    pub(crate) fn reserve(
         &self,
         tenant: &Tenant,
         kind: Kind,

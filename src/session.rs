@@ -115,7 +115,7 @@ struct State {
 }
 
 /// The span of the session `id` of `tenant`, also for work done before its `Session` exists.
-pub fn session_span(id: &str, tenant: &Tenant) -> tracing::Span {
+pub(crate) fn session_span(id: &str, tenant: &Tenant) -> tracing::Span {
     tracing::info_span!("session", session = %id, tenant = %tenant)
 }
 
@@ -380,25 +380,25 @@ fn note_save(session: &Session, binding: &ProfileBinding, outcome: SaveOutcome) 
 
 /// Writes sessions' records to the store in order: the last write of a session is always
 /// of its latest state (an earlier save cannot land after a later one).
-pub struct Recorder {
+pub(crate) struct Recorder {
     store: Arc<dyn SessionStore>,
     writing: tokio::sync::Mutex<()>,
 }
 
 impl Recorder {
-    pub fn new(store: Arc<dyn SessionStore>) -> Recorder {
+    pub(crate) fn new(store: Arc<dyn SessionStore>) -> Recorder {
         Recorder {
             store,
             writing: tokio::sync::Mutex::new(()),
         }
     }
 
-    pub fn store(&self) -> &dyn SessionStore {
+    pub(crate) fn store(&self) -> &dyn SessionStore {
         self.store.as_ref()
     }
 
     /// Writes the session's current record, unless it has been deleted.
-    pub async fn try_save(&self, session: &Session) -> Result<(), StoreError> {
+    pub(crate) async fn try_save(&self, session: &Session) -> Result<(), StoreError> {
         let _writing = self.writing.lock().await;
         if session.is_forgotten() {
             return Ok(());
@@ -408,7 +408,7 @@ impl Recorder {
 
     /// [`Recorder::try_save`], a failure logged: the session goes on, and its next change
     /// writes the whole record again.
-    pub async fn save(&self, session: &Session) {
+    pub(crate) async fn save(&self, session: &Session) {
         if let Err(e) = self.try_save(session).await {
             session
                 .span()
@@ -416,7 +416,7 @@ impl Recorder {
         }
     }
 
-    pub async fn remove(&self, tenant: &Tenant, id: &str) {
+    pub(crate) async fn remove(&self, tenant: &Tenant, id: &str) {
         let _writing = self.writing.lock().await;
         if let Err(e) = self.store.remove(id).await {
             tracing::warn!(session = %id, tenant = %tenant, error = %e, "could not remove the session record");

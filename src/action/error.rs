@@ -2,10 +2,10 @@
 
 /// Why an action failed, in words a person can act on (`error` in the answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionError(pub String);
+pub(crate) struct ActionError(pub String);
 
 impl ActionError {
-    pub fn new(message: impl Into<String>) -> ActionError {
+    pub(crate) fn new(message: impl Into<String>) -> ActionError {
         ActionError(message.into())
     }
 

@@ -139,10 +139,10 @@ impl Step {
 }
 
 /// Longest sleep an instruction may ask for.
-pub const MAX_SLEEP_MS: u64 = 60_000;
+pub(crate) const MAX_SLEEP_MS: u64 = 60_000;
 
 /// What the interpreter understands, for the error that says it did not.
-pub const UNDERSTOOD: &str = "go to <url>; go back / reload; click <element>; double-click <element>; \
+pub(crate) const UNDERSTOOD: &str = "go to <url>; go back / reload; click <element>; double-click <element>; \
 type <text> into <element>; fill <element> with <text>; clear <element>; press <key> (Enter, Tab, Ctrl+A…); \
 select <option> from <element>; check / uncheck <element>; hover over <element>; \
 upload <file> to <element> (a file uploaded to the session's files); \
@@ -154,7 +154,7 @@ label, placeholder or aria-label, optionally with a kind (\"the Sign in button\"
 or by CSS (css:#login).";
 
 /// Reads `action` into steps; `Err` names the part that is not understood.
-pub fn parse(action: &str) -> Result<Vec<Step>, String> {
+pub(crate) fn parse(action: &str) -> Result<Vec<Step>, String> {
     let clauses = split_clauses(action);
     if clauses.is_empty() {
         return Err(action.trim().to_owned());
@@ -324,7 +324,7 @@ fn split_at_word<'a>(s: &'a str, words: &[&str]) -> Option<(&'a str, &'a str)> {
 }
 
 /// The text inside matching quotes, or the text as it is.
-pub fn unquote(s: &str) -> String {
+pub(crate) fn unquote(s: &str) -> String {
     let s = s.trim();
     for (open, close) in [('"', '"'), ('\'', '\''), ('“', '”'), ('‘', '’'), ('`', '`')] {
         if s.len() >= 2 && s.starts_with(open) && s.ends_with(close) {
@@ -787,7 +787,7 @@ const TAGS: &[&str] = &[
 
 /// An element phrase: "the Sign in button", "\"Sign in\"", "the field labeled Email",
 /// "css:#login", "#login", "the h1".
-pub fn target(phrase: &str) -> Option<Target> {
+pub(crate) fn target(phrase: &str) -> Option<Target> {
     let described = phrase.trim().trim_end_matches(['.', ',']).trim().to_owned();
     if described.is_empty() {
         return None;
@@ -901,7 +901,7 @@ fn checkable(phrase: &str) -> Option<Target> {
 }
 
 /// `{{name}}` placeholders in `text`, in order, each once.
-pub fn placeholders(text: &str) -> Vec<String> {
+pub(crate) fn placeholders(text: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -916,7 +916,7 @@ pub fn placeholders(text: &str) -> Vec<String> {
 }
 
 /// `text` with every `{{name}}` replaced by `lookup(name)` (left as it is when `None`).
-pub fn fill(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+pub(crate) fn fill(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {

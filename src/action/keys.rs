@@ -3,7 +3,7 @@
 
 /// One key of a combination, as DOM and Windows name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Key {
+pub(crate) struct Key {
     /// DOM `key` ("Enter", "a", "ArrowDown").
     pub key: String,
     /// DOM `code` ("Enter", "KeyA", "ArrowDown").
@@ -15,7 +15,7 @@ pub struct Key {
 
 /// A key pressed with modifiers held (`modifiers` is CDP's bit mask).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chord {
+pub(crate) struct Chord {
     pub modifiers: Vec<Key>,
     pub mask: u8,
     pub key: Key,
@@ -23,7 +23,7 @@ pub struct Chord {
 
 impl Chord {
     /// The chord in its canonical spelling ("Control+A").
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let mut parts: Vec<&str> = self.modifiers.iter().map(|m| m.key.as_str()).collect();
         let main = if self.key.key.len() == 1 {
             self.key.key.to_uppercase()
@@ -76,7 +76,7 @@ const MODIFIERS: &[(&[&str], &str, u32, u8)] = &[
 ];
 
 /// Parses "Enter", "Ctrl+Shift+K", "control + a", "F5", "the down arrow key".
-pub fn parse(spec: &str) -> Option<Chord> {
+pub(crate) fn parse(spec: &str) -> Option<Chord> {
     let spec = spec.trim().to_ascii_lowercase();
     let spec = spec.strip_prefix("the ").unwrap_or(&spec);
     let spec = spec.strip_suffix(" key").unwrap_or(spec).trim();

@@ -6,13 +6,13 @@
 //! A failure of the action itself is an [`Answer`] with `success: false`. Actions on one
 //! session run one at a time, in arrival order.
 
-pub mod cache;
-pub mod error;
-pub mod instruction;
-pub mod keys;
-pub mod model;
-pub mod page;
-pub mod run;
+pub(crate) mod cache;
+pub(crate) mod error;
+pub(crate) mod instruction;
+pub(crate) mod keys;
+pub(crate) mod model;
+pub(crate) mod page;
+pub(crate) mod run;
 
 use std::collections::HashMap;
 use std::sync::Arc;

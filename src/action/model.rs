@@ -14,7 +14,7 @@ use super::instruction::{ScrollTo, Step, Target};
 use crate::browser::upstream::UpstreamStream;
 
 /// Interactive elements shown to the model per page.
-pub const SNAPSHOT_ELEMENTS: usize = 200;
+pub(crate) const SNAPSHOT_ELEMENTS: usize = 200;
 
 /// Where the model is and how to call it (from `config.toml`; the key from the environment).
 #[derive(Clone)]
@@ -26,7 +26,7 @@ pub struct ModelClient {
 }
 
 /// What a tool call asks for.
-pub enum Call {
+pub(crate) enum Call {
     Step(Step),
     Done(String),
     Fail(String),
@@ -97,7 +97,7 @@ impl ModelClient {
 }
 
 /// The first message: what the model is for, and the placeholders it may use.
-pub fn system_prompt(variables: &[String]) -> String {
+pub(crate) fn system_prompt(variables: &[String]) -> String {
     let mut prompt = String::from(
         "You operate a web browser to carry out one instruction from the user, using the tools. \
          Element numbers refer to the latest page snapshot, which follows every tool result. \
@@ -116,7 +116,7 @@ pub fn system_prompt(variables: &[String]) -> String {
 }
 
 /// The page as the model reads it: title, URL, numbered elements, the start of the text.
-pub fn render_snapshot(snapshot: &Value) -> String {
+pub(crate) fn render_snapshot(snapshot: &Value) -> String {
     let mut out = format!(
         "Page: {}\nURL: {}\nElements:\n",
         snapshot["title"].as_str().unwrap_or(""),
@@ -148,7 +148,7 @@ pub fn render_snapshot(snapshot: &Value) -> String {
 }
 
 /// The primitives, as chat-completions tools.
-pub fn tools() -> Value {
+pub(crate) fn tools() -> Value {
     let element = json!({"type": "integer", "description": "element number from the latest snapshot"});
     let tool = |name: &str, description: &str, properties: Value, required: &[&str]| {
         json!({"type": "function", "function": {
@@ -229,7 +229,7 @@ pub fn tools() -> Value {
 }
 
 /// Reads one tool call against the snapshot its element numbers refer to.
-pub fn read_call(name: &str, arguments: &str, snapshot: &Value) -> Result<Call, String> {
+pub(crate) fn read_call(name: &str, arguments: &str, snapshot: &Value) -> Result<Call, String> {
     let args: Value = serde_json::from_str(if arguments.trim().is_empty() { "{}" } else { arguments })
         .map_err(|e| format!("the arguments are not JSON: {e}"))?;
     let text = |field: &str| {

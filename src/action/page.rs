@@ -30,7 +30,7 @@ const NAVIGATION_START: Duration = Duration::from_millis(100);
 
 /// What an element must be before a primitive acts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
+pub(crate) enum Need {
     Present,
     Visible,
     Enabled,
@@ -50,7 +50,7 @@ impl Need {
 
 /// An element found on the page.
 #[derive(Debug, Clone)]
-pub struct Found {
+pub(crate) struct Found {
     pub selector: String,
     pub fingerprint: String,
     pub x: f64,
@@ -127,7 +127,7 @@ impl Connection {
 }
 
 /// The tab single actions act on.
-pub struct Page {
+pub(crate) struct Page {
     conn: Connection,
     /// The flattened CDP session attached to the tab.
     session: String,
@@ -139,7 +139,7 @@ pub struct Page {
 impl Page {
     /// Attaches to `preferred` if it is still open, else to the browser's first tab (one
     /// is opened if none is left).
-    pub async fn attach(
+    pub(crate) async fn attach(
         upstream: &Upstream,
         egress: &Egress,
         timeout: Duration,
@@ -193,7 +193,7 @@ impl Page {
     }
 
     /// Detaches, leaving the tab as it is for whoever else drives it.
-    pub async fn detach(self) {
+    pub(crate) async fn detach(self) {
         let _ = self
             .conn
             .call(None, "Target.detachFromTarget", json!({"sessionId": self.session}))
@@ -205,13 +205,13 @@ impl Page {
     }
 
     /// Messages of dialogs the page opened (and that were accepted) so far.
-    pub fn dialogs(&self) -> Vec<String> {
+    pub(crate) fn dialogs(&self) -> Vec<String> {
         self.conn.dialogs.lock().expect("dialog lock").clone()
     }
 
     /// Evaluates `expression` in the helpers' world and returns its value; a world lost to
     /// a navigation is made again, once.
-    pub async fn eval(&mut self, expression: &str) -> Result<Value, ActionError> {
+    pub(crate) async fn eval(&mut self, expression: &str) -> Result<Value, ActionError> {
         for attempt in 0..2 {
             let context = match self.world {
                 Some(c) => c,
@@ -269,7 +269,7 @@ impl Page {
 
     /// Puts `files` (paths on the broker's disk) on the file input `selector` stands for;
     /// answers false if there is none.
-    pub async fn set_input_files(&mut self, selector: &str, files: &[String]) -> Result<bool, ActionError> {
+    pub(crate) async fn set_input_files(&mut self, selector: &str, files: &[String]) -> Result<bool, ActionError> {
         // The element itself, not its value: evaluated once more for a handle.
         self.helper("fileInput", &[json!(selector)]).await?;
         let context = self
@@ -291,13 +291,13 @@ impl Page {
     }
 
     /// Calls a helper of `page.js` with JSON arguments.
-    pub async fn helper(&mut self, name: &str, args: &[Value]) -> Result<Value, ActionError> {
+    pub(crate) async fn helper(&mut self, name: &str, args: &[Value]) -> Result<Value, ActionError> {
         let args: Vec<String> = args.iter().map(Value::to_string).collect();
         self.eval(&format!("__cdpgate.{name}({})", args.join(", "))).await
     }
 
     /// Waits until the element `spec` names is there and ready for `need`, or says why not.
-    pub async fn locate(
+    pub(crate) async fn locate(
         &mut self,
         spec: &Value,
         need: Need,
@@ -329,7 +329,12 @@ impl Page {
     }
 
     /// Polls a helper until it answers `true`.
-    pub async fn wait_until(&mut self, helper: &str, args: &[Value], timeout: Duration) -> Result<bool, ActionError> {
+    pub(crate) async fn wait_until(
+        &mut self,
+        helper: &str,
+        args: &[Value],
+        timeout: Duration,
+    ) -> Result<bool, ActionError> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.helper(helper, args).await {
@@ -345,11 +350,11 @@ impl Page {
         }
     }
 
-    pub fn watch(&self) -> broadcast::Receiver<Arc<Value>> {
+    pub(crate) fn watch(&self) -> broadcast::Receiver<Arc<Value>> {
         self.conn.client.subscribe()
     }
 
-    pub async fn click(&self, x: f64, y: f64, count: u8) -> Result<(), ActionError> {
+    pub(crate) async fn click(&self, x: f64, y: f64, count: u8) -> Result<(), ActionError> {
         self.mouse("mouseMoved", x, y, 0, json!({})).await?;
         for n in 1..=count.max(1) {
             self.mouse("mousePressed", x, y, n, json!({"button": "left", "buttons": 1}))
@@ -360,11 +365,11 @@ impl Page {
         Ok(())
     }
 
-    pub async fn hover(&self, x: f64, y: f64) -> Result<(), ActionError> {
+    pub(crate) async fn hover(&self, x: f64, y: f64) -> Result<(), ActionError> {
         self.mouse("mouseMoved", x, y, 0, json!({})).await
     }
 
-    pub async fn wheel(&mut self, delta_y: f64) -> Result<(), ActionError> {
+    pub(crate) async fn wheel(&mut self, delta_y: f64) -> Result<(), ActionError> {
         let size = self.eval("[innerWidth, innerHeight]").await?;
         let (w, h) = (size[0].as_f64().unwrap_or(800.0), size[1].as_f64().unwrap_or(600.0));
         self.mouse(
@@ -386,11 +391,11 @@ impl Page {
     }
 
     /// Types `text` where the caret is, as one input (the way a paste or an IME does).
-    pub async fn insert_text(&self, text: &str) -> Result<(), ActionError> {
+    pub(crate) async fn insert_text(&self, text: &str) -> Result<(), ActionError> {
         self.call("Input.insertText", json!({"text": text})).await.map(|_| ())
     }
 
-    pub async fn press(&self, chord: &Chord) -> Result<(), ActionError> {
+    pub(crate) async fn press(&self, chord: &Chord) -> Result<(), ActionError> {
         for m in &chord.modifiers {
             self.key_event("rawKeyDown", m, chord.mask, false).await?;
         }
@@ -430,7 +435,7 @@ impl Page {
     }
 
     /// Opens `url` and waits for it to load (at most `timeout`).
-    pub async fn navigate(&mut self, url: &str, timeout: Duration) -> Result<(), ActionError> {
+    pub(crate) async fn navigate(&mut self, url: &str, timeout: Duration) -> Result<(), ActionError> {
         let mut events = self.watch();
         let answer = self.call("Page.navigate", json!({"url": url})).await?;
         if let Some(error) = answer["errorText"].as_str().filter(|e| !e.is_empty()) {
@@ -443,7 +448,7 @@ impl Page {
         self.await_load(&mut events, timeout).await
     }
 
-    pub async fn history(&mut self, method: &str, timeout: Duration) -> Result<(), ActionError> {
+    pub(crate) async fn history(&mut self, method: &str, timeout: Duration) -> Result<(), ActionError> {
         let mut events = self.watch();
         let expression = match method {
             "back" => "history.back()",
@@ -491,7 +496,7 @@ impl Page {
 
     /// After an input: waits for a navigation it started to finish, and follows a tab it
     /// opened. Answers the URL the page moved to, if it moved.
-    pub async fn settle(
+    pub(crate) async fn settle(
         &mut self,
         events: &mut broadcast::Receiver<Arc<Value>>,
         timeout: Duration,
@@ -534,7 +539,7 @@ impl Page {
         Ok(url.as_str().map(str::to_owned))
     }
 
-    pub async fn screenshot(&mut self, full_page: bool) -> Result<String, ActionError> {
+    pub(crate) async fn screenshot(&mut self, full_page: bool) -> Result<String, ActionError> {
         let mut params = json!({"format": "png"});
         if full_page {
             let metrics = self.call("Page.getLayoutMetrics", json!({})).await?;

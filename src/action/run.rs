@@ -22,12 +22,12 @@ const MAX_TOOL_RESULT_CHARS: usize = 4_000;
 
 /// What a step did: a sentence, or the text (or screenshot) it was asked to read.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Did(String),
     Read(String),
 }
 
-pub struct Runner {
+pub(crate) struct Runner {
     pub page: Page,
     /// The session's files: what an upload step may put on a file input.
     pub files: Option<Arc<SessionFiles>>,
@@ -41,7 +41,7 @@ pub struct Runner {
 }
 
 /// A step that failed, and where.
-pub struct Failed {
+pub(crate) struct Failed {
     pub index: usize,
     pub error: ActionError,
     pub done: Vec<Outcome>,
@@ -53,7 +53,11 @@ impl Runner {
     }
 
     /// Runs `steps` in order, stopping at the first failure.
-    pub async fn run_all(&mut self, steps: &[Step], wait: Duration) -> Result<(Vec<Outcome>, Vec<Step>), Failed> {
+    pub(crate) async fn run_all(
+        &mut self,
+        steps: &[Step],
+        wait: Duration,
+    ) -> Result<(Vec<Outcome>, Vec<Step>), Failed> {
         let mut outcomes = Vec::new();
         let mut resolved = Vec::new();
         for (index, step) in steps.iter().enumerate() {
@@ -81,7 +85,7 @@ impl Runner {
     }
 
     /// Runs one step; answers what it did and the step pinned to the element it found.
-    pub async fn run(&mut self, step: &Step, wait: Duration) -> Result<(Outcome, Step), ActionError> {
+    pub(crate) async fn run(&mut self, step: &Step, wait: Duration) -> Result<(Outcome, Step), ActionError> {
         let (found, resolved) = self.resolve(step, wait).await?;
         let outcome = match (step, found) {
             (Step::Goto { url }, _) => {
@@ -350,7 +354,7 @@ impl Runner {
 
     /// Lets the model carry out `action`, step by step; answers its result, the steps it took
     /// and the number of model calls made (the credits), whatever the outcome.
-    pub async fn run_with_model(
+    pub(crate) async fn run_with_model(
         &mut self,
         client: &ModelClient,
         action: &str,
@@ -438,7 +442,7 @@ impl Runner {
 }
 
 /// The answer's `result`: the last text read, or else every sentence of what was done.
-pub fn summarize(outcomes: &[Outcome]) -> String {
+pub(crate) fn summarize(outcomes: &[Outcome]) -> String {
     if let Some(text) = outcomes.iter().rev().find_map(|o| match o {
         Outcome::Read(t) => Some(t.clone()),
         Outcome::Did(_) => None,
@@ -478,7 +482,7 @@ fn truncate(text: &str) -> String {
 
 /// A URL as a person writes it ("example.com", "localhost:3000/x") made whole; only web
 /// pages may be opened (a `file:` URL would read the broker's own disk).
-pub fn normalize_url(raw: &str) -> Result<String, ActionError> {
+pub(crate) fn normalize_url(raw: &str) -> Result<String, ActionError> {
     let raw = raw.trim();
     let lower = raw.to_ascii_lowercase();
     let with_scheme = if lower.contains("://") || lower.starts_with("about:") {

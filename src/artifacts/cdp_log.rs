@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::session_files::SessionFiles;
 
 /// The log's name among the session's files.
-pub const NAME: &str = "cdp-log.jsonl";
+pub(crate) const NAME: &str = "cdp-log.jsonl";
 /// How often queued lines reach the disk.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// How long the log takes lines after the session ended.

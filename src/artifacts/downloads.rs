@@ -28,7 +28,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to watch: a browser (`ws_url`), the session's context in it (`None`: the whole
 /// browser is the session's), where Chrome writes its downloads (a directory the confined
 /// browser may write), and where the session's files go.
-pub struct Watch {
+pub(crate) struct Watch {
     pub ws_url: String,
     pub context: Option<String>,
     pub dir: PathBuf,
@@ -40,7 +40,7 @@ pub struct Watch {
 
 /// Sets the session's download folder, then watches until `until` fires or the browser
 /// goes. Answers once the folder is set, so the session's first download lands in it.
-pub async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
+pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
     let client = Client::connect(&watch.ws_url).await?;
     let events = client.subscribe();
     let watcher = Watcher { client, watch };

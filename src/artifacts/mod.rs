@@ -10,18 +10,18 @@
 //! checks and makes file names. [`downloads`] watches a session's browser for downloads, [`recording`] records its
 //! active tab, [`zip`] packs its files for one download.
 
-pub mod entry;
+pub(crate) mod entry;
 mod error;
 mod names;
 mod root;
 mod session_files;
 
-pub mod cdp_log;
-pub mod downloads;
-pub mod recording;
-pub mod zip;
+pub(crate) mod cdp_log;
+pub(crate) mod downloads;
+pub(crate) mod recording;
+pub(crate) mod zip;
 
-pub use entry::{FileEntry, FileState};
-pub use error::FileError;
-pub use root::{Artifacts, find_ffmpeg};
-pub use session_files::{Limits, RECORDING, SessionFiles};
+pub(crate) use entry::{FileEntry, FileState};
+pub(crate) use error::FileError;
+pub(crate) use root::{Artifacts, find_ffmpeg};
+pub(crate) use session_files::{Limits, RECORDING, SessionFiles};

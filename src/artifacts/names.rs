@@ -5,11 +5,11 @@ use std::path::Path;
 use super::error::FileError;
 
 /// The longest file name kept, in bytes (most file systems allow 255).
-pub const MAX_NAME_BYTES: usize = 200;
+pub(super) const MAX_NAME_BYTES: usize = 200;
 
 /// Checks a name given by a client (an upload, a path segment): refused rather than
 /// changed, so that the name a client uses is the name stored.
-pub fn check_name(name: &str) -> Result<(), FileError> {
+pub(super) fn check_name(name: &str) -> Result<(), FileError> {
     if name.is_empty() {
         return Err(FileError::BadName("a file name cannot be empty"));
     }
@@ -30,7 +30,7 @@ pub fn check_name(name: &str) -> Result<(), FileError> {
 
 /// A safe name from one a page suggested (a download's): separators and control
 /// characters become `_`, leading dots go, long names are cut (keeping the extension).
-pub fn sanitize_name(suggested: &str) -> String {
+pub(super) fn sanitize_name(suggested: &str) -> String {
     let cleaned: String = suggested
         .chars()
         .map(|c| {

@@ -38,7 +38,7 @@ const FRONT_RETRY: Duration = Duration::from_millis(100);
 const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a recording needs.
-pub struct Spec {
+pub(crate) struct Spec {
     pub ffmpeg: PathBuf,
     pub fps: u32,
     pub max_bytes: u64,
@@ -50,7 +50,7 @@ pub struct Spec {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     #[error("ffmpeg could not be started: {0}")]
     Ffmpeg(std::io::Error),
     #[error("the session's browser could not be reached: {0}")]
@@ -59,7 +59,7 @@ pub enum RecordError {
 
 /// Starts recording the session at `upstream` until `until` fires (or its browser goes).
 /// Answers once ffmpeg runs and the screencast is asked for.
-pub async fn start(
+pub(crate) async fn start(
     upstream: &Upstream,
     egress: &Egress,
     spec: Spec,

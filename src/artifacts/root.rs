@@ -103,7 +103,7 @@ impl Artifacts {
 }
 
 /// The ffmpeg at `configured`, or the first `ffmpeg` on the `PATH` when that is empty.
-pub fn find_ffmpeg(configured: &str) -> Option<PathBuf> {
+pub(crate) fn find_ffmpeg(configured: &str) -> Option<PathBuf> {
     if !configured.is_empty() {
         let path = PathBuf::from(configured);
         return path.is_file().then_some(path);

@@ -16,7 +16,7 @@ use crate::auth::unix_secs;
 use crate::metrics::Metrics;
 
 const INDEX: &str = "index.json";
-pub const RECORDING: &str = "recording.mp4";
+pub(crate) const RECORDING: &str = "recording.mp4";
 
 /// The artifacts' limits, from the configuration.
 #[derive(Debug, Clone, Copy)]

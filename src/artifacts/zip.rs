@@ -16,7 +16,7 @@ const CHUNK: usize = 64 * 1024;
 const UTF8: u16 = 1 << 11;
 
 /// One file of the archive: its name in the archive, where it is, and its time (Unix s).
-pub struct Entry {
+pub(crate) struct Entry {
     pub name: String,
     pub path: PathBuf,
     pub modified: u64,
@@ -24,7 +24,7 @@ pub struct Entry {
 
 /// The archive of `entries`, as a stream of chunks. A file that cannot be read ends the
 /// stream with an error (the client sees a cut-off download, not a wrong archive).
-pub fn archive(entries: Vec<Entry>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+pub(crate) fn archive(entries: Vec<Entry>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     tokio::spawn(async move {
         if let Err(e) = write(entries, &tx).await {

@@ -72,7 +72,7 @@ impl From<UpstreamError> for ProbeError {
 
 /// Checks that `raw` names a DevTools browser endpoint that may be reached and answers
 /// CDP; answers how to reach it. Never echoes the URL (it may carry credentials).
-pub async fn probe(
+pub(crate) async fn probe(
     raw: &str,
     egress: &Egress,
     timeout: Duration,

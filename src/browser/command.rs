@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 
 /// A command of a client, parsed.
 #[derive(Debug)]
-pub struct Command<'a> {
+pub(crate) struct Command<'a> {
     pub id: i64,
     pub method: String,
     pub session: Option<String>,
@@ -29,7 +29,7 @@ pub struct Command<'a> {
 
 /// A command's parameters.
 #[derive(Debug)]
-pub enum Params<'a> {
+pub(crate) enum Params<'a> {
     /// Not read: passed on as the client wrote them (`None`: there were none).
     Verbatim(Option<&'a RawValue>),
     /// Read by name, each value still its JSON text.
@@ -39,7 +39,7 @@ pub enum Params<'a> {
 /// Why a message is not a command, as a CDP error (code and message) with what of it
 /// could be read.
 #[derive(Debug, PartialEq)]
-pub struct Malformed {
+pub(crate) struct Malformed {
     pub id: Option<i64>,
     pub session: Option<String>,
     pub code: i64,
@@ -61,7 +61,7 @@ struct Envelope<'a> {
 
 impl<'a> Command<'a> {
     /// Parses `text`; the parameters are split by name when `read_params(method)`.
-    pub fn parse(text: &'a str, read_params: impl Fn(&str) -> bool) -> Result<Command<'a>, Malformed> {
+    pub(crate) fn parse(text: &'a str, read_params: impl Fn(&str) -> bool) -> Result<Command<'a>, Malformed> {
         let malformed = |id, session, code, message| Malformed {
             id,
             session,
@@ -116,7 +116,7 @@ impl<'a> Command<'a> {
     }
 
     /// The command as it goes to the browser.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         #[derive(Serialize)]
         #[serde(untagged)]
         enum Out<'b> {
@@ -160,11 +160,11 @@ impl<'a> Command<'a> {
 /// value, which is then the only one sent.
 #[derive(Debug, Default, Serialize)]
 #[serde(transparent)]
-pub struct Fields<'a>(BTreeMap<String, Cow<'a, RawValue>>);
+pub(crate) struct Fields<'a>(BTreeMap<String, Cow<'a, RawValue>>);
 
 impl<'a> Fields<'a> {
     /// The fields of an object; `None` if `raw` is not one.
-    pub fn parse(raw: &'a RawValue) -> Option<Fields<'a>> {
+    pub(crate) fn parse(raw: &'a RawValue) -> Option<Fields<'a>> {
         if !is_object(raw.get()) {
             return None;
         }
@@ -173,43 +173,43 @@ impl<'a> Fields<'a> {
     }
 
     /// The value of `key` as a `T`, if it is one.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         read(self.0.get(key)?)
     }
 
-    pub fn str(&self, key: &str) -> Option<String> {
+    pub(crate) fn str(&self, key: &str) -> Option<String> {
         self.get(key)
     }
 
-    pub fn raw(&self, key: &str) -> Option<&RawValue> {
+    pub(crate) fn raw(&self, key: &str) -> Option<&RawValue> {
         self.0.get(key).map(|v| v.as_ref())
     }
 
-    pub fn contains(&self, key: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str) -> bool {
         self.0.contains_key(key)
     }
 
     /// `key` is missing or `null`.
-    pub fn is_null(&self, key: &str) -> bool {
+    pub(crate) fn is_null(&self, key: &str) -> bool {
         self.0.get(key).is_none_or(|v| v.get() == "null")
     }
 
-    pub fn set(&mut self, key: &str, value: impl Serialize) {
+    pub(crate) fn set(&mut self, key: &str, value: impl Serialize) {
         let raw = serde_json::value::to_raw_value(&value).expect("a value serializes");
         self.0.insert(key.to_owned(), Cow::Owned(raw));
     }
 
-    pub fn remove(&mut self, key: &str) {
+    pub(crate) fn remove(&mut self, key: &str) {
         self.0.remove(key);
     }
 
     /// Keeps only the names in `keys`.
-    pub fn retain(&mut self, keys: &[&str]) {
+    pub(crate) fn retain(&mut self, keys: &[&str]) {
         self.0.retain(|key, _| keys.contains(&key.as_str()));
     }
 
     /// The fields as one JSON object.
-    pub fn to_raw(&self) -> Box<RawValue> {
+    pub(crate) fn to_raw(&self) -> Box<RawValue> {
         serde_json::value::to_raw_value(self).expect("fields serialize")
     }
 }

@@ -238,7 +238,7 @@ mod sys {
 
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 
-    pub fn abi() -> i32 {
+    pub(super) fn abi() -> i32 {
         // SAFETY: with a null attribute, zero size and the VERSION flag the call only
         // returns the ABI number; no memory is read or written.
         let abi = unsafe {
@@ -259,7 +259,7 @@ mod sys {
         }
     }
 
-    pub fn restrict_before_exec(cmd: &mut tokio::process::Command, fd: OwnedFd) {
+    pub(super) fn restrict_before_exec(cmd: &mut tokio::process::Command, fd: OwnedFd) {
         // SAFETY: between fork and exec the closure makes two system calls (both
         // async-signal-safe), allocates nothing and touches no lock; `fd` stays open in the
         // parent while the command lives, and is close-on-exec, so Chrome never holds it.

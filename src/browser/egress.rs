@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::egress_rules::{Class, Rules, canonical, parse_browser_allow_list, parse_deny_list, restricted_class};
-pub use crate::egress_rules::{host_matches, parse_allow_list};
+pub(crate) use crate::egress_rules::{host_matches, parse_allow_list};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EgressError {

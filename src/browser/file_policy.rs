@@ -15,11 +15,11 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// Most files one command may name.
-pub const MAX_FILES: usize = 100;
+pub(crate) const MAX_FILES: usize = 100;
 
 /// Why a list of files was refused, for the client's error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error("files must be a list of at most {MAX_FILES} paths")]
     NotAList,
     #[error("only the session's own files may be given to a page (upload them first): {0}")]
@@ -31,7 +31,7 @@ pub enum Refused {
 /// Reads a `files` list (at most [`MAX_FILES`] strings, read one at a time so that a
 /// huge list is refused without being held) and answers each path resolved, if every one
 /// is a file inside `dir`.
-pub fn check_files(dir: Option<&Path>, files: &RawValue) -> Result<Vec<String>, Refused> {
+pub(crate) fn check_files(dir: Option<&Path>, files: &RawValue) -> Result<Vec<String>, Refused> {
     let paths = path_list(files)?;
     if paths.is_empty() {
         return Ok(paths); // clearing a file input

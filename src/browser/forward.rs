@@ -133,7 +133,7 @@ fn bracketed(host: &str) -> String {
     }
 }
 
-pub use crate::values::NetworkStats;
+pub(crate) use crate::values::NetworkStats;
 
 /// A session's network counters, shared by every connection of its browser.
 #[derive(Default)]

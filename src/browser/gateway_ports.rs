@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-pub struct GatewayPorts {
+pub(crate) struct GatewayPorts {
     /// Every port, lent out or not.
     ports: Vec<u16>,
     /// Listeners no context uses now.
@@ -25,7 +25,7 @@ pub struct GatewayPorts {
 
 impl GatewayPorts {
     /// Binds `count` listeners on fresh loopback ports.
-    pub fn bind(count: usize, own_ports: Arc<Mutex<HashSet<u16>>>) -> std::io::Result<GatewayPorts> {
+    pub(crate) fn bind(count: usize, own_ports: Arc<Mutex<HashSet<u16>>>) -> std::io::Result<GatewayPorts> {
         let mut free = Vec::with_capacity(count);
         let mut ports = Vec::with_capacity(count);
         for _ in 0..count {
@@ -43,22 +43,22 @@ impl GatewayPorts {
     }
 
     /// Every port of the set.
-    pub fn ports(&self) -> &[u16] {
+    pub(crate) fn ports(&self) -> &[u16] {
         &self.ports
     }
 
     /// A listener no context uses, if one is left.
-    pub fn take(&self) -> Option<TcpListener> {
+    pub(crate) fn take(&self) -> Option<TcpListener> {
         self.free.lock().expect("gateway ports lock").pop()
     }
 
     /// A listener whose context has ended, for the next one.
-    pub fn put_back(&self, listener: TcpListener) {
+    pub(crate) fn put_back(&self, listener: TcpListener) {
         self.free.lock().expect("gateway ports lock").push(listener);
     }
 
     /// A listener whose context may not have ended: kept bound, never lent again.
-    pub fn park(&self, listener: TcpListener) {
+    pub(crate) fn park(&self, listener: TcpListener) {
         self.parked.lock().expect("gateway ports lock").push(listener);
     }
 }

@@ -34,12 +34,12 @@ impl Identity {
 }
 
 /// Checks a user agent: printable ASCII (it becomes a header), 1 to 1024 characters.
-pub fn valid_user_agent(ua: &str) -> bool {
+pub(crate) fn valid_user_agent(ua: &str) -> bool {
     (1..=1024).contains(&ua.len()) && ua.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// Checks a BCP 47 language tag's shape (`en`, `en-US`, `zh-Hant-TW`).
-pub fn valid_locale(locale: &str) -> bool {
+pub(crate) fn valid_locale(locale: &str) -> bool {
     let mut parts = locale.split('-');
     let language = parts.next().unwrap_or("");
     locale.len() <= 35
@@ -50,7 +50,7 @@ pub fn valid_locale(locale: &str) -> bool {
 
 /// Checks an IANA time zone name against the system's zone database
 /// (`/usr/share/zoneinfo`); where there is none, against the shape of a name only.
-pub fn valid_timezone(name: &str) -> bool {
+pub(crate) fn valid_timezone(name: &str) -> bool {
     let shaped = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('/')
@@ -119,7 +119,7 @@ type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 /// Puts `identity` on every target of the session's browser at `upstream` (those open now
 /// before this answers, later ones before they run) and keeps it there until `until`
 /// fires. A context session's upstream is filtered: only its own context's targets.
-pub async fn keep(
+pub(crate) async fn keep(
     upstream: &Upstream,
     egress: &Egress,
     identity: Identity,

@@ -806,7 +806,7 @@ mod sys {
     /// Asks the kernel to SIGKILL the child when the thread that spawned it dies, so a
     /// killed broker leaves no browser behind. Tokio's worker threads live as long as the
     /// runtime, and the launch runs on one of them.
-    pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    pub(super) fn die_with_parent(cmd: &mut tokio::process::Command) {
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -819,7 +819,7 @@ mod sys {
     }
 
     /// SIGKILL to the process group led by `pid`.
-    pub fn kill_group(pid: u32) {
+    pub(super) fn kill_group(pid: u32) {
         if pid > 1 {
             // SAFETY: kill with a negative pid only sends a signal.
             unsafe {

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// What any viewer may send: find tabs, attach, watch.
-pub const VIEW_METHODS: &[&str] = &[
+pub(crate) const VIEW_METHODS: &[&str] = &[
     "Target.setDiscoverTargets",
     "Target.getTargets",
     "Target.attachToTarget",
@@ -19,7 +19,7 @@ pub const VIEW_METHODS: &[&str] = &[
 ];
 
 /// What an interactive viewer may send besides.
-pub const INPUT_METHODS: &[&str] = &[
+pub(crate) const INPUT_METHODS: &[&str] = &[
     "Target.activateTarget",
     "Input.dispatchMouseEvent",
     "Input.dispatchKeyEvent",
@@ -45,7 +45,7 @@ struct ViewerCommand<'a> {
 
 /// Whether a viewer may send the command `text` (then it goes on as it came, unchanged);
 /// otherwise the CDP error to answer the viewer with.
-pub fn check(text: &str, read_only: bool) -> Result<(), Value> {
+pub(crate) fn check(text: &str, read_only: bool) -> Result<(), Value> {
     let command = text
         .trim_start()
         .starts_with('{')

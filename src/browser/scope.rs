@@ -114,7 +114,7 @@ impl ContextScope {
 }
 
 /// Relays `client` and `browser` through a [`Filter`] until either side closes.
-pub async fn pipe<B, C>(
+pub(crate) async fn pipe<B, C>(
     scope: Arc<ContextScope>,
     root: Root,
     mut browser: WebSocketStream<B>,

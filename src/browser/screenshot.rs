@@ -43,7 +43,7 @@ impl ScreenshotError {
 }
 
 /// The first tab now, as a JPEG, within `limit` for the whole exchange.
-pub async fn capture(upstream: &Upstream, egress: &Egress, limit: Duration) -> Result<Vec<u8>, ScreenshotError> {
+pub(crate) async fn capture(upstream: &Upstream, egress: &Egress, limit: Duration) -> Result<Vec<u8>, ScreenshotError> {
     tokio::time::timeout(limit, capture_within(upstream, egress, limit))
         .await
         .map_err(|_| ScreenshotError::Timeout(limit))?

@@ -678,7 +678,7 @@ impl SharedBrowsers {
 
 /// Proportional set size, in bytes, of every process in the process group `pgid` (a
 /// browser and its renderers, GPU and utility processes).
-pub fn group_pss(pgid: u32) -> u64 {
+pub(crate) fn group_pss(pgid: u32) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };

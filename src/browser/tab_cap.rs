@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whose tabs to hold, and to how many.
-pub struct TabCap {
+pub(crate) struct TabCap {
     /// The browser's DevTools address.
     pub ws_url: String,
     /// The session's context in a shared browser; `None`: the whole browser is the session's.
@@ -33,7 +33,7 @@ pub struct TabCap {
 
 /// Starts watching; answers once the session's open tabs are known, so that none opened
 /// from then on passes unseen.
-pub async fn start(cap: TabCap, tracker: &TaskTracker) -> Result<(), CdpError> {
+pub(crate) async fn start(cap: TabCap, tracker: &TaskTracker) -> Result<(), CdpError> {
     let client = Client::connect(&cap.ws_url).await?;
     let events = client.subscribe();
     // Chrome answers with a `targetCreated` for every target open now, then each new one.

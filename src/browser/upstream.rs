@@ -56,7 +56,7 @@ impl UpstreamError {
 }
 
 /// Chrome answers an unknown target id with 404, or 500 "No such target id".
-pub fn is_unknown_target(status: u16, body: &[u8]) -> bool {
+pub(crate) fn is_unknown_target(status: u16, body: &[u8]) -> bool {
     status == 404 || body.starts_with(b"No such target")
 }
 

@@ -24,7 +24,7 @@ pub struct Refused(pub &'static str);
 /// discovery's `/json/new`): http(s), `about:blank` and `about:srcdoc`, `data:` and
 /// `blob:` (content the page or the client made, never a file), and `view-source:` of
 /// http(s). An empty URL is `about:blank`, as Chrome takes it.
-pub fn check_navigation(url: &str) -> Result<(), Refused> {
+pub(crate) fn check_navigation(url: &str) -> Result<(), Refused> {
     if url.trim_matches(|c: char| c <= ' ').is_empty() {
         return Ok(());
     }
@@ -44,7 +44,7 @@ pub fn check_navigation(url: &str) -> Result<(), Refused> {
 
 /// A URL the browser is asked to fetch itself (`Network.loadNetworkResource`, a request
 /// an interception continues to elsewhere): http(s) only.
-pub fn check_fetch(url: &str) -> Result<(), Refused> {
+pub(crate) fn check_fetch(url: &str) -> Result<(), Refused> {
     match parse(url)?.scheme() {
         "http" | "https" => Ok(()),
         _ => Err(Refused("only http(s) URLs may be fetched")),

@@ -38,7 +38,11 @@ struct RunAction {
     screen: Option<Screen>,
 }
 
-pub async fn handle(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn handle(
+    broker: &Broker,
+    tenant: Tenant,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let config = &broker.config();
     let from_another_node = is_hop(&request);
     let (parts, body) = request.into_parts();
@@ -141,7 +145,7 @@ fn ended_during(session: &Session) -> ApiError {
 }
 
 /// Checks a request body (for the fuzz targets: the request it makes stays private).
-pub fn validate_body(body: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn validate_body(body: &Map<String, Value>) -> Result<(), ApiError> {
     validate(body).map(|_| ())
 }
 

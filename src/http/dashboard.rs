@@ -19,7 +19,7 @@ use crate::browser::screenshot;
 const PAGE: &str = include_str!("dashboard.html");
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn page() -> Response<Body> {
+pub(crate) fn page() -> Response<Body> {
     // Its own origin's API only; recordings and thumbnails arrive as blobs.
     super::html_page(
         StatusCode::OK,
@@ -30,7 +30,7 @@ pub fn page() -> Response<Body> {
 }
 
 /// `GET /public/sessions/{id}/screenshot`: the session's first tab now, as a JPEG.
-pub async fn screenshot(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn screenshot(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
     let session = broker
         .active(Some(tenant), id)
         .await

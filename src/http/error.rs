@@ -20,7 +20,7 @@ use crate::store::profiles::ProfileError;
 use crate::store::{Status, StoreError};
 
 /// Seconds a client is told to wait after a 503.
-pub const RETRY_AFTER_SECS: u64 = 2;
+pub(crate) const RETRY_AFTER_SECS: u64 = 2;
 
 /// An error a client sees. `detail` is one sentence the user can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +149,7 @@ impl ApiError {
 
 /// What a client was trying to do with a session that turned out not to be active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// PATCH.
     Change,
     /// Terminate.
@@ -163,7 +163,7 @@ pub enum Attempt {
 }
 
 /// The one way a session lookup's refusal becomes an answer.
-pub fn session_refusal(e: SessionError, attempt: Attempt) -> ApiError {
+pub(crate) fn session_refusal(e: SessionError, attempt: Attempt) -> ApiError {
     let origin = e.origin();
     let status = match e {
         SessionError::NotFound if attempt == Attempt::View => {
@@ -361,7 +361,7 @@ impl From<ScreenshotError> for ApiError {
 
 /// Logs and counts an error answer by whose fault it was (for answers rendered another
 /// way than [`ApiError::into_response`], such as the live view's pages).
-pub fn record(metrics: &Metrics, e: &ApiError) {
+pub(crate) fn record(metrics: &Metrics, e: &ApiError) {
     metrics.record_error(e.origin);
     let status = e.status.as_u16();
     match e.origin {
@@ -371,7 +371,7 @@ pub fn record(metrics: &Metrics, e: &ApiError) {
 }
 
 /// The answer to a handler's result; errors are logged and counted by whose fault.
-pub fn answer(metrics: &Metrics, result: Result<Response<Body>, ApiError>) -> Response<Body> {
+pub(crate) fn answer(metrics: &Metrics, result: Result<Response<Body>, ApiError>) -> Response<Body> {
     match result {
         Ok(response) => response,
         Err(e) => {
@@ -382,7 +382,7 @@ pub fn answer(metrics: &Metrics, result: Result<Response<Body>, ApiError>) -> Re
 }
 
 /// A JSON answer with the given status.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(super::full(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -393,7 +393,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 }
 
 /// An empty answer (204 and friends).
-pub fn empty_response(status: StatusCode) -> Response<Body> {
+pub(crate) fn empty_response(status: StatusCode) -> Response<Body> {
     let mut response = Response::new(super::full(Bytes::new()));
     *response.status_mut() = status;
     response

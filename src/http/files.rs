@@ -21,7 +21,7 @@ use crate::auth::Tenant;
 use crate::broker::Broker;
 
 /// The file as the API lists it.
-pub fn render_file(entry: &FileEntry) -> Value {
+pub(crate) fn render_file(entry: &FileEntry) -> Value {
     json!({
         "name": entry.name,
         "size": entry.size,
@@ -47,7 +47,7 @@ async fn files_of(
 }
 
 /// `/public/sessions/{id}/files`: list (GET) or upload (POST).
-pub async fn collection(
+pub(crate) async fn collection(
     broker: &Broker,
     tenant: &Tenant,
     id: &str,
@@ -70,7 +70,7 @@ pub async fn collection(
 }
 
 /// `/public/sessions/{id}/files/{name}`: read (GET, ranges) or remove (DELETE).
-pub async fn one(
+pub(crate) async fn one(
     broker: &Broker,
     tenant: &Tenant,
     id: &str,
@@ -104,7 +104,7 @@ pub async fn one(
 }
 
 /// `/public/sessions/{id}/files.zip`: every complete file in one archive.
-pub async fn archive(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn archive(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
     let files = files_of(broker, tenant, id).await?;
     let entries: Vec<zip::Entry> = files
         .iter()
@@ -133,7 +133,7 @@ pub async fn archive(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Respo
 }
 
 /// `/public/sessions/{id}/recording`.
-pub async fn recording(
+pub(crate) async fn recording(
     broker: &Broker,
     tenant: &Tenant,
     id: &str,
@@ -144,7 +144,7 @@ pub async fn recording(
 }
 
 /// A session's recording, if it has one.
-pub async fn serve_recording(
+pub(crate) async fn serve_recording(
     files: Option<&SessionFiles>,
     headers: &HeaderMap,
     head: bool,

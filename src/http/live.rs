@@ -35,7 +35,7 @@ use crate::store::EndReason;
 
 const PAGE: &str = include_str!("live.html");
 
-pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let token = crate::auth::query_token(request.uri().query().unwrap_or(""));
     let segments: Vec<&str> = path.split('/').skip(2).collect();

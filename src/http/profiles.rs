@@ -14,7 +14,7 @@ use crate::profile::storage_state;
 use crate::store::profiles::Profile;
 
 /// `/public/browser-profiles`.
-pub async fn collection(
+pub(crate) async fn collection(
     broker: &Broker,
     tenant: &Tenant,
     request: Request<Incoming>,
@@ -33,7 +33,12 @@ pub async fn collection(
 }
 
 /// `/public/browser-profiles/{id}`.
-pub async fn one(broker: &Broker, tenant: &Tenant, id: &str, method: &Method) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn one(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    method: &Method,
+) -> Result<Response<Body>, ApiError> {
     match *method {
         Method::GET => {
             let profile = broker.profiles().get(tenant, id).await?;
@@ -51,7 +56,7 @@ pub async fn one(broker: &Broker, tenant: &Tenant, id: &str, method: &Method) ->
 }
 
 /// `/public/browser-profiles/{id}/storage-state`: export (GET) or import (POST, PUT).
-pub async fn storage_state(
+pub(crate) async fn storage_state(
     broker: &Broker,
     tenant: &Tenant,
     id: &str,
@@ -78,7 +83,7 @@ pub async fn storage_state(
 }
 
 /// A profile as the API shows it, with how many sessions use it.
-pub fn render(profile: &Profile, users: usize) -> Value {
+pub(crate) fn render(profile: &Profile, users: usize) -> Value {
     json!({
         "id": profile.id,
         "name": profile.name,

@@ -14,7 +14,7 @@ use crate::broker::Broker;
 
 /// The tenant whose API key the request carries; for a request another node sent on,
 /// the tenant its checked hop header names (the client's key stayed on that node).
-pub fn authenticate<B>(broker: &Broker, request: &Request<B>) -> Result<Tenant, ApiError> {
+pub(crate) fn authenticate<B>(broker: &Broker, request: &Request<B>) -> Result<Tenant, ApiError> {
     if let Some(tenant) = crate::proxy::hop::hop_tenant(request) {
         return tenant.ok_or_else(ApiError::unauthorized);
     }
@@ -25,7 +25,7 @@ pub fn authenticate<B>(broker: &Broker, request: &Request<B>) -> Result<Tenant, 
 }
 
 /// Refuses methods other than `allowed` with 405.
-pub fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+pub(crate) fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
     if allowed.contains(method) {
         Ok(())
     } else {
@@ -34,12 +34,12 @@ pub fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
 }
 
 /// A field that is present and not `null` (clients send `null` for "not given").
-pub fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     body.get(name).filter(|v| !v.is_null())
 }
 
 /// Reads the body (at most `limit` bytes) as a JSON object. An empty body counts as `{}`.
-pub async fn read_json_object(
+pub(crate) async fn read_json_object(
     request: Request<Incoming>,
     limit: usize,
     read_time: Duration,
@@ -48,7 +48,11 @@ pub async fn read_json_object(
 }
 
 /// Reads the body, at most `limit` bytes within `read_time`.
-pub async fn read_body(request: Request<Incoming>, limit: usize, read_time: Duration) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    request: Request<Incoming>,
+    limit: usize,
+    read_time: Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("Request body is too large: the limit is {limit} bytes"));
     if let Some(length) = request.headers().get(header::CONTENT_LENGTH)
         && length
@@ -80,7 +84,7 @@ pub async fn read_body(request: Request<Incoming>, limit: usize, read_time: Dura
 }
 
 /// A body as a JSON object; an empty one counts as `{}`.
-pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -93,13 +97,13 @@ pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// `a=1&b=x%20y` → [("a","1"), ("b","x y")].
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 
 /// A JSON number with no fractional part (`600` or `600.0`: both integers to JSON Schema),
 /// if it is 0 or more and fits.
-pub fn whole_number(v: &Value) -> Option<u64> {
+pub(crate) fn whole_number(v: &Value) -> Option<u64> {
     let n = v.as_number()?;
     n.as_u64().or_else(|| {
         let f = n.as_f64()?;

@@ -18,7 +18,7 @@ use crate::broker::Broker;
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Serves until the broker's shutdown token is cancelled; in-flight requests finish.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+pub(crate) async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {

@@ -24,7 +24,7 @@ const MAX_LIMIT: usize = 100;
 const DEFAULT_LIMIT: usize = 50;
 
 /// `/public/sessions`.
-pub async fn collection(
+pub(crate) async fn collection(
     broker: &Broker,
     tenant: Tenant,
     request: Request<Incoming>,
@@ -37,7 +37,7 @@ pub async fn collection(
 }
 
 /// `/public/sessions/{id}`.
-pub async fn one(
+pub(crate) async fn one(
     broker: &Broker,
     tenant: &Tenant,
     id: &str,
@@ -67,7 +67,7 @@ pub async fn one(
 }
 
 /// `POST /public/sessions/{id}/terminate`: answers once a persisting session's profile is saved.
-pub async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn terminate(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
     let session = broker
         .active(Some(tenant), id)
         .await
@@ -107,7 +107,7 @@ async fn place_elsewhere(
 }
 
 /// The session object of the wire contract.
-pub fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
+pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     let mut metadata = record.metadata.clone();
     metadata.insert("live_url".into(), json!(urls.live));
     metadata.insert("live_url_read_only".into(), json!(urls.live_read_only));
@@ -188,7 +188,7 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
 }
 
 /// Checks every field of a create body; the first bad one is reported.
-pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
+pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<NewSession, ApiError> {
     let external_url = match field(body, "cdp_url") {
         Some(Value::String(url)) => Some(url.clone()),
         Some(_) => return Err(ApiError::unprocessable("cdp_url must be a string")),
@@ -260,7 +260,7 @@ pub fn validate_create(config: &Config, body: &Map<String, Value>) -> Result<New
 /// The options of a create (or of a single action's own session): `proxy`, `user_agent`,
 /// `locale`, `timezone`, `idle_timeout`, `isolation`, `record`, `log_cdp`; a bad one is
 /// named in the error.
-pub fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<RequestedOptions, ApiError> {
+pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Result<RequestedOptions, ApiError> {
     let text = |name: &str, valid: fn(&str) -> bool, what: &str| -> Result<Option<String>, ApiError> {
         match field(body, name) {
             Some(Value::String(v)) if valid(v) => Ok(Some(v.clone())),
@@ -393,7 +393,7 @@ fn parse_proxy(v: &Value) -> Result<UpstreamProxy, ApiError> {
     })
 }
 
-pub fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
+pub(crate) fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
     let too_long = || {
         let human = if max_ttl.is_multiple_of(3600) {
             format!("{} hours", max_ttl / 3600)
@@ -424,7 +424,7 @@ pub fn parse_ttl(v: &Value, max_ttl: u64) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs(ttl))
 }
 
-pub fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
+pub(crate) fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
     let shape = || ApiError::unprocessable("screen_config must be an object with integer width and height");
     let obj = v.as_object().ok_or_else(shape)?;
     let side = |name: &str, max: u32| -> Result<u32, ApiError> {
@@ -443,7 +443,7 @@ pub fn parse_screen(v: &Value) -> Result<Screen, ApiError> {
 }
 
 /// A metadata object within the size limit, without the broker's reserved keys.
-pub fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_metadata(v: &Value, max_bytes: usize) -> Result<Map<String, Value>, ApiError> {
     let mut map = v
         .as_object()
         .cloned()

@@ -15,7 +15,7 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 /// Saves the state of `browser` (still running) into the profile: session cookies
 /// read over CDP, a clean close so Chrome flushes its stores, then the commit.
 /// Answers what became of it, for the session record.
-pub async fn save_from(profiles: &Profiles, hold: &ProfileUse, browser: &Browser) -> SaveOutcome {
+pub(crate) async fn save_from(profiles: &Profiles, hold: &ProfileUse, browser: &Browser) -> SaveOutcome {
     let cookies = if browser.is_alive() {
         session_cookies(browser).await
     } else {
@@ -33,7 +33,7 @@ pub async fn save_from(profiles: &Profiles, hold: &ProfileUse, browser: &Browser
 }
 
 /// Restores cookies that have no expiry (Chrome forgets them at exit) into a browser.
-pub async fn restore_session_cookies(browser: &Browser, cookies: &[Value]) -> Result<(), cdp::CdpError> {
+pub(crate) async fn restore_session_cookies(browser: &Browser, cookies: &[Value]) -> Result<(), cdp::CdpError> {
     if cookies.is_empty() {
         return Ok(());
     }

@@ -157,7 +157,7 @@ impl ProfileCopies {
 
 /// A context's storage state: its cookies and the localStorage of the origins it shows or
 /// `reached`.
-pub async fn context_state(ws_url: &str, context: &str, reached: &[String]) -> Result<Value, CdpError> {
+pub(crate) async fn context_state(ws_url: &str, context: &str, reached: &[String]) -> Result<Value, CdpError> {
     let mut conn = Connection::open_in(ws_url, context).await?;
     let state = storage_state::export(&mut conn, std::path::Path::new(""), reached).await;
     conn.close_pages().await;
@@ -165,7 +165,7 @@ pub async fn context_state(ws_url: &str, context: &str, reached: &[String]) -> R
 }
 
 /// Puts a storage state into a context; the tabs it took to write localStorage are closed.
-pub async fn load_context_state(ws_url: &str, context: &str, state: &Value) -> Result<(), CdpError> {
+pub(crate) async fn load_context_state(ws_url: &str, context: &str, state: &Value) -> Result<(), CdpError> {
     let mut conn = Connection::open_in(ws_url, context).await?;
     let loaded = storage_state::import(&mut conn, state).await;
     conn.close_pages().await;

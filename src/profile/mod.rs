@@ -2,6 +2,6 @@
 //! (`copy`), its cookies (`cookies`) and Playwright `storageState` documents
 //! (`storage_state`). The profiles themselves are kept by `store::profiles`.
 
-pub mod cookies;
-pub mod copy;
-pub mod storage_state;
+pub(crate) mod cookies;
+pub(crate) mod copy;
+pub(crate) mod storage_state;

@@ -16,10 +16,10 @@ use crate::browser::cdp::{CdpError, Connection};
 /// at it (a few hundred ms each on a busy machine), so origins are few enough that an
 /// import ends well within its deadline (`storage_state_timeout_ms`).
 const MAX_COOKIES: usize = 3000;
-pub const MAX_ORIGINS: usize = 50;
+pub(crate) const MAX_ORIGINS: usize = 50;
 
 /// Checks an imported document and answers what is wrong with it, if anything.
-pub fn validate(state: &Value) -> Result<(), String> {
+pub(crate) fn validate(state: &Value) -> Result<(), String> {
     let obj = state.as_object().ok_or("storage_state must be a JSON object")?;
     let cookies = obj
         .get("cookies")
@@ -111,7 +111,7 @@ fn canonical_origin(s: &str) -> Option<String> {
 /// is `user_data` (none for a context: its storage is in memory). localStorage is read for
 /// the origins of its cookies, of its open pages, those found on disk and those its pages
 /// `reached` (as its gateway saw them).
-pub async fn export(conn: &mut Connection, user_data: &Path, reached: &[String]) -> Result<Value, CdpError> {
+pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[String]) -> Result<Value, CdpError> {
     let all = conn.call(None, "Storage.getCookies", json!({})).await?;
     let mut cookies = Vec::new();
     let mut candidates: BTreeSet<String> = origins_on_disk(user_data);
@@ -157,7 +157,7 @@ pub async fn export(conn: &mut Connection, user_data: &Path, reached: &[String])
 }
 
 /// Writes a (validated) storage state into the browser behind `conn`.
-pub async fn import(conn: &mut Connection, state: &Value) -> Result<(), CdpError> {
+pub(crate) async fn import(conn: &mut Connection, state: &Value) -> Result<(), CdpError> {
     let cookies: Vec<Value> = state["cookies"]
         .as_array()
         .into_iter()

@@ -26,7 +26,7 @@ struct Handoff {
 }
 
 /// The relay threads of this process (made on first use, shared by every broker in it).
-pub struct Cores {
+pub(crate) struct Cores {
     threads: Vec<mpsc::UnboundedSender<Handoff>>,
     next: AtomicUsize,
 }
@@ -36,7 +36,7 @@ static CORES: OnceLock<Option<Cores>> = OnceLock::new();
 impl Cores {
     /// The process's relay threads, one per core; `None` where threads cannot be made
     /// (relays then run on the main runtime).
-    pub fn get() -> Option<&'static Cores> {
+    pub(crate) fn get() -> Option<&'static Cores> {
         CORES
             .get_or_init(|| {
                 let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -52,7 +52,7 @@ impl Cores {
     /// Runs the future `make` builds on one of the threads, in turn. `make` runs there, so
     /// that sockets it registers belong to that thread's event loop. `sched_batch`: the
     /// thread runs under `SCHED_BATCH` from then on (the broker's `relay_sched_batch`).
-    pub fn spawn<F, Fut>(&self, sched_batch: bool, make: F)
+    pub(crate) fn spawn<F, Fut>(&self, sched_batch: bool, make: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -144,7 +144,7 @@ const CROWDED_PAUSE: Duration = Duration::from_millis(10);
 
 /// Tells this thread's poller (if it is a relay thread) that a relay passed bytes, and the
 /// longest window its broker allows.
-pub fn active(max_window: Duration) {
+pub(crate) fn active(max_window: Duration) {
     POLLER.with(|p| {
         if let Some(p) = p.borrow().as_ref() {
             p.max_us.store(max_window.as_micros() as u64, Relaxed);
@@ -207,7 +207,7 @@ fn next_window(window: Duration, gap: Duration, max: Duration) -> Duration {
 mod sys {
     /// Puts the calling thread under `SCHED_BATCH` (or back under `SCHED_OTHER`). Needs no
     /// privilege: both are normal, non-real-time policies.
-    pub fn set_sched_batch(on: bool) -> std::io::Result<()> {
+    pub(super) fn set_sched_batch(on: bool) -> std::io::Result<()> {
         let policy = if on { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.

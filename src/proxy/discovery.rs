@@ -140,7 +140,7 @@ fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Full<By
 
 /// Chrome target ids are hex (32 upper-case digits); accept a little more, nothing that
 /// could change the upstream path.
-pub fn is_target_id(s: &str) -> bool {
+pub(crate) fn is_target_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -155,7 +155,7 @@ pub(crate) struct Rewriter<'a> {
 }
 
 impl Rewriter<'_> {
-    pub fn rewrite(&self, value: &mut Value) {
+    pub(crate) fn rewrite(&self, value: &mut Value) {
         match value {
             Value::Array(items) => items.iter_mut().for_each(|v| self.rewrite(v)),
             Value::Object(map) => map.values_mut().for_each(|v| self.rewrite(v)),

@@ -3,7 +3,7 @@
 use crate::auth::TokenError;
 use crate::broker::SessionError;
 use crate::browser::upstream::UpstreamError;
-pub use crate::browser::upstream::is_unknown_target;
+pub(crate) use crate::browser::upstream::is_unknown_target;
 use crate::error::Origin;
 
 use super::handshake::HandshakeError;

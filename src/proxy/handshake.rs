@@ -27,7 +27,7 @@ impl HandshakeError {
 }
 
 /// The `101 Switching Protocols` answer to an upgrade request with this key.
-pub fn upgrade_response(key: &str) -> Response<Full<Bytes>> {
+pub(crate) fn upgrade_response(key: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -43,7 +43,7 @@ pub fn upgrade_response(key: &str) -> Response<Full<Bytes>> {
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed upgrade request.
-pub fn websocket_key(request: &Request<Incoming>) -> Result<String, HandshakeError> {
+pub(crate) fn websocket_key(request: &Request<Incoming>) -> Result<String, HandshakeError> {
     let h = request.headers();
     let has = |name: header::HeaderName, want: &str| {
         h.get_all(name)

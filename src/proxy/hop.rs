@@ -30,18 +30,18 @@ use crate::browser::upstream::UpstreamError;
 use crate::store::EndReason;
 
 /// Marks a request that came from another node, and proves it (see [`ClusterKey::sign_hop`]).
-pub const HOP_HEADER: &str = "x-cdpgate-hop";
+pub(crate) const HOP_HEADER: &str = "x-cdpgate-hop";
 /// The client's credentials, which never go on to another node.
 const CREDENTIALS: [&str; 3] = ["x-api-key", "authorization", "x-admin-key"];
 /// How long the owner may take to accept a connection and answer (a single action sent on
 /// gets its own, longer, time).
-pub const HOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer head or body carried back (discovery's protocol description is ~1 MB).
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Whether the request was sent on by another node of this cluster: its hop header was
 /// checked by [`check_hop`].
-pub fn is_hop<B>(request: &Request<B>) -> bool {
+pub(crate) fn is_hop<B>(request: &Request<B>) -> bool {
     request.extensions().get::<Hop>().is_some()
 }
 
@@ -49,7 +49,7 @@ pub fn is_hop<B>(request: &Request<B>) -> bool {
 /// then [`is_hop`], with the tenant it names), `Ok(false)` for none, `Err(())` for one that
 /// is forged, altered, late, or sent to a node without a cluster secret.
 #[allow(clippy::result_unit_err)]
-pub fn check_hop<B>(key: Option<&ClusterKey>, request: &mut Request<B>) -> Result<bool, ()> {
+pub(crate) fn check_hop<B>(key: Option<&ClusterKey>, request: &mut Request<B>) -> Result<bool, ()> {
     let Some(header) = request.headers().get(HOP_HEADER) else {
         return Ok(false);
     };
@@ -64,7 +64,7 @@ pub fn check_hop<B>(key: Option<&ClusterKey>, request: &mut Request<B>) -> Resul
 }
 
 /// The tenant a checked hop header names: `Some(None)` for a hop without one.
-pub fn hop_tenant<B>(request: &Request<B>) -> Option<Option<Tenant>> {
+pub(crate) fn hop_tenant<B>(request: &Request<B>) -> Option<Option<Tenant>> {
     request.extensions().get::<Hop>().map(|h| h.tenant.clone())
 }
 
@@ -80,11 +80,11 @@ fn stays_here(name: &header::HeaderName) -> bool {
 
 /// An answer carried back from the owner, its body streamed as it arrives (a session's
 /// files and recordings can be large).
-pub type Streamed = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type Streamed = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Sends `request` to the node at `owner` (`http://host:port`) and answers as it does;
 /// `tenant` is the one this node authenticated from the request's API key, if any.
-pub async fn forward(
+pub(crate) async fn forward(
     broker: &std::sync::Arc<Broker>,
     owner: &str,
     request: Request<Incoming>,
@@ -106,7 +106,7 @@ pub async fn forward(
 
 /// Sends a request whose body was read already to the node at `owner`, for `tenant`: a
 /// create placed on another node is sent this way, to one node after another.
-pub async fn send_to(
+pub(crate) async fn send_to(
     key: &ClusterKey,
     owner: &str,
     parts: &hyper::http::request::Parts,

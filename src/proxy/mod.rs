@@ -8,13 +8,13 @@
 //! (see [`crate::store::EndReason::close_code`]). Refusals are [`ProxyError`]s; `http`
 //! decides their status codes.
 
-pub mod cores;
-pub mod discovery;
-pub mod error;
-pub mod handshake;
-pub mod hop;
-pub mod relay;
-pub mod tap;
+pub(crate) mod cores;
+pub(crate) mod discovery;
+pub(crate) mod error;
+pub(crate) mod handshake;
+pub(crate) mod hop;
+pub(crate) mod relay;
+pub(crate) mod tap;
 
 use std::sync::Arc;
 
@@ -37,12 +37,12 @@ use crate::browser::upstream::UpstreamStream;
 use crate::metrics::Metrics;
 use crate::session::{ConnectionSlot, Session};
 use discovery::is_target_id;
-pub use error::ProxyError;
+pub(crate) use error::ProxyError;
 use handshake::{upgrade_response, websocket_key};
 
 type Body = Full<Bytes>;
 
-pub async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let token = crate::auth::query_token(&query);
@@ -85,7 +85,7 @@ async fn authorize(broker: &Broker, token: Option<&str>, path_sid: Option<&str>)
 }
 
 /// Counts a new WebSocket connection of `session`, within its limit.
-pub fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ProxyError> {
+pub(crate) fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ProxyError> {
     let max = broker.config().max_connections_per_session;
     session.claim_connection(max).ok_or_else(|| {
         broker.metrics().connections_refused.inc();

@@ -67,12 +67,12 @@ pub(crate) struct FrameCursor {
 }
 
 impl FrameCursor {
-    pub fn at_boundary(&self) -> bool {
+    pub(crate) fn at_boundary(&self) -> bool {
         self.remaining == 0 && self.partial_len == 0
     }
 
     /// Passes `bytes` through the cursor, calling `on_header` for each complete header.
-    pub fn advance(
+    pub(crate) fn advance(
         &mut self,
         mut bytes: &[u8],
         max_message: u64,
@@ -117,7 +117,7 @@ impl FrameCursor {
     }
 
     /// How many of `bytes` finish the current frame, if they do.
-    pub fn boundary_within(&self, bytes: &[u8]) -> Option<usize> {
+    pub(crate) fn boundary_within(&self, bytes: &[u8]) -> Option<usize> {
         if self.at_boundary() {
             return Some(0);
         }
@@ -173,7 +173,7 @@ fn parse_header(h: &[u8]) -> Result<Header, Violation> {
 }
 
 /// A close frame from the server side (unmasked): code and reason.
-pub fn server_close_frame(code: u16, reason: &str) -> Vec<u8> {
+pub(crate) fn server_close_frame(code: u16, reason: &str) -> Vec<u8> {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
     let mut frame = Vec::with_capacity(4 + reason.len());
     frame.push(0x80 | OP_CLOSE);
@@ -203,7 +203,7 @@ struct Counters<'a> {
 
 /// What a relay allows.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest message, in bytes (close 1009 above it).
     pub max_message: usize,
     /// Largest message from the client; smaller when something behind the relay parses
@@ -217,7 +217,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(config: &crate::config::Config) -> Limits {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Limits {
         Limits {
             max_message: config.max_message_bytes,
             max_client_message: config.max_message_bytes,
@@ -410,7 +410,7 @@ impl Direction {
 
 /// A read half the relay can wait on before it reads, so that it holds no buffer while a
 /// connection is idle.
-pub trait Source: AsyncRead + Unpin {
+pub(crate) trait Source: AsyncRead + Unpin {
     /// Resolves once a read would not wait (bytes, the end, or an error); a source that
     /// cannot tell resolves at once.
     fn ready(&mut self) -> impl Future<Output = ()> + Send;
@@ -439,7 +439,7 @@ impl<T: AsyncRead + Send> Source for tokio::io::ReadHalf<T> {
 
 /// One side of a relay: its two halves, and bytes it sent that were read already (past
 /// its handshake) and must be passed on first.
-pub struct Peer<R, W> {
+pub(crate) struct Peer<R, W> {
     pub rx: R,
     pub tx: W,
     pub early: Vec<u8>,
@@ -448,7 +448,7 @@ pub struct Peer<R, W> {
 /// Relays between a client and a browser (both past their handshakes) until either side
 /// closes or `ended` fires. Then the client gets a close frame saying why: `end_reason`
 /// is asked once `ended` has fired or the browser went away.
-pub async fn relay<CR, CW, BR, BW>(
+pub(crate) async fn relay<CR, CW, BR, BW>(
     client: Peer<CR, CW>,
     browser: Peer<BR, BW>,
     ended: &CancellationToken,

@@ -26,14 +26,14 @@ const MAX_PENDING: usize = 10_000;
 
 /// Which way bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
+pub(crate) enum Way {
     ToBrowser,
     ToClient,
 }
 
 /// One message, as far as the log cares.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Message {
+pub(crate) struct Message {
     pub head: Vec<u8>,
     pub tail: Vec<u8>,
     pub size: u64,
@@ -41,7 +41,7 @@ pub struct Message {
 
 /// Puts frames back together from bytes in any chunks.
 #[derive(Default)]
-pub struct Frames {
+pub(crate) struct Frames {
     header: Vec<u8>,
     mask: Option<[u8; 4]>,
     /// Payload bytes of the current frame still to come, and how many came already.
@@ -54,7 +54,7 @@ pub struct Frames {
 
 impl Frames {
     /// Feeds bytes; answers the data messages they complete.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<Message> {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Vec<Message> {
         let mut done = Vec::new();
         while !bytes.is_empty() {
             if self.remaining == 0 && !self.read_header(&mut bytes) {
@@ -142,14 +142,14 @@ fn header_len(prefix: &[u8]) -> usize {
 
 /// The fields the log needs, from a message's kept start and end.
 #[derive(Debug, Default, PartialEq)]
-pub struct Fields {
+pub(crate) struct Fields {
     pub id: Option<i64>,
     pub method: Option<String>,
     pub session: Option<String>,
     pub error: bool,
 }
 
-pub fn fields(message: &Message) -> Fields {
+pub(crate) fn fields(message: &Message) -> Fields {
     // Whole: parse it (client commands are mostly this small).
     if message.size as usize == message.head.len()
         && let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&message.head)
@@ -200,7 +200,7 @@ fn name_like(v: &str) -> bool {
 }
 
 /// One connection's log: commands waiting for answers, and the lines written.
-pub struct ConnectionLog {
+pub(crate) struct ConnectionLog {
     log: Arc<CdpLog>,
     connection: u64,
     started: Instant,
@@ -210,7 +210,7 @@ pub struct ConnectionLog {
 }
 
 impl ConnectionLog {
-    pub fn new(log: Arc<CdpLog>, kind: &str) -> ConnectionLog {
+    pub(crate) fn new(log: Arc<CdpLog>, kind: &str) -> ConnectionLog {
         let connection = log.next_connection();
         log.line(json!({ "connection": connection, "opened": kind, "at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string() }).to_string());
         ConnectionLog {
@@ -223,7 +223,7 @@ impl ConnectionLog {
         }
     }
 
-    pub fn feed(&mut self, way: Way, bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, way: Way, bytes: &[u8]) {
         let messages = match way {
             Way::ToBrowser => self.up.feed(bytes),
             Way::ToClient => self.down.feed(bytes),
@@ -300,7 +300,7 @@ impl Drop for ConnectionLog {
 }
 
 /// A read half whose bytes the connection's log sees as they are read.
-pub struct Tapped<R> {
+pub(crate) struct Tapped<R> {
     pub inner: R,
     pub log: Arc<Mutex<ConnectionLog>>,
     pub way: Way,

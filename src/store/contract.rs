@@ -14,7 +14,7 @@ use crate::values::Screen;
 
 /// A record of `tenant` created `age_secs` before a fixed instant; `ended` is how long
 /// before that instant it ended, if it has.
-pub fn record(id: &str, tenant: &str, age_secs: u64, ended: Option<(Status, u64)>) -> SessionRecord {
+pub(crate) fn record(id: &str, tenant: &str, age_secs: u64, ended: Option<(Status, u64)>) -> SessionRecord {
     let base = SystemTime::now();
     let created_at = base - Duration::from_secs(age_secs);
     let (status, ended_at, end_reason) = match ended {
@@ -63,7 +63,7 @@ fn ids(records: &[SessionRecord]) -> Vec<&str> {
 }
 
 /// Runs every check against stores opened by `open`, which must start empty the first time.
-pub async fn run<F, Fut>(open: F)
+pub(crate) async fn run<F, Fut>(open: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Box<dyn SessionStore>>,

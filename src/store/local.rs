@@ -17,7 +17,7 @@ use super::{ListPage, ListQuery, SessionStore, StoreError, page_of};
 use crate::auth::Tenant;
 use crate::values::Screen;
 
-pub struct LocalStore {
+pub(crate) struct LocalStore {
     dir: PathBuf,
     /// Also held while a file is written, so files are written in the order of puts.
     records: Mutex<HashMap<String, SessionRecord>>,
@@ -25,7 +25,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     /// Loads the records in `dir`, dropping those ended `retention` or longer ago.
-    pub fn open(dir: PathBuf, retention: Duration) -> io::Result<LocalStore> {
+    pub(crate) fn open(dir: PathBuf, retention: Duration) -> io::Result<LocalStore> {
         std::fs::create_dir_all(&dir)?;
         let now = SystemTime::now();
         let mut records = HashMap::new();

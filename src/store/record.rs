@@ -279,11 +279,11 @@ mod tenant_id {
 
     use crate::auth::Tenant;
 
-    pub fn serialize<S: Serializer>(tenant: &Tenant, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(tenant: &Tenant, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(tenant)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tenant, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tenant, D::Error> {
         String::deserialize(d).map(|id| Tenant::from_id(&id))
     }
 }

@@ -275,13 +275,13 @@ pub(crate) mod tests {
     use crate::store::contract;
 
     /// A `redis-server` of its own on a free port, persistence off, gone when dropped.
-    pub struct TestRedis {
+    pub(crate) struct TestRedis {
         child: std::process::Child,
         pub url: String,
     }
 
     impl TestRedis {
-        pub fn start() -> TestRedis {
+        pub(crate) fn start() -> TestRedis {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
