@@ -94,13 +94,17 @@ async fn a_context_session_reads_none_of_the_brokers_files() {
     server.stop().await;
 }
 
-/// A site on `ip` that serves every path as a download named `token_secret`, and counts
-/// requests.
-async fn download_site(ip: &str, body: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
+/// A site on `ip` that answers every path with the header lines `headers` and
+/// `body`, and counts the connections it accepts.
+async fn counting_site(
+    ip: &str,
+    headers: &'static str,
+    body: &'static str,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let counted = hits.clone();
+    let counted = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
@@ -108,17 +112,21 @@ async fn download_site(ip: &str, body: &'static str) -> (std::net::SocketAddr, A
                 let mut buf = vec![0u8; 8192];
                 let _ = stream.read(&mut buf).await;
                 let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
-                     content-disposition: attachment; filename=\"token_secret\"\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(reply.as_bytes()).await;
             });
         }
     });
-    (addr, hits)
+    (addr, accepted)
 }
+
+/// Every path a download named `token_secret`.
+const A_DOWNLOAD: &str =
+    "content-type: application/octet-stream\r\ncontent-disposition: attachment; filename=\"token_secret\"\r\n";
+/// Every path a page.
+const A_PAGE: &str = "content-type: text/html\r\n";
 
 fn digest(path: &Path) -> Vec<u8> {
     use sha2::Digest;
@@ -141,7 +149,7 @@ fn entries(dir: &Path) -> Vec<String> {
 /// broker's data directory; the download still cannot land there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_session_writes_nothing_outside_its_own_directories() {
-    let (site, hits) = download_site("127.0.0.1", "attacker-text").await;
+    let (site, hits) = counting_site("127.0.0.1", A_DOWNLOAD, "attacker-text").await;
     let server = TestServer::start().await;
     let data = server.data_dir.path().to_owned();
     let secret_path = data.join("token_secret");
@@ -193,7 +201,7 @@ async fn a_process_session_writes_nothing_outside_its_own_directories() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_session_cannot_go_around_its_gateway() {
     // Loopback is one /8: the denied site listens on an address of its own.
-    let (site, hits) = download_site("127.0.0.2", "never-served").await;
+    let (site, hits) = counting_site("127.0.0.2", A_DOWNLOAD, "never-served").await;
     let server = TestServer::start_with(|c| c.browser_egress_deny = vec!["127.0.0.2/32".into()]).await;
     let session = server.create(json!({})).await;
     let mut client = CdpClient::connect(&session).await;
@@ -215,31 +223,6 @@ async fn a_process_session_cannot_go_around_its_gateway() {
     assert!(!text.contains("never-served"), "{text}");
     assert_eq!(hits.load(Ordering::SeqCst), 0, "the denied site was reached");
     server.stop().await;
-}
-
-/// A site on 127.0.0.1 that serves every path as a page showing `body`, and counts the
-/// connections it accepts.
-async fn counting_site(body: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counted = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let _ = stream.read(&mut buf).await;
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    (addr, accepted)
 }
 
 /// A raw CDP client on the browser target of the shared browser that serves `session`
@@ -275,7 +258,7 @@ async fn shared_browser_of(server: &TestServer) -> (CdpClient, Vec<u16>) {
 /// through its context's gateway (loopback allowed by the egress policy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_browser_cannot_go_around_its_contexts_gateways() {
-    let (site, accepted) = counting_site("<p>reached-marker-5d1e</p>").await;
+    let (site, accepted) = counting_site("127.0.0.1", A_PAGE, "<p>reached-marker-5d1e</p>").await;
     let url = format!("http://{site}/");
     let server = TestServer::start_with(|c| c.browser_egress_allow = vec!["loopback".into()]).await;
     let session = server.create(json!({"isolation": "context"})).await;
@@ -343,7 +326,7 @@ async fn read_to_end_within(stream: &mut tokio::net::TcpStream, limit: Duration)
 /// the second session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_port_serves_the_next_context_with_nothing_of_the_last() {
-    let (site, _) = counting_site("<p>reached-marker-5d1e</p>").await;
+    let (site, _) = counting_site("127.0.0.1", A_PAGE, "<p>reached-marker-5d1e</p>").await;
     let server = TestServer::start_with(|c| {
         c.context_browsers = 1;
         c.max_contexts_per_browser = 1;

@@ -7,124 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-
-/// A raw CDP client that keeps every event it receives.
-struct Cdp {
-    ws: Ws,
-    next: u64,
-    events: Vec<Value>,
-}
-
-impl Cdp {
-    async fn connect(url: &str) -> Cdp {
-        Cdp {
-            ws: ws_connect(url).await.expect("the CDP socket opens"),
-            next: 0,
-            events: Vec::new(),
-        }
-    }
-
-    /// Sends a command (on `session` if given) and answers the whole reply.
-    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let id = self.next;
-        let mut message = json!({"id": id, "method": method, "params": params});
-        if let Some(s) = session {
-            message["sessionId"] = json!(s);
-        }
-        self.ws.send(Message::text(message.to_string())).await.unwrap();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(15), self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("an answer to {method} in time"));
-            match next {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["id"] == id {
-                        return v;
-                    }
-                    self.events.push(v);
-                }
-                Some(Ok(_)) => {}
-                other => panic!("the connection ended while waiting for {method}: {other:?}"),
-            }
-        }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        let reply = self.send(None, method, params).await;
-        assert!(reply.get("error").is_none(), "{method}: {reply}");
-        reply["result"].clone()
-    }
-
-    /// The error message a refused command gets.
-    async fn refused(&mut self, method: &str, params: Value) -> String {
-        let reply = self.send(None, method, params).await;
-        reply["error"]["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{method} should be refused: {reply}"))
-            .to_owned()
-    }
-
-    /// (target id, context id) of the page targets the client is shown.
-    async fn pages(&mut self) -> Vec<(String, String)> {
-        let targets = self.call("Target.getTargets", json!({})).await;
-        targets["targetInfos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["type"] == "page")
-            .map(|t| {
-                let field = |k: &str| t[k].as_str().unwrap().to_owned();
-                (field("targetId"), field("browserContextId"))
-            })
-            .collect()
-    }
-
-    async fn attach(&mut self, target: &str) -> String {
-        let attached = self
-            .call("Target.attachToTarget", json!({"targetId": target, "flatten": true}))
-            .await;
-        attached["sessionId"].as_str().unwrap().to_owned()
-    }
-
-    /// Evaluates `expression` in the page of `session`, after its load.
-    async fn eval(&mut self, session: &str, expression: &str) -> Value {
-        let wrapped = format!(
-            "new Promise(r => document.readyState === 'complete' ? r() : addEventListener('load', () => r()))\
-             .then(() => {expression})"
-        );
-        let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true});
-        let reply = self.send(Some(session), "Runtime.evaluate", params).await;
-        assert!(reply.get("error").is_none(), "{expression}: {reply}");
-        reply["result"]["result"]["value"].clone()
-    }
-
-    /// Reads events until one satisfies `found` (within 10 s).
-    async fn wait_event(&mut self, found: impl Fn(&Value) -> bool) {
-        if self.events.iter().any(&found) {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("the awaited event in time");
-            if let Some(Ok(Message::Text(t))) = next {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                let hit = found(&v);
-                self.events.push(v);
-                if hit {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 async fn create(server: &TestServer, key: &str, body: Value) -> Value {
     let r = server
@@ -171,9 +55,9 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
     assert_eq!(browsers[0].contexts, 3);
 
     let (mut ca, mut ca2, mut cb) = (
-        Cdp::connect(cdp_url(&a)).await,
-        Cdp::connect(cdp_url(&a2)).await,
-        Cdp::connect(cdp_url(&b)).await,
+        CdpClient::connect_url(cdp_url(&a)).await,
+        CdpClient::connect_url(cdp_url(&a2)).await,
+        CdpClient::connect_url(cdp_url(&b)).await,
     );
     let (a_pages, b_pages, a2_pages) = (ca.pages().await, cb.pages().await, ca2.pages().await);
     assert_eq!(a_pages.len(), 1, "{a_pages:?}");
@@ -182,25 +66,27 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
     let (a_context, b_context) = (a_pages[0].1.clone(), b_pages[0].1.clone());
     assert_ne!(a_context, b_context);
     assert_ne!(a_context, a2_pages[0].1);
-    let contexts = ca.call("Target.getBrowserContexts", json!({})).await;
+    let contexts = ca.call(None, "Target.getBrowserContexts", json!({})).await;
     assert_eq!(contexts["browserContextIds"], json!([a_context]));
 
     // A watches everything it may: discovery, and auto-attach holding new targets.
-    ca.call("Target.setDiscoverTargets", json!({"discover": true})).await;
+    ca.call(None, "Target.setDiscoverTargets", json!({"discover": true}))
+        .await;
     ca.call(
+        None,
         "Target.setAutoAttach",
         json!({"autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true}),
     )
     .await;
     // B opens a page; A's auto-attach does not hold it: B's script runs.
-    let b_page = cb.call("Target.createTarget", json!({"url": site})).await["targetId"]
+    let b_page = cb.call(None, "Target.createTarget", json!({"url": site})).await["targetId"]
         .as_str()
         .unwrap()
         .to_owned();
     let b_session = cb.attach(&b_page).await;
     assert_eq!(cb.eval(&b_session, "document.title").await, "cdpgate test site");
     // A opens its own; once A has heard of it, it has heard of nothing of B's.
-    let a_page = ca.call("Target.createTarget", json!({"url": site})).await["targetId"]
+    let a_page = ca.call(None, "Target.createTarget", json!({"url": site})).await["targetId"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -296,7 +182,7 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
         .await;
     assert_eq!(closed.status, StatusCode::OK, "{}", closed.body);
     // A's own page socket works.
-    let mut a_socket = Cdp::connect(&format!(
+    let mut a_socket = CdpClient::connect_url(&format!(
         "ws://{}/devtools/page/{a_page}?token={}",
         server.addr,
         token(&a)
@@ -321,7 +207,7 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
 
     // Cookies and localStorage stay in their context.
     let cookie = json!({"cookies": [{"name": "who", "value": "a", "url": site}]});
-    ca.call("Storage.setCookies", cookie).await;
+    ca.call(None, "Storage.setCookies", cookie).await;
     let names = |cookies: &Value| -> Vec<String> {
         cookies["cookies"]
             .as_array()
@@ -330,9 +216,9 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
             .map(|c| c["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(names(&ca.call("Storage.getCookies", json!({})).await), ["who"]);
-    assert!(names(&cb.call("Storage.getCookies", json!({})).await).is_empty());
-    assert!(names(&ca2.call("Storage.getCookies", json!({})).await).is_empty());
+    assert_eq!(names(&ca.call(None, "Storage.getCookies", json!({})).await), ["who"]);
+    assert!(names(&cb.call(None, "Storage.getCookies", json!({})).await).is_empty());
+    assert!(names(&ca2.call(None, "Storage.getCookies", json!({})).await).is_empty());
     let a_session = ca.attach(&a_page).await;
     ca.eval(&a_session, "localStorage.setItem('who', 'a')").await;
     assert_eq!(ca.eval(&a_session, "document.cookie").await, "who=a");
@@ -351,7 +237,7 @@ async fn sessions_on_one_shared_chrome_cannot_see_or_touch_each_other() {
     assert_eq!(record["status"], "terminated");
     assert_eq!(record["end_reason"], "browser exited");
     assert_eq!(cb.eval(&b_session, "1 + 1").await, 2);
-    assert!(ca2.call("Browser.getVersion", json!({})).await["product"].is_string());
+    assert!(ca2.call(None, "Browser.getVersion", json!({})).await["product"].is_string());
     // Its context is gone from the shared browser; the others remain.
     assert!(
         eventually(Duration::from_secs(10), || shared(&server)[0].1 == 2).await,
@@ -610,7 +496,7 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
     );
     let spares = chrome_pages(warm.port).await;
     let a = create(&server, KEY_A, json!({})).await;
-    let mut client = Cdp::connect(cdp_url(&a)).await;
+    let mut client = CdpClient::connect_url(cdp_url(&a)).await;
     let pages = client.pages().await;
     assert_eq!(pages.len(), 1, "{pages:?}");
     assert!(
@@ -630,7 +516,7 @@ async fn a_warm_browser_and_spare_contexts_are_ready_before_sessions_come() {
         ready()
     );
     let b = create(&server, KEY_B, json!({})).await;
-    let mut client = Cdp::connect(cdp_url(&b)).await;
+    let mut client = CdpClient::connect_url(cdp_url(&b)).await;
     assert_eq!(client.pages().await.len(), 1);
     let now = ready();
     assert!(

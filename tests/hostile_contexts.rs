@@ -10,125 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A raw CDP client that keeps every event it receives.
-struct Cdp {
-    ws: Ws,
-    next: u64,
-    events: Vec<Value>,
-}
-
-impl Cdp {
-    async fn connect(url: &str) -> Cdp {
-        Cdp {
-            ws: ws_connect(url).await.expect("the CDP socket opens"),
-            next: 0,
-            events: Vec::new(),
-        }
-    }
-
-    /// Sends `text` as it is (its id must be `id`) and answers the reply.
-    async fn send_raw(&mut self, id: u64, text: &str) -> Value {
-        self.ws.send(Message::text(text)).await.unwrap();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(15), self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("an answer to {text} in time"));
-            match next {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["id"] == id {
-                        return v;
-                    }
-                    self.events.push(v);
-                }
-                Some(Ok(_)) => {}
-                other => panic!("the connection ended while waiting for {text}: {other:?}"),
-            }
-        }
-    }
-
-    /// Sends a command (on `session` if given) and answers the whole reply.
-    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let mut message = json!({"id": self.next, "method": method, "params": params});
-        if let Some(s) = session {
-            message["sessionId"] = json!(s);
-        }
-        self.send_raw(self.next, &message.to_string()).await
-    }
-
-    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
-        let reply = self.send(session, method, params).await;
-        assert!(reply.get("error").is_none(), "{method}: {reply}");
-        reply["result"].clone()
-    }
-
-    /// The session's one page, attached (flattened); answers (target, session).
-    async fn own_page(&mut self) -> (String, String) {
-        let targets = self.call(None, "Target.getTargets", json!({})).await;
-        let page = targets["targetInfos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "page")
-            .expect("the session's page")["targetId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let attached = self
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": page, "flatten": true}),
-            )
-            .await;
-        (page, attached["sessionId"].as_str().unwrap().to_owned())
-    }
-
-    /// Opens `url` in the page of `session` and waits for its load.
-    async fn open(&mut self, session: &str, url: &str) {
-        self.call(Some(session), "Page.navigate", json!({"url": url})).await;
-        self.eval(session, "location.href").await;
-    }
-
-    /// Evaluates `expression` in the page of `session`, after its load.
-    async fn eval(&mut self, session: &str, expression: &str) -> Value {
-        let wrapped = format!(
-            "new Promise(r => document.readyState === 'complete' ? r() : addEventListener('load', () => r()))\
-             .then(() => {expression})"
-        );
-        let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true});
-        let reply = self.send(Some(session), "Runtime.evaluate", params).await;
-        assert!(reply.get("error").is_none(), "{expression}: {reply}");
-        reply["result"]["result"]["value"].clone()
-    }
-
-    /// Reads events until one satisfies `found` (within 15 s).
-    async fn wait_event(&mut self, found: impl Fn(&Value) -> bool) {
-        if self.events.iter().any(&found) {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("the awaited event in time; heard {:?}", self.events));
-            if let Some(Ok(Message::Text(t))) = next {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                let hit = found(&v);
-                self.events.push(v);
-                if hit {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 /// A site for the hostile tenant: files served as attachments, a page with a file input,
 /// a page whose download link is in a subframe.
@@ -257,9 +142,9 @@ async fn a_client_cannot_choose_where_its_downloads_land() {
     let secret_before = std::fs::read(&secret).expect("the broker's token secret");
     let neighbour_before = snapshot(&data_dir.join("artifacts").join(id(&neighbour)));
 
-    let mut client = Cdp::connect(cdp_url(&ours)).await;
+    let mut client = CdpClient::connect_url(cdp_url(&ours)).await;
     let (_, page) = client.own_page().await;
-    client.open(&page, &format!("{site}/links")).await;
+    client.load(&page, &format!("{site}/links")).await;
     // The page's own download setting, aimed at the broker's data directory.
     client
         .send(
@@ -331,9 +216,9 @@ async fn a_page_is_given_only_its_sessions_own_files() {
     let secret_text = std::fs::read_to_string(&secret).unwrap();
     let climbing = format!("{}/../../../token_secret", Path::new(&mine).parent().unwrap().display());
 
-    let mut client = Cdp::connect(cdp_url(&ours)).await;
+    let mut client = CdpClient::connect_url(cdp_url(&ours)).await;
     let (_, page) = client.own_page().await;
-    client.open(&page, &format!("{site}/input")).await;
+    client.load(&page, &format!("{site}/input")).await;
     let input = client
         .call(
             Some(&page),
@@ -387,7 +272,7 @@ async fn download_events_reach_only_their_own_context() {
     let b = create(&server, KEY_A, json!({})).await;
     assert_eq!(server.broker.shared().browsers().len(), 1, "one shared Chrome");
 
-    let mut listener = Cdp::connect(cdp_url(&a)).await;
+    let mut listener = CdpClient::connect_url(cdp_url(&a)).await;
     listener
         .call(
             None,
@@ -399,15 +284,15 @@ async fn download_events_reach_only_their_own_context() {
     listener.call(Some(&a_page), "Page.enable", json!({})).await;
 
     // B downloads; A's listener must not hear of it.
-    let mut other = Cdp::connect(cdp_url(&b)).await;
+    let mut other = CdpClient::connect_url(cdp_url(&b)).await;
     let (_, b_page) = other.own_page().await;
-    other.open(&b_page, &format!("{site}/links")).await;
+    other.load(&b_page, &format!("{site}/links")).await;
     other.eval(&b_page, &click("/b-secret.bin")).await;
     until_complete(&server, KEY_A, id(&b), "b-secret.bin").await;
 
     // A downloads from a subframe of its own page; once A has heard its own download
     // finish, it has heard whatever it was going to hear of B's, which came first.
-    listener.open(&a_page, &format!("{site}/framed")).await;
+    listener.load(&a_page, &format!("{site}/framed")).await;
     listener
         .eval(
             &a_page,
@@ -456,7 +341,7 @@ async fn tabs_cannot_be_opened_at_local_or_chrome_urls() {
         "about:version",
         "filesystem:file:///etc/passwd",
     ];
-    let mut client = Cdp::connect(cdp_url(&ours)).await;
+    let mut client = CdpClient::connect_url(cdp_url(&ours)).await;
     let (_, page) = client.own_page().await;
     for url in hostile {
         let reply = client.send(None, "Target.createTarget", json!({"url": url})).await;
@@ -465,12 +350,10 @@ async fn tabs_cannot_be_opened_at_local_or_chrome_urls() {
         assert!(reply["error"].is_object(), "navigate {url:?}: {reply}");
     }
     // A JSON escape is read as Chrome reads it.
-    client.next += 1;
-    let escaped = format!(
-        r#"{{"id":{},"method":"Target.createTarget","params":{{"url":"\u0066ile:///etc/passwd"}}}}"#,
-        client.next
-    );
-    let reply = client.send_raw(client.next, &escaped).await;
+    let n = client.next_id();
+    let escaped =
+        format!(r#"{{"id":{n},"method":"Target.createTarget","params":{{"url":"\u0066ile:///etc/passwd"}}}}"#);
+    let reply = client.send_raw(n, &escaped).await;
     assert!(reply["error"].is_object(), "{reply}");
 
     let json_new = |session: &Value, url: &str| {
@@ -534,7 +417,7 @@ async fn a_message_past_the_parsing_budget_is_refused_and_the_session_works_on()
         await_close(&mut ws, Duration::from_secs(10)).await.map(|c| c.0),
         Some(1009)
     );
-    let mut client = Cdp::connect(cdp_url(&ours)).await;
+    let mut client = CdpClient::connect_url(cdp_url(&ours)).await;
     client.own_page().await;
 
     let read_only = ours["metadata"]["live_url_read_only"].as_str().unwrap();
@@ -547,11 +430,11 @@ async fn a_message_past_the_parsing_budget_is_refused_and_the_session_works_on()
         await_close(&mut viewer, Duration::from_secs(10)).await.map(|c| c.0),
         Some(1009)
     );
-    let mut viewer = Cdp::connect(&socket).await;
+    let mut viewer = CdpClient::connect_url(&socket).await;
     viewer.call(None, "Target.getTargets", json!({})).await;
 
     let process = create(&server, KEY_A, json!({"isolation": "process"})).await;
-    let mut direct = Cdp::connect(cdp_url(&process)).await;
+    let mut direct = CdpClient::connect_url(cdp_url(&process)).await;
     let (_, page) = direct.own_page().await;
     let long = "y".repeat(over);
     let echoed = direct

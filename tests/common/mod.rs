@@ -840,42 +840,152 @@ pub fn make_certificate(dir: &Path) -> (String, String) {
 }
 
 /// A raw CDP client on a session's `cdp_url` that can talk to a page's flattened session:
-/// opens tabs, navigates and reads what a tab shows, as a hostile tenant's script would.
+/// opens tabs, navigates and reads what a tab shows, as a hostile tenant's script would. It
+/// keeps every event it hears (`events`), for tests that look for what should not arrive.
 pub struct CdpClient {
-    ws: Ws,
+    pub ws: Ws,
     next: u64,
+    pub events: Vec<Value>,
 }
 
+#[allow(dead_code)] // Each test binary uses its own part of it.
 impl CdpClient {
     pub async fn connect(session: &Value) -> CdpClient {
-        let ws = ws_connect(session["cdp_url"].as_str().unwrap())
-            .await
-            .expect("the CDP socket opens");
-        CdpClient { ws, next: 0 }
+        CdpClient::connect_url(session["cdp_url"].as_str().unwrap()).await
     }
 
-    /// The whole reply to `method` (sent on the page session `on`, if given).
-    pub async fn send(&mut self, on: Option<&str>, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let id = self.next;
-        let mut message = json!({"id": id, "method": method, "params": params});
-        if let Some(session) = on {
-            message["sessionId"] = json!(session);
+    pub async fn connect_url(url: &str) -> CdpClient {
+        let ws = ws_connect(url).await.expect("the CDP socket opens");
+        CdpClient {
+            ws,
+            next: 0,
+            events: Vec::new(),
         }
-        self.ws.send(Message::text(message.to_string())).await.unwrap();
+    }
+
+    /// Sends `text` as it is (its id must be `id`) and answers the reply; events heard
+    /// meanwhile are kept.
+    pub async fn send_raw(&mut self, id: u64, text: &str) -> Value {
+        self.ws.send(Message::text(text)).await.unwrap();
         loop {
             let next = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("an answer to {method} in time"));
+                .unwrap_or_else(|_| panic!("an answer to {text} in time"));
             match next {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).unwrap();
                     if v["id"] == id {
                         return v;
                     }
+                    self.events.push(v);
                 }
                 Some(Ok(_)) => {}
-                other => panic!("the connection ended while waiting for {method}: {other:?}"),
+                other => panic!("the connection ended while waiting for {text}: {other:?}"),
+            }
+        }
+    }
+
+    /// An id no command of this client has used.
+    pub fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// The whole reply to `method` (sent on the page session `on`, if given).
+    pub async fn send(&mut self, on: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next_id();
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = on {
+            message["sessionId"] = json!(session);
+        }
+        self.send_raw(id, &message.to_string()).await
+    }
+
+    /// The result of `method`, which must succeed.
+    pub async fn call(&mut self, on: Option<&str>, method: &str, params: Value) -> Value {
+        let reply = self.send(on, method, params).await;
+        assert!(reply.get("error").is_none(), "{method}: {reply}");
+        reply["result"].clone()
+    }
+
+    /// The error message a refused command gets.
+    pub async fn refused(&mut self, method: &str, params: Value) -> String {
+        let reply = self.send(None, method, params).await;
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} should be refused: {reply}"))
+            .to_owned()
+    }
+
+    /// (target id, context id) of the page targets the client is shown.
+    pub async fn pages(&mut self) -> Vec<(String, String)> {
+        let targets = self.call(None, "Target.getTargets", json!({})).await;
+        targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["type"] == "page")
+            .map(|t| {
+                let field = |k: &str| t[k].as_str().unwrap().to_owned();
+                (field("targetId"), field("browserContextId"))
+            })
+            .collect()
+    }
+
+    /// Attaches to `target` (flattened); answers the page session.
+    pub async fn attach(&mut self, target: &str) -> String {
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
+        attached["sessionId"].as_str().unwrap().to_owned()
+    }
+
+    /// The session's first page, attached; answers (target, page session).
+    pub async fn own_page(&mut self) -> (String, String) {
+        let (page, _) = self.pages().await.into_iter().next().expect("the session's page");
+        let session = self.attach(&page).await;
+        (page, session)
+    }
+
+    /// Opens `url` in the page of `session` and waits for its load.
+    pub async fn load(&mut self, session: &str, url: &str) {
+        self.call(Some(session), "Page.navigate", json!({"url": url})).await;
+        self.eval(session, "location.href").await;
+    }
+
+    /// Evaluates `expression` in the page of `session`, after its load.
+    pub async fn eval(&mut self, session: &str, expression: &str) -> Value {
+        let wrapped = format!(
+            "new Promise(r => document.readyState === 'complete' ? r() : addEventListener('load', () => r()))\
+             .then(() => {expression})"
+        );
+        let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true});
+        let reply = self.send(Some(session), "Runtime.evaluate", params).await;
+        assert!(reply.get("error").is_none(), "{expression}: {reply}");
+        reply["result"]["result"]["value"].clone()
+    }
+
+    /// Reads events until one satisfies `found` (within 15 s).
+    pub async fn wait_event(&mut self, found: impl Fn(&Value) -> bool) {
+        if self.events.iter().any(&found) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("the awaited event in time; heard {:?}", self.events));
+            if let Some(Ok(Message::Text(t))) = next {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let hit = found(&v);
+                self.events.push(v);
+                if hit {
+                    return;
+                }
             }
         }
     }
