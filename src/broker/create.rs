@@ -289,8 +289,9 @@ impl Broker {
                 Some(context.traffic.clone()),
             ),
         };
-        let wants_identity =
-            !request.options.identity.is_empty() && matches!(backing, Backing::Managed(_) | Backing::Context(_));
+        // Every managed browser's pages get the identity keeper: a default session's pages
+        // show no automation tells (`browser::stealth`).
+        let wants_identity = matches!(backing, Backing::Managed(_) | Backing::Context(_));
         // The browser whose downloads are the session's: all of a managed one, a context of
         // a shared one; a user's own browser keeps its own.
         let downloads = match &backing {

@@ -1,5 +1,6 @@
 //! A session's browser identity: user agent (with client hints to match), locale and time
-//! zone, on every page, frame and worker of its browser. A warm browser cannot change its
+//! zone, on every page, frame and worker of its browser; by default the browser's own
+//! user agent and client hints without their automation tells ([`super::stealth`]). A warm browser cannot change its
 //! launch flags, so the broker keeps a DevTools connection of its own for the session's
 //! life: auto-attached to every target (new ones wait for it before they run a line of
 //! script), it sets the overrides on each and lets it go. Overrides last as long as the
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cdp::CdpError;
 use super::egress::Egress;
+use super::stealth::{self, Disguise};
 use super::upstream::{Upstream, UpstreamStream};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,19 +79,7 @@ fn user_agent_metadata(ua: &str) -> Option<Value> {
         .find_map(|token| token.strip_prefix("Chrome/"))?
         .to_owned();
     let major = version.split('.').next().unwrap_or("").to_owned();
-    let platform = if ua.contains("Windows") {
-        "Windows"
-    } else if ua.contains("Android") {
-        "Android"
-    } else if ua.contains("CrOS") {
-        "Chrome OS"
-    } else if ua.contains("Macintosh") || ua.contains("Mac OS X") {
-        "macOS"
-    } else if ua.contains("Linux") || ua.contains("X11") {
-        "Linux"
-    } else {
-        ""
-    };
+    let platform = stealth::platform(ua);
     let architecture = if ua.contains("arm") || ua.contains("aarch64") {
         "arm"
     } else {
@@ -118,7 +108,8 @@ type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 
 /// Puts `identity` on every target of the session's browser at `upstream` (those open now
 /// before this answers, later ones before they run) and keeps it there until `until`
-/// fires. A context session's upstream is filtered: only its own context's targets.
+/// fires; what `identity` leaves unset is the browser's own, without automation tells. A
+/// context session's upstream is filtered: only its own context's targets.
 pub(crate) async fn keep(
     upstream: &Upstream,
     egress: &Egress,
@@ -133,6 +124,7 @@ pub(crate) async fn keep(
     let mut keeper = Keeper {
         identity,
         default_user_agent: String::new(),
+        disguise: None,
         next_id: 0,
     };
     tokio::time::timeout(SETUP_TIMEOUT, keeper.setup(&mut ws))
@@ -159,8 +151,10 @@ pub(crate) async fn keep(
 
 struct Keeper {
     identity: Identity,
-    /// The browser's own user agent, for a locale without a user agent.
+    /// The browser's own user agent, where it is not Chromium's (no disguise).
     default_user_agent: String,
+    /// How the browser passes for a person's Chromium (`Browser.getVersion`).
+    disguise: Option<Disguise>,
     next_id: u64,
 }
 
@@ -200,6 +194,8 @@ impl Keeper {
             let id = reply["id"].as_u64();
             if id == Some(version) {
                 self.default_user_agent = reply["result"]["userAgent"].as_str().unwrap_or("").to_owned();
+                let product = reply["result"]["product"].as_str().unwrap_or("");
+                self.disguise = Disguise::of(product, &self.default_user_agent);
                 let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });
                 attach = Some(self.send(ws, None, "Target.setAutoAttach", params).await?);
             } else if id.is_some() && id == attach {
@@ -248,29 +244,42 @@ impl Keeper {
         };
         let kind = attached["targetInfo"]["type"].as_str().unwrap_or("");
         let s = Some(session.as_str());
-        let ua = self
-            .identity
-            .user_agent
-            .clone()
-            .unwrap_or_else(|| self.default_user_agent.clone());
+        let disguise = self.disguise.clone();
+        let disguise = disguise.as_ref();
+        let ua = match (&self.identity.user_agent, disguise) {
+            (Some(ua), _) => ua.clone(),
+            (None, Some(d)) => d.user_agent.clone(),
+            (None, None) => self.default_user_agent.clone(),
+        };
         // No `platform`: Chrome keeps navigator.platform per DevTools client, and a client
         // attaching after the broker (Puppeteer does) resets it.
         let mut override_ua = json!({ "userAgent": ua });
         if let Some(locale) = &self.identity.locale {
             override_ua["acceptLanguage"] = json!(locale);
         }
-        if self.identity.user_agent.is_some()
-            && let Some(metadata) = user_agent_metadata(&ua)
-        {
+        let metadata = match &self.identity.user_agent {
+            Some(ua) => user_agent_metadata(ua),
+            None => disguise.map(|d| d.metadata.clone()),
+        };
+        if let Some(metadata) = metadata {
             override_ua["userAgentMetadata"] = metadata;
         }
-        let wants_ua = self.identity.user_agent.is_some() || self.identity.locale.is_some();
+        let wants_ua = self.identity.user_agent.is_some() || self.identity.locale.is_some() || disguise.is_some();
         let page = matches!(kind, "page" | "iframe");
         let worker = matches!(kind, "worker" | "shared_worker" | "service_worker");
         if page || worker {
-            if wants_ua {
+            if wants_ua && !ua.is_empty() {
                 let domain = if page { "Emulation" } else { "Network" };
                 self.send(ws, s, &format!("{domain}.setUserAgentOverride"), override_ua)
+                    .await?;
+            }
+            if page && disguise.is_some_and(|d| d.shell) {
+                // Scripts to evaluate on new documents need the Page domain (it stays on:
+                // disabling it drops them). Also at once on the document there is: a
+                // popup's first document keeps its window for a same-origin page.
+                self.send(ws, s, "Page.enable", json!({})).await?;
+                let script = json!({ "source": stealth::SHELL_PATCH, "runImmediately": true });
+                self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
                     .await?;
             }
             if let Some(locale) = self.identity.locale.clone() {

@@ -19,6 +19,7 @@ use super::cdp;
 use super::confine::{self, Allowed, Confinement};
 use super::egress::Egress;
 use super::forward::Gateway;
+use super::stealth::{DISABLED_BLINK_FEATURES, Disguise};
 use crate::auth::random_hex;
 use crate::metrics::Metrics;
 
@@ -72,17 +73,25 @@ pub enum Use {
 }
 
 /// `flags` with one `--disable-features` holding `broker`'s features and any the
-/// operator's flags name (Chrome reads only the last `--disable-features` it is given).
+/// operator's flags name (Chrome reads only the last `--disable-features` it is given),
+/// and one `--disable-blink-features` likewise (`stealth::DISABLED_BLINK_FEATURES`).
 fn with_disabled_features(flags: &[String], broker: &[&str]) -> Vec<String> {
-    let mut features: Vec<String> = broker.iter().map(|f| f.to_string()).collect();
+    let merged = merge_list_flag(flags, "--disable-features=", broker);
+    merge_list_flag(&merged, "--disable-blink-features=", DISABLED_BLINK_FEATURES)
+}
+
+/// `flags` with one `{prefix}…` flag listing `broker`'s items, then those of the flags
+/// of that name among `flags`.
+fn merge_list_flag(flags: &[String], prefix: &str, broker: &[&str]) -> Vec<String> {
+    let mut items: Vec<String> = broker.iter().map(|f| f.to_string()).collect();
     let mut rest = Vec::new();
     for flag in flags {
-        match flag.strip_prefix("--disable-features=") {
-            Some(list) => features.extend(list.split(',').filter(|f| !f.is_empty()).map(str::to_owned)),
+        match flag.strip_prefix(prefix) {
+            Some(list) => items.extend(list.split(',').filter(|f| !f.is_empty()).map(str::to_owned)),
             None => rest.push(flag.clone()),
         }
     }
-    rest.push(format!("--disable-features={}", features.join(",")));
+    rest.push(format!("{prefix}{}", items.join(",")));
     rest
 }
 
@@ -130,6 +139,10 @@ struct Kind {
     /// Height Chrome's window keeps for its frame in headless mode; measured at start-up
     /// (none for the headless shell, which has no window frame).
     frame_height: AtomicU32,
+    /// Its user agent without automation tells (`stealth::Disguise`), read at start-up:
+    /// the one user agent that covers what no DevTools override reaches first (a service
+    /// worker's script request and its `navigator.userAgent`).
+    user_agent: Mutex<Option<String>>,
 }
 
 /// Starts browsers. Shared by the pool and by anything else that needs one.
@@ -258,11 +271,13 @@ impl Launcher {
                 chrome: chromes.own,
                 flags: with_disabled_features(&extra_flags, DISABLED_FEATURES),
                 frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
+                user_agent: Mutex::default(),
             },
             shared: Kind {
                 chrome: chromes.shared,
                 flags: with_disabled_features(&extra_flags, &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()),
                 frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
+                user_agent: Mutex::default(),
             },
             scratch_root,
             launch_timeout,
@@ -327,6 +342,7 @@ impl Launcher {
             let own = self.measure_frame(Use::Own).await;
             let frame = own.as_ref().map_or(FALLBACK_FRAME_HEIGHT, |f| *f);
             self.shared.frame_height.store(frame, Ordering::Relaxed);
+            *self.shared.user_agent.lock().expect("user agent lock") = self.user_agent(Use::Own);
             return own.map(|_| ());
         }
         let (own, shared) = tokio::join!(self.measure_frame(Use::Own), self.measure_frame(Use::Shared));
@@ -350,6 +366,7 @@ impl Launcher {
             height: 800,
         };
         let browser = self.launch(probe, used).await?;
+        self.read_user_agent(&browser, used).await;
         // Read until two readings agree: the first layout may not be the final one.
         let mut measured = cdp::evaluate_in_first_page(&browser.addr(), "innerHeight").await;
         for _ in 0..10 {
@@ -374,6 +391,23 @@ impl Launcher {
         };
         tracing::debug!(frame, chrome = %self.kind(used).chrome.display(), "measured the headless window frame height");
         Ok(frame)
+    }
+
+    /// Keeps the user agent `browser` would show without its automation tells, for the
+    /// next launches of `used`'s executable.
+    async fn read_user_agent(&self, browser: &Browser, used: Use) {
+        let version = match cdp::command(&browser.ws_url(), "Browser.getVersion", serde_json::json!({})).await {
+            Ok(v) => v,
+            Err(e) => return tracing::warn!(error = %e, "could not read the browser's version"),
+        };
+        let text = |key: &str| version[key].as_str().unwrap_or("").to_owned();
+        let disguise = Disguise::of(&text("product"), &text("userAgent"));
+        *self.kind(used).user_agent.lock().expect("user agent lock") = disguise.map(|d| d.user_agent);
+    }
+
+    /// The user agent browsers for `used` are launched with (none before calibration).
+    fn user_agent(&self, used: Use) -> Option<String> {
+        self.kind(used).user_agent.lock().expect("user agent lock").clone()
     }
 
     fn kind(&self, used: Use) -> &Kind {
@@ -504,6 +538,7 @@ impl Launcher {
             .arg(format!("--window-size={},{}", screen.width, screen.height + frame))
             .arg(format!("--screen-info={{{}x{}}}", screen.width, screen.height))
             .arg(format!("--proxy-server=http://127.0.0.1:{}", gateway.port))
+            .args(self.user_agent(used).map(|ua| format!("--user-agent={ua}")))
             .args(&kind.flags)
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -837,16 +872,25 @@ mod tests {
     fn disabled_features_are_merged_into_one_flag() {
         assert_eq!(
             with_disabled_features(&["--lang=de".into()], DISABLED_FEATURES),
-            vec!["--lang=de", "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup"]
+            vec![
+                "--lang=de",
+                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup",
+                "--disable-blink-features=AutomationControlled"
+            ]
         );
         assert_eq!(
             with_disabled_features(
-                &["--disable-features=Translate,MediaRouter".into(), "--mute-audio".into()],
+                &[
+                    "--disable-features=Translate,MediaRouter".into(),
+                    "--mute-audio".into(),
+                    "--disable-blink-features=IdleDetection".into()
+                ],
                 &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()
             ),
             vec![
                 "--mute-audio",
-                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,SpareRendererForSitePerProcess,Translate,MediaRouter"
+                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,SpareRendererForSitePerProcess,Translate,MediaRouter",
+                "--disable-blink-features=AutomationControlled,IdleDetection"
             ]
         );
     }

@@ -1,7 +1,8 @@
 //! The browser layer: starting Chromium ([`launcher`]), the warm [`pool`] and the cap on
 //! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
 //! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
-//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]), the
+//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]) and
+//! how a browser passes for a person's ([`stealth`]), the
 //! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]),
 //! what the kernel lets each browser touch ([`confine`]), what a client may send: the
 //! context filter ([`filter`]) and the live view's ([`live_filter`]), and a session's
@@ -23,6 +24,7 @@ pub(crate) mod pool;
 pub(crate) mod scope;
 pub(crate) mod screenshot;
 pub(crate) mod shared;
+pub(crate) mod stealth;
 pub(crate) mod tab_cap;
 pub(crate) mod upstream;
 pub(crate) mod url_policy;
