@@ -72,8 +72,9 @@ if [ "${1:-}" = "--test" ]; then
     echo "setup: installing Node.js"
     apt_install nodejs npm
   fi
-  if ! [ -d tests/js/node_modules/puppeteer-core ] || ! [ -d tests/js/node_modules/playwright-core ]; then
-    echo "setup: installing puppeteer-core and playwright-core (no browser download)"
+  if ! [ -d tests/js/node_modules/puppeteer-core ] || ! [ -d tests/js/node_modules/playwright-core ] \
+    || ! [ -d tests/js/node_modules/@fingerprintjs/botd ]; then
+    echo "setup: installing puppeteer-core, playwright-core and botd (no browser download)"
     (cd tests/js && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error)
   fi
   venv=target/test-venv

@@ -608,7 +608,7 @@ async fn identity_reaches_every_page_and_the_wire() {
         "{:?}",
         heads_seen(&heads)
     );
-    // A session without options keeps Chrome's own identity.
+    // A session without options keeps Chrome's own identity, without `Headless`.
     let plain = server.create(json!({})).await;
     assert!(plain.get("user_agent").is_none(), "{plain}");
     let seen = node(
@@ -616,7 +616,8 @@ async fn identity_reaches_every_page_and_the_wire() {
         &[plain["cdp_url"].as_str().unwrap(), &url, "navigator.userAgent"],
     )
     .await;
-    assert!(seen["value"].as_str().unwrap().contains("HeadlessChrome"), "{seen}");
+    let own = seen["value"].as_str().unwrap();
+    assert!(own.contains(" Chrome/") && !own.contains("Headless"), "{seen}");
     server.stop().await;
 }
 
@@ -919,15 +920,18 @@ async fn a_context_sessions_identity_stays_in_its_context() {
             .all(|h| h.contains("user-agent: cdpgate-context-agent/2.0")),
         "{dressed_heads:?}"
     );
-    // The neighbour, opened after, in the same browser: Chrome's own identity.
+    // The neighbour, opened after, in the same browser: Chrome's own identity (without
+    // `Headless`, as every default session's).
     for which in ["new", "first"] {
         let seen = node("visit.mjs", &[plain["cdp_url"].as_str().unwrap(), &url, probe, which]).await;
         let v = &seen["value"];
-        assert!(v["ua"].as_str().unwrap().contains("HeadlessChrome"), "{which}: {seen}");
-        assert!(
-            v["worker"].as_str().unwrap().contains("HeadlessChrome"),
-            "{which}: {seen}"
-        );
+        for agent in [&v["ua"], &v["worker"]] {
+            let agent = agent.as_str().unwrap();
+            assert!(
+                agent.contains(" Chrome/") && !agent.contains("Headless"),
+                "{which}: {seen}"
+            );
+        }
         assert_ne!(v["zone"], "Asia/Tokyo", "{which}: {seen}");
     }
     server.stop().await;

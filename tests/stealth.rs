@@ -290,6 +290,10 @@ async fn check_session(f: &mut Failures, session: &Value, client: &str, site: So
 
 /// Every check on a session of `isolation`, with each client.
 async fn no_tells(isolation: &str) {
+    assert!(
+        repo_root().join("tests/js/node_modules/@fingerprintjs/botd").exists(),
+        "botd is missing: run scripts/setup.sh --test"
+    );
     let (site, seen) = start_probe_site().await;
     let server = TestServer::start().await;
     let mut failures = Failures::default();

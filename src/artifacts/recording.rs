@@ -327,15 +327,29 @@ impl Recorder {
         let Some(session) = self.attach(target).await else {
             return false;
         };
-        let state = self
+        // Read in a world of the recorder's own: a page that watches its document's
+        // getters (or counts its worlds' scripts) sees nothing of the recorder.
+        let world = self
             .client
             .call(
                 Some(&session),
-                "Runtime.evaluate",
-                json!({ "expression": "document.visibilityState", "returnByValue": true }),
+                "Page.createIsolatedWorld",
+                json!({ "frameId": target, "grantUniveralAccess": false }),
                 VISIBILITY_TIMEOUT,
             )
             .await;
+        let state = match world.as_ref().ok().and_then(|w| w["executionContextId"].as_i64()) {
+            Some(context) => self
+                .client
+                .call(
+                    Some(&session),
+                    "Runtime.evaluate",
+                    json!({ "expression": "document.visibilityState", "returnByValue": true, "contextId": context }),
+                    VISIBILITY_TIMEOUT,
+                )
+                .await,
+            None => world,
+        };
         let _ = self
             .client
             .send(None, "Target.detachFromTarget", json!({ "sessionId": session }));

@@ -3,7 +3,7 @@
 //! (`HeadlessChrome/…`), its headless shell also in its client-hint brands, and the shell
 //! lacks what only the full browser has (PDF plugins, `window.chrome`). The launch flags
 //! here cover every target at no cost; the rest is set by the identity keeper
-//! ([`super::identity`]) on each target before it runs.
+//! (`identity.rs`) on each target before it runs.
 //!
 //! Not a `--user-agent` flag: with it Chromium sends its low-entropy hints but answers
 //! `getHighEntropyValues` with an empty `fullVersionList`, itself a tell (measured on 156).
@@ -54,7 +54,7 @@ impl Disguise {
             let chromium = json!({ "brand": "Chromium", "version": chromium });
             let grease = json!({ "brand": grease, "version": grease_version });
             // Chromium's order of the two (`ShuffleBrandList`): by the major version.
-            if major % 2 == 0 {
+            if major.is_multiple_of(2) {
                 json!([grease, chromium])
             } else {
                 json!([chromium, grease])
