@@ -93,6 +93,7 @@ fn page(path: &str, frame_origin: &str) -> (&'static str, Vec<u8>) {
             ("text/html", html.replace("FRAME_ORIGIN", frame_origin).into_bytes())
         }
         "/worker.js" => ("text/javascript", read("tests/data/stealth/worker.js")),
+        "/watch.html" => ("text/html", read("tests/data/stealth/watch.html")),
         "/botd.js" => (
             "text/javascript",
             read("tests/js/node_modules/@fingerprintjs/botd/dist/botd.esm.js"),
@@ -320,4 +321,111 @@ async fn a_process_session_shows_no_automation_tells() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_session_shows_no_automation_tells() {
     no_tells("context").await;
+}
+
+/// What the page at `page` has seen (`tests/data/stealth/watch.html`), read without
+/// touching what it watches.
+async fn watched(client: &mut CdpClient, page: &str) -> Value {
+    let expression = "window.__watch ? JSON.stringify(window.__watch) : ''";
+    for _ in 0..100 {
+        let reply = client
+            .send(
+                Some(page),
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        if let Some(text) = reply["result"]["result"]["value"].as_str().filter(|t| !t.is_empty()) {
+            return serde_json::from_str(text).unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the watching page did not load");
+}
+
+/// Nothing the broker itself runs in a page shows to the page's scripts: the identity
+/// keeper, the recorder (which looks for the tab in front when another is hidden) and a
+/// single action call nothing of the page's world and enable no `Runtime`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_runs_in_pages_is_invisible() {
+    let (site, _) = start_probe_site().await;
+    let server = TestServer::start().await;
+    let mut failures = Failures::default();
+    for isolation in ["process", "context"] {
+        let session = server.create(json!({"isolation": isolation, "record": true})).await;
+        let sid = session["session_id"].as_str().unwrap();
+        // A single action loads the page and clicks in it.
+        let action = format!("go to http://{site}/watch.html, then click the Continue button");
+        let acted = server
+            .run_action(KEY_A, &json!({"session_id": sid, "action": action}))
+            .await;
+        check_action(&mut failures, &acted.json, isolation);
+        // A raw client that enables no Runtime of its own finds that tab.
+        let mut client = CdpClient::connect(&session).await;
+        let targets = client.send(None, "Target.getTargets", json!({})).await;
+        let target = targets["result"]["targetInfos"]
+            .as_array()
+            .and_then(|t| {
+                t.iter()
+                    .find(|t| t["url"].as_str().unwrap_or("").ends_with("/watch.html"))
+            })
+            .and_then(|t| t["targetId"].as_str())
+            .unwrap_or_else(|| panic!("the action's tab: {targets}"))
+            .to_owned();
+        let attached = client
+            .send(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
+        let page = attached["result"]["sessionId"].as_str().unwrap().to_owned();
+        watched(&mut client, &page).await;
+        // Another tab comes to the front and goes back: the recorder follows the tab that
+        // shows, asking each page whether it does.
+        let other = client.open("about:blank", None).await.unwrap();
+        client.send(Some(&other), "Page.bringToFront", json!({})).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        client.send(Some(&page), "Page.bringToFront", json!({})).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let seen = watched(&mut client, &page).await;
+        failures.equal(
+            &seen["foreign"],
+            &json!([]),
+            format_args!("calls from scripts not the page's ({isolation} session)"),
+        );
+        failures.equal(
+            &seen["runtimeLeaks"],
+            &json!(0),
+            format_args!("console messages serialized for a Runtime client ({isolation} session)"),
+        );
+        let clicked = client
+            .send(
+                Some(&page),
+                "Runtime.evaluate",
+                json!({"expression": "document.getElementById('verdict').dataset.clicked || 'no'", "returnByValue": true}),
+            )
+            .await;
+        failures.equal(
+            &clicked["result"]["result"]["value"],
+            &json!("yes"),
+            format_args!("the action's click ({isolation} session)"),
+        );
+        server.terminate(sid).await;
+    }
+    server.stop().await;
+    assert!(
+        failures.0.is_empty(),
+        "{} traces:\n{}",
+        failures.0.len(),
+        failures.0.join("\n")
+    );
+}
+
+fn check_action(failures: &mut Failures, acted: &Value, isolation: &str) {
+    failures.equal(
+        &acted["success"],
+        &json!(true),
+        format_args!("the single action ({isolation} session): {acted}"),
+    );
 }
