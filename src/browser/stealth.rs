@@ -5,8 +5,12 @@
 //! here cover every target at no cost; the rest is set by the identity keeper
 //! (`identity.rs`) on each target before it runs.
 //!
-//! Not a `--user-agent` flag: with it Chromium sends its low-entropy hints but answers
-//! `getHighEntropyValues` with an empty `fullVersionList`, itself a tell (measured on 156).
+//! The `--user-agent` flag (the launcher's, from [`Disguise`] read at calibration) alone is
+//! not enough: with it Chromium sends its low-entropy hints but answers
+//! `getHighEntropyValues` with an empty `fullVersionList`, itself a tell (measured on 156),
+//! so the keeper also sets the override with client hints on each target. The flag covers
+//! what no override reaches first: a service worker's script request and its
+//! `navigator.userAgent`.
 
 use serde_json::{Value, json};
 
