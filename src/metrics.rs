@@ -129,6 +129,7 @@ pub struct Metrics {
     /// Active sessions by isolation: process, context.
     sessions_by_isolation: [Level; 2],
     pool_idle: Level,
+    runtime_tasks: Level,
     shared_browser_contexts: Family<Label<String>, Level>,
     files: Level,
     files_bytes: Level,
@@ -277,6 +278,10 @@ impl Metrics {
             "WebSocket connections refused for a session's connection limit.",
         );
         let pool_idle = f.level("cdpgate_pool_idle", "Warm browsers waiting for a session.");
+        let runtime_tasks = f.level(
+            "cdpgate_runtime_tasks",
+            "Tasks alive in the broker's async runtime (a count that only grows is a leak).",
+        );
         let browsers_launched = f.counter("cdpgate_browsers_launched_total", "Browsers started.");
         let browser_launch_failures = f.counter("cdpgate_browser_launch_failures_total", "Browser starts that failed.");
         let proxy_connections = f.counter("cdpgate_proxy_connections_total", "CDP WebSocket connections accepted.");
@@ -446,6 +451,7 @@ impl Metrics {
             sessions_active,
             sessions_by_isolation,
             pool_idle,
+            runtime_tasks,
             shared_browser_contexts,
             files,
             files_bytes,
@@ -508,6 +514,9 @@ impl Metrics {
         let count = |n: usize| n as u64;
         self.sessions_active.set(count(gauges.sessions_active));
         self.pool_idle.set(count(gauges.pool_idle));
+        // Read here rather than passed in: the runtime is the caller's, whoever it is.
+        let tasks = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        self.runtime_tasks.set(count(tasks));
         let [process, context] = &self.sessions_by_isolation;
         process.set(count(gauges.sessions_active.saturating_sub(gauges.sessions_context)));
         context.set(count(gauges.sessions_context));

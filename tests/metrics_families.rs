@@ -27,6 +27,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_queue_waits_total", "counter", &[]),
     ("cdpgate_queue_wait_seconds_total", "counter", &[]),
     ("cdpgate_pool_idle", "gauge", &[]),
+    ("cdpgate_runtime_tasks", "gauge", &[]),
     ("cdpgate_browsers_launched_total", "counter", &[]),
     ("cdpgate_browser_launch_failures_total", "counter", &[]),
     ("cdpgate_browser_launch_seconds", "histogram", &["le"]),

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long ffmpeg may take to finish the file once its input ends.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often, and how far apart, the tabs are asked which shows once the watched one hid.
 const FRONT_TRIES: u32 = 5;
 const FRONT_RETRY: Duration = Duration::from_millis(100);
@@ -136,6 +136,7 @@ fn spawn_ffmpeg(spec: &Spec) -> std::io::Result<Child> {
 /// Writes the latest frame to ffmpeg `fps` times a second until `until` fires, the
 /// recording reaches its size limit, or ffmpeg goes; then lets ffmpeg finish the file.
 async fn feed(mut ffmpeg: Child, mut frames: watch::Receiver<Option<Bytes>>, spec: Spec, until: CancellationToken) {
+    let _writing = spec.files.writing();
     let Some(mut stdin) = ffmpeg.stdin.take() else { return };
     let mut info = RecordingInfo {
         fps: spec.fps,

@@ -56,9 +56,12 @@ impl Artifacts {
         self.session(id).ok()
     }
 
-    /// Removes a session's artifacts (its record is gone).
-    pub fn remove(&self, id: &str) {
-        self.open.remove(id);
+    /// Removes a session's artifacts (its record is gone), once what still writes into
+    /// them (a recording being finished) is done, waiting `FINISH_TIMEOUT` at most.
+    pub async fn remove(&self, id: &str) {
+        if let Some((_, files)) = self.open.remove(id) {
+            files.writers_done(super::recording::FINISH_TIMEOUT).await;
+        }
         if valid_id(id) {
             let dir = self.root.join(id);
             if let Err(e) = std::fs::remove_dir_all(&dir)

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use super::entry::{FileEntry, FileState, Kind, RecordingInfo};
 use super::error::FileError;
@@ -42,6 +43,10 @@ pub struct SessionFiles {
     index: Mutex<Index>,
     /// Downloads in progress: Chrome's guid → the name reserved for the file.
     downloads: Mutex<BTreeMap<String, String>>,
+    /// Work still writing into the directory after the session ended (ffmpeg finishing the
+    /// recording): removing the directory waits for it, or the writer recreates what was
+    /// removed and the directory outlives its record.
+    writers: TaskTracker,
 }
 
 impl SessionFiles {
@@ -63,7 +68,20 @@ impl SessionFiles {
             metrics,
             index: Mutex::new(index),
             downloads: Mutex::new(BTreeMap::new()),
+            writers: TaskTracker::new(),
         })
+    }
+
+    /// Held by work that writes into the directory until it is done.
+    pub(crate) fn writing(&self) -> TaskTrackerToken {
+        self.writers.token()
+    }
+
+    /// Returns once no writer holds the directory, or after `limit`; no writer may start
+    /// after this is called.
+    pub(super) async fn writers_done(&self, limit: Duration) {
+        self.writers.close();
+        let _ = tokio::time::timeout(limit, self.writers.wait()).await;
     }
 
     pub fn recording_path(&self) -> PathBuf {

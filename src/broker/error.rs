@@ -21,6 +21,8 @@ pub enum StartError {
     ChromeMissing { key: &'static str, path: PathBuf },
     #[error("cannot use the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    TempDir(String),
     #[error("the browser cannot be started: {0}")]
     Browser(#[from] LaunchError),
     #[error(transparent)]

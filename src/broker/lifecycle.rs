@@ -68,7 +68,7 @@ impl Broker {
             }
         }
         self.records.remove(tenant, id).await;
-        self.artifacts.remove(id);
+        self.artifacts.remove(id).await;
         Ok(())
     }
 
@@ -102,7 +102,7 @@ impl Broker {
                 continue;
             }
             if let Ok(None) = self.records.store().get(&id).await {
-                self.artifacts.remove(&id);
+                self.artifacts.remove(&id).await;
             }
         }
     }
@@ -247,7 +247,11 @@ impl Broker {
     pub(super) async fn sweep(&self) {
         let retention = Duration::from_secs(self.config.retention_secs);
         match self.records.store().sweep(SystemTime::now(), retention).await {
-            Ok(swept) => swept.iter().for_each(|id| self.artifacts.remove(id)),
+            Ok(swept) => {
+                for id in &swept {
+                    self.artifacts.remove(id).await;
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "could not sweep old session records"),
         }
         self.sweep_artifacts().await;

@@ -118,6 +118,7 @@ impl Broker {
                 "sessions left active by this node's previous run recorded as ended"
             );
         }
+        crate::browser::launcher::check_temp_dir(&std::env::temp_dir()).map_err(StartError::TempDir)?;
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");

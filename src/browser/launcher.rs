@@ -299,9 +299,12 @@ impl Launcher {
 
     /// A browser's private temp directory (its `TMPDIR` and `HOME`). Under the system's temp
     /// dir, not the data directory: Chrome puts a Unix socket there, and a socket path may
-    /// not be longer than 107 bytes.
+    /// not be longer than 107 bytes. Named by the random part of the browser's id only
+    /// (`…-profile` left out), so that every browser's socket path has the same length,
+    /// the one [`check_temp_dir`] checks at start.
     fn private_tmp(&self, id: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("cdpgate.{}.{id}", self.private_tag))
+        let random = id.split('-').next().unwrap_or(id);
+        std::env::temp_dir().join(format!("cdpgate.{}.{random}", self.private_tag))
     }
 
     /// Removes scratch directories left by an earlier run (a killed broker leaves some).
@@ -717,6 +720,27 @@ impl Reaper {
     }
 }
 
+/// The longest a Unix socket's path may be (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks that Chrome's socket fits under `temp_dir`: Chrome makes
+/// `org.chromium.Chromium.XXXXXX/SingletonSocket` in a browser's private temp directory
+/// (`cdpgate.` + 8 + `.` + 16 characters), and a browser whose socket path is too long
+/// exits at once with nothing said (a long `TMPDIR` broke every launch, seen in a soak run).
+pub(crate) fn check_temp_dir(temp_dir: &Path) -> Result<(), String> {
+    const UNDER: usize = "/cdpgate.01234567.0123456789abcdef/org.chromium.Chromium.XXXXXX/SingletonSocket".len();
+    let len = temp_dir.as_os_str().len();
+    if len + UNDER > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the temp directory {} is {len} bytes long: browsers' sockets under it would pass the \
+             {MAX_SOCKET_PATH}-byte limit of a Unix socket path; set TMPDIR to a directory of at most {} bytes",
+            temp_dir.display(),
+            MAX_SOCKET_PATH - UNDER
+        ));
+    }
+    Ok(())
+}
+
 /// The directory of the executable `chrome`, as named and as its links resolve: what a
 /// Chrome installed outside the system's trees needs beside it (libraries, resources).
 fn executable_dirs(chrome: &Path) -> Vec<PathBuf> {
@@ -892,6 +916,20 @@ mod tests {
                 "--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,SpareRendererForSitePerProcess,Translate,MediaRouter",
                 "--disable-blink-features=AutomationControlled,IdleDetection"
             ]
+        );
+    }
+
+    #[test]
+    fn a_temp_dir_too_long_for_chromes_socket_is_refused() {
+        // The soak run's TMPDIR: profile browsers' sockets passed the limit by 6 bytes when
+        // their directory was named `…-profile`; every browser's name has one length now.
+        assert!(check_temp_dir(Path::new("/tmp/tmp.ABCDEFGHIJ/systmp")).is_ok());
+        let fits = "/".to_owned() + &"a".repeat(27);
+        assert!(check_temp_dir(Path::new(&fits)).is_ok());
+        let refused = check_temp_dir(Path::new(&(fits + "b"))).unwrap_err();
+        assert!(
+            refused.contains("set TMPDIR to a directory of at most 28 bytes"),
+            "{refused}"
         );
     }
 
