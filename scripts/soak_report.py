@@ -1,7 +1,8 @@
 """The verdict of a soak run (scripts/soak.sh): reads OUT/samples.csv and OUT/jobs.json,
 fits a least-squares line to each series over the run's second half (the first is warm-up:
 pools fill, allocators grow their arenas), and fails when a series grows by more than it
-may over the whole run at that slope. Writes OUT/soak.png (every curve, with its fit) and
+may over the whole run at that slope and the slope is more than three standard errors
+above zero. Writes OUT/soak.png (every curve, with its fit) and
 OUT/verdict.md (a table: start, end, slope per hour, verdict), and exits 1 on a failure.
 
     python3 scripts/soak_report.py OUT
@@ -40,13 +41,15 @@ LABELS = {
 
 
 def fit(xs, ys):
-    """Slope and intercept of the least-squares line through (xs, ys)."""
+    """Slope, intercept and the slope's standard error of the least-squares line."""
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        return 0.0, my
+    if sxx == 0 or len(xs) < 3:
+        return 0.0, my, 0.0
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    return slope, my - slope * mx
+    intercept = my - slope * mx
+    residuals = sum((y - slope * x - intercept) ** 2 for x, y in zip(xs, ys))
+    return slope, intercept, (residuals / (len(xs) - 2) / sxx) ** 0.5
 
 
 def main(out: Path) -> int:
@@ -66,9 +69,12 @@ def main(out: Path) -> int:
     results = []
     for name, (floor, share) in ALLOWED.items():
         ys = [float(r[name] or 0) for r in rows]
-        slope, intercept = fit(t[half:], ys[half:])
+        slope, intercept, error = fit(t[half:], ys[half:])
         allowed = max(floor, share * statistics.median(ys[:half]))
         growth = slope * duration
+        # Grows: by more than allowed over the run, and not by chance (a series that swings
+        # with the sessions running at each sample fits a slope from noise alone).
+        grows = growth > allowed and slope > 3 * error
         results.append(
             {
                 "name": name,
@@ -78,8 +84,9 @@ def main(out: Path) -> int:
                 "per_hour": slope * 3600,
                 "growth": growth,
                 "allowed": allowed,
-                "flat": growth <= allowed,
+                "flat": not grows,
                 "fit": (slope, intercept),
+                "error": error * 3600,
                 "ys": ys,
             }
         )
@@ -101,7 +108,7 @@ def plot(out, t, half, results):
     for ax, r in zip(axes.flat, results):
         scale = 1 / 1024 if r["name"] == "rss_kb" else 1
         ax.plot(hours, [y * scale for y in r["ys"]], lw=0.8)
-        slope, intercept = r["fit"]
+        slope, intercept = r["fit"][:2]
         ax.plot(
             [hours[half], hours[-1]],
             [(slope * t[half] + intercept) * scale, (slope * t[-1] + intercept) * scale],
@@ -124,12 +131,14 @@ def write_verdict(out, duration, samples, results, jobs):
     lines = [
         f"Soak of {duration / 3600:.2f} h, {samples} samples; jobs done {done}, failed {failed}.",
         "",
-        "| series | start (median) | end (median) | max | fitted slope / h (2nd half) | growth over run | allowed | verdict |",
+        "| series | start (median) | end (median) | max | fitted slope / h (2nd half) ± 1 s.e. | growth over run | allowed | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        if r["name"] == "rss_kb":  # shown in MiB
+            r = {**r, **{k: r[k] / 1024 for k in ("start", "end", "max", "per_hour", "error", "growth", "allowed")}}
         lines.append(
-            f"| {LABELS[r['name']]} | {r['start']:.0f} | {r['end']:.0f} | {r['max']:.0f} | {r['per_hour']:+.1f} "
+            f"| {LABELS[r['name']]} | {r['start']:.0f} | {r['end']:.0f} | {r['max']:.0f} | {r['per_hour']:+.1f} ± {r['error']:.1f} "
             f"| {r['growth']:+.1f} | {r['allowed']:.0f} | {'flat' if r['flat'] else 'GROWS'} |"
         )
     if failed:
