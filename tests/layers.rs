@@ -145,6 +145,7 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     &["action"],
     &["broker"],
+    &["render"],
     &["proxy"],
     &["http"],
     // Entry points for the fuzz targets: above everything they drive.

@@ -13,6 +13,7 @@ pub(crate) mod error;
 pub(crate) mod files;
 pub(crate) mod live;
 pub(crate) mod profiles;
+pub(crate) mod render;
 pub(crate) mod request;
 pub mod router;
 pub(crate) mod server;
