@@ -97,6 +97,11 @@ if [ "${1:-}" = "--test" ]; then
     echo "setup: installing schemathesis and openapi-spec-validator into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0'
   fi
+  # The MCP server is driven by the official MCP Python SDK (tests/py/mcp_drive.py).
+  if ! "$venv/bin/python" -c 'import mcp.client.streamable_http' 2>/dev/null; then
+    echo "setup: installing the MCP Python SDK into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'mcp==1.30.0'
+  fi
   # Chrome's sandbox is tested with the broker run as an unprivileged user.
   if ! id cdpgate-test >/dev/null 2>&1; then
     echo "setup: adding the unprivileged user cdpgate-test"

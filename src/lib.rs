@@ -45,6 +45,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub(crate) mod limits;
+pub mod mcp;
 pub mod metrics;
 pub(crate) mod profile;
 pub(crate) mod proxy;

@@ -147,6 +147,8 @@ const LAYERS: &[&[&str]] = &[
     &["broker"],
     &["render"],
     &["proxy"],
+    // The MCP server's page tools (its transport is http's).
+    &["mcp"],
     &["http"],
     // Entry points for the fuzz targets: above everything they drive.
     &["fuzzing"],

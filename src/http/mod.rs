@@ -12,6 +12,7 @@ pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod files;
 pub(crate) mod live;
+pub(crate) mod mcp;
 pub(crate) mod profiles;
 pub(crate) mod render;
 pub(crate) mod request;

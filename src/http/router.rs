@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, dashboard, files, live, profiles, render, sessions};
+use super::{Body, actions, admin, dashboard, files, live, mcp, profiles, render, sessions};
 use crate::broker::Broker;
 use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
@@ -43,6 +43,8 @@ pub enum Endpoint {
     Recording,
     Screenshot,
     Dashboard,
+    /// The MCP server (Streamable HTTP).
+    Mcp,
 }
 
 /// One documented route: its methods, its path (`{name}` matches one segment) and where it
@@ -176,6 +178,7 @@ pub const ROUTES: &[Route] = &[
     route(&["GET"], "/live/{session_id}/cdp", Endpoint::LiveView),
     route(&["GET", "HEAD"], "/live/{session_id}/recording", Endpoint::LiveView),
     route(&["GET"], "/dashboard", Endpoint::Dashboard),
+    route(&["POST", "GET", "DELETE"], "/mcp", Endpoint::Mcp),
 ];
 
 impl Route {
@@ -364,6 +367,7 @@ async fn api(
     let tenant = authenticate(broker, &request)?;
     match endpoint {
         Endpoint::Sessions => sessions::collection(broker, tenant, request).await,
+        Endpoint::Mcp => mcp::handle(broker, tenant, request).await,
         Endpoint::Session => sessions::one(broker, &tenant, id, request).await,
         Endpoint::TerminateSession => {
             only(&method, &[Method::POST])?;
