@@ -178,7 +178,7 @@ pub const ROUTES: &[Route] = &[
     route(&["GET"], "/live/{session_id}/cdp", Endpoint::LiveView),
     route(&["GET", "HEAD"], "/live/{session_id}/recording", Endpoint::LiveView),
     route(&["GET"], "/dashboard", Endpoint::Dashboard),
-    route(&["POST", "GET", "DELETE"], "/mcp", Endpoint::Mcp),
+    route(&["POST", "DELETE"], "/mcp", Endpoint::Mcp),
 ];
 
 impl Route {
