@@ -12,10 +12,17 @@ use serde_json::{Value, json};
 
 /// The local site: a login form (a GET form, so the route sees the fields) and its answer.
 fn login_site(path: &str) -> (String, String) {
+    if path == "/invoice.txt" {
+        let headers = "content-disposition: attachment; filename=\"invoice.txt\"\r\n".to_owned();
+        return (headers, "Invoice 42: 3 gates, paid.".to_owned());
+    }
     let page = if path.starts_with("/welcome?user=alice&password=s3cret") {
         "<html><head><title>Account</title></head><body><main><h1>Welcome, alice</h1>\
          <p>You are signed in to the gate's test site, where the orders of the week wait \
-         for you. <a href='/orders'>See your orders</a>.</p></main></body></html>"
+         for you. <a href='/orders'>See your orders</a>.</p>\
+         <p><a href='/invoice.txt'>Download your invoice</a></p>\
+         <select id='size' aria-label='Size'><option value='s'>Small</option><option value='l'>Large</option></select>\
+         </main></body></html>"
     } else if path.starts_with("/welcome") {
         "<html><body><h1>Wrong password</h1></body></html>"
     } else {
@@ -82,7 +89,12 @@ async fn python_sdk_logs_in_by_references_and_a_second_key_sees_nothing() {
     let sid = a["session_id"].as_str().unwrap().to_owned();
     assert_eq!(a["a_lists"], json!([sid]));
     assert_eq!(a["live_view"], true);
-    assert_eq!(a["files"], json!({"files": []}));
+    // A file the page downloaded, fetched through the tools.
+    let invoice = &a["invoice"];
+    assert_eq!(invoice["resource"]["text"], "Invoice 42: 3 gates, paid.", "{a}");
+    assert_eq!(invoice["listed"]["name"], "invoice.txt");
+    assert_eq!(invoice["listed"]["kind"], "download");
+    assert!(a["selected"].as_str().unwrap().contains("Large"), "{a}");
     let errors = a["tool_errors"].as_object().unwrap();
     assert_eq!(errors.len(), 8);
     for (call, answer) in errors {

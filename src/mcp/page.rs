@@ -175,8 +175,10 @@ impl Page {
         .unwrap_or(false);
         if started {
             self.world = None;
+            // Loaded, or stopped without a document (a download, a navigation refused).
             self.until(&mut events, |e| {
-                e["sessionId"] == session.as_str() && e["method"] == "Page.loadEventFired"
+                e["sessionId"] == session.as_str()
+                    && (e["method"] == "Page.loadEventFired" || e["method"] == "Page.frameStoppedLoading")
             })
             .await?;
         }

@@ -75,7 +75,22 @@ async def first(session, init):
     report["a_lists"] = [s["session_id"] for s in listed["sessions"]]
     live = text_of(await session.call_tool("live_view_url", {"session_id": sid}))
     report["live_view"] = live.startswith("http") and f"/live/{sid}?token=" in live
-    report["files"] = json.loads(text_of(await session.call_tool("list_files", {"session_id": sid})))
+    # The welcome page's select and its download, by reference.
+    snap = text_of(await session.call_tool("snapshot", {"session_id": sid}))
+    picked = await session.call_tool("select", {"session_id": sid, "ref": ref_of(snap, r'combobox "Size"'), "values": ["Large"]})
+    report["selected"] = text_of(picked)
+    got = await session.call_tool("click", {"session_id": sid, "ref": ref_of(snap, r'link "Download your invoice"')})
+    assert not got.isError, text_of(got)
+    listed = None
+    for _ in range(100):  # the broker writes the file as Chrome finishes it
+        files = json.loads(text_of(await session.call_tool("list_files", {"session_id": sid})))["files"]
+        listed = next((f for f in files if f["name"] == "invoice.txt" and f["complete"]), None)
+        if listed:
+            break
+        await asyncio.sleep(0.1)
+    fetched = await session.call_tool("get_file", {"session_id": sid, "name": "invoice.txt"})
+    resource = fetched.content[0].resource
+    report["invoice"] = {"listed": listed, "resource": {"text": getattr(resource, "text", None), "uri": str(resource.uri)}}
 
     # Hostile or mistaken calls: each a tool error or a protocol error, the session unharmed.
     errors = {}
