@@ -130,6 +130,22 @@ async fn python_sdk_logs_in_by_references_and_a_second_key_sees_nothing() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_logs_in_and_a_second_key_sees_nothing() {
+    let server = TestServer::start().await;
+    let site = format!("http://{}", serve_pages(login_site).await);
+    let url = server.url("/mcp");
+    let r = node("mcp_drive.mjs", &[&url, KEY_A, KEY_B, &site]).await;
+    assert_eq!(r["protocol"], "2025-11-25", "{r}");
+    assert_eq!(r["tools"].as_array().unwrap().len(), 16, "{r}");
+    assert!(r["markdown"].as_str().unwrap().contains("# Welcome, alice"), "{r}");
+    assert_eq!(r["b_lists"], json!([]), "{r}");
+    assert_eq!(r["b_end"][0], true, "{r}");
+    assert_eq!(r["active_after"], 0, "{r}");
+    assert_eq!(server.broker.active_sessions(), 0);
+    server.stop().await;
+}
+
 async fn post(server: &TestServer, key: Option<&str>, session: Option<&str>, body: &str) -> Response {
     let mut headers = vec![("accept", "application/json, text/event-stream")];
     if let Some(k) = key {
