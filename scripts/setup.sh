@@ -73,8 +73,8 @@ if [ "${1:-}" = "--test" ]; then
     apt_install nodejs npm
   fi
   if ! [ -d tests/js/node_modules/puppeteer-core ] || ! [ -d tests/js/node_modules/playwright-core ] \
-    || ! [ -d tests/js/node_modules/@fingerprintjs/botd ]; then
-    echo "setup: installing puppeteer-core, playwright-core and botd (no browser download)"
+    || ! [ -d tests/js/node_modules/@fingerprintjs/botd ] || ! [ -d tests/js/node_modules/@modelcontextprotocol/sdk ]; then
+    echo "setup: installing puppeteer-core, playwright-core, botd and the MCP SDK (no browser download)"
     (cd tests/js && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error)
   fi
   venv=target/test-venv
@@ -96,6 +96,11 @@ if [ "${1:-}" = "--test" ]; then
   if ! [ -x "$venv/bin/schemathesis" ] || ! [ -x "$venv/bin/openapi-spec-validator" ]; then
     echo "setup: installing schemathesis and openapi-spec-validator into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0'
+  fi
+  # The MCP server is driven by the official MCP Python SDK (tests/py/mcp_drive.py).
+  if ! "$venv/bin/python" -c 'import mcp.client.streamable_http' 2>/dev/null; then
+    echo "setup: installing the MCP Python SDK into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'mcp==1.30.0'
   fi
   # Chrome's sandbox is tested with the broker run as an unprivileged user.
   if ! id cdpgate-test >/dev/null 2>&1; then

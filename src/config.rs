@@ -143,6 +143,14 @@ pub struct Config {
     pub action_timeout_ms: u64,
     /// How long an action waits for an element or a text to appear.
     pub action_wait_ms: u64,
+    /// One-call renders (`POST /public/screenshot`, `/pdf`, `/content`, `/markdown`,
+    /// `/scrape`): how long the page may take to load and settle when the call names no
+    /// `timeout_ms`, and the most a call may name.
+    pub render_timeout_ms: u64,
+    pub max_render_timeout_ms: u64,
+    /// Largest `html` a one-call render takes, in bytes (its request body may be this
+    /// plus `max_body_bytes`).
+    pub max_render_html_bytes: usize,
     /// OpenAI-compatible chat-completions endpoint for instructions the built-in interpreter
     /// does not understand (e.g. `https://api.openai.com/v1/chat/completions`). Empty: none.
     pub model_url: String,
@@ -271,6 +279,9 @@ impl Default for Config {
             write_stall_timeout_ms: 60_000,
             action_timeout_ms: 90_000,
             action_wait_ms: 10_000,
+            render_timeout_ms: 30_000,
+            max_render_timeout_ms: 120_000,
+            max_render_html_bytes: 1024 * 1024,
             model_url: String::new(),
             model_name: String::new(),
             model_api_key_env: "CDPGATE_MODEL_API_KEY".into(),
@@ -399,6 +410,9 @@ impl Config {
             write_stall_timeout_ms,
             action_timeout_ms,
             action_wait_ms,
+            render_timeout_ms,
+            max_render_timeout_ms,
+            max_render_html_bytes,
             model_max_calls,
             profile_lease_ms,
             record_sessions,
@@ -664,6 +678,9 @@ impl Config {
         if self.request_read_timeout_ms == 0 {
             errors.push("request_read_timeout_ms must be positive".into());
         }
+        if self.render_timeout_ms == 0 || self.render_timeout_ms > self.max_render_timeout_ms {
+            errors.push("render_timeout_ms must be positive and at most max_render_timeout_ms".into());
+        }
         if self.action_timeout_ms == 0 || self.action_wait_ms == 0 {
             errors.push("action_timeout_ms and action_wait_ms must be positive".into());
         }
@@ -704,6 +721,10 @@ impl Config {
 
     pub fn action_timeout(&self) -> Duration {
         Duration::from_millis(self.action_timeout_ms)
+    }
+
+    pub fn render_timeout(&self) -> Duration {
+        Duration::from_millis(self.render_timeout_ms)
     }
 
     pub fn action_wait(&self) -> Duration {

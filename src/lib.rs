@@ -12,6 +12,8 @@
 //!   the handlers: sessions, profiles, single actions, live view.
 //! - [`proxy`]: authorizes and relays CDP connections (the relay follows frame headers),
 //!   and the discovery endpoints with their addresses rewritten.
+//! - [`render`]: one-call renders (screenshot, PDF, HTML, markdown, scrape) in a fresh
+//!   context session or a given one.
 //! - [`broker`]: the composition root: builds the parts, holds the sessions running here,
 //!   and is the one lookup path for a session by id.
 //! - [`action`]: the single-action engine (instruction parser, page driver, cache, model).
@@ -43,10 +45,12 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub(crate) mod limits;
+pub mod mcp;
 pub mod metrics;
 pub(crate) mod profile;
 pub(crate) mod proxy;
 pub(crate) mod quota;
+pub mod render;
 pub(crate) mod session;
 pub mod store;
 pub mod telemetry;

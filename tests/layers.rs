@@ -145,7 +145,10 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     &["action"],
     &["broker"],
+    &["render"],
     &["proxy"],
+    // The MCP server's page tools (its transport is http's).
+    &["mcp"],
     &["http"],
     // Entry points for the fuzz targets: above everything they drive.
     &["fuzzing"],

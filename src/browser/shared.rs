@@ -281,7 +281,14 @@ impl SharedBrowsers {
                 }
             }
         };
-        let prepared = match shared.take_spare().filter(|_| screen == self.settings.screen) {
+        // A spare is taken only for its own screen size: one taken and dropped would stay
+        // in Chrome, its gateway port lost with it.
+        let spare = if screen == self.settings.screen {
+            shared.take_spare()
+        } else {
+            None
+        };
+        let prepared = match spare {
             Some(spare) => spare,
             None => match self.prepare(&shared, screen).await {
                 Ok(prepared) => prepared,

@@ -16,6 +16,7 @@ use crate::error::Origin;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyError;
 use crate::proxy::handshake::HandshakeError;
+use crate::render::RenderError;
 use crate::store::profiles::ProfileError;
 use crate::store::{Status, StoreError};
 
@@ -160,6 +161,8 @@ pub(crate) enum Attempt {
     Act,
     /// A live view link (its page, its socket, its recording).
     View,
+    /// A one-call render in a given session.
+    Render,
 }
 
 /// The one way a session lookup's refusal becomes an answer.
@@ -189,6 +192,10 @@ pub(crate) fn session_refusal(e: SessionError, attempt: Attempt) -> ApiError {
         (Attempt::Connect, false) => (StatusCode::GONE, "Session is terminated".into()),
         (Attempt::View, true) => (StatusCode::GONE, "This session has expired.".into()),
         (Attempt::View, false) => (StatusCode::GONE, "This session has ended.".into()),
+        (Attempt::Render, _) => (
+            StatusCode::CONFLICT,
+            format!("Session is {}: a render needs an active session", status.as_str()),
+        ),
         (Attempt::Act, _) => (
             StatusCode::CONFLICT,
             format!("Session is {}: actions need an active session", status.as_str()),
@@ -356,6 +363,31 @@ impl From<ScreenshotError> for ApiError {
             }
         };
         ApiError::of(status, origin, format!("The screen could not be taken: {e}"))
+    }
+}
+
+impl From<RenderError> for ApiError {
+    fn from(e: RenderError) -> ApiError {
+        let origin = e.origin();
+        let code = e.code();
+        let status = match e {
+            RenderError::Session(e) => return session_refusal(e, Attempt::Render),
+            RenderError::Create(e) => return e.into(),
+            RenderError::Connect(e) => return e.into(),
+            RenderError::BadOption(_) => StatusCode::BAD_REQUEST,
+            RenderError::NoElement(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RenderError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            RenderError::Navigation(_)
+            | RenderError::PageStatus { .. }
+            | RenderError::Download
+            | RenderError::TooLarge(_)
+            | RenderError::Browser(_) => StatusCode::BAD_GATEWAY,
+        };
+        let answer = ApiError::of(status, origin, e.to_string());
+        match code {
+            Some(code) => answer.with_code(code),
+            None => answer,
+        }
     }
 }
 

@@ -10,10 +10,11 @@ use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, dashboard, files, live, profiles, sessions};
+use super::{Body, actions, admin, dashboard, files, live, mcp, profiles, render, sessions};
 use crate::broker::Broker;
 use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
+use crate::render::Kind;
 
 /// What a route leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub enum Endpoint {
     Profile,
     StorageState,
     RunAction,
+    /// A one-call render.
+    Render(crate::render::Kind),
     /// The CDP proxy's WebSockets and discovery endpoints.
     Proxy,
     LiveView,
@@ -40,6 +43,8 @@ pub enum Endpoint {
     Recording,
     Screenshot,
     Dashboard,
+    /// The MCP server (Streamable HTTP).
+    Mcp,
 }
 
 /// One documented route: its methods, its path (`{name}` matches one segment) and where it
@@ -66,9 +71,19 @@ fn openapi_for(config: &crate::config::Config) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(OPENAPI) else {
         return OPENAPI.to_owned();
     };
-    for schema in ["NewSession", "SessionChange"] {
+    for schema in [
+        "NewSession",
+        "SessionChange",
+        "RenderScreenshot",
+        "RenderPdf",
+        "RenderPage",
+        "RenderScrape",
+    ] {
         if let Some(ttl) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/ttl")) {
             ttl["maximum"] = json!(config.max_ttl);
+        }
+        if let Some(t) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/timeout_ms")) {
+            t["maximum"] = json!(config.max_render_timeout_ms);
         }
     }
     serde_json::to_string(&doc).unwrap_or_else(|_| OPENAPI.to_owned())
@@ -119,6 +134,11 @@ pub const ROUTES: &[Route] = &[
         Endpoint::StorageState,
     ),
     route(&["POST"], "/public/single-actions/run-action", Endpoint::RunAction),
+    route(&["POST"], "/public/screenshot", Endpoint::Render(Kind::Screenshot)),
+    route(&["POST"], "/public/pdf", Endpoint::Render(Kind::Pdf)),
+    route(&["POST"], "/public/content", Endpoint::Render(Kind::Content)),
+    route(&["POST"], "/public/markdown", Endpoint::Render(Kind::Markdown)),
+    route(&["POST"], "/public/scrape", Endpoint::Render(Kind::Scrape)),
     route(&["GET"], "/admin/cluster", Endpoint::AdminCluster),
     route(&["GET"], "/admin/tenants", Endpoint::AdminTenants),
     route(&["GET"], "/devtools/browser/{session_id}", Endpoint::Proxy),
@@ -158,6 +178,7 @@ pub const ROUTES: &[Route] = &[
     route(&["GET"], "/live/{session_id}/cdp", Endpoint::LiveView),
     route(&["GET", "HEAD"], "/live/{session_id}/recording", Endpoint::LiveView),
     route(&["GET"], "/dashboard", Endpoint::Dashboard),
+    route(&["POST", "DELETE"], "/mcp", Endpoint::Mcp),
 ];
 
 impl Route {
@@ -346,6 +367,7 @@ async fn api(
     let tenant = authenticate(broker, &request)?;
     match endpoint {
         Endpoint::Sessions => sessions::collection(broker, tenant, request).await,
+        Endpoint::Mcp => mcp::handle(broker, tenant, request).await,
         Endpoint::Session => sessions::one(broker, &tenant, id, request).await,
         Endpoint::TerminateSession => {
             only(&method, &[Method::POST])?;
@@ -374,6 +396,10 @@ async fn api(
         Endpoint::RunAction => {
             only(&method, &[Method::POST])?;
             actions::handle(broker, tenant, request).await
+        }
+        Endpoint::Render(kind) => {
+            only(&method, &[Method::POST])?;
+            render::handle(broker, tenant, kind, request).await
         }
         Endpoint::Health
         | Endpoint::Ready

@@ -1,0 +1,412 @@
+//! The session's first tab, driven for an agent on the broker's own CDP connection through
+//! the session's upstream (a context session's filter applies to every command): navigate,
+//! a snapshot with element references, actions on those references with real input
+//! events, a screenshot, and the main text as markdown. Scripts run in an isolated world
+//! of the broker's; the page sees only the input and the `data-cdpgate-ref` attributes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::error::PageError;
+use crate::action::keys;
+use crate::browser::cdp::{CallError, Client};
+use crate::browser::egress::Egress;
+use crate::browser::upstream::Upstream;
+
+const HELPERS: &str = include_str!("page.js");
+/// The one-call renders' reader (`main`): the same main text for both doors.
+const READER: &str = include_str!("../render/page.js");
+/// Largest snapshot, in characters (an agent's context is not unbounded).
+const MAX_SNAPSHOT_CHARS: usize = 60_000;
+/// Largest HTML read for markdown, in characters.
+const MAX_HTML_CHARS: usize = 4 * 1024 * 1024;
+/// How long an action's page has to start a navigation it caused (a form submitted).
+const NAVIGATION_START: Duration = Duration::from_millis(400);
+
+pub struct Page {
+    client: Arc<Client>,
+    session: String,
+    target: String,
+    world: Option<i64>,
+    deadline: Instant,
+}
+
+fn call_error(method: &str, e: CallError) -> PageError {
+    match e {
+        CallError::Refused(m) => PageError::Browser(format!("{method}: {m}")),
+        CallError::Timeout => PageError::Timeout(format!("{method} was not answered in time")),
+        CallError::Lost => PageError::Browser("the connection to the browser was lost".into()),
+    }
+}
+
+impl Page {
+    /// Connects to the session's browser and attaches to its first tab (opening one if it
+    /// has none). Every command must be answered within `limit`.
+    pub async fn open(
+        upstream: &Upstream,
+        egress: &Egress,
+        config: WebSocketConfig,
+        limit: Duration,
+    ) -> Result<Page, PageError> {
+        let deadline = Instant::now() + limit;
+        let (stream, early) = upstream.connect_raw(&upstream.browser_path, egress, limit).await?;
+        let ws = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await;
+        let mut page = Page {
+            client: Arc::new(Client::start(ws)),
+            session: String::new(),
+            target: String::new(),
+            world: None,
+            deadline,
+        };
+        let targets = page.browser_call("Target.getTargets", json!({})).await?;
+        let first = targets["targetInfos"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["targetId"].as_str())
+            .map(str::to_owned);
+        page.target = match first {
+            Some(t) => t,
+            None => {
+                let made = page
+                    .browser_call("Target.createTarget", json!({"url": "about:blank"}))
+                    .await?;
+                made["targetId"].as_str().unwrap_or_default().to_owned()
+            }
+        };
+        let attached = page
+            .browser_call(
+                "Target.attachToTarget",
+                json!({"targetId": page.target, "flatten": true}),
+            )
+            .await?;
+        page.session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
+        page.call("Page.enable", json!({})).await?;
+        Ok(page)
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    async fn browser_call(&self, method: &str, params: Value) -> Result<Value, PageError> {
+        self.client
+            .call(None, method, params, self.remaining())
+            .await
+            .map_err(|e| call_error(method, e))
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Result<Value, PageError> {
+        self.client
+            .call(Some(&self.session), method, params, self.remaining())
+            .await
+            .map_err(|e| call_error(method, e))
+    }
+
+    /// Goes to `url` and, with `wait`, until its load event.
+    pub async fn navigate(&mut self, url: &str, wait: bool) -> Result<(String, String), PageError> {
+        let mut events = self.client.subscribe();
+        let went = self.call("Page.navigate", json!({"url": url})).await?;
+        if let Some(why) = went["errorText"].as_str().filter(|t| !t.is_empty()) {
+            return Err(PageError::Navigation(format!("{url}: {why}")));
+        }
+        self.world = None;
+        if wait {
+            let session = self.session.clone();
+            self.until(&mut events, |e| {
+                e["sessionId"] == session.as_str() && e["method"] == "Page.loadEventFired"
+            })
+            .await?;
+        }
+        let at = self.eval("[location.href, document.title]").await?;
+        Ok((
+            at[0].as_str().unwrap_or_default().to_owned(),
+            at[1].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    /// Waits for the first event that `matches`, until the deadline.
+    async fn until(
+        &self,
+        events: &mut tokio::sync::broadcast::Receiver<Arc<Value>>,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<(), PageError> {
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if matches(&e) => return Ok(()),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Err(PageError::Browser("the connection to the browser was lost".into())),
+                }
+            }
+        };
+        tokio::time::timeout(self.remaining(), wait)
+            .await
+            .map_err(|_| PageError::Timeout("the page did not finish loading in time".into()))?
+    }
+
+    /// Runs an input step; if it started a navigation (a link, a form), waits for the new
+    /// document's load event, so that the next snapshot sees the page it led to.
+    async fn then_settle<F, T>(&mut self, step: F) -> Result<T, PageError>
+    where
+        F: AsyncFnOnce(&mut Page) -> Result<T, PageError>,
+    {
+        let mut events = self.client.subscribe();
+        let done = step(self).await?;
+        let session = self.session.clone();
+        let started = tokio::time::timeout(NAVIGATION_START, async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e["sessionId"] == session.as_str() && e["method"] == "Page.frameStartedLoading" => {
+                        return true;
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if started {
+            self.world = None;
+            // Loaded, or stopped without a document (a download, a navigation refused).
+            self.until(&mut events, |e| {
+                e["sessionId"] == session.as_str()
+                    && (e["method"] == "Page.loadEventFired" || e["method"] == "Page.frameStoppedLoading")
+            })
+            .await?;
+        }
+        Ok(done)
+    }
+
+    /// Evaluates `expression` in the broker's world of the current document.
+    async fn eval(&mut self, expression: &str) -> Result<Value, PageError> {
+        for attempt in 0..3 {
+            let context = match self.world {
+                Some(c) => c,
+                None => {
+                    let world = self
+                        .call(
+                            "Page.createIsolatedWorld",
+                            json!({"frameId": self.target, "worldName": "cdpgate-mcp"}),
+                        )
+                        .await?;
+                    let id = world["executionContextId"]
+                        .as_i64()
+                        .ok_or_else(|| PageError::Browser("no script context for the page".into()))?;
+                    self.world = Some(id);
+                    id
+                }
+            };
+            let reply = self
+                .client
+                .call(
+                    Some(&self.session),
+                    "Runtime.evaluate",
+                    json!({"expression": expression, "contextId": context, "returnByValue": true}),
+                    self.remaining(),
+                )
+                .await;
+            match reply {
+                Ok(result) => {
+                    if let Some(e) = result.get("exceptionDetails") {
+                        let text = e["exception"]["description"].as_str().or(e["text"].as_str());
+                        return Err(PageError::Browser(format!(
+                            "a script of the broker failed: {}",
+                            text.unwrap_or("unknown")
+                        )));
+                    }
+                    return Ok(result["result"]["value"].clone());
+                }
+                // The document the world belonged to was replaced: make one in the new.
+                Err(CallError::Refused(m)) if attempt < 2 && m.contains("context") => self.world = None,
+                Err(e) => return Err(call_error("Runtime.evaluate", e)),
+            }
+        }
+        Err(PageError::Browser("the page kept navigating away".into()))
+    }
+
+    async fn helper(&mut self, name: &str, args: &[Value]) -> Result<Value, PageError> {
+        let args: Vec<String> = args.iter().map(Value::to_string).collect();
+        self.eval(&format!("({HELPERS}).{name}({})", args.join(", "))).await
+    }
+
+    /// The page as an outline with `ref=eN` references: `{url, title, text}`.
+    pub async fn snapshot(&mut self) -> Result<Value, PageError> {
+        self.helper("snapshot", &[json!(MAX_SNAPSHOT_CHARS)]).await
+    }
+
+    /// The centre of the element `reference` names, in view.
+    async fn locate(&mut self, reference: &str) -> Result<(f64, f64), PageError> {
+        let at = self.helper("locate", &[json!(reference)]).await?;
+        if at["missing"] == true {
+            return Err(missing(reference));
+        }
+        if at["hidden"] == true {
+            return Err(PageError::Client(format!("the element {reference} has no visible box")));
+        }
+        if at["disabled"] == true {
+            return Err(PageError::Client(format!("the element {reference} is disabled")));
+        }
+        Ok((at["x"].as_f64().unwrap_or(0.0), at["y"].as_f64().unwrap_or(0.0)))
+    }
+
+    /// Clicks the element `reference` names, with the mouse, as a person would.
+    pub async fn click(&mut self, reference: &str) -> Result<(), PageError> {
+        let (x, y) = self.locate(reference).await?;
+        self.then_settle(async |page: &mut Page| {
+            for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+                page.call(
+                    "Input.dispatchMouseEvent",
+                    json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Types `text` into the element `reference` names (emptied first with `clear`).
+    pub async fn type_text(&mut self, reference: &str, text: &str, clear: bool) -> Result<(), PageError> {
+        let focused = self.helper("focus", &[json!(reference), json!(clear)]).await?;
+        if focused["missing"] == true {
+            return Err(missing(reference));
+        }
+        if focused["unfocusable"] == true {
+            return Err(PageError::Client(format!(
+                "the element {reference} does not take text (it cannot be focused)"
+            )));
+        }
+        self.call("Input.insertText", json!({"text": text})).await?;
+        Ok(())
+    }
+
+    /// Selects the options with these values or labels in the `<select>` `reference` names.
+    pub async fn select(&mut self, reference: &str, values: &[String]) -> Result<Vec<String>, PageError> {
+        let picked = self.helper("select", &[json!(reference), json!(values)]).await?;
+        if picked["missing"] == true {
+            return Err(missing(reference));
+        }
+        if picked["notSelect"] == true {
+            return Err(PageError::Client(format!("the element {reference} is not a <select>")));
+        }
+        if let Some(options) = picked["none"].as_array() {
+            let names: Vec<&str> = options.iter().filter_map(Value::as_str).collect();
+            return Err(PageError::Client(format!(
+                "no option of {reference} has that value or label; it has: {}",
+                names.join(", ")
+            )));
+        }
+        Ok(picked["selected"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Presses a key or chord (`Enter`, `Control+A`) in the focused element.
+    pub async fn press(&mut self, spec: &str) -> Result<(), PageError> {
+        let chord = keys::parse(spec).ok_or_else(|| {
+            PageError::Client(format!(
+                "unknown key {spec:?}: name one like Enter, Tab, Escape, ArrowDown, a or Control+A"
+            ))
+        })?;
+        self.then_settle(async |page: &mut Page| {
+            let mut mask = 0u8;
+            for m in &chord.modifiers {
+                page.key_event("rawKeyDown", m, mask, false).await?;
+                mask |= modifier_bit(&m.key);
+            }
+            page.key_event("keyDown", &chord.key, chord.mask, true).await?;
+            page.key_event("keyUp", &chord.key, chord.mask, false).await?;
+            for m in chord.modifiers.iter().rev() {
+                mask &= !modifier_bit(&m.key);
+                page.key_event("keyUp", m, mask, false).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_event(&self, kind: &str, key: &keys::Key, modifiers: u8, with_text: bool) -> Result<(), PageError> {
+        let mut params = json!({
+            "type": kind,
+            "key": key.key,
+            "code": key.code,
+            "windowsVirtualKeyCode": key.key_code,
+            "modifiers": modifiers,
+        });
+        // Text only without Control/Alt/Meta, or a chord would type its letter.
+        if with_text
+            && modifiers & 0b1011 == 0
+            && let Some(text) = &key.text
+        {
+            params["text"] = json!(text);
+        }
+        self.call("Input.dispatchKeyEvent", params).await.map(|_| ())
+    }
+
+    /// Scrolls the element `reference` names into view, or the page by `dy` pixels.
+    pub async fn scroll(&mut self, reference: Option<&str>, dy: f64) -> Result<(f64, f64), PageError> {
+        let at = self.helper("scroll", &[json!(reference), json!(dy)]).await?;
+        if at["missing"] == true {
+            return Err(missing(reference.unwrap_or_default()));
+        }
+        Ok((at["x"].as_f64().unwrap_or(0.0), at["y"].as_f64().unwrap_or(0.0)))
+    }
+
+    /// The viewport as a PNG, base64-encoded as Chrome sends it.
+    pub async fn screenshot(&mut self) -> Result<String, PageError> {
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await?;
+        shot["data"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| PageError::Browser("the browser sent no image".into()))
+    }
+
+    /// The page's main text as markdown (the one-call markdown's reader), with its title.
+    pub async fn markdown(&mut self) -> Result<String, PageError> {
+        let read = self.eval(&format!("({READER}).main({MAX_HTML_CHARS})")).await?;
+        if read["over"].is_number() {
+            return Err(PageError::Client(format!(
+                "the page's main text is over {MAX_HTML_CHARS} characters of HTML"
+            )));
+        }
+        let html = read["html"].as_str().unwrap_or_default();
+        let mut markdown = htmd::HtmlToMarkdown::builder()
+            .skip_tags(vec!["script", "style", "head"])
+            .build()
+            .convert(html)
+            .map_err(|e| PageError::Browser(format!("the page's HTML could not be converted: {e}")))?;
+        let title = read["title"].as_str().unwrap_or_default().trim();
+        if !title.is_empty() && !markdown.trim_start().starts_with("# ") {
+            markdown = format!("# {title}\n\n{markdown}");
+        }
+        Ok(markdown)
+    }
+}
+
+fn missing(reference: &str) -> PageError {
+    PageError::Client(format!(
+        "no element has the reference {reference:?} on this page: take a new snapshot"
+    ))
+}
+
+/// CDP's modifier bits: Alt 1, Control 2, Meta 4, Shift 8.
+fn modifier_bit(key: &str) -> u8 {
+    match key {
+        "Alt" => 1,
+        "Control" => 2,
+        "Meta" => 4,
+        "Shift" => 8,
+        _ => 0,
+    }
+}
