@@ -210,9 +210,6 @@ async fn chrome_holds(server: &TestServer) -> (usize, usize) {
         let c = cdp_call(&mut ws, 1, "Target.getBrowserContexts", json!({})).await;
         contexts += c["result"]["browserContextIds"].as_array().unwrap().len();
         let t = cdp_call(&mut ws, 2, "Target.getTargets", json!({})).await;
-        if std::env::var("RENDER_DEBUG").is_ok() {
-            eprintln!("{c}\n{t}");
-        }
         pages += t["result"]["targetInfos"]
             .as_array()
             .unwrap()
