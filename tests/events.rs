@@ -145,10 +145,10 @@ async fn a_scripted_visit_reads_back_in_order_as_json_and_as_a_resumed_stream() 
     let id = session["session_id"].as_str().unwrap().to_owned();
     let path = format!("/public/sessions/{id}/events");
 
-    // A reader that follows from the start, reads three events, and drops.
+    // A reader that follows from the start, reads two events (created, the first tab), and drops.
     let mut early = Sse::open(server.addr, &path, KEY_A, None).await.unwrap();
     let mut streamed = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         streamed.push(early.next().await.expect("an event"));
     }
     drop(early);
@@ -193,7 +193,7 @@ async fn a_scripted_visit_reads_back_in_order_as_json_and_as_a_resumed_stream() 
     await_event(&server, &id, "disconnect", |e| e["type"] == "client_disconnected").await;
 
     // Resumed after the drop while the session runs; it ends with the session's end.
-    let mut resumed = Sse::open(server.addr, &path, KEY_A, Some(streamed[2].0.unwrap()))
+    let mut resumed = Sse::open(server.addr, &path, KEY_A, Some(streamed[1].0.unwrap()))
         .await
         .unwrap();
     let rest = tokio::spawn(async move {
@@ -203,7 +203,7 @@ async fn a_scripted_visit_reads_back_in_order_as_json_and_as_a_resumed_stream() 
         }
         got
     });
-    assert_eq!(server.terminate(&id).await.status, StatusCode::OK);
+    assert_eq!(server.terminate(&id).await.status, StatusCode::NO_CONTENT);
     streamed.extend(rest.await.unwrap());
 
     let events = all_events(&server, &id).await;
@@ -299,7 +299,7 @@ async fn another_key_reads_nothing_of_a_sessions_events() {
     let r = server.call(Method::GET, "/public/events", Some(KEY_A), None).await;
     assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE);
 
-    assert_eq!(server.terminate(&id).await.status, StatusCode::OK);
+    assert_eq!(server.terminate(&id).await.status, StatusCode::NO_CONTENT);
     // Key A's stream carries the whole session, up to its end.
     let mut seen_a = Vec::new();
     while let Some((_, event)) = stream_a.next().await {
@@ -326,7 +326,7 @@ async fn another_key_reads_nothing_of_a_sessions_events() {
             None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
     let mut seen_b = Vec::new();
     while let Some((_, event)) = stream_b.next().await {
         let ended = event["type"] == "ended";
