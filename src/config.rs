@@ -804,12 +804,6 @@ impl Config {
         Duration::from_millis(self.webhook_timeout_ms)
     }
 
-    /// The webhook settings of `tenant`: its own table, else the `"*"` one.
-    pub fn webhook_of(&self, tenant: &str) -> Option<&KeyWebhook> {
-        let find = |t: &str| self.webhooks.iter().find(|h| h.tenant == t);
-        find(tenant).or_else(|| find("*"))
-    }
-
     pub fn byo_timeout(&self) -> Duration {
         Duration::from_millis(self.byo_timeout_ms)
     }

@@ -339,3 +339,56 @@ async fn another_key_reads_nothing_of_a_sessions_events() {
     assert!(seen_b.iter().all(|e| e["session_id"] == id_b.as_str()), "{seen_b:#?}");
     server.stop().await;
 }
+
+/// A node of a cluster on `redis`.
+async fn cluster_node(redis: &TestRedis, name: &str) -> TestServer {
+    let (url, name) = (redis.url.clone(), name.to_owned());
+    let profiles = redis.profiles.path().to_string_lossy().into_owned();
+    TestServer::start_with(move |c| {
+        c.redis_url = url;
+        c.profile_store = profiles;
+        c.redis_prefix = "events:".into();
+        c.node_id = name;
+        c.cluster_secret = CLUSTER_SECRET.into();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_of_a_cluster_answers_with_the_running_nodes_events() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "node-a").await;
+    let b = cluster_node(&redis, "node-b").await;
+    let session = a.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let path = format!("/public/sessions/{id}/events");
+
+    // A stream through B, of the session A runs: what A writes, as it writes it.
+    let mut via_b = Sse::open(b.addr, &path, KEY_A, None).await.unwrap();
+    let mut streamed = vec![via_b.next().await.unwrap(), via_b.next().await.unwrap()];
+    let mut cdp = CdpClient::connect(&session).await;
+    cdp.own_page().await;
+    drop(cdp);
+    await_event(&a, &id, "disconnect", |e| e["type"] == "client_disconnected").await;
+    let r = b
+        .call(
+            Method::POST,
+            &format!("/public/sessions/{id}/terminate"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    while let Some(event) = via_b.next().await {
+        streamed.push(event);
+    }
+    let on_a = all_events(&a, &id).await;
+    assert_eq!(on_a.last().unwrap()["type"], "ended");
+    assert_eq!(streamed.into_iter().map(|(_, e)| e).collect::<Vec<_>>(), on_a);
+    // The JSON page through B is A's, and another key learns nothing through B either.
+    assert_eq!(all_events(&b, &id).await, on_a);
+    let r = events_json(&b, KEY_B, &id, "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    b.stop().await;
+    a.stop().await;
+}
