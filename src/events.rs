@@ -187,6 +187,11 @@ impl Events {
         Some(out)
     }
 
+    /// Whether session `id`'s events are kept here (not swept or deleted).
+    pub fn has(&self, id: &str) -> bool {
+        self.path(id).exists()
+    }
+
     /// Events dropped past the per-session bound, while the session runs here.
     pub fn dropped(&self, id: &str) -> u64 {
         self.open_log(id).map_or(0, |l| l.state().dropped)

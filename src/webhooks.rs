@@ -213,6 +213,10 @@ impl Webhooks {
     }
 
     fn save(&self, state: &WebhookState) {
+        // A session swept (or deleted) meanwhile leaves nothing behind.
+        if !self.events.has(&state.session_id) {
+            return;
+        }
         // Written whole, then renamed: a crash leaves the old state or the new one.
         let path = self.path(&state.session_id);
         let tmp = path.with_extension("json.tmp");
