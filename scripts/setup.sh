@@ -102,6 +102,11 @@ if [ "${1:-}" = "--test" ]; then
     echo "setup: installing the MCP Python SDK into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'mcp==1.30.0'
   fi
+  # Webhook deliveries are verified by the reference Standard Webhooks library.
+  if ! "$venv/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+    echo "setup: installing standardwebhooks into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'standardwebhooks==1.1.0'
+  fi
   # Chrome's sandbox is tested with the broker run as an unprivileged user.
   if ! id cdpgate-test >/dev/null 2>&1; then
     echo "setup: adding the unprivileged user cdpgate-test"

@@ -159,6 +159,27 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     outer.finalize().into()
 }
 
+/// The key of a Standard Webhooks secret (`whsec_` and base64 of at least 24 bytes).
+pub fn webhook_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(secret.strip_prefix("whsec_")?.trim_end_matches('='))
+        .ok()?;
+    (key.len() >= 24).then_some(key)
+}
+
+/// The `webhook-signature` header of a delivery (Standard Webhooks): `v1,` and the base64
+/// HMAC-SHA256 of `id.timestamp.body`.
+pub fn sign_webhook(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let mut message = format!("{id}.{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(hmac(key, &message))
+    )
+}
+
 /// How long a hop header is good for, either side of its time (the nodes' clocks may
 /// differ a little): a header seen later is refused.
 pub const HOP_VALIDITY: Duration = Duration::from_secs(15);
@@ -565,5 +586,18 @@ mod tests {
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
         assert_eq!(hmac_sha256(b"Jefe", &[b"a", b"b"]), hmac(b"Jefe", b"a\nb\n"));
+    }
+
+    #[test]
+    fn webhook_signatures_are_the_standard_ones() {
+        // The example of the Standard Webhooks specification.
+        let key = webhook_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            sign_webhook(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert!(webhook_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
+        assert!(webhook_key("whsec_c2hvcnQ=").is_none());
     }
 }

@@ -12,6 +12,24 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::values::Screen;
 
+/// The event types a webhook filter may name (`events::EventType`, which sits above this
+/// layer, has the same names; a test holds them together).
+pub const KNOWN_EVENTS: &[&str] = &[
+    "created",
+    "client_connected",
+    "client_disconnected",
+    "tab_opened",
+    "tab_navigated",
+    "tab_closed",
+    "page_crashed",
+    "download_started",
+    "download_finished",
+    "download_refused",
+    "upload",
+    "profile_saved",
+    "ended",
+];
+
 /// The broker's settings. Each field mirrors a key of `config.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -222,6 +240,33 @@ pub struct Config {
     /// bytes does not preempt the thread running on its core; it runs when that one blocks
     /// or its slice ends, and passes everything that arrived meanwhile in one go.
     pub relay_sched_batch: bool,
+    /// Events kept per session (`GET /public/sessions/{id}/events`); past it they are
+    /// counted as dropped, except the session's `ended`.
+    pub max_events_per_session: usize,
+    /// Webhook targets: networks (CIDR), host names (`*.suffix` allowed) and the keywords
+    /// `loopback`, `private`, `link-local`… that a `webhook_url` may reach although they are
+    /// not public (`CDPGATE_WEBHOOK_ALLOW`, comma-separated). Checked on the address
+    /// connected to, after the lookup.
+    pub webhook_allow: Vec<String>,
+    /// How long one webhook delivery may take (connect, send, answer).
+    pub webhook_timeout_ms: u64,
+    /// Longest wait between two tries of a delivery (the wait doubles from 1 s up to it).
+    pub webhook_retry_max_ms: u64,
+    /// Webhook settings per API key: `[[webhooks]]` tables with `tenant` (the key's tenant
+    /// id, `t_` and the first 16 hex digits of the key's SHA-256; `"*"`: every key), `secret`
+    /// (`whsec_` and base64, signs deliveries), and optionally `url` and `events`, the
+    /// default `webhook_url` and `webhook_events` of the key's sessions.
+    pub webhooks: Vec<KeyWebhook>,
+}
+
+/// One `[[webhooks]]` table of the configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyWebhook {
+    pub tenant: String,
+    pub secret: String,
+    pub url: String,
+    pub events: Vec<String>,
 }
 
 impl Default for Config {
@@ -305,6 +350,11 @@ impl Default for Config {
             relay_on_cores: true,
             relay_busy_poll_us: 500,
             relay_sched_batch: true,
+            max_events_per_session: 1000,
+            webhook_allow: Vec::new(),
+            webhook_timeout_ms: 10_000,
+            webhook_retry_max_ms: 60_000,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -470,6 +520,9 @@ impl Config {
         if let Some(v) = var("tls_key") {
             self.tls_key = v;
         }
+        if let Some(v) = var("webhook_allow") {
+            self.webhook_allow = list(&v);
+        }
         if let Some(v) = var("byo_allow") {
             self.byo_allow = list(&v);
         }
@@ -578,6 +631,35 @@ impl Config {
         }
         if let Err(bad) = crate::egress_rules::parse_allow_list("byo_allow", &self.byo_allow) {
             errors.extend(bad);
+        }
+        if let Err(bad) = crate::egress_rules::parse_browser_allow_list(&self.webhook_allow) {
+            errors.extend(
+                bad.into_iter()
+                    .map(|b| b.replace("browser_egress_allow", "webhook_allow")),
+            );
+        }
+        if !(1..=100_000).contains(&self.max_events_per_session) {
+            errors.push("max_events_per_session must be within 1..=100000".into());
+        }
+        if self.webhook_timeout_ms == 0 || self.webhook_retry_max_ms < 1000 {
+            errors.push("webhook_timeout_ms must be at least 1 and webhook_retry_max_ms at least 1000".into());
+        }
+        for hook in &self.webhooks {
+            if hook.tenant.is_empty() {
+                errors.push("every [[webhooks]] table names a tenant (or \"*\")".into());
+            }
+            if crate::auth::webhook_key(&hook.secret).is_none() {
+                errors.push(format!(
+                    "the webhook secret of tenant {:?} must be whsec_ and base64 of at least 24 bytes",
+                    hook.tenant
+                ));
+            }
+            if !hook.events.iter().all(|e| KNOWN_EVENTS.contains(&e.as_str())) {
+                errors.push(format!(
+                    "the webhook events of tenant {:?} name an unknown event type",
+                    hook.tenant
+                ));
+            }
         }
         errors.extend(crate::egress_rules::check_browser_lists(
             &self.browser_egress_deny,
@@ -737,6 +819,10 @@ impl Config {
 
     pub fn profile_lease(&self) -> Duration {
         Duration::from_millis(self.profile_lease_ms)
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_millis(self.webhook_timeout_ms)
     }
 
     pub fn byo_timeout(&self) -> Duration {

@@ -41,6 +41,7 @@ pub mod browser;
 pub mod config;
 pub(crate) mod egress_rules;
 pub mod error;
+pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -56,6 +57,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod values;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 

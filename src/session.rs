@@ -18,6 +18,7 @@ use crate::browser::forward::Traffic;
 use crate::browser::pool::Lease;
 use crate::browser::shared::ContextLease;
 use crate::browser::upstream::Upstream;
+use crate::events::{EventType, SessionEvents};
 use crate::metrics::Metrics;
 use crate::profile::copy::ProfileCopies;
 use crate::store::profiles::{ProfileUse, Profiles};
@@ -85,6 +86,8 @@ pub struct Session {
     /// Where its browser writes its downloads: the one directory of the session's that the
     /// confined browser may read, so uploads are placed there for file inputs.
     pub browser_downloads: std::sync::OnceLock<std::path::PathBuf>,
+    /// Its event log (`events`), set as it is registered.
+    pub events: std::sync::OnceLock<Arc<SessionEvents>>,
     traffic: Option<Arc<Traffic>>,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
@@ -94,10 +97,25 @@ pub struct Session {
 }
 
 /// One open connection of a session, counted until dropped.
-pub struct ConnectionSlot(Arc<Session>);
+pub struct ConnectionSlot(Arc<Session>, Option<&'static str>);
+
+impl ConnectionSlot {
+    /// Names what connected (`cdp`, `live_viewer`, …): its `client_connected` event now,
+    /// its `client_disconnected` when the slot is dropped.
+    pub fn announce(mut self, kind: &'static str) -> Self {
+        self.0
+            .event(EventType::ClientConnected, serde_json::json!({ "kind": kind }));
+        self.1 = Some(kind);
+        self
+    }
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        if let Some(kind) = self.1 {
+            self.0
+                .event(EventType::ClientDisconnected, serde_json::json!({ "kind": kind }));
+        }
         self.0.connections.fetch_sub(1, Ordering::SeqCst);
         self.0.activity.fetch_add(1, Ordering::SeqCst);
         self.0.connection_closed.notify_one();
@@ -184,9 +202,17 @@ impl Session {
             connection_closed: Arc::new(Notify::new()),
             cdp_log: std::sync::OnceLock::new(),
             browser_downloads: std::sync::OnceLock::new(),
+            events: std::sync::OnceLock::new(),
             traffic: init.traffic,
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Writes an event of the session's (nothing before its log is set).
+    pub fn event(&self, kind: EventType, data: Value) {
+        if let Some(events) = self.events.get() {
+            events.emit(kind, data);
         }
     }
 
@@ -205,7 +231,7 @@ impl Session {
             .connections
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
             .ok()
-            .map(|_| ConnectionSlot(self.clone()));
+            .map(|_| ConnectionSlot(self.clone(), None));
         self.activity.fetch_add(1, Ordering::SeqCst);
         slot
     }
@@ -373,6 +399,10 @@ fn note_save(session: &Session, binding: &ProfileBinding, outcome: SaveOutcome) 
         _ => &binding.metrics.profile_save_failures,
     };
     counter.inc();
+    session.event(
+        EventType::ProfileSaved,
+        serde_json::json!({"profile_id": binding.hold.profile.id, "outcome": outcome.describe()}),
+    );
     if let Some(link) = &mut session.state().record.profile {
         link.saved = Some(outcome);
     }

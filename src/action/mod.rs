@@ -76,14 +76,18 @@ impl Actions {
     ) -> Answer {
         let mut current_tab = session.actions.lock().await;
         let timeout = config.action_timeout();
+        let kind = serde_json::json!({ "kind": "action" });
+        session.event(crate::events::EventType::ClientConnected, kind.clone());
         let run = self.run_action(tenant, session, request, config, egress, &mut current_tab);
-        match tokio::time::timeout(timeout, run).await {
+        let answer = match tokio::time::timeout(timeout, run).await {
             Ok(answer) => answer,
             Err(_) => Answer {
                 error: Some(format!("The action did not finish within {} s", timeout.as_secs())),
                 ..Answer::default()
             },
-        }
+        };
+        session.event(crate::events::EventType::ClientDisconnected, kind);
+        answer
     }
 
     async fn run_action(

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::session_files::SessionFiles;
 use crate::browser::cdp::{CdpError, Client};
+use crate::events::{EventType, SessionEvents};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,6 +37,8 @@ pub(crate) struct Watch {
     /// Notified when a client of the session disconnects.
     pub client_left: Arc<Notify>,
     pub until: CancellationToken,
+    /// Where downloads started, finished and refused are told.
+    pub events: Option<Arc<SessionEvents>>,
 }
 
 /// Sets the session's download folder, then watches until `until` fires or the browser
@@ -43,7 +46,11 @@ pub(crate) struct Watch {
 pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
     let client = Client::connect(&watch.ws_url).await?;
     let events = client.subscribe();
-    let watcher = Watcher { client, watch };
+    let watcher = Watcher {
+        client,
+        watch,
+        refused: Default::default(),
+    };
     watcher.apply().await?;
     tracker.spawn(watcher.run(events).in_current_span());
     Ok(())
@@ -52,9 +59,25 @@ pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), Cdp
 struct Watcher {
     client: Client,
     watch: Watch,
+    /// Downloads refused (their cancel then is no news).
+    refused: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Watcher {
+    fn tell(&self, kind: EventType, data: Value) {
+        if let Some(log) = &self.watch.events {
+            log.emit(kind, data);
+        }
+    }
+
+    fn refuse(&self, guid: &str, reason: &str) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(guid.to_owned());
+        self.tell(EventType::DownloadRefused, json!({ "guid": guid, "reason": reason }));
+    }
+
     fn context_params(&self, mut params: Value) -> Value {
         if let Some(context) = &self.watch.context {
             params["browserContextId"] = json!(context);
@@ -112,6 +135,10 @@ impl Watcher {
                 match self.is_ours(params["frameId"].as_str().unwrap_or_default()).await {
                     Some(true) => {
                         files.download_began(guid, suggested, 0);
+                        self.tell(
+                            EventType::DownloadStarted,
+                            json!({ "guid": guid, "suggested_filename": suggested, "url": params["url"] }),
+                        );
                     }
                     Some(false) => {}
                     None => {
@@ -129,6 +156,10 @@ impl Watcher {
                     && path.as_ref().is_some_and(|p| is_inside(p, &self.watch.dir))
                 {
                     files.download_began(guid, suggested, 0);
+                    self.tell(
+                        EventType::DownloadStarted,
+                        json!({ "guid": guid, "suggested_filename": suggested }),
+                    );
                 }
                 if state != "inProgress" {
                     unplaced.remove(guid);
@@ -140,6 +171,7 @@ impl Watcher {
                     "inProgress" => {
                         if !files.download_progressed(guid, received.max(total)) {
                             tracing::info!(guid, "download cancelled: past the session's files quota");
+                            self.refuse(guid, "past the session's files quota");
                             let params = self.context_params(json!({ "guid": guid }));
                             let _ = self
                                 .client
@@ -150,10 +182,24 @@ impl Watcher {
                     // Only from the session's own folder: the broker moves no file from
                     // anywhere else a client had Chrome write (or name).
                     "completed" => match path {
-                        Some(path) if is_inside(&path, &self.watch.dir) => files.download_completed(guid, &path),
-                        _ => files.download_canceled(guid),
+                        Some(path) if is_inside(&path, &self.watch.dir) => {
+                            files.download_completed(guid, &path);
+                            self.tell(
+                                EventType::DownloadFinished,
+                                json!({ "guid": guid, "state": "completed", "bytes": received.max(total) }),
+                            );
+                        }
+                        _ => {
+                            files.download_canceled(guid);
+                            self.refuse(guid, "written outside the session's download folder");
+                        }
                     },
-                    _ => files.download_canceled(guid),
+                    _ => {
+                        files.download_canceled(guid);
+                        if !self.refused.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) {
+                            self.tell(EventType::DownloadFinished, json!({ "guid": guid, "state": state }));
+                        }
+                    }
                 }
             }
             _ => {}

@@ -16,6 +16,7 @@ use crate::browser::egress::EgressError;
 use crate::browser::identity::{self};
 use crate::browser::pool::PoolError;
 use crate::browser::tab_cap::{self, TabCap};
+use crate::events::EventType;
 use crate::profile::{cookies, copy as profile_copy};
 use crate::quota::{Kind, QuotaExceeded, Reservation};
 use crate::session::{Backing, ProfileBinding, Session, SessionInit, session_span};
@@ -67,6 +68,12 @@ impl Broker {
                 "record: this node cannot record sessions (ffmpeg is not installed)".into(),
             ));
         }
+        let mut request = request;
+        request.webhook = self
+            .webhooks
+            .target_for(&tenant, request.webhook_url.clone(), request.webhook_events.clone())
+            .await
+            .map_err(|e| BrokerError::OptionRefused(e.to_string()))?;
         let id = format!("sess_{}", random_hex(16));
         if let Some(url) = &request.external_url {
             let upstream = byo::probe(url, &self.egress, self.config.byo_timeout(), self.config.ws_config())
@@ -308,6 +315,7 @@ impl Broker {
             }),
             Backing::External(_) => None,
         };
+        let webhook = request.webhook.clone();
         let init = SessionInit {
             id: id.clone(),
             tenant,
@@ -323,6 +331,15 @@ impl Broker {
             traffic,
         };
         let session = Arc::new(Session::new(init, &self.node));
+        let _ = session.events.set(self.events.open(&id, &session.tenant));
+        session.event(
+            EventType::Created,
+            serde_json::json!({
+                "isolation": session.record().options.isolation,
+                "external": session.upstream.external,
+                "expires_at": crate::auth::unix_secs(session.expires_at()),
+            }),
+        );
         // The identity is on the browser's pages before anyone can connect to them.
         if wants_identity
             && let Err(e) = identity::keep(
@@ -334,6 +351,7 @@ impl Broker {
             .await
         {
             let _ = session.end(EndReason::Terminated);
+            self.events.remove(&id);
             session
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
@@ -345,21 +363,25 @@ impl Broker {
             .await
         {
             let _ = session.end(EndReason::Terminated);
+            self.events.remove(&id);
             session
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its downloads or recording could not start"));
             return Err(e);
         }
-        if let Some(Downloads { ws_url, context, .. }) = tabs_of.filter(|_| self.config.max_targets_per_session > 0) {
+        // The tabs are followed for the session's events; held to the limit if there is one.
+        if let Some(Downloads { ws_url, context, .. }) = tabs_of {
             let cap = TabCap {
                 ws_url,
                 context,
                 max: self.config.max_targets_per_session,
                 metrics: self.metrics.clone(),
                 until: session.ended().clone(),
+                events: session.events.get().cloned(),
             };
             if let Err(e) = tab_cap::start(cap, &self.tracker).instrument(session.span()).await {
                 let _ = session.end(EndReason::Terminated);
+                self.events.remove(&id);
                 session
                     .span()
                     .in_scope(|| tracing::warn!(error = %e, "session refused: its tabs could not be watched"));
@@ -373,6 +395,7 @@ impl Broker {
             self.running.remove(&id);
             session.forget();
             let _ = session.end(EndReason::Terminated);
+            self.events.remove(&id);
             session
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its record cannot be written"));
@@ -383,6 +406,9 @@ impl Broker {
             return Err(e.into());
         }
         self.metrics.sessions_created.inc();
+        if let Some(target) = webhook {
+            self.webhooks.start(&id, &session.tenant, target);
+        }
         let span = session.span();
         if request.options.idle_timeout > 0 {
             let idle = Duration::from_secs(request.options.idle_timeout);
@@ -437,6 +463,7 @@ impl Broker {
                 files: files.clone(),
                 client_left: session.connection_closed.clone(),
                 until: session.ended().clone(),
+                events: session.events.get().cloned(),
             };
             artifacts::downloads::start(watch, &self.tracker)
                 .instrument(session.span())

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Broker;
 use super::error::SessionError;
 use crate::auth::Tenant;
+use crate::events::EventType;
 use crate::metrics::Metrics;
 use crate::session::{Recorder, Session};
 use crate::store::{EndReason, Status};
@@ -68,7 +69,7 @@ impl Broker {
             }
         }
         self.records.remove(tenant, id).await;
-        self.artifacts.remove(id).await;
+        self.forget_artifacts(id).await;
         Ok(())
     }
 
@@ -102,9 +103,24 @@ impl Broker {
                 continue;
             }
             if let Ok(None) = self.records.store().get(&id).await {
-                self.artifacts.remove(&id).await;
+                self.forget_artifacts(&id).await;
             }
         }
+        for id in self.events.session_ids() {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            if let Ok(None) = self.records.store().get(&id).await {
+                self.forget_artifacts(&id).await;
+            }
+        }
+    }
+
+    /// Removes what a session left on this node: files, recording, events, webhook log.
+    async fn forget_artifacts(&self, id: &str) {
+        self.artifacts.remove(id).await;
+        self.events.remove(id);
+        self.webhooks.remove(id);
     }
 }
 
@@ -123,6 +139,12 @@ pub(super) async fn watch_session(
     records.save(&session).await;
     // The profile save, if any, finishes later; its outcome belongs in the record too.
     session.profile_released().cancelled().await;
+    // The last event: after the profile save, so `profile_saved` comes before it.
+    let record = session.record();
+    session.event(
+        EventType::Ended,
+        serde_json::json!({"status": record.status, "end_reason": record.end_reason}),
+    );
     // The end must be written down before the session stops running here: a store that
     // does not answer now is tried again (until shutdown).
     while let Err(e) = records.try_save(&session).await {
@@ -249,7 +271,7 @@ impl Broker {
         match self.records.store().sweep(SystemTime::now(), retention).await {
             Ok(swept) => {
                 for id in &swept {
-                    self.artifacts.remove(id).await;
+                    self.forget_artifacts(id).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not sweep old session records"),

@@ -31,6 +31,7 @@ use crate::browser::egress::Egress;
 use crate::browser::pool::Pool;
 use crate::browser::shared::SharedBrowsers;
 use crate::config::Config;
+use crate::events::Events;
 use crate::limits::CreateLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::profile::copy::ProfileCopies;
@@ -40,6 +41,7 @@ pub use crate::store::nodes::NodeInfo;
 use crate::store::nodes::Nodes;
 use crate::store::profiles::Profiles;
 use crate::store::{ListPage, ListQuery, SessionRecord, Status, StoreError};
+use crate::webhooks::Webhooks;
 
 /// The URLs handed to clients, from `public_url` (never from a request).
 pub struct PublicUrls {
@@ -120,6 +122,10 @@ pub struct Broker {
     artifacts: Arc<Artifacts>,
     /// The single-action engine: its cache and model.
     actions: Actions,
+    /// What happened in the sessions run here.
+    events: Arc<Events>,
+    /// Their events sent to webhooks.
+    webhooks: Arc<Webhooks>,
     /// Every task that must finish before the broker has stopped (proxied connections,
     /// session watchers, browser reapers).
     tracker: TaskTracker,
@@ -186,6 +192,14 @@ impl Broker {
 
     pub fn actions(&self) -> &Actions {
         &self.actions
+    }
+
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    pub fn webhooks(&self) -> &Arc<Webhooks> {
+        &self.webhooks
     }
 
     /// Tasks that must finish before the broker has stopped.

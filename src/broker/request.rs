@@ -6,8 +6,10 @@ use serde_json::{Map, Value};
 
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::Identity;
+use crate::events::EventType;
 use crate::store::{Isolation, ProxySettings, SessionOptions};
 use crate::values::Screen;
+use crate::webhooks::Target;
 
 /// A validated create request.
 pub struct NewSession {
@@ -23,6 +25,11 @@ pub struct NewSession {
     pub queue: bool,
     /// Upstream proxy, identity and idle timeout.
     pub options: RequestedOptions,
+    /// Where to POST the session's events (else the key's default), and which.
+    pub webhook_url: Option<String>,
+    pub webhook_events: Option<Vec<EventType>>,
+    /// The webhook as checked by the create (set by the broker).
+    pub webhook: Option<Target>,
 }
 
 /// What a create asks of a session beyond the basics, as validated.

@@ -34,6 +34,7 @@ use crate::store::profile_data::ProfileData;
 use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::Profiles;
 use crate::store::redis::RedisStore;
+use crate::webhooks::{Settings as WebhookSettings, Webhooks};
 
 use super::cluster::RECONCILE_PERIOD;
 use super::error::StartError;
@@ -119,6 +120,9 @@ impl Broker {
             );
         }
         crate::browser::launcher::check_temp_dir(&std::env::temp_dir()).map_err(StartError::TempDir)?;
+        let events = crate::events::Events::new(crate::events::dir_in(&data_dir), config.max_events_per_session)
+            .map_err(dir_error)?;
+        close_event_logs(&events, store.as_ref()).await;
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
@@ -152,6 +156,25 @@ impl Broker {
             )
             .map_err(dir_error)?,
         );
+        let webhook_egress = Egress::for_webhooks(
+            &config.webhook_allow,
+            own_ports.clone(),
+            broker_addr,
+            config.byo_timeout(),
+        );
+        let webhooks = Webhooks::new(
+            WebhookSettings {
+                dir: data_dir.join("webhooks"),
+                keys: config.webhooks.clone(),
+                timeout: config.webhook_timeout(),
+                retry_max: Duration::from_millis(config.webhook_retry_max_ms),
+            },
+            events.clone(),
+            Arc::new(webhook_egress),
+            tracker.clone(),
+            shutdown.clone(),
+        )
+        .map_err(dir_error)?;
         let egress = Egress::for_byo(&config.byo_allow, own_ports, broker_addr, config.byo_timeout());
         let shared = Arc::new(SharedBrowsers::new(
             launcher.clone(),
@@ -216,10 +239,14 @@ impl Broker {
             },
             metrics,
             artifacts,
+            events,
+            webhooks,
             tracker: tracker.clone(),
             shutdown,
             config,
         });
+        // Deliveries a previous run left unfinished.
+        broker.webhooks.resume();
         let retention = Duration::from_secs(broker.config.retention_secs);
         every(
             &broker,
@@ -241,6 +268,22 @@ impl Broker {
             });
         }
         Ok(broker)
+    }
+}
+
+/// Writes the `ended` of every session whose events a previous run left open (it died, or
+/// its sessions were recorded as ended at this start): readers and webhooks hear the end.
+async fn close_event_logs(events: &Arc<crate::events::Events>, store: &dyn SessionStore) {
+    for id in events.session_ids() {
+        if let Ok(Some(record)) = store.get(&id).await
+            && record.status != crate::store::Status::Active
+        {
+            let data = serde_json::json!({
+                "status": record.status,
+                "end_reason": record.end_reason,
+            });
+            events.close_left_open(&id, &record.tenant, data);
+        }
     }
 }
 

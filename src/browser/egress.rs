@@ -76,6 +76,31 @@ impl Egress {
         }
     }
 
+    /// The policy of webhook deliveries: every special address refused unless
+    /// `webhook_allow` opens it (CIDRs, names, or the keywords of `browser_egress_allow`).
+    pub fn for_webhooks(
+        allow: &[String],
+        own_ports: Arc<Mutex<HashSet<u16>>>,
+        broker: SocketAddr,
+        resolve_timeout: Duration,
+    ) -> Egress {
+        // `Config::validate` has already refused bad entries.
+        let allowed = parse_browser_allow_list(allow).unwrap_or_default();
+        Egress {
+            rules: Rules {
+                deny_classes: Class::ALL.to_vec(),
+                allow_classes: allowed.allow_classes,
+                allow_nets: allowed.allow_nets,
+                allow_hosts: allowed.allow_hosts,
+                ..Rules::default()
+            },
+            allow_setting: "webhook_allow, CDPGATE_WEBHOOK_ALLOW",
+            own_ports,
+            broker,
+            resolve_timeout,
+        }
+    }
+
     /// The policy of the pages of managed browsers: what `deny` names, unless `allow`
     /// opens it.
     pub fn for_browsers(

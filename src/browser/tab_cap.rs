@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::cdp::{CdpError, Client};
+use crate::events::{EventType, SessionEvents};
 use crate::metrics::Metrics;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,9 +27,12 @@ pub(crate) struct TabCap {
     pub ws_url: String,
     /// The session's context in a shared browser; `None`: the whole browser is the session's.
     pub context: Option<String>,
+    /// 0: no limit (the tabs are only followed, for the session's events).
     pub max: usize,
     pub metrics: Arc<Metrics>,
     pub until: CancellationToken,
+    /// Where the session's tabs opened, navigated, closed and crashed are told.
+    pub events: Option<Arc<SessionEvents>>,
 }
 
 /// Starts watching; answers once the session's open tabs are known, so that none opened
@@ -52,6 +56,14 @@ pub(crate) async fn start(cap: TabCap, tracker: &TaskTracker) -> Result<(), CdpE
 
 async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<Value>>, cap: TabCap) {
     let mut open: Vec<String> = Vec::new();
+    let max = if cap.max == 0 { usize::MAX } else { cap.max };
+    // The session's tabs and their URLs, for its events.
+    let mut tabs: std::collections::HashMap<String, String> = Default::default();
+    let tell = |kind: EventType, data: Value| {
+        if let Some(log) = &cap.events {
+            log.emit(kind, data);
+        }
+    };
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -72,8 +84,11 @@ async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<
                 if open.iter().any(|o| o == id) {
                     continue;
                 }
-                if open.len() < cap.max {
+                if open.len() < max {
                     open.push(id.to_owned());
+                    let url = info["url"].as_str().unwrap_or_default();
+                    tabs.insert(id.to_owned(), url.to_owned());
+                    tell(EventType::TabOpened, json!({ "target_id": id, "url": url }));
                     continue;
                 }
                 cap.metrics.targets_closed.inc();
@@ -83,9 +98,32 @@ async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<
                 );
                 let _ = client.send(None, "Target.closeTarget", json!({ "targetId": id }));
             }
+            Some("Target.targetInfoChanged") => {
+                let id = info["targetId"].as_str().unwrap_or_default();
+                let url = info["url"].as_str().unwrap_or_default();
+                if let Some(known) = tabs.get_mut(id)
+                    && known != url
+                {
+                    url.clone_into(known);
+                    tell(EventType::TabNavigated, json!({ "target_id": id, "url": url }));
+                }
+            }
+            Some("Target.targetCrashed") => {
+                let params = &event["params"];
+                let id = params["targetId"].as_str().unwrap_or_default();
+                if let Some(url) = tabs.get(id) {
+                    tell(
+                        EventType::PageCrashed,
+                        json!({ "target_id": id, "url": url, "status": params["status"], "error_code": params["errorCode"] }),
+                    );
+                }
+            }
             Some("Target.targetDestroyed") => {
                 let id = event["params"]["targetId"].as_str().unwrap_or_default();
                 open.retain(|o| o != id);
+                if tabs.remove(id).is_some() {
+                    tell(EventType::TabClosed, json!({ "target_id": id }));
+                }
             }
             _ => {}
         }

@@ -89,6 +89,9 @@ pub(crate) async fn handle(
                 metadata: Map::new(),
                 queue: true,
                 options,
+                webhook_url: None,
+                webhook_events: None,
+                webhook: None,
             };
             broker.create_session(tenant.clone(), new).await?
         }

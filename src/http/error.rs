@@ -88,6 +88,11 @@ impl ApiError {
         Self::of(StatusCode::UNPROCESSABLE_ENTITY, Origin::Client, detail)
     }
 
+    /// A stream asked for without saying it can read one.
+    pub fn not_acceptable(detail: impl Into<String>) -> Self {
+        Self::of(StatusCode::NOT_ACCEPTABLE, Origin::Client, detail)
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::of(StatusCode::METHOD_NOT_ALLOWED, Origin::Client, "Method Not Allowed")
     }

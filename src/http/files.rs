@@ -231,6 +231,10 @@ async fn upload(
         Some(dir) => files.within_browser_reach(&entry.name, dir)?,
         None => path,
     };
+    session.event(
+        crate::events::EventType::Upload,
+        json!({ "name": entry.name, "size": entry.size }),
+    );
     let mut body = render_file(&entry);
     body["path"] = json!(path);
     Ok(json_response(StatusCode::CREATED, &body))

@@ -191,6 +191,11 @@ async fn viewer_socket(
     let path = session.upstream.browser_path.clone();
     let timeout = session.upstream.timeout(broker.config().byo_timeout());
     let (browser, _) = session.upstream.connect_raw(&path, broker.egress(), timeout).await?;
+    let slot = slot.announce(if read_only {
+        "live_viewer_read_only"
+    } else {
+        "live_viewer"
+    });
     let broker = broker.clone();
     let tracker = broker.tracker().clone();
     let session_span = session.span();

@@ -10,6 +10,7 @@ pub(crate) mod actions;
 pub mod admin;
 pub(crate) mod dashboard;
 pub(crate) mod error;
+pub(crate) mod events;
 pub(crate) mod files;
 pub(crate) mod live;
 pub(crate) mod mcp;

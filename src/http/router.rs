@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, dashboard, files, live, mcp, profiles, render, sessions};
+use super::{Body, actions, admin, dashboard, events, files, live, mcp, profiles, render, sessions};
 use crate::broker::Broker;
 use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
@@ -42,6 +42,9 @@ pub enum Endpoint {
     FilesZip,
     Recording,
     Screenshot,
+    Events,
+    SessionWebhooks,
+    TenantEvents,
     Dashboard,
     /// The MCP server (Streamable HTTP).
     Mcp,
@@ -122,6 +125,13 @@ pub const ROUTES: &[Route] = &[
         "/public/sessions/{session_id}/screenshot",
         Endpoint::Screenshot,
     ),
+    route(&["GET"], "/public/sessions/{session_id}/events", Endpoint::Events),
+    route(
+        &["GET"],
+        "/public/sessions/{session_id}/webhooks",
+        Endpoint::SessionWebhooks,
+    ),
+    route(&["GET"], "/public/events", Endpoint::TenantEvents),
     route(&["POST", "GET"], "/public/browser-profiles", Endpoint::Profiles),
     route(
         &["GET", "DELETE"],
@@ -288,9 +298,13 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
                 .ok();
             grant.map(|g| (g.session, false))
         }
-        Endpoint::LiveView | Endpoint::Files | Endpoint::File | Endpoint::FilesZip | Endpoint::Recording => {
-            id.map(|id| (id.to_owned(), true))
-        }
+        Endpoint::LiveView
+        | Endpoint::Files
+        | Endpoint::File
+        | Endpoint::FilesZip
+        | Endpoint::Recording
+        | Endpoint::Events
+        | Endpoint::SessionWebhooks => id.map(|id| (id.to_owned(), true)),
         Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::Screenshot => id.map(|id| (id.to_owned(), false)),
         Endpoint::Session if request.method() != Method::GET => id.map(|id| (id.to_owned(), false)),
         _ => None,
@@ -389,6 +403,18 @@ async fn api(
         Endpoint::Screenshot => {
             only(&method, &[Method::GET])?;
             dashboard::screenshot(broker, &tenant, id).await
+        }
+        Endpoint::Events => {
+            only(&method, &[Method::GET])?;
+            events::session_events(broker, &tenant, id, &request).await
+        }
+        Endpoint::SessionWebhooks => {
+            only(&method, &[Method::GET])?;
+            events::webhooks(broker, &tenant, id).await
+        }
+        Endpoint::TenantEvents => {
+            only(&method, &[Method::GET])?;
+            events::tenant_events(broker, tenant, &request)
         }
         Endpoint::Profiles => profiles::collection(broker, &tenant, request).await,
         Endpoint::Profile => profiles::one(broker, &tenant, id, &method).await,

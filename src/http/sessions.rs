@@ -16,6 +16,7 @@ use crate::browser::Screen;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
+use crate::events::EventType;
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::store::{Isolation, ListQuery, SessionRecord, Status};
 
@@ -245,6 +246,7 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
             ));
         }
     }
+    let (webhook_url, webhook_events) = parse_webhook(body)?;
     Ok(NewSession {
         options,
         queue: true,
@@ -254,7 +256,49 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
         ttl,
         screen,
         metadata,
+        webhook_url,
+        webhook_events,
+        webhook: None,
     })
+}
+
+/// `webhook_url` and `webhook_events` (its filter: event type names) of a create.
+#[allow(clippy::type_complexity)]
+fn parse_webhook(body: &Map<String, Value>) -> Result<(Option<String>, Option<Vec<EventType>>), ApiError> {
+    let url = match field(body, "webhook_url") {
+        Some(Value::String(url)) if url.len() <= 2048 => Some(url.clone()),
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "webhook_url must be an http(s) URL of at most 2048 characters",
+            ));
+        }
+        None => None,
+    };
+    let events = match field(body, "webhook_events") {
+        Some(Value::Array(names)) => {
+            let mut events = Vec::new();
+            for name in names {
+                match name.as_str().and_then(EventType::parse) {
+                    Some(kind) if !events.contains(&kind) => events.push(kind),
+                    Some(_) => {}
+                    None => {
+                        return Err(ApiError::unprocessable(format!(
+                            "webhook_events: {name} is not an event type ({})",
+                            EventType::ALL.map(EventType::name).join(", ")
+                        )));
+                    }
+                }
+            }
+            Some(events)
+        }
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "webhook_events must be an array of event types",
+            ));
+        }
+        None => None,
+    };
+    Ok((url, events))
 }
 
 /// The options of a create (or of a single action's own session): `proxy`, `user_agent`,

@@ -111,6 +111,8 @@ async fn upgrade(
             session.upstream.timeout(broker.config().byo_timeout()),
         )
         .await?;
+    // Told once the browser is reached: a refused connection is no client.
+    let slot = slot.announce("cdp");
 
     let tracker = broker.tracker().clone();
     let broker = broker.clone();

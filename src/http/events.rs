@@ -1,0 +1,259 @@
+//! A session's events, as a JSON page or a server-sent event stream (resumable with
+//! `Last-Event-ID`), every event of a key's sessions as one stream, and a session's webhook
+//! delivery log.
+//!
+//! A stream reader gets its own task and a channel of a few frames: a reader that does not
+//! read holds up only that task; the live announcements it misses meanwhile (a bounded ring)
+//! are read again from the session's log, so its stream has no gap and no duplicate.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode, header};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use super::Body;
+use super::error::{ApiError, Attempt, json_response, session_refusal};
+use super::request::query_pairs;
+use crate::auth::Tenant;
+use crate::broker::Broker;
+use crate::events::{Event, EventType, Live};
+
+/// A comment sent when nothing else was for this long, so proxies keep the stream open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Frames a stream may hold for a reader that does not read.
+const STREAM_BUFFER: usize = 16;
+const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 100;
+/// Events read from the log at a time by a stream catching up.
+const CATCH_UP: usize = 256;
+
+/// `GET /public/sessions/{id}/events`.
+pub(crate) async fn session_events(
+    broker: &Broker,
+    tenant: &Tenant,
+    id: &str,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    broker
+        .record(tenant, id)
+        .await
+        .map_err(|e| session_refusal(e, Attempt::Change))?;
+    let query = query_pairs(request.uri().query().unwrap_or(""));
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        match query.iter().find(|(k, _)| k == name) {
+            Some((_, v)) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number"))),
+            None => Ok(None),
+        }
+    };
+    let after = number("after")?.unwrap_or(0);
+    if wants_stream(request) {
+        let resume = match request.headers().get("last-event-id") {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id of this session"))?,
+            ),
+            None => None,
+        };
+        return Ok(session_stream(broker, id.to_owned(), resume.unwrap_or(after)));
+    }
+    let limit = match number("limit")? {
+        Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => n as usize,
+        Some(_) => return Err(ApiError::bad_request(format!("limit must be within 1..={MAX_LIMIT}"))),
+        None => DEFAULT_LIMIT,
+    };
+    let mut events = broker.events().read(id, after, limit + 1).unwrap_or_default();
+    let has_more = events.len() > limit;
+    events.truncate(limit);
+    let next_after = events.last().map_or(after, |e| e.id);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "session_id": id,
+            "events": events,
+            "next_after": next_after,
+            "has_more": has_more,
+            "dropped": broker.events().dropped(id),
+        }),
+    ))
+}
+
+/// `GET /public/events`: every event of the key's sessions on this node, as they happen.
+pub(crate) fn tenant_events(
+    broker: &Broker,
+    tenant: Tenant,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if !wants_stream(request) {
+        return Err(ApiError::not_acceptable(
+            "This endpoint is a stream: send Accept: text/event-stream",
+        ));
+    }
+    let mut live = broker.events().subscribe();
+    let shutdown = broker.shutdown().clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    broker.tracker().spawn(async move {
+        if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
+            return;
+        }
+        loop {
+            let frame = tokio::select! {
+                got = live.recv() => match got {
+                    Ok(Live { tenant: t, event }) if t == tenant => frame(&event, false),
+                    Ok(_) => continue,
+                    // A reader this far behind is told how much it missed; each session's
+                    // own stream has it all.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        Bytes::from(format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+                _ = shutdown.cancelled() => return,
+            };
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(stream_response(rx))
+}
+
+/// A session's events after `cursor`, then each as it comes, until its `ended`.
+fn session_stream(broker: &Broker, id: String, mut cursor: u64) -> Response<Body> {
+    let events = broker.events().clone();
+    // Subscribed before the log is read: nothing written in between is missed.
+    let mut live = events.subscribe();
+    let shutdown = broker.shutdown().clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    broker.tracker().spawn(async move {
+        if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
+            return;
+        }
+        loop {
+            // Catch up from the log.
+            let batch = events.read(&id, cursor, CATCH_UP).unwrap_or_default();
+            for event in &batch {
+                if tx.send(frame(event, true)).await.is_err() {
+                    return;
+                }
+                cursor = event.id;
+                if event.kind == EventType::Ended {
+                    return;
+                }
+            }
+            if batch.len() == CATCH_UP {
+                continue;
+            }
+            if events.open_log(&id).is_none() {
+                // Nothing more will be written here: what the log has was sent (read once
+                // more, for an `ended` written as the log closed).
+                if events.read(&id, cursor, 1).is_none_or(|rest| rest.is_empty()) {
+                    return;
+                }
+                continue;
+            }
+            // Follow live; a gap (an announcement missed or out of order) reads the log.
+            loop {
+                let frame = tokio::select! {
+                    got = live.recv() => match got {
+                        Ok(Live { event, .. }) if event.session_id == id => {
+                            if event.id <= cursor {
+                                continue;
+                            }
+                            if event.id != cursor + 1 {
+                                break;
+                            }
+                            cursor = event.id;
+                            if tx.send(frame(&event, true)).await.is_err() || event.kind == EventType::Ended {
+                                return;
+                            }
+                            continue;
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+                    _ = shutdown.cancelled() => return,
+                };
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    stream_response(rx)
+}
+
+/// One event as a server-sent event: its id (for `Last-Event-ID`) when the stream is one
+/// session's, and the event's JSON.
+fn frame(event: &Event, with_id: bool) -> Bytes {
+    let data = serde_json::to_string(event).unwrap_or_default();
+    let text = if with_id {
+        format!("id: {}\ndata: {data}\n\n", event.id)
+    } else {
+        format!("data: {data}\n\n")
+    };
+    Bytes::from(text)
+}
+
+fn wants_stream<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(Frame::data(bytes)), rx))
+    });
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    response
+}
+
+/// `GET /public/sessions/{id}/webhooks`: the session's webhook and its delivery log.
+pub(crate) async fn webhooks(broker: &Broker, tenant: &Tenant, id: &str) -> Result<Response<Body>, ApiError> {
+    broker
+        .record(tenant, id)
+        .await
+        .map_err(|e| session_refusal(e, Attempt::Change))?;
+    let body = match broker.webhooks().state(id) {
+        Some(state) => json!({
+            "session_id": id,
+            "webhook_url": state.url,
+            "webhook_events": state.events,
+            "delivered_through": state.delivered_through,
+            "done": state.done,
+            "deliveries": state.deliveries,
+        }),
+        None => json!({
+            "session_id": id,
+            "webhook_url": null,
+            "webhook_events": [],
+            "delivered_through": 0,
+            "done": true,
+            "deliveries": [],
+        }),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
