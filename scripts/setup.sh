@@ -73,8 +73,8 @@ if [ "${1:-}" = "--test" ]; then
     apt_install nodejs npm
   fi
   if ! [ -d tests/js/node_modules/puppeteer-core ] || ! [ -d tests/js/node_modules/playwright-core ] \
-    || ! [ -d tests/js/node_modules/@fingerprintjs/botd ]; then
-    echo "setup: installing puppeteer-core, playwright-core and botd (no browser download)"
+    || ! [ -d tests/js/node_modules/@fingerprintjs/botd ] || ! [ -d tests/js/node_modules/fpscanner ]; then
+    echo "setup: installing puppeteer-core, playwright-core, botd and fpscanner (no browser download)"
     (cd tests/js && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error)
   fi
   venv=target/test-venv

@@ -27,6 +27,7 @@ pub enum Endpoint {
     TerminateSession,
     Profiles,
     Profile,
+    Devices,
     StorageState,
     RunAction,
     /// The CDP proxy's WebSockets and discovery endpoints.
@@ -107,6 +108,7 @@ pub const ROUTES: &[Route] = &[
         "/public/sessions/{session_id}/screenshot",
         Endpoint::Screenshot,
     ),
+    route(&["GET"], "/public/devices", Endpoint::Devices),
     route(&["POST", "GET"], "/public/browser-profiles", Endpoint::Profiles),
     route(
         &["GET", "DELETE"],
@@ -367,6 +369,10 @@ async fn api(
         Endpoint::Screenshot => {
             only(&method, &[Method::GET])?;
             dashboard::screenshot(broker, &tenant, id).await
+        }
+        Endpoint::Devices => {
+            only(&method, &[Method::GET])?;
+            Ok(json_response(StatusCode::OK, &crate::browser::devices::list()))
         }
         Endpoint::Profiles => profiles::collection(broker, &tenant, request).await,
         Endpoint::Profile => profiles::one(broker, &tenant, id, &method).await,
