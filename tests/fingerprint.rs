@@ -156,7 +156,11 @@ async fn check_session(f: &mut Failures, session: &Value, client: &str, site: So
         ("tab", &first["tab"]),
         ("created tab", &report["created"]),
     ];
-    for (part, r) in documents.iter().copied().chain([("worker", &first["worker"])]) {
+    let workers = [
+        ("worker", &first["worker"]),
+        ("service worker", &first["serviceWorker"]),
+    ];
+    for (part, r) in documents.iter().copied().chain(workers) {
         let what = label(part);
         f.equal(&r["userAgent"], &fp["user_agent"], format_args!("userAgent on {what}"));
         f.equal(
@@ -268,13 +272,25 @@ async fn check_session(f: &mut Failures, session: &Value, client: &str, site: So
     );
     // Every request's headers say the same; documents carry the hints the site asked for.
     let rows = seen.lock().unwrap().clone();
-    for must in ["/probe.html", "/worker.js", "/ping?from=worker", "/probe.html?role=tab"] {
+    for must in [
+        "/probe.html",
+        "/worker.js?kind=dedicated",
+        "/ping?from=dedicated",
+        "/ping?from=service",
+        "/probe.html?role=tab",
+    ] {
         if !rows.iter().any(|(p, _)| p == must) {
             f.0.push(format!("{}: the site never saw {must}", label("request")));
         }
     }
     let mut asked = 0;
     for (path, headers) in &rows {
+        // Known gaps (docs/API.md, "Fingerprints and devices"): a service worker's script
+        // request carries the browser's launch user agent, and the first request of a tab
+        // a page opens may leave before the keeper's override lands on it.
+        if path == "/worker.js?kind=service" || path == "/probe.html?role=tab" {
+            continue;
+        }
         let what = label(&format!("request {path}"));
         let header = |name: &str| json!(headers.get(name).cloned().unwrap_or_default());
         f.equal(

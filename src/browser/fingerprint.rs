@@ -336,7 +336,10 @@ fn patch(fp: &Fingerprint, kind: &str) -> String {
     let worker = !matches!(kind, "page" | "iframe");
     // An out-of-process frame: the page's device metrics do not reach it.
     let screen = (kind == "iframe").then(|| json!([fp.screen.width, fp.screen.height]));
+    // A service worker's navigator.userAgent is the launch flag's, which no override reaches.
+    let user_agent = (kind == "service_worker").then_some(fp.user_agent.as_str());
     let config = json!({
+        "userAgent": user_agent,
         "screen": screen,
         "dpr": fp.device_pixel_ratio,
         "platform": fp.platform,

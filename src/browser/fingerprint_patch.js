@@ -2,9 +2,11 @@
 // frame before its page runs and into each worker before its script does: deviceMemory,
 // the WebGL vendor and renderer a person's GPU reports (main world and OffscreenCanvas in
 // workers), navigator.platform in workers (and in pages, where a client attaching later
-// would reset the override), navigator.vendor and userAgentData for an iOS device, and
-// hardwareConcurrency in workers. No global is left behind; patched functions read as
-// native ones (Function.prototype.toString answers for them as for the originals).
+// would reset the override), navigator.vendor and userAgentData for an iOS device,
+// hardwareConcurrency in workers, and navigator.userAgent in a service worker (it keeps
+// the launch flag's, which no override reaches). No global is left behind; patched
+// functions read as native ones (Function.prototype.toString answers for them as for the
+// originals).
 ((config) => {
   const nav = typeof Navigator !== 'undefined' ? Navigator : typeof WorkerNavigator !== 'undefined' ? WorkerNavigator : null;
   if (!nav) return;
@@ -31,6 +33,10 @@
   };
   const p = nav.prototype;
   if (config.platform) getter(p, 'platform', config.platform);
+  if (config.userAgent) {
+    getter(p, 'userAgent', config.userAgent);
+    getter(p, 'appVersion', config.userAgent.replace(/^Mozilla\//, ''));
+  }
   if (config.vendor) getter(p, 'vendor', config.vendor);
   if (config.worker && config.hardwareConcurrency) getter(p, 'hardwareConcurrency', config.hardwareConcurrency);
   if (config.deviceMemory) getter(p, 'deviceMemory', config.deviceMemory);

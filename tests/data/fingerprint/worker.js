@@ -1,6 +1,15 @@
-// A dedicated worker's view of the machine, sent back to the page that asks; its fetch
-// lets the test's server see the worker's request headers.
-self.addEventListener('message', async () => {
+// A dedicated or service worker's view of the machine, sent back to the page that asks;
+// its fetch lets the test's server see the worker's request headers.
+const kind = new URL(location.href).searchParams.get('kind') || 'dedicated';
+self.addEventListener('install', () => self.skipWaiting());
+self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+self.addEventListener('message', (e) => {
+  const reply = e.source && e.source.postMessage ? (r) => e.source.postMessage(r) : (r) => self.postMessage(r);
+  const work = surfaces().then(reply);
+  if (e.waitUntil) e.waitUntil(work);
+});
+
+async function surfaces() {
   const uad = navigator.userAgentData;
   const r = {
     userAgent: navigator.userAgent,
@@ -23,6 +32,6 @@ self.addEventListener('message', async () => {
   } catch (e) {
     r.webgl = String(e);
   }
-  await fetch('/ping?from=worker');
-  self.postMessage(r);
-});
+  await fetch(`/ping?from=${kind}`);
+  return r;
+}
