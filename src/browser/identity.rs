@@ -258,8 +258,10 @@ impl Keeper {
             (None, Some(d)) => d.user_agent.clone(),
             (None, None) => self.default_user_agent.clone(),
         };
-        // No `platform`: Chrome keeps navigator.platform per DevTools client, and a client
-        // attaching after the broker (Puppeteer does) resets it.
+        // No `platform` by default: Chrome keeps navigator.platform per DevTools client, and
+        // once another client has attached (Puppeteer does), the next document shows the
+        // machine's again (measured on 156: the user agent stays, the platform does not). A
+        // fingerprint sets it here for the first document and in its script for the rest.
         let mut override_ua = json!({ "userAgent": ua });
         if let Some(locale) = &self.identity.locale {
             override_ua["acceptLanguage"] = json!(locale);
