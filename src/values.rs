@@ -8,6 +8,42 @@ pub struct Screen {
     pub height: u32,
 }
 
+/// What a session's pages show of the machine they run on: one coherent set, picked by
+/// `browser::fingerprint` (a desktop preset) or `browser::devices` (a phone or tablet),
+/// kept in the session's record so the session never changes its face.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// `windows`, `macos`, `linux`, `android` or `ios`.
+    pub os: String,
+    /// The device's name (`Pixel 8`), for a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// What picked the row: the same seed picks the same fingerprint.
+    pub seed: u64,
+    pub browser_version: u32,
+    pub user_agent: String,
+    /// `navigator.platform`.
+    pub platform: String,
+    /// `navigator.vendor`, where it is not Chrome's `Google Inc.` (an iOS device's Apple).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// The client hints (CDP's `UserAgentMetadata`); none for a browser that has none
+    /// (an iOS device: there `navigator.userAgentData` is absent).
+    pub client_hints: Option<serde_json::Value>,
+    pub hardware_concurrency: u32,
+    /// `navigator.deviceMemory` in GB; none where the browser has none (iOS).
+    pub device_memory: Option<f64>,
+    pub screen: Screen,
+    /// The page's size, for a device (a desktop keeps the session's `screen_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewport: Option<Screen>,
+    pub device_pixel_ratio: f64,
+    pub mobile: bool,
+    pub max_touch_points: u32,
+    pub webgl_vendor: String,
+    pub webgl_renderer: String,
+}
+
 /// What a managed browser's pages sent and received, and what its proxy refused.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkStats {

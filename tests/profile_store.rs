@@ -39,6 +39,7 @@ fn record(id: &str, tenant: &str) -> Record {
         tenant: tenant.into(),
         created_at: 1,
         updated_at: 1,
+        fingerprint: None,
     }
 }
 

@@ -12,8 +12,11 @@ use crate::artifacts::{self};
 use crate::auth::{Tenant, random_hex};
 use crate::browser::byo::{self};
 use crate::browser::cdp::CdpError;
+use crate::browser::devices;
 use crate::browser::egress::EgressError;
+use crate::browser::fingerprint::{self, OwnVersion};
 use crate::browser::identity::{self};
+use crate::browser::launcher::Use;
 use crate::browser::pool::PoolError;
 use crate::browser::tab_cap::{self, TabCap};
 use crate::events::EventType;
@@ -89,6 +92,7 @@ impl Broker {
         {
             return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
         }
+        let request = self.pick_fingerprint(&tenant, request).await?;
         if request.options.isolation == Isolation::Context {
             return self.create_in_context(id, tenant, request).await;
         }
@@ -101,6 +105,49 @@ impl Broker {
             .await
             .map_err(|e| self.capacity_error(e))?;
         self.register(id, tenant, request, Backing::Managed(lease), None).await
+    }
+
+    /// Picks the machine a managed session's pages pass for: the device or fingerprint
+    /// preset asked, else the one its profile remembers. A profile remembers the first one
+    /// it is used with.
+    async fn pick_fingerprint(&self, tenant: &Tenant, mut request: NewSession) -> Result<NewSession, BrokerError> {
+        let remembered = match &request.profile_id {
+            Some(id) => self.profiles.get(tenant, id).await?.fingerprint.clone(),
+            None => None,
+        };
+        let options = &request.options;
+        let own = || {
+            let used = match options.isolation {
+                Isolation::Context => Use::Shared,
+                Isolation::Process => Use::Own,
+            };
+            self.pool.browser_version(used).ok_or_else(|| {
+                BrokerError::OptionRefused("fingerprint: this node has not read its browser's version".into())
+            })
+        };
+        let seed = || u64::from_str_radix(&random_hex(8), 16).unwrap_or_default();
+        let unknown = || BrokerError::OptionRefused("fingerprint: this node's browser version is not Chrome's".into());
+        let fp = if let Some(name) = &options.device {
+            let version = own()?;
+            let own = OwnVersion::of(&version).ok_or_else(unknown)?;
+            devices::pick(name, &own, seed())
+                .ok_or_else(|| BrokerError::OptionRefused(format!("device: no device named {name:?}")))?
+        } else if let Some(asked) = &options.fingerprint {
+            let version = own()?;
+            let own = OwnVersion::of(&version).ok_or_else(unknown)?;
+            fingerprint::pick(asked, &own, request.screen, seed()).map_err(BrokerError::OptionRefused)?
+        } else if let Some(fp) = remembered.clone() {
+            fp
+        } else {
+            return Ok(request);
+        };
+        if let Some(id) = &request.profile_id
+            && remembered.is_none()
+        {
+            self.profiles.remember_fingerprint(tenant, id, &fp).await?;
+        }
+        request.options.identity.fingerprint = Some(fp);
+        Ok(request)
     }
 
     /// A context session: a context in a shared browser, started from the profile's

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::browser::fingerprint::FingerprintRequest;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::Identity;
 use crate::events::EventType;
@@ -39,6 +40,11 @@ pub struct RequestedOptions {
     pub isolation: Isolation,
     pub proxy: Option<UpstreamProxy>,
     pub identity: Identity,
+    /// A desktop machine to pass for, as asked; picked at create into
+    /// `identity.fingerprint` (a profile's remembered one when none is asked).
+    pub fingerprint: Option<FingerprintRequest>,
+    /// A phone or tablet to pass for (`browser::devices`).
+    pub device: Option<String>,
     /// 0: never idle out.
     pub idle_timeout: u64,
     /// Record the session's active tab as video.
@@ -60,6 +66,7 @@ impl RequestedOptions {
             user_agent: self.identity.user_agent.clone(),
             locale: self.identity.locale.clone(),
             timezone: self.identity.timezone.clone(),
+            fingerprint: self.identity.fingerprint.clone(),
             idle_timeout: self.idle_timeout,
             record: self.record,
             log_cdp: self.log_cdp,

@@ -16,22 +16,27 @@ use tokio_util::sync::CancellationToken;
 
 use super::cdp::CdpError;
 use super::egress::Egress;
+use super::fingerprint;
 use super::stealth::{self, Disguise};
 use super::upstream::{Upstream, UpstreamStream};
+use crate::values::Fingerprint;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a session asked its pages to look like; every part optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Identity {
     pub user_agent: Option<String>,
     pub locale: Option<String>,
     pub timezone: Option<String>,
+    /// A whole machine to pass for (a desktop preset or a device); its user agent and
+    /// client hints win over the browser's own.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl Identity {
     pub fn is_empty(&self) -> bool {
-        self.user_agent.is_none() && self.locale.is_none() && self.timezone.is_none()
+        self.user_agent.is_none() && self.locale.is_none() && self.timezone.is_none() && self.fingerprint.is_none()
     }
 }
 
@@ -246,25 +251,37 @@ impl Keeper {
         let s = Some(session.as_str());
         let disguise = self.disguise.clone();
         let disguise = disguise.as_ref();
+        let fp = self.identity.fingerprint.clone();
         let ua = match (&self.identity.user_agent, disguise) {
+            (_, _) if fp.is_some() => fp.as_ref().map(|f| f.user_agent.clone()).unwrap_or_default(),
             (Some(ua), _) => ua.clone(),
             (None, Some(d)) => d.user_agent.clone(),
             (None, None) => self.default_user_agent.clone(),
         };
-        // No `platform`: Chrome keeps navigator.platform per DevTools client, and a client
-        // attaching after the broker (Puppeteer does) resets it.
+        // No `platform` by default: Chrome keeps navigator.platform per DevTools client, and
+        // once another client has attached (Puppeteer does), the next document shows the
+        // machine's again (measured on 156: the user agent stays, the platform does not). A
+        // fingerprint sets it here for the first document and in its script for the rest.
         let mut override_ua = json!({ "userAgent": ua });
         if let Some(locale) = &self.identity.locale {
             override_ua["acceptLanguage"] = json!(locale);
         }
-        let metadata = match &self.identity.user_agent {
-            Some(ua) => user_agent_metadata(ua),
-            None => disguise.map(|d| d.metadata.clone()),
+        let metadata = match (&fp, &self.identity.user_agent) {
+            (Some(fp), _) => fp.client_hints.clone(),
+            (None, Some(ua)) => user_agent_metadata(ua),
+            (None, None) => disguise.map(|d| d.metadata.clone()),
         };
+        if let Some(fp) = &fp {
+            override_ua["platform"] = json!(fp.platform);
+            if let Some(locale) = &self.identity.locale {
+                override_ua["acceptLanguage"] = json!(fingerprint::accept_language(locale));
+            }
+        }
         if let Some(metadata) = metadata {
             override_ua["userAgentMetadata"] = metadata;
         }
-        let wants_ua = self.identity.user_agent.is_some() || self.identity.locale.is_some() || disguise.is_some();
+        let wants_ua =
+            self.identity.user_agent.is_some() || self.identity.locale.is_some() || fp.is_some() || disguise.is_some();
         let page = matches!(kind, "page" | "iframe");
         let worker = matches!(kind, "worker" | "shared_worker" | "service_worker");
         if page || worker {
@@ -289,6 +306,9 @@ impl Keeper {
             if let Some(tz) = self.identity.timezone.clone() {
                 self.send(ws, s, "Emulation.setTimezoneOverride", json!({ "timezoneId": tz }))
                     .await?;
+            }
+            for (method, params) in fp.as_ref().map(|f| fingerprint::commands(f, kind)).unwrap_or_default() {
+                self.send(ws, s, method, params).await?;
             }
             // Frames and workers this target starts are attached (and held) the same way.
             let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });

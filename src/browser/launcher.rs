@@ -143,6 +143,9 @@ struct Kind {
     /// the one user agent that covers what no DevTools override reaches first (a service
     /// worker's script request and its `navigator.userAgent`).
     user_agent: Mutex<Option<String>>,
+    /// Its version (`156.0.8078.114`), read with the user agent: what a fingerprint's
+    /// client hints show.
+    version: Mutex<Option<String>>,
 }
 
 /// Starts browsers. Shared by the pool and by anything else that needs one.
@@ -272,12 +275,14 @@ impl Launcher {
                 flags: with_disabled_features(&extra_flags, DISABLED_FEATURES),
                 frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
                 user_agent: Mutex::default(),
+                version: Mutex::default(),
             },
             shared: Kind {
                 chrome: chromes.shared,
                 flags: with_disabled_features(&extra_flags, &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()),
                 frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
                 user_agent: Mutex::default(),
+                version: Mutex::default(),
             },
             scratch_root,
             launch_timeout,
@@ -346,6 +351,7 @@ impl Launcher {
             let frame = own.as_ref().map_or(FALLBACK_FRAME_HEIGHT, |f| *f);
             self.shared.frame_height.store(frame, Ordering::Relaxed);
             *self.shared.user_agent.lock().expect("user agent lock") = self.user_agent(Use::Own);
+            *self.shared.version.lock().expect("version lock") = self.browser_version(Use::Own);
             return own.map(|_| ());
         }
         let (own, shared) = tokio::join!(self.measure_frame(Use::Own), self.measure_frame(Use::Shared));
@@ -406,6 +412,14 @@ impl Launcher {
         let text = |key: &str| version[key].as_str().unwrap_or("").to_owned();
         let disguise = Disguise::of(&text("product"), &text("userAgent"));
         *self.kind(used).user_agent.lock().expect("user agent lock") = disguise.map(|d| d.user_agent);
+        let product = text("product");
+        let version = product.split_once('/').map(|(_, v)| v.to_owned());
+        *self.kind(used).version.lock().expect("version lock") = version;
+    }
+
+    /// The version of `used`'s executable (none before calibration).
+    pub fn browser_version(&self, used: Use) -> Option<String> {
+        self.kind(used).version.lock().expect("version lock").clone()
     }
 
     /// The user agent browsers for `used` are launched with (none before calibration).

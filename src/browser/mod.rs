@@ -1,8 +1,9 @@
 //! The browser layer: starting Chromium ([`launcher`]), the warm [`pool`] and the cap on
 //! concurrent sessions, the broker's own small DevTools client ([`cdp`]), how a session's
 //! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
-//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]) and
-//! how a browser passes for a person's ([`stealth`]), the
+//! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]),
+//! how a browser passes for a person's ([`stealth`]) or for a chosen machine
+//! ([`fingerprint`], [`devices`]), the
 //! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]),
 //! what the kernel lets each browser touch ([`confine`]), what a client may send: the
 //! context filter ([`filter`]) and the live view's ([`live_filter`]), and a session's
@@ -12,9 +13,11 @@ pub(crate) mod byo;
 pub mod cdp;
 pub(crate) mod command;
 pub mod confine;
+pub(crate) mod devices;
 pub(crate) mod egress;
 pub(crate) mod file_policy;
 pub mod filter;
+pub(crate) mod fingerprint;
 pub(crate) mod forward;
 pub(crate) mod gateway_ports;
 pub(crate) mod identity;

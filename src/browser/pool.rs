@@ -189,6 +189,11 @@ impl Pool {
             .count()
     }
 
+    /// The version of the browsers started for `used` (`156.0.8078.114`), once calibrated.
+    pub fn browser_version(&self, used: Use) -> Option<String> {
+        self.launcher.browser_version(used)
+    }
+
     /// Slots free right now.
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()

@@ -104,7 +104,7 @@ pub(crate) fn platform(ua: &str) -> &'static str {
 
 /// Chromium's GREASE brand for a major version (`GetGreasedUserAgentBrandVersion`):
 /// `Not:A-Brand`/`8` for 156.
-fn greased_brand(major: u32) -> (String, String) {
+pub(crate) fn greased_brand(major: u32) -> (String, String) {
     const CHARS: [&str; 11] = [" ", "(", ":", "-", ".", "/", ")", ";", "=", "?", "_"];
     const VERSIONS: [&str; 3] = ["8", "99", "24"];
     let m = major as usize;

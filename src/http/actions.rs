@@ -52,13 +52,21 @@ pub(crate) async fn handle(
     let request = validate(&body)?;
     let options = parse_options(config, &body)?;
     if request.session_id.is_some()
-        && ["proxy", "user_agent", "locale", "timezone", "idle_timeout"]
-            .iter()
-            .any(|name| field(&body, name).is_some())
+        && [
+            "proxy",
+            "user_agent",
+            "locale",
+            "timezone",
+            "fingerprint",
+            "device",
+            "idle_timeout",
+        ]
+        .iter()
+        .any(|name| field(&body, name).is_some())
     {
         return Err(ApiError::unprocessable(
-            "proxy, user_agent, locale, timezone and idle_timeout apply to the session an action creates; \
-             leave them out with session_id",
+            "proxy, user_agent, locale, timezone, fingerprint, device and idle_timeout apply to the session an action \
+             creates; leave them out with session_id",
         ));
     }
     // An action on a session another node runs is that node's to carry out.

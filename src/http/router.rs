@@ -28,6 +28,7 @@ pub enum Endpoint {
     TerminateSession,
     Profiles,
     Profile,
+    Devices,
     StorageState,
     RunAction,
     /// A one-call render.
@@ -132,6 +133,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::SessionWebhooks,
     ),
     route(&["GET"], "/public/events", Endpoint::TenantEvents),
+    route(&["GET"], "/public/devices", Endpoint::Devices),
     route(&["POST", "GET"], "/public/browser-profiles", Endpoint::Profiles),
     route(
         &["GET", "DELETE"],
@@ -415,6 +417,9 @@ async fn api(
         Endpoint::TenantEvents => {
             only(&method, &[Method::GET])?;
             events::tenant_events(broker, tenant, &request)
+        Endpoint::Devices => {
+            only(&method, &[Method::GET])?;
+            Ok(json_response(StatusCode::OK, &crate::browser::devices::list()))
         }
         Endpoint::Profiles => profiles::collection(broker, &tenant, request).await,
         Endpoint::Profile => profiles::one(broker, &tenant, id, &method).await,

@@ -15,6 +15,7 @@ use crate::broker::{Broker, NewSession, RequestedOptions, SessionUrls};
 use crate::browser::Screen;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
+use crate::browser::{devices, fingerprint};
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::events::EventType;
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
@@ -144,6 +145,12 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
             body[name] = json!(v);
         }
     }
+    if let Some(fp) = &options.fingerprint {
+        body["fingerprint"] = json!(fp);
+        if let Some(device) = &fp.device {
+            body["device"] = json!(device);
+        }
+    }
     if let Some(network) = &record.network {
         body["network"] = json!(network);
     }
@@ -239,10 +246,13 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
         ));
     }
     if external_url.is_some() {
-        let set = options.proxy.is_some() || !options.identity.is_empty();
+        let set = options.proxy.is_some()
+            || !options.identity.is_empty()
+            || options.fingerprint.is_some()
+            || options.device.is_some();
         if set {
             return Err(ApiError::unprocessable(
-                "proxy, user_agent, locale and timezone cannot be combined with cdp_url: they apply to browsers the broker starts",
+                "proxy, user_agent, locale, timezone, fingerprint and device cannot be combined with cdp_url: they apply to browsers the broker starts",
             ));
         }
     }
@@ -328,7 +338,9 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
             identity::valid_timezone,
             "an IANA time zone name such as \"Europe/Berlin\"",
         )?,
+        fingerprint: None,
     };
+    let (fingerprint, device) = parse_face(body, &identity)?;
     let idle_timeout = match field(body, "idle_timeout") {
         Some(v) => whole_number(v).filter(|n| *n <= config.max_ttl).ok_or_else(|| {
             ApiError::unprocessable(format!(
@@ -359,10 +371,45 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         isolation,
         proxy,
         identity,
+        fingerprint,
+        device,
         idle_timeout,
         record,
         log_cdp,
     })
+}
+
+/// `fingerprint` and `device`: at most one, and neither with a `user_agent` of the
+/// client's own (each sets the user agent).
+fn parse_face(
+    body: &Map<String, Value>,
+    identity: &Identity,
+) -> Result<(Option<fingerprint::FingerprintRequest>, Option<String>), ApiError> {
+    let fingerprint = match field(body, "fingerprint") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(fingerprint::parse(v).map_err(ApiError::unprocessable)?),
+    };
+    let device = match field(body, "device") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) if devices::known(name) => Some(name.clone()),
+        Some(_) => {
+            return Err(ApiError::unprocessable(format!(
+                "device must be one of {} (GET /public/devices)",
+                devices::names().join(", ")
+            )));
+        }
+    };
+    if fingerprint.is_some() && device.is_some() {
+        return Err(ApiError::unprocessable(
+            "device and fingerprint cannot be combined: a device is a whole fingerprint of its own (its OS is Android or iOS)",
+        ));
+    }
+    if (fingerprint.is_some() || device.is_some()) && identity.user_agent.is_some() {
+        return Err(ApiError::unprocessable(
+            "user_agent cannot be combined with fingerprint or device: they choose the user agent",
+        ));
+    }
+    Ok((fingerprint, device))
 }
 
 /// Most `proxy.bypass` entries.

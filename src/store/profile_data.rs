@@ -59,6 +59,9 @@ pub struct Record {
     pub tenant: String,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The fingerprint the profile was first used with: sessions from it look the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::values::Fingerprint>,
 }
 
 pub enum ProfileData {

@@ -23,6 +23,7 @@ use super::profile_locks::{Commit, ProfileLocks, WriterLease};
 use super::record::SaveOutcome;
 use crate::auth::{Tenant, unix_secs};
 use crate::error::Origin;
+use crate::values::Fingerprint;
 
 /// How long a persisting session's browser gets to close cleanly before the save.
 
@@ -57,6 +58,8 @@ pub struct Profile {
     pub tenant: Tenant,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+    /// The fingerprint sessions started from it show (the first one it was used with).
+    pub fingerprint: Option<Fingerprint>,
     local: Arc<Local>,
 }
 
@@ -116,6 +119,7 @@ impl Profiles {
             tenant: Tenant::from_id(&r.tenant),
             created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.created_at),
             updated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.updated_at),
+            fingerprint: r.fingerprint,
             local,
         })
     }
@@ -131,6 +135,7 @@ impl Profiles {
             tenant: tenant.to_string(),
             created_at: now,
             updated_at: now,
+            fingerprint: None,
         };
         self.data.create(&record).await?;
         Ok(self.profile(record))
@@ -154,6 +159,25 @@ impl Profiles {
     pub async fn get(&self, tenant: &Tenant, id: &str) -> Result<Arc<Profile>, ProfileError> {
         match self.data.record(id).await? {
             Some(r) if r.tenant == tenant.to_string() => Ok(self.profile(r)),
+            _ => Err(ProfileError::NotFound),
+        }
+    }
+
+    /// Remembers `fingerprint` as the profile's, unless it has one already.
+    pub async fn remember_fingerprint(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        fingerprint: &Fingerprint,
+    ) -> Result<(), ProfileError> {
+        match self.data.record(id).await? {
+            Some(mut r) if r.tenant == tenant.to_string() => {
+                if r.fingerprint.is_none() {
+                    r.fingerprint = Some(fingerprint.clone());
+                    self.data.put_record(&r).await?;
+                }
+                Ok(())
+            }
             _ => Err(ProfileError::NotFound),
         }
     }

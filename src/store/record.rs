@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::Tenant;
 pub use crate::values::NetworkStats;
-use crate::values::Screen;
+use crate::values::{Fingerprint, Screen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -225,6 +225,9 @@ pub struct SessionOptions {
     pub user_agent: Option<String>,
     pub locale: Option<String>,
     pub timezone: Option<String>,
+    /// The machine its pages pass for (a fingerprint preset or a device), as picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
     /// Seconds without a client, a viewer or an action before the session ends; 0: never.
     #[serde(default)]
     pub idle_timeout: u64,

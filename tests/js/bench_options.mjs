@@ -1,6 +1,6 @@
 // Session options' cost, side by side in one run (run by scripts/bench-options.sh):
 // create -> first CDP reply for a session without options, with an identity (user agent,
-// locale, time zone) and with a proxy + idle timeout; then a page load through a session's
+// locale, time zone), a fingerprint preset, a device and with a proxy + idle timeout; then a page load through a session's
 // forward proxy against the same Chromium started directly, alternated round by round.
 // With a baseline broker (another build), creates without options are also timed against
 // it, alternated with this one's.
@@ -24,6 +24,8 @@ async function firstReply(body, at = api) {
 const variants = {
   none: {},
   identity: { user_agent: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36', locale: 'de-DE', timezone: 'Europe/Berlin' },
+  fingerprint: { fingerprint: { os: 'windows' }, locale: 'de-DE', timezone: 'Europe/Berlin' },
+  device: { device: 'Pixel 8' },
   proxy_idle: { proxy: { server: `http://${proxy}`, username: 'u', password: 'p' }, idle_timeout: 300 },
 };
 const creates = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
