@@ -417,6 +417,7 @@ async fn api(
         Endpoint::TenantEvents => {
             only(&method, &[Method::GET])?;
             events::tenant_events(broker, tenant, &request)
+        }
         Endpoint::Devices => {
             only(&method, &[Method::GET])?;
             Ok(json_response(StatusCode::OK, &crate::browser::devices::list()))
