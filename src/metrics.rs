@@ -35,6 +35,9 @@ const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 const MAX_REFUSED_METHODS: usize = 100;
 
 /// A gauge of a count: never negative, as wide as the counters.
+/// The challenges `cdpgate_challenges_total` counts, by its `kind` label.
+pub const CHALLENGE_KINDS: [&str; 3] = ["recaptcha", "hcaptcha", "turnstile"];
+
 pub type Level = Gauge<u64, AtomicU64>;
 
 /// One label: its name and value.
@@ -120,6 +123,10 @@ pub struct Metrics {
     /// Recordings started, and those stopped at `max_recording_bytes`.
     pub recordings_started: Counter,
     pub recordings_truncated: Counter,
+    /// Requests sessions' `block`/`block_urls` stopped in their browsers.
+    pub requests_blocked: Counter,
+    /// Challenges sessions' pages showed, by kind (`browser::challenges::KINDS`).
+    challenges: [Counter; 3],
     /// Commands the context filter refused, by method (a bounded set of names).
     refused: Family<Label<String>, Counter>,
     /// Method names labelled so far, counted under the lock so that the bound holds.
@@ -318,6 +325,16 @@ impl Metrics {
             "cdpgate_recordings_truncated_total",
             "Recordings stopped at max_recording_bytes.",
         );
+        let requests_blocked = f.counter(
+            "cdpgate_browser_requests_blocked_total",
+            "Requests of sessions' pages stopped by their block or block_urls.",
+        );
+        let challenges = f.counters(
+            "cdpgate_challenges_total",
+            "Challenges (CAPTCHA frames) sessions' pages showed, by kind.",
+            "kind",
+            CHALLENGE_KINDS,
+        );
         let queue_waits = f.counter("cdpgate_queue_waits_total", "Creates that waited for a free slot.");
         let actions_succeeded = f.counter(
             "cdpgate_single_actions_succeeded_total",
@@ -446,6 +463,8 @@ impl Metrics {
             files_quota_refusals,
             recordings_started,
             recordings_truncated,
+            requests_blocked,
+            challenges,
             refused,
             refused_methods: Mutex::new(0),
             sessions_active,
@@ -474,6 +493,13 @@ impl Metrics {
     pub fn record_close(&self, code: u16) {
         let i = CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(CLOSE_CODES.len());
         self.closes[i].inc();
+    }
+
+    /// A challenge a session's page showed (one of [`CHALLENGE_KINDS`]).
+    pub fn record_challenge(&self, kind: &str) {
+        if let Some(i) = CHALLENGE_KINDS.iter().position(|k| *k == kind) {
+            self.challenges[i].inc();
+        }
     }
 
     /// A command the context filter refused.

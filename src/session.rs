@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{Tenant, unix_secs};
+use crate::browser::challenges::Challenges;
 use crate::browser::forward::Traffic;
 use crate::browser::pool::Lease;
 use crate::browser::shared::ContextLease;
@@ -89,6 +90,8 @@ pub struct Session {
     /// Its event log (`events`), set as it is registered.
     pub events: std::sync::OnceLock<Arc<SessionEvents>>,
     traffic: Option<Arc<Traffic>>,
+    /// Known challenges its pages showed, seen by the identity keeper.
+    pub challenges: Arc<Challenges>,
     /// Deleted: its record must not be written again.
     forgotten: AtomicBool,
     /// Held by the single action running on the session (a fair lock: actions run in
@@ -181,6 +184,7 @@ impl Session {
             node: node.to_owned(),
             options: init.options,
             network: init.traffic.as_ref().map(|t| t.snapshot()),
+            challenges: Vec::new(),
         };
         Session {
             id: init.id,
@@ -204,6 +208,7 @@ impl Session {
             browser_downloads: std::sync::OnceLock::new(),
             events: std::sync::OnceLock::new(),
             traffic: init.traffic,
+            challenges: Arc::default(),
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),
         }
@@ -247,12 +252,18 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Its browser's network counters (managed browsers and contexts).
+    pub fn traffic(&self) -> Option<Arc<Traffic>> {
+        self.traffic.clone()
+    }
+
     /// The session's record as it stands, with its browser's network counters as of now.
     pub fn record(&self) -> SessionRecord {
         let mut record = self.state().record.clone();
         if let Some(traffic) = &self.traffic {
             record.network = Some(traffic.snapshot());
         }
+        record.challenges = self.challenges.list();
         record
     }
 

@@ -51,4 +51,19 @@ pub struct NetworkStats {
     pub bytes_out: u64,
     pub proxy_errors: u64,
     pub last_proxy_error: Option<String>,
+    /// Requests the session's `block`, `block_urls` (or ad lists) stopped before they left
+    /// the browser. What they would have cost is not known: they never ran.
+    #[serde(default)]
+    pub blocked_requests: u64,
+}
+
+/// A known challenge (a CAPTCHA widget or interstitial) a page of the session showed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Challenge {
+    /// `recaptcha`, `hcaptcha` or `turnstile`.
+    pub kind: String,
+    /// The challenge frame's URL, without its query and fragment (they carry site keys
+    /// and tokens).
+    pub url: String,
+    pub at: std::time::SystemTime,
 }

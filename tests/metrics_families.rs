@@ -56,6 +56,8 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_recordings_bytes", "gauge", &[]),
     ("cdpgate_recordings_started_total", "counter", &[]),
     ("cdpgate_recordings_truncated_total", "counter", &[]),
+    ("cdpgate_browser_requests_blocked_total", "counter", &[]),
+    ("cdpgate_challenges_total", "counter", &["kind"]),
     ("cdpgate_single_action_seconds", "histogram", &["le"]),
     ("cdpgate_single_actions_succeeded_total", "counter", &[]),
     ("cdpgate_single_actions_failed_total", "counter", &[]),

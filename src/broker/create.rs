@@ -393,6 +393,12 @@ impl Broker {
                 &session.upstream,
                 &self.egress,
                 request.options.identity,
+                identity::Watch {
+                    blocking: request.options.blocking,
+                    traffic: session.traffic(),
+                    challenges: session.challenges.clone(),
+                    metrics: self.metrics.clone(),
+                },
                 session.ended().clone(),
             )
             .await

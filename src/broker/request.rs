@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::browser::blocking::Blocking;
 use crate::browser::fingerprint::FingerprintRequest;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::Identity;
@@ -51,6 +52,8 @@ pub struct RequestedOptions {
     pub record: bool,
     /// Log its CDP traffic among its files.
     pub log_cdp: bool,
+    /// What its pages may not load.
+    pub blocking: Blocking,
 }
 
 impl RequestedOptions {
@@ -70,6 +73,8 @@ impl RequestedOptions {
             idle_timeout: self.idle_timeout,
             record: self.record,
             log_cdp: self.log_cdp,
+            block: self.blocking.types.clone(),
+            block_urls: self.blocking.urls.clone(),
             byo: false,
         }
     }

@@ -144,6 +144,8 @@ pub struct Traffic {
     bytes_out: AtomicU64,
     proxy_errors: AtomicU64,
     last_proxy_error: Mutex<Option<String>>,
+    /// Requests the session's blocking stopped in the browser (`browser::blocking`).
+    blocked_requests: AtomicU64,
     /// Origins the pages reached (at most `MAX_ORIGINS`): where a context session's
     /// localStorage may be, since a context keeps none on disk to look at.
     origins: Mutex<std::collections::BTreeSet<String>>,
@@ -186,7 +188,13 @@ impl Traffic {
             bytes_out: self.bytes_out.load(Relaxed),
             proxy_errors: self.proxy_errors.load(Relaxed),
             last_proxy_error: self.last_proxy_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            blocked_requests: self.blocked_requests.load(Relaxed),
         }
+    }
+
+    /// Counts a request the session's blocking stopped.
+    pub fn blocked_request(&self) {
+        self.blocked_requests.fetch_add(1, Relaxed);
     }
 
     fn proxy_error(&self, text: String) {

@@ -6,6 +6,7 @@
 //! script), it sets the overrides on each and lets it go. Overrides last as long as the
 //! connection that set them, which is why the connection stays until the session ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,11 +15,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
+use super::blocking::{self, Blocking};
 use super::cdp::CdpError;
+use super::challenges::Challenges;
 use super::egress::Egress;
 use super::fingerprint;
+use super::forward::Traffic;
 use super::stealth::{self, Disguise};
 use super::upstream::{Upstream, UpstreamStream};
+use crate::metrics::Metrics;
 use crate::values::Fingerprint;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,6 +116,44 @@ fn user_agent_metadata(ua: &str) -> Option<Value> {
 
 type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 
+/// What the keeper enforces and watches on every target beside the identity: the
+/// session's blocking ([`blocking`]) and the challenges its pages show ([`super::challenges`]).
+pub(crate) struct Watch {
+    pub blocking: Blocking,
+    /// Where blocked requests are counted.
+    pub traffic: Option<Arc<Traffic>>,
+    pub challenges: Arc<Challenges>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Watch {
+    /// Fails a request the blocking paused, and counts it.
+    async fn paused(&self, keeper: &mut Keeper, ws: &mut Socket, event: &Value) -> Result<(), CdpError> {
+        let Some(refusal) = blocking::refusal(&event["params"]) else {
+            return Ok(());
+        };
+        // Paused on the browser target (no session) or on one of the context's targets.
+        keeper
+            .send(ws, event["sessionId"].as_str(), "Fetch.failRequest", refusal)
+            .await?;
+        if let Some(traffic) = &self.traffic {
+            traffic.blocked_request();
+        }
+        self.metrics.requests_blocked.inc();
+        Ok(())
+    }
+
+    /// Records a challenge shown by a frame that navigated.
+    fn navigated(&self, event: &Value) {
+        let frame = &event["params"]["frame"];
+        let (id, url) = (frame["id"].as_str().unwrap_or(""), frame["url"].as_str().unwrap_or(""));
+        if let Some(kind) = self.challenges.seen(id, url) {
+            self.metrics.record_challenge(kind);
+            tracing::info!(kind, "a page shows a challenge: a person can pass it in the live view");
+        }
+    }
+}
+
 /// Puts `identity` on every target of the session's browser at `upstream` (those open now
 /// before this answers, later ones before they run) and keeps it there until `until`
 /// fires; what `identity` leaves unset is the browser's own, without automation tells. A
@@ -119,6 +162,7 @@ pub(crate) async fn keep(
     upstream: &Upstream,
     egress: &Egress,
     identity: Identity,
+    watch: Watch,
     until: CancellationToken,
 ) -> Result<(), CdpError> {
     let (stream, early) = upstream
@@ -128,6 +172,8 @@ pub(crate) async fn keep(
     let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, None).await;
     let mut keeper = Keeper {
         identity,
+        whole_browser: upstream.scope.is_none(),
+        watch: Arc::new(watch),
         default_user_agent: String::new(),
         disguise: None,
         next_id: 0,
@@ -156,6 +202,10 @@ pub(crate) async fn keep(
 
 struct Keeper {
     identity: Identity,
+    /// The connection reaches the whole browser (a process session's), not a context's
+    /// targets through its filter.
+    whole_browser: bool,
+    watch: Arc<Watch>,
     /// The browser's own user agent, where it is not Chromium's (no disguise).
     default_user_agent: String,
     /// How the browser passes for a person's Chromium (`Browser.getVersion`).
@@ -201,6 +251,14 @@ impl Keeper {
                 self.default_user_agent = reply["result"]["userAgent"].as_str().unwrap_or("").to_owned();
                 let product = reply["result"]["product"].as_str().unwrap_or("");
                 self.disguise = Disguise::of(product, &self.default_user_agent);
+                if self.whole_browser
+                    && let Some(params) = self.watch.blocking.fetch_params()
+                {
+                    // On the browser target: every request of the browser, a tab opened
+                    // with a URL included (a target's own interception misses the first
+                    // document's requests of such a tab).
+                    self.send(ws, None, "Fetch.enable", params).await?;
+                }
                 let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });
                 attach = Some(self.send(ws, None, "Target.setAutoAttach", params).await?);
             } else if id.is_some() && id == attach {
@@ -218,6 +276,8 @@ impl Keeper {
                 landing.push(self.send(ws, Some(&session), "Runtime.evaluate", probe).await?);
             } else if let Some(id) = id {
                 landing.retain(|l| *l != id);
+            } else {
+                self.observe(ws, &reply).await?;
             }
             if attached && landing.is_empty() {
                 return Ok(());
@@ -227,9 +287,15 @@ impl Keeper {
     }
 
     async fn on_message(&mut self, ws: &mut Socket, text: &str) -> Result<(), CdpError> {
-        // Only events about attachments matter; replies are not awaited (commands to one
-        // target run in order, so the overrides land before it is let go).
-        if !text.contains("\"Target.attachedToTarget\"") {
+        // Only events about attachments, blocked requests and navigations matter; replies
+        // are not awaited (commands to one target run in order, so the overrides land
+        // before it is let go).
+        let wanted = [
+            "\"Target.attachedToTarget\"",
+            "\"Fetch.requestPaused\"",
+            "\"Page.frameNavigated\"",
+        ];
+        if !wanted.iter().any(|w| text.contains(w)) {
             return Ok(());
         }
         let Ok(message) = serde_json::from_str::<Value>(text) else {
@@ -237,8 +303,23 @@ impl Keeper {
         };
         if message["method"] == "Target.attachedToTarget" {
             self.apply(ws, &message["params"]).await?;
+        } else {
+            self.observe(ws, &message).await?;
         }
         Ok(())
+    }
+
+    /// Acts on an event the watch wants: a blocked request, a frame's navigation.
+    async fn observe(&mut self, ws: &mut Socket, event: &Value) -> Result<(), CdpError> {
+        let watch = self.watch.clone();
+        match event["method"].as_str() {
+            Some("Fetch.requestPaused") => watch.paused(self, ws, event).await,
+            Some("Page.frameNavigated") => {
+                watch.navigated(event);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Sets the overrides on a newly attached target and lets it run; answers its session
@@ -290,11 +371,22 @@ impl Keeper {
                 self.send(ws, s, &format!("{domain}.setUserAgentOverride"), override_ua)
                     .await?;
             }
+            if !self.whole_browser
+                && (page || kind == "service_worker" || kind == "shared_worker")
+                && let Some(params) = self.watch.blocking.fetch_params()
+            {
+                // A context's targets, each: a page's interception covers its dedicated
+                // workers' requests too.
+                self.send(ws, s, "Fetch.enable", params).await?;
+            }
+            if page {
+                // Frame navigations tell challenges apart (`Page.frameNavigated`).
+                self.send(ws, s, "Page.enable", json!({})).await?;
+            }
             if page && disguise.is_some_and(|d| d.shell) {
                 // Scripts to evaluate on new documents need the Page domain (it stays on:
                 // disabling it drops them). Also at once on the document there is: a
                 // popup's first document keeps its window for a same-origin page.
-                self.send(ws, s, "Page.enable", json!({})).await?;
                 let script = json!({ "source": stealth::SHELL_PATCH, "runImmediately": true });
                 self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
                     .await?;

@@ -13,6 +13,7 @@ use super::{Body, timestamp};
 use crate::auth::Tenant;
 use crate::broker::{Broker, NewSession, RequestedOptions, SessionUrls};
 use crate::browser::Screen;
+use crate::browser::blocking::Blocking;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
 use crate::browser::{devices, fingerprint};
@@ -133,6 +134,8 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     body["idle_timeout"] = json!(options.idle_timeout);
     body["record"] = json!(options.record);
     body["log_cdp"] = json!(options.log_cdp);
+    body["block"] = json!(options.block);
+    body["block_urls"] = json!(options.block_urls);
     if let Some(proxy) = &options.proxy {
         body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
     }
@@ -154,6 +157,11 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     if let Some(network) = &record.network {
         body["network"] = json!(network);
     }
+    body["challenges"] = record
+        .challenges
+        .iter()
+        .map(|c| json!({ "kind": c.kind, "url": c.url, "at": timestamp(c.at) }))
+        .collect();
     if let Some(profile) = record.profile.as_ref().filter(|p| p.persist)
         && record.status != Status::Active
     {
@@ -249,10 +257,11 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
         let set = options.proxy.is_some()
             || !options.identity.is_empty()
             || options.fingerprint.is_some()
-            || options.device.is_some();
+            || options.device.is_some()
+            || !options.blocking.is_empty();
         if set {
             return Err(ApiError::unprocessable(
-                "proxy, user_agent, locale, timezone, fingerprint and device cannot be combined with cdp_url: they apply to browsers the broker starts",
+                "proxy, user_agent, locale, timezone, fingerprint, device, block and block_urls cannot be combined with cdp_url: they apply to browsers the broker starts",
             ));
         }
     }
@@ -367,6 +376,10 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         Some(_) => return Err(ApiError::unprocessable("log_cdp must be true or false")),
         None => false,
     };
+    let blocking = Blocking {
+        types: Blocking::parse_types(&strings(body, "block")?).map_err(ApiError::unprocessable)?,
+        urls: Blocking::parse_urls(&strings(body, "block_urls")?).map_err(ApiError::unprocessable)?,
+    };
     Ok(RequestedOptions {
         isolation,
         proxy,
@@ -376,6 +389,7 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         idle_timeout,
         record,
         log_cdp,
+        blocking,
     })
 }
 
@@ -410,6 +424,21 @@ fn parse_face(
         ));
     }
     Ok((fingerprint, device))
+}
+
+/// A field that is a list of strings (none: empty); a longer list than any valid one is
+/// refused before its entries are read.
+fn strings(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::unprocessable(format!("{name} must be a list of strings"));
+    match field(body, name) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= 256 => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect(),
+        Some(Value::Array(_)) => Err(ApiError::unprocessable(format!("{name} holds too many entries"))),
+        Some(_) => Err(bad()),
+    }
 }
 
 /// Most `proxy.bypass` entries.

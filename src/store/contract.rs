@@ -46,6 +46,7 @@ pub(crate) fn record(id: &str, tenant: &str, age_secs: u64, ended: Option<(Statu
         node: String::new(),
         options: Default::default(),
         network: None,
+        challenges: Vec::new(),
     }
 }
 

@@ -205,6 +205,7 @@ impl WireRecord {
             node: String::new(),
             options: Default::default(),
             network: None,
+            challenges: Vec::new(),
         })
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::Tenant;
 pub use crate::values::NetworkStats;
-use crate::values::{Fingerprint, Screen};
+use crate::values::{Challenge, Fingerprint, Screen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,6 +187,10 @@ pub struct SessionRecord {
     /// Its browser's network use, as of the record's last write (live on its node).
     #[serde(default)]
     pub network: Option<NetworkStats>,
+    /// Known challenges its pages showed (`browser::challenges`), as of the record's last
+    /// write (live on its node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<Challenge>,
 }
 
 /// How a session is kept apart from others: a browser of its own, or a browser context
@@ -237,6 +241,12 @@ pub struct SessionOptions {
     /// Its CDP traffic logged (method names, sizes, timings) among its files.
     #[serde(default)]
     pub log_cdp: bool,
+    /// Resource types its pages may not load (`image`, `font`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<String>,
+    /// URL patterns its pages may not load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_urls: Vec<String>,
     /// It fronts the user's own browser (`cdp_url`): counted by `max_byo_sessions_per_key`
     /// rather than `max_sessions_per_key`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
