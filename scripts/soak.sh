@@ -94,6 +94,9 @@ descendants() {
 
 start=$(date +%s)
 sampler() {
+  # A failed read or write (a full disk, a scrape timing out) skips a sample; it must not
+  # end the sampling, as it once did under `set -e` two hours before the run ended.
+  set +e
   echo "t,rss_kb,fds,threads,tasks,sessions,tmp_entries,data_entries,processes,redis_keys" >"$out/samples.csv"
   while kill -0 "$broker" 2>/dev/null; do
     local rss fds threads tasks sessions tmp_entries data_entries procs keys metrics
