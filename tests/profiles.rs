@@ -511,6 +511,38 @@ async fn storage_state_moves_logins_out_and_in() {
     assert_eq!(seen["local"], "alice");
     server.terminate(session["session_id"].as_str().unwrap()).await;
 
+    // http:// and https:// of a host under a public suffix are two origins: Chrome would
+    // upgrade the http:// page to https:// (HTTPS Upgrades) and write one origin's
+    // storage into the other (seen: an import that never finished).
+    let path = format!("/public/browser-profiles/{imported}/storage-state");
+    let two = json!({"cookies": [], "origins": [
+        {"origin": "HTTP://Shop.Example.COM", "localStorage": [{"name": "k", "value": "plain"}]},
+        {"origin": "https://shop.example.com", "localStorage": [{"name": "k", "value": "tls"}]},
+    ]});
+    let r = server
+        .call(Method::POST, &path, Some(KEY_A), Some(&two.to_string()))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let back = server.call(Method::GET, &path, Some(KEY_A), None).await.json;
+    let value_at = |origin: &str| {
+        back["origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["origin"] == origin)
+            .map(|o| o["localStorage"].clone())
+    };
+    assert_eq!(
+        value_at("http://shop.example.com"),
+        Some(json!([{"name": "k", "value": "plain"}])),
+        "{back}"
+    );
+    assert_eq!(
+        value_at("https://shop.example.com"),
+        Some(json!([{"name": "k", "value": "tls"}])),
+        "{back}"
+    );
+
     // Bad documents change nothing.
     for bad in [
         json!({"cookies": "x"}),

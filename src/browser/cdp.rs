@@ -148,6 +148,8 @@ pub struct Connection {
     context: Option<String>,
     /// Tabs `page_at` opened, to close when done.
     opened: Vec<String>,
+    /// The origin `page_at` is opening: intercepted requests elsewhere fail.
+    serving: Option<String>,
 }
 
 impl Connection {
@@ -161,6 +163,7 @@ impl Connection {
             next_id: 0,
             context: None,
             opened: Vec::new(),
+            serving: None,
         })
     }
 
@@ -231,15 +234,7 @@ impl Connection {
                 };
                 let reply: Value = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
                 if reply["method"] == "Fetch.requestPaused" {
-                    let request_id = reply["params"]["requestId"].clone();
-                    let session = reply["sessionId"].as_str().map(str::to_owned);
-                    let page = json!({
-                        "requestId": request_id,
-                        "responseCode": 200,
-                        "responseHeaders": [{"name": "content-type", "value": "text/html"}],
-                        "body": "PGh0bWw+PC9odG1sPg==", // "<html></html>"
-                    });
-                    self.send(session.as_deref(), "Fetch.fulfillRequest", page).await?;
+                    self.answer_paused(&reply).await?;
                     continue;
                 }
                 if reply["id"] != id {
@@ -262,6 +257,32 @@ impl Connection {
         .map_err(|_| CdpError::Timeout)?
     }
 
+    /// Serves an intercepted request an empty page if it is for the origin being opened;
+    /// fails it otherwise. Chrome upgrades `http://` navigations to hosts under a public
+    /// suffix to `https://` first (HTTPS Upgrades) and goes back to `http://` when that
+    /// fails: serving the upgrade would open the page at the wrong origin.
+    async fn answer_paused(&mut self, paused: &Value) -> Result<(), CdpError> {
+        let request_id = paused["params"]["requestId"].clone();
+        let session = paused["sessionId"].as_str().map(str::to_owned);
+        let origin = paused["params"]["request"]["url"]
+            .as_str()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.origin().ascii_serialization());
+        if origin.is_some() && origin == self.serving {
+            let page = json!({
+                "requestId": request_id,
+                "responseCode": 200,
+                "responseHeaders": [{"name": "content-type", "value": "text/html"}],
+                "body": "PGh0bWw+PC9odG1sPg==", // "<html></html>"
+            });
+            self.send(session.as_deref(), "Fetch.fulfillRequest", page).await?;
+        } else {
+            let refused = json!({ "requestId": request_id, "errorReason": "ConnectionRefused" });
+            self.send(session.as_deref(), "Fetch.failRequest", refused).await?;
+        }
+        Ok(())
+    }
+
     /// A new page at `origin`, served locally (no network); answers its session id.
     pub async fn page_at(&mut self, origin: &str) -> Result<String, CdpError> {
         let target = self
@@ -278,6 +299,7 @@ impl Connection {
             )
             .await?;
         let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
+        self.serving = Some(origin.to_owned());
         self.call(
             Some(&session),
             "Fetch.enable",

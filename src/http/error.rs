@@ -9,6 +9,7 @@ use super::Body;
 use crate::artifacts::FileError;
 use crate::broker::{BrokerError, SessionError};
 use crate::browser::byo::ProbeError;
+use crate::browser::cdp::CdpError;
 use crate::browser::pool::PoolError;
 use crate::browser::screenshot::ScreenshotError;
 use crate::browser::upstream::{UpstreamError, is_unknown_target};
@@ -287,12 +288,13 @@ impl From<BrokerError> for ApiError {
             // only its owner knows.
             BrokerError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            BrokerError::BrowserSetup(_) => StatusCode::BAD_GATEWAY,
-            BrokerError::ProfileTimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
-            BrokerError::Store(_)
-            | BrokerError::ProfileUnreadable(_)
-            | BrokerError::ProfileBrowser(_)
-            | BrokerError::ProfileNotSaved(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            BrokerError::ProfileTimedOut(_) | BrokerError::ProfileBrowser(CdpError::Timeout) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            BrokerError::BrowserSetup(_) | BrokerError::ProfileBrowser(_) => StatusCode::BAD_GATEWAY,
+            BrokerError::Store(_) | BrokerError::ProfileUnreadable(_) | BrokerError::ProfileNotSaved(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError::of(status, origin, e.to_string())
     }
@@ -526,7 +528,14 @@ mod tests {
                 Upstream,
             ),
             (
-                answers!(BrokerError::ProfileBrowser(CdpError::Timeout), S::INTERNAL_SERVER_ERROR),
+                answers!(BrokerError::ProfileBrowser(CdpError::Timeout), S::GATEWAY_TIMEOUT),
+                Upstream,
+            ),
+            (
+                answers!(
+                    BrokerError::ProfileBrowser(CdpError::Protocol("closed".into())),
+                    S::BAD_GATEWAY
+                ),
                 Upstream,
             ),
             (
