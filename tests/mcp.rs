@@ -109,6 +109,23 @@ async fn python_sdk_logs_in_by_references_and_a_second_key_sees_nothing() {
     assert!(a["unknown_tool"].as_str().unwrap().contains("Unknown tool"), "{a}");
     assert_eq!(a["still_there"], true);
 
+    // The references live in the broker, not in the page: a page script finds no trace
+    // of them on the welcome page the agent took snapshots of and acted on.
+    let record = server.get(&sid).await.json;
+    let mut cdp = CdpClient::connect(&record).await;
+    let (target, _) = cdp.pages().await.remove(0);
+    let page = cdp.attach(&target).await;
+    let at = cdp.eval(&page, "location.pathname").await;
+    assert_eq!(at, "/welcome", "the page the agent acted on");
+    let traces = cdp
+        .eval(
+            &page,
+            "[...document.querySelectorAll('*')].flatMap((e) => [...e.attributes]).filter((a) => /cdpgate/i.test(a.name + a.value) || a.name.startsWith('data-')).length + (document.documentElement.outerHTML.includes('cdpgate') ? 1000 : 0) + Object.keys(window).filter((k) => /snapshot|cdpgate/i.test(k)).length * 100",
+        )
+        .await;
+    assert_eq!(traces, json!(0), "the page sees the broker's references");
+    drop(cdp);
+
     // An MCP session is an ordinary one: the API lists it for key A.
     let listed = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(listed.json["sessions"][0]["session_id"], sid.as_str());

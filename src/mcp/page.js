@@ -1,15 +1,15 @@
 // Helpers of the MCP tools, evaluated in an isolated world of the broker's (the page's
-// scripts never see them). Each is an expression: `(HELPERS).name(args…)`.
+// scripts never see them). Each is an expression: `(HELPERS).name(args…)`; those that act on
+// an element are called on it (`this`, passed on as the first argument).
 ({
   // A compact outline of what a person sees: headings, text, and every element one can act
-  // on, numbered `ref=eN`. The number is kept in a `data-cdpgate-ref` attribute, so an
-  // element keeps its reference across snapshots until the document is replaced.
+  // on. The elements are kept in this world's `snapshotElements` (the page's scripts do not
+  // see this world) and each line naming one is `[before, index, after]`: the broker turns
+  // the index into the element's `ref=eN` (N, Chrome's id of the DOM node, is stable while
+  // the node lives), so nothing is written into the page.
   snapshot(limit) {
-    const ATTR = 'data-cdpgate-ref';
-    let next = 0;
-    for (const el of document.querySelectorAll('[' + ATTR + ']')) {
-      next = Math.max(next, parseInt(el.getAttribute(ATTR).slice(1), 10) || 0);
-    }
+    const elements = [];
+    globalThis.snapshotElements = elements;
     const clean = (s, n) => {
       s = String(s || '').replace(/\s+/g, ' ').trim();
       return s.length > n ? s.slice(0, n) + '…' : s;
@@ -55,15 +55,17 @@
     const lines = [];
     let size = 0;
     let cut = false;
-    const push = (depth, line) => {
+    const push = (depth, line, after) => {
       if (cut) return;
-      const text = '  '.repeat(Math.min(depth, 8)) + '- ' + line;
-      if (size + text.length + 1 > limit) {
+      const indent = '  '.repeat(Math.min(depth, 8)) + '- ';
+      // A reference (` [ref=eN]`) is counted at 14 characters: N up to 6 digits.
+      const length = indent.length + line.length + (after === undefined ? 0 : after.length + 14) + 1;
+      if (size + length > limit) {
         cut = true;
         return;
       }
-      lines.push(text);
-      size += text.length + 1;
+      lines.push(after === undefined ? indent + line : [indent + line, elements.length - 1, after]);
+      size += length;
     };
     const walk = (node, depth) => {
       for (const child of node.childNodes) {
@@ -82,24 +84,21 @@
         }
         const role = roleOf(el);
         if (role && actionable(el)) {
-          let ref = el.getAttribute(ATTR);
-          if (!ref) {
-            ref = 'e' + ++next;
-            el.setAttribute(ATTR, ref);
-          }
+          elements.push(el);
           let name = labelOf(el);
           if (!name && tag !== 'input' && tag !== 'textarea' && tag !== 'select') name = el.innerText;
           if (!name && tag === 'input' && role === 'button') name = el.value;
-          let line = role + (name ? ' "' + clean(name, 120) + '"' : '') + ' [ref=' + ref + ']';
-          if (role === 'textbox' && el.value) line += el.type === 'password' ? ' value=•••' : ' value="' + clean(el.value, 80) + '"';
-          if ((role === 'checkbox' || role === 'radio') && el.checked) line += ' [checked]';
-          if (el.disabled) line += ' [disabled]';
-          if (tag === 'a' && el.href) line += ' -> ' + clean(el.getAttribute('href'), 200);
+          const line = role + (name ? ' "' + clean(name, 120) + '"' : '');
+          let after = '';
+          if (role === 'textbox' && el.value) after += el.type === 'password' ? ' value=•••' : ' value="' + clean(el.value, 80) + '"';
+          if ((role === 'checkbox' || role === 'radio') && el.checked) after += ' [checked]';
+          if (el.disabled) after += ' [disabled]';
+          if (tag === 'a' && el.href) after += ' -> ' + clean(el.getAttribute('href'), 200);
           if (tag === 'select') {
             const opts = [...el.options].slice(0, 50).map((o) => (o.selected ? '*' : '') + '"' + clean(o.label, 60) + '"');
-            line += ' options: ' + opts.join(', ');
+            after += ' options: ' + opts.join(', ');
           }
-          push(depth, line);
+          push(depth, line, after);
           if (tag === 'a' || tag === 'button' || tag === 'select' || tag === 'summary') continue;
           walk(el, depth + 1);
           continue;
@@ -118,17 +117,12 @@
       }
     };
     walk(document.body || document.documentElement, 0);
-    return {
-      url: location.href,
-      title: document.title,
-      text: lines.join('\n') + (cut ? '\n- (snapshot cut at ' + limit + ' characters)' : ''),
-    };
+    if (cut) lines.push('- (snapshot cut at ' + limit + ' characters)');
+    return { url: location.href, title: document.title, lines };
   },
 
-  // The element `ref` names, scrolled into view: its centre in the viewport, or why not.
-  locate(ref) {
-    const el = document.querySelector('[data-cdpgate-ref="' + CSS.escape(ref) + '"]');
-    if (!el) return { missing: true };
+  // The element, scrolled into view: its centre in the viewport, or why not.
+  locate(el) {
     el.scrollIntoView({ block: 'center', inline: 'center', behavior: 'instant' });
     const r = el.getBoundingClientRect();
     if (r.width < 1 || r.height < 1) return { hidden: true };
@@ -136,9 +130,7 @@
   },
 
   // Focuses the element for typing; with `clear`, empties it first.
-  focus(ref, clear) {
-    const el = document.querySelector('[data-cdpgate-ref="' + CSS.escape(ref) + '"]');
-    if (!el) return { missing: true };
+  focus(el, clear) {
     el.scrollIntoView({ block: 'center', behavior: 'instant' });
     el.focus();
     if (document.activeElement !== el) return { unfocusable: true };
@@ -154,9 +146,7 @@
   },
 
   // Selects the options of a <select> whose value or label is one of `values`.
-  select(ref, values) {
-    const el = document.querySelector('[data-cdpgate-ref="' + CSS.escape(ref) + '"]');
-    if (!el) return { missing: true };
+  select(el, values) {
     if (el.tagName !== 'SELECT') return { notSelect: true };
     const picked = [];
     for (const o of el.options) {
@@ -170,11 +160,9 @@
     return { selected: picked.map((o) => o.label.trim()) };
   },
 
-  // Scrolls the element into view, or the page by `dy` pixels.
-  scroll(ref, dy) {
-    if (ref) {
-      const el = document.querySelector('[data-cdpgate-ref="' + CSS.escape(ref) + '"]');
-      if (!el) return { missing: true };
+  // Scrolls the element into view, or (none) the page by `dy` pixels.
+  scroll(el, dy) {
+    if (el) {
       el.scrollIntoView({ block: 'center', behavior: 'instant' });
     } else {
       scrollBy(0, dy);

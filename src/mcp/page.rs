@@ -2,7 +2,8 @@
 //! the session's upstream (a context session's filter applies to every command): navigate,
 //! a snapshot with element references, actions on those references with real input
 //! events, a screenshot, and the main text as markdown. Scripts run in an isolated world
-//! of the broker's; the page sees only the input and the `data-cdpgate-ref` attributes.
+//! of the broker's and references are Chrome's ids of DOM nodes: the page sees only the
+//! input, nothing written into it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ const READER: &str = include_str!("../render/page.js");
 const MAX_SNAPSHOT_CHARS: usize = 60_000;
 /// Largest HTML read for markdown, in characters.
 const MAX_HTML_CHARS: usize = 4 * 1024 * 1024;
+/// The object group of the references a snapshot resolves, released after it.
+const SNAPSHOT_GROUP: &str = "cdpgate-snapshot";
 /// How long an action's page has to start a navigation it caused (a form submitted).
 const NAVIGATION_START: Duration = Duration::from_millis(400);
 
@@ -185,33 +188,37 @@ impl Page {
         Ok(done)
     }
 
-    /// Evaluates `expression` in the broker's world of the current document.
-    async fn eval(&mut self, expression: &str) -> Result<Value, PageError> {
+    /// The broker's world in the current document (made on first use after a navigation).
+    async fn world(&mut self) -> Result<i64, PageError> {
+        if let Some(id) = self.world {
+            return Ok(id);
+        }
+        let world = self
+            .call(
+                "Page.createIsolatedWorld",
+                json!({"frameId": self.target, "worldName": "cdpgate-mcp"}),
+            )
+            .await?;
+        let id = world["executionContextId"]
+            .as_i64()
+            .ok_or_else(|| PageError::Browser("no script context for the page".into()))?;
+        self.world = Some(id);
+        Ok(id)
+    }
+
+    /// Runs a `Runtime` command in the broker's world of the current document (`context`
+    /// fills in the world's id), again in a new world if the document was replaced.
+    async fn in_world(
+        &mut self,
+        method: &str,
+        params: impl Fn(i64) -> Value,
+        by_value: bool,
+    ) -> Result<Value, PageError> {
         for attempt in 0..3 {
-            let context = match self.world {
-                Some(c) => c,
-                None => {
-                    let world = self
-                        .call(
-                            "Page.createIsolatedWorld",
-                            json!({"frameId": self.target, "worldName": "cdpgate-mcp"}),
-                        )
-                        .await?;
-                    let id = world["executionContextId"]
-                        .as_i64()
-                        .ok_or_else(|| PageError::Browser("no script context for the page".into()))?;
-                    self.world = Some(id);
-                    id
-                }
-            };
+            let context = self.world().await?;
             let reply = self
                 .client
-                .call(
-                    Some(&self.session),
-                    "Runtime.evaluate",
-                    json!({"expression": expression, "contextId": context, "returnByValue": true}),
-                    self.remaining(),
-                )
+                .call(Some(&self.session), method, params(context), self.remaining())
                 .await;
             match reply {
                 Ok(result) => {
@@ -222,14 +229,28 @@ impl Page {
                             text.unwrap_or("unknown")
                         )));
                     }
-                    return Ok(result["result"]["value"].clone());
+                    return Ok(if by_value {
+                        result["result"]["value"].clone()
+                    } else {
+                        result["result"].clone()
+                    });
                 }
                 // The document the world belonged to was replaced: make one in the new.
                 Err(CallError::Refused(m)) if attempt < 2 && m.contains("context") => self.world = None,
-                Err(e) => return Err(call_error("Runtime.evaluate", e)),
+                Err(e) => return Err(call_error(method, e)),
             }
         }
         Err(PageError::Browser("the page kept navigating away".into()))
+    }
+
+    /// Evaluates `expression` in the broker's world of the current document.
+    async fn eval(&mut self, expression: &str) -> Result<Value, PageError> {
+        self.in_world(
+            "Runtime.evaluate",
+            |context| json!({"expression": expression, "contextId": context, "returnByValue": true}),
+            true,
+        )
+        .await
     }
 
     async fn helper(&mut self, name: &str, args: &[Value]) -> Result<Value, PageError> {
@@ -237,17 +258,131 @@ impl Page {
         self.eval(&format!("({HELPERS}).{name}({})", args.join(", "))).await
     }
 
+    /// Runs the helper `name` on the element `reference` names, in the broker's world.
+    async fn on_element(&mut self, reference: &str, name: &str, args: &[Value]) -> Result<Value, PageError> {
+        let node: u64 = reference
+            .strip_prefix('e')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| missing(reference))?;
+        let mut object = None;
+        for _ in 0..2 {
+            let context = self.world().await?;
+            let resolved = self
+                .client
+                .call(
+                    Some(&self.session),
+                    "DOM.resolveNode",
+                    json!({"backendNodeId": node, "executionContextId": context}),
+                    self.remaining(),
+                )
+                .await;
+            match resolved {
+                Ok(r) => {
+                    object = r["object"]["objectId"].as_str().map(str::to_owned);
+                    break;
+                }
+                // No such node (gone with its document, or never one): a new snapshot.
+                Err(CallError::Refused(m)) if !m.contains("context") => return Err(missing(reference)),
+                Err(CallError::Refused(_)) => self.world = None,
+                Err(e) => return Err(call_error("DOM.resolveNode", e)),
+            }
+        }
+        let object = object.ok_or_else(|| missing(reference))?;
+        let function = format!("function (...args) {{ return ({HELPERS}).{name}(this, ...args); }}");
+        let arguments: Vec<Value> = args.iter().map(|a| json!({ "value": a })).collect();
+        let result = self
+            .in_world(
+                "Runtime.callFunctionOn",
+                |_| {
+                    json!({"objectId": object, "functionDeclaration": function,
+                        "arguments": arguments, "returnByValue": true})
+                },
+                true,
+            )
+            .await;
+        let _ = self.call("Runtime.releaseObject", json!({ "objectId": object })).await;
+        result
+    }
+
     /// The page as an outline with `ref=eN` references: `{url, title, text}`.
     pub async fn snapshot(&mut self) -> Result<Value, PageError> {
-        self.helper("snapshot", &[json!(MAX_SNAPSHOT_CHARS)]).await
+        let outline = self.helper("snapshot", &[json!(MAX_SNAPSHOT_CHARS)]).await?;
+        let ids = self.snapshot_node_ids().await?;
+        let text: Vec<String> = outline["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|line| match line {
+                Value::Array(parts) => {
+                    let id = parts[1].as_u64().and_then(|i| ids.get(i as usize)).copied().flatten();
+                    let reference = id.map(|id| format!(" [ref=e{id}]")).unwrap_or_default();
+                    format!(
+                        "{}{reference}{}",
+                        parts[0].as_str().unwrap_or_default(),
+                        parts[2].as_str().unwrap_or_default()
+                    )
+                }
+                other => other.as_str().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        Ok(json!({"url": outline["url"], "title": outline["title"], "text": text.join("\n")}))
+    }
+
+    /// Chrome's node ids of the elements the last snapshot kept, in its order (`None` for
+    /// one Chrome would not describe).
+    async fn snapshot_node_ids(&mut self) -> Result<Vec<Option<u64>>, PageError> {
+        let list = self
+            .in_world(
+                "Runtime.evaluate",
+                |context| {
+                    json!({"expression": "globalThis.snapshotElements", "contextId": context,
+                        "objectGroup": SNAPSHOT_GROUP})
+                },
+                false,
+            )
+            .await?;
+        let Some(list) = list["objectId"].as_str() else {
+            return Ok(Vec::new());
+        };
+        let properties = self
+            .call(
+                "Runtime.getProperties",
+                json!({"objectId": list, "ownProperties": true}),
+            )
+            .await?;
+        let mut objects: Vec<(usize, String)> = properties["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let index = p["name"].as_str()?.parse().ok()?;
+                Some((index, p["value"]["objectId"].as_str()?.to_owned()))
+            })
+            .collect();
+        objects.sort();
+        // One command per element, all in flight at once.
+        let described = futures_util::future::join_all(objects.iter().map(|(_, object)| {
+            self.client.call(
+                Some(&self.session),
+                "DOM.describeNode",
+                json!({ "objectId": object }),
+                self.remaining(),
+            )
+        }))
+        .await;
+        let mut ids = vec![None; objects.last().map_or(0, |(i, _)| i + 1)];
+        for ((index, _), node) in objects.iter().zip(described) {
+            ids[*index] = node.ok().and_then(|n| n["node"]["backendNodeId"].as_u64());
+        }
+        let _ = self
+            .call("Runtime.releaseObjectGroup", json!({ "objectGroup": SNAPSHOT_GROUP }))
+            .await;
+        Ok(ids)
     }
 
     /// The centre of the element `reference` names, in view.
     async fn locate(&mut self, reference: &str) -> Result<(f64, f64), PageError> {
-        let at = self.helper("locate", &[json!(reference)]).await?;
-        if at["missing"] == true {
-            return Err(missing(reference));
-        }
+        let at = self.on_element(reference, "locate", &[]).await?;
         if at["hidden"] == true {
             return Err(PageError::Client(format!("the element {reference} has no visible box")));
         }
@@ -275,10 +410,7 @@ impl Page {
 
     /// Types `text` into the element `reference` names (emptied first with `clear`).
     pub async fn type_text(&mut self, reference: &str, text: &str, clear: bool) -> Result<(), PageError> {
-        let focused = self.helper("focus", &[json!(reference), json!(clear)]).await?;
-        if focused["missing"] == true {
-            return Err(missing(reference));
-        }
+        let focused = self.on_element(reference, "focus", &[json!(clear)]).await?;
         if focused["unfocusable"] == true {
             return Err(PageError::Client(format!(
                 "the element {reference} does not take text (it cannot be focused)"
@@ -290,10 +422,7 @@ impl Page {
 
     /// Selects the options with these values or labels in the `<select>` `reference` names.
     pub async fn select(&mut self, reference: &str, values: &[String]) -> Result<Vec<String>, PageError> {
-        let picked = self.helper("select", &[json!(reference), json!(values)]).await?;
-        if picked["missing"] == true {
-            return Err(missing(reference));
-        }
+        let picked = self.on_element(reference, "select", &[json!(values)]).await?;
         if picked["notSelect"] == true {
             return Err(PageError::Client(format!("the element {reference} is not a <select>")));
         }
@@ -356,10 +485,10 @@ impl Page {
 
     /// Scrolls the element `reference` names into view, or the page by `dy` pixels.
     pub async fn scroll(&mut self, reference: Option<&str>, dy: f64) -> Result<(f64, f64), PageError> {
-        let at = self.helper("scroll", &[json!(reference), json!(dy)]).await?;
-        if at["missing"] == true {
-            return Err(missing(reference.unwrap_or_default()));
-        }
+        let at = match reference {
+            Some(r) => self.on_element(r, "scroll", &[json!(dy)]).await?,
+            None => self.helper("scroll", &[Value::Null, json!(dy)]).await?,
+        };
         Ok((at["x"].as_f64().unwrap_or(0.0), at["y"].as_f64().unwrap_or(0.0)))
     }
 

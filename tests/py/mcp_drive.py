@@ -95,7 +95,7 @@ async def first(session, init):
     # Hostile or mistaken calls: each a tool error or a protocol error, the session unharmed.
     errors = {}
     for name, args in [
-        ("click", {"session_id": sid, "ref": "e9999"}),
+        ("click", {"session_id": sid, "ref": "e999999999"}),
         ("navigate", {"session_id": sid, "url": "file:///etc/passwd"}),
         ("navigate", {"session_id": sid}),
         ("type", {"session_id": sid, "ref": user, "text": 5}),
