@@ -240,6 +240,9 @@ pub struct Config {
     /// bytes does not preempt the thread running on its core; it runs when that one blocks
     /// or its slice ends, and passes everything that arrived meanwhile in one go.
     pub relay_sched_batch: bool,
+    /// Ad and tracker lists in EasyList format (`block: ["ads"]`), read at start
+    /// (`CDPGATE_ADBLOCK_LISTS`, comma-separated paths). Empty: `ads` is refused.
+    pub adblock_lists: Vec<String>,
     /// Events kept per session (`GET /public/sessions/{id}/events`); past it they are
     /// counted as dropped, except the session's `ended`.
     pub max_events_per_session: usize,
@@ -350,6 +353,7 @@ impl Default for Config {
             relay_on_cores: true,
             relay_busy_poll_us: 500,
             relay_sched_batch: true,
+            adblock_lists: Vec::new(),
             max_events_per_session: 1000,
             webhook_allow: Vec::new(),
             webhook_timeout_ms: 10_000,
@@ -522,6 +526,9 @@ impl Config {
         }
         if let Some(v) = var("webhook_allow") {
             self.webhook_allow = list(&v);
+        }
+        if let Some(v) = var("adblock_lists") {
+            self.adblock_lists = list(&v);
         }
         if let Some(v) = var("byo_allow") {
             self.byo_allow = list(&v);

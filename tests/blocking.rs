@@ -170,12 +170,23 @@ async fn load_heavy(session: &Value, site: SocketAddr, tag: &str) -> Value {
         .open(&format!("http://{site}/popup?t={tag}"), None)
         .await
         .expect("a new tab");
-    let popup = client
-        .eval(
-            &tab,
-            "new Promise(r => { const i = document.images[0]; i.complete ? r(i.naturalWidth) : (i.onload = i.onerror = () => r(i.naturalWidth)); })",
-        )
-        .await;
+    // The tab starts on about:blank: its first document's context is replaced by the popup's.
+    let probe = "location.pathname === '/popup' ? new Promise(r => { const go = () => { const i = document.images[0]; if (!i) return setTimeout(go, 20); i.complete ? r(i.naturalWidth) : (i.onload = i.onerror = () => r(i.naturalWidth)); }; go(); }) : null";
+    let mut popup = Value::Null;
+    for _ in 0..200 {
+        let reply = client
+            .send(
+                Some(&tab),
+                "Runtime.evaluate",
+                json!({"expression": probe, "awaitPromise": true, "returnByValue": true}),
+            )
+            .await;
+        popup = reply["result"]["result"]["value"].clone();
+        if !popup.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     json!({ "page": seen, "popup": popup })
 }
 
@@ -213,7 +224,7 @@ async fn blocked_types_and_urls_never_leave_the_browser_on_any_target() {
 
     // By type: none of the blocked reaches the site, from the page, its cross-site frame,
     // its worker or a new tab; the page itself, its script, frame and worker still load.
-    let types = ["image", "media", "font", "stylesheet", "xhr", "fetch"];
+    let types = ["image", "media", "font", "stylesheet", "xhr", "fetch", "texttrack"];
     let blocked = server.create(json!({ "block": types })).await;
     assert_eq!(blocked["block"], json!(types));
     assert_eq!(blocked["block_urls"], json!([]));
@@ -267,6 +278,85 @@ async fn blocked_types_and_urls_never_leave_the_browser_on_any_target() {
     }
     for path in ["/style.css", "/font.woff2", "/data.json", "/heavy", "/frame", "/popup"] {
         assert!(got.iter().any(|p| p == path), "{path} still loads: {got:?}");
+    }
+    server.stop().await;
+}
+
+/// An operator's ad list: by path, by type, by party (read from the `Referer`), and an
+/// exception.
+const AD_LIST: &str = "! Title: cdpgate test list
+/img/a.png
+/data.json$xmlhttprequest
+/style.css$script
+/img/frame.png$~third-party
+/img/popup.png$third-party
+/img/worker.png$image
+@@/img/worker.png
+example.com##.ad
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_are_blocked_by_the_operators_lists_on_every_target() {
+    let (site, log) = start_site().await;
+    let lists = tempfile::tempdir().unwrap();
+    let list = lists.path().join("ads.txt");
+    std::fs::write(&list, AD_LIST).unwrap();
+    let list_path = list.to_str().unwrap().to_owned();
+    let server = TestServer::start_with(move |c| {
+        c.pool_size = 1;
+        c.adblock_lists = vec![list_path];
+    })
+    .await;
+
+    // The lists, with a type and a pattern of the session's own.
+    let body = json!({ "block": ["ads", "font"], "block_urls": ["*/img/b.png?*"] });
+    let ads = server.create(body).await;
+    assert_eq!(ads["block"], json!(["ads", "font"]), "{ads}");
+    let seen = load_heavy(&ads, site, "ads").await;
+    assert_eq!(
+        seen["page"]["xhr"], "blocked",
+        "fetch is xmlhttprequest to the lists: {seen}"
+    );
+    assert_eq!(seen["page"]["worker"], "loaded", "the exception holds: {seen}");
+    assert_eq!(seen["page"]["app"], true, "{seen}");
+    assert_eq!(seen["popup"], 1, "a first-party image is not $third-party: {seen}");
+    let got = requested(&log, "ads");
+    for path in [
+        "/img/a.png",
+        "/data.json",
+        "/font.woff2",
+        "/img/b.png",
+        "/img/frame.png",
+    ] {
+        assert!(!got.iter().any(|p| p == path), "{path} reached the site: {got:?}");
+    }
+    for path in [
+        "/heavy",
+        "/style.css",
+        "/app.js",
+        "/video.mp4",
+        "/frame",
+        "/worker.js",
+        "/img/worker.png",
+        "/popup",
+        "/img/popup.png",
+    ] {
+        assert!(got.iter().any(|p| p == path), "{path} still loads: {got:?}");
+    }
+    let id = ads["session_id"].as_str().unwrap();
+    let shown = server.get(id).await.json;
+    assert!(
+        shown["network"]["blocked_requests"].as_u64().unwrap() >= 5,
+        "each blocked request counted: {shown}"
+    );
+    server.terminate(id).await;
+
+    // A session that did not ask: the same lists change nothing for it.
+    let plain = server.create(json!({})).await;
+    load_heavy(&plain, site, "plain").await;
+    let got = requested(&log, "plain");
+    for path in ["/img/a.png", "/data.json", "/img/frame.png", "/img/b.png"] {
+        assert!(got.iter().any(|p| p == path), "{path} was blocked without ads: {got:?}");
     }
     server.stop().await;
 }
@@ -339,6 +429,7 @@ async fn hostile_blocking_options_are_refused_and_change_nothing() {
         (json!({ "block": ["document"] }), "is not a resource type"),
         (json!({ "block": ["Image"] }), "is not a resource type"),
         (json!({ "block": ["websocket"] }), "is not a resource type"),
+        (json!({ "block": ["ads"] }), "this broker has none (adblock_lists)"),
         (json!({ "block": vec!["image"; 300] }), "block holds too many entries"),
         (json!({ "block_urls": [long] }), "block_urls entries must be 1 to 512"),
         (json!({ "block_urls": ["a b"] }), "block_urls entries must be"),

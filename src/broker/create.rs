@@ -395,6 +395,7 @@ impl Broker {
                 request.options.identity,
                 identity::Watch {
                     blocking: request.options.blocking,
+                    ads: self.ads.clone(),
                     traffic: session.traffic(),
                     challenges: session.challenges.clone(),
                     metrics: self.metrics.clone(),

@@ -31,6 +31,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot use the profile store {store:?}: {source}")]
     Profiles { store: String, source: std::io::Error },
+    #[error("cannot use adblock_lists: {0}")]
+    AdLists(String),
 }
 
 /// Why a session could not be created, or a profile's browser could not do its work.

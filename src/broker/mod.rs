@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::action::Actions;
 use crate::artifacts::Artifacts;
 use crate::auth::{ApiKeys, ClusterKey, Scope, Tenant, Tokens};
+use crate::browser::ad_blocker::AdBlocker;
 use crate::browser::egress::Egress;
 use crate::browser::pool::Pool;
 use crate::browser::shared::SharedBrowsers;
@@ -102,6 +103,8 @@ pub struct Broker {
     /// The policy of managed browsers' pages (their gateways enforce it).
     browser_egress: Arc<Egress>,
     create_limiter: CreateLimiter,
+    /// The operator's ad and tracker lists (`block: ["ads"]`), when `adblock_lists` names some.
+    ads: Option<Arc<AdBlocker>>,
     /// Sessions per key at once.
     quotas: Quotas,
     /// Sessions whose browser runs on this node, until their end is written down.

@@ -15,6 +15,7 @@ use crate::action::cache::ActionCache;
 use crate::action::model::ModelClient;
 use crate::artifacts::{self, Artifacts};
 use crate::auth::{ApiKeys, ClusterKey, Tokens, load_or_create_secret};
+use crate::browser::ad_blocker::AdBlocker;
 use crate::browser::confine::Confinement;
 use crate::browser::egress::Egress;
 use crate::browser::launcher::LaunchSettings;
@@ -120,6 +121,11 @@ impl Broker {
             );
         }
         crate::browser::launcher::check_temp_dir(&std::env::temp_dir()).map_err(StartError::TempDir)?;
+        let lists: Vec<PathBuf> = config.adblock_lists.iter().map(PathBuf::from).collect();
+        let ads = AdBlocker::load(&lists).map_err(StartError::AdLists)?.map(Arc::new);
+        if let Some(ads) = &ads {
+            tracing::info!(lists = lists.len(), rules = ads.rules, "ad and tracker lists loaded");
+        }
         let events = crate::events::Events::new(crate::events::dir_in(&data_dir), config.max_events_per_session)
             .map_err(dir_error)?;
         close_event_logs(&events, store.as_ref()).await;
@@ -214,6 +220,7 @@ impl Broker {
             egress,
             browser_egress,
             create_limiter: CreateLimiter::new(config.creates_per_minute),
+            ads,
             quotas: Quotas::new(config.max_sessions_per_key, config.max_byo_sessions_per_key),
             running: Arc::new(DashMap::new()),
             records: Arc::new(Recorder::new(store)),

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
+use super::ad_blocker::AdBlocker;
 use super::blocking::{self, Blocking};
 use super::cdp::CdpError;
 use super::challenges::Challenges;
@@ -120,6 +121,8 @@ type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 /// session's blocking ([`blocking`]) and the challenges its pages show ([`super::challenges`]).
 pub(crate) struct Watch {
     pub blocking: Blocking,
+    /// The operator's ad lists, for a `blocking` with `ads`.
+    pub ads: Option<Arc<AdBlocker>>,
     /// Where blocked requests are counted.
     pub traffic: Option<Arc<Traffic>>,
     pub challenges: Arc<Challenges>,
@@ -127,15 +130,21 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// Fails a request the blocking paused, and counts it.
+    /// Fails a request the blocking paused and blocks, and counts it; lets the others go.
     async fn paused(&self, keeper: &mut Keeper, ws: &mut Socket, event: &Value) -> Result<(), CdpError> {
-        let Some(refusal) = blocking::refusal(&event["params"]) else {
+        let params = &event["params"];
+        // Paused on the browser target (no session) or on one of the context's targets.
+        let on = event["sessionId"].as_str();
+        if !self.blocking.blocks(params, self.ads.as_deref()) {
+            if let Some(passage) = blocking::passage(params) {
+                keeper.send(ws, on, "Fetch.continueRequest", passage).await?;
+            }
+            return Ok(());
+        }
+        let Some(refusal) = blocking::refusal(params) else {
             return Ok(());
         };
-        // Paused on the browser target (no session) or on one of the context's targets.
-        keeper
-            .send(ws, event["sessionId"].as_str(), "Fetch.failRequest", refusal)
-            .await?;
+        keeper.send(ws, on, "Fetch.failRequest", refusal).await?;
         if let Some(traffic) = &self.traffic {
             traffic.blocked_request();
         }
@@ -237,6 +246,7 @@ impl Keeper {
     async fn setup(&mut self, ws: &mut Socket) -> Result<(), CdpError> {
         let version = self.send(ws, None, "Browser.getVersion", json!({})).await?;
         let mut attach = None;
+        let mut interception = None;
         // Existing pages are announced before the reply to `setAutoAttach`; one round trip
         // on each after its overrides makes sure they have landed.
         let mut landing: Vec<u64> = Vec::new();
@@ -257,10 +267,18 @@ impl Keeper {
                     // On the browser target: every request of the browser, a tab opened
                     // with a URL included (a target's own interception misses the first
                     // document's requests of such a tab).
-                    self.send(ws, None, "Fetch.enable", params).await?;
+                    interception = Some(self.send(ws, None, "Fetch.enable", params).await?);
                 }
                 let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });
                 attach = Some(self.send(ws, None, "Target.setAutoAttach", params).await?);
+            } else if id.is_some() && id == interception {
+                // A session whose blocking does not hold is refused, not run unblocked.
+                if let Some(error) = reply.get("error") {
+                    return Err(CdpError::Refused {
+                        method: "Fetch.enable".into(),
+                        message: error.to_string(),
+                    });
+                }
             } else if id.is_some() && id == attach {
                 if let Some(error) = reply.get("error") {
                     return Err(CdpError::Refused {

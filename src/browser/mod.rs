@@ -3,13 +3,14 @@
 //! browser is reached ([`upstream`]), where such connections may go ([`egress`]), each managed
 //! browser's forward proxy ([`forward`]), a session's browser identity ([`identity`]),
 //! how a browser passes for a person's ([`stealth`]) or for a chosen machine
-//! ([`fingerprint`], [`devices`]), what its pages may not load ([`blocking`]) and the
+//! ([`fingerprint`], [`devices`]), what its pages may not load ([`blocking`], with ad lists: [`ad_blocker`]) and the
 //! challenges they show ([`challenges`]), the
 //! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]),
 //! what the kernel lets each browser touch ([`confine`]), what a client may send: the
 //! context filter ([`filter`]) and the live view's ([`live_filter`]), and a session's
 //! screen now ([`screenshot`]).
 
+pub(crate) mod ad_blocker;
 pub(crate) mod blocking;
 pub(crate) mod byo;
 pub mod cdp;

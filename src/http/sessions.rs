@@ -377,7 +377,8 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         None => false,
     };
     let blocking = Blocking {
-        types: Blocking::parse_types(&strings(body, "block")?).map_err(ApiError::unprocessable)?,
+        types: Blocking::parse_types(&strings(body, "block")?, !config.adblock_lists.is_empty())
+            .map_err(ApiError::unprocessable)?,
         urls: Blocking::parse_urls(&strings(body, "block_urls")?).map_err(ApiError::unprocessable)?,
     };
     Ok(RequestedOptions {
