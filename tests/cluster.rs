@@ -768,3 +768,124 @@ async fn a_writer_paused_past_its_lease_cannot_overwrite_a_later_save() {
         n.child.wait().await.unwrap();
     }
 }
+
+/// One MCP client's conversation with one node: `initialize`, then tool calls.
+struct McpClient {
+    addr: std::net::SocketAddr,
+    key: &'static str,
+    session: String,
+}
+
+impl McpClient {
+    async fn open(node: &TestServer, key: &'static str) -> McpClient {
+        let hello = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "cluster-test", "version": "1"}}});
+        let r = http_with(
+            node.addr,
+            Method::POST,
+            "/mcp",
+            &[("x-api-key", key), ("accept", "application/json, text/event-stream")],
+            Some(&hello.to_string()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let session = r.headers["mcp-session-id"].to_str().unwrap().to_owned();
+        McpClient {
+            addr: node.addr,
+            key,
+            session,
+        }
+    }
+
+    /// A tool's result: `(is_error, its text)`.
+    async fn tool(&self, name: &str, arguments: serde_json::Value) -> (bool, String) {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}});
+        let r = http_with(
+            self.addr,
+            Method::POST,
+            "/mcp",
+            &[
+                ("x-api-key", self.key),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-session-id", &self.session),
+            ],
+            Some(&call.to_string()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let result = &r.json["result"];
+        assert!(result.is_object(), "{name}: {}", r.body);
+        let text = result["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+        (result["isError"] == true, text)
+    }
+}
+
+fn mcp_site(path: &str) -> (String, String) {
+    let page = if path.starts_with("/done") {
+        "<html><head><title>Done</title></head><body><h1>Signed up</h1></body></html>"
+    } else {
+        "<html><head><title>Form</title></head><body><h1>Join</h1>\
+         <form action='/done' method='get'><input name='who' aria-label='Who'>\
+         <button type='submit'>Join now</button></form></body></html>"
+    };
+    (String::new(), page.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_on_any_node_drives_a_session_another_node_runs() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "mcp:", "node-a").await;
+    let b = cluster_node(&redis, "mcp:", "node-b").await;
+    let site = serve_pages(mcp_site).await;
+    // The session runs on node B; the agent talks to node A only.
+    let session = b.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    assert_eq!(b.broker.active_sessions(), 1);
+    let agent = McpClient::open(&a, KEY_A).await;
+
+    let (failed, said) = agent
+        .tool("navigate", json!({"session_id": id, "url": format!("http://{site}/")}))
+        .await;
+    assert!(!failed, "{said}");
+    assert!(said.contains("Title: Form"), "{said}");
+    let (_, snap) = agent.tool("snapshot", json!({"session_id": id})).await;
+    let reference = |pattern: &str| {
+        let line = snap
+            .lines()
+            .find(|l| l.contains(pattern))
+            .unwrap_or_else(|| panic!("{pattern}: {snap}"));
+        let at = line.find("[ref=").unwrap() + 5;
+        line[at..at + line[at..].find(']').unwrap()].to_owned()
+    };
+    let (who, join) = (reference("textbox \"Who\""), reference("button \"Join now\""));
+    let (failed, said) = agent
+        .tool("type", json!({"session_id": id, "ref": who, "text": "ada"}))
+        .await;
+    assert!(!failed, "{said}");
+    let (failed, said) = agent.tool("click", json!({"session_id": id, "ref": join})).await;
+    assert!(!failed, "{said}");
+    let (_, md) = agent.tool("markdown", json!({"session_id": id})).await;
+    assert!(md.contains("Signed up"), "node B's page, read through node A: {md}");
+
+    // Another key, on either node, reaches none of it.
+    let stranger = McpClient::open(&a, KEY_B).await;
+    for (name, args) in [
+        ("snapshot", json!({"session_id": id})),
+        ("end_session", json!({"session_id": id})),
+    ] {
+        let (failed, said) = stranger.tool(name, args).await;
+        assert!(failed, "{name}: {said}");
+        assert!(!said.contains("Signed up"), "{said}");
+    }
+    assert_eq!(b.broker.active_sessions(), 1, "key B ended key A's session");
+
+    // Ended through node A, on node B.
+    let (failed, said) = agent.tool("end_session", json!({"session_id": id})).await;
+    assert!(!failed, "{said}");
+    assert_eq!(b.broker.active_sessions(), 0);
+    assert_eq!(a.get(id).await.json["status"], "terminated");
+    a.stop().await;
+    b.stop().await;
+}

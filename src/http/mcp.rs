@@ -4,7 +4,8 @@
 //! through the broker's ordinary paths (create, terminate, quotas, the session list), so
 //! an agent's sessions are ordinary sessions. A tool that fails answers a tool result
 //! with `isError: true` and the broker's message; only a malformed message is a
-//! JSON-RPC error.
+//! JSON-RPC error. In a cluster, a tool about a session another node runs is sent there
+//! and answered as that node answers it.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use dashmap::DashMap;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,6 +29,7 @@ use super::sessions::{render, validate_create};
 use crate::auth::Tenant;
 use crate::broker::Broker;
 use crate::mcp::{Page, PageError};
+use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::store::{ListQuery, Status};
 
 /// The protocol revisions spoken, newest first: a client asking for another gets the newest.
@@ -104,6 +108,7 @@ fn json_rpc(status: StatusCode, body: &Value) -> Response<Body> {
 
 async fn post(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let config = broker.config();
+    let from_another_node = is_hop(&request);
     let session_header = header_text(&request, SESSION_HEADER);
     let version_header = header_text(&request, "mcp-protocol-version");
     let bytes = read_body(request, config.max_body_bytes, config.request_read_timeout()).await?;
@@ -189,6 +194,17 @@ async fn post(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Re
         };
         return Ok(initialize(broker, tenant, &id, &params));
     }
+    // A tool sent on by the node the MCP client talks to: the hop's signature, checked by
+    // the router, stands for the client's MCP session there.
+    if from_another_node
+        && method == "tools/call"
+        && let Some(id) = &id
+    {
+        return Ok(match call(broker, &tenant, &params, true).await {
+            Ok(result) => json_rpc(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": result})),
+            Err((code, message)) => rpc_error(StatusCode::OK, id, code, message),
+        });
+    }
     // Everything after initialize names its MCP session, which must be this key's.
     let Some(session_id) = session_header else {
         return Ok(rpc_error(
@@ -226,7 +242,7 @@ async fn post(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Re
     let result = match method {
         "ping" => Ok(json!({})),
         "tools/list" => Ok(json!({"tools": tools()})),
-        "tools/call" => call(broker, &tenant, &params).await,
+        "tools/call" => call(broker, &tenant, &params, false).await,
         _ => Err((-32601, format!("Method not found: {method}"))),
     };
     Ok(match result {
@@ -486,8 +502,14 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure::Tool(message.into())
 }
 
-/// `tools/call`: the tool's result, a failed tool as `isError`.
-async fn call(broker: &Broker, tenant: &Tenant, params: &Map<String, Value>) -> Result<Value, (i64, String)> {
+/// `tools/call`: the tool's result, a failed tool as `isError`; run by the node that runs
+/// the session it names, unless `from_another_node` (then here, never sent on again).
+async fn call(
+    broker: &Broker,
+    tenant: &Tenant,
+    params: &Map<String, Value>,
+    from_another_node: bool,
+) -> Result<Value, (i64, String)> {
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err((-32602, "Invalid params: name (a string) is required".into()));
     };
@@ -496,6 +518,9 @@ async fn call(broker: &Broker, tenant: &Tenant, params: &Map<String, Value>) -> 
         Some(Value::Object(a)) => a.clone(),
         Some(_) => return Err((-32602, "Invalid params: arguments must be an object".into())),
     };
+    if !from_another_node && let Some(answer) = on_owner(broker, tenant, name, &args, params).await {
+        return answer;
+    }
     let limit = broker.config().action_timeout();
     let run = tokio::time::timeout(limit, run_tool(broker, tenant, name, &args));
     let outcome = run
@@ -509,6 +534,56 @@ async fn call(broker: &Broker, tenant: &Tenant, params: &Map<String, Value>) -> 
         }
         Err(Failure::UnknownTool(name)) => Err((-32602, format!("Unknown tool: {name}"))),
     }
+}
+
+/// A tool about a session another node of the cluster runs, sent to that node as a lone
+/// `tools/call` and answered as it answers; `None` when the session is not elsewhere.
+async fn on_owner(
+    broker: &Broker,
+    tenant: &Tenant,
+    name: &str,
+    args: &Map<String, Value>,
+    params: &Map<String, Value>,
+) -> Option<Result<Value, (i64, String)>> {
+    if matches!(name, "create_session" | "list_sessions") {
+        return None;
+    }
+    let id = args.get("session_id")?.as_str()?;
+    let key = broker.cluster_key()?;
+    // An ended session's files stay on the node that ran it.
+    let owner = broker.owner_url(id, matches!(name, "list_files" | "get_file")).await?;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+    let (parts, ()) = Request::post("/mcp")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .body(())
+        .ok()?
+        .into_parts();
+    let within = broker.config().action_timeout() + HOP_TIMEOUT;
+    let unreachable = |why: String| {
+        let message = format!("the node that runs session {id} did not answer: {why}");
+        Ok(json!({"content": [{"type": "text", "text": message}], "isError": true}))
+    };
+    let answer = match send_to(key, &owner, &parts, Bytes::from(body.to_string()), within, tenant).await {
+        Ok(a) => a,
+        Err(e) => return Some(unreachable(e.to_string())),
+    };
+    let bytes = match answer.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(never) => match never {},
+    };
+    let reply: Value = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return Some(unreachable(format!("its answer is not JSON-RPC ({e})"))),
+    };
+    Some(match (reply.get("result"), reply.get("error")) {
+        (Some(result), _) => Ok(result.clone()),
+        (None, Some(error)) => Err((
+            error["code"].as_i64().unwrap_or(-32603),
+            error["message"].as_str().unwrap_or("the other node failed").to_owned(),
+        )),
+        (None, None) => unreachable("its answer has neither result nor error".into()),
+    })
 }
 
 fn text(t: impl Into<String>) -> Vec<Value> {
