@@ -246,6 +246,8 @@ pub struct Config {
     /// Events kept per session (`GET /public/sessions/{id}/events`); past it they are
     /// counted as dropped, except the session's `ended`.
     pub max_events_per_session: usize,
+    /// Event streams (`text/event-stream`) one API key may hold open at once on a node.
+    pub max_event_streams_per_key: usize,
     /// Webhook targets: networks (CIDR), host names (`*.suffix` allowed) and the keywords
     /// `loopback`, `private`, `link-local`… that a `webhook_url` may reach although they are
     /// not public (`CDPGATE_WEBHOOK_ALLOW`, comma-separated). Checked on the address
@@ -355,6 +357,7 @@ impl Default for Config {
             relay_sched_batch: true,
             adblock_lists: Vec::new(),
             max_events_per_session: 1000,
+            max_event_streams_per_key: 16,
             webhook_allow: Vec::new(),
             webhook_timeout_ms: 10_000,
             webhook_retry_max_ms: 60_000,
@@ -477,6 +480,10 @@ impl Config {
             relay_on_cores,
             relay_busy_poll_us,
             relay_sched_batch,
+            max_events_per_session,
+            max_event_streams_per_key,
+            webhook_timeout_ms,
+            webhook_retry_max_ms,
             allow_unconfined_browsers
         );
         if let Some(v) = var("ffmpeg_path") {
@@ -647,6 +654,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.max_events_per_session) {
             errors.push("max_events_per_session must be within 1..=100000".into());
+        }
+        if !(1..=10_000).contains(&self.max_event_streams_per_key) {
+            errors.push("max_event_streams_per_key must be within 1..=10000".into());
         }
         if self.webhook_timeout_ms == 0 || self.webhook_retry_max_ms < 1000 {
             errors.push("webhook_timeout_ms must be at least 1 and webhook_retry_max_ms at least 1000".into());

@@ -392,3 +392,35 @@ async fn another_node_of_a_cluster_answers_with_the_running_nodes_events() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_holds_a_bounded_number_of_event_streams() {
+    let server = TestServer::start_with(|c| {
+        c.pool_size = 0;
+        c.max_event_streams_per_key = 2;
+    })
+    .await;
+    let first = Sse::open(server.addr, "/public/events", KEY_A, None).await.unwrap();
+    let _second = Sse::open(server.addr, "/public/events", KEY_A, None).await.unwrap();
+    let Err((status, said)) = Sse::open(server.addr, "/public/events", KEY_A, None).await else {
+        panic!("a third stream of one key was opened");
+    };
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{said}");
+    assert!(said.contains("At most 2 event streams per API key"), "{said}");
+    // The other key is not held back by the first one's streams.
+    let _other = Sse::open(server.addr, "/public/events", KEY_B, None).await.unwrap();
+    // A stream the client leaves gives its place back (its task notices at its next
+    // write: a keep-alive comes every 15 s).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        match Sse::open(server.addr, "/public/events", KEY_A, None).await {
+            Ok(_) => break,
+            Err((StatusCode::TOO_MANY_REQUESTS, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the place of a closed stream was not given back: {e:?}"),
+        }
+    }
+    server.stop().await;
+}

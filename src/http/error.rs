@@ -90,6 +90,12 @@ impl ApiError {
     }
 
     /// A stream asked for without saying it can read one.
+    /// More at once than one key may hold (no `Retry-After`: a place frees when one of
+    /// the key's own closes).
+    pub fn too_many(detail: impl Into<String>) -> Self {
+        Self::of(StatusCode::TOO_MANY_REQUESTS, Origin::Client, detail)
+    }
+
     pub fn not_acceptable(detail: impl Into<String>) -> Self {
         Self::of(StatusCode::NOT_ACCEPTABLE, Origin::Client, detail)
     }

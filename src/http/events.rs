@@ -5,10 +5,14 @@
 //! A stream reader gets its own task and a channel of a few frames: a reader that does not
 //! read holds up only that task; the live announcements it misses meanwhile (a bounded ring)
 //! are read again from the session's log, so its stream has no gap and no duplicate.
+//! One key holds at most `max_event_streams_per_key` streams at once on a node: each is a
+//! task and a socket of the broker's.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode, header};
@@ -30,6 +34,36 @@ const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 /// Events read from the log at a time by a stream catching up.
 const CATCH_UP: usize = 256;
+
+/// Event streams open per broker (tests run several in one process) and key.
+static STREAMS: LazyLock<DashMap<(usize, Tenant), usize>> = LazyLock::new(DashMap::new);
+
+/// One of a key's places for an event stream, given back when its task ends.
+struct StreamPlace((usize, Tenant));
+
+impl StreamPlace {
+    fn take(broker: &Broker, tenant: &Tenant) -> Result<StreamPlace, ApiError> {
+        let max = broker.config().max_event_streams_per_key;
+        let key = (std::ptr::from_ref(broker) as usize, tenant.clone());
+        let mut open = STREAMS.entry(key.clone()).or_insert(0);
+        if *open >= max {
+            return Err(ApiError::too_many(format!(
+                "At most {max} event streams per API key at once: close one first"
+            )));
+        }
+        *open += 1;
+        Ok(StreamPlace(key))
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        STREAMS.remove_if_mut(&self.0, |_, open| {
+            *open -= 1;
+            *open == 0
+        });
+    }
+}
 
 /// `GET /public/sessions/{id}/events`.
 pub(crate) async fn session_events(
@@ -63,7 +97,8 @@ pub(crate) async fn session_events(
             ),
             None => None,
         };
-        return Ok(session_stream(broker, id.to_owned(), resume.unwrap_or(after)));
+        let place = StreamPlace::take(broker, tenant)?;
+        return Ok(session_stream(broker, place, id.to_owned(), resume.unwrap_or(after)));
     }
     let limit = match number("limit")? {
         Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => n as usize,
@@ -97,10 +132,12 @@ pub(crate) fn tenant_events(
             "This endpoint is a stream: send Accept: text/event-stream",
         ));
     }
+    let place = StreamPlace::take(broker, &tenant)?;
     let mut live = broker.events().subscribe();
     let shutdown = broker.shutdown().clone();
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
     broker.tracker().spawn(async move {
+        let _place = place;
         if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
             return;
         }
@@ -128,13 +165,14 @@ pub(crate) fn tenant_events(
 }
 
 /// A session's events after `cursor`, then each as it comes, until its `ended`.
-fn session_stream(broker: &Broker, id: String, mut cursor: u64) -> Response<Body> {
+fn session_stream(broker: &Broker, place: StreamPlace, id: String, mut cursor: u64) -> Response<Body> {
     let events = broker.events().clone();
     // Subscribed before the log is read: nothing written in between is missed.
     let mut live = events.subscribe();
     let shutdown = broker.shutdown().clone();
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
     broker.tracker().spawn(async move {
+        let _place = place;
         if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
             return;
         }
