@@ -74,8 +74,8 @@ if [ "${1:-}" = "--test" ]; then
   fi
   if ! [ -d tests/js/node_modules/puppeteer-core ] || ! [ -d tests/js/node_modules/playwright-core ] \
     || ! [ -d tests/js/node_modules/@fingerprintjs/botd ] || ! [ -d tests/js/node_modules/@modelcontextprotocol/sdk ] \
-    || ! [ -d tests/js/node_modules/fpscanner ]; then
-    echo "setup: installing puppeteer-core, playwright-core, botd, fpscanner and the MCP SDK (no browser download)"
+    || ! [ -d tests/js/node_modules/fpscanner ] || ! [ -d tests/js/node_modules/har-validator ]; then
+    echo "setup: installing puppeteer-core, playwright-core, botd, fpscanner, har-validator and the MCP SDK (no browser download)"
     (cd tests/js && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error)
   fi
   venv=target/test-venv

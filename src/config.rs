@@ -22,6 +22,7 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "tab_navigated",
     "tab_closed",
     "page_crashed",
+    "dialog",
     "download_started",
     "download_finished",
     "download_refused",
@@ -248,6 +249,16 @@ pub struct Config {
     pub max_events_per_session: usize,
     /// Event streams (`text/event-stream`) one API key may hold open at once on a node.
     pub max_event_streams_per_key: usize,
+    /// Console entries kept per session with `capture_console` (`GET …/logs`); past it or
+    /// `max_log_bytes_per_session`, the oldest go and are counted as dropped.
+    pub max_log_entries_per_session: usize,
+    pub max_log_bytes_per_session: usize,
+    /// Requests kept in the HAR of a session with `capture_network`; later ones are
+    /// counted (`_dropped`), not kept.
+    pub max_har_entries_per_session: usize,
+    /// Largest body kept in a HAR (`capture_bodies`), and all of a session's together.
+    pub max_har_body_bytes: usize,
+    pub max_har_bodies_bytes_per_session: usize,
     /// Webhook targets: networks (CIDR), host names (`*.suffix` allowed) and the keywords
     /// `loopback`, `private`, `link-local`… that a `webhook_url` may reach although they are
     /// not public (`CDPGATE_WEBHOOK_ALLOW`, comma-separated). Checked on the address
@@ -358,6 +369,11 @@ impl Default for Config {
             adblock_lists: Vec::new(),
             max_events_per_session: 1000,
             max_event_streams_per_key: 16,
+            max_log_entries_per_session: 1000,
+            max_log_bytes_per_session: 1024 * 1024,
+            max_har_entries_per_session: 5000,
+            max_har_body_bytes: 1024 * 1024,
+            max_har_bodies_bytes_per_session: 20 * 1024 * 1024,
             webhook_allow: Vec::new(),
             webhook_timeout_ms: 10_000,
             webhook_retry_max_ms: 60_000,
@@ -484,6 +500,11 @@ impl Config {
             max_event_streams_per_key,
             webhook_timeout_ms,
             webhook_retry_max_ms,
+            max_log_entries_per_session,
+            max_log_bytes_per_session,
+            max_har_entries_per_session,
+            max_har_body_bytes,
+            max_har_bodies_bytes_per_session,
             allow_unconfined_browsers
         );
         if let Some(v) = var("ffmpeg_path") {
@@ -657,6 +678,22 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.max_event_streams_per_key) {
             errors.push("max_event_streams_per_key must be within 1..=10000".into());
+        }
+        if !(1..=100_000).contains(&self.max_log_entries_per_session) {
+            errors.push("max_log_entries_per_session must be within 1..=100000".into());
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_log_bytes_per_session) {
+            errors.push("max_log_bytes_per_session must be within 1024..=268435456".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_har_entries_per_session) {
+            errors.push("max_har_entries_per_session must be within 1..=1000000".into());
+        }
+        if self.max_har_body_bytes > self.max_har_bodies_bytes_per_session
+            || self.max_har_bodies_bytes_per_session > 1024 * 1024 * 1024
+        {
+            errors.push(
+                "max_har_body_bytes must be at most max_har_bodies_bytes_per_session, itself at most 1073741824".into(),
+            );
         }
         if self.webhook_timeout_ms == 0 || self.webhook_retry_max_ms < 1000 {
             errors.push("webhook_timeout_ms must be at least 1 and webhook_retry_max_ms at least 1000".into());

@@ -32,6 +32,9 @@ pub enum EventType {
     TabNavigated,
     TabClosed,
     PageCrashed,
+    /// A page opened an alert, confirm, prompt or beforeunload dialog (left for the
+    /// client to answer).
+    Dialog,
     DownloadStarted,
     DownloadFinished,
     DownloadRefused,
@@ -41,7 +44,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 14] = [
         EventType::Created,
         EventType::ClientConnected,
         EventType::ClientDisconnected,
@@ -49,6 +52,7 @@ impl EventType {
         EventType::TabNavigated,
         EventType::TabClosed,
         EventType::PageCrashed,
+        EventType::Dialog,
         EventType::DownloadStarted,
         EventType::DownloadFinished,
         EventType::DownloadRefused,
@@ -67,6 +71,7 @@ impl EventType {
             EventType::TabNavigated => "tab_navigated",
             EventType::TabClosed => "tab_closed",
             EventType::PageCrashed => "page_crashed",
+            EventType::Dialog => "dialog",
             EventType::DownloadStarted => "download_started",
             EventType::DownloadFinished => "download_finished",
             EventType::DownloadRefused => "download_refused",

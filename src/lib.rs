@@ -38,6 +38,7 @@ pub(crate) mod artifacts;
 pub mod auth;
 pub mod broker;
 pub mod browser;
+pub(crate) mod capture;
 pub mod config;
 pub(crate) mod egress_rules;
 pub mod error;

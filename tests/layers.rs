@@ -140,7 +140,7 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["values", "egress_rules", "tls", "auth"],
     &["config", "metrics", "limits", "quota", "store"],
-    &["events"],
+    &["events", "capture"],
     &["browser", "telemetry"],
     &["profile", "artifacts", "webhooks"],
     &["session"],

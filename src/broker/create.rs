@@ -387,6 +387,8 @@ impl Broker {
                 "expires_at": crate::auth::unix_secs(session.expires_at()),
             }),
         );
+        let wants = request.options.capture;
+        let capture = (wants_identity && wants.any()).then(|| self.captures.open(&id, wants));
         // The identity is on the browser's pages before anyone can connect to them.
         if wants_identity
             && let Err(e) = identity::keep(
@@ -399,6 +401,8 @@ impl Broker {
                     traffic: session.traffic(),
                     challenges: session.challenges.clone(),
                     metrics: self.metrics.clone(),
+                    events: session.events.get().cloned(),
+                    capture: capture.clone(),
                 },
                 session.ended().clone(),
             )
@@ -406,6 +410,7 @@ impl Broker {
         {
             let _ = session.end(EndReason::Terminated);
             self.events.remove(&id);
+            self.captures.remove(&id);
             session
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
@@ -418,6 +423,7 @@ impl Broker {
         {
             let _ = session.end(EndReason::Terminated);
             self.events.remove(&id);
+            self.captures.remove(&id);
             session
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its downloads or recording could not start"));
@@ -436,6 +442,7 @@ impl Broker {
             if let Err(e) = tab_cap::start(cap, &self.tracker).instrument(session.span()).await {
                 let _ = session.end(EndReason::Terminated);
                 self.events.remove(&id);
+                self.captures.remove(&id);
                 session
                     .span()
                     .in_scope(|| tracing::warn!(error = %e, "session refused: its tabs could not be watched"));
@@ -450,6 +457,7 @@ impl Broker {
             session.forget();
             let _ = session.end(EndReason::Terminated);
             self.events.remove(&id);
+            self.captures.remove(&id);
             session
                 .span()
                 .in_scope(|| tracing::warn!(error = %e, "session refused: its record cannot be written"));

@@ -106,7 +106,9 @@ impl Broker {
                 self.forget_artifacts(&id).await;
             }
         }
-        for id in self.events.session_ids() {
+        let mut ids = self.events.session_ids();
+        ids.extend(self.captures.session_ids());
+        for id in ids {
             if self.running.contains_key(&id) {
                 continue;
             }
@@ -116,10 +118,12 @@ impl Broker {
         }
     }
 
-    /// Removes what a session left on this node: files, recording, events, webhook log.
+    /// Removes what a session left on this node: files, recording, events, capture, webhook
+    /// log.
     async fn forget_artifacts(&self, id: &str) {
         self.artifacts.remove(id).await;
         self.events.remove(id);
+        self.captures.remove(id);
         self.webhooks.remove(id);
     }
 }

@@ -31,6 +31,7 @@ use crate::browser::ad_blocker::AdBlocker;
 use crate::browser::egress::Egress;
 use crate::browser::pool::Pool;
 use crate::browser::shared::SharedBrowsers;
+use crate::capture::Captures;
 use crate::config::Config;
 use crate::events::Events;
 use crate::limits::CreateLimiter;
@@ -127,6 +128,8 @@ pub struct Broker {
     actions: Actions,
     /// What happened in the sessions run here.
     events: Arc<Events>,
+    /// What the pages of sessions run here said and fetched (`capture_*`).
+    captures: Arc<Captures>,
     /// Their events sent to webhooks.
     webhooks: Arc<Webhooks>,
     /// Every task that must finish before the broker has stopped (proxied connections,
@@ -199,6 +202,10 @@ impl Broker {
 
     pub fn events(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    pub(crate) fn captures(&self) -> &Arc<Captures> {
+        &self.captures
     }
 
     pub fn webhooks(&self) -> &Arc<Webhooks> {

@@ -8,6 +8,7 @@ use crate::browser::blocking::Blocking;
 use crate::browser::fingerprint::FingerprintRequest;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::Identity;
+use crate::capture::Wants;
 use crate::events::EventType;
 use crate::store::{Isolation, ProxySettings, SessionOptions};
 use crate::values::Screen;
@@ -54,6 +55,8 @@ pub struct RequestedOptions {
     pub log_cdp: bool,
     /// What its pages may not load.
     pub blocking: Blocking,
+    /// Console and network capture.
+    pub capture: Wants,
 }
 
 impl RequestedOptions {
@@ -75,6 +78,9 @@ impl RequestedOptions {
             log_cdp: self.log_cdp,
             block: self.blocking.types.clone(),
             block_urls: self.blocking.urls.clone(),
+            capture_console: self.capture.console,
+            capture_network: self.capture.network,
+            capture_bodies: self.capture.bodies,
             byo: false,
         }
     }

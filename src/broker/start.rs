@@ -129,6 +129,17 @@ impl Broker {
         let events = crate::events::Events::new(crate::events::dir_in(&data_dir), config.max_events_per_session)
             .map_err(dir_error)?;
         close_event_logs(&events, store.as_ref()).await;
+        let captures = crate::capture::Captures::new(
+            crate::capture::dir_in(&data_dir),
+            crate::capture::Limits {
+                log_entries: config.max_log_entries_per_session,
+                log_bytes: config.max_log_bytes_per_session,
+                har_entries: config.max_har_entries_per_session,
+                body_bytes: config.max_har_body_bytes,
+                bodies_bytes: config.max_har_bodies_bytes_per_session,
+            },
+        )
+        .map_err(dir_error)?;
         let swept = launcher.sweep_leftovers().map_err(dir_error)?;
         if swept > 0 {
             tracing::info!(swept, "removed browser directories left by an earlier run");
@@ -247,6 +258,7 @@ impl Broker {
             metrics,
             artifacts,
             events,
+            captures,
             webhooks,
             tracker: tracker.clone(),
             shutdown,

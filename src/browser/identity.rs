@@ -6,6 +6,7 @@
 //! script), it sets the overrides on each and lets it go. Overrides last as long as the
 //! connection that set them, which is why the connection stays until the session ends.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use super::fingerprint;
 use super::forward::Traffic;
 use super::stealth::{self, Disguise};
 use super::upstream::{Upstream, UpstreamStream};
+use crate::capture::SessionCapture;
+use crate::events::{EventType, SessionEvents};
 use crate::metrics::Metrics;
 use crate::values::Fingerprint;
 
@@ -118,7 +121,8 @@ fn user_agent_metadata(ua: &str) -> Option<Value> {
 type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 
 /// What the keeper enforces and watches on every target beside the identity: the
-/// session's blocking ([`blocking`]) and the challenges its pages show ([`super::challenges`]).
+/// session's blocking ([`blocking`]), the challenges its pages show ([`super::challenges`]),
+/// the dialogs they open, and what the session asked to capture (console, network).
 pub(crate) struct Watch {
     pub blocking: Blocking,
     /// The operator's ad lists, for a `blocking` with `ads`.
@@ -127,6 +131,9 @@ pub(crate) struct Watch {
     pub traffic: Option<Arc<Traffic>>,
     pub challenges: Arc<Challenges>,
     pub metrics: Arc<Metrics>,
+    /// Where dialogs are told.
+    pub events: Option<Arc<SessionEvents>>,
+    pub capture: Option<Arc<SessionCapture>>,
 }
 
 impl Watch {
@@ -150,6 +157,22 @@ impl Watch {
         }
         self.metrics.requests_blocked.inc();
         Ok(())
+    }
+
+    /// Tells a dialog a page opened; answering it is the client's.
+    fn dialog(&self, event: &Value, target_id: &str) {
+        let Some(events) = &self.events else { return };
+        let params = &event["params"];
+        let text = |name: &str, max: usize| crate::capture::cut_text(params[name].as_str().unwrap_or(""), max);
+        events.emit(
+            EventType::Dialog,
+            json!({
+                "target_id": target_id,
+                "type": text("type", 32),
+                "message": text("message", 4096),
+                "url": text("url", 2048),
+            }),
+        );
     }
 
     /// Records a challenge shown by a frame that navigated.
@@ -186,6 +209,8 @@ pub(crate) async fn keep(
         default_user_agent: String::new(),
         disguise: None,
         next_id: 0,
+        targets: HashMap::new(),
+        bodies: HashMap::new(),
     };
     tokio::time::timeout(SETUP_TIMEOUT, keeper.setup(&mut ws))
         .await
@@ -196,14 +221,17 @@ pub(crate) async fn keep(
                 message = ws.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         if keeper.on_message(&mut ws, &text).await.is_err() {
-                            return;
+                            break;
                         }
                     }
                     Some(Ok(_)) => {}
-                    _ => return,
+                    _ => break,
                 },
-                _ = until.cancelled() => return,
+                _ = until.cancelled() => break,
             }
+        }
+        if let Some(capture) = &keeper.watch.capture {
+            capture.finish();
         }
     });
     Ok(())
@@ -220,6 +248,10 @@ struct Keeper {
     /// How the browser passes for a person's Chromium (`Browser.getVersion`).
     disguise: Option<Disguise>,
     next_id: u64,
+    /// CDP session → the target it reaches (dialogs and captured entries name it).
+    targets: HashMap<String, String>,
+    /// `Network.getResponseBody` calls in flight → (CDP session, request id).
+    bodies: HashMap<u64, (String, String)>,
 }
 
 impl Keeper {
@@ -305,20 +337,40 @@ impl Keeper {
     }
 
     async fn on_message(&mut self, ws: &mut Socket, text: &str) -> Result<(), CdpError> {
-        // Only events about attachments, blocked requests and navigations matter; replies
-        // are not awaited (commands to one target run in order, so the overrides land
-        // before it is let go).
+        // Only events about attachments, blocked requests, navigations, dialogs and what
+        // is captured matter, and the bodies asked for; other replies are not awaited
+        // (commands to one target run in order, so the overrides land before it is let go).
         let wanted = [
             "\"Target.attachedToTarget\"",
+            "\"Target.detachedFromTarget\"",
             "\"Fetch.requestPaused\"",
             "\"Page.frameNavigated\"",
+            "\"Page.javascriptDialogOpening\"",
         ];
-        if !wanted.iter().any(|w| text.contains(w)) {
+        let captured = self.watch.capture.as_ref().is_some_and(|c| {
+            (c.wants.network && text.contains("\"Network."))
+                || (c.wants.console
+                    && [
+                        "\"Runtime.consoleAPICalled\"",
+                        "\"Runtime.exceptionThrown\"",
+                        "\"Log.entryAdded\"",
+                    ]
+                    .iter()
+                    .any(|w| text.contains(w)))
+        });
+        let body = !self.bodies.is_empty() && text.starts_with("{\"id\":");
+        if !captured && !body && !wanted.iter().any(|w| text.contains(w)) {
             return Ok(());
         }
         let Ok(message) = serde_json::from_str::<Value>(text) else {
             return Ok(());
         };
+        if let Some((session, request)) = message["id"].as_u64().and_then(|id| self.bodies.remove(&id)) {
+            if let Some(capture) = &self.watch.capture {
+                capture.body(&session, &request, &message["result"]);
+            }
+            return Ok(());
+        }
         if message["method"] == "Target.attachedToTarget" {
             self.apply(ws, &message["params"]).await?;
         } else {
@@ -330,14 +382,70 @@ impl Keeper {
     /// Acts on an event the watch wants: a blocked request, a frame's navigation.
     async fn observe(&mut self, ws: &mut Socket, event: &Value) -> Result<(), CdpError> {
         let watch = self.watch.clone();
+        let session = event["sessionId"].as_str().unwrap_or("");
+        let target = self.targets.get(session).map_or("", String::as_str).to_owned();
         match event["method"].as_str() {
             Some("Fetch.requestPaused") => watch.paused(self, ws, event).await,
             Some("Page.frameNavigated") => {
                 watch.navigated(event);
                 Ok(())
             }
+            Some("Page.javascriptDialogOpening") => {
+                watch.dialog(event, &target);
+                Ok(())
+            }
+            Some("Target.detachedFromTarget") => {
+                if let Some(gone) = event["params"]["sessionId"].as_str() {
+                    self.targets.remove(gone);
+                }
+                Ok(())
+            }
+            Some(_) if !session.is_empty() => {
+                let Some(capture) = &watch.capture else { return Ok(()) };
+                if let Some(request) = capture.event(session, &target, event) {
+                    let id = self
+                        .send(
+                            ws,
+                            Some(session),
+                            "Network.getResponseBody",
+                            json!({ "requestId": request }),
+                        )
+                        .await?;
+                    self.bodies.insert(id, (session.to_owned(), request));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Turns on what the session captures on one target, on this connection only: its
+    /// console (`Runtime`, whose console serialization page scripts cannot see on 156:
+    /// `tests/capture.rs` probes it; `Log` for what the browser reports) and its network
+    /// (`Network`, buffering bodies only when they are kept).
+    async fn capture_on(
+        &mut self,
+        ws: &mut Socket,
+        s: Option<&str>,
+        capture: &SessionCapture,
+        page: bool,
+    ) -> Result<(), CdpError> {
+        if capture.wants.console {
+            self.send(ws, s, "Runtime.enable", json!({})).await?;
+            if page {
+                self.send(ws, s, "Log.enable", json!({})).await?;
+            }
+        }
+        if capture.wants.network {
+            let (resource, total) = if capture.wants.bodies {
+                (capture.limits().body_bytes, capture.limits().bodies_bytes)
+            } else {
+                (0, 0)
+            };
+            let params = json!({ "maxResourceBufferSize": resource, "maxTotalBufferSize": total });
+            self.send(ws, s, "Network.enable", params).await?;
+        }
+        Ok(())
     }
 
     /// Sets the overrides on a newly attached target and lets it run; answers its session
@@ -347,6 +455,9 @@ impl Keeper {
             return Ok(None);
         };
         let kind = attached["targetInfo"]["type"].as_str().unwrap_or("");
+        if let Some(target) = attached["targetInfo"]["targetId"].as_str() {
+            self.targets.insert(session.clone(), target.to_owned());
+        }
         let s = Some(session.as_str());
         let disguise = self.disguise.clone();
         let disguise = disguise.as_ref();
@@ -408,6 +519,9 @@ impl Keeper {
                 let script = json!({ "source": stealth::SHELL_PATCH, "runImmediately": true });
                 self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
                     .await?;
+            }
+            if let Some(capture) = self.watch.capture.clone() {
+                self.capture_on(ws, s, &capture, page).await?;
             }
             if let Some(locale) = self.identity.locale.clone() {
                 self.send(ws, s, "Emulation.setLocaleOverride", json!({ "locale": locale }))

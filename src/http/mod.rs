@@ -8,6 +8,7 @@
 
 pub(crate) mod actions;
 pub mod admin;
+pub(crate) mod capture;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod events;

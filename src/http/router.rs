@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, dashboard, events, files, live, mcp, profiles, render, sessions};
+use super::{Body, actions, admin, capture, dashboard, events, files, live, mcp, profiles, render, sessions};
 use crate::broker::Broker;
 use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
@@ -46,6 +46,8 @@ pub enum Endpoint {
     Events,
     SessionWebhooks,
     TenantEvents,
+    Logs,
+    Har,
     Dashboard,
     /// The MCP server (Streamable HTTP).
     Mcp,
@@ -127,6 +129,8 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Screenshot,
     ),
     route(&["GET"], "/public/sessions/{session_id}/events", Endpoint::Events),
+    route(&["GET"], "/public/sessions/{session_id}/logs", Endpoint::Logs),
+    route(&["GET"], "/public/sessions/{session_id}/har", Endpoint::Har),
     route(
         &["GET"],
         "/public/sessions/{session_id}/webhooks",
@@ -306,6 +310,8 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
         | Endpoint::FilesZip
         | Endpoint::Recording
         | Endpoint::Events
+        | Endpoint::Logs
+        | Endpoint::Har
         | Endpoint::SessionWebhooks => id.map(|id| (id.to_owned(), true)),
         Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::Screenshot => id.map(|id| (id.to_owned(), false)),
         Endpoint::Session if request.method() != Method::GET => id.map(|id| (id.to_owned(), false)),
@@ -409,6 +415,14 @@ async fn api(
         Endpoint::Events => {
             only(&method, &[Method::GET])?;
             events::session_events(broker, &tenant, id, &request).await
+        }
+        Endpoint::Logs => {
+            only(&method, &[Method::GET])?;
+            capture::document(broker, &tenant, id, crate::capture::Document::Logs).await
+        }
+        Endpoint::Har => {
+            only(&method, &[Method::GET])?;
+            capture::document(broker, &tenant, id, crate::capture::Document::Har).await
         }
         Endpoint::SessionWebhooks => {
             only(&method, &[Method::GET])?;

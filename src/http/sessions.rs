@@ -17,6 +17,7 @@ use crate::browser::blocking::Blocking;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::{self, Identity};
 use crate::browser::{devices, fingerprint};
+use crate::capture::Wants;
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::events::EventType;
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
@@ -134,6 +135,9 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     body["idle_timeout"] = json!(options.idle_timeout);
     body["record"] = json!(options.record);
     body["log_cdp"] = json!(options.log_cdp);
+    body["capture_console"] = json!(options.capture_console);
+    body["capture_network"] = json!(options.capture_network);
+    body["capture_bodies"] = json!(options.capture_bodies);
     body["block"] = json!(options.block);
     body["block_urls"] = json!(options.block_urls);
     if let Some(proxy) = &options.proxy {
@@ -258,10 +262,11 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
             || !options.identity.is_empty()
             || options.fingerprint.is_some()
             || options.device.is_some()
-            || !options.blocking.is_empty();
+            || !options.blocking.is_empty()
+            || options.capture.any();
         if set {
             return Err(ApiError::unprocessable(
-                "proxy, user_agent, locale, timezone, fingerprint, device, block and block_urls cannot be combined with cdp_url: they apply to browsers the broker starts",
+                "proxy, user_agent, locale, timezone, fingerprint, device, block, block_urls, capture_console and capture_network cannot be combined with cdp_url: they apply to browsers the broker starts",
             ));
         }
     }
@@ -381,6 +386,21 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
             .map_err(ApiError::unprocessable)?,
         urls: Blocking::parse_urls(&strings(body, "block_urls")?).map_err(ApiError::unprocessable)?,
     };
+    let flag = |name: &str| match field(body, name) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::unprocessable(format!("{name} must be true or false"))),
+        None => Ok(false),
+    };
+    let capture = Wants {
+        console: flag("capture_console")?,
+        network: flag("capture_network")?,
+        bodies: flag("capture_bodies")?,
+    };
+    if capture.bodies && !capture.network {
+        return Err(ApiError::unprocessable(
+            "capture_bodies needs capture_network: bodies are kept in the HAR",
+        ));
+    }
     Ok(RequestedOptions {
         isolation,
         proxy,
@@ -391,6 +411,7 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         record,
         log_cdp,
         blocking,
+        capture,
     })
 }
 

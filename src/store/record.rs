@@ -247,6 +247,14 @@ pub struct SessionOptions {
     /// URL patterns its pages may not load.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_urls: Vec<String>,
+    /// Its pages' console kept (`GET …/logs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_console: bool,
+    /// Its pages' requests kept as HAR (`GET …/har`), with their bodies if `capture_bodies`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_network: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_bodies: bool,
     /// It fronts the user's own browser (`cdp_url`): counted by `max_byo_sessions_per_key`
     /// rather than `max_sessions_per_key`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
