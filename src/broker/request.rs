@@ -54,6 +54,8 @@ pub struct RequestedOptions {
     pub log_cdp: bool,
     /// What its pages may not load.
     pub blocking: Blocking,
+    /// Ids of the key's Chrome extensions its browser loads.
+    pub extensions: Vec<String>,
 }
 
 impl RequestedOptions {
@@ -76,6 +78,7 @@ impl RequestedOptions {
             block: self.blocking.types.clone(),
             block_urls: self.blocking.urls.clone(),
             byo: false,
+            extensions: self.extensions.clone(),
         }
     }
 }

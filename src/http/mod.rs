@@ -11,6 +11,7 @@ pub mod admin;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod events;
+pub(crate) mod extensions;
 pub(crate) mod files;
 pub(crate) mod live;
 pub(crate) mod mcp;
