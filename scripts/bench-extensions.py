@@ -8,7 +8,7 @@ Starts BINARY (default target/release/cdpgate) on a fresh data directory, upload
 MV3 extension (a content script), then per round creates and terminates one session of
 each kind (a pause between, so the pool is warm again) and prints the medians.
 """
-import io, json, os, statistics, subprocess, sys, tempfile, time, urllib.request, zipfile
+import io, json, os, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request, zipfile
 
 binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/cdpgate"
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
@@ -30,9 +30,12 @@ assert base, "the broker did not say where it listens"
 def call(method, path, body=None, ctype="application/json"):
     req = urllib.request.Request(base + path, data=body, method=method,
                                  headers={"x-api-key": key, "content-type": ctype})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        text = r.read()
-        return json.loads(text) if text else None
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read()
+            return json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        sys.exit(f"{method} {path}: {e.code} {e.read().decode()}")
 
 
 buf = io.BytesIO()

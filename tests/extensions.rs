@@ -41,6 +41,34 @@ fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
+/// A V3 manifest that asks for `permission` in `field`.
+fn with_permission(field: &str, permission: &str) -> Vec<u8> {
+    let mut m: Value = serde_json::from_str(&manifest(3)).unwrap();
+    m[field] = json!([permission]);
+    m.to_string().into_bytes()
+}
+
+/// A zip whose headers say its big entry is 1 KiB while it inflates to 60 MiB: only the
+/// bytes read count.
+fn understated() -> Vec<u8> {
+    let zeros = vec![0u8; 60 * 1024 * 1024];
+    let mut zip = zip_of(&[("manifest.json", manifest(3).as_bytes()), ("big.bin", &zeros)]);
+    let declared = (60u32 * 1024 * 1024).to_le_bytes();
+    let mut patched = 0;
+    for at in 0..zip.len() - 4 {
+        // The uncompressed size of big.bin, in its local header (offset 22) and its
+        // central directory record (offset 24).
+        for (signature, offset) in [(b"PK\x03\x04", 22), (b"PK\x01\x02", 24)] {
+            if &zip[at..at + 4] == signature && zip[at + offset..at + offset + 4] == declared {
+                zip[at + offset..at + offset + 4].copy_from_slice(&1024u32.to_le_bytes());
+                patched += 1;
+            }
+        }
+    }
+    assert_eq!(patched, 2, "both size fields found");
+    zip
+}
+
 fn marker_extension() -> Vec<u8> {
     zip_of(&[
         ("manifest.json", manifest(3).as_bytes()),
@@ -305,6 +333,28 @@ async fn hostile_zips_are_refused_and_leave_the_directory_unchanged() {
             zip_of(&[("manifest.json", manifest(2).as_bytes())]),
             "Manifest V2",
         ),
+        (
+            "proxy permission",
+            zip_of(&[("manifest.json", with_permission("permissions", "proxy").as_slice())]),
+            "holds \\\"proxy",
+        ),
+        (
+            "privacy permission",
+            zip_of(&[(
+                "manifest.json",
+                with_permission("optional_permissions", "privacy").as_slice(),
+            )]),
+            "optional_permissions holds \\\"privacy",
+        ),
+        (
+            "native messaging",
+            zip_of(&[(
+                "manifest.json",
+                with_permission("permissions", "nativeMessaging").as_slice(),
+            )]),
+            "nativeMessaging",
+        ),
+        ("understated size", understated(), "big.bin"),
         (
             "not a zip",
             b"PK\x03\x04 but nothing more".to_vec(),

@@ -23,6 +23,13 @@ const MAX_NAME_BYTES: usize = 1024;
 /// Largest `manifest.json`.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
+/// Permissions an extension may not ask for. `proxy`: Chrome lets an extension's proxy
+/// setting override `--proxy-server` (measured on Chromium 156: with `mode: "direct"` a
+/// page reached loopback around the gateway, so around the egress policy); `privacy`: it
+/// can change the WebRTC IP handling policy, letting UDP go around the gateway;
+/// `nativeMessaging`: it starts a program of the host's.
+const DENIED_PERMISSIONS: &[&str] = &["proxy", "privacy", "nativeMessaging"];
+
 /// What the manifest says of the extension.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -74,12 +81,7 @@ pub fn check(bytes: &[u8]) -> Result<Checked, ZipError> {
         let name = std::str::from_utf8(raw).map_err(|_| refused(format!("entry {index}'s name is not UTF-8")))?;
         let dir = entry.is_dir();
         let path = checked_name(name)?;
-        if entry.is_symlink()
-            || !matches!(
-                entry.unix_mode().map(|m| m & 0o170000),
-                None | Some(0o100000 | 0o040000)
-            )
-        {
+        if entry.is_symlink() || !plain_type(entry.unix_mode()) {
             return Err(refused(format!(
                 "{name:?} is not a plain file or directory (a link or a device)"
             )));
@@ -124,6 +126,13 @@ pub fn check(bytes: &[u8]) -> Result<Checked, ZipError> {
     }
     let manifest = parse_manifest(&text)?;
     Ok(Checked { manifest, entries })
+}
+
+/// Whether a Unix mode names a plain file or directory: no type bits at all (Python's
+/// `zipfile.writestr` writes permissions only), a regular file or a directory; not a link,
+/// a device, a FIFO or a socket.
+fn plain_type(mode: Option<u32>) -> bool {
+    matches!(mode.map(|m| m & 0o170000), None | Some(0 | 0o100000 | 0o040000))
 }
 
 /// `name` as a relative path of plain components (a directory's trailing `/` removed).
@@ -220,6 +229,15 @@ fn parse_manifest(text: &[u8]) -> Result<Manifest, ZipError> {
         }
         _ => return Err(refused("manifest.json must say \"manifest_version\": 3")),
     }
+    for field in ["permissions", "optional_permissions"] {
+        let asked = manifest.get(field).and_then(Value::as_array).into_iter().flatten();
+        if let Some(denied) = asked.filter_map(Value::as_str).find(|p| DENIED_PERMISSIONS.contains(p)) {
+            return Err(refused(format!(
+                "{field} holds {denied:?}, which no session's extension may have: it would take the browser's traffic \
+                 around the broker's gateway (proxy, privacy) or start programs on the host (nativeMessaging)"
+            )));
+        }
+    }
     let name = match manifest.get("name") {
         Some(Value::String(n)) if !n.trim().is_empty() && n.chars().count() <= 200 => n.clone(),
         _ => return Err(refused("manifest.json must have a \"name\" of 1 to 200 characters")),
@@ -279,7 +297,7 @@ pub fn unpack(bytes: &[u8], checked: &Checked, dest: &Path) -> Result<u64, ZipEr
         })?;
         if copied > left {
             return Err(refused(format!(
-                "the zip unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+                "{path:?} is larger than its header says: the zip unpacks to more than {MAX_UNPACKED_BYTES} bytes"
             )));
         }
         written += copied;
@@ -327,6 +345,16 @@ mod tests {
         assert!(layout(vec![e("a/manifest.json", false), e("b/c.js", false)]).is_err());
         assert!(layout(vec![e("manifest.json", false), e("manifest.json", false)]).is_err());
         assert!(layout(vec![e("manifest.json", false), e("x", false), e("x/y", false)]).is_err());
+    }
+
+    #[test]
+    fn only_files_and_directories_are_plain() {
+        for plain in [None, Some(0o600), Some(0o100644), Some(0o040755)] {
+            assert!(plain_type(plain), "{plain:?}");
+        }
+        for special in [0o120777, 0o020644, 0o060644, 0o010644, 0o140755] {
+            assert!(!plain_type(Some(special)), "{special:o}");
+        }
     }
 
     #[test]
