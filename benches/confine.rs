@@ -20,6 +20,7 @@ fn allowed(root: &Path) -> Allowed {
     }
     Allowed {
         read_exec: Vec::new(),
+        read_only: Vec::new(),
         read_write: dirs,
         connect_ports: vec![9],
         write_proc: false,

@@ -230,6 +230,10 @@ pub struct Config {
     pub max_session_files_bytes: u64,
     /// Largest file one upload may carry, in bytes.
     pub max_upload_bytes: u64,
+    /// Chrome extensions one API key may keep (`/public/extensions`).
+    pub max_extensions_per_key: usize,
+    /// Unpacked bytes of all the extensions one API key keeps.
+    pub max_extension_bytes_per_key: u64,
     /// Relay plain-TCP CDP connections on one single-threaded runtime per core (each
     /// relay and its two sockets on one core), rather than on the main runtime.
     pub relay_on_cores: bool,
@@ -363,6 +367,8 @@ impl Default for Config {
             ffmpeg_path: String::new(),
             max_session_files_bytes: 512 * 1024 * 1024,
             max_upload_bytes: 64 * 1024 * 1024,
+            max_extensions_per_key: 20,
+            max_extension_bytes_per_key: 200 * 1024 * 1024,
             relay_on_cores: true,
             relay_busy_poll_us: 500,
             relay_sched_batch: true,
@@ -493,6 +499,8 @@ impl Config {
             max_recording_bytes,
             max_session_files_bytes,
             max_upload_bytes,
+            max_extensions_per_key,
+            max_extension_bytes_per_key,
             relay_on_cores,
             relay_busy_poll_us,
             relay_sched_batch,

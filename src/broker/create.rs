@@ -23,6 +23,7 @@ use crate::events::EventType;
 use crate::profile::{cookies, copy as profile_copy};
 use crate::quota::{Kind, QuotaExceeded, Reservation};
 use crate::session::{Backing, ProfileBinding, Session, SessionInit, session_span};
+use crate::store::extensions::ExtensionUse;
 use crate::store::{EndReason, Isolation, ListQuery, SessionOptions, Status};
 
 use super::Broker;
@@ -92,12 +93,33 @@ impl Broker {
         {
             return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
         }
+        // Held from here: a delete of one of them waits for this browser to end.
+        let extensions = match request.options.extensions.is_empty() {
+            true => None,
+            false => Some(self.extensions.hold(&tenant, &request.options.extensions)?),
+        };
         let request = self.pick_fingerprint(&tenant, request).await?;
         if request.options.isolation == Isolation::Context {
+            if extensions.is_some() {
+                return Err(BrokerError::OptionRefused(
+                    "extensions need isolation \"process\": a context session shares its browser".into(),
+                ));
+            }
             return self.create_in_context(id, tenant, request).await;
         }
         if let Some(profile_id) = &request.profile_id {
-            return self.create_with_profile(id, tenant, profile_id.clone(), request).await;
+            return self
+                .create_with_profile(id, tenant, profile_id.clone(), request, extensions)
+                .await;
+        }
+        if extensions.is_some() {
+            // A warm browser's command line is fixed: extensions need a launch of their own.
+            let lease = self
+                .pool
+                .acquire_fresh(request.screen, None, extensions)
+                .await
+                .map_err(|e| self.capacity_error(e))?;
+            return self.register(id, tenant, request, Backing::Managed(lease), None).await;
         }
         let lease = self
             .pool
@@ -213,6 +235,7 @@ impl Broker {
         tenant: Tenant,
         profile_id: String,
         request: NewSession,
+        extensions: Option<ExtensionUse>,
     ) -> Result<Arc<Session>, BrokerError> {
         let profile = self.profiles.get(&tenant, &profile_id).await?;
         let hold = self.profiles.begin_use(profile, &id, request.persist_changes).await?;
@@ -225,7 +248,7 @@ impl Broker {
                 .map_err(BrokerError::ProfileUnreadable)?;
             let lease = self
                 .pool
-                .acquire_on(request.screen, dir.clone())
+                .acquire_fresh(request.screen, Some(dir.clone()), extensions)
                 .await
                 .map_err(|e| self.capacity_error(e))?;
             if let Err(e) = cookies::restore_session_cookies(&lease.browser, &cookies).await {

@@ -10,6 +10,7 @@ use crate::browser::pool::PoolError;
 use crate::error::Origin;
 use crate::profile::copy::CopyError;
 use crate::quota::QuotaExceeded;
+use crate::store::extensions::ExtensionError;
 use crate::store::profiles::ProfileError;
 use crate::store::{SaveOutcome, Status, StoreError};
 
@@ -50,6 +51,8 @@ pub enum BrokerError {
     Byo(#[from] ProbeError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Extension(#[from] ExtensionError),
     #[error("The browser profile could not be read: {0}")]
     ProfileUnreadable(ProfileError),
     #[error("The profile's browser failed: {0}")]
@@ -95,6 +98,7 @@ impl BrokerError {
             BrokerError::BrowserSetup(e) | BrokerError::ProfileBrowser(e) => e.origin(),
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
+            BrokerError::Extension(e) => e.origin(),
             BrokerError::Capacity(e) => e.origin(),
             BrokerError::ProfileTimedOut(_) => Origin::Upstream,
             BrokerError::Store(e) => e.origin(),

@@ -39,6 +39,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::profile::copy::ProfileCopies;
 use crate::quota::Quotas;
 use crate::session::{Recorder, Session};
+use crate::store::extensions::Extensions;
 pub use crate::store::nodes::NodeInfo;
 use crate::store::nodes::Nodes;
 use crate::store::profiles::Profiles;
@@ -116,6 +117,8 @@ pub struct Broker {
     /// timed out may still land once the store answers again: the reconciler removes it.
     refused: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     profiles: Arc<Profiles>,
+    /// Every key's Chrome extensions on this node.
+    extensions: Arc<Extensions>,
     pool: Arc<Pool>,
     /// Shared browsers, whose browser contexts are context sessions.
     shared: Arc<SharedBrowsers>,
@@ -178,6 +181,10 @@ impl Broker {
 
     pub fn profiles(&self) -> &Arc<Profiles> {
         &self.profiles
+    }
+
+    pub fn extensions(&self) -> &Arc<Extensions> {
+        &self.extensions
     }
 
     pub fn pool(&self) -> &Arc<Pool> {

@@ -57,6 +57,8 @@ pub struct RequestedOptions {
     pub blocking: Blocking,
     /// Console and network capture.
     pub capture: Wants,
+    /// Ids of the key's Chrome extensions its browser loads.
+    pub extensions: Vec<String>,
 }
 
 impl RequestedOptions {
@@ -82,6 +84,7 @@ impl RequestedOptions {
             capture_network: self.capture.network,
             capture_bodies: self.capture.bodies,
             byo: false,
+            extensions: self.extensions.clone(),
         }
     }
 }

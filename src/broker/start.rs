@@ -29,6 +29,7 @@ use crate::profile::copy::ProfileCopies;
 use crate::quota::Quotas;
 use crate::session::Recorder;
 use crate::store::SessionStore;
+use crate::store::extensions::Extensions;
 use crate::store::local::LocalStore;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
 use crate::store::profile_data::ProfileData;
@@ -112,6 +113,14 @@ impl Broker {
                 store: config.profile_store.clone(),
                 source,
             })?,
+        );
+        let extensions = Arc::new(
+            Extensions::open(
+                data_dir.join("extensions"),
+                config.max_extensions_per_key,
+                config.max_extension_bytes_per_key,
+            )
+            .map_err(dir_error)?,
         );
         let ended = store.end_left_active(&node, SystemTime::now()).await?;
         if ended > 0 {
@@ -248,6 +257,7 @@ impl Broker {
                 deadline: Duration::from_millis(config.storage_state_timeout_ms),
             }),
             profiles,
+            extensions,
             pool,
             shared,
             actions: Actions {

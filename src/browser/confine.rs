@@ -143,6 +143,8 @@ pub struct Allowed {
     /// Directories it may also read and execute from: the configured Chrome's own (an
     /// operator's Chrome for Testing under `/home`, say, with its libraries beside it).
     pub read_exec: Vec<PathBuf>,
+    /// Directories it may only read (no execute): the extensions it loads.
+    pub read_only: Vec<PathBuf>,
     /// Directories it may read and write (created beforehand; they must exist).
     pub read_write: Vec<PathBuf>,
     /// TCP ports it may connect to (on any address: Landlock knows ports only).
@@ -183,6 +185,10 @@ pub fn prepare(allowed: &Allowed, network: bool) -> Result<Prepared, ConfineErro
         .chain(allowed.read_exec.iter().map(PathBuf::as_path));
     for path in trees.filter(|p| p.exists()) {
         created = created.add_rule(path_rule(path, read)?).map_err(|e| err(&e))?;
+    }
+    for dir in &allowed.read_only {
+        let access = AccessFs::ReadFile | AccessFs::ReadDir;
+        created = created.add_rule(path_rule(dir, access)?).map_err(|e| err(&e))?;
     }
     for path in WRITE_DEVICES.iter().map(Path::new).filter(|p| p.exists()) {
         let access = AccessFs::WriteFile | AccessFs::ReadFile;
@@ -321,19 +327,26 @@ mod tests {
         std::fs::create_dir(&own).unwrap();
         let secret = root.path().join("token_secret");
         std::fs::write(&secret, "s3cret-bytes").unwrap();
+        // An extension's directory: read, never written.
+        let ext = root.path().join("ext");
+        std::fs::create_dir(&ext).unwrap();
+        std::fs::write(ext.join("c.js"), "ext-bytes").unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let forbidden_port = listener.local_addr().unwrap().port();
         let allowed = Allowed {
             read_exec: Vec::new(),
+            read_only: vec![ext.clone()],
             read_write: vec![own.clone()],
             connect_ports: vec![1],
             write_proc: false,
         };
         let script = format!(
             "echo mine > {own}/f && cat {own}/f; cat {secret}; echo overwritten > {secret}; \
+             cat {ext}/c.js; echo changed > {ext}/c.js; echo new > {ext}/new.js; \
              (exec 3<>/dev/tcp/127.0.0.1/{forbidden_port}) 2>/dev/null && echo connected; true",
             own = own.display(),
-            secret = secret.display()
+            secret = secret.display(),
+            ext = ext.display()
         );
         let mut cmd = tokio::process::Command::new("/bin/bash");
         cmd.arg("-c").arg(script).env_clear();
@@ -342,6 +355,9 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("mine"), "own directory readable and writable: {stdout}");
         assert!(!stdout.contains("s3cret"), "the secret was read: {stdout}");
+        assert!(stdout.contains("ext-bytes"), "the extension was not readable: {stdout}");
+        assert_eq!(std::fs::read_to_string(ext.join("c.js")).unwrap(), "ext-bytes");
+        assert!(!ext.join("new.js").exists(), "a file was written into the extension");
         assert_eq!(
             std::fs::read_to_string(&secret).unwrap(),
             "s3cret-bytes",

@@ -452,14 +452,21 @@ impl Launcher {
     /// Starts a browser for `used` whose pages are `screen` large and waits until it listens.
     pub async fn launch(&self, screen: Screen, used: Use) -> Result<Browser, LaunchError> {
         let dir = self.scratch_root.join(random_hex(8));
-        self.launch_observed(screen, dir, true, used, &[]).await
+        self.launch_observed(screen, dir, true, used, &[], &[]).await
+    }
+
+    /// Starts a browser of its own that loads the unpacked extensions in `extensions`
+    /// (which it may read, and nothing else of theirs' parent).
+    pub async fn launch_with(&self, screen: Screen, extensions: &[PathBuf]) -> Result<Browser, LaunchError> {
+        let dir = self.scratch_root.join(random_hex(8));
+        self.launch_observed(screen, dir, true, Use::Own, &[], extensions).await
     }
 
     /// Starts a shared browser that may also connect to `gateway_ports` (its contexts'
     /// gateways, bound beforehand: `gateway_ports::GatewayPorts`).
     pub async fn launch_shared(&self, screen: Screen, gateway_ports: &[u16]) -> Result<Browser, LaunchError> {
         let dir = self.scratch_root.join(random_hex(8));
-        self.launch_observed(screen, dir, true, Use::Shared, gateway_ports)
+        self.launch_observed(screen, dir, true, Use::Shared, gateway_ports, &[])
             .await
     }
 
@@ -468,16 +475,18 @@ impl Launcher {
         self.scratch_root.join(format!("{}-profile", random_hex(8)))
     }
 
-    /// Starts a browser on the user-data directory `dir`; with `owned`, the directory is
-    /// removed when the browser ends, otherwise it is left to the caller.
+    /// Starts a browser on the user-data directory `dir`, loading `extensions`; with
+    /// `owned`, the directory is removed when the browser ends, otherwise it is left to
+    /// the caller.
     pub async fn launch_in(
         &self,
         screen: Screen,
         dir: PathBuf,
         owned: bool,
         used: Use,
+        extensions: &[PathBuf],
     ) -> Result<Browser, LaunchError> {
-        self.launch_observed(screen, dir, owned, used, &[]).await
+        self.launch_observed(screen, dir, owned, used, &[], extensions).await
     }
 
     /// A launch, timed, counted and logged; the browser may connect to its own gateway and
@@ -490,9 +499,10 @@ impl Launcher {
         owned: bool,
         used: Use,
         also_ports: &[u16],
+        extensions: &[PathBuf],
     ) -> Result<Browser, LaunchError> {
         let started = Instant::now();
-        let result = self.spawn(screen, dir, owned, used, also_ports).await;
+        let result = self.spawn(screen, dir, owned, used, also_ports, extensions).await;
         if used == Use::Own {
             self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
         }
@@ -516,6 +526,7 @@ impl Launcher {
         owned: bool,
         used: Use,
         also_ports: &[u16],
+        extensions: &[PathBuf],
     ) -> Result<Browser, LaunchError> {
         let id = dir
             .file_name()
@@ -557,6 +568,7 @@ impl Launcher {
             .arg(format!("--proxy-server=http://127.0.0.1:{}", gateway.port))
             .args(self.user_agent(used).map(|ua| format!("--user-agent={ua}")))
             .args(&kind.flags)
+            .args(extension_flags(extensions))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -574,6 +586,7 @@ impl Launcher {
         if let Ok(Confinement::Landlock { network, .. }) = &self.confinement {
             let allowed = Allowed {
                 read_exec: executable_dirs(&kind.chrome),
+                read_only: extensions.to_vec(),
                 read_write: vec![dir.clone(), tmp.clone(), downloads.clone()],
                 // A shared browser's contexts get their gateways later, on ports bound now.
                 connect_ports: [gateway.port].into_iter().chain(also_ports.iter().copied()).collect(),
@@ -753,6 +766,25 @@ pub(crate) fn check_temp_dir(temp_dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The flags that load `extensions` (unpacked directories) and no other: Debian's
+/// `chromium` wrapper passes a `--load-extension` of its own first, and Chrome reads the
+/// last one given. Chromium 156 still honours the switch (Google Chrome 137+ does not);
+/// headless, the full Chromium runs extensions, the headless shell does not.
+fn extension_flags(extensions: &[PathBuf]) -> Vec<String> {
+    if extensions.is_empty() {
+        return Vec::new();
+    }
+    let list = extensions
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        format!("--load-extension={list}"),
+        format!("--disable-extensions-except={list}"),
+    ]
 }
 
 /// The directory of the executable `chrome`, as named and as its links resolve: what a

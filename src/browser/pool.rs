@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::launcher::{Browser, LaunchError, Launcher, Screen, Use};
 use crate::error::Origin;
 use crate::metrics::Metrics;
+use crate::store::extensions::ExtensionUse;
 use std::sync::atomic::Ordering;
 
 /// Longest pause between failed refill launches, so a broken Chrome is not a busy loop.
@@ -47,6 +48,8 @@ impl PoolError {
 pub struct Lease {
     pub browser: Browser,
     _slot: OwnedSemaphorePermit,
+    /// The extensions it loaded, kept from deletion while it runs.
+    _extensions: Option<ExtensionUse>,
 }
 
 pub struct Pool {
@@ -109,10 +112,18 @@ impl Pool {
         {
             *self.last_checkout.lock().expect("pool lock") = Instant::now();
             self.refill.notify_one();
-            return Ok(Lease { browser, _slot: slot });
+            return Ok(Lease {
+                browser,
+                _slot: slot,
+                _extensions: None,
+            });
         }
         let browser = self.launcher.launch(screen, Use::Own).await?;
-        Ok(Lease { browser, _slot: slot })
+        Ok(Lease {
+            browser,
+            _slot: slot,
+            _extensions: None,
+        })
     }
 
     /// An idle browser; with none idle but a warm launch under way, that one once it is
@@ -136,9 +147,29 @@ impl Pool {
     /// A slot and a fresh browser on the prepared user-data directory `dir` (a profile's
     /// copy), which the caller keeps and removes.
     pub async fn acquire_on(&self, screen: Screen, dir: std::path::PathBuf) -> Result<Lease, PoolError> {
+        self.acquire_fresh(screen, Some(dir), None).await
+    }
+
+    /// A slot and a freshly launched browser (no warm one: a warm browser's command line
+    /// is fixed), on the prepared user-data directory `dir` if any (the caller keeps and
+    /// removes it), loading `extensions` (held as long as the lease).
+    pub async fn acquire_fresh(
+        &self,
+        screen: Screen,
+        dir: Option<std::path::PathBuf>,
+        extensions: Option<ExtensionUse>,
+    ) -> Result<Lease, PoolError> {
         let slot = self.slot().await?;
-        let browser = self.launcher.launch_in(screen, dir, false, Use::Own).await?;
-        Ok(Lease { browser, _slot: slot })
+        let dirs = extensions.as_ref().map_or(&[][..], |e| &e.dirs[..]);
+        let browser = match dir {
+            Some(dir) => self.launcher.launch_in(screen, dir, false, Use::Own, dirs).await?,
+            None => self.launcher.launch_with(screen, dirs).await?,
+        };
+        Ok(Lease {
+            browser,
+            _slot: slot,
+            _extensions: extensions,
+        })
     }
 
     /// Where a profile copy for a new browser goes.

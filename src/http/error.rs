@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::proxy::ProxyError;
 use crate::proxy::handshake::HandshakeError;
 use crate::render::RenderError;
+use crate::store::extensions::ExtensionError;
 use crate::store::profiles::ProfileError;
 use crate::store::{Status, StoreError};
 
@@ -277,6 +278,18 @@ impl From<PoolError> for ApiError {
     }
 }
 
+impl From<ExtensionError> for ApiError {
+    fn from(e: ExtensionError) -> ApiError {
+        let status = match e {
+            ExtensionError::NotFound => StatusCode::NOT_FOUND,
+            ExtensionError::Unknown(_) | ExtensionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ExtensionError::Full(_) | ExtensionError::InUse(_) => StatusCode::CONFLICT,
+            ExtensionError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::of(status, e.origin(), e.to_string())
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> ApiError {
         let origin = e.origin();
@@ -284,6 +297,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Capacity(e) => return e.into(),
             BrokerError::Byo(e) => return e.into(),
             BrokerError::Profile(e) => return e.into(),
+            BrokerError::Extension(e) => return e.into(),
             BrokerError::ShuttingDown | BrokerError::Store(StoreError::Unavailable(_)) => {
                 return ApiError::of(StatusCode::SERVICE_UNAVAILABLE, origin, e.to_string()).retry_in(RETRY_AFTER_SECS);
             }
@@ -490,6 +504,17 @@ mod tests {
             (answers!(ProfileError::NotFound, S::NOT_FOUND), Client),
             (answers!(ProfileError::InUse(2), S::CONFLICT), Client),
             (answers!(ProfileError::Io(io()), S::INTERNAL_SERVER_ERROR), Internal),
+            (answers!(ExtensionError::NotFound, S::NOT_FOUND), Client),
+            (
+                answers!(ExtensionError::Unknown("ext_1".into()), S::UNPROCESSABLE_ENTITY),
+                Client,
+            ),
+            (
+                answers!(ExtensionError::Refused("MV2".into()), S::UNPROCESSABLE_ENTITY),
+                Client,
+            ),
+            (answers!(ExtensionError::InUse(1), S::CONFLICT), Client),
+            (answers!(ExtensionError::Io(io()), S::INTERNAL_SERVER_ERROR), Internal),
             (
                 answers!(ProfileError::Unavailable(StoreError::Io(io())), S::SERVICE_UNAVAILABLE),
                 Internal,

@@ -12,6 +12,7 @@ pub(crate) mod capture;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod events;
+pub(crate) mod extensions;
 pub(crate) mod files;
 pub(crate) mod live;
 pub(crate) mod mcp;

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, capture, dashboard, events, files, live, mcp, profiles, render, sessions};
+use super::{
+    Body, actions, admin, capture, dashboard, events, extensions, files, live, mcp, profiles, render, sessions,
+};
 use crate::broker::Broker;
 use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
@@ -28,6 +30,8 @@ pub enum Endpoint {
     TerminateSession,
     Profiles,
     Profile,
+    Extensions,
+    Extension,
     Devices,
     StorageState,
     RunAction,
@@ -148,6 +152,12 @@ pub const ROUTES: &[Route] = &[
         &["GET", "POST", "PUT"],
         "/public/browser-profiles/{profile_id}/storage-state",
         Endpoint::StorageState,
+    ),
+    route(&["POST", "GET"], "/public/extensions", Endpoint::Extensions),
+    route(
+        &["GET", "DELETE"],
+        "/public/extensions/{extension_id}",
+        Endpoint::Extension,
     ),
     route(&["POST"], "/public/single-actions/run-action", Endpoint::RunAction),
     route(&["POST"], "/public/screenshot", Endpoint::Render(Kind::Screenshot)),
@@ -439,6 +449,8 @@ async fn api(
         Endpoint::Profiles => profiles::collection(broker, &tenant, request).await,
         Endpoint::Profile => profiles::one(broker, &tenant, id, &method).await,
         Endpoint::StorageState => profiles::storage_state(broker, &tenant, id, request).await,
+        Endpoint::Extensions => extensions::collection(broker, &tenant, request).await,
+        Endpoint::Extension => extensions::one(broker, &tenant, id, &method).await,
         Endpoint::RunAction => {
             only(&method, &[Method::POST])?;
             actions::handle(broker, tenant, request).await

@@ -140,6 +140,7 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     body["capture_bodies"] = json!(options.capture_bodies);
     body["block"] = json!(options.block);
     body["block_urls"] = json!(options.block_urls);
+    body["extensions"] = json!(options.extensions);
     if let Some(proxy) = &options.proxy {
         body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
     }
@@ -270,6 +271,22 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
             ));
         }
     }
+    options.extensions = parse_extensions(body)?;
+    if !options.extensions.is_empty() {
+        if external_url.is_some() {
+            return Err(ApiError::unprocessable(
+                "extensions cannot be combined with cdp_url: the broker can only load extensions into a browser it starts",
+            ));
+        }
+        // A shared browser's command line serves every context in it: extensions need a
+        // browser of their own. A default of "context" gives way; an explicit one is refused.
+        if field(body, "isolation").is_some_and(|v| v == "context") {
+            return Err(ApiError::unprocessable(
+                "extensions need isolation \"process\": a context session shares its browser, which loads no extensions",
+            ));
+        }
+        options.isolation = Isolation::Process;
+    }
     let (webhook_url, webhook_events) = parse_webhook(body)?;
     Ok(NewSession {
         options,
@@ -284,6 +301,36 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
         webhook_events,
         webhook: None,
     })
+}
+
+/// Most extensions one session may load.
+const MAX_SESSION_EXTENSIONS: usize = 10;
+
+/// `extensions`: ids of the key's extensions, each once (whether they are the key's is the
+/// broker's to say).
+fn parse_extensions(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::unprocessable(format!(
+            "extensions must be an array of at most {MAX_SESSION_EXTENSIONS} extension ids, each once"
+        ))
+    };
+    let Some(v) = field(body, "extensions") else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    if items.len() > MAX_SESSION_EXTENSIONS {
+        return Err(bad());
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for item in items {
+        match item {
+            Value::String(id) if !ids.contains(id) => ids.push(id.clone()),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(ids)
 }
 
 /// `webhook_url` and `webhook_events` (its filter: event type names) of a create.
@@ -412,6 +459,7 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         log_cdp,
         blocking,
         capture,
+        extensions: Vec::new(),
     })
 }
 

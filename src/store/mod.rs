@@ -4,6 +4,8 @@
 //!
 //! Nothing here decides an HTTP status: errors say what went wrong and whose fault it is.
 
+pub mod extension_zip;
+pub mod extensions;
 pub(crate) mod local;
 pub mod nodes;
 pub mod profile_data;

@@ -259,6 +259,9 @@ pub struct SessionOptions {
     /// rather than `max_sessions_per_key`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub byo: bool,
+    /// Ids of the Chrome extensions its browser loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
 }
 
 /// A session's upstream proxy without its password.
