@@ -6,13 +6,15 @@
 mod cluster;
 mod create;
 mod error;
+mod fork;
 mod lifecycle;
 mod profile_state;
 mod request;
 mod start;
 mod usage;
 
-pub use error::{BrokerError, SessionError, StartError};
+pub use error::{BrokerError, ForkError, SessionError, StartError};
+pub use fork::{Carried, ForkRequest, Forked};
 pub use request::{NewSession, RequestedOptions};
 pub use usage::TenantUsage;
 

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
-use super::{Body, actions, admin, dashboard, events, files, live, mcp, profiles, render, sessions};
+use super::{Body, actions, admin, dashboard, events, files, fork, live, mcp, profiles, render, sessions};
 use crate::broker::Broker;
 use crate::metrics;
 use crate::proxy::hop::{check_hop, forward, is_hop};
@@ -26,6 +26,7 @@ pub enum Endpoint {
     Sessions,
     Session,
     TerminateSession,
+    ForkSession,
     Profiles,
     Profile,
     Devices,
@@ -82,6 +83,7 @@ fn openapi_for(config: &crate::config::Config) -> String {
         "RenderPdf",
         "RenderPage",
         "RenderScrape",
+        "ForkRequest",
     ] {
         if let Some(ttl) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/ttl")) {
             ttl["maximum"] = json!(config.max_ttl);
@@ -89,6 +91,9 @@ fn openapi_for(config: &crate::config::Config) -> String {
         if let Some(t) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/timeout_ms")) {
             t["maximum"] = json!(config.max_render_timeout_ms);
         }
+    }
+    if let Some(count) = doc.pointer_mut("/components/schemas/ForkRequest/properties/count") {
+        count["maximum"] = json!(config.max_fork_count);
     }
     serde_json::to_string(&doc).unwrap_or_else(|_| OPENAPI.to_owned())
 }
@@ -109,6 +114,7 @@ pub const ROUTES: &[Route] = &[
         "/public/sessions/{session_id}/terminate",
         Endpoint::TerminateSession,
     ),
+    route(&["POST"], "/public/sessions/{session_id}/fork", Endpoint::ForkSession),
     route(&["GET", "POST"], "/public/sessions/{session_id}/files", Endpoint::Files),
     route(&["GET"], "/public/sessions/{session_id}/files.zip", Endpoint::FilesZip),
     route(
@@ -307,7 +313,9 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
         | Endpoint::Recording
         | Endpoint::Events
         | Endpoint::SessionWebhooks => id.map(|id| (id.to_owned(), true)),
-        Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::Screenshot => id.map(|id| (id.to_owned(), false)),
+        Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::ForkSession | Endpoint::Screenshot => {
+            id.map(|id| (id.to_owned(), false))
+        }
         Endpoint::Session if request.method() != Method::GET => id.map(|id| (id.to_owned(), false)),
         _ => None,
     }
@@ -388,6 +396,10 @@ async fn api(
         Endpoint::TerminateSession => {
             only(&method, &[Method::POST])?;
             sessions::terminate(broker, &tenant, id).await
+        }
+        Endpoint::ForkSession => {
+            only(&method, &[Method::POST])?;
+            fork::fork(broker, &tenant, id, request).await
         }
         Endpoint::Files => files::collection(broker, &tenant, id, request).await,
         Endpoint::File => {
