@@ -3,15 +3,13 @@
 //! storage) and with its options and screen. All or none: the places in the key's quota
 //! are taken first, and any failure ends and forgets the forks already made.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use serde_json::{Map, Value};
 
 use super::Broker;
 use super::error::ForkError;
-use super::request::{NewSession, RequestedOptions};
+use super::request::{Carried, ForkRequest, Forked, NewSession, RequestedOptions};
 use crate::auth::Tenant;
 use crate::browser::blocking::Blocking;
 use crate::browser::cdp::CdpError;
@@ -19,34 +17,7 @@ use crate::browser::identity::Identity;
 use crate::browser::snapshot::{self, Snapshot};
 use crate::quota::Kind;
 use crate::session::Session;
-use crate::store::{Isolation, SessionRecord};
-
-/// A validated fork request.
-pub struct ForkRequest {
-    pub count: usize,
-    /// Else the source's.
-    pub isolation: Option<Isolation>,
-    /// Else the source's own TTL.
-    pub ttl: Option<Duration>,
-    /// Else the source's metadata.
-    pub metadata: Option<Map<String, Value>>,
-}
-
-/// What a fork made and what it carried into each.
-pub struct Forked {
-    pub sessions: Vec<Arc<Session>>,
-    pub carried: Carried,
-}
-
-/// What each fork started from.
-pub struct Carried {
-    pub cookies: usize,
-    /// The open web tabs' URLs.
-    pub tabs: Vec<String>,
-    /// Tabs whose page had localStorage, and had sessionStorage.
-    pub local_storage: usize,
-    pub session_storage: usize,
-}
+use crate::store::SessionRecord;
 
 impl Broker {
     /// Starts `request.count` sessions of `tenant` from the active session `id`'s state.
@@ -64,8 +35,9 @@ impl Broker {
         let record = source.record();
         let context = source.upstream.scope.as_ref().map(|s| s.context.clone());
         // The source is read while the forks' browsers are taken.
-        let creates =
-            (0..request.count).map(|_| self.create_placed(tenant.clone(), fork_of(&source, &record, &request)));
+        let max_ttl = Duration::from_secs(self.config.max_ttl);
+        let creates = (0..request.count)
+            .map(|_| self.create_placed(tenant.clone(), fork_of(&source, &record, &request, max_ttl)));
         let (state, created) = tokio::join!(snapshot::read(&ws_url, context.as_deref()), join_all(creates));
         drop(places);
         let mut made = Vec::new();
@@ -117,13 +89,15 @@ impl Broker {
 /// A fork's create: the source's screen and options (its proxy with its password, its
 /// identity as picked), no profile (a fork never writes one), no webhook of its own (the
 /// key's default applies), refused at once rather than queued when there is no room.
-fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest) -> NewSession {
+fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_ttl: Duration) -> NewSession {
     let options = &record.options;
+    // The source's own TTL, as PATCHes may have moved it, within the broker's limit.
     let ttl = request.ttl.unwrap_or_else(|| {
         record
             .expires_at
             .duration_since(record.created_at)
-            .unwrap_or(Duration::from_secs(60))
+            .unwrap_or(max_ttl)
+            .min(max_ttl)
     });
     NewSession {
         ttl,

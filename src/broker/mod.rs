@@ -14,8 +14,7 @@ mod start;
 mod usage;
 
 pub use error::{BrokerError, ForkError, SessionError, StartError};
-pub use fork::{Carried, ForkRequest, Forked};
-pub use request::{NewSession, RequestedOptions};
+pub use request::{Carried, ForkRequest, Forked, NewSession, RequestedOptions};
 pub use usage::TenantUsage;
 
 use std::net::SocketAddr;
