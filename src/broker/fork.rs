@@ -88,7 +88,7 @@ impl Broker {
 
 /// A fork's create: the source's screen and options (its proxy with its password, its
 /// identity as picked), no profile (a fork never writes one), no webhook of its own (the
-/// key's default applies), refused at once rather than queued when there is no room.
+/// key's default applies); each waits for a browser as a create does.
 fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_ttl: Duration) -> NewSession {
     let options = &record.options;
     // The source's own TTL, as PATCHes may have moved it, within the broker's limit.
@@ -106,7 +106,7 @@ fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_
         external_url: None,
         profile_id: None,
         persist_changes: false,
-        queue: false,
+        queue: true,
         options: RequestedOptions {
             isolation: request.isolation.unwrap_or(options.isolation),
             proxy: source.proxy.clone(),
