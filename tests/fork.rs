@@ -89,14 +89,24 @@ async fn logged_in_source(server: &TestServer, site: SocketAddr, body: Value) ->
     let source = server.create(body).await;
     let mut client = CdpClient::connect(&source).await;
     let (_, first) = client.own_page().await;
-    client.load(&first, &format!("http://{site}/login")).await;
-    client.load(&first, &format!("http://{site}/page/a")).await;
+    loaded(&mut client, &first, &format!("http://{site}/login")).await;
+    loaded(&mut client, &first, &format!("http://{site}/page/a")).await;
     let second = client.open(&format!("http://{site}/page/b"), None).await.unwrap();
     client.eval(&second, "sessionStorage.setItem('tab', 'second')").await;
-    client.load(&second, &format!("http://{site}/page/b")).await;
+    loaded(&mut client, &second, &format!("http://{site}/page/b")).await;
     let scrolled = client.eval(&second, "(scrollTo(0, 1234), scrollY)").await;
     assert_eq!(scrolled, json!(1234));
     (source, client, vec![first, second])
+}
+
+/// Navigates the page of `session` to `url` and waits for the new document's load event.
+async fn loaded(client: &mut CdpClient, session: &str, url: &str) {
+    client.call(Some(session), "Page.enable", json!({})).await;
+    client.events.clear();
+    client.call(Some(session), "Page.navigate", json!({"url": url})).await;
+    client
+        .wait_event(|e| e["method"] == "Page.loadEventFired" && e["sessionId"] == session)
+        .await;
 }
 
 async fn fork(server: &TestServer, key: &str, id: &str, body: Value) -> Response {
