@@ -155,6 +155,8 @@ pub struct Config {
     /// Tabs (page targets) a managed session may have open at once: the broker closes
     /// each one opened past it. 0: no limit.
     pub max_targets_per_session: usize,
+    /// Most sessions one fork (`POST /public/sessions/{id}/fork`) may make at once.
+    pub max_fork_count: usize,
     /// A proxied connection whose peer takes no bytes for this long is closed (a client
     /// that stops reading is dropped, not held with its data queued).
     pub write_stall_timeout_ms: u64,
@@ -341,6 +343,7 @@ impl Default for Config {
             max_sessions_per_key: 4,
             max_byo_sessions_per_key: 8,
             max_targets_per_session: 20,
+            max_fork_count: 16,
             write_stall_timeout_ms: 60_000,
             action_timeout_ms: 90_000,
             action_wait_ms: 10_000,
@@ -486,6 +489,7 @@ impl Config {
             max_sessions_per_key,
             max_byo_sessions_per_key,
             max_targets_per_session,
+            max_fork_count,
             write_stall_timeout_ms,
             action_timeout_ms,
             action_wait_ms,
@@ -625,6 +629,9 @@ impl Config {
         // Chrome keeps a few hundred tabs at most before it runs out of memory or handles.
         if self.max_targets_per_session > 1000 {
             errors.push("max_targets_per_session must be within 0 (no limit)..=1000".into());
+        }
+        if !(1..=256).contains(&self.max_fork_count) {
+            errors.push("max_fork_count must be within 1..=256".into());
         }
         if !(1..=30).contains(&self.recording_fps) {
             errors.push("recording_fps must be within 1..=30".into());

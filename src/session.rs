@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::auth::{Tenant, unix_secs};
 use crate::browser::challenges::Challenges;
-use crate::browser::forward::Traffic;
+use crate::browser::forward::{Traffic, UpstreamProxy};
 use crate::browser::pool::Lease;
 use crate::browser::shared::ContextLease;
 use crate::browser::upstream::Upstream;
@@ -50,6 +50,8 @@ pub struct SessionInit {
     pub options: SessionOptions,
     /// Its browser's network counters (managed browsers only).
     pub traffic: Option<Arc<Traffic>>,
+    /// Its upstream proxy as asked, password included (a fork takes it on).
+    pub proxy: Option<UpstreamProxy>,
 }
 
 /// A session's hold on a profile, and what is needed to save into it at the end.
@@ -68,6 +70,8 @@ pub struct Session {
     pub created_at: SystemTime,
     pub screen: Screen,
     pub upstream: Upstream,
+    /// Its upstream proxy as asked, password included: node-local, never in the record.
+    pub proxy: Option<UpstreamProxy>,
     state: Mutex<State>,
     profile_released: CancellationToken,
     /// Cancelled when the session ends; every proxied connection listens to it.
@@ -192,6 +196,7 @@ impl Session {
             created_at: now,
             screen: init.screen,
             upstream,
+            proxy: init.proxy,
             state: Mutex::new(State {
                 record,
                 lease,
@@ -495,6 +500,7 @@ pub(crate) fn external_session() -> Arc<Session> {
         profile: None,
         options: SessionOptions::default(),
         traffic: None,
+        proxy: None,
     };
     Arc::new(Session::new(init, "node"))
 }

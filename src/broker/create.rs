@@ -60,6 +60,11 @@ impl Broker {
         let _place = self.reserve_place(&tenant, kind).await.inspect_err(|_| {
             self.metrics.create_quota_refused.inc();
         })?;
+        self.create_placed(tenant, request).await
+    }
+
+    /// A create whose place in the tenant's quota is already held.
+    pub(super) async fn create_placed(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
         if let Err(wait) = self.take_create(&tenant).await {
             self.metrics.create_rate_limited.inc();
             return Err(BrokerError::RateLimited {
@@ -272,7 +277,7 @@ impl Broker {
 
     /// A place in `tenant`'s quota of `kind` for a create: its sessions running on other
     /// nodes (from the store, in a cluster), here, and creates under way here.
-    async fn reserve_place(&self, tenant: &Tenant, kind: Kind) -> Result<Reservation<'_>, QuotaExceeded> {
+    pub(super) async fn reserve_place(&self, tenant: &Tenant, kind: Kind) -> Result<Reservation<'_>, QuotaExceeded> {
         let Some(limit) = self.quotas.limit(kind) else {
             return self.quotas.reserve(tenant, kind, 0, || 0);
         };
@@ -399,6 +404,7 @@ impl Broker {
                 ..request.options.view()
             },
             traffic,
+            proxy: request.options.proxy.clone(),
         };
         let session = Arc::new(Session::new(init, &self.node));
         let _ = session.events.set(self.events.open(&id, &session.tenant));

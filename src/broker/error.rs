@@ -128,3 +128,32 @@ impl SessionError {
         }
     }
 }
+
+/// Why a fork made no sessions.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error(transparent)]
+    Source(#[from] SessionError),
+    #[error(
+        "A session fronting your own browser (cdp_url) cannot be forked: the broker does not run that \
+         browser, so it cannot start others from its state"
+    )]
+    External,
+    #[error("The source session's state could not be read: {0}")]
+    Read(CdpError),
+    #[error("A fork's state could not be written, so no fork was kept: {0}")]
+    Write(CdpError),
+    #[error(transparent)]
+    Create(#[from] BrokerError),
+}
+
+impl ForkError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            ForkError::Source(e) => e.origin(),
+            ForkError::External => Origin::Client,
+            ForkError::Read(e) | ForkError::Write(e) => e.origin(),
+            ForkError::Create(e) => e.origin(),
+        }
+    }
+}

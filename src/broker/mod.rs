@@ -6,14 +6,15 @@
 mod cluster;
 mod create;
 mod error;
+mod fork;
 mod lifecycle;
 mod profile_state;
 mod request;
 mod start;
 mod usage;
 
-pub use error::{BrokerError, SessionError, StartError};
-pub use request::{NewSession, RequestedOptions};
+pub use error::{BrokerError, ForkError, SessionError, StartError};
+pub use request::{Carried, ForkRequest, Forked, NewSession, RequestedOptions};
 pub use usage::TenantUsage;
 
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
-//! What a create asks for, as validated: the broker's input, plain data.
+//! What a create or a fork asks for, as validated (the broker's input, plain data), and
+//! what a fork answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -10,6 +12,7 @@ use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::Identity;
 use crate::capture::Wants;
 use crate::events::EventType;
+use crate::session::Session;
 use crate::store::{Isolation, ProxySettings, SessionOptions};
 use crate::values::Screen;
 use crate::webhooks::Target;
@@ -87,4 +90,31 @@ impl RequestedOptions {
             extensions: self.extensions.clone(),
         }
     }
+}
+
+/// A validated fork request.
+pub struct ForkRequest {
+    pub count: usize,
+    /// Else the source's.
+    pub isolation: Option<Isolation>,
+    /// Else the source's own TTL.
+    pub ttl: Option<Duration>,
+    /// Else the source's metadata.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// What a fork made and what it carried into each.
+pub struct Forked {
+    pub sessions: Vec<Arc<Session>>,
+    pub carried: Carried,
+}
+
+/// What each fork started from.
+pub struct Carried {
+    pub cookies: usize,
+    /// The open web tabs' URLs.
+    pub tabs: Vec<String>,
+    /// Tabs whose page had localStorage, and had sessionStorage.
+    pub local_storage: usize,
+    pub session_storage: usize,
 }

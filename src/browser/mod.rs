@@ -7,8 +7,8 @@
 //! challenges they show ([`challenges`]), the
 //! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]),
 //! what the kernel lets each browser touch ([`confine`]), what a client may send: the
-//! context filter ([`filter`]) and the live view's ([`live_filter`]), and a session's
-//! screen now ([`screenshot`]).
+//! context filter ([`filter`]) and the live view's ([`live_filter`]), a session's
+//! screen now ([`screenshot`]), and a live browser's state as a fork takes it ([`snapshot`]).
 
 pub(crate) mod ad_blocker;
 pub(crate) mod blocking;
@@ -31,6 +31,7 @@ pub(crate) mod pool;
 pub(crate) mod scope;
 pub(crate) mod screenshot;
 pub(crate) mod shared;
+pub(crate) mod snapshot;
 pub(crate) mod stealth;
 pub(crate) mod tab_cap;
 pub(crate) mod upstream;

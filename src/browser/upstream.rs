@@ -170,6 +170,12 @@ impl Upstream {
         }
     }
 
+    /// The browser's own DevTools URL, unfiltered, for the broker's own connections; none
+    /// for a user's browser.
+    pub fn own_ws_url(&self) -> Option<String> {
+        (!self.external).then(|| format!("ws://{}{}", self.authority, self.browser_path))
+    }
+
     /// The same browser, seen through a context session's filter.
     pub fn scoped(mut self, scope: Arc<ContextScope>) -> Upstream {
         self.scope = Some(scope);

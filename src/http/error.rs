@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::Body;
 use crate::artifacts::FileError;
-use crate::broker::{BrokerError, SessionError};
+use crate::broker::{BrokerError, ForkError, SessionError};
 use crate::browser::byo::ProbeError;
 use crate::browser::cdp::CdpError;
 use crate::browser::pool::PoolError;
@@ -176,6 +176,8 @@ pub(crate) enum Attempt {
     View,
     /// A one-call render in a given session.
     Render,
+    /// A fork of the session.
+    Fork,
 }
 
 /// The one way a session lookup's refusal becomes an answer.
@@ -212,6 +214,10 @@ pub(crate) fn session_refusal(e: SessionError, attempt: Attempt) -> ApiError {
         (Attempt::Act, _) => (
             StatusCode::CONFLICT,
             format!("Session is {}: actions need an active session", status.as_str()),
+        ),
+        (Attempt::Fork, _) => (
+            StatusCode::CONFLICT,
+            format!("Session is {}: only an active session can be forked", status.as_str()),
         ),
     };
     ApiError::of(status, origin, detail)
@@ -315,6 +321,20 @@ impl From<BrokerError> for ApiError {
             BrokerError::Store(_) | BrokerError::ProfileUnreadable(_) | BrokerError::ProfileNotSaved(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+        };
+        ApiError::of(status, origin, e.to_string())
+    }
+}
+
+impl From<ForkError> for ApiError {
+    fn from(e: ForkError) -> ApiError {
+        let origin = e.origin();
+        let status = match e {
+            ForkError::Source(e) => return session_refusal(e, Attempt::Fork),
+            ForkError::Create(e) => return e.into(),
+            ForkError::External => StatusCode::UNPROCESSABLE_ENTITY,
+            ForkError::Read(CdpError::Timeout) | ForkError::Write(CdpError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ForkError::Read(_) | ForkError::Write(_) => StatusCode::BAD_GATEWAY,
         };
         ApiError::of(status, origin, e.to_string())
     }

@@ -14,6 +14,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod extensions;
 pub(crate) mod files;
+pub(crate) mod fork;
 pub(crate) mod live;
 pub(crate) mod mcp;
 pub(crate) mod profiles;

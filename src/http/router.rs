@@ -11,7 +11,7 @@ use serde_json::json;
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
 use super::{
-    Body, actions, admin, capture, dashboard, events, extensions, files, live, mcp, profiles, render, sessions,
+    Body, actions, admin, capture, dashboard, events, extensions, files, fork, live, mcp, profiles, render, sessions,
 };
 use crate::broker::Broker;
 use crate::metrics;
@@ -28,6 +28,7 @@ pub enum Endpoint {
     Sessions,
     Session,
     TerminateSession,
+    ForkSession,
     Profiles,
     Profile,
     Extensions,
@@ -88,6 +89,7 @@ fn openapi_for(config: &crate::config::Config) -> String {
         "RenderPdf",
         "RenderPage",
         "RenderScrape",
+        "ForkRequest",
     ] {
         if let Some(ttl) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/ttl")) {
             ttl["maximum"] = json!(config.max_ttl);
@@ -95,6 +97,9 @@ fn openapi_for(config: &crate::config::Config) -> String {
         if let Some(t) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/timeout_ms")) {
             t["maximum"] = json!(config.max_render_timeout_ms);
         }
+    }
+    if let Some(count) = doc.pointer_mut("/components/schemas/ForkRequest/properties/count") {
+        count["maximum"] = json!(config.max_fork_count);
     }
     serde_json::to_string(&doc).unwrap_or_else(|_| OPENAPI.to_owned())
 }
@@ -115,6 +120,7 @@ pub const ROUTES: &[Route] = &[
         "/public/sessions/{session_id}/terminate",
         Endpoint::TerminateSession,
     ),
+    route(&["POST"], "/public/sessions/{session_id}/fork", Endpoint::ForkSession),
     route(&["GET", "POST"], "/public/sessions/{session_id}/files", Endpoint::Files),
     route(&["GET"], "/public/sessions/{session_id}/files.zip", Endpoint::FilesZip),
     route(
@@ -323,7 +329,9 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
         | Endpoint::Logs
         | Endpoint::Har
         | Endpoint::SessionWebhooks => id.map(|id| (id.to_owned(), true)),
-        Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::Screenshot => id.map(|id| (id.to_owned(), false)),
+        Endpoint::Proxy | Endpoint::TerminateSession | Endpoint::ForkSession | Endpoint::Screenshot => {
+            id.map(|id| (id.to_owned(), false))
+        }
         Endpoint::Session if request.method() != Method::GET => id.map(|id| (id.to_owned(), false)),
         _ => None,
     }
@@ -404,6 +412,10 @@ async fn api(
         Endpoint::TerminateSession => {
             only(&method, &[Method::POST])?;
             sessions::terminate(broker, &tenant, id).await
+        }
+        Endpoint::ForkSession => {
+            only(&method, &[Method::POST])?;
+            fork::fork(broker, &tenant, id, request).await
         }
         Endpoint::Files => files::collection(broker, &tenant, id, request).await,
         Endpoint::File => {

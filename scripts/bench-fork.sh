@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fork of a logged-in context session into N = 1, 4, 16 (each N once per round, rounds
+# alternated): time to the fork's 201 (every fork's cookies, tabs and storage written) and
+# to every fork's first CDP reply. Medians of ROUNDS runs.
+# usage: scripts/bench-fork.sh [ROUNDS] [COUNTS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+counts=${2:-1,4,16}
+scripts/setup.sh --test
+cargo build --release --quiet --bin cdpgate
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
+  wait 2>/dev/null || true
+  sleep 1
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+. scripts/bench-lib.sh
+
+# The site of tests/fork.rs: /login sets a session cookie, localStorage and sessionStorage.
+site_port=$(free_port)
+python3 - "$site_port" <<'PY' &
+import http.server, sys
+class Site(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/login":
+            body = b"<script>localStorage.setItem('token','tok-1');sessionStorage.setItem('tab','first')</script>in"
+        else:
+            body = (b"<html><head><script>document.title=(localStorage.getItem('token')||'-')+'|'+"
+                    b"(sessionStorage.getItem('tab')||'-')</script></head><body><div style='height:6000px'></div></body></html>")
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        if self.path == "/login":
+            self.send_header("set-cookie", "sid=s3cr3t; Path=/; HttpOnly")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Site).serve_forever()
+PY
+pids+=($!)
+
+key=bench-key-0123456789abcdef
+gate=$(start_broker target/release/cdpgate fork CDPGATE_DEFAULT_ISOLATION=context \
+  CDPGATE_CONTEXT_BROWSERS=1 CDPGATE_MAX_CONTEXTS_PER_BROWSER=40)
+node --experimental-websocket tests/js/bench_fork.mjs "http://$gate" "$key" "http://127.0.0.1:$site_port" \
+  "$rounds" "$counts" 2>/dev/null | python3 -m json.tool
