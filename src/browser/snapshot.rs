@@ -246,7 +246,7 @@ fn pairs(v: &Value) -> Vec<(String, String)> {
 
 /// A cookie as `Storage.getCookies` answers it, as `Storage.setCookies` takes it: a session
 /// cookie stays one (no expiry). One partitioned under an opaque key cannot be set again.
-fn settable(c: &Value) -> Option<Value> {
+pub(crate) fn settable(c: &Value) -> Option<Value> {
     if c["partitionKeyOpaque"] == true {
         return None;
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, cdp};
+use crate::browser::{Browser, cdp, snapshot};
 use crate::store::SaveOutcome;
 use crate::store::profiles::{ProfileUse, Profiles};
 
@@ -37,29 +37,8 @@ pub(crate) async fn restore_session_cookies(browser: &Browser, cookies: &[Value]
     if cookies.is_empty() {
         return Ok(());
     }
-    let params: Vec<Value> = cookies
-        .iter()
-        .map(|c| {
-            let mut p = serde_json::Map::new();
-            for key in [
-                "name",
-                "value",
-                "domain",
-                "path",
-                "secure",
-                "httpOnly",
-                "sameSite",
-                "priority",
-                "sourceScheme",
-                "sourcePort",
-            ] {
-                if let Some(v) = c.get(key) {
-                    p.insert(key.into(), v.clone());
-                }
-            }
-            Value::Object(p)
-        })
-        .collect();
+    // The saved cookies are session ones: they stay so (no expiry given).
+    let params: Vec<Value> = cookies.iter().filter_map(snapshot::settable).collect();
     let url = browser.ws_url();
     cdp::command(&url, "Storage.setCookies", json!({ "cookies": params }))
         .await
