@@ -48,6 +48,12 @@ cleanup() {
     kill "${pids[i]}" 2>/dev/null || true
     sleep 0.5
   done
+  # Where data_dir's entries are at the end (entries under each of its first two levels),
+  # so that a growing count names its directory.
+  if [ -d "$tmp/data" ]; then
+    (cd "$tmp/data" && find . -mindepth 1 | cut -d/ -f2-3 | sort | uniq -c | sort -rn | head -40) \
+      >"$out/data_dir_at_end.txt" 2>/dev/null || true
+  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
