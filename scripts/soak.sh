@@ -43,17 +43,17 @@ tmp=$(mktemp -d /tmp/soak.XXXX)
 key=soak-key-0123456789abcdef
 pids=()
 cleanup() {
+  # Where data_dir's entries are at the end, the broker still running (entries under each
+  # directory of its first two levels), so that a growing count names its directory.
+  if [ -d "$tmp/data" ]; then
+    (cd "$tmp/data" && find . -mindepth 1 | cut -d/ -f2-3 | sort | uniq -c | sort -rn | head -40) \
+      >"$out/data_dir_at_end.txt" 2>/dev/null || true
+  fi
   # Newest first: the broker leaves the cluster while Redis still answers.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill "${pids[i]}" 2>/dev/null || true
     sleep 0.5
   done
-  # Where data_dir's entries are at the end (entries under each of its first two levels),
-  # so that a growing count names its directory.
-  if [ -d "$tmp/data" ]; then
-    (cd "$tmp/data" && find . -mindepth 1 | cut -d/ -f2-3 | sort | uniq -c | sort -rn | head -40) \
-      >"$out/data_dir_at_end.txt" 2>/dev/null || true
-  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
