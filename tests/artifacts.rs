@@ -420,6 +420,32 @@ async fn a_context_sessions_downloads_are_its_own() {
         );
         assert_eq!(listed.len(), 3, "report, own blob, big: {listed:?}");
     }
+    // An ended session's folder goes with it; the shared browser (and its neighbour's
+    // folder) stay. Else each ended session would leave a directory there.
+    let folders = || {
+        let mut found = Vec::new();
+        for browser in std::fs::read_dir(server.data_dir.path().join("browsers")).unwrap() {
+            let browser = browser.unwrap().path();
+            if browser.extension().is_some_and(|e| e == "downloads") {
+                for folder in std::fs::read_dir(&browser).unwrap() {
+                    found.push(folder.unwrap().file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        found
+    };
+    assert!(folders().contains(&id.to_owned()), "{:?}", folders());
+    let ended = server
+        .call(Method::DELETE, &format!("/public/sessions/{id}"), Some(KEY_A), None)
+        .await;
+    assert!(ended.status.is_success(), "{}", ended.body);
+    let gone = eventually(Duration::from_secs(10), || !folders().contains(&id.to_owned())).await;
+    assert!(
+        gone,
+        "the ended session's download folder is still there: {:?}",
+        folders()
+    );
+    assert!(folders().contains(&other.to_owned()), "{:?}", folders());
     server.stop().await;
 }
 

@@ -328,3 +328,125 @@ async fn the_transport_refuses_hostile_messages_and_changes_nothing() {
     assert_eq!(r.status, StatusCode::OK);
     server.stop().await;
 }
+
+/// Two pages of one tenant: an iframe's input, a button counting its clicks.
+fn two_sites(path: &str) -> (String, String) {
+    let page = match path {
+        "/frame" => "<html><body><input id='inner' aria-label='Inner'></body></html>",
+        "/a" => "<html><body><h1>Alpha</h1><iframe src='/frame'></iframe></body></html>",
+        _ => {
+            "<html><body><h1>Bravo private page</h1>\
+             <button onclick='window.clicks=(window.clicks||0)+1'>Count</button>\
+             <input id='field' aria-label='Field'></body></html>"
+        }
+    };
+    (String::new(), page.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_from_another_session_or_document_acts_on_nothing() {
+    let server = TestServer::start().await;
+    let site = format!("http://{}", serve_pages(two_sites).await);
+    let bearer = format!("Bearer {KEY_A}");
+    let key = Some(bearer.as_str());
+    let init = post(&server, key, None, &init_body()).await;
+    let mcp = init.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let mcp = Some(mcp.as_str());
+    let mut next = 100;
+    let mut tool = async |name: &str, args: Value| -> (bool, String) {
+        next += 1;
+        let body = json!({"jsonrpc": "2.0", "id": next, "method": "tools/call",
+            "params": {"name": name, "arguments": args}});
+        let r = post(&server, key, mcp, &body.to_string()).await;
+        let result = &r.json["result"];
+        let text = result["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+        (result["isError"] == true, text)
+    };
+    // The nearest neighbours there are: two context sessions of one key, one shared browser.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let made = server
+            .call(
+                Method::POST,
+                "/public/sessions",
+                Some(KEY_A),
+                Some(r#"{"isolation":"context"}"#),
+            )
+            .await;
+        ids.push(made.json["session_id"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (ids[0].as_str(), ids[1].as_str());
+    let went = tool("navigate", json!({"session_id": a, "url": format!("{site}/a")})).await;
+    assert!(!went.0, "{went:?}");
+    let went = tool("navigate", json!({"session_id": b, "url": format!("{site}/b")})).await;
+    assert!(!went.0, "{went:?}");
+    let (_, snapshot_b) = tool("snapshot", json!({"session_id": b})).await;
+    let refs_b: Vec<String> = snapshot_b
+        .split("[ref=")
+        .skip(1)
+        .map(|s| s.split(']').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(refs_b.len(), 2, "{snapshot_b}");
+
+    // B's references, used on A: whatever they name there, nothing of B is touched or read.
+    for r in &refs_b {
+        for (name, args) in [
+            ("click", json!({"session_id": a, "ref": r})),
+            ("type", json!({"session_id": a, "ref": r, "text": "INJECTED"})),
+        ] {
+            let (_, text) = tool(name, args).await;
+            assert!(!text.contains("Bravo"), "{name} {r} on A read B: {text}");
+        }
+    }
+
+    // A node of another document in A's own tab (its iframe's input, by Chrome's id as a
+    // client sees it): not an element of the page's snapshot, so refused, nothing typed.
+    let record_a = server.get(a).await.json;
+    let mut cdp = CdpClient::connect(&record_a).await;
+    let (target, _) = cdp.pages().await.remove(0);
+    let page_a = cdp.attach(&target).await;
+    let doc = cdp
+        .call(Some(&page_a), "DOM.getDocument", json!({"depth": -1, "pierce": true}))
+        .await;
+    let inner = find_node(&doc["root"], "inner").expect("the iframe's input");
+    let (refused, text) = tool(
+        "type",
+        json!({"session_id": a, "ref": format!("e{inner}"), "text": "INJECTED"}),
+    )
+    .await;
+    assert!(refused && text.contains("take a new snapshot"), "{text}");
+    let typed = cdp
+        .eval(
+            &page_a,
+            "document.querySelector('iframe').contentDocument.getElementById('inner').value",
+        )
+        .await;
+    assert_eq!(typed, json!(""), "the iframe's input was typed into");
+    drop(cdp);
+
+    // B is as it was: no click counted, nothing typed.
+    let record_b = server.get(b).await.json;
+    let mut cdp = CdpClient::connect(&record_b).await;
+    let (target, _) = cdp.pages().await.remove(0);
+    let page_b = cdp.attach(&target).await;
+    let state = cdp
+        .eval(
+            &page_b,
+            "[window.clicks || 0, document.getElementById('field').value, document.body.innerHTML.includes('INJECTED')]",
+        )
+        .await;
+    assert_eq!(state, json!([0, "", false]), "A's calls changed B");
+    server.stop().await;
+}
+
+/// The `backendNodeId` of the element with `id` in a `DOM.getDocument` tree (frames pierced).
+fn find_node(node: &Value, id: &str) -> Option<u64> {
+    let attributes = node["attributes"].as_array();
+    let has_id = attributes.is_some_and(|a| a.chunks(2).any(|kv| kv[0] == "id" && kv[1] == id));
+    if has_id {
+        return node["backendNodeId"].as_u64();
+    }
+    let children = node["children"].as_array().into_iter().flatten();
+    let content = node.get("contentDocument").into_iter();
+    children.chain(content).find_map(|child| find_node(child, id))
+}

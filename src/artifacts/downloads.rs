@@ -116,8 +116,27 @@ impl Watcher {
                         tracing::debug!(error = %e, "could not set the download folder again");
                     }
                 }
-                _ = self.watch.until.cancelled() => return,
+                _ = self.watch.until.cancelled() => break,
+                // The browser went, and its folders with it.
                 _ = self.client.closed().cancelled() => return,
+            }
+        }
+        self.forget_folder().await;
+    }
+
+    /// A context session's folder is its own directory inside the shared browser's, which
+    /// outlives it: removed with the session, or every ended session would leave its
+    /// directory (and any download cut short) there until the browser is replaced. A whole
+    /// browser's folder goes with the browser.
+    async fn forget_folder(&self) {
+        if self.watch.context.is_none() {
+            return;
+        }
+        match tokio::fs::remove_dir_all(&self.watch.dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.watch.dir.display(), error = %e, "could not remove an ended session's download folder")
             }
         }
     }

@@ -288,7 +288,12 @@ impl Page {
             }
         }
         let object = object.ok_or_else(|| missing(reference))?;
-        let function = format!("function (...args) {{ return ({HELPERS}).{name}(this, ...args); }}");
+        // Chrome resolves any node id its renderer knows, in any of its documents (another
+        // tab of the session, a frame): only an element of this tab's document is acted on.
+        let function = format!(
+            "function (...args) {{ if (!(this instanceof Element) || this.ownerDocument !== document || !this.isConnected) \
+             return {{ elsewhere: true }}; return ({HELPERS}).{name}(this, ...args); }}"
+        );
         let arguments: Vec<Value> = args.iter().map(|a| json!({ "value": a })).collect();
         let result = self
             .in_world(
@@ -301,7 +306,10 @@ impl Page {
             )
             .await;
         let _ = self.call("Runtime.releaseObject", json!({ "objectId": object })).await;
-        result
+        match result {
+            Ok(v) if v["elsewhere"] == true => Err(missing(reference)),
+            other => other,
+        }
     }
 
     /// The page as an outline with `ref=eN` references: `{url, title, text}`.
