@@ -28,6 +28,10 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "download_refused",
     "upload",
     "profile_saved",
+    "console_error",
+    "page_error",
+    "challenge_seen",
+    "idle_warning",
     "ended",
 ];
 

@@ -40,11 +40,19 @@ pub enum EventType {
     DownloadRefused,
     Upload,
     ProfileSaved,
+    /// A page logged a console error (the first ones; with `capture_console`).
+    ConsoleError,
+    /// A page threw an uncaught exception (the first ones; with `capture_console`).
+    PageError,
+    /// A frame showed a known challenge (reCAPTCHA, hCaptcha, Turnstile).
+    ChallengeSeen,
+    /// The session nears its idle timeout: a client may connect to keep it.
+    IdleWarning,
     Ended,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 18] = [
         EventType::Created,
         EventType::ClientConnected,
         EventType::ClientDisconnected,
@@ -58,6 +66,10 @@ impl EventType {
         EventType::DownloadRefused,
         EventType::Upload,
         EventType::ProfileSaved,
+        EventType::ConsoleError,
+        EventType::PageError,
+        EventType::ChallengeSeen,
+        EventType::IdleWarning,
         EventType::Ended,
     ];
 
@@ -77,6 +89,10 @@ impl EventType {
             EventType::DownloadRefused => "download_refused",
             EventType::Upload => "upload",
             EventType::ProfileSaved => "profile_saved",
+            EventType::ConsoleError => "console_error",
+            EventType::PageError => "page_error",
+            EventType::ChallengeSeen => "challenge_seen",
+            EventType::IdleWarning => "idle_warning",
             EventType::Ended => "ended",
         }
     }

@@ -506,6 +506,30 @@ async fn a_challenge_frame_is_recorded_on_the_session() {
         assert!(challenges[0]["at"].as_str().unwrap().ends_with('Z'));
         // The live view is how a person passes it.
         assert!(shown["metadata"]["live_url"].as_str().is_some());
+        // Told as an event too, once.
+        let events = server
+            .call(
+                Method::GET,
+                &format!("/public/sessions/{id}/events?limit=1000"),
+                Some(KEY_A),
+                None,
+            )
+            .await
+            .json;
+        let seen: Vec<&Value> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "challenge_seen")
+            .collect();
+        assert_eq!(seen.len(), 1, "{isolation}: {events}");
+        assert_eq!(seen[0]["data"]["kind"], "recaptcha");
+        assert!(
+            seen[0]["data"]["url"]
+                .as_str()
+                .unwrap()
+                .contains("/recaptcha/api2/anchor")
+        );
         server.terminate(id).await;
     }
     let metrics = server.call(Method::GET, "/metrics", None, None).await.body;

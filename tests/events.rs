@@ -424,3 +424,70 @@ async fn one_key_holds_a_bounded_number_of_event_streams() {
     }
     server.stop().await;
 }
+
+fn erring_route(_: &str) -> (String, String) {
+    let page = "<title>errs</title><script>console.error('boom', 1); console.log('fine');\
+                for (let i = 2; i <= 26; i++) console.error('boom', i);\
+                setTimeout(() => { throw new Error('kaboom'); }, 0);</script>";
+    (String::new(), page.into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_errors_and_the_idle_end_are_told_the_first_errors_in_full() {
+    let server = TestServer::start().await;
+    let site = serve_pages(erring_route).await;
+    let session = server.create(json!({"capture_console": true, "idle_timeout": 6})).await;
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let mut cdp = CdpClient::connect(&session).await;
+    let (_, page) = cdp.own_page().await;
+    cdp.load(&page, &format!("http://{site}/")).await;
+    await_event(&server, &id, "page error", |e| e["type"] == "page_error").await;
+    cdp.ws.close(None).await.unwrap();
+    drop(cdp);
+    await_event(&server, &id, "end", |e| e["type"] == "ended").await;
+
+    let events = all_events(&server, &id).await;
+    let of = |kind: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e["data"].clone())
+            .collect()
+    };
+    // 26 console errors: the first 20 told in order, in full; the log at info is not one.
+    let errors = of("console_error");
+    assert_eq!(errors.len(), 20, "{errors:#?}");
+    for (i, e) in errors.iter().enumerate() {
+        assert_eq!(e["text"], format!("boom {}", i + 1), "{e}");
+        assert_eq!(e["count"], i + 1);
+        assert!(e["url"].as_str().unwrap().starts_with("http://127.0.0.1"), "{e}");
+        assert_eq!(e["line"], 1, "{e}");
+    }
+    let uncaught = of("page_error");
+    assert_eq!(uncaught.len(), 1, "{uncaught:#?}");
+    assert!(uncaught[0]["text"].as_str().unwrap().contains("kaboom"), "{uncaught:?}");
+    // The session's log counts them all.
+    let logs = server
+        .call(Method::GET, &format!("/public/sessions/{id}/logs"), Some(KEY_A), None)
+        .await;
+    assert_eq!(
+        (&logs.json["console_errors"], &logs.json["page_errors"]),
+        (&json!(26), &json!(1)),
+        "{}",
+        logs.body
+    );
+    // Told before the idle end, once, with the time left.
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let warned = kinds
+        .iter()
+        .position(|k| *k == "idle_warning")
+        .expect("an idle warning");
+    assert_eq!(kinds.iter().filter(|k| **k == "idle_warning").count(), 1, "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 1], "ended");
+    assert!(warned > kinds.iter().position(|k| *k == "client_disconnected").unwrap());
+    let warning = &events[warned]["data"];
+    assert_eq!(warning["idle_timeout"], 6);
+    assert!(warning["ends_in"].as_u64().unwrap() <= 3, "{warning}");
+    assert_eq!(events.last().unwrap()["data"]["end_reason"], "idle");
+    server.stop().await;
+}

@@ -216,12 +216,18 @@ async fn end_on_time(
     }
 }
 
+/// How long before an idle session's end it is told (`idle_warning`), at most.
+const IDLE_WARNING: Duration = Duration::from_secs(30);
+
 /// Ends the session once nothing has used it (no CDP client, no live viewer, no action)
 /// for `idle`. Sampled twice a second; a connection that opened and closed in between
 /// still counts, by the session's activity number.
 pub(super) async fn end_when_idle(session: Arc<Session>, idle: Duration, metrics: Arc<Metrics>) {
+    // Told once per idle stretch, this long before its end: time for a client to come back.
+    let warn_before = (idle / 2).min(IDLE_WARNING);
     let mut since = tokio::time::Instant::now();
     let mut seen = session.in_use().1;
+    let mut warned = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -231,7 +237,16 @@ pub(super) async fn end_when_idle(session: Arc<Session>, idle: Duration, metrics
         if busy || activity != seen {
             since = tokio::time::Instant::now();
             seen = activity;
+            warned = false;
             continue;
+        }
+        if !warned && since.elapsed() + warn_before >= idle {
+            warned = true;
+            let left = idle.saturating_sub(since.elapsed());
+            session.event(
+                EventType::IdleWarning,
+                serde_json::json!({"idle_timeout": idle.as_secs(), "ends_in": left.as_secs()}),
+            );
         }
         if since.elapsed() >= idle {
             let count = || {

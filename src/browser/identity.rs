@@ -26,6 +26,7 @@ use super::forward::Traffic;
 use super::stealth::{self, Disguise};
 use super::upstream::{Upstream, UpstreamStream};
 use crate::capture::SessionCapture;
+use crate::capture::logs::ErrorSeen;
 use crate::events::{EventType, SessionEvents};
 use crate::metrics::Metrics;
 use crate::values::Fingerprint;
@@ -175,14 +176,43 @@ impl Watch {
         );
     }
 
-    /// Records a challenge shown by a frame that navigated.
-    fn navigated(&self, event: &Value) {
+    /// Records a challenge shown by a frame that navigated, and tells it.
+    fn navigated(&self, event: &Value, target_id: &str) {
         let frame = &event["params"]["frame"];
         let (id, url) = (frame["id"].as_str().unwrap_or(""), frame["url"].as_str().unwrap_or(""));
         if let Some(kind) = self.challenges.seen(id, url) {
             self.metrics.record_challenge(kind);
             tracing::info!(kind, "a page shows a challenge: a person can pass it in the live view");
+            if let Some(events) = &self.events {
+                let url = crate::capture::cut_text(url, 2048);
+                events.emit(
+                    EventType::ChallengeSeen,
+                    json!({ "target_id": target_id, "kind": kind, "url": url }),
+                );
+            }
         }
+    }
+
+    /// Tells a console error or an uncaught exception a page showed (the first ones).
+    fn error(&self, seen: ErrorSeen) {
+        let Some(events) = &self.events else { return };
+        let kind = if seen.uncaught {
+            EventType::PageError
+        } else {
+            EventType::ConsoleError
+        };
+        let entry = seen.entry;
+        events.emit(
+            kind,
+            json!({
+                "target_id": entry.target_id,
+                "text": entry.text,
+                "url": entry.url,
+                "line": entry.line,
+                "column": entry.column,
+                "count": seen.count,
+            }),
+        );
     }
 }
 
@@ -387,7 +417,7 @@ impl Keeper {
         match event["method"].as_str() {
             Some("Fetch.requestPaused") => watch.paused(self, ws, event).await,
             Some("Page.frameNavigated") => {
-                watch.navigated(event);
+                watch.navigated(event, &target);
                 Ok(())
             }
             Some("Page.javascriptDialogOpening") => {
@@ -402,7 +432,11 @@ impl Keeper {
             }
             Some(_) if !session.is_empty() => {
                 let Some(capture) = &watch.capture else { return Ok(()) };
-                if let Some(request) = capture.event(session, &target, event) {
+                let taken = capture.event(session, &target, event);
+                if let Some(seen) = taken.error {
+                    watch.error(seen);
+                }
+                if let Some(request) = taken.body {
                     let id = self
                         .send(
                             ws,

@@ -16,6 +16,9 @@ const MAX_TEXT: usize = 8 * 1024;
 const MAX_URL: usize = 2048;
 /// Console arguments read into one entry's text.
 const MAX_ARGS: usize = 16;
+/// Console errors, and apart uncaught exceptions, told as events one by one; the rest are
+/// only counted (a page logging an error per frame must not flood the session's events).
+pub(crate) const MAX_ERRORS_TOLD: u64 = 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Entry {
@@ -44,10 +47,20 @@ impl Entry {
     }
 }
 
+/// An error a page showed, to be told as an event: a console error or (`uncaught`) an
+/// exception nothing caught, and how many of its kind the session has had.
+pub(crate) struct ErrorSeen {
+    pub(crate) uncaught: bool,
+    pub(crate) count: u64,
+    pub(crate) entry: Entry,
+}
+
 pub(crate) struct Logs {
     entries: VecDeque<Entry>,
     bytes: usize,
     dropped: u64,
+    console_errors: u64,
+    page_errors: u64,
     max_entries: usize,
     max_bytes: usize,
 }
@@ -58,20 +71,36 @@ impl Logs {
             entries: VecDeque::new(),
             bytes: 0,
             dropped: 0,
+            console_errors: 0,
+            page_errors: 0,
             max_entries: max_entries.max(1),
             max_bytes: max_bytes.max(1),
         }
     }
 
-    /// Takes one of the three events.
-    pub(crate) fn take(&mut self, method: &str, params: &Value, target_id: &str) {
+    /// Takes one of the three events; answers an error to tell, while there are few.
+    pub(crate) fn take(&mut self, method: &str, params: &Value, target_id: &str) -> Option<ErrorSeen> {
         let entry = match method {
             "Runtime.consoleAPICalled" => console(params, target_id),
             "Runtime.exceptionThrown" => exception(params, target_id),
             "Log.entryAdded" => browser(params, target_id),
-            _ => return,
+            _ => return None,
         };
+        let counter = match entry.kind {
+            "exception" => Some(&mut self.page_errors),
+            "console" if matches!(entry.level.as_str(), "error" | "assert") => Some(&mut self.console_errors),
+            _ => None,
+        };
+        let seen = counter.and_then(|count| {
+            *count += 1;
+            (*count <= MAX_ERRORS_TOLD).then(|| ErrorSeen {
+                uncaught: entry.kind == "exception",
+                count: *count,
+                entry: entry.clone(),
+            })
+        });
         self.push(entry);
+        seen
     }
 
     fn push(&mut self, entry: Entry) {
@@ -89,6 +118,8 @@ impl Logs {
             "session_id": session_id,
             "entries": self.entries,
             "dropped": self.dropped,
+            "console_errors": self.console_errors,
+            "page_errors": self.page_errors,
         })
     }
 }

@@ -148,6 +148,15 @@ pub(crate) struct SessionCapture {
     state: Mutex<State>,
 }
 
+/// What follows from an event the capture took.
+#[derive(Default)]
+pub(crate) struct Taken {
+    /// A response body to ask for (`Network.getResponseBody` of that request), for the HAR.
+    pub(crate) body: Option<String>,
+    /// An error a page showed, to tell as an event.
+    pub(crate) error: Option<logs::ErrorSeen>,
+}
+
 impl SessionCapture {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -158,18 +167,21 @@ impl SessionCapture {
     }
 
     /// Takes a CDP event of target `target_id` (reached on CDP session `session`); answers
-    /// a body to ask for (`Network.getResponseBody` of that request) if the HAR wants it.
-    pub(crate) fn event(&self, session: &str, target_id: &str, event: &Value) -> Option<String> {
+    /// what follows from it: a body to ask for, an error to tell.
+    pub(crate) fn event(&self, session: &str, target_id: &str, event: &Value) -> Taken {
         let method = event["method"].as_str().unwrap_or("");
         let params = &event["params"];
         let mut state = self.state();
         match method {
-            "Runtime.consoleAPICalled" | "Runtime.exceptionThrown" | "Log.entryAdded" if self.wants.console => {
-                state.logs.take(method, params, target_id);
-                None
-            }
-            m if m.starts_with("Network.") && self.wants.network => state.har.take(m, params, session, target_id),
-            _ => None,
+            "Runtime.consoleAPICalled" | "Runtime.exceptionThrown" | "Log.entryAdded" if self.wants.console => Taken {
+                error: state.logs.take(method, params, target_id),
+                ..Taken::default()
+            },
+            m if m.starts_with("Network.") && self.wants.network => Taken {
+                body: state.har.take(m, params, session, target_id),
+                ..Taken::default()
+            },
+            _ => Taken::default(),
         }
     }
 
