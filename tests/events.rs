@@ -491,3 +491,75 @@ async fn page_errors_and_the_idle_end_are_told_the_first_errors_in_full() {
     assert_eq!(events.last().unwrap()["data"]["end_reason"], "idle");
     server.stop().await;
 }
+
+/// Creates sessions of `key` on `node` until `stream` carries one's `created` (another
+/// node's events reach the stream once it has found that node); answers the sessions it
+/// made and the events it read.
+async fn until_streamed(node: &TestServer, key: &str, stream: &mut Sse) -> (Vec<String>, Vec<Value>) {
+    let (mut made_ids, mut read) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let made = node.call(Method::POST, "/public/sessions", Some(key), Some("{}")).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        let id = made.json["session_id"].as_str().unwrap().to_owned();
+        made_ids.push(id.clone());
+        let path = format!("/public/sessions/{id}/terminate");
+        assert_eq!(
+            node.call(Method::POST, &path, Some(key), None).await.status,
+            StatusCode::NO_CONTENT
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            let Ok(Some((_, event))) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await else {
+                continue;
+            };
+            read.push(event.clone());
+            if event["session_id"] == id.as_str() {
+                return (made_ids, read);
+            }
+        }
+    }
+    panic!("the stream never carried another node's session: {read:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_stream_on_any_node_carries_every_nodes_sessions_and_no_other_keys() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "node-a").await;
+    let b = cluster_node(&redis, "node-b").await;
+    let mut key_a = Sse::open(a.addr, "/public/events", KEY_A, None).await.unwrap();
+    let mut key_b = Sse::open(a.addr, "/public/events", KEY_B, None).await.unwrap();
+    let (mut of_key_a, _) = until_streamed(&b, KEY_A, &mut key_a).await;
+    let (_, mut seen_by_b) = until_streamed(&b, KEY_B, &mut key_b).await;
+
+    // A session B runs, used and ended: every event of it on A's stream, in B's order.
+    let session = b.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(b.broker.active_sessions(), 1, "the session runs on node B");
+    let mut cdp = CdpClient::connect(&session).await;
+    cdp.own_page().await;
+    drop(cdp);
+    await_event(&b, &id, "disconnect", |e| e["type"] == "client_disconnected").await;
+    assert_eq!(b.terminate(&id).await.status, StatusCode::NO_CONTENT);
+    let on_b = all_events(&b, &id).await;
+    let mut streamed = Vec::new();
+    while streamed.last().is_none_or(|e: &Value| e["type"] != "ended") {
+        let (_, event) = key_a.next().await.expect("the stream goes on");
+        if event["session_id"] == id.as_str() {
+            streamed.push(event);
+        }
+    }
+    assert_eq!(streamed, on_b, "A's stream carried B's events as B wrote them");
+
+    // Key B's stream on A carried none of key A's sessions: a last session of key B's on B
+    // comes after everything above, and nothing before it was key A's.
+    seen_by_b.extend(until_streamed(&b, KEY_B, &mut key_b).await.1);
+    of_key_a.push(id);
+    assert!(
+        seen_by_b
+            .iter()
+            .all(|e| !of_key_a.iter().any(|a| e["session_id"] == a.as_str())),
+        "key B heard key A's sessions: {seen_by_b:#?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}

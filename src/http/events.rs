@@ -8,7 +8,7 @@
 //! One key holds at most `max_event_streams_per_key` streams at once on a node: each is a
 //! task and a socket of the broker's.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use super::request::query_pairs;
 use crate::auth::Tenant;
 use crate::broker::Broker;
 use crate::events::{Event, EventType, Live};
+use crate::proxy::hop::{is_hop, open_stream};
 
 /// A comment sent when nothing else was for this long, so proxies keep the stream open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -34,6 +35,10 @@ const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 /// Events read from the log at a time by a stream catching up.
 const CATCH_UP: usize = 256;
+/// How often a key's stream looks for nodes that joined the cluster.
+const NODE_LOOK: Duration = Duration::from_secs(5);
+/// Largest event taken from another node's stream.
+const MAX_RELAYED_EVENT: usize = 1 << 20;
 
 /// Event streams open per broker (tests run several in one process) and key.
 static STREAMS: LazyLock<DashMap<(usize, Tenant), usize>> = LazyLock::new(DashMap::new);
@@ -121,9 +126,11 @@ pub(crate) async fn session_events(
     ))
 }
 
-/// `GET /public/events`: every event of the key's sessions on this node, as they happen.
+/// `GET /public/events`: every event of the key's sessions as they happen: this node's,
+/// and in a cluster every other node's too, read from their own streams (a request sent on
+/// by another node gets this node's only).
 pub(crate) fn tenant_events(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     tenant: Tenant,
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -136,6 +143,11 @@ pub(crate) fn tenant_events(
     let mut live = broker.events().subscribe();
     let shutdown = broker.shutdown().clone();
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    if broker.is_clustered() && !is_hop(request) {
+        broker
+            .tracker()
+            .spawn(other_nodes_events(Arc::downgrade(broker), tenant.clone(), tx.clone()));
+    }
     broker.tracker().spawn(async move {
         let _place = place;
         if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
@@ -162,6 +174,76 @@ pub(crate) fn tenant_events(
         }
     });
     Ok(stream_response(rx))
+}
+
+/// Keeps a stream of each other live node's events for `tenant` open into `tx` (nodes that
+/// join are found at the next look), until the reader leaves or the broker stops.
+async fn other_nodes_events(broker: Weak<Broker>, tenant: Tenant, tx: mpsc::Sender<Bytes>) {
+    let open: Arc<DashMap<String, ()>> = Arc::default();
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        for (node, alive) in b.cluster().await.unwrap_or_default() {
+            if !alive || node.id == b.node() || open.insert(node.id.clone(), ()).is_some() {
+                continue;
+            }
+            let (tx, open, tenant, broker) = (tx.clone(), open.clone(), tenant.clone(), broker.clone());
+            b.tracker().spawn(async move {
+                relay_node_events(broker, &node.url, &tenant, &tx).await;
+                open.remove(&node.id);
+            });
+        }
+        let shutdown = b.shutdown().clone();
+        drop(b);
+        tokio::select! {
+            _ = tokio::time::sleep(NODE_LOOK) => {}
+            _ = tx.closed() => return,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Passes on the events of one node's stream (its own sessions only) until it or the
+/// reader goes.
+async fn relay_node_events(broker: Weak<Broker>, url: &str, tenant: &Tenant, tx: &mpsc::Sender<Bytes>) {
+    let opened = match broker.upgrade().as_deref().and_then(Broker::cluster_key) {
+        Some(key) => open_stream(key, url, "/public/events", tenant).await,
+        None => return,
+    };
+    let mut body = match opened {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::debug!(node = url, error = %e, "could not read another node's events");
+            return;
+        }
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = tx.closed() => return,
+        };
+        let Some(Ok(frame)) = frame else { return };
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        // Whole events only, each passed on as it came; its comments and retry hint are
+        // this node's own business. A node never sends one this large: a stream that does
+        // is not followed.
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            if (event.starts_with(b"data:") || event.starts_with(b"event:"))
+                && tx.send(Bytes::from(event)).await.is_err()
+            {
+                return;
+            }
+        }
+        if pending.len() > MAX_RELAYED_EVENT {
+            tracing::warn!(
+                node = url,
+                "another node's event stream sent an event too large to pass on"
+            );
+            return;
+        }
+    }
 }
 
 /// A session's events after `cursor`, then each as it comes, until its `ended`.

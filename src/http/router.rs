@@ -339,7 +339,7 @@ fn session_of<B>(broker: &Broker, request: &Request<B>) -> Option<(String, bool)
 
 /// The JSON API's endpoints: the key is checked before anything else is read.
 async fn api(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     endpoint: Endpoint,
     params: &[&str],
     request: Request<Incoming>,

@@ -118,6 +118,33 @@ pub(crate) async fn send_to(
     send(key, tcp, &authority, parts, body, answer_within, tenant).await
 }
 
+/// Opens a `GET` of `target` on the node at `url` for `tenant` as a server-sent event
+/// stream, and answers its body, read as the node writes it (for as long as it does).
+pub(crate) async fn open_stream(
+    key: &ClusterKey,
+    url: &str,
+    target: &str,
+    tenant: &Tenant,
+) -> Result<Incoming, ProxyError> {
+    let (tcp, authority) = connect(url).await?;
+    let (parts, ()) = Request::builder()
+        .method(hyper::Method::GET)
+        .uri(target)
+        .header(header::ACCEPT, "text/event-stream")
+        .body(())
+        .map_err(|e| ProxyError::Upstream(UpstreamError::Http(e.to_string())))?
+        .into_parts();
+    let body = http_body_util::Empty::<Bytes>::new();
+    let answer = exchange(key, tcp, &authority, &parts, body, HOP_TIMEOUT, Some(tenant)).await?;
+    if answer.status() != StatusCode::OK {
+        let status = answer.status();
+        return Err(ProxyError::Upstream(UpstreamError::Http(format!(
+            "the node answered {status}"
+        ))));
+    }
+    Ok(answer.into_body())
+}
+
 /// A connection to the node at `owner` (`http://host:port`), and its `host:port`.
 async fn connect(owner: &str) -> Result<(TcpStream, String), ProxyError> {
     let authority = owner
