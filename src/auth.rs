@@ -212,6 +212,28 @@ impl ClusterKey {
         hex(&hmac_sha256(&self.secret, &[b"cdpgate token secret v1"]))
     }
 
+    /// An MCP session id that every node of the cluster takes for `tenant`'s: a random
+    /// part and its signature (hex), so that a client behind a load balancer without
+    /// sticky sessions keeps its MCP session whichever node it reaches.
+    pub fn mcp_session_id(&self, tenant: &Tenant) -> String {
+        let nonce = random_hex(8);
+        let mac = self.mcp_mac(tenant, &nonce);
+        format!("{nonce}{mac}")
+    }
+
+    /// Whether `id` is an [`Self::mcp_session_id`] of `tenant`'s.
+    pub fn is_mcp_session_id(&self, tenant: &Tenant, id: &str) -> bool {
+        id.len() == 48 && id.is_char_boundary(16) && constant_time_eq_str(&self.mcp_mac(tenant, &id[..16]), &id[16..])
+    }
+
+    fn mcp_mac(&self, tenant: &Tenant, nonce: &str) -> String {
+        let mac = hmac_sha256(
+            &self.secret,
+            &[b"cdpgate mcp session v1", tenant.0.as_bytes(), nonce.as_bytes()],
+        );
+        hex(&mac[..16])
+    }
+
     /// The signature of a node's record: its id, address, load and heartbeat time.
     pub fn sign_node(&self, fields: &[&str]) -> String {
         let mut parts: Vec<&[u8]> = vec![b"cdpgate node v1"];
@@ -568,6 +590,20 @@ mod tests {
         );
         assert_ne!(key.token_secret(), other.token_secret());
         assert!(!key.token_secret().contains("a-cluster-secret"));
+    }
+
+    #[test]
+    fn an_mcp_session_id_is_the_tenants_of_this_cluster_only() {
+        let key = ClusterKey::new("a-cluster-secret-of-32-characters!!");
+        let (a, b) = (Tenant::from_id("a"), Tenant::from_id("b"));
+        let id = key.mcp_session_id(&a);
+        assert!(key.is_mcp_session_id(&a, &id));
+        assert_ne!(id, key.mcp_session_id(&a), "each is new");
+        assert!(!key.is_mcp_session_id(&b, &id));
+        assert!(!ClusterKey::new("another-cluster-secret-32-chars!!!").is_mcp_session_id(&a, &id));
+        for bad in [&id[..47], "", "é".repeat(24).as_str(), &format!("{}0", &id[..47])] {
+            assert!(bad == id || !key.is_mcp_session_id(&a, bad), "{bad}");
+        }
     }
 
     #[test]

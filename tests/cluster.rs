@@ -771,6 +771,7 @@ async fn a_writer_paused_past_its_lease_cannot_overwrite_a_later_save() {
 
 /// One MCP client's conversation with one node: `initialize`, then tool calls.
 struct McpClient {
+    /// The node it talks to: any, for its MCP session.
     addr: std::net::SocketAddr,
     key: &'static str,
     session: String,
@@ -796,6 +797,24 @@ impl McpClient {
             key,
             session,
         }
+    }
+
+    /// The HTTP status of a call of `method` without parameters.
+    async fn status_of(&self, method: &str) -> StatusCode {
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": method, "params": {}});
+        http_with(
+            self.addr,
+            Method::POST,
+            "/mcp",
+            &[
+                ("x-api-key", self.key),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-session-id", &self.session),
+            ],
+            Some(&call.to_string()),
+        )
+        .await
+        .status
     }
 
     /// A tool's result: `(is_error, its text)`.
@@ -860,6 +879,9 @@ async fn an_mcp_client_on_any_node_drives_a_session_another_node_runs() {
         line[at..at + line[at..].find(']').unwrap()].to_owned()
     };
     let (who, join) = (reference("textbox \"Who\""), reference("button \"Join now\""));
+    // The same MCP session through node B (a load balancer without sticky sessions).
+    let mut agent = agent;
+    agent.addr = b.addr;
     let (failed, said) = agent
         .tool("type", json!({"session_id": id, "ref": who, "text": "ada"}))
         .await;
@@ -869,6 +891,25 @@ async fn an_mcp_client_on_any_node_drives_a_session_another_node_runs() {
     let (_, md) = agent.tool("markdown", json!({"session_id": id})).await;
     assert!(md.contains("Signed up"), "node B's page, read through node A: {md}");
 
+    agent.addr = a.addr;
+    // Another key cannot use the agent's MCP session on either node, nor a forged one.
+    for node in [&a, &b] {
+        let borrowed = McpClient {
+            addr: node.addr,
+            key: KEY_B,
+            session: agent.session.clone(),
+        };
+        assert_eq!(borrowed.status_of("tools/list").await, StatusCode::NOT_FOUND);
+        let mut forged = agent.session.clone();
+        let last = if forged.ends_with('0') { "1" } else { "0" };
+        forged.replace_range(forged.len() - 1.., last);
+        let forged = McpClient {
+            addr: node.addr,
+            key: KEY_A,
+            session: forged,
+        };
+        assert_eq!(forged.status_of("tools/list").await, StatusCode::NOT_FOUND);
+    }
     // Another key, on either node, reaches none of it.
     let stranger = McpClient::open(&a, KEY_B).await;
     for (name, args) in [

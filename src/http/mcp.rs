@@ -44,12 +44,11 @@ const SESSION_HEADER: &str = "mcp-session-id";
 
 struct McpSession {
     tenant: Tenant,
-    /// The broker that opened it (tests run several in one process).
-    broker: usize,
     last_used: Instant,
 }
 
-static SESSIONS: LazyLock<DashMap<String, McpSession>> = LazyLock::new(DashMap::new);
+/// The MCP sessions held, by broker (tests run several in one process) and id.
+static SESSIONS: LazyLock<DashMap<(usize, String), McpSession>> = LazyLock::new(DashMap::new);
 
 fn broker_id(broker: &Broker) -> usize {
     std::ptr::from_ref(broker) as usize
@@ -68,9 +67,11 @@ pub(crate) async fn handle(
             let id = header_text(&request, SESSION_HEADER)
                 .ok_or_else(|| ApiError::bad_request("Mcp-Session-Id is required"))?;
             let owned = SESSIONS
-                .remove_if(&id, |_, s| s.tenant == tenant && s.broker == broker_id(broker))
+                .remove_if(&(broker_id(broker), id.clone()), |_, s| s.tenant == tenant)
                 .is_some();
-            if owned {
+            // One another node opened: ended here; it holds no state anywhere to end.
+            let elsewhere = broker.cluster_key().is_some_and(|k| k.is_mcp_session_id(&tenant, &id));
+            if owned || elsewhere {
                 Ok(empty_response(StatusCode::NO_CONTENT))
             } else {
                 Err(ApiError::not_found("No such MCP session"))
@@ -262,28 +263,12 @@ fn initialize(broker: &Broker, tenant: Tenant, id: &Value, params: &Map<String, 
         );
     };
     let version = VERSIONS.iter().find(|v| **v == asked).unwrap_or(&VERSIONS[0]);
-    let me = broker_id(broker);
-    SESSIONS.retain(|_, s| s.last_used.elapsed() < IDLE);
-    // The key's oldest MCP sessions make room: a client that never says DELETE is bounded.
-    let mut mine: Vec<(String, Instant)> = SESSIONS
-        .iter()
-        .filter(|s| s.tenant == tenant && s.broker == me)
-        .map(|s| (s.key().clone(), s.last_used))
-        .collect();
-    mine.sort_by_key(|(_, used)| *used);
-    let over = (mine.len() + 1).saturating_sub(MAX_SESSIONS_PER_KEY);
-    for (old, _) in mine.into_iter().take(over) {
-        SESSIONS.remove(&old);
-    }
-    let session_id = crate::auth::random_hex(16);
-    SESSIONS.insert(
-        session_id.clone(),
-        McpSession {
-            tenant,
-            broker: me,
-            last_used: Instant::now(),
-        },
-    );
+    // In a cluster the id is signed, so any node takes it (see `touch`).
+    let session_id = match broker.cluster_key() {
+        Some(key) => key.mcp_session_id(&tenant),
+        None => crate::auth::random_hex(16),
+    };
+    keep(broker, tenant, &session_id);
     let result = json!({
         "protocolVersion": version,
         "capabilities": {"tools": {"listChanged": false}},
@@ -299,15 +284,46 @@ fn initialize(broker: &Broker, tenant: Tenant, id: &Value, params: &Map<String, 
     r
 }
 
-/// Whether `id` is an MCP session of this key on this broker (and marks it used).
-fn touch(broker: &Broker, tenant: &Tenant, id: &str) -> bool {
-    match SESSIONS.get_mut(id) {
-        Some(mut s) if &s.tenant == tenant && s.broker == broker_id(broker) && s.last_used.elapsed() < IDLE => {
-            s.last_used = Instant::now();
-            true
-        }
-        _ => false,
+/// Holds MCP session `id` of `tenant` here; the key's oldest make room, so that a client
+/// that never says DELETE is bounded.
+fn keep(broker: &Broker, tenant: Tenant, id: &str) {
+    let me = broker_id(broker);
+    SESSIONS.retain(|_, s| s.last_used.elapsed() < IDLE);
+    let mut mine: Vec<((usize, String), Instant)> = SESSIONS
+        .iter()
+        .filter(|s| s.tenant == tenant && s.key().0 == me)
+        .map(|s| (s.key().clone(), s.last_used))
+        .collect();
+    mine.sort_by_key(|(_, used)| *used);
+    let over = (mine.len() + 1).saturating_sub(MAX_SESSIONS_PER_KEY);
+    for (old, _) in mine.into_iter().take(over) {
+        SESSIONS.remove(&old);
     }
+    SESSIONS.insert(
+        (me, id.to_owned()),
+        McpSession {
+            tenant,
+            last_used: Instant::now(),
+        },
+    );
+}
+
+/// Whether `id` is an MCP session of this key on this broker (and marks it used). In a
+/// cluster, one another node opened for this key (its id signed with the cluster secret)
+/// is taken up here.
+fn touch(broker: &Broker, tenant: &Tenant, id: &str) -> bool {
+    match SESSIONS.get_mut(&(broker_id(broker), id.to_owned())) {
+        Some(mut s) if &s.tenant == tenant && s.last_used.elapsed() < IDLE => {
+            s.last_used = Instant::now();
+            return true;
+        }
+        _ => {}
+    }
+    let signed = broker.cluster_key().is_some_and(|k| k.is_mcp_session_id(tenant, id));
+    if signed {
+        keep(broker, tenant.clone(), id);
+    }
+    signed
 }
 
 /// A tool's schema: its properties, the required ones, nothing else accepted.
