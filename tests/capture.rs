@@ -473,3 +473,65 @@ async fn a_dialog_is_told_and_left_to_the_client() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_keeps_what_its_running_sessions_captured() {
+    let (site, _) = start_logging_site().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = start_binary(data.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    let created = http(
+        broker.addr,
+        Method::POST,
+        "/public/sessions",
+        Some(KEY_A),
+        Some(r#"{"capture_console": true, "capture_network": true}"#),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.json["session_id"].as_str().unwrap().to_owned();
+    let mut client = CdpClient::connect(&created.json).await;
+    let (_, page) = client.own_page().await;
+    client.load(&page, &format!("http://{site}/a.html")).await;
+    // Written down while the session runs, without waiting for its end.
+    let dir = data.path().join("capture");
+    let on_disk = |suffix: &str, needle: &str| {
+        std::fs::read_to_string(dir.join(format!("{id}.{suffix}"))).is_ok_and(|t| t.contains(needle))
+    };
+    let written = eventually(Duration::from_secs(20), || {
+        on_disk("logs.json", "hello from a 42") && on_disk("har.json", "/a.html")
+    })
+    .await;
+    assert!(written, "the running session's capture was not written down");
+    signal(&broker.child, libc::SIGKILL);
+    let _ = broker.child.wait().await;
+    drop(client);
+
+    // After the restart, the ended session's capture reads back.
+    let broker = start_binary(data.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
+    let path = |doc: &str| format!("/public/sessions/{id}/{doc}");
+    let logs = http(broker.addr, Method::GET, &path("logs"), Some(KEY_A), None).await;
+    assert_eq!(logs.status, StatusCode::OK, "{}", logs.body);
+    let texts: Vec<&str> = logs.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(texts.contains(&"hello from a 42"), "{texts:?}");
+    assert!(texts.contains(&"a console error"), "{texts:?}");
+    let har = http(broker.addr, Method::GET, &path("har"), Some(KEY_A), None).await;
+    assert_eq!(har.status, StatusCode::OK, "{}", har.body);
+    let urls: Vec<&str> = har.json["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["request"]["url"].as_str())
+        .collect();
+    assert!(urls.iter().any(|u| u.ends_with("/a.html")), "{urls:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -282,6 +282,10 @@ impl Broker {
             retention.clamp(Duration::from_secs(1), Duration::from_secs(60)),
             async |b| b.sweep().await,
         );
+        every(&broker, crate::capture::FLUSH_PERIOD, async |b| {
+            let captures = b.captures.clone();
+            let _ = tokio::task::spawn_blocking(move || captures.flush()).await;
+        });
         if broker.nodes.is_some() {
             broker.beat().await;
             every(&broker, HEARTBEAT_TTL / 3, async |b| b.beat().await);

@@ -5,8 +5,10 @@
 //! The browser layer's identity keeper feeds it from the broker's own CDP connection (the
 //! client's never carries a command of ours). Each session's capture lives in memory while
 //! the session runs, bounded by the config's caps; when the keeper lets go (the session
-//! ended) it is written once to `data_dir/capture/<session>.{logs,har}.json`, read from
-//! there until the session's record is swept (`retention_secs`).
+//! ended) it is written to `data_dir/capture/<session>.{logs,har}.json`, read from there
+//! until the session's record is swept (`retention_secs`). While it runs, what changed is
+//! written there every [`FLUSH_PERIOD`] too, so that a broker that dies keeps what its
+//! sessions captured up to then.
 
 mod common;
 pub(crate) mod har;
@@ -17,12 +19,16 @@ pub(crate) use common::cut as cut_text;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use har::Har;
 use logs::Logs;
+
+/// How often running sessions' captures are written down (what changed since).
+pub(crate) const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a session asked to capture.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +93,8 @@ impl Captures {
             wants,
             limits: self.limits,
             captures: Arc::downgrade(self),
+            changed: AtomicBool::new(false),
+            writing: Mutex::new(()),
             state: Mutex::new(State {
                 logs: Logs::new(self.limits.log_entries, self.limits.log_bytes),
                 har: Har::new(self.limits, wants.bodies),
@@ -109,7 +117,19 @@ impl Captures {
     pub(crate) fn remove(&self, id: &str) {
         self.lock().remove(id);
         for doc in [Document::Logs, Document::Har] {
-            let _ = std::fs::remove_file(self.path(id, doc));
+            let path = self.path(id, doc);
+            let _ = std::fs::remove_file(temporary(&path));
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Writes down what the running sessions captured since the last time.
+    pub(crate) fn flush(&self) {
+        let open: Vec<Arc<SessionCapture>> = self.lock().values().cloned().collect();
+        for capture in open {
+            if capture.changed.swap(false, Ordering::Relaxed) {
+                capture.write(self);
+            }
         }
     }
 
@@ -122,6 +142,7 @@ impl Captures {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_str()?.to_owned();
+                let name = name.strip_suffix(".tmp").unwrap_or(&name);
                 let id = name
                     .strip_suffix(".logs.json")
                     .or_else(|| name.strip_suffix(".har.json"))?;
@@ -145,6 +166,10 @@ pub(crate) struct SessionCapture {
     pub(crate) wants: Wants,
     limits: Limits,
     captures: std::sync::Weak<Captures>,
+    /// Taken something since it was last written down.
+    changed: AtomicBool,
+    /// One writer at a time (the periodic flush and the end's).
+    writing: Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -172,6 +197,7 @@ impl SessionCapture {
         let method = event["method"].as_str().unwrap_or("");
         let params = &event["params"];
         let mut state = self.state();
+        self.changed.store(true, Ordering::Relaxed);
         match method {
             "Runtime.consoleAPICalled" | "Runtime.exceptionThrown" | "Log.entryAdded" if self.wants.console => Taken {
                 error: state.logs.take(method, params, target_id),
@@ -188,6 +214,7 @@ impl SessionCapture {
     /// A body asked for with [`Self::event`] arrived (the reply's `result`).
     pub(crate) fn body(&self, session: &str, request_id: &str, result: &Value) {
         self.state().har.body(session, request_id, result);
+        self.changed.store(true, Ordering::Relaxed);
     }
 
     fn document(&self, doc: Document) -> Value {
@@ -203,20 +230,7 @@ impl SessionCapture {
         let Some(captures) = self.captures.upgrade() else {
             return;
         };
-        for (doc, wanted) in [
-            (Document::Logs, self.wants.console),
-            (Document::Har, self.wants.network),
-        ] {
-            if !wanted {
-                continue;
-            }
-            let written = serde_json::to_vec(&self.document(doc))
-                .map_err(std::io::Error::other)
-                .and_then(|bytes| std::fs::write(captures.path(&self.session_id, doc), bytes));
-            if let Err(e) = written {
-                tracing::warn!(session = %self.session_id, error = %e, "the session's capture cannot be written");
-            }
-        }
+        self.write(&captures);
         let mut open = captures.lock();
         if open
             .get(&self.session_id)
@@ -225,6 +239,35 @@ impl SessionCapture {
             open.remove(&self.session_id);
         }
     }
+
+    /// Writes the documents asked for, each whole or not at all (a temporary file renamed
+    /// over the last), so a broker killed meanwhile leaves the previous one readable.
+    fn write(&self, captures: &Captures) {
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        for (doc, wanted) in [
+            (Document::Logs, self.wants.console),
+            (Document::Har, self.wants.network),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let path = captures.path(&self.session_id, doc);
+            let written = serde_json::to_vec(&self.document(doc))
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| std::fs::write(temporary(&path), bytes))
+                .and_then(|()| std::fs::rename(temporary(&path), &path));
+            if let Err(e) = written {
+                tracing::warn!(session = %self.session_id, error = %e, "the session's capture cannot be written");
+            }
+        }
+    }
+}
+
+/// Where a document is written before it takes its place.
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
 }
 
 /// The capture directory under `data_dir`.
