@@ -799,40 +799,27 @@ impl McpClient {
         }
     }
 
+    /// A JSON-RPC message of this MCP session, as sent to its node.
+    async fn send(&self, method: &str, params: serde_json::Value) -> Response {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let headers = [
+            ("x-api-key", self.key),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-session-id", self.session.as_str()),
+        ];
+        http_with(self.addr, Method::POST, "/mcp", &headers, Some(&call.to_string())).await
+    }
+
     /// The HTTP status of a call of `method` without parameters.
     async fn status_of(&self, method: &str) -> StatusCode {
-        let call = json!({"jsonrpc": "2.0", "id": 2, "method": method, "params": {}});
-        http_with(
-            self.addr,
-            Method::POST,
-            "/mcp",
-            &[
-                ("x-api-key", self.key),
-                ("accept", "application/json, text/event-stream"),
-                ("mcp-session-id", &self.session),
-            ],
-            Some(&call.to_string()),
-        )
-        .await
-        .status
+        self.send(method, json!({})).await.status
     }
 
     /// A tool's result: `(is_error, its text)`.
     async fn tool(&self, name: &str, arguments: serde_json::Value) -> (bool, String) {
-        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments}});
-        let r = http_with(
-            self.addr,
-            Method::POST,
-            "/mcp",
-            &[
-                ("x-api-key", self.key),
-                ("accept", "application/json, text/event-stream"),
-                ("mcp-session-id", &self.session),
-            ],
-            Some(&call.to_string()),
-        )
-        .await;
+        let r = self
+            .send("tools/call", json!({"name": name, "arguments": arguments}))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         let result = &r.json["result"];
         assert!(result.is_object(), "{name}: {}", r.body);
