@@ -8,7 +8,10 @@ use super::Broker;
 use crate::auth::ClusterKey;
 use crate::session::Session;
 use crate::store::nodes::NodeInfo;
-use crate::store::{EndReason, Status, StoreError};
+use crate::store::{EndReason, SessionRecord, Status, StoreError};
+
+/// Sessions of a lost node read and ended per round trip.
+const REAP_BATCH: usize = 500;
 
 impl Broker {
     /// Whether this node is one of a cluster (`redis_url`).
@@ -100,15 +103,19 @@ impl Broker {
             if alive || node.id == self.node {
                 continue;
             }
-            for id in store.active_on(&node.id).await? {
-                if let Some(record) = store.get(&id).await?
-                    && record.status == Status::Active
-                    && record.node == node.id
-                {
-                    tracing::warn!(session = %id, tenant = %record.tenant, node = %node.id, "node lost: ending its session");
-                    store
-                        .put(&record.ended_elsewhere(EndReason::NodeLost, SystemTime::now()))
-                        .await?;
+            // In batches, a read and a write each: a node with thousands of sessions is
+            // reaped in a few round trips, not two per session.
+            for ids in store.active_on(&node.id).await?.chunks(REAP_BATCH) {
+                let ended: Vec<SessionRecord> = store
+                    .get_many(ids)
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.status == Status::Active && r.node == node.id)
+                    .map(|r| r.ended_elsewhere(EndReason::NodeLost, SystemTime::now()))
+                    .collect();
+                store.put_many(&ended).await?;
+                for record in &ended {
+                    tracing::warn!(session = %record.id, tenant = %record.tenant, node = %node.id, "node lost: ended its session");
                 }
             }
         }

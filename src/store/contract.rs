@@ -195,6 +195,40 @@ where
     assert_eq!(store.get("sess_a4").await.unwrap().as_ref(), Some(&a[3]));
     assert_eq!(store.list(&query("a", None, 0, 100)).await.unwrap().total, 5);
 
+    // Many at once: read in the order asked, unknown ids left out; written with their
+    // indexes, as one by one.
+    let many: Vec<SessionRecord> = (0..3)
+        .map(|i| record(&format!("sess_m{i}"), "m", 9 - i, None))
+        .collect();
+    store.put_many(&many).await.unwrap();
+    let ids = ["sess_m2", "sess_nope", "sess_m0"].map(String::from);
+    assert_eq!(
+        store.get_many(&ids).await.unwrap(),
+        vec![many[2].clone(), many[0].clone()]
+    );
+    let active_m = async |store: &Box<dyn SessionStore>| {
+        store
+            .list(&query("m", Some(Status::Active), 0, 10))
+            .await
+            .unwrap()
+            .total
+    };
+    assert_eq!(active_m(&store).await, 3);
+    let ended: Vec<SessionRecord> = many
+        .iter()
+        .map(|r| r.clone().ended_elsewhere(EndReason::NodeLost, SystemTime::now()))
+        .collect();
+    store.put_many(&ended).await.unwrap();
+    assert_eq!(active_m(&store).await, 0);
+    assert_eq!(store.get("sess_m1").await.unwrap().as_ref(), Some(&ended[1]));
+    let on_node = store.active_on(&many[0].node).await.unwrap();
+    assert!(!on_node.iter().any(|id| id.starts_with("sess_m")), "{on_node:?}");
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+    store.put_many(&[]).await.unwrap();
+    for r in &many {
+        store.remove(&r.id).await.unwrap();
+    }
+
     // Ended records are kept for the retention time, then swept; active ones never are.
     let retention = Duration::from_secs(3);
     let swept = store.sweep(SystemTime::now(), retention).await.unwrap();

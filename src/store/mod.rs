@@ -68,6 +68,24 @@ pub trait SessionStore: Send + Sync {
 
     async fn remove(&self, id: &str) -> Result<(), StoreError>;
 
+    /// The records of `ids` that exist, in `ids`' order (one round trip where the store
+    /// can: the reaper reads a lost node's sessions this way).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.get(id).await?);
+        }
+        Ok(found)
+    }
+
+    /// Writes each record as [`Self::put`] does (one round trip where the store can).
+    async fn put_many(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
+        for record in records {
+            self.put(record).await?;
+        }
+        Ok(())
+    }
+
     /// Forgets records that ended `retention` or longer before `now`; answers their ids.
     async fn sweep(&self, now: SystemTime, retention: Duration) -> Result<Vec<String>, StoreError>;
 

@@ -91,6 +91,58 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Writes `record` and its index entries, in `pipe`.
+    fn write(&self, pipe: &mut redis::Pipeline, record: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let tenant = record.tenant.to_string();
+        let created = micros(record.created_at);
+        pipe.cmd("SET").arg(self.record_key(&record.id)).arg(json).ignore();
+        pipe.cmd("ZADD")
+            .arg(self.tenant_key(&tenant, None))
+            .arg(created)
+            .arg(&record.id)
+            .ignore();
+        for status in [Status::Active, Status::Terminated, Status::Expired] {
+            let key = self.tenant_key(&tenant, Some(status));
+            if status == record.status {
+                pipe.cmd("ZADD").arg(key).arg(created).arg(&record.id).ignore();
+            } else {
+                pipe.cmd("ZREM").arg(key).arg(&record.id).ignore();
+            }
+        }
+        if let Some(profile) = &record.profile {
+            let change = if record.status == Status::Active {
+                "SADD"
+            } else {
+                "SREM"
+            };
+            pipe.cmd(change)
+                .arg(self.profile_key(&profile.id))
+                .arg(&record.id)
+                .ignore();
+        }
+        match record.ended_at {
+            None => {
+                pipe.cmd("SADD")
+                    .arg(self.node_key(&record.node))
+                    .arg(&record.id)
+                    .ignore();
+            }
+            Some(ended) => {
+                pipe.cmd("SREM")
+                    .arg(self.node_key(&record.node))
+                    .arg(&record.id)
+                    .ignore();
+                pipe.cmd("ZADD")
+                    .arg(self.key("ended"))
+                    .arg(micros(ended))
+                    .arg(&record.id)
+                    .ignore();
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the record and every index entry it has, in `pipe`.
     fn unindex(&self, pipe: &mut redis::Pipeline, record: &SessionRecord) {
         let tenant = record.tenant.to_string();
@@ -156,54 +208,33 @@ impl SessionStore for RedisStore {
     }
 
     async fn put(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let tenant = record.tenant.to_string();
-        let created = micros(record.created_at);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("SET").arg(self.record_key(&record.id)).arg(json).ignore();
-        pipe.cmd("ZADD")
-            .arg(self.tenant_key(&tenant, None))
-            .arg(created)
-            .arg(&record.id)
-            .ignore();
-        for status in [Status::Active, Status::Terminated, Status::Expired] {
-            let key = self.tenant_key(&tenant, Some(status));
-            if status == record.status {
-                pipe.cmd("ZADD").arg(key).arg(created).arg(&record.id).ignore();
-            } else {
-                pipe.cmd("ZREM").arg(key).arg(&record.id).ignore();
-            }
+        self.write(&mut pipe, record)?;
+        self.run(&pipe).await
+    }
+
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<SessionRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        if let Some(profile) = &record.profile {
-            let change = if record.status == Status::Active {
-                "SADD"
-            } else {
-                "SREM"
-            };
-            pipe.cmd(change)
-                .arg(self.profile_key(&profile.id))
-                .arg(&record.id)
-                .ignore();
+        let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
+        let found: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .filter_map(|j| serde_json::from_str(&j).ok())
+            .collect())
+    }
+
+    async fn put_many(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
         }
-        match record.ended_at {
-            None => {
-                pipe.cmd("SADD")
-                    .arg(self.node_key(&record.node))
-                    .arg(&record.id)
-                    .ignore();
-            }
-            Some(ended) => {
-                pipe.cmd("SREM")
-                    .arg(self.node_key(&record.node))
-                    .arg(&record.id)
-                    .ignore();
-                pipe.cmd("ZADD")
-                    .arg(self.key("ended"))
-                    .arg(micros(ended))
-                    .arg(&record.id)
-                    .ignore();
-            }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for record in records {
+            self.write(&mut pipe, record)?;
         }
         self.run(&pipe).await
     }
