@@ -231,7 +231,9 @@ impl Broker {
         tracker.spawn(pool.clone().run_refill(shutdown.clone()));
         tracker.spawn(shared.clone().run_warm(shutdown.clone()));
 
-        let broker = Arc::new(Broker {
+        let broker = Arc::new_cyclic(|me| Broker {
+            me: me.clone(),
+            named: Default::default(),
             urls: PublicUrls::new(&config.public_url, bound, config.tls_enabled()),
             tls,
             keys: ApiKeys::new(&secrets.api_keys),

@@ -172,6 +172,28 @@ impl Pool {
         })
     }
 
+    /// For a named pool's ready browser: a free slot now or none (a refill never queues
+    /// ahead of a create), and a fresh launch on `dir` if given (removed when the browser
+    /// ends), loading `extensions`.
+    pub async fn acquire_spare(
+        &self,
+        screen: Screen,
+        dir: Option<std::path::PathBuf>,
+        extensions: Option<ExtensionUse>,
+    ) -> Result<Lease, PoolError> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?;
+        let dirs = extensions.as_ref().map_or(&[][..], |e| &e.dirs[..]);
+        let browser = match dir {
+            Some(dir) => self.launcher.launch_in(screen, dir, true, Use::Own, dirs).await?,
+            None => self.launcher.launch_with(screen, dirs).await?,
+        };
+        Ok(Lease {
+            browser,
+            _slot: slot,
+            _extensions: extensions,
+        })
+    }
+
     /// Where a profile copy for a new browser goes.
     pub fn scratch_dir(&self) -> std::path::PathBuf {
         self.launcher.scratch_dir()
