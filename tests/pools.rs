@@ -636,3 +636,92 @@ async fn a_deleted_profile_or_a_stopping_broker_leaves_no_pooled_browser() {
         .unwrap_or_default();
     assert!(left.is_empty(), "no browser directory is left: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_are_defined_again_after_a_restart_except_those_of_removed_keys() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_owned();
+    let server = TestServer::start_with(|c| c.data_dir = dir.clone()).await;
+    let body = json!({"name": "kept", "size": 1, "locale": "fr-FR", "ttl": 120});
+    assert_eq!(
+        call(&server, Method::POST, "/public/pools", KEY_A, Some(body))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let patched = call(
+        &server,
+        Method::PATCH,
+        "/public/pools/kept",
+        KEY_A,
+        Some(json!({"ttl": 90})),
+    )
+    .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let deleted = json!({"name": "deleted", "size": 0});
+    assert_eq!(
+        call(&server, Method::POST, "/public/pools", KEY_A, Some(deleted))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(&server, Method::DELETE, "/public/pools/deleted", KEY_A, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let theirs = json!({"name": "theirs", "size": 1});
+    assert_eq!(
+        call(&server, Method::POST, "/public/pools", KEY_B, Some(theirs))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    await_ready(&server, KEY_A, "kept", 1).await;
+    await_ready(&server, KEY_B, "theirs", 1).await;
+    server.stop().await;
+    assert!(
+        chrome_processes_under(&dir).is_empty(),
+        "no browser outlives the broker"
+    );
+
+    // Key B is no longer configured: its pool is not defined again, and its definition goes.
+    let server = TestServer::start_with(|c| {
+        c.data_dir = dir.clone();
+        c.api_keys = vec![KEY_A.into()];
+    })
+    .await;
+    let listed = call(&server, Method::GET, "/public/pools", KEY_A, None).await.json;
+    let names: Vec<&str> = listed["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"], "{listed}");
+    assert_eq!(
+        (listed["pools"][0]["ttl"].clone(), listed["pools"][0]["locale"].clone()),
+        (json!(90), json!("fr-FR"))
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.join("pools")).unwrap().count(),
+        1,
+        "only the kept pool's definition is left"
+    );
+    await_ready(&server, KEY_A, "kept", 1).await;
+    let taken = call(
+        &server,
+        Method::POST,
+        "/public/sessions",
+        KEY_A,
+        Some(json!({"pool": "kept"})),
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.body);
+    assert_eq!(
+        (taken.json["pool_hit"].clone(), taken.json["locale"].clone()),
+        (json!(true), json!("fr-FR"))
+    );
+    server.stop().await;
+}

@@ -29,7 +29,7 @@ use crate::store::{EndReason, Isolation, ListQuery, SessionOptions, Status};
 use super::Broker;
 use super::error::BrokerError;
 use super::lifecycle::{end_when_idle, watch_session};
-use super::request::NewSession;
+use super::request::{NewSession, RequestedOptions};
 
 /// Where a session's downloads are watched: its browser, its context in it (a shared
 /// browser), and the directory Chrome writes them to (which the browser may write).
@@ -101,12 +101,7 @@ impl Broker {
                 .register(id, tenant, request, Backing::External(upstream), None)
                 .await;
         }
-        if let Some(proxy) = &request.options.proxy
-            && let Err(e) = self.browser_egress.resolve(&proxy.host, proxy.port).await
-            && !matches!(e, EgressError::Resolve { .. })
-        {
-            return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
-        }
+        self.check_proxy(&request.options).await?;
         // Held from here: a delete of one of them waits for this browser to end.
         let extensions = match request.options.extensions.is_empty() {
             true => None,
@@ -141,6 +136,18 @@ impl Broker {
             .await
             .map_err(|e| self.capacity_error(e))?;
         self.register(id, tenant, request, Backing::Managed(lease), None).await
+    }
+
+    /// Refuses an upstream proxy the egress policy does not let browsers reach (a name that
+    /// does not resolve now may later: it is the gateway's to refuse then).
+    pub(super) async fn check_proxy(&self, options: &RequestedOptions) -> Result<(), BrokerError> {
+        if let Some(proxy) = &options.proxy
+            && let Err(e) = self.browser_egress.resolve(&proxy.host, proxy.port).await
+            && !matches!(e, EgressError::Resolve { .. })
+        {
+            return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
+        }
+        Ok(())
     }
 
     /// Picks the machine a managed session's pages pass for: the device or fingerprint

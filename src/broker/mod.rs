@@ -115,6 +115,8 @@ pub struct Broker {
     quotas: Quotas,
     /// Every key's named pools on this node, and their ready browsers.
     named: pools::NamedPools,
+    /// Their definitions, kept for the next start.
+    pool_definitions: crate::store::pool_definitions::PoolDefinitions,
     /// The broker itself, for the tasks a handler starts (a pool's keeper).
     me: Weak<Broker>,
     /// Sessions whose browser runs on this node, until their end is written down.

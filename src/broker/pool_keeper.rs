@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +25,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl Broker {
-    /// Defines a pool of `tenant` and starts filling it.
-    pub async fn create_pool(&self, tenant: &Tenant, name: &str, spec: PoolSpec) -> Result<PoolView, BrokerError> {
+    /// Defines a pool of `tenant` from `spec` (read from `definition`, which is kept for the
+    /// next start) and starts filling it.
+    pub async fn create_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: PoolSpec,
+        definition: Map<String, Value>,
+    ) -> Result<PoolView, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -51,6 +59,7 @@ impl Broker {
                 tenant: tenant.clone(),
                 created_at: SystemTime::now(),
                 spec: Mutex::new(spec),
+                definition: Mutex::new(definition),
                 ready: Mutex::default(),
                 stats: Mutex::default(),
                 wake: Notify::new(),
@@ -60,6 +69,7 @@ impl Broker {
             pools.insert(key, pool.clone());
             pool
         };
+        self.keep_definition(&pool);
         self.tracker.spawn(keep(self.me.clone(), pool.clone()));
         tracing::info!(tenant = %tenant, pool = %name, size = pool.spec().size, "pool defined");
         Ok(pool.view())
@@ -74,8 +84,15 @@ impl Broker {
         Ok(self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?.view())
     }
 
-    /// Changes a pool's size, TTL or idle timeout; ready browsers past a smaller size go.
-    pub fn update_pool(&self, tenant: &Tenant, name: &str, change: PoolChange) -> Result<PoolView, BrokerError> {
+    /// Changes a pool's size, TTL or idle timeout (`patch`: the change as the API took
+    /// it, merged into the kept definition); ready browsers past a smaller size go.
+    pub fn update_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        change: PoolChange,
+        patch: Map<String, Value>,
+    ) -> Result<PoolView, BrokerError> {
         let pool = self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?;
         if let Some(size) = change.size {
             let others: usize = self
@@ -99,6 +116,8 @@ impl Broker {
                 spec.options.idle_timeout = idle;
             }
         }
+        pool.definition.lock().expect("pool lock").extend(patch);
+        self.keep_definition(&pool);
         drop(pool.excess());
         pool.wake.notify_one();
         Ok(pool.view())
@@ -112,12 +131,47 @@ impl Broker {
             .lock()
             .remove(&(tenant.clone(), name.to_owned()))
             .ok_or(NamedPoolError::NotFound)?;
+        if let Err(e) = self.pool_definitions.remove(tenant, name) {
+            tracing::warn!(pool = %name, error = %e, "a deleted pool's definition could not be removed");
+        }
         pool.stop.cancel();
         // The keeper finishes a launch under way, then kills every browser and waits for them.
         let bound = self.config.launch_timeout() * 2 + Duration::from_secs(5);
         let _ = tokio::time::timeout(bound, pool.kept.cancelled()).await;
         tracing::info!(tenant = %tenant, pool = %name, "pool deleted");
         Ok(())
+    }
+
+    /// Writes a pool's definition for the next start; a pool whose definition cannot be
+    /// written still runs (it is only forgotten at a restart).
+    fn keep_definition(&self, pool: &NamedPool) {
+        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
+        if let Err(e) = self.pool_definitions.put(&pool.tenant, &pool.name, &definition) {
+            tracing::warn!(pool = %pool.name, error = %e, "a pool's definition could not be kept for the next start");
+        }
+    }
+
+    /// The pools defined before this start, of the keys configured now; the definitions
+    /// of keys no longer configured are removed (their pools are not defined again).
+    pub fn stored_pools(&self) -> Vec<(Tenant, String, Value)> {
+        let keys: Vec<&Tenant> = self.keys.tenants().collect();
+        let (kept, revoked): (Vec<_>, Vec<_>) = self
+            .pool_definitions
+            .all()
+            .into_iter()
+            .partition(|(tenant, _, _)| keys.contains(&tenant));
+        for (tenant, name, _) in revoked {
+            tracing::info!(tenant = %tenant, pool = %name, "pool of a key no longer configured: forgotten");
+            self.forget_pool_definition(&tenant, &name);
+        }
+        kept
+    }
+
+    /// Removes a stored definition that can no longer be defined.
+    pub fn forget_pool_definition(&self, tenant: &Tenant, name: &str) {
+        if let Err(e) = self.pool_definitions.remove(tenant, name) {
+            tracing::warn!(pool = %name, error = %e, "a pool's definition could not be removed");
+        }
     }
 
     /// A profile was deleted: the ready browsers of pools started from it go (they hold a
@@ -223,6 +277,7 @@ impl Broker {
         if spec.options.isolation == crate::store::Isolation::Context {
             return Err(NamedPoolError::Context.into());
         }
+        self.check_proxy(&spec.options).await?;
         if let Some(id) = &spec.profile_id {
             self.profiles.get(tenant, id).await?;
         }

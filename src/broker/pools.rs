@@ -81,6 +81,8 @@ pub(super) struct NamedPool {
     pub(super) tenant: Tenant,
     pub(super) created_at: SystemTime,
     pub(super) spec: Mutex<PoolSpec>,
+    /// The definition as the API took it (its PATCHes merged in), kept for the next start.
+    pub(super) definition: Mutex<Map<String, Value>>,
     pub(super) ready: Mutex<VecDeque<Lease>>,
     pub(super) stats: Mutex<PoolStats>,
     /// Wakes the keeper: a browser was taken, or the size changed.

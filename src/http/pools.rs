@@ -51,7 +51,7 @@ pub(crate) async fn collection(
             let config = broker.config();
             let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
             let (name, spec) = validate_pool(broker, &body)?;
-            let pool = broker.create_pool(tenant, &name, spec).await?;
+            let pool = broker.create_pool(tenant, &name, spec, body).await?;
             Ok(json_response(StatusCode::CREATED, &render_pool(&pool)))
         }
         Method::GET => {
@@ -80,9 +80,10 @@ pub(crate) async fn one(
             let config = broker.config();
             let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
             let change = validate_change(broker, &body)?;
+            let patch = body.into_iter().filter(|(_, v)| !v.is_null()).collect();
             Ok(json_response(
                 StatusCode::OK,
-                &render_pool(&broker.update_pool(tenant, name, change)?),
+                &render_pool(&broker.update_pool(tenant, name, change, patch)?),
             ))
         }
         Method::DELETE => {
@@ -90,6 +91,32 @@ pub(crate) async fn one(
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// Defines again the pools kept from before this start, each read by today's rules; one
+/// that no longer passes them (its profile deleted meanwhile, a smaller `max_pool_size`)
+/// is forgotten, with a warning.
+pub async fn restore(broker: &Broker) {
+    for (tenant, name, definition) in broker.stored_pools() {
+        let defined = match definition {
+            Value::Object(body) => match validate_pool(broker, &body) {
+                Ok((named, spec)) if named == name => broker
+                    .create_pool(&tenant, &name, spec, body)
+                    .await
+                    .map_err(|e| ApiError::from(e).detail),
+                Ok(_) => Err("its file name and its name differ".to_owned()),
+                Err(e) => Err(e.detail),
+            },
+            _ => Err("not a JSON object".to_owned()),
+        };
+        match defined {
+            Ok(_) => tracing::info!(tenant = %tenant, pool = %name, "pool defined again from before the start"),
+            Err(why) => {
+                tracing::warn!(tenant = %tenant, pool = %name, reason = %why, "a pool from before the start is forgotten");
+                broker.forget_pool_definition(&tenant, &name);
+            }
+        }
     }
 }
 
