@@ -161,6 +161,10 @@ pub struct Config {
     pub max_targets_per_session: usize,
     /// Most sessions one fork (`POST /public/sessions/{id}/fork`) may make at once.
     pub max_fork_count: usize,
+    /// Named pools (`POST /public/pools`) one API key may define on this node.
+    pub max_pools_per_key: usize,
+    /// Most ready browsers one named pool may keep (`size`).
+    pub max_pool_size: usize,
     /// A proxied connection whose peer takes no bytes for this long is closed (a client
     /// that stops reading is dropped, not held with its data queued).
     pub write_stall_timeout_ms: u64,
@@ -348,6 +352,8 @@ impl Default for Config {
             max_byo_sessions_per_key: 8,
             max_targets_per_session: 20,
             max_fork_count: 16,
+            max_pools_per_key: 8,
+            max_pool_size: 8,
             write_stall_timeout_ms: 60_000,
             action_timeout_ms: 90_000,
             action_wait_ms: 10_000,
@@ -494,6 +500,8 @@ impl Config {
             max_byo_sessions_per_key,
             max_targets_per_session,
             max_fork_count,
+            max_pools_per_key,
+            max_pool_size,
             write_stall_timeout_ms,
             action_timeout_ms,
             action_wait_ms,
@@ -636,6 +644,12 @@ impl Config {
         }
         if !(1..=256).contains(&self.max_fork_count) {
             errors.push("max_fork_count must be within 1..=256".into());
+        }
+        if self.max_pools_per_key > 1000 {
+            errors.push("max_pools_per_key must be within 0 (no pools)..=1000".into());
+        }
+        if self.max_pool_size > 1000 {
+            errors.push("max_pool_size must be within 0 (no pools)..=1000".into());
         }
         if !(1..=30).contains(&self.recording_fps) {
             errors.push("recording_fps must be within 1..=30".into());

@@ -86,7 +86,9 @@ pub async fn start(
         path: config.data_dir.clone(),
         source,
     })?;
-    Broker::start(config, bound, shutdown).await
+    let broker = Broker::start(config, bound, shutdown).await?;
+    http::pools::restore(&broker).await;
+    Ok(broker)
 }
 
 /// The second half of [`run`]: serves, then stops the broker.

@@ -127,6 +127,15 @@ pub struct Metrics {
     pub requests_blocked: Counter,
     /// Challenges sessions' pages showed, by kind (`browser::challenges::KINDS`).
     challenges: [Counter; 3],
+    /// Creates from a named pool: a ready browser taken (hit), or a cold start (miss).
+    pub named_pool_hits: Counter,
+    pub named_pool_misses: Counter,
+    /// Named pools' refills: the time each ready browser took, and those that failed.
+    pub named_pool_refill_time: Latency,
+    pub named_pool_refill_failures: Counter,
+    /// Named pools on this node and their ready browsers, set by the broker at each scrape.
+    pub named_pools: Level,
+    pub named_pool_ready: Level,
     /// Commands the context filter refused, by method (a bounded set of names).
     refused: Family<Label<String>, Counter>,
     /// Method names labelled so far, counted under the lock so that the bound holds.
@@ -335,6 +344,25 @@ impl Metrics {
             "kind",
             CHALLENGE_KINDS,
         );
+        let [named_pool_hits, named_pool_misses] = f.counters(
+            "cdpgate_named_pool_takes_total",
+            "Creates from a named pool, by result: a ready browser taken (hit) or a cold start (miss).",
+            "result",
+            ["hit", "miss"],
+        );
+        let named_pool_refill_time = f.latency(
+            "cdpgate_named_pool_refill_seconds",
+            "Time to make one ready browser of a named pool (profile copy and launch).",
+        );
+        let named_pool_refill_failures = f.counter(
+            "cdpgate_named_pool_refill_failures_total",
+            "Ready browsers of named pools that could not be made.",
+        );
+        let named_pools = f.level("cdpgate_named_pools", "Named pools defined on this node.");
+        let named_pool_ready = f.level(
+            "cdpgate_named_pool_ready",
+            "Browsers ready in the named pools of this node.",
+        );
         let queue_waits = f.counter("cdpgate_queue_waits_total", "Creates that waited for a free slot.");
         let actions_succeeded = f.counter(
             "cdpgate_single_actions_succeeded_total",
@@ -465,6 +493,12 @@ impl Metrics {
             recordings_truncated,
             requests_blocked,
             challenges,
+            named_pool_hits,
+            named_pool_misses,
+            named_pool_refill_time,
+            named_pool_refill_failures,
+            named_pools,
+            named_pool_ready,
             refused,
             refused_methods: Mutex::new(0),
             sessions_active,

@@ -100,6 +100,29 @@ impl Quotas {
         (limit > 0).then_some(limit)
     }
 
+    /// Holds a place for `tenant` without a check: a named pool's ready browser becoming a
+    /// session, whose place it held until now (it is counted here before it leaves the pool,
+    /// so no create can take the place in between).
+    pub(crate) fn hold(&self, tenant: &Tenant, kind: Kind) -> Reservation<'_> {
+        if self.limit(kind).is_none() {
+            return Reservation {
+                quotas: self,
+                key: None,
+            };
+        }
+        let key = (tenant.clone(), kind);
+        *self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default() += 1;
+        Reservation {
+            quotas: self,
+            key: Some(key),
+        }
+    }
+
     /// Holds a place for a create of `tenant`, or refuses it: `elsewhere` of its sessions
     /// of `kind` run on other nodes, and `here()` (read under the lock) on this one.
     pub(crate) fn reserve(

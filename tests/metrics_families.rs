@@ -65,6 +65,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_single_action_cache_hits_total", "counter", &[]),
     ("cdpgate_single_action_cache_failures_total", "counter", &[]),
     ("cdpgate_errors_total", "counter", &["origin"]),
+    ("cdpgate_named_pool_takes_total", "counter", &["result"]),
+    ("cdpgate_named_pool_refill_seconds", "histogram", &["le"]),
+    ("cdpgate_named_pool_refill_failures_total", "counter", &[]),
+    ("cdpgate_named_pools", "gauge", &[]),
+    ("cdpgate_named_pool_ready", "gauge", &[]),
     // In a cluster only.
     ("cdpgate_cluster_nodes", "gauge", &["state"]),
     ("cdpgate_cluster_capacity", "gauge", &[]),

@@ -29,7 +29,7 @@ use crate::store::{EndReason, Isolation, ListQuery, SessionOptions, Status};
 use super::Broker;
 use super::error::BrokerError;
 use super::lifecycle::{end_when_idle, watch_session};
-use super::request::NewSession;
+use super::request::{NewSession, RequestedOptions};
 
 /// Where a session's downloads are watched: its browser, its context in it (a shared
 /// browser), and the directory Chrome writes them to (which the browser may write).
@@ -72,6 +72,15 @@ impl Broker {
                 retry_after: wait.as_secs() + 1,
             });
         }
+        self.create_admitted(tenant, request).await
+    }
+
+    /// A create whose place is held and which the rate limit let through.
+    pub(super) async fn create_admitted(
+        &self,
+        tenant: Tenant,
+        request: NewSession,
+    ) -> Result<Arc<Session>, BrokerError> {
         if request.options.record && self.artifacts.ffmpeg.is_none() {
             return Err(BrokerError::OptionRefused(
                 "record: this node cannot record sessions (ffmpeg is not installed)".into(),
@@ -92,12 +101,7 @@ impl Broker {
                 .register(id, tenant, request, Backing::External(upstream), None)
                 .await;
         }
-        if let Some(proxy) = &request.options.proxy
-            && let Err(e) = self.browser_egress.resolve(&proxy.host, proxy.port).await
-            && !matches!(e, EgressError::Resolve { .. })
-        {
-            return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
-        }
+        self.check_proxy(&request.options).await?;
         // Held from here: a delete of one of them waits for this browser to end.
         let extensions = match request.options.extensions.is_empty() {
             true => None,
@@ -134,10 +138,26 @@ impl Broker {
         self.register(id, tenant, request, Backing::Managed(lease), None).await
     }
 
+    /// Refuses an upstream proxy the egress policy does not let browsers reach (a name that
+    /// does not resolve now may later: it is the gateway's to refuse then).
+    pub(super) async fn check_proxy(&self, options: &RequestedOptions) -> Result<(), BrokerError> {
+        if let Some(proxy) = &options.proxy
+            && let Err(e) = self.browser_egress.resolve(&proxy.host, proxy.port).await
+            && !matches!(e, EgressError::Resolve { .. })
+        {
+            return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
+        }
+        Ok(())
+    }
+
     /// Picks the machine a managed session's pages pass for: the device or fingerprint
     /// preset asked, else the one its profile remembers. A profile remembers the first one
     /// it is used with.
-    async fn pick_fingerprint(&self, tenant: &Tenant, mut request: NewSession) -> Result<NewSession, BrokerError> {
+    pub(super) async fn pick_fingerprint(
+        &self,
+        tenant: &Tenant,
+        mut request: NewSession,
+    ) -> Result<NewSession, BrokerError> {
         let remembered = match &request.profile_id {
             Some(id) => self.profiles.get(tenant, id).await?.fingerprint.clone(),
             None => None,
@@ -286,11 +306,18 @@ impl Broker {
             None => 0,
         };
         self.quotas.reserve(tenant, kind, elsewhere, || {
-            self.running
-                .iter()
-                .filter(|s| &s.tenant == tenant && s.status() == Status::Active)
-                .filter(|s| (kind == Kind::Byo) == s.upstream.external)
-                .count()
+            // A named pool's ready browsers are sessions of their key waiting to be taken.
+            let ready = match kind {
+                Kind::Managed => self.named.ready_of(tenant),
+                Kind::Byo => 0,
+            };
+            ready
+                + self
+                    .running
+                    .iter()
+                    .filter(|s| &s.tenant == tenant && s.status() == Status::Active)
+                    .filter(|s| (kind == Kind::Byo) == s.upstream.external)
+                    .count()
         })
     }
 
@@ -324,7 +351,7 @@ impl Broker {
 
     /// One creation from `tenant`'s allowance: the cluster's when there is one (a Redis
     /// that does not answer falls back to this node's own count), else this node's.
-    async fn take_create(&self, tenant: &Tenant) -> Result<(), Duration> {
+    pub(super) async fn take_create(&self, tenant: &Tenant) -> Result<(), Duration> {
         let per_minute = self.config.creates_per_minute;
         if let Some(nodes) = &self.nodes
             && per_minute > 0
@@ -345,7 +372,7 @@ impl Broker {
 
     /// Records a new session and starts its watcher. A session whose record cannot be
     /// written is ended at once: no one could find it.
-    async fn register(
+    pub(super) async fn register(
         &self,
         id: String,
         tenant: Tenant,

@@ -53,6 +53,8 @@ pub enum BrokerError {
     Profile(#[from] ProfileError),
     #[error(transparent)]
     Extension(#[from] ExtensionError),
+    #[error(transparent)]
+    NamedPool(#[from] NamedPoolError),
     #[error("The browser profile could not be read: {0}")]
     ProfileUnreadable(ProfileError),
     #[error("The profile's browser failed: {0}")]
@@ -99,6 +101,7 @@ impl BrokerError {
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
             BrokerError::Extension(e) => e.origin(),
+            BrokerError::NamedPool(e) => e.origin(),
             BrokerError::Capacity(e) => e.origin(),
             BrokerError::ProfileTimedOut(_) => Origin::Upstream,
             BrokerError::Store(e) => e.origin(),
@@ -155,5 +158,29 @@ impl ForkError {
             ForkError::Read(e) | ForkError::Write(e) => e.origin(),
             ForkError::Create(e) => e.origin(),
         }
+    }
+}
+
+/// Why a named pool could not be defined, changed or found.
+#[derive(Debug, thiserror::Error)]
+pub enum NamedPoolError {
+    #[error("Pool not found")]
+    NotFound,
+    #[error("A pool named {0:?} already exists")]
+    Exists(String),
+    #[error("This API key has {0} pools, the most max_pools_per_key allows: delete one before defining another")]
+    TooMany(usize),
+    #[error(
+        "The pools of this API key would keep {total} browsers ready, more than max_sessions_per_key allows \
+         ({limit}): a ready browser counts as a session of its key"
+    )]
+    OverQuota { total: usize, limit: usize },
+    #[error("isolation \"context\" is not offered for pools: a pool keeps browsers of their own (process)")]
+    Context,
+}
+
+impl NamedPoolError {
+    pub fn origin(&self) -> Origin {
+        Origin::Client
     }
 }

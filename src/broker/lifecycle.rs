@@ -84,6 +84,8 @@ impl Broker {
         for entry in self.running.iter() {
             let _ = entry.end(EndReason::Shutdown);
         }
+        // Ready browsers of named pools are killed; their keepers stop.
+        self.named.stop_all();
         // Their contexts are being disposed; the shared browsers go when that is done.
         self.shared.close_all();
         self.tracker.close();

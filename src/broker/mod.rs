@@ -8,17 +8,20 @@ mod create;
 mod error;
 mod fork;
 mod lifecycle;
+mod pool_keeper;
+mod pools;
 mod profile_state;
 mod request;
 mod start;
 mod usage;
 
-pub use error::{BrokerError, ForkError, SessionError, StartError};
+pub use error::{BrokerError, ForkError, NamedPoolError, SessionError, StartError};
+pub use pools::{PoolChange, PoolSpec, PoolStats, PoolTake, PoolView, Taken};
 pub use request::{Carried, ForkRequest, Forked, NewSession, RequestedOptions};
 pub use usage::TenantUsage;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -110,6 +113,12 @@ pub struct Broker {
     ads: Option<Arc<AdBlocker>>,
     /// Sessions per key at once.
     quotas: Quotas,
+    /// Every key's named pools on this node, and their ready browsers.
+    named: pools::NamedPools,
+    /// Their definitions, kept for the next start.
+    pool_definitions: crate::store::pool_definitions::PoolDefinitions,
+    /// The broker itself, for the tasks a handler starts (a pool's keeper).
+    me: Weak<Broker>,
     /// Sessions whose browser runs on this node, until their end is written down.
     running: Arc<DashMap<String, Arc<Session>>>,
     /// Every session's record, written in order.
@@ -363,6 +372,9 @@ impl Broker {
     }
 
     pub fn render_metrics(&self) -> String {
+        let (pools, ready) = self.pool_totals();
+        self.metrics.named_pools.set(pools as u64);
+        self.metrics.named_pool_ready.set(ready as u64);
         let sessions_context = self
             .running
             .iter()

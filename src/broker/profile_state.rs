@@ -84,7 +84,9 @@ impl Broker {
         if users > 0 {
             return Err(ProfileError::InUse(users).into());
         }
-        Ok(self.profiles.delete(tenant, id).await?)
+        self.profiles.delete(tenant, id).await?;
+        self.profile_gone(tenant, id);
+        Ok(())
     }
 }
 

@@ -114,6 +114,8 @@ impl Broker {
                 source,
             })?,
         );
+        let pool_definitions =
+            crate::store::pool_definitions::PoolDefinitions::open(data_dir.join("pools")).map_err(dir_error)?;
         let extensions = Arc::new(
             Extensions::open(
                 data_dir.join("extensions"),
@@ -231,7 +233,10 @@ impl Broker {
         tracker.spawn(pool.clone().run_refill(shutdown.clone()));
         tracker.spawn(shared.clone().run_warm(shutdown.clone()));
 
-        let broker = Arc::new(Broker {
+        let broker = Arc::new_cyclic(|me| Broker {
+            me: me.clone(),
+            named: Default::default(),
+            pool_definitions,
             urls: PublicUrls::new(&config.public_url, bound, config.tls_enabled()),
             tls,
             keys: ApiKeys::new(&secrets.api_keys),

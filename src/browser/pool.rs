@@ -160,9 +160,34 @@ impl Pool {
         extensions: Option<ExtensionUse>,
     ) -> Result<Lease, PoolError> {
         let slot = self.slot().await?;
+        self.launch_for(slot, screen, dir.map(|d| (d, false)), extensions).await
+    }
+
+    /// For a named pool's ready browser: a free slot now or none (a refill never queues
+    /// ahead of a create), and a fresh launch on `dir` if given (removed when the browser
+    /// ends), loading `extensions`.
+    pub async fn acquire_spare(
+        &self,
+        screen: Screen,
+        dir: Option<std::path::PathBuf>,
+        extensions: Option<ExtensionUse>,
+    ) -> Result<Lease, PoolError> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?;
+        self.launch_for(slot, screen, dir.map(|d| (d, true)), extensions).await
+    }
+
+    /// A fresh launch in `slot`, on `dir` if given (removed with the browser when it is
+    /// `owned`), loading `extensions`.
+    async fn launch_for(
+        &self,
+        slot: OwnedSemaphorePermit,
+        screen: Screen,
+        dir: Option<(std::path::PathBuf, bool)>,
+        extensions: Option<ExtensionUse>,
+    ) -> Result<Lease, PoolError> {
         let dirs = extensions.as_ref().map_or(&[][..], |e| &e.dirs[..]);
         let browser = match dir {
-            Some(dir) => self.launcher.launch_in(screen, dir, false, Use::Own, dirs).await?,
+            Some((dir, owned)) => self.launcher.launch_in(screen, dir, owned, Use::Own, dirs).await?,
             None => self.launcher.launch_with(screen, dirs).await?,
         };
         Ok(Lease {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::Body;
 use crate::artifacts::FileError;
-use crate::broker::{BrokerError, ForkError, SessionError};
+use crate::broker::{BrokerError, ForkError, NamedPoolError, SessionError};
 use crate::browser::byo::ProbeError;
 use crate::browser::cdp::CdpError;
 use crate::browser::pool::PoolError;
@@ -313,6 +313,9 @@ impl From<BrokerError> for ApiError {
             // No Retry-After: a place frees when one of the key's sessions ends, which
             // only its owner knows.
             BrokerError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            BrokerError::NamedPool(NamedPoolError::NotFound) => StatusCode::NOT_FOUND,
+            BrokerError::NamedPool(NamedPoolError::Exists(_)) => StatusCode::CONFLICT,
+            BrokerError::NamedPool(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BrokerError::ProfileTimedOut(_) | BrokerError::ProfileBrowser(CdpError::Timeout) => {
                 StatusCode::GATEWAY_TIMEOUT

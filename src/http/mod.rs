@@ -17,6 +17,7 @@ pub(crate) mod files;
 pub(crate) mod fork;
 pub(crate) mod live;
 pub(crate) mod mcp;
+pub mod pools;
 pub(crate) mod profiles;
 pub(crate) mod render;
 pub(crate) mod request;

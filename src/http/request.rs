@@ -111,9 +111,56 @@ pub(crate) fn whole_number(v: &Value) -> Option<u64> {
     })
 }
 
+/// Longest pool name.
+pub(crate) const MAX_POOL_NAME: usize = 48;
+
+/// A pool name: a short slug, so that it is safe in a path, a log line and a metric.
+pub(crate) fn valid_pool_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=MAX_POOL_NAME).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+/// `body[name]` as a pool name, or the rule it breaks.
+pub(crate) fn pool_name(body: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    match field(body, name) {
+        Some(Value::String(v)) if valid_pool_name(v) => Ok(v.clone()),
+        _ => Err(ApiError::unprocessable(pool_name_rule(name))),
+    }
+}
+
+fn pool_name_rule(field: &str) -> String {
+    format!(
+        "{field} must be a pool name: 1 to {MAX_POOL_NAME} lowercase letters, digits, '-' or '_', beginning with a letter or digit"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_names_are_short_slugs() {
+        for good in ["a", "login-pool", "p_1", "0", &"x".repeat(MAX_POOL_NAME)] {
+            assert!(valid_pool_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a b",
+            "a/b",
+            "..",
+            "a.b",
+            "é",
+            &"x".repeat(MAX_POOL_NAME + 1),
+        ] {
+            assert!(!valid_pool_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn queries_are_percent_decoded() {

@@ -11,7 +11,8 @@ use serde_json::json;
 use super::error::{ApiError, RETRY_AFTER_SECS, answer, json_response};
 use super::request::{authenticate, only};
 use super::{
-    Body, actions, admin, capture, dashboard, events, extensions, files, fork, live, mcp, profiles, render, sessions,
+    Body, actions, admin, capture, dashboard, events, extensions, files, fork, live, mcp, pools, profiles, render,
+    sessions,
 };
 use crate::broker::Broker;
 use crate::metrics;
@@ -33,6 +34,8 @@ pub enum Endpoint {
     Profile,
     Extensions,
     Extension,
+    Pools,
+    Pool,
     Devices,
     StorageState,
     RunAction,
@@ -90,6 +93,8 @@ fn openapi_for(config: &crate::config::Config) -> String {
         "RenderPage",
         "RenderScrape",
         "ForkRequest",
+        "NewPool",
+        "PoolChange",
     ] {
         if let Some(ttl) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/ttl")) {
             ttl["maximum"] = json!(config.max_ttl);
@@ -100,6 +105,11 @@ fn openapi_for(config: &crate::config::Config) -> String {
     }
     if let Some(count) = doc.pointer_mut("/components/schemas/ForkRequest/properties/count") {
         count["maximum"] = json!(config.max_fork_count);
+    }
+    for schema in ["NewPool", "PoolChange"] {
+        if let Some(size) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/size")) {
+            size["maximum"] = json!(config.max_pool_size);
+        }
     }
     serde_json::to_string(&doc).unwrap_or_else(|_| OPENAPI.to_owned())
 }
@@ -165,6 +175,8 @@ pub const ROUTES: &[Route] = &[
         "/public/extensions/{extension_id}",
         Endpoint::Extension,
     ),
+    route(&["POST", "GET"], "/public/pools", Endpoint::Pools),
+    route(&["GET", "PATCH", "DELETE"], "/public/pools/{pool_name}", Endpoint::Pool),
     route(&["POST"], "/public/single-actions/run-action", Endpoint::RunAction),
     route(&["POST"], "/public/screenshot", Endpoint::Render(Kind::Screenshot)),
     route(&["POST"], "/public/pdf", Endpoint::Render(Kind::Pdf)),
@@ -463,6 +475,8 @@ async fn api(
         Endpoint::StorageState => profiles::storage_state(broker, &tenant, id, request).await,
         Endpoint::Extensions => extensions::collection(broker, &tenant, request).await,
         Endpoint::Extension => extensions::one(broker, &tenant, id, &method).await,
+        Endpoint::Pools => pools::collection(broker, &tenant, request).await,
+        Endpoint::Pool => pools::one(broker, &tenant, id, request).await,
         Endpoint::RunAction => {
             only(&method, &[Method::POST])?;
             actions::handle(broker, tenant, request).await

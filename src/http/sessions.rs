@@ -8,10 +8,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, Attempt, empty_response, json_response, session_refusal};
-use super::request::{field, json_object, query_pairs, read_body, read_json_object, whole_number};
+use super::request::{field, json_object, pool_name, query_pairs, read_body, read_json_object, whole_number};
 use super::{Body, timestamp};
 use crate::auth::Tenant;
-use crate::broker::{Broker, NewSession, RequestedOptions, SessionUrls};
+use crate::broker::{Broker, NewSession, PoolTake, RequestedOptions, SessionUrls};
 use crate::browser::Screen;
 use crate::browser::blocking::Blocking;
 use crate::browser::forward::UpstreamProxy;
@@ -21,7 +21,7 @@ use crate::capture::Wants;
 use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::events::EventType;
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
-use crate::store::{Isolation, ListQuery, SessionRecord, Status};
+use crate::store::{Isolation, ListQuery, SessionOptions, SessionRecord, Status};
 
 /// Largest page of a session list.
 const MAX_LIMIT: usize = 100;
@@ -130,7 +130,26 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
     if let Some(reason) = record.end_reason {
         body["end_reason"] = json!(reason.as_str());
     }
-    let options = &record.options;
+    render_options(&record.options, &mut body);
+    if let Some(network) = &record.network {
+        body["network"] = json!(network);
+    }
+    body["challenges"] = record
+        .challenges
+        .iter()
+        .map(|c| json!({ "kind": c.kind, "url": c.url, "at": timestamp(c.at) }))
+        .collect();
+    if let Some(profile) = record.profile.as_ref().filter(|p| p.persist)
+        && record.status != Status::Active
+    {
+        let saved = profile.saved.as_ref().map_or("saving".to_owned(), |s| s.describe());
+        body["profile_saved"] = json!(saved);
+    }
+    body
+}
+
+/// A session's options as the API shows them (a pool's too): into `body`.
+pub(crate) fn render_options(options: &SessionOptions, body: &mut Value) {
     body["isolation"] = json!(options.isolation.as_str());
     body["idle_timeout"] = json!(options.idle_timeout);
     body["record"] = json!(options.record);
@@ -159,21 +178,6 @@ pub(crate) fn render(record: &SessionRecord, urls: &SessionUrls) -> Value {
             body["device"] = json!(device);
         }
     }
-    if let Some(network) = &record.network {
-        body["network"] = json!(network);
-    }
-    body["challenges"] = record
-        .challenges
-        .iter()
-        .map(|c| json!({ "kind": c.kind, "url": c.url, "at": timestamp(c.at) }))
-        .collect();
-    if let Some(profile) = record.profile.as_ref().filter(|p| p.persist)
-        && record.status != Status::Active
-    {
-        let saved = profile.saved.as_ref().map_or("saving".to_owned(), |s| s.describe());
-        body["profile_saved"] = json!(saved);
-    }
-    body
 }
 
 async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -187,7 +191,11 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
         config.request_read_timeout(),
     )
     .await?;
-    let mut new = validate_create(config, &json_object(&bytes)?)?;
+    let body = json_object(&bytes)?;
+    if field(&body, "pool").is_some() {
+        return create_from_pool(broker, tenant, &body).await;
+    }
+    let mut new = validate_create(config, &body)?;
     new.queue = !placed_here;
     // Profile sessions too: every node of a cluster reads the shared profile store.
     let needs_slot = new.external_url.is_none();
@@ -206,6 +214,47 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
         StatusCode::CREATED,
         &render(&record, &broker.session_urls(&record)),
     ))
+}
+
+/// What a create from a pool may add; the pool's settings are the rest.
+const TAKE_FIELDS: &[&str] = &["pool", "metadata", "ttl", "idle_timeout"];
+
+/// `POST /public/sessions` with `pool`: a ready session of the pool, or a cold start with
+/// its settings (`pool_hit` says which).
+async fn create_from_pool(
+    broker: &Broker,
+    tenant: Tenant,
+    body: &Map<String, Value>,
+) -> Result<Response<Body>, ApiError> {
+    let config = broker.config();
+    if let Some(key) = body
+        .iter()
+        .find(|(k, v)| !v.is_null() && !TAKE_FIELDS.contains(&k.as_str()))
+        .map(|(k, _)| k)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "{key} cannot be combined with pool: a pool's sessions take its settings (only metadata, ttl and idle_timeout may be given)"
+        )));
+    }
+    let name = pool_name(body, "pool")?;
+    let take = PoolTake {
+        ttl: field(body, "ttl").map(|v| parse_ttl(v, config.max_ttl)).transpose()?,
+        idle_timeout: field(body, "idle_timeout")
+            .map(|v| parse_idle_timeout(v, config.max_ttl))
+            .transpose()?,
+        metadata: field(body, "metadata")
+            .map(|v| parse_metadata(v, config.max_metadata_bytes))
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    let started = std::time::Instant::now();
+    let taken = broker.create_from_pool(tenant, &name, take).await?;
+    broker.metrics().create_time.observe(started.elapsed());
+    let record = taken.session.record();
+    let mut answer = render(&record, &broker.session_urls(&record));
+    answer["pool"] = json!(name);
+    answer["pool_hit"] = json!(taken.hit);
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 /// Checks every field of a create body; the first bad one is reported.
@@ -403,12 +452,7 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
     };
     let (fingerprint, device) = parse_face(body, &identity)?;
     let idle_timeout = match field(body, "idle_timeout") {
-        Some(v) => whole_number(v).filter(|n| *n <= config.max_ttl).ok_or_else(|| {
-            ApiError::unprocessable(format!(
-                "idle_timeout must be a whole number of seconds from 0 (off) to {}",
-                config.max_ttl
-            ))
-        })?,
+        Some(v) => parse_idle_timeout(v, config.max_ttl)?,
         None => config.default_idle_timeout,
     };
     let proxy = field(body, "proxy").map(parse_proxy).transpose()?;
@@ -580,6 +624,14 @@ fn parse_proxy(v: &Value) -> Result<UpstreamProxy, ApiError> {
         username,
         password,
         bypass,
+    })
+}
+
+pub(crate) fn parse_idle_timeout(v: &Value, max_ttl: u64) -> Result<u64, ApiError> {
+    whole_number(v).filter(|n| *n <= max_ttl).ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "idle_timeout must be a whole number of seconds from 0 (off) to {max_ttl}"
+        ))
     })
 }
 

@@ -8,6 +8,7 @@ pub mod extension_zip;
 pub mod extensions;
 pub(crate) mod local;
 pub mod nodes;
+pub mod pool_definitions;
 pub mod profile_data;
 pub mod profile_locks;
 pub mod profiles;

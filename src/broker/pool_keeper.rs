@@ -1,0 +1,431 @@
+//! What named pools do: defined, changed and deleted for their key, taken from by a
+//! create, and refilled by each pool's keeper (one launch at a time, only into a free slot
+//! and within the key's quota).
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Broker;
+use super::error::{BrokerError, NamedPoolError};
+use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Taken};
+use super::request::NewSession;
+use crate::auth::{Tenant, random_hex};
+use crate::browser::pool::{Lease, PoolError};
+use crate::profile::cookies;
+use crate::quota::Kind;
+use crate::session::{Backing, Session};
+
+/// The longest pause between failed refills of a pool.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a pool that could not refill (no free slot, the key at its quota) looks again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl Broker {
+    /// Defines a pool of `tenant` from `spec` (read from `definition`, which is kept for the
+    /// next start) and starts filling it.
+    pub async fn create_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: PoolSpec,
+        definition: Map<String, Value>,
+    ) -> Result<PoolView, BrokerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        self.check_pool_spec(tenant, &spec).await?;
+        let pool = {
+            let mut pools = self.named.lock();
+            let key = (tenant.clone(), name.to_owned());
+            if pools.contains_key(&key) {
+                return Err(NamedPoolError::Exists(name.to_owned()).into());
+            }
+            let count = pools.keys().filter(|(t, _)| t == tenant).count();
+            if count >= self.config.max_pools_per_key {
+                return Err(NamedPoolError::TooMany(count).into());
+            }
+            let sizes: usize = pools
+                .values()
+                .filter(|p| &p.tenant == tenant)
+                .map(|p| p.spec().size)
+                .sum();
+            self.check_pool_sizes(sizes + spec.size)?;
+            let pool = Arc::new(NamedPool {
+                name: name.to_owned(),
+                tenant: tenant.clone(),
+                created_at: SystemTime::now(),
+                spec: Mutex::new(spec),
+                definition: Mutex::new(definition),
+                ready: Mutex::default(),
+                stats: Mutex::default(),
+                wake: Notify::new(),
+                stop: self.shutdown.child_token(),
+                kept: CancellationToken::new(),
+            });
+            pools.insert(key, pool.clone());
+            pool
+        };
+        self.keep_definition(&pool);
+        self.tracker.spawn(keep(self.me.clone(), pool.clone()));
+        tracing::info!(tenant = %tenant, pool = %name, size = pool.spec().size, "pool defined");
+        Ok(pool.view())
+    }
+
+    /// `tenant`'s pools, by name.
+    pub fn pools_of(&self, tenant: &Tenant) -> Vec<PoolView> {
+        self.named.of(tenant).iter().map(|p| p.view()).collect()
+    }
+
+    pub fn pool_view(&self, tenant: &Tenant, name: &str) -> Result<PoolView, BrokerError> {
+        Ok(self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?.view())
+    }
+
+    /// Changes a pool's size, TTL or idle timeout (`patch`: the change as the API took
+    /// it, merged into the kept definition); ready browsers past a smaller size go.
+    pub fn update_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        change: PoolChange,
+        patch: Map<String, Value>,
+    ) -> Result<PoolView, BrokerError> {
+        let pool = self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?;
+        if let Some(size) = change.size {
+            let others: usize = self
+                .named
+                .of(tenant)
+                .iter()
+                .filter(|p| p.name != name)
+                .map(|p| p.spec().size)
+                .sum();
+            self.check_pool_sizes(others + size)?;
+        }
+        {
+            let mut spec = pool.spec.lock().expect("pool lock");
+            if let Some(size) = change.size {
+                spec.size = size;
+            }
+            if let Some(ttl) = change.ttl {
+                spec.ttl = ttl;
+            }
+            if let Some(idle) = change.idle_timeout {
+                spec.options.idle_timeout = idle;
+            }
+        }
+        pool.definition.lock().expect("pool lock").extend(patch);
+        self.keep_definition(&pool);
+        drop(pool.excess());
+        pool.wake.notify_one();
+        Ok(pool.view())
+    }
+
+    /// Deletes a pool: its keeper stops and its ready browsers are killed (answered once
+    /// they have exited); sessions already taken from it keep running.
+    pub async fn delete_pool(&self, tenant: &Tenant, name: &str) -> Result<(), BrokerError> {
+        let pool = self
+            .named
+            .lock()
+            .remove(&(tenant.clone(), name.to_owned()))
+            .ok_or(NamedPoolError::NotFound)?;
+        if let Err(e) = self.pool_definitions.remove(tenant, name) {
+            tracing::warn!(pool = %name, error = %e, "a deleted pool's definition could not be removed");
+        }
+        pool.stop.cancel();
+        // The keeper finishes a launch under way, then kills every browser and waits for them.
+        let bound = self.config.launch_timeout() * 2 + Duration::from_secs(5);
+        let _ = tokio::time::timeout(bound, pool.kept.cancelled()).await;
+        tracing::info!(tenant = %tenant, pool = %name, "pool deleted");
+        Ok(())
+    }
+
+    /// Writes a pool's definition for the next start; a pool whose definition cannot be
+    /// written still runs (it is only forgotten at a restart).
+    fn keep_definition(&self, pool: &NamedPool) {
+        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
+        if let Err(e) = self.pool_definitions.put(&pool.tenant, &pool.name, &definition) {
+            tracing::warn!(pool = %pool.name, error = %e, "a pool's definition could not be kept for the next start");
+        }
+    }
+
+    /// The pools defined before this start, of the keys configured now; the definitions
+    /// of keys no longer configured are removed (their pools are not defined again).
+    pub fn stored_pools(&self) -> Vec<(Tenant, String, Value)> {
+        let keys: Vec<&Tenant> = self.keys.tenants().collect();
+        let (kept, revoked): (Vec<_>, Vec<_>) = self
+            .pool_definitions
+            .all()
+            .into_iter()
+            .partition(|(tenant, _, _)| keys.contains(&tenant));
+        for (tenant, name, _) in revoked {
+            tracing::info!(tenant = %tenant, pool = %name, "pool of a key no longer configured: forgotten");
+            self.forget_pool_definition(&tenant, &name);
+        }
+        kept
+    }
+
+    /// Removes a stored definition that can no longer be defined.
+    pub fn forget_pool_definition(&self, tenant: &Tenant, name: &str) {
+        if let Err(e) = self.pool_definitions.remove(tenant, name) {
+            tracing::warn!(pool = %name, error = %e, "a pool's definition could not be removed");
+        }
+    }
+
+    /// A profile was deleted: the ready browsers of pools started from it go (they hold a
+    /// copy of it); their next refill fails until the pool is deleted or changed.
+    pub(super) fn profile_gone(&self, tenant: &Tenant, profile_id: &str) {
+        for pool in self.named.of(tenant) {
+            if pool.spec().profile_id.as_deref() == Some(profile_id) {
+                drop(pool.drain());
+            }
+        }
+    }
+
+    /// A session from `tenant`'s pool `name`: a ready browser if there is one, else a cold
+    /// start with the pool's settings.
+    pub async fn create_from_pool(&self, tenant: Tenant, name: &str, take: PoolTake) -> Result<Taken, BrokerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let pool = self.named.get(&tenant, name).ok_or(NamedPoolError::NotFound)?;
+        let spec = pool.spec();
+        let mut options = spec.options.clone();
+        if let Some(idle) = take.idle_timeout {
+            options.idle_timeout = idle;
+        }
+        let request = NewSession {
+            ttl: take.ttl.unwrap_or(spec.ttl),
+            screen: spec.screen,
+            metadata: take.metadata,
+            external_url: None,
+            profile_id: spec.profile_id.clone(),
+            persist_changes: false,
+            queue: true,
+            options,
+            webhook_url: None,
+            webhook_events: None,
+            webhook: None,
+        };
+        if let Err(wait) = self.take_create(&tenant).await {
+            self.metrics.create_rate_limited.inc();
+            return Err(BrokerError::RateLimited {
+                per_minute: self.config.creates_per_minute,
+                retry_after: wait.as_secs() + 1,
+            });
+        }
+        // The ready browser's place in the quota passes to the session without a gap.
+        let place = self.quotas.hold(&tenant, Kind::Managed);
+        let Some(lease) = pool.pop() else {
+            drop(place);
+            pool.stats.lock().expect("pool lock").missed += 1;
+            self.metrics.named_pool_misses.inc();
+            let _place = self.reserve_place(&tenant, Kind::Managed).await.inspect_err(|_| {
+                self.metrics.create_quota_refused.inc();
+            })?;
+            let session = self.create_admitted(tenant, request).await?;
+            return Ok(Taken { session, hit: false });
+        };
+        pool.wake.notify_one();
+        pool.stats.lock().expect("pool lock").taken += 1;
+        self.metrics.named_pool_hits.inc();
+        match self.create_on_ready(tenant.clone(), request, lease).await {
+            Ok(session) => Ok(Taken { session, hit: true }),
+            Err(e) => {
+                if matches!(e, BrokerError::Profile(crate::store::profiles::ProfileError::NotFound)) {
+                    drop(pool.drain());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A session on a ready browser: what a create does after its browser is there.
+    async fn create_on_ready(
+        &self,
+        tenant: Tenant,
+        mut request: NewSession,
+        lease: Lease,
+    ) -> Result<Arc<Session>, BrokerError> {
+        if request.options.record && self.artifacts.ffmpeg.is_none() {
+            return Err(BrokerError::OptionRefused(
+                "record: this node cannot record sessions (ffmpeg is not installed)".into(),
+            ));
+        }
+        request.webhook = self
+            .webhooks
+            .target_for(&tenant, None, None)
+            .await
+            .map_err(|e| BrokerError::OptionRefused(e.to_string()))?;
+        let id = format!("sess_{}", random_hex(16));
+        let request = self.pick_fingerprint(&tenant, request).await?;
+        let binding = match &request.profile_id {
+            Some(profile_id) => {
+                let profile = self.profiles.get(&tenant, profile_id).await?;
+                Some(self.profile_binding(self.profiles.begin_use(profile, &id, false).await?))
+            }
+            None => None,
+        };
+        self.register(id, tenant, request, Backing::Managed(lease), binding)
+            .await
+    }
+
+    /// A pool's settings as they would run: its profile and extensions the key's own.
+    async fn check_pool_spec(&self, tenant: &Tenant, spec: &PoolSpec) -> Result<(), BrokerError> {
+        if spec.options.isolation == crate::store::Isolation::Context {
+            return Err(NamedPoolError::Context.into());
+        }
+        self.check_proxy(&spec.options).await?;
+        if let Some(id) = &spec.profile_id {
+            self.profiles.get(tenant, id).await?;
+        }
+        if !spec.options.extensions.is_empty() {
+            drop(self.extensions.hold(tenant, &spec.options.extensions)?);
+        }
+        if spec.options.record && self.artifacts.ffmpeg.is_none() {
+            return Err(BrokerError::OptionRefused(
+                "record: this node cannot record sessions (ffmpeg is not installed)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses pool sizes of one key totalling more than its quota of sessions.
+    fn check_pool_sizes(&self, total: usize) -> Result<(), BrokerError> {
+        match self.quotas.limit(Kind::Managed) {
+            Some(limit) if total > limit => Err(NamedPoolError::OverQuota { total, limit }.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes one ready browser for `pool`: `Ok(false)` when there is no room for it now (no
+    /// free slot, or its key at its quota).
+    async fn refill_one(&self, pool: &NamedPool) -> Result<bool, BrokerError> {
+        let Ok(_place) = self.reserve_place(&pool.tenant, Kind::Managed).await else {
+            return Ok(false);
+        };
+        if self.pool.free_slots() == 0 {
+            return Ok(false);
+        }
+        let spec = pool.spec();
+        let started = Instant::now();
+        let extensions = match spec.options.extensions.is_empty() {
+            true => None,
+            false => Some(self.extensions.hold(&pool.tenant, &spec.options.extensions)?),
+        };
+        let launched = match &spec.profile_id {
+            None => self.pool.acquire_spare(spec.screen, None, extensions).await,
+            Some(profile_id) => {
+                let profile = self.profiles.get(&pool.tenant, profile_id).await?;
+                // Held only while it is copied: a ready browser never writes the profile.
+                let hold = self
+                    .profiles
+                    .begin_use(profile, &format!("pool_{}", random_hex(8)), false)
+                    .await?;
+                let dir = self.pool.scratch_dir();
+                let copied = self.profiles.copy_into(&hold, &dir).await;
+                self.profiles.end_use(hold).await;
+                let saved_cookies = match copied {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tokio::fs::remove_dir_all(&dir).await;
+                        return Err(BrokerError::ProfileUnreadable(e));
+                    }
+                };
+                match self
+                    .pool
+                    .acquire_spare(spec.screen, Some(dir.clone()), extensions)
+                    .await
+                {
+                    Ok(lease) => {
+                        if let Err(e) = cookies::restore_session_cookies(&lease.browser, &saved_cookies).await {
+                            tracing::warn!(error = %e, "pool: could not restore the profile's session cookies");
+                        }
+                        Ok(lease)
+                    }
+                    Err(e) => {
+                        let _ = tokio::fs::remove_dir_all(&dir).await;
+                        Err(e)
+                    }
+                }
+            }
+        };
+        let lease = match launched {
+            Ok(lease) => lease,
+            Err(PoolError::Busy) => return Ok(false),
+            Err(e) => return Err(BrokerError::Capacity(e)),
+        };
+        let took = started.elapsed();
+        self.metrics.named_pool_refill_time.observe(took);
+        pool.stats.lock().expect("pool lock").last_refill_ms = Some(took.as_millis() as u64);
+        pool.push(lease);
+        Ok(true)
+    }
+
+    /// Pools on this node and browsers ready in them, for `/metrics`.
+    pub(super) fn pool_totals(&self) -> (usize, usize) {
+        self.named.totals()
+    }
+}
+
+/// A pool's keeper: refills it one launch at a time while it is short, until it is
+/// deleted or the broker stops; then lets go of its browsers.
+async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
+    let mut backoff = Duration::from_millis(250);
+    while !pool.stop.is_cancelled() {
+        drop(pool.excess());
+        let woken = pool.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let Some(b) = broker.upgrade() else { break };
+        let mut pause = None;
+        if pool.missing() > 0 {
+            match b.refill_one(&pool).await {
+                Ok(true) => {
+                    backoff = Duration::from_millis(250);
+                    continue;
+                }
+                Ok(false) => pause = Some(RECHECK),
+                Err(e) => {
+                    b.metrics.named_pool_refill_failures.inc();
+                    tracing::warn!(tenant = %pool.tenant, pool = %pool.name, error = %e, "pool refill failed");
+                    let mut stats = pool.stats.lock().expect("pool lock");
+                    stats.errors += 1;
+                    stats.last_error = Some(e.to_string());
+                    pause = Some(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        drop(b);
+        match pause {
+            // A failure waits out its backoff; no room waits for a take or a second.
+            Some(pause) if pause != RECHECK => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = pool.stop.cancelled() => {}
+                }
+            }
+            Some(pause) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = &mut woken => {}
+                    _ = pool.stop.cancelled() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = &mut woken => {}
+                    _ = pool.stop.cancelled() => {}
+                }
+            }
+        }
+    }
+    let exits: Vec<_> = pool.drain().into_iter().map(|lease| lease.browser.exited()).collect();
+    for exited in exits {
+        let _ = tokio::time::timeout(Duration::from_secs(10), exited.cancelled()).await;
+    }
+    pool.kept.cancel();
+}

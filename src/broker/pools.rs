@@ -1,0 +1,196 @@
+//! Named pools: per API key, browsers kept ready with one set of session options (a
+//! profile copied in, extensions loaded), so that `POST /public/sessions {"pool": name}`
+//! takes as long as registering a session. Each pool has a keeper task that refills it one
+//! launch at a time, only into a free slot and within the key's quota (a ready browser
+//! counts as a session of its key); a pool with none ready answers with a cold start of
+//! the same settings. Pools live on the node that defined them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::request::RequestedOptions;
+use crate::auth::Tenant;
+use crate::browser::pool::Lease;
+use crate::session::Session;
+use crate::values::Screen;
+
+/// What a pool's sessions are made from, as validated.
+#[derive(Clone)]
+pub struct PoolSpec {
+    /// Ready browsers to keep.
+    pub size: usize,
+    /// Each session's TTL unless its create names one.
+    pub ttl: Duration,
+    pub screen: Screen,
+    /// A profile of the key, copied into each browser and never written back.
+    pub profile_id: Option<String>,
+    pub options: RequestedOptions,
+}
+
+/// A PATCH of a pool.
+#[derive(Default)]
+pub struct PoolChange {
+    pub size: Option<usize>,
+    pub ttl: Option<Duration>,
+    pub idle_timeout: Option<u64>,
+}
+
+/// What a create from a pool may add to the pool's settings.
+pub struct PoolTake {
+    pub ttl: Option<Duration>,
+    pub idle_timeout: Option<u64>,
+    pub metadata: Map<String, Value>,
+}
+
+/// A pool as the API shows it.
+pub struct PoolView {
+    pub name: String,
+    pub created_at: SystemTime,
+    pub spec: PoolSpec,
+    pub stats: PoolStats,
+}
+
+/// How a pool has done since it was defined on this node.
+#[derive(Debug, Clone, Default)]
+pub struct PoolStats {
+    pub ready: usize,
+    /// Creates answered from a ready browser, and with a cold start.
+    pub taken: u64,
+    pub missed: u64,
+    /// Ready browsers that could not be made, and why the last one could not.
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// How long the last ready browser took to make.
+    pub last_refill_ms: Option<u64>,
+}
+
+/// A session handed out by a pool, and whether a ready browser was there for it.
+pub struct Taken {
+    pub session: Arc<Session>,
+    pub hit: bool,
+}
+
+/// One pool: its settings, its ready browsers and its keeper's controls.
+pub(super) struct NamedPool {
+    pub(super) name: String,
+    pub(super) tenant: Tenant,
+    pub(super) created_at: SystemTime,
+    pub(super) spec: Mutex<PoolSpec>,
+    /// The definition as the API took it (its PATCHes merged in), kept for the next start.
+    pub(super) definition: Mutex<Map<String, Value>>,
+    pub(super) ready: Mutex<VecDeque<Lease>>,
+    pub(super) stats: Mutex<PoolStats>,
+    /// Wakes the keeper: a browser was taken, or the size changed.
+    pub(super) wake: Notify,
+    /// Cancelled at the pool's delete (and the broker's shutdown); `kept` once the keeper
+    /// has let go of every browser.
+    pub(super) stop: CancellationToken,
+    pub(super) kept: CancellationToken,
+}
+
+impl NamedPool {
+    pub(super) fn spec(&self) -> PoolSpec {
+        self.spec.lock().expect("pool lock").clone()
+    }
+
+    pub(super) fn missing(&self) -> usize {
+        let size = self.spec.lock().expect("pool lock").size;
+        let mut ready = self.ready.lock().expect("pool lock");
+        ready.retain(|l| l.browser.is_alive());
+        size.saturating_sub(ready.len())
+    }
+
+    pub(super) fn ready_count(&self) -> usize {
+        self.ready.lock().expect("pool lock").len()
+    }
+
+    /// A live ready browser, if one is there.
+    pub(super) fn pop(&self) -> Option<Lease> {
+        let mut ready = self.ready.lock().expect("pool lock");
+        while let Some(lease) = ready.pop_front() {
+            if lease.browser.is_alive() {
+                return Some(lease);
+            }
+        }
+        None
+    }
+
+    /// Keeps `lease` (the keeper lets go of what is past the size, or of all once stopped).
+    pub(super) fn push(&self, lease: Lease) {
+        self.ready.lock().expect("pool lock").push_back(lease);
+    }
+
+    /// Takes every ready browser out (to be dropped: killed, its directory removed).
+    pub(super) fn drain(&self) -> Vec<Lease> {
+        self.ready.lock().expect("pool lock").drain(..).collect()
+    }
+
+    /// Ready browsers past the size, taken out.
+    pub(super) fn excess(&self) -> Vec<Lease> {
+        let size = self.spec.lock().expect("pool lock").size;
+        let mut ready = self.ready.lock().expect("pool lock");
+        let keep = size.min(ready.len());
+        ready.drain(keep..).collect()
+    }
+
+    pub(super) fn view(&self) -> PoolView {
+        let mut stats = self.stats.lock().expect("pool lock").clone();
+        stats.ready = self.ready_count();
+        PoolView {
+            name: self.name.clone(),
+            created_at: self.created_at,
+            spec: self.spec(),
+            stats,
+        }
+    }
+}
+
+/// Every key's pools on this node.
+#[derive(Default)]
+pub(super) struct NamedPools {
+    pools: Mutex<HashMap<(Tenant, String), Arc<NamedPool>>>,
+}
+
+impl NamedPools {
+    pub(super) fn get(&self, tenant: &Tenant, name: &str) -> Option<Arc<NamedPool>> {
+        self.lock().get(&(tenant.clone(), name.to_owned())).cloned()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Tenant, String), Arc<NamedPool>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn of(&self, tenant: &Tenant) -> Vec<Arc<NamedPool>> {
+        let mut pools: Vec<_> = self.lock().values().filter(|p| &p.tenant == tenant).cloned().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        pools
+    }
+
+    /// Browsers ready in `tenant`'s pools: they count against its quota of sessions.
+    pub(super) fn ready_of(&self, tenant: &Tenant) -> usize {
+        self.lock()
+            .values()
+            .filter(|p| &p.tenant == tenant)
+            .map(|p| p.ready_count())
+            .sum()
+    }
+
+    /// How many pools, and how many browsers ready in them.
+    pub(super) fn totals(&self) -> (usize, usize) {
+        let pools = self.lock();
+        (pools.len(), pools.values().map(|p| p.ready_count()).sum())
+    }
+
+    /// Stops every pool and drops its ready browsers (the broker's shutdown).
+    pub(super) fn stop_all(&self) {
+        for pool in self.lock().drain().map(|(_, p)| p) {
+            pool.stop.cancel();
+            drop(pool.drain());
+        }
+    }
+}
