@@ -106,6 +106,9 @@ pub enum BrowserReason {
     Extensions,
     /// It runs on a profile, kept by the full browser.
     Profile,
+    /// It is recorded: the full browser shows one tab at a time, the one the recording
+    /// follows (the shell shows every tab at once).
+    Record,
     /// A context session: the shared browsers' executable.
     Context,
 }
@@ -117,6 +120,7 @@ impl BrowserReason {
             BrowserReason::Default => "default",
             BrowserReason::Extensions => "extensions",
             BrowserReason::Profile => "profile",
+            BrowserReason::Record => "record",
             BrowserReason::Context => "context",
         }
     }

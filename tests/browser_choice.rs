@@ -167,3 +167,16 @@ async fn a_bad_browser_is_refused_and_creates_nothing() {
     reported(&server, &context, "shell", "context").await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_session_gets_the_full_browser_unless_it_asks_for_the_shell() {
+    let server = TestServer::start().await;
+    // The full browser shows one tab at a time, the one the recording follows.
+    let recorded = server.create(json!({"record": true})).await;
+    reported(&server, &recorded, "full", "record").await;
+    assert!(product(&recorded).await.starts_with("Chrome/"));
+    let asked = server.create(json!({"record": true, "browser": "shell"})).await;
+    reported(&server, &asked, "shell", "asked").await;
+    assert!(product(&asked).await.starts_with("HeadlessChrome/"));
+    server.stop().await;
+}

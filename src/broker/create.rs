@@ -141,8 +141,10 @@ impl Broker {
     /// The Chrome a managed session runs, and why: the one it asked for, else the node's
     /// default, unless it needs what only the full browser does (the headless shell loads
     /// no extensions; a profile is kept in the full browser's format, which the context
-    /// sessions' profile helpers read too). A context session runs on the shared
-    /// browsers' executable.
+    /// sessions' profile helpers read too) or is recorded (the shell shows every tab at
+    /// once, so a recording there cannot follow the tab brought to the front; asked for,
+    /// the shell records its newest tab). A context session runs on the shared browsers'
+    /// executable.
     fn choose_browser(&self, request: &NewSession) -> Result<(BrowserKind, BrowserReason), BrokerError> {
         let options = &request.options;
         if options.isolation == Isolation::Context {
@@ -175,6 +177,9 @@ impl Broker {
             ),
             (Some(kind), _) => Ok((kind, BrowserReason::Asked)),
             (None, Some(reason)) => Ok((BrowserKind::Full, reason)),
+            (None, None) if options.record && self.pool.default_kind() == BrowserKind::Shell => {
+                Ok((BrowserKind::Full, BrowserReason::Record))
+            }
             (None, None) => Ok((self.pool.default_kind(), BrowserReason::Default)),
         }
     }
