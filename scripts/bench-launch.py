@@ -55,6 +55,9 @@ if os.environ.get("SHELL_VARIANTS") and os.path.exists(SHELL):
         "shell + lean": (SHELL, BEFORE + LEAN),
         "shell + in-process GPU": (SHELL, NOW + ["--in-process-gpu"]),
         "shell + no zygote": (SHELL, NOW + ["--no-zygote"]),
+        "shell + no spare renderer": (SHELL, BEFORE + ["--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,"
+                                                       "SpareRendererForSitePerProcess"]),
+        "shell + no software rasterizer": (SHELL, NOW + ["--disable-software-rasterizer"]),
     }
 
 

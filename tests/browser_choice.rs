@@ -41,7 +41,8 @@ async fn sessions_created(server: &TestServer) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_default_process_session_runs_the_headless_shell_and_full_is_the_full_browser() {
-    let server = TestServer::start().await;
+    // Three sessions and their two forks at once.
+    let server = TestServer::start_with(|c| c.max_sessions = 6).await;
 
     let shell = server.create(json!({})).await;
     reported(&server, &shell, "shell", "default").await;
@@ -57,6 +58,26 @@ async fn a_default_process_session_runs_the_headless_shell_and_full_is_the_full_
     let asked = server.create(json!({"browser": "shell"})).await;
     reported(&server, &asked, "shell", "asked").await;
     assert!(product(&asked).await.starts_with("HeadlessChrome/"));
+
+    // A fork runs what its source asked for; a source that asked nothing, the default.
+    for (source, browser, reason, name) in [
+        (&full, "full", "asked", "Chrome/"),
+        (&shell, "shell", "default", "HeadlessChrome/"),
+    ] {
+        let id = source["session_id"].as_str().unwrap();
+        let forked = server
+            .call(
+                Method::POST,
+                &format!("/public/sessions/{id}/fork"),
+                Some(KEY_A),
+                Some(r#"{"count": 1}"#),
+            )
+            .await;
+        assert_eq!(forked.status, StatusCode::CREATED, "{}", forked.body);
+        let fork = &forked.json["sessions"][0];
+        reported(&server, fork, browser, reason).await;
+        assert!(product(fork).await.starts_with(name));
+    }
     server.stop().await;
 }
 
