@@ -45,11 +45,13 @@ const BASE_FLAGS: &[&str] = &[
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
     // Every request goes through the browser's gateway (`--proxy-server`), loopback too
-    // (Chrome would send it direct), and WebRTC may not go around it over UDP. (Chromium
-    // ignores `--force-webrtc-ip-handling-policy`: with it, a page's STUN packets still
-    // left to any address; `egress::a_page_reaches_no_other_sessions_…` counts them.)
+    // (Chrome would send it direct), and WebRTC may not go around it over UDP (Landlock
+    // confines TCP connects only). The full Chromium reads the first WebRTC flag and
+    // ignores the second, the headless shell the reverse: without its own, the shell's
+    // pages sent STUN packets to any address (`egress::webrtc_sends_no_udp_…` counts them).
     "--proxy-bypass-list=<-loopback>",
     "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ];
 
 /// Chrome features a session never uses that cost CPU at every launch: headless Chromium
