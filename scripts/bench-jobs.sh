@@ -10,7 +10,10 @@
 # BROWSERLESS_CHROME=/usr/lib/chromium/chromium-headless-shell runs browserless on Chromium's
 # headless shell instead (its paths linked there, launched with "headless": "shell"), the
 # browser cdpgate's context sessions use.
-# usage: [BASELINE=<another cdpgate binary>] [SYSTEMS=cdpgate,cdpgate_context,baseline,baseline_context]
+# cdpgate's process sessions run its default_browser (the headless shell where installed);
+# cdpgate_full is a second broker of the same build whose process sessions run the full
+# Chromium (CDPGATE_DEFAULT_BROWSER=full: its warm pool holds full browsers).
+# usage: [BASELINE=<another cdpgate binary> [BASELINE_ENV="CDPGATE_X=…"]] [SYSTEMS=cdpgate,cdpgate_full,cdpgate_context,baseline,baseline_context]
 #        [BROWSERLESS_CHROME=…] [GATE_ENV="CDPGATE_X=… …"] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,8 +70,12 @@ key=bench-key-0123456789abcdef
 # Its defaults, plus one warm shared browser for the context sessions' first.
 # shellcheck disable=SC2086 # GATE_ENV: more settings for this build's broker, split on spaces
 gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS=1 ${GATE_ENV:-})
+# shellcheck disable=SC2086
+FULL_GATE=$(start_broker target/release/cdpgate cdpgate-full CDPGATE_CONTEXT_WARM_BROWSERS=0 CDPGATE_DEFAULT_BROWSER=full ${GATE_ENV:-})
+export FULL_GATE
 if [ -n "${BASELINE:-}" ]; then
-  BASELINE_GATE=$(start_broker "$BASELINE" baseline CDPGATE_CONTEXT_WARM_BROWSERS=1)
+  # shellcheck disable=SC2086 # BASELINE_ENV: settings for the baseline's broker, split on spaces
+  BASELINE_GATE=$(start_broker "$BASELINE" baseline CDPGATE_CONTEXT_WARM_BROWSERS=1 ${BASELINE_ENV:-})
   export BASELINE_GATE
 fi
 bl_port=$(free_port)
@@ -83,5 +90,7 @@ bl_ws="ws://127.0.0.1:$bl_port/chromium?token=bench-token"
 case "$bl_chrome" in
   *headless-shell*) bl_ws="$bl_ws&launch=%7B%22headless%22%3A%22shell%22%7D" ;;
 esac
+echo "load before: $(uptime)" >&2
 node tests/js/bench_jobs.mjs "$gate" "$key" "$bl_ws" \
   "http://127.0.0.1:$site_port/index.html" "$rounds" "$jobs" "$concurrency" | python3 -m json.tool
+echo "load after: $(uptime)" >&2

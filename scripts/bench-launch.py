@@ -7,7 +7,7 @@ to answer, lets it settle for SETTLE seconds (what it does at start that a sessi
 asks for keeps running after it is ready), then reads the CPU time of every process in
 its group (user + system, reaped children included) and kills the group.
 
-usage: scripts/bench-launch.py ROUNDS [SETTLE_SECONDS]
+usage: [SHELL_VARIANTS=1] scripts/bench-launch.py ROUNDS [SETTLE_SECONDS]
 """
 import json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -47,6 +47,18 @@ SHELL = "/usr/lib/chromium/chromium-headless-shell"
 VARIANTS = {"before": (CHROMIUM, BEFORE), "now": (CHROMIUM, NOW), "now+more": (CHROMIUM, BEFORE + LEAN)}
 if os.path.exists(SHELL):
     VARIANTS["headless shell, now"] = (SHELL, NOW)
+# SHELL_VARIANTS=1: what the headless shell, which process sessions run by default, might
+# still do without (launch-time processes and services).
+if os.environ.get("SHELL_VARIANTS") and os.path.exists(SHELL):
+    VARIANTS = {
+        "shell, now": (SHELL, NOW),
+        "shell + lean": (SHELL, BEFORE + LEAN),
+        "shell + in-process GPU": (SHELL, NOW + ["--in-process-gpu"]),
+        "shell + no zygote": (SHELL, NOW + ["--no-zygote"]),
+        "shell + no spare renderer": (SHELL, BEFORE + ["--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,"
+                                                       "SpareRendererForSitePerProcess"]),
+        "shell + no software rasterizer": (SHELL, NOW + ["--disable-software-rasterizer"]),
+    }
 
 
 def group_cpu(pgid):

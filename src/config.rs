@@ -116,6 +116,10 @@ pub struct Config {
     /// `process` (a browser of its own per session) or `context` (a browser context in a
     /// shared browser) for sessions created without `isolation` (`CDPGATE_DEFAULT_ISOLATION`).
     pub default_isolation: String,
+    /// `shell` (Chromium's headless shell) or `full` (the full browser) for process
+    /// sessions created without `browser` (`CDPGATE_DEFAULT_BROWSER`). Empty: the shell
+    /// where it is installed, else the full browser.
+    pub default_browser: String,
     /// The executable of the shared browsers. Empty: Chromium's headless shell where it is
     /// installed (`chromium-headless-shell`), else `chrome_path`'s browser.
     pub context_chrome_path: String,
@@ -334,6 +338,7 @@ impl Default for Config {
             browser_egress_allow: Vec::new(),
             default_idle_timeout: 0,
             default_isolation: "process".into(),
+            default_browser: String::new(),
             context_chrome_path: String::new(),
             context_browsers: 2,
             max_contexts_per_browser: 50,
@@ -546,6 +551,9 @@ impl Config {
         if let Some(v) = var("default_isolation") {
             self.default_isolation = v;
         }
+        if let Some(v) = var("default_browser") {
+            self.default_browser = v;
+        }
         if let Some(v) = var("context_sharing") {
             self.context_sharing = v;
         }
@@ -757,6 +765,10 @@ impl Config {
         }
         if !["process", "context"].contains(&self.default_isolation.as_str()) {
             errors.push("default_isolation must be \"process\" or \"context\"".into());
+        }
+        if !["", "shell", "full"].contains(&self.default_browser.as_str()) {
+            errors
+                .push("default_browser must be \"shell\", \"full\" or empty (the shell where it is installed)".into());
         }
         if !["tenant", "any"].contains(&self.context_sharing.as_str()) {
             errors.push("context_sharing must be \"tenant\" or \"any\"".into());

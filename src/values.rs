@@ -67,3 +67,61 @@ pub struct Challenge {
     pub url: String,
     pub at: std::time::SystemTime,
 }
+
+/// The Chrome a browser of its own runs: Chromium's headless shell (the engine without
+/// the browser's windows, tab strip and address bar) or the full browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrowserKind {
+    Shell,
+    Full,
+}
+
+impl BrowserKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrowserKind::Shell => "shell",
+            BrowserKind::Full => "full",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BrowserKind> {
+        match s {
+            "shell" => Some(BrowserKind::Shell),
+            "full" => Some(BrowserKind::Full),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session runs the browser it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrowserReason {
+    /// The create asked for it (`browser`).
+    Asked,
+    /// The node's `default_browser`.
+    Default,
+    /// It loads extensions, which only the full browser runs.
+    Extensions,
+    /// It runs on a profile, kept by the full browser.
+    Profile,
+    /// It is recorded: the full browser shows one tab at a time, the one the recording
+    /// follows (the shell shows every tab at once).
+    Record,
+    /// A context session: the shared browsers' executable.
+    Context,
+}
+
+impl BrowserReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrowserReason::Asked => "asked",
+            BrowserReason::Default => "default",
+            BrowserReason::Extensions => "extensions",
+            BrowserReason::Profile => "profile",
+            BrowserReason::Record => "record",
+            BrowserReason::Context => "context",
+        }
+    }
+}

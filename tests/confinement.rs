@@ -76,12 +76,19 @@ async fn assert_broker_files_unreadable(server: &TestServer, session: &Value, ot
     }
 }
 
+/// Process sessions run the headless shell by default and the full Chromium when asked:
+/// each test of a process session holds for both.
+const BROWSERS: [&str; 2] = ["shell", "full"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_session_reads_none_of_the_brokers_files() {
     let server = TestServer::start_with(|c| c.pool_size = 2).await;
-    let other = server.create(json!({})).await;
-    let session = server.create(json!({})).await;
-    assert_broker_files_unreadable(&server, &session, &other).await;
+    for browser in BROWSERS {
+        let other = server.create(json!({"browser": browser})).await;
+        let session = server.create(json!({"browser": browser})).await;
+        assert_eq!(session["browser"], browser);
+        assert_broker_files_unreadable(&server, &session, &other).await;
+    }
     server.stop().await;
 }
 
@@ -154,7 +161,28 @@ async fn a_process_session_writes_nothing_outside_its_own_directories() {
     let data = server.data_dir.path().to_owned();
     let secret_path = data.join("token_secret");
     let before = (digest(&secret_path), entries(&data));
-    let session = server.create(json!({})).await;
+    for browser in BROWSERS {
+        writes_nothing_outside(&server, browser, site, &hits).await;
+    }
+    let after = (digest(&secret_path), entries(&data));
+    assert_eq!(before.0, after.0, "the token secret was overwritten");
+    assert_eq!(before.1, after.1, "a file appeared in the data directory");
+    assert!(!std::fs::read_to_string(&secret_path).unwrap().contains("attacker-text"));
+    server.stop().await;
+}
+
+/// A session of `browser` told to download into the data directory: the download is
+/// requested (one more hit on the site) and ends in the browser.
+async fn writes_nothing_outside(
+    server: &TestServer,
+    browser: &str,
+    site: std::net::SocketAddr,
+    hits: &Arc<AtomicUsize>,
+) {
+    let data = server.data_dir.path().to_owned();
+    let hits_before = hits.load(Ordering::SeqCst);
+    let session = server.create(json!({"browser": browser})).await;
+    assert_eq!(session["browser"], browser);
     let mut client = CdpClient::connect(&session).await;
     let set = client
         .send(
@@ -173,7 +201,7 @@ async fn a_process_session_writes_nothing_outside_its_own_directories() {
         )
         .await;
     assert!(
-        eventually(Duration::from_secs(10), || hits.load(Ordering::SeqCst) > 0).await,
+        eventually(Duration::from_secs(10), || hits.load(Ordering::SeqCst) > hits_before).await,
         "the download was requested (so the write was attempted)"
     );
     // The broker hears how the download ended (it watches every download of the session):
@@ -189,11 +217,6 @@ async fn a_process_session_writes_nothing_outside_its_own_directories() {
     })
     .await;
     assert!(ended, "the download ended in the browser");
-    let after = (digest(&secret_path), entries(&data));
-    assert_eq!(before.0, after.0, "the token secret was overwritten");
-    assert_eq!(before.1, after.1, "a file appeared in the data directory");
-    assert!(!std::fs::read_to_string(&secret_path).unwrap().contains("attacker-text"));
-    server.stop().await;
 }
 
 /// Landlock lets a process session's browser connect to its gateway's port only: a browser
@@ -203,7 +226,16 @@ async fn a_process_session_cannot_go_around_its_gateway() {
     // Loopback is one /8: the denied site listens on an address of its own.
     let (site, hits) = counting_site("127.0.0.2", A_DOWNLOAD, "never-served").await;
     let server = TestServer::start_with(|c| c.browser_egress_deny = vec!["127.0.0.2/32".into()]).await;
-    let session = server.create(json!({})).await;
+    for browser in BROWSERS {
+        cannot_go_around_gateway(&server, browser, site).await;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the denied site was reached");
+    server.stop().await;
+}
+
+async fn cannot_go_around_gateway(server: &TestServer, browser: &str, site: std::net::SocketAddr) {
+    let session = server.create(json!({"browser": browser})).await;
+    assert_eq!(session["browser"], browser);
     let mut client = CdpClient::connect(&session).await;
     let created = client
         .send(None, "Target.createBrowserContext", json!({"proxyServer": "direct://"}))
@@ -221,8 +253,6 @@ async fn a_process_session_cannot_go_around_its_gateway() {
     let default_page = client.open("about:blank", None).await.unwrap();
     let text = client.navigate(&default_page, &format!("http://{site}/")).await;
     assert!(!text.contains("never-served"), "{text}");
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "the denied site was reached");
-    server.stop().await;
 }
 
 /// A raw CDP client on the browser target of the shared browser that serves `session`
@@ -398,9 +428,10 @@ async fn a_gateway_port_serves_the_next_context_with_nothing_of_the_last() {
     server.stop().await;
 }
 
-/// The environment of every Chrome process the broker started.
+/// The environment of every Chrome process the broker started (each browser's process
+/// group: the headless shell's helpers do not name the data directory).
 fn browser_environments(under: &Path) -> Vec<Vec<String>> {
-    processes_mentioning(&under.to_string_lossy())
+    chrome_processes_under(under)
         .into_iter()
         .filter_map(|pid| std::fs::read(format!("/proc/{pid}/environ")).ok())
         .map(|env| {
@@ -417,9 +448,11 @@ async fn chrome_sees_none_of_the_brokers_environment() {
     // This test process runs under cargo, whose variables a browser would inherit.
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
     let server = TestServer::start().await;
-    let session = server.create(json!({})).await;
-    let mut client = CdpClient::connect(&session).await;
-    client.open("about:blank", None).await.unwrap();
+    for browser in BROWSERS {
+        let session = server.create(json!({"browser": browser})).await;
+        let mut client = CdpClient::connect(&session).await;
+        client.open("about:blank", None).await.unwrap();
+    }
     let environments = browser_environments(server.data_dir.path());
     assert!(!environments.is_empty(), "the browser's processes were found");
     for env in environments {

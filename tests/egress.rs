@@ -267,3 +267,42 @@ async fn a_page_reaches_no_other_sessions_browser_or_gateway_nor_denied_addresse
     );
     server.stop().await;
 }
+
+/// WebRTC cannot go around a session's gateway over UDP on either Chrome a process session
+/// runs, nor in a context session (shared browsers run the headless shell): a page's STUN
+/// packets to a denied address never arrive, while its TURN over TCP goes through the
+/// gateway (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_sends_no_udp_around_the_gateway_on_any_browser() {
+    let site = start_site().await;
+    let (allowed, allowed_tcp, allowed_udp) = counting_listener("127.0.0.1").await;
+    let (denied, _, denied_udp) = counting_listener("127.0.0.2").await;
+    let server = TestServer::start_with(|c| c.browser_egress_deny = vec!["127.0.0.2/32".into()]).await;
+    let page = format!("http://{site}/");
+    for body in [
+        json!({"browser": "shell"}),
+        json!({"browser": "full"}),
+        json!({"isolation": "context"}),
+    ] {
+        let session = server.create(body.clone()).await;
+        let before = allowed_tcp.load(Ordering::SeqCst);
+        probe(&session, &page, &webrtc_probe(allowed)).await;
+        assert!(
+            allowed_tcp.load(Ordering::SeqCst) > before,
+            "{body}: the control TURN connection arrived"
+        );
+        probe(&session, &page, &webrtc_probe(denied)).await;
+        assert_eq!(
+            denied_udp.load(Ordering::SeqCst),
+            0,
+            "{body}: a datagram reached the denied address"
+        );
+        assert_eq!(
+            allowed_udp.load(Ordering::SeqCst),
+            0,
+            "{body}: a datagram left around the gateway"
+        );
+        server.terminate(session["session_id"].as_str().unwrap()).await;
+    }
+    server.stop().await;
+}

@@ -16,19 +16,25 @@ use serde_json::json;
 async fn nothing_outlives_sessions_or_a_stopped_broker() {
     let server = TestServer::start().await;
     let data_dir = server.data_dir.path().to_string_lossy().into_owned();
-    let a = server.create(json!({})).await;
+    // The full Chromium (which keeps a socket in the temp dir) and the headless shell (the
+    // default, whose helpers do not name the data directory: found by process group).
+    let a = server.create(json!({"browser": "full"})).await;
     let b = server
         .create(json!({"screen_config": {"width": 800, "height": 600}}))
         .await;
+    assert_eq!(b["browser"], "shell");
     let mut ws = ws_connect(a["cdp_url"].as_str().unwrap()).await.unwrap();
     cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
-    assert!(
-        processes_mentioning(&data_dir).len() >= 3,
-        "two sessions and a warm browser run"
-    );
+    let groups = chrome_groups_under(server.data_dir.path());
+    assert!(groups.len() >= 3, "two sessions and a warm browser run: {groups:?}");
+    let in_groups = || groups.iter().flat_map(|g| processes_in_group(*g)).collect::<Vec<_>>();
+    assert!(in_groups().len() > groups.len(), "each with its helpers");
 
     let socket_dirs = chrome_socket_dirs(server.data_dir.path());
-    assert!(socket_dirs.len() >= 3, "each browser links its socket: {socket_dirs:?}");
+    assert!(
+        !socket_dirs.is_empty(),
+        "the full Chromium links its socket: {socket_dirs:?}"
+    );
 
     server.terminate(b["session_id"].as_str().unwrap()).await;
     let dir = server.stop().await;
@@ -38,9 +44,12 @@ async fn nothing_outlives_sessions_or_a_stopped_broker() {
         Some(1001)
     );
     assert!(
-        eventually(Duration::from_secs(10), || processes_mentioning(&data_dir).is_empty()).await,
-        "Chromium processes left: {:?}",
-        processes_mentioning(&data_dir)
+        eventually(Duration::from_secs(10), || processes_mentioning(&data_dir).is_empty()
+            && in_groups().is_empty())
+        .await,
+        "Chromium processes left: {:?} {:?}",
+        processes_mentioning(&data_dir),
+        in_groups()
     );
     let left: Vec<_> = std::fs::read_dir(dir.path().join("browsers")).unwrap().collect();
     assert!(left.is_empty(), "scratch directories left: {left:?}");
@@ -77,7 +86,15 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
     let data_dir = tempfile::tempdir().unwrap();
     let needle = data_dir.path().to_string_lossy().into_owned();
     let mut broker = start_binary(data_dir.path(), &[("CDPGATE_API_KEYS", KEY_A)]).await;
-    let r = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    // The full Chromium, which keeps a socket in the temp dir; the warm one is the shell.
+    let r = http(
+        broker.addr,
+        Method::POST,
+        "/public/sessions",
+        Some(KEY_A),
+        Some(r#"{"browser":"full"}"#),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let active_id = r.json["session_id"].as_str().unwrap().to_owned();
     let ended = http(
@@ -96,17 +113,19 @@ async fn a_killed_broker_leaves_no_chromium_behind() {
             .status,
         StatusCode::NO_CONTENT
     );
-    assert!(
-        processes_mentioning(&needle).len() >= 2,
-        "a session browser and a warm one"
-    );
+    let groups = chrome_groups_under(data_dir.path());
+    assert!(groups.len() >= 2, "a session browser and a warm one: {groups:?}");
+    let in_groups = || groups.iter().flat_map(|g| processes_in_group(*g)).collect::<Vec<_>>();
 
     signal(&broker.child, libc::SIGKILL);
     broker.child.wait().await.unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || processes_mentioning(&needle).is_empty()).await,
-        "orphaned Chromium: {:?}",
-        processes_mentioning(&needle)
+        eventually(Duration::from_secs(10), || processes_mentioning(&needle).is_empty()
+            && in_groups().is_empty())
+        .await,
+        "orphaned Chromium: {:?} {:?}",
+        processes_mentioning(&needle),
+        in_groups()
     );
 
     // The next start sweeps the directories the killed broker could not remove.

@@ -93,7 +93,12 @@ async fn a_chromium_that_will_not_start_gets_a_clear_503_and_no_busy_loop() {
     std::fs::write(&broken, "#!/bin/sh\necho 'cannot start' >&2\nexit 1\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let server = TestServer::start_with(|c| c.chrome_path = broken.to_string_lossy().into_owned()).await;
+    // The full Chromium is the one broken: the pool keeps it warm.
+    let server = TestServer::start_with(|c| {
+        c.chrome_path = broken.to_string_lossy().into_owned();
+        c.default_browser = "full".into();
+    })
+    .await;
 
     let r = server
         .call(hyper::Method::POST, "/public/sessions", Some(KEY_A), Some("{}"))
@@ -138,7 +143,8 @@ async fn browsers_start_without_the_hidden_omnibox_webui() {
     // Headless Chromium would preload the omnibox popup (hidden `browser_ui` targets with a
     // renderer of their own): most of a launch's CPU, for a popup no session shows.
     let server = TestServer::start_with(|c| c.chrome_flags = vec!["--disable-features=Translate".into()]).await;
-    let session = server.create(json!({})).await;
+    // The full Chromium's window (the headless shell has none).
+    let session = server.create(json!({"browser": "full"})).await;
     let mut ws = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
     // Chrome makes the popup's targets with its window (measured: in the same moment as
     // the window's `tab` target), so once the window's tab is listed and its page has

@@ -13,12 +13,12 @@ use common::*;
 /// The user `scripts/setup.sh --test` adds.
 const USER: &str = "cdpgate-test";
 
-/// The processes of the browsers whose user-data directories are under `dir`: each one's
-/// `--type` (`browser` for the main process), command line and `/proc/PID/status`.
+/// The processes of the browsers whose user-data directories are under `dir` (each
+/// browser's process group: the headless shell's helpers do not name the directory): each
+/// one's `--type` (`browser` for the main process), command line and `/proc/PID/status`.
 fn browser_processes(dir: &Path) -> Vec<(String, String, String, u32)> {
-    let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
-    for pid in processes_mentioning(&needle) {
+    for pid in chrome_processes_under(dir) {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };

@@ -25,6 +25,7 @@ use crate::quota::{Kind, QuotaExceeded, Reservation};
 use crate::session::{Backing, ProfileBinding, Session, SessionInit, session_span};
 use crate::store::extensions::ExtensionUse;
 use crate::store::{EndReason, Isolation, ListQuery, SessionOptions, Status};
+use crate::values::{BrowserKind, BrowserReason};
 
 use super::Broker;
 use super::error::BrokerError;
@@ -102,6 +103,9 @@ impl Broker {
                 .await;
         }
         self.check_proxy(&request.options).await?;
+        let (kind, reason) = self.choose_browser(&request)?;
+        request.options.browser = Some(kind);
+        request.options.browser_reason = Some(reason);
         // Held from here: a delete of one of them waits for this browser to end.
         let extensions = match request.options.extensions.is_empty() {
             true => None,
@@ -125,14 +129,14 @@ impl Broker {
             // A warm browser's command line is fixed: extensions need a launch of their own.
             let lease = self
                 .pool
-                .acquire_fresh(request.screen, None, extensions)
+                .acquire_fresh(request.screen, kind, None, extensions)
                 .await
                 .map_err(|e| self.capacity_error(e))?;
             return self.register(id, tenant, request, Backing::Managed(lease), None).await;
         }
         let lease = self
             .pool
-            .acquire_with(request.screen, request.queue)
+            .acquire_with(request.screen, kind, request.queue)
             .await
             .map_err(|e| self.capacity_error(e))?;
         self.register(id, tenant, request, Backing::Managed(lease), None).await
@@ -148,6 +152,52 @@ impl Broker {
             return Err(BrokerError::OptionRefused(format!("proxy.server: {e}")));
         }
         Ok(())
+    }
+
+    /// The Chrome a managed session runs, and why: the one it asked for, else the node's
+    /// default, unless it needs what only the full browser does (the headless shell loads
+    /// no extensions; a profile is kept in the full browser's format, which the context
+    /// sessions' profile helpers read too) or is recorded (the shell shows every tab at
+    /// once, so a recording there cannot follow the tab brought to the front; asked for,
+    /// the shell records its newest tab). A context session runs on the shared browsers'
+    /// executable.
+    pub(super) fn choose_browser(&self, request: &NewSession) -> Result<(BrowserKind, BrowserReason), BrokerError> {
+        let options = &request.options;
+        if options.isolation == Isolation::Context {
+            let shared = self.pool.shared_kind();
+            if options.browser.is_some_and(|asked| asked != shared) {
+                return Err(BrokerError::OptionRefused(format!(
+                    "browser: context sessions run on the shared browsers' \"{}\"; ask for isolation \"process\"",
+                    shared.as_str()
+                )));
+            }
+            return Ok((shared, BrowserReason::Context));
+        }
+        let needs_full = if !options.extensions.is_empty() {
+            Some(BrowserReason::Extensions)
+        } else if request.profile_id.is_some() {
+            Some(BrowserReason::Profile)
+        } else {
+            None
+        };
+        match (options.browser, needs_full) {
+            (Some(BrowserKind::Shell), Some(reason)) => Err(BrokerError::OptionRefused(format!(
+                "browser: the headless shell cannot run a session with {}: ask for \"full\" or leave browser out",
+                match reason {
+                    BrowserReason::Extensions => "extensions",
+                    _ => "a profile",
+                }
+            ))),
+            (Some(BrowserKind::Shell), None) if !self.pool.has(Use::Own(BrowserKind::Shell)) => Err(
+                BrokerError::OptionRefused("browser: this node has no headless shell installed".into()),
+            ),
+            (Some(kind), _) => Ok((kind, BrowserReason::Asked)),
+            (None, Some(reason)) => Ok((BrowserKind::Full, reason)),
+            (None, None) if options.record && self.pool.default_kind() == BrowserKind::Shell => {
+                Ok((BrowserKind::Full, BrowserReason::Record))
+            }
+            (None, None) => Ok((self.pool.default_kind(), BrowserReason::Default)),
+        }
     }
 
     /// Picks the machine a managed session's pages pass for: the device or fingerprint
@@ -166,7 +216,7 @@ impl Broker {
         let own = || {
             let used = match options.isolation {
                 Isolation::Context => Use::Shared,
-                Isolation::Process => Use::Own,
+                Isolation::Process => Use::Own(options.browser.unwrap_or(BrowserKind::Full)),
             };
             self.pool.browser_version(used).ok_or_else(|| {
                 BrokerError::OptionRefused("fingerprint: this node has not read its browser's version".into())
@@ -273,7 +323,12 @@ impl Broker {
                 .map_err(BrokerError::ProfileUnreadable)?;
             let lease = self
                 .pool
-                .acquire_fresh(request.screen, Some(dir.clone()), extensions)
+                .acquire_fresh(
+                    request.screen,
+                    request.options.browser.unwrap_or(BrowserKind::Full),
+                    Some(dir.clone()),
+                    extensions,
+                )
                 .await
                 .map_err(|e| self.capacity_error(e))?;
             if let Err(e) = cookies::restore_session_cookies(&lease.browser, &cookies).await {

@@ -20,6 +20,10 @@ pub enum StartError {
     NoChrome,
     #[error("{key} {path} does not exist")]
     ChromeMissing { key: &'static str, path: PathBuf },
+    #[error(
+        "default_browser = \"shell\" but Chromium's headless shell is not installed (apt-get install -y chromium-headless-shell)"
+    )]
+    NoShell,
     #[error("cannot use the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("{0}")]

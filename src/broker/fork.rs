@@ -18,7 +18,8 @@ use crate::browser::snapshot::{self, Snapshot};
 use crate::capture::Wants;
 use crate::quota::Kind;
 use crate::session::Session;
-use crate::store::SessionRecord;
+use crate::store::{Isolation, SessionRecord};
+use crate::values::BrowserReason;
 
 impl Broker {
     /// Starts `request.count` sessions of `tenant` from the active session `id`'s state.
@@ -100,6 +101,12 @@ fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_
             .unwrap_or(max_ttl)
             .min(max_ttl)
     });
+    let isolation = request.isolation.unwrap_or(options.isolation);
+    // A browser the source asked for, its forks get; one the node chose, the node chooses.
+    let browser = match (isolation, options.browser_reason) {
+        (Isolation::Process, Some(BrowserReason::Asked)) => options.browser,
+        _ => None,
+    };
     NewSession {
         ttl,
         screen: source.screen,
@@ -109,7 +116,7 @@ fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_
         persist_changes: false,
         queue: true,
         options: RequestedOptions {
-            isolation: request.isolation.unwrap_or(options.isolation),
+            isolation,
             proxy: source.proxy.clone(),
             identity: Identity {
                 user_agent: options.user_agent.clone(),
@@ -132,6 +139,8 @@ fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_
                 bodies: options.capture_bodies,
             },
             extensions: options.extensions.clone(),
+            browser,
+            browser_reason: None,
         },
         webhook_url: None,
         webhook_events: None,

@@ -191,24 +191,12 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         let pool = self.named.get(&tenant, name).ok_or(NamedPoolError::NotFound)?;
-        let spec = pool.spec();
-        let mut options = spec.options.clone();
+        let mut request = session_of(&pool.spec());
         if let Some(idle) = take.idle_timeout {
-            options.idle_timeout = idle;
+            request.options.idle_timeout = idle;
         }
-        let request = NewSession {
-            ttl: take.ttl.unwrap_or(spec.ttl),
-            screen: spec.screen,
-            metadata: take.metadata,
-            external_url: None,
-            profile_id: spec.profile_id.clone(),
-            persist_changes: false,
-            queue: true,
-            options,
-            webhook_url: None,
-            webhook_events: None,
-            webhook: None,
-        };
+        request.ttl = take.ttl.unwrap_or(request.ttl);
+        request.metadata = take.metadata;
         if let Err(wait) = self.take_create(&tenant).await {
             self.metrics.create_rate_limited.inc();
             return Err(BrokerError::RateLimited {
@@ -259,6 +247,9 @@ impl Broker {
             .target_for(&tenant, None, None)
             .await
             .map_err(|e| BrokerError::OptionRefused(e.to_string()))?;
+        // The browser the ready one is: chosen as for its refill.
+        let (kind, reason) = self.choose_browser(&request)?;
+        (request.options.browser, request.options.browser_reason) = (Some(kind), Some(reason));
         let id = format!("sess_{}", random_hex(16));
         let request = self.pick_fingerprint(&tenant, request).await?;
         let binding = match &request.profile_id {
@@ -310,13 +301,14 @@ impl Broker {
             return Ok(false);
         }
         let spec = pool.spec();
+        let (kind, _) = self.choose_browser(&session_of(&spec))?;
         let started = Instant::now();
         let extensions = match spec.options.extensions.is_empty() {
             true => None,
             false => Some(self.extensions.hold(&pool.tenant, &spec.options.extensions)?),
         };
         let launched = match &spec.profile_id {
-            None => self.pool.acquire_spare(spec.screen, None, extensions).await,
+            None => self.pool.acquire_spare(spec.screen, kind, None, extensions).await,
             Some(profile_id) => {
                 let profile = self.profiles.get(&pool.tenant, profile_id).await?;
                 // Held only while it is copied: a ready browser never writes the profile.
@@ -336,7 +328,7 @@ impl Broker {
                 };
                 match self
                     .pool
-                    .acquire_spare(spec.screen, Some(dir.clone()), extensions)
+                    .acquire_spare(spec.screen, kind, Some(dir.clone()), extensions)
                     .await
                 {
                     Ok(lease) => {
@@ -428,4 +420,22 @@ async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
         let _ = tokio::time::timeout(Duration::from_secs(10), exited.cancelled()).await;
     }
     pool.kept.cancel();
+}
+
+/// A session of `spec`'s settings, as a take from the pool starts it (the take's own TTL,
+/// idle timeout and metadata set after).
+fn session_of(spec: &PoolSpec) -> NewSession {
+    NewSession {
+        ttl: spec.ttl,
+        screen: spec.screen,
+        metadata: Default::default(),
+        external_url: None,
+        profile_id: spec.profile_id.clone(),
+        persist_changes: false,
+        queue: true,
+        options: spec.options.clone(),
+        webhook_url: None,
+        webhook_events: None,
+        webhook: None,
+    }
 }

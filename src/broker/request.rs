@@ -14,7 +14,7 @@ use crate::capture::Wants;
 use crate::events::EventType;
 use crate::session::Session;
 use crate::store::{Isolation, ProxySettings, SessionOptions};
-use crate::values::Screen;
+use crate::values::{BrowserKind, BrowserReason, Screen};
 use crate::webhooks::Target;
 
 /// A validated create request.
@@ -62,6 +62,10 @@ pub struct RequestedOptions {
     pub capture: Wants,
     /// Ids of the key's Chrome extensions its browser loads.
     pub extensions: Vec<String>,
+    /// The Chrome asked for (none: the node's choice); once the broker has chosen, the
+    /// one it runs and why.
+    pub browser: Option<BrowserKind>,
+    pub browser_reason: Option<BrowserReason>,
 }
 
 impl RequestedOptions {
@@ -88,6 +92,8 @@ impl RequestedOptions {
             capture_bodies: self.capture.bodies,
             byo: false,
             extensions: self.extensions.clone(),
+            browser: self.browser,
+            browser_reason: self.browser_reason,
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::store::profile_data::ProfileData;
 use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::Profiles;
 use crate::store::redis::RedisStore;
+use crate::values::BrowserKind;
 use crate::webhooks::{Settings as WebhookSettings, Webhooks};
 
 use super::cluster::RECONCILE_PERIOD;
@@ -72,7 +73,18 @@ impl Broker {
         };
         std::fs::create_dir_all(&data_dir).map_err(dir_error)?;
         let chromes = chrome_paths(&config)?;
-        tracing::info!(chrome = %chromes.own.display(), shared = %chromes.shared.display(), "browsers");
+        let default_browser = match (config.default_browser.as_str(), &chromes.shell) {
+            ("full", _) | ("", None) => BrowserKind::Full,
+            (_, Some(_)) => BrowserKind::Shell,
+            (_, None) => return Err(StartError::NoShell),
+        };
+        tracing::info!(
+            chrome = %chromes.own.display(),
+            shell = ?chromes.shell,
+            shared = %chromes.shared.display(),
+            default = default_browser.as_str(),
+            "browsers"
+        );
         if crate::browser::running_as_root() {
             tracing::warn!(
                 "running as root: browsers start with --no-sandbox (Chrome will not sandbox a root \
@@ -225,6 +237,7 @@ impl Broker {
         let pool = Arc::new(Pool::new(
             launcher,
             config.default_screen(),
+            default_browser,
             config.pool_size,
             config.max_sessions,
             config.queue_timeout(),
@@ -406,11 +419,12 @@ fn chrome_paths(config: &Config) -> Result<Chromes, StartError> {
         "" => find_chrome().ok_or(StartError::NoChrome)?,
         path => configured("chrome_path", path)?,
     };
+    let shell = find_headless_shell();
     let shared = match config.context_chrome_path.as_str() {
-        "" => find_headless_shell().unwrap_or_else(|| own.clone()),
+        "" => shell.clone().unwrap_or_else(|| own.clone()),
         path => configured("context_chrome_path", path)?,
     };
-    Ok(Chromes { own, shared })
+    Ok(Chromes { own, shell, shared })
 }
 
 /// The configured secrets, or those kept in the data directory (made on first start).

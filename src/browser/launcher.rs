@@ -23,6 +23,7 @@ use super::stealth::{DISABLED_BLINK_FEATURES, Disguise};
 use crate::auth::random_hex;
 use crate::metrics::Metrics;
 
+use crate::values::BrowserKind;
 pub use crate::values::Screen;
 
 /// Flags every browser gets: headless, quiet on this closed network, loopback only.
@@ -44,11 +45,13 @@ const BASE_FLAGS: &[&str] = &[
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
     // Every request goes through the browser's gateway (`--proxy-server`), loopback too
-    // (Chrome would send it direct), and WebRTC may not go around it over UDP. (Chromium
-    // ignores `--force-webrtc-ip-handling-policy`: with it, a page's STUN packets still
-    // left to any address; `egress::a_page_reaches_no_other_sessions_…` counts them.)
+    // (Chrome would send it direct), and WebRTC may not go around it over UDP (Landlock
+    // confines TCP connects only). The full Chromium reads the first WebRTC flag and
+    // ignores the second, the headless shell the reverse: without its own, the shell's
+    // pages sent STUN packets to any address (`egress::webrtc_sends_no_udp_…` counts them).
     "--proxy-bypass-list=<-loopback>",
     "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ];
 
 /// Chrome features a session never uses that cost CPU at every launch: headless Chromium
@@ -66,8 +69,8 @@ const SHARED_DISABLED_FEATURES: &[&str] = &["SpareRendererForSitePerProcess"];
 /// What a browser is launched for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
-    /// One session's (or a profile's, or the pool's).
-    Own,
+    /// One session's (or a profile's, or the pool's), on the headless shell or the full browser.
+    Own(BrowserKind),
     /// Many context sessions'.
     Shared,
 }
@@ -123,8 +126,12 @@ pub enum LaunchError {
 /// The executables browsers are started from, by use.
 #[derive(Debug, Clone)]
 pub struct Chromes {
-    /// Chrome or Chromium: sessions with a browser of their own, profiles, the pool.
+    /// Chrome or Chromium: sessions with a browser of their own on the full browser,
+    /// profiles.
     pub own: PathBuf,
+    /// Chromium's headless shell, where it is installed: sessions with a browser of their
+    /// own that need nothing only the full browser does.
+    pub shell: Option<PathBuf>,
     /// Shared browsers: Chromium's headless shell where it is installed (the same engine
     /// without the browser's windows, tab strip and address bar, which a context session
     /// never shows and which cost a full Chromium about half of each context's CPU).
@@ -146,11 +153,15 @@ struct Kind {
     /// Its version (`156.0.8078.114`), read with the user agent: what a fingerprint's
     /// client hints show.
     version: Mutex<Option<String>>,
+    /// It calls itself `HeadlessChrome` (the headless shell), read with the user agent.
+    is_shell: std::sync::atomic::AtomicBool,
 }
 
 /// Starts browsers. Shared by the pool and by anything else that needs one.
 pub struct Launcher {
     own: Kind,
+    /// Browsers of their own on the headless shell, where it is installed.
+    shell: Option<Kind>,
     shared: Kind,
     /// Each browser's `--user-data-dir` is a fresh directory under here.
     scratch_root: PathBuf,
@@ -269,21 +280,18 @@ impl Launcher {
         } = settings;
         let private_tag =
             crate::auth::hex(&<sha2::Sha256 as sha2::Digest>::digest(scratch_root.to_string_lossy().as_bytes())[..4]);
+        let kind = |chrome: PathBuf, features: &[&str]| Kind {
+            chrome,
+            flags: with_disabled_features(&extra_flags, features),
+            frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
+            user_agent: Mutex::default(),
+            version: Mutex::default(),
+            is_shell: Default::default(),
+        };
         Launcher {
-            own: Kind {
-                chrome: chromes.own,
-                flags: with_disabled_features(&extra_flags, DISABLED_FEATURES),
-                frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
-                user_agent: Mutex::default(),
-                version: Mutex::default(),
-            },
-            shared: Kind {
-                chrome: chromes.shared,
-                flags: with_disabled_features(&extra_flags, &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()),
-                frame_height: AtomicU32::new(FALLBACK_FRAME_HEIGHT),
-                user_agent: Mutex::default(),
-                version: Mutex::default(),
-            },
+            own: kind(chromes.own, DISABLED_FEATURES),
+            shell: chromes.shell.map(|shell| kind(shell, DISABLED_FEATURES)),
+            shared: kind(chromes.shared, &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()),
             scratch_root,
             launch_timeout,
             tracker,
@@ -343,19 +351,53 @@ impl Launcher {
     /// executable, once.
     ///
     /// One that does not start keeps the fallback height and fails the calibration; the
-    /// other is measured all the same. Two executables are measured side by side (the
-    /// headless shell's probe is short), so start-up waits for the slower one only.
+    /// others are measured all the same, side by side (the headless shell's probe is
+    /// short), so start-up waits for the slowest one only.
     pub async fn calibrate(&self) -> Result<(), LaunchError> {
-        if self.own.chrome == self.shared.chrome {
-            let own = self.measure_frame(Use::Own).await;
-            let frame = own.as_ref().map_or(FALLBACK_FRAME_HEIGHT, |f| *f);
+        // The shared browsers' executable is nearly always one of the others.
+        let same = [Use::Own(BrowserKind::Full), Use::Own(BrowserKind::Shell)]
+            .into_iter()
+            .find(|used| self.has(*used) && self.kind(*used).chrome == self.shared.chrome);
+        let full = self.measure_frame(Use::Own(BrowserKind::Full));
+        let shell = async {
+            match self.shell {
+                Some(_) => self.measure_frame(Use::Own(BrowserKind::Shell)).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let shared = async {
+            match same {
+                Some(_) => Ok(()),
+                None => self.measure_frame(Use::Shared).await.map(|_| ()),
+            }
+        };
+        let (full, shell, shared) = tokio::join!(full, shell, shared);
+        if let Some(used) = same {
+            let from = self.kind(used);
+            let frame = from.frame_height.load(Ordering::Relaxed);
             self.shared.frame_height.store(frame, Ordering::Relaxed);
-            *self.shared.user_agent.lock().expect("user agent lock") = self.user_agent(Use::Own);
-            *self.shared.version.lock().expect("version lock") = self.browser_version(Use::Own);
-            return own.map(|_| ());
+            *self.shared.user_agent.lock().expect("user agent lock") = self.user_agent(used);
+            *self.shared.version.lock().expect("version lock") = self.browser_version(used);
+            let is_shell = from.is_shell.load(Ordering::Relaxed);
+            self.shared.is_shell.store(is_shell, Ordering::Relaxed);
         }
-        let (own, shared) = tokio::join!(self.measure_frame(Use::Own), self.measure_frame(Use::Shared));
-        own.and(shared).map(|_| ())
+        full.map(|_| ()).and(shell).and(shared)
+    }
+
+    /// Whether browsers for `used` can be started here: the headless shell is installed.
+    pub fn has(&self, used: Use) -> bool {
+        used != Use::Own(BrowserKind::Shell) || self.shell.is_some()
+    }
+
+    /// Whether the shared browsers run the headless shell: as their version says once
+    /// calibrated, else whether their executable is the one process sessions' shell runs.
+    pub fn shared_kind(&self) -> BrowserKind {
+        let is_shell = self.shared.is_shell.load(Ordering::Relaxed)
+            || self.shell.as_ref().is_some_and(|k| k.chrome == self.shared.chrome);
+        match is_shell {
+            true => BrowserKind::Shell,
+            false => BrowserKind::Full,
+        }
     }
 
     /// Measures and keeps the frame height of `used`'s executable.
@@ -411,6 +453,8 @@ impl Launcher {
         };
         let text = |key: &str| version[key].as_str().unwrap_or("").to_owned();
         let disguise = Disguise::of(&text("product"), &text("userAgent"));
+        let is_shell = disguise.as_ref().is_some_and(|d| d.shell);
+        self.kind(used).is_shell.store(is_shell, Ordering::Relaxed);
         *self.kind(used).user_agent.lock().expect("user agent lock") = disguise.map(|d| d.user_agent);
         let product = text("product");
         let version = product.split_once('/').map(|(_, v)| v.to_owned());
@@ -427,9 +471,12 @@ impl Launcher {
         self.kind(used).user_agent.lock().expect("user agent lock").clone()
     }
 
+    /// The executable and flags for `used`; a shell asked for where none is installed is
+    /// the full browser (the broker does not ask: `has`).
     fn kind(&self, used: Use) -> &Kind {
         match used {
-            Use::Own => &self.own,
+            Use::Own(BrowserKind::Full) => &self.own,
+            Use::Own(BrowserKind::Shell) => self.shell.as_ref().unwrap_or(&self.own),
             Use::Shared => &self.shared,
         }
     }
@@ -455,11 +502,11 @@ impl Launcher {
         self.launch_observed(screen, dir, true, used, &[], &[]).await
     }
 
-    /// Starts a browser of its own that loads the unpacked extensions in `extensions`
+    /// Starts a browser for `used` that loads the unpacked extensions in `extensions`
     /// (which it may read, and nothing else of theirs' parent).
-    pub async fn launch_with(&self, screen: Screen, extensions: &[PathBuf]) -> Result<Browser, LaunchError> {
+    pub async fn launch_with(&self, screen: Screen, used: Use, extensions: &[PathBuf]) -> Result<Browser, LaunchError> {
         let dir = self.scratch_root.join(random_hex(8));
-        self.launch_observed(screen, dir, true, Use::Own, &[], extensions).await
+        self.launch_observed(screen, dir, true, used, &[], extensions).await
     }
 
     /// Starts a shared browser that may also connect to `gateway_ports` (its contexts'
@@ -503,7 +550,7 @@ impl Launcher {
     ) -> Result<Browser, LaunchError> {
         let started = Instant::now();
         let result = self.spawn(screen, dir, owned, used, also_ports, extensions).await;
-        if used == Use::Own {
+        if matches!(used, Use::Own(_)) {
             self.last_launch_ok.store(result.is_ok(), Ordering::Relaxed);
         }
         match &result {

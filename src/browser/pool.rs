@@ -1,7 +1,9 @@
 //! The warm pool: browsers started ahead of demand, each handed to exactly one session.
 //!
 //! A slot (semaphore permit) caps the sessions holding a browser at once. Idle browsers are
-//! all at the default screen size; a session asking for another size gets a fresh launch.
+//! all at the default screen size and of the default kind (the headless shell or the full
+//! browser: what nearly every create takes); a session asking for another size or the other
+//! kind gets a fresh launch.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use super::launcher::{Browser, LaunchError, Launcher, Screen, Use};
 use crate::error::Origin;
 use crate::metrics::Metrics;
 use crate::store::extensions::ExtensionUse;
+use crate::values::BrowserKind;
 use std::sync::atomic::Ordering;
 
 /// Longest pause between failed refill launches, so a broken Chrome is not a busy loop.
@@ -55,6 +58,8 @@ pub struct Lease {
 pub struct Pool {
     launcher: Arc<Launcher>,
     default_screen: Screen,
+    /// The kind of the idle browsers: what a create that asks nothing gets.
+    default_kind: BrowserKind,
     /// How many idle browsers to keep ready.
     target_idle: usize,
     idle: Mutex<VecDeque<Browser>>,
@@ -74,6 +79,7 @@ impl Pool {
     pub fn new(
         launcher: Arc<Launcher>,
         default_screen: Screen,
+        default_kind: BrowserKind,
         target_idle: usize,
         max_sessions: usize,
         queue_timeout: Duration,
@@ -82,6 +88,7 @@ impl Pool {
         Pool {
             launcher,
             default_screen,
+            default_kind,
             target_idle,
             idle: Mutex::new(VecDeque::new()),
             slots: Arc::new(Semaphore::new(max_sessions)),
@@ -94,20 +101,21 @@ impl Pool {
         }
     }
 
-    /// A browser of `screen` size for a new session: waits up to the queue timeout for a
-    /// slot, then takes a warm browser or launches one.
+    /// A browser of `screen` size and the default kind for a new session: waits up to the
+    /// queue timeout for a slot, then takes a warm browser or launches one.
     pub async fn acquire(&self, screen: Screen) -> Result<Lease, PoolError> {
-        self.acquire_with(screen, true).await
+        self.acquire_with(screen, self.default_kind, true).await
     }
 
-    /// As [`Pool::acquire`]; without `wait`, a pool with no free slot refuses at once (a
-    /// create placed here by another node, which then asks the next one).
-    pub async fn acquire_with(&self, screen: Screen, wait: bool) -> Result<Lease, PoolError> {
+    /// As [`Pool::acquire`], of `kind`; without `wait`, a pool with no free slot refuses at
+    /// once (a create placed here by another node, which then asks the next one).
+    pub async fn acquire_with(&self, screen: Screen, kind: BrowserKind, wait: bool) -> Result<Lease, PoolError> {
         let slot = match wait {
             true => self.slot().await?,
             false => self.slots.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?,
         };
         if screen == self.default_screen
+            && kind == self.default_kind
             && let Some(browser) = self.take_warm().await
         {
             *self.last_checkout.lock().expect("pool lock") = Instant::now();
@@ -118,7 +126,7 @@ impl Pool {
                 _extensions: None,
             });
         }
-        let browser = self.launcher.launch(screen, Use::Own).await?;
+        let browser = self.launcher.launch(screen, Use::Own(kind)).await?;
         Ok(Lease {
             browser,
             _slot: slot,
@@ -144,10 +152,10 @@ impl Pool {
         self.take_idle()
     }
 
-    /// A slot and a fresh browser on the prepared user-data directory `dir` (a profile's
-    /// copy), which the caller keeps and removes.
+    /// A slot and a fresh full browser on the prepared user-data directory `dir` (a
+    /// profile's copy), which the caller keeps and removes.
     pub async fn acquire_on(&self, screen: Screen, dir: std::path::PathBuf) -> Result<Lease, PoolError> {
-        self.acquire_fresh(screen, Some(dir), None).await
+        self.acquire_fresh(screen, BrowserKind::Full, Some(dir), None).await
     }
 
     /// A slot and a freshly launched browser (no warm one: a warm browser's command line
@@ -156,11 +164,13 @@ impl Pool {
     pub async fn acquire_fresh(
         &self,
         screen: Screen,
+        kind: BrowserKind,
         dir: Option<std::path::PathBuf>,
         extensions: Option<ExtensionUse>,
     ) -> Result<Lease, PoolError> {
         let slot = self.slot().await?;
-        self.launch_for(slot, screen, dir.map(|d| (d, false)), extensions).await
+        self.launch_for(slot, screen, kind, dir.map(|d| (d, false)), extensions)
+            .await
     }
 
     /// For a named pool's ready browser: a free slot now or none (a refill never queues
@@ -169,11 +179,13 @@ impl Pool {
     pub async fn acquire_spare(
         &self,
         screen: Screen,
+        kind: BrowserKind,
         dir: Option<std::path::PathBuf>,
         extensions: Option<ExtensionUse>,
     ) -> Result<Lease, PoolError> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?;
-        self.launch_for(slot, screen, dir.map(|d| (d, true)), extensions).await
+        self.launch_for(slot, screen, kind, dir.map(|d| (d, true)), extensions)
+            .await
     }
 
     /// A fresh launch in `slot`, on `dir` if given (removed with the browser when it is
@@ -182,13 +194,18 @@ impl Pool {
         &self,
         slot: OwnedSemaphorePermit,
         screen: Screen,
+        kind: BrowserKind,
         dir: Option<(std::path::PathBuf, bool)>,
         extensions: Option<ExtensionUse>,
     ) -> Result<Lease, PoolError> {
         let dirs = extensions.as_ref().map_or(&[][..], |e| &e.dirs[..]);
         let browser = match dir {
-            Some((dir, owned)) => self.launcher.launch_in(screen, dir, owned, Use::Own, dirs).await?,
-            None => self.launcher.launch_with(screen, dirs).await?,
+            Some((dir, owned)) => {
+                self.launcher
+                    .launch_in(screen, dir, owned, Use::Own(kind), dirs)
+                    .await?
+            }
+            None => self.launcher.launch_with(screen, Use::Own(kind), dirs).await?,
         };
         Ok(Lease {
             browser,
@@ -245,6 +262,21 @@ impl Pool {
             .count()
     }
 
+    /// The kind a create that asks nothing gets.
+    pub fn default_kind(&self) -> BrowserKind {
+        self.default_kind
+    }
+
+    /// Whether browsers for `used` can be started here (the headless shell is installed),
+    /// and which kind the shared browsers are.
+    pub fn has(&self, used: Use) -> bool {
+        self.launcher.has(used)
+    }
+
+    pub fn shared_kind(&self) -> BrowserKind {
+        self.launcher.shared_kind()
+    }
+
     /// The version of the browsers started for `used` (`156.0.8078.114`), once calibrated.
     pub fn browser_version(&self, used: Use) -> Option<String> {
         self.launcher.browser_version(used)
@@ -278,7 +310,7 @@ impl Pool {
             if missing > 0 {
                 self.refilling.store(true, Ordering::SeqCst);
                 let launched = tokio::select! {
-                    r = self.launcher.launch(self.default_screen, Use::Own) => r,
+                    r = self.launcher.launch(self.default_screen, Use::Own(self.default_kind)) => r,
                     _ = shutdown.cancelled() => {
                         self.refilling.store(false, Ordering::SeqCst);
                         self.landed.notify_waiters();

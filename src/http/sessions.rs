@@ -22,6 +22,7 @@ use crate::config::{Config, MAX_HEIGHT, MAX_WIDTH, MIN_SIDE};
 use crate::events::EventType;
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::store::{Isolation, ListQuery, SessionOptions, SessionRecord, Status};
+use crate::values::{BrowserKind, BrowserReason};
 
 /// Largest page of a session list.
 const MAX_LIMIT: usize = 100;
@@ -160,6 +161,8 @@ pub(crate) fn render_options(options: &SessionOptions, body: &mut Value) {
     body["block"] = json!(options.block);
     body["block_urls"] = json!(options.block_urls);
     body["extensions"] = json!(options.extensions);
+    body["browser"] = json!(options.browser.map(BrowserKind::as_str));
+    body["browser_reason"] = json!(options.browser_reason.map(BrowserReason::as_str));
     if let Some(proxy) = &options.proxy {
         body["proxy"] = json!({ "server": proxy.server, "username": proxy.username, "bypass": proxy.bypass });
     }
@@ -336,6 +339,23 @@ pub(crate) fn validate_create(config: &Config, body: &Map<String, Value>) -> Res
         }
         options.isolation = Isolation::Process;
     }
+    options.browser = match field(body, "browser") {
+        Some(Value::String(v)) if BrowserKind::parse(v).is_some() => BrowserKind::parse(v),
+        Some(_) => return Err(ApiError::unprocessable("browser must be \"shell\" or \"full\"")),
+        None => None,
+    };
+    if options.browser.is_some() {
+        if external_url.is_some() {
+            return Err(ApiError::unprocessable(
+                "browser cannot be combined with cdp_url: a user's own browser is fronted as it is",
+            ));
+        }
+        // The full browser is a process session's; a default of "context" gives way (an
+        // explicit one runs on the shared browsers' executable, which the broker checks).
+        if options.browser == Some(BrowserKind::Full) && !field(body, "isolation").is_some_and(|v| v == "context") {
+            options.isolation = Isolation::Process;
+        }
+    }
     let (webhook_url, webhook_events) = parse_webhook(body)?;
     Ok(NewSession {
         options,
@@ -504,6 +524,8 @@ pub(crate) fn parse_options(config: &Config, body: &Map<String, Value>) -> Resul
         blocking,
         capture,
         extensions: Vec::new(),
+        browser: None,
+        browser_reason: None,
     })
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::Tenant;
 pub use crate::values::NetworkStats;
-use crate::values::{Challenge, Fingerprint, Screen};
+use crate::values::{BrowserKind, BrowserReason, Challenge, Fingerprint, Screen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -262,6 +262,12 @@ pub struct SessionOptions {
     /// Ids of the Chrome extensions its browser loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<String>,
+    /// The Chrome its pages run on, and why (none: a user's own browser, or a record
+    /// written before browsers were chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<BrowserKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser_reason: Option<BrowserReason>,
 }
 
 /// A session's upstream proxy without its password.

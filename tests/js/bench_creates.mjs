@@ -2,13 +2,16 @@
 // scripts/bench-creates.sh): each round sends BURST creates in a row to one broker (create ->
 // WebSocket to cdp_url -> reply to Browser.getVersion, then terminate), waits for its pool
 // to refill, and moves on to the next broker; brokers alternate round by round.
-// usage: node --experimental-websocket bench_creates.mjs <key> <rounds> <burst> <name=gate>...
+// usage: node --experimental-websocket bench_creates.mjs <key> <rounds> <burst> <name=gate[=create body]>...
 import { createToFirstReply } from './bench_common.mjs';
 
 const [key, roundsArg, burstArg, ...targets] = process.argv.slice(2);
 const rounds = Number(roundsArg);
 const burst = Number(burstArg);
-const brokers = targets.map((t) => { const [name, gate] = t.split('='); return { name, api: `http://${gate}`, times: [] }; });
+const brokers = targets.map((t) => {
+  const [name, gate, ...body] = t.split('=');
+  return { name, api: `http://${gate}`, body: body.length ? JSON.parse(body.join('=')) : {}, times: [] };
+});
 
 async function poolFull(api) {
   for (let i = 0; i < 300; i++) {
@@ -23,7 +26,7 @@ for (let r = 0; r < rounds; r++) {
   for (const b of brokers) {
     await poolFull(b.api);
     await new Promise((ok) => setTimeout(ok, 1000));
-    for (let i = 0; i < burst; i++) b.times.push(await createToFirstReply(b.api, key));
+    for (let i = 0; i < burst; i++) b.times.push(await createToFirstReply(b.api, key, b.body));
   }
 }
 const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return +s[Math.min(s.length - 1, Math.floor(s.length * p))].toFixed(1); };

@@ -4,7 +4,8 @@
 // (cdpgate: end the session). cdpgate runs it on process sessions and on context sessions.
 // N jobs at concurrency C per round; systems alternate round by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
 // usage: node bench_jobs.mjs <cdpgate_addr> <key> <browserless_ws> <page_url> <rounds> <jobs> <concurrency>
-// (BASELINE_GATE=<addr> adds another broker's process and context sessions; SYSTEMS=… picks)
+// (FULL_GATE=<addr> adds a broker whose process sessions run the full Chromium;
+// BASELINE_GATE=<addr> adds another broker's process and context sessions; SYSTEMS=… picks)
 import { readFileSync } from 'fs';
 import puppeteer from 'puppeteer-core';
 
@@ -30,8 +31,10 @@ async function cdpgateJob(body, at = gate) {
 }
 
 const baseline = process.env.BASELINE_GATE;
+const fullGate = process.env.FULL_GATE;
 const allSystems = {
   cdpgate: () => cdpgateJob('{}'),
+  ...(fullGate && { cdpgate_full: () => cdpgateJob('{}', fullGate) }),
   cdpgate_context: () => cdpgateJob('{"isolation": "context"}'),
   browserless: async () => {
     const browser = await puppeteer.connect({ browserWSEndpoint: blWs, defaultViewport: null });
