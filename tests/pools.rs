@@ -194,6 +194,11 @@ async fn a_pool_hands_out_logged_in_isolated_sessions_with_its_settings_and_refi
         assert_eq!(s.status, StatusCode::CREATED, "{}", s.body);
         assert_eq!(s.json["pool"], "login");
         assert_eq!(s.json["pool_hit"], true, "a ready browser was there: {}", s.body);
+        // A profile runs on the full Chromium, whether ready or cold.
+        assert_eq!(
+            (&s.json["browser"], &s.json["browser_reason"]),
+            (&json!("full"), &json!("profile"))
+        );
         assert_eq!(s.json["persist_changes"], false);
         assert_eq!(s.json["metadata"]["job"], 1);
         let seen = check(&s.json, app).await;
@@ -246,6 +251,10 @@ async fn a_pool_hands_out_logged_in_isolated_sessions_with_its_settings_and_refi
     .await;
     assert_eq!(cold.status, StatusCode::CREATED, "{}", cold.body);
     assert_eq!(cold.json["pool_hit"], false);
+    assert_eq!(
+        (&cold.json["browser"], &cold.json["browser_reason"]),
+        (&json!("full"), &json!("profile"))
+    );
     assert_eq!(
         check(&cold.json, app).await["cookies"],
         json!(["remember=yes", "sid=s3cr3t"])
