@@ -14,7 +14,9 @@
 # cdpgate_full is a second broker of the same build whose process sessions run the full
 # Chromium (CDPGATE_DEFAULT_BROWSER=full: its warm pool holds full browsers).
 # usage: [BASELINE=<another cdpgate binary> [BASELINE_ENV="CDPGATE_X=…"]] [SYSTEMS=cdpgate,cdpgate_full,cdpgate_context,baseline,baseline_context]
-#        [BROWSERLESS_CHROME=…] [GATE_ENV="CDPGATE_X=… …"] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
+#        [BROWSERLESS_CHROME=…] [GATE_ENV="CDPGATE_X=… …"] [CAPTURE=1] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
+# CAPTURE=1 adds cdpgate_capture and cdpgate_context_capture: the same jobs with
+# capture_console and capture_network on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}

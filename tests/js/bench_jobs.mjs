@@ -5,7 +5,8 @@
 // N jobs at concurrency C per round; systems alternate round by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
 // usage: node bench_jobs.mjs <cdpgate_addr> <key> <browserless_ws> <page_url> <rounds> <jobs> <concurrency>
 // (FULL_GATE=<addr> adds a broker whose process sessions run the full Chromium;
-// BASELINE_GATE=<addr> adds another broker's process and context sessions; SYSTEMS=… picks)
+// BASELINE_GATE=<addr> adds another broker's process and context sessions; CAPTURE=1 adds
+// process and context sessions with console and network capture; SYSTEMS=… picks)
 import { readFileSync } from 'fs';
 import puppeteer from 'puppeteer-core';
 
@@ -41,6 +42,13 @@ const allSystems = {
     await pageJob(browser);
     await browser.close();
   },
+  // CAPTURE=1: the same jobs with the console and the network captured (capture_console,
+  // capture_network: what the events, logs and HAR cost a job).
+  ...(process.env.CAPTURE === '1' && {
+    cdpgate_capture: () => cdpgateJob('{"capture_console": true, "capture_network": true}'),
+    cdpgate_context_capture: () =>
+      cdpgateJob('{"isolation": "context", "capture_console": true, "capture_network": true}'),
+  }),
   ...(baseline && {
     baseline: () => cdpgateJob('{}', baseline),
     baseline_context: () => cdpgateJob('{"isolation": "context"}', baseline),
