@@ -879,7 +879,13 @@ async fn a_broker_killed_mid_recording_leaves_a_playable_file() {
     let data = tempfile::tempdir().unwrap();
     let mut broker = start_binary(
         data.path(),
-        &[("CDPGATE_API_KEYS", KEY_A), ("CDPGATE_RECORD_SESSIONS", "true")],
+        // Recorded sessions run the full Chromium: kept warm here, so the seconds before
+        // the kill are all recording (a cold launch under load ate into them).
+        &[
+            ("CDPGATE_API_KEYS", KEY_A),
+            ("CDPGATE_RECORD_SESSIONS", "true"),
+            ("CDPGATE_DEFAULT_BROWSER", "full"),
+        ],
     )
     .await;
     let created = http(broker.addr, Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;

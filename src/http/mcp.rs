@@ -361,6 +361,7 @@ fn tools() -> Vec<Value> {
             "Start a browser session (the options of POST /public/sessions). Answers its id, cdp_url and live view links.",
             json!({
                 "isolation": {"type": "string", "enum": ["process", "context"], "description": "A browser of its own (process) or a context in a shared browser (context, faster)"},
+                "browser": {"type": "string", "enum": ["shell", "full"], "description": "Chromium's headless shell (lighter, the default where installed) or the full Chromium"},
                 "ttl": {"type": "integer", "minimum": 1, "description": "Seconds the session lives"},
                 "idle_timeout": {"type": "integer", "minimum": 1},
                 "screen_config": {"type": "object", "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}}},
