@@ -300,13 +300,20 @@ pub struct TestRedis {
     pub profiles: tempfile::TempDir,
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port free now for a server started later (nginx, a receiver restarted):
+/// below the kernel's ephemeral range (32768 and up), so that no socket bound to port 0
+/// meanwhile (the other tests' servers) can take it first.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (base.wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// Whether something listens on loopback `port` within `limit`.
