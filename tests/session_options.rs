@@ -472,9 +472,14 @@ async fn upstream_proxies_carry_every_request_with_credentials_no_one_sees() {
     .unwrap();
     let mut messages = Vec::new();
     let watched = async {
+        // Until the load finished, or its response and the headers as sent and received
+        // are all in (the headless shell may report the finish late): what the check reads.
+        let (mut response, mut extra) = (false, false);
         while let Some(Ok(m)) = raw.next().await {
             let text = m.into_text().unwrap_or_default().to_string();
-            let done = text.contains("Network.loadingFinished");
+            response |= text.contains("\"Network.responseReceived\"");
+            extra |= text.contains("\"Network.responseReceivedExtraInfo\"");
+            let done = text.contains("Network.loadingFinished") || (response && extra);
             messages.push(text);
             if done {
                 break;
