@@ -6,11 +6,15 @@
 # linked to Chromium as scripts/bench-jobs.sh does (the links it made removed after).
 # BROWSERLESS_CHROME=/usr/lib/chromium/chromium-headless-shell runs browserless on the
 # headless shell, the browser cdpgate's context sessions use.
-# usage: [BROWSERLESS_CHROME=…] scripts/bench-onecall.sh [ROUNDS] [CALLS]
+# DOOR=markdown measures POST /public/markdown (and /public/content) of a local article
+# (about 40 KB: navigation, twelve sections of paragraphs and links, a footer) against
+# browserless's POST /content, its nearest call (it has no markdown).
+# usage: [BROWSERLESS_CHROME=…] [DOOR=screenshot|markdown] scripts/bench-onecall.sh [ROUNDS] [CALLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 calls=${2:-20}
+door=${DOOR:-screenshot}
 scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
 bl=target/bench-browserless
@@ -56,6 +60,25 @@ cat >"$tmp/site/index.html" <<'HTML'
 <body><h1>A page to screenshot</h1><div class="c"><p>Some text, a list and a table.</p>
 <ul><li>one</li><li>two</li><li>three</li></ul><table><tr><td>a</td><td>b</td></tr></table></div></body></html>
 HTML
+python3 - "$tmp/site/article.html" <<'PY'
+import sys
+words = "the broker hands out a browser in milliseconds and relays every frame both ways".split()
+sections = []
+for n in range(1, 13):
+    paragraphs = "".join(
+        "<p>" + " ".join(words[(n + i + j) % len(words)] for j in range(120))
+        + f' <a href="/ref/{n}">reference {n}</a>.</p>'
+        for i in range(3)
+    )
+    sections.append(f"<h2>Section {n}</h2>{paragraphs}")
+nav = "".join(f'<a href="/nav/{i}">Menu {i}</a> ' for i in range(30))
+page = (
+    "<html><head><title>An article</title><style>body{font:16px serif;max-width:40em}</style></head>"
+    f"<body><nav>{nav}</nav><article><h1>An article</h1>{''.join(sections)}</article>"
+    "<aside>Related: nothing.</aside><footer>Footer text, (c) nobody.</footer></body></html>"
+)
+open(sys.argv[1], "w").write(page)
+PY
 site_port=$(free_port)
 python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
 pids+=($!)
@@ -72,5 +95,6 @@ for _ in $(seq 150); do
 done
 for c in 1 4; do
   node tests/js/bench_onecall.mjs "$gate" "$key" "127.0.0.1:$bl_port" bench-token \
-    "http://127.0.0.1:$site_port/index.html" "$rounds" "$calls" "$c"
+    "http://127.0.0.1:$site_port/$([ "$door" = markdown ] && echo article || echo index).html" \
+    "$rounds" "$calls" "$c" "$door"
 done

@@ -329,7 +329,8 @@ async fn the_transport_refuses_hostile_messages_and_changes_nothing() {
     server.stop().await;
 }
 
-/// Two pages of one tenant: an iframe's input, a button counting its clicks.
+/// Two pages of one tenant: an iframe's input; a button counting its clicks and a panel
+/// (no control, so in no snapshot's references) counting its own.
 fn two_sites(path: &str) -> (String, String) {
     let page = match path {
         "/frame" => "<html><body><input id='inner' aria-label='Inner'></body></html>",
@@ -337,7 +338,10 @@ fn two_sites(path: &str) -> (String, String) {
         _ => {
             "<html><body><h1>Bravo private page</h1>\
              <button onclick='window.clicks=(window.clicks||0)+1'>Count</button>\
-             <input id='field' aria-label='Field'></body></html>"
+             <input id='field' aria-label='Field'>\
+             <div id='panel' style='width:200px;height:80px'>Panel</div>\
+             <script>panel.addEventListener('click', () => window.panelClicks = (window.panelClicks || 0) + 1)\
+             </script></body></html>"
         }
     };
     (String::new(), page.to_owned())
@@ -424,18 +428,47 @@ async fn a_reference_from_another_session_or_document_acts_on_nothing() {
     assert_eq!(typed, json!(""), "the iframe's input was typed into");
     drop(cdp);
 
-    // B is as it was: no click counted, nothing typed.
+    // B's own page, an element its snapshot gave no reference (found by a CDP client's
+    // own DOM calls), and a reference made up: refused, nothing clicked.
     let record_b = server.get(b).await.json;
     let mut cdp = CdpClient::connect(&record_b).await;
     let (target, _) = cdp.pages().await.remove(0);
     let page_b = cdp.attach(&target).await;
+    let doc = cdp
+        .call(Some(&page_b), "DOM.getDocument", json!({"depth": -1, "pierce": true}))
+        .await;
+    let panel = find_node(&doc["root"], "panel").expect("the panel");
+    assert!(!refs_b.contains(&format!("e{panel}")), "{snapshot_b}");
+    for r in [format!("e{panel}"), format!("e{}", panel + 1), "e1".into()] {
+        for (name, args) in [
+            ("click", json!({"session_id": b, "ref": r})),
+            ("scroll", json!({"session_id": b, "ref": r})),
+        ] {
+            let (refused, text) = tool(name, args).await;
+            assert!(refused && text.contains("take a new snapshot"), "{name} {r}: {text}");
+        }
+    }
+
+    // B is as it was: no click counted, nothing typed.
     let state = cdp
         .eval(
             &page_b,
-            "[window.clicks || 0, document.getElementById('field').value, document.body.innerHTML.includes('INJECTED')]",
+            "[window.clicks || 0, window.panelClicks || 0, document.getElementById('field').value, \
+             document.body.innerHTML.includes('INJECTED')]",
         )
         .await;
-    assert_eq!(state, json!([0, "", false]), "A's calls changed B");
+    assert_eq!(state, json!([0, 0, "", false]), "calls outside the snapshot changed B");
+
+    // The snapshot's own references still act: its button counts one click.
+    let line = snapshot_b.lines().find(|l| l.contains("Count")).expect(&snapshot_b);
+    let button = line
+        .split("[ref=")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect(line);
+    let clicked = tool("click", json!({"session_id": b, "ref": button})).await;
+    assert!(!clicked.0, "{clicked:?}");
+    assert_eq!(cdp.eval(&page_b, "window.clicks || 0").await, json!(1));
     server.stop().await;
 }
 

@@ -28,7 +28,7 @@ use super::request::read_body;
 use super::sessions::{render, validate_create};
 use crate::auth::Tenant;
 use crate::broker::Broker;
-use crate::mcp::{Page, PageError};
+use crate::mcp::{Page, PageError, missing, references};
 use crate::proxy::hop::{HOP_TIMEOUT, is_hop, send_to};
 use crate::store::{ListQuery, Status};
 
@@ -837,7 +837,14 @@ async fn on_page(
         config.action_timeout(),
     )
     .await?;
-    let reference = || string_arg(args, "ref");
+    // Only what the latest snapshot showed: checked here, before the browser is asked.
+    let reference = || {
+        let r = string_arg(args, "ref")?;
+        match references::issued(&session.id, r) {
+            Some(_) => Ok(r),
+            None => Err(Failure::from(missing(r))),
+        }
+    };
     let work = async {
         Ok(match name {
             "navigate" => {
@@ -848,6 +855,8 @@ async fn on_page(
             }
             "snapshot" => {
                 let s = page.snapshot().await?;
+                let refs = s["refs"].as_array().into_iter().flatten().filter_map(Value::as_u64);
+                references::issue(&session.id, session.ended(), refs);
                 text(format!(
                     "Page: {}\nTitle: {}\n\n{}",
                     s["url"].as_str().unwrap_or_default(),
@@ -893,8 +902,7 @@ async fn on_page(
             "scroll" => {
                 let r = match args.get("ref") {
                     None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.as_str()),
-                    Some(_) => return Err(bad("ref must be a string")),
+                    Some(_) => Some(reference()?),
                 };
                 let up = match args.get("direction").and_then(Value::as_str) {
                     None | Some("down") => false,

@@ -312,10 +312,12 @@ impl Page {
         }
     }
 
-    /// The page as an outline with `ref=eN` references: `{url, title, text}`.
+    /// The page as an outline with `ref=eN` references: `{url, title, text, refs}`, `refs`
+    /// the node ids the text names.
     pub async fn snapshot(&mut self) -> Result<Value, PageError> {
         let outline = self.helper("snapshot", &[json!(MAX_SNAPSHOT_CHARS)]).await?;
         let ids = self.snapshot_node_ids().await?;
+        let mut refs = Vec::new();
         let text: Vec<String> = outline["lines"]
             .as_array()
             .into_iter()
@@ -323,6 +325,7 @@ impl Page {
             .map(|line| match line {
                 Value::Array(parts) => {
                     let id = parts[1].as_u64().and_then(|i| ids.get(i as usize)).copied().flatten();
+                    refs.extend(id);
                     let reference = id.map(|id| format!(" [ref=e{id}]")).unwrap_or_default();
                     format!(
                         "{}{reference}{}",
@@ -333,7 +336,7 @@ impl Page {
                 other => other.as_str().unwrap_or_default().to_owned(),
             })
             .collect();
-        Ok(json!({"url": outline["url"], "title": outline["title"], "text": text.join("\n")}))
+        Ok(json!({"url": outline["url"], "title": outline["title"], "text": text.join("\n"), "refs": refs}))
     }
 
     /// Chrome's node ids of the elements the last snapshot kept, in its order (`None` for
@@ -531,7 +534,8 @@ impl Page {
     }
 }
 
-fn missing(reference: &str) -> PageError {
+/// The answer to a reference that names no element of the latest snapshot's page.
+pub fn missing(reference: &str) -> PageError {
     PageError::Client(format!(
         "no element has the reference {reference:?} on this page: take a new snapshot"
     ))

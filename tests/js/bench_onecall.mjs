@@ -1,35 +1,49 @@
-// One-call screenshots side by side (run by scripts/bench-onecall.sh): cdpgate's
-// POST /public/screenshot and browserless's POST /screenshot, each of the same local page
-// as a PNG, N calls at concurrency C per round, the systems alternating round by round.
-// Each answer is checked to be a PNG. Reports calls/s (median and range over rounds) and
-// call latency (p50, p90).
-// usage: node bench_onecall.mjs <cdpgate_addr> <key> <browserless_addr> <token> <page_url> <rounds> <calls> <concurrency>
-const [gate, key, bl, token, pageUrl, roundsArg, callsArg, concArg] = process.argv.slice(2);
+// One-call renders side by side (run by scripts/bench-onecall.sh), N calls at concurrency C
+// per round, the systems alternating round by round, each answer checked. DOOR
+// `screenshot`: cdpgate's POST /public/screenshot and browserless's POST /screenshot, a PNG
+// of the same local page each. DOOR `markdown`: cdpgate's POST /public/markdown of a local
+// article (its headings and links checked), cdpgate's POST /public/content and
+// browserless's POST /content (the rendered HTML: browserless has no markdown call, so its
+// nearest is measured, without the conversion it leaves to the caller). Reports calls/s
+// (median and range over rounds) and call latency (p50, p90).
+// usage: node bench_onecall.mjs <cdpgate_addr> <key> <browserless_addr> <token> <page_url> <rounds> <calls> <concurrency> [door]
+const [gate, key, bl, token, pageUrl, roundsArg, callsArg, concArg, door = 'screenshot'] = process.argv.slice(2);
 const [rounds, calls, conc] = [Number(roundsArg), Number(callsArg), Number(concArg)];
 const PNG = [0x89, 0x50, 0x4e, 0x47];
+const isPng = (body) => PNG.every((b, i) => body[i] === b);
+const text = (body) => new TextDecoder().decode(body);
+// The article's last section heading and one of its links, as markdown and as HTML.
+const isMarkdown = (body) => /^## Section 12$/m.test(text(body)) && /\]\(http:\/\/127\.0\.0\.1:\d+\/ref\/12\)/.test(text(body));
+const isHtml = (body) => text(body).includes('<h2>Section 12</h2>');
 
-async function shot(url, init) {
+async function call(url, init, ok) {
   const r = await fetch(url, init);
   const body = new Uint8Array(await r.arrayBuffer());
-  if (r.status !== 200 || !PNG.every((b, i) => body[i] === b)) {
-    throw new Error(`${url}: ${r.status} ${new TextDecoder().decode(body.slice(0, 300))}`);
+  if (r.status !== 200 || !ok(body)) {
+    throw new Error(`${url}: ${r.status} ${text(body.slice(0, 300))}`);
   }
 }
 
-const systems = {
-  cdpgate: () =>
-    shot(`http://${gate}/public/screenshot`, {
-      method: 'POST',
-      headers: { 'X-API-Key': key, 'content-type': 'application/json' },
-      body: JSON.stringify({ url: pageUrl }),
-    }),
-  browserless: () =>
-    shot(`http://${bl}/screenshot?token=${token}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ url: pageUrl, options: { type: 'png' }, gotoOptions: { waitUntil: 'load' } }),
-    }),
+const post = (body) => ({ method: 'POST', headers: { 'X-API-Key': key, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+const doors = {
+  screenshot: {
+    cdpgate: () => call(`http://${gate}/public/screenshot`, post({ url: pageUrl }), isPng),
+    browserless: () =>
+      call(
+        `http://${bl}/screenshot?token=${token}`,
+        post({ url: pageUrl, options: { type: 'png' }, gotoOptions: { waitUntil: 'load' } }),
+        isPng,
+      ),
+  },
+  markdown: {
+    cdpgate_markdown: () => call(`http://${gate}/public/markdown`, post({ url: pageUrl }), isMarkdown),
+    cdpgate_content: () => call(`http://${gate}/public/content`, post({ url: pageUrl }), isHtml),
+    browserless_content: () =>
+      call(`http://${bl}/content?token=${token}`, post({ url: pageUrl, gotoOptions: { waitUntil: 'load' } }), isHtml),
+  },
 };
+const systems = doors[door];
+if (!systems) throw new Error(`door ${door}: screenshot or markdown`);
 
 const results = Object.fromEntries(Object.keys(systems).map((k) => [k, { rates: [], latencies: [] }]));
 // One call each first: browsers started, caches warm.
@@ -52,7 +66,7 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 const q = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(s.length * p))]; };
-const out = { concurrency: conc, rounds, calls_per_round: calls };
+const out = { door, concurrency: conc, rounds, calls_per_round: calls };
 for (const [name, r] of Object.entries(results)) {
   out[name] = {
     calls_per_s_median: +q(r.rates, 0.5).toFixed(2),
@@ -61,5 +75,8 @@ for (const [name, r] of Object.entries(results)) {
     latency_p90_ms: Math.round(q(r.latencies, 0.9)),
   };
 }
-out.ratio_cdpgate_to_browserless = +(out.cdpgate.calls_per_s_median / out.browserless.calls_per_s_median).toFixed(2);
+const [peer] = Object.keys(systems).filter((n) => n.startsWith('browserless'));
+for (const name of Object.keys(systems).filter((n) => n.startsWith('cdpgate'))) {
+  out[`ratio_${name}_to_${peer}`] = +(out[name].calls_per_s_median / out[peer].calls_per_s_median).toFixed(2);
+}
 console.log(JSON.stringify(out));
