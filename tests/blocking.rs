@@ -504,8 +504,36 @@ async fn a_challenge_frame_is_recorded_on_the_session() {
         assert_eq!(challenges[0]["kind"], "recaptcha");
         assert_eq!(challenges[0]["url"], "http://www.google.com/recaptcha/api2/anchor");
         assert!(challenges[0]["at"].as_str().unwrap().ends_with('Z'));
-        // The live view is how a person passes it.
-        assert!(shown["metadata"]["live_url"].as_str().is_some());
+        // The live view is how a person passes it: its page says so, on both links; a
+        // neighbour's (in the same shared browser for context sessions) says nothing.
+        let neighbour = server.create(json!({ "isolation": isolation })).await;
+        let links = [
+            shown["metadata"]["live_url"].as_str().unwrap(),
+            shown["metadata"]["live_url_read_only"].as_str().unwrap(),
+            neighbour["metadata"]["live_url"].as_str().unwrap(),
+        ];
+        let views = node("live_challenge.mjs", &links).await;
+        for view in &views.as_array().unwrap()[..2] {
+            assert_eq!(
+                view["challenges"],
+                json!([{"kind": "recaptcha", "url": "http://www.google.com/recaptcha/api2/anchor"}]),
+                "{isolation}: {views}"
+            );
+            assert!(
+                view["banner"]
+                    .as_str()
+                    .unwrap()
+                    .contains("A reCAPTCHA is on this session's page")
+            );
+        }
+        assert!(views[0]["banner"].as_str().unwrap().contains("Pass it here"), "{views}");
+        assert!(views[1]["banner"].as_str().unwrap().contains("view only"), "{views}");
+        assert_eq!(
+            views[2],
+            json!({"challenges": [], "banner": null}),
+            "{isolation}: {views}"
+        );
+        server.terminate(neighbour["session_id"].as_str().unwrap()).await;
         // Told as an event too, once.
         let events = server
             .call(

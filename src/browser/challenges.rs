@@ -6,6 +6,8 @@
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use tokio::sync::watch;
+
 pub(crate) use crate::values::Challenge;
 
 /// Most challenges a session keeps (the first ones).
@@ -51,9 +53,21 @@ pub(crate) fn recognise(url: &str) -> Option<(&'static str, String)> {
     Some((kind, kept))
 }
 
-/// The challenges one session's pages showed, first [`MAX_CHALLENGES`] kept.
-#[derive(Default)]
-pub struct Challenges(Mutex<Vec<(String, Challenge)>>);
+/// The challenges one session's pages showed, first [`MAX_CHALLENGES`] kept; `count` tells
+/// watchers (the live view) when one is added.
+pub struct Challenges {
+    list: Mutex<Vec<(String, Challenge)>>,
+    count: watch::Sender<usize>,
+}
+
+impl Default for Challenges {
+    fn default() -> Self {
+        Challenges {
+            list: Mutex::default(),
+            count: watch::Sender::new(0),
+        }
+    }
+}
 
 impl Challenges {
     /// Records the challenge frame `frame` navigated to `url` shows, if any, once per frame
@@ -61,7 +75,7 @@ impl Challenges {
     /// answers its kind when it is new.
     pub fn seen(&self, frame: &str, url: &str) -> Option<&'static str> {
         let (kind, url) = recognise(url)?;
-        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         if list.len() >= MAX_CHALLENGES || list.iter().any(|(f, c)| f == frame && c.url == url) {
             return None;
         }
@@ -71,12 +85,18 @@ impl Challenges {
             at: SystemTime::now(),
         };
         list.push((frame.to_owned(), challenge));
+        self.count.send_replace(list.len());
         Some(kind)
     }
 
     pub fn list(&self) -> Vec<Challenge> {
-        let list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         list.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Changes whenever a challenge is added (its value: how many there are).
+    pub fn watch(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
     }
 }
 

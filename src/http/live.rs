@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -34,6 +35,8 @@ use crate::session::Session;
 use crate::store::EndReason;
 
 const PAGE: &str = include_str!("live.html");
+/// The broker's own event on a viewer's socket: a page of the session shows a challenge.
+const CHALLENGE_EVENT: &str = "cdpgate.challengeSeen";
 
 pub(crate) async fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
@@ -232,6 +235,11 @@ async fn relay_filtered<V, B>(
 {
     let (mut viewer_tx, mut viewer_rx) = viewer.split();
     let (mut browser_tx, mut browser_rx) = browser.split();
+    // The challenges the session's pages show, told to the page as they come (those seen
+    // before it connected first), so that a person knows there is one to pass.
+    let mut challenges = session.challenges.watch();
+    challenges.mark_changed();
+    let mut told = 0;
     enum Ending {
         Ended,
         ViewerGone,
@@ -243,6 +251,17 @@ async fn relay_filtered<V, B>(
         tokio::select! {
             biased;
             _ = session.ended().cancelled() => break Ending::Ended,
+            Ok(()) = challenges.changed() => {
+                let list = session.challenges.list();
+                for challenge in list.iter().skip(told) {
+                    let said = json!({"method": CHALLENGE_EVENT,
+                        "params": {"kind": challenge.kind, "url": challenge.url}});
+                    if viewer_tx.send(Message::text(said.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+                told = list.len();
+            }
             m = viewer_rx.next() => match m {
                 Some(Ok(Message::Text(text))) => match live_filter::check(&text, read_only) {
                     // Passed on as it came: no copy of a large message is made here.

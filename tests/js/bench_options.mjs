@@ -1,7 +1,8 @@
 // Session options' cost, side by side in one run (run by scripts/bench-options.sh):
 // create -> first CDP reply for a session without options, with an identity (user agent,
-// locale, time zone), a fingerprint preset, a device and with a proxy + idle timeout; then a page load through a session's
-// forward proxy against the same Chromium started directly, alternated round by round.
+// locale, time zone), a fingerprint preset, a device and with a proxy + idle timeout, and
+// context sessions without options, with a fingerprint and with a device; then a page
+// load through a session's forward proxy against the same Chromium started directly, alternated round by round.
 // With a baseline broker (another build), creates without options are also timed against
 // it, alternated with this one's.
 // usage: node --experimental-websocket bench_options.mjs <gate> <key> <site_url> <proxy> <rounds> [baseline_gate]
@@ -27,6 +28,9 @@ const variants = {
   fingerprint: { fingerprint: { os: 'windows' }, locale: 'de-DE', timezone: 'Europe/Berlin' },
   device: { device: 'Pixel 8' },
   proxy_idle: { proxy: { server: `http://${proxy}`, username: 'u', password: 'p' }, idle_timeout: 300 },
+  context_none: { isolation: 'context' },
+  context_fingerprint: { isolation: 'context', fingerprint: { os: 'windows' }, locale: 'de-DE', timezone: 'Europe/Berlin' },
+  context_device: { isolation: 'context', device: 'Pixel 8' },
 };
 const creates = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
 if (baselineApi) creates.none_baseline = [];
