@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What session options cost, side by side in one run: create -> first CDP reply without
-# options, with an identity, with a proxy and an idle timeout; and a page of 20 resources
-# loaded through a session's forward proxy against the same Chromium started directly.
-# With BASELINE=path/to/another/cdpgate (an older build), creates without options are timed
-# against it too, alternated, to show what sessions without options pay now.
+# options, with an identity, a fingerprint, a device, a proxy and an idle timeout, recorded,
+# and context sessions without options, with a fingerprint and a device; and a page of 20
+# resources loaded through a session's forward proxy against the same Chromium started
+# directly. With BASELINE=path/to/another/cdpgate (an older build), creates without options
+# and recorded ones are timed against it too, alternated.
 # usage: [BASELINE=BIN] scripts/bench-options.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

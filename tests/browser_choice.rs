@@ -201,3 +201,58 @@ async fn a_recorded_session_gets_the_full_browser_unless_it_asks_for_the_shell()
     assert!(product(&asked).await.starts_with("HeadlessChrome/"));
     server.stop().await;
 }
+
+/// The browsers (process group leaders) under the server's data directory that run the
+/// full Chromium, not the headless shell, as their executables say.
+fn full_browsers(server: &TestServer) -> Vec<u32> {
+    chrome_groups_under(server.data_dir.path())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| !exe.to_string_lossy().contains("headless-shell"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_other_kind_is_kept_warm_once_a_create_asked_for_it() {
+    let server = TestServer::start().await;
+    // Nothing asked for the full browser yet: none runs (the warm pool is the shell's).
+    let default = server.create(json!({})).await;
+    assert!(product(&default).await.starts_with("HeadlessChrome/"));
+    assert_eq!(
+        full_browsers(&server),
+        Vec::<u32>::new(),
+        "a full browser before any asked"
+    );
+
+    // A create asks for it: a cold launch, then one is kept ready beside the shells.
+    let first = server.create(json!({"browser": "full"})).await;
+    let mut ws = ws_connect(first["cdp_url"].as_str().unwrap()).await.unwrap();
+    let first_pid = browser_pid(&mut ws).await;
+    drop(ws);
+    let warm = eventually(std::time::Duration::from_secs(30), || {
+        full_browsers(&server).iter().any(|pid| *pid != first_pid)
+    })
+    .await;
+    assert!(warm, "no full browser was made ready: {:?}", full_browsers(&server));
+    let ready: Vec<u32> = full_browsers(&server).into_iter().filter(|p| *p != first_pid).collect();
+    assert_eq!(ready.len(), 1, "one is kept, not more: {ready:?}");
+
+    // The next such create (a recorded one here) is handed that very browser.
+    let second = server.create(json!({"record": true})).await;
+    reported(&server, &second, "full", "record").await;
+    let mut ws = ws_connect(second["cdp_url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(browser_pid(&mut ws).await, ready[0], "the warm one was not handed out");
+    drop(ws);
+
+    // And one more is made ready in its place; the default still gets the shell.
+    let refilled = eventually(std::time::Duration::from_secs(30), || full_browsers(&server).len() == 3).await;
+    assert!(refilled, "{:?}", full_browsers(&server));
+    let default = server.create(json!({})).await;
+    assert!(product(&default).await.starts_with("HeadlessChrome/"));
+    for session in [&first, &second] {
+        server.terminate(session["session_id"].as_str().unwrap()).await;
+    }
+    server.stop().await;
+}

@@ -2,8 +2,10 @@
 //!
 //! A slot (semaphore permit) caps the sessions holding a browser at once. Idle browsers are
 //! all at the default screen size and of the default kind (the headless shell or the full
-//! browser: what nearly every create takes); a session asking for another size or the other
-//! kind gets a fresh launch.
+//! browser: what nearly every create takes); a session asking for another size gets a fresh
+//! launch. The other kind (recorded sessions and `browser: "full"` on a node whose default
+//! is the shell) is kept warm too, one browser, while creates have asked for it lately:
+//! a node that never sees one pays nothing for it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ use std::sync::atomic::Ordering;
 const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a replacement launch waits after a checkout, while other warm browsers remain.
 const REFILL_QUIET: Duration = Duration::from_millis(500);
+/// How long after a create asked for the other kind one of it is kept warm.
+const OTHER_KIND_WARM_FOR: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -63,6 +67,10 @@ pub struct Pool {
     /// How many idle browsers to keep ready.
     target_idle: usize,
     idle: Mutex<VecDeque<Browser>>,
+    /// One warm browser of the other kind, and until when one is kept (a create asked
+    /// for that kind less than [`OTHER_KIND_WARM_FOR`] ago).
+    other_idle: Mutex<Option<Browser>>,
+    other_wanted_until: Mutex<Option<Instant>>,
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     /// Wakes the refill loop after a checkout.
@@ -91,6 +99,8 @@ impl Pool {
             default_kind,
             target_idle,
             idle: Mutex::new(VecDeque::new()),
+            other_idle: Mutex::new(None),
+            other_wanted_until: Mutex::new(None),
             slots: Arc::new(Semaphore::new(max_sessions)),
             queue_timeout,
             refill: Notify::new(),
@@ -125,6 +135,18 @@ impl Pool {
                 _slot: slot,
                 _extensions: None,
             });
+        }
+        if screen == self.default_screen && kind != self.default_kind {
+            *self.other_wanted_until.lock().expect("pool lock") = Some(Instant::now() + OTHER_KIND_WARM_FOR);
+            let warm = self.other_idle.lock().expect("pool lock").take();
+            self.refill.notify_one();
+            if let Some(browser) = warm.filter(Browser::is_alive) {
+                return Ok(Lease {
+                    browser,
+                    _slot: slot,
+                    _extensions: None,
+                });
+            }
         }
         let browser = self.launcher.launch(screen, Use::Own(kind)).await?;
         Ok(Lease {
@@ -254,12 +276,44 @@ impl Pool {
     }
 
     pub fn idle_count(&self) -> usize {
+        let other = self
+            .other_idle
+            .lock()
+            .expect("pool lock")
+            .as_ref()
+            .is_some_and(Browser::is_alive);
         self.idle
             .lock()
             .expect("pool lock")
             .iter()
             .filter(|b| b.is_alive())
             .count()
+            + usize::from(other)
+    }
+
+    /// The other kind than the default, when this node can start it.
+    fn other_kind(&self) -> Option<BrowserKind> {
+        let other = match self.default_kind {
+            BrowserKind::Shell => BrowserKind::Full,
+            BrowserKind::Full => BrowserKind::Shell,
+        };
+        self.launcher.has(Use::Own(other)).then_some(other)
+    }
+
+    /// What the other kind's warm browser needs now: `Some(true)` a launch, `Some(false)`
+    /// to be let go (no create asked for it lately), `None` nothing; and when to look again.
+    fn other_kind_due(&self) -> (Option<bool>, Option<Instant>) {
+        let until = *self.other_wanted_until.lock().expect("pool lock");
+        let mut warm = self.other_idle.lock().expect("pool lock");
+        if warm.as_ref().is_some_and(|b| !b.is_alive()) {
+            *warm = None;
+        }
+        match (until.filter(|u| *u > Instant::now()), warm.is_some()) {
+            (Some(_), false) => (Some(true), None),
+            (Some(until), true) => (None, Some(until)),
+            (None, true) => (Some(false), None),
+            (None, false) => (None, None),
+        }
     }
 
     /// The kind a create that asks nothing gets.
@@ -341,12 +395,47 @@ impl Pool {
                 }
                 continue;
             }
+            // The default kind is ready: then the other kind's one, if asked for lately.
+            let (due, look_again) = self.other_kind_due();
+            match (due, self.other_kind()) {
+                (Some(true), Some(kind)) => {
+                    let launched = tokio::select! {
+                        r = self.launcher.launch(self.default_screen, Use::Own(kind)) => r,
+                        _ = shutdown.cancelled() => break,
+                    };
+                    match launched {
+                        Ok(browser) => *self.other_idle.lock().expect("pool lock") = Some(browser),
+                        Err(_) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = shutdown.cancelled() => break,
+                            }
+                            backoff = (backoff * 2).min(MAX_REFILL_BACKOFF);
+                        }
+                    }
+                    continue;
+                }
+                (Some(false), _) => {
+                    // Killed as it drops.
+                    self.other_idle.lock().expect("pool lock").take();
+                    continue;
+                }
+                _ => {}
+            }
+            let expiry = async {
+                match look_again {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.refill.notified() => {}
                 _ = self.launcher.exits.notified() => {}
+                _ = expiry => {}
                 _ = shutdown.cancelled() => break,
             }
         }
         self.idle.lock().expect("pool lock").clear();
+        self.other_idle.lock().expect("pool lock").take();
     }
 }

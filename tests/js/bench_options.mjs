@@ -3,8 +3,8 @@
 // locale, time zone), a fingerprint preset, a device and with a proxy + idle timeout, and
 // context sessions without options, with a fingerprint and with a device; then a page
 // load through a session's forward proxy against the same Chromium started directly, alternated round by round.
-// With a baseline broker (another build), creates without options are also timed against
-// it, alternated with this one's.
+// With a baseline broker (another build), creates without options and recorded ones are
+// also timed against it, alternated with this one's.
 // usage: node --experimental-websocket bench_options.mjs <gate> <key> <site_url> <proxy> <rounds> [baseline_gate]
 import puppeteer from 'puppeteer-core';
 import { createToFirstReply } from './bench_common.mjs';
@@ -28,15 +28,20 @@ const variants = {
   fingerprint: { fingerprint: { os: 'windows' }, locale: 'de-DE', timezone: 'Europe/Berlin' },
   device: { device: 'Pixel 8' },
   proxy_idle: { proxy: { server: `http://${proxy}`, username: 'u', password: 'p' }, idle_timeout: 300 },
+  recorded: { record: true },
   context_none: { isolation: 'context' },
   context_fingerprint: { isolation: 'context', fingerprint: { os: 'windows' }, locale: 'de-DE', timezone: 'Europe/Berlin' },
   context_device: { isolation: 'context', device: 'Pixel 8' },
 };
+// Timed against the baseline too, when there is one.
+const compared = ['none', 'recorded'];
 const creates = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
-if (baselineApi) creates.none_baseline = [];
+if (baselineApi) for (const name of compared) creates[`${name}_baseline`] = [];
 for (let i = 0; i < rounds; i++) {
-  for (const [name, body] of Object.entries(variants)) creates[name].push(await firstReply(body));
-  if (baselineApi) creates.none_baseline.push(await firstReply({}, baselineApi));
+  for (const [name, body] of Object.entries(variants)) {
+    creates[name].push(await firstReply(body));
+    if (baselineApi && compared.includes(name)) creates[`${name}_baseline`].push(await firstReply(body, baselineApi));
+  }
 }
 
 async function loads(browser) {
