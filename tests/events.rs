@@ -560,6 +560,13 @@ async fn a_keys_stream_on_any_node_carries_every_nodes_sessions_and_no_other_key
             .all(|e| !of_key_a.iter().any(|a| e["session_id"] == a.as_str())),
         "key B heard key A's sessions: {seen_by_b:#?}"
     );
+
+    // A node that leaves mid-stream does not end the stream: A's own sessions still come;
+    // a node that joins mid-stream is heard from (nodes are looked for every few seconds).
     b.stop().await;
+    until_streamed(&a, KEY_A, &mut key_a).await;
+    let c = cluster_node(&redis, "node-c").await;
+    until_streamed(&c, KEY_A, &mut key_a).await;
+    c.stop().await;
     a.stop().await;
 }

@@ -1,6 +1,7 @@
 // What `block` saves on a heavy page, side by side in one run (run by
-// scripts/bench-block.sh): two sessions of one broker, one with
-// block: ["image", "media", "font"], one without, load the same page in turn, the HTTP
+// scripts/bench-block.sh): three sessions of one broker, one with
+// block: ["image", "media", "font"], one with block: ["ads"] (every request decided by the
+// broker), one without, load the same page in turn, the HTTP
 // cache off; each load's time (navigation to the load event) and the bytes the session's
 // gateway received for it (network.bytes_in before and after).
 // usage: node bench_block.mjs <gate> <key> <page_url> <rounds>
@@ -20,7 +21,13 @@ async function session(body) {
 }
 const bytesIn = async (id) => (await (await fetch(`${api}/public/sessions/${id}`, { headers })).json()).network.bytes_in;
 
-const variants = { none: await session({}), blocked: await session({ block: ['image', 'media', 'font'] }) };
+// `ads` with a list that matches nothing here: what deciding every request in the broker
+// (each one paused and continued over the keeper's connection) costs by itself.
+const variants = {
+  none: await session({}),
+  blocked: await session({ block: ['image', 'media', 'font'] }),
+  ads: await session({ block: ['ads'] }),
+};
 const results = Object.fromEntries(Object.keys(variants).map((k) => [k, { ms: [], bytes: [], blocked: 0 }]));
 for (const s of Object.values(variants)) await s.page.goto(`${site}?warm`, { waitUntil: 'load' });
 for (let i = 0; i < rounds; i++) {
@@ -45,6 +52,7 @@ out.blocked.blocked_requests_total = shown.network.blocked_requests;
 out.ratio = {
   load_time_blocked_over_none: +(out.blocked.load_ms_median / out.none.load_ms_median).toFixed(3),
   bytes_blocked_over_none: +(out.blocked.bytes_in_median / out.none.bytes_in_median).toFixed(4),
+  load_time_ads_over_none: +(out.ads.load_ms_median / out.none.load_ms_median).toFixed(3),
 };
 for (const s of Object.values(variants)) await s.browser.disconnect();
 console.log(JSON.stringify(out));
