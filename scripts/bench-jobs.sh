@@ -36,11 +36,7 @@ trap cleanup EXIT
 . scripts/bench-lib.sh
 browserless_setup
 
-mkdir -p "$tmp/site"
-echo '<html><head><title>job</title></head><body><h1>A page for the job</h1><p>Some text.</p></body></html>' >"$tmp/site/index.html"
-site_port=$(free_port)
-python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
-pids+=($!)
+page=$(serve_html '<html><head><title>job</title></head><body><h1>A page for the job</h1><p>Some text.</p></body></html>')
 
 key=bench-key-0123456789abcdef
 # Its defaults, plus one warm shared browser for the context sessions' first.
@@ -62,5 +58,5 @@ fi
 bl_ws=$(start_browserless "$concurrency")
 echo "load before: $(uptime)" >&2
 node tests/js/bench_jobs.mjs "$gate" "$key" "$bl_ws" \
-  "http://127.0.0.1:$site_port/index.html" "$rounds" "$jobs" "$concurrency" | python3 -m json.tool
+  "$page" "$rounds" "$jobs" "$concurrency" | python3 -m json.tool
 echo "load after: $(uptime)" >&2

@@ -128,3 +128,15 @@ start_browserless() {
   esac
   echo "$ws"
 }
+
+# serve_html HTML -> prints the URL of a local page with that HTML (python's http.server on
+# loopback, under "$tmp/site"); its pid goes to "$tmp/broker-pids".
+serve_html() {
+  local port
+  mkdir -p "$tmp/site"
+  echo "$1" >"$tmp/site/index.html"
+  port=$(free_port)
+  python3 -m http.server "$port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
+  echo $! >>"$tmp/broker-pids"
+  echo "http://127.0.0.1:$port/index.html"
+}

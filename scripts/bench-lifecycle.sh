@@ -30,11 +30,7 @@ cleanup() {
 trap cleanup EXIT
 browserless_setup
 
-mkdir -p "$tmp/site"
-echo '<html><head><title>lifecycle</title></head><body><h1>A local page</h1><p>Some text.</p></body></html>' >"$tmp/site/index.html"
-site_port=$(free_port)
-python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
-pids+=($!)
+page=$(serve_html '<html><head><title>lifecycle</title></head><body><h1>A local page</h1><p>Some text.</p></body></html>')
 
 key=bench-key-0123456789abcdef
 # Room for the warm pool, the named pool's ready browsers and the sessions running.
@@ -43,6 +39,6 @@ gate=$(start_broker target/release/cdpgate lifecycle CDPGATE_CONTEXT_WARM_BROWSE
 bl_ws=$(start_browserless "$concurrency")
 echo "load before: $(uptime)" >&2
 POOL_SIZE=${POOL_SIZE:-2} node tests/js/bench_lifecycle.mjs "$gate" "$key" "$bl_ws" \
-  "http://127.0.0.1:$site_port/index.html" "$rounds" "$iterations" "$concurrency" \
+  "$page" "$rounds" "$iterations" "$concurrency" \
   "${KINDS:-process,context,pool,browserless}" | python3 -m json.tool
 echo "load after: $(uptime)" >&2
