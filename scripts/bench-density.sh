@@ -5,7 +5,7 @@
 # context sessions this machine holds with a page each while GET /health stays quick.
 # Also a page command's round trip in a process session and in a context session (whose
 # connections go through the filter's pipe), alternated on one broker.
-# usage: scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
+# usage: [CREATES_ONLY=1] scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions=${1:-20}
@@ -79,6 +79,8 @@ per_session() { python3 -c "print(round($1 / $2, 1))"; }
 
 common=(CDPGATE_MAX_SESSIONS=$((sessions + 5)) CDPGATE_QUEUE_TIMEOUT_MS=60000 CDPGATE_DEFAULT_TTL=3600)
 
+# CREATES_ONLY=1: only the creates at rest and back to back (no memory, round trip or capacity).
+if [ -z "${CREATES_ONLY:-}" ]; then
 echo "== memory: $sessions sessions, one simple page each"
 proc=$(start_broker target/release/cdpgate process "${common[@]}" CDPGATE_POOL_SIZE=0)
 ctx=$(start_broker target/release/cdpgate context "${common[@]}" CDPGATE_POOL_SIZE=0 CDPGATE_MAX_CONTEXTS_PER_BROWSER=100)
@@ -90,6 +92,7 @@ pss_c=$(pss context)
 echo "process: $opened_p, PSS ${pss_p} MiB, $(per_session "$pss_p" "$sessions") MiB per session"
 echo "context: $opened_c, PSS ${pss_c} MiB, $(per_session "$pss_c" "$sessions") MiB per session"
 stop_brokers
+fi
 
 echo "== create -> first CDP reply (process: warm pool of 2; context: 2 spare contexts, 1 warm browser)"
 proc=$(start_broker target/release/cdpgate process2 "${common[@]}")
@@ -104,6 +107,10 @@ for how in rest burst; do
   echo "$how, context: $(client latency "http://$ctx" "$key" context "$how" "$n")"
   sleep 3
 done
+if [ -n "${CREATES_ONLY:-}" ]; then
+  stop_brokers
+  exit 0
+fi
 echo "== a page command's round trip through cdpgate: process session vs context session (the pipe)"
 echo "$(client roundtrip "http://$ctx" "$key" 4000 process context)"
 stop_brokers

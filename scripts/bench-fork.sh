@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fork of a logged-in context session into N = 1, 4, 16 (each N once per round, rounds
 # alternated): time to the fork's 201 (every fork's cookies, tabs and storage written) and
-# to every fork's first CDP reply. Medians of ROUNDS runs.
-# usage: scripts/bench-fork.sh [ROUNDS] [COUNTS]
+# to every fork's first CDP reply. Medians of ROUNDS runs; then the memory (PSS) per forked
+# session, and where the time goes inside the broker (its log).
+# BASELINE=path/to/cdpgate: an older build beside this one, alternated fork by fork.
+# usage: [BASELINE=BIN] scripts/bench-fork.sh [ROUNDS] [COUNTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -45,7 +47,33 @@ PY
 pids+=($!)
 
 key=bench-key-0123456789abcdef
-gate=$(start_broker target/release/cdpgate fork CDPGATE_DEFAULT_ISOLATION=context \
-  CDPGATE_CONTEXT_BROWSERS=1 CDPGATE_MAX_CONTEXTS_PER_BROWSER=40)
-node --experimental-websocket tests/js/bench_fork.mjs "http://$gate" "$key" "http://127.0.0.1:$site_port" \
-  "$rounds" "$counts" 2>/dev/null | python3 -m json.tool
+# The brokers log each fork's read, creates and writes (src/broker/fork.rs), one JSON line.
+settings=(CDPGATE_DEFAULT_ISOLATION=context CDPGATE_CONTEXT_BROWSERS=1 CDPGATE_MAX_CONTEXTS_PER_BROWSER=40
+  CDPGATE_LOG_FORMAT=json RUST_LOG=warn,cdpgate::broker::fork=info)
+gates="this=http://$(start_broker target/release/cdpgate fork "${settings[@]}")"
+names=(fork)
+if [ -n "${BASELINE:-}" ]; then
+  gates="$gates,baseline=http://$(start_broker "$BASELINE" baseline "${settings[@]}")"
+  names+=(baseline)
+fi
+echo "load before: $(uptime)"
+DATA_DIR="$tmp/data-fork" node --experimental-websocket tests/js/bench_fork.mjs "$gates" "$key" \
+  "http://127.0.0.1:$site_port" "$rounds" "$counts" | python3 -m json.tool
+echo "load after: $(uptime)"
+echo "Inside the broker (medians per N, ms from the fork's start: the source read, every fork's"
+echo "create; then the writes of every fork's state, from the last of those; the memory fork included):"
+for name in "${names[@]}"; do
+  python3 - "$tmp/$name.log" "$name" <<'PY'
+import json, statistics, sys
+by_n = {}
+for line in open(sys.argv[1]):
+    if "session forked" not in line:
+        continue
+    f = json.loads(line).get("fields", {})
+    if "read_ms" in f:
+        by_n.setdefault(f["forks"], []).append((f["read_ms"], f["create_ms"], f["write_ms"]))
+for n, rows in sorted(by_n.items()):
+    med = [statistics.median(r[i] for r in rows) for i in range(3)]
+    print(f"{sys.argv[2].replace('fork', 'this')} N={n} ({len(rows)} forks): read {med[0]:.0f}, creates {med[1]:.0f}, writes {med[2]:.0f}")
+PY
+done

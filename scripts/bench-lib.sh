@@ -67,3 +67,76 @@ CONF
   cat "$tmp/nginx/logs/error.log" >&2
   exit 1
 }
+
+# browserless 2.42 from npm, installed once under target/bench-browserless, on the Chromium
+# executable BROWSERLESS_CHROME (default Debian's /usr/bin/chromium; the headless shell:
+# /usr/lib/chromium/chromium-headless-shell). It insists on finding every browser it knows
+# (Chrome, Edge, Playwright's Chromium, Firefox, WebKit): browserless_setup links the
+# missing paths to that executable, noting each link in "$tmp/browserless-links";
+# browserless_unlink (call it at exit) removes them. Only Chromium is ever started.
+browserless_setup() {
+  local b path
+  bl=target/bench-browserless
+  bl_chrome=${BROWSERLESS_CHROME:-/usr/bin/chromium}
+  if ! [ -d "$bl/node_modules/@browserless.io/browserless" ]; then
+    mkdir -p "$bl"
+    (cd "$bl" && npm install --silent --no-audit --no-fund @browserless.io/browserless@2.42.0)
+  fi
+  # It requires its own copy of playwright-core where npm hoisted the shared one.
+  mkdir -p "$bl/node_modules/@browserless.io/browserless/node_modules"
+  ln -sfn "$(pwd)/$bl/node_modules/playwright-core" "$bl/node_modules/@browserless.io/browserless/node_modules/playwright-core"
+  for b in chromium firefox webkit; do
+    browserless_link "$(cd "$bl" && node -e "import('playwright-core').then(p=>console.log(p.$b.executablePath()))")"
+  done
+  browserless_link /usr/bin/google-chrome-stable
+  browserless_link /usr/bin/microsoft-edge-stable
+}
+
+browserless_link() {
+  if ! [ -e "$1" ]; then
+    mkdir -p "$(dirname "$1")"
+    ln -s "$bl_chrome" "$1"
+    echo "$1" >>"$tmp/browserless-links"
+  elif [ -L "$1" ] && [ "$(readlink "$1")" != "$bl_chrome" ]; then
+    echo "$1 links to $(readlink "$1"), not $bl_chrome: remove it first" >&2
+    exit 1
+  fi
+}
+
+browserless_unlink() {
+  [ -f "$tmp/browserless-links" ] || return 0
+  while read -r l; do rm -f "$l"; done <"$tmp/browserless-links"
+  rm -f "$tmp/browserless-links"
+}
+
+# start_browserless CONCURRENCY -> prints the WebSocket URL a Puppeteer connect takes (each
+# connection launches a browser; on the headless shell with "headless": "shell"). Its pid
+# goes to "$tmp/broker-pids" with the brokers'. Call browserless_setup first.
+start_browserless() {
+  local port
+  port=$(free_port)
+  (cd "$bl/node_modules/@browserless.io/browserless" && PORT=$port HOST=127.0.0.1 TOKEN=bench-token \
+    CONCURRENT="$1" QUEUED=1000 DEBUG=-* exec node build/index.js) >"$tmp/browserless.log" 2>&1 &
+  echo $! >>"$tmp/broker-pids"
+  for _ in $(seq 150); do
+    curl -sf "http://127.0.0.1:$port/json/version?token=bench-token" >/dev/null && break
+    sleep 0.2
+  done
+  local ws="ws://127.0.0.1:$port/chromium?token=bench-token"
+  case "$bl_chrome" in
+    *headless-shell*) ws="$ws&launch=%7B%22headless%22%3A%22shell%22%7D" ;;
+  esac
+  echo "$ws"
+}
+
+# serve_html HTML -> prints the URL of a local page with that HTML (python's http.server on
+# loopback, under "$tmp/site"); its pid goes to "$tmp/broker-pids".
+serve_html() {
+  local port
+  mkdir -p "$tmp/site"
+  echo "$1" >"$tmp/site/index.html"
+  port=$(free_port)
+  python3 -m http.server "$port" --bind 127.0.0.1 --directory "$tmp/site" >/dev/null 2>&1 &
+  echo $! >>"$tmp/broker-pids"
+  echo "http://127.0.0.1:$port/index.html"
+}

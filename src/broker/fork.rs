@@ -3,7 +3,7 @@
 //! storage) and with its options and screen. All or none: the places in the key's quota
 //! are taken first, and any failure ends and forgets the forks already made.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
@@ -40,7 +40,12 @@ impl Broker {
         let max_ttl = Duration::from_secs(self.config.max_ttl);
         let creates = (0..request.count)
             .map(|_| self.create_placed(tenant.clone(), fork_of(&source, &record, &request, max_ttl)));
-        let (state, created) = tokio::join!(snapshot::read(&ws_url, context.as_deref()), join_all(creates));
+        // Where a fork's time goes (in the log line): the read, the creates, the writes.
+        let started = Instant::now();
+        let ((state, read_took), (created, create_took)) = tokio::join!(
+            async { (snapshot::read(&ws_url, context.as_deref()).await, started.elapsed()) },
+            async { (join_all(creates).await, started.elapsed()) }
+        );
         drop(places);
         let mut made = Vec::new();
         let (state, mut failure) = match state {
@@ -55,6 +60,7 @@ impl Broker {
                 }
             }
         }
+        let writing = Instant::now();
         if failure.is_none() {
             let writes = made.iter().map(|fork| write_into(fork, &state));
             for written in join_all(writes).await {
@@ -63,6 +69,7 @@ impl Broker {
                 }
             }
         }
+        let write_took = writing.elapsed();
         if let Some(e) = failure {
             for fork in &made {
                 let _ = self.delete(tenant, &fork.id).await;
@@ -74,7 +81,14 @@ impl Broker {
         }
         let (local_storage, session_storage) = state.storage_counts();
         source.span().in_scope(|| {
-            tracing::info!(forks = made.len(), tabs = state.tabs.len(), "session forked");
+            tracing::info!(
+                forks = made.len(),
+                tabs = state.tabs.len(),
+                read_ms = read_took.as_millis() as u64,
+                create_ms = create_took.as_millis() as u64,
+                write_ms = write_took.as_millis() as u64,
+                "session forked"
+            );
         });
         Ok(Forked {
             sessions: made,

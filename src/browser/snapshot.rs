@@ -95,7 +95,8 @@ pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot
 
 /// Puts `snapshot` into the fresh browser at `ws_url` (its default context) or its
 /// `context`: the cookies, then each tab (the first in the tab already open) loaded and
-/// scrolled.
+/// scrolled. The tabs are opened in order, then restored at once, each on a connection of
+/// its own: a tab's time is mostly its page's load, which the others need not wait for.
 pub(crate) async fn write(ws_url: &str, context: Option<&str>, snapshot: &Snapshot) -> Result<(), CdpError> {
     let mut conn = open(ws_url, context).await?;
     if !snapshot.cookies.is_empty() {
@@ -106,13 +107,15 @@ pub(crate) async fn write(ws_url: &str, context: Option<&str>, snapshot: &Snapsh
     // New tabs get the first one's window: the session's screen.
     let mut size = json!({ "width": null });
     if let Some(first) = &first
+        && snapshot.tabs.len() > 1
         && let Ok(window) = conn
             .call(None, "Browser.getWindowForTarget", json!({ "targetId": first }))
             .await
     {
         size = json!({ "width": window["bounds"]["width"], "height": window["bounds"]["height"] });
     }
-    for (i, tab) in snapshot.tabs.iter().enumerate() {
+    let mut targets = Vec::with_capacity(snapshot.tabs.len());
+    for i in 0..snapshot.tabs.len() {
         let target = match (&first, i) {
             (Some(first), 0) => first.clone(),
             _ => {
@@ -129,19 +132,38 @@ pub(crate) async fn write(ws_url: &str, context: Option<&str>, snapshot: &Snapsh
                 created["targetId"].as_str().unwrap_or_default().to_owned()
             }
         };
-        let attached = conn
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({ "targetId": target, "flatten": true }),
-            )
-            .await?;
-        let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
-        restore_tab(&mut conn, &session, tab).await?;
-        let _ = conn
-            .call(None, "Target.detachFromTarget", json!({ "sessionId": session }))
-            .await;
+        targets.push(target);
     }
+    let mut tabs = snapshot.tabs.iter().zip(&targets);
+    let Some((first_tab, first_target)) = tabs.next() else {
+        return Ok(());
+    };
+    let others = tabs.map(|(tab, target)| async move {
+        let mut own = open(ws_url, context).await?;
+        write_tab(&mut own, target, tab).await
+    });
+    let (first_written, others) = tokio::join!(
+        write_tab(&mut conn, first_target, first_tab),
+        futures_util::future::join_all(others)
+    );
+    first_written?;
+    others.into_iter().collect()
+}
+
+/// Restores `tab` into the page `target` on `conn`.
+async fn write_tab(conn: &mut Connection, target: &str, tab: &Tab) -> Result<(), CdpError> {
+    let attached = conn
+        .call(
+            None,
+            "Target.attachToTarget",
+            json!({ "targetId": target, "flatten": true }),
+        )
+        .await?;
+    let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
+    restore_tab(conn, &session, tab).await?;
+    let _ = conn
+        .call(None, "Target.detachFromTarget", json!({ "sessionId": session }))
+        .await;
     Ok(())
 }
 

@@ -2,59 +2,122 @@
 // logged in on a local site (a session cookie, localStorage, sessionStorage) with two tabs,
 // one scrolled; then, for each N, `POST /public/sessions/{id}/fork {"count": N}` timed to
 // its 201 (every fork's state written) and to the first CDP reply of every fork.
-// usage: node --experimental-websocket bench_fork.mjs <api> <key> <site> <rounds> <N,N,...>
+// Several brokers (name=api,name=api) each get a source, and are alternated fork by fork.
+// With DATA_DIR (the first broker's data_dir) it then forks the largest N once more on the
+// first broker, keeps the forks, and reads the PSS of every process in the process groups
+// of the browsers under DATA_DIR before and after: memory per forked session (each with
+// the source's two tabs).
+// usage: node --experimental-websocket bench_fork.mjs <api|name=api,...> <key> <site> <rounds> <N,N,...>
+import { readFileSync, readdirSync } from 'fs';
 import puppeteer from 'puppeteer-core';
 import { createToFirstReply } from './bench_common.mjs';
 
-const [api, key, site, rounds, counts] = process.argv.slice(2);
+const [apis, key, site, rounds, counts] = process.argv.slice(2);
+const targets = apis.split(',').map((t) => (t.includes('=') ? t.split('=') : ['this', t]));
 const headers = { 'X-API-Key': key, 'content-type': 'application/json' };
-const post = async (path, body) => (await fetch(`${api}${path}`, { method: 'POST', headers, body: JSON.stringify(body) }));
+const post = async (api, path, body) =>
+  await fetch(`${api}${path}`, { method: 'POST', headers, body: JSON.stringify(body) });
 const firstReply = (url) => new Promise((ok, fail) => {
   const ws = new WebSocket(url);
   ws.onerror = fail;
   ws.onopen = () => ws.send(JSON.stringify({ id: 1, method: 'Browser.getVersion', params: {} }));
   ws.onmessage = () => { ws.close(); ok(); };
 });
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return +s[Math.floor(s.length / 2)].toFixed(1); };
+const q = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return +s[Math.min(s.length - 1, Math.floor(s.length * p))].toFixed(1); };
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
-// A warm-up create, so the shared browser is started before anything is timed.
-await createToFirstReply(api, key, { isolation: 'context' });
-const source = await (await post('/public/sessions', { isolation: 'context', ttl: 3600 })).json();
-const browser = await puppeteer.connect({ browserWSEndpoint: source.cdp_url, defaultViewport: null });
-const [first] = await browser.pages();
-await first.goto(`${site}/login`);
-await first.goto(`${site}/page/a`);
-const second = await browser.newPage();
-await second.goto(`${site}/page/b`);
-await second.evaluate(() => { sessionStorage.setItem('tab', 'second'); scrollTo(0, 1234); });
+async function loggedInSource(api) {
+  // A warm-up create, so the shared browser is started before anything is timed.
+  await createToFirstReply(api, key, { isolation: 'context' });
+  const source = await (await post(api, '/public/sessions', { isolation: 'context', ttl: 3600 })).json();
+  const browser = await puppeteer.connect({ browserWSEndpoint: source.cdp_url, defaultViewport: null });
+  const [first] = await browser.pages();
+  await first.goto(`${site}/login`);
+  await first.goto(`${site}/page/a`);
+  const second = await browser.newPage();
+  await second.goto(`${site}/page/b`);
+  await second.evaluate(() => { sessionStorage.setItem('tab', 'second'); scrollTo(0, 1234); });
+  return { source, browser };
+}
 
-const out = {};
+const sources = {};
+for (const [name, api] of targets) sources[name] = await loggedInSource(api);
 const ns = counts.split(',').map(Number);
-for (const n of ns) out[n] = { response_ms: [], all_replied_ms: [] };
+const out = {};
+for (const [name] of targets) {
+  out[name] = {};
+  for (const n of ns) out[name][n] = { response_ms: [], all_replied_ms: [] };
+}
 for (let r = 0; r < Number(rounds); r++) {
   for (const n of ns) {
-    const t0 = performance.now();
-    const answer = await post(`/public/sessions/${source.session_id}/fork`, { count: n });
-    const t1 = performance.now();
-    const body = await answer.json();
-    if (answer.status !== 201) throw new Error(JSON.stringify(body));
-    await Promise.all(body.sessions.map((s) => firstReply(s.cdp_url)));
-    const t2 = performance.now();
-    out[n].response_ms.push(t1 - t0);
-    out[n].all_replied_ms.push(t2 - t0);
-    await Promise.all(body.sessions.map((s) => post(`/public/sessions/${s.session_id}/terminate`, {})));
-    // Let the disposed contexts go before the next round.
-    await new Promise((ok) => setTimeout(ok, 1500));
+    for (const [name, api] of r % 2 ? [...targets].reverse() : targets) {
+      const t0 = performance.now();
+      const answer = await post(api, `/public/sessions/${sources[name].source.session_id}/fork`, { count: n });
+      const t1 = performance.now();
+      const body = await answer.json();
+      if (answer.status !== 201) throw new Error(JSON.stringify(body));
+      await Promise.all(body.sessions.map((s) => firstReply(s.cdp_url)));
+      const t2 = performance.now();
+      out[name][n].response_ms.push(t1 - t0);
+      out[name][n].all_replied_ms.push(t2 - t0);
+      await Promise.all(body.sessions.map((s) => post(api, `/public/sessions/${s.session_id}/terminate`, {})));
+      // Let the disposed contexts go before the next fork.
+      await sleep(1500);
+    }
   }
 }
-await browser.disconnect();
-await post(`/public/sessions/${source.session_id}/terminate`, {});
-const summary = {};
-for (const n of ns) {
-  summary[`N=${n}`] = {
-    fork_201_median_ms: median(out[n].response_ms),
-    all_first_reply_median_ms: median(out[n].all_replied_ms),
-    runs_ms: out[n].response_ms.map((x) => +x.toFixed(1)),
-  };
+
+// PSS (KiB) of every process in the process groups of the browsers under DATA_DIR.
+function pssKib(root) {
+  const procs = readdirSync('/proc').filter((p) => /^\d+$/.test(p));
+  const pgrp = (p) => Number(readFileSync(`/proc/${p}/stat`, 'utf8').split(')').pop().trim().split(/\s+/)[2]);
+  const groups = new Set();
+  for (const p of procs) {
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`).includes(root)) groups.add(pgrp(p));
+    } catch { /* gone */ }
+  }
+  let total = 0;
+  for (const p of procs) {
+    try {
+      if (!groups.has(pgrp(p))) continue;
+      const m = readFileSync(`/proc/${p}/smaps_rollup`, 'utf8').match(/^Pss:\s+(\d+)/m);
+      if (m) total += Number(m[1]);
+    } catch { /* gone */ }
+  }
+  return total;
 }
+let memory;
+if (process.env.DATA_DIR) {
+  const [name, api] = targets[0];
+  const n = Math.max(...ns);
+  await sleep(3000);
+  const before = pssKib(process.env.DATA_DIR);
+  const answer = await post(api, `/public/sessions/${sources[name].source.session_id}/fork`, { count: n });
+  const body = await answer.json();
+  if (answer.status !== 201) throw new Error(JSON.stringify(body));
+  await sleep(3000);
+  const after = pssKib(process.env.DATA_DIR);
+  memory = {
+    broker: name, forks: n, pss_before_mib: +(before / 1024).toFixed(1), pss_after_mib: +(after / 1024).toFixed(1),
+    per_fork_mib: +((after - before) / 1024 / n).toFixed(1),
+  };
+  await Promise.all(body.sessions.map((s) => post(api, `/public/sessions/${s.session_id}/terminate`, {})));
+}
+const summary = {};
+for (const [name, api] of targets) {
+  await sources[name].browser.disconnect();
+  await post(api, `/public/sessions/${sources[name].source.session_id}/terminate`, {});
+  for (const n of ns) {
+    const o = out[name][n];
+    summary[`${name} N=${n}`] = {
+      fork_201_p50_ms: q(o.response_ms, 0.5),
+      all_first_reply_p50_ms: q(o.all_replied_ms, 0.5),
+      all_first_reply_p90_ms: q(o.all_replied_ms, 0.9),
+      fork_201_runs_ms: o.response_ms.map((x) => +x.toFixed(1)),
+      all_first_reply_runs_ms: o.all_replied_ms.map((x) => +x.toFixed(1)),
+    };
+  }
+}
+if (memory) summary.memory = memory;
 console.log(JSON.stringify(summary));
