@@ -2,13 +2,15 @@
 # One-call screenshots: cdpgate's POST /public/screenshot (release build, defaults, one warm
 # shared browser) against browserless 2.42's POST /screenshot (npm, on the same Debian
 # Chromium), of the same local page, side by side in one run, alternated round by round,
-# at concurrency 1 and 4. browserless is installed under target/bench-browserless and
-# linked to Chromium as scripts/bench-jobs.sh does (the links it made removed after).
+# at concurrency 1 and 4. browserless is installed and linked to Chromium by
+# scripts/bench-lib.sh (the links it made removed after).
 # BROWSERLESS_CHROME=/usr/lib/chromium/chromium-headless-shell runs browserless on the
 # headless shell, the browser cdpgate's context sessions use.
 # DOOR=markdown measures POST /public/markdown (and /public/content) of a local article
 # (about 40 KB: navigation, twelve sections of paragraphs and links, a footer) against
 # browserless's POST /content, its nearest call (it has no markdown).
+# WARM_BROWSERS (default 1) is cdpgate's context_warm_browsers; CONCURRENCY (default "1 4")
+# the concurrencies run.
 # usage: [BROWSERLESS_CHROME=…] [DOOR=screenshot|markdown] scripts/bench-onecall.sh [ROUNDS] [CALLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,42 +19,18 @@ calls=${2:-20}
 door=${DOOR:-screenshot}
 scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
-bl=target/bench-browserless
-if ! [ -d "$bl/node_modules/@browserless.io/browserless" ]; then
-  mkdir -p "$bl"
-  (cd "$bl" && npm install --silent --no-audit --no-fund @browserless.io/browserless@2.42.0)
-fi
-mkdir -p "$bl/node_modules/@browserless.io/browserless/node_modules"
-ln -sfn "$(pwd)/$bl/node_modules/playwright-core" "$bl/node_modules/@browserless.io/browserless/node_modules/playwright-core"
-bl_chrome=${BROWSERLESS_CHROME:-/usr/bin/chromium}
-links=()
-link_browser() {
-  if ! [ -e "$1" ]; then
-    mkdir -p "$(dirname "$1")"
-    ln -s "$bl_chrome" "$1"
-    links+=("$1")
-  elif [ -L "$1" ] && [ "$(readlink "$1")" != "$bl_chrome" ]; then
-    echo "$1 links to $(readlink "$1"), not $bl_chrome: remove it first" >&2
-    exit 1
-  fi
-}
-for b in chromium firefox webkit; do
-  link_browser "$(cd "$bl" && node -e "import('playwright-core').then(p=>console.log(p.$b.executablePath()))")"
-done
-link_browser /usr/bin/google-chrome-stable
-link_browser /usr/bin/microsoft-edge-stable
-
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
   kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
   wait 2>/dev/null || true
-  for l in "${links[@]}"; do rm -f "$l"; done
+  browserless_unlink
   sleep 1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 . scripts/bench-lib.sh
+browserless_setup
 
 mkdir -p "$tmp/site"
 cat >"$tmp/site/index.html" <<'HTML'
@@ -84,17 +62,11 @@ python3 -m http.server "$site_port" --bind 127.0.0.1 --directory "$tmp/site" >/d
 pids+=($!)
 
 key=bench-key-0123456789abcdef
-gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS=1)
-bl_port=$(free_port)
-(cd "$bl/node_modules/@browserless.io/browserless" && PORT=$bl_port HOST=127.0.0.1 TOKEN=bench-token \
-  CONCURRENT=4 QUEUED=1000 DEBUG=-* exec node build/index.js) >"$tmp/browserless.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 150); do
-  curl -sf "http://127.0.0.1:$bl_port/json/version?token=bench-token" >/dev/null && break
-  sleep 0.2
-done
-for c in 1 4; do
-  node tests/js/bench_onecall.mjs "$gate" "$key" "127.0.0.1:$bl_port" bench-token \
+gate=$(start_broker target/release/cdpgate cdpgate CDPGATE_CONTEXT_WARM_BROWSERS="${WARM_BROWSERS:-1}")
+# Its HTTP API on the address of the WebSocket URL it answers on.
+bl_address=$(start_browserless 4 | sed -E 's#^ws://([^/]+)/.*#\1#')
+for c in ${CONCURRENCY:-1 4}; do
+  node tests/js/bench_onecall.mjs "$gate" "$key" "$bl_address" bench-token \
     "http://127.0.0.1:$site_port/$([ "$door" = markdown ] && echo article || echo index).html" \
     "$rounds" "$calls" "$c" "$door"
 done
