@@ -179,8 +179,6 @@ pub enum NamedPoolError {
          ({limit}): a ready browser counts as a session of its key"
     )]
     OverQuota { total: usize, limit: usize },
-    #[error("isolation \"context\" is not offered for pools: a pool keeps browsers of their own (process)")]
-    Context,
 }
 
 impl NamedPoolError {

@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::error::{BrokerError, NamedPoolError};
-use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Taken};
+use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Ready, Taken};
 use super::request::NewSession;
 use crate::auth::{Tenant, random_hex};
-use crate::browser::pool::{Lease, PoolError};
-use crate::profile::cookies;
+use crate::browser::pool::PoolError;
+use crate::profile::{cookies, copy as profile_copy};
 use crate::quota::Kind;
-use crate::session::{Backing, Session};
+use crate::session::{Backing, Session, session_span};
+use crate::store::Isolation;
 
 /// The longest pause between failed refills of a pool.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -206,7 +207,7 @@ impl Broker {
         }
         // The ready browser's place in the quota passes to the session without a gap.
         let place = self.quotas.hold(&tenant, Kind::Managed);
-        let Some(lease) = pool.pop() else {
+        let Some(ready) = pool.pop() else {
             drop(place);
             pool.stats.lock().expect("pool lock").missed += 1;
             self.metrics.named_pool_misses.inc();
@@ -219,7 +220,7 @@ impl Broker {
         pool.wake.notify_one();
         pool.stats.lock().expect("pool lock").taken += 1;
         self.metrics.named_pool_hits.inc();
-        match self.create_on_ready(tenant.clone(), request, lease).await {
+        match self.create_on_ready(tenant.clone(), request, ready).await {
             Ok(session) => Ok(Taken { session, hit: true }),
             Err(e) => {
                 if matches!(e, BrokerError::Profile(crate::store::profiles::ProfileError::NotFound)) {
@@ -230,12 +231,12 @@ impl Broker {
         }
     }
 
-    /// A session on a ready browser: what a create does after its browser is there.
+    /// A session on a ready browser or context: what a create does after it is there.
     async fn create_on_ready(
         &self,
         tenant: Tenant,
         mut request: NewSession,
-        lease: Lease,
+        ready: Ready,
     ) -> Result<Arc<Session>, BrokerError> {
         if request.options.record && self.artifacts.ffmpeg.is_none() {
             return Err(BrokerError::OptionRefused(
@@ -250,7 +251,11 @@ impl Broker {
         // The browser the ready one is: chosen as for its refill.
         let (kind, reason) = self.choose_browser(&request)?;
         (request.options.browser, request.options.browser_reason) = (Some(kind), Some(reason));
-        let id = format!("sess_{}", random_hex(16));
+        // A ready context was bound for its session's id (its traffic is counted for it).
+        let (id, backing) = match ready {
+            Ready::Browser(lease) => (format!("sess_{}", random_hex(16)), Backing::Managed(lease)),
+            Ready::Context { id, lease } => (id, Backing::Context(lease)),
+        };
         let request = self.pick_fingerprint(&tenant, request).await?;
         let binding = match &request.profile_id {
             Some(profile_id) => {
@@ -259,15 +264,13 @@ impl Broker {
             }
             None => None,
         };
-        self.register(id, tenant, request, Backing::Managed(lease), binding)
-            .await
+        self.register(id, tenant, request, backing, binding).await
     }
 
     /// A pool's settings as they would run: its profile and extensions the key's own.
     async fn check_pool_spec(&self, tenant: &Tenant, spec: &PoolSpec) -> Result<(), BrokerError> {
-        if spec.options.isolation == crate::store::Isolation::Context {
-            return Err(NamedPoolError::Context.into());
-        }
+        // A context pool runs on the shared browsers' executable, as its sessions would.
+        self.choose_browser(&session_of(spec))?;
         self.check_proxy(&spec.options).await?;
         if let Some(id) = &spec.profile_id {
             self.profiles.get(tenant, id).await?;
@@ -297,10 +300,13 @@ impl Broker {
         let Ok(_place) = self.reserve_place(&pool.tenant, Kind::Managed).await else {
             return Ok(false);
         };
+        let spec = pool.spec();
+        if spec.options.isolation == Isolation::Context {
+            return self.refill_context(pool, &spec).await;
+        }
         if self.pool.free_slots() == 0 {
             return Ok(false);
         }
-        let spec = pool.spec();
         let (kind, _) = self.choose_browser(&session_of(&spec))?;
         let started = Instant::now();
         let extensions = match spec.options.extensions.is_empty() {
@@ -349,11 +355,66 @@ impl Broker {
             Err(PoolError::Busy) => return Ok(false),
             Err(e) => return Err(BrokerError::Capacity(e)),
         };
+        self.refilled(pool, started, Ready::Browser(lease));
+        Ok(true)
+    }
+
+    /// Makes one ready context for `pool`: a context in a shared browser of its key, its
+    /// traffic routed (through the pool's proxy) for the session id chosen now, the
+    /// profile's storage state (cookies, session cookies too, and localStorage) loaded in.
+    /// `Ok(false)` when the shared browsers have no room now.
+    async fn refill_context(&self, pool: &NamedPool, spec: &PoolSpec) -> Result<bool, BrokerError> {
+        let started = Instant::now();
+        let state = match &spec.profile_id {
+            None => None,
+            Some(profile_id) => {
+                if self.pool.free_slots() == 0 {
+                    return Ok(false); // the profile is read in a browser of its own
+                }
+                let profile = self.profiles.get(&pool.tenant, profile_id).await?;
+                // Held only while it is read: a ready context never writes the profile.
+                let hold = self
+                    .profiles
+                    .begin_use(profile, &format!("pool_{}", random_hex(8)), false)
+                    .await?;
+                let state = self.profile_copies.read_state(&hold).await;
+                self.profiles.end_use(hold).await;
+                Some(state?)
+            }
+        };
+        let id = format!("sess_{}", random_hex(16));
+        let tenant = &pool.tenant;
+        let span = session_span(&id, tenant);
+        let acquired = self
+            .shared
+            .acquire(
+                &tenant.to_string(),
+                spec.screen,
+                span,
+                spec.options.proxy.clone(),
+                false,
+            )
+            .await;
+        let lease = match acquired {
+            Ok(lease) => lease,
+            Err(PoolError::Busy) => return Ok(false),
+            Err(e) => return Err(BrokerError::Capacity(e)),
+        };
+        if let Some(state) = state {
+            let ws_url = lease.shared.browser.ws_url();
+            profile_copy::load_context_state(&ws_url, &lease.scope.context, &state)
+                .await
+                .map_err(BrokerError::ProfileBrowser)?;
+        }
+        self.refilled(pool, started, Ready::Context { id, lease });
+        Ok(true)
+    }
+
+    fn refilled(&self, pool: &NamedPool, started: Instant, ready: Ready) {
         let took = started.elapsed();
         self.metrics.named_pool_refill_time.observe(took);
         pool.stats.lock().expect("pool lock").last_refill_ms = Some(took.as_millis() as u64);
-        pool.push(lease);
-        Ok(true)
+        pool.push(ready);
     }
 
     /// Pools on this node and browsers ready in them, for `/metrics`.
@@ -415,7 +476,9 @@ async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
             }
         }
     }
-    let exits: Vec<_> = pool.drain().into_iter().map(|lease| lease.browser.exited()).collect();
+    let ready = pool.drain();
+    let exits: Vec<_> = ready.iter().map(Ready::gone).collect();
+    drop(ready);
     for exited in exits {
         let _ = tokio::time::timeout(Duration::from_secs(10), exited.cancelled()).await;
     }

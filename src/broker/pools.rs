@@ -3,7 +3,9 @@
 //! takes as long as registering a session. Each pool has a keeper task that refills it one
 //! launch at a time, only into a free slot and within the key's quota (a ready browser
 //! counts as a session of its key); a pool with none ready answers with a cold start of
-//! the same settings. Pools live on the node that defined them.
+//! the same settings. A pool of isolation "context" keeps contexts in the shared browsers
+//! instead, each bound to the id its session will have. Pools live on the node that
+//! defined them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::request::RequestedOptions;
 use crate::auth::Tenant;
 use crate::browser::pool::Lease;
+use crate::browser::shared::ContextLease;
 use crate::session::Session;
 use crate::values::Screen;
 
@@ -75,6 +78,31 @@ pub struct Taken {
     pub hit: bool,
 }
 
+/// A session made ready ahead of its take: a browser of its own, or a context in a shared
+/// browser (bound, its traffic routed, for the session id chosen with it; no client can
+/// reach it before that session exists).
+pub(super) enum Ready {
+    Browser(Lease),
+    Context { id: String, lease: ContextLease },
+}
+
+impl Ready {
+    pub(super) fn is_alive(&self) -> bool {
+        match self {
+            Ready::Browser(lease) => lease.browser.is_alive(),
+            Ready::Context { lease, .. } => lease.is_alive(),
+        }
+    }
+
+    /// Fires once it is gone, after it is dropped: its browser exited, or its context disposed.
+    pub(super) fn gone(&self) -> CancellationToken {
+        match self {
+            Ready::Browser(lease) => lease.browser.exited(),
+            Ready::Context { lease, .. } => lease.released(),
+        }
+    }
+}
+
 /// One pool: its settings, its ready browsers and its keeper's controls.
 pub(super) struct NamedPool {
     pub(super) name: String,
@@ -83,7 +111,7 @@ pub(super) struct NamedPool {
     pub(super) spec: Mutex<PoolSpec>,
     /// The definition as the API took it (its PATCHes merged in), kept for the next start.
     pub(super) definition: Mutex<Map<String, Value>>,
-    pub(super) ready: Mutex<VecDeque<Lease>>,
+    pub(super) ready: Mutex<VecDeque<Ready>>,
     pub(super) stats: Mutex<PoolStats>,
     /// Wakes the keeper: a browser was taken, or the size changed.
     pub(super) wake: Notify,
@@ -101,7 +129,7 @@ impl NamedPool {
     pub(super) fn missing(&self) -> usize {
         let size = self.spec.lock().expect("pool lock").size;
         let mut ready = self.ready.lock().expect("pool lock");
-        ready.retain(|l| l.browser.is_alive());
+        ready.retain(Ready::is_alive);
         size.saturating_sub(ready.len())
     }
 
@@ -109,29 +137,29 @@ impl NamedPool {
         self.ready.lock().expect("pool lock").len()
     }
 
-    /// A live ready browser, if one is there.
-    pub(super) fn pop(&self) -> Option<Lease> {
+    /// A live ready one, if one is there.
+    pub(super) fn pop(&self) -> Option<Ready> {
         let mut ready = self.ready.lock().expect("pool lock");
-        while let Some(lease) = ready.pop_front() {
-            if lease.browser.is_alive() {
-                return Some(lease);
+        while let Some(one) = ready.pop_front() {
+            if one.is_alive() {
+                return Some(one);
             }
         }
         None
     }
 
-    /// Keeps `lease` (the keeper lets go of what is past the size, or of all once stopped).
-    pub(super) fn push(&self, lease: Lease) {
-        self.ready.lock().expect("pool lock").push_back(lease);
+    /// Keeps `ready` (the keeper lets go of what is past the size, or of all once stopped).
+    pub(super) fn push(&self, ready: Ready) {
+        self.ready.lock().expect("pool lock").push_back(ready);
     }
 
-    /// Takes every ready browser out (to be dropped: killed, its directory removed).
-    pub(super) fn drain(&self) -> Vec<Lease> {
+    /// Takes every ready one out (to be dropped: killed or disposed, its directory removed).
+    pub(super) fn drain(&self) -> Vec<Ready> {
         self.ready.lock().expect("pool lock").drain(..).collect()
     }
 
     /// Ready browsers past the size, taken out.
-    pub(super) fn excess(&self) -> Vec<Lease> {
+    pub(super) fn excess(&self) -> Vec<Ready> {
         let size = self.spec.lock().expect("pool lock").size;
         let mut ready = self.ready.lock().expect("pool lock");
         let keep = size.min(ready.len());

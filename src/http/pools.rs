@@ -140,17 +140,15 @@ fn validate_pool(broker: &Broker, body: &Map<String, Value>) -> Result<(String, 
             "persist_changes must be false for a pool: its sessions never write their profile",
         ));
     }
-    if field(body, "isolation").is_some_and(|v| v == "context") {
-        return Err(ApiError::unprocessable(
-            "isolation \"context\" is not offered for pools: a pool keeps browsers of their own (process)",
-        ));
-    }
     let mut options: Map<String, Value> = body.clone();
     options.remove("name");
     options.remove("size");
     let mut new = validate_create(config, &options)?;
-    // A pool keeps browsers of its own, whatever the node's default isolation.
-    new.options.isolation = Isolation::Process;
+    // A pool keeps browsers of its own unless it asks for contexts, whatever the node's
+    // default isolation (the create's rules have refused what contexts cannot carry).
+    if !field(body, "isolation").is_some_and(|v| v == "context") {
+        new.options.isolation = Isolation::Process;
+    }
     let spec = PoolSpec {
         size,
         ttl: new.ttl,
