@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
+use super::NodeInfo;
 use super::error::{BrokerError, NamedPoolError};
 use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Ready, Taken};
 use super::request::NewSession;
@@ -19,6 +20,7 @@ use crate::profile::{cookies, copy as profile_copy};
 use crate::quota::Kind;
 use crate::session::{Backing, Session, session_span};
 use crate::store::Isolation;
+use crate::store::nodes::PoolShare;
 
 /// The longest pause between failed refills of a pool.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -27,7 +29,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 impl Broker {
     /// Defines a pool of `tenant` from `spec` (read from `definition`, which is kept for the
-    /// next start) and starts filling it.
+    /// next start and, in a cluster, for every node) and starts filling it.
     pub async fn create_pool(
         &self,
         tenant: &Tenant,
@@ -35,14 +37,36 @@ impl Broker {
         spec: PoolSpec,
         definition: Map<String, Value>,
     ) -> Result<PoolView, BrokerError> {
+        self.define(tenant, name, spec, definition, true).await
+    }
+
+    /// Defines here a pool whose definition is already stored (kept from before this
+    /// start, or made on another node of the cluster).
+    pub async fn define_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: PoolSpec,
+        definition: Map<String, Value>,
+    ) -> Result<PoolView, BrokerError> {
+        self.define(tenant, name, spec, definition, false).await
+    }
+
+    async fn define(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: PoolSpec,
+        definition: Map<String, Value>,
+        store: bool,
+    ) -> Result<PoolView, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         self.check_pool_spec(tenant, &spec).await?;
-        let pool = {
-            let mut pools = self.named.lock();
-            let key = (tenant.clone(), name.to_owned());
-            if pools.contains_key(&key) {
+        {
+            let pools = self.named.lock();
+            if pools.contains_key(&(tenant.clone(), name.to_owned())) {
                 return Err(NamedPoolError::Exists(name.to_owned()).into());
             }
             let count = pools.keys().filter(|(t, _)| t == tenant).count();
@@ -55,45 +79,180 @@ impl Broker {
                 .map(|p| p.spec().size)
                 .sum();
             self.check_pool_sizes(sizes + spec.size)?;
-            let pool = Arc::new(NamedPool {
-                name: name.to_owned(),
-                tenant: tenant.clone(),
-                created_at: SystemTime::now(),
-                spec: Mutex::new(spec),
-                definition: Mutex::new(definition),
-                ready: Mutex::default(),
-                stats: Mutex::default(),
-                wake: Notify::new(),
-                stop: self.shutdown.child_token(),
-                kept: CancellationToken::new(),
-            });
+        }
+        // In a cluster the name is the cluster's: the first definition written wins.
+        if store
+            && !self
+                .pool_definitions
+                .insert(tenant, name, &Value::Object(definition.clone()))
+                .await?
+        {
+            return Err(NamedPoolError::Exists(name.to_owned()).into());
+        }
+        let pool = Arc::new(NamedPool {
+            name: name.to_owned(),
+            tenant: tenant.clone(),
+            created_at: SystemTime::now(),
+            spec: Mutex::new(spec),
+            definition: Mutex::new(definition),
+            ready: Mutex::default(),
+            stats: Mutex::default(),
+            wake: Notify::new(),
+            stop: self.shutdown.child_token(),
+            kept: CancellationToken::new(),
+            share: self.named.share.clone(),
+        });
+        {
+            let mut pools = self.named.lock();
+            let key = (tenant.clone(), name.to_owned());
+            if pools.contains_key(&key) {
+                return Err(NamedPoolError::Exists(name.to_owned()).into());
+            }
             pools.insert(key, pool.clone());
-            pool
-        };
-        self.keep_definition(&pool);
+        }
         self.tracker.spawn(keep(self.me.clone(), pool.clone()));
         tracing::info!(tenant = %tenant, pool = %name, size = pool.spec().size, "pool defined");
         Ok(pool.view())
     }
 
-    /// `tenant`'s pools, by name.
-    pub fn pools_of(&self, tenant: &Tenant) -> Vec<PoolView> {
-        self.named.of(tenant).iter().map(|p| p.view()).collect()
+    /// `tenant`'s pools, by name (in a cluster, with the cluster's counts).
+    pub async fn pools_of(&self, tenant: &Tenant) -> Vec<PoolView> {
+        let mut views: Vec<PoolView> = self.named.of(tenant).iter().map(|p| p.view()).collect();
+        self.add_other_nodes(tenant, &mut views).await;
+        views
     }
 
-    pub fn pool_view(&self, tenant: &Tenant, name: &str) -> Result<PoolView, BrokerError> {
-        Ok(self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?.view())
+    pub async fn pool_view(&self, tenant: &Tenant, name: &str) -> Result<PoolView, BrokerError> {
+        let mut views = vec![self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?.view()];
+        self.add_other_nodes(tenant, &mut views).await;
+        Ok(views.remove(0))
+    }
+
+    /// Adds the other live nodes' shares (from their heartbeats) to `views`' counts.
+    async fn add_other_nodes(&self, tenant: &Tenant, views: &mut [PoolView]) {
+        let Some(nodes) = &self.nodes else { return };
+        let others = match nodes.all().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!(error = %e, "pool counts of other nodes unavailable");
+                Vec::new()
+            }
+        };
+        for view in views {
+            let stats = &mut view.stats;
+            let mut by_node = vec![(self.node.clone(), stats.ready)];
+            let key = format!("{tenant}.{}", view.name);
+            for (node, alive) in &others {
+                if !alive || node.id == self.node {
+                    continue;
+                }
+                if let Some(share) = node.pools.get(&key) {
+                    stats.ready += share.ready;
+                    stats.taken += share.taken;
+                    stats.missed += share.missed;
+                    stats.errors += share.errors;
+                    by_node.push((node.id.clone(), share.ready));
+                }
+            }
+            by_node.sort();
+            stats.nodes = Some(by_node);
+        }
+    }
+
+    /// This node's share of each pool, for its heartbeat.
+    pub(super) fn pool_shares(&self) -> std::collections::BTreeMap<String, PoolShare> {
+        self.named
+            .lock()
+            .values()
+            .map(|p| {
+                let stats = p.stats.lock().expect("pool lock").clone();
+                let share = PoolShare {
+                    ready: p.ready_count(),
+                    taken: stats.taken,
+                    missed: stats.missed,
+                    errors: stats.errors,
+                };
+                (format!("{}.{}", p.tenant, p.name), share)
+            })
+            .collect()
+    }
+
+    /// Reads this node's place among the live nodes again; every pool's keeper is woken
+    /// when it changed (a node came or went: the shares move).
+    pub(super) async fn refresh_pool_share(&self) {
+        let Some(nodes) = &self.nodes else { return };
+        let Ok(all) = nodes.all().await else { return };
+        let mut live: Vec<&str> = all
+            .iter()
+            .filter(|(_, alive)| *alive)
+            .map(|(n, _)| n.id.as_str())
+            .collect();
+        if !live.contains(&self.node.as_str()) {
+            live.push(&self.node);
+        }
+        live.sort_unstable();
+        let index = live.iter().position(|id| *id == self.node).unwrap_or_default();
+        if self.named.share.set(index, live.len()) {
+            tracing::info!(
+                nodes = live.len(),
+                index,
+                "the cluster's nodes changed: pool shares move"
+            );
+            for pool in self.named.lock().values() {
+                pool.wake.notify_one();
+            }
+        }
+    }
+
+    /// Whether a create from `tenant`'s pool `name` would find a ready one here (`404`
+    /// for a pool the key does not have).
+    pub fn pool_ready_here(&self, tenant: &Tenant, name: &str) -> Result<bool, BrokerError> {
+        Ok(self
+            .named
+            .get(tenant, name)
+            .ok_or(NamedPoolError::NotFound)?
+            .ready_count()
+            > 0)
+    }
+
+    /// The other live nodes with a ready one of `tenant`'s pool `name`, those with the
+    /// most first: where a create from it goes when none is ready here.
+    pub async fn pool_holders(&self, tenant: &Tenant, name: &str) -> Vec<NodeInfo> {
+        let Some(nodes) = &self.nodes else { return Vec::new() };
+        let key = format!("{tenant}.{name}");
+        let ready = |n: &NodeInfo| n.pools.get(&key).map_or(0, |s| s.ready);
+        let mut holders: Vec<NodeInfo> = nodes
+            .all()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, alive)| *alive && n.id != self.node && ready(n) > 0)
+            .map(|(n, _)| n)
+            .collect();
+        holders.sort_by(|a, b| ready(b).cmp(&ready(a)).then_with(|| a.id.cmp(&b.id)));
+        holders
     }
 
     /// Changes a pool's size, TTL or idle timeout (`patch`: the change as the API took
     /// it, merged into the kept definition); ready browsers past a smaller size go.
-    pub fn update_pool(
+    pub async fn update_pool(
         &self,
         tenant: &Tenant,
         name: &str,
         change: PoolChange,
         patch: Map<String, Value>,
     ) -> Result<PoolView, BrokerError> {
+        let pool = self.change_pool_here(tenant, name, change)?;
+        pool.definition.lock().expect("pool lock").extend(patch);
+        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
+        self.pool_definitions.put(tenant, name, &definition).await?;
+        let mut views = vec![pool.view()];
+        self.add_other_nodes(tenant, &mut views).await;
+        Ok(views.remove(0))
+    }
+
+    /// Applies a change to the pool here (`update_pool`'s, or one another node made).
+    fn change_pool_here(&self, tenant: &Tenant, name: &str, change: PoolChange) -> Result<Arc<NamedPool>, BrokerError> {
         let pool = self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?;
         if let Some(size) = change.size {
             let others: usize = self
@@ -117,24 +276,55 @@ impl Broker {
                 spec.options.idle_timeout = idle;
             }
         }
-        pool.definition.lock().expect("pool lock").extend(patch);
-        self.keep_definition(&pool);
         drop(pool.excess());
         pool.wake.notify_one();
-        Ok(pool.view())
+        Ok(pool)
+    }
+
+    /// Takes another node's change of a pool: its stored definition, `definition`, now
+    /// differs from this node's only by `change`.
+    pub fn follow_pool_change(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        change: PoolChange,
+        definition: Map<String, Value>,
+    ) -> Result<(), BrokerError> {
+        let pool = self.change_pool_here(tenant, name, change)?;
+        *pool.definition.lock().expect("pool lock") = definition;
+        Ok(())
+    }
+
+    /// The definition of a pool here, as kept.
+    pub fn pool_definition(&self, tenant: &Tenant, name: &str) -> Option<Map<String, Value>> {
+        let pool = self.named.get(tenant, name)?;
+        let definition = pool.definition.lock().expect("pool lock").clone();
+        Some(definition)
+    }
+
+    /// Every pool defined here: (key, name).
+    pub fn pool_names(&self) -> Vec<(Tenant, String)> {
+        self.named.lock().keys().cloned().collect()
     }
 
     /// Deletes a pool: its keeper stops and its ready browsers are killed (answered once
     /// they have exited); sessions already taken from it keep running.
     pub async fn delete_pool(&self, tenant: &Tenant, name: &str) -> Result<(), BrokerError> {
+        if self.named.get(tenant, name).is_none() {
+            return Err(NamedPoolError::NotFound.into());
+        }
+        // Gone from the store first: in a cluster, no node defines it again meanwhile.
+        self.pool_definitions.remove(tenant, name).await?;
+        self.drop_pool_here(tenant, name).await
+    }
+
+    /// Stops a pool here and lets go of its ready ones (its definition left as it is).
+    pub async fn drop_pool_here(&self, tenant: &Tenant, name: &str) -> Result<(), BrokerError> {
         let pool = self
             .named
             .lock()
             .remove(&(tenant.clone(), name.to_owned()))
             .ok_or(NamedPoolError::NotFound)?;
-        if let Err(e) = self.pool_definitions.remove(tenant, name) {
-            tracing::warn!(pool = %name, error = %e, "a deleted pool's definition could not be removed");
-        }
         pool.stop.cancel();
         // The keeper finishes a launch under way, then kills every browser and waits for them.
         let bound = self.config.launch_timeout() * 2 + Duration::from_secs(5);
@@ -143,34 +333,29 @@ impl Broker {
         Ok(())
     }
 
-    /// Writes a pool's definition for the next start; a pool whose definition cannot be
-    /// written still runs (it is only forgotten at a restart).
-    fn keep_definition(&self, pool: &NamedPool) {
-        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
-        if let Err(e) = self.pool_definitions.put(&pool.tenant, &pool.name, &definition) {
-            tracing::warn!(pool = %pool.name, error = %e, "a pool's definition could not be kept for the next start");
-        }
-    }
-
-    /// The pools defined before this start, of the keys configured now; the definitions
-    /// of keys no longer configured are removed (their pools are not defined again).
-    pub fn stored_pools(&self) -> Vec<(Tenant, String, Value)> {
+    /// The stored pools of the keys configured now. On one node, the definitions of keys
+    /// no longer configured are removed (their pools are not defined again); in a cluster
+    /// they are only skipped (another node may serve that key).
+    pub async fn stored_pools(&self) -> Result<Vec<(Tenant, String, Value)>, BrokerError> {
         let keys: Vec<&Tenant> = self.keys.tenants().collect();
         let (kept, revoked): (Vec<_>, Vec<_>) = self
             .pool_definitions
             .all()
+            .await?
             .into_iter()
             .partition(|(tenant, _, _)| keys.contains(&tenant));
-        for (tenant, name, _) in revoked {
-            tracing::info!(tenant = %tenant, pool = %name, "pool of a key no longer configured: forgotten");
-            self.forget_pool_definition(&tenant, &name);
+        if !self.pool_definitions.is_shared() {
+            for (tenant, name, _) in revoked {
+                tracing::info!(tenant = %tenant, pool = %name, "pool of a key no longer configured: forgotten");
+                self.forget_pool_definition(&tenant, &name).await;
+            }
         }
-        kept
+        Ok(kept)
     }
 
     /// Removes a stored definition that can no longer be defined.
-    pub fn forget_pool_definition(&self, tenant: &Tenant, name: &str) {
-        if let Err(e) = self.pool_definitions.remove(tenant, name) {
+    pub async fn forget_pool_definition(&self, tenant: &Tenant, name: &str) {
+        if let Err(e) = self.pool_definitions.remove(tenant, name).await {
             tracing::warn!(pool = %name, error = %e, "a pool's definition could not be removed");
         }
     }
@@ -186,12 +371,22 @@ impl Broker {
     }
 
     /// A session from `tenant`'s pool `name`: a ready browser if there is one, else a cold
-    /// start with the pool's settings.
-    pub async fn create_from_pool(&self, tenant: Tenant, name: &str, take: PoolTake) -> Result<Taken, BrokerError> {
+    /// start with the pool's settings (without `cold`, a refusal: another node sent it
+    /// here for a ready one).
+    pub async fn create_from_pool(
+        &self,
+        tenant: Tenant,
+        name: &str,
+        take: PoolTake,
+        cold: bool,
+    ) -> Result<Taken, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         let pool = self.named.get(&tenant, name).ok_or(NamedPoolError::NotFound)?;
+        if !cold && pool.ready_count() == 0 {
+            return Err(NamedPoolError::NoneReady.into());
+        }
         let mut request = session_of(&pool.spec());
         if let Some(idle) = take.idle_timeout {
             request.options.idle_timeout = idle;
@@ -271,6 +466,11 @@ impl Broker {
     async fn check_pool_spec(&self, tenant: &Tenant, spec: &PoolSpec) -> Result<(), BrokerError> {
         // A context pool runs on the shared browsers' executable, as its sessions would.
         self.choose_browser(&session_of(spec))?;
+        if self.pool_definitions.is_shared() && spec.options.proxy.as_ref().is_some_and(|p| p.password.is_some()) {
+            return Err(BrokerError::OptionRefused(
+                "proxy: a pool of a cluster cannot carry a proxy password: its definition is kept in Redis, where nothing secret is kept".into(),
+            ));
+        }
         self.check_proxy(&spec.options).await?;
         if let Some(id) = &spec.profile_id {
             self.profiles.get(tenant, id).await?;
@@ -438,6 +638,8 @@ async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
             match b.refill_one(&pool).await {
                 Ok(true) => {
                     backoff = Duration::from_millis(250);
+                    // The others learn of it now, not at the next heartbeat.
+                    b.beat().await;
                     continue;
                 }
                 Ok(false) => pause = Some(RECHECK),

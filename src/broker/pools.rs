@@ -4,10 +4,11 @@
 //! launch at a time, only into a free slot and within the key's quota (a ready browser
 //! counts as a session of its key); a pool with none ready answers with a cold start of
 //! the same settings. A pool of isolation "context" keeps contexts in the shared browsers
-//! instead, each bound to the id its session will have. Pools live on the node that
-//! defined them.
+//! instead, each bound to the id its session will have. In a cluster every node knows
+//! every pool (the definitions are in Redis) and keeps its share of each pool's size.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -70,6 +71,44 @@ pub struct PoolStats {
     pub last_error: Option<String>,
     /// How long the last ready browser took to make.
     pub last_refill_ms: Option<u64>,
+    /// In a cluster: ready ones by node (this one's included); the counts above are the
+    /// cluster's.
+    pub nodes: Option<Vec<(String, usize)>>,
+}
+
+/// This node's place among the cluster's live nodes, which decides its share of each
+/// pool: `size / nodes`, and one more on `size % nodes` of them (which ones turns with the
+/// pool's name, so that pools of size 1 do not all sit on one node). One node alone keeps
+/// every pool whole.
+#[derive(Debug)]
+pub(super) struct Share {
+    index: AtomicUsize,
+    nodes: AtomicUsize,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            index: AtomicUsize::new(0),
+            nodes: AtomicUsize::new(1),
+        }
+    }
+}
+
+impl Share {
+    /// Sets this node's place; whether it changed.
+    pub(super) fn set(&self, index: usize, nodes: usize) -> bool {
+        let nodes = nodes.max(1);
+        let before = (self.index.swap(index, Relaxed), self.nodes.swap(nodes, Relaxed));
+        before != (index, nodes)
+    }
+
+    /// This node's part of `size` ready ones for the pool `name`.
+    pub(super) fn of(&self, name: &str, size: usize) -> usize {
+        let (index, nodes) = (self.index.load(Relaxed), self.nodes.load(Relaxed).max(1));
+        let turn = name.bytes().map(usize::from).sum::<usize>();
+        size / nodes + usize::from((index + turn) % nodes < size % nodes)
+    }
 }
 
 /// A session handed out by a pool, and whether a ready browser was there for it.
@@ -119,15 +158,22 @@ pub(super) struct NamedPool {
     /// has let go of every browser.
     pub(super) stop: CancellationToken,
     pub(super) kept: CancellationToken,
+    /// This node's place in the cluster (shared by every pool).
+    pub(super) share: Arc<Share>,
 }
 
 impl NamedPool {
+    /// How many this node keeps ready.
+    pub(super) fn target(&self) -> usize {
+        self.share.of(&self.name, self.spec.lock().expect("pool lock").size)
+    }
+
     pub(super) fn spec(&self) -> PoolSpec {
         self.spec.lock().expect("pool lock").clone()
     }
 
     pub(super) fn missing(&self) -> usize {
-        let size = self.spec.lock().expect("pool lock").size;
+        let size = self.target();
         let mut ready = self.ready.lock().expect("pool lock");
         ready.retain(Ready::is_alive);
         size.saturating_sub(ready.len())
@@ -160,7 +206,7 @@ impl NamedPool {
 
     /// Ready browsers past the size, taken out.
     pub(super) fn excess(&self) -> Vec<Ready> {
-        let size = self.spec.lock().expect("pool lock").size;
+        let size = self.target();
         let mut ready = self.ready.lock().expect("pool lock");
         let keep = size.min(ready.len());
         ready.drain(keep..).collect()
@@ -182,6 +228,7 @@ impl NamedPool {
 #[derive(Default)]
 pub(super) struct NamedPools {
     pools: Mutex<HashMap<(Tenant, String), Arc<NamedPool>>>,
+    pub(super) share: Arc<Share>,
 }
 
 impl NamedPools {
@@ -220,5 +267,32 @@ impl NamedPools {
             pool.stop.cancel();
             drop(pool.drain());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_shares_add_up_to_the_size() {
+        for nodes in 1..=4 {
+            for size in 0..=9 {
+                for name in ["a", "login", "x-1"] {
+                    let total: usize = (0..nodes)
+                        .map(|index| {
+                            let share = Share::default();
+                            share.set(index, nodes);
+                            share.of(name, size)
+                        })
+                        .sum();
+                    assert_eq!(total, size, "{name}: {size} over {nodes} nodes");
+                }
+            }
+        }
+        let alone = Share::default();
+        assert_eq!(alone.of("a", 5), 5);
+        assert!(alone.set(1, 2));
+        assert!(!alone.set(1, 2));
     }
 }
