@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Broker;
 use super::NodeInfo;
 use super::error::{BrokerError, NamedPoolError};
-use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Ready, Taken};
+use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Ready, ReadyKind, Taken};
 use super::request::NewSession;
 use crate::auth::{Tenant, random_hex};
 use crate::browser::pool::PoolError;
@@ -21,6 +21,7 @@ use crate::quota::Kind;
 use crate::session::{Backing, Session, session_span};
 use crate::store::Isolation;
 use crate::store::nodes::PoolShare;
+use crate::store::profiles::Profile;
 
 /// The longest pause between failed refills of a pool.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -447,16 +448,16 @@ impl Broker {
         let (kind, reason) = self.choose_browser(&request)?;
         (request.options.browser, request.options.browser_reason) = (Some(kind), Some(reason));
         // A ready context was bound for its session's id (its traffic is counted for it).
-        let (id, backing) = match ready {
-            Ready::Browser(lease) => (format!("sess_{}", random_hex(16)), Backing::Managed(lease)),
-            Ready::Context { id, lease } => (id, Backing::Context(lease)),
+        let (id, backing) = match ready.kind {
+            ReadyKind::Browser(lease) => (format!("sess_{}", random_hex(16)), Backing::Managed(lease)),
+            ReadyKind::Context { id, lease } => (id, Backing::Context(lease)),
         };
-        let request = self.pick_fingerprint(&tenant, request).await?;
-        let binding = match &request.profile_id {
-            Some(profile_id) => {
-                let profile = self.profiles.get(&tenant, profile_id).await?;
-                Some(self.profile_binding(self.profiles.begin_use(profile, &id, false).await?))
-            }
+        // The profile as the refill read it: no record is read on the take (a profile
+        // deleted since took the pool's ready ones with it).
+        let remembered = ready.profile.as_ref().and_then(|p| p.fingerprint.clone());
+        let request = self.pick_fingerprint_from(&tenant, request, remembered).await?;
+        let binding = match ready.profile {
+            Some(profile) => Some(self.profile_binding(self.profiles.begin_use(profile, &id, false).await?)),
             None => None,
         };
         self.register(id, tenant, request, backing, binding).await
@@ -513,14 +514,17 @@ impl Broker {
             true => None,
             false => Some(self.extensions.hold(&pool.tenant, &spec.options.extensions)?),
         };
-        let launched = match &spec.profile_id {
+        let profile = match &spec.profile_id {
+            Some(id) => Some(self.profiles.get(&pool.tenant, id).await?),
+            None => None,
+        };
+        let launched = match &profile {
             None => self.pool.acquire_spare(spec.screen, kind, None, extensions).await,
-            Some(profile_id) => {
-                let profile = self.profiles.get(&pool.tenant, profile_id).await?;
+            Some(profile) => {
                 // Held only while it is copied: a ready browser never writes the profile.
                 let hold = self
                     .profiles
-                    .begin_use(profile, &format!("pool_{}", random_hex(8)), false)
+                    .begin_use(profile.clone(), &format!("pool_{}", random_hex(8)), false)
                     .await?;
                 let dir = self.pool.scratch_dir();
                 let copied = self.profiles.copy_into(&hold, &dir).await;
@@ -555,7 +559,7 @@ impl Broker {
             Err(PoolError::Busy) => return Ok(false),
             Err(e) => return Err(BrokerError::Capacity(e)),
         };
-        self.refilled(pool, started, Ready::Browser(lease));
+        self.refilled(pool, started, ReadyKind::Browser(lease), profile);
         Ok(true)
     }
 
@@ -565,17 +569,18 @@ impl Broker {
     /// `Ok(false)` when the shared browsers have no room now.
     async fn refill_context(&self, pool: &NamedPool, spec: &PoolSpec) -> Result<bool, BrokerError> {
         let started = Instant::now();
+        let mut profile = None;
         let state = match &spec.profile_id {
             None => None,
             Some(profile_id) => {
                 if self.pool.free_slots() == 0 {
                     return Ok(false); // the profile is read in a browser of its own
                 }
-                let profile = self.profiles.get(&pool.tenant, profile_id).await?;
+                let found = profile.insert(self.profiles.get(&pool.tenant, profile_id).await?);
                 // Held only while it is read: a ready context never writes the profile.
                 let hold = self
                     .profiles
-                    .begin_use(profile, &format!("pool_{}", random_hex(8)), false)
+                    .begin_use(found.clone(), &format!("pool_{}", random_hex(8)), false)
                     .await?;
                 let state = self.profile_copies.read_state(&hold).await;
                 self.profiles.end_use(hold).await;
@@ -606,11 +611,12 @@ impl Broker {
                 .await
                 .map_err(BrokerError::ProfileBrowser)?;
         }
-        self.refilled(pool, started, Ready::Context { id, lease });
+        self.refilled(pool, started, ReadyKind::Context { id, lease }, profile);
         Ok(true)
     }
 
-    fn refilled(&self, pool: &NamedPool, started: Instant, ready: Ready) {
+    fn refilled(&self, pool: &NamedPool, started: Instant, kind: ReadyKind, profile: Option<Arc<Profile>>) {
+        let ready = Ready { kind, profile };
         let took = started.elapsed();
         self.metrics.named_pool_refill_time.observe(took);
         pool.stats.lock().expect("pool lock").last_refill_ms = Some(took.as_millis() as u64);

@@ -21,6 +21,7 @@ use crate::auth::Tenant;
 use crate::browser::pool::Lease;
 use crate::browser::shared::ContextLease;
 use crate::session::Session;
+use crate::store::profiles::Profile;
 use crate::values::Screen;
 
 /// What a pool's sessions are made from, as validated.
@@ -117,27 +118,33 @@ pub struct Taken {
     pub hit: bool,
 }
 
-/// A session made ready ahead of its take: a browser of its own, or a context in a shared
-/// browser (bound, its traffic routed, for the session id chosen with it; no client can
-/// reach it before that session exists).
-pub(super) enum Ready {
+/// A session made ready ahead of its take, with the pool's profile as read then (so that
+/// the take reads no profile record).
+pub(super) struct Ready {
+    pub(super) kind: ReadyKind,
+    pub(super) profile: Option<Arc<Profile>>,
+}
+
+/// A browser of its own, or a context in a shared browser (bound, its traffic routed, for
+/// the session id chosen with it; no client can reach it before that session exists).
+pub(super) enum ReadyKind {
     Browser(Lease),
     Context { id: String, lease: ContextLease },
 }
 
 impl Ready {
     pub(super) fn is_alive(&self) -> bool {
-        match self {
-            Ready::Browser(lease) => lease.browser.is_alive(),
-            Ready::Context { lease, .. } => lease.is_alive(),
+        match &self.kind {
+            ReadyKind::Browser(lease) => lease.browser.is_alive(),
+            ReadyKind::Context { lease, .. } => lease.is_alive(),
         }
     }
 
     /// Fires once it is gone, after it is dropped: its browser exited, or its context disposed.
     pub(super) fn gone(&self) -> CancellationToken {
-        match self {
-            Ready::Browser(lease) => lease.browser.exited(),
-            Ready::Context { lease, .. } => lease.released(),
+        match &self.kind {
+            ReadyKind::Browser(lease) => lease.browser.exited(),
+            ReadyKind::Context { lease, .. } => lease.released(),
         }
     }
 }
