@@ -106,10 +106,13 @@ impl Broker {
         {
             let mut pools = self.named.lock();
             let key = (tenant.clone(), name.to_owned());
-            if pools.contains_key(&key) {
-                return Err(NamedPoolError::Exists(name.to_owned()).into());
-            }
-            pools.insert(key, pool.clone());
+            match pools.get(&key) {
+                // Defined here meanwhile by the cluster's sync, from the definition just
+                // written: this create's own.
+                Some(synced) if store => return Ok(synced.view()),
+                Some(_) => return Err(NamedPoolError::Exists(name.to_owned()).into()),
+                None => pools.insert(key, pool.clone()),
+            };
         }
         self.tracker.spawn(keep(self.me.clone(), pool.clone()));
         tracing::info!(tenant = %tenant, pool = %name, size = pool.spec().size, "pool defined");
