@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Named pools: create -> first CDP reply of a session taken from a pool with a logged-in
-# profile (at rest: every ready browser there) beside a cold profile session, rounds
-# alternated, medians; then the memory (PSS) of each ready browser the pool keeps.
+# profile (at rest: every ready browser there) and from a pool of contexts on it, beside a
+# cold profile session, rounds alternated, medians; then the memory (PSS) of each ready
+# browser the pool keeps.
 # usage: scripts/bench-pools.sh [ROUNDS] [SIZE]
 set -euo pipefail
 cd "$(dirname "$0")/.."

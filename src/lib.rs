@@ -88,6 +88,7 @@ pub async fn start(
     })?;
     let broker = Broker::start(config, bound, shutdown).await?;
     http::pools::restore(&broker).await;
+    http::pools::keep_in_step(&broker);
     Ok(broker)
 }
 

@@ -917,3 +917,145 @@ async fn an_mcp_client_on_any_node_drives_a_session_another_node_runs() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `GET /public/pools/{name}` on `node` (as key A) once `done` holds for it (within a minute).
+async fn pool_once(node: &TestServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let path = format!("/public/pools/{name}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = node.call(Method::GET, &path, Some(KEY_A), None).await;
+        if r.status == StatusCode::OK && done(&r.json) {
+            return r.json;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "pool {name}: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A pool defined through one node is every node's: its ready sessions spread over the
+/// nodes, its counts the cluster's, a create on a node with none ready goes to one that
+/// has one, and a node that leaves takes its share with it while the others fill the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_is_the_clusters_spread_over_its_nodes_and_refilled_when_one_leaves() {
+    let redis = start_redis().await;
+    let quiet = |c: &mut cdpgate::Config| c.pool_size = 0;
+    let a = cluster_node_with(&redis, "pools:", "node-a", quiet).await;
+    let b = cluster_node_with(&redis, "pools:", "node-b", quiet).await;
+    for body in [
+        json!({"name": "spread", "size": 2, "locale": "fr-FR"}),
+        json!({"name": "gone", "size": 0}),
+    ] {
+        let r = a
+            .call(Method::POST, "/public/pools", Some(KEY_A), Some(&body.to_string()))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    // The name is the cluster's.
+    let again = b
+        .call(
+            Method::POST,
+            "/public/pools",
+            Some(KEY_A),
+            Some(&json!({"name": "spread", "size": 1}).to_string()),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+
+    // Known on B, one ready on each node, the counts the cluster's on either.
+    let both = json!([{"node": "node-a", "ready": 1}, {"node": "node-b", "ready": 1}]);
+    for node in [&a, &b] {
+        let pool = pool_once(node, "spread", |p| p["stats"]["nodes"] == both).await;
+        assert_eq!(
+            (pool["size"].clone(), pool["locale"].clone()),
+            (json!(2), json!("fr-FR"))
+        );
+        assert_eq!(pool["stats"]["ready"], 2, "{pool}");
+    }
+    // Another key sees nothing of it on any node.
+    for node in [&a, &b] {
+        let listed = node.call(Method::GET, "/public/pools", Some(KEY_B), None).await;
+        assert_eq!(listed.json, json!({"pools": []}));
+        let take = json!({"pool": "spread"}).to_string();
+        let r = node
+            .call(Method::POST, "/public/sessions", Some(KEY_B), Some(&take))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    }
+
+    // Deleted through B: gone from A too.
+    let deleted = b.call(Method::DELETE, "/public/pools/gone", Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(
+        eventually_async(Duration::from_secs(30), || async {
+            a.call(Method::GET, "/public/pools/gone", Some(KEY_A), None)
+                .await
+                .status
+                == StatusCode::NOT_FOUND
+        })
+        .await,
+        "the pool deleted through B is gone from A"
+    );
+
+    // Smaller through B: one node keeps the one ready session, the other none.
+    let patched = b
+        .call(
+            Method::PATCH,
+            "/public/pools/spread",
+            Some(KEY_A),
+            Some(&json!({"size": 1}).to_string()),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let one = |p: &serde_json::Value| {
+        p["size"] == 1
+            && p["stats"]["ready"] == 1
+            && p["stats"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["ready"] == 1)
+                .count()
+                == 1
+    };
+    let pool = pool_once(&a, "spread", one).await;
+    pool_once(&b, "spread", one).await;
+    let on_a = pool["stats"]["nodes"][0]["ready"] == 1;
+    let (holder, empty) = if on_a { (a, b) } else { (b, a) };
+
+    // A create on the node with none ready is served by the node that has one.
+    let take = json!({"pool": "spread", "metadata": {"via": "the other node"}}).to_string();
+    let r = empty
+        .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&take))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (r.json["pool_hit"].clone(), r.json["locale"].clone()),
+        (json!(true), json!("fr-FR"))
+    );
+    let id = r.json["session_id"].as_str().unwrap().to_owned();
+    assert!(holder.broker.running_session(None, &id).is_some(), "the holder runs it");
+    assert!(empty.broker.running_session(None, &id).is_none());
+    let mut client = ws_connect(r.json["cdp_url"].as_str().unwrap()).await.unwrap();
+    assert!(cdp_call(&mut client, 1, "Browser.getVersion", json!({})).await["result"].is_object());
+    drop(client);
+
+    // The holder leaves: its ready session goes with it, and the other node fills the gap.
+    let holder_id = if on_a { "node-a" } else { "node-b" };
+    holder.stop().await;
+    let left = empty.call(Method::GET, "/public/pools/spread", Some(KEY_A), None).await;
+    assert!(
+        !left.body.contains(holder_id),
+        "the node that left counts for nothing: {}",
+        left.body
+    );
+    let pool = pool_once(&empty, "spread", |p| p["stats"]["ready"] == 1).await;
+    assert_eq!(pool["stats"]["nodes"].as_array().unwrap().len(), 1, "{pool}");
+    let local = empty
+        .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&take))
+        .await;
+    assert_eq!(local.status, StatusCode::CREATED, "{}", local.body);
+    assert_eq!(local.json["pool_hit"], true, "{}", local.body);
+    let local_id = local.json["session_id"].as_str().unwrap();
+    assert!(empty.broker.running_session(None, local_id).is_some());
+    empty.stop().await;
+}

@@ -110,6 +110,7 @@ fn exposition() -> String {
         free: 2,
         sessions: 2,
         heartbeat_ms: 0,
+        pools: Default::default(),
     };
     let view = cdpgate::http::admin::cluster_view(&[(node("a"), true), (node("b"), false)]);
     text.push_str(&cdpgate::metrics::render_cluster(Some(&view), 0));

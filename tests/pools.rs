@@ -445,9 +445,14 @@ async fn hostile_pool_requests_are_refused_and_create_nothing() {
             "persist_changes must be false for a pool: its sessions never write their profile".to_owned(),
         ),
         (
-            json!({"name": "p", "size": 1, "isolation": "context"}),
+            json!({"name": "p", "size": 1, "isolation": "context", "extensions": ["ext_000000000000000000000000"]}),
             422,
-            "isolation \"context\" is not offered for pools: a pool keeps browsers of their own (process)".to_owned(),
+            "extensions need isolation \"process\": a context session shares its browser, which loads no extensions".to_owned(),
+        ),
+        (
+            json!({"name": "p", "size": 1, "isolation": "context", "cdp_url": "ws://127.0.0.1:9/devtools/browser/x"}),
+            422,
+            "cdp_url is not a pool field: a pool takes a create's options except cdp_url, metadata and webhooks (given per session)".to_owned(),
         ),
         (json!({"name": "p", "size": 1, "ttl": 0}), 422, "TTL must be at least 1 second".to_owned()),
         (
@@ -731,6 +736,209 @@ async fn pools_are_defined_again_after_a_restart_except_those_of_removed_keys() 
     assert_eq!(
         (taken.json["pool_hit"].clone(), taken.json["locale"].clone()),
         (json!(true), json!("fr-FR"))
+    );
+    server.stop().await;
+}
+
+/// The contexts Chrome itself has on the shared browser at `port` (every session's, and
+/// every ready one's), and its page targets with their contexts, asked past the broker.
+async fn chrome_contexts(port: u16) -> (Vec<String>, Vec<(String, String)>) {
+    let version = cdpgate::browser::cdp::get_json(&format!("127.0.0.1:{port}"), "/json/version")
+        .await
+        .unwrap();
+    let mut ws = ws_connect(version["webSocketDebuggerUrl"].as_str().unwrap())
+        .await
+        .unwrap();
+    let contexts = cdp_call(&mut ws, 1, "Target.getBrowserContexts", json!({})).await;
+    let targets = cdp_call(&mut ws, 2, "Target.getTargets", json!({})).await;
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let pages = targets["result"]["targetInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "page")
+        .map(|t| {
+            let field = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+            (field("targetId"), field("browserContextId"))
+        })
+        .collect();
+    (ids(&contexts["result"]["browserContextIds"]), pages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_pool_hands_out_logged_in_contexts_its_neighbours_never_see() {
+    let server = TestServer::start_with(|c| {
+        c.max_sessions = 8;
+        c.context_browsers = 1;
+        c.context_sharing = "any".into();
+        // No spare contexts: every context Chrome has is a session's or the pool's.
+        c.context_spares = 0;
+    })
+    .await;
+    let app = start_app().await;
+    let profile = logged_in_profile(&server, KEY_A, app).await;
+    let before = profile_digest(server.data_dir.path(), &profile);
+
+    // Neighbours in the same shared Chrome: another key's context session, and one of the
+    // pool's own key, both watching every target they may.
+    let mut neighbours = Vec::new();
+    for key in [KEY_B, KEY_A] {
+        let s = call(
+            &server,
+            Method::POST,
+            "/public/sessions",
+            key,
+            Some(json!({"isolation": "context"})),
+        )
+        .await;
+        assert_eq!(s.status, StatusCode::CREATED, "{}", s.body);
+        let mut cdp = CdpClient::connect(&s.json).await;
+        cdp.call(None, "Target.setDiscoverTargets", json!({"discover": true}))
+            .await;
+        let (_, page) = cdp.own_page().await;
+        neighbours.push((s.json, cdp, page));
+    }
+    let shared = server.broker.shared().browsers();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    let port = shared[0].port;
+    let (at_start, _) = chrome_contexts(port).await;
+
+    let body = json!({
+        "name": "ctx",
+        "size": 2,
+        "isolation": "context",
+        "profile_id": profile,
+        "screen_config": {"width": 1111, "height": 700},
+        "locale": "de-DE",
+        "block_urls": ["*/tracker*"],
+    });
+    let created = call(&server, Method::POST, "/public/pools", KEY_A, Some(body)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.json["isolation"], "context");
+    await_ready(&server, KEY_A, "ctx", 2).await;
+    let (with_ready, pages) = chrome_contexts(port).await;
+    let ready: Vec<String> = with_ready.into_iter().filter(|c| !at_start.contains(c)).collect();
+    assert_eq!(ready.len(), 2, "two contexts are ready in the shared Chrome");
+    let ready_pages: Vec<String> = pages
+        .iter()
+        .filter(|(_, c)| ready.contains(c))
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert_eq!(ready_pages.len(), 2, "each with its first tab: {pages:?}");
+
+    // The neighbours look for them every way they can: nothing of the pool shows.
+    for (session, cdp, page) in &mut neighbours {
+        let own = cdp.pages().await;
+        assert_eq!(own.len(), 1, "{own:?}");
+        let contexts = cdp.call(None, "Target.getBrowserContexts", json!({})).await;
+        assert_eq!(contexts["browserContextIds"], json!([own[0].1]));
+        for target in &ready_pages {
+            for method in ["Target.attachToTarget", "Target.getTargetInfo", "Target.closeTarget"] {
+                let refused = cdp.refused(method, json!({"targetId": target, "flatten": true})).await;
+                assert_eq!(refused, "No target with given id found", "{method}");
+            }
+        }
+        for context in &ready {
+            for (method, params) in [
+                ("Storage.getCookies", json!({"browserContextId": context})),
+                (
+                    "Target.createTarget",
+                    json!({"url": "about:blank", "browserContextId": context}),
+                ),
+                ("Target.disposeBrowserContext", json!({"browserContextId": context})),
+            ] {
+                cdp.refused(method, params).await;
+            }
+        }
+        let cookies = cdp.call(None, "Storage.getCookies", json!({})).await;
+        assert_eq!(cookies["cookies"], json!([]), "no cookie of the pool's profile");
+        cdp.load(page, &format!("http://{app}/check")).await;
+        assert_eq!(cdp.eval(page, "document.cookie").await, "");
+        let listed = server.discovery(session, "json/list").await;
+        assert_eq!(listed.status, StatusCode::OK);
+        let heard = serde_json::to_string(&cdp.events).unwrap() + &listed.body;
+        for secret in ready.iter().chain(&ready_pages) {
+            assert!(
+                !heard.contains(secret.as_str()),
+                "a neighbour heard of {secret}: {heard}"
+            );
+        }
+    }
+
+    // A take is one of the ready contexts, logged in, with the pool's settings.
+    let taken = call(
+        &server,
+        Method::POST,
+        "/public/sessions",
+        KEY_A,
+        Some(json!({"pool": "ctx"})),
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.body);
+    assert_eq!(taken.json["pool_hit"], true, "{}", taken.body);
+    assert_eq!(taken.json["isolation"], "context");
+    let mut cdp = CdpClient::connect(&taken.json).await;
+    let own = cdp.pages().await;
+    assert_eq!(own.len(), 1, "only its own tab: {own:?}");
+    assert!(ready.contains(&own[0].1), "a ready context: {own:?}");
+    let contexts = cdp.call(None, "Target.getBrowserContexts", json!({})).await;
+    assert_eq!(contexts["browserContextIds"], json!([own[0].1]));
+    drop(cdp);
+    let seen = check(&taken.json, app).await;
+    assert_eq!(
+        (
+            &seen["cookies"],
+            &seen["local"],
+            &seen["language"],
+            &seen["width"],
+            &seen["tracker"]
+        ),
+        (
+            &json!(["remember=yes", "sid=s3cr3t"]),
+            &json!("alice"),
+            &json!("de-DE"),
+            &json!(1111),
+            &json!("blocked")
+        ),
+        "logged in from the profile, with the pool's screen, locale and blocking: {seen}"
+    );
+    // Its neighbours still see nothing of it, even once it runs.
+    for (_, cdp, _) in &mut neighbours {
+        cdp.call(None, "Target.getTargets", json!({})).await;
+        let heard = serde_json::to_string(&cdp.events).unwrap();
+        assert!(!heard.contains(own[0].1.as_str()), "{heard}");
+        let cookies = cdp.call(None, "Storage.getCookies", json!({})).await;
+        assert!(!cookies.to_string().contains("s3cr3t"), "{cookies}");
+    }
+
+    // Deleting the pool disposes of its ready contexts; the taken session keeps running.
+    await_ready(&server, KEY_A, "ctx", 2).await;
+    let deleted = call(&server, Method::DELETE, "/public/pools/ctx", KEY_A, None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let (left, _) = chrome_contexts(port).await;
+    let mut expected: Vec<String> = at_start.iter().cloned().chain([own[0].1.clone()]).collect();
+    let mut left_sorted = left.clone();
+    expected.sort();
+    left_sorted.sort();
+    assert_eq!(left_sorted, expected, "no ready context is left in Chrome");
+    let id = taken.json["session_id"].as_str().unwrap();
+    assert_eq!(server.get(id).await.json["status"], "active");
+    let session = server.broker.running_session(None, id).expect("running");
+    assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    assert!(
+        eventually(Duration::from_secs(20), || session.profile_released().is_cancelled()).await,
+        "the session let go of its profile"
+    );
+    assert_eq!(
+        profile_digest(server.data_dir.path(), &profile),
+        before,
+        "the profile's bytes are as before"
     );
     server.stop().await;
 }

@@ -61,6 +61,7 @@ impl Broker {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis() as u64,
+            pools: self.pool_shares(),
         }
     }
 

@@ -206,12 +206,22 @@ impl Broker {
     pub(super) async fn pick_fingerprint(
         &self,
         tenant: &Tenant,
-        mut request: NewSession,
+        request: NewSession,
     ) -> Result<NewSession, BrokerError> {
         let remembered = match &request.profile_id {
             Some(id) => self.profiles.get(tenant, id).await?.fingerprint.clone(),
             None => None,
         };
+        self.pick_fingerprint_from(tenant, request, remembered).await
+    }
+
+    /// [`Self::pick_fingerprint`] with the fingerprint the profile remembers already read.
+    pub(super) async fn pick_fingerprint_from(
+        &self,
+        tenant: &Tenant,
+        mut request: NewSession,
+        remembered: Option<crate::values::Fingerprint>,
+    ) -> Result<NewSession, BrokerError> {
         let options = &request.options;
         let own = || {
             let used = match options.isolation {

@@ -179,12 +179,16 @@ pub enum NamedPoolError {
          ({limit}): a ready browser counts as a session of its key"
     )]
     OverQuota { total: usize, limit: usize },
-    #[error("isolation \"context\" is not offered for pools: a pool keeps browsers of their own (process)")]
-    Context,
+    /// Answered to another node that sent a create here for a ready one that is gone.
+    #[error("No ready session of the pool on this node")]
+    NoneReady,
 }
 
 impl NamedPoolError {
     pub fn origin(&self) -> Origin {
-        Origin::Client
+        match self {
+            NamedPoolError::NoneReady => Origin::Internal,
+            _ => Origin::Client,
+        }
     }
 }

@@ -10,14 +10,18 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
+use super::NodeInfo;
 use super::error::{BrokerError, NamedPoolError};
-use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Taken};
+use super::pools::{NamedPool, PoolChange, PoolSpec, PoolTake, PoolView, Ready, ReadyKind, Taken};
 use super::request::NewSession;
 use crate::auth::{Tenant, random_hex};
-use crate::browser::pool::{Lease, PoolError};
-use crate::profile::cookies;
+use crate::browser::pool::PoolError;
+use crate::profile::{cookies, copy as profile_copy};
 use crate::quota::Kind;
-use crate::session::{Backing, Session};
+use crate::session::{Backing, Session, session_span};
+use crate::store::Isolation;
+use crate::store::nodes::PoolShare;
+use crate::store::profiles::Profile;
 
 /// The longest pause between failed refills of a pool.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -26,7 +30,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 impl Broker {
     /// Defines a pool of `tenant` from `spec` (read from `definition`, which is kept for the
-    /// next start) and starts filling it.
+    /// next start and, in a cluster, for every node) and starts filling it.
     pub async fn create_pool(
         &self,
         tenant: &Tenant,
@@ -34,14 +38,36 @@ impl Broker {
         spec: PoolSpec,
         definition: Map<String, Value>,
     ) -> Result<PoolView, BrokerError> {
+        self.define(tenant, name, spec, definition, true).await
+    }
+
+    /// Defines here a pool whose definition is already stored (kept from before this
+    /// start, or made on another node of the cluster).
+    pub async fn define_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: PoolSpec,
+        definition: Map<String, Value>,
+    ) -> Result<PoolView, BrokerError> {
+        self.define(tenant, name, spec, definition, false).await
+    }
+
+    async fn define(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: PoolSpec,
+        definition: Map<String, Value>,
+        store: bool,
+    ) -> Result<PoolView, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         self.check_pool_spec(tenant, &spec).await?;
-        let pool = {
-            let mut pools = self.named.lock();
-            let key = (tenant.clone(), name.to_owned());
-            if pools.contains_key(&key) {
+        {
+            let pools = self.named.lock();
+            if pools.contains_key(&(tenant.clone(), name.to_owned())) {
                 return Err(NamedPoolError::Exists(name.to_owned()).into());
             }
             let count = pools.keys().filter(|(t, _)| t == tenant).count();
@@ -54,45 +80,183 @@ impl Broker {
                 .map(|p| p.spec().size)
                 .sum();
             self.check_pool_sizes(sizes + spec.size)?;
-            let pool = Arc::new(NamedPool {
-                name: name.to_owned(),
-                tenant: tenant.clone(),
-                created_at: SystemTime::now(),
-                spec: Mutex::new(spec),
-                definition: Mutex::new(definition),
-                ready: Mutex::default(),
-                stats: Mutex::default(),
-                wake: Notify::new(),
-                stop: self.shutdown.child_token(),
-                kept: CancellationToken::new(),
-            });
-            pools.insert(key, pool.clone());
-            pool
-        };
-        self.keep_definition(&pool);
+        }
+        // In a cluster the name is the cluster's: the first definition written wins.
+        if store
+            && !self
+                .pool_definitions
+                .insert(tenant, name, &Value::Object(definition.clone()))
+                .await?
+        {
+            return Err(NamedPoolError::Exists(name.to_owned()).into());
+        }
+        let pool = Arc::new(NamedPool {
+            name: name.to_owned(),
+            tenant: tenant.clone(),
+            created_at: SystemTime::now(),
+            spec: Mutex::new(spec),
+            definition: Mutex::new(definition),
+            ready: Mutex::default(),
+            stats: Mutex::default(),
+            wake: Notify::new(),
+            stop: self.shutdown.child_token(),
+            kept: CancellationToken::new(),
+            share: self.named.share.clone(),
+        });
+        {
+            let mut pools = self.named.lock();
+            let key = (tenant.clone(), name.to_owned());
+            match pools.get(&key) {
+                // Defined here meanwhile by the cluster's sync, from the definition just
+                // written: this create's own.
+                Some(synced) if store => return Ok(synced.view()),
+                Some(_) => return Err(NamedPoolError::Exists(name.to_owned()).into()),
+                None => pools.insert(key, pool.clone()),
+            };
+        }
         self.tracker.spawn(keep(self.me.clone(), pool.clone()));
         tracing::info!(tenant = %tenant, pool = %name, size = pool.spec().size, "pool defined");
         Ok(pool.view())
     }
 
-    /// `tenant`'s pools, by name.
-    pub fn pools_of(&self, tenant: &Tenant) -> Vec<PoolView> {
-        self.named.of(tenant).iter().map(|p| p.view()).collect()
+    /// `tenant`'s pools, by name (in a cluster, with the cluster's counts).
+    pub async fn pools_of(&self, tenant: &Tenant) -> Vec<PoolView> {
+        let mut views: Vec<PoolView> = self.named.of(tenant).iter().map(|p| p.view()).collect();
+        self.add_other_nodes(tenant, &mut views).await;
+        views
     }
 
-    pub fn pool_view(&self, tenant: &Tenant, name: &str) -> Result<PoolView, BrokerError> {
-        Ok(self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?.view())
+    pub async fn pool_view(&self, tenant: &Tenant, name: &str) -> Result<PoolView, BrokerError> {
+        let mut views = vec![self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?.view()];
+        self.add_other_nodes(tenant, &mut views).await;
+        Ok(views.remove(0))
+    }
+
+    /// Adds the other live nodes' shares (from their heartbeats) to `views`' counts.
+    async fn add_other_nodes(&self, tenant: &Tenant, views: &mut [PoolView]) {
+        let Some(nodes) = &self.nodes else { return };
+        let others = match nodes.all().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!(error = %e, "pool counts of other nodes unavailable");
+                Vec::new()
+            }
+        };
+        for view in views {
+            let stats = &mut view.stats;
+            let mut by_node = vec![(self.node.clone(), stats.ready)];
+            let key = format!("{tenant}.{}", view.name);
+            for (node, alive) in &others {
+                if !alive || node.id == self.node {
+                    continue;
+                }
+                if let Some(share) = node.pools.get(&key) {
+                    stats.ready += share.ready;
+                    stats.taken += share.taken;
+                    stats.missed += share.missed;
+                    stats.errors += share.errors;
+                    by_node.push((node.id.clone(), share.ready));
+                }
+            }
+            by_node.sort();
+            stats.nodes = Some(by_node);
+        }
+    }
+
+    /// This node's share of each pool, for its heartbeat.
+    pub(super) fn pool_shares(&self) -> std::collections::BTreeMap<String, PoolShare> {
+        self.named
+            .lock()
+            .values()
+            .map(|p| {
+                let stats = p.stats.lock().expect("pool lock").clone();
+                let share = PoolShare {
+                    ready: p.ready_count(),
+                    taken: stats.taken,
+                    missed: stats.missed,
+                    errors: stats.errors,
+                };
+                (format!("{}.{}", p.tenant, p.name), share)
+            })
+            .collect()
+    }
+
+    /// Reads this node's place among the live nodes again; every pool's keeper is woken
+    /// when it changed (a node came or went: the shares move).
+    pub(super) async fn refresh_pool_share(&self) {
+        let Some(nodes) = &self.nodes else { return };
+        let Ok(all) = nodes.all().await else { return };
+        let mut live: Vec<&str> = all
+            .iter()
+            .filter(|(_, alive)| *alive)
+            .map(|(n, _)| n.id.as_str())
+            .collect();
+        if !live.contains(&self.node.as_str()) {
+            live.push(&self.node);
+        }
+        live.sort_unstable();
+        let index = live.iter().position(|id| *id == self.node).unwrap_or_default();
+        if self.named.share.set(index, live.len()) {
+            tracing::info!(
+                nodes = live.len(),
+                index,
+                "the cluster's nodes changed: pool shares move"
+            );
+            for pool in self.named.lock().values() {
+                pool.wake.notify_one();
+            }
+        }
+    }
+
+    /// Whether a create from `tenant`'s pool `name` would find a ready one here (`404`
+    /// for a pool the key does not have).
+    pub fn pool_ready_here(&self, tenant: &Tenant, name: &str) -> Result<bool, BrokerError> {
+        Ok(self
+            .named
+            .get(tenant, name)
+            .ok_or(NamedPoolError::NotFound)?
+            .ready_count()
+            > 0)
+    }
+
+    /// The other live nodes with a ready one of `tenant`'s pool `name`, those with the
+    /// most first: where a create from it goes when none is ready here.
+    pub async fn pool_holders(&self, tenant: &Tenant, name: &str) -> Vec<NodeInfo> {
+        let Some(nodes) = &self.nodes else { return Vec::new() };
+        let key = format!("{tenant}.{name}");
+        let ready = |n: &NodeInfo| n.pools.get(&key).map_or(0, |s| s.ready);
+        let mut holders: Vec<NodeInfo> = nodes
+            .all()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, alive)| *alive && n.id != self.node && ready(n) > 0)
+            .map(|(n, _)| n)
+            .collect();
+        holders.sort_by(|a, b| ready(b).cmp(&ready(a)).then_with(|| a.id.cmp(&b.id)));
+        holders
     }
 
     /// Changes a pool's size, TTL or idle timeout (`patch`: the change as the API took
     /// it, merged into the kept definition); ready browsers past a smaller size go.
-    pub fn update_pool(
+    pub async fn update_pool(
         &self,
         tenant: &Tenant,
         name: &str,
         change: PoolChange,
         patch: Map<String, Value>,
     ) -> Result<PoolView, BrokerError> {
+        let pool = self.change_pool_here(tenant, name, change)?;
+        pool.definition.lock().expect("pool lock").extend(patch);
+        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
+        self.pool_definitions.put(tenant, name, &definition).await?;
+        let mut views = vec![pool.view()];
+        self.add_other_nodes(tenant, &mut views).await;
+        Ok(views.remove(0))
+    }
+
+    /// Applies a change to the pool here (`update_pool`'s, or one another node made).
+    fn change_pool_here(&self, tenant: &Tenant, name: &str, change: PoolChange) -> Result<Arc<NamedPool>, BrokerError> {
         let pool = self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?;
         if let Some(size) = change.size {
             let others: usize = self
@@ -116,24 +280,55 @@ impl Broker {
                 spec.options.idle_timeout = idle;
             }
         }
-        pool.definition.lock().expect("pool lock").extend(patch);
-        self.keep_definition(&pool);
         drop(pool.excess());
         pool.wake.notify_one();
-        Ok(pool.view())
+        Ok(pool)
+    }
+
+    /// Takes another node's change of a pool: its stored definition, `definition`, now
+    /// differs from this node's only by `change`.
+    pub fn follow_pool_change(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        change: PoolChange,
+        definition: Map<String, Value>,
+    ) -> Result<(), BrokerError> {
+        let pool = self.change_pool_here(tenant, name, change)?;
+        *pool.definition.lock().expect("pool lock") = definition;
+        Ok(())
+    }
+
+    /// The definition of a pool here, as kept.
+    pub fn pool_definition(&self, tenant: &Tenant, name: &str) -> Option<Map<String, Value>> {
+        let pool = self.named.get(tenant, name)?;
+        let definition = pool.definition.lock().expect("pool lock").clone();
+        Some(definition)
+    }
+
+    /// Every pool defined here: (key, name).
+    pub fn pool_names(&self) -> Vec<(Tenant, String)> {
+        self.named.lock().keys().cloned().collect()
     }
 
     /// Deletes a pool: its keeper stops and its ready browsers are killed (answered once
     /// they have exited); sessions already taken from it keep running.
     pub async fn delete_pool(&self, tenant: &Tenant, name: &str) -> Result<(), BrokerError> {
+        if self.named.get(tenant, name).is_none() {
+            return Err(NamedPoolError::NotFound.into());
+        }
+        // Gone from the store first: in a cluster, no node defines it again meanwhile.
+        self.pool_definitions.remove(tenant, name).await?;
+        self.drop_pool_here(tenant, name).await
+    }
+
+    /// Stops a pool here and lets go of its ready ones (its definition left as it is).
+    pub async fn drop_pool_here(&self, tenant: &Tenant, name: &str) -> Result<(), BrokerError> {
         let pool = self
             .named
             .lock()
             .remove(&(tenant.clone(), name.to_owned()))
             .ok_or(NamedPoolError::NotFound)?;
-        if let Err(e) = self.pool_definitions.remove(tenant, name) {
-            tracing::warn!(pool = %name, error = %e, "a deleted pool's definition could not be removed");
-        }
         pool.stop.cancel();
         // The keeper finishes a launch under way, then kills every browser and waits for them.
         let bound = self.config.launch_timeout() * 2 + Duration::from_secs(5);
@@ -142,34 +337,29 @@ impl Broker {
         Ok(())
     }
 
-    /// Writes a pool's definition for the next start; a pool whose definition cannot be
-    /// written still runs (it is only forgotten at a restart).
-    fn keep_definition(&self, pool: &NamedPool) {
-        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
-        if let Err(e) = self.pool_definitions.put(&pool.tenant, &pool.name, &definition) {
-            tracing::warn!(pool = %pool.name, error = %e, "a pool's definition could not be kept for the next start");
-        }
-    }
-
-    /// The pools defined before this start, of the keys configured now; the definitions
-    /// of keys no longer configured are removed (their pools are not defined again).
-    pub fn stored_pools(&self) -> Vec<(Tenant, String, Value)> {
+    /// The stored pools of the keys configured now. On one node, the definitions of keys
+    /// no longer configured are removed (their pools are not defined again); in a cluster
+    /// they are only skipped (another node may serve that key).
+    pub async fn stored_pools(&self) -> Result<Vec<(Tenant, String, Value)>, BrokerError> {
         let keys: Vec<&Tenant> = self.keys.tenants().collect();
         let (kept, revoked): (Vec<_>, Vec<_>) = self
             .pool_definitions
             .all()
+            .await?
             .into_iter()
             .partition(|(tenant, _, _)| keys.contains(&tenant));
-        for (tenant, name, _) in revoked {
-            tracing::info!(tenant = %tenant, pool = %name, "pool of a key no longer configured: forgotten");
-            self.forget_pool_definition(&tenant, &name);
+        if !self.pool_definitions.is_shared() {
+            for (tenant, name, _) in revoked {
+                tracing::info!(tenant = %tenant, pool = %name, "pool of a key no longer configured: forgotten");
+                self.forget_pool_definition(&tenant, &name).await;
+            }
         }
-        kept
+        Ok(kept)
     }
 
     /// Removes a stored definition that can no longer be defined.
-    pub fn forget_pool_definition(&self, tenant: &Tenant, name: &str) {
-        if let Err(e) = self.pool_definitions.remove(tenant, name) {
+    pub async fn forget_pool_definition(&self, tenant: &Tenant, name: &str) {
+        if let Err(e) = self.pool_definitions.remove(tenant, name).await {
             tracing::warn!(pool = %name, error = %e, "a pool's definition could not be removed");
         }
     }
@@ -185,12 +375,22 @@ impl Broker {
     }
 
     /// A session from `tenant`'s pool `name`: a ready browser if there is one, else a cold
-    /// start with the pool's settings.
-    pub async fn create_from_pool(&self, tenant: Tenant, name: &str, take: PoolTake) -> Result<Taken, BrokerError> {
+    /// start with the pool's settings (without `cold`, a refusal: another node sent it
+    /// here for a ready one).
+    pub async fn create_from_pool(
+        &self,
+        tenant: Tenant,
+        name: &str,
+        take: PoolTake,
+        cold: bool,
+    ) -> Result<Taken, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         let pool = self.named.get(&tenant, name).ok_or(NamedPoolError::NotFound)?;
+        if !cold && pool.ready_count() == 0 {
+            return Err(NamedPoolError::NoneReady.into());
+        }
         let mut request = session_of(&pool.spec());
         if let Some(idle) = take.idle_timeout {
             request.options.idle_timeout = idle;
@@ -206,7 +406,7 @@ impl Broker {
         }
         // The ready browser's place in the quota passes to the session without a gap.
         let place = self.quotas.hold(&tenant, Kind::Managed);
-        let Some(lease) = pool.pop() else {
+        let Some(ready) = pool.pop() else {
             drop(place);
             pool.stats.lock().expect("pool lock").missed += 1;
             self.metrics.named_pool_misses.inc();
@@ -219,7 +419,7 @@ impl Broker {
         pool.wake.notify_one();
         pool.stats.lock().expect("pool lock").taken += 1;
         self.metrics.named_pool_hits.inc();
-        match self.create_on_ready(tenant.clone(), request, lease).await {
+        match self.create_on_ready(tenant.clone(), request, ready).await {
             Ok(session) => Ok(Taken { session, hit: true }),
             Err(e) => {
                 if matches!(e, BrokerError::Profile(crate::store::profiles::ProfileError::NotFound)) {
@@ -230,12 +430,12 @@ impl Broker {
         }
     }
 
-    /// A session on a ready browser: what a create does after its browser is there.
+    /// A session on a ready browser or context: what a create does after it is there.
     async fn create_on_ready(
         &self,
         tenant: Tenant,
         mut request: NewSession,
-        lease: Lease,
+        ready: Ready,
     ) -> Result<Arc<Session>, BrokerError> {
         if request.options.record && self.artifacts.ffmpeg.is_none() {
             return Err(BrokerError::OptionRefused(
@@ -250,23 +450,30 @@ impl Broker {
         // The browser the ready one is: chosen as for its refill.
         let (kind, reason) = self.choose_browser(&request)?;
         (request.options.browser, request.options.browser_reason) = (Some(kind), Some(reason));
-        let id = format!("sess_{}", random_hex(16));
-        let request = self.pick_fingerprint(&tenant, request).await?;
-        let binding = match &request.profile_id {
-            Some(profile_id) => {
-                let profile = self.profiles.get(&tenant, profile_id).await?;
-                Some(self.profile_binding(self.profiles.begin_use(profile, &id, false).await?))
-            }
+        // A ready context was bound for its session's id (its traffic is counted for it).
+        let (id, backing) = match ready.kind {
+            ReadyKind::Browser(lease) => (format!("sess_{}", random_hex(16)), Backing::Managed(lease)),
+            ReadyKind::Context { id, lease } => (id, Backing::Context(lease)),
+        };
+        // The profile as the refill read it: no record is read on the take (a profile
+        // deleted since took the pool's ready ones with it).
+        let remembered = ready.profile.as_ref().and_then(|p| p.fingerprint.clone());
+        let request = self.pick_fingerprint_from(&tenant, request, remembered).await?;
+        let binding = match ready.profile {
+            Some(profile) => Some(self.profile_binding(self.profiles.begin_use(profile, &id, false).await?)),
             None => None,
         };
-        self.register(id, tenant, request, Backing::Managed(lease), binding)
-            .await
+        self.register(id, tenant, request, backing, binding).await
     }
 
     /// A pool's settings as they would run: its profile and extensions the key's own.
     async fn check_pool_spec(&self, tenant: &Tenant, spec: &PoolSpec) -> Result<(), BrokerError> {
-        if spec.options.isolation == crate::store::Isolation::Context {
-            return Err(NamedPoolError::Context.into());
+        // A context pool runs on the shared browsers' executable, as its sessions would.
+        self.choose_browser(&session_of(spec))?;
+        if self.pool_definitions.is_shared() && spec.options.proxy.as_ref().is_some_and(|p| p.password.is_some()) {
+            return Err(BrokerError::OptionRefused(
+                "proxy: a pool of a cluster cannot carry a proxy password: its definition is kept in Redis, where nothing secret is kept".into(),
+            ));
         }
         self.check_proxy(&spec.options).await?;
         if let Some(id) = &spec.profile_id {
@@ -297,24 +504,30 @@ impl Broker {
         let Ok(_place) = self.reserve_place(&pool.tenant, Kind::Managed).await else {
             return Ok(false);
         };
+        let spec = pool.spec();
+        if spec.options.isolation == Isolation::Context {
+            return self.refill_context(pool, &spec).await;
+        }
         if self.pool.free_slots() == 0 {
             return Ok(false);
         }
-        let spec = pool.spec();
         let (kind, _) = self.choose_browser(&session_of(&spec))?;
         let started = Instant::now();
         let extensions = match spec.options.extensions.is_empty() {
             true => None,
             false => Some(self.extensions.hold(&pool.tenant, &spec.options.extensions)?),
         };
-        let launched = match &spec.profile_id {
+        let profile = match &spec.profile_id {
+            Some(id) => Some(self.profiles.get(&pool.tenant, id).await?),
+            None => None,
+        };
+        let launched = match &profile {
             None => self.pool.acquire_spare(spec.screen, kind, None, extensions).await,
-            Some(profile_id) => {
-                let profile = self.profiles.get(&pool.tenant, profile_id).await?;
+            Some(profile) => {
                 // Held only while it is copied: a ready browser never writes the profile.
                 let hold = self
                     .profiles
-                    .begin_use(profile, &format!("pool_{}", random_hex(8)), false)
+                    .begin_use(profile.clone(), &format!("pool_{}", random_hex(8)), false)
                     .await?;
                 let dir = self.pool.scratch_dir();
                 let copied = self.profiles.copy_into(&hold, &dir).await;
@@ -349,11 +562,68 @@ impl Broker {
             Err(PoolError::Busy) => return Ok(false),
             Err(e) => return Err(BrokerError::Capacity(e)),
         };
+        self.refilled(pool, started, ReadyKind::Browser(lease), profile);
+        Ok(true)
+    }
+
+    /// Makes one ready context for `pool`: a context in a shared browser of its key, its
+    /// traffic routed (through the pool's proxy) for the session id chosen now, the
+    /// profile's storage state (cookies, session cookies too, and localStorage) loaded in.
+    /// `Ok(false)` when the shared browsers have no room now.
+    async fn refill_context(&self, pool: &NamedPool, spec: &PoolSpec) -> Result<bool, BrokerError> {
+        let started = Instant::now();
+        let mut profile = None;
+        let state = match &spec.profile_id {
+            None => None,
+            Some(profile_id) => {
+                if self.pool.free_slots() == 0 {
+                    return Ok(false); // the profile is read in a browser of its own
+                }
+                let found = profile.insert(self.profiles.get(&pool.tenant, profile_id).await?);
+                // Held only while it is read: a ready context never writes the profile.
+                let hold = self
+                    .profiles
+                    .begin_use(found.clone(), &format!("pool_{}", random_hex(8)), false)
+                    .await?;
+                let state = self.profile_copies.read_state(&hold).await;
+                self.profiles.end_use(hold).await;
+                Some(state?)
+            }
+        };
+        let id = format!("sess_{}", random_hex(16));
+        let tenant = &pool.tenant;
+        let span = session_span(&id, tenant);
+        let acquired = self
+            .shared
+            .acquire(
+                &tenant.to_string(),
+                spec.screen,
+                span,
+                spec.options.proxy.clone(),
+                false,
+            )
+            .await;
+        let lease = match acquired {
+            Ok(lease) => lease,
+            Err(PoolError::Busy) => return Ok(false),
+            Err(e) => return Err(BrokerError::Capacity(e)),
+        };
+        if let Some(state) = state {
+            let ws_url = lease.shared.browser.ws_url();
+            profile_copy::load_context_state(&ws_url, &lease.scope.context, &state)
+                .await
+                .map_err(BrokerError::ProfileBrowser)?;
+        }
+        self.refilled(pool, started, ReadyKind::Context { id, lease }, profile);
+        Ok(true)
+    }
+
+    fn refilled(&self, pool: &NamedPool, started: Instant, kind: ReadyKind, profile: Option<Arc<Profile>>) {
+        let ready = Ready { kind, profile };
         let took = started.elapsed();
         self.metrics.named_pool_refill_time.observe(took);
         pool.stats.lock().expect("pool lock").last_refill_ms = Some(took.as_millis() as u64);
-        pool.push(lease);
-        Ok(true)
+        pool.push(ready);
     }
 
     /// Pools on this node and browsers ready in them, for `/metrics`.
@@ -377,6 +647,8 @@ async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
             match b.refill_one(&pool).await {
                 Ok(true) => {
                     backoff = Duration::from_millis(250);
+                    // The others learn of it now, not at the next heartbeat.
+                    b.beat().await;
                     continue;
                 }
                 Ok(false) => pause = Some(RECHECK),
@@ -415,7 +687,9 @@ async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
             }
         }
     }
-    let exits: Vec<_> = pool.drain().into_iter().map(|lease| lease.browser.exited()).collect();
+    let ready = pool.drain();
+    let exits: Vec<_> = ready.iter().map(Ready::gone).collect();
+    drop(ready);
     for exited in exits {
         let _ = tokio::time::timeout(Duration::from_secs(10), exited.cancelled()).await;
     }

@@ -3,9 +3,12 @@
 //! takes as long as registering a session. Each pool has a keeper task that refills it one
 //! launch at a time, only into a free slot and within the key's quota (a ready browser
 //! counts as a session of its key); a pool with none ready answers with a cold start of
-//! the same settings. Pools live on the node that defined them.
+//! the same settings. A pool of isolation "context" keeps contexts in the shared browsers
+//! instead, each bound to the id its session will have. In a cluster every node knows
+//! every pool (the definitions are in Redis) and keeps its share of each pool's size.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::request::RequestedOptions;
 use crate::auth::Tenant;
 use crate::browser::pool::Lease;
+use crate::browser::shared::ContextLease;
 use crate::session::Session;
+use crate::store::profiles::Profile;
 use crate::values::Screen;
 
 /// What a pool's sessions are made from, as validated.
@@ -67,12 +72,81 @@ pub struct PoolStats {
     pub last_error: Option<String>,
     /// How long the last ready browser took to make.
     pub last_refill_ms: Option<u64>,
+    /// In a cluster: ready ones by node (this one's included); the counts above are the
+    /// cluster's.
+    pub nodes: Option<Vec<(String, usize)>>,
+}
+
+/// This node's place among the cluster's live nodes, which decides its share of each
+/// pool: `size / nodes`, and one more on `size % nodes` of them (which ones turns with the
+/// pool's name, so that pools of size 1 do not all sit on one node). One node alone keeps
+/// every pool whole.
+#[derive(Debug)]
+pub(super) struct Share {
+    index: AtomicUsize,
+    nodes: AtomicUsize,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            index: AtomicUsize::new(0),
+            nodes: AtomicUsize::new(1),
+        }
+    }
+}
+
+impl Share {
+    /// Sets this node's place; whether it changed.
+    pub(super) fn set(&self, index: usize, nodes: usize) -> bool {
+        let nodes = nodes.max(1);
+        let before = (self.index.swap(index, Relaxed), self.nodes.swap(nodes, Relaxed));
+        before != (index, nodes)
+    }
+
+    /// This node's part of `size` ready ones for the pool `name`.
+    pub(super) fn of(&self, name: &str, size: usize) -> usize {
+        let (index, nodes) = (self.index.load(Relaxed), self.nodes.load(Relaxed).max(1));
+        let turn = name.bytes().map(usize::from).sum::<usize>();
+        size / nodes + usize::from((index + turn) % nodes < size % nodes)
+    }
 }
 
 /// A session handed out by a pool, and whether a ready browser was there for it.
 pub struct Taken {
     pub session: Arc<Session>,
     pub hit: bool,
+}
+
+/// A session made ready ahead of its take, with the pool's profile as read then (so that
+/// the take reads no profile record).
+pub(super) struct Ready {
+    pub(super) kind: ReadyKind,
+    pub(super) profile: Option<Arc<Profile>>,
+}
+
+/// A browser of its own, or a context in a shared browser (bound, its traffic routed, for
+/// the session id chosen with it; no client can reach it before that session exists).
+pub(super) enum ReadyKind {
+    Browser(Lease),
+    Context { id: String, lease: ContextLease },
+}
+
+impl Ready {
+    pub(super) fn is_alive(&self) -> bool {
+        match &self.kind {
+            ReadyKind::Browser(lease) => lease.browser.is_alive(),
+            ReadyKind::Context { lease, .. } => lease.is_alive(),
+        }
+    }
+
+    /// Fires once it is gone, after it is dropped: its browser exited, or its context disposed.
+    pub(super) fn gone(&self) -> CancellationToken {
+        match &self.kind {
+            ReadyKind::Browser(lease) => lease.browser.exited(),
+            ReadyKind::Context { lease, .. } => lease.released(),
+        }
+    }
 }
 
 /// One pool: its settings, its ready browsers and its keeper's controls.
@@ -83,7 +157,7 @@ pub(super) struct NamedPool {
     pub(super) spec: Mutex<PoolSpec>,
     /// The definition as the API took it (its PATCHes merged in), kept for the next start.
     pub(super) definition: Mutex<Map<String, Value>>,
-    pub(super) ready: Mutex<VecDeque<Lease>>,
+    pub(super) ready: Mutex<VecDeque<Ready>>,
     pub(super) stats: Mutex<PoolStats>,
     /// Wakes the keeper: a browser was taken, or the size changed.
     pub(super) wake: Notify,
@@ -91,17 +165,24 @@ pub(super) struct NamedPool {
     /// has let go of every browser.
     pub(super) stop: CancellationToken,
     pub(super) kept: CancellationToken,
+    /// This node's place in the cluster (shared by every pool).
+    pub(super) share: Arc<Share>,
 }
 
 impl NamedPool {
+    /// How many this node keeps ready.
+    pub(super) fn target(&self) -> usize {
+        self.share.of(&self.name, self.spec.lock().expect("pool lock").size)
+    }
+
     pub(super) fn spec(&self) -> PoolSpec {
         self.spec.lock().expect("pool lock").clone()
     }
 
     pub(super) fn missing(&self) -> usize {
-        let size = self.spec.lock().expect("pool lock").size;
+        let size = self.target();
         let mut ready = self.ready.lock().expect("pool lock");
-        ready.retain(|l| l.browser.is_alive());
+        ready.retain(Ready::is_alive);
         size.saturating_sub(ready.len())
     }
 
@@ -109,30 +190,30 @@ impl NamedPool {
         self.ready.lock().expect("pool lock").len()
     }
 
-    /// A live ready browser, if one is there.
-    pub(super) fn pop(&self) -> Option<Lease> {
+    /// A live ready one, if one is there.
+    pub(super) fn pop(&self) -> Option<Ready> {
         let mut ready = self.ready.lock().expect("pool lock");
-        while let Some(lease) = ready.pop_front() {
-            if lease.browser.is_alive() {
-                return Some(lease);
+        while let Some(one) = ready.pop_front() {
+            if one.is_alive() {
+                return Some(one);
             }
         }
         None
     }
 
-    /// Keeps `lease` (the keeper lets go of what is past the size, or of all once stopped).
-    pub(super) fn push(&self, lease: Lease) {
-        self.ready.lock().expect("pool lock").push_back(lease);
+    /// Keeps `ready` (the keeper lets go of what is past the size, or of all once stopped).
+    pub(super) fn push(&self, ready: Ready) {
+        self.ready.lock().expect("pool lock").push_back(ready);
     }
 
-    /// Takes every ready browser out (to be dropped: killed, its directory removed).
-    pub(super) fn drain(&self) -> Vec<Lease> {
+    /// Takes every ready one out (to be dropped: killed or disposed, its directory removed).
+    pub(super) fn drain(&self) -> Vec<Ready> {
         self.ready.lock().expect("pool lock").drain(..).collect()
     }
 
     /// Ready browsers past the size, taken out.
-    pub(super) fn excess(&self) -> Vec<Lease> {
-        let size = self.spec.lock().expect("pool lock").size;
+    pub(super) fn excess(&self) -> Vec<Ready> {
+        let size = self.target();
         let mut ready = self.ready.lock().expect("pool lock");
         let keep = size.min(ready.len());
         ready.drain(keep..).collect()
@@ -154,6 +235,7 @@ impl NamedPool {
 #[derive(Default)]
 pub(super) struct NamedPools {
     pools: Mutex<HashMap<(Tenant, String), Arc<NamedPool>>>,
+    pub(super) share: Arc<Share>,
 }
 
 impl NamedPools {
@@ -192,5 +274,32 @@ impl NamedPools {
             pool.stop.cancel();
             drop(pool.drain());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_shares_add_up_to_the_size() {
+        for nodes in 1..=4 {
+            for size in 0..=9 {
+                for name in ["a", "login", "x-1"] {
+                    let total: usize = (0..nodes)
+                        .map(|index| {
+                            let share = Share::default();
+                            share.set(index, nodes);
+                            share.of(name, size)
+                        })
+                        .sum();
+                    assert_eq!(total, size, "{name}: {size} over {nodes} nodes");
+                }
+            }
+        }
+        let alone = Share::default();
+        assert_eq!(alone.of("a", 5), 5);
+        assert!(alone.set(1, 2));
+        assert!(!alone.set(1, 2));
     }
 }

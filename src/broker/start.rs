@@ -32,6 +32,7 @@ use crate::store::SessionStore;
 use crate::store::extensions::Extensions;
 use crate::store::local::LocalStore;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
+use crate::store::pool_definitions::PoolDefinitions;
 use crate::store::profile_data::ProfileData;
 use crate::store::profile_locks::ProfileLocks;
 use crate::store::profiles::Profiles;
@@ -126,8 +127,14 @@ impl Broker {
                 source,
             })?,
         );
-        let pool_definitions =
-            crate::store::pool_definitions::PoolDefinitions::open(data_dir.join("pools")).map_err(dir_error)?;
+        // In a cluster every node reads the same definitions, from Redis.
+        let pool_definitions = match &nodes {
+            Some(n) => {
+                let (connection, prefix) = n.connection();
+                PoolDefinitions::shared(connection, &prefix, ClusterKey::new(&config.cluster_secret))
+            }
+            None => PoolDefinitions::open(data_dir.join("pools")).map_err(dir_error)?,
+        };
         let extensions = Arc::new(
             Extensions::open(
                 data_dir.join("extensions"),
@@ -312,6 +319,7 @@ impl Broker {
                     tracing::debug!(error = %e, "reaping deferred: Redis is unavailable");
                 }
             });
+            every(&broker, RECONCILE_PERIOD, async |b| b.refresh_pool_share().await);
             every(&broker, RECONCILE_PERIOD, async |b| {
                 if let Err(e) = b.reconcile().await {
                     tracing::debug!(error = %e, "reconcile deferred: the session store is unavailable");

@@ -180,6 +180,20 @@ pub struct ContextLease {
     gateway_stop: CancellationToken,
     listener_back: Option<ListenerBack>,
     browsers: Weak<SharedBrowsers>,
+    /// Cancelled once the context is disposed and its slot free (after the lease is dropped).
+    released: CancellationToken,
+}
+
+impl ContextLease {
+    /// Fires once this context, dropped, is gone from its browser and its slot is free.
+    pub fn released(&self) -> CancellationToken {
+        self.released.clone()
+    }
+
+    /// Its browser runs and no client has closed it.
+    pub fn is_alive(&self) -> bool {
+        self.shared.browser.is_alive() && !self.scope.close_requested.is_cancelled()
+    }
 }
 
 impl Drop for ContextLease {
@@ -191,6 +205,7 @@ impl Drop for ContextLease {
         let (shared, context) = (self.shared.clone(), self.scope.context.clone());
         let browsers = self.browsers.clone();
         let listener_back = self.listener_back.take();
+        let released = self.released.clone();
         let finish = async move {
             let disposed = dispose(&shared, &context).await;
             if let Some(back) = listener_back {
@@ -199,6 +214,7 @@ impl Drop for ContextLease {
             if let Some(browsers) = browsers.upgrade() {
                 browsers.release(&shared);
             }
+            released.cancel();
         };
         // Without a runtime (the broker is gone) the browser goes with it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -627,6 +643,7 @@ impl SharedBrowsers {
             gateway_stop: prepared.stop,
             listener_back: Some(prepared.listener_back),
             browsers: Arc::downgrade(self),
+            released: CancellationToken::new(),
         }
     }
 

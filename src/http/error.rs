@@ -315,6 +315,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::NamedPool(NamedPoolError::NotFound) => StatusCode::NOT_FOUND,
             BrokerError::NamedPool(NamedPoolError::Exists(_)) => StatusCode::CONFLICT,
+            BrokerError::NamedPool(NamedPoolError::NoneReady) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::NamedPool(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BrokerError::StateRefused(_) | BrokerError::OptionRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BrokerError::ProfileTimedOut(_) | BrokerError::ProfileBrowser(CdpError::Timeout) => {

@@ -94,8 +94,19 @@ async fn place_elsewhere(
     parts: &hyper::http::request::Parts,
     body: bytes::Bytes,
 ) -> Option<Response<Body>> {
-    let key = broker.cluster_key()?;
     let candidates = broker.placement_candidates().await;
+    place_on(broker, tenant, parts, body, candidates).await
+}
+
+/// Offers a create to `candidates` in order; the first that makes it answers.
+async fn place_on(
+    broker: &Broker,
+    tenant: &Tenant,
+    parts: &hyper::http::request::Parts,
+    body: bytes::Bytes,
+    candidates: Vec<crate::broker::NodeInfo>,
+) -> Option<Response<Body>> {
+    let key = broker.cluster_key()?;
     for node in candidates {
         // Only nodes whose records verify under the cluster secret are candidates, and the
         // create goes with this node's signed hop header, not the client's key.
@@ -196,7 +207,7 @@ async fn create(broker: &Broker, tenant: Tenant, request: Request<Incoming>) -> 
     .await?;
     let body = json_object(&bytes)?;
     if field(&body, "pool").is_some() {
-        return create_from_pool(broker, tenant, &body).await;
+        return create_from_pool(broker, tenant, &body, placed_here, (&parts, bytes)).await;
     }
     let mut new = validate_create(config, &body)?;
     new.queue = !placed_here;
@@ -224,10 +235,15 @@ const TAKE_FIELDS: &[&str] = &["pool", "metadata", "ttl", "idle_timeout"];
 
 /// `POST /public/sessions` with `pool`: a ready session of the pool, or a cold start with
 /// its settings (`pool_hit` says which).
+/// In a cluster, a create that finds none ready here goes to a node that has one (its
+/// body as it came, signed as this node's); if none takes it, it is a cold start here. One
+/// sent here that way takes a ready one or is refused (`503`), never a cold start.
 async fn create_from_pool(
     broker: &Broker,
     tenant: Tenant,
     body: &Map<String, Value>,
+    placed_here: bool,
+    request: (&hyper::http::request::Parts, bytes::Bytes),
 ) -> Result<Response<Body>, ApiError> {
     let config = broker.config();
     if let Some(key) = body
@@ -250,8 +266,22 @@ async fn create_from_pool(
             .transpose()?
             .unwrap_or_default(),
     };
+    if broker.is_clustered()
+        && !placed_here
+        && !broker.pool_ready_here(&tenant, &name)?
+        && let Some(answer) = place_on(
+            broker,
+            &tenant,
+            request.0,
+            request.1,
+            broker.pool_holders(&tenant, &name).await,
+        )
+        .await
+    {
+        return Ok(answer);
+    }
     let started = std::time::Instant::now();
-    let taken = broker.create_from_pool(tenant, &name, take).await?;
+    let taken = broker.create_from_pool(tenant, &name, take, !placed_here).await?;
     broker.metrics().create_time.observe(started.elapsed());
     let record = taken.session.record();
     let mut answer = render(&record, &broker.session_urls(&record));

@@ -7,7 +7,7 @@
 //! as a node, so nothing (creates with their proxy passwords, hops) is sent to it.
 //! Nothing secret is kept in Redis.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,6 +34,19 @@ pub struct NodeInfo {
     pub sessions: usize,
     /// Unix milliseconds of its last heartbeat.
     pub heartbeat_ms: u64,
+    /// Its share of each named pool, by `<tenant>.<name>`: where a create from a pool that
+    /// has none ready here is sent, and what a pool's cluster totals add up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, PoolShare>,
+}
+
+/// One node's part of a named pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolShare {
+    pub ready: usize,
+    pub taken: u64,
+    pub missed: u64,
+    pub errors: u64,
 }
 
 /// A node's record as kept in Redis: its fields and their signature.
@@ -46,15 +59,20 @@ struct Signed {
 }
 
 impl NodeInfo {
-    fn fields(&self) -> [String; 6] {
-        [
+    fn fields(&self) -> Vec<String> {
+        let mut fields = vec![
             self.id.clone(),
             self.url.clone(),
             self.max_sessions.to_string(),
             self.free.to_string(),
             self.sessions.to_string(),
             self.heartbeat_ms.to_string(),
-        ]
+        ];
+        // Signed too, when there are any (a record without pools signs as before).
+        if !self.pools.is_empty() {
+            fields.push(serde_json::to_string(&self.pools).unwrap_or_default());
+        }
+        fields
     }
 }
 
@@ -262,6 +280,7 @@ mod tests {
             free: 3,
             sessions: 1,
             heartbeat_ms: 1,
+            pools: BTreeMap::new(),
         };
         nodes.beat(&info).await.unwrap();
         assert_eq!(nodes.alive("node-a").await.unwrap(), Some(info.clone()));

@@ -2,7 +2,9 @@
 // of it, then per round, side by side: create -> first CDP reply of a session taken from
 // the pool at rest (every ready browser there), of a cold profile session (a browser
 // launched on a copy of the profile), and of a default session (a warm browser) for
-// reference. Each session is checked logged in, or not for the default (not timed).
+// reference; and a session taken from a pool of isolation "context" on the same profile (a
+// ready context in a shared browser, its storage state loaded). Each session is checked
+// logged in, or not for the default (not timed).
 // usage: node --experimental-websocket bench_pools.mjs <api> <key> <site> <rounds> <size>
 import puppeteer from 'puppeteer-core';
 
@@ -39,9 +41,9 @@ async function loggedIn(session) {
   return cookies.includes('sid=s3cr3t');
 }
 
-async function ready(n) {
+async function ready(n, name = 'bench') {
   for (let i = 0; i < 600; i++) {
-    const pool = await call('GET', '/public/pools/bench');
+    const pool = await call('GET', `/public/pools/${name}`);
     if (pool.json.stats.ready === n) return pool.json;
     await sleep(100);
   }
@@ -60,18 +62,22 @@ const login = (await call('POST', '/public/sessions', { profile_id: profile })).
 const made = await call('POST', '/public/pools', { name: 'bench', size: Number(size), profile_id: profile });
 if (made.status !== 201) throw new Error(JSON.stringify(made));
 await ready(Number(size));
+const contexts = await call('POST', '/public/pools', { name: 'ctx', size: Number(size), isolation: 'context', profile_id: profile });
+if (contexts.status !== 201) throw new Error(JSON.stringify(contexts));
+await ready(Number(size), 'ctx');
 
-const out = { pool: [], cold: [], default: [] };
+const out = { pool: [], context_pool: [], cold: [], default: [] };
 let refill = [];
 for (let r = 0; r < Number(rounds); r++) {
-  for (const kind of r % 2 ? ['cold', 'default', 'pool'] : ['pool', 'default', 'cold']) {
-    const body = { pool: { pool: 'bench' }, cold: { profile_id: profile, persist_changes: false }, default: {} }[kind];
+  for (const kind of r % 2 ? ['cold', 'default', 'context_pool', 'pool'] : ['pool', 'context_pool', 'default', 'cold']) {
+    const body = { pool: { pool: 'bench' }, context_pool: { pool: 'ctx' }, cold: { profile_id: profile, persist_changes: false }, default: {} }[kind];
     const { took, session } = await firstReply(body);
-    if (kind === 'pool' && session.pool_hit !== true) throw new Error('a pool take at rest missed');
+    if (kind.endsWith('pool') && session.pool_hit !== true) throw new Error(`a ${kind} take at rest missed`);
     if ((await loggedIn(session)) !== (kind !== 'default')) throw new Error(`a ${kind} session is not as logged in as it should be`);
     out[kind].push(took);
     await call('POST', `/public/sessions/${session.session_id}/terminate`);
     const stats = await ready(Number(size));
+    await ready(Number(size), 'ctx');
     if (kind === 'pool') refill.push(stats.stats.last_refill_ms);
     // The warm default browser is replaced too, at rest again.
     await sleep(1500);
@@ -79,11 +85,13 @@ for (let r = 0; r < Number(rounds); r++) {
 }
 const summary = {
   pool_first_reply_p50_ms: median(out.pool),
+  context_pool_first_reply_p50_ms: median(out.context_pool),
   cold_profile_first_reply_p50_ms: median(out.cold),
   default_warm_first_reply_p50_ms: median(out.default),
   ratio_cold_over_pool: +(median(out.cold) / median(out.pool)).toFixed(1),
   refill_p50_ms: median(refill),
   pool_runs_ms: out.pool.map((x) => +x.toFixed(1)),
+  context_pool_runs_ms: out.context_pool.map((x) => +x.toFixed(1)),
   cold_runs_ms: out.cold.map((x) => +x.toFixed(1)),
   default_runs_ms: out.default.map((x) => +x.toFixed(1)),
 };
