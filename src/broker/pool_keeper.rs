@@ -27,6 +27,8 @@ use crate::store::profiles::Profile;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a pool that could not refill (no free slot, the key at its quota) looks again.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a replacement waits after a take while other ready ones remain.
+const REFILL_QUIET: Duration = Duration::from_millis(500);
 
 impl Broker {
     /// Defines a pool of `tenant` from `spec` (read from `definition`, which is kept for the
@@ -97,6 +99,7 @@ impl Broker {
             spec: Mutex::new(spec),
             definition: Mutex::new(definition),
             ready: Mutex::default(),
+            last_take: Mutex::default(),
             stats: Mutex::default(),
             wake: Notify::new(),
             stop: self.shutdown.child_token(),
@@ -643,6 +646,20 @@ async fn keep(broker: Weak<Broker>, pool: Arc<NamedPool>) {
         woken.as_mut().enable();
         let Some(b) = broker.upgrade() else { break };
         let mut pause = None;
+        // Just taken while others are still ready: the taken session's first commands
+        // go first (a launch takes both cores for a moment), as the warm pool does.
+        let since_take = pool.last_take.lock().expect("pool lock").map(|at| at.elapsed());
+        if let Some(since) = since_take.filter(|s| *s < REFILL_QUIET)
+            && pool.missing() > 0
+            && pool.ready_count() > 0
+        {
+            drop(b);
+            tokio::select! {
+                _ = tokio::time::sleep(REFILL_QUIET - since) => {}
+                _ = pool.stop.cancelled() => {}
+            }
+            continue;
+        }
         if pool.missing() > 0 {
             match b.refill_one(&pool).await {
                 Ok(true) => {

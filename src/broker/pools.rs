@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
@@ -158,6 +158,9 @@ pub(super) struct NamedPool {
     /// The definition as the API took it (its PATCHes merged in), kept for the next start.
     pub(super) definition: Mutex<Map<String, Value>>,
     pub(super) ready: Mutex<VecDeque<Ready>>,
+    /// When one was last taken: the keeper's replacement waits a moment while others are
+    /// ready, so the taken session's first commands do not share the cores with a launch.
+    pub(super) last_take: Mutex<Option<Instant>>,
     pub(super) stats: Mutex<PoolStats>,
     /// Wakes the keeper: a browser was taken, or the size changed.
     pub(super) wake: Notify,
@@ -195,6 +198,7 @@ impl NamedPool {
         let mut ready = self.ready.lock().expect("pool lock");
         while let Some(one) = ready.pop_front() {
             if one.is_alive() {
+                *self.last_take.lock().expect("pool lock") = Some(Instant::now());
                 return Some(one);
             }
         }
