@@ -662,6 +662,17 @@ fn probe(path: &Path) -> (f64, u64, u64, u64) {
     )
 }
 
+/// The seconds of video a (possibly still growing) recording holds, if it can be read yet.
+async fn recorded_seconds(path: &Path) -> Option<f64> {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// The colour at the centre of the video, 10 times a second: 'r', 'g', 'b' or '?'.
 fn colours(path: &Path) -> Vec<char> {
     let out = std::process::Command::new("ffmpeg")
@@ -903,10 +914,17 @@ async fn a_broker_killed_mid_recording_leaves_a_playable_file() {
     )
     .await;
     assert_eq!(visited["ok"], true, "{visited}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let path = data.path().join("artifacts").join(id).join("recording.mp4");
+    // Killed once the file holds three seconds and more (fragmented MP4: readable while it
+    // grows), however late a loaded machine let the recording start or the encoder run.
+    let file = path.as_path();
+    let recorded = eventually_async(Duration::from_secs(60), || async move {
+        recorded_seconds(file).await.is_some_and(|s| s >= 3.2)
+    })
+    .await;
+    assert!(recorded, "the recording never reached 3 s: {:?}", recorded_seconds(&path).await);
     signal(&broker.child, libc::SIGKILL);
     let _ = broker.child.wait().await;
-    let path = data.path().join("artifacts").join(id).join("recording.mp4");
     // ffmpeg sees its input end and finishes the file by itself.
     let needle = path.to_string_lossy().into_owned();
     assert!(
