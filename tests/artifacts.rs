@@ -922,7 +922,11 @@ async fn a_broker_killed_mid_recording_leaves_a_playable_file() {
         recorded_seconds(file).await.is_some_and(|s| s >= 3.2)
     })
     .await;
-    assert!(recorded, "the recording never reached 3 s: {:?}", recorded_seconds(&path).await);
+    assert!(
+        recorded,
+        "the recording never reached 3 s: {:?}",
+        recorded_seconds(&path).await
+    );
     signal(&broker.child, libc::SIGKILL);
     let _ = broker.child.wait().await;
     // ffmpeg sees its input end and finishes the file by itself.
