@@ -31,6 +31,16 @@ stop_brokers() {
   rm -rf "$tmp"
 }
 
+# At exit, for scripts that also start their own servers (pids in `pids`) and browserless:
+# stops them and the brokers, removes browserless's links and the scratch directory.
+stop_all() {
+  kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
+  wait 2>/dev/null || true
+  browserless_unlink
+  sleep 1
+  rm -rf "$tmp"
+}
+
 # start_nginx UPSTREAM_ADDR -> prints the port of an nginx (Debian's, with its defaults and
 # `worker_processes auto`) proxying WebSocket connections to UPSTREAM_ADDR, under
 # "$tmp/nginx"; its master's pid goes to "$tmp/nginx-pid" (its workers are the children).

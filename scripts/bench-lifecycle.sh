@@ -20,14 +20,7 @@ cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
 pids=()
 . scripts/bench-lib.sh
-cleanup() {
-  kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
-  wait 2>/dev/null || true
-  browserless_unlink
-  sleep 1
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap stop_all EXIT
 browserless_setup
 
 page=$(serve_html '<html><head><title>lifecycle</title></head><body><h1>A local page</h1><p>Some text.</p></body></html>')

@@ -21,15 +21,8 @@ scripts/setup.sh --test
 cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
 pids=()
-cleanup() {
-  kill "${pids[@]}" $(cat "$tmp/broker-pids" 2>/dev/null) 2>/dev/null || true
-  wait 2>/dev/null || true
-  browserless_unlink
-  sleep 1
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 . scripts/bench-lib.sh
+trap stop_all EXIT
 browserless_setup
 
 mkdir -p "$tmp/site"
