@@ -381,17 +381,8 @@ impl Pool {
                 };
                 self.refilling.store(false, Ordering::SeqCst);
                 self.landed.notify_waiters();
-                match launched {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(250);
-                    }
-                    Err(_) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.cancelled() => break,
-                        }
-                        backoff = (backoff * 2).min(MAX_REFILL_BACKOFF);
-                    }
+                if !settle(launched.is_ok(), &mut backoff, &shutdown).await {
+                    break;
                 }
                 continue;
             }
@@ -403,15 +394,12 @@ impl Pool {
                         r = self.launcher.launch(self.default_screen, Use::Own(kind)) => r,
                         _ = shutdown.cancelled() => break,
                     };
-                    match launched {
-                        Ok(browser) => *self.other_idle.lock().expect("pool lock") = Some(browser),
-                        Err(_) => {
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = shutdown.cancelled() => break,
-                            }
-                            backoff = (backoff * 2).min(MAX_REFILL_BACKOFF);
-                        }
+                    let ok = launched.is_ok();
+                    if let Ok(browser) = launched {
+                        *self.other_idle.lock().expect("pool lock") = Some(browser);
+                    }
+                    if !settle(ok, &mut backoff, &shutdown).await {
+                        break;
                     }
                     continue;
                 }
@@ -438,4 +426,19 @@ impl Pool {
         self.idle.lock().expect("pool lock").clear();
         self.other_idle.lock().expect("pool lock").take();
     }
+}
+
+/// After a refill launch: a success resets the backoff; a failure waits it out and doubles
+/// it (a broken Chrome is not a busy loop). False when `shutdown` came meanwhile.
+async fn settle(launched: bool, backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    if launched {
+        *backoff = Duration::from_millis(250);
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.cancelled() => return false,
+    }
+    *backoff = (*backoff * 2).min(MAX_REFILL_BACKOFF);
+    true
 }
