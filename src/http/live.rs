@@ -330,6 +330,11 @@ async fn relay_filtered<V, B>(
         };
         let _ = viewer_tx.send(Message::Close(Some(frame))).await;
         metrics.record_close(code);
+        // Wait for the page's echo (or its hang-up). Dropped now, the socket would answer
+        // the acks still coming with a reset, and a page whose write meets the reset
+        // reports a lost connection before it reads the close frame.
+        let echo = async { while let Some(Ok(_)) = viewer_rx.next().await {} };
+        let _ = tokio::time::timeout(relay::CLOSE_GRACE, echo).await;
     }
     let _ = viewer_tx.close().await;
 }
@@ -341,6 +346,7 @@ mod tests {
     use std::time::Duration;
 
     use serde_json::json;
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
 
@@ -401,6 +407,38 @@ mod tests {
             (u16::from(frame.code), frame.reason.as_str()),
             (4002, "session terminated")
         );
+    }
+
+    /// The page may still be sending acks as the session ends: the viewer's socket stays
+    /// open for its echo, so a write after the close frame meets no reset (Chrome reports
+    /// a write that meets one as a lost connection, before it reads the close frame).
+    #[tokio::test]
+    async fn the_viewer_socket_waits_for_the_pages_close_echo() {
+        let session = crate::session::external_session();
+        let (page_end, viewer_end) = tokio::io::duplex(64 * 1024);
+        let (_browser_end, relay_end) = tokio::io::duplex(64 * 1024);
+        let mut page = WebSocketStream::from_raw_socket(page_end, Role::Client, None).await;
+        let viewer = WebSocketStream::from_raw_socket(viewer_end, Role::Server, None).await;
+        let browser = WebSocketStream::from_raw_socket(relay_end, Role::Client, None).await;
+        let metrics = Metrics::default();
+        let relay = relay_filtered(viewer, browser, &session, false, &metrics);
+        let page_side = async {
+            session.end(EndReason::Terminated).unwrap();
+            let Some(Ok(Message::Close(Some(frame)))) = page.next().await else {
+                panic!("no close frame");
+            };
+            assert_eq!(u16::from(frame.code), 4002);
+            // Time for a relay that does not wait to finish and drop the socket.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A masked, empty ping: an ack in flight, as bytes on the wire.
+            let late = page.get_mut().write_all(&[0x89, 0x80, 1, 2, 3, 4]).await;
+            page.close(None).await.ok();
+            late
+        };
+        let ((), late) = tokio::time::timeout(relay::EXIT_GRACE, futures_util::future::join(relay, page_side))
+            .await
+            .expect("the relay ends once the page echoes");
+        late.expect("the page's late write reached an open socket");
     }
 
     /// An allowed command reaches the browser byte for byte as the viewer sent it (the

@@ -24,7 +24,7 @@ use crate::store::EndReason;
 const MIN_BUFFER: usize = 4 * 1024;
 const MAX_BUFFER: usize = 1024 * 1024;
 /// How long finishing a half-sent frame and sending the close frame may take.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a dropped browser connection waits to learn whether the browser is exiting. A
 /// Chromium told to close drops its sockets first and may take seconds more to exit on a
 /// busy machine (seen: over 1 s with the test suite's browsers starting alongside).
