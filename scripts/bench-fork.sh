@@ -4,6 +4,7 @@
 # to every fork's first CDP reply. Medians of ROUNDS runs; then the memory (PSS) per forked
 # session, and where the time goes inside the broker (its log).
 # BASELINE=path/to/cdpgate: an older build beside this one, alternated fork by fork.
+# WAIT_UNTIL=load,start: each broker's forks with each `wait_until`, alternated too.
 # usage: [BASELINE=BIN] scripts/bench-fork.sh [ROUNDS] [COUNTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +58,7 @@ if [ -n "${BASELINE:-}" ]; then
   names+=(baseline)
 fi
 echo "load before: $(uptime)"
-DATA_DIR="$tmp/data-fork" node --experimental-websocket tests/js/bench_fork.mjs "$gates" "$key" \
+WAIT_UNTIL="${WAIT_UNTIL:-load}" DATA_DIR="$tmp/data-fork" node --experimental-websocket tests/js/bench_fork.mjs "$gates" "$key" \
   "http://127.0.0.1:$site_port" "$rounds" "$counts" | python3 -m json.tool
 echo "load after: $(uptime)"
 echo "Inside the broker (medians per N, ms from the fork's start: the source read, every fork's"
@@ -71,9 +72,10 @@ for line in open(sys.argv[1]):
         continue
     f = json.loads(line).get("fields", {})
     if "read_ms" in f:
-        by_n.setdefault(f["forks"], []).append((f["read_ms"], f["create_ms"], f["write_ms"]))
-for n, rows in sorted(by_n.items()):
+        key = (f["forks"], f.get("wait_until", "Loaded"))
+        by_n.setdefault(key, []).append((f["read_ms"], f["create_ms"], f["write_ms"]))
+for (n, mode), rows in sorted(by_n.items()):
     med = [statistics.median(r[i] for r in rows) for i in range(3)]
-    print(f"{sys.argv[2].replace('fork', 'this')} N={n} ({len(rows)} forks): read {med[0]:.0f}, creates {med[1]:.0f}, writes {med[2]:.0f}")
+    print(f"{sys.argv[2].replace('fork', 'this')} N={n} {mode} ({len(rows)} forks): read {med[0]:.0f}, creates {med[1]:.0f}, writes {med[2]:.0f}")
 PY
 done

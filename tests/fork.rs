@@ -21,10 +21,16 @@ use tokio::net::TcpListener;
 /// `/page/<name>` shows the Cookie header it was sent and, in its title, what its script
 /// found in storage before anything else ran; it is tall enough to scroll.
 async fn start_login_site() -> SocketAddr {
+    start_login_site_held(tokio::sync::watch::channel(false).1).await
+}
+
+/// The same site, whose `/page/<name>` answers wait while `held` says true.
+async fn start_login_site_held(held: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let mut held = held.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -41,6 +47,9 @@ async fn start_login_site() -> SocketAddr {
                     .find_map(|l| l.strip_prefix("cookie: ").or_else(|| l.strip_prefix("Cookie: ")))
                     .unwrap_or("")
                     .replace(['<', '&'], "_");
+                if path.starts_with("/page/") {
+                    let _ = held.wait_for(|held| !held).await;
+                }
                 let (headers, body) = if path == "/login" {
                     (
                         "set-cookie: sid=s3cr3t; Path=/; HttpOnly\r\nset-cookie: pref=dark; Path=/; Max-Age=3600\r\n",
@@ -78,6 +87,20 @@ async fn tab_states(client: &mut CdpClient) -> Vec<String> {
         let session = client.attach(&target).await;
         let state = client.eval(&session, TAB_STATE).await;
         states.push(state.as_str().unwrap().to_owned());
+    }
+    states.sort();
+    states
+}
+
+/// As `tab_states`, of pages that may still be loading: a page whose document is replaced
+/// under the question reads as its error.
+async fn loading_tab_states(client: &mut CdpClient) -> Vec<String> {
+    let mut states = Vec::new();
+    for (target, _) in client.pages().await {
+        let session = client.attach(&target).await;
+        let params = json!({"expression": TAB_STATE, "returnByValue": true});
+        let reply = client.send(Some(&session), "Runtime.evaluate", params).await;
+        states.push(reply["result"]["result"]["value"].as_str().unwrap_or("-").to_owned());
     }
     states.sort();
     states
@@ -225,6 +248,43 @@ async fn forks_carry_the_login(isolation: &str, screen: Value) {
     assert_eq!(client.eval(&tabs[0], marked).await, json!(false));
     // The source is where it was.
     assert_eq!(tab_states(&mut client).await, before);
+    server.stop().await;
+}
+
+/// `"wait_until": "start"` answers before the forks' pages have loaded (the site holds
+/// them until the answer has come), and each fork still ends up logged in on the same
+/// pages, its storage seen by the page's first script, scrolled as the source was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_that_does_not_wait_for_its_tabs_still_carries_the_login() {
+    let server = TestServer::start_with(|c| {
+        c.max_sessions = 4;
+        c.context_spares = 1;
+    })
+    .await;
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let site = start_login_site_held(held).await;
+    let (source, mut client, _) = logged_in_source(&server, site, json!({"isolation": "context"})).await;
+    let before = tab_states(&mut client).await;
+    hold.send_replace(true);
+    let id = source["session_id"].as_str().unwrap();
+    let body = json!({"count": 2, "wait_until": "start"});
+    let r = tokio::time::timeout(Duration::from_secs(30), fork(&server, KEY_A, id, body))
+        .await
+        .expect("the answer does not wait for the held pages");
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json["carried"]["tabs"].as_array().unwrap().len(), 2, "{}", r.body);
+    hold.send_replace(false);
+    for f in r.json["sessions"].as_array().unwrap() {
+        let mut fc = CdpClient::connect(f).await;
+        // The loads and scrolls finish in the background: wait (bounded) until they have.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut states = loading_tab_states(&mut fc).await;
+        while states != before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            states = loading_tab_states(&mut fc).await;
+        }
+        assert_eq!(states, before, "fork {}", f["session_id"]);
+    }
     server.stop().await;
 }
 

@@ -14,7 +14,7 @@ use crate::auth::Tenant;
 use crate::browser::blocking::Blocking;
 use crate::browser::cdp::CdpError;
 use crate::browser::identity::Identity;
-use crate::browser::snapshot::{self, Snapshot};
+use crate::browser::snapshot::{self, Snapshot, TabsReady};
 use crate::capture::Wants;
 use crate::quota::Kind;
 use crate::session::Session;
@@ -62,7 +62,7 @@ impl Broker {
         }
         let writing = Instant::now();
         if failure.is_none() {
-            let writes = made.iter().map(|fork| write_into(fork, &state));
+            let writes = made.iter().map(|fork| write_into(fork, &state, request.wait_until));
             for written in join_all(writes).await {
                 if let Err(e) = written {
                     failure.get_or_insert(ForkError::Write(e));
@@ -87,6 +87,7 @@ impl Broker {
                 read_ms = read_took.as_millis() as u64,
                 create_ms = create_took.as_millis() as u64,
                 write_ms = write_took.as_millis() as u64,
+                wait_until = ?request.wait_until,
                 "session forked"
             );
         });
@@ -162,8 +163,8 @@ fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_
     }
 }
 
-async fn write_into(fork: &Session, state: &Snapshot) -> Result<(), CdpError> {
+async fn write_into(fork: &Session, state: &Snapshot, ready: TabsReady) -> Result<(), CdpError> {
     let ws_url = fork.upstream.own_ws_url().unwrap_or_default();
     let context = fork.upstream.scope.as_ref().map(|s| s.context.as_str());
-    snapshot::write(&ws_url, context, state).await
+    snapshot::write(&ws_url, context, state, ready).await
 }

@@ -10,6 +10,7 @@ use crate::browser::blocking::Blocking;
 use crate::browser::fingerprint::FingerprintRequest;
 use crate::browser::forward::UpstreamProxy;
 use crate::browser::identity::Identity;
+use crate::browser::snapshot::TabsReady;
 use crate::capture::Wants;
 use crate::events::EventType;
 use crate::session::Session;
@@ -107,6 +108,8 @@ pub struct ForkRequest {
     pub ttl: Option<Duration>,
     /// Else the source's metadata.
     pub metadata: Option<Map<String, Value>>,
+    /// Whether the answer waits for the forks' tabs to load.
+    pub wait_until: TabsReady,
 }
 
 /// What a fork made and what it carried into each.

@@ -12,7 +12,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use tokio::sync::oneshot;
+
 use super::cdp::{CdpError, Connection};
+
+/// Told once a tab's navigation is about to be sent (or why it will not be).
+type Started = oneshot::Sender<Result<(), CdpError>>;
 
 /// What a fork carries.
 #[derive(Debug, Clone, Default)]
@@ -93,11 +98,29 @@ pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot
     Ok(Snapshot { cookies, tabs })
 }
 
+/// How far a write goes before it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TabsReady {
+    /// Every tab loaded (or given up on after `LOAD_WAIT`) and scrolled.
+    #[default]
+    Loaded,
+    /// Every tab's storage script in place and its navigation about to be sent; the loads
+    /// and scrolls go on in the background, each on its own connection, which ends with
+    /// them (or with the browser context, should the session end first).
+    Started,
+}
+
 /// Puts `snapshot` into the fresh browser at `ws_url` (its default context) or its
 /// `context`: the cookies, then each tab (the first in the tab already open) loaded and
-/// scrolled. The tabs are opened in order, then restored at once, each on a connection of
-/// its own: a tab's time is mostly its page's load, which the others need not wait for.
-pub(crate) async fn write(ws_url: &str, context: Option<&str>, snapshot: &Snapshot) -> Result<(), CdpError> {
+/// scrolled, waited for as `ready` says. The tabs are opened in order, then restored at
+/// once, each on a connection of its own: a tab's time is mostly its page's load, which
+/// the others need not wait for.
+pub(crate) async fn write(
+    ws_url: &str,
+    context: Option<&str>,
+    snapshot: &Snapshot,
+    ready: TabsReady,
+) -> Result<(), CdpError> {
     let mut conn = open(ws_url, context).await?;
     if !snapshot.cookies.is_empty() {
         conn.call(None, "Storage.setCookies", json!({ "cookies": snapshot.cookies }))
@@ -134,24 +157,76 @@ pub(crate) async fn write(ws_url: &str, context: Option<&str>, snapshot: &Snapsh
         };
         targets.push(target);
     }
+    if ready == TabsReady::Started {
+        return start_tabs(ws_url, context, conn, snapshot, targets).await;
+    }
     let mut tabs = snapshot.tabs.iter().zip(&targets);
     let Some((first_tab, first_target)) = tabs.next() else {
         return Ok(());
     };
     let others = tabs.map(|(tab, target)| async move {
         let mut own = open(ws_url, context).await?;
-        write_tab(&mut own, target, tab).await
+        write_tab(&mut own, target, tab, &mut None).await
     });
+    let mut untold = None;
     let (first_written, others) = tokio::join!(
-        write_tab(&mut conn, first_target, first_tab),
+        write_tab(&mut conn, first_target, first_tab, &mut untold),
         futures_util::future::join_all(others)
     );
     first_written?;
     others.into_iter().collect()
 }
 
+/// Restores every tab in a task of its own (the first on `conn`) and answers once each has
+/// reached its navigation, or with the first error before that.
+async fn start_tabs(
+    ws_url: &str,
+    context: Option<&str>,
+    conn: Connection,
+    snapshot: &Snapshot,
+    targets: Vec<String>,
+) -> Result<(), CdpError> {
+    let mut conn = Some(conn);
+    let mut started = Vec::with_capacity(targets.len());
+    for (tab, target) in snapshot.tabs.iter().cloned().zip(targets) {
+        let (tell, told) = oneshot::channel();
+        let own = conn.take();
+        let (ws_url, context) = (ws_url.to_owned(), context.map(str::to_owned));
+        tokio::spawn(async move {
+            let mut tell = Some(tell);
+            let written = async {
+                let mut conn = match own {
+                    Some(conn) => conn,
+                    None => open(&ws_url, context.as_deref()).await?,
+                };
+                write_tab(&mut conn, &target, &tab, &mut tell).await
+            }
+            .await;
+            match (written, tell) {
+                (Err(e), Some(tell)) => {
+                    let _ = tell.send(Err(e));
+                }
+                (Err(e), None) => tracing::debug!(error = %e, url = %tab.url, "a forked tab's load was cut short"),
+                _ => {}
+            }
+        });
+        started.push(told);
+    }
+    for told in started {
+        told.await
+            .unwrap_or_else(|_| Err(CdpError::Protocol("a tab's restore stopped".into())))?;
+    }
+    Ok(())
+}
+
 /// Restores `tab` into the page `target` on `conn`.
-async fn write_tab(conn: &mut Connection, target: &str, tab: &Tab) -> Result<(), CdpError> {
+/// `started`, if given, is told once the tab's navigation is about to be sent.
+async fn write_tab(
+    conn: &mut Connection,
+    target: &str,
+    tab: &Tab,
+    started: &mut Option<Started>,
+) -> Result<(), CdpError> {
     let attached = conn
         .call(
             None,
@@ -160,7 +235,7 @@ async fn write_tab(conn: &mut Connection, target: &str, tab: &Tab) -> Result<(),
         )
         .await?;
     let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
-    restore_tab(conn, &session, tab).await?;
+    restore_tab(conn, &session, tab, started).await?;
     let _ = conn
         .call(None, "Target.detachFromTarget", json!({ "sessionId": session }))
         .await;
@@ -169,7 +244,12 @@ async fn write_tab(conn: &mut Connection, target: &str, tab: &Tab) -> Result<(),
 
 /// Loads `tab` in the page of `session` with its storage in place before the page's own
 /// scripts run, then scrolls it once it has loaded.
-async fn restore_tab(conn: &mut Connection, session: &str, tab: &Tab) -> Result<(), CdpError> {
+async fn restore_tab(
+    conn: &mut Connection,
+    session: &str,
+    tab: &Tab,
+    started: &mut Option<Started>,
+) -> Result<(), CdpError> {
     let origin = url::Url::parse(&tab.url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_default();
@@ -192,6 +272,9 @@ async fn restore_tab(conn: &mut Connection, session: &str, tab: &Tab) -> Result<
             json!({ "source": source }),
         )
         .await?;
+    if let Some(started) = started.take() {
+        let _ = started.send(Ok(()));
+    }
     // A page that fails to load stays on Chrome's error page, as it would in the source.
     conn.call(Some(session), "Page.navigate", json!({ "url": tab.url }))
         .await?;

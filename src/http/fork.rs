@@ -10,6 +10,7 @@ use super::request::{field, read_json_object, whole_number};
 use super::sessions::{parse_metadata, parse_ttl, render};
 use crate::auth::Tenant;
 use crate::broker::{Broker, ForkRequest};
+use crate::browser::snapshot::TabsReady;
 use crate::config::Config;
 use crate::store::Isolation;
 
@@ -75,11 +76,20 @@ fn validate(config: &Config, body: &Map<String, Value>) -> Result<ForkRequest, A
     let metadata = field(body, "metadata")
         .map(|v| parse_metadata(v, config.max_metadata_bytes))
         .transpose()?;
+    let wait_until = match field(body, "wait_until") {
+        None => TabsReady::Loaded,
+        Some(v) => match v.as_str() {
+            Some("load") => TabsReady::Loaded,
+            Some("start") => TabsReady::Started,
+            _ => return Err(ApiError::unprocessable("wait_until must be \"load\" or \"start\"")),
+        },
+    };
     Ok(ForkRequest {
         count,
         isolation,
         ttl,
         metadata,
+        wait_until,
     })
 }
 
@@ -101,6 +111,8 @@ mod tests {
             json!({"isolation": "vm"}),
             json!({"ttl": 0}),
             json!({"metadata": []}),
+            json!({"wait_until": "networkidle"}),
+            json!({"wait_until": 1}),
         ] {
             let e = check(bad.clone()).unwrap_err();
             assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");

@@ -7,6 +7,7 @@
 // first broker, keeps the forks, and reads the PSS of every process in the process groups
 // of the browsers under DATA_DIR before and after: memory per forked session (each with
 // the source's two tabs).
+// WAIT_UNTIL=load,start runs each broker's forks with each `wait_until` (alternated too).
 // usage: node --experimental-websocket bench_fork.mjs <api|name=api,...> <key> <site> <rounds> <N,N,...>
 import { readFileSync, readdirSync } from 'fs';
 import puppeteer from 'puppeteer-core';
@@ -43,23 +44,28 @@ async function loggedInSource(api) {
 const sources = {};
 for (const [name, api] of targets) sources[name] = await loggedInSource(api);
 const ns = counts.split(',').map(Number);
+const modes = (process.env.WAIT_UNTIL || 'load').split(',');
+// Each broker with each mode: [label, api, mode, broker].
+const systems = targets.flatMap(([name, api]) =>
+  modes.map((mode) => [modes.length > 1 ? `${name}/${mode}` : name, api, mode, name]));
 const out = {};
-for (const [name] of targets) {
-  out[name] = {};
-  for (const n of ns) out[name][n] = { response_ms: [], all_replied_ms: [] };
+for (const [label] of systems) {
+  out[label] = {};
+  for (const n of ns) out[label][n] = { response_ms: [], all_replied_ms: [] };
 }
 for (let r = 0; r < Number(rounds); r++) {
   for (const n of ns) {
-    for (const [name, api] of r % 2 ? [...targets].reverse() : targets) {
+    for (const [label, api, mode, name] of r % 2 ? [...systems].reverse() : systems) {
       const t0 = performance.now();
-      const answer = await post(api, `/public/sessions/${sources[name].source.session_id}/fork`, { count: n });
+      const asked = { count: n, wait_until: mode };
+      const answer = await post(api, `/public/sessions/${sources[name].source.session_id}/fork`, asked);
       const t1 = performance.now();
       const body = await answer.json();
       if (answer.status !== 201) throw new Error(JSON.stringify(body));
       await Promise.all(body.sessions.map((s) => firstReply(s.cdp_url)));
       const t2 = performance.now();
-      out[name][n].response_ms.push(t1 - t0);
-      out[name][n].all_replied_ms.push(t2 - t0);
+      out[label][n].response_ms.push(t1 - t0);
+      out[label][n].all_replied_ms.push(t2 - t0);
       await Promise.all(body.sessions.map((s) => post(api, `/public/sessions/${s.session_id}/terminate`, {})));
       // Let the disposed contexts go before the next fork.
       await sleep(1500);
@@ -108,9 +114,11 @@ const summary = {};
 for (const [name, api] of targets) {
   await sources[name].browser.disconnect();
   await post(api, `/public/sessions/${sources[name].source.session_id}/terminate`, {});
+}
+for (const [label] of systems) {
   for (const n of ns) {
-    const o = out[name][n];
-    summary[`${name} N=${n}`] = {
+    const o = out[label][n];
+    summary[`${label} N=${n}`] = {
       fork_201_p50_ms: q(o.response_ms, 0.5),
       all_first_reply_p50_ms: q(o.all_replied_ms, 0.5),
       all_first_reply_p90_ms: q(o.all_replied_ms, 0.9),
