@@ -510,48 +510,43 @@ impl Broker {
         );
         let wants = request.options.capture;
         let capture = (wants_identity && wants.any()).then(|| self.captures.open(&id, wants));
-        // The identity is on the browser's pages before anyone can connect to them.
-        if wants_identity
-            && let Err(e) = identity::keep(
+        // The identity keeper, the downloads watcher and the tab watcher each set up on a
+        // connection of their own: at once, since each is mostly round trips to the
+        // browser. All are in place before anyone can connect to the session's pages.
+        let identity_kept = async {
+            if !wants_identity {
+                return Ok(());
+            }
+            let watch = identity::Watch {
+                blocking: request.options.blocking,
+                ads: self.ads.clone(),
+                traffic: session.traffic(),
+                challenges: session.challenges.clone(),
+                metrics: self.metrics.clone(),
+                events: session.events.get().cloned(),
+                capture: capture.clone(),
+            };
+            identity::keep(
                 &session.upstream,
                 &self.egress,
                 request.options.identity,
-                identity::Watch {
-                    blocking: request.options.blocking,
-                    ads: self.ads.clone(),
-                    traffic: session.traffic(),
-                    challenges: session.challenges.clone(),
-                    metrics: self.metrics.clone(),
-                    events: session.events.get().cloned(),
-                    capture: capture.clone(),
-                },
+                watch,
                 session.ended().clone(),
             )
             .await
-        {
-            let _ = session.end(EndReason::Terminated);
-            self.events.remove(&id);
-            self.captures.remove(&id);
-            session
-                .span()
-                .in_scope(|| tracing::warn!(error = %e, "session refused: its identity could not be applied"));
-            return Err(BrokerError::BrowserSetup(e));
-        }
+            .map_err(|e| ("its identity could not be applied", BrokerError::BrowserSetup(e)))
+        };
         let tabs_of = downloads.clone();
-        if let Err(e) = self
-            .start_artifacts(&session, downloads, request.options.record, request.options.log_cdp)
-            .await
-        {
-            let _ = session.end(EndReason::Terminated);
-            self.events.remove(&id);
-            self.captures.remove(&id);
-            session
-                .span()
-                .in_scope(|| tracing::warn!(error = %e, "session refused: its downloads or recording could not start"));
-            return Err(e);
-        }
+        let artifacts_started = async {
+            self.start_artifacts(&session, downloads, false, request.options.log_cdp)
+                .await
+                .map_err(|e| ("its downloads could not start", e))
+        };
         // The tabs are followed for the session's events; held to the limit if there is one.
-        if let Some(Downloads { ws_url, context, .. }) = tabs_of {
+        let tabs_watched = async {
+            let Some(Downloads { ws_url, context, .. }) = tabs_of else {
+                return Ok(());
+            };
             let cap = TabCap {
                 ws_url,
                 context,
@@ -560,15 +555,30 @@ impl Broker {
                 until: session.ended().clone(),
                 events: session.events.get().cloned(),
             };
-            if let Err(e) = tab_cap::start(cap, &self.tracker).instrument(session.span()).await {
-                let _ = session.end(EndReason::Terminated);
-                self.events.remove(&id);
-                self.captures.remove(&id);
-                session
-                    .span()
-                    .in_scope(|| tracing::warn!(error = %e, "session refused: its tabs could not be watched"));
-                return Err(BrokerError::BrowserSetup(e));
-            }
+            tab_cap::start(cap, &self.tracker)
+                .instrument(session.span())
+                .await
+                .map_err(|e| ("its tabs could not be watched", BrokerError::BrowserSetup(e)))
+        };
+        let (identity_kept, artifacts_started, tabs_watched) =
+            tokio::join!(identity_kept, artifacts_started, tabs_watched);
+        // The recording starts on pages that show the identity already (a screencast
+        // begun under the keeper's first overrides could be restarted by them).
+        let started = match identity_kept.and(artifacts_started).and(tabs_watched) {
+            Ok(()) => self
+                .start_artifacts(&session, None, request.options.record, false)
+                .await
+                .map_err(|e| ("its recording could not start", e)),
+            failed => failed,
+        };
+        if let Err((why, e)) = started {
+            let _ = session.end(EndReason::Terminated);
+            self.events.remove(&id);
+            self.captures.remove(&id);
+            session
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "session refused: {why}"));
+            return Err(e);
         }
         // Running before its record exists, so that the reconciler never takes the record
         // for one whose session has gone.
