@@ -119,11 +119,18 @@ fn spawn_ffmpeg(spec: &Spec) -> std::io::Result<Child> {
         .args(["-n", "10"])
         .arg(&spec.ffmpeg)
         .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        // The input is known (JPEG frames at `fps`): without these ffmpeg reads 5 MB of
+        // frames to probe it (20-30 s of a recording) before it encodes any, and a broker
+        // killed in that time left an empty file.
+        .args(["-probesize", "32", "-analyzeduration", "0"])
         .args(["-f", "image2pipe", "-framerate", &fps, "-c:v", "mjpeg", "-i", "pipe:0"])
         .args(["-vf", &filter, "-r", &fps])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-crf", "30"])
         .args(["-g", &(spec.fps * 2).to_string()])
         .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+        // Each fragment on disk as it is made: buffered, a page that changes little (small
+        // fragments) was a minute behind, and a killed broker lost that minute.
+        .args(["-flush_packets", "1"])
         .args(["-f", "mp4", "-y"])
         .arg(spec.files.recording_path())
         .stdin(Stdio::piped())
