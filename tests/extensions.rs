@@ -728,3 +728,58 @@ async fn uploads_racing_on_two_nodes_stay_within_the_keys_cap() {
         stop_binary(node).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_the_cluster_loads_an_extension_uploaded_on_another_node() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "extpool:", "node-a").await;
+    let b = cluster_node(&redis, "extpool:", "node-b").await;
+    let site = start_site().await;
+    let uploaded = upload(&a, KEY_A, marker_extension()).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", uploaded.body);
+    let id = uploaded.json["id"].as_str().unwrap().to_owned();
+    let path = format!("/public/extensions/{id}");
+    let pool = json!({"name": "marked", "size": 2, "extensions": [id]}).to_string();
+    let defined = a.call(Method::POST, "/public/pools", Some(KEY_A), Some(&pool)).await;
+    assert_eq!(defined.status, StatusCode::CREATED, "{}", defined.body);
+
+    // One ready browser on each node, B's on the copy it fetched.
+    let both = json!([{"node": "node-a", "ready": 1}, {"node": "node-b", "ready": 1}]);
+    let filled = eventually_async(Duration::from_secs(60), || async {
+        b.call(Method::GET, "/public/pools/marked", Some(KEY_A), None)
+            .await
+            .json["stats"]["nodes"]
+            == both
+    })
+    .await;
+    assert!(filled, "each node keeps one ready");
+    assert_eq!(b.broker.extensions().fetched(), 1);
+    let held = b.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(held.json["in_use_by"], 2, "ready browsers hold it: {}", held.body);
+
+    let take = json!({"pool": "marked"}).to_string();
+    let taken = b.call(Method::POST, "/public/sessions", Some(KEY_A), Some(&take)).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.body);
+    assert_eq!(taken.json["pool_hit"], true, "{}", taken.body);
+    let mut client = CdpClient::connect(&taken.json).await;
+    assert_eq!(marked(&mut client, &format!("http://{site}/")).await, "1");
+    let busy = a.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(busy.status, StatusCode::CONFLICT, "{}", busy.body);
+
+    // Pool and session gone: the extension is free to go.
+    drop(client);
+    let deleted = b.call(Method::DELETE, "/public/pools/marked", Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    let session = taken.json["session_id"].as_str().unwrap();
+    assert_eq!(b.terminate(session).await.status, StatusCode::NO_CONTENT);
+    let free = eventually_async(Duration::from_secs(30), || async {
+        a.call(Method::GET, &path, Some(KEY_A), None).await.json["in_use_by"] == 0
+    })
+    .await;
+    assert!(free, "nothing holds it");
+    let deleted = a.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    for server in [a, b] {
+        server.stop().await;
+    }
+}

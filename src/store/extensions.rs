@@ -481,6 +481,9 @@ impl Extensions {
             // Out of the listing's sight at once; its files go below.
             std::fs::rename(self.root.join(id), &gone)?;
         }
+        if let Some(shared) = &self.shared {
+            shared.fetching.lock().expect("extensions lock").remove(id);
+        }
         tokio::fs::remove_dir_all(&gone).await?;
         Ok(())
     }
@@ -604,12 +607,18 @@ impl Extensions {
     pub async fn keep_in_step(&self) -> Result<(), ExtensionError> {
         let Some(shared) = &self.shared else { return Ok(()) };
         shared.publish(&self.state).await?;
+        // The copies before the cluster's ids: a copy made meanwhile (an upload, a fetch)
+        // is of an extension the cluster had already kept.
+        let copies: Vec<String> = self
+            .state
+            .lock()
+            .expect("extensions lock")
+            .by_id
+            .keys()
+            .cloned()
+            .collect();
         let kept = shared.catalog.ids().await?;
-        let stale: Vec<String> = {
-            let state = self.state.lock().expect("extensions lock");
-            state.by_id.keys().filter(|id| !kept.contains(*id)).cloned().collect()
-        };
-        for id in stale {
+        for id in copies.into_iter().filter(|id| !kept.contains(id)) {
             self.drop_local(&id).await?;
         }
         Ok(())
