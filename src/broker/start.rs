@@ -41,7 +41,7 @@ use crate::store::redis::RedisStore;
 use crate::values::BrowserKind;
 use crate::webhooks::{Settings as WebhookSettings, Webhooks};
 
-use super::cluster::RECONCILE_PERIOD;
+use super::cluster::{ORPHAN_ZIP_PERIOD, RECONCILE_PERIOD};
 use super::error::StartError;
 use super::lifecycle::every;
 use super::{Broker, PublicUrls};
@@ -336,6 +336,7 @@ impl Broker {
                     tracing::debug!(error = %e, "extensions not kept in step: Redis or the profile store is unavailable");
                 }
             });
+            every(&broker, ORPHAN_ZIP_PERIOD, async |b| b.sweep_extension_zips().await);
             every(&broker, RECONCILE_PERIOD, async |b| {
                 if let Err(e) = b.reconcile().await {
                     tracing::debug!(error = %e, "reconcile deferred: the session store is unavailable");

@@ -466,7 +466,10 @@ impl Extensions {
             Deleted::InUse(n) => return Err(ExtensionError::InUse(n)),
             Deleted::Gone => {}
         }
-        shared.zips.remove_extension_zip(id).await?;
+        // Deleted now, whatever follows: a zip left behind is swept as an orphan.
+        if let Err(e) = shared.zips.remove_extension_zip(id).await {
+            tracing::warn!(error = %e, extension = %id, "the deleted extension's zip stays in the store until the orphan sweep");
+        }
         self.drop_local(id).await
     }
 
@@ -625,6 +628,28 @@ impl Extensions {
     }
 }
 
+impl Extensions {
+    /// In a cluster: removes the zips in the shared store older than `grace` that no
+    /// record names (an upload whose node died before it was kept, a delete whose removal
+    /// failed); answers how many. The store is listed before the records are read, and
+    /// an upload keeps its record moments after its zip: `grace` covers that.
+    pub async fn sweep_orphan_zips(&self, grace: Duration) -> Result<usize, ExtensionError> {
+        let Some(shared) = &self.shared else { return Ok(0) };
+        let zips = shared.zips.extension_zips().await?;
+        let kept = shared.catalog.ids().await?;
+        let now = SystemTime::now();
+        let mut swept = 0;
+        for (id, written) in zips {
+            let old = now.duration_since(written).is_ok_and(|age| age > grace);
+            if old && !kept.contains(&id) {
+                shared.zips.remove_extension_zip(&id).await?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+}
+
 /// An extension's record as the cluster keeps it.
 fn parsed(record: &str) -> Option<Extension> {
     serde_json::from_str(record).ok()
@@ -648,4 +673,74 @@ fn write_meta(dir: &Path, ext: &Extension) -> Result<(), ExtensionError> {
     let meta = serde_json::to_vec_pretty(ext).map_err(io::Error::other)?;
     std::fs::write(dir.join(META), meta)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ClusterKey;
+    use crate::store::redis::RedisStore;
+    use crate::store::redis::tests::TestRedis;
+
+    fn marker_zip() -> bytes::Bytes {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        writer.start_file("manifest.json", options).unwrap();
+        let manifest = r#"{"manifest_version": 3, "name": "m", "version": "1"}"#;
+        writer.write_all(manifest.as_bytes()).unwrap();
+        writer.finish().unwrap().into_inner().into()
+    }
+
+    #[tokio::test]
+    async fn the_leaders_sweep_removes_only_old_zips_no_record_names() {
+        let redis = TestRedis::start();
+        let (conn, prefix) = RedisStore::connect(&redis.url, "o:").await.unwrap().connection();
+        let dir = tempfile::tempdir().unwrap();
+        let zips = Arc::new(ProfileData::Directory(dir.path().join("profiles")));
+        let catalog = Catalog::new(
+            conn,
+            prefix,
+            ClusterKey::new("the-cluster-secret-of-32-characters"),
+            "n".into(),
+        );
+        let extensions = Extensions::open(
+            dir.path().join("extensions"),
+            5,
+            1 << 20,
+            Some(Shared::new(catalog, zips.clone())),
+        )
+        .unwrap();
+        let kept = extensions.add(&Tenant::from_id("t_a"), marker_zip()).await.unwrap();
+        let store = dir.path().join("profiles/extensions");
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for (name, written) in [("ext_0a.zip", Some(hour_ago)), ("ext_0b.zip", None)] {
+            std::fs::write(store.join(name), b"orphan").unwrap();
+            if let Some(t) = written {
+                std::fs::File::options()
+                    .write(true)
+                    .open(store.join(name))
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+        }
+        let old_kept = std::fs::File::options()
+            .write(true)
+            .open(store.join(format!("{}.zip", kept.id)))
+            .unwrap();
+        old_kept.set_modified(hour_ago).unwrap();
+        assert_eq!(extensions.sweep_orphan_zips(Duration::from_secs(60)).await.unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec!["ext_0b.zip".to_owned(), format!("{}.zip", kept.id)];
+        expected.sort();
+        assert_eq!(
+            left, expected,
+            "the old orphan went; the young one and the kept zip stay"
+        );
+    }
 }

@@ -23,6 +23,7 @@
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
@@ -420,6 +421,43 @@ impl ProfileData {
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(io::Error::other(e)),
             },
+        }
+    }
+
+    /// The extension ids whose zips the store holds, each with when it was written.
+    pub async fn extension_zips(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let id_of = |name: &str| {
+            let id = name.strip_suffix(".zip")?;
+            extension_zip_name(id).ok().map(|_| id.to_owned())
+        };
+        match self {
+            ProfileData::Directory(root) => {
+                let dir = root.join(EXTENSIONS);
+                blocking(move || {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                        Err(e) => return Err(e),
+                    };
+                    let mut found = Vec::new();
+                    for entry in entries.flatten() {
+                        if let (Some(id), Ok(meta)) = (id_of(&entry.file_name().to_string_lossy()), entry.metadata()) {
+                            found.push((id, meta.modified()?));
+                        }
+                    }
+                    Ok(found)
+                })
+                .await
+            }
+            ProfileData::Objects { store, .. } => {
+                use futures_util::TryStreamExt;
+                let dir = self.key(EXTENSIONS, "");
+                let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(io::Error::other)?;
+                Ok(listed
+                    .into_iter()
+                    .filter_map(|meta| Some((id_of(meta.location.filename()?)?, meta.last_modified.into())))
+                    .collect())
+            }
         }
     }
 
