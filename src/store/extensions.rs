@@ -530,8 +530,12 @@ impl Extensions {
             self.use_of(ids, Some(shared.clone()))
         };
         for ext in &records {
-            // On failure `held` is dropped: the holds go.
-            self.fetch(shared, ext).await?;
+            if let Err(e) = self.fetch(shared, ext).await {
+                // Let go before answering, so that the refusal is seen to hold nothing.
+                drop(held);
+                let _ = shared.publish(&self.state).await;
+                return Err(e);
+            }
         }
         Ok(held)
     }
