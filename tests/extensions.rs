@@ -2,7 +2,10 @@
 //! process session that names it runs it on every page (a content script marks the page),
 //! while a session that does not name it has none. Another key cannot see, use or delete
 //! it; a hostile zip is refused and leaves the extensions directory as it was; the browser
-//! that loads it reads its files and none of the broker's others.
+//! that loads it reads its files and none of the broker's others. In a cluster, one
+//! uploaded on any node runs on every node, fetched from the shared store and refused if
+//! its bytes there changed, is deleted everywhere once no node's browser loads it, and
+//! the key's caps hold across nodes.
 
 mod common;
 
@@ -77,15 +80,13 @@ fn marker_extension() -> Vec<u8> {
 }
 
 async fn upload(server: &TestServer, key: &str, zip: Vec<u8>) -> Response {
+    upload_to(server.addr, key, zip).await
+}
+
+async fn upload_to(addr: std::net::SocketAddr, key: &str, zip: Vec<u8>) -> Response {
     let headers = [("x-api-key", key), ("content-type", "application/zip")];
-    let (status, headers, bytes) = http_bytes(
-        server.addr,
-        Method::POST,
-        "/public/extensions",
-        &headers,
-        Bytes::from(zip),
-    )
-    .await;
+    let (status, headers, bytes) =
+        http_bytes(addr, Method::POST, "/public/extensions", &headers, Bytes::from(zip)).await;
     Response::new(status, headers, &bytes)
 }
 
@@ -446,4 +447,339 @@ async fn a_key_keeps_at_most_its_cap_of_extensions() {
         StatusCode::CREATED
     );
     server.stop().await;
+}
+
+/// A node of the test cluster under `prefix` on `redis`, sharing its profile directory.
+async fn cluster_node(redis: &TestRedis, prefix: &str, name: &str) -> TestServer {
+    let (url, prefix, name) = (redis.url.clone(), prefix.to_owned(), name.to_owned());
+    let profiles = redis.profiles.path().to_string_lossy().into_owned();
+    TestServer::start_with(move |c| {
+        c.pool_size = 0;
+        c.redis_url = url;
+        c.profile_store = profiles;
+        c.redis_prefix = prefix;
+        c.node_id = name;
+        c.cluster_secret = CLUSTER_SECRET.into();
+    })
+    .await
+}
+
+/// The ids a key lists on a node.
+async fn listed(server: &TestServer, key: &str) -> Vec<String> {
+    let r = server.call(Method::GET, "/public/extensions", Some(key), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.json["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_uploaded_on_one_node_runs_on_another_and_is_deleted_everywhere() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "ext:", "node-a").await;
+    let b = cluster_node(&redis, "ext:", "node-b").await;
+    let site = start_site().await;
+    let page_url = format!("http://{site}/");
+    let uploaded = upload(&a, KEY_A, marker_extension()).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", uploaded.body);
+    let id = uploaded.json["id"].as_str().unwrap().to_owned();
+    let path = format!("/public/extensions/{id}");
+    let copy_on = |node: &TestServer| node.data_dir.path().join("extensions").join(&id);
+    let zip_in_store = redis.profiles.path().join("extensions").join(format!("{id}.zip"));
+    assert_eq!(std::fs::read(&zip_in_store).unwrap(), marker_extension());
+    assert!(!copy_on(&b).exists(), "B has no copy before its first use");
+
+    // B lists and reads it as A does: same id, same metadata.
+    let on_b = b.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(on_b.status, StatusCode::OK, "{}", on_b.body);
+    assert_eq!(on_b.json, uploaded.json);
+    assert_eq!(listed(&b, KEY_A).await, std::slice::from_ref(&id));
+    // Another key sees nothing of it and cannot use or delete it, from either node.
+    for node in [&a, &b] {
+        assert!(listed(node, KEY_B).await.is_empty());
+        for method in [Method::GET, Method::DELETE] {
+            let r = node.call(method, &path, Some(KEY_B), None).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        }
+        let body = json!({"extensions": [id]}).to_string();
+        let r = node
+            .call(Method::POST, "/public/sessions", Some(KEY_B), Some(&body))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    }
+    assert!(!copy_on(&b).exists(), "another key's refused create fetched nothing");
+    assert_eq!(b.broker.extensions().fetched(), 0);
+
+    // Sessions on B and on A run it: B fetched it once, for two concurrent creates.
+    let (on_b1, on_b2) = tokio::join!(
+        b.create(json!({"extensions": [id]})),
+        b.create(json!({"extensions": [id]}))
+    );
+    assert_eq!(b.broker.extensions().fetched(), 1, "two creates, one fetch");
+    assert_eq!(
+        std::fs::read_to_string(copy_on(&b).join("unpacked/content.js")).unwrap(),
+        MARKER_SCRIPT
+    );
+    let on_a = a.create(json!({"extensions": [id]})).await;
+    assert_eq!(a.broker.extensions().fetched(), 0, "A kept its upload's copy");
+    for session in [&on_b1, &on_a] {
+        let mut client = CdpClient::connect(session).await;
+        assert_eq!(
+            marked(&mut client, &page_url).await,
+            "1",
+            "the extension marked the page"
+        );
+    }
+    let users = a.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(users.json["in_use_by"], 3, "counted across the cluster: {}", users.body);
+
+    // In use on A and B: a delete through either is refused, and nothing goes.
+    for node in [&b, &a] {
+        let busy = node.call(Method::DELETE, &path, Some(KEY_A), None).await;
+        assert_eq!(busy.status, StatusCode::CONFLICT, "{}", busy.body);
+        assert!(busy.body.contains("in use by 3"), "{}", busy.body);
+    }
+    assert!(zip_in_store.exists() && copy_on(&a).exists() && copy_on(&b).exists());
+    for session in [&on_b1, &on_b2] {
+        let id = session["session_id"].as_str().unwrap();
+        assert_eq!(b.terminate(id).await.status, StatusCode::NO_CONTENT);
+    }
+    // Still held by A's session.
+    let released_on_b = eventually_async(Duration::from_secs(15), || async {
+        b.call(Method::GET, &path, Some(KEY_A), None).await.json["in_use_by"] == 1
+    })
+    .await;
+    assert!(released_on_b, "B's ended sessions let it go");
+    let busy = b.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(busy.status, StatusCode::CONFLICT, "{}", busy.body);
+    assert_eq!(
+        a.terminate(on_a["session_id"].as_str().unwrap()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let released = eventually_async(Duration::from_secs(15), || async {
+        b.call(Method::GET, &path, Some(KEY_A), None).await.json["in_use_by"] == 0
+    })
+    .await;
+    assert!(released, "A's ended session let it go");
+
+    // Deleted through B: gone from the cluster, the store and B at once, from A soon.
+    let deleted = b.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    assert!(!zip_in_store.exists(), "its zip left the shared store");
+    assert!(!copy_on(&b).exists(), "B's copy is gone");
+    for node in [&a, &b] {
+        assert_eq!(
+            node.call(Method::GET, &path, Some(KEY_A), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert!(listed(node, KEY_A).await.is_empty());
+    }
+    let dropped = eventually(Duration::from_secs(15), || !copy_on(&a).exists()).await;
+    assert!(dropped, "A dropped its copy of the deleted extension");
+    let body = json!({"extensions": [id]}).to_string();
+    let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    for server in [a, b] {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_changed_in_the_shared_store_is_refused_and_nothing_is_loaded() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "tamper:", "node-a").await;
+    let b = cluster_node(&redis, "tamper:", "node-b").await;
+    let uploaded = upload(&a, KEY_A, marker_extension()).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", uploaded.body);
+    let id = uploaded.json["id"].as_str().unwrap().to_owned();
+    let zip_in_store = redis.profiles.path().join("extensions").join(format!("{id}.zip"));
+    let original = std::fs::read(&zip_in_store).unwrap();
+    let b_root = b.data_dir.path().join("extensions");
+    let before = snapshot(&b_root);
+    let browsers_before = chrome_groups_under(b.data_dir.path());
+
+    // Someone who can write to the store swaps in another extension (a valid zip whose
+    // content script does something else), then a mere change of bytes.
+    let evil = zip_of(&[
+        ("manifest.json", manifest(3).as_bytes()),
+        ("content.js", b"document.documentElement.dataset.cdpgateExt = \"evil\";"),
+    ]);
+    let mut flipped = original.clone();
+    let last = flipped.len() - 30;
+    flipped[last] ^= 0xff;
+    let body = json!({"extensions": [id]}).to_string();
+    for (what, bytes) in [("another extension", evil), ("changed bytes", flipped)] {
+        std::fs::write(&zip_in_store, &bytes).unwrap();
+        let r = b.call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body)).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{what}: {}", r.body);
+        assert!(
+            r.body.contains(&id) && r.body.contains("not the one uploaded"),
+            "{what}: {}",
+            r.body
+        );
+        assert_eq!(snapshot(&b_root), before, "{what}: nothing unpacked on B");
+        assert_eq!(
+            chrome_groups_under(b.data_dir.path()),
+            browsers_before,
+            "{what}: no browser started"
+        );
+        let active = b
+            .call(Method::GET, "/public/sessions?status_filter=active", Some(KEY_A), None)
+            .await;
+        assert_eq!(active.json["total"], 0, "{what}: {}", active.body);
+        let held = b
+            .call(Method::GET, &format!("/public/extensions/{id}"), Some(KEY_A), None)
+            .await;
+        assert_eq!(held.json["in_use_by"], 0, "{what}: the refused create holds nothing");
+    }
+    // The zip as uploaded loads again.
+    std::fs::write(&zip_in_store, &original).unwrap();
+    let session = b.create(json!({"extensions": [id]})).await;
+    assert_eq!(session["extensions"], json!([id]));
+    assert!(b_root.join(&id).join("unpacked/content.js").exists());
+    for server in [a, b] {
+        server.stop().await;
+    }
+}
+
+/// Uploads racing on two nodes (their own processes, on an S3 store) for a cap of three:
+/// three are kept, in Redis and in the store alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_racing_on_two_nodes_stay_within_the_keys_cap() {
+    let redis = start_redis().await;
+    let s3 = start_s3("extensions").await;
+    let store = format!("s3://{}/cluster", s3.bucket);
+    let start_node = async |name: &str, dir: &Path| {
+        let mut env: Vec<(&str, String)> = s3.env();
+        env.extend([
+            ("CDPGATE_API_KEYS", format!("{KEY_A},{KEY_B}")),
+            ("CDPGATE_POOL_SIZE", "0".to_owned()),
+            ("CDPGATE_MAX_EXTENSIONS_PER_KEY", "3".to_owned()),
+            ("CDPGATE_REDIS_URL", redis.url.clone()),
+            ("CDPGATE_REDIS_PREFIX", "race:".to_owned()),
+            ("CDPGATE_NODE_ID", name.to_owned()),
+            ("CDPGATE_PROFILE_STORE", store.clone()),
+            ("CDPGATE_CLUSTER_SECRET", CLUSTER_SECRET.to_owned()),
+        ]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_binary(dir, &env).await
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_node("node-a", dir_a.path()).await;
+    let b = start_node("node-b", dir_b.path()).await;
+    let uploads = (0..10).map(|i| upload_to(if i % 2 == 0 { a.addr } else { b.addr }, KEY_A, marker_extension()));
+    let answers = futures_util::future::join_all(uploads).await;
+    let kept: Vec<String> = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .map(|r| r.json["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kept.len(),
+        3,
+        "{:?}",
+        answers.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    for r in answers.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+        assert!(r.body.contains("max_extensions_per_key"), "{}", r.body);
+    }
+    let mut kept = kept;
+    kept.sort();
+    for addr in [a.addr, b.addr] {
+        let r = http(addr, Method::GET, "/public/extensions", Some(KEY_A), None).await;
+        let mut ids: Vec<String> = r.json["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, kept);
+    }
+    // The store holds the three zips and nothing of the refused ones.
+    let s3_addr: std::net::SocketAddr = s3.endpoint.trim_start_matches("http://").parse().unwrap();
+    let listing = http(
+        s3_addr,
+        Method::GET,
+        &format!("/{}?list-type=2&prefix=cluster/extensions/", s3.bucket),
+        None,
+        None,
+    )
+    .await;
+    let mut stored: Vec<String> = listing
+        .body
+        .split("<Key>")
+        .skip(1)
+        .map(|k| k.split("</Key>").next().unwrap().to_owned())
+        .collect();
+    stored.sort();
+    let expected: Vec<String> = kept.iter().map(|id| format!("cluster/extensions/{id}.zip")).collect();
+    assert_eq!(stored, expected, "{}", listing.body);
+    // Another key's cap is its own.
+    assert_eq!(
+        upload_to(b.addr, KEY_B, marker_extension()).await.status,
+        StatusCode::CREATED
+    );
+    for node in [a, b] {
+        stop_binary(node).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_the_cluster_loads_an_extension_uploaded_on_another_node() {
+    let redis = start_redis().await;
+    let a = cluster_node(&redis, "extpool:", "node-a").await;
+    let b = cluster_node(&redis, "extpool:", "node-b").await;
+    let site = start_site().await;
+    let uploaded = upload(&a, KEY_A, marker_extension()).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", uploaded.body);
+    let id = uploaded.json["id"].as_str().unwrap().to_owned();
+    let path = format!("/public/extensions/{id}");
+    let pool = json!({"name": "marked", "size": 2, "extensions": [id]}).to_string();
+    let defined = a.call(Method::POST, "/public/pools", Some(KEY_A), Some(&pool)).await;
+    assert_eq!(defined.status, StatusCode::CREATED, "{}", defined.body);
+
+    // One ready browser on each node, B's on the copy it fetched.
+    let both = json!([{"node": "node-a", "ready": 1}, {"node": "node-b", "ready": 1}]);
+    let filled = eventually_async(Duration::from_secs(60), || async {
+        b.call(Method::GET, "/public/pools/marked", Some(KEY_A), None)
+            .await
+            .json["stats"]["nodes"]
+            == both
+    })
+    .await;
+    assert!(filled, "each node keeps one ready");
+    assert_eq!(b.broker.extensions().fetched(), 1);
+    let held = b.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(held.json["in_use_by"], 2, "ready browsers hold it: {}", held.body);
+
+    let take = json!({"pool": "marked"}).to_string();
+    let taken = b.call(Method::POST, "/public/sessions", Some(KEY_A), Some(&take)).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.body);
+    assert_eq!(taken.json["pool_hit"], true, "{}", taken.body);
+    let mut client = CdpClient::connect(&taken.json).await;
+    assert_eq!(marked(&mut client, &format!("http://{site}/")).await, "1");
+    let busy = a.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(busy.status, StatusCode::CONFLICT, "{}", busy.body);
+
+    // Pool and session gone: the extension is free to go.
+    drop(client);
+    let deleted = b.call(Method::DELETE, "/public/pools/marked", Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    let session = taken.json["session_id"].as_str().unwrap();
+    assert_eq!(b.terminate(session).await.status, StatusCode::NO_CONTENT);
+    let free = eventually_async(Duration::from_secs(30), || async {
+        a.call(Method::GET, &path, Some(KEY_A), None).await.json["in_use_by"] == 0
+    })
+    .await;
+    assert!(free, "nothing holds it");
+    let deleted = a.call(Method::DELETE, &path, Some(KEY_A), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    for server in [a, b] {
+        server.stop().await;
+    }
 }

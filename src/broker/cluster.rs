@@ -123,6 +123,21 @@ impl Broker {
         Ok(())
     }
 
+    /// The leader removes extension zips no record names (`Extensions::sweep_orphan_zips`).
+    pub(super) async fn sweep_extension_zips(&self) {
+        let Some(nodes) = &self.nodes else { return };
+        if !nodes.lead(&self.node, LEAD_LEASE).await.unwrap_or(false) {
+            return;
+        }
+        match self.extensions.sweep_orphan_zips(ORPHAN_ZIP_GRACE).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "removed extension zips no record names"),
+            Err(e) => {
+                tracing::debug!(error = %e, "extension zips not swept: Redis or the profile store is unavailable")
+            }
+        }
+    }
+
     pub(super) async fn reconcile(&self) -> Result<(), StoreError> {
         let store = self.records.store();
         let running: Vec<Arc<Session>> = self.running.iter().map(|s| s.clone()).collect();
@@ -178,6 +193,13 @@ pub(super) const LEAD_LEASE: Duration = Duration::from_secs(6);
 
 /// How often a node compares the sessions the store says it runs with those it runs.
 pub(super) const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+
+/// How old a zip no record names must be before it is removed: an upload keeps its record
+/// moments after its zip.
+const ORPHAN_ZIP_GRACE: Duration = Duration::from_secs(600);
+
+/// How often the leader looks for such zips.
+pub(super) const ORPHAN_ZIP_PERIOD: Duration = Duration::from_secs(60);
 
 /// How long a refused create is watched for a late write.
 pub(super) const REFUSED_WATCH: Duration = Duration::from_secs(600);

@@ -106,18 +106,20 @@ impl Broker {
         let (kind, reason) = self.choose_browser(&request)?;
         request.options.browser = Some(kind);
         request.options.browser_reason = Some(reason);
-        // Held from here: a delete of one of them waits for this browser to end.
+        if request.options.isolation == Isolation::Context && !request.options.extensions.is_empty() {
+            self.extensions.check(&tenant, &request.options.extensions).await?;
+            return Err(BrokerError::OptionRefused(
+                "extensions need isolation \"process\": a context session shares its browser".into(),
+            ));
+        }
+        // Held from here (and, in a cluster, fetched to this node): a delete of one of
+        // them waits for this browser to end.
         let extensions = match request.options.extensions.is_empty() {
             true => None,
-            false => Some(self.extensions.hold(&tenant, &request.options.extensions)?),
+            false => Some(self.extensions.hold(&tenant, &request.options.extensions).await?),
         };
         let request = self.pick_fingerprint(&tenant, request).await?;
         if request.options.isolation == Isolation::Context {
-            if extensions.is_some() {
-                return Err(BrokerError::OptionRefused(
-                    "extensions need isolation \"process\": a context session shares its browser".into(),
-                ));
-            }
             return self.create_in_context(id, tenant, request).await;
         }
         if let Some(profile_id) = &request.profile_id {

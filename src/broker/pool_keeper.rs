@@ -483,7 +483,7 @@ impl Broker {
             self.profiles.get(tenant, id).await?;
         }
         if !spec.options.extensions.is_empty() {
-            drop(self.extensions.hold(tenant, &spec.options.extensions)?);
+            self.extensions.check(tenant, &spec.options.extensions).await?;
         }
         if spec.options.record && self.artifacts.ffmpeg.is_none() {
             return Err(BrokerError::OptionRefused(
@@ -518,7 +518,7 @@ impl Broker {
         let started = Instant::now();
         let extensions = match spec.options.extensions.is_empty() {
             true => None,
-            false => Some(self.extensions.hold(&pool.tenant, &spec.options.extensions)?),
+            false => Some(self.extensions.hold(&pool.tenant, &spec.options.extensions).await?),
         };
         let profile = match &spec.profile_id {
             Some(id) => Some(self.profiles.get(&pool.tenant, id).await?),

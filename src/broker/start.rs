@@ -29,7 +29,8 @@ use crate::profile::copy::ProfileCopies;
 use crate::quota::Quotas;
 use crate::session::Recorder;
 use crate::store::SessionStore;
-use crate::store::extensions::Extensions;
+use crate::store::extension_catalog::Catalog;
+use crate::store::extensions::{Extensions, Shared as ExtensionsShared};
 use crate::store::local::LocalStore;
 use crate::store::nodes::{HEARTBEAT_TTL, Nodes};
 use crate::store::pool_definitions::PoolDefinitions;
@@ -40,7 +41,7 @@ use crate::store::redis::RedisStore;
 use crate::values::BrowserKind;
 use crate::webhooks::{Settings as WebhookSettings, Webhooks};
 
-use super::cluster::RECONCILE_PERIOD;
+use super::cluster::{ORPHAN_ZIP_PERIOD, RECONCILE_PERIOD};
 use super::error::StartError;
 use super::lifecycle::every;
 use super::{Broker, PublicUrls};
@@ -135,14 +136,24 @@ impl Broker {
             }
             None => PoolDefinitions::open(data_dir.join("pools")).map_err(dir_error)?,
         };
+        // In a cluster the records are in Redis and the zips beside the profiles.
+        let shared_extensions = nodes.as_ref().map(|n| {
+            let (connection, prefix) = n.connection();
+            let key = ClusterKey::new(&config.cluster_secret);
+            ExtensionsShared::new(Catalog::new(connection, prefix, key, node.clone()), profiles.data())
+        });
         let extensions = Arc::new(
             Extensions::open(
                 data_dir.join("extensions"),
                 config.max_extensions_per_key,
                 config.max_extension_bytes_per_key,
+                shared_extensions,
             )
             .map_err(dir_error)?,
         );
+        if let Err(e) = extensions.keep_in_step().await {
+            tracing::warn!(error = %e, "the cluster's extensions could not be read at start; retried every few seconds");
+        }
         let ended = store.end_left_active(&node, SystemTime::now()).await?;
         if ended > 0 {
             tracing::info!(
@@ -320,6 +331,12 @@ impl Broker {
                 }
             });
             every(&broker, RECONCILE_PERIOD, async |b| b.refresh_pool_share().await);
+            every(&broker, RECONCILE_PERIOD, async |b| {
+                if let Err(e) = b.extensions.keep_in_step().await {
+                    tracing::debug!(error = %e, "extensions not kept in step: Redis or the profile store is unavailable");
+                }
+            });
+            every(&broker, ORPHAN_ZIP_PERIOD, async |b| b.sweep_extension_zips().await);
             every(&broker, RECONCILE_PERIOD, async |b| {
                 if let Err(e) = b.reconcile().await {
                     tracing::debug!(error = %e, "reconcile deferred: the session store is unavailable");

@@ -290,7 +290,11 @@ impl From<ExtensionError> for ApiError {
             ExtensionError::NotFound => StatusCode::NOT_FOUND,
             ExtensionError::Unknown(_) | ExtensionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ExtensionError::Full(_) | ExtensionError::InUse(_) => StatusCode::CONFLICT,
-            ExtensionError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ExtensionError::Io(_) | ExtensionError::Unloadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ExtensionError::Unavailable(_) => {
+                return ApiError::of(StatusCode::SERVICE_UNAVAILABLE, e.origin(), e.to_string())
+                    .retry_in(RETRY_AFTER_SECS);
+            }
         };
         ApiError::of(status, e.origin(), e.to_string())
     }
@@ -539,6 +543,23 @@ mod tests {
             ),
             (answers!(ExtensionError::InUse(1), S::CONFLICT), Client),
             (answers!(ExtensionError::Io(io()), S::INTERNAL_SERVER_ERROR), Internal),
+            (
+                answers!(
+                    ExtensionError::Unloadable {
+                        id: "ext_1".into(),
+                        why: "changed".into()
+                    },
+                    S::INTERNAL_SERVER_ERROR
+                ),
+                Internal,
+            ),
+            (
+                answers!(
+                    ExtensionError::Unavailable(StoreError::Unavailable("down".into())),
+                    S::SERVICE_UNAVAILABLE
+                ),
+                Internal,
+            ),
             (
                 answers!(ProfileError::Unavailable(StoreError::Io(io())), S::SERVICE_UNAVAILABLE),
                 Internal,

@@ -26,11 +26,12 @@ pub(crate) async fn collection(
             Ok(json_response(StatusCode::CREATED, &render(&extension, 0)))
         }
         Method::GET => {
-            let extensions = broker.extensions();
-            let list: Vec<Value> = extensions
+            let list: Vec<Value> = broker
+                .extensions()
                 .list(tenant)
+                .await?
                 .iter()
-                .map(|e| render(e, extensions.users(&e.id)))
+                .map(|(e, users)| render(e, *users))
                 .collect();
             Ok(json_response(StatusCode::OK, &json!({ "extensions": list })))
         }
@@ -48,8 +49,8 @@ pub(crate) async fn one(
     let extensions = broker.extensions();
     match *method {
         Method::GET => {
-            let extension = extensions.get(tenant, id)?;
-            Ok(json_response(StatusCode::OK, &render(&extension, extensions.users(id))))
+            let (extension, users) = extensions.get(tenant, id).await?;
+            Ok(json_response(StatusCode::OK, &render(&extension, users)))
         }
         Method::DELETE => {
             extensions.delete(tenant, id).await?;
@@ -59,7 +60,8 @@ pub(crate) async fn one(
     }
 }
 
-/// An extension as the API shows it, with how many running browsers load it.
+/// An extension as the API shows it, with how many running browsers load it (in a
+/// cluster, on every live node).
 fn render(extension: &Extension, users: usize) -> Value {
     json!({
         "id": extension.id,

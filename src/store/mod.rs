@@ -4,6 +4,7 @@
 //!
 //! Nothing here decides an HTTP status: errors say what went wrong and whose fault it is.
 
+pub mod extension_catalog;
 pub mod extension_zip;
 pub mod extensions;
 pub(crate) mod local;

@@ -15,10 +15,15 @@
 //! In an object store, under `<prefix>/<id>/`: `profile.json`; `gen-<n>.tar` (the same two
 //! parts in one tar, so that one PUT writes a generation whole); `current`, the name of
 //! the generation in force.
+//!
+//! Beside the profiles, under `extensions/` (a name no profile id can take), the cluster
+//! keeps the zip of each uploaded Chrome extension, `<id>.zip`, written whole and read by
+//! the nodes that load it (`store::extensions`).
 
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
@@ -115,6 +120,11 @@ impl ProfileData {
         };
         for entry in std::fs::read_dir(root)?.flatten() {
             let dir = entry.path();
+            // Only profiles' directories: the extensions' zips beside them are not a
+            // profile's leftovers.
+            if !is_profile_id(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
             if !dir.join("profile.json").exists() {
                 let _ = std::fs::remove_dir_all(&dir);
             } else {
@@ -365,6 +375,107 @@ impl ProfileData {
         }
     }
 
+    /// Writes an extension's zip, whole (a reader never sees half of it).
+    pub async fn put_extension_zip(&self, id: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let name = extension_zip_name(id)?;
+        match self {
+            ProfileData::Directory(root) => {
+                let dir = root.join(EXTENSIONS);
+                blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    write_atomically(&dir.join(name), &bytes)
+                })
+                .await
+            }
+            ProfileData::Objects { store, .. } => put(store, &self.key(EXTENSIONS, &name), bytes).await,
+        }
+    }
+
+    /// An extension's zip, `None` if there is none; one larger than `limit` bytes is an
+    /// error, not read whole.
+    pub async fn extension_zip(&self, id: &str, limit: usize) -> io::Result<Option<Vec<u8>>> {
+        let name = extension_zip_name(id)?;
+        let message = format!("{name} is larger than {limit} bytes");
+        let too_large = move || io::Error::new(io::ErrorKind::InvalidData, message);
+        match self {
+            ProfileData::Directory(root) => {
+                let path = root.join(EXTENSIONS).join(&name);
+                blocking(move || {
+                    let file = match std::fs::File::open(&path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let mut bytes = Vec::new();
+                    io::Read::read_to_end(&mut io::Read::take(file, limit as u64 + 1), &mut bytes)?;
+                    if bytes.len() > limit {
+                        return Err(too_large());
+                    }
+                    Ok(Some(bytes))
+                })
+                .await
+            }
+            ProfileData::Objects { store, .. } => match store.get(&self.key(EXTENSIONS, &name)).await {
+                Ok(got) if got.meta.size > limit as u64 => Err(too_large()),
+                Ok(got) => Ok(Some(got.bytes().await.map_err(io::Error::other)?.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(io::Error::other(e)),
+            },
+        }
+    }
+
+    /// The extension ids whose zips the store holds, each with when it was written.
+    pub async fn extension_zips(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let id_of = |name: &str| {
+            let id = name.strip_suffix(".zip")?;
+            extension_zip_name(id).ok().map(|_| id.to_owned())
+        };
+        match self {
+            ProfileData::Directory(root) => {
+                let dir = root.join(EXTENSIONS);
+                blocking(move || {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                        Err(e) => return Err(e),
+                    };
+                    let mut found = Vec::new();
+                    for entry in entries.flatten() {
+                        if let (Some(id), Ok(meta)) = (id_of(&entry.file_name().to_string_lossy()), entry.metadata()) {
+                            found.push((id, meta.modified()?));
+                        }
+                    }
+                    Ok(found)
+                })
+                .await
+            }
+            ProfileData::Objects { store, .. } => {
+                use futures_util::TryStreamExt;
+                let dir = self.key(EXTENSIONS, "");
+                let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(io::Error::other)?;
+                Ok(listed
+                    .into_iter()
+                    .filter_map(|meta| Some((id_of(meta.location.filename()?)?, meta.last_modified.into())))
+                    .collect())
+            }
+        }
+    }
+
+    pub async fn remove_extension_zip(&self, id: &str) -> io::Result<()> {
+        let name = extension_zip_name(id)?;
+        match self {
+            ProfileData::Directory(root) => {
+                let path = root.join(EXTENSIONS).join(name);
+                blocking(move || match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await
+            }
+            ProfileData::Objects { store, .. } => delete(store, &self.key(EXTENSIONS, &name)).await,
+        }
+    }
+
     async fn object_keys(&self, id: &str) -> io::Result<Vec<Key>> {
         use futures_util::TryStreamExt;
         let ProfileData::Objects { store, .. } = self else {
@@ -374,6 +485,23 @@ impl ProfileData {
         let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(io::Error::other)?;
         Ok(listed.into_iter().map(|meta| meta.location).collect())
     }
+}
+
+/// The folder of the extensions' zips, beside the profiles.
+const EXTENSIONS: &str = "extensions";
+
+/// `<id>.zip` for an extension id (`ext_` and hex digits: never a path).
+fn extension_zip_name(id: &str) -> io::Result<String> {
+    let ok = id
+        .strip_prefix("ext_")
+        .is_some_and(|hex| !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not an extension id: {id:?}"),
+        ));
+    }
+    Ok(format!("{id}.zip"))
 }
 
 /// Profile ids are UUIDs: anything else names no profile (and no path).

@@ -92,7 +92,7 @@ pub struct ProfileUse {
 }
 
 pub struct Profiles {
-    data: ProfileData,
+    data: Arc<ProfileData>,
     locks: Option<Arc<ProfileLocks>>,
     local: DashMap<String, Arc<Local>>,
 }
@@ -105,10 +105,16 @@ impl Profiles {
             data.recover()?;
         }
         Ok(Profiles {
-            data,
+            data: Arc::new(data),
             locks: locks.map(Arc::new),
             local: DashMap::new(),
         })
+    }
+
+    /// The store the profiles' bytes are in, which a cluster shares for other files too
+    /// (extensions' zips).
+    pub fn data(&self) -> Arc<ProfileData> {
+        self.data.clone()
     }
 
     fn profile(&self, r: Record) -> Arc<Profile> {
