@@ -116,6 +116,8 @@ pub struct Metrics {
     pub browser_bytes_out: Counter,
     pub shared_browser_recycles: Counter,
     pub contexts_created: Counter,
+    /// One-call renders run in a bare context (no session made for them).
+    pub renders_bare: Counter,
     /// Files stored in sessions' files (finished downloads and uploads).
     pub files_stored: Counter,
     /// Downloads cancelled and uploads refused for a session's files quota or the upload limit.
@@ -281,6 +283,10 @@ impl Metrics {
             "Bytes managed browsers' pages sent to the network.",
         );
         let sessions_idle = f.counter("cdpgate_sessions_idle_total", "Sessions ended by their idle timeout.");
+        let renders_bare = f.counter(
+            "cdpgate_renders_bare_total",
+            "One-call renders run in a browser context of their own without a session (not kept, no profile, recording or CDP log).",
+        );
         let contexts_created = f.counter(
             "cdpgate_contexts_created_total",
             "Browser contexts created in shared browsers for context sessions.",
@@ -487,6 +493,7 @@ impl Metrics {
             browser_bytes_out,
             shared_browser_recycles,
             contexts_created,
+            renders_bare,
             files_stored,
             files_quota_refusals,
             recordings_started,

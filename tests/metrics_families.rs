@@ -36,6 +36,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_browser_network_sent_bytes_total", "counter", &[]),
     ("cdpgate_upstream_proxy_errors_total", "counter", &[]),
     ("cdpgate_contexts_created_total", "counter", &[]),
+    ("cdpgate_renders_bare_total", "counter", &[]),
     ("cdpgate_shared_browser_recycles_total", "counter", &[]),
     ("cdpgate_shared_browser_contexts", "gauge", &["browser"]),
     ("cdpgate_context_refused_commands_total", "counter", &["method"]),

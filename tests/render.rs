@@ -99,6 +99,14 @@ fn site_page(path: &str, port: u16) -> Page {
     }
 }
 
+/// Requests for `/slow` each test site (by port) has had.
+static SLOW_REQUESTS: std::sync::Mutex<std::collections::BTreeMap<u16, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn slow_requests(site: SocketAddr) -> usize {
+    SLOW_REQUESTS.lock().unwrap().get(&site.port()).copied().unwrap_or(0)
+}
+
 /// The test site: each connection gets the page of its path.
 async fn start_pages() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -116,7 +124,24 @@ async fn start_pages() -> SocketAddr {
                     .and_then(|t| t.find('/').map(|i| t[i..].to_owned()))
                     .unwrap_or(target);
                 let path = path.split('?').next().unwrap_or("/").to_owned();
-                let p = site_page(&path, addr.port());
+                if path == "/slow" {
+                    *SLOW_REQUESTS.lock().unwrap().entry(addr.port()).or_default() += 1;
+                }
+                let mut p = site_page(&path, addr.port());
+                if path == "/echo" {
+                    // The headers the page's request arrived with, through the gateway.
+                    let seen: Vec<&str> = request
+                        .lines()
+                        .filter(|l| {
+                            let l = l.to_ascii_lowercase();
+                            l.starts_with("user-agent:") || l.starts_with("accept-language:")
+                        })
+                        .collect();
+                    p = page(format!(
+                        "<html><body><pre id='seen'>{}</pre></body></html>",
+                        seen.join("\n")
+                    ));
+                }
                 tokio::time::sleep(p.delay).await;
                 let has_type = p.headers.contains("content-type");
                 let reply = format!(
@@ -494,6 +519,7 @@ async fn failures_name_their_cause_in_bounded_time_and_leave_nothing() {
     assert_eq!(status, StatusCode::OK);
     let baseline = baseline(&server).await;
     let created_before = server.broker.metrics().sessions_created.get();
+    let bare_before = server.broker.metrics().renders_bare.get();
     let cases = [
         (
             json!({"url": format!("http://{site}/missing")}),
@@ -547,8 +573,17 @@ async fn failures_name_their_cause_in_bounded_time_and_leave_nothing() {
         assert!(answer["detail"].as_str().unwrap().contains(says), "{body}: {answer}");
         nothing_left(&server, baseline, &body.to_string()).await;
     }
-    let tried = server.broker.metrics().sessions_created.get() - created_before;
-    assert_eq!(tried, 7, "each render was a session of its own");
+    let metrics = server.broker.metrics();
+    assert_eq!(
+        metrics.renders_bare.get() - bare_before,
+        7,
+        "each render had a context of its own"
+    );
+    assert_eq!(
+        metrics.sessions_created.get(),
+        created_before,
+        "no session was made for a render"
+    );
 
     // The page's error status is rendered when asked for; the busy page renders at load.
     let (status, headers, html) = render(
@@ -741,8 +776,9 @@ async fn sessions_are_kept_given_counted_and_ended_when_the_caller_leaves() {
     let (status, _, body) = render(&server, "content", json!({"url": url, "session_id": kept})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{}", json_of(&body));
 
-    // A caller that hangs up mid-render leaves no session behind.
+    // A caller that hangs up mid-render leaves no context behind.
     let baseline = baseline(&server).await;
+    assert!(eventually(Duration::from_secs(10), || context_sessions(&server) == 0).await);
     let addr = server.addr;
     let slow = format!("http://{site}/slow");
     let call = tokio::spawn(async move {
@@ -756,20 +792,14 @@ async fn sessions_are_kept_given_counted_and_ended_when_the_caller_leaves() {
         .await
     });
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
-            sessions(&server, KEY_A).await.0 == 1
-        })
-        .await,
-        "the render's session started"
+        eventually(Duration::from_secs(20), || context_sessions(&server) == 1).await,
+        "the render's context was made"
     );
     call.abort();
     let _ = call.await;
     assert!(
-        eventually_async(Duration::from_secs(10), || async {
-            sessions(&server, KEY_A).await.0 == 0
-        })
-        .await,
-        "the session ended with the caller"
+        eventually(Duration::from_secs(10), || context_sessions(&server) == 0).await,
+        "the context went with the caller"
     );
     nothing_left(&server, baseline, "a caller that hung up").await;
     server.stop().await;
@@ -798,5 +828,230 @@ async fn renders_count_against_the_keys_quota() {
     assert_eq!(server.terminate(&kept).await.status, StatusCode::NO_CONTENT);
     let (status, _, _) = render(&server, "screenshot", json!({"url": url})).await;
     assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// Starts a render of `/slow` (60 s) for `key` in a task, and waits until its page is
+/// requested (the broker holds `contexts` then).
+async fn slow_render(
+    server: &TestServer,
+    site: SocketAddr,
+    key: &'static str,
+    contexts: usize,
+) -> tokio::task::JoinHandle<(StatusCode, hyper::HeaderMap, bytes::Bytes)> {
+    let addr = server.addr;
+    let asked = slow_requests(site);
+    let call = tokio::spawn(async move {
+        http_bytes(
+            addr,
+            Method::POST,
+            "/public/content",
+            &[("x-api-key", key), ("content-type", "application/json")],
+            bytes::Bytes::from(json!({"url": format!("http://{site}/slow"), "timeout_ms": 60_000}).to_string()),
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(20), || slow_requests(site) > asked).await,
+        "the slow render's page was asked for"
+    );
+    assert_eq!(context_sessions(server), contexts);
+    call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_renders_leave_nothing_and_see_no_other_context() {
+    // Any key's contexts in the one shared browser: a render beside another key's session.
+    let server = TestServer::start_with(|c| {
+        c.context_browsers = 1;
+        c.max_contexts_per_browser = 4;
+        c.context_sharing = "any".into();
+    })
+    .await;
+    let site = start_pages().await;
+    let (status, headers, _) = render(&server, "content", json!({"url": format!("http://{site}/list")})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("x-session-id").is_none(), "a bare render has no session");
+    let other = server.create(json!({"isolation": "context"})).await;
+    let mut neighbour = CdpClient::connect(&other).await;
+    let own_pages = neighbour.pages().await;
+    assert_eq!(own_pages.len(), 1);
+    let baseline = baseline(&server).await;
+    let metrics = server.broker.metrics().clone();
+    let (created, bare, refused) = (
+        metrics.sessions_created.get(),
+        metrics.renders_bare.get(),
+        metrics.browser_egress_refused.get(),
+    );
+    let before = sessions(&server, KEY_A).await;
+
+    // Succeeded, refused by the egress policy (a private address, the metadata address),
+    // timed out, and a caller that hung up mid-render.
+    let (status, _, _) = render(&server, "screenshot", json!({"url": format!("http://{site}/colours")})).await;
+    assert_eq!(status, StatusCode::OK);
+    for url in ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/"] {
+        let (status, _, answer) = render(&server, "content", json!({"url": url})).await;
+        let answer = json_of(&answer);
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{url}: {answer}");
+        assert_eq!(answer["code"], "navigation_failed", "{url}: {answer}");
+        assert!(answer["detail"].as_str().unwrap().contains("egress"), "{answer}");
+    }
+    assert!(
+        metrics.browser_egress_refused.get() >= refused + 2,
+        "the context's gateway refused both"
+    );
+    let (status, _, _) = render(
+        &server,
+        "content",
+        json!({"url": format!("http://{site}/slow"), "timeout_ms": 1000}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let call = slow_render(&server, site, KEY_A, 2).await;
+    // The other key's client sees its own tab only, not the render's page.
+    assert_eq!(neighbour.pages().await, own_pages, "the render's tab is not shown");
+    let shown = neighbour.call(None, "Target.getTargets", json!({})).await;
+    assert!(
+        !shown.to_string().contains("/slow"),
+        "the render's page is not shown: {shown}"
+    );
+    call.abort();
+    let _ = call.await;
+    assert!(
+        eventually(Duration::from_secs(10), || context_sessions(&server) == 1).await,
+        "the context went with the caller"
+    );
+
+    assert_eq!(metrics.renders_bare.get() - bare, 5);
+    assert_eq!(metrics.sessions_created.get(), created, "no session was made");
+    assert_eq!(sessions(&server, KEY_A).await, before, "the session list is unchanged");
+    let settled = eventually_async(Duration::from_secs(10), || async {
+        chrome_holds(&server).await == baseline
+    })
+    .await;
+    assert!(
+        settled,
+        "Chrome holds {:?} (contexts, tabs), before {baseline:?}",
+        chrome_holds(&server).await
+    );
+    assert_eq!(
+        server.get(other["session_id"].as_str().unwrap()).await.json["status"],
+        "active",
+        "the other key's session goes on"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_renders_hold_a_quota_place_and_take_from_the_create_rate() {
+    let server = TestServer::start_with(|c| {
+        c.max_sessions_per_key = 1;
+        c.context_browsers = 2;
+    })
+    .await;
+    let site = start_pages().await;
+    let url = format!("http://{site}/colours");
+    let refused = server.broker.metrics().create_quota_refused.get();
+    // While a render runs it is the key's one session: no other render, no create.
+    let call = slow_render(&server, site, KEY_A, 1).await;
+    let (status, _, body) = render(&server, "screenshot", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", json_of(&body));
+    assert!(
+        json_of(&body)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_sessions_per_key")
+    );
+    let created = server
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(KEY_A),
+            Some(&json!({"isolation": "context"}).to_string()),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::TOO_MANY_REQUESTS, "{}", created.json);
+    assert_eq!(server.broker.metrics().create_quota_refused.get(), refused + 2);
+    assert_eq!(context_sessions(&server), 1, "the refused render made no context");
+    // Another key has its own quota.
+    let (status, _, _) = render_as(&server, KEY_B, "screenshot", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK);
+    call.abort();
+    let _ = call.await;
+    assert!(eventually(Duration::from_secs(10), || context_sessions(&server) == 0).await);
+    let (status, _, _) = render(&server, "screenshot", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK, "the place is free again");
+    server.stop().await;
+
+    // One create a minute: the second render is refused, and makes nothing.
+    let server = TestServer::start_with(|c| c.creates_per_minute = 1).await;
+    let (status, _, _) = render(&server, "screenshot", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK);
+    let limited = server.broker.metrics().create_rate_limited.get();
+    let (status, headers, body) = render(&server, "screenshot", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", json_of(&body));
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(server.broker.metrics().create_rate_limited.get(), limited + 1);
+    assert_eq!(server.broker.metrics().renders_bare.get(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_renders_apply_the_session_options() {
+    let (server, site) = start().await;
+    let ua = "Mozilla/5.0 (X11; Linux x86_64) RenderTest/7.1";
+    let options = json!({
+        "user_agent": ua,
+        "locale": "de-DE",
+        "timezone": "Asia/Tokyo",
+        "screen_config": {"width": 640, "height": 360},
+    });
+    let with = |extra: Value| {
+        let mut body = options.clone();
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // What the page's scripts see.
+    let script = "<html><body><pre id='o'></pre><script>document.getElementById('o').textContent = \
+                  JSON.stringify({ua: navigator.userAgent, lang: navigator.language, \
+                  tz: Intl.DateTimeFormat().resolvedOptions().timeZone, width: innerWidth, \
+                  webdriver: navigator.webdriver})</script></body></html>";
+    let (status, _, body) = render(
+        &server,
+        "scrape",
+        with(json!({"html": script, "selectors": {"o": "#o"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", json_of(&body));
+    let seen: Value = serde_json::from_str(json_of(&body)["o"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["ua"], ua);
+    assert_eq!(seen["lang"], "de-DE");
+    assert_eq!(seen["tz"], "Asia/Tokyo");
+    assert_eq!(seen["width"], 640);
+    assert_eq!(seen["webdriver"], false, "no automation tell");
+    // What the site was sent.
+    let (status, _, body) = render(
+        &server,
+        "scrape",
+        with(json!({"url": format!("http://{site}/echo"), "selectors": {"seen": "#seen"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", json_of(&body));
+    let sent = json_of(&body)["seen"][0]["text"].as_str().unwrap().to_ascii_lowercase();
+    assert!(
+        sent.contains(&format!("user-agent: {}", ua.to_ascii_lowercase())),
+        "{sent}"
+    );
+    assert!(sent.contains("accept-language: de-de"), "{sent}");
+    // The viewport is the screen asked.
+    let (status, _, png) = render(
+        &server,
+        "screenshot",
+        with(json!({"url": format!("http://{site}/colours")})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(decode_png(&png).0, 640);
+    assert_eq!(server.broker.metrics().renders_bare.get(), 3);
     server.stop().await;
 }

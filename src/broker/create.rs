@@ -432,7 +432,7 @@ impl Broker {
         self.create_limiter.take(tenant, std::time::Instant::now())
     }
 
-    fn capacity_error(&self, e: PoolError) -> BrokerError {
+    pub(super) fn capacity_error(&self, e: PoolError) -> BrokerError {
         self.metrics.create_rejected.inc();
         BrokerError::Capacity(e)
     }

@@ -3,6 +3,7 @@
 //! handles); every session's record is in the session store, read through one lookup path
 //! by the API, the proxy, live view and actions.
 
+pub mod bare;
 mod cluster;
 mod create;
 mod error;

@@ -1,6 +1,7 @@
-//! A render from start to end: the session (a fresh one made through the broker's normal
-//! create, so quotas, egress, metrics and the session list see it; or the caller's own),
-//! the page, the output, and the fresh session ended on every path: success, error,
+//! A render from start to end: where it runs (a bare context for a fresh render that is
+//! not kept, see `broker::BareContext`; a fresh session made through the broker's normal
+//! create when it is kept or needs what only a session has; or the caller's own session),
+//! the page, the output, and what was made for it ended on every path: success, error,
 //! timeout, and the caller going away (the future dropped).
 
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use super::error::RenderError;
 use super::options::RenderJob;
 use super::page::{Loaded, Produced, Tab};
 use crate::auth::Tenant;
+use crate::broker::bare::BareContext;
 use crate::broker::{Broker, NewSession};
+use crate::browser::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::store::EndReason;
@@ -32,9 +35,9 @@ pub enum Target {
 pub struct Rendered {
     pub output: Produced,
     pub page: Loaded,
-    /// The session it ran in, and whether that session still runs (`keep_session`, or the
-    /// caller's own).
-    pub session: Arc<Session>,
+    /// The session it ran in, if it ran in one (not a bare context), and whether that
+    /// session still runs (`keep_session`, or the caller's own).
+    pub session: Option<Arc<Session>>,
     pub kept: bool,
 }
 
@@ -69,28 +72,79 @@ impl EndOnDrop {
     }
 }
 
+/// Where a render runs, and what ends it.
+enum Place<'a> {
+    /// A session: the caller's (no guard) or one made for the render.
+    Session(Arc<Session>, Option<EndOnDrop>),
+    /// A bare context, disposed when dropped.
+    Bare(BareContext<'a>),
+}
+
+impl Place<'_> {
+    fn upstream(&self) -> &Upstream {
+        match self {
+            Place::Session(session, _) => &session.upstream,
+            Place::Bare(bare) => &bare.upstream,
+        }
+    }
+
+    /// Fires when the place can no longer render, with why.
+    async fn lost(&self) -> String {
+        match self {
+            Place::Session(session, _) => {
+                session.ended().cancelled().await;
+                let why = session.end_reason().map_or("ended", |r| r.as_str());
+                format!("the session ended ({why}) during the render")
+            }
+            Place::Bare(bare) => format!(
+                "the render's browser context ended ({}) during the render",
+                bare.lost().await
+            ),
+        }
+    }
+}
+
+/// How long a render's steps took (zero for a step not reached).
+#[derive(Default)]
+struct Steps {
+    /// Connecting and taking the tab (and refusing downloads in a fresh one).
+    open: Duration,
+    load: Duration,
+    produce: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// Runs `job` for `tenant` in `target`.
 pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Target) -> Result<Rendered, RenderError> {
-    let (session, guard) = match target {
-        Target::Existing(id) => (
+    let began = Instant::now();
+    let place = match target {
+        Target::Existing(id) => Place::Session(
             broker.active(Some(tenant), &id).await.map_err(RenderError::Session)?,
             None,
         ),
+        Target::Fresh(new) if !job.keep_session && broker.renders_bare(&new) => {
+            Place::Bare(broker.bare_context(tenant, *new).await?)
+        }
         Target::Fresh(new) => {
             let session = broker.create_session(tenant.clone(), *new).await?;
             let guard = EndOnDrop {
                 session: Some(session.clone()),
                 metrics: broker.metrics().clone(),
             };
-            (session, Some(guard))
+            Place::Session(session, Some(guard))
         }
     };
-    let fresh = guard.is_some();
+    // A tab of its own in a caller's session; the first tab of a fresh one.
+    let fresh = !matches!(place, Place::Session(_, None));
     let started = Instant::now();
     let deadline = started + job.load.timeout + PRODUCE_LIMIT;
+    let mut took = Steps::default();
     let work = async {
         let mut tab = Tab::open(
-            &session.upstream,
+            place.upstream(),
             broker.egress(),
             broker.config().ws_config(),
             !fresh,
@@ -100,8 +154,11 @@ pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Targ
         if fresh {
             tab.refuse_downloads().await?;
         }
+        took.open = started.elapsed();
         let page = tab.load(&job.load).await?;
+        took.load = started.elapsed() - took.open;
         let output = tab.produce(&job.output).await?;
+        took.produce = started.elapsed() - took.open - took.load;
         Ok((page, output))
     };
     let result = tokio::select! {
@@ -109,22 +166,38 @@ pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Targ
             what: "finish rendering".into(),
             limit: deadline - started,
         })),
-        _ = session.ended().cancelled() => Err(RenderError::Browser(format!(
-            "the session ended ({}) during the render",
-            session.end_reason().map_or("ended", |r| r.as_str())
-        ))),
+        why = place.lost() => Err(RenderError::Browser(why)),
     };
-    let kept = match guard {
-        Some(guard) if job.keep_session && result.is_ok() => {
+    let ending = Instant::now();
+    let bare = matches!(place, Place::Bare(_));
+    let (session, kept) = match place {
+        Place::Bare(bare) => {
+            drop(bare);
+            (None, false)
+        }
+        Place::Session(session, None) => (Some(session), true),
+        Place::Session(session, Some(guard)) if job.keep_session && result.is_ok() => {
             guard.keep();
-            true
+            (Some(session), true)
         }
-        Some(guard) => {
+        Place::Session(session, Some(guard)) => {
             guard.end(broker).await;
-            false
+            (Some(session), false)
         }
-        None => true,
     };
+    // Where a render's time went, for `RUST_LOG=cdpgate::render=debug`
+    // (docs/benchmarks.md's breakdown).
+    tracing::debug!(
+        bare,
+        place_ms = ms(started - began),
+        open_ms = ms(took.open),
+        load_ms = ms(took.load),
+        produce_ms = ms(took.produce),
+        end_ms = ms(ending.elapsed()),
+        total_ms = ms(began.elapsed()),
+        ok = result.is_ok(),
+        "render timed"
+    );
     let (page, output) = result?;
     Ok(Rendered {
         output,
