@@ -884,6 +884,46 @@ async fn a_recorded_session_is_a_video_of_its_tab() {
     server.stop().await;
 }
 
+/// The file keeps up with the recording: the frames the broker has fed ffmpeg are on disk
+/// but for the fragment being made (2 s) and the encoder's few frames. (ffmpeg once probed
+/// 5 MB of input before encoding and buffered what it wrote: a page of flat colours was
+/// a minute behind on disk, and a broker killed in that minute left nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_is_on_disk_while_it_is_made() {
+    let site = start_files_site().await;
+    let server = TestServer::start_with(|c| c.recording_fps = 5).await;
+    let session = server.create(json!({ "record": true })).await;
+    let id = session["session_id"].as_str().unwrap();
+    let visited = node(
+        "visit.mjs",
+        &[
+            session["cdp_url"].as_str().unwrap(),
+            &format!("{}/colors", site.url()),
+            "",
+            "first",
+        ],
+    )
+    .await;
+    assert_eq!(visited["ok"], true, "{visited}");
+    let files = server.broker.artifacts().existing(id).unwrap();
+    // Six seconds of frames fed (counted by the broker, not timed here).
+    assert!(
+        eventually(Duration::from_secs(60), || files
+            .recording()
+            .is_some_and(|r| r.frames >= 30))
+        .await,
+        "the broker fed no frames: {:?}",
+        files.recording()
+    );
+    let on_disk = recorded_seconds(&files.recording_path()).await;
+    assert!(
+        on_disk.is_some_and(|s| s >= 2.0),
+        "6 s fed, {on_disk:?} s readable on disk"
+    );
+    server.terminate(id).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_recording_leaves_a_playable_file() {
     let site = start_files_site().await;
