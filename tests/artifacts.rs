@@ -36,6 +36,12 @@ impl Site {
     }
 }
 
+/// Opens the site's page of changing colours in the session's first tab (visit.mjs).
+async fn visit_colors(session: &Value, site: &Site) -> Value {
+    let cdp_url = session["cdp_url"].as_str().unwrap();
+    node("visit.mjs", &[cdp_url, &format!("{}/colors", site.url()), "", "first"]).await
+}
+
 async fn start_files_site() -> Site {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -780,16 +786,7 @@ async fn a_recorded_session_is_a_video_of_its_tab() {
     let plain = server.create(json!({})).await;
     assert_eq!(plain["record"], false);
 
-    let visited = node(
-        "visit.mjs",
-        &[
-            session["cdp_url"].as_str().unwrap(),
-            &format!("{}/colors", site.url()),
-            "",
-            "first",
-        ],
-    )
-    .await;
+    let visited = visit_colors(&session, &site).await;
     assert_eq!(visited["ok"], true, "{visited}");
     let visiting = Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -894,16 +891,7 @@ async fn a_recording_is_on_disk_while_it_is_made() {
     let server = TestServer::start_with(|c| c.recording_fps = 5).await;
     let session = server.create(json!({ "record": true })).await;
     let id = session["session_id"].as_str().unwrap();
-    let visited = node(
-        "visit.mjs",
-        &[
-            session["cdp_url"].as_str().unwrap(),
-            &format!("{}/colors", site.url()),
-            "",
-            "first",
-        ],
-    )
-    .await;
+    let visited = visit_colors(&session, &site).await;
     assert_eq!(visited["ok"], true, "{visited}");
     let files = server.broker.artifacts().existing(id).unwrap();
     // Six seconds of frames fed (counted by the broker, not timed here).
@@ -943,16 +931,7 @@ async fn a_broker_killed_mid_recording_leaves_a_playable_file() {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     assert_eq!(created.json["record"], true);
     let id = created.json["session_id"].as_str().unwrap();
-    let visited = node(
-        "visit.mjs",
-        &[
-            created.json["cdp_url"].as_str().unwrap(),
-            &format!("{}/colors", site.url()),
-            "",
-            "first",
-        ],
-    )
-    .await;
+    let visited = visit_colors(&created.json, &site).await;
     assert_eq!(visited["ok"], true, "{visited}");
     let path = data.path().join("artifacts").join(id).join("recording.mp4");
     // Killed once the file holds three seconds and more (fragmented MP4: readable while it
@@ -1029,16 +1008,7 @@ async fn the_dashboard_shows_a_tenants_sessions() {
     server.terminate(ended_id).await;
     let live = server.create(json!({ "metadata": { "job": "now" } })).await;
     let live_id = live["session_id"].as_str().unwrap();
-    let visited = node(
-        "visit.mjs",
-        &[
-            live["cdp_url"].as_str().unwrap(),
-            &format!("{}/colors", site.url()),
-            "",
-            "first",
-        ],
-    )
-    .await;
+    let visited = visit_colors(&live, &site).await;
     assert_eq!(visited["ok"], true);
     let theirs = server
         .call(Method::POST, "/public/sessions", Some(KEY_B), Some("{}"))

@@ -574,12 +574,7 @@ impl Broker {
             failed => failed,
         };
         if let Err((why, e)) = started {
-            let _ = session.end(EndReason::Terminated);
-            self.events.remove(&id);
-            self.captures.remove(&id);
-            session
-                .span()
-                .in_scope(|| tracing::warn!(error = %e, "session refused: {why}"));
+            self.refuse(&session, why, &e);
             return Err(e);
         }
         // Running before its record exists, so that the reconciler never takes the record
@@ -588,12 +583,7 @@ impl Broker {
         if let Err(e) = self.records.try_save(&session).await {
             self.running.remove(&id);
             session.forget();
-            let _ = session.end(EndReason::Terminated);
-            self.events.remove(&id);
-            self.captures.remove(&id);
-            session
-                .span()
-                .in_scope(|| tracing::warn!(error = %e, "session refused: its record cannot be written"));
+            self.refuse(&session, "its record cannot be written", &e);
             self.refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -624,6 +614,16 @@ impl Broker {
         );
         span.in_scope(|| tracing::info!(external = session.upstream.external, "session created"));
         Ok(session)
+    }
+
+    /// Ends a session refused halfway through its registration, and says why.
+    fn refuse(&self, session: &Arc<Session>, why: &str, error: &dyn std::fmt::Display) {
+        let _ = session.end(EndReason::Terminated);
+        self.events.remove(&session.id);
+        self.captures.remove(&session.id);
+        session
+            .span()
+            .in_scope(|| tracing::warn!(error = %error, "session refused: {why}"));
     }
 
     /// Watches the session's downloads (into its files) and starts its recording.
