@@ -462,6 +462,14 @@ impl Recorder {
         }
     }
 
+    /// Writes a record no running session holds (a bare render's), a failure logged.
+    pub(crate) async fn put(&self, record: &SessionRecord) {
+        let _writing = self.writing.lock().await;
+        if let Err(e) = self.store.put(record).await {
+            tracing::warn!(session = %record.id, error = %e, "could not write the session record");
+        }
+    }
+
     pub(crate) async fn remove(&self, tenant: &Tenant, id: &str) {
         let _writing = self.writing.lock().await;
         if let Err(e) = self.store.remove(id).await {

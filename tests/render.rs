@@ -871,7 +871,23 @@ async fn bare_renders_leave_nothing_and_see_no_other_context() {
     let site = start_pages().await;
     let (status, headers, _) = render(&server, "content", json!({"url": format!("http://{site}/list")})).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers.get("x-session-id").is_none(), "a bare render has no session");
+    // Listed once done, as an ended context session of its key, and of no other key.
+    let listed = headers["x-session-id"].to_str().unwrap().to_owned();
+    let path = format!("/public/sessions/{listed}");
+    let record = server.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(record.status, StatusCode::OK, "{}", record.body);
+    assert_eq!(
+        (
+            &record.json["status"],
+            &record.json["isolation"],
+            &record.json["end_reason"]
+        ),
+        (&json!("terminated"), &json!("context"), &json!("terminated by request")),
+        "{}",
+        record.body
+    );
+    let theirs = server.call(Method::GET, &path, Some(KEY_B), None).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.body);
     let other = server.create(json!({"isolation": "context"})).await;
     let mut neighbour = CdpClient::connect(&other).await;
     let own_pages = neighbour.pages().await;
@@ -924,7 +940,13 @@ async fn bare_renders_leave_nothing_and_see_no_other_context() {
 
     assert_eq!(metrics.renders_bare.get() - bare, 5);
     assert_eq!(metrics.sessions_created.get(), created, "no session was made");
-    assert_eq!(sessions(&server, KEY_A).await, before, "the session list is unchanged");
+    // Each render is listed, ended (the hung-up one's record a moment after); none active.
+    let (active, all) = before;
+    let listed = eventually_async(Duration::from_secs(10), || async {
+        sessions(&server, KEY_A).await == (active, all + 5)
+    })
+    .await;
+    assert!(listed, "{:?} listed, {before:?} before", sessions(&server, KEY_A).await);
     let settled = eventually_async(Duration::from_secs(10), || async {
         chrome_holds(&server).await == baseline
     })

@@ -1,7 +1,8 @@
 //! A bare context for a one-call render that is not kept: a fresh browser context in a
 //! shared browser with what a render needs of a context session, and none of what only a
-//! session needs (no record, no session list entry, no events, webhooks, download watcher,
-//! idle or TTL watcher). Kept, as a create keeps them: the key's place in its quota (held
+//! session needs (no live record, no events, webhooks, download watcher, idle or TTL
+//! watcher: its record is written once, ended, when the render is done, so that the
+//! session list and the dashboard show it as any door's session). Kept, as a create keeps them: the key's place in its quota (held
 //! for the whole render, so it counts as one of the key's sessions) and its create rate;
 //! the context's own gateway (the egress policy, the upstream proxy, the byte counts); the
 //! identity keeper (user agent, locale, time zone, fingerprint, blocking, no automation
@@ -9,6 +10,7 @@
 //! disposes the context.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -20,8 +22,8 @@ use crate::browser::shared::ContextLease;
 use crate::browser::tab_cap::{self, TabCap};
 use crate::browser::upstream::Upstream;
 use crate::quota::{Kind, Reservation};
-use crate::session::session_span;
-use crate::store::Isolation;
+use crate::session::{Recorder, session_span};
+use crate::store::{EndReason, Isolation, SessionRecord, Status};
 
 use super::Broker;
 use super::error::BrokerError;
@@ -29,22 +31,51 @@ use super::request::NewSession;
 
 /// A render's context, disposed when dropped.
 pub struct BareContext<'a> {
+    /// The id its record is listed under (`X-Session-Id`).
+    pub id: String,
     /// The shared browser, seen through the context's filter.
     pub upstream: Upstream,
     lease: ContextLease,
     /// Stops the identity keeper and the tab limit.
     done: CancellationToken,
     shutdown: CancellationToken,
+    /// Its record as it began; written ended once (`finish`, or on drop).
+    record: Option<SessionRecord>,
+    records: Arc<Recorder>,
     _place: Reservation<'a>,
 }
 
 impl Drop for BareContext<'_> {
     fn drop(&mut self) {
         self.done.cancel();
+        // A caller that hung up: the record is written all the same, a moment later.
+        if let Some(record) = self.ended_record() {
+            let records = self.records.clone();
+            tokio::spawn(async move { records.put(&record).await });
+        }
     }
 }
 
 impl BareContext<'_> {
+    /// Writes its record, ended, before the render answers.
+    pub async fn finish(mut self) {
+        if let Some(record) = self.ended_record() {
+            self.records.put(&record).await;
+        }
+    }
+
+    /// The record to write, the first time only: ended now, with the context's network use.
+    fn ended_record(&mut self) -> Option<SessionRecord> {
+        let mut record = self.record.take()?;
+        let now = SystemTime::now();
+        record.status = Status::Terminated;
+        record.end_reason = Some(EndReason::Terminated);
+        record.ended_at = Some(now);
+        record.updated_at = now;
+        record.network = Some(self.lease.traffic.snapshot());
+        Some(record)
+    }
+
     /// Fires when the context can no longer render: its browser exited, a page closed
     /// it, or the broker stops.
     pub async fn lost(&self) -> &'static str {
@@ -94,8 +125,8 @@ impl Broker {
         self.choose_browser(&request)?;
         let request = self.pick_fingerprint_from(tenant, request, None).await?;
         let began = std::time::Instant::now();
-        // Its name in logs and spans: never a session's.
-        let span = session_span(&format!("render_{}", random_hex(16)), tenant);
+        let id = format!("sess_{}", random_hex(16));
+        let span = session_span(&id, tenant);
         let lease = self
             .shared
             .acquire(
@@ -109,10 +140,31 @@ impl Broker {
             .map_err(|e| self.capacity_error(e))?;
         let browser = &lease.shared.browser;
         let upstream = Upstream::managed(browser.port, browser.ws_path.clone()).scoped(lease.scope.clone());
+        let now = SystemTime::now();
+        let record = SessionRecord {
+            id: id.clone(),
+            tenant: tenant.clone(),
+            status: Status::Active,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + request.ttl,
+            ended_at: None,
+            end_reason: None,
+            screen: request.screen,
+            metadata: request.metadata.clone(),
+            profile: None,
+            node: self.node.clone(),
+            options: request.options.view(),
+            network: None,
+            challenges: Vec::new(),
+        };
         let bare = BareContext {
+            id,
             upstream,
             done: CancellationToken::new(),
             shutdown: self.shutdown.clone(),
+            record: Some(record),
+            records: self.records.clone(),
             _place: place,
             lease,
         };

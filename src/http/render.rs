@@ -80,13 +80,13 @@ pub(crate) async fn handle(
     };
     set("x-page-status", &rendered.page.status.to_string());
     set("x-page-url", &rendered.page.url);
-    // A render in a bare context had no session to name.
-    if let Some(session) = &rendered.session {
-        set("x-session-id", &session.id);
-        if rendered.kept && job.session_id.is_none() {
-            let urls = broker.session_urls(&session.record());
-            set("x-cdp-url", &urls.cdp);
-        }
+    set("x-session-id", &rendered.id);
+    if let Some(session) = &rendered.session
+        && rendered.kept
+        && job.session_id.is_none()
+    {
+        let urls = broker.session_urls(&session.record());
+        set("x-cdp-url", &urls.cdp);
     }
     Ok(response)
 }

@@ -35,6 +35,8 @@ pub enum Target {
 pub struct Rendered {
     pub output: Produced,
     pub page: Loaded,
+    /// The id it is listed under: its session's, or its bare context's.
+    pub id: String,
     /// The session it ran in, if it ran in one (not a bare context), and whether that
     /// session still runs (`keep_session`, or the caller's own).
     pub session: Option<Arc<Session>>,
@@ -76,8 +78,8 @@ impl EndOnDrop {
 enum Place<'a> {
     /// A session: the caller's (no guard) or one made for the render.
     Session(Arc<Session>, Option<EndOnDrop>),
-    /// A bare context, disposed when dropped.
-    Bare(BareContext<'a>),
+    /// A bare context, disposed when dropped (boxed: it carries its record).
+    Bare(Box<BareContext<'a>>),
 }
 
 impl Place<'_> {
@@ -126,7 +128,7 @@ pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Targ
             None,
         ),
         Target::Fresh(new) if !job.keep_session && broker.renders_bare(&new) => {
-            Place::Bare(broker.bare_context(tenant, *new).await?)
+            Place::Bare(Box::new(broker.bare_context(tenant, *new).await?))
         }
         Target::Fresh(new) => {
             let session = broker.create_session(tenant.clone(), *new).await?;
@@ -170,19 +172,20 @@ pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Targ
     };
     let ending = Instant::now();
     let bare = matches!(place, Place::Bare(_));
-    let (session, kept) = match place {
+    let (id, session, kept) = match place {
         Place::Bare(bare) => {
-            drop(bare);
-            (None, false)
+            let id = bare.id.clone();
+            bare.finish().await;
+            (id, None, false)
         }
-        Place::Session(session, None) => (Some(session), true),
+        Place::Session(session, None) => (session.id.clone(), Some(session), true),
         Place::Session(session, Some(guard)) if job.keep_session && result.is_ok() => {
             guard.keep();
-            (Some(session), true)
+            (session.id.clone(), Some(session), true)
         }
         Place::Session(session, Some(guard)) => {
             guard.end(broker).await;
-            (Some(session), false)
+            (session.id.clone(), Some(session), false)
         }
     };
     // Where a render's time went, for `RUST_LOG=cdpgate::render=debug`
@@ -202,6 +205,7 @@ pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Targ
     Ok(Rendered {
         output,
         page,
+        id,
         session,
         kept,
     })
