@@ -48,10 +48,13 @@ pub struct BareContext<'a> {
 impl Drop for BareContext<'_> {
     fn drop(&mut self) {
         self.done.cancel();
-        // A caller that hung up: the record is written all the same, a moment later.
-        if let Some(record) = self.ended_record() {
+        // A caller that hung up: the record is written all the same, a moment later (not
+        // when the runtime itself is going away).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some(record) = self.ended_record()
+        {
             let records = self.records.clone();
-            tokio::spawn(async move { records.put(&record).await });
+            runtime.spawn(async move { records.put(&record).await });
         }
     }
 }
