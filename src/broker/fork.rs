@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use tokio_util::task::TaskTracker;
 
 use super::Broker;
 use super::error::ForkError;
@@ -62,7 +63,9 @@ impl Broker {
         }
         let writing = Instant::now();
         if failure.is_none() {
-            let writes = made.iter().map(|fork| write_into(fork, &state, request.wait_until));
+            let writes = made
+                .iter()
+                .map(|fork| write_into(fork, &state, request.wait_until, &self.tracker));
             for written in join_all(writes).await {
                 if let Err(e) = written {
                     failure.get_or_insert(ForkError::Write(e));
@@ -163,8 +166,8 @@ fn fork_of(source: &Session, record: &SessionRecord, request: &ForkRequest, max_
     }
 }
 
-async fn write_into(fork: &Session, state: &Snapshot, ready: TabsReady) -> Result<(), CdpError> {
+async fn write_into(fork: &Session, state: &Snapshot, ready: TabsReady, tracker: &TaskTracker) -> Result<(), CdpError> {
     let ws_url = fork.upstream.own_ws_url().unwrap_or_default();
     let context = fork.upstream.scope.as_ref().map(|s| s.context.as_str());
-    snapshot::write(&ws_url, context, state, ready).await
+    snapshot::write(&ws_url, context, state, ready, tracker).await
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use super::cdp::{CdpError, Connection};
 
@@ -114,12 +115,13 @@ pub enum TabsReady {
 /// `context`: the cookies, then each tab (the first in the tab already open) loaded and
 /// scrolled, waited for as `ready` says. The tabs are opened in order, then restored at
 /// once, each on a connection of its own: a tab's time is mostly its page's load, which
-/// the others need not wait for.
+/// the others need not wait for. Restores that go on after the answer are `tracker`'s.
 pub(crate) async fn write(
     ws_url: &str,
     context: Option<&str>,
     snapshot: &Snapshot,
     ready: TabsReady,
+    tracker: &TaskTracker,
 ) -> Result<(), CdpError> {
     let mut conn = open(ws_url, context).await?;
     if !snapshot.cookies.is_empty() {
@@ -158,7 +160,7 @@ pub(crate) async fn write(
         targets.push(target);
     }
     if ready == TabsReady::Started {
-        return start_tabs(ws_url, context, conn, snapshot, targets).await;
+        return start_tabs(ws_url, context, conn, snapshot, targets, tracker).await;
     }
     let mut tabs = snapshot.tabs.iter().zip(&targets);
     let Some((first_tab, first_target)) = tabs.next() else {
@@ -177,14 +179,16 @@ pub(crate) async fn write(
     others.into_iter().collect()
 }
 
-/// Restores every tab in a task of its own (the first on `conn`) and answers once each has
-/// reached its navigation, or with the first error before that.
+/// Restores every tab in a task of its own on `tracker` (the first on `conn`), so that a
+/// stopping broker waits for them, and answers once each has reached its navigation, or
+/// with the first error before that.
 async fn start_tabs(
     ws_url: &str,
     context: Option<&str>,
     conn: Connection,
     snapshot: &Snapshot,
     targets: Vec<String>,
+    tracker: &TaskTracker,
 ) -> Result<(), CdpError> {
     let mut conn = Some(conn);
     let mut started = Vec::with_capacity(targets.len());
@@ -192,7 +196,7 @@ async fn start_tabs(
         let (tell, told) = oneshot::channel();
         let own = conn.take();
         let (ws_url, context) = (ws_url.to_owned(), context.map(str::to_owned));
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let mut tell = Some(tell);
             let written = async {
                 let mut conn = match own {
