@@ -5,11 +5,15 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// A site on loopback whose every page is a plain document.
 async fn plain_site() -> SocketAddr {
@@ -153,4 +157,284 @@ async fn a_fork_of_a_source_with_too_much_storage_makes_nothing() {
         "no fork is left running"
     );
     server.stop().await;
+}
+
+async fn render(server: &TestServer, key: &str, kind: &str, body: Value) -> (StatusCode, hyper::HeaderMap, bytes::Bytes) {
+    http_bytes(
+        server.addr,
+        Method::POST,
+        &format!("/public/{kind}"),
+        &[("x-api-key", key), ("content-type", "application/json")],
+        bytes::Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// What the shared browsers hold, asked of Chrome itself: (browser contexts, page targets).
+async fn chrome_holds(server: &TestServer) -> (usize, usize) {
+    let (mut contexts, mut pages) = (0, 0);
+    for browser in server.broker.shared().browsers() {
+        let version = http(
+            format!("127.0.0.1:{}", browser.port).parse().unwrap(),
+            Method::GET,
+            "/json/version",
+            None,
+            None,
+        )
+        .await;
+        let mut ws = ws_connect(version.json["webSocketDebuggerUrl"].as_str().unwrap())
+            .await
+            .unwrap();
+        let c = cdp_call(&mut ws, 1, "Target.getBrowserContexts", json!({})).await;
+        contexts += c["result"]["browserContextIds"].as_array().unwrap().len();
+        let t = cdp_call(&mut ws, 2, "Target.getTargets", json!({})).await;
+        pages += t["result"]["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["type"] == "page")
+            .count();
+    }
+    (contexts, pages)
+}
+
+/// The broker's context sessions now, summed over its shared browsers.
+fn context_sessions(server: &TestServer) -> usize {
+    server.broker.shared().browsers().iter().map(|b| b.contexts).sum()
+}
+
+/// Chrome's holdings once they have stayed the same for half a second.
+async fn settled_holdings(server: &TestServer) -> (usize, usize) {
+    let (mut last, mut stable) = ((usize::MAX, usize::MAX), 0);
+    for _ in 0..100 {
+        let now = chrome_holds(server).await;
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+        if stable == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+/// No render of `key` is left: no active session, no context, Chrome back to `baseline`.
+async fn nothing_left(server: &TestServer, key: &str, baseline: (usize, usize), what: &str) {
+    let active = server
+        .call(Method::GET, "/public/sessions?status_filter=active", Some(key), None)
+        .await;
+    assert_eq!(active.json["total"], 0, "{what}: {}", active.body);
+    assert!(
+        eventually(Duration::from_secs(10), || context_sessions(server) == 0).await,
+        "{what}: a context is still held"
+    );
+    let back = eventually_async(Duration::from_secs(10), || async {
+        chrome_holds(server).await == baseline
+    })
+    .await;
+    assert!(
+        back,
+        "{what}: Chrome holds {:?} (contexts, tabs), before {baseline:?}",
+        chrome_holds(server).await
+    );
+}
+
+/// A render's record is its key's alone: another key can neither read, list, end, delete
+/// nor reach the files of it, and after every try it is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renders_record_is_its_keys_alone() {
+    let server = TestServer::start_with(|c| c.context_browsers = 1).await;
+    let (status, headers, _) = render(&server, KEY_A, "content", json!({"html": "<p>mine</p>"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = headers["x-session-id"].to_str().unwrap().to_owned();
+    let path = format!("/public/sessions/{id}");
+    let before = server.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.body);
+    let tries = [
+        (Method::GET, path.clone()),
+        (Method::DELETE, path.clone()),
+        (Method::PATCH, path.clone()),
+        (Method::POST, format!("{path}/terminate")),
+        (Method::POST, format!("{path}/fork")),
+        (Method::GET, format!("{path}/files")),
+        (Method::POST, format!("{path}/files")),
+        (Method::GET, format!("{path}/files.zip")),
+        (Method::GET, format!("{path}/files/x.txt")),
+        (Method::GET, format!("{path}/recording")),
+        (Method::GET, format!("{path}/events")),
+        (Method::GET, format!("{path}/logs")),
+        (Method::GET, format!("{path}/har")),
+    ];
+    for (method, at) in tries {
+        let r = server.call(method.clone(), &at, Some(KEY_B), Some("{\"ttl\": 60}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {at}: {}", r.body);
+        assert!(!r.body.contains("mine"), "{method} {at}: {}", r.body);
+    }
+    let theirs = server.call(Method::GET, "/public/sessions", Some(KEY_B), None).await;
+    assert!(!theirs.body.contains(&id), "{}", theirs.body);
+    let after = server.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(after.json, before.json, "the record is as it was");
+    assert!(
+        !server.data_dir.path().join("files").join(&id).exists(),
+        "no files directory was made for it"
+    );
+    server.stop().await;
+}
+
+/// Pages that open a flood of windows and then block on a dialog, that hold a
+/// `beforeunload` prompt, or that try to reach the broker's disk: each render ends within
+/// its limits, reads no file, and leaves no context, tab or active record behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_pages_in_a_render_read_no_file_and_leave_nothing() {
+    let server = TestServer::start_with(|c| {
+        c.context_browsers = 1;
+        c.max_contexts_per_browser = 4;
+    })
+    .await;
+    let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>first</p>"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let baseline = settled_holdings(&server).await;
+    let flood = "<script>onbeforeunload = e => { e.preventDefault(); return 'stay'; };\
+                 for (let i = 0; i < 100; i++) window.open('about:blank#' + i); alert('stuck');</script>";
+    let (status, _, body) = render(
+        &server,
+        KEY_A,
+        "content",
+        json!({"html": flood, "timeout_ms": 3000}),
+    )
+    .await;
+    assert!(
+        status == StatusCode::GATEWAY_TIMEOUT || status == StatusCode::OK,
+        "{status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    nothing_left(&server, KEY_A, baseline, "a window flood and a dialog").await;
+
+    let reach = "<body><pre id=out>start</pre><script>\
+                 fetch('file:///etc/passwd').then(r => r.text()).then(t => out.textContent = t, \
+                 () => out.textContent += ' fetch-refused');\
+                 try { const x = new XMLHttpRequest(); x.open('GET', 'file:///etc/passwd', false); x.send(); \
+                 out.textContent += x.responseText } catch (e) { out.textContent += ' xhr-refused' }\
+                 setTimeout(() => { location.href = 'file:///etc/passwd' }, 50);</script></body>";
+    let (status, headers, body) = render(
+        &server,
+        KEY_A,
+        "content",
+        json!({"html": reach, "wait_until": {"delay_ms": 500}}),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(!text.contains("root:"), "a file of the broker's disk was read: {text}");
+    assert!(text.contains("xhr-refused") && text.contains("fetch-refused"), "{text}");
+    assert!(
+        !headers["x-page-url"].to_str().unwrap().starts_with("file:"),
+        "{:?}",
+        headers["x-page-url"]
+    );
+    for url in ["view-source:file:///etc/passwd", "data:text/html,<p>x", "about:blank"] {
+        let (status, _, body) = render(&server, KEY_A, "content", json!({"url": url})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {}", String::from_utf8_lossy(&body));
+    }
+    nothing_left(&server, KEY_A, baseline, "pages reaching for files").await;
+    server.stop().await;
+}
+
+/// A site whose `/hold` pages are answered only once `release` says so, counting how many
+/// are held at once (now, and at most).
+async fn holding_site(release: tokio::sync::watch::Receiver<bool>) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (held, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, p) = (held.clone(), peak.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (held, peak, mut release) = (h.clone(), p.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if head.split_whitespace().nth(1).is_some_and(|t| t.contains("/hold")) {
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let _ = release.wait_for(|r| *r).await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                }
+                let body = "<p>held</p>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, held, peak)
+}
+
+/// Ten renders at once with a quota of two: two run (their pages held by the site), eight
+/// are refused at once and make nothing; never more than two pages at the same time; once
+/// released, the two answer and the key's places are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_renders_stay_within_the_keys_quota() {
+    let server = Arc::new(
+        TestServer::start_with(|c| {
+            c.max_sessions_per_key = 2;
+            c.context_browsers = 1;
+            c.max_contexts_per_browser = 4;
+            // A loaded machine may take a while to make a context: a wait is no refusal.
+            c.queue_timeout_ms = 30_000;
+        })
+        .await,
+    );
+    // The shared browser runs before the rush.
+    let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>warm</p>"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (site, held, peak) = holding_site(released).await;
+    let refused_before = server.broker.metrics().create_quota_refused.get();
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                render(
+                    &server,
+                    KEY_A,
+                    "content",
+                    json!({"url": format!("http://{site}/hold?{i}"), "timeout_ms": 60_000}),
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            server.broker.metrics().create_quota_refused.get() - refused_before == 8
+                && held.load(Ordering::SeqCst) == 2
+        })
+        .await,
+        "{} refused, {} held, {} contexts",
+        server.broker.metrics().create_quota_refused.get() - refused_before,
+        held.load(Ordering::SeqCst),
+        context_sessions(&server)
+    );
+    assert_eq!(context_sessions(&server), 2, "only the two placed renders hold a context");
+    release.send(true).unwrap();
+    let mut answered = Vec::new();
+    for call in calls {
+        answered.push(call.await.unwrap());
+    }
+    let ok = answered.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = answered.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((ok, refused), (2, 8), "{answered:?}");
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "never more than two pages at once");
+    assert!(eventually(Duration::from_secs(10), || context_sessions(&server) == 0).await);
+    let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>again</p>"})).await;
+    assert_eq!(status, StatusCode::OK, "the places are free again");
+    let listed = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
+    assert_eq!(listed.json["total"], 4, "only the renders that ran are listed: {}", listed.body);
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.stop().await;
+    }
 }
