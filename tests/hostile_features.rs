@@ -438,3 +438,102 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
         server.stop().await;
     }
 }
+
+/// A digest of every file of a profile as stored (names and bytes).
+fn profile_digest(data_dir: &std::path::Path, profile: &str) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let root = data_dir.join("profiles").join(profile);
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "the profile is stored under {}", root.display());
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.strip_prefix(&root).unwrap().to_string_lossy().as_bytes());
+        hash.update(std::fs::read(&file).unwrap_or_default());
+    }
+    format!("{:x}", hash.finalize())
+}
+
+/// Forks of a session on a profile that saves its changes get no profile: what they do is
+/// never written into it (its files hash the same after the forks ended), while the
+/// source's own end still saves it; a later session on the profile finds the source's
+/// storage and none of the forks'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_of_a_profile_session_never_writes_the_profile() {
+    let server = TestServer::start_with(|c| c.max_sessions = 4).await;
+    let site = plain_site().await;
+    let made = server
+        .call(
+            Method::POST,
+            "/public/browser-profiles",
+            Some(KEY_A),
+            Some(&json!({"name": "login"}).to_string()),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let profile = made.json["id"].as_str().unwrap().to_owned();
+    let source = server
+        .create(json!({"profile_id": profile, "persist_changes": true}))
+        .await;
+    let id = source["session_id"].as_str().unwrap().to_owned();
+    let mut client = CdpClient::connect(&source).await;
+    let (_, page) = client.own_page().await;
+    client.load(&page, &format!("http://{site}/p")).await;
+    client.eval(&page, "localStorage.setItem('source', 's1')").await;
+    let before = profile_digest(server.data_dir.path(), &profile);
+
+    let r = fork(&server, KEY_A, &id, json!({"count": 2})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for forked in r.json["sessions"].as_array().unwrap() {
+        assert!(forked["profile_id"].is_null(), "{forked}");
+        let mut fork_client = CdpClient::connect(forked).await;
+        let (_, fork_page) = fork_client.own_page().await;
+        let carried = fork_client
+            .eval(
+                &fork_page,
+                "(localStorage.setItem('forkonly', '1'), localStorage.getItem('source'))",
+            )
+            .await;
+        assert_eq!(carried, json!("s1"));
+        let fork_id = forked["session_id"].as_str().unwrap();
+        assert_eq!(server.terminate(fork_id).await.status, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(
+        profile_digest(server.data_dir.path(), &profile),
+        before,
+        "the forks wrote the profile"
+    );
+
+    drop(client);
+    assert_eq!(server.terminate(&id).await.status, StatusCode::NO_CONTENT);
+    let ended = server.get(&id).await;
+    assert_eq!(ended.json["profile_saved"], "saved", "{}", ended.body);
+    assert_ne!(
+        profile_digest(server.data_dir.path(), &profile),
+        before,
+        "the source's end saves the profile"
+    );
+    let later = server.create(json!({"profile_id": profile})).await;
+    let mut later_client = CdpClient::connect(&later).await;
+    let (_, later_page) = later_client.own_page().await;
+    later_client.load(&later_page, &format!("http://{site}/p")).await;
+    let seen = later_client
+        .eval(
+            &later_page,
+            "JSON.stringify([localStorage.getItem('source'), localStorage.getItem('forkonly')])",
+        )
+        .await;
+    assert_eq!(seen, json!("[\"s1\",null]"), "the profile holds the source's storage only");
+    server.stop().await;
+}
