@@ -89,7 +89,17 @@ async fn a_page_cannot_forge_or_hide_what_a_fork_carries() {
     let seen: Value = serde_json::from_str(seen.as_str().unwrap()).unwrap();
     assert_eq!(
         seen,
-        json!(["/p", ["__proto__", "getItem", "length", "real"], "r\"1</script>", "p", "l", "g", null, "t1", null]),
+        json!([
+            "/p",
+            ["__proto__", "getItem", "length", "real"],
+            "r\"1</script>",
+            "p",
+            "l",
+            "g",
+            null,
+            "t1",
+            null
+        ]),
         "the fork carries the page's real storage, every key, nothing forged"
     );
     server.stop().await;
@@ -128,7 +138,10 @@ async fn a_fork_of_a_source_with_too_much_storage_makes_nothing() {
         server
             .call(
                 Method::DELETE,
-                &format!("/public/sessions/{}", r.json["sessions"][0]["session_id"].as_str().unwrap()),
+                &format!(
+                    "/public/sessions/{}",
+                    r.json["sessions"][0]["session_id"].as_str().unwrap()
+                ),
                 Some(KEY_A),
                 None
             )
@@ -146,7 +159,14 @@ async fn a_fork_of_a_source_with_too_much_storage_makes_nothing() {
     let (sessions, active) = (listed(&server, KEY_A).await, server.broker.active_sessions());
     let r = fork(&server, KEY_A, id, json!({"count": 4})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
-    assert!(r.json["detail"].as_str().unwrap().contains("characters of localStorage"), "{}", r.body);
+    assert!(
+        r.json["detail"]
+            .as_str()
+            .unwrap()
+            .contains("characters of localStorage"),
+        "{}",
+        r.body
+    );
     assert_eq!(
         (listed(&server, KEY_A).await, server.broker.active_sessions()),
         (sessions, active),
@@ -159,7 +179,12 @@ async fn a_fork_of_a_source_with_too_much_storage_makes_nothing() {
     server.stop().await;
 }
 
-async fn render(server: &TestServer, key: &str, kind: &str, body: Value) -> (StatusCode, hyper::HeaderMap, bytes::Bytes) {
+async fn render(
+    server: &TestServer,
+    key: &str,
+    kind: &str,
+    body: Value,
+) -> (StatusCode, hyper::HeaderMap, bytes::Bytes) {
     http_bytes(
         server.addr,
         Method::POST,
@@ -266,7 +291,9 @@ async fn a_renders_record_is_its_keys_alone() {
         (Method::GET, format!("{path}/har")),
     ];
     for (method, at) in tries {
-        let r = server.call(method.clone(), &at, Some(KEY_B), Some("{\"ttl\": 60}")).await;
+        let r = server
+            .call(method.clone(), &at, Some(KEY_B), Some("{\"ttl\": 60}"))
+            .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {at}: {}", r.body);
         assert!(!r.body.contains("mine"), "{method} {at}: {}", r.body);
     }
@@ -296,13 +323,7 @@ async fn hostile_pages_in_a_render_read_no_file_and_leave_nothing() {
     let baseline = settled_holdings(&server).await;
     let flood = "<script>onbeforeunload = e => { e.preventDefault(); return 'stay'; };\
                  for (let i = 0; i < 100; i++) window.open('about:blank#' + i); alert('stuck');</script>";
-    let (status, _, body) = render(
-        &server,
-        KEY_A,
-        "content",
-        json!({"html": flood, "timeout_ms": 3000}),
-    )
-    .await;
+    let (status, _, body) = render(&server, KEY_A, "content", json!({"html": flood, "timeout_ms": 3000})).await;
     assert!(
         status == StatusCode::GATEWAY_TIMEOUT || status == StatusCode::OK,
         "{status}: {}",
@@ -334,7 +355,12 @@ async fn hostile_pages_in_a_render_read_no_file_and_leave_nothing() {
     );
     for url in ["view-source:file:///etc/passwd", "data:text/html,<p>x", "about:blank"] {
         let (status, _, body) = render(&server, KEY_A, "content", json!({"url": url})).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{url}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     nothing_left(&server, KEY_A, baseline, "pages reaching for files").await;
     server.stop().await;
@@ -410,8 +436,7 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
         .collect();
     assert!(
         eventually(Duration::from_secs(30), || {
-            server.broker.metrics().create_quota_refused.get() - refused_before == 8
-                && held.load(Ordering::SeqCst) == 2
+            server.broker.metrics().create_quota_refused.get() - refused_before == 8 && held.load(Ordering::SeqCst) == 2
         })
         .await,
         "{} refused, {} held, {} contexts",
@@ -419,7 +444,11 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
         held.load(Ordering::SeqCst),
         context_sessions(&server)
     );
-    assert_eq!(context_sessions(&server), 2, "only the two placed renders hold a context");
+    assert_eq!(
+        context_sessions(&server),
+        2,
+        "only the two placed renders hold a context"
+    );
     release.send(true).unwrap();
     let mut answered = Vec::new();
     for call in calls {
@@ -433,7 +462,11 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
     let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>again</p>"})).await;
     assert_eq!(status, StatusCode::OK, "the places are free again");
     let listed = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
-    assert_eq!(listed.json["total"], 4, "only the renders that ran are listed: {}", listed.body);
+    assert_eq!(
+        listed.json["total"], 4,
+        "only the renders that ran are listed: {}",
+        listed.body
+    );
     if let Ok(server) = Arc::try_unwrap(server) {
         server.stop().await;
     }
@@ -534,6 +567,10 @@ async fn a_fork_of_a_profile_session_never_writes_the_profile() {
             "JSON.stringify([localStorage.getItem('source'), localStorage.getItem('forkonly')])",
         )
         .await;
-    assert_eq!(seen, json!("[\"s1\",null]"), "the profile holds the source's storage only");
+    assert_eq!(
+        seen,
+        json!("[\"s1\",null]"),
+        "the profile holds the source's storage only"
+    );
     server.stop().await;
 }

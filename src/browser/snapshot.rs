@@ -2,8 +2,9 @@
 //! put into another: its cookies (session cookies too) and its open web tabs, each with its
 //! URL, scroll position and its page's localStorage and sessionStorage.
 //!
-//! Reading happens on the broker's own connection by attaching to the pages that are open:
-//! no tab is opened, nothing navigates, no script stays behind, so the session's own
+//! Reading happens on the broker's own connection by attaching to the pages that are open,
+//! in an isolated world of the broker's: no tab is opened, nothing navigates, nothing runs
+//! in the page's own world (whose scripts could forge what is read), so the session's own
 //! clients see nothing. Writing opens the tabs in the new browser with the storage put in
 //! place by a script that runs before the page's own, so a page that reads its login at
 //! load finds it.
