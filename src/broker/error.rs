@@ -7,6 +7,7 @@ use crate::browser::LaunchError;
 use crate::browser::byo::ProbeError;
 use crate::browser::cdp::CdpError;
 use crate::browser::pool::PoolError;
+use crate::browser::snapshot::MAX_STORAGE_CHARS;
 use crate::error::Origin;
 use crate::profile::copy::CopyError;
 use crate::quota::QuotaExceeded;
@@ -148,6 +149,11 @@ pub enum ForkError {
     External,
     #[error("The source session's state could not be read: {0}")]
     Read(CdpError),
+    #[error(
+        "The source session's tabs hold more than {MAX_STORAGE_CHARS} characters of localStorage and \
+         sessionStorage (each tab's counted): a fork carries at most that"
+    )]
+    TooMuchStorage,
     #[error("A fork's state could not be written, so no fork was kept: {0}")]
     Write(CdpError),
     #[error(transparent)]
@@ -158,7 +164,7 @@ impl ForkError {
     pub fn origin(&self) -> Origin {
         match self {
             ForkError::Source(e) => e.origin(),
-            ForkError::External => Origin::Client,
+            ForkError::External | ForkError::TooMuchStorage => Origin::Client,
             ForkError::Read(e) | ForkError::Write(e) => e.origin(),
             ForkError::Create(e) => e.origin(),
         }

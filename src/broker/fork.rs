@@ -15,7 +15,7 @@ use crate::auth::Tenant;
 use crate::browser::blocking::Blocking;
 use crate::browser::cdp::CdpError;
 use crate::browser::identity::Identity;
-use crate::browser::snapshot::{self, Snapshot, TabsReady};
+use crate::browser::snapshot::{self, ReadError, Snapshot, TabsReady};
 use crate::capture::Wants;
 use crate::quota::Kind;
 use crate::session::Session;
@@ -51,7 +51,8 @@ impl Broker {
         let mut made = Vec::new();
         let (state, mut failure) = match state {
             Ok(state) => (state, None),
-            Err(e) => (Snapshot::default(), Some(ForkError::Read(e))),
+            Err(ReadError::Browser(e)) => (Snapshot::default(), Some(ForkError::Read(e))),
+            Err(ReadError::TooMuchStorage) => (Snapshot::default(), Some(ForkError::TooMuchStorage)),
         };
         for result in created {
             match result {

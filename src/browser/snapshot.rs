@@ -2,8 +2,9 @@
 //! put into another: its cookies (session cookies too) and its open web tabs, each with its
 //! URL, scroll position and its page's localStorage and sessionStorage.
 //!
-//! Reading happens on the broker's own connection by attaching to the pages that are open:
-//! no tab is opened, nothing navigates, no script stays behind, so the session's own
+//! Reading happens on the broker's own connection by attaching to the pages that are open,
+//! in an isolated world of the broker's: no tab is opened, nothing navigates, nothing runs
+//! in the page's own world (whose scripts could forge what is read), so the session's own
 //! clients see nothing. Writing opens the tabs in the new browser with the storage put in
 //! place by a script that runs before the page's own, so a page that reads its login at
 //! load finds it.
@@ -48,18 +49,41 @@ impl Snapshot {
     }
 }
 
-/// Read in each page's main world; a storage the page may not use reads as empty.
-const READ_PAGE: &str = r#"(() => {
-  const entries = get => { try { return Object.entries(get()); } catch (e) { return []; } };
-  return JSON.stringify({ x: scrollX, y: scrollY,
-    local: entries(() => localStorage), session: entries(() => sessionStorage) });
-})()"#;
+/// Most storage a fork carries, in characters of keys and values summed over every tab's
+/// localStorage and sessionStorage: each is copied into every fork's tab, so a source's
+/// tabs must not make the broker hold gigabytes.
+pub(crate) const MAX_STORAGE_CHARS: usize = 8 * 1024 * 1024;
+
+/// Read in an isolated world of the broker's, where the page's scripts cannot change what
+/// `JSON`, `Object` or `Storage` do (so a page can neither forge what a fork carries nor
+/// swell it past its real storage); key by key, since a key named as one of `Storage`'s own
+/// properties (`length`, `getItem`, `__proto__`) is no own property to list. A storage the
+/// page may not use reads as empty; past `budget` characters only the size is answered.
+const READ_PAGE: &str = r#"(budget => {
+  const read = get => { try { const s = get(), out = [];
+    for (let i = 0; i < s.length; i++) { const k = s.key(i); out.push([k, s.getItem(k)]); }
+    return out; } catch (e) { return []; } };
+  const local = read(() => localStorage), session = read(() => sessionStorage);
+  let size = 0;
+  for (const [k, v] of local.concat(session)) size += k.length + v.length;
+  if (size > budget) return JSON.stringify({ size });
+  return JSON.stringify({ x: scrollX, y: scrollY, local, session, size });
+})"#;
+
+/// Why a source could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Browser(#[from] CdpError),
+    #[error("its tabs hold more than {MAX_STORAGE_CHARS} characters of storage")]
+    TooMuchStorage,
+}
 
 /// How long a restored tab's page may take to load before it is scrolled all the same.
 const LOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// The state of the browser at `ws_url` (its default context) or of its `context`.
-pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot, CdpError> {
+pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot, ReadError> {
     let mut conn = open(ws_url, context).await?;
     let found = conn.call(None, "Storage.getCookies", json!({})).await?;
     let cookies = found["cookies"]
@@ -69,6 +93,7 @@ pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot
         .filter_map(settable)
         .collect();
     let mut tabs = Vec::new();
+    let mut budget = MAX_STORAGE_CHARS;
     for (target, url) in pages(&mut conn, context).await? {
         if !is_web(&url) {
             continue;
@@ -83,11 +108,16 @@ pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot
         // A tab closed since the list was read is not carried.
         let Ok(attached) = attached else { continue };
         let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
-        let read = conn.evaluate(&session, READ_PAGE).await;
+        let read = read_page(&mut conn, &session, &target, budget).await;
         let _ = conn
             .call(None, "Target.detachFromTarget", json!({ "sessionId": session }))
             .await;
         let page: Value = serde_json::from_str(read?.as_str().unwrap_or("{}")).unwrap_or_default();
+        let size = page["size"].as_u64().unwrap_or(0) as usize;
+        if size > budget {
+            return Err(ReadError::TooMuchStorage);
+        }
+        budget -= size;
         tabs.push(Tab {
             url,
             scroll_x: page["x"].as_f64().unwrap_or(0.0),
@@ -97,6 +127,25 @@ pub(crate) async fn read(ws_url: &str, context: Option<&str>) -> Result<Snapshot
         });
     }
     Ok(Snapshot { cookies, tabs })
+}
+
+/// The storage and scroll of the page of `session` (the tab `target`), read in a world
+/// of the broker's own.
+async fn read_page(conn: &mut Connection, session: &str, target: &str, budget: usize) -> Result<Value, CdpError> {
+    let world = conn
+        .call(
+            Some(session),
+            "Page.createIsolatedWorld",
+            json!({ "frameId": target, "worldName": "cdpgate-fork" }),
+        )
+        .await?;
+    let params = json!({
+        "expression": format!("{READ_PAGE}({budget})"),
+        "contextId": world["executionContextId"],
+        "returnByValue": true,
+    });
+    let result = conn.call(Some(session), "Runtime.evaluate", params).await?;
+    Ok(result["result"]["value"].clone())
 }
 
 /// How far a write goes before it answers.

@@ -340,7 +340,7 @@ impl From<ForkError> for ApiError {
         let status = match e {
             ForkError::Source(e) => return session_refusal(e, Attempt::Fork),
             ForkError::Create(e) => return e.into(),
-            ForkError::External => StatusCode::UNPROCESSABLE_ENTITY,
+            ForkError::External | ForkError::TooMuchStorage => StatusCode::UNPROCESSABLE_ENTITY,
             ForkError::Read(CdpError::Timeout) | ForkError::Write(CdpError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ForkError::Read(_) | ForkError::Write(_) => StatusCode::BAD_GATEWAY,
         };
