@@ -569,19 +569,19 @@ impl Keeper {
             for (method, params) in fp.as_ref().map(|f| fingerprint::commands(f, kind)).unwrap_or_default() {
                 self.send(ws, s, method, params).await?;
             }
-            // Before the target's own scripts: the console patch (a client's Runtime.enable
-            // stays out of the page's sight) and what a fingerprint sets that no command
-            // reaches. A page's script needs the Page domain, enabled above.
-            let config = fp.as_ref().map(|f| fingerprint::patch_config(f, kind));
-            let source = page_script::script(config.as_ref());
-            if page {
-                let script = json!({ "source": source, "runImmediately": true });
-                self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
-                    .await?;
-            } else {
-                // The worker waits for the keeper: this runs before its first line.
-                let script = json!({ "expression": source, "silent": true });
-                self.send(ws, s, "Runtime.evaluate", script).await?;
+            // What a fingerprint sets that no command reaches, before the target's own
+            // scripts. A page's script needs the Page domain, enabled above.
+            if let Some(fp) = &fp {
+                let source = page_script::script(&fingerprint::patch_config(fp, kind));
+                if page {
+                    let script = json!({ "source": source, "runImmediately": true });
+                    self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
+                        .await?;
+                } else {
+                    // The worker waits for the keeper: this runs before its first line.
+                    let script = json!({ "expression": source, "silent": true });
+                    self.send(ws, s, "Runtime.evaluate", script).await?;
+                }
             }
             // Frames and workers this target starts are attached (and held) the same way.
             let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });

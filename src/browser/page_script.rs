@@ -1,32 +1,28 @@
 //! The script the identity keeper puts in each frame's main world before its page runs
 //! (`Page.addScriptToEvaluateOnNewDocument`) and runs in each worker before its script does
-//! (`Runtime.evaluate` while the worker waits for the debugger). One script per target,
-//! of parts that share one way to make what they patch read as native (`native.js`):
-//! always the console patch (`console_patch.js`: a client's `Runtime.enable` does not show
-//! through console calls), and with a session's fingerprint its patch
-//! (`fingerprint_patch.js`). The headless shell's own patch (`stealth::SHELL_PATCH`) is a
-//! script of its own.
+//! (`Runtime.evaluate` while the worker waits for the debugger), for a session with a
+//! fingerprint: its patch (`fingerprint_patch.js`) after the part that makes what it
+//! patches read as native (`native.js`), which later parts can share. The headless shell's
+//! own patch (`stealth::SHELL_PATCH`) is a script of its own.
+//!
+//! No console patch: wrapping `console.log` and the like in a page's world (to keep a
+//! client's `Runtime.enable` out of its sight) puts the wrapper's frame on top of every
+//! console message's stack trace, so clients (Puppeteer's and Playwright's
+//! `location()`, DevTools) and `capture_console` would name the patch instead of the
+//! page's line (measured on 156).
 
 use serde_json::Value;
 
 /// An expression: patches `Function.prototype.toString` and gives `native(fresh, original)`.
 const NATIVE: &str = include_str!("native.js");
 
-/// A function expression of `native`.
-const CONSOLE: &str = include_str!("console_patch.js");
-
 /// A function expression of `native` and the fingerprint's config.
 const FINGERPRINT: &str = include_str!("fingerprint_patch.js");
 
-/// The script for one target; `fingerprint` is the config of the fingerprint's part
-/// ([`super::fingerprint::patch_config`]), none without a fingerprint.
-pub(crate) fn script(fingerprint: Option<&Value>) -> String {
-    let mut script = format!("(() => {{\nconst native = {NATIVE};\n({CONSOLE})(native);\n");
-    if let Some(config) = fingerprint {
-        script.push_str(&format!("({FINGERPRINT})(native, {config});\n"));
-    }
-    script.push_str("})();\n");
-    script
+/// The script for one target of a session with a fingerprint; `config` is what its part
+/// sets there ([`super::fingerprint::patch_config`]).
+pub(crate) fn script(config: &Value) -> String {
+    format!("(() => {{\nconst native = {NATIVE};\n({FINGERPRINT})(native, {config});\n}})();\n")
 }
 
 #[cfg(test)]
@@ -36,14 +32,10 @@ mod tests {
 
     #[test]
     fn parts_are_expressions_put_together_once() {
-        let plain = script(None);
-        assert_eq!(plain.matches("Function.prototype, 'toString'").count(), 1);
-        assert!(!plain.contains("WebGLRenderingContext"));
-        let with = script(Some(&json!({"platform": "Win32"})));
+        let with = script(&json!({"platform": "Win32"}));
         assert!(with.contains("(native, {\"platform\":\"Win32\"})"));
-        // The toString patch is applied once, shared by both parts.
         assert_eq!(with.matches("Function.prototype, 'toString'").count(), 1);
-        for part in [NATIVE, CONSOLE, FINGERPRINT] {
+        for part in [NATIVE, FINGERPRINT] {
             assert!(!part.trim_end().ends_with(';'), "a part must be an expression");
         }
     }
