@@ -3,7 +3,8 @@
 //! `scripts/fingerprint-data.sh`; Apache-2.0, `fingerprints.LICENSE`) picked by a seed,
 //! with the user agent and client hints of desktop Chrome on that OS. What it sets on each
 //! target, through DevTools where DevTools can and a small script where it cannot, is
-//! [`commands`]; the identity keeper sends them.
+//! [`commands`] and the part of the page script ([`super::page_script`]) configured by
+//! [`patch_config`]; the identity keeper sends them.
 
 use std::sync::LazyLock;
 
@@ -12,10 +13,6 @@ use serde_json::{Map, Value, json};
 
 use super::stealth;
 use crate::values::{Fingerprint, Screen};
-
-/// Put into each frame and worker of a session with a fingerprint (`fingerprint_patch.js`,
-/// `CONFIG` replaced by what it sets).
-const PATCH: &str = include_str!("fingerprint_patch.js");
 
 /// How far back a `browser_version` may go from the browser's own major version: further
 /// back, the features a page can test contradict the version it claims.
@@ -331,14 +328,15 @@ pub(crate) fn pick(
     })
 }
 
-/// The script for a target of `kind`, its `CONFIG` filled in.
-fn patch(fp: &Fingerprint, kind: &str) -> String {
+/// What the fingerprint's part of the page script (`fingerprint_patch.js`) sets on a
+/// target of `kind`.
+pub(crate) fn patch_config(fp: &Fingerprint, kind: &str) -> Value {
     let worker = !matches!(kind, "page" | "iframe");
     // An out-of-process frame: the page's device metrics do not reach it.
     let screen = (kind == "iframe").then(|| json!([fp.screen.width, fp.screen.height]));
     // A service worker's navigator.userAgent is the launch flag's, which no override reaches.
     let user_agent = (kind == "service_worker").then_some(fp.user_agent.as_str());
-    let config = json!({
+    json!({
         "userAgent": user_agent,
         "screen": screen,
         "dpr": fp.device_pixel_ratio,
@@ -350,61 +348,46 @@ fn patch(fp: &Fingerprint, kind: &str) -> String {
         "noClientHints": fp.client_hints.is_none(),
         "webglVendor": fp.webgl_vendor,
         "webglRenderer": fp.webgl_renderer,
-    });
-    PATCH.replace("CONFIG", &config.to_string())
+    })
 }
 
-/// The DevTools commands that put `fp` on a newly attached target of `kind` (`page`,
-/// `iframe`, a worker), sent before it runs. The user agent and client hints are the
-/// keeper's own override.
+/// The DevTools commands that put `fp` on a newly attached page or frame (`kind`), sent
+/// before it runs. The user agent and client hints are the keeper's own override; what
+/// no command reaches is the page script's ([`patch_config`]), in workers too.
 pub(crate) fn commands(fp: &Fingerprint, kind: &str) -> Vec<(&'static str, Value)> {
     let mut out = Vec::new();
-    match kind {
-        "page" | "iframe" => {
-            out.push((
-                "Emulation.setHardwareConcurrencyOverride",
-                json!({ "hardwareConcurrency": fp.hardware_concurrency }),
-            ));
-            if kind == "page" {
-                let view = fp.viewport.unwrap_or(Screen { width: 0, height: 0 });
-                let portrait = fp.screen.height >= fp.screen.width;
-                out.push((
-                    "Emulation.setDeviceMetricsOverride",
-                    json!({
-                        "width": view.width,
-                        "height": view.height,
-                        "deviceScaleFactor": fp.device_pixel_ratio,
-                        "mobile": fp.mobile,
-                        "screenWidth": fp.screen.width,
-                        "screenHeight": fp.screen.height,
-                        "screenOrientation": if portrait {
-                            json!({ "type": "portraitPrimary", "angle": 0 })
-                        } else {
-                            json!({ "type": "landscapePrimary", "angle": 0 })
-                        },
-                    }),
-                ));
-            }
-            if fp.max_touch_points > 0 {
-                out.push((
-                    "Emulation.setTouchEmulationEnabled",
-                    json!({ "enabled": true, "maxTouchPoints": fp.max_touch_points }),
-                ));
-            }
-            out.push(("Page.enable", json!({})));
-            out.push((
-                "Page.addScriptToEvaluateOnNewDocument",
-                json!({ "source": patch(fp, kind), "runImmediately": true }),
-            ));
-        }
-        "worker" | "shared_worker" | "service_worker" => {
-            // The worker waits for the keeper: this runs before its first line.
-            out.push((
-                "Runtime.evaluate",
-                json!({ "expression": patch(fp, kind), "silent": true }),
-            ));
-        }
-        _ => {}
+    if !matches!(kind, "page" | "iframe") {
+        return out;
+    }
+    out.push((
+        "Emulation.setHardwareConcurrencyOverride",
+        json!({ "hardwareConcurrency": fp.hardware_concurrency }),
+    ));
+    if kind == "page" {
+        let view = fp.viewport.unwrap_or(Screen { width: 0, height: 0 });
+        let portrait = fp.screen.height >= fp.screen.width;
+        out.push((
+            "Emulation.setDeviceMetricsOverride",
+            json!({
+                "width": view.width,
+                "height": view.height,
+                "deviceScaleFactor": fp.device_pixel_ratio,
+                "mobile": fp.mobile,
+                "screenWidth": fp.screen.width,
+                "screenHeight": fp.screen.height,
+                "screenOrientation": if portrait {
+                    json!({ "type": "portraitPrimary", "angle": 0 })
+                } else {
+                    json!({ "type": "landscapePrimary", "angle": 0 })
+                },
+            }),
+        ));
+    }
+    if fp.max_touch_points > 0 {
+        out.push((
+            "Emulation.setTouchEmulationEnabled",
+            json!({ "enabled": true, "maxTouchPoints": fp.max_touch_points }),
+        ));
     }
     out
 }

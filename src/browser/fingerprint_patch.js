@@ -5,31 +5,20 @@
 // would reset the override), navigator.vendor and userAgentData for an iOS device,
 // hardwareConcurrency in workers, and navigator.userAgent in a service worker (it keeps
 // the launch flag's, which no override reaches). No global is left behind; patched
-// functions read as native ones (Function.prototype.toString answers for them as for the
-// originals).
-((config) => {
+// functions read as native ones (`native`, native.js's). A function expression, given
+// `native` and what to set.
+((native, config) => {
   const nav = typeof Navigator !== 'undefined' ? Navigator : typeof WorkerNavigator !== 'undefined' ? WorkerNavigator : null;
   if (!nav) return;
   const define = Object.defineProperty;
   const describe = Object.getOwnPropertyDescriptor;
-  const sources = new WeakMap();
-  const toString = Function.prototype.toString;
   const reflect = Reflect.apply;
-  const patchedToString = {
-    toString() {
-      return reflect(toString, sources.get(this) || this, []);
-    },
-  }.toString;
-  sources.set(patchedToString, toString);
-  define(Function.prototype, 'toString', { ...describe(Function.prototype, 'toString'), value: patchedToString });
   // A getter on `proto` reading `value`, standing for the original one.
   const getter = (proto, key, value) => {
     const desc = describe(proto, key);
     if (!desc || !desc.get) return;
     const get = { get [key]() { return value; } };
-    const fresh = describe(get, key).get;
-    sources.set(fresh, desc.get);
-    define(proto, key, { ...desc, get: fresh });
+    define(proto, key, { ...desc, get: native(describe(get, key).get, desc.get) });
   };
   const p = nav.prototype;
   if (config.platform) getter(p, 'platform', config.platform);
@@ -52,8 +41,7 @@
     const dpr = describe(globalThis, 'devicePixelRatio');
     if (dpr && dpr.get) {
       const fresh = describe({ get devicePixelRatio() { return config.dpr; } }, 'devicePixelRatio').get;
-      sources.set(fresh, dpr.get);
-      define(globalThis, 'devicePixelRatio', { ...dpr, get: fresh });
+      define(globalThis, 'devicePixelRatio', { ...dpr, get: native(fresh, dpr.get) });
     }
   }
   const UNMASKED_VENDOR = 0x9245;
@@ -70,7 +58,6 @@
         return value;
       },
     }.getParameter;
-    sources.set(patched, original);
-    define(ctx.prototype, 'getParameter', { ...describe(ctx.prototype, 'getParameter'), value: patched });
+    define(ctx.prototype, 'getParameter', { ...describe(ctx.prototype, 'getParameter'), value: native(patched, original) });
   }
-})(CONFIG);
+})

@@ -23,6 +23,7 @@ use super::challenges::Challenges;
 use super::egress::Egress;
 use super::fingerprint;
 use super::forward::Traffic;
+use super::page_script;
 use super::stealth::{self, Disguise};
 use super::upstream::{Upstream, UpstreamStream};
 use crate::capture::SessionCapture;
@@ -567,6 +568,20 @@ impl Keeper {
             }
             for (method, params) in fp.as_ref().map(|f| fingerprint::commands(f, kind)).unwrap_or_default() {
                 self.send(ws, s, method, params).await?;
+            }
+            // What a fingerprint sets that no command reaches, before the target's own
+            // scripts. A page's script needs the Page domain, enabled above.
+            if let Some(fp) = &fp {
+                let source = page_script::script(&fingerprint::patch_config(fp, kind));
+                if page {
+                    let script = json!({ "source": source, "runImmediately": true });
+                    self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
+                        .await?;
+                } else {
+                    // The worker waits for the keeper: this runs before its first line.
+                    let script = json!({ "expression": source, "silent": true });
+                    self.send(ws, s, "Runtime.evaluate", script).await?;
+                }
             }
             // Frames and workers this target starts are attached (and held) the same way.
             let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });

@@ -27,6 +27,7 @@ pub(crate) mod gateway_ports;
 pub(crate) mod identity;
 pub(crate) mod launcher;
 pub(crate) mod live_filter;
+pub(crate) mod page_script;
 pub(crate) mod pool;
 pub(crate) mod scope;
 pub(crate) mod screenshot;
