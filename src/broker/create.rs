@@ -562,9 +562,10 @@ impl Broker {
                 .await
                 .map_err(|e| ("its tabs could not be watched", BrokerError::BrowserSetup(e)))
         };
-        // At once: each is mostly round trips to the browser (0.64× the time of a create at
-        // rest, docs/benchmarks.md). Boxed: their states side by side left the create's
-        // future so large that one more wrapper overflowed a worker's stack in a debug build.
+        // At once: each is mostly round trips to the browser, which on a busy machine wait
+        // for a core (p50 0.88×, p90 0.52× beside a test run; docs/benchmarks.md). Boxed:
+        // their states side by side left the create's future so large that one more wrapper
+        // overflowed a worker's stack in a debug build.
         let (identity_kept, artifacts_started, tabs_watched) = tokio::join!(
             Box::pin(identity_kept),
             Box::pin(artifacts_started),
