@@ -94,6 +94,7 @@ fn page(path: &str, frame_origin: &str) -> (&'static str, Vec<u8>) {
         }
         "/worker.js" => ("text/javascript", read("tests/data/stealth/worker.js")),
         "/watch.html" => ("text/html", read("tests/data/stealth/watch.html")),
+        "/blank.html" => ("text/html", b"<!doctype html><title>blank</title>".to_vec()),
         "/botd.js" => (
             "text/javascript",
             read("tests/js/node_modules/@fingerprintjs/botd/dist/botd.esm.js"),
@@ -427,5 +428,51 @@ fn check_action(failures: &mut Failures, acted: &Value, isolation: &str) {
         &acted["success"],
         &json!(true),
         format_args!("the single action ({isolation} session): {acted}"),
+    );
+}
+
+/// What the headless shell's patch puts back reads as the full Chromium's own: a page
+/// probing each function and getter it stands in for (navigator.plugins, mimeTypes,
+/// pdfViewerEnabled, their lists' methods and getters, Notification.permission,
+/// window.chrome's loadTimes, csi and app functions: the full Chromium has no
+/// chrome.runtime on a web page, nor does the patch) gets the same answer on a shell
+/// session as on a full-Chromium one: source text, name, length, prototype, `new`, the
+/// call on another object, the descriptor and where it is, and nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_patch_reads_as_the_full_chromium() {
+    let (site, _) = start_probe_site().await;
+    let server = TestServer::start().await;
+    let url = format!("http://{site}/blank.html");
+    let mut answers = Vec::new();
+    for browser in ["shell", "full"] {
+        let session = server.create(json!({"isolation": "process", "browser": browser})).await;
+        assert_eq!(session["browser"], browser, "{session}");
+        let endpoint = session["cdp_url"].as_str().unwrap();
+        answers.push(node("shell_natives.mjs", &[endpoint, &url]).await);
+        server.terminate(session["session_id"].as_str().unwrap()).await;
+    }
+    server.stop().await;
+    let (shell, full) = (&answers[0], &answers[1]);
+    assert!(
+        full["navigator.plugins.item"]["value"]["toString"] == "function item() { [native code] }",
+        "the full Chromium's own: {full}"
+    );
+    let keys: Vec<&String> = full.as_object().unwrap().keys().collect();
+    let differ: Vec<String> = keys
+        .iter()
+        .filter(|key| shell[key.as_str()] != full[key.as_str()])
+        .map(|key| {
+            format!(
+                "{key}:\n  shell: {}\n  full:  {}",
+                shell[key.as_str()],
+                full[key.as_str()]
+            )
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} differ from the full Chromium:\n{}",
+        differ.len(),
+        differ.join("\n")
     );
 }
