@@ -31,12 +31,13 @@ pub(crate) fn script(shell: bool, fingerprint: Option<&Value>) -> Option<String>
     if !shell && fingerprint.is_none() {
         return None;
     }
-    let mut script = format!("(() => {{\nconst native = {NATIVE};\n");
+    let part = str::trim_end;
+    let mut script = format!("(() => {{\nconst native = {};\n", part(NATIVE));
     if shell {
-        script.push_str(&format!("({SHELL})(native);\n"));
+        script.push_str(&format!("({})(native);\n", part(SHELL)));
     }
     if let Some(config) = fingerprint {
-        script.push_str(&format!("({FINGERPRINT})(native, {config});\n"));
+        script.push_str(&format!("({})(native, {config});\n", part(FINGERPRINT)));
     }
     script.push_str("})();\n");
     Some(script)
@@ -52,10 +53,10 @@ mod tests {
         let config = json!({"platform": "Win32"});
         let both = script(true, Some(&config)).unwrap();
         assert!(both.contains("(native, {\"platform\":\"Win32\"})"));
-        assert!(both.contains("})(native);\n"));
+        assert!(both.contains(")(native);\n"));
         // One `native` for both parts: toString is patched once, not wrapped twice.
         assert_eq!(both.matches("defineProperty(Function.prototype, 'toString'").count(), 1);
-        assert_eq!(both.matches("const native =").count(), 1);
+        assert_eq!(both.matches(NATIVE.trim_end()).count(), 1);
         let shell = script(true, None).unwrap();
         assert!(!shell.contains("webglVendor"));
         assert!(!script(false, Some(&config)).unwrap().contains("PluginArray"));
