@@ -94,6 +94,7 @@ fn page(path: &str, frame_origin: &str) -> (&'static str, Vec<u8>) {
         }
         "/worker.js" => ("text/javascript", read("tests/data/stealth/worker.js")),
         "/watch.html" => ("text/html", read("tests/data/stealth/watch.html")),
+        "/blank.html" => ("text/html", b"<!doctype html><title>blank</title>".to_vec()),
         "/botd.js" => (
             "text/javascript",
             read("tests/js/node_modules/@fingerprintjs/botd/dist/botd.esm.js"),
@@ -427,5 +428,61 @@ fn check_action(failures: &mut Failures, acted: &Value, isolation: &str) {
         &acted["success"],
         &json!(true),
         format_args!("the single action ({isolation} session): {acted}"),
+    );
+}
+
+/// What the headless shell's patch puts back reads as the full Chromium's own: a page
+/// probing each function and getter it stands in for (navigator.plugins, mimeTypes,
+/// pdfViewerEnabled, their lists' methods and getters, Notification.permission,
+/// window.chrome's loadTimes, csi and app functions: the full Chromium has no
+/// chrome.runtime on a web page, nor does the patch) gets the same answer on a shell
+/// session as on a full-Chromium one: source text, name, length, prototype, `new`, the
+/// call on another object, the descriptor and where it is, and nothing left behind. So
+/// does a shell session with a fingerprint, whose page script has the fingerprint's part
+/// too (one `native`, one toString patch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_patch_reads_as_the_full_chromium() {
+    let (site, _) = start_probe_site().await;
+    let server = TestServer::start().await;
+    let url = format!("http://{site}/blank.html");
+    let sessions = [
+        ("full", json!({"browser": "full"})),
+        ("shell", json!({"browser": "shell"})),
+        (
+            "shell with a fingerprint",
+            json!({"browser": "shell", "fingerprint": {"os": "linux"}}),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (what, mut body) in sessions {
+        body["isolation"] = json!("process");
+        let session = server.create(body.clone()).await;
+        assert_eq!(session["browser"], body["browser"], "{session}");
+        let endpoint = session["cdp_url"].as_str().unwrap();
+        answers.push((what, node("shell_natives.mjs", &[endpoint, &url]).await));
+        server.terminate(session["session_id"].as_str().unwrap()).await;
+    }
+    server.stop().await;
+    let full = &answers[0].1;
+    assert!(
+        full["navigator.plugins.item"]["value"]["toString"] == "function item() { [native code] }",
+        "the full Chromium's own: {full}"
+    );
+    let mut differ = Vec::new();
+    for (what, shell) in &answers[1..] {
+        for (key, expected) in full.as_object().unwrap() {
+            if &shell[key.as_str()] != expected {
+                differ.push(format!(
+                    "{key} ({what}):\n  shell: {}\n  full:  {expected}",
+                    shell[key.as_str()]
+                ));
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} differ from the full Chromium:\n{}",
+        differ.len(),
+        differ.join("\n")
     );
 }

@@ -547,14 +547,6 @@ impl Keeper {
                 // Frame navigations tell challenges apart (`Page.frameNavigated`).
                 self.send(ws, s, "Page.enable", json!({})).await?;
             }
-            if page && disguise.is_some_and(|d| d.shell) {
-                // Scripts to evaluate on new documents need the Page domain (it stays on:
-                // disabling it drops them). Also at once on the document there is: a
-                // popup's first document keeps its window for a same-origin page.
-                let script = json!({ "source": stealth::SHELL_PATCH, "runImmediately": true });
-                self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
-                    .await?;
-            }
             if let Some(capture) = self.watch.capture.clone() {
                 self.capture_on(ws, s, &capture, page).await?;
             }
@@ -569,10 +561,14 @@ impl Keeper {
             for (method, params) in fp.as_ref().map(|f| fingerprint::commands(f, kind)).unwrap_or_default() {
                 self.send(ws, s, method, params).await?;
             }
-            // What a fingerprint sets that no command reaches, before the target's own
-            // scripts. A page's script needs the Page domain, enabled above.
-            if let Some(fp) = &fp {
-                let source = page_script::script(&fingerprint::patch_config(fp, kind));
+            // What the headless shell lacks and what a fingerprint sets that no command
+            // reaches, before the target's own scripts: one script, so one toString patch.
+            // A page's script needs the Page domain, enabled above (it stays on: disabling
+            // it drops the script). Also at once on the document there is: a popup's first
+            // document keeps its window for a same-origin page.
+            let shell = page && disguise.is_some_and(|d| d.shell);
+            let config = fp.as_ref().map(|fp| fingerprint::patch_config(fp, kind));
+            if let Some(source) = page_script::script(shell, config.as_ref()) {
                 if page {
                     let script = json!({ "source": source, "runImmediately": true });
                     self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)

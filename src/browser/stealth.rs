@@ -18,9 +18,6 @@ use serde_json::{Value, json};
 /// Chrome (headless and remote-debugged Chromium turn it on).
 pub(crate) const DISABLED_BLINK_FEATURES: &[&str] = &["AutomationControlled"];
 
-/// Put into each frame of the headless shell before its page runs (`shell_patch.js`).
-pub(crate) const SHELL_PATCH: &str = include_str!("shell_patch.js");
-
 /// How the broker presents a browser by default, from its `Browser.getVersion`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Disguise {
@@ -30,7 +27,8 @@ pub(crate) struct Disguise {
     /// Client hints that agree with it: the brands Chromium gives itself, without the
     /// headless shell's `HeadlessChrome`.
     pub(crate) metadata: Value,
-    /// The headless shell (`HeadlessChrome/…` product): its frames get [`SHELL_PATCH`].
+    /// The headless shell (`HeadlessChrome/…` product): its frames get `shell_patch.js`
+    /// (in [`super::page_script`]).
     pub(crate) shell: bool,
 }
 
