@@ -3,7 +3,7 @@
 //! `scripts/fingerprint-data.sh`; Apache-2.0, `fingerprints.LICENSE`) picked by a seed,
 //! with the user agent and client hints of desktop Chrome on that OS. What it sets on each
 //! target, through DevTools where DevTools can and a small script where it cannot, is
-//! [`commands`] and the part of the page script ([`super::page_script`]) configured by
+//! [`commands`] and the part of the page script (`page_script.rs`) configured by
 //! [`patch_config`]; the identity keeper sends them.
 
 use std::sync::LazyLock;

@@ -25,7 +25,7 @@ const SHELL: &str = include_str!("shell_patch.js");
 const FINGERPRINT: &str = include_str!("fingerprint_patch.js");
 
 /// The script for one target: with `shell` (a page of the headless shell) the shell's part,
-/// with `fingerprint` (what its part sets there, [`super::fingerprint::patch_config`]) the
+/// with `fingerprint` (what its part sets there, `fingerprint::patch_config`) the
 /// fingerprint's. None when neither applies.
 pub(crate) fn script(shell: bool, fingerprint: Option<&Value>) -> Option<String> {
     if !shell && fingerprint.is_none() {
