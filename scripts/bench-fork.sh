@@ -4,6 +4,8 @@
 # to every fork's first CDP reply. Medians of ROUNDS runs; then the memory (PSS) per forked
 # session, and where the time goes inside the broker (its log).
 # BASELINE=path/to/cdpgate: an older build beside this one, alternated fork by fork.
+# GATE_ENV / BASELINE_ENV="VAR=VALUE ...": settings of one broker only (e.g. the same build
+# twice, BASELINE=target/release/cdpgate, with other `CDPGATE_CONTEXT_SPARES`).
 # WAIT_UNTIL=load,start: each broker's forks with each `wait_until`, alternated too.
 # usage: [BASELINE=BIN] scripts/bench-fork.sh [ROUNDS] [COUNTS]
 set -euo pipefail
@@ -51,10 +53,10 @@ key=bench-key-0123456789abcdef
 # The brokers log each fork's read, creates and writes (src/broker/fork.rs), one JSON line.
 settings=(CDPGATE_DEFAULT_ISOLATION=context CDPGATE_CONTEXT_BROWSERS=1 CDPGATE_MAX_CONTEXTS_PER_BROWSER=40
   CDPGATE_LOG_FORMAT=json RUST_LOG=warn,cdpgate::broker::fork=info)
-gates="this=http://$(start_broker target/release/cdpgate fork "${settings[@]}")"
+gates="this=http://$(start_broker target/release/cdpgate fork "${settings[@]}" ${GATE_ENV:-})"
 names=(fork)
 if [ -n "${BASELINE:-}" ]; then
-  gates="$gates,baseline=http://$(start_broker "$BASELINE" baseline "${settings[@]}")"
+  gates="$gates,baseline=http://$(start_broker "$BASELINE" baseline "${settings[@]}" ${BASELINE_ENV:-})"
   names+=(baseline)
 fi
 echo "load before: $(uptime)"

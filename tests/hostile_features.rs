@@ -179,97 +179,12 @@ async fn a_fork_of_a_source_with_too_much_storage_makes_nothing() {
     server.stop().await;
 }
 
-async fn render(
-    server: &TestServer,
-    key: &str,
-    kind: &str,
-    body: Value,
-) -> (StatusCode, hyper::HeaderMap, bytes::Bytes) {
-    http_bytes(
-        server.addr,
-        Method::POST,
-        &format!("/public/{kind}"),
-        &[("x-api-key", key), ("content-type", "application/json")],
-        bytes::Bytes::from(body.to_string()),
-    )
-    .await
-}
-
-/// What the shared browsers hold, asked of Chrome itself: (browser contexts, page targets).
-async fn chrome_holds(server: &TestServer) -> (usize, usize) {
-    let (mut contexts, mut pages) = (0, 0);
-    for browser in server.broker.shared().browsers() {
-        let version = http(
-            format!("127.0.0.1:{}", browser.port).parse().unwrap(),
-            Method::GET,
-            "/json/version",
-            None,
-            None,
-        )
-        .await;
-        let mut ws = ws_connect(version.json["webSocketDebuggerUrl"].as_str().unwrap())
-            .await
-            .unwrap();
-        let c = cdp_call(&mut ws, 1, "Target.getBrowserContexts", json!({})).await;
-        contexts += c["result"]["browserContextIds"].as_array().unwrap().len();
-        let t = cdp_call(&mut ws, 2, "Target.getTargets", json!({})).await;
-        pages += t["result"]["targetInfos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["type"] == "page")
-            .count();
-    }
-    (contexts, pages)
-}
-
-/// The broker's context sessions now, summed over its shared browsers.
-fn context_sessions(server: &TestServer) -> usize {
-    server.broker.shared().browsers().iter().map(|b| b.contexts).sum()
-}
-
-/// Chrome's holdings once they have stayed the same for half a second.
-async fn settled_holdings(server: &TestServer) -> (usize, usize) {
-    let (mut last, mut stable) = ((usize::MAX, usize::MAX), 0);
-    for _ in 0..100 {
-        let now = chrome_holds(server).await;
-        stable = if now == last { stable + 1 } else { 0 };
-        last = now;
-        if stable == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    last
-}
-
-/// No render of `key` is left: no active session, no context, Chrome back to `baseline`.
-async fn nothing_left(server: &TestServer, key: &str, baseline: (usize, usize), what: &str) {
-    let active = server
-        .call(Method::GET, "/public/sessions?status_filter=active", Some(key), None)
-        .await;
-    assert_eq!(active.json["total"], 0, "{what}: {}", active.body);
-    assert!(
-        eventually(Duration::from_secs(10), || context_sessions(server) == 0).await,
-        "{what}: a context is still held"
-    );
-    let back = eventually_async(Duration::from_secs(10), || async {
-        chrome_holds(server).await == baseline
-    })
-    .await;
-    assert!(
-        back,
-        "{what}: Chrome holds {:?} (contexts, tabs), before {baseline:?}",
-        chrome_holds(server).await
-    );
-}
-
 /// A render's record is its key's alone: another key can neither read, list, end, delete
 /// nor reach the files of it, and after every try it is as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renders_record_is_its_keys_alone() {
     let server = TestServer::start_with(|c| c.context_browsers = 1).await;
-    let (status, headers, _) = render(&server, KEY_A, "content", json!({"html": "<p>mine</p>"})).await;
+    let (status, headers, _) = render_as(&server, KEY_A, "content", json!({"html": "<p>mine</p>"})).await;
     assert_eq!(status, StatusCode::OK);
     let id = headers["x-session-id"].to_str().unwrap().to_owned();
     let path = format!("/public/sessions/{id}");
@@ -318,12 +233,12 @@ async fn hostile_pages_in_a_render_read_no_file_and_leave_nothing() {
         c.max_contexts_per_browser = 4;
     })
     .await;
-    let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>first</p>"})).await;
+    let (status, _, _) = render_as(&server, KEY_A, "content", json!({"html": "<p>first</p>"})).await;
     assert_eq!(status, StatusCode::OK);
     let baseline = settled_holdings(&server).await;
     let flood = "<script>onbeforeunload = e => { e.preventDefault(); return 'stay'; };\
                  for (let i = 0; i < 100; i++) window.open('about:blank#' + i); alert('stuck');</script>";
-    let (status, _, body) = render(&server, KEY_A, "content", json!({"html": flood, "timeout_ms": 3000})).await;
+    let (status, _, body) = render_as(&server, KEY_A, "content", json!({"html": flood, "timeout_ms": 3000})).await;
     assert!(
         status == StatusCode::GATEWAY_TIMEOUT || status == StatusCode::OK,
         "{status}: {}",
@@ -337,7 +252,7 @@ async fn hostile_pages_in_a_render_read_no_file_and_leave_nothing() {
                  try { const x = new XMLHttpRequest(); x.open('GET', 'file:///etc/passwd', false); x.send(); \
                  out.textContent += x.responseText } catch (e) { out.textContent += ' xhr-refused' }\
                  setTimeout(() => { location.href = 'file:///etc/passwd' }, 50);</script></body>";
-    let (status, headers, body) = render(
+    let (status, headers, body) = render_as(
         &server,
         KEY_A,
         "content",
@@ -354,7 +269,7 @@ async fn hostile_pages_in_a_render_read_no_file_and_leave_nothing() {
         headers["x-page-url"]
     );
     for url in ["view-source:file:///etc/passwd", "data:text/html,<p>x", "about:blank"] {
-        let (status, _, body) = render(&server, KEY_A, "content", json!({"url": url})).await;
+        let (status, _, body) = render_as(&server, KEY_A, "content", json!({"url": url})).await;
         assert_eq!(
             status,
             StatusCode::BAD_REQUEST,
@@ -414,7 +329,7 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
         .await,
     );
     // The shared browser runs before the rush.
-    let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>warm</p>"})).await;
+    let (status, _, _) = render_as(&server, KEY_A, "content", json!({"html": "<p>warm</p>"})).await;
     assert_eq!(status, StatusCode::OK);
     let (release, released) = tokio::sync::watch::channel(false);
     let (site, held, peak) = holding_site(released).await;
@@ -423,7 +338,7 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
         .map(|i| {
             let server = server.clone();
             tokio::spawn(async move {
-                render(
+                render_as(
                     &server,
                     KEY_A,
                     "content",
@@ -459,7 +374,7 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
     assert_eq!((ok, refused), (2, 8), "{answered:?}");
     assert_eq!(peak.load(Ordering::SeqCst), 2, "never more than two pages at once");
     assert!(eventually(Duration::from_secs(10), || context_sessions(&server) == 0).await);
-    let (status, _, _) = render(&server, KEY_A, "content", json!({"html": "<p>again</p>"})).await;
+    let (status, _, _) = render_as(&server, KEY_A, "content", json!({"html": "<p>again</p>"})).await;
     assert_eq!(status, StatusCode::OK, "the places are free again");
     let listed = server.call(Method::GET, "/public/sessions", Some(KEY_A), None).await;
     assert_eq!(

@@ -177,22 +177,6 @@ async fn render(server: &TestServer, kind: &str, body: Value) -> (StatusCode, hy
     render_as(server, KEY_A, kind, body).await
 }
 
-async fn render_as(
-    server: &TestServer,
-    key: &str,
-    kind: &str,
-    body: Value,
-) -> (StatusCode, hyper::HeaderMap, bytes::Bytes) {
-    http_bytes(
-        server.addr,
-        Method::POST,
-        &format!("/public/{kind}"),
-        &[("x-api-key", key), ("content-type", "application/json")],
-        bytes::Bytes::from(body.to_string()),
-    )
-    .await
-}
-
 fn json_of(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or(Value::Null)
 }
@@ -213,77 +197,14 @@ async fn sessions(server: &TestServer, key: &str) -> (u64, u64) {
     (count("active").await, count("").await)
 }
 
-/// What the shared browsers hold, asked of Chrome itself: (browser contexts, page targets).
-async fn chrome_holds(server: &TestServer) -> (usize, usize) {
-    let (mut contexts, mut pages) = (0, 0);
-    for browser in server.broker.shared().browsers() {
-        let version: Value = serde_json::from_str(
-            &http(
-                format!("127.0.0.1:{}", browser.port).parse().unwrap(),
-                Method::GET,
-                "/json/version",
-                None,
-                None,
-            )
-            .await
-            .body,
-        )
-        .unwrap();
-        let mut ws = ws_connect(version["webSocketDebuggerUrl"].as_str().unwrap())
-            .await
-            .unwrap();
-        let c = cdp_call(&mut ws, 1, "Target.getBrowserContexts", json!({})).await;
-        contexts += c["result"]["browserContextIds"].as_array().unwrap().len();
-        let t = cdp_call(&mut ws, 2, "Target.getTargets", json!({})).await;
-        pages += t["result"]["targetInfos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["type"] == "page")
-            .count();
-    }
-    (contexts, pages)
-}
-
-/// The broker's context sessions now, summed over its shared browsers.
-fn context_sessions(server: &TestServer) -> usize {
-    server.broker.shared().browsers().iter().map(|b| b.contexts).sum()
-}
-
-/// Nothing of a render is left: no active session, no context session, and Chrome back to
-/// the contexts and tabs it held before (its prepared spares).
-async fn nothing_left(server: &TestServer, baseline: (usize, usize), what: &str) {
-    assert_eq!(sessions(server, KEY_A).await.0, 0, "{what}: a session is still active");
-    assert!(
-        eventually(Duration::from_secs(10), || context_sessions(server) == 0).await,
-        "{what}: a context session is still held"
-    );
-    let settled = eventually_async(Duration::from_secs(10), || async {
-        chrome_holds(server).await == baseline
-    })
-    .await;
-    let now = chrome_holds(server).await;
-    assert!(
-        settled,
-        "{what}: Chrome holds {now:?} (contexts, tabs), before {baseline:?}"
-    );
+/// Nothing of a render of tenant A is left.
+async fn nothing_left_of_a(server: &TestServer, baseline: (usize, usize), what: &str) {
+    nothing_left(server, KEY_A, baseline, what).await
 }
 
 /// Chrome's holdings with no session running, once its spares are made.
 async fn baseline(server: &TestServer) -> (usize, usize) {
-    // A first render starts the shared browser; then its prepared contexts settle.
-    let mut last = (usize::MAX, usize::MAX);
-    let mut stable = 0;
-    for _ in 0..100 {
-        let now = chrome_holds(server).await;
-        stable = if now == last { stable + 1 } else { 0 };
-        last = now;
-        if stable == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    last
+    settled_holdings(server).await
 }
 
 fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
@@ -325,7 +246,7 @@ async fn screenshots_have_the_asked_size_and_the_page_colours() {
     assert_eq!(pixel(&rgb, w, 10, 10), [0, 0, 255], "the box, top left");
     assert_eq!(pixel(&rgb, w, 400, 300), [255, 0, 0], "the page's background");
     let baseline = baseline(&server).await;
-    nothing_left(&server, baseline, "a screenshot").await;
+    nothing_left_of_a(&server, baseline, "a screenshot").await;
 
     // A clip, an element, the full page: each its own size, each with the right pixels.
     let (status, _, png) = render(
@@ -386,7 +307,7 @@ async fn screenshots_have_the_asked_size_and_the_page_colours() {
     let (status, _, body) = render(&server, "screenshot", json!({"url": url, "selector": "#nothing"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(json_of(&body)["code"], "selector_not_found");
-    nothing_left(&server, baseline, "screenshots").await;
+    nothing_left_of_a(&server, baseline, "screenshots").await;
     server.stop().await;
 }
 
@@ -436,7 +357,7 @@ async fn pdfs_have_the_pages_paper_and_text() {
     let (w, h) = size(&doc);
     assert!((w - 841.9).abs() <= 1.0 && (h - 595.3).abs() <= 1.0, "{w} × {h}");
     let baseline = baseline(&server).await;
-    nothing_left(&server, baseline, "pdfs").await;
+    nothing_left_of_a(&server, baseline, "pdfs").await;
     server.stop().await;
 }
 
@@ -507,7 +428,7 @@ async fn markdown_content_and_scrape_read_the_rendered_page() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{}", json_of(&body));
     assert!(json_of(&body)["detail"].as_str().unwrap().contains("selectors.bad"));
     let baseline = baseline(&server).await;
-    nothing_left(&server, baseline, "reads").await;
+    nothing_left_of_a(&server, baseline, "reads").await;
     server.stop().await;
 }
 
@@ -571,7 +492,7 @@ async fn failures_name_their_cause_in_bounded_time_and_leave_nothing() {
         assert_eq!(status.as_u16(), want, "{body}: {answer}");
         assert_eq!(answer["code"], code, "{body}: {answer}");
         assert!(answer["detail"].as_str().unwrap().contains(says), "{body}: {answer}");
-        nothing_left(&server, baseline, &body.to_string()).await;
+        nothing_left_of_a(&server, baseline, &body.to_string()).await;
     }
     let metrics = server.broker.metrics();
     assert_eq!(
@@ -612,7 +533,7 @@ async fn failures_name_their_cause_in_bounded_time_and_leave_nothing() {
     assert_eq!(status, StatusCode::OK);
     let (w, h, _) = decode_png(&png);
     assert_eq!((w, h), (400, 16384));
-    nothing_left(&server, baseline, "after the huge page").await;
+    nothing_left_of_a(&server, baseline, "after the huge page").await;
     server.stop().await;
 }
 
@@ -801,7 +722,7 @@ async fn sessions_are_kept_given_counted_and_ended_when_the_caller_leaves() {
         eventually(Duration::from_secs(10), || context_sessions(&server) == 0).await,
         "the context went with the caller"
     );
-    nothing_left(&server, baseline, "a caller that hung up").await;
+    nothing_left_of_a(&server, baseline, "a caller that hung up").await;
     server.stop().await;
 }
 

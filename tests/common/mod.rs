@@ -1046,3 +1046,93 @@ impl CdpClient {
         self.settled_text(page).await
     }
 }
+
+/// `POST /public/{kind}` (a one-call render) with `body`, as `key`.
+pub async fn render_as(
+    server: &TestServer,
+    key: &str,
+    kind: &str,
+    body: Value,
+) -> (StatusCode, hyper::HeaderMap, Bytes) {
+    http_bytes(
+        server.addr,
+        Method::POST,
+        &format!("/public/{kind}"),
+        &[("x-api-key", key), ("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// What the shared browsers hold, asked of Chrome itself: (browser contexts, page targets).
+pub async fn chrome_holds(server: &TestServer) -> (usize, usize) {
+    let (mut contexts, mut pages) = (0, 0);
+    for browser in server.broker.shared().browsers() {
+        let address = format!("127.0.0.1:{}", browser.port).parse().unwrap();
+        let version = http(address, Method::GET, "/json/version", None, None).await;
+        let mut ws = ws_connect(version.json["webSocketDebuggerUrl"].as_str().unwrap())
+            .await
+            .unwrap();
+        let c = cdp_call(&mut ws, 1, "Target.getBrowserContexts", json!({})).await;
+        contexts += c["result"]["browserContextIds"].as_array().unwrap().len();
+        let t = cdp_call(&mut ws, 2, "Target.getTargets", json!({})).await;
+        pages += t["result"]["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["type"] == "page")
+            .count();
+    }
+    (contexts, pages)
+}
+
+/// Chrome's holdings once they have stayed the same for half a second (its spares made).
+pub async fn settled_holdings(server: &TestServer) -> (usize, usize) {
+    let (mut last, mut stable) = ((usize::MAX, usize::MAX), 0);
+    for _ in 0..100 {
+        let now = chrome_holds(server).await;
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+        if stable == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+/// The broker's context sessions now, summed over its shared browsers.
+pub fn context_sessions(server: &TestServer) -> usize {
+    server.broker.shared().browsers().iter().map(|b| b.contexts).sum()
+}
+
+/// Nothing of `key`'s renders is left: no active session, no context session, and Chrome
+/// back to the contexts and tabs it held before (`baseline`: its prepared spares).
+pub async fn nothing_left(server: &TestServer, key: &str, baseline: (usize, usize), what: &str) {
+    let active = server
+        .call(
+            Method::GET,
+            "/public/sessions?status_filter=active&limit=1",
+            Some(key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        active.json["total"], 0,
+        "{what}: a session is still active: {}",
+        active.body
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || context_sessions(server) == 0).await,
+        "{what}: a context session is still held"
+    );
+    let back = eventually_async(Duration::from_secs(10), || async {
+        chrome_holds(server).await == baseline
+    })
+    .await;
+    assert!(
+        back,
+        "{what}: Chrome holds {:?} (contexts, tabs), before {baseline:?}",
+        chrome_holds(server).await
+    );
+}
