@@ -132,17 +132,6 @@ async fn loaded(client: &mut CdpClient, session: &str, url: &str) {
         .await;
 }
 
-async fn fork(server: &TestServer, key: &str, id: &str, body: Value) -> Response {
-    server
-        .call(
-            Method::POST,
-            &format!("/public/sessions/{id}/fork"),
-            Some(key),
-            Some(&body.to_string()),
-        )
-        .await
-}
-
 /// How many sessions `key` has (`status` ones, or all).
 async fn count(server: &TestServer, key: &str, status: Option<&str>) -> u64 {
     let query = status.map(|s| format!("?status={s}")).unwrap_or_default();

@@ -20,17 +20,6 @@ async fn plain_site() -> SocketAddr {
     serve_pages(|_| (String::new(), "<html><body><p>plain</p></body></html>".into())).await
 }
 
-async fn fork(server: &TestServer, key: &str, id: &str, body: Value) -> Response {
-    server
-        .call(
-            Method::POST,
-            &format!("/public/sessions/{id}/fork"),
-            Some(key),
-            Some(&body.to_string()),
-        )
-        .await
-}
-
 /// How many sessions `key` has listed, of any status.
 async fn listed(server: &TestServer, key: &str) -> u64 {
     let r = server.call(Method::GET, "/public/sessions", Some(key), None).await;
@@ -385,32 +374,6 @@ async fn concurrent_renders_stay_within_the_keys_quota() {
     if let Ok(server) = Arc::try_unwrap(server) {
         server.stop().await;
     }
-}
-
-/// A digest of every file of a profile as stored (names and bytes).
-fn profile_digest(data_dir: &std::path::Path, profile: &str) -> String {
-    use sha2::{Digest, Sha256};
-    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                walk(&path, files);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    let root = data_dir.join("profiles").join(profile);
-    let mut files = Vec::new();
-    walk(&root, &mut files);
-    files.sort();
-    assert!(!files.is_empty(), "the profile is stored under {}", root.display());
-    let mut hash = Sha256::new();
-    for file in files {
-        hash.update(file.strip_prefix(&root).unwrap().to_string_lossy().as_bytes());
-        hash.update(std::fs::read(&file).unwrap_or_default());
-    }
-    format!("{:x}", hash.finalize())
 }
 
 /// Forks of a session on a profile that saves its changes get no profile: what they do is

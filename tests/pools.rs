@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// A site on loopback: `/login` sets a session cookie and a persistent one and writes
 /// localStorage; `/check` reports what the page sees, and whether it could fetch
@@ -93,31 +92,6 @@ async fn logged_in_profile(server: &TestServer, key: &str, app: SocketAddr) -> S
     let record = call(server, Method::GET, &format!("/public/sessions/{sid}"), key, None).await;
     assert_eq!(record.json["profile_saved"], "saved", "{}", record.body);
     id
-}
-
-/// A digest of every file of a profile as stored (names and bytes).
-fn profile_digest(data_dir: &Path, profile: &str) -> String {
-    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                walk(&path, files);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    let root = data_dir.join("profiles").join(profile);
-    let mut files = Vec::new();
-    walk(&root, &mut files);
-    files.sort();
-    assert!(!files.is_empty(), "the profile is stored under {}", root.display());
-    let mut hash = Sha256::new();
-    for file in files {
-        hash.update(file.strip_prefix(&root).unwrap().to_string_lossy().as_bytes());
-        hash.update(std::fs::read(&file).unwrap_or_default());
-    }
-    format!("{:x}", hash.finalize())
 }
 
 /// The pool's stats once `ready` browsers are ready (polled, within a minute).

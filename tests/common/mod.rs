@@ -1136,3 +1136,41 @@ pub async fn nothing_left(server: &TestServer, key: &str, baseline: (usize, usiz
         chrome_holds(server).await
     );
 }
+
+/// `POST /public/sessions/{id}/fork` with `body`, as `key`.
+pub async fn fork(server: &TestServer, key: &str, id: &str, body: Value) -> Response {
+    server
+        .call(
+            Method::POST,
+            &format!("/public/sessions/{id}/fork"),
+            Some(key),
+            Some(&body.to_string()),
+        )
+        .await
+}
+
+/// A digest of every file of a profile as stored under `data_dir` (names and bytes).
+pub fn profile_digest(data_dir: &Path, profile: &str) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let root = data_dir.join("profiles").join(profile);
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "the profile is stored under {}", root.display());
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.strip_prefix(&root).unwrap().to_string_lossy().as_bytes());
+        hash.update(std::fs::read(&file).unwrap_or_default());
+    }
+    format!("{:x}", hash.finalize())
+}
