@@ -8,6 +8,7 @@
 // of the browsers under DATA_DIR before and after: memory per forked session (each with
 // the source's two tabs).
 // WAIT_UNTIL=load,start runs each broker's forks with each `wait_until` (alternated too).
+// TABS=1: a source with its first tab only (each fork then opens no tab of its own).
 // usage: node --experimental-websocket bench_fork.mjs <api|name=api,...> <key> <site> <rounds> <N,N,...>
 import { readFileSync, readdirSync } from 'fs';
 import puppeteer from 'puppeteer-core';
@@ -35,9 +36,11 @@ async function loggedInSource(api) {
   const [first] = await browser.pages();
   await first.goto(`${site}/login`);
   await first.goto(`${site}/page/a`);
-  const second = await browser.newPage();
-  await second.goto(`${site}/page/b`);
-  await second.evaluate(() => { sessionStorage.setItem('tab', 'second'); scrollTo(0, 1234); });
+  if (process.env.TABS !== '1') {
+    const second = await browser.newPage();
+    await second.goto(`${site}/page/b`);
+    await second.evaluate(() => { sessionStorage.setItem('tab', 'second'); scrollTo(0, 1234); });
+  }
   return { source, browser };
 }
 
