@@ -7,6 +7,7 @@
 # GATE_ENV / BASELINE_ENV="VAR=VALUE ...": settings of one broker only (e.g. the same build
 # twice, BASELINE=target/release/cdpgate, with other `CDPGATE_CONTEXT_SPARES`).
 # WAIT_UNTIL=load,start: each broker's forks with each `wait_until`, alternated too.
+# TABS=1: the source keeps its first tab only (a fork then opens no tab: no renderer to start).
 # usage: [BASELINE=BIN] scripts/bench-fork.sh [ROUNDS] [COUNTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
