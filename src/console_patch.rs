@@ -169,9 +169,8 @@ pub(crate) fn without_wrapper_frame(message: &str) -> Option<String> {
         None => {
             let member = br#","stackTrace":"#;
             let trace_at = offset(raw_trace);
-            let whole = trace.parent.is_none()
-                && trace.parent_id.is_none()
-                && message.as_bytes()[..trace_at].ends_with(member);
+            let whole =
+                trace.parent.is_none() && trace.parent_id.is_none() && message.as_bytes()[..trace_at].ends_with(member);
             if whole {
                 (trace_at - member.len(), trace_at + raw_trace.get().len())
             } else {
@@ -223,7 +222,11 @@ mod tests {
         let wrapper = frame("log", "", site(1));
         let message = event(&[wrapper.clone(), page.clone()]);
         let out = without_wrapper_frame(&message).unwrap();
-        assert_eq!(out, event(std::slice::from_ref(&page)), "the rest is byte for byte the same");
+        assert_eq!(
+            out,
+            event(std::slice::from_ref(&page)),
+            "the rest is byte for byte the same"
+        );
         assert_eq!(without_wrapper_frame(&out), None);
         // Not the wrapper's: another function, a url, another position, a page frame.
         for other in [

@@ -1009,13 +1009,15 @@ mod tests {
             "targetInfo": {"targetId": "T-OURS", "type": "page", "browserContextId": OURS}}});
         f.on_browser(&attached.to_string());
         let (line, column) = console_patch::call_sites()[1];
-        let page = json!({"functionName": "f", "scriptId": "5", "url": "https://a.test/", "lineNumber": 3, "columnNumber": 8});
+        let page =
+            json!({"functionName": "f", "scriptId": "5", "url": "https://a.test/", "lineNumber": 3, "columnNumber": 8});
         let message = |frames: Value, session: &str| {
             json!({"method": "Runtime.consoleAPICalled", "params": {"type": "log", "args": [],
                 "stackTrace": {"callFrames": frames}}, "sessionId": session})
             .to_string()
         };
-        let wrapper = json!({"functionName": "log", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
+        let wrapper =
+            json!({"functionName": "log", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
         let out = f.on_browser(&message(json!([wrapper, page]), "S-OURS"));
         assert_eq!(out, vec![Out::Client(message(json!([page]), "S-OURS"))]);
         // Without the frame it passes as it came; another context's still goes nowhere.

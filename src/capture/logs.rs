@@ -243,7 +243,10 @@ mod tests {
         let page = json!({"functionName": "f", "url": "http://a/x.js", "lineNumber": 4, "columnNumber": 2});
         let params = json!({"type": "log", "args": [], "stackTrace": {"callFrames": [wrapper, page]}});
         let e = console(&params, "T");
-        assert_eq!((e.url.as_deref(), e.line, e.column), (Some("http://a/x.js"), Some(5), Some(3)));
+        assert_eq!(
+            (e.url.as_deref(), e.line, e.column),
+            (Some("http://a/x.js"), Some(5), Some(3))
+        );
         let params = json!({"type": "log", "args": [], "stackTrace": {"callFrames": [wrapper]}});
         let e = console(&params, "T");
         assert_eq!((e.url, e.line, e.column), (None, None, None));
