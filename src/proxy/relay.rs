@@ -973,6 +973,52 @@ mod tests {
         assert!(!String::from_utf8_lossy(&out).contains("\"warn\""));
     }
 
+    /// What holding console events costs the relay: a Chrome-like stream (events of a few
+    /// hundred bytes to a few KiB, `with_console` of them console events) through the
+    /// browser's direction with console frames on and off, in 64 KiB reads; medians of
+    /// MB/s. `cargo test --lib -- --ignored console_frames_cost --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn console_frames_cost() {
+        let (line, column) = crate::console_patch::call_sites()[0];
+        let wrapper = serde_json::json!({"functionName": "log", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
+        let page = serde_json::json!({"functionName": "f", "scriptId": "5", "url": "https://a.test/app.js", "lineNumber": 9, "columnNumber": 4});
+        for every in [0, 20, 2] {
+            let mut stream = Vec::new();
+            for i in 0..20_000 {
+                let payload = if every > 0 && i % every == 0 {
+                    console_event(&[wrapper.clone(), page.clone()], &"c".repeat(i % 400))
+                } else {
+                    format!(
+                        r#"{{"method":"Network.requestWillBeSent","params":{{"requestId":"{i}","url":"https://a.test/{}"}},"sessionId":"S1"}}"#,
+                        "p".repeat((i * 37) % 3000)
+                    )
+                };
+                stream.extend(frame(true, OP_TEXT, payload.as_bytes(), false));
+            }
+            let mut rates = [Vec::new(), Vec::new()];
+            for round in 0..14 {
+                let on = round % 2 == 0;
+                let chunks = stream.chunks(65536).map(<[u8]>::to_vec).collect();
+                let start = std::time::Instant::now();
+                let (out, _) = through_console_frames(chunks, usize::MAX, on).await;
+                let rate = stream.len() as f64 / start.elapsed().as_secs_f64() / 1e6;
+                assert!(out.len() <= stream.len());
+                rates[on as usize].push(rate);
+            }
+            for r in &mut rates {
+                r.sort_by(f64::total_cmp);
+            }
+            let share = if every == 0 { 0 } else { 100 / every };
+            println!(
+                "{share}% console events, {} MB: off {:.0} MB/s, on {:.0} MB/s (medians of 7)",
+                stream.len() / 1_000_000,
+                rates[0][3],
+                rates[1][3]
+            );
+        }
+    }
+
     #[tokio::test]
     async fn an_ending_session_closes_before_a_held_console_event() {
         let metrics = Metrics::default();
