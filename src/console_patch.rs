@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn what_is_not_a_console_event_passes_unchanged() {
         let wrapper = frame("log", "", site(0));
-        let good = event(&[wrapper.clone()]);
+        let good = event(std::slice::from_ref(&wrapper));
         for bad in [
             &good[..good.len() - 1],
             &good.replace("consoleAPICalled", "exceptionThrown"),

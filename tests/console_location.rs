@@ -100,7 +100,7 @@ async fn console_messages_keep_the_pages_location_and_hide_the_runtime() {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            let expected = vec![json!(["log", script, 3, 11]), json!(["warning", script, 4, 11])];
+            let expected = [json!(["log", script, 3, 11]), json!(["warning", script, 4, 11])];
             if entries.get(..2) != Some(&expected[..]) {
                 failures.push(format!("capture_console with {what}: {entries:?}"));
             }

@@ -194,10 +194,3 @@ fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
     }
     out.extend_from_slice(payload);
 }
-
-#[cfg(test)]
-pub(crate) fn text_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    push_text_frame(&mut out, payload);
-    out
-}

@@ -959,7 +959,7 @@ mod tests {
         let (line, column) = crate::console_patch::call_sites()[1];
         let wrapper = serde_json::json!({"functionName": "warn", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
         let event = console_event(
-            &[wrapper.clone()],
+            std::slice::from_ref(&wrapper),
             &"z".repeat(super::super::console_frames::MAX_HELD as usize),
         );
         let input = frame(true, OP_TEXT, event.as_bytes(), false);
@@ -1009,7 +1009,7 @@ mod tests {
             for r in &mut rates {
                 r.sort_by(f64::total_cmp);
             }
-            let share = if every == 0 { 0 } else { 100 / every };
+            let share = 100usize.checked_div(every).unwrap_or(0);
             println!(
                 "{share}% console events, {} MB: off {:.0} MB/s, on {:.0} MB/s (medians of 7)",
                 stream.len() / 1_000_000,
