@@ -40,6 +40,7 @@ pub mod broker;
 pub mod browser;
 pub(crate) mod capture;
 pub mod config;
+pub(crate) mod console_patch;
 pub(crate) mod egress_rules;
 pub mod error;
 pub(crate) mod events;

@@ -162,6 +162,11 @@ async fn check_session(f: &mut Failures, session: &Value, client: &str, site: So
     ];
     for (part, r) in documents.iter().copied().chain(workers) {
         let what = label(part);
+        f.equal(
+            &r["prepareStackTraceRan"],
+            &json!(false),
+            format_args!("Error.prepareStackTrace run by a console call on {what}"),
+        );
         f.equal(&r["userAgent"], &fp["user_agent"], format_args!("userAgent on {what}"));
         f.equal(
             &r["platform"],
@@ -260,12 +265,12 @@ async fn check_session(f: &mut Failures, session: &Value, client: &str, site: So
             format_args!("the viewport on {}", label("page")),
         );
     }
-    // fpscanner's `hasCDP` sees the client's own `Runtime.enable` (Puppeteer's and
-    // Playwright's), which the broker passes unchanged; a client without it is checked in
-    // `fpscanner_finds_nothing_without_a_runtime_client`.
+    // fpscanner's `hasCDP` does not see the client's own `Runtime.enable` (Puppeteer's and
+    // Playwright's): the console patch hides `Error.prepareStackTrace` from it. Every
+    // surface runs the same probe (`prepareStackTraceRan`, checked above).
     f.equal(
         &first["fpscanner"],
-        &json!(["hasCDP"]),
+        &json!([]),
         format_args!("fpscanner on {}", label("page")),
     );
     f.equal(

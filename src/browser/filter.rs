@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::command::{Command, Fields, Params};
 use super::file_policy;
 use super::url_policy;
+use crate::console_patch;
 
 /// What a connection's messages without `sessionId` talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -569,7 +570,17 @@ impl Filter {
             self.learn_frame(text);
         }
         let passes = own_page || text.starts_with(r#"{"method":"Inspector."#);
-        if passes { vec![Out::Pass] } else { Vec::new() }
+        if !passes {
+            return Vec::new();
+        }
+        // The console patch's frame tops the page's console messages: the client sees the
+        // page's line first, as without the patch.
+        if text.as_bytes().starts_with(console_patch::EVENT_PREFIX)
+            && let Some(without) = console_patch::without_wrapper_frame(text)
+        {
+            return vec![Out::Client(without)];
+        }
+        vec![Out::Pass]
     }
 
     /// A download's events reach the client only if the download is its context's: its
@@ -988,6 +999,30 @@ mod tests {
             sent_count(&mut f, r#"{"id":5,"method":"Runtime.evaluate","sessionId":"S-THEIRS"}"#),
             0
         );
+    }
+
+    #[test]
+    fn console_messages_reach_the_client_without_the_patchs_frame() {
+        let (mut f, _) = filter(Root::Browser);
+        let attached = json!({"method": "Target.attachedToTarget", "params": {
+            "sessionId": "S-OURS", "waitingForDebugger": false,
+            "targetInfo": {"targetId": "T-OURS", "type": "page", "browserContextId": OURS}}});
+        f.on_browser(&attached.to_string());
+        let (line, column) = console_patch::call_sites()[1];
+        let page =
+            json!({"functionName": "f", "scriptId": "5", "url": "https://a.test/", "lineNumber": 3, "columnNumber": 8});
+        let message = |frames: Value, session: &str| {
+            json!({"method": "Runtime.consoleAPICalled", "params": {"type": "log", "args": [],
+                "stackTrace": {"callFrames": frames}}, "sessionId": session})
+            .to_string()
+        };
+        let wrapper =
+            json!({"functionName": "log", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
+        let out = f.on_browser(&message(json!([wrapper, page]), "S-OURS"));
+        assert_eq!(out, vec![Out::Client(message(json!([page]), "S-OURS"))]);
+        // Without the frame it passes as it came; another context's still goes nowhere.
+        assert_eq!(f.on_browser(&message(json!([page]), "S-OURS")), vec![Out::Pass]);
+        assert!(f.on_browser(&message(json!([wrapper, page]), "S-THEIRS")).is_empty());
     }
 
     fn sent_count(f: &mut Filter, text: &str) -> usize {

@@ -561,23 +561,23 @@ impl Keeper {
             for (method, params) in fp.as_ref().map(|f| fingerprint::commands(f, kind)).unwrap_or_default() {
                 self.send(ws, s, method, params).await?;
             }
-            // What the headless shell lacks and what a fingerprint sets that no command
-            // reaches, before the target's own scripts: one script, so one toString patch.
+            // The console patch, what the headless shell lacks and what a fingerprint sets
+            // that no command reaches, before the target's own scripts: one script, so one
+            // toString patch.
             // A page's script needs the Page domain, enabled above (it stays on: disabling
             // it drops the script). Also at once on the document there is: a popup's first
             // document keeps its window for a same-origin page.
             let shell = page && disguise.is_some_and(|d| d.shell);
             let config = fp.as_ref().map(|fp| fingerprint::patch_config(fp, kind));
-            if let Some(source) = page_script::script(shell, config.as_ref()) {
-                if page {
-                    let script = json!({ "source": source, "runImmediately": true });
-                    self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
-                        .await?;
-                } else {
-                    // The worker waits for the keeper: this runs before its first line.
-                    let script = json!({ "expression": source, "silent": true });
-                    self.send(ws, s, "Runtime.evaluate", script).await?;
-                }
+            let source = page_script::script(shell, config.as_ref());
+            if page {
+                let script = json!({ "source": source, "runImmediately": true });
+                self.send(ws, s, "Page.addScriptToEvaluateOnNewDocument", script)
+                    .await?;
+            } else {
+                // The worker waits for the keeper: this runs before its first line.
+                let script = json!({ "expression": source, "silent": true });
+                self.send(ws, s, "Runtime.evaluate", script).await?;
             }
             // Frames and workers this target starts are attached (and held) the same way.
             let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::common::{cut, wall_time_ms};
+use crate::console_patch;
 
 /// Longest text of one entry, in bytes.
 const MAX_TEXT: usize = 8 * 1024;
@@ -124,9 +125,12 @@ impl Logs {
     }
 }
 
-/// Where a stack trace's top frame is (CDP's lines and columns are 0-based).
+/// Where a stack trace's top frame is (CDP's lines and columns are 0-based): the page's,
+/// past the console patch's wrapper.
 fn top_frame(trace: &Value) -> (Option<String>, Option<u64>, Option<u64>) {
-    let frame = &trace["callFrames"][0];
+    let Some(frame) = console_patch::page_frames(trace).first() else {
+        return (None, None, None);
+    };
     let url = frame["url"].as_str().filter(|u| !u.is_empty()).map(|u| cut(u, MAX_URL));
     (
         url,
@@ -230,6 +234,22 @@ mod tests {
         }
         assert_eq!(small.document("s")["dropped"], 2);
         assert_eq!(small.entries.len(), 1);
+    }
+
+    #[test]
+    fn the_console_patchs_frame_is_not_the_place() {
+        let (line, column) = console_patch::call_sites()[0];
+        let wrapper = json!({"functionName": "log", "url": "", "lineNumber": line, "columnNumber": column});
+        let page = json!({"functionName": "f", "url": "http://a/x.js", "lineNumber": 4, "columnNumber": 2});
+        let params = json!({"type": "log", "args": [], "stackTrace": {"callFrames": [wrapper, page]}});
+        let e = console(&params, "T");
+        assert_eq!(
+            (e.url.as_deref(), e.line, e.column),
+            (Some("http://a/x.js"), Some(5), Some(3))
+        );
+        let params = json!({"type": "log", "args": [], "stackTrace": {"callFrames": [wrapper]}});
+        let e = console(&params, "T");
+        assert_eq!((e.url, e.line, e.column), (None, None, None));
     }
 
     #[test]

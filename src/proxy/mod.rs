@@ -8,9 +8,11 @@
 //! (see [`crate::store::EndReason::close_code`]). Refusals are [`ProxyError`]s; `http`
 //! decides their status codes.
 
+pub(crate) mod console_frames;
 pub(crate) mod cores;
 pub(crate) mod discovery;
 pub(crate) mod error;
+pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod hop;
 pub(crate) mod relay;
@@ -267,6 +269,9 @@ async fn run_relay<CR, CW, BR, BW>(
     BW: AsyncWrite + Unpin,
 {
     let mut limits = relay::Limits::from_config(broker.config());
+    // A managed browser runs the console patch; a context session's filter drops its frame
+    // itself, and a user's own browser runs none.
+    limits.console_frames = !session.upstream.external && session.upstream.scope.is_none();
     if session.upstream.scope.is_some() {
         // Its filter parses every message of the client: one past the parsing budget is
         // refused here, at its frame header, before anything holds it.

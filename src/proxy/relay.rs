@@ -18,6 +18,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::console_frames::ConsoleFrames;
+use super::frame::{
+    Header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Violation, header_len, parse_header,
+};
 use crate::metrics::{Counter, Metrics};
 use crate::store::EndReason;
 
@@ -29,30 +33,6 @@ pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Chromium told to close drops its sockets first and may take seconds more to exit on a
 /// busy machine (seen: over 1 s with the test suite's browsers starting alongside).
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(5);
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-/// Why a stream of frames cannot be relayed further.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Violation {
-    /// A message above the limit (close code 1009).
-    TooBig,
-    /// Not WebSocket framing (close code 1002).
-    Protocol,
-}
-
-/// A frame header, as far as the relay cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Header {
-    fin: bool,
-    opcode: u8,
-    len: u64,
-}
 
 /// Follows frame boundaries in a stream of bytes passing through.
 #[derive(Debug, Clone, Default)]
@@ -141,37 +121,6 @@ impl FrameCursor {
     }
 }
 
-/// Length of a header whose first bytes are `prefix` (as far as they tell).
-fn header_len(prefix: &[u8]) -> usize {
-    if prefix.len() < 2 {
-        return 2;
-    }
-    let mask = if prefix[1] & 0x80 != 0 { 4 } else { 0 };
-    let ext = match prefix[1] & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    2 + ext + mask
-}
-
-fn parse_header(h: &[u8]) -> Result<Header, Violation> {
-    if h[0] & 0x70 != 0 {
-        // Reserved bits: no extension was negotiated through this relay.
-        return Err(Violation::Protocol);
-    }
-    let len = match h[1] & 0x7f {
-        126 => u16::from_be_bytes([h[2], h[3]]) as u64,
-        127 => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
-        n => n as u64,
-    };
-    Ok(Header {
-        fin: h[0] & 0x80 != 0,
-        opcode: h[0] & 0x0f,
-        len,
-    })
-}
-
 /// A close frame from the server side (unmasked): code and reason.
 pub(crate) fn server_close_frame(code: u16, reason: &str) -> Vec<u8> {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
@@ -214,6 +163,9 @@ pub(crate) struct Limits {
     pub write_stall: Duration,
     /// Longest busy-polling window after bytes pass (relays on their own cores only).
     pub busy_poll: Duration,
+    /// Console events to the client lose the console patch's frame (a managed session's
+    /// browser runs the patch; a user's own browser does not).
+    pub console_frames: bool,
 }
 
 impl Limits {
@@ -223,6 +175,7 @@ impl Limits {
             max_client_message: config.max_message_bytes,
             write_stall: Duration::from_millis(config.write_stall_timeout_ms),
             busy_poll: Duration::from_micros(config.relay_busy_poll_us),
+            console_frames: false,
         }
     }
 }
@@ -237,6 +190,10 @@ struct Direction {
     max_message: u64,
     /// A close frame went by; the other side's echo ends the relay.
     close_passed: bool,
+    /// Console events held to be rewritten (the browser's direction of a managed session).
+    console: Option<ConsoleFrames>,
+    /// `buf[sent..clear_upto]` holds no console event's beginning: it passes as it is.
+    clear_upto: usize,
     /// Messages and bytes passed and not yet added to the shared counters: added once per
     /// read rather than once per message, so that relays on different cores do not contend
     /// for the counters' cache line at every message.
@@ -256,7 +213,23 @@ impl Direction {
             write_stall: limits.write_stall,
             busy_poll: limits.busy_poll,
             close_passed: false,
+            console: None,
+            clear_upto: 0,
             unpublished: (0, 0),
+        }
+    }
+
+    /// The browser's direction of a managed session: console events are rewritten.
+    fn with_console_frames(mut self, on: bool) -> Direction {
+        self.console = on.then(ConsoleFrames::default);
+        self
+    }
+
+    /// Whether what the destination got so far ends on a frame boundary.
+    fn client_at_boundary(&self) -> bool {
+        match self.console.as_ref().and_then(ConsoleFrames::client_at_boundary) {
+            Some(at) => at,
+            None => self.cursor.at_boundary(),
         }
     }
 
@@ -279,11 +252,24 @@ impl Direction {
         W: AsyncWrite + Unpin,
     {
         loop {
-            if self.sent < self.filled {
-                if let ControlFlow::Break(end) = self.write_some(dst, self.filled).await {
+            if self.console.as_ref().is_some_and(|c| c.pending().is_some()) {
+                if let ControlFlow::Break(end) = self.write_held(dst).await {
                     return end;
                 }
-                if self.close_passed && self.sent == self.filled && self.cursor.at_boundary() {
+                continue;
+            }
+            if self.sent < self.filled {
+                let upto = match self.passable() {
+                    Ok(upto) => upto,
+                    Err(v) => return PumpEnd::Violation(v),
+                };
+                if upto == self.sent {
+                    continue; // taken into the hold
+                }
+                if let ControlFlow::Break(end) = self.write_some(dst, upto).await {
+                    return end;
+                }
+                if self.close_passed && self.sent == self.filled && self.client_at_boundary() {
                     return PumpEnd::Closed;
                 }
                 continue;
@@ -313,9 +299,67 @@ impl Direction {
                 Ok(n) => {
                     self.filled = n;
                     self.sent = 0;
+                    self.clear_upto = 0;
                 }
             }
         }
+    }
+
+    /// How far `buf` may be written as it is. Without console frames, all of it; with
+    /// them, up to where a console event may begin, whose bytes then go to the hold.
+    fn passable(&mut self) -> Result<usize, Violation> {
+        let Some(console) = &mut self.console else {
+            return Ok(self.filled);
+        };
+        if !console.collecting() {
+            if self.sent < self.clear_upto {
+                return Ok(self.clear_upto);
+            }
+            let clear = ConsoleFrames::clear_len(self.cursor.remaining, &self.buf[self.sent..self.filled]);
+            if clear > 0 {
+                self.clear_upto = self.sent + clear;
+                return Ok(self.clear_upto);
+            }
+        }
+        let taken = console.take(&self.buf[self.sent..self.filled]);
+        let (from, to) = (self.sent, self.sent + taken);
+        self.sent = to;
+        self.clear_upto = to;
+        self.account(from, to)?;
+        Ok(self.sent)
+    }
+
+    /// Writes some of what the hold has for the destination.
+    async fn write_held<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> ControlFlow<PumpEnd> {
+        let Some(console) = &mut self.console else {
+            return ControlFlow::Continue(());
+        };
+        let Some(pending) = console.pending() else {
+            return ControlFlow::Continue(());
+        };
+        let written = match tokio::time::timeout(self.write_stall, dst.write(pending)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
+            Ok(Ok(n)) => n,
+        };
+        console.wrote(written);
+        self.unpublished.1 += written as u64;
+        ControlFlow::Continue(())
+    }
+
+    /// Follows the frames of `buf[from..to]`, passed on (or held): counts messages, notes a
+    /// close frame, enforces the size limit.
+    fn account(&mut self, from: usize, to: usize) -> Result<(), Violation> {
+        let mut close = false;
+        let mut messages = 0;
+        let result = self.cursor.advance(&self.buf[from..to], self.max_message, |h| {
+            if h.fin && matches!(h.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
+                messages += 1;
+            }
+            close |= h.opcode == OP_CLOSE;
+        });
+        self.unpublished.0 += messages;
+        self.close_passed |= close;
+        result
     }
 
     /// Writes `buf[sent..upto]` once, advancing the cursor over what was written.
@@ -324,19 +368,9 @@ impl Direction {
             Ok(Ok(0) | Err(_)) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
             Ok(Ok(n)) => n,
         };
-        let chunk = &self.buf[self.sent..self.sent + written];
-        let mut close = false;
-        let mut messages = 0;
-        let result = self.cursor.advance(chunk, self.max_message, |h| {
-            if h.fin && matches!(h.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
-                messages += 1;
-            }
-            close |= h.opcode == OP_CLOSE;
-        });
-        self.unpublished.0 += messages;
+        let result = self.account(self.sent, self.sent + written);
         self.unpublished.1 += written as u64;
         self.sent += written;
-        self.close_passed |= close;
         match result {
             Ok(()) => ControlFlow::Continue(()),
             Err(v) => ControlFlow::Break(PumpEnd::Violation(v)),
@@ -380,6 +414,17 @@ impl Direction {
         W: AsyncWrite + Unpin,
     {
         loop {
+            if let Some(console) = &self.console {
+                if console.collecting() {
+                    return true; // nothing of the held frame went: the client is on a boundary
+                }
+                if console.pending().is_some() {
+                    if self.write_held(dst).await.is_break() {
+                        return false;
+                    }
+                    continue;
+                }
+            }
             if let Some(n) = self.cursor.boundary_within(&self.buf[self.sent..self.filled]) {
                 let upto = self.sent + n;
                 while self.sent < upto {
@@ -402,6 +447,7 @@ impl Direction {
                 Ok(n) => {
                     self.filled = n;
                     self.sent = 0;
+                    self.clear_upto = 0;
                 }
             }
         }
@@ -478,7 +524,7 @@ pub(crate) async fn relay<CR, CW, BR, BW>(
         },
         &from_client,
     );
-    let mut down = Direction::new(limits, &from_browser);
+    let mut down = Direction::new(limits, &from_browser).with_console_frames(limits.console_frames);
     let to_browser = Counters {
         messages: &metrics.messages_to_browser,
         bytes: &metrics.bytes_to_browser,
@@ -560,7 +606,7 @@ pub(crate) async fn relay<CR, CW, BR, BW>(
             (1002, "protocol error")
         }
     };
-    if !down.cursor.at_boundary() {
+    if !down.client_at_boundary() {
         return; // mid-frame: a close frame now would corrupt the stream
     }
     tracing::debug!(code = close.0, reason = close.1, "closing client connection");
@@ -586,6 +632,7 @@ mod tests {
             max_client_message: 1 << 30,
             write_stall: Duration::from_secs(5),
             busy_poll: Duration::ZERO,
+            console_frames: false,
         }
     }
 
@@ -741,6 +788,285 @@ mod tests {
         tokio::join!(relay_task, peers);
         assert_eq!(metrics.messages_to_browser.get(), 1);
         assert_eq!(metrics.messages_to_client.get(), 1);
+    }
+
+    /// A source that hands out its chunks exactly as cut, one per read.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(chunk) = self.0.front_mut() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                chunk.drain(..n);
+                if chunk.is_empty() {
+                    self.0.pop_front();
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Source for Chunks {
+        fn ready(&mut self) -> impl Future<Output = ()> + Send {
+            std::future::ready(())
+        }
+    }
+
+    /// A destination that takes at most `.1` bytes a write.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.1);
+            self.0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The browser's direction of a managed session, fed `chunks`: what the client got
+    /// and the messages counted.
+    async fn through_console_frames(chunks: Vec<Vec<u8>>, per_write: usize, console: bool) -> (Vec<u8>, u64) {
+        let metrics = Metrics::default();
+        let counters = Counters {
+            messages: &metrics.messages_to_client,
+            bytes: &metrics.bytes_to_client,
+        };
+        let limits = Limits {
+            console_frames: console,
+            ..test_limits()
+        };
+        let mut down = Direction::new(limits, &[]).with_console_frames(limits.console_frames);
+        // An empty read is the end: no empty chunks.
+        let mut src = Chunks(chunks.into_iter().filter(|c| !c.is_empty()).collect());
+        let mut dst = Trickle(Vec::new(), per_write);
+        let end = down.pump(&mut src, &mut dst, &counters).await;
+        assert!(matches!(end, PumpEnd::SourceGone), "{end:?}");
+        assert!(down.client_at_boundary());
+        down.publish(&counters);
+        assert_eq!(metrics.bytes_to_client.get(), dst.0.len() as u64);
+        (dst.0, metrics.messages_to_client.get())
+    }
+
+    fn console_event(frames: &[serde_json::Value], text: &str) -> String {
+        serde_json::json!({"method": "Runtime.consoleAPICalled", "params": {"type": "log",
+            "args": [{"type": "string", "value": text}], "executionContextId": 1, "timestamp": 1.5,
+            "stackTrace": {"callFrames": frames}}, "sessionId": "S1"})
+        .to_string()
+    }
+
+    /// Frames from the browser with console events among them, and what the client must
+    /// get: the same, each event with the wrapper's frame on top without it.
+    fn console_stream(big: bool) -> (Vec<u8>, Vec<u8>, u64) {
+        let (line, column) = crate::console_patch::call_sites()[0];
+        let wrapper = serde_json::json!({"functionName": "log", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
+        let page = serde_json::json!({"functionName": "f", "scriptId": "5", "url": "https://a.test/app.js", "lineNumber": 9, "columnNumber": 4});
+        let long = if big { "y".repeat(70_000) } else { "x".into() };
+        let with = console_event(&[wrapper.clone(), page.clone()], &long);
+        let without = console_event(std::slice::from_ref(&page), &long);
+        let plain = console_event(std::slice::from_ref(&page), "no patch frame");
+        let broken = format!("{}]", &with[..with.len() - 1]);
+        let other = r#"{"method":"Runtime.consoleAPICalledLater","params":{}}"#;
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        let mut both = |i: Vec<u8>, e: Vec<u8>| {
+            input.extend(&i);
+            expected.extend(e);
+        };
+        let same = |f: Vec<u8>| (f.clone(), f);
+        let (i, e) = same(frame(true, OP_TEXT, br#"{"id":1,"result":{}}"#, false));
+        both(i, e);
+        both(
+            frame(true, OP_TEXT, with.as_bytes(), false),
+            frame(true, OP_TEXT, without.as_bytes(), false),
+        );
+        let (i, e) = same(frame(true, OP_PING, b"", false));
+        both(i, e);
+        for f in [
+            frame(true, OP_TEXT, plain.as_bytes(), false),
+            frame(true, OP_TEXT, broken.as_bytes(), false),
+            frame(true, OP_TEXT, other.as_bytes(), false),
+            frame(true, OP_TEXT, &with.as_bytes()[..20], false),
+            // Masked, or a binary frame, or one of several: not Chrome's events.
+            frame(true, OP_TEXT, with.as_bytes(), true),
+            frame(true, OP_BINARY, with.as_bytes(), false),
+            frame(false, OP_TEXT, with.as_bytes(), false),
+            frame(true, OP_CONTINUATION, b"", false),
+        ] {
+            let (i, e) = same(f);
+            both(i, e);
+        }
+        both(
+            frame(true, OP_TEXT, with.as_bytes(), false),
+            frame(true, OP_TEXT, without.as_bytes(), false),
+        );
+        (input, expected, 10)
+    }
+
+    #[tokio::test]
+    async fn console_events_lose_the_patch_frame_and_the_rest_passes_byte_for_byte() {
+        let (input, expected, messages) = console_stream(false);
+        assert_ne!(input, expected);
+        // Cut in two at every byte: headers and the event's prefix split across reads.
+        for at in 0..=input.len() {
+            let chunks = vec![input[..at].to_vec(), input[at..].to_vec()];
+            assert_eq!(
+                through_console_frames(chunks, usize::MAX, true).await,
+                (expected.clone(), messages),
+                "cut at {at}"
+            );
+        }
+        // A byte a read, and a few bytes a write.
+        let bytes = input.chunks(1).map(<[u8]>::to_vec).collect();
+        assert_eq!(
+            through_console_frames(bytes, 3, true).await,
+            (expected.clone(), messages)
+        );
+        // Long events (a 16-bit length), cut anywhere.
+        let (input, expected, messages) = console_stream(true);
+        for size in [1, 7, 100, 4095, 70_001, input.len()] {
+            let chunks = input.chunks(size).map(<[u8]>::to_vec).collect();
+            assert_eq!(
+                through_console_frames(chunks, 1000, true).await,
+                (expected.clone(), messages),
+                "chunks of {size}"
+            );
+        }
+        // A user's own browser runs no patch: its stream passes untouched.
+        let chunks = input.chunks(4096).map(<[u8]>::to_vec).collect();
+        assert_eq!(
+            through_console_frames(chunks, usize::MAX, false).await,
+            (input, messages)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_console_event_over_the_bound_passes_unchanged() {
+        let (line, column) = crate::console_patch::call_sites()[1];
+        let wrapper = serde_json::json!({"functionName": "warn", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
+        let event = console_event(
+            std::slice::from_ref(&wrapper),
+            &"z".repeat(super::super::console_frames::MAX_HELD as usize),
+        );
+        let input = frame(true, OP_TEXT, event.as_bytes(), false);
+        let chunks = input.chunks(65536).map(<[u8]>::to_vec).collect();
+        assert_eq!(through_console_frames(chunks, usize::MAX, true).await, (input, 1));
+        // Just under it, it is held and rewritten.
+        let small = console_event(&[wrapper], "z");
+        let input = frame(true, OP_TEXT, small.as_bytes(), false);
+        let (out, _) = through_console_frames(vec![input.clone()], usize::MAX, true).await;
+        assert!(out.len() < input.len());
+        assert!(!String::from_utf8_lossy(&out).contains("\"warn\""));
+    }
+
+    /// What holding console events costs the relay: a Chrome-like stream (events of a few
+    /// hundred bytes to a few KiB, `with_console` of them console events) through the
+    /// browser's direction with console frames on and off, in 64 KiB reads; medians of
+    /// MB/s. `cargo test --lib -- --ignored console_frames_cost --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn console_frames_cost() {
+        let (line, column) = crate::console_patch::call_sites()[0];
+        let wrapper = serde_json::json!({"functionName": "log", "scriptId": "4", "url": "", "lineNumber": line, "columnNumber": column});
+        let page = serde_json::json!({"functionName": "f", "scriptId": "5", "url": "https://a.test/app.js", "lineNumber": 9, "columnNumber": 4});
+        for every in [0, 20, 2] {
+            let mut stream = Vec::new();
+            for i in 0..20_000 {
+                let payload = if every > 0 && i % every == 0 {
+                    console_event(&[wrapper.clone(), page.clone()], &"c".repeat(i % 400))
+                } else {
+                    format!(
+                        r#"{{"method":"Network.requestWillBeSent","params":{{"requestId":"{i}","url":"https://a.test/{}"}},"sessionId":"S1"}}"#,
+                        "p".repeat((i * 37) % 3000)
+                    )
+                };
+                stream.extend(frame(true, OP_TEXT, payload.as_bytes(), false));
+            }
+            let mut rates = [Vec::new(), Vec::new()];
+            for round in 0..14 {
+                let on = round % 2 == 0;
+                let chunks = stream.chunks(65536).map(<[u8]>::to_vec).collect();
+                let start = std::time::Instant::now();
+                let (out, _) = through_console_frames(chunks, usize::MAX, on).await;
+                let rate = stream.len() as f64 / start.elapsed().as_secs_f64() / 1e6;
+                assert!(out.len() <= stream.len());
+                rates[on as usize].push(rate);
+            }
+            for r in &mut rates {
+                r.sort_by(f64::total_cmp);
+            }
+            let share = 100usize.checked_div(every).unwrap_or(0);
+            println!(
+                "{share}% console events, {} MB: off {:.0} MB/s, on {:.0} MB/s (medians of 7)",
+                stream.len() / 1_000_000,
+                rates[0][3],
+                rates[1][3]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ending_session_closes_before_a_held_console_event() {
+        let metrics = Metrics::default();
+        let (client_end, relay_client) = tokio::io::duplex(1 << 20);
+        let (relay_browser, browser_end) = tokio::io::duplex(1 << 20);
+        let ended = CancellationToken::new();
+        let limits = Limits {
+            console_frames: true,
+            ..test_limits()
+        };
+        let relay_task = relay(
+            peer(relay_client),
+            peer(relay_browser),
+            &ended,
+            || Some(EndReason::Expired),
+            limits,
+            &metrics,
+        );
+        let peers = async {
+            let (mut client, mut browser) = (client_end, browser_end);
+            let reply = frame(true, OP_TEXT, br#"{"id":1,"result":{}}"#, false);
+            browser.write_all(&reply).await.unwrap();
+            let mut got = vec![0; reply.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, reply);
+            // Half of a console event, held; the session ends before the rest comes.
+            let (line, column) = crate::console_patch::call_sites()[0];
+            let wrapper =
+                serde_json::json!({"functionName": "log", "url": "", "lineNumber": line, "columnNumber": column});
+            let event = frame(true, OP_TEXT, console_event(&[wrapper], "x").as_bytes(), false);
+            browser.write_all(&event[..event.len() / 2]).await.unwrap();
+            tokio::task::yield_now().await;
+            ended.cancel();
+            let mut close = vec![0; 2 + 2 + "session expired".len()];
+            client.read_exact(&mut close).await.unwrap();
+            assert_eq!(
+                close,
+                server_close_frame(4001, "session expired"),
+                "the close frame on a boundary"
+            );
+            client
+                .write_all(&frame(true, OP_CLOSE, &[15, 161], true))
+                .await
+                .unwrap();
+            drop(client);
+            drop(browser);
+        };
+        tokio::join!(relay_task, peers);
     }
 
     #[tokio::test]

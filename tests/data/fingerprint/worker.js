@@ -32,6 +32,16 @@ async function surfaces() {
   } catch (e) {
     r.webgl = String(e);
   }
+  // fpscanner's hasCDP: a client's Runtime.enable shows if logging an Error runs
+  // Error.prepareStackTrace.
+  r.prepareStackTraceRan = (() => {
+    let ran = false;
+    const saved = Error.prepareStackTrace;
+    Error.prepareStackTrace = function () { ran = true; return saved; };
+    console.log(new Error(''));
+    Error.prepareStackTrace = saved;
+    return ran;
+  })();
   await fetch(`/ping?from=${kind}`);
   return r;
 }
