@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-/// What the site got: (host, path with query, user agent, accept-language).
+/// What the site got: (host, path with query, user agent, accept-language), lowercased.
 type Log = Arc<Mutex<Vec<(String, String, String, String)>>>;
 
 /// What a document shows of its identity, and a console line naming it.
@@ -236,8 +236,8 @@ async fn one_contexts_identity_and_watch_never_reach_anothers() {
             .collect();
         assert_eq!(own.len(), 4, "{}: two pages, two iframes: {own:?}", tenant.name);
         for (host, path, ua, lang) in own {
-            assert_eq!(ua, tenant.ua, "{host}{path}");
-            assert!(lang.starts_with(tenant.locale), "{host}{path}: {lang}");
+            assert_eq!(*ua, tenant.ua.to_lowercase(), "{host}{path}");
+            assert!(lang.starts_with(&tenant.locale.to_lowercase()), "{host}{path}: {lang}");
         }
     }
     // A dialog in each, and a challenge in A's: each heard only by its own session.
@@ -347,7 +347,7 @@ async fn a_spare_gets_its_sessions_identity_and_ended_sessions_leave_the_keeper(
             .find(|(_, path, _, _)| path.contains(&format!("who=a-spare{round}")))
             .cloned()
             .expect("the page's request");
-        assert_eq!(first_request.2, A.ua, "{first_request:?}");
+        assert_eq!(first_request.2, A.ua.to_lowercase(), "{first_request:?}");
         assert_eq!(kept_contexts(&server), 2);
         server.terminate(id(&session)).await;
         assert!(
