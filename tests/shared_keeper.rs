@@ -128,7 +128,12 @@ async fn create(server: &TestServer, tenant: &Tenant, proxy: SocketAddr) -> Valu
         "proxy": { "server": format!("http://{proxy}") },
     });
     let created = server
-        .call(Method::POST, "/public/sessions", Some(tenant.key), Some(&body.to_string()))
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(tenant.key),
+            Some(&body.to_string()),
+        )
         .await;
     assert_eq!(created.status, hyper::StatusCode::CREATED, "{}", created.body);
     created.json
@@ -243,7 +248,9 @@ async fn one_contexts_identity_and_watch_never_reach_anothers() {
     // A dialog in each, and a challenge in A's: each heard only by its own session.
     for (i, tenant) in [&A, &B].into_iter().enumerate() {
         let url = format!("http://site.test/dialog?who={}", tenant.name);
-        clients[i].send(Some(&pages[i + 2]), "Page.navigate", json!({ "url": url })).await;
+        clients[i]
+            .send(Some(&pages[i + 2]), "Page.navigate", json!({ "url": url }))
+            .await;
     }
     clients[0].load(&pages[0], "http://site.test/challenge").await;
     let heard = eventually_async(Duration::from_secs(15), || async {
@@ -325,7 +332,12 @@ async fn a_spare_gets_its_sessions_identity_and_ended_sessions_leave_the_keeper(
     let first = create(&server, &B, site).await;
     assert!(
         eventually(Duration::from_secs(20), || {
-            server.broker.shared().browsers().first().is_some_and(|b| b.contexts == 1)
+            server
+                .broker
+                .shared()
+                .browsers()
+                .first()
+                .is_some_and(|b| b.contexts == 1)
         })
         .await
     );

@@ -17,10 +17,10 @@ use tracing::Instrument;
 
 use crate::auth::{Tenant, random_hex};
 use crate::browser::challenges::Challenges;
-use crate::browser::watch::Watch;
 use crate::browser::shared::ContextLease;
 use crate::browser::tab_cap::{self, TabCap};
 use crate::browser::upstream::Upstream;
+use crate::browser::watch::Watch;
 use crate::quota::{Kind, Reservation};
 use crate::session::{Recorder, session_span};
 use crate::store::{EndReason, Isolation, SessionRecord, Status};

@@ -397,8 +397,8 @@ impl Keeper {
             "\"Runtime.exceptionThrown\"",
             "\"Log.entryAdded\"",
         ];
-        let captured = (self.network && text.contains("\"Network."))
-            || (self.console && console.iter().any(|w| text.contains(w)));
+        let captured =
+            (self.network && text.contains("\"Network.")) || (self.console && console.iter().any(|w| text.contains(w)));
         let body = !self.bodies.is_empty() && text.starts_with("{\"id\":");
         if !captured && !body && !wanted.iter().any(|w| text.contains(w)) {
             return Ok(());
