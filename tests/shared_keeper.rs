@@ -373,3 +373,34 @@ async fn a_spare_gets_its_sessions_identity_and_ended_sessions_leave_the_keeper(
     assert!(eventually(Duration::from_secs(10), || kept_contexts(&server) == 0).await);
     server.stop().await;
 }
+
+/// A page of one tenant that logs a string larger than a WebSocket frame may be (the
+/// keeper's capture hears it whole) does not take the shared keeper away from another
+/// tenant: B's next tab still shows B's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_console_message_does_not_unkeep_a_neighbour() {
+    let (site, _) = start_site().await;
+    let server = start(0).await;
+    let a = create(&server, &A, site).await;
+    let b = create(&server, &B, site).await;
+    let mut attacker = CdpClient::connect(&a).await;
+    let (_, page) = attacker.own_page().await;
+    attacker.load(&page, "http://site.test/plain").await;
+    // 40 MiB of text, logged twice: past tungstenite's default frame (16 MiB) and message
+    // (64 MiB) limits once serialized.
+    let huge = "(() => { const s = 'x'.repeat(40 * 1024 * 1024); console.log(s, s); return 1; })()";
+    attacker.eval(&page, huge).await;
+    let mut neighbour = CdpClient::connect(&b).await;
+    let tab = neighbour
+        .open("http://site.test/probe?who=b-after", None)
+        .await
+        .unwrap();
+    let (own, frame) = seen_in(&mut neighbour, &tab).await;
+    assert_identity(&B, &own, "page after A's huge message");
+    assert_identity(&B, &frame, "iframe after A's huge message");
+    // And A's own keeping goes on too.
+    let tab = attacker.open("http://site.test/probe?who=a-after", None).await.unwrap();
+    let (own, _) = seen_in(&mut attacker, &tab).await;
+    assert_identity(&A, &own, "A's page after its huge message");
+    server.stop().await;
+}

@@ -22,7 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::blocking;
@@ -33,6 +33,14 @@ use super::upstream::{Upstream, UpstreamStream};
 use super::watch::Watch;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest message the keeper reads. Chrome sends what pages make (a console line of a
+/// page is one message, whole), and one connection serves every context of a shared
+/// browser: well past what a page can make in passing, and no frame limit of its own.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// Times a shared browser's keeper connects again after its connection dropped.
+const RECONNECTS: usize = 3;
 
 type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
 
@@ -111,9 +119,10 @@ pub(crate) struct ContextKeeper {
 impl ContextKeeper {
     /// Attaches to every target of the shared browser at `upstream`, straight (the broker's
     /// own connection, not a context's filtered one).
-    pub(crate) async fn start(upstream: &Upstream, egress: &Egress) -> Result<ContextKeeper, CdpError> {
+    pub(crate) async fn start(upstream: &Upstream, egress: Arc<Egress>) -> Result<ContextKeeper, CdpError> {
         let setup = async {
-            let mut keeper = Keeper::connect(upstream, egress, None).await?;
+            let mut keeper = Keeper::connect(upstream, &egress, None).await?;
+            keeper.again = Some((upstream.clone(), egress.clone()));
             keeper.attach_all().await?;
             Ok::<_, CdpError>(keeper)
         };
@@ -166,6 +175,8 @@ impl ContextKeeper {
 
 struct Keeper {
     ws: Socket,
+    /// Where a shared browser's keeper connects again if its connection drops.
+    again: Option<(Upstream, Arc<Egress>)>,
     facts: BrowserFacts,
     /// A process session's: every context of the browser is its.
     whole: Option<Arc<Kept>>,
@@ -185,13 +196,9 @@ struct Keeper {
 impl Keeper {
     /// Connects and reads what the browser says of itself.
     async fn connect(upstream: &Upstream, egress: &Egress, whole: Option<Arc<Kept>>) -> Result<Keeper, CdpError> {
-        let (stream, early) = upstream
-            .connect_raw(&upstream.browser_path, egress, SETUP_TIMEOUT)
-            .await
-            .map_err(|e| CdpError::Http(e.to_string()))?;
-        let ws = tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, None).await;
         let mut keeper = Keeper {
-            ws,
+            ws: open(upstream, egress).await?,
+            again: None,
             facts: BrowserFacts::default(),
             whole,
             contexts: HashMap::new(),
@@ -208,19 +215,21 @@ impl Keeper {
         Ok(keeper)
     }
 
-    /// Serves the connection until it closes, `commands` close, or `until` fires; then
-    /// finishes what its sessions captured.
+    /// Serves the connection until it closes (for good), `commands` close, or `until`
+    /// fires; then finishes what its sessions captured.
     async fn run(mut self, mut commands: Option<mpsc::UnboundedReceiver<Command>>, until: CancellationToken) {
         loop {
             tokio::select! {
                 message = self.ws.next() => match message {
                     Some(Ok(Message::Text(text))) => {
-                        if self.on_message(&text).await.is_err() {
+                        if self.on_message(&text).await.is_err() && !self.reconnect().await {
                             break;
                         }
                     }
                     Some(Ok(_)) => {}
-                    _ => break,
+                    _ => if !self.reconnect().await {
+                        break;
+                    },
                 },
                 command = next_command(&mut commands) => match command {
                     Some(Command::Register { context, kept, done }) => {
@@ -244,6 +253,31 @@ impl Keeper {
             }
         }
         self.registered.store(0, Relaxed);
+    }
+
+    /// A shared browser's keeper whose connection dropped (a message past [`MAX_MESSAGE`],
+    /// say) while the browser runs connects again and puts every registered context's
+    /// overrides back on its targets: one tenant's page must not leave the others' pages
+    /// unkept. False if it cannot (the browser is gone).
+    async fn reconnect(&mut self) -> bool {
+        let Some((upstream, egress)) = self.again.clone() else {
+            return false;
+        };
+        for _ in 0..RECONNECTS {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = async {
+                self.ws = open(&upstream, &egress).await?;
+                self.attached.clear();
+                self.bodies.clear();
+                self.attach_all().await?;
+                self.land(None).await
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(SETUP_TIMEOUT, again).await {
+                tracing::warn!("the shared browser's identity keeper lost its connection and connected again");
+                return true;
+            }
+        }
+        false
     }
 
     async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<u64, CdpError> {
@@ -540,6 +574,18 @@ impl Keeper {
         }
         Ok(())
     }
+}
+
+/// The keeper's connection to the browser at `upstream`.
+async fn open(upstream: &Upstream, egress: &Egress) -> Result<Socket, CdpError> {
+    let (stream, early) = upstream
+        .connect_raw(&upstream.browser_path, egress, SETUP_TIMEOUT)
+        .await
+        .map_err(|e| CdpError::Http(e.to_string()))?;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(None);
+    Ok(tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await)
 }
 
 async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {

@@ -468,7 +468,7 @@ impl SharedBrowsers {
                 .map_err(|e| PoolError::Setup(e.to_string()))?,
         );
         let upstream = Upstream::managed(browser.port, browser.ws_path.clone());
-        let keeper = ContextKeeper::start(&upstream, &self.policy)
+        let keeper = ContextKeeper::start(&upstream, self.policy.clone())
             .await
             .map_err(|e| PoolError::Setup(format!("the identity keeper could not start: {e}")))?;
         let targets = Arc::new(Targets::default());
