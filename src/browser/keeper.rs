@@ -167,6 +167,12 @@ impl ContextKeeper {
             .map_err(|_| gone())?
     }
 
+    /// Whether it still keeps the browser's targets (it stops with the browser, or when it
+    /// could not connect again): a browser without it takes no new context.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
     /// The contexts registered now.
     pub(crate) fn registered(&self) -> usize {
         self.registered.load(Relaxed)

@@ -126,6 +126,7 @@ impl SharedBrowser {
 
     fn takes(&self, tenant: &str, settings: &SharedSettings) -> bool {
         self.browser.is_alive()
+            && self.keeper.is_running()
             && !self.draining.load(Relaxed)
             && self
                 .owner
