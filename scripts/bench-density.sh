@@ -5,7 +5,8 @@
 # context sessions this machine holds with a page each while GET /health stays quick.
 # Also a page command's round trip in a process session and in a context session (whose
 # connections go through the filter's pipe), alternated on one broker.
-# usage: [CREATES_ONLY=1] scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
+# BINARY=path/to/cdpgate: measure that build (an older one, say) instead of this checkout's.
+# usage: [CREATES_ONLY=1] [BINARY=BIN] scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions=${1:-20}
@@ -13,7 +14,8 @@ burst=${2:-50}
 max_contexts=${3:-400}
 step=${4:-50}
 scripts/setup.sh --test
-cargo build --release --quiet --bin cdpgate
+binary=${BINARY:-target/release/cdpgate}
+[ -n "${BINARY:-}" ] || cargo build --release --quiet --bin cdpgate
 tmp=$(mktemp -d)
 cleanup() {
   stop_brokers 2>/dev/null || true
@@ -82,8 +84,8 @@ common=(CDPGATE_MAX_SESSIONS=$((sessions + 5)) CDPGATE_QUEUE_TIMEOUT_MS=60000 CD
 # CREATES_ONLY=1: only the creates at rest and back to back (no memory, round trip or capacity).
 if [ -z "${CREATES_ONLY:-}" ]; then
 echo "== memory: $sessions sessions, one simple page each"
-proc=$(start_broker target/release/cdpgate process "${common[@]}" CDPGATE_POOL_SIZE=0)
-ctx=$(start_broker target/release/cdpgate context "${common[@]}" CDPGATE_POOL_SIZE=0 CDPGATE_MAX_CONTEXTS_PER_BROWSER=100)
+proc=$(start_broker "$binary" process "${common[@]}" CDPGATE_POOL_SIZE=0)
+ctx=$(start_broker "$binary" context "${common[@]}" CDPGATE_POOL_SIZE=0 CDPGATE_MAX_CONTEXTS_PER_BROWSER=100)
 opened_p=$(client open "http://$proc" "$key" "$sessions" process "$site")
 opened_c=$(client open "http://$ctx" "$key" "$sessions" context "$site")
 sleep 3
@@ -95,8 +97,8 @@ stop_brokers
 fi
 
 echo "== create -> first CDP reply (process: warm pool of 2; context: 2 spare contexts, 1 warm browser)"
-proc=$(start_broker target/release/cdpgate process2 "${common[@]}")
-ctx=$(start_broker target/release/cdpgate context2 "${common[@]}" CDPGATE_CONTEXT_WARM_BROWSERS=1)
+proc=$(start_broker "$binary" process2 "${common[@]}")
+ctx=$(start_broker "$binary" context2 "${common[@]}" CDPGATE_CONTEXT_WARM_BROWSERS=1)
 sleep 5
 for how in rest burst; do
   n=10
@@ -118,7 +120,7 @@ stop_brokers
 # MAX_CONTEXTS=0 stops here.
 [ "$max_contexts" -gt 0 ] || exit 0
 echo "== capacity: context sessions with a page each, $step at a time, up to $max_contexts"
-ctx=$(start_broker target/release/cdpgate capacity CDPGATE_POOL_SIZE=0 CDPGATE_DEFAULT_TTL=3600 \
+ctx=$(start_broker "$binary" capacity CDPGATE_POOL_SIZE=0 CDPGATE_DEFAULT_TTL=3600 \
   CDPGATE_CONTEXT_BROWSERS=$(((max_contexts + 49) / 50)) CDPGATE_MAX_CONTEXTS_PER_BROWSER=50 CDPGATE_QUEUE_TIMEOUT_MS=60000)
 total=0
 while [ "$total" -lt "$max_contexts" ]; do

@@ -149,6 +149,7 @@ pub struct Metrics {
     pool_idle: Level,
     runtime_tasks: Level,
     shared_browser_contexts: Family<Label<String>, Level>,
+    shared_browser_kept_contexts: Family<Label<String>, Level>,
     files: Level,
     files_bytes: Level,
     recordings: Level,
@@ -163,6 +164,8 @@ pub struct Gauges {
     pub sessions_context: usize,
     /// Contexts open in each shared browser, by the browser's id.
     pub shared_browsers: Vec<(String, usize)>,
+    /// Contexts each shared browser's identity keeper holds a session's identity for.
+    pub kept_contexts: Vec<(String, usize)>,
     /// What sessions' files and recordings hold on this node.
     pub artifacts: ArtifactUsage,
 }
@@ -433,6 +436,11 @@ impl Metrics {
             "Browser contexts open in each shared browser.",
             Family::default(),
         );
+        let shared_browser_kept_contexts = f.add(
+            "cdpgate_shared_browser_kept_contexts",
+            "Browser contexts whose session's identity each shared browser's keeper applies.",
+            Family::default(),
+        );
         let isolation = f.add(
             "cdpgate_sessions_by_isolation",
             "Active sessions by isolation.",
@@ -513,6 +521,7 @@ impl Metrics {
             pool_idle,
             runtime_tasks,
             shared_browser_contexts,
+            shared_browser_kept_contexts,
             files,
             files_bytes,
             recordings,
@@ -594,6 +603,12 @@ impl Metrics {
                 .get_or_create(&[("browser", browser.clone())])
                 .set(count(*contexts));
         }
+        self.shared_browser_kept_contexts.clear();
+        for (browser, kept) in &gauges.kept_contexts {
+            self.shared_browser_kept_contexts
+                .get_or_create(&[("browser", browser.clone())])
+                .set(count(*kept));
+        }
         let usage = gauges.artifacts;
         self.files.set(usage.files);
         self.files_bytes.set(usage.files_bytes);
@@ -661,6 +676,7 @@ mod tests {
             pool_idle: 0,
             sessions_context: 0,
             shared_browsers: Vec::new(),
+            kept_contexts: Vec::new(),
             artifacts: Default::default(),
         }
     }

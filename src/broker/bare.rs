@@ -17,10 +17,10 @@ use tracing::Instrument;
 
 use crate::auth::{Tenant, random_hex};
 use crate::browser::challenges::Challenges;
-use crate::browser::identity::{self};
 use crate::browser::shared::ContextLease;
 use crate::browser::tab_cap::{self, TabCap};
 use crate::browser::upstream::Upstream;
+use crate::browser::watch::Watch;
 use crate::quota::{Kind, Reservation};
 use crate::session::{Recorder, session_span};
 use crate::store::{EndReason, Isolation, SessionRecord, Status};
@@ -173,7 +173,7 @@ impl Broker {
         };
         let acquired = began.elapsed();
         // The identity is on the context's pages before the render opens one.
-        let watch = identity::Watch {
+        let watch = Watch {
             blocking: request.options.blocking,
             ads: self.ads.clone(),
             traffic: Some(bare.lease.traffic.clone()),
@@ -183,7 +183,9 @@ impl Broker {
             capture: None,
         };
         let identity = request.options.identity;
-        identity::keep(&bare.upstream, &self.egress, identity, watch, bare.done.clone())
+        let context = &bare.lease.scope.context;
+        (bare.lease.shared.keeper)
+            .register(context, identity, watch, bare.done.clone())
             .instrument(span.clone())
             .await
             .map_err(BrokerError::BrowserSetup)?;

@@ -15,10 +15,11 @@ use crate::browser::cdp::CdpError;
 use crate::browser::devices;
 use crate::browser::egress::EgressError;
 use crate::browser::fingerprint::{self, OwnVersion};
-use crate::browser::identity::{self};
+use crate::browser::keeper;
 use crate::browser::launcher::Use;
 use crate::browser::pool::PoolError;
 use crate::browser::tab_cap::{self, TabCap};
+use crate::browser::watch::Watch;
 use crate::events::EventType;
 use crate::profile::{cookies, copy as profile_copy};
 use crate::quota::{Kind, QuotaExceeded, Reservation};
@@ -468,6 +469,11 @@ impl Broker {
         // Every managed browser's pages get the identity keeper: a default session's pages
         // show no automation tells (`browser::stealth`).
         let wants_identity = matches!(backing, Backing::Managed(_) | Backing::Context(_));
+        // A context session's identity is kept by its shared browser's one keeper.
+        let shared_keeper = match &backing {
+            Backing::Context(context) => Some((context.shared.clone(), context.scope.context.clone())),
+            _ => None,
+        };
         // The browser whose downloads are the session's: all of a managed one, a context of
         // a shared one; a user's own browser keeps its own.
         let downloads = match &backing {
@@ -512,14 +518,14 @@ impl Broker {
         );
         let wants = request.options.capture;
         let capture = (wants_identity && wants.any()).then(|| self.captures.open(&id, wants));
-        // The identity keeper, the downloads watcher and the tab watcher, each on a
-        // connection of its own, all in place before anyone can connect to the session's
-        // pages.
+        // The identity keeper (a context session's: its shared browser's, registered with),
+        // the downloads watcher and the tab watcher, all in place before anyone can connect
+        // to the session's pages.
         let identity_kept = async {
             if !wants_identity {
                 return Ok(());
             }
-            let watch = identity::Watch {
+            let watch = Watch {
                 blocking: request.options.blocking,
                 ads: self.ads.clone(),
                 traffic: session.traffic(),
@@ -528,14 +534,11 @@ impl Broker {
                 events: session.events.get().cloned(),
                 capture: capture.clone(),
             };
-            identity::keep(
-                &session.upstream,
-                &self.egress,
-                request.options.identity,
-                watch,
-                session.ended().clone(),
-            )
-            .await
+            let (identity, until) = (request.options.identity, session.ended().clone());
+            match &shared_keeper {
+                Some((shared, context)) => shared.keeper.register(context, identity, watch, until).await,
+                None => keeper::keep(&session.upstream, &self.egress, identity, watch, until).await,
+            }
             .map_err(|e| ("its identity could not be applied", BrokerError::BrowserSetup(e)))
         };
         let tabs_of = downloads.clone();

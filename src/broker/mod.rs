@@ -381,11 +381,13 @@ impl Broker {
             .iter()
             .filter(|s| s.status() == Status::Active && s.upstream.scope.is_some())
             .count();
+        let shared = self.shared.browsers();
         self.metrics.render(&Gauges {
             sessions_active: self.active_sessions(),
             pool_idle: self.pool.idle_count(),
             sessions_context,
-            shared_browsers: self.shared.browsers().into_iter().map(|b| (b.id, b.contexts)).collect(),
+            kept_contexts: shared.iter().map(|b| (b.id.clone(), b.kept_contexts)).collect(),
+            shared_browsers: shared.into_iter().map(|b| (b.id, b.contexts)).collect(),
             artifacts: self.artifacts.usage(),
         })
     }

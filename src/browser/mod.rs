@@ -25,6 +25,7 @@ pub(crate) mod fingerprint;
 pub(crate) mod forward;
 pub(crate) mod gateway_ports;
 pub(crate) mod identity;
+pub(crate) mod keeper;
 pub(crate) mod launcher;
 pub(crate) mod live_filter;
 pub(crate) mod page_script;
@@ -37,6 +38,7 @@ pub(crate) mod stealth;
 pub(crate) mod tab_cap;
 pub(crate) mod upstream;
 pub(crate) mod url_policy;
+pub(crate) mod watch;
 
 pub use launcher::{
     Browser, Chromes, LaunchError, Launcher, Screen, find_chrome, find_headless_shell, remove_dir_with_retries,

@@ -28,9 +28,11 @@ use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
 use super::gateway_ports::GatewayPorts;
+use super::keeper::ContextKeeper;
 use super::launcher::{Browser, Launcher, Screen, Use};
 use super::pool::PoolError;
 use super::scope::{CALL_TIMEOUT, ContextScope};
+use super::upstream::Upstream;
 use crate::metrics::Metrics;
 
 /// How long spare contexts wait after a handout before they are made.
@@ -97,6 +99,8 @@ pub struct SharedBrowser {
     preparing: AtomicBool,
     /// The broker's own connection: creates and disposes contexts, discovers targets.
     client: Arc<Client>,
+    /// The one identity keeper of all its context sessions.
+    pub(crate) keeper: ContextKeeper,
     /// Its contexts' gateway ports, the only ones besides its own gateway's it may reach.
     gateway_ports: GatewayPorts,
     pub targets: Arc<Targets>,
@@ -122,6 +126,7 @@ impl SharedBrowser {
 
     fn takes(&self, tenant: &str, settings: &SharedSettings) -> bool {
         self.browser.is_alive()
+            && self.keeper.is_running()
             && !self.draining.load(Relaxed)
             && self
                 .owner
@@ -164,6 +169,8 @@ pub struct SharedInfo {
     pub port: u16,
     /// Contexts (sessions) open in it.
     pub contexts: usize,
+    /// Contexts whose session's identity its keeper applies.
+    pub kept_contexts: usize,
     /// Takes no new context; closed once its last one ends.
     pub draining: bool,
     /// The ports its contexts' gateways serve on (bound for its whole life).
@@ -461,6 +468,10 @@ impl SharedBrowsers {
                 .await
                 .map_err(|e| PoolError::Setup(e.to_string()))?,
         );
+        let upstream = Upstream::managed(browser.port, browser.ws_path.clone());
+        let keeper = ContextKeeper::start(&upstream, self.policy.clone())
+            .await
+            .map_err(|e| PoolError::Setup(format!("the identity keeper could not start: {e}")))?;
         let targets = Arc::new(Targets::default());
         let mut events = client.subscribe();
         client
@@ -512,6 +523,7 @@ impl SharedBrowsers {
             spares: Mutex::default(),
             preparing: AtomicBool::new(false),
             client,
+            keeper,
             gateway_ports,
             targets,
             live: AtomicUsize::new(0),
@@ -688,6 +700,7 @@ impl SharedBrowsers {
                 pid: b.browser.pid,
                 port: b.browser.port,
                 contexts: b.contexts(),
+                kept_contexts: b.keeper.registered(),
                 draining: b.draining.load(Relaxed),
                 gateway_ports: b.gateway_ports.ports().to_vec(),
             })

@@ -1,0 +1,602 @@
+//! The identity keeper: a DevTools connection of the broker's own to a browser, auto-attached
+//! to every target (new ones wait for it before they run a line of script), which puts on
+//! each target the identity of the session it belongs to ([`identity`]), hands that target's
+//! events to that session's [`Watch`], and lets it go. Overrides last as long as the
+//! connection that set them, which is why it stays open.
+//!
+//! A process session's browser is all its own: [`keep`] gives it a keeper for the session's
+//! life, every context of the browser mapped to that session. A shared browser has one
+//! keeper for its life ([`ContextKeeper`]) whatever the number of its context sessions: each
+//! registers its browser context. A target is handled by its context
+//! (`targetInfo.browserContextId`; a frame or worker by its page's), and one of a context no
+//! session holds (a spare, one being disposed) is let go untouched. So a new tab waits for
+//! one keeper, not for one per live context, and no session's identity or watch reaches
+//! another context's targets.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::blocking;
+use super::cdp::CdpError;
+use super::egress::Egress;
+use super::identity::{self, BrowserFacts, Identity};
+use super::upstream::{Upstream, UpstreamStream};
+use super::watch::Watch;
+
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest message the keeper reads. Chrome sends what pages make (a console line of a
+/// page is one message, whole), and one connection serves every context of a shared
+/// browser: well past what a page can make in passing, and no frame limit of its own.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// Times a shared browser's keeper connects again after its connection dropped.
+const RECONNECTS: usize = 3;
+
+type Socket = tokio_tungstenite::WebSocketStream<UpstreamStream>;
+
+/// What one session wants of its targets.
+struct Kept {
+    identity: Identity,
+    watch: Watch,
+}
+
+/// A target the keeper is attached to (one of its CDP sessions).
+struct Attached {
+    target: String,
+    /// Its browser context: a frame's or worker's is its page's.
+    context: String,
+    kind: String,
+    /// The CDP session it was attached through; none for the browser's auto-attach.
+    parent: Option<String>,
+    /// Its session's overrides are on it.
+    applied: bool,
+}
+
+impl Attached {
+    fn is_page(&self) -> bool {
+        matches!(self.kind.as_str(), "page" | "iframe")
+    }
+}
+
+enum Command {
+    Register {
+        context: String,
+        kept: Arc<Kept>,
+        done: oneshot::Sender<Result<(), CdpError>>,
+    },
+    Unregister {
+        context: String,
+    },
+}
+
+/// Puts `identity` on every target of the session's own browser at `upstream` (those open
+/// now before this answers, later ones before they run) and keeps it there until `until`
+/// fires; what `identity` leaves unset is the browser's own, without automation tells.
+pub(crate) async fn keep(
+    upstream: &Upstream,
+    egress: &Egress,
+    identity: Identity,
+    watch: Watch,
+    until: CancellationToken,
+) -> Result<(), CdpError> {
+    let kept = Arc::new(Kept { identity, watch });
+    let setup = async {
+        let mut keeper = Keeper::connect(upstream, egress, Some(kept.clone())).await?;
+        if let Some(params) = kept.watch.blocking.fetch_params() {
+            // On the browser target: every request of the browser, a tab opened with a URL
+            // included (a target's own interception misses the first document's requests
+            // of such a tab). A session whose blocking does not hold is refused.
+            keeper.call(None, "Fetch.enable", params).await?;
+        }
+        keeper.attach_all().await?;
+        keeper.land(None).await?;
+        Ok::<_, CdpError>(keeper)
+    };
+    let keeper = tokio::time::timeout(SETUP_TIMEOUT, setup)
+        .await
+        .map_err(|_| CdpError::Timeout)??;
+    tokio::spawn(keeper.run(None, until));
+    Ok(())
+}
+
+/// A shared browser's one keeper, for the browser's life: its context sessions register
+/// their browser contexts with it.
+pub(crate) struct ContextKeeper {
+    commands: mpsc::UnboundedSender<Command>,
+    registered: Arc<AtomicUsize>,
+}
+
+impl ContextKeeper {
+    /// Attaches to every target of the shared browser at `upstream`, straight (the broker's
+    /// own connection, not a context's filtered one).
+    pub(crate) async fn start(upstream: &Upstream, egress: Arc<Egress>) -> Result<ContextKeeper, CdpError> {
+        let setup = async {
+            let mut keeper = Keeper::connect(upstream, &egress, None).await?;
+            keeper.again = Some((upstream.clone(), egress.clone()));
+            keeper.attach_all().await?;
+            Ok::<_, CdpError>(keeper)
+        };
+        let keeper = tokio::time::timeout(SETUP_TIMEOUT, setup)
+            .await
+            .map_err(|_| CdpError::Timeout)??;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let registered = keeper.registered.clone();
+        tokio::spawn(keeper.run(Some(receiver), CancellationToken::new()));
+        Ok(ContextKeeper { commands, registered })
+    }
+
+    /// Puts `identity` on every target of `context` (those open now before this answers,
+    /// later ones before they run) and hands their events to `watch`, until `until` fires:
+    /// then the keeper lets the context's targets go and the capture is finished.
+    pub(crate) async fn register(
+        &self,
+        context: &str,
+        identity: Identity,
+        watch: Watch,
+        until: CancellationToken,
+    ) -> Result<(), CdpError> {
+        let gone = || CdpError::Http("the shared browser's identity keeper has stopped".into());
+        let (done, answer) = oneshot::channel();
+        let kept = Arc::new(Kept { identity, watch });
+        let register = Command::Register {
+            context: context.to_owned(),
+            kept,
+            done,
+        };
+        self.commands.send(register).map_err(|_| gone())?;
+        // Sent after the registration, so it comes after it: even one not answered in time
+        // is undone at the session's end.
+        let (commands, context) = (self.commands.clone(), context.to_owned());
+        tokio::spawn(async move {
+            until.cancelled().await;
+            let _ = commands.send(Command::Unregister { context });
+        });
+        tokio::time::timeout(SETUP_TIMEOUT + Duration::from_secs(1), answer)
+            .await
+            .map_err(|_| CdpError::Timeout)?
+            .map_err(|_| gone())?
+    }
+
+    /// Whether it still keeps the browser's targets (it stops with the browser, or when it
+    /// could not connect again): a browser without it takes no new context.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
+    /// The contexts registered now.
+    pub(crate) fn registered(&self) -> usize {
+        self.registered.load(Relaxed)
+    }
+}
+
+struct Keeper {
+    ws: Socket,
+    /// Where a shared browser's keeper connects again if its connection drops.
+    again: Option<(Upstream, Arc<Egress>)>,
+    facts: BrowserFacts,
+    /// A process session's: every context of the browser is its.
+    whole: Option<Arc<Kept>>,
+    /// A shared browser's: each context session's, by its browser context.
+    contexts: HashMap<String, Arc<Kept>>,
+    registered: Arc<AtomicUsize>,
+    /// Some session captures console / network events (else they are not parsed).
+    console: bool,
+    network: bool,
+    next_id: u64,
+    /// CDP session → the target it reaches.
+    attached: HashMap<String, Attached>,
+    /// `Network.getResponseBody` calls in flight → (CDP session, request id).
+    bodies: HashMap<u64, (String, String)>,
+}
+
+impl Keeper {
+    /// Connects and reads what the browser says of itself.
+    async fn connect(upstream: &Upstream, egress: &Egress, whole: Option<Arc<Kept>>) -> Result<Keeper, CdpError> {
+        let mut keeper = Keeper {
+            ws: open(upstream, egress).await?,
+            again: None,
+            facts: BrowserFacts::default(),
+            whole,
+            contexts: HashMap::new(),
+            registered: Arc::default(),
+            console: false,
+            network: false,
+            next_id: 0,
+            attached: HashMap::new(),
+            bodies: HashMap::new(),
+        };
+        keeper.note_captures();
+        let version = keeper.call(None, "Browser.getVersion", json!({})).await?;
+        keeper.facts = BrowserFacts::of(&version);
+        Ok(keeper)
+    }
+
+    /// Serves the connection until it closes (for good), `commands` close, or `until`
+    /// fires; then finishes what its sessions captured.
+    async fn run(mut self, mut commands: Option<mpsc::UnboundedReceiver<Command>>, until: CancellationToken) {
+        loop {
+            tokio::select! {
+                message = self.ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if self.on_message(&text).await.is_err() && !self.reconnect().await {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => if !self.reconnect().await {
+                        break;
+                    },
+                },
+                command = next_command(&mut commands) => match command {
+                    Some(Command::Register { context, kept, done }) => {
+                        let registered = tokio::time::timeout(SETUP_TIMEOUT, self.register(&context, kept))
+                            .await
+                            .unwrap_or(Err(CdpError::Timeout));
+                        if registered.is_err() {
+                            self.forget(&context).await;
+                        }
+                        let _ = done.send(registered);
+                    }
+                    Some(Command::Unregister { context }) => self.unregister(&context).await,
+                    None => break,
+                },
+                _ = until.cancelled() => break,
+            }
+        }
+        for kept in self.whole.iter().chain(self.contexts.values()) {
+            if let Some(capture) = &kept.watch.capture {
+                capture.finish();
+            }
+        }
+        self.registered.store(0, Relaxed);
+    }
+
+    /// A shared browser's keeper whose connection dropped (a message past [`MAX_MESSAGE`],
+    /// say) while the browser runs connects again and puts every registered context's
+    /// overrides back on its targets: one tenant's page must not leave the others' pages
+    /// unkept. False if it cannot (the browser is gone).
+    async fn reconnect(&mut self) -> bool {
+        let Some((upstream, egress)) = self.again.clone() else {
+            return false;
+        };
+        for _ in 0..RECONNECTS {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = async {
+                self.ws = open(&upstream, &egress).await?;
+                self.attached.clear();
+                self.bodies.clear();
+                self.attach_all().await?;
+                self.land(None).await
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(SETUP_TIMEOUT, again).await {
+                tracing::warn!("the shared browser's identity keeper lost its connection and connected again");
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<u64, CdpError> {
+        self.next_id += 1;
+        let mut message = json!({ "id": self.next_id, "method": method, "params": params });
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .map_err(|e| CdpError::Http(e.to_string()))?;
+        Ok(self.next_id)
+    }
+
+    /// Sends a command and answers its result (or its refusal), serving the other messages
+    /// meanwhile.
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, CdpError> {
+        let id = self.send(session, method, params).await?;
+        let mut reply = self.answers(HashSet::from([id])).await?;
+        let reply = reply.remove(&id).unwrap_or_default();
+        if let Some(error) = reply.get("error") {
+            return Err(CdpError::Refused {
+                method: method.into(),
+                message: error.to_string(),
+            });
+        }
+        Ok(reply["result"].clone())
+    }
+
+    /// Reads until the commands `waiting` are all answered, serving the other messages.
+    async fn answers(&mut self, mut waiting: HashSet<u64>) -> Result<HashMap<u64, Value>, CdpError> {
+        let mut replies = HashMap::new();
+        while !waiting.is_empty() {
+            let Some(message) = self.ws.next().await else {
+                return Err(CdpError::Protocol("the connection closed during setup".into()));
+            };
+            let Message::Text(text) = message.map_err(|e| CdpError::Http(e.to_string()))? else {
+                continue;
+            };
+            let id = super::filter::leading_id(&text).and_then(|id| u64::try_from(id).ok());
+            match id {
+                Some(id) if waiting.remove(&id) => {
+                    let reply = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
+                    replies.insert(id, reply);
+                }
+                _ => self.on_message(&text).await?,
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Auto-attaches to every target of the browser, holding new ones until they have
+    /// their overrides; the ones open now are attached (and kept) before this answers.
+    async fn attach_all(&mut self) -> Result<(), CdpError> {
+        let params = json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true });
+        self.call(None, "Target.setAutoAttach", params).await.map(drop)
+    }
+
+    /// One round trip on each page (of `context`, or all) after its overrides: they have
+    /// landed once it answers.
+    async fn land(&mut self, context: Option<&str>) -> Result<(), CdpError> {
+        let pages: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.applied && a.is_page() && context.is_none_or(|c| a.context == c))
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut probes = HashSet::new();
+        for page in pages {
+            let probe = json!({ "expression": "0" });
+            probes.insert(self.send(Some(&page), "Runtime.evaluate", probe).await?);
+        }
+        self.answers(probes).await.map(drop)
+    }
+
+    /// What the session holding `context` wants, if one does.
+    fn kept_for(&self, context: &str) -> Option<Arc<Kept>> {
+        self.whole.clone().or_else(|| self.contexts.get(context).cloned())
+    }
+
+    fn note_captures(&mut self) {
+        let captures = || {
+            self.whole
+                .iter()
+                .chain(self.contexts.values())
+                .filter_map(|k| k.watch.capture.as_ref())
+        };
+        self.console = captures().any(|c| c.wants.console);
+        self.network = captures().any(|c| c.wants.network);
+    }
+
+    /// Takes on `context`'s session: its targets open now get their overrides before this
+    /// answers (a spare context's first tab), later ones as they attach.
+    async fn register(&mut self, context: &str, kept: Arc<Kept>) -> Result<(), CdpError> {
+        self.contexts.insert(context.to_owned(), kept.clone());
+        self.registered.store(self.contexts.len(), Relaxed);
+        self.note_captures();
+        let open: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.context == context && !a.applied)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for session in open {
+            self.apply(&session, &kept).await?;
+        }
+        self.land(Some(context)).await
+    }
+
+    /// Lets `context`'s targets go (their overrides and capture end with the keeper's
+    /// sessions to them) and forgets its session; answers what it wanted.
+    async fn forget(&mut self, context: &str) -> Option<Arc<Kept>> {
+        let kept = self.contexts.remove(context);
+        self.registered.store(self.contexts.len(), Relaxed);
+        self.note_captures();
+        let sessions: Vec<(String, Option<String>)> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.context == context)
+            .map(|(s, a)| (s.clone(), a.parent.clone()))
+            .collect();
+        for (session, parent) in sessions {
+            self.attached.remove(&session);
+            let detach = json!({ "sessionId": session });
+            let _ = self.send(parent.as_deref(), "Target.detachFromTarget", detach).await;
+        }
+        kept
+    }
+
+    /// The session of `context` has ended.
+    async fn unregister(&mut self, context: &str) {
+        if let Some(capture) = self.forget(context).await.and_then(|k| k.watch.capture.clone()) {
+            capture.finish();
+        }
+    }
+
+    async fn on_message(&mut self, text: &str) -> Result<(), CdpError> {
+        // Only events about attachments, blocked requests, navigations, dialogs and what
+        // is captured matter, and the bodies asked for; other replies are not awaited
+        // (commands to one target run in order, so the overrides land before it is let go).
+        let wanted = [
+            "\"Target.attachedToTarget\"",
+            "\"Target.detachedFromTarget\"",
+            "\"Fetch.requestPaused\"",
+            "\"Page.frameNavigated\"",
+            "\"Page.javascriptDialogOpening\"",
+        ];
+        let console = [
+            "\"Runtime.consoleAPICalled\"",
+            "\"Runtime.exceptionThrown\"",
+            "\"Log.entryAdded\"",
+        ];
+        let captured =
+            (self.network && text.contains("\"Network.")) || (self.console && console.iter().any(|w| text.contains(w)));
+        let body = !self.bodies.is_empty() && text.starts_with("{\"id\":");
+        if !captured && !body && !wanted.iter().any(|w| text.contains(w)) {
+            return Ok(());
+        }
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return Ok(());
+        };
+        if let Some((session, request)) = message["id"].as_u64().and_then(|id| self.bodies.remove(&id)) {
+            if let Some(capture) = self.watch_of(&session).and_then(|k| k.watch.capture.clone()) {
+                capture.body(&session, &request, &message["result"]);
+            }
+            return Ok(());
+        }
+        match message["method"].as_str() {
+            Some("Target.attachedToTarget") => self.on_attached(&message).await,
+            Some("Target.detachedFromTarget") => {
+                if let Some(gone) = message["params"]["sessionId"].as_str() {
+                    self.drop_session(gone);
+                }
+                Ok(())
+            }
+            Some(_) => self.observe(&message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What the session holding the target of CDP session `session` wants (the browser
+    /// target's own events, without a session, are a process session's).
+    fn watch_of(&self, session: &str) -> Option<Arc<Kept>> {
+        if session.is_empty() {
+            return self.whole.clone();
+        }
+        self.kept_for(&self.attached.get(session)?.context)
+    }
+
+    /// Forgets a CDP session that Chrome closed, and the ones attached through it.
+    fn drop_session(&mut self, gone: &str) {
+        let mut stack = vec![gone.to_owned()];
+        while let Some(session) = stack.pop() {
+            self.attached.remove(&session);
+            stack.extend(
+                self.attached
+                    .iter()
+                    .filter(|(_, a)| a.parent.as_deref() == Some(session.as_str()))
+                    .map(|(s, _)| s.clone()),
+            );
+        }
+    }
+
+    /// A new target: its session's overrides go on it if a session holds its context,
+    /// and it is let go.
+    async fn on_attached(&mut self, event: &Value) -> Result<(), CdpError> {
+        let params = &event["params"];
+        let Some(session) = params["sessionId"].as_str() else {
+            return Ok(());
+        };
+        let info = &params["targetInfo"];
+        let parent = event["sessionId"].as_str().map(str::to_owned);
+        // A frame or worker is its page's, whatever it says of itself.
+        let context = match parent.as_deref().and_then(|p| self.attached.get(p)) {
+            Some(page) => page.context.clone(),
+            None => info["browserContextId"].as_str().unwrap_or("").to_owned(),
+        };
+        let attached = Attached {
+            target: info["targetId"].as_str().unwrap_or("").to_owned(),
+            context,
+            kind: info["type"].as_str().unwrap_or("").to_owned(),
+            parent,
+            applied: false,
+        };
+        let kept = self.kept_for(&attached.context);
+        self.attached.insert(session.to_owned(), attached);
+        if let Some(kept) = kept {
+            self.apply(session, &kept).await?;
+        }
+        self.send(Some(session), "Runtime.runIfWaitingForDebugger", json!({}))
+            .await
+            .map(drop)
+    }
+
+    /// Sets a session's overrides on one of its targets (not yet let go, or a spare's
+    /// page already running).
+    async fn apply(&mut self, session: &str, kept: &Kept) -> Result<(), CdpError> {
+        let Some(attached) = self.attached.get_mut(session) else {
+            return Ok(());
+        };
+        attached.applied = true;
+        let kind = attached.kind.clone();
+        // A process session's blocking is on the browser target; a context's, on each of
+        // its targets.
+        let fetch = match self.whole {
+            Some(_) => None,
+            None => kept.watch.blocking.fetch_params(),
+        };
+        let capture = kept.watch.capture.as_deref();
+        for (method, params) in identity::target_commands(&kept.identity, &self.facts, &kind, fetch, capture) {
+            self.send(Some(session), method, params).await?;
+        }
+        Ok(())
+    }
+
+    /// Acts on an event a session's watch wants: a blocked request, a frame's navigation,
+    /// a dialog, what is captured. Only the watch of the session whose target sent it.
+    async fn observe(&mut self, event: &Value) -> Result<(), CdpError> {
+        let session = event["sessionId"].as_str().unwrap_or("");
+        let kept = self.watch_of(session);
+        let on = (!session.is_empty()).then_some(session);
+        if event["method"] == "Fetch.requestPaused" {
+            let params = &event["params"];
+            // A request paused for a session that has just ended runs on.
+            let answer = match &kept {
+                Some(kept) => kept.watch.paused(params),
+                None => blocking::passage(params).map(|p| ("Fetch.continueRequest", p)),
+            };
+            if let Some((method, params)) = answer {
+                self.send(on, method, params).await?;
+            }
+            return Ok(());
+        }
+        let Some(kept) = kept else { return Ok(()) };
+        let watch = &kept.watch;
+        let target = self.attached.get(session).map_or("", |a| a.target.as_str()).to_owned();
+        match event["method"].as_str() {
+            Some("Page.frameNavigated") => watch.navigated(event, &target),
+            Some("Page.javascriptDialogOpening") => watch.dialog(event, &target),
+            Some(_) if on.is_some() => {
+                let Some(capture) = &watch.capture else { return Ok(()) };
+                let taken = capture.event(session, &target, event);
+                if let Some(seen) = taken.error {
+                    watch.error(seen);
+                }
+                if let Some(request) = taken.body {
+                    let params = json!({ "requestId": request });
+                    let id = self.send(on, "Network.getResponseBody", params).await?;
+                    self.bodies.insert(id, (session.to_owned(), request));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The keeper's connection to the browser at `upstream`.
+async fn open(upstream: &Upstream, egress: &Egress) -> Result<Socket, CdpError> {
+    let (stream, early) = upstream
+        .connect_raw(&upstream.browser_path, egress, SETUP_TIMEOUT)
+        .await
+        .map_err(|e| CdpError::Http(e.to_string()))?;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(None);
+    Ok(tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await)
+}
+
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
