@@ -6,7 +6,8 @@
 # Also a page command's round trip in a process session and in a context session (whose
 # connections go through the filter's pipe), alternated on one broker.
 # BINARY=path/to/cdpgate: measure that build (an older one, say) instead of this checkout's.
-# usage: [CREATES_ONLY=1] [BINARY=BIN] scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
+# SPARES="2 8": only context creates, one broker per number of spare contexts.
+# usage: [CREATES_ONLY=1] [SPARES="N ..."] [BINARY=BIN] scripts/bench-density.sh [SESSIONS=20] [BURST=50] [MAX_CONTEXTS=400] [STEP=50]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sessions=${1:-20}
@@ -94,6 +95,28 @@ pss_c=$(pss context)
 echo "process: $opened_p, PSS ${pss_p} MiB, $(per_session "$pss_p" "$sessions") MiB per session"
 echo "context: $opened_c, PSS ${pss_c} MiB, $(per_session "$pss_c" "$sessions") MiB per session"
 stop_brokers
+fi
+
+# SPARES="2 8": context creates only, one broker per number of spare contexts, alternated.
+if [ -n "${SPARES:-}" ]; then
+  echo "== context create -> first CDP reply, by spare contexts per shared browser (1 warm browser)"
+  declare -A by_spares
+  for n in $SPARES; do
+    by_spares[$n]=$(start_broker "$binary" "spares$n" "${common[@]}" CDPGATE_POOL_SIZE=0 \
+      CDPGATE_CONTEXT_WARM_BROWSERS=1 CDPGATE_CONTEXT_SPARES="$n")
+  done
+  sleep 5
+  for n in $SPARES; do echo "$n spares: Chrome's PSS at rest $(pss "spares$n") MiB"; done
+  for how in rest burst; do
+    count=10
+    [ "$how" = burst ] && count=$burst
+    for n in $SPARES; do
+      echo "$how, context, $n spares: $(client latency "http://${by_spares[$n]}" "$key" context "$how" "$count")"
+      sleep 3
+    done
+  done
+  stop_brokers
+  exit 0
 fi
 
 echo "== create -> first CDP reply (process: warm pool of 2; context: 2 spare contexts, 1 warm browser)"

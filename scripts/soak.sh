@@ -5,8 +5,9 @@
 # continuously at RATE a minute, CONCURRENCY at most at once, against a release broker on a
 # one-node cluster (Redis, so that its keys are watched too). Every SAMPLE_SECONDS the broker's
 # RSS, open descriptors, threads, async tasks, its temp and data directory entries, its
-# Chrome processes and Redis's keys are sampled; scripts/soak_report.py fits a slope to each
-# over the run's second half and fails if any grows, and draws the curves as a PNG.
+# Chrome processes, Redis's keys and the contexts the shared browsers' identity keepers hold
+# are sampled; scripts/soak_report.py fits a slope to each over the run's second half and
+# fails if any grows, and draws the curves as a PNG.
 #
 #   scripts/soak.sh HOURS RATE [OUT_DIR]      e.g. scripts/soak.sh 2 20, scripts/soak.sh 0.1 30
 #
@@ -103,21 +104,23 @@ sampler() {
   # A failed read or write (a full disk, a scrape timing out) skips a sample; it must not
   # end the sampling, as it once did under `set -e` two hours before the run ended.
   set +e
-  echo "t,rss_kb,fds,threads,tasks,sessions,tmp_entries,data_entries,processes,redis_keys" >"$out/samples.csv"
+  echo "t,rss_kb,fds,threads,tasks,sessions,tmp_entries,data_entries,processes,redis_keys,kept_contexts" >"$out/samples.csv"
   while kill -0 "$broker" 2>/dev/null; do
-    local rss fds threads tasks sessions tmp_entries data_entries procs keys metrics
+    local rss fds threads tasks sessions tmp_entries data_entries procs keys kept metrics
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$broker/status")
     threads=$(awk '/^Threads/ {print $2}' "/proc/$broker/status")
     fds=$(find "/proc/$broker/fd" -mindepth 1 2>/dev/null | wc -l)
     metrics=$(curl -sf --max-time 5 "http://$address/metrics" -H "X-API-Key: $key" || true)
     tasks=$(awk '$1 == "cdpgate_runtime_tasks" {print $2}' <<<"$metrics")
     sessions=$(awk '$1 == "cdpgate_sessions_active" {print $2}' <<<"$metrics")
+    # Contexts the shared browsers' identity keepers hold registered, summed over browsers.
+    kept=$(awk '$1 ~ /^cdpgate_shared_browser_kept_contexts/ {n += $2} END {print n + 0}' <<<"$metrics")
     tmp_entries=$(find "$tmp/t" -mindepth 1 2>/dev/null | wc -l)
     data_entries=$(find "$tmp/data" -mindepth 1 2>/dev/null | wc -l)
     procs=$(descendants "$broker")
     keys=0
     [ -n "$redis_port" ] && keys=$(redis-cli -p "$redis_port" dbsize 2>/dev/null || echo 0)
-    echo "$(($(date +%s) - start)),$rss,$fds,$threads,${tasks:-0},${sessions:-0},$tmp_entries,$data_entries,$procs,$keys" \
+    echo "$(($(date +%s) - start)),$rss,$fds,$threads,${tasks:-0},${sessions:-0},$tmp_entries,$data_entries,$procs,$keys,${kept:-0}" \
       >>"$out/samples.csv"
     sleep "$sample"
   done

@@ -27,6 +27,7 @@ ALLOWED = {
     "data_entries": (64, 0.10),
     "processes": (16, 0.10),
     "redis_keys": (32, 0.10),
+    "kept_contexts": (16, 0.10),
 }
 LABELS = {
     "rss_kb": "broker RSS (MiB)",
@@ -37,6 +38,7 @@ LABELS = {
     "data_entries": "data_dir entries",
     "processes": "processes under the broker",
     "redis_keys": "Redis keys",
+    "kept_contexts": "contexts the identity keepers hold",
 }
 
 
@@ -104,7 +106,8 @@ def plot(out, t, half, results):
     import matplotlib.pyplot as plt
 
     hours = [x / 3600 for x in t]
-    fig, axes = plt.subplots(4, 2, figsize=(12, 12), sharex=True)
+    rows = (len(results) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 3 * rows), sharex=True)
     for ax, r in zip(axes.flat, results):
         scale = 1 / 1024 if r["name"] == "rss_kb" else 1
         ax.plot(hours, [y * scale for y in r["ys"]], lw=0.8)

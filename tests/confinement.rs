@@ -60,6 +60,12 @@ async fn assert_broker_files_unreadable(server: &TestServer, session: &Value, ot
         file_url(data),
         file_url(&data.join("sessions")),
         format!("view-source:{}", file_url(&data.join("token_secret"))),
+        // The broker's own process (this test's): its environment and command line. (`/proc`
+        // is readable for Chrome's own needs; Landlock keeps other processes' environment
+        // out, and Chrome reads a `/proc` file's reported size, 0 bytes.)
+        format!("file:///proc/{}/environ", std::process::id()),
+        format!("file:///proc/{}/cmdline", std::process::id()),
+        format!("file:///proc/{}/status", std::process::id()),
     ] {
         if let Ok(tab) = client.open(&url, own_context.as_deref()).await {
             seen.push((url.clone(), client.settled_text(&tab).await));
@@ -73,6 +79,13 @@ async fn assert_broker_files_unreadable(server: &TestServer, session: &Value, ot
             !text.contains("listing-marker-91c2"),
             "{url} listed the data directory: {text}"
         );
+        // What only the broker's environment and command line hold.
+        for leak in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", env!("CARGO_CRATE_NAME")] {
+            assert!(
+                !text.contains(leak),
+                "{url} showed the broker's process ({leak}): {text}"
+            );
+        }
     }
 }
 
