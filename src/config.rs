@@ -138,6 +138,13 @@ pub struct Config {
     /// Contexts each shared browser keeps prepared (first tab open at the default screen),
     /// so that a context session is handed out without waiting for Chrome.
     pub context_spares: usize,
+    /// Most spare contexts per shared browser while creates find none ready: a create
+    /// that finds none doubles the number kept, up to this; 30 s without such a create
+    /// brings it back to `context_spares`. At most 64; below `context_spares`: no growth.
+    pub context_spares_burst: usize,
+    /// Seconds without a create finding no spare before the spares are back at
+    /// `context_spares` (1 to 3600).
+    pub context_spares_burst_seconds: u64,
     /// Shared browsers kept started for no tenant yet, so that a tenant's first context
     /// session does not wait for a launch (each holds a Chrome's memory while idle).
     pub context_warm_browsers: usize,
@@ -346,6 +353,8 @@ impl Default for Config {
             context_recycle_after: 1000,
             context_browser_max_memory_mb: 4096,
             context_spares: 2,
+            context_spares_burst: 8,
+            context_spares_burst_seconds: 30,
             context_warm_browsers: 0,
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -496,6 +505,8 @@ impl Config {
             context_recycle_after,
             context_browser_max_memory_mb,
             context_spares,
+            context_spares_burst,
+            context_spares_burst_seconds,
             context_warm_browsers,
             tls_handshake_timeout_ms,
             storage_state_timeout_ms,
@@ -769,6 +780,12 @@ impl Config {
         if !["", "shell", "full"].contains(&self.default_browser.as_str()) {
             errors
                 .push("default_browser must be \"shell\", \"full\" or empty (the shell where it is installed)".into());
+        }
+        if self.context_spares > 64 || self.context_spares_burst > 64 {
+            errors.push("context_spares and context_spares_burst must be at most 64".into());
+        }
+        if !(1..=3600).contains(&self.context_spares_burst_seconds) {
+            errors.push("context_spares_burst_seconds must be 1 to 3600".into());
         }
         if !["tenant", "any"].contains(&self.context_sharing.as_str()) {
             errors.push("context_sharing must be \"tenant\" or \"any\"".into());

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -594,5 +596,70 @@ async fn a_shared_browser_past_its_memory_limit_is_recycled() {
     );
     let mut client = ws_connect(cdp_url(&second)).await.unwrap();
     assert!(cdp_call(&mut client, 1, "Browser.getVersion", json!({})).await["result"].is_object());
+    server.stop().await;
+}
+
+/// A burst of creates that finds no spare raises the spares a shared browser keeps, never
+/// past `context_spares_burst` however many a tenant asks for, and once the burst has been
+/// over `context_spares_burst_seconds` the extra ones are closed in Chrome (not only
+/// forgotten by the broker): Chrome's own count of contexts is back to sessions + spares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_raises_the_spares_to_the_ceiling_and_quiet_closes_the_extra_ones() {
+    let server = start(|c| {
+        c.context_warm_browsers = 1;
+        c.context_spares = 1;
+        c.context_spares_burst = 4;
+        c.context_spares_burst_seconds = 6;
+        c.max_contexts_per_browser = 20;
+        // One browser: no second warm one (and its spare) once this one is claimed.
+        c.context_browsers = 1;
+    })
+    .await;
+    let shared = server.broker.shared().clone();
+    let spares = move || shared.browsers().iter().map(|b| b.spares).sum::<usize>();
+    assert!(
+        eventually(Duration::from_secs(20), || spares() == 1).await,
+        "one at rest"
+    );
+    // The most spares held at once, read all along.
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (most, spares) = (most.clone(), spares.clone());
+        tokio::spawn(async move {
+            loop {
+                most.fetch_max(spares(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Creates that come faster than Chrome makes contexts: eight at once, each ended once
+    // made; then eight more.
+    let burst = || async {
+        let made = futures_util::future::join_all((0..8).map(|_| create(&server, KEY_A, json!({})))).await;
+        for s in made {
+            let id = s["session_id"].as_str().unwrap();
+            assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+        }
+    };
+    burst().await;
+    burst().await;
+    let reached = eventually(Duration::from_secs(20), || most.load(Ordering::SeqCst) >= 4).await;
+    assert!(reached, "the burst raised the spares to the ceiling: most {most:?}");
+    assert_eq!(most.load(Ordering::SeqCst), 4, "never past the ceiling");
+
+    // Quiet: back to one, in the broker and in Chrome (no session is left).
+    assert!(
+        eventually(Duration::from_secs(30), || spares() == 1).await,
+        "back at rest: {}",
+        spares()
+    );
+    let (contexts, _) = settled_holdings(&server).await;
+    assert_eq!(contexts, 1, "the extra spares' contexts were closed in Chrome");
+    // And a new burst raises them as before.
+    most.store(0, Ordering::SeqCst);
+    burst().await;
+    let reached = eventually(Duration::from_secs(20), || most.load(Ordering::SeqCst) >= 4).await;
+    assert!(reached, "a second burst: most {most:?}");
+    sampler.abort();
     server.stop().await;
 }

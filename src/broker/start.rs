@@ -247,6 +247,8 @@ impl Broker {
                 ws_config: config.ws_config(),
                 client_ws_config: config.parsed_ws_config(),
                 spares: config.context_spares,
+                spares_burst: config.context_spares_burst,
+                spares_quiet: Duration::from_secs(config.context_spares_burst_seconds),
                 warm_browsers: config.context_warm_browsers,
             },
             browser_egress.clone(),

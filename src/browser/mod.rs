@@ -34,6 +34,7 @@ pub(crate) mod scope;
 pub(crate) mod screenshot;
 pub(crate) mod shared;
 pub(crate) mod snapshot;
+pub(crate) mod spare_target;
 pub(crate) mod stealth;
 pub(crate) mod tab_cap;
 pub(crate) mod upstream;

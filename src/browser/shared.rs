@@ -32,6 +32,7 @@ use super::keeper::ContextKeeper;
 use super::launcher::{Browser, Launcher, Screen, Use};
 use super::pool::PoolError;
 use super::scope::{CALL_TIMEOUT, ContextScope};
+use super::spare_target::SpareTarget;
 use super::upstream::Upstream;
 use crate::metrics::Metrics;
 
@@ -64,6 +65,10 @@ pub struct SharedSettings {
     /// Contexts each shared browser keeps prepared (first tab open at `screen`), so that a
     /// create takes one instead of waiting for Chrome.
     pub spares: usize,
+    /// Most spares while creates find none (`spare_target`), and how long after the last
+    /// such create they are back at `spares`.
+    pub spares_burst: usize,
+    pub spares_quiet: Duration,
     /// Shared browsers kept started for no tenant yet, so that a tenant's first context
     /// session does not wait for a launch.
     pub warm_browsers: usize,
@@ -95,8 +100,12 @@ pub struct SharedBrowser {
     owner: Mutex<Option<String>>,
     /// Contexts prepared ahead of demand.
     spares: Mutex<Vec<Prepared>>,
+    /// How many to keep prepared.
+    spare_target: Mutex<SpareTarget>,
     /// Set while a task prepares spares.
     preparing: AtomicBool,
+    /// Set while a task waits to close the spares a burst left.
+    trimming: AtomicBool,
     /// The broker's own connection: creates and disposes contexts, discovers targets.
     client: Arc<Client>,
     /// The one identity keeper of all its context sessions.
@@ -142,8 +151,44 @@ impl SharedBrowser {
         self.owner.lock().expect("owner lock").is_none() && self.live.load(Relaxed) == 0
     }
 
+    /// A spare context, if one is ready; a create that finds none raises the target.
     fn take_spare(&self) -> Option<Prepared> {
-        self.spares.lock().expect("spares lock").pop()
+        let spare = self.spares.lock().expect("spares lock").pop();
+        if spare.is_none() {
+            self.spare_target
+                .lock()
+                .expect("spare target lock")
+                .missed(Instant::now());
+        }
+        spare
+    }
+
+    fn spares_wanted(&self) -> usize {
+        self.spare_target
+            .lock()
+            .expect("spare target lock")
+            .target(Instant::now())
+    }
+
+    /// Spares ready now.
+    pub fn spares(&self) -> usize {
+        self.spares.lock().expect("spares lock").len()
+    }
+
+    /// Closes the spares above the target (after a burst, once it is back at rest).
+    async fn trim_spares(&self) {
+        loop {
+            let extra = {
+                let mut spares = self.spares.lock().expect("spares lock");
+                if spares.len() <= self.spares_wanted() {
+                    return;
+                }
+                spares.remove(0)
+            };
+            extra.stop.cancel();
+            let disposed = dispose(self, &extra.context).await;
+            give_back(self, extra.listener_back, disposed).await;
+        }
     }
 }
 
@@ -171,6 +216,8 @@ pub struct SharedInfo {
     pub contexts: usize,
     /// Contexts whose session's identity its keeper applies.
     pub kept_contexts: usize,
+    /// Contexts prepared for the next creates.
+    pub spares: usize,
     /// Takes no new context; closed once its last one ends.
     pub draining: bool,
     /// The ports its contexts' gateways serve on (bound for its whole life).
@@ -238,6 +285,29 @@ async fn dispose(shared: &SharedBrowser, context: &str) -> bool {
         .call(None, "Target.disposeBrowserContext", params, CALL_TIMEOUT)
         .await
         .is_ok()
+}
+
+/// Once a burst of creates is over, closes the spares it left above the number kept at rest
+/// (`at_rest`): checked each `quiet` until the target is back there.
+fn trim_after_burst(shared: &Arc<SharedBrowser>, at_rest: usize, quiet: Duration) {
+    if shared.spares() <= at_rest || shared.trimming.swap(true, Relaxed) {
+        return;
+    }
+    // Not kept alive by this: a browser recycled meanwhile closes with its spares.
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(quiet).await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.trim_spares().await;
+            if shared.spares_wanted() <= at_rest || !shared.browser.is_alive() {
+                shared.trimming.store(false, Relaxed);
+                return;
+            }
+        }
+    });
 }
 
 /// Takes a stopped gateway's listener back into `shared`'s set: for the next context if its
@@ -456,7 +526,7 @@ impl SharedBrowsers {
 
     async fn launch(self: &Arc<Self>, tenant: Option<&str>) -> Result<Arc<SharedBrowser>, PoolError> {
         // One gateway port per context it may hold at once: its sessions' and its spares.
-        let contexts = self.settings.per_browser + self.settings.spares;
+        let contexts = self.settings.per_browser + self.settings.spares.max(self.settings.spares_burst);
         let gateway_ports = GatewayPorts::bind(contexts, self.launcher.own_ports.clone())
             .map_err(|e| PoolError::Setup(format!("the contexts' gateway ports could not be bound: {e}")))?;
         let browser = self
@@ -521,7 +591,13 @@ impl SharedBrowsers {
             browser,
             owner: Mutex::new(tenant.filter(|_| !self.settings.any_tenant).map(str::to_owned)),
             spares: Mutex::default(),
+            spare_target: Mutex::new(SpareTarget::new(
+                self.settings.spares,
+                self.settings.spares_burst,
+                self.settings.spares_quiet,
+            )),
             preparing: AtomicBool::new(false),
+            trimming: AtomicBool::new(false),
             client,
             keeper,
             gateway_ports,
@@ -662,7 +738,7 @@ impl SharedBrowsers {
     /// Tops up `shared`'s spare contexts in a task of its own, after a pause that lets the
     /// session just handed out have the browser first.
     fn prepare_spares(self: &Arc<Self>, shared: &Arc<SharedBrowser>) {
-        if self.settings.spares == 0 || shared.preparing.swap(true, Relaxed) {
+        if shared.spares_wanted() == 0 || shared.preparing.swap(true, Relaxed) {
             return;
         }
         let (browsers, shared) = (self.clone(), shared.clone());
@@ -671,7 +747,7 @@ impl SharedBrowsers {
             loop {
                 let wanted = shared.browser.is_alive()
                     && !shared.draining.load(Relaxed)
-                    && shared.spares.lock().expect("spares lock").len() < browsers.settings.spares
+                    && shared.spares() < shared.spares_wanted()
                     && shared.contexts() < browsers.settings.per_browser;
                 if !wanted {
                     break;
@@ -685,6 +761,7 @@ impl SharedBrowsers {
                 }
             }
             shared.preparing.store(false, Relaxed);
+            trim_after_burst(&shared, browsers.settings.spares, browsers.settings.spares_quiet);
         });
     }
 
@@ -701,6 +778,7 @@ impl SharedBrowsers {
                 port: b.browser.port,
                 contexts: b.contexts(),
                 kept_contexts: b.keeper.registered(),
+                spares: b.spares(),
                 draining: b.draining.load(Relaxed),
                 gateway_ports: b.gateway_ports.ports().to_vec(),
             })
