@@ -102,11 +102,11 @@ if [ -n "${SPARES:-}" ]; then
   echo "== context create -> first CDP reply, by spare contexts per shared browser (1 warm browser)"
   declare -A by_spares
   for n in $SPARES; do
-    by_spares[$n]=$(start_broker "$binary" "spares$n" "${common[@]}" CDPGATE_POOL_SIZE=0 \
+    by_spares[$n]=$(start_broker "$binary" "spares-$n-ctx" "${common[@]}" CDPGATE_POOL_SIZE=0 \
       CDPGATE_CONTEXT_WARM_BROWSERS=1 CDPGATE_CONTEXT_SPARES="$n")
   done
   sleep 5
-  for n in $SPARES; do echo "$n spares: Chrome's PSS at rest $(pss "spares$n") MiB"; done
+  for n in $SPARES; do echo "$n spares: Chrome's PSS at rest $(pss "spares-$n-ctx") MiB"; done
   for how in rest burst; do
     count=10
     [ "$how" = burst ] && count=$burst
