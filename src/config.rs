@@ -139,8 +139,9 @@ pub struct Config {
     /// so that a context session is handed out without waiting for Chrome.
     pub context_spares: usize,
     /// Most spare contexts per shared browser while creates find none ready: a create
-    /// that finds none doubles the number kept, up to this; 30 s without such a create
-    /// brings it back to `context_spares`. At most 64; below `context_spares`: no growth.
+    /// that finds none doubles the number kept, up to this; `context_spares_burst_seconds`
+    /// without such a create bring it back to `context_spares`. At most 64; at or below
+    /// `context_spares`: no growth; `context_spares = 0` turns spares off whatever this is.
     pub context_spares_burst: usize,
     /// Seconds without a create finding no spare before the spares are back at
     /// `context_spares` (1 to 3600).

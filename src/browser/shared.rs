@@ -151,10 +151,11 @@ impl SharedBrowser {
         self.owner.lock().expect("owner lock").is_none() && self.live.load(Relaxed) == 0
     }
 
-    /// A spare context, if one is ready; a create that finds none raises the target.
-    fn take_spare(&self) -> Option<Prepared> {
+    /// A spare context, if one is ready; a create that finds none raises the target, unless
+    /// it `launched` this browser (whose spares could not be made yet).
+    fn take_spare(&self, launched: bool) -> Option<Prepared> {
         let spare = self.spares.lock().expect("spares lock").pop();
-        if spare.is_none() {
+        if spare.is_none() && !launched {
             self.spare_target
                 .lock()
                 .expect("spare target lock")
@@ -175,9 +176,18 @@ impl SharedBrowser {
         self.spares.lock().expect("spares lock").len()
     }
 
-    /// Closes the spares above the target (after a burst, once it is back at rest).
+    /// When the spares' target is back at rest, if no create misses before.
+    fn spares_rest_at(&self) -> Instant {
+        self.spare_target
+            .lock()
+            .expect("spare target lock")
+            .rest_at(Instant::now())
+    }
+
+    /// Closes the spares above the target (after a burst, once it is back at rest); stops
+    /// once the browser is draining or gone (its spares go with it).
     async fn trim_spares(&self) {
-        loop {
+        while self.browser.is_alive() && !self.draining.load(Relaxed) {
             let extra = {
                 let mut spares = self.spares.lock().expect("spares lock");
                 if spares.len() <= self.spares_wanted() {
@@ -287,29 +297,6 @@ async fn dispose(shared: &SharedBrowser, context: &str) -> bool {
         .is_ok()
 }
 
-/// Once a burst of creates is over, closes the spares it left above the number kept at rest
-/// (`at_rest`): checked each `quiet` until the target is back there.
-fn trim_after_burst(shared: &Arc<SharedBrowser>, at_rest: usize, quiet: Duration) {
-    if shared.spares() <= at_rest || shared.trimming.swap(true, Relaxed) {
-        return;
-    }
-    // Not kept alive by this: a browser recycled meanwhile closes with its spares.
-    let shared = Arc::downgrade(shared);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(quiet).await;
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            shared.trim_spares().await;
-            if shared.spares_wanted() <= at_rest || !shared.browser.is_alive() {
-                shared.trimming.store(false, Relaxed);
-                return;
-            }
-        }
-    });
-}
-
 /// Takes a stopped gateway's listener back into `shared`'s set: for the next context if its
 /// context is gone (`disposed`), else kept bound and out of use, the browser drained.
 async fn give_back(shared: &SharedBrowser, listener_back: ListenerBack, disposed: bool) {
@@ -359,13 +346,13 @@ impl SharedBrowsers {
         wait: bool,
     ) -> Result<ContextLease, PoolError> {
         let deadline = Instant::now() + self.settings.queue_timeout;
-        let shared = loop {
+        let (shared, launched) = loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             match self.reserve(tenant) {
-                Reserved::On(shared) => break shared,
-                Reserved::Launch => break self.start(Some(tenant)).await?,
+                Reserved::On(shared) => break (shared, false),
+                Reserved::Launch => break (self.start(Some(tenant)).await?, true),
                 Reserved::Full => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !wait || left.is_zero() || tokio::time::timeout(left, released).await.is_err() {
@@ -377,7 +364,7 @@ impl SharedBrowsers {
         // A spare is taken only for its own screen size: one taken and dropped would stay
         // in Chrome, its gateway port lost with it.
         let spare = if screen == self.settings.screen {
-            shared.take_spare()
+            shared.take_spare(launched)
         } else {
             None
         };
@@ -525,8 +512,13 @@ impl SharedBrowsers {
     }
 
     async fn launch(self: &Arc<Self>, tenant: Option<&str>) -> Result<Arc<SharedBrowser>, PoolError> {
+        let spare_target = SpareTarget::new(
+            self.settings.spares,
+            self.settings.spares_burst,
+            self.settings.spares_quiet,
+        );
         // One gateway port per context it may hold at once: its sessions' and its spares.
-        let contexts = self.settings.per_browser + self.settings.spares.max(self.settings.spares_burst);
+        let contexts = self.settings.per_browser + spare_target.ceiling();
         let gateway_ports = GatewayPorts::bind(contexts, self.launcher.own_ports.clone())
             .map_err(|e| PoolError::Setup(format!("the contexts' gateway ports could not be bound: {e}")))?;
         let browser = self
@@ -591,11 +583,7 @@ impl SharedBrowsers {
             browser,
             owner: Mutex::new(tenant.filter(|_| !self.settings.any_tenant).map(str::to_owned)),
             spares: Mutex::default(),
-            spare_target: Mutex::new(SpareTarget::new(
-                self.settings.spares,
-                self.settings.spares_burst,
-                self.settings.spares_quiet,
-            )),
+            spare_target: Mutex::new(spare_target),
             preparing: AtomicBool::new(false),
             trimming: AtomicBool::new(false),
             client,
@@ -745,10 +733,11 @@ impl SharedBrowsers {
         tokio::spawn(async move {
             tokio::time::sleep(SPARE_QUIET).await;
             loop {
+                // No more than the sessions that can still come could take.
+                let room = browsers.settings.per_browser.saturating_sub(shared.contexts());
                 let wanted = shared.browser.is_alive()
                     && !shared.draining.load(Relaxed)
-                    && shared.spares() < shared.spares_wanted()
-                    && shared.contexts() < browsers.settings.per_browser;
+                    && shared.spares() < shared.spares_wanted().min(room);
                 if !wanted {
                     break;
                 }
@@ -761,8 +750,52 @@ impl SharedBrowsers {
                 }
             }
             shared.preparing.store(false, Relaxed);
-            trim_after_burst(&shared, browsers.settings.spares, browsers.settings.spares_quiet);
+            browsers.trim_after_burst(&shared);
         });
+    }
+
+    /// Once a burst of creates is over, closes the spares it left above the number kept at
+    /// rest: when the target is back there (a quiet after the burst's last miss).
+    fn trim_after_burst(self: &Arc<Self>, shared: &Arc<SharedBrowser>) {
+        if shared.spares() <= self.settings.spares || shared.trimming.swap(true, Relaxed) {
+            return;
+        }
+        // Not kept alive by this: a browser recycled meanwhile closes with its spares.
+        let (browsers, shared) = (Arc::downgrade(self), Arc::downgrade(shared));
+        tokio::spawn(async move {
+            loop {
+                let Some(rest_at) = shared.upgrade().map(|s| s.spares_rest_at()) else {
+                    return;
+                };
+                tokio::time::sleep_until(rest_at.into()).await;
+                let (Some(browsers), Some(shared)) = (browsers.upgrade(), shared.upgrade()) else {
+                    return;
+                };
+                shared.trim_spares().await;
+                // A spare it could not dispose drained the browser: with no session left,
+                // nothing else would close it.
+                browsers.retire_if_idle(&shared);
+                shared.trimming.store(false, Relaxed);
+                // Done, unless a spare was pushed meanwhile or a new burst came.
+                let live = shared.browser.is_alive() && !shared.draining.load(Relaxed);
+                if !live || shared.spares() <= browsers.settings.spares || shared.trimming.swap(true, Relaxed) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Closes a draining shared browser that has no context left.
+    fn retire_if_idle(&self, shared: &Arc<SharedBrowser>) {
+        if !shared.draining.load(Relaxed) || shared.contexts() > 0 {
+            return;
+        }
+        let mut state = self.state.lock().expect("shared lock");
+        let before = state.browsers.len();
+        state.browsers.retain(|b| !Arc::ptr_eq(b, shared));
+        if state.browsers.len() < before {
+            self.metrics.shared_browser_recycles.inc();
+        }
     }
 
     /// The shared browsers in service (draining ones included).

@@ -21,11 +21,12 @@ pub(crate) struct SpareTarget {
 }
 
 impl SpareTarget {
-    /// `burst` below `at_rest` is taken as `at_rest` (no growth).
+    /// `burst` below `at_rest` is taken as `at_rest` (no growth); none at rest is none
+    /// ever (spares off).
     pub(crate) fn new(at_rest: usize, burst: usize, quiet: Duration) -> Self {
         SpareTarget {
             at_rest,
-            burst: burst.max(at_rest),
+            burst: if at_rest == 0 { 0 } else { burst.max(at_rest) },
             quiet,
             raised: None,
         }
@@ -47,6 +48,19 @@ impl SpareTarget {
             Some((raised, since)) if now.saturating_duration_since(since) < self.quiet => raised,
             _ => self.at_rest,
         }
+    }
+
+    /// When the target is back at rest if no create misses before (`now` if it is).
+    pub(crate) fn rest_at(&self, now: Instant) -> Instant {
+        match self.raised {
+            Some((_, since)) => (since + self.quiet).max(now),
+            None => now,
+        }
+    }
+
+    /// The most it can be: how many gateway ports spares may hold at once.
+    pub(crate) fn ceiling(&self) -> usize {
+        self.burst
     }
 }
 
@@ -73,6 +87,15 @@ mod tests {
         // A miss after the quiet starts from rest again.
         target.missed(start + Duration::from_secs(40));
         assert_eq!(target.target(start + Duration::from_secs(40)), 4);
+        assert_eq!(
+            target.rest_at(start + Duration::from_secs(41)),
+            start + Duration::from_secs(70),
+            "at rest a quiet after the last miss"
+        );
+        assert_eq!(
+            target.rest_at(start + Duration::from_secs(80)),
+            start + Duration::from_secs(80)
+        );
     }
 
     #[test]
@@ -83,11 +106,11 @@ mod tests {
         assert_eq!(fixed.target(now), 2);
         let mut lower = SpareTarget::new(3, 1, QUIET);
         lower.missed(now);
-        assert_eq!(lower.target(now), 3);
-        // None at rest: a miss asks for a spare or two while creates keep coming.
+        assert_eq!((lower.target(now), lower.ceiling()), (3, 3));
+        // None at rest: spares are off, bursts or not.
         let mut none = SpareTarget::new(0, 4, QUIET);
-        assert_eq!(none.target(now), 0);
         none.missed(now);
-        assert_eq!(none.target(now), 2);
+        assert_eq!((none.target(now), none.ceiling()), (0, 0));
+        assert_eq!(none.rest_at(now), now);
     }
 }
