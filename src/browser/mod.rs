@@ -25,6 +25,7 @@ pub(crate) mod fingerprint;
 pub(crate) mod forward;
 pub(crate) mod gateway_ports;
 pub(crate) mod identity;
+pub(crate) mod context_watch;
 pub(crate) mod keeper;
 pub(crate) mod launcher;
 pub(crate) mod live_filter;

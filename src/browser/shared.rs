@@ -28,6 +28,7 @@ use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
 use super::gateway_ports::GatewayPorts;
+use super::context_watch::ContextWatch;
 use super::keeper::ContextKeeper;
 use super::launcher::{Browser, Launcher, Screen, Use};
 use super::pool::PoolError;
@@ -101,6 +102,8 @@ pub struct SharedBrowser {
     client: Arc<Client>,
     /// The one identity keeper of all its context sessions.
     pub(crate) keeper: ContextKeeper,
+    /// The one watch of all its context sessions' tabs and downloads, on `client`.
+    pub(crate) watch: ContextWatch,
     /// Its contexts' gateway ports, the only ones besides its own gateway's it may reach.
     gateway_ports: GatewayPorts,
     pub targets: Arc<Targets>,
@@ -127,6 +130,7 @@ impl SharedBrowser {
     fn takes(&self, tenant: &str, settings: &SharedSettings) -> bool {
         self.browser.is_alive()
             && self.keeper.is_running()
+            && self.watch.is_running()
             && !self.draining.load(Relaxed)
             && self
                 .owner
@@ -171,6 +175,8 @@ pub struct SharedInfo {
     pub contexts: usize,
     /// Contexts whose session's identity its keeper applies.
     pub kept_contexts: usize,
+    /// Contexts whose session's tabs and downloads its context watch follows.
+    pub watched_contexts: usize,
     /// Takes no new context; closed once its last one ends.
     pub draining: bool,
     /// The ports its contexts' gateways serve on (bound for its whole life).
@@ -474,6 +480,7 @@ impl SharedBrowsers {
             .map_err(|e| PoolError::Setup(format!("the identity keeper could not start: {e}")))?;
         let targets = Arc::new(Targets::default());
         let mut events = client.subscribe();
+        let watch = ContextWatch::start(client.clone(), client.subscribe(), browser.exited());
         client
             .call(
                 None,
@@ -524,6 +531,7 @@ impl SharedBrowsers {
             preparing: AtomicBool::new(false),
             client,
             keeper,
+            watch,
             gateway_ports,
             targets,
             live: AtomicUsize::new(0),
@@ -701,6 +709,7 @@ impl SharedBrowsers {
                 port: b.browser.port,
                 contexts: b.contexts(),
                 kept_contexts: b.keeper.registered(),
+                watched_contexts: b.watch.registered(),
                 draining: b.draining.load(Relaxed),
                 gateway_ports: b.gateway_ports.ports().to_vec(),
             })
