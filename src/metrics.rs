@@ -150,6 +150,7 @@ pub struct Metrics {
     runtime_tasks: Level,
     shared_browser_contexts: Family<Label<String>, Level>,
     shared_browser_kept_contexts: Family<Label<String>, Level>,
+    shared_browser_watched_contexts: Family<Label<String>, Level>,
     files: Level,
     files_bytes: Level,
     recordings: Level,
@@ -166,6 +167,8 @@ pub struct Gauges {
     pub shared_browsers: Vec<(String, usize)>,
     /// Contexts each shared browser's identity keeper holds a session's identity for.
     pub kept_contexts: Vec<(String, usize)>,
+    /// Contexts each shared browser's context watch follows the tabs and downloads of.
+    pub watched_contexts: Vec<(String, usize)>,
     /// What sessions' files and recordings hold on this node.
     pub artifacts: ArtifactUsage,
 }
@@ -441,6 +444,11 @@ impl Metrics {
             "Browser contexts whose session's identity each shared browser's keeper applies.",
             Family::default(),
         );
+        let shared_browser_watched_contexts = f.add(
+            "cdpgate_shared_browser_watched_contexts",
+            "Browser contexts whose session's tabs and downloads each shared browser's context watch follows.",
+            Family::default(),
+        );
         let isolation = f.add(
             "cdpgate_sessions_by_isolation",
             "Active sessions by isolation.",
@@ -522,6 +530,7 @@ impl Metrics {
             runtime_tasks,
             shared_browser_contexts,
             shared_browser_kept_contexts,
+            shared_browser_watched_contexts,
             files,
             files_bytes,
             recordings,
@@ -609,6 +618,12 @@ impl Metrics {
                 .get_or_create(&[("browser", browser.clone())])
                 .set(count(*kept));
         }
+        self.shared_browser_watched_contexts.clear();
+        for (browser, watched) in &gauges.watched_contexts {
+            self.shared_browser_watched_contexts
+                .get_or_create(&[("browser", browser.clone())])
+                .set(count(*watched));
+        }
         let usage = gauges.artifacts;
         self.files.set(usage.files);
         self.files_bytes.set(usage.files_bytes);
@@ -677,6 +692,7 @@ mod tests {
             sessions_context: 0,
             shared_browsers: Vec::new(),
             kept_contexts: Vec::new(),
+            watched_contexts: Vec::new(),
             artifacts: Default::default(),
         }
     }

@@ -40,6 +40,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_shared_browser_recycles_total", "counter", &[]),
     ("cdpgate_shared_browser_contexts", "gauge", &["browser"]),
     ("cdpgate_shared_browser_kept_contexts", "gauge", &["browser"]),
+    ("cdpgate_shared_browser_watched_contexts", "gauge", &["browser"]),
     ("cdpgate_context_refused_commands_total", "counter", &["method"]),
     ("cdpgate_proxy_connections_total", "counter", &[]),
     ("cdpgate_proxy_connections_open", "gauge", &[]),
@@ -99,6 +100,7 @@ fn exposition() -> String {
         sessions_context: 1,
         shared_browsers: vec![("b1".to_owned(), 1)],
         kept_contexts: vec![("b1".to_owned(), 1)],
+        watched_contexts: vec![("b1".to_owned(), 1)],
         artifacts: ArtifactUsage {
             files: 1,
             files_bytes: 10,

@@ -387,6 +387,7 @@ impl Broker {
             pool_idle: self.pool.idle_count(),
             sessions_context,
             kept_contexts: shared.iter().map(|b| (b.id.clone(), b.kept_contexts)).collect(),
+            watched_contexts: shared.iter().map(|b| (b.id.clone(), b.watched_contexts)).collect(),
             shared_browsers: shared.into_iter().map(|b| (b.id, b.contexts)).collect(),
             artifacts: self.artifacts.usage(),
         })
