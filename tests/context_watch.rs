@@ -30,13 +30,15 @@ fn digest(bytes: &[u8]) -> u64 {
 
 /// A site serving `/{name}.bin` as an attachment, and a page.
 async fn start_downloads_site() -> String {
-    let addr = serve_pages(|path| match path.strip_prefix('/').and_then(|p| p.strip_suffix(".bin")) {
-        Some(name) => (
-            format!("content-disposition: attachment; filename=\"{name}.bin\"\r\n"),
-            bytes_of(name),
-        ),
-        None => (String::new(), "<title>page</title><p>a page</p>".to_owned()),
-    })
+    let addr = serve_pages(
+        |path| match path.strip_prefix('/').and_then(|p| p.strip_suffix(".bin")) {
+            Some(name) => (
+                format!("content-disposition: attachment; filename=\"{name}.bin\"\r\n"),
+                bytes_of(name),
+            ),
+            None => (String::new(), "<title>page</title><p>a page</p>".to_owned()),
+        },
+    )
     .await;
     format!("http://{addr}")
 }
@@ -68,7 +70,12 @@ fn id(session: &Value) -> &str {
 
 async fn files_of(server: &TestServer, key: &str, session: &str) -> Vec<Value> {
     let r = server
-        .call(Method::GET, &format!("/public/sessions/{session}/files"), Some(key), None)
+        .call(
+            Method::GET,
+            &format!("/public/sessions/{session}/files"),
+            Some(key),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     r.json["files"].as_array().unwrap().clone()
@@ -90,7 +97,9 @@ async fn events_of(server: &TestServer, key: &str, session: &str) -> Vec<Value> 
 /// JavaScript that clicks a link to `/{name}.bin` (a download, as a person's click would
 /// start it).
 fn click(name: &str) -> String {
-    format!("(() => {{ const a = document.createElement('a'); a.href = '/{name}.bin'; document.body.append(a); a.click(); return 1; }})()")
+    format!(
+        "(() => {{ const a = document.createElement('a'); a.href = '/{name}.bin'; document.body.append(a); a.click(); return 1; }})()"
+    )
 }
 
 /// What one tenant does: downloads `names` (one per tab: its first and one more) and opens
@@ -100,7 +109,15 @@ async fn burst(client: &mut CdpClient, site: &str, names: &[&str; 2]) -> Vec<Str
     let (first, page) = client.own_page().await;
     let second = client.open(&format!("{site}/page"), None).await.expect("a second tab");
     let mut tabs = vec![first];
-    tabs.push(client.pages().await.into_iter().map(|(t, _)| t).find(|t| t != &tabs[0]).unwrap());
+    tabs.push(
+        client
+            .pages()
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .find(|t| t != &tabs[0])
+            .unwrap(),
+    );
     client.load(&page, &format!("{site}/page")).await;
     client.eval(&page, &click(names[0])).await;
     client.eval(&second, &click(names[1])).await;
@@ -170,7 +187,10 @@ async fn two_tenants_downloading_and_opening_tabs_at_once_each_get_only_their_ow
         };
         assert!(capped, "{who} keeps {CAP} tabs, has {open:?}");
         assert!(open.contains(&tabs[0]), "{who}'s first tab was left open: {open:?}");
-        assert!(open.iter().all(|t| tabs.contains(t)), "{who}'s tabs are its own: {open:?}");
+        assert!(
+            open.iter().all(|t| tabs.contains(t)),
+            "{who}'s tabs are its own: {open:?}"
+        );
     }
 
     // Events: each log names only its own tabs and downloads.
@@ -183,7 +203,11 @@ async fn two_tenants_downloading_and_opening_tabs_at_once_each_get_only_their_ow
         let named: Vec<&str> = events.iter().filter_map(|e| e["data"]["target_id"].as_str()).collect();
         assert!(!named.is_empty(), "{log}");
         for target in &named {
-            assert!(tabs.contains(&(*target).to_owned()), "{} heard of {target}: {log}", id(session));
+            assert!(
+                tabs.contains(&(*target).to_owned()),
+                "{} heard of {target}: {log}",
+                id(session)
+            );
             assert!(!others.contains(&(*target).to_owned()), "{log}");
         }
         let downloads: HashSet<&str> = events
@@ -221,7 +245,10 @@ fn connections_to(port: u16) -> usize {
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = fields[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let remote_port = fields[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
             // 01: established; field 9 is the socket's inode.
             fields[3] == "01" && remote_port == Some(port) && own.contains(fields[9])
         })
@@ -233,9 +260,18 @@ async fn the_broker_holds_as_many_connections_to_a_shared_browser_whatever_its_l
     let server = start().await;
     let first = create(&server, KEY_A).await;
     let browser = server.broker.shared().browsers()[0].clone();
-    let watched = |server: &TestServer| -> usize { server.broker.shared().browsers().iter().map(|b| b.watched_contexts).sum() };
+    let watched = |server: &TestServer| -> usize {
+        server
+            .broker
+            .shared()
+            .browsers()
+            .iter()
+            .map(|b| b.watched_contexts)
+            .sum()
+    };
     // Once the create's own short-lived connections have closed.
-    let settle = |want: usize| async move { eventually(Duration::from_secs(10), || connections_to(browser.port) == want).await };
+    let settle =
+        |want: usize| async move { eventually(Duration::from_secs(10), || connections_to(browser.port) == want).await };
     let one = connections_to(browser.port);
     assert!(settle(one).await);
     let mut sessions = vec![(KEY_A, first)];

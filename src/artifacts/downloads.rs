@@ -165,7 +165,12 @@ pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), Cdp
 
 async fn apply(client: &Client, downloads: &SessionDownloads) -> Result<(), CdpError> {
     client
-        .call(None, "Browser.setDownloadBehavior", downloads.behavior(None), CALL_TIMEOUT)
+        .call(
+            None,
+            "Browser.setDownloadBehavior",
+            downloads.behavior(None),
+            CALL_TIMEOUT,
+        )
         .await
         .map(|_| ())
         .map_err(|e| CdpError::Protocol(format!("Browser.setDownloadBehavior: {e:?}")))

@@ -699,9 +699,10 @@ impl Broker {
                         .await
                 }
                 Watched::Shared { shared, context } => {
-                    let registered = shared
-                        .watch
-                        .watch_downloads(&context, downloads, client_left, until, &self.tracker);
+                    let registered =
+                        shared
+                            .watch
+                            .watch_downloads(&context, downloads, client_left, until, &self.tracker);
                     registered.instrument(session.span()).await
                 }
             }

@@ -286,7 +286,11 @@ impl Dispatch {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Tabs { context, mut tabs, done } => {
+            Command::Tabs {
+                context,
+                mut tabs,
+                done,
+            } => {
                 // Its tabs open now, as their discovery would have told them.
                 let mut open: Vec<(&String, &Target)> = self
                     .targets
@@ -307,7 +311,11 @@ impl Dispatch {
                 self.contexts.entry(context).or_default().tabs = Some(tabs);
                 let _ = done.send(());
             }
-            Command::Downloads { context, downloads, done } => {
+            Command::Downloads {
+                context,
+                downloads,
+                done,
+            } => {
                 self.contexts.entry(context).or_default().downloads = Some(downloads);
                 let _ = done.send(());
             }
@@ -329,7 +337,7 @@ impl Dispatch {
                 let url = info["url"].as_str().unwrap_or_default().to_owned();
                 if let Some(known) = self.targets.get_mut(id) {
                     known.url = url;
-                    self.to_tabs(&context, event);
+                    self.hand_to_tabs(&context, event);
                     return;
                 }
                 self.created += 1;
@@ -344,21 +352,21 @@ impl Dispatch {
                 // One first heard of as it changed (its creation missed while the watch fell
                 // behind) still counts as opened.
                 let created = json!({ "method": "Target.targetCreated", "params": { "targetInfo": info } });
-                self.to_tabs(&context, &created);
+                self.hand_to_tabs(&context, &created);
                 if event["method"] == "Target.targetInfoChanged" {
-                    self.to_tabs(&context, event);
+                    self.hand_to_tabs(&context, event);
                 }
             }
             Some("Target.targetCrashed") => {
                 let id = params["targetId"].as_str().unwrap_or_default();
                 if let Some(context) = self.targets.get(id).map(|t| t.context.clone()) {
-                    self.to_tabs(&context, event);
+                    self.hand_to_tabs(&context, event);
                 }
             }
             Some("Target.targetDestroyed") => {
                 let id = params["targetId"].as_str().unwrap_or_default();
                 if let Some(target) = self.targets.remove(id) {
-                    self.to_tabs(&target.context, event);
+                    self.hand_to_tabs(&target.context, event);
                 }
             }
             Some("Browser.downloadWillBegin") => self.download_began(params),
@@ -368,7 +376,7 @@ impl Dispatch {
     }
 
     /// Hands a target event to the tabs of `context`'s session, if one holds it.
-    fn to_tabs(&mut self, context: &str, event: &Value) {
+    fn hand_to_tabs(&mut self, context: &str, event: &Value) {
         let extra = match self.contexts.get_mut(context).and_then(|w| w.tabs.as_mut()) {
             Some(tabs) => tabs.on_event(event),
             None => return,
@@ -379,7 +387,9 @@ impl Dispatch {
     }
 
     fn close(&self, target: &str) {
-        let _ = self.client.send(None, "Target.closeTarget", json!({ "targetId": target }));
+        let _ = self
+            .client
+            .send(None, "Target.closeTarget", json!({ "targetId": target }));
     }
 
     /// A download is the session's whose context the frame that began it is in; one begun

@@ -24,11 +24,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::cdp::{CallError, Client};
+use super::context_watch::ContextWatch;
 use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
 use super::gateway_ports::GatewayPorts;
-use super::context_watch::ContextWatch;
 use super::keeper::ContextKeeper;
 use super::launcher::{Browser, Launcher, Screen, Use};
 use super::pool::PoolError;
