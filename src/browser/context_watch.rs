@@ -155,7 +155,6 @@ impl ContextWatch {
         let behavior = downloads.behavior(Some(&context));
         let (client, commands, again) = (self.client.clone(), self.commands.clone(), behavior.clone());
         let dir: PathBuf = downloads.dir().to_owned();
-        let until_done = until.clone();
         tracker.spawn(
             async move {
                 loop {
@@ -165,7 +164,7 @@ impl ContextWatch {
                                 tracing::debug!(error = %e, "could not set the download folder again");
                             }
                         }
-                        _ = until_done.cancelled() => break,
+                        _ = until.cancelled() => break,
                     }
                 }
                 let _ = commands.send(Command::Unregister { context });
