@@ -151,6 +151,7 @@ pub struct Metrics {
     shared_browser_contexts: Family<Label<String>, Level>,
     shared_browser_kept_contexts: Family<Label<String>, Level>,
     shared_browser_spare_contexts: Family<Label<String>, Level>,
+    shared_browser_watched_contexts: Family<Label<String>, Level>,
     files: Level,
     files_bytes: Level,
     recordings: Level,
@@ -169,6 +170,8 @@ pub struct Gauges {
     pub kept_contexts: Vec<(String, usize)>,
     /// Contexts each shared browser holds prepared for the next creates.
     pub spare_contexts: Vec<(String, usize)>,
+    /// Contexts each shared browser's context watch follows the tabs and downloads of.
+    pub watched_contexts: Vec<(String, usize)>,
     /// What sessions' files and recordings hold on this node.
     pub artifacts: ArtifactUsage,
 }
@@ -449,6 +452,11 @@ impl Metrics {
             "Browser contexts each shared browser holds prepared for the next creates.",
             Family::default(),
         );
+        let shared_browser_watched_contexts = f.add(
+            "cdpgate_shared_browser_watched_contexts",
+            "Browser contexts whose session's tabs and downloads each shared browser's context watch follows.",
+            Family::default(),
+        );
         let isolation = f.add(
             "cdpgate_sessions_by_isolation",
             "Active sessions by isolation.",
@@ -531,6 +539,7 @@ impl Metrics {
             shared_browser_contexts,
             shared_browser_kept_contexts,
             shared_browser_spare_contexts,
+            shared_browser_watched_contexts,
             files,
             files_bytes,
             recordings,
@@ -624,6 +633,12 @@ impl Metrics {
                 .get_or_create(&[("browser", browser.clone())])
                 .set(count(*spares));
         }
+        self.shared_browser_watched_contexts.clear();
+        for (browser, watched) in &gauges.watched_contexts {
+            self.shared_browser_watched_contexts
+                .get_or_create(&[("browser", browser.clone())])
+                .set(count(*watched));
+        }
         let usage = gauges.artifacts;
         self.files.set(usage.files);
         self.files_bytes.set(usage.files_bytes);
@@ -693,6 +708,7 @@ mod tests {
             shared_browsers: Vec::new(),
             kept_contexts: Vec::new(),
             spare_contexts: Vec::new(),
+            watched_contexts: Vec::new(),
             artifacts: Default::default(),
         }
     }

@@ -41,6 +41,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_shared_browser_contexts", "gauge", &["browser"]),
     ("cdpgate_shared_browser_kept_contexts", "gauge", &["browser"]),
     ("cdpgate_shared_browser_spare_contexts", "gauge", &["browser"]),
+    ("cdpgate_shared_browser_watched_contexts", "gauge", &["browser"]),
     ("cdpgate_context_refused_commands_total", "counter", &["method"]),
     ("cdpgate_proxy_connections_total", "counter", &[]),
     ("cdpgate_proxy_connections_open", "gauge", &[]),
@@ -101,6 +102,7 @@ fn exposition() -> String {
         shared_browsers: vec![("b1".to_owned(), 1)],
         kept_contexts: vec![("b1".to_owned(), 1)],
         spare_contexts: vec![("b1".to_owned(), 2)],
+        watched_contexts: vec![("b1".to_owned(), 1)],
         artifacts: ArtifactUsage {
             files: 1,
             files_bytes: 10,

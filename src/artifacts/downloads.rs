@@ -5,13 +5,19 @@
 //! the confined browser may write besides its profile and temp.
 //! Chrome keeps one setting per browser context, the last one made, and a client may make
 //! its own (Playwright does) or leave it reset to Chrome's default when it disconnects; but
-//! every connection that enabled events hears of every download. So the watcher notes each
+//! every connection that enabled events hears of every download. So the broker notes each
 //! download as it begins, cancels one that passes the session's quota, and moves a finished
 //! file into the session's files from wherever Chrome wrote it; and after each client
 //! disconnects it sets the folder again.
+//!
+//! A process session's browser is all its own: [`start`] watches it on a connection of its
+//! own. A context session's downloads are heard by its shared browser's one context watch
+//! (`browser/context_watch.rs`), which works out whose each download is and hands it to that
+//! session's [`SessionDownloads`].
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -26,46 +32,57 @@ use crate::events::{EventType, SessionEvents};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What to watch: a browser (`ws_url`), the session's context in it (`None`: the whole
-/// browser is the session's), where Chrome writes its downloads (a directory the confined
-/// browser may write), and where the session's files go.
+/// A process session's browser to watch (`ws_url`), all of whose downloads are its.
 pub(crate) struct Watch {
     pub ws_url: String,
-    pub context: Option<String>,
-    pub dir: PathBuf,
-    pub files: Arc<SessionFiles>,
+    pub downloads: Arc<SessionDownloads>,
     /// Notified when a client of the session disconnects.
     pub client_left: Arc<Notify>,
     pub until: CancellationToken,
-    /// Where downloads started, finished and refused are told.
-    pub events: Option<Arc<SessionEvents>>,
 }
 
-/// Sets the session's download folder, then watches until `until` fires or the browser
-/// goes. Answers once the folder is set, so the session's first download lands in it.
-pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
-    let client = Client::connect(&watch.ws_url).await?;
-    let events = client.subscribe();
-    let watcher = Watcher {
-        client,
-        watch,
-        refused: Default::default(),
-    };
-    watcher.apply().await?;
-    tracker.spawn(watcher.run(events).in_current_span());
-    Ok(())
-}
-
-struct Watcher {
-    client: Client,
-    watch: Watch,
+/// One session's downloads: where Chrome writes them (a directory the confined browser may
+/// write), where the session's files go, and where downloads started, finished and refused
+/// are told.
+pub(crate) struct SessionDownloads {
+    dir: PathBuf,
+    files: Arc<SessionFiles>,
+    events: Option<Arc<SessionEvents>>,
     /// Downloads refused (their cancel then is no news).
-    refused: std::sync::Mutex<std::collections::HashSet<String>>,
+    refused: Mutex<HashSet<String>>,
 }
 
-impl Watcher {
+impl SessionDownloads {
+    pub(crate) fn new(dir: PathBuf, files: Arc<SessionFiles>, events: Option<Arc<SessionEvents>>) -> SessionDownloads {
+        SessionDownloads {
+            dir,
+            files,
+            events,
+            refused: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether Chrome wrote `path` into the session's folder.
+    pub(crate) fn holds(&self, path: &Path) -> bool {
+        is_inside(path, &self.dir)
+    }
+
+    /// `Browser.setDownloadBehavior`'s parameters for the session's folder (in `context`, a
+    /// context session's).
+    pub(crate) fn behavior(&self, context: Option<&str>) -> Value {
+        let mut params = json!({ "behavior": "allow", "downloadPath": self.dir, "eventsEnabled": true });
+        if let Some(context) = context {
+            params["browserContextId"] = json!(context);
+        }
+        params
+    }
+
     fn tell(&self, kind: EventType, data: Value) {
-        if let Some(log) = &self.watch.events {
+        if let Some(log) = &self.events {
             log.emit(kind, data);
         }
     }
@@ -78,165 +95,136 @@ impl Watcher {
         self.tell(EventType::DownloadRefused, json!({ "guid": guid, "reason": reason }));
     }
 
-    fn context_params(&self, mut params: Value) -> Value {
-        if let Some(context) = &self.watch.context {
-            params["browserContextId"] = json!(context);
+    /// A download of the session's has begun (`url`, when known).
+    pub(crate) fn began(&self, guid: &str, suggested: &str, url: Option<&Value>) {
+        self.files.download_began(guid, suggested, 0);
+        let mut data = json!({ "guid": guid, "suggested_filename": suggested });
+        if let Some(url) = url {
+            data["url"] = url.clone();
         }
-        params
+        self.tell(EventType::DownloadStarted, data);
     }
 
-    async fn apply(&self) -> Result<(), CdpError> {
-        let params = self.context_params(json!({
-            "behavior": "allow",
-            "downloadPath": self.watch.dir,
-            "eventsEnabled": true,
-        }));
-        self.client
-            .call(None, "Browser.setDownloadBehavior", params, CALL_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|e| CdpError::Protocol(format!("Browser.setDownloadBehavior: {e:?}")))
-    }
-
-    async fn run(self, mut events: tokio::sync::broadcast::Receiver<Arc<Value>>) {
-        // Downloads of frames that are not targets (a context session's subframes): known
-        // to be the session's only by where they finish.
-        let mut unplaced: std::collections::HashMap<String, String> = Default::default();
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(event) => self.on_event(&event, &mut unplaced).await,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "download watcher fell behind the browser's events");
-                    }
-                    Err(_) => return,
-                },
-                _ = self.watch.client_left.notified() => {
-                    if let Err(e) = self.apply().await {
-                        tracing::debug!(error = %e, "could not set the download folder again");
-                    }
-                }
-                _ = self.watch.until.cancelled() => break,
-                // The browser went, and its folders with it.
-                _ = self.client.closed().cancelled() => return,
-            }
-        }
-        self.forget_folder().await;
-    }
-
-    /// A context session's folder is its own directory inside the shared browser's, which
-    /// outlives it: removed with the session, or every ended session would leave its
-    /// directory (and any download cut short) there until the browser is replaced. A whole
-    /// browser's folder goes with the browser.
-    async fn forget_folder(&self) {
-        if self.watch.context.is_none() {
-            return;
-        }
-        match tokio::fs::remove_dir_all(&self.watch.dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(dir = %self.watch.dir.display(), error = %e, "could not remove an ended session's download folder")
-            }
-        }
-    }
-
-    async fn on_event(&self, event: &Value, unplaced: &mut std::collections::HashMap<String, String>) {
-        let params = &event["params"];
+    /// Takes a `Browser.downloadProgress` of one of the session's downloads; answers whether
+    /// to cancel it (it passed the session's quota).
+    pub(crate) fn progressed(self: &Arc<Self>, params: &Value) -> bool {
         let guid = params["guid"].as_str().unwrap_or_default();
-        if guid.is_empty() {
-            return;
+        if !self.files.has_download(guid) {
+            return false;
         }
-        let files = &self.watch.files;
-        match event["method"].as_str() {
-            Some("Browser.downloadWillBegin") => {
-                let suggested = params["suggestedFilename"].as_str().unwrap_or("download");
-                match self.is_ours(params["frameId"].as_str().unwrap_or_default()).await {
-                    Some(true) => {
-                        files.download_began(guid, suggested, 0);
-                        self.tell(
-                            EventType::DownloadStarted,
-                            json!({ "guid": guid, "suggested_filename": suggested, "url": params["url"] }),
-                        );
-                    }
-                    Some(false) => {}
-                    None => {
-                        unplaced.insert(guid.to_owned(), suggested.to_owned());
-                    }
+        let received = params["receivedBytes"].as_f64().unwrap_or(0.0) as u64;
+        let total = params["totalBytes"].as_f64().unwrap_or(0.0) as u64;
+        match params["state"].as_str().unwrap_or_default() {
+            "inProgress" => {
+                if !self.files.download_progressed(guid, received.max(total)) {
+                    tracing::info!(guid, "download cancelled: past the session's files quota");
+                    self.refuse(guid, "past the session's files quota");
+                    return true;
                 }
             }
-            Some("Browser.downloadProgress") => {
-                let state = params["state"].as_str().unwrap_or_default();
-                let received = params["receivedBytes"].as_f64().unwrap_or(0.0) as u64;
-                let total = params["totalBytes"].as_f64().unwrap_or(0.0) as u64;
-                let path = params["filePath"].as_str().map(PathBuf::from);
-                if let Some(suggested) = unplaced.get(guid)
-                    && state == "completed"
-                    && path.as_ref().is_some_and(|p| is_inside(p, &self.watch.dir))
-                {
-                    files.download_began(guid, suggested, 0);
-                    self.tell(
-                        EventType::DownloadStarted,
-                        json!({ "guid": guid, "suggested_filename": suggested }),
-                    );
+            // Only from the session's own folder: the broker moves no file from anywhere
+            // else a client had Chrome write (or name).
+            "completed" => match params["filePath"].as_str().map(PathBuf::from) {
+                Some(path) if self.holds(&path) => {
+                    // A copy (another file system) must not hold up the browser's other
+                    // events: a shared browser's are every context session's.
+                    let (this, guid) = (self.clone(), guid.to_owned());
+                    tokio::task::spawn_blocking(move || {
+                        this.files.download_completed(&guid, &path);
+                        this.tell(
+                            EventType::DownloadFinished,
+                            json!({ "guid": guid, "state": "completed", "bytes": received.max(total) }),
+                        );
+                    });
                 }
-                if state != "inProgress" {
-                    unplaced.remove(guid);
+                _ => {
+                    self.files.download_canceled(guid);
+                    self.refuse(guid, "written outside the session's download folder");
                 }
-                if !files.has_download(guid) {
-                    return;
+            },
+            state => {
+                self.files.download_canceled(guid);
+                if !self.refused.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) {
+                    self.tell(EventType::DownloadFinished, json!({ "guid": guid, "state": state }));
                 }
-                match state {
-                    "inProgress" => {
-                        if !files.download_progressed(guid, received.max(total)) {
-                            tracing::info!(guid, "download cancelled: past the session's files quota");
-                            self.refuse(guid, "past the session's files quota");
-                            let params = self.context_params(json!({ "guid": guid }));
-                            let _ = self
-                                .client
-                                .call(None, "Browser.cancelDownload", params, CALL_TIMEOUT)
+            }
+        }
+        false
+    }
+}
+
+/// Sets a process session's download folder, then watches until `until` fires or the
+/// browser goes. Answers once the folder is set, so the session's first download lands in it.
+pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
+    let client = Client::connect(&watch.ws_url).await?;
+    let events = client.subscribe();
+    apply(&client, &watch.downloads).await?;
+    tracker.spawn(run(client, watch, events).in_current_span());
+    Ok(())
+}
+
+async fn apply(client: &Client, downloads: &SessionDownloads) -> Result<(), CdpError> {
+    client
+        .call(
+            None,
+            "Browser.setDownloadBehavior",
+            downloads.behavior(None),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| CdpError::Protocol(format!("Browser.setDownloadBehavior: {e:?}")))
+}
+
+async fn run(client: Client, watch: Watch, mut events: tokio::sync::broadcast::Receiver<Arc<Value>>) {
+    let downloads = &watch.downloads;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let params = &event["params"];
+                    let guid = params["guid"].as_str().unwrap_or_default();
+                    match event["method"].as_str() {
+                        _ if guid.is_empty() => {}
+                        Some("Browser.downloadWillBegin") => {
+                            let suggested = params["suggestedFilename"].as_str().unwrap_or("download");
+                            downloads.began(guid, suggested, Some(&params["url"]));
+                        }
+                        Some("Browser.downloadProgress") if downloads.progressed(params) => {
+                            let _ = client
+                                .call(None, "Browser.cancelDownload", json!({ "guid": guid }), CALL_TIMEOUT)
                                 .await;
                         }
-                    }
-                    // Only from the session's own folder: the broker moves no file from
-                    // anywhere else a client had Chrome write (or name).
-                    "completed" => match path {
-                        Some(path) if is_inside(&path, &self.watch.dir) => {
-                            files.download_completed(guid, &path);
-                            self.tell(
-                                EventType::DownloadFinished,
-                                json!({ "guid": guid, "state": "completed", "bytes": received.max(total) }),
-                            );
-                        }
-                        _ => {
-                            files.download_canceled(guid);
-                            self.refuse(guid, "written outside the session's download folder");
-                        }
-                    },
-                    _ => {
-                        files.download_canceled(guid);
-                        if !self.refused.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) {
-                            self.tell(EventType::DownloadFinished, json!({ "guid": guid, "state": state }));
-                        }
+                        _ => {}
                     }
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "download watcher fell behind the browser's events");
+                }
+                Err(_) => return,
+            },
+            _ = watch.client_left.notified() => {
+                if let Err(e) = apply(&client, downloads).await {
+                    tracing::debug!(error = %e, "could not set the download folder again");
+                }
             }
-            _ => {}
+            // A whole browser's folder goes with the browser.
+            _ = watch.until.cancelled() => return,
+            _ = client.closed().cancelled() => return,
         }
     }
+}
 
-    /// Whether the frame that began a download is in the session's context; `None` if it is
-    /// not a target (a subframe) and cannot be told now.
-    async fn is_ours(&self, frame: &str) -> Option<bool> {
-        let Some(context) = &self.watch.context else {
-            return Some(true);
-        };
-        let info = self
-            .client
-            .call(None, "Target.getTargetInfo", json!({ "targetId": frame }), CALL_TIMEOUT)
-            .await
-            .ok()?;
-        Some(info["targetInfo"]["browserContextId"].as_str() == Some(context.as_str()))
+/// Removes an ended context session's folder: its own directory inside the shared browser's,
+/// which outlives it; else every ended session would leave its directory (and any download
+/// cut short) there until the browser is replaced.
+pub(crate) async fn forget_folder(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove an ended session's download folder")
+        }
     }
 }
 

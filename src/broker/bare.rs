@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::auth::{Tenant, random_hex};
 use crate::browser::challenges::Challenges;
 use crate::browser::shared::ContextLease;
-use crate::browser::tab_cap::{self, TabCap};
+use crate::browser::tab_cap::Tabs;
 use crate::browser::upstream::Upstream;
 use crate::browser::watch::Watch;
 use crate::quota::{Kind, Reservation};
@@ -191,15 +191,9 @@ impl Broker {
             .map_err(BrokerError::BrowserSetup)?;
         let identified = began.elapsed();
         if self.config.max_targets_per_session > 0 {
-            let cap = TabCap {
-                ws_url: bare.lease.shared.browser.ws_url(),
-                context: Some(bare.lease.scope.context.clone()),
-                max: self.config.max_targets_per_session,
-                metrics: self.metrics.clone(),
-                until: bare.done.clone(),
-                events: None,
-            };
-            tab_cap::start(cap, &self.tracker)
+            let tabs = Tabs::new(self.config.max_targets_per_session, self.metrics.clone(), None);
+            (bare.lease.shared.watch)
+                .watch_tabs(context, tabs, bare.done.clone(), &self.tracker)
                 .instrument(span)
                 .await
                 .map_err(BrokerError::BrowserSetup)?;

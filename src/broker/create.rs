@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::artifacts::cdp_log::CdpLog;
+use crate::artifacts::downloads::SessionDownloads;
 use crate::artifacts::{self};
 use crate::auth::{Tenant, random_hex};
 use crate::browser::byo::{self};
@@ -18,7 +19,8 @@ use crate::browser::fingerprint::{self, OwnVersion};
 use crate::browser::keeper;
 use crate::browser::launcher::Use;
 use crate::browser::pool::PoolError;
-use crate::browser::tab_cap::{self, TabCap};
+use crate::browser::shared::SharedBrowser;
+use crate::browser::tab_cap::{self, TabCap, Tabs};
 use crate::browser::watch::Watch;
 use crate::events::EventType;
 use crate::profile::{cookies, copy as profile_copy};
@@ -33,13 +35,23 @@ use super::error::BrokerError;
 use super::lifecycle::{end_when_idle, watch_session};
 use super::request::{NewSession, RequestedOptions};
 
-/// Where a session's downloads are watched: its browser, its context in it (a shared
-/// browser), and the directory Chrome writes them to (which the browser may write).
+/// Where a session's downloads and tabs are watched, and the directory Chrome writes its
+/// downloads to (which the browser may write).
 #[derive(Clone)]
 struct Downloads {
-    ws_url: String,
-    context: Option<String>,
+    watched: Watched,
     dir: std::path::PathBuf,
+}
+
+#[derive(Clone)]
+enum Watched {
+    /// A browser all the session's, on connections of the session's own.
+    Own { ws_url: String },
+    /// A context of a shared browser, by the browser's one context watch.
+    Shared {
+        shared: Arc<SharedBrowser>,
+        context: String,
+    },
 }
 
 impl Broker {
@@ -460,9 +472,11 @@ impl Broker {
                 (lease.browser.exited(), CancellationToken::new(), Some(traffic))
             }
             Backing::External(_) => (CancellationToken::new(), CancellationToken::new(), None),
+            // Its shared browser's crash, or the loss of the connection that watches its
+            // tabs and downloads (the one that makes its contexts).
             Backing::Context(context) => (
                 context.scope.close_requested.clone(),
-                context.shared.browser.exited(),
+                context.shared.watch.stopped(),
                 Some(context.traffic.clone()),
             ),
         };
@@ -478,14 +492,17 @@ impl Broker {
         // a shared one; a user's own browser keeps its own.
         let downloads = match &backing {
             Backing::Managed(lease) => Some(Downloads {
-                ws_url: lease.browser.ws_url(),
-                context: None,
+                watched: Watched::Own {
+                    ws_url: lease.browser.ws_url(),
+                },
                 dir: lease.browser.downloads.clone(),
             }),
             // A shared browser's downloads directory holds one directory per session.
             Backing::Context(context) => Some(Downloads {
-                ws_url: context.shared.browser.ws_url(),
-                context: Some(context.scope.context.clone()),
+                watched: Watched::Shared {
+                    shared: context.shared.clone(),
+                    context: context.scope.context.clone(),
+                },
                 dir: context.shared.browser.downloads.join(&id),
             }),
             Backing::External(_) => None,
@@ -549,21 +566,26 @@ impl Broker {
         };
         // The tabs are followed for the session's events; held to the limit if there is one.
         let tabs_watched = async {
-            let Some(Downloads { ws_url, context, .. }) = tabs_of else {
+            let Some(Downloads { watched, .. }) = tabs_of else {
                 return Ok(());
             };
-            let cap = TabCap {
-                ws_url,
-                context,
-                max: self.config.max_targets_per_session,
-                metrics: self.metrics.clone(),
-                until: session.ended().clone(),
-                events: session.events.get().cloned(),
-            };
-            tab_cap::start(cap, &self.tracker)
-                .instrument(session.span())
-                .await
-                .map_err(|e| ("its tabs could not be watched", BrokerError::BrowserSetup(e)))
+            let tabs = Tabs::new(
+                self.config.max_targets_per_session,
+                self.metrics.clone(),
+                session.events.get().cloned(),
+            );
+            let until = session.ended().clone();
+            match watched {
+                Watched::Own { ws_url } => {
+                    let cap = TabCap { ws_url, tabs, until };
+                    tab_cap::start(cap, &self.tracker).instrument(session.span()).await
+                }
+                Watched::Shared { shared, context } => {
+                    let registered = shared.watch.watch_tabs(&context, tabs, until, &self.tracker);
+                    registered.instrument(session.span()).await
+                }
+            }
+            .map_err(|e| ("its tabs could not be watched", BrokerError::BrowserSetup(e)))
         };
         // At once: each is mostly round trips to the browser, which on a busy machine wait
         // for a core (p50 0.88×, p90 0.52× beside a test run; docs/benchmarks.md). Boxed:
@@ -654,26 +676,37 @@ impl Broker {
             let log = CdpLog::start(files.clone(), session.ended().clone(), &self.tracker).map_err(files_error)?;
             let _ = session.cdp_log.set(Arc::new(log));
         }
-        if let Some(Downloads { ws_url, context, dir }) = downloads {
+        if let Some(Downloads { watched, dir }) = downloads {
             std::fs::create_dir_all(&dir).map_err(files_error)?;
             let _ = session.browser_downloads.set(dir.clone());
             if let Some(scope) = &session.upstream.scope {
                 let _ = scope.download_dir.set(dir.to_string_lossy().into_owned());
                 let _ = scope.files_dir.set(dir.join(".uploads"));
             }
-            let watch = artifacts::downloads::Watch {
-                ws_url,
-                context,
-                dir,
-                files: files.clone(),
-                client_left: session.connection_closed.clone(),
-                until: session.ended().clone(),
-                events: session.events.get().cloned(),
-            };
-            artifacts::downloads::start(watch, &self.tracker)
-                .instrument(session.span())
-                .await
-                .map_err(BrokerError::BrowserSetup)?;
+            let events = session.events.get().cloned();
+            let downloads = Arc::new(SessionDownloads::new(dir, files.clone(), events));
+            let (client_left, until) = (session.connection_closed.clone(), session.ended().clone());
+            match watched {
+                Watched::Own { ws_url } => {
+                    let watch = artifacts::downloads::Watch {
+                        ws_url,
+                        downloads,
+                        client_left,
+                        until,
+                    };
+                    artifacts::downloads::start(watch, &self.tracker)
+                        .instrument(session.span())
+                        .await
+                }
+                Watched::Shared { shared, context } => {
+                    let registered =
+                        shared
+                            .watch
+                            .watch_downloads(&context, downloads, client_left, until, &self.tracker);
+                    registered.instrument(session.span()).await
+                }
+            }
+            .map_err(BrokerError::BrowserSetup)?;
         }
         if record && let Some(ffmpeg) = &self.artifacts.ffmpeg {
             let spec = artifacts::recording::Spec {

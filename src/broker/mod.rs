@@ -388,6 +388,7 @@ impl Broker {
             sessions_context,
             kept_contexts: shared.iter().map(|b| (b.id.clone(), b.kept_contexts)).collect(),
             spare_contexts: shared.iter().map(|b| (b.id.clone(), b.spares)).collect(),
+            watched_contexts: shared.iter().map(|b| (b.id.clone(), b.watched_contexts)).collect(),
             shared_browsers: shared.into_iter().map(|b| (b.id, b.contexts)).collect(),
             artifacts: self.artifacts.usage(),
         })

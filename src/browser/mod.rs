@@ -5,7 +5,8 @@
 //! how a browser passes for a person's ([`stealth`]) or for a chosen machine
 //! ([`fingerprint`], [`devices`]), what its pages may not load ([`blocking`], with ad lists: [`ad_blocker`]) and the
 //! challenges they show ([`challenges`]), the
-//! cap on a session's tabs ([`tab_cap`]), the check of a user's own browser ([`byo`]),
+//! cap on a session's tabs ([`tab_cap`]; a shared browser's context sessions' tabs and
+//! downloads, on one connection: [`context_watch`]), the check of a user's own browser ([`byo`]),
 //! what the kernel lets each browser touch ([`confine`]), what a client may send: the
 //! context filter ([`filter`]) and the live view's ([`live_filter`]), a session's
 //! screen now ([`screenshot`]), and a live browser's state as a fork takes it ([`snapshot`]).
@@ -17,6 +18,7 @@ pub mod cdp;
 pub(crate) mod challenges;
 pub(crate) mod command;
 pub mod confine;
+pub(crate) mod context_watch;
 pub(crate) mod devices;
 pub(crate) mod egress;
 pub(crate) mod file_policy;

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::cdp::{CallError, Client};
+use super::context_watch::ContextWatch;
 use super::egress::Egress;
 use super::filter::Targets;
 use super::forward::{Gateway, Traffic, UpstreamProxy};
@@ -110,6 +111,8 @@ pub struct SharedBrowser {
     client: Arc<Client>,
     /// The one identity keeper of all its context sessions.
     pub(crate) keeper: ContextKeeper,
+    /// The one watch of all its context sessions' tabs and downloads, on `client`.
+    pub(crate) watch: ContextWatch,
     /// Its contexts' gateway ports, the only ones besides its own gateway's it may reach.
     gateway_ports: GatewayPorts,
     pub targets: Arc<Targets>,
@@ -136,6 +139,7 @@ impl SharedBrowser {
     fn takes(&self, tenant: &str, settings: &SharedSettings) -> bool {
         self.browser.is_alive()
             && self.keeper.is_running()
+            && self.watch.is_running()
             && !self.draining.load(Relaxed)
             && self
                 .owner
@@ -228,6 +232,8 @@ pub struct SharedInfo {
     pub kept_contexts: usize,
     /// Contexts prepared for the next creates.
     pub spares: usize,
+    /// Contexts whose session's tabs and downloads its context watch follows.
+    pub watched_contexts: usize,
     /// Takes no new context; closed once its last one ends.
     pub draining: bool,
     /// The ports its contexts' gateways serve on (bound for its whole life).
@@ -536,6 +542,7 @@ impl SharedBrowsers {
             .map_err(|e| PoolError::Setup(format!("the identity keeper could not start: {e}")))?;
         let targets = Arc::new(Targets::default());
         let mut events = client.subscribe();
+        let watch = ContextWatch::start(client.clone(), client.subscribe(), browser.exited());
         client
             .call(
                 None,
@@ -588,6 +595,7 @@ impl SharedBrowsers {
             trimming: AtomicBool::new(false),
             client,
             keeper,
+            watch,
             gateway_ports,
             targets,
             live: AtomicUsize::new(0),
@@ -812,6 +820,7 @@ impl SharedBrowsers {
                 contexts: b.contexts(),
                 kept_contexts: b.keeper.registered(),
                 spares: b.spares(),
+                watched_contexts: b.watch.registered(),
                 draining: b.draining.load(Relaxed),
                 gateway_ports: b.gateway_ports.ports().to_vec(),
             })

@@ -2,11 +2,15 @@
 //!
 //! The relay of a process session passes frames without reading them, and a context
 //! session's filter should not need to count, so neither can refuse a `Target.createTarget`
-//! (nor a page's `window.open`). Instead the broker discovers the session's targets (all of
-//! its browser's, or those of its context in a shared browser) and closes every tab opened
-//! while the session already has its number open: a client ends up with at most the
-//! limit, whatever it asked for.
+//! (nor a page's `window.open`). Instead the broker discovers the session's targets and
+//! closes every tab opened while the session already has its number open: a client ends up
+//! with at most the limit, whatever it asked for.
+//!
+//! A process session's browser is all its own: [`start`] gives it a connection of its own.
+//! A context session's tabs are followed by its shared browser's one context watch
+//! (`context_watch.rs`), which hands each of [`Tabs`] only the events of its context.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,22 +25,105 @@ use crate::metrics::Metrics;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whose tabs to hold, and to how many.
+/// A process session's tabs to hold: all of its browser's.
 pub(crate) struct TabCap {
     /// The browser's DevTools address.
     pub ws_url: String,
-    /// The session's context in a shared browser; `None`: the whole browser is the session's.
-    pub context: Option<String>,
-    /// 0: no limit (the tabs are only followed, for the session's events).
-    pub max: usize,
-    pub metrics: Arc<Metrics>,
+    pub tabs: Tabs,
     pub until: CancellationToken,
-    /// Where the session's tabs opened, navigated, closed and crashed are told.
-    pub events: Option<Arc<SessionEvents>>,
 }
 
-/// Starts watching; answers once the session's open tabs are known, so that none opened
-/// from then on passes unseen.
+/// One session's tabs: those open, to how many, and where they are told.
+pub(crate) struct Tabs {
+    /// At most this many open; `usize::MAX`: no limit (the tabs are only followed).
+    max: usize,
+    metrics: Arc<Metrics>,
+    /// Where the session's tabs opened, navigated, closed and crashed are told.
+    events: Option<Arc<SessionEvents>>,
+    /// The tabs open, oldest first, and their URLs.
+    open: Vec<String>,
+    urls: HashMap<String, String>,
+}
+
+impl Tabs {
+    /// `max` 0: no limit.
+    pub(crate) fn new(max: usize, metrics: Arc<Metrics>, events: Option<Arc<SessionEvents>>) -> Tabs {
+        Tabs {
+            max: if max == 0 { usize::MAX } else { max },
+            metrics,
+            events,
+            open: Vec::new(),
+            urls: HashMap::new(),
+        }
+    }
+
+    fn tell(&self, kind: EventType, data: Value) {
+        if let Some(log) = &self.events {
+            log.emit(kind, data);
+        }
+    }
+
+    /// Takes a `Target.*` event about one of the session's targets; answers a tab to close
+    /// (one opened while the session has its number open).
+    pub(crate) fn on_event(&mut self, event: &Value) -> Option<String> {
+        let info = &event["params"]["targetInfo"];
+        match event["method"].as_str() {
+            Some("Target.targetCreated") if info["type"] == "page" => {
+                let id = info["targetId"].as_str()?;
+                if self.open.iter().any(|o| o == id) {
+                    return None;
+                }
+                if self.open.len() < self.max {
+                    self.open.push(id.to_owned());
+                    let url = info["url"].as_str().unwrap_or_default();
+                    self.urls.insert(id.to_owned(), url.to_owned());
+                    self.tell(EventType::TabOpened, json!({ "target_id": id, "url": url }));
+                    return None;
+                }
+                self.metrics.targets_closed.inc();
+                tracing::info!(
+                    max = self.max,
+                    "tab closed: the session has max_targets_per_session open"
+                );
+                Some(id.to_owned())
+            }
+            Some("Target.targetInfoChanged") => {
+                let id = info["targetId"].as_str().unwrap_or_default();
+                let url = info["url"].as_str().unwrap_or_default();
+                if let Some(known) = self.urls.get_mut(id)
+                    && known != url
+                {
+                    url.clone_into(known);
+                    self.tell(EventType::TabNavigated, json!({ "target_id": id, "url": url }));
+                }
+                None
+            }
+            Some("Target.targetCrashed") => {
+                let params = &event["params"];
+                let id = params["targetId"].as_str().unwrap_or_default();
+                if let Some(url) = self.urls.get(id) {
+                    self.tell(
+                        EventType::PageCrashed,
+                        json!({ "target_id": id, "url": url, "status": params["status"], "error_code": params["errorCode"] }),
+                    );
+                }
+                None
+            }
+            Some("Target.targetDestroyed") => {
+                let id = event["params"]["targetId"].as_str().unwrap_or_default();
+                self.open.retain(|o| o != id);
+                if self.urls.remove(id).is_some() {
+                    self.tell(EventType::TabClosed, json!({ "target_id": id }));
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Starts watching a process session's browser; answers once its open tabs are known, so
+/// that none opened from then on passes unseen.
 pub(crate) async fn start(cap: TabCap, tracker: &TaskTracker) -> Result<(), CdpError> {
     let client = Client::connect(&cap.ws_url).await?;
     let events = client.subscribe();
@@ -54,16 +141,7 @@ pub(crate) async fn start(cap: TabCap, tracker: &TaskTracker) -> Result<(), CdpE
     Ok(())
 }
 
-async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<Value>>, cap: TabCap) {
-    let mut open: Vec<String> = Vec::new();
-    let max = if cap.max == 0 { usize::MAX } else { cap.max };
-    // The session's tabs and their URLs, for its events.
-    let mut tabs: std::collections::HashMap<String, String> = Default::default();
-    let tell = |kind: EventType, data: Value| {
-        if let Some(log) = &cap.events {
-            log.emit(kind, data);
-        }
-    };
+async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<Value>>, mut cap: TabCap) {
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -77,75 +155,28 @@ async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<
             _ = cap.until.cancelled() => return,
             _ = client.closed().cancelled() => return,
         };
-        let info = &event["params"]["targetInfo"];
-        match event["method"].as_str() {
-            Some("Target.targetCreated") if is_tab_of(info, cap.context.as_deref()) => {
-                let Some(id) = info["targetId"].as_str() else { continue };
-                if open.iter().any(|o| o == id) {
-                    continue;
-                }
-                if open.len() < max {
-                    open.push(id.to_owned());
-                    let url = info["url"].as_str().unwrap_or_default();
-                    tabs.insert(id.to_owned(), url.to_owned());
-                    tell(EventType::TabOpened, json!({ "target_id": id, "url": url }));
-                    continue;
-                }
-                cap.metrics.targets_closed.inc();
-                tracing::info!(
-                    max = cap.max,
-                    "tab closed: the session has max_targets_per_session open"
-                );
-                let _ = client.send(None, "Target.closeTarget", json!({ "targetId": id }));
-            }
-            Some("Target.targetInfoChanged") => {
-                let id = info["targetId"].as_str().unwrap_or_default();
-                let url = info["url"].as_str().unwrap_or_default();
-                if let Some(known) = tabs.get_mut(id)
-                    && known != url
-                {
-                    url.clone_into(known);
-                    tell(EventType::TabNavigated, json!({ "target_id": id, "url": url }));
-                }
-            }
-            Some("Target.targetCrashed") => {
-                let params = &event["params"];
-                let id = params["targetId"].as_str().unwrap_or_default();
-                if let Some(url) = tabs.get(id) {
-                    tell(
-                        EventType::PageCrashed,
-                        json!({ "target_id": id, "url": url, "status": params["status"], "error_code": params["errorCode"] }),
-                    );
-                }
-            }
-            Some("Target.targetDestroyed") => {
-                let id = event["params"]["targetId"].as_str().unwrap_or_default();
-                open.retain(|o| o != id);
-                if tabs.remove(id).is_some() {
-                    tell(EventType::TabClosed, json!({ "target_id": id }));
-                }
-            }
-            _ => {}
+        if let Some(extra) = cap.tabs.on_event(&event) {
+            let _ = client.send(None, "Target.closeTarget", json!({ "targetId": extra }));
         }
     }
-}
-
-/// A tab (page target) of the session: in its context, when it has one.
-fn is_tab_of(info: &Value, context: Option<&str>) -> bool {
-    info["type"] == "page" && context.is_none_or(|c| info["browserContextId"] == c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn created(id: &str, kind: &str) -> Value {
+        json!({"method": "Target.targetCreated", "params": {"targetInfo": {"type": kind, "targetId": id, "url": "about:blank"}}})
+    }
+
     #[test]
-    fn only_pages_of_the_sessions_context_count() {
-        let page = json!({"type": "page", "targetId": "T1", "browserContextId": "C1"});
-        assert!(is_tab_of(&page, None));
-        assert!(is_tab_of(&page, Some("C1")));
-        assert!(!is_tab_of(&page, Some("C2")));
-        let worker = json!({"type": "service_worker", "targetId": "W", "browserContextId": "C1"});
-        assert!(!is_tab_of(&worker, Some("C1")));
+    fn tabs_past_the_limit_are_closed_and_others_are_not_tabs() {
+        let mut tabs = Tabs::new(1, Arc::default(), None);
+        assert_eq!(tabs.on_event(&created("T1", "page")), None);
+        assert_eq!(tabs.on_event(&created("W", "service_worker")), None);
+        assert_eq!(tabs.on_event(&created("T2", "page")), Some("T2".into()));
+        let destroyed = json!({"method": "Target.targetDestroyed", "params": {"targetId": "T1"}});
+        assert_eq!(tabs.on_event(&destroyed), None);
+        assert_eq!(tabs.on_event(&created("T3", "page")), None);
     }
 }
