@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use super::session_files::SessionFiles;
 use crate::browser::cdp::{CdpError, Client};
+use crate::browser::context_watch::DownloadSink;
 use crate::events::{EventType, SessionEvents};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,6 +154,29 @@ impl SessionDownloads {
     }
 }
 
+/// A context session's downloads, handed over by its shared browser's context watch.
+impl DownloadSink for SessionDownloads {
+    fn dir(&self) -> &Path {
+        SessionDownloads::dir(self)
+    }
+
+    fn holds(&self, path: &Path) -> bool {
+        SessionDownloads::holds(self, path)
+    }
+
+    fn behavior(&self, context: Option<&str>) -> Value {
+        SessionDownloads::behavior(self, context)
+    }
+
+    fn began(&self, guid: &str, suggested: &str, url: Option<&Value>) {
+        SessionDownloads::began(self, guid, suggested, url)
+    }
+
+    fn progressed(self: Arc<Self>, params: &Value) -> bool {
+        SessionDownloads::progressed(&self, params)
+    }
+}
+
 /// Sets a process session's download folder, then watches until `until` fires or the
 /// browser goes. Answers once the folder is set, so the session's first download lands in it.
 pub(crate) async fn start(watch: Watch, tracker: &TaskTracker) -> Result<(), CdpError> {
@@ -211,19 +235,6 @@ async fn run(client: Client, watch: Watch, mut events: tokio::sync::broadcast::R
             // A whole browser's folder goes with the browser.
             _ = watch.until.cancelled() => return,
             _ = client.closed().cancelled() => return,
-        }
-    }
-}
-
-/// Removes an ended context session's folder: its own directory inside the shared browser's,
-/// which outlives it; else every ended session would leave its directory (and any download
-/// cut short) there until the browser is replaced.
-pub(crate) async fn forget_folder(dir: &Path) {
-    match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove an ended session's download folder")
         }
     }
 }

@@ -3,7 +3,7 @@
 //! and disposes its contexts, and already discovers its targets for the filters).
 //!
 //! Each context session registers its browser context: its [`Tabs`] (the tab cap and the tab
-//! events) and its [`SessionDownloads`]. The watch knows every target's browser context
+//! events) and its [`DownloadSink`]. The watch knows every target's browser context
 //! (from `Target.targetCreated`), hands each target event to the session of that context
 //! only, and works out whose each download is: a download names the frame that began it,
 //! which is a target of one context, or else (a frame that is not a target) it is the
@@ -16,7 +16,7 @@
 //! context sessions and its taking of new ones: this connection makes the contexts.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -30,9 +30,23 @@ use tracing::Instrument;
 
 use super::cdp::{CdpError, Client};
 use super::tab_cap::Tabs;
-use crate::artifacts::downloads::{self, SessionDownloads};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the watch hands a context session's downloads: its files (`artifacts::downloads`,
+/// a layer above the browser's, implements it).
+pub(crate) trait DownloadSink: Send + Sync {
+    /// The session's own download folder.
+    fn dir(&self) -> &Path;
+    /// Whether Chrome wrote `path` into that folder.
+    fn holds(&self, path: &Path) -> bool;
+    /// `Browser.setDownloadBehavior`'s parameters for the folder, in `context`.
+    fn behavior(&self, context: Option<&str>) -> Value;
+    /// A download of the session's has begun (`url`, when known).
+    fn began(&self, guid: &str, suggested: &str, url: Option<&Value>);
+    /// A `Browser.downloadProgress` of one of its downloads; answers whether to cancel it.
+    fn progressed(self: Arc<Self>, params: &Value) -> bool;
+}
 
 enum Command {
     Tabs {
@@ -42,7 +56,7 @@ enum Command {
     },
     Downloads {
         context: String,
-        downloads: Arc<SessionDownloads>,
+        downloads: Arc<dyn DownloadSink>,
         done: oneshot::Sender<()>,
     },
     Unregister {
@@ -140,7 +154,7 @@ impl ContextWatch {
     pub(crate) async fn watch_downloads(
         &self,
         context: &str,
-        downloads: Arc<SessionDownloads>,
+        downloads: Arc<dyn DownloadSink>,
         client_left: Arc<Notify>,
         until: CancellationToken,
         tracker: &TaskTracker,
@@ -168,7 +182,7 @@ impl ContextWatch {
                     }
                 }
                 let _ = commands.send(Command::Unregister { context });
-                downloads::forget_folder(&dir).await;
+                forget_folder(&dir).await;
             }
             .in_current_span(),
         );
@@ -214,7 +228,7 @@ struct Target {
 #[derive(Default)]
 struct Watched {
     tabs: Option<Tabs>,
-    downloads: Option<Arc<SessionDownloads>>,
+    downloads: Option<Arc<dyn DownloadSink>>,
 }
 
 /// The watch's task: alone to read and change what it knows, so that a registration comes
@@ -445,6 +459,19 @@ impl Dispatch {
         if downloads.progressed(params) {
             let cancel = json!({ "guid": guid, "browserContextId": context });
             let _ = self.client.send(None, "Browser.cancelDownload", cancel);
+        }
+    }
+}
+
+/// Removes an ended context session's folder: its own directory inside the shared browser's,
+/// which outlives it; else every ended session would leave its directory (and any download
+/// cut short) there until the browser is replaced.
+async fn forget_folder(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove an ended session's download folder")
         }
     }
 }
