@@ -121,6 +121,8 @@ def plot(out, t, half, results):
         ax.set_title(f"{LABELS[r['name']]}: {'flat' if r['flat'] else 'GROWS'}", fontsize=10)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(results):]:
+        ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("hours")
     fig.suptitle("cdpgate soak: samples, and the fit over the second half (dashed)")
