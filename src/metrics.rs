@@ -615,29 +615,16 @@ impl Metrics {
         process.set(count(gauges.sessions_active.saturating_sub(gauges.sessions_context)));
         context.set(count(gauges.sessions_context));
         // Browsers come and go: only those running now are shown.
-        self.shared_browser_contexts.clear();
-        for (browser, contexts) in &gauges.shared_browsers {
-            self.shared_browser_contexts
-                .get_or_create(&[("browser", browser.clone())])
-                .set(count(*contexts));
-        }
-        self.shared_browser_kept_contexts.clear();
-        for (browser, kept) in &gauges.kept_contexts {
-            self.shared_browser_kept_contexts
-                .get_or_create(&[("browser", browser.clone())])
-                .set(count(*kept));
-        }
-        self.shared_browser_spare_contexts.clear();
-        for (browser, spares) in &gauges.spare_contexts {
-            self.shared_browser_spare_contexts
-                .get_or_create(&[("browser", browser.clone())])
-                .set(count(*spares));
-        }
-        self.shared_browser_watched_contexts.clear();
-        for (browser, watched) in &gauges.watched_contexts {
-            self.shared_browser_watched_contexts
-                .get_or_create(&[("browser", browser.clone())])
-                .set(count(*watched));
+        for (family, values) in [
+            (&self.shared_browser_contexts, &gauges.shared_browsers),
+            (&self.shared_browser_kept_contexts, &gauges.kept_contexts),
+            (&self.shared_browser_spare_contexts, &gauges.spare_contexts),
+            (&self.shared_browser_watched_contexts, &gauges.watched_contexts),
+        ] {
+            family.clear();
+            for (browser, value) in values {
+                family.get_or_create(&[("browser", browser.clone())]).set(count(*value));
+            }
         }
         let usage = gauges.artifacts;
         self.files.set(usage.files);
