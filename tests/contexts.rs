@@ -655,6 +655,21 @@ async fn a_burst_raises_the_spares_to_the_ceiling_and_quiet_closes_the_extra_one
     assert_eq!(most.load(Ordering::SeqCst), 4, "never past the ceiling");
     let (contexts, _) = settled_holdings(&server).await;
     assert_eq!(contexts, 1, "the extra spares' contexts were closed in Chrome");
+    // The identity keeper dresses the one spare left, not the ones closed.
+    let dressed = || {
+        server
+            .broker
+            .shared()
+            .browsers()
+            .iter()
+            .map(|b| b.dressed_spares)
+            .sum::<usize>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || dressed() == 1).await,
+        "dressed: {}",
+        dressed()
+    );
     // And a new burst raises them as before.
     most.store(0, Ordering::SeqCst);
     burst().await;

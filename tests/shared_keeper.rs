@@ -404,3 +404,131 @@ async fn a_huge_console_message_does_not_unkeep_a_neighbour() {
     assert_identity(&A, &own, "A's page after its huge message");
     server.stop().await;
 }
+
+fn dressed_spares(server: &TestServer) -> (usize, usize) {
+    let browsers = server.broker.shared().browsers();
+    (
+        browsers.iter().map(|b| b.spares).sum(),
+        browsers.iter().map(|b| b.dressed_spares).sum(),
+    )
+}
+
+/// What a session's first document (the spare's blank page, before any navigation) shows.
+const FIRST_DOCUMENT: &str = "({ ua: navigator.userAgent, lang: navigator.language, \
+     tz: Intl.DateTimeFormat().resolvedOptions().timeZone, webdriver: navigator.webdriver, \
+     plugins: navigator.plugins.length, chrome: typeof window.chrome, history: history.length })";
+
+/// A spare's page is dressed ahead, as it opens, for a session that asks for nothing (the
+/// user agent without `Headless`, the shell's missing parts, no automation tells): such a
+/// session finds it so, and one that asks for its own identity and capture gets a page
+/// dressed again, its first blank document included, with nothing of the plain dressing
+/// left (its console lines captured once, its user agent on every request). The keeper
+/// dresses exactly the spares the browser holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_others() {
+    let (site, log) = start_site().await;
+    let server = start(2).await;
+    let plain_body = json!({ "isolation": "context", "proxy": { "server": format!("http://{site}") } });
+    let create_plain = || async {
+        let created = server
+            .call(
+                Method::POST,
+                "/public/sessions",
+                Some(KEY_B),
+                Some(&plain_body.to_string()),
+            )
+            .await;
+        assert_eq!(created.status, hyper::StatusCode::CREATED, "{}", created.body);
+        created.json
+    };
+    let first = create_plain().await;
+    for round in 0..4 {
+        let ready = eventually(Duration::from_secs(20), || dressed_spares(&server) == (2, 2)).await;
+        assert!(
+            ready,
+            "round {round}: two spares, both dressed: {:?}",
+            dressed_spares(&server)
+        );
+        let plain = round % 2 == 0;
+        let session = if plain {
+            create_plain().await
+        } else {
+            create(&server, &A, site).await
+        };
+        assert_eq!(dressed_spares(&server).0, 1, "round {round}: the session took a spare");
+        let mut client = CdpClient::connect(&session).await;
+        let (_, page) = client.own_page().await;
+        let blank = client.eval(&page, FIRST_DOCUMENT).await;
+        assert_eq!(blank["history"], 1, "round {round}: still the first document: {blank}");
+        assert_eq!(blank["webdriver"], false, "round {round}: {blank}");
+        assert_eq!(
+            blank["plugins"], 5,
+            "round {round}: the shell's plugins put back: {blank}"
+        );
+        assert_eq!(blank["chrome"], "object", "round {round}: {blank}");
+        let who = format!("{}-dressed{round}", if plain { "b" } else { "a" });
+        client.load(&page, &format!("http://site.test/probe?who={who}")).await;
+        let (own, frame) = seen_in(&mut client, &page).await;
+        let request_ua = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, path, _, _)| path.contains(&format!("who={who}")))
+            .map(|(_, _, ua, _)| ua.clone())
+            .expect("the page's request");
+        if plain {
+            for seen in [&blank, &own, &frame] {
+                let ua = seen["ua"].as_str().unwrap();
+                assert!(
+                    ua.contains("Chrome/") && !ua.contains("Headless"),
+                    "round {round}: {seen}"
+                );
+                assert!(
+                    !ua.contains("Tenant"),
+                    "round {round}: no other session's identity: {seen}"
+                );
+            }
+            assert!(!request_ua.contains("headless"), "round {round}: {request_ua}");
+        } else {
+            assert_identity(&A, &blank, "first document of a spare dressed again");
+            assert_identity(&A, &own, "page of a spare dressed again");
+            assert_identity(&A, &frame, "iframe of a spare dressed again");
+            assert_eq!(request_ua, A.ua.to_lowercase());
+            let expected: HashMap<String, usize> = [format!("console-of-{who}"), format!("console-of-{who}-frame")]
+                .into_iter()
+                .map(|line| (line, 1))
+                .collect();
+            let once = eventually_async(Duration::from_secs(10), || async {
+                counted(&console_of(&server, KEY_A, id(&session)).await) == expected
+            })
+            .await;
+            let lines = console_of(&server, KEY_A, id(&session)).await;
+            assert!(once, "round {round}: each line captured once: {lines:?}");
+        }
+        // The page's console is wrapped once: a client's console event starts at the
+        // page's own frame (the broker drops the one wrapper's frame; a second script's
+        // wrapper would show on top).
+        client.send(Some(&page), "Runtime.enable", json!({})).await;
+        let line = format!("stack-of-{who}");
+        let call = format!("(function pageFunction() {{ console.log('{line}'); }})()\n//# sourceURL=probe.js");
+        client
+            .send(Some(&page), "Runtime.evaluate", json!({ "expression": call }))
+            .await;
+        let is_line =
+            |e: &Value| e["method"] == "Runtime.consoleAPICalled" && e["params"]["args"][0]["value"] == line.as_str();
+        client.wait_event(is_line).await;
+        let event = client.events.iter().find(|e| is_line(e)).unwrap();
+        let top = &event["params"]["stackTrace"]["callFrames"][0];
+        assert_eq!(top["url"], "probe.js", "round {round}: {event}");
+        assert_eq!(top["functionName"], "pageFunction", "round {round}: {event}");
+        let key = if plain { KEY_B } else { KEY_A };
+        let path = format!("/public/sessions/{}/terminate", id(&session));
+        server.call(Method::POST, &path, Some(key), None).await;
+    }
+    let path = format!("/public/sessions/{}/terminate", id(&first));
+    server.call(Method::POST, &path, Some(KEY_B), None).await;
+    assert!(eventually(Duration::from_secs(10), || kept_contexts(&server) == 0).await);
+    let (spares, dressed) = dressed_spares(&server);
+    assert_eq!(dressed, spares, "the keeper dresses the spares there are, no more");
+    server.stop().await;
+}

@@ -60,6 +60,9 @@ struct Attached {
     parent: Option<String>,
     /// Its session's overrides are on it.
     applied: bool,
+    /// A spare's page: the commands of a session that asks for nothing, put on it ahead
+    /// of any session (`ContextKeeper::spare`).
+    dressed: Option<Vec<(&'static str, Value)>>,
 }
 
 impl Attached {
@@ -75,6 +78,13 @@ enum Command {
         done: oneshot::Sender<Result<(), CdpError>>,
     },
     Unregister {
+        context: String,
+    },
+    Spare {
+        context: String,
+        done: oneshot::Sender<()>,
+    },
+    Unspare {
         context: String,
     },
 }
@@ -114,6 +124,7 @@ pub(crate) async fn keep(
 pub(crate) struct ContextKeeper {
     commands: mpsc::UnboundedSender<Command>,
     registered: Arc<AtomicUsize>,
+    spares: Arc<AtomicUsize>,
 }
 
 impl ContextKeeper {
@@ -130,9 +141,13 @@ impl ContextKeeper {
             .await
             .map_err(|_| CdpError::Timeout)??;
         let (commands, receiver) = mpsc::unbounded_channel();
-        let registered = keeper.registered.clone();
+        let (registered, spares) = (keeper.registered.clone(), keeper.spare_count.clone());
         tokio::spawn(keeper.run(Some(receiver), CancellationToken::new()));
-        Ok(ContextKeeper { commands, registered })
+        Ok(ContextKeeper {
+            commands,
+            registered,
+            spares,
+        })
     }
 
     /// Puts `identity` on every target of `context` (those open now before this answers,
@@ -167,6 +182,28 @@ impl ContextKeeper {
             .map_err(|_| gone())?
     }
 
+    /// Takes `context` for a spare: its pages get the overrides of a session that asks for
+    /// nothing as they open, so that such a session, the most common, finds them there
+    /// when it registers (a round trip through the page instead of the page's script). Called
+    /// before the context's first tab is made; answers once the keeper knows.
+    pub(crate) async fn spare(&self, context: &str) {
+        let (done, answer) = oneshot::channel();
+        let spare = Command::Spare {
+            context: context.to_owned(),
+            done,
+        };
+        if self.commands.send(spare).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// Forgets `context` as a spare: it is being disposed unused.
+    pub(crate) fn unspare(&self, context: &str) {
+        let _ = self.commands.send(Command::Unspare {
+            context: context.to_owned(),
+        });
+    }
+
     /// Whether it still keeps the browser's targets (it stops with the browser, or when it
     /// could not connect again): a browser without it takes no new context.
     pub(crate) fn is_running(&self) -> bool {
@@ -176,6 +213,11 @@ impl ContextKeeper {
     /// The contexts registered now.
     pub(crate) fn registered(&self) -> usize {
         self.registered.load(Relaxed)
+    }
+
+    /// The spare contexts it dresses now.
+    pub(crate) fn spares(&self) -> usize {
+        self.spares.load(Relaxed)
     }
 }
 
@@ -188,6 +230,9 @@ struct Keeper {
     whole: Option<Arc<Kept>>,
     /// A shared browser's: each context session's, by its browser context.
     contexts: HashMap<String, Arc<Kept>>,
+    /// A shared browser's spare contexts (no session yet), whose pages are dressed.
+    spares: HashSet<String>,
+    spare_count: Arc<AtomicUsize>,
     registered: Arc<AtomicUsize>,
     /// Some session captures console / network events (else they are not parsed).
     console: bool,
@@ -208,6 +253,8 @@ impl Keeper {
             facts: BrowserFacts::default(),
             whole,
             contexts: HashMap::new(),
+            spares: HashSet::new(),
+            spare_count: Arc::default(),
             registered: Arc::default(),
             console: false,
             network: false,
@@ -248,6 +295,12 @@ impl Keeper {
                         let _ = done.send(registered);
                     }
                     Some(Command::Unregister { context }) => self.unregister(&context).await,
+                    Some(Command::Unspare { context }) => self.drop_spare(&context),
+                    Some(Command::Spare { context, done }) => {
+                        self.spares.insert(context);
+                        self.spare_count.store(self.spares.len(), Relaxed);
+                        let _ = done.send(());
+                    }
                     None => break,
                 },
                 _ = until.cancelled() => break,
@@ -379,6 +432,7 @@ impl Keeper {
     /// Takes on `context`'s session: its targets open now get their overrides before this
     /// answers (a spare context's first tab), later ones as they attach.
     async fn register(&mut self, context: &str, kept: Arc<Kept>) -> Result<(), CdpError> {
+        self.drop_spare(context);
         self.contexts.insert(context.to_owned(), kept.clone());
         self.registered.store(self.contexts.len(), Relaxed);
         self.note_captures();
@@ -389,15 +443,78 @@ impl Keeper {
             .map(|(s, _)| s.clone())
             .collect();
         for session in open {
-            self.apply(&session, &kept).await?;
+            let Some((dressed, kind)) = self
+                .attached
+                .get_mut(&session)
+                .map(|a| (a.dressed.take(), a.kind.clone()))
+            else {
+                continue;
+            };
+            match dressed {
+                None => self.apply(&session, &kept).await?,
+                Some(dressed) if dressed == self.commands_for(&kept, &kind) => {
+                    if let Some(attached) = self.attached.get_mut(&session) {
+                        attached.applied = true;
+                    }
+                }
+                Some(_) => self.redress(&session).await?,
+            }
         }
         self.land(Some(context)).await
+    }
+
+    fn drop_spare(&mut self, context: &str) {
+        if self.spares.remove(context) {
+            self.spare_count.store(self.spares.len(), Relaxed);
+        }
+    }
+
+    /// The commands that put `kept`'s identity on a target of `kind`.
+    fn commands_for(&self, kept: &Kept, kind: &str) -> Vec<(&'static str, Value)> {
+        // A process session's blocking is on the browser target; a context's, on each of
+        // its targets.
+        let fetch = match self.whole {
+            Some(_) => None,
+            None => kept.watch.blocking.fetch_params(),
+        };
+        let capture = kept.watch.capture.as_deref();
+        identity::target_commands(&kept.identity, &self.facts, kind, fetch, capture)
+    }
+
+    /// Puts a session that asks for something on a spare's page dressed for one that asks
+    /// for nothing: the CDP session that dressed it goes (its overrides and scripts with
+    /// it), a new one gets the session's (as it attaches: `on_attached`), and the page
+    /// loads a new blank document, on which the plain script has not run.
+    async fn redress(&mut self, session: &str) -> Result<(), CdpError> {
+        let Some(old) = self.attached.remove(session) else {
+            return Ok(());
+        };
+        let detach = json!({ "sessionId": session });
+        self.call(old.parent.as_deref(), "Target.detachFromTarget", detach)
+            .await?;
+        let attach = json!({ "targetId": old.target, "flatten": true });
+        let attached = self.call(None, "Target.attachToTarget", attach).await?;
+        let Some(new) = attached["sessionId"].as_str().map(str::to_owned) else {
+            return Err(CdpError::Protocol("Target.attachToTarget answered no session".into()));
+        };
+        if !self.attached.contains_key(&new) {
+            // Chrome tells of the attachment before it answers; in case it has not yet,
+            // the page is taken on here (and the event, when it comes, is not acted on).
+            let event = json!({ "params": { "sessionId": new, "targetInfo": {
+                "targetId": old.target, "type": old.kind, "browserContextId": old.context,
+            }}});
+            self.on_attached(&event).await?;
+        }
+        self.call(Some(&new), "Page.navigate", json!({ "url": "about:blank" }))
+            .await
+            .map(drop)
     }
 
     /// Lets `context`'s targets go (their overrides and capture end with the keeper's
     /// sessions to them) and forgets its session; answers what it wanted.
     async fn forget(&mut self, context: &str) -> Option<Arc<Kept>> {
         let kept = self.contexts.remove(context);
+        self.drop_spare(context);
         self.registered.store(self.contexts.len(), Relaxed);
         self.note_captures();
         let sessions: Vec<(String, Option<String>)> = self
@@ -495,6 +612,9 @@ impl Keeper {
         let Some(session) = params["sessionId"].as_str() else {
             return Ok(());
         };
+        if self.attached.contains_key(session) {
+            return Ok(());
+        }
         let info = &params["targetInfo"];
         let parent = event["sessionId"].as_str().map(str::to_owned);
         // A frame or worker is its page's, whatever it says of itself.
@@ -508,11 +628,22 @@ impl Keeper {
             kind: info["type"].as_str().unwrap_or("").to_owned(),
             parent,
             applied: false,
+            dressed: None,
         };
         let kept = self.kept_for(&attached.context);
+        let spare = kept.is_none() && attached.is_page() && self.spares.contains(&attached.context);
+        let kind = attached.kind.clone();
         self.attached.insert(session.to_owned(), attached);
         if let Some(kept) = kept {
             self.apply(session, &kept).await?;
+        } else if spare {
+            let plain = identity::target_commands(&Identity::default(), &self.facts, &kind, None, None);
+            for (method, params) in &plain {
+                self.send(Some(session), method, params.clone()).await?;
+            }
+            if let Some(attached) = self.attached.get_mut(session) {
+                attached.dressed = Some(plain);
+            }
         }
         self.send(Some(session), "Runtime.runIfWaitingForDebugger", json!({}))
             .await
@@ -527,14 +658,7 @@ impl Keeper {
         };
         attached.applied = true;
         let kind = attached.kind.clone();
-        // A process session's blocking is on the browser target; a context's, on each of
-        // its targets.
-        let fetch = match self.whole {
-            Some(_) => None,
-            None => kept.watch.blocking.fetch_params(),
-        };
-        let capture = kept.watch.capture.as_deref();
-        for (method, params) in identity::target_commands(&kept.identity, &self.facts, &kind, fetch, capture) {
+        for (method, params) in self.commands_for(kept, &kind) {
             self.send(Some(session), method, params).await?;
         }
         Ok(())

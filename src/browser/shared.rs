@@ -230,6 +230,8 @@ pub struct SharedInfo {
     pub contexts: usize,
     /// Contexts whose session's identity its keeper applies.
     pub kept_contexts: usize,
+    /// Spare contexts its keeper dresses for a session that asks for nothing.
+    pub dressed_spares: usize,
     /// Contexts prepared for the next creates.
     pub spares: usize,
     /// Contexts whose session's tabs and downloads its context watch follows.
@@ -295,6 +297,8 @@ impl Drop for ContextLease {
 
 /// Disposes a context: its tabs close, its storage is gone. False if Chrome did not say so.
 async fn dispose(shared: &SharedBrowser, context: &str) -> bool {
+    // A spare's, if it was one: the keeper stops waiting for its tab.
+    shared.keeper.unspare(context);
     let params = json!({ "browserContextId": context });
     shared
         .client
@@ -376,7 +380,7 @@ impl SharedBrowsers {
         };
         let prepared = match spare {
             Some(spare) => spare,
-            None => match self.prepare(&shared, screen).await {
+            None => match self.prepare(&shared, screen, false).await {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     self.release(&shared);
@@ -628,8 +632,8 @@ impl SharedBrowsers {
     }
 
     /// Makes a context on `shared` with its gateway (on one of its ports) and its first tab
-    /// at `screen`.
-    async fn prepare(&self, shared: &Arc<SharedBrowser>, screen: Screen) -> Result<Prepared, String> {
+    /// at `screen`; a `spare`'s tab opens dressed by the keeper (`ContextKeeper::spare`).
+    async fn prepare(&self, shared: &Arc<SharedBrowser>, screen: Screen, spare: bool) -> Result<Prepared, String> {
         let listener = shared
             .gateway_ports
             .take()
@@ -675,6 +679,10 @@ impl SharedBrowsers {
             }
         };
         let context = created["browserContextId"].as_str().unwrap_or_default().to_owned();
+        if spare {
+            // Its first tab opens dressed for a session that asks for nothing.
+            shared.keeper.spare(&context).await;
+        }
         let tab = json!({
             "url": "about:blank",
             "browserContextId": context,
@@ -749,7 +757,7 @@ impl SharedBrowsers {
                 if !wanted {
                     break;
                 }
-                match browsers.prepare(&shared, browsers.settings.screen).await {
+                match browsers.prepare(&shared, browsers.settings.screen, true).await {
                     Ok(spare) => shared.spares.lock().expect("spares lock").push(spare),
                     Err(e) => {
                         tracing::debug!(error = %e, "could not prepare a spare context");
@@ -819,6 +827,7 @@ impl SharedBrowsers {
                 port: b.browser.port,
                 contexts: b.contexts(),
                 kept_contexts: b.keeper.registered(),
+                dressed_spares: b.keeper.spares(),
                 spares: b.spares(),
                 watched_contexts: b.watch.registered(),
                 draining: b.draining.load(Relaxed),
