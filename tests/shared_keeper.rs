@@ -416,14 +416,17 @@ fn dressed_spares(server: &TestServer) -> (usize, usize) {
 /// What a session's first document (the spare's blank page, before any navigation) shows.
 const FIRST_DOCUMENT: &str = "({ ua: navigator.userAgent, lang: navigator.language, \
      tz: Intl.DateTimeFormat().resolvedOptions().timeZone, webdriver: navigator.webdriver, \
-     plugins: navigator.plugins.length, chrome: typeof window.chrome, history: history.length })";
+     plugins: navigator.plugins.length, chrome: typeof window.chrome, history: history.length, \
+     platform: navigator.platform })";
 
 /// A spare's page is dressed ahead, as it opens, for a session that asks for nothing (the
 /// user agent without `Headless`, the shell's missing parts, no automation tells): such a
-/// session finds it so, and one that asks for its own identity and capture gets a page
-/// dressed again, its first blank document included, with nothing of the plain dressing
-/// left (its console lines captured once, its user agent on every request). The keeper
-/// dresses exactly the spares the browser holds.
+/// session finds it so; one that asks for its own user agent, locale, time zone and capture
+/// gets them on top, and one with a fingerprint (another page script) a page dressed again,
+/// each on its first blank document too, with nothing of the plain dressing left over (one
+/// console wrapper: a client's console event starts at the page's frame; lines captured
+/// once; its user agent on every request). The keeper dresses exactly the spares the
+/// browser holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_others() {
     let (site, log) = start_site().await;
@@ -442,16 +445,30 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
         created.json
     };
     let first = create_plain().await;
-    for round in 0..4 {
+    for round in 0..6 {
         let ready = eventually(Duration::from_secs(20), || dressed_spares(&server) == (2, 2)).await;
         assert!(
             ready,
             "round {round}: two spares, both dressed: {:?}",
             dressed_spares(&server)
         );
+        // Plain, then A's identity and capture (on top of the dressing), then a
+        // fingerprint (whose page script differs: dressed again), in turn.
         let plain = round % 2 == 0;
+        let fingerprint = round % 4 == 3;
         let session = if plain {
             create_plain().await
+        } else if fingerprint {
+            let body = json!({
+                "isolation": "context",
+                "fingerprint": { "os": "windows", "hardware": 5 },
+                "proxy": { "server": format!("http://{site}") },
+            });
+            let created = server
+                .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body.to_string()))
+                .await;
+            assert_eq!(created.status, hyper::StatusCode::CREATED, "{}", created.body);
+            created.json
         } else {
             create(&server, &A, site).await
         };
@@ -476,7 +493,19 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
             .find(|(_, path, _, _)| path.contains(&format!("who={who}")))
             .map(|(_, _, ua, _)| ua.clone())
             .expect("the page's request");
-        if plain {
+        if fingerprint {
+            for seen in [&blank, &own, &frame] {
+                assert!(
+                    seen["ua"].as_str().unwrap().contains("Windows NT"),
+                    "round {round}: {seen}"
+                );
+            }
+            assert_eq!(
+                blank["platform"], "Win32",
+                "round {round}: the first document too: {blank}"
+            );
+            assert!(request_ua.contains("windows nt"), "round {round}: {request_ua}");
+        } else if plain {
             for seen in [&blank, &own, &frame] {
                 let ua = seen["ua"].as_str().unwrap();
                 assert!(
@@ -490,9 +519,9 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
             }
             assert!(!request_ua.contains("headless"), "round {round}: {request_ua}");
         } else {
-            assert_identity(&A, &blank, "first document of a spare dressed again");
-            assert_identity(&A, &own, "page of a spare dressed again");
-            assert_identity(&A, &frame, "iframe of a spare dressed again");
+            assert_identity(&A, &blank, "first document of a dressed spare");
+            assert_identity(&A, &own, "page of a dressed spare");
+            assert_identity(&A, &frame, "iframe of a dressed spare");
             assert_eq!(request_ua, A.ua.to_lowercase());
             let expected: HashMap<String, usize> = [format!("console-of-{who}"), format!("console-of-{who}-frame")]
                 .into_iter()

@@ -450,14 +450,20 @@ impl Keeper {
             else {
                 continue;
             };
-            match dressed {
-                None => self.apply(&session, &kept).await?,
-                Some(dressed) if dressed == self.commands_for(&kept, &kind) => {
+            let Some(dressed) = dressed else {
+                self.apply(&session, &kept).await?;
+                continue;
+            };
+            match on_top_of(&dressed, self.commands_for(&kept, &kind)) {
+                Some(rest) => {
                     if let Some(attached) = self.attached.get_mut(&session) {
                         attached.applied = true;
                     }
+                    for (method, params) in rest {
+                        self.send(Some(&session), method, params).await?;
+                    }
                 }
-                Some(_) => self.redress(&session).await?,
+                None => self.redress(&session).await?,
             }
         }
         self.land(Some(context)).await
@@ -706,6 +712,28 @@ impl Keeper {
     }
 }
 
+/// What is left to send to a page dressed with `dressed` for it to have `wanted`: the
+/// commands it has not had as they are, if every command it had is one `wanted` sends too
+/// (an override that the new one replaces) and its page script is `wanted`'s (a second
+/// script would run beside the first on every document). `None`: it must be dressed again.
+fn on_top_of(
+    dressed: &[(&'static str, Value)],
+    wanted: Vec<(&'static str, Value)>,
+) -> Option<Vec<(&'static str, Value)>> {
+    const SCRIPT: &str = "Page.addScriptToEvaluateOnNewDocument";
+    let script = |commands: &[(&'static str, Value)]| commands.iter().find(|(m, _)| *m == SCRIPT).cloned();
+    let replaced = dressed.iter().all(|(m, _)| wanted.iter().any(|(w, _)| w == m));
+    if !replaced || script(dressed) != script(&wanted) {
+        return None;
+    }
+    Some(
+        wanted
+            .into_iter()
+            .filter(|command| !dressed.contains(command))
+            .collect(),
+    )
+}
+
 /// The keeper's connection to the browser at `upstream`.
 async fn open(upstream: &Upstream, egress: &Egress) -> Result<Socket, CdpError> {
     let (stream, early) = upstream
@@ -722,5 +750,40 @@ async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -
     match commands {
         Some(commands) => commands.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain() -> Vec<(&'static str, Value)> {
+        vec![
+            ("Emulation.setUserAgentOverride", json!({ "userAgent": "Chrome/156" })),
+            ("Page.enable", json!({})),
+            ("Page.addScriptToEvaluateOnNewDocument", json!({ "source": "patch()" })),
+            ("Target.setAutoAttach", json!({ "autoAttach": true })),
+        ]
+    }
+
+    #[test]
+    fn a_dressed_page_takes_only_what_it_lacks_or_is_dressed_again() {
+        assert_eq!(on_top_of(&plain(), plain()), Some(vec![]));
+        // Another user agent and a time zone: the override replaced, the zone added.
+        let mut wanted = plain();
+        wanted[0].1 = json!({ "userAgent": "Agent/7" });
+        wanted.push(("Emulation.setTimezoneOverride", json!({ "timezoneId": "Asia/Tokyo" })));
+        let rest = on_top_of(&plain(), wanted.clone()).unwrap();
+        assert_eq!(rest, vec![wanted[0].clone(), wanted[4].clone()]);
+        // Another page script (a fingerprint's) would run beside the first one.
+        let mut wanted = plain();
+        wanted[2].1 = json!({ "source": "patch(fingerprint)" });
+        assert_eq!(on_top_of(&plain(), wanted), None);
+        // An override the session would not send would stay on.
+        let wanted: Vec<_> = plain()
+            .into_iter()
+            .filter(|(m, _)| !m.starts_with("Emulation"))
+            .collect();
+        assert_eq!(on_top_of(&plain(), wanted), None);
     }
 }
