@@ -184,7 +184,9 @@ impl ContextKeeper {
 
     /// Takes `context` for a spare: its pages get the overrides of a session that asks for
     /// nothing as they open, so that such a session, the most common, finds them there
-    /// when it registers (a round trip through the page instead of the page's script). Called
+    /// when it registers (a round trip through the page instead of the page's script), and
+    /// one that asks for more gets the rest on top. Not while the sessions registering ask
+    /// for a page script of their own (a fingerprint): their spares stay bare. Called
     /// before the context's first tab is made; answers once the keeper knows.
     pub(crate) async fn spare(&self, context: &str) {
         let (done, answer) = oneshot::channel();
@@ -233,6 +235,10 @@ struct Keeper {
     /// A shared browser's spare contexts (no session yet), whose pages are dressed.
     spares: HashSet<String>,
     spare_count: Arc<AtomicUsize>,
+    /// Whether new spares are dressed: the last session to register could have taken a
+    /// dressed page as it was or with overrides on top (not one with a page script of its
+    /// own, for which a dressed page is dressed again, slower than an undressed one).
+    dress_spares: bool,
     registered: Arc<AtomicUsize>,
     /// Some session captures console / network events (else they are not parsed).
     console: bool,
@@ -255,6 +261,7 @@ impl Keeper {
             contexts: HashMap::new(),
             spares: HashSet::new(),
             spare_count: Arc::default(),
+            dress_spares: true,
             registered: Arc::default(),
             console: false,
             network: false,
@@ -297,7 +304,9 @@ impl Keeper {
                     Some(Command::Unregister { context }) => self.unregister(&context).await,
                     Some(Command::Unspare { context }) => self.drop_spare(&context),
                     Some(Command::Spare { context, done }) => {
-                        self.spares.insert(context);
+                        if self.dress_spares {
+                            self.spares.insert(context);
+                        }
                         self.spare_count.store(self.spares.len(), Relaxed);
                         let _ = done.send(());
                     }
@@ -433,6 +442,8 @@ impl Keeper {
     /// answers (a spare context's first tab), later ones as they attach.
     async fn register(&mut self, context: &str, kept: Arc<Kept>) -> Result<(), CdpError> {
         self.drop_spare(context);
+        let plain = identity::target_commands(&Identity::default(), &self.facts, "page", None, None);
+        self.dress_spares = on_top_of(&plain, self.commands_for(&kept, "page")).is_some();
         self.contexts.insert(context.to_owned(), kept.clone());
         self.registered.store(self.contexts.len(), Relaxed);
         self.note_captures();
