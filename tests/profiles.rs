@@ -678,6 +678,22 @@ async fn a_context_session_loads_and_saves_a_profile_as_its_storage_state() {
     let record = server.get(id).await.json;
     assert_eq!(record["profile_saved"], "saved", "{record}");
 
+    // A context session from the profile with a fingerprint (its page script its own):
+    // the profile's origins are loaded through tabs of a spare's context, and only the
+    // spare's own tab was dressed ahead, so nothing is dressed again on a closing tab.
+    for _ in 0..2 {
+        let body = json!({"profile_id": profile_id, "isolation": "context", "persist_changes": false,
+            "fingerprint": {"os": "windows"}});
+        let created = server
+            .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body.to_string()))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        let changed = json!({"cookies": ["remember=no", "sid=changed"], "local": "mallory", "idb": null});
+        assert_eq!(visit(&created.json, app, "/check").await, changed);
+        let id = created.json["session_id"].as_str().unwrap();
+        assert_eq!(server.terminate(id).await.status, StatusCode::NO_CONTENT);
+    }
+
     let after = server
         .create(json!({"profile_id": profile_id, "persist_changes": false}))
         .await;

@@ -405,6 +405,26 @@ async fn a_huge_console_message_does_not_unkeep_a_neighbour() {
     server.stop().await;
 }
 
+/// How many frames come before the page's own in a console line the page logs from a
+/// named function, as a client with `Runtime` enabled hears it: none once the broker has
+/// dropped the console wrapper's frame, one where it does not (on a first blank document,
+/// at times: a known gap), two with a second page script's wrapper on top.
+async fn frames_above_the_page(client: &mut CdpClient, page: &str, line: &str) -> usize {
+    client.send(Some(page), "Runtime.enable", json!({})).await;
+    let call = format!("(function pageFunction() {{ console.log('{line}'); }})()\n//# sourceURL=probe.js");
+    client
+        .send(Some(page), "Runtime.evaluate", json!({ "expression": call }))
+        .await;
+    let is_line = |e: &Value| e["method"] == "Runtime.consoleAPICalled" && e["params"]["args"][0]["value"] == line;
+    client.wait_event(is_line).await;
+    let event = client.events.iter().find(|e| is_line(e)).unwrap();
+    let frames = event["params"]["stackTrace"]["callFrames"].as_array().unwrap();
+    frames
+        .iter()
+        .position(|f| f["functionName"] == "pageFunction" && f["url"] == "probe.js")
+        .unwrap_or_else(|| panic!("the page's frame: {event}"))
+}
+
 fn dressed_spares(server: &TestServer) -> (usize, usize) {
     let browsers = server.broker.shared().browsers();
     (
@@ -477,10 +497,18 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
         } else {
             create(&server, &A, site).await
         };
-        assert_eq!(dressed_spares(&server).0, 1, "round {round}: the session took a spare");
         let mut client = CdpClient::connect(&session).await;
         let (_, page) = client.own_page().await;
         let blank = client.eval(&page, FIRST_DOCUMENT).await;
+        // One console wrapper on the first document and on the next (a second page script
+        // would put its wrapper's frame above).
+        let above = frames_above_the_page(&mut client, &page, &format!("blank-of-{round}")).await;
+        // Its frame is not always dropped on a first document (a known gap, the build before
+        // too): one frame above the page's at most, a second script's would make two.
+        assert!(
+            above <= 1,
+            "round {round}: one console wrapper: {above} frames above the page's"
+        );
         assert_eq!(blank["history"], 1, "round {round}: still the first document: {blank}");
         assert_eq!(blank["webdriver"], false, "round {round}: {blank}");
         assert_eq!(
@@ -528,10 +556,14 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
             assert_identity(&A, &own, "page of a dressed spare");
             assert_identity(&A, &frame, "iframe of a dressed spare");
             assert_eq!(request_ua, A.ua.to_lowercase());
-            let expected: HashMap<String, usize> = [format!("console-of-{who}"), format!("console-of-{who}-frame")]
-                .into_iter()
-                .map(|line| (line, 1))
-                .collect();
+            let expected: HashMap<String, usize> = [
+                format!("blank-of-{round}"),
+                format!("console-of-{who}"),
+                format!("console-of-{who}-frame"),
+            ]
+            .into_iter()
+            .map(|line| (line, 1))
+            .collect();
             let once = eventually_async(Duration::from_secs(10), || async {
                 counted(&console_of(&server, KEY_A, id(&session)).await) == expected
             })
@@ -539,22 +571,8 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
             let lines = console_of(&server, KEY_A, id(&session)).await;
             assert!(once, "round {round}: each line captured once: {lines:?}");
         }
-        // The page's console is wrapped once: a client's console event starts at the
-        // page's own frame (the broker drops the one wrapper's frame; a second script's
-        // wrapper would show on top).
-        client.send(Some(&page), "Runtime.enable", json!({})).await;
-        let line = format!("stack-of-{who}");
-        let call = format!("(function pageFunction() {{ console.log('{line}'); }})()\n//# sourceURL=probe.js");
-        client
-            .send(Some(&page), "Runtime.evaluate", json!({ "expression": call }))
-            .await;
-        let is_line =
-            |e: &Value| e["method"] == "Runtime.consoleAPICalled" && e["params"]["args"][0]["value"] == line.as_str();
-        client.wait_event(is_line).await;
-        let event = client.events.iter().find(|e| is_line(e)).unwrap();
-        let top = &event["params"]["stackTrace"]["callFrames"][0];
-        assert_eq!(top["url"], "probe.js", "round {round}: {event}");
-        assert_eq!(top["functionName"], "pageFunction", "round {round}: {event}");
+        let above = frames_above_the_page(&mut client, &page, &format!("loaded-of-{round}")).await;
+        assert_eq!(above, 0, "round {round}: the one wrapper's frame dropped");
         let key = if plain { KEY_B } else { KEY_A };
         let path = format!("/public/sessions/{}/terminate", id(&session));
         server.call(Method::POST, &path, Some(key), None).await;
@@ -562,7 +580,15 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
     let path = format!("/public/sessions/{}/terminate", id(&first));
     server.call(Method::POST, &path, Some(KEY_B), None).await;
     assert!(eventually(Duration::from_secs(10), || kept_contexts(&server) == 0).await);
-    let (spares, dressed) = dressed_spares(&server);
-    assert_eq!(dressed, spares, "the keeper dresses the spares there are, no more");
+    let settled = eventually(Duration::from_secs(10), || {
+        let (spares, dressed) = dressed_spares(&server);
+        spares == dressed
+    })
+    .await;
+    assert!(
+        settled,
+        "the keeper dresses the spares there are, no more: {:?}",
+        dressed_spares(&server)
+    );
     server.stop().await;
 }

@@ -232,8 +232,9 @@ struct Keeper {
     whole: Option<Arc<Kept>>,
     /// A shared browser's: each context session's, by its browser context.
     contexts: HashMap<String, Arc<Kept>>,
-    /// A shared browser's spare contexts (no session yet), whose pages are dressed.
-    spares: HashSet<String>,
+    /// A shared browser's spare contexts (no session yet), each with whether its first
+    /// page (the spare's tab; the only one dressed) has attached.
+    spares: HashMap<String, bool>,
     spare_count: Arc<AtomicUsize>,
     /// Whether new spares are dressed: the last session to register could have taken a
     /// dressed page as it was or with overrides on top (not one with a page script of its
@@ -259,7 +260,7 @@ impl Keeper {
             facts: BrowserFacts::default(),
             whole,
             contexts: HashMap::new(),
-            spares: HashSet::new(),
+            spares: HashMap::new(),
             spare_count: Arc::default(),
             dress_spares: true,
             registered: Arc::default(),
@@ -305,7 +306,7 @@ impl Keeper {
                     Some(Command::Unspare { context }) => self.drop_spare(&context),
                     Some(Command::Spare { context, done }) => {
                         if self.dress_spares {
-                            self.spares.insert(context);
+                            self.spares.insert(context, false);
                         }
                         self.spare_count.store(self.spares.len(), Relaxed);
                         let _ = done.send(());
@@ -333,11 +334,22 @@ impl Keeper {
         };
         for _ in 0..RECONNECTS {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            // The spares' tabs keep the plain script's run in their documents: attached again
+            // undressed, and dressed again (a fresh document) when a session takes one.
+            let stale: Vec<String> = self.spares.drain().map(|(context, _)| context).collect();
+            self.spare_count.store(0, Relaxed);
             let again = async {
                 self.ws = open(&upstream, &egress).await?;
                 self.attached.clear();
                 self.bodies.clear();
                 self.attach_all().await?;
+                for page in self
+                    .attached
+                    .values_mut()
+                    .filter(|a| a.is_page() && stale.contains(&a.context))
+                {
+                    page.dressed = Some(Vec::new());
+                }
                 self.land(None).await
             };
             if let Ok(Ok(())) = tokio::time::timeout(SETUP_TIMEOUT, again).await {
@@ -481,7 +493,7 @@ impl Keeper {
     }
 
     fn drop_spare(&mut self, context: &str) {
-        if self.spares.remove(context) {
+        if self.spares.remove(context).is_some() {
             self.spare_count.store(self.spares.len(), Relaxed);
         }
     }
@@ -648,7 +660,14 @@ impl Keeper {
             dressed: None,
         };
         let kept = self.kept_for(&attached.context);
-        let spare = kept.is_none() && attached.is_page() && self.spares.contains(&attached.context);
+        // Only the spare's own tab: pages opened later in its context (a profile's origins
+        // being loaded into it) are left bare, and closed before the session registers.
+        let spare = kept.is_none()
+            && attached.is_page()
+            && self
+                .spares
+                .get_mut(&attached.context)
+                .is_some_and(|seen| !std::mem::replace(seen, true));
         let kind = attached.kind.clone();
         self.attached.insert(session.to_owned(), attached);
         if let Some(kept) = kept {
@@ -731,10 +750,16 @@ fn on_top_of(
     dressed: &[(&'static str, Value)],
     wanted: Vec<(&'static str, Value)>,
 ) -> Option<Vec<(&'static str, Value)>> {
+    /// Commands whose second sending replaces what the first one set, whole.
+    const REPLACED: [&str; 2] = ["Emulation.setUserAgentOverride", "Network.setUserAgentOverride"];
     const SCRIPT: &str = "Page.addScriptToEvaluateOnNewDocument";
-    let script = |commands: &[(&'static str, Value)]| commands.iter().find(|(m, _)| *m == SCRIPT).cloned();
-    let replaced = dressed.iter().all(|(m, _)| wanted.iter().any(|(w, _)| w == m));
-    if !replaced || script(dressed) != script(&wanted) {
+    let scripts = |commands: &[(&'static str, Value)]| commands.iter().filter(|(m, _)| *m == SCRIPT).count();
+    // Every command the page had is sent again as it was, or replaced: the one page script
+    // is the same (not among the replaced: a second one would run beside it).
+    let kept = dressed
+        .iter()
+        .all(|had| wanted.contains(had) || (REPLACED.contains(&had.0) && wanted.iter().any(|(m, _)| *m == had.0)));
+    if !kept || scripts(dressed) != 1 || scripts(&wanted) != 1 {
         return None;
     }
     Some(
@@ -767,6 +792,8 @@ async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::browser::devices;
+    use crate::browser::fingerprint::OwnVersion;
 
     fn plain() -> Vec<(&'static str, Value)> {
         vec![
@@ -796,5 +823,67 @@ mod tests {
             .filter(|(m, _)| !m.starts_with("Emulation"))
             .collect();
         assert_eq!(on_top_of(&plain(), wanted), None);
+        // A command that is not known to replace the first, with other parameters.
+        let mut wanted = plain();
+        wanted[3].1 = json!({ "autoAttach": false });
+        assert_eq!(on_top_of(&plain(), wanted), None);
+        // A page attached again after the keeper lost its connection: nothing is known.
+        assert_eq!(on_top_of(&[], plain()), None);
+    }
+
+    /// The headless shell's real commands: what fits on top of the plain dressing.
+    #[test]
+    fn what_fits_on_the_shells_plain_dressing() {
+        let version = json!({
+            "product": "HeadlessChrome/156.0.8078.114",
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.8078.114 Safari/537.36",
+        });
+        let facts = BrowserFacts::of(&version);
+        assert!(facts.disguise.is_some());
+        let commands = |identity: &Identity, fetch: Option<Value>| {
+            identity::target_commands(identity, &facts, "page", fetch, None)
+        };
+        let plain = commands(&Identity::default(), None);
+        let fits = |identity: Identity, fetch: Option<Value>| on_top_of(&plain, commands(&identity, fetch));
+        assert_eq!(fits(Identity::default(), None), Some(vec![]));
+        let ua = Identity {
+            user_agent: Some("Agent/7.0".into()),
+            ..Identity::default()
+        };
+        let rest = fits(ua, None).unwrap();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!(rest[0].1["userAgent"], "Agent/7.0");
+        assert!(
+            rest[0].1.get("userAgentMetadata").is_none(),
+            "no Chrome hints for it: {rest:?}"
+        );
+        let local = Identity {
+            locale: Some("de-DE".into()),
+            timezone: Some("Asia/Tokyo".into()),
+            ..Identity::default()
+        };
+        let methods: Vec<_> = fits(local, None).unwrap().into_iter().map(|(m, _)| m).collect();
+        assert_eq!(
+            methods,
+            [
+                "Emulation.setUserAgentOverride",
+                "Emulation.setLocaleOverride",
+                "Emulation.setTimezoneOverride"
+            ]
+        );
+        let blocking = Some(json!({ "patterns": [{ "urlPattern": "*" }] }));
+        let methods: Vec<_> = fits(Identity::default(), blocking)
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(methods, ["Fetch.enable"]);
+        let own = OwnVersion::of("156.0.8078.114").unwrap();
+        let device = Identity {
+            fingerprint: devices::pick("Pixel 8", &own, 1),
+            ..Identity::default()
+        };
+        assert!(device.fingerprint.is_some());
+        assert_eq!(fits(device, None), None, "a fingerprint's page script: dressed again");
     }
 }
