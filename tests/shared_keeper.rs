@@ -127,13 +127,13 @@ async fn create(server: &TestServer, tenant: &Tenant, proxy: SocketAddr) -> Valu
         "capture_console": true,
         "proxy": { "server": format!("http://{proxy}") },
     });
+    create_with(server, tenant.key, body).await
+}
+
+/// A session of `key` created with `body`.
+async fn create_with(server: &TestServer, key: &str, body: Value) -> Value {
     let created = server
-        .call(
-            Method::POST,
-            "/public/sessions",
-            Some(tenant.key),
-            Some(&body.to_string()),
-        )
+        .call(Method::POST, "/public/sessions", Some(key), Some(&body.to_string()))
         .await;
     assert_eq!(created.status, hyper::StatusCode::CREATED, "{}", created.body);
     created.json
@@ -453,18 +453,7 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
     let (site, log) = start_site().await;
     let server = start(2).await;
     let plain_body = json!({ "isolation": "context", "proxy": { "server": format!("http://{site}") } });
-    let create_plain = || async {
-        let created = server
-            .call(
-                Method::POST,
-                "/public/sessions",
-                Some(KEY_B),
-                Some(&plain_body.to_string()),
-            )
-            .await;
-        assert_eq!(created.status, hyper::StatusCode::CREATED, "{}", created.body);
-        created.json
-    };
+    let create_plain = || create_with(&server, KEY_B, plain_body.clone());
     let first = create_plain().await;
     for round in 0..6 {
         // After a fingerprint's registration the spare made is left bare (its page would be
@@ -489,11 +478,7 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
                 "fingerprint": { "os": "windows", "hardware": 5 },
                 "proxy": { "server": format!("http://{site}") },
             });
-            let created = server
-                .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&body.to_string()))
-                .await;
-            assert_eq!(created.status, hyper::StatusCode::CREATED, "{}", created.body);
-            created.json
+            create_with(&server, KEY_A, body).await
         } else {
             create(&server, &A, site).await
         };

@@ -332,12 +332,12 @@ impl Keeper {
         let Some((upstream, egress)) = self.again.clone() else {
             return false;
         };
+        // The spares' tabs keep the plain script's run in their documents: attached again
+        // undressed, and dressed again (a fresh document) when a session takes one.
+        let stale: Vec<String> = self.spares.drain().map(|(context, _)| context).collect();
+        self.spare_count.store(0, Relaxed);
         for _ in 0..RECONNECTS {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            // The spares' tabs keep the plain script's run in their documents: attached again
-            // undressed, and dressed again (a fresh document) when a session takes one.
-            let stale: Vec<String> = self.spares.drain().map(|(context, _)| context).collect();
-            self.spare_count.store(0, Relaxed);
             let again = async {
                 self.ws = open(&upstream, &egress).await?;
                 self.attached.clear();
@@ -454,8 +454,7 @@ impl Keeper {
     /// answers (a spare context's first tab), later ones as they attach.
     async fn register(&mut self, context: &str, kept: Arc<Kept>) -> Result<(), CdpError> {
         self.drop_spare(context);
-        let plain = identity::target_commands(&Identity::default(), &self.facts, "page", None, None);
-        self.dress_spares = on_top_of(&plain, self.commands_for(&kept, "page")).is_some();
+        self.dress_spares = on_top_of(&self.plain_commands("page"), self.commands_for(&kept, "page")).is_some();
         self.contexts.insert(context.to_owned(), kept.clone());
         self.registered.store(self.contexts.len(), Relaxed);
         self.note_captures();
@@ -496,6 +495,12 @@ impl Keeper {
         if self.spares.remove(context).is_some() {
             self.spare_count.store(self.spares.len(), Relaxed);
         }
+    }
+
+    /// The commands of a session that asks for nothing, on a target of `kind`: a spare's
+    /// dressing.
+    fn plain_commands(&self, kind: &str) -> Vec<(&'static str, Value)> {
+        identity::target_commands(&Identity::default(), &self.facts, kind, None, None)
     }
 
     /// The commands that put `kept`'s identity on a target of `kind`.
@@ -673,7 +678,7 @@ impl Keeper {
         if let Some(kept) = kept {
             self.apply(session, &kept).await?;
         } else if spare {
-            let plain = identity::target_commands(&Identity::default(), &self.facts, &kind, None, None);
+            let plain = self.plain_commands(&kind);
             for (method, params) in &plain {
                 self.send(Some(session), method, params.clone()).await?;
             }
