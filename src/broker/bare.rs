@@ -188,7 +188,7 @@ impl Broker {
             .register(context, identity, watch, bare.done.clone())
             .instrument(span.clone())
             .await
-            .map_err(BrokerError::BrowserSetup)?;
+            .map_err(|e| BrokerError::BrowserSetup("its identity", e))?;
         let identified = began.elapsed();
         if self.config.max_targets_per_session > 0 {
             let tabs = Tabs::new(self.config.max_targets_per_session, self.metrics.clone(), None);
@@ -196,7 +196,7 @@ impl Broker {
                 .watch_tabs(context, tabs, bare.done.clone(), &self.tracker)
                 .instrument(span)
                 .await
-                .map_err(BrokerError::BrowserSetup)?;
+                .map_err(|e| BrokerError::BrowserSetup("its tabs' watch", e))?;
         }
         // Where its time went (docs/benchmarks.md's breakdown of a render).
         tracing::debug!(

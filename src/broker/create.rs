@@ -556,7 +556,12 @@ impl Broker {
                 Some((shared, context)) => shared.keeper.register(context, identity, watch, until).await,
                 None => keeper::keep(&session.upstream, &self.egress, identity, watch, until).await,
             }
-            .map_err(|e| ("its identity could not be applied", BrokerError::BrowserSetup(e)))
+            .map_err(|e| {
+                (
+                    "its identity could not be applied",
+                    BrokerError::BrowserSetup("its identity", e),
+                )
+            })
         };
         let tabs_of = downloads.clone();
         let artifacts_started = async {
@@ -585,7 +590,12 @@ impl Broker {
                     registered.instrument(session.span()).await
                 }
             }
-            .map_err(|e| ("its tabs could not be watched", BrokerError::BrowserSetup(e)))
+            .map_err(|e| {
+                (
+                    "its tabs could not be watched",
+                    BrokerError::BrowserSetup("its tabs' watch", e),
+                )
+            })
         };
         // At once: each is mostly round trips to the browser, which on a busy machine wait
         // for a core (p50 0.88×, p90 0.52× beside a test run; docs/benchmarks.md). Boxed:
@@ -669,8 +679,7 @@ impl Broker {
         if downloads.is_none() && !record && !log_cdp {
             return Ok(());
         }
-        let files_error =
-            |e: std::io::Error| BrokerError::BrowserSetup(CdpError::Http(format!("the session's files: {e}")));
+        let files_error = |e: std::io::Error| BrokerError::BrowserSetup("its files", CdpError::Http(e.to_string()));
         let files = self.artifacts.session(&session.id).map_err(files_error)?;
         if log_cdp {
             let log = CdpLog::start(files.clone(), session.ended().clone(), &self.tracker).map_err(files_error)?;
@@ -706,7 +715,7 @@ impl Broker {
                     registered.instrument(session.span()).await
                 }
             }
-            .map_err(BrokerError::BrowserSetup)?;
+            .map_err(|e| BrokerError::BrowserSetup("its downloads' watch", e))?;
         }
         if record && let Some(ffmpeg) = &self.artifacts.ffmpeg {
             let spec = artifacts::recording::Spec {
@@ -722,7 +731,7 @@ impl Broker {
             artifacts::recording::start(&session.upstream, &self.egress, spec, until, &self.tracker)
                 .instrument(session.span())
                 .await
-                .map_err(|e| BrokerError::BrowserSetup(CdpError::Http(e.to_string())))?;
+                .map_err(|e| BrokerError::BrowserSetup("its recording", CdpError::Http(e.to_string())))?;
         }
         Ok(())
     }

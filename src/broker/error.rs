@@ -77,8 +77,9 @@ pub enum BrokerError {
     /// A session option that cannot be honoured (a proxy the egress policy refuses).
     #[error("{0}")]
     OptionRefused(String),
-    #[error("The session's browser could not be prepared: {0}")]
-    BrowserSetup(CdpError),
+    /// What could not be set up (its identity, its tabs' watch, its files…), and why.
+    #[error("The session's browser could not be prepared ({0}): {1}")]
+    BrowserSetup(&'static str, CdpError),
     #[error("Sessions cannot be recorded right now ({0}). Retry later.")]
     Store(#[from] StoreError),
 }
@@ -102,7 +103,7 @@ impl BrokerError {
             | BrokerError::Quota(_)
             | BrokerError::StateRefused(_)
             | BrokerError::OptionRefused(_) => Origin::Client,
-            BrokerError::BrowserSetup(e) | BrokerError::ProfileBrowser(e) => e.origin(),
+            BrokerError::BrowserSetup(_, e) | BrokerError::ProfileBrowser(e) => e.origin(),
             BrokerError::Byo(e) => e.origin(),
             BrokerError::Profile(e) => e.origin(),
             BrokerError::Extension(e) => e.origin(),

@@ -13,7 +13,7 @@
 //! one keeper, not for one per live context, and no session's identity or watch reaches
 //! another context's targets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -254,8 +254,16 @@ struct Keeper {
 impl Keeper {
     /// Connects and reads what the browser says of itself.
     async fn connect(upstream: &Upstream, egress: &Egress, whole: Option<Arc<Kept>>) -> Result<Keeper, CdpError> {
+        let mut keeper = Keeper::over(open(upstream, egress).await?, whole);
+        let version = keeper.call(None, "Browser.getVersion", json!({})).await?;
+        keeper.facts = BrowserFacts::of(&version);
+        Ok(keeper)
+    }
+
+    /// A keeper on the connection `ws`, attached to nothing yet.
+    fn over(ws: Socket, whole: Option<Arc<Kept>>) -> Keeper {
         let mut keeper = Keeper {
-            ws: open(upstream, egress).await?,
+            ws,
             again: None,
             facts: BrowserFacts::default(),
             whole,
@@ -271,9 +279,7 @@ impl Keeper {
             bodies: HashMap::new(),
         };
         keeper.note_captures();
-        let version = keeper.call(None, "Browser.getVersion", json!({})).await?;
-        keeper.facts = BrowserFacts::of(&version);
-        Ok(keeper)
+        keeper
     }
 
     /// Serves the connection until it closes (for good), `commands` close, or `until`
@@ -377,7 +383,7 @@ impl Keeper {
     /// meanwhile.
     async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, CdpError> {
         let id = self.send(session, method, params).await?;
-        let mut reply = self.answers(HashSet::from([id])).await?;
+        let mut reply = self.answers(HashMap::from([(id, session.map(str::to_owned))])).await?;
         let reply = reply.remove(&id).unwrap_or_default();
         if let Some(error) = reply.get("error") {
             return Err(CdpError::Refused {
@@ -388,8 +394,11 @@ impl Keeper {
         Ok(reply["result"].clone())
     }
 
-    /// Reads until the commands `waiting` are all answered, serving the other messages.
-    async fn answers(&mut self, mut waiting: HashSet<u64>) -> Result<HashMap<u64, Value>, CdpError> {
+    /// Reads until the commands `waiting` (each with the CDP session it went to) are all
+    /// answered, serving the other messages. One whose session detaches meanwhile is not
+    /// waited for: Chrome drops what was sent to a target that closes (a tab a profile's
+    /// origins were loaded through, closed as its context's session registers), unanswered.
+    async fn answers(&mut self, mut waiting: HashMap<u64, Option<String>>) -> Result<HashMap<u64, Value>, CdpError> {
         let mut replies = HashMap::new();
         while !waiting.is_empty() {
             let Some(message) = self.ws.next().await else {
@@ -400,11 +409,14 @@ impl Keeper {
             };
             let id = super::filter::leading_id(&text).and_then(|id| u64::try_from(id).ok());
             match id {
-                Some(id) if waiting.remove(&id) => {
+                Some(id) if waiting.remove(&id).is_some() => {
                     let reply = serde_json::from_str(&text).map_err(|e| CdpError::Protocol(e.to_string()))?;
                     replies.insert(id, reply);
                 }
-                _ => self.on_message(&text).await?,
+                _ => {
+                    self.on_message(&text).await?;
+                    waiting.retain(|_, on| on.as_ref().is_none_or(|s| self.attached.contains_key(s)));
+                }
             }
         }
         Ok(replies)
@@ -426,10 +438,10 @@ impl Keeper {
             .filter(|(_, a)| a.applied && a.is_page() && context.is_none_or(|c| a.context == c))
             .map(|(s, _)| s.clone())
             .collect();
-        let mut probes = HashSet::new();
+        let mut probes = HashMap::new();
         for page in pages {
             let probe = json!({ "expression": "0" });
-            probes.insert(self.send(Some(&page), "Runtime.evaluate", probe).await?);
+            probes.insert(self.send(Some(&page), "Runtime.evaluate", probe).await?, Some(page));
         }
         self.answers(probes).await.map(drop)
     }
@@ -890,5 +902,69 @@ mod tests {
         };
         assert!(device.fingerprint.is_some());
         assert_eq!(fits(device, None), None, "a fingerprint's page script: dressed again");
+    }
+
+    /// A keeper and the browser's end of its connection, over a pipe.
+    async fn keeper_and_browser() -> (Keeper, tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(UpstreamStream::Filtered(ours), Role::Client, None);
+        let browser = tokio_tungstenite::WebSocketStream::from_raw_socket(theirs, Role::Server, None);
+        (Keeper::over(ws.await, None), browser.await)
+    }
+
+    fn plain_session() -> Arc<Kept> {
+        Arc::new(Kept {
+            identity: Identity::default(),
+            watch: Watch {
+                blocking: Default::default(),
+                ads: None,
+                traffic: None,
+                challenges: Arc::default(),
+                metrics: Arc::default(),
+                events: None,
+                capture: None,
+            },
+        })
+    }
+
+    /// A context registers while one of its tabs closes (a profile's origins were loaded
+    /// through it): Chrome answers nothing sent to that tab and says it detached. The
+    /// registration ends with the tab forgotten, not at its time limit (a refused create).
+    #[tokio::test]
+    async fn a_tab_closing_as_its_context_registers_is_not_waited_for() {
+        let (mut keeper, mut browser) = keeper_and_browser().await;
+        let attached = json!({ "method": "Target.attachedToTarget", "params": {
+            "sessionId": "S1", "waitingForDebugger": false,
+            "targetInfo": { "targetId": "T1", "type": "page", "browserContextId": "C" } } });
+        keeper.on_attached(&attached).await.unwrap();
+        let chrome = tokio::spawn(async move {
+            let mut sent_to_tab = Vec::new();
+            while let Some(Ok(Message::Text(text))) = browser.next().await {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(message["sessionId"], "S1", "only the tab is spoken to: {message}");
+                sent_to_tab.push(message["method"].as_str().unwrap().to_owned());
+                if message["method"] == "Runtime.evaluate" {
+                    // The tab is gone: what was sent to it stays unanswered.
+                    let detached = json!({ "method": "Target.detachedFromTarget",
+                        "params": { "sessionId": "S1", "targetId": "T1" } });
+                    browser.send(Message::text(detached.to_string())).await.unwrap();
+                    return (sent_to_tab, browser);
+                }
+            }
+            panic!("the keeper closed its connection");
+        });
+        let registered = tokio::time::timeout(Duration::from_secs(5), keeper.register("C", plain_session())).await;
+        assert!(matches!(registered, Ok(Ok(()))), "{registered:?}");
+        assert!(keeper.attached.is_empty(), "the closed tab is forgotten");
+        let (sent_to_tab, _browser) = chrome.await.unwrap();
+        assert_eq!(
+            sent_to_tab.first().map(String::as_str),
+            Some("Runtime.runIfWaitingForDebugger")
+        );
+        assert!(
+            sent_to_tab.len() > 2,
+            "the session's overrides went to the tab first: {sent_to_tab:?}"
+        );
     }
 }

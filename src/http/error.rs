@@ -325,7 +325,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::ProfileTimedOut(_) | BrokerError::ProfileBrowser(CdpError::Timeout) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            BrokerError::BrowserSetup(_) | BrokerError::ProfileBrowser(_) => StatusCode::BAD_GATEWAY,
+            BrokerError::BrowserSetup(..) | BrokerError::ProfileBrowser(_) => StatusCode::BAD_GATEWAY,
             BrokerError::Store(_) | BrokerError::ProfileUnreadable(_) | BrokerError::ProfileNotSaved(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -600,7 +600,10 @@ mod tests {
                 Upstream,
             ),
             (
-                answers!(BrokerError::BrowserSetup(CdpError::Timeout), S::BAD_GATEWAY),
+                answers!(
+                    BrokerError::BrowserSetup("its identity", CdpError::Timeout),
+                    S::BAD_GATEWAY
+                ),
                 Upstream,
             ),
             (
