@@ -5,9 +5,11 @@
 //! `hasCDP`). The patch (`browser/console_patch.js`) wraps the describing console methods
 //! to hide it for the native call; it runs first in every page, frame and worker
 //! (`browser::page_script` starts with [`script_head`]). The wrapper's call of the native
-//! method then stands first in every `Runtime.consoleAPICalled` stack trace, so wherever the
-//! broker hands those events on (the relay, a context session's filter, the captured
-//! console) it drops that frame: clients see the page's frame first, as without the patch.
+//! method then stands first in every `Runtime.consoleAPICalled` stack trace (twice where
+//! the script ran twice in one window: a new tab's initial empty document, then the blank
+//! page that replaces it and keeps its window), so wherever the broker hands those events
+//! on (the relay, a context session's filter, the captured console) it drops those
+//! frames: clients see the page's frame first, as without the patch.
 //!
 //! A frame is the wrapper's when its url is empty (a script the broker added), its function
 //! is one of the wrapped methods and its position is exactly one of the wrapper's two call
@@ -99,13 +101,11 @@ pub(crate) fn is_wrapper_frame(frame: &Value) -> bool {
     }
 }
 
-/// The frames of a stack trace from the page's on: past the wrapper's, if it tops them.
+/// The frames of a stack trace from the page's on: past the wrapper's, if they top them.
 pub(crate) fn page_frames(stack_trace: &Value) -> &[Value] {
     let frames = stack_trace["callFrames"].as_array().map_or(&[][..], Vec::as_slice);
-    match frames.first() {
-        Some(top) if is_wrapper_frame(top) => &frames[1..],
-        _ => frames,
-    }
+    let wrappers = frames.iter().take_while(|f| is_wrapper_frame(f)).count();
+    &frames[wrappers..]
 }
 
 #[derive(Deserialize)]
@@ -143,7 +143,7 @@ struct CallFrame<'a> {
     column_number: u64,
 }
 
-/// A `Runtime.consoleAPICalled` message without the wrapper's frame on top, byte for byte
+/// A `Runtime.consoleAPICalled` message without the wrapper's frames on top, byte for byte
 /// the same otherwise; `None` when there is nothing to drop (another message, no such
 /// frame, not valid JSON). A stack trace of the wrapper's frame alone (a console method
 /// called by the browser, as `setTimeout(console.log, 0, x)` does) goes as a whole, as
@@ -155,16 +155,23 @@ pub(crate) fn without_wrapper_frame(message: &str) -> Option<String> {
     }
     let raw_trace = event.params.stack_trace?;
     let trace: StackTrace<'_> = serde_json::from_str(raw_trace.get()).ok()?;
-    let top = trace.call_frames.first()?;
-    let frame: CallFrame<'_> = serde_json::from_str(top.get()).ok()?;
-    if !is_wrapper_site(&frame.url, &frame.function_name, frame.line_number, frame.column_number) {
-        return None;
-    }
+    let is_wrapper = |raw: &RawValue| {
+        serde_json::from_str::<CallFrame<'_>>(raw.get())
+            .is_ok_and(|f| is_wrapper_site(&f.url, &f.function_name, f.line_number, f.column_number))
+    };
+    // The wrapper's frames on top: one, or two where the patch ran twice in one window
+    // (a tab's initial empty document and the blank page that replaces it, keeping its
+    // window, each ran the page script).
+    let wrappers = trace.call_frames.iter().take_while(|raw| is_wrapper(raw)).count();
+    let (top, last) = (
+        trace.call_frames.first()?,
+        trace.call_frames.get(wrappers.checked_sub(1)?)?,
+    );
     // Every raw value borrows from `message`: its place there is its pointer's offset.
     let offset = |raw: &RawValue| raw.get().as_ptr() as usize - message.as_ptr() as usize;
     let start = offset(top);
-    let (cut_from, cut_to) = match trace.call_frames.get(1) {
-        // The frame and what separates it from the next one.
+    let (cut_from, cut_to) = match trace.call_frames.get(wrappers) {
+        // The frames and what separates them from the next one.
         Some(next) => (start, offset(next)),
         None => {
             let member = br#","stackTrace":"#;
@@ -174,7 +181,7 @@ pub(crate) fn without_wrapper_frame(message: &str) -> Option<String> {
             if whole {
                 (trace_at - member.len(), trace_at + raw_trace.get().len())
             } else {
-                (start, start + top.get().len())
+                (start, offset(last) + last.get().len())
             }
         }
     };
@@ -228,6 +235,20 @@ mod tests {
             "the rest is byte for byte the same"
         );
         assert_eq!(without_wrapper_frame(&out), None);
+        // The patch run twice in one window: both of its frames go.
+        let twice = event(&[frame("log", "", site(1)), wrapper.clone(), page.clone()]);
+        assert_eq!(
+            without_wrapper_frame(&twice).unwrap(),
+            event(std::slice::from_ref(&page))
+        );
+        let twice_alone = event(&[frame("log", "", site(1)), frame("log", "", site(0))]);
+        let value: Value = serde_json::from_str(&without_wrapper_frame(&twice_alone).unwrap()).unwrap();
+        assert_eq!(value["params"].get("stackTrace"), None);
+        let frames = [wrapper.clone(), wrapper.clone(), page.clone()];
+        assert_eq!(
+            page_frames(&json!({ "callFrames": frames })),
+            std::slice::from_ref(&page)
+        );
         // Not the wrapper's: another function, a url, another position, a page frame.
         for other in [
             frame("f", "", site(0)),
@@ -249,6 +270,11 @@ mod tests {
         let value: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["params"]["stackTrace"]["callFrames"], json!([]));
         assert!(value["params"]["stackTrace"]["parent"].is_object());
+        with_parent["params"]["stackTrace"]["callFrames"] =
+            json!([frame("log", "", site(1)), frame("warn", "", site(0))]);
+        let out = without_wrapper_frame(&with_parent.to_string()).unwrap();
+        let value: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["params"]["stackTrace"]["callFrames"], json!([]));
     }
 
     #[test]

@@ -249,6 +249,8 @@ struct Keeper {
     attached: HashMap<String, Attached>,
     /// `Network.getResponseBody` calls in flight → (CDP session, request id).
     bodies: HashMap<u64, (String, String)>,
+    /// How long it waits for the answers to what it sent before it gives up.
+    answer_limit: Duration,
 }
 
 impl Keeper {
@@ -277,6 +279,7 @@ impl Keeper {
             next_id: 0,
             attached: HashMap::new(),
             bodies: HashMap::new(),
+            answer_limit: SETUP_TIMEOUT,
         };
         keeper.note_captures();
         keeper
@@ -300,9 +303,10 @@ impl Keeper {
                 },
                 command = next_command(&mut commands) => match command {
                     Some(Command::Register { context, kept, done }) => {
-                        let registered = tokio::time::timeout(SETUP_TIMEOUT, self.register(&context, kept))
-                            .await
-                            .unwrap_or(Err(CdpError::Timeout));
+                        // Bounded by its reads (`answers`), never cut mid-way: an event of
+                        // another context's (a new tab held until it has its overrides) is
+                        // handled whole before a registration can time out.
+                        let registered = self.register(&context, kept).await;
                         if registered.is_err() {
                             self.forget(&context).await;
                         }
@@ -400,8 +404,10 @@ impl Keeper {
     /// origins were loaded through, closed as its context's session registers), unanswered.
     async fn answers(&mut self, mut waiting: HashMap<u64, Option<String>>) -> Result<HashMap<u64, Value>, CdpError> {
         let mut replies = HashMap::new();
+        let deadline = tokio::time::Instant::now() + self.answer_limit;
         while !waiting.is_empty() {
-            let Some(message) = self.ws.next().await else {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await;
+            let Some(message) = next.map_err(|_| CdpError::Timeout)? else {
                 return Err(CdpError::Protocol("the connection closed during setup".into()));
             };
             let Message::Text(text) = message.map_err(|e| CdpError::Http(e.to_string()))? else {
@@ -415,7 +421,11 @@ impl Keeper {
                 }
                 _ => {
                     self.on_message(&text).await?;
+                    let before = waiting.len();
                     waiting.retain(|_, on| on.as_ref().is_none_or(|s| self.attached.contains_key(s)));
+                    if waiting.len() < before {
+                        tracing::debug!("a target closed before it answered the keeper");
+                    }
                 }
             }
         }
@@ -966,5 +976,51 @@ mod tests {
             sent_to_tab.len() > 2,
             "the session's overrides went to the tab first: {sent_to_tab:?}"
         );
+    }
+
+    /// A registration whose page never answers gives up at the keeper's limit, and until
+    /// then the keeper serves the other contexts: another tenant's new tab, held until it
+    /// has its overrides, gets them and is let go meanwhile.
+    #[tokio::test]
+    async fn a_registration_that_times_out_holds_up_no_other_context() {
+        let (mut keeper, mut browser) = keeper_and_browser().await;
+        keeper.answer_limit = Duration::from_millis(500);
+        keeper.register("D", plain_session()).await.unwrap();
+        let page = |session: &str, context: &str, waiting: bool| {
+            json!({ "method": "Target.attachedToTarget", "params": {
+                "sessionId": session, "waitingForDebugger": waiting,
+                "targetInfo": { "targetId": format!("T-{session}"), "type": "page", "browserContextId": context } } })
+        };
+        keeper.on_attached(&page("S1", "C", false)).await.unwrap();
+        let chrome = tokio::spawn(async move {
+            let mut sent_to_other = Vec::new();
+            while let Some(Ok(Message::Text(text))) = browser.next().await {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                match (message["sessionId"].as_str(), message["method"].as_str()) {
+                    // C's page never answers; meanwhile D opens a tab.
+                    (Some("S1"), Some("Runtime.evaluate")) => {
+                        let opened = page("S2", "D", true).to_string();
+                        browser.send(Message::text(opened)).await.unwrap();
+                    }
+                    (Some("S2"), Some(method)) => sent_to_other.push(method.to_owned()),
+                    _ => {}
+                }
+                if sent_to_other.last().map(String::as_str) == Some("Runtime.runIfWaitingForDebugger") {
+                    return (sent_to_other, browser);
+                }
+            }
+            panic!("the keeper closed its connection");
+        });
+        let began = std::time::Instant::now();
+        let registered = tokio::time::timeout(Duration::from_secs(5), keeper.register("C", plain_session())).await;
+        assert!(matches!(registered, Ok(Err(CdpError::Timeout))), "{registered:?}");
+        assert!(began.elapsed() >= Duration::from_millis(500));
+        let (sent_to_other, _browser) = tokio::time::timeout(Duration::from_secs(5), chrome)
+            .await
+            .unwrap()
+            .unwrap();
+        let plain: Vec<_> = keeper.plain_commands("page").into_iter().map(|(m, _)| m).collect();
+        assert_eq!(&sent_to_other[..plain.len()], &plain[..], "D's overrides, then it runs");
+        assert_eq!(sent_to_other.len(), plain.len() + 1);
     }
 }
