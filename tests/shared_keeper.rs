@@ -463,7 +463,11 @@ fn dressed_spares(server: &TestServer) -> (usize, usize) {
 const FIRST_DOCUMENT: &str = "({ ua: navigator.userAgent, lang: navigator.language, \
      tz: Intl.DateTimeFormat().resolvedOptions().timeZone, webdriver: navigator.webdriver, \
      plugins: navigator.plugins.length, chrome: typeof window.chrome, history: history.length, \
-     platform: navigator.platform })";
+     platform: navigator.platform, \
+     natives: [Function.prototype.toString, console.log, console.warn, \
+       Object.getOwnPropertyDescriptor(Navigator.prototype, 'webdriver').get, \
+       Object.getOwnPropertyDescriptor(Navigator.prototype, 'plugins').get] \
+       .map(f => Function.prototype.toString.call(f)) })";
 
 /// A spare's page is dressed ahead, as it opens, for a session that asks for nothing (the
 /// user agent without `Headless`, the shell's missing parts, no automation tells): such a
@@ -532,6 +536,14 @@ async fn a_spare_dressed_ahead_serves_plain_sessions_and_is_dressed_again_for_ot
             "round {round}: the shell's plugins put back: {blank}"
         );
         assert_eq!(blank["chrome"], "object", "round {round}: {blank}");
+        // The page script run twice in the window leaves what it patched reading native.
+        for text in blank["natives"].as_array().unwrap() {
+            let text = text.as_str().unwrap();
+            assert!(
+                text.starts_with("function ") && text.ends_with("() { [native code] }"),
+                "round {round}: {text}"
+            );
+        }
         let who = format!("{}-dressed{round}", if plain { "b" } else { "a" });
         client.load(&page, &format!("http://site.test/probe?who={who}")).await;
         let (own, frame) = seen_in(&mut client, &page).await;
