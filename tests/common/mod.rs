@@ -56,6 +56,7 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         assert_tools_installed();
+        log_to_the_test();
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(data_dir.path());
         tweak(&mut config);
@@ -231,6 +232,22 @@ pub async fn start_site() -> SocketAddr {
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The in-process broker's warnings (`RUST_LOG` for more) go to the output of the test
+/// whose runtime logged them, which the harness shows only for a test that fails: a red
+/// CI run says why a session was refused, not only that it was.
+fn log_to_the_test() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdpgate=warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// The tests need Chromium and the Node clients; `scripts/setup.sh` installs both.
