@@ -308,6 +308,11 @@ impl Keeper {
                 },
                 command = next_command(&mut commands) => match command {
                     Some(Command::Register { context, kept, done }) => {
+                        // Not one whose create has given up waiting (queued behind a slow
+                        // one): that session is refused, and its Unregister follows.
+                        if done.is_closed() {
+                            continue;
+                        }
                         // Bounded by its reads (`answers`), never cut mid-way: an event of
                         // another context's (a new tab held until it has its overrides) is
                         // handled whole before a registration can time out.
@@ -1077,5 +1082,51 @@ mod tests {
         assert_eq!(sent_to_other, expected, "D's overrides, then it runs");
         drop(commands);
         running.await.unwrap();
+    }
+
+    /// A registration whose create gave up waiting before the keeper came to it (queued
+    /// behind a slow one) is dropped unread: nothing is put on the refused session's tab.
+    #[tokio::test]
+    async fn a_registration_nobody_waits_for_is_not_made() {
+        let (mut keeper, mut browser) = keeper_and_browser(1 << 16).await;
+        keeper.answer_limit = Duration::from_millis(300);
+        keeper.on_attached(&page("S1", "C", false)).await.unwrap();
+        let chrome = tokio::spawn(async move {
+            let mut sent_to_tab = Vec::new();
+            while let Some(Ok(Message::Text(text))) = browser.next().await {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if message["sessionId"] == "S1" {
+                    sent_to_tab.push(message["method"].as_str().unwrap().to_owned());
+                }
+            }
+            sent_to_tab
+        });
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let running = tokio::spawn(keeper.run(Some(receiver), CancellationToken::new()));
+        let register = |context: &str| {
+            let (done, answer) = oneshot::channel();
+            let context = context.to_owned();
+            commands
+                .send(Command::Register {
+                    context,
+                    kept: plain_session(),
+                    done,
+                })
+                .unwrap();
+            answer
+        };
+        drop(register("C"));
+        register("D").await.unwrap().unwrap();
+        drop(commands);
+        running.await.unwrap();
+        let sent_to_tab = tokio::time::timeout(Duration::from_secs(5), chrome)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            sent_to_tab,
+            ["Runtime.runIfWaitingForDebugger"],
+            "only let go as it attached"
+        );
     }
 }
