@@ -951,6 +951,18 @@ mod tests {
         (Keeper::over(ws.await, None), browser.await)
     }
 
+    /// Sends the run loop a plain session's registration of `context`; answers its reply.
+    fn register_plain(
+        commands: &mpsc::UnboundedSender<Command>,
+        context: &str,
+    ) -> oneshot::Receiver<Result<(), CdpError>> {
+        let (done, answer) = oneshot::channel();
+        let context = context.to_owned();
+        let kept = plain_session();
+        commands.send(Command::Register { context, kept, done }).unwrap();
+        answer
+    }
+
     fn plain_session() -> Arc<Kept> {
         Arc::new(Kept {
             identity: Identity::default(),
@@ -1032,18 +1044,7 @@ mod tests {
         keeper.on_attached(&page("S1", "C", false)).await.unwrap();
         let (commands, receiver) = mpsc::unbounded_channel();
         let running = tokio::spawn(keeper.run(Some(receiver), CancellationToken::new()));
-        let register = |context: &str| {
-            let (done, answer) = oneshot::channel();
-            let context = context.to_owned();
-            commands
-                .send(Command::Register {
-                    context,
-                    kept: plain_session(),
-                    done,
-                })
-                .unwrap();
-            answer
-        };
+        let register = |context: &str| register_plain(&commands, context);
         register("D").await.unwrap().unwrap();
         let chrome = tokio::spawn(async move {
             let mut sent_to_other = Vec::new();
@@ -1103,18 +1104,7 @@ mod tests {
         });
         let (commands, receiver) = mpsc::unbounded_channel();
         let running = tokio::spawn(keeper.run(Some(receiver), CancellationToken::new()));
-        let register = |context: &str| {
-            let (done, answer) = oneshot::channel();
-            let context = context.to_owned();
-            commands
-                .send(Command::Register {
-                    context,
-                    kept: plain_session(),
-                    done,
-                })
-                .unwrap();
-            answer
-        };
+        let register = |context: &str| register_plain(&commands, context);
         drop(register("C"));
         register("D").await.unwrap().unwrap();
         drop(commands);
