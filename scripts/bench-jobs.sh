@@ -11,9 +11,12 @@
 # browser cdpgate's context sessions use.
 # cdpgate's process sessions run its default_browser (the headless shell where installed);
 # cdpgate_full is a second broker of the same build whose process sessions run the full
-# Chromium (CDPGATE_DEFAULT_BROWSER=full: its warm pool holds full browsers).
-# usage: [BASELINE=<another cdpgate binary> [BASELINE_ENV="CDPGATE_X=…"]] [SYSTEMS=cdpgate,cdpgate_full,cdpgate_context,baseline,baseline_context]
-#        [BROWSERLESS_CHROME=…] [GATE_ENV="CDPGATE_X=… …"] [CAPTURE=1] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
+# Chromium (CDPGATE_DEFAULT_BROWSER=full: its warm pool holds full browsers), and
+# cdpgate_single (only when SYSTEMS names it) one whose process sessions' shells run as one
+# process (CDPGATE_SINGLE_PROCESS_SHELL=1). BROWSERLESS_SINGLE=1 adds browserless_single:
+# browserless launching its Chrome with the same flags (--single-process --no-zygote).
+# usage: [BASELINE=<another cdpgate binary> [BASELINE_ENV="CDPGATE_X=…"]] [SYSTEMS=cdpgate,cdpgate_full,cdpgate_single,cdpgate_context,baseline,baseline_context]
+#        [BROWSERLESS_CHROME=…] [BROWSERLESS_SINGLE=1] [GATE_ENV="CDPGATE_X=… …"] [CAPTURE=1] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
 # CAPTURE=1 adds cdpgate_capture and cdpgate_context_capture: the same jobs with
 # capture_console and capture_network on.
 set -euo pipefail
@@ -41,6 +44,13 @@ case ",${SYSTEMS:-cdpgate_full}," in
     # shellcheck disable=SC2086
     FULL_GATE=$(start_broker target/release/cdpgate cdpgate-full CDPGATE_CONTEXT_WARM_BROWSERS=0 CDPGATE_DEFAULT_BROWSER=full ${GATE_ENV:-})
     export FULL_GATE
+    ;;
+esac
+case ",${SYSTEMS:-}," in
+  *,cdpgate_single,*)
+    # shellcheck disable=SC2086
+    SINGLE_GATE=$(start_broker target/release/cdpgate cdpgate-single CDPGATE_CONTEXT_WARM_BROWSERS=0 CDPGATE_SINGLE_PROCESS_SHELL=1 ${GATE_ENV:-})
+    export SINGLE_GATE
     ;;
 esac
 if [ -n "${BASELINE:-}" ]; then

@@ -58,6 +58,7 @@ if os.environ.get("SHELL_VARIANTS") and os.path.exists(SHELL):
         "shell + no spare renderer": (SHELL, BEFORE + ["--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup,"
                                                        "SpareRendererForSitePerProcess"]),
         "shell + no software rasterizer": (SHELL, NOW + ["--disable-software-rasterizer"]),
+        "shell + single process": (SHELL, NOW + ["--single-process"]),
     }
 
 

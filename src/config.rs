@@ -66,6 +66,13 @@ pub struct Config {
     /// can then read and write whatever the broker can, its secrets included
     /// (`CDPGATE_ALLOW_UNCONFINED_BROWSERS`). Off: without Landlock no browser starts.
     pub allow_unconfined_browsers: bool,
+    /// Process sessions' headless shells run as one process (`--single-process`): pages,
+    /// network and GPU inside the browser process, about 0.6× the CPU per job. A tab's
+    /// crash then ends its session's browser, as does a tab in a second browser context
+    /// (Chrome serves one in this mode), and pages run outside Chrome's sandbox (a root
+    /// broker's are outside it anyway). Shared browsers never do: their contexts are
+    /// other tenants'.
+    pub single_process_shell: bool,
     /// How long a browser may take to print its DevTools address.
     pub launch_timeout_ms: u64,
     /// TTL of a session created without one, in seconds.
@@ -325,6 +332,7 @@ impl Default for Config {
             chrome_path: String::new(),
             chrome_flags: Vec::new(),
             allow_unconfined_browsers: false,
+            single_process_shell: false,
             launch_timeout_ms: 15_000,
             default_ttl: 600,
             max_ttl: 86_400,
@@ -546,7 +554,8 @@ impl Config {
             max_har_entries_per_session,
             max_har_body_bytes,
             max_har_bodies_bytes_per_session,
-            allow_unconfined_browsers
+            allow_unconfined_browsers,
+            single_process_shell
         );
         if let Some(v) = var("ffmpeg_path") {
             self.ffmpeg_path = v;

@@ -105,6 +105,18 @@ async fn a_process_session_reads_none_of_the_brokers_files() {
     server.stop().await;
 }
 
+/// A shell run as one process (`single_process_shell`) has its pages in the browser
+/// process, outside Chrome's sandbox: the kernel's confinement is all that holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_process_session_reads_none_of_the_brokers_files() {
+    let server = TestServer::start_with(|c| c.single_process_shell = true).await;
+    let other = server.create(json!({})).await;
+    let session = server.create(json!({})).await;
+    assert_eq!(session["browser"], "shell");
+    assert_broker_files_unreadable(&server, &session, &other).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_session_reads_none_of_the_brokers_files() {
     let server = TestServer::start().await;

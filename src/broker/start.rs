@@ -94,6 +94,12 @@ impl Broker {
             );
         } else {
             tracing::info!("running as an unprivileged user: browsers start with Chrome's sandbox on");
+            if config.single_process_shell {
+                tracing::warn!(
+                    "single_process_shell: process sessions' pages run in their browser's process, \
+                     outside Chrome's sandbox (the kernel's confinement still holds)"
+                );
+            }
         }
         let secrets = load_secrets(&config).map_err(dir_error)?;
 
@@ -113,6 +119,7 @@ impl Broker {
             LaunchSettings {
                 chromes,
                 extra_flags: config.chrome_flags.clone(),
+                single_process_shell: config.single_process_shell,
                 scratch_root: data_dir.join("browsers"),
                 launch_timeout: config.launch_timeout(),
                 confinement: Confinement::decide(Confinement::probe(), config.allow_unconfined_browsers),

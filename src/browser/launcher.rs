@@ -98,6 +98,17 @@ fn merge_list_flag(flags: &[String], prefix: &str, broker: &[&str]) -> Vec<Strin
     rest
 }
 
+/// What makes Chrome one process: its renderers, network service and GPU in the browser
+/// process, and no zygote to fork them (Chrome allows that only without its sandbox, which
+/// a single process forgoes for its pages anyway).
+fn single_process_flags(unsandboxed: bool) -> Vec<String> {
+    let mut flags = vec!["--single-process".to_owned()];
+    if unsandboxed {
+        flags.push("--no-zygote".to_owned());
+    }
+    flags
+}
+
 /// Where the window frame height is unknown, what headless Chromium was seen to use.
 const FALLBACK_FRAME_HEIGHT: u32 = 87;
 
@@ -257,6 +268,8 @@ pub struct LaunchSettings {
     pub chromes: Chromes,
     /// The operator's flags for every browser.
     pub extra_flags: Vec<String>,
+    /// Process sessions' headless shells run as one process (`single_process_shell`).
+    pub single_process_shell: bool,
     /// Each browser's directories are made under here.
     pub scratch_root: PathBuf,
     pub launch_timeout: Duration,
@@ -274,6 +287,7 @@ impl Launcher {
         let LaunchSettings {
             chromes,
             extra_flags,
+            single_process_shell,
             scratch_root,
             launch_timeout,
             confinement,
@@ -290,7 +304,13 @@ impl Launcher {
         };
         Launcher {
             own: kind(chromes.own, DISABLED_FEATURES),
-            shell: chromes.shell.map(|shell| kind(shell, DISABLED_FEATURES)),
+            shell: chromes.shell.map(|shell| {
+                let mut shell = kind(shell, DISABLED_FEATURES);
+                if single_process_shell {
+                    shell.flags.extend(single_process_flags(running_as_root()));
+                }
+                shell
+            }),
             shared: kind(chromes.shared, &[DISABLED_FEATURES, SHARED_DISABLED_FEATURES].concat()),
             scratch_root,
             launch_timeout,

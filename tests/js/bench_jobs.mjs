@@ -4,7 +4,8 @@
 // (cdpgate: end the session). cdpgate runs it on process sessions and on context sessions.
 // N jobs at concurrency C per round; systems alternate round by round. Reports jobs/s, job latency and the machine's CPU-seconds per job (/proc/stat).
 // usage: node bench_jobs.mjs <cdpgate_addr> <key> <browserless_ws> <page_url> <rounds> <jobs> <concurrency>
-// (FULL_GATE=<addr> adds a broker whose process sessions run the full Chromium;
+// (FULL_GATE=<addr> adds a broker whose process sessions run the full Chromium, SINGLE_GATE
+// one whose shells run as one process, BROWSERLESS_SINGLE=1 browserless launching so;
 // BASELINE_GATE=<addr> adds another broker's process and context sessions; CAPTURE=1 adds
 // process and context sessions with console and network capture; SYSTEMS=… picks)
 import { readFileSync } from 'fs';
@@ -31,17 +32,34 @@ async function cdpgateJob(body, at = gate) {
   await fetch(`http://${at}/public/sessions/${s.session_id}/terminate`, { method: 'POST', headers });
 }
 
+async function browserlessJob(ws) {
+  const browser = await puppeteer.connect({ browserWSEndpoint: ws, defaultViewport: null });
+  await pageJob(browser);
+  await browser.close();
+}
+
+// browserless's endpoint with `args` added to its launch options (`launch` query, JSON).
+function withLaunchArgs(ws, args) {
+  const url = new URL(ws);
+  const launch = JSON.parse(url.searchParams.get('launch') ?? '{}');
+  url.searchParams.set('launch', JSON.stringify({ ...launch, args: [...(launch.args ?? []), ...args] }));
+  return url.toString();
+}
+
 const baseline = process.env.BASELINE_GATE;
 const fullGate = process.env.FULL_GATE;
+const singleGate = process.env.SINGLE_GATE;
 const allSystems = {
   cdpgate: () => cdpgateJob('{}'),
   ...(fullGate && { cdpgate_full: () => cdpgateJob('{}', fullGate) }),
+  ...(singleGate && { cdpgate_single: () => cdpgateJob('{}', singleGate) }),
   cdpgate_context: () => cdpgateJob('{"isolation": "context"}'),
-  browserless: async () => {
-    const browser = await puppeteer.connect({ browserWSEndpoint: blWs, defaultViewport: null });
-    await pageJob(browser);
-    await browser.close();
-  },
+  browserless: () => browserlessJob(blWs),
+  // BROWSERLESS_SINGLE=1: browserless launching its Chrome as one process too (the flags
+  // of cdpgate's single_process_shell, passed as its launch arguments).
+  ...(process.env.BROWSERLESS_SINGLE === '1' && {
+    browserless_single: () => browserlessJob(withLaunchArgs(blWs, ['--single-process', '--no-zygote'])),
+  }),
   // CAPTURE=1: the same jobs with the console and the network captured (capture_console,
   // capture_network: what the events, logs and HAR cost a job).
   ...(process.env.CAPTURE === '1' && {
