@@ -13,8 +13,10 @@
 # cdpgate_full is a second broker of the same build whose process sessions run the full
 # Chromium (CDPGATE_DEFAULT_BROWSER=full: its warm pool holds full browsers), and
 # cdpgate_single (only when SYSTEMS names it) one whose process sessions' shells run as one
-# process (CDPGATE_SINGLE_PROCESS_SHELL=1). BROWSERLESS_SINGLE=1 adds browserless_single:
-# browserless launching its Chrome with the same flags (--single-process --no-zygote).
+# process (CDPGATE_SINGLE_PROCESS_SHELL=true). BROWSERLESS_SINGLE=1 adds browserless_single:
+# browserless launching its Chrome with the same flags (--single-process --no-zygote);
+# with browserless 2.42 on the shell every such job fails at its screenshot (Chrome exits:
+# "Target closed"; docs/benchmarks.md, "Process sessions as one process").
 # usage: [BASELINE=<another cdpgate binary> [BASELINE_ENV="CDPGATE_X=…"]] [SYSTEMS=cdpgate,cdpgate_full,cdpgate_single,cdpgate_context,baseline,baseline_context]
 #        [BROWSERLESS_CHROME=…] [BROWSERLESS_SINGLE=1] [GATE_ENV="CDPGATE_X=… …"] [CAPTURE=1] scripts/bench-jobs.sh [ROUNDS] [JOBS] [CONCURRENCY]
 # CAPTURE=1 adds cdpgate_capture and cdpgate_context_capture: the same jobs with
@@ -49,7 +51,7 @@ esac
 case ",${SYSTEMS:-}," in
   *,cdpgate_single,*)
     # shellcheck disable=SC2086
-    SINGLE_GATE=$(start_broker target/release/cdpgate cdpgate-single CDPGATE_CONTEXT_WARM_BROWSERS=0 CDPGATE_SINGLE_PROCESS_SHELL=1 ${GATE_ENV:-})
+    SINGLE_GATE=$(start_broker target/release/cdpgate cdpgate-single CDPGATE_CONTEXT_WARM_BROWSERS=0 CDPGATE_SINGLE_PROCESS_SHELL=true ${GATE_ENV:-})
     export SINGLE_GATE
     ;;
 esac

@@ -5,7 +5,8 @@ Each launch starts Chromium as the broker does (its own process group, headless,
 user-data directory, about:blank), waits for its DevTools address and for /json/version
 to answer, lets it settle for SETTLE seconds (what it does at start that a session never
 asks for keeps running after it is ready), then reads the CPU time of every process in
-its group (user + system, reaped children included) and kills the group.
+its group (user + system, reaped children included) and their memory (PSS) and kills
+the group.
 
 usage: [SHELL_VARIANTS=1] scripts/bench-launch.py ROUNDS [SETTLE_SECONDS]
 """
@@ -59,6 +60,7 @@ if os.environ.get("SHELL_VARIANTS") and os.path.exists(SHELL):
                                                        "SpareRendererForSitePerProcess"]),
         "shell + no software rasterizer": (SHELL, NOW + ["--disable-software-rasterizer"]),
         "shell + single process": (SHELL, NOW + ["--single-process"]),
+        "shell + single process, no zygote": (SHELL, NOW + ["--single-process", "--no-zygote"]),
     }
 
 
@@ -77,6 +79,25 @@ def group_cpu(pgid):
             continue
         total += sum(int(x) for x in fields[11:15])
     return total / TICK
+
+
+def group_pss_mib(pgid):
+    """Proportional set size of every process in the group, MiB (what the group holds of
+    memory, shared pages divided among their users)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
 def launch(binary, flags):
@@ -102,17 +123,19 @@ def launch(binary, flags):
         ready = time.perf_counter() - started
         time.sleep(SETTLE)
         cpu = group_cpu(p.pid)
+        pss = group_pss_mib(p.pid)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        return ready, cpu
+        return ready, cpu, pss
 
 
-results = {name: {"ready_s": [], "cpu_s": []} for name in VARIANTS}
+results = {name: {"ready_s": [], "cpu_s": [], "pss_mib": []} for name in VARIANTS}
 for _ in range(ROUNDS):
     for name, (binary, flags) in VARIANTS.items():
-        ready, cpu = launch(binary, flags)
+        ready, cpu, pss = launch(binary, flags)
         results[name]["ready_s"].append(ready)
         results[name]["cpu_s"].append(cpu)
+        results[name]["pss_mib"].append(pss)
         time.sleep(0.5)
 print(json.dumps({name: {k: round(statistics.median(v), 3) for k, v in r.items()} | {"n": ROUNDS}
                   for name, r in results.items()}, indent=2))
