@@ -67,11 +67,12 @@ pub struct Config {
     /// (`CDPGATE_ALLOW_UNCONFINED_BROWSERS`). Off: without Landlock no browser starts.
     pub allow_unconfined_browsers: bool,
     /// Process sessions' headless shells run as one process (`--single-process`): pages,
-    /// network and GPU inside the browser process, about 0.6× the CPU per job. A tab's
+    /// network and GPU inside the browser process, about 0.65× the CPU per job. A tab's
     /// crash then ends its session's browser, as does a tab in a second browser context
     /// (Chrome serves one in this mode), and pages run outside Chrome's sandbox (a root
-    /// broker's are outside it anyway). Shared browsers never do: their contexts are
-    /// other tenants'.
+    /// broker's are outside it anyway), so the broker starts with it only where the
+    /// kernel confines browsers whole (`Confinement::holds_a_whole_browser`). Shared
+    /// browsers never do: their contexts are other tenants'.
     pub single_process_shell: bool,
     /// How long a browser may take to print its DevTools address.
     pub launch_timeout_ms: u64,
@@ -787,6 +788,13 @@ impl Config {
         if !["process", "context"].contains(&self.default_isolation.as_str()) {
             errors.push("default_isolation must be \"process\" or \"context\"".into());
         }
+        if self.chrome_flags.iter().any(|f| f == "--single-process") {
+            errors.push(
+                "chrome_flags may not hold --single-process: it would make the shared browsers, which hold \
+                 other tenants' contexts, one process (single_process_shell makes process sessions' shells so)"
+                    .into(),
+            );
+        }
         if !["", "shell", "full"].contains(&self.default_browser.as_str()) {
             errors
                 .push("default_browser must be \"shell\", \"full\" or empty (the shell where it is installed)".into());
@@ -1041,6 +1049,7 @@ mod tests {
             max_sessions: 0,
             api_keys: vec!["short".into()],
             relay_busy_poll_us: 10_001,
+            chrome_flags: vec!["--mute-audio".into(), "--single-process".into()],
             ..Config::default()
         };
         let err = c.validate().unwrap_err().to_string();
@@ -1048,7 +1057,8 @@ mod tests {
             err.contains("max_ttl")
                 && err.contains("max_sessions")
                 && err.contains("API key")
-                && err.contains("relay_busy_poll_us"),
+                && err.contains("relay_busy_poll_us")
+                && err.contains("--single-process"),
             "{err}"
         );
 

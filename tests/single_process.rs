@@ -106,6 +106,10 @@ async fn a_single_process_shell_is_one_process_and_runs_a_whole_job() {
     let mut shared = CdpClient::connect(&context).await;
     let (_, shared_page) = shared.own_page().await;
     shared.load(&shared_page, &format!("http://{site}/")).await;
+    // Their start-up calibration holds beside one-process shells: the user agent shows no
+    // automation tell.
+    let agent = shared.eval(&shared_page, "navigator.userAgent").await;
+    assert!(!agent.as_str().unwrap().contains("Headless"), "{agent}");
     // Every browser on the node: the process sessions' shells (this one, the warm pool's)
     // are one process each, and the shared browser, which is not made one, shows its
     // helpers to the same probe.

@@ -39,6 +39,12 @@ pub enum StartError {
     Profiles { store: String, source: std::io::Error },
     #[error("cannot use adblock_lists: {0}")]
     AdLists(String),
+    #[error(
+        "single_process_shell puts pages outside Chrome's sandbox, so it needs the kernel to confine \
+         browsers whole (Landlock ABI 6 or later: files, TCP connects, signals, abstract sockets); \
+         here browser confinement is {0}"
+    )]
+    SingleProcessUnconfined(String),
 }
 
 /// Why a session could not be created, or a profile's browser could not do its work.

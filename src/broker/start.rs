@@ -94,11 +94,19 @@ impl Broker {
             );
         } else {
             tracing::info!("running as an unprivileged user: browsers start with Chrome's sandbox on");
-            if config.single_process_shell {
+            if config.single_process_shell && chromes.shell.is_some() {
                 tracing::warn!(
                     "single_process_shell: process sessions' pages run in their browser's process, \
                      outside Chrome's sandbox (the kernel's confinement still holds)"
                 );
+            }
+        }
+        let confinement = Confinement::decide(Confinement::probe(), config.allow_unconfined_browsers);
+        if config.single_process_shell {
+            match &confinement {
+                Ok(c) if c.holds_a_whole_browser() => {}
+                Ok(c) => return Err(StartError::SingleProcessUnconfined(c.describe())),
+                Err(reason) => return Err(StartError::SingleProcessUnconfined(format!("off: {reason}"))),
             }
         }
         let secrets = load_secrets(&config).map_err(dir_error)?;
@@ -122,7 +130,7 @@ impl Broker {
                 single_process_shell: config.single_process_shell,
                 scratch_root: data_dir.join("browsers"),
                 launch_timeout: config.launch_timeout(),
-                confinement: Confinement::decide(Confinement::probe(), config.allow_unconfined_browsers),
+                confinement,
             },
             tracker.clone(),
             metrics.clone(),

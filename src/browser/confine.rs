@@ -123,6 +123,13 @@ impl Confinement {
         matches!(self, Confinement::Landlock { .. })
     }
 
+    /// Whether the kernel holds a browser whole, files, TCP connects, signals and abstract
+    /// sockets (Landlock ABI 6 or later): all that holds a page that runs outside Chrome's
+    /// sandbox, as a one-process shell's do (`single_process_shell`).
+    pub fn holds_a_whole_browser(&self) -> bool {
+        matches!(self, Confinement::Landlock { abi, network: true } if *abi >= 6)
+    }
+
     /// One line for logs and `/ready`.
     pub fn describe(&self) -> String {
         match self {
@@ -286,6 +293,19 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_landlock_with_network_and_scoping_holds_a_whole_browser() {
+        let landlock = |abi| Confinement::Landlock { abi, network: abi >= 4 };
+        assert!(landlock(6).holds_a_whole_browser());
+        assert!(landlock(7).holds_a_whole_browser());
+        assert!(!landlock(5).holds_a_whole_browser(), "no signal or socket scoping");
+        assert!(!landlock(3).holds_a_whole_browser(), "no TCP confinement");
+        let off = Confinement::Off {
+            reason: "no Landlock".into(),
+        };
+        assert!(!off.holds_a_whole_browser());
+    }
 
     #[test]
     fn the_probe_names_an_abi_or_a_reason() {

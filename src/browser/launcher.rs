@@ -98,11 +98,13 @@ fn merge_list_flag(flags: &[String], prefix: &str, broker: &[&str]) -> Vec<Strin
     rest
 }
 
+const SINGLE_PROCESS: &str = "--single-process";
+
 /// What makes Chrome one process: its renderers, network service and GPU in the browser
 /// process, and no zygote to fork them (Chrome allows that only without its sandbox, which
 /// a single process forgoes for its pages anyway).
 fn single_process_flags(unsandboxed: bool) -> Vec<String> {
-    let mut flags = vec!["--single-process".to_owned()];
+    let mut flags = vec![SINGLE_PROCESS.to_owned()];
     if unsandboxed {
         flags.push("--no-zygote".to_owned());
     }
@@ -374,10 +376,14 @@ impl Launcher {
     /// others are measured all the same, side by side (the headless shell's probe is
     /// short), so start-up waits for the slowest one only.
     pub async fn calibrate(&self) -> Result<(), LaunchError> {
-        // The shared browsers' executable is nearly always one of the others.
+        // The shared browsers' executable is nearly always one of the others (not a shell run
+        // as one process: the shared browsers are measured as they run).
         let same = [Use::Own(BrowserKind::Full), Use::Own(BrowserKind::Shell)]
             .into_iter()
-            .find(|used| self.has(*used) && self.kind(*used).chrome == self.shared.chrome);
+            .find(|used| {
+                let kind = self.kind(*used);
+                self.has(*used) && kind.chrome == self.shared.chrome && !kind.flags.iter().any(|f| f == SINGLE_PROCESS)
+            });
         let full = self.measure_frame(Use::Own(BrowserKind::Full));
         let shell = async {
             match self.shell {
