@@ -138,6 +138,17 @@ async fn a_single_process_shell_is_one_process_and_runs_a_whole_job() {
         one_process >= 1 && many >= 1,
         "{one_process} one-process shells, {many} shared browsers"
     );
+    // Every browser may crash at a tenant's word (here, with a one-process shell, by any
+    // tab's crash): none leaves a core dump.
+    for group in chrome_groups_under(server.data_dir.path()) {
+        let limits = std::fs::read_to_string(format!("/proc/{group}/limits")).unwrap();
+        let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+        assert_eq!(
+            core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+            ["1", "1"],
+            "{core}"
+        );
+    }
     server.stop().await;
 }
 

@@ -649,6 +649,7 @@ impl Launcher {
             .kill_on_drop(true)
             .process_group(0);
         sys::die_with_parent(&mut cmd);
+        sys::no_core_dumps(&mut cmd);
         let remove_dirs = || {
             if owned {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -989,6 +990,26 @@ mod sys {
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// A browser that crashes leaves no core dump: a tenant can crash its own browser at will
+    /// (`Browser.crash`, or a tab's crash in a one-process shell), and each dump would be
+    /// hundreds of MB of the host's disk holding that session's memory. A limit of 1 (not
+    /// 0) also stops a `core_pattern` that pipes to a program, which ignores 0.
+    pub(super) fn no_core_dumps(cmd: &mut tokio::process::Command) {
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 1,
+                    rlim_max: 1,
+                };
+                if libc::setrlimit(libc::RLIMIT_CORE, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
