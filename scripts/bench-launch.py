@@ -64,37 +64,32 @@ if os.environ.get("SHELL_VARIANTS") and os.path.exists(SHELL):
     }
 
 
-def group_cpu(pgid):
-    total = 0
+def group_stats(pgid):
+    """/proc/PID/stat's fields after the name, and the PID, of every process in the group."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            stat = open(f"/proc/{pid}/stat").read()
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        # pgrp is field 5 (index 2 after the name); utime, stime, cutime, cstime 14-17.
-        if int(fields[2]) != pgid:
-            continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / TICK
+        # pgrp is field 5 (index 2 after the name).
+        if int(fields[2]) == pgid:
+            yield pid, fields
+
+
+def group_cpu(pgid):
+    # utime, stime, cutime, cstime: fields 14-17.
+    return sum(sum(int(x) for x in fields[11:15]) for _, fields in group_stats(pgid)) / TICK
 
 
 def group_pss_mib(pgid):
     """Proportional set size of every process in the group, MiB (what the group holds of
     memory, shared pages divided among their users)."""
     total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid, _ in group_stats(pgid):
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            for line in open(f"/proc/{pid}/smaps_rollup"):
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+            total += sum(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup") if line.startswith("Pss:"))
         except OSError:
             continue
     return total / 1024

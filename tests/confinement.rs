@@ -116,11 +116,8 @@ async fn a_single_process_session_reads_none_of_the_brokers_files() {
     // The browser behind the session is the one-process shell this is about.
     let mut ws = ws_connect(session["cdp_url"].as_str().unwrap()).await.unwrap();
     let browser = browser_pid(&mut ws).await;
-    let command_line = std::fs::read(format!("/proc/{browser}/cmdline")).unwrap();
     assert!(
-        String::from_utf8_lossy(&command_line)
-            .split('\0')
-            .any(|f| f == "--single-process"),
+        command_line(browser).iter().any(|f| f == "--single-process"),
         "the session's browser runs as one process"
     );
     assert_broker_files_unreadable(&server, &session, &other).await;

@@ -36,14 +36,12 @@ fn site(path: &str) -> (String, String) {
 }
 
 /// The command lines of the processes of the browser led by `browser` (the launcher makes
-/// each browser the leader of a process group of its own).
-async fn processes_of(browser: u32) -> Vec<String> {
-    // What Chrome starts beside its browser process it starts within moments of its launch.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// each browser the leader of a process group of its own). Read after a page has loaded in
+/// it: a browser of many processes has started its renderer, network and GPU ones by then.
+fn processes_of(browser: u32) -> Vec<String> {
     processes_in_group(browser)
         .into_iter()
-        .map(|p| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .map(|p| command_line(p).join(" "))
         .collect()
 }
 
@@ -95,7 +93,7 @@ async fn a_single_process_shell_is_one_process_and_runs_a_whole_job() {
     // All of that ran in one process: no renderer, GPU or network process beside it (as
     // root, not even a zygote: Chrome starts one only for its sandbox).
     let browser = browser_pid(&mut cdp.ws).await;
-    let processes = processes_of(browser).await;
+    let processes = processes_of(browser);
     assert!(helpers(&processes).is_empty(), "helper processes: {processes:#?}");
     if cdpgate::browser::running_as_root() {
         assert_eq!(processes.len(), 1, "{processes:#?}");
@@ -115,12 +113,8 @@ async fn a_single_process_shell_is_one_process_and_runs_a_whole_job() {
     // helpers to the same probe.
     let (mut one_process, mut many) = (0, 0);
     for group in chrome_groups_under(server.data_dir.path()) {
-        let processes = processes_of(group).await;
-        let leader = std::fs::read(format!("/proc/{group}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&leader)
-            .split('\0')
-            .any(|flag| flag == "--single-process")
-        {
+        let processes = processes_of(group);
+        if command_line(group).iter().any(|flag| flag == "--single-process") {
             one_process += 1;
             assert!(
                 helpers(&processes).is_empty(),

@@ -502,6 +502,15 @@ pub async fn browser_pid(ws: &mut Ws) -> u32 {
         .expect("the browser process") as u32
 }
 
+/// The arguments process `pid` was started with (none once it has gone).
+pub fn command_line(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .split_terminator('\0')
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Live (non-zombie) processes in process group `pgid`.
 pub fn processes_in_group(pgid: u32) -> Vec<u32> {
     live_processes()
