@@ -163,6 +163,11 @@ async fn a_crash_or_a_second_context_ends_a_single_process_session_and_leaves_no
         let id = session["session_id"].as_str().unwrap().to_owned();
         let mut cdp = CdpClient::connect(&session).await;
         let browser = browser_pid(&mut cdp.ws).await;
+        let profile = command_line(browser)
+            .iter()
+            .find_map(|f| f.strip_prefix("--user-data-dir=").map(std::path::PathBuf::from))
+            .expect("the browser's own directory");
+        assert!(profile.starts_with(server.data_dir.path()) && profile.is_dir());
         let (_, page) = cdp.own_page().await;
         cdp.load(&page, &format!("http://{site}/")).await;
         // Neither is answered: the browser is gone first.
@@ -184,6 +189,12 @@ async fn a_crash_or_a_second_context_ends_a_single_process_session_and_leaves_no
         assert!(ended, "{ending:?}: the session ended: {}", server.get(&id).await.body);
         let gone = eventually(Duration::from_secs(10), || processes_in_group(browser).is_empty()).await;
         assert!(gone, "{ending:?}: the browser left {:?}", processes_in_group(browser));
+        let removed = eventually(Duration::from_secs(10), || !profile.exists()).await;
+        assert!(
+            removed,
+            "{ending:?}: the browser's directory {} is left",
+            profile.display()
+        );
 
         // The pool goes on: the next session runs a page.
         let next = server.create(json!({})).await;
