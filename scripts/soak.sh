@@ -12,13 +12,14 @@
 #   scripts/soak.sh HOURS RATE [OUT_DIR]      e.g. scripts/soak.sh 2 20, scripts/soak.sh 0.1 30
 #
 # CONCURRENCY (default 3), SAMPLE_SECONDS (default 20 s, 5 s under 15 minutes), BINARY (a
-# broker binary to soak instead of building this checkout's) and SOAK_REDIS=0 (no Redis) are
-# read from the environment. Talks to 127.0.0.1 only; stops by
-# itself after HOURS (plus at most two minutes to drain). Exit status: 0 when flat, 1 when
-# something grew or the broker died, 2 on bad arguments.
+# broker binary to soak instead of building this checkout's), SOAK_REDIS=0 (no Redis) and
+# SOAK_SINGLE_PROCESS=1 (process sessions' shells as one process, single_process_shell; a
+# crashed tab then ends its session) are read from the environment. Talks to 127.0.0.1
+# only; stops by itself after HOURS (plus at most two minutes to drain). Exit status: 0
+# when flat, 1 when something grew or the broker died, 2 on bad arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,17p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
 hours=$1 rate=$2
 out=${3:-target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 seconds=$(python3 -c "print(int(float('$hours') * 3600))")
@@ -80,6 +81,7 @@ touch "$tmp/no-config.toml"
 env TMPDIR="$tmp/t" CDPGATE_LISTEN=127.0.0.1:0 CDPGATE_DATA_DIR="$tmp/data" CDPGATE_API_KEYS=$key \
   RUST_LOG=warn CDPGATE_CREATES_PER_MINUTE=0 CDPGATE_BROWSER_EGRESS_ALLOW=loopback \
   CDPGATE_MAX_SESSIONS_PER_KEY=0 CDPGATE_MAX_BYO_SESSIONS_PER_KEY=0 CDPGATE_RETENTION_SECS=120 \
+  CDPGATE_SINGLE_PROCESS_SHELL=$([ "${SOAK_SINGLE_PROCESS:-0}" = 1 ] && echo true || echo false) \
   "${cluster[@]}" "$binary" "$tmp/no-config.toml" >"$out/broker.log" 2>&1 &
 broker=$!
 pids+=($broker)

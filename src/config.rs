@@ -68,8 +68,9 @@ pub struct Config {
     pub allow_unconfined_browsers: bool,
     /// Process sessions' headless shells run as one process (`--single-process`): pages,
     /// network and GPU inside the browser process, about 0.65× the CPU per job. A tab's
-    /// crash then ends its session's browser, as does a tab in a second browser context
-    /// (Chrome serves one in this mode), and pages run outside Chrome's sandbox (a root
+    /// crash then ends its session's browser, a client's `Target.createBrowserContext` is
+    /// refused on its way (`proxy::one_context`: Chrome serves one context in this mode,
+    /// and a tab in a second would end it), and pages run outside Chrome's sandbox (a root
     /// broker's are outside it anyway), so the broker starts with it only where the
     /// kernel confines browsers whole (`Confinement::holds_a_whole_browser`). Shared
     /// browsers never do: their contexts are other tenants'.

@@ -214,6 +214,28 @@ pub fn frames(data: &[u8]) {
     if verdict_whole.is_ok() {
         assert_eq!(seen_whole, seen_pieces);
     }
+    one_context(bytes, step);
+}
+
+/// The one-context guard over client bytes read whole and in pieces finds the same methods
+/// (it decides at a name's last byte, whatever came before it), rewrites only their names
+/// (the pieces a subset of the same bytes, to the same values), and never panics.
+fn one_context(bytes: &[u8], step: usize) {
+    use crate::proxy::one_context::{OneContext, REPLACEMENT};
+    let mut whole = bytes.to_vec();
+    let found = OneContext::default().scan(&mut whole);
+    let mut pieces = bytes.to_vec();
+    let mut guard = OneContext::default();
+    let found_in_pieces: usize = pieces.chunks_mut(step).map(|read| guard.scan(read)).sum();
+    assert_eq!(found, found_in_pieces, "found whole and in reads of {step}");
+    let changed = bytes.iter().zip(&whole).filter(|(a, b)| a != b).count();
+    assert!(
+        changed <= found * REPLACEMENT.len(),
+        "{changed} bytes changed for {found} names"
+    );
+    for ((sent, once), piecewise) in bytes.iter().zip(&whole).zip(&pieces) {
+        assert!(piecewise == sent || piecewise == once, "a byte no name covers changed");
+    }
 }
 
 /// An action's instruction and variables: parsing never fails hard, filling without values

@@ -152,11 +152,11 @@ impl Session {
 
     pub fn new(init: SessionInit, node: &str) -> Session {
         let (upstream, lease, context) = match init.backing {
-            Backing::Managed(lease) => (
-                Upstream::managed(lease.browser.port, lease.browser.ws_path.clone()),
-                Some(lease),
-                None,
-            ),
+            Backing::Managed(lease) => {
+                let mut upstream = Upstream::managed(lease.browser.port, lease.browser.ws_path.clone());
+                upstream.one_context = lease.browser.one_process;
+                (upstream, Some(lease), None)
+            }
             Backing::External(upstream) => (upstream, None, None),
             Backing::Context(context) => {
                 let browser = &context.shared.browser;

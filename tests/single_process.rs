@@ -1,9 +1,11 @@
 //! Process sessions' headless shells as one process (`single_process_shell`): the session's
 //! browser is one process with no renderer, GPU or network process beside it, a whole job
 //! works through its `cdp_url` (pages, a cross-site frame, a worker, a second tab, a
-//! screenshot), context sessions' shared browsers keep their processes, and what ends a
-//! one-process browser (a tab's crash, a tab in a second browser context) ends the session
-//! and leaves no process. What such a session's pages can read of the
+//! screenshot), context sessions' shared browsers keep their processes, a client's request
+//! for a second browser context (raw CDP, Puppeteer, Playwright) gets an error answer and
+//! the session goes on, and what ends a one-process browser (a tab's crash, a tab in a
+//! second browser context asked for past that guard) ends the session and leaves no
+//! process. What such a session's pages can read of the
 //! broker's disk is `confinement::a_single_process_session_reads_none_of_the_brokers_files`.
 
 mod common;
@@ -174,8 +176,12 @@ async fn a_crash_or_a_second_context_ends_a_single_process_session_and_leaves_no
         let message = match ending {
             Ending::Crash => json!({"id": 9_000, "method": "Page.crash", "params": {}, "sessionId": page}),
             Ending::SecondContext => {
-                let created = cdp.call(None, "Target.createBrowserContext", json!({})).await;
-                let context = created["browserContextId"].as_str().unwrap().to_owned();
+                // Written with an escape, the method passes the relay's guard (a courtesy to
+                // clients, no boundary): a page in the second context ends the browser.
+                let id = cdp.next_id();
+                let escaped = format!(r#"{{"id":{id},"method":"Target.createBrowserContex\u0074","params":{{}}}}"#);
+                let created = cdp.send_raw(id, &escaped).await;
+                let context = created["result"]["browserContextId"].as_str().unwrap().to_owned();
                 json!({"id": 9_000, "method": "Target.createTarget",
                        "params": {"url": "about:blank", "browserContextId": context}})
             }
@@ -205,5 +211,61 @@ async fn a_crash_or_a_second_context_ends_a_single_process_session_and_leaves_no
         drop(cdp);
         server.terminate(next["session_id"].as_str().unwrap()).await;
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_browser_context_is_refused_and_the_session_goes_on() {
+    let server = single_process_server().await;
+    let site = serve_pages(site).await;
+    let url = format!("http://{site}/");
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let endpoint = session["cdp_url"].as_str().unwrap().to_owned();
+    let mut cdp = CdpClient::connect(&session).await;
+    let browser = browser_pid(&mut cdp.ws).await;
+
+    // Over raw CDP: an error answer to the command's own id, and no context made.
+    let reply = cdp
+        .send(None, "Target.createBrowserContext", json!({"disposeOnDetach": true}))
+        .await;
+    let message = reply["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("refused: {reply}"));
+    assert!(message.contains("Target.oneContextPerSession"), "{reply}");
+    let contexts = cdp.call(None, "Target.getBrowserContexts", json!({})).await;
+    assert_eq!(contexts["browserContextIds"], json!([]), "no second context");
+    // The name anywhere else in a command reaches the page as it was sent.
+    let (_, page) = cdp.own_page().await;
+    cdp.load(&page, &url).await;
+    let said = cdp
+        .eval(
+            &page,
+            r#"JSON.stringify({method: "Target.createBrowserContext", "method ": 1})"#,
+        )
+        .await;
+    assert_eq!(said, r#"{"method":"Target.createBrowserContext","method ":1}"#);
+
+    // Puppeteer's createBrowserContext and Playwright's newContext each get the error, and
+    // the same browser goes on serving the default context.
+    for client in ["puppeteer", "playwright"] {
+        let result = node("second_context.mjs", &[&endpoint, client, &url]).await;
+        assert_eq!(result["created"], false, "{client}: {result}");
+        assert!(
+            result["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Target.oneContextPerSession"),
+            "{client}: {result}"
+        );
+        assert_eq!(result["title"], "the job", "{client}: {result}");
+        assert_eq!(result["contexts"], 1, "{client}: {result}");
+    }
+    assert_eq!(browser_pid(&mut cdp.ws).await, browser, "the same browser");
+    assert!(!processes_in_group(browser).is_empty());
+    let record = server.get(&id).await;
+    assert_eq!(record.json["status"], "active", "{}", record.body);
+    drop(cdp);
+    server.terminate(&id).await;
     server.stop().await;
 }

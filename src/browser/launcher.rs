@@ -217,6 +217,9 @@ pub struct Browser {
     pub ws_path: String,
     /// Its forward proxy: every connection of its pages.
     pub gateway: Arc<Gateway>,
+    /// It runs as one process (`single_process_shell`), so it holds one browser context:
+    /// a page in a second would end it.
+    pub one_process: bool,
     kill: CancellationToken,
     exited: CancellationToken,
 }
@@ -621,6 +624,7 @@ impl Launcher {
             .map_err(LaunchError::Gateway)?;
 
         let kind = self.kind(used);
+        let one_process = kind.flags.iter().any(|f| f == SINGLE_PROCESS);
         let frame = kind.frame_height.load(Ordering::Relaxed);
         let mut cmd = tokio::process::Command::new(&kind.chrome);
         // Chrome sees none of the broker's environment (its secrets, `AWS_*`, the Redis URL).
@@ -739,6 +743,7 @@ impl Launcher {
             port,
             ws_path,
             gateway,
+            one_process,
             kill,
             exited,
         })

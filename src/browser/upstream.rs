@@ -141,6 +141,9 @@ pub struct Upstream {
     pub external: bool,
     /// A context session's context: every connection goes through its filter.
     pub scope: Option<Arc<ContextScope>>,
+    /// The browser holds one browser context (a one-process shell): clients' requests for
+    /// another are refused on their way (`proxy::one_context`).
+    pub one_context: bool,
 }
 
 /// Buffer of a filter pipe's in-memory connection, each way.
@@ -167,6 +170,7 @@ impl Upstream {
             authorization: None,
             external: false,
             scope: None,
+            one_context: false,
         }
     }
 
@@ -215,6 +219,7 @@ impl Upstream {
             authorization,
             external: true,
             scope: None,
+            one_context: false,
         })
     }
 

@@ -15,6 +15,7 @@ pub(crate) mod error;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod hop;
+pub(crate) mod one_context;
 pub(crate) mod relay;
 pub(crate) mod tap;
 
@@ -272,6 +273,7 @@ async fn run_relay<CR, CW, BR, BW>(
     // A managed browser runs the console patch; a context session's filter drops its frame
     // itself, and a user's own browser runs none.
     limits.console_frames = !session.upstream.external && session.upstream.scope.is_none();
+    limits.one_context = session.upstream.one_context;
     if session.upstream.scope.is_some() {
         // Its filter parses every message of the client: one past the parsing budget is
         // refused here, at its frame header, before anything holds it.

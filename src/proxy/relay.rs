@@ -22,6 +22,7 @@ use super::console_frames::ConsoleFrames;
 use super::frame::{
     Header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Violation, header_len, parse_header,
 };
+use super::one_context::OneContext;
 use crate::metrics::{Counter, Metrics};
 use crate::store::EndReason;
 
@@ -166,6 +167,9 @@ pub(crate) struct Limits {
     /// Console events to the client lose the console patch's frame (a managed session's
     /// browser runs the patch; a user's own browser does not).
     pub console_frames: bool,
+    /// The browser holds one browser context (a one-process shell): a client's
+    /// `Target.createBrowserContext` is renamed on its way (`one_context`).
+    pub one_context: bool,
 }
 
 impl Limits {
@@ -176,6 +180,7 @@ impl Limits {
             write_stall: Duration::from_millis(config.write_stall_timeout_ms),
             busy_poll: Duration::from_micros(config.relay_busy_poll_us),
             console_frames: false,
+            one_context: false,
         }
     }
 }
@@ -194,6 +199,9 @@ struct Direction {
     console: Option<ConsoleFrames>,
     /// `buf[sent..clear_upto]` holds no console event's beginning: it passes as it is.
     clear_upto: usize,
+    /// Renames a second browser context's creation (the client's direction to a browser
+    /// that holds one).
+    one_context: Option<OneContext>,
     /// Messages and bytes passed and not yet added to the shared counters: added once per
     /// read rather than once per message, so that relays on different cores do not contend
     /// for the counters' cache line at every message.
@@ -215,7 +223,26 @@ impl Direction {
             close_passed: false,
             console: None,
             clear_upto: 0,
+            one_context: None,
             unpublished: (0, 0),
+        }
+    }
+
+    /// The client's direction to a browser of one browser context: what was read before
+    /// the relay began is read by the guard too.
+    fn with_one_context(mut self, on: bool) -> Direction {
+        self.one_context = on.then(OneContext::default);
+        self.guard_read();
+        self
+    }
+
+    /// Lets the one-context guard read (and rewrite) what was just read, before any of it
+    /// is written on.
+    fn guard_read(&mut self) {
+        if let Some(guard) = &mut self.one_context
+            && guard.scan(&mut self.buf[self.sent..self.filled]) > 0
+        {
+            tracing::debug!("a second browser context refused: the browser holds one");
         }
     }
 
@@ -300,6 +327,7 @@ impl Direction {
                     self.filled = n;
                     self.sent = 0;
                     self.clear_upto = 0;
+                    self.guard_read();
                 }
             }
         }
@@ -448,6 +476,7 @@ impl Direction {
                     self.filled = n;
                     self.sent = 0;
                     self.clear_upto = 0;
+                    self.guard_read();
                 }
             }
         }
@@ -523,7 +552,8 @@ pub(crate) async fn relay<CR, CW, BR, BW>(
             ..limits
         },
         &from_client,
-    );
+    )
+    .with_one_context(limits.one_context);
     let mut down = Direction::new(limits, &from_browser).with_console_frames(limits.console_frames);
     let to_browser = Counters {
         messages: &metrics.messages_to_browser,
@@ -633,6 +663,7 @@ mod tests {
             write_stall: Duration::from_secs(5),
             busy_poll: Duration::ZERO,
             console_frames: false,
+            one_context: false,
         }
     }
 

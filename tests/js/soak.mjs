@@ -162,9 +162,19 @@ const jobs = {
       await tab.goto(page('/crash'), { timeout: 20000 });
       const cdp = await tab.createCDPSession();
       // Chrome never answers Page.crash (the renderer is gone); Puppeteer says so by 'error'.
-      const crashed = new Promise((resolve) => tab.once('error', resolve));
+      // A one-process browser goes with its tab: the connection ends instead.
+      const crashed = new Promise((resolve) => {
+        tab.once('error', resolve);
+        if (singleProcess) browser.once('disconnected', resolve);
+      });
       cdp.send('Page.crash').catch(() => {});
       await Promise.race([crashed, sleep(10000).then(() => Promise.reject(new Error('no crash seen')))]);
+      if (singleProcess) {
+        // A one-process browser (single_process_shell) dies with its tab: the session ends.
+        const ended = await waitEnded(s.session_id, 20000);
+        if (ended.end_reason !== 'browser exited') throw new Error(`crash: ended ${ended.end_reason}`);
+        return;
+      }
       await tab.close().catch(() => {});
       const next = await browser.newPage();
       await next.goto(page('/after-crash'), { timeout: 20000 });
@@ -190,6 +200,9 @@ const jobs = {
     if (ended.end_reason !== 'idle') throw new Error(`idle: ended ${ended.end_reason}`);
   },
 };
+// SOAK_SINGLE_PROCESS=1: the broker runs process sessions' shells as one process, so a
+// crashed tab ends its session instead of leaving the browser to open another.
+const singleProcess = process.env.SOAK_SINGLE_PROCESS === '1';
 // SOAK_KINDS=process,crashed runs only those (to look into one kind's failures).
 const kinds = process.env.SOAK_KINDS ? process.env.SOAK_KINDS.split(',') : Object.keys(jobs);
 
@@ -219,6 +232,7 @@ async function runJob(kind, slot) {
     summary.jobs[kind] += 1;
   } catch (e) {
     summary.failures[kind] += 1;
+    console.log(`${new Date().toISOString()} ${kind} failed: ${String(e.message || e).slice(0, 300)}`);
     if (summary.errors[kind].length < 5) summary.errors[kind].push(String(e.message || e).slice(0, 300));
   } finally {
     running -= 1;
