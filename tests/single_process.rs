@@ -245,6 +245,23 @@ async fn a_second_browser_context_is_refused_and_the_session_goes_on() {
         )
         .await;
     assert_eq!(said, r#"{"method":"Target.createBrowserContext","method ":1}"#);
+    let global = cdp
+        .call(Some(&page), "Runtime.evaluate", json!({"expression": "globalThis"}))
+        .await;
+    let nested = json!({"method": "Target.createBrowserContext"});
+    let echoed = cdp
+        .call(
+            Some(&page),
+            "Runtime.callFunctionOn",
+            json!({"functionDeclaration": "function (x) { return x; }",
+                   "objectId": global["result"]["objectId"],
+                   "arguments": [{"value": nested}], "returnByValue": true}),
+        )
+        .await;
+    assert_eq!(
+        echoed["result"]["value"], nested,
+        "a nested \"method\" passes unchanged"
+    );
 
     // Puppeteer's createBrowserContext and Playwright's newContext each get the error, and
     // the same browser goes on serving the default context.

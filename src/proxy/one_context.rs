@@ -37,7 +37,7 @@ pub(crate) struct OneContext {
     offset: usize,
     /// The current frame's payload is (part of) a text message.
     scanning: bool,
-    /// A text message is under way across frames (continuations are scanned too).
+    /// A message is under way across frames (its next frame goes on with it).
     in_text: bool,
     json: Lexer,
     /// Frames that could not be parsed: the relay closes the connection; nothing more is read.
@@ -98,16 +98,14 @@ impl OneContext {
         self.remaining = header.len;
         self.offset = 0;
         match header.opcode {
-            OP_TEXT => {
-                self.json = Lexer::default();
+            // Read as Chrome reads them: every text or continuation frame up to one marked
+            // final is one message, whichever opcode the first had.
+            OP_TEXT | OP_CONTINUATION => {
+                if !self.in_text {
+                    self.json = Lexer::default();
+                }
                 self.in_text = !header.fin;
                 self.scanning = true;
-            }
-            OP_CONTINUATION => {
-                self.scanning = self.in_text;
-                if header.fin {
-                    self.in_text = false;
-                }
             }
             // Control frames may come between a message's frames: they leave it as it is.
             _ if header.opcode & 0x8 != 0 => self.scanning = false,
@@ -332,6 +330,75 @@ mod tests {
             if split == stream.len() {
                 assert!(joined.contains("\"Target.oneContextPerSession\""), "{joined}");
             }
+        }
+    }
+
+    #[test]
+    fn frames_are_joined_as_chrome_joins_them() {
+        // Chrome reads a lone final continuation frame as a message, and two text frames
+        // (the first not final) as one.
+        let command = br#"{"id":1,"method":"Target.createBrowserContext"}"#;
+        let lone = frame(OP_CONTINUATION, true, command, KEY_BYTES);
+        let (out, rewritten) = through(&lone, lone.len());
+        assert_eq!(rewritten, 1);
+        assert!(payloads(&out)[0].contains("Target.oneContextPerSession"));
+        let (first, rest) = command.split_at(17);
+        let two = [
+            frame(OP_TEXT, false, first, KEY_BYTES),
+            frame(OP_TEXT, true, rest, [3; 4]),
+        ]
+        .concat();
+        let (out, rewritten) = through(&two, 9);
+        assert_eq!(rewritten, 1);
+        assert!(renamed(
+            &(payloads(&out)[0].clone() + &payloads(&out)[1]),
+            std::str::from_utf8(command).unwrap()
+        ));
+        // Nor is a string inside a message mistaken for a top-level one when its frames
+        // are both text frames.
+        let nested =
+            br#"{"id":1,"method":"Target.getTargets","params":{"x":{"method":"Target.createBrowserContext"}}}"#;
+        let (first, rest) = nested.split_at(50);
+        let two = [
+            frame(OP_TEXT, false, first, KEY_BYTES),
+            frame(OP_TEXT, true, rest, KEY_BYTES),
+        ]
+        .concat();
+        assert_eq!(through(&two, 11), (two.clone(), 0));
+    }
+
+    #[test]
+    fn unmasked_empty_and_long_headed_frames_are_followed() {
+        let command = br#"{"id":2,"method":"Target.createBrowserContext"}"#;
+        // An unmasked frame (no client sends one; the name is renamed all the same), an
+        // empty one, a payload behind a 64-bit length, then the command after a partial match.
+        let mut unmasked = vec![0x80 | OP_TEXT, command.len() as u8];
+        unmasked.extend_from_slice(command);
+        let mut long = vec![0x80 | 0x2, 0x80 | 127];
+        long.extend_from_slice(&70_000u64.to_be_bytes());
+        long.extend_from_slice(&KEY_BYTES);
+        long.extend(std::iter::repeat_n(7u8, 70_000));
+        let partial = br#"{"id":3,"method":"Target.createBrowserContextual","x":{"method":"Target.createBrowserContext"},"method":"Target.createBrowserContext"}"#;
+        let stream = [
+            unmasked,
+            frame(OP_TEXT, true, b"", KEY_BYTES),
+            long,
+            frame(OP_TEXT, true, partial, KEY_BYTES),
+        ]
+        .concat();
+        for split in [1, 13, stream.len()] {
+            let (out, rewritten) = through(&stream, split);
+            // The unmasked command, the first method's prefix (a name that is no method:
+            // harmless) and the last; not the nested one.
+            assert_eq!(rewritten, 3, "reads of {split}");
+            let changed: Vec<usize> = (0..stream.len()).filter(|&i| out[i] != stream[i]).collect();
+            assert!(changed.len() <= 3 * REPLACEMENT.len(), "reads of {split}: {changed:?}");
+            let last_frame = stream.len() - frame(OP_TEXT, true, partial, KEY_BYTES).len();
+            let last = payloads(&out[last_frame..])[0].clone();
+            assert!(
+                last.contains(r#""x":{"method":"Target.createBrowserContext"}"#),
+                "{last}"
+            );
         }
     }
 
