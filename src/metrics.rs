@@ -92,8 +92,6 @@ pub struct Metrics {
     pub messages_to_client: Counter,
     pub bytes_to_browser: Counter,
     pub bytes_to_client: Counter,
-    /// Of those bytes, the ones the kernel moved between sockets (`proxy::splice`).
-    pub bytes_spliced: Counter,
     /// Close frames sent to clients, by code (`CLOSE_CODES`, then other).
     closes: [Counter; CLOSE_CODES.len() + 1],
     /// Error answers by origin: client, upstream, internal.
@@ -414,11 +412,6 @@ impl Metrics {
             "direction",
             directions,
         );
-        let bytes_spliced = f.counter(
-            "cdpgate_proxy_spliced_bytes_total",
-            "Payload bytes of large frames moved between sockets by the kernel (splice), \
-             counted in cdpgate_proxy_bytes_total too.",
-        );
         let queue_wait_seconds = f.add(
             Families::unsuffixed("cdpgate_queue_wait_seconds_total"),
             "Time creates spent waiting for a slot.",
@@ -507,7 +500,6 @@ impl Metrics {
             messages_to_client,
             bytes_to_browser,
             bytes_to_client,
-            bytes_spliced,
             closes,
             errors,
             profile_saves,

@@ -48,7 +48,6 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("cdpgate_proxy_connections_refused_total", "counter", &[]),
     ("cdpgate_proxy_messages_total", "counter", &["direction"]),
     ("cdpgate_proxy_bytes_total", "counter", &["direction"]),
-    ("cdpgate_proxy_spliced_bytes_total", "counter", &[]),
     ("cdpgate_proxy_close_frames_total", "counter", &["code"]),
     ("cdpgate_profile_saves_total", "counter", &[]),
     ("cdpgate_profile_save_failures_total", "counter", &[]),

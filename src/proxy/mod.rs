@@ -17,7 +17,6 @@ pub(crate) mod handshake;
 pub(crate) mod hop;
 pub(crate) mod one_context;
 pub(crate) mod relay;
-pub(crate) mod splice;
 pub(crate) mod tap;
 
 use std::sync::Arc;
@@ -266,9 +265,9 @@ async fn run_relay<CR, CW, BR, BW>(
     broker: &Broker,
 ) where
     CR: relay::Source,
-    CW: relay::Sink,
+    CW: AsyncWrite + Unpin,
     BR: relay::Source,
-    BW: relay::Sink,
+    BW: AsyncWrite + Unpin,
 {
     let mut limits = relay::Limits::from_config(broker.config());
     // A managed browser runs the console patch; a context session's filter drops its frame

@@ -7,9 +7,7 @@
 //! end a connection on a frame boundary with a real close frame when the session ends.
 //!
 //! Buffers start small and grow while reads fill them (screenshots are megabytes), then
-//! shrink back, so an idle connection holds a few KiB. Between two plain TCP sockets, the
-//! payload of a large frame past what the buffer holds goes through the kernel instead
-//! (`splice`), unless a reader of that direction must see it.
+//! shrink back, so an idle connection holds a few KiB.
 
 use std::future::Future;
 use std::io;
@@ -18,7 +16,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::console_frames::ConsoleFrames;
@@ -26,7 +23,6 @@ use super::frame::{
     Header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Violation, header_len, parse_header,
 };
 use super::one_context::OneContext;
-use super::splice::{Pipe, SPLICE_MIN};
 use crate::metrics::{Counter, Metrics};
 use crate::store::EndReason;
 
@@ -153,8 +149,6 @@ enum PumpEnd {
 struct Counters<'a> {
     messages: &'a Counter,
     bytes: &'a Counter,
-    /// Of the bytes, those spliced.
-    spliced: &'a Counter,
 }
 
 /// What a relay allows.
@@ -208,18 +202,10 @@ struct Direction {
     /// Renames a second browser context's creation (the client's direction to a browser
     /// that holds one).
     one_context: Option<OneContext>,
-    /// The pipe a large frame's payload is going through (`splice`), and how many of its
-    /// bytes are in it, not yet written on.
-    pipe: Option<Pipe>,
-    piped: usize,
-    /// Splicing failed once on this connection (a kernel without it): bytes are copied.
-    splice_off: bool,
     /// Messages and bytes passed and not yet added to the shared counters: added once per
     /// read rather than once per message, so that relays on different cores do not contend
     /// for the counters' cache line at every message.
     unpublished: (u64, u64),
-    /// Of the unpublished bytes, those spliced.
-    unpublished_spliced: u64,
 }
 
 impl Direction {
@@ -238,11 +224,7 @@ impl Direction {
             console: None,
             clear_upto: 0,
             one_context: None,
-            pipe: None,
-            piped: 0,
-            splice_off: false,
             unpublished: (0, 0),
-            unpublished_spliced: 0,
         }
     }
 
@@ -287,10 +269,6 @@ impl Direction {
         if bytes > 0 {
             counters.bytes.inc_by(bytes);
         }
-        let spliced = std::mem::take(&mut self.unpublished_spliced);
-        if spliced > 0 {
-            counters.spliced.inc_by(spliced);
-        }
     }
 
     /// Forwards from `src` to `dst` until something ends it. Cancel-safe: every byte read
@@ -298,17 +276,9 @@ impl Direction {
     async fn pump<R, W>(&mut self, src: &mut R, dst: &mut W, counters: &Counters<'_>) -> PumpEnd
     where
         R: Source,
-        W: Sink,
+        W: AsyncWrite + Unpin,
     {
         loop {
-            if (self.piped > 0 || self.may_splice())
-                && let (Some(from), Some(to)) = (src.tcp(), dst.tcp())
-            {
-                if let ControlFlow::Break(end) = self.splice_payload(from, to).await {
-                    return end;
-                }
-                continue;
-            }
             if self.console.as_ref().is_some_and(|c| c.pending().is_some()) {
                 if let ControlFlow::Break(end) = self.write_held(dst).await {
                     return end;
@@ -361,68 +331,6 @@ impl Direction {
                 }
             }
         }
-    }
-
-    /// Whether the rest of the current frame's payload may go through the kernel: all that
-    /// was read is written, the frame is long, and no reader of this direction holds it.
-    fn may_splice(&self) -> bool {
-        !self.splice_off
-            && self.sent == self.filled
-            && self.cursor.remaining >= SPLICE_MIN
-            && self.one_context.is_none()
-            && self
-                .console
-                .as_ref()
-                .is_none_or(|c| !c.collecting() && c.pending().is_none())
-    }
-
-    /// Moves a pipe's worth of the current frame's payload from `from` to `to` through the
-    /// kernel (what is in the pipe first, if a step was cut short). Every byte moved out is
-    /// accounted for at once, so a step cancelled anywhere leaves `piped` and the cursor true.
-    async fn splice_payload(&mut self, from: &TcpStream, to: &TcpStream) -> ControlFlow<PumpEnd> {
-        if self.piped == 0 {
-            let pipe = match self.pipe.take().map_or_else(Pipe::new, Ok) {
-                Ok(pipe) => self.pipe.insert(pipe),
-                Err(_) => {
-                    self.splice_off = true;
-                    return ControlFlow::Continue(());
-                }
-            };
-            let len = self.cursor.remaining.min(pipe.capacity as u64) as usize;
-            match pipe.fill(from, len).await {
-                Ok(0) => return ControlFlow::Break(PumpEnd::SourceGone),
-                Ok(n) => self.piped = n,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                    self.splice_off = true;
-                    self.pipe = None;
-                    return ControlFlow::Continue(());
-                }
-                Err(_) => return ControlFlow::Break(PumpEnd::SourceGone),
-            }
-        }
-        self.drain_pipe(to).await?;
-        if self.cursor.remaining < SPLICE_MIN {
-            self.pipe = None; // the frame's tail is copied: the pipe is done with
-        }
-        ControlFlow::Continue(())
-    }
-
-    /// Writes what is in the pipe to `to`, accounting for each move as it is made.
-    async fn drain_pipe(&mut self, to: &TcpStream) -> ControlFlow<PumpEnd> {
-        let Some(pipe) = &self.pipe else {
-            return ControlFlow::Break(PumpEnd::DestinationGone);
-        };
-        while self.piped > 0 {
-            let moved = match tokio::time::timeout(self.write_stall, pipe.drain(to, self.piped)).await {
-                Ok(Ok(0) | Err(_)) | Err(_) => return ControlFlow::Break(PumpEnd::DestinationGone),
-                Ok(Ok(n)) => n,
-            };
-            self.piped -= moved;
-            self.cursor.remaining -= moved as u64;
-            self.unpublished.1 += moved as u64;
-            self.unpublished_spliced += moved as u64;
-        }
-        ControlFlow::Continue(())
     }
 
     /// How far `buf` may be written as it is. Without console frames, all of it; with
@@ -521,7 +429,7 @@ impl Direction {
     async fn finish_frame<R, W>(&mut self, src: &mut R, dst: &mut W, counters: &Counters<'_>) -> bool
     where
         R: AsyncRead + Unpin,
-        W: Sink,
+        W: AsyncWrite + Unpin,
     {
         let finished = self.finish_frame_unpublished(src, dst).await;
         self.publish(counters);
@@ -531,16 +439,8 @@ impl Direction {
     async fn finish_frame_unpublished<R, W>(&mut self, src: &mut R, dst: &mut W) -> bool
     where
         R: AsyncRead + Unpin,
-        W: Sink,
+        W: AsyncWrite + Unpin,
     {
-        if self.piped > 0 {
-            // A splice cut short: what is in the pipe goes first (the rest is copied).
-            self.splice_off = true;
-            let Some(to) = dst.tcp() else { return false };
-            if self.drain_pipe(to).await.is_break() {
-                return false;
-            }
-        }
         loop {
             if let Some(console) = &self.console {
                 if console.collecting() {
@@ -589,11 +489,6 @@ pub(crate) trait Source: AsyncRead + Unpin {
     /// Resolves once a read would not wait (bytes, the end, or an error); a source that
     /// cannot tell resolves at once.
     fn ready(&mut self) -> impl Future<Output = ()> + Send;
-
-    /// The plain TCP socket read from, if it is one: a large payload can then be spliced.
-    fn tcp(&self) -> Option<&TcpStream> {
-        None
-    }
 }
 
 impl Source for tokio::net::tcp::OwnedReadHalf {
@@ -603,29 +498,7 @@ impl Source for tokio::net::tcp::OwnedReadHalf {
             let _ = self.readable().await;
         }
     }
-
-    fn tcp(&self) -> Option<&TcpStream> {
-        Some(self.as_ref())
-    }
 }
-
-/// A write half the relay writes to.
-pub(crate) trait Sink: AsyncWrite + Unpin {
-    /// The plain TCP socket written to, if it is one: a large payload can then be spliced.
-    fn tcp(&self) -> Option<&TcpStream> {
-        None
-    }
-}
-
-impl Sink for tokio::net::tcp::OwnedWriteHalf {
-    fn tcp(&self) -> Option<&TcpStream> {
-        Some(self.as_ref())
-    }
-}
-
-impl<'a> Sink for Box<dyn AsyncWrite + Unpin + Send + 'a> {}
-
-impl<T: AsyncWrite> Sink for tokio::io::WriteHalf<T> {}
 
 impl<'a> Source for Box<dyn AsyncRead + Unpin + Send + 'a> {
     fn ready(&mut self) -> impl Future<Output = ()> + Send {
@@ -659,9 +532,9 @@ pub(crate) async fn relay<CR, CW, BR, BW>(
     metrics: &Metrics,
 ) where
     CR: Source,
-    CW: Sink,
+    CW: AsyncWrite + Unpin,
     BR: Source,
-    BW: Sink,
+    BW: AsyncWrite + Unpin,
 {
     let Peer {
         rx: mut client_rx,
@@ -685,12 +558,10 @@ pub(crate) async fn relay<CR, CW, BR, BW>(
     let to_browser = Counters {
         messages: &metrics.messages_to_browser,
         bytes: &metrics.bytes_to_browser,
-        spliced: &metrics.bytes_spliced,
     };
     let to_client = Counters {
         messages: &metrics.messages_to_client,
         bytes: &metrics.bytes_to_client,
-        spliced: &metrics.bytes_spliced,
     };
 
     enum Ending {
@@ -784,6 +655,7 @@ pub(crate) async fn relay<CR, CW, BR, BW>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     fn test_limits() -> Limits {
         Limits {
@@ -995,7 +867,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn large_frames_between_tcp_sockets_go_through_the_kernel_byte_for_byte() {
+    async fn large_frames_between_tcp_sockets_pass_byte_for_byte_and_a_cut_one_is_finished() {
         let metrics = Metrics::default();
         let (mut client, relay_client) = tcp_pair().await;
         let (relay_browser, mut browser) = tcp_pair().await;
@@ -1013,7 +885,7 @@ mod tests {
             &metrics,
         );
         let peers = async {
-            // Sizes about the splicing threshold and the pipe's size, small ones between.
+            // Sizes about the buffer's steps and past its largest, small ones between.
             let down = frames_of(
                 &[10, 70_000, 65_535, 65_736, 3_000_000, 5, 1_048_576, 200_000, 1],
                 false,
@@ -1022,8 +894,8 @@ mod tests {
             let up = frames_of(&[70_000, 5, 300_000], true);
             assert_eq!(across(&mut client, &mut browser, &up, 1 << 20).await, up);
 
-            // Part of a big reply, then the session ends: the relay finishes the frame (what
-            // is in its pipe included) and then closes on the boundary.
+            // Part of a big reply, then the session ends: the relay finishes the frame and
+            // then closes on the boundary.
             let reply = frame(true, OP_BINARY, &vec![9; 2_000_000], false);
             browser.write_all(&reply[..700_000]).await.unwrap();
             let mut got = vec![0; reply.len()];
@@ -1046,20 +918,12 @@ mod tests {
             (down.len(), up.len())
         };
         let ((), (down, up)) = tokio::join!(relay_task, peers);
-        let payload = |sizes: &[usize]| sizes.iter().sum::<usize>() as u64;
         assert_eq!(metrics.messages_to_client.get(), 10);
         assert_eq!(metrics.messages_to_browser.get(), 3);
         let (to_client, to_browser) = (metrics.bytes_to_client.get(), metrics.bytes_to_browser.get());
         // Counted as frames' bytes (headers included), the cut reply's whole frame too.
         assert_eq!(to_client, down as u64 + 2_000_000 + 10);
         assert_eq!(to_browser, up as u64);
-        // Most of the large payloads went through the kernel, none of the small ones.
-        let large = payload(&[70_000, 65_535, 65_736, 3_000_000, 1_048_576, 200_000, 70_000, 300_000]);
-        let spliced = metrics.bytes_spliced.get();
-        assert!(
-            spliced > large / 2 && spliced <= large + 2_000_000,
-            "spliced {spliced} of {large}"
-        );
     }
 
     /// A source that hands out its chunks exactly as cut, one per read.
@@ -1092,8 +956,6 @@ mod tests {
     /// A destination that takes at most `.1` bytes a write.
     struct Trickle(Vec<u8>, usize);
 
-    impl Sink for Trickle {}
-
     impl AsyncWrite for Trickle {
         fn poll_write(
             mut self: std::pin::Pin<&mut Self>,
@@ -1119,7 +981,6 @@ mod tests {
         let counters = Counters {
             messages: &metrics.messages_to_client,
             bytes: &metrics.bytes_to_client,
-            spliced: &metrics.bytes_spliced,
         };
         let limits = Limits {
             console_frames: console,
