@@ -236,6 +236,45 @@ fn one_context(bytes: &[u8], step: usize) {
     for ((sent, once), piecewise) in bytes.iter().zip(&whole).zip(&pieces) {
         assert!(piecewise == sent || piecewise == once, "a byte no name covers changed");
     }
+    // Every changed byte is a payload byte that, unmasked, was the refused name's and is
+    // now the replacement's at the same place in the name; no header byte changes.
+    let masks = payload_masks(bytes);
+    for (i, (sent, now)) in bytes.iter().zip(&whole).enumerate().filter(|(_, (a, b))| a != b) {
+        let mask = masks[i].unwrap_or_else(|| panic!("header byte {i} changed"));
+        let (was, is) = (sent ^ mask, now ^ mask);
+        assert!(
+            (0..REPLACEMENT.len()).any(|k| crate::proxy::one_context::REFUSED[k] == was && REPLACEMENT[k] == is),
+            "byte {i} went from {was:?} to {is:?}"
+        );
+    }
+}
+
+/// For each byte of a stream of frames, the mask byte it is read with if it is payload, or
+/// `None` for a header byte (and everything past a frame that cannot be parsed).
+fn payload_masks(bytes: &[u8]) -> Vec<Option<u8>> {
+    use crate::proxy::frame::{header_len, parse_header};
+    let mut masks = vec![None; bytes.len()];
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = header_len(&bytes[at..]);
+        if at + len > bytes.len() {
+            break;
+        }
+        let raw = &bytes[at..at + len];
+        let Ok(header) = parse_header(raw) else { break };
+        let key = if raw[1] & 0x80 != 0 {
+            [raw[len - 4], raw[len - 3], raw[len - 2], raw[len - 1]]
+        } else {
+            [0; 4]
+        };
+        at += len;
+        let end = (at as u64).saturating_add(header.len).min(bytes.len() as u64) as usize;
+        for (j, mask) in masks[at..end].iter_mut().enumerate() {
+            *mask = Some(key[j % 4]);
+        }
+        at = end;
+    }
+    masks
 }
 
 /// An action's instruction and variables: parsing never fails hard, filling without values

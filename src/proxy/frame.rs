@@ -21,11 +21,11 @@ pub(crate) enum Violation {
 pub(crate) struct Header {
     pub(super) fin: bool,
     pub(super) opcode: u8,
-    pub(super) len: u64,
+    pub(crate) len: u64,
 }
 
 /// Length of a header whose first bytes are `prefix` (as far as they tell).
-pub(super) fn header_len(prefix: &[u8]) -> usize {
+pub(crate) fn header_len(prefix: &[u8]) -> usize {
     if prefix.len() < 2 {
         return 2;
     }
@@ -38,7 +38,7 @@ pub(super) fn header_len(prefix: &[u8]) -> usize {
     2 + ext + mask
 }
 
-pub(super) fn parse_header(h: &[u8]) -> Result<Header, Violation> {
+pub(crate) fn parse_header(h: &[u8]) -> Result<Header, Violation> {
     if h[0] & 0x70 != 0 {
         // Reserved bits: no extension was negotiated through this relay.
         return Err(Violation::Protocol);

@@ -18,7 +18,7 @@
 use super::frame::{OP_CONTINUATION, OP_TEXT, header_len, parse_header};
 
 /// The method refused, and what it becomes: the same length, so frames keep their sizes.
-const REFUSED: &[u8] = b"Target.createBrowserContext";
+pub(crate) const REFUSED: &[u8] = b"Target.createBrowserContext";
 pub(crate) const REPLACEMENT: &[u8] = b"Target.oneContextPerSession";
 const _: () = assert!(REFUSED.len() == REPLACEMENT.len());
 
