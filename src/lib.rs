@@ -48,6 +48,7 @@ pub(crate) mod events;
 pub mod fuzzing;
 pub mod http;
 pub(crate) mod limits;
+pub(crate) mod markdown;
 pub mod mcp;
 pub mod metrics;
 pub(crate) mod profile;

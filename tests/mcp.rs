@@ -483,3 +483,92 @@ fn find_node(node: &Value, id: &str) -> Option<u64> {
     let content = node.get("contentDocument").into_iter();
     children.chain(content).find_map(|child| find_node(child, id))
 }
+
+/// A Chrome DevTools endpoint that is a tenant's own and answers whatever hurts most: page
+/// HTML nested 200,000 deep, an outline whose lines are short, and a list of elements with
+/// an index of 2^40 (a table that large, were it made, would end the broker).
+async fn hostile_devtools() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    let command: Value = serde_json::from_str(&text).unwrap();
+                    let expression = command["params"]["expression"].as_str().unwrap_or_default();
+                    let result = match command["method"].as_str().unwrap_or_default() {
+                        "Browser.getVersion" => json!({"product": "Chrome/150.0.0.0", "protocolVersion": "1.3",
+                            "userAgent": "Chrome", "jsVersion": "1", "revision": "1"}),
+                        "Target.getTargets" => json!({"targetInfos": [{"targetId": "T1", "type": "page",
+                            "url": "http://own.test/", "title": "own", "attached": false}]}),
+                        "Target.attachToTarget" => json!({"sessionId": "S1"}),
+                        "Page.createIsolatedWorld" => json!({"executionContextId": 7}),
+                        "Runtime.evaluate" if expression.contains(".main(") => {
+                            json!({"result": {"type": "object", "value": {"html": "<div>".repeat(200_000), "title": "deep"}}})
+                        }
+                        "Runtime.evaluate" if expression.contains(".snapshot(") => {
+                            json!({"result": {"type": "object", "value": {"url": "http://own.test/", "title": "own",
+                                "lines": [[], ["a"], ["x", 1_099_511_627_776_u64, "y"], "plain"]}}})
+                        }
+                        "Runtime.evaluate" => json!({"result": {"type": "object", "objectId": "L1"}}),
+                        "Runtime.getProperties" => json!({"result": [
+                            {"name": "1099511627776", "value": {"objectId": "O1"}},
+                            {"name": "0", "value": {"objectId": "O0"}}]}),
+                        "DOM.describeNode" => json!({"node": {"backendNodeId": 5}}),
+                        _ => json!({}),
+                    };
+                    let mut reply = json!({"id": command["id"], "result": result});
+                    if let Some(session) = command.get("sessionId") {
+                        reply["sessionId"] = session.clone();
+                    }
+                    if ws.send(Message::text(reply.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_browser_answering_to_hurt_gets_errors_and_the_broker_goes_on() {
+    let server = TestServer::start_with(|c| c.byo_allow = vec!["127.0.0.0/8".into()]).await;
+    let devtools = hostile_devtools().await;
+    let session = server
+        .create(json!({"cdp_url": format!("ws://{devtools}/devtools/browser/own")}))
+        .await;
+    let id = session["session_id"].as_str().unwrap();
+    let bearer = format!("Bearer {KEY_A}");
+    let init = post(&server, Some(&bearer), None, &init_body()).await;
+    let mcp = init.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let call = |n: u32, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"session_id": id}}})
+        .to_string()
+    };
+
+    // A stack overflow in the converter would end this whole process, test and broker.
+    let r = post(&server, Some(&bearer), Some(&mcp), &call(2, "markdown")).await;
+    assert_eq!(r.json["result"]["isError"], true, "{}", r.body);
+    let said = r.json["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(said.contains("nest 200000 deep"), "{said}");
+
+    // Short lines read as empty; the index of 2^40 names nothing and sizes nothing.
+    let r = post(&server, Some(&bearer), Some(&mcp), &call(3, "snapshot")).await;
+    assert_eq!(r.json["result"]["isError"], false, "{}", r.body);
+    let text = r.json["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("xy") && text.contains("plain") && !text.contains("ref="),
+        "{text}"
+    );
+
+    let health = server.call(Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    server.stop().await;
+}

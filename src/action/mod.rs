@@ -103,7 +103,7 @@ impl Actions {
             &session.upstream,
             egress,
             session.upstream.timeout(config.byo_timeout()),
-            config.ws_config(),
+            session.upstream.parsed_ws_config(config),
             current_tab.as_deref(),
         )
         .await;

@@ -153,6 +153,22 @@ const PIPE_BUFFER: usize = 256 * 1024;
 const MANAGED_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
+    /// The WebSocket limits of a broker's own client that parses this browser's every
+    /// answer (the MCP server, renders, single actions): a user's own browser may answer
+    /// anything, so its messages are held to `max_parsed_message_bytes`, as clients' are
+    /// (a parsed message costs many times its size); a managed Chrome's screenshots may be
+    /// larger and come to `max_message_bytes`.
+    pub fn parsed_ws_config(
+        &self,
+        config: &crate::config::Config,
+    ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        if self.external {
+            config.parsed_ws_config()
+        } else {
+            config.ws_config()
+        }
+    }
+
     /// How long a connection or exchange with this browser may take: a user's own
     /// browser gets `byo_timeout`.
     pub fn timeout(&self, byo_timeout: Duration) -> Duration {

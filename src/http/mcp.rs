@@ -833,7 +833,7 @@ async fn on_page(
     let mut page = Page::open(
         &session.upstream,
         broker.egress(),
-        config.ws_config(),
+        session.upstream.parsed_ws_config(config),
         config.action_timeout(),
     )
     .await?;

@@ -24,6 +24,8 @@ const HELPERS: &str = include_str!("page.js");
 const READER: &str = include_str!("../render/page.js");
 /// Largest snapshot, in characters (an agent's context is not unbounded).
 const MAX_SNAPSHOT_CHARS: usize = 60_000;
+/// Most elements a snapshot refers to: an outline of `MAX_SNAPSHOT_CHARS` names fewer.
+const MAX_SNAPSHOT_ELEMENTS: usize = MAX_SNAPSHOT_CHARS / 4;
 /// Largest HTML read for markdown, in characters.
 const MAX_HTML_CHARS: usize = 4 * 1024 * 1024;
 /// The object group of the references a snapshot resolves, released after it.
@@ -324,13 +326,15 @@ impl Page {
             .flatten()
             .map(|line| match line {
                 Value::Array(parts) => {
-                    let id = parts[1].as_u64().and_then(|i| ids.get(i as usize)).copied().flatten();
+                    // Read with `get`: a user's own browser may send any shape.
+                    let part = |i: usize| parts.get(i).unwrap_or(&Value::Null);
+                    let id = part(1).as_u64().and_then(|i| ids.get(i as usize)).copied().flatten();
                     refs.extend(id);
                     let reference = id.map(|id| format!(" [ref=e{id}]")).unwrap_or_default();
                     format!(
                         "{}{reference}{}",
-                        parts[0].as_str().unwrap_or_default(),
-                        parts[2].as_str().unwrap_or_default()
+                        part(0).as_str().unwrap_or_default(),
+                        part(2).as_str().unwrap_or_default()
                     )
                 }
                 other => other.as_str().unwrap_or_default().to_owned(),
@@ -371,6 +375,11 @@ impl Page {
             })
             .collect();
         objects.sort();
+        // The list's indices are 0 to its length: a larger one (a user's own browser may
+        // name any) would size the table below, and is dropped, as is anything past the
+        // most elements a snapshot's outline can name.
+        let listed = objects.len();
+        objects.retain(|(index, _)| *index < listed.min(MAX_SNAPSHOT_ELEMENTS));
         // One command per element, all in flight at once.
         let described = futures_util::future::join_all(objects.iter().map(|(_, object)| {
             self.client.call(
@@ -520,17 +529,12 @@ impl Page {
                 "the page's main text is over {MAX_HTML_CHARS} characters of HTML"
             )));
         }
-        let html = read["html"].as_str().unwrap_or_default();
-        let mut markdown = htmd::HtmlToMarkdown::builder()
-            .skip_tags(vec!["script", "style", "head"])
-            .build()
-            .convert(html)
-            .map_err(|e| PageError::Browser(format!("the page's HTML could not be converted: {e}")))?;
-        let title = read["title"].as_str().unwrap_or_default().trim();
-        if !title.is_empty() && !markdown.trim_start().starts_with("# ") {
-            markdown = format!("# {title}\n\n{markdown}");
-        }
-        Ok(markdown)
+        let html = read["html"].as_str().unwrap_or_default().to_owned();
+        let title = read["title"].as_str().unwrap_or_default();
+        // Counted again in bytes: the count above is the browser's word (UTF-16 characters).
+        crate::markdown::from_html(html, title, 3 * MAX_HTML_CHARS)
+            .await
+            .map_err(PageError::Browser)
     }
 }
 

@@ -25,6 +25,8 @@ const HELPERS: &str = include_str!("page.js");
 const POLL: Duration = Duration::from_millis(100);
 /// Largest HTML read from a page (content, markdown), in characters.
 const MAX_HTML_CHARS: usize = 16 * 1024 * 1024;
+/// The same in UTF-8 bytes at most (three for each UTF-16 character the page counts).
+const MAX_HTML_BYTES: usize = 3 * MAX_HTML_CHARS;
 /// Scrape bounds: matches per selector, and characters of each text, HTML and attribute.
 const SCRAPE_MATCHES: usize = 100;
 const SCRAPE_TEXT: usize = 10_000;
@@ -439,15 +441,10 @@ impl Tab {
             Output::Markdown => {
                 let read = self.helper("main", &[json!(MAX_HTML_CHARS)]).await?;
                 let html = self.bounded(&read, "html")?;
-                let mut markdown = htmd::HtmlToMarkdown::builder()
-                    .skip_tags(vec!["script", "style", "head"])
-                    .build()
-                    .convert(&html)
-                    .map_err(|e| RenderError::Browser(format!("the page's HTML could not be converted: {e}")))?;
-                let title = read["title"].as_str().unwrap_or_default().trim();
-                if !title.is_empty() && !markdown.trim_start().starts_with("# ") {
-                    markdown = format!("# {title}\n\n{markdown}");
-                }
+                let title = read["title"].as_str().unwrap_or_default();
+                let markdown = crate::markdown::from_html(html, title, MAX_HTML_BYTES)
+                    .await
+                    .map_err(RenderError::Browser)?;
                 Ok(Produced::Bytes {
                     content_type: "text/markdown; charset=utf-8",
                     body: markdown.into_bytes(),
@@ -488,10 +485,18 @@ impl Tab {
                 "The page's HTML is {n} characters: at most {MAX_HTML_CHARS} are read"
             )));
         }
-        read[key]
+        let text = read[key]
             .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| RenderError::Browser("the page could not be read".into()))
+            .ok_or_else(|| RenderError::Browser("the page could not be read".into()))?;
+        // Counted again here: the count above is the browser's word, and a user's own
+        // browser may say anything.
+        if text.len() > MAX_HTML_BYTES {
+            return Err(RenderError::TooLarge(format!(
+                "The page's HTML is {} bytes: at most {MAX_HTML_BYTES} are read",
+                text.len()
+            )));
+        }
+        Ok(text.to_owned())
     }
 }
 

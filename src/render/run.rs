@@ -148,7 +148,7 @@ pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Targ
         let mut tab = Tab::open(
             place.upstream(),
             broker.egress(),
-            broker.config().ws_config(),
+            place.upstream().parsed_ws_config(broker.config()),
             !fresh,
             deadline,
         )
