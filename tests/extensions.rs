@@ -283,6 +283,7 @@ async fn hostile_zips_are_refused_and_leave_the_directory_unchanged() {
     };
     let zeros = vec![0u8; 51 * 1024 * 1024];
     let many: Vec<(String, Vec<u8>)> = (0..2001).map(|i| (format!("f{i}.js"), Vec::new())).collect();
+    let long_name = "a".repeat(300);
     let mut many_entries: Vec<(&str, &[u8])> = vec![("manifest.json", ok)];
     many_entries.extend(many.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -318,6 +319,11 @@ async fn hostile_zips_are_refused_and_leave_the_directory_unchanged() {
             "more than",
         ),
         ("too many entries", zip_of(&many_entries), "entries"),
+        (
+            "a name too long for a file",
+            zip_of(&[("manifest.json", ok), (long_name.as_str(), b"x")]),
+            "component over 255 bytes",
+        ),
         ("no manifest", zip_of(&[("content.js", b"x")]), "no manifest.json"),
         (
             "two top folders",
@@ -782,4 +788,69 @@ async fn a_pool_of_the_cluster_loads_an_extension_uploaded_on_another_node() {
     for server in [a, b] {
         server.stop().await;
     }
+}
+
+/// Bytes of the unpacks under way in `root` (its `.tmp-` directories).
+fn unpacking_bytes(root: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(root) else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let mut stack = vec![entry.path()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) => total += m.len(),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_uploads_unpacks_two_at_a_time_and_one_per_key() {
+    let server = TestServer::start_with(|c| c.pool_size = 0).await;
+    let root = server.data_dir.path().join("extensions");
+    // 20 MiB of zeros, honestly declared: a few KiB on the wire, 20 MiB on disk once unpacked.
+    let zeros = vec![0u8; 20 * 1024 * 1024];
+    let zip = zip_of(&[("manifest.json", manifest(3).as_bytes()), ("big.bin", &zeros)]);
+    assert!(zip.len() < 1024 * 1024);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = tokio::task::spawn_blocking({
+        let (root, sampling) = (root.clone(), sampling.clone());
+        move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(unpacking_bytes(&root));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        }
+    });
+    let uploads = (0..12).map(|i| upload(&server, if i % 2 == 0 { KEY_A } else { KEY_B }, zip.clone()));
+    let answers = futures_util::future::join_all(uploads).await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+
+    let mut kept = BTreeMap::new();
+    for (i, answer) in answers.iter().enumerate() {
+        match answer.status {
+            StatusCode::CREATED => *kept.entry(i % 2).or_insert(0) += 1,
+            StatusCode::CONFLICT => assert!(answer.body.contains("one at a time"), "{}", answer.body),
+            other => panic!("upload {i}: {other} {}", answer.body),
+        }
+    }
+    assert!(kept.len() == 2, "each key kept one at least: {kept:?}");
+    // Two unpacks at once at most: never more than two extensions' bytes being written.
+    assert!(
+        peak <= 2 * 20 * 1024 * 1024 + 64 * 1024,
+        "{peak} bytes unpacking at once"
+    );
+    assert_eq!(unpacking_bytes(&root), 0, "nothing left half unpacked");
+    server.stop().await;
 }

@@ -20,6 +20,8 @@ pub const MAX_UNPACKED_BYTES: u64 = 50 * 1024 * 1024;
 pub const MAX_ENTRIES: usize = 2000;
 /// Longest entry name, in bytes.
 const MAX_NAME_BYTES: usize = 1024;
+/// Longest name of one file or folder (the file system's own limit).
+const MAX_COMPONENT_BYTES: usize = 255;
 /// Largest `manifest.json`.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
@@ -158,6 +160,9 @@ fn checked_name(name: &str) -> Result<String, ZipError> {
         match part {
             "" => return Err(bad("has an empty path component")),
             "." | ".." => return Err(bad("has a . or .. component")),
+            part if part.len() > MAX_COMPONENT_BYTES => {
+                return Err(bad(&format!("has a component over {MAX_COMPONENT_BYTES} bytes")));
+            }
             _ => {}
         }
     }

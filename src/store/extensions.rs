@@ -123,6 +123,39 @@ pub struct Extensions {
     shared: Option<Arc<Shared>>,
     /// Zips fetched from the shared store.
     fetched: AtomicU64,
+    /// Unpacks under way on this node, at most `UNPACKS` at once: each may write up to the
+    /// unpacked cap before the key's caps are checked against its real size.
+    unpacks: tokio::sync::Semaphore,
+    /// Keys with an upload under way: one at a time per key, so that a key's burst of
+    /// uploads cannot hold every unpack.
+    uploading: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Unpacks at once on a node: what they may write in all is this many unpacked caps.
+const UNPACKS: usize = 2;
+
+/// A key's upload under way, until dropped.
+struct UploadOfKey<'a> {
+    uploading: &'a Mutex<std::collections::HashSet<String>>,
+    tenant: String,
+}
+
+impl<'a> UploadOfKey<'a> {
+    fn claim(uploading: &'a Mutex<std::collections::HashSet<String>>, tenant: &Tenant) -> Result<Self, ExtensionError> {
+        let tenant = tenant.to_string();
+        if !uploading.lock().expect("uploads lock").insert(tenant.clone()) {
+            return Err(ExtensionError::Full(
+                "An upload of this API key's is under way: extensions are uploaded one at a time".into(),
+            ));
+        }
+        Ok(UploadOfKey { uploading, tenant })
+    }
+}
+
+impl Drop for UploadOfKey<'_> {
+    fn drop(&mut self) {
+        self.uploading.lock().expect("uploads lock").remove(&self.tenant);
+    }
 }
 
 /// What a cluster shares of its extensions.
@@ -225,6 +258,8 @@ impl Extensions {
             state: Arc::new(Mutex::new(state)),
             shared: shared.map(Arc::new),
             fetched: AtomicU64::new(0),
+            unpacks: tokio::sync::Semaphore::new(UNPACKS),
+            uploading: Mutex::default(),
         })
     }
 
@@ -235,7 +270,13 @@ impl Extensions {
 
     /// Checks `zip`, unpacks it and keeps it as one of `tenant`'s extensions.
     pub async fn add(&self, tenant: &Tenant, zip: bytes::Bytes) -> Result<Arc<Extension>, ExtensionError> {
+        let _one_of_the_key = UploadOfKey::claim(&self.uploading, tenant)?;
         self.room_for(tenant, 0).await?;
+        let _unpack = self
+            .unpacks
+            .acquire()
+            .await
+            .map_err(|e| ExtensionError::Io(io::Error::other(e)))?;
         let id = format!("ext_{}", random_hex(12));
         let temp = self.root.join(format!("{TEMP_PREFIX}{id}"));
         let unpacked = {
