@@ -1059,3 +1059,50 @@ async fn a_pool_is_the_clusters_spread_over_its_nodes_and_refilled_when_one_leav
     assert!(empty.broker.running_session(None, local_id).is_some());
     empty.stop().await;
 }
+
+/// A pool's ready sessions on every node count against its key's quota on each: with a
+/// quota of 4 and a pool of 4 spread over two nodes, no plain create fits on either, the
+/// four takes do (two of them sent to the other node), and the key never runs more than 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_ready_sessions_on_other_nodes_count_against_the_keys_quota() {
+    let redis = start_redis().await;
+    let quota = |c: &mut cdpgate::Config| {
+        c.pool_size = 0;
+        c.max_sessions_per_key = 4;
+    };
+    let a = cluster_node_with(&redis, "quota:", "node-a", quota).await;
+    let b = cluster_node_with(&redis, "quota:", "node-b", quota).await;
+    let body = json!({"name": "four", "size": 4}).to_string();
+    let r = a.call(Method::POST, "/public/pools", Some(KEY_A), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let spread = json!([{"node": "node-a", "ready": 2}, {"node": "node-b", "ready": 2}]);
+    for node in [&a, &b] {
+        pool_once(node, "four", |p| p["stats"]["nodes"] == spread).await;
+    }
+
+    // Four ready sessions of the key: a plain create fits on neither node.
+    for node in [&a, &b] {
+        let r = node
+            .call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}"))
+            .await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+        assert!(r.body.contains("max_sessions_per_key"), "{}", r.body);
+    }
+    // The four takes, all through A.
+    let take = json!({"pool": "four"}).to_string();
+    for i in 0..4 {
+        let r = a.call(Method::POST, "/public/sessions", Some(KEY_A), Some(&take)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "take {i}: {}", r.body);
+    }
+    let running = a.broker.active_sessions() + b.broker.active_sessions();
+    assert_eq!(running, 4);
+    // Nothing more fits, plain or pooled, and no refill runs past the quota.
+    let r = b.call(Method::POST, "/public/sessions", Some(KEY_A), Some("{}")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pool = pool_once(&a, "four", |_| true).await;
+    assert_eq!(pool["stats"]["ready"], 0, "{pool}");
+    assert_eq!(a.broker.active_sessions() + b.broker.active_sessions(), 4);
+    a.stop().await;
+    b.stop().await;
+}

@@ -381,9 +381,12 @@ impl Broker {
         let Some(limit) = self.quotas.limit(kind) else {
             return self.quotas.reserve(tenant, kind, 0, || 0);
         };
-        let elsewhere = match &self.nodes {
-            Some(_) => self.running_elsewhere(tenant, kind, limit).await,
-            None => 0,
+        let elsewhere = match (&self.nodes, kind) {
+            (Some(_), Kind::Managed) => {
+                self.running_elsewhere(tenant, kind, limit).await + self.ready_elsewhere(tenant).await
+            }
+            (Some(_), Kind::Byo) => self.running_elsewhere(tenant, kind, limit).await,
+            (None, _) => 0,
         };
         self.quotas.reserve(tenant, kind, elsewhere, || {
             // A named pool's ready browsers are sessions of their key waiting to be taken.

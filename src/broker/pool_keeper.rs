@@ -222,6 +222,27 @@ impl Broker {
             > 0)
     }
 
+    /// `tenant`'s pools' browsers ready on the other live nodes, as their heartbeats say:
+    /// sessions of its key waiting to be taken there, so they count against its quota here
+    /// as this node's own ready ones do. Read only for a key that has pools.
+    pub(super) async fn ready_elsewhere(&self, tenant: &Tenant) -> usize {
+        let Some(nodes) = &self.nodes else { return 0 };
+        if self.named.of(tenant).is_empty() {
+            return 0;
+        }
+        let prefix = format!("{tenant}.");
+        nodes
+            .all()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|(n, alive)| *alive && n.id != self.node)
+            .flat_map(|(n, _)| n.pools.iter())
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, share)| share.ready)
+            .sum()
+    }
+
     /// The other live nodes with a ready one of `tenant`'s pool `name`, those with the
     /// most first: where a create from it goes when none is ready here.
     pub async fn pool_holders(&self, tenant: &Tenant, name: &str) -> Vec<NodeInfo> {
