@@ -1106,3 +1106,46 @@ async fn a_pools_ready_sessions_on_other_nodes_count_against_the_keys_quota() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A profile deleted through one node takes the pool browsers copied from it on every node:
+/// none is handed out afterwards, on the node that deleted it or on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_deleted_through_one_node_is_handed_out_by_no_pool() {
+    let redis = start_redis().await;
+    let quiet = |c: &mut cdpgate::Config| c.pool_size = 0;
+    let a = cluster_node_with(&redis, "gone:", "node-a", quiet).await;
+    let b = cluster_node_with(&redis, "gone:", "node-b", quiet).await;
+    let body = json!({"name": "kept"}).to_string();
+    let profile = a
+        .call(Method::POST, "/public/browser-profiles", Some(KEY_A), Some(&body))
+        .await;
+    assert_eq!(profile.status, StatusCode::CREATED, "{}", profile.body);
+    let id = profile.json["id"].as_str().unwrap().to_owned();
+    let pool = json!({"name": "copies", "size": 2, "profile_id": id}).to_string();
+    let r = a.call(Method::POST, "/public/pools", Some(KEY_A), Some(&pool)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let spread = json!([{"node": "node-a", "ready": 1}, {"node": "node-b", "ready": 1}]);
+    pool_once(&a, "copies", |p| p["stats"]["nodes"] == spread).await;
+
+    let deleted = b
+        .call(
+            Method::DELETE,
+            &format!("/public/browser-profiles/{id}"),
+            Some(KEY_A),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    for node in [&a, &b] {
+        pool_once(node, "copies", |p| p["stats"]["ready"] == 0).await;
+        let take = json!({"pool": "copies"}).to_string();
+        let r = node
+            .call(Method::POST, "/public/sessions", Some(KEY_A), Some(&take))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        assert_eq!(r.json["detail"], "Browser profile not found");
+    }
+    assert_eq!(a.broker.active_sessions() + b.broker.active_sessions(), 0);
+    a.stop().await;
+    b.stop().await;
+}

@@ -21,7 +21,7 @@ use crate::quota::Kind;
 use crate::session::{Backing, Session, session_span};
 use crate::store::Isolation;
 use crate::store::nodes::PoolShare;
-use crate::store::profiles::Profile;
+use crate::store::profiles::{Profile, ProfileError};
 
 /// The longest pause between failed refills of a pool.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -398,6 +398,22 @@ impl Broker {
         }
     }
 
+    /// Drops the ready browsers of pools whose profile is gone from the store (deleted
+    /// through another node of a cluster): the cluster's pool sync calls it.
+    pub async fn drop_pools_of_deleted_profiles(&self) {
+        let pools: Vec<_> = self.named.lock().values().cloned().collect();
+        for pool in pools {
+            let Some(id) = pool.spec().profile_id else { continue };
+            if pool.ready_count() == 0 {
+                continue;
+            }
+            if let Err(ProfileError::NotFound) = self.profiles.get(&pool.tenant, &id).await {
+                tracing::info!(tenant = %pool.tenant, profile = %id, "a pool's profile was deleted: its ready browsers go");
+                drop(pool.drain());
+            }
+        }
+    }
+
     /// A session from `tenant`'s pool `name`: a ready browser if there is one, else a cold
     /// start with the pool's settings (without `cold`, a refusal: another node sent it
     /// here for a ready one).
@@ -430,7 +446,11 @@ impl Broker {
         }
         // The ready browser's place in the quota passes to the session without a gap.
         let place = self.quotas.hold(&tenant, Kind::Managed);
-        let Some(ready) = pool.pop() else {
+        // One copied from a profile deleted since (its refill under way when it went) goes.
+        let ready = pool
+            .pop()
+            .filter(|r| !r.profile.as_ref().is_some_and(|p| p.is_deleted()));
+        let Some(ready) = ready else {
             drop(place);
             pool.stats.lock().expect("pool lock").missed += 1;
             self.metrics.named_pool_misses.inc();
@@ -643,6 +663,9 @@ impl Broker {
     }
 
     fn refilled(&self, pool: &NamedPool, started: Instant, kind: ReadyKind, profile: Option<Arc<Profile>>) {
+        if profile.as_ref().is_some_and(|p| p.is_deleted()) {
+            return; // deleted while it was copied: the copy goes (dropped, its browser killed)
+        }
         let ready = Ready { kind, profile };
         let took = started.elapsed();
         self.metrics.named_pool_refill_time.observe(took);

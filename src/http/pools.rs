@@ -204,6 +204,7 @@ async fn step(broker: &Broker) {
             }
         }
     }
+    broker.drop_pools_of_deleted_profiles().await;
     for (tenant, name) in broker.pool_names() {
         if !stored.iter().any(|(t, n, _)| t == &tenant && n == &name) {
             tracing::info!(tenant = %tenant, pool = %name, "pool deleted on another node: dropped here");

@@ -68,6 +68,12 @@ impl Profile {
     pub fn users(&self) -> usize {
         self.local.users.load(Ordering::Relaxed)
     }
+
+    /// Deleted through this node since this was read: a copy of it made before (a pool's
+    /// ready browser) is not handed out.
+    pub fn is_deleted(&self) -> bool {
+        self.local.deleted.load(Ordering::SeqCst)
+    }
 }
 
 /// What this node knows of a profile beyond its record: who uses it here.
@@ -80,6 +86,8 @@ struct Local {
     /// A save holds it for writing; a new session's copy holds it for reading, so a
     /// session created right after another ended on this node starts from the saved state.
     swap: tokio::sync::RwLock<()>,
+    /// Deleted through this node.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 /// A session's hold on a profile, released when its browser is done with it.
@@ -200,6 +208,7 @@ impl Profiles {
         {
             return Err(ProfileError::Busy(holder));
         }
+        profile.local.deleted.store(true, Ordering::SeqCst);
         self.data.remove(id).await?;
         if let Some(locks) = &self.locks {
             locks.forget(id).await?;
