@@ -273,7 +273,10 @@ impl Broker {
         let pool = self.change_pool_here(tenant, name, change)?;
         pool.definition.lock().expect("pool lock").extend(patch);
         let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
-        self.pool_definitions.put(tenant, name, &definition).await?;
+        // Only if it is still defined: a DELETE that came between keeps the pool deleted.
+        if !self.pool_definitions.update(tenant, name, &definition).await? {
+            return Err(NamedPoolError::NotFound.into());
+        }
         let mut views = vec![pool.view()];
         self.add_other_nodes(tenant, &mut views).await;
         Ok(views.remove(0))

@@ -487,16 +487,24 @@ impl Extensions {
     /// it (in a cluster, a browser of any live node).
     pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), ExtensionError> {
         let Some(shared) = &self.shared else {
-            {
-                let state = self.state.lock().expect("extensions lock");
+            // The check and the removal under one lock: a create holding it in between
+            // would otherwise see it deleted under its browser, or the answer say 204 and
+            // nothing be deleted.
+            let gone = {
+                let mut state = self.state.lock().expect("extensions lock");
                 if state.by_id.get(id).is_none_or(|e| e.tenant != tenant.to_string()) {
                     return Err(ExtensionError::NotFound);
                 }
                 if let Some(n) = state.users.get(id) {
                     return Err(ExtensionError::InUse(*n));
                 }
-            }
-            return self.drop_local(id).await;
+                let gone = self.root.join(format!("{GONE_PREFIX}{}", random_hex(8)));
+                std::fs::rename(self.root.join(id), &gone)?;
+                state.by_id.remove(id);
+                gone
+            };
+            tokio::fs::remove_dir_all(&gone).await?;
+            return Ok(());
         };
         // Another key's id is not found, whatever Redis holds.
         if self.find(tenant, &[id.to_owned()]).await?[0].is_none() {

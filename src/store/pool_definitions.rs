@@ -22,7 +22,15 @@ pub struct PoolDefinitions {
     dir: PathBuf,
     /// The cluster's hash, when there is one: it, not the directory, holds the definitions.
     shared: Option<Shared>,
+    /// On one node, an update's check and write and a removal one at a time (in Redis a
+    /// script makes the update one step).
+    writes: tokio::sync::Mutex<()>,
 }
+
+/// Replaces a field of the hash only if it is there: a change never brings back a pool
+/// deleted meanwhile.
+const UPDATE: &str = "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0";
 
 struct Shared {
     redis: ConnectionManager,
@@ -33,7 +41,11 @@ struct Shared {
 impl PoolDefinitions {
     pub fn open(dir: PathBuf) -> io::Result<PoolDefinitions> {
         std::fs::create_dir_all(&dir)?;
-        Ok(PoolDefinitions { dir, shared: None })
+        Ok(PoolDefinitions {
+            dir,
+            shared: None,
+            writes: Default::default(),
+        })
     }
 
     /// The cluster's definitions, in Redis under `prefix`.
@@ -45,6 +57,7 @@ impl PoolDefinitions {
                 table: format!("{prefix}pools"),
                 key,
             }),
+            writes: Default::default(),
         }
     }
 
@@ -95,7 +108,30 @@ impl PoolDefinitions {
         Ok(std::fs::rename(&temp, &path)?)
     }
 
+    /// Replaces a pool's definition if it is still there (a PATCH): `false` if it was
+    /// removed meanwhile, and then nothing is written.
+    pub async fn update(&self, tenant: &Tenant, name: &str, definition: &Value) -> Result<bool, StoreError> {
+        if let Some(shared) = &self.shared {
+            let (field, signed) = shared.signed(tenant, name, definition);
+            let cmd = redis::cmd("EVAL")
+                .arg(UPDATE)
+                .arg(1)
+                .arg(&shared.table)
+                .arg(field)
+                .arg(signed)
+                .clone();
+            let updated: i64 = cmd.query_async(&mut shared.redis.clone()).await?;
+            return Ok(updated == 1);
+        }
+        let _one_at_a_time = self.writes.lock().await;
+        if !self.path(tenant, name).exists() {
+            return Ok(false);
+        }
+        self.put(tenant, name, definition).await.map(|()| true)
+    }
+
     pub async fn remove(&self, tenant: &Tenant, name: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.writes.lock().await;
         if let Some(shared) = &self.shared {
             let cmd = redis::cmd("HDEL")
                 .arg(&shared.table)
@@ -194,8 +230,22 @@ mod tests {
             (all[0].1.as_str(), &all[0].2),
             ("login", &serde_json::json!({"size": 2}))
         );
+        assert!(
+            store
+                .update(&a, "login", &serde_json::json!({"size": 3}))
+                .await
+                .unwrap()
+        );
         store.remove(&a, "login").await.unwrap();
         store.remove(&a, "login").await.unwrap();
+        assert_eq!(store.all().await.unwrap().len(), 1);
+        // A change after the removal brings nothing back.
+        assert!(
+            !store
+                .update(&a, "login", &serde_json::json!({"size": 4}))
+                .await
+                .unwrap()
+        );
         assert_eq!(store.all().await.unwrap().len(), 1);
     }
 
@@ -223,6 +273,18 @@ mod tests {
             "the name is taken"
         );
         store.put(&a, "login", &serde_json::json!({"size": 2})).await.unwrap();
+        assert!(
+            store
+                .update(&a, "login", &serde_json::json!({"size": 2}))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .update(&a, "deleted", &serde_json::json!({"size": 2}))
+                .await
+                .unwrap()
+        );
         // Planted by someone who can write to Redis, unsigned or signed with another secret.
         let other = PoolDefinitions::shared(
             conn.clone(),
