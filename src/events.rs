@@ -133,6 +133,9 @@ pub struct Events {
 /// How many live events a slow reader may fall behind before it is told it lagged (it then
 /// reads what it missed from the file).
 const LIVE_BUFFER: usize = 1024;
+/// Largest event kept, written as a line of JSON: one past it keeps its type and says how
+/// large its data was instead (what a page names, a URL, is cut long before this).
+pub(crate) const MAX_EVENT_BYTES: usize = 16 * 1024;
 
 impl Events {
     pub fn new(dir: PathBuf, max_per_session: usize) -> std::io::Result<Arc<Events>> {
@@ -283,13 +286,17 @@ impl SessionEvents {
                 s.dropped += 1;
                 return;
             }
-            let event = Event {
+            let mut event = Event {
                 id: s.next_id,
                 session_id: self.session_id.clone(),
                 kind,
                 at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 data,
             };
+            let size = serde_json::to_vec(&event.data).map_or(0, |d| d.len());
+            if size > MAX_EVENT_BYTES {
+                event.data = serde_json::json!({ "omitted_bytes": size });
+            }
             s.next_id += 1;
             if let Some(file) = &mut s.file
                 && let Ok(mut line) = serde_json::to_vec(&event)
@@ -373,6 +380,22 @@ mod tests {
         assert_eq!(live.try_recv().unwrap().event.id, 1);
         events.remove("sess_a");
         assert!(events.read("sess_a", 0, 10).is_none());
+    }
+
+    #[test]
+    fn an_event_of_megabytes_keeps_its_type_and_its_size_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::new(dir.path().to_owned(), 10).unwrap();
+        let log = events.open("sess_b", &Tenant::from_id("t"));
+        let huge = format!("data:text/html,{}", "x".repeat(3 << 20));
+        log.emit(EventType::TabNavigated, json!({"url": huge}));
+        log.emit(EventType::TabClosed, json!({"target_id": "T1"}));
+        let read = events.read("sess_b", 0, 10).unwrap();
+        assert_eq!(read[0].kind, EventType::TabNavigated);
+        assert_eq!(read[0].data, json!({"omitted_bytes": huge.len() + 10}));
+        assert_eq!(read[1].data, json!({"target_id": "T1"}));
+        let on_disk = std::fs::metadata(dir.path().join("sess_b.jsonl")).unwrap().len();
+        assert!(on_disk < 1024, "{on_disk} bytes written");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub(crate) struct Tabs {
     events: Option<Arc<SessionEvents>>,
     /// The tabs open, oldest first, and their URLs.
     open: Vec<String>,
-    urls: HashMap<String, String>,
+    urls: HashMap<String, EventUrl>,
 }
 
 impl Tabs {
@@ -75,9 +75,9 @@ impl Tabs {
                 }
                 if self.open.len() < self.max {
                     self.open.push(id.to_owned());
-                    let url = info["url"].as_str().unwrap_or_default();
-                    self.urls.insert(id.to_owned(), url.to_owned());
-                    self.tell(EventType::TabOpened, json!({ "target_id": id, "url": url }));
+                    let url = EventUrl::of(info);
+                    self.tell(EventType::TabOpened, json!({ "target_id": id, "url": url.cut }));
+                    self.urls.insert(id.to_owned(), url);
                     return None;
                 }
                 self.metrics.targets_closed.inc();
@@ -89,12 +89,10 @@ impl Tabs {
             }
             Some("Target.targetInfoChanged") => {
                 let id = info["targetId"].as_str().unwrap_or_default();
-                let url = info["url"].as_str().unwrap_or_default();
-                if let Some(known) = self.urls.get_mut(id)
-                    && known != url
-                {
-                    url.clone_into(known);
-                    self.tell(EventType::TabNavigated, json!({ "target_id": id, "url": url }));
+                let url = EventUrl::of(info);
+                if self.urls.get(id).is_some_and(|known| *known != url) {
+                    self.tell(EventType::TabNavigated, json!({ "target_id": id, "url": url.cut }));
+                    self.urls.insert(id.to_owned(), url);
                 }
                 None
             }
@@ -104,7 +102,7 @@ impl Tabs {
                 if let Some(url) = self.urls.get(id) {
                     self.tell(
                         EventType::PageCrashed,
-                        json!({ "target_id": id, "url": url, "status": params["status"], "error_code": params["errorCode"] }),
+                        json!({ "target_id": id, "url": url.cut, "status": params["status"], "error_code": params["errorCode"] }),
                     );
                 }
                 None
@@ -161,6 +159,31 @@ async fn watch(client: Client, mut events: tokio::sync::broadcast::Receiver<Arc<
     }
 }
 
+/// A target's URL as events carry it: cut at `MAX_EVENT_URL` (a page may navigate to a
+/// megabytes-long `data:` URL, and every navigation is an event kept and sent), with a
+/// hash of the whole, so that a navigation past the cut is still told apart.
+#[derive(PartialEq)]
+struct EventUrl {
+    cut: String,
+    whole: u64,
+}
+
+impl EventUrl {
+    fn of(info: &Value) -> EventUrl {
+        use std::hash::{Hash, Hasher};
+        let url = info["url"].as_str().unwrap_or_default();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        url.hash(&mut hasher);
+        EventUrl {
+            cut: crate::capture::cut_text(url, MAX_EVENT_URL),
+            whole: hasher.finish(),
+        }
+    }
+}
+
+/// Longest URL an event carries, as the watch's dialog and challenge events cut theirs.
+const MAX_EVENT_URL: usize = 2048;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +201,28 @@ mod tests {
         let destroyed = json!({"method": "Target.targetDestroyed", "params": {"targetId": "T1"}});
         assert_eq!(tabs.on_event(&destroyed), None);
         assert_eq!(tabs.on_event(&created("T3", "page")), None);
+    }
+
+    #[test]
+    fn a_tabs_urls_reach_its_events_cut_and_a_change_past_the_cut_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = crate::events::Events::new(dir.path().to_owned(), 10).unwrap();
+        let mut tabs = Tabs::new(
+            5,
+            Arc::default(),
+            Some(events.open("sess_c", &crate::auth::Tenant::from_id("t"))),
+        );
+        let long = format!("data:text/html,{}", "y".repeat(1 << 20));
+        let info = |url: &str| json!({"targetInfo": {"type": "page", "targetId": "T1", "url": url}});
+        tabs.on_event(&json!({"method": "Target.targetCreated", "params": info(&long)}));
+        tabs.on_event(&json!({"method": "Target.targetInfoChanged", "params": info(&long)}));
+        tabs.on_event(&json!({"method": "Target.targetInfoChanged", "params": info(&format!("{long}#2"))}));
+        let read = events.read("sess_c", 0, 10).unwrap();
+        let kinds: Vec<_> = read.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventType::TabOpened, EventType::TabNavigated]);
+        for event in &read {
+            let url = event.data["url"].as_str().unwrap();
+            assert!(url.len() <= MAX_EVENT_URL + 3 && long.starts_with(url.trim_end_matches('…')));
+        }
     }
 }
