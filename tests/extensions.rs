@@ -676,7 +676,17 @@ async fn uploads_racing_on_two_nodes_stay_within_the_keys_cap() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_node("node-a", dir_a.path()).await;
     let b = start_node("node-b", dir_b.path()).await;
-    let uploads = (0..10).map(|i| upload_to(if i % 2 == 0 { a.addr } else { b.addr }, KEY_A, marker_extension()));
+    // A node takes one upload of a key at a time (`409 … one at a time` to the others):
+    // each upload is sent again until it is kept or refused for the cap, so that the two
+    // nodes still race each other for the last places.
+    let upload_until_answered = async |addr| loop {
+        let r = upload_to(addr, KEY_A, marker_extension()).await;
+        if !r.body.contains("one at a time") {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let uploads = (0..10).map(|i| upload_until_answered(if i % 2 == 0 { a.addr } else { b.addr }));
     let answers = futures_util::future::join_all(uploads).await;
     let kept: Vec<String> = answers
         .iter()

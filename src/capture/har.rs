@@ -16,6 +16,14 @@ const SECRET_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cook
 const REDACTED: &str = "[redacted]";
 const MAX_URL: usize = 64 * 1024;
 const MAX_HEADER: usize = 8 * 1024;
+/// A headers object as kept: its names and values up to this many bytes in all (a page's
+/// server may send hundreds of KiB of them).
+const MAX_HEADERS_BYTES: usize = 64 * 1024;
+/// URLs and headers kept for one session in all: past it, later requests are counted, not
+/// kept, as past `max_har_entries_per_session`.
+const MAX_KEPT_BYTES: usize = 64 * 1024 * 1024;
+/// Raw headers kept for requests not announced yet (they come a moment before).
+const MAX_EARLY: usize = 256;
 
 #[derive(Default)]
 struct Entry {
@@ -53,6 +61,8 @@ pub(crate) struct Har {
     early: HashMap<String, (Option<Value>, Option<Value>)>,
     dropped: u64,
     body_bytes: usize,
+    /// Bytes of URLs and headers kept (`MAX_KEPT_BYTES`).
+    kept_bytes: usize,
 }
 
 impl Har {
@@ -66,6 +76,7 @@ impl Har {
             early: HashMap::new(),
             dropped: 0,
             body_bytes: 0,
+            kept_bytes: 0,
         }
     }
 
@@ -81,24 +92,26 @@ impl Har {
         match method {
             "Network.requestWillBeSent" => self.request(&id, params, session, target_id),
             "Network.requestWillBeSentExtraInfo" => {
-                let headers = params["headers"].clone();
+                let headers = self.keep_headers(&params["headers"])?;
                 match self.entry(&id, session) {
                     Some(e) if e.response.is_none() => e.raw_request_headers = Some(headers),
                     Some(_) => {}
-                    None => self.early.entry(id).or_default().0 = Some(headers),
+                    None => self.keep_early(id)?.0 = Some(headers),
                 }
             }
             "Network.responseReceived" => {
+                self.entry(&id, session)?;
+                let response = self.keep_response(&params["response"])?;
                 if let Some(e) = self.entry(&id, session) {
-                    e.response = Some(params["response"].clone());
-                    e.resource_type = params["type"].as_str().unwrap_or("").to_owned();
+                    e.response = Some(response);
+                    e.resource_type = cut(params["type"].as_str().unwrap_or(""), 64);
                 }
             }
             "Network.responseReceivedExtraInfo" => {
-                let headers = params["headers"].clone();
+                let headers = self.keep_headers(&params["headers"])?;
                 match self.entry(&id, session) {
                     Some(e) => e.raw_response_headers = Some(headers),
-                    None => self.early.entry(id).or_default().1 = Some(headers),
+                    None => self.keep_early(id)?.1 = Some(headers),
                 }
             }
             "Network.dataReceived" => {
@@ -135,11 +148,63 @@ impl Har {
         None
     }
 
+    /// Headers as kept (within `MAX_HEADERS_BYTES`, secrets redacted), if the session's
+    /// budget has room for them.
+    fn keep_headers(&mut self, headers: &Value) -> Option<Value> {
+        let (kept, bytes) = kept_headers(headers);
+        self.spend(bytes).then_some(kept)
+    }
+
+    /// What the HAR reads of a response, its headers kept as `keep_headers` keeps them.
+    fn keep_response(&mut self, response: &Value) -> Option<Value> {
+        let (headers, bytes) = kept_headers(&response["headers"]);
+        if !self.spend(bytes) {
+            return None;
+        }
+        let text = |name: &str, max: usize| json!(cut(response[name].as_str().unwrap_or(""), max));
+        Some(json!({
+            "status": response["status"].as_u64().unwrap_or(0),
+            "statusText": text("statusText", 256),
+            "protocol": text("protocol", 32),
+            "mimeType": text("mimeType", 256),
+            "remoteIPAddress": text("remoteIPAddress", 64),
+            "encodedDataLength": response["encodedDataLength"].as_f64().unwrap_or(0.0),
+            "fromDiskCache": response["fromDiskCache"] == true,
+            "fromServiceWorker": response["fromServiceWorker"] == true,
+            "timing": if response["timing"].is_object() { kept_timing(&response["timing"]) } else { Value::Null },
+            "headers": headers,
+        }))
+    }
+
+    /// A place for raw headers that came before their request: none once no entry would
+    /// be made for it, or while many are waiting.
+    fn keep_early(&mut self, id: String) -> Option<&mut (Option<Value>, Option<Value>)> {
+        if self.entries.len() >= self.limits.har_entries
+            || (self.early.len() >= MAX_EARLY && !self.early.contains_key(&id))
+        {
+            return None;
+        }
+        Some(self.early.entry(id).or_default())
+    }
+
+    /// Takes `bytes` from the session's budget of kept URLs and headers, if it has them.
+    fn spend(&mut self, bytes: usize) -> bool {
+        if self.kept_bytes + bytes > MAX_KEPT_BYTES {
+            return false;
+        }
+        self.kept_bytes += bytes;
+        true
+    }
+
     fn request(&mut self, id: &str, params: &Value, session: &str, target_id: &str) {
         if let Some(redirect) = params.get("redirectResponse") {
             // The same request id goes on at the redirect's target: this entry ends here.
+            let redirect = match self.entry(id, session) {
+                Some(_) => self.keep_response(redirect),
+                None => None,
+            };
             if let Some(e) = self.entry(id, session) {
-                e.response = Some(redirect.clone());
+                e.response = redirect;
                 e.ended = params["timestamp"].as_f64();
                 self.current.remove(id);
             }
@@ -147,14 +212,17 @@ impl Har {
             // Announced to another target as well: the first one's.
             return;
         }
-        if self.entries.len() >= self.limits.har_entries {
-            self.dropped += 1;
-            return;
-        }
         let request = &params["request"];
         let mut url = request["url"].as_str().unwrap_or("").to_owned();
         if let Some(fragment) = request["urlFragment"].as_str() {
             url.push_str(fragment);
+        }
+        let url = cut(&url, MAX_URL);
+        let (request_headers, header_bytes) = kept_headers(&request["headers"]);
+        if self.entries.len() >= self.limits.har_entries || !self.spend(url.len() + header_bytes) {
+            self.dropped += 1;
+            self.early.remove(id);
+            return;
         }
         let post_size = request["postDataEntries"]
             .as_array()
@@ -178,9 +246,9 @@ impl Har {
             resource_type: params["type"].as_str().unwrap_or("").to_owned(),
             wall_ms: params["wallTime"].as_f64().unwrap_or(0.0) * 1000.0,
             started: params["timestamp"].as_f64().unwrap_or(0.0),
-            method: request["method"].as_str().unwrap_or("GET").to_owned(),
-            url: cut(&url, MAX_URL),
-            request_headers: request["headers"].clone(),
+            method: cut(request["method"].as_str().unwrap_or("GET"), 32),
+            url,
+            request_headers,
             raw_request_headers: raw_request,
             post_data,
             post_size,
@@ -214,6 +282,45 @@ impl Har {
             }
         })
     }
+}
+
+/// A headers object as kept, and its bytes: secrets redacted, each value (several of one
+/// name joined by newlines) within `MAX_HEADER` a line, names within 256 bytes, and none
+/// past `MAX_HEADERS_BYTES` in all.
+fn kept_headers(headers: &Value) -> (Value, usize) {
+    let Some(map) = headers.as_object() else {
+        return (Value::Object(Map::new()), 0);
+    };
+    let mut kept = Map::new();
+    let mut bytes = 0;
+    for (name, value) in map {
+        let name = cut(name, 256);
+        let secret = SECRET_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s));
+        let lines = value.as_str().unwrap_or("").split('\n');
+        let lines: Vec<String> = match secret {
+            true => lines.map(|_| REDACTED.to_owned()).collect(), // one per value, as sent
+            false => lines.map(|l| cut(l, MAX_HEADER)).collect(),
+        };
+        let value = lines.join("\n");
+        if bytes + name.len() + value.len() > MAX_HEADERS_BYTES {
+            break;
+        }
+        bytes += name.len() + value.len();
+        kept.insert(name, Value::String(value));
+    }
+    (Value::Object(kept), bytes)
+}
+
+/// CDP's `ResourceTiming`: its numbers only.
+fn kept_timing(timing: &Value) -> Value {
+    let numbers = timing
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.is_number())
+        .take(64)
+        .map(|(k, v)| (cut(k, 64), v.clone()));
+    Value::Object(numbers.collect())
 }
 
 /// CDP's headers (an object; several values of one name joined by newlines) as HAR's
@@ -389,6 +496,60 @@ mod tests {
         let params = json!({"requestId": id, "request": {"url": url, "method": "GET", "headers": {"Authorization": "Bearer s3cret"}},
                             "timestamp": 1.0, "wallTime": 1.7e9, "type": "Document"});
         har.take("Network.requestWillBeSent", &params, "S", "T");
+    }
+
+    #[test]
+    fn what_a_hostile_server_sends_is_kept_within_bounds() {
+        let mut har = Har::new(limits(), false);
+        // Raw headers for requests never announced: a bounded few wait.
+        for i in 0..10_000 {
+            let extra = json!({"requestId": format!("x{i}"), "headers": {"a": "b"}});
+            har.take("Network.responseReceivedExtraInfo", &extra, "S", "T");
+        }
+        assert_eq!(har.early.len(), MAX_EARLY);
+        // Past the entries' cap, none waits at all.
+        sent(&mut har, "1", "http://a/1");
+        sent(&mut har, "2", "http://a/2");
+        har.early.clear();
+        let extra = json!({"requestId": "y", "headers": {"a": "b"}});
+        har.take("Network.requestWillBeSentExtraInfo", &extra, "S", "T");
+        assert!(har.early.is_empty());
+
+        // A megabyte of headers on one response: kept within the bounds, the secret redacted.
+        let mut many = Map::new();
+        for i in 0..100 {
+            many.insert(format!("x-h{i}"), json!("v".repeat(20_000)));
+        }
+        many.insert("Set-Cookie".into(), json!("sid=s3cret"));
+        let response = json!({"requestId": "1", "type": "Document", "response": {"status": 200, "headers": many,
+            "securityDetails": {"sanList": vec!["x".repeat(1000); 1000]}}});
+        har.take("Network.responseReceived", &response, "S", "T");
+        let kept = har.entries[0].response.as_ref().unwrap();
+        let bytes: usize = kept["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+            .sum();
+        assert!(bytes <= MAX_HEADERS_BYTES, "{bytes}");
+        assert!(kept.get("securityDetails").is_none());
+        assert!(!kept.to_string().contains("s3cret"));
+
+        // The session's budget: past it, requests are counted, not kept.
+        let mut wide = Har::new(
+            Limits {
+                har_entries: 100_000,
+                ..limits()
+            },
+            false,
+        );
+        let headers: Map<String, Value> = (0..8).map(|i| (format!("h{i}"), json!("z".repeat(8000)))).collect();
+        for i in 0..2_000 {
+            let params = json!({"requestId": format!("r{i}"), "request": {"url": "http://a/", "method": "GET", "headers": headers}});
+            wide.take("Network.requestWillBeSent", &params, "S", "T");
+        }
+        assert!(wide.kept_bytes <= MAX_KEPT_BYTES);
+        assert!(wide.entries.len() < 2_000 && wide.dropped as usize == 2_000 - wide.entries.len());
     }
 
     #[test]
