@@ -17,6 +17,10 @@ pub enum FileError {
     TooLarge(u64),
     #[error("the session's files would pass their quota of {0} bytes")]
     OverQuota(u64),
+    #[error("the session has {0} files, the most it may keep: delete some first")]
+    TooMany(usize),
+    #[error("another upload to this session is under way: files are uploaded one at a time")]
+    Busy,
     #[error("{0}")]
     Io(#[from] io::Error),
 }

@@ -47,6 +47,34 @@ pub struct SessionFiles {
     /// recording): removing the directory waits for it, or the writer recreates what was
     /// removed and the directory outlives its record.
     writers: TaskTracker,
+    /// Where uploads were placed for the browser (`within_browser_reach`): a file removed
+    /// or replaced goes from there too, or its bytes would outlive their place in the quota.
+    reach: Mutex<Option<PathBuf>>,
+    /// An upload is being written: one at a time, so that what is written before the
+    /// quota sees it is one upload's at most.
+    uploading: std::sync::atomic::AtomicBool,
+}
+
+/// Entries a session's files may have (uploads, downloads, refused ones, logs).
+pub(crate) const MAX_FILES: usize = 1000;
+
+/// The one upload of a session being written, until dropped.
+struct OneUpload<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> OneUpload<'a> {
+    fn claim(flag: &'a std::sync::atomic::AtomicBool) -> Result<Self, FileError> {
+        use std::sync::atomic::Ordering;
+        if flag.swap(true, Ordering::SeqCst) {
+            return Err(FileError::Busy);
+        }
+        Ok(OneUpload(flag))
+    }
+}
+
+impl Drop for OneUpload<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl SessionFiles {
@@ -69,6 +97,8 @@ impl SessionFiles {
             index: Mutex::new(index),
             downloads: Mutex::new(BTreeMap::new()),
             writers: TaskTracker::new(),
+            reach: Mutex::default(),
+            uploading: Default::default(),
         })
     }
 
@@ -97,6 +127,7 @@ impl SessionFiles {
         let place = || -> io::Result<PathBuf> {
             let dir = browser_downloads.join(".uploads");
             std::fs::create_dir_all(&dir)?;
+            *self.reach.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
             let visible = dir.join(name);
             match std::fs::remove_file(&visible) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -112,6 +143,13 @@ impl SessionFiles {
 
     fn file_path(&self, name: &str) -> PathBuf {
         self.dir.join("files").join(name)
+    }
+
+    /// Removes the browser's copy of `name`, if one was placed.
+    fn unplace(&self, name: &str) {
+        if let Some(dir) = self.reach.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -178,6 +216,7 @@ impl SessionFiles {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
+        self.unplace(name);
         index.files.remove(name);
         self.save(&index);
         Ok(())
@@ -193,14 +232,17 @@ impl SessionFiles {
         use futures_util::StreamExt;
         use tokio::io::AsyncWriteExt;
         check_name(name)?;
-        if self
-            .index()
-            .files
-            .get(name)
-            .is_some_and(|e| e.state == FileState::InProgress)
         {
-            return Err(FileError::InProgress(name.to_owned()));
+            let index = self.index();
+            match index.files.get(name) {
+                Some(e) if e.state == FileState::InProgress => return Err(FileError::InProgress(name.to_owned())),
+                // The broker's own (the CDP log it is writing): not replaced by an upload.
+                Some(e) if e.kind == Kind::Log => return Err(FileError::BadName("a log of the session has that name")),
+                None if index.files.len() >= MAX_FILES => return Err(FileError::TooMany(MAX_FILES)),
+                _ => {}
+            }
         }
+        let _one_upload = OneUpload::claim(&self.uploading)?;
         let tmp = self.dir.join(format!(".upload-{}", crate::auth::random_hex(8)));
         let result = async {
             let mut out = tokio::fs::File::create(&tmp).await?;
@@ -238,6 +280,7 @@ impl SessionFiles {
         }
         let path = self.file_path(name);
         std::fs::rename(&tmp, &path)?;
+        self.unplace(name); // a copy of the file it replaces
         let entry = FileEntry {
             name: name.to_owned(),
             size,
@@ -273,6 +316,11 @@ impl SessionFiles {
     /// (its announced size alone passes the quota).
     pub fn download_began(&self, guid: &str, suggested: &str, total: u64) -> bool {
         let mut index = self.index();
+        if index.files.len() >= MAX_FILES {
+            // Not even listed: the entries are what is bounded here.
+            self.metrics.files_quota_refusals.inc();
+            return false;
+        }
         let name = unique_name(&sanitize_name(suggested), |n| index.files.contains_key(n));
         let fits = self.quota_check(&index, total, None).is_ok();
         let entry = FileEntry {
@@ -487,6 +535,70 @@ mod tests {
         };
         let files = SessionFiles::open(dir.path().join("s"), limits, Arc::default()).unwrap();
         (dir, files)
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(bytes::Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_file_removed_or_replaced_leaves_no_copy_within_the_browsers_reach() {
+        let (dir, files) = files(1 << 20);
+        let browser_downloads = dir.path().join("browser.downloads");
+        files.upload("a.txt", chunks(&[b"first"])).await.unwrap();
+        let placed = files.within_browser_reach("a.txt", &browser_downloads).unwrap();
+        assert_eq!(std::fs::read(&placed).unwrap(), b"first");
+        // Replaced: the copy of the old bytes goes (it is placed again when used).
+        files.upload("a.txt", chunks(&[b"second"])).await.unwrap();
+        assert!(!placed.exists(), "the replaced file's copy is left");
+        files.within_browser_reach("a.txt", &browser_downloads).unwrap();
+        files.remove("a.txt").unwrap();
+        assert!(!placed.exists(), "the removed file's copy is left");
+        assert_eq!(files.used(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_upload_may_not_replace_a_log_nor_pass_the_count_nor_run_beside_another() {
+        let (_dir, files) = files(1 << 20);
+        files.begin_log("cdp-log.jsonl").unwrap();
+        let refused = files.upload("cdp-log.jsonl", chunks(&[b"x"])).await.unwrap_err();
+        assert!(matches!(refused, FileError::BadName(_)), "{refused}");
+
+        // Two at once: the second is refused while the first is being written.
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Result<bytes::Bytes, String>>();
+        sender.send(Ok(bytes::Bytes::from_static(b"slow"))).unwrap();
+        let receiver = Box::pin(futures_util::stream::unfold(receiver, |mut r| async move {
+            r.recv().await.map(|item| (item, r))
+        }));
+        let first = files.upload("slow.txt", receiver);
+        let second = async {
+            tokio::task::yield_now().await;
+            let refused = files.upload("other.txt", chunks(&[b"y"])).await.unwrap_err();
+            drop(sender); // the first ends
+            refused
+        };
+        let (first, refused) = tokio::join!(first, second);
+        assert!(matches!(refused, FileError::Busy), "{refused}");
+        assert_eq!(first.unwrap().1.size, 4);
+
+        // The entries are bounded: refused downloads stop being listed, uploads refused.
+        let mut n = 0;
+        while files.download_began(&format!("g{n}"), "big.bin", 1 << 30) {
+            n += 1;
+        }
+        for i in 0..MAX_FILES + 10 {
+            files.download_began(&format!("h{i}"), "big.bin", 1 << 30);
+        }
+        assert_eq!(files.list().len(), MAX_FILES);
+        let refused = files.upload("new.txt", chunks(&[b"z"])).await.unwrap_err();
+        assert!(matches!(refused, FileError::TooMany(MAX_FILES)), "{refused}");
+        // A file already there may still be replaced.
+        files.upload("slow.txt", chunks(&[b"again"])).await.unwrap();
     }
 
     #[test]

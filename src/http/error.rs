@@ -399,7 +399,7 @@ impl From<FileError> for ApiError {
         let status = match e {
             FileError::BadName(_) => StatusCode::UNPROCESSABLE_ENTITY,
             FileError::NotFound(_) => StatusCode::NOT_FOUND,
-            FileError::InProgress(_) => StatusCode::CONFLICT,
+            FileError::InProgress(_) | FileError::Busy | FileError::TooMany(_) => StatusCode::CONFLICT,
             FileError::TooLarge(_) | FileError::OverQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
             FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
