@@ -99,7 +99,17 @@ pub struct Webhooks {
     shutdown: CancellationToken,
     /// Sessions whose sender runs (one per session, so deliveries stay in order).
     sending: Mutex<std::collections::HashSet<String>>,
+    /// POSTs in flight, across every sender: each holds a connection for up to `timeout`,
+    /// and receivers that never answer must not hold the broker's descriptors.
+    posts: tokio::sync::Semaphore,
 }
+
+/// POSTs in flight at once (`Webhooks::posts`).
+const MAX_POSTS: usize = 64;
+/// An event not taken this long after its first try is given up, and the rest of its
+/// session's with it: a receiver gone for good does not keep a sender retrying for as long
+/// as the session's record is kept.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
 
 pub struct Settings {
     pub dir: PathBuf,
@@ -127,6 +137,7 @@ impl Webhooks {
             tracker,
             shutdown,
             sending: Mutex::new(Default::default()),
+            posts: tokio::sync::Semaphore::new(MAX_POSTS),
         }))
     }
 
@@ -296,7 +307,11 @@ impl Webhooks {
         let webhook_id = format!("msg_{}_{}", event.session_id, event.id);
         let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
         let mut wait = Duration::from_secs(1);
+        let first_try = tokio::time::Instant::now();
         for attempt in 1.. {
+            let Ok(_post) = self.posts.acquire().await else {
+                return false;
+            };
             let now = SystemTime::now();
             let timestamp = unix_secs(now);
             let signature = sign_webhook(key, &webhook_id, timestamp, &body);
@@ -306,6 +321,7 @@ impl Webhooks {
             )
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", self.timeout.as_millis())));
+            drop(_post);
             let delivered = matches!(sent, Ok(status) if (200..300).contains(&status));
             state.deliveries.push_back(Delivery {
                 event_id: event.id,
@@ -322,6 +338,12 @@ impl Webhooks {
             }
             if delivered {
                 return true;
+            }
+            if first_try.elapsed() >= GIVE_UP_AFTER {
+                tracing::info!(session = %event.session_id, attempt, "webhook: not taken for an hour, given up");
+                state.done = true;
+                self.save(state);
+                return false;
             }
             self.save(state);
             tokio::select! {
@@ -425,6 +447,83 @@ fn parse_url(url: &str) -> Result<(String, u16), WebhookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver that takes connections and never answers, and how many it took.
+    async fn silent_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = taken.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        (url, taken)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_that_never_answers_is_given_up_after_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::new(dir.path().join("events"), 10).unwrap();
+        let egress = Arc::new(Egress::for_webhooks(
+            &["loopback".into()],
+            Arc::default(),
+            "127.0.0.1:9".parse().unwrap(),
+            Duration::from_secs(5),
+        ));
+        let webhooks = Webhooks::new(
+            Settings {
+                dir: dir.path().join("webhooks"),
+                keys: Vec::new(),
+                timeout: Duration::from_secs(10),
+                retry_max: Duration::from_secs(60),
+            },
+            events.clone(),
+            egress,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let log = events.open("sess_w", &Tenant::from_id("t"));
+        log.emit(EventType::Created, serde_json::json!({}));
+        let event = events.read("sess_w", 0, 1).unwrap().remove(0);
+        let (url, taken) = silent_receiver().await;
+        let mut state = WebhookState {
+            session_id: "sess_w".into(),
+            tenant: "t".into(),
+            url,
+            events: Vec::new(),
+            delivered_through: 0,
+            done: false,
+            deliveries: VecDeque::new(),
+        };
+        let started = tokio::time::Instant::now();
+        assert!(!webhooks.deliver(&mut state, b"key", &event).await);
+        let took = started.elapsed();
+        assert!(state.done, "given up for good");
+        assert!(
+            took >= GIVE_UP_AFTER && took < GIVE_UP_AFTER + Duration::from_secs(120),
+            "{took:?}"
+        );
+        let attempts = state.deliveries.len();
+        assert!(
+            (50..=100).contains(&attempts) && state.deliveries.iter().all(|d| !d.delivered),
+            "{attempts}"
+        );
+        assert_eq!(
+            taken.load(std::sync::atomic::Ordering::SeqCst),
+            attempts,
+            "one connection a try"
+        );
+        assert_eq!(
+            webhooks.posts.available_permits(),
+            MAX_POSTS,
+            "every POST's place given back"
+        );
+    }
 
     #[test]
     fn only_plain_web_urls_are_targets() {
