@@ -161,19 +161,33 @@ impl Har {
         if !self.spend(bytes) {
             return None;
         }
-        let text = |name: &str, max: usize| json!(cut(response[name].as_str().unwrap_or(""), max));
-        Some(json!({
-            "status": response["status"].as_u64().unwrap_or(0),
-            "statusText": text("statusText", 256),
-            "protocol": text("protocol", 32),
-            "mimeType": text("mimeType", 256),
-            "remoteIPAddress": text("remoteIPAddress", 64),
-            "encodedDataLength": response["encodedDataLength"].as_f64().unwrap_or(0.0),
-            "fromDiskCache": response["fromDiskCache"] == true,
-            "fromServiceWorker": response["fromServiceWorker"] == true,
-            "timing": if response["timing"].is_object() { kept_timing(&response["timing"]) } else { Value::Null },
-            "headers": headers,
-        }))
+        let mut kept = Map::new();
+        // Only what the source has, as it has it: the HAR tells a missing field apart.
+        for (name, max) in [
+            ("statusText", 256),
+            ("protocol", 32),
+            ("mimeType", 256),
+            ("remoteIPAddress", 64),
+        ] {
+            if let Some(text) = response[name].as_str() {
+                kept.insert(name.into(), json!(cut(text, max)));
+            }
+        }
+        for name in ["status", "encodedDataLength"] {
+            if response[name].is_number() {
+                kept.insert(name.into(), response[name].clone());
+            }
+        }
+        for name in ["fromDiskCache", "fromServiceWorker"] {
+            if response[name].is_boolean() {
+                kept.insert(name.into(), response[name].clone());
+            }
+        }
+        if response["timing"].is_object() {
+            kept.insert("timing".into(), kept_timing(&response["timing"]));
+        }
+        kept.insert("headers".into(), headers);
+        Some(Value::Object(kept))
     }
 
     /// A place for raw headers that came before their request: none once no entry would
