@@ -80,6 +80,9 @@ pub struct Session {
     deadline_moved: Notify,
     /// WebSocket connections open on the session (CDP clients and live viewers).
     connections: AtomicUsize,
+    /// Of those, live viewers': at most half the session's connections, so that whoever
+    /// holds a (read-only) live link cannot take every place from the session's own clients.
+    viewers: AtomicUsize,
     /// Counts every connection opened or closed, so an idle watcher sampling now and then
     /// still sees a client that came and went in between.
     activity: AtomicU64,
@@ -104,7 +107,7 @@ pub struct Session {
 }
 
 /// One open connection of a session, counted until dropped.
-pub struct ConnectionSlot(Arc<Session>, Option<&'static str>);
+pub struct ConnectionSlot(Arc<Session>, Option<&'static str>, bool);
 
 impl ConnectionSlot {
     /// Names what connected (`cdp`, `live_viewer`, …): its `client_connected` event now,
@@ -124,6 +127,9 @@ impl Drop for ConnectionSlot {
                 .event(EventType::ClientDisconnected, serde_json::json!({ "kind": kind }));
         }
         self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        if self.2 {
+            self.0.viewers.fetch_sub(1, Ordering::SeqCst);
+        }
         self.0.activity.fetch_add(1, Ordering::SeqCst);
         self.0.connection_closed.notify_one();
     }
@@ -207,6 +213,7 @@ impl Session {
             ended: CancellationToken::new(),
             deadline_moved: Notify::new(),
             connections: AtomicUsize::new(0),
+            viewers: AtomicUsize::new(0),
             activity: AtomicU64::new(0),
             connection_closed: Arc::new(Notify::new()),
             cdp_log: std::sync::OnceLock::new(),
@@ -241,9 +248,28 @@ impl Session {
             .connections
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
             .ok()
-            .map(|_| ConnectionSlot(self.clone(), None));
+            .map(|_| ConnectionSlot(self.clone(), None, false));
         self.activity.fetch_add(1, Ordering::SeqCst);
         slot
+    }
+
+    /// Counts a new live viewer if fewer than half of `max` are viewers and fewer than `max`
+    /// connections are open.
+    pub fn claim_viewer(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        let viewers = (max / 2).max(1);
+        self.viewers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < viewers).then_some(n + 1))
+            .ok()?;
+        match self.claim_connection(max) {
+            Some(mut slot) => {
+                slot.2 = true;
+                Some(slot)
+            }
+            None => {
+                self.viewers.fetch_sub(1, Ordering::SeqCst);
+                None
+            }
+        }
     }
 
     /// Whether anything uses the session now (a connection or an action), and a number

@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
 use hyper::{Method, StatusCode};
@@ -174,5 +175,42 @@ async fn a_read_only_link_cannot_drive_and_live_tokens_cannot_open_cdp() {
     let cdp_token = session["cdp_url"].as_str().unwrap().split_once("token=").unwrap().1;
     let live_with_cdp_token = format!("ws://{}/live/{id}/cdp?token={cdp_token}", server.addr);
     assert!(ws_connect(&live_with_cdp_token).await.is_err());
+    server.stop().await;
+}
+
+/// Whoever holds a live link (a read-only one shared with a person) takes at most half of a
+/// session's connections: the session's own clients keep the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_viewers_take_at_most_half_of_a_sessions_connections() {
+    let server = TestServer::start_with(|c| c.max_connections_per_session = 4).await;
+    let session = server.create(json!({})).await;
+    let read_only = session["metadata"]["live_url_read_only"].as_str().unwrap();
+    let socket = read_only
+        .replacen("http://", "ws://", 1)
+        .replacen("?token=", "/cdp?token=", 1);
+    let mut viewers = Vec::new();
+    for _ in 0..2 {
+        viewers.push(ws_connect(&socket).await.unwrap());
+    }
+    match ws_connect(&socket).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS)
+        }
+        other => panic!("a third viewer got in: {:?}", other.map(|_| ())),
+    }
+    let cdp_url = session["cdp_url"].as_str().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut ws = ws_connect(cdp_url).await.unwrap();
+        let version = cdp_call(&mut ws, 1, "Browser.getVersion", json!({})).await;
+        assert!(version["result"]["product"].is_string(), "{version}");
+        clients.push(ws);
+    }
+    // A viewer gone frees a viewer's place.
+    drop(viewers.pop());
+    assert!(
+        eventually_async(Duration::from_secs(5), || async { ws_connect(&socket).await.is_ok() }).await,
+        "a viewer's place came back"
+    );
     server.stop().await;
 }

@@ -190,7 +190,7 @@ async fn viewer_socket(
     read_only: bool,
 ) -> Result<Response<Body>, ApiError> {
     let key = websocket_key(&request)?;
-    let slot = proxy::claim_connection(broker, &session)?;
+    let slot = proxy::claim_viewer(broker, &session)?;
     let path = session.upstream.browser_path.clone();
     let timeout = session.upstream.timeout(broker.config().byo_timeout());
     let (browser, _) = session.upstream.connect_raw(&path, broker.egress(), timeout).await?;

@@ -96,6 +96,15 @@ pub(crate) fn claim_connection(broker: &Broker, session: &Arc<Session>) -> Resul
     })
 }
 
+/// Counts a new live viewer of `session`, within the viewers' half of its limit.
+pub(crate) fn claim_viewer(broker: &Broker, session: &Arc<Session>) -> Result<ConnectionSlot, ProxyError> {
+    let max = broker.config().max_connections_per_session;
+    session.claim_viewer(max).ok_or_else(|| {
+        broker.metrics().connections_refused.inc();
+        ProxyError::ConnectionLimit(max)
+    })
+}
+
 /// Connects to the browser first (so a dead browser is a 502, not a dropped socket),
 /// answers 101, and relays in a task of its own.
 async fn upgrade(
