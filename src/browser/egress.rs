@@ -24,7 +24,8 @@ pub(crate) use crate::egress_rules::{host_matches, parse_allow_list};
 pub enum EgressError {
     #[error("cannot resolve {host}: {reason}")]
     Resolve { host: String, reason: String },
-    #[error("{host} is {ip}, {class}, which this broker does not connect to unless it is allowed ({setting})")]
+    // The address itself is left out: a tenant would read the broker's DNS with it.
+    #[error("{host} is {class}, which this broker does not connect to unless it is allowed ({setting})")]
     Forbidden {
         host: String,
         ip: IpAddr,
@@ -255,6 +256,13 @@ mod tests {
         let msg = e.resolve("10.0.0.1", 1).await.unwrap_err().to_string();
         assert!(
             msg.contains("a private address") && msg.contains("CDPGATE_BYO_ALLOW"),
+            "{msg}"
+        );
+        // A name is refused without the address it resolved to: the broker's DNS is not
+        // read through its refusals.
+        let msg = e.resolve("localhost", 1).await.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("localhost is ") && !msg.contains("127.0.0.1") && !msg.contains("::1"),
             "{msg}"
         );
     }
