@@ -138,7 +138,7 @@ fn the_module_graph_has_no_circles() {
 const LAYERS: &[&[&str]] = &[
     // Whose fault an error is: every layer's errors answer it.
     &["error"],
-    &["values", "egress_rules", "tls", "auth", "console_patch"],
+    &["values", "egress_rules", "tls", "auth", "console_patch", "markdown"],
     &["config", "metrics", "limits", "quota", "store"],
     &["events", "capture"],
     &["browser", "telemetry"],
