@@ -27,7 +27,7 @@ async function created(page, wait) {
 if (client === 'puppeteer') {
   const browser = await puppeteer.connect({ browserWSEndpoint: endpoint, defaultViewport: null });
   const wait = async (page, name) =>
-    (await page.waitForFunction((n) => window[n], { timeout: 40000, polling: 100 }, name)).jsonValue();
+    (await page.waitForFunction((n) => window[n], { timeout: 60000, polling: 100 }, name)).jsonValue();
   const click = (page) => page.click('#open');
   result.first = await run((await browser.pages())[0], wait, click);
   result.created = await created(await browser.newPage(), wait);
@@ -36,7 +36,7 @@ if (client === 'puppeteer') {
   const browser = await chromium.connectOverCDP(endpoint, { timeout: 15000 });
   const context = browser.contexts()[0];
   const wait = async (page, name) =>
-    (await page.waitForFunction((n) => window[n], name, { timeout: 40000, polling: 100 })).jsonValue();
+    (await page.waitForFunction((n) => window[n], name, { timeout: 60000, polling: 100 })).jsonValue();
   const click = (page) => page.click('#open');
   result.first = await run(context.pages()[0], wait, click);
   result.created = await created(await context.newPage(), wait);
