@@ -309,7 +309,7 @@ impl Webhooks {
         let mut wait = Duration::from_secs(1);
         let first_try = tokio::time::Instant::now();
         for attempt in 1.. {
-            let Ok(_post) = self.posts.acquire().await else {
+            let Ok(in_flight) = self.posts.acquire().await else {
                 return false;
             };
             let now = SystemTime::now();
@@ -321,7 +321,7 @@ impl Webhooks {
             )
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", self.timeout.as_millis())));
-            drop(_post);
+            drop(in_flight); // the wait before the next try holds no place
             let delivered = matches!(sent, Ok(status) if (200..300).contains(&status));
             state.deliveries.push_back(Delivery {
                 event_id: event.id,
