@@ -417,7 +417,8 @@ async fn finish_context_profile(session: Arc<Session>, binding: ProfileBinding, 
     if binding.hold.persist {
         let ws_url = context.shared.browser.ws_url();
         let reached = context.traffic.origins();
-        let read = crate::profile::copy::context_state(&ws_url, &context.scope.context, &reached).await;
+        let deadline = binding.copies.deadline;
+        let read = crate::profile::copy::context_state(&ws_url, &context.scope.context, &reached, deadline).await;
         drop(context);
         let outcome = match read {
             Ok(state) => match binding.copies.write_state(&binding.hold, &state).await {

@@ -43,6 +43,12 @@ fn site(path: &str) -> (String, String) {
             <button id="proceed" onclick="document.getElementById('status').textContent='Continue clicked'">Continue</button>
             <p id="status"></p></body></html>"#
             .to_owned(),
+        // Two accounts, picked by a variable's value.
+        "/accounts" => r#"<html><body><h1>Accounts</h1>
+            <button onclick="document.getElementById('picked').textContent='alice'">Alice Anderson</button>
+            <button onclick="document.getElementById('picked').textContent='bob'">Bob Brown</button>
+            <p id="picked"></p></body></html>"#
+            .to_owned(),
         "/step" => r#"<html><body><h1>Step</h1>
             <button id="next" onclick="document.getElementById('status').textContent='Continue clicked'">Continue</button>
             <p id="status"></p></body></html>"#
@@ -56,6 +62,7 @@ fn site(path: &str) -> (String, String) {
             <div id="hov" onmouseover="this.textContent = 'hovered'">Hover me</div>
             <button disabled>Locked</button>
             <button onclick="alert('Saved!'); document.getElementById('out').textContent = 'saved'">Save</button>
+            <button onclick="const s = 'x'.repeat(4 << 20); for (let i = 0; i < 30; i++) alert(s); document.getElementById('out').textContent = 'flooded'">Flood</button>
             <p id="out"></p>
             <shadow-box></shadow-box>
             <script>customElements.define('shadow-box', class extends HTMLElement {
@@ -314,6 +321,47 @@ async fn a_cached_step_replays_and_a_changed_page_recovers() {
     server.stop().await;
 }
 
+/// A step whose element is named by a variable is found again at every run: the cached
+/// action with another value acts on that value's element, and nothing the cache keeps on
+/// disk holds the value the first run matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_step_named_by_a_variable_follows_the_value() {
+    let server = TestServer::start().await;
+    let site = serve_pages(site).await;
+    let sid = server.create(json!({})).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&server, &sid, &format!("go to {}", url(site, "/accounts"))).await;
+    for (who, picked) in [
+        ("Alice Anderson", "alice"),
+        ("Bob Brown", "bob"),
+        ("Alice Anderson", "alice"),
+    ] {
+        let body = json!({"session_id": sid, "action": "click {{who}}", "id": "pick", "set_cache": true,
+            "variables": {"who": who}});
+        let r = run(&server, body).await;
+        assert_eq!(r.json["success"], true, "{}", r.body);
+        assert_eq!(ok(&server, &sid, "get the text of css:#picked").await, picked, "{who}");
+    }
+    let mut stack = vec![server.data_dir.path().join("action-cache")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(!text.contains("Alice") && !text.contains("Bob"), "{text}");
+            }
+        }
+    }
+    assert_eq!(files, 1, "the action's one cache entry");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primitives_act_on_a_page_of_controls() {
     let server = TestServer::start_with(|c| c.action_wait_ms = 1_500).await;
@@ -370,6 +418,20 @@ async fn the_primitives_act_on_a_page_of_controls() {
     let saved = ok(&server, sid, "click Save").await;
     assert!(saved.contains("dialog") && saved.contains("Saved!"), "{saved}");
     assert_eq!(ok(&server, sid, "get the text of #out").await, "saved");
+    // A page that opens dialogs in a loop, each 4 MiB: all accepted and counted, the
+    // answer quotes a few, cut short (the broker keeps no more).
+    let flooded = ok(&server, sid, "click Flood").await;
+    assert!(
+        flooded.contains("showed 30 dialog(s)") && flooded.contains("and 25 more"),
+        "{}",
+        &flooded[..flooded.len().min(300)]
+    );
+    assert!(
+        flooded.len() < 2048,
+        "the answer carries the dialogs: {} bytes",
+        flooded.len()
+    );
+    assert_eq!(ok(&server, sid, "get the text of #out").await, "flooded");
 
     // Inside an open shadow root, found by text, then replayed from the cache by its path.
     click_then_replay(&server, sid, "click \"Shadow action\"", "shadow clicked").await;

@@ -1234,3 +1234,49 @@ async fn a_cdp_log_names_every_command_with_its_timing_and_no_payload() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     server.stop().await;
 }
+
+/// The browser may write its downloads folder, so it could put a link where the broker
+/// places uploads for file inputs (`.uploads`). The broker, not confined, must follow no
+/// such link: the data directory it names keeps every byte, and nothing is written there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploads_folder_the_browser_made_a_link_writes_nothing_where_it_points() {
+    let server = TestServer::start().await;
+    let session = server.create(json!({})).await;
+    let id = session["session_id"].as_str().unwrap();
+    let upload = |name: &str, bytes: &[u8]| {
+        let path = format!("/public/sessions/{id}/files?name={name}");
+        let bytes = bytes.to_vec();
+        async move { post_bytes(server.addr, &path, "application/octet-stream", bytes).await }
+    };
+    let r = upload("first.txt", b"first").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let uploads = PathBuf::from(r.json["path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    assert!(uploads.ends_with(".uploads"), "{}", uploads.display());
+    // What a compromised browser could do: its uploads folder swapped for a link to the
+    // broker's data directory.
+    let data = server.data_dir.path().to_owned();
+    let snapshot = |dir: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut all: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap_or_default())
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = snapshot(&data);
+    assert!(before.iter().any(|(name, _)| name == "token_secret"));
+    std::fs::remove_dir_all(&uploads).unwrap();
+    std::os::unix::fs::symlink(&data, &uploads).unwrap();
+    let r = upload("token_secret", b"a secret of the tenant's choosing").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    let r = upload("new_file", b"more").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    assert_eq!(snapshot(&data), before, "the data directory changed through the link");
+    server.stop().await;
+}

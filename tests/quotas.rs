@@ -382,3 +382,64 @@ async fn the_operator_sees_what_each_key_uses_by_label_never_by_key() {
     assert_eq!(later["session_seconds"], ended["session_seconds"], "{later}");
     server.stop().await;
 }
+
+/// A profile's storage-state export and import each start a browser of their own: a key
+/// at its limit starts none that way either (before, such requests took every slot of the
+/// node while other keys' creates waited), and no profile is left by a refused import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_its_limit_starts_no_browser_through_a_profiles_storage_state() {
+    let server = TestServer::start_with(|c| {
+        c.max_sessions = 4;
+        c.max_sessions_per_key = 1;
+    })
+    .await;
+    let first = create(&server, KEY_A, json!({})).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let made = server
+        .call(
+            Method::POST,
+            "/public/browser-profiles",
+            Some(KEY_A),
+            Some(r#"{"name": "p"}"#),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let profile = made.json["id"].as_str().unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(30), || server.broker.pool().idle_count() >= 1).await);
+    let launched_before = server.broker.metrics().browsers_launched.get();
+    let free_before = server.broker.pool().free_slots();
+    let path = format!("/public/browser-profiles/{profile}/storage-state");
+    let export = server.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_quota_refusal(&export, "max_sessions_per_key");
+    let state = json!({"cookies": [], "origins": []}).to_string();
+    let import = server.call(Method::POST, &path, Some(KEY_A), Some(&state)).await;
+    assert_quota_refusal(&import, "max_sessions_per_key");
+    let body = json!({"name": "imported", "storage_state": {"cookies": [], "origins": []}}).to_string();
+    let made = server
+        .call(Method::POST, "/public/browser-profiles", Some(KEY_A), Some(&body))
+        .await;
+    assert_quota_refusal(&made, "max_sessions_per_key");
+    // Nothing started, no slot taken, no profile left by the refused import.
+    assert_eq!(server.broker.metrics().browsers_launched.get(), launched_before);
+    assert_eq!(server.broker.pool().free_slots(), free_before);
+    let profiles = server
+        .call(Method::GET, "/public/browser-profiles", Some(KEY_A), None)
+        .await;
+    let names: Vec<&str> = profiles.json["profiles"]
+        .as_array()
+        .or(profiles.json.as_array())
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["p"], "{}", profiles.body);
+    // With its session ended, the same export runs.
+    let id = first.json["session_id"].as_str().unwrap();
+    let ended = server
+        .call(Method::DELETE, &format!("/public/sessions/{id}"), Some(KEY_A), None)
+        .await;
+    assert!(ended.status.is_success(), "{}", ended.body);
+    let export = server.call(Method::GET, &path, Some(KEY_A), None).await;
+    assert_eq!(export.status, StatusCode::OK, "{}", export.body);
+    server.stop().await;
+}

@@ -36,6 +36,14 @@ impl Target {
         }
     }
 
+    /// Whether it is named through a variable (`{{name}}`).
+    pub fn has_placeholder(&self) -> bool {
+        [Some(&self.described), self.name.as_ref(), self.css.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|s| s.contains("{{"))
+    }
+
     /// What `page.js`'s `locate` takes, with placeholders filled.
     pub fn spec(&self, fill: &impl Fn(&str) -> String) -> Value {
         json!({

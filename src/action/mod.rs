@@ -126,11 +126,17 @@ impl Actions {
         };
         let mut answer = self.execute(tenant, request, config, &mut runner).await;
         let dialogs = runner.page.dialogs();
-        if !dialogs.is_empty() && answer.success {
+        if dialogs.count > 0 && answer.success {
+            let more = dialogs.count - dialogs.first.len();
             answer.result.push_str(&format!(
-                " The page showed {} dialog(s), accepted: \"{}\".",
-                dialogs.len(),
-                dialogs.join("\", \"")
+                " The page showed {} dialog(s), accepted: \"{}\"{}.",
+                dialogs.count,
+                dialogs.first.join("\", \""),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             ));
         }
         *current_tab = Some(runner.page.target_id.clone());

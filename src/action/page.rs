@@ -57,11 +57,32 @@ pub(crate) struct Found {
     pub y: f64,
 }
 
+/// The dialogs a page opened during an action: how many, and the first few messages, each
+/// cut short (a page may open them in a loop, each megabytes long).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Dialogs {
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+/// Dialog messages an action's answer quotes, and the characters quoted of each.
+const DIALOGS_QUOTED: usize = 5;
+const DIALOG_CHARS: usize = 200;
+
+impl Dialogs {
+    fn opened(&mut self, message: &str) {
+        self.count += 1;
+        if self.first.len() < DIALOGS_QUOTED {
+            self.first.push(message.chars().take(DIALOG_CHARS).collect());
+        }
+    }
+}
+
 /// A DevTools connection to the browser; dialogs the page opens are accepted at once
 /// (they would block every script).
 struct Connection {
     client: Arc<Client>,
-    dialogs: Arc<Mutex<Vec<String>>>,
+    dialogs: Arc<Mutex<Dialogs>>,
     accepting: JoinHandle<()>,
 }
 
@@ -84,7 +105,7 @@ impl Connection {
             .map_err(|e| ActionError::new(format!("Could not reach the session's browser: {e}")))?;
         let ws = WebSocketStream::from_partially_read(stream, early, Role::Client, Some(config)).await;
         let client = Arc::new(Client::start(ws));
-        let dialogs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let dialogs: Arc<Mutex<Dialogs>> = Arc::default();
         let accepting = {
             let (client, dialogs, mut events) = (client.clone(), dialogs.clone(), client.subscribe());
             tokio::spawn(async move {
@@ -95,8 +116,8 @@ impl Connection {
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
                     if event["method"] == "Page.javascriptDialogOpening" {
-                        let text = event["params"]["message"].as_str().unwrap_or_default().to_owned();
-                        dialogs.lock().expect("dialog lock").push(text);
+                        let text = event["params"]["message"].as_str().unwrap_or_default();
+                        dialogs.lock().expect("dialog lock").opened(text);
                         let _ = client.send(
                             event["sessionId"].as_str(),
                             "Page.handleJavaScriptDialog",
@@ -204,8 +225,8 @@ impl Page {
         self.conn.call(Some(&self.session), method, params).await
     }
 
-    /// Messages of dialogs the page opened (and that were accepted) so far.
-    pub(crate) fn dialogs(&self) -> Vec<String> {
+    /// The dialogs the page opened (and that were accepted) so far.
+    pub(crate) fn dialogs(&self) -> Dialogs {
         self.conn.dialogs.lock().expect("dialog lock").clone()
     }
 

@@ -175,6 +175,12 @@ impl Runner {
                     _ => Need::Visible,
                 };
                 let found = self.find(target, need, wait).await?;
+                // One named through a variable is looked for again at each run: pinned, the
+                // next run (another value) would act on this run's element, and the cache
+                // would keep the value it matched in the element's fingerprint.
+                if target.has_placeholder() {
+                    return Ok((Some(found), resolved));
+                }
                 *target = Target {
                     described: target.described.clone(),
                     role: None,

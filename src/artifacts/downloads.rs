@@ -69,7 +69,7 @@ impl SessionDownloads {
 
     /// Whether Chrome wrote `path` into the session's folder.
     pub(crate) fn holds(&self, path: &Path) -> bool {
-        is_inside(path, &self.dir)
+        file_in(path, &self.dir).is_some()
     }
 
     /// `Browser.setDownloadBehavior`'s parameters for the session's folder (in `context`, a
@@ -125,13 +125,16 @@ impl SessionDownloads {
             }
             // Only from the session's own folder: the broker moves no file from anywhere
             // else a client had Chrome write (or name).
-            "completed" => match params["filePath"].as_str().map(PathBuf::from) {
-                Some(path) if self.holds(&path) => {
+            "completed" => match params["filePath"]
+                .as_str()
+                .and_then(|p| file_in(Path::new(p), &self.dir))
+            {
+                Some(file) => {
                     // A copy (another file system) must not hold up the browser's other
                     // events: a shared browser's are every context session's.
                     let (this, guid) = (self.clone(), guid.to_owned());
                     tokio::task::spawn_blocking(move || {
-                        this.files.download_completed(&guid, &path);
+                        this.files.download_completed(&guid, &this.dir, &file);
                         this.tell(
                             EventType::DownloadFinished,
                             json!({ "guid": guid, "state": "completed", "bytes": received.max(total) }),
@@ -239,23 +242,30 @@ async fn run(client: Client, watch: Watch, mut events: tokio::sync::broadcast::R
     }
 }
 
-/// Whether `path` names something inside `dir`: no `..` can lead it out.
-fn is_inside(path: &std::path::Path, dir: &std::path::Path) -> bool {
+/// The file name of `path` if it is directly in `dir` (where Chrome writes a download):
+/// nothing in a subdirectory, which the browser could have made a link.
+fn file_in(path: &Path, dir: &Path) -> Option<String> {
     use std::path::Component;
-    path.starts_with(dir) && !path.components().any(|c| matches!(c, Component::ParentDir))
+    let mut components = path.strip_prefix(dir).ok()?.components();
+    match (components.next(), components.next()) {
+        (Some(Component::Normal(name)), None) => name.to_str().map(str::to_owned),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_inside;
+    use super::file_in;
     use std::path::Path;
 
     #[test]
-    fn only_files_inside_the_folder_are_taken() {
+    fn only_files_directly_in_the_folder_are_taken() {
         let dir = Path::new("/data/browsers/ab.downloads/sess_1");
-        assert!(is_inside(&dir.join("report.pdf"), dir));
-        assert!(!is_inside(Path::new("/data/token_secret"), dir));
-        assert!(!is_inside(&dir.join("../sess_2/x"), dir));
-        assert!(!is_inside(Path::new("/data/browsers/ab.downloads/sess_10/x"), dir));
+        assert_eq!(file_in(&dir.join("report.pdf"), dir).as_deref(), Some("report.pdf"));
+        assert_eq!(file_in(Path::new("/data/token_secret"), dir), None);
+        assert_eq!(file_in(&dir.join("../sess_2/x"), dir), None);
+        assert_eq!(file_in(&dir.join("sub/x"), dir), None, "a subdirectory could be a link");
+        assert_eq!(file_in(dir, dir), None);
+        assert_eq!(file_in(Path::new("/data/browsers/ab.downloads/sess_10/x"), dir), None);
     }
 }

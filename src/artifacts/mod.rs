@@ -13,6 +13,7 @@
 pub(crate) mod entry;
 mod error;
 mod names;
+mod no_follow;
 mod root;
 mod session_files;
 

@@ -47,6 +47,8 @@ pub(crate) struct Spec {
     pub height: u32,
     pub files: Arc<SessionFiles>,
     pub metrics: Arc<Metrics>,
+    /// The limits of the browser's messages (`Upstream::parsed_ws_config`).
+    pub ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +73,8 @@ pub(crate) async fn start(
         .connect_raw(&upstream.browser_path, egress, SETUP_TIMEOUT)
         .await
         .map_err(|e| browser(e.to_string()))?;
-    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, None).await;
+    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, Some(spec.ws_config))
+        .await;
     let client = Client::start(ws);
     let events = client.subscribe();
     let call = |method: &'static str, params: Value| {

@@ -13,10 +13,13 @@ use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 use super::entry::{FileEntry, FileState, Kind, RecordingInfo};
 use super::error::FileError;
 use super::names::{check_name, sanitize_name, unique_name};
+use super::no_follow::NoFollowDir;
 use crate::auth::unix_secs;
 use crate::metrics::Metrics;
 
 const INDEX: &str = "index.json";
+/// Where uploads are placed for the browser, in its downloads folder.
+const UPLOADS: &str = ".uploads";
 pub(crate) const RECORDING: &str = "recording.mp4";
 
 /// The artifacts' limits, from the configuration.
@@ -47,8 +50,9 @@ pub struct SessionFiles {
     /// recording): removing the directory waits for it, or the writer recreates what was
     /// removed and the directory outlives its record.
     writers: TaskTracker,
-    /// Where uploads were placed for the browser (`within_browser_reach`): a file removed
-    /// or replaced goes from there too, or its bytes would outlive their place in the quota.
+    /// The browser's downloads folder, once uploads were placed there
+    /// (`within_browser_reach`): a file removed or replaced goes from there too, or its
+    /// bytes would outlive their place in the quota.
     reach: Mutex<Option<PathBuf>>,
     /// An upload is being written: one at a time, so that what is written before the
     /// quota sees it is one upload's at most.
@@ -121,22 +125,16 @@ impl SessionFiles {
     /// The complete file `name`, placed where the session's browser may read it: in
     /// `browser_downloads/.uploads/` (the confined browser reads nothing of the data
     /// directory), replacing one of the same name; a hard link where the file system
-    /// allows, else a copy. That path is what a file input is given.
+    /// allows, else a copy. That path is what a file input is given. The browser may
+    /// write that folder: no link it put there is followed (`no_follow`).
     pub fn within_browser_reach(&self, name: &str, browser_downloads: &Path) -> Result<PathBuf, FileError> {
         let (stored, _) = self.get(name)?;
         let place = || -> io::Result<PathBuf> {
-            let dir = browser_downloads.join(".uploads");
-            std::fs::create_dir_all(&dir)?;
-            *self.reach.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
-            let visible = dir.join(name);
-            match std::fs::remove_file(&visible) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            if std::fs::hard_link(&stored, &visible).is_err() {
-                std::fs::copy(&stored, &visible)?;
-            }
-            Ok(visible)
+            let uploads = NoFollowDir::open(browser_downloads)?.subdir(UPLOADS)?;
+            *self.reach.lock().unwrap_or_else(|e| e.into_inner()) = Some(browser_downloads.to_owned());
+            uploads.remove(name)?;
+            uploads.place(&stored, name)?;
+            Ok(browser_downloads.join(UPLOADS).join(name))
         };
         place().map_err(FileError::Io)
     }
@@ -147,8 +145,10 @@ impl SessionFiles {
 
     /// Removes the browser's copy of `name`, if one was placed.
     fn unplace(&self, name: &str) {
-        if let Some(dir) = self.reach.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = std::fs::remove_file(dir.join(name));
+        if let Some(dir) = self.reach.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && let Ok(uploads) = NoFollowDir::open(dir).and_then(|d| d.subdir(UPLOADS))
+        {
+            let _ = uploads.remove(name);
         }
     }
 
@@ -390,31 +390,35 @@ impl SessionFiles {
         true
     }
 
-    /// A download finished in the browser at `path` (wherever the client had it saved):
-    /// the file is moved into the session's files, unless it was refused.
-    pub fn download_completed(&self, guid: &str, path: &Path) {
+    /// A download finished in the browser as `file` in its session's `folder` (the
+    /// browser's, which it may write: nothing there is followed as a link): the file is
+    /// moved into the session's files, unless it was refused.
+    pub fn download_completed(&self, guid: &str, folder: &Path, file: &str) {
         let Some(name) = self.downloads.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) else {
             return;
         };
-        let size = std::fs::symlink_metadata(path)
-            .ok()
-            .filter(|m| m.file_type().is_file())
-            .map(|m| m.len());
+        let folder = NoFollowDir::open(folder);
+        let size = folder.as_ref().ok().and_then(|f| f.file_size(file));
+        let remove = || {
+            if let Ok(folder) = &folder {
+                let _ = folder.remove(file);
+            }
+        };
         let mut index = self.index();
         let refused = index.files.get(&name).is_none_or(|e| e.state == FileState::Refused);
-        let state = match size {
+        let state = match (size, &folder) {
             _ if refused => {
-                let _ = std::fs::remove_file(path);
+                remove();
                 FileState::Refused
             }
-            None => FileState::Canceled,
-            Some(size) if self.quota_check(&index, size, Some(&name)).is_err() => {
-                let _ = std::fs::remove_file(path);
+            (None, _) | (_, Err(_)) => FileState::Canceled,
+            (Some(size), _) if self.quota_check(&index, size, Some(&name)).is_err() => {
+                remove();
                 self.metrics.files_quota_refusals.inc();
                 FileState::Refused
             }
-            Some(size) => match move_file(path, &self.file_path(&name)) {
-                Ok(()) => {
+            (Some(_), Ok(folder)) => match folder.move_out(file, &self.file_path(&name)) {
+                Ok(size) => {
                     if let Some(entry) = index.files.get_mut(&name) {
                         entry.size = size;
                     }
@@ -422,7 +426,7 @@ impl SessionFiles {
                     FileState::Complete
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, file = %path.display(), "a finished download could not be moved into the session's files");
+                    tracing::warn!(error = %e, file, "a finished download could not be moved into the session's files");
                     FileState::Canceled
                 }
             },
@@ -510,17 +514,6 @@ impl SessionFiles {
     }
 }
 
-/// Moves a file, copying it where a rename cannot (another file system).
-fn move_file(from: &Path, to: &Path) -> io::Result<()> {
-    match std::fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            std::fs::copy(from, to)?;
-            std::fs::remove_file(from)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +543,7 @@ mod tests {
     async fn a_file_removed_or_replaced_leaves_no_copy_within_the_browsers_reach() {
         let (dir, files) = files(1 << 20);
         let browser_downloads = dir.path().join("browser.downloads");
+        std::fs::create_dir(&browser_downloads).unwrap();
         files.upload("a.txt", chunks(&[b"first"])).await.unwrap();
         let placed = files.within_browser_reach("a.txt", &browser_downloads).unwrap();
         assert_eq!(std::fs::read(&placed).unwrap(), b"first");
@@ -611,12 +605,12 @@ mod tests {
         std::fs::create_dir(&browser_downloads).unwrap();
         let first = browser_downloads.join("a.bin");
         std::fs::write(&first, vec![0u8; 600]).unwrap();
-        files.download_completed("g1", &first);
+        files.download_completed("g1", &browser_downloads, "a.bin");
         assert!(files.download_began("g2", "a.bin", 0));
         assert!(!files.download_progressed("g2", 500), "past the quota");
         let second = browser_downloads.join("a (1).bin");
         std::fs::write(&second, vec![0u8; 500]).unwrap();
-        files.download_completed("g2", &second);
+        files.download_completed("g2", &browser_downloads, "a (1).bin");
         let list = files.list();
         assert_eq!(list.len(), 2);
         let find = |name: &str| list.iter().find(|f| f.name == name).unwrap().clone();

@@ -33,6 +33,7 @@ use crate::values::{BrowserKind, BrowserReason};
 use super::Broker;
 use super::error::BrokerError;
 use super::lifecycle::{end_when_idle, watch_session};
+use super::profile_state::Held;
 use super::request::{NewSession, RequestedOptions};
 
 /// Where a session's downloads and tabs are watched, and the directory Chrome writes its
@@ -283,11 +284,15 @@ impl Broker {
         let mut profile = None;
         if let Some(profile_id) = &request.profile_id {
             let found = self.profiles.get(&tenant, profile_id).await?;
-            let hold = self.profiles.begin_use(found, &id, request.persist_changes).await?;
-            match self.profile_copies.read_state(&hold).await {
-                Ok(state) => profile = Some((hold, state)),
+            // Released however the create ends short of a session (its client gone too).
+            let held = Held::new(
+                self.profiles.begin_use(found, &id, request.persist_changes).await?,
+                &self.profiles,
+            );
+            match self.profile_copies.read_state(held.hold()).await {
+                Ok(state) => profile = Some((held, state)),
                 Err(e) => {
-                    self.profiles.end_use(hold).await;
+                    held.release().await;
                     return Err(e.into());
                 }
             }
@@ -306,13 +311,13 @@ impl Broker {
         let context = match acquired {
             Ok(context) => context,
             Err(e) => {
-                if let Some((hold, _)) = profile {
-                    self.profiles.end_use(hold).await;
+                if let Some((held, _)) = profile {
+                    held.release().await;
                 }
                 return Err(e);
             }
         };
-        let Some((hold, state)) = profile else {
+        let Some((held, state)) = profile else {
             return self
                 .register(id, tenant, request, Backing::Context(context), None)
                 .await;
@@ -320,10 +325,10 @@ impl Broker {
         let ws_url = context.shared.browser.ws_url();
         if let Err(e) = profile_copy::load_context_state(&ws_url, &context.scope.context, &state).await {
             drop(context);
-            self.profiles.end_use(hold).await;
+            held.release().await;
             return Err(BrokerError::ProfileBrowser(e));
         }
-        let binding = self.profile_binding(hold);
+        let binding = self.profile_binding(held.keep());
         self.register(id, tenant, request, Backing::Context(context), Some(binding))
             .await
     }
@@ -338,12 +343,18 @@ impl Broker {
         extensions: Option<ExtensionUse>,
     ) -> Result<Arc<Session>, BrokerError> {
         let profile = self.profiles.get(&tenant, &profile_id).await?;
-        let hold = self.profiles.begin_use(profile, &id, request.persist_changes).await?;
         let dir = self.pool.scratch_dir();
+        // Released, and the copy removed, however the create ends short of a session (its
+        // client gone halfway included).
+        let held = Held::new(
+            self.profiles.begin_use(profile, &id, request.persist_changes).await?,
+            &self.profiles,
+        )
+        .with_copy(&dir);
         let prepared = async {
             let cookies = self
                 .profiles
-                .copy_into(&hold, &dir)
+                .copy_into(held.hold(), &dir)
                 .await
                 .map_err(BrokerError::ProfileUnreadable)?;
             let lease = self
@@ -363,13 +374,12 @@ impl Broker {
         };
         match prepared.await {
             Ok(lease) => {
-                let binding = self.profile_binding(hold);
+                let binding = self.profile_binding(held.keep());
                 self.register(id, tenant, request, Backing::Managed(lease), Some(binding))
                     .await
             }
             Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                self.profiles.end_use(hold).await;
+                held.release().await;
                 Err(e)
             }
         }
@@ -729,6 +739,7 @@ impl Broker {
                 height: session.screen.height,
                 files,
                 metrics: self.metrics.clone(),
+                ws_config: session.upstream.parsed_ws_config(&self.config),
             };
             let until = session.ended().clone();
             artifacts::recording::start(&session.upstream, &self.egress, spec, until, &self.tracker)

@@ -1,6 +1,7 @@
 //! Work on a profile's state in a browser of its own (storageState export and import), and which
 //! sessions use a profile.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -11,6 +12,7 @@ use crate::auth::{Tenant, random_hex};
 use crate::browser::Browser;
 use crate::browser::cdp::{self, CdpError};
 use crate::profile::storage_state;
+use crate::quota::Kind;
 use crate::session::ProfileBinding;
 use crate::store::StoreError;
 use crate::store::profiles::{Profile, ProfileError, ProfileUse, Profiles};
@@ -46,16 +48,25 @@ impl Broker {
         work: impl AsyncFnOnce(&mut cdp::Connection, &Browser) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         let profile = self.profiles.get(tenant, id).await?;
-        let holder = format!("storage-state-{}", random_hex(4));
-        let mut held = Held {
-            hold: Some(self.profiles.begin_use(profile, &holder, persist).await?),
-            profiles: self.profiles.clone(),
-        };
-        let hold = held.hold.as_ref().expect("just taken");
-        let result = self.profile_copies.run(hold, persist, work).await;
-        if let Some(hold) = held.hold.take() {
-            self.profiles.end_use(hold).await;
+        // A browser of its own: it takes a place in the key's quota, and one of its creates,
+        // as a session would (else a key could hold every slot of the node this way).
+        let _place = self.reserve_place(tenant, Kind::Managed).await.inspect_err(|_| {
+            self.metrics.create_quota_refused.inc();
+        })?;
+        if let Err(wait) = self.take_create(tenant).await {
+            self.metrics.create_rate_limited.inc();
+            return Err(BrokerError::RateLimited {
+                per_minute: self.config.creates_per_minute,
+                retry_after: wait.as_secs() + 1,
+            });
         }
+        let holder = format!("storage-state-{}", random_hex(4));
+        let held = Held::new(
+            self.profiles.begin_use(profile, &holder, persist).await?,
+            &self.profiles,
+        );
+        let result = self.profile_copies.run(held.hold(), persist, work).await;
+        held.release().await;
         result
     }
 
@@ -90,21 +101,67 @@ impl Broker {
     }
 }
 
-/// A hold on a profile for work on a copy of it, released even if the request doing the
-/// work is dropped halfway (its client gone): else the profile would stay in use, or
-/// locked to its writer, until the broker restarts.
-struct Held {
+/// A hold on a profile for work on a copy of it (and the copy's directory, if any),
+/// released even if the request doing the work is dropped halfway (its client gone): else
+/// the profile would stay in use, or locked to its writer, until the broker restarts, and
+/// the copy would stay on disk.
+pub(super) struct Held {
     hold: Option<ProfileUse>,
     profiles: Arc<Profiles>,
+    copy: Option<PathBuf>,
+}
+
+impl Held {
+    pub(super) fn new(hold: ProfileUse, profiles: &Arc<Profiles>) -> Held {
+        Held {
+            hold: Some(hold),
+            profiles: profiles.clone(),
+            copy: None,
+        }
+    }
+
+    /// Removes `dir` too when released (unless kept).
+    pub(super) fn with_copy(mut self, dir: &Path) -> Held {
+        self.copy = Some(dir.to_owned());
+        self
+    }
+
+    pub(super) fn hold(&self) -> &ProfileUse {
+        self.hold.as_ref().expect("held until released or kept")
+    }
+
+    /// The hold, handed on to a session (which releases it, and removes its copy).
+    pub(super) fn keep(mut self) -> ProfileUse {
+        self.copy = None;
+        self.hold.take().expect("held until released or kept")
+    }
+
+    /// Releases the hold and removes the copy now.
+    pub(super) async fn release(mut self) {
+        if let Some(dir) = self.copy.take() {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+        if let Some(hold) = self.hold.take() {
+            self.profiles.end_use(hold).await;
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(hold) = self.hold.take()
+        let (hold, copy) = (self.hold.take(), self.copy.take());
+        if (hold.is_some() || copy.is_some())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let profiles = self.profiles.clone();
-            runtime.spawn(async move { profiles.end_use(hold).await });
+            runtime.spawn(async move {
+                if let Some(dir) = copy {
+                    let _ = tokio::fs::remove_dir_all(dir).await;
+                }
+                if let Some(hold) = hold {
+                    profiles.end_use(hold).await;
+                }
+            });
         }
     }
 }

@@ -38,7 +38,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) trait DownloadSink: Send + Sync {
     /// The session's own download folder.
     fn dir(&self) -> &Path;
-    /// Whether Chrome wrote `path` into that folder.
+    /// Whether Chrome wrote `path` into that folder (directly: not in a subdirectory).
     fn holds(&self, path: &Path) -> bool;
     /// `Browser.setDownloadBehavior`'s parameters for the folder, in `context`.
     fn behavior(&self, context: Option<&str>) -> Value;

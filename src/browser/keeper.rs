@@ -63,6 +63,9 @@ struct Attached {
     /// A spare's page: the commands of a session that asks for nothing, put on it ahead
     /// of any session (`ContextKeeper::spare`).
     dressed: Option<Vec<(&'static str, Value)>>,
+    /// Everything sent to it has been answered (a spare's page, probed as it was dressed):
+    /// a session that takes it as dressed need not wait for another round trip.
+    landed: bool,
 }
 
 impl Attached {
@@ -251,6 +254,8 @@ struct Keeper {
     attached: HashMap<String, Attached>,
     /// `Network.getResponseBody` calls in flight → (CDP session, request id).
     bodies: HashMap<u64, (String, String)>,
+    /// Probes of spares' pages in flight → CDP session: answered, the page has landed.
+    probes: HashMap<u64, String>,
     /// How long it waits for the answers to what it sent before it gives up.
     answer_limit: Duration,
     /// When the registration under way gives up, whatever it waits for then.
@@ -283,6 +288,7 @@ impl Keeper {
             next_id: 0,
             attached: HashMap::new(),
             bodies: HashMap::new(),
+            probes: HashMap::new(),
             answer_limit: SETUP_TIMEOUT,
             deadline: None,
         };
@@ -365,6 +371,7 @@ impl Keeper {
                 self.ws = open(&upstream, &egress).await?;
                 self.attached.clear();
                 self.bodies.clear();
+                self.probes.clear();
                 self.attach_all().await?;
                 for page in self
                     .attached
@@ -466,7 +473,7 @@ impl Keeper {
         let pages: Vec<String> = self
             .attached
             .iter()
-            .filter(|(_, a)| a.applied && a.is_page() && context.is_none_or(|c| a.context == c))
+            .filter(|(_, a)| a.applied && !a.landed && a.is_page() && context.is_none_or(|c| a.context == c))
             .map(|(s, _)| s.clone())
             .collect();
         let mut probes = HashMap::new();
@@ -523,6 +530,7 @@ impl Keeper {
                 Some(rest) => {
                     if let Some(attached) = self.attached.get_mut(&session) {
                         attached.applied = true;
+                        attached.landed &= rest.is_empty();
                     }
                     for (method, params) in rest {
                         self.send(Some(&session), method, params).await?;
@@ -638,7 +646,11 @@ impl Keeper {
         ];
         let captured =
             (self.network && text.contains("\"Network.")) || (self.console && console.iter().any(|w| text.contains(w)));
-        let body = !self.bodies.is_empty() && text.starts_with("{\"id\":");
+        let reply = text.starts_with("{\"id\":");
+        if reply && !self.probes.is_empty() && self.probe_answered(text) {
+            return Ok(());
+        }
+        let body = !self.bodies.is_empty() && reply;
         if !captured && !body && !wanted.iter().any(|w| text.contains(w)) {
             return Ok(());
         }
@@ -674,7 +686,21 @@ impl Keeper {
     }
 
     /// Forgets a CDP session that Chrome closed, and the ones attached through it.
+    /// A spare page's probe answered: that page has landed. False for any other reply.
+    fn probe_answered(&mut self, text: &str) -> bool {
+        let id = super::filter::leading_id(text).and_then(|id| u64::try_from(id).ok());
+        let Some(session) = id.and_then(|id| self.probes.remove(&id)) else {
+            return false;
+        };
+        let answered = serde_json::from_str::<Value>(text).is_ok_and(|m| m.get("result").is_some());
+        if let Some(attached) = self.attached.get_mut(&session) {
+            attached.landed = answered;
+        }
+        true
+    }
+
     fn drop_session(&mut self, gone: &str) {
+        self.probes.retain(|_, session| session != gone);
         let mut stack = vec![gone.to_owned()];
         while let Some(session) = stack.pop() {
             self.attached.remove(&session);
@@ -711,6 +737,7 @@ impl Keeper {
             parent,
             applied: false,
             dressed: None,
+            landed: false,
         };
         let kept = self.kept_for(&attached.context);
         // Only the spare's own tab: pages opened later in its context (a profile's origins
@@ -735,8 +762,16 @@ impl Keeper {
             }
         }
         self.send(Some(session), "Runtime.runIfWaitingForDebugger", json!({}))
-            .await
-            .map(drop)
+            .await?;
+        if spare {
+            // Answered after all of the above (one target runs its commands in order):
+            // the session that takes the spare finds it landed.
+            let probe = self
+                .send(Some(session), "Runtime.evaluate", json!({ "expression": "0" }))
+                .await?;
+            self.probes.insert(probe, session.to_owned());
+        }
+        Ok(())
     }
 
     /// Sets a session's overrides on one of its targets (not yet let go, or a spare's

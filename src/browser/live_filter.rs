@@ -43,6 +43,9 @@ struct ViewerCommand<'a> {
     _session: Option<&'a RawValue>,
 }
 
+/// The most of a refused method's name the refusal says back (no CDP name comes near).
+const MAX_METHOD_SHOWN: usize = 100;
+
 /// Whether a viewer may send the command `text` (then it goes on as it came, unchanged);
 /// otherwise the CDP error to answer the viewer with.
 pub(crate) fn check(text: &str, read_only: bool) -> Result<(), Value> {
@@ -65,9 +68,11 @@ pub(crate) fn check(text: &str, read_only: bool) -> Result<(), Value> {
         .as_ref()
         .and_then(|c| c.id)
         .and_then(|id| serde_json::from_str::<i64>(id.get()).ok());
+    // The name said back is cut short: a viewer's megabyte of method name is not echoed.
+    let shown: String = method.chars().take(MAX_METHOD_SHOWN).collect();
     Err(json!({
         "id": id,
-        "error": { "code": -32601, "message": format!("{method}: {why}") },
+        "error": { "code": -32601, "message": format!("{shown}: {why}") },
     }))
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::cdp::{CallError, Client};
 use super::egress::Egress;
@@ -42,16 +42,29 @@ impl ScreenshotError {
     }
 }
 
-/// The first tab now, as a JPEG, within `limit` for the whole exchange.
-pub(crate) async fn capture(upstream: &Upstream, egress: &Egress, limit: Duration) -> Result<Vec<u8>, ScreenshotError> {
-    tokio::time::timeout(limit, capture_within(upstream, egress, limit))
+/// The first tab now, as a JPEG, within `limit` for the whole exchange; the browser's
+/// messages held to `ws_config` (`Upstream::parsed_ws_config`: a user's own browser may
+/// answer anything).
+pub(crate) async fn capture(
+    upstream: &Upstream,
+    egress: &Egress,
+    limit: Duration,
+    ws_config: WebSocketConfig,
+) -> Result<Vec<u8>, ScreenshotError> {
+    tokio::time::timeout(limit, capture_within(upstream, egress, limit, ws_config))
         .await
         .map_err(|_| ScreenshotError::Timeout(limit))?
 }
 
-async fn capture_within(upstream: &Upstream, egress: &Egress, limit: Duration) -> Result<Vec<u8>, ScreenshotError> {
+async fn capture_within(
+    upstream: &Upstream,
+    egress: &Egress,
+    limit: Duration,
+    ws_config: WebSocketConfig,
+) -> Result<Vec<u8>, ScreenshotError> {
     let (stream, early) = upstream.connect_raw(&upstream.browser_path, egress, limit).await?;
-    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, None).await;
+    let ws =
+        tokio_tungstenite::WebSocketStream::from_partially_read(stream, early, Role::Client, Some(ws_config)).await;
     let client = Client::start(ws);
     let call = |session: Option<String>, method: &'static str, params: Value| {
         let client = &client;

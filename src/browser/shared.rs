@@ -155,11 +155,15 @@ impl SharedBrowser {
         self.owner.lock().expect("owner lock").is_none() && self.live.load(Relaxed) == 0
     }
 
-    /// A spare context, if one is ready; a create that finds none raises the target, unless
-    /// it `launched` this browser (whose spares could not be made yet).
+    /// A spare context, if one is ready; a create that finds none, or takes the last one,
+    /// raises the target (the next create would wait for Chrome), unless it `launched`
+    /// this browser (whose spares could not be made yet).
     fn take_spare(&self, launched: bool) -> Option<Prepared> {
-        let spare = self.spares.lock().expect("spares lock").pop();
-        if spare.is_none() && !launched {
+        let (spare, left) = {
+            let mut spares = self.spares.lock().expect("spares lock");
+            (spares.pop(), spares.len())
+        };
+        if left == 0 && !launched {
             self.spare_target
                 .lock()
                 .expect("spare target lock")
@@ -740,14 +744,16 @@ impl SharedBrowsers {
     }
 
     /// Tops up `shared`'s spare contexts in a task of its own, after a pause that lets the
-    /// session just handed out have the browser first.
+    /// session just handed out have the browser first, unless none is left for the next.
     fn prepare_spares(self: &Arc<Self>, shared: &Arc<SharedBrowser>) {
         if shared.spares_wanted() == 0 || shared.preparing.swap(true, Relaxed) {
             return;
         }
         let (browsers, shared) = (self.clone(), shared.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(SPARE_QUIET).await;
+            if shared.spares() > 0 {
+                tokio::time::sleep(SPARE_QUIET).await;
+            }
             loop {
                 // No more than the sessions that can still come could take.
                 let room = browsers.settings.per_browser.saturating_sub(shared.contexts());

@@ -35,7 +35,8 @@ pub(crate) async fn screenshot(broker: &Broker, tenant: &Tenant, id: &str) -> Re
         .active(Some(tenant), id)
         .await
         .map_err(|e| session_refusal(e, Attempt::Change))?;
-    let jpeg = screenshot::capture(&session.upstream, broker.egress(), CAPTURE_TIMEOUT).await?;
+    let ws_config = session.upstream.parsed_ws_config(broker.config());
+    let jpeg = screenshot::capture(&session.upstream, broker.egress(), CAPTURE_TIMEOUT, ws_config).await?;
     let mut response = Response::new(full(jpeg));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("image/jpeg"));

@@ -10,6 +10,7 @@
 //! the recording unless a browser asks for HTML.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
@@ -214,21 +215,33 @@ async fn viewer_socket(
             let viewer = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, viewer_config).await;
             let browser =
                 WebSocketStream::from_raw_socket(browser, Role::Client, Some(broker.config().ws_config())).await;
-            relay_filtered(viewer, browser, &session, read_only, broker.metrics()).await;
+            let stall = Duration::from_millis(broker.config().write_stall_timeout_ms);
+            relay_filtered(viewer, browser, &session, read_only, broker.metrics(), stall).await;
         }
         .instrument(span),
     );
     Ok(super::whole(upgrade_response(&key)))
 }
 
+/// Sends `message` unless `stall` passes first: a peer that stops reading is gone, and the
+/// relay, which waits on no send for longer, still sees the session end.
+async fn send_within<S>(tx: &mut S, message: Message, stall: Duration) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(tokio::time::timeout(stall, tx.send(message)).await, Ok(Ok(())))
+}
+
 /// Passes a viewer's allowed commands to the browser and everything back; refuses the
-/// rest with a CDP error. Ends with the session, telling the page why.
+/// rest with a CDP error. Ends with the session, telling the page why. A side that reads
+/// nothing for `stall` while a message waits for it ends the relay.
 async fn relay_filtered<V, B>(
     viewer: WebSocketStream<V>,
     browser: WebSocketStream<B>,
     session: &Session,
     read_only: bool,
     metrics: &Metrics,
+    stall: Duration,
 ) where
     V: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -256,7 +269,7 @@ async fn relay_filtered<V, B>(
                 for challenge in list.iter().skip(told) {
                     let said = json!({"method": CHALLENGE_EVENT,
                         "params": {"kind": challenge.kind, "url": challenge.url}});
-                    if viewer_tx.send(Message::text(said.to_string())).await.is_err() {
+                    if !send_within(&mut viewer_tx, Message::text(said.to_string()), stall).await {
                         break;
                     }
                 }
@@ -266,12 +279,12 @@ async fn relay_filtered<V, B>(
                 Some(Ok(Message::Text(text))) => match live_filter::check(&text, read_only) {
                     // Passed on as it came: no copy of a large message is made here.
                     Ok(()) => {
-                        if browser_tx.send(Message::Text(text)).await.is_err() {
+                        if !send_within(&mut browser_tx, Message::Text(text), stall).await {
                             break Ending::BrowserGone;
                         }
                     }
                     Err(refusal) => {
-                        if viewer_tx.send(Message::text(refusal.to_string())).await.is_err() {
+                        if !send_within(&mut viewer_tx, Message::text(refusal.to_string()), stall).await {
                             break Ending::ViewerGone;
                         }
                     }
@@ -282,7 +295,7 @@ async fn relay_filtered<V, B>(
             },
             m = browser_rx.next() => match m {
                 Some(Ok(m @ Message::Text(_))) => {
-                    if viewer_tx.send(m).await.is_err() {
+                    if !send_within(&mut viewer_tx, m, stall).await {
                         break Ending::ViewerGone;
                     }
                 }
@@ -295,12 +308,12 @@ async fn relay_filtered<V, B>(
         Ending::Ended => true,
         Ending::ViewerGone => false,
         Ending::TooBig => {
-            let _ = browser_tx.close().await;
+            let _ = tokio::time::timeout(relay::EXIT_GRACE, browser_tx.close()).await;
             let frame = CloseFrame {
                 code: CloseCode::Size,
                 reason: "message too big".into(),
             };
-            let _ = viewer_tx.send(Message::Close(Some(frame))).await;
+            send_within(&mut viewer_tx, Message::Close(Some(frame)), relay::EXIT_GRACE).await;
             metrics.record_close(1009);
             // The rest of the message is still coming: read it away (unparsed, a buffer at
             // a time) so the viewer, done sending, reads the close instead of a reset.
@@ -321,14 +334,14 @@ async fn relay_filtered<V, B>(
             session.ended().is_cancelled()
         }
     };
-    let _ = browser_tx.close().await;
+    let _ = tokio::time::timeout(relay::EXIT_GRACE, browser_tx.close()).await;
     if ended {
         let (code, reason) = session.end_reason().unwrap_or(EndReason::Terminated).close_code();
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = viewer_tx.send(Message::Close(Some(frame))).await;
+        send_within(&mut viewer_tx, Message::Close(Some(frame)), relay::EXIT_GRACE).await;
         metrics.record_close(code);
         // Wait for the page's echo (or its hang-up). Dropped now, the socket would answer
         // the acks still coming with a reset, and a page whose write meets the reset
@@ -336,7 +349,7 @@ async fn relay_filtered<V, B>(
         let echo = async { while let Some(Ok(_)) = viewer_rx.next().await {} };
         let _ = tokio::time::timeout(relay::CLOSE_GRACE, echo).await;
     }
-    let _ = viewer_tx.close().await;
+    let _ = tokio::time::timeout(relay::EXIT_GRACE, viewer_tx.close()).await;
 }
 
 #[cfg(test)]
@@ -376,6 +389,52 @@ mod tests {
         }
     }
 
+    const STALL: Duration = Duration::from_secs(2);
+
+    /// A viewer that sends refused commands and never reads what comes back cannot hold
+    /// the relay (its socket, the browser's, the write buffer) past the session's end.
+    #[tokio::test]
+    async fn a_viewer_that_never_reads_does_not_outlive_the_session() {
+        let session = crate::session::external_session();
+        let (page_end, viewer_end) = tokio::io::duplex(4096);
+        let (_browser_end, relay_end) = tokio::io::duplex(64 * 1024);
+        let mut page = WebSocketStream::from_raw_socket(page_end, Role::Client, None).await;
+        let viewer = WebSocketStream::from_raw_socket(viewer_end, Role::Server, None).await;
+        let browser = WebSocketStream::from_raw_socket(relay_end, Role::Client, None).await;
+        let metrics = Metrics::default();
+        let relay = relay_filtered(viewer, browser, &session, false, &metrics, STALL);
+        let page_side = async {
+            // Refused commands; their refusals fill the 4 KiB the page never reads, and
+            // the relay's write waits.
+            let sending = async {
+                for id in 0..1000 {
+                    let refused = json!({"id": id, "method": "X".repeat(200)});
+                    if page.send(Message::text(refused.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+                std::future::pending::<()>().await
+            };
+            let ending = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                session.end(EndReason::Terminated).unwrap();
+                std::future::pending::<()>().await
+            };
+            futures_util::future::join(sending, ending).await;
+        };
+        let started = std::time::Instant::now();
+        tokio::select! {
+            biased;
+            () = relay => {}
+            () = page_side => unreachable!(),
+            () = tokio::time::sleep(STALL + relay::EXIT_GRACE * 2) => panic!("the relay outlived the session"),
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "the relay ended before the session"
+        );
+    }
+
     /// A viewer's command that finds the browser gone is not the end of the story: the
     /// session ends a moment later, and the page is told why (it said "connection lost").
     #[tokio::test]
@@ -386,7 +445,7 @@ mod tests {
         let viewer = WebSocketStream::from_raw_socket(broker_end, Role::Server, None).await;
         let browser = WebSocketStream::from_raw_socket(KilledBrowser, Role::Client, None).await;
         let metrics = Metrics::default();
-        let relay = relay_filtered(viewer, browser, &session, false, &metrics);
+        let relay = relay_filtered(viewer, browser, &session, false, &metrics, STALL);
         let page_side = async {
             let ack = json!({"id": 1, "method": "Page.screencastFrameAck", "params": {"sessionId": 1}});
             page.send(Message::text(ack.to_string())).await.unwrap();
@@ -421,7 +480,7 @@ mod tests {
         let viewer = WebSocketStream::from_raw_socket(viewer_end, Role::Server, None).await;
         let browser = WebSocketStream::from_raw_socket(relay_end, Role::Client, None).await;
         let metrics = Metrics::default();
-        let relay = relay_filtered(viewer, browser, &session, false, &metrics);
+        let relay = relay_filtered(viewer, browser, &session, false, &metrics, STALL);
         let page_side = async {
             session.end(EndReason::Terminated).unwrap();
             let Some(Ok(Message::Close(Some(frame)))) = page.next().await else {
@@ -453,7 +512,7 @@ mod tests {
         let viewer = WebSocketStream::from_raw_socket(viewer_end, Role::Server, None).await;
         let browser = WebSocketStream::from_raw_socket(relay_end, Role::Client, None).await;
         let metrics = Metrics::default();
-        let relay = relay_filtered(viewer, browser, &session, true, &metrics);
+        let relay = relay_filtered(viewer, browser, &session, true, &metrics, STALL);
         let sent = r#" {"method":"Page.enable", "id":3 ,"params":{"x":[0, 0]}} "#;
         let check = async {
             let refused = r#"{"id":2,"method":"Page.enable","x":1}"#;

@@ -156,10 +156,18 @@ impl ProfileCopies {
 }
 
 /// A context's storage state: its cookies and the localStorage of the origins it shows or
-/// `reached`.
-pub(crate) async fn context_state(ws_url: &str, context: &str, reached: &[String]) -> Result<Value, CdpError> {
+/// `reached`, read within `deadline` (the shared browser is other sessions' too).
+pub(crate) async fn context_state(
+    ws_url: &str,
+    context: &str,
+    reached: &[String],
+    deadline: Duration,
+) -> Result<Value, CdpError> {
     let mut conn = Connection::open_in(ws_url, context).await?;
-    let state = storage_state::export(&mut conn, std::path::Path::new(""), reached).await;
+    let export = storage_state::export(&mut conn, std::path::Path::new(""), reached);
+    let state = tokio::time::timeout(deadline, export)
+        .await
+        .unwrap_or(Err(CdpError::Timeout));
     conn.close_pages().await;
     state
 }

@@ -18,6 +18,13 @@ use crate::browser::cdp::{CdpError, Connection};
 const MAX_COOKIES: usize = 3000;
 pub(crate) const MAX_ORIGINS: usize = 50;
 
+/// Limits on an exported document: the origins whose localStorage is read (one page each,
+/// opened and closed in turn; those holding storage on disk and those the pages showed or
+/// reached first, cookies' domains after), and the localStorage bytes read in all. A
+/// session's pages can set cookies on thousands of domains and fill each origin's storage.
+const MAX_EXPORT_ORIGINS: usize = 256;
+const MAX_EXPORT_STORAGE_BYTES: usize = 64 << 20;
+
 /// Checks an imported document and answers what is wrong with it, if anything.
 pub(crate) fn validate(state: &Value) -> Result<(), String> {
     let obj = state.as_object().ok_or("storage_state must be a JSON object")?;
@@ -114,16 +121,15 @@ fn canonical_origin(s: &str) -> Option<String> {
 pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[String]) -> Result<Value, CdpError> {
     let all = conn.call(None, "Storage.getCookies", json!({})).await?;
     let mut cookies = Vec::new();
-    let mut candidates: BTreeSet<String> = origins_on_disk(user_data);
+    let mut candidates = Candidates::default();
+    candidates.extend(origins_on_disk(user_data));
     candidates.extend(conn.page_origins().await?);
     candidates.extend(reached.iter().filter_map(|o| canonical_origin(o)));
     for c in all["cookies"].as_array().into_iter().flatten() {
         let domain = c["domain"].as_str().unwrap_or_default();
         let host = domain.trim_start_matches('.');
         for scheme in ["https", "http"] {
-            if let Some(o) = canonical_origin(&format!("{scheme}://{host}")) {
-                candidates.insert(o);
-            }
+            candidates.extend(canonical_origin(&format!("{scheme}://{host}")));
         }
         cookies.push(json!({
             "name": c["name"],
@@ -137,14 +143,28 @@ pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[S
         }));
     }
     let mut origins = Vec::new();
-    for origin in candidates {
+    let mut storage_bytes = 0;
+    for origin in candidates.in_order {
         let Ok(page) = conn.page_at(&origin).await else {
+            conn.close_pages().await;
             continue;
         };
         let entries = conn
             .evaluate(&page, "JSON.stringify(Object.entries(localStorage))")
-            .await?;
-        let entries: Vec<(String, String)> = serde_json::from_str(entries.as_str().unwrap_or("[]")).unwrap_or_default();
+            .await;
+        // One tab at a time, however many origins.
+        conn.close_pages().await;
+        let entries = entries?;
+        let entries = entries.as_str().unwrap_or("[]");
+        storage_bytes += entries.len();
+        if storage_bytes > MAX_EXPORT_STORAGE_BYTES {
+            tracing::warn!(
+                origin,
+                "storage state export: past {MAX_EXPORT_STORAGE_BYTES} bytes of localStorage, the rest left out"
+            );
+            break;
+        }
+        let entries: Vec<(String, String)> = serde_json::from_str(entries).unwrap_or_default();
         if !entries.is_empty() {
             let items: Vec<Value> = entries
                 .into_iter()
@@ -154,6 +174,27 @@ pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[S
         }
     }
     Ok(json!({ "cookies": cookies, "origins": origins }))
+}
+
+/// The origins an export reads, in the order they came, each once, at most
+/// `MAX_EXPORT_ORIGINS`.
+#[derive(Default)]
+struct Candidates {
+    seen: BTreeSet<String>,
+    in_order: Vec<String>,
+}
+
+impl Extend<String> for Candidates {
+    fn extend<I: IntoIterator<Item = String>>(&mut self, origins: I) {
+        for origin in origins {
+            if self.in_order.len() >= MAX_EXPORT_ORIGINS {
+                return;
+            }
+            if self.seen.insert(origin.clone()) {
+                self.in_order.push(origin);
+            }
+        }
+    }
 }
 
 /// Writes a (validated) storage state into the browser behind `conn`.
@@ -237,6 +278,21 @@ fn memchr_all<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session's pages can set cookies on thousands of domains: an export reads at most
+    /// `MAX_EXPORT_ORIGINS`, those with storage on disk and those its pages showed first.
+    #[test]
+    fn an_export_reads_a_bounded_set_of_origins_those_that_matter_first() {
+        let mut candidates = Candidates::default();
+        candidates.extend(["https://disk.test".to_owned()]);
+        candidates.extend(["https://page.test".to_owned(), "https://disk.test".to_owned()]);
+        candidates.extend((0..5000).map(|i| format!("https://c{i}.test")));
+        assert_eq!(candidates.in_order.len(), MAX_EXPORT_ORIGINS);
+        assert_eq!(
+            candidates.in_order[..3],
+            ["https://disk.test", "https://page.test", "https://c0.test"]
+        );
+    }
 
     #[test]
     fn documents_are_checked() {

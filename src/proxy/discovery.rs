@@ -14,6 +14,9 @@ use crate::browser::upstream::UpstreamError;
 use crate::browser::url_policy;
 use crate::session::Session;
 
+/// The most of a user's own endpoint's discovery answer the broker parses.
+const MAX_EXTERNAL_ANSWER: usize = 1 << 20;
+
 /// Chrome's `/json/*` answers for the session's browser, with every address rewritten.
 pub(super) async fn discovery(
     broker: &Broker,
@@ -89,6 +92,17 @@ pub(super) async fn discovery(
     {
         return Err(ProxyError::UnknownTarget((*id).to_owned()));
     }
+    // Chrome's protocol is passed on as it came (nothing in it to rewrite), unparsed.
+    if path == "/json/protocol" {
+        return Ok(json_response(status, body));
+    }
+    // A user's own endpoint may answer anything: what it says is parsed only up to a size
+    // no Chrome's list or version comes near (a megabyte of tiny numbers parses to ~40).
+    if session.upstream.external && body.len() > MAX_EXTERNAL_ANSWER {
+        return Err(ProxyError::Upstream(UpstreamError::Http(format!(
+            "its answer to {path} is over {MAX_EXTERNAL_ANSWER} bytes"
+        ))));
+    }
     match serde_json::from_slice::<Value>(&body) {
         Ok(mut value) => {
             if let Some(scope) = &session.upstream.scope
@@ -107,25 +121,27 @@ pub(super) async fn discovery(
                     None => Value::Array(own),
                 };
             }
-            if path != "/json/protocol" {
-                let rewriter = Rewriter {
-                    chrome: &session.upstream.authority,
-                    public_ws: &broker.urls().ws,
-                    session_id: &session.id,
-                    token,
-                };
-                rewriter.rewrite(&mut value);
-            }
-            let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            Ok(response)
+            let rewriter = Rewriter {
+                chrome: &session.upstream.authority,
+                public_ws: &broker.urls().ws,
+                session_id: &session.id,
+                token,
+            };
+            rewriter.rewrite(&mut value);
+            Ok(json_response(status, value.to_string()))
         }
         Err(_) => Ok(text_response(status, body)),
     }
+}
+
+fn json_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(json.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Full<Bytes>> {
