@@ -333,3 +333,131 @@ async fn managed_browsers_are_out_of_reach_even_with_loopback_allowed() {
     }
     server.stop().await;
 }
+
+/// The broker's peak memory (VmHWM) since the last reset, and a reset. Tests of this binary
+/// run side by side, so it is this process's whole peak: bounds are set far above theirs.
+fn peak_rss_mib(reset: bool) -> u64 {
+    if reset {
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// The cheapest JSON to send and the dearest to parse: `[0,0,…]` of about `bytes` bytes
+/// (some 40 times its size once parsed).
+fn zeros(bytes: usize) -> Vec<u8> {
+    let mut json = b"[".to_vec();
+    json.extend(b"0,".repeat((bytes - 3) / 2));
+    json.extend(b"0]");
+    json
+}
+
+/// A tenant's own "browser" that answers the probe, then every other command with 48 MiB
+/// of `[0,0,…]` in 16 MiB frames, and `/json/list` with 15 MiB of the same.
+async fn memory_hungry_devtools() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 2048];
+                let n = stream.peek(&mut head).await.unwrap_or(0);
+                if !String::from_utf8_lossy(&head[..n])
+                    .to_ascii_lowercase()
+                    .contains("upgrade: websocket")
+                {
+                    let mut stream = stream;
+                    let _ = stream.read(&mut head).await;
+                    let body = zeros(15 << 20);
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    return;
+                }
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    let command: Value = serde_json::from_str(&text).unwrap();
+                    if command["method"] == "Browser.getVersion" {
+                        let reply = json!({"id": command["id"], "result": {"product": "Chrome/150.0.0.0",
+                            "protocolVersion": "1.3", "userAgent": "Chrome", "jsVersion": "1", "revision": "1"}});
+                        if ws.send(Message::text(reply.to_string())).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    // One text message in three frames, written by hand (tungstenite sends
+                    // a message as one frame, which a 16 MiB frame limit alone refuses).
+                    let message = zeros(48 << 20);
+                    let stream = ws.get_mut();
+                    for (i, part) in message.chunks(16 << 20).enumerate() {
+                        let last = (i + 1) * (16 << 20) >= message.len();
+                        let opcode = if i == 0 { 0x1 } else { 0x0 };
+                        let mut frame = vec![if last { 0x80 | opcode } else { opcode }, 127];
+                        frame.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                        if stream.write_all(&frame).await.is_err() || stream.write_all(part).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A tenant's own endpoint answering with what costs the broker most to parse: the
+/// dashboard's screenshot and the discovery list are refused, and the broker's memory
+/// does not follow (before, each screenshot cost it about 2 GB, each list about 0.6 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byo_endpoint_answering_hugely_gets_errors_and_costs_little_memory() {
+    let server = loopback_allowed().await;
+    let devtools = memory_hungry_devtools().await;
+    let r = server
+        .call(
+            Method::POST,
+            "/public/sessions",
+            Some(KEY_A),
+            Some(&json!({"cdp_url": format!("ws://{devtools}/devtools/browser/own")}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.json["session_id"].as_str().unwrap().to_owned();
+    let before = peak_rss_mib(true);
+    let screenshot = format!("/public/sessions/{id}/screenshot");
+    let (shot_a, shot_b, list_a, list_b) = tokio::join!(
+        server.call(Method::GET, &screenshot, Some(KEY_A), None),
+        server.call(Method::GET, &screenshot, Some(KEY_A), None),
+        server.discovery(&r.json, "json/list"),
+        server.discovery(&r.json, "json/list"),
+    );
+    let grew = peak_rss_mib(false).saturating_sub(before);
+    for shot in [&shot_a, &shot_b] {
+        assert_eq!(
+            shot.status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            &shot.body[..shot.body.len().min(300)]
+        );
+    }
+    for list in [&list_a, &list_b] {
+        assert_eq!(
+            list.status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            &list.body[..list.body.len().min(300)]
+        );
+    }
+    assert!(grew < 600, "the broker's peak memory grew by {grew} MiB");
+    let health = server.call(Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    server.stop().await;
+}
