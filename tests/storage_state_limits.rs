@@ -173,3 +173,68 @@ async fn a_client_that_gives_up_releases_the_profile_promptly() {
     assert_ne!(profile_digest(&server, &id), before, "the second import was saved");
     server.stop().await;
 }
+
+/// Directories of profile copies (`*-profile`) anywhere under the data directory.
+fn profile_copies(server: &TestServer) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(server.data_dir.path().to_owned(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().ends_with("-profile") {
+                found.push(path);
+            } else if depth < 3 {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// A client that hangs up while its profile session is being made (here: waiting for a
+/// slot, the profile held and copied) leaves the profile free and no copy on disk; before,
+/// the hold (the writer lock) stayed until a restart, and the copy with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_profile_session_releases_the_profile_and_its_copy() {
+    let server = TestServer::start_with(|c| {
+        c.max_sessions = 1;
+        c.queue_timeout_ms = 30_000;
+    })
+    .await;
+    let id = new_profile(&server).await;
+    let busy = server.create(json!({})).await;
+    let body = json!({"profile_id": id, "persist_changes": true}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /public/sessions HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY_A}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually_async(Duration::from_secs(20), || async { in_use_by(&server, &id).await == 1 }).await,
+        "the create holds the profile"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || !profile_copies(&server).is_empty()).await,
+        "the create copies the profile while it waits for a slot"
+    );
+    drop(stream);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async { in_use_by(&server, &id).await == 0 }).await,
+        "the profile is released within seconds of the client leaving"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || profile_copies(&server).is_empty()).await,
+        "a copy is left: {:?}",
+        profile_copies(&server)
+    );
+    // The slot freed, a persisting session takes the profile as its writer.
+    server.terminate(busy["session_id"].as_str().unwrap()).await;
+    let session = server.create(json!({"profile_id": id, "persist_changes": true})).await;
+    assert!(session["session_id"].is_string(), "{session}");
+    server.stop().await;
+}

@@ -6,15 +6,16 @@
 //! confined, would then write, remove or move what the link names (`token_secret`, another
 //! session's files). Here every step is taken relative to a directory opened with
 //! `O_NOFOLLOW` (its ancestors are the broker's, out of the browser's reach), and no step
-//! follows a link at its last component: a link found is refused, or moved as a link and
-//! removed, never followed.
+//! follows a link at its last component: a link found is refused or removed, never
+//! followed. Files cross between the browser's folder and the broker's as copies, never as
+//! links or renames, so the browser cannot write into the broker's copy afterwards.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// A directory opened without following a link.
 pub(crate) struct NoFollowDir(OwnedFd);
@@ -48,12 +49,10 @@ impl NoFollowDir {
         }
     }
 
-    /// Puts the broker's file `from` here as `name` (none of that name may be there): a
-    /// hard link where the file system allows, else a copy into a file made new.
+    /// Puts a copy of the broker's file `from` here as `name` (none of that name may be
+    /// there). A copy, never a hard link: the browser may write this folder, and a link
+    /// would let it change the broker's stored file (another tenant's, in a shared one).
     pub(crate) fn place(&self, from: &Path, name: &str) -> io::Result<()> {
-        if rustix::fs::linkat(CWD, from, &self.0, name, AtFlags::empty()).is_ok() {
-            return Ok(());
-        }
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut to = File::from(rustix::fs::openat(&self.0, name, flags, Mode::from_raw_mode(0o644))?);
         io::copy(&mut File::open(from)?, &mut to)?;
@@ -66,39 +65,40 @@ impl NoFollowDir {
         (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile).then_some(stat.st_size as u64)
     }
 
-    /// Moves the regular file `name` out to `to` (the broker's): renamed where the file
-    /// system allows, else copied from the file opened here and removed. A link or
-    /// anything but a regular file is removed, not moved, and answers an error.
-    pub(crate) fn move_out(&self, name: &str, to: &Path) -> io::Result<u64> {
-        let not_a_file = || io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
-        let stat = rustix::fs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+    /// Copies the regular file `name` out to `to` (a new file of the broker's), at most
+    /// `limit` bytes, and removes it here. A copy, never a rename: the browser could hold
+    /// the file open or keep a second link to it and go on writing into the session's
+    /// files past their quota. Opened without following a link and without blocking (a
+    /// pipe put in its place answers at once, and is refused as not a regular file); more
+    /// than `limit` bytes (it grew since it was measured) is refused.
+    pub(crate) fn move_out(&self, name: &str, to: &Path, limit: u64) -> io::Result<u64> {
+        let refused = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let opened = rustix::fs::openat(&self.0, name, flags, Mode::empty());
+        let from = match opened {
+            Ok(fd) => File::from(fd),
+            Err(e) => {
+                let _ = self.remove(name);
+                return Err(e.into());
+            }
+        };
+        if !from.metadata()?.file_type().is_file() {
             let _ = self.remove(name);
-            return Err(not_a_file());
+            return Err(refused("not a regular file"));
         }
-        match rustix::fs::renameat(&self.0, name, CWD, to) {
-            Ok(()) => {
-                // Swapped for a link between the check and the rename: the link moved,
-                // not what it names; it goes.
-                let moved = std::fs::symlink_metadata(to)?;
-                if !moved.file_type().is_file() {
-                    let _ = std::fs::remove_file(to);
-                    return Err(not_a_file());
-                }
-                Ok(moved.len())
+        let copied = (|| {
+            let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+            let copied = io::copy(&mut io::Read::take(&from, limit + 1), &mut to)?;
+            if copied > limit {
+                return Err(refused("it grew past the size it was taken at"));
             }
-            Err(rustix::io::Errno::XDEV) => {
-                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                let mut from = File::from(rustix::fs::openat(&self.0, name, flags, Mode::empty())?);
-                if !from.metadata()?.file_type().is_file() {
-                    return Err(not_a_file());
-                }
-                let copied = io::copy(&mut from, &mut File::create(to)?)?;
-                self.remove(name)?;
-                Ok(copied)
-            }
-            Err(e) => Err(e.into()),
+            Ok(copied)
+        })();
+        if copied.is_err() {
+            let _ = std::fs::remove_file(to);
         }
+        self.remove(name)?;
+        copied
     }
 }
 
@@ -156,20 +156,27 @@ mod tests {
     }
 
     #[test]
-    fn a_placed_file_replaces_no_link_target() {
+    fn a_link_planted_where_a_file_is_placed_is_not_written_through() {
         let (root, data, downloads) = victim();
         let before = listing(&data);
         let uploads = NoFollowDir::open(&downloads).unwrap().subdir(".uploads").unwrap();
-        // The browser put a link where the upload goes.
+        // The browser put a link where the upload goes, after the broker cleared the name.
+        uploads.remove("token_secret").unwrap();
         std::os::unix::fs::symlink(data.join("token_secret"), downloads.join(".uploads/token_secret")).unwrap();
         let upload = root.path().join("upload");
         std::fs::write(&upload, b"the tenant's bytes").unwrap();
+        assert!(uploads.place(&upload, "token_secret").is_err());
+        assert_eq!(listing(&data), before, "the data directory changed");
+        // Cleared again, the copy is placed; writing it leaves the broker's file as it was.
         uploads.remove("token_secret").unwrap();
         uploads.place(&upload, "token_secret").unwrap();
-        assert_eq!(listing(&data), before, "the data directory changed");
+        let placed = downloads.join(".uploads/token_secret");
+        assert_eq!(std::fs::read(&placed).unwrap(), b"the tenant's bytes");
+        std::fs::write(&placed, b"changed by the browser").unwrap();
         assert_eq!(
-            std::fs::read(downloads.join(".uploads/token_secret")).unwrap(),
-            b"the tenant's bytes"
+            std::fs::read(&upload).unwrap(),
+            b"the tenant's bytes",
+            "a link, not a copy"
         );
     }
 
@@ -181,13 +188,30 @@ mod tests {
         let files = root.path().join("files");
         std::fs::create_dir(&files).unwrap();
         let dir = NoFollowDir::open(&downloads).unwrap();
-        assert!(dir.move_out("report.pdf", &files.join("report.pdf")).is_err());
+        assert!(dir.move_out("report.pdf", &files.join("report.pdf"), 1 << 20).is_err());
         assert_eq!(listing(&data), before, "the secret moved");
         assert!(listing(&files).is_empty(), "something reached the session's files");
         assert!(!downloads.join("report.pdf").exists(), "the link stays");
-        // A regular file moves, bytes and size.
+        // A pipe or a directory in a download's place: refused at once, nothing taken.
+        rustix::fs::mkfifoat(rustix::fs::CWD, downloads.join("pipe"), Mode::from_raw_mode(0o644)).unwrap();
+        assert!(dir.move_out("pipe", &files.join("pipe"), 1 << 20).is_err());
+        std::fs::create_dir(downloads.join("folder")).unwrap();
+        assert!(dir.move_out("folder", &files.join("folder"), 1 << 20).is_err());
+        assert!(listing(&files).is_empty());
+        // A regular file is copied out, bytes and size, and goes from the browser's folder;
+        // one grown past the size it was measured at is refused.
         std::fs::write(downloads.join("real.txt"), b"downloaded").unwrap();
-        assert_eq!(dir.move_out("real.txt", &files.join("real.txt")).unwrap(), 10);
+        assert_eq!(dir.move_out("real.txt", &files.join("real.txt"), 10).unwrap(), 10);
         assert_eq!(std::fs::read(files.join("real.txt")).unwrap(), b"downloaded");
+        assert!(!downloads.join("real.txt").exists());
+        std::fs::write(downloads.join("grown.bin"), vec![1u8; 100]).unwrap();
+        assert!(dir.move_out("grown.bin", &files.join("grown.bin"), 10).is_err());
+        assert!(!files.join("grown.bin").exists());
+        // A second link the browser kept to the download writes nothing into the copy.
+        std::fs::write(downloads.join("kept.txt"), b"kept").unwrap();
+        std::fs::hard_link(downloads.join("kept.txt"), downloads.join("other")).unwrap();
+        dir.move_out("kept.txt", &files.join("kept.txt"), 4).unwrap();
+        std::fs::write(downloads.join("other"), b"written later by the browser").unwrap();
+        assert_eq!(std::fs::read(files.join("kept.txt")).unwrap(), b"kept");
     }
 }

@@ -392,50 +392,67 @@ impl SessionFiles {
 
     /// A download finished in the browser as `file` in its session's `folder` (the
     /// browser's, which it may write: nothing there is followed as a link): the file is
-    /// moved into the session's files, unless it was refused.
+    /// copied into the session's files, unless it was refused. Decided under the index's
+    /// lock, copied outside it (a large file takes a while, and every file call takes it).
     pub fn download_completed(&self, guid: &str, folder: &Path, file: &str) {
         let Some(name) = self.downloads.lock().unwrap_or_else(|e| e.into_inner()).remove(guid) else {
             return;
         };
         let folder = NoFollowDir::open(folder);
         let size = folder.as_ref().ok().and_then(|f| f.file_size(file));
+        enum Take {
+            Refused,
+            OverQuota,
+            Gone,
+            Copy(u64),
+        }
+        let take = {
+            let index = self.index();
+            match size {
+                _ if index.files.get(&name).is_none_or(|e| e.state == FileState::Refused) => Take::Refused,
+                None => Take::Gone,
+                Some(size) if self.quota_check(&index, size, Some(&name)).is_err() => Take::OverQuota,
+                Some(size) => Take::Copy(size),
+            }
+        };
         let remove = || {
             if let Ok(folder) = &folder {
                 let _ = folder.remove(file);
             }
         };
-        let mut index = self.index();
-        let refused = index.files.get(&name).is_none_or(|e| e.state == FileState::Refused);
-        let state = match (size, &folder) {
-            _ if refused => {
+        let (state, size) = match (take, &folder) {
+            (Take::Refused, _) => {
                 remove();
-                FileState::Refused
+                (FileState::Refused, 0)
             }
-            (None, _) | (_, Err(_)) => FileState::Canceled,
-            (Some(size), _) if self.quota_check(&index, size, Some(&name)).is_err() => {
+            (Take::OverQuota, _) => {
                 remove();
                 self.metrics.files_quota_refusals.inc();
-                FileState::Refused
+                (FileState::Refused, 0)
             }
-            (Some(_), Ok(folder)) => match folder.move_out(file, &self.file_path(&name)) {
-                Ok(size) => {
-                    if let Some(entry) = index.files.get_mut(&name) {
-                        entry.size = size;
-                    }
+            (Take::Gone, _) | (_, Err(_)) => (FileState::Canceled, 0),
+            (Take::Copy(size), Ok(folder)) => match folder.move_out(file, &self.file_path(&name), size) {
+                Ok(copied) => {
                     self.metrics.files_stored.inc();
-                    FileState::Complete
+                    (FileState::Complete, copied)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, file, "a finished download could not be moved into the session's files");
-                    FileState::Canceled
+                    tracing::warn!(error = %e, file, "a finished download could not be taken into the session's files");
+                    (FileState::Canceled, 0)
                 }
             },
         };
-        if let Some(entry) = index.files.get_mut(&name) {
-            entry.state = state;
-            if state != FileState::Complete {
-                entry.size = 0;
+        let mut index = self.index();
+        match index.files.get_mut(&name) {
+            Some(entry) => {
+                entry.state = state;
+                entry.size = size;
             }
+            // Removed while it was copied: the copy goes too.
+            None if state == FileState::Complete => {
+                let _ = std::fs::remove_file(self.file_path(&name));
+            }
+            None => {}
         }
         self.save(&index);
     }

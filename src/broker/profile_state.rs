@@ -21,7 +21,7 @@ impl Broker {
     /// A profile's cookies and localStorage as a Playwright `storageState` document.
     pub async fn export_storage_state(&self, tenant: &Tenant, id: &str) -> Result<Value, BrokerError> {
         self.in_profile_browser(tenant, id, false, async |conn, browser| {
-            Ok(storage_state::export(conn, &browser.dir, &[]).await?)
+            Ok(storage_state::export(conn, &browser.dir, &[], None).await?)
         })
         .await
     }

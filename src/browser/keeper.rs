@@ -532,6 +532,10 @@ impl Keeper {
                         attached.applied = true;
                         attached.landed &= rest.is_empty();
                     }
+                    if !rest.is_empty() {
+                        // Its probe, if still coming, no longer says all it was sent landed.
+                        self.probes.retain(|_, probed| probed != &session);
+                    }
                     for (method, params) in rest {
                         self.send(Some(&session), method, params).await?;
                     }

@@ -163,7 +163,8 @@ impl SharedBrowser {
             let mut spares = self.spares.lock().expect("spares lock");
             (spares.pop(), spares.len())
         };
-        if left == 0 && !launched {
+        // Not where one spare is all that is kept: every create would count.
+        if left == 0 && !launched && (spare.is_none() || self.spares_wanted() > 1) {
             self.spare_target
                 .lock()
                 .expect("spare target lock")

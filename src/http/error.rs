@@ -243,7 +243,9 @@ impl From<ProfileError> for ApiError {
         let origin = e.origin();
         let status = match e {
             ProfileError::NotFound => StatusCode::NOT_FOUND,
-            ProfileError::Duplicate(_) | ProfileError::Busy(_) | ProfileError::InUse(_) => StatusCode::CONFLICT,
+            ProfileError::Duplicate(_) | ProfileError::Busy(_) | ProfileError::InUse(_) | ProfileError::TooMany(_) => {
+                StatusCode::CONFLICT
+            }
             ProfileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProfileError::Unavailable(_) => {
                 return ApiError::of(StatusCode::SERVICE_UNAVAILABLE, origin, e.to_string()).retry_in(RETRY_AFTER_SECS);
@@ -531,6 +533,7 @@ mod tests {
             (answers!(StoreError::Io(io()), S::INTERNAL_SERVER_ERROR), Internal),
             (answers!(ProfileError::NotFound, S::NOT_FOUND), Client),
             (answers!(ProfileError::InUse(2), S::CONFLICT), Client),
+            (answers!(ProfileError::TooMany(1000), S::CONFLICT), Client),
             (answers!(ProfileError::Io(io()), S::INTERNAL_SERVER_ERROR), Internal),
             (answers!(ExtensionError::NotFound, S::NOT_FOUND), Client),
             (

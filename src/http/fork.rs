@@ -1,5 +1,7 @@
 //! `POST /public/sessions/{id}/fork`: N new sessions started from a live session's state.
 
+use std::sync::Arc;
+
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
@@ -15,7 +17,7 @@ use crate::config::Config;
 use crate::store::Isolation;
 
 pub(crate) async fn fork(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     tenant: &Tenant,
     id: &str,
     request: Request<Incoming>,
@@ -24,7 +26,15 @@ pub(crate) async fn fork(
     let body = read_json_object(request, config.max_body_bytes, config.request_read_timeout()).await?;
     let asked = validate(config, &body)?;
     let started = std::time::Instant::now();
-    let forked = broker.fork_session(tenant, id, asked).await?;
+    // Run to its end in a task of its own: a client that hangs up midway leaves no fork
+    // half made (all are written, or all are ended), nor places of its quota held.
+    let (work, tenant_of, source) = (broker.clone(), tenant.clone(), id.to_owned());
+    let forking = broker
+        .tracker()
+        .spawn(async move { work.fork_session(&tenant_of, &source, asked).await });
+    let forked = forking
+        .await
+        .map_err(|e| ApiError::internal(format!("the fork stopped: {e}")))??;
     let sessions: Vec<Value> = forked
         .sessions
         .iter()

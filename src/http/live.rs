@@ -266,12 +266,17 @@ async fn relay_filtered<V, B>(
             _ = session.ended().cancelled() => break Ending::Ended,
             Ok(()) = challenges.changed() => {
                 let list = session.challenges.list();
+                let mut gone = false;
                 for challenge in list.iter().skip(told) {
                     let said = json!({"method": CHALLENGE_EVENT,
                         "params": {"kind": challenge.kind, "url": challenge.url}});
                     if !send_within(&mut viewer_tx, Message::text(said.to_string()), stall).await {
+                        gone = true;
                         break;
                     }
+                }
+                if gone {
+                    break Ending::ViewerGone;
                 }
                 told = list.len();
             }

@@ -139,7 +139,7 @@ impl ProfileCopies {
     /// The profile's cookies (session cookies too) and localStorage, as a storage state.
     pub async fn read_state(&self, hold: &ProfileUse) -> Result<Value, CopyError> {
         self.run(hold, false, async |conn, browser| {
-            Ok(storage_state::export(conn, &browser.dir, &[]).await?)
+            Ok(storage_state::export(conn, &browser.dir, &[], None).await?)
         })
         .await
     }
@@ -155,6 +155,9 @@ impl ProfileCopies {
     }
 }
 
+/// How long past its deadline a context's export may finish the origin it was reading.
+const EXPORT_GRACE: Duration = Duration::from_secs(10);
+
 /// A context's storage state: its cookies and the localStorage of the origins it shows or
 /// `reached`, read within `deadline` (the shared browser is other sessions' too).
 pub(crate) async fn context_state(
@@ -164,8 +167,11 @@ pub(crate) async fn context_state(
     deadline: Duration,
 ) -> Result<Value, CdpError> {
     let mut conn = Connection::open_in(ws_url, context).await?;
-    let export = storage_state::export(&mut conn, std::path::Path::new(""), reached);
-    let state = tokio::time::timeout(deadline, export)
+    // Origins are read until the deadline, and what was read is saved; one page that
+    // hangs is cut off a little after it, and then nothing is.
+    let until = tokio::time::Instant::now() + deadline;
+    let export = storage_state::export(&mut conn, std::path::Path::new(""), reached, Some(until));
+    let state = tokio::time::timeout(deadline + EXPORT_GRACE, export)
         .await
         .unwrap_or(Err(CdpError::Timeout));
     conn.close_pages().await;

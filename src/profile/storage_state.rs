@@ -117,14 +117,22 @@ fn canonical_origin(s: &str) -> Option<String> {
 /// Reads the storage state of the browser (or the context) behind `conn`, whose user data
 /// is `user_data` (none for a context: its storage is in memory). localStorage is read for
 /// the origins of its cookies, of its open pages, those found on disk and those its pages
-/// `reached` (as its gateway saw them).
-pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[String]) -> Result<Value, CdpError> {
+/// `reached` (as its gateway saw them). Past `until` no further origin is read: what was
+/// read so far, the cookies with it, is the answer (a save that would otherwise be lost).
+pub(crate) async fn export(
+    conn: &mut Connection,
+    user_data: &Path,
+    reached: &[String],
+    until: Option<tokio::time::Instant>,
+) -> Result<Value, CdpError> {
     let all = conn.call(None, "Storage.getCookies", json!({})).await?;
     let mut cookies = Vec::new();
     let mut candidates = Candidates::default();
-    candidates.extend(origins_on_disk(user_data));
+    // The pages' own origins first, then those they reached, then those with storage on
+    // disk: past the cap, the origins a cookie flood names are the ones left out.
     candidates.extend(conn.page_origins().await?);
     candidates.extend(reached.iter().filter_map(|o| canonical_origin(o)));
+    candidates.extend(origins_on_disk(user_data));
     for c in all["cookies"].as_array().into_iter().flatten() {
         let domain = c["domain"].as_str().unwrap_or_default();
         let host = domain.trim_start_matches('.');
@@ -145,6 +153,13 @@ pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[S
     let mut origins = Vec::new();
     let mut storage_bytes = 0;
     for origin in candidates.in_order {
+        if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            tracing::warn!(
+                origins = origins.len(),
+                "storage state export: out of time, the origins not read yet left out"
+            );
+            break;
+        }
         let Ok(page) = conn.page_at(&origin).await else {
             conn.close_pages().await;
             continue;
@@ -156,14 +171,14 @@ pub(crate) async fn export(conn: &mut Connection, user_data: &Path, reached: &[S
         conn.close_pages().await;
         let entries = entries?;
         let entries = entries.as_str().unwrap_or("[]");
-        storage_bytes += entries.len();
-        if storage_bytes > MAX_EXPORT_STORAGE_BYTES {
+        if storage_bytes + entries.len() > MAX_EXPORT_STORAGE_BYTES {
             tracing::warn!(
                 origin,
-                "storage state export: past {MAX_EXPORT_STORAGE_BYTES} bytes of localStorage, the rest left out"
+                "storage state export: this origin's localStorage would pass {MAX_EXPORT_STORAGE_BYTES} bytes in all, left out"
             );
-            break;
+            continue;
         }
+        storage_bytes += entries.len();
         let entries: Vec<(String, String)> = serde_json::from_str(entries).unwrap_or_default();
         if !entries.is_empty() {
             let items: Vec<Value> = entries

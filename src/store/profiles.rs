@@ -25,7 +25,8 @@ use crate::auth::{Tenant, unix_secs};
 use crate::error::Origin;
 use crate::values::Fingerprint;
 
-/// How long a persisting session's browser gets to close cleanly before the save.
+/// Profiles one API key may keep.
+const MAX_PROFILES_PER_KEY: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -37,6 +38,8 @@ pub enum ProfileError {
     Busy(String),
     #[error("Browser profile is in use by {0} session(s)")]
     InUse(usize),
+    #[error("This API key already has {0} browser profiles, the most one may keep: delete one first")]
+    TooMany(usize),
     #[error("the profile store failed: {0}")]
     Io(#[from] io::Error),
     #[error("the profile writer lease could not be taken: {0}")]
@@ -103,6 +106,8 @@ pub struct Profiles {
     data: Arc<ProfileData>,
     locks: Option<Arc<ProfileLocks>>,
     local: DashMap<String, Arc<Local>>,
+    /// Profiles one API key may keep (`MAX_PROFILES_PER_KEY`).
+    max_per_key: usize,
 }
 
 impl Profiles {
@@ -116,6 +121,7 @@ impl Profiles {
             data: Arc::new(data),
             locks: locks.map(Arc::new),
             local: DashMap::new(),
+            max_per_key: MAX_PROFILES_PER_KEY,
         })
     }
 
@@ -139,8 +145,14 @@ impl Profiles {
     }
 
     pub async fn create(&self, tenant: &Tenant, name: &str) -> Result<Arc<Profile>, ProfileError> {
-        if self.list(tenant).await?.iter().any(|p| p.name == name) {
+        let own = self.list(tenant).await?;
+        if own.iter().any(|p| p.name == name) {
             return Err(ProfileError::Duplicate(name.to_owned()));
+        }
+        // Each is a record and a directory on the store every tenant shares, and every
+        // list reads them all.
+        if own.len() >= self.max_per_key {
+            return Err(ProfileError::TooMany(self.max_per_key));
         }
         let now = unix_secs(SystemTime::now());
         let record = Record {
@@ -389,6 +401,28 @@ fn uuid_v4() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key keeps a bounded number of profiles (each a record and a directory on the
+    /// shared store, each read by every list); another key is not held back by it.
+    #[tokio::test]
+    async fn a_key_keeps_a_bounded_number_of_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut profiles = local(dir.path());
+        profiles.max_per_key = 3;
+        let (a, b) = (Tenant::from_id("t_aa"), Tenant::from_id("t_bb"));
+        for name in ["one", "two", "three"] {
+            profiles.create(&a, name).await.unwrap();
+        }
+        let refused = profiles.create(&a, "four").await.err().expect("a fourth profile");
+        assert!(matches!(refused, ProfileError::TooMany(3)), "{refused}");
+        assert_eq!(profiles.list(&a).await.unwrap().len(), 3);
+        let dirs = std::fs::read_dir(dir.path()).unwrap().count();
+        profiles.create(&b, "one").await.unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), dirs + 1);
+        let first = profiles.list(&a).await.unwrap().pop().unwrap();
+        profiles.delete(&a, &first.id).await.unwrap();
+        profiles.create(&a, "four").await.unwrap();
+    }
 
     fn local(root: &Path) -> Profiles {
         Profiles::open(ProfileData::Directory(root.to_owned()), None).unwrap()
