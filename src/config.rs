@@ -245,6 +245,9 @@ pub struct Config {
     /// (renewed every third of it): a node paused longer loses the profile to the next
     /// writer, and its late save is refused.
     pub profile_lease_ms: u64,
+    /// The largest a profile may grow, in bytes (what a save would keep: caches left out);
+    /// a save past it is refused and the profile stays as it was.
+    pub max_profile_bytes: u64,
     /// Key for the operator's endpoints (`GET /admin/cluster`), sent as `X-Admin-Key` or a
     /// Bearer token (`CDPGATE_ADMIN_KEY`). Empty: those endpoints answer 404.
     pub admin_key: String,
@@ -397,6 +400,7 @@ impl Default for Config {
             admin_key: String::new(),
             profile_store: String::new(),
             profile_lease_ms: 15_000,
+            max_profile_bytes: 512 * 1024 * 1024,
             log_format: "text".into(),
             otlp_endpoint: String::new(),
             record_sessions: false,
@@ -537,6 +541,7 @@ impl Config {
             max_render_html_bytes,
             model_max_calls,
             profile_lease_ms,
+            max_profile_bytes,
             record_sessions,
             recording_fps,
             max_recording_bytes,
@@ -850,6 +855,9 @@ impl Config {
         }
         if !["text", "json"].contains(&self.log_format.as_str()) {
             errors.push("log_format must be \"text\" or \"json\"".into());
+        }
+        if !(1 << 20..=64 << 30).contains(&self.max_profile_bytes) {
+            errors.push("max_profile_bytes must be within 1 MiB..=64 GiB".into());
         }
         if self.profile_lease_ms < 1000 {
             errors.push("profile_lease_ms must be at least 1000".into());

@@ -703,3 +703,62 @@ async fn a_context_session_loads_and_saves_a_profile_as_its_storage_state() {
     assert_eq!(visit(&after, app, "/check").await, expected);
     server.stop().await;
 }
+
+/// A page fills its storage with 24 MiB of random bytes (and changes its login) in a
+/// persisting session: past `max_profile_bytes` the save is refused, says why, and the
+/// next session starts from the profile as it was saved before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_grown_past_its_limit_is_not_saved_and_stays_as_it_was() {
+    let server = TestServer::start_with(|c| c.max_profile_bytes = 16 << 20).await;
+    let app = start_app().await;
+    let profile = create_profile(&server, KEY_A, "bounded").await;
+    let profile_id = profile.json["id"].as_str().unwrap().to_owned();
+    let first = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(visit(&first, app, "/login").await, logged_in());
+    let first_id = first["session_id"].as_str().unwrap();
+    server.terminate(first_id).await;
+    assert_eq!(server.get(first_id).await.json["profile_saved"], "saved");
+
+    let second = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(visit(&second, app, "/mutate").await["local"], "mallory");
+    let mut client = CdpClient::connect(&second).await;
+    let (_, page) = client.own_page().await;
+    client.load(&page, &format!("http://{app}/check")).await;
+    let filled = client
+        .eval(
+            &page,
+            "new Promise((ok, fail) => {
+               const bytes = new Uint8Array(24 << 20);
+               for (let i = 0; i < bytes.length; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+               const r = indexedDB.open('ballast', 1);
+               r.onupgradeneeded = () => r.result.createObjectStore('s');
+               r.onsuccess = () => {
+                 const tx = r.result.transaction('s', 'readwrite');
+                 tx.objectStore('s').put(new Blob([bytes]), 'k');
+                 tx.oncomplete = () => ok(true);
+                 tx.onerror = () => fail(String(tx.error));
+               };
+               r.onerror = () => fail(String(r.error));
+             })",
+        )
+        .await;
+    assert_eq!(filled, true);
+    drop(client);
+    let second_id = second["session_id"].as_str().unwrap();
+    server.terminate(second_id).await;
+    let outcome = server.get(second_id).await.json["profile_saved"].clone();
+    let outcome = outcome.as_str().unwrap_or_default();
+    assert!(
+        outcome.starts_with("not saved") && outcome.contains("max_profile_bytes"),
+        "{outcome}"
+    );
+
+    let third = server.create(json!({"profile_id": profile_id})).await;
+    assert_eq!(
+        visit(&third, app, "/check").await,
+        logged_in(),
+        "the profile as it was saved before"
+    );
+    server.terminate(third["session_id"].as_str().unwrap()).await;
+    server.stop().await;
+}

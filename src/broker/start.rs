@@ -431,7 +431,7 @@ fn open_profiles(config: &Config, nodes: Option<&Nodes>) -> std::io::Result<Prof
         let (connection, prefix) = n.connection();
         ProfileLocks::new(connection, prefix, config.profile_lease())
     });
-    Profiles::open(data, locks)
+    Ok(Profiles::open(data, locks)?.with_max_bytes(config.max_profile_bytes))
 }
 
 /// `node_url`, or the bound address when it is not set.

@@ -575,6 +575,18 @@ fn keep_generations(dir: &Path, keep: &[String]) -> io::Result<()> {
     Ok(())
 }
 
+/// The bytes a save of `from` would keep (its plain files, caches and locks left out).
+pub(crate) fn kept_bytes(from: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    walk_kept(from, Path::new(""), &mut |path, _, is_dir| {
+        if !is_dir {
+            total += std::fs::symlink_metadata(path)?.len();
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
 /// Calls `visit(path, relative path, is_dir)` for every plain file and directory under
 /// `from`, parents first, skipping caches, locks and anything else.
 fn walk_kept(from: &Path, rel: &Path, visit: &mut dyn FnMut(&Path, &Path, bool) -> io::Result<()>) -> io::Result<()> {

@@ -108,6 +108,8 @@ pub struct Profiles {
     local: DashMap<String, Arc<Local>>,
     /// Profiles one API key may keep (`MAX_PROFILES_PER_KEY`).
     max_per_key: usize,
+    /// The most a saved profile may hold (`max_profile_bytes`).
+    max_bytes: u64,
 }
 
 impl Profiles {
@@ -122,7 +124,14 @@ impl Profiles {
             locks: locks.map(Arc::new),
             local: DashMap::new(),
             max_per_key: MAX_PROFILES_PER_KEY,
+            max_bytes: u64::MAX,
         })
+    }
+
+    /// Saves past `max_bytes` are refused.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Profiles {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The store the profiles' bytes are in, which a cluster shares for other files too
@@ -319,6 +328,24 @@ impl Profiles {
     pub async fn save(&self, hold: &ProfileUse, user_data: &Path, cookies: &[Value]) -> SaveOutcome {
         let id = &hold.profile.id;
         let _writing = hold.profile.local.swap.write().await;
+        // A page can fill its storage with gigabytes; every session started from the
+        // profile would copy them (and an object store holds a generation in memory).
+        let measured = {
+            let user_data = user_data.to_owned();
+            tokio::task::spawn_blocking(move || super::profile_data::kept_bytes(&user_data)).await
+        };
+        match measured {
+            Ok(Ok(bytes)) if bytes > self.max_bytes => {
+                tracing::warn!(profile = %id, bytes, "profile save refused: past max_profile_bytes");
+                return SaveOutcome::Failed(format!(
+                    "the profile would hold {bytes} bytes, over max_profile_bytes ({})",
+                    self.max_bytes
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return SaveOutcome::Failed(e.to_string()),
+            Err(e) => return SaveOutcome::Failed(e.to_string()),
+        }
         let cookies = serde_json::to_vec(cookies).unwrap_or_else(|_| b"[]".to_vec());
         let generation = match self.data.write_generation(id, Some(user_data), &cookies).await {
             Ok(generation) => generation,
