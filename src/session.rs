@@ -104,7 +104,13 @@ pub struct Session {
     /// Held by the single action running on the session (a fair lock: actions run in
     /// arrival order); holds the tab the last action left off in.
     pub actions: tokio::sync::Mutex<Option<String>>,
+    /// Renders into the session running now (`RENDERS_AT_ONCE` at most): each parses what
+    /// its page gives, up to tens of megabytes, so a key's requests cannot pile up.
+    pub renders: Arc<tokio::sync::Semaphore>,
 }
+
+/// Renders (`/public/screenshot`, `content`, … with `session_id`) one session runs at once.
+pub(crate) const RENDERS_AT_ONCE: usize = 2;
 
 /// One open connection of a session, counted until dropped.
 pub struct ConnectionSlot(Arc<Session>, Option<&'static str>, bool);
@@ -223,6 +229,7 @@ impl Session {
             challenges: Arc::default(),
             forgotten: AtomicBool::new(false),
             actions: tokio::sync::Mutex::new(None),
+            renders: Arc::new(tokio::sync::Semaphore::new(RENDERS_AT_ONCE)),
         }
     }
 

@@ -754,6 +754,57 @@ async fn renders_count_against_the_keys_quota() {
     server.stop().await;
 }
 
+/// Renders into one session run two at a time: a third is `429` at once (each parses what
+/// its page gives, tens of megabytes, so a key's requests cannot pile up in the broker);
+/// once one ends, the next runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_at_most_two_renders_at_once() {
+    let server = TestServer::start().await;
+    let site = start_pages().await;
+    let url = format!("http://{site}/colours");
+    let (status, headers, _) = render(&server, "content", json!({"url": url, "keep_session": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    let kept = headers["x-session-id"].to_str().unwrap().to_owned();
+    let mut slow = Vec::new();
+    for n in 0..2 {
+        let asked = slow_requests(site);
+        let (addr, kept) = (server.addr, kept.clone());
+        // Distinct URLs: Chrome holds a second request for one URL until the first ends.
+        let body = json!({"url": format!("http://{site}/slow?n={n}"), "timeout_ms": 60_000, "session_id": kept});
+        slow.push(tokio::spawn(async move {
+            http_bytes(
+                addr,
+                Method::POST,
+                "/public/content",
+                &[("x-api-key", KEY_A), ("content-type", "application/json")],
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await
+        }));
+        assert!(eventually(Duration::from_secs(20), || slow_requests(site) > asked).await);
+    }
+    let (status, _, body) = render(&server, "screenshot", json!({"url": url, "session_id": kept})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", json_of(&body));
+    assert_eq!(json_of(&body)["code"], "session_busy", "{}", json_of(&body));
+    let first = slow.remove(0);
+    first.abort();
+    let _ = first.await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            render(&server, "screenshot", json!({"url": url, "session_id": kept}))
+                .await
+                .0
+                == StatusCode::OK
+        })
+        .await,
+        "a render runs once one of the two has ended"
+    );
+    for call in slow {
+        call.abort();
+    }
+    server.stop().await;
+}
+
 /// Starts a render of `/slow` (60 s) for `key` in a task, and waits until its page is
 /// requested (the broker holds `contexts` then).
 async fn slow_render(

@@ -434,6 +434,7 @@ impl From<RenderError> for ApiError {
             RenderError::BadOption(_) => StatusCode::BAD_REQUEST,
             RenderError::NoElement(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RenderError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            RenderError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             RenderError::Navigation(_)
             | RenderError::PageStatus { .. }
             | RenderError::Download

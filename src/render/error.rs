@@ -42,6 +42,9 @@ pub enum RenderError {
     /// The browser refused a command, dropped the connection or answered nonsense.
     #[error("The browser failed: {0}")]
     Browser(String),
+    /// The session already runs as many renders as one session may at once.
+    #[error("This session already runs {0} renders, the most one session runs at once: wait for one to finish")]
+    Busy(usize),
 }
 
 impl RenderError {
@@ -49,7 +52,7 @@ impl RenderError {
     /// caller's; what a page or its network does is the upstream's.
     pub fn origin(&self) -> Origin {
         match self {
-            RenderError::BadOption(_) | RenderError::NoElement(_) => Origin::Client,
+            RenderError::BadOption(_) | RenderError::NoElement(_) | RenderError::Busy(_) => Origin::Client,
             RenderError::Session(e) => e.origin(),
             RenderError::Create(e) => e.origin(),
             RenderError::Connect(e) => e.origin(),
@@ -71,6 +74,7 @@ impl RenderError {
             RenderError::Download => "download",
             RenderError::NoElement(_) => "selector_not_found",
             RenderError::TooLarge(_) => "too_large",
+            RenderError::Busy(_) => "session_busy",
             _ => return None,
         })
     }

@@ -122,11 +122,14 @@ fn ms(d: Duration) -> f64 {
 /// Runs `job` for `tenant` in `target`.
 pub async fn run(broker: &Broker, tenant: &Tenant, job: &RenderJob, target: Target) -> Result<Rendered, RenderError> {
     let began = Instant::now();
+    let mut _turn = None;
     let place = match target {
-        Target::Existing(id) => Place::Session(
-            broker.active(Some(tenant), &id).await.map_err(RenderError::Session)?,
-            None,
-        ),
+        Target::Existing(id) => {
+            let session = broker.active(Some(tenant), &id).await.map_err(RenderError::Session)?;
+            let turn = session.renders.clone().try_acquire_owned();
+            _turn = Some(turn.map_err(|_| RenderError::Busy(crate::session::RENDERS_AT_ONCE))?);
+            Place::Session(session, None)
+        }
         Target::Fresh(new) if !job.keep_session && broker.renders_bare(&new) => {
             Place::Bare(Box::new(broker.bare_context(tenant, *new).await?))
         }
