@@ -220,16 +220,22 @@ impl Profiles {
     /// Deletes a profile no session uses on this node and none persists into anywhere.
     pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), ProfileError> {
         let profile = self.get(tenant, id).await?;
+        // Marked first, then counted: a session taking the profile meanwhile counts itself
+        // first, then looks at the mark (`begin_use`), so one of the two sees the other.
+        profile.local.deleted.store(true, Ordering::SeqCst);
         let users = profile.local.users.load(Ordering::SeqCst);
         if users > 0 {
+            profile.local.deleted.store(false, Ordering::SeqCst);
             return Err(ProfileError::InUse(users));
         }
         if let Some(locks) = &self.locks
-            && let Some(holder) = locks.writer(id).await?
+            && let Some(holder) = locks.writer(id).await.inspect_err(|_| {
+                profile.local.deleted.store(false, Ordering::SeqCst);
+            })?
         {
+            profile.local.deleted.store(false, Ordering::SeqCst);
             return Err(ProfileError::Busy(holder));
         }
-        profile.local.deleted.store(true, Ordering::SeqCst);
         self.data.remove(id).await?;
         if let Some(locks) = &self.locks {
             locks.forget(id).await?;
@@ -279,12 +285,18 @@ impl Profiles {
             }
         }
         profile.local.users.fetch_add(1, Ordering::SeqCst);
-        Ok(ProfileUse {
+        let taken = ProfileUse {
             profile,
             persist,
             session_id: session_id.to_owned(),
             lease,
-        })
+        };
+        // Deleted since it was read: let go (its writer, its count), as if never found.
+        if taken.profile.local.deleted.load(Ordering::SeqCst) {
+            self.end_use(taken).await;
+            return Err(ProfileError::NotFound);
+        }
+        Ok(taken)
     }
 
     pub async fn end_use(&self, hold: ProfileUse) {
@@ -328,6 +340,11 @@ impl Profiles {
     pub async fn save(&self, hold: &ProfileUse, user_data: &Path, cookies: &[Value]) -> SaveOutcome {
         let id = &hold.profile.id;
         let _writing = hold.profile.local.swap.write().await;
+        // Nothing is written for a profile deleted meanwhile (it would come back as a
+        // directory without a record, holding what was deleted).
+        if hold.profile.is_deleted() {
+            return SaveOutcome::Failed("the profile was deleted".into());
+        }
         // A page can fill its storage with gigabytes; every session started from the
         // profile would copy them (and an object store holds a generation in memory).
         let measured = {
@@ -428,6 +445,37 @@ fn uuid_v4() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session taking a profile as it is deleted (read before, taken after): the take is
+    /// refused as for an unknown profile and leaves no count or writer behind, so nothing
+    /// can be saved into the deleted profile's place.
+    #[tokio::test]
+    async fn a_profile_deleted_between_its_read_and_its_take_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let profiles = local(dir.path());
+        let a = Tenant::from_id("t_aa");
+        let made = profiles.create(&a, "p").await.unwrap();
+        let read = profiles.get(&a, &made.id).await.unwrap();
+        profiles.delete(&a, &made.id).await.unwrap();
+        let taken = profiles.begin_use(read.clone(), "sess_1", true).await;
+        assert!(
+            matches!(taken, Err(ProfileError::NotFound)),
+            "a deleted profile was taken"
+        );
+        assert_eq!(read.local.users.load(Ordering::SeqCst), 0);
+        assert!(read.local.writer.lock().unwrap().is_none());
+        assert!(!dir.path().join(&made.id).exists());
+        // A profile in use is not deleted, and stays takeable.
+        let other = profiles.create(&a, "q").await.unwrap();
+        let held = profiles.begin_use(other.clone(), "sess_2", false).await.unwrap();
+        assert!(matches!(
+            profiles.delete(&a, &other.id).await,
+            Err(ProfileError::InUse(1))
+        ));
+        assert!(!other.is_deleted());
+        profiles.end_use(held).await;
+        profiles.begin_use(other, "sess_3", true).await.unwrap();
+    }
 
     /// A key keeps a bounded number of profiles (each a record and a directory on the
     /// shared store, each read by every list); another key is not held back by it.
