@@ -916,3 +916,86 @@ async fn a_context_pool_hands_out_logged_in_contexts_its_neighbours_never_see() 
     );
     server.stop().await;
 }
+
+/// A pool's browsers are launched for its key: a loop of pool writes (define, resize)
+/// takes from the key's creates per minute like creates do, and past them is `429` with
+/// nothing launched; a change that launches nothing (a TTL) is not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_writes_take_from_the_keys_creates_per_minute() {
+    let server = TestServer::start_with(|c| c.creates_per_minute = 3).await;
+    let created = call(
+        &server,
+        Method::POST,
+        "/public/pools",
+        KEY_A,
+        Some(json!({"name": "churn", "size": 0})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    for size in [1, 0] {
+        let r = call(
+            &server,
+            Method::PATCH,
+            "/public/pools/churn",
+            KEY_A,
+            Some(json!({"size": size})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let refused = call(
+        &server,
+        Method::PATCH,
+        "/public/pools/churn",
+        KEY_A,
+        Some(json!({"size": 1})),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"), "{:?}", refused.headers);
+    let other = call(
+        &server,
+        Method::POST,
+        "/public/pools",
+        KEY_A,
+        Some(json!({"name": "other", "size": 1})),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::TOO_MANY_REQUESTS, "{}", other.body);
+    // The refused resize changed nothing: no size, and nothing made ready for it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = call(&server, Method::GET, "/public/pools/churn", KEY_A, None).await;
+    assert_eq!(
+        (view.json["size"].as_u64(), view.json["stats"]["ready"].as_u64()),
+        (Some(0), Some(0)),
+        "{}",
+        view.body
+    );
+    let listed = call(&server, Method::GET, "/public/pools", KEY_A, None).await;
+    assert_eq!(
+        listed.json["pools"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        listed.body
+    );
+    // A change that launches nothing is not counted; another key has its own allowance.
+    let ttl = call(
+        &server,
+        Method::PATCH,
+        "/public/pools/churn",
+        KEY_A,
+        Some(json!({"ttl": 600})),
+    )
+    .await;
+    assert_eq!(ttl.status, StatusCode::OK, "{}", ttl.body);
+    let b = call(
+        &server,
+        Method::POST,
+        "/public/pools",
+        KEY_B,
+        Some(json!({"name": "b", "size": 0})),
+    )
+    .await;
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
+    server.stop().await;
+}

@@ -80,14 +80,21 @@ impl Broker {
 
     /// A create whose place in the tenant's quota is already held.
     pub(super) async fn create_placed(&self, tenant: Tenant, request: NewSession) -> Result<Arc<Session>, BrokerError> {
-        if let Err(wait) = self.take_create(&tenant).await {
+        self.charge_create(&tenant).await?;
+        self.create_admitted(tenant, request).await
+    }
+
+    /// One create from `tenant`'s allowance, or the refusal that says when to try again:
+    /// for whatever starts a browser for the key (a session, a profile's browser, a pool's
+    /// refill asked for by a write).
+    pub(super) async fn charge_create(&self, tenant: &Tenant) -> Result<(), BrokerError> {
+        self.take_create(tenant).await.map_err(|wait| {
             self.metrics.create_rate_limited.inc();
-            return Err(BrokerError::RateLimited {
+            BrokerError::RateLimited {
                 per_minute: self.config.creates_per_minute,
                 retry_after: wait.as_secs() + 1,
-            });
-        }
-        self.create_admitted(tenant, request).await
+            }
+        })
     }
 
     /// A create whose place is held and which the rate limit let through.
@@ -408,7 +415,11 @@ impl Broker {
                 + self
                     .running
                     .iter()
-                    .filter(|s| &s.tenant == tenant && s.status() == Status::Active)
+                    // An ended session still saving its profile holds a browser (and a
+                    // slot) until the save is done: it counts until then.
+                    .filter(|s| {
+                        &s.tenant == tenant && (s.status() == Status::Active || !s.profile_released().is_cancelled())
+                    })
                     .filter(|s| (kind == Kind::Byo) == s.upstream.external)
                     .count()
         })

@@ -40,6 +40,9 @@ impl Broker {
         spec: PoolSpec,
         definition: Map<String, Value>,
     ) -> Result<PoolView, BrokerError> {
+        // Its browsers are launched for the key: a loop of pool writes must not launch
+        // more than the key's creates may.
+        self.charge_create(tenant).await?;
         self.define(tenant, name, spec, definition, true).await
     }
 
@@ -67,6 +70,7 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         self.check_pool_spec(tenant, &spec).await?;
+        let _defining = self.named.defining.lock().await;
         {
             let pools = self.named.lock();
             if pools.contains_key(&(tenant.clone(), name.to_owned())) {
@@ -270,6 +274,13 @@ impl Broker {
         change: PoolChange,
         patch: Map<String, Value>,
     ) -> Result<PoolView, BrokerError> {
+        // A new size launches (or ends) browsers: a loop of resizes must not launch more
+        // than the key's creates may.
+        if change.size.is_some() {
+            self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?;
+            self.charge_create(tenant).await?;
+        }
+        let _defining = self.named.defining.lock().await;
         let pool = self.change_pool_here(tenant, name, change)?;
         pool.definition.lock().expect("pool lock").extend(patch);
         let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
@@ -619,27 +630,15 @@ impl Broker {
     /// `Ok(false)` when the shared browsers have no room now.
     async fn refill_context(&self, pool: &NamedPool, spec: &PoolSpec) -> Result<bool, BrokerError> {
         let started = Instant::now();
-        let mut profile = None;
-        let state = match &spec.profile_id {
-            None => None,
-            Some(profile_id) => {
-                if self.pool.free_slots() == 0 {
-                    return Ok(false); // the profile is read in a browser of its own
-                }
-                let found = profile.insert(self.profiles.get(&pool.tenant, profile_id).await?);
-                // Held only while it is read: a ready context never writes the profile.
-                let hold = self
-                    .profiles
-                    .begin_use(found.clone(), &format!("pool_{}", random_hex(8)), false)
-                    .await?;
-                let state = self.profile_copies.read_state(&hold).await;
-                self.profiles.end_use(hold).await;
-                Some(state?)
-            }
-        };
+        // The profile is read in a browser of its own: not without a slot for it.
+        if spec.profile_id.is_some() && self.pool.free_slots() == 0 {
+            return Ok(false);
+        }
         let id = format!("sess_{}", random_hex(16));
         let tenant = &pool.tenant;
         let span = session_span(&id, tenant);
+        // The context first: with the shared browsers full, no profile is read (a browser
+        // launched for it) only to be thrown away, every second.
         let acquired = self
             .shared
             .acquire(
@@ -654,6 +653,21 @@ impl Broker {
             Ok(lease) => lease,
             Err(PoolError::Busy) => return Ok(false),
             Err(e) => return Err(BrokerError::Capacity(e)),
+        };
+        let mut profile = None;
+        let state = match &spec.profile_id {
+            None => None,
+            Some(profile_id) => {
+                let found = profile.insert(self.profiles.get(&pool.tenant, profile_id).await?);
+                // Held only while it is read: a ready context never writes the profile.
+                let hold = self
+                    .profiles
+                    .begin_use(found.clone(), &format!("pool_{}", random_hex(8)), false)
+                    .await?;
+                let state = self.profile_copies.read_state(&hold).await;
+                self.profiles.end_use(hold).await;
+                Some(state?)
+            }
         };
         if let Some(state) = state {
             let ws_url = lease.shared.browser.ws_url();

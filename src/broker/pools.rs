@@ -240,6 +240,9 @@ impl NamedPool {
 pub(super) struct NamedPools {
     pools: Mutex<HashMap<(Tenant, String), Arc<NamedPool>>>,
     pub(super) share: Arc<Share>,
+    /// Held by a definition from its checks (the key's count and sizes) to its insert,
+    /// which waits on the store: two at once would both pass the checks.
+    pub(super) defining: tokio::sync::Mutex<()>,
 }
 
 impl NamedPools {

@@ -53,13 +53,7 @@ impl Broker {
         let _place = self.reserve_place(tenant, Kind::Managed).await.inspect_err(|_| {
             self.metrics.create_quota_refused.inc();
         })?;
-        if let Err(wait) = self.take_create(tenant).await {
-            self.metrics.create_rate_limited.inc();
-            return Err(BrokerError::RateLimited {
-                per_minute: self.config.creates_per_minute,
-                retry_after: wait.as_secs() + 1,
-            });
-        }
+        self.charge_create(tenant).await?;
         let holder = format!("storage-state-{}", random_hex(4));
         let held = Held::new(
             self.profiles.begin_use(profile, &holder, persist).await?,

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::egress_rules::{Class, Rules, canonical, parse_browser_allow_list, parse_deny_list, restricted_class};
 pub(crate) use crate::egress_rules::{host_matches, parse_allow_list};
@@ -171,7 +171,12 @@ impl Egress {
 
     fn check(&self, host: &str, addr: SocketAddr, host_allowed: bool) -> Result<(), EgressError> {
         let ip = canonical(addr.ip());
-        let class = restricted_class(ip);
+        // One of this host's own addresses (a public one too) is this host, as loopback
+        // is: the kernel delivers it locally, to every service listening on any address.
+        let class = match is_this_hosts(ip) {
+            true => Some(Class::Loopback),
+            false => restricted_class(ip),
+        };
         let own_port =
             addr.port() == self.broker.port() || self.own_ports.lock().expect("ports lock").contains(&addr.port());
         let this_host = matches!(class, Some(Class::Loopback | Class::Unspecified));
@@ -208,10 +213,53 @@ impl Egress {
     }
 }
 
+/// How long the host's interface addresses, once read, are taken as they are.
+const INTERFACES_FRESH: Duration = Duration::from_secs(5);
+
+/// Whether `ip` is one of this host's interface addresses (read again every few seconds:
+/// addresses come and go).
+fn is_this_hosts(ip: IpAddr) -> bool {
+    static KNOWN: Mutex<Option<(Instant, Vec<IpAddr>)>> = Mutex::new(None);
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if known.as_ref().is_none_or(|(at, _)| at.elapsed() >= INTERFACES_FRESH) {
+        let addrs = if_addrs::get_if_addrs()
+            .map(|all| all.into_iter().map(|i| canonical(i.ip())).collect())
+            .unwrap_or_default();
+        *known = Some((Instant::now(), addrs));
+    }
+    known.as_ref().is_some_and(|(_, addrs)| addrs.contains(&ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::egress_rules::{DEFAULT_BROWSER_DENY, check_browser_lists};
+
+    /// The host's own non-loopback addresses (a public or private interface address) are
+    /// this host: denied with loopback, and never the broker's own port, whatever their
+    /// class (before, only loopback spellings were; a host's public address reached every
+    /// service listening on any address).
+    #[tokio::test]
+    async fn the_hosts_own_addresses_are_this_host() {
+        let own: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .map(|i| canonical(i.ip()))
+            .filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .collect();
+        let Some(ip) = own.first() else {
+            eprintln!("this machine has no address besides loopback: nothing to check");
+            return;
+        };
+        let loopback_only = browsers(&["loopback"], &[]);
+        let r = loopback_only.resolve(&ip.to_string(), 6379).await;
+        assert!(matches!(r, Err(EgressError::Forbidden { .. })), "{ip}: {r:?}");
+        // Opened with loopback; the broker's own port stays shut.
+        let open = browsers(&["loopback"], &["loopback"]);
+        assert!(open.resolve(&ip.to_string(), 6379).await.is_ok());
+        let r = open.resolve(&ip.to_string(), 3000).await;
+        assert!(matches!(r, Err(EgressError::OwnBrowser { .. })), "{ip}: {r:?}");
+    }
 
     fn egress(allow: &[&str], own: &[u16]) -> Egress {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();

@@ -35,6 +35,9 @@ use crate::metrics::Metrics;
 
 /// How long reaching a destination or an upstream proxy (and its handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the browser has to send a request's head (and an idle keep-alive connection
+/// waits for the next one) before its connection to the gateway is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer head an upstream HTTP proxy may send to `CONNECT`.
 const MAX_PROXY_HEAD: usize = 16 * 1024;
 
@@ -322,7 +325,11 @@ impl Gateway {
     async fn serve(self: Arc<Self>, stream: TcpStream) {
         let stop = self.stop.clone();
         let service = hyper::service::service_fn(move |request| self.clone().handle(request));
+        // With a timer: without one hyper drops its header read timeout silently, and a
+        // connection that never finishes its request head would be held for good.
         let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::select! {
