@@ -556,19 +556,28 @@ fn strip_hop_headers(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// Connects to the first of `addrs` that answers, one after another, within
+/// `CONNECT_TIMEOUT` each and twice that in all (a name may resolve to dozens of addresses
+/// that never answer). The error names no address: what a name resolved to is the
+/// broker's to know.
 async fn connect_any(addrs: &[std::net::SocketAddr]) -> Result<TcpStream, String> {
-    let mut last = String::from("no address");
-    for addr in addrs {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
+    let attempts = async {
+        let mut last = String::from("no address");
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".to_owned(),
             }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
         }
-    }
-    Err(last)
+        Err(last)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT * 2, attempts)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
 }
 
 /// `CONNECT host:port` through an HTTP(S) proxy, with its credentials.
