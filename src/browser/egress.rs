@@ -17,6 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::egress_rules::{Class, Rules, canonical, parse_browser_allow_list, parse_deny_list, restricted_class};
 pub(crate) use crate::egress_rules::{host_matches, parse_allow_list};
 
@@ -135,6 +137,16 @@ impl Egress {
     /// The addresses of `host:port`, every one of them allowed; the caller connects to
     /// these and no others (a second lookup could answer differently).
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
+        self.resolve_within(host, port, None).await
+    }
+
+    /// `resolve`, a name's lookup counted against `own` (one gateway's lookups) too.
+    pub async fn resolve_within(
+        &self,
+        host: &str,
+        port: u16,
+        own: Option<&Arc<Semaphore>>,
+    ) -> Result<Vec<SocketAddr>, EgressError> {
         // A name denied as such is refused before any lookup.
         let host_allowed = host_matches(&self.rules.allow_hosts, host);
         if !host_allowed && host_matches(&self.rules.deny_hosts, host) {
@@ -146,15 +158,15 @@ impl Egress {
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => {
-                let resolve_error = |reason: String| EgressError::Resolve {
-                    host: host.to_owned(),
-                    reason,
-                };
-                tokio::time::timeout(self.resolve_timeout, tokio::net::lookup_host((host, port)))
+                let name = host.to_owned();
+                let lookup =
+                    move || std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port)).map(Vec::from_iter);
+                look_up(lookup, own, self.resolve_timeout)
                     .await
-                    .map_err(|_| resolve_error("the lookup timed out".into()))?
-                    .map_err(|e| resolve_error(e.to_string()))?
-                    .collect()
+                    .map_err(|reason| EgressError::Resolve {
+                        host: host.to_owned(),
+                        reason,
+                    })?
             }
         };
         if addrs.is_empty() {
@@ -213,6 +225,37 @@ impl Egress {
     }
 }
 
+/// Name lookups in flight at once, all policies together. Each runs on the blocking pool
+/// (`getaddrinfo`) and holds its thread for the resolver's own retries (10-30 s) when a
+/// name's servers never answer, long after the lookup was given up: a page asking for
+/// names under such a server would otherwise take the pool's threads from everyone.
+const MAX_LOOKUPS: usize = 128;
+static LOOKUPS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
+
+/// Runs `lookup` on the blocking pool with a place among all lookups and, if given, among
+/// `own`'s, each held by the lookup's thread until it returns (not only until the caller
+/// gives up); answers within `limit`, places included.
+async fn look_up<F>(lookup: F, own: Option<&Arc<Semaphore>>, limit: Duration) -> Result<Vec<SocketAddr>, String>
+where
+    F: FnOnce() -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+{
+    let work = async {
+        let own = match own {
+            Some(own) => Some(own.clone().acquire_owned().await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let all = LOOKUPS.acquire().await.map_err(|e| e.to_string())?;
+        let looked_up = tokio::task::spawn_blocking(move || {
+            let _places = (own, all);
+            lookup()
+        });
+        looked_up.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err("the lookup timed out".into()))
+}
+
 /// How long the host's interface addresses, once read, are taken as they are.
 const INTERFACES_FRESH: Duration = Duration::from_secs(5);
 
@@ -234,6 +277,48 @@ fn is_this_hosts(ip: IpAddr) -> bool {
 mod tests {
     use super::*;
     use crate::egress_rules::{DEFAULT_BROWSER_DENY, check_browser_lists};
+
+    /// Lookups whose servers never answer hold their threads after they are given up: a
+    /// gateway's own places (and all lookups' places) stay taken until each thread returns,
+    /// so one tenant's page cannot take the blocking pool's threads from everyone.
+    #[tokio::test]
+    async fn a_gateways_lookups_hold_their_places_until_their_threads_return() {
+        let own = Arc::new(Semaphore::new(2));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hanging = |running: Arc<std::sync::atomic::AtomicUsize>, most: Arc<std::sync::atomic::AtomicUsize>| {
+            move || {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = running.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                std::thread::sleep(Duration::from_millis(800));
+                running.fetch_sub(1, SeqCst);
+                Ok(vec![SocketAddr::from(([192, 0, 2, 1], 80))])
+            }
+        };
+        let limit = Duration::from_millis(100);
+        // Five at once, each given up after 100 ms: two threads run, the rest never start.
+        let tries = (0..5).map(|_| look_up(hanging(running.clone(), most.clone()), Some(&own), limit));
+        for r in futures_util::future::join_all(tries).await {
+            assert_eq!(r.unwrap_err(), "the lookup timed out");
+        }
+        // Given up, the two threads still hold the gateway's places: the next waits too.
+        let next = look_up(hanging(running.clone(), most.clone()), Some(&own), limit).await;
+        assert!(next.is_err());
+        assert_eq!(
+            most.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "more threads than places"
+        );
+        // Once they return, lookups run again.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let after = look_up(
+            || Ok(vec![SocketAddr::from(([192, 0, 2, 1], 80))]),
+            Some(&own),
+            Duration::from_secs(2),
+        );
+        assert_eq!(after.await.unwrap().len(), 1);
+    }
 
     /// The host's own non-loopback addresses (a public or private interface address) are
     /// this host: denied with loopback, and never the broker's own port, whatever their

@@ -234,7 +234,13 @@ pub struct Gateway {
     policy: Arc<Egress>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    /// Its name lookups in flight (`Egress::resolve_within`): one session's pages cannot
+    /// take every lookup place.
+    lookups: Arc<tokio::sync::Semaphore>,
 }
+
+/// Name lookups one gateway (one session's pages) runs at once.
+const LOOKUPS_PER_GATEWAY: usize = 8;
 
 /// Why a connection could not be opened for a page.
 enum OpenError {
@@ -282,6 +288,7 @@ impl Gateway {
             policy,
             metrics,
             stop: stop.clone(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_PER_GATEWAY)),
         });
         let serving = gateway.clone();
         let accepting = tokio::spawn(async move {
@@ -459,10 +466,14 @@ impl Gateway {
                 Ok(stream)
             }
             None => {
-                let addrs = self.policy.resolve(host, port).await.map_err(|e| match e {
-                    EgressError::Resolve { .. } => OpenError::Unreachable(e.to_string()),
-                    refused => OpenError::Refused(refused),
-                })?;
+                let addrs = self
+                    .policy
+                    .resolve_within(host, port, Some(&self.lookups))
+                    .await
+                    .map_err(|e| match e {
+                        EgressError::Resolve { .. } => OpenError::Unreachable(e.to_string()),
+                        refused => OpenError::Refused(refused),
+                    })?;
                 let stream = connect_any(&addrs).await.map_err(OpenError::Unreachable)?;
                 Ok(UpstreamStream::Plain(stream))
             }
@@ -473,7 +484,7 @@ impl Gateway {
     async fn reach_proxy(&self, proxy: &UpstreamProxy) -> Result<UpstreamStream, OpenError> {
         let addrs = self
             .policy
-            .resolve(&proxy.host, proxy.port)
+            .resolve_within(&proxy.host, proxy.port, Some(&self.lookups))
             .await
             .map_err(|e| match e {
                 EgressError::Resolve { .. } => OpenError::Proxy(e.to_string()),
