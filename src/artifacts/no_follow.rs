@@ -86,17 +86,21 @@ impl NoFollowDir {
             let _ = self.remove(name);
             return Err(refused("not a regular file"));
         }
-        let copied = (|| {
-            let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
-            let copied = io::copy(&mut io::Read::take(&from, limit + 1), &mut to)?;
-            if copied > limit {
-                return Err(refused("it grew past the size it was taken at"));
+        let copied = match std::fs::OpenOptions::new().write(true).create_new(true).open(to) {
+            Ok(mut file) => {
+                let copied = io::copy(&mut io::Read::take(&from, limit + 1), &mut file);
+                let copied = copied.and_then(|n| match n > limit {
+                    true => Err(refused("it grew past the size it was taken at")),
+                    false => Ok(n),
+                });
+                // Only what this made goes: a file already there is not ours to remove.
+                if copied.is_err() {
+                    let _ = std::fs::remove_file(to);
+                }
+                copied
             }
-            Ok(copied)
-        })();
-        if copied.is_err() {
-            let _ = std::fs::remove_file(to);
-        }
+            Err(e) => Err(e),
+        };
         self.remove(name)?;
         copied
     }
@@ -207,6 +211,11 @@ mod tests {
         std::fs::write(downloads.join("grown.bin"), vec![1u8; 100]).unwrap();
         assert!(dir.move_out("grown.bin", &files.join("grown.bin"), 10).is_err());
         assert!(!files.join("grown.bin").exists());
+        // A file already where the copy goes is left as it was.
+        std::fs::write(files.join("taken.txt"), b"already here").unwrap();
+        std::fs::write(downloads.join("taken.txt"), b"new").unwrap();
+        assert!(dir.move_out("taken.txt", &files.join("taken.txt"), 3).is_err());
+        assert_eq!(std::fs::read(files.join("taken.txt")).unwrap(), b"already here");
         // A second link the browser kept to the download writes nothing into the copy.
         std::fs::write(downloads.join("kept.txt"), b"kept").unwrap();
         std::fs::hard_link(downloads.join("kept.txt"), downloads.join("other")).unwrap();
