@@ -786,6 +786,8 @@ async fn a_session_runs_at_most_two_renders_at_once() {
     let (status, _, body) = render(&server, "screenshot", json!({"url": url, "session_id": kept})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", json_of(&body));
     assert_eq!(json_of(&body)["code"], "session_busy", "{}", json_of(&body));
+    let (_, headers, _) = render(&server, "screenshot", json!({"url": url, "session_id": kept})).await;
+    assert_eq!(headers["retry-after"], "1");
     let first = slow.remove(0);
     first.abort();
     let _ = first.await;

@@ -276,18 +276,26 @@ impl Broker {
     ) -> Result<PoolView, BrokerError> {
         // A new size launches (or ends) browsers: a loop of resizes must not launch more
         // than the key's creates may.
-        if change.size.is_some() {
-            self.named.get(tenant, name).ok_or(NamedPoolError::NotFound)?;
+        let current = self
+            .named
+            .get(tenant, name)
+            .ok_or(NamedPoolError::NotFound)?
+            .spec()
+            .size;
+        if change.size.is_some_and(|size| size > current) {
             self.charge_create(tenant).await?;
         }
-        let _defining = self.named.defining.lock().await;
-        let pool = self.change_pool_here(tenant, name, change)?;
-        pool.definition.lock().expect("pool lock").extend(patch);
-        let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
-        // Only if it is still defined: a DELETE that came between keeps the pool deleted.
-        if !self.pool_definitions.update(tenant, name, &definition).await? {
-            return Err(NamedPoolError::NotFound.into());
-        }
+        let pool = {
+            let _defining = self.named.defining.lock().await;
+            let pool = self.change_pool_here(tenant, name, change)?;
+            pool.definition.lock().expect("pool lock").extend(patch);
+            let definition = Value::Object(pool.definition.lock().expect("pool lock").clone());
+            // Only if it is still defined: a DELETE that came between keeps the pool deleted.
+            if !self.pool_definitions.update(tenant, name, &definition).await? {
+                return Err(NamedPoolError::NotFound.into());
+            }
+            pool
+        };
         let mut views = vec![pool.view()];
         self.add_other_nodes(tenant, &mut views).await;
         Ok(views.remove(0))

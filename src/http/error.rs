@@ -441,7 +441,10 @@ impl From<RenderError> for ApiError {
             | RenderError::TooLarge(_)
             | RenderError::Browser(_) => StatusCode::BAD_GATEWAY,
         };
-        let answer = ApiError::of(status, origin, e.to_string());
+        let mut answer = ApiError::of(status, origin, e.to_string());
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            answer = answer.retry_in(1);
+        }
         match code {
             Some(code) => answer.with_code(code),
             None => answer,

@@ -220,21 +220,27 @@ impl Profiles {
     /// Deletes a profile no session uses on this node and none persists into anywhere.
     pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<(), ProfileError> {
         let profile = self.get(tenant, id).await?;
+        if let Some(locks) = &self.locks
+            && let Some(holder) = locks.writer(id).await?
+        {
+            return Err(ProfileError::Busy(holder));
+        }
         // Marked first, then counted: a session taking the profile meanwhile counts itself
         // first, then looks at the mark (`begin_use`), so one of the two sees the other.
-        profile.local.deleted.store(true, Ordering::SeqCst);
+        // Only the delete that set the mark may clear it (another one under way is left
+        // to finish: this one answers as if the profile were gone).
+        if profile
+            .local
+            .deleted
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(ProfileError::NotFound);
+        }
         let users = profile.local.users.load(Ordering::SeqCst);
         if users > 0 {
             profile.local.deleted.store(false, Ordering::SeqCst);
             return Err(ProfileError::InUse(users));
-        }
-        if let Some(locks) = &self.locks
-            && let Some(holder) = locks.writer(id).await.inspect_err(|_| {
-                profile.local.deleted.store(false, Ordering::SeqCst);
-            })?
-        {
-            profile.local.deleted.store(false, Ordering::SeqCst);
-            return Err(ProfileError::Busy(holder));
         }
         self.data.remove(id).await?;
         if let Some(locks) = &self.locks {
@@ -340,11 +346,6 @@ impl Profiles {
     pub async fn save(&self, hold: &ProfileUse, user_data: &Path, cookies: &[Value]) -> SaveOutcome {
         let id = &hold.profile.id;
         let _writing = hold.profile.local.swap.write().await;
-        // Nothing is written for a profile deleted meanwhile (it would come back as a
-        // directory without a record, holding what was deleted).
-        if hold.profile.is_deleted() {
-            return SaveOutcome::Failed("the profile was deleted".into());
-        }
         // A page can fill its storage with gigabytes; every session started from the
         // profile would copy them (and an object store holds a generation in memory).
         let measured = {
@@ -475,6 +476,12 @@ mod tests {
         assert!(!other.is_deleted());
         profiles.end_use(held).await;
         profiles.begin_use(other, "sess_3", true).await.unwrap();
+        // A second delete while one is under way leaves the first one's mark: cleared, a
+        // take between the two would keep a profile being removed.
+        let third = profiles.create(&a, "r").await.unwrap();
+        third.local.deleted.store(true, Ordering::SeqCst);
+        assert!(matches!(profiles.delete(&a, &third.id).await, Err(ProfileError::NotFound)));
+        assert!(third.is_deleted(), "the second delete cleared the first one's mark");
     }
 
     /// A key keeps a bounded number of profiles (each a record and a directory on the
