@@ -480,7 +480,10 @@ mod tests {
         // take between the two would keep a profile being removed.
         let third = profiles.create(&a, "r").await.unwrap();
         third.local.deleted.store(true, Ordering::SeqCst);
-        assert!(matches!(profiles.delete(&a, &third.id).await, Err(ProfileError::NotFound)));
+        assert!(matches!(
+            profiles.delete(&a, &third.id).await,
+            Err(ProfileError::NotFound)
+        ));
         assert!(third.is_deleted(), "the second delete cleared the first one's mark");
     }
 
